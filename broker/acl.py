@@ -1,0 +1,42 @@
+"""The amqtt topic plugin: every PUBLISH, SUBSCRIBE and delivery asks the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseTopicPlugin
+from amqtt.session import Session
+
+from broker import session as attrs
+from radio.registry import LiveRegistry
+
+
+class RadioTopicPlugin(BaseTopicPlugin):
+    """Applies design section 3: the rights of the session's key, as the registry says right now.
+
+    RECEIVE runs once per message per subscriber, so it is two dict lookups and a string slice.
+    Rights are looked up by key name on every call, so a changed key applies to open connections
+    at once; a revoked or rotated key's connections are closed by the registry watcher.
+    """
+
+    @dataclass
+    class Config:
+        """The registry is shared with the auth plugin and the watcher that reloads it."""
+
+        registry: LiveRegistry
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
+        """Allow or deny one action on one topic (or, for SUBSCRIBE, one filter)."""
+        if session is None or topic is None:
+            return False
+        access = self.config.registry.current.access(attrs.key_name(session))
+        if action is Action.RECEIVE:
+            return bool(access.may_read(topic))
+        if action is Action.PUBLISH:
+            return bool(access.may_publish(topic))
+        if action is Action.SUBSCRIBE:
+            return bool(access.may_subscribe(topic))
+        return False

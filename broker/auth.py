@@ -1,0 +1,57 @@
+"""The amqtt auth plugin: MQTT username = key name, password = secret, checked against the registry."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
+
+from broker import session as attrs
+from radio.registry import LiveRegistry
+
+log = logging.getLogger("radio.broker")
+
+
+class RadioAuthPlugin(BaseAuthPlugin):
+    """Accepts a client with a valid key, or with no credentials at all when anonymous access is on.
+
+    Logs one line per decision and never the secret. A last will is a publish that happens later,
+    so its topic is checked now, with the same rights as any publish: a client cannot use its will
+    to write where it may not.
+    """
+
+    @dataclass
+    class Config:
+        """The registry is shared with the ACL plugin and the watcher that reloads it."""
+
+        registry: LiveRegistry
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        """Decide on a CONNECT; the verdict and the key are recorded on the session."""
+        registry = self.config.registry.current
+        name, secret = session.username, session.password
+        refusal = None
+        if name is None and secret is None:
+            if not registry.allow_anonymous:
+                refusal = "anonymous access is off"
+        elif name is None or secret is None:
+            refusal = "a username and a password (key name and secret) are both needed"
+        elif registry.authenticate(name, secret) is None:
+            refusal = (
+                f"unknown key {name!r}" if name not in registry.keys else f"wrong secret for key {name!r}"
+            )
+
+        if refusal is None and session.will_flag:
+            access = registry.access(name)
+            if not access.may_publish(session.will_topic or ""):
+                refusal = f"key {name!r} may not publish its will to {session.will_topic!r}"
+
+        if refusal is not None:
+            log.warning("refused %s: %s", attrs.describe(session), refusal)
+            return False
+        session.attributes[attrs.KEY_NAME] = name
+        session.attributes[attrs.KEY_DIGEST] = registry.keys[name].digest if name is not None else None
+        log.info("accepted %s as %s", attrs.describe(session), f"key {name!r}" if name else "anonymous")
+        return True

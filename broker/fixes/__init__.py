@@ -1,0 +1,24 @@
+"""Fixes for amqtt's defects, one module each, combined into ``FIXES``.
+
+Each fix is a subclass of ``amqtt.broker.Broker`` that overrides as little as it can and calls
+``super()`` wherever it can, so that ``RadioBroker`` stacks them as mixins and removing a fix is
+deleting its module and its line below. They are written against amqtt 0.12.1's internals, so any
+other version is refused at import: a silent upgrade would leave the fixes patching code that is
+no longer there.
+"""
+
+from importlib.metadata import version
+
+from broker.fixes.dollar_publish import DollarPublishKeepsConnection
+from broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
+
+AMQTT_VERSION = "0.12.1"
+
+if version("amqtt") != AMQTT_VERSION:  # pragma: no cover - only on a broken install
+    msg = f"Radio's broker fixes are written for amqtt {AMQTT_VERSION}, found {version('amqtt')}"
+    raise ImportError(msg)
+
+__all__ = ["AMQTT_VERSION", "FIXES", "DollarPublishKeepsConnection", "RetainedOnlyOnSubscribe"]
+
+FIXES: tuple[type, ...] = (RetainedOnlyOnSubscribe, DollarPublishKeepsConnection)
+"""Applied in this order (first is outermost)."""

@@ -1,0 +1,55 @@
+"""``radio broker``: the embedded broker as a long-running service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from amqtt.errors import BrokerError
+
+from broker.server import WEBSOCKET_PATH, EmbeddedBroker
+from radio.config import Address
+from radio.errors import RadioError
+from radio.registry import LiveRegistry
+
+
+async def serve(
+    registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None
+) -> None:
+    """Run until SIGINT or SIGTERM, then close every connection and return."""
+    broker = EmbeddedBroker(registry, mqtt=mqtt, websocket=websocket)
+    amqtt_log = logging.getLogger("amqtt.broker")
+    level = amqtt_log.level
+    amqtt_log.setLevel(logging.CRITICAL)  # it logs a failed bind as an error, then raises: say it once
+    try:
+        await broker.start()
+    except BrokerError as exc:
+        reason = exc.__cause__ or exc
+        msg = f"cannot start the broker on {broker.mqtt} and {broker.websocket}: {reason}"
+        raise RadioError(msg) from None
+    finally:
+        amqtt_log.setLevel(level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    settings = registry.settings
+    networks = ", ".join(
+        f"{name} ({'public' if net.public else 'private'})" for name, net in sorted(settings.networks.items())
+    )
+    print(
+        "Radio broker running\n"
+        f"  MQTT over TCP:        mqtt://{broker.mqtt.host}:{broker.mqtt_port}\n"
+        f"  MQTT over WebSocket:  ws://{broker.websocket.host}:{broker.ws_port}{WEBSOCKET_PATH}\n"
+        f"  networks:             {networks or 'none'}\n"
+        f"  keys:                 {settings.keys_path} ({len(registry.current.keys)} keys)\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        print("Stopping the broker...", file=sys.stderr, flush=True)
+        await broker.stop()

@@ -1,0 +1,164 @@
+"""``EmbeddedBroker``: amqtt configured from the registry, with Radio's rights and fixes.
+
+It binds MQTT over TCP and MQTT over WebSocket, reports the ports it actually bound (port 0 is
+allowed everywhere, for tests and for running several platforms on one machine), and watches the
+registry: when the keys file or the configuration changes, the new rights apply at once, and the
+connections of a revoked or rotated key are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+from amqtt.broker import Broker
+from amqtt.contexts import ListenerConfig
+from amqtt.session import Session
+
+from broker import session as attrs
+from broker.fixes import DollarPublishKeepsConnection, RetainedOnlyOnSubscribe
+from radio.config import Address
+from radio.registry import LiveRegistry, Registry
+from radio.topics import network_of_topic
+
+log = logging.getLogger("radio.broker")
+
+RELOAD_INTERVAL: Final = 0.25
+"""Seconds between checks of the registry files: well inside the 2 s promised for a revocation."""
+WEBSOCKET_PATH: Final = "/mqtt"
+"""The path clients use; amqtt's WebSocket listener accepts any path, so this is advisory."""
+
+
+class RadioBroker(RetainedOnlyOnSubscribe, DollarPublishKeepsConnection, Broker):
+    """amqtt's broker with the fixes of ``broker.fixes`` and Radio's network settings."""
+
+    registry: LiveRegistry | None = None
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        """Note the listener (tcp or ws) so the log can say where a client came in."""
+        session.attributes[attrs.TRANSPORT] = str(listener.type)
+        return await super()._authenticate(session, listener)
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        """Keep a last sample only for networks that say ``retain = true``."""
+        if self.registry is not None and topic_name is not None:
+            network = self.registry.current.networks.get(network_of_topic(topic_name) or "")
+            if network is not None and not network.retain:
+                return
+        await super().retain_message(source_session, topic_name, data, qos)
+
+
+class EmbeddedBroker:
+    """One broker process's worth of MQTT, started and stopped inside a running event loop."""
+
+    def __init__(
+        self,
+        registry: LiveRegistry,
+        *,
+        mqtt: Address | None = None,
+        websocket: Address | None = None,
+        broker_class: type[Broker] = RadioBroker,
+        reload_interval: float = RELOAD_INTERVAL,
+    ) -> None:
+        self.registry = registry
+        self.mqtt = mqtt or registry.settings.broker.mqtt
+        self.websocket = websocket or registry.settings.broker.websocket
+        self.broker_class = broker_class
+        self.reload_interval = reload_interval
+        self._amqtt: Broker | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def amqtt_config(self) -> dict[str, Any]:
+        """Amqtt's configuration: two listeners, and Radio's plugins in place of every default."""
+        plugin_config = {"registry": self.registry}
+        return {
+            "listeners": {
+                "default": {"type": "tcp", "bind": str(self.mqtt)},
+                "ws": {"type": "ws", "bind": str(self.websocket)},
+            },
+            "plugins": {
+                "broker.auth.RadioAuthPlugin": plugin_config,
+                "broker.acl.RadioTopicPlugin": plugin_config,
+            },
+        }
+
+    async def start(self) -> None:
+        """Bind the listeners and start watching the registry."""
+        amqtt = self.broker_class(self.amqtt_config())
+        if isinstance(amqtt, RadioBroker):
+            amqtt.registry = self.registry
+        await amqtt.start()
+        self._amqtt = amqtt
+        self._watcher = asyncio.create_task(self._watch_registry(), name="radio-registry-watcher")
+
+    async def stop(self) -> None:
+        """Close every connection and the listeners."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        if self._amqtt is not None:
+            await self._amqtt.shutdown()
+            self._amqtt = None
+
+    @property
+    def amqtt(self) -> Broker:
+        """The running amqtt broker."""
+        if self._amqtt is None:
+            msg = "the broker is not running"
+            raise RuntimeError(msg)
+        return self._amqtt
+
+    def port(self, listener: str) -> int:
+        """The port a listener (``default`` for TCP, ``ws``) actually bound: port 0 becomes a real one."""
+        server = self.amqtt._servers[listener].instance
+        sockets = server.sockets
+        port: int = next(iter(sockets)).getsockname()[1]
+        return port
+
+    @property
+    def mqtt_port(self) -> int:
+        """The bound port of MQTT over TCP."""
+        return self.port("default")
+
+    @property
+    def ws_port(self) -> int:
+        """The bound port of MQTT over WebSocket."""
+        return self.port("ws")
+
+    async def _watch_registry(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            try:
+                if self.registry.refresh():
+                    await self.enforce(self.registry.current)
+            except Exception:
+                log.exception("applying a registry change failed; will retry on the next change")
+
+    async def enforce(self, registry: Registry) -> None:
+        """Close the connections whose key was revoked or rotated, and forget revoked keys' sessions."""
+        closing = []
+        for client_id, (session, handler) in list(self.amqtt.sessions.items()):
+            name = attrs.key_name(session)
+            if name is None:
+                entitled = registry.allow_anonymous
+            else:
+                key = registry.keys.get(name)
+                entitled = key is not None and key.digest == session.attributes.get(attrs.KEY_DIGEST)
+            if entitled:
+                continue
+            if session.transitions.state == "connected" and handler.writer is not None:
+                log.warning("closing %s: its key %r was revoked or rotated", attrs.describe(session), name)
+                # The will is a publish: a key that lost its rights publishes nothing more.
+                session.will_flag = False
+                closing.append(handler.writer.close())
+            elif name is None or name not in registry.keys:
+                await self.amqtt._cleanup_session(client_id)
+        await asyncio.gather(*closing, return_exceptions=True)

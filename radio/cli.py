@@ -1,0 +1,185 @@
+"""The ``radio`` command: each part of the platform, and the key registry.
+
+Every subcommand takes ``--config`` and ``--keys``. Anything Radio refuses (a bad configuration,
+an unknown key, a port in use) is one line on stderr and exit status 2, never a traceback.
+Commands that hand out a secret print it alone on stdout and talk to the human on stderr, so
+``SECRET=$(radio keys add gen --publish a)`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from radio import __version__
+from radio.config import Address, load_settings
+from radio.errors import RadioError
+from radio.keys import KeyStore, read_keys
+
+EXIT_REFUSED = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``radio`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except RadioError as exc:
+        print(f"radio: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --config/--keys may come before or after the subcommand; SUPPRESS lets the later one win.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $RADIO_CONFIG, else ./radio.toml)",
+    )
+    common.add_argument(
+        "--keys",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="key registry (default: $RADIO_KEYS, else keys.toml beside the configuration)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="radio", description="Radio: a broadcast platform for live data.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"radio {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    broker = commands.add_parser(
+        "broker", parents=[common], help="run the embedded MQTT broker (TCP and WebSocket)"
+    )
+    broker.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
+    broker.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket, path /mqtt")
+    broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
+    broker.set_defaults(handler=_broker)
+
+    keys = commands.add_parser("keys", parents=[common], help="manage API keys")
+    key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
+    add = key_commands.add_parser("add", parents=[common], help="make a key; prints its secret once")
+    add.add_argument("name")
+    add.add_argument(
+        "--publish", action="append", default=[], metavar="NET,...", help="networks it may publish to"
+    )
+    add.add_argument(
+        "--subscribe", action="append", default=[], metavar="NET,...", help="networks it may read"
+    )
+    add.add_argument("--admin", action="store_true", help="operator key: any topic, $SYS included")
+    add.set_defaults(handler=_keys_add)
+    listing = key_commands.add_parser("list", parents=[common], help="list keys (never secrets)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per key")
+    listing.set_defaults(handler=_keys_list)
+    revoke = key_commands.add_parser(
+        "revoke", parents=[common], help="delete a key; it stops working at once"
+    )
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=_keys_revoke)
+    rotate = key_commands.add_parser("rotate", parents=[common], help="give a key a new secret")
+    rotate.add_argument("name")
+    rotate.set_defaults(handler=_keys_rotate)
+    return parser
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _names(values: list[str]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _store(args: argparse.Namespace) -> KeyStore:
+    settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+    return KeyStore(settings.keys_path, settings.networks)
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from broker.run import serve  # noqa: PLC0415 - the broker's dependencies load only for this command
+    from radio import logs  # noqa: PLC0415
+    from radio.registry import LiveRegistry  # noqa: PLC0415
+
+    logs.setup(verbose=args.verbose)
+    registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
+    asyncio.run(serve(registry, mqtt=args.mqtt, websocket=args.ws))
+    return 0
+
+
+def _keys_add(args: argparse.Namespace) -> int:
+    store = _store(args)
+    secret = store.add(
+        args.name, publish=_names(args.publish), subscribe=_names(args.subscribe), admin=args.admin
+    )
+    print(secret)
+    print(
+        f"Key {args.name!r} created. Its secret (above) is shown only this once: store it now.\n"
+        f"  MQTT: username {args.name!r}, password = the secret\n"
+        "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+    keys = read_keys(settings.keys_path)
+    if args.json:
+        for key in sorted(keys.values(), key=lambda k: k.name):
+            row: dict[str, object] = {
+                "name": key.name,
+                "admin": key.admin,
+                "publish": sorted(key.publish),
+                "subscribe": sorted(key.subscribe),
+                "created": key.created,
+            }
+            print(json.dumps(row))
+        return 0
+    if not keys:
+        print(
+            f"No keys in {settings.keys_path}. Make one with: radio keys add NAME --publish NET",
+            file=sys.stderr,
+        )
+        return 0
+    rows: list[tuple[str, ...]] = [("NAME", "PUBLISH", "SUBSCRIBE", "CREATED")]
+    for key in sorted(keys.values(), key=lambda k: k.name):
+        publish = "(admin: any topic)" if key.admin else ",".join(sorted(key.publish)) or "-"
+        subscribe = "(admin: any topic)" if key.admin else ",".join(sorted(key.subscribe)) or "-"
+        rows.append((key.name, publish, subscribe, key.created))
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]
+    for cells in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    _store(args).revoke(args.name)
+    print(
+        f"Key {args.name!r} revoked: running brokers and bridges refuse it within 2 seconds "
+        "and close its connections.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    secret = _store(args).rotate(args.name)
+    print(secret)
+    print(
+        f"Key {args.name!r} has a new secret (above), shown only this once. The old one stops working "
+        "within 2 seconds, and connections made with it are closed.",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,230 @@
+"""The configuration file: networks, listener addresses, and where the keys live.
+
+One TOML file (``--config PATH``, else ``RADIO_CONFIG``, else ``radio.toml`` in the current folder)
+holds everything an operator sets by hand. It is validated strictly, because a typo in a
+setting that controls who may read what must not be silently ignored: every problem is reported
+as one line naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from radio.errors import ConfigError, InvalidName
+from radio.topics import NetworkName
+
+DEFAULT_CONFIG_NAME: Final = "radio.toml"
+DEFAULT_KEYS_NAME: Final = "keys.toml"
+DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+# MQTT's own limit on a packet's remaining length.
+MQTT_MAX_PAYLOAD: Final = 268_435_455
+
+_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A HOST:PORT to listen on; port 0 asks the system for a free port."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Read ``HOST:PORT`` or ``[IPv6]:PORT``."""
+        match = _ADDRESS.fullmatch(text) if isinstance(text, str) else None
+        if match is None or int(match["port"]) > 65535:
+            msg = f"{text!r} is not HOST:PORT (a port from 0 to 65535)"
+            raise ValueError(msg)
+        return cls(match["ipv6"] or match["host"], int(match["port"]))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """How one network behaves."""
+
+    public: bool = False
+    """Anonymous listeners may read it."""
+    retain: bool = True
+    """The last sample is kept for listeners who join later."""
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    """Largest sample accepted, in bytes."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the embedded broker listens and whom it lets in."""
+
+    mqtt: Address = Address("127.0.0.1", 1883)
+    websocket: Address = Address("127.0.0.1", 8080)
+    allow_anonymous: bool = True
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """Where the HTTP bridge listens."""
+
+    listen: Address = Address("127.0.0.1", 5000)
+
+
+def _default_networks() -> dict[str, NetworkSettings]:
+    return {NetworkName("sample_net"): NetworkSettings(public=True)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the configuration file says, with defaults for what it leaves out."""
+
+    path: Path
+    """The configuration file (it may not exist: then every setting is a default)."""
+    keys_path: Path
+    """The key registry, beside the configuration file unless set otherwise."""
+    broker: BrokerSettings = BrokerSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    networks: dict[str, NetworkSettings] = field(default_factory=_default_networks)
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder holding the configuration, where Radio keeps its own files too."""
+        return self.path.parent
+
+
+def resolve_paths(
+    config: str | os.PathLike[str] | None, keys: str | os.PathLike[str] | None
+) -> tuple[Path, Path, bool]:
+    """Where the configuration and keys files are, and whether the configuration was named explicitly.
+
+    Order: the argument, then ``RADIO_CONFIG`` / ``RADIO_KEYS``, then the current folder.
+    """
+    named = config or os.environ.get("RADIO_CONFIG")
+    config_path = Path(named or DEFAULT_CONFIG_NAME).absolute()
+    keys_named = keys or os.environ.get("RADIO_KEYS")
+    keys_path = Path(keys_named).absolute() if keys_named else config_path.parent / DEFAULT_KEYS_NAME
+    return config_path, keys_path, bool(named)
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Read and validate the configuration file.
+
+    A file that was named explicitly must exist; the default ``radio.toml`` may be absent, and then
+    the built-in defaults apply (one public network, ``sample_net``).
+    """
+    config_path, keys_path, named = resolve_paths(config, keys)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if named:
+            msg = f"{config_path}: no such configuration file"
+            raise ConfigError(msg) from None
+        return Settings(path=config_path, keys_path=keys_path)
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{config_path}: cannot read: {exc}"
+        raise ConfigError(msg) from None
+    return parse_settings(text, config_path, keys_path)
+
+
+def parse_settings(text: str, config_path: Path, keys_path: Path) -> Settings:
+    """Validate the text of a configuration file; every problem names the file."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{config_path}: not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    try:
+        return _settings_from(data, config_path, keys_path)
+    except (ValueError, TypeError) as exc:
+        msg = f"{config_path}: {exc}"
+        raise ConfigError(msg) from None
+
+
+def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> Settings:
+    _only(data, "", {"broker", "bridge", "networks"})
+    broker = _table(data, "broker")
+    _only(broker, "[broker] ", {"mqtt", "websocket", "allow_anonymous"})
+    bridge = _table(data, "bridge")
+    _only(bridge, "[bridge] ", {"listen"})
+    defaults = BrokerSettings()
+    networks = _networks(data["networks"]) if "networks" in data else _default_networks()
+    return Settings(
+        path=config_path,
+        keys_path=keys_path,
+        broker=BrokerSettings(
+            mqtt=_address(broker, "mqtt", "[broker]", defaults.mqtt),
+            websocket=_address(broker, "websocket", "[broker]", defaults.websocket),
+            allow_anonymous=_bool(broker, "allow_anonymous", "[broker]", defaults.allow_anonymous),
+        ),
+        bridge=BridgeSettings(listen=_address(bridge, "listen", "[bridge]", BridgeSettings().listen)),
+        networks=networks,
+    )
+
+
+def _networks(table: object) -> dict[str, NetworkSettings]:
+    if not isinstance(table, dict):
+        msg = "[networks] must be a table of networks, such as [networks.sample_net]"
+        raise TypeError(msg)
+    networks: dict[str, NetworkSettings] = {}
+    for raw_name, options in table.items():
+        try:
+            name = NetworkName(raw_name)
+        except InvalidName as exc:
+            raise ValueError(str(exc)) from None
+        where = f"[networks.{name}]"
+        if not isinstance(options, dict):
+            msg = f"{where} must be a table of settings"
+            raise TypeError(msg)
+        _only(options, where + " ", {"public", "retain", "max_payload"})
+        defaults = NetworkSettings()
+        max_payload = options.get("max_payload", defaults.max_payload)
+        if type(max_payload) is not int or not 1 <= max_payload <= MQTT_MAX_PAYLOAD:
+            msg = f"{where} max_payload must be a whole number of bytes from 1 to {MQTT_MAX_PAYLOAD}"
+            raise ValueError(msg)
+        networks[name] = NetworkSettings(
+            public=_bool(options, "public", where, defaults.public),
+            retain=_bool(options, "retain", where, defaults.retain),
+            max_payload=max_payload,
+        )
+    return networks
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        msg = f"[{name}] must be a table"
+        raise TypeError(msg)
+    return value
+
+
+def _only(table: dict[str, Any], where: str, known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        msg = f"unknown setting {where}{unknown[0]} (known: {', '.join(sorted(known))})"
+        raise ValueError(msg)
+
+
+def _address(table: dict[str, Any], name: str, where: str, default: Address) -> Address:
+    if name not in table:
+        return default
+    try:
+        return Address.parse(table[name])
+    except ValueError as exc:
+        msg = f"{where} {name}: {exc}"
+        raise ValueError(msg) from None
+
+
+def _bool(table: dict[str, Any], name: str, where: str, default: bool) -> bool:
+    value = table.get(name, default)
+    if type(value) is not bool:
+        msg = f"{where} {name} must be true or false, not {value!r}"
+        raise TypeError(msg)
+    return value

@@ -1,0 +1,159 @@
+"""The one place that decides who may publish to and read which network.
+
+Both doors ask the same questions of the same object: the broker's plugins on CONNECT, PUBLISH,
+SUBSCRIBE and every delivery; the bridge on every POST. A ``Registry`` is an immutable snapshot of
+the configuration's networks and the keys file; ``LiveRegistry`` swaps in a new snapshot when either
+file changes, so a revoked key stops working on running servers without a restart.
+
+Rights (design section 3):
+
+- publish to ``networks/<n>`` or ``networks/<n>/...`` iff ``n`` is a configured network in the
+  key's ``publish`` list; nothing else, ever; anonymous clients publish nothing;
+- read a network iff it is in the key's ``subscribe`` list or is ``public``;
+- a filter naming one network is granted iff that network may be read; a filter whose network
+  level is a wildcard is granted (if the client may read any network at all) and every message
+  is checked on delivery; any other filter is refused;
+- an ``admin`` key may publish and read every topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from radio.config import NetworkSettings, Settings, load_settings
+from radio.errors import RadioError
+from radio.keys import Key, read_keys, secret_digest
+from radio.topics import Reach, filter_reach, network_of_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one client may do, worked out once per registry snapshot so each check is a set lookup."""
+
+    publish: frozenset[str] = frozenset()
+    read: frozenset[str] = frozenset()
+    admin: bool = False
+
+    def may_publish(self, topic: str) -> bool:
+        """Whether a PUBLISH to this concrete topic is allowed."""
+        return self.admin or network_of_topic(topic) in self.publish
+
+    def may_read(self, topic: str) -> bool:
+        """Whether a message on this concrete topic may be delivered (live or retained)."""
+        return self.admin or network_of_topic(topic) in self.read
+
+    def may_subscribe(self, topic_filter: str) -> bool:
+        """Whether a SUBSCRIBE filter is granted; wildcard networks are checked per message instead."""
+        if self.admin:
+            return True
+        reach = filter_reach(topic_filter)
+        if reach is Reach.ANY_NETWORK:
+            # Checked per message; a client that may read nothing at all is told so at once.
+            return bool(self.read)
+        return reach in self.read
+
+
+NO_ACCESS: Final = Access()
+
+
+@dataclass(frozen=True)
+class Registry:
+    """One consistent view of the networks and the keys."""
+
+    networks: Mapping[str, NetworkSettings]
+    keys: Mapping[str, Key]
+    allow_anonymous: bool = True
+    _access: dict[str | None, Access] = field(init=False, repr=False, compare=False)
+    _by_digest: dict[str, Key] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        known = frozenset(self.networks)
+        public = frozenset(n for n, s in self.networks.items() if s.public)
+        access: dict[str | None, Access] = {None: Access(read=public)}
+        for name, key in self.keys.items():
+            access[name] = Access(
+                publish=key.publish & known,
+                read=(key.subscribe & known) | public,
+                admin=key.admin,
+            )
+        object.__setattr__(self, "_access", access)
+        object.__setattr__(self, "_by_digest", {k.digest: k for k in self.keys.values()})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        """The registry described by a configuration and its keys file."""
+        return cls(
+            networks=settings.networks,
+            keys=read_keys(settings.keys_path),
+            allow_anonymous=settings.broker.allow_anonymous,
+        )
+
+    def authenticate(self, name: str, secret: str) -> Key | None:
+        """The key with this name if the secret is its own (the broker's check: username, password)."""
+        key = self.keys.get(name)
+        if key is None or not key.matches(secret):
+            return None
+        return key
+
+    def key_for_secret(self, secret: str) -> Key | None:
+        """The key whose secret this is (the bridge's check: it sees the secret alone)."""
+        return self._by_digest.get(secret_digest(secret))
+
+    def access(self, key_name: str | None) -> Access:
+        """The rights of a key by name, None meaning anonymous; a key that no longer exists has none."""
+        return self._access.get(key_name, NO_ACCESS)
+
+
+class LiveRegistry:
+    """The current registry, reloaded when the configuration or keys file changes.
+
+    ``refresh()`` costs two ``stat`` calls when nothing changed, so servers call it on a short
+    timer (the broker) or at most every ``interval`` seconds on the request path (the bridge). A
+    file caught mid-edit or broken by hand is reported once and the previous snapshot stays in
+    force: a typo must not open or close the doors.
+    """
+
+    def __init__(
+        self, config: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None
+    ) -> None:
+        self._config_arg = config
+        self._keys_arg = keys
+        self.settings = load_settings(config, keys)
+        self.current = Registry.from_settings(self.settings)
+        self._signature = self._stat()
+        self._failed_signature: tuple[object, ...] | None = None
+
+    def _stat(self) -> tuple[object, ...]:
+        return (_file_signature(self.settings.path), _file_signature(self.settings.keys_path))
+
+    def refresh(self) -> bool:
+        """Reload if either file changed; True when a new snapshot took effect."""
+        signature = self._stat()
+        if signature in (self._signature, self._failed_signature):
+            return False
+        try:
+            settings = load_settings(self._config_arg, self._keys_arg)
+            registry = Registry.from_settings(settings)
+        except RadioError as exc:
+            self._failed_signature = signature
+            log.error("registry not reloaded, previous rights stay in force: %s", exc)  # noqa: TRY400
+            return False
+        self.settings, self.current = settings, registry
+        self._signature, self._failed_signature = signature, None
+        log.info("registry reloaded: %d networks, %d keys", len(registry.networks), len(registry.keys))
+        return True
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -1,0 +1,125 @@
+"""A blocking MQTT client for tests: real paho underneath, every step awaited on an event."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+TIMEOUT = 10.0
+NOT_AUTHORIZED = 135  # paho reports MQTT 3.1.1's CONNACK code 5 as MQTT 5's "Not authorized"
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Client:
+    """One MQTT connection over TCP or WebSocket, with the broker's answers awaited, never slept on."""
+
+    def __init__(
+        self,
+        transport: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        client_id: str | None = None,
+        clean_session: bool = True,
+    ) -> None:
+        self.client_id = client_id or f"test-{uuid.uuid4().hex[:12]}"
+        self._paho = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=clean_session,
+            transport="websockets" if transport == "ws" else "tcp",
+        )
+        if transport == "ws":
+            self._paho.ws_set_options(path="/mqtt")
+        if username is not None:
+            self._paho.username_pw_set(username, password)
+        self.port = port
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self.connack: ReasonCode | None = None
+        self._connack = threading.Event()
+        self.disconnected = threading.Event()
+        self._subacks: dict[int, list[int]] = {}
+        self._suback = threading.Condition()
+        self._paho.on_connect = self._on_connect
+        self._paho.on_disconnect = self._on_disconnect
+        self._paho.on_message = self._on_message
+        self._paho.on_subscribe = self._on_subscribe
+
+    def will_set(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self._paho.will_set(topic, payload, qos, retain)
+
+    def connect(self, keepalive: int = 60) -> int:
+        """Connect and return the CONNACK as paho reports it (0 accepted, 135 not authorized)."""
+        self._paho.connect("127.0.0.1", self.port, keepalive=keepalive)
+        self._paho.loop_start()
+        if not self._connack.wait(TIMEOUT):
+            msg = "no CONNACK"
+            raise TimeoutError(msg)
+        assert self.connack is not None
+        return self.connack.value
+
+    def subscribe(self, topic_filter: str, qos: int = 0) -> int:
+        """Subscribe and return the granted QoS, or 0x80 for a refusal."""
+        result, mid = self._paho.subscribe(topic_filter, qos)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        with self._suback:
+            if not self._suback.wait_for(lambda: mid in self._subacks, TIMEOUT):
+                msg = f"no SUBACK for {topic_filter}"
+                raise TimeoutError(msg)
+            return self._subacks.pop(mid)[0]
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
+        """Publish and wait until it left (QoS 0) or was acknowledged (QoS 1 and 2)."""
+        info = self._paho.publish(topic, payload, qos, retain)
+        info.wait_for_publish(TIMEOUT)
+        assert info.is_published()
+
+    def expect(self, count: int, timeout: float = TIMEOUT) -> list[Message]:
+        """The next ``count`` messages, in arrival order."""
+        return [self.messages.get(timeout=timeout) for _ in range(count)]
+
+    def received_so_far(self) -> list[Message]:
+        """Whatever has arrived and not been taken yet."""
+        found = []
+        while True:
+            try:
+                found.append(self.messages.get_nowait())
+            except queue.Empty:
+                return found
+
+    def close(self) -> None:
+        self._paho.disconnect()
+        self._paho.loop_stop()
+
+    def _on_connect(self, _c: object, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        self.connack = reason
+        self._connack.set()
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        if not self._connack.is_set():
+            # Refused or dropped before a CONNACK arrived: report it as such.
+            self.connack = reason
+            self._connack.set()
+        self.disconnected.set()
+
+    def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
+        self.messages.put(Message(message.topic, message.payload, message.qos, bool(message.retain)))
+
+    def _on_subscribe(self, _c: object, _u: object, mid: int, codes: list[ReasonCode], _p: object) -> None:
+        with self._suback:
+            self._subacks[mid] = [c.value for c in codes]
+            self._suback.notify_all()

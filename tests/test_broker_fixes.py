@@ -1,0 +1,76 @@
+"""Each fix in broker/fixes/ against stock amqtt 0.12.1: the defect shows on stock, not on Radio's broker.
+
+The stock broker runs with Radio's auth and ACL plugins, so the only difference is the fixes.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+from amqtt.broker import Broker
+from mqtt_client import Client
+from raw_mqtt import closed_by_peer, open_socket, read_exactly
+from raw_mqtt import connect as raw_connect
+
+from broker.fixes import AMQTT_VERSION
+from broker.server import RadioBroker
+from broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
+
+
+def test_the_installed_amqtt_is_the_one_the_fixes_are_written_for():
+    assert version("amqtt") == AMQTT_VERSION
+
+
+@pytest.fixture(params=[Broker, RadioBroker], ids=["stock", "radio"])
+def any_broker(request, home):
+    with BrokerThread(
+        LiveRegistry(home.config),
+        mqtt=Address("127.0.0.1", 0),
+        websocket=Address("127.0.0.1", 0),
+        broker_class=request.param,
+    ) as running:
+        yield running, request.param is RadioBroker
+
+
+def test_retained_samples_do_not_leak_to_a_connecting_client(any_broker, home):
+    """Stock pushes other clients' retained matches on CONNECT, unchecked: reader_a would read B."""
+    broker, fixed = any_broker
+    port = broker.mqtt_port
+    clients = []
+
+    def client(key):
+        c = Client("tcp", port, key, home.secrets[key])
+        clients.append(c)
+        assert c.connect() == 0
+        return c
+
+    try:
+        admin = client("admin")
+        admin.publish("networks/B", b'{"private": "B"}', qos=1, retain=True)
+        admin.publish("networks/A", b'{"sample": "A"}', qos=1, retain=True)
+        reader_b = client("reader_b")
+        assert reader_b.subscribe("networks/B") == 0
+        assert reader_b.expect(1)[0].payload == b'{"private": "B"}'
+
+        reader_a = client("reader_a")
+        assert reader_a.subscribe("networks/A") == 0
+        # Whatever stock pushed at CONNECT came before the retained A that answers the SUBSCRIBE.
+        got = []
+        while not got or got[-1].topic != "networks/A":
+            got.extend(reader_a.expect(1))
+        leaked = [m.topic for m in got if m.topic != "networks/A"]
+        assert leaked == ([] if fixed else ["networks/B"])
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_refused_connect_gets_return_code_5_and_the_socket_is_closed(broker):
+    for username, password in (("gen", "wrong"), ("nobody", "x"), ("gen", None)):
+        with open_socket(broker.mqtt_port) as sock:
+            sock.sendall(raw_connect("raw-client", username, password))
+            assert read_exactly(sock, 4) == bytes([0x20, 0x02, 0x00, 0x05])
+            assert closed_by_peer(sock)

@@ -1,0 +1,204 @@
+"""The ``radio`` command as an operator uses it: configuration errors, keys, and ``radio broker``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+from mqtt_client import Client
+
+from radio.keys import read_keys
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "radio", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[broker\n", "not valid TOML"),
+        ("[broker]\nmqtt_port = 1883\n", "unknown setting [broker] mqtt_port"),
+        ("[broker]\nmqtt = 'localhost'\n", "[broker] mqtt: 'localhost' is not HOST:PORT"),
+        ("[broker]\nwebsocket = '127.0.0.1:70000'\n", "is not HOST:PORT"),
+        ("[bridge]\nlisten = 5000\n", "[bridge] listen: 5000 is not HOST:PORT"),
+        ('[networks."a/b"]\n', "invalid network name 'a/b'"),
+        ("[networks.a]\npublic = 'yes'\n", "[networks.a] public must be true or false"),
+        ("[networks.a]\nmax_payload = 0\n", "[networks.a] max_payload must be a whole number"),
+        ("[networks.a]\nretian = true\n", "unknown setting [networks.a] retian"),
+        ("colour = 'blue'\n", "unknown setting colour"),
+        ("networks = 3\n", "[networks] must be a table"),
+    ],
+)
+def test_a_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, text, problem):
+    config = tmp_path / "radio.toml"
+    config.write_text(text)
+    for command in (["keys", "list"], ["broker"], ["keys", "add", "x"]):
+        result = run(*command, "--config", str(config))
+        assert result.returncode == 2
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"radio: {config}: ")
+        assert problem in lines[0]
+
+
+def test_a_named_configuration_must_exist_but_the_default_may_not(tmp_path):
+    missing = run("keys", "list", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert "no such configuration file" in missing.stderr
+    default = run("keys", "list", cwd=tmp_path)
+    assert default.returncode == 0
+    assert "No keys" in default.stderr
+
+
+def test_the_configuration_can_be_named_by_environment(tmp_path):
+    config = tmp_path / "elsewhere.toml"
+    config.write_text("[networks.only]\n")
+    result = run("keys", "add", "k", "--publish", "sample_net", env={"RADIO_CONFIG": str(config)})
+    assert result.returncode == 2
+    assert "unknown network 'sample_net' (networks in the configuration: only)" in result.stderr
+
+
+def test_keys_add_prints_the_secret_alone_and_stores_only_hashes(tmp_path):
+    result = run("keys", "add", "gen", "--publish", "sample_net", cwd=tmp_path)
+    assert result.returncode == 0
+    secret = result.stdout.strip()
+    assert result.stdout == secret + "\n"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", secret)
+    assert "shown only this once" in result.stderr
+
+    keys_file = tmp_path / "keys.toml"
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    assert secret not in keys_file.read_text()
+    key = read_keys(keys_file)["gen"]
+    assert key.matches(secret)
+    assert not key.matches(secret + "x")
+    assert key.publish == {"sample_net"}
+    assert key.mosquitto.startswith("$7$101$")
+
+
+def test_keys_list_never_shows_secrets(tmp_path):
+    secret = run(
+        "keys", "add", "gen", "--publish", "sample_net", "--subscribe", "sample_net", cwd=tmp_path
+    ).stdout
+    run("keys", "add", "ops", "--admin", cwd=tmp_path)
+    table = run("keys", "list", cwd=tmp_path)
+    assert table.returncode == 0
+    assert secret.strip() not in table.stdout
+    assert re.search(r"^gen\s+sample_net\s+sample_net\s", table.stdout, re.MULTILINE)
+    assert re.search(r"^ops\s+\(admin: any topic\)", table.stdout, re.MULTILINE)
+    as_json = run("keys", "list", "--json", cwd=tmp_path).stdout
+    assert '"name": "gen"' in as_json
+    assert secret.strip() not in as_json
+
+
+def test_key_changes_are_refused_clearly(tmp_path):
+    assert run("keys", "add", "gen", cwd=tmp_path).returncode == 0
+    cases = [
+        (["keys", "add", "gen"], "a key named 'gen' exists already"),
+        (["keys", "add", "bad name"], "invalid key name 'bad name'"),
+        (["keys", "add", "x", "--publish", "nosuch"], "unknown network 'nosuch'"),
+        (["keys", "add", "x", "--subscribe", "sample_net,bad/net"], "invalid network name 'bad/net'"),
+        (["keys", "revoke", "ghost"], "no key named 'ghost'"),
+        (["keys", "rotate", "ghost"], "no key named 'ghost'"),
+    ]
+    for args, message in cases:
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 2, args
+        assert result.stderr.strip() == f"radio: {message}" or message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_revoke_and_rotate(tmp_path):
+    first = run("keys", "add", "gen", cwd=tmp_path).stdout.strip()
+    second = run("keys", "rotate", "gen", cwd=tmp_path).stdout.strip()
+    key = read_keys(tmp_path / "keys.toml")["gen"]
+    assert second != first
+    assert key.matches(second)
+    assert not key.matches(first)
+    assert run("keys", "revoke", "gen", cwd=tmp_path).returncode == 0
+    assert "gen" not in read_keys(tmp_path / "keys.toml")
+
+
+def test_radio_broker_prints_its_ports_serves_and_stops_cleanly(home):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "broker",
+            "--config",
+            str(home.config),
+            "--mqtt",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ports = {}
+        assert process.stdout is not None
+        for line in process.stdout:
+            if match := re.search(r"(mqtt|ws)://127\.0\.0\.1:(\d+)", line):
+                ports[match[1]] = int(match[2])
+            if "Ctrl-C" in line:
+                break
+        assert set(ports) == {"mqtt", "ws"}
+        assert 0 not in ports.values()
+        for transport, port in (("tcp", ports["mqtt"]), ("ws", ports["ws"])):
+            client = Client(transport, port, "gen", home.secrets["gen"])
+            assert client.connect() == 0
+            client.publish("networks/A", b"{}", qos=1)
+            client.close()
+        refused = Client("tcp", ports["mqtt"], "gen", "wrong")
+        assert refused.connect() != 0
+        refused.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "Traceback" not in stderr
+    accepted = [line for line in stderr.splitlines() if "accepted client" in line]
+    refused_lines = [line for line in stderr.splitlines() if "refused client" in line]
+    assert len(accepted) == 2
+    assert "(tcp)" in accepted[0]
+    assert "(ws)" in accepted[1]
+    assert len(refused_lines) == 1
+    assert "wrong secret for key 'gen'" in refused_lines[0]
+    assert home.secrets["gen"] not in stderr
+    assert "wrong" not in stderr.replace("wrong secret", "")
+
+
+def test_radio_broker_on_a_busy_port_is_one_line_and_exit_2(home, broker):
+    result = run(
+        "broker",
+        "--config",
+        str(home.config),
+        "--mqtt",
+        f"127.0.0.1:{broker.mqtt_port}",
+        "--ws",
+        "127.0.0.1:0",
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("radio: cannot start the broker")
+    assert "address already in use" in result.stderr
