@@ -102,8 +102,14 @@ class Client:
                 return found
 
     def close(self) -> None:
-        self._paho.disconnect()
+        """Disconnect cleanly and wait for it, so no socket is left for the garbage collector."""
+        if self._paho.is_connected():
+            self._paho.disconnect()
+            self.disconnected.wait(TIMEOUT)
         self._paho.loop_stop()
+        # paho closes its socket and its wake-up socket pair only in __del__, which the garbage
+        # collector may run after finalizing the sockets themselves (a ResourceWarning).
+        self._paho._reset_sockets()
 
     def _on_connect(self, _c: object, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
         self.connack = reason
