@@ -1,4 +1,29 @@
-"""The HTTP door: ``POST /publish`` (the article's contract), forwarded to the broker over MQTT.
+"""The HTTP door: the article's ``POST /publish``, forwarded to the broker over MQTT.
 
-Not built yet; see the roadmap in README.md.
+- ``app``: ``create_app``, the Flask application factory;
+- ``publish``: the ``/publish`` blueprint, the article's checks in the article's order;
+- ``ops``: ``/healthz`` and ``/metrics`` for operators;
+- ``errors``: every error as JSON ``{"error": ...}``;
+- ``publisher``: one persistent MQTT connection per process, QoS 1, PUBACK awaited per request;
+- ``identity``: the bridge's own service key;
+- ``metrics``: Prometheus counters, shared across worker processes;
+- ``serve``: ``radio bridge``, under gunicorn.
 """
+
+from typing import Any
+
+__all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """``bridge.create_app``, imported on first use.
+
+    ``radio bridge`` must set up shared metrics storage before the Prometheus client is first
+    imported, and importing the app imports it; so the package itself imports nothing.
+    """
+    if name == "create_app":
+        from bridge.app import create_app  # noqa: PLC0415
+
+        return create_app
+    msg = f"module 'bridge' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -17,7 +17,7 @@ from amqtt.contexts import ListenerConfig
 from amqtt.session import Session
 
 from broker import session as attrs
-from broker.fixes import DollarPublishKeepsConnection, RetainedOnlyOnSubscribe
+from broker.fixes import DollarPublishKeepsConnection, RetainedOnlyOnSubscribe, SocketClosedOnExit
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_of_topic
@@ -30,8 +30,11 @@ WEBSOCKET_PATH: Final = "/mqtt"
 """The path clients use; amqtt's WebSocket listener accepts any path, so this is advisory."""
 
 
-class RadioBroker(RetainedOnlyOnSubscribe, DollarPublishKeepsConnection, Broker):
-    """amqtt's broker with the fixes of ``broker.fixes`` and Radio's network settings."""
+class RadioBroker(RetainedOnlyOnSubscribe, DollarPublishKeepsConnection, SocketClosedOnExit, Broker):
+    """amqtt's broker with the fixes of ``broker.fixes`` and Radio's network settings.
+
+    It owns its event loop: stopping it ends every task left on the loop (see EmbeddedBroker.stop).
+    """
 
     registry: LiveRegistry | None = None
 
@@ -107,6 +110,12 @@ class EmbeddedBroker:
         if self._amqtt is not None:
             await self._amqtt.shutdown()
             self._amqtt = None
+        # amqtt's shutdown leaves the handlers of clients still connecting: end them, so each
+        # closes its socket now rather than when the loop is gone.
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
 
     @property
     def amqtt(self) -> Broker:

@@ -40,7 +40,9 @@ class BrokerThread:
         return asyncio.run_coroutine_threadsafe(coro_fn(*args), self._loop).result(timeout)
 
     def stop(self) -> None:
-        """Stop the broker, then its loop and thread."""
+        """Stop the broker, then its loop and thread; stopping twice is harmless."""
+        if self._loop.is_closed():
+            return
         if self.broker is not None:
             self.call(self.broker.stop)
             self.broker = None

@@ -65,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
     broker.set_defaults(handler=_broker)
 
+    bridge = commands.add_parser("bridge", parents=[common], help="run the HTTP bridge (POST /publish)")
+    bridge.add_argument(
+        "--listen", metavar="HOST:PORT", type=_address, help="where to serve HTTP (port 0: any)"
+    )
+    bridge.add_argument(
+        "--broker",
+        metavar="mqtt://HOST:PORT",
+        type=_broker_url,
+        help="the broker (default: the config's MQTT)",
+    )
+    bridge.add_argument("--workers", type=int, default=2, help="worker processes, one broker link each")
+    bridge.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker's PUBACK")
+    bridge.set_defaults(handler=_bridge)
+
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
     add = key_commands.add_parser("add", parents=[common], help="make a key; prints its secret once")
@@ -98,6 +112,13 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _broker_url(text: str) -> Address:
+    try:
+        return Address.parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _names(values: list[str]) -> list[str]:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
@@ -115,6 +136,20 @@ def _broker(args: argparse.Namespace) -> int:
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     asyncio.run(serve(registry, mqtt=args.mqtt, websocket=args.ws))
+    return 0
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    from bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
+
+    run(
+        getattr(args, "config", None),
+        getattr(args, "keys", None),
+        listen=args.listen,
+        broker=args.broker,
+        workers=args.workers,
+        timeout=args.timeout,
+    )
     return 0
 
 
@@ -156,6 +191,7 @@ def _keys_list(args: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = [("NAME", "PUBLISH", "SUBSCRIBE", "CREATED")]
     for key in sorted(keys.values(), key=lambda k: k.name):
         publish = "(admin: any topic)" if key.admin else ",".join(sorted(key.publish)) or "-"
+        publish = "(every network)" if key.publish_all else publish
         subscribe = "(admin: any topic)" if key.admin else ",".join(sorted(key.subscribe)) or "-"
         rows.append((key.name, publish, subscribe, key.created))
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]

@@ -43,6 +43,12 @@ class Address:
             raise ValueError(msg)
         return cls(match["ipv6"] or match["host"], int(match["port"]))
 
+    @classmethod
+    def parse_url(cls, text: str, scheme: str = "mqtt") -> Address:
+        """Read ``mqtt://HOST:PORT`` (or plain ``HOST:PORT``), as ``--broker`` takes it."""
+        prefix = f"{scheme}://"
+        return cls.parse(text.removeprefix(prefix).rstrip("/"))
+
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"

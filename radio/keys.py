@@ -73,6 +73,8 @@ class Key:
     subscribe: frozenset[str] = frozenset()
     admin: bool = False
     created: str = ""
+    publish_all: bool = False
+    """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
 
     def matches(self, secret: str) -> bool:
         """Whether a presented secret is this key's, in constant time."""
@@ -86,6 +88,7 @@ class Key:
             "publish": sorted(self.publish),
             "subscribe": sorted(self.subscribe),
             "admin": self.admin,
+            "publish_all": self.publish_all,
             "created": self.created,
         }
 
@@ -101,6 +104,7 @@ class Key:
                 subscribe=frozenset(NetworkName(n) for n in table.get("subscribe", [])),
                 admin=bool(table.get("admin", False)),
                 created=str(table.get("created", "")),
+                publish_all=bool(table.get("publish_all", False)),
             )
         except (KeyError, TypeError, InvalidName) as exc:
             msg = f"key {name!r} is malformed: {exc}"
@@ -157,6 +161,7 @@ class KeyStore:
         publish: Iterable[str] = (),
         subscribe: Iterable[str] = (),
         admin: bool = False,
+        publish_all: bool = False,
     ) -> str:
         """Make a key and return its secret, which is not stored anywhere."""
         check_key_name(name)
@@ -175,6 +180,7 @@ class KeyStore:
                 subscribe=subscribe_set,
                 admin=admin,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
+                publish_all=publish_all,
             )
         return secret
 

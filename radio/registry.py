@@ -13,7 +13,8 @@ Rights (design section 3):
 - a filter naming one network is granted iff that network may be read; a filter whose network
   level is a wildcard is granted (if the client may read any network at all) and every message
   is checked on delivery; any other filter is refused;
-- an ``admin`` key may publish and read every topic.
+- an ``admin`` key may publish and read every topic;
+- a ``publish_all`` service key (the HTTP bridge's) may publish to every network, read none.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Registry:
         access: dict[str | None, Access] = {None: Access(read=public)}
         for name, key in self.keys.items():
             access[name] = Access(
-                publish=key.publish & known,
+                publish=known if key.publish_all else key.publish & known,
                 read=(key.subscribe & known) | public,
                 admin=key.admin,
             )

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 from mqtt_client import Client
 
+from bridge.identity import bridge_credentials
 from broker.thread import BrokerThread
 from radio.config import Address, load_settings
 from radio.keys import KeyStore
@@ -77,6 +82,8 @@ def home(tmp_path: Path) -> Home:
     home.add_key("reader_a", subscribe=["A"])
     home.add_key("reader_b", subscribe=["B"])
     home.add_key("admin", admin=True)
+    # The bridge's service key, as `radio bridge` makes it on first start (tested on its own).
+    bridge_credentials(load_settings(home.config))
     return home
 
 
@@ -116,3 +123,75 @@ def connect(broker: BrokerThread, home: Home, transport: str) -> Iterator[Connec
     yield _connect
     for client in clients:
         client.close()
+
+
+@dataclass
+class Bridge:
+    """`radio bridge` in a subprocess: real gunicorn workers, real HTTP, on a free port."""
+
+    process: subprocess.Popen[str]
+    url: str
+
+    def post(self, body: bytes | str | None = None, headers: dict[str, str] | None = None, **kwargs: object):
+        return requests.post(self.url + "/publish", data=body, headers=headers or {}, timeout=30, **kwargs)
+
+    def stop(self) -> str:
+        """Stop it as Ctrl-C would; returns what it printed on stderr."""
+        self.process.send_signal(signal.SIGINT)
+        _, stderr = self.process.communicate(timeout=30)
+        assert self.process.returncode == 0, stderr
+        return stderr
+
+
+def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = True) -> Bridge:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "bridge",
+            "--config",
+            str(home.config),
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            f"mqtt://127.0.0.1:{broker_port}",
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = None
+    for line in process.stdout:
+        if match := re.search(r"POST (http://127\.0\.0\.1:\d+)/publish", line):
+            url = match[1]
+        if "Ctrl-C" in line:
+            break
+    assert url is not None, process.stderr.read() if process.stderr else ""
+    bridge = Bridge(process, url)
+    deadline = time.monotonic() + 20
+    # Readiness: a load balancer would poll /healthz the same way.
+    while healthy and requests.get(url + "/healthz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the bridge never reached the broker"
+        time.sleep(0.05)
+    return bridge
+
+
+@pytest.fixture
+def bridge(home: Home, broker: BrokerThread) -> Iterator[Bridge]:
+    running = start_bridge(home, broker.mqtt_port)
+    yield running
+    stderr = running.stop()
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture
+def everything(broker: BrokerThread, home: Home) -> Iterator[Client]:
+    """An admin listening to every topic over TCP: what any listener could possibly receive."""
+    client = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    assert client.connect() == 0
+    assert client.subscribe("#", qos=1) == 1
+    yield client
+    client.close()

@@ -1,16 +1,16 @@
-"""Fixes for amqtt's defects, one module each, combined into ``FIXES``.
+"""Fixes for amqtt's defects, one module each, stacked as mixins by ``broker.server.RadioBroker``.
 
 Each fix is a subclass of ``amqtt.broker.Broker`` that overrides as little as it can and calls
-``super()`` wherever it can, so that ``RadioBroker`` stacks them as mixins and removing a fix is
-deleting its module and its line below. They are written against amqtt 0.12.1's internals, so any
-other version is refused at import: a silent upgrade would leave the fixes patching code that is
-no longer there.
+``super()`` wherever it can. Removing a fix is deleting its module, its import here and its name
+in RadioBroker's bases. They are written against amqtt 0.12.1's internals, so any other version
+is refused at import: a silent upgrade would leave the fixes patching code that is no longer there.
 """
 
 from importlib.metadata import version
 
 from broker.fixes.dollar_publish import DollarPublishKeepsConnection
 from broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
+from broker.fixes.socket_closed_on_exit import SocketClosedOnExit
 
 AMQTT_VERSION = "0.12.1"
 
@@ -18,7 +18,4 @@ if version("amqtt") != AMQTT_VERSION:  # pragma: no cover - only on a broken ins
     msg = f"Radio's broker fixes are written for amqtt {AMQTT_VERSION}, found {version('amqtt')}"
     raise ImportError(msg)
 
-__all__ = ["AMQTT_VERSION", "FIXES", "DollarPublishKeepsConnection", "RetainedOnlyOnSubscribe"]
-
-FIXES: tuple[type, ...] = (RetainedOnlyOnSubscribe, DollarPublishKeepsConnection)
-"""Applied in this order (first is outermost)."""
+__all__ = ["AMQTT_VERSION", "DollarPublishKeepsConnection", "RetainedOnlyOnSubscribe", "SocketClosedOnExit"]

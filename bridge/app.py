@@ -1,0 +1,56 @@
+"""``create_app``: the bridge as a Flask application, one broker link per process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from bridge import errors, ops, publish
+from bridge.identity import bridge_credentials
+from bridge.publisher import Publisher
+from radio.config import Address
+from radio.registry import LiveRegistry
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: registry, broker link (started now, in this process), blueprints, JSON errors.
+
+    Settings (``test_config`` or the defaults): ``RADIO_CONFIG`` and ``RADIO_KEYS`` (paths, as for
+    every ``radio`` command), ``BROKER`` (an ``Address``; default: the configuration's MQTT
+    listener), ``PUBACK_TIMEOUT`` (seconds, default 5), ``REGISTRY_CHECK_INTERVAL`` (seconds).
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(
+        RADIO_CONFIG=None,
+        RADIO_KEYS=None,
+        BROKER=None,
+        PUBACK_TIMEOUT=5.0,
+        REGISTRY_CHECK_INTERVAL=0.25,
+    )
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+
+    registry = LiveRegistry(app.config["RADIO_CONFIG"], app.config["RADIO_KEYS"])
+    broker: Address = app.config["BROKER"] or local_address(registry.settings.broker.mqtt)
+    username, password = bridge_credentials(registry.settings)
+    publisher = Publisher(broker, username, password, timeout=app.config["PUBACK_TIMEOUT"])
+    publisher.start()
+    app.extensions["radio.registry"] = registry
+    app.extensions["radio.registry.checked"] = [0.0]
+    app.extensions["radio.publisher"] = publisher
+
+    errors.register(app)
+    app.register_blueprint(publish.bp)
+    app.register_blueprint(ops.bp)
+    return app
+
+
+def local_address(listen: Address) -> Address:
+    """Where to reach a listener from this machine: a wildcard bind is reached on loopback."""
+    if listen.host in ("0.0.0.0", ""):
+        return Address("127.0.0.1", listen.port)
+    if listen.host == "::":
+        return Address("::1", listen.port)
+    return listen

@@ -1,0 +1,53 @@
+"""Every error the bridge answers is JSON ``{"error": ...}``: never HTML, never a traceback.
+
+Hierarchy::
+
+    APIError              a refusal with a status and a message meant for the caller
+    (werkzeug HTTPException: 404, 405, 413 ... turned into the same JSON shape)
+    (anything else)       logged with its traceback, answered 500 {"error": "internal error"}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("radio.bridge")
+
+
+class APIError(Exception):
+    """A refusal: the status and message the caller gets, and the metrics label it counts under."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+def _api_error(error: APIError) -> tuple[Response, int]:
+    return jsonify(error=error.message), error.status
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    status = error.code or 500
+    message = {
+        404: "not found: the only endpoints are POST /publish, GET /healthz and GET /metrics",
+        405: "method not allowed",
+        413: "request body too large",
+    }.get(status, error.description or error.name)
+    return jsonify(error=message), status
+
+
+def _unexpected(error: Exception) -> tuple[Response, int]:
+    log.error("unexpected error while answering a request", exc_info=error)
+    return jsonify(error="internal error"), 500
+
+
+def register(app: Flask) -> None:
+    """Install the JSON error handlers."""
+    app.register_error_handler(APIError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

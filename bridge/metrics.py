@@ -1,0 +1,35 @@
+"""Prometheus metrics of the bridge: publishes by outcome, and the time to the broker's PUBACK.
+
+Under gunicorn every worker counts its own requests; ``radio bridge`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before this module is imported, so that ``/metrics`` (answered by
+any one worker) adds up all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.multiprocess import MultiProcessCollector
+
+PUBLISHES: Final = Counter(
+    "radio_bridge_publishes",
+    "POST /publish requests by outcome: accepted, or the reason for refusing them.",
+    ["outcome"],
+)
+PUBACK_SECONDS: Final = Histogram(
+    "radio_bridge_puback_seconds",
+    "Time from receiving POST /publish to the broker's PUBACK, for accepted samples.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in Prometheus text format, summed over every worker process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,26 @@
+"""What operators poll: ``/healthz`` for load balancers and Docker, ``/metrics`` for Prometheus."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from bridge import metrics
+from bridge.publisher import Publisher
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """200 while this worker's broker link is up, 503 otherwise."""
+    publisher: Publisher = current_app.extensions["radio.publisher"]
+    if publisher.connected:
+        return jsonify(status="ok", broker="connected"), 200
+    return jsonify(error="the broker is unreachable", broker="disconnected"), 503
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    """Prometheus text format."""
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)

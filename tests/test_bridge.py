@@ -1,0 +1,318 @@
+"""The HTTP bridge over real HTTP (gunicorn), forwarding to the real broker, seen by a real listener.
+
+"Publishes nothing" is checked with a barrier, never a sleep: after the refused requests one valid
+POST is sent; requests are answered one after another, so anything the refused ones had published
+would reach the listener before the valid sample does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from conftest import CONFIG, Home, start_bridge
+from mqtt_client import Client
+
+from broker.thread import BrokerThread
+from radio.config import Address
+from radio.keys import read_keys
+from radio.registry import LiveRegistry
+
+VALID = {"network": "A", "data": {"speed": 42, "street": "Main"}}
+
+
+def body(value) -> str:
+    return json.dumps(value)
+
+
+def assert_nothing_published_before(bridge, home, everything):
+    """Send one valid sample: it must be the first and only thing the listener gets."""
+    marker = {"network": "A", "data": {"marker": time.monotonic_ns()}}
+    assert bridge.post(body(marker), {"API-KEY": home.secrets["gen"]}).status_code == 200
+    got = everything.expect(1)
+    assert (got[0].topic, json.loads(got[0].payload)) == ("networks/A", marker["data"])
+    assert everything.received_so_far() == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "payload", "status", "error"),
+    [
+        ({}, body(VALID), 400, "API-KEY missing in headers"),
+        ({"API-KEY": "not-a-key"}, body(VALID), 400, "API-KEY not valid"),
+        ({"API-KEY": ""}, body(VALID), 400, "API-KEY not valid"),
+        ({"Authorization": "Bearer not-a-key"}, body(VALID), 400, "API-KEY not valid"),
+        ({"API-KEY": "gen"}, "{not json", 400, "POST data is not JSON"),
+        ({"API-KEY": "gen"}, b"\xff\xfe{}", 400, "POST data is not JSON"),
+        ({"API-KEY": "gen"}, "", 400, "POST data is not JSON"),
+        ({"API-KEY": "gen"}, '{"network": "A", "data": {"x": NaN}}', 400, "POST data is not JSON"),
+        ({"API-KEY": "gen"}, body({"data": {"x": 1}}), 400, "*network* key missing"),
+        ({"API-KEY": "gen"}, body([1, 2]), 400, "*network* key missing"),
+        ({"API-KEY": "gen"}, body("network"), 400, "*network* key missing"),
+        ({"API-KEY": "gen"}, body({"network": "B", "data": {}}), 403, "You cannot broadcast to this channel"),
+        (
+            {"API-KEY": "gen"},
+            body({"network": "nosuch", "data": {}}),
+            403,
+            "You cannot broadcast to this channel",
+        ),
+        (
+            {"API-KEY": "gen"},
+            body({"network": ["A"], "data": {}}),
+            403,
+            "You cannot broadcast to this channel",
+        ),
+        (
+            {"API-KEY": "gen"},
+            body({"network": "A/x", "data": {}}),
+            403,
+            "You cannot broadcast to this channel",
+        ),
+        ({"API-KEY": "reader_a"}, body(VALID), 403, "You cannot broadcast to this channel"),
+        ({"API-KEY": "gen"}, body({"network": "A"}), 400, "*data* key missing"),
+        ({"API-KEY": "gen"}, body({"network": "A", "data": [1]}), 400, "Can only broadcast json data"),
+        ({"API-KEY": "gen"}, body({"network": "A", "data": "x"}), 400, "Can only broadcast json data"),
+        ({"API-KEY": "gen"}, body({"network": "A", "data": None}), 400, "Can only broadcast json data"),
+    ],
+)
+def test_each_refusal_of_the_article_answers_to_the_letter_and_publishes_nothing(
+    bridge, home, everything, headers, payload, status, error
+):
+    # The table's keys are names; the requests carry their secrets.
+    headers = {name: home.secrets.get(value, value) for name, value in headers.items()}
+    response = bridge.post(payload, headers)
+    assert (response.status_code, response.json()) == (status, {"error": error})
+    assert response.headers["Content-Type"] == "application/json"
+    assert_nothing_published_before(bridge, home, everything)
+
+
+def test_the_checks_run_in_the_articles_order(bridge, home):
+    """A request wrong in several ways gets the first error of the article's list."""
+    gen = {"API-KEY": home.secrets["gen"]}
+    assert bridge.post("{bad", {"API-KEY": "wrong"}).json() == {"error": "API-KEY not valid"}
+    assert bridge.post(body({"data": 5}), gen).json() == {"error": "*network* key missing"}
+    assert bridge.post(body({"network": "B"}), gen).json() == {
+        "error": "You cannot broadcast to this channel"
+    }
+    assert bridge.post(body({"network": "A", "data": 5}), gen).json() == {
+        "error": "Can only broadcast json data"
+    }
+
+
+def test_a_valid_sample_reaches_listeners_exactly_and_is_retained(bridge, home, everything, broker):
+    response = bridge.post(body(VALID), {"API-KEY": home.secrets["gen"], "Content-Type": "application/json"})
+    assert (response.status_code, response.json()) == (200, {"message": "OK"})
+    got = everything.expect(1)[0]
+    assert got.topic == "networks/A"
+    assert got.payload == json.dumps(VALID["data"]).encode()  # the article's json.dumps(body['data'])
+
+    late = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
+    assert late.connect() == 0
+    assert late.subscribe("networks/A") == 0
+    retained = late.expect(1)[0]
+    assert (retained.retain, json.loads(retained.payload)) == (True, VALID["data"])
+    late.close()
+
+
+def test_a_network_that_does_not_retain_gets_no_retained_sample(bridge, home, everything, broker):
+    admin = {"API-KEY": home.secrets["admin"]}
+    assert bridge.post(body({"network": "fleeting", "data": {"n": 1}}), admin).status_code == 200
+    assert everything.expect(1)[0].topic == "networks/fleeting"
+    anonymous = Client("tcp", broker.mqtt_port)
+    assert anonymous.connect() == 0
+    assert anonymous.subscribe("networks/fleeting") == 0
+    assert bridge.post(body({"network": "fleeting", "data": {"n": 2}}), admin).status_code == 200
+    assert [json.loads(m.payload) for m in anonymous.expect(1)] == [{"n": 2}]
+    anonymous.close()
+
+
+def test_a_bearer_token_is_accepted_like_an_api_key(bridge, home, everything):
+    response = bridge.post(body(VALID), {"Authorization": f"Bearer {home.secrets['gen']}"})
+    assert response.status_code == 200
+    assert json.loads(everything.expect(1)[0].payload) == VALID["data"]
+
+
+def test_the_articles_own_publish_function_works_unchanged(bridge, home, everything):
+    class secret:  # noqa: N801 - stands in for the article's `secret` module
+        URL = bridge.url + "/publish"
+        API_KEYS = {"A": home.secrets["gen"]}
+
+    # From the article, unchanged but for the URL and key above (its `resp =` line, cut off in
+    # the text, posts the payload as JSON).
+    def publish(net_name, jdata):
+        url = secret.URL
+        headers = {"content-type": "application/json"}
+        headers["API-KEY"] = secret.API_KEYS[net_name]
+        payload = {"network": net_name}
+        payload["data"] = jdata
+        resp = requests.post(url, data=json.dumps(payload), headers=headers)  # noqa: S113
+        return resp.status_code
+
+    for tick in range(3):
+        assert publish("A", {"tick": tick, "density": {"Main St": 0.25}}) == 200
+    assert [json.loads(m.payload)["tick"] for m in everything.expect(3)] == [0, 1, 2]
+
+
+def test_a_sample_over_the_networks_max_payload_is_413(home, broker, everything):
+    home.config.write_text(
+        home.config.read_text().replace("[networks.A]\n", "[networks.A]\nmax_payload = 100\n")
+    )
+    bridge = start_bridge(home, broker.mqtt_port)
+    try:
+        big = {"network": "A", "data": {"blob": "x" * 200}}
+        response = bridge.post(body(big), {"API-KEY": home.secrets["gen"]})
+        assert response.status_code == 413
+        assert "network 'A' accepts at most 100" in response.json()["error"]
+        assert_nothing_published_before(bridge, home, everything)
+    finally:
+        bridge.stop()
+
+
+def test_a_body_too_large_for_any_network_is_refused_before_it_is_read(bridge, home):
+    port = int(bridge.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: "
+            + home.secrets["gen"].encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # the bridge answers and closes without reading the body
+            answer += chunk
+    head, _, payload = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413")
+    assert json.loads(payload) == {"error": "request body too large: at most 196608 bytes"}
+
+
+def test_other_methods_and_paths_get_json_errors(bridge):
+    for method, path, status in (
+        ("GET", "/publish", 405),
+        ("PUT", "/publish", 405),
+        ("GET", "/", 404),
+        ("POST", "/publish/x", 404),
+        ("DELETE", "/healthz", 405),
+    ):
+        response = requests.request(method, bridge.url + path, timeout=10)
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/json"
+        assert set(response.json()) == {"error"}
+
+
+def test_a_revoked_key_is_refused_within_two_seconds(bridge, home):
+    gen = {"API-KEY": home.secrets["gen"]}
+    assert bridge.post(body(VALID), gen).status_code == 200
+    home.radio("keys", "revoke", "gen")
+    revoked = time.monotonic()
+    # Each worker re-reads the registry on its own: sample both for the whole promised window.
+    answers = []
+    while (sent := time.monotonic()) < revoked + 2.5:
+        response = bridge.post(body(VALID), gen)
+        answers.append((sent - revoked, response.status_code, response.json()))
+    late = [(status, answer) for after, status, answer in answers if after >= 2.0]
+    assert late
+    assert set(map(str, late)) == {str((400, {"error": "API-KEY not valid"}))}
+
+
+def test_200_concurrent_posts_each_reach_the_listener_exactly_once(bridge, home, everything):
+    gen = {"API-KEY": home.secrets["gen"]}
+
+    def send(n):
+        return bridge.post(body({"network": "A", "data": {"n": n}}), gen).status_code
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        codes = list(pool.map(send, range(200)))
+    assert codes == [200] * 200
+    received = sorted(json.loads(m.payload)["n"] for m in everything.expect(200))
+    assert received == list(range(200))
+    assert everything.received_so_far() == []
+
+
+def test_metrics_count_outcomes_and_time_to_puback(bridge, home):
+    gen = {"API-KEY": home.secrets["gen"]}
+    for _ in range(3):
+        assert bridge.post(body(VALID), gen).status_code == 200
+    assert bridge.post(body(VALID), {"API-KEY": "nope"}).status_code == 400
+    assert bridge.post(body({"network": "B", "data": {}}), gen).status_code == 403
+    text = requests.get(bridge.url + "/metrics", timeout=10).text
+    assert 'radio_bridge_publishes_total{outcome="accepted"} 3.0' in text
+    assert 'radio_bridge_publishes_total{outcome="invalid_key"} 1.0' in text
+    assert 'radio_bridge_publishes_total{outcome="forbidden"} 1.0' in text
+    assert "radio_bridge_puback_seconds_count 3.0" in text
+
+
+def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(home):
+    first = BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    )
+    first.start()
+    port = first.mqtt_port
+    bridge = start_bridge(home, port, "--timeout", "1")
+    try:
+        assert bridge.post(body(VALID), {"API-KEY": home.secrets["gen"]}).status_code == 200
+        first.stop()
+
+        started = time.monotonic()
+        response = bridge.post(body(VALID), {"API-KEY": home.secrets["gen"]})
+        assert time.monotonic() - started < 5
+        assert response.status_code == 503
+        assert (
+            "nothing was published" in response.json()["error"]
+            or "did not confirm" in response.json()["error"]
+        )
+        assert requests.get(bridge.url + "/healthz", timeout=10).status_code == 503
+
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
+        ) as second:
+            listener = Client("tcp", second.mqtt_port, "reader_a", home.secrets["reader_a"])
+            assert listener.connect() == 0
+            assert listener.subscribe("networks/A") == 0
+            deadline = time.monotonic() + 15
+            while (status := bridge.post(body(VALID), {"API-KEY": home.secrets["gen"]}).status_code) != 200:
+                assert status == 503
+                assert time.monotonic() < deadline, "the bridge did not reconnect"
+            # Exactly the accepted sample: nothing refused earlier was sent late.
+            assert [json.loads(m.payload) for m in listener.expect(1)] == [VALID["data"]]
+            assert listener.received_so_far() == []
+            listener.close()
+    finally:
+        bridge.stop()
+
+
+def test_first_start_makes_the_service_key_and_its_secret_file(tmp_path, broker):
+    home = Home(tmp_path / "fresh")  # tmp_path itself holds the broker fixture's home
+    home.path.mkdir()
+    home.config.write_text(CONFIG)
+    assert "bridge" not in read_keys(home.keys)
+    running = start_bridge(home, broker.mqtt_port, healthy=False)
+    try:
+        secret_file = home.path / "bridge.key"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        key = read_keys(home.keys)["bridge"]
+        assert key.publish_all
+        assert not key.admin
+        assert key.matches(secret_file.read_text().strip())
+    finally:
+        running.stop()
+
+
+def test_a_slow_client_does_not_stop_other_requests(bridge, home, everything):
+    """One worker busy with a client that sends half a request; the other still serves."""
+    port = int(bridge.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        done = threading.Event()
+        codes = []
+
+        def post():
+            codes.append(bridge.post(body(VALID), {"API-KEY": home.secrets["gen"]}).status_code)
+            done.set()
+
+        threading.Thread(target=post).start()
+        assert done.wait(20)
+    assert codes == [200]
