@@ -2,6 +2,7 @@
 
     python bench/http_door.py             # 3 interleaved rounds of 10 s each, wrk -c50
     python bench/http_door.py --smoke     # one 1 s round: checks the script still works
+    python bench/http_door.py --server waitress   # the same under waitress (pip install waitress)
 
 Both are served by gunicorn with the same settings as `radio bridge` (2 sync workers); the bridge
 publishes every sample at QoS 1 to the embedded broker and waits for its PUBACK. Prints a JSON
@@ -78,12 +79,97 @@ def cpu_seconds(process: subprocess.Popen[str]) -> float:
     return total
 
 
+Target = tuple[subprocess.Popen[str], str, subprocess.Popen[str], str]
+
+
+def targets(args: argparse.Namespace, home: Path, env: dict[str, str], radio: list[str], mqtt: str) -> Target:
+    """Start the bridge and the bare yardstick under the chosen server."""
+    if args.server == "gunicorn":
+        bridge, bridge_url = start(
+            [
+                *radio,
+                "bridge",
+                "--listen",
+                "127.0.0.1:0",
+                "--broker",
+                f"mqtt://127.0.0.1:{mqtt}",
+                "--workers",
+                str(args.workers),
+            ],
+            r"POST (http://\S+)/publish",
+            env,
+        )
+        port = free_port()
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(args.workers),
+                "--worker-class",
+                "sync",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(HERE),
+                "--log-level",
+                "warning",
+                "bare_flask:create_app()",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    else:
+        # waitress: one process, 4 threads sharing one broker link (its paho network thread).
+        (home / "radio.toml").write_text(
+            f'[broker]\nmqtt = "127.0.0.1:{mqtt}"\n[networks.bench]\npublic = true\nretain = true\n'
+        )
+        bridge_port, port = free_port(), free_port()
+        bridge = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "waitress",
+                "--threads",
+                "4",
+                f"--listen=127.0.0.1:{bridge_port}",
+                "--call",
+                "bridge.app:create_app",
+            ],
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        bridge_url = f"http://127.0.0.1:{bridge_port}"
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "waitress",
+                "--threads",
+                "4",
+                f"--listen=127.0.0.1:{port}",
+                "--call",
+                "bare_flask:create_app",
+            ],
+            stderr=subprocess.DEVNULL,
+            cwd=HERE,
+        )
+    bare_url = f"http://127.0.0.1:{port}"
+    return bridge, bridge_url, bare, bare_url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one short round, to check the script works")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, for both targets")
+    parser.add_argument(
+        "--server",
+        choices=["gunicorn", "waitress"],
+        default="gunicorn",
+        help="serve both targets with gunicorn (as radio bridge does) or waitress (pip install waitress)",
+    )
     args = parser.parse_args()
     rounds, seconds = (1, 1) if args.smoke else (args.rounds, args.seconds)
 
@@ -101,41 +187,7 @@ def main() -> None:
     broker, mqtt = start(
         [*radio, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"], r"mqtt://127\.0\.0\.1:(\d+)", env
     )
-    bridge, bridge_url = start(
-        [
-            *radio,
-            "bridge",
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            f"mqtt://127.0.0.1:{mqtt}",
-            "--workers",
-            str(args.workers),
-        ],
-        r"POST (http://\S+)/publish",
-        env,
-    )
-    port = free_port()
-    bare = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            str(args.workers),
-            "--worker-class",
-            "sync",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--chdir",
-            str(HERE),
-            "--log-level",
-            "warning",
-            "bare_flask:create_app()",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    bare_url = f"http://127.0.0.1:{port}"
+    bridge, bridge_url, bare, bare_url = targets(args, home, env, radio, mqtt)
     try:
         deadline = time.monotonic() + 20
         for url in (bridge_url, bare_url):

@@ -1,8 +1,8 @@
 """``radio bridge``: the Flask app under gunicorn, pre-forked sync workers.
 
-Why gunicorn with sync workers: a publish waits for the broker's PUBACK, and a probe of exactly
-that endpoint on 2 cores gave 1,830 requests/s with 2 sync workers (one MQTT connection each)
-against 283 with waitress's 4 threads sharing one paho network thread (bench/RESULTS.md).
+Why gunicorn with sync workers: measured on 2 cores (bench/http_door.py, bench/RESULTS.md), the
+bridge served 803 requests/s under gunicorn with 2 sync workers, one MQTT connection each, and 233
+under waitress with 4 threads sharing one paho network thread.
 
 The listening socket is bound here, before gunicorn starts, so that port 0 works and the real port
 can be printed; gunicorn inherits it as ``fd://N``. The service key is made here too, once,
