@@ -74,7 +74,7 @@ def bind(listen: Address) -> socket.socket:
     return sock
 
 
-def run(  # noqa: PLR0913 - the command's options, passed through by name
+def run(
     config: str | None,
     keys: str | None,
     *,

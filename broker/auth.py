@@ -38,10 +38,10 @@ class RadioAuthPlugin(BaseAuthPlugin):
                 refusal = "anonymous access is off"
         elif name is None or secret is None:
             refusal = "a username and a password (key name and secret) are both needed"
-        elif registry.authenticate(name, secret) is None:
-            refusal = (
-                f"unknown key {name!r}" if name not in registry.keys else f"wrong secret for key {name!r}"
-            )
+        elif (key := registry.authenticate(name, secret)) is None:
+            refusal = f"wrong secret for key {name!r}" if name in registry.keys else "unknown key"
+        else:
+            name = key.name  # the username may be a mere label: the secret named the key
 
         if refusal is None and session.will_flag:
             access = registry.access(name)

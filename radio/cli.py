@@ -12,10 +12,11 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from radio import __version__
-from radio.config import Address, load_settings
+from radio.config import Address, Settings, load_settings
 from radio.errors import RadioError
 from radio.keys import KeyStore, read_keys
 
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     bridge.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker's PUBACK")
     bridge.set_defaults(handler=_bridge)
 
+    _add_platform_commands(commands, common)
+
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
     add = key_commands.add_parser("add", parents=[common], help="make a key; prints its secret once")
@@ -105,11 +108,83 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_platform_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``radio up``, ``radio listen`` and ``radio device ...``."""
+    up = commands.add_parser(
+        "up", parents=[common], help="run the whole platform: broker, bridge and the demo traffic simulator"
+    )
+    up.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
+    up.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket")
+    up.add_argument("--http", metavar="HOST:PORT", type=_address, help="the HTTP bridge")
+    up.set_defaults(handler=_up)
+
+    listen = commands.add_parser(
+        "listen", parents=[common], help="print the samples of networks, one JSON line each"
+    )
+    listen.add_argument("networks", nargs="+", metavar="NETWORK")
+    listen.add_argument(
+        "--url", help="ws://HOST:PORT/mqtt (default: the configuration's) or mqtt://HOST:PORT"
+    )
+    listen.add_argument(
+        "--key", metavar="SECRET", help="a key that may read the networks (default: anonymous)"
+    )
+    listen.set_defaults(handler=_listen)
+
+    device = commands.add_parser("device", parents=[common], help="run a data generator")
+    devices = device.add_subparsers(title="generators", required=True, metavar="GENERATOR")
+    traffic = devices.add_parser("traffic", parents=[common], help="the traffic simulator")
+    traffic.add_argument("--network", required=True)
+    traffic.add_argument(
+        "--key", metavar="SECRET", required=True, help="a key that may publish to the network"
+    )
+    traffic.add_argument("--period", type=float, default=1.0, help="seconds between samples (default 1)")
+    traffic.add_argument(
+        "--via", choices=["mqtt", "http"], default="mqtt", help="publish over MQTT or the bridge"
+    )
+    traffic.add_argument(
+        "--url", help="broker (mqtt://, ws://) or bridge (http://) URL; default: the config's"
+    )
+    traffic.add_argument("--speed", type=int, default=10, help="simulated seconds per sample (default 10)")
+    traffic.add_argument("--size", type=_size, default=(3, 3), metavar="ROWSxCOLUMNS", help="the town's grid")
+    traffic.add_argument("--seed", type=int, help="for a reproducible run")
+    traffic.set_defaults(handler=_traffic)
+    sensors = devices.add_parser("sensors", parents=[common], help="many simulated sensors with last wills")
+    sensors.add_argument("--network", required=True)
+    sensors.add_argument(
+        "--key", metavar="SECRET", required=True, help="a key that may publish to the network"
+    )
+    sensors.add_argument("--count", type=int, default=100)
+    sensors.add_argument("--rate", type=float, default=1.0, help="readings per second per sensor")
+    sensors.add_argument("--url", help="broker URL (default: the configuration's MQTT)")
+    sensors.add_argument("--seed", type=int)
+    sensors.set_defaults(handler=_sensors)
+
+
 def _address(text: str) -> Address:
     try:
         return Address.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    rows, _, columns = text.lower().partition("x")
+    if not (rows.isdigit() and columns.isdigit()) or int(rows) * int(columns) < 2:
+        msg = f"{text!r} is not ROWSxCOLUMNS (say 3x3)"
+        raise argparse.ArgumentTypeError(msg)
+    return int(rows), int(columns)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+
+
+def _local(address: Address) -> str:
+    """How to reach a listener of this machine: a wildcard bind is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
 
 
 def _broker_url(text: str) -> Address:
@@ -149,6 +224,68 @@ def _bridge(args: argparse.Namespace) -> int:
         broker=args.broker,
         workers=args.workers,
         timeout=args.timeout,
+    )
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from radio.up import up  # noqa: PLC0415
+
+    return up(
+        getattr(args, "config", None), getattr(args, "keys", None), mqtt=args.mqtt, ws=args.ws, http=args.http
+    )
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
+
+    url = args.url or f"ws://{_local(_settings(args).broker.websocket)}/mqtt"
+    return listen(args.networks, url, args.key)
+
+
+def _device_logging() -> threading.Event:
+    from devices.run import stop_on_signals  # noqa: PLC0415
+    from radio import logs  # noqa: PLC0415
+
+    logs.setup()
+    return stop_on_signals()
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    from devices.run import traffic  # noqa: PLC0415
+
+    settings = _settings(args)
+    default = (
+        f"http://{_local(settings.bridge.listen)}"
+        if args.via == "http"
+        else f"mqtt://{_local(settings.broker.mqtt)}"
+    )
+    traffic(
+        network=args.network,
+        secret=args.key,
+        url=args.url or default,
+        via=args.via,
+        period=args.period,
+        speed=args.speed,
+        size=args.size,
+        seed=args.seed,
+        stop=_device_logging(),
+    )
+    return 0
+
+
+def _sensors(args: argparse.Namespace) -> int:
+    from devices.run import sensor_agents  # noqa: PLC0415
+
+    url = args.url or f"mqtt://{_local(_settings(args).broker.mqtt)}"
+    sensor_agents(
+        network=args.network,
+        secret=args.key,
+        url=url,
+        count=args.count,
+        rate=args.rate,
+        seed=args.seed,
+        stop=_device_logging(),
     )
     return 0
 

@@ -97,11 +97,16 @@ class Registry:
         )
 
     def authenticate(self, name: str, secret: str) -> Key | None:
-        """The key with this name if the secret is its own (the broker's check: username, password)."""
+        """The key behind MQTT credentials: username and password, as the broker sees them.
+
+        A username that names a key must come with that key's secret. Any other username is a
+        mere label (MQTT needs one beside a password) and the secret alone identifies the key,
+        as on the HTTP door: so clients given only a secret (``--key SECRET``) can connect.
+        """
         key = self.keys.get(name)
-        if key is None or not key.matches(secret):
-            return None
-        return key
+        if key is not None:
+            return key if key.matches(secret) else None
+        return self.key_for_secret(secret)
 
     def key_for_secret(self, secret: str) -> Key | None:
         """The key whose secret this is (the bridge's check: it sees the secret alone)."""

@@ -1,4 +1,5 @@
-"""Listeners: a Python client library and ``radio listen``, later a web page.
+"""Listeners: the Python client library (``subscribers.listener``) and ``radio listen``.
 
-Pure clients of the platform: they import nothing server-side. Not built yet; see README.md.
+Pure clients of the platform: they import nothing server-side, only ``radio``'s topic names and
+broker URLs.
 """

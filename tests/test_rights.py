@@ -171,6 +171,13 @@ def test_bad_credentials_are_refused(connect, key, secret):
     assert refused.disconnected.wait(10)
 
 
+def test_a_secret_alone_identifies_its_key_whatever_the_username(connect, home):
+    """Clients given only a secret connect with any username, and get that key's rights."""
+    labelled = connect("any-label", secret=home.secrets["reader_a"])
+    assert labelled.subscribe("networks/A") == 0
+    assert labelled.subscribe("networks/B") == 0x80
+
+
 def test_a_will_may_only_go_where_the_key_may_publish(connect, broker, home, transport):
     admin = everything(connect)
     port = broker.ws_port if transport == "ws" else broker.mqtt_port

@@ -30,5 +30,5 @@ class SocketClosedOnExit(Broker):
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()

@@ -1,0 +1,173 @@
+"""How a generator sends its samples, and keeps them through a broker outage.
+
+Both links keep what they could not send in a bounded buffer: when it is full the oldest sample is
+dropped, counted, and logged, so a long outage costs the oldest data and never the process's
+memory. Everything else is delivered, in order, once the broker (or the bridge) is back; QoS 1 may
+deliver a sample twice around a reconnect, never zero times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from radio.urls import BrokerURL
+
+log = logging.getLogger("radio.device")
+DEFAULT_BUFFER = 10_000
+USERNAME = "radio-device"
+"""MQTT needs a username beside a password; the secret alone names the key."""
+
+
+@dataclass(frozen=True)
+class Will:
+    """What the broker publishes for a client that vanishes."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class MqttLink:
+    """One MQTT connection that reconnects by itself (paho's backoff) and buffers while it is down."""
+
+    def __init__(
+        self,
+        url: BrokerURL,
+        secret: str | None,
+        client_id: str,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        will: Will | None = None,
+        on_connect: Any = None,
+    ) -> None:
+        self.url = url
+        self.dropped = 0
+        self._pending: deque[tuple[str, bytes, bool]] = deque()
+        self._limit = buffer
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.refused: str | None = None
+        self._user_on_connect = on_connect
+        self._stopping = False
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, transport=url.transport
+        )
+        if url.transport == "websockets":
+            self._client.ws_set_options(path=url.path)
+        if secret:
+            self._client.username_pw_set(USERNAME, secret)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_inflight_messages_set(100)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+
+    def start(self) -> None:
+        """Connect in the background; publishing works at once (it buffers until connected)."""
+        self._client.connect_async(self.url.host, self.url.port, keepalive=30)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Whether the link came up within the timeout."""
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        """Disconnect cleanly: no last will."""
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Send at QoS 1 now, or keep it for when the broker is back."""
+        with self._lock:
+            if self._connected.is_set():
+                self._client.publish(topic, payload, qos=1, retain=retain)
+                return
+            if len(self._pending) >= self._limit:
+                self._pending.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning(
+                        "buffer full (%d samples): dropped %d oldest so far", self._limit, self.dropped
+                    )
+            self._pending.append((topic, payload, retain))
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            log.error("the broker refused the connection: %s", reason)
+            return
+        with self._lock:
+            backlog = len(self._pending)
+            while self._pending:
+                topic, payload, retain = self._pending.popleft()
+                client.publish(topic, payload, qos=1, retain=retain)
+            self._connected.set()
+        log.info("connected to %s%s", self.url, f"; sent {backlog} buffered samples" if backlog else "")
+        if self._user_on_connect is not None:
+            self._user_on_connect(self)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        with self._lock:
+            was_connected = self._connected.is_set()
+            self._connected.clear()
+        if was_connected and not self._stopping:
+            log.warning("lost the broker (%s); reconnecting, samples are kept meanwhile", reason)
+
+
+class HttpLink:
+    """The article's ``publish()``: POST each sample to the bridge, keeping it while the bridge is away."""
+
+    def __init__(self, url: str, secret: str, *, buffer: int = DEFAULT_BUFFER, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/") + "/publish"
+        self.dropped = 0
+        self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer)
+        self._session = requests.Session()
+        self._session.headers.update({"content-type": "application/json", "API-KEY": secret})
+        self._timeout = timeout
+
+    def publish(self, network: str, data: dict[str, Any]) -> bool:
+        """Queue the sample and send everything queued; False if some must wait for a retry."""
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+            log.warning("buffer full: dropped the oldest sample (%d so far)", self.dropped)
+        self._pending.append((network, data))
+        while self._pending:
+            network, data = self._pending[0]
+            try:
+                response = self._session.post(
+                    self.url, data=json.dumps({"network": network, "data": data}), timeout=self._timeout
+                )
+            except requests.RequestException as exc:
+                log.warning(
+                    "the bridge is unreachable (%s); %d samples kept",
+                    exc.__class__.__name__,
+                    len(self._pending),
+                )
+                return False
+            if response.status_code == 503:
+                log.warning("the bridge could not publish (503); %d samples kept", len(self._pending))
+                return False
+            self._pending.popleft()
+            if response.status_code != 200:
+                log.error("sample refused, %d: %s", response.status_code, response.text.strip())
+        return True
+
+
+def sleep_until(deadline: float, stop: threading.Event) -> bool:
+    """Wait for a deadline; True if asked to stop meanwhile."""
+    return stop.wait(max(0.0, deadline - time.monotonic()))

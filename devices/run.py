@@ -1,0 +1,77 @@
+"""``radio device traffic`` and ``radio device sensors``: generators as long-running commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+
+from devices import sensors
+from devices.link import HttpLink, MqttLink, sleep_until
+from devices.traffic import Town, TownSettings
+from radio.topics import network_topic
+from radio.urls import BrokerURL
+
+log = logging.getLogger("radio.device")
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so loops end cleanly between samples."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def traffic(
+    *,
+    network: str,
+    secret: str,
+    url: str,
+    via: str,
+    period: float,
+    speed: int,
+    size: tuple[int, int],
+    seed: int | None,
+    stop: threading.Event,
+) -> None:
+    """Simulate, and publish the town's state every period, like the article's ``radio_publish()``."""
+    town = Town(TownSettings(rows=size[0], columns=size[1]), seed=seed)
+    topic = network_topic(network)
+    mqtt_link = http_link = None
+    if via == "http":
+        http_link = HttpLink(url, secret)
+    else:
+        mqtt_link = MqttLink(BrokerURL.parse(url), secret, f"radio-traffic-{network}")
+        mqtt_link.start()
+    log.info(
+        "traffic simulator on network %r: %dx%d town, a sample every %gs via %s", network, *size, period, via
+    )
+    deadline = time.monotonic()
+    try:
+        while not stop.is_set():
+            for _ in range(speed):
+                town.step()
+            state = town.dump_state()
+            if http_link is not None:
+                http_link.publish(network, state)
+            elif mqtt_link is not None:
+                mqtt_link.publish(topic, json.dumps(state).encode(), retain=True)
+            deadline += period
+            if sleep_until(deadline, stop):
+                break
+    finally:
+        if mqtt_link is not None:
+            mqtt_link.stop()
+
+
+def sensor_agents(
+    *, network: str, secret: str, url: str, count: int, rate: float, seed: int | None, stop: threading.Event
+) -> None:
+    """Run ``count`` sensors until stopped."""
+    log.info("%d sensors on network %r, %g readings per second each", count, network, rate)
+    sensors.run(
+        url=BrokerURL.parse(url), secret=secret, network=network, count=count, rate=rate, stop=stop, seed=seed
+    )

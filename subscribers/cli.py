@@ -1,0 +1,37 @@
+"""``radio listen NETWORK...``: one JSON line per sample on stdout, for pipes and ``jq``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from subscribers.listener import Listener, Refused
+
+
+def listen(networks: Sequence[str], url: str, secret: str | None) -> int:
+    """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2."""
+
+    def notice(text: str) -> None:
+        print(f"radio listen: {text}", file=sys.stderr, flush=True)
+
+    listener = Listener(networks, url, secret, notice=notice)
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        threading.Thread(target=listener.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    listener.start()
+    try:
+        for sample in listener:
+            print(sample.to_json(), flush=True)
+    except Refused as exc:
+        print(f"radio: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BrokenPipeError:  # the reader of the pipe went away (`| head`): that is a normal end
+        return 0
+    return 0

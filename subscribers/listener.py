@@ -1,0 +1,214 @@
+"""A listener that never gives up: the article's ``WSClient``, over MQTT.
+
+Use it as a library::
+
+    with Listener(["sample_net"], "ws://127.0.0.1:8080/mqtt") as listener:
+        for sample in listener:
+            print(sample.network, sample.data)
+
+or as ``radio listen NETWORK...``. On a lost connection it reconnects with exponential backoff and
+jitter and subscribes again, reporting it through ``notice``. With a key it keeps a persistent
+session (a stable client id, clean session off, QoS 1), so samples published while it was away
+arrive when it is back. A payload that is not JSON is reported and skipped. What cannot be cured
+by retrying (a bad key, a network it may not read) raises ``Refused``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from radio.topics import network_of_topic, network_topic
+from radio.urls import BrokerURL
+
+USERNAME = "radio-listener"
+"""MQTT needs a username beside a password; the secret alone names the key."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample as received."""
+
+    network: str
+    topic: str
+    received_at: str
+    data: Any
+
+    def to_json(self) -> str:
+        """One line for ``jq``."""
+        return json.dumps(
+            {"network": self.network, "topic": self.topic, "received_at": self.received_at, "data": self.data}
+        )
+
+
+class Refused(Exception):
+    """The broker refused something retrying cannot fix: a bad key, or a network not entitled to."""
+
+
+def backoff_with_jitter(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter, so that many listeners do not reconnect in step."""
+    return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not secrecy
+
+
+class Listener:
+    """Subscribes to networks and yields their samples, across reconnects, until stopped."""
+
+    def __init__(
+        self,
+        networks: Sequence[str],
+        url: str | BrokerURL = "ws://127.0.0.1:8080/mqtt",
+        secret: str | None = None,
+        *,
+        notice: Callable[[str], None] = lambda _text: None,
+    ) -> None:
+        self.networks = [str(n) for n in networks]
+        self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+        self.notice = notice
+        self._filters = {network_topic(n) + "/#": n for n in self.networks}
+        self._samples: queue.Queue[Sample | BaseException | None] = queue.Queue()
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()
+        """Set while the broker has granted every subscription (cleared while reconnecting)."""
+        self._thread: threading.Thread | None = None
+        self._pending_subacks: dict[int, str] = {}
+        persistent = secret is not None
+        self._qos = 1 if persistent else 0
+        # A stable id per key and set of networks: the broker keeps the session between runs.
+        digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
+        client_id = f"radio-listen-{digest}" if persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent,
+            transport=self.url.transport,
+        )
+        if self.url.transport == "websockets":
+            self._client.ws_set_options(path=self.url.path)
+        if secret is not None:
+            self._client.username_pw_set(USERNAME, secret)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def start(self) -> Self:
+        """Connect and subscribe in the background."""
+        self._thread = threading.Thread(target=self._run, name="radio-listener", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Disconnect and end iteration."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._samples.put(None)
+
+    def __iter__(self) -> Iterator[Sample]:
+        while True:
+            item = self._samples.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def run(self, callback: Callable[[Sample], None]) -> None:
+        """Call ``callback`` with every sample until stopped."""
+        for sample in self:
+            callback(sample)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _fail(self, error: BaseException) -> None:
+        self._stop.set()
+        self._samples.put(error)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self._client.connect(self.url.host, self.url.port, keepalive=30)
+            except OSError as exc:
+                delay = backoff_with_jitter(attempt)
+                self.notice(f"cannot reach {self.url} ({exc.strerror or exc}); retrying in {delay:.1f} s")
+                attempt += 1
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                if self._client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            else:
+                self._disconnect()
+                return
+            self.subscribed.clear()
+            if self._stop.is_set():
+                return
+            attempt = 0 if self._client.is_connected() else attempt + 1
+            delay = backoff_with_jitter(attempt + 1)
+            self.notice(f"connection to {self.url} lost; reconnecting in {delay:.1f} s")
+            self._stop.wait(delay)
+
+    def _disconnect(self) -> None:
+        """Say goodbye properly, so the broker marks the session offline and keeps its messages."""
+        self._client.disconnect()
+        for _ in range(20):  # the DISCONNECT goes out on the next loop turns, then the socket closes
+            if self._client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
+        if reason.is_failure:
+            self._fail(
+                Refused(f"the broker at {self.url} refused the connection: {reason} (is the key right?)")
+            )
+            client.disconnect()
+            return
+        result, mid = client.subscribe([(f, self._qos) for f in self._filters])
+        if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks[mid] = ", ".join(self.networks)
+        self.notice(f"listening to {', '.join(self.networks)} on {self.url}")
+
+    def _on_subscribe(
+        self, client: mqtt.Client, _u: object, mid: int, codes: list[ReasonCode], _p: object
+    ) -> None:
+        self._pending_subacks.pop(mid, None)
+        refused = [n for n, code in zip(self._filters.values(), codes, strict=False) if code.is_failure]
+        if refused:
+            self._fail(
+                Refused(f"not entitled to read network {refused[0]!r} (use a key that may subscribe to it)")
+            )
+            client.disconnect()
+        else:
+            self.subscribed.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        try:
+            data = json.loads(message.payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            self.notice(
+                f"skipped a payload on {message.topic} that is not JSON ({len(message.payload)} bytes)"
+            )
+            return
+        network = network_of_topic(message.topic) or ""
+        received = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self._samples.put(Sample(network, message.topic, received, data))

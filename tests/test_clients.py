@@ -1,0 +1,214 @@
+"""Generators and listeners against the real broker: radio listen, the traffic simulator, sensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from mqtt_client import Client
+
+from broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
+from subscribers.listener import Listener, Refused
+
+
+def radio(home, *args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "radio", *args, "--config", str(home.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **kwargs,
+    )
+
+
+def lines(stream, into: queue.Queue) -> threading.Thread:
+    thread = threading.Thread(target=lambda: [into.put(line) for line in stream], daemon=True)
+    thread.start()
+    return thread
+
+
+def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, broker, transport):
+    url = (
+        f"ws://127.0.0.1:{broker.ws_port}/mqtt"
+        if transport == "ws"
+        else f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    )
+    listen = radio(home, "listen", "A", "pub", "--url", url, "--key", home.secrets["reader_a"])
+    out: queue.Queue[str] = queue.Queue()
+    lines(listen.stdout, out)
+    admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    assert admin.connect() == 0
+    try:
+        # Publish until the listener is subscribed (it says so on stderr; stdout is for samples only).
+        deadline = time.monotonic() + 20
+        while out.empty():
+            assert time.monotonic() < deadline
+            admin.publish("networks/pub", b'{"hello": 1}', qos=1)
+            time.sleep(0.1)
+        admin.publish("networks/A/s1", b"not json at all", qos=1)
+        admin.publish("networks/A", b'{"n": 2}', qos=1)
+        seen = []
+        while not seen or seen[-1]["data"] != {"n": 2}:
+            seen.append(json.loads(out.get(timeout=10)))
+        assert {"network", "topic", "received_at", "data"} == set(seen[-1])
+        assert seen[-1]["network"] == "A"
+        assert seen[0] == {**seen[0], "network": "pub", "topic": "networks/pub", "data": {"hello": 1}}
+        assert all(s["topic"] != "networks/A/s1" for s in seen)
+    finally:
+        admin.close()
+        listen.send_signal(signal.SIGTERM)
+        _, err = listen.communicate(timeout=20)
+    assert listen.returncode == 0
+    assert "not JSON" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["B", "--key", "reader_a"], "not entitled to read network 'B'"),
+        (["A"], "not entitled to read network 'A'"),
+        (["A", "--key", "wrong-secret"], "refused the connection"),
+    ],
+)
+def test_radio_listen_refused_is_one_line_and_exit_2(home, broker, args, message):
+    args = [home.secrets.get(a, a) for a in args]
+    listen = radio(home, "listen", *args, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}")
+    out, err = listen.communicate(timeout=30)
+    assert listen.returncode == 2
+    assert out == ""
+    assert [line for line in err.splitlines() if line.startswith("radio: ")] == [
+        f"radio: {err.split('radio: ')[-1].strip()}"
+    ]
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_keyed_listener_gets_what_was_published_while_it_was_away(home, broker):
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+    assert gen.connect() == 0
+    try:
+        with Listener(["A"], url, home.secrets["reader_a"]) as first:
+            assert first.subscribed.wait(10)
+            gen.publish("networks/A", b'{"n": 0}', qos=1)
+            assert next(iter(first)).data == {"n": 0}
+        for n in (1, 2, 3):  # nobody connected: the broker keeps them for the persistent session
+            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+        with Listener(["A"], url, home.secrets["reader_a"]) as again:
+            received = iter(again)
+            assert [next(received).data for _ in range(3)] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    finally:
+        gen.close()
+
+
+def test_the_listener_library_refuses_clearly(home, broker):
+    with (
+        Listener(["B"], f"mqtt://127.0.0.1:{broker.mqtt_port}", home.secrets["reader_a"]) as listener,
+        pytest.raises(Refused, match="not entitled to read network 'B'"),
+    ):
+        next(iter(listener))
+
+
+def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
+    """Broker down for a few periods: the simulator keeps its samples and sends them when it is back.
+
+    The generator is paused (SIGSTOP) while the broker restarts and resumed once the listener is
+    subscribed again: the restarted broker has no memory of the listener, so only this order
+    shows what the generator kept, without a race between the two reconnecting.
+    """
+    registry = LiveRegistry(home.config)
+    first = BrokerThread(registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)).start()
+    port = first.mqtt_port
+    url = f"mqtt://127.0.0.1:{port}"
+    device = radio(
+        home,
+        "device",
+        "traffic",
+        "--network",
+        "A",
+        "--key",
+        home.secrets["gen"],
+        "--period",
+        "0.2",
+        "--url",
+        url,
+        "--seed",
+        "1",
+    )
+    listener = Listener(["A"], url, home.secrets["reader_a"]).start()
+    second = None
+    try:
+        samples = iter(listener)
+        ticks = [next(samples).data["tick"] for _ in range(3)]
+        first.stop()
+        time.sleep(1.0)  # the outage itself: about five publish periods with no broker
+        assert not listener.subscribed.is_set()
+        os.kill(device.pid, signal.SIGSTOP)
+        second = BrokerThread(
+            registry, mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
+        ).start()
+        assert listener.subscribed.wait(30)
+        os.kill(device.pid, signal.SIGCONT)
+        while len(ticks) < 20:
+            ticks.append(next(samples).data["tick"])
+        unique = sorted(set(ticks))
+        assert unique == list(range(unique[0], unique[0] + 10 * len(unique), 10)), ticks  # no gap
+    finally:
+        os.kill(device.pid, signal.SIGCONT)
+        device.send_signal(signal.SIGINT)
+        _, err = device.communicate(timeout=20)
+        listener.stop()
+        if second is not None:
+            second.stop()
+        first.stop()
+    assert device.returncode == 0, err
+    assert "lost the broker" in err
+    assert "buffered samples" in err
+
+
+def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
+    watcher = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
+    assert watcher.connect() == 0
+    assert watcher.subscribe("networks/A/+/status", qos=1) == 1
+    agent = radio(
+        home,
+        "device",
+        "sensors",
+        "--network",
+        "A",
+        "--key",
+        home.secrets["gen"],
+        "--count",
+        "3",
+        "--rate",
+        "5",
+        "--url",
+        f"mqtt://127.0.0.1:{broker.mqtt_port}",
+    )
+    try:
+        status = {}
+        while len(status) < 3 or set(status.values()) != {"online"}:
+            message = watcher.expect(1, timeout=20)[0]
+            status[message.topic] = json.loads(message.payload)["status"]
+        agent.kill()  # no goodbye: only the last wills can tell
+        agent.wait(timeout=10)
+        while set(status.values()) != {"offline"}:
+            message = watcher.expect(1, timeout=20)[0]
+            status[message.topic] = json.loads(message.payload)["status"]
+        assert sorted(status) == [f"networks/A/sensor-000{n}/status" for n in range(3)]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        agent.communicate(timeout=10)
+        watcher.close()
