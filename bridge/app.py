@@ -33,7 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
 
     registry = LiveRegistry(app.config["RADIO_CONFIG"], app.config["RADIO_KEYS"])
-    broker: Address = app.config["BROKER"] or local_address(registry.settings.broker.mqtt)
+    broker: Address = app.config["BROKER"] or registry.settings.broker.mqtt.local()
     username, password = bridge_credentials(registry.settings)
     publisher = Publisher(broker, username, password, timeout=app.config["PUBACK_TIMEOUT"])
     publisher.start()
@@ -45,12 +45,3 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
     return app
-
-
-def local_address(listen: Address) -> Address:
-    """Where to reach a listener from this machine: a wildcard bind is reached on loopback."""
-    if listen.host in ("0.0.0.0", ""):
-        return Address("127.0.0.1", listen.port)
-    if listen.host == "::":
-        return Address("::1", listen.port)
-    return listen

@@ -181,12 +181,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), getattr(args, "keys", None))
 
 
-def _local(address: Address) -> str:
-    """How to reach a listener of this machine: a wildcard bind is reached on loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
-    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
-
-
 def _broker_url(text: str) -> Address:
     try:
         return Address.parse_url(text)
@@ -239,7 +233,7 @@ def _up(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     from subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
-    url = args.url or f"ws://{_local(_settings(args).broker.websocket)}/mqtt"
+    url = args.url or f"ws://{_settings(args).broker.websocket.local()}/mqtt"
     return listen(args.networks, url, args.key)
 
 
@@ -256,9 +250,9 @@ def _traffic(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     default = (
-        f"http://{_local(settings.bridge.listen)}"
+        f"http://{settings.bridge.listen.local()}"
         if args.via == "http"
-        else f"mqtt://{_local(settings.broker.mqtt)}"
+        else f"mqtt://{settings.broker.mqtt.local()}"
     )
     traffic(
         network=args.network,
@@ -277,7 +271,7 @@ def _traffic(args: argparse.Namespace) -> int:
 def _sensors(args: argparse.Namespace) -> int:
     from devices.run import sensor_agents  # noqa: PLC0415
 
-    url = args.url or f"mqtt://{_local(_settings(args).broker.mqtt)}"
+    url = args.url or f"mqtt://{_settings(args).broker.mqtt.local()}"
     sensor_agents(
         network=args.network,
         secret=args.key,

@@ -49,6 +49,11 @@ class Address:
         prefix = f"{scheme}://"
         return cls.parse(text.removeprefix(prefix).rstrip("/"))
 
+    def local(self) -> Address:
+        """Where to reach this listener from the same machine: a wildcard bind is reached on loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return Address(host, self.port)
+
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
