@@ -119,8 +119,13 @@ def _text(value: object) -> str:
 
 
 def new_secret() -> str:
-    """A fresh secret: 256 random bits, URL-safe so it fits headers and MQTT passwords as is."""
-    return secrets.token_urlsafe(32)
+    """A fresh secret: 256 random bits, URL-safe so it fits headers and MQTT passwords as is.
+
+    Never starting with '-': a command line would take ``--key -x...`` for an option.
+    """
+    while (secret := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return secret
 
 
 def read_keys(path: Path) -> dict[str, Key]:

@@ -137,7 +137,7 @@ def up(
         bridge.drain()
         device = Child(
             "traffic simulator",
-            ["device", "traffic", *common, "--network", network, "--key", secret, "--url", local],
+            ["device", "traffic", *common, "--network", network, f"--key={secret}", "--url", local],
         )
         children.append(device)
         device.drain()

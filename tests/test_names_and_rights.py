@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from radio.config import NetworkSettings
 from radio.errors import InvalidName, RadioError
-from radio.keys import Key, mosquitto_hash, secret_digest
+from radio.keys import Key, mosquitto_hash, new_secret, secret_digest
 from radio.registry import Registry
 from radio.topics import NetworkName, Reach, filter_reach, network_of_topic, network_topic
 
@@ -158,3 +158,7 @@ def test_the_mosquitto_hash_is_pbkdf2_sha512_in_the_7_format():
     assert (seven, iterations) == ("7", "101")
     assert base64.b64decode(salt) == b"0123456789ab"
     assert base64.b64decode(derived) == hashlib.pbkdf2_hmac("sha512", b"s3cret", b"0123456789ab", 101)
+
+
+def test_a_new_secret_never_looks_like_a_command_line_option():
+    assert not any(new_secret().startswith("-") for _ in range(2000))
