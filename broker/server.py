@@ -17,7 +17,13 @@ from amqtt.contexts import ListenerConfig
 from amqtt.session import Session
 
 from broker import session as attrs
-from broker.fixes import DollarPublishKeepsConnection, RetainedOnlyOnSubscribe, SocketClosedOnExit
+from broker.fixes import (
+    BoundedHandlerStop,
+    DollarPublishKeepsConnection,
+    FanoutOverSnapshotAtMinQos,
+    RetainedOnlyOnSubscribe,
+    SocketClosedOnExit,
+)
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_of_topic
@@ -30,7 +36,14 @@ WEBSOCKET_PATH: Final = "/mqtt"
 """The path clients use; amqtt's WebSocket listener accepts any path, so this is advisory."""
 
 
-class RadioBroker(RetainedOnlyOnSubscribe, DollarPublishKeepsConnection, SocketClosedOnExit, Broker):
+class RadioBroker(
+    RetainedOnlyOnSubscribe,
+    FanoutOverSnapshotAtMinQos,  # before DollarPublish: its publish QoS must wrap every delivery
+    DollarPublishKeepsConnection,
+    SocketClosedOnExit,
+    BoundedHandlerStop,
+    Broker,
+):
     """amqtt's broker with the fixes of ``broker.fixes`` and Radio's network settings.
 
     It owns its event loop: stopping it ends every task left on the loop (see EmbeddedBroker.stop).

@@ -8,7 +8,9 @@ is refused at import: a silent upgrade would leave the fixes patching code that 
 
 from importlib.metadata import version
 
+from broker.fixes.bounded_handler_stop import BoundedHandlerStop
 from broker.fixes.dollar_publish import DollarPublishKeepsConnection
+from broker.fixes.fanout import FanoutOverSnapshotAtMinQos
 from broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
 from broker.fixes.socket_closed_on_exit import SocketClosedOnExit
 
@@ -18,4 +20,11 @@ if version("amqtt") != AMQTT_VERSION:  # pragma: no cover - only on a broken ins
     msg = f"Radio's broker fixes are written for amqtt {AMQTT_VERSION}, found {version('amqtt')}"
     raise ImportError(msg)
 
-__all__ = ["AMQTT_VERSION", "DollarPublishKeepsConnection", "RetainedOnlyOnSubscribe", "SocketClosedOnExit"]
+__all__ = [
+    "AMQTT_VERSION",
+    "BoundedHandlerStop",
+    "DollarPublishKeepsConnection",
+    "FanoutOverSnapshotAtMinQos",
+    "RetainedOnlyOnSubscribe",
+    "SocketClosedOnExit",
+]
