@@ -15,8 +15,10 @@ import pytest
 from mqtt_client import Client
 
 from broker.thread import BrokerThread
+from devices.link import MqttLink
 from radio.config import Address
 from radio.registry import LiveRegistry
+from radio.urls import BrokerURL
 from subscribers.listener import Listener, Refused
 
 
@@ -212,3 +214,35 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
             agent.kill()
         agent.communicate(timeout=10)
         watcher.close()
+
+
+def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
+    """No broker yet: the link keeps the newest `buffer` samples and delivers them once it is up.
+
+    Each sample goes to a subtopic of its own, retained, so a reader arriving later still sees
+    exactly which ones reached the broker, whoever connected first.
+    """
+    registry = LiveRegistry(home.config)
+    probe = BrokerThread(registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)).start()
+    port = probe.mqtt_port
+    probe.stop()  # a port that nothing listens on, until the broker below starts there
+    link = MqttLink(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), home.secrets["gen"], "buffer-test", buffer=3)
+    link.start()
+    try:
+        for n in range(5):
+            link.publish(f"networks/A/s{n}", json.dumps({"n": n}).encode(), retain=True)
+        assert link.dropped == 2
+        assert "dropped 1 oldest" in caplog.text
+        with BrokerThread(
+            registry, mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
+        ) as broker:
+            assert link.wait_connected(30)
+            link.publish("networks/A/s5", b'{"n": 5}', retain=True)
+            reader = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
+            assert reader.connect() == 0
+            assert reader.subscribe("networks/A/#", qos=1) == 1
+            received = {json.loads(m.payload)["n"] for m in reader.expect(4, timeout=20)}
+            reader.close()
+    finally:
+        link.stop()
+    assert received == {2, 3, 4, 5}
