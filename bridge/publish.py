@@ -51,7 +51,7 @@ def _presented_secret() -> str | None:
 
 
 def _read_body(registry: Registry) -> bytes:
-    limit = max((n.max_payload for n in registry.networks.values()), default=0) * 2 + BODY_HEADROOM
+    limit = registry.largest_payload * 2 + BODY_HEADROOM  # worked out once per registry, not per request
     if request.content_length is not None and request.content_length > limit:
         _refuse(413, f"request body too large: at most {limit} bytes", "too_large")
     body = request.stream.read(limit + 1)

@@ -73,6 +73,8 @@ class Registry:
     allow_anonymous: bool = True
     _access: dict[str | None, Access] = field(init=False, repr=False, compare=False)
     _by_digest: dict[str, Key] = field(init=False, repr=False, compare=False)
+    largest_payload: int = field(init=False, compare=False)
+    """The largest ``max_payload`` of any network: the bridge reads no body beyond it."""
 
     def __post_init__(self) -> None:
         known = frozenset(self.networks)
@@ -86,6 +88,8 @@ class Registry:
             )
         object.__setattr__(self, "_access", access)
         object.__setattr__(self, "_by_digest", {k.digest: k for k in self.keys.values()})
+        largest = max((n.max_payload for n in self.networks.values()), default=0)
+        object.__setattr__(self, "largest_payload", largest)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
