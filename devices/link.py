@@ -57,7 +57,6 @@ class MqttLink:
         self._limit = buffer
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self.refused: str | None = None
         self._user_on_connect = on_connect
         self._stopping = False
         self._client = mqtt.Client(
@@ -108,7 +107,6 @@ class MqttLink:
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         if reason.is_failure:
-            self.refused = str(reason)
             log.error("the broker refused the connection: %s", reason)
             return
         with self._lock:

@@ -83,7 +83,6 @@ class Listener:
         self.subscribed = threading.Event()
         """Set while the broker has granted every subscription (cleared while reconnecting)."""
         self._thread: threading.Thread | None = None
-        self._pending_subacks: dict[int, str] = {}
         persistent = secret is not None
         self._qos = 1 if persistent else 0
         # A stable id per key and set of networks: the broker keeps the session between runs.
@@ -183,15 +182,12 @@ class Listener:
             )
             client.disconnect()
             return
-        result, mid = client.subscribe([(f, self._qos) for f in self._filters])
-        if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
-            self._pending_subacks[mid] = ", ".join(self.networks)
+        client.subscribe([(f, self._qos) for f in self._filters])
         self.notice(f"listening to {', '.join(self.networks)} on {self.url}")
 
     def _on_subscribe(
-        self, client: mqtt.Client, _u: object, mid: int, codes: list[ReasonCode], _p: object
+        self, client: mqtt.Client, _u: object, _mid: int, codes: list[ReasonCode], _p: object
     ) -> None:
-        self._pending_subacks.pop(mid, None)
         refused = [n for n, code in zip(self._filters.values(), codes, strict=False) if code.is_failure]
         if refused:
             self._fail(
