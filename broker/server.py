@@ -19,11 +19,14 @@ from amqtt.session import Session
 from broker import session as attrs
 from broker.fixes import (
     BoundedHandlerStop,
+    ConnectSequence,
     DollarPublishKeepsConnection,
     FanoutOverSnapshotAtMinQos,
     RetainedOnlyOnSubscribe,
     SocketClosedOnExit,
+    WebSocketListenerLimits,
 )
+from broker.fixes.packet_gate import HEADROOM
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_of_topic
@@ -37,6 +40,8 @@ WEBSOCKET_PATH: Final = "/mqtt"
 
 
 class RadioBroker(
+    ConnectSequence,
+    WebSocketListenerLimits,
     RetainedOnlyOnSubscribe,
     FanoutOverSnapshotAtMinQos,  # before DollarPublish: its publish QoS must wrap every delivery
     DollarPublishKeepsConnection,
@@ -50,6 +55,10 @@ class RadioBroker(
     """
 
     registry: LiveRegistry | None = None
+
+    def _may_take_over(self, existing: Session, incoming: Session) -> bool:
+        """A client id belongs to one key: another key can neither resume its session nor close it."""
+        return attrs.key_name(existing) == attrs.key_name(incoming)
 
     async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
         """Note the listener (tcp or ws) so the log can say where a client came in."""
@@ -91,13 +100,20 @@ class EmbeddedBroker:
         self._amqtt: Broker | None = None
         self._watcher: asyncio.Task[None] | None = None
 
+    @property
+    def max_packet_size(self) -> int:
+        """The configured packet limit, or the largest network payload plus a PUBLISH's headers."""
+        configured = self.registry.settings.broker.max_packet_size
+        return configured if configured is not None else self.registry.current.largest_payload + HEADROOM
+
     def amqtt_config(self) -> dict[str, Any]:
         """Amqtt's configuration: two listeners, and Radio's plugins in place of every default."""
         plugin_config = {"registry": self.registry}
+        limit = self.registry.settings.broker.max_connections or -1
         return {
             "listeners": {
-                "default": {"type": "tcp", "bind": str(self.mqtt)},
-                "ws": {"type": "ws", "bind": str(self.websocket)},
+                "default": {"type": "tcp", "bind": str(self.mqtt), "max_connections": limit},
+                "ws": {"type": "ws", "bind": str(self.websocket), "max_connections": limit},
             },
             "plugins": {
                 "broker.auth.RadioAuthPlugin": plugin_config,
@@ -110,6 +126,8 @@ class EmbeddedBroker:
         amqtt = self.broker_class(self.amqtt_config())
         if isinstance(amqtt, RadioBroker):
             amqtt.registry = self.registry
+            amqtt.connect_timeout = self.registry.settings.broker.connect_timeout
+            amqtt.max_packet_size = self.max_packet_size
         await amqtt.start()
         self._amqtt = amqtt
         self._watcher = asyncio.create_task(self._watch_registry(), name="radio-registry-watcher")

@@ -78,6 +78,12 @@ class BrokerSettings:
     mqtt: Address = Address("127.0.0.1", 1883)
     websocket: Address = Address("127.0.0.1", 8080)
     allow_anonymous: bool = True
+    connect_timeout: float = 10.0
+    """Seconds a new connection has to send its CONNECT before it is closed."""
+    max_connections: int = 10_000
+    """Per listener; a connection over it is closed at once. 0 means no limit."""
+    max_packet_size: int | None = None
+    """Largest MQTT packet accepted, in bytes; None: the largest network max_payload plus headroom."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,11 @@ def parse_settings(text: str, config_path: Path, keys_path: Path) -> Settings:
 def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> Settings:
     _only(data, "", {"broker", "bridge", "networks"})
     broker = _table(data, "broker")
-    _only(broker, "[broker] ", {"mqtt", "websocket", "allow_anonymous"})
+    _only(
+        broker,
+        "[broker] ",
+        {"mqtt", "websocket", "allow_anonymous", "connect_timeout", "max_connections", "max_packet_size"},
+    )
     bridge = _table(data, "bridge")
     _only(bridge, "[bridge] ", {"listen"})
     defaults = BrokerSettings()
@@ -174,6 +184,15 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
             mqtt=_address(broker, "mqtt", "[broker]", defaults.mqtt),
             websocket=_address(broker, "websocket", "[broker]", defaults.websocket),
             allow_anonymous=_bool(broker, "allow_anonymous", "[broker]", defaults.allow_anonymous),
+            connect_timeout=_number(broker, "connect_timeout", defaults.connect_timeout, 0.1, 3600.0),
+            max_connections=int(
+                _number(broker, "max_connections", defaults.max_connections, 0, 1_000_000, whole=True)
+            ),
+            max_packet_size=(
+                int(_number(broker, "max_packet_size", 0, 16, MQTT_MAX_PAYLOAD, whole=True))
+                if "max_packet_size" in broker
+                else None
+            ),
         ),
         bridge=BridgeSettings(listen=_address(bridge, "listen", "[bridge]", BridgeSettings().listen)),
         networks=networks,
@@ -231,6 +250,18 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
+
+
+def _number(
+    table: dict[str, Any], name: str, default: float, low: float, high: float, *, whole: bool = False
+) -> float:
+    value = table.get(name, default)
+    kinds: tuple[type, ...] = (int,) if whole else (int, float)
+    if type(value) not in kinds or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        msg = f"[broker] {name} must be {kind} from {low:g} to {high:g}, not {value!r}"
+        raise ValueError(msg)
+    return float(value)
 
 
 def _bool(table: dict[str, Any], name: str, where: str, default: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from amqtt.broker import Broker
+from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
 from mqtt_client import Client
 
 from bridge.identity import bridge_credentials
+from broker.server import RadioBroker
 from broker.thread import BrokerThread
 from radio.config import Address, load_settings
 from radio.keys import KeyStore
@@ -94,6 +98,37 @@ def broker(home: Home) -> Iterator[BrokerThread]:
         LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
     ) as running:
         yield running
+
+
+@pytest.fixture(params=[Broker, RadioBroker], ids=["stock", "radio"])
+def any_broker(request: pytest.FixtureRequest, home: Home) -> Iterator[tuple[BrokerThread, bool]]:
+    """Stock amqtt and Radio's broker, both with Radio's auth and ACL plugins: only the fixes differ.
+
+    Yields the running broker and whether it is Radio's. A test marked ``broker_config("...")``
+    gets those lines added to the ``[broker]`` table of the configuration first.
+    """
+    marker = request.node.get_closest_marker("broker_config")
+    if marker is not None:
+        home.config.write_text(home.config.read_text() + "[broker]\n" + "\n".join(marker.args) + "\n")
+    with BrokerThread(
+        LiveRegistry(home.config),
+        mqtt=Address("127.0.0.1", 0),
+        websocket=Address("127.0.0.1", 0),
+        broker_class=request.param,
+    ) as running:
+        yield running, request.param is RadioBroker
+
+
+@pytest.fixture(scope="module")
+def collect_stock_leftovers() -> Iterator[None]:
+    """Stock amqtt leaves sockets for the garbage collector: collect them before the module ends.
+
+    A module using it ignores PytestUnraisableExceptionWarning (each test asserts the behaviour
+    itself), so that no other module inherits stock's leftovers.
+    """
+    yield
+    amqtt_plugin_managers.clear()  # amqtt keeps the last broker reachable from a module global
+    gc.collect()
 
 
 @pytest.fixture(params=["tcp", "ws"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -129,3 +131,15 @@ class Client:
         with self._suback:
             self._subacks[mid] = [c.value for c in codes]
             self._suback.notify_all()
+
+
+@contextlib.contextmanager
+def listening(port: int, key: str, secret: str, topic_filter: str, qos: int = 1) -> Iterator[Client]:
+    """A client of ``key`` subscribed to ``topic_filter`` over TCP, closed afterwards."""
+    client = Client("tcp", port, key, secret)
+    try:
+        assert client.connect() == 0
+        assert client.subscribe(topic_filter, qos=qos) == qos
+        yield client
+    finally:
+        client.close()

@@ -25,10 +25,19 @@ def packet(first_byte: int, body: bytes) -> bytes:
 
 
 def connect(
-    client_id: str, username: str | None = None, password: str | None = None, keepalive: int = 60
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    keepalive: int = 60,
+    *,
+    clean: bool = True,
+    will: tuple[str, bytes] | None = None,
 ) -> bytes:
-    flags = 0x02  # clean session
+    flags = 0x02 if clean else 0x00
     payload = _string(client_id)
+    if will is not None:
+        flags |= 0x04
+        payload += _string(will[0]) + struct.pack("!H", len(will[1])) + will[1]
     if username is not None:
         flags |= 0x80
         payload += _string(username)
@@ -59,3 +68,51 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
+
+
+def publish(
+    topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, *, first_byte: int | None = None
+) -> bytes:
+    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
+    return packet(first_byte if first_byte is not None else 0x30 | qos << 1, body)
+
+
+def subscribe(topic_filter: str, qos: int = 0, packet_id: int = 1) -> bytes:
+    return packet(0x82, struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos]))
+
+
+def puback(packet_id: int) -> bytes:
+    return packet(0x40, struct.pack("!H", packet_id))
+
+
+def read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    """The next packet's first byte and body; raises EOFError when the broker closed the connection."""
+    first = read_exactly(sock, 1)
+    if not first:
+        raise EOFError
+    length, shift = 0, 0
+    while True:
+        byte = read_exactly(sock, 1)[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first[0], read_exactly(sock, length)
+
+
+def published(body: bytes, qos: int) -> tuple[str, bytes]:
+    """The topic and payload of a PUBLISH body."""
+    (size,) = struct.unpack_from("!H", body)
+    topic = body[2 : 2 + size].decode()
+    return topic, body[2 + size + (2 if qos else 0) :]
+
+
+def session(
+    port: int, client_id: str, username: str | None, password: str | None, **kwargs: object
+) -> socket.socket:
+    """A raw connection that sent its CONNECT and got CONNACK 0; fails otherwise."""
+    sock = open_socket(port)
+    sock.sendall(connect(client_id, username, password, **kwargs))  # type: ignore[arg-type]
+    first, body = read_packet(sock)
+    assert (first, body[1]) == (0x20, 0), f"CONNACK {first:#x} {body!r}"
+    return sock

@@ -6,21 +6,17 @@ The stock broker runs with Radio's auth and ACL plugins, so the only difference 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import threading
 from importlib.metadata import version
 
 import pytest
-from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
 from mqtt_client import Client
 from raw_mqtt import closed_by_peer, open_socket, read_exactly
 from raw_mqtt import connect as raw_connect
 
 from broker.fixes import AMQTT_VERSION
-from broker.server import RadioBroker
 from broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry
@@ -33,25 +29,10 @@ def test_the_installed_amqtt_is_the_one_the_fixes_are_written_for():
 # Stock amqtt leaves sockets for the garbage collector, which may find them during any later test
 # of this module: the warnings are ignored here (each fix asserts the behaviour itself) and every
 # leftover is collected before the module ends, so that no other module inherits them.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def collect_stock_leftovers():
-    yield
-    amqtt_plugin_managers.clear()  # amqtt keeps the last broker reachable from a module global
-    gc.collect()
-
-
-@pytest.fixture(params=[Broker, RadioBroker], ids=["stock", "radio"])
-def any_broker(request, home):
-    with BrokerThread(
-        LiveRegistry(home.config),
-        mqtt=Address("127.0.0.1", 0),
-        websocket=Address("127.0.0.1", 0),
-        broker_class=request.param,
-    ) as running:
-        yield running, request.param is RadioBroker
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("collect_stock_leftovers"),
+]
 
 
 def test_retained_samples_do_not_leak_to_a_connecting_client(any_broker, home):

@@ -9,10 +9,12 @@ is refused at import: a silent upgrade would leave the fixes patching code that 
 from importlib.metadata import version
 
 from broker.fixes.bounded_handler_stop import BoundedHandlerStop
+from broker.fixes.connect_sequence import ConnectSequence
 from broker.fixes.dollar_publish import DollarPublishKeepsConnection
 from broker.fixes.fanout import FanoutOverSnapshotAtMinQos
 from broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
 from broker.fixes.socket_closed_on_exit import SocketClosedOnExit
+from broker.fixes.websocket_listener import WebSocketListenerLimits
 
 AMQTT_VERSION = "0.12.1"
 
@@ -23,8 +25,10 @@ if version("amqtt") != AMQTT_VERSION:  # pragma: no cover - only on a broken ins
 __all__ = [
     "AMQTT_VERSION",
     "BoundedHandlerStop",
+    "ConnectSequence",
     "DollarPublishKeepsConnection",
     "FanoutOverSnapshotAtMinQos",
     "RetainedOnlyOnSubscribe",
     "SocketClosedOnExit",
+    "WebSocketListenerLimits",
 ]

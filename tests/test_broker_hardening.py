@@ -1,0 +1,401 @@
+"""What a stranger can do to the broker: each defect of stock amqtt 0.12.1, and Radio's broker without it.
+
+Every test runs against stock amqtt (with Radio's plugins) and Radio's broker, expects the defect
+only on stock, and ends by checking that the broker still serves a well-behaved publisher and
+subscriber. Raw sockets send what a client library would refuse to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+
+import pytest
+from amqtt.session import Session
+from mqtt_client import Client, listening
+from raw_mqtt import (
+    closed_by_peer,
+    open_socket,
+    packet,
+    puback,
+    publish,
+    published,
+    read_exactly,
+    read_packet,
+    session,
+    subscribe,
+)
+from raw_mqtt import connect as raw_connect
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("collect_stock_leftovers"),
+]
+
+PINGREQ = packet(0xC0, b"")
+PINGRESP = bytes([0xD0, 0x00])
+
+
+def still_serving(broker, home) -> None:
+    """A well-behaved publisher and subscriber still work."""
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+    with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A") as reader:
+        try:
+            assert gen.connect() == 0
+            token = uuid.uuid4().hex.encode()
+            gen.publish("networks/A", token, qos=1)
+            assert reader.expect(1)[0].payload == token
+        finally:
+            gen.close()
+
+
+class LogWaiter(logging.Handler):
+    """Sets an event when a matching record is logged, from whichever thread logs it."""
+
+    def __init__(self, matches: Callable[[logging.LogRecord], bool]) -> None:
+        super().__init__()
+        self.matches = matches
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.matches(record):
+            self.event.set()
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return closed_by_peer(sock)
+    except TimeoutError:
+        return False
+
+
+def sessions(broker) -> int:
+    async def count() -> int:
+        return len(broker.broker.amqtt.sessions)
+
+    return int(broker.call(count))
+
+
+def test_a_refused_connect_leaves_nothing_behind(any_broker, home):
+    """#1: stock keeps a 'connected' session per refused CONNECT, for ever."""
+    broker, fixed = any_broker
+    for n in range(200):
+        with open_socket(broker.mqtt_port) as sock:
+            sock.sendall(raw_connect(f"intruder-{n}", "gen", "wrong"))
+            assert read_exactly(sock, 4) == bytes([0x20, 0x02, 0x00, 0x05])
+            assert closed_by_peer(sock)
+    assert sessions(broker) == (0 if fixed else 200)
+    still_serving(broker, home)
+
+
+def test_a_refused_connect_does_not_touch_the_session_it_names(any_broker, home):
+    """#2: a bad login with the victim's client id (clean session) deleted its subscriptions."""
+    broker, fixed = any_broker
+    victim = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"], client_id="victim")
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+    try:
+        assert victim.connect() == 0
+        assert gen.connect() == 0
+        assert victim.subscribe("networks/A", qos=1) == 1
+        with open_socket(broker.mqtt_port) as sock:
+            sock.sendall(raw_connect("victim", "reader_a", "not-the-secret"))
+            assert read_exactly(sock, 4) == bytes([0x20, 0x02, 0x00, 0x05])
+        gen.publish("networks/A", b'{"still": "mine"}', qos=1)
+        gen.publish("networks/A", b'{"barrier": true}', qos=1)
+        if fixed:
+            assert [m.payload for m in victim.expect(2)] == [b'{"still": "mine"}', b'{"barrier": true}']
+        else:
+            assert victim.received_so_far() == []
+            assert not victim.disconnected.is_set()  # connected, and deaf
+    finally:
+        gen.close()
+        victim.close()
+    still_serving(broker, home)
+
+
+def test_a_takeover_closes_the_old_connection(any_broker, home):
+    """#3: MQTT-3.1.4-2: the server must disconnect the client already using the client id."""
+    broker, fixed = any_broker
+    credentials = ("reader_a", home.secrets["reader_a"])
+    with (
+        session(broker.mqtt_port, "twice", *credentials) as first,
+        session(broker.mqtt_port, "twice", *credentials),
+    ):
+        assert closed_within(first, 3) is fixed
+    still_serving(broker, home)
+
+
+def test_a_client_id_cannot_be_taken_from_another_key(broker, home):
+    """Another key may neither close a client's connection nor resume its session."""
+    with session(broker.mqtt_port, "owned", "reader_a", home.secrets["reader_a"], clean=False) as owner:
+        with open_socket(broker.mqtt_port) as thief:
+            thief.sendall(raw_connect("owned", "reader_b", home.secrets["reader_b"], clean=False))
+            assert read_packet(thief) == (0x20, bytes([0x00, 0x02]))  # identifier rejected
+            assert closed_by_peer(thief)
+        owner.sendall(PINGREQ)
+        assert read_exactly(owner, 2) == PINGRESP
+    still_serving(broker, home)
+
+
+@pytest.mark.slow
+def test_a_silent_client_is_disconnected_and_its_will_published(any_broker, home):
+    """#6: keep-alive 1 s: closed after 1.5 s of silence (2 s rounded up), will included."""
+    broker, fixed = any_broker
+    watcher = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
+    try:
+        assert watcher.connect() == 0
+        assert watcher.subscribe("networks/A", qos=1) == 1
+        will = ("networks/A", b'{"status": "offline"}')
+        with session(
+            broker.mqtt_port, "frozen", "gen", home.secrets["gen"], keepalive=1, will=will
+        ) as frozen:
+            assert closed_within(frozen, 4) is fixed
+        if fixed:
+            assert watcher.expect(1)[0].payload == will[1]
+    finally:
+        watcher.close()
+    still_serving(broker, home)
+
+
+def test_a_client_that_keeps_talking_stays_connected(broker, home):
+    """The keep-alive check counts any packet, not just PINGREQ; a live client is never cut."""
+    with session(broker.mqtt_port, "chatty", "gen", home.secrets["gen"], keepalive=1) as chatty:
+        for n in range(6):  # three seconds, twice the grace period
+            chatty.sendall(PINGREQ)
+            assert read_exactly(chatty, 2) == PINGRESP
+            assert not closed_within(chatty, 0.5), n
+    still_serving(broker, home)
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"GET / HTTP/1.1\r\nHost: radio\r\n\r\n", PINGREQ, b"\x16\x03\x01\x00\xa5\x01\x00"],
+    ids=["http", "pingreq", "tls-hello"],
+)
+def test_a_first_packet_other_than_connect_closes_the_connection_at_once(any_broker, home, first_bytes):
+    """#7: MQTT-3.1.0-1: stock held each such socket open."""
+    broker, fixed = any_broker
+    with open_socket(broker.mqtt_port) as sock:
+        sock.sendall(first_bytes)
+        assert closed_within(sock, 2) is fixed
+    still_serving(broker, home)
+
+
+@pytest.mark.broker_config("connect_timeout = 0.5")
+def test_a_connection_that_never_sends_connect_is_closed_after_the_timeout(any_broker, home):
+    broker, fixed = any_broker
+    with open_socket(broker.mqtt_port) as silent, open_socket(broker.mqtt_port) as slow:
+        slow.sendall(raw_connect("slow", "gen", home.secrets["gen"])[:5])  # half a CONNECT
+        assert closed_within(silent, 3) is fixed
+        assert closed_within(slow, 3) is fixed
+    still_serving(broker, home)
+
+
+def test_a_publish_to_a_wildcard_topic_closes_instead_of_desynchronising(any_broker, home):
+    """#9: stock reads the rest of the packet as packets: here the payload holds a PINGREQ."""
+    broker, fixed = any_broker
+    with session(broker.mqtt_port, "wild", "admin", home.secrets["admin"]) as sock:
+        sock.sendall(publish("networks/+", PINGREQ))
+        if fixed:
+            assert closed_within(sock, 3)
+        else:
+            assert read_exactly(sock, 2) == PINGRESP  # the payload was obeyed as a packet
+    still_serving(broker, home)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [subscribe("networks/A", qos=3), publish("networks/A", b"{}", qos=3)],
+    ids=["subscribe-qos-3", "publish-qos-3"],
+)
+def test_qos_3_closes_the_connection(any_broker, home, bad):
+    """#9: MQTT-3.8.3-4, MQTT-3.3.1-4: stock granted 0x03, or ignored the PUBLISH in silence."""
+    broker, fixed = any_broker
+    with session(broker.mqtt_port, "qos3", "admin", home.secrets["admin"]) as sock:
+        sock.sendall(bad)
+        assert closed_within(sock, 2) is fixed
+    still_serving(broker, home)
+
+
+def test_an_oversized_packet_closes_the_connection_over_tcp(any_broker, home):
+    """#10: stock read, kept and forwarded it. Limit: 64 KiB max_payload + 64 KiB headroom."""
+    broker, fixed = any_broker
+    with listening(broker.mqtt_port, "admin", home.secrets["admin"], "#") as everything:
+        with session(broker.mqtt_port, "big", "gen", home.secrets["gen"]) as sock:
+            sock.sendall(publish("networks/A", b"x" * 300_000, qos=1))
+            if fixed:
+                assert closed_within(sock, 3)
+            else:
+                assert read_packet(sock)[0] == 0x40  # PUBACK: accepted
+        still_serving(broker, home)  # publishes a 32-byte token
+        assert len(everything.expect(1)[0].payload) == (32 if fixed else 300_000)
+
+
+def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
+    """The same limit on both listeners (stock: a fixed 1 MiB on WebSocket, none on TCP)."""
+    gen = Client("ws", broker.ws_port, "gen", home.secrets["gen"])
+    try:
+        assert gen.connect() == 0
+        gen._paho.publish("networks/A", b"x" * 300_000, qos=1)
+        assert gen.disconnected.wait(10)
+    finally:
+        gen.close()
+    still_serving(broker, home)
+
+
+@pytest.mark.broker_config("max_connections = 2")
+def test_connections_over_the_limit_are_refused_at_once(any_broker, home, caplog):
+    """#11: stock accepted the TCP connection and left it unanswered; here it is closed, and logged."""
+    broker, fixed = any_broker
+    caplog.set_level(logging.WARNING, logger="radio.broker")
+    with (
+        session(broker.mqtt_port, "one", "gen", home.secrets["gen"]),
+        session(broker.mqtt_port, "two", "gen", home.secrets["gen"]),
+        open_socket(broker.mqtt_port) as third,
+    ):
+        third.sendall(raw_connect("three", "gen", home.secrets["gen"]))
+        assert closed_within(third, 2) is fixed
+    if fixed:
+        assert "max_connections" in caplog.text
+
+        async def all_closed() -> None:
+            # The broker counts a connection until its handler has wound down: no event says when.
+            while broker.broker.amqtt._servers["default"].conn_count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        broker.call(all_closed)
+        still_serving(broker, home)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        (
+            b"GET /mqtt HTTP/1.1\r\nHost: radio\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+        b"garbage\r\n\r\n",
+    ],
+    ids=["no-mqtt-subprotocol", "not-http"],
+)
+def test_a_rejected_websocket_handshake_is_one_warning_line(any_broker, home, caplog, request_bytes):
+    """#12: stock logged each at ERROR with a full traceback: anyone could flood the log."""
+    broker, fixed = any_broker
+    caplog.set_level(logging.INFO)
+    logged = LogWaiter(lambda r: r.levelno >= logging.WARNING)
+    logging.getLogger().addHandler(logged)
+    try:
+        with open_socket(broker.ws_port, timeout=5) as sock:
+            sock.sendall(request_bytes)
+            answer = b""
+            while chunk := sock.recv(4096):  # an HTTP error (or nothing), then the close
+                answer += chunk
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+        assert logged.event.wait(5)  # the server may log after it closed the connection
+    finally:
+        logging.getLogger().removeHandler(logged)
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    warnings = [r for r in caplog.records if r.name == "radio.broker" and "WebSocket" in r.getMessage()]
+    assert (len(tracebacks), len(warnings)) == ((0, 1) if fixed else (1, 0))
+    assert all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in warnings)
+    still_serving(broker, home)
+
+
+def test_unacknowledged_messages_are_sent_again_with_dup_on_reconnect(any_broker, home):
+    """#13: MQTT-4.4.0-1: stock dropped them when the subscriber left before its PUBACK."""
+    broker, fixed = any_broker
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+    credentials = ("reader_a", home.secrets["reader_a"])
+    try:
+        assert gen.connect() == 0
+        with session(broker.mqtt_port, "forgetful", *credentials, clean=False) as sock:
+            sock.sendall(subscribe("networks/A", qos=1))
+            assert read_packet(sock) == (0x90, bytes([0, 1, 1]))
+            gen.publish("networks/A", b'{"n": 1}', qos=1)
+            first, body = read_packet(sock)
+            assert (first & 0xF6, published(body, 1)) == (0x32, ("networks/A", b'{"n": 1}'))
+        # Gone without a PUBACK. Back with the same session:
+        with session(broker.mqtt_port, "forgetful", *credentials, clean=False) as sock:
+            if fixed:
+                first, body = read_packet(sock)
+                assert first == 0x3A  # PUBLISH, QoS 1, DUP
+                assert published(body, 1) == ("networks/A", b'{"n": 1}')
+                sock.sendall(puback(int.from_bytes(body[12:14])))
+            sock.sendall(PINGREQ)
+            assert read_exactly(sock, 2) == PINGRESP  # and nothing before it on stock
+    finally:
+        gen.close()
+    still_serving(broker, home)
+
+
+@pytest.mark.parametrize("who", ["anonymous", "reader_a"])
+def test_messages_queued_for_an_offline_session_arrive_as_live_messages(any_broker, home, who):
+    """#14: MQTT-3.3.1-9: stock set the retain flag on them."""
+    broker, fixed = any_broker
+    key, network = (None, "pub") if who == "anonymous" else ("reader_a", "A")
+    secret = home.secrets.get(key or "")
+    listener = Client("tcp", broker.mqtt_port, key, secret, client_id=f"away-{who}", clean_session=False)
+    assert listener.connect() == 0
+    assert listener.subscribe(f"networks/{network}", qos=1) == 1
+    listener.close()
+    admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    try:
+        assert admin.connect() == 0
+        admin.publish(f"networks/{network}", b'{"while": "away"}', qos=1)
+        back = Client("tcp", broker.mqtt_port, key, secret, client_id=f"away-{who}", clean_session=False)
+        try:
+            assert back.connect() == 0
+            message = back.expect(1)[0]
+            assert message.payload == b'{"while": "away"}'
+            assert message.retain is not fixed
+        finally:
+            back.close()
+    finally:
+        admin.close()
+    still_serving(broker, home)
+
+
+def test_an_anonymous_persistent_session_outlives_the_session_monitor(broker, home):
+    """#14: stock's monitor dropped anonymous persistent sessions a second after they left.
+
+    The monitor runs once a second with no event to await; three rounds of it are waited out.
+    """
+    listener = Client("tcp", broker.mqtt_port, client_id="anon-away", clean_session=False)
+    assert listener.connect() == 0
+    assert listener.subscribe("networks/pub", qos=1) == 1
+    listener.close()
+
+    async def monitor_rounds() -> bool:
+        await asyncio.sleep(3.2)
+        amqtt_session: Session = broker.broker.amqtt.sessions["anon-away"][0]
+        return amqtt_session.transitions.state == "disconnected"
+
+    assert broker.call(monitor_rounds)
+    still_serving(broker, home)
+
+
+def test_malformed_packets_never_stop_the_broker(broker, home):
+    """A burst of hostile packets on many connections; the broker serves on."""
+    hostile = [
+        publish("networks/#", b"{}"),
+        publish("", b"{}"),
+        publish("networks/A", b"{}", first_byte=0x38),  # QoS 0 with DUP
+        packet(0xF0, b""),
+        packet(0x00, b""),
+        packet(0x82, b"\x00\x01"),  # SUBSCRIBE with no filter
+        packet(0xA2, b"\x00\x01"),  # UNSUBSCRIBE with no filter
+        packet(0x80, b"\x00\x01\x00\x01A\x00"),  # SUBSCRIBE with wrong flags
+        raw_connect("again", "gen", home.secrets["gen"]),  # a second CONNECT
+        bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),  # a remaining length of 5 bytes
+        publish("networks/\x00", b"{}"),
+    ]
+    for n, bad in enumerate(hostile):
+        with session(broker.mqtt_port, f"hostile-{n}", "gen", home.secrets["gen"]) as sock:
+            sock.sendall(bad)
+            assert closed_within(sock, 3), bad
+    still_serving(broker, home)
