@@ -6,13 +6,31 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 
 from amqtt.errors import BrokerError
 
+from broker.mosquitto import MosquittoBroker
 from broker.server import WEBSOCKET_PATH, EmbeddedBroker
 from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry
+
+
+def _banner(registry: LiveRegistry, title: str, mqtt: Address, websocket: Address) -> None:
+    settings = registry.settings
+    networks = ", ".join(
+        f"{name} ({'public' if net.public else 'private'})" for name, net in sorted(settings.networks.items())
+    )
+    print(
+        f"{title}\n"
+        f"  MQTT over TCP:        mqtt://{mqtt}\n"
+        f"  MQTT over WebSocket:  ws://{websocket}{WEBSOCKET_PATH}\n"
+        f"  networks:             {networks or 'none'}\n"
+        f"  keys:                 {settings.keys_path} ({len(registry.current.keys)} keys)\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
 
 
 async def serve(
@@ -35,21 +53,33 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    settings = registry.settings
-    networks = ", ".join(
-        f"{name} ({'public' if net.public else 'private'})" for name, net in sorted(settings.networks.items())
-    )
-    print(
-        "Radio broker running\n"
-        f"  MQTT over TCP:        mqtt://{broker.mqtt.host}:{broker.mqtt_port}\n"
-        f"  MQTT over WebSocket:  ws://{broker.websocket.host}:{broker.ws_port}{WEBSOCKET_PATH}\n"
-        f"  networks:             {networks or 'none'}\n"
-        f"  keys:                 {settings.keys_path} ({len(registry.current.keys)} keys)\n"
-        "Press Ctrl-C to stop.",
-        flush=True,
+    _banner(
+        registry,
+        "Radio broker running",
+        Address(broker.mqtt.host, broker.mqtt_port),
+        Address(broker.websocket.host, broker.ws_port),
     )
     try:
         await stop.wait()
     finally:
         print("Stopping the broker...", file=sys.stderr, flush=True)
         await broker.stop()
+
+
+def serve_mosquitto(
+    registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None
+) -> None:
+    """Run Mosquitto with the registry's rights until SIGINT or SIGTERM; key changes reach it live."""
+    folder = registry.settings.state_dir / "mosquitto"
+    mosquitto = MosquittoBroker(registry, folder, mqtt=mqtt, websocket=websocket)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    mosquitto.start()
+    try:
+        _banner(registry, "Radio broker running (Mosquitto)", mosquitto.mqtt, mosquitto.websocket)
+        print(f"  Mosquitto files:      {folder}", flush=True)
+        stop.wait()
+    finally:
+        print("Stopping the broker...", file=sys.stderr, flush=True)
+        mosquitto.stop()

@@ -12,9 +12,9 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import ListenerConfig
-from amqtt.session import Session
+from amqtt.session import ApplicationMessage, Session
 
 from broker import session as attrs
 from broker.fixes import (
@@ -22,11 +22,13 @@ from broker.fixes import (
     ConnectSequence,
     DollarPublishKeepsConnection,
     FanoutOverSnapshotAtMinQos,
+    InlineTopicChecks,
     RetainedOnlyOnSubscribe,
     SocketClosedOnExit,
     WebSocketListenerLimits,
 )
 from broker.fixes.packet_gate import HEADROOM
+from broker.persistence import SAVE_INTERVAL, Message, Snapshot, Store, StoredSession
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_of_topic
@@ -47,6 +49,7 @@ class RadioBroker(
     DollarPublishKeepsConnection,
     SocketClosedOnExit,
     BoundedHandlerStop,
+    InlineTopicChecks,
     Broker,
 ):
     """amqtt's broker with the fixes of ``broker.fixes`` and Radio's network settings.
@@ -55,6 +58,7 @@ class RadioBroker(
     """
 
     registry: LiveRegistry | None = None
+    restore_from: Snapshot | None = None
 
     def _may_take_over(self, existing: Session, incoming: Session) -> bool:
         """A client id belongs to one key: another key can neither resume its session nor close it."""
@@ -64,6 +68,69 @@ class RadioBroker(
         """Note the listener (tcp or ws) so the log can say where a client came in."""
         session.attributes[attrs.TRANSPORT] = str(listener.type)
         return await super()._authenticate(session, listener)
+
+    async def _start_listeners(self) -> None:
+        """Restore what the last run saved before the first client can connect."""
+        if self.restore_from is not None:
+            self.restore(self.restore_from)
+        await super()._start_listeners()
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put saved retained messages and persistent sessions back, as offline sessions."""
+        registry = self.registry.current if self.registry is not None else None
+        for message in snapshot.retained:
+            self._retained_messages[message.topic] = RetainedApplicationMessage(
+                None, message.topic, message.data, message.qos
+            )
+        for stored in snapshot.sessions:
+            name = stored.attributes.get(attrs.KEY_NAME)
+            if registry is not None and not (
+                registry.allow_anonymous if name is None else name in registry.keys
+            ):
+                continue  # its key was revoked while the broker was down
+            handler, session = self.create_offline_session(stored.client_id)
+            session.clean_session = False
+            session.attributes.update(stored.attributes)
+            self._sessions[stored.client_id] = (session, handler)
+            for topic_filter, qos in stored.subscriptions:
+                self._subscriptions.setdefault(topic_filter, []).append((session, qos))
+            for message in stored.queued:
+                session.retained_messages.put_nowait(
+                    RetainedApplicationMessage(None, message.topic, message.data, message.qos)
+                )
+        if snapshot.retained or snapshot.sessions:
+            log.info(
+                "restored %d retained message(s) and %d persistent session(s)",
+                len(snapshot.retained),
+                len(snapshot.sessions),
+            )
+
+    def snapshot(self) -> Snapshot:
+        """The durable state now: retained messages, and every persistent session with its queue."""
+        retained = [
+            Message(topic, bytes(message.data), message.qos or 0)
+            for topic, message in self._retained_messages.items()
+            if message.data
+        ]
+        subscriptions: dict[str, list[tuple[str, int]]] = {}
+        for topic_filter, subscribers in self._subscriptions.items():
+            for session, qos in subscribers:
+                if session.clean_session is False and session.client_id is not None:
+                    subscriptions.setdefault(session.client_id, []).append((topic_filter, qos))
+        sessions = []
+        for client_id, (session, _) in self._sessions.items():
+            if session.clean_session is not False:
+                continue
+            waiting = [*session.inflight_out.values(), *_peek(session.retained_messages)]
+            sessions.append(
+                StoredSession(
+                    client_id,
+                    {k: v for k, v in session.attributes.items() if k in (attrs.KEY_NAME, attrs.KEY_DIGEST)},
+                    sorted(subscriptions.get(client_id, [])),
+                    [Message(m.topic, bytes(m.data or b""), m.qos or 0) for m in waiting],
+                )
+            )
+        return Snapshot(retained=retained, sessions=sessions)
 
     async def retain_message(
         self,
@@ -78,6 +145,14 @@ class RadioBroker(
             if network is not None and not network.retain:
                 return
         await super().retain_message(source_session, topic_name, data, qos)
+
+
+def _peek(queue: asyncio.Queue[ApplicationMessage]) -> list[ApplicationMessage]:
+    """What a queue holds, left in place (no await between taking and putting back)."""
+    items = [queue.get_nowait() for _ in range(queue.qsize())]
+    for item in items:
+        queue.put_nowait(item)
+    return items
 
 
 class EmbeddedBroker:
@@ -99,6 +174,9 @@ class EmbeddedBroker:
         self.reload_interval = reload_interval
         self._amqtt: Broker | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self.store: Store | None = None
+        self._saved: Snapshot | None = None
 
     @property
     def max_packet_size(self) -> int:
@@ -128,19 +206,36 @@ class EmbeddedBroker:
             amqtt.registry = self.registry
             amqtt.connect_timeout = self.registry.settings.broker.connect_timeout
             amqtt.max_packet_size = self.max_packet_size
-        await amqtt.start()
+            path = self.registry.settings.broker.persistence
+            if path is not None:
+                self.store = Store(path)
+                self._saved = amqtt.restore_from = self.store.load()
+        try:
+            await amqtt.start()
+        except BaseException:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            raise
         self._amqtt = amqtt
         self._watcher = asyncio.create_task(self._watch_registry(), name="radio-registry-watcher")
+        if self.store is not None:
+            self._saver = asyncio.create_task(self._save_changes(), name="radio-persistence")
 
     async def stop(self) -> None:
         """Close every connection and the listeners."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
+        for task in (self._watcher, self._saver):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._watcher = self._saver = None
         if self._amqtt is not None:
+            self.save()  # before shutdown, which forgets every session
             await self._amqtt.shutdown()
             self._amqtt = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
         # amqtt's shutdown leaves the handlers of clients still connecting: end them, so each
         # closes its socket now rather than when the loop is gone.
         leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -172,6 +267,23 @@ class EmbeddedBroker:
     def ws_port(self) -> int:
         """The bound port of MQTT over WebSocket."""
         return self.port("ws")
+
+    def save(self) -> None:
+        """Write the durable state if it changed since the last save."""
+        if self.store is None or not isinstance(self._amqtt, RadioBroker):
+            return
+        snapshot = self._amqtt.snapshot()
+        if snapshot != self._saved:
+            self.store.save(snapshot)
+            self._saved = snapshot
+
+    async def _save_changes(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            try:
+                self.save()
+            except Exception:
+                log.exception("saving the broker's state failed; will retry")
 
     async def _watch_registry(self) -> None:
         while True:

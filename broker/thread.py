@@ -18,6 +18,8 @@ from broker.server import EmbeddedBroker
 class BrokerThread:
     """Runs an ``EmbeddedBroker`` on a private event loop; ``with BrokerThread(...) as b:``."""
 
+    engine = "embedded"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args, self._kwargs = args, kwargs
         self._loop = asyncio.new_event_loop()

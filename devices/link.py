@@ -21,12 +21,11 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from radio.keys import secret_username
 from radio.urls import BrokerURL
 
 log = logging.getLogger("radio.device")
 DEFAULT_BUFFER = 10_000
-USERNAME = "radio-device"
-"""MQTT needs a username beside a password; the secret alone names the key."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class MqttLink:
         if url.transport == "websockets":
             self._client.ws_set_options(path=url.path)
         if secret:
-            self._client.username_pw_set(USERNAME, secret)
+            self._client.username_pw_set(secret_username(secret), secret)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)

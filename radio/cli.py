@@ -14,6 +14,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from radio import __version__
 from radio.config import Address, Settings, load_settings
@@ -21,6 +22,8 @@ from radio.errors import RadioError
 from radio.keys import KeyStore, read_keys
 
 EXIT_REFUSED = 2
+ENGINES = ("embedded", "mosquitto")
+ENGINE_HELP = "embedded (amqtt, in this process; the default) or mosquitto (installed separately)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,12 +62,27 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     broker = commands.add_parser(
-        "broker", parents=[common], help="run the embedded MQTT broker (TCP and WebSocket)"
+        "broker", parents=[common], help="run the MQTT broker (TCP and WebSocket): embedded, or Mosquitto"
     )
     broker.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     broker.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket, path /mqtt")
+    broker.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
     broker.set_defaults(handler=_broker)
+
+    mosquitto = commands.add_parser("mosquitto", parents=[common], help="Mosquitto as the production broker")
+    mosquitto_commands = mosquitto.add_subparsers(title="actions", required=True, metavar="ACTION")
+    export = mosquitto_commands.add_parser(
+        "export", parents=[common], help="write mosquitto.conf, passwd and acl from the registry"
+    )
+    export.add_argument("--dir", required=True, type=Path, help="the folder to write them to")
+    export.add_argument(
+        "--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (default: config's)"
+    )
+    export.add_argument(
+        "--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket (default: config's)"
+    )
+    export.set_defaults(handler=_mosquitto_export)
 
     bridge = commands.add_parser("bridge", parents=[common], help="run the HTTP bridge (POST /publish)")
     bridge.add_argument(
@@ -118,6 +136,7 @@ def _add_platform_commands(
     up.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     up.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket")
     up.add_argument("--http", metavar="HOST:PORT", type=_address, help="the HTTP bridge")
+    up.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     up.set_defaults(handler=_up)
 
     listen = commands.add_parser(
@@ -198,13 +217,31 @@ def _store(args: argparse.Namespace) -> KeyStore:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from broker.run import serve  # noqa: PLC0415 - the broker's dependencies load only for this command
+    from broker.run import serve, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio import logs  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
-    asyncio.run(serve(registry, mqtt=args.mqtt, websocket=args.ws))
+    if args.engine == "mosquitto":
+        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws)
+    else:
+        asyncio.run(serve(registry, mqtt=args.mqtt, websocket=args.ws))
+    return 0
+
+
+def _mosquitto_export(args: argparse.Namespace) -> int:
+    from broker.mosquitto import export  # noqa: PLC0415
+    from radio.registry import Registry  # noqa: PLC0415
+
+    settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+    conf = export(settings, Registry.from_settings(settings), args.dir, mqtt=args.mqtt, websocket=args.ws)
+    print(f"Wrote {conf}, {conf.parent / 'passwd'} and {conf.parent / 'acl'}.", file=sys.stderr)
+    print(f"Run: mosquitto -c {conf}", file=sys.stderr)
+    print(
+        f"After a key change: radio mosquitto export --dir {args.dir}, then kill -HUP <mosquitto pid>.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -226,7 +263,12 @@ def _up(args: argparse.Namespace) -> int:
     from radio.up import up  # noqa: PLC0415
 
     return up(
-        getattr(args, "config", None), getattr(args, "keys", None), mqtt=args.mqtt, ws=args.ws, http=args.http
+        getattr(args, "config", None),
+        getattr(args, "keys", None),
+        mqtt=args.mqtt,
+        ws=args.ws,
+        http=args.http,
+        engine=args.engine,
     )
 
 

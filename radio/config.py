@@ -21,6 +21,7 @@ from radio.topics import NetworkName
 DEFAULT_CONFIG_NAME: Final = "radio.toml"
 DEFAULT_KEYS_NAME: Final = "keys.toml"
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+DEFAULT_PERSISTENCE: Final = "broker.db"
 # MQTT's own limit on a packet's remaining length.
 MQTT_MAX_PAYLOAD: Final = 268_435_455
 
@@ -84,6 +85,8 @@ class BrokerSettings:
     """Per listener; a connection over it is closed at once. 0 means no limit."""
     max_packet_size: int | None = None
     """Largest MQTT packet accepted, in bytes; None: the largest network max_payload plus headroom."""
+    persistence: Path | None = None
+    """The SQLite file keeping retained samples and persistent sessions across restarts; None: off."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ def load_settings(
         if named:
             msg = f"{config_path}: no such configuration file"
             raise ConfigError(msg) from None
-        return Settings(path=config_path, keys_path=keys_path)
+        persistence = config_path.parent / DEFAULT_PERSISTENCE
+        return Settings(path=config_path, keys_path=keys_path, broker=BrokerSettings(persistence=persistence))
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{config_path}: cannot read: {exc}"
         raise ConfigError(msg) from None
@@ -171,7 +175,15 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
     _only(
         broker,
         "[broker] ",
-        {"mqtt", "websocket", "allow_anonymous", "connect_timeout", "max_connections", "max_packet_size"},
+        {
+            "mqtt",
+            "websocket",
+            "allow_anonymous",
+            "connect_timeout",
+            "max_connections",
+            "max_packet_size",
+            "persistence",
+        },
     )
     bridge = _table(data, "bridge")
     _only(bridge, "[bridge] ", {"listen"})
@@ -193,6 +205,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
                 if "max_packet_size" in broker
                 else None
             ),
+            persistence=_persistence(broker.get("persistence", DEFAULT_PERSISTENCE), config_path.parent),
         ),
         bridge=BridgeSettings(listen=_address(bridge, "listen", "[bridge]", BridgeSettings().listen)),
         networks=networks,
@@ -250,6 +263,15 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
+
+
+def _persistence(value: object, folder: Path) -> Path | None:
+    if value is False:
+        return None
+    if not isinstance(value, str) or not value:
+        msg = f"[broker] persistence must be a file name or false, not {value!r}"
+        raise ValueError(msg)
+    return folder / value
 
 
 def _number(

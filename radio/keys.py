@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import tempfile
 import tomllib
@@ -39,6 +40,10 @@ MOSQUITTO_ITERATIONS: Final = 101
 """mosquitto_passwd's own default: secrets are random, so iterations add nothing but CONNECT cost."""
 
 
+ALIAS = re.compile(r"key-[0-9a-f]{16}")
+"""Usernames derived from secrets (``secret_username``): reserved, never a key's name."""
+
+
 def check_key_name(name: str) -> str:
     """A key name is also an MQTT username, so it follows the network naming rules."""
     if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
@@ -47,7 +52,22 @@ def check_key_name(name: str) -> str:
             "starting with a letter or digit"
         )
         raise InvalidName(msg)
+    if ALIAS.fullmatch(name):
+        msg = f"invalid key name {name!r}: names of the form key-<16 hex digits> are reserved"
+        raise InvalidName(msg)
     return name
+
+
+def secret_username(secret: str) -> str:
+    """The MQTT username a client holding only a secret sends: ``key-`` and 16 hex digits of its digest.
+
+    MQTT wants a username beside a password. The embedded broker would take any label (the secret
+    alone names the key), but Mosquitto checks username and password together: deriving the
+    username from the secret lets the password file list it beside the key's name, so a client
+    given just ``--key SECRET`` works on both brokers. 64 bits of a SHA-256 digest of a 256-bit
+    secret reveal nothing usable.
+    """
+    return "key-" + secret_digest(secret)[:16]
 
 
 def secret_digest(secret: str) -> str:
@@ -75,6 +95,11 @@ class Key:
     created: str = ""
     publish_all: bool = False
     """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
+
+    @property
+    def alias(self) -> str:
+        """The username its secret implies (``secret_username``), without knowing the secret."""
+        return "key-" + self.digest[:16]
 
     def matches(self, secret: str) -> bool:
         """Whether a presented secret is this key's, in constant time."""

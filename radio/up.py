@@ -103,7 +103,13 @@ class Child:
 
 
 def up(
-    config: str | None, keys: str | None, *, mqtt: Address | None, ws: Address | None, http: Address | None
+    config: str | None,
+    keys: str | None,
+    *,
+    mqtt: Address | None,
+    ws: Address | None,
+    http: Address | None,
+    engine: str = "embedded",
 ) -> int:
     """Run the platform until Ctrl-C or SIGTERM; exit 1 if a part of it dies on its own."""
     path = config_path(config)
@@ -125,7 +131,9 @@ def up(
         signal.signal(sig, lambda *_: stop.set())
     children: list[Child] = []
     try:
-        broker = Child("broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws)])
+        broker = Child(
+            "broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws), "--engine", engine]
+        )
         children.append(broker)
         mqtt_port = broker.wait_for(r"mqtt://[^:]+:(\d+)")
         ws_url = "ws://" + broker.wait_for(r"ws://(\S+)")

@@ -31,11 +31,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from radio.keys import secret_username
 from radio.topics import network_of_topic, network_topic
 from radio.urls import BrokerURL
-
-USERNAME = "radio-listener"
-"""MQTT needs a username beside a password; the secret alone names the key."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class Listener:
         if self.url.transport == "websockets":
             self._client.ws_set_options(path=self.url.path)
         if secret is not None:
-            self._client.username_pw_set(USERNAME, secret)
+            self._client.username_pw_set(secret_username(secret), secret)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -20,6 +21,8 @@ from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
 from mqtt_client import Client
 
 from bridge.identity import bridge_credentials
+from broker.mosquitto import MosquittoBroker
+from broker.mosquitto import version as mosquitto_version
 from broker.server import RadioBroker
 from broker.thread import BrokerThread
 from radio.config import Address, load_settings
@@ -98,6 +101,45 @@ def broker(home: Home) -> Iterator[BrokerThread]:
         LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
     ) as running:
         yield running
+
+
+ENGINES = ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
+"""For a module whose tests must hold on both brokers: ``@pytest.fixture(params=ENGINES)``."""
+
+
+def require_mosquitto() -> None:
+    """Skip without Mosquitto on a developer's machine; fail in CI, which installs it."""
+    if mosquitto_version() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Mosquitto is missing: .ci/run installs it", pytrace=False)
+        pytest.skip("Mosquitto is not installed (apt-get install mosquitto)")
+
+
+@contextlib.contextmanager
+def running_broker(engine: str, home: Home) -> Iterator[BrokerThread | MosquittoBroker]:
+    """The embedded broker, or a real Mosquitto started from the repository's mosquitto.conf.
+
+    Both on free ports, with ``home``'s keys; Mosquitto's log goes to ``home/mosquitto.log``.
+    """
+    if engine == "embedded":
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as running:
+            yield running
+        return
+    require_mosquitto()
+    with (home.path / "mosquitto.log").open("wb") as log:
+        mosquitto = MosquittoBroker(
+            LiveRegistry(home.config),
+            home.path / "mosquitto",
+            mqtt=Address("127.0.0.1", 0),
+            websocket=Address("127.0.0.1", 0),
+        )
+        mosquitto.start(stderr=log.fileno())
+        try:
+            yield mosquitto
+        finally:
+            mosquitto.stop()
 
 
 @pytest.fixture(params=[Broker, RadioBroker], ids=["stock", "radio"])

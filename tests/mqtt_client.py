@@ -143,3 +143,17 @@ def listening(port: int, key: str, secret: str, topic_filter: str, qos: int = 1)
         yield client
     finally:
         client.close()
+
+
+def away_while_published(port: int, secrets: dict[str, str]) -> None:
+    """Leave a persistent session of reader_a ("durable") subscribed to A, then, while it is away,
+    an admin publishes a retained sample to pub and a live one to A (queued for "durable")."""
+    away = Client("tcp", port, "reader_a", secrets["reader_a"], client_id="durable", clean_session=False)
+    assert away.connect() == 0
+    assert away.subscribe("networks/A", qos=1) == 1
+    away.close()
+    admin = Client("tcp", port, "admin", secrets["admin"])
+    assert admin.connect() == 0
+    admin.publish("networks/pub", b'{"last": "value"}', qos=1, retain=True)
+    admin.publish("networks/A", b'{"queued": "while away"}', qos=1)
+    admin.close()

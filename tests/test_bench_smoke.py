@@ -32,3 +32,29 @@ def test_the_http_door_benchmark_runs_and_reports_both_targets():
     assert {r["target"] for r in rounds} == {"bridge", "bare"}
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rounds)
     assert '"bridge_over_bare"' in result.stdout
+
+
+def run_smoke(script: str) -> list[dict[str, object]]:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=BENCH,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
+
+
+def test_the_fanout_benchmark_runs_both_brokers_and_counts_every_delivery():
+    rows = run_smoke("fanout.py")
+    assert {r["broker"] for r in rows} == {"radio", "stock"}
+    assert {(r["qos"], r["subscribers"]) for r in rows} == {(q, n) for q in (0, 1) for n in (1, 10, 100)}
+    assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
+
+
+def test_the_refusal_benchmark_runs_both_brokers():
+    rows = run_smoke("refusals.py")
+    assert {r["broker"] for r in rows} == {"radio", "stock"}
+    assert all(r["refusals_per_s"] > 0 for r in rows)  # each of them read its CONNACK 5

@@ -1,4 +1,6 @@
-"""The HTTP bridge over real HTTP (gunicorn), forwarding to the real broker, seen by a real listener.
+"""The HTTP bridge over real HTTP (gunicorn), forwarding to a real broker, seen by a real listener.
+
+Each test runs on the embedded broker and on Mosquitto.
 
 "Publishes nothing" is checked with a barrier, never a sleep: after the refused requests one valid
 POST is sent; requests are answered one after another, so anything the refused ones had published
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import CONFIG, Home, start_bridge
+from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
 from broker.thread import BrokerThread
@@ -25,6 +27,13 @@ from radio.keys import read_keys
 from radio.registry import LiveRegistry
 
 VALID = {"network": "A", "data": {"speed": 42, "street": "Main"}}
+
+
+@pytest.fixture(params=ENGINES)
+def broker(request, home):
+    """The bridge end to end on both brokers: the embedded one, and Mosquitto with exported rights."""
+    with running_broker(request.param, home) as running:
+        yield running
 
 
 def body(value) -> str:
@@ -276,8 +285,13 @@ def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(hom
             while (status := bridge.post(body(VALID), {"API-KEY": home.secrets["gen"]}).status_code) != 200:
                 assert status == 503
                 assert time.monotonic() < deadline, "the bridge did not reconnect"
-            # Exactly the accepted sample: nothing refused earlier was sent late.
-            assert [json.loads(m.payload) for m in listener.expect(1)] == [VALID["data"]]
+            # The sample accepted before the outage, kept as the network's last value across the
+            # restart, then exactly the one accepted now: nothing refused earlier was sent late.
+            got = listener.expect(2)
+            assert [(json.loads(m.payload), m.retain) for m in got] == [
+                (VALID["data"], True),
+                (VALID["data"], False),
+            ]
             assert listener.received_so_far() == []
             listener.close()
     finally:

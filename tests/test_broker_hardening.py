@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from amqtt.broker import Broker
 from amqtt.session import Session
-from mqtt_client import Client, listening
+from mqtt_client import Client, away_while_published, listening
 from raw_mqtt import (
     closed_by_peer,
     open_socket,
@@ -30,6 +31,11 @@ from raw_mqtt import (
     subscribe,
 )
 from raw_mqtt import connect as raw_connect
+
+from broker.server import RadioBroker
+from broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -399,3 +405,44 @@ def test_malformed_packets_never_stop_the_broker(broker, home):
             sock.sendall(bad)
             assert closed_within(sock, 3), bad
     still_serving(broker, home)
+
+
+@pytest.mark.parametrize("broker_class", [Broker, RadioBroker], ids=["stock", "radio"])
+def test_retained_samples_and_persistent_sessions_survive_a_restart(home, broker_class):
+    """#15: stock kept both in memory only; Radio's broker keeps them in the configured SQLite file."""
+    fixed = broker_class is RadioBroker
+
+    def start() -> BrokerThread:
+        return BrokerThread(
+            LiveRegistry(home.config),
+            mqtt=Address("127.0.0.1", 0),
+            websocket=Address("127.0.0.1", 0),
+            broker_class=broker_class,
+        ).start()
+
+    broker = start()
+    try:
+        away_while_published(broker.mqtt_port, home.secrets)
+    finally:
+        broker.stop()
+
+    broker = start()
+    try:
+        with listening(broker.mqtt_port, "reader_b", home.secrets["reader_b"], "networks/pub") as late:
+            if fixed:
+                assert late.expect(1)[0].payload == b'{"last": "value"}'
+            durable = ("reader_a", home.secrets["reader_a"])
+            back = Client("tcp", broker.mqtt_port, *durable, client_id="durable", clean_session=False)
+            try:
+                assert back.connect() == 0
+                if fixed:
+                    assert back.expect(1)[0].payload == b'{"queued": "while away"}'
+                still_serving(broker, home)  # publishes a 32-byte token to networks/A
+                if fixed:  # the restored session kept its subscription
+                    assert len(back.expect(1)[0].payload) == 32
+                assert back.received_so_far() == []  # stock: no session, no subscription
+            finally:
+                back.close()
+    finally:
+        broker.stop()
+    assert (home.path / "broker.db").exists() is fixed

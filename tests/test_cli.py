@@ -12,7 +12,7 @@ import sys
 import pytest
 from mqtt_client import Client
 
-from radio.keys import read_keys
+from radio.keys import read_keys, secret_username
 
 
 def run(*args, cwd=None, env=None):
@@ -41,6 +41,10 @@ def run(*args, cwd=None, env=None):
         ("[networks.a]\nretian = true\n", "unknown setting [networks.a] retian"),
         ("colour = 'blue'\n", "unknown setting colour"),
         ("networks = 3\n", "[networks] must be a table"),
+        ("[broker]\nconnect_timeout = 0\n", "[broker] connect_timeout must be a number from 0.1"),
+        ("[broker]\nmax_connections = -1\n", "[broker] max_connections must be a whole number"),
+        ("[broker]\nmax_packet_size = 'big'\n", "[broker] max_packet_size must be a whole number"),
+        ("[broker]\npersistence = true\n", "[broker] persistence must be a file name or false"),
     ],
 )
 def test_a_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, text, problem):
@@ -202,3 +206,52 @@ def test_radio_broker_on_a_busy_port_is_one_line_and_exit_2(home, broker):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("radio: cannot start the broker")
     assert "address already in use" in result.stderr
+
+
+def test_mosquitto_export_writes_the_registry_as_mosquitto_files(home):
+    folder = home.path / "exported"
+    result = home.radio("mosquitto", "export", "--dir", str(folder), "--mqtt", "0.0.0.0:1884")
+    assert "mosquitto -c" in result.stderr
+    passwd = dict(line.split(":", 1) for line in (folder / "passwd").read_text().splitlines())
+    store = {key.name: key for key in read_keys(home.keys).values()}
+    assert set(passwd) == set(store) | {key.alias for key in store.values()}  # the bridge's key too
+    for name, secret in home.secrets.items():
+        assert passwd[name] == passwd[secret_username(secret)] == store[name].mosquitto
+        assert store[name].mosquitto.startswith("$7$101$")
+    assert stat.S_IMODE((folder / "passwd").stat().st_mode) == 0o600
+    assert all(secret not in (folder / "passwd").read_text() for secret in home.secrets.values())
+
+    acl = (folder / "acl").read_text().split("\n\nuser ")
+    anonymous, blocks = acl[0], {b.splitlines()[0]: b.splitlines()[1:] for b in acl[1:]}
+    assert anonymous.splitlines()[-4:] == [
+        "topic read networks/fleeting",
+        "topic read networks/fleeting/#",
+        "topic read networks/pub",
+        "topic read networks/pub/#",
+    ]
+    assert "topic write networks/A" in blocks["gen"]
+    assert not any("networks/B" in rule for rule in blocks["gen"])
+    assert blocks["reader_b"][:2] == ["topic read networks/B", "topic read networks/B/#"]
+    assert blocks["admin"] == ["topic readwrite #", "topic readwrite $SYS/#"]
+    assert blocks[secret_username(home.secrets["gen"])] == blocks["gen"]
+
+    conf = (folder / "mosquitto.conf").read_text()
+    assert "listener 1884 0.0.0.0\n" in conf
+    assert f"password_file {folder / 'passwd'}\n" in conf
+    assert "max_packet_size 131088\n" in conf
+    assert conf.count("# ") > 40  # the template's comments are kept
+
+
+def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
+    result = run(
+        "broker",
+        "--engine",
+        "mosquitto",
+        "--config",
+        str(home.config),
+        env={"RADIO_MOSQUITTO": "/nonexistent"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "radio: RADIO_MOSQUITTO=/nonexistent is not an executable Mosquitto"
+    ]

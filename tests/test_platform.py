@@ -13,10 +13,15 @@ import threading
 import time
 
 import psutil
+import pytest
 import requests
+from conftest import ENGINES, require_mosquitto
 
 
-def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, engine):
+    if engine == "mosquitto":
+        require_mosquitto()
     env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS")}
     up = subprocess.Popen(
         [
@@ -30,6 +35,8 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path):
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--engine",
+            engine,
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,

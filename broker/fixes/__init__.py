@@ -12,6 +12,7 @@ from broker.fixes.bounded_handler_stop import BoundedHandlerStop
 from broker.fixes.connect_sequence import ConnectSequence
 from broker.fixes.dollar_publish import DollarPublishKeepsConnection
 from broker.fixes.fanout import FanoutOverSnapshotAtMinQos
+from broker.fixes.inline_topic_checks import InlineTopicChecks
 from broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
 from broker.fixes.socket_closed_on_exit import SocketClosedOnExit
 from broker.fixes.websocket_listener import WebSocketListenerLimits
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectSequence",
     "DollarPublishKeepsConnection",
     "FanoutOverSnapshotAtMinQos",
+    "InlineTopicChecks",
     "RetainedOnlyOnSubscribe",
     "SocketClosedOnExit",
     "WebSocketListenerLimits",

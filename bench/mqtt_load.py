@@ -1,0 +1,169 @@
+"""A load client for brokers: many MQTT connections in one asyncio process, large reads, no library.
+
+paho or mosquitto_sub would spend more CPU per message than the broker under test; this client
+frames packets itself, counts PUBLISHes, acknowledges QoS 1, and reports its own CPU time next
+to the broker's. TCP, or WebSocket through the ``websockets`` package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import websockets
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    length = bytearray()
+    n = len(body)
+    while True:
+        byte, n = n % 128, n // 128
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes([first]) + bytes(length) + body
+
+
+def connect_packet(client_id: str, username: str | None = None, password: str | None = None) -> bytes:
+    flags, payload = 0x02, _string(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _string(password)
+    return _packet(0x10, _string("MQTT") + bytes([4, flags]) + struct.pack("!H", 300) + payload)
+
+
+def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int) -> bytes:
+    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
+    return _packet(0x30 | qos << 1, body)
+
+
+class Framer:
+    """Bytes in, (first byte, body) packets out."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add received bytes; return the packets now complete."""
+        self._buffer += data
+        packets = []
+        while True:
+            buffer = self._buffer
+            if len(buffer) < 2:
+                return packets
+            length, shift, at = 0, 0, 1
+            while True:
+                if at >= len(buffer):
+                    return packets
+                byte = buffer[at]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                at += 1
+                if not byte & 0x80:
+                    break
+            if len(buffer) < at + length:
+                return packets
+            packets.append((buffer[0], bytes(buffer[at : at + length])))
+            del buffer[: at + length]
+
+
+@dataclass
+class Connection:
+    """One MQTT connection: send bytes, and a packet handler fed from a reader task."""
+
+    send: Callable[[bytes], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+    packets: asyncio.Queue[tuple[int, bytes]] = field(default_factory=asyncio.Queue)
+
+
+async def open_connection(
+    transport: str, port: int, on_packet: Callable[[int, bytes], None] | None = None
+) -> Connection:
+    """Connect over ``tcp`` or ``ws``; PUBLISHes go to ``on_packet`` if given, all else to a queue."""
+    framer = Framer()
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+
+    def received(data: bytes) -> None:
+        for packet in framer.feed(data):
+            if on_packet is not None and packet[0] >> 4 == 3:  # PUBLISH
+                on_packet(*packet)
+            else:
+                queue.put_nowait(packet)
+
+    if transport == "ws":
+        return await _open_ws(port, received, queue)
+    return await _open_tcp(port, received, queue)
+
+
+async def _open_tcp(
+    port: int, received: Callable[[bytes], None], queue: asyncio.Queue[tuple[int, bytes]]
+) -> Connection:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+
+    async def send(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    async def close() -> None:
+        task.cancel()
+        writer.close()
+
+    async def read() -> None:
+        while data := await reader.read(1 << 16):
+            received(data)
+
+    task = asyncio.ensure_future(read())
+    return Connection(send, close, queue)
+
+
+async def _open_ws(
+    port: int, received: Callable[[bytes], None], queue: asyncio.Queue[tuple[int, bytes]]
+) -> Connection:
+    ws = await websockets.connect(
+        f"ws://127.0.0.1:{port}/mqtt", subprotocols=[websockets.Subprotocol("mqtt")], max_size=None
+    )
+
+    async def close() -> None:
+        task.cancel()
+        await ws.close()
+
+    async def read() -> None:
+        async for message in ws:
+            received(message if isinstance(message, bytes) else message.encode())
+
+    task = asyncio.ensure_future(read())
+    return Connection(ws.send, close, queue)
+
+
+async def handshake(
+    connection: Connection, client_id: str, username: str | None = None, password: str | None = None
+) -> None:
+    """CONNECT and wait for CONNACK 0."""
+    await connection.send(connect_packet(client_id, username, password))
+    first, body = await asyncio.wait_for(connection.packets.get(), 30)
+    if first != 0x20 or body[1] != 0:
+        msg = f"CONNACK refused: {body!r}"
+        raise RuntimeError(msg)
+
+
+async def subscribe(connection: Connection, topic_filter: str, qos: int) -> None:
+    """SUBSCRIBE and wait for the SUBACK granting it."""
+    await connection.send(_packet(0x82, struct.pack("!H", 1) + _string(topic_filter) + bytes([qos])))
+    first, body = await asyncio.wait_for(connection.packets.get(), 30)
+    if first != 0x90 or body[2] not in (0, 1, 2):
+        msg = f"SUBSCRIBE refused: {body!r}"
+        raise RuntimeError(msg)
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,311 @@
+"""Mosquitto as Radio's production broker: the registry exported to its files, and the process run.
+
+The embedded broker is one Python process; operators who need more run Mosquitto with the same
+rights. Three files make that so, all written here from the registry:
+
+- ``passwd``: for each key, ``NAME:$7$...`` and ``key-<16 hex>:$7$...`` (the username a client
+  holding only the secret sends, see ``radio.keys.secret_username``), PBKDF2-SHA512 hashes that
+  Mosquitto 2.0 accepts. No secret is in it.
+- ``acl``: design section 3 as acl_file rules. Anonymous reads of public networks come first
+  (rules before any ``user`` line are the anonymous client's), then one block per username.
+- ``mosquitto.conf``: the repository's commented ``mosquitto.conf`` with the listener addresses,
+  the file paths and the limits of ``radio.toml`` put in.
+
+``MosquittoBroker`` runs Mosquitto with them and watches the registry as the embedded broker
+does: on a change it writes the files again and sends SIGHUP, and Mosquitto reloads the password
+and ACL files and disconnects clients whose credentials no longer hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Final, Self
+
+from broker.fixes.packet_gate import HEADROOM
+from radio.config import Address, Settings
+from radio.errors import RadioError
+from radio.registry import LiveRegistry, Registry
+from radio.topics import network_topic
+
+log = logging.getLogger("radio.broker")
+
+TEMPLATE: Final = Path(__file__).resolve().parent.parent / "mosquitto.conf"
+"""The repository's commented configuration, which every export renders."""
+RELOAD_INTERVAL: Final = 0.25
+STARTUP_TIMEOUT: Final = 10.0
+
+
+class MosquittoError(RadioError):
+    """Mosquitto is missing, would not start, or its files cannot be written."""
+
+
+def passwd_text(registry: Registry) -> str:
+    """The password file: each key under its name and under the username its secret implies."""
+    lines = []
+    for key in sorted(registry.keys.values(), key=lambda k: k.name):
+        lines.append(f"{key.name}:{key.mosquitto}")
+        lines.append(f"{key.alias}:{key.mosquitto}")
+    return "\n".join(lines) + "\n"
+
+
+def _read_rules(networks: list[str]) -> list[str]:
+    return [
+        rule
+        for n in networks
+        for rule in (f"topic read {network_topic(n)}", f"topic read {network_topic(n)}/#")
+    ]
+
+
+def acl_text(registry: Registry) -> str:
+    """The ACL file: what each username may read and write, exactly as the registry says."""
+    public = sorted(n for n, s in registry.networks.items() if s.public)
+    out = ["# Written by `radio mosquitto export` from the key registry: edit the keys, not this file.", ""]
+    out.append("# Anonymous clients: the public networks, read only.")
+    out.extend(_read_rules(public) if registry.allow_anonymous else [])
+    for key in sorted(registry.keys.values(), key=lambda k: k.name):
+        access = registry.access(key.name)
+        rules = []
+        if access.admin:
+            rules = ["topic readwrite #", "topic readwrite $SYS/#"]
+        else:
+            for network in sorted(access.publish):
+                rules += [f"topic write {network_topic(network)}", f"topic write {network_topic(network)}/#"]
+            rules += _read_rules(sorted(access.read))
+        for username in (key.name, key.alias):
+            out += ["", f"user {username}", *rules]
+    return "\n".join(out) + "\n"
+
+
+def render_conf(
+    template: str, settings: Settings, registry: Registry, folder: Path, *, mqtt: Address, websocket: Address
+) -> str:
+    """The template with this platform's values in the options marked [rendered]."""
+    broker = settings.broker
+    limit = broker.max_packet_size or registry.largest_payload + HEADROOM
+    values = {
+        "allow_anonymous": "true" if broker.allow_anonymous else "false",
+        "password_file": str(folder / "passwd"),
+        "acl_file": str(folder / "acl"),
+        "max_packet_size": str(limit),
+        "max_connections": str(broker.max_connections or -1),
+        "persistence_location": f"{folder}/",
+        "user": getpass.getuser(),
+    }
+    listeners = iter([mqtt, websocket])
+    lines = []
+    for line in template.splitlines():
+        option = line.split(" ", 1)[0]
+        if option == "listener":
+            address = next(listeners)
+            line = f"listener {address.port} {address.host}"  # noqa: PLW2901 - the rendered line
+        elif option in values:
+            line = f"{option} {values[option]}"  # noqa: PLW2901
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def export(
+    settings: Settings,
+    registry: Registry,
+    folder: Path,
+    mqtt: Address | None = None,
+    websocket: Address | None = None,
+) -> Path:
+    """Write passwd, acl and mosquitto.conf into ``folder``; return the configuration's path."""
+    folder = folder.absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        template = TEMPLATE.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot read the Mosquitto template {TEMPLATE}: {exc}"
+        raise MosquittoError(msg) from None
+    conf = render_conf(
+        template,
+        settings,
+        registry,
+        folder,
+        mqtt=mqtt or settings.broker.mqtt,
+        websocket=websocket or settings.broker.websocket,
+    )
+    _write(folder / "passwd", passwd_text(registry), 0o600)
+    _write(folder / "acl", acl_text(registry), 0o644)
+    _write(folder / "mosquitto.conf", conf, 0o644)
+    return folder / "mosquitto.conf"
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Atomically: Mosquitto may reload at any moment and must never read half a file."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        Path(temporary).chmod(mode)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def concrete(*addresses: Address) -> list[Address]:
+    """The addresses with each port 0 replaced by a free port, all different.
+
+    Mosquitto cannot bind port 0 and report the port it got, so the system is asked for free
+    ports first; the probes stay open until all are chosen, or the same port could come twice.
+    """
+    with contextlib.ExitStack() as probes:
+        chosen = []
+        for address in addresses:
+            if address.port:
+                chosen.append(address)
+                continue
+            probe = probes.enter_context(socket.socket())
+            probe.bind((address.host, 0))
+            chosen.append(Address(address.host, probe.getsockname()[1]))
+        return chosen
+
+
+class MosquittoBroker:
+    """Mosquitto in a child process, with the registry's rights, reloaded when the registry changes."""
+
+    engine = "mosquitto"
+
+    def __init__(
+        self,
+        registry: LiveRegistry,
+        folder: Path,
+        *,
+        mqtt: Address | None = None,
+        websocket: Address | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
+    ) -> None:
+        self.registry = registry
+        self.folder = folder
+        self.mqtt, self.websocket = concrete(
+            mqtt or registry.settings.broker.mqtt, websocket or registry.settings.broker.websocket
+        )
+        self.reload_interval = reload_interval
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.reloads = 0
+
+    @property
+    def mqtt_port(self) -> int:
+        """The port of MQTT over TCP."""
+        return self.mqtt.port
+
+    @property
+    def ws_port(self) -> int:
+        """The port of MQTT over WebSocket."""
+        return self.websocket.port
+
+    def start(self, stderr: int | None = None) -> Self:
+        """Export, start Mosquitto, and return once both listeners accept connections."""
+        binary = find_binary()
+        conf = export(self.registry.settings, self.registry.current, self.folder, self.mqtt, self.websocket)
+        command = [binary, "-c", str(conf)]
+        self.process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)  # noqa: S603 - our own files
+        try:
+            self._wait_until_listening()
+        except BaseException:
+            self.stop()
+            raise
+        self._watcher = threading.Thread(target=self._watch, name="radio-mosquitto-watcher", daemon=True)
+        self._watcher.start()
+        return self
+
+    def _wait_until_listening(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        for address in (self.mqtt.local(), self.websocket.local()):
+            while True:
+                assert self.process is not None  # noqa: S101 - set by start
+                if self.process.poll() is not None:
+                    msg = f"Mosquitto exited at start (status {self.process.returncode}); see its log above"
+                    raise MosquittoError(msg)
+                try:
+                    socket.create_connection((address.host, address.port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        msg = f"Mosquitto did not listen on {address} within {STARTUP_TIMEOUT:g}s"
+                        raise MosquittoError(msg) from None
+                    time.sleep(0.05)
+
+    def reload(self) -> None:
+        """Write the files again and have Mosquitto reread them (and drop what they no longer allow)."""
+        export(self.registry.settings, self.registry.current, self.folder, self.mqtt, self.websocket)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+            self.reloads += 1
+            log.info("registry changed: Mosquitto reloaded its password and ACL files")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                if self.registry.refresh():
+                    self.reload()
+            except Exception:
+                log.exception("applying a registry change to Mosquitto failed; will retry on the next change")
+
+    def stop(self) -> None:
+        """Stop Mosquitto (SIGTERM, which saves its persistence file) and the watcher."""
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def find_binary() -> str:
+    """Mosquitto's executable: ``RADIO_MOSQUITTO`` if set, else on PATH or where Debian puts it."""
+    named = os.environ.get("RADIO_MOSQUITTO")
+    if named:
+        if os.access(named, os.X_OK):
+            return named
+        msg = f"RADIO_MOSQUITTO={named} is not an executable Mosquitto"
+        raise MosquittoError(msg)
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        msg = "Mosquitto is not installed (Debian: apt-get install mosquitto)"
+        raise MosquittoError(msg)
+    return found
+
+
+def version() -> str | None:
+    """The installed Mosquitto's version, or None."""
+    try:
+        binary = find_binary()
+    except MosquittoError:
+        return None
+    try:
+        command = [binary, "-h"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False).stdout  # noqa: S603
+    except OSError:
+        return None
+    match = re.search(r"mosquitto version (\S+)", out)
+    return match[1] if match else None
