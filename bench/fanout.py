@@ -64,14 +64,15 @@ def sample(n: int) -> bytes:
 class Platform:
     """A broker process and the credentials its publisher uses."""
 
-    def __init__(self, kind: str, folder: Path) -> None:
+    def __init__(self, kind: str, folder: Path, extra_broker_settings: str = "") -> None:
         self.kind = kind
         if kind == "stock":
             args = [sys.executable, str(HERE / "stock_broker.py")]
             self.key: tuple[str | None, str | None] = (None, None)
         else:
             config = folder / "radio.toml"
-            config.write_text("[networks.bench]\npublic = true\nretain = false\n")
+            broker = f"[broker]\n{extra_broker_settings}"
+            config.write_text(f"{broker}[networks.bench]\npublic = true\nretain = false\n")
             if not (folder / "publisher.secret").exists():
                 secret = subprocess.run(
                     ["radio", "keys", "add", "publisher", "--publish", "bench", "--config", str(config)],
@@ -224,7 +225,7 @@ async def measure(platform: Platform, transport: str, qos: int, subscribers: int
 def messages_for(subscribers: int, smoke: bool) -> int:
     if smoke:
         return max(20, 200 // subscribers)
-    return max(30, 30_000 // subscribers)
+    return max(30, 30_000 // subscribers) * int(os.environ.get("RADIO_BENCH_SCALE", "1"))
 
 
 def main() -> None:

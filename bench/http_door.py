@@ -3,6 +3,7 @@
     python bench/http_door.py             # 3 interleaved rounds of 10 s each, wrk -c50
     python bench/http_door.py --smoke     # one 1 s round: checks the script still works
     python bench/http_door.py --server waitress   # the same under waitress (pip install waitress)
+    python bench/http_door.py --engine mosquitto  # the bridge in front of Mosquitto
 
 Both are served by gunicorn with the same settings as `radio bridge` (2 sync workers); the bridge
 publishes every sample at QoS 1 to the embedded broker and waits for its PUBACK. Prints a JSON
@@ -28,6 +29,20 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
+
+
+def bench_home(home: Path) -> tuple[dict[str, str], str]:
+    """A platform folder with one public network, bench, and a key that may publish to it."""
+    (home / "radio.toml").write_text("[networks.bench]\npublic = true\nretain = true\n")
+    env = {**os.environ, "RADIO_CONFIG": str(home / "radio.toml")}
+    key = subprocess.run(
+        [sys.executable, "-m", "radio", "keys", "add", "bench", "--publish", "bench"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.strip()
+    return env, key
 
 
 def free_port() -> int:
@@ -170,22 +185,22 @@ def main() -> None:
         default="gunicorn",
         help="serve both targets with gunicorn (as radio bridge does) or waitress (pip install waitress)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["embedded", "mosquitto"],
+        default="embedded",
+        help="the broker behind the bridge (radio broker --engine)",
+    )
     args = parser.parse_args()
     rounds, seconds = (1, 1) if args.smoke else (args.rounds, args.seconds)
 
     home = Path(tempfile.mkdtemp(prefix="radio-bench-"))
-    (home / "radio.toml").write_text("[networks.bench]\npublic = true\nretain = true\n")
+    env, key = bench_home(home)
     radio = [sys.executable, "-m", "radio"]
-    env = {**os.environ, "RADIO_CONFIG": str(home / "radio.toml")}
-    key = subprocess.run(
-        [*radio, "keys", "add", "bench", "--publish", "bench"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout.strip()
     broker, mqtt = start(
-        [*radio, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"], r"mqtt://127\.0\.0\.1:(\d+)", env
+        [*radio, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--engine", args.engine],
+        r"mqtt://127\.0\.0\.1:(\d+)",
+        env,
     )
     bridge, bridge_url, bare, bare_url = targets(args, home, env, radio, mqtt)
     try:

@@ -167,3 +167,24 @@ async def subscribe(connection: Connection, topic_filter: str, qos: int) -> None
 
 def now() -> float:
     return time.perf_counter()
+
+
+async def open_listeners(
+    port: int,
+    count: int,
+    on_publish: Callable[[int], Callable[[int, bytes], None]],
+    *,
+    transport: str = "tcp",
+    topic_filter: str = "networks/bench",
+    qos: int = 0,
+    batch: int = 100,
+) -> list[Connection]:
+    """``count`` anonymous subscribers, ``batch`` at a time; ``on_publish(i)`` handles the i-th's."""
+    connections: list[Connection] = []
+    for start in range(0, count, batch):
+        indexes = range(start, min(start + batch, count))
+        opened = await asyncio.gather(*(open_connection(transport, port, on_publish(i)) for i in indexes))
+        await asyncio.gather(*(handshake(c, f"listener-{i}") for c, i in zip(opened, indexes, strict=True)))
+        await asyncio.gather(*(subscribe(c, topic_filter, qos) for c in opened))
+        connections.extend(opened)
+    return connections

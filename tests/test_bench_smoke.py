@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_mosquitto
 
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -58,3 +59,25 @@ def test_the_refusal_benchmark_runs_both_brokers():
     rows = run_smoke("refusals.py")
     assert {r["broker"] for r in rows} == {"radio", "stock"}
     assert all(r["refusals_per_s"] > 0 for r in rows)  # each of them read its CONNACK 5
+
+
+def test_the_latency_benchmark_delivers_every_sample_through_both_doors_of_both_brokers():
+    require_mosquitto()
+    rows = run_smoke("latency.py")
+    assert {(r["broker"], r["door"]) for r in rows} == {
+        (b, d) for b in ("radio", "mosquitto") for d in ("mqtt", "http")
+    }
+    assert all(r["lost"] == 0 and r["p50_ms"] > 0 for r in rows)
+
+
+def test_the_connections_benchmark_reaches_every_idle_listener():
+    require_mosquitto()
+    rows = run_smoke("connections.py")
+    assert {r["broker"] for r in rows} == {"radio", "stock", "mosquitto"}
+    assert all(r["received"] == r["listeners"] == 200 for r in rows)
+
+
+def test_the_growth_benchmark_measures_every_registry_size():
+    rows = run_smoke("growth.py")
+    assert {r["registry"] for r in rows} == {"10 keys, 10 networks", "10,000 keys", "1,000 networks"}
+    assert all(r["connects_per_s"] > 0 and r["refusals_per_s"] > 0 and r["publishes_per_s"] > 0 for r in rows)

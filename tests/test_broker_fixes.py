@@ -6,8 +6,10 @@ The stock broker runs with Radio's auth and ACL plugins, so the only difference 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+import uuid
 from importlib.metadata import version
 
 import pytest
@@ -106,37 +108,62 @@ def test_delivery_is_at_the_lower_of_publish_and_granted_qos(any_broker, home):
         reader.close()
 
 
-def test_fan_out_loses_nothing_while_subscribers_come_and_go(broker, home):
-    """Subscribers churning during fan-out: every message still reaches the steady subscriber."""
-    steady = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
-    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
-    assert steady.connect() == 0
-    assert gen.connect() == 0
-    assert steady.subscribe("networks/A") == 0
+@contextlib.contextmanager
+def churning(port: int, threads: int):
+    """Anonymous clients connecting, subscribing to a filter of their own, and leaving, non-stop."""
     stop = threading.Event()
 
     def churn():
         while not stop.is_set():
-            c = Client("tcp", broker.mqtt_port)
+            c = Client("tcp", port)
             if c.connect() == 0:
-                c.subscribe("networks/pub")
-                c.subscribe("networks/+")
+                c.subscribe(f"networks/pub/{uuid.uuid4().hex}")
             c.close()
 
-    churners = [threading.Thread(target=churn) for _ in range(4)]
+    churners = [threading.Thread(target=churn) for _ in range(threads)]
     for t in churners:
         t.start()
     try:
-        for n in range(1000):
-            gen.publish("networks/A", json.dumps({"n": n}).encode())
-        received = [json.loads(m.payload)["n"] for m in steady.expect(1000, timeout=30)]
+        yield
     finally:
         stop.set()
         for t in churners:
             t.join()
-        gen.close()
-        steady.close()
-    assert received == list(range(1000))
+
+
+def test_fan_out_loses_nothing_while_subscribers_come_and_go(any_broker, home):
+    """#4: subscribers churning during fan-out. Stock iterates the live subscription table across
+    the awaits of each read check: a filter added or removed meanwhile raises "dictionary changed
+    size during iteration" and the message is lost for every subscriber not yet served.
+
+    Five filters matching networks/A are listed before the steady subscriber's, so each message
+    awaits five read checks before reaching it; churners add and remove filters of their own.
+    """
+    broker, fixed = any_broker
+    decoy = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    steady = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+    for client in (decoy, steady, gen):
+        assert client.connect() == 0
+    for topic_filter in ("#", "networks/#", "networks/+", "+/A", "+/+"):
+        assert decoy.subscribe(topic_filter) == 0
+    assert steady.subscribe("networks/A") == 0
+    try:
+        with churning(broker.mqtt_port, threads=4):
+            for n in range(1000):
+                gen.publish("networks/A", json.dumps({"n": n}).encode())
+            gen.publish("networks/A", b'{"n": "last"}', qos=1)
+        received = []
+        while not received or received[-1] != "last":
+            received.append(json.loads(steady.expect(1, timeout=30)[0].payload)["n"])
+    finally:
+        for client in (gen, steady, decoy):
+            client.close()
+    lost = 1000 - len(received[:-1])
+    if fixed:
+        assert received[:-1] == list(range(1000))
+    else:
+        assert lost > 0
 
 
 def test_a_handler_that_never_stops_does_not_hang_the_broker(home, mocker):

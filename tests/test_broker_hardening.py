@@ -446,3 +446,41 @@ def test_retained_samples_and_persistent_sessions_survive_a_restart(home, broker
     finally:
         broker.stop()
     assert (home.path / "broker.db").exists() is fixed
+
+
+def test_a_session_whose_key_was_revoked_while_the_broker_was_down_is_not_restored(home):
+    def start() -> BrokerThread:
+        return BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ).start()
+
+    broker = start()
+    try:
+        away_while_published(broker.mqtt_port, home.secrets)  # reader_a's session "durable"
+        kept = Client(
+            "tcp",
+            broker.mqtt_port,
+            "reader_b",
+            home.secrets["reader_b"],
+            client_id="kept",
+            clean_session=False,
+        )
+        assert kept.connect() == 0
+        assert kept.subscribe("networks/B", qos=1) == 1
+        kept.close()
+    finally:
+        broker.stop()
+    home.radio("keys", "revoke", "reader_a")
+
+    broker = start()
+    try:
+
+        async def restored() -> list[str]:
+            return sorted(broker.broker.amqtt.sessions)
+
+        assert broker.call(restored) == ["kept"]
+        still_serving_as = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+        assert still_serving_as.connect() == 0
+        still_serving_as.close()
+    finally:
+        broker.stop()

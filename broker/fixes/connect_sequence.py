@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, Server
@@ -66,9 +66,12 @@ class ConnectSequence(Broker):
     connect_timeout: float = CONNECT_TIMEOUT
     max_packet_size: int = NO_LIMIT
 
-    _live: dict[str, asyncio.Future[None]]
-    _over_limit: int = 0
-    _over_limit_logged: float = 0.0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._live: dict[str, asyncio.Future[None]] = {}
+        """The connection serving each connected client id: done when its handling has ended."""
+        self._over_limit = 0
+        self._over_limit_logged = 0.0
 
     def _may_take_over(self, existing: Session, incoming: Session) -> bool:
         """Whether an authenticated client may take over an existing session with its client id."""
@@ -145,7 +148,7 @@ class ConnectSequence(Broker):
         session.transitions.connect()
         self._sessions[client_id] = (session, handler)
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._live_connections()[client_id] = ended
+        self._live[client_id] = ended
         try:
             await handler.mqtt_connack_authorize(authorize=True)
             await self.plugins_manager.fire_event(
@@ -162,19 +165,14 @@ class ConnectSequence(Broker):
                 # The loop ended without a disconnect being handled (an error): end it here.
                 await self._stop_handler(handler)
                 session.transitions.disconnect()
-            if self._live_connections().get(client_id) is ended:
-                del self._live_connections()[client_id]
+            if self._live.get(client_id) is ended:
+                del self._live[client_id]
             ended.set_result(None)
-
-    def _live_connections(self) -> dict[str, asyncio.Future[None]]:
-        if not hasattr(self, "_live"):
-            self._live = {}
-        return self._live
 
     async def _take_over(self, old_session: Session, old_handler: BrokerProtocolHandler) -> None:
         """Close the connection that held this client id, as if it had dropped (its will goes out)."""
         log.warning("client %r connected again: closing its previous connection", old_session.client_id)
-        ended = self._live_connections().get(old_session.client_id or "")
+        ended = self._live.get(old_session.client_id or "")
         await old_handler.handle_connection_closed()
         if ended is not None:
             with contextlib.suppress(TimeoutError):

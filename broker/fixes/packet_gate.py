@@ -93,7 +93,9 @@ class PacketGate(ReaderAdapter):
         return data
 
     async def _read_packet(self) -> bytes:
-        first = (await self._read_exactly(1))[0]
+        # Every packet has at least two bytes: its type and the first byte of its length.
+        header = await self._read_exactly(2)
+        first = header[0]
         kind = first >> 4
         if self._packets == 0 and kind != CONNECT:
             msg = f"the first packet is not a CONNECT (byte 0x{first:02x}) [MQTT-3.1.0-1]"
@@ -101,18 +103,16 @@ class PacketGate(ReaderAdapter):
         if self._packets > 0 and kind == CONNECT:
             msg = "a second CONNECT [MQTT-3.1.0-2]"
             raise Violation(msg)
-        length_bytes = b""
-        length, multiplier = 0, 1
-        while True:
+        length_bytes = header[1:]
+        length, multiplier = header[1] & 0x7F, 128
+        while length_bytes[-1] & 0x80:
+            if len(length_bytes) == 4:
+                msg = "a remaining length longer than 4 bytes [MQTT-2.2.3]"
+                raise Violation(msg)
             byte = (await self._read_exactly(1))[0]
             length_bytes += bytes([byte])
             length += (byte & 0x7F) * multiplier
             multiplier *= 128
-            if not byte & 0x80:
-                break
-            if len(length_bytes) == 4:
-                msg = "a remaining length longer than 4 bytes [MQTT-2.2.3]"
-                raise Violation(msg)
         if length > self._limit:
             msg = f"a packet of {length} bytes, over the limit of {self._limit} [max_packet_size]"
             raise Violation(msg)
