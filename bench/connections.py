@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,15 +66,17 @@ def main() -> None:
     )
     parser.add_argument("--counts", default="1000,5000")
     parser.add_argument("--brokers", default="radio,stock,mosquitto")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     counts = [200] if args.smoke else [int(n) for n in args.counts.split(",")]
+    rounds = 1 if args.smoke else args.rounds
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the brokers inherit it
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for count in counts:
-            for kind in args.brokers.split(","):
+        for round_, count in ((r, c) for r in range(rounds) for c in counts):
+            for kind in args.brokers.split(",")[:: 1 if round_ % 2 == 0 else -1]:
                 platform = Platform(kind, Path(folder), extra_broker_settings="max_connections = 0\n")
                 try:
                     time.sleep(0.5)  # let the broker settle before its memory is read
@@ -84,13 +87,19 @@ def main() -> None:
                 finally:
                     platform.stop()
                 rows.append(row)
-                print(json.dumps({"round": 1, **row}), flush=True)
-    print("\n| broker | listeners | connect+subscribe/s | KiB per connection | one sample to all |")
-    print("|---|---|---|---|---|")
+                print(json.dumps({"round": round_ + 1, **row}), flush=True)
+    groups: dict[tuple[str, int], list[dict[str, float]]] = {}
     for r in rows:
+        groups.setdefault((str(r["broker"]), int(r["listeners"])), []).append(r)
+    print("\n| broker | listeners | connect+subscribe/s (range) | KiB per connection | one sample to all |")
+    print("|---|---|---|---|---|")
+    for (broker, count), rs in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
+        rate = [float(r["connect_subscribe_per_s"]) for r in rs]
+        to_all = [float(r["deliver_to_all_ms"]) for r in rs]
+        kib = statistics.median(float(r["kib_per_connection"]) for r in rs)
         print(
-            f"| {r['broker']} | {r['listeners']:,} | {r['connect_subscribe_per_s']:,} "
-            f"| {r['kib_per_connection']} | {r['deliver_to_all_ms']} ms |"
+            f"| {broker} | {count:,} | {statistics.median(rate):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) "
+            f"| {kib} | {statistics.median(to_all):,.0f} ms ({min(to_all):,.0f}-{max(to_all):,.0f}) |"
         )
 
 
