@@ -102,6 +102,11 @@ class Child:
             self.process.wait()
 
 
+def reachable(url: str) -> str:
+    """A URL to paste on this machine: a wildcard bind (0.0.0.0, [::]) is reached on loopback."""
+    return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+
+
 def up(
     config: str | None,
     keys: str | None,
@@ -136,12 +141,12 @@ def up(
         )
         children.append(broker)
         mqtt_port = broker.wait_for(r"mqtt://[^:]+:(\d+)")
-        ws_url = "ws://" + broker.wait_for(r"ws://(\S+)")
+        ws_url = reachable("ws://" + broker.wait_for(r"ws://(\S+)"))
         broker.drain()
         local = f"mqtt://127.0.0.1:{mqtt_port}"
         bridge = Child("bridge", ["bridge", *common, "--listen", str(http), "--broker", local])
         children.append(bridge)
-        http_url = bridge.wait_for(r"POST (http://\S+)/publish")
+        http_url = reachable(bridge.wait_for(r"POST (http://\S+)/publish"))
         bridge.drain()
         device = Child(
             "traffic simulator",

@@ -17,6 +17,8 @@ import pytest
 import requests
 from conftest import ENGINES, require_mosquitto
 
+from radio.up import reachable
+
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, engine):
@@ -133,3 +135,10 @@ def test_the_traffic_simulator_publishes_through_the_bridge_like_the_article(hom
     assert device.returncode == 0, err
     assert [s["tick"] for s in states] == [10, 20, 30]
     assert len(states[0]["density"]) == 14  # 2x3 grid: 7 links, both ways
+
+
+def test_the_banner_shows_wildcard_binds_as_addresses_to_paste():
+    """In the container, radio up binds 0.0.0.0; the printed commands must still work when pasted."""
+    assert reachable("ws://0.0.0.0:8080/mqtt") == "ws://127.0.0.1:8080/mqtt"
+    assert reachable("http://[::]:5000") == "http://[::1]:5000"
+    assert reachable("http://10.1.2.3:5000") == "http://10.1.2.3:5000"
