@@ -30,8 +30,12 @@ class RadioTopicPlugin(BaseTopicPlugin):
         self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
     ) -> bool:
         """Allow or deny one action on one topic (or, for SUBSCRIBE, one filter)."""
-        if session is None or topic is None:
+        if session is None or topic is None or action is None:
             return False
+        return self.allows(session, topic, action)
+
+    def allows(self, session: Session, topic: str, action: Action) -> bool:
+        """The verdict itself, synchronous: the broker asks it once per message per subscriber."""
         access = self.config.registry.current.access(attrs.key_name(session))
         if action is Action.RECEIVE:
             return bool(access.may_read(topic))
