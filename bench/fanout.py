@@ -222,10 +222,15 @@ async def measure(platform: Platform, transport: str, qos: int, subscribers: int
     )
 
 
+def args_scale() -> int:
+    """RADIO_BENCH_SCALE=k multiplies every measurement's messages by k, for steadier figures."""
+    return int(os.environ.get("RADIO_BENCH_SCALE", "1"))
+
+
 def messages_for(subscribers: int, smoke: bool) -> int:
     if smoke:
         return max(20, 200 // subscribers)
-    return max(30, 30_000 // subscribers) * int(os.environ.get("RADIO_BENCH_SCALE", "1"))
+    return max(30, 30_000 // subscribers) * args_scale()
 
 
 def main() -> None:
@@ -239,7 +244,7 @@ def main() -> None:
     parser.add_argument("--brokers", default="radio,stock")
     parser.add_argument("--smoke", action="store_true", help="one short round: the script still works")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rounds = 1 if args.smoke else args.rounds
     results: list[Result] = []
@@ -260,7 +265,6 @@ def main() -> None:
     summarize(results)
     if args.smoke and any(r.deliveries_per_s <= 0 for r in results):
         sys.exit("a measurement delivered nothing")
-    del soft
 
 
 def summarize(results: list[Result]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import re
 import shutil
 import subprocess
@@ -76,7 +75,6 @@ def profile_broker(seconds: int, folder: Path) -> None:
     platform = Platform("radio", folder)
     out = folder / "broker.txt"
     try:
-        os.environ["RADIO_BENCH_SCALE"] = "1"
         recorder = threading.Thread(target=record, args=(platform.process.pid, seconds, out))
         recorder.start()
         while recorder.is_alive():
