@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Final, Self
 
-from broker.fixes.packet_gate import HEADROOM
+from broker.fixes.packet_gate import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.registry import LiveRegistry, Registry
@@ -93,7 +93,7 @@ def render_conf(
 ) -> str:
     """The template with this platform's values in the options marked [rendered]."""
     broker = settings.broker
-    limit = broker.max_packet_size or registry.largest_payload + HEADROOM
+    limit = packet_limit(broker.max_packet_size, registry.largest_payload)
     values = {
         "allow_anonymous": "true" if broker.allow_anonymous else "false",
         "password_file": str(folder / "passwd"),

@@ -27,7 +27,7 @@ from broker.fixes import (
     SocketClosedOnExit,
     WebSocketListenerLimits,
 )
-from broker.fixes.packet_gate import HEADROOM
+from broker.fixes.packet_gate import packet_limit
 from broker.persistence import SAVE_INTERVAL, Message, Snapshot, Store, StoredSession
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
@@ -181,8 +181,9 @@ class EmbeddedBroker:
     @property
     def max_packet_size(self) -> int:
         """The configured packet limit, or the largest network payload plus a PUBLISH's headers."""
-        configured = self.registry.settings.broker.max_packet_size
-        return configured if configured is not None else self.registry.current.largest_payload + HEADROOM
+        return packet_limit(
+            self.registry.settings.broker.max_packet_size, self.registry.current.largest_payload
+        )
 
     def amqtt_config(self) -> dict[str, Any]:
         """Amqtt's configuration: two listeners, and Radio's plugins in place of every default."""

@@ -38,6 +38,14 @@ HEADROOM: Final = 65_536 + 16
 and a packet id. The default packet limit is the largest network payload plus this."""
 
 
+def packet_limit(configured: int | None, largest_payload: int) -> int:
+    """The largest packet a broker takes; the one rule both brokers (embedded, Mosquitto) follow.
+
+    ``[broker] max_packet_size`` if set, else the largest network payload plus HEADROOM.
+    """
+    return configured if configured is not None else largest_payload + HEADROOM
+
+
 class Violation(Exception):
     """Why a client's stream is closed."""
 
