@@ -3,9 +3,9 @@
 #   docker build -t radio .
 #   docker run --rm -p 1883:1883 -p 8080:8080 -p 5000:5000 -v radio-data:/data radio
 #
-# Two stages: the first installs Radio and its dependencies into a virtualenv with the README's
-# own install command; the second is a slim image with that virtualenv, the source it points
-# to, and nothing to build with. It runs as an unprivileged user; its state (radio.toml,
+# Two stages: the first installs Radio and its dependencies into a virtualenv (a plain, not
+# editable, install of the wheel); the second is a slim image with that virtualenv and
+# nothing to build with. It runs as an unprivileged user; its state (radio.toml,
 # keys.toml, the bridge's key, the broker's SQLite file, the demo key) lives in /data.
 
 FROM python:3.11-slim AS build
@@ -13,14 +13,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /app
 COPY . .
-# The README's install command. Editable, so that the repository's mosquitto.conf (the template
-# of `radio mosquitto export`) stays where Radio looks for it.
-RUN python3 -m pip install -e .
+# A plain install: the wheel carries everything Radio reads (mosquitto.conf included).
+RUN python3 -m pip install .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /data --create-home radio
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER radio
 WORKDIR /data

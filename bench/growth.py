@@ -24,7 +24,8 @@ from pathlib import Path
 import tomli_w
 from mqtt_load import connect_packet, handshake, now, open_connection, publish_packet, subscribe
 
-from radio.keys import Key, mosquitto_hash, new_secret, secret_digest
+from radio.credentials import secret_digest
+from radio.keys import Key, mosquitto_hash, new_secret
 
 LISTEN_ANY = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0")
 SIZES = {"10 keys, 10 networks": (10, 10), "10,000 keys": (10_000, 10), "1,000 networks": (10, 1_000)}

@@ -149,7 +149,7 @@ def targets(args: argparse.Namespace, home: Path, env: dict[str, str], radio: li
                 "4",
                 f"--listen=127.0.0.1:{bridge_port}",
                 "--call",
-                "bridge.app:create_app",
+                "radio.bridge.app:create_app",
             ],
             stderr=subprocess.DEVNULL,
             env=env,

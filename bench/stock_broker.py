@@ -18,7 +18,7 @@ import signal
 
 from amqtt.broker import Broker
 
-from broker.server import EmbeddedBroker
+from radio.broker.server import EmbeddedBroker
 from radio.config import Address
 from radio.registry import LiveRegistry
 

@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
     imported, and importing the app imports it; so the package itself imports nothing.
     """
     if name == "create_app":
-        from bridge.app import create_app  # noqa: PLC0415
+        from radio.bridge.app import create_app  # noqa: PLC0415
 
         return create_app
     msg = f"module 'bridge' has no attribute {name!r}"

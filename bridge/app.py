@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Flask
 
-from bridge import errors, ops, publish
-from bridge.identity import bridge_credentials
-from bridge.publisher import Publisher
+from radio.bridge import errors, ops, publish
+from radio.bridge.identity import bridge_credentials
+from radio.bridge.publisher import Publisher
 from radio.config import Address
 from radio.registry import LiveRegistry
 

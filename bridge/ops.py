@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from bridge import metrics
-from bridge.publisher import Publisher
+from radio.bridge import metrics
+from radio.bridge.publisher import Publisher
 
 bp = Blueprint("ops", __name__)
 

@@ -24,9 +24,9 @@ from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from bridge import metrics
-from bridge.errors import APIError
-from bridge.publisher import BrokerUnavailable, Publisher
+from radio.bridge import metrics
+from radio.bridge.errors import APIError
+from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_topic
 

@@ -87,7 +87,7 @@ def run(
     # Before anything imports the Prometheus client: it picks its storage once, at import.
     metrics_dir = tempfile.mkdtemp(prefix="radio-bridge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from bridge.identity import bridge_credentials  # noqa: PLC0415
+    from radio.bridge.identity import bridge_credentials  # noqa: PLC0415
 
     settings = load_settings(config, keys)
     listen = listen or settings.bridge.listen
@@ -106,7 +106,7 @@ def run(
     )
 
     def load() -> Any:
-        from bridge.app import create_app  # noqa: PLC0415 - each worker builds its own app and link
+        from radio.bridge.app import create_app  # noqa: PLC0415 - each worker builds its own app and link
 
         logs.setup()
         return create_app(
@@ -129,7 +129,7 @@ def run(
     options = {
         "bind": [f"fd://{sock.fileno()}"],
         "workers": workers,
-        "worker_class": "bridge.serve.GracefulSyncWorker",
+        "worker_class": "radio.bridge.serve.GracefulSyncWorker",
         "timeout": max(30, int(timeout) * 3),
         "graceful_timeout": 10,
         "accesslog": None,

@@ -8,7 +8,7 @@ from amqtt.contexts import Action
 from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 
-from broker import session as attrs
+from radio.broker import session as attrs
 from radio.registry import LiveRegistry
 
 

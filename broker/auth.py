@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
-from broker import session as attrs
+from radio.broker import session as attrs
 from radio.registry import LiveRegistry
 
 log = logging.getLogger("radio.broker")

@@ -4,7 +4,7 @@ The embedded broker is one Python process; operators who need more run Mosquitto
 rights. Three files make that so, all written here from the registry:
 
 - ``passwd``: for each key, ``NAME:$7$...`` and ``key-<16 hex>:$7$...`` (the username a client
-  holding only the secret sends, see ``radio.keys.secret_username``), PBKDF2-SHA512 hashes that
+  holding only the secret sends, see ``radio.credentials.secret_username``), PBKDF2-SHA512 hashes that
   Mosquitto 2.0 accepts. No secret is in it.
 - ``acl``: design section 3 as acl_file rules. Anonymous reads of public networks come first
   (rules before any ``user`` line are the anonymous client's), then one block per username.
@@ -30,10 +30,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Final, Self
 
-from broker.fixes.packet_gate import packet_limit
+from radio.broker.fixes.packet_gate import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.registry import LiveRegistry, Registry
@@ -41,7 +42,8 @@ from radio.topics import network_topic
 
 log = logging.getLogger("radio.broker")
 
-TEMPLATE: Final = Path(__file__).resolve().parent.parent / "mosquitto.conf"
+TEMPLATE: Final = resources.files("radio.broker") / "mosquitto.conf"
+"""The commented configuration, shipped inside the package (the repository's root ``mosquitto.conf``)."""
 """The repository's commented configuration, which every export renders."""
 RELOAD_INTERVAL: Final = 0.25
 STARTUP_TIMEOUT: Final = 10.0

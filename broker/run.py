@@ -10,8 +10,8 @@ import threading
 
 from amqtt.errors import BrokerError
 
-from broker.mosquitto import MosquittoBroker
-from broker.server import WEBSOCKET_PATH, EmbeddedBroker
+from radio.broker.mosquitto import MosquittoBroker
+from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
 from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry

@@ -16,8 +16,8 @@ from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import ListenerConfig
 from amqtt.session import ApplicationMessage, Session
 
-from broker import session as attrs
-from broker.fixes import (
+from radio.broker import session as attrs
+from radio.broker.fixes import (
     BoundedHandlerStop,
     ConnectSequence,
     DollarPublishKeepsConnection,
@@ -27,8 +27,8 @@ from broker.fixes import (
     SocketClosedOnExit,
     WebSocketListenerLimits,
 )
-from broker.fixes.packet_gate import packet_limit
-from broker.persistence import SAVE_INTERVAL, Message, Snapshot, Store, StoredSession
+from radio.broker.fixes.packet_gate import packet_limit
+from radio.broker.persistence import SAVE_INTERVAL, Message, Snapshot, Store, StoredSession
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_of_topic
@@ -195,8 +195,8 @@ class EmbeddedBroker:
                 "ws": {"type": "ws", "bind": str(self.websocket), "max_connections": limit},
             },
             "plugins": {
-                "broker.auth.RadioAuthPlugin": plugin_config,
-                "broker.acl.RadioTopicPlugin": plugin_config,
+                "radio.broker.auth.RadioAuthPlugin": plugin_config,
+                "radio.broker.acl.RadioTopicPlugin": plugin_config,
             },
         }
 

@@ -12,7 +12,7 @@ import threading
 from types import TracebackType
 from typing import Any, Self
 
-from broker.server import EmbeddedBroker
+from radio.broker.server import EmbeddedBroker
 
 
 class BrokerThread:

@@ -21,7 +21,7 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from radio.keys import secret_username
+from radio.credentials import secret_username
 from radio.urls import BrokerURL
 
 log = logging.getLogger("radio.device")

@@ -8,9 +8,9 @@ import signal
 import threading
 import time
 
-from devices import sensors
-from devices.link import HttpLink, MqttLink, sleep_until
-from devices.traffic import Town, TownSettings
+from radio.devices import sensors
+from radio.devices.link import HttpLink, MqttLink, sleep_until
+from radio.devices.traffic import Town, TownSettings
 from radio.topics import network_topic
 from radio.urls import BrokerURL
 

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from devices.link import MqttLink, Will, sleep_until
+from radio.devices.link import MqttLink, Will, sleep_until
 from radio.topics import network_topic
 from radio.urls import BrokerURL
 

@@ -1,5 +1,5 @@
 """``python -m radio``: the same as the ``radio`` command."""
 
-from radio.cli import main
+from radio.cli.main import main
 
 raise SystemExit(main())

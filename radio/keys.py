@@ -21,7 +21,6 @@ import fcntl
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import tempfile
 import tomllib
@@ -33,15 +32,12 @@ from typing import Any, Final
 
 import tomli_w
 
+from radio.credentials import ALIAS, secret_digest
 from radio.errors import DuplicateKey, InvalidName, KeyStoreError, UnknownKey
 from radio.topics import NAME_RULE, NetworkName
 
 MOSQUITTO_ITERATIONS: Final = 101
 """mosquitto_passwd's own default: secrets are random, so iterations add nothing but CONNECT cost."""
-
-
-ALIAS = re.compile(r"key-[0-9a-f]{16}")
-"""Usernames derived from secrets (``secret_username``): reserved, never a key's name."""
 
 
 def check_key_name(name: str) -> str:
@@ -56,23 +52,6 @@ def check_key_name(name: str) -> str:
         msg = f"invalid key name {name!r}: names of the form key-<16 hex digits> are reserved"
         raise InvalidName(msg)
     return name
-
-
-def secret_username(secret: str) -> str:
-    """The MQTT username a client holding only a secret sends: ``key-`` and 16 hex digits of its digest.
-
-    MQTT wants a username beside a password. The embedded broker would take any label (the secret
-    alone names the key), but Mosquitto checks username and password together: deriving the
-    username from the secret lets the password file list it beside the key's name, so a client
-    given just ``--key SECRET`` works on both brokers. 64 bits of a SHA-256 digest of a 256-bit
-    secret reveal nothing usable.
-    """
-    return "key-" + secret_digest(secret)[:16]
-
-
-def secret_digest(secret: str) -> str:
-    """The SHA-256 hex digest under which a secret is stored and looked up."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def mosquitto_hash(secret: str, salt: bytes | None = None) -> str:

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Final
 
 from radio.config import NetworkSettings, Settings, load_settings
+from radio.credentials import secret_digest
 from radio.errors import RadioError
-from radio.keys import Key, read_keys, secret_digest
+from radio.keys import Key, read_keys
 from radio.topics import Reach, filter_reach, network_of_topic
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from subscribers.listener import Listener, Refused
+from radio.subscribers.listener import Listener, Refused
 
 
 def listen(networks: Sequence[str], url: str, secret: str | None) -> int:

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from radio.keys import secret_username
+from radio.credentials import secret_username
 from radio.topics import network_of_topic, network_topic
 from radio.urls import BrokerURL
 

@@ -20,11 +20,11 @@ from amqtt.broker import Broker
 from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
 from mqtt_client import Client
 
-from bridge.identity import bridge_credentials
-from broker.mosquitto import MosquittoBroker
-from broker.mosquitto import version as mosquitto_version
-from broker.server import RadioBroker
-from broker.thread import BrokerThread
+from radio.bridge.identity import bridge_credentials
+from radio.broker.mosquitto import MosquittoBroker
+from radio.broker.mosquitto import version as mosquitto_version
+from radio.broker.server import RadioBroker
+from radio.broker.thread import BrokerThread
 from radio.config import Address, load_settings
 from radio.keys import KeyStore
 from radio.registry import LiveRegistry

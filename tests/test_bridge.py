@@ -21,7 +21,7 @@ import requests
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
-from broker.thread import BrokerThread
+from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import read_keys
 from radio.registry import LiveRegistry

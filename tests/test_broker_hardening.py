@@ -32,8 +32,8 @@ from raw_mqtt import (
 )
 from raw_mqtt import connect as raw_connect
 
-from broker.server import RadioBroker
-from broker.thread import BrokerThread
+from radio.broker.server import RadioBroker
+from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry
 

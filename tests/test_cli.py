@@ -12,7 +12,8 @@ import sys
 import pytest
 from mqtt_client import Client
 
-from radio.keys import read_keys, secret_username
+from radio.credentials import secret_username
+from radio.keys import read_keys
 
 
 def run(*args, cwd=None, env=None):

@@ -14,12 +14,12 @@ import time
 import pytest
 from mqtt_client import Client
 
-from broker.thread import BrokerThread
-from devices.link import MqttLink
+from radio.broker.thread import BrokerThread
 from radio.config import Address
+from radio.devices.link import MqttLink
 from radio.registry import LiveRegistry
+from radio.subscribers.listener import Listener, Refused
 from radio.urls import BrokerURL
-from subscribers.listener import Listener, Refused
 
 
 def radio(home, *args, **kwargs):

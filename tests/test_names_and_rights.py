@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from radio.config import NetworkSettings
+from radio.credentials import secret_digest
 from radio.errors import InvalidName, RadioError
-from radio.keys import Key, mosquitto_hash, new_secret, secret_digest
+from radio.keys import Key, mosquitto_hash, new_secret
 from radio.registry import Registry
 from radio.topics import NetworkName, Reach, filter_reach, network_of_topic, network_topic
 

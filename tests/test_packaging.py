@@ -16,20 +16,56 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("radio", "broker", "bridge", "devices", "subscribers")
+PACKAGES = ("radio", "broker", "bridge", "devices", "subscribers", "cli")
+PARTS = ("broker", "bridge", "devices", "subscribers", "cli")
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a source file imports, by its full dotted name."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def sources(folder: str) -> list[Path]:
+    """The Python files of one folder of the repository (radio/ without its links to the parts)."""
+    return [p for p in (ROOT / folder).rglob("*.py") if folder != "radio" or p.parent == ROOT / "radio"]
 
 
 def imported_modules() -> set[str]:
     """Top-level names imported anywhere in the run-time packages."""
-    names: set[str] = set()
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Import):
-                    names.update(alias.name.split(".")[0] for alias in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names.add(node.module.split(".")[0])
-    return names
+    return {
+        name.split(".")[0] for package in PACKAGES for path in sources(package) for name in imports_of(path)
+    }
+
+
+def test_the_distribution_has_one_import_package():
+    """The parts are radio.broker, radio.bridge, ...: nothing named broker or bridge in site-packages."""
+    for part in PARTS:
+        for path in sources(part):
+            bare = {name for name in imports_of(path) if name.split(".")[0] in PARTS}
+            assert bare == set(), f"{path.relative_to(ROOT)} imports {bare}: use radio.{part}"
+        assert (ROOT / "radio" / part).resolve() == ROOT / part
+
+
+def test_the_shared_core_imports_no_part_and_clients_only_what_they_need():
+    parts = {f"radio.{part}" for part in PARTS}
+    for path in sources("radio"):
+        if path.name == "__main__.py":
+            continue  # `python -m radio` is the command line's entry point, like the console script
+        above = {n for n in imports_of(path) if any(n == p or n.startswith(p + ".") for p in parts)}
+        assert above == set(), f"the shared core's {path.name} imports {above}"
+    client_core = {"radio.topics", "radio.urls", "radio.credentials", "radio.errors"}
+    for client in ("devices", "subscribers"):
+        for path in sources(client):
+            core = {
+                n for n in imports_of(path) if n.startswith("radio.") and not n.startswith(f"radio.{client}")
+            }
+            assert core <= client_core, f"{path.relative_to(ROOT)} imports {core - client_core}"
 
 
 def test_every_third_party_import_is_a_declared_dependency():

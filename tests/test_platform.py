@@ -17,7 +17,7 @@ import pytest
 import requests
 from conftest import ENGINES, require_mosquitto
 
-from radio.up import reachable
+from radio.cli.up import reachable
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -22,7 +22,7 @@ from conftest import ENGINES, running_broker
 from mqtt_client import NOT_AUTHORIZED, Client
 from raw_mqtt import session
 
-from radio.keys import secret_username
+from radio.credentials import secret_username
 
 REFUSED = 0x80
 
@@ -224,7 +224,7 @@ def test_bad_credentials_are_refused(connect, key, secret):
 
 
 def test_a_secret_alone_identifies_its_key_with_the_username_it_implies(connect, broker, home):
-    """Clients given only a secret send ``key-<16 hex>`` (radio.keys.secret_username): both brokers."""
+    """Clients given only a secret send ``key-<16 hex>`` (radio.credentials.secret_username): both brokers."""
     secret = home.secrets["reader_a"]
     aliased = connect(secret_username(secret), secret=secret)
     assert aliased.subscribe("networks/A") == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devices.traffic import Town, TownSettings
+from radio.devices.traffic import Town, TownSettings
 
 
 def run(town: Town, ticks: int) -> list[dict]:

@@ -8,14 +8,14 @@ is refused at import: a silent upgrade would leave the fixes patching code that 
 
 from importlib.metadata import version
 
-from broker.fixes.bounded_handler_stop import BoundedHandlerStop
-from broker.fixes.connect_sequence import ConnectSequence
-from broker.fixes.dollar_publish import DollarPublishKeepsConnection
-from broker.fixes.fanout import FanoutOverSnapshotAtMinQos
-from broker.fixes.inline_topic_checks import InlineTopicChecks
-from broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
-from broker.fixes.socket_closed_on_exit import SocketClosedOnExit
-from broker.fixes.websocket_listener import WebSocketListenerLimits
+from radio.broker.fixes.bounded_handler_stop import BoundedHandlerStop
+from radio.broker.fixes.connect_sequence import ConnectSequence
+from radio.broker.fixes.dollar_publish import DollarPublishKeepsConnection
+from radio.broker.fixes.fanout import FanoutOverSnapshotAtMinQos
+from radio.broker.fixes.inline_topic_checks import InlineTopicChecks
+from radio.broker.fixes.retained_on_subscribe import RetainedOnlyOnSubscribe
+from radio.broker.fixes.socket_closed_on_exit import SocketClosedOnExit
+from radio.broker.fixes.websocket_listener import WebSocketListenerLimits
 
 AMQTT_VERSION = "0.12.1"
 

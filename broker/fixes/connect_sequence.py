@@ -38,9 +38,9 @@ from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacke
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
-from broker.fixes.keep_alive import KeepAliveEnforced
-from broker.fixes.packet_gate import PacketGate
-from broker.fixes.redelivery import UnackedKeptForRedelivery
+from radio.broker.fixes.keep_alive import KeepAliveEnforced
+from radio.broker.fixes.packet_gate import PacketGate
+from radio.broker.fixes.redelivery import UnackedKeptForRedelivery
 
 if TYPE_CHECKING:
     from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler

@@ -217,8 +217,8 @@ def _store(args: argparse.Namespace) -> KeyStore:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from broker.run import serve, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio import logs  # noqa: PLC0415
+    from radio.broker.run import serve, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
     logs.setup(verbose=args.verbose)
@@ -231,7 +231,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _mosquitto_export(args: argparse.Namespace) -> int:
-    from broker.mosquitto import export  # noqa: PLC0415
+    from radio.broker.mosquitto import export  # noqa: PLC0415
     from radio.registry import Registry  # noqa: PLC0415
 
     settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
@@ -246,7 +246,7 @@ def _mosquitto_export(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
-    from bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
+    from radio.bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
     run(
         getattr(args, "config", None),
@@ -260,7 +260,7 @@ def _bridge(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from radio.up import up  # noqa: PLC0415
+    from radio.cli.up import up  # noqa: PLC0415
 
     return up(
         getattr(args, "config", None),
@@ -273,22 +273,22 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _listen(args: argparse.Namespace) -> int:
-    from subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
+    from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     url = args.url or f"ws://{_settings(args).broker.websocket.local()}/mqtt"
     return listen(args.networks, url, args.key)
 
 
 def _device_logging() -> threading.Event:
-    from devices.run import stop_on_signals  # noqa: PLC0415
     from radio import logs  # noqa: PLC0415
+    from radio.devices.run import stop_on_signals  # noqa: PLC0415
 
     logs.setup()
     return stop_on_signals()
 
 
 def _traffic(args: argparse.Namespace) -> int:
-    from devices.run import traffic  # noqa: PLC0415
+    from radio.devices.run import traffic  # noqa: PLC0415
 
     settings = _settings(args)
     default = (
@@ -311,7 +311,7 @@ def _traffic(args: argparse.Namespace) -> int:
 
 
 def _sensors(args: argparse.Namespace) -> int:
-    from devices.run import sensor_agents  # noqa: PLC0415
+    from radio.devices.run import sensor_agents  # noqa: PLC0415
 
     url = args.url or f"mqtt://{_settings(args).broker.mqtt.local()}"
     sensor_agents(
