@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 
-from radio.broker import session as attrs
+from radio.broker import attributes as attrs
 from radio.registry import LiveRegistry
+from radio.topics import network_of_topic
 
 
 class RadioTopicPlugin(BaseTopicPlugin):
@@ -34,7 +36,22 @@ class RadioTopicPlugin(BaseTopicPlugin):
             return False
         return self.allows(session, topic, action)
 
-    def allows(self, session: Session, topic: str, action: Action) -> bool:
+    def reader(self, topic: str) -> Callable[[attrs.Session], bool]:
+        """Who may receive one message: worked out once per message, asked once per subscriber.
+
+        The embedded broker's fan-out calls the result for every delivery, so it is one dict
+        lookup and one set lookup against the registry snapshot current when the message came.
+        """
+        network = network_of_topic(topic)
+        access = self.config.registry.current.access
+
+        def may_read(session: attrs.Session) -> bool:
+            rights = access(attrs.key_name(session))
+            return rights.admin or network in rights.read
+
+        return may_read
+
+    def allows(self, session: attrs.Session, topic: str, action: Action) -> bool:
         """The verdict itself, synchronous: the broker asks it once per message per subscriber."""
         access = self.config.registry.current.access(attrs.key_name(session))
         if action is Action.RECEIVE:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
-from radio.broker import session as attrs
+from radio.broker import attributes as attrs
 from radio.registry import LiveRegistry
 
 log = logging.getLogger("radio.broker")
@@ -52,6 +52,8 @@ class RadioAuthPlugin(BaseAuthPlugin):
             log.warning("refused %s: %s", attrs.describe(session), refusal)
             return False
         session.attributes[attrs.KEY_NAME] = name
-        session.attributes[attrs.KEY_DIGEST] = registry.keys[name].digest if name is not None else None
+        key = registry.keys[name] if name is not None else None
+        session.attributes[attrs.KEY_DIGEST] = key.digest if key is not None else None
+        session.attributes[attrs.KEY_ID] = getattr(key, "id", key.digest) if key is not None else None
         log.info("accepted %s as %s", attrs.describe(session), f"key {name!r}" if name else "anonymous")
         return True

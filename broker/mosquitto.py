@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Final, Self
 
-from radio.broker.fixes.packet_gate import packet_limit
+from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.registry import LiveRegistry, Registry

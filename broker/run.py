@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 import threading
-
-from amqtt.errors import BrokerError
 
 from radio.broker.mosquitto import MosquittoBroker
 from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
@@ -38,17 +35,11 @@ async def serve(
 ) -> None:
     """Run until SIGINT or SIGTERM, then close every connection and return."""
     broker = EmbeddedBroker(registry, mqtt=mqtt, websocket=websocket)
-    amqtt_log = logging.getLogger("amqtt.broker")
-    level = amqtt_log.level
-    amqtt_log.setLevel(logging.CRITICAL)  # it logs a failed bind as an error, then raises: say it once
     try:
         await broker.start()
-    except BrokerError as exc:
-        reason = exc.__cause__ or exc
-        msg = f"cannot start the broker on {broker.mqtt} and {broker.websocket}: {reason}"
+    except OSError as exc:
+        msg = f"cannot start the broker on {broker.mqtt} and {broker.websocket}: {exc.strerror or exc}"
         raise RadioError(msg) from None
-    finally:
-        amqtt_log.setLevel(level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -87,6 +87,29 @@ class BrokerSettings:
     """Largest MQTT packet accepted, in bytes; None: the largest network max_payload plus headroom."""
     persistence: Path | None = None
     """The SQLite file keeping retained samples and persistent sessions across restarts; None: off."""
+    max_queued: int = 10_000
+    """Samples one keyed session keeps while its client is away or slow; the oldest go past it."""
+    max_queued_bytes: int = 16 * 1024 * 1024
+    """Bytes one keyed session keeps, likewise."""
+    session_expiry: float = 7 * 86_400.0
+    """Seconds a keyed persistent session is kept while its client is away."""
+    anonymous_max_queued: int = 100
+    """Like max_queued, for an anonymous session: nobody pays for it, so it gets little."""
+    anonymous_max_queued_bytes: int = 64 * 1024
+    """Like max_queued_bytes, for an anonymous session."""
+    anonymous_session_expiry: float = 3_600.0
+    """Like session_expiry, for an anonymous session."""
+    max_filters: int = 100
+    """Subscriptions one client may hold; more are refused (SUBACK 0x80)."""
+    max_inflight: int = 100
+    """QoS 1 and 2 samples sent to one client and not yet acknowledged; more wait in its queue."""
+    max_incoming_qos2: int = 20
+    """QoS 2 samples from one client awaiting their PUBREL; past it the connection is closed."""
+    send_buffer: int = 1024 * 1024
+    """Bytes waiting to be sent to one client past which it is slow: QoS 0 samples are dropped for
+    it (and counted), QoS 1 and 2 wait in its queue."""
+    metrics: Address | None = None
+    """Where the broker serves Prometheus metrics (HOST:PORT); None: not served."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +206,8 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
             "max_connections",
             "max_packet_size",
             "persistence",
+            *_BROKER_LIMITS,
+            "metrics",
         },
     )
     bridge = _table(data, "bridge")
@@ -206,10 +231,32 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
                 else None
             ),
             persistence=_persistence(broker.get("persistence", DEFAULT_PERSISTENCE), config_path.parent),
+            metrics=_address(broker, "metrics", "[broker]", defaults.mqtt) if "metrics" in broker else None,
+            **{
+                name: type(getattr(defaults, name))(
+                    _number(broker, name, getattr(defaults, name), low, high, whole=whole)
+                )
+                for name, (low, high, whole) in _BROKER_LIMITS.items()
+            },
         ),
         bridge=BridgeSettings(listen=_address(bridge, "listen", "[bridge]", BridgeSettings().listen)),
         networks=networks,
     )
+
+
+_BROKER_LIMITS: Final = {
+    "max_queued": (1, 100_000_000, True),
+    "max_queued_bytes": (1024, 1 << 40, True),
+    "session_expiry": (1, 10 * 365 * 86_400, False),
+    "anonymous_max_queued": (1, 100_000_000, True),
+    "anonymous_max_queued_bytes": (1024, 1 << 40, True),
+    "anonymous_session_expiry": (1, 10 * 365 * 86_400, False),
+    "max_filters": (1, 1_000_000, True),
+    "max_inflight": (1, 65_535, True),
+    "max_incoming_qos2": (1, 65_535, True),
+    "send_buffer": (1024, 1 << 32, True),
+}
+"""The [broker] limits: (lowest, highest, whole numbers only)."""
 
 
 def _networks(table: object) -> dict[str, NetworkSettings]:

@@ -18,7 +18,7 @@ from mqtt_client import Client
 from raw_mqtt import closed_by_peer, open_socket, read_exactly
 from raw_mqtt import connect as raw_connect
 
-from radio.broker.fixes import AMQTT_VERSION
+from radio.broker.plugins import AMQTT_VERSION
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import pytest
 from amqtt.broker import Broker
-from amqtt.session import Session
 from mqtt_client import Client, away_while_published, listening
 from raw_mqtt import (
     closed_by_peer,
@@ -82,7 +81,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 def sessions(broker) -> int:
     async def count() -> int:
-        return len(broker.broker.amqtt.sessions)
+        return broker.broker.session_count()
 
     return int(broker.call(count))
 
@@ -271,7 +270,7 @@ def test_connections_over_the_limit_are_refused_at_once(any_broker, home, caplog
 
         async def all_closed() -> None:
             # The broker counts a connection until its handler has wound down: no event says when.
-            while broker.broker.amqtt._servers["default"].conn_count:  # noqa: ASYNC110
+            while broker.broker.connection_count():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
         broker.call(all_closed)
@@ -358,7 +357,8 @@ def test_messages_queued_for_an_offline_session_arrive_as_live_messages(any_brok
             assert back.connect() == 0
             message = back.expect(1)[0]
             assert message.payload == b'{"while": "away"}'
-            assert message.retain is not fixed
+            if fixed:  # stock usually set it, but not always: its side is not asserted
+                assert message.retain is False
         finally:
             back.close()
     finally:
@@ -378,8 +378,8 @@ def test_an_anonymous_persistent_session_outlives_the_session_monitor(broker, ho
 
     async def monitor_rounds() -> bool:
         await asyncio.sleep(3.2)
-        amqtt_session: Session = broker.broker.amqtt.sessions["anon-away"][0]
-        return amqtt_session.transitions.state == "disconnected"
+        kept = broker.broker.radio.router.sessions["anon-away"]
+        return kept.connection is None and "networks/pub" in kept.subscriptions
 
     assert broker.call(monitor_rounds)
     still_serving(broker, home)
@@ -476,7 +476,7 @@ def test_a_session_whose_key_was_revoked_while_the_broker_was_down_is_not_restor
     try:
 
         async def restored() -> list[str]:
-            return sorted(broker.broker.amqtt.sessions)
+            return sorted(broker.broker.radio.router.sessions)
 
         assert broker.call(restored) == ["kept"]
         still_serving_as = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])

@@ -1,15 +1,36 @@
-"""What the broker notes on an amqtt session about the client behind it.
+"""What the broker notes on a session about the client behind it.
 
-amqtt gives plugins ``session.attributes`` to share per-client data; these are the names Radio
-uses there, kept in one place so the auth plugin, the ACL plugin and the registry watcher agree.
+The plugin API gives plugins ``session.attributes`` to share per-client data; these are the names
+Radio uses there, kept in one place so the auth plugin, the ACL plugin and the broker agree.
 """
 
-from typing import Final
+from typing import Any, Final, Protocol
 
-from amqtt.session import Session
+
+class Session(Protocol):
+    """What the plugins read of a session: amqtt's own, or the embedded broker's."""
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """Per-client data the plugins share."""
+
+    @property
+    def client_id(self) -> str | None:
+        """The MQTT client id."""
+
+    @property
+    def remote_address(self) -> str | None:
+        """The client's address."""
+
+    @property
+    def remote_port(self) -> int | None:
+        """The client's port."""
+
 
 KEY_NAME: Final = "radio.key"
 """The key the client authenticated with, or None for an anonymous client."""
+KEY_ID: Final = "radio.key_id"
+"""The id of that key: a session belongs to one key for its whole life, not to a name."""
 KEY_DIGEST: Final = "radio.digest"
 """The digest of the secret it presented: a rotated key's old connections no longer match it."""
 TRANSPORT: Final = "radio.transport"

@@ -1,0 +1,487 @@
+"""One client's connection: the CONNECT sequence, its packets, keep-alive, and what it is sent.
+
+The order of the CONNECT sequence is the safety of the broker: the first packet must be a
+CONNECT, within ``connect_timeout``; the client is authenticated before any session is looked
+at; only then is an existing session resumed, or taken over (its old connection closed); a
+refused CONNECT gets its CONNACK and a closed socket, and leaves nothing behind.
+
+Everything after that is synchronous: the transport hands over bytes (``data_received``), they
+are cut into packets and each is handled on the spot. What the client is sent is gathered and
+written once per turn of the event loop, so a burst of samples costs one system call per
+subscriber, not one per sample. A connection whose client does not read (``congested``) gets
+no more QoS 0 samples (they are counted as dropped) and its QoS 1 and 2 samples wait in its
+session's queue until it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Final, Protocol
+
+from amqtt.contexts import Action
+from amqtt.utils import gen_client_id
+
+from radio.broker import attributes as attrs
+from radio.broker import codec
+from radio.broker.message import Message
+from radio.broker.sessions import Session, Will
+
+if TYPE_CHECKING:
+    from radio.broker.router import Router
+    from radio.broker.store import Store
+
+log = logging.getLogger("radio.broker")
+
+KEEP_ALIVE_GRACE: Final = 1.5
+"""A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""
+REFUSAL_LOG_EVERY: Final = 10.0
+"""Refused publishes are logged at most once per this many seconds per connection."""
+
+
+class Link(Protocol):
+    """The byte stream under a connection: a TCP transport or a WebSocket."""
+
+    def write(self, data: bytes) -> None:
+        """Send bytes (buffered by the transport if the socket is full)."""
+
+    def buffered(self) -> int:
+        """Bytes written and not yet sent."""
+
+    def pause_reading(self) -> None:
+        """Stop reading until ``resume_reading``."""
+
+    def resume_reading(self) -> None:
+        """Read again."""
+
+    def drained(self) -> Awaitable[None]:
+        """Completes once the transport's buffer has drained."""
+
+    def close(self) -> None:
+        """Send what is buffered, then close."""
+
+
+class Broker(Protocol):
+    """What a connection needs of the broker around it."""
+
+    router: Router
+    store: Store | None
+    connect_timeout: float
+    max_packet_size: int
+
+    async def authenticate(self, session: Session) -> bool:
+        """Ask the auth plugins about a CONNECT."""
+
+    def connection_closed(self, connection: Connection) -> None:
+        """Forget a connection that ended."""
+
+
+class Connection:
+    """The broker's side of one client connection."""
+
+    __slots__ = (
+        "_acks_waiting",
+        "_alive_timer",
+        "_draining",
+        "_flush_scheduled",
+        "_loop",
+        "_out",
+        "_out_size",
+        "_pending",
+        "_refusals_logged",
+        "broker",
+        "closed",
+        "framer",
+        "last_heard",
+        "link",
+        "listener",
+        "peer",
+        "session",
+    )
+
+    def __init__(self, broker: Broker, link: Link, listener: str, peer: tuple[str, int]) -> None:
+        self.broker = broker
+        self.link = link
+        self.listener = listener
+        self.peer = peer
+        self.framer = codec.Framer(broker.max_packet_size)
+        self.session: Session | None = None
+        self.closed = False
+        self.last_heard = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        self._draining = False
+        self._pending: list[tuple[int, bytes]] | None = None
+        """Packets that came while the CONNECT was being authenticated; None once it was."""
+        self._acks_waiting = 0
+        self._refusals_logged = 0.0
+        self._alive_timer: asyncio.TimerHandle | None = self._loop.call_later(
+            broker.connect_timeout, self._connect_timed_out
+        )
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.who()}>"
+
+    def who(self) -> str:
+        """The client as the log names it (never a secret)."""
+        if self.session is not None:
+            return self.session.describe()
+        return f"the client at {self.peer[0]}:{self.peer[1]} ({self.listener})"
+
+    # Reading.
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client: cut them into packets and handle each."""
+        if self.closed:
+            return
+        self.last_heard = time.monotonic()
+        try:
+            if self.session is None and self._pending is None and not self.framer.pending:
+                _check_first_byte(data)  # say so at the first byte, not once a body has arrived
+            packets = self.framer.feed(data)
+            if self._pending is not None:
+                self._pending.extend(packets)
+                return
+            for first, body in packets:
+                if self.closed:
+                    return
+                self._handle(first, body)
+        except codec.Violation as exc:
+            self.close(str(exc))
+
+    def _handle(self, first: int, body: bytes) -> None:
+        kind = codec.check_flags(first)
+        session = self.session
+        if session is None:
+            if kind != codec.CONNECT:
+                msg = f"the first packet is not a CONNECT (byte 0x{first:02x}) [MQTT-3.1.0-1]"
+                raise codec.Violation(msg)
+            self._on_connect(body)
+        elif kind == codec.PUBLISH:
+            self._on_publish(first, body)
+        elif kind in (codec.PUBACK, codec.PUBCOMP):
+            self.broker.router.acknowledged(session, codec.packet_id(body, "an acknowledgement"))
+        else:
+            handler = _HANDLERS.get(kind)
+            if handler is None:
+                msg = "a second CONNECT [MQTT-3.1.0-2]"
+                if kind != codec.CONNECT:
+                    msg = f"a packet of type {kind}, which only a server sends"
+                raise codec.Violation(msg)
+            handler(self, session, body)
+
+    def _on_pubrel(self, session: Session, body: bytes) -> None:
+        pid = codec.packet_id(body, "a PUBREL")
+        session.incoming_qos2.discard(pid)
+        self._ack(codec.ack(codec.PUBCOMP, pid))
+
+    def _on_unsubscribe(self, session: Session, body: bytes) -> None:
+        pid, filters = codec.decode_unsubscribe(body)
+        self.broker.router.unsubscribe(session, filters)
+        self.write(codec.ack(codec.UNSUBACK, pid))
+
+    def _on_pingreq(self, session: Session, body: bytes) -> None:
+        del session, body
+        self.write(codec.PINGRESP_PACKET)
+
+    def _on_disconnect(self, session: Session, body: bytes) -> None:
+        del body
+        session.will = None  # MQTT-3.14.4-3: a clean goodbye discards the will
+        self.close(None)
+
+    # The CONNECT sequence.
+    def _on_connect(self, body: bytes) -> None:
+        request = codec.decode_connect(body)
+        self._pending = []
+        if request.level not in (3, 4):
+            self._refuse(
+                codec.UNACCEPTABLE_PROTOCOL, f"protocol level {request.level} (Radio speaks MQTT 3.1.1)"
+            )
+            return
+        if not request.client_id and not request.clean_session:
+            self._refuse(codec.IDENTIFIER_REJECTED, "an empty client id with clean session 0 [MQTT-3.1.3-8]")
+            return
+        router = self.broker.router
+        candidate = Session(request.client_id or gen_client_id(), request.clean_session, router.limits.keyed)
+        candidate.username, candidate.password = request.username, request.password
+        candidate.remote_address, candidate.remote_port = self.peer
+        candidate.attributes[attrs.TRANSPORT] = self.listener
+        if request.will_topic is not None:
+            candidate.will = Will(
+                request.will_topic, request.will_payload, request.will_qos, request.will_retain
+            )
+        self.link.pause_reading()
+        task = self._loop.create_task(self._admit(candidate, request.keep_alive))
+        task.add_done_callback(_report_crash)
+
+    async def _admit(self, candidate: Session, keep_alive: int) -> None:
+        try:
+            accepted = await self.broker.authenticate(candidate)
+        except Exception:
+            log.exception("authenticating %s failed", self.who())
+            accepted = False
+        if self.closed:
+            return
+        if not accepted:
+            self._refuse(codec.NOT_AUTHORIZED, None)
+            return
+        taken = self._take_session(candidate)
+        if taken is None:
+            return
+        session, present = taken
+        self.write(codec.connack(present, codec.ACCEPTED))
+        self._start_keep_alive(keep_alive)
+        if present:
+            self.broker.router.resume(session)
+        pending, self._pending = self._pending or [], None
+        self.link.resume_reading()
+        try:
+            for first, body in pending:
+                if self.closed:
+                    return
+                self._handle(first, body)
+        except codec.Violation as exc:
+            self.close(str(exc))
+
+    def _take_session(self, candidate: Session) -> tuple[Session, bool] | None:
+        """The session this connection continues (and whether it existed), or None if refused."""
+        router = self.broker.router
+        candidate.limits = router.limits_for(candidate.key_name)
+        client_id = candidate.client_id
+        existing = router.sessions.get(client_id)
+        if existing is not None and existing.key_id != candidate.key_id:
+            self._refuse(codec.IDENTIFIER_REJECTED, f"client id {client_id!r} belongs to another key")
+            return None
+        if existing is not None and existing.connection is not None:
+            log.warning("client %r connected again: closing its previous connection", client_id)
+            existing.connection.close(None)
+            existing = router.sessions.get(client_id)
+        if existing is not None and (candidate.clean_session or existing.clean_session):
+            router.discard(existing)
+            existing = None
+        session = candidate if existing is None else existing
+        if existing is not None:
+            # The new CONNECT brings its own will, credentials and address, and the key they proved.
+            session.username, session.password = candidate.username, candidate.password
+            session.remote_address, session.remote_port = candidate.remote_address, candidate.remote_port
+            session.attributes.update(candidate.attributes)
+            session.will = candidate.will
+            session.limits = candidate.limits
+        router.sessions[client_id] = session
+        session.connection = self
+        session.offline_since = None
+        self.session = session
+        router.save(session)
+        router.stats.connections += 1
+        return session, existing is not None
+
+    def _start_keep_alive(self, keep_alive: int) -> None:
+        if self._alive_timer is not None:
+            self._alive_timer.cancel()
+            self._alive_timer = None
+        if keep_alive:
+            grace = math.ceil(keep_alive * KEEP_ALIVE_GRACE)
+            self._alive_timer = self._loop.call_later(grace, self._check_alive, grace)
+
+    def _refuse(self, code: int, reason: str | None) -> None:
+        if reason is not None:
+            log.warning("refused %s: %s", self.who(), reason)
+        self.write(codec.connack(False, code))  # noqa: FBT003
+        self.close(None)
+
+    def _connect_timed_out(self) -> None:
+        self._alive_timer = None
+        if self.session is None and not self.closed:
+            self.close(f"no CONNECT within {self.broker.connect_timeout:g}s")
+
+    def _check_alive(self, grace: float) -> None:
+        self._alive_timer = None
+        if self.closed:
+            return
+        silent = time.monotonic() - self.last_heard
+        if silent >= grace:
+            self.close(f"silent for {silent:.1f}s, past its keep-alive [MQTT-3.1.2-24]")
+            return
+        self._alive_timer = self._loop.call_later(grace - silent, self._check_alive, grace)
+
+    # Publishing.
+    def _on_publish(self, first: int, body: bytes) -> None:
+        topic, qos, pid, payload = codec.decode_publish(first, body)
+        session = self.session
+        assert session is not None  # noqa: S101 - only after CONNECT
+        broker = self.broker
+        router = broker.router
+        if not router.allows(session, topic, Action.PUBLISH):
+            router.stats.refused_publish += 1
+            now = time.monotonic()
+            if now - self._refusals_logged >= REFUSAL_LOG_EVERY:
+                self._refusals_logged = now
+                log.warning("refused a publish of %s to %r: the key may not publish there", self.who(), topic)
+            if qos == 1:
+                self._ack(codec.ack(codec.PUBACK, pid))
+            elif qos == 2:
+                self._ack(codec.ack(codec.PUBREC, pid))
+            return
+        if qos == 2:
+            if pid in session.incoming_qos2:
+                self._ack(codec.ack(codec.PUBREC, pid))  # a resend: delivered already
+                return
+            if len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
+                self.close(
+                    f"{len(session.incoming_qos2)} QoS 2 samples awaiting their PUBREL, "
+                    "the limit [broker] max_incoming_qos2"
+                )
+                return
+            session.incoming_qos2.add(pid)
+        store = broker.store
+        mark = store.pending if store is not None else 0
+        router.publish(Message(topic, payload, qos, bool(first & 0x01)))
+        if not qos:
+            return
+        ack = codec.ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid)
+        if store is not None and (store.pending != mark or self._acks_waiting):
+            self._acks_waiting += 1
+            store.after_commit(lambda ok: self._durable(ack, ok))
+        else:
+            self.write(ack)
+
+    def _durable(self, ack: bytes, ok: bool) -> None:
+        self._acks_waiting -= 1
+        if self.closed:
+            return
+        if ok:
+            self.write(ack)
+        else:
+            self.close("the broker's store cannot be written: its sample was not acknowledged")
+
+    def _ack(self, ack: bytes) -> None:
+        """An acknowledgement that stores nothing, kept in order behind any waiting on the store."""
+        store = self.broker.store
+        if store is not None and self._acks_waiting:
+            self._acks_waiting += 1
+            store.after_commit(lambda ok: self._durable(ack, ok))
+        else:
+            self.write(ack)
+
+    def _on_pubrec(self, session: Session, body: bytes) -> None:
+        pid = codec.packet_id(body, "a PUBREC")
+        delivery = session.inflight.get(pid)
+        if delivery is not None:
+            delivery.released = True
+        self.write(codec.ack(codec.PUBREL, pid))
+
+    def _on_subscribe(self, session: Session, body: bytes) -> None:
+        pid, requests = codec.decode_subscribe(body)
+        router = self.broker.router
+        codes = router.subscribe(session, requests)
+        self.write(codec.suback(pid, codes))
+        granted = [
+            (f, code) for (f, _), code in zip(requests, codes, strict=True) if code != codec.SUBSCRIBE_FAILURE
+        ]
+        for packet in router.retained_for(session, granted):
+            self.write(packet)
+
+    # Writing.
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client; they go out together at the end of this turn of the loop."""
+        if self.closed:
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self.closed:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        try:
+            self.link.write(data)
+        except Exception as exc:  # noqa: BLE001 - a broken transport ends this connection only
+            self.close(f"writing failed: {exc}")
+
+    def congested(self) -> bool:
+        """Whether the client reads too slowly for more samples now."""
+        return self._out_size + self.link.buffered() > self.broker.router.limits.send_buffer
+
+    def wait_for_drain(self) -> None:
+        """Send the session's queue once the transport has drained."""
+        if self._draining or self.closed:
+            return
+        self._draining = True
+        task = self._loop.create_task(self._after_drain(self.link.drained()))
+        task.add_done_callback(_report_crash)
+
+    async def _after_drain(self, drained: Awaitable[None]) -> None:
+        try:
+            await drained
+        finally:
+            self._draining = False
+        if not self.closed and self.session is not None:
+            self.broker.router.pump(self.session)
+
+    # Ending.
+    def close(self, reason: str | None) -> None:
+        """End the connection: publish the will if it ended badly, hand the session back, close."""
+        if self.closed:
+            return
+        if reason is not None:
+            log.warning("closing %s: %s", self.who(), reason)
+        self._flush()
+        self.closed = True
+        if self._alive_timer is not None:
+            self._alive_timer.cancel()
+            self._alive_timer = None
+        session = self.session
+        router = self.broker.router
+        if session is not None and session.connection is self:
+            will, session.will = session.will, None
+            if will is not None:
+                self._publish_will(session, will)
+            router.went_offline(session)
+            router.stats.connections -= 1
+        self.link.close()
+        self.broker.connection_closed(self)
+
+    def connection_lost(self) -> None:
+        """The transport ended without a DISCONNECT: the will goes out (MQTT-3.1.2-8)."""
+        if not self.closed:
+            self.close("the connection was lost" if self.session is None else None)
+
+    def _publish_will(self, session: Session, will: Will) -> None:
+        """A will is a publish: the key must still be allowed to make it, now."""
+        router = self.broker.router
+        if not router.allows(session, will.topic, Action.PUBLISH):
+            log.warning("dropped the will of %s: its key may no longer publish to %r", self.who(), will.topic)
+            return
+        router.publish(Message(will.topic, will.payload, will.qos, will.retain))
+
+
+def _check_first_byte(data: bytes) -> None:
+    if data and data[0] != codec.CONNECT << 4:
+        msg = f"the first packet is not a CONNECT (byte 0x{data[0]:02x}) [MQTT-3.1.0-1]"
+        raise codec.Violation(msg)
+
+
+_HANDLERS: Final = {
+    codec.PUBREC: Connection._on_pubrec,
+    codec.PUBREL: Connection._on_pubrel,
+    codec.SUBSCRIBE: Connection._on_subscribe,
+    codec.UNSUBSCRIBE: Connection._on_unsubscribe,
+    codec.PINGREQ: Connection._on_pingreq,
+    codec.DISCONNECT: Connection._on_disconnect,
+}
+"""What each packet type after the CONNECT does (PUBLISH and the acknowledgements are handled inline)."""
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("a connection task failed: %s: %s", type(exc).__name__, exc)

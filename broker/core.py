@@ -1,0 +1,169 @@
+"""``RadioBroker``: Radio's MQTT 3.1.1 broker, with its listeners, plugins, store and timers.
+
+It puts the parts together: ``listeners`` accept clients, each becomes a ``Connection``; the
+``Router`` holds sessions, subscriptions and retained samples; the ``Store`` keeps what must
+survive a restart; the auth and topic plugins (amqtt's plugin API) decide who may do what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from amqtt.contexts import Action
+
+from radio.broker import listeners, plugins
+from radio.broker.attributes import Session as PluginSession
+from radio.broker.connection import Connection, Link
+from radio.broker.router import Limits, Router
+from radio.broker.sessions import Session
+from radio.broker.store import Store
+from radio.config import Address
+from radio.registry import LiveRegistry, Registry
+
+log = logging.getLogger("radio.broker")
+
+REFUSAL_LOG_EVERY: Final = 10.0
+"""Connections refused over the limit are logged at most once per this many seconds, with a count."""
+EXPIRY_CHECK: Final = 60.0
+"""Seconds between sweeps for expired offline sessions (sooner when an expiry is shorter)."""
+
+
+class RadioBroker:
+    """One broker: listeners, connections, router and store, on the running event loop."""
+
+    def __init__(
+        self,
+        registry: LiveRegistry,
+        plugin_spec: Mapping[str, Mapping[str, Any]],
+        limits: Limits,
+        *,
+        store: Store | None = None,
+        connect_timeout: float = 10.0,
+        max_packet_size: int = 268_435_455,
+        max_connections: int = 0,
+    ) -> None:
+        self.registry = registry
+        loaded = plugins.load(plugin_spec)
+        self._auth = plugins.auth_plugins(loaded)
+        self._checks = plugins.topic_checks(loaded)
+        self.store = store
+        self.connect_timeout = connect_timeout
+        self.max_packet_size = max_packet_size
+        self.max_connections = max_connections
+        self.router = Router(lambda: registry.current, self._allows, self._reader, limits, store)
+        self.connections: set[Connection] = set()
+        self._per_listener: dict[str, int] = {}
+        self._servers: dict[str, Any] = {}
+        self._over_limit = 0
+        self._over_limit_logged = 0.0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # Plugins.
+    def _allows(self, session: PluginSession, topic: str, action: Action) -> bool:
+        return all(check.allows(session, topic, action) for check in self._checks)
+
+    def _reader(self, topic: str) -> Any:
+        readers = [check.reader(topic) for check in self._checks]
+        if len(readers) == 1:
+            return readers[0]
+        return lambda session: all(r(session) for r in readers)
+
+    async def authenticate(self, session: Session) -> bool:
+        """Amqtt's rule: every plugin that answers must say yes, and at least one must answer."""
+        verdicts = [await plugin.authenticate(session=session) for plugin in self._auth]  # type: ignore[arg-type]
+        answered = [v for v in verdicts if v is not None]
+        return bool(answered) and all(answered)
+
+    # Lifecycle.
+    async def start(self, mqtt: Address, websocket: Address) -> None:
+        """Bind both listeners, then start the store's writer and the expiry sweeper."""
+        if self.store is not None:
+            self.router.restore(self.store.load(), self.registry.current)
+            self.store.start()
+        try:
+            self._servers["default"] = await listeners.serve_tcp(self._open, "tcp", mqtt.host, mqtt.port)
+            self._servers["ws"] = await listeners.serve_websocket(
+                self._open, "ws", websocket.host, websocket.port, self.max_packet_size
+            )
+        except BaseException:
+            await self._close_servers()
+            raise
+        self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
+
+    async def stop(self) -> None:
+        """Close the listeners and every connection (persistent sessions stay in the store)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for connection in list(self.connections):
+            if connection.session is not None:
+                connection.session.will = None  # the broker goes, not the client
+            connection.close(None)
+        await self._close_servers()
+
+    async def _close_servers(self) -> None:
+        servers, self._servers = self._servers, {}
+        for server in servers.values():
+            server.close()
+        for server in servers.values():
+            if isinstance(server, asyncio.Server):
+                continue  # wait_closed() would wait for every client; they are closed next
+            await server.wait_closed()
+
+    def port(self, listener: str) -> int:
+        """The port a listener (``default`` for TCP, ``ws``) bound."""
+        server = self._servers[listener]
+        port: int = next(iter(server.sockets)).getsockname()[1]
+        return port
+
+    # Connections.
+    def _open(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection | None:
+        count = self._per_listener.get(listener, 0)
+        if 0 < self.max_connections <= count:
+            self._count_refusal(listener)
+            return None
+        self._per_listener[listener] = count + 1
+        connection = Connection(self, link, listener, peer)
+        self.connections.add(connection)
+        return connection
+
+    def connection_closed(self, connection: Connection) -> None:
+        """A connection ended: it no longer counts against its listener's limit."""
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self._per_listener[connection.listener] -= 1
+
+    def _count_refusal(self, listener: str) -> None:
+        self._over_limit += 1
+        now = time.monotonic()
+        if now - self._over_limit_logged >= REFUSAL_LOG_EVERY:
+            self._over_limit_logged = now
+            log.warning(
+                "refused a connection on listener %r: %d connections is its max_connections "
+                "(%d refused over the limit since the broker started)",
+                listener,
+                self.max_connections,
+                self._over_limit,
+            )
+
+    # Registry changes and timers.
+    def enforce(self, registry: Registry) -> None:
+        """Apply a registry change to live connections and stored sessions."""
+        for session in self.router.enforce(registry):
+            connection = session.connection
+            if connection is not None:
+                log.warning(
+                    "closing %s: its key %r was revoked or changed", connection.who(), session.key_name
+                )
+                connection.close(None)
+
+    async def _sweep(self) -> None:
+        limits = self.router.limits
+        interval = min(EXPIRY_CHECK, limits.anonymous.expiry / 4, limits.keyed.expiry / 4)
+        while True:
+            await asyncio.sleep(max(interval, 0.05))
+            self.router.expire()

@@ -1,0 +1,224 @@
+"""The two ways in: MQTT over TCP (an asyncio protocol) and MQTT over WebSocket (``websockets``).
+
+Each turns its transport into the ``Link`` a ``Connection`` writes to, and hands it the bytes it
+reads. TCP needs no task per connection: the event loop calls the protocol. A WebSocket
+connection has the one task the ``websockets`` server gives it, reading messages. The WebSocket
+server sends no pings of its own (MQTT has its keep-alive, and some clients answer a transport
+ping with a frame the server must reject), takes the broker's packet limit as its message limit,
+and logs a refused handshake as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import websockets
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from radio.broker.connection import Connection, Link
+
+log = logging.getLogger("radio.broker")
+
+FRAME_HEADROOM: Final = 5
+"""An MQTT packet's fixed header, which the packet limit (a remaining length) leaves out."""
+BACKLOG: Final = 1024
+"""Connections the kernel may hold before accepting them: a burst of listeners is not refused."""
+
+Opener = Callable[[Link, str, tuple[str, int]], Connection | None]
+
+
+def _done() -> Awaitable[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class TcpLink(asyncio.Protocol):
+    """One MQTT/TCP connection: the event loop calls it, it calls its ``Connection``."""
+
+    __slots__ = ("_drain", "_listener", "_open", "_transport", "connection")
+
+    def __init__(self, opener: Opener, listener: str) -> None:
+        self._open = opener
+        self._listener = listener
+        self._transport: asyncio.Transport | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self.connection: Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A client connected: open its connection, or close it at once if over the limit."""
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream server's transport
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.connection = self._open(self, self._listener, (str(peer[0]), int(peer[1])))
+        if self.connection is None:
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client."""
+        if self.connection is not None:
+            self.connection.data_received(data)
+
+    def eof_received(self) -> bool:
+        """The client half-closed: treat it as gone."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed, by either side."""
+        del exc
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if self.connection is not None:
+            self.connection.connection_lost()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the connection's ``drained()`` now waits."""
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        """The buffer drained."""
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # Link.
+    def write(self, data: bytes) -> None:
+        """Send bytes."""
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def buffered(self) -> int:
+        """Bytes not yet sent."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def pause_reading(self) -> None:
+        """Stop reading."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def drained(self) -> Awaitable[None]:
+        """Completes when the buffer has drained (at once if it is not full)."""
+        if self._drain is None or self._drain.done():
+            return _done()
+        return asyncio.shield(self._drain)
+
+    def close(self) -> None:
+        """Send what is buffered, then close."""
+        if self._transport is not None:
+            self._transport.close()
+
+
+class WebSocketLink:
+    """One MQTT-over-WebSocket connection: MQTT packets in binary messages, any split allowed."""
+
+    __slots__ = ("_reading", "_ws")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+        self._reading = asyncio.Event()
+        self._reading.set()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes as one binary message, without a task: websockets' own sending path, synchronous."""
+        ws = self._ws
+        if ws.protocol.state is State.OPEN:
+            ws.protocol.send_binary(data)
+            ws.send_data()
+
+    def buffered(self) -> int:
+        """Bytes not yet sent."""
+        transport = self._ws.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def pause_reading(self) -> None:
+        """Stop taking messages (the CONNECT is being authenticated)."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        """Take messages again."""
+        self._reading.set()
+
+    def drained(self) -> Awaitable[None]:
+        """Completes when the socket's buffer has drained."""
+        return self._drain()
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.drain()
+
+    def close(self) -> None:
+        """Close the WebSocket (a close frame, then the socket)."""
+        self._reading.set()  # the reading loop ends, even if it was paused
+        task = asyncio.get_running_loop().create_task(self._ws.close())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def serve(self, connection: Connection) -> None:
+        """Read messages until the connection ends."""
+        ws = self._ws
+        try:
+            while not connection.closed:
+                if not self._reading.is_set():
+                    await self._reading.wait()
+                message = await ws.recv()
+                connection.data_received(message.encode() if isinstance(message, str) else message)
+        except ConnectionClosed:
+            pass
+        finally:
+            connection.connection_lost()
+
+
+class QuietHandshakeLog(logging.LoggerAdapter[logging.Logger]):
+    """The WebSocket server's logger: a failed handshake or handler is one line, never a traceback."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Turn the server's two tracebacks into one warning line naming the cause."""
+        if level >= logging.ERROR and msg in ("opening handshake failed", "connection handler failed"):
+            cause = sys.exc_info()[1]
+            reason = f"{type(cause).__name__}: {cause}" if cause is not None else "no reason given"
+            log.warning("WebSocket %s: %s", str(msg).replace(" failed", " refused"), reason)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+async def serve_tcp(opener: Opener, name: str, host: str, port: int) -> asyncio.Server:
+    """Listen for MQTT over TCP."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: TcpLink(opener, name), host, port, reuse_address=True, backlog=BACKLOG
+    )
+
+
+async def serve_websocket(opener: Opener, name: str, host: str, port: int, max_packet: int) -> Any:
+    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention)."""
+
+    async def handler(ws: ServerConnection) -> None:
+        link = WebSocketLink(ws)
+        peer = ws.remote_address or ("?", 0)
+        connection = opener(link, name, (str(peer[0]), int(peer[1])))
+        if connection is None:
+            await ws.close()
+            return
+        await link.serve(connection)
+
+    return await websockets.serve(
+        handler,
+        host,
+        port,
+        subprotocols=[websockets.Subprotocol("mqtt")],
+        max_size=max_packet + FRAME_HEADROOM,
+        ping_interval=None,
+        logger=QuietHandshakeLog(logging.getLogger("websockets.server")),
+        backlog=BACKLOG,
+    )

@@ -1,0 +1,100 @@
+"""The broker's Prometheus metrics: deliveries, drops, queues and connections, read on each scrape.
+
+The broker counts in plain integers (``router.Stats``) as it works; this collector reads them,
+and walks the sessions for queue depths, only when Prometheus asks. Served on a thread of its
+own at ``[broker] metrics = "HOST:PORT"`` (off by default), like the bridge's ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from radio.config import Address
+
+if TYPE_CHECKING:
+    from radio.broker.core import RadioBroker
+
+
+class BrokerCollector(Collector):
+    """Reads a running broker's counters when scraped."""
+
+    def __init__(self, broker: RadioBroker) -> None:
+        self.broker = broker
+
+    def collect(self) -> Iterator[Any]:
+        """One scrape's worth of metrics."""
+        router = self.broker.router
+        stats = router.stats
+        counters = {
+            "radio_broker_published": ("Samples accepted from publishers.", stats.published),
+            "radio_broker_deliveries": ("Samples written to subscribers.", stats.deliveries),
+            "radio_broker_refused_publishes": (
+                "Publishes refused for lack of rights.",
+                stats.refused_publish,
+            ),
+        }
+        for name, (text, value) in counters.items():
+            yield CounterMetricFamily(name, text, value=value)
+        dropped = CounterMetricFamily(
+            "radio_broker_dropped", "Samples not delivered, by reason.", labels=["reason"]
+        )
+        dropped.add_metric(["slow_subscriber"], stats.dropped_slow)
+        dropped.add_metric(["queue_full"], stats.dropped_queue_full)
+        dropped.add_metric(["no_longer_readable"], stats.dropped_unreadable)
+        yield dropped
+        sessions = list(router.sessions.values())
+        yield GaugeMetricFamily(
+            "radio_broker_connections", "Open connections.", value=len(self.broker.connections)
+        )
+        yield GaugeMetricFamily("radio_broker_sessions", "Sessions, connected or not.", value=len(sessions))
+        yield GaugeMetricFamily(
+            "radio_broker_queued",
+            "Samples waiting in session queues.",
+            value=sum(len(s.queue) for s in sessions),
+        )
+        yield GaugeMetricFamily(
+            "radio_broker_inflight",
+            "Samples sent and not yet acknowledged.",
+            value=sum(len(s.inflight) for s in sessions),
+        )
+        yield GaugeMetricFamily("radio_broker_retained", "Retained samples.", value=len(router.retained))
+        store = self.broker.store
+        if store is not None:
+            yield CounterMetricFamily(
+                "radio_broker_store_batches", "Store transactions.", value=store.batches
+            )
+            yield GaugeMetricFamily(
+                "radio_broker_store_failing", "1 while the store cannot be written.", value=int(store.failing)
+            )
+
+
+class MetricsServer:
+    """The HTTP server behind ``[broker] metrics``."""
+
+    def __init__(self, server: Any, thread: Any) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.server_port)
+
+    def shutdown(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(broker: RadioBroker, address: Address) -> MetricsServer:
+    """Serve a broker's metrics at an address (port 0 picks a free one)."""
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(broker))
+    server, thread = start_http_server(address.port, address.host, registry=registry)
+    return MetricsServer(server, thread)

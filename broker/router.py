@@ -1,0 +1,432 @@
+"""The broker's core: sessions, subscriptions, retained samples, and getting each sample to its readers.
+
+Connections (``broker.connection``) hand it what clients do; it decides, with the rights plugin,
+who receives what, and records in the store what must survive a restart. It never awaits: a
+PUBLISH is fanned out to every entitled subscriber in one pass, and the read right is decided for
+every delivery, whether live, queued, resent after a reconnect, retained, or a will.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from amqtt.contexts import Action
+
+from radio.broker import attributes as attrs
+from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
+from radio.broker.index import SubscriptionIndex
+from radio.broker.message import Message
+from radio.broker.sessions import Delivery, Session, SessionLimits
+from radio.registry import Registry
+from radio.topics import network_of_topic
+
+if TYPE_CHECKING:
+    from radio.broker.store import Contents, Store
+
+log = logging.getLogger("radio.broker")
+
+TopicCheck = Callable[[attrs.Session, str, Action], bool]
+ReaderFactory = Callable[[str], Callable[[attrs.Session], bool]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-client limits that protect the broker from any one client."""
+
+    keyed: SessionLimits
+    anonymous: SessionLimits
+    max_filters: int = 100
+    """Subscriptions one session may hold; more get SUBACK 0x80."""
+    max_inflight: int = 100
+    """QoS 1 and 2 samples sent to one client and not yet acknowledged; the rest wait in its queue."""
+    max_incoming_qos2: int = 20
+    """QoS 2 samples a client may leave waiting for its PUBREL; past it, its connection is closed."""
+    send_buffer: int = 1 << 20
+    """Bytes waiting to be written to one connection past which it is slow: QoS 0 samples are
+    dropped for it (counted), QoS 1 and 2 samples wait in its queue."""
+
+
+@dataclass
+class Stats:
+    """Counters the metrics endpoint reads; plain integers, so counting costs nothing."""
+
+    published: int = 0
+    deliveries: int = 0
+    dropped_slow: int = 0
+    dropped_queue_full: int = 0
+    dropped_unreadable: int = 0
+    refused_publish: int = 0
+    connections: int = 0
+
+
+class Router:
+    """Everything the broker knows, and the rules for changing it."""
+
+    def __init__(
+        self,
+        registry: Callable[[], Registry],
+        topic_check: TopicCheck,
+        reader: ReaderFactory,
+        limits: Limits,
+        store: Store | None = None,
+    ) -> None:
+        self.registry = registry
+        self.allows = topic_check
+        self.reader = reader
+        self.limits = limits
+        self.store = store
+        self.sessions: dict[str, Session] = {}
+        self.index: SubscriptionIndex[Session] = SubscriptionIndex()
+        self.retained: dict[str, Message] = {}
+        self.stats = Stats()
+        self._seq = 0
+
+    # Sessions.
+    def limits_for(self, key_name: str | None) -> SessionLimits:
+        """Anonymous sessions get the tight limits; nobody pays for them."""
+        return self.limits.anonymous if key_name is None else self.limits.keyed
+
+    def discard(self, session: Session) -> None:
+        """Forget a session: its subscriptions, its queue, and its copy in the store."""
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        for topic_filter in session.subscriptions:
+            self.index.remove(topic_filter, session)
+        session.subscriptions.clear()
+        session.queue.clear()
+        session.queued_bytes = 0
+        session.inflight.clear()
+        if session.persistent and self.store is not None:
+            self.store.drop_session(session.client_id)
+
+    def save(self, session: Session) -> None:
+        """Record a persistent session's identity and subscriptions in the store."""
+        if session.persistent and self.store is not None:
+            keep = {k: session.attributes.get(k) for k in (attrs.KEY_NAME, attrs.KEY_ID, attrs.KEY_DIGEST)}
+            keep["offline_since"] = session.offline_since
+            self.store.save_session(session.client_id, keep, session.subscriptions)
+
+    def went_offline(self, session: Session) -> None:
+        """Its connection ended: a clean session goes, a persistent one waits (within its limits)."""
+        session.connection = None
+        if session.clean_session:
+            self.discard(session)
+            return
+        session.offline_since = time.time()
+        self.save(session)
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget offline sessions past their expiry; how many went."""
+        now = time.time() if now is None else now
+        gone = [
+            s
+            for s in self.sessions.values()
+            if s.connection is None
+            and s.offline_since is not None
+            and now - s.offline_since > s.limits.expiry
+        ]
+        for session in gone:
+            log.info(
+                "session of client %r expired after %gs offline", session.client_id, session.limits.expiry
+            )
+            self.discard(session)
+        return len(gone)
+
+    # Publishing.
+    def next_seq(self) -> int:
+        """A number for a message kept in the store, unique across restarts."""
+        self._seq += 1
+        return self._seq
+
+    def publish(self, message: Message) -> None:
+        """Retain it if asked and allowed, and deliver it to every entitled subscriber."""
+        self.stats.published += 1
+        if message.retain:
+            self._retain(message)
+        targets = self._targets(message.topic)
+        if not targets:
+            return
+        may_read = self.reader(message.topic)
+        stats = self.stats
+        top = message.qos
+        for session, granted in targets:
+            if not may_read(session):
+                continue
+            qos = min(top, granted)
+            if qos:
+                self.deliver(session, message, qos)
+                continue
+            connection = session.connection
+            if connection is not None:
+                if connection.congested():
+                    stats.dropped_slow += 1
+                else:
+                    connection.write(message.packet(0))
+                    stats.deliveries += 1
+
+    def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
+        tables = self.index.match(topic)
+        if len(tables) <= 1:
+            return list(tables[0].items()) if tables else ()
+        merged: dict[Session, int] = {}  # overlapping filters of one client: one delivery, highest QoS
+        for table in tables:
+            for session, qos in table.items():
+                if merged.get(session, -1) < qos:
+                    merged[session] = qos
+        return list(merged.items())
+
+    def _retain(self, message: Message) -> None:
+        network = self.registry().networks.get(network_of_topic(message.topic) or "")
+        if network is not None and not network.retain:
+            return  # the network keeps no last sample, whoever publishes to it
+        if message.payload:
+            self.retained[message.topic] = Message(message.topic, message.payload, message.qos, retain=True)
+        elif self.retained.pop(message.topic, None) is None:
+            return
+        if self.store is not None:
+            self.store.retain(message.topic, message.payload, message.qos)
+
+    def deliver(self, session: Session, message: Message, qos: int) -> None:
+        """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
+        delivery = Delivery(message, qos)
+        if session.persistent and self.store is not None:
+            if not message.row:
+                message.row = self.next_seq()
+            self.store.queue(session.client_id, message.row, message.topic, message.payload, qos)
+        connection = session.connection
+        if (
+            connection is not None
+            and not session.queue
+            and len(session.inflight) < self.limits.max_inflight
+            and not connection.congested()
+        ):
+            self._send(session, delivery)
+            return
+        for dropped in session.enqueue(delivery):
+            self.stats.dropped_queue_full += 1
+            self._forget(session, dropped)
+        if connection is not None:
+            if connection.congested():
+                connection.wait_for_drain()
+            elif len(session.inflight) < self.limits.max_inflight:
+                self.pump(session)
+
+    def _send(self, session: Session, delivery: Delivery) -> None:
+        connection = session.connection
+        assert connection is not None  # noqa: S101 - callers check
+        pid = delivery.pid = session.allocate_pid()
+        session.inflight[pid] = delivery
+        connection.write(delivery.message.packet(delivery.qos, pid))
+        self.stats.deliveries += 1
+
+    def _forget(self, session: Session, delivery: Delivery) -> None:
+        if session.persistent and self.store is not None and delivery.message.row:
+            self.store.unqueue(session.client_id, delivery.message.row)
+
+    def pump(self, session: Session) -> None:
+        """Send queued samples while the client keeps up, checking each against its rights now."""
+        connection = session.connection
+        if connection is None:
+            return
+        queue, inflight, window = session.queue, session.inflight, self.limits.max_inflight
+        allows = self.allows
+        while queue and len(inflight) < window:
+            if connection.congested():
+                connection.wait_for_drain()
+                return
+            delivery = session.dequeue()
+            if not allows(session, delivery.message.topic, Action.RECEIVE):
+                self.stats.dropped_unreadable += 1
+                self._forget(session, delivery)
+                continue
+            self._send(session, delivery)
+
+    def acknowledged(self, session: Session, pid: int) -> Delivery | None:
+        """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""
+        delivery = session.inflight.pop(pid, None)
+        if delivery is not None:
+            self._forget(session, delivery)
+            if session.queue:
+                self.pump(session)
+        return delivery
+
+    def resume(self, session: Session) -> None:
+        """A session's client is back: resend what it has not acknowledged, then its queue.
+
+        Each is checked against the key's rights as they are now: a sample queued while the key
+        could read its network is not delivered once it cannot (and leaves the store).
+        """
+        connection = session.connection
+        assert connection is not None  # noqa: S101 - called once connected
+        for pid, delivery in list(session.inflight.items()):
+            if not self.allows(session, delivery.message.topic, Action.RECEIVE):
+                del session.inflight[pid]
+                self.stats.dropped_unreadable += 1
+                self._forget(session, delivery)
+            elif delivery.released:
+                connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
+            else:
+                connection.write(delivery.message.packet(delivery.qos, pid, dup=True))
+        self.pump(session)
+
+    # Subscribing.
+    def subscribe(self, session: Session, requests: list[tuple[str, int]]) -> list[int]:
+        """Grant or refuse each filter; return the SUBACK codes. Retained samples follow separately."""
+        codes = []
+        for topic_filter, qos in requests:
+            if not valid_filter(topic_filter) or not self.allows(session, topic_filter, Action.SUBSCRIBE):
+                codes.append(SUBSCRIBE_FAILURE)
+                continue
+            if (
+                topic_filter not in session.subscriptions
+                and len(session.subscriptions) >= self.limits.max_filters
+            ):
+                log.warning(
+                    "refused a subscription of %s: it holds %d filters, the limit [broker] max_filters",
+                    session.describe(),
+                    self.limits.max_filters,
+                )
+                codes.append(SUBSCRIBE_FAILURE)
+                continue
+            session.subscriptions[topic_filter] = qos
+            self.index.add(topic_filter, session, qos)
+            codes.append(qos)
+        self.save(session)
+        return codes
+
+    def retained_for(self, session: Session, granted: list[tuple[str, int]]) -> list[bytes]:
+        """The retained samples a new subscription brings, as packets with the retain flag set."""
+        packets = []
+        for topic_filter, qos in granted:
+            for topic, message in self.retained.items():
+                if not _matches(topic_filter, topic):
+                    continue
+                if not self.allows(session, topic, Action.RECEIVE):
+                    continue
+                level = min(qos, message.qos)
+                if level:
+                    pid = session.allocate_pid()
+                    delivery = Delivery(message, level)
+                    delivery.pid = pid
+                    session.inflight[pid] = delivery
+                    packets.append(message.packet(level, pid, retain=True))
+                else:
+                    packets.append(message.packet(0, retain=True))
+        return packets
+
+    def unsubscribe(self, session: Session, filters: list[str]) -> None:
+        """Drop filters the session holds (others are ignored, as MQTT asks)."""
+        for topic_filter in filters:
+            if session.subscriptions.pop(topic_filter, None) is not None:
+                self.index.remove(topic_filter, session)
+        self.save(session)
+
+    # Registry changes.
+    def enforce(self, registry: Registry) -> list[Session]:
+        """Apply a new registry; return the sessions whose connection must close (key gone or rotated).
+
+        A revoked key's sessions are deleted (a new key under the same name has a new id and
+        starts with none); samples waiting for a key that may no longer read their network are
+        dropped; a will the key may no longer publish is forgotten.
+        """
+        closing = []
+        for session in list(self.sessions.values()):
+            name = session.key_name
+            if name is None:
+                owned = registry.allow_anonymous
+                current = True
+            else:
+                key = registry.keys.get(name)
+                owned = key is not None and getattr(key, "id", key.digest) == session.key_id
+                current = key is not None and key.digest == session.attributes.get(attrs.KEY_DIGEST)
+            if not owned:
+                if session.connection is not None:
+                    session.will = None
+                    closing.append(session)
+                self.discard(session)
+                continue
+            if not current and session.connection is not None:
+                session.will = None
+                closing.append(session)
+            self._purge_unreadable(session)
+            will = session.will
+            if will is not None and not self.allows(session, will.topic, Action.PUBLISH):
+                session.will = None
+        return closing
+
+    def _purge_unreadable(self, session: Session) -> None:
+        if not session.queue and not session.inflight:
+            return
+        kept = []
+        while session.queue:
+            delivery = session.dequeue()
+            if self.allows(session, delivery.message.topic, Action.RECEIVE):
+                kept.append(delivery)
+            else:
+                self.stats.dropped_unreadable += 1
+                self._forget(session, delivery)
+        for delivery in kept:
+            session.queue.append(delivery)
+            session.queued_bytes += delivery.message.size
+        for pid, delivery in list(session.inflight.items()):
+            if not self.allows(session, delivery.message.topic, Action.RECEIVE):
+                del session.inflight[pid]
+                self.stats.dropped_unreadable += 1
+                self._forget(session, delivery)
+
+    # Restart.
+    def restore(self, contents: Contents, registry: Registry) -> None:
+        """Put back what the store kept, minus sessions whose key is gone (revoked while down)."""
+        for topic, payload, qos in contents.retained:
+            self.retained[topic] = Message(topic, payload, qos, retain=True)
+        self._seq = contents.last_seq
+        restored = 0
+        for stored in contents.sessions:
+            name = stored.attributes.get(attrs.KEY_NAME)
+            key = registry.keys.get(name) if name is not None else None
+            if name is None:
+                owned = registry.allow_anonymous
+            else:
+                key_id = stored.attributes.get(attrs.KEY_ID)
+                owned = key is not None and (key_id is None or getattr(key, "id", key.digest) == key_id)
+            session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
+            session.attributes.update({k: v for k, v in stored.attributes.items() if k != "offline_since"})
+            if not owned:
+                self.discard(session)  # deletes it from the store too
+                continue
+            if key is not None and attrs.KEY_ID not in session.attributes:
+                session.attributes[attrs.KEY_ID] = getattr(key, "id", key.digest)
+            session.offline_since = stored.attributes.get("offline_since") or time.time()
+            self.sessions[stored.client_id] = session
+            for topic_filter, qos in stored.subscriptions:
+                session.subscriptions[topic_filter] = qos
+                self.index.add(topic_filter, session, qos)
+            for seq, topic, payload, qos in stored.queued:
+                message = Message(topic, payload, qos)
+                message.row = seq
+                session.queue.append(Delivery(message, qos))
+                session.queued_bytes += message.size
+            restored += 1
+        if contents.retained or restored:
+            log.info(
+                "restored %d retained sample(s) and %d persistent session(s)",
+                len(contents.retained),
+                restored,
+            )
+
+
+def _matches(topic_filter: str, topic: str) -> bool:
+    """Whether a filter matches a topic (the slow way: used for retained samples on SUBSCRIBE)."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    levels, parts = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(levels):
+        if level == "#":
+            return True
+        if i >= len(parts) or (level not in ("+", parts[i])):
+            return False
+    return len(levels) == len(parts)

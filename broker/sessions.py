@@ -1,0 +1,184 @@
+"""A client's session: what survives its connection (subscriptions, queued and unacknowledged samples).
+
+A session belongs to the key that opened it, for its whole life: it records the key's name and
+id, and ends when that key is revoked (a new key under the same name gets a new id, so it starts
+with nothing). Each is bounded: a keyed session keeps at most ``max_queued`` samples and bytes
+while its client is away or slow, an anonymous one far fewer (nobody pays for it); past the
+bound the oldest samples go, counted and logged once per episode, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from radio.broker import attributes as attrs
+
+if TYPE_CHECKING:
+    from radio.broker.connection import Connection
+    from radio.broker.message import Message
+
+log = logging.getLogger("radio.broker")
+
+MAX_PACKET_ID: Final = 65_535
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """How much one session may hold; keyed and anonymous sessions get a set each."""
+
+    max_queued: int
+    max_queued_bytes: int
+    expiry: float
+    """Seconds a persistent session is kept while its client is away."""
+
+
+class Delivery:
+    """A QoS 1 or 2 sample on its way to one session: queued, or sent and not yet acknowledged."""
+
+    __slots__ = ("message", "pid", "qos", "released")
+
+    def __init__(self, message: Message, qos: int) -> None:
+        self.message = message
+        self.qos = qos
+        self.pid = 0
+        self.released = False
+        """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""
+
+
+class Will:
+    """A last will: published if the connection ends without DISCONNECT, if the key may still."""
+
+    __slots__ = ("payload", "qos", "retain", "topic")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+
+
+class Session:
+    """One client id's state. Quacks like an amqtt session where the plugins look.
+
+    ``attributes``, ``username``, ``password``, ``client_id``, ``remote_address``, ``remote_port``,
+    ``will_flag`` and ``will_topic`` are what Radio's auth and topic plugins read.
+    """
+
+    __slots__ = (
+        "attributes",
+        "clean_session",
+        "client_id",
+        "connection",
+        "dropped",
+        "incoming_qos2",
+        "inflight",
+        "limits",
+        "next_pid",
+        "offline_since",
+        "password",
+        "queue",
+        "queued_bytes",
+        "remote_address",
+        "remote_port",
+        "subscriptions",
+        "username",
+        "warned_full",
+        "will",
+    )
+
+    def __init__(self, client_id: str, clean_session: bool, limits: SessionLimits) -> None:
+        self.client_id = client_id
+        self.clean_session = clean_session
+        self.limits = limits
+        self.attributes: dict[str, Any] = {}
+        self.username: str | None = None
+        self.password: str | None = None
+        self.remote_address = ""
+        self.remote_port = 0
+        self.subscriptions: dict[str, int] = {}
+        self.queue: deque[Delivery] = deque()
+        self.queued_bytes = 0
+        self.inflight: dict[int, Delivery] = {}
+        self.incoming_qos2: set[int] = set()
+        self.next_pid = 1
+        self.connection: Connection | None = None
+        self.will: Will | None = None
+        self.offline_since: float | None = None
+        self.dropped = 0
+        self.warned_full = False
+
+    # What the plugins read of an amqtt session.
+    @property
+    def will_flag(self) -> bool:
+        """Whether the CONNECT carried a will."""
+        return self.will is not None
+
+    @property
+    def will_topic(self) -> str | None:
+        """The will's topic, if any."""
+        return self.will.topic if self.will is not None else None
+
+    @property
+    def key_name(self) -> str | None:
+        """The key behind the session, None for anonymous."""
+        return attrs.key_name(self)
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the key that opened it: a session never passes to another key."""
+        value: str | None = self.attributes.get(attrs.KEY_ID)
+        return value
+
+    @property
+    def persistent(self) -> bool:
+        """Clean session 0: it outlives its connection, and its samples are kept in the store."""
+        return not self.clean_session
+
+    def allocate_pid(self) -> int:
+        """A packet id not in use by an unacknowledged delivery."""
+        pid = self.next_pid
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid % MAX_PACKET_ID + 1
+        self.next_pid = pid % MAX_PACKET_ID + 1
+        return pid
+
+    def enqueue(self, delivery: Delivery) -> list[Delivery]:
+        """Queue a delivery; return the oldest ones dropped to stay within the limits."""
+        self.queue.append(delivery)
+        self.queued_bytes += delivery.message.size
+        limits = self.limits
+        dropped: list[Delivery] = []
+        while len(self.queue) > 1 and (
+            len(self.queue) > limits.max_queued or self.queued_bytes > limits.max_queued_bytes
+        ):
+            old = self.queue.popleft()
+            self.queued_bytes -= old.message.size
+            dropped.append(old)
+        if dropped:
+            self.dropped += len(dropped)
+            if not self.warned_full:
+                self.warned_full = True
+                log.warning(
+                    "the queue of client %r is full (%d samples, %d bytes): dropping its oldest samples; "
+                    "drops are counted in the broker's metrics",
+                    self.client_id,
+                    limits.max_queued,
+                    limits.max_queued_bytes,
+                )
+        return dropped
+
+    def dequeue(self) -> Delivery:
+        """The oldest queued delivery, taken off the queue."""
+        delivery = self.queue.popleft()
+        self.queued_bytes -= delivery.message.size
+        if not self.queue:
+            self.warned_full = False
+        return delivery
+
+    def describe(self) -> str:
+        """The session as the log names it (never a secret)."""
+        return attrs.describe(self)
