@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import websockets
 from websockets.asyncio.server import ServerConnection
@@ -54,12 +54,11 @@ class TcpLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: open its connection, or close it at once if over the limit."""
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream server's transport
-        self._transport = transport
+        self._transport = cast("asyncio.Transport", transport)  # a stream server's (uvloop's too)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.connection = self._open(self, self._listener, (str(peer[0]), int(peer[1])))
         if self.connection is None:
-            transport.abort()
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client."""

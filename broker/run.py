@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import signal
 import sys
 import threading
@@ -30,6 +32,28 @@ def _banner(registry: LiveRegistry, title: str, mqtt: Address, websocket: Addres
     )
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The loop to serve on: uvloop where it is installed (Linux and macOS), else asyncio's own.
+
+    uvloop's transports cost less per connection and per write; ``bench/RESULTS.md`` has what it
+    gave. ``RADIO_EVENT_LOOP=asyncio`` chooses the standard loop, to compare or to rule it out.
+    """
+    if os.environ.get("RADIO_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional: only where its wheel exists
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None) -> None:
+    """``radio broker``: serve until SIGINT or SIGTERM, on the fastest event loop at hand."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(serve(registry, mqtt, websocket))
+
+
 async def serve(
     registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None
 ) -> None:
@@ -40,6 +64,9 @@ async def serve(
     except OSError as exc:
         msg = f"cannot start the broker on {broker.mqtt} and {broker.websocket}: {exc.strerror or exc}"
         raise RadioError(msg) from None
+    # What start-up made (modules, the registry) lives as long as the broker: keep the collector
+    # from walking it again and again as connections come and go.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,6 +12,8 @@ import threading
 from types import TracebackType
 from typing import Any, Self
 
+from radio.broker.core import RadioBroker
+from radio.broker.run import new_event_loop
 from radio.broker.server import EmbeddedBroker
 
 
@@ -22,7 +24,10 @@ class BrokerThread:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args, self._kwargs = args, kwargs
-        self._loop = asyncio.new_event_loop()
+        # Radio's broker runs on the loop `radio broker` uses; stock amqtt (compared in the tests)
+        # on asyncio's own, which its shutdown needs.
+        radio = kwargs.get("broker_class", RadioBroker) is RadioBroker
+        self._loop = new_event_loop() if radio else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="radio-broker", daemon=True)
         self.broker: EmbeddedBroker | None = None
 

@@ -9,7 +9,6 @@ Commands that hand out a secret print it alone on stdout and talk to the human o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import threading
@@ -218,7 +217,7 @@ def _store(args: argparse.Namespace) -> KeyStore:
 
 def _broker(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
-    from radio.broker.run import serve, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
+    from radio.broker.run import run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
     logs.setup(verbose=args.verbose)
@@ -226,7 +225,7 @@ def _broker(args: argparse.Namespace) -> int:
     if args.engine == "mosquitto":
         serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws)
     else:
-        asyncio.run(serve(registry, mqtt=args.mqtt, websocket=args.ws))
+        run(registry, mqtt=args.mqtt, websocket=args.ws)
     return 0
 
 
