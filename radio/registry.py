@@ -29,7 +29,7 @@ from typing import Final
 from radio.config import NetworkSettings, Settings, load_settings
 from radio.credentials import secret_digest
 from radio.errors import RadioError
-from radio.keys import Key, read_keys
+from radio.keys import Key, create_registry, load_keys
 from radio.topics import Reach, filter_reach, network_of_topic
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,10 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        """The registry described by a configuration and its keys file."""
+        """The registry described by a configuration and its keys file, which must exist."""
         return cls(
             networks=settings.networks,
-            keys=read_keys(settings.keys_path),
+            keys=load_keys(settings.keys_path),
             allow_anonymous=settings.broker.allow_anonymous,
         )
 
@@ -128,7 +128,12 @@ class LiveRegistry:
     ``refresh()`` costs two ``stat`` calls when nothing changed, so servers call it on a short
     timer (the broker) or at most every ``interval`` seconds on the request path (the bridge). A
     file caught mid-edit or broken by hand is reported once and the previous snapshot stays in
-    force: a typo must not open or close the doors.
+    force: a typo must not open or close the doors. So is a keys file that was emptied or
+    deleted, and a configuration file that was emptied or deleted after the start: neither is read
+    as "no keys" or "every default" (docs/registry.md).
+
+    At start on a fresh machine, with no keys file yet, an explicit registry without keys is
+    written (one log line says so): from then on the file exists, and its absence is an error.
     """
 
     def __init__(
@@ -137,6 +142,8 @@ class LiveRegistry:
         self._config_arg = config
         self._keys_arg = keys
         self.settings = load_settings(config, keys)
+        if create_registry(self.settings.keys_path):
+            log.warning("no key registry yet: wrote %s, without keys", self.settings.keys_path)
         self.current = Registry.from_settings(self.settings)
         self._signature = self._stat()
         self._failed_signature: tuple[object, ...] | None = None
@@ -149,8 +156,10 @@ class LiveRegistry:
         signature = self._stat()
         if signature in (self._signature, self._failed_signature):
             return False
+        # A configuration file in force must stay: its absence would mean "every default".
+        config_in_force = self._signature[0] is not None
         try:
-            settings = load_settings(self._config_arg, self._keys_arg)
+            settings = load_settings(self._config_arg, self._keys_arg, required=config_in_force)
             registry = Registry.from_settings(settings)
         except RadioError as exc:
             self._failed_signature = signature
