@@ -285,7 +285,10 @@ def _persistence(value: object, folder: Path) -> Path | None:
     if value is False:
         return None
     if not isinstance(value, str) or not value:
-        msg = f"[broker] persistence must be a file name or false (a string or a boolean), not {_kind(value)} {value!r}"
+        msg = (
+            "[broker] persistence must be a file name or false (a string or a boolean), "
+            f"not {_kind(value)} {value!r}"
+        )
         raise ValueError(msg)
     return folder / value
 

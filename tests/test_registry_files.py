@@ -1,0 +1,222 @@
+"""A keys file that is missing or empty is an error, never "no keys"; first start on a fresh machine.
+
+Every running server (the embedded broker, the Mosquitto runner, each bridge worker) reloads through
+``LiveRegistry.refresh()``: these tests drive it directly. tests/test_live_changes.py does the same
+to a running broker with connected clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import CONFIG, Home
+from mqtt_client import Client
+
+from radio.config import load_settings
+from radio.errors import KeyStoreError, MissingRegistry
+from radio.keys import KeyStore, create_registry, load_keys, read_keys
+from radio.registry import LiveRegistry, Registry
+
+
+@pytest.fixture
+def live(home: Home) -> LiveRegistry:
+    return LiveRegistry(home.config)
+
+
+def errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_emptied_deleted_then_restored_keys_file(home, live, caplog):
+    before = live.current
+    original = home.keys.read_bytes()
+    with caplog.at_level(logging.INFO, logger="radio.registry"):
+        home.keys.write_text("")
+        assert live.refresh() is False
+        assert live.refresh() is False
+        home.keys.unlink()
+        assert live.refresh() is False
+        assert live.refresh() is False
+        assert live.current is before
+        assert live.current.access("gen").may_publish("networks/A")
+        assert errors(caplog) == [
+            (
+                "registry not reloaded, previous rights stay in force: "
+                f"{home.keys}: the key registry is empty (a registry without keys is an empty [keys] "
+                "table, as 'radio keys' writes it)"
+            ),
+            (
+                "registry not reloaded, previous rights stay in force: "
+                f"{home.keys}: no key registry (the file is missing; 'radio keys add' or 'radio broker' "
+                "makes one on a fresh machine)"
+            ),
+        ]
+        # Restored, it is read again, and so is the next change.
+        home.keys.write_bytes(original)
+        assert live.refresh() is True
+        assert live.current.keys == before.keys
+        home.radio("keys", "revoke", "gen")
+        assert live.refresh() is True
+        assert "gen" not in live.current.keys
+
+
+def test_an_explicit_registry_without_keys_takes_effect(home, live):
+    home.keys.write_text("[keys]\n")
+    assert live.refresh() is True
+    assert live.current.keys == {}
+    assert not live.current.access("gen").may_publish("networks/A")
+
+
+def test_a_configuration_emptied_or_deleted_after_the_start_changes_nothing(home, live, caplog):
+    # Its defaults would make sample_net public and let anonymous clients in.
+    home.config.write_text("[broker]\nallow_anonymous = false\n" + CONFIG)
+    assert live.refresh() is True
+    before = live.current
+    with caplog.at_level(logging.ERROR, logger="radio.registry"):
+        home.config.write_text("")
+        assert live.refresh() is False
+        home.config.unlink()
+        assert live.refresh() is False
+    assert live.current is before
+    assert not live.current.allow_anonymous
+    assert [m.split(": ", 2)[-1] for m in errors(caplog)] == [
+        "the configuration file is empty (delete it to run with the defaults)",
+        "no such configuration file",
+    ]
+
+
+def test_no_registry_file_is_an_error_for_the_registry_and_no_keys_for_the_first_writer(tmp_path):
+    path = tmp_path / "keys.toml"
+    with pytest.raises(MissingRegistry, match="no key registry"):
+        load_keys(path)
+    assert read_keys(path) == {}  # what `radio keys add` and `radio keys list` start from
+    KeyStore(path, ["A"]).add("first", publish=["A"])
+    assert set(load_keys(path)) == {"first"}
+
+
+def test_an_emptied_file_is_refused_by_the_writers_too(tmp_path):
+    path = tmp_path / "keys.toml"
+    path.write_text("")
+    with pytest.raises(KeyStoreError, match="the key registry is empty"):
+        KeyStore(path, ["A"]).add("first")
+    assert path.read_text() == ""  # never overwritten
+
+
+def test_create_registry_writes_an_explicit_empty_registry_only_once(tmp_path):
+    path = tmp_path / "keys.toml"
+    assert create_registry(path) is True
+    assert path.read_text() == "[keys]\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    KeyStore(path, ["A"]).add("k")
+    assert create_registry(path) is False
+    assert set(load_keys(path)) == {"k"}
+
+
+def test_the_registry_snapshot_needs_the_file(home):
+    home.keys.unlink()
+    with pytest.raises(MissingRegistry):
+        Registry.from_settings(load_settings(home.config))
+
+
+# --- First start on a fresh machine -------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_BRIDGE_KEY")
+    }
+
+
+def radio(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "radio", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(),
+    )
+
+
+def test_keys_list_in_an_empty_folder_says_so_and_writes_nothing(tmp_path):
+    result = radio("keys", "list", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"No keys: {tmp_path / 'keys.toml'} does not exist yet.")
+    assert list(tmp_path.iterdir()) == []
+    json_list = radio("keys", "list", "--json", cwd=tmp_path)
+    assert (json_list.returncode, json_list.stdout) == (0, "")
+
+
+def test_broker_then_bridge_start_in_an_empty_folder(tmp_path):
+    """`radio broker` writes the explicit empty registry; `radio bridge` then adds its own key."""
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "radio", "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert broker.stdout is not None
+        banner = ""
+        for line in broker.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", banner)[1])
+        assert f"keys:                 {tmp_path / 'keys.toml'} (0 keys)" in banner
+        assert (tmp_path / "keys.toml").read_text() == "[keys]\n"
+        assert radio("keys", "list", cwd=tmp_path).stderr.startswith("No keys in ")
+
+        bridge = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "radio",
+                "bridge",
+                "--listen",
+                "127.0.0.1:0",
+                "--broker",
+                f"mqtt://127.0.0.1:{port}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        try:
+            assert bridge.stdout is not None
+            url = next(m[1] for line in bridge.stdout if (m := re.search(r"POST (http://\S+)/publish", line)))
+            assert set(load_keys(tmp_path / "keys.toml")) == {"bridge"}
+            # The broker takes the bridge's key from the registry it wrote itself: the bridge connects.
+            deadline = time.monotonic() + 20
+            while requests.get(url + "/healthz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "the bridge never reached the broker"
+                time.sleep(0.05)
+        finally:
+            bridge.send_signal(signal.SIGINT)
+            _, bridge_err = bridge.communicate(timeout=30)
+        assert "Traceback" not in bridge_err
+        anonymous = Client("tcp", port)
+        assert anonymous.connect() == 0
+        anonymous.close()
+    finally:
+        broker.send_signal(signal.SIGINT)
+        _, stderr = broker.communicate(timeout=30)
+    assert broker.returncode == 0
+    assert f"no key registry yet: wrote {tmp_path / 'keys.toml'}, without keys" in stderr
+    assert "Traceback" not in stderr
