@@ -7,6 +7,7 @@ to a running broker with connected clients.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import CONFIG, Home
+from conftest import CONFIG, Home, start_bridge
 from mqtt_client import Client
 
 from radio.config import load_settings
@@ -220,3 +221,39 @@ def test_broker_then_bridge_start_in_an_empty_folder(tmp_path):
     assert broker.returncode == 0
     assert f"no key registry yet: wrote {tmp_path / 'keys.toml'}, without keys" in stderr
     assert "Traceback" not in stderr
+
+
+# --- The bridge: each worker reloads on its own --------------------------------------------------
+
+
+def test_the_bridge_keeps_its_rights_when_the_keys_file_is_emptied_or_deleted(broker, home):
+    bridge = start_bridge(home, broker.mqtt_port)
+    try:
+        check_bridge(bridge, home)
+    finally:
+        stderr = bridge.stop()
+    lines = [line for line in stderr.splitlines() if "registry not reloaded" in line]
+    assert lines
+    assert all("the key registry is empty" in line or "no key registry" in line for line in lines)
+    assert sum("is empty" in line for line in lines) <= 2  # at most one per worker process
+    assert "Traceback" not in stderr
+
+
+def check_bridge(bridge, home) -> None:
+    sample = json.dumps({"network": "A", "data": {"n": 1}})
+    gen = {"API-KEY": home.secrets["gen"]}
+    assert bridge.post(sample, gen).status_code == 200
+    original = home.keys.read_bytes()
+    for damage in (lambda: home.keys.write_text(""), home.keys.unlink):
+        damage()
+        # Each worker looks at the files at most every 0.25 s: sample well past that.
+        done = time.monotonic() + 1.5
+        statuses = set()
+        while time.monotonic() < done:
+            statuses.add(bridge.post(sample, gen).status_code)
+        assert statuses == {200}
+    home.keys.write_bytes(original)
+    home.radio("keys", "revoke", "gen")
+    deadline = time.monotonic() + 2.5
+    while bridge.post(sample, gen).status_code != 400:
+        assert time.monotonic() < deadline, "a change after the restore was not applied"
