@@ -361,7 +361,8 @@ def _keys_add(args: argparse.Namespace) -> int:
     print(secret)
     key_id = store.keys()[args.name].id
     print(
-        f"Key {args.name!r} created (id {key_id}). Its secret (above) is shown only this once: store it now.\n"
+        f"Key {args.name!r} created (id {key_id}). "
+        "Its secret (above) is shown only this once: store it now.\n"
         f"  MQTT: username {args.name!r}, password = the secret\n"
         "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')",
         file=sys.stderr,
