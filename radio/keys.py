@@ -278,10 +278,7 @@ def load_keys(path: Path) -> dict[str, Key]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        msg = (
-            f"{path}: no key registry (the file is missing; 'radio keys add' or 'radio broker' "
-            "makes one on a fresh machine)"
-        )
+        msg = f"{path}: no key registry (the file is missing; on a fresh machine 'radio keys add' makes it)"
         raise MissingRegistry(msg) from None
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{path}: cannot read the key registry: {exc}"
@@ -299,25 +296,6 @@ def read_keys(path: Path) -> dict[str, Key]:
         return load_keys(path)
     except MissingRegistry:
         return {}
-
-
-def create_registry(path: Path) -> bool:
-    """Write an explicit registry without keys if there is no file yet; True if it was made now.
-
-    For the commands that start a server on a fresh machine. Under the writers' lock, so a
-    concurrent ``radio keys add`` is never overwritten.
-    """
-    if path.exists():  # the usual case, and the only one a read-only folder allows
-        return False
-    try:
-        with _lock(path):
-            if path.exists():
-                return False
-            _write_atomically(path, {"keys": {}})
-            return True
-    except OSError as exc:
-        msg = f"{path}: no key registry, and none can be made: {exc}"
-        raise KeyStoreError(msg) from None
 
 
 class KeyStore:

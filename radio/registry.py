@@ -28,8 +28,8 @@ from typing import Final
 
 from radio.config import NetworkSettings, Settings, load_settings
 from radio.credentials import secret_digest
-from radio.errors import RadioError
-from radio.keys import Key, create_registry, load_keys
+from radio.errors import MissingRegistry, RadioError
+from radio.keys import Key, load_keys
 from radio.topics import Reach, filter_reach, network_of_topic
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,9 @@ class LiveRegistry:
     deleted, and a configuration file that was emptied or deleted after the start: neither is read
     as "no keys" or "every default" (docs/registry.md).
 
-    At start on a fresh machine, with no keys file yet, an explicit registry without keys is
-    written (one log line says so): from then on the file exists, and its absence is an error.
+    At start on a fresh machine, with no keys file yet, there are no keys (one log line says so)
+    until a command makes the file. The file is not written here: a server that restarts while
+    the file is deleted must not write an empty registry that every other server would then apply.
     """
 
     def __init__(
@@ -142,9 +143,15 @@ class LiveRegistry:
         self._config_arg = config
         self._keys_arg = keys
         self.settings = load_settings(config, keys)
-        if create_registry(self.settings.keys_path):
-            log.warning("no key registry yet: wrote %s, without keys", self.settings.keys_path)
-        self.current = Registry.from_settings(self.settings)
+        try:
+            self.current = Registry.from_settings(self.settings)
+        except MissingRegistry:
+            log.warning(
+                "no key registry at %s yet: no keys until 'radio keys add' makes one", self.settings.keys_path
+            )
+            self.current = Registry(
+                networks=self.settings.networks, keys={}, allow_anonymous=self.settings.broker.allow_anonymous
+            )
         self._signature = self._stat()
         self._failed_signature: tuple[object, ...] | None = None
 
