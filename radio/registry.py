@@ -149,9 +149,7 @@ class LiveRegistry:
             log.warning(
                 "no key registry at %s yet: no keys until 'radio keys add' makes one", self.settings.keys_path
             )
-            self.current = Registry(
-                networks=self.settings.networks, keys={}, allow_anonymous=self.settings.broker.allow_anonymous
-            )
+            self.current = _without_keys(self.settings)
         self._signature = self._stat()
         self._failed_signature: tuple[object, ...] | None = None
 
@@ -163,11 +161,17 @@ class LiveRegistry:
         signature = self._stat()
         if signature in (self._signature, self._failed_signature):
             return False
-        # A configuration file in force must stay: its absence would mean "every default".
-        config_in_force = self._signature[0] is not None
+        # A file in force must stay: its absence would mean "every default" or "no keys". A keys
+        # file that never existed since the start still means no keys (a network change applies).
+        config_in_force, keys_in_force = (part is not None for part in self._signature)
         try:
             settings = load_settings(self._config_arg, self._keys_arg, required=config_in_force)
-            registry = Registry.from_settings(settings)
+            try:
+                registry = Registry.from_settings(settings)
+            except MissingRegistry:
+                if keys_in_force:
+                    raise
+                registry = _without_keys(settings)
         except RadioError as exc:
             self._failed_signature = signature
             log.error("registry not reloaded, previous rights stay in force: %s", exc)  # noqa: TRY400
@@ -176,6 +180,11 @@ class LiveRegistry:
         self._signature, self._failed_signature = signature, None
         log.info("registry reloaded: %d networks, %d keys", len(registry.networks), len(registry.keys))
         return True
+
+
+def _without_keys(settings: Settings) -> Registry:
+    """The registry of a fresh machine, before any key was made: the networks, and no keys."""
+    return Registry(networks=settings.networks, keys={}, allow_anonymous=settings.broker.allow_anonymous)
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:

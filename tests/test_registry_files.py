@@ -255,3 +255,29 @@ def check_bridge(bridge, home) -> None:
     deadline = time.monotonic() + 2.5
     while bridge.post(sample, gen).status_code != 400:
         assert time.monotonic() < deadline, "a change after the restore was not applied"
+
+
+def test_a_server_started_before_any_key_runs_without_keys_and_loads_the_file_when_it_appears(
+    tmp_path, caplog
+):
+    config = tmp_path / "radio.toml"
+    config.write_text("[networks.A]\n")
+    with caplog.at_level(logging.INFO, logger="radio.registry"):
+        live = LiveRegistry(config)
+        assert live.current.keys == {}
+        assert not (tmp_path / "keys.toml").exists()  # a server never writes the registry
+        # Still no keys file: a change of the configuration applies all the same.
+        config.write_text("[networks.A]\n[networks.B]\npublic = true\n")
+        assert live.refresh() is True
+        assert set(live.current.networks) == {"A", "B"}
+        KeyStore(tmp_path / "keys.toml", ["A", "B"]).add("first", publish=["A"])
+        assert live.refresh() is True
+        assert live.current.access("first").may_publish("networks/A")
+        # From now on the file is in force: its absence is an error, not "no keys".
+        (tmp_path / "keys.toml").unlink()
+        assert live.refresh() is False
+        assert live.current.access("first").may_publish("networks/A")
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "INFO", "ERROR"]
+    assert caplog.records[0].getMessage() == (
+        f"no key registry at {tmp_path / 'keys.toml'} yet: no keys until 'radio keys add' makes one"
+    )
