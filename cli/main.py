@@ -17,8 +17,8 @@ from pathlib import Path
 
 from radio import __version__
 from radio.config import Address, Settings, load_settings
-from radio.errors import RadioError
-from radio.keys import KeyStore, read_keys
+from radio.errors import MissingRegistry, RadioError
+from radio.keys import Key, KeyStore, load_keys
 
 EXIT_REFUSED = 2
 ENGINES = ("embedded", "mosquitto")
@@ -99,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_platform_commands(commands, common)
 
+    _add_key_commands(commands, common)
+    return parser
+
+
+def _add_key_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``radio keys add|list|revoke|rotate|edit``."""
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
     add = key_commands.add_parser("add", parents=[common], help="make a key; prints its secret once")
@@ -122,7 +130,26 @@ def _parser() -> argparse.ArgumentParser:
     rotate = key_commands.add_parser("rotate", parents=[common], help="give a key a new secret")
     rotate.add_argument("name")
     rotate.set_defaults(handler=_keys_rotate)
-    return parser
+    edit = key_commands.add_parser(
+        "edit", parents=[common], help="change a key's rights; its secret and id stay"
+    )
+    edit.add_argument("name")
+    edit.add_argument(
+        "--publish",
+        action="append",
+        metavar="NET,...",
+        help="the networks it may publish to, replacing its list ('' for none)",
+    )
+    edit.add_argument(
+        "--subscribe",
+        action="append",
+        metavar="NET,...",
+        help="the networks it may read, replacing its list ('' for none)",
+    )
+    admin = edit.add_mutually_exclusive_group()
+    admin.add_argument("--admin", action="store_true", default=None, help="make it an operator key")
+    admin.add_argument("--no-admin", dest="admin", action="store_false", help="no longer an operator key")
+    edit.set_defaults(handler=_keys_edit)
 
 
 def _add_platform_commands(
@@ -331,8 +358,10 @@ def _keys_add(args: argparse.Namespace) -> int:
         args.name, publish=_names(args.publish), subscribe=_names(args.subscribe), admin=args.admin
     )
     print(secret)
+    key_id = store.keys()[args.name].id
     print(
-        f"Key {args.name!r} created. Its secret (above) is shown only this once: store it now.\n"
+        f"Key {args.name!r} created (id {key_id}). "
+        "Its secret (above) is shown only this once: store it now.\n"
         f"  MQTT: username {args.name!r}, password = the secret\n"
         "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')",
         file=sys.stderr,
@@ -342,11 +371,20 @@ def _keys_add(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
-    keys = read_keys(settings.keys_path)
+    try:
+        keys = load_keys(settings.keys_path)
+    except MissingRegistry:
+        print(
+            f"No keys: {settings.keys_path} does not exist yet. "
+            "Make one with: radio keys add NAME --publish NET",
+            file=sys.stderr,
+        )
+        return 0
     if args.json:
         for key in sorted(keys.values(), key=lambda k: k.name):
             row: dict[str, object] = {
                 "name": key.name,
+                "id": key.id,
                 "admin": key.admin,
                 "publish": sorted(key.publish),
                 "subscribe": sorted(key.subscribe),
@@ -360,15 +398,41 @@ def _keys_list(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    rows: list[tuple[str, ...]] = [("NAME", "PUBLISH", "SUBSCRIBE", "CREATED")]
-    for key in sorted(keys.values(), key=lambda k: k.name):
-        publish = "(admin: any topic)" if key.admin else ",".join(sorted(key.publish)) or "-"
-        publish = "(every network)" if key.publish_all else publish
-        subscribe = "(admin: any topic)" if key.admin else ",".join(sorted(key.subscribe)) or "-"
-        rows.append((key.name, publish, subscribe, key.created))
+    rows: list[tuple[str, ...]] = [("NAME", "PUBLISH", "SUBSCRIBE", "CREATED", "ID")]
+    rows.extend((k.name, *_rights(k), k.created, k.id) for k in sorted(keys.values(), key=lambda k: k.name))
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]
     for cells in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
+    return 0
+
+
+def _rights(key: Key) -> tuple[str, str]:
+    """A key's PUBLISH and SUBSCRIBE columns, as ``radio keys list`` shows them."""
+    publish = "(admin: any topic)" if key.admin else ",".join(sorted(key.publish)) or "-"
+    publish = "(every network)" if key.publish_all else publish
+    subscribe = "(admin: any topic)" if key.admin else ",".join(sorted(key.subscribe)) or "-"
+    return publish, subscribe
+
+
+def _keys_edit(args: argparse.Namespace) -> int:
+    if args.publish is None and args.subscribe is None and args.admin is None:
+        print(
+            "radio: keys edit: nothing to change (give --publish, --subscribe, --admin or --no-admin)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    key = _store(args).edit(
+        args.name,
+        publish=None if args.publish is None else _names(args.publish),
+        subscribe=None if args.subscribe is None else _names(args.subscribe),
+        admin=args.admin,
+    )
+    publish, subscribe = _rights(key)
+    print(
+        f"Key {key.name!r} (id {key.id}) now publishes to {publish} and reads {subscribe}; its secret "
+        "is unchanged. Running brokers and bridges apply it within 2 seconds.",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -156,18 +156,23 @@ def resolve_paths(
 
 
 def load_settings(
-    config: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None
+    config: str | os.PathLike[str] | None = None,
+    keys: str | os.PathLike[str] | None = None,
+    *,
+    required: bool = False,
 ) -> Settings:
     """Read and validate the configuration file.
 
-    A file that was named explicitly must exist; the default ``radio.toml`` may be absent, and then
-    the built-in defaults apply (one public network, ``sample_net``).
+    A file that was named explicitly (or is ``required``: a running server reloading the file it
+    started with) must exist; the default ``radio.toml`` may be absent at start, and then the
+    built-in defaults apply (one public network, ``sample_net``). A file that exists but is empty
+    is refused: a truncated configuration must not read as "every default".
     """
     config_path, keys_path, named = resolve_paths(config, keys)
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        if named:
+        if named or required:
             msg = f"{config_path}: no such configuration file"
             raise ConfigError(msg) from None
         persistence = config_path.parent / DEFAULT_PERSISTENCE
@@ -180,6 +185,9 @@ def load_settings(
 
 def parse_settings(text: str, config_path: Path, keys_path: Path) -> Settings:
     """Validate the text of a configuration file; every problem names the file."""
+    if not text.strip():
+        msg = f"{config_path}: the configuration file is empty (delete it to run with the defaults)"
+        raise ConfigError(msg)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -261,23 +269,27 @@ _BROKER_LIMITS: Final = {
 
 def _networks(table: object) -> dict[str, NetworkSettings]:
     if not isinstance(table, dict):
-        msg = "[networks] must be a table of networks, such as [networks.sample_net]"
+        msg = f"[networks] must be a table of networks, such as [networks.sample_net], not {_kind(table)}"
         raise TypeError(msg)
     networks: dict[str, NetworkSettings] = {}
     for raw_name, options in table.items():
         try:
             name = NetworkName(raw_name)
         except InvalidName as exc:
-            raise ValueError(str(exc)) from None
+            msg = f"[networks] {exc}"
+            raise ValueError(msg) from None
         where = f"[networks.{name}]"
         if not isinstance(options, dict):
-            msg = f"{where} must be a table of settings"
+            msg = f"{where} must be a table of settings, not {_kind(options)}"
             raise TypeError(msg)
         _only(options, where + " ", {"public", "retain", "max_payload"})
         defaults = NetworkSettings()
         max_payload = options.get("max_payload", defaults.max_payload)
         if type(max_payload) is not int or not 1 <= max_payload <= MQTT_MAX_PAYLOAD:
-            msg = f"{where} max_payload must be a whole number of bytes from 1 to {MQTT_MAX_PAYLOAD}"
+            msg = (
+                f"{where} max_payload must be a whole number of bytes from 1 to {MQTT_MAX_PAYLOAD}, "
+                f"not {_kind(max_payload)} {max_payload!r}"
+            )
             raise ValueError(msg)
         networks[name] = NetworkSettings(
             public=_bool(options, "public", where, defaults.public),
@@ -290,7 +302,7 @@ def _networks(table: object) -> dict[str, NetworkSettings]:
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
-        msg = f"[{name}] must be a table"
+        msg = f"[{name}] must be a table, not {_kind(value)}"
         raise TypeError(msg)
     return value
 
@@ -305,8 +317,12 @@ def _only(table: dict[str, Any], where: str, known: set[str]) -> None:
 def _address(table: dict[str, Any], name: str, where: str, default: Address) -> Address:
     if name not in table:
         return default
+    value = table[name]
+    if not isinstance(value, str):
+        msg = f"{where} {name}: {value!r} is not HOST:PORT (it must be a string, not {_kind(value)})"
+        raise TypeError(msg)
     try:
-        return Address.parse(table[name])
+        return Address.parse(value)
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
@@ -316,7 +332,10 @@ def _persistence(value: object, folder: Path) -> Path | None:
     if value is False:
         return None
     if not isinstance(value, str) or not value:
-        msg = f"[broker] persistence must be a file name or false, not {value!r}"
+        msg = (
+            "[broker] persistence must be a file name or false (a string or a boolean), "
+            f"not {_kind(value)} {value!r}"
+        )
         raise ValueError(msg)
     return folder / value
 
@@ -328,7 +347,7 @@ def _number(
     kinds: tuple[type, ...] = (int,) if whole else (int, float)
     if type(value) not in kinds or not low <= value <= high:
         kind = "a whole number" if whole else "a number"
-        msg = f"[broker] {name} must be {kind} from {low:g} to {high:g}, not {value!r}"
+        msg = f"[broker] {name} must be {kind} from {low:g} to {high:g}, not {_kind(value)} {value!r}"
         raise ValueError(msg)
     return float(value)
 
@@ -336,6 +355,12 @@ def _number(
 def _bool(table: dict[str, Any], name: str, where: str, default: bool) -> bool:
     value = table.get(name, default)
     if type(value) is not bool:
-        msg = f"{where} {name} must be true or false, not {value!r}"
+        msg = f"{where} {name} must be true or false (a boolean), not {_kind(value)} {value!r}"
         raise TypeError(msg)
     return value
+
+
+def _kind(value: object) -> str:
+    """A value's TOML type, for messages that say what was found instead of what was expected."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
+    return kinds.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)

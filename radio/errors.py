@@ -6,6 +6,8 @@ Hierarchy::
     ├── ConfigError            the configuration file is missing, malformed or invalid
     ├── InvalidName            a network or key name breaks the naming rules
     └── KeyStoreError          the key registry refuses a change or cannot be read
+        ├── MissingRegistry    there is no keys file (an error for servers, "no keys yet" for
+        │                      the commands that make the first key)
         ├── UnknownKey         no key has that name
         └── DuplicateKey       a key with that name exists already
 
@@ -27,6 +29,10 @@ class InvalidName(RadioError, ValueError):
 
 class KeyStoreError(RadioError):
     """The key registry refuses a change or cannot be read."""
+
+
+class MissingRegistry(KeyStoreError):
+    """There is no keys file at all: never read as a registry without keys."""
 
 
 class UnknownKey(KeyStoreError):

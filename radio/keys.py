@@ -1,7 +1,7 @@
 """API keys: what each may publish and read, stored as hashes only.
 
-A key is a name, a random secret and two lists of networks. The secret is shown once, when the key
-is made; the file keeps two hashes of it:
+A key is a name, a stable id, a random secret and two lists of networks. The secret is shown once,
+when the key is made; the file keeps two hashes of it:
 
 - SHA-256, checked on every CONNECT and every HTTP publish. Secrets are 256 random bits, so a
   slow KDF would buy nothing but a stalled event loop (amqtt's argon2 plugin costs 0.26 s per
@@ -9,8 +9,14 @@ is made; the file keeps two hashes of it:
 - PBKDF2-SHA512 in Mosquitto's ``$7$`` format, so the production broker can be handed the same keys
   (``radio mosquitto export``) without anyone knowing the secrets.
 
+The id names the key itself, not its name or its secret: ``rotate`` and ``edit`` keep it, while a
+key revoked and added again under the same name gets a new one, so whatever is bound to the id (a
+broker's sessions) never passes from an old key to a new one.
+
 The file is written only by ``radio keys``: atomically (write, fsync, rename), mode 0600, under a
-lock so two commands at once cannot lose a change.
+lock so two commands at once cannot lose a change. It is read strictly: a missing, emptied or
+mistyped file is refused as a whole (docs/registry.md), because reading it as "fewer keys" or
+"more rights" would close or open doors by accident.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import fcntl
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -33,11 +40,19 @@ from typing import Any, Final
 import tomli_w
 
 from radio.credentials import ALIAS, secret_digest
-from radio.errors import DuplicateKey, InvalidName, KeyStoreError, UnknownKey
+from radio.errors import DuplicateKey, InvalidName, KeyStoreError, MissingRegistry, UnknownKey
 from radio.topics import NAME_RULE, NetworkName
 
 MOSQUITTO_ITERATIONS: Final = 101
 """mosquitto_passwd's own default: secrets are random, so iterations add nothing but CONNECT cost."""
+
+KEY_ID: Final = re.compile(r"[0-9a-f]{16}")
+"""A key's id: 16 lowercase hex digits (64 random bits)."""
+_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
+_MOSQUITTO: Final = re.compile(r"\$7\$[0-9]+\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*")
+_FIELDS: Final = frozenset(
+    {"id", "secret_sha256", "mosquitto_hash", "publish", "subscribe", "admin", "publish_all", "created"}
+)
 
 
 def check_key_name(name: str) -> str:
@@ -61,6 +76,23 @@ def mosquitto_hash(secret: str, salt: bytes | None = None) -> str:
     return f"$7${MOSQUITTO_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(derived).decode()}"
 
 
+def new_key_id(taken: Iterable[str] = ()) -> str:
+    """A fresh id: 64 random bits, never one already in use."""
+    used = frozenset(taken)
+    while (key_id := secrets.token_hex(8)) in used:
+        pass
+    return key_id
+
+
+def derived_key_id(digest: str) -> str:
+    """The id of a key stored before keys had one: fixed by the digest it had then.
+
+    It is written to the file at the next change of the registry, so a later rotation (a new
+    digest) keeps it. Hashed again, with a label, so that it is not the ``key-`` username.
+    """
+    return hashlib.sha256(b"radio key id\0" + digest.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Key:
     """One API key as stored: its rights and the hashes of its secret."""
@@ -74,6 +106,12 @@ class Key:
     created: str = ""
     publish_all: bool = False
     """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
+    id: str = field(default="")
+    """Stable across ``rotate`` and ``edit``, new for every ``add``; derived from the digest if unset."""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", derived_key_id(self.digest))
 
     @property
     def alias(self) -> str:
@@ -87,6 +125,7 @@ class Key:
     def to_toml(self) -> dict[str, Any]:
         """The key as a table of keys.toml."""
         return {
+            "id": self.id,
             "secret_sha256": self.digest,
             "mosquitto_hash": self.mosquitto,
             "publish": sorted(self.publish),
@@ -97,29 +136,83 @@ class Key:
         }
 
     @classmethod
-    def from_toml(cls, name: str, table: Mapping[str, Any]) -> Key:
-        """Read one table of keys.toml, refusing anything malformed."""
+    def from_toml(cls, name: str, table: object) -> Key:
+        """Read one table of keys.toml, refusing any field of the wrong type or unknown.
+
+        Errors name the key and the field: ``key 'gen': admin must be true or false, not 'false'``.
+        """
+        where = f"key {name!r}"
         try:
-            return cls(
-                name=check_key_name(name),
-                digest=_text(table["secret_sha256"]),
-                mosquitto=_text(table["mosquitto_hash"]),
-                publish=frozenset(NetworkName(n) for n in table.get("publish", [])),
-                subscribe=frozenset(NetworkName(n) for n in table.get("subscribe", [])),
-                admin=bool(table.get("admin", False)),
-                created=str(table.get("created", "")),
-                publish_all=bool(table.get("publish_all", False)),
-            )
-        except (KeyError, TypeError, InvalidName) as exc:
-            msg = f"key {name!r} is malformed: {exc}"
+            check_key_name(name)
+        except InvalidName as exc:
+            msg = f"[keys.{name}]: {exc}"
             raise KeyStoreError(msg) from None
+        if not isinstance(table, dict):
+            msg = f"{where} must be a table ([keys.{name}]), not {_shown(table)}"
+            raise KeyStoreError(msg)
+        unknown = sorted(set(table) - _FIELDS)
+        if unknown:
+            msg = f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_FIELDS))})"
+            raise KeyStoreError(msg)
+        for required in ("secret_sha256", "mosquitto_hash"):
+            if required not in table:
+                msg = f"{where}: the field {required!r} is missing"
+                raise KeyStoreError(msg)
+        return cls(
+            name=name,
+            digest=_matching(table, "secret_sha256", where, _DIGEST, "64 lowercase hex digits"),
+            mosquitto=_matching(table, "mosquitto_hash", where, _MOSQUITTO, "a Mosquitto $7$ hash"),
+            publish=_networks(table, "publish", where),
+            subscribe=_networks(table, "subscribe", where),
+            admin=_flag(table, "admin", where),
+            created=_string(table, "created", where),
+            publish_all=_flag(table, "publish_all", where),
+            id=_matching(table, "id", where, KEY_ID, "16 lowercase hex digits") if "id" in table else "",
+        )
 
 
-def _text(value: object) -> str:
+def _shown(value: object) -> str:
+    """A wrong value as a line of text can show it: its TOML type, and itself when short."""
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "table"}
+    kind = kinds.get(type(value), type(value).__name__)
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return f"the {kind} {text}" if len(text) <= 40 else f"a {kind}"
+
+
+def _string(table: Mapping[str, Any], name: str, where: str) -> str:
+    value = table.get(name, "")
     if not isinstance(value, str):
-        msg = f"expected text, found {value!r}"
-        raise TypeError(msg)
+        msg = f"{where}: {name} must be a string, not {_shown(value)}"
+        raise KeyStoreError(msg)
     return value
+
+
+def _matching(table: Mapping[str, Any], name: str, where: str, pattern: re.Pattern[str], what: str) -> str:
+    value = table[name]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        msg = f"{where}: {name} must be a string of {what}, not {_shown(value)}"
+        raise KeyStoreError(msg)
+    return value
+
+
+def _flag(table: Mapping[str, Any], name: str, where: str) -> bool:
+    value = table.get(name, False)
+    if type(value) is not bool:
+        msg = f"{where}: {name} must be true or false (a TOML boolean), not {_shown(value)}"
+        raise KeyStoreError(msg)
+    return value
+
+
+def _networks(table: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
+    value = table.get(name, [])
+    if not isinstance(value, list):
+        msg = f"{where}: {name} must be an array of network names, not {_shown(value)}"
+        raise KeyStoreError(msg)
+    try:
+        return frozenset(NetworkName(item) for item in value)
+    except InvalidName as exc:
+        msg = f"{where}: {name} must be an array of network names: {exc}"
+        raise KeyStoreError(msg) from None
 
 
 def new_secret() -> str:
@@ -132,24 +225,77 @@ def new_secret() -> str:
     return secret
 
 
-def read_keys(path: Path) -> dict[str, Key]:
-    """Every key in the file; a missing file means no keys yet."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        msg = f"{path}: cannot read the key registry: {exc}"
-        raise KeyStoreError(msg) from None
-    tables = data.get("keys", {})
-    if not isinstance(tables, dict):
-        msg = f"{path}: [keys] must be a table"
+def parse_keys(text: str, path: Path) -> dict[str, Key]:
+    """Every key in the text of a keys file; any problem refuses the whole file, naming it.
+
+    An empty text is refused: a truncated file must not read as a registry without keys. A
+    registry with no keys says so, with an empty ``[keys]`` table.
+    """
+    if not text.strip():
+        msg = (
+            f"{path}: the key registry is empty (a registry without keys is an empty [keys] table, "
+            "as 'radio keys' writes it)"
+        )
         raise KeyStoreError(msg)
     try:
-        return {name: Key.from_toml(name, table) for name, table in tables.items()}
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{path}: not valid TOML: {exc}"
+        raise KeyStoreError(msg) from None
+    try:
+        return _keys_from(data)
     except KeyStoreError as exc:
         msg = f"{path}: {exc}"
         raise KeyStoreError(msg) from None
+
+
+def _keys_from(data: dict[str, Any]) -> dict[str, Key]:
+    unknown = sorted(set(data) - {"keys"})
+    if unknown:
+        msg = f"unknown table or setting {unknown[0]!r} (a key registry holds only [keys.NAME] tables)"
+        raise KeyStoreError(msg)
+    if "keys" not in data:
+        msg = "no [keys] table (a registry without keys is an empty [keys] table)"
+        raise KeyStoreError(msg)
+    tables = data["keys"]
+    if not isinstance(tables, dict):
+        msg = f"[keys] must be a table of keys, such as [keys.gen], not {_shown(tables)}"
+        raise KeyStoreError(msg)
+    keys = {name: Key.from_toml(name, table) for name, table in tables.items()}
+    for attribute, what in (("id", "id"), ("digest", "secret_sha256")):
+        seen: dict[str, str] = {}
+        for key in keys.values():
+            value = getattr(key, attribute)
+            if value in seen:
+                msg = f"keys {seen[value]!r} and {key.name!r} have the same {what}: each key needs its own"
+                raise KeyStoreError(msg)
+            seen[value] = key.name
+    return keys
+
+
+def load_keys(path: Path) -> dict[str, Key]:
+    """Every key in the registry file, which must exist: a missing file is an error, not "no keys"."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        msg = f"{path}: no key registry (the file is missing; on a fresh machine 'radio keys add' makes it)"
+        raise MissingRegistry(msg) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{path}: cannot read the key registry: {exc}"
+        raise KeyStoreError(msg) from None
+    return parse_keys(text, path)
+
+
+def read_keys(path: Path) -> dict[str, Key]:
+    """Every key, as a command that is about to make the first one sees them: a missing file has none.
+
+    Only for commands that make keys or list them; a server's registry uses ``load_keys``, for which
+    a missing file is an error. An emptied or malformed file is refused here too.
+    """
+    try:
+        return load_keys(path)
+    except MissingRegistry:
+        return {}
 
 
 class KeyStore:
@@ -160,7 +306,7 @@ class KeyStore:
         self._networks = frozenset(networks)
 
     def keys(self) -> dict[str, Key]:
-        """Every key, as the file holds it now."""
+        """Every key, as the file holds it now (none if there is no file yet)."""
         return read_keys(self.path)
 
     def add(
@@ -172,7 +318,7 @@ class KeyStore:
         admin: bool = False,
         publish_all: bool = False,
     ) -> str:
-        """Make a key and return its secret, which is not stored anywhere."""
+        """Make a key, with an id of its own, and return its secret, which is not stored anywhere."""
         check_key_name(name)
         publish_set = self._known_networks(publish)
         subscribe_set = self._known_networks(subscribe)
@@ -190,6 +336,7 @@ class KeyStore:
                 admin=admin,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 publish_all=publish_all,
+                id=new_key_id(k.id for k in keys.values()),
             )
         return secret
 
@@ -200,12 +347,41 @@ class KeyStore:
             del keys[name]
 
     def rotate(self, name: str) -> str:
-        """Give a key a new secret, keeping its rights; the old secret stops working."""
+        """Give a key a new secret, keeping its rights and its id; the old secret stops working."""
         secret = new_secret()
         with self._locked() as keys:
             key = self._existing(keys, name)
             keys[name] = replace(key, digest=secret_digest(secret), mosquitto=mosquitto_hash(secret))
         return secret
+
+    def edit(
+        self,
+        name: str,
+        *,
+        publish: Iterable[str] | None = None,
+        subscribe: Iterable[str] | None = None,
+        admin: bool | None = None,
+    ) -> Key:
+        """Change a key's rights, keeping its secret and id; None leaves a right as it is.
+
+        A list replaces the key's list (an empty one clears it). The bridge's service key is
+        refused: its right to publish everywhere is not a list to edit.
+        """
+        publish_set = None if publish is None else self._known_networks(publish)
+        subscribe_set = None if subscribe is None else self._known_networks(subscribe)
+        with self._locked() as keys:
+            key = self._existing(keys, name)
+            if key.publish_all:
+                msg = f"key {name!r} is a service key that publishes to every network: its rights are fixed"
+                raise KeyStoreError(msg)
+            edited = replace(
+                key,
+                publish=key.publish if publish_set is None else publish_set,
+                subscribe=key.subscribe if subscribe_set is None else subscribe_set,
+                admin=key.admin if admin is None else admin,
+            )
+            keys[name] = edited
+        return edited
 
     def _known_networks(self, names: Iterable[str]) -> frozenset[str]:
         networks = frozenset(NetworkName(n) for n in names)
@@ -226,15 +402,26 @@ class KeyStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Key]]:
-        """Read, let the caller change, then write the keys, holding a lock throughout."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        with lock_path.open("a") as lock:
-            lock_path.chmod(0o600)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        """Read, let the caller change, then write the keys, holding a lock throughout.
+
+        A missing file is a registry not made yet: this change makes it. An emptied or malformed
+        one is refused, never overwritten.
+        """
+        with _lock(self.path):
             keys = read_keys(self.path)
             yield keys
             _write_atomically(self.path, {"keys": {n: k.to_toml() for n, k in sorted(keys.items())}})
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """The writers' lock: a file beside the registry, held for one read-change-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    with lock_path.open("a") as lock:
+        lock_path.chmod(0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:

@@ -28,8 +28,8 @@ from typing import Final
 
 from radio.config import NetworkSettings, Settings, load_settings
 from radio.credentials import secret_digest
-from radio.errors import RadioError
-from radio.keys import Key, read_keys
+from radio.errors import MissingRegistry, RadioError
+from radio.keys import Key, load_keys
 from radio.topics import Reach, filter_reach, network_of_topic
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,10 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        """The registry described by a configuration and its keys file."""
+        """The registry described by a configuration and its keys file, which must exist."""
         return cls(
             networks=settings.networks,
-            keys=read_keys(settings.keys_path),
+            keys=load_keys(settings.keys_path),
             allow_anonymous=settings.broker.allow_anonymous,
         )
 
@@ -128,7 +128,13 @@ class LiveRegistry:
     ``refresh()`` costs two ``stat`` calls when nothing changed, so servers call it on a short
     timer (the broker) or at most every ``interval`` seconds on the request path (the bridge). A
     file caught mid-edit or broken by hand is reported once and the previous snapshot stays in
-    force: a typo must not open or close the doors.
+    force: a typo must not open or close the doors. So is a keys file that was emptied or
+    deleted, and a configuration file that was emptied or deleted after the start: neither is read
+    as "no keys" or "every default" (docs/registry.md).
+
+    At start on a fresh machine, with no keys file yet, there are no keys (one log line says so)
+    until a command makes the file. The file is not written here: a server that restarts while
+    the file is deleted must not write an empty registry that every other server would then apply.
     """
 
     def __init__(
@@ -137,7 +143,13 @@ class LiveRegistry:
         self._config_arg = config
         self._keys_arg = keys
         self.settings = load_settings(config, keys)
-        self.current = Registry.from_settings(self.settings)
+        try:
+            self.current = Registry.from_settings(self.settings)
+        except MissingRegistry:
+            log.warning(
+                "no key registry at %s yet: no keys until 'radio keys add' makes one", self.settings.keys_path
+            )
+            self.current = _without_keys(self.settings)
         self._signature = self._stat()
         self._failed_signature: tuple[object, ...] | None = None
 
@@ -149,9 +161,17 @@ class LiveRegistry:
         signature = self._stat()
         if signature in (self._signature, self._failed_signature):
             return False
+        # A file in force must stay: its absence would mean "every default" or "no keys". A keys
+        # file that never existed since the start still means no keys (a network change applies).
+        config_in_force, keys_in_force = (part is not None for part in self._signature)
         try:
-            settings = load_settings(self._config_arg, self._keys_arg)
-            registry = Registry.from_settings(settings)
+            settings = load_settings(self._config_arg, self._keys_arg, required=config_in_force)
+            try:
+                registry = Registry.from_settings(settings)
+            except MissingRegistry:
+                if keys_in_force:
+                    raise
+                registry = _without_keys(settings)
         except RadioError as exc:
             self._failed_signature = signature
             log.error("registry not reloaded, previous rights stay in force: %s", exc)  # noqa: TRY400
@@ -160,6 +180,11 @@ class LiveRegistry:
         self._signature, self._failed_signature = signature, None
         log.info("registry reloaded: %d networks, %d keys", len(registry.networks), len(registry.keys))
         return True
+
+
+def _without_keys(settings: Settings) -> Registry:
+    """The registry of a fresh machine, before any key was made: the networks, and no keys."""
+    return Registry(networks=settings.networks, keys={}, allow_anonymous=settings.broker.allow_anonymous)
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:

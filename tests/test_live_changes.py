@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import ENGINES, running_broker
-from mqtt_client import NOT_AUTHORIZED, Client
+from mqtt_client import NOT_AUTHORIZED, Client, away_while_published
 
 WITHIN = 2.0  # seconds, as promised to operators
 
@@ -110,4 +110,156 @@ def test_a_broken_keys_file_leaves_the_previous_rights_in_force(connect, home, b
     # The broker notices (it logs the error), keeps the old rights, and closes nobody.
     assert eventually(lambda: "registry not reloaded" in caplog.text)
     connect("reader_a")
+    assert not gen.disconnected.is_set()
+
+
+# --- A keys file emptied or deleted under a running broker changes nothing -------------------
+
+
+def not_reloaded(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "registry not reloaded" in r.getMessage()]
+
+
+def test_an_emptied_then_deleted_keys_file_keeps_every_right_and_session(
+    connect, broker, home, caplog, transport
+):
+    away_while_published(broker.mqtt_port, home.secrets)  # a persistent session, with a sample queued for it
+    gen = connect("gen")
+    reader = connect("reader_a")
+    assert reader.subscribe("networks/A", qos=1) == 1
+    original = home.keys.read_bytes()
+
+    def rights_hold(tag: bytes) -> None:
+        gen.publish("networks/A", tag, qos=1)
+        assert [m.payload for m in reader.expect(1)] == [tag]
+        connect("reader_b")  # new connections are still judged by the previous keys
+
+    home.keys.write_text("")
+    assert eventually(lambda: any("is empty" in line for line in not_reloaded(caplog)))
+    rights_hold(b"emptied")
+    home.keys.unlink()
+    assert eventually(lambda: any("no key registry" in line for line in not_reloaded(caplog)))
+    rights_hold(b"deleted")
+    assert not gen.disconnected.is_set()
+    assert not reader.disconnected.is_set()
+    lines = not_reloaded(caplog)
+    assert len(lines) == 2, lines  # one line per event, however often the watcher looked
+
+    home.keys.write_bytes(original)
+    # The persistent session outlived both: its queued sample is still there.
+    durable = Client(
+        "tcp",
+        broker.mqtt_port,
+        "reader_a",
+        home.secrets["reader_a"],
+        client_id="durable",
+        clean_session=False,
+    )
+    try:
+        assert durable.connect() == 0
+        assert [m.payload for m in durable.expect(1)] == [b'{"queued": "while away"}']
+    finally:
+        durable.close()
+    # Restored, the file is read again: a change to it applies.
+    home.radio("keys", "revoke", "gen")
+    assert gen.disconnected.wait(WITHIN)
+    assert len(not_reloaded(caplog)) == 2
+
+
+# --- radio keys edit reaches open connections within 2 seconds ----------------------------------
+
+
+def seen_before_sentinel(observer: Client, sentinel: Client, tag: str) -> list[bytes]:
+    """What ``observer`` received before a sample ``sentinel`` publishes now to ``pub`` (public).
+
+    Once the sentinel arrives, anything published before it would have arrived too (one broker,
+    one order), so absence is shown without waiting for a timeout.
+    """
+    sentinel.publish("networks/pub", f"sentinel {tag}".encode(), qos=1)
+    seen = []
+    while (message := observer.messages.get(timeout=10)).payload != f"sentinel {tag}".encode():
+        seen.append(message.payload)
+    return seen
+
+
+def delivered(publisher: Client, topic: str, observer: Client, sentinel: Client, tag: str) -> bool:
+    """Whether ``observer`` receives a sample ``publisher`` sends to ``topic`` now."""
+    publisher.publish(topic, f"probe {tag}".encode(), qos=1)
+    return f"probe {tag}".encode() in seen_before_sentinel(observer, sentinel, tag)
+
+
+def counter():
+    count = iter(range(1_000_000))
+    return lambda: str(next(count))
+
+
+def test_a_listener_that_loses_a_network_stops_receiving_it(connect, home):
+    reader = connect("reader_a")
+    assert reader.subscribe("networks/A", qos=1) == 1
+    assert reader.subscribe("networks/pub", qos=1) == 1
+    admin = connect("admin")
+    tag = counter()
+    assert delivered(admin, "networks/A", reader, admin, tag())
+    home.radio("keys", "edit", "reader_a", "--subscribe", "B")
+    assert eventually(lambda: not delivered(admin, "networks/A", reader, admin, tag()))
+    assert not delivered(admin, "networks/A", reader, admin, tag())
+    assert not reader.disconnected.is_set()  # still connected: only the right changed
+    assert reader.subscribe("networks/B", qos=1) == 1
+    assert delivered(admin, "networks/B", reader, admin, tag())
+
+
+def test_a_listener_that_gains_a_network_can_subscribe_to_it(connect, broker, home):
+    reader = connect("reader_b")
+    assert reader.subscribe("networks/pub", qos=1) == 1
+    admin = connect("admin")
+    tag = counter()
+    # The embedded broker refuses the SUBSCRIBE itself; Mosquitto grants every SUBSCRIBE and
+    # filters each delivery. Either way, nothing of A reaches this key before the change.
+    refused_or_filtered = 0x80 if broker.engine == "embedded" else 1
+    assert reader.subscribe("networks/A", qos=1) == refused_or_filtered
+    assert not delivered(admin, "networks/A", reader, admin, tag())
+    home.radio("keys", "edit", "reader_b", "--subscribe", "A,B")
+    assert eventually(
+        lambda: (
+            reader.subscribe("networks/A", qos=1) == 1
+            and delivered(admin, "networks/A", reader, admin, tag())
+        )
+    )
+    assert not reader.disconnected.is_set()
+
+
+def test_a_publisher_that_loses_a_network_can_no_longer_publish_there(connect, broker, home):
+    gen = connect("gen")
+    everything = connect("admin")
+    assert everything.subscribe("networks/#", qos=1) == 1
+    tag = counter()
+    assert delivered(gen, "networks/A", everything, everything, tag())
+    home.radio("keys", "edit", "gen", "--publish", "B")
+    if broker.engine == "embedded":
+        # The refused PUBLISH is acknowledged and dropped; the connection stays open.
+        assert eventually(lambda: not delivered(gen, "networks/A", everything, everything, tag()))
+        assert not gen.disconnected.is_set()
+    else:
+        # Mosquitto closes the MQTT 3.1.1 connection whose PUBLISH it refuses (tests/test_rights.py).
+        attempts: list[bytes] = []
+
+        def refused() -> bool:
+            attempt = connect("gen")
+            attempts.append(f"attempt {tag()}".encode())
+            attempt.publish("networks/A", attempts[-1], qos=0)
+            return attempt.disconnected.wait(0.5)
+
+        assert eventually(refused)
+        assert attempts[-1] not in seen_before_sentinel(everything, everything, tag())
+        gen = connect("gen")
+    # The key still connects, and publishes where it now may.
+    assert delivered(gen, "networks/B", everything, everything, tag())
+
+
+def test_edit_keeps_the_secret_and_open_connections(connect, home):
+    gen = connect("gen")
+    result = home.radio("keys", "edit", "gen", "--publish", "A,B", "--subscribe", "A")
+    assert result.stdout == ""
+    assert home.secrets["gen"] not in result.stderr
+    connect("gen")  # the same secret still connects
     assert not gen.disconnected.is_set()
