@@ -28,7 +28,12 @@ def listen(networks: Sequence[str], url: str, secret: str | None) -> int:
     listener.start()
     try:
         for sample in listener:
-            print(sample.to_json(), flush=True)
+            try:
+                line = sample.to_json()
+            except (RecursionError, ValueError):  # parsed, but too deep to write out again
+                notice(f"skipped a sample on {sample.topic}: nested too deep to print")
+                continue
+            print(line, flush=True)
     except Refused as exc:
         print(f"radio: {exc}", file=sys.stderr, flush=True)
         return 2
