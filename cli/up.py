@@ -161,8 +161,6 @@ def up(
         if not started.is_set():  # unblock a wait for a child's banner
             raise _Interrupted
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
     path, made = config_path(config, keys)
     settings = load_settings(path, keys)
     if not settings.networks:
@@ -170,6 +168,8 @@ def up(
         raise RadioError(msg)
     network = "sample_net" if "sample_net" in settings.networks else min(settings.networks)
     secret = demo_key(settings, network)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
     mqtt, ws, http = (
         mqtt or settings.broker.mqtt,
