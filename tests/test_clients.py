@@ -22,13 +22,15 @@ from radio.subscribers.listener import Listener, Refused
 from radio.urls import BrokerURL
 
 
-def radio(home, *args, **kwargs):
+def radio(home, *args, secret=None, **kwargs):
+    """The real command; a key goes in its environment (RADIO_KEY), never in its arguments."""
+    env = {k: v for k, v in os.environ.items() if k != "RADIO_KEY"}
     return subprocess.Popen(
         [sys.executable, "-m", "radio", *args, "--config", str(home.config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**env, "PYTHONUNBUFFERED": "1", **({"RADIO_KEY": secret} if secret else {})},
         **kwargs,
     )
 
@@ -45,7 +47,10 @@ def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, br
         if transport == "ws"
         else f"mqtt://127.0.0.1:{broker.mqtt_port}"
     )
-    listen = radio(home, "listen", "A", "pub", "--url", url, "--key", home.secrets["reader_a"])
+    key_file = home.path / "reader_a.key"
+    key_file.write_text(home.secrets["reader_a"] + "\n")
+    key_file.chmod(0o600)
+    listen = radio(home, "listen", "A", "pub", "--url", url, "--key-file", str(key_file))
     out: queue.Queue[str] = queue.Queue()
     lines(listen.stdout, out)
     admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
@@ -76,16 +81,16 @@ def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, br
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "key", "message"),
     [
-        (["B", "--key", "reader_a"], "not entitled to read network 'B'"),
-        (["A"], "not entitled to read network 'A'"),
-        (["A", "--key", "wrong-secret"], "refused the connection"),
+        (["B"], "reader_a", "not entitled to read network 'B'"),
+        (["A"], None, "not entitled to read network 'A'"),
+        (["A"], "wrong-secret", "refused the connection"),
     ],
 )
-def test_radio_listen_refused_is_one_line_and_exit_2(home, broker, args, message):
-    args = [home.secrets.get(a, a) for a in args]
-    listen = radio(home, "listen", *args, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}")
+def test_radio_listen_refused_is_one_line_and_exit_2(home, broker, args, key, message):
+    secret = home.secrets.get(key, key) if key else None
+    listen = radio(home, "listen", *args, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}", secret=secret)
     out, err = listen.communicate(timeout=30)
     assert listen.returncode == 2
     assert out == ""
@@ -138,14 +143,13 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
         "traffic",
         "--network",
         "A",
-        "--key",
-        home.secrets["gen"],
         "--period",
         "0.2",
         "--url",
         url,
         "--seed",
         "1",
+        secret=home.secrets["gen"],
     )
     listener = Listener(["A"], url, home.secrets["reader_a"]).start()
     second = None
@@ -188,14 +192,13 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
         "sensors",
         "--network",
         "A",
-        "--key",
-        home.secrets["gen"],
         "--count",
         "3",
         "--rate",
         "5",
         "--url",
         f"mqtt://127.0.0.1:{broker.mqtt_port}",
+        secret=home.secrets["gen"],
     )
     try:
         status = {}
