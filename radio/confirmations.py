@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FOLDER: Final = "running"
 """Beside the configuration: one file per process holding a LiveRegistry."""
-IDLE_AFTER: Final = 1.0
+IDLE_AFTER: Final = 0.5
 """Seconds without a ``refresh()`` call after which the watcher thread refreshes instead."""
 WATCH_INTERVAL: Final = 0.25
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -38,5 +39,7 @@ def listen(networks: Sequence[str], url: str, secret: str | None) -> int:
         print(f"radio: {exc}", file=sys.stderr, flush=True)
         return 2
     except BrokenPipeError:  # the reader of the pipe went away (`| head`): that is a normal end
+        # Nothing more can be written; without this, the exit's final flush fails again (status 120).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
