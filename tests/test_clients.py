@@ -340,3 +340,33 @@ def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broke
     finally:
         admin.close()
     assert all(delay <= 0.5 for delay in delays), delays
+
+
+def test_two_traffic_simulators_on_one_network_do_not_evict_each_other(home, broker, everything):
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    devices = [
+        radio(
+            home,
+            "device",
+            "traffic",
+            "--network",
+            "A",
+            "--period",
+            "0.2",
+            "--url",
+            url,
+            secret=home.secrets["gen"],
+        )
+        for _ in range(2)
+    ]
+    try:
+        everything.expect(15, timeout=30)  # 3 s of both publishing
+    finally:
+        errs = []
+        for device in devices:
+            device.send_signal(signal.SIGTERM)
+            errs.append(device.communicate(timeout=20)[1])
+    for device, err in zip(devices, errs, strict=True):
+        assert device.returncode == 0, err
+        assert "lost the broker" not in err
+        assert err.count("connected to mqtt://") == 1, err
