@@ -256,7 +256,10 @@ class Listener:
         try:
             data = parse_sample(payload)
         except ValueError as exc:
-            self.on_bad_sample(BadSample(topic, str(exc), len(payload)))
+            try:
+                self.on_bad_sample(BadSample(topic, str(exc), len(payload)))
+            except Exception as failure:  # noqa: BLE001 - the caller's callback must not end the listener
+                self.notice(f"on_bad_sample raised {failure!r}")
             return
         network = network_of_topic(message.topic) or ""
         received = datetime.now(UTC).isoformat(timespec="milliseconds")
