@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 FOLDER: Final = "running"
 """Beside the configuration: one file per process holding a LiveRegistry."""
-IDLE_AFTER: Final = 0.5
-"""Seconds without a ``refresh()`` call after which the watcher thread refreshes instead."""
+IDLE_AFTER: Final = 1.0
+"""Seconds without a ``refresh()`` call after which the watcher thread refreshes instead: four of
+the brokers' 0.25 s polls, so it never confirms a change before a polling broker has applied it."""
 WATCH_INTERVAL: Final = 0.25
 
 Version = list[list[int] | None]
