@@ -39,7 +39,8 @@ FOLDER: Final = "running"
 """Beside the configuration: one file per process holding a LiveRegistry."""
 IDLE_AFTER: Final = 1.0
 """Seconds without a ``refresh()`` call after which the watcher thread refreshes instead: four of
-the brokers' 0.25 s polls, so it never confirms a change before a polling broker has applied it."""
+the brokers' 0.25 s polls, so it steps in for a process that does not poll (an idle bridge
+worker), not ahead of a broker that is about to apply the change itself."""
 WATCH_INTERVAL: Final = 0.25
 
 Version = list[list[int] | None]
