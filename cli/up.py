@@ -265,7 +265,8 @@ def _print_banner(
         "\n"
         "Try, in another terminal:\n"
         f"  radio listen {network} --url {ws_url}\n"
-        f"  curl -X POST {http_url}/publish -H 'API-KEY: {secret}' -d {sample}\n"
+        f"  printf 'API-KEY: %s\\n' \"$(cat {shlex.quote(str(settings.state_dir / 'demo.key'))})\" "
+        f"| curl -H @- {http_url}/publish -d {sample}\n"
         f"  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'networks/{network}/#' -v\n"
         "\n"
         "Press Ctrl-C to stop everything.",

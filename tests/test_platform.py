@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,7 +114,8 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         ws_url = up.value(r"radio listen sample_net --url (\S+)")
         http_url = up.value(r"HTTP publish:\s+(\S+)")
         key = up.value(r"demo publisher key:\s+(\S+)")
-        assert re.search(r"curl -X POST \S+ -H 'API-KEY: \S+' -d ", up.banner)
+        assert f'"$(cat {tmp_path / "demo.key"})" | curl -H @- http' in up.banner
+        assert key not in up.banner.split("Try, in another terminal:")[1]  # no secret in a command
         assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", up.banner)
         assert f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults)" in up.banner
         assert (tmp_path / "demo.key").read_text().strip() == key
@@ -154,6 +156,12 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
             timeout=10,
         )
         assert response.json() == {"message": "OK"}
+        if shutil.which("curl"):  # the banner's own command, as pasted
+            pasted = up.value(r"\n  (printf .+)\n")
+            posted = subprocess.run(
+                ["bash", "-c", pasted], capture_output=True, text=True, timeout=30, check=True
+            )
+            assert json.loads(posted.stdout) == {"message": "OK"}
         deadline = time.monotonic() + 15
         while samples.get(timeout=15)["data"] != {"hello": "radio"}:
             assert time.monotonic() < deadline
