@@ -63,21 +63,26 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
         env=env,
         start_new_session=True,
     )
-    banner = ""
-    assert process.stdout is not None
-    for line in process.stdout:
-        banner += line
-        if "Ctrl-C" in line:
-            break
-    assert "Radio is up." in banner, banner + (process.stderr.read() if process.stderr else "")
-    up = Up(process, banner, [])
-    health = up.value(r"HTTP publish:\s+(\S+)/publish") + "/healthz"
-    deadline = time.monotonic() + 30
-    while requests.get(health, timeout=10).status_code != 200:  # the bridge's workers are up
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    up.children = psutil.Process(process.pid).children(recursive=True)
-    assert len(up.children) >= 5  # broker, bridge and its 2 workers, traffic simulator
+    try:
+        banner = ""
+        assert process.stdout is not None
+        for line in process.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        assert "Radio is up." in banner, banner + (process.stderr.read() if process.stderr else "")
+        up = Up(process, banner, [])
+        health = up.value(r"HTTP publish:\s+(\S+)/publish") + "/healthz"
+        deadline = time.monotonic() + 30
+        while requests.get(health, timeout=10).status_code != 200:  # the bridge's workers are up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        up.children = psutil.Process(process.pid).children(recursive=True)
+        assert len(up.children) >= 5  # broker, bridge and its 2 workers, traffic simulator
+    except BaseException:
+        process.terminate()  # radio up stops what it started
+        process.communicate(timeout=60)
+        raise
     return up
 
 
