@@ -34,6 +34,9 @@ from pathlib import Path
 import psutil
 from mqtt_load import Connection, handshake, now, open_connection, publish_packet, subscribe
 
+RADIO = [sys.executable, "-m", "radio"]
+"""The radio command of this interpreter: works without an activated virtualenv."""
+
 HERE = Path(__file__).resolve().parent
 IDLE = 5.0
 ENGINE_OF = {"radio": "embedded", "mosquitto": "mosquitto"}
@@ -75,14 +78,14 @@ class Platform:
             config.write_text(f"{broker}[networks.bench]\npublic = true\nretain = false\n")
             if not (folder / "publisher.secret").exists():
                 secret = subprocess.run(
-                    ["radio", "keys", "add", "publisher", "--publish", "bench", "--config", str(config)],
+                    [*RADIO, "keys", "add", "publisher", "--publish", "bench", "--config", str(config)],
                     capture_output=True,
                     text=True,
                     check=True,
                 ).stdout.strip()
                 (folder / "publisher.secret").write_text(secret)
             self.key = ("publisher", (folder / "publisher.secret").read_text())
-            args = ["radio", "broker", "--config", str(config), "--engine", ENGINE_OF[kind]]
+            args = [*RADIO, "broker", "--config", str(config), "--engine", ENGINE_OF[kind]]
             args += ["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None

@@ -18,6 +18,7 @@ import json
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from mqtt_load import connect_packet, handshake, now, open_connection, publish_p
 
 from radio.credentials import secret_digest
 from radio.keys import Key, mosquitto_hash, new_secret
+
+RADIO = [sys.executable, "-m", "radio"]
+"""The radio command of this interpreter: works without an activated virtualenv."""
 
 LISTEN_ANY = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0")
 SIZES = {"10 keys, 10 networks": (10, 10), "10,000 keys": (10_000, 10), "1,000 networks": (10, 1_000)}
@@ -136,7 +140,7 @@ def main() -> None:
             for size in list(SIZES)[:: 1 if round_ % 2 == 0 else -1]:
                 folder, secret = folders[size]
                 process = subprocess.Popen(
-                    ["radio", "broker", "--config", str(folder / "radio.toml"), *LISTEN_ANY],
+                    [*RADIO, "broker", "--config", str(folder / "radio.toml"), *LISTEN_ANY],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     text=True,

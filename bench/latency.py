@@ -31,6 +31,9 @@ from pathlib import Path
 
 from mqtt_load import handshake, now, open_connection, open_listeners, publish_packet
 
+RADIO = [sys.executable, "-m", "radio"]
+"""The radio command of this interpreter: works without an activated virtualenv."""
+
 ENGINE_OF = {"radio": "embedded", "mosquitto": "mosquitto"}
 LISTEN_ANY = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0")
 
@@ -68,13 +71,13 @@ class Platform:
         config.write_text("[broker]\npersistence = false\n[networks.bench]\npublic = true\nretain = false\n")
         secret_file = folder / "publisher.secret"
         if not secret_file.exists():
-            command = ["radio", "keys", "add", "publisher", "--publish", "bench", "--config", str(config)]
+            command = [*RADIO, "keys", "add", "publisher", "--publish", "bench", "--config", str(config)]
             secret_file.write_text(
                 subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
             )
         self.secret = secret_file.read_text()
         self.broker = subprocess.Popen(
-            [*("radio", "broker", "--config", str(config), "--engine", ENGINE_OF[kind]), *LISTEN_ANY],
+            [*RADIO, *("broker", "--config", str(config), "--engine", ENGINE_OF[kind]), *LISTEN_ANY],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -82,7 +85,7 @@ class Platform:
         self.mqtt_port = int(_wait_for(self.broker, r"mqtt://[^:]+:(\d+)"))
         self.url = f"mqtt://127.0.0.1:{self.mqtt_port}"
         self.bridge = subprocess.Popen(
-            [*("radio", "bridge", "--config", str(config), "--listen", "127.0.0.1:0"), "--broker", self.url],
+            [*RADIO, *("bridge", "--config", str(config), "--listen", "127.0.0.1:0"), "--broker", self.url],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

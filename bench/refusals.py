@@ -26,12 +26,15 @@ from pathlib import Path
 import psutil
 from mqtt_load import connect_packet
 
+RADIO = [sys.executable, "-m", "radio"]
+"""The radio command of this interpreter: works without an activated virtualenv."""
+
 HERE = Path(__file__).resolve().parent
 
 
 def start(kind: str, config: Path) -> tuple[subprocess.Popen[str], int]:
     if kind == "radio":
-        args = ["radio", "broker", "--config", str(config), "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]
+        args = [*RADIO, "broker", "--config", str(config), "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]
     else:
         args = [sys.executable, str(HERE / "stock_broker.py"), "--radio-plugins", str(config)]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -78,7 +81,7 @@ def main() -> None:
         config = Path(folder) / "radio.toml"
         config.write_text("[broker]\npersistence = false\n[networks.bench]\npublic = true\n")
         subprocess.run(
-            ["radio", "keys", "add", "publisher", "--publish", "bench", "--config", str(config)],
+            [*RADIO, "keys", "add", "publisher", "--publish", "bench", "--config", str(config)],
             capture_output=True,
             check=True,
         )

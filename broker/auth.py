@@ -54,6 +54,6 @@ class RadioAuthPlugin(BaseAuthPlugin):
         session.attributes[attrs.KEY_NAME] = name
         key = registry.keys[name] if name is not None else None
         session.attributes[attrs.KEY_DIGEST] = key.digest if key is not None else None
-        session.attributes[attrs.KEY_ID] = getattr(key, "id", key.digest) if key is not None else None
+        session.attributes[attrs.KEY_ID] = key.id if key is not None else None
         log.info("accepted %s as %s", attrs.describe(session), f"key {name!r}" if name else "anonymous")
         return True

@@ -341,7 +341,7 @@ class Router:
                 current = True
             else:
                 key = registry.keys.get(name)
-                owned = key is not None and getattr(key, "id", key.digest) == session.key_id
+                owned = key is not None and key.id == session.key_id
                 current = key is not None and key.digest == session.attributes.get(attrs.KEY_DIGEST)
             if not owned:
                 if session.connection is not None:
@@ -392,14 +392,14 @@ class Router:
                 owned = registry.allow_anonymous
             else:
                 key_id = stored.attributes.get(attrs.KEY_ID)
-                owned = key is not None and (key_id is None or getattr(key, "id", key.digest) == key_id)
+                owned = key is not None and (key_id is None or key.id == key_id)
             session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
             session.attributes.update({k: v for k, v in stored.attributes.items() if k != "offline_since"})
             if not owned:
                 self.discard(session)  # deletes it from the store too
                 continue
             if key is not None and attrs.KEY_ID not in session.attributes:
-                session.attributes[attrs.KEY_ID] = getattr(key, "id", key.digest)
+                session.attributes[attrs.KEY_ID] = key.id
             session.offline_since = stored.attributes.get("offline_since") or time.time()
             self.sessions[stored.client_id] = session
             for topic_filter, qos in stored.subscriptions:

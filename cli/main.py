@@ -1,9 +1,10 @@
 """The ``radio`` command: each part of the platform, and the key registry.
 
-Every subcommand takes ``--config`` and ``--keys``. Anything Radio refuses (a bad configuration,
-an unknown key, a port in use) is one line on stderr and exit status 2, never a traceback.
-Commands that hand out a secret print it alone on stdout and talk to the human on stderr, so
-``SECRET=$(radio keys add gen --publish a)`` works.
+Every subcommand finds its configuration by one rule (``CONFIG_RULE``) and takes ``--config`` and
+``--keys``. Anything Radio refuses (a bad option, a bad configuration, an unknown key, a port in
+use) is one line on stderr and exit status 2, never a traceback. Commands that hand out a secret
+print it alone on stdout and talk to the human on stderr, so ``SECRET=$(radio keys add gen
+--publish a)`` works; commands that need one never take it as an argument (``cli.options``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from radio import __version__
+from radio.cli import options
+from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
 from radio.keys import Key, KeyStore, load_keys
+from radio.topics import NetworkName
 
 EXIT_REFUSED = 2
+CONFIRM_TIMEOUT = 5.0
+"""Seconds ``radio keys add|revoke|rotate`` waits for running servers to put a change in force."""
+CONFIG_RULE = (
+    "Configuration: --config PATH, else $RADIO_CONFIG, else ./radio.toml (absent: the defaults, one "
+    "public network sample_net). Keys (keys.toml) and every state file live beside it."
+)
 ENGINES = ("embedded", "mosquitto")
 ENGINE_HELP = "embedded (amqtt, in this process; the default) or mosquitto (installed separately)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radio`` console script."""
+    from radio.cli.parent import follow_parent  # noqa: PLC0415
+
+    follow_parent()
     parser = _parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -41,12 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     # --config/--keys may come before or after the subcommand; SUPPRESS lets the later one win.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--config",
         metavar="PATH",
         default=argparse.SUPPRESS,
-        help="configuration file (default: $RADIO_CONFIG, else ./radio.toml)",
+        help="configuration file (default: $RADIO_CONFIG, else ./radio.toml); state files live beside it",
     )
     common.add_argument(
         "--keys",
@@ -54,8 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="key registry (default: $RADIO_KEYS, else keys.toml beside the configuration)",
     )
-    parser = argparse.ArgumentParser(
-        prog="radio", description="Radio: a broadcast platform for live data.", parents=[common]
+    parser = Parser(
+        prog="radio",
+        description="Radio: a broadcast platform for live data.",
+        epilog=CONFIG_RULE,
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"radio {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -104,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_key_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+    commands: argparse._SubParsersAction[Parser], common: Parser
 ) -> None:
     """``radio keys add|list|revoke|rotate|edit``."""
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
@@ -152,12 +168,16 @@ def _add_key_commands(
     edit.set_defaults(handler=_keys_edit)
 
 
-def _add_platform_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """``radio up``, ``radio listen`` and ``radio device ...``."""
     up = commands.add_parser(
-        "up", parents=[common], help="run the whole platform: broker, bridge and the demo traffic simulator"
+        "up",
+        parents=[common],
+        help="run the whole platform: broker, bridge and the demo traffic simulator",
+        description="Run the whole platform until Ctrl-C, SIGTERM or SIGHUP; nothing outlives it. "
+        "Without a configuration file it writes ./radio.toml (the defaults) and keeps its state "
+        "beside it, where every other radio command run in this folder finds it.",
+        epilog=CONFIG_RULE,
     )
     up.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     up.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket")
@@ -168,58 +188,64 @@ def _add_platform_commands(
     listen = commands.add_parser(
         "listen", parents=[common], help="print the samples of networks, one JSON line each"
     )
-    listen.add_argument("networks", nargs="+", metavar="NETWORK")
+    listen.add_argument("networks", nargs="+", metavar="NETWORK", type=_network)
     listen.add_argument(
-        "--url", help="ws://HOST:PORT/mqtt (default: the configuration's) or mqtt://HOST:PORT"
+        "--url",
+        type=options.broker_url,
+        help="ws://HOST:PORT/mqtt (default: the configuration's) or mqtt://HOST:PORT",
     )
-    listen.add_argument(
-        "--key", metavar="SECRET", help="a key that may read the networks (default: anonymous)"
-    )
+    options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     listen.set_defaults(handler=_listen)
 
     device = commands.add_parser("device", parents=[common], help="run a data generator")
     devices = device.add_subparsers(title="generators", required=True, metavar="GENERATOR")
     traffic = devices.add_parser("traffic", parents=[common], help="the traffic simulator")
-    traffic.add_argument("--network", required=True)
+    traffic.add_argument("--network", required=True, type=_network)
+    options.add_key_options(traffic, "a key that may publish to the network")
     traffic.add_argument(
-        "--key", metavar="SECRET", required=True, help="a key that may publish to the network"
-    )
-    traffic.add_argument("--period", type=float, default=1.0, help="seconds between samples (default 1)")
-    traffic.add_argument(
-        "--via", choices=["mqtt", "http"], default="mqtt", help="publish over MQTT or the bridge"
+        "--period", type=options.positive_number, default=1.0, help="seconds between samples (default 1)"
     )
     traffic.add_argument(
-        "--url", help="broker (mqtt://, ws://) or bridge (http://) URL; default: the config's"
+        "--via",
+        choices=["mqtt", "http"],
+        help="publish over MQTT or the bridge (default: http if --url is http://, else mqtt)",
     )
-    traffic.add_argument("--speed", type=int, default=10, help="simulated seconds per sample (default 10)")
-    traffic.add_argument("--size", type=_size, default=(3, 3), metavar="ROWSxCOLUMNS", help="the town's grid")
+    traffic.add_argument(
+        "--url",
+        type=options.client_url,
+        help="broker (mqtt://, ws://) or bridge (http://) URL; default: the config's",
+    )
+    traffic.add_argument(
+        "--speed", type=options.positive_whole, default=10, help="simulated seconds per sample (default 10)"
+    )
+    traffic.add_argument(
+        "--size", type=options.size, default=(3, 3), metavar="ROWSxCOLUMNS", help="the town's grid"
+    )
     traffic.add_argument("--seed", type=int, help="for a reproducible run")
     traffic.set_defaults(handler=_traffic)
     sensors = devices.add_parser("sensors", parents=[common], help="many simulated sensors with last wills")
-    sensors.add_argument("--network", required=True)
+    sensors.add_argument("--network", required=True, type=_network)
+    options.add_key_options(sensors, "a key that may publish to the network")
+    sensors.add_argument("--count", type=options.positive_whole, default=100, help="sensors (default 100)")
     sensors.add_argument(
-        "--key", metavar="SECRET", required=True, help="a key that may publish to the network"
+        "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
     )
-    sensors.add_argument("--count", type=int, default=100)
-    sensors.add_argument("--rate", type=float, default=1.0, help="readings per second per sensor")
-    sensors.add_argument("--url", help="broker URL (default: the configuration's MQTT)")
+    sensors.add_argument(
+        "--url", type=options.broker_url, help="broker URL (default: the configuration's MQTT)"
+    )
     sensors.add_argument("--seed", type=int)
     sensors.set_defaults(handler=_sensors)
 
 
 def _address(text: str) -> Address:
+    return options.address(text)
+
+
+def _network(text: str) -> str:
     try:
-        return Address.parse(text)
+        return NetworkName(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _size(text: str) -> tuple[int, int]:
-    rows, _, columns = text.lower().partition("x")
-    if not (rows.isdigit() and columns.isdigit()) or int(rows) * int(columns) < 2:
-        msg = f"{text!r} is not ROWSxCOLUMNS (say 3x3)"
-        raise argparse.ArgumentTypeError(msg)
-    return int(rows), int(columns)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -301,8 +327,16 @@ def _up(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
-    url = args.url or f"ws://{_settings(args).broker.websocket.local()}/mqtt"
-    return listen(args.networks, url, args.key)
+    settings = _settings(args)
+    if settings.path.exists():  # the configuration is at hand: a network it lacks cannot be read
+        unknown = [n for n in args.networks if n not in settings.networks]
+        if unknown:
+            known = ", ".join(sorted(settings.networks)) or "none"
+            msg = f"no network {unknown[0]!r} in {settings.path} (its networks: {known})"
+            raise RadioError(msg)
+    secret = options.read_secret(args.key_file, required=False)
+    url = args.url or f"ws://{settings.broker.websocket.local()}/mqtt"
+    return listen(args.networks, url, secret)
 
 
 def _device_logging() -> threading.Event:
@@ -317,16 +351,23 @@ def _traffic(args: argparse.Namespace) -> int:
     from radio.devices.run import traffic  # noqa: PLC0415
 
     settings = _settings(args)
+    secret = options.read_secret(args.key_file, required=True)
+    via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
+    if args.url and (via == "http") != options.is_http(args.url):
+        wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
+        msg = f"--via {via} takes {wanted}, not {args.url}"
+        raise RadioError(msg)
     default = (
         f"http://{settings.bridge.listen.local()}"
-        if args.via == "http"
+        if via == "http"
         else f"mqtt://{settings.broker.mqtt.local()}"
     )
+    assert secret is not None  # noqa: S101 - required=True
     traffic(
         network=args.network,
-        secret=args.key,
+        secret=secret,
         url=args.url or default,
-        via=args.via,
+        via=via,
         period=args.period,
         speed=args.speed,
         size=args.size,
@@ -340,9 +381,11 @@ def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
     url = args.url or f"mqtt://{_settings(args).broker.mqtt.local()}"
+    secret = options.read_secret(args.key_file, required=True)
+    assert secret is not None  # noqa: S101 - required=True
     sensor_agents(
         network=args.network,
-        secret=args.key,
+        secret=secret,
         url=url,
         count=args.count,
         rate=args.rate,
@@ -357,7 +400,7 @@ def _keys_add(args: argparse.Namespace) -> int:
     secret = store.add(
         args.name, publish=_names(args.publish), subscribe=_names(args.subscribe), admin=args.admin
     )
-    print(secret)
+    print(secret, flush=True)
     key_id = store.keys()[args.name].id
     print(
         f"Key {args.name!r} created (id {key_id}). "
@@ -366,6 +409,7 @@ def _keys_add(args: argparse.Namespace) -> int:
         "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')",
         file=sys.stderr,
     )
+    _await_servers(args)
     return 0
 
 
@@ -439,19 +483,29 @@ def _keys_edit(args: argparse.Namespace) -> int:
 def _keys_revoke(args: argparse.Namespace) -> int:
     _store(args).revoke(args.name)
     print(
-        f"Key {args.name!r} revoked: running brokers and bridges refuse it within 2 seconds "
-        "and close its connections.",
+        f"Key {args.name!r} revoked: brokers and bridges refuse it and close its connections.",
         file=sys.stderr,
     )
+    _await_servers(args)
     return 0
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
     secret = _store(args).rotate(args.name)
-    print(secret)
+    print(secret, flush=True)
     print(
-        f"Key {args.name!r} has a new secret (above), shown only this once. The old one stops working "
-        "within 2 seconds, and connections made with it are closed.",
+        f"Key {args.name!r} has a new secret (above), shown only this once. The old one stops working, "
+        "and connections made with it are closed.",
         file=sys.stderr,
     )
+    _await_servers(args)
     return 0
+
+
+def _await_servers(args: argparse.Namespace) -> None:
+    """Return once the running brokers and bridges have the change in force (bounded)."""
+    from radio.confirmations import wait_for_servers  # noqa: PLC0415
+
+    settings = _settings(args)
+    report = wait_for_servers(settings.path, settings.keys_path, timeout=CONFIRM_TIMEOUT)
+    print(report.summary(), file=sys.stderr)

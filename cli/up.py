@@ -2,8 +2,18 @@
 
 It starts ``radio broker``, ``radio bridge`` and ``radio device traffic`` as child processes (so
 this module needs no MQTT or HTTP code of its own), wires their ports together, makes a demo
-publisher key on first run, prints how to use it all, and on Ctrl-C or SIGTERM stops every child
-and waits for it, so no process is left behind.
+publisher key on first run, and prints how to use it all.
+
+It finds its configuration as every ``radio`` command does (``--config``, ``RADIO_CONFIG``,
+``./radio.toml``) and writes ``./radio.toml`` when there is none, so ``radio keys`` run in the
+same folder manage the running platform's keys.
+
+Nothing outlives it. Each child runs in a process group of its own, so a terminal's signals
+(Ctrl-C, SIGHUP when the window closes) reach ``radio up`` alone, which stops the children in
+order: SIGTERM to each, then SIGKILL to whatever is left in its group (a Mosquitto or a gunicorn
+worker whose parent died first). A ``kill -9`` of ``radio up`` itself is covered by the kernel:
+each child asked for SIGTERM when its parent dies (``radio.cli.parent``). The demo key reaches
+the traffic simulator in its environment, never in its arguments, which every user can read.
 """
 
 from __future__ import annotations
@@ -15,15 +25,19 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Final
 
-from radio.config import Address, Settings, load_settings
+from radio.cli.options import SECRET_ENVIRONMENT
+from radio.cli.parent import PARENT_ENVIRONMENT
+from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
 from radio.keys import KeyStore, read_keys
 
-STATE_DIR: Final = Path(".radio")
 DEMO_KEY: Final = "demo"
+STOP_TIMEOUT: Final = 15.0
+"""Seconds the children have to stop cleanly before whatever is left of them is killed."""
 DEFAULT_CONFIG: Final = """\
 # Radio's configuration, made by `radio up`. Every setting is optional; see README.md.
 
@@ -41,15 +55,13 @@ retain = true
 """
 
 
-def config_path(config: str | None) -> str:
-    """The configuration ``radio up`` runs with: the one named, else its own in ``.radio/``."""
-    if config or os.environ.get("RADIO_CONFIG"):
-        return str(config or os.environ["RADIO_CONFIG"])
-    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
-    path = STATE_DIR / "radio.toml"
-    if not path.exists():
-        path.write_text(DEFAULT_CONFIG, encoding="utf-8")
-    return str(path)
+def config_path(config: str | None, keys: str | None = None) -> tuple[str, bool]:
+    """The configuration by the one rule, and whether it was made now (the default, absent)."""
+    path, _, named = resolve_paths(config, keys)
+    if named or path.exists():
+        return str(path), False
+    path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+    return str(path), True
 
 
 def demo_key(settings: Settings, network: str) -> str:
@@ -67,12 +79,17 @@ def demo_key(settings: Settings, network: str) -> str:
 
 
 class Child:
-    """One part of the platform in its own process; its banner is read for the ports it bound."""
+    """One part of the platform in its own process group; its banner is read for the ports it bound."""
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
+        environment = {**os.environ, **(env or {}), PARENT_ENVIRONMENT: str(os.getpid())}
         self.process = subprocess.Popen(  # noqa: S603 - our own command
-            [sys.executable, "-m", "radio", *args], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "radio", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+            start_new_session=True,  # the terminal's signals reach radio up, which stops us in order
         )
 
     def wait_for(self, pattern: str) -> str:
@@ -91,15 +108,35 @@ class Child:
         if stdout is not None:
             threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
 
-    def stop(self) -> None:
-        """Ask it to stop as Ctrl-C would, then make sure it did."""
+    def terminate(self) -> None:
+        """Ask it to stop cleanly."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)
+
+    def finish(self, deadline: float) -> None:
+        """Wait for it until the deadline, then kill it and anything left in its group."""
         try:
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._kill_group(deadline)
+
+    def _kill_group(self, deadline: float) -> None:
+        """Its group outlives it only if a grandchild does (Mosquitto, a gunicorn worker): stop those too."""
+        group = self.process.pid
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                return
+            until = min(deadline, time.monotonic() + 2.0) if sig == signal.SIGTERM else time.monotonic() + 5
+            while time.monotonic() < until:
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
 
 
 def reachable(url: str) -> str:
@@ -116,14 +153,23 @@ def up(
     http: Address | None,
     engine: str = "embedded",
 ) -> int:
-    """Run the platform until Ctrl-C or SIGTERM; exit 1 if a part of it dies on its own."""
-    path = config_path(config)
+    """Run the platform until Ctrl-C, SIGTERM or SIGHUP; exit 1 if a part of it dies on its own."""
+    stop, started = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if not started.is_set():  # unblock a wait for a child's banner
+            raise _Interrupted
+
+    path, made = config_path(config, keys)
     settings = load_settings(path, keys)
     if not settings.networks:
         msg = f"{settings.path}: radio up needs a network for the demo generator (say [networks.sample_net])"
         raise RadioError(msg)
     network = "sample_net" if "sample_net" in settings.networks else min(settings.networks)
     secret = demo_key(settings, network)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
     mqtt, ws, http = (
         mqtt or settings.broker.mqtt,
@@ -131,9 +177,6 @@ def up(
         http or settings.bridge.listen,
     )
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     children: list[Child] = []
     try:
         broker = Child(
@@ -150,7 +193,8 @@ def up(
         bridge.drain()
         device = Child(
             "traffic simulator",
-            ["device", "traffic", *common, "--network", network, f"--key={secret}", "--url", local],
+            ["device", "traffic", *common, "--network", network, "--url", local],
+            env={SECRET_ENVIRONMENT: secret},
         )
         children.append(device)
         device.drain()
@@ -161,27 +205,53 @@ def up(
             network=network,
             secret=secret,
             settings=settings,
+            made=made,
         )
-        while not stop.wait(0.5):
-            for child in children:
-                if child.process.poll() is not None:
-                    print(
-                        f"radio: the {child.name} stopped (exit status {child.process.returncode}); "
-                        "stopping everything",
-                        file=sys.stderr,
-                    )
-                    return 1
-        print("Stopping...", file=sys.stderr, flush=True)
-        return 0
+        started.set()
+        return _supervise(children, stop)
     finally:
-        for child in reversed(children):
-            child.stop()
+        started.set()
+        _stop_all(children)
+
+
+def _supervise(children: list[Child], stop: threading.Event) -> int:
+    """Wait for a signal (0), or for a part to die on its own (1)."""
+    while not stop.wait(0.5):
+        for child in children:
+            if child.process.poll() is not None:
+                print(
+                    f"radio: the {child.name} stopped (exit status {child.process.returncode}); "
+                    "stopping everything",
+                    file=sys.stderr,
+                )
+                return 1
+    return 0
+
+
+def _stop_all(children: list[Child]) -> None:
+    """Every child at once, then wait for each, so the slowest sets the pace, not their sum."""
+    print("Stopping...", file=sys.stderr, flush=True)
+    for child in reversed(children):
+        child.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in reversed(children):
+        child.finish(deadline)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A signal arrived while a child was still starting (the command line ends with status 0)."""
 
 
 def _print_banner(
-    *, mqtt_port: str, ws_url: str, http_url: str, network: str, secret: str, settings: Settings
+    *, mqtt_port: str, ws_url: str, http_url: str, network: str, secret: str, settings: Settings, made: bool
 ) -> None:
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
+    here = settings.path == (Path.cwd() / "radio.toml").absolute()
+    where = (
+        "radio commands run in this folder use it"
+        if here
+        else f"elsewhere, first: export RADIO_CONFIG={shlex.quote(str(settings.path))}"
+    )
     print(
         "Radio is up.\n"
         f"  MQTT over TCP:        mqtt://127.0.0.1:{mqtt_port}\n"
@@ -189,11 +259,14 @@ def _print_banner(
         f"  HTTP publish:         {http_url}/publish\n"
         f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {secret}\n"
-        f"  state:                {settings.state_dir} (configuration, keys, demo.key)\n"
+        f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
+        f"  state:                {settings.state_dir} (keys.toml, demo.key, bridge.key, broker.db)\n"
+        f"  other radio commands: {where}\n"
         "\n"
         "Try, in another terminal:\n"
         f"  radio listen {network} --url {ws_url}\n"
-        f"  curl -X POST {http_url}/publish -H 'API-KEY: {secret}' -d {sample}\n"
+        f"  printf 'API-KEY: %s\\n' \"$(cat {shlex.quote(str(settings.state_dir / 'demo.key'))})\" "
+        f"| curl -H @- {http_url}/publish -d {sample}\n"
         f"  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'networks/{network}/#' -v\n"
         "\n"
         "Press Ctrl-C to stop everything.",

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 
 from radio.devices import sensors
 from radio.devices.link import HttpLink, MqttLink, sleep_until
@@ -44,7 +45,9 @@ def traffic(
     if via == "http":
         http_link = HttpLink(url, secret)
     else:
-        mqtt_link = MqttLink(BrokerURL.parse(url), secret, f"radio-traffic-{network}")
+        # Its own client id: two simulators on one network would otherwise take turns evicting each other.
+        client_id = f"radio-traffic-{network}-{uuid.uuid4().hex[:8]}"
+        mqtt_link = MqttLink(BrokerURL.parse(url), secret, client_id)
         mqtt_link.start()
     log.info(
         "traffic simulator on network %r: %dx%d town, a sample every %gs via %s", network, *size, period, via

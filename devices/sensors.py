@@ -11,6 +11,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from radio.devices.link import MqttLink, Will, sleep_until
@@ -61,6 +62,7 @@ def run(
     rng = random.Random(seed)
     base = network_topic(network)
     sensors: list[tuple[Sensor, MqttLink]] = []
+    run_id = uuid.uuid4().hex[:6]  # two agents on one network must not evict each other's clients
     for n in range(count):
         kind = list(KINDS)[n % len(KINDS)]
         sensor = Sensor(
@@ -74,7 +76,7 @@ def run(
         link = MqttLink(
             url,
             secret,
-            f"radio-{network}-{sensor.sensor_id}",
+            f"radio-{network}-{run_id}-{sensor.sensor_id}",
             will=Will(status, OFFLINE),
             on_connect=announce,
         )

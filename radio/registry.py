@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from radio import confirmations
 from radio.config import NetworkSettings, Settings, load_settings
 from radio.credentials import secret_digest
 from radio.errors import MissingRegistry, RadioError
@@ -135,6 +138,9 @@ class LiveRegistry:
     At start on a fresh machine, with no keys file yet, there are no keys (one log line says so)
     until a command makes the file. The file is not written here: a server that restarts while
     the file is deleted must not write an empty registry that every other server would then apply.
+
+    Each instance also confirms, in a file beside the configuration, the version it has put in
+    force (``radio.confirmations``), so that ``radio keys add`` can return once it is live.
     """
 
     def __init__(
@@ -152,11 +158,13 @@ class LiveRegistry:
             self.current = _without_keys(self.settings)
         self._signature = self._stat()
         self._failed_signature: tuple[object, ...] | None = None
+        self._failure: str | None = None
+        self._start_confirming()
 
     def _stat(self) -> tuple[object, ...]:
         return (_file_signature(self.settings.path), _file_signature(self.settings.keys_path))
 
-    def refresh(self) -> bool:
+    def _reload(self) -> bool:
         """Reload if either file changed; True when a new snapshot took effect."""
         signature = self._stat()
         if signature in (self._signature, self._failed_signature):
@@ -173,13 +181,58 @@ class LiveRegistry:
                     raise
                 registry = _without_keys(settings)
         except RadioError as exc:
-            self._failed_signature = signature
+            self._failed_signature, self._failure = signature, str(exc)
             log.error("registry not reloaded, previous rights stay in force: %s", exc)  # noqa: TRY400
             return False
         self.settings, self.current = settings, registry
         self._signature, self._failed_signature = signature, None
         log.info("registry reloaded: %d networks, %d keys", len(registry.networks), len(registry.keys))
         return True
+
+    def refresh(self) -> bool:
+        """Reload if either file changed; True when a new snapshot took effect since the last call.
+
+        The caller applies a new snapshot before calling again, so this call first confirms the
+        snapshot handed over on the previous one (``radio.confirmations``).
+        """
+        confirmer = self._confirmer
+        with confirmer.lock:
+            confirmer.last_call = time.monotonic()
+            if not confirmer.unreported:
+                self._confirm()
+            changed = self._reload() or confirmer.unreported
+            confirmer.unreported = False
+            if self._failed_signature is not None:
+                self._confirm()
+            return changed
+
+    def _start_confirming(self) -> None:
+        self._confirmer = confirmations.Confirmer(self.settings.path, self.settings.keys_path)
+        self._confirm()
+        weakref.finalize(self, self._confirmer.close)
+        confirmations.watch(self, LiveRegistry._refresh_if_idle)
+
+    def _refresh_if_idle(self) -> None:
+        """Nobody has called ``refresh()`` for a while (an idle bridge): reload and confirm here."""
+        confirmer = self._confirmer
+        with confirmer.lock:
+            if time.monotonic() - confirmer.last_call < confirmations.IDLE_AFTER:
+                return
+            if self._reload():
+                confirmer.unreported = True  # the next refresh() still says True, for its caller
+            self._confirm()
+
+    def _confirm(self) -> None:
+        def as_json(signature: tuple[object, ...] | None) -> confirmations.Version | None:
+            if signature is None:
+                return None
+            return [list(part) if isinstance(part, tuple) else None for part in signature]
+
+        self._confirmer.confirm(
+            as_json(self._signature) or [],
+            as_json(self._failed_signature),
+            self._failure if self._failed_signature is not None else None,
+        )
 
 
 def _without_keys(settings: Settings) -> Registry:

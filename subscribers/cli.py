@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -28,10 +29,17 @@ def listen(networks: Sequence[str], url: str, secret: str | None) -> int:
     listener.start()
     try:
         for sample in listener:
-            print(sample.to_json(), flush=True)
+            try:
+                line = sample.to_json()
+            except (RecursionError, ValueError):  # parsed, but too deep to write out again
+                notice(f"skipped a sample on {sample.topic}: nested too deep to print")
+                continue
+            print(line, flush=True)
     except Refused as exc:
         print(f"radio: {exc}", file=sys.stderr, flush=True)
         return 2
     except BrokenPipeError:  # the reader of the pipe went away (`| head`): that is a normal end
+        # Nothing more can be written; without this, the exit's final flush fails again (status 120).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0

@@ -7,10 +7,16 @@ Use it as a library::
             print(sample.network, sample.data)
 
 or as ``radio listen NETWORK...``. On a lost connection it reconnects with exponential backoff and
-jitter and subscribes again, reporting it through ``notice``. With a key it keeps a persistent
-session (a stable client id, clean session off, QoS 1), so samples published while it was away
-arrive when it is back. A payload that is not JSON is reported and skipped. What cannot be cured
-by retrying (a bad key, a network it may not read) raises ``Refused``.
+jitter (starting afresh after every connection that worked) and subscribes again, reporting it
+through ``notice``. A subscription brings a topic's retained sample: after a reconnect, one equal
+to the last sample seen on that topic is the same sample again and is skipped. With a key it
+keeps a persistent session (a stable client id, clean session off, QoS 1), so samples published
+while it was away arrive when it is back.
+
+A payload that is not a sample (not UTF-8, not JSON, nested deeper than Python can parse) is
+handed to ``on_bad_sample`` and skipped: a retained bad payload must not silence every listener
+that subscribes after it. What cannot be cured by retrying (a bad key, a network it may not
+read) raises ``Refused``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,39 @@ class Sample:
         )
 
 
+@dataclass(frozen=True)
+class BadSample:
+    """A payload that is not a sample: where it came from, and why it was skipped."""
+
+    topic: str
+    reason: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"skipped a payload on {self.topic} ({self.size} bytes): {self.reason}"
+
+
+def parse_sample(payload: bytes) -> Any:
+    """The JSON value of a payload, or ValueError saying why it is none."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        msg = "not UTF-8"
+        raise ValueError(msg) from None
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        msg = "nested too deep"
+        raise ValueError(msg) from None
+    except ValueError:
+        msg = "not JSON"
+        raise ValueError(msg) from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(name)
+
+
 class Refused(Exception):
     """The broker refused something retrying cannot fix: a bad key, or a network not entitled to."""
 
@@ -71,10 +110,17 @@ class Listener:
         secret: str | None = None,
         *,
         notice: Callable[[str], None] = lambda _text: None,
+        on_bad_sample: Callable[[BadSample], None] | None = None,
     ) -> None:
         self.networks = [str(n) for n in networks]
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.notice = notice
+        self.on_bad_sample = on_bad_sample or (lambda bad: notice(str(bad)))
+        """Called on the network thread with every payload skipped; by default, a ``notice``."""
+        self._last: dict[str, bytes] = {}
+        """The last payload per topic, to know a retained sample seen before a reconnect."""
+        self._seen_since_subscribe: set[str] = set()
+        self._established = False
         self._filters = {network_topic(n) + "/#": n for n in self.networks}
         self._samples: queue.Queue[Sample | BaseException | None] = queue.Queue()
         self._stop = threading.Event()
@@ -150,6 +196,7 @@ class Listener:
                 attempt += 1
                 self._stop.wait(delay)
                 continue
+            self._established = False
             while not self._stop.is_set():
                 if self._client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
                     break
@@ -159,8 +206,10 @@ class Listener:
             self.subscribed.clear()
             if self._stop.is_set():
                 return
-            attempt = 0 if self._client.is_connected() else attempt + 1
-            delay = backoff_with_jitter(attempt + 1)
+            # A connection that worked was a success: the next outage starts from the shortest wait.
+            attempt = 0 if self._established else attempt
+            delay = backoff_with_jitter(attempt)
+            attempt += 1
             self.notice(f"connection to {self.url} lost; reconnecting in {delay:.1f} s")
             self._stop.wait(delay)
 
@@ -180,8 +229,9 @@ class Listener:
             )
             client.disconnect()
             return
+        self._established = True
+        self._seen_since_subscribe = set()
         client.subscribe([(f, self._qos) for f in self._filters])
-        self.notice(f"listening to {', '.join(self.networks)} on {self.url}")
 
     def _on_subscribe(
         self, client: mqtt.Client, _u: object, _mid: int, codes: list[ReasonCode], _p: object
@@ -194,14 +244,22 @@ class Listener:
             client.disconnect()
         else:
             self.subscribed.set()
+            self.notice(f"listening to {', '.join(self.networks)} on {self.url}")
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        topic, payload = message.topic, bytes(message.payload)
+        first = topic not in self._seen_since_subscribe
+        self._seen_since_subscribe.add(topic)
+        if first and message.retain and self._last.get(topic) == payload:
+            return  # the retained sample a resubscription brings back: printed already
+        self._last[topic] = payload
         try:
-            data = json.loads(message.payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            self.notice(
-                f"skipped a payload on {message.topic} that is not JSON ({len(message.payload)} bytes)"
-            )
+            data = parse_sample(payload)
+        except ValueError as exc:
+            try:
+                self.on_bad_sample(BadSample(topic, str(exc), len(payload)))
+            except Exception as failure:  # noqa: BLE001 - the caller's callback must not end the listener
+                self.notice(f"on_bad_sample raised {failure!r}")
             return
         network = network_of_topic(message.topic) or ""
         received = datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -1,4 +1,8 @@
-"""The ``radio`` command as an operator uses it: configuration errors, keys, and ``radio broker``."""
+"""The ``radio`` command as an operator uses it: configuration errors, options, keys, ``radio broker``.
+
+Most cases call the command's ``main`` in this process (the parser, the handlers and their
+messages are the same code); a few run the installed command end to end, as a user would.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,26 @@ import signal
 import stat
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
+from conftest import running_broker
 from mqtt_client import Client
 
+from radio.cli.main import main
+from radio.cli.options import read_secret
 from radio.credentials import secret_username
 from radio.keys import read_keys
 
 
-def run(*args, cwd=None, env=None):
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_process(*args, cwd=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "radio", *args],
         capture_output=True,
@@ -26,6 +41,30 @@ def run(*args, cwd=None, env=None):
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+@pytest.fixture
+def run(capsys, monkeypatch, tmp_path):
+    """``radio ARGS`` in this process: exit status, stdout and stderr, as the command line gives them."""
+    monkeypatch.delenv("RADIO_CONFIG", raising=False)
+    monkeypatch.delenv("RADIO_KEYS", raising=False)
+    monkeypatch.delenv("RADIO_KEY", raising=False)
+
+    def _run(*args, cwd=None, env=None):
+        monkeypatch.chdir(cwd or tmp_path)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        for name in env or {}:
+            monkeypatch.delenv(name)
+        return Result(code, out, err)
+
+    return _run
 
 
 @pytest.mark.parametrize(
@@ -48,10 +87,10 @@ def run(*args, cwd=None, env=None):
         ("[broker]\npersistence = true\n", "[broker] persistence must be a file name or false"),
     ],
 )
-def test_a_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, text, problem):
+def test_a_bad_configuration_is_one_clear_line_and_exit_2(run, tmp_path, text, problem):
     config = tmp_path / "radio.toml"
     config.write_text(text)
-    for command in (["keys", "list"], ["broker"], ["keys", "add", "x"]):
+    for command in (["keys", "list"], ["keys", "add", "x"], ["listen", "a"], ["up"]):
         result = run(*command, "--config", str(config))
         assert result.returncode == 2
         assert result.stdout == ""
@@ -61,7 +100,18 @@ def test_a_bad_configuration_is_one_clear_line_and_exit_2(tmp_path, text, proble
         assert problem in lines[0]
 
 
-def test_a_named_configuration_must_exist_but_the_default_may_not(tmp_path):
+def test_every_command_refuses_a_bad_configuration_end_to_end(tmp_path):
+    config = tmp_path / "radio.toml"
+    config.write_text("[broker]\nmqtt_port = 1883\n")
+    for command in (["broker"], ["keys", "list"]):
+        result = run_process(*command, "--config", str(config))
+        assert result.returncode == 2
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"radio: {config}: unknown setting [broker] mqtt_port (known: allow_anonymous, ")
+        assert "mqtt, persistence" in line
+
+
+def test_a_named_configuration_must_exist_but_the_default_may_not(run, tmp_path):
     missing = run("keys", "list", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2
     assert "no such configuration file" in missing.stderr
@@ -70,7 +120,7 @@ def test_a_named_configuration_must_exist_but_the_default_may_not(tmp_path):
     assert "No keys" in default.stderr
 
 
-def test_the_configuration_can_be_named_by_environment(tmp_path):
+def test_the_configuration_can_be_named_by_environment(run, tmp_path):
     config = tmp_path / "elsewhere.toml"
     config.write_text("[networks.only]\n")
     result = run("keys", "add", "k", "--publish", "sample_net", env={"RADIO_CONFIG": str(config)})
@@ -79,7 +129,7 @@ def test_the_configuration_can_be_named_by_environment(tmp_path):
 
 
 def test_keys_add_prints_the_secret_alone_and_stores_only_hashes(tmp_path):
-    result = run("keys", "add", "gen", "--publish", "sample_net", cwd=tmp_path)
+    result = run_process("keys", "add", "gen", "--publish", "sample_net", cwd=tmp_path)
     assert result.returncode == 0
     secret = result.stdout.strip()
     assert result.stdout == secret + "\n"
@@ -96,7 +146,7 @@ def test_keys_add_prints_the_secret_alone_and_stores_only_hashes(tmp_path):
     assert key.mosquitto.startswith("$7$101$")
 
 
-def test_keys_list_never_shows_secrets(tmp_path):
+def test_keys_list_never_shows_secrets(run, tmp_path):
     secret = run(
         "keys", "add", "gen", "--publish", "sample_net", "--subscribe", "sample_net", cwd=tmp_path
     ).stdout
@@ -111,7 +161,7 @@ def test_keys_list_never_shows_secrets(tmp_path):
     assert secret.strip() not in as_json
 
 
-def test_key_changes_are_refused_clearly(tmp_path):
+def test_key_changes_are_refused_clearly(run, tmp_path):
     assert run("keys", "add", "gen", cwd=tmp_path).returncode == 0
     cases = [
         (["keys", "add", "gen"], "a key named 'gen' exists already"),
@@ -128,7 +178,7 @@ def test_key_changes_are_refused_clearly(tmp_path):
         assert "Traceback" not in result.stderr
 
 
-def test_revoke_and_rotate(tmp_path):
+def test_revoke_and_rotate(run, tmp_path):
     first = run("keys", "add", "gen", cwd=tmp_path).stdout.strip()
     second = run("keys", "rotate", "gen", cwd=tmp_path).stdout.strip()
     key = read_keys(tmp_path / "keys.toml")["gen"]
@@ -192,7 +242,7 @@ def test_radio_broker_prints_its_ports_serves_and_stops_cleanly(home):
 
 
 def test_radio_broker_on_a_busy_port_is_one_line_and_exit_2(home, broker):
-    result = run(
+    result = run_process(
         "broker",
         "--config",
         str(home.config),
@@ -244,7 +294,7 @@ def test_mosquitto_export_writes_the_registry_as_mosquitto_files(home):
 
 
 def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
-    result = run(
+    result = run_process(
         "broker",
         "--engine",
         "mosquitto",
@@ -256,3 +306,189 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
     assert result.stderr.splitlines() == [
         "radio: RADIO_MOSQUITTO=/nonexistent is not an executable Mosquitto"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (
+            ["listen", "sample_net", "--url", "http://127.0.0.1:8080"],
+            "'http://127.0.0.1:8080' is not a broker URL",
+        ),
+        (["listen", "sample_net", "--url", "127.0.0.1:1883"], "'127.0.0.1:1883' is not a broker URL"),
+        (["listen", "sample_net", "--url", "mqtt://127.0.0.1:99999"], "has an invalid port"),
+        (["listen", "bad/net"], "invalid network name 'bad/net'"),
+        (["device", "traffic", "--network", "n", "--period", "0"], "--period: '0' is not a number above 0"),
+        (["device", "traffic", "--network", "n", "--period", "nan"], "'nan' is not a number above 0"),
+        (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number from 1"),
+        (["device", "traffic", "--network", "n", "--size", "0x3"], "'0x3' is not ROWSxCOLUMNS"),
+        (["device", "traffic", "--network", "n", "--url", "ftp://x"], "'ftp://x' is not a URL"),
+        (
+            ["device", "sensors", "--network", "n", "--count", "-5"],
+            "--count: '-5' is not a whole number from 1",
+        ),
+        (["device", "sensors", "--network", "n", "--count", "0"], "'0' is not a whole number from 1"),
+        (["device", "sensors", "--network", "n", "--rate", "-1"], "'-1' is not a number above 0"),
+        (["device", "sensors", "--network", "n", "--url", "http://x"], "'http://x' is not a broker URL"),
+        (["device", "sensors"], "the following arguments are required: --network"),
+        (["broker", "--engine", "nats"], "invalid choice: 'nats'"),
+        (["keys", "add"], "the following arguments are required: name"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_2(run, args, problem):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert problem in lines[0]
+    assert lines[0].startswith("radio")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["listen", "sample_net"],
+        ["device", "traffic", "--network", "sample_net"],
+        ["device", "sensors", "--network", "sample_net"],
+    ],
+)
+def test_a_secret_on_the_command_line_is_refused_with_the_reason(run, command):
+    for key in (["--key", "s3cret"], ["--key=s3cret"]):
+        result = run(*command, *key)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "--key is refused: a secret on the command line is visible to every user" in lines[0]
+        assert "--key-file PATH" in lines[0]
+        assert "RADIO_KEY" in lines[0]
+        assert "s3cret" not in result.stderr
+
+
+def test_a_key_file_must_be_private_and_a_generator_needs_a_key(run, tmp_path):
+    key_file = tmp_path / "gen.key"
+    key_file.write_text("s3cret\n")
+    key_file.chmod(0o644)
+    shared = run("device", "traffic", "--network", "sample_net", "--key-file", str(key_file))
+    assert shared.returncode == 2
+    assert shared.stderr.splitlines() == [
+        f"radio: the key file {key_file} is open to group or others (mode 0644): make it private with chmod 600 {key_file}"
+    ]
+    missing = run("device", "sensors", "--network", "sample_net", "--key-file", str(tmp_path / "none"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"radio: cannot read the key file {tmp_path / 'none'}")
+    assert len(missing.stderr.splitlines()) == 1
+    none = run("device", "traffic", "--network", "sample_net")
+    assert none.returncode == 2
+    assert none.stderr.splitlines() == [
+        "radio: this command needs a key: --key-file PATH, or the secret in $RADIO_KEY"
+    ]
+
+
+def test_read_secret_takes_a_private_file_then_the_environment(tmp_path, monkeypatch):
+    key_file = tmp_path / "gen.key"
+    key_file.write_text("from-file\n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv("RADIO_KEY", "from-env")
+    assert read_secret(key_file, required=True) == "from-file"
+    assert read_secret(None, required=True) == "from-env"
+    monkeypatch.delenv("RADIO_KEY")
+    assert read_secret(None, required=False) is None
+
+
+def test_the_traffic_simulator_says_which_url_goes_with_via(run):
+    result = run(
+        "device",
+        "traffic",
+        "--network",
+        "sample_net",
+        "--via",
+        "mqtt",
+        "--url",
+        "http://127.0.0.1:5000",
+        env={"RADIO_KEY": "x"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "radio: --via mqtt takes a broker's mqtt:// or ws:// URL, not http://127.0.0.1:5000"
+    ]
+
+
+def test_listen_names_a_network_the_configuration_lacks(run, tmp_path):
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
+    result = run("listen", "nosuchnet", "--url", "ws://127.0.0.1:1/mqtt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"radio: no network 'nosuchnet' in {tmp_path / 'radio.toml'} (its networks: sample_net)"
+    ]
+    assert "listening" not in result.stderr
+
+
+def test_help_states_the_one_configuration_rule(run):
+    rule = "--config PATH, else $RADIO_CONFIG, else ./radio.toml"
+    for command in ([], ["up"]):
+        result = run(*command, "--help")
+        assert result.returncode == 0
+        assert rule in " ".join(result.stdout.split())
+
+
+def test_keys_add_reports_when_no_server_is_running(run, tmp_path):
+    result = run("keys", "add", "gen", "--publish", "sample_net", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "No server using this configuration is running" in result.stderr
+
+
+@pytest.mark.parametrize("engine", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def test_a_new_key_works_in_the_very_next_command(run, home, engine):
+    """radio keys add returns once the running broker has the key in force: no retry loop needed."""
+    with running_broker(engine, home) as server:
+        for n in range(3):
+            result = run("keys", "add", f"late{n}", "--publish", "A", "--config", str(home.config))
+            assert "In force on 1 running server(s)." in result.stderr, result.stderr
+            client = Client("tcp", server.mqtt_port, f"late{n}", result.stdout.strip())
+            try:
+                assert client.connect() == 0
+            finally:
+                client.close()
+        revoked = run("keys", "revoke", "late0", "--config", str(home.config))
+        assert "In force on 1 running server(s)." in revoked.stderr
+        client = Client("tcp", server.mqtt_port, "late1", "wrong")
+        assert client.connect() != 0
+        client.close()
+
+
+def test_keys_add_names_a_server_that_does_not_confirm(run, home, monkeypatch):
+    """A stopped (SIGSTOP) broker cannot confirm: the wait ends at its bound and names it."""
+    monkeypatch.setattr("radio.cli.main.CONFIRM_TIMEOUT", 0.5)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "broker",
+            "--config",
+            str(home.config),
+            "--mqtt",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Ctrl-C" in line:
+                break
+        os.kill(process.pid, signal.SIGSTOP)
+        result = run("keys", "add", "late", "--publish", "A", "--config", str(home.config))
+        assert result.returncode == 0
+        assert f"Not yet confirmed by radio broker (pid {process.pid})" in result.stderr
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert not list((home.path / "running").glob(f"{process.pid}-*.json"))  # it cleans up after itself

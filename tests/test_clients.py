@@ -18,17 +18,19 @@ from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.devices.link import MqttLink
 from radio.registry import LiveRegistry
-from radio.subscribers.listener import Listener, Refused
+from radio.subscribers.listener import BadSample, Listener, Refused
 from radio.urls import BrokerURL
 
 
-def radio(home, *args, **kwargs):
+def radio(home, *args, secret=None, **kwargs):
+    """The real command; a key goes in its environment (RADIO_KEY), never in its arguments."""
+    env = {k: v for k, v in os.environ.items() if k != "RADIO_KEY"}
     return subprocess.Popen(
         [sys.executable, "-m", "radio", *args, "--config", str(home.config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**env, "PYTHONUNBUFFERED": "1", **({"RADIO_KEY": secret} if secret else {})},
         **kwargs,
     )
 
@@ -45,7 +47,10 @@ def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, br
         if transport == "ws"
         else f"mqtt://127.0.0.1:{broker.mqtt_port}"
     )
-    listen = radio(home, "listen", "A", "pub", "--url", url, "--key", home.secrets["reader_a"])
+    key_file = home.path / "reader_a.key"
+    key_file.write_text(home.secrets["reader_a"] + "\n")
+    key_file.chmod(0o600)
+    listen = radio(home, "listen", "A", "pub", "--url", url, "--key-file", str(key_file))
     out: queue.Queue[str] = queue.Queue()
     lines(listen.stdout, out)
     admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
@@ -76,16 +81,16 @@ def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, br
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "key", "message"),
     [
-        (["B", "--key", "reader_a"], "not entitled to read network 'B'"),
-        (["A"], "not entitled to read network 'A'"),
-        (["A", "--key", "wrong-secret"], "refused the connection"),
+        (["B"], "reader_a", "not entitled to read network 'B'"),
+        (["A"], None, "not entitled to read network 'A'"),
+        (["A"], "wrong-secret", "refused the connection"),
     ],
 )
-def test_radio_listen_refused_is_one_line_and_exit_2(home, broker, args, message):
-    args = [home.secrets.get(a, a) for a in args]
-    listen = radio(home, "listen", *args, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}")
+def test_radio_listen_refused_is_one_line_and_exit_2(home, broker, args, key, message):
+    secret = home.secrets.get(key, key) if key else None
+    listen = radio(home, "listen", *args, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}", secret=secret)
     out, err = listen.communicate(timeout=30)
     assert listen.returncode == 2
     assert out == ""
@@ -138,14 +143,13 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
         "traffic",
         "--network",
         "A",
-        "--key",
-        home.secrets["gen"],
         "--period",
         "0.2",
         "--url",
         url,
         "--seed",
         "1",
+        secret=home.secrets["gen"],
     )
     listener = Listener(["A"], url, home.secrets["reader_a"]).start()
     second = None
@@ -188,14 +192,13 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
         "sensors",
         "--network",
         "A",
-        "--key",
-        home.secrets["gen"],
         "--count",
         "3",
         "--rate",
         "5",
         "--url",
         f"mqtt://127.0.0.1:{broker.mqtt_port}",
+        secret=home.secrets["gen"],
     )
     try:
         status = {}
@@ -245,3 +248,125 @@ def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
     finally:
         link.stop()
     assert received == {2, 3, 4, 5}
+
+
+DEEP = b"[" * 5000 + b"]" * 5000
+"""Valid JSON that Python's parser cannot take: it raised RecursionError on the network thread."""
+
+
+def test_radio_listen_skips_bad_retained_samples_with_one_line_each_and_goes_on(home, broker):
+    admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    assert admin.connect() == 0
+    listen = None
+    try:
+        admin.publish("networks/pub", DEEP, qos=1, retain=True)
+        admin.publish("networks/pub/latin1", "café".encode("latin-1"), qos=1, retain=True)
+        admin.publish("networks/pub/nan", b'{"value": NaN}', qos=1, retain=True)
+        listen = radio(home, "listen", "pub", "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}")
+        err: queue.Queue[str] = queue.Queue()
+        out: queue.Queue[str] = queue.Queue()
+        readers = [lines(listen.stderr, err), lines(listen.stdout, out)]
+        seen = []
+        while not any("listening to pub" in line for line in seen):
+            seen.append(err.get(timeout=20))
+        admin.publish("networks/pub", b'{"good": 1}', qos=1, retain=True)
+        assert json.loads(out.get(timeout=20))["data"] == {"good": 1}
+        assert listen.poll() is None
+    finally:
+        admin.close()
+        if listen is not None:
+            listen.send_signal(signal.SIGTERM)
+            listen.wait(timeout=20)
+            for reader in readers:
+                reader.join(timeout=20)
+            listen.stdout.close()
+            listen.stderr.close()
+    assert listen.returncode == 0
+    while not err.empty():
+        seen.append(err.get())
+    skipped = sorted(line for line in seen if "skipped" in line)
+    assert skipped == [
+        "radio listen: skipped a payload on networks/pub (10000 bytes): nested too deep\n",
+        "radio listen: skipped a payload on networks/pub/latin1 (4 bytes): not UTF-8\n",
+        "radio listen: skipped a payload on networks/pub/nan (14 bytes): not JSON\n",
+    ]
+    assert out.empty()
+    assert not any("Traceback" in line for line in seen)
+
+
+def test_the_listener_library_hands_bad_samples_to_the_caller_and_goes_on(home, broker):
+    admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    assert admin.connect() == 0
+    bad: queue.Queue[BadSample] = queue.Queue()
+    try:
+        admin.publish("networks/pub", DEEP, qos=1, retain=True)
+        with Listener(["pub"], f"mqtt://127.0.0.1:{broker.mqtt_port}", on_bad_sample=bad.put) as listener:
+            assert bad.get(timeout=20) == BadSample("networks/pub", "nested too deep", len(DEEP))
+            admin.publish("networks/pub", b'{"good": 1}', qos=1)
+            assert next(iter(listener)).data == {"good": 1}
+    finally:
+        admin.close()
+
+
+def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broker):
+    """Another client takes the listener's client id: it is thrown out, and comes back at once.
+
+    The resubscription brings the retained sample back; it is not a new sample. Every reconnect
+    follows a connection that worked, so each waits the shortest backoff (at most 0.5 s).
+    """
+    admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    assert admin.connect() == 0
+    notices: queue.Queue[str] = queue.Queue()
+    try:
+        admin.publish("networks/pub", b'{"n": 1}', qos=1, retain=True)
+        with Listener(["pub"], f"mqtt://127.0.0.1:{broker.mqtt_port}", notice=notices.put) as listener:
+            samples = iter(listener)
+            assert next(samples).data == {"n": 1}
+            client_id = listener._client._client_id.decode()
+            delays = []
+            for _ in range(4):
+                while "listening" not in notices.get(timeout=20):
+                    pass
+                intruder = Client("tcp", broker.mqtt_port, client_id=client_id)
+                assert intruder.connect() == 0
+                while "lost" not in (notice := notices.get(timeout=20)):
+                    pass
+                delays.append(float(notice.rsplit("reconnecting in ", 1)[1].split()[0]))
+                intruder.close()
+            while "listening" not in notices.get(timeout=20):
+                pass
+            admin.publish("networks/pub", b'{"n": 2}', qos=1, retain=True)
+            assert next(samples).data == {"n": 2}
+    finally:
+        admin.close()
+    assert all(delay <= 0.5 for delay in delays), delays
+
+
+def test_two_traffic_simulators_on_one_network_do_not_evict_each_other(home, broker, everything):
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    devices = [
+        radio(
+            home,
+            "device",
+            "traffic",
+            "--network",
+            "A",
+            "--period",
+            "0.2",
+            "--url",
+            url,
+            secret=home.secrets["gen"],
+        )
+        for _ in range(2)
+    ]
+    try:
+        everything.expect(15, timeout=30)  # 3 s of both publishing
+    finally:
+        errs = []
+        for device in devices:
+            device.send_signal(signal.SIGTERM)
+            errs.append(device.communicate(timeout=20)[1])
+    for device, err in zip(devices, errs, strict=True):
+        assert device.returncode == 0, err
+        assert "lost the broker" not in err
+        assert err.count("connected to mqtt://") == 1, err

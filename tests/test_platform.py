@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,49 +24,121 @@ from conftest import ENGINES, require_mosquitto
 
 from radio.cli.up import reachable
 
+ANY_PORTS = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0")
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, engine):
+
+@dataclass
+class Up:
+    """A running `radio up`, its banner read."""
+
+    process: subprocess.Popen[str]
+    banner: str
+    children: list[psutil.Process]
+
+    def value(self, pattern: str) -> str:
+        match = re.search(pattern, self.banner)
+        assert match is not None, self.banner
+        return match[1]
+
+    @property
+    def ports(self) -> list[int]:
+        return [
+            int(self.value(r"mqtt://127\.0\.0\.1:(\d+)")),
+            int(self.value(r"ws://127\.0\.0\.1:(\d+)/mqtt")),
+            int(self.value(r"HTTP publish:\s+http://127\.0\.0\.1:(\d+)")),
+        ]
+
+
+def start_up(folder: Path, engine: str = "embedded") -> Up:
+    """`radio up` on free ports, in its own session (as a terminal would start it)."""
     if engine == "mosquitto":
         require_mosquitto()
-    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS")}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "up",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--engine",
-            engine,
-        ],
-        cwd=tmp_path,
+    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radio", "up", "--engine", engine, *ANY_PORTS],
+        cwd=folder,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
-    listen = None
     try:
         banner = ""
-        assert up.stdout is not None
-        for line in up.stdout:
+        assert process.stdout is not None
+        for line in process.stdout:
             banner += line
             if "Ctrl-C" in line:
                 break
-        ws_url = re.search(r"radio listen sample_net --url (\S+)", banner)[1]
-        http_url = re.search(r"HTTP publish:\s+(\S+)", banner)[1]
-        key = re.search(r"demo publisher key:\s+(\S+)", banner)[1]
-        assert re.search(r"curl -X POST \S+ -H 'API-KEY: \S+' -d ", banner)
-        assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", banner)
-        assert (tmp_path / ".radio" / "demo.key").read_text().strip() == key
-        children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) >= 3  # broker, bridge (and its workers), traffic simulator
+        assert "Radio is up." in banner, banner + (process.stderr.read() if process.stderr else "")
+        up = Up(process, banner, [])
+        health = up.value(r"HTTP publish:\s+(\S+)/publish") + "/healthz"
+        deadline = time.monotonic() + 30
+        while requests.get(health, timeout=10).status_code != 200:  # the bridge's workers are up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        up.children = psutil.Process(process.pid).children(recursive=True)
+        assert len(up.children) >= 5  # broker, bridge and its 2 workers, traffic simulator
+    except BaseException:
+        process.terminate()  # radio up stops what it started
+        process.communicate(timeout=60)
+        raise
+    return up
+
+
+def left_behind(children: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
+    """The children still running once they had time to stop (zombies awaiting a reaper are gone)."""
+    deadline = time.monotonic() + timeout
+
+    def running(child: psutil.Process) -> bool:
+        try:
+            return child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    while (alive := [c for c in children if running(c)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as any server binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, engine):
+    up = start_up(tmp_path, engine)
+    listen = None
+    try:
+        ws_url = up.value(r"radio listen sample_net --url (\S+)")
+        http_url = up.value(r"HTTP publish:\s+(\S+)")
+        key = up.value(r"demo publisher key:\s+(\S+)")
+        assert f'"$(cat {tmp_path / "demo.key"})" | curl -H @- http' in up.banner
+        assert key not in up.banner.split("Try, in another terminal:")[1]  # no secret in a command
+        assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", up.banner)
+        assert f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults)" in up.banner
+        assert (tmp_path / "demo.key").read_text().strip() == key
+
+        # The secret is in no process's command line, where every user of the machine could read it.
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                assert key.encode() not in cmdline.read_bytes(), cmdline
+
+        # One configuration rule: radio commands run in the same folder see the running platform.
+        keys = subprocess.run(
+            [sys.executable, "-m", "radio", "keys", "list"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert re.search(r"^demo\s+sample_net\s", keys.stdout, re.MULTILINE), keys.stderr
 
         listen = subprocess.Popen(
             [sys.executable, "-m", "radio", "listen", "sample_net", "--url", ws_url],
@@ -69,7 +146,6 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
         )
         samples: queue.Queue[dict] = queue.Queue()
         threading.Thread(
@@ -85,6 +161,12 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
             timeout=10,
         )
         assert response.json() == {"message": "OK"}
+        if shutil.which("curl"):  # the banner's own command, as pasted
+            pasted = up.value(r"\n  (printf .+)\n")
+            posted = subprocess.run(
+                ["bash", "-c", pasted], capture_output=True, text=True, timeout=30, check=True
+            )
+            assert json.loads(posted.stdout) == {"message": "OK"}
         deadline = time.monotonic() + 15
         while samples.get(timeout=15)["data"] != {"hello": "radio"}:
             assert time.monotonic() < deadline
@@ -92,11 +174,36 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         if listen is not None:
             listen.send_signal(signal.SIGINT)
             listen.communicate(timeout=20)
-        up.send_signal(signal.SIGINT)
-        _, err = up.communicate(timeout=60)
-    assert up.returncode == 0, err
+        up.process.send_signal(signal.SIGINT)
+        _, err = up.process.communicate(timeout=60)
+    assert up.process.returncode == 0, err
     assert "Traceback" not in err
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left_behind(up.children)
+    assert all(port_is_free(port) for port in up.ports)
+
+
+# SIGINT (Ctrl-C) is the first test's way to stop radio up: it checks the same.
+STOPS = {
+    "SIGHUP to the group (the terminal closes)": lambda p: os.killpg(p.pid, signal.SIGHUP),
+    "SIGTERM": lambda p: p.send_signal(signal.SIGTERM),
+    "SIGKILL of radio up alone": lambda p: p.kill(),
+}
+
+
+@pytest.mark.parametrize(
+    ("engine", "how"),
+    [
+        *(("embedded", how) for how in STOPS),
+        pytest.param("mosquitto", "SIGHUP to the group (the terminal closes)", marks=pytest.mark.mosquitto),
+        pytest.param("mosquitto", "SIGKILL of radio up alone", marks=pytest.mark.mosquitto),
+    ],
+)
+def test_nothing_outlives_radio_up_whatever_stops_it(tmp_path, engine, how):
+    up = start_up(tmp_path, engine)
+    STOPS[how](up.process)
+    up.process.communicate(timeout=60)
+    assert not left_behind(up.children), [c.cmdline() for c in left_behind(up.children, 0)]
+    assert all(port_is_free(port) for port in up.ports), up.ports
 
 
 def test_the_traffic_simulator_publishes_through_the_bridge_like_the_article(home, bridge, everything):
@@ -111,8 +218,6 @@ def test_the_traffic_simulator_publishes_through_the_bridge_like_the_article(hom
             str(home.config),
             "--network",
             "A",
-            "--key",
-            home.secrets["gen"],
             "--via",
             "http",
             "--url",
@@ -125,6 +230,7 @@ def test_the_traffic_simulator_publishes_through_the_bridge_like_the_article(hom
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
     )
     try:
         states = [json.loads(m.payload) for m in everything.expect(3, timeout=20)]
