@@ -185,6 +185,11 @@ class EmbeddedBroker:
         """The bound port of MQTT over WebSocket."""
         return self.port("ws")
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound port of the metrics endpoint, if it is served."""
+        return self._metrics.port if self._metrics is not None else None
+
     def session_count(self) -> int:
         """Sessions the broker holds, connected or not."""
         if self._radio is not None:

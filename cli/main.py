@@ -119,9 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_key_commands(
-    commands: argparse._SubParsersAction[Parser], common: Parser
-) -> None:
+def _add_key_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """``radio keys add|list|revoke|rotate|edit``."""
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
