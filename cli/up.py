@@ -115,6 +115,7 @@ def up(
     ws: Address | None,
     http: Address | None,
     engine: str = "embedded",
+    nodes: int = 3,
 ) -> int:
     """Run the platform until Ctrl-C or SIGTERM; exit 1 if a part of it dies on its own."""
     path = config_path(config)
@@ -136,8 +137,9 @@ def up(
         signal.signal(sig, lambda *_: stop.set())
     children: list[Child] = []
     try:
+        cluster = ["--nodes", str(nodes)] if engine == "nats" else []
         broker = Child(
-            "broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws), "--engine", engine]
+            "broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws), "--engine", engine, *cluster]
         )
         children.append(broker)
         mqtt_port = broker.wait_for(r"mqtt://[^:]+:(\d+)")

@@ -8,6 +8,7 @@ is made; the file keeps two hashes of it:
   CONNECT), and the digest doubles as the lookup index for the bridge, which sees only the secret.
 - PBKDF2-SHA512 in Mosquitto's ``$7$`` format, so the production broker can be handed the same keys
   (``radio mosquitto export``) without anyone knowing the secrets.
+- bcrypt, the one hash NATS accepts in its users list (``radio nats export``): see ``bcrypt_hash``.
 
 The file is written only by ``radio keys``: atomically (write, fsync, rename), mode 0600, under a
 lock so two commands at once cannot lose a change.
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import bcrypt
 import tomli_w
 
 from radio.credentials import ALIAS, secret_digest
@@ -61,6 +63,20 @@ def mosquitto_hash(secret: str, salt: bytes | None = None) -> str:
     return f"$7${MOSQUITTO_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(derived).decode()}"
 
 
+BCRYPT_COST: Final = 4
+"""bcrypt's lowest cost: a 256-bit random secret needs no key stretching, and NATS checks it per CONNECT."""
+
+
+def bcrypt_hash(secret: str) -> str:
+    """The secret as NATS takes a password from its users list (bcrypt, ``$2b$``).
+
+    Kept beside the other hashes because NATS accepts no SHA-256 or PBKDF2, and no one may keep
+    the secret itself to hash it later. Keys made before this hash existed have none: rotating
+    them gives them one.
+    """
+    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
 @dataclass(frozen=True)
 class Key:
     """One API key as stored: its rights and the hashes of its secret."""
@@ -74,6 +90,8 @@ class Key:
     created: str = ""
     publish_all: bool = False
     """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
+    bcrypt: str = ""
+    """``bcrypt_hash`` of the secret, for NATS; empty for a key made before it was kept."""
 
     @property
     def alias(self) -> str:
@@ -94,6 +112,7 @@ class Key:
             "admin": self.admin,
             "publish_all": self.publish_all,
             "created": self.created,
+            "bcrypt_hash": self.bcrypt,
         }
 
     @classmethod
@@ -109,6 +128,7 @@ class Key:
                 admin=bool(table.get("admin", False)),
                 created=str(table.get("created", "")),
                 publish_all=bool(table.get("publish_all", False)),
+                bcrypt=str(table.get("bcrypt_hash", "")),
             )
         except (KeyError, TypeError, InvalidName) as exc:
             msg = f"key {name!r} is malformed: {exc}"
@@ -190,6 +210,7 @@ class KeyStore:
                 admin=admin,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 publish_all=publish_all,
+                bcrypt=bcrypt_hash(secret),
             )
         return secret
 
@@ -204,7 +225,12 @@ class KeyStore:
         secret = new_secret()
         with self._locked() as keys:
             key = self._existing(keys, name)
-            keys[name] = replace(key, digest=secret_digest(secret), mosquitto=mosquitto_hash(secret))
+            keys[name] = replace(
+                key,
+                digest=secret_digest(secret),
+                mosquitto=mosquitto_hash(secret),
+                bcrypt=bcrypt_hash(secret),
+            )
         return secret
 
     def _known_networks(self, names: Iterable[str]) -> frozenset[str]:
