@@ -229,8 +229,6 @@ def node_text(
     broker = settings.broker
     limit = packet_limit(broker.max_packet_size, registry.largest_payload)
     replicas = min(len(nodes), MAX_REPLICAS)
-    credentials = f"{ROUTE_USER}:{route_secret}@"
-    routes = ",\n".join(f"        {_quote(n.route.replace('://', '://' + credentials, 1))}" for n in nodes)
     anonymous = (
         f"no_auth_user: {_quote(ANONYMOUS)}"
         if broker.allow_anonymous
@@ -240,6 +238,11 @@ def node_text(
         f"max_connections: {broker.max_connections}"
         if broker.max_connections
         else "# max_connections: no limit (radio.toml: max_connections = 0)"
+    )
+    cluster = (
+        _cluster_text(node, nodes, route_secret)
+        if len(nodes) > 1
+        else "# No cluster block: a single node runs JetStream on its own.\n\n"
     )
     return f"""\
 # NATS node {node.index} of {len(nodes)} for Radio, written by `radio nats export` from radio.toml
@@ -269,23 +272,7 @@ jetstream {{
     store_dir: {_quote(str(folder / "data" / node.name))}
 }}
 
-# The cluster: every node lists every route (itself included, which NATS skips); "Duplicate
-# Route" lines at start are the nodes finding each other twice, and are harmless.
-cluster {{
-    name: {_quote(CLUSTER_NAME)}
-    # Where the other nodes connect to this one.
-    listen: {_quote(str(node.cluster))}
-    # Only nodes holding the route password (cluster.secret) may join.
-    authorization {{
-        user: {_quote(ROUTE_USER)}
-        password: {_quote(route_secret)}
-    }}
-    routes: [
-{routes}
-    ]
-}}
-
-# MQTT 3.1.1 over TCP (radio.toml's [broker] mqtt).
+{cluster}# MQTT 3.1.1 over TCP (radio.toml's [broker] mqtt).
 mqtt {{
     listen: {_quote(str(node.mqtt))}
     # Copies of each MQTT stream (sessions, retained messages, QoS 1 and 2 messages): a sample
@@ -314,6 +301,29 @@ websocket {{
 authorization {{
     include "users.conf"
 }}
+"""
+
+
+def _cluster_text(node: Node, nodes: list[Node], route_secret: str) -> str:
+    credentials = f"{ROUTE_USER}:{route_secret}@"
+    routes = ",\n".join(f"        {_quote(n.route.replace('://', '://' + credentials, 1))}" for n in nodes)
+    return f"""\
+# The cluster: every node lists every route (itself included, which NATS skips); "Duplicate
+# Route" lines at start are the nodes finding each other twice, and are harmless.
+cluster {{
+    name: {_quote(CLUSTER_NAME)}
+    # Where the other nodes connect to this one.
+    listen: {_quote(str(node.cluster))}
+    # Only nodes holding the route password (cluster.secret) may join.
+    authorization {{
+        user: {_quote(ROUTE_USER)}
+        password: {_quote(route_secret)}
+    }}
+    routes: [
+{routes}
+    ]
+}}
+
 """
 
 

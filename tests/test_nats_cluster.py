@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,13 @@ def sentinel(n: int = 0) -> bytes:
 
 def payloads(client: Client, count: int = 1) -> list[bytes]:
     return [m.payload for m in client.expect(count)]
+
+
+def connected(node, client_id: str) -> bool:
+    """Whether the node still holds an MQTT connection with this client id (its /connz says)."""
+    url = f"http://{node.monitor}/connz?mqtt_client={client_id}"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.load(answer)["num_connections"] > 0
 
 
 def eventually(attempt, within: float = WITHIN):
@@ -279,3 +287,37 @@ def test_killing_a_node_leaves_publishing_retained_samples_and_listeners_working
         for made in clients:
             made.close()
         cluster.stop()
+
+
+def test_another_keys_connect_with_a_client_id_gets_none_of_its_sessions_subscriptions(connect):
+    """Differs from the embedded broker (CONNACK 2): NATS lets the other key take the client id
+    over, but restores the session's subscriptions under the new key's rights, so it reads nothing
+    it could not read anyway."""
+    owner = connect("reader_a", node=1, client_id="owned-session", clean_session=False)
+    assert owner.subscribe("networks/A/owned", qos=1) == 1
+    owner.close()
+    thief = connect("reader_b", node=2, client_id="owned-session", clean_session=False)
+    assert thief.subscribe("networks/B/owned", qos=1) == 1
+    admin = connect("admin", node=3)
+    admin.publish("networks/A/owned", b'{"for": "reader_a only"}', qos=1)
+    admin.publish("networks/B/owned", sentinel(5), qos=1)
+    assert payloads(thief) == [sentinel(5)]
+
+
+@pytest.mark.xfail(
+    reason="nats-server 2.15 publishes a last will without the publish check a PUBLISH gets "
+    "(docs/nats.md, 'Known differences')",
+    strict=True,
+)
+@pytest.mark.parametrize("key", [None, "reader_b"])
+def test_a_will_outside_the_keys_rights_reaches_nobody(connect, key):
+    listener = connect("admin", node=3)
+    assert listener.subscribe("networks/A/will", qos=1) == 1
+    forger = Client("tcp", connect.cluster.nodes[0].mqtt.port, key, connect.home.secrets.get(key or ""))
+    connect.open.append(forger)
+    forger.will_set("networks/A/will", b'{"forged": true}', qos=1)
+    assert forger.connect() == 0
+    forger._paho.socket().close()  # the connection drops, no DISCONNECT: the broker fires the will
+    assert eventually(lambda: not connected(connect.cluster.nodes[0], forger.client_id), within=10)
+    connect("admin", node=1).publish("networks/A/will", sentinel(6), qos=1)
+    assert payloads(listener) == [sentinel(6)]
