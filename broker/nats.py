@@ -246,7 +246,12 @@ def serve_nats(
             f"{name} ({'public' if net.public else 'private'})"
             for name, net in sorted(registry.settings.networks.items())
         )
-        lines = [f"Radio broker running (NATS, {len(cluster.nodes)} nodes, one cluster)"]
+        first = cluster.nodes[0]
+        lines = [
+            f"Radio broker running (NATS, {len(cluster.nodes)} nodes; any node serves any client)",
+            f"  MQTT over TCP:        mqtt://{first.mqtt.local()}",
+            f"  MQTT over WebSocket:  ws://{first.websocket.local()}/mqtt",
+        ]
         lines += [
             f"  {node.name}:  mqtt://{node.mqtt.local()}  ws://{node.websocket.local()}/mqtt"
             for node in cluster.nodes
