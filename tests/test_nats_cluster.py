@@ -321,3 +321,25 @@ def test_a_will_outside_the_keys_rights_reaches_nobody(connect, key):
     assert eventually(lambda: not connected(connect.cluster.nodes[0], forger.client_id), within=10)
     connect("admin", node=1).publish("networks/A/will", sentinel(6), qos=1)
     assert payloads(listener) == [sentinel(6)]
+
+
+def test_a_rotated_key_works_only_with_its_new_secret_on_every_node(connect, nats_home):
+    old = nats_home.radio("keys", "add", "rotating", "--publish", "A").stdout.strip()
+    nodes = connect.cluster.nodes
+
+    def accepted(secret: str, node: int) -> bool:
+        probe = Client("tcp", nodes[node - 1].mqtt.port, "rotating", secret)
+        try:
+            return probe.connect() == 0
+        finally:
+            probe.close()
+
+    assert eventually(lambda: accepted(old, 3))
+    open_ = [connect("rotating", node=n, secret=old) for n in (1, 2, 3)]
+    new = nats_home.radio("keys", "rotate", "rotating").stdout.strip()
+    rotated = time.monotonic()
+    for client in open_:
+        assert client.disconnected.wait(max(0.0, rotated + WITHIN - time.monotonic()))
+    for node in (1, 2, 3):
+        connect("rotating", node=node, secret=old, expect=NOT_AUTHORIZED)
+        connect("rotating", node=node, secret=new).publish("networks/A/rotated", b"{}", qos=1)
