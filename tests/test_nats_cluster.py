@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -317,7 +318,8 @@ def test_a_will_outside_the_keys_rights_reaches_nobody(connect, key):
     connect.open.append(forger)
     forger.will_set("networks/A/will", b'{"forged": true}', qos=1)
     assert forger.connect() == 0
-    forger._paho.socket().close()  # the connection drops, no DISCONNECT: the broker fires the will
+    forger._paho.socket().shutdown(socket.SHUT_RDWR)  # dropped, no DISCONNECT: the broker fires the will
+    assert forger.disconnected.wait(10)
     assert eventually(lambda: not connected(connect.cluster.nodes[0], forger.client_id), within=10)
     connect("admin", node=1).publish("networks/A/will", sentinel(6), qos=1)
     assert payloads(listener) == [sentinel(6)]
