@@ -31,8 +31,12 @@ CONFIG_RULE = (
     "Configuration: --config PATH, else $RADIO_CONFIG, else ./radio.toml (absent: the defaults, one "
     "public network sample_net). Keys (keys.toml) and every state file live beside it."
 )
-ENGINES = ("embedded", "mosquitto")
-ENGINE_HELP = "embedded (amqtt, in this process; the default) or mosquitto (installed separately)"
+ENGINES = ("embedded", "mosquitto", "nats")
+ENGINE_HELP = (
+    "embedded (Radio's own broker, in this process; the default), mosquitto (installed separately) "
+    "or nats (a local cluster: pip install 'radio-broadcast[nats]')"
+)
+NODES_HELP = "with --engine nats: how many nodes in the local cluster (default 3)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     broker.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket, path /mqtt")
     broker.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
+    broker.add_argument("--nodes", type=_count, default=3, help=NODES_HELP)
     broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
     broker.set_defaults(handler=_broker)
 
@@ -98,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket (default: config's)"
     )
     export.set_defaults(handler=_mosquitto_export)
+    _add_nats_commands(commands, common)
 
     bridge = commands.add_parser("bridge", parents=[common], help="run the HTTP bridge (POST /publish)")
     bridge.add_argument(
@@ -181,6 +187,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     up.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket")
     up.add_argument("--http", metavar="HOST:PORT", type=_address, help="the HTTP bridge")
     up.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
+    up.add_argument("--nodes", type=_count, default=3, help=NODES_HELP)
     up.set_defaults(handler=_up)
 
     listen = commands.add_parser(
@@ -235,6 +242,34 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     sensors.set_defaults(handler=_sensors)
 
 
+def _add_nats_commands(
+    commands: argparse._SubParsersAction[Parser], common: Parser
+) -> None:
+    """``radio nats export``: a NATS cluster's files, for nodes Radio does not start."""
+    nats = commands.add_parser("nats", parents=[common], help="NATS as the distributed engine")
+    actions = nats.add_subparsers(title="actions", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export", parents=[common], help="write one configuration per node and users.conf from the registry"
+    )
+    export.add_argument("--dir", required=True, type=Path, help="the folder to write them to")
+    export.add_argument("--nodes", type=_count, default=3, help="how many nodes (default 3)")
+    export.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="where each node runs, once per node in order (default: all on this machine)",
+    )
+    export.set_defaults(handler=_nats_export)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        msg = f"{text!r} is not a number of nodes (1 or more)"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
 def _address(text: str) -> Address:
     return options.address(text)
 
@@ -275,6 +310,10 @@ def _broker(args: argparse.Namespace) -> int:
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     if args.engine == "mosquitto":
         serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws)
+    elif args.engine == "nats":
+        from radio.broker.nats import serve_nats  # noqa: PLC0415
+
+        serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
     else:
         run(registry, mqtt=args.mqtt, websocket=args.ws)
     return 0
@@ -290,6 +329,23 @@ def _mosquitto_export(args: argparse.Namespace) -> int:
     print(f"Run: mosquitto -c {conf}", file=sys.stderr)
     print(
         f"After a key change: radio mosquitto export --dir {args.dir}, then kill -HUP <mosquitto pid>.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _nats_export(args: argparse.Namespace) -> int:
+    from radio.broker.nats_conf import export, plan  # noqa: PLC0415
+    from radio.registry import Registry  # noqa: PLC0415
+
+    settings = _settings(args)
+    nodes = plan(settings, args.nodes, args.host)
+    paths = export(settings, Registry.from_settings(settings), args.dir, nodes)
+    print(f"Wrote {', '.join(str(p) for p in paths)} and {args.dir / 'users.conf'}.", file=sys.stderr)
+    for node, path in zip(nodes, paths, strict=True):
+        print(f"On {node.host}: nats-server -c {path}", file=sys.stderr)
+    print(
+        f"After a key change: radio nats export --dir {args.dir} (same options), then kill -HUP each node.",
         file=sys.stderr,
     )
     return 0
@@ -319,6 +375,7 @@ def _up(args: argparse.Namespace) -> int:
         ws=args.ws,
         http=args.http,
         engine=args.engine,
+        nodes=args.nodes,
     )
 
 

@@ -152,6 +152,7 @@ def up(
     ws: Address | None,
     http: Address | None,
     engine: str = "embedded",
+    nodes: int = 3,
 ) -> int:
     """Run the platform until Ctrl-C, SIGTERM or SIGHUP; exit 1 if a part of it dies on its own."""
     stop, started = threading.Event(), threading.Event()
@@ -179,8 +180,9 @@ def up(
 
     children: list[Child] = []
     try:
+        cluster = ["--nodes", str(nodes)] if engine == "nats" else []
         broker = Child(
-            "broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws), "--engine", engine]
+            "broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws), "--engine", engine, *cluster]
         )
         children.append(broker)
         mqtt_port = broker.wait_for(r"mqtt://[^:]+:(\d+)")

