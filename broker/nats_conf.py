@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Final
 
 from radio.broker.codec import packet_limit
-
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.registry import Registry

@@ -242,9 +242,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     sensors.set_defaults(handler=_sensors)
 
 
-def _add_nats_commands(
-    commands: argparse._SubParsersAction[Parser], common: Parser
-) -> None:
+def _add_nats_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """``radio nats export``: a NATS cluster's files, for nodes Radio does not start."""
     nats = commands.add_parser("nats", parents=[common], help="NATS as the distributed engine")
     actions = nats.add_subparsers(title="actions", required=True, metavar="ACTION")
