@@ -333,7 +333,7 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
         (["device", "sensors", "--network", "n", "--rate", "-1"], "'-1' is not a number above 0"),
         (["device", "sensors", "--network", "n", "--url", "http://x"], "'http://x' is not a broker URL"),
         (["device", "sensors"], "the following arguments are required: --network"),
-        (["broker", "--engine", "nats"], "invalid choice: 'nats'"),
+        (["broker", "--engine", "rabbitmq"], "invalid choice: 'rabbitmq'"),
         (["keys", "add"], "the following arguments are required: name"),
         (["nosuch"], "invalid choice: 'nosuch'"),
     ],
