@@ -1,4 +1,4 @@
-"""``create_app``: the bridge as a Flask application, one broker link per process."""
+"""``create_app``: the bridge as a Flask application, one broker link per process; ``create_asgi_app``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask
 
 from radio.bridge import errors, ops, publish
+from radio.bridge.asgi import BufferedWSGI
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import Publisher
 from radio.config import Address
@@ -45,3 +46,22 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
     return app
+
+
+def create_asgi_app(
+    test_config: Mapping[str, Any] | None = None, *, body_timeout: float = 10.0, threads: int = 16
+) -> BufferedWSGI:
+    """The app as ``radio bridge`` serves it: each request read whole before a thread runs Flask.
+
+    ``threads`` requests per process can wait for their PUBACKs at once; a body still incomplete
+    ``body_timeout`` seconds after its headers is answered 408. Stopping the server closes the link.
+    """
+    app = create_app(test_config)
+    publisher: Publisher = app.extensions["radio.publisher"]
+    return BufferedWSGI(
+        app,
+        body_timeout=body_timeout,
+        body_limit=lambda: publish.body_limit(publish.fresh_registry(app)),
+        threads=threads,
+        on_shutdown=publisher.stop,
+    )

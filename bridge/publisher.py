@@ -62,6 +62,7 @@ class Publisher:
     def stop(self) -> None:
         """Close the link."""
         if self._started:
+            self._connected.clear()  # a stop asked for is no lost link: nothing to warn about
             self._client.disconnect()
             self._client.loop_stop()
             self._started = False
