@@ -52,7 +52,7 @@ class InProcessBridge:
         self.client = self.app.test_client()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        assert self.publisher._connected.wait(20), "the bridge never reached the broker"
+        assert self.publisher.wait_connected(20), "the bridge never reached the broker"
 
     def post(self, body: bytes | str | None = None, headers: dict[str, str] | None = None) -> Answer:
         return Answer(self.client.post("/publish", data=body, headers=headers or {}))

@@ -62,7 +62,9 @@ def envelope(data: str, extra: str = "") -> str:
         "surrogate-key",
     ],
 )
-def test_what_json_cannot_carry_is_refused_as_not_json_and_publishes_nothing(bridge, home, everything, payload):
+def test_what_json_cannot_carry_is_refused_as_not_json_and_publishes_nothing(
+    bridge, home, everything, payload
+):
     response = bridge.post(payload.encode("utf-8"), {"API-KEY": home.secrets["gen"]})
     assert (response.status_code, response.json()) == (400, NOT_JSON)
     marker = {"network": "A", "data": {"marker": 1}}
@@ -126,7 +128,9 @@ def test_slow_and_stalled_clients_cost_radio_bridge_no_worker(home, broker, ever
         stalled = [stalled_body(port, home.secrets["gen"]) for _ in range(5)]
         slow += stalled
 
-        response = running.post(json.dumps({"network": "A", "data": {"n": 1}}), {"API-KEY": home.secrets["gen"]})
+        response = running.post(
+            json.dumps({"network": "A", "data": {"n": 1}}), {"API-KEY": home.secrets["gen"]}
+        )
         assert (response.status_code, response.json()) == (200, {"message": "OK"})
         assert json.loads(everything.expect(1)[0].payload) == {"n": 1}
         for sock in slow[:50]:

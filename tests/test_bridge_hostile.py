@@ -10,6 +10,7 @@ from bridge_client import InProcessBridge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+
 @pytest.fixture
 def bridge(home, broker):
     """The app in this process with a real publisher, over real HTTP from an in-process server."""
