@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     Settings (``test_config`` or the defaults): ``RADIO_CONFIG`` and ``RADIO_KEYS`` (paths, as for
     every ``radio`` command), ``BROKER`` (an ``Address``; default: the configuration's MQTT
-    listener), ``PUBACK_TIMEOUT`` (seconds, default 5), ``REGISTRY_CHECK_INTERVAL`` (seconds).
+    listener), ``PUBACK_TIMEOUT`` (seconds, default 5), ``REGISTRY_CHECK_INTERVAL`` (seconds),
+    ``START_PUBLISHER`` (default true; false leaves ``publisher.start`` to the server).
     """
     app = Flask(__name__)
     app.config.from_mapping(
@@ -29,6 +31,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         BROKER=None,
         PUBACK_TIMEOUT=5.0,
         REGISTRY_CHECK_INTERVAL=0.25,
+        START_PUBLISHER=True,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
@@ -37,7 +40,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     broker: Address = app.config["BROKER"] or registry.settings.broker.mqtt.local()
     username, password = bridge_credentials(registry.settings)
     publisher = Publisher(broker, username, password, timeout=app.config["PUBACK_TIMEOUT"])
-    publisher.start()
+    if app.config["START_PUBLISHER"]:
+        publisher.start()
     app.extensions["radio.registry"] = registry
     app.extensions["radio.registry.checked"] = [0.0]
     app.extensions["radio.publisher"] = publisher
@@ -54,14 +58,16 @@ def create_asgi_app(
     """The app as ``radio bridge`` serves it: each request read whole before a thread runs Flask.
 
     ``threads`` requests per process can wait for their PUBACKs at once; a body still incomplete
-    ``body_timeout`` seconds after its headers is answered 408. Stopping the server closes the link.
+    ``body_timeout`` seconds after its headers is answered 408. The broker link runs on the
+    server's event loop, from its start to its stop.
     """
-    app = create_app(test_config)
+    app = create_app({**(test_config or {}), "START_PUBLISHER": False})
     publisher: Publisher = app.extensions["radio.publisher"]
     return BufferedWSGI(
         app,
         body_timeout=body_timeout,
         body_limit=lambda: publish.body_limit(publish.fresh_registry(app)),
         threads=threads,
+        on_startup=lambda: publisher.start(asyncio.get_running_loop()),
         on_shutdown=publisher.stop,
     )

@@ -56,11 +56,13 @@ class BufferedWSGI:
         body_timeout: float,
         body_limit: Callable[[], int],
         threads: int,
+        on_startup: Callable[[], None] | None = None,
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.body_timeout = body_timeout
         self.body_limit = body_limit
+        self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-bridge")
 
@@ -75,6 +77,8 @@ class BufferedWSGI:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.on_startup is not None:
+                    self.on_startup()  # on the server's event loop
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 # Requests in hand finish first; then the broker link closes cleanly.

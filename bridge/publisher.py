@@ -150,9 +150,18 @@ class Publisher:
         self._next_id = 0
         self._outgoing: list[bytes] = []
 
-    def start(self) -> None:
-        """Connect in the background; publishing waits (up to the timeout) for the link."""
-        if self._thread is not None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Connect in the background; publishing waits (up to the timeout) for the link.
+
+        Under ``radio bridge`` the link runs on the worker's own event loop (``loop``, from its
+        running thread), which is awake anyway while requests come in: no thread of its own to wake
+        for every packet. Without one, the link gets an event loop in a thread of its own.
+        """
+        if self._main is not None:
+            return
+        if loop is not None:
+            self._loop = loop
+            self._main = loop.create_task(self._keep_connected())
             return
         loop = uvloop.new_event_loop()
         self._loop = loop
@@ -171,15 +180,25 @@ class Publisher:
         started.wait()
 
     def stop(self) -> None:
-        """Say DISCONNECT and close the link."""
-        if self._thread is None or self._loop is None:
+        """Say DISCONNECT and close the link (from any thread but the link's own loop)."""
+        main, loop = self._main, self._loop
+        if main is None or loop is None:
             return
         self._connected.clear()  # a stop asked for is no lost link: nothing to warn about
-        main = self._main
-        if main is not None:
-            self._loop.call_soon_threadsafe(main.cancel)
-        self._thread.join(10)
-        self._thread = None
+        if self._thread is not None:
+            loop.call_soon_threadsafe(main.cancel)
+            self._thread.join(10)
+            self._thread = None
+        else:
+
+            async def cancel() -> None:
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await main
+
+            with contextlib.suppress(RuntimeError):  # the loop already stopped
+                asyncio.run_coroutine_threadsafe(cancel(), loop).result(10)
+        self._main = None
 
     @property
     def connected(self) -> bool:
