@@ -6,7 +6,8 @@
 - ``gthread``: gunicorn's threaded workers;
 - ``waitress``: waitress, one process with threads (``pip install waitress``).
 
-Every server gets the same number of worker processes (waitress: one) and threads per process.
+Every server gets the same number of worker processes (waitress: one) and threads per process
+(sync workers: one, by definition).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def bench_home(home: Path) -> tuple[dict[str, str], str]:
 
 
 def _gunicorn(app: str, worker: str, workers: int, threads: int, env: dict[str, str] | None) -> Served:
+    if worker == "sync":
+        threads = 1  # gunicorn turns sync workers with threads into gthread workers
     port = free_port()
     process = subprocess.Popen(
         [
