@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         publisher.start()
     app.extensions["radio.registry"] = registry
     app.extensions["radio.registry.checked"] = [0.0]
+    app.extensions["radio.registry.refreshing"] = threading.Lock()
     app.extensions["radio.publisher"] = publisher
 
     errors.register(app)

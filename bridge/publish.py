@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from typing import Any, Final, NoReturn
 
@@ -109,13 +110,21 @@ def _serialize(data: dict[str, Any]) -> bytes:
 
 
 def fresh_registry(app: Flask) -> Registry:
-    """The registry, re-checked at most every quarter second so a revoked key stops within 2 s."""
+    """The registry, re-checked at most every quarter second so a revoked key stops within 2 s.
+
+    Requests run in many threads: one of them re-checks while the others go on with the snapshot
+    in force, so two reloads never race to install their snapshots out of order.
+    """
     live: LiveRegistry = app.extensions["radio.registry"]
     state = app.extensions["radio.registry.checked"]
+    refreshing: threading.Lock = app.extensions["radio.registry.refreshing"]
     now = time.monotonic()
-    if now - state[0] >= app.config["REGISTRY_CHECK_INTERVAL"]:
-        state[0] = now
-        live.refresh()
+    if now - state[0] >= app.config["REGISTRY_CHECK_INTERVAL"] and refreshing.acquire(blocking=False):
+        try:
+            state[0] = now
+            live.refresh()
+        finally:
+            refreshing.release()
     return live.current
 
 
