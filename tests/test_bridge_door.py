@@ -192,3 +192,13 @@ def test_a_bad_bridge_body_timeout_in_the_configuration_is_one_line_and_exit_sta
     assert result.stderr.strip().splitlines() == [
         f"radio: {home.config}: [bridge] body_timeout must be a number from 0.1 to 3600, not {shown}"
     ]
+
+
+@pytest.mark.parametrize("size", [0, 100, 200, 20_000, 60_000])
+def test_samples_of_every_length_class_reach_listeners_byte_for_byte(bridge, home, everything, size):
+    """The bridge frames its own MQTT packets: 1-, 2- and 3-byte remaining lengths."""
+    data = {"blob": "x" * size}
+    response = bridge.post(json.dumps({"network": "A", "data": data}), {"API-KEY": home.secrets["gen"]})
+    assert response.status_code == 200
+    got = everything.expect(1)[0]
+    assert (got.topic, got.payload) == ("networks/A", json.dumps(data).encode())
