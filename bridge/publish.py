@@ -13,7 +13,9 @@ legacy generators depend on (design section 4):
     8  published, broker acknowledged    200 {"message": "OK"}
 
 Beyond the article: a body over the network's ``max_payload`` is 413 (a body too large for any
-network is refused before it is read), and a broker that is down or slow is 503.
+network is refused before it is read), and a broker that is down or slow is 503. "Not JSON"
+includes what JSON cannot carry to every reader: numbers no float holds (``1e999``), integers over
+4,300 digits, nesting too deep to parse, and lone surrogates (docs/http-door.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ should retry. So a sample is never left queued to go out later, after its reques
 publish still waiting for its PUBACK, and nothing is ever resent (clean session, no redelivery).
 
 The link speaks just the part of MQTT 3.1.1 a publisher needs (CONNECT, PUBLISH at QoS 1, PUBACK,
-PINGREQ, DISCONNECT) on an event loop in a thread of its own. Request threads hand it packets
+PINGREQ, DISCONNECT) on an event loop: the server worker's own under ``radio bridge``, else one in
+a thread of its own. Request threads hand it packets
 with ``call_soon_threadsafe`` and wait on a future; every packet handed over in one turn of the
 loop goes out in one write, and every PUBACK that arrived in one read is handled at once. This is
 the bridge's hot path: a general-purpose client spent more per sample than Flask did
