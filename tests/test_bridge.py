@@ -42,11 +42,15 @@ def broker(request, home):
 
 
 @pytest.fixture
-def bridge(home, broker):
+def bridge(home, broker, caplog):
     """The fast tier: the app in this process, a real publisher to the real broker."""
     running = InProcessBridge(str(home.config), broker.mqtt_port)
     yield running
     running.stop()
+    tracebacks = [
+        r.getMessage() for r in caplog.records if r.exc_info and r.levelname in ("ERROR", "CRITICAL")
+    ]
+    assert tracebacks == []  # as the server process's stderr must hold no traceback
 
 
 @pytest.fixture
