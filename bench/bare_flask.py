@@ -6,9 +6,11 @@ import json
 
 from flask import Flask, Response, jsonify, request
 
+from radio.bridge.asgi import BufferedWSGI
+
 
 def create_app() -> Flask:
-    """A bare endpoint, served by the same gunicorn settings as the bridge."""
+    """A bare endpoint, served by the same server settings as the bridge."""
     app = Flask(__name__)
 
     @app.post("/publish")
@@ -18,3 +20,8 @@ def create_app() -> Flask:
         return jsonify(message="OK"), 200
 
     return app
+
+
+def create_asgi_app(threads: int = 16) -> BufferedWSGI:
+    """The bare endpoint as ``radio bridge`` serves the bridge: whole requests handed to threads."""
+    return BufferedWSGI(create_app(), body_timeout=10.0, body_limit=lambda: 1 << 20, threads=threads)

@@ -2,11 +2,11 @@
 
     python bench/http_door.py             # 3 interleaved rounds of 10 s each, wrk -c50
     python bench/http_door.py --smoke     # one 1 s round: checks the script still works
-    python bench/http_door.py --server waitress   # the same under waitress (pip install waitress)
     python bench/http_door.py --engine mosquitto  # the bridge in front of Mosquitto
+    python bench/http_door.py --server sync       # both under another server (bench/http_servers.py)
 
-Both are served by gunicorn with the same settings as `radio bridge` (2 sync workers); the bridge
-publishes every sample at QoS 1 to the embedded broker and waits for its PUBACK. Prints a JSON
+Both are served with the same settings as `radio bridge` (2 workers of 16 threads); the bridge
+publishes every sample at QoS 1 to the broker and waits for its PUBACK. Prints a JSON
 line per measurement and a summary (medians, spread, ratio); CPU seconds per process show which
 one was saturated.
 """
@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,45 +26,23 @@ import time
 from pathlib import Path
 
 import psutil
+from http_servers import SERVERS, bench_home, serve_bare, serve_bridge, start
 
 HERE = Path(__file__).resolve().parent
 
 
-def bench_home(home: Path) -> tuple[dict[str, str], str]:
-    """A platform folder with one public network, bench, and a key that may publish to it."""
-    (home / "radio.toml").write_text("[networks.bench]\npublic = true\nretain = true\n")
-    env = {**os.environ, "RADIO_CONFIG": str(home / "radio.toml")}
-    key = subprocess.run(
-        [sys.executable, "-m", "radio", "keys", "add", "bench", "--publish", "bench"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout.strip()
-    return env, key
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(
-    args: list[str], pattern: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert process.stdout is not None
-    for line in process.stdout:
-        if match := re.search(pattern, line):
-            return process, match[1]
-    msg = f"{args[:3]} did not start"
-    raise RuntimeError(msg)
-
-
-def wrk(url: str, seconds: int, key: str) -> dict[str, float]:
+def wrk(url: str, seconds: int, key: str, connections: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", "-c50", f"-d{seconds}s", "--latency", "-s", str(HERE / "post.lua"), url + "/publish"],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(HERE / "post.lua"),
+            url + "/publish",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -94,96 +71,21 @@ def cpu_seconds(process: subprocess.Popen[str]) -> float:
     return total
 
 
-Target = tuple[subprocess.Popen[str], str, subprocess.Popen[str], str]
-
-
-def targets(args: argparse.Namespace, home: Path, env: dict[str, str], radio: list[str], mqtt: str) -> Target:
-    """Start the bridge and the bare yardstick under the chosen server."""
-    if args.server == "gunicorn":
-        bridge, bridge_url = start(
-            [
-                *radio,
-                "bridge",
-                "--listen",
-                "127.0.0.1:0",
-                "--broker",
-                f"mqtt://127.0.0.1:{mqtt}",
-                "--workers",
-                str(args.workers),
-            ],
-            r"POST (http://\S+)/publish",
-            env,
-        )
-        port = free_port()
-        bare = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--workers",
-                str(args.workers),
-                "--worker-class",
-                "sync",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--chdir",
-                str(HERE),
-                "--log-level",
-                "warning",
-                "bare_flask:create_app()",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-    else:
-        # waitress: one process, 4 threads sharing one broker link (its paho network thread).
-        (home / "radio.toml").write_text(
-            f'[broker]\nmqtt = "127.0.0.1:{mqtt}"\n[networks.bench]\npublic = true\nretain = true\n'
-        )
-        bridge_port, port = free_port(), free_port()
-        bridge = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "waitress",
-                "--threads",
-                "4",
-                f"--listen=127.0.0.1:{bridge_port}",
-                "--call",
-                "radio.bridge.app:create_app",
-            ],
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        bridge_url = f"http://127.0.0.1:{bridge_port}"
-        bare = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "waitress",
-                "--threads",
-                "4",
-                f"--listen=127.0.0.1:{port}",
-                "--call",
-                "bare_flask:create_app",
-            ],
-            stderr=subprocess.DEVNULL,
-            cwd=HERE,
-        )
-    bare_url = f"http://127.0.0.1:{port}"
-    return bridge, bridge_url, bare, bare_url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one short round, to check the script works")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, for both targets")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes, for both targets")
+    parser.add_argument("--threads", type=int, default=16, help="threads per worker, for both targets")
+    parser.add_argument(
+        "--connections", type=int, default=50, help="wrk's connections (kept alive, as wrk does)"
+    )
     parser.add_argument(
         "--server",
-        choices=["gunicorn", "waitress"],
-        default="gunicorn",
-        help="serve both targets with gunicorn (as radio bridge does) or waitress (pip install waitress)",
+        choices=SERVERS,
+        default="radio",
+        help="serve both targets as radio bridge does, or with another server (bench/http_servers.py)",
     )
     parser.add_argument(
         "--engine",
@@ -202,7 +104,9 @@ def main() -> None:
         r"mqtt://127\.0\.0\.1:(\d+)",
         env,
     )
-    bridge, bridge_url, bare, bare_url = targets(args, home, env, radio, mqtt)
+    served = serve_bridge(args.server, home, env, mqtt, workers=args.workers, threads=args.threads)
+    yardstick = serve_bare(args.server, args.workers, args.threads)
+    bridge, bridge_url, bare, bare_url = served.process, served.url, yardstick.process, yardstick.url
     try:
         deadline = time.monotonic() + 20
         for url in (bridge_url, bare_url):
@@ -232,7 +136,7 @@ def main() -> None:
                     p: cpu_seconds(proc)
                     for p, proc in (("broker", broker), ("bridge", bridge), ("bare", bare))
                 }
-                result = wrk(url, seconds, key)
+                result = wrk(url, seconds, key, args.connections)
                 for p, proc in (("broker", broker), ("bridge", bridge), ("bare", bare)):
                     result[f"cpu_{p}_s"] = round(cpu_seconds(proc) - before[p], 2)  # type: ignore[arg-type]
                 results[name].append(result)

@@ -1,13 +1,14 @@
 """The HTTP door: the article's ``POST /publish``, forwarded to the broker over MQTT.
 
-- ``app``: ``create_app``, the Flask application factory;
+- ``app``: ``create_app``, the Flask application factory, and ``create_asgi_app`` as served;
+- ``asgi``: each request read whole on the event loop before a thread runs Flask; 408 on a stall;
 - ``publish``: the ``/publish`` blueprint, the article's checks in the article's order;
 - ``ops``: ``/healthz`` and ``/metrics`` for operators;
 - ``errors``: every error as JSON ``{"error": ...}``;
 - ``publisher``: one persistent MQTT connection per process, QoS 1, PUBACK awaited per request;
 - ``identity``: the bridge's own service key;
 - ``metrics``: Prometheus counters, shared across worker processes;
-- ``serve``: ``radio bridge``, under gunicorn.
+- ``serve``: ``radio bridge``: gunicorn's arbiter, uvicorn event-loop workers.
 """
 
 from typing import Any

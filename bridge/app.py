@@ -1,13 +1,16 @@
-"""``create_app``: the bridge as a Flask application, one broker link per process."""
+"""``create_app``: the bridge as a Flask application, one broker link per process; ``create_asgi_app``."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
 from radio.bridge import errors, ops, publish
+from radio.bridge.asgi import BufferedWSGI
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import Publisher
 from radio.config import Address
@@ -19,7 +22,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     Settings (``test_config`` or the defaults): ``RADIO_CONFIG`` and ``RADIO_KEYS`` (paths, as for
     every ``radio`` command), ``BROKER`` (an ``Address``; default: the configuration's MQTT
-    listener), ``PUBACK_TIMEOUT`` (seconds, default 5), ``REGISTRY_CHECK_INTERVAL`` (seconds).
+    listener), ``PUBACK_TIMEOUT`` (seconds, default 5), ``REGISTRY_CHECK_INTERVAL`` (seconds),
+    ``START_PUBLISHER`` (default true; false leaves ``publisher.start`` to the server).
     """
     app = Flask(__name__)
     app.config.from_mapping(
@@ -28,6 +32,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         BROKER=None,
         PUBACK_TIMEOUT=5.0,
         REGISTRY_CHECK_INTERVAL=0.25,
+        START_PUBLISHER=True,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
@@ -36,12 +41,35 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     broker: Address = app.config["BROKER"] or registry.settings.broker.mqtt.local()
     username, password = bridge_credentials(registry.settings)
     publisher = Publisher(broker, username, password, timeout=app.config["PUBACK_TIMEOUT"])
-    publisher.start()
+    if app.config["START_PUBLISHER"]:
+        publisher.start()
     app.extensions["radio.registry"] = registry
     app.extensions["radio.registry.checked"] = [0.0]
+    app.extensions["radio.registry.refreshing"] = threading.Lock()
     app.extensions["radio.publisher"] = publisher
 
     errors.register(app)
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
     return app
+
+
+def create_asgi_app(
+    test_config: Mapping[str, Any] | None = None, *, body_timeout: float = 10.0, threads: int = 16
+) -> BufferedWSGI:
+    """The app as ``radio bridge`` serves it: each request read whole before a thread runs Flask.
+
+    ``threads`` requests per process can wait for their PUBACKs at once; a body still incomplete
+    ``body_timeout`` seconds after its headers is answered 408. The broker link runs on the
+    server's event loop, from its start to its stop.
+    """
+    app = create_app({**(test_config or {}), "START_PUBLISHER": False})
+    publisher: Publisher = app.extensions["radio.publisher"]
+    return BufferedWSGI(
+        app,
+        body_timeout=body_timeout,
+        body_limit=lambda: publish.body_limit(publish.fresh_registry(app)),
+        threads=threads,
+        on_startup=lambda: publisher.start(asyncio.get_running_loop()),
+        on_shutdown=publisher.stop,
+    )

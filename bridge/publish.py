@@ -13,16 +13,20 @@ legacy generators depend on (design section 4):
     8  published, broker acknowledged    200 {"message": "OK"}
 
 Beyond the article: a body over the network's ``max_payload`` is 413 (a body too large for any
-network is refused before it is read), and a broker that is down or slow is 503.
+network is refused before it is read), and a broker that is down or slow is 503. "Not JSON"
+includes what JSON cannot carry to every reader: numbers no float holds (``1e999``), integers over
+4,300 digits, nesting too deep to parse, and lone surrogates (docs/http-door.md).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
 from typing import Any, Final, NoReturn
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from radio.bridge import metrics
 from radio.bridge.errors import APIError
@@ -50,8 +54,13 @@ def _presented_secret() -> str | None:
     return secret
 
 
+def body_limit(registry: Registry) -> int:
+    """The largest request body read at all: twice the largest sample (escapes), plus the envelope."""
+    return registry.largest_payload * 2 + BODY_HEADROOM
+
+
 def _read_body(registry: Registry) -> bytes:
-    limit = registry.largest_payload * 2 + BODY_HEADROOM  # worked out once per registry, not per request
+    limit = body_limit(registry)
     if request.content_length is not None and request.content_length > limit:
         _refuse(413, f"request body too large: at most {limit} bytes", "too_large")
     body = request.stream.read(limit + 1)
@@ -65,22 +74,65 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(msg)
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e999``) is refused, not made infinite."""
+    value = float(text)
+    if math.isinf(value):
+        msg = f"{text} does not fit a float"
+        raise ValueError(msg)
+    return value
+
+
 def _parse(body: bytes) -> Any:
+    """The body as JSON, or the article's refusal.
+
+    Refused like ``NaN``: numbers too large for a float, integers over Python's 4,300 digits,
+    nesting deeper than the interpreter's recursion limit, and anything not UTF-8.
+    """
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         _refuse(400, "POST data is not JSON", "not_json")
 
 
-def current_registry() -> Registry:
-    """The registry, re-checked at most every quarter second so a revoked key stops within 2 s."""
-    live: LiveRegistry = current_app.extensions["radio.registry"]
-    state = current_app.extensions["radio.registry.checked"]
+def _serialize(data: dict[str, Any]) -> bytes:
+    r"""The sample as listeners get it: the article's ``json.dumps(body["data"])``, always valid JSON.
+
+    ``allow_nan=False`` keeps ``Infinity`` and ``NaN`` out whatever slipped past parsing. A string
+    holding a lone surrogate (``"\ud800"``) names no character and cannot be UTF-8: it is refused.
+    Only a payload with a ``\ud8..``-``\udf..`` escape can hold one, so only those are checked.
+    """
+    try:
+        payload = json.dumps(data, allow_nan=False).encode()
+        if b"\\ud" in payload:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        _refuse(400, "POST data is not JSON", "not_json")
+    return payload
+
+
+def fresh_registry(app: Flask) -> Registry:
+    """The registry, re-checked at most every quarter second so a revoked key stops within 2 s.
+
+    Requests run in many threads: one of them re-checks while the others go on with the snapshot
+    in force, so two reloads never race to install their snapshots out of order.
+    """
+    live: LiveRegistry = app.extensions["radio.registry"]
+    state = app.extensions["radio.registry.checked"]
+    refreshing: threading.Lock = app.extensions["radio.registry.refreshing"]
     now = time.monotonic()
-    if now - state[0] >= current_app.config["REGISTRY_CHECK_INTERVAL"]:
-        state[0] = now
-        live.refresh()
+    if now - state[0] >= app.config["REGISTRY_CHECK_INTERVAL"] and refreshing.acquire(blocking=False):
+        try:
+            state[0] = now
+            live.refresh()
+        finally:
+            refreshing.release()
     return live.current
+
+
+def current_registry() -> Registry:
+    """``fresh_registry`` of the app answering this request."""
+    return fresh_registry(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 @bp.post("/publish")
@@ -112,7 +164,7 @@ def publish() -> tuple[Response, int]:
         _refuse(400, "Can only broadcast json data", "not_object")
 
     settings = registry.networks[network]
-    payload = json.dumps(body["data"]).encode()  # the article: json.dumps(body["data"])
+    payload = _serialize(body["data"])
     if len(payload) > settings.max_payload:
         _refuse(
             413,

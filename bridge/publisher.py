@@ -1,34 +1,136 @@
 """One persistent MQTT connection per process, and a publish that returns only once the broker has it.
 
-paho's network thread is started once (``loop_start``); each request publishes at QoS 1 and waits
-for the PUBACK with ``wait_for_publish``: never an event loop inside a request. Under a
-pre-forking server every worker makes its own connection, after the fork.
-
 The bridge's promise is that a 200 means the broker has the sample and a 503 means the caller
-should retry. So a sample is never left in paho's queue to go out later, after its request was
-answered 503: a publish attempted while the link is down is dropped at once, and whatever is
-still unacknowledged when the link comes back is dropped instead of resent.
+should retry. So a sample is never left queued to go out later, after its request was answered
+503: a publish attempted while the link is down fails at once, a link that drops fails every
+publish still waiting for its PUBACK, and nothing is ever resent (clean session, no redelivery).
+
+The link speaks just the part of MQTT 3.1.1 a publisher needs (CONNECT, PUBLISH at QoS 1, PUBACK,
+PINGREQ, DISCONNECT) on an event loop: the server worker's own under ``radio bridge``, else one in
+a thread of its own. Request threads hand it packets
+with ``call_soon_threadsafe`` and wait on a future; every packet handed over in one turn of the
+loop goes out in one write, and every PUBACK that arrived in one read is handled at once. This is
+the bridge's hot path: a general-purpose client spent more per sample than Flask did
+(bench/RESULTS.md, "HTTP door").
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import struct
 import threading
 import time
 import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Final
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+import uvloop
 
 from radio.config import Address
 
 log = logging.getLogger("radio.bridge")
 
+KEEPALIVE: Final = 30
+RECONNECT_DELAY: Final = 1.0
+CONNACK_REFUSALS: Final = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
+
 
 class BrokerUnavailable(Exception):
     """The sample was not published: the broker is unreachable or did not confirm in time."""
+
+
+def _string(value: bytes) -> bytes:
+    return struct.pack("!H", len(value)) + value
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    """Fixed header (type and flags, variable-length remaining length), then the body."""
+    length, header = len(body), bytearray([first])
+    while True:
+        length, digit = divmod(length, 128)
+        header.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes(header) + body
+
+
+def connect_packet(client_id: str, username: str, password: str) -> bytes:
+    """CONNECT: MQTT 3.1.1, clean session, user name and password."""
+    flags = 0x80 | 0x40 | 0x02
+    head = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", KEEPALIVE)
+    payload = _string(client_id.encode()) + _string(username.encode()) + _string(password.encode())
+    return _packet(0x10, head + payload)
+
+
+def publish_packet(topic: bytes, packet_id: int, payload: bytes, retain: bool) -> bytes:
+    """PUBLISH at QoS 1."""
+    return _packet(0x32 | retain, _string(topic) + struct.pack("!H", packet_id) + payload)
+
+
+PINGREQ: Final = b"\xc0\x00"
+DISCONNECT: Final = b"\xe0\x00"
+
+
+class _Link(asyncio.Protocol):
+    """One connection to the broker; lives and dies on the publisher's event loop."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.transport: asyncio.Transport | None = None
+        self.connack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self.last_heard = asyncio.get_running_loop().time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP connection's is a Transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = asyncio.get_running_loop().time()
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 2:
+            length, shift, at = 0, 0, 1
+            while True:
+                if at >= len(buffer):
+                    return
+                digit = buffer[at]
+                length |= (digit & 0x7F) << shift
+                at += 1
+                if not digit & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    self._fail("a malformed packet")
+                    return
+            if len(buffer) < at + length:
+                return
+            kind, body = buffer[0] >> 4, bytes(buffer[at : at + length])
+            del buffer[: at + length]
+            if kind == 4 and length >= 2:  # PUBACK
+                self.publisher._acknowledged(struct.unpack_from("!H", body)[0])
+            elif kind == 2 and length >= 2 and not self.connack.done():  # CONNACK
+                self.connack.set_result(body[1])
+
+    def _fail(self, why: str) -> None:
+        log.warning("closing the broker link: %s", why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connack.done():
+            self.connack.set_exception(ConnectionError(str(exc or "connection closed")))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class Publisher:
@@ -37,74 +139,183 @@ class Publisher:
     def __init__(self, broker: Address, username: str, password: str, timeout: float = 5.0) -> None:
         self.broker = broker
         self.timeout = timeout
+        self._username = username
+        self._password = password
+        self._client_id = f"radio-bridge-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._connected = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"radio-bridge-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
-        self._client.username_pw_set(username, password)
-        # Retry quickly: requests are waiting (up to the timeout) for the link to come back.
-        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._link: _Link | None = None
+        self._waiting: dict[int, Future[None]] = {}
+        self._next_id = 0
+        self._outgoing: list[bytes] = []
 
-    def start(self) -> None:
-        """Connect in the background; publishing waits (up to the timeout) for the link."""
-        if self._started:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Connect in the background; publishing waits (up to the timeout) for the link.
+
+        Under ``radio bridge`` the link runs on the worker's own event loop (``loop``, from its
+        running thread), which is awake anyway while requests come in: no thread of its own to wake
+        for every packet. Without one, the link gets an event loop in a thread of its own.
+        """
+        if self._main is not None:
             return
-        self._started = True
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
-        self._client.loop_start()
+        if loop is not None:
+            self._loop = loop
+            self._main = loop.create_task(self._keep_connected())
+            return
+        loop = uvloop.new_event_loop()
+        self._loop = loop
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            self._main = loop.create_task(self._keep_connected())
+            loop.call_soon(started.set)
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._main)
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="radio-bridge-mqtt", daemon=True)
+        self._thread.start()
+        started.wait()
 
     def stop(self) -> None:
-        """Close the link."""
-        if self._started:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._started = False
+        """Say DISCONNECT and close the link (from any thread but the link's own loop)."""
+        main, loop = self._main, self._loop
+        if main is None or loop is None:
+            return
+        self._connected.clear()  # a stop asked for is no lost link: nothing to warn about
+        if self._thread is not None:
+            loop.call_soon_threadsafe(main.cancel)
+            self._thread.join(10)
+            self._thread = None
+        else:
+
+            async def cancel() -> None:
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await main
+
+            with contextlib.suppress(RuntimeError):  # the loop already stopped
+                asyncio.run_coroutine_threadsafe(cancel(), loop).result(10)
+        self._main = None
 
     @property
     def connected(self) -> bool:
         """Whether the broker link is up right now."""
         return self._connected.is_set()
 
+    def wait_connected(self, timeout: float) -> bool:
+        """Whether the link came up within ``timeout`` seconds."""
+        return self._connected.wait(timeout)
+
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it; else BrokerUnavailable."""
         deadline = time.monotonic() + self.timeout
-        if not self._connected.wait(self.timeout):
+        if not self._connected.wait(self.timeout) or self._loop is None:
             msg = "the broker is unreachable: nothing was published, retry later"
             raise BrokerUnavailable(msg)
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self._client.drop_out_messages()
-            msg = "the broker link dropped: nothing was published, retry later"
-            raise BrokerUnavailable(msg)
+        done: Future[None] = Future()
         try:
-            info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
-            published = info.is_published()
-        except (RuntimeError, ValueError):
-            published = False
-        if not published:
+            self._loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, done)
+        except RuntimeError:  # the loop is closed: the publisher was stopped
+            msg = "the broker is unreachable: nothing was published, retry later"
+            raise BrokerUnavailable(msg) from None
+        try:
+            done.result(max(deadline - time.monotonic(), 0.001))
+        except FutureTimeout:
             msg = f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
-            raise BrokerUnavailable(msg)
+            raise BrokerUnavailable(msg) from None
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
-    ) -> None:
-        if reason.is_failure:
-            log.error("the broker refused the bridge's key: %s", reason)
+    # On the publisher's event loop from here on.
+
+    def _send(self, topic: bytes, payload: bytes, retain: bool, done: Future[None]) -> None:
+        if not self._connected.is_set() or self._link is None:
+            done.set_exception(
+                BrokerUnavailable("the broker link dropped: nothing was published, retry later")
+            )
             return
-        # Every request with an unacknowledged sample has been (or will be) answered 503.
-        dropped = client.drop_out_messages()
-        if dropped:
-            log.warning("dropped %d unconfirmed samples, already answered 503", len(dropped))
-        log.info("connected to the broker at %s", self.broker)
-        self._connected.set()
+        for _ in range(65535):
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._waiting:
+                break
+        else:
+            done.set_exception(BrokerUnavailable("too many samples waiting for the broker: retry later"))
+            return
+        self._waiting[self._next_id] = done
+        if not self._outgoing:
+            # Everything handed over before the loop gets back to this goes out in one write.
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(publish_packet(topic, self._next_id, payload, retain))
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
-        if self._connected.is_set():
-            log.warning("lost the broker at %s (%s); reconnecting", self.broker, reason)
-        self._connected.clear()
+    def _flush(self) -> None:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.write(data)
+
+    def _acknowledged(self, packet_id: int) -> None:
+        done = self._waiting.pop(packet_id, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _drop_waiting(self) -> None:
+        """Every sample still unacknowledged is answered 503: it must never go out later."""
+        waiting, self._waiting = self._waiting, {}
+        self._outgoing.clear()
+        for done in waiting.values():
+            if not done.done():
+                done.set_exception(BrokerUnavailable("the broker link dropped: retry later"))
+        if waiting:
+            log.warning("dropped %d unconfirmed samples, answered 503", len(waiting))
+
+    async def _keep_connected(self) -> None:
+        loop = asyncio.get_running_loop()
+        lost = False
+        try:
+            while True:
+                try:
+                    await self._session(loop, lost)
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    if self._connected.is_set():
+                        log.warning("lost the broker at %s (%s); reconnecting", self.broker, exc or "closed")
+                    lost = lost or self._connected.is_set()
+                self._connected.clear()
+                self._link = None
+                self._drop_waiting()
+                await asyncio.sleep(RECONNECT_DELAY)
+        finally:
+            self._connected.clear()
+            self._drop_waiting()
+            if self._link is not None and self._link.transport is not None:
+                self._link.transport.write(DISCONNECT)
+                self._link.transport.close()
+
+    async def _session(self, loop: asyncio.AbstractEventLoop, lost: bool) -> None:
+        """One connection, from CONNECT until it closes."""
+        async with asyncio.timeout(10):
+            transport, link = await loop.create_connection(
+                lambda: _Link(self), self.broker.host, self.broker.port
+            )
+            transport.write(connect_packet(self._client_id, self._username, self._password))
+            code = await link.connack
+        if code != 0:
+            reason = CONNACK_REFUSALS.get(code, f"code {code}")
+            log.error("the broker refused the bridge's key: %s", reason)
+            transport.close()
+            msg = f"refused: {reason}"
+            raise ConnectionError(msg)
+        self._link = link
+        self._connected.set()
+        log.info("%s the broker at %s", "reconnected to" if lost else "connected to", self.broker)
+        while not link.closed.done():
+            await asyncio.wait([link.closed], timeout=KEEPALIVE / 2)
+            if link.closed.done():
+                break
+            if loop.time() - link.last_heard > KEEPALIVE * 1.5:
+                transport.abort()  # no answer, not even to the last PINGREQ: the link is dead
+                break
+            transport.write(PINGREQ)
+        msg = "connection closed"
+        raise ConnectionError(msg)

@@ -1,8 +1,10 @@
-"""``radio bridge``: the Flask app under gunicorn, pre-forked sync workers.
+"""``radio bridge``: the app under gunicorn's arbiter, uvicorn event-loop workers, Flask in threads.
 
-Why gunicorn with sync workers: measured on 2 cores (bench/http_door.py, bench/RESULTS.md), the
-bridge served 803 requests/s under gunicorn with 2 sync workers, one MQTT connection each, and 233
-under waitress with 4 threads sharing one paho network thread.
+Why this server (measured, bench/RESULTS.md, "HTTP door"): a pre-forked sync worker is held by any
+client that is slow to send its request, so two clients trickling headers stopped all publishing.
+Here each worker process reads requests on an event loop (uvicorn, httptools) and hands only
+complete ones to a thread running Flask (``bridge/asgi.py``): a slow client costs a socket. It also
+keeps connections alive and lets many requests per process wait for their PUBACKs at once.
 
 The listening socket is bound here, before gunicorn starts, so that port 0 works and the real port
 can be printed; gunicorn inherits it as ``fd://N``. The service key is made here too, once,
@@ -11,35 +13,65 @@ before the workers fork and each opens its own broker link.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.sync import SyncWorker
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
 
 from radio import logs
 from radio.config import Address, load_settings
 
-DEFAULT_WORKERS = 2
+DEFAULT_WORKERS: Final = 2
+DEFAULT_THREADS: Final = 16
+"""Requests per worker process that run Flask (and wait for their PUBACK) at once."""
+KEEP_ALIVE: Final = 5
+"""Seconds an idle keep-alive connection is kept open."""
 
 
-class GracefulSyncWorker(SyncWorker):  # type: ignore[misc]
-    """Ctrl-C reaches the workers too (one process group): finish the request in hand, then exit.
+class _Server(Server):
+    """uvicorn's server, stopping gracefully on SIGINT and SIGTERM and then exiting normally.
 
-    gunicorn's sync worker exits at once on SIGINT, in the middle of a request or of loading the
-    app, with a traceback in the log; a publish that was half done would be answered by nobody.
+    uvicorn re-raises the signal it stopped on, which would kill the worker with it after the clean
+    stop; gunicorn's arbiter, not the worker, decides how the whole server ends.
     """
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+class BridgeWorker(UvicornWorker):  # type: ignore[misc]
+    """A gunicorn worker: one event loop (uvloop, httptools) and one broker link per process."""
+
+    CONFIG_KWARGS: Final = {"loop": "uvloop", "http": "httptools", "lifespan": "on", "access_log": False}
+
     def init_signals(self) -> None:
-        """SIGINT as SIGTERM: stop accepting, finish the request in hand."""
+        """Ctrl-C reaches the workers too (one process group): leave it to the arbiter.
+
+        The arbiter answers it with SIGTERM to each worker, which uvicorn handles gracefully; a
+        SIGINT of its own would kill a worker still loading the app, with a traceback.
+        """
         super().init_signals()
-        signal.signal(signal.SIGINT, self.handle_exit)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = _Server(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class _GracefulArbiter(Arbiter):  # type: ignore[misc]
@@ -82,6 +114,8 @@ def run(
     broker: Address | None,
     workers: int = DEFAULT_WORKERS,
     timeout: float = 5.0,
+    body_timeout: float | None = None,
+    threads: int = DEFAULT_THREADS,
 ) -> None:
     """Serve until SIGINT or SIGTERM (gunicorn stops its workers gracefully, then exits 0)."""
     # Before anything imports the Prometheus client: it picks its storage once, at import.
@@ -91,6 +125,7 @@ def run(
 
     settings = load_settings(config, keys)
     listen = listen or settings.bridge.listen
+    body_timeout = settings.bridge.body_timeout if body_timeout is None else body_timeout
     bridge_credentials(settings)
     sock = bind(listen)
     host, port = sock.getsockname()[:2]
@@ -100,22 +135,24 @@ def run(
         f'  POST http://{shown}:{port}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
         f"  GET  http://{shown}:{port}/healthz\n"
         f"  GET  http://{shown}:{port}/metrics\n"
-        f"  broker: mqtt://{broker or settings.broker.mqtt}, {workers} workers\n"
+        f"  broker: mqtt://{broker or settings.broker.mqtt}, {workers} workers of {threads} threads\n"
         "Press Ctrl-C to stop.",
         flush=True,
     )
 
     def load() -> Any:
-        from radio.bridge.app import create_app  # noqa: PLC0415 - each worker builds its own app and link
+        from radio.bridge.app import create_asgi_app  # noqa: PLC0415 - each worker builds its own app and link
 
         logs.setup()
-        return create_app(
+        return create_asgi_app(
             {
                 "RADIO_CONFIG": config,
                 "RADIO_KEYS": keys,
                 "BROKER": broker,
                 "PUBACK_TIMEOUT": timeout,
-            }
+            },
+            body_timeout=body_timeout,
+            threads=threads,
         )
 
     def child_exit(_server: Any, worker: Any) -> None:
@@ -129,8 +166,10 @@ def run(
     options = {
         "bind": [f"fd://{sock.fileno()}"],
         "workers": workers,
-        "worker_class": "radio.bridge.serve.GracefulSyncWorker",
+        "worker_class": "radio.bridge.serve.BridgeWorker",
+        # A worker's event loop answers the arbiter's heartbeat whatever its clients do.
         "timeout": max(30, int(timeout) * 3),
+        "keepalive": KEEP_ALIVE,
         "graceful_timeout": 10,
         "accesslog": None,
         "errorlog": "-",

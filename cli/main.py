@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -115,8 +116,29 @@ def _parser() -> argparse.ArgumentParser:
         type=_broker_url,
         help="the broker (default: the config's MQTT)",
     )
-    bridge.add_argument("--workers", type=int, default=2, help="worker processes, one broker link each")
-    bridge.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker's PUBACK")
+    bridge.add_argument(
+        "--workers",
+        type=_whole(1, 64),
+        default=2,
+        help="worker processes, one broker link each (1 to 64, default 2)",
+    )
+    bridge.add_argument(
+        "--threads",
+        type=_whole(1, 256),
+        default=16,
+        help="requests per worker handled at once (1 to 256, default 16)",
+    )
+    bridge.add_argument(
+        "--timeout",
+        type=_seconds(0.1, 3600),
+        default=5.0,
+        help="seconds to wait for the broker's PUBACK (0.1 to 3600, default 5)",
+    )
+    bridge.add_argument(
+        "--body-timeout",
+        type=_seconds(0.1, 3600),
+        help="seconds for a request's body to arrive, else 408 (default: [bridge] body_timeout, 10)",
+    )
     bridge.set_defaults(handler=_bridge)
 
     _add_platform_commands(commands, common)
@@ -349,6 +371,34 @@ def _nats_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            msg = f"{text!r} is not a whole number from {low} to {high}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # NaN is in no range
+            msg = f"{text!r} is not a number of seconds from {low:g} to {high:g}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
 def _bridge(args: argparse.Namespace) -> int:
     from radio.bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
@@ -359,6 +409,8 @@ def _bridge(args: argparse.Namespace) -> int:
         broker=args.broker,
         workers=args.workers,
         timeout=args.timeout,
+        body_timeout=args.body_timeout,
+        threads=args.threads,
     )
     return 0
 

@@ -114,9 +114,11 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class BridgeSettings:
-    """Where the HTTP bridge listens."""
+    """Where the HTTP bridge listens, and how long it waits for a request's body."""
 
     listen: Address = Address("127.0.0.1", 5000)
+    body_timeout: float = 10.0
+    """Seconds from a request's headers to the end of its body; a body later than that is 408."""
 
 
 def _default_networks() -> dict[str, NetworkSettings]:
@@ -219,7 +221,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
         },
     )
     bridge = _table(data, "bridge")
-    _only(bridge, "[bridge] ", {"listen"})
+    _only(bridge, "[bridge] ", {"listen", "body_timeout"})
     defaults = BrokerSettings()
     networks = _networks(data["networks"]) if "networks" in data else _default_networks()
     return Settings(
@@ -247,7 +249,12 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
                 for name, (low, high, whole) in _BROKER_LIMITS.items()
             },
         ),
-        bridge=BridgeSettings(listen=_address(bridge, "listen", "[bridge]", BridgeSettings().listen)),
+        bridge=BridgeSettings(
+            listen=_address(bridge, "listen", "[bridge]", BridgeSettings().listen),
+            body_timeout=_number(
+                bridge, "body_timeout", BridgeSettings().body_timeout, 0.1, 3600.0, where="[bridge]"
+            ),
+        ),
         networks=networks,
     )
 
@@ -341,13 +348,20 @@ def _persistence(value: object, folder: Path) -> Path | None:
 
 
 def _number(
-    table: dict[str, Any], name: str, default: float, low: float, high: float, *, whole: bool = False
+    table: dict[str, Any],
+    name: str,
+    default: float,
+    low: float,
+    high: float,
+    *,
+    whole: bool = False,
+    where: str = "[broker]",
 ) -> float:
     value = table.get(name, default)
     kinds: tuple[type, ...] = (int,) if whole else (int, float)
     if type(value) not in kinds or not low <= value <= high:
         kind = "a whole number" if whole else "a number"
-        msg = f"[broker] {name} must be {kind} from {low:g} to {high:g}, not {_kind(value)} {value!r}"
+        msg = f"{where} {name} must be {kind} from {low:g} to {high:g}, not {_kind(value)} {value!r}"
         raise ValueError(msg)
     return float(value)
 

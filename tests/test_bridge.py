@@ -1,6 +1,10 @@
-"""The HTTP bridge over real HTTP (gunicorn), forwarding to a real broker, seen by a real listener.
+"""The HTTP bridge forwarding to a real broker, seen by a real listener; each test on both brokers.
 
-Each test runs on the embedded broker and on Mosquitto.
+Most tests use the fast tier (``bridge``: the app in this process with a real publisher, Flask's
+test client, and real HTTP from an in-process server where a test needs a socket). ``served`` is
+``radio bridge`` itself, a separate process with two workers, for what only it can show: metrics
+summed over worker processes, the service key made on first start, recovery, and one end-to-end
+path per broker.
 
 "Publishes nothing" is checked with a barrier, never a sleep: after the refused requests one valid
 POST is sent; requests are answered one after another, so anything the refused ones had published
@@ -18,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
@@ -34,6 +39,27 @@ def broker(request, home):
     """The bridge end to end on both brokers: the embedded one, and Mosquitto with exported rights."""
     with running_broker(request.param, home) as running:
         yield running
+
+
+@pytest.fixture
+def bridge(home, broker, caplog):
+    """The fast tier: the app in this process, a real publisher to the real broker."""
+    running = InProcessBridge(str(home.config), broker.mqtt_port)
+    yield running
+    running.stop()
+    tracebacks = [
+        r.getMessage() for r in caplog.records if r.exc_info and r.levelname in ("ERROR", "CRITICAL")
+    ]
+    assert tracebacks == []  # as the server process's stderr must hold no traceback
+
+
+@pytest.fixture
+def served(home, broker):
+    """`radio bridge` in its own process: gunicorn's arbiter, two workers, real HTTP."""
+    running = start_bridge(home, broker.mqtt_port)
+    yield running
+    stderr = running.stop()
+    assert "Traceback" not in stderr, stderr
 
 
 def body(value) -> str:
@@ -113,6 +139,13 @@ def test_the_checks_run_in_the_articles_order(bridge, home):
     }
 
 
+def test_end_to_end_a_sample_posted_to_radio_bridge_reaches_a_listener(served, home, everything):
+    response = served.post(body(VALID), {"API-KEY": home.secrets["gen"], "Content-Type": "application/json"})
+    assert (response.status_code, response.json()) == (200, {"message": "OK"})
+    got = everything.expect(1)[0]
+    assert (got.topic, got.payload) == ("networks/A", json.dumps(VALID["data"]).encode())
+
+
 def test_a_valid_sample_reaches_listeners_exactly_and_is_retained(bridge, home, everything, broker):
     response = bridge.post(body(VALID), {"API-KEY": home.secrets["gen"], "Content-Type": "application/json"})
     assert (response.status_code, response.json()) == (200, {"message": "OK"})
@@ -171,7 +204,7 @@ def test_a_sample_over_the_networks_max_payload_is_413(home, broker, everything)
     home.config.write_text(
         home.config.read_text().replace("[networks.A]\n", "[networks.A]\nmax_payload = 100\n")
     )
-    bridge = start_bridge(home, broker.mqtt_port)
+    bridge = InProcessBridge(str(home.config), broker.mqtt_port)
     try:
         big = {"network": "A", "data": {"blob": "x" * 200}}
         response = bridge.post(body(big), {"API-KEY": home.secrets["gen"]})
@@ -241,7 +274,8 @@ def test_200_concurrent_posts_each_reach_the_listener_exactly_once(bridge, home,
     assert everything.received_so_far() == []
 
 
-def test_metrics_count_outcomes_and_time_to_puback(bridge, home):
+def test_metrics_count_outcomes_and_time_to_puback(served, home):
+    bridge = served  # two worker processes: the counts are summed over both
     gen = {"API-KEY": home.secrets["gen"]}
     for _ in range(3):
         assert bridge.post(body(VALID), gen).status_code == 200

@@ -1,0 +1,204 @@
+"""The bridge's WSGI app behind an event loop: a request takes a thread only once it is all here.
+
+A slow or stalled client must cost a socket, never a worker. The event loop (uvicorn) reads the
+headers; this adapter reads the whole body, within ``body_timeout`` seconds of the headers, and only
+then hands the complete request to a thread running Flask. A body that does not arrive in time is
+answered 408 ``{"error": ...}`` and the connection closed; it never reached a thread.
+
+A body larger than ``body_limit()`` is not buffered: the app is called with the declared
+``Content-Length`` and no body (or with the first ``limit + 1`` bytes of a chunked body) and
+refuses it with 413, and the connection is closed, not drained.
+
+The Flask view blocks on the broker's PUBACK, so it runs in a thread pool: many requests per
+process wait for their PUBACKs at once over the one MQTT connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+CLOSE: Final = (b"connection", b"close")
+
+
+class _Incomplete(Exception):
+    """The client went away before its body was complete: nobody is left to answer."""
+
+
+def _json_answer(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        CLOSE,
+    ]
+    return status, headers, body
+
+
+class BufferedWSGI:
+    """An ASGI application serving a WSGI application whose requests are read completely first."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        body_timeout: float,
+        body_limit: Callable[[], int],
+        threads: int,
+        on_startup: Callable[[], None] | None = None,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.body_timeout = body_timeout
+        self.body_limit = body_limit
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-bridge")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One ASGI connection scope: lifespan (start, stop) or one HTTP request."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.on_startup is not None:
+                    self.on_startup()  # on the server's event loop
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                # Requests in hand finish first; then the broker link closes cleanly.
+                await asyncio.get_running_loop().run_in_executor(None, self.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def close(self) -> None:
+        """Wait for the requests in hand, then let the app release what it holds."""
+        self._pool.shutdown(wait=True)
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = _content_length(scope)
+        limit = self.body_limit()
+        close = False
+        try:
+            if declared is not None and declared > limit:
+                body, close = b"", True  # the app refuses it (413) by its declared length
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await _read_body(receive, limit)
+                close = len(body) > limit
+                declared = len(body)  # also for a chunked body, which WSGI cannot read otherwise
+        except TimeoutError:
+            status, headers, payload = _json_answer(
+                408, f"request body not received within {self.body_timeout:g} s"
+            )
+        except _Incomplete:
+            return
+        else:
+            environ = _environ(scope, body, declared)
+            loop = asyncio.get_running_loop()
+            status, headers, payload = await loop.run_in_executor(self._pool, self._call, environ)
+            if close:
+                headers.append(CLOSE)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if exc_info is not None and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [(status, headers)]
+            return chunks.append
+
+        iterable = self.app(environ, start_response)
+        try:
+            chunks.extend(iterable)
+        finally:
+            closing = getattr(iterable, "close", None)
+            if closing is not None:
+                closing()
+        status, headers = started[0]
+        encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        return int(status[:3]), encoded, b"".join(chunks)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP parser refuses such a request before it gets here
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The body, or its first ``limit + 1`` bytes when it is larger."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Incomplete
+        chunk = message.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts)[: limit + 1]
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _environ(scope: Scope, body: bytes, length: int | None) -> dict[str, Any]:
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "REMOTE_ADDR": str(client[0]),
+        "REMOTE_PORT": str(client[1]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if length is not None:
+        environ["CONTENT_LENGTH"] = str(length)
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        value = raw_value.decode("latin-1")
+        if name in {"CONTENT_LENGTH", "TRANSFER_ENCODING"}:
+            continue  # the body is complete: its length is the one above
+        if name == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = value
+            continue
+        key = f"HTTP_{name}"
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ

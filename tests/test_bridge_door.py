@@ -1,0 +1,204 @@
+"""The HTTP door against slow clients, numbers JSON cannot carry, and bad ``radio bridge`` options.
+
+Slow clients are tested against ``radio bridge`` itself (its own process, real sockets) with one
+worker: on a server where a half-sent request holds a worker, the normal POST would wait for it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from bridge_client import InProcessBridge
+from conftest import start_bridge
+
+NOT_JSON = {"error": "POST data is not JSON"}
+
+
+@pytest.fixture
+def bridge(home, broker):
+    running = InProcessBridge(str(home.config), broker.mqtt_port, body_timeout=0.5)
+    yield running
+    running.stop()
+
+
+def envelope(data: str, extra: str = "") -> str:
+    return '{"network": "A", ' + extra + '"data": ' + data + "}"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        envelope('{"x": 1e999999}'),
+        envelope('{"x": -1e400}'),
+        envelope('{"x": [1.5, 2e308]}'),
+        envelope("{}", '"extra": 1e999, '),
+        envelope('{"x": NaN}'),
+        envelope('{"x": Infinity}'),
+        envelope('{"x": -Infinity}'),
+        envelope('{"x": ' + "9" * 4301 + "}"),
+        envelope('{"x": ' + "[" * 5000 + "]" * 5000 + "}"),
+        envelope('{"x": ' + '{"y": ' * 5000 + "1" + "}" * 5000 + "}"),
+        envelope('{"x": "\\ud800"}'),
+        envelope('{"x": "\\udc00 and \\ud83d"}'),
+        envelope('{"\\ud800": 1}'),
+    ],
+    ids=[
+        "1e999999",
+        "-1e400",
+        "2e308-in-a-list",
+        "infinite-outside-data",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "4301-digits",
+        "5000-deep-lists",
+        "5000-deep-objects",
+        "lone-high-surrogate",
+        "lone-low-surrogates",
+        "surrogate-key",
+    ],
+)
+def test_what_json_cannot_carry_is_refused_as_not_json_and_publishes_nothing(
+    bridge, home, everything, payload
+):
+    response = bridge.post(payload.encode("utf-8"), {"API-KEY": home.secrets["gen"]})
+    assert (response.status_code, response.json()) == (400, NOT_JSON)
+    marker = {"network": "A", "data": {"marker": 1}}
+    assert bridge.post(json.dumps(marker), {"API-KEY": home.secrets["gen"]}).status_code == 200
+    assert [json.loads(m.payload) for m in everything.expect(1)] == [marker["data"]]
+
+
+def test_invalid_utf8_is_not_json(bridge, home):
+    response = bridge.post(envelope('{"x": "\xff"}').encode("latin-1"), {"API-KEY": home.secrets["gen"]})
+    assert (response.status_code, response.json()) == (400, NOT_JSON)
+
+
+def test_large_finite_numbers_and_real_characters_go_through_as_valid_json(bridge, home, everything):
+    data = '{"big": 1.7e308, "small": -1e-320, "digits": ' + "9" * 4300 + ', "smile": "\\ud83d\\ude00"}'
+    response = bridge.post(envelope(data), {"API-KEY": home.secrets["gen"]})
+    assert response.status_code == 200
+    payload = everything.expect(1)[0].payload
+    published = json.loads(payload, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert published == json.loads(data)
+    assert published["smile"] == "\N{GRINNING FACE}"
+    payload.decode("utf-8")  # RFC 8259: JSON text is UTF-8
+
+
+def read_answer(sock: socket.socket) -> tuple[str, dict[str, object]]:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, payload = answer.decode().partition("\r\n\r\n")
+    return head, json.loads(payload)
+
+
+def stalled_body(port: int, secret: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(
+        b"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: "
+        + secret.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    return sock
+
+
+def test_a_body_that_stalls_is_answered_408_json_after_the_body_timeout_in_process(bridge, home):
+    port = int(bridge.url.rsplit(":", 1)[1])
+    with stalled_body(port, home.secrets["gen"]) as sock:
+        head, answer = read_answer(sock)
+    assert head.startswith("HTTP/1.1 408")
+    assert "application/json" in head
+    assert answer == {"error": "request body not received within 0.5 s"}
+
+
+def test_slow_and_stalled_clients_cost_radio_bridge_no_worker(home, broker, everything):
+    """One worker; 50 clients trickling headers and 5 stalling mid-body; a normal POST still gets 200."""
+    running = start_bridge(home, broker.mqtt_port, "--workers", "1", "--body-timeout", "3")
+    port = int(running.url.rsplit(":", 1)[1])
+    slow = []
+    try:
+        for n in range(50):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nX-Slow: %d\r\n" % n)
+            slow.append(sock)
+        stalled = [stalled_body(port, home.secrets["gen"]) for _ in range(5)]
+        slow += stalled
+
+        response = running.post(
+            json.dumps({"network": "A", "data": {"n": 1}}), {"API-KEY": home.secrets["gen"]}
+        )
+        assert (response.status_code, response.json()) == (200, {"message": "OK"})
+        assert json.loads(everything.expect(1)[0].payload) == {"n": 1}
+        for sock in slow[:50]:
+            sock.sendall(b"X-Still: open\r\n")  # the slow ones are still connected, still unanswered
+
+        for sock in stalled:
+            head, answer = read_answer(sock)
+            assert head.startswith("HTTP/1.1 408")
+            assert answer == {"error": "request body not received within 3 s"}
+    finally:
+        for sock in slow:
+            sock.close()
+        stderr = running.stop()
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--workers", "0"),
+        ("--workers", "-1"),
+        ("--workers", "many"),
+        ("--threads", "0"),
+        ("--timeout", "-1"),
+        ("--timeout", "0"),
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+        ("--body-timeout", "0"),
+        ("--body-timeout", "-5"),
+    ],
+)
+def test_out_of_range_options_are_refused_with_exit_status_2(home, option, value):
+    result = subprocess.run(
+        [sys.executable, "-m", "radio", "bridge", "--config", str(home.config), f"{option}={value}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"radio bridge: error: argument {option}: '{value}' is not")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("0", "0"), ("-1", "-1"), ("nan", "nan"), ('"10"', "'10'"), ("100000", "100000")]
+)
+def test_a_bad_bridge_body_timeout_in_the_configuration_is_one_line_and_exit_status_2(home, value, shown):
+    home.config.write_text(home.config.read_text() + f"\n[bridge]\nbody_timeout = {value}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "radio", "bridge", "--config", str(home.config), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"radio: {home.config}: [bridge] body_timeout must be a number from 0.1 to 3600, not {shown}"
+    ]
+
+
+@pytest.mark.parametrize("size", [0, 100, 200, 20_000, 60_000])
+def test_samples_of_every_length_class_reach_listeners_byte_for_byte(bridge, home, everything, size):
+    """The bridge frames its own MQTT packets: 1-, 2- and 3-byte remaining lengths."""
+    data = {"blob": "x" * size}
+    response = bridge.post(json.dumps({"network": "A", "data": data}), {"API-KEY": home.secrets["gen"]})
+    assert response.status_code == 200
+    got = everything.expect(1)[0]
+    assert (got.topic, got.payload) == ("networks/A", json.dumps(data).encode())
