@@ -81,3 +81,10 @@ def test_the_growth_benchmark_measures_every_registry_size():
     rows = run_smoke("growth.py")
     assert {r["registry"] for r in rows} == {"10 keys, 10 networks", "10,000 keys", "1,000 networks"}
     assert all(r["connects_per_s"] > 0 and r["refusals_per_s"] > 0 and r["publishes_per_s"] > 0 for r in rows)
+
+
+def test_the_filter_hog_benchmark_measures_with_and_without_and_the_limit_holds():
+    rows = run_smoke("filter_hog.py")
+    assert {r["hog_filters"] for r in rows} == {0, 200}
+    assert all(r["deliveries_per_s"] > 0 for r in rows)
+    assert [r["granted"] for r in rows if r["hog_filters"]] == [100]  # max_filters, by default
