@@ -91,11 +91,11 @@ def main() -> None:
     print("\n| broker | filters asked | deliveries/s with the hog / without (median, range) |")
     print("|---|---|---|")
     for kind, values in ratios.items():
-        print(
-            f"| {kind} | {filters:,} | {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) |"
-        )
+        spread = f"{min(values):.2f}-{max(values):.2f}"
+        print(f"| {kind} | {filters:,} | {statistics.median(values):.2f} ({spread}) |")
     if args.smoke and not all(ratios.values()):
-        raise SystemExit("a measurement delivered nothing")
+        msg = "a measurement delivered nothing"
+        raise SystemExit(msg)
 
 
 if __name__ == "__main__":
