@@ -25,6 +25,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -113,12 +114,22 @@ class Registry:
         """
         key = self.keys.get(name)
         if key is not None:
-            return key if key.matches(secret) else None
+            return key if key.matches(secret) and not key.expired() else None
         return self.key_for_secret(secret)
 
     def key_for_secret(self, secret: str) -> Key | None:
-        """The key whose secret this is (the bridge's check: it sees the secret alone)."""
-        return self._by_digest.get(secret_digest(secret))
+        """The key whose secret this is (the bridge's check: it sees the secret alone).
+
+        An expired key is no key: refused from its expiry on, like a revoked one.
+        """
+        key = self._by_digest.get(secret_digest(secret))
+        return None if key is None or key.expired() else key
+
+    def next_expiry(self, after: datetime) -> datetime | None:
+        """The first expiry of a key still valid at ``after``: when a server must act next."""
+        return min(
+            (e for k in self.keys.values() if (e := k.terms.expires) is not None and e > after), default=None
+        )
 
     def access(self, key_name: str | None) -> Access:
         """The rights of a key by name, None meaning anonymous; a key that no longer exists has none."""
