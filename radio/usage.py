@@ -6,9 +6,12 @@ door). So both doors count into the same quota, and the count survives a restart
 
 Nothing is written on the hot path: each process counts in memory and a thread of its own adds
 the counts to the file once per ``interval`` (one transaction). A quota check is the count the
-file held at the last write (every process's samples) plus this process's samples since: so a
-quota can be overrun by what the *other* processes accepted within one interval, never more
-(docs/access.md). What a process counted in its last interval before a ``kill -9`` is lost.
+file held at the last write (every process's samples) plus this process's samples since. Within
+``MARGIN`` samples of a key's quota, that is not exact enough (another process may have counted
+samples it has not written yet), so for those last samples each check writes this process's
+counts and reads the file again, and each sample is written at once: two processes then see each
+other's samples (docs/access.md). What a process counted in its last interval before a
+``kill -9`` is lost.
 
 Quota periods are calendar days and months in UTC; a quota resets at midnight UTC (or the first
 of the month).
@@ -36,6 +39,8 @@ log = logging.getLogger("radio.usage")
 FILE_NAME: Final = "usage.db"
 INTERVAL: Final = 1.0
 """Seconds between writes: the most a quota can be overrun by, in the other processes' traffic."""
+MARGIN: Final = 100
+"""Samples before a quota's end from which every check reads the file, and every sample is written."""
 DOORS: Final = ("http", "mqtt")
 REASONS: Final = ("rights", "rate", "quota", "schema")
 
@@ -116,6 +121,7 @@ class Meter:
         self.interval = interval
         self._db = open_db(path)
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
         self._samples: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         self._refusals: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
         self._committed: dict[tuple[str, str], int] = {}
@@ -143,8 +149,13 @@ class Meter:
             total = self.totals[(key.name, door, network)]
             total[0] += 1
             total[1] += size
+            near = False
             if key.terms.quota is not None:
-                self._local[(key.id, period(key, now)[0])] += 1
+                slot = (key.id, period(key, now)[0])
+                self._local[slot] += 1
+                near = key.terms.quota - self._used(slot) <= MARGIN
+        if near:
+            self.flush()
 
     def refuse(self, key: Key, door: str, reason: str, now: datetime | None = None) -> None:
         """One sample refused, and why (one of ``REASONS``)."""
@@ -164,13 +175,21 @@ class Meter:
         with self._lock:
             committed = self._committed.get(slot)
         if committed is None:
-            committed = self._count(key.id, start, end)
+            with self._writing:
+                committed = self._count(key.id, start, end)
             with self._lock:
                 self._committed.setdefault(slot, committed)
                 self._ends[slot] = end
         with self._lock:
-            used = self._committed[slot] + self._inflight.get(slot, 0) + self._local.get(slot, 0)
+            used = self._used(slot)
+        if used < limit and limit - used <= MARGIN:  # near the end: what every process has written
+            self.flush()
+            with self._lock:
+                used = self._used(slot)
         return QuotaState(used, limit, reset_time(end))
+
+    def _used(self, slot: tuple[str, str]) -> int:
+        return self._committed.get(slot, 0) + self._inflight.get(slot, 0) + self._local.get(slot, 0)
 
     def over_quota(self, key: Key, door: str, state: QuotaState) -> None:
         """Count a refusal for the quota, logging it once per key and period."""
@@ -201,6 +220,10 @@ class Meter:
 
     def flush(self) -> None:
         """Add what was counted since the last write to the file, then re-read the quota counts."""
+        with self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             samples, self._samples = self._samples, defaultdict(lambda: [0, 0])
             refusals, self._refusals = self._refusals, defaultdict(int)
