@@ -523,14 +523,26 @@ def _keys_list(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    rows: list[tuple[str, ...]] = [("NAME", "PUBLISH", "SUBSCRIBE", "LIMITS", "EXPIRES", "CREATED", "ID")]
+    # The LIMITS and EXPIRES columns appear once some key has a limit or an expiry.
+    ordered = sorted(keys.values(), key=lambda k: k.name)
+    limited = any(k.terms.rate is not None or k.terms.quota is not None for k in ordered)
+    expiring = any(k.terms.expires is not None for k in ordered)
+    rows: list[tuple[str, ...]] = [
+        (
+            "NAME",
+            "PUBLISH",
+            "SUBSCRIBE",
+            *(("LIMITS",) * limited),
+            *(("EXPIRES",) * expiring),
+            "CREATED",
+            "ID",
+        )
+    ]
     rows.extend(
-        (k.name, *_rights(k), _limits(k), _expiry(k), k.created, k.id)
-        for k in sorted(keys.values(), key=lambda k: k.name)
+        (k.name, *_rights(k), *((_limits(k),) * limited), *((_expiry(k),) * expiring), k.created, k.id)
+        for k in ordered
     )
-    widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]
-    for cells in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
+    _print_table(rows)
     return 0
 
 
