@@ -7,10 +7,13 @@ bridge under gunicorn with two workers, paho clients, and the ``radio`` command 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import stat
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -335,3 +338,17 @@ def test_usage_files_are_private(home: Home) -> None:
     path = home.path / "usage.db"
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.slow
+def test_the_access_benchmark_runs_and_reports_every_target() -> None:
+    script = Path(__file__).resolve().parent.parent / "bench" / "access.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    medians = next(line for line in lines if "medians_us" in line)
+    assert {"schema_fastjsonschema", "bucket_broker", "bucket_bridge_shared", "meter_record"} <= set(
+        medians["medians_us"]
+    )
