@@ -306,7 +306,10 @@ class Connection:
         if self.closed:
             return
         silent = time.monotonic() - self.last_heard
-        if silent >= grace and self._pending is None:  # not while paused for its rate
+        if self._pending is not None:  # paused for its rate: not read, so not silent
+            self._alive_timer = self._loop.call_later(grace, self._check_alive, grace)
+            return
+        if silent >= grace:
             self.close(f"silent for {silent:.1f}s, past its keep-alive [MQTT-3.1.2-24]")
             return
         self._alive_timer = self._loop.call_later(grace - silent, self._check_alive, grace)
@@ -377,6 +380,7 @@ class Connection:
         """The publisher's key has a token again: handle what waited, then read again."""
         if self.closed:
             return
+        self.last_heard = time.monotonic()  # its keep-alive counts from when it is read again
         pending, self._pending = self._pending or [], None
         try:
             self._run(pending)

@@ -7,9 +7,9 @@ bridge under gunicorn with two workers, paho clients, and the ``radio`` command 
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
-import stat
 import threading
 import time
 from datetime import UTC, datetime, timedelta
