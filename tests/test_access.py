@@ -352,3 +352,18 @@ def test_the_access_benchmark_runs_and_reports_every_target() -> None:
     assert {"schema_fastjsonschema", "bucket_broker", "bucket_bridge_shared", "meter_record"} <= set(
         medians["medians_us"]
     )
+
+
+def test_the_brokers_metrics_count_each_keys_samples_and_refusals(home: Home) -> None:
+    home.config.write_text(home.config.read_text() + '\n[broker]\nmetrics = "127.0.0.1:0"\n')
+    with embedded(home) as broker:
+        publisher = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+        assert publisher.connect() == 0
+        publisher.publish("networks/A/m", b'{"x": 1}', qos=1)
+        publisher.publish("networks/B/m", b'{"x": 1}', qos=1)  # not its network: refused, counted
+        publisher.close()
+        port = broker.broker._metrics.port
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'radio_key_samples_total{door="mqtt",key="gen",network="A"} 1.0' in text
+    assert 'radio_key_bytes_total{door="mqtt",key="gen",network="A"} 8.0' in text
+    assert 'radio_key_refusals_total{door="mqtt",key="gen",reason="rights"} 1.0' in text
