@@ -20,10 +20,12 @@ of the month).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,15 +67,26 @@ class UsageError(RadioError):
     """The usage file cannot be opened."""
 
 
-def period(key: Key, now: datetime) -> tuple[str, str]:
-    """The key's current quota period: its first day and the first day after it (ISO dates)."""
-    today = now.astimezone(UTC).date()
-    if key.terms.quota_period == "month":
-        start = today.replace(day=1)
-        end = (start + timedelta(days=32)).replace(day=1)
-    else:
-        start, end = today, today + timedelta(days=1)
-    return start.isoformat(), end.isoformat()
+@functools.lru_cache(maxsize=4)
+def _periods(today: date) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The day's and the month's quota periods: each its first day and the first day after it."""
+    start = today.replace(day=1)
+    month = (start.isoformat(), (start + timedelta(days=32)).replace(day=1).isoformat())
+    return (today.isoformat(), (today + timedelta(days=1)).isoformat()), month
+
+
+class _Today:
+    """Today's date in UTC, worked out once a day rather than once a sample."""
+
+    def __init__(self) -> None:
+        self._number = -1
+        self._date = date.min
+
+    def __call__(self) -> date:
+        number = int(time.time() // 86_400)
+        if number != self._number:
+            self._number, self._date = number, datetime.now(UTC).date()
+        return self._date
 
 
 def reset_time(end: str) -> datetime:
@@ -120,6 +133,7 @@ class Meter:
         self.path = path
         self.interval = interval
         self._db = open_db(path)
+        self._today = _Today()
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._samples: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -138,10 +152,10 @@ class Meter:
         self._thread: threading.Thread | None = None
 
     # The hot path: memory only.
-    def record(self, key: Key, door: str, network: str, size: int, now: datetime | None = None) -> None:
+    def record(self, key: Key, door: str, network: str, size: int) -> None:
         """One sample accepted from this key."""
-        now = now or datetime.now(UTC)
-        day = now.date().isoformat()
+        days, months = _periods(self._today())
+        day = days[0]
         with self._lock:
             row = self._samples[(day, key.id, key.name, door, network)]
             row[0] += 1
@@ -151,26 +165,26 @@ class Meter:
             total[1] += size
             near = False
             if key.terms.quota is not None:
-                slot = (key.id, period(key, now)[0])
+                slot = (key.id, (months if key.terms.quota_period == "month" else days)[0])
                 self._local[slot] += 1
                 near = key.terms.quota - self._used(slot) <= MARGIN
         if near:
             self.flush()
 
-    def refuse(self, key: Key, door: str, reason: str, now: datetime | None = None) -> None:
+    def refuse(self, key: Key, door: str, reason: str) -> None:
         """One sample refused, and why (one of ``REASONS``)."""
-        day = (now or datetime.now(UTC)).date().isoformat()
+        day = _periods(self._today())[0][0]
         with self._lock:
             self._refusals[(day, key.id, key.name, door, reason)] += 1
             self.refused[(key.name, door, reason)] += 1
 
-    def quota(self, key: Key, now: datetime | None = None) -> QuotaState | None:
+    def quota(self, key: Key) -> QuotaState | None:
         """Where the key stands, or None if it has no quota; reads the file once per key and period."""
         limit = key.terms.quota
         if limit is None:
             return None
-        now = now or datetime.now(UTC)
-        start, end = period(key, now)
+        periods = _periods(self._today())
+        start, end = periods[1] if key.terms.quota_period == "month" else periods[0]
         slot = (key.id, start)
         with self._lock:
             committed = self._committed.get(slot)
