@@ -50,6 +50,7 @@ SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS usage (day TEXT NOT NULL, key_id TEXT NOT NULL, key_name TEXT NOT NULL,
     door TEXT NOT NULL, network TEXT NOT NULL, samples INTEGER NOT NULL, bytes INTEGER NOT NULL,
     PRIMARY KEY (day, key_id, door, network));
+CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id, day);
 CREATE TABLE IF NOT EXISTS refusals (day TEXT NOT NULL, key_id TEXT NOT NULL, key_name TEXT NOT NULL,
     door TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (day, key_id, door, reason));
@@ -61,6 +62,7 @@ _ADD_REFUSALS: Final = """INSERT INTO refusals VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (day, key_id, door, reason) DO UPDATE SET
     count = count + excluded.count, key_name = excluded.key_name"""
 _COUNT: Final = "SELECT COALESCE(SUM(samples), 0) FROM usage WHERE key_id = ? AND day >= ? AND day < ?"
+_COUNTS: Final = "SELECT key_id, SUM(samples) FROM usage WHERE day >= ? AND day < ? GROUP BY key_id"
 
 
 class UsageError(RadioError):
@@ -250,7 +252,7 @@ class Meter:
                 with self._transaction() as db:
                     db.executemany(_ADD_USAGE, [(*k, v[0], v[1]) for k, v in samples.items()])
                     db.executemany(_ADD_REFUSALS, [(*k, v) for k, v in refusals.items()])
-            counts = {slot: self._count(slot[0], slot[1], end) for slot, end in slots}
+            counts = self._counts(slots)
         except sqlite3.Error:
             with self._lock:  # put it back: written at the next try
                 for k, v in samples.items():
@@ -274,6 +276,15 @@ class Meter:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _counts(self, slots: list[tuple[tuple[str, str], str]]) -> dict[tuple[str, str], int]:
+        """The count of each (key id, period start): one query per period, not one per key."""
+        counts = dict.fromkeys((slot for slot, _ in slots), 0)
+        for start, end in {(slot[1], end) for slot, end in slots}:
+            for key_id, count in self._db.execute(_COUNTS, (start, end)):
+                if (key_id, start) in counts:
+                    counts[(key_id, start)] = int(count)
+        return counts
 
     def _count(self, key_id: str, start: str, end: str) -> int:
         row = self._db.execute(_COUNT, (key_id, start, end)).fetchone()
