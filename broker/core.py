@@ -101,6 +101,9 @@ class RadioBroker:
             )
         except BaseException:
             await self._close_servers()
+            if self.meter is not None:
+                self.meter.close()
+                self.meter = None
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
