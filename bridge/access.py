@@ -14,6 +14,7 @@ platform's ``usage.db`` (``radio.usage.Meter``), which the embedded broker count
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from radio.bridge import metrics
 from radio.bridge.errors import APIError
 from radio.keys import Key, format_rate
 from radio.registry import LiveRegistry
+
+log = logging.getLogger("radio.bridge")
 
 DOOR: Final = "http"
 
@@ -45,24 +48,31 @@ def _answer(error: Refusal) -> tuple[Response, int, dict[str, str]]:
 def install(app: Flask, registry: LiveRegistry) -> None:
     """Give the app its meter and shared buckets (one of each per worker process)."""
     folder = registry.settings.state_dir
-    meter = usage.Meter(usage.usage_path(folder))
-    meter.start()
-    atexit.register(meter.close)
+    meter: usage.Meter | None = None
+    try:
+        opened = usage.Meter(usage.usage_path(folder))
+    except usage.UsageError as exc:
+        log.error("%s: usage is not metered and quotas are not enforced by this worker", exc)  # noqa: TRY400
+    else:
+        opened.start()
+        atexit.register(opened.close)
+        meter = opened
     buckets = rates.SharedBuckets(rates.shared_path(folder / "running", os.getppid()))
     app.extensions["radio.meter"] = meter
     app.extensions["radio.buckets"] = buckets
     app.register_error_handler(Refusal, _answer)
 
 
-def _meter() -> usage.Meter:
-    meter: usage.Meter = current_app.extensions["radio.meter"]
+def _meter() -> usage.Meter | None:
+    meter: usage.Meter | None = current_app.extensions["radio.meter"]
     return meter
 
 
 def _refuse(
     key: Key, status: int, message: str, reason: str, headers: dict[str, str] | None = None
 ) -> Refusal:
-    _meter().refuse(key, DOOR, reason)
+    if (meter := _meter()) is not None:
+        meter.refuse(key, DOOR, reason)
     metrics.PUBLISHES.labels(outcome=reason).inc()
     metrics.REFUSALS.labels(key=key.name, door=DOOR, reason=reason).inc()
     return Refusal(status, message, reason, headers or {})
@@ -70,7 +80,8 @@ def _refuse(
 
 def refused_rights(key: Key) -> None:
     """Count a publish refused for lack of rights (the article's check 5) against the key."""
-    _meter().refuse(key, DOOR, "rights")
+    if (meter := _meter()) is not None:
+        meter.refuse(key, DOOR, "rights")
     metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="rights").inc()
 
 
@@ -97,10 +108,10 @@ def check_rate(key: Key) -> Refusal | None:
 
 def check_quota(key: Key) -> Refusal | None:
     """None if the key has samples left in its quota period; else its 429 with the reset time."""
-    state = _meter().quota(key)
-    if state is None or not state.exceeded:
-        return None
     meter = _meter()
+    state = meter.quota(key) if meter is not None else None
+    if meter is None or state is None or not state.exceeded:
+        return None
     meter.over_quota(key, DOOR, state)
     metrics.PUBLISHES.labels(outcome="quota").inc()
     metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="quota").inc()
@@ -129,6 +140,7 @@ def check(key: Key, network: str, data: Any) -> Refusal | None:
 
 def accepted(key: Key, network: str, size: int) -> None:
     """Meter a sample the broker acknowledged."""
-    _meter().record(key, DOOR, network, size)
+    if (meter := _meter()) is not None:
+        meter.record(key, DOOR, network, size)
     metrics.SAMPLES.labels(key=key.name, door=DOOR, network=network).inc()
     metrics.BYTES.labels(key=key.name, door=DOOR, network=network).inc(size)

@@ -20,6 +20,7 @@ of the month).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -115,6 +116,15 @@ def open_db(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # Not a lock on the file itself: closing any descriptor of it would drop SQLite's own locks.
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError as exc:
+        msg = f"cannot use the usage file {path}: {exc}"
+        raise UsageError(msg) from None
+    try:
+        # The bridge's workers and the broker start together: one at a time switches the file to
+        # WAL and makes the tables (SQLite answers "locked" at once to a second one doing so).
+        fcntl.flock(fd, fcntl.LOCK_EX)
         for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             with contextlib.suppress(FileNotFoundError):
                 companion.chmod(0o600)
@@ -125,6 +135,8 @@ def open_db(path: Path) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as exc:
         msg = f"cannot use the usage file {path}: {exc}"
         raise UsageError(msg) from None
+    finally:
+        os.close(fd)  # releases the lock
     return db
 
 

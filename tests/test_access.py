@@ -303,11 +303,13 @@ def any_engine(request, home: Home):
 
 
 def test_expiry_closes_live_sessions_within_2s_and_refuses_the_key(home: Home, any_engine) -> None:
-    expires = datetime.now(UTC) + timedelta(seconds=2)
+    expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
     home.radio("keys", "edit", "gen", "--expires", expires.isoformat())
     client = Client("tcp", any_engine.mqtt_port, "gen", home.secrets["gen"])
     assert client.connect() == 0
-    assert client.disconnected.wait(2 + 2 + 0.5)  # 2 s to the expiry, 2 s to close it (and a tick)
+    assert not client.disconnected.is_set()
+    to_expiry = (expires - datetime.now(UTC)).total_seconds()
+    assert client.disconnected.wait(to_expiry + 2.0)  # closed within 2 s of its expiry
     assert datetime.now(UTC) >= expires
     client.close()
     again = Client("tcp", any_engine.mqtt_port, "gen", home.secrets["gen"])
@@ -320,7 +322,7 @@ def test_expiry_closes_live_sessions_within_2s_and_refuses_the_key(home: Home, a
 
 
 def test_http_an_expired_key_is_not_valid(home: Home, broker, bridge) -> None:
-    expires = datetime.now(UTC) + timedelta(seconds=1)
+    expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
     home.radio("keys", "edit", "gen", "--expires", expires.isoformat())
     assert post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200
     wait = (expires - datetime.now(UTC)).total_seconds()
@@ -329,7 +331,8 @@ def test_http_an_expired_key_is_not_valid(home: Home, broker, bridge) -> None:
     answer = post(bridge, home.secrets["gen"], {"speed": 1})
     assert (answer.status_code, answer.json()) == (400, {"error": "API-KEY not valid"})
     home.radio("keys", "edit", "gen", "--expires", "never")
-    assert post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200
+    # Each worker applies the change within 2 seconds (keys edit does not wait for them).
+    assert eventually(lambda: post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200, 2.5)
 
 
 def test_usage_files_are_private(home: Home) -> None:
