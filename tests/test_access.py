@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ENGINES, Home, running_broker
+from conftest import ENGINES, Home, running_broker, start_bridge
 from mqtt_client import NOT_AUTHORIZED, Client, listening
 
 from radio.broker.thread import BrokerThread
@@ -370,3 +370,16 @@ def test_the_brokers_metrics_count_each_keys_samples_and_refusals(home: Home) ->
     assert 'radio_key_samples_total{door="mqtt",key="gen",network="A"} 1.0' in text
     assert 'radio_key_bytes_total{door="mqtt",key="gen",network="A"} 8.0' in text
     assert 'radio_key_refusals_total{door="mqtt",key="gen",reason="rights"} 1.0' in text
+
+
+@pytest.mark.mosquitto
+def test_on_mosquitto_the_http_door_still_checks_schemas_and_rates(schema_home: Home) -> None:
+    secret = add_key(schema_home, "limited", "--rate", "1/min", "--burst", "1")
+    with running_broker("mosquitto", schema_home) as mosquitto:
+        bridge = start_bridge(schema_home, mosquitto.mqtt_port)
+        try:
+            assert post(bridge, secret, {"speed": -1}).status_code == 400
+            assert post(bridge, secret, {"speed": 1}).status_code == 429  # the token went to the refused one
+            assert post(bridge, schema_home.secrets["gen"], {"speed": 1}).status_code == 200
+        finally:
+            assert "Traceback" not in bridge.stop()
