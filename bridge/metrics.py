@@ -25,6 +25,19 @@ PUBACK_SECONDS: Final = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+# Usage per key (docs/access.md): what each key published, and what was refused, by reason.
+SAMPLES: Final = Counter(
+    "radio_key_samples", "Samples accepted, per key, door and network.", ["key", "door", "network"]
+)
+BYTES: Final = Counter(
+    "radio_key_bytes", "Payload bytes accepted, per key, door and network.", ["key", "door", "network"]
+)
+REFUSALS: Final = Counter(
+    "radio_key_refusals",
+    "Samples refused, per key, door and reason (rights, rate, quota, schema).",
+    ["key", "door", "reason"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, summed over every worker process."""

@@ -28,7 +28,7 @@ from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from radio.bridge import metrics
+from radio.bridge import access, metrics
 from radio.bridge.errors import APIError
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.registry import LiveRegistry, Registry
@@ -157,11 +157,18 @@ def publish() -> tuple[Response, int]:
         or network not in registry.networks
         or not registry.access(key.name).may_publish(network_topic(network))
     ):
+        access.refused_rights(key)  # access: count the refusal against the key (bridge/access.py)
         _refuse(403, "You cannot broadcast to this channel", "forbidden")
     if "data" not in body:
         _refuse(400, "*data* key missing", "missing_data")
     if not isinstance(body["data"], dict):
         _refuse(400, "Can only broadcast json data", "not_object")
+
+    # --- access (bridge/access.py): rate, then quota, then the network's schema ---
+    refusal = access.check(key, network, body["data"])
+    if refusal is not None:
+        raise refusal
+    # --- end access ---
 
     settings = registry.networks[network]
     payload = _serialize(body["data"])
@@ -180,4 +187,5 @@ def publish() -> tuple[Response, int]:
         _refuse(503, str(exc), "broker_unavailable")
     metrics.PUBACK_SECONDS.observe(time.perf_counter() - started)
     metrics.PUBLISHES.labels(outcome="accepted").inc()
+    access.accepted(key, network, len(payload))  # access: usage metering (bridge/access.py)
     return jsonify(message="OK"), 200

@@ -39,7 +39,10 @@ class RadioAuthPlugin(BaseAuthPlugin):
         elif name is None or secret is None:
             refusal = "a username and a password (key name and secret) are both needed"
         elif (key := registry.authenticate(name, secret)) is None:
-            refusal = f"wrong secret for key {name!r}" if name in registry.keys else "unknown key"
+            known = registry.keys.get(name)
+            refusal = "unknown key" if known is None else f"wrong secret for key {name!r}"
+            if known is not None and known.expired() and known.matches(secret):
+                refusal = f"key {name!r} has expired"
         else:
             name = key.name  # the username may be a mere label: the secret named the key
 

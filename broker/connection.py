@@ -146,12 +146,18 @@ class Connection:
             if self._pending is not None:
                 self._pending.extend(packets)
                 return
-            for first, body in packets:
-                if self.closed:
-                    return
-                self._handle(first, body)
+            self._run(packets)
         except codec.Violation as exc:
             self.close(str(exc))
+
+    def _run(self, packets: list[tuple[int, bytes]]) -> None:
+        for i, (first, body) in enumerate(packets):
+            if self.closed:
+                return
+            if self._pending is not None:  # a publisher paused for its rate: the rest waits too
+                self._pending.extend(packets[i:])
+                return
+            self._handle(first, body)
 
     def _handle(self, first: int, body: bytes) -> None:
         kind = codec.check_flags(first)
@@ -240,10 +246,7 @@ class Connection:
         pending, self._pending = self._pending or [], None
         self.link.resume_reading()
         try:
-            for first, body in pending:
-                if self.closed:
-                    return
-                self._handle(first, body)
+            self._run(pending)
         except codec.Violation as exc:
             self.close(str(exc))
 
@@ -303,6 +306,9 @@ class Connection:
         if self.closed:
             return
         silent = time.monotonic() - self.last_heard
+        if self._pending is not None:  # paused for its rate: not read, so not silent
+            self._alive_timer = self._loop.call_later(grace, self._check_alive, grace)
+            return
         if silent >= grace:
             self.close(f"silent for {silent:.1f}s, past its keep-alive [MQTT-3.1.2-24]")
             return
@@ -315,16 +321,18 @@ class Connection:
         assert session is not None  # noqa: S101 - only after CONNECT
         broker = self.broker
         router = broker.router
+        gate = router.gate
         if not router.allows(session, topic, Action.PUBLISH):
             router.stats.refused_publish += 1
+            if gate is not None:
+                gate.refused_rights(session)
             now = time.monotonic()
             if now - self._refusals_logged >= REFUSAL_LOG_EVERY:
                 self._refusals_logged = now
                 log.warning("refused a publish of %s to %r: the key may not publish there", self.who(), topic)
-            if qos == 1:
-                self._ack(codec.ack(codec.PUBACK, pid))
-            elif qos == 2:
-                self._ack(codec.ack(codec.PUBREC, pid))
+            self._ack_dropped(qos, pid)
+            return
+        if gate is not None and self._held(gate.admit(session, topic, payload), first, body, qos, pid):
             return
         if qos == 2:
             if pid in session.incoming_qos2:
@@ -348,6 +356,39 @@ class Connection:
             store.after_commit(lambda ok: self._durable(ack, ok))
         else:
             self.write(ack)
+
+    def _ack_dropped(self, qos: int, pid: int) -> None:
+        """A dropped publish is acknowledged all the same: MQTT 3.1.1 has no refusal."""
+        if qos == 1:
+            self._ack(codec.ack(codec.PUBACK, pid))
+        elif qos == 2:
+            self._ack(codec.ack(codec.PUBREC, pid))
+
+    def _held(self, verdict: float, first: int, body: bytes, qos: int, pid: int) -> bool:
+        """Apply the access gate's verdict (broker/access.py); True if the publish goes no further now."""
+        if verdict > 0:  # over its rate: read nothing more from this client until a token is back
+            self._pending = [(first, body)]
+            self.link.pause_reading()
+            self._loop.call_later(verdict, self._after_rate_wait)
+            return True
+        if verdict < 0:  # dropped (quota, schema)
+            self._ack_dropped(qos, pid)
+            return True
+        return False
+
+    def _after_rate_wait(self) -> None:
+        """The publisher's key has a token again: handle what waited, then read again."""
+        if self.closed:
+            return
+        self.last_heard = time.monotonic()  # its keep-alive counts from when it is read again
+        pending, self._pending = self._pending or [], None
+        try:
+            self._run(pending)
+        except codec.Violation as exc:
+            self.close(str(exc))
+            return
+        if self._pending is None and not self.closed:
+            self.link.resume_reading()
 
     def _durable(self, ack: bytes, ok: bool) -> None:
         self._acks_waiting -= 1

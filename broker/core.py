@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from amqtt.contexts import Action
 
-from radio.broker import listeners, plugins
+from radio.broker import access, listeners, plugins
 from radio.broker.attributes import Session as PluginSession
 from radio.broker.connection import Connection, Link
 from radio.broker.router import Limits, Router
@@ -23,6 +23,7 @@ from radio.broker.sessions import Session
 from radio.broker.store import Store
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
+from radio.usage import Meter, UsageError, usage_path
 
 log = logging.getLogger("radio.broker")
 
@@ -61,6 +62,8 @@ class RadioBroker:
         self._over_limit = 0
         self._over_limit_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self.meter: Meter | None = None
 
     # Plugins.
     def _allows(self, session: PluginSession, topic: str, action: Action) -> bool:
@@ -80,7 +83,14 @@ class RadioBroker:
 
     # Lifecycle.
     async def start(self, mqtt: Address, websocket: Address) -> None:
-        """Bind both listeners, then start the store's writer and the expiry sweeper."""
+        """Bind both listeners, then start the store's writer and the expiry sweepers."""
+        try:
+            self.meter = Meter(usage_path(self.registry.settings.state_dir))
+        except UsageError as exc:
+            log.error("%s: usage is not metered and quotas are not enforced on this broker", exc)  # noqa: TRY400
+        else:
+            self.meter.start()
+        self.router.gate = access.Gate(lambda: self.registry.current, self.meter)
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)
             self.store.start()
@@ -91,19 +101,26 @@ class RadioBroker:
             )
         except BaseException:
             await self._close_servers()
+            if self.meter is not None:
+                self.meter.close()
+                self.meter = None
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
+        self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
 
     async def stop(self) -> None:
         """Close the listeners and every connection (persistent sessions stay in the store)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for task in (self._sweeper, self._expiry):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for connection in list(self.connections):
             if connection.session is not None:
                 connection.session.will = None  # the broker goes, not the client
             connection.close(None)
         await self._close_servers()
+        if self.meter is not None:
+            self.meter.close()
 
     async def _close_servers(self) -> None:
         servers, self._servers = self._servers, {}
@@ -167,3 +184,16 @@ class RadioBroker:
         while True:
             await asyncio.sleep(max(interval, 0.05))
             self.router.expire()
+
+    async def _expire_keys(self) -> None:
+        """Close the connections of keys whose expiry has come, as for a revocation."""
+        gate = self.router.gate
+        assert gate is not None  # noqa: S101 - set by start
+        while True:
+            await asyncio.sleep(access.EXPIRY_TICK)
+            for session in gate.sweep(list(self.router.sessions.values())):
+                connection = session.connection
+                if connection is not None:
+                    log.warning("closing %s: its key %r has expired", connection.who(), session.key_name)
+                    session.will = None
+                    connection.close(None)

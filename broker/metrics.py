@@ -63,6 +63,7 @@ class BrokerCollector(Collector):
             value=sum(len(s.inflight) for s in sessions),
         )
         yield GaugeMetricFamily("radio_broker_retained", "Retained samples.", value=len(router.retained))
+        yield from _usage(self.broker)
         store = self.broker.store
         if store is not None:
             yield CounterMetricFamily(
@@ -71,6 +72,35 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily(
                 "radio_broker_store_failing", "1 while the store cannot be written.", value=int(store.failing)
             )
+
+
+def _usage(broker: RadioBroker) -> Iterator[Any]:
+    """Per key: samples, bytes and refusals on the MQTT door (the bridge exports the HTTP door's)."""
+    meter, gate = broker.meter, broker.router.gate
+    if gate is not None:
+        yield CounterMetricFamily(
+            "radio_broker_rate_waits",
+            "Times a publisher was paused for its key's rate.",
+            value=gate.rate_waits,
+        )
+    if meter is None:
+        return
+    labels = ["key", "door", "network"]
+    samples = CounterMetricFamily(
+        "radio_key_samples", "Samples accepted, per key, door and network.", labels=labels
+    )
+    sizes = CounterMetricFamily(
+        "radio_key_bytes", "Payload bytes accepted, per key, door and network.", labels=labels
+    )
+    for (key, door, network), (count, size) in list(meter.totals.items()):
+        samples.add_metric([key, door, network], count)
+        sizes.add_metric([key, door, network], size)
+    refusals = CounterMetricFamily(
+        "radio_key_refusals", "Samples refused, per key, door and reason.", labels=["key", "door", "reason"]
+    )
+    for (key, door, reason), count in list(meter.refused.items()):
+        refusals.add_metric([key, door, reason], count)
+    yield from (samples, sizes, refusals)
 
 
 class MetricsServer:

@@ -13,7 +13,10 @@ rights. Three files make that so, all written here from the registry:
 
 ``MosquittoBroker`` runs Mosquitto with them and watches the registry as the embedded broker
 does: on a change it writes the files again and sends SIGHUP, and Mosquitto reloads the password
-and ACL files and disconnects clients whose credentials no longer hold.
+and ACL files and disconnects clients whose credentials no longer hold. An expired key is left out
+of both files, and the runner exports again the moment a key expires, so its clients are
+disconnected as a revoked key's are. Rates, quotas and schemas are not enforced by Mosquitto
+(docs/access.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Final, Self
@@ -37,6 +41,7 @@ from typing import Final, Self
 from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
+from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_topic
 
@@ -53,10 +58,16 @@ class MosquittoError(RadioError):
     """Mosquitto is missing, would not start, or its files cannot be written."""
 
 
+def _valid_keys(registry: Registry) -> list[Key]:
+    """The keys Mosquitto is told of: an expired key is left out, as if revoked."""
+    now = datetime.now(UTC)
+    return [k for k in sorted(registry.keys.values(), key=lambda k: k.name) if not k.expired(now)]
+
+
 def passwd_text(registry: Registry) -> str:
     """The password file: each key under its name and under the username its secret implies."""
     lines = []
-    for key in sorted(registry.keys.values(), key=lambda k: k.name):
+    for key in _valid_keys(registry):
         lines.append(f"{key.name}:{key.mosquitto}")
         lines.append(f"{key.alias}:{key.mosquitto}")
     return "\n".join(lines) + "\n"
@@ -76,7 +87,7 @@ def acl_text(registry: Registry) -> str:
     out = ["# Written by `radio mosquitto export` from the key registry: edit the keys, not this file.", ""]
     out.append("# Anonymous clients: the public networks, read only.")
     out.extend(_read_rules(public) if registry.allow_anonymous else [])
-    for key in sorted(registry.keys.values(), key=lambda k: k.name):
+    for key in _valid_keys(registry):
         access = registry.access(key.name)
         rules = []
         if access.admin:
@@ -202,6 +213,8 @@ class MosquittoBroker:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.reloads = 0
+        self._exported = datetime.now(UTC)
+        """When the files were last written: a key expiring after it calls for a new export."""
 
     @property
     def mqtt_port(self) -> int:
@@ -216,6 +229,7 @@ class MosquittoBroker:
     def start(self, stderr: int | None = None) -> Self:
         """Export, start Mosquitto, and return once both listeners accept connections."""
         binary = find_binary()
+        self._exported = datetime.now(UTC)
         conf = export(self.registry.settings, self.registry.current, self.folder, self.mqtt, self.websocket)
         command = [binary, "-c", str(conf)]
         self.process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)  # noqa: S603 - our own files
@@ -247,6 +261,7 @@ class MosquittoBroker:
 
     def reload(self) -> None:
         """Write the files again and have Mosquitto reread them (and drop what they no longer allow)."""
+        self._exported = datetime.now(UTC)
         export(self.registry.settings, self.registry.current, self.folder, self.mqtt, self.websocket)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGHUP)
@@ -256,10 +271,15 @@ class MosquittoBroker:
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
             try:
-                if self.registry.refresh():
+                if self.registry.refresh() or self._expiry_due():
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to Mosquitto failed; will retry on the next change")
+
+    def _expiry_due(self) -> bool:
+        """A key expired since the files were written: it must leave them, as a revoked key does."""
+        due = self.registry.current.next_expiry(self._exported)
+        return due is not None and due <= datetime.now(UTC)
 
     def stop(self) -> None:
         """Stop Mosquitto (SIGTERM, which saves its persistence file) and the watcher."""

@@ -25,6 +25,7 @@ from radio.registry import Registry
 from radio.topics import network_of_topic
 
 if TYPE_CHECKING:
+    from radio.broker.access import Gate
     from radio.broker.store import Contents, Store
 
 log = logging.getLogger("radio.broker")
@@ -84,6 +85,8 @@ class Router:
         self.retained: dict[str, Message] = {}
         self.stats = Stats()
         self._seq = 0
+        self.gate: Gate | None = None
+        """Rates, quotas and schemas (broker/access.py), set by the core."""
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:

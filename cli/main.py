@@ -15,6 +15,7 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 
 from radio import __version__
@@ -22,7 +23,7 @@ from radio.cli import options
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
-from radio.keys import Key, KeyStore, load_keys
+from radio.keys import Key, KeyStore, Terms, format_rate, load_keys, parse_expiry, parse_quota, parse_rate
 from radio.topics import NetworkName
 
 EXIT_REFUSED = 2
@@ -160,6 +161,7 @@ def _add_key_commands(commands: argparse._SubParsersAction[Parser], common: Pars
         "--subscribe", action="append", default=[], metavar="NET,...", help="networks it may read"
     )
     add.add_argument("--admin", action="store_true", help="operator key: any topic, $SYS included")
+    _add_terms_options(add, clearing=False)
     add.set_defaults(handler=_keys_add)
     listing = key_commands.add_parser("list", parents=[common], help="list keys (never secrets)")
     listing.add_argument("--json", action="store_true", help="one JSON object per key")
@@ -191,7 +193,82 @@ def _add_key_commands(commands: argparse._SubParsersAction[Parser], common: Pars
     admin = edit.add_mutually_exclusive_group()
     admin.add_argument("--admin", action="store_true", default=None, help="make it an operator key")
     admin.add_argument("--no-admin", dest="admin", action="store_false", help="no longer an operator key")
+    _add_terms_options(edit, clearing=True)
     edit.set_defaults(handler=_keys_edit)
+    usage = key_commands.add_parser(
+        "usage", parents=[common], help="samples and bytes published per key, door, network and day"
+    )
+    usage.add_argument("name", nargs="?", help="one key (default: every key)")
+    usage.add_argument("--since", type=_day, metavar="DATE", help="from this day on (YYYY-MM-DD, UTC)")
+    usage.add_argument("--json", action="store_true", help="one JSON object per line")
+    usage.set_defaults(handler=_keys_usage)
+
+
+_UNSET = object()
+"""An option of ``keys edit`` that was not given: the key keeps that term."""
+
+
+def _add_terms_options(parser: Parser, *, clearing: bool) -> None:
+    """``--rate``, ``--burst``, ``--quota`` and ``--expires`` (docs/access.md)."""
+    off = " ('off' removes it)" if clearing else ""
+    never = " ('never' removes it)" if clearing else ""
+    default = _UNSET if clearing else None
+    parser.add_argument(
+        "--rate", type=_term(parse_rate, "off"), default=default, metavar="N/s",
+        help=f"samples it may publish per second (or /min, /h), such as 5/s{off}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--burst", type=_term(_positive, "off"), default=default, metavar="N",
+        help="samples it may publish at once after a pause (default: one second's worth)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quota", type=_term(parse_quota, "off"), default=default, metavar="N/day",
+        help=f"samples it may publish per day or month (UTC), such as 10000/day{off}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--expires", type=_term(parse_expiry, "never"), default=default, metavar="TIME",
+        help=f"refused from this instant, such as 2026-12-31T00:00:00Z{never}",
+    )  # fmt: skip
+
+
+def _term(parse: Callable[[str], object], clear: str) -> Callable[[str], object]:
+    def parsed(text: str) -> object:
+        if text == clear:
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parsed
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        msg = f"invalid count {text!r}: use a positive whole number"
+        raise ValueError(msg)
+    return int(text)
+
+
+def _day(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        msg = f"invalid date {text!r}: use YYYY-MM-DD"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _terms_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The terms ``keys add|edit`` was given, as fields of ``Terms``."""
+    changes: dict[str, object] = {}
+    for name in ("rate", "burst", "expires"):
+        value = getattr(args, name)
+        if value is not _UNSET:
+            changes[name] = value
+    if args.quota is not _UNSET:
+        count, period = args.quota if args.quota is not None else (None, "day")
+        changes["quota"], changes["quota_period"] = count, period
+    return changes
 
 
 def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -502,8 +579,13 @@ def _sensors(args: argparse.Namespace) -> int:
 
 def _keys_add(args: argparse.Namespace) -> int:
     store = _store(args)
+    terms = Terms(**_terms_changes(args))  # type: ignore[arg-type]
     secret = store.add(
-        args.name, publish=_names(args.publish), subscribe=_names(args.subscribe), admin=args.admin
+        args.name,
+        publish=_names(args.publish),
+        subscribe=_names(args.subscribe),
+        admin=args.admin,
+        terms=terms,
     )
     print(secret, flush=True)
     key_id = store.keys()[args.name].id
@@ -538,6 +620,7 @@ def _keys_list(args: argparse.Namespace) -> int:
                 "publish": sorted(key.publish),
                 "subscribe": sorted(key.subscribe),
                 "created": key.created,
+                **_terms_json(key),
             }
             print(json.dumps(row))
         return 0
@@ -547,12 +630,90 @@ def _keys_list(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    rows: list[tuple[str, ...]] = [("NAME", "PUBLISH", "SUBSCRIBE", "CREATED", "ID")]
-    rows.extend((k.name, *_rights(k), k.created, k.id) for k in sorted(keys.values(), key=lambda k: k.name))
+    # The LIMITS and EXPIRES columns appear once some key has a limit or an expiry.
+    ordered = sorted(keys.values(), key=lambda k: k.name)
+    limited = any(k.terms.rate is not None or k.terms.quota is not None for k in ordered)
+    expiring = any(k.terms.expires is not None for k in ordered)
+    rows: list[tuple[str, ...]] = [
+        (
+            "NAME",
+            "PUBLISH",
+            "SUBSCRIBE",
+            *(("LIMITS",) * limited),
+            *(("EXPIRES",) * expiring),
+            "CREATED",
+            "ID",
+        )
+    ]
+    rows.extend(
+        (k.name, *_rights(k), *((_limits(k),) * limited), *((_expiry(k),) * expiring), k.created, k.id)
+        for k in ordered
+    )
+    _print_table(rows)
+    return 0
+
+
+def _limits(key: Key) -> str:
+    """A key's rate and quota, as ``radio keys list`` shows them."""
+    terms, parts = key.terms, []
+    if terms.rate is not None:
+        parts.append(f"rate {format_rate(terms.rate)} burst {terms.bucket}")
+    if terms.quota is not None:
+        parts.append(f"quota {terms.quota}/{terms.quota_period}")
+    return ", ".join(parts) or "-"
+
+
+def _expiry(key: Key) -> str:
+    """When a key expires, and whether it has."""
+    expires = key.terms.expires
+    if expires is None:
+        return "never"
+    shown = expires.isoformat().replace("+00:00", "Z")
+    return f"EXPIRED {shown}" if key.expired() else shown
+
+
+def _terms_json(key: Key) -> dict[str, object]:
+    terms = key.terms
+    expires = terms.expires
+    return {
+        "rate": terms.rate,
+        "burst": terms.bucket if terms.rate is not None else None,
+        "quota": terms.quota,
+        "quota_period": terms.quota_period if terms.quota is not None else None,
+        "expires": None if expires is None else expires.isoformat().replace("+00:00", "Z"),
+        "expired": key.expired(),
+    }
+
+
+def _keys_usage(args: argparse.Namespace) -> int:
+    from radio import usage  # noqa: PLC0415
+
+    settings = _settings(args)
+    samples, refusals = usage.report(usage.usage_path(settings.state_dir), args.name, args.since)
+    if args.json:
+        for row in samples:
+            print(json.dumps({"kind": "samples", **row.__dict__}))
+        for refusal in refusals:
+            print(json.dumps({"kind": "refusals", **refusal.__dict__}))
+        return 0
+    if not samples and not refusals:
+        print(f"No usage recorded in {usage.usage_path(settings.state_dir)}.", file=sys.stderr)
+        return 0
+    table: list[tuple[str, ...]] = [("DAY", "KEY", "DOOR", "NETWORK", "SAMPLES", "BYTES")]
+    table.extend((r.day, r.key, r.door, r.network, str(r.samples), str(r.bytes)) for r in samples)
+    _print_table(table)
+    if refusals:
+        print()
+        refused: list[tuple[str, ...]] = [("DAY", "KEY", "DOOR", "REFUSED FOR", "COUNT")]
+        refused.extend((r.day, r.key, r.door, r.reason, str(r.count)) for r in refusals)
+        _print_table(refused)
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]
     for cells in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
-    return 0
 
 
 def _rights(key: Key) -> tuple[str, str]:
@@ -564,9 +725,11 @@ def _rights(key: Key) -> tuple[str, str]:
 
 
 def _keys_edit(args: argparse.Namespace) -> int:
-    if args.publish is None and args.subscribe is None and args.admin is None:
+    terms = _terms_changes(args)
+    if args.publish is None and args.subscribe is None and args.admin is None and not terms:
         print(
-            "radio: keys edit: nothing to change (give --publish, --subscribe, --admin or --no-admin)",
+            "radio: keys edit: nothing to change (give --publish, --subscribe, --admin, --no-admin, "
+            "--rate, --burst, --quota or --expires)",
             file=sys.stderr,
         )
         return EXIT_REFUSED
@@ -575,11 +738,13 @@ def _keys_edit(args: argparse.Namespace) -> int:
         publish=None if args.publish is None else _names(args.publish),
         subscribe=None if args.subscribe is None else _names(args.subscribe),
         admin=args.admin,
+        terms=terms,
     )
     publish, subscribe = _rights(key)
     print(
-        f"Key {key.name!r} (id {key.id}) now publishes to {publish} and reads {subscribe}; its secret "
-        "is unchanged. Running brokers and bridges apply it within 2 seconds.",
+        f"Key {key.name!r} (id {key.id}) now publishes to {publish} and reads {subscribe}; limits: "
+        f"{_limits(key)}; expires: {_expiry(key)}. Its secret is unchanged. Running brokers and bridges "
+        "apply it within 2 seconds.",
         file=sys.stderr,
     )
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from radio.errors import ConfigError, InvalidName
+from radio.schemas import Schema
 from radio.topics import NetworkName
 
 DEFAULT_CONFIG_NAME: Final = "radio.toml"
@@ -70,6 +71,8 @@ class NetworkSettings:
     """The last sample is kept for listeners who join later."""
     max_payload: int = DEFAULT_MAX_PAYLOAD
     """Largest sample accepted, in bytes."""
+    schema: Schema | None = None
+    """A JSON Schema every sample must match (``schema = "FILE"``, relative to the configuration)."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
     bridge = _table(data, "bridge")
     _only(bridge, "[bridge] ", {"listen", "body_timeout"})
     defaults = BrokerSettings()
-    networks = _networks(data["networks"]) if "networks" in data else _default_networks()
+    networks = _networks(data["networks"], config_path.parent) if "networks" in data else _default_networks()
     return Settings(
         path=config_path,
         keys_path=keys_path,
@@ -274,7 +277,7 @@ _BROKER_LIMITS: Final = {
 """The [broker] limits: (lowest, highest, whole numbers only)."""
 
 
-def _networks(table: object) -> dict[str, NetworkSettings]:
+def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:
     if not isinstance(table, dict):
         msg = f"[networks] must be a table of networks, such as [networks.sample_net], not {_kind(table)}"
         raise TypeError(msg)
@@ -289,7 +292,7 @@ def _networks(table: object) -> dict[str, NetworkSettings]:
         if not isinstance(options, dict):
             msg = f"{where} must be a table of settings, not {_kind(options)}"
             raise TypeError(msg)
-        _only(options, where + " ", {"public", "retain", "max_payload"})
+        _only(options, where + " ", {"public", "retain", "max_payload", "schema"})
         defaults = NetworkSettings()
         max_payload = options.get("max_payload", defaults.max_payload)
         if type(max_payload) is not int or not 1 <= max_payload <= MQTT_MAX_PAYLOAD:
@@ -302,8 +305,25 @@ def _networks(table: object) -> dict[str, NetworkSettings]:
             public=_bool(options, "public", where, defaults.public),
             retain=_bool(options, "retain", where, defaults.retain),
             max_payload=max_payload,
+            schema=_schema(options, where, folder),
         )
     return networks
+
+
+def _schema(options: dict[str, Any], where: str, folder: Path) -> Schema | None:
+    if "schema" not in options:
+        return None
+    value = options["schema"]
+    if not isinstance(value, str) or not value:
+        msg = (
+            f"{where} schema must be the name of a JSON Schema file (a string), not {_kind(value)} {value!r}"
+        )
+        raise TypeError(msg)
+    try:
+        return Schema.load(folder / value)
+    except ValueError as exc:
+        msg = f"{where} {exc}"
+        raise ValueError(msg) from None
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -63,8 +64,93 @@ _FIELDS: Final = frozenset(
         "admin",
         "publish_all",
         "created",
+        "rate",
+        "burst",
+        "quota",
+        "quota_period",
+        "expires",
     }
 )
+PERIODS: Final = ("day", "month")
+"""What a quota counts over: a calendar day or month, in UTC."""
+_RATE_UNITS: Final = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+MAX_RATE: Final = 1_000_000.0
+MAX_COUNT: Final = 1 << 53
+
+
+def parse_rate(text: str) -> float:
+    """``5/s``, ``300/min`` or ``1000/h`` as samples per second."""
+    count, _, unit = text.strip().partition("/")
+    try:
+        value = float(count)
+    except ValueError:
+        value = -1.0
+    seconds = _RATE_UNITS.get(unit.strip() or "s")
+    if seconds is None or not 0 < value / seconds <= MAX_RATE:
+        msg = f"invalid rate {text!r}: use COUNT/s, COUNT/min or COUNT/h with a positive COUNT, such as 5/s"
+        raise ValueError(msg)
+    return value / seconds
+
+
+def parse_quota(text: str) -> tuple[int, str]:
+    """``10000/day`` or ``300000/month`` as (count, period)."""
+    count, _, period = text.strip().partition("/")
+    if not count.isdigit() or not 0 < int(count) <= MAX_COUNT or period not in PERIODS:
+        msg = (
+            f"invalid quota {text!r}: use COUNT/day or COUNT/month with a positive whole COUNT, "
+            "such as 10000/day"
+        )
+        raise ValueError(msg)
+    return int(count), period
+
+
+def parse_expiry(text: str) -> datetime:
+    """An instant with its offset, such as ``2026-12-31T00:00:00Z``."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        msg = f"invalid expiry {text!r}: use a date and time with its offset, such as 2026-12-31T00:00:00Z"
+        raise ValueError(msg)
+    return when.astimezone(UTC)
+
+
+def format_rate(rate: float) -> str:
+    """A rate as ``radio keys`` shows it."""
+    for unit, seconds in (("s", 1.0), ("min", 60.0), ("h", 3600.0)):
+        count = rate * seconds
+        if count >= 1 and abs(count - round(count)) < 1e-9:
+            return f"{round(count)}/{unit}"
+    return f"{rate:g}/s"
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What a key may spend: a rate, a quota, an expiry; None for each means no limit."""
+
+    rate: float | None = None
+    """Samples per second, refilled continuously (a token bucket)."""
+    burst: int | None = None
+    """Samples that may go at once after a pause; default: one second's worth (at least 1)."""
+    quota: int | None = None
+    quota_period: str = "day"
+    expires: datetime | None = None
+
+    @property
+    def bucket(self) -> int:
+        """The bucket's size: the burst, or one second's worth of the rate."""
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil(self.rate or 1))
 
 
 def check_key_name(name: str) -> str:
@@ -136,6 +222,8 @@ class Key:
     """``bcrypt_hash`` of the secret, for NATS; empty for a key made before it was kept."""
     id: str = field(default="")
     """Stable across ``rotate`` and ``edit``, new for every ``add``; derived from the digest if unset."""
+    terms: Terms = Terms()
+    """Rate, quota and expiry (docs/access.md)."""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -145,6 +233,11 @@ class Key:
     def alias(self) -> str:
         """The username its secret implies (``secret_username``), without knowing the secret."""
         return "key-" + self.digest[:16]
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether the key's expiry has come: from that instant it is refused on every door."""
+        expires = self.terms.expires
+        return expires is not None and (now or datetime.now(UTC)) >= expires
 
     def matches(self, secret: str) -> bool:
         """Whether a presented secret is this key's, in constant time."""
@@ -162,6 +255,7 @@ class Key:
             "publish_all": self.publish_all,
             "created": self.created,
             "bcrypt_hash": self.bcrypt,
+            **_terms_to_toml(self.terms),
         }
 
     @classmethod
@@ -198,7 +292,61 @@ class Key:
             publish_all=_flag(table, "publish_all", where),
             bcrypt=_string(table, "bcrypt_hash", where),
             id=_matching(table, "id", where, KEY_ID, "16 lowercase hex digits") if "id" in table else "",
+            terms=_terms(table, where),
         )
+
+
+def _terms_to_toml(terms: Terms) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if terms.rate is not None:
+        out["rate"] = terms.rate
+    if terms.burst is not None:
+        out["burst"] = terms.burst
+    if terms.quota is not None:
+        out["quota"] = terms.quota
+        out["quota_period"] = terms.quota_period
+    if terms.expires is not None:
+        out["expires"] = terms.expires
+    return out
+
+
+def _terms(table: Mapping[str, Any], where: str) -> Terms:
+    """The rate, quota and expiry fields, each type-checked like the rest of the key."""
+    rate = table.get("rate")
+    if rate is not None and (type(rate) not in (int, float) or not 0 < rate <= MAX_RATE):
+        msg = (
+            f"{where}: rate must be a positive number of samples per second (up to {MAX_RATE:g}), "
+            f"not {_shown(rate)}"
+        )
+        raise KeyStoreError(msg)
+    counts = {}
+    for name in ("burst", "quota"):
+        value = table.get(name)
+        if value is not None and (type(value) is not int or not 0 < value <= MAX_COUNT):
+            msg = f"{where}: {name} must be a positive whole number (a TOML integer), not {_shown(value)}"
+            raise KeyStoreError(msg)
+        counts[name] = value
+    if counts["burst"] is not None and rate is None:
+        msg = f"{where}: burst is set without a rate"
+        raise KeyStoreError(msg)
+    period = table.get("quota_period", "day")
+    if period not in PERIODS:
+        msg = f"{where}: quota_period must be the string 'day' or 'month', not {_shown(period)}"
+        raise KeyStoreError(msg)
+    expires = table.get("expires")
+    if expires is not None and (not isinstance(expires, datetime) or expires.tzinfo is None):
+        msg = (
+            f"{where}: expires must be a TOML date-time with its offset, such as 2026-12-31T00:00:00Z, "
+            f"not {_shown(expires)}"
+        )
+        raise KeyStoreError(msg)
+    return Terms(
+        rate=None if rate is None else float(rate),
+        burst=counts["burst"],
+        quota=counts["quota"],
+        quota_period=period,
+        expires=None if expires is None else expires.astimezone(UTC),
+    )
 
 
 def _shown(value: object) -> str:
@@ -243,6 +391,22 @@ def _networks(table: Mapping[str, Any], name: str, where: str) -> frozenset[str]
     except InvalidName as exc:
         msg = f"{where}: {name} must be an array of network names: {exc}"
         raise KeyStoreError(msg) from None
+
+
+def _checked(terms: Terms) -> Terms:
+    """Terms as the file will hold them: the same checks as reading the file."""
+    if terms.rate is None and terms.burst is not None:
+        msg = "a burst needs a rate (give --rate too)"
+        raise KeyStoreError(msg)
+    return _terms(_terms_to_toml(terms), "the new terms")
+
+
+def _edited(changes: Mapping[str, object]) -> dict[str, Any]:
+    """Removing a rate removes its burst too."""
+    edited = dict(changes)
+    if "rate" in edited and edited["rate"] is None:
+        edited.setdefault("burst", None)
+    return edited
 
 
 def new_secret() -> str:
@@ -347,6 +511,7 @@ class KeyStore:
         subscribe: Iterable[str] = (),
         admin: bool = False,
         publish_all: bool = False,
+        terms: Terms = Terms(),
     ) -> str:
         """Make a key, with an id of its own, and return its secret, which is not stored anywhere."""
         check_key_name(name)
@@ -368,6 +533,7 @@ class KeyStore:
                 publish_all=publish_all,
                 bcrypt=bcrypt_hash(secret),
                 id=new_key_id(k.id for k in keys.values()),
+                terms=_checked(terms),
             )
         return secret
 
@@ -397,11 +563,14 @@ class KeyStore:
         publish: Iterable[str] | None = None,
         subscribe: Iterable[str] | None = None,
         admin: bool | None = None,
+        terms: Mapping[str, object] | None = None,
     ) -> Key:
         """Change a key's rights, keeping its secret and id; None leaves a right as it is.
 
-        A list replaces the key's list (an empty one clears it). The bridge's service key is
-        refused: its right to publish everywhere is not a list to edit.
+        A list replaces the key's list (an empty one clears it). ``terms`` maps fields of
+        ``Terms`` to new values (None removes that limit). The bridge's service key is refused:
+        its right to publish everywhere is not a list to edit, and the HTTP door's traffic is
+        limited by each generator's own key.
         """
         publish_set = None if publish is None else self._known_networks(publish)
         subscribe_set = None if subscribe is None else self._known_networks(subscribe)
@@ -415,6 +584,7 @@ class KeyStore:
                 publish=key.publish if publish_set is None else publish_set,
                 subscribe=key.subscribe if subscribe_set is None else subscribe_set,
                 admin=key.admin if admin is None else admin,
+                terms=_checked(replace(key.terms, **_edited(terms or {}))),
             )
             keys[name] = edited
         return edited

@@ -19,12 +19,14 @@ Rights (design section 3):
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -77,6 +79,7 @@ class Registry:
     allow_anonymous: bool = True
     _access: dict[str | None, Access] = field(init=False, repr=False, compare=False)
     _by_digest: dict[str, Key] = field(init=False, repr=False, compare=False)
+    _expiries: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
     largest_payload: int = field(init=False, compare=False)
     """The largest ``max_payload`` of any network: the bridge reads no body beyond it."""
 
@@ -94,6 +97,8 @@ class Registry:
         object.__setattr__(self, "_by_digest", {k.digest: k for k in self.keys.values()})
         largest = max((n.max_payload for n in self.networks.values()), default=0)
         object.__setattr__(self, "largest_payload", largest)
+        expiries = sorted(e for k in self.keys.values() if (e := k.terms.expires) is not None)
+        object.__setattr__(self, "_expiries", tuple(expiries))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
@@ -113,12 +118,22 @@ class Registry:
         """
         key = self.keys.get(name)
         if key is not None:
-            return key if key.matches(secret) else None
+            return key if key.matches(secret) and not key.expired() else None
         return self.key_for_secret(secret)
 
     def key_for_secret(self, secret: str) -> Key | None:
-        """The key whose secret this is (the bridge's check: it sees the secret alone)."""
-        return self._by_digest.get(secret_digest(secret))
+        """The key whose secret this is (the bridge's check: it sees the secret alone).
+
+        An expired key is no key: refused from its expiry on, like a revoked one.
+        """
+        key = self._by_digest.get(secret_digest(secret))
+        return None if key is None or key.expired() else key
+
+    def next_expiry(self, after: datetime) -> datetime | None:
+        """The first expiry of a key still valid at ``after``: when a server must act next."""
+        expiries = self._expiries
+        index = bisect.bisect_right(expiries, after)
+        return expiries[index] if index < len(expiries) else None
 
     def access(self, key_name: str | None) -> Access:
         """The rights of a key by name, None meaning anonymous; a key that no longer exists has none."""

@@ -88,7 +88,13 @@ def test_edit_keeps_the_secret_and_changes_only_what_it_is_given(home):
 def test_edit_refusals_are_one_line_and_exit_2(home):
     before = home.keys.read_bytes()
     cases = [
-        (["gen"], "radio: keys edit: nothing to change (give --publish, --subscribe, --admin or --no-admin)"),
+        (
+            ["gen"],
+            (
+                "radio: keys edit: nothing to change (give --publish, --subscribe, --admin, --no-admin, "
+                "--rate, --burst, --quota or --expires)"
+            ),
+        ),
         (["ghost", "--admin"], "radio: no key named 'ghost'"),
         (
             ["gen", "--publish", "nosuch"],

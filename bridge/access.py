@@ -1,0 +1,146 @@
+"""What a key may spend on the HTTP door: its rate, its quota, its network's schema; and metering.
+
+Asked by ``POST /publish`` after the article's seven checks, in this order: rights (check 5),
+rate, quota, schema. Each refusal is an ``APIError`` with the article's JSON shape:
+
+- over the rate: 429, with ``Retry-After`` and ``RateLimit-Limit``/``-Remaining``/``-Reset``;
+- past the quota: 429, saying when it resets (and ``Retry-After`` until then);
+- a sample that does not match the network's schema: 400, naming the failing field.
+
+Rates are shared by the workers (``radio.rates.SharedBuckets``); quotas and usage go to the
+platform's ``usage.db`` (``radio.usage.Meter``), which the embedded broker counts into too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from flask import Flask, Response, current_app, jsonify
+
+from radio import rates, usage
+from radio.bridge import metrics
+from radio.bridge.errors import APIError
+from radio.keys import Key, format_rate
+from radio.registry import LiveRegistry
+
+log = logging.getLogger("radio.bridge")
+
+DOOR: Final = "http"
+
+
+class Refusal(APIError):
+    """A refusal that carries response headers (rate limits)."""
+
+    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str]) -> None:
+        super().__init__(status, message, reason)
+        self.headers = headers
+
+
+def _answer(error: Refusal) -> tuple[Response, int, dict[str, str]]:
+    return jsonify(error=error.message), error.status, error.headers
+
+
+def install(app: Flask, registry: LiveRegistry) -> None:
+    """Give the app its meter and shared buckets (one of each per worker process)."""
+    folder = registry.settings.state_dir
+    meter: usage.Meter | None = None
+    try:
+        opened = usage.Meter(usage.usage_path(folder))
+    except usage.UsageError as exc:
+        log.error("%s: usage is not metered and quotas are not enforced by this worker", exc)  # noqa: TRY400
+    else:
+        opened.start()
+        atexit.register(opened.close)
+        meter = opened
+    buckets = rates.SharedBuckets(rates.shared_path(folder / "running", os.getppid()))
+    app.extensions["radio.meter"] = meter
+    app.extensions["radio.buckets"] = buckets
+    app.register_error_handler(Refusal, _answer)
+
+
+def _meter() -> usage.Meter | None:
+    meter: usage.Meter | None = current_app.extensions["radio.meter"]
+    return meter
+
+
+def _refuse(
+    key: Key, status: int, message: str, reason: str, headers: dict[str, str] | None = None
+) -> Refusal:
+    if (meter := _meter()) is not None:
+        meter.refuse(key, DOOR, reason)
+    metrics.PUBLISHES.labels(outcome=reason).inc()
+    metrics.REFUSALS.labels(key=key.name, door=DOOR, reason=reason).inc()
+    return Refusal(status, message, reason, headers or {})
+
+
+def refused_rights(key: Key) -> None:
+    """Count a publish refused for lack of rights (the article's check 5) against the key."""
+    if (meter := _meter()) is not None:
+        meter.refuse(key, DOOR, "rights")
+    metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="rights").inc()
+
+
+def check_rate(key: Key) -> Refusal | None:
+    """None if the key may publish now (a token is taken); else its 429."""
+    rate = key.terms.rate
+    if rate is None:
+        return None
+    size = key.terms.bucket
+    buckets: rates.SharedBuckets = current_app.extensions["radio.buckets"]
+    wait, tokens = buckets.take(key.id, rate, size)
+    if not wait:
+        return None
+    reset = math.ceil((size - tokens) / rate)
+    headers = {
+        "Retry-After": str(max(1, math.ceil(wait))),
+        "RateLimit-Limit": str(size),
+        "RateLimit-Remaining": str(int(tokens)),
+        "RateLimit-Reset": str(max(1, reset)),
+    }
+    message = f"rate limit exceeded: this key may publish {format_rate(rate)} (bursts of {size}); retry later"
+    return _refuse(key, 429, message, "rate", headers)
+
+
+def check_quota(key: Key) -> Refusal | None:
+    """None if the key has samples left in its quota period; else its 429 with the reset time."""
+    meter = _meter()
+    state = meter.quota(key) if meter is not None else None
+    if meter is None or state is None or not state.exceeded:
+        return None
+    meter.over_quota(key, DOOR, state)
+    metrics.PUBLISHES.labels(outcome="quota").inc()
+    metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="quota").inc()
+    resets = state.resets.isoformat().replace("+00:00", "Z")
+    seconds = max(1, math.ceil((state.resets - datetime.now(UTC)).total_seconds()))
+    message = f"quota exceeded: {state.limit} samples per {key.terms.quota_period}; it resets at {resets}"
+    headers = {"Retry-After": str(seconds), "RateLimit-Reset": str(seconds)}
+    return Refusal(429, message, "quota", headers)
+
+
+def validate(key: Key, network: str, data: Any) -> Refusal | None:
+    """None if the sample matches the network's schema (or it has none); else a 400 naming the field."""
+    schema = current_app.extensions["radio.registry"].current.networks[network].schema
+    if schema is None:
+        return None
+    problem = schema.problem(data)
+    if problem is None:
+        return None
+    return _refuse(key, 400, f"sample does not match the network's schema: {problem}", "schema")
+
+
+def check(key: Key, network: str, data: Any) -> Refusal | None:
+    """Rate, then quota, then schema: the first refusal, or None."""
+    return check_rate(key) or check_quota(key) or validate(key, network, data)
+
+
+def accepted(key: Key, network: str, size: int) -> None:
+    """Meter a sample the broker acknowledged."""
+    if (meter := _meter()) is not None:
+        meter.record(key, DOOR, network, size)
+    metrics.SAMPLES.labels(key=key.name, door=DOOR, network=network).inc()
+    metrics.BYTES.labels(key=key.name, door=DOOR, network=network).inc(size)

@@ -1,0 +1,139 @@
+"""Token buckets: how fast a key may publish.
+
+A key with ``rate`` R and ``burst`` B holds at most B tokens, refilled at R per second; each
+sample takes one. So a key is never delivered faster than R per second plus B at once.
+
+The embedded broker is one process: its buckets are a dict (``Buckets``). The HTTP bridge has
+several worker processes, and a generator's requests land on any of them, so its buckets are
+shared: a small file mapped into every worker's memory (``SharedBuckets``), one slot per key,
+changed under an ``flock``. Two system calls per request, no disk write (the file lives in the
+page cache), and the key gets exactly its rate whichever workers serve it (docs/access.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Final
+
+
+def take(tokens: float, stamp: float, now: float, rate: float, size: int) -> tuple[float, float]:
+    """Refill since ``stamp``, then take one token: (tokens left, seconds to wait for one).
+
+    A wait above 0 means no token was taken; the caller retries after that many seconds.
+    """
+    tokens = min(float(size), tokens + max(0.0, now - stamp) * rate)
+    if tokens >= 1.0:
+        return tokens - 1.0, 0.0
+    return tokens, (1.0 - tokens) / rate
+
+
+class Buckets:
+    """One process's buckets, by key id."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key_id: str, rate: float, size: int, now: float | None = None) -> float:
+        """Seconds to wait before this key may publish (0: it may, and a token is taken)."""
+        now = time.monotonic() if now is None else now
+        tokens, stamp = self._state.get(key_id, (float(size), now))
+        tokens, wait = take(tokens, stamp, now, rate, size)
+        self._state[key_id] = (tokens, now)
+        return wait
+
+    def remaining(self, key_id: str, rate: float, size: int, now: float | None = None) -> float:
+        """Tokens the key has now (without taking one)."""
+        now = time.monotonic() if now is None else now
+        tokens, stamp = self._state.get(key_id, (float(size), now))
+        return min(float(size), tokens + max(0.0, now - stamp) * rate)
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the buckets of keys no longer limited."""
+        for key_id in set(self._state) - keep:
+            del self._state[key_id]
+
+
+SLOTS: Final = 4096
+_SLOT: Final = struct.Struct("<Qdd")
+"""A slot: the key's tag (its id as a number, 0 for a free slot), tokens, and when they were counted."""
+
+
+class SharedBuckets:
+    """Buckets in a file mapped by every process that opens it: the bridge's workers share one.
+
+    Times are ``time.time()`` (the monotonic clock is not comparable between processes). A
+    clock stepped back refills nothing; stepped forward, it refills at most one full bucket.
+    Past ``SLOTS`` keys in one bridge's life, the key idle longest gives up its slot (and starts
+    again with a full bucket).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        size = SLOTS * _SLOT.size
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, size)
+        self._map = mmap.mmap(self._fd, size)
+
+    def close(self) -> None:
+        """Unmap and close (the file stays for the other processes)."""
+        with contextlib.suppress(BufferError, ValueError):
+            self._map.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+    def take(self, key_id: str, rate: float, size: int, now: float | None = None) -> tuple[float, float]:
+        """(seconds to wait, tokens left): 0 seconds means a token was taken."""
+        now = time.time() if now is None else now
+        tag = int(key_id, 16) or 1
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            offset = self._slot(tag, now)
+            found, tokens, stamp = _SLOT.unpack_from(self._map, offset)
+            if found != tag:
+                tokens, stamp = float(size), now
+            tokens, wait = take(tokens, stamp, now, rate, size)
+            _SLOT.pack_into(self._map, offset, tag, tokens, now)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return wait, tokens
+
+    def _slot(self, tag: int, now: float) -> int:
+        """The key's slot, a free one, or (table full) the one idle longest."""
+        start = tag % SLOTS
+        oldest, oldest_stamp = start, now
+        for step in range(SLOTS):
+            offset = ((start + step) % SLOTS) * _SLOT.size
+            found, _, stamp = _SLOT.unpack_from(self._map, offset)
+            if found in (tag, 0):
+                return offset
+            if stamp < oldest_stamp:
+                oldest, oldest_stamp = offset, stamp
+        return oldest
+
+
+def shared_path(folder: Path, owner: int) -> Path:
+    """The bucket file of the process group led by ``owner`` (gunicorn's arbiter); stale ones go."""
+    for old in folder.glob("rates-*.bin") if folder.is_dir() else ():
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(old.stem.removeprefix("rates-"))
+            if pid != owner and not _alive(pid):
+                old.unlink()
+    return folder / f"rates-{owner}.bin"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

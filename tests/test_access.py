@@ -1,0 +1,385 @@
+"""Selling access: per-key rates, quotas, expiry, per-network schemas and usage, on both doors.
+
+Real components throughout: the embedded broker on free ports (and Mosquitto for expiry), the
+bridge under gunicorn with two workers, paho clients, and the ``radio`` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import ENGINES, Home, running_broker, start_bridge
+from mqtt_client import NOT_AUTHORIZED, Client, listening
+
+from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.errors import KeyStoreError
+from radio.keys import parse_keys
+from radio.registry import LiveRegistry
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"speed": {"type": "number", "minimum": 0}, "lane": {"type": "integer"}},
+    "required": ["speed"],
+}
+
+
+def add_key(home: Home, name: str, *options: str) -> str:
+    """`radio keys add`, as an operator runs it: returns once running servers have the key."""
+    secret = home.radio("keys", "add", name, "--publish", "A", *options).stdout.strip()
+    home.secrets[name] = secret
+    return secret
+
+
+def usage(home: Home, *args: str) -> list[dict[str, object]]:
+    out = home.radio("keys", "usage", "--json", *args).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def eventually(attempt, within: float = 10.0):
+    """Usage reaches the file once a second: retry until it shows (there is no event to await)."""
+    deadline = time.monotonic() + within
+    while True:
+        result = attempt()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
+def embedded(home: Home) -> BrokerThread:
+    return BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    )
+
+
+def post(bridge, secret: str, data: object, network: str = "A") -> requests.Response:
+    return bridge.post(json.dumps({"network": network, "data": data}), headers={"API-KEY": secret})
+
+
+# The registry: every new field is type-checked, and the command line refuses bad values in one line.
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ('rate = "5/s"', "rate must be a positive number"),
+        ("rate = 0", "rate must be a positive number"),
+        ("burst = 2.5\nrate = 1", "burst must be a positive whole number"),
+        ("burst = 3", "burst is set without a rate"),
+        ("quota = -1", "quota must be a positive whole number"),
+        ('quota = 10\nquota_period = "week"', "quota_period must be the string 'day' or 'month'"),
+        ('expires = "2026-12-31T00:00:00Z"', "expires must be a TOML date-time with its offset"),
+        ("expires = 2026-12-31T00:00:00", "expires must be a TOML date-time with its offset"),
+    ],
+)
+def test_terms_of_a_key_are_type_checked(home: Home, field: str, expected: str) -> None:
+    text = home.keys.read_text().replace("[keys.gen]\n", f"[keys.gen]\n{field}\n")
+    with pytest.raises(KeyStoreError, match=expected):
+        parse_keys(text, home.keys)
+
+
+@pytest.mark.parametrize(
+    "option", ["--rate=5/y", "--rate=-1/s", "--quota=10/week", "--quota=x/day", "--expires=2026-12-31"]
+)
+def test_a_bad_term_on_the_command_line_is_one_line_and_status_2(home: Home, option: str) -> None:
+    result = home.radio("keys", "add", "x", "--publish", "A", option, check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keys_list_shows_limits_and_what_has_expired(home: Home) -> None:
+    add_key(home, "sold", "--rate", "5/s", "--burst", "10", "--quota", "10000/day")
+    add_key(home, "gone", "--expires", "2020-01-01T00:00:00Z")
+    home.radio("keys", "edit", "gen", "--expires", "2099-01-01T00:00:00+01:00")
+    listing = home.radio("keys", "list").stdout
+    lines = {line.split()[0]: line for line in listing.splitlines()}
+    assert "rate 5/s burst 10, quota 10000/day" in lines["sold"]
+    assert "EXPIRED 2020-01-01T00:00:00Z" in lines["gone"]
+    assert "2098-12-31T23:00:00Z" in lines["gen"]
+    assert "EXPIRED" not in lines["gen"]
+    rows = {r["name"]: r for r in map(json.loads, home.radio("keys", "list", "--json").stdout.splitlines())}
+    assert rows["gone"]["expired"] is True
+    assert rows["sold"]["rate"] == 5.0
+    home.radio("keys", "edit", "sold", "--rate", "off", "--quota", "off")
+    rows = {r["name"]: r for r in map(json.loads, home.radio("keys", "list", "--json").stdout.splitlines())}
+    assert (rows["sold"]["rate"], rows["sold"]["burst"], rows["sold"]["quota"]) == (None, None, None)
+
+
+# Rates.
+
+
+def test_http_over_the_rate_is_429_with_rate_limit_headers(home: Home, broker, bridge) -> None:
+    secret = add_key(home, "metered", "--rate", "1/min", "--burst", "3")
+    answers = [post(bridge, secret, {"speed": i}) for i in range(6)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429, 429]
+    refused = answers[3]
+    assert "rate limit exceeded" in refused.json()["error"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["RateLimit-Limit"] == "3"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert int(refused.headers["RateLimit-Reset"]) >= 1
+    # Another key is not slowed by it.
+    assert post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200
+
+
+def test_a_fast_mqtt_publisher_is_slowed_to_its_rate_and_loses_nothing(
+    home: Home, broker, transport: str
+) -> None:
+    secret = add_key(home, "fast", "--rate", "20/s", "--burst", "5")
+    total = 60
+    with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
+        port = broker.ws_port if transport == "ws" else broker.mqtt_port
+        publisher = Client(transport, port, "fast", secret)
+        assert publisher.connect() == 0
+        sender = threading.Thread(
+            target=lambda: [publisher.publish("networks/A/fast", str(i), qos=1) for i in range(total)]
+        )
+        sender.start()
+        first = reader.expect(1)[0]
+        started = time.monotonic()
+        window = [first]
+        while time.monotonic() - started < 1.0:
+            window.extend(reader.received_so_far())
+            time.sleep(0.01)
+        # 1 s at 20/s plus a burst of 5 is 25; unlimited, all 60 would be there already.
+        assert 10 <= len(window) <= 35, len(window)
+        rest = reader.expect(total - len(window), timeout=30)
+        sender.join(30)
+        publisher.close()
+    payloads = [m.payload for m in window + rest]
+    assert payloads == [str(i).encode() for i in range(total)]
+
+
+# Quotas: shared by both doors, counted in usage.db, kept across a restart.
+
+
+def test_a_quota_is_shared_by_both_doors_and_shown_in_usage(home: Home, broker, bridge) -> None:
+    secret = add_key(home, "quota", "--quota", "3/day")
+    with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
+        publisher = Client("tcp", broker.mqtt_port, "quota", secret)
+        assert publisher.connect() == 0
+        publisher.publish("networks/A/q", b'{"n": 1}', qos=1)
+        publisher.publish("networks/A/q", b'{"n": 2}', qos=1)
+        # The broker writes its counts once a second; the bridge counts into the same file.
+        assert eventually(lambda: any(r.get("samples") == 2 for r in usage(home, "quota")))
+        assert post(bridge, secret, {"n": 3}).status_code == 200
+        refused = post(bridge, secret, {"n": 4})
+        assert refused.status_code == 429
+        assert "quota exceeded: 3 samples per day; it resets at" in refused.json()["error"]
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        assert f"{tomorrow}T00:00:00Z" in refused.json()["error"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert eventually(lambda: any(r.get("door") == "http" for r in usage(home, "quota")))
+        publisher.publish("networks/A/q", b'{"n": 5}', qos=1)  # over the quota: acknowledged, dropped
+        publisher.publish("networks/A/q", b'{"n": 6}', qos=1)
+        got = [m.payload for m in reader.expect(3)]
+        assert sorted(got) == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+        assert reader.received_so_far() == []
+        publisher.close()
+
+    def tallied():
+        rows = usage(home, "quota")
+        samples = {
+            (r["door"], r["network"]): (r["samples"], r["bytes"]) for r in rows if r["kind"] == "samples"
+        }
+        refusals = {(r["door"], r["reason"]): r["count"] for r in rows if r["kind"] == "refusals"}
+        return (samples, refusals) if len(refusals) == 2 and refusals.get(("mqtt", "quota")) == 2 else None
+
+    samples, refusals = eventually(tallied)
+    assert samples == {("mqtt", "A"): (2, 16), ("http", "A"): (1, 8)}
+    assert refusals == {("http", "quota"): 1, ("mqtt", "quota"): 2}
+    text = home.radio("keys", "usage", "quota").stdout
+    assert "quota  http  A" in text
+    assert "quota" in text.split("REFUSED FOR", 1)[1]
+    usage_db = home.path / "usage.db"
+    assert stat.S_IMODE(usage_db.stat().st_mode) == 0o600
+    metrics = requests.get(bridge.url + "/metrics", timeout=10).text
+    assert 'radio_key_samples_total{door="http",key="quota",network="A"} 1.0' in metrics
+
+
+def test_a_quota_survives_a_broker_restart(home: Home) -> None:
+    secret = add_key(home, "daily", "--quota", "2/day")
+    with embedded(home) as broker:
+        publisher = Client("tcp", broker.mqtt_port, "daily", secret)
+        assert publisher.connect() == 0
+        publisher.publish("networks/A/d", b"1", qos=1)
+        publisher.publish("networks/A/d", b"2", qos=1)
+        publisher.close()
+    with (
+        embedded(home) as broker,
+        listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader,
+    ):
+        publisher = Client("tcp", broker.mqtt_port, "daily", secret)
+        assert publisher.connect() == 0
+        publisher.publish("networks/A/d", b"3", qos=1)
+        admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+        assert admin.connect() == 0
+        admin.publish("networks/A/d", b"sentinel", qos=1)
+        assert [m.payload for m in reader.expect(1)] == [b"sentinel"]
+        admin.close()
+        publisher.close()
+    rows = usage(home, "daily")
+    assert [(r["samples"]) for r in rows if r["kind"] == "samples"] == [2]
+    assert [(r["reason"], r["count"]) for r in rows if r["kind"] == "refusals"] == [("quota", 1)]
+
+
+# Schemas.
+
+
+@pytest.fixture
+def schema_home(home: Home) -> Home:
+    (home.path / "city.schema.json").write_text(json.dumps(SCHEMA))
+    home.config.write_text(
+        home.config.read_text().replace("[networks.A]\n", '[networks.A]\nschema = "city.schema.json"\n')
+    )
+    return home
+
+
+def test_http_a_sample_against_the_schema_is_400_naming_the_field(schema_home: Home, broker, bridge) -> None:
+    secret = schema_home.secrets["gen"]
+    with listening(broker.mqtt_port, "reader_a", schema_home.secrets["reader_a"], "networks/A/#") as reader:
+        refused = post(bridge, secret, {"speed": -3})
+        assert refused.status_code == 400
+        assert refused.json() == {
+            "error": "sample does not match the network's schema: speed: -3 must be bigger than or equal to 0"
+        }
+        missing = post(bridge, secret, {"lane": 2})
+        assert missing.status_code == 400
+        assert "speed" in missing.json()["error"]
+        assert post(bridge, secret, {"speed": 3, "lane": 1}).status_code == 200
+        assert [json.loads(m.payload) for m in reader.expect(1)] == [{"speed": 3, "lane": 1}]
+        assert reader.received_so_far() == []
+    # A network without a schema takes anything.
+    assert post(bridge, schema_home.secrets["admin"], {"speed": -3}, "B").status_code == 200
+
+
+def test_mqtt_samples_against_the_schema_reach_no_subscriber(
+    schema_home: Home, broker, transport: str
+) -> None:
+    port = broker.ws_port if transport == "ws" else broker.mqtt_port
+    with listening(broker.mqtt_port, "admin", schema_home.secrets["admin"], "#") as everything:
+        publisher = Client(transport, port, "gen", schema_home.secrets["gen"])
+        assert publisher.connect() == 0
+        for bad in (b'{"speed": -3}', b'{"lane": 1}', b"not json", b'{"speed": "fast"}'):
+            publisher.publish("networks/A/s", bad, qos=1)
+        publisher.publish("networks/A/s", b'{"speed": 4}', qos=1)
+        assert [m.payload for m in everything.expect(1)] == [b'{"speed": 4}']
+        assert everything.received_so_far() == []
+        publisher.close()
+
+    def refused():
+        rows = usage(schema_home, "gen")
+        return [(r["door"], r["reason"], r["count"]) for r in rows if r["kind"] == "refusals"]
+
+    assert eventually(lambda: refused() == [("mqtt", "schema", 4)]), refused()
+
+
+def test_a_schema_that_is_not_valid_stops_the_command_in_one_line(home: Home) -> None:
+    (home.path / "bad.json").write_text('{"type": "nonsense"}')
+    home.config.write_text(home.config.read_text() + '\n[networks.C]\nschema = "bad.json"\n')
+    result = home.radio("keys", "list", check=False)
+    assert result.returncode == 2
+    assert "[networks.C] schema file" in result.stderr
+    assert "not a valid JSON Schema" in result.stderr
+
+
+# Expiry: refused from that instant on both doors; live sessions closed within 2 s, both brokers.
+
+
+@pytest.fixture(params=ENGINES)
+def any_engine(request, home: Home):
+    with running_broker(request.param, home) as running:
+        yield running
+
+
+def test_expiry_closes_live_sessions_within_2s_and_refuses_the_key(home: Home, any_engine) -> None:
+    expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
+    home.radio("keys", "edit", "gen", "--expires", expires.isoformat())
+    client = Client("tcp", any_engine.mqtt_port, "gen", home.secrets["gen"])
+    assert client.connect() == 0
+    assert not client.disconnected.is_set()
+    to_expiry = (expires - datetime.now(UTC)).total_seconds()
+    assert client.disconnected.wait(to_expiry + 2.0)  # closed within 2 s of its expiry
+    assert datetime.now(UTC) >= expires
+    client.close()
+    again = Client("tcp", any_engine.mqtt_port, "gen", home.secrets["gen"])
+    assert again.connect() == NOT_AUTHORIZED
+    again.close()
+    # Another key is not affected.
+    other = Client("tcp", any_engine.mqtt_port, "reader_a", home.secrets["reader_a"])
+    assert other.connect() == 0
+    other.close()
+
+
+def test_http_an_expired_key_is_not_valid(home: Home, broker, bridge) -> None:
+    expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
+    home.radio("keys", "edit", "gen", "--expires", expires.isoformat())
+    assert post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200
+    wait = (expires - datetime.now(UTC)).total_seconds()
+    if wait > 0:
+        time.sleep(wait)  # the expiry is an instant on the clock: nothing else to await
+    answer = post(bridge, home.secrets["gen"], {"speed": 1})
+    assert (answer.status_code, answer.json()) == (400, {"error": "API-KEY not valid"})
+    home.radio("keys", "edit", "gen", "--expires", "never")
+    # Each worker applies the change within 2 seconds (keys edit does not wait for them).
+    assert eventually(lambda: post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200, 2.5)
+
+
+def test_usage_files_are_private(home: Home) -> None:
+    with embedded(home):
+        pass
+    path = home.path / "usage.db"
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.slow
+def test_the_access_benchmark_runs_and_reports_every_target() -> None:
+    script = Path(__file__).resolve().parent.parent / "bench" / "access.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    medians = next(line for line in lines if "medians_us" in line)
+    assert {"schema_fastjsonschema", "bucket_broker", "bucket_bridge_shared", "meter_record"} <= set(
+        medians["medians_us"]
+    )
+
+
+def test_the_brokers_metrics_count_each_keys_samples_and_refusals(home: Home) -> None:
+    home.config.write_text(home.config.read_text() + '\n[broker]\nmetrics = "127.0.0.1:0"\n')
+    with embedded(home) as broker:
+        publisher = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+        assert publisher.connect() == 0
+        publisher.publish("networks/A/m", b'{"x": 1}', qos=1)
+        publisher.publish("networks/B/m", b'{"x": 1}', qos=1)  # not its network: refused, counted
+        publisher.close()
+        port = broker.broker._metrics.port
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'radio_key_samples_total{door="mqtt",key="gen",network="A"} 1.0' in text
+    assert 'radio_key_bytes_total{door="mqtt",key="gen",network="A"} 8.0' in text
+    assert 'radio_key_refusals_total{door="mqtt",key="gen",reason="rights"} 1.0' in text
+
+
+@pytest.mark.mosquitto
+def test_on_mosquitto_the_http_door_still_checks_schemas_and_rates(schema_home: Home) -> None:
+    secret = add_key(schema_home, "limited", "--rate", "1/min", "--burst", "1")
+    with running_broker("mosquitto", schema_home) as mosquitto:
+        bridge = start_bridge(schema_home, mosquitto.mqtt_port)
+        try:
+            assert post(bridge, secret, {"speed": -1}).status_code == 400
+            assert post(bridge, secret, {"speed": 1}).status_code == 429  # the token went to the refused one
+            assert post(bridge, schema_home.secrets["gen"], {"speed": 1}).status_code == 200
+        finally:
+            assert "Traceback" not in bridge.stop()
