@@ -51,7 +51,17 @@ KEY_ID: Final = re.compile(r"[0-9a-f]{16}")
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 _MOSQUITTO: Final = re.compile(r"\$7\$[0-9]+\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*")
 _FIELDS: Final = frozenset(
-    {"id", "secret_sha256", "mosquitto_hash", "publish", "subscribe", "admin", "publish_all", "created"}
+    {
+        "id",
+        "secret_sha256",
+        "mosquitto_hash",
+        "publish",
+        "subscribe",
+        "admin",
+        "publish_all",
+        "read_all",
+        "created",
+    }
 )
 
 
@@ -106,6 +116,8 @@ class Key:
     created: str = ""
     publish_all: bool = False
     """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
+    read_all: bool = False
+    """A service key (the history recorder's): may read every network, and do nothing else."""
     id: str = field(default="")
     """Stable across ``rotate`` and ``edit``, new for every ``add``; derived from the digest if unset."""
 
@@ -132,6 +144,7 @@ class Key:
             "subscribe": sorted(self.subscribe),
             "admin": self.admin,
             "publish_all": self.publish_all,
+            **({"read_all": True} if self.read_all else {}),
             "created": self.created,
         }
 
@@ -167,6 +180,7 @@ class Key:
             admin=_flag(table, "admin", where),
             created=_string(table, "created", where),
             publish_all=_flag(table, "publish_all", where),
+            read_all=_flag(table, "read_all", where),
             id=_matching(table, "id", where, KEY_ID, "16 lowercase hex digits") if "id" in table else "",
         )
 
@@ -317,6 +331,7 @@ class KeyStore:
         subscribe: Iterable[str] = (),
         admin: bool = False,
         publish_all: bool = False,
+        read_all: bool = False,
     ) -> str:
         """Make a key, with an id of its own, and return its secret, which is not stored anywhere."""
         check_key_name(name)
@@ -336,6 +351,7 @@ class KeyStore:
                 admin=admin,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 publish_all=publish_all,
+                read_all=read_all,
                 id=new_key_id(k.id for k in keys.values()),
             )
         return secret
@@ -371,8 +387,9 @@ class KeyStore:
         subscribe_set = None if subscribe is None else self._known_networks(subscribe)
         with self._locked() as keys:
             key = self._existing(keys, name)
-            if key.publish_all:
-                msg = f"key {name!r} is a service key that publishes to every network: its rights are fixed"
+            if key.publish_all or key.read_all:
+                every = "publishes to" if key.publish_all else "reads"
+                msg = f"key {name!r} is a service key that {every} every network: its rights are fixed"
                 raise KeyStoreError(msg)
             edited = replace(
                 key,
