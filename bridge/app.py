@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from radio.bridge import errors, ops, publish
+from radio.bridge import errors, history, ops, pages, publish
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import Publisher
 from radio.config import Address
@@ -44,4 +44,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(history.bp)
+    app.register_blueprint(pages.bp)
     return app
