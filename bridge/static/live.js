@@ -87,6 +87,7 @@
     const data = [times, ...columns.values()];
     if (plot && !rebuild) {
       plot.setData(data);
+      spreadAlone();
       return;
     }
     if (plot) plot.destroy();
@@ -94,10 +95,21 @@
     let i = 0;
     for (const name of columns.keys()) series.push({ label: name, stroke: palette(i++), width: 1.5, spanGaps: true });
     plot = new uPlot(
-      { width: Math.max(320, plotEl.clientWidth || 800), height: 320, series, scales: { x: { time: true } } },
+      {
+        width: Math.max(320, plotEl.clientWidth || 800),
+        height: 320,
+        series,
+        scales: { x: { time: true } },
+      },
       data,
       plotEl,
     );
+    spreadAlone();
+  }
+
+  function spreadAlone() {
+    // One sample alone would stretch the time axis over years: show a minute around it.
+    if (times.length === 1) plot.setScale("x", { min: times[0] - 30, max: times[0] + 30 });
   }
 
   function accept(data, when, seq) {
