@@ -351,10 +351,9 @@ def _bridge(args: argparse.Namespace) -> int:
 def _recorder(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.recorder.run import run  # noqa: PLC0415 - loads paho only for this command
-    from radio.registry import LiveRegistry  # noqa: PLC0415
 
     logs.setup()
-    run(LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None)), broker=args.broker)
+    run(getattr(args, "config", None), getattr(args, "keys", None), broker=args.broker)
     return 0
 
 

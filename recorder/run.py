@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from typing import Final
 
-from radio.config import Address
-from radio.recorder.identity import recorder_credentials
+from radio.config import Address, load_settings
+from radio.confirmations import wait_for_servers
+from radio.recorder.identity import ENVIRONMENT, key_file, recorder_credentials
 from radio.recorder.recorder import Recorder
 from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry
 
+KEY_IN_FORCE_TIMEOUT: Final = 5.0
+"""Seconds to wait, after making the service key, for the running brokers to have it in force."""
 
-def run(registry: LiveRegistry, broker: Address | None = None) -> None:
+
+def run(
+    config: str | os.PathLike[str] | None, keys: str | os.PathLike[str] | None, broker: Address | None = None
+) -> None:
     """Record until a signal; the banner line is printed once the subscription is granted."""
-    settings = registry.settings
-    broker = broker or settings.broker.mqtt.local()
+    settings = load_settings(config, keys)
+    making = not os.environ.get(ENVIRONMENT) and not key_file(settings).exists()
     username, password = recorder_credentials(settings)
+    if making:  # a key made just now: its first CONNECT should not race the brokers' reload
+        wait_for_servers(settings.path, settings.keys_path, timeout=KEY_IN_FORCE_TIMEOUT)
+    registry = LiveRegistry(config, keys)
+    broker = broker or settings.broker.mqtt.local()
     store = HistoryStore(settings.history_path)
     recorder = Recorder(registry, store, broker, username, password)
     stop = threading.Event()

@@ -18,7 +18,8 @@ that number, then goes on live, without a duplicate or a hole (docs/history.md):
 first and holds the live samples back; fetches the history; then lets through the held samples
 the history does not already hold (matched by content, counting repeats). Replayed samples carry
 their ``seq``; live ones have none. If the history no longer reaches back that far, ``notice``
-says so, once per network.
+says so, once per network. With ``since`` the session is a clean one even with a key: the history,
+not the broker's queue, brings what was missed.
 
 A payload that is not a sample (not UTF-8, not JSON, nested deeper than Python can parse) is
 handed to ``on_bad_sample`` and skipped: a retained bad payload must not silence every listener
@@ -152,8 +153,10 @@ class Listener:
         self._held: list[Sample] | None = [] if since is not None else None
         """Live samples held back while the history is replayed; None once it is done."""
         self._held_lock = threading.Lock()
-        persistent = secret is not None
-        self._qos = 1 if persistent else 0
+        # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
+        # samples the replay delivers too. So it starts clean.
+        persistent = secret is not None and since is None
+        self._qos = 1 if secret is not None else 0
         # A stable id per key and set of networks: the broker keeps the session between runs.
         digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
         client_id = f"radio-listen-{digest}" if persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"

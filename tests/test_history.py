@@ -297,3 +297,27 @@ def test_history_setting_is_type_checked(home):
     assert result.returncode == 2
     assert "history must be a whole number" in result.stderr
     assert os.linesep not in result.stderr.strip()
+
+
+@pytest.mark.mosquitto
+def test_the_recorder_numbers_samples_on_mosquitto_too(home):
+    from conftest import running_broker  # noqa: PLC0415 - conftest's helper, not a fixture
+
+    with running_broker("mosquitto", home) as mosquitto, recording(home, mosquitto.mqtt_port):
+        app = create_app(
+            {"RADIO_CONFIG": str(home.config), "BROKER": Address("127.0.0.1", mosquitto.mqtt_port)}
+        )
+        client = app.test_client()
+        publisher = Client("tcp", mosquitto.mqtt_port, "gen_all", home.secrets["gen_all"])
+        assert publisher.connect() == 0
+        try:
+            publisher.publish("networks/pub", json.dumps({"i": 0}), qos=1)
+            post(client, home, "gen_all", "pub", {"i": 1})
+            publisher.publish("networks/A", json.dumps({"a": 0}), qos=1)
+            body = wait_for_last(client, "pub", 2)
+            private = wait_for_last(client, "A", 1, {"API-KEY": home.secrets["reader_a"]})
+        finally:
+            publisher.close()
+            app.extensions["radio.publisher"].stop()
+    assert [(s["seq"], s["data"]) for s in body["samples"]] == [(1, {"i": 0}), (2, {"i": 1})]
+    assert private["samples"][0]["data"] == {"a": 0}

@@ -285,3 +285,22 @@ def test_live_samples_the_replay_also_brings_are_dropped_and_repeats_are_kept(
         got.append(next(samples))
         assert listener._samples.empty()
     assert [(s.seq, s.data["i"]) for s in got] == [(2, 1), (3, 2), (4, 3), (5, 4), (6, 4), (None, 5)]
+
+
+def test_a_keyed_listener_replays_a_private_network_once(home, broker, recorder, bridge, publisher):
+    secret = home.secrets["reader_a"]
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    # A persistent session from an earlier run, which missed the samples below.
+    with Listener(["A"], url, secret) as earlier:
+        assert earlier.subscribed.wait(TIMEOUT)
+    for i in range(3):
+        publisher.publish("networks/A", json.dumps({"i": i}), qos=1)
+    wait_for_last(bridge, "A", 3, {"API-KEY": secret})
+    with Listener(["A"], url, secret, since=0, http=bridge.url) as listener:
+        assert listener.subscribed.wait(TIMEOUT)
+        samples = iter(listener)
+        got = [next(samples) for _ in range(3)]
+        publisher.publish("networks/A", json.dumps({"i": 3}), qos=1)
+        got.append(next(samples))
+        assert listener._samples.empty()
+    assert [(s.seq, s.data["i"]) for s in got] == [(1, 0), (2, 1), (3, 2), (None, 3)]
