@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -54,9 +55,17 @@ class Recorder:
         self.broker = broker
         self.subscribed = threading.Event()
         """Set once the broker granted the subscription (cleared while the link is down)."""
+        self.failed: str | None = None
+        """Why the history file could not be written; the recorder has stopped taking samples."""
+        self.done = threading.Event()
+        """Set when it failed: whoever runs it should stop."""
         self._refreshed = 0.0
         self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2,
+            client_id=CLIENT_ID,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,  # a sample is acknowledged once it is written, not before
         )
         self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
@@ -97,7 +106,19 @@ class Recorder:
         self.subscribed.set()
         log.info("recording %s from %s", FILTER, self.broker)
 
-    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        if self.failed is not None:
+            return  # not acknowledged: the broker keeps it in the session for the next start
+        try:
+            self._record(message)
+        except sqlite3.Error as exc:
+            self.failed = f"cannot write {self.store.path}: {exc}"
+            log.error("%s: stopping; the broker keeps the samples for the next start", self.failed)  # noqa: TRY400
+            self.done.set()
+            return
+        client.ack(message.mid, message.qos)
+
+    def _record(self, message: mqtt.MQTTMessage) -> None:
         if message.retain:
             return  # a retained sample brought by the subscription: published, and numbered, before
         network = network_of_topic(message.topic)
@@ -110,8 +131,7 @@ class Recorder:
         except (ValueError, RecursionError):
             log.warning("skipped a payload on %s (%d bytes): not JSON", message.topic, len(message.payload))
             return
-        keep = registry.networks[network].history
-        self.store.append(network, message.topic, text, now(), keep)
+        self.store.append(network, message.topic, text, now(), registry.networks[network].history)
 
     def _registry(self) -> Registry:
         clock = time.monotonic()

@@ -10,6 +10,7 @@ from typing import Final
 
 from radio.config import Address, load_settings
 from radio.confirmations import wait_for_servers
+from radio.errors import RadioError
 from radio.recorder.identity import ENVIRONMENT, key_file, recorder_credentials
 from radio.recorder.recorder import Recorder
 from radio.recorder.store import HistoryStore
@@ -35,6 +36,12 @@ def run(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+
+    def stop_when_failed() -> None:
+        recorder.done.wait()
+        stop.set()
+
+    threading.Thread(target=stop_when_failed, daemon=True).start()
     recorder.start()
     try:
         while not stop.is_set() and not recorder.subscribed.wait(0.2):
@@ -49,4 +56,6 @@ def run(
     finally:
         recorder.stop()
         store.close()
+    if recorder.failed is not None:
+        raise RadioError(recorder.failed)
     print("recorder stopped", file=sys.stderr, flush=True)

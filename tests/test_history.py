@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mqtt_client import Client
@@ -321,3 +322,37 @@ def test_the_recorder_numbers_samples_on_mosquitto_too(home):
             app.extensions["radio.publisher"].stop()
     assert [(s["seq"], s["data"]) for s in body["samples"]] == [(1, {"i": 0}), (2, {"i": 1})]
     assert private["samples"][0]["data"] == {"a": 0}
+
+
+def test_a_sample_the_recorder_cannot_write_is_not_acknowledged_and_comes_back(
+    home, broker, app, publisher, monkeypatch
+):
+    with recording(home, broker.mqtt_port) as failing:
+        # A full disk cannot be made for real here (the tests may run as root): inject the error.
+        def full(*_args, **_kwargs):
+            msg = "database or disk is full"
+            raise sqlite3.OperationalError(msg)
+
+        monkeypatch.setattr(failing.store, "append", full)
+        publisher.publish("networks/pub", json.dumps({"kept": True}), qos=1)
+        assert failing.done.wait(10)
+        assert "disk is full" in failing.failed
+    monkeypatch.undo()
+    status, body = history(app, "pub")
+    assert (status, body["last"]) == (200, 0)
+    with recording(home, broker.mqtt_port):  # the same session: the broker hands the sample over again
+        body = wait_for_last(app, "pub", 1)
+    assert [(s["seq"], s["data"]) for s in body["samples"]] == [(1, {"kept": True})]
+
+
+@pytest.mark.slow
+def test_the_recorder_benchmark_runs_in_its_smoke_mode():
+    bench = Path(__file__).resolve().parent.parent / "bench" / "recorder.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--smoke"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rounds = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
+    assert len(rounds) == 1
+    assert rounds[0]["recorder_per_s"] > 0
+    assert "median_recorder_over_listener" in result.stdout
