@@ -73,7 +73,7 @@ def one_round(port: int, db: Path, count: int, start: int, secret: str) -> dict[
     listener.on_message = on_message
     listener.on_subscribe = lambda *_: subscribed.set()
     listener.subscribe("networks/bench", qos=1)
-    assert subscribed.wait(10)
+    assert subscribed.wait(60), "the listener was not subscribed"
     publisher = client(port, f"bench-publisher-{start}", secret)
     began = time.perf_counter()
     infos = [publisher.publish("networks/bench", json.dumps({"i": i}), qos=1) for i in range(count)]
