@@ -60,4 +60,19 @@ def fetch(
     if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("samples"), list):
         msg = f"{http} has no history of {network!r}: {error or response.status_code}"
         raise HistoryUnavailable(msg)
-    return HistoryPage(body["samples"], body.get("first"), int(body.get("last", 0)))
+    samples, first, last = body["samples"], body.get("first"), body.get("last", 0)
+    well_formed = (
+        all(
+            isinstance(item, dict)
+            and type(item.get("seq")) is int
+            and isinstance(item.get("received_at"), str)
+            and "data" in item
+            for item in samples
+        )
+        and (first is None or type(first) is int)
+        and type(last) is int
+    )
+    if not well_formed:
+        msg = f"{http} answered something that is not a history of {network!r}"
+        raise HistoryUnavailable(msg)
+    return HistoryPage(samples, first, last)

@@ -344,7 +344,12 @@ class Listener:
             if first:
                 first = False
                 kept_from = page.first if page.first is not None else page.last + 1
-                if kept_from > since + 1:
+                if page.last < since:
+                    self.notice(
+                        f"the history of {network} ends at {page.last}, before {since}: "
+                        "its numbering started again (a new history file?); nothing to replay"
+                    )
+                elif kept_from > since + 1:
                     self.notice(
                         f"the history of {network} no longer reaches back to {since + 1}: "
                         f"samples {since + 1} to {kept_from - 1} are gone, replaying from {kept_from}"

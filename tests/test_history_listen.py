@@ -304,3 +304,27 @@ def test_a_keyed_listener_replays_a_private_network_once(home, broker, recorder,
         got.append(next(samples))
         assert listener._samples.empty()
     assert [(s.seq, s.data["i"]) for s in got] == [(1, 0), (2, 1), (3, 2), (None, 3)]
+
+
+def test_a_since_past_the_end_of_the_history_is_said_and_replays_nothing(
+    home, broker, recorder, bridge, publisher
+):
+    for i in range(2):
+        publisher.publish("networks/pub", json.dumps({"i": i}), qos=1)
+    wait_for_last(bridge, "pub", 2)
+    notices: list[str] = []
+    said = threading.Event()
+
+    def notice(line):
+        notices.append(line)
+        if "before 10" in line:
+            said.set()
+
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    with Listener(["pub"], url, since=10, http=bridge.url, notice=notice) as listener:
+        assert said.wait(TIMEOUT), notices
+        samples = iter(listener)
+        publisher.publish("networks/pub", json.dumps({"i": 2}), qos=1)
+        live = next(samples)
+    assert (live.seq, live.data) == (None, {"i": 2})
+    assert any("ends at 2, before 10" in line for line in notices), notices
