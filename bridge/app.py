@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from radio.bridge import access, errors, ops, publish
+from radio.bridge import access, errors, history, ops, pages, publish
 from radio.bridge.asgi import BufferedWSGI
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import Publisher
@@ -52,6 +52,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     access.install(app, registry)  # rates, quotas, schemas, usage (bridge/access.py)
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(history.bp)
+    app.register_blueprint(pages.bp)
     return app
 
 

@@ -34,7 +34,8 @@ def _api_error(error: APIError) -> tuple[Response, int]:
 def _http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
     message = {
-        404: "not found: the only endpoints are POST /publish, GET /healthz and GET /metrics",
+        404: "not found: the endpoints are POST /publish, GET /healthz, GET /metrics, "
+        "GET /networks/NAME/samples, and the pages GET / and GET /networks/NAME",
         405: "method not allowed",
         413: "request body too large",
     }.get(status, error.description or error.name)

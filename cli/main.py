@@ -142,6 +142,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     bridge.set_defaults(handler=_bridge)
 
+    recorder = commands.add_parser(
+        "recorder",
+        parents=[common],
+        help="number and keep every network's latest samples (history.db beside the configuration)",
+    )
+    recorder.add_argument(
+        "--broker",
+        metavar="mqtt://HOST:PORT",
+        type=_broker_url,
+        help="the broker (default: the config's MQTT)",
+    )
+    recorder.set_defaults(handler=_recorder)
+
     _add_platform_commands(commands, common)
 
     _add_key_commands(commands, common)
@@ -298,6 +311,18 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
         type=options.broker_url,
         help="ws://HOST:PORT/mqtt (default: the configuration's) or mqtt://HOST:PORT",
     )
+    listen.add_argument(
+        "--since",
+        metavar="SEQ",
+        type=_sequence_number,
+        help="first replay the history after sample number SEQ (from the bridge), then go on live",
+    )
+    listen.add_argument(
+        "--http",
+        metavar="URL",
+        type=_http_url,
+        help="the bridge, for --since (default: the configuration's, http://127.0.0.1:5000)",
+    )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     listen.set_defaults(handler=_listen)
 
@@ -376,6 +401,20 @@ def _network(text: str) -> str:
         return NetworkName(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sequence_number(text: str) -> int:
+    if not text.isascii() or not text.strip().isdigit():
+        msg = f"{text!r} is not a sample number (a whole number from 0)"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
+def _http_url(text: str) -> str:
+    if not options.is_http(text):
+        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT"
+        raise argparse.ArgumentTypeError(msg)
+    return options.client_url(text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -492,6 +531,15 @@ def _bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorder(args: argparse.Namespace) -> int:
+    from radio import logs  # noqa: PLC0415
+    from radio.recorder.run import run  # noqa: PLC0415 - loads paho only for this command
+
+    logs.setup()
+    run(getattr(args, "config", None), getattr(args, "keys", None), broker=args.broker)
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from radio.cli.up import up  # noqa: PLC0415
 
@@ -518,7 +566,8 @@ def _listen(args: argparse.Namespace) -> int:
             raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
     url = args.url or f"ws://{settings.broker.websocket.local()}/mqtt"
-    return listen(args.networks, url, secret)
+    http = args.http or f"http://{settings.bridge.listen.local()}"
+    return listen(args.networks, url, secret, since=args.since, http=http)
 
 
 def _device_logging() -> threading.Event:
@@ -721,6 +770,7 @@ def _rights(key: Key) -> tuple[str, str]:
     publish = "(admin: any topic)" if key.admin else ",".join(sorted(key.publish)) or "-"
     publish = "(every network)" if key.publish_all else publish
     subscribe = "(admin: any topic)" if key.admin else ",".join(sorted(key.subscribe)) or "-"
+    subscribe = "(every network)" if key.read_all else subscribe
     return publish, subscribe
 
 

@@ -1,8 +1,8 @@
 """``radio up``: the whole platform on one machine, one command, no external service.
 
-It starts ``radio broker``, ``radio bridge`` and ``radio device traffic`` as child processes (so
-this module needs no MQTT or HTTP code of its own), wires their ports together, makes a demo
-publisher key on first run, and prints how to use it all.
+It starts ``radio broker``, ``radio recorder``, ``radio bridge`` and ``radio device traffic`` as
+child processes (so this module needs no MQTT or HTTP code of its own), wires their ports
+together, makes a demo publisher key on first run, and prints how to use it all.
 
 It finds its configuration as every ``radio`` command does (``--config``, ``RADIO_CONFIG``,
 ``./radio.toml``) and writes ``./radio.toml`` when there is none, so ``radio keys`` run in the
@@ -189,7 +189,13 @@ def up(
         ws_url = reachable("ws://" + broker.wait_for(r"ws://(\S+)"))
         broker.drain()
         local = f"mqtt://127.0.0.1:{mqtt_port}"
-        bridge = Child("bridge", ["bridge", *common, "--listen", str(http), "--broker", local])
+        recorder = Child("recorder", ["recorder", *common, "--broker", local])
+        children.append(recorder)
+        recorder.wait_for(r"(Recording)")
+        recorder.drain()
+        # The live pages tell browsers where the broker's WebSocket is: the port bound just now.
+        page_ws = {} if settings.bridge.public_websocket_url else {"RADIO_PUBLIC_WEBSOCKET_URL": ws_url}
+        bridge = Child("bridge", ["bridge", *common, "--listen", str(http), "--broker", local], env=page_ws)
         children.append(bridge)
         http_url = reachable(bridge.wait_for(r"POST (http://\S+)/publish"))
         bridge.drain()
@@ -259,10 +265,12 @@ def _print_banner(
         f"  MQTT over TCP:        mqtt://127.0.0.1:{mqtt_port}\n"
         f"  MQTT over WebSocket:  {ws_url}\n"
         f"  HTTP publish:         {http_url}/publish\n"
+        f"  live pages:           {http_url}/\n"
         f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {secret}\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
-        f"  state:                {settings.state_dir} (keys.toml, demo.key, bridge.key, broker.db)\n"
+        f"  state:                {settings.state_dir} "
+        "(keys.toml, demo.key, bridge.key, broker.db, history.db)\n"
         f"  other radio commands: {where}\n"
         "\n"
         "Try, in another terminal:\n"

@@ -23,6 +23,10 @@ DEFAULT_CONFIG_NAME: Final = "radio.toml"
 DEFAULT_KEYS_NAME: Final = "keys.toml"
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 DEFAULT_PERSISTENCE: Final = "broker.db"
+DEFAULT_HISTORY: Final = 1000
+HISTORY_FILE: Final = "history.db"
+"""The recorder's SQLite file, beside the configuration: it writes it, the bridge reads it."""
+MAX_HISTORY: Final = 10_000_000
 # MQTT's own limit on a packet's remaining length.
 MQTT_MAX_PAYLOAD: Final = 268_435_455
 
@@ -73,6 +77,8 @@ class NetworkSettings:
     """Largest sample accepted, in bytes."""
     schema: Schema | None = None
     """A JSON Schema every sample must match (``schema = "FILE"``, relative to the configuration)."""
+    history: int = DEFAULT_HISTORY
+    """How many of its latest samples the recorder keeps, numbered (0: none kept, still numbered)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,9 @@ class BridgeSettings:
     listen: Address = Address("127.0.0.1", 5000)
     body_timeout: float = 10.0
     """Seconds from a request's headers to the end of its body; a body later than that is 408."""
+    public_websocket_url: str | None = None
+    """The MQTT-over-WebSocket URL browsers use (behind a proxy: wss://NAME/mqtt); None: derived
+    from ``[broker] websocket``."""
 
 
 def _default_networks() -> dict[str, NetworkSettings]:
@@ -144,6 +153,11 @@ class Settings:
     def state_dir(self) -> Path:
         """The folder holding the configuration, where Radio keeps its own files too."""
         return self.path.parent
+
+    @property
+    def history_path(self) -> Path:
+        """The recorder's numbered samples (SQLite), beside the configuration."""
+        return self.state_dir / HISTORY_FILE
 
 
 def resolve_paths(
@@ -224,7 +238,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
         },
     )
     bridge = _table(data, "bridge")
-    _only(bridge, "[bridge] ", {"listen", "body_timeout"})
+    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url"})
     defaults = BrokerSettings()
     networks = _networks(data["networks"], config_path.parent) if "networks" in data else _default_networks()
     return Settings(
@@ -257,6 +271,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
             body_timeout=_number(
                 bridge, "body_timeout", BridgeSettings().body_timeout, 0.1, 3600.0, where="[bridge]"
             ),
+            public_websocket_url=_websocket_url(bridge.get("public_websocket_url")),
         ),
         networks=networks,
     )
@@ -292,7 +307,7 @@ def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:
         if not isinstance(options, dict):
             msg = f"{where} must be a table of settings, not {_kind(options)}"
             raise TypeError(msg)
-        _only(options, where + " ", {"public", "retain", "max_payload", "schema"})
+        _only(options, where + " ", {"public", "retain", "max_payload", "schema", "history"})
         defaults = NetworkSettings()
         max_payload = options.get("max_payload", defaults.max_payload)
         if type(max_payload) is not int or not 1 <= max_payload <= MQTT_MAX_PAYLOAD:
@@ -301,11 +316,19 @@ def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:
                 f"not {_kind(max_payload)} {max_payload!r}"
             )
             raise ValueError(msg)
+        history = options.get("history", defaults.history)
+        if type(history) is not int or not 0 <= history <= MAX_HISTORY:
+            msg = (
+                f"{where} history must be a whole number of samples from 0 to {MAX_HISTORY}, "
+                f"not {_kind(history)} {history!r}"
+            )
+            raise ValueError(msg)
         networks[name] = NetworkSettings(
             public=_bool(options, "public", where, defaults.public),
             retain=_bool(options, "retain", where, defaults.retain),
             max_payload=max_payload,
             schema=_schema(options, where, folder),
+            history=history,
         )
     return networks
 
@@ -353,6 +376,18 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
+
+
+def _websocket_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
+        msg = (
+            "[bridge] public_websocket_url must be a ws:// or wss:// URL such as "
+            f"'wss://radio.example.com/mqtt', not {_kind(value)} {value!r}"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def _persistence(value: object, folder: Path) -> Path | None:

@@ -63,6 +63,7 @@ _FIELDS: Final = frozenset(
         "subscribe",
         "admin",
         "publish_all",
+        "read_all",
         "created",
         "rate",
         "burst",
@@ -220,6 +221,8 @@ class Key:
     """A service key (the HTTP bridge's): may publish to every network, and do nothing else."""
     bcrypt: str = ""
     """``bcrypt_hash`` of the secret, for NATS; empty for a key made before it was kept."""
+    read_all: bool = False
+    """A service key (the history recorder's): may read every network, and do nothing else."""
     id: str = field(default="")
     """Stable across ``rotate`` and ``edit``, new for every ``add``; derived from the digest if unset."""
     terms: Terms = Terms()
@@ -253,6 +256,7 @@ class Key:
             "subscribe": sorted(self.subscribe),
             "admin": self.admin,
             "publish_all": self.publish_all,
+            **({"read_all": True} if self.read_all else {}),
             "created": self.created,
             "bcrypt_hash": self.bcrypt,
             **_terms_to_toml(self.terms),
@@ -291,6 +295,7 @@ class Key:
             created=_string(table, "created", where),
             publish_all=_flag(table, "publish_all", where),
             bcrypt=_string(table, "bcrypt_hash", where),
+            read_all=_flag(table, "read_all", where),
             id=_matching(table, "id", where, KEY_ID, "16 lowercase hex digits") if "id" in table else "",
             terms=_terms(table, where),
         )
@@ -512,6 +517,7 @@ class KeyStore:
         admin: bool = False,
         publish_all: bool = False,
         terms: Terms = Terms(),
+        read_all: bool = False,
     ) -> str:
         """Make a key, with an id of its own, and return its secret, which is not stored anywhere."""
         check_key_name(name)
@@ -532,6 +538,7 @@ class KeyStore:
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 publish_all=publish_all,
                 bcrypt=bcrypt_hash(secret),
+                read_all=read_all,
                 id=new_key_id(k.id for k in keys.values()),
                 terms=_checked(terms),
             )
@@ -576,8 +583,9 @@ class KeyStore:
         subscribe_set = None if subscribe is None else self._known_networks(subscribe)
         with self._locked() as keys:
             key = self._existing(keys, name)
-            if key.publish_all:
-                msg = f"key {name!r} is a service key that publishes to every network: its rights are fixed"
+            if key.publish_all or key.read_all:
+                every = "publishes to" if key.publish_all else "reads"
+                msg = f"key {name!r} is a service key that {every} every network: its rights are fixed"
                 raise KeyStoreError(msg)
             edited = replace(
                 key,

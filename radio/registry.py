@@ -14,7 +14,8 @@ Rights (design section 3):
   level is a wildcard is granted (if the client may read any network at all) and every message
   is checked on delivery; any other filter is refused;
 - an ``admin`` key may publish and read every topic;
-- a ``publish_all`` service key (the HTTP bridge's) may publish to every network, read none.
+- a ``publish_all`` service key (the HTTP bridge's) may publish to every network, read none;
+- a ``read_all`` service key (the history recorder's) may read every network, publish none.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Registry:
         for name, key in self.keys.items():
             access[name] = Access(
                 publish=known if key.publish_all else key.publish & known,
-                read=(key.subscribe & known) | public,
+                read=known if key.read_all else (key.subscribe & known) | public,
                 admin=key.admin,
             )
         object.__setattr__(self, "_access", access)

@@ -11,13 +11,18 @@ from collections.abc import Sequence
 from radio.subscribers.listener import Listener, Refused
 
 
-def listen(networks: Sequence[str], url: str, secret: str | None) -> int:
-    """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2."""
+def listen(
+    networks: Sequence[str], url: str, secret: str | None, *, since: int | None = None, http: str = ""
+) -> int:
+    """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2.
+
+    With ``since``, the history after that number first (from the bridge at ``http``), then live.
+    """
 
     def notice(text: str) -> None:
         print(f"radio listen: {text}", file=sys.stderr, flush=True)
 
-    listener = Listener(networks, url, secret, notice=notice)
+    listener = Listener(networks, url, secret, notice=notice, since=since, http=http)
     stopping = threading.Event()
 
     def stop(*_: object) -> None:

@@ -13,6 +13,14 @@ to the last sample seen on that topic is the same sample again and is skipped. W
 keeps a persistent session (a stable client id, clean session off, QoS 1), so samples published
 while it was away arrive when it is back.
 
+With ``since=SEQ`` (and ``http``, the bridge's URL) it first replays the networks' history after
+that number, then goes on live, without a duplicate or a hole (docs/history.md): it subscribes
+first and holds the live samples back; fetches the history; then lets through the held samples
+the history does not already hold (matched by content, counting repeats). Replayed samples carry
+their ``seq``; live ones have none. If the history no longer reaches back that far, ``notice``
+says so, once per network. With ``since`` the session is a clean one even with a key: the history,
+not the broker's queue, brings what was missed.
+
 A payload that is not a sample (not UTF-8, not JSON, nested deeper than Python can parse) is
 handed to ``on_bad_sample`` and skipped: a retained bad payload must not silence every listener
 that subscribes after it. What cannot be cured by retrying (a bad key, a network it may not
@@ -38,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
+from radio.subscribers import history
 from radio.topics import network_of_topic, network_topic
 from radio.urls import BrokerURL
 
@@ -50,11 +59,20 @@ class Sample:
     topic: str
     received_at: str
     data: Any
+    seq: int | None = None
+    """The platform's number of the sample in its network, for samples replayed from the history."""
 
     def to_json(self) -> str:
         """One line for ``jq``."""
+        numbered = {} if self.seq is None else {"seq": self.seq}
         return json.dumps(
-            {"network": self.network, "topic": self.topic, "received_at": self.received_at, "data": self.data}
+            {
+                "network": self.network,
+                "topic": self.topic,
+                **numbered,
+                "received_at": self.received_at,
+                "data": self.data,
+            }
         )
 
 
@@ -111,6 +129,8 @@ class Listener:
         *,
         notice: Callable[[str], None] = lambda _text: None,
         on_bad_sample: Callable[[BadSample], None] | None = None,
+        since: int | None = None,
+        http: str = "http://127.0.0.1:5000",
     ) -> None:
         self.networks = [str(n) for n in networks]
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
@@ -127,8 +147,16 @@ class Listener:
         self.subscribed = threading.Event()
         """Set while the broker has granted every subscription (cleared while reconnecting)."""
         self._thread: threading.Thread | None = None
-        persistent = secret is not None
-        self._qos = 1 if persistent else 0
+        self._secret = secret
+        self._since = since
+        self._http = http
+        self._held: list[Sample] | None = [] if since is not None else None
+        """Live samples held back while the history is replayed; None once it is done."""
+        self._held_lock = threading.Lock()
+        # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
+        # samples the replay delivers too. So it starts clean.
+        persistent = secret is not None and since is None
+        self._qos = 1 if secret is not None else 0
         # A stable id per key and set of networks: the broker keeps the session between runs.
         digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
         client_id = f"radio-listen-{digest}" if persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
@@ -186,6 +214,8 @@ class Listener:
         self._samples.put(error)
 
     def _run(self) -> None:
+        if self._since is not None:
+            self._start_replay(self._since)
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -263,4 +293,90 @@ class Listener:
             return
         network = network_of_topic(message.topic) or ""
         received = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self._samples.put(Sample(network, message.topic, received, data))
+        sample = Sample(network, message.topic, received, data)
+        with self._held_lock:
+            if self._held is not None:
+                if not message.retain:  # a retained one was published before: the history has it
+                    self._held.append(sample)
+                return
+        self._samples.put(sample)
+
+    def _start_replay(self, since: int) -> None:
+        """Note where each history ends before subscribing, then replay once subscribed."""
+        heads: dict[str, int] = {}
+        try:
+            for network in self.networks:
+                heads[network] = history.fetch(self._http, network, self._secret, limit=1).last
+        except history.HistoryRefused as exc:
+            self._fail(Refused(str(exc)))
+            return
+        except history.HistoryUnavailable as exc:
+            self.notice(f"no history ({exc}): listening live only")
+            self._release({})
+            return
+        threading.Thread(target=self._replay, args=(since, heads), name="radio-replay", daemon=True).start()
+
+    def _replay(self, since: int, heads: dict[str, int]) -> None:
+        """The history after ``since``, then the held live samples it does not hold already."""
+        while not self.subscribed.wait(0.2):
+            if self._stop.is_set():
+                return
+        recent: dict[tuple[str, str], int] = {}
+        try:
+            for network in self.networks:
+                for sample in self._history_of(network, since):
+                    self._samples.put(sample)
+                    # Recorded after the subscription was asked for: it may be held as well.
+                    if sample.seq is not None and sample.seq > heads[network]:
+                        seen = (network, _canonical(sample.data))
+                        recent[seen] = recent.get(seen, 0) + 1
+        except history.HistoryRefused as exc:
+            self._fail(Refused(str(exc)))
+            return
+        except history.HistoryUnavailable as exc:
+            self.notice(f"history interrupted ({exc}): listening live only")
+        self._release(recent)
+
+    def _history_of(self, network: str, since: int) -> Iterator[Sample]:
+        after, first = since, True
+        while True:
+            page = history.fetch(self._http, network, self._secret, after=after)
+            if first:
+                first = False
+                kept_from = page.first if page.first is not None else page.last + 1
+                if page.last < since:
+                    self.notice(
+                        f"the history of {network} ends at {page.last}, before {since}: "
+                        "its numbering started again (a new history file?); nothing to replay"
+                    )
+                elif kept_from > since + 1:
+                    self.notice(
+                        f"the history of {network} no longer reaches back to {since + 1}: "
+                        f"samples {since + 1} to {kept_from - 1} are gone, replaying from {kept_from}"
+                    )
+            for item in page.samples:
+                seq = int(item["seq"])
+                topic = str(item.get("topic") or network_topic(network))
+                yield Sample(network, topic, str(item["received_at"]), item["data"], seq)
+                after = seq
+            if len(page.samples) < history.PAGE or after >= page.last:
+                return
+
+    def _release(self, recent: dict[tuple[str, str], int]) -> None:
+        """Let the held live samples through, except those the replay delivered; then go live."""
+        with self._held_lock:
+            for sample in self._held or []:
+                seen = (sample.network, _canonical(sample.data))
+                if recent.get(seen, 0) > 0:
+                    recent[seen] -= 1
+                    continue
+                self._samples.put(sample)
+            self._held = None
+
+
+def _canonical(data: Any) -> str:
+    """A sample's content as a comparable text; one too deep to write out matches nothing."""
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    except (RecursionError, ValueError):
+        return f"unmatched-{id(data)}"

@@ -235,7 +235,7 @@ def test_other_methods_and_paths_get_json_errors(bridge):
     for method, path, status in (
         ("GET", "/publish", 405),
         ("PUT", "/publish", 405),
-        ("GET", "/", 404),
+        ("GET", "/nowhere", 404),
         ("POST", "/publish/x", 404),
         ("DELETE", "/healthz", 405),
     ):

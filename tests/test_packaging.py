@@ -16,8 +16,8 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("radio", "broker", "bridge", "devices", "subscribers", "cli")
-PARTS = ("broker", "bridge", "devices", "subscribers", "cli")
+PACKAGES = ("radio", "broker", "bridge", "devices", "subscribers", "cli", "recorder")
+PARTS = ("broker", "bridge", "devices", "subscribers", "cli", "recorder")
 
 
 def imports_of(path: Path) -> set[str]:

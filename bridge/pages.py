@@ -1,0 +1,73 @@
+"""The live pages: ``GET /`` lists the networks a visitor may read, ``GET /networks/NAME`` watches one.
+
+A page loads the network's recent history from ``GET /networks/NAME/samples``, then subscribes
+over MQTT-over-WebSocket from the browser itself (MQTT.js, shipped in ``static/vendor``, never
+from a CDN), so the bridge serves files and history and carries no live traffic. For a private
+network the page asks for a key and keeps it in the tab's session storage only: it goes to the
+bridge in ``API-KEY`` and to the broker as the MQTT password, never into a URL.
+
+``GET /networks`` answers the same list as JSON, for the index page once the visitor gave a key.
+The WebSocket URL browsers use is, in order: the app's ``PUBLIC_WEBSOCKET_URL`` setting,
+``$RADIO_PUBLIC_WEBSOCKET_URL`` (``radio up`` sets it to the port the broker bound), ``[bridge]
+public_websocket_url``, else ``[broker] websocket`` on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+
+from radio.bridge.errors import APIError
+from radio.bridge.history import DEFAULT_LIMIT, presented_secret, readable_networks
+from radio.bridge.publish import current_registry
+
+bp = Blueprint("pages", __name__)
+
+ENVIRONMENT: Final = "RADIO_PUBLIC_WEBSOCKET_URL"
+
+
+def websocket_url() -> str:
+    """Where browsers reach the broker's MQTT-over-WebSocket listener."""
+    configured: str | None = current_app.config.get("PUBLIC_WEBSOCKET_URL")
+    settings = current_app.extensions["radio.registry"].settings
+    return (
+        configured
+        or os.environ.get(ENVIRONMENT)
+        or settings.bridge.public_websocket_url
+        or f"ws://{settings.broker.websocket.local()}/mqtt"
+    )
+
+
+@bp.get("/")
+def index() -> str:
+    """The networks this visitor may read: public ones, and the key's (``API-KEY``) if given."""
+    registry = current_registry()
+    names = readable_networks(registry, presented_secret())
+    networks = [(name, registry.networks[name].public) for name in names]
+    return render_template("index.html", networks=networks)
+
+
+@bp.get("/networks")
+def networks() -> tuple[Response, int]:
+    """The same list as JSON: ``{"networks": [{"name": ..., "public": ...}]}``."""
+    registry = current_registry()
+    names = readable_networks(registry, presented_secret())
+    listed = [{"name": n, "public": registry.networks[n].public} for n in names]
+    return jsonify(networks=listed), 200
+
+
+@bp.get("/networks/<network>")
+def live(network: str) -> str:
+    """The live page of one network; a private one asks for a key in the browser."""
+    settings = current_registry().networks.get(network)
+    if settings is None:
+        raise APIError(404, f"no network {network!r}", "unknown_network")
+    return render_template(
+        "live.html",
+        network=network,
+        public=settings.public,
+        websocket=websocket_url(),
+        history_limit=DEFAULT_LIMIT,
+    )

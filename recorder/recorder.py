@@ -1,0 +1,141 @@
+"""The recorder: an MQTT client that numbers every sample of every network as the broker hands it over.
+
+It connects under its own service key (``radio.recorder.identity``: it may read every network,
+publish nothing) with a persistent session (a fixed client id, clean session off) and subscribes
+to ``networks/#`` at QoS 1, so the broker keeps what arrives while it restarts and hands it over
+when it is back. paho acknowledges a QoS 1 sample only once ``on_message`` returns, and the
+sample is committed to the history file before that: a sample the broker considers delivered is
+numbered.
+
+A retained sample handed over by a (re)subscription is not numbered: it was published before, and
+numbered then if the recorder was there. A payload that is not JSON is not a sample: it is logged
+and skipped. Works with either broker: it is a client like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from radio.config import Address
+from radio.recorder.store import HistoryStore
+from radio.registry import LiveRegistry, Registry
+from radio.topics import network_of_topic
+
+log = logging.getLogger("radio.recorder")
+
+CLIENT_ID: Final = "radio-recorder"
+FILTER: Final = "networks/#"
+REFRESH_INTERVAL: Final = 0.5
+"""Seconds between checks of the configuration (a network's ``history`` setting may change)."""
+
+
+def now() -> str:
+    """The platform's time of acceptance: UTC, milliseconds, ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Recorder:
+    """Numbers samples into a ``HistoryStore`` until stopped."""
+
+    def __init__(
+        self, registry: LiveRegistry, store: HistoryStore, broker: Address, username: str, password: str
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.broker = broker
+        self.subscribed = threading.Event()
+        """Set once the broker granted the subscription (cleared while the link is down)."""
+        self.failed: str | None = None
+        """Why the history file could not be written; the recorder has stopped taking samples."""
+        self.done = threading.Event()
+        """Set when it failed: whoever runs it should stop."""
+        self._refreshed = 0.0
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=CLIENT_ID,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,  # a sample is acknowledged once it is written, not before
+        )
+        self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect in the background, and keep reconnecting."""
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Say goodbye (the broker keeps the session for the next start) and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
+        if reason.is_failure:
+            log.error("the broker at %s refused the recorder: %s", self.broker, reason)
+            return
+        client.subscribe(FILTER, qos=1)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        self.subscribed.clear()
+        if reason.is_failure:
+            log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, _mid: int, codes: list[ReasonCode], _p: object
+    ) -> None:
+        if any(code.is_failure for code in codes):
+            log.error("the broker refused the recorder's subscription to %s", FILTER)
+            return
+        self.subscribed.set()
+        log.info("recording %s from %s", FILTER, self.broker)
+
+    def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        if self.failed is not None:
+            return  # not acknowledged: the broker keeps it in the session for the next start
+        try:
+            self._record(message)
+        except sqlite3.Error as exc:
+            self.failed = f"cannot write {self.store.path}: {exc}"
+            log.error("%s: stopping; the broker keeps the samples for the next start", self.failed)  # noqa: TRY400
+            self.done.set()
+            return
+        client.ack(message.mid, message.qos)
+
+    def _record(self, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            return  # a retained sample brought by the subscription: published, and numbered, before
+        network = network_of_topic(message.topic)
+        registry = self._registry()
+        if network is None or network not in registry.networks:
+            return
+        try:
+            text = bytes(message.payload).decode("utf-8")
+            json.loads(text)
+        except (ValueError, RecursionError):
+            log.warning("skipped a payload on %s (%d bytes): not JSON", message.topic, len(message.payload))
+            return
+        self.store.append(network, message.topic, text, now(), registry.networks[network].history)
+
+    def _registry(self) -> Registry:
+        clock = time.monotonic()
+        if clock - self._refreshed >= REFRESH_INTERVAL:
+            self._refreshed = clock
+            self.registry.refresh()
+        return self.registry.current

@@ -1,0 +1,92 @@
+"""The history file: numbered samples per network, in SQLite, beside the configuration.
+
+Two tables. ``sequences`` holds the last number given in each network, so that numbering goes on
+where it stopped even when no sample of the network is kept any more (``history = 0``, or a
+network whose every kept sample was trimmed). ``samples`` holds the kept samples, keyed by network
+and number. Each sample is written in one transaction with its number: a crash loses at most the
+sample being written, never a number given twice.
+
+The file is made with mode 0600 (samples of private networks are in it), in WAL mode so that the
+bridge's read-only connections never block the recorder and never see half a transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS sequences (
+    network TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    network TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (network, seq)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One sample as the history keeps it."""
+
+    network: str
+    seq: int
+    received_at: str
+    topic: str
+    payload: str
+
+
+class HistoryStore:
+    """The recorder's side of the file: the only writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Made private before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        path.chmod(0o600)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the file (the WAL is folded back into it)."""
+        self._db.close()
+
+    def last_seq(self, network: str) -> int:
+        """The last number given in a network (0: none yet)."""
+        row = self._db.execute("SELECT last_seq FROM sequences WHERE network = ?", (network,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def append(self, network: str, topic: str, payload: str, received_at: str, keep: int) -> int:
+        """Number a sample, keep it, trim the network to its ``keep`` latest; return its number."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self.last_seq(network) + 1
+            db.execute(
+                "INSERT INTO sequences (network, last_seq) VALUES (?, ?) "
+                "ON CONFLICT (network) DO UPDATE SET last_seq = excluded.last_seq",
+                (network, seq),
+            )
+            if keep > 0:
+                db.execute(
+                    "INSERT INTO samples (network, seq, received_at, topic, payload) VALUES (?, ?, ?, ?, ?)",
+                    (network, seq, received_at, topic, payload),
+                )
+            db.execute("DELETE FROM samples WHERE network = ? AND seq <= ?", (network, seq - keep))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return seq

@@ -1,0 +1,78 @@
+"""A network's numbered history, fetched from the bridge's ``GET /networks/NAME/samples``.
+
+A client module like the rest of ``subscribers``: plain HTTP with the secret in ``API-KEY``, no
+server-side code. A refusal (no such network, a key that may not read it) is ``HistoryRefused``,
+which retrying cannot fix; a bridge or recorder that is away is ``HistoryUnavailable``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import requests
+
+PAGE: Final = 1000
+"""The most samples one request returns (the bridge's maximum)."""
+TIMEOUT: Final = 10.0
+
+
+class HistoryRefused(Exception):
+    """The bridge refused: an unknown network, or a key that may not read it."""
+
+
+class HistoryUnavailable(Exception):
+    """No history right now: the bridge is unreachable, or the recorder has not run."""
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One answer: some samples, and which numbers the history holds."""
+
+    samples: list[dict[str, Any]]
+    first: int | None
+    """The oldest number kept (None: nothing kept)."""
+    last: int
+    """The last number given (0: none yet)."""
+
+
+def fetch(
+    http: str, network: str, secret: str | None, *, after: int | None = None, limit: int = PAGE
+) -> HistoryPage:
+    """The samples after ``after`` (or the newest ``limit``), oldest first."""
+    url = f"{http.rstrip('/')}/networks/{quote(network, safe='')}/samples"
+    params = {"limit": str(limit)} | ({"after": str(after)} if after is not None else {})
+    headers = {"API-KEY": secret} if secret is not None else {}
+    try:
+        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        msg = f"cannot reach {http} ({type(exc).__name__})"
+        raise HistoryUnavailable(msg) from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if response.status_code in (401, 403, 404):
+        msg = f"{http} refused the history of {network!r}: {error or response.status_code}"
+        raise HistoryRefused(msg)
+    if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("samples"), list):
+        msg = f"{http} has no history of {network!r}: {error or response.status_code}"
+        raise HistoryUnavailable(msg)
+    samples, first, last = body["samples"], body.get("first"), body.get("last", 0)
+    well_formed = (
+        all(
+            isinstance(item, dict)
+            and type(item.get("seq")) is int
+            and isinstance(item.get("received_at"), str)
+            and "data" in item
+            for item in samples
+        )
+        and (first is None or type(first) is int)
+        and type(last) is int
+    )
+    if not well_formed:
+        msg = f"{http} answered something that is not a history of {network!r}"
+        raise HistoryUnavailable(msg)
+    return HistoryPage(samples, first, last)

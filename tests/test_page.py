@@ -1,0 +1,228 @@
+"""The live pages, opened in a real headless Chromium: history first, then samples as they arrive."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import start_bridge
+from mqtt_client import Client
+from test_history import HISTORY, recording
+from test_history_listen import wait_for_last
+
+from radio.config import load_settings
+from radio.recorder.identity import recorder_credentials
+
+TIMEOUT = 30
+SCREENSHOTS = os.environ.get("RADIO_SCREENSHOTS")
+"""A folder to keep the screenshots in (default: the test's own temporary folder)."""
+
+
+@pytest.fixture
+def home(home):
+    home.config.write_text(home.config.read_text() + HISTORY)
+    recorder_credentials(load_settings(home.config))
+    home.add_key("gen_all", publish=["A", "pub", "short"])
+    return home
+
+
+@pytest.fixture
+def recorder(home, broker):
+    with recording(home, broker.mqtt_port) as running:
+        yield running
+
+
+@pytest.fixture
+def bridge(home, broker, monkeypatch):
+    # What `radio up` does: the pages point browsers at the broker's WebSocket port.
+    monkeypatch.setenv("RADIO_PUBLIC_WEBSOCKET_URL", f"ws://127.0.0.1:{broker.ws_port}/mqtt")
+    running = start_bridge(home, broker.mqtt_port)
+    yield running
+    stderr = running.stop()
+    assert "Traceback" not in stderr, stderr
+
+
+@pytest.fixture
+def publisher(home, broker):
+    client = Client("tcp", broker.mqtt_port, "gen_all", home.secrets["gen_all"])
+    assert client.connect() == 0
+    yield client
+    client.close()
+
+
+def chromium_paths() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium or chromedriver is missing: .ci/run installs them", pytrace=False)
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
+    return browser, driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415 - only with selenium
+
+    binary, driver = chromium_paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1200,900",
+    ):
+        options.add_argument(argument)
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    chrome.set_page_load_timeout(TIMEOUT)
+    yield chrome
+    chrome.quit()
+
+
+def wait_for_text(chrome, selector, expected):
+    """Poll the DOM (no sleep) until an element shows the text, or fail after the timeout."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    def shown(driver):
+        found = driver.find_elements(By.CSS_SELECTOR, selector)
+        return bool(found) and found[0].text == expected
+
+    try:
+        WebDriverWait(chrome, TIMEOUT, poll_frequency=0.05).until(shown)
+    except Exception:  # noqa: BLE001 - say what the page showed instead
+        found = chrome.find_elements(By.CSS_SELECTOR, selector)
+        status = chrome.find_elements(By.ID, "status")
+        pytest.fail(
+            f"{selector} never showed {expected!r}: {[f.text for f in found]}, "
+            f"status {[s.text for s in status]}, console {chrome.get_log('browser')}"
+        )
+
+
+def screenshot(chrome, tmp_path, name) -> Path:
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    assert chrome.save_screenshot(str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_page_of_a_public_network_shows_its_history_then_live_samples(
+    home, broker, recorder, bridge, publisher, browser, tmp_path
+):
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    for tick in range(5):
+        publisher.publish(
+            "networks/pub", json.dumps({"tick": tick, "speed": 40 + tick * 1.5, "road": "A1"}), qos=1
+        )
+    wait_for_last(bridge, "pub", 5)
+    browser.get(f"{bridge.url}/networks/pub")
+    wait_for_text(browser, '#fields td[data-field="tick"]', "4")  # from the history
+    wait_for_text(browser, "#status", "live")
+    for tick in range(5, 9):
+        publisher.publish(
+            "networks/pub", json.dumps({"tick": tick, "speed": 40 + tick * 1.5, "road": "A1"}), qos=1
+        )
+    wait_for_text(browser, '#fields td[data-field="tick"]', "8")
+    wait_for_text(browser, '#fields td[data-field="speed"]', "52")
+    wait_for_text(browser, '#fields td[data-field="road"]', "A1")
+    assert browser.find_elements(By.CSS_SELECTOR, "#plot canvas"), "no plot was drawn"
+    legend = browser.find_element(By.CSS_SELECTOR, "#plot").text
+    assert "tick" in legend
+    assert "speed" in legend
+    assert "road" not in legend  # not a number: shown as text, not plotted
+    assert "unpkg" not in browser.page_source
+    assert "cdn" not in browser.page_source.lower()
+    screenshot(browser, tmp_path, "public-network")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_page_of_a_private_network_asks_for_a_key_and_keeps_it_in_the_tab(
+    home, broker, recorder, bridge, publisher, browser, tmp_path
+):
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    browser.get(f"{bridge.url}/networks/A")
+    wait_for_text(browser, "#status", "needs a key")
+    assert browser.find_element(By.ID, "key-form").is_displayed()
+    browser.find_element(By.ID, "key").send_keys(home.secrets["reader_b"])  # a key that may not read A
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_for_text(browser, "#status", "needs a key")
+    assert "may not read" in browser.find_element(By.ID, "key-error").text
+
+    browser.find_element(By.ID, "key").send_keys(home.secrets["reader_a"])
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_for_text(browser, "#status", "live")
+    publisher.publish("networks/A", json.dumps({"level": 7}), qos=1)
+    wait_for_text(browser, '#fields td[data-field="level"]', "7")
+    assert browser.execute_script("return sessionStorage.getItem('radio-key')") == home.secrets["reader_a"]
+    assert browser.execute_script("return localStorage.length") == 0
+    assert home.secrets["reader_a"] not in browser.current_url
+    screenshot(browser, tmp_path, "private-network")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_index_lists_what_the_visitor_may_read(home, broker, bridge, browser):
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    anonymous = requests.get(bridge.url + "/", timeout=10).text
+    assert ">pub<" in anonymous
+    assert ">A<" not in anonymous
+    keyed = requests.get(bridge.url + "/", headers={"API-KEY": home.secrets["reader_a"]}, timeout=10).text
+    assert ">A<" in keyed
+    assert ">B<" not in keyed
+    assert requests.get(bridge.url + "/", headers={"API-KEY": "nonsense"}, timeout=10).status_code == 401
+
+    browser.get(bridge.url + "/")
+    browser.find_element(By.ID, "key").send_keys(home.secrets["reader_a"])
+    browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    wait_for_text(browser, "#networks li:first-child a", "A")
+
+
+def test_pages_of_unknown_networks_are_404_json_and_the_vendored_scripts_are_served(home, broker, bridge):
+    answer = requests.get(bridge.url + "/networks/nowhere", timeout=10)
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "no network 'nowhere'"}
+    for name in ("vendor/mqtt.min.js", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "live.js"):
+        served = requests.get(f"{bridge.url}/static/{name}", timeout=10)
+        assert served.status_code == 200, name
+        assert len(served.content) > 1000 or name.endswith(".css"), name
+
+
+def test_every_page_file_is_package_data():
+    """The wheel carries what the pages serve: each file under bridge/static and bridge/templates."""
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "radio.bridge"
+    ]
+    files = [
+        p.relative_to(root / "bridge")
+        for folder in ("static", "templates")
+        for p in (root / "bridge" / folder).rglob("*")
+        if p.is_file()
+    ]
+    assert len(files) >= 9
+    for path in files:
+        assert any(fnmatch.fnmatch(str(path), pattern) for pattern in patterns), (
+            f"{path} is left out of the wheel"
+        )
