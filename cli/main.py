@@ -460,7 +460,7 @@ def _mosquitto_export(args: argparse.Namespace) -> int:
     from radio.registry import Registry  # noqa: PLC0415
 
     settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
-    conf = export(settings, Registry.from_settings(settings), args.dir, mqtt=args.mqtt, websocket=args.ws)
+    conf = export(settings, Registry.at_hand(settings), args.dir, mqtt=args.mqtt, websocket=args.ws)
     print(f"Wrote {conf}, {conf.parent / 'passwd'} and {conf.parent / 'acl'}.", file=sys.stderr)
     print(f"Run: mosquitto -c {conf}", file=sys.stderr)
     print(
@@ -476,7 +476,7 @@ def _nats_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     nodes = plan(settings, args.nodes, args.host)
-    paths = export(settings, Registry.from_settings(settings), args.dir, nodes)
+    paths = export(settings, Registry.at_hand(settings), args.dir, nodes)
     print(f"Wrote {', '.join(str(p) for p in paths)} and {args.dir / 'users.conf'}.", file=sys.stderr)
     for node, path in zip(nodes, paths, strict=True):
         print(f"On {node.host}: nats-server -c {path}", file=sys.stderr)

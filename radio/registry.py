@@ -110,6 +110,18 @@ class Registry:
             allow_anonymous=settings.broker.allow_anonymous,
         )
 
+    @classmethod
+    def at_hand(cls, settings: Settings) -> Registry:
+        """The registry as it stands; on a fresh machine, before any key was made, one without keys.
+
+        For the commands that export it (Mosquitto's and NATS's files): with no keys file yet,
+        they export the networks and anonymous access, and no key.
+        """
+        try:
+            return cls.from_settings(settings)
+        except MissingRegistry:
+            return _without_keys(settings)
+
     def authenticate(self, name: str, secret: str) -> Key | None:
         """The key behind MQTT credentials: username and password, as the broker sees them.
 
