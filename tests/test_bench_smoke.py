@@ -88,3 +88,9 @@ def test_the_filter_hog_benchmark_measures_with_and_without_and_the_limit_holds(
     assert {r["hog_filters"] for r in rows} == {0, 200}
     assert all(r["deliveries_per_s"] > 0 for r in rows)
     assert [r["granted"] for r in rows if r["hog_filters"]] == [100]  # max_filters, by default
+
+
+def test_the_durability_benchmark_measures_with_and_without_the_store():
+    rows = run_smoke("durability.py")
+    assert {r["persistence"] for r in rows} == {"on", "off"}
+    assert all(r["publishes_per_s"] > 0 for r in rows)
