@@ -120,6 +120,9 @@ class Router:
             self.discard(session)
             return
         session.offline_since = time.time()
+        for dropped in session.trim(session.limits):  # an absent client keeps only its own share
+            self.stats.dropped_queue_full += 1
+            self._forget(session, dropped)
         self.save(session)
 
     def expire(self, now: float | None = None) -> int:
@@ -209,7 +212,8 @@ class Router:
         ):
             self._send(session, delivery)
             return
-        for dropped in session.enqueue(delivery):
+        online = self.limits.keyed if connection is not None else None
+        for dropped in session.enqueue(delivery, online):
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
         if connection is not None:

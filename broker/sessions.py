@@ -146,11 +146,18 @@ class Session:
         self.next_pid = pid % MAX_PACKET_ID + 1
         return pid
 
-    def enqueue(self, delivery: Delivery) -> list[Delivery]:
-        """Queue a delivery; return the oldest ones dropped to stay within the limits."""
+    def enqueue(self, delivery: Delivery, limits: SessionLimits | None = None) -> list[Delivery]:
+        """Queue a delivery; return the oldest ones dropped to stay within the limits.
+
+        ``limits`` are the session's own unless given: a connected client that is merely slow is
+        held to the wider limits of a keyed session, an absent anonymous one to its tight ones.
+        """
         self.queue.append(delivery)
         self.queued_bytes += delivery.message.size
-        limits = self.limits
+        return self.trim(limits or self.limits)
+
+    def trim(self, limits: SessionLimits) -> list[Delivery]:
+        """Drop the oldest queued deliveries past ``limits``; return them."""
         dropped: list[Delivery] = []
         while len(self.queue) > 1 and (
             len(self.queue) > limits.max_queued or self.queued_bytes > limits.max_queued_bytes
