@@ -8,12 +8,19 @@ The bridge's promise is that a 200 means the broker has the sample and a 503 mea
 should retry. So a sample is never left in paho's queue to go out later, after its request was
 answered 503: a publish attempted while the link is down is dropped at once, and whatever is
 still unacknowledged when the link comes back is dropped instead of resent.
+
+Over TLS (``tls``, an ``ssl.SSLContext`` from ``radio.tls.client_context``) the broker's
+certificate is verified before the bridge's key is sent; a certificate that cannot be verified is
+logged as one line (once per reason) and the link keeps trying, answering 503 meanwhile, so that
+a renewed certificate is picked up without a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.config import Address
+from radio.tls import verify_failure
 
 log = logging.getLogger("radio.bridge")
 
@@ -34,7 +42,15 @@ class BrokerUnavailable(Exception):
 class Publisher:
     """This process's link to the broker, under the bridge's own key."""
 
-    def __init__(self, broker: Address, username: str, password: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        broker: Address,
+        username: str,
+        password: str,
+        timeout: float = 5.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.broker = broker
         self.timeout = timeout
         self._connected = threading.Event()
@@ -44,11 +60,15 @@ class Publisher:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        self._last_refusal: str | None = None
         self._client.username_pw_set(username, password)
         # Retry quickly: requests are waiting (up to the timeout) for the link to come back.
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._started = False
 
     def start(self) -> None:
@@ -103,6 +123,13 @@ class Publisher:
             log.warning("dropped %d unconfirmed samples, already answered 503", len(dropped))
         log.info("connected to the broker at %s", self.broker)
         self._connected.set()
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: object) -> None:
+        """Called inside paho's ``except``: a refused certificate is said once, not at every retry."""
+        refusal = verify_failure(sys.exc_info()[1] or Exception(), f"the broker at {self.broker}")
+        if refusal is not None and refusal != self._last_refusal:
+            log.error("%s", refusal)
+        self._last_refusal = refusal
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
         if self._connected.is_set():

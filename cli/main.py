@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     broker.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     broker.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket, path /mqtt")
+    _add_tls_listeners(broker)
     broker.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
     broker.set_defaults(handler=_broker)
@@ -97,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket (default: config's)"
     )
+    _add_tls_listeners(export)
     export.set_defaults(handler=_mosquitto_export)
 
     bridge = commands.add_parser("bridge", parents=[common], help="run the HTTP bridge (POST /publish)")
@@ -114,14 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     bridge.set_defaults(handler=_bridge)
 
     _add_platform_commands(commands, common)
+    _add_certs_commands(commands, common)
 
     _add_key_commands(commands, common)
     return parser
 
 
-def _add_key_commands(
-    commands: argparse._SubParsersAction[Parser], common: Parser
-) -> None:
+def _add_key_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """``radio keys add|list|revoke|rotate|edit``."""
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
@@ -181,6 +183,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     )
     up.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     up.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket")
+    _add_tls_listeners(up)
     up.add_argument("--http", metavar="HOST:PORT", type=_address, help="the HTTP bridge")
     up.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     up.set_defaults(handler=_up)
@@ -192,9 +195,10 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     listen.add_argument(
         "--url",
         type=options.broker_url,
-        help="ws://HOST:PORT/mqtt (default: the configuration's) or mqtt://HOST:PORT",
+        help="ws://HOST:PORT/mqtt (default: the configuration's), mqtt://HOST:PORT, or wss:// and mqtts://",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
+    _add_ca(listen)
     listen.set_defaults(handler=_listen)
 
     device = commands.add_parser("device", parents=[common], help="run a data generator")
@@ -202,6 +206,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     traffic = devices.add_parser("traffic", parents=[common], help="the traffic simulator")
     traffic.add_argument("--network", required=True, type=_network)
     options.add_key_options(traffic, "a key that may publish to the network")
+    _add_ca(traffic)
     traffic.add_argument(
         "--period", type=options.positive_number, default=1.0, help="seconds between samples (default 1)"
     )
@@ -226,6 +231,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     sensors = devices.add_parser("sensors", parents=[common], help="many simulated sensors with last wills")
     sensors.add_argument("--network", required=True, type=_network)
     options.add_key_options(sensors, "a key that may publish to the network")
+    _add_ca(sensors)
     sensors.add_argument("--count", type=options.positive_whole, default=100, help="sensors (default 100)")
     sensors.add_argument(
         "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
@@ -235,6 +241,78 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     )
     sensors.add_argument("--seed", type=int)
     sensors.set_defaults(handler=_sensors)
+
+
+def _add_tls_listeners(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mqtts", metavar="HOST:PORT", type=_address, help="MQTT over TLS (needs [tls] in the configuration)"
+    )
+    parser.add_argument(
+        "--wss", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket with TLS (needs [tls])"
+    )
+
+
+def _add_ca(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        type=Path,
+        help="for mqtts:// and wss://: the CA certificate(s) to trust (default: the system's trust store)",
+    )
+
+
+def _add_certs_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``radio certs dev``."""
+    certs = commands.add_parser("certs", parents=[common], help="TLS certificates")
+    actions = certs.add_subparsers(title="actions", required=True, metavar="ACTION")
+    dev = actions.add_parser(
+        "dev",
+        parents=[common],
+        help="a development CA and a server certificate signed by it (ca.pem, server.pem, server.key)",
+        description="Write a development CA (ca.pem) and a server certificate and key signed by it "
+        "(server.pem, server.key, mode 0600), to try TLS on one machine. Clients trust it with "
+        "--ca DIR/ca.pem. For a server others reach, use a certificate from a real CA instead.",
+    )
+    dev.add_argument("--dir", required=True, type=Path, help="the folder to write them to")
+    dev.add_argument(
+        "--host",
+        action="append",
+        type=_host,
+        metavar="NAME",
+        help="a DNS name or IP address the certificate is for; repeat for more "
+        "(default: localhost and 127.0.0.1)",
+    )
+    dev.set_defaults(handler=_certs_dev)
+
+
+def _host(text: str) -> str:
+    import ipaddress  # noqa: PLC0415
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if not text or not all(
+        re.fullmatch(r"\*|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", p) for p in labels
+    ):
+        msg = f"{text!r} is not a host name or IP address"
+        raise argparse.ArgumentTypeError(msg)
+    return text.lower()
+
+
+def _certs_dev(args: argparse.Namespace) -> int:
+    from radio.cli.certs import DEFAULT_HOSTS, dev  # noqa: PLC0415 - cryptography loads only for this command
+
+    hosts = args.host or list(DEFAULT_HOSTS)
+    ca, cert, key = dev(args.dir, hosts)
+    print(
+        f"Wrote {ca} (the development CA), {cert} and {key} (mode 0600) for {', '.join(hosts)}.\n"
+        f"Servers, in radio.toml:  [tls] cert = {str(cert)!r}  key = {str(key)!r}\n"
+        f"Clients:                 --ca {ca}  (radio listen NET --url wss://{hosts[0]}:PORT/mqtt --ca {ca})",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _address(text: str) -> Address:
@@ -275,10 +353,11 @@ def _broker(args: argparse.Namespace) -> int:
 
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
+    tls = {"mqtts": args.mqtts, "wss": args.wss}
     if args.engine == "mosquitto":
-        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws)
+        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
     else:
-        run(registry, mqtt=args.mqtt, websocket=args.ws)
+        run(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
     return 0
 
 
@@ -287,7 +366,15 @@ def _mosquitto_export(args: argparse.Namespace) -> int:
     from radio.registry import Registry  # noqa: PLC0415
 
     settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
-    conf = export(settings, Registry.from_settings(settings), args.dir, mqtt=args.mqtt, websocket=args.ws)
+    conf = export(
+        settings,
+        Registry.from_settings(settings),
+        args.dir,
+        mqtt=args.mqtt,
+        websocket=args.ws,
+        mqtts=args.mqtts,
+        wss=args.wss,
+    )
     print(f"Wrote {conf}, {conf.parent / 'passwd'} and {conf.parent / 'acl'}.", file=sys.stderr)
     print(f"Run: mosquitto -c {conf}", file=sys.stderr)
     print(
@@ -321,6 +408,8 @@ def _up(args: argparse.Namespace) -> int:
         ws=args.ws,
         http=args.http,
         engine=args.engine,
+        mqtts=args.mqtts,
+        wss=args.wss,
     )
 
 
@@ -335,8 +424,8 @@ def _listen(args: argparse.Namespace) -> int:
             msg = f"no network {unknown[0]!r} in {settings.path} (its networks: {known})"
             raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
-    url = args.url or f"ws://{settings.broker.websocket.local()}/mqtt"
-    return listen(args.networks, url, secret)
+    url = args.url or settings.broker.local_ws_url()
+    return listen(args.networks, url, secret, ca=args.ca)
 
 
 def _device_logging() -> threading.Event:
@@ -357,11 +446,7 @@ def _traffic(args: argparse.Namespace) -> int:
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
-    default = (
-        f"http://{settings.bridge.listen.local()}"
-        if via == "http"
-        else f"mqtt://{settings.broker.mqtt.local()}"
-    )
+    default = f"http://{settings.bridge.listen.local()}" if via == "http" else settings.broker.local_url()
     assert secret is not None  # noqa: S101 - required=True
     traffic(
         network=args.network,
@@ -373,6 +458,7 @@ def _traffic(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         stop=_device_logging(),
+        ca=args.ca,
     )
     return 0
 
@@ -380,7 +466,7 @@ def _traffic(args: argparse.Namespace) -> int:
 def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
-    url = args.url or f"mqtt://{_settings(args).broker.mqtt.local()}"
+    url = args.url or _settings(args).broker.local_url()
     secret = options.read_secret(args.key_file, required=True)
     assert secret is not None  # noqa: S101 - required=True
     sensor_agents(
@@ -391,6 +477,7 @@ def _sensors(args: argparse.Namespace) -> int:
         rate=args.rate,
         seed=args.seed,
         stop=_device_logging(),
+        ca=args.ca,
     )
     return 0
 

@@ -7,17 +7,18 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from radio.subscribers.listener import Listener, Refused
 
 
-def listen(networks: Sequence[str], url: str, secret: str | None) -> int:
+def listen(networks: Sequence[str], url: str, secret: str | None, ca: Path | None = None) -> int:
     """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2."""
 
     def notice(text: str) -> None:
         print(f"radio listen: {text}", file=sys.stderr, flush=True)
 
-    listener = Listener(networks, url, secret, notice=notice)
+    listener = Listener(networks, url, secret, notice=notice, ca=ca)
     stopping = threading.Event()
 
     def stop(*_: object) -> None:

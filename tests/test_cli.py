@@ -107,7 +107,9 @@ def test_every_command_refuses_a_bad_configuration_end_to_end(tmp_path):
         result = run_process(*command, "--config", str(config))
         assert result.returncode == 2
         [line] = result.stderr.splitlines()
-        assert line.startswith(f"radio: {config}: unknown setting [broker] mqtt_port (known: allow_anonymous, ")
+        assert line.startswith(
+            f"radio: {config}: unknown setting [broker] mqtt_port (known: allow_anonymous, "
+        )
         assert "mqtt, persistence" in line
 
 
