@@ -199,16 +199,15 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
+    plain = {  # before the defaults fill them in: an address given turns a plain listener on
+        "mqtt": args_or(mqtt, settings.broker.mqtt_enabled),
+        "ws": args_or(ws, settings.broker.websocket_enabled),
+    }
     mqtt, ws, http = (
         mqtt or settings.broker.mqtt,
         ws or settings.broker.websocket,
         http or settings.bridge.listen,
     )
-
-    plain = {
-        "mqtt": args_or(mqtt, settings.broker.mqtt_enabled),
-        "ws": args_or(ws, settings.broker.websocket_enabled),
-    }
     tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
     listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
     listeners += ["--ws", str(ws)] if plain["ws"] else []

@@ -391,8 +391,7 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
         return default
     value = table[name]
     if not isinstance(value, str):
-        off = " or false" if name in {"mqtt", "websocket"} else ""
-        msg = f"{where} {name}: {value!r} is not HOST:PORT{off} (it must be a string, not {_kind(value)})"
+        msg = f"{where} {name}: {value!r} is not HOST:PORT (it must be a string, not {_kind(value)})"
         raise TypeError(msg)
     try:
         return Address.parse(value)

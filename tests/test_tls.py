@@ -288,11 +288,11 @@ def test_tls_settings_are_checked_like_the_rest_of_the_configuration(tmp_path):
         "[tls]\ncert = 1\nkey = 'k'\n": "[tls] cert must be a file name",
         '[tls]\ncert = "c"\nkey = "k"\nca = "x"\n': "unknown setting [tls] ca",
         "[broker]\nmqtt = false\nwebsocket = false\n": "nothing to listen on",
-        "[broker]\nmqtt = true\n": "is not HOST:PORT or false",
+        "[broker]\nmqtt = true\n": "mqtt: True is not HOST:PORT",
     }
     for text, error in cases.items():
         config.write_text(text)
-        with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ConfigError, match=re.escape(error)):
             load_settings(config)
     config.write_text('[tls]\ncert = "c.pem"\nkey = "k.pem"\n[broker]\nmqtt = false\nwss = "0.0.0.0:8081"\n')
     settings = load_settings(config)
@@ -491,3 +491,58 @@ def test_a_tls_only_configuration_binds_no_plain_listener(home, certs):
         )
         assert client.connect() == 0
         client.close()
+
+
+def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path, certs):
+    (tmp_path / "radio.toml").write_text(
+        f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n\n'
+        '[broker]\nmqtt = false\nmqtts = "127.0.0.1:0"\nwss = "127.0.0.1:0"\n\n'
+        "[networks.sample_net]\npublic = true\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "radio", "up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    listen = None
+    try:
+        banner = ""
+        assert up.stdout is not None
+        for line in up.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        assert re.search(r"MQTT over TLS:\s+mqtts://127\.0\.0\.1:\d+\n", banner), banner
+        assert re.search(r"WebSocket over TLS:\s+wss://127\.0\.0\.1:\d+/mqtt\n", banner), banner
+        assert "MQTT over TCP" not in banner  # turned off in the configuration: not advertised
+        example = re.search(r"\n  (radio listen sample_net --url wss://\S+ --ca \S+)\n", banner)
+        assert example is not None, banner
+        assert example[1].endswith(f"--ca {certs / 'ca.pem'}")
+        assert re.search(
+            rf"mosquitto_sub -h 127\.0\.0\.1 -p \d+ --cafile {re.escape(str(certs / 'ca.pem'))} ", banner
+        )
+        listen = subprocess.Popen(
+            [sys.executable, "-m", *example[1].split()],  # `radio listen ...` as pasted
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert listen.stdout is not None
+        stdout = listen.stdout
+        samples: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [samples.put(x) for x in stdout], daemon=True).start()
+        assert "tick" in json.loads(samples.get(timeout=30))["data"]  # the simulator's, read over wss
+    finally:
+        if listen is not None:
+            listen.send_signal(signal.SIGINT)
+            listen.communicate(timeout=20)
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
