@@ -218,7 +218,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     traffic.add_argument(
         "--url",
         type=options.client_url,
-        help="broker (mqtt://, ws://) or bridge (http://) URL; default: the config's",
+        help="broker (mqtt[s]://, ws[s]://) or bridge (http[s]://) URL; default: the config's",
     )
     traffic.add_argument(
         "--speed", type=options.positive_whole, default=10, help="simulated seconds per sample (default 10)"

@@ -31,10 +31,10 @@ from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.broker.mosquitto import MosquittoBroker, export
 from radio.broker.thread import BrokerThread
-from radio.config import Address, load_settings
+from radio.config import Address, TlsSettings, load_settings
 from radio.errors import ConfigError
 from radio.registry import LiveRegistry, Registry
-from radio.tls import TlsError, client_context
+from radio.tls import TlsError, client_context, server_context
 
 ANY = Address("127.0.0.1", 0)
 
@@ -546,3 +546,16 @@ def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path
         up.send_signal(signal.SIGINT)
         _, err = up.communicate(timeout=60)
     assert up.returncode == 0, err
+
+
+def test_a_server_key_every_user_can_read_is_refused(certs, tmp_path):
+    key = tmp_path / "server.key"
+    key.write_bytes((certs / "server.key").read_bytes())
+    key.chmod(0o644)
+    with pytest.raises(TlsError, match=f"the TLS key {key} is readable by every user .* chmod 600"):
+        server_context(TlsSettings(cert=certs / "server.pem", key=key))
+    key.chmod(0o600)
+    assert (
+        server_context(TlsSettings(cert=certs / "server.pem", key=key)).minimum_version
+        == ssl.TLSVersion.TLSv1_2
+    )
