@@ -559,3 +559,32 @@ def test_a_server_key_every_user_can_read_is_refused(certs, tmp_path):
         server_context(TlsSettings(cert=certs / "server.pem", key=key)).minimum_version
         == ssl.TLSVersion.TLSv1_2
     )
+
+
+@pytest.mark.slow
+def test_the_fanout_benchmark_measures_tls_beside_plain_text():
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "fanout.py",
+            "--smoke",
+            "--tls",
+            "--brokers",
+            "radio",
+            "--qos",
+            "1",
+            "--subscribers",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=bench,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
+    assert {r["transport"] for r in rows} == {"tcp", "mqtts"}
+    assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
+    assert "| radio | tcp / mqtts | 1 | 10 |" in result.stdout
