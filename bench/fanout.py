@@ -3,6 +3,7 @@
     python bench/fanout.py                       # 3 interleaved rounds, N = 1, 10, 100, QoS 0 and 1, TCP
     python bench/fanout.py --subscribers 1000 --transport ws
     python bench/fanout.py --smoke               # a few hundred messages: checks the script still works
+    python bench/fanout.py --tls --brokers radio,mosquitto   # each transport beside its TLS twin
 
 Radio's broker runs as ``radio broker`` (auth, rights, every fix, persistence on); the yardstick is
 ``bench/stock_broker.py`` (amqtt 0.12.1, anonymous auth only); ``--brokers radio,stock,mosquitto``
@@ -12,6 +13,10 @@ measurement by measurement. Payloads are
 ~200-byte JSON samples. QoS 0 is published as fast as the socket takes it; QoS 1 with 64 PUBLISHes
 in flight. Reported per measurement: deliveries/s, broker CPU microseconds per delivery, the load
 client's own CPU, and loss (deliveries that never came, waiting 5 s past the last one).
+
+``--tls`` measures each transport beside its TLS twin (tcp and mqtts, ws and wss) on brokers
+serving both, with a certificate ``radio certs dev`` makes in the temporary folder; stock amqtt
+serves no TLS here and is left out of TLS measurements.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def sample(n: int) -> bytes:
 class Platform:
     """A broker process and the credentials its publisher uses."""
 
-    def __init__(self, kind: str, folder: Path, extra_broker_settings: str = "") -> None:
+    def __init__(self, kind: str, folder: Path, extra_broker_settings: str = "", tls: bool = False) -> None:
         self.kind = kind
         if kind == "stock":
             args = [sys.executable, str(HERE / "stock_broker.py")]
@@ -75,7 +80,11 @@ class Platform:
         else:
             config = folder / "radio.toml"
             broker = f"[broker]\n{extra_broker_settings}"
-            config.write_text(f"{broker}[networks.bench]\npublic = true\nretain = false\n")
+            certs = ""
+            if tls:
+                broker += 'mqtts = "127.0.0.1:0"\nwss = "127.0.0.1:0"\n'
+                certs = f'[tls]\ncert = "{folder / "server.pem"}"\nkey = "{folder / "server.key"}"\n'
+            config.write_text(f"{certs}{broker}[networks.bench]\npublic = true\nretain = false\n")
             if not (folder / "publisher.secret").exists():
                 secret = subprocess.run(
                     [*RADIO, "keys", "add", "publisher", "--publish", "bench", "--config", str(config)],
@@ -92,11 +101,12 @@ class Platform:
         text = ""
         for line in self.process.stdout:
             text += line
-            if "ws://" in text and "mqtt://" in text:
+            if "ws://" in text and "mqtt://" in text and ("Ctrl-C" in line or kind == "stock"):
                 break
         self.ports = {
-            "tcp": int(re.search(r"mqtt://[^:]+:(\d+)", text)[1]),  # type: ignore[index]
-            "ws": int(re.search(r"ws://[^:]+:(\d+)", text)[1]),  # type: ignore[index]
+            transport: int(found[1])
+            for transport, scheme in (("tcp", "mqtt"), ("ws", "ws"), ("mqtts", "mqtts"), ("wss", "wss"))
+            if (found := re.search(rf"\b{scheme}://[^:]+:(\d+)", text))
         }
         self.ps = psutil.Process(self.process.pid)
         if kind == "mosquitto":  # the broker is radio's child process
@@ -230,6 +240,13 @@ def args_scale() -> int:
     return int(os.environ.get("RADIO_BENCH_SCALE", "1"))
 
 
+def transports_of(text: str, *, tls: bool) -> list[str]:
+    """The transports asked for; with ``tls``, each followed by its TLS twin."""
+    twins = {"tcp": "mqtts", "ws": "wss"}
+    asked = text.split(",")
+    return list(dict.fromkeys(t for name in asked for t in (name, twins.get(name, name) if tls else name)))
+
+
 def messages_for(subscribers: int, smoke: bool) -> int:
     if smoke:
         return max(20, 200 // subscribers)
@@ -246,18 +263,28 @@ def main() -> None:
     parser.add_argument("--transport", default="tcp")
     parser.add_argument("--brokers", default="radio,stock")
     parser.add_argument("--smoke", action="store_true", help="one short round: the script still works")
+    parser.add_argument(
+        "--tls", action="store_true", help="measure each transport beside its TLS twin (mqtts, wss)"
+    )
     args = parser.parse_args()
+    transports = transports_of(args.transport, tls=args.tls)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rounds = 1 if args.smoke else args.rounds
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as folder:
+        tls = any(t in {"mqtts", "wss"} for t in transports)
+        if tls:
+            subprocess.run([*RADIO, "certs", "dev", "--dir", folder], check=True, capture_output=True)
+            os.environ["TLS_CA"] = str(Path(folder) / "ca.pem")
         for round_ in range(rounds):
-            for transport in args.transport.split(","):
+            for transport in transports:
                 for qos in (int(q) for q in args.qos.split(",")):
                     for subscribers in (int(n) for n in args.subscribers.split(",")):
                         for kind in args.brokers.split(",")[:: 1 if round_ % 2 == 0 else -1]:
-                            platform = Platform(kind, Path(folder))
+                            if kind == "stock" and transport in {"mqtts", "wss"}:
+                                continue
+                            platform = Platform(kind, Path(folder), tls=tls)
                             try:
                                 count = messages_for(subscribers, args.smoke)
                                 result = asyncio.run(measure(platform, transport, qos, subscribers, count))
@@ -266,6 +293,8 @@ def main() -> None:
                             results.append(result)
                             print(json.dumps({"round": round_ + 1, **asdict(result)}), flush=True)
     summarize(results)
+    if args.tls:
+        summarize_tls(results)
     if args.smoke and any(r.deliveries_per_s <= 0 for r in results):
         sys.exit("a measurement delivered nothing")
 
@@ -292,6 +321,34 @@ def summarize(results: list[Result]) -> None:
                 f"| {transport} | {qos} | {n} | {broker} | {medians[broker]:,.0f} ({spread}) "
                 f"| {cpu:.0f} | {sum(r.lost for r in rs)} | {ratio} |"
             )
+
+
+def summarize_tls(results: list[Result]) -> None:
+    """Each TLS transport's median over its plain twin's, same broker, QoS and N, in this run."""
+    groups: dict[tuple[str, str, int, int], list[float]] = {}
+    for r in results:
+        groups.setdefault((r.broker, r.transport, r.qos, r.subscribers), []).append(r.deliveries_per_s)
+    medians = {key: statistics.median(rates) for key, rates in groups.items()}
+    cpu = {
+        key: statistics.median(
+            r.broker_us_per_delivery for r in results if (r.broker, r.transport, r.qos, r.subscribers) == key
+        )
+        for key in groups
+    }
+    print(
+        "\n| broker | transport | QoS | N | plain deliveries/s | TLS deliveries/s | TLS/plain "
+        "| broker us/delivery plain, TLS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for (broker, transport, qos, n), rate in medians.items():
+        plain = {"mqtts": "tcp", "wss": "ws"}.get(transport)
+        base = medians.get((broker, plain or "", qos, n))
+        if plain is None or not base:
+            continue
+        print(
+            f"| {broker} | {plain} / {transport} | {qos} | {n} | {base:,.0f} | {rate:,.0f} "
+            f"| {rate / base:.2f} | {cpu[broker, plain, qos, n]:.0f}, {cpu[broker, transport, qos, n]:.0f} |"
+        )
 
 
 if __name__ == "__main__":

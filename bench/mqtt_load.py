@@ -2,12 +2,15 @@
 
 paho or mosquitto_sub would spend more CPU per message than the broker under test; this client
 frames packets itself, counts PUBLISHes, acknowledges QoS 1, and reports its own CPU time next
-to the broker's. TCP, or WebSocket through the ``websockets`` package.
+to the broker's. TCP, or WebSocket through the ``websockets`` package, each in clear or over TLS
+(``mqtts``, ``wss``: the CA to trust is in ``TLS_CA`` or given to ``open_connection``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -86,10 +89,18 @@ class Connection:
     packets: asyncio.Queue[tuple[int, bytes]] = field(default_factory=asyncio.Queue)
 
 
+def tls_context(ca: str | None = None) -> ssl.SSLContext:
+    """What a TLS client verifies the broker with: the CA file given, else ``$TLS_CA``."""
+    return ssl.create_default_context(cafile=ca or os.environ.get("TLS_CA"))
+
+
 async def open_connection(
-    transport: str, port: int, on_packet: Callable[[int, bytes], None] | None = None
+    transport: str,
+    port: int,
+    on_packet: Callable[[int, bytes], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Connection:
-    """Connect over ``tcp`` or ``ws``; PUBLISHes go to ``on_packet`` if given, all else to a queue."""
+    """Connect over ``tcp``, ``ws``, ``mqtts`` or ``wss``; PUBLISHes to ``on_packet``, else queued."""
     framer = Framer()
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
@@ -100,15 +111,20 @@ async def open_connection(
             else:
                 queue.put_nowait(packet)
 
-    if transport == "ws":
-        return await _open_ws(port, received, queue)
-    return await _open_tcp(port, received, queue)
+    if transport in {"mqtts", "wss"} and tls is None:
+        tls = tls_context()
+    if transport in {"ws", "wss"}:
+        return await _open_ws(port, received, queue, tls)
+    return await _open_tcp(port, received, queue, tls)
 
 
 async def _open_tcp(
-    port: int, received: Callable[[bytes], None], queue: asyncio.Queue[tuple[int, bytes]]
+    port: int,
+    received: Callable[[bytes], None],
+    queue: asyncio.Queue[tuple[int, bytes]],
+    tls: ssl.SSLContext | None = None,
 ) -> Connection:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20, ssl=tls)
 
     async def send(data: bytes) -> None:
         writer.write(data)
@@ -127,10 +143,16 @@ async def _open_tcp(
 
 
 async def _open_ws(
-    port: int, received: Callable[[bytes], None], queue: asyncio.Queue[tuple[int, bytes]]
+    port: int,
+    received: Callable[[bytes], None],
+    queue: asyncio.Queue[tuple[int, bytes]],
+    tls: ssl.SSLContext | None = None,
 ) -> Connection:
     ws = await websockets.connect(
-        f"ws://127.0.0.1:{port}/mqtt", subprotocols=[websockets.Subprotocol("mqtt")], max_size=None
+        f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/mqtt",
+        subprotocols=[websockets.Subprotocol("mqtt")],
+        max_size=None,
+        ssl=tls,
     )
 
     async def close() -> None:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import struct
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Final
 import uvloop
 
 from radio.config import Address
+from radio.tls import verify_failure
 
 log = logging.getLogger("radio.bridge")
 
@@ -136,9 +138,19 @@ class _Link(asyncio.Protocol):
 class Publisher:
     """This process's link to the broker, under the bridge's own key."""
 
-    def __init__(self, broker: Address, username: str, password: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        broker: Address,
+        username: str,
+        password: str,
+        timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.broker = broker
         self.timeout = timeout
+        self.tls = tls
+        """Set for an mqtts:// broker: the context that verifies its certificate."""
+        self._refusals_logged: set[str] = set()
         self._username = username
         self._password = password
         self._client_id = f"radio-bridge-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -278,6 +290,10 @@ class Publisher:
                 try:
                     await self._session(loop, lost)
                 except (OSError, ConnectionError, TimeoutError) as exc:
+                    refusal = verify_failure(exc, f"the broker at {self.broker}")
+                    if refusal is not None and refusal not in self._refusals_logged:
+                        self._refusals_logged.add(refusal)  # once per reason: it is retried, in vain
+                        log.error("%s", refusal)  # noqa: TRY400 - one line, the cause is in it
                     if self._connected.is_set():
                         log.warning("lost the broker at %s (%s); reconnecting", self.broker, exc or "closed")
                     lost = lost or self._connected.is_set()
@@ -296,7 +312,11 @@ class Publisher:
         """One connection, from CONNECT until it closes."""
         async with asyncio.timeout(10):
             transport, link = await loop.create_connection(
-                lambda: _Link(self), self.broker.host, self.broker.port
+                lambda: _Link(self),
+                self.broker.host,
+                self.broker.port,
+                ssl=self.tls,
+                server_hostname=self.broker.host if self.tls is not None else None,
             )
             transport.write(connect_packet(self._client_id, self._username, self._password))
             code = await link.connack

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from amqtt.contexts import Action
@@ -31,6 +33,16 @@ REFUSAL_LOG_EVERY: Final = 10.0
 """Connections refused over the limit are logged at most once per this many seconds, with a count."""
 EXPIRY_CHECK: Final = 60.0
 """Seconds between sweeps for expired offline sessions (sooner when an expiry is shorter)."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One way in: its name (``default``, ``ws``, ``mqtts``, ``wss``), kind, address and TLS context."""
+
+    name: str
+    websocket: bool
+    address: Address
+    tls: ssl.SSLContext | None = None
 
 
 class RadioBroker:
@@ -82,8 +94,8 @@ class RadioBroker:
         return bool(answered) and all(answered)
 
     # Lifecycle.
-    async def start(self, mqtt: Address, websocket: Address) -> None:
-        """Bind both listeners, then start the store's writer and the expiry sweepers."""
+    async def start(self, ways_in: Sequence[Listener]) -> None:
+        """Bind the listeners, then start the store's writer and the expiry sweeper."""
         try:
             self.meter = Meter(usage_path(self.registry.settings.state_dir))
         except UsageError as exc:
@@ -95,10 +107,23 @@ class RadioBroker:
             self.router.restore(self.store.load(), self.registry.current)
             self.store.start()
         try:
-            self._servers["default"] = await listeners.serve_tcp(self._open, "tcp", mqtt.host, mqtt.port)
-            self._servers["ws"] = await listeners.serve_websocket(
-                self._open, "ws", websocket.host, websocket.port, self.max_packet_size
-            )
+            for way in ways_in:
+                host, port, timeout = way.address.host, way.address.port, self.connect_timeout
+                label = "tcp" if way.name == "default" else way.name  # what logs call the transport
+                if way.websocket:
+                    self._servers[way.name] = await listeners.serve_websocket(
+                        self._open,
+                        label,
+                        host,
+                        port,
+                        self.max_packet_size,
+                        tls=way.tls,
+                        handshake_timeout=timeout,
+                    )
+                else:
+                    self._servers[way.name] = await listeners.serve_tcp(
+                        self._open, label, host, port, tls=way.tls, handshake_timeout=timeout
+                    )
         except BaseException:
             await self._close_servers()
             if self.meter is not None:
@@ -132,7 +157,7 @@ class RadioBroker:
             await server.wait_closed()
 
     def port(self, listener: str) -> int:
-        """The port a listener (``default`` for TCP, ``ws``) bound."""
+        """The port a listener (``default`` for TCP, ``ws``, ``mqtts``, ``wss``) bound."""
         server = self._servers[listener]
         port: int = next(iter(server.sockets)).getsockname()[1]
         return port

@@ -6,6 +6,11 @@ connection has the one task the ``websockets`` server gives it, reading messages
 server sends no pings of its own (MQTT has its keep-alive, and some clients answer a transport
 ping with a frame the server must reject), takes the broker's packet limit as its message limit,
 and logs a refused handshake as one line, not a traceback.
+
+Either listener serves TLS when given an ``ssl.SSLContext`` (mqtts, wss): the handshake must end
+within the broker's connect timeout, and a connection becomes a ``Connection`` only once it has.
+A client that does not speak TLS (or distrusts the certificate) fails its handshake, is dropped,
+and costs the broker nothing more; asyncio reports such failures only in debug mode.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
@@ -191,16 +197,39 @@ class QuietHandshakeLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
-async def serve_tcp(opener: Opener, name: str, host: str, port: int) -> asyncio.Server:
-    """Listen for MQTT over TCP."""
+async def serve_tcp(
+    opener: Opener,
+    name: str,
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    handshake_timeout: float = 10.0,
+) -> asyncio.Server:
+    """Listen for MQTT over TCP, or over TLS (mqtts) with a server context."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: TcpLink(opener, name), host, port, reuse_address=True, backlog=BACKLOG
+        lambda: TcpLink(opener, name),
+        host,
+        port,
+        reuse_address=True,
+        backlog=BACKLOG,
+        ssl=tls,
+        ssl_handshake_timeout=handshake_timeout if tls is not None else None,
     )
 
 
-async def serve_websocket(opener: Opener, name: str, host: str, port: int, max_packet: int) -> Any:
-    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention)."""
+async def serve_websocket(
+    opener: Opener,
+    name: str,
+    host: str,
+    port: int,
+    max_packet: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    handshake_timeout: float = 10.0,
+) -> Any:
+    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention), or wss."""
 
     async def handler(ws: ServerConnection) -> None:
         link = WebSocketLink(ws)
@@ -220,4 +249,7 @@ async def serve_websocket(opener: Opener, name: str, host: str, port: int, max_p
         ping_interval=None,
         logger=QuietHandshakeLog(logging.getLogger("websockets.server")),
         backlog=BACKLOG,
+        ssl=tls,
+        ssl_handshake_timeout=handshake_timeout if tls is not None else None,
+        open_timeout=handshake_timeout,
     )

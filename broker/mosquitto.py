@@ -8,8 +8,9 @@ rights. Three files make that so, all written here from the registry:
   Mosquitto 2.0 accepts. No secret is in it.
 - ``acl``: design section 3 as acl_file rules. Anonymous reads of public networks come first
   (rules before any ``user`` line are the anonymous client's), then one block per username.
-- ``mosquitto.conf``: the repository's commented ``mosquitto.conf`` with the listener addresses,
-  the file paths and the limits of ``radio.toml`` put in.
+- ``mosquitto.conf``: the repository's commented ``mosquitto.conf`` with the listener addresses
+  (the TLS ones with ``[tls]``'s certificate and key), the file paths and the limits of
+  ``radio.toml`` put in.
 
 ``MosquittoBroker`` runs Mosquitto with them and watches the registry as the embedded broker
 does: on a change it writes the files again and sends SIGHUP, and Mosquitto reloads the password
@@ -43,6 +44,7 @@ from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
+from radio.tls import check_server
 from radio.topics import network_topic
 
 log = logging.getLogger("radio.broker")
@@ -101,10 +103,24 @@ def acl_text(registry: Registry) -> str:
     return "\n".join(out) + "\n"
 
 
+LISTENERS: Final = ("mqtt", "websocket", "mqtts", "wss")
+"""The template's listener blocks, in order."""
+TLS_LISTENERS: Final = frozenset({"mqtts", "wss"})
+
+
 def render_conf(
-    template: str, settings: Settings, registry: Registry, folder: Path, *, mqtt: Address, websocket: Address
+    template: str,
+    settings: Settings,
+    registry: Registry,
+    folder: Path,
+    *,
+    listeners: dict[str, Address],
 ) -> str:
-    """The template with this platform's values in the options marked [rendered]."""
+    """The template with this platform's values in the options marked [rendered].
+
+    Each listener block (from its ``listener`` line to the next blank line) is written out when
+    ``listeners`` has it and commented out when not; a TLS block gets ``[tls]``'s files.
+    """
     broker = settings.broker
     limit = packet_limit(broker.max_packet_size, registry.largest_payload)
     values = {
@@ -116,17 +132,59 @@ def render_conf(
         "persistence_location": f"{folder}/",
         "user": getpass.getuser(),
     }
-    listeners = iter([mqtt, websocket])
+    if settings.tls is not None:
+        values |= {"certfile": str(settings.tls.cert), "keyfile": str(settings.tls.key)}
+    blocks = iter(LISTENERS)
+    current: str | None = None  # the listener block the line is in, if any
     lines = []
     for line in template.splitlines():
         option = line.split(" ", 1)[0]
-        if option == "listener":
-            address = next(listeners)
-            line = f"listener {address.port} {address.host}"  # noqa: PLW2901 - the rendered line
+        setting = option.removeprefix("#")
+        if setting == "listener":
+            current = next(blocks)
+        elif not line.strip():
+            current = None
+        if current is not None and line != "#" and not line.startswith("# "):
+            address = listeners.get(current)
+            if address is None:
+                lines.append("#" + line.removeprefix("#"))
+                continue
+            if setting == "listener":
+                line = f"listener {address.port} {address.host}"  # noqa: PLW2901 - the rendered line
+            elif setting in values:
+                line = f"{setting} {values[setting]}"  # noqa: PLW2901
+            else:
+                line = line.removeprefix("#")  # noqa: PLW2901
         elif option in values:
             line = f"{option} {values[option]}"  # noqa: PLW2901
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def listeners_of(
+    settings: Settings,
+    *,
+    mqtt: Address | None = None,
+    websocket: Address | None = None,
+    mqtts: Address | None = None,
+    wss: Address | None = None,
+) -> dict[str, Address]:
+    """The listeners the configuration asks for, by block name; an address given turns one on."""
+    broker = settings.broker
+    found: dict[str, Address] = {}
+    if mqtt is not None or broker.mqtt_enabled:
+        found["mqtt"] = mqtt or broker.mqtt
+    if websocket is not None or broker.websocket_enabled:
+        found["websocket"] = websocket or broker.websocket
+    for name, given, configured in (("mqtts", mqtts, broker.mqtts), ("wss", wss, broker.wss)):
+        if (address := given or configured) is not None:
+            found[name] = address
+    if TLS_LISTENERS & set(found):
+        if settings.tls is None:
+            msg = f"{settings.path}: mqtts and wss need a [tls] table with cert and key (radio certs dev)"
+            raise MosquittoError(msg)
+        check_server(settings.tls)  # one line naming the file now, rather than Mosquitto exiting
+    return found
 
 
 def export(
@@ -135,8 +193,14 @@ def export(
     folder: Path,
     mqtt: Address | None = None,
     websocket: Address | None = None,
+    *,
+    mqtts: Address | None = None,
+    wss: Address | None = None,
+    listeners: dict[str, Address] | None = None,
 ) -> Path:
     """Write passwd, acl and mosquitto.conf into ``folder``; return the configuration's path."""
+    if listeners is None:
+        listeners = listeners_of(settings, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
     folder = folder.absolute()
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -144,14 +208,7 @@ def export(
     except OSError as exc:
         msg = f"cannot read the Mosquitto template {TEMPLATE}: {exc}"
         raise MosquittoError(msg) from None
-    conf = render_conf(
-        template,
-        settings,
-        registry,
-        folder,
-        mqtt=mqtt or settings.broker.mqtt,
-        websocket=websocket or settings.broker.websocket,
-    )
+    conf = render_conf(template, settings, registry, folder, listeners=listeners)
     _write(folder / "passwd", passwd_text(registry), 0o600)
     _write(folder / "acl", acl_text(registry), 0o644)
     _write(folder / "mosquitto.conf", conf, 0o644)
@@ -201,13 +258,19 @@ class MosquittoBroker:
         *,
         mqtt: Address | None = None,
         websocket: Address | None = None,
+        mqtts: Address | None = None,
+        wss: Address | None = None,
         reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         self.registry = registry
         self.folder = folder
-        self.mqtt, self.websocket = concrete(
-            mqtt or registry.settings.broker.mqtt, websocket or registry.settings.broker.websocket
-        )
+        wanted = listeners_of(registry.settings, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
+        self._listeners = dict(zip(wanted, concrete(*wanted.values()), strict=True))
+        names = {"mqtt": "default", "websocket": "ws"}
+        self.addresses = {names.get(name, name): address for name, address in self._listeners.items()}
+        """The listeners by the embedded broker's names (``default``, ``ws``, ``mqtts``, ``wss``)."""
+        self.mqtt = self._listeners.get("mqtt", registry.settings.broker.mqtt)
+        self.websocket = self._listeners.get("websocket", registry.settings.broker.websocket)
         self.reload_interval = reload_interval
         self.process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -226,11 +289,15 @@ class MosquittoBroker:
         """The port of MQTT over WebSocket."""
         return self.websocket.port
 
+    def port(self, listener: str) -> int:
+        """A listener's port, by the embedded broker's names (``default``, ``ws``, ``mqtts``, ``wss``)."""
+        return self.addresses[listener].port
+
     def start(self, stderr: int | None = None) -> Self:
         """Export, start Mosquitto, and return once both listeners accept connections."""
         binary = find_binary()
         self._exported = datetime.now(UTC)
-        conf = export(self.registry.settings, self.registry.current, self.folder, self.mqtt, self.websocket)
+        conf = export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
         command = [binary, "-c", str(conf)]
         self.process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)  # noqa: S603 - our own files
         try:
@@ -244,7 +311,7 @@ class MosquittoBroker:
 
     def _wait_until_listening(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        for address in (self.mqtt.local(), self.websocket.local()):
+        for address in (a.local() for a in self._listeners.values()):
             while True:
                 assert self.process is not None  # noqa: S101 - set by start
                 if self.process.poll() is not None:
@@ -262,7 +329,7 @@ class MosquittoBroker:
     def reload(self) -> None:
         """Write the files again and have Mosquitto reread them (and drop what they no longer allow)."""
         self._exported = datetime.now(UTC)
-        export(self.registry.settings, self.registry.current, self.folder, self.mqtt, self.websocket)
+        export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGHUP)
             self.reloads += 1

@@ -15,16 +15,31 @@ from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry
 
+BANNER_LINES = {
+    "default": "  MQTT over TCP:        mqtt://{}",
+    "ws": "  MQTT over WebSocket:  ws://{}" + WEBSOCKET_PATH,
+    "mqtts": "  MQTT over TLS:        mqtts://{}",
+    "wss": "  WebSocket over TLS:   wss://{}" + WEBSOCKET_PATH,
+}
+"""One line per listener, in this order; ``radio up`` and the benchmarks read the URLs."""
 
-def _banner(registry: LiveRegistry, title: str, mqtt: Address, websocket: Address) -> None:
+
+def _banner(registry: LiveRegistry, title: str, listeners: dict[str, Address]) -> None:
     settings = registry.settings
     networks = ", ".join(
         f"{name} ({'public' if net.public else 'private'})" for name, net in sorted(settings.networks.items())
     )
+    ways_in = "".join(
+        line.format(listeners[name]) + "\n" for name, line in BANNER_LINES.items() if name in listeners
+    )
+    certificate = (
+        f"  TLS certificate:      {settings.tls.cert}\n"
+        if settings.tls and ({"mqtts", "wss"} & set(listeners))
+        else ""
+    )
     print(
         f"{title}\n"
-        f"  MQTT over TCP:        mqtt://{mqtt}\n"
-        f"  MQTT over WebSocket:  ws://{websocket}{WEBSOCKET_PATH}\n"
+        f"{ways_in}{certificate}"
         f"  networks:             {networks or 'none'}\n"
         f"  keys:                 {settings.keys_path} ({len(registry.current.keys)} keys)\n"
         "Press Ctrl-C to stop.",
@@ -48,21 +63,34 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None) -> None:
+def run(
+    registry: LiveRegistry,
+    mqtt: Address | None = None,
+    websocket: Address | None = None,
+    *,
+    mqtts: Address | None = None,
+    wss: Address | None = None,
+) -> None:
     """``radio broker``: serve until SIGINT or SIGTERM, on the fastest event loop at hand."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(registry, mqtt, websocket))
+        runner.run(serve(registry, mqtt, websocket, mqtts=mqtts, wss=wss))
 
 
 async def serve(
-    registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None
+    registry: LiveRegistry,
+    mqtt: Address | None = None,
+    websocket: Address | None = None,
+    *,
+    mqtts: Address | None = None,
+    wss: Address | None = None,
 ) -> None:
     """Run until SIGINT or SIGTERM, then close every connection and return."""
-    broker = EmbeddedBroker(registry, mqtt=mqtt, websocket=websocket)
+    broker = EmbeddedBroker(registry, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
     try:
         await broker.start()
     except OSError as exc:
-        msg = f"cannot start the broker on {broker.mqtt} and {broker.websocket}: {exc.strerror or exc}"
+        where = " and ".join(str(a) for a in broker.addresses.values())
+        msg = f"cannot start the broker on {where}: {exc.strerror or exc}"
         raise RadioError(msg) from None
     # What start-up made (modules, the registry) lives as long as the broker: keep the collector
     # from walking it again and again as connections come and go.
@@ -71,12 +99,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    _banner(
-        registry,
-        "Radio broker running",
-        Address(broker.mqtt.host, broker.mqtt_port),
-        Address(broker.websocket.host, broker.ws_port),
-    )
+    _banner(registry, "Radio broker running", broker.bound())
     try:
         await stop.wait()
     finally:
@@ -85,17 +108,22 @@ async def serve(
 
 
 def serve_mosquitto(
-    registry: LiveRegistry, mqtt: Address | None = None, websocket: Address | None = None
+    registry: LiveRegistry,
+    mqtt: Address | None = None,
+    websocket: Address | None = None,
+    *,
+    mqtts: Address | None = None,
+    wss: Address | None = None,
 ) -> None:
     """Run Mosquitto with the registry's rights until SIGINT or SIGTERM; key changes reach it live."""
     folder = registry.settings.state_dir / "mosquitto"
-    mosquitto = MosquittoBroker(registry, folder, mqtt=mqtt, websocket=websocket)
+    mosquitto = MosquittoBroker(registry, folder, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     mosquitto.start()
     try:
-        _banner(registry, "Radio broker running (Mosquitto)", mosquitto.mqtt, mosquitto.websocket)
+        _banner(registry, "Radio broker running (Mosquitto)", mosquitto.addresses)
         print(f"  Mosquitto files:      {folder}", flush=True)
         stop.wait()
     finally:

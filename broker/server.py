@@ -1,6 +1,7 @@
 """``EmbeddedBroker``: the broker configured from the registry, started and stopped in a running loop.
 
-It binds MQTT over TCP and MQTT over WebSocket, reports the ports it actually bound (port 0 is
+It binds MQTT over TCP and MQTT over WebSocket, and their TLS twins (mqtts, wss) where the
+configuration has ``[tls]`` and asks for them, reports the ports it actually bound (port 0 is
 allowed everywhere, for tests and for running several platforms on one machine), and watches the
 registry: when the keys file or the configuration changes, the new rights apply at once, and the
 connections of a revoked or rotated key are closed.
@@ -20,13 +21,15 @@ from amqtt.broker import Broker
 
 from radio.broker import attributes as attrs
 from radio.broker.codec import packet_limit
-from radio.broker.core import RadioBroker
+from radio.broker.core import Listener, RadioBroker
 from radio.broker.metrics import serve_metrics
 from radio.broker.router import Limits
 from radio.broker.sessions import SessionLimits
 from radio.broker.store import Store
 from radio.config import Address, BrokerSettings
+from radio.errors import ConfigError
 from radio.registry import LiveRegistry, Registry
+from radio.tls import server_context
 
 log = logging.getLogger("radio.broker")
 
@@ -61,12 +64,25 @@ class EmbeddedBroker:
         *,
         mqtt: Address | None = None,
         websocket: Address | None = None,
+        mqtts: Address | None = None,
+        wss: Address | None = None,
         broker_class: type[Any] = RadioBroker,
         reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         self.registry = registry
-        self.mqtt = mqtt or registry.settings.broker.mqtt
-        self.websocket = websocket or registry.settings.broker.websocket
+        settings = registry.settings.broker
+        self.mqtt = mqtt or settings.mqtt
+        self.websocket = websocket or settings.websocket
+        self.addresses: dict[str, Address] = {}
+        """The listeners to bind, by name: an address given here turns its listener on."""
+        for name, given, address, enabled in (
+            ("default", mqtt, self.mqtt, settings.mqtt_enabled),
+            ("ws", websocket, self.websocket, settings.websocket_enabled),
+            ("mqtts", mqtts, mqtts or settings.mqtts, True),
+            ("wss", wss, wss or settings.wss, True),
+        ):
+            if address is not None and (enabled or given is not None):
+                self.addresses[name] = address
         self.broker_class = broker_class
         self.reload_interval = reload_interval
         self._radio: RadioBroker | None = None
@@ -103,7 +119,7 @@ class EmbeddedBroker:
                 max_connections=settings.max_connections,
             )
             try:
-                await radio.start(self.mqtt, self.websocket)
+                await radio.start(self.listeners())
             except BaseException:
                 if store is not None:
                     await store.close()
@@ -112,6 +128,20 @@ class EmbeddedBroker:
             if settings.metrics is not None:
                 self._metrics = serve_metrics(radio, settings.metrics)
         self._watcher = asyncio.create_task(self._watch_registry(), name="radio-registry-watcher")
+
+    def listeners(self) -> list[Listener]:
+        """What to bind; the TLS ones share one server context, checked before anything is bound."""
+        tls = None
+        if "mqtts" in self.addresses or "wss" in self.addresses:
+            settings = self.registry.settings
+            if settings.tls is None:
+                msg = f"{settings.path}: mqtts and wss need a [tls] table with cert and key (radio certs dev)"
+                raise ConfigError(msg)
+            tls = server_context(settings.tls)
+        return [
+            Listener(name, name in {"ws", "wss"}, address, tls if name in {"mqtts", "wss"} else None)
+            for name, address in self.addresses.items()
+        ]
 
     async def _start_stock(self, settings: BrokerSettings) -> None:
         limit = settings.max_connections or -1
@@ -168,7 +198,7 @@ class EmbeddedBroker:
         return self._stock
 
     def port(self, listener: str) -> int:
-        """The port a listener (``default`` for TCP, ``ws``) actually bound: port 0 becomes a real one."""
+        """The port a listener (``default`` for TCP, ``ws``, ``mqtts``, ``wss``) bound, port 0 made real."""
         if self._radio is not None:
             return self._radio.port(listener)
         server = self.stock._servers[listener].instance
@@ -189,6 +219,10 @@ class EmbeddedBroker:
     def metrics_port(self) -> int | None:
         """The bound port of the metrics endpoint, if it is served."""
         return self._metrics.port if self._metrics is not None else None
+
+    def bound(self) -> dict[str, Address]:
+        """Each listener's address with the port it actually bound."""
+        return {name: Address(address.host, self.port(name)) for name, address in self.addresses.items()}
 
     def session_count(self) -> int:
         """Sessions the broker holds, connected or not."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     broker.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     broker.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket, path /mqtt")
+    _add_tls_listeners(broker)
     broker.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     broker.add_argument("--nodes", type=_count, default=3, help=NODES_HELP)
     broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
@@ -104,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket (default: config's)"
     )
+    _add_tls_listeners(export)
     export.set_defaults(handler=_mosquitto_export)
     _add_nats_commands(commands, common)
 
@@ -156,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     recorder.set_defaults(handler=_recorder)
 
     _add_platform_commands(commands, common)
+    _add_certs_commands(commands, common)
 
     _add_key_commands(commands, common)
     return parser
@@ -297,6 +301,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     )
     up.add_argument("--mqtt", metavar="HOST:PORT", type=_address, help="MQTT over TCP (port 0: any free)")
     up.add_argument("--ws", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket")
+    _add_tls_listeners(up)
     up.add_argument("--http", metavar="HOST:PORT", type=_address, help="the HTTP bridge")
     up.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     up.add_argument("--nodes", type=_count, default=3, help=NODES_HELP)
@@ -309,7 +314,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     listen.add_argument(
         "--url",
         type=options.broker_url,
-        help="ws://HOST:PORT/mqtt (default: the configuration's) or mqtt://HOST:PORT",
+        help="ws://HOST:PORT/mqtt (default: the configuration's), mqtt://HOST:PORT, or wss:// and mqtts://",
     )
     listen.add_argument(
         "--since",
@@ -324,6 +329,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
         help="the bridge, for --since (default: the configuration's, http://127.0.0.1:5000)",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
+    _add_ca(listen)
     listen.set_defaults(handler=_listen)
 
     device = commands.add_parser("device", parents=[common], help="run a data generator")
@@ -331,6 +337,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     traffic = devices.add_parser("traffic", parents=[common], help="the traffic simulator")
     traffic.add_argument("--network", required=True, type=_network)
     options.add_key_options(traffic, "a key that may publish to the network")
+    _add_ca(traffic)
     traffic.add_argument(
         "--period", type=options.positive_number, default=1.0, help="seconds between samples (default 1)"
     )
@@ -342,7 +349,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     traffic.add_argument(
         "--url",
         type=options.client_url,
-        help="broker (mqtt://, ws://) or bridge (http://) URL; default: the config's",
+        help="broker (mqtt[s]://, ws[s]://) or bridge (http[s]://) URL; default: the config's",
     )
     traffic.add_argument(
         "--speed", type=options.positive_whole, default=10, help="simulated seconds per sample (default 10)"
@@ -355,6 +362,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     sensors = devices.add_parser("sensors", parents=[common], help="many simulated sensors with last wills")
     sensors.add_argument("--network", required=True, type=_network)
     options.add_key_options(sensors, "a key that may publish to the network")
+    _add_ca(sensors)
     sensors.add_argument("--count", type=options.positive_whole, default=100, help="sensors (default 100)")
     sensors.add_argument(
         "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
@@ -390,6 +398,78 @@ def _count(text: str) -> int:
         msg = f"{text!r} is not a number of nodes (1 or more)"
         raise argparse.ArgumentTypeError(msg)
     return int(text)
+
+
+def _add_tls_listeners(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mqtts", metavar="HOST:PORT", type=_address, help="MQTT over TLS (needs [tls] in the configuration)"
+    )
+    parser.add_argument(
+        "--wss", metavar="HOST:PORT", type=_address, help="MQTT over WebSocket with TLS (needs [tls])"
+    )
+
+
+def _add_ca(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        type=Path,
+        help="for mqtts:// and wss://: the CA certificate(s) to trust (default: the system's trust store)",
+    )
+
+
+def _add_certs_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``radio certs dev``."""
+    certs = commands.add_parser("certs", parents=[common], help="TLS certificates")
+    actions = certs.add_subparsers(title="actions", required=True, metavar="ACTION")
+    dev = actions.add_parser(
+        "dev",
+        parents=[common],
+        help="a development CA and a server certificate signed by it (ca.pem, server.pem, server.key)",
+        description="Write a development CA (ca.pem) and a server certificate and key signed by it "
+        "(server.pem, server.key, mode 0600), to try TLS on one machine. Clients trust it with "
+        "--ca DIR/ca.pem. For a server others reach, use a certificate from a real CA instead.",
+    )
+    dev.add_argument("--dir", required=True, type=Path, help="the folder to write them to")
+    dev.add_argument(
+        "--host",
+        action="append",
+        type=_host,
+        metavar="NAME",
+        help="a DNS name or IP address the certificate is for; repeat for more "
+        "(default: localhost and 127.0.0.1)",
+    )
+    dev.set_defaults(handler=_certs_dev)
+
+
+def _host(text: str) -> str:
+    import ipaddress  # noqa: PLC0415
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if not text or not all(
+        re.fullmatch(r"\*|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", p) for p in labels
+    ):
+        msg = f"{text!r} is not a host name or IP address"
+        raise argparse.ArgumentTypeError(msg)
+    return text.lower()
+
+
+def _certs_dev(args: argparse.Namespace) -> int:
+    from radio.cli.certs import DEFAULT_HOSTS, dev  # noqa: PLC0415 - cryptography loads only for this command
+
+    hosts = args.host or list(DEFAULT_HOSTS)
+    ca, cert, key = dev(args.dir, hosts)
+    print(
+        f"Wrote {ca} (the development CA), {cert} and {key} (mode 0600) for {', '.join(hosts)}.\n"
+        f"Servers, in radio.toml:  [tls] cert = {str(cert)!r}  key = {str(key)!r}\n"
+        f"Clients:                 --ca {ca}  (radio listen NET --url wss://{hosts[0]}:PORT/mqtt --ca {ca})",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _address(text: str) -> Address:
@@ -444,14 +524,15 @@ def _broker(args: argparse.Namespace) -> int:
 
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
+    tls = {"mqtts": args.mqtts, "wss": args.wss}
     if args.engine == "mosquitto":
-        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws)
+        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
     elif args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
         serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
     else:
-        run(registry, mqtt=args.mqtt, websocket=args.ws)
+        run(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
     return 0
 
 
@@ -460,7 +541,15 @@ def _mosquitto_export(args: argparse.Namespace) -> int:
     from radio.registry import Registry  # noqa: PLC0415
 
     settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
-    conf = export(settings, Registry.at_hand(settings), args.dir, mqtt=args.mqtt, websocket=args.ws)
+    conf = export(
+        settings,
+        Registry.at_hand(settings),
+        args.dir,
+        mqtt=args.mqtt,
+        websocket=args.ws,
+        mqtts=args.mqtts,
+        wss=args.wss,
+    )
     print(f"Wrote {conf}, {conf.parent / 'passwd'} and {conf.parent / 'acl'}.", file=sys.stderr)
     print(f"Run: mosquitto -c {conf}", file=sys.stderr)
     print(
@@ -551,6 +640,8 @@ def _up(args: argparse.Namespace) -> int:
         http=args.http,
         engine=args.engine,
         nodes=args.nodes,
+        mqtts=args.mqtts,
+        wss=args.wss,
     )
 
 
@@ -565,9 +656,9 @@ def _listen(args: argparse.Namespace) -> int:
             msg = f"no network {unknown[0]!r} in {settings.path} (its networks: {known})"
             raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
-    url = args.url or f"ws://{settings.broker.websocket.local()}/mqtt"
+    url = args.url or settings.broker.local_ws_url()
     http = args.http or f"http://{settings.bridge.listen.local()}"
-    return listen(args.networks, url, secret, since=args.since, http=http)
+    return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
 
 
 def _device_logging() -> threading.Event:
@@ -588,11 +679,7 @@ def _traffic(args: argparse.Namespace) -> int:
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
-    default = (
-        f"http://{settings.bridge.listen.local()}"
-        if via == "http"
-        else f"mqtt://{settings.broker.mqtt.local()}"
-    )
+    default = f"http://{settings.bridge.listen.local()}" if via == "http" else settings.broker.local_url()
     assert secret is not None  # noqa: S101 - required=True
     traffic(
         network=args.network,
@@ -604,6 +691,7 @@ def _traffic(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         stop=_device_logging(),
+        ca=args.ca,
     )
     return 0
 
@@ -611,7 +699,7 @@ def _traffic(args: argparse.Namespace) -> int:
 def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
-    url = args.url or f"mqtt://{_settings(args).broker.mqtt.local()}"
+    url = args.url or _settings(args).broker.local_url()
     secret = options.read_secret(args.key_file, required=True)
     assert secret is not None  # noqa: S101 - required=True
     sensor_agents(
@@ -622,6 +710,7 @@ def _sensors(args: argparse.Namespace) -> int:
         rate=args.rate,
         seed=args.seed,
         stop=_device_logging(),
+        ca=args.ca,
     )
     return 0
 

@@ -92,6 +92,19 @@ class Child:
             start_new_session=True,  # the terminal's signals reach radio up, which stops us in order
         )
 
+    def banner(self) -> dict[str, str]:
+        """The broker's URLs by scheme (mqtt, ws, mqtts, wss), read from its banner."""
+        stdout: IO[str] | None = self.process.stdout
+        assert stdout is not None  # noqa: S101 - always piped
+        urls: dict[str, str] = {}
+        for line in stdout:
+            if match := re.search(r"\b((mqtts?|wss?)://\S+)", line):
+                urls[match[2]] = match[1]
+            if "Ctrl-C" in line:
+                return urls
+        msg = f"the {self.name} did not start (exit status {self.process.wait()})"
+        raise RadioError(msg)
+
     def wait_for(self, pattern: str) -> str:
         """The first match of a pattern in what it prints, once it prints it."""
         stdout: IO[str] | None = self.process.stdout
@@ -139,6 +152,19 @@ class Child:
                 time.sleep(0.05)
 
 
+def args_or(given: Address | None, configured: bool) -> bool:
+    """Whether a plain listener is served: named on the command line, or on in the configuration."""
+    return given is not None or configured
+
+
+def _dev_ca(settings: Settings) -> Path | None:
+    """The development CA beside the certificate (``radio certs dev`` writes both), for the examples."""
+    if settings.tls is None:
+        return None
+    ca = settings.tls.cert.parent / "ca.pem"
+    return ca if ca.exists() and ca != settings.tls.cert else None
+
+
 def reachable(url: str) -> str:
     """A URL to paste on this machine: a wildcard bind (0.0.0.0, [::]) is reached on loopback."""
     return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
@@ -153,6 +179,8 @@ def up(
     http: Address | None,
     engine: str = "embedded",
     nodes: int = 3,
+    mqtts: Address | None = None,
+    wss: Address | None = None,
 ) -> int:
     """Run the platform until Ctrl-C, SIGTERM or SIGHUP; exit 1 if a part of it dies on its own."""
     stop, started = threading.Event(), threading.Event()
@@ -172,29 +200,36 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
+    plain = {  # before the defaults fill them in: an address given turns a plain listener on
+        "mqtt": args_or(mqtt, settings.broker.mqtt_enabled),
+        "ws": args_or(ws, settings.broker.websocket_enabled),
+    }
     mqtt, ws, http = (
         mqtt or settings.broker.mqtt,
         ws or settings.broker.websocket,
         http or settings.bridge.listen,
     )
+    tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
+    listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
+    listeners += ["--ws", str(ws)] if plain["ws"] else []
+    listeners += [arg for name, address in tls.items() if address for arg in (f"--{name}", str(address))]
 
     children: list[Child] = []
     try:
         cluster = ["--nodes", str(nodes)] if engine == "nats" else []
-        broker = Child(
-            "broker", ["broker", *common, "--mqtt", str(mqtt), "--ws", str(ws), "--engine", engine, *cluster]
-        )
+        broker = Child("broker", ["broker", *common, *listeners, "--engine", engine, *cluster])
         children.append(broker)
-        mqtt_port = broker.wait_for(r"mqtt://[^:]+:(\d+)")
-        ws_url = reachable("ws://" + broker.wait_for(r"ws://(\S+)"))
+        urls = broker.banner()
+        # The bridge and the simulator link over loopback: plain MQTT there, even when the
+        # configuration serves only TLS to the network (a loopback port then, not advertised).
+        mqtt_port = urls["mqtt"].rsplit(":", 1)[1]
         broker.drain()
         local = f"mqtt://127.0.0.1:{mqtt_port}"
         recorder = Child("recorder", ["recorder", *common, "--broker", local])
         children.append(recorder)
         recorder.wait_for(r"(Recording)")
         recorder.drain()
-        # The live pages tell browsers where the broker's WebSocket is: the port bound just now.
-        page_ws = {} if settings.bridge.public_websocket_url else {"RADIO_PUBLIC_WEBSOCKET_URL": ws_url}
+        page_ws = _page_websocket(urls, settings)
         bridge = Child("bridge", ["bridge", *common, "--listen", str(http), "--broker", local], env=page_ws)
         children.append(bridge)
         http_url = reachable(bridge.wait_for(r"POST (http://\S+)/publish"))
@@ -207,8 +242,8 @@ def up(
         children.append(device)
         device.drain()
         _print_banner(
-            mqtt_port=mqtt_port,
-            ws_url=ws_url,
+            urls={name: reachable(url) for name, url in urls.items() if name != "mqtt" or plain["mqtt"]},
+            ca=_dev_ca(settings),
             http_url=http_url,
             network=network,
             secret=secret,
@@ -220,6 +255,14 @@ def up(
     finally:
         started.set()
         _stop_all(children)
+
+
+def _page_websocket(urls: dict[str, str], settings: Settings) -> dict[str, str]:
+    """Where the live pages send browsers: the broker's WebSocket port bound just now (TLS first)."""
+    ws_url = urls.get("wss") or urls.get("ws")
+    if not ws_url or settings.bridge.public_websocket_url:
+        return {}
+    return {"RADIO_PUBLIC_WEBSOCKET_URL": reachable(ws_url)}
 
 
 def _supervise(children: list[Child], stop: threading.Event) -> int:
@@ -251,7 +294,14 @@ class _Interrupted(KeyboardInterrupt):
 
 
 def _print_banner(
-    *, mqtt_port: str, ws_url: str, http_url: str, network: str, secret: str, settings: Settings, made: bool
+    *,
+    urls: dict[str, str],
+    ca: Path | None,
+    http_url: str,
+    network: str,
+    secret: str,
+    settings: Settings,
+    made: bool,
 ) -> None:
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
     here = settings.path == (Path.cwd() / "radio.toml").absolute()
@@ -260,10 +310,27 @@ def _print_banner(
         if here
         else f"elsewhere, first: export RADIO_CONFIG={shlex.quote(str(settings.path))}"
     )
+    titles = {
+        "mqtts": "MQTT over TLS:        ",
+        "wss": "WebSocket over TLS:   ",
+        "mqtt": "MQTT over TCP:        ",
+        "ws": "MQTT over WebSocket:  ",
+    }
+    doors = "".join(f"  {title}{urls[name]}\n" for name, title in titles.items() if name in urls)
+    # The examples use TLS where it is served: keys are then never in clear on the network.
+    listen_url = urls.get("wss") or urls.get("ws") or urls.get("mqtts") or urls["mqtt"]
+    trust = f" --ca {shlex.quote(str(ca))}" if ca is not None else ""
+    tls_url = listen_url.startswith(("wss", "mqtts"))
+    sub_url = urls.get("mqtts") or urls.get("mqtt") or ""
+    sub_host, _, sub_port = sub_url.split("://", 1)[-1].rpartition(":")
+    sub_tls = (
+        (f" --cafile {shlex.quote(str(ca))}" if ca is not None else " --capath /etc/ssl/certs")
+        if sub_url.startswith("mqtts")
+        else ""
+    )
     print(
         "Radio is up.\n"
-        f"  MQTT over TCP:        mqtt://127.0.0.1:{mqtt_port}\n"
-        f"  MQTT over WebSocket:  {ws_url}\n"
+        f"{doors}"
         f"  HTTP publish:         {http_url}/publish\n"
         f"  live pages:           {http_url}/\n"
         f"  traffic simulator:    publishing to {network} every second\n"
@@ -274,11 +341,15 @@ def _print_banner(
         f"  other radio commands: {where}\n"
         "\n"
         "Try, in another terminal:\n"
-        f"  radio listen {network} --url {ws_url}\n"
+        f"  radio listen {network} --url {listen_url}{trust if tls_url else ''}\n"
         f"  printf 'API-KEY: %s\\n' \"$(cat {shlex.quote(str(settings.state_dir / 'demo.key'))})\" "
         f"| curl -H @- {http_url}/publish -d {sample}\n"
-        f"  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'networks/{network}/#' -v\n"
-        "\n"
+        + (
+            f"  mosquitto_sub -h {sub_host} -p {sub_port}{sub_tls} -t 'networks/{network}/#' -v\n"
+            if sub_url
+            else ""
+        )
+        + "\n"
         "Press Ctrl-C to stop everything.",
         flush=True,
     )

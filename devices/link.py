@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
+from radio.tls import TlsError, client_context, verify_failure
 from radio.urls import BrokerURL
 
 log = logging.getLogger("radio.device")
@@ -49,9 +53,12 @@ class MqttLink:
         buffer: int = DEFAULT_BUFFER,
         will: Will | None = None,
         on_connect: Any = None,
+        ca: Path | None = None,
     ) -> None:
         self.url = url
         self.dropped = 0
+        self.refused: str | None = None
+        """Why the broker's certificate was refused (the link then stops): retrying cannot cure it."""
         self._pending: deque[tuple[str, bytes, bool]] = deque()
         self._limit = buffer
         self._lock = threading.Lock()
@@ -63,6 +70,8 @@ class MqttLink:
         )
         if url.transport == "websockets":
             self._client.ws_set_options(path=url.path)
+        if url.tls:
+            self._client.tls_set_context(client_context(ca))
         if secret:
             self._client.username_pw_set(secret_username(secret), secret)
         if will is not None:
@@ -71,6 +80,7 @@ class MqttLink:
         self._client.max_inflight_messages_set(100)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
 
     def start(self) -> None:
         """Connect in the background; publishing works at once (it buffers until connected)."""
@@ -118,6 +128,14 @@ class MqttLink:
         if self._user_on_connect is not None:
             self._user_on_connect(self)
 
+    def _on_connect_fail(self, client: mqtt.Client, _u: object) -> None:
+        """Called inside paho's ``except``: a refused certificate stops the link; all else retries."""
+        refusal = verify_failure(sys.exc_info()[1] or Exception(), str(self.url))
+        if refusal is not None and self.refused is None:
+            self.refused = refusal
+            log.error("%s", refusal)
+            client.disconnect()  # no more attempts: the key is never sent to a server not verified
+
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
         with self._lock:
             was_connected = self._connected.is_set()
@@ -129,11 +147,22 @@ class MqttLink:
 class HttpLink:
     """The article's ``publish()``: POST each sample to the bridge, keeping it while the bridge is away."""
 
-    def __init__(self, url: str, secret: str, *, buffer: int = DEFAULT_BUFFER, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        timeout: float = 10.0,
+        ca: Path | None = None,
+    ) -> None:
         self.url = url.rstrip("/") + "/publish"
         self.dropped = 0
         self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer)
         self._session = requests.Session()
+        if ca is not None:
+            client_context(ca)  # a CA file that is missing or not PEM: one line now, not at the first POST
+            self._session.verify = str(ca)
         self._session.headers.update({"content-type": "application/json", "API-KEY": secret})
         self._timeout = timeout
 
@@ -149,6 +178,12 @@ class HttpLink:
                 response = self._session.post(
                     self.url, data=json.dumps({"network": network, "data": data}), timeout=self._timeout
                 )
+            except requests.exceptions.SSLError as exc:
+                refusal = _refusal(exc, self.url)
+                if refusal is not None:
+                    raise TlsError(refusal) from None
+                log.warning("the TLS handshake with the bridge failed; %d samples kept", len(self._pending))
+                return False
             except requests.RequestException as exc:
                 log.warning(
                     "the bridge is unreachable (%s); %d samples kept",
@@ -163,6 +198,18 @@ class HttpLink:
             if response.status_code != 200:
                 log.error("sample refused, %d: %s", response.status_code, response.text.strip())
         return True
+
+
+def _refusal(error: BaseException, where: str, depth: int = 0) -> str | None:
+    """The certificate refusal somewhere inside the errors requests and urllib3 wrap around it."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return verify_failure(error, where)
+    reason = getattr(error, "reason", None)
+    inner = [error.__cause__, error.__context__, reason, *error.args]
+    for cause in inner:
+        if isinstance(cause, BaseException) and depth < 8 and (found := _refusal(cause, where, depth + 1)):
+            return found
+    return None
 
 
 def sleep_until(deadline: float, stop: threading.Event) -> bool:

@@ -8,10 +8,12 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from radio.devices import sensors
 from radio.devices.link import HttpLink, MqttLink, sleep_until
 from radio.devices.traffic import Town, TownSettings
+from radio.tls import TlsError
 from radio.topics import network_topic
 from radio.urls import BrokerURL
 
@@ -37,17 +39,18 @@ def traffic(
     size: tuple[int, int],
     seed: int | None,
     stop: threading.Event,
+    ca: Path | None = None,
 ) -> None:
     """Simulate, and publish the town's state every period, like the article's ``radio_publish()``."""
     town = Town(TownSettings(rows=size[0], columns=size[1]), seed=seed)
     topic = network_topic(network)
     mqtt_link = http_link = None
     if via == "http":
-        http_link = HttpLink(url, secret)
+        http_link = HttpLink(url, secret, ca=ca)
     else:
         # Its own client id: two simulators on one network would otherwise take turns evicting each other.
         client_id = f"radio-traffic-{network}-{uuid.uuid4().hex[:8]}"
-        mqtt_link = MqttLink(BrokerURL.parse(url), secret, client_id)
+        mqtt_link = MqttLink(BrokerURL.parse(url), secret, client_id, ca=ca)
         mqtt_link.start()
     log.info(
         "traffic simulator on network %r: %dx%d town, a sample every %gs via %s", network, *size, period, via
@@ -61,6 +64,8 @@ def traffic(
             if http_link is not None:
                 http_link.publish(network, state)
             elif mqtt_link is not None:
+                if mqtt_link.refused is not None:
+                    raise TlsError(mqtt_link.refused)
                 mqtt_link.publish(topic, json.dumps(state).encode(), retain=True)
             deadline += period
             if sleep_until(deadline, stop):
@@ -71,10 +76,25 @@ def traffic(
 
 
 def sensor_agents(
-    *, network: str, secret: str, url: str, count: int, rate: float, seed: int | None, stop: threading.Event
+    *,
+    network: str,
+    secret: str,
+    url: str,
+    count: int,
+    rate: float,
+    seed: int | None,
+    stop: threading.Event,
+    ca: Path | None = None,
 ) -> None:
     """Run ``count`` sensors until stopped."""
     log.info("%d sensors on network %r, %g readings per second each", count, network, rate)
     sensors.run(
-        url=BrokerURL.parse(url), secret=secret, network=network, count=count, rate=rate, stop=stop, seed=seed
+        url=BrokerURL.parse(url),
+        secret=secret,
+        network=network,
+        count=count,
+        rate=rate,
+        stop=stop,
+        seed=seed,
+        ca=ca,
     )

@@ -13,8 +13,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from radio.devices.link import MqttLink, Will, sleep_until
+from radio.tls import TlsError
 from radio.topics import network_topic
 from radio.urls import BrokerURL
 
@@ -57,6 +59,7 @@ def run(
     rate: float,
     stop: threading.Event,
     seed: int | None = None,
+    ca: Path | None = None,
 ) -> None:
     """Connect every sensor, then publish ``rate`` readings per second each until ``stop`` is set."""
     rng = random.Random(seed)
@@ -79,6 +82,7 @@ def run(
             f"radio-{network}-{run_id}-{sensor.sensor_id}",
             will=Will(status, OFFLINE),
             on_connect=announce,
+            ca=ca,
         )
         link.start()
         sensors.append((sensor, link))
@@ -87,6 +91,8 @@ def run(
     try:
         while not stop.is_set():
             for sensor, link in sensors:
+                if link.refused is not None:
+                    raise TlsError(link.refused)
                 link.publish(f"{base}/{sensor.sensor_id}", json.dumps(sensor.read()).encode(), retain=True)
             deadline += period
             if sleep_until(deadline, stop):

@@ -82,11 +82,27 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The server certificate (with its chain) and private key every TLS listener presents."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     """Where the embedded broker listens and whom it lets in."""
 
     mqtt: Address = Address("127.0.0.1", 1883)
     websocket: Address = Address("127.0.0.1", 8080)
+    mqtt_enabled: bool = True
+    """False (``mqtt = false``): no plain MQTT/TCP listener, e.g. when mqtts serves instead."""
+    websocket_enabled: bool = True
+    """False (``websocket = false``): no plain WebSocket listener."""
+    mqtts: Address | None = None
+    """MQTT over TCP with TLS (needs [tls]); None: not served."""
+    wss: Address | None = None
+    """MQTT over WebSocket with TLS (needs [tls]); None: not served."""
     allow_anonymous: bool = True
     connect_timeout: float = 10.0
     """Seconds a new connection has to send its CONNECT before it is closed."""
@@ -120,6 +136,18 @@ class BrokerSettings:
     metrics: Address | None = None
     """Where the broker serves Prometheus metrics (HOST:PORT); None: not served."""
 
+    def local_url(self) -> str:
+        """The URL a client on this machine reaches MQTT/TCP at: plain if served, else mqtts."""
+        if self.mqtt_enabled or self.mqtts is None:
+            return f"mqtt://{self.mqtt.local()}"
+        return f"mqtts://{self.mqtts.local()}"
+
+    def local_ws_url(self) -> str:
+        """The URL a client on this machine reaches MQTT over WebSocket at: plain if served, else wss."""
+        if self.websocket_enabled or self.wss is None:
+            return f"ws://{self.websocket.local()}/mqtt"
+        return f"wss://{self.wss.local()}/mqtt"
+
 
 @dataclass(frozen=True)
 class BridgeSettings:
@@ -148,6 +176,8 @@ class Settings:
     broker: BrokerSettings = BrokerSettings()
     bridge: BridgeSettings = BridgeSettings()
     networks: dict[str, NetworkSettings] = field(default_factory=_default_networks)
+    tls: TlsSettings | None = None
+    """[tls]: the certificate of the TLS listeners and of the bridge's HTTPS; None: no TLS."""
 
     @property
     def state_dir(self) -> Path:
@@ -220,7 +250,7 @@ def parse_settings(text: str, config_path: Path, keys_path: Path) -> Settings:
 
 
 def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> Settings:
-    _only(data, "", {"broker", "bridge", "networks"})
+    _only(data, "", {"broker", "bridge", "networks", "tls"})
     broker = _table(data, "broker")
     _only(
         broker,
@@ -228,6 +258,8 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
         {
             "mqtt",
             "websocket",
+            "mqtts",
+            "wss",
             "allow_anonymous",
             "connect_timeout",
             "max_connections",
@@ -241,12 +273,34 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
     _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url"})
     defaults = BrokerSettings()
     networks = _networks(data["networks"], config_path.parent) if "networks" in data else _default_networks()
+    tls = _tls(data, config_path.parent)
+    secure = {
+        name: _address(broker, name, "[broker]", defaults.mqtt) for name in ("mqtts", "wss") if name in broker
+    }
+    if secure and tls is None:
+        msg = (
+            f"[broker] {min(secure)} needs a [tls] table with cert and key (make some with: radio certs dev)"
+        )
+        raise ValueError(msg)
+    plain = {name: broker.get(name) is not False for name in ("mqtt", "websocket")}
+    if not any(plain.values()) and not secure:
+        msg = "[broker] mqtt and websocket are both false and there is no mqtts or wss: nothing to listen on"
+        raise ValueError(msg)
     return Settings(
         path=config_path,
         keys_path=keys_path,
+        tls=tls,
         broker=BrokerSettings(
-            mqtt=_address(broker, "mqtt", "[broker]", defaults.mqtt),
-            websocket=_address(broker, "websocket", "[broker]", defaults.websocket),
+            mqtt=_address(broker, "mqtt", "[broker]", defaults.mqtt) if plain["mqtt"] else defaults.mqtt,
+            websocket=(
+                _address(broker, "websocket", "[broker]", defaults.websocket)
+                if plain["websocket"]
+                else defaults.websocket
+            ),
+            mqtt_enabled=plain["mqtt"],
+            websocket_enabled=plain["websocket"],
+            mqtts=secure.get("mqtts"),
+            wss=secure.get("wss"),
             allow_anonymous=_bool(broker, "allow_anonymous", "[broker]", defaults.allow_anonymous),
             connect_timeout=_number(broker, "connect_timeout", defaults.connect_timeout, 0.1, 3600.0),
             max_connections=int(
@@ -290,6 +344,24 @@ _BROKER_LIMITS: Final = {
     "send_buffer": (1024, 1 << 32, True),
 }
 """The [broker] limits: (lowest, highest, whole numbers only)."""
+
+
+def _tls(data: dict[str, Any], folder: Path) -> TlsSettings | None:
+    """[tls] cert and key, relative to the configuration's folder; both or neither."""
+    if "tls" not in data:
+        return None
+    table = _table(data, "tls")
+    _only(table, "[tls] ", {"cert", "key"})
+    paths = {}
+    for name in ("cert", "key"):
+        value = table.get(name)
+        if not isinstance(value, str) or not value:
+            msg = f"[tls] {name} must be a file name (a string), not {_kind(value)} {value!r}"
+            if value is None:
+                msg = f"[tls] {name} is missing: [tls] needs both cert and key (PEM files)"
+            raise ValueError(msg)
+        paths[name] = folder / value
+    return TlsSettings(cert=paths["cert"], key=paths["key"])
 
 
 def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:

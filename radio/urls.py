@@ -1,4 +1,4 @@
-"""Where a client finds the broker: ``mqtt://HOST:PORT`` or ``ws://HOST:PORT/PATH``.
+"""Where a client finds the broker: ``mqtt[s]://HOST:PORT`` or ``ws[s]://HOST:PORT/PATH``.
 
 Shared by the clients (generators and listeners) as topic names are: plain parsing, no MQTT code.
 """
@@ -8,6 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
+
+_SCHEMES: dict[str, tuple[Literal["tcp", "websockets"], bool, int]] = {
+    "mqtt": ("tcp", False, 1883),
+    "tcp": ("tcp", False, 1883),
+    "mqtts": ("tcp", True, 8883),
+    "ssl": ("tcp", True, 8883),
+    "ws": ("websockets", False, 8080),
+    "wss": ("websockets", True, 443),
+}
+"""Scheme: (paho's transport, TLS, default port). 8883 is MQTT over TLS's registered port; wss
+defaults to HTTPS's, where a proxy in front of the broker usually serves it."""
 
 
 @dataclass(frozen=True)
@@ -19,28 +30,30 @@ class BrokerURL:
     host: str
     port: int
     path: str = "/mqtt"
+    tls: bool = False
+    """mqtts:// or wss://: the connection is TLS, and the broker's certificate is verified."""
 
     @classmethod
     def parse(cls, text: str) -> BrokerURL:
-        """Read ``mqtt://HOST[:PORT]`` (default 1883) or ``ws://HOST[:PORT][/PATH]`` (default 8080)."""
+        """Read ``mqtt[s]://HOST[:PORT]`` (port 1883, 8883) or ``ws[s]://HOST[:PORT][/PATH]`` (8080, 443)."""
         parts = urlsplit(text)
-        schemes: dict[str, tuple[Literal["tcp", "websockets"], int]] = {
-            "mqtt": ("tcp", 1883),
-            "tcp": ("tcp", 1883),
-            "ws": ("websockets", 8080),
-        }
-        if parts.scheme not in schemes or not parts.hostname:
-            msg = f"{text!r} is not a broker URL: use mqtt://HOST:PORT or ws://HOST:PORT/mqtt"
+        if parts.scheme not in _SCHEMES or not parts.hostname:
+            msg = (
+                f"{text!r} is not a broker URL: use mqtt://HOST:PORT or ws://HOST:PORT/mqtt "
+                "(mqtts:// and wss:// for TLS)"
+            )
             raise ValueError(msg)
-        transport, default_port = schemes[parts.scheme]
+        transport, tls, default_port = _SCHEMES[parts.scheme]
         try:
             port = parts.port or default_port
         except ValueError:
             msg = f"{text!r} has an invalid port"
             raise ValueError(msg) from None
-        return cls(transport, parts.hostname, port, parts.path or "/mqtt")
+        return cls(transport, parts.hostname, port, parts.path or "/mqtt", tls)
 
     def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        secure = "s" if self.tls else ""
         if self.transport == "websockets":
-            return f"ws://{self.host}:{self.port}{self.path}"
-        return f"mqtt://{self.host}:{self.port}"
+            return f"ws{secure}://{host}:{self.port}{self.path}"
+        return f"mqtt{secure}://{host}:{self.port}"

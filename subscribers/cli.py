@@ -7,12 +7,19 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from radio.subscribers.listener import Listener, Refused
 
 
 def listen(
-    networks: Sequence[str], url: str, secret: str | None, *, since: int | None = None, http: str = ""
+    networks: Sequence[str],
+    url: str,
+    secret: str | None,
+    *,
+    since: int | None = None,
+    http: str = "",
+    ca: Path | None = None,
 ) -> int:
     """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2.
 
@@ -22,7 +29,7 @@ def listen(
     def notice(text: str) -> None:
         print(f"radio listen: {text}", file=sys.stderr, flush=True)
 
-    listener = Listener(networks, url, secret, notice=notice, since=since, http=http)
+    listener = Listener(networks, url, secret, notice=notice, since=since, http=http, ca=ca)
     stopping = threading.Event()
 
     def stop(*_: object) -> None:

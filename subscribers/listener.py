@@ -24,7 +24,7 @@ not the broker's queue, brings what was missed.
 A payload that is not a sample (not UTF-8, not JSON, nested deeper than Python can parse) is
 handed to ``on_bad_sample`` and skipped: a retained bad payload must not silence every listener
 that subscribes after it. What cannot be cured by retrying (a bad key, a network it may not
-read) raises ``Refused``.
+read, a broker certificate that cannot be verified) raises ``Refused``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -47,6 +48,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
 from radio.subscribers import history
+from radio.tls import client_context, verify_failure
 from radio.topics import network_of_topic, network_topic
 from radio.urls import BrokerURL
 
@@ -131,6 +133,7 @@ class Listener:
         on_bad_sample: Callable[[BadSample], None] | None = None,
         since: int | None = None,
         http: str = "http://127.0.0.1:5000",
+        ca: Path | None = None,
     ) -> None:
         self.networks = [str(n) for n in networks]
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
@@ -168,6 +171,8 @@ class Listener:
         )
         if self.url.transport == "websockets":
             self._client.ws_set_options(path=self.url.path)
+        if self.url.tls:  # mqtts:// or wss://: the CA given, else the system's trust store
+            self._client.tls_set_context(client_context(ca))
         if secret is not None:
             self._client.username_pw_set(secret_username(secret), secret)
         self._client.on_connect = self._on_connect
@@ -221,6 +226,10 @@ class Listener:
             try:
                 self._client.connect(self.url.host, self.url.port, keepalive=30)
             except OSError as exc:
+                refusal = verify_failure(exc, str(self.url))
+                if refusal is not None:
+                    self._fail(Refused(refusal))  # retrying cannot make a certificate trusted
+                    return
                 delay = backoff_with_jitter(attempt)
                 self.notice(f"cannot reach {self.url} ({exc.strerror or exc}); retrying in {delay:.1f} s")
                 attempt += 1

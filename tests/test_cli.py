@@ -110,7 +110,7 @@ def test_every_command_refuses_a_bad_configuration_end_to_end(tmp_path):
         assert line.startswith(
             f"radio: {config}: unknown setting [broker] mqtt_port (known: allow_anonymous, "
         )
-        assert "mqtt, persistence" in line
+        assert "mqtt, mqtts, persistence" in line
 
 
 def test_a_named_configuration_must_exist_but_the_default_may_not(run, tmp_path):

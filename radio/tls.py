@@ -1,0 +1,128 @@
+"""TLS for every door: the servers' certificate checked before serving, and the clients' trust.
+
+Servers (the embedded broker's mqtts and wss listeners, the bridge's HTTPS) call
+``server_context``: it reads ``[tls] cert`` and ``key`` and refuses, as one line naming the file,
+what would otherwise fail later and obscurely at every handshake: a missing or unreadable file,
+something that is not PEM, a key that is not the certificate's, a certificate out of date, a
+private key that others on the machine may read.
+
+Clients (listeners, generators, the bridge's broker link) call ``client_context``: the system's
+trust store by default, or the one CA file given with ``--ca`` (a development CA from ``radio
+certs dev``). Host names are checked. ``verify_failure`` turns a refused handshake into the one
+line a client prints.
+"""
+
+from __future__ import annotations
+
+import ssl
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from radio.errors import RadioError
+
+if TYPE_CHECKING:
+    from radio.config import TlsSettings
+
+
+class TlsError(RadioError):
+    """A certificate, key or CA file Radio cannot use."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        msg = f"cannot read the TLS {what} {path}: {exc.strerror or exc}"
+        raise TlsError(msg) from None
+
+
+def load_certificates(path: Path, what: str = "certificate") -> list[x509.Certificate]:
+    """The PEM certificates in a file (a server's chain, or a CA bundle), at least one."""
+    data = _read(path, what)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        msg = f"the TLS {what} {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        raise TlsError(msg)
+    return certificates
+
+
+def check_server(tls: TlsSettings, now: datetime | None = None) -> x509.Certificate:
+    """The server certificate, once its file, its key and its dates have been checked."""
+    leaf = load_certificates(tls.cert)[0]
+    moment = now or datetime.now(UTC)
+    if leaf.not_valid_after_utc <= moment:
+        msg = (
+            f"the TLS certificate {tls.cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: "
+            "renew it (or make a development one with: radio certs dev)"
+        )
+        raise TlsError(msg)
+    if leaf.not_valid_before_utc > moment:
+        start = leaf.not_valid_before_utc
+        msg = f"the TLS certificate {tls.cert} is not valid before {start:%Y-%m-%d %H:%M} UTC"
+        raise TlsError(msg)
+    data = _read(tls.key, "key")
+    try:
+        mode = stat.S_IMODE(tls.key.stat().st_mode)
+    except OSError as exc:
+        msg = f"cannot read the TLS key {tls.key}: {exc.strerror or exc}"
+        raise TlsError(msg) from None
+    if mode & 0o004:
+        msg = f"the TLS key {tls.key} is readable by every user (mode {mode:04o}): chmod 600 {tls.key}"
+        raise TlsError(msg)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        msg = f"the TLS key {tls.key} is protected by a passphrase: Radio needs it without one (mode 0600)"
+        raise TlsError(msg) from None
+    except (ValueError, UnsupportedAlgorithm):
+        msg = f"the TLS key {tls.key} is not a PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+        raise TlsError(msg) from None
+    if key.public_key() != leaf.public_key():
+        msg = f"the TLS key {tls.key} does not match the certificate {tls.cert}"
+        raise TlsError(msg)
+    return leaf
+
+
+def server_context(tls: TlsSettings) -> ssl.SSLContext:
+    """What a TLS listener serves with: the checked certificate chain and key, TLS 1.2 at least."""
+    check_server(tls)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"the TLS certificate {tls.cert} and key {tls.key} cannot be used: {exc}"
+        raise TlsError(msg) from None
+    return context
+
+
+def client_context(ca: Path | None = None) -> ssl.SSLContext:
+    """What a client verifies servers with: the CA file given, else the system's trust store."""
+    if ca is not None:
+        load_certificates(ca, "CA file")
+    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def verify_failure(error: BaseException, where: str) -> str | None:
+    """One line for a handshake refused over the server's certificate; None for any other error.
+
+    Only this failure is final for a client: a server restarting or a network down is retried.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        reason = error.verify_message or str(error)
+        return (
+            f"refused the certificate of {where}: {reason} "
+            "(give the CA that signed it with --ca FILE, or use the host name it was made for)"
+        )
+    return None

@@ -1,0 +1,593 @@
+"""TLS on every door: real handshakes with certificates made by `radio certs dev`, on both brokers."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ENGINES, Home, require_mosquitto
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from mqtt_client import NOT_AUTHORIZED, Client
+
+from radio.bridge.identity import bridge_credentials
+from radio.bridge.publisher import BrokerUnavailable, Publisher
+from radio.broker.mosquitto import MosquittoBroker, export
+from radio.broker.thread import BrokerThread
+from radio.config import Address, TlsSettings, load_settings
+from radio.errors import ConfigError
+from radio.registry import LiveRegistry, Registry
+from radio.tls import TlsError, client_context, server_context
+
+ANY = Address("127.0.0.1", 0)
+
+
+def make_certs(folder: Path, *hosts: str) -> Path:
+    """`radio certs dev`, as a user runs it."""
+    extra = [arg for host in hosts for arg in ("--host", host)]
+    subprocess.run(
+        [sys.executable, "-m", "radio", "certs", "dev", "--dir", str(folder), *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another development CA: it signed nothing the brokers present."""
+    return make_certs(tmp_path_factory.mktemp("other")) / "ca.pem"
+
+
+def use_tls(home: Home, certs: Path, broker: str = "") -> None:
+    home.config.write_text(
+        home.config.read_text()
+        + f'\n[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n'
+        + (f"\n[broker]\n{broker}\n" if broker else "")
+    )
+
+
+@contextlib.contextmanager
+def tls_broker(engine: str, home: Home) -> Iterator[dict[str, int]]:
+    """The embedded broker or Mosquitto, with every listener (plain and TLS) on free ports."""
+    listeners = {"mqtt": ANY, "websocket": ANY, "mqtts": ANY, "wss": ANY}
+    if engine == "embedded":
+        with BrokerThread(LiveRegistry(home.config), **listeners) as running:
+            assert running.broker is not None
+            yield {name: running.broker.port(name) for name in ("default", "mqtts", "wss")}
+        return
+    require_mosquitto()
+    with (home.path / "mosquitto.log").open("wb") as log:
+        mosquitto = MosquittoBroker(LiveRegistry(home.config), home.path / "mosquitto", **listeners)
+        mosquitto.start(stderr=log.fileno())
+        try:
+            yield {name: mosquitto.port(name) for name in ("default", "mqtts", "wss")}
+        finally:
+            mosquitto.stop()
+
+
+def tls_client(
+    transport: str, port: int, ca: Path, key: str | None = None, secret: str | None = None
+) -> Client:
+    client = Client("ws" if transport == "wss" else "tcp", port, key, secret)
+    client._paho.tls_set_context(client_context(ca))
+    return client
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["mqtts", "wss"])
+def secure(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_certs_dev_writes_a_ca_and_a_server_certificate_for_the_names_asked(tmp_path):
+    make_certs(tmp_path / "a")
+    cert = x509.load_pem_x509_certificate((tmp_path / "a" / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert stat.S_IMODE((tmp_path / "a" / "server.key").stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((tmp_path / "a" / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert not list(tmp_path.glob("a/*ca*.key"))  # the CA's key is not kept: it signs nothing else
+
+    make_certs(tmp_path / "b", "radio.example.com", "10.0.0.7")
+    cert = x509.load_pem_x509_certificate((tmp_path / "b" / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["radio.example.com"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "radio", "certs", "dev", "--dir", str(tmp_path / "c"), "--host", "a b"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_keys_publish_and_listen_over_tls(home, certs, engine, secure):
+    use_tls(home, certs)
+    with tls_broker(engine, home) as ports:
+        reader = tls_client(secure, ports[secure], certs / "ca.pem", "reader_a", home.secrets["reader_a"])
+        gen = tls_client(secure, ports[secure], certs / "ca.pem", "gen", home.secrets["gen"])
+        try:
+            assert reader.connect() == 0
+            assert reader.subscribe("networks/A", qos=1) == 1
+            assert gen.connect() == 0
+            gen.publish("networks/A", b'{"over": "tls"}', qos=1)
+            [message] = reader.expect(1)
+            assert message.payload == b'{"over": "tls"}'
+        finally:
+            reader.close()
+            gen.close()
+
+
+def test_the_rights_hold_over_tls(home, certs, engine, secure):
+    use_tls(home, certs)
+    ca = certs / "ca.pem"
+    with tls_broker(engine, home) as ports:
+        port = ports[secure]
+        wrong = tls_client(secure, port, ca, "gen", "not-the-secret")
+        assert wrong.connect() == NOT_AUTHORIZED
+        wrong.close()
+        admin = tls_client(secure, port, ca, "admin", home.secrets["admin"])
+        anonymous = tls_client(secure, port, ca)
+        gen = tls_client(secure, port, ca, "gen", home.secrets["gen"])
+        # Its own connection: Mosquitto closes the connection of a client whose PUBLISH it refuses.
+        outsider = tls_client(secure, port, ca, "gen", home.secrets["gen"])
+        try:
+            assert admin.connect() == 0
+            assert admin.subscribe("#", qos=1) == 1
+            assert anonymous.connect() == 0
+            anonymous.subscribe("networks/A", qos=1)  # refused (0x80) by Radio, filtered by Mosquitto
+            assert anonymous.subscribe("networks/pub", qos=1) == 1
+            assert outsider.connect() == 0
+            outsider.publish("networks/B", b'{"outside": "its networks"}', qos=0)
+            assert gen.connect() == 0
+            gen.publish("networks/A", b'{"inside": 1}', qos=1)
+            # The admin sees everything that was published: the sample to B never was.
+            assert [m.topic for m in admin.expect(1)] == ["networks/A"]
+            admin.publish("networks/pub", b'{"public": 1}', qos=1)
+            # The anonymous client gets the public sample, not the private one sent before it.
+            assert [m.topic for m in anonymous.expect(1)] == ["networks/pub"]
+            assert admin.expect(1)[0].topic == "networks/pub"
+            assert admin.received_so_far() == []
+        finally:
+            for client in (admin, anonymous, gen, outsider):
+                client.close()
+
+
+# paho leaves the socket of a failed handshake to the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_client_trusting_another_ca_is_refused_and_sends_no_key(home, certs, other_ca, engine, secure):
+    use_tls(home, certs)
+    with tls_broker(engine, home) as ports:
+        client = tls_client(secure, ports[secure], other_ca, "gen", home.secrets["gen"])
+        with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+            client.connect()
+        client.close()
+        gc.collect()
+        trusted = tls_client(secure, ports[secure], certs / "ca.pem", "gen", home.secrets["gen"])
+        assert trusted.connect() == 0
+        trusted.close()
+
+
+def test_a_plain_text_client_on_a_tls_port_gets_nothing_and_others_are_served(home, certs, engine):
+    use_tls(home, certs)
+    with tls_broker(engine, home) as ports:
+        # An MQTT CONNECT in clear, as a client configured with mqtt:// would send it.
+        connect = bytes.fromhex("101000044d5154540402003c0004706c61696e")
+        with socket.create_connection(("127.0.0.1", ports["mqtts"]), timeout=10) as plain:
+            plain.sendall(connect)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := plain.recv(4096):
+                    answer += chunk
+        assert not answer.startswith(b"\x20")  # no CONNACK: at most a TLS alert, then the socket closes
+        client = tls_client("mqtts", ports["mqtts"], certs / "ca.pem", "reader_a", home.secrets["reader_a"])
+        assert client.connect() == 0
+        client.close()
+        clear = Client("tcp", ports["default"], "reader_a", home.secrets["reader_a"])
+        assert clear.connect() == 0  # the plain listener still serves where it is configured
+        clear.close()
+
+
+def expired_certificate(certs: Path, folder: Path) -> Path:
+    """The server key with a certificate that expired yesterday, self-signed."""
+    key = serialization.load_pem_private_key((certs / "server.key").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=30))
+        .not_valid_after(now - timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "expired.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+PROBLEMS = ["missing cert", "missing key", "mismatched key", "expired cert", "not PEM"]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("command", ["broker", "mosquitto export"])
+def test_a_bad_certificate_stops_the_command_with_one_line_naming_the_file(
+    home, certs, other_ca, tmp_path, problem, command
+):
+    cert, key = certs / "server.pem", certs / "server.key"
+    if problem == "missing cert":
+        cert = named = tmp_path / "nowhere.pem"
+    elif problem == "missing key":
+        key = named = tmp_path / "nowhere.key"
+    elif problem == "mismatched key":
+        key = named = other_ca.parent / "server.key"
+    elif problem == "expired cert":
+        cert = named = expired_certificate(certs, tmp_path)
+    else:
+        cert = named = home.config
+    home.config.write_text(
+        home.config.read_text()
+        + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n\n[broker]\nmqtts = "127.0.0.1:0"\n'
+    )
+    args = (
+        ["broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]
+        if command == "broker"
+        else ["mosquitto", "export", "--dir", str(tmp_path / "export")]
+    )
+    result = home.radio(*args, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("radio: ")
+    assert str(named) in lines[0]
+    if problem == "expired cert":
+        assert "expired on" in lines[0]
+    if problem == "mismatched key":
+        assert "does not match the certificate" in lines[0]
+
+
+def test_tls_settings_are_checked_like_the_rest_of_the_configuration(tmp_path):
+    config = tmp_path / "radio.toml"
+    cases = {
+        '[broker]\nmqtts = "127.0.0.1:8883"\n': "[broker] mqtts needs a [tls] table",
+        '[tls]\ncert = "server.pem"\n': "[tls] key is missing",
+        "[tls]\ncert = 1\nkey = 'k'\n": "[tls] cert must be a file name",
+        '[tls]\ncert = "c"\nkey = "k"\nca = "x"\n': "unknown setting [tls] ca",
+        "[broker]\nmqtt = false\nwebsocket = false\n": "nothing to listen on",
+        "[broker]\nmqtt = true\n": "mqtt: True is not HOST:PORT",
+    }
+    for text, error in cases.items():
+        config.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            load_settings(config)
+    config.write_text('[tls]\ncert = "c.pem"\nkey = "k.pem"\n[broker]\nmqtt = false\nwss = "0.0.0.0:8081"\n')
+    settings = load_settings(config)
+    assert settings.tls is not None
+    assert settings.tls.cert == tmp_path / "c.pem"
+    assert not settings.broker.mqtt_enabled
+    assert settings.broker.websocket_enabled
+    assert settings.broker.wss == Address("0.0.0.0", 8081)
+
+
+def test_mosquitto_export_carries_the_tls_listeners_and_leaves_out_the_plain_ones_turned_off(home, certs):
+    use_tls(home, certs, 'mqtt = false\nmqtts = "0.0.0.0:8883"\nwss = "0.0.0.0:8081"')
+    settings = load_settings(home.config)
+    conf = export(settings, Registry.from_settings(settings), home.path / "export").read_text()
+    starts = (re.search(r"^listener (.+)$", block, re.MULTILINE) for block in conf.split("\n\n"))
+    served = {start[1]: start.string for start in starts if start is not None}
+    assert set(served) == {"8080 127.0.0.1", "8883 0.0.0.0", "8081 0.0.0.0"}  # no plain MQTT/TCP
+    for address in ("8883 0.0.0.0", "8081 0.0.0.0"):
+        assert f"\ncertfile {certs / 'server.pem'}" in served[address]
+        assert f"\nkeyfile {certs / 'server.key'}" in served[address]
+    assert "certfile" not in served["8080 127.0.0.1"]
+    assert "#listener 1883 127.0.0.1" in conf
+
+
+def listen_process(home: Home, url: str, *extra: str, network: str = "pub") -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "listen",
+            network,
+            "--url",
+            url,
+            "--config",
+            str(home.config),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_radio_listen_and_a_generator_over_tls_with_the_ca(home, certs, secure):
+    use_tls(home, certs)
+    ca = str(certs / "ca.pem")
+    with tls_broker("embedded", home) as ports:
+        url = f"{secure}://localhost:{ports[secure]}" + ("/mqtt" if secure == "wss" else "")
+        listen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "radio",
+                "listen",
+                "A",
+                "--url",
+                url,
+                "--ca",
+                ca,
+                "--config",
+                str(home.config),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RADIO_KEY": home.secrets["reader_a"]},
+        )
+        device = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "radio",
+                "device",
+                "traffic",
+                "--network",
+                "A",
+                "--period",
+                "0.1",
+                "--url",
+                url,
+                "--ca",
+                ca,
+                "--config",
+                str(home.config),
+            ],
+            env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            lines: queue.Queue[str] = queue.Queue()
+            assert listen.stdout is not None
+            stdout = listen.stdout
+            threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+            sample = json.loads(lines.get(timeout=20))
+            assert sample["network"] == "A"
+            assert "tick" in sample["data"]
+        finally:
+            for process in (device, listen):
+                process.send_signal(signal.SIGINT)
+                process.communicate(timeout=20)
+        assert device.returncode == 0
+
+
+def test_clients_refuse_a_certificate_they_cannot_verify_with_one_line(home, certs, other_ca, secure):
+    use_tls(home, certs)
+    with tls_broker("embedded", home) as ports:
+        path = "/mqtt" if secure == "wss" else ""
+        url = f"{secure}://127.0.0.1:{ports[secure]}{path}"
+        for ca in ([], ["--ca", str(other_ca)]):  # the system's trust store, then another CA
+            listen = listen_process(home, url, *ca)
+            _, err = listen.communicate(timeout=30)
+            assert listen.returncode == 2, err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1, err
+            assert "refused the certificate of" in lines[0]
+            assert "certificate verify failed" not in lines[0] or "--ca" in lines[0]
+        device = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "radio",
+                "device",
+                "traffic",
+                "--network",
+                "A",
+                "--url",
+                url,
+                "--ca",
+                str(other_ca),
+                "--config",
+                str(home.config),
+            ],
+            env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert device.returncode == 2, device.stderr
+        assert device.stderr.strip().splitlines()[-1].startswith("radio: refused the certificate of")
+        assert "Traceback" not in device.stderr
+        missing = listen_process(home, url, "--ca", str(home.path / "no-such-ca.pem"))
+        _, err = missing.communicate(timeout=30)
+        assert missing.returncode == 2
+        assert err.strip().splitlines() == [
+            f"radio: cannot read the TLS CA file {home.path / 'no-such-ca.pem'}: No such file or directory"
+        ]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see above
+def test_the_bridge_link_publishes_over_tls_and_refuses_another_ca(home, certs, other_ca, caplog):
+    use_tls(home, certs)
+    username, password = bridge_credentials(load_settings(home.config))
+    with tls_broker("embedded", home) as ports:
+        broker = Address("localhost", ports["mqtts"])
+        reader = tls_client("mqtts", ports["mqtts"], certs / "ca.pem", "admin", home.secrets["admin"])
+        assert reader.connect() == 0
+        assert reader.subscribe("networks/A", qos=1) == 1
+        good = Publisher(broker, username, password, timeout=10, tls=client_context(certs / "ca.pem"))
+        good.start()
+        try:
+            good.publish("networks/A", b'{"via": "bridge"}', retain=False)
+        finally:
+            good.stop()
+        assert reader.expect(1)[0].payload == b'{"via": "bridge"}'
+        reader.close()
+        bad = Publisher(broker, username, password, timeout=1.5, tls=client_context(other_ca))
+        bad.start()
+        try:
+            with pytest.raises(BrokerUnavailable):
+                bad.publish("networks/A", b"{}", retain=False)
+        finally:
+            bad.stop()
+        gc.collect()
+        refusals = [r.getMessage() for r in caplog.records if "refused the certificate" in r.getMessage()]
+        assert len(refusals) == 1, refusals
+
+
+def test_client_context_refuses_a_ca_file_that_is_not_pem(tmp_path):
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate\n")
+    with pytest.raises(TlsError, match=f"{bogus}.*holds no PEM certificate"):
+        client_context(bogus)
+
+
+def test_a_tls_only_configuration_binds_no_plain_listener(home, certs):
+    use_tls(home, certs, 'mqtt = false\nwebsocket = false\nmqtts = "127.0.0.1:0"')
+    with BrokerThread(LiveRegistry(home.config)) as running:
+        assert running.broker is not None
+        assert set(running.broker.addresses) == {"mqtts"}
+        client = tls_client(
+            "mqtts", running.broker.port("mqtts"), certs / "ca.pem", "gen", home.secrets["gen"]
+        )
+        assert client.connect() == 0
+        client.close()
+
+
+def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path, certs):
+    (tmp_path / "radio.toml").write_text(
+        f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n\n'
+        '[broker]\nmqtt = false\nmqtts = "127.0.0.1:0"\nwss = "127.0.0.1:0"\n\n'
+        "[networks.sample_net]\npublic = true\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "radio", "up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    listen = None
+    try:
+        banner = ""
+        assert up.stdout is not None
+        for line in up.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        assert re.search(r"MQTT over TLS:\s+mqtts://127\.0\.0\.1:\d+\n", banner), banner
+        assert re.search(r"WebSocket over TLS:\s+wss://127\.0\.0\.1:\d+/mqtt\n", banner), banner
+        assert "MQTT over TCP" not in banner  # turned off in the configuration: not advertised
+        example = re.search(r"\n  (radio listen sample_net --url wss://\S+ --ca \S+)\n", banner)
+        assert example is not None, banner
+        assert example[1].endswith(f"--ca {certs / 'ca.pem'}")
+        assert re.search(
+            rf"mosquitto_sub -h 127\.0\.0\.1 -p \d+ --cafile {re.escape(str(certs / 'ca.pem'))} ", banner
+        )
+        listen = subprocess.Popen(
+            [sys.executable, "-m", *example[1].split()],  # `radio listen ...` as pasted
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert listen.stdout is not None
+        stdout = listen.stdout
+        samples: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [samples.put(x) for x in stdout], daemon=True).start()
+        assert "tick" in json.loads(samples.get(timeout=30))["data"]  # the simulator's, read over wss
+    finally:
+        if listen is not None:
+            listen.send_signal(signal.SIGINT)
+            listen.communicate(timeout=20)
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
+
+
+def test_a_server_key_every_user_can_read_is_refused(certs, tmp_path):
+    key = tmp_path / "server.key"
+    key.write_bytes((certs / "server.key").read_bytes())
+    key.chmod(0o644)
+    with pytest.raises(TlsError, match=f"the TLS key {key} is readable by every user .* chmod 600"):
+        server_context(TlsSettings(cert=certs / "server.pem", key=key))
+    key.chmod(0o600)
+    assert (
+        server_context(TlsSettings(cert=certs / "server.pem", key=key)).minimum_version
+        == ssl.TLSVersion.TLSv1_2
+    )
+
+
+@pytest.mark.slow
+def test_the_fanout_benchmark_measures_tls_beside_plain_text():
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "fanout.py",
+            "--smoke",
+            "--tls",
+            "--brokers",
+            "radio",
+            "--qos",
+            "1",
+            "--subscribers",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=bench,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
+    assert {r["transport"] for r in rows} == {"tcp", "mqtts"}
+    assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
+    assert "| radio | tcp / mqtts | 1 | 10 |" in result.stdout
