@@ -29,6 +29,7 @@ from uvicorn_worker import UvicornWorker
 
 from radio import logs
 from radio.config import Address, load_settings
+from radio.tls import server_context
 
 DEFAULT_WORKERS: Final = 2
 DEFAULT_THREADS: Final = 16
@@ -127,14 +128,18 @@ def run(
     listen = listen or settings.bridge.listen
     body_timeout = settings.bridge.body_timeout if body_timeout is None else body_timeout
     bridge_credentials(settings)
+    https = {}
+    if settings.tls is not None:  # HTTPS on the listen address: checked now, one line if it cannot be
+        server_context(settings.tls)
+        https = {"certfile": str(settings.tls.cert), "keyfile": str(settings.tls.key)}
     sock = bind(listen)
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
+    base = f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
     print(
         "Radio bridge running\n"
-        f'  POST http://{shown}:{port}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
-        f"  GET  http://{shown}:{port}/healthz\n"
-        f"  GET  http://{shown}:{port}/metrics\n"
+        f'  POST {base}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
+        f"  GET  {base}/healthz\n"
+        f"  GET  {base}/metrics\n"
         f"  broker: mqtt://{broker or settings.broker.mqtt}, {workers} workers of {threads} threads\n"
         "Press Ctrl-C to stop.",
         flush=True,
@@ -177,5 +182,6 @@ def run(
         "proc_name": "radio-bridge",
         "child_exit": child_exit,
         "on_exit": on_exit,
+        **https,
     }
     _Gunicorn(options, load).run()

@@ -232,7 +232,7 @@ def up(
         page_ws = _page_websocket(urls, settings)
         bridge = Child("bridge", ["bridge", *common, "--listen", str(http), "--broker", local], env=page_ws)
         children.append(bridge)
-        http_url = reachable(bridge.wait_for(r"POST (http://\S+)/publish"))
+        http_url = reachable(bridge.wait_for(r"POST (https?://\S+)/publish"))
         bridge.drain()
         device = Child(
             "traffic simulator",

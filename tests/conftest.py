@@ -242,7 +242,7 @@ def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = Tr
     assert process.stdout is not None
     url = None
     for line in process.stdout:
-        if match := re.search(r"POST (http://127\.0\.0\.1:\d+)/publish", line):
+        if match := re.search(r"POST (https?://127\.0\.0\.1:\d+)/publish", line):
             url = match[1]
         if "Ctrl-C" in line:
             break

@@ -15,12 +15,14 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ENGINES, Home, require_mosquitto
+import requests
+from conftest import ENGINES, Home, require_mosquitto, start_bridge
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -591,3 +593,35 @@ def test_the_fanout_benchmark_measures_tls_beside_plain_text():
     assert {r["transport"] for r in rows} == {"tcp", "mqtts"}
     assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
     assert "| radio | tcp / mqtts | 1 | 10 |" in result.stdout
+
+
+def test_the_bridge_serves_https_with_the_articles_answers(home, certs, other_ca):
+    use_tls(home, certs)
+    with tls_broker("embedded", home) as ports:
+        everything = Client("tcp", ports["default"], "admin", home.secrets["admin"])
+        assert everything.connect() == 0
+        assert everything.subscribe("networks/A", qos=1) == 1
+        bridge = start_bridge(home, ports["default"], healthy=False)
+        try:
+            url = bridge.url.replace("http://", "https://").replace("127.0.0.1", "localhost")
+            assert bridge.url.startswith("https://")
+            ca = str(certs / "ca.pem")
+            deadline = time.monotonic() + 20
+            while requests.get(url + "/healthz", timeout=10, verify=ca).status_code != 200:
+                assert time.monotonic() < deadline, "the bridge never reached the broker"
+                time.sleep(0.05)
+            sample = json.dumps({"network": "A", "data": {"over": "https"}})
+            ok = requests.post(
+                url + "/publish", data=sample, headers={"API-KEY": home.secrets["gen"]}, timeout=10, verify=ca
+            )
+            assert (ok.status_code, ok.json()) == (200, {"message": "OK"})
+            assert everything.expect(1)[0].payload == b'{"over": "https"}'
+            refused = requests.post(url + "/publish", data=sample, timeout=10, verify=ca)
+            assert (refused.status_code, refused.json()) == (400, {"error": "API-KEY missing in headers"})
+            with pytest.raises(requests.exceptions.SSLError):
+                requests.get(url + "/healthz", timeout=10, verify=str(other_ca))
+            with pytest.raises(requests.exceptions.ConnectionError):
+                requests.get(bridge.url.replace("https://", "http://") + "/healthz", timeout=10)
+        finally:
+            bridge.stop()
+            everything.close()
