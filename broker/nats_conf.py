@@ -208,6 +208,8 @@ def users_text(registry: Registry, probe: str | None = None) -> str:
         access = registry.access(key.name)
         if access.admin:
             publish, subscribe, what = [">"], [">"], "admin: any subject"
+        elif key.read_all:  # the recorder: every network, so its networks/# filter is granted
+            publish, subscribe, what = [], ["networks", "networks.>"], "read every network"
         else:
             publish = [s for n in sorted(access.publish) for s in subjects(n)]
             subscribe = [s for n in sorted(access.read) for s in subjects(n)]
