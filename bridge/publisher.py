@@ -135,6 +135,10 @@ class _Link(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+CLOSE_GRACE: Final = 0.2
+"""Seconds a stopping link waits for its socket to close (a TLS close takes a few exchanges)."""
+
+
 class Publisher:
     """This process's link to the broker, under the bridge's own key."""
 
@@ -186,6 +190,8 @@ class Publisher:
             loop.call_soon(started.set)
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(self._main)
+            # Let closing transports (a TLS shutdown takes a few turns) finish before the loop goes.
+            loop.run_until_complete(asyncio.sleep(CLOSE_GRACE))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="radio-bridge-mqtt", daemon=True)
@@ -307,6 +313,8 @@ class Publisher:
             if self._link is not None and self._link.transport is not None:
                 self._link.transport.write(DISCONNECT)
                 self._link.transport.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._link.closed), CLOSE_GRACE)
 
     async def _session(self, loop: asyncio.AbstractEventLoop, lost: bool) -> None:
         """One connection, from CONNECT until it closes."""
