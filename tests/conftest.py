@@ -80,6 +80,15 @@ class Home:
         )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Three workers per core for ``-n auto``: most tests wait on sockets and child processes.
+
+    Measured on 2 cores: 2 workers 238 s, 4 workers 144 s, 6 workers 113 s, every test passing.
+    """
+    del config
+    return 3 * (os.cpu_count() or 1)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Home:
     """Networks A and B (private), pub (public), fleeting (public, not retained); four keys."""
