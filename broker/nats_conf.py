@@ -35,6 +35,7 @@ from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.registry import Registry
+from radio.tls import check_server
 from radio.topics import network_topic
 
 log = logging.getLogger("radio.broker")
@@ -68,6 +69,10 @@ class Node:
     client: Address
     cluster: Address
     monitor: Address
+    mqtt_tls: bool = False
+    """Its MQTT listener serves TLS (radio.toml's [broker] mqtts): NATS has one MQTT listener a node."""
+    websocket_tls: bool = False
+    """Its WebSocket listener serves TLS (radio.toml's [broker] wss)."""
 
     @property
     def name(self) -> str:
@@ -88,18 +93,29 @@ def plan(
     *,
     mqtt: Address | None = None,
     websocket: Address | None = None,
+    tls: bool = False,
 ) -> list[Node]:
     """Where each node listens.
 
     On one machine (no host, or one host for all) the nodes take consecutive ports from the
     configured ones, or free ports where the configured port is 0. On several machines (one
     host per node) every node takes the same ports, and the routes name the hosts.
+
+    With ``tls`` (and ``[tls]`` in radio.toml), a node's MQTT listener takes ``[broker] mqtts``
+    and its WebSocket listener ``[broker] wss``, each serving TLS, where those are set: NATS has
+    one listener of each kind per node.
     """
     if nodes < 1:
         msg = f"--nodes must be at least 1, not {nodes}"
         raise NatsError(msg)
-    mqtt = mqtt or settings.broker.mqtt
-    websocket = websocket or settings.broker.websocket
+    secure = settings.broker if tls and settings.tls is not None else None
+    mqtt_tls = secure is not None and secure.mqtts is not None
+    websocket_tls = secure is not None and secure.wss is not None
+    mqtt = mqtt or (settings.broker.mqtts if mqtt_tls and settings.broker.mqtts else settings.broker.mqtt)
+    websocket = websocket or (
+        settings.broker.wss if websocket_tls and settings.broker.wss else settings.broker.websocket
+    )
+    layers = {"mqtt_tls": mqtt_tls, "websocket_tls": websocket_tls}
     hosts = list(hosts or [])
     if len(hosts) > 1 and len(hosts) != nodes:
         msg = f"give one --host per node ({nodes}) or a single one for all, not {len(hosts)}"
@@ -117,6 +133,7 @@ def plan(
                 client=Address("127.0.0.1", DEFAULT_PORTS["client"]),
                 cluster=Address("0.0.0.0", DEFAULT_PORTS["cluster"]),
                 monitor=Address("127.0.0.1", DEFAULT_PORTS["monitor"]),
+                **layers,
             )
             for i, host in enumerate(hosts)
         ]
@@ -141,6 +158,7 @@ def plan(
                 client=port("127.0.0.1", DEFAULT_PORTS["client"], i),
                 cluster=port(route_host, DEFAULT_PORTS["cluster"], i),
                 monitor=port("127.0.0.1", DEFAULT_PORTS["monitor"], i),
+                **layers,
             )
             for i in range(nodes)
         ]
@@ -246,6 +264,8 @@ def node_text(
         if len(nodes) > 1
         else "# No cluster block: a single node runs JetStream on its own.\n\n"
     )
+    mqtt_tls = _tls_text(settings) if node.mqtt_tls else ""
+    websocket_tls = _tls_text(settings) if node.websocket_tls else _PLAIN_WEBSOCKET
     return f"""\
 # NATS node {node.index} of {len(nodes)} for Radio, written by `radio nats export` from radio.toml
 # and the key registry. Edit those, not this file: every export rewrites it. Mode 0600: the route
@@ -274,10 +294,10 @@ jetstream {{
     store_dir: {_quote(str(folder / "data" / node.name))}
 }}
 
-{cluster}# MQTT 3.1.1 over TCP (radio.toml's [broker] mqtt).
+{cluster}# MQTT 3.1.1 over TCP (radio.toml's [broker] mqtt, or mqtts with TLS).
 mqtt {{
     listen: {_quote(str(node.mqtt))}
-    # Copies of each MQTT stream (sessions, retained messages, QoS 1 and 2 messages): a sample
+{mqtt_tls}    # Copies of each MQTT stream (sessions, retained messages, QoS 1 and 2 messages): a sample
     # retained on one node is served by any other, and survives the loss of a minority of nodes.
     # Applies to streams made from now on; NATS keeps the replicas of existing ones.
     stream_replicas: {replicas}
@@ -290,9 +310,7 @@ mqtt {{
 # MQTT over WebSocket (radio.toml's [broker] websocket): clients connect to ws://HOST:PORT/mqtt.
 websocket {{
     listen: {_quote(str(node.websocket))}
-    # Plain ws://, as the embedded broker and Mosquitto serve it; put TLS in front for wss://.
-    no_tls: true
-}}
+{websocket_tls}}}
 
 # Clients that send no username are the anonymous user of users.conf: public networks only.
 {anonymous}
@@ -303,6 +321,24 @@ websocket {{
 authorization {{
     include "users.conf"
 }}
+"""
+
+
+_PLAIN_WEBSOCKET: Final = """\
+    # Plain ws://, as radio.toml's [broker] websocket asks ([broker] wss and [tls] make it wss://).
+    no_tls: true
+"""
+
+
+def _tls_text(settings: Settings) -> str:
+    """A listener's TLS block: radio.toml's [tls] certificate and key (checked before export)."""
+    assert settings.tls is not None  # noqa: S101 - only for nodes planned with TLS
+    return f"""\
+    # TLS with radio.toml's [tls] certificate and key; clients connect with mqtts:// or wss://.
+    tls {{
+        cert_file: {_quote(str(settings.tls.cert))}
+        key_file: {_quote(str(settings.tls.key))}
+    }}
 """
 
 
@@ -351,6 +387,8 @@ def export(
 ) -> list[Path]:
     """Write users.conf and one configuration per node into ``folder``; return the nodes' paths."""
     folder = folder.absolute()
+    if settings.tls is not None and any(n.mqtt_tls or n.websocket_tls for n in nodes):
+        check_server(settings.tls)  # a bad certificate is one line now, not a node that will not start
     try:
         folder.mkdir(parents=True, exist_ok=True)
         secret = route_secret(folder)

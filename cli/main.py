@@ -564,7 +564,7 @@ def _nats_export(args: argparse.Namespace) -> int:
     from radio.registry import Registry  # noqa: PLC0415
 
     settings = _settings(args)
-    nodes = plan(settings, args.nodes, args.host)
+    nodes = plan(settings, args.nodes, args.host, tls=True)
     paths = export(settings, Registry.at_hand(settings), args.dir, nodes)
     print(f"Wrote {', '.join(str(p) for p in paths)} and {args.dir / 'users.conf'}.", file=sys.stderr)
     for node, path in zip(nodes, paths, strict=True):

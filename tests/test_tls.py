@@ -625,3 +625,51 @@ def test_the_bridge_serves_https_with_the_articles_answers(home, certs, other_ca
         finally:
             bridge.stop()
             everything.close()
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # paho's refused socket
+def test_radio_nats_export_serves_mqtts_and_wss_with_the_registrys_keys(home, certs, other_ca):
+    from test_nats_cluster import require_nats  # noqa: PLC0415 - only this test needs NATS
+
+    from radio.broker.nats import find_binary  # noqa: PLC0415
+
+    require_nats()
+    use_tls(home, certs, 'mqtts = "127.0.0.1:0"\nwss = "127.0.0.1:0"')
+    out = home.path / "nats"
+    home.radio("nats", "export", "--dir", str(out), "--nodes", "1")
+    conf = (out / "radio-1.conf").read_text()
+    assert conf.count("cert_file") == 2  # both listeners serve TLS
+    assert "no_tls" not in conf
+    mqtts = int(re.search(r'mqtt \{\n\s+listen: "127\.0\.0\.1:(\d+)"', conf)[1])
+    wss = int(re.search(r'websocket \{\n\s+listen: "127\.0\.0\.1:(\d+)"', conf)[1])
+    node = subprocess.Popen([find_binary(), "-c", str(out / "radio-1.conf")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", mqtts), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the NATS node did not come up"
+                time.sleep(0.1)
+        reader = tls_client("wss", wss, certs / "ca.pem", "reader_a", home.secrets["reader_a"])
+        writer = tls_client("mqtts", mqtts, certs / "ca.pem", "gen", home.secrets["gen"])
+        stranger = tls_client("mqtts", mqtts, other_ca, "gen", home.secrets["gen"])
+        try:
+            deadline = time.monotonic() + 20
+            while reader.connect() != 0:  # JetStream takes a moment to serve MQTT
+                assert time.monotonic() < deadline
+            assert reader.subscribe("networks/A", qos=1) == 1
+            assert writer.connect() == 0
+            writer.publish("networks/A", b'{"over": "nats tls"}', qos=1)
+            assert reader.expect(1)[0].payload == b'{"over": "nats tls"}'
+            with pytest.raises(ssl.SSLCertVerificationError):
+                stranger.connect()
+        finally:
+            for client in (reader, writer, stranger):
+                client.close()
+    finally:
+        node.terminate()
+        node.wait(20)
