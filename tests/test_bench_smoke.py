@@ -94,3 +94,13 @@ def test_the_durability_benchmark_measures_with_and_without_the_store():
     rows = run_smoke("durability.py")
     assert {r["persistence"] for r in rows} == {"on", "off"}
     assert all(r["publishes_per_s"] > 0 for r in rows)
+
+
+def test_the_https_door_benchmark_measures_both_doors():
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is missing: .ci/run installs it", pytrace=False)
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    rows = run_smoke("https_door.py")
+    assert {r["door"] for r in rows} == {"http", "https"}
+    assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rows)
