@@ -1,0 +1,97 @@
+"""Clients given several broker URLs move to the next when theirs goes away, round the list.
+
+Two embedded brokers on free ports with the same keys stand for a cluster's nodes: the first is
+stopped, and each client must carry on through the second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from conftest import Home, start_bridge
+from mqtt_client import Client
+
+from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
+from radio.urls import BrokerURL, parse_urls
+
+SAMPLE = {"network": "A", "data": {"speed": 42}}
+
+
+def _broker(home: Home) -> BrokerThread:
+    return BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ).start()
+
+
+@pytest.fixture
+def two(home: Home) -> Iterator[tuple[BrokerThread, BrokerThread]]:
+    """Two brokers sharing ``home``'s keys; a test may stop either (stopping twice is harmless)."""
+    first, second = _broker(home), _broker(home)
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _reader(port: int, home: Home) -> Client:
+    reader = Client("tcp", port, "reader_a", home.secrets["reader_a"])
+    assert reader.connect() == 0
+    assert reader.subscribe("networks/A") == 0
+    return reader
+
+
+def test_a_list_of_urls_is_read_in_order_and_mixed_transports_are_refused() -> None:
+    assert parse_urls("mqtt://a:1, mqtt://b:2") == [BrokerURL("tcp", "a", 1), BrokerURL("tcp", "b", 2)]
+    with pytest.raises(ValueError, match="mixes transports"):
+        parse_urls("mqtt://a:1,ws://b:2/mqtt")
+    with pytest.raises(ValueError, match="mixes transports"):
+        parse_urls("mqtt://a:1,mqtts://b:2")
+    with pytest.raises(ValueError, match="names no broker"):
+        parse_urls(" , ")
+
+
+@pytest.mark.parametrize(
+    ("command", "url"),
+    [
+        (["listen", "A", "--url"], "mqtt://127.0.0.1:1,ws://127.0.0.1:2/mqtt"),
+        (["device", "sensors", "--network", "A", "--url"], "mqtt://127.0.0.1:1,nope"),
+        (["bridge", "--broker"], "mqtt://127.0.0.1:1,127.0.0.1:x"),
+    ],
+)
+def test_a_bad_url_list_is_one_line_and_status_2(home: Home, command: list[str], url: str) -> None:
+    result = home.radio(*command, url, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("radio")
+
+
+def test_the_bridge_publishes_through_the_second_broker_once_the_first_is_gone(
+    home: Home, two: tuple[BrokerThread, BrokerThread]
+) -> None:
+    first, second = two
+    urls = f"mqtt://127.0.0.1:{first.mqtt_port},mqtt://127.0.0.1:{second.mqtt_port}"
+    bridge = start_bridge(home, first.mqtt_port, "--broker", urls, "--timeout", "1", "--workers", "1")
+    try:
+        key = {"API-KEY": home.secrets["gen"]}
+        assert bridge.post(json.dumps(SAMPLE), key).status_code == 200
+        reader = _reader(second.mqtt_port, home)
+        first.stop()
+        deadline = time.monotonic() + 15
+        while (status := bridge.post(json.dumps(SAMPLE), key).status_code) != 200:
+            assert status == 503
+            assert time.monotonic() < deadline, "the bridge did not fail over"
+        assert requests.get(bridge.url + "/healthz", timeout=10).status_code == 200
+        got = reader.expect(1)
+        assert json.loads(got[0].payload) == SAMPLE["data"]
+        reader.close()
+    finally:
+        stderr = bridge.stop()
+    assert "Traceback" not in stderr
+    assert f"127.0.0.1:{second.mqtt_port}" in stderr
