@@ -7,6 +7,9 @@ stopped, and each client must carry on through the second.
 from __future__ import annotations
 
 import json
+import queue
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,6 +21,7 @@ from mqtt_client import Client
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry
+from radio.subscribers.listener import Listener, Refused
 from radio.urls import BrokerURL, parse_urls
 
 SAMPLE = {"network": "A", "data": {"speed": 42}}
@@ -95,3 +99,77 @@ def test_the_bridge_publishes_through_the_second_broker_once_the_first_is_gone(
         stderr = bridge.stop()
     assert "Traceback" not in stderr
     assert f"127.0.0.1:{second.mqtt_port}" in stderr
+
+
+def _notices_until(notices: queue.Queue[str], text: str) -> None:
+    deadline = time.monotonic() + 20
+    while text not in notices.get(timeout=max(deadline - time.monotonic(), 0.01)):
+        pass
+
+
+def test_a_listener_moves_to_the_next_broker_when_its_own_goes_away(
+    home: Home, two: tuple[BrokerThread, BrokerThread]
+) -> None:
+    first, second = two
+    urls = f"mqtt://127.0.0.1:{first.mqtt_port},mqtt://127.0.0.1:{second.mqtt_port}"
+    notices: queue.Queue[str] = queue.Queue()
+    gen = Client("tcp", second.mqtt_port, "gen", home.secrets["gen"])
+    assert gen.connect() == 0
+    with Listener(["A"], urls, home.secrets["reader_a"], notice=notices.put) as listener:
+        _notices_until(notices, f"on mqtt://127.0.0.1:{first.mqtt_port}")
+        first.stop()
+        _notices_until(notices, f"listening to A on mqtt://127.0.0.1:{second.mqtt_port}")
+        gen.publish("networks/A", b'{"n": 1}', qos=1)
+        assert next(iter(listener)).data == {"n": 1}
+    gen.close()
+
+
+@pytest.fixture
+def unavailable() -> Iterator[int]:
+    """A server that answers every CONNECT with "server unavailable" (no broker says it on demand)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"\x20\x02\x00\x03")  # CONNACK, return code 3: server unavailable
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+def test_a_broker_answering_server_unavailable_is_passed_over_not_final(
+    home: Home, broker: BrokerThread, unavailable: int
+) -> None:
+    urls = f"mqtt://127.0.0.1:{unavailable},mqtt://127.0.0.1:{broker.mqtt_port}"
+    notices: queue.Queue[str] = queue.Queue()
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+    assert gen.connect() == 0
+    with Listener(["A"], urls, home.secrets["reader_a"], notice=notices.put) as listener:
+        _notices_until(notices, f"listening to A on mqtt://127.0.0.1:{broker.mqtt_port}")
+        gen.publish("networks/A", b'{"n": 2}', qos=1)
+        assert next(iter(listener)).data == {"n": 2}
+    gen.close()
+
+
+def test_a_bad_key_stays_final_with_several_brokers(
+    home: Home, two: tuple[BrokerThread, BrokerThread]
+) -> None:
+    first, second = two
+    urls = f"mqtt://127.0.0.1:{first.mqtt_port},mqtt://127.0.0.1:{second.mqtt_port}"
+    with (
+        Listener(["A"], urls, "not-a-key") as listener,
+        pytest.raises(Refused, match="refused the connection"),
+    ):
+        next(iter(listener))
