@@ -7,8 +7,12 @@ stopped, and each client must carry on through the second.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -173,3 +177,34 @@ def test_a_bad_key_stays_final_with_several_brokers(
         pytest.raises(Refused, match="refused the connection"),
     ):
         next(iter(listener))
+
+
+def test_the_traffic_generator_keeps_publishing_through_the_second_broker(
+    home: Home, two: tuple[BrokerThread, BrokerThread]
+) -> None:
+    first, second = two
+    urls = f"mqtt://127.0.0.1:{first.mqtt_port},mqtt://127.0.0.1:{second.mqtt_port}"
+    device = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "radio", "device", "traffic", "--network", "A", "--period", "0.1"),
+            *("--url", urls, "--seed", "1", "--config", str(home.config)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "RADIO_KEY": home.secrets["gen"]},
+    )
+    try:
+        on_first = _reader(first.mqtt_port, home)
+        assert "tick" in json.loads(on_first.expect(1)[0].payload)  # it publishes to the first broker
+        on_first.close()
+        on_second = _reader(second.mqtt_port, home)  # A is retained: nothing there before failover
+        first.stop()
+        ticks = {json.loads(m.payload)["tick"] for m in on_second.expect(5)}
+        assert len(ticks) >= 4  # samples keep coming through the second
+        on_second.close()
+    finally:
+        device.send_signal(signal.SIGINT)
+        _, err = device.communicate(timeout=20)
+    assert "Traceback" not in err
+    assert "lost the broker" in err
