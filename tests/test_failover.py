@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -16,11 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 from conftest import Home, start_bridge
 from mqtt_client import Client
+from test_nats_cluster import require_nats
+from test_platform import left_behind, start_up
 
 from radio.broker.thread import BrokerThread
 from radio.config import Address
@@ -208,3 +212,24 @@ def test_the_traffic_generator_keeps_publishing_through_the_second_broker(
         _, err = device.communicate(timeout=20)
     assert "Traceback" not in err
     assert "lost the broker" in err
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_radio_up_on_a_cluster_hands_every_node_to_its_bridge_and_simulator(tmp_path: Path) -> None:
+    require_nats()
+    up = start_up(tmp_path, "nats")
+    try:
+        lines = [child.cmdline() for child in up.children]
+        bridge = next(line for line in lines if "bridge" in line)
+        traffic = next(line for line in lines if "traffic" in line)
+        every = bridge[bridge.index("--broker") + 1]
+        ports = re.findall(r"mqtt://127\.0\.0\.1:(\d+)", every)
+        assert len(set(ports)) == 3, every  # the default cluster: three nodes
+        assert up.value(r"mqtt://127\.0\.0\.1:(\d+)") in ports
+        assert traffic[traffic.index("--url") + 1] == every
+    finally:
+        up.process.send_signal(signal.SIGINT)
+        _, err = up.process.communicate(timeout=60)
+    assert up.process.returncode == 0, err
+    assert not left_behind(up.children)
