@@ -23,7 +23,7 @@ import pytest
 import requests
 from conftest import Home, start_bridge
 from mqtt_client import Client
-from test_nats_cluster import require_nats
+from test_nats_cluster import FAILOVER, make_home, require_nats, start_cluster
 from test_platform import left_behind, start_up
 
 from radio.broker.thread import BrokerThread
@@ -233,3 +233,30 @@ def test_radio_up_on_a_cluster_hands_every_node_to_its_bridge_and_simulator(tmp_
         _, err = up.process.communicate(timeout=60)
     assert up.process.returncode == 0, err
     assert not left_behind(up.children)
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_the_bridge_carries_on_through_a_cluster_when_its_node_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the node the bridge is linked to, as a crashed machine: its POSTs go on via another."""
+    home = make_home(tmp_path)
+    cluster = start_cluster(home)
+    bridge = None
+    try:
+        ports = [node.mqtt.port for node in cluster.nodes]
+        urls = ",".join(f"mqtt://127.0.0.1:{port}" for port in ports)
+        bridge = start_bridge(home, ports[0], "--broker", urls, "--timeout", "2", "--workers", "1")
+        key = {"API-KEY": home.secrets["gen"]}
+        assert bridge.post(json.dumps(SAMPLE), key).status_code == 200
+        cluster.processes[1].kill()  # node 1, the first URL: keyed by node number
+        cluster.processes[1].wait()
+        deadline = time.monotonic() + FAILOVER
+        while (status := bridge.post(json.dumps(SAMPLE), key).status_code) != 200:
+            assert status == 503
+            assert time.monotonic() < deadline, "the bridge did not fail over to a live node"
+        assert requests.get(bridge.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        stderr = bridge.stop() if bridge is not None else ""
+        cluster.stop()
+    assert "Traceback" not in stderr
+    assert "lost the broker" in stderr
