@@ -524,7 +524,12 @@ def _broker_url_list(text: str) -> str:
 
 
 def _client_urls(text: str) -> str:
-    return options.client_url(text) if options.is_http(text) or "," not in text else _broker_url_list(text)
+    if "," not in text:
+        return options.client_url(text)
+    if options.is_http(text):
+        msg = f"{text!r}: the bridge takes one http(s):// URL (a comma-separated list is for brokers)"
+        raise argparse.ArgumentTypeError(msg)
+    return _broker_url_list(text)
 
 
 def _broker_url(text: str) -> Address:

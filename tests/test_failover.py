@@ -75,6 +75,7 @@ def test_a_list_of_urls_is_read_in_order_and_mixed_transports_are_refused() -> N
         (["listen", "A", "--url"], "mqtt://127.0.0.1:1,ws://127.0.0.1:2/mqtt"),
         (["device", "sensors", "--network", "A", "--url"], "mqtt://127.0.0.1:1,nope"),
         (["bridge", "--broker"], "mqtt://127.0.0.1:1,127.0.0.1:x"),
+        (["device", "traffic", "--network", "A", "--url"], "http://127.0.0.1:1,http://127.0.0.1:2"),
     ],
 )
 def test_a_bad_url_list_is_one_line_and_status_2(home: Home, command: list[str], url: str) -> None:
