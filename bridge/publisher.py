@@ -12,6 +12,10 @@ with ``call_soon_threadsafe`` and wait on a future; every packet handed over in 
 loop goes out in one write, and every PUBACK that arrived in one read is handled at once. This is
 the bridge's hot path: a general-purpose client spent more per sample than Flask did
 (bench/RESULTS.md, "HTTP door").
+
+Given several brokers (the nodes of a cluster), the link holds one at a time and, when it is lost
+or a connect fails, tries the next at once, round the list; it waits ``RECONNECT_DELAY`` only after
+every broker of a full round failed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Final
@@ -144,13 +149,18 @@ class Publisher:
 
     def __init__(
         self,
-        broker: Address,
+        broker: Address | Sequence[Address],
         username: str,
         password: str,
         timeout: float = 5.0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.broker = broker
+        self.brokers = [broker] if isinstance(broker, Address) else list(broker)
+        """Tried in turn: the next one when the link is lost or a connect fails."""
+        if not self.brokers:
+            msg = "the publisher needs at least one broker"
+            raise ValueError(msg)
+        self._current = 0
         self.timeout = timeout
         self.tls = tls
         """Set for an mqtts:// broker: the context that verifies its certificate."""
@@ -218,6 +228,11 @@ class Publisher:
             with contextlib.suppress(RuntimeError):  # the loop already stopped
                 asyncio.run_coroutine_threadsafe(cancel(), loop).result(10)
         self._main = None
+
+    @property
+    def broker(self) -> Address:
+        """The broker linked to (or tried next)."""
+        return self.brokers[self._current]
 
     @property
     def connected(self) -> bool:
@@ -291,22 +306,29 @@ class Publisher:
     async def _keep_connected(self) -> None:
         loop = asyncio.get_running_loop()
         lost = False
+        failed = 0  # connects failed in a row: a full round of them waits before the next
         try:
             while True:
+                broker = self.broker
+                was_connected = False
                 try:
                     await self._session(loop, lost)
                 except (OSError, ConnectionError, TimeoutError) as exc:
-                    refusal = verify_failure(exc, f"the broker at {self.broker}")
+                    was_connected = self._connected.is_set()
+                    refusal = verify_failure(exc, f"the broker at {broker}")
                     if refusal is not None and refusal not in self._refusals_logged:
                         self._refusals_logged.add(refusal)  # once per reason: it is retried, in vain
                         log.error("%s", refusal)  # noqa: TRY400 - one line, the cause is in it
                     if self._connected.is_set():
-                        log.warning("lost the broker at %s (%s); reconnecting", self.broker, exc or "closed")
-                    lost = lost or self._connected.is_set()
+                        log.warning("lost the broker at %s (%s); reconnecting", broker, exc or "closed")
+                    lost = lost or was_connected
                 self._connected.clear()
                 self._link = None
                 self._drop_waiting()
-                await asyncio.sleep(RECONNECT_DELAY)
+                failed = 0 if was_connected else failed + 1
+                self._current = (self._current + 1) % len(self.brokers)
+                if failed and failed % len(self.brokers) == 0:
+                    await asyncio.sleep(RECONNECT_DELAY)
         finally:
             self._connected.clear()
             self._drop_waiting()

@@ -112,7 +112,7 @@ def run(
     keys: str | None,
     *,
     listen: Address | None,
-    broker: Address | None,
+    broker: list[Address] | None,
     workers: int = DEFAULT_WORKERS,
     timeout: float = 5.0,
     body_timeout: float | None = None,
@@ -140,7 +140,8 @@ def run(
         f'  POST {base}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
         f"  GET  {base}/healthz\n"
         f"  GET  {base}/metrics\n"
-        f"  broker: mqtt://{broker or settings.broker.mqtt}, {workers} workers of {threads} threads\n"
+        f"  broker: {', '.join(f'mqtt://{b}' for b in broker or [settings.broker.mqtt])}, "
+        f"{workers} workers of {threads} threads\n"
         "Press Ctrl-C to stop.",
         flush=True,
     )

@@ -26,6 +26,7 @@ from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
 from radio.keys import Key, KeyStore, Terms, format_rate, load_keys, parse_expiry, parse_quota, parse_rate
 from radio.topics import NetworkName
+from radio.urls import parse_urls
 
 EXIT_REFUSED = 2
 CONFIRM_TIMEOUT = 5.0
@@ -116,9 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bridge.add_argument(
         "--broker",
-        metavar="mqtt://HOST:PORT",
-        type=_broker_url,
-        help="the broker (default: the config's MQTT)",
+        metavar="mqtt://HOST:PORT[,...]",
+        type=_broker_urls,
+        help="the broker, or several to fail over between, comma-separated (default: the config's MQTT)",
     )
     bridge.add_argument(
         "--workers",
@@ -313,8 +314,9 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     listen.add_argument("networks", nargs="+", metavar="NETWORK", type=_network)
     listen.add_argument(
         "--url",
-        type=options.broker_url,
-        help="ws://HOST:PORT/mqtt (default: the configuration's), mqtt://HOST:PORT, or wss:// and mqtts://",
+        type=_broker_url_list,
+        help="ws://HOST:PORT/mqtt (default: the configuration's), mqtt://HOST:PORT, or wss:// and mqtts://; "
+        "several, comma-separated, to fail over between",
     )
     listen.add_argument(
         "--since",
@@ -348,8 +350,9 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
     )
     traffic.add_argument(
         "--url",
-        type=options.client_url,
-        help="broker (mqtt[s]://, ws[s]://) or bridge (http[s]://) URL; default: the config's",
+        type=_client_urls,
+        help="broker (mqtt[s]://, ws[s]://; several, comma-separated, to fail over between) "
+        "or bridge (http[s]://) URL; default: the config's",
     )
     traffic.add_argument(
         "--speed", type=options.positive_whole, default=10, help="simulated seconds per sample (default 10)"
@@ -368,7 +371,9 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
         "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
     )
     sensors.add_argument(
-        "--url", type=options.broker_url, help="broker URL (default: the configuration's MQTT)"
+        "--url",
+        type=_broker_url_list,
+        help="broker URL, or several comma-separated to fail over between (default: the config's MQTT)",
     )
     sensors.add_argument("--seed", type=int)
     sensors.set_defaults(handler=_sensors)
@@ -499,6 +504,32 @@ def _http_url(text: str) -> str:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+
+
+def _broker_urls(text: str) -> list[Address]:
+    try:
+        return [Address.parse_url(part.strip()) for part in text.split(",") if part.strip()] or [
+            Address.parse_url(text)
+        ]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _broker_url_list(text: str) -> str:
+    try:
+        parse_urls(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _client_urls(text: str) -> str:
+    if "," not in text:
+        return options.client_url(text)
+    if options.is_http(text):
+        msg = f"{text!r}: the bridge takes one http(s):// URL (a comma-separated list is for brokers)"
+        raise argparse.ArgumentTypeError(msg)
+    return _broker_url_list(text)
 
 
 def _broker_url(text: str) -> Address:

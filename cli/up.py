@@ -83,6 +83,8 @@ class Child:
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.mqtt_ports: list[str] = []
+        """Every plain MQTT port the banner names, in order: a cluster's nodes, one line each."""
         environment = {**os.environ, **(env or {}), PARENT_ENVIRONMENT: str(os.getpid())}
         self.process = subprocess.Popen(  # noqa: S603 - our own command
             [sys.executable, "-m", "radio", *args],
@@ -100,6 +102,9 @@ class Child:
         for line in stdout:
             if match := re.search(r"\b((mqtts?|wss?)://\S+)", line):
                 urls[match[2]] = match[1]
+            for port in re.findall(r"\bmqtt://\S+:(\d+)\b", line):
+                if port not in self.mqtt_ports:
+                    self.mqtt_ports.append(port)
             if "Ctrl-C" in line:
                 return urls
         msg = f"the {self.name} did not start (exit status {self.process.wait()})"
@@ -225,18 +230,22 @@ def up(
         mqtt_port = urls["mqtt"].rsplit(":", 1)[1]
         broker.drain()
         local = f"mqtt://127.0.0.1:{mqtt_port}"
+        # The bridge and the simulator fail over between every node of a cluster.
+        nodes_urls = ",".join(f"mqtt://127.0.0.1:{port}" for port in broker.mqtt_ports) or local
         recorder = Child("recorder", ["recorder", *common, "--broker", local])
         children.append(recorder)
         recorder.wait_for(r"(Recording)")
         recorder.drain()
         page_ws = _page_websocket(urls, settings)
-        bridge = Child("bridge", ["bridge", *common, "--listen", str(http), "--broker", local], env=page_ws)
+        bridge = Child(
+            "bridge", ["bridge", *common, "--listen", str(http), "--broker", nodes_urls], env=page_ws
+        )
         children.append(bridge)
         http_url = reachable(bridge.wait_for(r"POST (https?://\S+)/publish"))
         bridge.drain()
         device = Child(
             "traffic simulator",
-            ["device", "traffic", *common, "--network", network, "--url", local],
+            ["device", "traffic", *common, "--network", network, "--url", nodes_urls],
             env={SECRET_ENVIRONMENT: secret},
         )
         children.append(device)

@@ -4,6 +4,9 @@ Both links keep what they could not send in a bounded buffer: when it is full th
 dropped, counted, and logged, so a long outage costs the oldest data and never the process's
 memory. Everything else is delivered, in order, once the broker (or the bridge) is back; QoS 1 may
 deliver a sample twice around a reconnect, never zero times.
+
+Given several broker URLs (a cluster's nodes), the MQTT link moves to the next one whenever its
+connection is lost or a connect fails, round the list, at paho's reconnect pace.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,7 @@ class MqttLink:
 
     def __init__(
         self,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         secret: str | None,
         client_id: str,
         *,
@@ -55,7 +59,13 @@ class MqttLink:
         on_connect: Any = None,
         ca: Path | None = None,
     ) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, BrokerURL) else list(url)
+        """Tried in turn, all of one transport (paho fixes it when the client is made)."""
+        if not self.urls or len({(u.transport, u.tls) for u in self.urls}) > 1:
+            msg = "a link needs broker URLs, all of one transport"
+            raise ValueError(msg)
+        self._current = 0
+        url = self.urls[0]
         self.dropped = 0
         self.refused: str | None = None
         """Why the broker's certificate was refused (the link then stops): retrying cannot cure it."""
@@ -81,6 +91,19 @@ class MqttLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker connected to (or tried next)."""
+        return self.urls[self._current]
+
+    def _next_broker(self, client: mqtt.Client) -> None:
+        """On paho's thread, after a lost or failed connection: its next reconnect goes to the next URL."""
+        if len(self.urls) < 2 or self._stopping or self.refused is not None:
+            return
+        self._current = (self._current + 1) % len(self.urls)
+        client.connect_async(self.url.host, self.url.port, keepalive=30)
+        log.info("trying the broker at %s next", self.url)
 
     def start(self) -> None:
         """Connect in the background; publishing works at once (it buffers until connected)."""
@@ -135,13 +158,20 @@ class MqttLink:
             self.refused = refusal
             log.error("%s", refusal)
             client.disconnect()  # no more attempts: the key is never sent to a server not verified
+            return
+        self._next_broker(client)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
         with self._lock:
             was_connected = self._connected.is_set()
             self._connected.clear()
         if was_connected and not self._stopping:
-            log.warning("lost the broker (%s); reconnecting, samples are kept meanwhile", reason)
+            log.warning(
+                "lost the broker at %s (%s); reconnecting, samples are kept meanwhile", self.url, reason
+            )
+        self._next_broker(client)
 
 
 class HttpLink:

@@ -15,7 +15,7 @@ from radio.devices.link import HttpLink, MqttLink, sleep_until
 from radio.devices.traffic import Town, TownSettings
 from radio.tls import TlsError
 from radio.topics import network_topic
-from radio.urls import BrokerURL
+from radio.urls import parse_urls
 
 log = logging.getLogger("radio.device")
 
@@ -50,7 +50,7 @@ def traffic(
     else:
         # Its own client id: two simulators on one network would otherwise take turns evicting each other.
         client_id = f"radio-traffic-{network}-{uuid.uuid4().hex[:8]}"
-        mqtt_link = MqttLink(BrokerURL.parse(url), secret, client_id, ca=ca)
+        mqtt_link = MqttLink(parse_urls(url), secret, client_id, ca=ca)
         mqtt_link.start()
     log.info(
         "traffic simulator on network %r: %dx%d town, a sample every %gs via %s", network, *size, period, via
@@ -89,7 +89,7 @@ def sensor_agents(
     """Run ``count`` sensors until stopped."""
     log.info("%d sensors on network %r, %g readings per second each", count, network, rate)
     sensors.run(
-        url=BrokerURL.parse(url),
+        url=parse_urls(url),
         secret=secret,
         network=network,
         count=count,

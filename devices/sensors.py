@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ OFFLINE = json.dumps({"status": "offline"}).encode()
 
 def run(
     *,
-    url: BrokerURL,
+    url: BrokerURL | Sequence[BrokerURL],
     secret: str,
     network: str,
     count: int,

@@ -57,3 +57,20 @@ class BrokerURL:
         if self.transport == "websockets":
             return f"ws{secure}://{host}:{self.port}{self.path}"
         return f"mqtt{secure}://{host}:{self.port}"
+
+
+def parse_urls(text: str) -> list[BrokerURL]:
+    """Read ``URL1,URL2,...``: brokers a client fails over between, round the list.
+
+    All of one transport and one security: a client's transport and TLS are fixed when it is
+    made, so a list mixing mqtt:// and ws://, or mqtt:// and mqtts://, could not be followed.
+    """
+    urls = [BrokerURL.parse(part.strip()) for part in text.split(",") if part.strip()]
+    if not urls:
+        msg = f"{text!r} names no broker URL"
+        raise ValueError(msg)
+    kinds = {(url.transport, url.tls) for url in urls}
+    if len(kinds) > 1:
+        msg = f"{text!r} mixes transports: list brokers of one kind (all mqtt://, mqtts://, ws:// or wss://)"
+        raise ValueError(msg)
+    return urls

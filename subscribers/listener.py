@@ -8,10 +8,13 @@ Use it as a library::
 
 or as ``radio listen NETWORK...``. On a lost connection it reconnects with exponential backoff and
 jitter (starting afresh after every connection that worked) and subscribes again, reporting it
-through ``notice``. A subscription brings a topic's retained sample: after a reconnect, one equal
-to the last sample seen on that topic is the same sample again and is skipped. With a key it
-keeps a persistent session (a stable client id, clean session off, QoS 1), so samples published
-while it was away arrive when it is back.
+through ``notice``. Given several URLs (a cluster's nodes, ``URL1,URL2,...``), a lost
+connection or a failed connect tries the next URL at once, round the list; the backoff starts
+only once a whole round failed. A broker that answers "server unavailable" (or any refusal other
+than a bad key) is passed over like one that cannot be reached. A subscription brings a topic's
+retained sample: after a reconnect, one equal to the last sample seen on that topic is the same
+sample again and is skipped. With a key it keeps a persistent session (a stable client id, clean
+session off, QoS 1), so samples published while it was away arrive when it is back.
 
 With ``since=SEQ`` (and ``http``, the bridge's URL) it first replays the networks' history after
 that number, then goes on live, without a duplicate or a hole (docs/history.md): it subscribes
@@ -50,7 +53,7 @@ from radio.credentials import secret_username
 from radio.subscribers import history
 from radio.tls import client_context, verify_failure
 from radio.topics import network_of_topic, network_topic
-from radio.urls import BrokerURL
+from radio.urls import BrokerURL, parse_urls
 
 
 @dataclass(frozen=True)
@@ -120,13 +123,18 @@ def backoff_with_jitter(attempt: int, base: float = 0.5, cap: float = 30.0) -> f
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not secrecy
 
 
+FINAL_REFUSALS = frozenset({134, 135})
+"""CONNACK codes no retry cures: bad user name or password, not authorized. Any other (136,
+server unavailable; 128, unspecified) may pass, on another broker or later."""
+
+
 class Listener:
     """Subscribes to networks and yields their samples, across reconnects, until stopped."""
 
     def __init__(
         self,
         networks: Sequence[str],
-        url: str | BrokerURL = "ws://127.0.0.1:8080/mqtt",
+        url: str | BrokerURL | Sequence[BrokerURL] = "ws://127.0.0.1:8080/mqtt",
         secret: str | None = None,
         *,
         notice: Callable[[str], None] = lambda _text: None,
@@ -136,7 +144,15 @@ class Listener:
         ca: Path | None = None,
     ) -> None:
         self.networks = [str(n) for n in networks]
-        self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+        if isinstance(url, str):
+            self.urls = parse_urls(url)
+        else:
+            self.urls = [url] if isinstance(url, BrokerURL) else list(url)
+        """Tried in turn (one transport: paho fixes it when the client is made)."""
+        if not self.urls or len({(u.transport, u.tls) for u in self.urls}) > 1:
+            msg = "a listener needs broker URLs, all of one transport"
+            raise ValueError(msg)
+        self._current = 0
         self.notice = notice
         self.on_bad_sample = on_bad_sample or (lambda bad: notice(str(bad)))
         """Called on the network thread with every payload skipped; by default, a ``notice``."""
@@ -178,6 +194,14 @@ class Listener:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker connected to (or tried next)."""
+        return self.urls[self._current]
+
+    def _next_url(self) -> None:
+        self._current = (self._current + 1) % len(self.urls)
 
     def start(self) -> Self:
         """Connect and subscribe in the background."""
@@ -221,19 +245,20 @@ class Listener:
     def _run(self) -> None:
         if self._since is not None:
             self._start_replay(self._since)
-        attempt = 0
+        attempt = 0  # backoffs since the last connection that worked
+        failed = 0  # connections failed in a row: a whole round of them backs off
         while not self._stop.is_set():
+            url = self.url
             try:
-                self._client.connect(self.url.host, self.url.port, keepalive=30)
+                self._client.connect(url.host, url.port, keepalive=30)
             except OSError as exc:
-                refusal = verify_failure(exc, str(self.url))
+                refusal = verify_failure(exc, str(url))
                 if refusal is not None:
                     self._fail(Refused(refusal))  # retrying cannot make a certificate trusted
                     return
-                delay = backoff_with_jitter(attempt)
-                self.notice(f"cannot reach {self.url} ({exc.strerror or exc}); retrying in {delay:.1f} s")
-                attempt += 1
-                self._stop.wait(delay)
+                failed += 1
+                why = f"cannot reach {url} ({exc.strerror or exc})"
+                attempt = self._pause(why, "retrying", failed, attempt)
                 continue
             self._established = False
             while not self._stop.is_set():
@@ -246,11 +271,20 @@ class Listener:
             if self._stop.is_set():
                 return
             # A connection that worked was a success: the next outage starts from the shortest wait.
-            attempt = 0 if self._established else attempt
-            delay = backoff_with_jitter(attempt)
-            attempt += 1
-            self.notice(f"connection to {self.url} lost; reconnecting in {delay:.1f} s")
-            self._stop.wait(delay)
+            attempt, failed = (0, 0) if self._established else (attempt, failed + 1)
+            attempt = self._pause(f"connection to {url} lost", "reconnecting", failed, attempt)
+
+    def _pause(self, why: str, doing: str, failed: int, attempt: int) -> int:
+        """Go on to the next URL: at once, unless a whole round failed (then back off); the attempt."""
+        self._next_url()
+        rounds = len(self.urls)
+        if failed % rounds or (failed == 0 and rounds > 1):
+            self.notice(f"{why}; trying {self.url}")
+            return attempt
+        delay = backoff_with_jitter(attempt)
+        self.notice(f"{why}; {doing} in {delay:.1f} s")
+        self._stop.wait(delay)
+        return attempt + 1
 
     def _disconnect(self) -> None:
         """Say goodbye properly, so the broker marks the session offline and keeps its messages."""
@@ -263,9 +297,12 @@ class Listener:
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         if reason.is_failure:
-            self._fail(
-                Refused(f"the broker at {self.url} refused the connection: {reason} (is the key right?)")
-            )
+            if reason.value in FINAL_REFUSALS:
+                self._fail(
+                    Refused(f"the broker at {self.url} refused the connection: {reason} (is the key right?)")
+                )
+            else:  # server unavailable and the like: another broker, or this one later, may take it
+                self.notice(f"the broker at {self.url} refused the connection: {reason}")
             client.disconnect()
             return
         self._established = True
