@@ -103,6 +103,27 @@ def home(tmp_path: Path) -> Home:
     return home
 
 
+def broker_process(home: Home, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """`radio broker` as an operator starts it, on free ports; its banner on the pipe."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radio",
+            "broker",
+            "--config",
+            str(home.config),
+            "--mqtt",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
 @pytest.fixture
 def broker(home: Home) -> Iterator[BrokerThread]:
     """Radio's embedded broker, in this process, on free ports."""

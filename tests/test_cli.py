@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from conftest import running_broker
+from conftest import broker_process, running_broker
 from mqtt_client import Client
 
 from radio.cli.main import main
@@ -192,23 +192,7 @@ def test_revoke_and_rotate(run, tmp_path):
 
 
 def test_radio_broker_prints_its_ports_serves_and_stops_cleanly(home):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "broker",
-            "--config",
-            str(home.config),
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = broker_process(home, stderr=subprocess.PIPE)
     try:
         ports = {}
         assert process.stdout is not None
@@ -463,23 +447,7 @@ def test_a_new_key_works_in_the_very_next_command(run, home, engine):
 def test_keys_add_names_a_server_that_does_not_confirm(run, home, monkeypatch):
     """A stopped (SIGSTOP) broker cannot confirm: the wait ends at its bound and names it."""
     monkeypatch.setattr("radio.cli.main.CONFIRM_TIMEOUT", 0.5)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "broker",
-            "--config",
-            str(home.config),
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process = broker_process(home)
     try:
         assert process.stdout is not None
         for line in process.stdout:

@@ -14,7 +14,6 @@ import re
 import sqlite3
 import stat
 import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -22,7 +21,7 @@ import tomllib
 import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
-from conftest import ENGINES, running_broker
+from conftest import ENGINES, broker_process, running_broker
 from mqtt_client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 from raw_mqtt import (
@@ -454,23 +453,7 @@ def test_each_change_is_written_on_its_own(broker, home):
 
 
 def start_broker_process(home) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "broker",
-            "--config",
-            str(home.config),
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process = broker_process(home)
     assert process.stdout is not None
     for line in process.stdout:
         if match := re.search(r"mqtt://127\.0\.0\.1:(\d+)", line):
