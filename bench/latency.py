@@ -1,7 +1,7 @@
 """End to end: from a publish (MQTT, or POST /publish through the bridge) to receipt by 100 listeners.
 
     python bench/latency.py                      # 100 listeners; 20, 100, 200 samples/s; 10 s each
-    python bench/latency.py --smoke              # 10 listeners, 20 samples/s for 2 s
+    python bench/latency.py --smoke              # 10 listeners, 40 samples/s for 0.5 s
 
 For each broker (Radio's embedded broker, and Mosquitto via ``radio broker --engine mosquitto``),
 each door (MQTT QoS 1, HTTP through ``radio bridge``) and each rate, samples go out at a fixed rate
@@ -238,10 +238,10 @@ def main() -> None:
     parser.add_argument("--brokers", default="radio,mosquitto")
     parser.add_argument("--doors", default="mqtt,http")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="10 listeners, 20 samples/s for 2 s")
+    parser.add_argument("--smoke", action="store_true", help="10 listeners, 40 samples/s for 0.5 s")
     args = parser.parse_args()
     if args.smoke:
-        args.rates, args.listeners, args.seconds, args.rounds = "20", 10, 2.0, 1
+        args.rates, args.listeners, args.seconds, args.rounds = "40", 10, 0.5, 1
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as folder:
         for round_ in range(args.rounds):

@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -176,6 +177,8 @@ class Publisher:
         self._waiting: dict[int, Future[None]] = {}
         self._next_id = 0
         self._outgoing: list[bytes] = []
+        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
+        """Every connection made, until it is gone: none may outlive the publisher's own loop."""
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Connect in the background; publishing waits (up to the timeout) for the link.
@@ -201,7 +204,7 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(self._main)
             # Let closing transports (a TLS shutdown takes a few turns) finish before the loop goes.
-            loop.run_until_complete(asyncio.sleep(CLOSE_GRACE))
+            loop.run_until_complete(self._closed_links())
             loop.close()
 
         self._thread = threading.Thread(target=run, name="radio-bridge-mqtt", daemon=True)
@@ -303,6 +306,16 @@ class Publisher:
         if waiting:
             log.warning("dropped %d unconfirmed samples, answered 503", len(waiting))
 
+    async def _closed_links(self) -> None:
+        """Wait (at most ``CLOSE_GRACE``) for every connection made to close, then abort the rest."""
+        links = [link for link in self._links if not link.closed.done()]
+        if links:
+            await asyncio.wait([link.closed for link in links], timeout=CLOSE_GRACE)
+        for link in links:
+            if not link.closed.done() and link.transport is not None:
+                link.transport.abort()
+        await asyncio.sleep(0)  # the aborts' callbacks run
+
     async def _keep_connected(self) -> None:
         loop = asyncio.get_running_loop()
         lost = False
@@ -338,18 +351,29 @@ class Publisher:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._link.closed), CLOSE_GRACE)
 
+    def _new_link(self) -> _Link:
+        link = _Link(self)
+        self._links.add(link)
+        return link
+
     async def _session(self, loop: asyncio.AbstractEventLoop, lost: bool) -> None:
         """One connection, from CONNECT until it closes."""
         async with asyncio.timeout(10):
             transport, link = await loop.create_connection(
-                lambda: _Link(self),
+                self._new_link,
                 self.broker.host,
                 self.broker.port,
                 ssl=self.tls,
                 server_hostname=self.broker.host if self.tls is not None else None,
             )
-            transport.write(connect_packet(self._client_id, self._username, self._password))
-            code = await link.connack
+            try:
+                transport.write(connect_packet(self._client_id, self._username, self._password))
+                code = await link.connack
+            except BaseException:
+                # Stopped or timed out before the link was ours to close: close it here, or the
+                # loop would be closed under an open socket.
+                transport.abort()
+                raise
         if code != 0:
             reason = CONNACK_REFUSALS.get(code, f"code {code}")
             log.error("the broker refused the bridge's key: %s", reason)

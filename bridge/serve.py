@@ -13,7 +13,9 @@ before the workers fork and each opens its own broker link.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +32,8 @@ from uvicorn_worker import UvicornWorker
 from radio import logs
 from radio.config import Address, load_settings
 from radio.tls import server_context
+
+log = logging.getLogger("radio.bridge")
 
 DEFAULT_WORKERS: Final = 2
 DEFAULT_THREADS: Final = 16
@@ -69,14 +73,61 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
     async def _serve(self) -> None:
         self.config.app = self.wsgi
         server = _Server(config=self.config)
-        self._install_sigquit_handler()
+        # gunicorn's arbiter sends SIGQUIT for a quick stop (its own SIGINT or SIGQUIT); uvicorn's
+        # worker would only mark itself dead and keep serving until the arbiter's SIGKILL.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
+        orphaned = loop.create_task(self._stop_when_orphaned(server))
         await server.serve(sockets=self.sockets)
+        orphaned.cancel()
         if not server.started:
             raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def _stop_when_orphaned(self, server: Server) -> None:
+        """An arbiter killed outright (``kill -9``) cannot stop its workers: they stop themselves.
+
+        Otherwise they would go on serving, and holding the port, with nothing left to stop them.
+        Linux tells of the parent's end through a process descriptor (no polling); elsewhere the
+        worker is not watched.
+        """
+        if not hasattr(os, "pidfd_open"):
+            return
+        loop = asyncio.get_running_loop()
+        parent_gone = asyncio.Event()
+        try:
+            pidfd = os.pidfd_open(self.ppid)  # readable once that process has ended
+        except ProcessLookupError:
+            pidfd = None
+        except OSError:  # a kernel without process descriptors
+            return
+        try:
+            if pidfd is not None and os.getppid() == self.ppid:  # else it ended before the open
+                loop.add_reader(pidfd, parent_gone.set)
+                await parent_gone.wait()
+        finally:
+            if pidfd is not None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        log.warning("the bridge's main process is gone: worker %d stops", os.getpid())
+        server.should_exit = True
+
+
+_EARLY_SIGNALS: list[int] = []
+"""SIGINT or SIGTERM received after the bridge said it runs, before the arbiter handles signals."""
+
+
+def _keep_early_signal(signum: int, _frame: object) -> None:
+    _EARLY_SIGNALS.append(signum)
 
 
 class _GracefulArbiter(Arbiter):  # type: ignore[misc]
     """Ctrl-C stops the workers as gracefully as SIGTERM does."""
+
+    def init_signals(self) -> None:
+        """Take over from ``_keep_early_signal``: a Ctrl-C during start-up is handled, not lost."""
+        super().init_signals()
+        while _EARLY_SIGNALS:
+            self.signal(_EARLY_SIGNALS.pop(0), None)  # as if it arrived now
 
     def handle_int(self) -> None:
         self.handle_term()
@@ -133,6 +184,10 @@ def run(
         server_context(settings.tls)
         https = {"certfile": str(settings.tls.cert), "keyfile": str(settings.tls.key)}
     sock = bind(listen)
+    # From the moment "Press Ctrl-C" is printed, a Ctrl-C must stop the bridge: kept until the
+    # arbiter's own handlers are in place, rather than a KeyboardInterrupt somewhere in its start.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _keep_early_signal)
     host, port = sock.getsockname()[:2]
     base = f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
     print(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from amqtt.broker import Broker
@@ -245,7 +246,16 @@ class Bridge:
     def stop(self) -> str:
         """Stop it as Ctrl-C would; returns what it printed on stderr."""
         self.process.send_signal(signal.SIGINT)
-        _, stderr = self.process.communicate(timeout=30)
+        try:
+            _, stderr = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired as timeout:
+            for process in [*psutil.Process(self.process.pid).children(recursive=True), self.process]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            _, stderr = self.process.communicate()
+            pytest.fail(
+                f"radio bridge still ran 30 s after Ctrl-C ({timeout}); its stderr:\n{stderr[-3000:]}"
+            )
         assert self.process.returncode == 0, stderr
         return stderr
 

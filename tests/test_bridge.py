@@ -14,18 +14,22 @@ would reach the listener before the valid sample does.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import requests
 from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
+from radio.bridge.publisher import Publisher
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import read_keys
@@ -364,3 +368,74 @@ def test_a_slow_client_does_not_stop_other_requests(bridge, home, everything):
         threading.Thread(target=post).start()
         assert done.wait(20)
     assert codes == [200]
+
+
+def test_stopping_the_publisher_while_it_waits_for_connack_closes_its_socket():
+    """A broker that accepts the connection and never answers: stop() must still close it cleanly.
+
+    Before the fix, the half-made link was nobody's to close, and closing the loop under it raised
+    in the link's thread (``filterwarnings = error`` turns that into a failure here).
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    arrived = threading.Event()
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        accepted.append(conn)
+        conn.recv(1024)  # the CONNECT, never answered
+        arrived.set()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=5)
+    publisher.start()
+    try:
+        assert arrived.wait(10), "the publisher never sent its CONNECT"
+        assert not publisher.connected
+    finally:
+        publisher.stop()
+    accepted[0].settimeout(10)
+    assert accepted[0].recv(1024) == b"", "the broker side still sees an open connection"
+    for conn in (*accepted, server):
+        conn.close()
+
+
+@pytest.fixture
+def embedded(home):
+    """One broker is enough where the bridge's process handling, not the broker, is under test."""
+    with running_broker("embedded", home) as running:
+        yield running
+
+
+def test_sigquit_stops_radio_bridge_without_waiting_for_the_kill(home, embedded):
+    """gunicorn's quick stop is SIGQUIT to each worker: they must leave, not wait for SIGKILL.
+
+    The arbiter kills workers still alive ``graceful_timeout`` (10 s) after asking; a worker that
+    ignored the request would hold the stop for that long.
+    """
+    running = start_bridge(home, embedded.mqtt_port)
+    assert running.post(body(VALID), {"API-KEY": home.secrets["gen"]}).status_code == 200
+    running.process.send_signal(signal.SIGQUIT)
+    try:
+        _, stderr = running.process.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        running.process.kill()
+        running.process.communicate()
+        pytest.fail("radio bridge was still running 8 s after SIGQUIT")
+    assert "Traceback" not in stderr, stderr
+
+
+def test_the_workers_of_a_killed_radio_bridge_stop_by_themselves(home, embedded):
+    """``kill -9`` of the main process: its workers stop, rather than serve on with nobody to stop them."""
+    running = start_bridge(home, embedded.mqtt_port)
+    workers = psutil.Process(running.process.pid).children()
+    assert len(workers) == 2
+    running.process.kill()
+    running.process.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for worker in alive:
+        worker.kill()
+    assert not alive, f"{len(alive)} workers still running 15 s after their main process was killed"
+    assert len(gone) == 2
+    running.process.communicate(timeout=10)
