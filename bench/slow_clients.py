@@ -2,7 +2,7 @@
 
     python bench/slow_clients.py                          # radio bridge: 300 slow clients, 60 s
     python bench/slow_clients.py --server sync --slow 2 --seconds 20
-    python bench/slow_clients.py --smoke                  # 20 slow clients, 3 s
+    python bench/slow_clients.py --smoke                  # 20 slow clients, 3 s, body_timeout 1.5 s
 
 ``--slow`` connections each send a request line, then one header line every ``--interval``
 seconds, never finishing their headers; ``--stalled`` more send whole headers and a body shorter
@@ -143,6 +143,9 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="radio-bench-"))
     env, key = bench_home(home)
+    if args.smoke:  # the stalled client's 408 within the smoke run, not after the default 10 s
+        with (home / "radio.toml").open("a") as config:
+            config.write("\n[bridge]\nbody_timeout = 1.5\n")
     broker, mqtt = start(
         [
             sys.executable,

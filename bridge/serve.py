@@ -55,6 +55,21 @@ class _Server(Server):
             yield
             self._captured_signals.clear()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Idle HTTPS connections are dropped at once, not closed the TLS way.
+
+        Closing one the TLS way waits for the client's reply to the server's close_notify, and a
+        client that keeps an idle keep-alive connection open never sends it: every such client
+        would hold the stop until gunicorn kills the worker (``graceful_timeout``).
+        """
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            idle = cycle is None or cycle.response_complete
+            transport = getattr(connection, "transport", None)
+            if idle and transport is not None and transport.get_extra_info("sslcontext") is not None:
+                transport.abort()
+        await super().shutdown(sockets)
+
 
 class BridgeWorker(UvicornWorker):  # type: ignore[misc]
     """A gunicorn worker: one event loop (uvloop, httptools) and one broker link per process."""

@@ -44,6 +44,9 @@ class Client:
             client_id=self.client_id,
             clean_session=clean_session,
             transport="websockets" if transport == "ws" else "tcp",
+            # A test sees each disconnect as it happens; paho's reconnecting would also hold close()
+            # for up to a second, in a sleep of its loop thread.
+            reconnect_on_failure=False,
         )
         if transport == "ws":
             self._paho.ws_set_options(path="/mqtt")

@@ -101,16 +101,27 @@ def left_behind(children: list[psutil.Process], timeout: float = 30) -> list[psu
     return alive
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as any server binds
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def port_is_free(port: int, timeout: float = 10) -> bool:
+    """Whether a server could bind the port again, once the closing connections had time to go.
+
+    A killed server's sockets are closed by the kernel, but a connection still being torn down
+    (FIN_WAIT) blocks a bind for a moment; a listener left behind blocks it for good.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as any server binds
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+            else:
+                return True
+        time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, engine):
     up = start_up(tmp_path, engine)

@@ -54,6 +54,7 @@ def test_the_readme_shows_what_radio_up_prints():
         assert label in README
 
 
+@pytest.mark.slow
 @pytest.mark.mosquitto_clients
 def test_the_readmes_examples_work_when_pasted_as_blocks(tmp_path):
     """Each marked block runs as one paste into bash, in the folder where `radio up` runs.
