@@ -17,6 +17,7 @@ import atexit
 import logging
 import math
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -140,7 +141,17 @@ def check(key: Key, network: str, data: Any) -> Refusal | None:
 
 def accepted(key: Key, network: str, size: int) -> None:
     """Meter a sample the broker acknowledged."""
-    if (meter := _meter()) is not None:
-        meter.record(key, DOOR, network, size)
-    metrics.SAMPLES.labels(key=key.name, door=DOOR, network=network).inc()
-    metrics.BYTES.labels(key=key.name, door=DOOR, network=network).inc(size)
+    accepted_later(key, network, size)()
+
+
+def accepted_later(key: Key, network: str, size: int) -> Callable[[], None]:
+    """``accepted``, to call once the broker acknowledged: from the event loop, outside the request."""
+    meter = _meter()
+
+    def record() -> None:
+        if meter is not None:
+            meter.record(key, DOOR, network, size)
+        metrics.SAMPLES.labels(key=key.name, door=DOOR, network=network).inc()
+        metrics.BYTES.labels(key=key.name, door=DOOR, network=network).inc(size)
+
+    return record

@@ -9,8 +9,11 @@ A body larger than ``body_limit()`` is not buffered: the app is called with the 
 ``Content-Length`` and no body (or with the first ``limit + 1`` bytes of a chunked body) and
 refuses it with 413, and the connection is closed, not drained.
 
-The Flask view blocks on the broker's PUBACK, so it runs in a thread pool: many requests per
-process wait for their PUBACKs at once over the one MQTT connection.
+Flask runs in a thread pool. An app may leave the last, waiting part of a request to the event
+loop: given ``environ[DEFERRABLE]``, it puts an async ``Finish`` in ``environ[DEFERRED]`` and
+returns; the loop awaits it with the response the app built, and sends what it returns. The
+bridge's publish view leaves its wait for the broker's PUBACK so: no thread is held, or woken,
+for it. Without the key (any other WSGI server), the same view waits in its thread.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,14 +33,25 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
+log = logging.getLogger("radio.bridge")
+
 CLOSE: Final = (b"connection", b"close")
+DEFERRABLE: Final = "radio.deferrable"
+"""In the environ of every request: the app may leave its last step to the event loop."""
+DEFERRED: Final = "radio.deferred"
+"""Where the app puts that last step, a ``Finish``."""
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""Status, headers, body."""
+Finish = Callable[[Answer], Awaitable[Answer]]
+"""Given the response the app built, the one to send (awaited on the event loop)."""
 
 
 class _Incomplete(Exception):
     """The client went away before its body was complete: nobody is left to answer."""
 
 
-def _json_answer(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _json_answer(status: int, message: str) -> Answer:
     body = json.dumps({"error": message}).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -114,12 +129,19 @@ class BufferedWSGI:
             environ = _environ(scope, body, declared)
             loop = asyncio.get_running_loop()
             status, headers, payload = await loop.run_in_executor(self._pool, self._call, environ)
+            finish: Finish | None = environ.get(DEFERRED)
+            if finish is not None:
+                try:
+                    status, headers, payload = await finish((status, headers, payload))
+                except Exception:
+                    log.exception("unexpected error while answering a request")
+                    status, headers, payload = _json_answer(500, "internal error")
             if close:
                 headers.append(CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _call(self, environ: dict[str, Any]) -> Answer:
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
 
@@ -188,6 +210,7 @@ def _environ(scope: Scope, body: bytes, length: int | None) -> dict[str, Any]:
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        DEFERRABLE: True,
     }
     if length is not None:
         environ["CONTENT_LENGTH"] = str(length)

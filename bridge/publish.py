@@ -24,11 +24,14 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from radio.bridge import access, metrics
+from radio.bridge.asgi import DEFERRABLE, DEFERRED, Answer
 from radio.bridge.errors import APIError
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.registry import LiveRegistry, Registry
@@ -180,12 +183,53 @@ def publish() -> tuple[Response, int]:
             "too_large",
         )
 
-    publisher: Publisher = current_app.extensions["radio.publisher"]
-    try:
-        publisher.publish(network_topic(network), payload, retain=settings.retain)
-    except BrokerUnavailable as exc:
-        _refuse(503, str(exc), "broker_unavailable")
-    metrics.PUBACK_SECONDS.observe(time.perf_counter() - started)
-    metrics.PUBLISHES.labels(outcome="accepted").inc()
-    access.accepted(key, network, len(payload))  # access: usage metering (bridge/access.py)
+    sample = _Sample(
+        current_app.extensions["radio.publisher"],
+        network_topic(network),
+        payload,
+        settings.retain,
+        started,
+        access.accepted_later(key, network, len(payload)),  # access: usage metering
+    )
+    if request.environ.get(DEFERRABLE):  # radio bridge: the PUBACK is awaited on the event loop
+        request.environ[DEFERRED] = sample.forward
+    else:
+        sample.publish()
     return jsonify(message="OK"), 200
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """A checked sample, and what is done once the broker acknowledged it."""
+
+    publisher: Publisher
+    topic: str
+    payload: bytes
+    retain: bool
+    started: float
+    metering: Callable[[], None]
+
+    def publish(self) -> None:
+        """Publish and wait for the PUBACK in this thread (any WSGI server), else refuse 503."""
+        try:
+            self.publisher.publish(self.topic, self.payload, retain=self.retain)
+        except BrokerUnavailable as exc:
+            _refuse(503, str(exc), "broker_unavailable")
+        self.accepted()
+
+    def accepted(self) -> None:
+        metrics.PUBACK_SECONDS.observe(time.perf_counter() - self.started)
+        metrics.PUBLISHES.labels(outcome="accepted").inc()
+        self.metering()
+
+    async def forward(self, answer: Answer) -> Answer:
+        """The view's last step, on the event loop: its 200 once the broker has the sample, else 503."""
+        try:
+            await self.publisher.publish_async(self.topic, self.payload, self.retain)
+        except BrokerUnavailable as exc:
+            metrics.PUBLISHES.labels(outcome="broker_unavailable").inc()
+            body = json.dumps({"error": str(exc)}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            return 503, headers, body
+        self.accepted()
+        return answer

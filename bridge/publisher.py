@@ -174,7 +174,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._main: asyncio.Task[None] | None = None
         self._link: _Link | None = None
-        self._waiting: dict[int, Future[None]] = {}
+        self._waiting: dict[int, Future[None] | asyncio.Future[None]] = {}
         self._next_id = 0
         self._outgoing: list[bytes] = []
         self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
@@ -264,9 +264,40 @@ class Publisher:
             msg = f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
             raise BrokerUnavailable(msg) from None
 
+    async def publish_async(self, topic: str, payload: bytes, retain: bool) -> None:
+        """``publish`` for a caller on an event loop: no thread waits for the PUBACK."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        unreachable = "the broker is unreachable: nothing was published, retry later"
+        # Rare (the link is down): a thread of the default pool waits for it to come back.
+        if not self._connected.is_set() and not await asyncio.to_thread(self._connected.wait, self.timeout):
+            raise BrokerUnavailable(unreachable)
+        link_loop = self._loop
+        if link_loop is None:
+            raise BrokerUnavailable(unreachable)
+        done: asyncio.Future[None]
+        if loop is link_loop:  # radio bridge: the server's loop is the link's
+            done = loop.create_future()
+            self._send(topic.encode(), payload, retain, done)
+        else:  # a link with a loop of its own
+            handed: Future[None] = Future()
+            try:
+                link_loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, handed)
+            except RuntimeError:  # its loop is closed: the publisher was stopped
+                raise BrokerUnavailable(unreachable) from None
+            done = asyncio.wrap_future(handed)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await done
+        except TimeoutError:
+            msg = f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
+            raise BrokerUnavailable(msg) from None
+
     # On the publisher's event loop from here on.
 
-    def _send(self, topic: bytes, payload: bytes, retain: bool, done: Future[None]) -> None:
+    def _send(
+        self, topic: bytes, payload: bytes, retain: bool, done: Future[None] | asyncio.Future[None]
+    ) -> None:
         if not self._connected.is_set() or self._link is None:
             done.set_exception(
                 BrokerUnavailable("the broker link dropped: nothing was published, retry later")

@@ -13,6 +13,7 @@ would reach the listener before the valid sample does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -29,7 +30,7 @@ from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
-from radio.bridge.publisher import Publisher
+from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import read_keys
@@ -439,3 +440,16 @@ def test_the_workers_of_a_killed_radio_bridge_stop_by_themselves(home, embedded)
     assert not alive, f"{len(alive)} workers still running 15 s after their main process was killed"
     assert len(gone) == 2
     running.process.communicate(timeout=10)
+
+
+def test_an_awaited_publish_without_a_broker_link_is_broker_unavailable():
+    """The event-loop path answers like the blocking one: after the timeout, nothing left queued."""
+    server = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the CONNECT
+    publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=0.5)
+    publisher.start()
+    try:
+        with pytest.raises(BrokerUnavailable, match="nothing was published"):
+            asyncio.run(publisher.publish_async("networks/A", b"{}", retain=False))
+    finally:
+        publisher.stop()
+        server.close()
