@@ -37,7 +37,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
 
-    registry = LiveRegistry(app.config["RADIO_CONFIG"], app.config["RADIO_KEYS"])
+    # The bridge puts a snapshot in force by reading it: the watcher may reload without waiting
+    # for the request path, so `radio keys` commands return within a watch interval.
+    registry = LiveRegistry(app.config["RADIO_CONFIG"], app.config["RADIO_KEYS"], idle_after=0.0)
     broker: Address = app.config["BROKER"] or registry.settings.broker.mqtt.local()
     username, password = bridge_credentials(registry.settings)
     publisher = Publisher(broker, username, password, timeout=app.config["PUBACK_TIMEOUT"])

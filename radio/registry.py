@@ -172,10 +172,21 @@ class LiveRegistry:
     """
 
     def __init__(
-        self, config: str | os.PathLike[str] | None = None, keys: str | os.PathLike[str] | None = None
+        self,
+        config: str | os.PathLike[str] | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        *,
+        idle_after: float = confirmations.IDLE_AFTER,
     ) -> None:
+        """Load the registry now; watch and confirm it from then on.
+
+        ``idle_after``: seconds without a ``refresh()`` call before the watcher thread reloads and
+        confirms in its place. A caller that applies a snapshot just by reading ``current`` (the
+        bridge) passes 0: a change is then in force within one watch interval.
+        """
         self._config_arg = config
         self._keys_arg = keys
+        self._idle_after = idle_after
         self.settings = load_settings(config, keys)
         try:
             self.current = Registry.from_settings(self.settings)
@@ -244,7 +255,7 @@ class LiveRegistry:
         """Nobody has called ``refresh()`` for a while (an idle bridge): reload and confirm here."""
         confirmer = self._confirmer
         with confirmer.lock:
-            if time.monotonic() - confirmer.last_call < confirmations.IDLE_AFTER:
+            if time.monotonic() - confirmer.last_call < self._idle_after:
                 return
             if self._reload():
                 confirmer.unreported = True  # the next refresh() still says True, for its caller

@@ -29,7 +29,9 @@ def run(
     username, password = recorder_credentials(settings)
     if making:  # a key made just now: its first CONNECT should not race the brokers' reload
         wait_for_servers(settings.path, settings.keys_path, timeout=KEY_IN_FORCE_TIMEOUT)
-    registry = LiveRegistry(config, keys)
+    # The recorder puts a snapshot in force by reading it (which networks to keep): the watcher
+    # may reload without waiting for the next sample.
+    registry = LiveRegistry(config, keys, idle_after=0.0)
     broker = broker or settings.broker.mqtt.local()
     store = HistoryStore(settings.history_path)
     recorder = Recorder(registry, store, broker, username, password)
