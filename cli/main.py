@@ -153,9 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     recorder.add_argument(
         "--broker",
-        metavar="mqtt://HOST:PORT",
-        type=_broker_url,
-        help="the broker (default: the config's MQTT)",
+        metavar="mqtt://HOST:PORT[,...]",
+        type=_broker_urls,
+        help="the broker, or several to fail over between, comma-separated (default: the config's MQTT)",
     )
     recorder.set_defaults(handler=_recorder)
 
@@ -530,13 +530,6 @@ def _client_urls(text: str) -> str:
         msg = f"{text!r}: the bridge takes one http(s):// URL (a comma-separated list is for brokers)"
         raise argparse.ArgumentTypeError(msg)
     return _broker_url_list(text)
-
-
-def _broker_url(text: str) -> Address:
-    try:
-        return Address.parse_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _names(values: list[str]) -> list[str]:

@@ -230,9 +230,9 @@ def up(
         mqtt_port = urls["mqtt"].rsplit(":", 1)[1]
         broker.drain()
         local = f"mqtt://127.0.0.1:{mqtt_port}"
-        # The bridge and the simulator fail over between every node of a cluster.
+        # The recorder, the bridge and the simulator fail over between every node of a cluster.
         nodes_urls = ",".join(f"mqtt://127.0.0.1:{port}" for port in broker.mqtt_ports) or local
-        recorder = Child("recorder", ["recorder", *common, "--broker", local])
+        recorder = Child("recorder", ["recorder", *common, "--broker", nodes_urls])
         children.append(recorder)
         recorder.wait_for(r"(Recording)")
         recorder.drain()

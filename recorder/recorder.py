@@ -19,6 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -48,11 +49,19 @@ class Recorder:
     """Numbers samples into a ``HistoryStore`` until stopped."""
 
     def __init__(
-        self, registry: LiveRegistry, store: HistoryStore, broker: Address, username: str, password: str
+        self,
+        registry: LiveRegistry,
+        store: HistoryStore,
+        broker: Address | Sequence[Address],
+        username: str,
+        password: str,
     ) -> None:
         self.registry = registry
         self.store = store
-        self.broker = broker
+        self.brokers = [broker] if isinstance(broker, Address) else list(broker)
+        """The nodes of a cluster, tried in turn: the next after a lost or failed connection."""
+        self._current = 0
+        self._stopping = False
         self.subscribed = threading.Event()
         """Set once the broker granted the subscription (cleared while the link is down)."""
         self.failed: str | None = None
@@ -70,6 +79,7 @@ class Recorder:
         self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
@@ -79,8 +89,25 @@ class Recorder:
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self._client.loop_start()
 
+    @property
+    def broker(self) -> Address:
+        """The broker connected to (or tried next)."""
+        return self.brokers[self._current]
+
+    def _next_broker(self, client: mqtt.Client) -> None:
+        """On paho's thread: the next reconnect goes to the next node (a cluster keeps the session)."""
+        if len(self.brokers) < 2 or self._stopping:
+            return
+        self._current = (self._current + 1) % len(self.brokers)
+        client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        log.info("trying the broker at %s next", self.broker)
+
+    def _on_connect_fail(self, client: mqtt.Client, _u: object) -> None:
+        self._next_broker(client)
+
     def stop(self) -> None:
         """Say goodbye (the broker keeps the session for the next start) and stop the network thread."""
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -89,13 +116,17 @@ class Recorder:
     ) -> None:
         if reason.is_failure:
             log.error("the broker at %s refused the recorder: %s", self.broker, reason)
+            self._next_broker(client)
             return
         client.subscribe(FILTER, qos=1)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
         self.subscribed.clear()
         if reason.is_failure:
             log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
+            self._next_broker(client)
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, _mid: int, codes: list[ReasonCode], _p: object

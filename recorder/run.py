@@ -21,7 +21,9 @@ KEY_IN_FORCE_TIMEOUT: Final = 5.0
 
 
 def run(
-    config: str | os.PathLike[str] | None, keys: str | os.PathLike[str] | None, broker: Address | None = None
+    config: str | os.PathLike[str] | None,
+    keys: str | os.PathLike[str] | None,
+    broker: Address | list[Address] | None = None,
 ) -> None:
     """Record until a signal; the banner line is printed once the subscription is granted."""
     settings = load_settings(config, keys)
@@ -32,9 +34,9 @@ def run(
     # The recorder puts a snapshot in force by reading it (which networks to keep): the watcher
     # may reload without waiting for the next sample.
     registry = LiveRegistry(config, keys, idle_after=0.0)
-    broker = broker or settings.broker.mqtt.local()
+    brokers = [broker] if isinstance(broker, Address) else broker or [settings.broker.mqtt.local()]
     store = HistoryStore(settings.history_path)
-    recorder = Recorder(registry, store, broker, username, password)
+    recorder = Recorder(registry, store, brokers, username, password)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -50,7 +52,7 @@ def run(
             pass
         if not stop.is_set():
             print(
-                f"Recording networks/# from mqtt://{broker} into {settings.history_path}\n"
+                f"Recording networks/# from mqtt://{recorder.broker} into {settings.history_path}\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
             )

@@ -6,12 +6,14 @@ stopped, and each client must carry on through the second.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,7 +29,10 @@ from test_nats_cluster import FAILOVER, make_home, require_nats, start_cluster
 from test_platform import left_behind, start_up
 
 from radio.broker.thread import BrokerThread
-from radio.config import Address
+from radio.config import Address, load_settings
+from radio.recorder.identity import recorder_credentials
+from radio.recorder.recorder import Recorder
+from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry
 from radio.subscribers.listener import Listener, Refused
 from radio.urls import BrokerURL, parse_urls
@@ -217,6 +222,45 @@ def test_the_traffic_generator_keeps_publishing_through_the_second_broker(
 
 @pytest.mark.nats
 @pytest.mark.slow
+def test_the_recorder_numbers_samples_through_the_second_broker_once_the_first_is_gone(
+    two: tuple[BrokerThread, BrokerThread], home: Home
+) -> None:
+    first, second = two
+    settings = load_settings(home.config)
+    store = HistoryStore(settings.history_path)
+    brokers = [Address("127.0.0.1", first.mqtt_port), Address("127.0.0.1", second.mqtt_port)]
+    recorder = Recorder(LiveRegistry(home.config), store, brokers, *recorder_credentials(settings))
+    gen_first = Client("tcp", first.mqtt_port, "gen", home.secrets["gen"])
+    gen_second = Client("tcp", second.mqtt_port, "gen", home.secrets["gen"])
+    recorder.start()
+    try:
+        assert recorder.subscribed.wait(10)
+        assert gen_first.connect() == 0
+        gen_first.publish("networks/A", b'{"on": "first"}', qos=1)
+        gen_first.close()
+        first.stop()
+        deadline = time.monotonic() + 15
+        while not (recorder.subscribed.is_set() and recorder.broker == brokers[1]):
+            assert time.monotonic() < deadline, "the recorder never moved to the second broker"
+            time.sleep(0.05)
+        assert gen_second.connect() == 0
+        gen_second.publish("networks/A", b'{"on": "second"}', qos=1)
+
+        def recorded() -> list[str]:
+            with contextlib.closing(sqlite3.connect(settings.history_path)) as db:
+                rows = db.execute("SELECT payload FROM samples WHERE network = 'A' ORDER BY seq")
+                return [json.loads(payload)["on"] for (payload,) in rows]
+
+        deadline = time.monotonic() + 10
+        while recorded() != ["first", "second"]:
+            assert time.monotonic() < deadline, recorded()
+            time.sleep(0.05)
+    finally:
+        gen_second.close()
+        recorder.stop()
+        store.close()
+
+
 def test_radio_up_on_a_cluster_hands_every_node_to_its_bridge_and_simulator(tmp_path: Path) -> None:
     require_nats()
     up = start_up(tmp_path, "nats")
@@ -224,11 +268,13 @@ def test_radio_up_on_a_cluster_hands_every_node_to_its_bridge_and_simulator(tmp_
         lines = [child.cmdline() for child in up.children]
         bridge = next(line for line in lines if "bridge" in line)
         traffic = next(line for line in lines if "traffic" in line)
+        recorder = next(line for line in lines if "recorder" in line)
         every = bridge[bridge.index("--broker") + 1]
         ports = re.findall(r"mqtt://127\.0\.0\.1:(\d+)", every)
         assert len(set(ports)) == 3, every  # the default cluster: three nodes
         assert up.value(r"mqtt://127\.0\.0\.1:(\d+)") in ports
         assert traffic[traffic.index("--url") + 1] == every
+        assert recorder[recorder.index("--broker") + 1] == every
     finally:
         up.process.send_signal(signal.SIGINT)
         _, err = up.process.communicate(timeout=60)
