@@ -138,7 +138,7 @@ def current_registry() -> Registry:
     return fresh_registry(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
-@bp.post("/publish")
+@bp.post("/publish", provide_automatic_options=False)  # OPTIONS is 405, like every other method
 def publish() -> tuple[Response, int]:
     """Check, forward at QoS 1, and answer 200 only once the broker acknowledged the sample."""
     started = time.perf_counter()

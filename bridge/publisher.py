@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import struct
 import threading
@@ -51,6 +52,9 @@ CONNACK_REFUSALS: Final = {
     4: "bad user name or password",
     5: "not authorized",
 }
+
+
+UNREACHABLE: Final = "the broker is unreachable: nothing was published, retry later"
 
 
 class BrokerUnavailable(Exception):
@@ -177,6 +181,8 @@ class Publisher:
         self._waiting: dict[int, Future[None] | asyncio.Future[None]] = {}
         self._next_id = 0
         self._outgoing: list[bytes] = []
+        self._up = asyncio.Event()
+        """``_connected`` for waiters on the link's own loop; set and cleared on that loop."""
         self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
         """Every connection made, until it is gone: none may outlive the publisher's own loop."""
 
@@ -250,54 +256,77 @@ class Publisher:
         """Publish at QoS 1 and return once the broker acknowledged it; else BrokerUnavailable."""
         deadline = time.monotonic() + self.timeout
         if not self._connected.wait(self.timeout) or self._loop is None:
-            msg = "the broker is unreachable: nothing was published, retry later"
-            raise BrokerUnavailable(msg)
+            raise BrokerUnavailable(UNREACHABLE)
         done: Future[None] = Future()
         try:
-            self._loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, done)
+            self._loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, done, deadline)
         except RuntimeError:  # the loop is closed: the publisher was stopped
-            msg = "the broker is unreachable: nothing was published, retry later"
-            raise BrokerUnavailable(msg) from None
+            raise BrokerUnavailable(UNREACHABLE) from None
         try:
             done.result(max(deadline - time.monotonic(), 0.001))
         except FutureTimeout:
-            msg = f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
-            raise BrokerUnavailable(msg) from None
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._unconfirmed)
+            raise BrokerUnavailable(self._not_confirmed()) from None
 
     async def publish_async(self, topic: str, payload: bytes, retain: bool) -> None:
-        """``publish`` for a caller on an event loop: no thread waits for the PUBACK."""
+        """``publish`` for a caller on an event loop: no thread waits for the link or the PUBACK."""
+        deadline = time.monotonic() + self.timeout
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        unreachable = "the broker is unreachable: nothing was published, retry later"
-        # Rare (the link is down): a thread of the default pool waits for it to come back.
-        if not self._connected.is_set() and not await asyncio.to_thread(self._connected.wait, self.timeout):
-            raise BrokerUnavailable(unreachable)
         link_loop = self._loop
         if link_loop is None:
-            raise BrokerUnavailable(unreachable)
+            raise BrokerUnavailable(UNREACHABLE)
         done: asyncio.Future[None]
         if loop is link_loop:  # radio bridge: the server's loop is the link's
+            if not self._connected.is_set():
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self._up.wait()
+                except TimeoutError:
+                    raise BrokerUnavailable(UNREACHABLE) from None
             done = loop.create_future()
-            self._send(topic.encode(), payload, retain, done)
-        else:  # a link with a loop of its own
+            self._send(topic.encode(), payload, retain, done, deadline)
+        else:  # a link with a loop of its own (tests): rare waits for the link take a pool thread
+            if not self._connected.is_set() and not await asyncio.to_thread(
+                self._connected.wait, self.timeout
+            ):
+                raise BrokerUnavailable(UNREACHABLE)
             handed: Future[None] = Future()
             try:
-                link_loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, handed)
+                link_loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, handed, deadline)
             except RuntimeError:  # its loop is closed: the publisher was stopped
-                raise BrokerUnavailable(unreachable) from None
+                raise BrokerUnavailable(UNREACHABLE) from None
             done = asyncio.wrap_future(handed)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 await done
         except TimeoutError:
-            msg = f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
-            raise BrokerUnavailable(msg) from None
+            with contextlib.suppress(RuntimeError):
+                link_loop.call_soon_threadsafe(self._unconfirmed)
+            raise BrokerUnavailable(self._not_confirmed()) from None
+
+    def _not_confirmed(self) -> str:
+        return f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
 
     # On the publisher's event loop from here on.
 
     def _send(
-        self, topic: bytes, payload: bytes, retain: bool, done: Future[None] | asyncio.Future[None]
+        self,
+        topic: bytes,
+        payload: bytes,
+        retain: bool,
+        done: Future[None] | asyncio.Future[None],
+        deadline: float,
     ) -> None:
+        if done.done():  # its caller gave up (timed out) before the loop got to it
+            return
+        if time.monotonic() >= deadline:
+            # Handed over too late (a busy loop, a link just back): sending it now would publish a
+            # sample whose request is answered 503.
+            done.set_exception(
+                BrokerUnavailable("the broker link was busy: nothing was published, retry later")
+            )
+            return
         if not self._connected.is_set() or self._link is None:
             done.set_exception(
                 BrokerUnavailable("the broker link dropped: nothing was published, retry later")
@@ -321,6 +350,27 @@ class Publisher:
         self._outgoing.clear()
         if self._link is not None and self._link.transport is not None:
             self._link.transport.write(data)
+
+    def _unconfirmed(self) -> None:
+        """A sample went unacknowledged past the timeout and its request was answered 503.
+
+        The link is dropped at once (a TCP reset): a stalled broker then discards what it has not
+        read yet, instead of publishing it when it wakes up. Whatever it has read but not yet
+        acknowledged may still go out: the answer to a sample the broker did not confirm in time
+        is "retry", and a retried sample may reach listeners twice (docs/http-door.md).
+        """
+        link = self._link
+        if link is not None and link.transport is not None and not link.transport.is_closing():
+            log.warning(
+                "a sample was not confirmed within %g s: dropping the link to the broker at %s",
+                self.timeout,
+                self.broker,
+            )
+            sock = link.transport.get_extra_info("socket")
+            if sock is not None:  # a reset, not a close: the broker must not read the rest
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            link.transport.abort()
 
     def _acknowledged(self, packet_id: int) -> None:
         done = self._waiting.pop(packet_id, None)
@@ -367,6 +417,7 @@ class Publisher:
                         log.warning("lost the broker at %s (%s); reconnecting", broker, exc or "closed")
                     lost = lost or was_connected
                 self._connected.clear()
+                self._up.clear()
                 self._link = None
                 self._drop_waiting()
                 failed = 0 if was_connected else failed + 1
@@ -375,6 +426,7 @@ class Publisher:
                     await asyncio.sleep(RECONNECT_DELAY)
         finally:
             self._connected.clear()
+            self._up.clear()
             self._drop_waiting()
             if self._link is not None and self._link.transport is not None:
                 self._link.transport.write(DISCONNECT)
@@ -407,12 +459,17 @@ class Publisher:
                 raise
         if code != 0:
             reason = CONNACK_REFUSALS.get(code, f"code {code}")
-            log.error("the broker refused the bridge's key: %s", reason)
+            refusal = f"the broker refused the bridge's key: {reason}"
+            if refusal not in self._refusals_logged:  # once per reason: it is retried every second
+                self._refusals_logged.add(refusal)
+                log.error("%s", refusal)
             transport.close()
             msg = f"refused: {reason}"
             raise ConnectionError(msg)
         self._link = link
         self._connected.set()
+        self._up.set()
+        self._refusals_logged.clear()  # a refusal after this one is news again
         log.info("%s the broker at %s", "reconnected to" if lost else "connected to", self.broker)
         while not link.closed.done():
             await asyncio.wait([link.closed], timeout=KEEPALIVE / 2)

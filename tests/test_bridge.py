@@ -240,6 +240,7 @@ def test_other_methods_and_paths_get_json_errors(bridge):
     for method, path, status in (
         ("GET", "/publish", 405),
         ("PUT", "/publish", 405),
+        ("OPTIONS", "/publish", 405),
         ("GET", "/nowhere", 404),
         ("POST", "/publish/x", 404),
         ("DELETE", "/healthz", 405),
@@ -453,3 +454,86 @@ def test_an_awaited_publish_without_a_broker_link_is_broker_unavailable():
     finally:
         publisher.stop()
         server.close()
+
+
+def test_with_the_broker_down_every_post_is_503_in_time_and_none_goes_out_later(home):
+    """Many POSTs while the link is down: each answered 503 within the timeout, none sent once it is back.
+
+    The barrier: once the broker is back, one more sample is accepted; anything refused before it
+    and sent late would reach the listener first.
+    """
+    first = BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    )
+    first.start()
+    port = first.mqtt_port
+    bridge = start_bridge(home, port, "--timeout", "1")
+    try:
+        first.stop()
+        key = {"API-KEY": home.secrets["gen"]}
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(lambda _: _timed_post(bridge, key), range(40)))
+        assert {status for status, _ in answers} == {503}
+        assert max(seconds for _, seconds in answers) < 3, answers  # 1 s timeout, 40 at once
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
+        ) as second:
+            listener = Client("tcp", second.mqtt_port, "reader_a", home.secrets["reader_a"])
+            assert listener.connect() == 0
+            assert listener.subscribe("networks/A") == 0
+            sentinel = body({"network": "A", "data": {"sentinel": True}})
+            deadline = time.monotonic() + 15
+            while bridge.post(sentinel, key).status_code != 200:
+                assert time.monotonic() < deadline, "the bridge did not reconnect"
+            assert [json.loads(m.payload) for m in listener.expect(1)] == [{"sentinel": True}]
+            listener.close()
+    finally:
+        bridge.stop()
+
+
+def _timed_post(bridge, headers: dict[str, str]) -> tuple[int, float]:
+    started = time.monotonic()
+    status = bridge.post(body(VALID), headers).status_code
+    return status, time.monotonic() - started
+
+
+@pytest.mark.parametrize("path", ["thread", "event loop"])
+def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
+    """A stalled broker: the 503 comes with a reset link, so it drops the samples it has not read."""
+    server = socket.create_server(("127.0.0.1", 0))
+    connections: list[socket.socket] = []
+
+    def stalled_broker() -> None:
+        conn, _ = server.accept()
+        connections.append(conn)
+        conn.recv(1024)  # CONNECT
+        conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted, then never a PUBACK
+
+    threading.Thread(target=stalled_broker, daemon=True).start()
+    publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=0.5)
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        publish = (
+            (lambda: publisher.publish("networks/A", b"{}", retain=False))
+            if path == "thread"
+            else (lambda: asyncio.run(publisher.publish_async("networks/A", b"{}", retain=False)))
+        )
+        with pytest.raises(BrokerUnavailable, match="did not confirm"):
+            publish()
+        assert _how_it_ends(connections[0]) == "reset"
+    finally:
+        publisher.stop()
+        for conn in (*connections, server):
+            conn.close()
+
+
+def _how_it_ends(conn: socket.socket) -> str:
+    """Read until the peer closes (FIN: "closed") or resets ("reset") the connection."""
+    conn.settimeout(10)
+    try:
+        while conn.recv(65536):  # the PUBLISH, then the end
+            pass
+    except ConnectionResetError:
+        return "reset"
+    return "closed"
