@@ -294,11 +294,15 @@ def test_metrics_count_outcomes_and_time_to_puback(served, home):
     assert "radio_bridge_puback_seconds_count 3.0" in text
 
 
-def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(home):
-    first = BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+def broker_on(home: Home, port: int) -> BrokerThread:
+    """The embedded broker on ``port`` (0: a free one): started once, restarted on the same port."""
+    return BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
     )
-    first.start()
+
+
+def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(home):
+    first = broker_on(home, 0).start()
     port = first.mqtt_port
     bridge = start_bridge(home, port, "--timeout", "1")
     try:
@@ -315,9 +319,7 @@ def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(hom
         )
         assert requests.get(bridge.url + "/healthz", timeout=10).status_code == 503
 
-        with BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-        ) as second:
+        with broker_on(home, port) as second:
             listener = Client("tcp", second.mqtt_port, "reader_a", home.secrets["reader_a"])
             assert listener.connect() == 0
             assert listener.subscribe("networks/A") == 0
@@ -462,10 +464,7 @@ def test_with_the_broker_down_every_post_is_503_in_time_and_none_goes_out_later(
     The barrier: once the broker is back, one more sample is accepted; anything refused before it
     and sent late would reach the listener first.
     """
-    first = BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    )
-    first.start()
+    first = broker_on(home, 0).start()
     port = first.mqtt_port
     bridge = start_bridge(home, port, "--timeout", "1")
     try:
@@ -475,9 +474,7 @@ def test_with_the_broker_down_every_post_is_503_in_time_and_none_goes_out_later(
             answers = list(pool.map(lambda _: _timed_post(bridge, key), range(40)))
         assert {status for status, _ in answers} == {503}
         assert max(seconds for _, seconds in answers) < 3, answers  # 1 s timeout, 40 at once
-        with BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-        ) as second:
+        with broker_on(home, port) as second:
             listener = Client("tcp", second.mqtt_port, "reader_a", home.secrets["reader_a"])
             assert listener.connect() == 0
             assert listener.subscribe("networks/A") == 0
