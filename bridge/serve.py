@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from typing import Any, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -38,6 +40,11 @@ log = logging.getLogger("radio.bridge")
 DEFAULT_WORKERS: Final = 2
 DEFAULT_THREADS: Final = 16
 """Requests per worker process that run Flask (and wait for their PUBACK) at once."""
+HEAD_LIMIT: Final = 64 * 1024
+"""Bytes of request line and headers a request may send (431 past them)."""
+REFUSED_LINGER: Final = 1.0
+"""Seconds a refused connection stays open to drop what its client still sends, so that the
+refusal is read rather than lost to a reset."""
 KEEP_ALIVE: Final = 5
 """Seconds an idle keep-alive connection is kept open."""
 
@@ -71,10 +78,54 @@ class _Server(Server):
         await super().shutdown(sockets)
 
 
+class _BoundedHeaders(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a bound on a request's line and headers.
+
+    httptools keeps a header until it is complete, however long: a few clients sending endless
+    headers would fill a worker's memory. Past ``HEAD_LIMIT`` bytes the request is answered 431
+    and the connection closed.
+    """
+
+    _in_head = False
+    _head_bytes = 0
+    _refused = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # what the client still sends is read and dropped until the connection closes
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_LIMIT:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
+    def _refuse_head(self) -> None:
+        self._refused = True
+        body = json.dumps({"error": f"request line and headers over {HEAD_LIMIT} bytes"}).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        # Closing now, with the client's bytes unread, would reset the connection and lose the
+        # answer: say we are done writing, drop what still arrives, and close a moment later.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSED_LINGER, self.transport.close)
+
+
 class BridgeWorker(UvicornWorker):  # type: ignore[misc]
     """A gunicorn worker: one event loop (uvloop, httptools) and one broker link per process."""
 
-    CONFIG_KWARGS: Final = {"loop": "uvloop", "http": "httptools", "lifespan": "on", "access_log": False}
+    CONFIG_KWARGS: Final = {"loop": "uvloop", "http": _BoundedHeaders, "lifespan": "on", "access_log": False}
 
     def init_signals(self) -> None:
         """Ctrl-C reaches the workers too (one process group): leave it to the arbiter.

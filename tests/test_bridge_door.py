@@ -6,6 +6,7 @@ worker: on a server where a half-sent request holds a worker, the normal POST wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -208,3 +209,28 @@ def test_samples_of_every_length_class_reach_listeners_byte_for_byte(bridge, hom
     assert response.status_code == 200
     got = everything.expect(1)[0]
     assert (got.topic, got.payload) == ("networks/A", json.dumps(data).encode())
+
+
+def test_endless_headers_are_answered_431_and_cost_no_more_memory(home, broker, everything):
+    """httptools keeps a header until it ends: past 64 KiB of request head, 431 and the door shuts."""
+    running = start_bridge(home, broker.mqtt_port, "--workers", "1")
+    port = int(running.url.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            with contextlib.suppress(ConnectionError):  # closed while still sending: that is the point
+                for _ in range(64):
+                    sock.sendall(b"a" * 16384)
+            head, answer = read_answer(sock)
+        assert head.startswith("HTTP/1.1 431")
+        assert answer == {"error": "request line and headers over 65536 bytes"}
+        # A long but bounded head still works, and so does everyone else.
+        response = running.post(
+            json.dumps({"network": "A", "data": {"n": 2}}),
+            {"API-KEY": home.secrets["gen"], "X-Long": "b" * 30_000},
+        )
+        assert (response.status_code, response.json()) == (200, {"message": "OK"})
+        assert json.loads(everything.expect(1)[0].payload) == {"n": 2}
+    finally:
+        stderr = running.stop()
+    assert "Traceback" not in stderr, stderr
