@@ -3,7 +3,8 @@
 A slow or stalled client must cost a socket, never a worker. The event loop (uvicorn) reads the
 headers; this adapter reads the whole body, within ``body_timeout`` seconds of the headers, and only
 then hands the complete request to a thread running Flask. A body that does not arrive in time is
-answered 408 ``{"error": ...}`` and the connection closed; it never reached a thread.
+answered 408 ``{"error": ...}`` and the connection closed; it never reached a thread. When the
+server stops, a request still waiting for its body is answered 503 at once.
 
 A body larger than ``body_limit()`` is not buffered: the app is called with the declared
 ``Content-Length`` and no body (or with the first ``limit + 1`` bytes of a chunked body) and
@@ -47,6 +48,10 @@ Finish = Callable[[Answer], Awaitable[Answer]]
 """Given the response the app built, the one to send (awaited on the event loop)."""
 
 
+class _Stopping(Exception):
+    """The server is stopping and the request's body is not all here: it is answered 503."""
+
+
 class _Incomplete(Exception):
     """The client went away before its body was complete: nobody is left to answer."""
 
@@ -80,6 +85,19 @@ class BufferedWSGI:
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-bridge")
+        self._reading: set[asyncio.Task[Any]] = set()
+        """Requests whose body is still arriving: a stop answers them at once rather than waiting."""
+        self._stopping = False
+
+    def begin_stop(self) -> None:
+        """The server stops: a request still waiting for its body is answered 503 now.
+
+        Otherwise a client that sent half a body would hold the stop for up to ``body_timeout``,
+        as long as gunicorn waits before it kills the worker.
+        """
+        self._stopping = True
+        for task in self._reading:
+            task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One ASGI connection scope: lifespan (start, stop) or one HTTP request."""
@@ -115,14 +133,15 @@ class BufferedWSGI:
             if declared is not None and declared > limit:
                 body, close = b"", True  # the app refuses it (413) by its declared length
             else:
-                async with asyncio.timeout(self.body_timeout):
-                    body = await _read_body(receive, limit)
+                body = await self._body(receive, limit)
                 close = len(body) > limit
                 declared = len(body)  # also for a chunked body, which WSGI cannot read otherwise
         except TimeoutError:
             status, headers, payload = _json_answer(
                 408, f"request body not received within {self.body_timeout:g} s"
             )
+        except _Stopping:
+            status, headers, payload = _json_answer(503, "the bridge is stopping: retry")
         except _Incomplete:
             return
         else:
@@ -140,6 +159,21 @@ class BufferedWSGI:
                 headers.append(CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _body(self, receive: Receive, limit: int) -> bytes:
+        task = asyncio.current_task()
+        if self._stopping or task is None:
+            raise _Stopping
+        self._reading.add(task)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await _read_body(receive, limit)
+        except asyncio.CancelledError:
+            if self._stopping and task.uncancel() == 0:
+                raise _Stopping from None
+            raise
+        finally:
+            self._reading.discard(task)
 
     def _call(self, environ: dict[str, Any]) -> Answer:
         started: list[tuple[str, list[tuple[str, str]]]] = []

@@ -63,12 +63,15 @@ class _Server(Server):
             self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Idle HTTPS connections are dropped at once, not closed the TLS way.
+        """Requests waiting for their body are answered 503; idle HTTPS connections are dropped.
 
         Closing one the TLS way waits for the client's reply to the server's close_notify, and a
         client that keeps an idle keep-alive connection open never sends it: every such client
         would hold the stop until gunicorn kills the worker (``graceful_timeout``).
         """
+        begin_stop = getattr(self.config.app, "begin_stop", None)
+        if begin_stop is not None:  # requests still waiting for their body are answered now
+            begin_stop()
         for connection in list(self.server_state.connections):
             cycle = getattr(connection, "cycle", None)
             idle = cycle is None or cycle.response_complete

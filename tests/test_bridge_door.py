@@ -234,3 +234,20 @@ def test_endless_headers_are_answered_431_and_cost_no_more_memory(home, broker, 
     finally:
         stderr = running.stop()
     assert "Traceback" not in stderr, stderr
+
+
+def test_a_stop_answers_a_half_sent_body_at_once_instead_of_waiting_for_it(home, broker, everything):
+    """Ctrl-C with a client stalled mid-body: 503 for it now, not a stop held for body_timeout (10 s)."""
+    running = start_bridge(home, broker.mqtt_port, "--workers", "1")
+    port = int(running.url.rsplit(":", 1)[1])
+    with stalled_body(port, home.secrets["gen"]) as sock:
+        # One worker, one event loop: by the time this POST is answered, the stalled head was read.
+        response = running.post(
+            json.dumps({"network": "A", "data": {"n": 3}}), {"API-KEY": home.secrets["gen"]}
+        )
+        assert response.status_code == 200
+        stderr = running.stop(timeout=6)
+        head, answer = read_answer(sock)
+    assert head.startswith("HTTP/1.1 503")
+    assert answer == {"error": "the bridge is stopping: retry"}
+    assert "Traceback" not in stderr, stderr
