@@ -266,7 +266,7 @@ class Publisher:
             done.result(max(deadline - time.monotonic(), 0.001))
         except FutureTimeout:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._unconfirmed)
+                self._loop.call_soon_threadsafe(self._unconfirmed, done)
             raise BrokerUnavailable(self._not_confirmed()) from None
 
     async def publish_async(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -302,7 +302,7 @@ class Publisher:
                 await done
         except TimeoutError:
             with contextlib.suppress(RuntimeError):
-                link_loop.call_soon_threadsafe(self._unconfirmed)
+                link_loop.call_soon_threadsafe(self._unconfirmed, done if loop is link_loop else handed)
             raise BrokerUnavailable(self._not_confirmed()) from None
 
     def _not_confirmed(self) -> str:
@@ -351,7 +351,7 @@ class Publisher:
         if self._link is not None and self._link.transport is not None:
             self._link.transport.write(data)
 
-    def _unconfirmed(self) -> None:
+    def _unconfirmed(self, done: Future[None] | asyncio.Future[None]) -> None:
         """A sample went unacknowledged past the timeout and its request was answered 503.
 
         The link is dropped at once (a TCP reset): a stalled broker then discards what it has not
@@ -359,6 +359,8 @@ class Publisher:
         acknowledged may still go out: the answer to a sample the broker did not confirm in time
         is "retry", and a retried sample may reach listeners twice (docs/http-door.md).
         """
+        if not any(waiting is done for waiting in self._waiting.values()):
+            return  # never sent (handed over too late), or answered meanwhile: the link is fine
         link = self._link
         if link is not None and link.transport is not None and not link.transport.is_closing():
             log.warning(
