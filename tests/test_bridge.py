@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import flask
 import psutil
 import pytest
 import requests
@@ -154,6 +155,11 @@ def test_end_to_end_a_sample_posted_to_radio_bridge_reaches_a_listener(served, h
 def test_a_valid_sample_reaches_listeners_exactly_and_is_retained(bridge, home, everything, broker):
     response = bridge.post(body(VALID), {"API-KEY": home.secrets["gen"], "Content-Type": "application/json"})
     assert (response.status_code, response.json()) == (200, {"message": "OK"})
+    # Byte for byte Flask's jsonify(message="OK"), which the 200 used to be built with.
+    with bridge.app.app_context():
+        expected = flask.jsonify(message="OK")
+    assert response.text == expected.get_data(as_text=True)
+    assert response.headers["Content-Type"] == expected.headers["Content-Type"]
     got = everything.expect(1)[0]
     assert got.topic == "networks/A"
     assert got.payload == json.dumps(VALID["data"]).encode()  # the article's json.dumps(body['data'])
