@@ -906,10 +906,10 @@ def _keys_edit(args: argparse.Namespace) -> int:
     publish, subscribe = _rights(key)
     print(
         f"Key {key.name!r} (id {key.id}) now publishes to {publish} and reads {subscribe}; limits: "
-        f"{_limits(key)}; expires: {_expiry(key)}. Its secret is unchanged. Running brokers and bridges "
-        "apply it within 2 seconds.",
+        f"{_limits(key)}; expires: {_expiry(key)}. Its secret is unchanged.",
         file=sys.stderr,
     )
+    _await_servers(args)
     return 0
 
 

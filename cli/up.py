@@ -346,7 +346,7 @@ def _print_banner(
         f"  demo publisher key:   {secret}\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
         f"  state:                {settings.state_dir} "
-        "(keys.toml, demo.key, bridge.key, broker.db, history.db)\n"
+        "(keys.toml, demo.key, bridge.key, recorder.key, broker.db, history.db, usage.db)\n"
         f"  other radio commands: {where}\n"
         "\n"
         "Try, in another terminal:\n"

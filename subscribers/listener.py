@@ -392,8 +392,8 @@ class Listener:
                 kept_from = page.first if page.first is not None else page.last + 1
                 if page.last < since:
                     self.notice(
-                        f"the history of {network} ends at {page.last}, before {since}: "
-                        "its numbering started again (a new history file?); nothing to replay"
+                        f"the history of {network} ends at {page.last}, before {since}: nothing to "
+                        "replay (a number not reached yet, or a history file that started again)"
                     )
                 elif kept_from > since + 1:
                     self.notice(

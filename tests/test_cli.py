@@ -442,6 +442,15 @@ def test_a_new_key_works_in_the_very_next_command(run, home, engine):
         client = Client("tcp", server.mqtt_port, "late1", "wrong")
         assert client.connect() != 0
         client.close()
+        # New rights, the same: in force when the command returns.
+        reader = Client("tcp", server.mqtt_port, "reader_a", home.secrets["reader_a"])
+        try:
+            assert reader.connect() == 0
+            edited = run("keys", "edit", "reader_a", "--subscribe", "A,B", "--config", str(home.config))
+            assert "In force on 1 running server(s)." in edited.stderr, edited.stderr
+            assert reader.subscribe("networks/B", qos=1) == 1
+        finally:
+            reader.close()
 
 
 def test_keys_add_names_a_server_that_does_not_confirm(run, home, monkeypatch):
