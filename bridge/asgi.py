@@ -161,18 +161,22 @@ class BufferedWSGI:
         await send({"type": "http.response.body", "body": payload})
 
     async def _body(self, receive: Receive, limit: int) -> bytes:
+        """The body, within ``body_timeout`` (else TimeoutError), unless the server stops first."""
         task = asyncio.current_task()
         if self._stopping or task is None:
             raise _Stopping
         self._reading.add(task)
+        # A plain timer rather than asyncio.timeout(): this runs for every request.
+        expired: list[bool] = []
+        expiry = asyncio.get_running_loop().call_later(self.body_timeout, _expire, task, expired)
         try:
-            async with asyncio.timeout(self.body_timeout):
-                return await _read_body(receive, limit)
+            return await _read_body(receive, limit)
         except asyncio.CancelledError:
-            if self._stopping and task.uncancel() == 0:
-                raise _Stopping from None
+            if (expired or self._stopping) and task.uncancel() == 0:
+                raise (TimeoutError if expired else _Stopping) from None
             raise
         finally:
+            expiry.cancel()
             self._reading.discard(task)
 
     def _call(self, environ: dict[str, Any]) -> Answer:
@@ -195,6 +199,11 @@ class BufferedWSGI:
         status, headers = started[0]
         encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
         return int(status[:3]), encoded, b"".join(chunks)
+
+
+def _expire(task: asyncio.Task[Any], expired: list[bool]) -> None:
+    expired.append(True)
+    task.cancel()
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -92,6 +92,12 @@ PINGREQ: Final = b"\xc0\x00"
 DISCONNECT: Final = b"\xe0\x00"
 
 
+def _expire(done: asyncio.Future[None]) -> None:
+    """The timeout of an awaited PUBACK: the waiter sees its future cancelled."""
+    if not done.done():
+        done.cancel()
+
+
 class _Link(asyncio.Protocol):
     """One connection to the broker; lives and dies on the publisher's event loop."""
 
@@ -297,13 +303,20 @@ class Publisher:
             except RuntimeError:  # its loop is closed: the publisher was stopped
                 raise BrokerUnavailable(UNREACHABLE) from None
             done = asyncio.wrap_future(handed)
+        # A plain timer rather than asyncio.timeout(): this runs for every sample, and the timer is
+        # a few times cheaper (bench/RESULTS.md, "HTTP door").
+        expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                await done
-        except TimeoutError:
+            await done
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller itself is cancelled: not a timeout
             with contextlib.suppress(RuntimeError):
                 link_loop.call_soon_threadsafe(self._unconfirmed, done if loop is link_loop else handed)
             raise BrokerUnavailable(self._not_confirmed()) from None
+        finally:
+            expiry.cancel()
 
     def _not_confirmed(self) -> str:
         return f"the broker did not confirm the sample within {self.timeout:g} s: retry later"
@@ -430,11 +443,13 @@ class Publisher:
             self._connected.clear()
             self._up.clear()
             self._drop_waiting()
-            if self._link is not None and self._link.transport is not None:
-                self._link.transport.write(DISCONNECT)
-                self._link.transport.close()
+            link = self._link
+            if link is not None and link.transport is not None and not link.transport.is_closing():
+                link.transport.write(DISCONNECT)
+                link.transport.close()
+            if link is not None:  # closing (or dropped just before the stop): let it finish
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(self._link.closed), CLOSE_GRACE)
+                    await asyncio.wait_for(asyncio.shield(link.closed), CLOSE_GRACE)
 
     def _new_link(self) -> _Link:
         link = _Link(self)
