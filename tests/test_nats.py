@@ -25,6 +25,7 @@ import tomli_w
 from conftest import CONFIG
 from mqtt_client import Client
 from test_nats_cluster import require_nats
+from test_platform import left_behind, start_up
 
 from radio.broker.nats import NatsCluster
 from radio.broker.nats_conf import NatsError, plan
@@ -216,43 +217,13 @@ def test_radio_broker_runs_a_local_cluster_and_prints_every_node(home):
 @pytest.mark.slow
 def test_radio_up_runs_the_platform_on_nats(tmp_path):
     require_nats()
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "up",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--engine",
-            "nats",
-            "--nodes",
-            "3",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    up = start_up(tmp_path, "nats")
     listen = None
-    children = []
     try:
-        banner = ""
-        assert up.stdout is not None
-        for line in up.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
-        ws_url = re.search(r"radio listen sample_net --url (\S+)", banner)[1]
-        http_url = re.search(r"HTTP publish:\s+(\S+)", banner)[1]
-        key = re.search(r"demo publisher key:\s+(\S+)", banner)[1]
-        children = psutil.Process(up.pid).children(recursive=True)
-        assert len([c for c in children if "nats-server" in c.name()]) == 3
+        ws_url = up.value(r"radio listen sample_net --url (\S+)")
+        http_url = up.value(r"HTTP publish:\s+(\S+)")
+        key = up.value(r"demo publisher key:\s+(\S+)")
+        assert len([c for c in up.children if "nats-server" in c.name()]) == 3
         listen = subprocess.Popen(
             [sys.executable, "-m", "radio", "listen", "sample_net", "--url", ws_url],
             cwd=tmp_path,
@@ -280,8 +251,8 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
         if listen is not None:
             listen.send_signal(signal.SIGINT)
             listen.communicate(timeout=20)
-        up.send_signal(signal.SIGINT)
-        _, err = up.communicate(timeout=60)
-    assert up.returncode == 0, err
+        up.process.send_signal(signal.SIGINT)
+        _, err = up.process.communicate(timeout=60)
+    assert up.process.returncode == 0, err
     assert "Traceback" not in err
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left_behind(up.children)

@@ -7,11 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
+from test_platform import start_up
 
 from radio.cli import up as up_module
 
@@ -70,46 +69,15 @@ def test_the_readmes_examples_work_when_pasted_as_blocks(tmp_path):
     assert len(blocks) == 3
     env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this interpreter's radio
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "up",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    up = start_up(tmp_path)
     try:
-        banner = ""
-        assert up.stdout is not None
-        for line in up.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
-        mqtt = re.search(r"mqtt://127\.0\.0\.1:(\d+)", banner)[1]
-        ws = re.search(r"ws://127\.0\.0\.1:(\d+)/mqtt", banner)[1]
-        http = re.search(r"http://127\.0\.0\.1:(\d+)/publish", banner)[1]
+        mqtt, ws, http = up.ports
         config = tmp_path / "radio.toml"
         text = config.read_text()
         text = text.replace("127.0.0.1:1883", f"127.0.0.1:{mqtt}").replace(
             "127.0.0.1:8080", f"127.0.0.1:{ws}"
         )
         config.write_text(text.replace("127.0.0.1:5000", f"127.0.0.1:{http}"))
-        deadline = time.monotonic() + 30
-        while requests.get(f"http://127.0.0.1:{http}/healthz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the bridge never reached the broker"
-            time.sleep(0.05)
 
         outputs = []
         for block in blocks:
@@ -131,8 +99,8 @@ def test_the_readmes_examples_work_when_pasted_as_blocks(tmp_path):
             assert "Traceback" not in result.stderr
             outputs.append(result.stdout)
     finally:
-        up.terminate()
-        up.communicate(timeout=60)
+        up.process.terminate()
+        up.process.communicate(timeout=60)
 
     by_hand, keys, http_door = outputs
     lines = by_hand.splitlines()
