@@ -21,13 +21,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, jsonify
 
 from radio import rates, usage
 from radio.bridge import metrics
 from radio.bridge.errors import APIError
 from radio.keys import Key, format_rate
 from radio.registry import LiveRegistry
+from radio.schemas import Schema
 
 log = logging.getLogger("radio.bridge")
 
@@ -64,35 +65,35 @@ def install(app: Flask, registry: LiveRegistry) -> None:
     app.register_error_handler(Refusal, _answer)
 
 
-def _meter() -> usage.Meter | None:
-    meter: usage.Meter | None = current_app.extensions["radio.meter"]
+def _meter(app: Flask) -> usage.Meter | None:
+    meter: usage.Meter | None = app.extensions["radio.meter"]
     return meter
 
 
 def _refuse(
-    key: Key, status: int, message: str, reason: str, headers: dict[str, str] | None = None
+    app: Flask, key: Key, status: int, message: str, reason: str, *, headers: dict[str, str] | None = None
 ) -> Refusal:
-    if (meter := _meter()) is not None:
+    if (meter := _meter(app)) is not None:
         meter.refuse(key, DOOR, reason)
     metrics.PUBLISHES.labels(outcome=reason).inc()
     metrics.REFUSALS.labels(key=key.name, door=DOOR, reason=reason).inc()
     return Refusal(status, message, reason, headers or {})
 
 
-def refused_rights(key: Key) -> None:
+def refused_rights(app: Flask, key: Key) -> None:
     """Count a publish refused for lack of rights (the article's check 5) against the key."""
-    if (meter := _meter()) is not None:
+    if (meter := _meter(app)) is not None:
         meter.refuse(key, DOOR, "rights")
     metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="rights").inc()
 
 
-def check_rate(key: Key) -> Refusal | None:
+def check_rate(app: Flask, key: Key) -> Refusal | None:
     """None if the key may publish now (a token is taken); else its 429."""
     rate = key.terms.rate
     if rate is None:
         return None
     size = key.terms.bucket
-    buckets: rates.SharedBuckets = current_app.extensions["radio.buckets"]
+    buckets: rates.SharedBuckets = app.extensions["radio.buckets"]
     wait, tokens = buckets.take(key.id, rate, size)
     if not wait:
         return None
@@ -104,12 +105,12 @@ def check_rate(key: Key) -> Refusal | None:
         "RateLimit-Reset": str(max(1, reset)),
     }
     message = f"rate limit exceeded: this key may publish {format_rate(rate)} (bursts of {size}); retry later"
-    return _refuse(key, 429, message, "rate", headers)
+    return _refuse(app, key, 429, message, "rate", headers=headers)
 
 
-def check_quota(key: Key) -> Refusal | None:
+def check_quota(app: Flask, key: Key) -> Refusal | None:
     """None if the key has samples left in its quota period; else its 429 with the reset time."""
-    meter = _meter()
+    meter = _meter(app)
     state = meter.quota(key) if meter is not None else None
     if meter is None or state is None or not state.exceeded:
         return None
@@ -123,35 +124,33 @@ def check_quota(key: Key) -> Refusal | None:
     return Refusal(429, message, "quota", headers)
 
 
-def validate(key: Key, network: str, data: Any) -> Refusal | None:
+def validate(app: Flask, key: Key, schema: Schema | None, data: Any) -> Refusal | None:
     """None if the sample matches the network's schema (or it has none); else a 400 naming the field."""
-    schema = current_app.extensions["radio.registry"].current.networks[network].schema
     if schema is None:
         return None
     problem = schema.problem(data)
     if problem is None:
         return None
-    return _refuse(key, 400, f"sample does not match the network's schema: {problem}", "schema")
+    return _refuse(app, key, 400, f"sample does not match the network's schema: {problem}", "schema")
 
 
-def check(key: Key, network: str, data: Any) -> Refusal | None:
-    """Rate, then quota, then schema: the first refusal, or None."""
-    return check_rate(key) or check_quota(key) or validate(key, network, data)
+def check(app: Flask, key: Key, schema: Schema | None, data: Any) -> Refusal | None:
+    """Rate, then quota, then the network's schema: the first refusal, or None.
+
+    The app is passed in, not reached through Flask's context: this runs for every sample.
+    """
+    return check_rate(app, key) or check_quota(app, key) or validate(app, key, schema, data)
 
 
-def accepted(key: Key, network: str, size: int) -> None:
-    """Meter a sample the broker acknowledged."""
-    accepted_later(key, network, size)()
-
-
-def accepted_later(key: Key, network: str, size: int) -> Callable[[], None]:
-    """``accepted``, to call once the broker acknowledged: from the event loop, outside the request."""
-    meter = _meter()
+def accepted_later(app: Flask, key: Key, network: str, size: int) -> Callable[[], None]:
+    """What meters a sample once the broker acknowledged it: called on the event loop, after the request."""
+    meter = _meter(app)
+    samples, size_in_bytes = metrics.usage(key.name, DOOR, network)
 
     def record() -> None:
         if meter is not None:
             meter.record(key, DOOR, network, size)
-        metrics.SAMPLES.labels(key=key.name, door=DOOR, network=network).inc()
-        metrics.BYTES.labels(key=key.name, door=DOOR, network=network).inc(size)
+        samples.inc()
+        size_in_bytes.inc(size)
 
     return record

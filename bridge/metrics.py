@@ -25,6 +25,9 @@ PUBACK_SECONDS: Final = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+ACCEPTED: Final = PUBLISHES.labels(outcome="accepted")
+"""The accepted samples' counter, looked up once rather than per sample."""
+
 # Usage per key (docs/access.md): what each key published, and what was refused, by reason.
 SAMPLES: Final = Counter(
     "radio_key_samples", "Samples accepted, per key, door and network.", ["key", "door", "network"]
@@ -37,6 +40,21 @@ REFUSALS: Final = Counter(
     "Samples refused, per key, door and reason (rights, rate, quota, schema).",
     ["key", "door", "reason"],
 )
+
+
+_USAGE: dict[tuple[str, str, str], tuple[Counter, Counter]] = {}
+
+
+def usage(key: str, door: str, network: str) -> tuple[Counter, Counter]:
+    """The samples and bytes counters of a key, door and network, looked up once per process.
+
+    ``labels()`` builds and locks on every call; the hot path counts two of them per sample.
+    """
+    found = _USAGE.get((key, door, network))
+    if found is None:
+        labels = {"key": key, "door": door, "network": network}
+        found = _USAGE[key, door, network] = (SAMPLES.labels(**labels), BYTES.labels(**labels))
+    return found
 
 
 def exposition() -> tuple[bytes, str]:

@@ -25,7 +25,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Flask, Request, Response, current_app, request
@@ -164,26 +163,24 @@ def publish() -> tuple[Response, int]:
     if not isinstance(body, dict) or "network" not in body:
         _refuse(400, "*network* key missing", "missing_network")
     network = body["network"]
-    if (
-        not isinstance(network, str)
-        or network not in registry.networks
-        or not registry.access(key.name).may_publish(network_topic(network))
-    ):
-        access.refused_rights(key)  # access: count the refusal against the key (bridge/access.py)
+    settings = registry.networks.get(network) if isinstance(network, str) else None
+    topic = network_topic(network) if settings is not None else ""
+    if settings is None or not registry.access(key.name).may_publish(topic):
+        access.refused_rights(app, key)  # access: count the refusal against the key (bridge/access.py)
         _refuse(403, "You cannot broadcast to this channel", "forbidden")
     if "data" not in body:
         _refuse(400, "*data* key missing", "missing_data")
-    if not isinstance(body["data"], dict):
+    data = body["data"]
+    if not isinstance(data, dict):
         _refuse(400, "Can only broadcast json data", "not_object")
 
     # --- access (bridge/access.py): rate, then quota, then the network's schema ---
-    refusal = access.check(key, network, body["data"])
+    refusal = access.check(app, key, settings.schema, data)
     if refusal is not None:
         raise refusal
     # --- end access ---
 
-    settings = registry.networks[network]
-    payload = _serialize(body["data"])
+    payload = _serialize(data)
     if len(payload) > settings.max_payload:
         _refuse(
             413,
@@ -194,11 +191,11 @@ def publish() -> tuple[Response, int]:
 
     sample = _Sample(
         app.extensions["radio.publisher"],
-        network_topic(network),
+        topic,
         payload,
-        settings.retain,
-        started,
-        access.accepted_later(key, network, len(payload)),  # access: usage metering
+        retain=settings.retain,
+        started=started,
+        metering=access.accepted_later(app, key, network, len(payload)),  # access: usage metering
     )
     if req.environ.get(DEFERRABLE):  # radio bridge: the PUBACK is awaited on the event loop
         req.environ[DEFERRED] = sample.forward
@@ -207,16 +204,27 @@ def publish() -> tuple[Response, int]:
     return Response(OK, mimetype="application/json"), 200
 
 
-@dataclass(frozen=True)
 class _Sample:
     """A checked sample, and what is done once the broker acknowledged it."""
 
-    publisher: Publisher
-    topic: str
-    payload: bytes
-    retain: bool
-    started: float
-    metering: Callable[[], None]
+    __slots__ = ("metering", "payload", "publisher", "retain", "started", "topic")
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        started: float,
+        metering: Callable[[], None],
+    ) -> None:
+        self.publisher = publisher
+        self.topic = topic
+        self.payload = payload
+        self.retain = retain
+        self.started = started
+        self.metering = metering
 
     def publish(self) -> None:
         """Publish and wait for the PUBACK in this thread (any WSGI server), else refuse 503."""
@@ -228,7 +236,7 @@ class _Sample:
 
     def accepted(self) -> None:
         metrics.PUBACK_SECONDS.observe(time.perf_counter() - self.started)
-        metrics.PUBLISHES.labels(outcome="accepted").inc()
+        metrics.ACCEPTED.inc()
         self.metering()
 
     async def forward(self, answer: Answer) -> Answer:

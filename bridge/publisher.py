@@ -21,6 +21,7 @@ every broker of a full round failed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -89,6 +90,8 @@ def publish_packet(topic: bytes, packet_id: int, payload: bytes, retain: bool) -
 
 
 PINGREQ: Final = b"\xc0\x00"
+PUBACK_HEAD: Final = b"\x40\x02"
+"""A PUBACK's fixed header: type 4, two bytes to follow (the packet id)."""
 DISCONNECT: Final = b"\xe0\x00"
 
 
@@ -116,6 +119,7 @@ class _Link(asyncio.Protocol):
         self.last_heard = asyncio.get_running_loop().time()
         buffer = self._buffer
         buffer += data
+        self._take_pubacks(buffer)
         while len(buffer) >= 2:
             length, shift, at = 0, 0, 1
             while True:
@@ -138,6 +142,15 @@ class _Link(asyncio.Protocol):
                 self.publisher._acknowledged(struct.unpack_from("!H", body)[0])
             elif kind == 2 and length >= 2 and not self.connack.done():  # CONNACK
                 self.connack.set_result(body[1])
+
+    def _take_pubacks(self, buffer: bytearray) -> None:
+        """What a busy link reads is PUBACKs back to back, four bytes each: taken in one pass."""
+        at, end, acknowledged = 0, len(buffer) - 3, self.publisher._acknowledged
+        while at < end and buffer[at] == PUBACK_HEAD[0] and buffer[at + 1] == PUBACK_HEAD[1]:
+            acknowledged(buffer[at + 2] << 8 | buffer[at + 3])
+            at += 4
+        if at:
+            del buffer[:at]
 
     def _fail(self, why: str) -> None:
         log.warning("closing the broker link: %s", why)
@@ -187,6 +200,9 @@ class Publisher:
         self._waiting: dict[int, Future[None] | asyncio.Future[None]] = {}
         self._next_id = 0
         self._outgoing: list[bytes] = []
+        self._due: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        """Samples awaited on the link's loop, by deadline (``_expire_at``)."""
+        self._sweep: asyncio.TimerHandle | None = None
         self._up = asyncio.Event()
         """``_connected`` for waiters on the link's own loop; set and cleared on that loop."""
         self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
@@ -292,6 +308,8 @@ class Publisher:
                     raise BrokerUnavailable(UNREACHABLE) from None
             done = loop.create_future()
             self._send(topic.encode(), payload, retain, done, deadline)
+            if not done.done():
+                self._expire_at(loop, deadline, done)
         else:  # a link with a loop of its own (tests): rare waits for the link take a pool thread
             if not self._connected.is_set() and not await asyncio.to_thread(
                 self._connected.wait, self.timeout
@@ -303,9 +321,8 @@ class Publisher:
             except RuntimeError:  # its loop is closed: the publisher was stopped
                 raise BrokerUnavailable(UNREACHABLE) from None
             done = asyncio.wrap_future(handed)
-        # A plain timer rather than asyncio.timeout(): this runs for every sample, and the timer is
-        # a few times cheaper (bench/RESULTS.md, "HTTP door").
-        expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
+            expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
+            done.add_done_callback(lambda _: expiry.cancel())
         try:
             await done
         except asyncio.CancelledError:
@@ -315,8 +332,31 @@ class Publisher:
             with contextlib.suppress(RuntimeError):
                 link_loop.call_soon_threadsafe(self._unconfirmed, done if loop is link_loop else handed)
             raise BrokerUnavailable(self._not_confirmed()) from None
-        finally:
-            expiry.cancel()
+
+    def _expire_at(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, done: asyncio.Future[None]
+    ) -> None:
+        """Cancel ``done`` if it is still waiting at ``deadline``.
+
+        Every sample has the same timeout, so deadlines come in order: they queue up, and one timer
+        at the earliest expires what is due. A timer per sample cost more than the rest of the
+        publisher's part of it (bench/RESULTS.md, "HTTP door"). Samples answered meanwhile leave
+        the front of the queue as new ones join it.
+        """
+        due = self._due
+        while due and due[0][1].done():
+            due.popleft()
+        due.append((deadline, done))
+        if self._sweep is None:
+            self._sweep = loop.call_later(max(deadline - time.monotonic(), 0.0), self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep = None
+        due, now = self._due, time.monotonic()
+        while due and (due[0][0] <= now or due[0][1].done()):
+            _expire(due.popleft()[1])
+        if due:
+            self._sweep = loop.call_later(max(due[0][0] - now, 0.0), self._expire_due, loop)
 
     def _not_confirmed(self) -> str:
         return f"the broker did not confirm the sample within {self.timeout:g} s: retry later"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -45,6 +46,10 @@ HEAD_LIMIT: Final = 64 * 1024
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
+GC_THRESHOLDS: Final = (50_000, 10, 10)
+"""The collector's thresholds in a worker: a request makes a few hundred short-lived objects, freed
+as it ends; with Python's default (a young collection every 700) a worker collected several times a
+second for nothing, and the pauses showed in the door's p99 (bench/RESULTS.md, "HTTP door")."""
 KEEP_ALIVE: Final = 5
 """Seconds an idle keep-alive connection is kept open."""
 
@@ -140,6 +145,9 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def _serve(self) -> None:
+        # What the app holds once loaded lives as long as the worker: out of the collector's sight.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         self.config.app = self.wsgi
         server = _Server(config=self.config)
         # gunicorn's arbiter sends SIGQUIT for a quick stop (its own SIGINT or SIGQUIT); uvicorn's

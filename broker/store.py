@@ -9,7 +9,7 @@ session, acknowledged, a retained value replaced) and a single writer thread app
 batches, one transaction and one ``fsync`` per batch (group commit), off the event loop. A
 publisher's PUBACK (and so the HTTP bridge's 200) waits for the batch holding its changes: an
 acknowledged sample is on disk. A sample queued and acknowledged within one batch never touches
-the disk at all.
+the disk at all, and of a topic's retained values within one batch only the last is written.
 
 The file and its ``-wal``/``-shm`` companions are created 0600: they hold private samples. A file
 that cannot be read stops the broker with one line; a batch that cannot be written is reported
@@ -102,6 +102,8 @@ class Store:
         self._ops: list[tuple[str, tuple[Any, ...]] | None] = []
         self._queued_at: dict[tuple[str, int], int] = {}
         """Where a pending "queue" op stands in ``_ops``: an unqueue in the same batch cancels it."""
+        self._retained_at: dict[str, int] = {}
+        """Where a topic's pending retained value stands in ``_ops``: a newer one in the batch replaces it."""
         self._waiters: list[Callable[[bool], None]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,7 +145,15 @@ class Store:
 
     # Changes, recorded on the event loop; written by the next batch.
     def retain(self, topic: str, payload: bytes, qos: int) -> None:
-        """Keep a network's last sample (an empty payload clears it)."""
+        """Keep a network's last sample (an empty payload clears it).
+
+        Only the last value of a topic within a batch is written: a network publishing thousands of
+        samples a second costs one row per batch, not one per sample.
+        """
+        at = self._retained_at.get(topic)
+        if at is not None:
+            self._ops[at] = None
+        self._retained_at[topic] = len(self._ops)
         if payload:
             self._add("retain", (topic, payload, qos))
         else:
@@ -209,7 +219,7 @@ class Store:
     async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         while self._ops or self._waiters:
             ops, waiters = self._ops, self._waiters
-            self._ops, self._waiters, self._queued_at = [], [], {}
+            self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
             batch = [op for op in ops if op is not None]
             ok = True
             if batch:

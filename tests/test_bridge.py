@@ -531,6 +531,53 @@ def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
             conn.close()
 
 
+def test_on_the_links_own_loop_pubacks_in_any_split_answer_and_the_rest_expire():
+    """radio bridge's path: PUBACKs however the reads cut them, between other packets, answer
+    their samples; a sample never acknowledged fails on its deadline and resets the link."""
+    server = socket.create_server(("127.0.0.1", 0))
+    connections: list[socket.socket] = []
+
+    def broker() -> None:
+        conn, _ = server.accept()
+        connections.append(conn)
+        conn.recv(1024)  # CONNECT
+        conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted
+        received = b""
+        while received.count(b"networks/A") < 4:  # the four PUBLISHes, packet ids 1 to 4
+            received += conn.recv(65536)
+        # PUBACK 1, a PINGRESP, PUBACK 2 cut in two reads, PUBACK 4; never a PUBACK for 3.
+        conn.sendall(b"\x40\x02\x00\x01\xd0\x00\x40\x02\x00")
+        time.sleep(0.05)  # lets the link read the first part on its own (either way it must work)
+        conn.sendall(b"\x02\x40\x02\x00\x04")
+
+    threading.Thread(target=broker, daemon=True).start()
+
+    async def four_samples() -> list[BaseException | None]:
+        publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=1)
+        publisher.start(asyncio.get_running_loop())
+        try:
+            return await asyncio.gather(
+                *(publisher.publish_async("networks/A", b"{}", retain=False) for _ in range(4)),
+                return_exceptions=True,
+            )
+        finally:
+            await asyncio.to_thread(publisher.stop)
+
+    try:
+        outcomes = asyncio.run(four_samples())
+        assert [type(outcome).__name__ for outcome in outcomes] == [
+            "NoneType",
+            "NoneType",
+            "BrokerUnavailable",
+            "NoneType",
+        ]
+        assert "did not confirm" in str(outcomes[2])
+        assert _how_it_ends(connections[0]) == "reset"
+    finally:
+        for conn in (*connections, server):
+            conn.close()
+
+
 def _how_it_ends(conn: socket.socket) -> str:
     """Read until the peer closes (FIN: "closed") or resets ("reset") the connection."""
     conn.settimeout(10)

@@ -452,6 +452,30 @@ def test_each_change_is_written_on_its_own(broker, home):
     assert broker.call(written) - before == 1  # the one queued row, not the 50 before it
 
 
+def test_of_a_topics_retained_values_in_one_batch_only_the_last_is_written(tmp_path):
+    """A network publishing thousands of samples a second costs one retained row per batch."""
+    import asyncio
+
+    async def batch_then_reopen() -> tuple[int, list[tuple[str, bytes, int]]]:
+        store = Store(tmp_path / "broker.db")
+        for n in range(5):  # recorded before the writer runs: one batch
+            store.retain("networks/A", b'{"n": %d}' % n, 1)
+        store.retain("networks/B", b'{"kept": true}', 1)
+        store.retain("networks/C", b'{"gone": true}', 1)
+        store.retain("networks/C", b"", 0)  # cleared within the batch: nothing of C is kept
+        store.start()
+        committed = asyncio.get_running_loop().create_future()
+        store.after_commit(committed.set_result)
+        assert await committed is True
+        written = store.written
+        await store.close()
+        return written, Store(tmp_path / "broker.db").load().retained
+
+    written, retained = asyncio.run(batch_then_reopen())
+    assert written == 3  # A's last value, B, and C's clearing: not the 8 changes recorded
+    assert sorted(retained) == [("networks/A", b'{"n": 4}', 1), ("networks/B", b'{"kept": true}', 1)]
+
+
 def start_broker_process(home) -> tuple[subprocess.Popen[str], int]:
     process = broker_process(home)
     assert process.stdout is not None
