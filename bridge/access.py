@@ -17,7 +17,7 @@ import atexit
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -142,15 +142,23 @@ def check(app: Flask, key: Key, schema: Schema | None, data: Any) -> Refusal | N
     return check_rate(app, key) or check_quota(app, key) or validate(app, key, schema, data)
 
 
-def accepted_later(app: Flask, key: Key, network: str, size: int) -> Callable[[], None]:
-    """What meters a sample once the broker acknowledged it: called on the event loop, after the request."""
+def meter_accepted(app: Flask, accepted: Iterable[tuple[Key, str, int]]) -> None:
+    """Meter samples the broker acknowledged: (key, network, bytes) each, counted per key and network.
+
+    Called once per read of the broker's PUBACKs (``Publisher.on_confirmed``), on the event loop.
+    """
+    groups: dict[tuple[str, str], tuple[Key, list[int]]] = {}
+    for key, network, size in accepted:
+        found = groups.get((key.id, network))
+        if found is None:
+            groups[key.id, network] = (key, [1, size])
+        else:
+            found[1][0] += 1
+            found[1][1] += size
     meter = _meter(app)
-    samples, size_in_bytes = metrics.usage(key.name, DOOR, network)
-
-    def record() -> None:
+    for (_, network), (key, (count, size)) in groups.items():
         if meter is not None:
-            meter.record(key, DOOR, network, size)
-        samples.inc()
+            meter.record(key, DOOR, network, size, count)
+        samples, size_in_bytes = metrics.usage(key.name, DOOR, network)
+        samples.inc(count)
         size_in_bytes.inc(size)
-
-    return record

@@ -33,6 +33,7 @@ from radio.bridge import access, metrics
 from radio.bridge.asgi import DEFERRABLE, DEFERRED, Answer
 from radio.bridge.errors import APIError
 from radio.bridge.publisher import BrokerUnavailable, Publisher
+from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
 from radio.topics import network_topic
 
@@ -91,6 +92,12 @@ def _finite(text: str) -> float:
     return value
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+"""Made once: ``json.loads`` with these hooks would build a decoder for every request."""
+_ENCODER: Final = json.JSONEncoder(allow_nan=False)
+"""``json.dumps(data, allow_nan=False)``, without building an encoder for every request."""
+
+
 def _parse(body: bytes) -> Any:
     """The body as JSON, or the article's refusal.
 
@@ -98,7 +105,7 @@ def _parse(body: bytes) -> Any:
     nesting deeper than the interpreter's recursion limit, and anything not UTF-8.
     """
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
+        return _DECODER.decode(body.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         _refuse(400, "POST data is not JSON", "not_json")
 
@@ -111,7 +118,7 @@ def _serialize(data: dict[str, Any]) -> bytes:
     Only a payload with a ``\ud8..``-``\udf..`` escape can hold one, so only those are checked.
     """
     try:
-        payload = json.dumps(data, allow_nan=False).encode()
+        payload = _ENCODER.encode(data).encode()
         if b"\\ud" in payload:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
@@ -194,8 +201,9 @@ def publish() -> tuple[Response, int]:
         topic,
         payload,
         retain=settings.retain,
+        key=key,
+        network=network,
         started=started,
-        metering=access.accepted_later(app, key, network, len(payload)),  # access: usage metering
     )
     if req.environ.get(DEFERRABLE):  # radio bridge: the PUBACK is awaited on the event loop
         req.environ[DEFERRED] = sample.forward
@@ -205,9 +213,9 @@ def publish() -> tuple[Response, int]:
 
 
 class _Sample:
-    """A checked sample, and what is done once the broker acknowledged it."""
+    """A checked sample on its way to the broker; once it confirms, counted by ``count_confirmed``."""
 
-    __slots__ = ("metering", "payload", "publisher", "retain", "started", "topic")
+    __slots__ = ("key", "network", "payload", "publisher", "retain", "started", "topic")
 
     def __init__(
         self,
@@ -216,37 +224,50 @@ class _Sample:
         payload: bytes,
         *,
         retain: bool,
+        key: Key,
+        network: str,
         started: float,
-        metering: Callable[[], None],
     ) -> None:
         self.publisher = publisher
         self.topic = topic
         self.payload = payload
         self.retain = retain
+        self.key = key
+        self.network = network
         self.started = started
-        self.metering = metering
 
     def publish(self) -> None:
         """Publish and wait for the PUBACK in this thread (any WSGI server), else refuse 503."""
         try:
-            self.publisher.publish(self.topic, self.payload, retain=self.retain)
+            self.publisher.publish(self.topic, self.payload, retain=self.retain, receipt=self)
         except BrokerUnavailable as exc:
             _refuse(503, str(exc), "broker_unavailable")
-        self.accepted()
-
-    def accepted(self) -> None:
-        metrics.PUBACK_SECONDS.observe(time.perf_counter() - self.started)
-        metrics.ACCEPTED.inc()
-        self.metering()
 
     async def forward(self, answer: Answer) -> Answer:
         """The view's last step, on the event loop: its 200 once the broker has the sample, else 503."""
         try:
-            await self.publisher.publish_async(self.topic, self.payload, self.retain)
+            await self.publisher.publish_async(self.topic, self.payload, self.retain, receipt=self)
         except BrokerUnavailable as exc:
             metrics.PUBLISHES.labels(outcome="broker_unavailable").inc()
             body = json.dumps({"error": str(exc)}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
             return 503, headers, body
-        self.accepted()
         return answer
+
+
+def count_confirmed(app: Flask) -> Callable[[list[Any]], None]:
+    """The publisher's ``on_confirmed``: what the broker confirmed, counted once per read of PUBACKs.
+
+    It runs before any of those samples' requests is answered, so a 200 is in ``/metrics`` and in
+    the key's usage by the time its client has it. Counting a read's samples together costs a
+    third of counting them one by one (the metrics' locks and files, the meter's).
+    """
+
+    def count(samples: list[_Sample]) -> None:
+        now = time.perf_counter()
+        for sample in samples:
+            metrics.PUBACK_SECONDS.observe(now - sample.started)
+        metrics.ACCEPTED.inc(len(samples))
+        access.meter_accepted(app, [(s.key, s.network, len(s.payload)) for s in samples])
+
+    return count

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -32,7 +33,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Final
@@ -120,6 +121,11 @@ class _Link(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         self._take_pubacks(buffer)
+        self._take_packets(buffer)
+        self.publisher._report_confirmed()
+
+    def _take_packets(self, buffer: bytearray) -> None:
+        """Every whole packet at the front of the buffer: PUBACKs, the CONNACK; the rest ignored."""
         while len(buffer) >= 2:
             length, shift, at = 0, 0, 1
             while True:
@@ -198,6 +204,12 @@ class Publisher:
         self._main: asyncio.Task[None] | None = None
         self._link: _Link | None = None
         self._waiting: dict[int, Future[None] | asyncio.Future[None]] = {}
+        self._receipts: dict[int, object] = {}
+        """What the caller gave with a waiting sample, handed back to ``on_confirmed``."""
+        self._confirmed: list[object] = []
+        self.on_confirmed: Callable[[list[object]], None] | None = None
+        """Called on the link's loop once per read from the broker, with the receipts of the samples
+        it confirmed: before any of their callers resumes, so what it counts is counted first."""
         self._next_id = 0
         self._outgoing: list[bytes] = []
         self._due: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
@@ -274,14 +286,18 @@ class Publisher:
         """Whether the link came up within ``timeout`` seconds."""
         return self._connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    def publish(self, topic: str, payload: bytes, retain: bool, receipt: object = None) -> None:
         """Publish at QoS 1 and return once the broker acknowledged it; else BrokerUnavailable."""
         deadline = time.monotonic() + self.timeout
         if not self._connected.wait(self.timeout) or self._loop is None:
             raise BrokerUnavailable(UNREACHABLE)
         done: Future[None] = Future()
         try:
-            self._loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, done, deadline)
+            self._loop.call_soon_threadsafe(
+                functools.partial(
+                    self._send, topic.encode(), payload, retain, done, deadline, receipt=receipt
+                )
+            )
         except RuntimeError:  # the loop is closed: the publisher was stopped
             raise BrokerUnavailable(UNREACHABLE) from None
         try:
@@ -291,7 +307,7 @@ class Publisher:
                 self._loop.call_soon_threadsafe(self._unconfirmed, done)
             raise BrokerUnavailable(self._not_confirmed()) from None
 
-    async def publish_async(self, topic: str, payload: bytes, retain: bool) -> None:
+    async def publish_async(self, topic: str, payload: bytes, retain: bool, receipt: object = None) -> None:
         """``publish`` for a caller on an event loop: no thread waits for the link or the PUBACK."""
         deadline = time.monotonic() + self.timeout
         loop = asyncio.get_running_loop()
@@ -307,7 +323,7 @@ class Publisher:
                 except TimeoutError:
                     raise BrokerUnavailable(UNREACHABLE) from None
             done = loop.create_future()
-            self._send(topic.encode(), payload, retain, done, deadline)
+            self._send(topic.encode(), payload, retain, done, deadline, receipt=receipt)
             if not done.done():
                 self._expire_at(loop, deadline, done)
         else:  # a link with a loop of its own (tests): rare waits for the link take a pool thread
@@ -317,7 +333,11 @@ class Publisher:
                 raise BrokerUnavailable(UNREACHABLE)
             handed: Future[None] = Future()
             try:
-                link_loop.call_soon_threadsafe(self._send, topic.encode(), payload, retain, handed, deadline)
+                link_loop.call_soon_threadsafe(
+                    functools.partial(
+                        self._send, topic.encode(), payload, retain, handed, deadline, receipt=receipt
+                    )
+                )
             except RuntimeError:  # its loop is closed: the publisher was stopped
                 raise BrokerUnavailable(UNREACHABLE) from None
             done = asyncio.wrap_future(handed)
@@ -370,6 +390,8 @@ class Publisher:
         retain: bool,
         done: Future[None] | asyncio.Future[None],
         deadline: float,
+        *,
+        receipt: object = None,
     ) -> None:
         if done.done():  # its caller gave up (timed out) before the loop got to it
             return
@@ -393,6 +415,8 @@ class Publisher:
             done.set_exception(BrokerUnavailable("too many samples waiting for the broker: retry later"))
             return
         self._waiting[self._next_id] = done
+        if receipt is not None:
+            self._receipts[self._next_id] = receipt
         if not self._outgoing:
             # Everything handed over before the loop gets back to this goes out in one write.
             asyncio.get_running_loop().call_soon(self._flush)
@@ -429,12 +453,25 @@ class Publisher:
 
     def _acknowledged(self, packet_id: int) -> None:
         done = self._waiting.pop(packet_id, None)
+        receipt = self._receipts.pop(packet_id, None)
         if done is not None and not done.done():
+            if receipt is not None:
+                self._confirmed.append(receipt)
             done.set_result(None)
+
+    def _report_confirmed(self) -> None:
+        """Hand the receipts of what one read confirmed to ``on_confirmed``."""
+        confirmed, self._confirmed = self._confirmed, []
+        if confirmed and self.on_confirmed is not None:
+            try:
+                self.on_confirmed(confirmed)
+            except Exception:
+                log.exception("counting confirmed samples failed")
 
     def _drop_waiting(self) -> None:
         """Every sample still unacknowledged is answered 503: it must never go out later."""
         waiting, self._waiting = self._waiting, {}
+        self._receipts.clear()
         self._outgoing.clear()
         for done in waiting.values():
             if not done.done():

@@ -105,8 +105,15 @@ class Store:
         self._retained_at: dict[str, int] = {}
         """Where a topic's pending retained value stands in ``_ops``: a newer one in the batch replaces it."""
         self._waiters: list[Callable[[bool], None]] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._next = threading.Condition()
+        """Held to record a change or take a batch: the loop records, the writer thread takes."""
+        self._recorded = 0
+        self._writer_waits = False
+        self._unanswered = 0
+        """Batches taken by the writer whose waiters the loop has not called yet."""
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.failing = False
         self.batches = 0
@@ -150,99 +157,132 @@ class Store:
         Only the last value of a topic within a batch is written: a network publishing thousands of
         samples a second costs one row per batch, not one per sample.
         """
-        at = self._retained_at.get(topic)
-        if at is not None:
-            self._ops[at] = None
-        self._retained_at[topic] = len(self._ops)
-        if payload:
-            self._add("retain", (topic, payload, qos))
-        else:
-            self._add("unretain", (topic,))
+        with self._next:
+            at = self._retained_at.get(topic)
+            if at is not None:
+                self._ops[at] = None
+            self._retained_at[topic] = len(self._ops)
+            if payload:
+                self._add("retain", (topic, payload, qos))
+            else:
+                self._add("unretain", (topic,))
 
     def save_session(self, client_id: str, attributes: dict[str, Any], subscriptions: dict[str, int]) -> None:
         """Write (or rewrite) a persistent session's identity and subscriptions."""
-        self._add("session", (client_id, json.dumps(attributes), json.dumps(sorted(subscriptions.items()))))
+        change = (client_id, json.dumps(attributes), json.dumps(sorted(subscriptions.items())))
+        with self._next:
+            self._add("session", change)
 
     def drop_session(self, client_id: str) -> None:
         """Forget a session and every sample waiting for it."""
-        self._add("drop", (client_id,))
-        self._add("drop_queue", (client_id,))
+        with self._next:
+            self._add("drop", (client_id,))
+            self._add("drop_queue", (client_id,))
 
     def queue(self, client_id: str, seq: int, topic: str, payload: bytes, qos: int) -> None:
         """Keep a sample for a persistent session until it acknowledges it."""
-        self._queued_at[client_id, seq] = len(self._ops)
-        self._add("queue", (client_id, seq, topic, payload, qos))
+        with self._next:
+            self._queued_at[client_id, seq] = len(self._ops)
+            self._add("queue", (client_id, seq, topic, payload, qos))
 
     def unqueue(self, client_id: str, seq: int) -> None:
         """The session acknowledged the sample (or may no longer read it, or it was dropped)."""
-        at = self._queued_at.pop((client_id, seq), None)
-        if at is not None:
-            self._ops[at] = None  # never written: queued and gone within one batch
-            return
-        self._add("unqueue", (client_id, seq))
+        with self._next:
+            at = self._queued_at.pop((client_id, seq), None)
+            if at is not None:
+                self._ops[at] = None  # never written: queued and gone within one batch
+                return
+            self._add("unqueue", (client_id, seq))
 
     def _add(self, kind: str, args: tuple[Any, ...]) -> None:
+        """Record one change (``_next`` held)."""
         self._ops.append((kind, args))
-        if self._wake is not None and not self._wake.is_set():
-            self._wake.set()
+        self._recorded += 1
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Wake a waiting writer, once (``_next`` held): until it runs, it has work to find anyway."""
+        if self._writer_waits:
+            self._writer_waits = False
+            self._next.notify()
 
     @property
     def pending(self) -> int:
-        """Changes recorded and not yet written (a marker the broker compares before and after)."""
-        return len(self._ops)
+        """How many changes were ever recorded: a marker the broker compares before and after."""
+        return self._recorded
 
     def after_commit(self, callback: Callable[[bool], None]) -> None:
-        """Call ``callback(True)`` once every change recorded so far is on disk (False if it failed)."""
-        if not self._ops and not self._waiters and self._task is None:
-            callback(True)  # noqa: FBT003 - the callback's one argument
-            return
-        self._waiters.append(callback)
-        if self._wake is not None:
-            self._wake.set()
+        """Call ``callback(True)`` once every change recorded so far is on disk (False if it failed).
+
+        Callbacks are called on the event loop, in the order they were given.
+        """
+        with self._next:
+            if self._ops or self._waiters or self._unanswered:
+                self._waiters.append(callback)
+                self._wake_writer()
+                return
+        callback(True)  # noqa: FBT003 - the callback's one argument
 
     # The writer.
     def start(self) -> None:
-        """Start writing batches (on the running loop's default executor, one batch at a time)."""
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="radio-store-writer")
-        if self._ops or self._waiters:
-            self._wake.set()
+        """Start writing batches: a thread of the store's own, answering on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._writer, name="radio-store-writer", daemon=True)
+        self._thread.start()
 
-    async def _run(self) -> None:
-        assert self._wake is not None  # noqa: S101 - set by start()
-        loop = asyncio.get_running_loop()
+    def _writer(self) -> None:
+        """Take what was recorded, write it as one transaction, answer its waiters; again.
+
+        The writer takes the next batch itself as soon as one is written: under load the loop never
+        has to hand it over, and a batch waits for the one before it, not for a turn of the loop.
+        """
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - set by start()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._write_pending(loop)
+            with self._next:
+                while not (self._ops or self._waiters or self._stopping):
+                    self._writer_waits = True
+                    self._next.wait()
+                self._writer_waits = False
+                if not (self._ops or self._waiters):
+                    return  # stopping, and everything recorded is written
+                ops, waiters = self._ops, self._waiters
+                self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
+                self._unanswered += 1
+            ok = self._write_batch([op for op in ops if op is not None])
+            try:
+                loop.call_soon_threadsafe(self._answer, waiters, ok)
+            except RuntimeError:  # the loop is closed: nobody is left to answer
+                return
 
-    async def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self._ops or self._waiters:
-            ops, waiters = self._ops, self._waiters
-            self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
-            batch = [op for op in ops if op is not None]
-            ok = True
-            if batch:
-                try:
-                    await loop.run_in_executor(None, self._write, batch)
-                except sqlite3.Error as exc:
-                    ok = False
-                    if not self.failing:
-                        log.error(  # noqa: TRY400 - one line, the cause is in it
-                            "cannot write the broker's store %s: %s. Samples that must survive a restart "
-                            "are not acknowledged until it can be written again",
-                            self.path,
-                            exc,
-                        )
-                    self.failing = True
-                else:
-                    if self.failing:
-                        log.warning("the broker's store %s can be written again", self.path)
-                    self.failing = False
-                    self.batches += 1
-                    self.written += len(batch)
-            for waiter in waiters:
-                waiter(ok)
+    def _answer(self, waiters: list[Callable[[bool], None]], ok: bool) -> None:
+        with self._next:
+            self._unanswered -= 1
+        for waiter in waiters:
+            waiter(ok)
+
+    def _write_batch(self, batch: list[tuple[str, tuple[Any, ...]]]) -> bool:
+        """Write one batch; False (said once) if it could not be written."""
+        if not batch:
+            return True
+        try:
+            self._write(batch)
+        except sqlite3.Error as exc:
+            if not self.failing:
+                log.error(  # noqa: TRY400 - one line, the cause is in it
+                    "cannot write the broker's store %s: %s. Samples that must survive a restart "
+                    "are not acknowledged until it can be written again",
+                    self.path,
+                    exc,
+                )
+            self.failing = True
+            return False
+        if self.failing:
+            log.warning("the broker's store %s can be written again", self.path)
+        self.failing = False
+        self.batches += 1
+        self.written += len(batch)
+        return True
 
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self._lock:
@@ -264,11 +304,18 @@ class Store:
                 raise
 
     async def close(self) -> None:
-        """Write what is pending, then close the file."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-            await self._write_pending(asyncio.get_running_loop())
+        """Write what is pending, answer its waiters, then close the file."""
+        thread = self._thread
+        if thread is not None:
+            with self._next:
+                self._stopping = True
+                self._next.notify()
+            await asyncio.to_thread(thread.join)
+            await asyncio.sleep(0)  # the writer's last answers run
+        elif self._ops or self._waiters:  # never started: write what was recorded here
+            ops, waiters, self._ops, self._waiters = self._ops, self._waiters, [], []
+            ok = await asyncio.to_thread(self._write_batch, [op for op in ops if op is not None])
+            for waiter in waiters:
+                waiter(ok)
         with self._lock:
             self._db.close()

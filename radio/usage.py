@@ -166,21 +166,21 @@ class Meter:
         self._thread: threading.Thread | None = None
 
     # The hot path: memory only.
-    def record(self, key: Key, door: str, network: str, size: int) -> None:
-        """One sample accepted from this key."""
+    def record(self, key: Key, door: str, network: str, size: int, count: int = 1) -> None:
+        """Samples accepted from this key: ``count`` of them, ``size`` bytes in all."""
         days, months = _periods(self._today())
         day = days[0]
         with self._lock:
             row = self._samples[(day, key.id, key.name, door, network)]
-            row[0] += 1
+            row[0] += count
             row[1] += size
             total = self.totals[(key.name, door, network)]
-            total[0] += 1
+            total[0] += count
             total[1] += size
             near = False
             if key.terms.quota is not None:
                 slot = (key.id, (months if key.terms.quota_period == "month" else days)[0])
-                self._local[slot] += 1
+                self._local[slot] += count
                 near = key.terms.quota - self._used(slot) <= MARGIN
         if near:
             self.flush()

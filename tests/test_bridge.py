@@ -298,6 +298,10 @@ def test_metrics_count_outcomes_and_time_to_puback(served, home):
     assert 'radio_bridge_publishes_total{outcome="invalid_key"} 1.0' in text
     assert 'radio_bridge_publishes_total{outcome="forbidden"} 1.0' in text
     assert "radio_bridge_puback_seconds_count 3.0" in text
+    # Counted per key once the broker confirmed, before the 200 went out (Publisher.on_confirmed).
+    size = len(json.dumps(VALID["data"]).encode())
+    assert 'radio_key_samples_total{door="http",key="gen",network="A"} 3.0' in text
+    assert f'radio_key_bytes_total{{door="http",key="gen",network="A"}} {3.0 * size}' in text
 
 
 def broker_on(home: Home, port: int) -> BrokerThread:

@@ -95,6 +95,7 @@ def browser(tmp_path):
 
 def wait_for_text(chrome, selector, expected):
     """Poll the DOM (no sleep) until an element shows the text, or fail after the timeout."""
+    from selenium.common.exceptions import StaleElementReferenceException  # noqa: PLC0415
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
@@ -103,7 +104,11 @@ def wait_for_text(chrome, selector, expected):
         return bool(found) and found[0].text == expected
 
     try:
-        WebDriverWait(chrome, TIMEOUT, poll_frequency=0.05).until(shown)
+        # An element found may be replaced before its text is read (the page redraws the list):
+        # that poll says nothing, the next one looks again.
+        WebDriverWait(
+            chrome, TIMEOUT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(shown)
     except Exception:  # noqa: BLE001 - say what the page showed instead
         found = chrome.find_elements(By.CSS_SELECTOR, selector)
         status = chrome.find_elements(By.ID, "status")

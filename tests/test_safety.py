@@ -8,6 +8,7 @@ queues, QoS 2 not resent, a world-readable store, a store that could not be writ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -454,7 +455,6 @@ def test_each_change_is_written_on_its_own(broker, home):
 
 def test_of_a_topics_retained_values_in_one_batch_only_the_last_is_written(tmp_path):
     """A network publishing thousands of samples a second costs one retained row per batch."""
-    import asyncio
 
     async def batch_then_reopen() -> tuple[int, list[tuple[str, bytes, int]]]:
         store = Store(tmp_path / "broker.db")
