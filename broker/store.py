@@ -287,6 +287,12 @@ class Store:
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self._lock:
             db = self._db
+            if len(batch) == 1:
+                # One change (a busy network's retained value, most often): one statement is its
+                # own transaction, a single call into SQLite instead of three.
+                kind, args = batch[0]
+                db.execute(_SQL[kind], args)
+                return
             db.execute("BEGIN")
             try:
                 run: list[tuple[Any, ...]] = []
