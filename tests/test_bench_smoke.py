@@ -48,6 +48,16 @@ def run_smoke(script: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
 
 
+def test_the_http_view_benchmark_times_both_views_and_the_publisher():
+    rows = run_smoke("http_view.py")
+    views = [r for r in rows if r["part"] == "view"]
+    publisher = [r for r in rows if r["part"] == "publisher"]
+    assert views
+    assert all(r["bridge_us"] > 0 and r["bare_us"] > 0 for r in views)
+    assert publisher
+    assert all(r["samples_per_s"] > 0 for r in publisher)
+
+
 def test_the_fanout_benchmark_runs_both_brokers_and_counts_every_delivery():
     rows = run_smoke("fanout.py")
     assert {r["broker"] for r in rows} == {"radio", "stock"}
