@@ -147,11 +147,13 @@ def meter_accepted(app: Flask, accepted: Iterable[tuple[Key, str, int]]) -> None
 
     Called once per read of the broker's PUBACKs (``Publisher.on_confirmed``), on the event loop.
     """
-    groups: dict[tuple[str, str], tuple[Key, list[int]]] = {}
+    # By the key as the sample was checked under: an edit of its terms between two samples of one
+    # read makes two keys, each counted under its own quota.
+    groups: dict[tuple[int, str], tuple[Key, list[int]]] = {}
     for key, network, size in accepted:
-        found = groups.get((key.id, network))
+        found = groups.get((id(key), network))
         if found is None:
-            groups[key.id, network] = (key, [1, size])
+            groups[id(key), network] = (key, [1, size])
         else:
             found[1][0] += 1
             found[1][1] += size

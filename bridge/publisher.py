@@ -206,7 +206,7 @@ class Publisher:
         self._waiting: dict[int, Future[None] | asyncio.Future[None]] = {}
         self._receipts: dict[int, object] = {}
         """What the caller gave with a waiting sample, handed back to ``on_confirmed``."""
-        self._confirmed: list[object] = []
+        self._confirmed: list[tuple[Future[None] | asyncio.Future[None], object]] = []
         self.on_confirmed: Callable[[list[object]], None] | None = None
         """Called on the link's loop once per read from the broker, with the receipts of the samples
         it confirmed: before any of their callers resumes, so what it counts is counted first."""
@@ -303,6 +303,9 @@ class Publisher:
         try:
             done.result(max(deadline - time.monotonic(), 0.001))
         except FutureTimeout:
+            if not done.cancel():  # its PUBACK is being handled this very moment: that answer stands
+                done.result()
+                return
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._unconfirmed, done)
             raise BrokerUnavailable(self._not_confirmed()) from None
@@ -311,46 +314,69 @@ class Publisher:
         """``publish`` for a caller on an event loop: no thread waits for the link or the PUBACK."""
         deadline = time.monotonic() + self.timeout
         loop = asyncio.get_running_loop()
-        link_loop = self._loop
-        if link_loop is None:
+        if self._loop is None:
             raise BrokerUnavailable(UNREACHABLE)
-        done: asyncio.Future[None]
-        if loop is link_loop:  # radio bridge: the server's loop is the link's
-            if not self._connected.is_set():
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await self._up.wait()
-                except TimeoutError:
-                    raise BrokerUnavailable(UNREACHABLE) from None
-            done = loop.create_future()
-            self._send(topic.encode(), payload, retain, done, deadline, receipt=receipt)
-            if not done.done():
-                self._expire_at(loop, deadline, done)
-        else:  # a link with a loop of its own (tests): rare waits for the link take a pool thread
-            if not self._connected.is_set() and not await asyncio.to_thread(
-                self._connected.wait, self.timeout
-            ):
-                raise BrokerUnavailable(UNREACHABLE)
-            handed: Future[None] = Future()
+        if loop is not self._loop:
+            await self._publish_from(loop, topic, payload, retain=retain, receipt=receipt, deadline=deadline)
+            return
+        # radio bridge: the server's loop is the link's
+        if not self._connected.is_set():
             try:
-                link_loop.call_soon_threadsafe(
-                    functools.partial(
-                        self._send, topic.encode(), payload, retain, handed, deadline, receipt=receipt
-                    )
-                )
-            except RuntimeError:  # its loop is closed: the publisher was stopped
+                async with asyncio.timeout(self.timeout):
+                    await self._up.wait()
+            except TimeoutError:
                 raise BrokerUnavailable(UNREACHABLE) from None
-            done = asyncio.wrap_future(handed)
-            expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
-            done.add_done_callback(lambda _: expiry.cancel())
+        done = loop.create_future()
+        self._send(topic.encode(), payload, retain, done, deadline, receipt=receipt)
+        if not done.done():
+            self._expire_at(loop, deadline, done)
         try:
             await done
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the caller itself is cancelled: not a timeout
+            self._unconfirmed(done)
+            raise BrokerUnavailable(self._not_confirmed()) from None
+
+    async def _publish_from(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool,
+        receipt: object,
+        deadline: float,
+    ) -> None:
+        """``publish_async`` from a loop other than the link's (tests): rare waits take a pool thread."""
+        link_loop = self._loop
+        if link_loop is None or (
+            not self._connected.is_set() and not await asyncio.to_thread(self._connected.wait, self.timeout)
+        ):
+            raise BrokerUnavailable(UNREACHABLE)
+        handed: Future[None] = Future()
+        send = functools.partial(
+            self._send, topic.encode(), payload, retain, handed, deadline, receipt=receipt
+        )
+        try:
+            link_loop.call_soon_threadsafe(send)
+        except RuntimeError:  # its loop is closed: the publisher was stopped
+            raise BrokerUnavailable(UNREACHABLE) from None
+        done = asyncio.wrap_future(handed)
+        expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
+        done.add_done_callback(lambda _: expiry.cancel())
+        try:
+            await done
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller itself is cancelled: not a timeout
+            if not handed.cancel():
+                await asyncio.wrap_future(handed)  # its PUBACK came as it timed out: that answer stands
+                return
             with contextlib.suppress(RuntimeError):
-                link_loop.call_soon_threadsafe(self._unconfirmed, done if loop is link_loop else handed)
+                link_loop.call_soon_threadsafe(self._unconfirmed, handed)
             raise BrokerUnavailable(self._not_confirmed()) from None
 
     def _expire_at(
@@ -366,6 +392,10 @@ class Publisher:
         due = self._due
         while due and due[0][1].done():
             due.popleft()
+        if due and deadline < due[-1][0]:
+            # Out of order (it waited for the link while later samples went ahead): a timer of its own.
+            loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
+            return
         due.append((deadline, done))
         if self._sweep is None:
             self._sweep = loop.call_later(max(deadline - time.monotonic(), 0.0), self._expire_due, loop)
@@ -454,26 +484,42 @@ class Publisher:
     def _acknowledged(self, packet_id: int) -> None:
         done = self._waiting.pop(packet_id, None)
         receipt = self._receipts.pop(packet_id, None)
-        if done is not None and not done.done():
-            if receipt is not None:
-                self._confirmed.append(receipt)
-            done.set_result(None)
+        if done is None or done.done():
+            return  # answered already: timed out (503)
+        if isinstance(done, Future) and not done.set_running_or_notify_cancel():
+            return  # its thread gave up (503) just now; from here on it can no longer
+        self._confirmed.append((done, receipt))
 
     def _report_confirmed(self) -> None:
-        """Hand the receipts of what one read confirmed to ``on_confirmed``."""
+        """Count what one read confirmed (``on_confirmed``), then let the waiting callers go on.
+
+        Counted first, so that no caller answers 200 for a sample not yet in the counts.
+        """
         confirmed, self._confirmed = self._confirmed, []
-        if confirmed and self.on_confirmed is not None:
+        if not confirmed:
+            return
+        receipts = [receipt for _, receipt in confirmed if receipt is not None]
+        if receipts and self.on_confirmed is not None:
             try:
-                self.on_confirmed(confirmed)
+                self.on_confirmed(receipts)
             except Exception:
                 log.exception("counting confirmed samples failed")
+        for done, _ in confirmed:
+            if not done.done():
+                done.set_result(None)
 
     def _drop_waiting(self) -> None:
         """Every sample still unacknowledged is answered 503: it must never go out later."""
         waiting, self._waiting = self._waiting, {}
         self._receipts.clear()
         self._outgoing.clear()
+        self._due.clear()  # every one of them is answered below
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for done in waiting.values():
+            if isinstance(done, Future) and not done.set_running_or_notify_cancel():
+                continue  # its thread gave up already
             if not done.done():
                 done.set_exception(BrokerUnavailable("the broker link dropped: retry later"))
         if waiting:

@@ -353,7 +353,7 @@ class Connection:
         ack = codec.ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid)
         if store is not None and (store.pending != mark or self._acks_waiting):
             self._acks_waiting += 1
-            store.after_commit(lambda ok: self._durable(ack, ok))
+            store.after_commit(lambda ok: self._durable(ack, ok), since=mark)
         else:
             self.write(ack)
 
@@ -403,8 +403,8 @@ class Connection:
         """An acknowledgement that stores nothing, kept in order behind any waiting on the store."""
         store = self.broker.store
         if store is not None and self._acks_waiting:
-            self._acks_waiting += 1
-            store.after_commit(lambda ok: self._durable(ack, ok))
+            self._acks_waiting += 1  # stores nothing itself: it only keeps its place in the order
+            store.after_commit(lambda ok: self._durable(ack, ok), since=store.pending)
         else:
             self.write(ack)
 

@@ -104,12 +104,17 @@ class Store:
         """Where a pending "queue" op stands in ``_ops``: an unqueue in the same batch cancels it."""
         self._retained_at: dict[str, int] = {}
         """Where a topic's pending retained value stands in ``_ops``: a newer one in the batch replaces it."""
-        self._waiters: list[Callable[[bool], None]] = []
+        self._waiters: list[tuple[Callable[[bool], None], int | None, int]] = []
+        """Callbacks, each with ``since`` and ``pending`` as it was when it was given."""
         self._next = threading.Condition()
         """Held to record a change or take a batch: the loop records, the writer thread takes."""
         self._recorded = 0
         self._writer_waits = False
         self._unanswered = 0
+        self._taken = 0
+        """``pending`` as it was when the writer last took a batch."""
+        self._lost: list[tuple[int, int]] = []
+        """Ranges of ``pending`` whose changes a failed batch lost, one per outage."""
         """Batches taken by the writer whose waiters the loop has not called yet."""
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -211,17 +216,21 @@ class Store:
         """How many changes were ever recorded: a marker the broker compares before and after."""
         return self._recorded
 
-    def after_commit(self, callback: Callable[[bool], None]) -> None:
+    def after_commit(self, callback: Callable[[bool], None], since: int | None = None) -> None:
         """Call ``callback(True)`` once every change recorded so far is on disk (False if it failed).
 
-        Callbacks are called on the event loop, in the order they were given.
+        Callbacks are called on the event loop, in the order they were given. ``since`` is
+        ``pending`` as it was before the caller recorded its own changes: those may have gone out
+        in an earlier batch than the callback (the writer takes batches whenever it is ready), and
+        if that batch failed the callback gets False although its own batch was written.
         """
         with self._next:
             if self._ops or self._waiters or self._unanswered:
-                self._waiters.append(callback)
+                self._waiters.append((callback, since, self._recorded))
                 self._wake_writer()
                 return
-        callback(True)  # noqa: FBT003 - the callback's one argument
+            ok = since is None or not self._lost_between(since, self._recorded)
+        callback(ok)
 
     # The writer.
     def start(self) -> None:
@@ -249,17 +258,37 @@ class Store:
                 ops, waiters = self._ops, self._waiters
                 self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
                 self._unanswered += 1
+                first, self._taken = self._taken, self._recorded
             ok = self._write_batch([op for op in ops if op is not None])
+            with self._next:
+                if not ok:
+                    self._lose(first, self._taken)
             try:
                 loop.call_soon_threadsafe(self._answer, waiters, ok)
             except RuntimeError:  # the loop is closed: nobody is left to answer
                 return
 
-    def _answer(self, waiters: list[Callable[[bool], None]], ok: bool) -> None:
+    def _lose(self, after: int, upto: int) -> None:
+        """Changes ``after`` < n <= ``upto`` were not written (``_next`` held)."""
+        if self._lost and self._lost[-1][1] == after:
+            self._lost[-1] = (self._lost[-1][0], upto)  # the same outage, one batch on
+        else:
+            self._lost.append((after, upto))
+
+    def _lost_between(self, after: int, upto: int) -> bool:
+        """Whether a change ``after`` < n <= ``upto`` was lost to a failed batch (``_next`` held)."""
+        return after < upto and any(
+            lost_after < upto and lost_upto > after for lost_after, lost_upto in self._lost
+        )
+
+    def _answer(self, waiters: list[tuple[Callable[[bool], None], int | None, int]], ok: bool) -> None:
         with self._next:
             self._unanswered -= 1
-        for waiter in waiters:
-            waiter(ok)
+            verdicts = [
+                ok and (since is None or not self._lost_between(since, upto)) for _, since, upto in waiters
+            ]
+        for (waiter, _, _), verdict in zip(waiters, verdicts, strict=True):
+            waiter(verdict)
 
     def _write_batch(self, batch: list[tuple[str, tuple[Any, ...]]]) -> bool:
         """Write one batch; False (said once) if it could not be written."""
@@ -267,7 +296,9 @@ class Store:
             return True
         try:
             self._write(batch)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # a disk error, or a value SQLite cannot take: this batch is lost
+            if not isinstance(exc, sqlite3.Error):
+                log.exception("writing a batch to the broker's store %s failed", self.path)
             if not self.failing:
                 log.error(  # noqa: TRY400 - one line, the cause is in it
                     "cannot write the broker's store %s: %s. Samples that must survive a restart "
@@ -287,7 +318,7 @@ class Store:
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self._lock:
             db = self._db
-            if len(batch) == 1:
+            if len(batch) == 1 and not db.in_transaction:
                 # One change (a busy network's retained value, most often): one statement is its
                 # own transaction, a single call into SQLite instead of three.
                 kind, args = batch[0]
@@ -321,7 +352,7 @@ class Store:
         elif self._ops or self._waiters:  # never started: write what was recorded here
             ops, waiters, self._ops, self._waiters = self._ops, self._waiters, [], []
             ok = await asyncio.to_thread(self._write_batch, [op for op in ops if op is not None])
-            for waiter in waiters:
+            for waiter, _, _ in waiters:
                 waiter(ok)
         with self._lock:
             self._db.close()

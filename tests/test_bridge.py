@@ -21,7 +21,7 @@ import stat
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import flask
 import psutil
@@ -580,6 +580,30 @@ def test_on_the_links_own_loop_pubacks_in_any_split_answer_and_the_rest_expire()
     finally:
         for conn in (*connections, server):
             conn.close()
+
+
+def test_a_sample_is_either_counted_and_answered_200_or_answered_503_never_both():
+    """A request thread that times out and a PUBACK read at the same moment: whichever comes
+    first decides, and the other side sees it (the thread path: any WSGI server, the test client)."""
+    publisher = Publisher(Address("127.0.0.1", 1), "bridge", "secret")
+    counted: list[object] = []
+    publisher.on_confirmed = counted.extend
+
+    gave_up: Future[None] = Future()  # the thread timed out first, as publish() does on its timeout
+    publisher._waiting[1], publisher._receipts[1] = gave_up, "answered 503"
+    assert gave_up.cancel()
+    publisher._acknowledged(1)
+    publisher._report_confirmed()
+    assert counted == []
+
+    confirmed: Future[None] = Future()  # the PUBACK is being handled when the thread times out
+    publisher._waiting[2], publisher._receipts[2] = confirmed, "answered 200"
+    publisher._acknowledged(2)
+    assert not confirmed.cancel()  # too late to give up: publish() then takes the result
+    assert not confirmed.done()  # and it waits until the sample is counted
+    publisher._report_confirmed()
+    assert confirmed.result(0) is None
+    assert counted == ["answered 200"]
 
 
 def _how_it_ends(conn: socket.socket) -> str:

@@ -476,6 +476,57 @@ def test_of_a_topics_retained_values_in_one_batch_only_the_last_is_written(tmp_p
     assert sorted(retained) == [("networks/A", b'{"n": 4}', 1), ("networks/B", b'{"kept": true}', 1)]
 
 
+def test_a_sample_whose_changes_went_out_in_a_failed_batch_is_never_acknowledged(tmp_path, mocker):
+    """The writer takes batches whenever it is ready: a publish's change may leave in one batch and
+    its PUBACK's wait ride the next. If the first failed, the wait gets False all the same."""
+
+    async def split_publish() -> list[bool]:
+        store = Store(tmp_path / "broker.db")
+        taken = threading.Event()
+
+        def failing_disk(batch: list[object]) -> None:  # a disk error cannot be made here for real
+            taken.set()
+            msg = "disk I/O error"
+            raise sqlite3.OperationalError(msg)
+
+        write = mocker.patch.object(store, "_write", side_effect=failing_disk)
+        store.start()
+        mark = store.pending  # as Connection._on_publish does, before the publish records anything
+        store.queue("listener", 1, "networks/A", b"{}", 1)
+        await asyncio.to_thread(taken.wait, 10)  # the writer took it, before the PUBACK's wait
+        write.side_effect = None  # the disk is back: the wait's own batch is written
+        answers: list[bool] = []
+        answered = asyncio.get_running_loop().create_future()
+        store.after_commit(lambda ok: (answers.append(ok), answered.set_result(None)), since=mark)
+        await answered
+        await store.close()
+        return answers
+
+    assert asyncio.run(split_publish()) == [False]
+
+
+def test_a_change_sqlite_cannot_take_fails_its_batch_and_the_writer_goes_on(tmp_path):
+    """Any error in a batch is that batch's failure: the writer must live to answer the next."""
+
+    async def too_large_then_fine() -> tuple[list[bool], list[int]]:
+        store = Store(tmp_path / "broker.db")
+        store.start()
+        answers: list[bool] = []
+        for seq in (2**64, 2):  # SQLite integers stop at 2**63 - 1: OverflowError, not sqlite3.Error
+            mark = store.pending
+            store.queue("listener", seq, "networks/A", b"{}", 1)
+            answered = asyncio.get_running_loop().create_future()
+            store.after_commit(
+                lambda ok, done=answered: (answers.append(ok), done.set_result(None)), since=mark
+            )
+            await asyncio.wait_for(answered, 10)
+        await asyncio.wait_for(store.close(), 10)
+        kept = [seq for (seq,) in sqlite3.connect(tmp_path / "broker.db").execute("SELECT seq FROM queued")]
+        return answers, kept
+
+    assert asyncio.run(too_large_then_fine()) == ([False, True], [2])
+
+
 def start_broker_process(home) -> tuple[subprocess.Popen[str], int]:
     process = broker_process(home)
     assert process.stdout is not None
