@@ -96,6 +96,12 @@ PUBACK_HEAD: Final = b"\x40\x02"
 DISCONNECT: Final = b"\xe0\x00"
 
 
+def _caller_cancelled() -> bool:
+    """Whether the running task itself is being cancelled: not a PUBACK deadline that passed."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _expire(done: asyncio.Future[None]) -> None:
     """The timeout of an awaited PUBACK: the waiter sees its future cancelled."""
     if not done.done():
@@ -333,9 +339,8 @@ class Publisher:
         try:
             await done
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the caller itself is cancelled: not a timeout
+            if _caller_cancelled():
+                raise
             self._unconfirmed(done)
             raise BrokerUnavailable(self._not_confirmed()) from None
 
@@ -369,9 +374,8 @@ class Publisher:
         try:
             await done
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the caller itself is cancelled: not a timeout
+            if _caller_cancelled():
+                raise
             if not handed.cancel():
                 await asyncio.wrap_future(handed)  # its PUBACK came as it timed out: that answer stands
                 return
