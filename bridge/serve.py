@@ -47,9 +47,9 @@ REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
 GC_THRESHOLDS: Final = (50_000, 10, 10)
-"""The collector's thresholds in a worker: a request makes a few hundred short-lived objects, freed
-as it ends; with Python's default (a young collection every 700) a worker collected several times a
-second for nothing, and the pauses showed in the door's p99 (bench/RESULTS.md, "HTTP door")."""
+"""The collector's thresholds in a worker: a request's objects are freed as it ends, so Python's
+default (a young collection every 700 allocations) collected over and over for nothing, and the
+pauses showed in the door's p99 (bench/RESULTS.md, "HTTP door")."""
 KEEP_ALIVE: Final = 5
 """Seconds an idle keep-alive connection is kept open."""
 
