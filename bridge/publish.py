@@ -259,8 +259,9 @@ def count_confirmed(app: Flask) -> Callable[[list[Any]], None]:
     """The publisher's ``on_confirmed``: what the broker confirmed, counted once per read of PUBACKs.
 
     It runs before any of those samples' requests is answered, so a 200 is in ``/metrics`` and in
-    the key's usage by the time its client has it. Counting a read's samples together costs a
-    third of counting them one by one (the metrics' locks and files, the meter's).
+    the key's usage by the time its client has it. A read's samples are counted together: one
+    increment of each counter per key and network, not one per sample (each takes a lock and
+    writes a file shared by the workers).
     """
 
     def count(samples: list[_Sample]) -> None:
