@@ -261,7 +261,7 @@ def count_confirmed(app: Flask) -> Callable[[list[Any]], None]:
     It runs before any of those samples' requests is answered, so a 200 is in ``/metrics`` and in
     the key's usage by the time its client has it. A read's samples are counted together: one
     increment of each counter per key and network, not one per sample (each takes a lock and
-    writes a file shared by the workers).
+    writes to the worker's memory-mapped metrics file).
     """
 
     def count(samples: list[_Sample]) -> None:
