@@ -460,16 +460,20 @@ class Publisher:
     def _flush(self) -> None:
         data = b"".join(self._outgoing)
         self._outgoing.clear()
-        if self._link is not None and self._link.transport is not None:
-            self._link.transport.write(data)
+        link = self._link
+        # A link the broker just closed takes no more writes (uvloop raises): its waiting samples
+        # are answered 503 as the link's loss is handled.
+        if link is not None and link.transport is not None and not link.transport.is_closing():
+            link.transport.write(data)
 
     def _unconfirmed(self, done: Future[None] | asyncio.Future[None]) -> None:
         """A sample went unacknowledged past the timeout and its request was answered 503.
 
-        The link is dropped at once (a TCP reset): a stalled broker then discards what it has not
-        read yet, instead of publishing it when it wakes up. Whatever it has read but not yet
-        acknowledged may still go out: the answer to a sample the broker did not confirm in time
-        is "retry", and a retried sample may reach listeners twice (docs/http-door.md).
+        The link is dropped at once (a TCP reset): nothing more goes to a broker that stopped
+        answering. What was sent cannot be taken back: a stalled broker still reads what its
+        socket received before the reset, and publishes it when it wakes. The answer to a sample
+        the broker did not confirm in time is "retry", and a retried sample may reach listeners
+        twice (docs/http-door.md).
         """
         if not any(waiting is done for waiting in self._waiting.values()):
             return  # never sent (handed over too late), or answered meanwhile: the link is fine

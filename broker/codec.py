@@ -175,10 +175,12 @@ class Connect:
     will_retain: bool
     username: str | None
     password: str | None
+    supported: bool = True
+    """False for a protocol name and level Radio does not speak: answered CONNACK 1."""
 
 
 def decode_connect(body: bytes) -> Connect:
-    """A CONNECT's fields; an unknown protocol level comes back as is, for a CONNACK 1."""
+    """A CONNECT's fields; an unknown protocol (name and level) comes back unsupported, for a CONNACK 1."""
     name, at = _string(body, 0, "the protocol name")
     if at + 4 > len(body):
         msg = "a CONNECT cut short"
@@ -190,7 +192,7 @@ def decode_connect(body: bytes) -> Connect:
         if name not in ("MQTT", "MQIsdp"):
             msg = f"protocol name {name!r} [MQTT-3.1.2-1]"
             raise Violation(msg)
-        return Connect(level, True, 0, "", None, b"", 0, False, None, None)  # noqa: FBT003
+        return Connect(level, True, 0, "", None, b"", 0, False, None, None, supported=False)  # noqa: FBT003
     if flags & 0x01:
         msg = "the CONNECT's reserved flag is set [MQTT-3.1.2-3]"
         raise Violation(msg)

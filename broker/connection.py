@@ -191,7 +191,10 @@ class Connection:
         self.write(codec.ack(codec.UNSUBACK, pid))
 
     def _on_pingreq(self, session: Session, body: bytes) -> None:
-        del session, body
+        del session
+        if body:
+            msg = "a PINGREQ with a body (its remaining length is 0) [MQTT-3.12]"
+            raise codec.Violation(msg)
         self.write(codec.PINGRESP_PACKET)
 
     def _on_disconnect(self, session: Session, body: bytes) -> None:
@@ -203,7 +206,7 @@ class Connection:
     def _on_connect(self, body: bytes) -> None:
         request = codec.decode_connect(body)
         self._pending = []
-        if request.level not in (3, 4):
+        if not request.supported:
             self._refuse(
                 codec.UNACCEPTABLE_PROTOCOL, f"protocol level {request.level} (Radio speaks MQTT 3.1.1)"
             )

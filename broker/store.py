@@ -25,6 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ from typing import Any, Final
 from radio.errors import RadioError
 
 log = logging.getLogger("radio.broker")
+
+RECOVERED_AFTER: Final = 5.0
+"""Seconds without a failed batch before a store that failed is said to be writable again."""
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, data BLOB NOT NULL, qos INTEGER NOT NULL);
@@ -113,6 +117,9 @@ class Store:
         self._unanswered = 0
         self._taken = 0
         """``pending`` as it was when the writer last took a batch."""
+        self._outage = False
+        """Said to be failing, and not yet said to be writable again."""
+        self._failed_at = 0.0
         self._lost: list[tuple[int, int]] = []
         """Ranges of ``pending`` whose changes a failed batch lost, one per outage."""
         """Batches taken by the writer whose waiters the loop has not called yet."""
@@ -299,7 +306,9 @@ class Store:
         except Exception as exc:  # a disk error, or a value SQLite cannot take: this batch is lost
             if not isinstance(exc, sqlite3.Error):
                 log.exception("writing a batch to the broker's store %s failed", self.path)
-            if not self.failing:
+            self._failed_at = time.monotonic()
+            if not self._outage:
+                self._outage = True
                 log.error(  # noqa: TRY400 - one line, the cause is in it
                     "cannot write the broker's store %s: %s. Samples that must survive a restart "
                     "are not acknowledged until it can be written again",
@@ -308,9 +317,12 @@ class Store:
                 )
             self.failing = True
             return False
-        if self.failing:
-            log.warning("the broker's store %s can be written again", self.path)
         self.failing = False
+        if self._outage and time.monotonic() - self._failed_at >= RECOVERED_AFTER:
+            # Not at the first batch that goes through: a nearly full disk takes some and fails
+            # others, and each would say "failing" and "recovered" in turn.
+            self._outage = False
+            log.warning("the broker's store %s can be written again", self.path)
         self.batches += 1
         self.written += len(batch)
         return True

@@ -27,11 +27,12 @@ import flask
 import psutil
 import pytest
 import requests
+import uvloop
 from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
-from radio.bridge.publisher import BrokerUnavailable, Publisher
+from radio.bridge.publisher import BrokerUnavailable, Publisher, _Link, publish_packet
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import read_keys
@@ -506,7 +507,7 @@ def _timed_post(bridge, headers: dict[str, str]) -> tuple[int, float]:
 
 @pytest.mark.parametrize("path", ["thread", "event loop"])
 def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
-    """A stalled broker: the 503 comes with a reset link, so it drops the samples it has not read."""
+    """A stalled broker: the 503 comes with a reset link, so nothing more is sent to it."""
     server = socket.create_server(("127.0.0.1", 0))
     connections: list[socket.socket] = []
 
@@ -604,6 +605,28 @@ def test_a_sample_is_either_counted_and_answered_200_or_answered_503_never_both(
     publisher._report_confirmed()
     assert confirmed.result(0) is None
     assert counted == ["answered 200"]
+
+
+def test_samples_handed_over_as_the_broker_closes_the_link_are_not_written_to_it():
+    """uvloop refuses a write on a closed transport: the flush of what was handed over just before
+    must leave it be (its samples are answered 503 with the link's loss), not raise on the loop."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    async def flush_after_close() -> None:
+        publisher = Publisher(Address("127.0.0.1", port), "bridge", "secret")
+        loop = asyncio.get_running_loop()
+        transport, link = await loop.create_connection(lambda: _Link(publisher), "127.0.0.1", port)
+        publisher._link = link
+        transport.close()  # as when the broker closed it: the link is gone, its loss not yet handled
+        await link.closed
+        publisher._outgoing.append(publish_packet(b"networks/A", 1, b"{}", retain=False))
+        publisher._flush()
+
+    try:
+        uvloop.run(flush_after_close())
+    finally:
+        server.close()
 
 
 def _how_it_ends(conn: socket.socket) -> str:

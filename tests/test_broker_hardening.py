@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -197,6 +198,29 @@ def test_a_first_packet_other_than_connect_closes_the_connection_at_once(any_bro
     with open_socket(broker.mqtt_port) as sock:
         sock.sendall(first_bytes)
         assert closes_as_fixed(sock, 2, fixed)
+    still_serving(broker, home)
+
+
+@pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQTT", 5)])
+def test_a_protocol_name_and_level_radio_does_not_speak_get_connack_1(broker, home, name, level):
+    """MQTT-3.1.2-2: "MQTT" at level 3 was taken for MQTT 3.1 and connected, its fields ignored."""
+    name_bytes = name.encode()
+    client_id = b"\x00\x01c"
+    body = struct.pack("!H", len(name_bytes)) + name_bytes + bytes([level, 0x02, 0, 60]) + client_id
+    with open_socket(broker.mqtt_port) as sock:
+        sock.sendall(packet(0x10, body))
+        assert read_packet(sock) == (0x20, bytes([0, 1]))  # CONNACK: unacceptable protocol version
+    still_serving(broker, home)
+
+
+def test_a_pingreq_with_a_body_closes_the_connection(broker, home):
+    """A PINGREQ has no body (remaining length 0): one that has is malformed."""
+    sock = session(broker.mqtt_port, "pinger", "gen", home.secrets["gen"])
+    with sock:
+        sock.sendall(b"\xc0\x00")
+        assert read_packet(sock) == (0xD0, b"")  # the well-formed one is answered
+        sock.sendall(b"\xc0\x01\x00")
+        assert closed_by_peer(sock)
     still_serving(broker, home)
 
 

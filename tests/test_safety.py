@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -431,6 +432,43 @@ def test_a_store_that_cannot_be_written_is_never_acknowledged(broker, home, mock
         gen.publish("networks/A", b'{"kept": 1}', qos=1)  # acknowledged again once it can write
     finally:
         gen.close()
+
+
+def test_a_store_that_fails_now_and_then_says_so_once(tmp_path, mocker, caplog):
+    """A nearly full disk takes some batches and fails others: one line for the outage, not one
+    "failing" and one "recovered" per batch; "recovered" once no batch failed for a while."""
+    outcomes = iter([False, True] * 5 + [True])
+
+    async def flapping_then_quiet() -> None:
+        store = Store(tmp_path / "broker.db")
+        write = store._write
+
+        def nearly_full_disk(batch: list[tuple[str, tuple[object, ...]]]) -> None:  # cannot be made here
+            if not next(outcomes):
+                msg = "database or disk is full"
+                raise sqlite3.OperationalError(msg)
+            write(batch)
+
+        mocker.patch.object(store, "_write", side_effect=nearly_full_disk)
+        store.start()
+        for seq in range(11):
+            if seq == 10:  # the last batch comes after a quiet spell
+                mocker.patch("radio.broker.store.RECOVERED_AFTER", 0.0, create=True)
+            mark = store.pending
+            store.queue("listener", seq, "networks/A", b"{}", 1)
+            answered = asyncio.get_running_loop().create_future()
+            store.after_commit(answered.set_result, since=mark)
+            await answered
+        await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="radio.broker"):
+        asyncio.run(flapping_then_quiet())
+    said = [record.getMessage() for record in caplog.records]
+    failing = [line for line in said if line.startswith("cannot write the broker's store")]
+    recovered = [line for line in said if line.startswith("the broker's store") and "written again" in line]
+    assert len(failing) == 1
+    assert len(recovered) == 1
+    assert said[-1] == recovered[0]
 
 
 def test_each_change_is_written_on_its_own(broker, home):
