@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Flask, Request, Response, current_app, request
@@ -212,29 +213,18 @@ def publish() -> tuple[Response, int]:
     return Response(OK, mimetype="application/json"), 200
 
 
+@dataclass(slots=True)  # not frozen: a frozen one's __init__ costs 3x as much (1.3 against 0.4 us)
 class _Sample:
     """A checked sample on its way to the broker; once it confirms, counted by ``count_confirmed``."""
 
-    __slots__ = ("key", "network", "payload", "publisher", "retain", "started", "topic")
-
-    def __init__(
-        self,
-        publisher: Publisher,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool,
-        key: Key,
-        network: str,
-        started: float,
-    ) -> None:
-        self.publisher = publisher
-        self.topic = topic
-        self.payload = payload
-        self.retain = retain
-        self.key = key
-        self.network = network
-        self.started = started
+    publisher: Publisher
+    topic: str
+    payload: bytes
+    _: KW_ONLY
+    retain: bool
+    key: Key
+    network: str
+    started: float
 
     def publish(self) -> None:
         """Publish and wait for the PUBACK in this thread (any WSGI server), else refuse 503."""

@@ -209,9 +209,9 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._main: asyncio.Task[None] | None = None
         self._link: _Link | None = None
-        self._waiting: dict[int, Future[None] | asyncio.Future[None]] = {}
-        self._receipts: dict[int, object] = {}
-        """What the caller gave with a waiting sample, handed back to ``on_confirmed``."""
+        self._waiting: dict[int, tuple[Future[None] | asyncio.Future[None], object]] = {}
+        """Samples sent and not yet acknowledged, by packet id: the caller's future, and what it
+        gave with the sample (handed back to ``on_confirmed``)."""
         self._confirmed: list[tuple[Future[None] | asyncio.Future[None], object]] = []
         self.on_confirmed: Callable[[list[object]], None] | None = None
         """Called on the link's loop once per read from the broker, with the receipts of the samples
@@ -449,9 +449,7 @@ class Publisher:
         else:
             done.set_exception(BrokerUnavailable("too many samples waiting for the broker: retry later"))
             return
-        self._waiting[self._next_id] = done
-        if receipt is not None:
-            self._receipts[self._next_id] = receipt
+        self._waiting[self._next_id] = (done, receipt)
         if not self._outgoing:
             # Everything handed over before the loop gets back to this goes out in one write.
             asyncio.get_running_loop().call_soon(self._flush)
@@ -475,7 +473,7 @@ class Publisher:
         the broker did not confirm in time is "retry", and a retried sample may reach listeners
         twice (docs/http-door.md).
         """
-        if not any(waiting is done for waiting in self._waiting.values()):
+        if not any(waiting is done for waiting, _ in self._waiting.values()):
             return  # never sent (handed over too late), or answered meanwhile: the link is fine
         link = self._link
         if link is not None and link.transport is not None and not link.transport.is_closing():
@@ -491,8 +489,7 @@ class Publisher:
             link.transport.abort()
 
     def _acknowledged(self, packet_id: int) -> None:
-        done = self._waiting.pop(packet_id, None)
-        receipt = self._receipts.pop(packet_id, None)
+        done, receipt = self._waiting.pop(packet_id, (None, None))
         if done is None or done.done():
             return  # answered already: timed out (503)
         if isinstance(done, Future) and not done.set_running_or_notify_cancel():
@@ -520,17 +517,17 @@ class Publisher:
     def _drop_waiting(self) -> None:
         """Every sample still unacknowledged is answered 503: it must never go out later."""
         waiting, self._waiting = self._waiting, {}
-        self._receipts.clear()
         self._outgoing.clear()
         self._due.clear()  # every one of them is answered below
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        for done in waiting.values():
+        for done, _ in waiting.values():
+            if done.done():
+                continue  # answered already: timed out (503)
             if isinstance(done, Future) and not done.set_running_or_notify_cancel():
-                continue  # its thread gave up already
-            if not done.done():
-                done.set_exception(BrokerUnavailable("the broker link dropped: retry later"))
+                continue  # its thread gave up just now
+            done.set_exception(BrokerUnavailable("the broker link dropped: retry later"))
         if waiting:
             log.warning("dropped %d unconfirmed samples, answered 503", len(waiting))
 

@@ -115,6 +115,7 @@ class Store:
         self._recorded = 0
         self._writer_waits = False
         self._unanswered = 0
+        """Batches taken by the writer whose waiters the loop has not called yet."""
         self._taken = 0
         """``pending`` as it was when the writer last took a batch."""
         self._outage = False
@@ -122,7 +123,6 @@ class Store:
         self._failed_at = 0.0
         self._lost: list[tuple[int, int]] = []
         """Ranges of ``pending`` whose changes a failed batch lost, one per outage."""
-        """Batches taken by the writer whose waiters the loop has not called yet."""
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import flask
@@ -505,19 +506,28 @@ def _timed_post(bridge, headers: dict[str, str]) -> tuple[int, float]:
     return status, time.monotonic() - started
 
 
-@pytest.mark.parametrize("path", ["thread", "event loop"])
-def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
-    """A stalled broker: the 503 comes with a reset link, so nothing more is sent to it."""
+def _hand_built_broker(
+    then: Callable[[socket.socket], None] = lambda _conn: None,
+) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener on a free port whose first client gets CONNACK 0, then whatever ``then`` does."""
     server = socket.create_server(("127.0.0.1", 0))
     connections: list[socket.socket] = []
 
-    def stalled_broker() -> None:
+    def serve() -> None:
         conn, _ = server.accept()
         connections.append(conn)
         conn.recv(1024)  # CONNECT
-        conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted, then never a PUBACK
+        conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted
+        then(conn)
 
-    threading.Thread(target=stalled_broker, daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
+    return server, connections
+
+
+@pytest.mark.parametrize("path", ["thread", "event loop"])
+def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
+    """A stalled broker: the 503 comes with a reset link, so nothing more is sent to it."""
+    server, connections = _hand_built_broker()  # never a PUBACK
     publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=0.5)
     publisher.start()
     try:
@@ -539,14 +549,8 @@ def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
 def test_on_the_links_own_loop_pubacks_in_any_split_answer_and_the_rest_expire():
     """radio bridge's path: PUBACKs however the reads cut them, between other packets, answer
     their samples; a sample never acknowledged fails on its deadline and resets the link."""
-    server = socket.create_server(("127.0.0.1", 0))
-    connections: list[socket.socket] = []
 
-    def broker() -> None:
-        conn, _ = server.accept()
-        connections.append(conn)
-        conn.recv(1024)  # CONNECT
-        conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted
+    def broker(conn: socket.socket) -> None:
         received = b""
         while received.count(b"networks/A") < 4:  # the four PUBLISHes, packet ids 1 to 4
             received += conn.recv(65536)
@@ -555,7 +559,7 @@ def test_on_the_links_own_loop_pubacks_in_any_split_answer_and_the_rest_expire()
         time.sleep(0.05)  # lets the link read the first part on its own (either way it must work)
         conn.sendall(b"\x02\x40\x02\x00\x04")
 
-    threading.Thread(target=broker, daemon=True).start()
+    server, connections = _hand_built_broker(broker)
 
     async def four_samples() -> list[BaseException | None]:
         publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=1)
@@ -591,14 +595,14 @@ def test_a_sample_is_either_counted_and_answered_200_or_answered_503_never_both(
     publisher.on_confirmed = counted.extend
 
     gave_up: Future[None] = Future()  # the thread timed out first, as publish() does on its timeout
-    publisher._waiting[1], publisher._receipts[1] = gave_up, "answered 503"
+    publisher._waiting[1] = (gave_up, "answered 503")
     assert gave_up.cancel()
     publisher._acknowledged(1)
     publisher._report_confirmed()
     assert counted == []
 
     confirmed: Future[None] = Future()  # the PUBACK is being handled when the thread times out
-    publisher._waiting[2], publisher._receipts[2] = confirmed, "answered 200"
+    publisher._waiting[2] = (confirmed, "answered 200")
     publisher._acknowledged(2)
     assert not confirmed.cancel()  # too late to give up: publish() then takes the result
     assert not confirmed.done()  # and it waits until the sample is counted
