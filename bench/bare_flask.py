@@ -23,5 +23,7 @@ def create_app() -> Flask:
 
 
 def create_asgi_app(threads: int = 16) -> BufferedWSGI:
-    """The bare endpoint as ``radio bridge`` serves the bridge: whole requests handed to threads."""
-    return BufferedWSGI(create_app(), body_timeout=10.0, body_limit=lambda: 1 << 20, threads=threads)
+    """The bare endpoint as ``radio bridge`` serves the bridge: whole requests, /publish on the loop."""
+    return BufferedWSGI(
+        create_app(), body_timeout=10.0, body_limit=lambda: 1 << 20, threads=threads, inline=("/publish",)
+    )

@@ -63,9 +63,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 def create_asgi_app(
     test_config: Mapping[str, Any] | None = None, *, body_timeout: float = 10.0, threads: int = 16
 ) -> BufferedWSGI:
-    """The app as ``radio bridge`` serves it: each request read whole before a thread runs Flask.
+    """The app as ``radio bridge`` serves it: each request read whole before Flask runs it.
 
-    ``threads`` requests per process can wait for their PUBACKs at once; a body still incomplete
+    ``POST /publish`` runs on the server's event loop: its checks never wait, and its wait for the
+    PUBACK is left to the loop. Every other route runs in a pool of ``threads`` threads (history
+    reads a database, ``/metrics`` every worker's files). A body still incomplete
     ``body_timeout`` seconds after its headers is answered 408. The broker link runs on the
     server's event loop, from its start to its stop.
     """
@@ -76,6 +78,7 @@ def create_asgi_app(
         body_timeout=body_timeout,
         body_limit=lambda: publish.body_limit(publish.fresh_registry(app)),
         threads=threads,
+        inline=("/publish",),
         on_startup=lambda: publisher.start(asyncio.get_running_loop()),
         on_shutdown=publisher.stop,
     )

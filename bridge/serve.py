@@ -1,10 +1,11 @@
-"""``radio bridge``: the app under gunicorn's arbiter, uvicorn event-loop workers, Flask in threads.
+"""``radio bridge``: the app under gunicorn's arbiter, uvicorn event-loop workers.
 
 Why this server (measured, bench/RESULTS.md, "HTTP door"): a pre-forked sync worker is held by any
 client that is slow to send its request, so two clients trickling headers stopped all publishing.
 Here each worker process reads requests on an event loop (uvicorn, httptools) and hands only
-complete ones to a thread running Flask (``bridge/asgi.py``): a slow client costs a socket. It also
-keeps connections alive and lets many requests per process wait for their PUBACKs at once.
+complete ones to Flask (``bridge/asgi.py``): ``POST /publish`` on the loop itself, every other
+route in a thread. A slow client costs a socket. It also keeps connections alive and lets many
+requests per process wait for their PUBACKs at once.
 
 The listening socket is bound here, before gunicorn starts, so that port 0 works and the real port
 can be printed; gunicorn inherits it as ``fd://N``. The service key is made here too, once,

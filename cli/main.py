@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         "--threads",
         type=_whole(1, 256),
         default=16,
-        help="requests per worker handled at once (1 to 256, default 16)",
+        help="threads per worker for every route but POST /publish, which runs on the event loop "
+        "(1 to 256, default 16)",
     )
     bridge.add_argument(
         "--timeout",

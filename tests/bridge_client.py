@@ -64,27 +64,34 @@ class InProcessBridge:
             body_timeout=self.body_timeout,
             body_limit=lambda: body_limit(fresh_registry(self.app)),
             threads=16,
+            inline=("/publish",),  # as radio bridge serves it (bridge/app.py, create_asgi_app)
         )
-        config = uvicorn.Config(
-            asgi,
-            host="127.0.0.1",
-            port=0,
-            loop="asyncio",
-            http="httptools",
-            lifespan="off",
-            log_level="warning",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            assert self._thread.is_alive(), "the in-process server did not start"
-            threading.Event().wait(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        self._server, self._thread, url = serve_in_thread(asgi)
+        return url
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(10)
         self.publisher.stop()
+
+
+def serve_in_thread(asgi: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """``asgi`` under uvicorn, as ``radio bridge`` runs it, on a free port in a thread of its own."""
+    config = uvicorn.Config(
+        asgi,
+        host="127.0.0.1",
+        port=0,
+        loop="asyncio",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the in-process server did not start"
+        threading.Event().wait(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"

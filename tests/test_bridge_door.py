@@ -11,10 +11,16 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+from typing import Any
 
 import pytest
-from bridge_client import InProcessBridge
+import requests
+from bridge_client import InProcessBridge, serve_in_thread
 from conftest import start_bridge
+
+from radio.bridge.app import create_asgi_app
+from radio.bridge.asgi import BufferedWSGI
 
 NOT_JSON = {"error": "POST data is not JSON"}
 
@@ -251,3 +257,27 @@ def test_a_stop_answers_a_half_sent_body_at_once_instead_of_waiting_for_it(home,
     assert head.startswith("HTTP/1.1 503")
     assert answer == {"error": "the bridge is stopping: retry"}
     assert "Traceback" not in stderr, stderr
+
+
+def test_publish_runs_on_the_event_loop_and_every_other_route_in_the_pool(home):
+    """The publish view never waits, so it is not handed to a thread and back; a route that may is."""
+    assert create_asgi_app({"RADIO_CONFIG": str(home.config)}).inline == {"/publish"}
+    ran_in: dict[str, threading.Thread] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        ran_in[environ["PATH_INFO"]] = threading.current_thread()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    asgi = BufferedWSGI(app, body_timeout=1.0, body_limit=lambda: 1024, threads=2, inline=("/publish",))
+    server, thread, url = serve_in_thread(asgi)
+    try:
+        for method, path in (("POST", "/publish"), ("GET", "/healthz"), ("POST", "/publish/x")):
+            assert requests.request(method, url + path, data=b"{}", timeout=5).content == b"ok"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert ran_in["/publish"] is thread  # the server's own thread: its event loop
+    assert ran_in["/healthz"] is not thread
+    assert ran_in["/healthz"].name.startswith("radio-bridge")
+    assert ran_in["/publish/x"].name.startswith("radio-bridge")  # a path, not a prefix
