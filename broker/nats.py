@@ -28,6 +28,7 @@ from typing import IO, Final, Self
 from radio.broker.nats_conf import PROBE, NatsError, Node, export, plan
 from radio.config import Address
 from radio.registry import LiveRegistry
+from radio.stopping import on_signals
 
 log = logging.getLogger("radio.broker")
 
@@ -237,9 +238,7 @@ def serve_nats(
     """Run a local cluster until SIGINT or SIGTERM; print one line per node with its URLs."""
     folder = registry.settings.state_dir / "nats"
     cluster = NatsCluster(registry, folder, nodes=nodes, mqtt=mqtt, websocket=websocket)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = on_signals()
     cluster.start()
     try:
         networks = ", ".join(

@@ -7,13 +7,13 @@ import gc
 import os
 import signal
 import sys
-import threading
 
 from radio.broker.mosquitto import MosquittoBroker
 from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
 from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry
+from radio.stopping import on_signals
 
 BANNER_LINES = {
     "default": "  MQTT over TCP:        mqtt://{}",
@@ -118,9 +118,7 @@ def serve_mosquitto(
     """Run Mosquitto with the registry's rights until SIGINT or SIGTERM; key changes reach it live."""
     folder = registry.settings.state_dir / "mosquitto"
     mosquitto = MosquittoBroker(registry, folder, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = on_signals()
     mosquitto.start()
     try:
         _banner(registry, "Radio broker running (Mosquitto)", mosquitto.addresses)

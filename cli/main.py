@@ -14,7 +14,6 @@ import json
 import math
 import re
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
@@ -25,6 +24,7 @@ from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
 from radio.keys import Key, KeyStore, Terms, format_rate, load_keys, parse_expiry, parse_quota, parse_rate
+from radio.stopping import Stop
 from radio.topics import NetworkName
 from radio.urls import parse_urls
 
@@ -686,7 +686,7 @@ def _listen(args: argparse.Namespace) -> int:
     return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
 
 
-def _device_logging() -> threading.Event:
+def _device_logging() -> Stop:
     from radio import logs  # noqa: PLC0415
     from radio.devices.run import stop_on_signals  # noqa: PLC0415
 

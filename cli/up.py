@@ -34,6 +34,7 @@ from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
 from radio.keys import KeyStore, read_keys
+from radio.stopping import Stop
 
 DEMO_KEY: Final = "demo"
 STOP_TIMEOUT: Final = 15.0
@@ -188,7 +189,7 @@ def up(
     wss: Address | None = None,
 ) -> int:
     """Run the platform until Ctrl-C, SIGTERM or SIGHUP; exit 1 if a part of it dies on its own."""
-    stop, started = threading.Event(), threading.Event()
+    stop, started = Stop(), threading.Event()  # a Stop: set from a signal handler (radio.stopping)
 
     def on_signal(*_: object) -> None:
         stop.set()
@@ -274,7 +275,7 @@ def _page_websocket(urls: dict[str, str], settings: Settings) -> dict[str, str]:
     return {"RADIO_PUBLIC_WEBSOCKET_URL": reachable(ws_url)}
 
 
-def _supervise(children: list[Child], stop: threading.Event) -> int:
+def _supervise(children: list[Child], stop: Stop) -> int:
     """Wait for a signal (0), or for a part to die on its own (1)."""
     while not stop.wait(0.5):
         for child in children:

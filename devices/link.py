@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
+from radio.stopping import Stop
 from radio.tls import TlsError, client_context, verify_failure
 from radio.urls import BrokerURL
 
@@ -242,6 +243,6 @@ def _refusal(error: BaseException, where: str, depth: int = 0) -> str | None:
     return None
 
 
-def sleep_until(deadline: float, stop: threading.Event) -> bool:
+def sleep_until(deadline: float, stop: Stop) -> bool:
     """Wait for a deadline; True if asked to stop meanwhile."""
     return stop.wait(max(0.0, deadline - time.monotonic()))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 from radio.devices import sensors
 from radio.devices.link import HttpLink, MqttLink, sleep_until
 from radio.devices.traffic import Town, TownSettings
+from radio.stopping import Stop, on_signals
 from radio.tls import TlsError
 from radio.topics import network_topic
 from radio.urls import parse_urls
@@ -20,12 +19,9 @@ from radio.urls import parse_urls
 log = logging.getLogger("radio.device")
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM, so loops end cleanly between samples."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+def stop_on_signals() -> Stop:
+    """Set by SIGINT or SIGTERM, so loops end cleanly between samples."""
+    return on_signals()
 
 
 def traffic(
@@ -38,7 +34,7 @@ def traffic(
     speed: int,
     size: tuple[int, int],
     seed: int | None,
-    stop: threading.Event,
+    stop: Stop,
     ca: Path | None = None,
 ) -> None:
     """Simulate, and publish the town's state every period, like the article's ``radio_publish()``."""
@@ -83,7 +79,7 @@ def sensor_agents(
     count: int,
     rate: float,
     seed: int | None,
-    stop: threading.Event,
+    stop: Stop,
     ca: Path | None = None,
 ) -> None:
     """Run ``count`` sensors until stopped."""

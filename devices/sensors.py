@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radio.devices.link import MqttLink, Will, sleep_until
+from radio.stopping import Stop
 from radio.tls import TlsError
 from radio.topics import network_topic
 from radio.urls import BrokerURL
@@ -58,7 +58,7 @@ def run(
     network: str,
     count: int,
     rate: float,
-    stop: threading.Event,
+    stop: Stop,
     seed: int | None = None,
     ca: Path | None = None,
 ) -> None:

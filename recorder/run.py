@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from typing import Final
@@ -15,6 +14,7 @@ from radio.recorder.identity import ENVIRONMENT, key_file, recorder_credentials
 from radio.recorder.recorder import Recorder
 from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry
+from radio.stopping import on_signals
 
 KEY_IN_FORCE_TIMEOUT: Final = 5.0
 """Seconds to wait, after making the service key, for the running brokers to have it in force."""
@@ -37,9 +37,7 @@ def run(
     brokers = [broker] if isinstance(broker, Address) else broker or [settings.broker.mqtt.local()]
     store = HistoryStore(settings.history_path)
     recorder = Recorder(registry, store, brokers, username, password)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = on_signals()
 
     def stop_when_failed() -> None:
         recorder.done.wait()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from radio.stopping import on_signals
 from radio.subscribers.listener import Listener, Refused
 
 
@@ -30,14 +30,13 @@ def listen(
         print(f"radio listen: {text}", file=sys.stderr, flush=True)
 
     listener = Listener(networks, url, secret, notice=notice, since=since, http=http, ca=ca)
-    stopping = threading.Event()
+    stopping = on_signals()  # Ctrl-C or SIGTERM: the listener stops, and the loop below ends
 
-    def stop(*_: object) -> None:
-        stopping.set()
-        threading.Thread(target=listener.stop, daemon=True).start()
+    def stop_when_asked() -> None:
+        stopping.wait()
+        listener.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=stop_when_asked, daemon=True).start()
     listener.start()
     try:
         for sample in listener:

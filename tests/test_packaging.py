@@ -59,7 +59,14 @@ def test_the_shared_core_imports_no_part_and_clients_only_what_they_need():
             continue  # `python -m radio` is the command line's entry point, like the console script
         above = {n for n in imports_of(path) if any(n == p or n.startswith(p + ".") for p in parts)}
         assert above == set(), f"the shared core's {path.name} imports {above}"
-    client_core = {"radio.topics", "radio.urls", "radio.credentials", "radio.errors", "radio.tls"}
+    client_core = {
+        "radio.topics",
+        "radio.urls",
+        "radio.credentials",
+        "radio.errors",
+        "radio.tls",
+        "radio.stopping",
+    }
     for client in ("devices", "subscribers"):
         for path in sources(client):
             core = {
