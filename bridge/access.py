@@ -17,6 +17,8 @@ import atexit
 import logging
 import math
 import os
+import sqlite3
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -108,10 +110,27 @@ def check_rate(app: Flask, key: Key) -> Refusal | None:
     return _refuse(app, key, 429, message, "rate", headers=headers)
 
 
+USAGE_UNAVAILABLE: Final = "the usage records cannot be read now: nothing was published, retry later"
+SAY_EVERY: Final = 60.0
+_unavailable_said = [-SAY_EVERY]
+
+
 def check_quota(app: Flask, key: Key) -> Refusal | None:
-    """None if the key has samples left in its quota period; else its 429 with the reset time."""
+    """None if the key has samples left in its quota period; else its 429 with the reset time.
+
+    A usage file that cannot be read (locked past its timeout, say) is a 503: the quota is what
+    the key paid for, so it is not waived, and the sample is not lost either: the client retries.
+    """
     meter = _meter(app)
-    state = meter.quota(key) if meter is not None else None
+    try:
+        state = meter.quota(key) if meter is not None else None
+    except sqlite3.Error as exc:
+        now = time.monotonic()
+        if now - _unavailable_said[0] >= SAY_EVERY:  # once in a while, not once per request
+            _unavailable_said[0] = now
+            log.warning("quotas cannot be checked, samples of keys with one are answered 503: %s", exc)
+        metrics.PUBLISHES.labels(outcome="usage_unavailable").inc()
+        return Refusal(503, USAGE_UNAVAILABLE, "usage_unavailable", {"Retry-After": "1"})
     if meter is None or state is None or not state.exceeded:
         return None
     meter.over_quota(key, DOOR, state)

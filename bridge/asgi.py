@@ -16,11 +16,15 @@ returns; the loop awaits it with the response the app built, and sends what it r
 bridge's publish view leaves its wait for the broker's PUBACK so: no thread is held, or woken,
 for it. Without the key (any other WSGI server), the same view waits in its thread.
 
-A view that never waits need not leave the loop at all: requests to the ``inline`` paths run on
-the event loop itself. Handing a request to a thread and its answer back costs more than the
-publish view's checks, and the loop and the pool's threads then take turns at the GIL; on two
-cores ``POST /publish`` answered 1.2 to 1.3 times as many requests inline (bench/RESULTS.md, "HTTP
-door"). A view on such a path must not block: while it runs, nothing else in its worker does.
+A view that never waits need not leave the loop at all: requests to the ``inline`` paths, with a
+body of at most ``inline_body`` bytes, run on the event loop itself. Handing a request to a
+thread and its answer back costs more than the publish view's checks, and the loop and the
+pool's threads then take turns at the GIL; on two cores ``POST /publish`` answered 1.2 to 1.3
+times as many requests inline (bench/RESULTS.md, "HTTP door"). While such a view runs, nothing
+else in its worker does, hence the rules: a larger body (its JSON alone takes milliseconds) goes
+to the pool, and so does a request the app finds it would have to wait for. Such an app sees
+``environ[INLINE]``; before doing anything it could not do twice, it puts True in
+``environ[TO_A_THREAD]`` and returns, and the request is run again, from the start, in a thread.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ DEFERRABLE: Final = "radio.deferrable"
 """In the environ of every request: the app may leave its last step to the event loop."""
 DEFERRED: Final = "radio.deferred"
 """Where the app puts that last step, a ``Finish``."""
+INLINE: Final = "radio.inline"
+"""In the environ of a request run on the event loop: the app must not wait for anything."""
+TO_A_THREAD: Final = "radio.to_a_thread"
+"""Where an app run inline asks for the request to be run again in a thread (True)."""
+INLINE_BODY: Final = 4096
+"""The largest body run inline by default: a sample's usual size, parsed in well under 1 ms."""
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 """Status, headers, body."""
@@ -83,12 +93,14 @@ class BufferedWSGI:
         body_limit: Callable[[], int],
         threads: int,
         inline: Collection[str] = (),
+        inline_body: int = INLINE_BODY,
         on_startup: Callable[[], None] | None = None,
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.inline = frozenset(inline)
         """Paths whose requests run on the event loop, not in the pool: their views never wait."""
+        self.inline_body = inline_body
         self.body_timeout = body_timeout
         self.body_limit = body_limit
         self.on_startup = on_startup
@@ -155,11 +167,7 @@ class BufferedWSGI:
             return
         else:
             environ = _environ(scope, body, declared)
-            if scope["path"] in self.inline:
-                status, headers, payload = self._call(environ)
-            else:
-                loop = asyncio.get_running_loop()
-                status, headers, payload = await loop.run_in_executor(self._pool, self._call, environ)
+            status, headers, payload = await self._run(scope, environ, body, declared)
             finish: Finish | None = environ.get(DEFERRED)
             if finish is not None:
                 try:
@@ -171,6 +179,17 @@ class BufferedWSGI:
                 headers.append(CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _run(self, scope: Scope, environ: dict[str, Any], body: bytes, length: int | None) -> Answer:
+        """The app's answer: on the loop for a small request to an inline path, else in a thread."""
+        if scope["path"] in self.inline and len(body) <= self.inline_body:
+            environ[INLINE] = True
+            answer = self._call(environ)
+            if not environ.get(TO_A_THREAD):
+                return answer
+            environ.clear()
+            environ.update(_environ(scope, body, length))  # afresh: the first run read the body
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, environ)
 
     async def _body(self, receive: Receive, limit: int) -> bytes:
         """The body, within ``body_timeout`` (else TimeoutError), unless the server stops first."""
@@ -208,6 +227,8 @@ class BufferedWSGI:
             closing = getattr(iterable, "close", None)
             if closing is not None:
                 closing()
+        if not started and environ.get(TO_A_THREAD):
+            return 0, [], b""  # nothing to send: the request runs again in a thread
         status, headers = started[0]
         encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
         return int(status[:3]), encoded, b"".join(chunks)

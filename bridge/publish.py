@@ -31,7 +31,7 @@ from typing import Any, Final, NoReturn
 from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from radio.bridge import access, metrics
-from radio.bridge.asgi import DEFERRABLE, DEFERRED, Answer
+from radio.bridge.asgi import DEFERRABLE, DEFERRED, INLINE, TO_A_THREAD, Answer
 from radio.bridge.errors import APIError
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.keys import Key
@@ -59,6 +59,17 @@ def _presented_secret(req: Request) -> str | None:
         if scheme.lower() == "bearer" and token.strip():
             secret = token.strip()
     return secret
+
+
+def _presented_key(req: Request, registry: Registry) -> Key:
+    """Checks 1 and 2: an API-KEY header, naming a valid key."""
+    secret = _presented_secret(req)
+    if secret is None:
+        _refuse(400, "API-KEY missing in headers", "missing_key")
+    key = registry.key_for_secret(secret)
+    if key is None:
+        _refuse(400, "API-KEY not valid", "invalid_key")
+    return key
 
 
 def body_limit(registry: Registry) -> int:
@@ -160,12 +171,12 @@ def publish() -> tuple[Response, int]:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     registry = fresh_registry(app)
 
-    secret = _presented_secret(req)
-    if secret is None:
-        _refuse(400, "API-KEY missing in headers", "missing_key")
-    key = registry.key_for_secret(secret)
-    if key is None:
-        _refuse(400, "API-KEY not valid", "invalid_key")
+    key = _presented_key(req, registry)
+    if (key.terms.rate is not None or key.terms.quota is not None) and req.environ.get(INLINE):
+        # Its rate and quota live in files the bridge's workers and the broker share: checking
+        # them can wait for another process's lock, which must not stall the event loop.
+        req.environ[TO_A_THREAD] = True
+        return Response(status=204), 204  # not sent: the request runs again, in a thread
 
     body = _parse(_read_body(req, registry))
     if not isinstance(body, dict) or "network" not in body:

@@ -7,7 +7,9 @@ Asked for each PUBLISH after the rights check, in the HTTP door's order: rate, q
   again, and TCP's flow control pushes back on the client. Nothing is dropped, and no sample of
   the key is delivered faster than its rate plus its burst.
 - **Quota.** Past it, the key's samples are dropped (a QoS 1 sample is still acknowledged, as
-  for any refused publish), counted, and logged once per key and period.
+  for any refused publish), counted, and logged once per key and period. A quota that cannot be
+  read without waiting (the usage file's writer has it, or another process locks the file) holds
+  the PUBLISH a moment, like a rate, rather than stall the event loop and everyone on it.
 - **Schema.** A sample that is not JSON or does not match its network's schema is dropped and
   counted against the key: no subscriber receives it.
 - **Expiry.** ``sweep`` closes the connections of keys whose expiry has come; the core calls it
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,7 +33,7 @@ from radio.keys import Key
 from radio.rates import Buckets
 from radio.registry import Registry
 from radio.topics import network_of_topic
-from radio.usage import Meter
+from radio.usage import Busy, Meter
 
 if TYPE_CHECKING:
     from radio.broker.sessions import Session
@@ -43,6 +46,8 @@ DROP: Final = -1.0
 EXPIRY_TICK: Final = 0.5
 """Seconds between expiry checks: a key's connections close within this of its expiry."""
 LOG_EVERY: Final = 10.0
+QUOTA_RETRY: Final = 0.05
+"""Seconds a PUBLISH waits when its key's quota cannot be read without waiting on the loop."""
 
 
 class Gate:
@@ -53,6 +58,7 @@ class Gate:
         self.meter = meter
         self.buckets = Buckets()
         self.rate_waits = 0
+        self.quota_waits = 0
         """Times a publisher was paused for its rate (for the metrics)."""
         self._logged: dict[tuple[str, str], float] = {}
         self._swept: tuple[Registry | None, datetime] = (None, datetime.now(UTC))
@@ -78,11 +84,8 @@ class Gate:
                 self.rate_waits += 1
                 return wait
         meter = self.meter
-        if meter is not None and terms.quota is not None:
-            state = meter.quota(key)
-            if state is not None and state.exceeded:
-                meter.over_quota(key, DOOR, state)
-                return DROP
+        if meter is not None and terms.quota is not None and (verdict := self._quota(meter, key)) != GO:
+            return verdict
         network = network_of_topic(topic) or ""
         settings = self.registry().networks.get(network)
         if settings is not None and settings.schema is not None:
@@ -96,6 +99,28 @@ class Gate:
         if meter is not None:
             meter.record(key, DOOR, network, len(payload))
         return GO
+
+    def _quota(self, meter: Meter, key: Key) -> float:
+        """``GO`` within the key's quota, ``DROP`` past it, a short wait if it cannot be read now."""
+        try:
+            state = meter.quota(key, wait=False)  # this is the event loop: never stall it
+        except (Busy, sqlite3.Error) as exc:
+            self._usage_unavailable(exc)
+            return QUOTA_RETRY
+        if state is not None and state.exceeded:
+            meter.over_quota(key, DOOR, state)
+            return DROP
+        return GO
+
+    def _usage_unavailable(self, exc: Exception) -> None:
+        """The usage file is busy or unreadable: the sample waits, and this is said once a while."""
+        self.quota_waits += 1
+        if isinstance(exc, Busy):
+            return  # the writer, or another process, has it for a moment: the usual case
+        now = time.monotonic()
+        if now - self._logged.get(("", "usage"), -LOG_EVERY) >= LOG_EVERY:
+            self._logged[("", "usage")] = now
+            log.warning("quotas cannot be checked, keys with one wait to publish: %s", exc)
 
     def refused_rights(self, session: Session) -> None:
         """Count a publish refused for lack of rights against its key."""

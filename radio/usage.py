@@ -9,8 +9,9 @@ the counts to the file once per ``interval`` (one transaction). A quota check is
 file held at the last write (every process's samples) plus this process's samples since. Within
 ``MARGIN`` samples of a key's quota, that is not exact enough (another process may have counted
 samples it has not written yet), so for those last samples each check writes this process's
-counts and reads the file again, and each sample is written at once: two processes then see each
-other's samples (docs/access.md). What a process counted in its last interval before a
+counts and reads the file again, and each sample wakes the writer to write it at once, on its
+own thread rather than the caller's (an event loop, which a locked file must not stall): two
+processes then see each other's samples (docs/access.md). What a process counted in its last interval before a
 ``kill -9`` is lost.
 
 Quota periods are calendar days and months in UTC; a quota resets at midnight UTC (or the first
@@ -42,6 +43,8 @@ log = logging.getLogger("radio.usage")
 FILE_NAME: Final = "usage.db"
 INTERVAL: Final = 1.0
 """Seconds between writes: the most a quota can be overrun by, in the other processes' traffic."""
+BUSY_TIMEOUT: Final = 10.0
+"""Seconds a write waits for another process's lock on the file before it fails."""
 MARGIN: Final = 100
 """Samples before a quota's end from which every check reads the file, and every sample is written."""
 DOORS: Final = ("http", "mqtt")
@@ -68,6 +71,10 @@ _COUNTS: Final = "SELECT key_id, SUM(samples) FROM usage WHERE day >= ? AND day 
 
 class UsageError(RadioError):
     """The usage file cannot be opened."""
+
+
+class Busy(Exception):
+    """The usage file is in use and the caller asked not to wait for it: ask again shortly."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,7 +135,7 @@ def open_db(path: Path) -> sqlite3.Connection:
         for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             with contextlib.suppress(FileNotFoundError):
                 companion.chmod(0o600)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
@@ -163,6 +170,8 @@ class Meter:
         self.refused: dict[tuple[str, str, str], int] = defaultdict(int)
         """(key name, door, reason): count since this process started, for metrics."""
         self._stop = threading.Event()
+        self._soon = threading.Event()
+        """Set to have the writer write now rather than at its next interval."""
         self._thread: threading.Thread | None = None
 
     # The hot path: memory only.
@@ -183,7 +192,7 @@ class Meter:
                 self._local[slot] += count
                 near = key.terms.quota - self._used(slot) <= MARGIN
         if near:
-            self.flush()
+            self._soon.set()  # others must see it soon; written by the writer, not on this thread
 
     def refuse(self, key: Key, door: str, reason: str) -> None:
         """One sample refused, and why (one of ``REASONS``)."""
@@ -192,8 +201,12 @@ class Meter:
             self._refusals[(day, key.id, key.name, door, reason)] += 1
             self.refused[(key.name, door, reason)] += 1
 
-    def quota(self, key: Key) -> QuotaState | None:
-        """Where the key stands, or None if it has no quota; reads the file once per key and period."""
+    def quota(self, key: Key, *, wait: bool = True) -> QuotaState | None:
+        """Where the key stands, or None if it has no quota; reads the file once per key and period.
+
+        With ``wait=False`` (an event loop, which must not stall) it raises ``Busy`` where it
+        would wait: for the writer thread, or for another process holding the file's lock.
+        """
         limit = key.terms.quota
         if limit is None:
             return None
@@ -203,7 +216,7 @@ class Meter:
         with self._lock:
             committed = self._committed.get(slot)
         if committed is None:
-            with self._writing:
+            with self._file(wait):
                 committed = self._count(key.id, start, end)
             with self._lock:
                 self._committed.setdefault(slot, committed)
@@ -211,10 +224,30 @@ class Meter:
         with self._lock:
             used = self._used(slot)
         if used < limit and limit - used <= MARGIN:  # near the end: what every process has written
-            self.flush()
+            with self._file(wait):
+                self._flush()
             with self._lock:
                 used = self._used(slot)
         return QuotaState(used, limit, reset_time(end))
+
+    @contextlib.contextmanager
+    def _file(self, wait: bool) -> Iterator[None]:
+        """The file to this thread: waiting for it, or else ``Busy`` at once if anyone has it."""
+        if not self._writing.acquire(blocking=wait):
+            raise Busy
+        try:
+            if wait:
+                yield
+                return
+            self._db.execute("PRAGMA busy_timeout = 0")
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                raise Busy from exc  # locked by another process: what was counted stays counted
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        finally:
+            self._writing.release()
 
     def _used(self, slot: tuple[str, str]) -> int:
         return self._committed.get(slot, 0) + self._inflight.get(slot, 0) + self._local.get(slot, 0)
@@ -240,7 +273,11 @@ class Meter:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._soon.wait(self.interval)
+            self._soon.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.flush()
             except sqlite3.Error as exc:
@@ -305,6 +342,7 @@ class Meter:
     def close(self) -> None:
         """Stop the writer and write what is left."""
         self._stop.set()
+        self._soon.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:

@@ -20,7 +20,7 @@ from bridge_client import InProcessBridge, serve_in_thread
 from conftest import start_bridge
 
 from radio.bridge.app import create_asgi_app
-from radio.bridge.asgi import BufferedWSGI
+from radio.bridge.asgi import INLINE, TO_A_THREAD, BufferedWSGI
 
 NOT_JSON = {"error": "POST data is not JSON"}
 
@@ -259,25 +259,43 @@ def test_a_stop_answers_a_half_sent_body_at_once_instead_of_waiting_for_it(home,
     assert "Traceback" not in stderr, stderr
 
 
-def test_publish_runs_on_the_event_loop_and_every_other_route_in_the_pool(home):
-    """The publish view never waits, so it is not handed to a thread and back; a route that may is."""
+def test_small_publishes_run_on_the_event_loop_and_everything_else_in_the_pool(home):
+    """A small publish is not handed to a thread and back; a large one, another route, or a request
+    the app finds it would wait for, are."""
     assert create_asgi_app({"RADIO_CONFIG": str(home.config)}).inline == {"/publish"}
-    ran_in: dict[str, threading.Thread] = {}
+    ran_in: dict[str, list[tuple[threading.Thread, bytes]]] = {}
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        ran_in[environ["PATH_INFO"]] = threading.current_thread()
+        body = environ["wsgi.input"].read()
+        ran_in.setdefault(environ["QUERY_STRING"], []).append((threading.current_thread(), body))
+        if environ.get(INLINE) and environ["QUERY_STRING"] == "would-wait":
+            environ[TO_A_THREAD] = True
+            return []
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok"]
+        return [b"ok " + body[:2]]
 
-    asgi = BufferedWSGI(app, body_timeout=1.0, body_limit=lambda: 1024, threads=2, inline=("/publish",))
+    asgi = BufferedWSGI(
+        app, body_timeout=1.0, body_limit=lambda: 1 << 20, threads=2, inline=("/publish",), inline_body=100
+    )
     server, thread, url = serve_in_thread(asgi)
     try:
-        for method, path in (("POST", "/publish"), ("GET", "/healthz"), ("POST", "/publish/x")):
-            assert requests.request(method, url + path, data=b"{}", timeout=5).content == b"ok"
+        for name, path, data in (
+            ("small", "/publish", b"{}"),
+            ("other-route", "/healthz", b"{}"),
+            ("not-a-prefix", "/publish/x", b"{}"),
+            ("large", "/publish", b"[]" + b" " * 100),
+            ("would-wait", "/publish", b"{}"),
+        ):
+            answer = requests.post(f"{url}{path}?{name}", data=data, timeout=5)
+            assert answer.content == b"ok " + data[:2], name
     finally:
         server.should_exit = True
         thread.join(10)
-    assert ran_in["/publish"] is thread  # the server's own thread: its event loop
-    assert ran_in["/healthz"] is not thread
-    assert ran_in["/healthz"].name.startswith("radio-bridge")
-    assert ran_in["/publish/x"].name.startswith("radio-bridge")  # a path, not a prefix
+    assert [t for t, _ in ran_in["small"]] == [thread]  # the server's own thread: its event loop
+    for name in ("other-route", "not-a-prefix", "large"):
+        assert [t.name[:12] for t, _ in ran_in[name]] == ["radio-bridge"], name
+    # Run inline first, then again in a thread, from the start: the body is there both times.
+    (first, body), (second, again) = ran_in["would-wait"]
+    assert first is thread
+    assert second.name.startswith("radio-bridge")
+    assert body == again == b"{}"
