@@ -96,7 +96,11 @@ def check_rate(app: Flask, key: Key) -> Refusal | None:
         return None
     size = key.terms.bucket
     buckets: rates.SharedBuckets = app.extensions["radio.buckets"]
-    wait, tokens = buckets.take(key.id, rate, size)
+    try:
+        wait, tokens = buckets.take(key.id, rate, size)
+    except rates.Busy:
+        metrics.PUBLISHES.labels(outcome="rates_unavailable").inc()
+        return Refusal(503, RATES_UNAVAILABLE, "rates_unavailable", {"Retry-After": "1"})
     if not wait:
         return None
     reset = math.ceil((size - tokens) / rate)
@@ -111,6 +115,7 @@ def check_rate(app: Flask, key: Key) -> Refusal | None:
 
 
 USAGE_UNAVAILABLE: Final = "the usage records cannot be read now: nothing was published, retry later"
+RATES_UNAVAILABLE: Final = "the rate limits cannot be read now: nothing was published, retry later"
 SAY_EVERY: Final = 60.0
 _unavailable_said = [-SAY_EVERY]
 
@@ -124,11 +129,14 @@ def check_quota(app: Flask, key: Key) -> Refusal | None:
     meter = _meter(app)
     try:
         state = meter.quota(key) if meter is not None else None
-    except sqlite3.Error as exc:
+    except (usage.Busy, sqlite3.Error) as exc:
         now = time.monotonic()
         if now - _unavailable_said[0] >= SAY_EVERY:  # once in a while, not once per request
             _unavailable_said[0] = now
-            log.warning("quotas cannot be checked, samples of keys with one are answered 503: %s", exc)
+            log.warning(
+                "quotas cannot be checked, samples of keys with one are answered 503: %s",
+                exc.__cause__ or "the usage file stayed locked",
+            )
         metrics.PUBLISHES.labels(outcome="usage_unavailable").inc()
         return Refusal(503, USAGE_UNAVAILABLE, "usage_unavailable", {"Retry-After": "1"})
     if meter is None or state is None or not state.exceeded:

@@ -103,7 +103,7 @@ class Gate:
     def _quota(self, meter: Meter, key: Key) -> float:
         """``GO`` within the key's quota, ``DROP`` past it, a short wait if it cannot be read now."""
         try:
-            state = meter.quota(key, wait=False)  # this is the event loop: never stall it
+            state = meter.quota(key, within=0)  # this is the event loop: never stall it
         except (Busy, sqlite3.Error) as exc:
             self._usage_unavailable(exc)
             return QUOTA_RETRY

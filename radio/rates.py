@@ -64,6 +64,14 @@ _SLOT: Final = struct.Struct("<Qdd")
 """A slot: the key's tag (its id as a number, 0 for a free slot), tokens, and when they were counted."""
 
 
+LOCK_WAIT: Final = 1.0
+"""Seconds a request waits at most for the shared bucket file before it is answered "retry"."""
+
+
+class Busy(Exception):
+    """The shared bucket file stayed locked: nothing was taken, ask again later."""
+
+
 class SharedBuckets:
     """Buckets in a file mapped by every process that opens it: the bridge's workers share one.
 
@@ -89,11 +97,18 @@ class SharedBuckets:
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
-    def take(self, key_id: str, rate: float, size: int, now: float | None = None) -> tuple[float, float]:
-        """(seconds to wait, tokens left): 0 seconds means a token was taken."""
-        now = time.time() if now is None else now
+    def take(
+        self, key_id: str, rate: float, size: int, now: float | None = None, *, within: float = LOCK_WAIT
+    ) -> tuple[float, float]:
+        """(seconds to wait, tokens left): 0 seconds means a token was taken.
+
+        Raises ``Busy`` if the file stays locked ``within`` seconds: the workers hold it for
+        microseconds, so only a stuck process (or an outside one) can, and a request thread must
+        not wait on it for good.
+        """
         tag = int(key_id, 16) or 1
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._lock(within)
+        now = time.time() if now is None else now
         try:
             offset = self._slot(tag, now)
             found, tokens, stamp = _SLOT.unpack_from(self._map, offset)
@@ -104,6 +119,20 @@ class SharedBuckets:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         return wait, tokens
+
+    def _lock(self, within: float) -> None:
+        deadline = time.monotonic() + within
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Busy from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            else:
+                return
 
     def _slot(self, tag: int, now: float) -> int:
         """The key's slot, a free one, or (table full) the one idle longest."""

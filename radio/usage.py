@@ -44,7 +44,9 @@ FILE_NAME: Final = "usage.db"
 INTERVAL: Final = 1.0
 """Seconds between writes: the most a quota can be overrun by, in the other processes' traffic."""
 BUSY_TIMEOUT: Final = 10.0
-"""Seconds a write waits for another process's lock on the file before it fails."""
+"""Seconds the writer thread waits for another process's lock on the file before it fails."""
+LOCK_WAIT: Final = 1.0
+"""Seconds a quota check waits at most for the file before it gives up (``Busy``)."""
 MARGIN: Final = 100
 """Samples before a quota's end from which every check reads the file, and every sample is written."""
 DOORS: Final = ("http", "mqtt")
@@ -201,11 +203,12 @@ class Meter:
             self._refusals[(day, key.id, key.name, door, reason)] += 1
             self.refused[(key.name, door, reason)] += 1
 
-    def quota(self, key: Key, *, wait: bool = True) -> QuotaState | None:
+    def quota(self, key: Key, *, within: float = LOCK_WAIT) -> QuotaState | None:
         """Where the key stands, or None if it has no quota; reads the file once per key and period.
 
-        With ``wait=False`` (an event loop, which must not stall) it raises ``Busy`` where it
-        would wait: for the writer thread, or for another process holding the file's lock.
+        Raises ``Busy`` where it would wait longer than ``within`` seconds, for the writer thread or
+        for another process holding the file's lock: a request thread must not wait 10 s, and an
+        event loop (``within=0``) must not wait at all.
         """
         limit = key.terms.quota
         if limit is None:
@@ -216,7 +219,7 @@ class Meter:
         with self._lock:
             committed = self._committed.get(slot)
         if committed is None:
-            with self._file(wait):
+            with self._file(within):
                 committed = self._count(key.id, start, end)
             with self._lock:
                 self._committed.setdefault(slot, committed)
@@ -224,22 +227,20 @@ class Meter:
         with self._lock:
             used = self._used(slot)
         if used < limit and limit - used <= MARGIN:  # near the end: what every process has written
-            with self._file(wait):
+            with self._file(within):
                 self._flush()
             with self._lock:
                 used = self._used(slot)
         return QuotaState(used, limit, reset_time(end))
 
     @contextlib.contextmanager
-    def _file(self, wait: bool) -> Iterator[None]:
-        """The file to this thread: waiting for it, or else ``Busy`` at once if anyone has it."""
-        if not self._writing.acquire(blocking=wait):
+    def _file(self, within: float) -> Iterator[None]:
+        """The file to this thread within ``within`` seconds, for the writer and other processes alike."""
+        taken = self._writing.acquire(timeout=within) if within > 0 else self._writing.acquire(blocking=False)
+        if not taken:
             raise Busy
         try:
-            if wait:
-                yield
-                return
-            self._db.execute("PRAGMA busy_timeout = 0")
+            self._db.execute(f"PRAGMA busy_timeout = {int(within * 1000)}")
             try:
                 yield
             except sqlite3.OperationalError as exc:

@@ -1,14 +1,16 @@
-"""A usage file another process holds locked stalls nobody but the keys with a quota.
+"""A usage or rate file another process holds locked stalls nobody but the keys that use it.
 
 ``usage.db`` is shared by the broker and every bridge worker, and anyone with access to the folder
 can open it. While it is locked, a quota cannot be checked: the keys that have one wait (the MQTT
-door holds their PUBLISH, the HTTP door waits in a thread, then answers 503), and everybody else,
-on both doors, goes on as if nothing happened. Real components: the embedded broker and the
+door holds their PUBLISH, the HTTP door waits in a thread at most a second, then answers 503), and
+everybody else, on both doors, goes on as if nothing happened. The bridge's shared rate file
+likewise. Real components: the embedded broker and the
 bridge's real ASGI stack in this process, a real SQLite lock taken by another connection.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import sys
@@ -26,7 +28,7 @@ from conftest import Home
 from mqtt_client import Client, listening
 
 from radio import usage
-from radio.bridge.access import USAGE_UNAVAILABLE
+from radio.bridge.access import RATES_UNAVAILABLE, USAGE_UNAVAILABLE
 from radio.keys import Key, Terms
 
 
@@ -90,7 +92,6 @@ def test_a_locked_usage_file_stalls_neither_door_for_keys_without_a_quota(home: 
                 assert until(lambda: inside("quota")), "the second metered request never reached its check"
                 # A key without a quota is answered meanwhile: the event loop is not stalled.
                 assert post(home.secrets["gen"], "free").status_code == 200
-                assert not answers  # the metered request still waits
                 # MQTT: likewise, the metered key's PUBLISH waits, not the broker.
                 publisher = Client("tcp", broker.mqtt_port, "metered", metered)
                 assert publisher.connect() == 0
@@ -104,21 +105,24 @@ def test_a_locked_usage_file_stalls_neither_door_for_keys_without_a_quota(home: 
                 assert got == ["free", "http 1", "mqtt 1", "other"]
                 assert not held.is_published()
                 other.close()
-            # The file free again, the waiting samples go through: late, not lost.
-            waiter.join(30)
-            assert [a.status_code for a in answers] == [200]
+                # The metered request waited a bounded time in its thread, then was told to retry.
+                waiter.join(30)
+                assert [(a.status_code, a.json()) for a in answers] == [(503, {"error": USAGE_UNAVAILABLE})]
+            # The file free again, the held MQTT sample goes through: late, not lost.
             held.wait_for_publish(10)
             assert held.is_published()
-            assert sorted(json.loads(m.payload)["n"] for m in reader.expect(2)) == ["http 2", "mqtt 2"]
+            assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["mqtt 2"]
+            assert post(metered, "http 3").status_code == 200
+            assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["http 3"]
+            assert reader.received_so_far() == []  # the 503 was not published
             publisher.close()
     finally:
         bridge.stop()
 
 
 def test_a_usage_file_locked_past_its_timeout_is_503_for_keys_with_a_quota(
-    home: Home, broker, everything, monkeypatch: pytest.MonkeyPatch
+    home: Home, broker, everything
 ) -> None:
-    monkeypatch.setattr(usage, "BUSY_TIMEOUT", 0.3)  # a lock held longer than this is "unavailable"
     quota = home.radio("keys", "add", "metered", "--publish", "A", "--quota", "50/day").stdout.strip()
     bridge = InProcessBridge(str(home.config), broker.mqtt_port)
     try:
@@ -144,9 +148,30 @@ def test_near_a_quota_end_neither_counting_nor_a_loop_check_waits_for_a_locked_f
         with locked(tmp_path / "usage.db"):
             meter.record(key, "http", "A", 10)  # in the last 100: the writer's to write, soon
             with pytest.raises(usage.Busy):  # what an event loop asks: no waiting, "ask again"
-                meter.quota(key, wait=False)
+                meter.quota(key, within=0)
         state = meter.quota(key)  # in a thread that may wait: written, then read back
         assert state is not None
         assert state.used == 1
     finally:
         meter.close()
+
+
+def test_a_rate_file_locked_by_another_process_is_503_for_keys_with_a_rate(
+    home: Home, broker, everything
+) -> None:
+    limited = home.radio("keys", "add", "limited", "--publish", "A", "--rate", "100/s").stdout.strip()
+    bridge = InProcessBridge(str(home.config), broker.mqtt_port)
+    try:
+        shared = bridge.app.extensions["radio.buckets"].path
+        with shared.open("rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # as a stuck process would hold it
+            refused = bridge.post(body({"n": 1}), headers={"API-KEY": limited})
+            assert refused.status_code == 503
+            assert refused.json() == {"error": RATES_UNAVAILABLE}
+            assert refused.headers["Retry-After"] == "1"
+            assert bridge.post(body({"n": 2}), headers={"API-KEY": home.secrets["gen"]}).status_code == 200
+        assert bridge.post(body({"n": 3}), headers={"API-KEY": limited}).status_code == 200
+        assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 2}, {"n": 3}]
+        assert everything.received_so_far() == []
+    finally:
+        bridge.stop()
