@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 import requests
@@ -63,6 +64,13 @@ def until(condition, within: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def retry_later(answer: Any, message: str) -> None:
+    """A 503 that tells the client to send the sample again in a second: nothing was published."""
+    assert answer.status_code == 503
+    assert answer.json() == {"error": message}
+    assert answer.headers["Retry-After"] == "1"
 
 
 def body(data: object) -> str:
@@ -129,10 +137,7 @@ def test_a_usage_file_locked_past_its_timeout_is_503_for_keys_with_a_quota(
         with locked(home.path / "usage.db"):
             # In the last 100 samples of its quota, each check first writes what was counted.
             assert bridge.post(body({"n": 1}), headers={"API-KEY": quota}).status_code == 200
-            refused = bridge.post(body({"n": 2}), headers={"API-KEY": quota})
-            assert refused.status_code == 503
-            assert refused.json() == {"error": USAGE_UNAVAILABLE}
-            assert refused.headers["Retry-After"] == "1"
+            retry_later(bridge.post(body({"n": 2}), headers={"API-KEY": quota}), USAGE_UNAVAILABLE)
         assert bridge.post(body({"n": 3}), headers={"API-KEY": quota}).status_code == 200
         assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 1}, {"n": 3}]
         assert everything.received_so_far() == []  # the 503 was not published
@@ -165,10 +170,7 @@ def test_a_rate_file_locked_by_another_process_is_503_for_keys_with_a_rate(
         shared = bridge.app.extensions["radio.buckets"].path
         with shared.open("rb") as held:
             fcntl.flock(held, fcntl.LOCK_EX)  # as a stuck process would hold it
-            refused = bridge.post(body({"n": 1}), headers={"API-KEY": limited})
-            assert refused.status_code == 503
-            assert refused.json() == {"error": RATES_UNAVAILABLE}
-            assert refused.headers["Retry-After"] == "1"
+            retry_later(bridge.post(body({"n": 1}), headers={"API-KEY": limited}), RATES_UNAVAILABLE)
             assert bridge.post(body({"n": 2}), headers={"API-KEY": home.secrets["gen"]}).status_code == 200
         assert bridge.post(body({"n": 3}), headers={"API-KEY": limited}).status_code == 200
         assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 2}, {"n": 3}]
