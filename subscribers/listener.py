@@ -18,8 +18,9 @@ session off, QoS 1), so samples published while it was away arrive when it is ba
 
 With ``since=SEQ`` (and ``http``, the bridge's URL) it first replays the networks' history after
 that number, then goes on live, without a duplicate or a hole (docs/history.md): it subscribes
-first and holds the live samples back; fetches the history; then lets through the held samples
-the history does not already hold (matched by content, counting repeats). Replayed samples carry
+first and holds the live samples back; fetches the history, and again until it reaches a
+network's first live sample; then lets through the held samples the history does not already hold
+(matched by content, counting repeats). Replayed samples carry
 their ``seq``; live ones have none. If the history no longer reaches back that far, ``notice``
 says so, once per network. With ``since`` the session is a clean one even with a key: the history,
 not the broker's queue, brings what was missed.
@@ -37,6 +38,7 @@ import json
 import queue
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -124,6 +126,8 @@ def backoff_with_jitter(attempt: int, base: float = 0.5, cap: float = 30.0) -> f
 
 
 FINAL_REFUSALS = frozenset({134, 135})
+CATCH_UP = 5.0
+"""Seconds a listener joining with ``since`` waits for the history to reach its first live sample."""
 """CONNACK codes no retry cures: bad user name or password, not authorized. Any other (136,
 server unavailable; 128, unspecified) may pass, on another broker or later."""
 
@@ -172,6 +176,10 @@ class Listener:
         self._held: list[Sample] | None = [] if since is not None else None
         """Live samples held back while the history is replayed; None once it is done."""
         self._held_lock = threading.Lock()
+        self._live: set[str] = set()
+        """Networks whose seam is crossed while others' samples are still held back."""
+        self._arrived = threading.Event()
+        """Set when a live sample is held back: the replay looks for the seam again."""
         # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
         # samples the replay delivers too. So it starts clean.
         persistent = secret is not None and since is None
@@ -341,9 +349,10 @@ class Listener:
         received = datetime.now(UTC).isoformat(timespec="milliseconds")
         sample = Sample(network, message.topic, received, data)
         with self._held_lock:
-            if self._held is not None:
+            if self._held is not None and network not in self._live:
                 if not message.retain:  # a retained one was published before: the history has it
                     self._held.append(sample)
+                    self._arrived.set()
                 return
         self._samples.put(sample)
 
@@ -358,33 +367,97 @@ class Listener:
             return
         except history.HistoryUnavailable as exc:
             self.notice(f"no history ({exc}): listening live only")
-            self._release({})
+            self._release({}, None)
             return
         threading.Thread(target=self._replay, args=(since, heads), name="radio-replay", daemon=True).start()
 
     def _replay(self, since: int, heads: dict[str, int]) -> None:
-        """The history after ``since``, then the held live samples it does not hold already."""
+        """The history after ``since``; then each network goes live at its first live sample.
+
+        The seam between history and live is the first live sample held back: once the history
+        holds it, everything published before it is in the history too (the recorder numbers
+        samples in the order the broker routes them), and the held samples the history does not
+        hold follow. A sample published just before the subscription took effect reaches this
+        listener only through the history, and the recorder may not have numbered it at the
+        first read: waiting for the first live sample closes that hole. Until a network has a
+        live sample, there is nothing new to show for it anyway.
+        """
         while not self.subscribed.wait(0.2):
             if self._stop.is_set():
                 return
         recent: dict[tuple[str, str], int] = {}
         try:
-            for network in self.networks:
-                for sample in self._history_of(network, since):
-                    self._samples.put(sample)
-                    # Recorded after the subscription was asked for: it may be held as well.
-                    if sample.seq is not None and sample.seq > heads[network]:
-                        seen = (network, _canonical(sample.data))
-                        recent[seen] = recent.get(seen, 0) + 1
+            after = {n: self._replay_from(n, since, heads[n], recent, first=True)[0] for n in self.networks}
+            waiting = list(self.networks)
+            while waiting:
+                for network in list(waiting):
+                    with self._held_lock:
+                        first = next((s for s in self._held or [] if s.network == network), None)
+                    if first is not None:
+                        self._catch_up(network, first, after[network], heads[network], recent)
+                        self._release(recent, network)
+                        waiting.remove(network)
+                if waiting and self._wait_for_live():
+                    return
         except history.HistoryRefused as exc:
             self._fail(Refused(str(exc)))
             return
         except history.HistoryUnavailable as exc:
             self.notice(f"history interrupted ({exc}): listening live only")
-        self._release(recent)
+        self._release(recent, None)
 
-    def _history_of(self, network: str, since: int) -> Iterator[Sample]:
-        after, first = since, True
+    def _wait_for_live(self) -> bool:
+        """Until a live sample is held back (or a while); True if the listener is stopping."""
+        self._arrived.wait(0.2)
+        self._arrived.clear()
+        return self._stop.is_set()
+
+    def _replay_from(
+        self,
+        network: str,
+        after: int,
+        head: int,
+        recent: dict[tuple[str, str], int],
+        *,
+        first: bool = False,
+        until: tuple[str, str] | None = None,
+    ) -> tuple[int, bool]:
+        """Hand over the history after ``after``, stopping short of ``until`` (a sample held back).
+
+        Returns the last number handed over (or ``after``), and whether ``until`` was reached:
+        from it on, the held live samples are the same samples, and they follow.
+        """
+        for sample in self._history_of(network, after, first=first):
+            if sample.seq is None:
+                continue
+            seen = (network, _canonical(sample.data))
+            if sample.seq > head and seen == until and not recent.get(seen):
+                return after, True
+            self._samples.put(sample)
+            after = sample.seq
+            if sample.seq > head:  # recorded after the subscription was asked for: may be held too
+                recent[seen] = recent.get(seen, 0) + 1
+        return after, False
+
+    def _catch_up(
+        self, network: str, first: Sample, after: int, head: int, recent: dict[tuple[str, str], int]
+    ) -> None:
+        """Read the history of ``network`` on until it reaches ``first``, its first live sample."""
+        wanted = (network, _canonical(first.data))
+        deadline = time.monotonic() + CATCH_UP
+        while not recent.get(wanted, 0):
+            after, reached = self._replay_from(network, after, head, recent, until=wanted)
+            if reached or self._stop.wait(0.05):
+                return
+            if time.monotonic() > deadline:
+                self.notice(
+                    f"the history of {network} is over {CATCH_UP:g} s behind: going live, some samples "
+                    "published as this listener joined may be missing"
+                )
+                return
+
+    def _history_of(self, network: str, since: int, *, first: bool = True) -> Iterator[Sample]:
+        after = since
         while True:
             page = history.fetch(self._http, network, self._secret, after=after)
             if first:
@@ -408,16 +481,27 @@ class Listener:
             if len(page.samples) < history.PAGE or after >= page.last:
                 return
 
-    def _release(self, recent: dict[tuple[str, str], int]) -> None:
-        """Let the held live samples through, except those the replay delivered; then go live."""
+    def _release(self, recent: dict[tuple[str, str], int], network: str | None) -> None:
+        """Let a network's held live samples through, but those the replay delivered; then go live.
+
+        ``network`` None: every network's, and the hold ends.
+        """
         with self._held_lock:
-            for sample in self._held or []:
+            held, kept = self._held or [], []
+            for sample in held:
+                if network is not None and sample.network != network:
+                    kept.append(sample)
+                    continue
                 seen = (sample.network, _canonical(sample.data))
                 if recent.get(seen, 0) > 0:
                     recent[seen] -= 1
                     continue
                 self._samples.put(sample)
-            self._held = None
+            if network is None:
+                self._held = None
+            else:
+                self._held = kept
+                self._live.add(network)
 
 
 def _canonical(data: Any) -> str:

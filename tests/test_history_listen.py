@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 import requests
 from conftest import start_bridge
 from mqtt_client import Client
-from test_history import HISTORY, recording
+from test_history import HISTORY, recording, start_recorder
 
 from radio.config import load_settings
 from radio.recorder.identity import recorder_credentials
@@ -328,3 +329,33 @@ def test_a_since_past_the_end_of_the_history_is_said_and_replays_nothing(
         live = next(samples)
     assert (live.seq, live.data) == (None, {"i": 2})
     assert any("ends at 2, before 10" in line for line in notices), notices
+
+
+def test_listen_since_has_no_hole_when_the_recorder_lags_behind_the_join(home, broker, bridge, publisher):
+    """Samples published just before the listener subscribed, and not yet numbered when it read the
+    history, reach it through the history once the recorder catches up: no hole at the seam."""
+    recorder = start_recorder(home, broker.mqtt_port)
+    try:
+        for i in range(5):
+            publisher.publish("networks/pub", json.dumps({"i": i}), qos=1)
+        wait_for_last(bridge, "pub", 5)
+        recorder.send_signal(signal.SIGSTOP)  # it lags: what is published now is numbered later
+        for i in range(5, 10):
+            publisher.publish("networks/pub", json.dumps({"i": i}), qos=1)
+        listening = Listening(
+            home, "pub", "--since", "2", "--http", bridge.url, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}"
+        )
+        try:
+            got = listening.until(lambda s: s["data"]["i"] == 4)  # the history as it stood at the join
+            for i in range(10, 13):
+                publisher.publish("networks/pub", json.dumps({"i": i}), qos=1)
+            recorder.send_signal(signal.SIGCONT)
+            got += listening.until(lambda s: s["data"]["i"] == 12)
+        finally:
+            listening.stop()
+    finally:
+        recorder.send_signal(signal.SIGCONT)
+        recorder.terminate()
+        recorder.communicate(timeout=30)
+    assert [s["data"]["i"] for s in got] == list(range(2, 13))
+    assert [s.get("seq") for s in got] == [3, 4, 5, 6, 7, 8, 9, 10, None, None, None]
