@@ -58,8 +58,9 @@ class Gate:
         self.meter = meter
         self.buckets = Buckets()
         self.rate_waits = 0
-        self.quota_waits = 0
         """Times a publisher was paused for its rate (for the metrics)."""
+        self.quota_waits = 0
+        """Times a PUBLISH was held because its key's quota could not be read at once."""
         self._logged: dict[tuple[str, str], float] = {}
         self._swept: tuple[Registry | None, datetime] = (None, datetime.now(UTC))
 

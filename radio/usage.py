@@ -11,8 +11,8 @@ file held at the last write (every process's samples) plus this process's sample
 samples it has not written yet), so for those last samples each check writes this process's
 counts and reads the file again, and each sample wakes the writer to write it at once, on its
 own thread rather than the caller's (an event loop, which a locked file must not stall): two
-processes then see each other's samples (docs/access.md). What a process counted in its last interval before a
-``kill -9`` is lost.
+processes then see each other's samples (docs/access.md). What a process counted in its last
+interval before a ``kill -9`` is lost.
 
 Quota periods are calendar days and months in UTC; a quota resets at midnight UTC (or the first
 of the month).

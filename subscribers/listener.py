@@ -20,10 +20,10 @@ With ``since=SEQ`` (and ``http``, the bridge's URL) it first replays the network
 that number, then goes on live, without a duplicate or a hole (docs/history.md): it subscribes
 first and holds the live samples back; fetches the history, and again until it reaches a
 network's first live sample; then lets through the held samples the history does not already hold
-(matched by content, counting repeats). Replayed samples carry
-their ``seq``; live ones have none. If the history no longer reaches back that far, ``notice``
-says so, once per network. With ``since`` the session is a clean one even with a key: the history,
-not the broker's queue, brings what was missed.
+(matched by content, counting repeats). Replayed samples carry their ``seq``; live ones have
+none. If the history no longer reaches back that far, ``notice`` says so, once per network. With
+``since`` the session is a clean one even with a key: the history, not the broker's queue, brings
+what was missed.
 
 A payload that is not a sample (not UTF-8, not JSON, nested deeper than Python can parse) is
 handed to ``on_bad_sample`` and skipped: a retained bad payload must not silence every listener
@@ -126,10 +126,10 @@ def backoff_with_jitter(attempt: int, base: float = 0.5, cap: float = 30.0) -> f
 
 
 FINAL_REFUSALS = frozenset({134, 135})
-CATCH_UP = 5.0
-"""Seconds a listener joining with ``since`` waits for the history to reach its first live sample."""
 """CONNACK codes no retry cures: bad user name or password, not authorized. Any other (136,
 server unavailable; 128, unspecified) may pass, on another broker or later."""
+CATCH_UP = 5.0
+"""Seconds a listener joining with ``since`` waits for the history to reach its first live sample."""
 
 
 class Listener:

@@ -325,9 +325,11 @@ def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(hom
         response = bridge.post(body(VALID), {"API-KEY": home.secrets["gen"]})
         assert time.monotonic() - started < 5
         assert response.status_code == 503
-        assert (
-            "nothing was published" in response.json()["error"]
-            or "did not confirm" in response.json()["error"]
+        # Refused at once (the link is known to be down), or the link dropped under the request,
+        # or no PUBACK in time: each a 503 that says to retry.
+        assert any(
+            reason in response.json()["error"]
+            for reason in ("nothing was published", "the broker link dropped", "did not confirm")
         )
         assert requests.get(bridge.url + "/healthz", timeout=10).status_code == 503
 
