@@ -78,6 +78,9 @@ class Broker(Protocol):
     def connection_closed(self, connection: Connection) -> None:
         """Forget a connection that ended."""
 
+    def connected(self, connection: Connection) -> None:
+        """A connection completed its CONNECT: it no longer counts as one still connecting."""
+
 
 class Connection:
     """The broker's side of one client connection."""
@@ -254,18 +257,25 @@ class Connection:
             self.close(str(exc))
 
     def _take_session(self, candidate: Session) -> tuple[Session, bool] | None:
-        """The session this connection continues (and whether it existed), or None if refused."""
+        """The session this connection continues (and whether it existed), or None if refused.
+
+        Sessions are the key's own: only a client of the same key (anonymous clients are one)
+        takes over or resumes one. A new anonymous persistent session must fit its caps.
+        """
         router = self.broker.router
         candidate.limits = router.limits_for(candidate.key_name)
-        client_id = candidate.client_id
-        existing = router.sessions.get(client_id)
-        if existing is not None and existing.key_id != candidate.key_id:
-            self._refuse(codec.IDENTIFIER_REJECTED, f"client id {client_id!r} belongs to another key")
-            return None
+        ident = candidate.ident
+        existing = router.sessions.get(ident)
+        opens = existing is None or candidate.clean_session or existing.clean_session
+        if opens and candidate.persistent and candidate.key_name is None:
+            refusal = router.anonymous.refusal(candidate.remote_address)
+            if refusal is not None:
+                self._refuse(codec.SERVER_UNAVAILABLE, refusal)
+                return None
         if existing is not None and existing.connection is not None:
-            log.warning("client %r connected again: closing its previous connection", client_id)
+            log.warning("client %r connected again: closing its previous connection", candidate.client_id)
             existing.connection.close(None)
-            existing = router.sessions.get(client_id)
+            existing = router.sessions.get(ident)
         if existing is not None and (candidate.clean_session or existing.clean_session):
             router.discard(existing)
             existing = None
@@ -277,10 +287,11 @@ class Connection:
             session.attributes.update(candidate.attributes)
             session.will = candidate.will
             session.limits = candidate.limits
-        router.sessions[client_id] = session
+        router.hold(session)
         session.connection = self
         session.offline_since = None
         self.session = session
+        self.broker.connected(self)
         router.save(session)
         router.stats.connections += 1
         return session, existing is not None

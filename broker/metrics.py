@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from radio.broker.admission import CONNECTING
 from radio.config import Address
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class BrokerCollector(Collector):
         dropped.add_metric(["queue_full"], stats.dropped_queue_full)
         dropped.add_metric(["no_longer_readable"], stats.dropped_unreadable)
         yield dropped
+        yield from _limits(self.broker)
         sessions = list(router.sessions.values())
         yield GaugeMetricFamily(
             "radio_broker_connections", "Open connections.", value=len(self.broker.connections)
@@ -72,6 +74,58 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily(
                 "radio_broker_store_failing", "1 while the store cannot be written.", value=int(store.failing)
             )
+            yield CounterMetricFamily(
+                "radio_broker_store_compactions",
+                "Times the store gave space back (WAL checkpointed and truncated, free pages vacuumed).",
+                value=store.compactions,
+            )
+
+
+def _limits(broker: RadioBroker) -> Iterator[Any]:
+    """What the per-source limits hold and refuse (broker/admission.py), retained caps, log summaries."""
+    router = broker.router
+    anonymous = router.anonymous
+    refused = CounterMetricFamily(
+        "radio_broker_refused_connects",
+        "CONNECTs refused by a cap on anonymous persistent sessions, by cap.",
+        labels=["reason"],
+    )
+    for reason in (
+        "anonymous_sessions",
+        "anonymous_sessions_per_address",
+        "anonymous_total_queued_bytes",
+        "anonymous_queued_bytes_per_address",
+    ):
+        refused.add_metric([reason], anonymous.refused[reason])
+    yield refused
+    yield GaugeMetricFamily(
+        "radio_broker_anonymous_sessions", "Anonymous persistent sessions held.", value=len(anonymous)
+    )
+    yield GaugeMetricFamily(
+        "radio_broker_anonymous_queued_bytes",
+        "Bytes queued for anonymous persistent sessions.",
+        value=anonymous.queued_bytes(),
+    )
+    sockets = CounterMetricFamily(
+        "radio_broker_refused_sockets", "Sockets closed at once, by reason.", labels=["reason"]
+    )
+    sockets.add_metric([CONNECTING], broker.connecting.refused)
+    yield sockets
+    yield GaugeMetricFamily(
+        "radio_broker_connecting",
+        "Sockets that have not completed their CONNECT.",
+        value=len(broker.connecting),
+    )
+    yield CounterMetricFamily(
+        "radio_broker_refused_retained",
+        "Publishes refused because they would retain one topic more than their network's max_retained.",
+        value=router.stats.refused_retained,
+    )
+    yield CounterMetricFamily(
+        "radio_broker_log_lines_summarised",
+        "Log lines held back past [broker] log_repeats per minute, each kind summed up in one line.",
+        value=broker.log_summary.suppressed,
+    )
 
 
 def _usage(broker: RadioBroker) -> Iterator[Any]:

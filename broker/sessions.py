@@ -2,9 +2,13 @@
 
 A session belongs to the key that opened it, for its whole life: it records the key's name and
 id, and ends when that key is revoked (a new key under the same name gets a new id, so it starts
-with nothing). Each is bounded: a keyed session keeps at most ``max_queued`` samples and bytes
-while its client is away or slow, an anonymous one far fewer (nobody pays for it); past the
-bound the oldest samples go, counted and logged once per episode, never silently.
+with nothing). It is found by (key id, client id), anonymous clients counting as one key: clients
+of different keys that happen to pick the same client id (ids are often predictable) have
+sessions of their own, and none can refuse, take over or resume another's.
+
+Each is bounded: a keyed session keeps at most ``max_queued`` samples and bytes while its client
+is away or slow, an anonymous one far fewer (nobody pays for it); past the bound the oldest
+samples go, counted and logged once per episode, never silently.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("radio.broker")
 
 MAX_PACKET_ID: Final = 65_535
+
+
+def store_id(key_id: str | None, client_id: str) -> str:
+    """One string for (key id, client id): a key id has no NUL, so the first NUL splits them."""
+    return f"{key_id or ''}\x00{client_id}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,16 @@ class Session:
         """The id of the key that opened it: a session never passes to another key."""
         value: str | None = self.attributes.get(attrs.KEY_ID)
         return value
+
+    @property
+    def ident(self) -> tuple[str | None, str]:
+        """What the session is found by: its key's id (None: anonymous) and its client id."""
+        return self.key_id, self.client_id
+
+    @property
+    def store_id(self) -> str:
+        """What the store keeps the session under (see ``store_id``)."""
+        return store_id(self.key_id, self.client_id)
 
     @property
     def persistent(self) -> bool:
