@@ -24,7 +24,7 @@ from radio.broker.message import Message
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
-from radio.topics import network_of_topic
+from radio.topics import network_of_topic, network_topic
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate
@@ -165,9 +165,9 @@ class Router:
 
     def publish(self, message: Message) -> None:
         """Retain it if asked and allowed, and deliver it to every entitled subscriber."""
-        self.stats.published += 1
         if message.retain and not self._retain(message):
             return
+        self.stats.published += 1
         targets = self._targets(message.topic)
         if not targets:
             return
@@ -203,9 +203,11 @@ class Router:
     def _retain(self, message: Message) -> bool:
         """Keep a network's last sample; False if that would retain one topic past its max_retained.
 
-        Replacing or clearing a retained topic always works; only a new one counts. Past the
-        limit the whole publish is refused (counted), so that no listener sees a sample that a
-        late joiner would not: the network's retained topics stay what they were.
+        Replacing or clearing a retained topic always works; only a new one counts, and never
+        the network's own topic (``networks/X``, where the HTTP door publishes: a sample it
+        forwards is never refused here after the door has answered for it). Past the limit the
+        whole publish is refused (counted), so that no listener sees a sample that a late
+        joiner would not: the network's retained topics stay what they were.
         """
         name = network_of_topic(message.topic) or ""
         network = self.registry().networks.get(name)
@@ -216,6 +218,7 @@ class Router:
                 network is not None
                 and message.topic not in self.retained
                 and self.retained.count(name) >= network.max_retained
+                and message.topic != network_topic(name)
             ):
                 self._refuse_retained(message.topic, network.max_retained)
                 return False

@@ -83,8 +83,8 @@ class NetworkSettings:
     """How many of its latest samples the recorder keeps, numbered (0: none kept, still numbered)."""
     max_retained: int = DEFAULT_MAX_RETAINED
     """Topics of the network with a retained sample; a publish that would retain one more is
-    refused (replacing or clearing one still works). At the defaults its retained samples take at
-    most 64 MiB (1,000 x 64 KiB) of memory and store."""
+    refused (replacing or clearing one still works; the network's own topic always may). At the
+    defaults its retained samples take at most 64 MiB (1,000 x 64 KiB) of memory and store."""
 
 
 @dataclass(frozen=True)

@@ -266,8 +266,9 @@ def test_a_network_retains_at_most_max_retained_topics(home):
             publisher.publish("networks/capped/t1", b"", qos=1, retain=True)  # clearing one ...
             publisher.publish("networks/capped/t9", b'{"v": 9}', qos=1, retain=True)  # ... makes room
             publisher.publish("networks/capped/t10", b'{"v": 10}', qos=1, retain=True)  # refused
+            publisher.publish("networks/capped", b'{"v": 0}', qos=1, retain=True)  # the network's own: kept
             publisher.publish("networks/capped/plain", b'{"v": -1}', qos=1)  # not retained: delivered
-            live_topics = sorted(m.topic for m in live.expect(9))
+            live_topics = sorted(m.topic for m in live.expect(10))
         finally:
             live.close()
             publisher.close()
@@ -276,10 +277,11 @@ def test_a_network_retains_at_most_max_retained_topics(home):
         try:
             assert late.connect() == 0
             assert late.subscribe("networks/capped/#", qos=1) == 1
-            retained = {m.topic: m.payload for m in late.expect(5)}
+            retained = {m.topic: m.payload for m in late.expect(6)}
         finally:
             late.close()
         assert retained == {
+            "networks/capped": b'{"v": 0}',
             "networks/capped/t0": b'{"v": 100}',
             **{f"networks/capped/t{n}": b'{"v": %d}' % n for n in (2, 3, 4, 9)},
         }
