@@ -114,3 +114,11 @@ def test_the_https_door_benchmark_measures_both_doors():
     rows = run_smoke("https_door.py")
     assert {r["door"] for r in rows} == {"http", "https"}
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rows)
+
+
+def test_the_abuse_benchmark_runs_every_attack():
+    rows = {r["attack"]: r for r in run_smoke("abuse.py")}
+    assert set(rows) == {"sessions", "retained", "sockets"}
+    assert rows["sessions"]["accepted"] == 10  # the default cap per address
+    assert rows["retained"]["resubscribes_per_s"] > 0
+    assert rows["sockets"]["legitimate_ok"] == rows["sockets"]["legitimate_tries"]
