@@ -43,6 +43,9 @@ log = logging.getLogger("radio.broker")
 WAL_LIMIT: Final = 4 * 1024 * 1024
 """Bytes of write-ahead log kept after a checkpoint; SQLite truncates it to this (it keeps the
 largest size it ever reached otherwise)."""
+RECLAIM_PAGES: Final = 25_600
+"""Free pages handed back per ``compact`` (100 MiB of 4 KiB pages): a large backlog goes back
+over several sweeps rather than holding every batch for seconds."""
 RECOVERED_AFTER: Final = 5.0
 """Seconds without a failed batch before a store that failed is said to be writable again."""
 
@@ -382,7 +385,8 @@ class Store:
         try:
             with self._lock:
                 if self._db.execute("PRAGMA freelist_count").fetchone()[0]:
-                    self._db.executescript("PRAGMA incremental_vacuum;")  # execute() frees one page
+                    # At most RECLAIM_PAGES a sweep: batches wait meanwhile. (execute() frees one page.)
+                    self._db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES});")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:  # a busy or failing disk: the next sweep tries again
             log.warning("could not give back space in the broker's store %s: %s", self.path, exc)

@@ -7,8 +7,10 @@ Each test is an attack scaled down to run in CI (bench/abuse.py runs the full-si
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -26,6 +28,7 @@ from raw_mqtt import (
 from test_broker_limits import metric as scrape
 
 from radio.broker.logsummary import Summary
+from radio.broker.store import SCHEMA
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry
@@ -241,6 +244,31 @@ def test_sessions_of_one_client_id_under_two_keys_survive_a_restart_and_a_revoca
         sock, code, present = connack(broker.mqtt_port, "dev", clean=False)
         sock.close()
         assert (code, present) == (0, True)
+
+
+def test_a_store_written_before_sessions_were_kept_per_key_is_restored(home):
+    """Rows under a bare client id are renamed on restore, with their queued samples."""
+    key_id = home.store().keys()["reader_a"].id
+    attributes = {"radio.key": "reader_a", "radio.key_id": key_id, "offline_since": time.time()}
+    with contextlib.closing(sqlite3.connect(home.path / "broker.db")) as db, db:
+        db.executescript(SCHEMA)
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?)",
+            ("old-dev", json.dumps(attributes), '[["networks/A", 1]]'),
+        )
+        db.execute(
+            "INSERT INTO queued VALUES (?, ?, ?, ?, ?)", ("old-dev", 7, "networks/A", b'{"kept": 1}', 1)
+        )
+    with platform(home) as broker:
+        sock, code, present = connack(
+            broker.mqtt_port, "old-dev", "reader_a", home.secrets["reader_a"], clean=False
+        )
+        with sock:
+            assert (code, present) == (0, True)
+            first, body = read_packet(sock)
+            assert (first & 0xF6, published(body, 1)) == (0x32, ("networks/A", b'{"kept": 1}'))
+    with contextlib.closing(sqlite3.connect(home.path / "broker.db")) as db:
+        assert db.execute("SELECT client_id FROM sessions").fetchall() == [(f"{key_id}\x00old-dev",)]
 
 
 # Retained samples.
