@@ -285,16 +285,23 @@ async def hold_sockets(port: int, count: int) -> None:
     """Keep ``count`` silent sockets open for good, reopening each as soon as it is closed.
 
     Run in a process of its own (``--hold``), so that the legitimate client's timeouts measure
-    the broker, not this loop.
+    the broker, not this loop. Says "ready" once each socket was opened at least once.
     """
+    first = 0
 
     async def one() -> None:
+        nonlocal first
+        opened = False
         while True:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
+            if not opened:
+                opened, first = True, first + 1
+                if first == count:
+                    print("ready", flush=True)
             with contextlib.suppress(OSError):
                 await reader.read(1)  # until the broker closes it
             writer.close()
@@ -338,16 +345,25 @@ async def connect_loop(port: int, count: int) -> None:
 
 async def sockets_attack(broker: Broker, sockets: int, tries: int, loop: int) -> dict[str, float]:
     holder = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--hold", str(broker.port), str(sockets)
+        sys.executable, __file__, "--hold", str(broker.port), str(sockets), stdout=asyncio.subprocess.PIPE
     )
+    assert holder.stdout is not None
     try:
-        await asyncio.sleep(5)  # the sockets are open
+        started = time.monotonic()
+        await asyncio.wait_for(holder.stdout.readline(), 300)  # every socket opened once
+        ready = time.monotonic() - started
         ok = await legitimate(broker, tries)
     finally:
         holder.terminate()
         await holder.wait()
     await connect_loop(broker.port, loop)
-    return {"sockets": sockets, "legitimate_ok": ok, "legitimate_tries": tries, "connects": loop}
+    return {
+        "sockets": sockets,
+        "all_opened_s": round(ready, 1),
+        "legitimate_ok": ok,
+        "legitimate_tries": tries,
+        "connects": loop,
+    }
 
 
 def main() -> None:
