@@ -16,8 +16,9 @@ rights. Three files make that so, all written here from the registry:
 does: on a change it writes the files again and sends SIGHUP, and Mosquitto reloads the password
 and ACL files and disconnects clients whose credentials no longer hold. An expired key is left out
 of both files, and the runner exports again the moment a key expires, so its clients are
-disconnected as a revoked key's are. Rates, quotas and schemas are not enforced by Mosquitto
-(docs/access.md).
+disconnected as a revoked key's are. A Mosquitto that dies is started again on the same ports,
+after growing delays; one that keeps dying is given up, for a service manager to take over.
+Rates, quotas and schemas are not enforced by Mosquitto (docs/access.md).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 ``NatsCluster`` runs N nodes on this machine (``radio broker --engine nats --nodes 3``): it
 exports their files (``nats_conf``), starts every node, waits until each one's monitoring
 endpoint reports it healthy (JetStream included) and its MQTT port accepts connections, then
-watches the registry as the Mosquitto engine does. On a change it writes ``users.conf`` again and
-sends every node SIGHUP: each rereads it, refuses the keys it no longer lists and closes their
-connections. A node costs the watcher one signal, whatever the size of the registry.
+watches the registry as the Mosquitto engine does. On a change, or when a key expires, it writes
+``users.conf`` again and sends every node SIGHUP: each rereads it, refuses the keys it no longer
+lists and closes their connections. A node costs the watcher one signal, whatever the size of
+the registry.
 """
 
 from __future__ import annotations
