@@ -555,8 +555,8 @@ def _broker(args: argparse.Namespace) -> int:
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     tls = {"mqtts": args.mqtts, "wss": args.wss}
     if args.engine == "mosquitto":
-        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
-    elif args.engine == "nats":
+        return serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
+    if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
         serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
