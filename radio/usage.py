@@ -15,9 +15,10 @@ that is away). Units come from a lease: each process takes a block of units from
 transaction (``quotas`` table, ``used`` never past the limit) and spends it in memory. A block is
 a sixteenth of what is left, at most ``LEASE_MAX``: far from a quota's end the file is touched
 once per block, and near it every sample is its own transaction, so two processes can never
-both take the last unit. Units a process holds when it stops are given back; a process killed
-with ``kill -9`` takes its unspent lease with it, so a quota can be under-served by at most one
-lease per crash, never overrun.
+both take the last unit. Units a process has not spent for ``LEASE_IDLE`` seconds, or holds when
+it stops, are given back, so one door's lease does not starve the other; a process killed with
+``kill -9`` takes its unspent lease with it, so a quota can be under-served by at most one lease
+per crash, never overrun.
 
 Quota periods are calendar days and months in UTC; a quota resets at midnight UTC (or the first
 of the month).
@@ -56,6 +57,8 @@ LEASE_MAX: Final = 100
 """The most units of a quota one process takes from the file at once."""
 LEASE_SHARE: Final = 16
 """A lease is at most this fraction of what is left of the quota: near its end, one unit."""
+LEASE_IDLE: Final = 2.0
+"""Seconds after which units a process has not spent go back to the file, for the other doors."""
 DOORS: Final = ("http", "mqtt")
 REASONS: Final = ("rights", "too_large", "not_json", "schema", "rate", "quota")
 
@@ -167,20 +170,35 @@ def open_db(path: Path) -> sqlite3.Connection:
     return db
 
 
+class _Lease:
+    """Units of one key's quota this process took from the file and has not spent yet."""
+
+    __slots__ = ("held", "limit", "used_at")
+
+    def __init__(self, held: int, limit: int) -> None:
+        self.held = held
+        self.limit = limit
+        """The quota they were taken under: an edited quota renews the lease."""
+        self.used_at = time.monotonic()
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     """One unit of a key's quota, taken for a sample: given back if the sample fails."""
 
     slot: tuple[str, str]
     """(key id, first day of the period) it was taken from."""
+    limit: int
+    """The quota it was taken under."""
 
 
 class Meter:
     """One process's counter: usage in memory, into the shared file once per interval; exact quotas."""
 
-    def __init__(self, path: Path, *, interval: float = INTERVAL) -> None:
+    def __init__(self, path: Path, *, interval: float = INTERVAL, lease_idle: float = LEASE_IDLE) -> None:
         self.path = path
         self.interval = interval
+        self.lease_idle = lease_idle
         self._db = open_db(path)
         self._today = _Today()
         self._lock = threading.Lock()
@@ -188,8 +206,8 @@ class Meter:
         self._samples: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         self._refusals: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
         self._received: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        self._leases: dict[tuple[str, str], list[int]] = {}
-        """(key id, period start): [units this process holds, the quota they were taken under]."""
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        """(key id, period start): the units of quota this process holds."""
         self._logged: set[tuple[str, str]] = set()
         self.totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         """(key name, door, network): [samples, bytes] since this process started, for metrics."""
@@ -251,13 +269,14 @@ class Meter:
         slot = (key.id, start)
         with self._lock:
             lease = self._leases.get(slot)
-            if lease is not None and lease[0] > 0 and lease[1] == limit:
-                lease[0] -= 1
-                return Unit(slot)
+            if lease is not None and lease.held > 0 and lease.limit == limit:
+                lease.held -= 1
+                lease.used_at = time.monotonic()
+                return Unit(slot, limit)
         with self._file(within):
             with self._lock:
                 lease = self._leases.pop(slot, None)
-            held = lease[0] if lease is not None else 0
+            held = lease.held if lease is not None else 0
             try:
                 granted, used = self._lease(slot, end, limit, held)
             except BaseException:
@@ -268,8 +287,8 @@ class Meter:
         if not granted:
             return QuotaState(used, limit, reset_time(end))
         with self._lock:
-            self._leases[slot] = [granted - 1, limit]
-        return Unit(slot)
+            self._leases[slot] = _Lease(granted - 1, limit)
+        return Unit(slot, limit)
 
     def _lease(self, slot: tuple[str, str], end: str, limit: int, returning: int) -> tuple[int, int]:
         """Give back ``returning`` units and take a new block: (units granted, units used in the file)."""
@@ -287,17 +306,13 @@ class Meter:
         return granted, used + granted
 
     def give_back(self, unit: Unit) -> None:
-        """A unit taken for a sample that did not go through: the key may spend it again."""
+        """A unit taken for a sample that did not go through: the key may spend it again.
+
+        Memory only (an event loop calls it): the unit rejoins the process's lease, which goes
+        back to the file with the rest when the lease is renewed or the process stops.
+        """
         with self._lock:
-            lease = self._leases.get(unit.slot)
-            if lease is not None:
-                lease[0] += 1
-                return
-        try:
-            with self._file(LOCK_WAIT), self._transaction() as db:
-                db.execute(_LEASE, (-1, *unit.slot))
-        except (Busy, sqlite3.Error) as exc:
-            log.warning("a unit of quota could not be given back (the key is charged for it): %s", exc)
+            self._leases.setdefault(unit.slot, _Lease(0, unit.limit)).held += 1
 
     @contextlib.contextmanager
     def _file(self, within: float) -> Iterator[None]:
@@ -349,17 +364,26 @@ class Meter:
             self._flush()
 
     def _flush(self) -> None:
+        now = time.monotonic()
         with self._lock:
             samples, self._samples = self._samples, defaultdict(lambda: [0, 0])
             refusals, self._refusals = self._refusals, defaultdict(int)
             received, self._received = self._received, defaultdict(lambda: [0, 0])
-        if not (samples or refusals or received):
+            idle = {
+                slot: lease
+                for slot, lease in self._leases.items()
+                if lease.held and now - lease.used_at >= self.lease_idle
+            }
+            for slot in idle:
+                del self._leases[slot]
+        if not (samples or refusals or received or idle):
             return
         try:
             with self._transaction() as db:
                 db.executemany(_ADD_USAGE, [(*k, v[0], v[1]) for k, v in samples.items() if v[0] or v[1]])
                 db.executemany(_ADD_REFUSALS, [(*k, v) for k, v in refusals.items()])
                 db.executemany(_ADD_RECEIVED, [(*k, v[0], v[1]) for k, v in received.items()])
+                db.executemany(_LEASE, [(-lease.held, *slot) for slot, lease in idle.items()])
         except sqlite3.Error:
             with self._lock:  # put it back: written at the next try
                 for k, v in samples.items():
@@ -368,10 +392,12 @@ class Meter:
                     row[1] += v[1]
                 for k, n in refusals.items():
                     self._refusals[k] += n
-                for slot, (count, size) in received.items():
-                    got = self._received[slot]
+                for where, (count, size) in received.items():
+                    got = self._received[where]
                     got[0] += count
                     got[1] += size
+                for slot, lease in idle.items():
+                    self._leases.setdefault(slot, _Lease(0, lease.limit)).held += lease.held
             raise
 
     @contextlib.contextmanager
@@ -395,7 +421,7 @@ class Meter:
                 self._flush()
                 with self._lock:
                     leases, self._leases = self._leases, {}
-                unspent = [(-held, *slot) for slot, (held, _) in leases.items() if held]
+                unspent = [(-lease.held, *slot) for slot, lease in leases.items() if lease.held]
                 if unspent:
                     with self._transaction() as db:
                         db.executemany(_LEASE, unspent)

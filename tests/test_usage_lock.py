@@ -161,3 +161,21 @@ def test_a_rate_file_locked_by_another_process_is_503_for_keys_with_a_rate(
     assert bridge.post(body({"n": 3}), headers={"API-KEY": limited}).status_code == 200
     assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 2}, {"n": 3}]
     assert everything.received_so_far() == []
+
+
+def test_units_one_process_leaves_unspent_go_back_for_the_others(tmp_path: Path) -> None:
+    """Two processes of one platform (say the broker and a bridge worker) share a quota of 64: the
+    first takes a lease of 4 and spends 1; once it idles, the second can spend the other 63."""
+    first = usage.Meter(tmp_path / "usage.db", lease_idle=0)  # idle at once, rather than in 2 s
+    second = usage.Meter(tmp_path / "usage.db")
+    key = Key("shared", "ab" * 32, "", terms=Terms(quota=64))
+    try:
+        assert isinstance(first.take(key), usage.Unit)
+        taken = [second.take(key) for _ in range(63)]
+        assert isinstance(taken[-1], usage.QuotaState)  # 3 units are still the first's
+        assert sum(isinstance(unit, usage.Unit) for unit in taken) == 60
+        first.flush()  # what its writer does once a second
+        assert [isinstance(second.take(key), usage.Unit) for _ in range(4)] == [True, True, True, False]
+    finally:
+        first.close()
+        second.close()
