@@ -303,3 +303,23 @@ def test_the_docs_table_is_the_one_this_module_runs() -> None:
         checks.append(names[re.sub(r" \(.*\)$", "", cells[0])])
         assert all(cell.startswith("✓") for cell in cells[1:]), row
     assert checks == CHECKS
+
+
+def test_a_payload_nested_5000_deep_is_dropped_and_the_broker_goes_on(platform: Platform) -> None:
+    """Valid JSON that no Python parser can take: refused as not JSON, not a crash of the loop."""
+    deep = b"[" * 5000 + b"]" * 5000
+    meter = platform.broker_meter
+    platform.home.add_key("reader-b", subscribe=["B"])
+    registry = platform.broker.broker.radio.registry
+    assert until(lambda: "reader-b" in registry.current.keys)
+    with listening(
+        platform.broker.mqtt_port, "reader-b", platform.home.secrets["reader-b"], "networks/B"
+    ) as reader:
+        before = counted(meter, "out-qos1", "mqtt", "not_json")()
+        publisher = Client("tcp", platform.broker.mqtt_port, "out-qos1", platform.home.secrets["out-qos1"])
+        assert publisher.connect() == 0
+        publisher.publish("networks/B", deep, qos=1)
+        publisher.publish("networks/B", GOOD, qos=1)
+        publisher.close()
+        assert live(reader).payload == GOOD
+        assert counted(meter, "out-qos1", "mqtt", "not_json")() == before + 1
