@@ -484,7 +484,9 @@ def test_what_a_key_receives_is_counted_once_per_delivery_it_took(home: Home, br
         raw.close()
     assert meter.received_totals[("reader_a", "A")] == [2, 2 * len(sample)]
     assert {name for name, _ in meter.received_totals} == {"reader_a", "admin"}  # no anonymous one
-    rows = eventually(lambda: [r for r in usage(home, "reader_a") if r["kind"] == "received"] or None)
+    rows = eventually(  # the usage file is written once a second: await both deliveries in it
+        lambda: [r for r in usage(home, "reader_a") if r["kind"] == "received" and r["samples"] == 2] or None
+    )
     assert rows == [
         {
             "kind": "received",
