@@ -417,6 +417,19 @@ def report(
     return usage, refusals
 
 
+def report_rows(path: Path, name: str | None = None, since: str | None = None) -> list[dict[str, object]]:
+    """``report`` as ``radio keys usage --json`` and the admin API give it: one object per row.
+
+    Each row says its ``kind``: ``samples`` (published per day, key, door and network) or
+    ``refusals`` (per day, key, door and reason).
+    """
+    samples, refusals = report(path, name, since)
+    return [
+        *({"kind": "samples", **vars(row)} for row in samples),
+        *({"kind": "refusals", **vars(row)} for row in refusals),
+    ]
+
+
 def usage_path(state_dir: Path) -> Path:
     """Where the usage file of a platform lives: beside its configuration."""
     return state_dir / FILE_NAME
