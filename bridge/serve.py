@@ -236,6 +236,11 @@ def bind(listen: Address) -> socket.socket:
     return sock
 
 
+def _base_url(sock: socket.socket, *, https: bool) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def run(
     config: str | None,
     keys: str | None,
@@ -262,17 +267,22 @@ def run(
         server_context(settings.tls)
         https = {"certfile": str(settings.tls.cert), "keyfile": str(settings.tls.key)}
     sock = bind(listen)
+    admin = bind(settings.bridge.admin) if settings.bridge.admin is not None else None
+    admin_listen = None if admin is None else admin.getsockname()[:2]  # how requests there are told apart
     # From the moment "Press Ctrl-C" is printed, a Ctrl-C must stop the bridge: kept until the
     # arbiter's own handlers are in place, rather than a KeyboardInterrupt somewhere in its start.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _keep_early_signal)
-    host, port = sock.getsockname()[:2]
-    base = f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+    base = _base_url(sock, https=bool(https))
+    admin_base = base if admin is None else _base_url(admin, https=bool(https))
+    admin_lines = f"  GET  {admin_base}/metrics{'   (admin key)' if admin is None else ''}\n" + (
+        f"  admin API: {admin_base}/admin/   (admin key)\n" if settings.bridge.admin_enabled else ""
+    )
     print(
         "Radio bridge running\n"
         f'  POST {base}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
         f"  GET  {base}/healthz\n"
-        f"  GET  {base}/metrics\n"
+        f"{admin_lines}"
         f"  broker: {', '.join(f'mqtt://{b}' for b in broker or [settings.broker.mqtt])}, "
         f"{workers} workers of {threads} threads\n"
         "Press Ctrl-C to stop.",
@@ -289,6 +299,7 @@ def run(
                 "RADIO_KEYS": keys,
                 "BROKER": broker,
                 "PUBACK_TIMEOUT": timeout,
+                "ADMIN_LISTEN": admin_listen,
             },
             body_timeout=body_timeout,
             threads=threads,
@@ -303,7 +314,7 @@ def run(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
     options = {
-        "bind": [f"fd://{sock.fileno()}"],
+        "bind": [f"fd://{s.fileno()}" for s in (sock, admin) if s is not None],
         "workers": workers,
         "worker_class": "radio.bridge.serve.BridgeWorker",
         # A worker's event loop answers the arbiter's heartbeat whatever its clients do.
