@@ -464,3 +464,38 @@ def test_the_readmes_admin_api_examples_work_when_pasted(home, broker):
     assert re.search(r"\sshop\s+api\s+127\.0\.0\.1\s+revoke\s+acme\s", result.stdout)  # radio keys audit
     for private in ("shop.key", "shop.header"):  # they hold the secret
         assert stat.S_IMODE((home.path / private).stat().st_mode) == 0o600
+
+
+# --- NATS: the same wait, on every node ----------------------------------------------------------
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_on_nats_a_key_made_over_http_connects_on_every_node_and_a_revoked_one_is_closed(tmp_path):
+    from test_nats_cluster import make_home, start_cluster  # noqa: PLC0415 - only with the nats extra
+
+    home = make_home(tmp_path)
+    cluster = start_cluster(home)
+    bridge = InProcessBridge(str(home.config), cluster.nodes[0].mqtt.port)
+    clients: list[Client] = []
+    try:
+        made = bridge.client.post(
+            "/admin/keys",
+            data=json.dumps({"name": "shop", "subscribe": ["A"]}),
+            headers=bearer(home.secrets["admin"]),
+        )
+        assert made.status_code == 201, made.get_data(as_text=True)
+        secret = made.get_json()["secret"]
+        for node in cluster.nodes:  # in force on every node when the answer returned
+            client = Client("tcp", node.mqtt.port, "shop", secret)
+            clients.append(client)
+            assert client.connect() == 0
+        revoked = bridge.client.delete("/admin/keys/shop", headers=bearer(home.secrets["admin"]))
+        assert revoked.status_code == 200
+        for client in clients:
+            assert client.disconnected.wait(WITHIN)
+    finally:
+        for client in clients:
+            client.close()
+        bridge.stop()
+        cluster.stop()
