@@ -203,8 +203,8 @@ def show(name: str) -> tuple[Response, int]:
 def edit(name: str) -> tuple[Response, int]:
     """Change what is given; a list replaces the key's list, null removes a term."""
     body = _body((*RIGHTS, *TERMS))
-    if not body:
-        _bad(nothing_to_change((*RIGHTS, *TERMS)))
+    if all(body.get(field) is None for field in RIGHTS) and not set(body) & set(TERMS):
+        _bad(nothing_to_change((*RIGHTS, *TERMS)))  # a right given as null leaves it as it is
     changes = _changes()
     key = changes.edit(
         name,

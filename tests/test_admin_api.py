@@ -226,6 +226,7 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
     service = error(call("PATCH", "/admin/keys/bridge", {"subscribe": ["A"]}), 400)
     assert service in cli_error(home, "keys", "edit", "bridge", "--subscribe", "A")
     assert error(call("PATCH", "/admin/keys/gen", {}), 400).startswith("nothing to change (give publish")
+    assert error(call("PATCH", "/admin/keys/gen", {"admin": None}), 400).startswith("nothing to change")
     assert error(call("POST", "/admin/keys", {"name": "x", "secret": "s"}), 400).startswith(
         "unknown field 'secret'"
     )
@@ -272,6 +273,11 @@ def test_failed_authentication_is_limited_per_address_even_for_the_right_key_nex
     )
     assert other.status_code == 200  # per address: another source is not held back
     assert call("GET", "/metrics").status_code == 429  # the same door, the same limit
+    counted = in_process.client.get(
+        "/metrics", headers=bearer(home.secrets["admin"]), environ_base={"REMOTE_ADDR": "127.0.0.2"}
+    ).get_data(as_text=True)
+    assert 'radio_bridge_admin_refusals_total{reason="limited"}' in counted
+    assert 'radio_bridge_admin_refusals_total{reason="invalid"}' in counted
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
