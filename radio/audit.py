@@ -80,8 +80,9 @@ def read(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"cannot read the audit log {path}: {exc}"
         raise AuditError(msg) from None
+    complete = text[: text.rfind("\n") + 1]  # a line still being appended is not read yet
     lines = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(complete.splitlines(), 1):
         try:
             entry = json.loads(line)
         except ValueError:

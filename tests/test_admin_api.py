@@ -363,6 +363,17 @@ def test_every_change_is_audited_who_what_when_from_where_and_never_a_secret(cal
     assert "cli-made" not in table
 
 
+def test_a_line_still_being_appended_is_not_read_and_a_broken_one_is_one_clear_error(tmp_path):
+    from radio import audit  # noqa: PLC0415
+
+    log = tmp_path / "audit.log"
+    log.write_text('{"action": "add"}\n{"action": "re')
+    assert audit.read(log) == [{"action": "add"}]
+    log.write_text('{"action": "add"}\nnot json\n')
+    with pytest.raises(audit.AuditError, match=r"audit\.log, line 2: not a JSON line"):
+        audit.read(log)
+
+
 # --- The OpenAPI document ------------------------------------------------------------------------
 
 
