@@ -11,8 +11,10 @@ new values. Never a secret: a rotation records that the secret changed, not what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,30 +45,38 @@ def audit_path(state_dir: Path) -> Path:
     return state_dir / FILE_NAME
 
 
-def record(path: Path, actor: Actor, action: str, key: str, changed: dict[str, Any]) -> None:
-    """Append one line for a change that has been written to the registry."""
-    line = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "who": actor.who,
-        "via": actor.via,
-        "from": actor.source,
-        "action": action,
-        "key": key,
-        "changed": changed,
-    }
-    data = (json.dumps(line, sort_keys=False) + "\n").encode()
+@contextlib.contextmanager
+def appending(path: Path) -> Iterator[Callable[[Actor, str, str, dict[str, Any]], None]]:
+    """Open the log for one change, before it is made: a log that cannot be opened refuses it.
+
+    Yields ``record(actor, action, key, changed)``, to call once the change is written.
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    except OSError as exc:
-        msg = f"the change is made, but the audit log {path} cannot be written: {exc}"
-        raise AuditError(msg) from None
-    try:
         os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
     except OSError as exc:
-        msg = f"the change is made, but the audit log {path} cannot be written: {exc}"
+        msg = f"nothing changed: the audit log {path} cannot be written: {exc}"
         raise AuditError(msg) from None
+
+    def record(actor: Actor, action: str, key: str, changed: dict[str, Any]) -> None:
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "who": actor.who,
+            "via": actor.via,
+            "from": actor.source,
+            "action": action,
+            "key": key,
+            "changed": changed,
+        }
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())  # one write: lines never interleave
+            os.fsync(fd)
+        except OSError as exc:
+            msg = f"the change is made, but the audit log {path} cannot be written: {exc}"
+            raise AuditError(msg) from None
+
+    try:
+        yield record
     finally:
         os.close(fd)
 

@@ -14,7 +14,7 @@ import getpass
 import os
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
-from typing import Any, Final
+from typing import Final
 
 from radio import audit
 from radio.audit import Actor
@@ -136,16 +136,17 @@ class KeyChanges:
         terms: Mapping[str, object] | None = None,
     ) -> tuple[str, Key]:
         """Make a key: its secret (shown once, kept nowhere) and the key as stored."""
-        secret = self.store.add(
-            name,
-            publish=publish,
-            subscribe=subscribe,
-            admin=admin,
-            terms=Terms(**terms_fields(terms or {})),  # type: ignore[arg-type]
-        )
-        key = self._stored(name)
-        row = key_row(key)
-        self._record("add", name, {field: row[field] for field in _RECORDED})
+        with audit.appending(self.audit_path) as record:
+            secret = self.store.add(
+                name,
+                publish=publish,
+                subscribe=subscribe,
+                admin=admin,
+                terms=Terms(**terms_fields(terms or {})),  # type: ignore[arg-type]
+            )
+            key = self._stored(name)
+            row = key_row(key)
+            record(self.actor, "add", name, {field: row[field] for field in _RECORDED})
         return secret, key
 
     def edit(
@@ -159,7 +160,6 @@ class KeyChanges:
     ) -> Key:
         """Change a key's rights or terms; None (or a term not given) leaves it as it is."""
         fields = terms_fields(terms or {})
-        key = self.store.edit(name, publish=publish, subscribe=subscribe, admin=admin, terms=fields)
         asked = {
             *(("publish",) * (publish is not None)),
             *(("subscribe",) * (subscribe is not None)),
@@ -167,19 +167,23 @@ class KeyChanges:
             *fields,
             *(("burst",) * ("rate" in fields)),  # a rate removed takes its burst with it
         }
-        row = key_row(key)
-        self._record("edit", name, {field: row[field] for field in _RECORDED if field in asked})
+        with audit.appending(self.audit_path) as record:
+            key = self.store.edit(name, publish=publish, subscribe=subscribe, admin=admin, terms=fields)
+            row = key_row(key)
+            record(self.actor, "edit", name, {field: row[field] for field in _RECORDED if field in asked})
         return key
 
     def revoke(self, name: str) -> None:
         """Delete a key: refused on every door, its connections closed."""
-        self.store.revoke(name)
-        self._record("revoke", name, {})
+        with audit.appending(self.audit_path) as record:
+            self.store.revoke(name)
+            record(self.actor, "revoke", name, {})
 
     def rotate(self, name: str) -> tuple[str, Key]:
         """A new secret for a key (shown once), keeping its rights and id; the old one stops working."""
-        secret = self.store.rotate(name)
-        self._record("rotate", name, {"secret": "replaced"})
+        with audit.appending(self.audit_path) as record:
+            secret = self.store.rotate(name)
+            record(self.actor, "rotate", name, {"secret": "replaced"})
         return secret, self._stored(name)
 
     def wait(self, timeout: float = CONFIRM_TIMEOUT) -> Report:
@@ -193,6 +197,3 @@ class KeyChanges:
             msg = f"no key named {name!r}"
             raise UnknownKey(msg)
         return key
-
-    def _record(self, action: str, name: str, changed: dict[str, Any]) -> None:
-        audit.record(self.audit_path, self.actor, action, name, changed)

@@ -363,6 +363,16 @@ def test_every_change_is_audited_who_what_when_from_where_and_never_a_secret(cal
     assert "cli-made" not in table
 
 
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_a_change_the_audit_log_cannot_take_is_not_made(call, home):
+    (home.path / "audit.log").mkdir()  # not a file: it cannot be opened for appending
+    refused = call("POST", "/admin/keys", {"name": "unaudited"})
+    assert refused.status_code == 503
+    assert refused.get_json()["error"].startswith("nothing changed: the audit log")
+    assert "nothing changed: the audit log" in cli_error(home, "keys", "revoke", "gen")
+    assert {"unaudited", "gen"} & set(home.store().keys()) == {"gen"}
+
+
 def test_a_line_still_being_appended_is_not_read_and_a_broken_one_is_one_clear_error(tmp_path):
     from radio import audit  # noqa: PLC0415
 
