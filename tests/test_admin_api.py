@@ -26,7 +26,9 @@ from bridge_client import InProcessBridge
 from conftest import ENGINES, Bridge, Home, running_broker, start_bridge
 from mqtt_client import NOT_AUTHORIZED, Client
 from openapi_spec_validator import validate
+from test_nats_cluster import make_home, start_cluster
 
+from radio import audit
 from radio.bridge.admin_auth import AUTH_BURST
 from radio.bridge.admin_openapi import document
 
@@ -374,8 +376,6 @@ def test_a_change_the_audit_log_cannot_take_is_not_made(call, home):
 
 
 def test_a_line_still_being_appended_is_not_read_and_a_broken_one_is_one_clear_error(tmp_path):
-    from radio import audit  # noqa: PLC0415
-
     log = tmp_path / "audit.log"
     log.write_text('{"action": "add"}\n{"action": "re')
     assert audit.read(log) == [{"action": "add"}]
@@ -499,8 +499,6 @@ def test_the_readmes_admin_api_examples_work_when_pasted(home, broker):
 @pytest.mark.nats
 @pytest.mark.slow
 def test_on_nats_a_key_made_over_http_connects_on_every_node_and_a_revoked_one_is_closed(tmp_path):
-    from test_nats_cluster import make_home, start_cluster  # noqa: PLC0415 - only with the nats extra
-
     home = make_home(tmp_path)
     cluster = start_cluster(home)
     bridge = InProcessBridge(str(home.config), cluster.nodes[0].mqtt.port)
