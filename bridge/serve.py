@@ -35,6 +35,7 @@ from uvicorn_worker import UvicornWorker
 
 from radio import logs
 from radio.config import Address, load_settings
+from radio.errors import RadioError
 from radio.tls import server_context
 
 log = logging.getLogger("radio.bridge")
@@ -229,9 +230,13 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type 
 
 
 def bind(listen: Address) -> socket.socket:
-    """The bridge's listening socket (IPv4 or IPv6 by the host given)."""
+    """The bridge's listening socket (IPv4 or IPv6 by the host given); one line if it cannot be."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    try:
+        sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    except OSError as exc:
+        msg = f"the bridge cannot listen on {listen}: {os.strerror(exc.errno) if exc.errno else exc}"
+        raise RadioError(msg) from None
     sock.set_inheritable(True)
     return sock
 

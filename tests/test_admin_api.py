@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -447,6 +448,14 @@ def test_admin_false_switches_the_api_off_and_keeps_metrics_behind_an_admin_key(
         assert requests.get(running.url + "/metrics", headers=key, timeout=10).status_code == 200
     finally:
         running.stop()
+
+
+def test_an_admin_address_in_use_is_one_line_and_exit_2(home):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        home.config.write_text(home.config.read_text() + f'\n[bridge]\nadmin = "127.0.0.1:{port}"\n')
+        message = cli_error(home, "bridge", "--listen", "127.0.0.1:0", "--broker", "mqtt://127.0.0.1:1")
+    assert message == f"radio: the bridge cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_an_admin_setting_that_is_neither_an_address_nor_false_is_refused(home):
