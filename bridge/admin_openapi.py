@@ -80,7 +80,8 @@ def _changed(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): _ERROR for status in (401, 403, 429, *statuses)}
+    """Every operation may be refused its key (401, 403, 429) or find a file unusable (503)."""
+    return {str(status): _ERROR for status in sorted({401, 403, 429, 503, *statuses})}
 
 
 def document() -> dict[str, Any]:

@@ -25,8 +25,11 @@ import pytest
 import requests
 from bridge_client import InProcessBridge
 from conftest import ENGINES, Bridge, Home, running_broker, start_bridge
+from jsonschema import Draft202012Validator
 from mqtt_client import NOT_AUTHORIZED, Client
 from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from test_nats_cluster import make_home, start_cluster
 
 from radio import audit
@@ -407,6 +410,39 @@ def test_the_openapi_document_is_valid_and_names_every_admin_route(in_process):
         (path, method) for path, item in spec["paths"].items() for method in item if method != "parameters"
     }
     assert routes == documented
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_every_answer_matches_the_openapi_document(call):
+    spec = document()
+    registry = Registry().with_resource("urn:radio-admin", Resource.from_contents(spec, DRAFT202012))
+
+    def check(method: str, path: str, template: str, body: object = None) -> Any:
+        """The answer, checked against the schema documented for its path, method and status."""
+        answer = call(method, path, body)
+        status = str(answer.status_code)
+        responses = spec["paths"][template][method.lower()]["responses"]
+        assert status in responses, (path, status)
+        parts = ("paths", template, method.lower(), "responses", status)
+        where = responses[status].get("$ref") or "#/" + "/".join(
+            part.replace("~", "~0").replace("/", "~1") for part in parts
+        )
+        schema = {"$ref": f"urn:radio-admin{where}/content/application~1json/schema"}
+        Draft202012Validator(schema, registry=registry).validate(answer.get_json())
+        return answer.get_json()
+
+    made = check("POST", "/admin/keys", "/admin/keys", {"name": "acme", "publish": ["A"], "rate": "5/s"})
+    check("GET", "/admin/keys?limit=2", "/admin/keys")
+    check("GET", "/admin/keys/acme", "/admin/keys/{name}")
+    check("PATCH", "/admin/keys/acme", "/admin/keys/{name}", {"quota": "10/day", "expires": None})
+    check("POST", "/admin/keys/acme/rotate", "/admin/keys/{name}/rotate")
+    check("GET", "/admin/keys/acme/usage", "/admin/keys/{name}/usage")
+    check("GET", "/admin/usage?since=2026-01-01", "/admin/usage")
+    check("DELETE", "/admin/keys/acme", "/admin/keys/{name}")
+    check("GET", "/admin/keys/acme", "/admin/keys/{name}")  # 404
+    check("POST", "/admin/keys", "/admin/keys", {"name": "gen"})  # 409
+    check("PATCH", "/admin/keys/gen", "/admin/keys/{name}", {"rate": "fast"})  # 400
+    assert made["key"]["rate"] == 5.0
 
 
 # --- Where the admin surface is served -------------------------------------------------------
