@@ -41,6 +41,7 @@ from radio.key_changes import (
     parse_day,
     parse_term,
     split_names,
+    usage_rows,
 )
 from radio.keys import Key, read_keys
 
@@ -239,8 +240,7 @@ def _usage(name: str | None) -> tuple[Response, int]:
             since = parse_day(since if len(since) <= 40 else since[:40] + "...")
         except ValueError as exc:
             _bad(str(exc))
-    path = usage.usage_path(_settings().state_dir)
-    return jsonify(rows=usage.report_rows(path, name, since)), 200
+    return jsonify(rows=usage_rows(_settings(), name, since)), 200
 
 
 @bp.get("/keys/<name>/usage")

@@ -252,9 +252,11 @@ def document() -> dict[str, Any]:
                 },
                 "UsageRow": {
                     "type": "object",
-                    "required": ["kind", "day", "key", "door"],
+                    "description": "samples: published per door and network; received: delivered to "
+                    "the key as a listener, per network; refusals: per door and reason.",
+                    "required": ["kind", "day", "key"],
                     "properties": {
-                        "kind": {"enum": ["samples", "refusals"]},
+                        "kind": {"enum": ["samples", "received", "refusals"]},
                         "day": {"type": "string", "format": "date"},
                         "key": {"type": "string"},
                         "door": {"type": "string"},

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Final
 
-from radio import audit
+from radio import audit, usage
 from radio.audit import Actor
 from radio.config import Settings
 from radio.confirmations import Report, wait_for_servers
-from radio.errors import UnknownKey
+from radio.errors import MissingRegistry, UnknownKey
 from radio.keys import Key, KeyStore, Terms, parse_expiry, parse_quota, parse_rate
+from radio.registry import Registry
 
 CONFIRM_TIMEOUT: Final = 5.0
 """Seconds a change waits for running servers to put it in force."""
@@ -102,6 +103,24 @@ def key_row(key: Key) -> dict[str, object]:
         "expires": None if expires is None else expires.isoformat().replace("+00:00", "Z"),
         "expired": key.expired(),
     }
+
+
+def usage_rows(settings: Settings, name: str | None, since: str | None) -> list[dict[str, object]]:
+    """The rows of ``radio keys usage [NAME] --json``, as the command and the admin API give them.
+
+    A revoked key's past usage is still shown; a name no key has and nothing was recorded under
+    is refused as a typo (``UnknownKey``).
+    """
+    found = usage.rows(usage.usage_path(settings.state_dir), name, since)
+    if name is not None and not found:
+        try:
+            known = name in Registry.at_hand(settings).keys
+        except MissingRegistry:
+            known = False
+        if not known:
+            msg = f"no key named {name!r}, and no usage recorded under that name"
+            raise UnknownKey(msg)
+    return found
 
 
 def cli_actor() -> Actor:

@@ -325,8 +325,7 @@ def test_usage_is_the_rows_of_radio_keys_usage_json(call, in_process, home):
     assert in_process.post(json.dumps({"network": "B", "data": {}}), gen).status_code == 403
     in_process.app.extensions["radio.meter"].flush()
     every = call("GET", "/admin/usage").get_json()["rows"]
-    cli = [json.loads(line) for line in home.radio("keys", "usage", "--json").stdout.splitlines()]
-    assert every == cli
+    assert every == json.loads(home.radio("keys", "usage", "--json").stdout)
     assert {(r["kind"], r.get("samples"), r.get("reason")) for r in every} == {
         ("samples", 3, None),
         ("refusals", None, "rights"),
@@ -334,6 +333,9 @@ def test_usage_is_the_rows_of_radio_keys_usage_json(call, in_process, home):
     assert call("GET", "/admin/keys/gen/usage?since=2000-01-01").get_json()["rows"] == every
     assert call("GET", "/admin/keys/gen/usage?since=2999-01-01").get_json()["rows"] == []
     assert call("GET", "/admin/keys/reader_a/usage").get_json()["rows"] == []
+    unknown = call("GET", "/admin/keys/nobody/usage")
+    assert unknown.status_code == 404
+    assert unknown.get_json()["error"] in cli_error(home, "keys", "usage", "nobody")
 
 
 # --- Audit ---------------------------------------------------------------------------------------
