@@ -208,7 +208,8 @@ def test_a_quota_is_shared_by_both_doors_and_shown_in_usage(home: Home, broker, 
     assert "quota" in text.split("REFUSED FOR", 1)[1]
     usage_db = home.path / "usage.db"
     assert stat.S_IMODE(usage_db.stat().st_mode) == 0o600
-    metrics = requests.get(bridge.url + "/metrics", timeout=10).text
+    admin = {"Authorization": f"Bearer {home.secrets['admin']}"}  # /metrics names keys: not public
+    metrics = requests.get(bridge.url + "/metrics", headers=admin, timeout=10).text
     assert 'radio_key_samples_total{door="http",key="quota",network="A"} 1.0' in metrics
 
 
