@@ -72,15 +72,7 @@ def sample(n: int) -> bytes:
 class Platform:
     """A broker process and the credentials its publisher uses."""
 
-    def __init__(
-        self,
-        kind: str,
-        folder: Path,
-        extra_broker_settings: str = "",
-        tls: bool = False,
-        cores: set[int] | None = None,
-    ) -> None:
-        """Start the broker; with ``cores``, it and any process it starts run on those cores only."""
+    def __init__(self, kind: str, folder: Path, extra_broker_settings: str = "", tls: bool = False) -> None:
         self.kind = kind
         if kind == "stock":
             args = [sys.executable, str(HERE / "stock_broker.py")]
@@ -104,8 +96,6 @@ class Platform:
             self.key = ("publisher", (folder / "publisher.secret").read_text())
             args = [*RADIO, "broker", "--config", str(config), "--engine", ENGINE_OF[kind]]
             args += ["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]
-        if cores is not None:  # taskset execs the broker: same process, every thread and child pinned
-            args = ["taskset", "--cpu-list", ",".join(map(str, sorted(cores))), *args]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None
         text = ""
