@@ -14,7 +14,9 @@ What is measured, and why a skeptic can accept it:
   process per subscriber, ``--nodelay``) and one ``mosquitto_pub -l --nodelay`` fed line by line
   by this script. Their CPU (every client process plus this script) is reported beside the
   broker's, as cores used: a load side near ``load_cores_available`` is saturated, and the row
-  says so (``load_saturated``).
+  says so (``load_saturated``). ``broker_waited_s`` is how long the broker was runnable but
+  waiting for its core (``/proc/PID/task/*/schedstat``): near zero on a quiet machine; the
+  summary marks runs where it exceeds a tenth of the broker's CPU time.
 - **Broker CPU per delivery** is the broker process's own CPU time (``utime + stime`` from
   ``/proc/PID/stat``, every thread) over the run, divided by the deliveries made. Its resolution
   is one clock tick (10 ms); ``broker_cpu_s`` in each row shows how many ticks a figure rests on,
@@ -65,6 +67,8 @@ END = b'{"end":1}'
 PROBE = b'{"probe":1}\n'
 PAD = "x" * 150
 BROKER_CORE = 0
+CONTENDED = 0.1
+"""A run where the broker waited for a CPU more than this share of its CPU time is marked."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Result:
     broker_cpu_s: float
     broker_us_per_delivery: float | None
     broker_cores: float
+    broker_waited_s: float
     load_cores: float
     load_cores_available: int
     load_saturated: bool
@@ -236,6 +241,21 @@ def _ends(file: Path) -> bool:
         return f.read().rstrip().endswith(END)
 
 
+def waited(process: psutil.Process) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (``/proc/.../schedstat``).
+
+    On a quiet machine a pinned broker barely waits; a broker that waited for a good part of a
+    run shared its core with something else, and that run's latency is not the broker's alone.
+    """
+    total = 0
+    for thread in process.threads():
+        try:
+            total += int(Path(f"/proc/{process.pid}/task/{thread.id}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def pin(process: psutil.Process, cores: set[int]) -> None:
     """Pin every thread of the broker process; threads it starts later inherit their creator's cores.
 
@@ -261,13 +281,14 @@ def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], gra
         load = Load(runs, platform.ports["tcp"], setting.qos, setting.subscribers, (user, secret))
         try:
             load.wait_subscribed(timeout=120)
-            broker0, load0, wall0 = platform.cpu(), load.cpu(), time.time()
+            broker0, load0, wait0, wall0 = platform.cpu(), load.cpu(), waited(platform.ps), time.time()
             start = load.send(setting)
             last_due = start + (
                 0 if setting.rate is None else setting.samples * setting.subscribers / setting.rate
             )
             load.wait_ended(last_due, grace)
             broker_s, load_s, wall = platform.cpu() - broker0, load.cpu() - load0, time.time() - wall0
+            wait_s = waited(platform.ps) - wait0
             affinity = sorted(set().union(*(os.sched_getaffinity(t.id) for t in platform.ps.threads())))
         finally:
             load.stop()
@@ -293,6 +314,7 @@ def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], gra
         broker_cpu_s=round(broker_s, 3),
         broker_us_per_delivery=None if lost else round(broker_s / deliveries * 1e6, 2),
         broker_cores=round(broker_s / wall, 3),
+        broker_waited_s=round(wait_s, 3),
         load_cores=round(used, 3),
         load_cores_available=available,
         load_saturated=used >= 0.9 * available,
@@ -352,8 +374,10 @@ def summarize(results: list[tuple[int, Result]], brokers: list[str]) -> None:
                     for f in ("p50_ms", "p99_ms", "max_ms")
                 ]
                 saturated = sum(r.load_saturated for r in rs)
+                contended = sum(r.broker_waited_s > CONTENDED * r.broker_cpu_s for r in rs)
                 note = f"; loss: {lost} in {len(rs) - len(clean)} runs" if lost else ""
                 note += f"; load saturated in {saturated}" if saturated else ""
+                note += f"; broker waited for its core in {contended}" if contended else ""
                 print(
                     f"| {qos} | {n:,} | {rate if rate == 'burst' else f'{rate:,}'} | {broker} | {cpu} "
                     f"| {' | '.join(latency)} | {_span([r.broker_cores for r in rs])} "
