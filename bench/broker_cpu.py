@@ -404,6 +404,31 @@ def summarize(results: list[tuple[int, Result]], brokers: list[str]) -> None:
         )
 
 
+def run_all(
+    settings: list[Setting], brokers: list[str], rounds: int, load_cores: set[int], grace: float
+) -> tuple[list[tuple[int, Result]], int]:
+    """Every round: every setting on every broker, the first broker alternating; prints each run.
+
+    A run that fails is printed with its error and the rest go on: no figure comes from it.
+    """
+    results: list[tuple[int, Result]] = []
+    failed = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for round_ in range(1, rounds + 1):
+            for setting in settings:
+                for kind in brokers[:: 1 if round_ % 2 else -1]:
+                    try:
+                        result = measure(kind, setting, Path(folder), load_cores, grace)
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                        failed += 1
+                        row = {"broker": kind, "qos": setting.qos, "subscribers": setting.subscribers}
+                        print(json.dumps({"failed_round": round_, **row, "error": str(error)}), flush=True)
+                        continue
+                    results.append((round_, result))
+                    print(json.dumps({"round": round_, **asdict(result)}), flush=True)
+    return results, failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -438,6 +463,8 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     brokers = args.brokers.split(",")
+    if unknown := set(brokers) - {"radio", "mosquitto"}:
+        parser.error(f"unknown brokers {sorted(unknown)}: radio, mosquitto")
     settings = [
         Setting(qos, n, rate, deliveries)
         for qos in (int(q) for q in args.qos.split(","))
@@ -447,15 +474,10 @@ def main() -> None:
             *([(None, args.burst)] if args.burst else []),
         ]
     ]
-    results: list[tuple[int, Result]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        for round_ in range(1, args.rounds + 1):
-            for setting in settings:
-                for kind in brokers[:: 1 if round_ % 2 else -1]:
-                    result = measure(kind, setting, Path(folder), load_cores, args.grace)
-                    results.append((round_, result))
-                    print(json.dumps({"round": round_, **asdict(result)}), flush=True)
+    results, failed = run_all(settings, brokers, args.rounds, load_cores, args.grace)
     summarize(results, brokers)
+    if failed:
+        sys.exit(f"{failed} runs failed (their lines say why)")
     if args.smoke and any(r.lost for _, r in results):
         sys.exit("deliveries were lost in the smoke run")
 
