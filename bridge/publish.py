@@ -21,7 +21,6 @@ includes what JSON cannot carry to every reader: numbers no float holds (``1e999
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Flask, Request, Response, current_app, request
 
+from radio import strict_json
 from radio.bridge import access, metrics
 from radio.bridge.asgi import DEFERRABLE, DEFERRED, INLINE, TO_A_THREAD, Answer
 from radio.bridge.errors import APIError
@@ -90,24 +90,8 @@ def _read_body(req: Request, registry: Registry) -> bytes:
     return body
 
 
-def _reject_constant(name: str) -> NoReturn:
-    msg = f"{name} is not JSON"
-    raise ValueError(msg)
-
-
-def _finite(text: str) -> float:
-    """A JSON number as a float; one too large for a float (``1e999``) is refused, not made infinite."""
-    value = float(text)
-    if math.isinf(value):
-        msg = f"{text} does not fit a float"
-        raise ValueError(msg)
-    return value
-
-
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
-"""Made once: ``json.loads`` with these hooks would build a decoder for every request."""
-_ENCODER: Final = json.JSONEncoder(allow_nan=False)
-"""``json.dumps(data, allow_nan=False)``, without building an encoder for every request."""
+_DECODER: Final = strict_json.DECODER
+_ENCODER: Final = strict_json.ENCODER
 
 
 def _parse(body: bytes) -> Any:
