@@ -70,16 +70,28 @@ class HistoryStore:
 
     def append(self, network: str, topic: str, payload: str, received_at: str, keep: int) -> int:
         """Number a sample, keep it, trim the network to its ``keep`` latest; return its number."""
+        return self._number(network, 1, keep, (topic, payload, received_at))
+
+    def skip(self, network: str, missed: int, keep: int) -> int:
+        """Leave ``missed`` numbers out: samples the recorder never received; return the last one.
+
+        The hole stays in the numbering, so every reader of the history sees that samples are
+        missing there, and how many.
+        """
+        return self._number(network, missed, keep, None)
+
+    def _number(self, network: str, count: int, keep: int, sample: tuple[str, str, str] | None) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            seq = self.last_seq(network) + 1
+            seq = self.last_seq(network) + count
             db.execute(
                 "INSERT INTO sequences (network, last_seq) VALUES (?, ?) "
                 "ON CONFLICT (network) DO UPDATE SET last_seq = excluded.last_seq",
                 (network, seq),
             )
-            if keep > 0:
+            if sample is not None and keep > 0:
+                topic, payload, received_at = sample
                 db.execute(
                     "INSERT INTO samples (network, seq, received_at, topic, payload) VALUES (?, ?, ?, ?, ?)",
                     (network, seq, received_at, topic, payload),
