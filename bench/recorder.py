@@ -8,7 +8,9 @@
 round publishes a burst of samples at QoS 1 to one network (up to 100 in flight), and measures
 from the first publish to (a) the last sample reaching a QoS 1 listener in this process and (b)
 the recorder having numbered the last one (its ``history.db`` polled read-only every 5 ms). The
-ratio recorder/listener says what numbering and writing each sample costs on top of delivery.
+ratio recorder/listener says what numbering and writing each sample costs on top of delivery. Each
+round also checks that the recorder lost nothing: every sample of the burst is in the history (a
+sample its session dropped would leave a hole in the numbering, not a missing last number).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 RADIO = [sys.executable, "-m", "radio"]
-CONFIG = "[networks.bench]\npublic = true\nretain = false\nhistory = 1000\n\n[broker]\npersistence = false\n"
+CONFIG = (
+    "[networks.bench]\npublic = true\nretain = false\nhistory = 1000000\n\n[broker]\npersistence = false\n"
+)
 
 
 def started(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], str]:
@@ -38,6 +42,15 @@ def started(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], str]:
             threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
             return process, line
     sys.exit(f"{args[3]} did not start")
+
+
+def numbered(db: Path, after: int) -> int:
+    """How many samples the history holds past ``after``: fewer than were published is a loss."""
+    with sqlite3.connect(db.as_uri() + "?mode=ro", uri=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE network = 'bench' AND seq > ?", (after,)
+        ).fetchone()
+    return int(row[0])
 
 
 def last_seq(db: Path) -> int:
@@ -84,6 +97,8 @@ def one_round(port: int, db: Path, count: int, start: int, secret: str) -> dict[
         time.sleep(0.005)
     recorded = time.perf_counter() - began
     assert all(info.is_published() for info in infos)
+    lost = count - numbered(db, start)
+    assert lost == 0, f"the recorder's session lost {lost} of {count} samples (a hole in the history)"
     for paho in (listener, publisher):
         paho.disconnect()
         paho.loop_stop()

@@ -101,6 +101,11 @@ def _whole(name: str, low: int, high: int, default: int | None) -> int | None:
     return int(digits)
 
 
+def is_history_path(path: str) -> bool:
+    """Whether a request path is this route's (the server runs it in a pool of its own)."""
+    return path.startswith("/networks/") and path.endswith("/samples")
+
+
 def history_file() -> Path:
     """The recorder's file, beside the configuration the bridge runs with."""
     path: Path = current_app.extensions["radio.registry"].settings.history_path
@@ -120,15 +125,16 @@ class Page:
     """The history holds samples after ``last_seq``: ask again with ``after=last_seq``."""
 
 
-def encode_sample(seq: int, received_at: str, topic: str, payload: str) -> bytes:
-    """One sample of the answer, its stored JSON text spliced in once checked to be strict.
+def encode_sample(seq: int, received_at: str, topic: str, payload: str, checked: bool) -> bytes:
+    """One sample of the answer, its stored JSON text spliced in, as it is, once known strict.
 
-    A sample stored before strictness was checked everywhere may hold ``NaN`` or ``1e999``: it
-    keeps its place and number, with ``"data": null`` and ``"invalid"`` saying why, so the rest
-    of the answer stays JSON that every parser reads.
+    The recorder checks every payload before it stores it (``checked``: its row says so), so
+    pages are copied, not parsed. A row from a file written before that check is checked here: a
+    sample holding ``NaN`` or ``1e999`` keeps its place and number, with ``"data": null`` and
+    ``"invalid"`` saying why, so the rest of the answer stays JSON that every parser reads.
     """
     head = ENCODER.encode({"seq": seq, "received_at": received_at, "topic": topic})[:-1]
-    if strict_json.is_strict(payload):
+    if checked or strict_json.is_strict(payload):
         return f'{head}, "data": {payload.strip()}}}'.encode()
     return f'{head}, "data": null, "invalid": "{INVALID}"}}'.encode()
 
@@ -150,6 +156,11 @@ def _read(path: Path, network: str, after: int | None, limit: int, max_bytes: in
         db.close()
 
 
+def _one(db: sqlite3.Connection, query: str, network: str) -> int | None:
+    row = db.execute(query, (network,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def _page(db: sqlite3.Connection, network: str, after: int | None, limit: int, max_bytes: int) -> Page:
     """The page after ``after`` (None: the newest ``limit``), cut at ``max_bytes``.
 
@@ -158,25 +169,27 @@ def _page(db: sqlite3.Connection, network: str, after: int | None, limit: int, m
     """
     row = db.execute("SELECT last_seq FROM sequences WHERE network = ?", (network,)).fetchone()
     last = int(row[0]) if row else 0
-    first, newest = db.execute(
-        "SELECT MIN(seq), MAX(seq) FROM samples WHERE network = ?", (network,)
-    ).fetchone()
+    # Two queries, each one step down the primary key: MIN and MAX together would scan the rows.
+    first = _one(db, "SELECT MIN(seq) FROM samples WHERE network = ?", network)
+    newest = _one(db, "SELECT MAX(seq) FROM samples WHERE network = ?", network)
     if after is None:  # the newest `limit`: from the oldest of them on
         oldest = db.execute(
             "SELECT seq FROM samples WHERE network = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
             (network, limit - 1),
         ).fetchone()
         after = oldest[0] - 1 if oldest else 0
+    columns = {row[1] for row in db.execute("PRAGMA table_info(samples)")}
+    strict = "strict" if "strict" in columns else "NULL"  # a file no recorder has opened since
     rows = db.execute(
-        "SELECT seq, received_at, topic, payload FROM samples WHERE network = ? AND seq > ? "
-        "ORDER BY seq LIMIT ?",
+        f"SELECT seq, received_at, topic, payload, {strict} FROM samples "  # noqa: S608 - a column name
+        "WHERE network = ? AND seq > ? ORDER BY seq LIMIT ?",
         (network, after, limit),
     )
     items: list[bytes] = []
     size = 0
     last_seq: int | None = None
-    for seq, received_at, topic, payload in rows:
-        item = encode_sample(seq, received_at, topic, payload)
+    for seq, received_at, topic, payload, checked in rows:
+        item = encode_sample(seq, received_at, topic, payload, checked == 1)
         if items and size + len(item) > max_bytes:
             break  # a page always holds one sample, however large, so that paging moves on
         items.append(item)

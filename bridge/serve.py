@@ -219,8 +219,8 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
     """A gunicorn worker: one event loop (uvloop, httptools) and one broker link per process."""
 
     CONFIG_KWARGS: Final = {"loop": "uvloop", "http": _BoundedHeaders, "lifespan": "on", "access_log": False}
-    keep_alive: float = BridgeSettings().keep_alive
-    """Seconds an idle kept-alive connection stays open (``[bridge] keep_alive``), set by ``run``."""
+    settings: BridgeSettings = BridgeSettings()
+    """``[bridge]`` as ``run`` read it (keep_alive, and the limits ``/metrics`` shows)."""
 
     def init_signals(self) -> None:
         """Ctrl-C reaches the workers too (one process group): leave it to the arbiter.
@@ -236,8 +236,8 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self.config.app = self.wsgi
-        self.config.timeout_keep_alive = self.keep_alive  # gunicorn's own setting takes whole seconds
-        _publish_limits(self.keep_alive)
+        self.config.timeout_keep_alive = self.settings.keep_alive  # gunicorn's own takes whole seconds
+        _publish_limits(self.settings)
         server = _Server(config=self.config)
         # gunicorn's arbiter sends SIGQUIT for a quick stop (its own SIGINT or SIGQUIT); uvicorn's
         # worker would only mark itself dead and keep serving until the arbiter's SIGKILL.
@@ -278,16 +278,16 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
         server.should_exit = True
 
 
-def _publish_limits(keep_alive: float) -> None:
+LIMITS: Final = ("idle_timeout", "keep_alive", "max_idle_per_source", "history_page_bytes", "history_threads")
+"""The [bridge] settings that bound what clients may hold, published in ``/metrics``."""
+
+
+def _publish_limits(settings: BridgeSettings) -> None:
     """The limits in force, in ``/metrics``: a dashboard sets counts beside their bounds."""
     from radio.bridge import metrics  # noqa: PLC0415
 
-    for name, value in (
-        ("idle_timeout", _BoundedHeaders.idle_timeout),
-        ("max_idle_per_source", _BoundedHeaders.max_idle_per_source),
-        ("keep_alive", keep_alive),
-    ):
-        metrics.LIMITS.labels(setting=name).set(value)
+    for name in LIMITS:
+        metrics.LIMITS.labels(setting=name).set(getattr(settings, name))
 
 
 _EARLY_SIGNALS: list[int] = []
@@ -360,7 +360,7 @@ def run(
     # The workers fork from here: they inherit these.
     _BoundedHeaders.idle_timeout = settings.bridge.idle_timeout
     _BoundedHeaders.max_idle_per_source = settings.bridge.max_idle_per_source
-    BridgeWorker.keep_alive = settings.bridge.keep_alive
+    BridgeWorker.settings = settings.bridge
     https = {}
     if settings.tls is not None:  # HTTPS on the listen address: checked now, one line if it cannot be
         server_context(settings.tls)

@@ -166,6 +166,8 @@ class BridgeSettings:
     from ``[broker] websocket``."""
     history_page_bytes: int = 4 * 1024 * 1024
     """Bytes of samples one history answer holds at most (always one sample); the rest by ``after``."""
+    history_threads: int = 2
+    """History answers one worker builds at once; more wait their turn, holding no thread."""
     idle_timeout: float = 10.0
     """Seconds a connection may stay open without completing a request's line and headers, counted
     from its opening or from its last answer: a socket that never asks is closed."""
@@ -361,6 +363,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
 
 _BRIDGE_LIMITS: Final = {
     "history_page_bytes": (65_536, 1 << 30, True),
+    "history_threads": (1, 256, True),
     "idle_timeout": (0.1, 3600.0, False),
     "keep_alive": (0.1, 3600.0, False),
     "max_idle_per_source": (1, 1_000_000, True),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
+from pathlib import Path
 
 import pytest
 import test_history
@@ -59,25 +61,53 @@ NOT_STRICT = [
 ]
 
 
-def test_a_stored_sample_that_is_not_strict_json_keeps_its_number_and_the_answer_stays_json(app, store):
-    """History written before such samples were refused is still served as JSON every parser reads."""
-    store.append("pub", "networks/pub", '{"v": 1}', AT, 1000)
-    for payload in NOT_STRICT:
-        store.append("pub", "networks/pub", payload, AT, 1000)
-    store.append("pub", "networks/pub", '{"v": 2}', AT, 1000)
+OLD_SCHEMA = """
+CREATE TABLE sequences (network TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE samples (
+    network TEXT NOT NULL, seq INTEGER NOT NULL, received_at TEXT NOT NULL, topic TEXT NOT NULL,
+    payload TEXT NOT NULL, PRIMARY KEY (network, seq)
+) WITHOUT ROWID;
+"""
 
-    for params in ({}, {"after": 0}, {"limit": 3}):
-        response = app.get("/networks/pub/samples", query_string=params)
-        assert response.status_code == 200
-        body = strict(response.get_data(as_text=True))
-        assert body["samples"][-1]["data"] == {"v": 2}
-    body = strict(app.get("/networks/pub/samples").get_data(as_text=True))
-    assert [s["seq"] for s in body["samples"]] == list(range(1, 8))
-    assert body["samples"][0]["data"] == {"v": 1}
-    for bad in body["samples"][1:-1]:
-        assert bad["data"] is None
-        assert "not strict JSON" in bad["invalid"]
-    assert "invalid" not in body["samples"][0]
+
+def written_before(path: Path, network: str, payloads: list[str]) -> None:
+    """A history file as a recorder that checked payloads only with ``json.loads`` wrote it."""
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    for seq, payload in enumerate(payloads, 1):
+        db.execute(
+            "INSERT INTO samples VALUES (?, ?, ?, ?, ?)", (network, seq, AT, f"networks/{network}", payload)
+        )
+    db.execute("INSERT INTO sequences VALUES (?, ?)", (network, len(payloads)))
+    db.commit()
+    db.close()
+
+
+def test_a_stored_sample_that_is_not_strict_json_keeps_its_number_and_the_answer_stays_json(home, app):
+    """History written before such samples were refused is still served as JSON every parser reads."""
+    path = load_settings(home.config).history_path
+    written_before(path, "pub", ['{"v": 1}', *NOT_STRICT])
+
+    def check(last):
+        for params in ({}, {"after": 0}, {"limit": 3}):
+            response = app.get("/networks/pub/samples", query_string=params)
+            assert response.status_code == 200
+            assert strict(response.get_data(as_text=True))["samples"][-1]["data"] == last
+        body = strict(app.get("/networks/pub/samples").get_data(as_text=True))
+        assert body["samples"][0]["data"] == {"v": 1}
+        assert "invalid" not in body["samples"][0]
+        for bad in body["samples"][1 : 1 + len(NOT_STRICT)]:
+            assert bad["data"] is None
+            assert "not strict JSON" in bad["invalid"]
+        return [s["seq"] for s in body["samples"]]
+
+    assert check(None) == list(range(1, 7))
+    store = HistoryStore(path)  # a recorder opens the old file: its old rows stay unchecked
+    try:
+        store.append("pub", "networks/pub", '{"v": 2}', AT, 1000)
+    finally:
+        store.close()
+    assert check({"v": 2}) == list(range(1, 8))
 
 
 def test_the_recorder_does_not_number_a_sample_that_is_not_strict_json(home, broker, app, store):

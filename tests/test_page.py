@@ -14,11 +14,11 @@ import requests
 from conftest import start_bridge
 from mqtt_client import Client
 from test_history import HISTORY, recording
+from test_history_answers import written_before
 from test_history_listen import wait_for_last
 
 from radio.config import load_settings
 from radio.recorder.identity import recorder_credentials
-from radio.recorder.store import HistoryStore
 
 TIMEOUT = 30
 SCREENSHOTS = os.environ.get("RADIO_SCREENSHOTS")
@@ -240,13 +240,11 @@ def test_the_page_shows_the_other_samples_when_one_in_the_history_is_not_strict_
     home, broker, bridge, publisher, browser
 ):
     """A sample stored before NaN was refused (history written earlier) costs only itself."""
-    store = HistoryStore(load_settings(home.config).history_path)
-    try:
-        store.append("pub", "networks/pub", '{"tick": 1, "speed": 40}', "2026-12-06T10:00:00.000Z", 1000)
-        store.append("pub", "networks/pub", '{"tick": 2, "speed": NaN}', "2026-12-06T10:00:01.000Z", 1000)
-        store.append("pub", "networks/pub", '{"tick": 3, "speed": 42}', "2026-12-06T10:00:02.000Z", 1000)
-    finally:
-        store.close()
+    written_before(
+        load_settings(home.config).history_path,
+        "pub",
+        ['{"tick": 1, "speed": 40}', '{"tick": 2, "speed": NaN}', '{"tick": 3, "speed": 42}'],
+    )
     browser.get(f"{bridge.url}/networks/pub")
     wait_for_text(browser, '#fields td[data-field="tick"]', "3")
     wait_for_text(browser, "#status", "live")
