@@ -178,6 +178,8 @@ class Listener:
         self._held_lock = threading.Lock()
         self._live: set[str] = set()
         """Networks whose seam is crossed while others' samples are still held back."""
+        self._skipped: set[tuple[str, int]] = set()
+        """History samples skipped as not strict JSON: each is said once."""
         self._arrived = threading.Event()
         """Set when a live sample is held back: the replay looks for the seam again."""
         # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
@@ -486,7 +488,9 @@ class Listener:
                 expected = seq + 1
                 after = seq
                 if "invalid" in item:
-                    self.notice(f"skipped sample {seq} of {network}: {item['invalid']}")
+                    if (network, seq) not in self._skipped:  # a later read may pass it again
+                        self._skipped.add((network, seq))
+                        self.notice(f"skipped sample {seq} of {network}: {item['invalid']}")
                     continue
                 topic = str(item.get("topic") or network_topic(network))
                 yield Sample(network, topic, str(item["received_at"]), item["data"], seq)

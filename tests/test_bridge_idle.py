@@ -115,5 +115,27 @@ def test_a_kept_alive_connection_is_closed_after_keep_alive_and_all_of_it_is_cou
     assert value('radio_bridge_limit{setting="max_idle_per_source"}') == 5
     assert value('radio_bridge_limit{setting="idle_timeout"}') == 1.5
     assert value('radio_bridge_limit{setting="keep_alive"}') == 1
+    assert value('radio_bridge_limit{setting="history_page_bytes"}') == 4 * 1024 * 1024
+    assert value('radio_bridge_limit{setting="history_threads"}') == 2
     assert value("radio_bridge_waiting_connections", while_waiting) >= 5  # 127.0.0.5's five
     assert value("radio_bridge_waiting_connections") == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "setting", "value"),
+    [
+        ("bridge", "idle_timeout", "0"),
+        ("bridge", "keep_alive", '"5"'),
+        ("bridge", "max_idle_per_source", "0"),
+        ("bridge", "max_idle_per_source", "2.5"),
+        ("bridge", "history_threads", "0"),
+        ("bridge", "history_page_bytes", "1024"),
+        ("broker", "recorder_max_queued", "0"),
+        ("broker", "recorder_max_queued_bytes", "true"),
+    ],
+)
+def test_each_new_limit_is_checked_when_the_configuration_is_read(home, table, setting, value):
+    home.config.write_text(f"[{table}]\n{setting} = {value}\n\n" + home.config.read_text())
+    result = home.radio("keys", "list", check=False)
+    assert result.returncode == 2
+    assert f"[{table}] {setting} must be" in result.stderr

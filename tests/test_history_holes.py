@@ -8,6 +8,7 @@ import json
 import pytest
 from mqtt_client import Client
 from test_history import HISTORY, recording
+from test_history_answers import written_before
 from test_history_listen import Listening, wait_for_last
 
 from radio.config import load_settings
@@ -103,3 +104,20 @@ def test_a_keyed_listeners_session_gets_no_report_of_what_it_missed(home, broker
     assert [(m.topic, json.loads(m.payload)["i"]) for m in got] == [
         ("networks/pub", i) for i in range(25, 31)
     ]
+
+
+def test_listen_since_skips_a_stored_sample_that_is_not_strict_json_in_one_line(home, broker, bridge):
+    written_before(load_settings(home.config).history_path, "pub", ['{"i": 0}', '{"i": NaN}', '{"i": 2}'])
+    listening = Listening(
+        home, "pub", "--since", "0", "--http", bridge.url, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    )
+    try:
+        got = listening.until(lambda s: s.get("seq") == 3)
+    finally:
+        listening.stop()
+    assert [(s["seq"], s["data"]) for s in got] == [(1, {"i": 0}), (3, {"i": 2})]
+    skipped = [line for line in listening.stderr if "skipped sample" in line]
+    assert len(skipped) == 1, listening.stderr
+    assert skipped[0].startswith("radio listen: skipped sample 2 of pub: not strict JSON (NaN, ")
+    assert skipped[0].count("\n") == 1
+    assert not any("misses samples" in line for line in listening.stderr)
