@@ -35,6 +35,18 @@ def bridge(home, broker):
     assert "Traceback" not in running.stop()
 
 
+def listen_since_0(home, broker, bridge, *, until: int) -> tuple[list[dict], list[str]]:
+    """`radio listen pub --since 0` until sample ``until``: what it printed, and its stderr."""
+    listening = Listening(
+        home, "pub", "--since", "0", "--http", bridge.url, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    )
+    try:
+        got = listening.until(lambda s: s.get("seq") == until)
+    finally:
+        listening.stop()
+    return got, listening.stderr
+
+
 @pytest.mark.slow
 def test_samples_dropped_from_the_recorders_queue_leave_a_hole_that_listen_since_reports(
     home, broker, bridge, caplog
@@ -58,21 +70,15 @@ def test_samples_dropped_from_the_recorders_queue_leave_a_hole_that_listen_since
     assert body["last"] == 23
     assert any("numbers 4 to 18 are left out" in r.getMessage() for r in caplog.records)
 
-    listening = Listening(
-        home, "pub", "--since", "0", "--http", bridge.url, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}"
-    )
-    try:
-        got = listening.until(lambda s: s.get("seq") == 24)
-    finally:
-        listening.stop()
+    got, stderr = listen_since_0(home, broker, bridge, until=24)
     assert [(s["seq"], s["data"]["i"]) for s in got] == [
         (1, 0),
         (2, 1),
         (3, 2),
         *((seq, seq - 1) for seq in range(19, 25)),  # the newest 5 of the 20, then one more
     ]
-    holes = [line for line in listening.stderr if "misses samples" in line]
-    assert len(holes) == 1, listening.stderr
+    holes = [line for line in stderr if "misses samples" in line]
+    assert len(holes) == 1, stderr
     assert "misses samples 4 to 18" in holes[0]
     assert holes[0].count("\n") == 1
 
@@ -108,16 +114,10 @@ def test_a_keyed_listeners_session_gets_no_report_of_what_it_missed(home, broker
 
 def test_listen_since_skips_a_stored_sample_that_is_not_strict_json_in_one_line(home, broker, bridge):
     written_before(load_settings(home.config).history_path, "pub", ['{"i": 0}', '{"i": NaN}', '{"i": 2}'])
-    listening = Listening(
-        home, "pub", "--since", "0", "--http", bridge.url, "--url", f"mqtt://127.0.0.1:{broker.mqtt_port}"
-    )
-    try:
-        got = listening.until(lambda s: s.get("seq") == 3)
-    finally:
-        listening.stop()
+    got, stderr = listen_since_0(home, broker, bridge, until=3)
     assert [(s["seq"], s["data"]) for s in got] == [(1, {"i": 0}), (3, {"i": 2})]
-    skipped = [line for line in listening.stderr if "skipped sample" in line]
-    assert len(skipped) == 1, listening.stderr
+    skipped = [line for line in stderr if "skipped sample" in line]
+    assert len(skipped) == 1, stderr
     assert skipped[0].startswith("radio listen: skipped sample 2 of pub: not strict JSON (NaN, ")
     assert skipped[0].count("\n") == 1
-    assert not any("misses samples" in line for line in listening.stderr)
+    assert not any("misses samples" in line for line in stderr)
