@@ -97,12 +97,11 @@ def one_round(port: int, db: Path, count: int, start: int, secret: str) -> dict[
         time.sleep(0.005)
     recorded = time.perf_counter() - began
     assert all(info.is_published() for info in infos)
-    lost = count - numbered(db, start)
-    assert lost == 0, f"the recorder's session lost {lost} of {count} samples (a hole in the history)"
+    lost = count - numbered(db, start)  # a sample its session dropped left a hole in the numbering
     for paho in (listener, publisher):
         paho.disconnect()
         paho.loop_stop()
-    return {"listener_per_s": count / delivered, "recorder_per_s": count / recorded}
+    return {"listener_per_s": count / delivered, "recorder_per_s": count / recorded, "lost": lost}
 
 
 def main() -> None:
@@ -111,11 +110,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--smoke", action="store_true", help="1 round of 200 samples")
+    parser.add_argument(
+        "--recorder-max-queued",
+        type=int,
+        default=None,
+        help="[broker] recorder_max_queued (default: its own)",
+    )
     args = parser.parse_args()
     rounds, count = (1, 200) if args.smoke else (args.rounds, args.count)
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "radio.toml"
-        config.write_text(CONFIG)
+        queue = args.recorder_max_queued
+        config.write_text(CONFIG + (f"recorder_max_queued = {queue}\n" if queue is not None else ""))
         common = ["--config", str(config)]
         keys = subprocess.run(
             [*RADIO, "keys", "add", "bench", "--publish", "bench", *common],
@@ -153,9 +159,11 @@ def main() -> None:
                     flush=True,
                 )
             ratios = sorted(r["ratio"] for r in results)
-            print(
-                json.dumps({"engine": args.engine, "median_recorder_over_listener": ratios[len(ratios) // 2]})
-            )
+            lost = sum(int(r["lost"]) for r in results)
+            median = ratios[len(ratios) // 2]
+            print(json.dumps({"engine": args.engine, "median_recorder_over_listener": median, "lost": lost}))
+            if lost:
+                sys.exit(f"the recorder lost {lost} samples: holes in the history")
         finally:
             for process in (recorder, broker):
                 process.terminate()

@@ -61,10 +61,13 @@ def _count_closed(reason: str) -> None:
     metrics.CLOSED.labels(reason=reason).inc()
 
 
-def _count_waiting(change: int) -> None:
-    from radio.bridge import metrics  # noqa: PLC0415
+_waiting_gauge: list[Callable[[float], None]] = []
+"""``WAITING.inc``, looked up once a worker serves (``_publish_limits``): it runs twice a request."""
 
-    metrics.WAITING.inc(change)
+
+def _count_waiting(change: int) -> None:
+    for inc in _waiting_gauge:
+        inc(change)
 
 
 class _Server(Server):
@@ -283,11 +286,15 @@ LIMITS: Final = ("idle_timeout", "keep_alive", "max_idle_per_source", "history_p
 
 
 def _publish_limits(settings: BridgeSettings) -> None:
-    """The limits in force, in ``/metrics``: a dashboard sets counts beside their bounds."""
+    """The limits in force, in ``/metrics``: a dashboard sets counts beside their bounds.
+
+    Also looks up, once, the gauge of waiting connections.
+    """
     from radio.bridge import metrics  # noqa: PLC0415
 
     for name in LIMITS:
         metrics.LIMITS.labels(setting=name).set(getattr(settings, name))
+    _waiting_gauge[:] = [metrics.WAITING.inc]
 
 
 _EARLY_SIGNALS: list[int] = []
