@@ -161,6 +161,8 @@ ROUTES = [
     "/networks/pub/samples",
     "/networks/A/samples",
     "/networks/nowhere/samples",
+    "/networks/" + "9" * 5000 + "/samples",
+    "/networks/" + "%ff" * 100,
     "/healthz",
     "/metrics",
     "/static/live.js",
