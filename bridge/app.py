@@ -49,7 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["radio.registry.checked"] = [0.0]
     app.extensions["radio.registry.refreshing"] = threading.Lock()
     app.extensions["radio.publisher"] = publisher
-    publisher.on_confirmed = publish.count_confirmed(app)
+    publisher.on_confirmed = publish.count_confirmed
 
     errors.register(app)
     access.install(app, registry)  # rates, quotas, schemas, usage (bridge/access.py)

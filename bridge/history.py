@@ -22,6 +22,7 @@ right 403. Every refusal is JSON ``{"error": ...}``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,11 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, request
 
-from radio import strict_json
 from radio.bridge.errors import APIError
 from radio.bridge.publish import current_registry
 from radio.registry import Registry
+from radio.samples import NotJSON
+from radio.samples import parse as parse_sample
 from radio.topics import network_topic
 
 bp = Blueprint("history", __name__)
@@ -42,7 +44,8 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 MAX_SEQ: Final = 2**62
 _PARAMETERS: Final = frozenset({"limit", "after"})
-ENCODER: Final = strict_json.ENCODER
+ENCODER: Final = json.JSONEncoder()
+"""For the answer's own fields (numbers, names, times): never a float."""
 INVALID: Final = (
     "not strict JSON (NaN, Infinity or a number no float holds): stored before such samples were refused"
 )
@@ -134,9 +137,17 @@ def encode_sample(seq: int, received_at: str, topic: str, payload: str, checked:
     ``"invalid"`` saying why, so the rest of the answer stays JSON that every parser reads.
     """
     head = ENCODER.encode({"seq": seq, "received_at": received_at, "topic": topic})[:-1]
-    if checked or strict_json.is_strict(payload):
+    if checked or _strict(payload):
         return f'{head}, "data": {payload.strip()}}}'.encode()
     return f'{head}, "data": null, "invalid": "{INVALID}"}}'.encode()
+
+
+def _strict(payload: str) -> bool:
+    try:
+        parse_sample(payload.encode("utf-8"))
+    except NotJSON:
+        return False
+    return True
 
 
 def _read(path: Path, network: str, after: int | None, limit: int, max_bytes: int) -> Page:

@@ -88,6 +88,7 @@ class Session:
         "remote_address",
         "remote_port",
         "subscriptions",
+        "tally",
         "username",
         "warned_full",
         "will",
@@ -115,6 +116,9 @@ class Session:
         self.missed: dict[str, int] = {}
         """Samples dropped from the queue per network and not yet reported (``report_missed``)."""
         self.warned_full = False
+        self.tally: dict[str, list[int]] | None = None
+        """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
+        None for sessions nobody is billed for (anonymous, the platform's service keys)."""
 
     # What the plugins read of an amqtt session.
     @property

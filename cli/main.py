@@ -10,6 +10,7 @@ print it alone on stdout and talk to the human on stderr, so ``SECRET=$(radio ke
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -17,12 +18,13 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Final
 
 from radio import __version__
 from radio.cli import options
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
-from radio.errors import MissingRegistry, RadioError
+from radio.errors import MissingRegistry, RadioError, UnknownKey
 from radio.keys import Key, KeyStore, Terms, format_rate, load_keys, parse_expiry, parse_quota, parse_rate
 from radio.stopping import Stop
 from radio.topics import NetworkName
@@ -215,11 +217,13 @@ def _add_key_commands(commands: argparse._SubParsersAction[Parser], common: Pars
     _add_terms_options(edit, clearing=True)
     edit.set_defaults(handler=_keys_edit)
     usage = key_commands.add_parser(
-        "usage", parents=[common], help="samples and bytes published per key, door, network and day"
+        "usage", parents=[common], help="samples and bytes published and received per key, network and day"
     )
     usage.add_argument("name", nargs="?", help="one key (default: every key)")
     usage.add_argument("--since", type=_day, metavar="DATE", help="from this day on (YYYY-MM-DD, UTC)")
-    usage.add_argument("--json", action="store_true", help="one JSON object per line")
+    shape = usage.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="one JSON list of rows")
+    shape.add_argument("--csv", action="store_true", help="one CSV table of every row")
     usage.set_defaults(handler=_keys_usage)
 
 
@@ -551,8 +555,8 @@ def _broker(args: argparse.Namespace) -> int:
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     tls = {"mqtts": args.mqtts, "wss": args.wss}
     if args.engine == "mosquitto":
-        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
-    elif args.engine == "nats":
+        return serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
+    if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
         serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
@@ -848,28 +852,51 @@ def _terms_json(key: Key) -> dict[str, object]:
     }
 
 
+CSV_COLUMNS: Final = ("kind", "day", "key", "door", "network", "reason", "samples", "bytes", "count")
+"""The columns of ``radio keys usage --csv``: every kind of row in one table, blank where not set."""
+
+
 def _keys_usage(args: argparse.Namespace) -> int:
     from radio import usage  # noqa: PLC0415
+    from radio.registry import Registry  # noqa: PLC0415
 
     settings = _settings(args)
-    samples, refusals = usage.report(usage.usage_path(settings.state_dir), args.name, args.since)
+    path = usage.usage_path(settings.state_dir)
+    rows = usage.rows(path, args.name, args.since)
+    if args.name is not None and not rows:
+        try:
+            known = args.name in Registry.at_hand(settings).keys
+        except MissingRegistry:
+            known = False
+        if not known:  # a revoked key's past usage is still shown; a name nobody ever had is a typo
+            msg = f"no key named {args.name!r}, and no usage recorded under that name"
+            raise UnknownKey(msg)
     if args.json:
-        for row in samples:
-            print(json.dumps({"kind": "samples", **row.__dict__}))
-        for refusal in refusals:
-            print(json.dumps({"kind": "refusals", **refusal.__dict__}))
+        print(json.dumps(rows, indent=1))
         return 0
-    if not samples and not refusals:
-        print(f"No usage recorded in {usage.usage_path(settings.state_dir)}.", file=sys.stderr)
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return 0
-    table: list[tuple[str, ...]] = [("DAY", "KEY", "DOOR", "NETWORK", "SAMPLES", "BYTES")]
-    table.extend((r.day, r.key, r.door, r.network, str(r.samples), str(r.bytes)) for r in samples)
-    _print_table(table)
-    if refusals:
-        print()
-        refused: list[tuple[str, ...]] = [("DAY", "KEY", "DOOR", "REFUSED FOR", "COUNT")]
-        refused.extend((r.day, r.key, r.door, r.reason, str(r.count)) for r in refusals)
-        _print_table(refused)
+    if not rows:
+        print(f"No usage recorded in {path}.", file=sys.stderr)
+        return 0
+    tables = (
+        ("samples", ("DAY", "KEY", "DOOR", "NETWORK", "SAMPLES", "BYTES")),
+        ("received", ("DAY", "KEY", "RECEIVED FROM", "SAMPLES", "BYTES")),
+        ("refusals", ("DAY", "KEY", "DOOR", "REFUSED FOR", "COUNT")),
+    )
+    printed = False
+    for kind, header in tables:
+        chosen = [row for row in rows if row["kind"] == kind]
+        if not chosen:
+            continue
+        if printed:
+            print()
+        fields = [name for name in CSV_COLUMNS[1:] if name in chosen[0]]
+        _print_table([header, *(tuple(str(row[f]) for f in fields) for row in chosen)])
+        printed = True
     return 0
 
 

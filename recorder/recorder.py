@@ -8,8 +8,8 @@ sample is committed to the history file before that: a sample the broker conside
 numbered.
 
 A retained sample handed over by a (re)subscription is not numbered: it was published before, and
-numbered then if the recorder was there. A payload that is not strict JSON (``radio.strict_json``:
-``NaN``, ``1e999`` are what the HTTP door refuses) is not a sample: it is logged and skipped, so
+numbered then if the recorder was there. A payload that is not strict JSON (``radio/samples.py``:
+``NaN``, ``1e999`` are what both doors refuse) is not a sample: it is logged and skipped, so
 every number in the history is a sample every reader can parse. Works with either broker: it is a
 client like any other.
 """
@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from radio import strict_json
+from radio import samples
 from radio.config import Address
 from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry, Registry
@@ -162,14 +162,13 @@ class Recorder:
         registry = self._registry()
         if network is None or network not in registry.networks:
             return
+        payload = bytes(message.payload)
         try:
-            text = bytes(message.payload).decode("utf-8")
-            strict_json.loads(text)
-        except (ValueError, RecursionError):
-            log.warning(
-                "skipped a payload on %s (%d bytes): not strict JSON", message.topic, len(message.payload)
-            )
+            samples.parse(payload)
+        except samples.NotJSON as exc:
+            log.warning("skipped a payload on %s (%d bytes): %s", message.topic, len(payload), exc)
             return
+        text = payload.decode("utf-8")
         self.store.append(network, message.topic, text, now(), registry.networks[network].history)
 
     def _skip(self, message: mqtt.MQTTMessage) -> None:

@@ -78,7 +78,7 @@ class HistoryStore:
     def append(self, network: str, topic: str, payload: str, received_at: str, keep: int) -> int:
         """Number a sample, keep it, trim the network to its ``keep`` latest; return its number.
 
-        ``payload`` is strict JSON (``radio.strict_json``: the recorder checks it before), and the
+        ``payload`` is strict JSON (``radio/samples.py``: the recorder checks it before), and the
         row says so: the history API then serves it as stored, without parsing it again.
         """
         return self._number(network, 1, keep, (topic, payload, received_at))

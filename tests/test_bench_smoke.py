@@ -110,6 +110,14 @@ def test_the_durability_benchmark_measures_with_and_without_the_store():
     assert all(r["publishes_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.mosquitto
+def test_the_mosquitto_autosave_benchmark_measures_both_ways_of_saving():
+    require_mosquitto()
+    rows = run_smoke("mosquitto_autosave.py")
+    assert {r["save"] for r in rows} == {"every change", "every 10 s"}
+    assert all(r["publishes_per_s"] > 0 for r in rows)
+
+
 def test_the_https_door_benchmark_measures_both_doors():
     require_wrk()
     rows = run_smoke("https_door.py")
