@@ -74,7 +74,8 @@ def create_asgi_app(
     PUBACK is left to the loop. Every other route runs in a pool of ``threads`` threads (history
     reads a database, ``/metrics`` every worker's files). A body still incomplete
     ``body_timeout`` seconds after its headers is answered 408. The broker link runs on the
-    server's event loop, from its start to its stop.
+    server's event loop, from its start to its stop. History answers, the large ones, are built
+    in a pool of their own, ``[bridge] history_threads`` wide.
     """
     app = create_app({**(test_config or {}), "START_PUBLISHER": False})
     publisher: Publisher = app.extensions["radio.publisher"]
@@ -86,4 +87,6 @@ def create_asgi_app(
         inline=("/publish",),
         on_startup=lambda: publisher.start(asyncio.get_running_loop()),
         on_shutdown=publisher.stop,
+        bulky=history.is_history_path,
+        bulky_threads=app.extensions["radio.registry"].settings.bridge.history_threads,
     )

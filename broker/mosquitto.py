@@ -216,7 +216,7 @@ def export(
         raise MosquittoError(msg) from None
     conf = render_conf(template, settings, registry, folder, listeners=listeners)
     _write(folder / "passwd", passwd_text(registry), 0o600)
-    _write(folder / "acl", acl_text(registry), 0o644)
+    _write(folder / "acl", acl_text(registry), 0o600)  # it names every key and its rights
     _write(folder / "mosquitto.conf", conf, 0o644)
     return folder / "mosquitto.conf"
 

@@ -8,6 +8,7 @@ every delivery, whether live, queued, resent after a reconnect, retained, or a w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,10 +23,11 @@ from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
-from radio.topics import network_of_topic
+from radio.topics import MISSED_TOPIC, network_of_topic
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate
+    from radio.broker.connection import Connection
     from radio.broker.store import Contents, Store
 
 log = logging.getLogger("radio.broker")
@@ -40,6 +42,8 @@ class Limits:
 
     keyed: SessionLimits
     anonymous: SessionLimits
+    service: SessionLimits | None = None
+    """The session of a key that reads every network (the history recorder's); None: ``keyed``."""
     max_filters: int = 100
     """Subscriptions one session may hold; more get SUBACK 0x80."""
     max_inflight: int = 100
@@ -91,8 +95,14 @@ class Router:
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
-        """Anonymous sessions get the tight limits; nobody pays for them."""
-        return self.limits.anonymous if key_name is None else self.limits.keyed
+        """Anonymous sessions get the tight limits (nobody pays for them), the recorder wide ones."""
+        if key_name is None:
+            return self.limits.anonymous
+        if self.limits.service is not None:
+            key = self.registry().keys.get(key_name)
+            if key is not None and key.read_all:
+                return self.limits.service
+        return self.limits.keyed
 
     def billed(self, session: Session) -> bool:
         """Whether what a session receives is counted: a key's, not anonymous or a service key's."""
@@ -130,6 +140,7 @@ class Router:
         for dropped in session.trim(session.limits):  # an absent client keeps only its own share
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
+            self._missed(session, dropped)
         self.save(session)
 
     def expire(self, now: float | None = None) -> int:
@@ -225,10 +236,13 @@ class Router:
         ):
             self._send(session, delivery)
             return
-        online = self.limits.keyed if connection is not None else None
+        # A connected anonymous client that is merely slow gets a keyed share; others their own.
+        slow_anonymous = connection is not None and session.limits is self.limits.anonymous
+        online = self.limits.keyed if slow_anonymous else None
         for dropped in session.enqueue(delivery, online):
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
+            self._missed(session, dropped)
         if connection is not None:
             if connection.congested():
                 connection.wait_for_drain()
@@ -238,10 +252,28 @@ class Router:
     def _send(self, session: Session, delivery: Delivery) -> None:
         connection = session.connection
         assert connection is not None  # noqa: S101 - callers check
+        if session.missed:
+            self._report_missed(session, connection)
         pid = delivery.pid = session.allocate_pid()
         session.inflight[pid] = delivery
         connection.write(delivery.message.packet(delivery.qos, pid))
         self.stats.deliveries += 1
+
+    def _missed(self, session: Session, delivery: Delivery) -> None:
+        if session.limits.report_missed:
+            network = network_of_topic(delivery.message.topic)
+            if network is not None:
+                session.missed[network] = session.missed.get(network, 0) + 1
+
+    def _report_missed(self, session: Session, connection: Connection) -> None:
+        """Before the next sample, say what the queue dropped (QoS 0; not stored).
+
+        The client learns of the hole where it is: between the samples it got before and the ones
+        it gets after.
+        """
+        payload = json.dumps({"networks": session.missed}, sort_keys=True).encode()
+        session.missed = {}
+        connection.write(Message(MISSED_TOPIC, payload, 0).packet(0))
 
     def _forget(self, session: Session, delivery: Delivery) -> None:
         if session.persistent and self.store is not None and delivery.message.row:

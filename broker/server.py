@@ -48,6 +48,12 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_max_queued_bytes,
             settings.anonymous_session_expiry,
         ),
+        service=SessionLimits(
+            settings.recorder_max_queued,
+            settings.recorder_max_queued_bytes,
+            settings.session_expiry,
+            report_missed=True,
+        ),
         max_filters=settings.max_filters,
         max_inflight=settings.max_inflight,
         max_incoming_qos2=settings.max_incoming_qos2,

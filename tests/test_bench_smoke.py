@@ -16,11 +16,15 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def test_the_http_door_benchmark_alternates_the_bridge_both_ways_and_both_flask_yardsticks():
+def require_wrk() -> None:
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is missing: .ci/run installs it", pytrace=False)
         pytest.skip("wrk is not installed (apt-get install wrk)")
+
+
+def test_the_http_door_benchmark_alternates_the_bridge_both_ways_and_both_flask_yardsticks():
+    require_wrk()
     result = subprocess.run(
         [sys.executable, str(BENCH / "http_door.py"), "--smoke"],
         capture_output=True,
@@ -137,10 +141,17 @@ def test_the_mosquitto_autosave_benchmark_measures_both_ways_of_saving():
 
 
 def test_the_https_door_benchmark_measures_both_doors():
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is missing: .ci/run installs it", pytrace=False)
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    require_wrk()
     rows = run_smoke("https_door.py")
     assert {r["door"] for r in rows} == {"http", "https"}
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rows)
+
+
+def test_the_history_readers_benchmark_reads_capped_pages_while_publishing():
+    require_wrk()
+    rows = run_smoke("history_readers.py")
+    assert rows
+    for row in rows:
+        assert row["history_answers"] > 0
+        assert row["publishes_with_readers"] > 0
+        assert row["largest_answer_mb"] <= 4.01  # the default cap, 4 MiB, and its envelope
