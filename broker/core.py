@@ -18,10 +18,10 @@ from typing import Any, Final
 from amqtt.contexts import Action
 
 from radio.broker import access, listeners, plugins
-from radio.broker.admission import Connecting
 from radio.broker.attributes import Session as PluginSession
 from radio.broker.connection import Connection, Link
 from radio.broker.logsummary import Summary
+from radio.broker.per_source import Connecting
 from radio.broker.router import Limits, Router
 from radio.broker.sessions import Session
 from radio.broker.store import Store
@@ -35,6 +35,8 @@ REFUSAL_LOG_EVERY: Final = 10.0
 """Connections refused over the limit are logged at most once per this many seconds, with a count."""
 EXPIRY_CHECK: Final = 60.0
 """Seconds between sweeps for expired offline sessions (sooner when an expiry is shorter)."""
+DELIVERIES_TICK: Final = 0.5
+"""Seconds between hand-overs of listening keys' delivery counts to the meter."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class RadioBroker:
         self._over_limit_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._tallies: asyncio.Task[None] | None = None
         self.meter: Meter | None = None
 
     # Plugins.
@@ -141,10 +144,11 @@ class RadioBroker:
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
+        self._tallies = asyncio.create_task(self._meter_deliveries(), name="radio-delivery-tallies")
 
     async def stop(self) -> None:
         """Close the listeners and every connection (persistent sessions stay in the store)."""
-        for task in (self._sweeper, self._expiry):
+        for task in (self._sweeper, self._expiry, self._tallies):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -154,6 +158,7 @@ class RadioBroker:
             connection.close(None)
         await self._close_servers()
         if self.meter is not None:
+            self.collect_deliveries()
             self.meter.close()
         self.log_summary.flush(everything=True)
         log.removeFilter(self.log_summary)
@@ -237,6 +242,21 @@ class RadioBroker:
             self.router.expire()
             if self.store is not None:
                 self.store.compact()  # what expired sessions and delivered samples held goes back
+
+    def collect_deliveries(self) -> None:
+        """Hand what listening keys received since the last call to the meter."""
+        meter = self.meter
+        for session, tally in self.router.collect_tallies():
+            name, key_id = session.key_name, session.key_id
+            if meter is None or name is None or key_id is None:
+                continue
+            for network, (samples, size) in tally.items():
+                meter.received(key_id, name, network, samples, size)
+
+    async def _meter_deliveries(self) -> None:
+        while True:
+            await asyncio.sleep(DELIVERIES_TICK)
+            self.collect_deliveries()
 
     async def _expire_keys(self) -> None:
         """Close the connections of keys whose expiry has come, as for a revocation."""

@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from radio.broker.admission import CONNECTING
+from radio.broker.per_source import CONNECTING
 from radio.config import Address
 
 if TYPE_CHECKING:
@@ -35,8 +35,8 @@ class BrokerCollector(Collector):
             "radio_broker_published": ("Samples accepted from publishers.", stats.published),
             "radio_broker_deliveries": ("Samples written to subscribers.", stats.deliveries),
             "radio_broker_refused_publishes": (
-                "Publishes refused for lack of rights.",
-                stats.refused_publish,
+                "Samples the admission gate dropped (rights, size, JSON, schema, quota, wills over a rate).",
+                router.gate.refused if router.gate is not None else 0,
             ),
         }
         for name, (text, value) in counters.items():
@@ -82,7 +82,7 @@ class BrokerCollector(Collector):
 
 
 def _limits(broker: RadioBroker) -> Iterator[Any]:
-    """What the per-source limits hold and refuse (broker/admission.py), retained caps, log summaries."""
+    """What the per-source limits hold and refuse (broker/per_source.py), retained caps, log summaries."""
     router = broker.router
     anonymous = router.anonymous
     refused = CounterMetricFamily(
@@ -154,7 +154,20 @@ def _usage(broker: RadioBroker) -> Iterator[Any]:
     )
     for (key, door, reason), count in list(meter.refused.items()):
         refusals.add_metric([key, door, reason], count)
-    yield from (samples, sizes, refusals)
+    received = CounterMetricFamily(
+        "radio_key_received_samples",
+        "Samples delivered to a key as a listener, per key and network.",
+        labels=["key", "network"],
+    )
+    received_bytes = CounterMetricFamily(
+        "radio_key_received_bytes",
+        "Payload bytes delivered to a key as a listener, per key and network.",
+        labels=["key", "network"],
+    )
+    for (key, network), (count, size) in list(meter.received_totals.items()):
+        received.add_metric([key, network], count)
+        received_bytes.add_metric([key, network], size)
+    yield from (samples, sizes, refusals, received, received_bytes)
 
 
 class MetricsServer:

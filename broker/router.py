@@ -8,6 +8,7 @@ every delivery, whether live, queued, resent after a reconnect, retained, or a w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,17 +18,18 @@ from typing import TYPE_CHECKING
 from amqtt.contexts import Action
 
 from radio.broker import attributes as attrs
-from radio.broker.admission import AnonymousCaps, AnonymousSessions
 from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
+from radio.broker.per_source import AnonymousCaps, AnonymousSessions
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
-from radio.topics import network_of_topic, network_topic
+from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate
+    from radio.broker.connection import Connection
     from radio.broker.store import Contents, Store, StoredSession
 
 log = logging.getLogger("radio.broker")
@@ -42,6 +44,8 @@ class Limits:
 
     keyed: SessionLimits
     anonymous: SessionLimits
+    service: SessionLimits | None = None
+    """The session of a key that reads every network (the history recorder's); None: ``keyed``."""
     max_filters: int = 100
     """Subscriptions one session may hold; more get SUBACK 0x80."""
     max_inflight: int = 100
@@ -64,7 +68,6 @@ class Stats:
     dropped_slow: int = 0
     dropped_queue_full: int = 0
     dropped_unreadable: int = 0
-    refused_publish: int = 0
     refused_retained: int = 0
     """Publishes refused because they would retain one topic more than their network's max_retained."""
     connections: int = 0
@@ -93,13 +96,27 @@ class Router:
         self.retained = RetainedIndex()
         self.stats = Stats()
         self._seq = 0
+        self.tallies: list[Session] = []
+        """Sessions whose tally has counts the meter has not collected yet."""
         self.gate: Gate | None = None
         """Rates, quotas and schemas (broker/access.py), set by the core."""
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
-        """Anonymous sessions get the tight limits; nobody pays for them."""
-        return self.limits.anonymous if key_name is None else self.limits.keyed
+        """Anonymous sessions get the tight limits (nobody pays for them), the recorder wide ones."""
+        if key_name is None:
+            return self.limits.anonymous
+        if self.limits.service is not None:
+            key = self.registry().keys.get(key_name)
+            if key is not None and key.read_all:
+                return self.limits.service
+        return self.limits.keyed
+
+    def billed(self, session: Session) -> bool:
+        """Whether what a session receives is counted: a key's, not anonymous or a service key's."""
+        name = session.key_name
+        key = self.registry().keys.get(name) if name is not None else None
+        return key is not None and not key.publish_all and not key.read_all
 
     def hold(self, session: Session) -> None:
         """Keep a session (opened, resumed or restored) under its key and client id."""
@@ -138,6 +155,7 @@ class Router:
         for dropped in session.trim(session.limits):  # an absent client keeps only its own share
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
+            self._missed(session, dropped)
         self.save(session)
 
     def expire(self, now: float | None = None) -> int:
@@ -164,7 +182,11 @@ class Router:
         return self._seq
 
     def publish(self, message: Message) -> None:
-        """Retain it if asked and allowed, and deliver it to every entitled subscriber."""
+        """Retain it if asked and allowed, and deliver it to every entitled subscriber.
+
+        A QoS 0 delivery is counted for its listening key when it is written to its connection; a
+        QoS 1 or 2 one when its client acknowledges it (``acknowledged``).
+        """
         if message.retain and not self._retain(message):
             return
         self.stats.published += 1
@@ -188,6 +210,8 @@ class Router:
                 else:
                     connection.write(message.packet(0))
                     stats.deliveries += 1
+                    if session.tally is not None:
+                        self.tallied(session, message)
 
     def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
         tables = self.index.match(topic)
@@ -255,10 +279,13 @@ class Router:
         ):
             self._send(session, delivery)
             return
-        online = self.limits.keyed if connection is not None else None
+        # A connected anonymous client that is merely slow gets a keyed share; others their own.
+        slow_anonymous = connection is not None and session.limits is self.limits.anonymous
+        online = self.limits.keyed if slow_anonymous else None
         for dropped in session.enqueue(delivery, online):
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
+            self._missed(session, dropped)
         if connection is not None:
             if connection.congested():
                 connection.wait_for_drain()
@@ -268,10 +295,28 @@ class Router:
     def _send(self, session: Session, delivery: Delivery) -> None:
         connection = session.connection
         assert connection is not None  # noqa: S101 - callers check
+        if session.missed:
+            self._report_missed(session, connection)
         pid = delivery.pid = session.allocate_pid()
         session.inflight[pid] = delivery
         connection.write(delivery.message.packet(delivery.qos, pid))
         self.stats.deliveries += 1
+
+    def _missed(self, session: Session, delivery: Delivery) -> None:
+        if session.limits.report_missed:
+            network = network_of_topic(delivery.message.topic)
+            if network is not None:
+                session.missed[network] = session.missed.get(network, 0) + 1
+
+    def _report_missed(self, session: Session, connection: Connection) -> None:
+        """Before the next sample, say what the queue dropped (QoS 0; not stored).
+
+        The client learns of the hole where it is: between the samples it got before and the ones
+        it gets after.
+        """
+        payload = json.dumps({"networks": session.missed}, sort_keys=True).encode()
+        session.missed = {}
+        connection.write(Message(MISSED_TOPIC, payload, 0).packet(0))
 
     def _forget(self, session: Session, delivery: Delivery) -> None:
         if session.persistent and self.store is not None and delivery.message.row:
@@ -299,6 +344,8 @@ class Router:
         """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""
         delivery = session.inflight.pop(pid, None)
         if delivery is not None:
+            if session.tally is not None:
+                self.tallied(session, delivery.message)
             self._forget(session, delivery)
             if session.queue:
                 self.pump(session)
@@ -364,7 +411,32 @@ class Router:
                     packets.append(message.packet(level, pid, retain=True))
                 else:
                     packets.append(message.packet(0, retain=True))
+                    if session.tally is not None:
+                        self.tallied(session, message)
         return packets
+
+    def tallied(self, session: Session, message: Message) -> None:
+        """Count one delivery to a listening key (its meter collects the tallies on a timer)."""
+        tally = session.tally
+        assert tally is not None  # noqa: S101 - callers check
+        if not tally:
+            self.tallies.append(session)
+        row = tally.get(message.network)
+        if row is None:
+            tally[message.network] = [1, len(message.payload)]
+        else:
+            row[0] += 1
+            row[1] += len(message.payload)
+
+    def collect_tallies(self) -> list[tuple[Session, dict[str, list[int]]]]:
+        """The deliveries counted since the last call, per session; the tallies start again."""
+        sessions, self.tallies = self.tallies, []
+        collected = []
+        for session in sessions:
+            if session.tally:
+                collected.append((session, session.tally))
+                session.tally = {}
+        return collected
 
     def unsubscribe(self, session: Session, filters: list[str]) -> None:
         """Drop filters the session holds (others are ignored, as MQTT asks)."""

@@ -20,10 +20,10 @@ from typing import Any, Final
 from amqtt.broker import Broker
 
 from radio.broker import attributes as attrs
-from radio.broker.admission import AnonymousCaps
 from radio.broker.codec import packet_limit
 from radio.broker.core import Listener, RadioBroker
 from radio.broker.metrics import serve_metrics
+from radio.broker.per_source import AnonymousCaps
 from radio.broker.router import Limits
 from radio.broker.sessions import SessionLimits
 from radio.broker.store import Store
@@ -48,6 +48,12 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_max_queued,
             settings.anonymous_max_queued_bytes,
             settings.anonymous_session_expiry,
+        ),
+        service=SessionLimits(
+            settings.recorder_max_queued,
+            settings.recorder_max_queued_bytes,
+            settings.session_expiry,
+            report_missed=True,
         ),
         max_filters=settings.max_filters,
         max_inflight=settings.max_inflight,

@@ -42,6 +42,9 @@ class SessionLimits:
     max_queued_bytes: int
     expiry: float
     """Seconds a persistent session is kept while its client is away."""
+    report_missed: bool = False
+    """Tell the client what its queue dropped, per network, before its next sample (the recorder's
+    session: it leaves that many numbers out, so the history shows the hole)."""
 
 
 class Delivery:
@@ -85,6 +88,7 @@ class Session:
         "incoming_qos2",
         "inflight",
         "limits",
+        "missed",
         "next_pid",
         "offline_since",
         "password",
@@ -93,6 +97,7 @@ class Session:
         "remote_address",
         "remote_port",
         "subscriptions",
+        "tally",
         "username",
         "warned_full",
         "will",
@@ -117,7 +122,12 @@ class Session:
         self.will: Will | None = None
         self.offline_since: float | None = None
         self.dropped = 0
+        self.missed: dict[str, int] = {}
+        """Samples dropped from the queue per network and not yet reported (``report_missed``)."""
         self.warned_full = False
+        self.tally: dict[str, list[int]] | None = None
+        """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
+        None for sessions nobody is billed for (anonymous, the platform's service keys)."""
 
     # What the plugins read of an amqtt session.
     @property

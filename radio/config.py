@@ -83,7 +83,7 @@ class NetworkSettings:
     """How many of its latest samples the recorder keeps, numbered (0: none kept, still numbered)."""
     max_retained: int = DEFAULT_MAX_RETAINED
     """Topics of the network with a retained sample; a publish that would retain one more is
-    refused (replacing or clearing one still works; the network's own topic always may). At the
+    refused (replacing one still works; so does the network's own topic, always). At the
     defaults its retained samples take at most 64 MiB (1,000 x 64 KiB) of memory and store."""
 
 
@@ -130,6 +130,11 @@ class BrokerSettings:
     """Like max_queued_bytes, for an anonymous session."""
     anonymous_session_expiry: float = 3_600.0
     """Like session_expiry, for an anonymous session."""
+    recorder_max_queued: int = 1_000_000
+    """Like max_queued, for the session of a key that reads every network (the history recorder's):
+    a burst it cannot number at once waits there rather than leaving a hole in the history."""
+    recorder_max_queued_bytes: int = 512 * 1024 * 1024
+    """Like max_queued_bytes, for the recorder's session."""
     max_filters: int = 100
     """Subscriptions one client may hold; more are refused (SUBACK 0x80)."""
     max_inflight: int = 100
@@ -178,6 +183,23 @@ class BridgeSettings:
     public_websocket_url: str | None = None
     """The MQTT-over-WebSocket URL browsers use (behind a proxy: wss://NAME/mqtt); None: derived
     from ``[broker] websocket``."""
+    admin: Address | None = None
+    """Where the admin API (``/admin/``) and ``/metrics`` are served on a listener of their own;
+    None: on ``listen``, behind an admin key."""
+    admin_enabled: bool = True
+    """False (``admin = false``): no admin API at all; ``/metrics`` stays on ``listen``, behind an
+    admin key."""
+    history_page_bytes: int = 4 * 1024 * 1024
+    """Bytes of samples one history answer holds at most (always one sample); the rest by ``after``."""
+    history_threads: int = 2
+    """History answers one worker builds at once; more wait their turn, holding no thread."""
+    idle_timeout: float = 10.0
+    """Seconds a connection may stay open without completing a request's line and headers, counted
+    from its opening or from its last answer: a socket that never asks is closed."""
+    keep_alive: float = 5.0
+    """Seconds a kept-alive connection may wait, idle, for its next request."""
+    max_idle_per_source: int = 64
+    """Connections from one address waiting for a request, per worker; past it, new ones are closed."""
 
 
 def _default_networks() -> dict[str, NetworkSettings]:
@@ -289,7 +311,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
         },
     )
     bridge = _table(data, "bridge")
-    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url"})
+    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url", "admin", *_BRIDGE_LIMITS})
     defaults = BrokerSettings()
     networks = _networks(data["networks"], config_path.parent) if "networks" in data else _default_networks()
     tls = _tls(data, config_path.parent)
@@ -345,10 +367,35 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
                 bridge, "body_timeout", BridgeSettings().body_timeout, 0.1, 3600.0, where="[bridge]"
             ),
             public_websocket_url=_websocket_url(bridge.get("public_websocket_url")),
+            admin=_admin(bridge),
+            admin_enabled=bridge.get("admin") is not False,
+            **{
+                name: type(getattr(BridgeSettings(), name))(
+                    _number(
+                        bridge,
+                        name,
+                        getattr(BridgeSettings(), name),
+                        low,
+                        high,
+                        whole=whole,
+                        where="[bridge]",
+                    )
+                )
+                for name, (low, high, whole) in _BRIDGE_LIMITS.items()
+            },
         ),
         networks=networks,
     )
 
+
+_BRIDGE_LIMITS: Final = {
+    "history_page_bytes": (65_536, 1 << 30, True),
+    "history_threads": (1, 256, True),
+    "idle_timeout": (0.1, 3600.0, False),
+    "keep_alive": (0.1, 3600.0, False),
+    "max_idle_per_source": (1, 1_000_000, True),
+}
+"""[bridge] limits: the lowest and highest value each takes, and whether it is a whole number."""
 
 _BROKER_LIMITS: Final = {
     "max_queued": (1, 100_000_000, True),
@@ -357,6 +404,8 @@ _BROKER_LIMITS: Final = {
     "anonymous_max_queued": (1, 100_000_000, True),
     "anonymous_max_queued_bytes": (1024, 1 << 40, True),
     "anonymous_session_expiry": (1, 10 * 365 * 86_400, False),
+    "recorder_max_queued": (1, 100_000_000, True),
+    "recorder_max_queued_bytes": (1024, 1 << 40, True),
     "max_filters": (1, 1_000_000, True),
     "max_inflight": (1, 65_535, True),
     "max_incoming_qos2": (1, 65_535, True),
@@ -481,6 +530,17 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
+
+
+def _admin(bridge: dict[str, Any]) -> Address | None:
+    """``[bridge] admin``: a listener of its own (HOST:PORT), or false for none; absent: on listen."""
+    value = bridge.get("admin")
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str):
+        msg = f"[bridge] admin must be HOST:PORT or false, not {_kind(value)} {value!r}"
+        raise TypeError(msg)
+    return _address(bridge, "admin", "[bridge]", BridgeSettings().listen)
 
 
 def _websocket_url(value: object) -> str | None:

@@ -14,7 +14,8 @@ from urllib.parse import quote
 import requests
 
 PAGE: Final = 1000
-"""The most samples one request returns (the bridge's maximum)."""
+"""The most samples one request asks for (the bridge's maximum); a page may hold fewer, cut at the
+bridge's byte cap: its ``more`` says whether the history goes on."""
 TIMEOUT: Final = 10.0
 
 
@@ -35,6 +36,8 @@ class HistoryPage:
     """The oldest number kept (None: nothing kept)."""
     last: int
     """The last number given (0: none yet)."""
+    more: bool | None = None
+    """The history holds samples after this page's last (None: a bridge that does not say)."""
 
 
 def fetch(
@@ -60,7 +63,7 @@ def fetch(
     if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("samples"), list):
         msg = f"{http} has no history of {network!r}: {error or response.status_code}"
         raise HistoryUnavailable(msg)
-    samples, first, last = body["samples"], body.get("first"), body.get("last", 0)
+    samples, first, last, more = body["samples"], body.get("first"), body.get("last", 0), body.get("more")
     well_formed = (
         all(
             isinstance(item, dict)
@@ -71,8 +74,9 @@ def fetch(
         )
         and (first is None or type(first) is int)
         and type(last) is int
+        and (more is None or type(more) is bool)
     )
     if not well_formed:
         msg = f"{http} answered something that is not a history of {network!r}"
         raise HistoryUnavailable(msg)
-    return HistoryPage(samples, first, last)
+    return HistoryPage(samples, first, last, more)

@@ -178,6 +178,8 @@ class Listener:
         self._held_lock = threading.Lock()
         self._live: set[str] = set()
         """Networks whose seam is crossed while others' samples are still held back."""
+        self._skipped: set[tuple[str, int]] = set()
+        """History samples skipped as not strict JSON: each is said once."""
         self._arrived = threading.Event()
         """Set when a live sample is held back: the replay looks for the seam again."""
         # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
@@ -457,7 +459,9 @@ class Listener:
                 return
 
     def _history_of(self, network: str, since: int, *, first: bool = True) -> Iterator[Sample]:
+        """The history after ``since``, page by page; a hole in the numbering is one notice."""
         after = since
+        expected = since + 1
         while True:
             page = history.fetch(self._http, network, self._secret, after=after)
             if first:
@@ -473,12 +477,25 @@ class Listener:
                         f"the history of {network} no longer reaches back to {since + 1}: "
                         f"samples {since + 1} to {kept_from - 1} are gone, replaying from {kept_from}"
                     )
+                    expected = kept_from
             for item in page.samples:
                 seq = int(item["seq"])
+                if seq > expected:
+                    self.notice(
+                        f"the history of {network} misses samples {expected} to {seq - 1}: the recorder "
+                        "never received them (its session overflowed, or it was away too long)"
+                    )
+                expected = seq + 1
+                after = seq
+                if "invalid" in item:
+                    if (network, seq) not in self._skipped:  # a later read may pass it again
+                        self._skipped.add((network, seq))
+                        self.notice(f"skipped sample {seq} of {network}: {item['invalid']}")
+                    continue
                 topic = str(item.get("topic") or network_topic(network))
                 yield Sample(network, topic, str(item["received_at"]), item["data"], seq)
-                after = seq
-            if len(page.samples) < history.PAGE or after >= page.last:
+            more = page.more if page.more is not None else len(page.samples) >= history.PAGE
+            if not page.samples or not more or after >= page.last:
                 return
 
     def _release(self, recent: dict[tuple[str, str], int], network: str | None) -> None:
