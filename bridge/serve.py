@@ -35,6 +35,8 @@ from uvicorn_worker import UvicornWorker
 
 from radio import logs
 from radio.config import Address, load_settings
+from radio.errors import RadioError
+from radio.ports import bind_failure
 from radio.tls import server_context
 
 log = logging.getLogger("radio.bridge")
@@ -231,7 +233,11 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type 
 def bind(listen: Address) -> socket.socket:
     """The bridge's listening socket (IPv4 or IPv6 by the host given)."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    try:
+        sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    except OSError as exc:  # one line naming the address, as for the broker's listeners
+        msg = bind_failure("bridge", listen, "HTTP", exc)
+        raise RadioError(msg) from None
     sock.set_inheritable(True)
     return sock
 

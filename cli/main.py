@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
-from radio import __version__
+from radio import __version__, ports, statelock
 from radio.cli import options
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
@@ -545,8 +545,13 @@ def _store(args: argparse.Namespace) -> KeyStore:
 def _broker(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.broker.run import run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
+    from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
+    settings = _settings(args)
+    statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
+    listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
+    ports.check_free("broker", broker_listeners(settings, **listeners))
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     tls = {"mqtts": args.mqtts, "wss": args.wss}
@@ -632,6 +637,9 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 def _bridge(args: argparse.Namespace) -> int:
     from radio.bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
+    settings = _settings(args)
+    statelock.hold(settings.state_dir, "bridge")  # before bridge.key or usage.db is touched
+    ports.check_free("bridge", {"HTTP": args.listen or settings.bridge.listen})
     run(
         getattr(args, "config", None),
         getattr(args, "keys", None),
@@ -649,6 +657,7 @@ def _recorder(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.recorder.run import run  # noqa: PLC0415 - loads paho only for this command
 
+    statelock.hold(_settings(args).state_dir, "recorder")  # before history.db or recorder.key is touched
     logs.setup()
     run(getattr(args, "config", None), getattr(args, "keys", None), broker=args.broker)
     return 0

@@ -259,3 +259,117 @@ def test_the_banner_shows_wildcard_binds_as_addresses_to_paste():
     assert reachable("ws://0.0.0.0:8080/mqtt") == "ws://127.0.0.1:8080/mqtt"
     assert reachable("http://[::]:5000") == "http://[::1]:5000"
     assert reachable("http://10.1.2.3:5000") == "http://10.1.2.3:5000"
+
+
+def radio_in(folder: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A `radio` command run in a folder, as a user types it there; it is expected to end by itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
+    return subprocess.run(
+        [sys.executable, "-m", "radio", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def state_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """The files of a state folder Radio itself does not write while running, by inode and mtime."""
+    quiet = ("radio.toml", "keys.toml", "demo.key", "bridge.key", "recorder.key")
+    return {name: ((p := folder / name).stat().st_ino, p.stat().st_mtime_ns) for name in quiet}
+
+
+@pytest.mark.slow
+def test_one_platform_per_state_folder_a_second_start_refuses_naming_the_first(tmp_path):
+    up = start_up(tmp_path)
+    try:
+        before = state_of(tmp_path)
+        files = sorted(p.name for p in tmp_path.iterdir())
+        pids = {c.name(): c.pid for c in up.children}
+        assert pids
+        for args, holder in (
+            (["up", *ANY_PORTS], up.process.pid),
+            (["broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"], None),
+            (["bridge", "--listen", "127.0.0.1:0"], None),
+            (["recorder"], None),
+        ):
+            second = radio_in(tmp_path, *args)
+            assert second.returncode == 2, second.stderr
+            assert second.stdout == ""
+            lines = second.stderr.splitlines()
+            assert len(lines) == 1, second.stderr
+            part = "up" if args[0] == "up" else args[0]
+            match = re.fullmatch(
+                rf"radio: radio {part} \(pid (\d+)\) already runs on the state folder .+", lines[0]
+            )
+            assert match is not None, lines[0]
+            pid = int(match[1])
+            if holder is not None:
+                assert pid == holder
+            else:  # the part radio up started, still running
+                assert psutil.Process(pid).parent().pid == up.process.pid
+        assert state_of(tmp_path) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
+        assert up.process.poll() is None  # the first platform runs on, undisturbed
+    finally:
+        up.process.send_signal(signal.SIGINT)
+        up.process.communicate(timeout=60)
+
+
+def test_a_state_folder_is_free_again_once_its_platform_is_killed(tmp_path):
+    """The lock is the kernel's: a `kill -9` leaves no stale lock behind to refuse the next start."""
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
+    for _ in range(2):
+        broker = subprocess.Popen(
+            [sys.executable, "-m", "radio", "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert broker.stdout is not None
+        banner = ""
+        for line in broker.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        assert "Radio broker running" in banner, broker.stderr.read() if broker.stderr else ""
+        broker.kill()
+        broker.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["up", "broker", "bridge"])
+def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path, command):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = {
+            "up": ["up", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", busy],
+            "broker": ["broker", "--mqtt", "127.0.0.1:0", "--ws", busy],
+            "bridge": ["bridge", "--listen", busy],
+        }[command]
+        result = radio_in(tmp_path, *args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert busy in lines[0]
+    assert "address already in use" in lines[0]
+    assert not (tmp_path / "broker.db").exists()  # refused before anything started
+
+
+def test_the_broker_metrics_address_busy_is_named(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        (tmp_path / "radio.toml").write_text(f'[broker]\nmetrics = "{busy}"\n')
+        result = radio_in(tmp_path, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0")
+    assert result.returncode == 2
+    expected = (
+        f"radio: cannot start the broker on {busy} (the broker's metrics): address already in use "
+        "(another program listens there: stop it, or choose another port)"
+    )
+    assert result.stderr.splitlines() == [expected]
