@@ -329,7 +329,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
         "--http",
         metavar="URL",
         type=_http_url,
-        help="the bridge, for --since (default: the configuration's, http://127.0.0.1:5000)",
+        help="the bridge, for --since (default: the configuration's [bridge] listen; https:// with [tls])",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     _add_ca(listen)
@@ -498,13 +498,18 @@ def _sequence_number(text: str) -> int:
 
 def _http_url(text: str) -> str:
     if not options.is_http(text):
-        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT"
+        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT (https:// with TLS)"
         raise argparse.ArgumentTypeError(msg)
     return options.client_url(text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+
+
+def _bridge_url(settings: Settings) -> str:
+    """Where a client on this machine reaches the bridge: HTTPS when the configuration has [tls]."""
+    return f"{'https' if settings.tls is not None else 'http'}://{settings.bridge.listen.local()}"
 
 
 def _broker_urls(text: str) -> list[Address]:
@@ -691,7 +696,7 @@ def _listen(args: argparse.Namespace) -> int:
             raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
     url = args.url or settings.broker.local_ws_url()
-    http = args.http or f"http://{settings.bridge.listen.local()}"
+    http = args.http or _bridge_url(settings)
     return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
 
 
@@ -713,7 +718,7 @@ def _traffic(args: argparse.Namespace) -> int:
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
-    default = f"http://{settings.bridge.listen.local()}" if via == "http" else settings.broker.local_url()
+    default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
     assert secret is not None  # noqa: S101 - required=True
     traffic(
         network=args.network,

@@ -374,6 +374,8 @@ def _print_banner(
     listen_url = urls.get("wss") or urls.get("ws") or urls.get("mqtts") or urls["mqtt"]
     trust = f" --ca {shlex.quote(str(ca))}" if ca is not None else ""
     tls_url = listen_url.startswith(("wss", "mqtts"))
+    https = ca is not None and http_url.startswith("https")
+    curl_trust = f" --cacert {shlex.quote(str(ca))}" if https else ""
     sub_url = urls.get("mqtts") or urls.get("mqtt") or ""
     sub_host, _, sub_port = sub_url.split("://", 1)[-1].rpartition(":")
     sub_tls = (
@@ -396,7 +398,7 @@ def _print_banner(
         "Try, in another terminal:\n"
         f"  radio listen {network} --url {listen_url}{trust if tls_url else ''}\n"
         f"  printf 'API-KEY: %s\\n' \"$(cat {shlex.quote(str(settings.state_dir / 'demo.key'))})\" "
-        f"| curl -H @- {http_url}/publish -d {sample}\n"
+        f"| curl -sS{curl_trust} -H @- {http_url}/publish -d {sample}\n"
         + (
             f"  mosquitto_sub -h {sub_host} -p {sub_port}{sub_tls} -t 'networks/{network}/#' -v\n"
             if sub_url

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
 from radio.stopping import Stop
-from radio.tls import TlsError, client_context, verify_failure
+from radio.tls import TlsError, certificate_refusal, client_context, trust, verify_failure
 from radio.urls import BrokerURL
 
 log = logging.getLogger("radio.device")
@@ -191,9 +190,7 @@ class HttpLink:
         self.dropped = 0
         self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer)
         self._session = requests.Session()
-        if ca is not None:
-            client_context(ca)  # a CA file that is missing or not PEM: one line now, not at the first POST
-            self._session.verify = str(ca)
+        self._verify = trust(ca)
         self._session.headers.update({"content-type": "application/json", "API-KEY": secret})
         self._timeout = timeout
 
@@ -207,10 +204,13 @@ class HttpLink:
             network, data = self._pending[0]
             try:
                 response = self._session.post(
-                    self.url, data=json.dumps({"network": network, "data": data}), timeout=self._timeout
+                    self.url,
+                    data=json.dumps({"network": network, "data": data}),
+                    timeout=self._timeout,
+                    verify=self._verify,
                 )
             except requests.exceptions.SSLError as exc:
-                refusal = _refusal(exc, self.url)
+                refusal = certificate_refusal(exc, self.url)
                 if refusal is not None:
                     raise TlsError(refusal) from None
                 log.warning("the TLS handshake with the bridge failed; %d samples kept", len(self._pending))
@@ -229,18 +229,6 @@ class HttpLink:
             if response.status_code != 200:
                 log.error("sample refused, %d: %s", response.status_code, response.text.strip())
         return True
-
-
-def _refusal(error: BaseException, where: str, depth: int = 0) -> str | None:
-    """The certificate refusal somewhere inside the errors requests and urllib3 wrap around it."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return verify_failure(error, where)
-    reason = getattr(error, "reason", None)
-    inner = [error.__cause__, error.__context__, reason, *error.args]
-    for cause in inner:
-        if isinstance(cause, BaseException) and depth < 8 and (found := _refusal(cause, where, depth + 1)):
-            return found
-    return None
 
 
 def sleep_until(deadline: float, stop: Stop) -> bool:

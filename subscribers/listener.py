@@ -173,6 +173,7 @@ class Listener:
         self._secret = secret
         self._since = since
         self._http = http
+        self._ca = ca
         self._held: list[Sample] | None = [] if since is not None else None
         """Live samples held back while the history is replayed; None once it is done."""
         self._held_lock = threading.Lock()
@@ -361,7 +362,7 @@ class Listener:
         heads: dict[str, int] = {}
         try:
             for network in self.networks:
-                heads[network] = history.fetch(self._http, network, self._secret, limit=1).last
+                heads[network] = history.fetch(self._http, network, self._secret, limit=1, ca=self._ca).last
         except history.HistoryRefused as exc:
             self._fail(Refused(str(exc)))
             return
@@ -459,7 +460,7 @@ class Listener:
     def _history_of(self, network: str, since: int, *, first: bool = True) -> Iterator[Sample]:
         after = since
         while True:
-            page = history.fetch(self._http, network, self._secret, after=after)
+            page = history.fetch(self._http, network, self._secret, after=after, ca=self._ca)
             if first:
                 first = False
                 kept_from = page.first if page.first is not None else page.last + 1

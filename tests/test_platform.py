@@ -130,7 +130,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         ws_url = up.value(r"radio listen sample_net --url (\S+)")
         http_url = up.value(r"HTTP publish:\s+(\S+)")
         key = up.value(r"demo publisher key:\s+(\S+)")
-        assert f'"$(cat {tmp_path / "demo.key"})" | curl -H @- http' in up.banner
+        assert f'"$(cat {tmp_path / "demo.key"})" | curl -sS -H @- http' in up.banner
         assert key not in up.banner.split("Try, in another terminal:")[1]  # no secret in a command
         assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", up.banner)
         assert f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults)" in up.banner
