@@ -49,6 +49,17 @@ class Up:
         ]
 
 
+def read_banner(process: subprocess.Popen[str]) -> str:
+    """What a server prints up to its "Ctrl-C" line (all it printed, if it ends before)."""
+    banner = ""
+    assert process.stdout is not None
+    for line in process.stdout:
+        banner += line
+        if "Ctrl-C" in line:
+            break
+    return banner
+
+
 def start_up(folder: Path, engine: str = "embedded") -> Up:
     """`radio up` on free ports, in its own session (as a terminal would start it)."""
     if engine == "mosquitto":
@@ -64,12 +75,7 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
         start_new_session=True,
     )
     try:
-        banner = ""
-        assert process.stdout is not None
-        for line in process.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(process)
         assert "Radio is up." in banner, banner + (process.stderr.read() if process.stderr else "")
         up = Up(process, banner, [])
         health = up.value(r"HTTP publish:\s+(\S+)/publish") + "/healthz"
@@ -329,12 +335,7 @@ def test_a_state_folder_is_free_again_once_its_platform_is_killed(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert broker.stdout is not None
-        banner = ""
-        for line in broker.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(broker)
         assert "Radio broker running" in banner, broker.stderr.read() if broker.stderr else ""
         broker.kill()
         broker.communicate(timeout=30)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_platform import start_up
+from test_platform import read_banner, start_up
 
 from radio.cli import up as up_module
 
@@ -100,12 +100,7 @@ def test_the_quick_start_works_as_written_on_an_externally_managed_python(tmp_pa
         start_new_session=True,
     )
     try:
-        banner = ""
-        assert process.stdout is not None
-        for line in process.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(process)
     finally:
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=120)

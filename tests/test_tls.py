@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mqtt_client import NOT_AUTHORIZED, Client
+from test_platform import read_banner
 
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
@@ -520,12 +521,7 @@ def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path
     )
     listen = None
     try:
-        banner = ""
-        assert up.stdout is not None
-        for line in up.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(up)
         assert re.search(r"MQTT over TLS:\s+mqtts://127\.0\.0\.1:\d+\n", banner), banner
         assert re.search(r"WebSocket over TLS:\s+wss://127\.0\.0\.1:\d+/mqtt\n", banner), banner
         assert "MQTT over TCP" not in banner  # turned off in the configuration: not advertised
@@ -715,12 +711,7 @@ def test_ca_wins_over_the_ca_bundle_variables_for_every_https_client(tmp_path, c
     )
     others: list[subprocess.Popen[str]] = []
     try:
-        banner = ""
-        assert up.stdout is not None
-        for line in up.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(up)
         https = re.search(r"HTTP publish:\s+(https://127\.0\.0\.1:(\d+))/publish", banner)
         assert https is not None, banner
         # Commands run in the folder find the bridge where it listens.
