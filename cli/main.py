@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from radio import __version__, ports, statelock
-from radio.cli import options
+from radio.cli import options, preflight
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
@@ -688,13 +688,8 @@ def _listen(args: argparse.Namespace) -> int:
     from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = _settings(args)
-    if settings.path.exists():  # the configuration is at hand: a network it lacks cannot be read
-        unknown = [n for n in args.networks if n not in settings.networks]
-        if unknown:
-            known = ", ".join(sorted(settings.networks)) or "none"
-            msg = f"no network {unknown[0]!r} in {settings.path} (its networks: {known})"
-            raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
+    preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
     url = args.url or settings.broker.local_ws_url()
     http = args.http or _bridge_url(settings)
     return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
@@ -713,13 +708,14 @@ def _traffic(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     secret = options.read_secret(args.key_file, required=True)
+    assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
     via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
     if args.url and (via == "http") != options.is_http(args.url):
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
     default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
-    assert secret is not None  # noqa: S101 - required=True
     traffic(
         network=args.network,
         secret=secret,
@@ -738,9 +734,11 @@ def _traffic(args: argparse.Namespace) -> int:
 def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
-    url = args.url or _settings(args).broker.local_url()
+    settings = _settings(args)
+    url = args.url or settings.broker.local_url()
     secret = options.read_secret(args.key_file, required=True)
     assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
     sensor_agents(
         network=args.network,
         secret=secret,
