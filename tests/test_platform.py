@@ -374,3 +374,57 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
         "(another program listens there: stop it, or choose another port)"
     )
     assert result.stderr.splitlines() == [expected]
+
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+"""How the platform writes an instant, in history lines and live lines alike."""
+
+
+def listen_lines(folder: Path, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[dict]]:
+    """`radio listen ARGS` in a folder, and the JSON lines it prints as they come."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radio", "listen", *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[dict] = queue.Queue()
+    stdout = process.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: [lines.put(json.loads(x)) for x in stdout], daemon=True).start()
+    return process, lines
+
+
+@pytest.mark.slow
+def test_live_lines_carry_their_seq_and_a_listener_resumes_from_the_last_it_printed(tmp_path):
+    up = start_up(tmp_path)
+    listeners: list[subprocess.Popen[str]] = []
+    try:
+        _, ws, http = up.ports
+        config = tmp_path / "radio.toml"  # commands run in the folder find the bridge where it runs
+        config.write_text(config.read_text().replace("127.0.0.1:5000", f"127.0.0.1:{http}"))
+        live, lines = listen_lines(tmp_path, "sample_net", "--url", f"ws://127.0.0.1:{ws}/mqtt")
+        listeners.append(live)
+        printed = [lines.get(timeout=30) for _ in range(4)]  # the retained sample, then live ones
+        assert all(re.fullmatch(STAMP, line["received_at"]) for line in printed), printed
+        seqs = [line["seq"] for line in printed]
+        assert seqs == list(range(seqs[0], seqs[0] + 4)), seqs  # the simulator's samples, one by one
+        live.send_signal(signal.SIGINT)
+        live.communicate(timeout=20)
+
+        resumed, again = listen_lines(
+            tmp_path, "sample_net", "--url", f"ws://127.0.0.1:{ws}/mqtt", "--since", str(seqs[-1])
+        )
+        listeners.append(resumed)
+        following = [again.get(timeout=30) for _ in range(3)]
+        assert [line["seq"] for line in following] == [seqs[-1] + 1, seqs[-1] + 2, seqs[-1] + 3]
+        assert all(re.fullmatch(STAMP, line["received_at"]) for line in following)
+        assert {tuple(line) for line in printed + following} == {tuple(printed[0])}  # one format
+    finally:
+        for process in listeners:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.communicate(timeout=20)
+        up.process.send_signal(signal.SIGINT)
+        up.process.communicate(timeout=60)

@@ -66,7 +66,12 @@ def test_the_quick_start_works_as_written_on_an_externally_managed_python(tmp_pa
         pytest.skip("no externally managed Python 3.11+ on this machine (Debian's /usr/bin/python3)")
     clone = tmp_path / "radio"
     tracked = (
-        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
         .stdout.decode()
         .split("\0")
     )
