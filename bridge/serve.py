@@ -36,7 +36,6 @@ from uvicorn_worker import UvicornWorker
 from radio import logs
 from radio.config import Address, load_settings
 from radio.errors import RadioError
-from radio.ports import bind_failure
 from radio.tls import server_context
 
 log = logging.getLogger("radio.bridge")
@@ -231,15 +230,20 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type 
 
 
 def bind(listen: Address) -> socket.socket:
-    """The bridge's listening socket (IPv4 or IPv6 by the host given)."""
+    """The bridge's listening socket (IPv4 or IPv6 by the host given); one line if it cannot be."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     try:
         sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
-    except OSError as exc:  # one line naming the address, as for the broker's listeners
-        msg = bind_failure("bridge", listen, "HTTP", exc)
+    except OSError as exc:
+        msg = f"the bridge cannot listen on {listen}: {os.strerror(exc.errno) if exc.errno else exc}"
         raise RadioError(msg) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _base_url(sock: socket.socket, *, https: bool) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def run(
@@ -268,17 +272,22 @@ def run(
         server_context(settings.tls)
         https = {"certfile": str(settings.tls.cert), "keyfile": str(settings.tls.key)}
     sock = bind(listen)
+    admin = bind(settings.bridge.admin) if settings.bridge.admin is not None else None
+    admin_listen = None if admin is None else admin.getsockname()[:2]  # how requests there are told apart
     # From the moment "Press Ctrl-C" is printed, a Ctrl-C must stop the bridge: kept until the
     # arbiter's own handlers are in place, rather than a KeyboardInterrupt somewhere in its start.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _keep_early_signal)
-    host, port = sock.getsockname()[:2]
-    base = f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+    base = _base_url(sock, https=bool(https))
+    admin_base = base if admin is None else _base_url(admin, https=bool(https))
+    admin_lines = f"  GET  {admin_base}/metrics{'   (admin key)' if admin is None else ''}\n" + (
+        f"  admin API: {admin_base}/admin/   (admin key)\n" if settings.bridge.admin_enabled else ""
+    )
     print(
         "Radio bridge running\n"
         f'  POST {base}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
         f"  GET  {base}/healthz\n"
-        f"  GET  {base}/metrics\n"
+        f"{admin_lines}"
         f"  broker: {', '.join(f'mqtt://{b}' for b in broker or [settings.broker.mqtt])}, "
         f"{workers} workers of {threads} threads\n"
         "Press Ctrl-C to stop.",
@@ -295,6 +304,7 @@ def run(
                 "RADIO_KEYS": keys,
                 "BROKER": broker,
                 "PUBACK_TIMEOUT": timeout,
+                "ADMIN_LISTEN": admin_listen,
             },
             body_timeout=body_timeout,
             threads=threads,
@@ -309,7 +319,7 @@ def run(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
     options = {
-        "bind": [f"fd://{sock.fileno()}"],
+        "bind": [f"fd://{s.fileno()}" for s in (sock, admin) if s is not None],
         "workers": workers,
         "worker_class": "radio.bridge.serve.BridgeWorker",
         # A worker's event loop answers the arbiter's heartbeat whatever its clients do.

@@ -33,6 +33,8 @@ REFUSAL_LOG_EVERY: Final = 10.0
 """Connections refused over the limit are logged at most once per this many seconds, with a count."""
 EXPIRY_CHECK: Final = 60.0
 """Seconds between sweeps for expired offline sessions (sooner when an expiry is shorter)."""
+DELIVERIES_TICK: Final = 0.5
+"""Seconds between hand-overs of listening keys' delivery counts to the meter."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class RadioBroker:
         self._over_limit_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._tallies: asyncio.Task[None] | None = None
         self.meter: Meter | None = None
 
     # Plugins.
@@ -132,10 +135,11 @@ class RadioBroker:
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
+        self._tallies = asyncio.create_task(self._meter_deliveries(), name="radio-delivery-tallies")
 
     async def stop(self) -> None:
         """Close the listeners and every connection (persistent sessions stay in the store)."""
-        for task in (self._sweeper, self._expiry):
+        for task in (self._sweeper, self._expiry, self._tallies):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -145,6 +149,7 @@ class RadioBroker:
             connection.close(None)
         await self._close_servers()
         if self.meter is not None:
+            self.collect_deliveries()
             self.meter.close()
 
     async def _close_servers(self) -> None:
@@ -209,6 +214,21 @@ class RadioBroker:
         while True:
             await asyncio.sleep(max(interval, 0.05))
             self.router.expire()
+
+    def collect_deliveries(self) -> None:
+        """Hand what listening keys received since the last call to the meter."""
+        meter = self.meter
+        for session, tally in self.router.collect_tallies():
+            name, key_id = session.key_name, session.key_id
+            if meter is None or name is None or key_id is None:
+                continue
+            for network, (samples, size) in tally.items():
+                meter.received(key_id, name, network, samples, size)
+
+    async def _meter_deliveries(self) -> None:
+        while True:
+            await asyncio.sleep(DELIVERIES_TICK)
+            self.collect_deliveries()
 
     async def _expire_keys(self) -> None:
         """Close the connections of keys whose expiry has come, as for a revocation."""

@@ -34,8 +34,8 @@ class BrokerCollector(Collector):
             "radio_broker_published": ("Samples accepted from publishers.", stats.published),
             "radio_broker_deliveries": ("Samples written to subscribers.", stats.deliveries),
             "radio_broker_refused_publishes": (
-                "Publishes refused for lack of rights.",
-                stats.refused_publish,
+                "Samples the admission gate dropped (rights, size, JSON, schema, quota, wills over a rate).",
+                router.gate.refused if router.gate is not None else 0,
             ),
         }
         for name, (text, value) in counters.items():
@@ -100,7 +100,20 @@ def _usage(broker: RadioBroker) -> Iterator[Any]:
     )
     for (key, door, reason), count in list(meter.refused.items()):
         refusals.add_metric([key, door, reason], count)
-    yield from (samples, sizes, refusals)
+    received = CounterMetricFamily(
+        "radio_key_received_samples",
+        "Samples delivered to a key as a listener, per key and network.",
+        labels=["key", "network"],
+    )
+    received_bytes = CounterMetricFamily(
+        "radio_key_received_bytes",
+        "Payload bytes delivered to a key as a listener, per key and network.",
+        labels=["key", "network"],
+    )
+    for (key, network), (count, size) in list(meter.received_totals.items()):
+        received.add_metric([key, network], count)
+        received_bytes.add_metric([key, network], size)
+    yield from (samples, sizes, refusals, received, received_bytes)
 
 
 class MetricsServer:

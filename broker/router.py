@@ -60,7 +60,6 @@ class Stats:
     dropped_slow: int = 0
     dropped_queue_full: int = 0
     dropped_unreadable: int = 0
-    refused_publish: int = 0
     connections: int = 0
 
 
@@ -85,6 +84,8 @@ class Router:
         self.retained: dict[str, Message] = {}
         self.stats = Stats()
         self._seq = 0
+        self.tallies: list[Session] = []
+        """Sessions whose tally has counts the meter has not collected yet."""
         self.gate: Gate | None = None
         """Rates, quotas and schemas (broker/access.py), set by the core."""
 
@@ -92,6 +93,12 @@ class Router:
     def limits_for(self, key_name: str | None) -> SessionLimits:
         """Anonymous sessions get the tight limits; nobody pays for them."""
         return self.limits.anonymous if key_name is None else self.limits.keyed
+
+    def billed(self, session: Session) -> bool:
+        """Whether what a session receives is counted: a key's, not anonymous or a service key's."""
+        name = session.key_name
+        key = self.registry().keys.get(name) if name is not None else None
+        return key is not None and not key.publish_all and not key.read_all
 
     def discard(self, session: Session) -> None:
         """Forget a session: its subscriptions, its queue, and its copy in the store."""
@@ -149,7 +156,11 @@ class Router:
         return self._seq
 
     def publish(self, message: Message) -> None:
-        """Retain it if asked and allowed, and deliver it to every entitled subscriber."""
+        """Retain it if asked and allowed, and deliver it to every entitled subscriber.
+
+        A QoS 0 delivery is counted for its listening key when it is written to its connection; a
+        QoS 1 or 2 one when its client acknowledges it (``acknowledged``).
+        """
         self.stats.published += 1
         if message.retain:
             self._retain(message)
@@ -173,6 +184,8 @@ class Router:
                 else:
                     connection.write(message.packet(0))
                     stats.deliveries += 1
+                    if session.tally is not None:
+                        self.tallied(session, message)
 
     def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
         tables = self.index.match(topic)
@@ -256,6 +269,8 @@ class Router:
         """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""
         delivery = session.inflight.pop(pid, None)
         if delivery is not None:
+            if session.tally is not None:
+                self.tallied(session, delivery.message)
             self._forget(session, delivery)
             if session.queue:
                 self.pump(session)
@@ -323,7 +338,32 @@ class Router:
                     packets.append(message.packet(level, pid, retain=True))
                 else:
                     packets.append(message.packet(0, retain=True))
+                    if session.tally is not None:
+                        self.tallied(session, message)
         return packets
+
+    def tallied(self, session: Session, message: Message) -> None:
+        """Count one delivery to a listening key (its meter collects the tallies on a timer)."""
+        tally = session.tally
+        assert tally is not None  # noqa: S101 - callers check
+        if not tally:
+            self.tallies.append(session)
+        row = tally.get(message.network)
+        if row is None:
+            tally[message.network] = [1, len(message.payload)]
+        else:
+            row[0] += 1
+            row[1] += len(message.payload)
+
+    def collect_tallies(self) -> list[tuple[Session, dict[str, list[int]]]]:
+        """The deliveries counted since the last call, per session; the tallies start again."""
+        sessions, self.tallies = self.tallies, []
+        collected = []
+        for session in sessions:
+            if session.tally:
+                collected.append((session, session.tally))
+                session.tally = {}
+        return collected
 
     def unsubscribe(self, session: Session, filters: list[str]) -> None:
         """Drop filters the session holds (others are ignored, as MQTT asks)."""

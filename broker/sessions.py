@@ -84,6 +84,7 @@ class Session:
         "remote_address",
         "remote_port",
         "subscriptions",
+        "tally",
         "username",
         "warned_full",
         "will",
@@ -109,6 +110,9 @@ class Session:
         self.offline_since: float | None = None
         self.dropped = 0
         self.warned_full = False
+        self.tally: dict[str, list[int]] | None = None
+        """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
+        None for sessions nobody is billed for (anonymous, the platform's service keys)."""
 
     # What the plugins read of an amqtt session.
     @property

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import IO, Final
 
 from radio import ports, statelock
+from radio.bridge.identity import bridge_credentials
 from radio.cli.options import SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
 from radio.keys import KeyStore, read_keys
+from radio.recorder.identity import recorder_credentials
 from radio.stopping import Stop
 
 DEMO_KEY: Final = "demo"
@@ -84,6 +86,17 @@ def demo_key(settings: Settings, network: str) -> str:
     return secret
 
 
+def service_keys_first(settings: Settings) -> None:
+    """Make the bridge's and the recorder's keys before the broker starts.
+
+    An engine that reads its rights from exported files (Mosquitto, NATS) then knows them from its
+    first export: the recorder and the bridge are never refused ("not authorized") while it
+    catches up with a key made a moment after it started.
+    """
+    bridge_credentials(settings)
+    recorder_credentials(settings)
+
+
 class Child:
     """One part of the platform in its own process group; its banner is read for the ports it bound."""
 
@@ -106,7 +119,8 @@ class Child:
         assert stdout is not None  # noqa: S101 - always piped
         urls: dict[str, str] = {}
         for line in stdout:
-            if match := re.search(r"\b((mqtts?|wss?)://\S+)", line):
+            # The first URL of each scheme: the lines that follow a cluster's name its other nodes.
+            if (match := re.search(r"\b((mqtts?|wss?)://\S+)", line)) and match[2] not in urls:
                 urls[match[2]] = match[1]
             for port in re.findall(r"\bmqtt://\S+:(\d+)\b", line):
                 if port not in self.mqtt_ports:
@@ -217,8 +231,9 @@ def up(
     common = ["--config", path, *(["--keys", keys] if keys else [])]
     listeners, plain = _broker_options(settings, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
     http = http or settings.bridge.listen
-    ports.check_free("bridge", {"HTTP": http})
+    ports.check_free("bridge", [http, *([settings.bridge.admin] if settings.bridge.admin else [])])
     secret = demo_key(settings, network)
+    service_keys_first(settings)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
@@ -285,7 +300,7 @@ def _broker_options(
     mqtt, ws = mqtt or settings.broker.mqtt, ws or settings.broker.websocket
     tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
     given = {"mqtt": mqtt if plain["mqtt"] else None, "websocket": ws if plain["ws"] else None, **tls}
-    ports.check_free("broker", broker_listeners(settings, **given))
+    ports.check_free("broker", broker_listeners(settings, **given).values())
     listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
     listeners += ["--ws", str(ws)] if plain["ws"] else []
     listeners += [arg for name, address in tls.items() if address for arg in (f"--{name}", str(address))]
@@ -333,13 +348,18 @@ def _supervise(children: list[Child], stop: Stop) -> int:
 
 
 def _stop_all(children: list[Child]) -> None:
-    """Every child at once, then wait for each, so the slowest sets the pace, not their sum."""
+    """The broker's clients first, all at once, then the broker: none of them sees it go away.
+
+    Stopped together, the bridge and the recorder would lose the broker while stopping and say
+    so as a warning, on every clean stop. Within each step the slowest sets the pace.
+    """
     print("Stopping...", file=sys.stderr, flush=True)
-    for child in reversed(children):
-        child.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT
-    for child in reversed(children):
-        child.finish(deadline)
+    for step in (children[1:], children[:1]):  # the broker is started first
+        for child in reversed(step):
+            child.terminate()
+        for child in reversed(step):
+            child.finish(deadline)
 
 
 class _Interrupted(KeyboardInterrupt):

@@ -159,6 +159,12 @@ class BridgeSettings:
     public_websocket_url: str | None = None
     """The MQTT-over-WebSocket URL browsers use (behind a proxy: wss://NAME/mqtt); None: derived
     from ``[broker] websocket``."""
+    admin: Address | None = None
+    """Where the admin API (``/admin/``) and ``/metrics`` are served on a listener of their own;
+    None: on ``listen``, behind an admin key."""
+    admin_enabled: bool = True
+    """False (``admin = false``): no admin API at all; ``/metrics`` stays on ``listen``, behind an
+    admin key."""
 
 
 def _default_networks() -> dict[str, NetworkSettings]:
@@ -270,7 +276,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
         },
     )
     bridge = _table(data, "bridge")
-    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url"})
+    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url", "admin"})
     defaults = BrokerSettings()
     networks = _networks(data["networks"], config_path.parent) if "networks" in data else _default_networks()
     tls = _tls(data, config_path.parent)
@@ -326,6 +332,8 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
                 bridge, "body_timeout", BridgeSettings().body_timeout, 0.1, 3600.0, where="[bridge]"
             ),
             public_websocket_url=_websocket_url(bridge.get("public_websocket_url")),
+            admin=_admin(bridge),
+            admin_enabled=bridge.get("admin") is not False,
         ),
         networks=networks,
     )
@@ -448,6 +456,17 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
+
+
+def _admin(bridge: dict[str, Any]) -> Address | None:
+    """``[bridge] admin``: a listener of its own (HOST:PORT), or false for none; absent: on listen."""
+    value = bridge.get("admin")
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str):
+        msg = f"[bridge] admin must be HOST:PORT or false, not {_kind(value)} {value!r}"
+        raise TypeError(msg)
+    return _address(bridge, "admin", "[bridge]", BridgeSettings().listen)
 
 
 def _websocket_url(value: object) -> str | None:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def test_the_http_door_benchmark_runs_and_reports_both_targets():
+def test_the_http_door_benchmark_alternates_the_bridge_both_ways_and_both_flask_yardsticks():
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is missing: .ci/run installs it", pytrace=False)
@@ -30,9 +30,13 @@ def test_the_http_door_benchmark_runs_and_reports_both_targets():
     )
     assert result.returncode == 0, result.stderr
     rounds = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
-    assert {r["target"] for r in rounds} == {"bridge", "bare"}
+    order = [[r["target"] for r in rounds if r["round"] == n] for n in (1, 2)]
+    assert set(order[0]) == {"bridge", "bridge_no_retain", "bare", "flask_gthread"}
+    assert order[1] == order[0][::-1]  # the order alternates round by round
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rounds)
-    assert '"bridge_over_bare"' in result.stdout
+    summary = json.loads(result.stdout[result.stdout.index('{\n  "summary"') :])["summary"]
+    assert summary["bridge_no_retain_over_flask_gthread"]["median"] > 0
+    assert summary["bridge_over_bare"]["median"] > 0
 
 
 def run_smoke(script: str) -> list[dict[str, object]]:
@@ -63,6 +67,24 @@ def test_the_fanout_benchmark_runs_both_brokers_and_counts_every_delivery():
     assert {r["broker"] for r in rows} == {"radio", "stock"}
     assert {(r["qos"], r["subscribers"]) for r in rows} == {(q, n) for q in (0, 1) for n in (1, 10, 100)}
     assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
+
+
+@pytest.mark.mosquitto
+@pytest.mark.mosquitto_clients
+def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery():
+    require_mosquitto()
+    if shutil.which("mosquitto_sub") is None or shutil.which("mosquitto_pub") is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto_sub/pub are missing: .ci/run installs mosquitto-clients", pytrace=False)
+        pytest.skip("mosquitto-clients is not installed (apt-get install mosquitto-clients)")
+    rows = run_smoke("broker_cpu.py")
+    assert {r["broker"] for r in rows} == {"radio", "mosquitto"}
+    assert {(r["qos"], r["rate"]) for r in rows} == {(q, rate) for q in (0, 1) for rate in (2000, "burst")}
+    assert all(r["lost"] == 0 and r["broker_us_per_delivery"] is not None for r in rows)
+    assert all(r["p50_ms"] > 0 and r["max_ms"] >= r["p99_ms"] >= r["p50_ms"] for r in rows)
+    assert all(r["broker_cpu_s"] >= 0 and r["broker_waited_s"] >= 0 and r["load_cores"] > 0 for r in rows)
+    if len(os.sched_getaffinity(0)) > 1:  # the broker alone on core 0, the clients elsewhere
+        assert all(r["broker_affinity"] == [0] and r["load_cores_available"] >= 1 for r in rows)
 
 
 def test_the_refusal_benchmark_runs_both_brokers():
@@ -103,6 +125,14 @@ def test_the_filter_hog_benchmark_measures_with_and_without_and_the_limit_holds(
 def test_the_durability_benchmark_measures_with_and_without_the_store():
     rows = run_smoke("durability.py")
     assert {r["persistence"] for r in rows} == {"on", "off"}
+    assert all(r["publishes_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.mosquitto
+def test_the_mosquitto_autosave_benchmark_measures_both_ways_of_saving():
+    require_mosquitto()
+    rows = run_smoke("mosquitto_autosave.py")
+    assert {r["save"] for r in rows} == {"every change", "every 10 s"}
     assert all(r["publishes_per_s"] > 0 for r in rows)
 
 

@@ -8,6 +8,7 @@ subscriber. Raw sockets send what a client library would refuse to.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import struct
@@ -46,13 +47,17 @@ PINGREQ = packet(0xC0, b"")
 PINGRESP = bytes([0xD0, 0x00])
 
 
+TOKEN_SIZE = len(json.dumps({"token": uuid.uuid4().hex}))
+"""The size of the sample ``still_serving`` publishes."""
+
+
 def still_serving(broker, home) -> None:
     """A well-behaved publisher and subscriber still work."""
     gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
     with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A") as reader:
         try:
             assert gen.connect() == 0
-            token = uuid.uuid4().hex.encode()
+            token = json.dumps({"token": uuid.uuid4().hex}).encode()
             gen.publish("networks/A", token, qos=1)
             assert reader.expect(1)[0].payload == token
         finally:
@@ -271,7 +276,7 @@ def test_an_oversized_packet_closes_the_connection_over_tcp(any_broker, home):
             else:
                 assert read_packet(sock)[0] == 0x40  # PUBACK: accepted
         still_serving(broker, home)  # publishes a 32-byte token
-        assert len(everything.expect(1)[0].payload) == (32 if fixed else 300_000)
+        assert len(everything.expect(1)[0].payload) == (TOKEN_SIZE if fixed else 300_000)
 
 
 def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
@@ -472,7 +477,7 @@ def test_retained_samples_and_persistent_sessions_survive_a_restart(home, broker
                     assert back.expect(1)[0].payload == b'{"queued": "while away"}'
                 still_serving(broker, home)  # publishes a 32-byte token to networks/A
                 if fixed:  # the restored session kept its subscription
-                    assert len(back.expect(1)[0].payload) == 32
+                    assert len(back.expect(1)[0].payload) == TOKEN_SIZE
                 assert back.received_so_far() == []  # stock: no session, no subscription
             finally:
                 back.close()

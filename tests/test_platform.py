@@ -92,6 +92,21 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
     return up
 
 
+LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|: (Warning|Error): ")
+"""A line at WARNING or above: Radio's logs, and Mosquitto's own on standard error."""
+
+
+def loud(stderr: str) -> list[str]:
+    """What a run said at WARNING or above, but Mosquitto's warning that it runs as root, which
+    only a machine running the tests as root sees (a service runs it as its own user)."""
+    as_root = os.geteuid() == 0
+    return [
+        line
+        for line in stderr.splitlines()
+        if LOUD.search(line) and not (as_root and "should not be run as root" in line)
+    ]
+
+
 def left_behind(children: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
     """The children still running once they had time to stop (zombies awaiting a reaper are gone)."""
     deadline = time.monotonic() + timeout
@@ -195,6 +210,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         _, err = up.process.communicate(timeout=60)
     assert up.process.returncode == 0, err
     assert "Traceback" not in err
+    assert not loud(err), err  # a clean start and a clean stop: nothing to warn about
     assert not left_behind(up.children)
     assert all(port_is_free(port) for port in up.ports)
 
@@ -356,8 +372,10 @@ def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path, command
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert busy in lines[0]
-    assert "address already in use" in lines[0]
+    assert (
+        lines[0]
+        == f"radio: the {'broker' if command == 'broker' else 'bridge'} cannot listen on {busy}: Address already in use"
+    )
     assert not (tmp_path / "broker.db").exists()  # refused before anything started
 
 
@@ -369,11 +387,9 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
         (tmp_path / "radio.toml").write_text(f'[broker]\nmetrics = "{busy}"\n')
         result = radio_in(tmp_path, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0")
     assert result.returncode == 2
-    expected = (
-        f"radio: cannot start the broker on {busy} (the broker's metrics): address already in use "
-        "(another program listens there: stop it, or choose another port)"
-    )
-    assert result.stderr.splitlines() == [expected]
+    assert result.stderr.splitlines() == [
+        f"radio: the broker cannot listen on {busy}: Address already in use"
+    ]
 
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
