@@ -178,6 +178,8 @@ class Listener:
         self._since = since
         self._http = http or DEFAULT_BRIDGE
         self._numbering: Numbering | None = None
+        self._unnumbered: str | None = None
+        """Why live samples go without ``seq``: said once subscribed, not before a refusal."""
         """Set once the history can be read: live samples then go out with their ``seq``."""
         self._number_live = http is not None or since is not None
         self._heads: dict[str, history.HistoryPage] = {}
@@ -348,6 +350,9 @@ class Listener:
         else:
             self.subscribed.set()
             self.notice(f"listening to {', '.join(self.networks)} on {self.url}")
+            if self._unnumbered is not None:
+                self.notice(self._unnumbered)
+                self._unnumbered = None
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         topic, payload = message.topic, bytes(message.payload)
@@ -391,11 +396,13 @@ class Listener:
             if self._since is not None:  # the replay asked for cannot be given
                 self._fail(Refused(str(exc)))
             else:  # the broker decides what is read live; only the numbers are missing
-                self.notice(f"no history ({exc}): samples are printed without seq")
+                self._unnumbered = f"no history ({exc}): samples are printed without seq"
             return False
         except history.HistoryUnavailable as exc:
-            live = "listening live only" if self._since is not None else "samples are printed without seq"
-            self.notice(f"no history ({exc}): {live}")
+            if self._since is not None:
+                self.notice(f"no history ({exc}): listening live only")
+            else:
+                self._unnumbered = f"no history ({exc}): samples are printed without seq"
             return False
         self._numbering = Numbering(self._fetch, self._samples.put, self.notice)
         return True
