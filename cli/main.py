@@ -553,7 +553,7 @@ def _broker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
     listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
-    ports.check_free("broker", broker_listeners(settings, **listeners).values())
+    ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     tls = {"mqtts": args.mqtts, "wss": args.wss}

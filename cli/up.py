@@ -229,7 +229,7 @@ def up(
         raise RadioError(msg)
     network = "sample_net" if "sample_net" in settings.networks else min(settings.networks)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
-    listeners, plain = _broker_options(settings, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
+    listeners, plain = _broker_options(settings, engine, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
     http = http or settings.bridge.listen
     ports.check_free("bridge", [http, *([settings.bridge.admin] if settings.bridge.admin else [])])
     secret = demo_key(settings, network)
@@ -286,6 +286,7 @@ def up(
 
 def _broker_options(
     settings: Settings,
+    engine: str,
     *,
     mqtt: Address | None,
     ws: Address | None,
@@ -300,19 +301,19 @@ def _broker_options(
     mqtt, ws = mqtt or settings.broker.mqtt, ws or settings.broker.websocket
     tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
     given = {"mqtt": mqtt if plain["mqtt"] else None, "websocket": ws if plain["ws"] else None, **tls}
-    ports.check_free("broker", broker_listeners(settings, **given).values())
+    ports.check_free("broker", broker_listeners(settings, engine, **given).values())
     listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
     listeners += ["--ws", str(ws)] if plain["ws"] else []
     listeners += [arg for name, address in tls.items() if address for arg in (f"--{name}", str(address))]
     return listeners, plain
 
 
-def broker_listeners(settings: Settings, **given: Address | None) -> dict[str, Address]:
+def broker_listeners(settings: Settings, engine: str, **given: Address | None) -> dict[str, Address]:
     """Every address the broker will listen on, by its name in ``[broker]``: given ones, else configured."""
     from radio.broker.mosquitto import listeners_of  # noqa: PLC0415 - the same rule on every engine
 
     found = listeners_of(settings, **given)
-    if settings.broker.metrics is not None:
+    if settings.broker.metrics is not None and engine == "embedded":  # only it serves [broker] metrics
         found["metrics"] = settings.broker.metrics
     return found
 
