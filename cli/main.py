@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from radio import __version__
-from radio.cli import options
+from radio import __version__, ports, statelock
+from radio.cli import options, preflight
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
@@ -330,7 +330,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
         "--http",
         metavar="URL",
         type=_http_url,
-        help="the bridge, for --since (default: the configuration's, http://127.0.0.1:5000)",
+        help="the bridge, for --since (default: the configuration's [bridge] listen; https:// with [tls])",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     _add_ca(listen)
@@ -499,13 +499,18 @@ def _sequence_number(text: str) -> int:
 
 def _http_url(text: str) -> str:
     if not options.is_http(text):
-        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT"
+        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT (https:// with TLS)"
         raise argparse.ArgumentTypeError(msg)
     return options.client_url(text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+
+
+def _bridge_url(settings: Settings) -> str:
+    """Where a client on this machine reaches the bridge: HTTPS when the configuration has [tls]."""
+    return f"{'https' if settings.tls is not None else 'http'}://{settings.bridge.listen.local()}"
 
 
 def _broker_urls(text: str) -> list[Address]:
@@ -542,8 +547,13 @@ def _changes(args: argparse.Namespace) -> KeyChanges:
 def _broker(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.broker.run import run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
+    from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
+    settings = _settings(args)
+    statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
+    listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
+    ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     tls = {"mqtts": args.mqtts, "wss": args.wss}
@@ -629,6 +639,8 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 def _bridge(args: argparse.Namespace) -> int:
     from radio.bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
+    settings = _settings(args)
+    statelock.hold(settings.state_dir, "bridge")  # before bridge.key or usage.db is touched
     run(
         getattr(args, "config", None),
         getattr(args, "keys", None),
@@ -646,6 +658,7 @@ def _recorder(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.recorder.run import run  # noqa: PLC0415 - loads paho only for this command
 
+    statelock.hold(_settings(args).state_dir, "recorder")  # before history.db or recorder.key is touched
     logs.setup()
     run(getattr(args, "config", None), getattr(args, "keys", None), broker=args.broker)
     return 0
@@ -671,15 +684,10 @@ def _listen(args: argparse.Namespace) -> int:
     from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = _settings(args)
-    if settings.path.exists():  # the configuration is at hand: a network it lacks cannot be read
-        unknown = [n for n in args.networks if n not in settings.networks]
-        if unknown:
-            known = ", ".join(sorted(settings.networks)) or "none"
-            msg = f"no network {unknown[0]!r} in {settings.path} (its networks: {known})"
-            raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
+    preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
     url = args.url or settings.broker.local_ws_url()
-    http = args.http or f"http://{settings.bridge.listen.local()}"
+    http = args.http or _bridge_url(settings)
     return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
 
 
@@ -696,13 +704,14 @@ def _traffic(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     secret = options.read_secret(args.key_file, required=True)
+    assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
     via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
     if args.url and (via == "http") != options.is_http(args.url):
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
-    default = f"http://{settings.bridge.listen.local()}" if via == "http" else settings.broker.local_url()
-    assert secret is not None  # noqa: S101 - required=True
+    default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
     traffic(
         network=args.network,
         secret=secret,
@@ -721,9 +730,11 @@ def _traffic(args: argparse.Namespace) -> int:
 def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
-    url = args.url or _settings(args).broker.local_url()
+    settings = _settings(args)
+    url = args.url or settings.broker.local_url()
     secret = options.read_secret(args.key_file, required=True)
     assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
     sensor_agents(
         network=args.network,
         secret=secret,

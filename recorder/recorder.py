@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Final
 
 import paho.mqtt.client as mqtt
@@ -33,6 +32,7 @@ from radio import samples
 from radio.config import Address
 from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry, Registry
+from radio.timestamps import utc_now
 from radio.topics import MISSED_TOPIC, network_of_topic
 
 log = logging.getLogger("radio.recorder")
@@ -45,7 +45,7 @@ REFRESH_INTERVAL: Final = 0.5
 
 def now() -> str:
     """The platform's time of acceptance: UTC, milliseconds, ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_now()
 
 
 class Recorder:

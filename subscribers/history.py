@@ -8,10 +8,13 @@ which retrying cannot fix; a bridge or recorder that is away is ``HistoryUnavail
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
 import requests
+
+from radio.tls import certificate_refusal, trust
 
 PAGE: Final = 1000
 """The most samples one request asks for (the bridge's maximum); a page may hold fewer, cut at the
@@ -41,14 +44,25 @@ class HistoryPage:
 
 
 def fetch(
-    http: str, network: str, secret: str | None, *, after: int | None = None, limit: int = PAGE
+    http: str,
+    network: str,
+    secret: str | None,
+    *,
+    after: int | None = None,
+    limit: int = PAGE,
+    ca: Path | None = None,
 ) -> HistoryPage:
-    """The samples after ``after`` (or the newest ``limit``), oldest first."""
+    """The samples after ``after`` (or the newest ``limit``), oldest first (HTTPS: verified with ``ca``)."""
     url = f"{http.rstrip('/')}/networks/{quote(network, safe='')}/samples"
     params = {"limit": str(limit)} | ({"after": str(after)} if after is not None else {})
     headers = {"API-KEY": secret} if secret is not None else {}
     try:
-        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT)
+        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT, verify=trust(ca))
+    except requests.exceptions.SSLError as exc:
+        if (refusal := certificate_refusal(exc, http)) is not None:
+            raise HistoryRefused(refusal) from None
+        msg = f"cannot reach {http} (the TLS handshake failed)"
+        raise HistoryUnavailable(msg) from None
     except requests.RequestException as exc:
         msg = f"cannot reach {http} ({type(exc).__name__})"
         raise HistoryUnavailable(msg) from None
