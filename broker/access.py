@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from radio.admission import Admission, Admitted, Refused, Verdict
+from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict
 from radio.keys import Key
 from radio.rates import Buckets
 from radio.registry import Registry
@@ -57,17 +57,21 @@ _GONE: Final = _Gone()
 class Gate:
     """The admission gate on the MQTT door of one broker; counts into the platform's usage file."""
 
-    def __init__(self, registry: Callable[[], Registry], meter: Meter | None) -> None:
+    def __init__(
+        self, registry: Callable[[], Registry], meter: Meter | None, retained_full: RetainedFull | None = None
+    ) -> None:
         self.registry = registry
         self.meter = meter
         self.buckets = Buckets()
-        self.admission = Admission(DOOR, meter, self._take_token)
+        self.admission = Admission(DOOR, meter, self._take_token, retained_full)
         self.rate_waits = 0
         """Times a publisher was paused for its rate (for the metrics)."""
         self.quota_waits = 0
         """Times a sample was held because its key's quota could not be read at once."""
         self.refused = 0
         """Samples dropped by the gate (for the metrics)."""
+        self.refused_retained = 0
+        """Of those, retained ones past their network's ``max_retained``."""
         self._logged: dict[tuple[str, str], float] = {}
         self._swept: tuple[Registry | None, datetime] = (None, datetime.now(UTC))
 
@@ -86,7 +90,7 @@ class Gate:
             return _GONE
         return key
 
-    def _verdict(self, session: Session, topic: str, payload: bytes) -> Verdict | None:
+    def _verdict(self, session: Session, topic: str, payload: bytes, retain: bool) -> Verdict | None:
         """The gate's verdict, or None for a sample the HTTP door admitted already."""
         registry = self.registry()
         key = self._key(session, registry)
@@ -94,18 +98,18 @@ class Gate:
             return Refused("rights", "the key that opened this session is gone")
         if key is not None and key.publish_all:
             return None
-        return self.admission.admit(registry, key, topic, payload, quota_wait=0)  # the event loop: never wait
+        return self.admission.admit(registry, key, topic, payload, retain=retain, quota_wait=0)  # never wait
 
-    def publish(self, session: Session, topic: str, payload: bytes) -> float:
+    def publish(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds to hold this PUBLISH before asking again."""
-        return self._apply(session, topic, payload, will=False)
+        return self._apply(session, topic, payload, retain, will=False)
 
-    def will(self, session: Session, topic: str, payload: bytes) -> float:
+    def will(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds after which to ask again (the quota could not be read)."""
-        return self._apply(session, topic, payload, will=True)
+        return self._apply(session, topic, payload, retain, will=True)
 
-    def _apply(self, session: Session, topic: str, payload: bytes, *, will: bool) -> float:
-        verdict = self._verdict(session, topic, payload)
+    def _apply(self, session: Session, topic: str, payload: bytes, retain: bool, *, will: bool) -> float:
+        verdict = self._verdict(session, topic, payload, retain)
         if verdict is None or isinstance(verdict, Admitted):
             return GO
         what = "the will" if will else "a sample"
@@ -125,6 +129,8 @@ class Gate:
 
     def _dropped(self, session: Session, topic: str, refused: Refused, what: str) -> None:
         self.refused += 1
+        if refused.reason == "max_retained":
+            self.refused_retained += 1
         name = session.key_name or ""
         now = time.monotonic()
         if now - self._logged.get((name, refused.reason), -LOG_EVERY) >= LOG_EVERY:

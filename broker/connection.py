@@ -339,7 +339,9 @@ class Connection:
             self._ack(codec.ack(codec.PUBREC, pid))  # a resend: admitted, delivered and charged once
             return
         gate = router.gate
-        if gate is not None and self._held(gate.publish(session, topic, payload), first, body, qos, pid):
+        if gate is not None and self._held(
+            gate.publish(session, topic, payload, bool(first & 0x01)), first, body, qos, pid
+        ):
             return
         if qos == 2:
             if len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
@@ -505,7 +507,7 @@ class Connection:
         """A will is a sample like any other: it passes the gate, as its key stands now."""
         router = self.broker.router
         gate = router.gate
-        verdict = gate.will(session, will.topic, will.payload) if gate is not None else GO
+        verdict = gate.will(session, will.topic, will.payload, will.retain) if gate is not None else GO
         if verdict > 0:  # the key's quota cannot be read this instant: ask again shortly
             if attempt < WILL_ATTEMPTS:
                 self._loop.call_later(verdict, self._publish_will, session, will, attempt + 1)

@@ -112,7 +112,7 @@ class RadioBroker:
             log.error("%s: usage is not metered and quotas are not enforced on this broker", exc)  # noqa: TRY400
         else:
             self.meter.start()
-        self.router.gate = access.Gate(lambda: self.registry.current, self.meter)
+        self.router.gate = access.Gate(lambda: self.registry.current, self.meter, self.router.retained_full)
         log.addFilter(self.log_summary)
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)

@@ -119,7 +119,7 @@ def _limits(broker: RadioBroker) -> Iterator[Any]:
     yield CounterMetricFamily(
         "radio_broker_refused_retained",
         "Publishes refused because they would retain one topic more than their network's max_retained.",
-        value=router.stats.refused_retained,
+        value=router.gate.refused_retained if router.gate is not None else 0,
     )
     yield CounterMetricFamily(
         "radio_broker_log_lines_summarised",

@@ -68,8 +68,6 @@ class Stats:
     dropped_slow: int = 0
     dropped_queue_full: int = 0
     dropped_unreadable: int = 0
-    refused_retained: int = 0
-    """Publishes refused because they would retain one topic more than their network's max_retained."""
     connections: int = 0
 
 
@@ -187,8 +185,8 @@ class Router:
         A QoS 0 delivery is counted for its listening key when it is written to its connection; a
         QoS 1 or 2 one when its client acknowledges it (``acknowledged``).
         """
-        if message.retain and not self._retain(message):
-            return
+        if message.retain:
+            self._retain(message)
         self.stats.published += 1
         targets = self._targets(message.topic)
         if not targets:
@@ -224,44 +222,38 @@ class Router:
                     merged[session] = qos
         return list(merged.items())
 
-    def _retain(self, message: Message) -> bool:
-        """Keep a network's last sample; False if that would retain one topic past its max_retained.
+    def retained_full(self, topic: str) -> int | None:
+        """Its network's ``max_retained`` if retaining ``topic`` would keep one topic past it.
 
-        Replacing or clearing a retained topic always works; only a new one counts, and never
-        the network's own topic (``networks/X``, where the HTTP door publishes: a sample it
-        forwards is never refused here after the door has answered for it). Past the limit the
-        whole publish is refused (counted), so that no listener sees a sample that a late
-        joiner would not: the network's retained topics stay what they were.
+        Asked by the admission gate (broker/access.py) before a retained PUBLISH is admitted, so
+        that a refused one is neither delivered nor charged. Replacing a retained topic always
+        works; only a new one counts, and never the network's own topic (``networks/X``, where
+        the HTTP door publishes: a sample it forwards is never refused after it answered 200).
         """
-        name = network_of_topic(message.topic) or ""
+        name = network_of_topic(topic) or ""
         network = self.registry().networks.get(name)
+        if (
+            network is None
+            or not network.retain
+            or topic in self.retained
+            or topic == network_topic(name)
+            or self.retained.count(name) < network.max_retained
+        ):
+            return None
+        return network.max_retained
+
+    def _retain(self, message: Message) -> None:
+        """Keep a network's last sample (within its ``max_retained``, which the gate checked)."""
+        network = self.registry().networks.get(network_of_topic(message.topic) or "")
         if network is not None and not network.retain:
-            return True  # the network keeps no last sample, whoever publishes to it
+            return  # the network keeps no last sample, whoever publishes to it
         if message.payload:
-            if (
-                network is not None
-                and message.topic not in self.retained
-                and self.retained.count(name) >= network.max_retained
-                and message.topic != network_topic(name)
-            ):
-                self._refuse_retained(message.topic, network.max_retained)
-                return False
             kept = Message(message.topic, message.payload, message.qos, retain=True)
             self.retained.put(message.topic, kept)
         elif self.retained.pop(message.topic) is None:
-            return True
+            return
         if self.store is not None:
             self.store.retain(message.topic, message.payload, message.qos)
-        return True
-
-    def _refuse_retained(self, topic: str, limit: int) -> None:
-        """Count and log it (the broker's log sums up repeats: broker/logsummary.py)."""
-        self.stats.refused_retained += 1
-        log.warning(
-            "refused a retained publish to %r: its network has %d retained topics, its max_retained",
-            topic,
-            limit,
-        )
 
     def deliver(self, session: Session, message: Message, qos: int) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""

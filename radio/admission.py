@@ -10,6 +10,7 @@ check          verdict                HTTP         MQTT PUBLISH          will
 =============  =====================  ===========  ====================  ==================
 rights         ``Refused("rights")``  403          dropped               dropped
 size           ``Refused("too_large")``  413       dropped               dropped
+retained room  ``Refused("max_retained")``  n/a    dropped               dropped
 strict JSON    ``Refused("not_json")``  400        dropped               dropped
 schema         ``Refused("schema")``  400          dropped               dropped
 rate           ``Wait("rate")``       429          held (TCP pushes      dropped (no client
@@ -48,6 +49,8 @@ USAGE_RETRY: Final = 0.05
 
 TokenTaker = Callable[[Key], tuple[float, float]]
 """Takes one of the key's rate tokens: (seconds to wait, 0 if taken; tokens left)."""
+RetainedFull = Callable[[str], "int | None"]
+"""The network's ``max_retained`` if retaining a topic would keep one topic past it, else None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +89,17 @@ Verdict = Admitted | Refused | Wait
 class Admission:
     """One door's gate: the registry's rules, its rate buckets, and the platform's usage meter."""
 
-    def __init__(self, door: str, meter: Meter | None, take_token: TokenTaker) -> None:
+    def __init__(
+        self,
+        door: str,
+        meter: Meter | None,
+        take_token: TokenTaker,
+        retained_full: RetainedFull | None = None,
+    ) -> None:
         self.door = door
         self.meter = meter
         self._take_token = take_token
+        self._retained_full = retained_full
 
     def admit(
         self,
@@ -99,19 +109,26 @@ class Admission:
         payload: bytes,
         *,
         data: Any = UNPARSED,
+        retain: bool = False,
         quota_wait: float,
     ) -> Verdict:
         """The verdict on one sample of ``key`` (None: anonymous) to ``topic``.
 
         ``data`` is the payload already parsed strictly by the door, if it was; ``quota_wait``
-        the seconds the caller may wait for the usage file (0 on an event loop).
+        the seconds the caller may wait for the usage file (0 on an event loop). An empty retained
+        PUBLISH is MQTT's way to clear a topic's retained sample: it is not a sample, and costs
+        nothing, but only a key that may publish there may clear it.
         """
         if not registry.access(key.name if key is not None else None).may_publish(topic):
             return self._refuse(key, "rights", "You cannot broadcast to this channel")
         network = network_of_topic(topic) or ""
+        if retain and not payload:
+            return Admitted(key, network, 0, None)
         settings = registry.networks.get(network)
         if settings is not None and (problem := _problem(settings, network, payload, data)) is not None:
             return self._refuse(key, *problem)
+        if retain and self._retained_full is not None and (most := self._retained_full(topic)) is not None:
+            return self._refuse(key, "max_retained", f"network {network!r} retains at most {most} topics")
         if key is None:
             return Admitted(None, network, len(payload), None)
         return self._spend(key, network, len(payload), quota_wait)

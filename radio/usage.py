@@ -60,7 +60,7 @@ LEASE_SHARE: Final = 16
 LEASE_IDLE: Final = 2.0
 """Seconds after which units a process has not spent go back to the file, for the other doors."""
 DOORS: Final = ("http", "mqtt")
-REASONS: Final = ("rights", "too_large", "not_json", "schema", "rate", "quota")
+REASONS: Final = ("rights", "too_large", "not_json", "schema", "max_retained", "rate", "quota")
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS usage (day TEXT NOT NULL, key_id TEXT NOT NULL, key_name TEXT NOT NULL,

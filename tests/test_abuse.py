@@ -312,6 +312,27 @@ def test_a_network_retains_at_most_max_retained_topics(home):
             **{f"networks/capped/t{n}": b'{"v": %d}' % n for n in (1, 2, 3, 4)},
         }
         assert metric(broker, "radio_broker_refused_retained_total") == 4
+        meter = broker.broker.radio.meter
+        assert meter.totals[("admin", "mqtt", "capped")][0] == 8  # refused at the gate: not charged
+        assert meter.refused[("admin", "mqtt", "max_retained")] == 4
+        # An empty retained PUBLISH clears a topic, and so frees its place for another (the six
+        # kept count the network's own topic, which is never refused but takes a place).
+        publisher = Client("tcp", port, "admin", home.secrets["admin"])
+        try:
+            assert publisher.connect() == 0
+            publisher.publish("networks/capped/t1", b"", qos=1, retain=True)
+            publisher.publish("networks/capped/t2", b"", qos=1, retain=True)
+            publisher.publish("networks/capped/t11", b'{"v": 11}', qos=1, retain=True)
+        finally:
+            publisher.close()
+        late = Client("tcp", port)
+        try:
+            assert late.connect() == 0
+            assert late.subscribe("networks/capped/#", qos=1) == 1
+            topics = sorted(m.topic for m in late.expect(5))
+        finally:
+            late.close()
+        assert topics == [f"networks/capped{t}" for t in ("", "/t0", "/t11", "/t3", "/t4")]
 
 
 # Sockets that never send their CONNECT.
