@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,10 @@ def main() -> None:
     env, key = bench_home(folder)
     certs = folder / "certs"
     subprocess.run([*RADIO, "certs", "dev", "--dir", str(certs)], check=True, capture_output=True)
-    secure = folder / "secure.toml"
+    # The TLS bridge has a state folder of its own (one bridge per folder), sharing the keys file
+    # and, once the first bridge has made it, the bridge's own secret.
+    (folder / "secure").mkdir(mode=0o700)
+    secure = folder / "secure" / "radio.toml"
     secure.write_text(
         (folder / "radio.toml").read_text()
         + f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n'
@@ -50,6 +54,7 @@ def main() -> None:
     )
     bridge_args = ["bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{mqtt}"]
     plain, plain_url = start([*RADIO, *bridge_args], r"POST (http://\S+)/publish", env)
+    shutil.copy2(folder / "bridge.key", folder / "secure" / "bridge.key")  # keeps its mode, 0600
     tls, tls_url = start(
         [*RADIO, *bridge_args, "--config", str(secure), "--keys", str(folder / "keys.toml")],
         r"POST (https://\S+)/publish",

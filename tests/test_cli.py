@@ -285,6 +285,10 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
         "broker",
         "--engine",
         "mosquitto",
+        "--mqtt",
+        "127.0.0.1:0",  # not the default port, which another platform on this machine may hold
+        "--ws",
+        "127.0.0.1:0",
         "--config",
         str(home.config),
         env={"RADIO_MOSQUITTO": "/nonexistent"},
