@@ -184,9 +184,15 @@ class Router:
 
         A QoS 0 delivery is counted for its listening key when it is written to its connection; a
         QoS 1 or 2 one when its client acknowledges it (``acknowledged``).
+
+        An empty retained message only clears its topic's retained sample: it is not a sample (the
+        gate admits it with the right alone, uncharged and past any rate), so it reaches no
+        listener. Delivered, it would be a free, unmetered flood of payloads no reader can parse.
         """
         if message.retain:
             self._retain(message)
+            if not message.payload:
+                return
         self.stats.published += 1
         targets = self._targets(message.topic)
         if not targets:

@@ -323,3 +323,25 @@ def test_a_payload_nested_5000_deep_is_dropped_and_the_broker_goes_on(platform: 
         publisher.close()
         assert live(reader).payload == GOOD
         assert counted(meter, "out-qos1", "mqtt", "not_json")() == before + 1
+
+
+def test_an_empty_retained_publish_clears_its_topic_and_reaches_nobody(platform: Platform) -> None:
+    """Clearing a retained topic costs nothing, so it must deliver nothing either: a key over its
+    rate and past its quota would otherwise flood every listener with payloads none can parse."""
+    key, topic = "clearer", "networks/A/cleared"
+    platform.home.add_key(key, publish=["A"], terms=Terms(rate=1 / 60, burst=1, quota=1))
+    registry = platform.broker.broker.radio.registry
+    assert until(lambda: key in registry.current.keys)
+    port, secret = platform.broker.mqtt_port, platform.home.secrets[key]
+    with listening(port, "reader", platform.home.secrets["reader"], topic) as reader:
+        publisher = Client("tcp", port, key, secret)
+        assert publisher.connect() == 0
+        publisher.publish(topic, GOOD, qos=1, retain=True)
+        assert live(reader).payload == GOOD
+        for _ in range(20):
+            publisher.publish(topic, b"", qos=1, retain=True)
+        publisher.close()
+        assert delivered_before_sentinel(platform, reader, topic) == []
+    assert topic not in platform.broker.broker.radio.router.retained  # cleared all the same
+    assert platform.broker_meter.totals[(key, "mqtt", "A")] == [1, len(GOOD)]
+
