@@ -119,8 +119,8 @@ class Admission:
         PUBLISH is MQTT's way to clear a topic's retained sample: it is not a sample, and costs
         nothing, but only a key that may publish there may clear it.
         """
-        if not registry.access(key.name if key is not None else None).may_publish(topic):
-            return self._refuse(key, "rights", "You cannot broadcast to this channel")
+        if (refusal := _rights_problem(registry, key, topic)) is not None:
+            return self._refuse(key, "rights", refusal)
         network = network_of_topic(topic) or ""
         if retain and not payload:
             return Admitted(key, network, 0, None)
@@ -179,6 +179,19 @@ class Admission:
     def _refuse(self, key: Key | None, reason: str, message: str) -> Refused:
         self.count_refusal(key, reason)
         return Refused(reason, message)
+
+
+def _rights_problem(registry: Registry, key: Key | None, topic: str) -> str | None:
+    """Why this key may not publish to ``topic`` now, or None.
+
+    An expired key may publish nothing: the broker closes its connections within a sweep, but
+    what they send (or a will that fires) in between must not pass.
+    """
+    if not registry.access(key.name if key is not None else None).may_publish(topic):
+        return "You cannot broadcast to this channel"
+    if key is not None and key.expired():
+        return f"key {key.name!r} has expired"
+    return None
 
 
 def _problem(settings: NetworkSettings, network: str, payload: bytes, data: Any) -> tuple[str, str] | None:

@@ -20,6 +20,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,10 @@ from bridge_client import InProcessBridge
 from conftest import Home
 from mqtt_client import Client, Message, listening
 from polling import until
-from raw_mqtt import connect, open_socket, read_packet
+from raw_mqtt import connect, open_socket, publish, read_packet
 
 from radio.bridge.identity import bridge_credentials
+from radio.broker import access
 from radio.broker.thread import BrokerThread
 from radio.config import Address, load_settings
 from radio.keys import Terms
@@ -345,3 +347,32 @@ def test_an_empty_retained_publish_clears_its_topic_and_reaches_nobody(platform:
     assert topic not in platform.broker.broker.radio.router.retained  # cleared all the same
     assert platform.broker_meter.totals[(key, "mqtt", "A")] == [1, len(GOOD)]
 
+
+def test_an_expired_key_is_refused_before_its_connections_are_closed(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a key's expiry and the sweep that closes its connections, neither a PUBLISH nor the
+    will of a connection lost in that moment gets through: the gate refuses the key itself."""
+    monkeypatch.setattr(access, "EXPIRY_TICK", 60.0)  # the sweep's window, held open for the test
+    expires = datetime.now(UTC) + timedelta(seconds=1)
+    home.add_key("soon", publish=["A"], terms=Terms(expires=expires))
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as broker:
+        port, topic = broker.mqtt_port, "networks/A/last-words"
+        with listening(port, "reader_a", home.secrets["reader_a"], topic) as reader:
+            sock = open_socket(port)
+            sock.sendall(connect("soon-1", "soon", home.secrets["soon"], will=(topic, b'{"will": 1}')))
+            assert read_packet(sock) == (0x20, b"\x00\x00")
+            assert until(lambda: datetime.now(UTC) >= expires + timedelta(milliseconds=50))
+            sock.sendall(publish(topic, b'{"late": 1}', qos=1, packet_id=3))
+            assert read_packet(sock) == (0x40, b"\x00\x03")  # acknowledged, as any dropped sample
+            sock.close()  # no DISCONNECT: the will fires
+            meter = broker.broker.radio.meter
+            assert meter is not None
+            assert until(lambda: meter.refused.get(("soon", "mqtt", "rights"), 0) == 2)
+            admin = Client("tcp", port, "admin", home.secrets["admin"])
+            assert admin.connect() == 0
+            admin.publish(topic, b'{"sentinel": 1}', qos=1)
+            admin.close()
+            assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
