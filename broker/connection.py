@@ -338,18 +338,19 @@ class Connection:
         if qos == 2 and pid in session.incoming_qos2:
             self._ack(codec.ack(codec.PUBREC, pid))  # a resend: admitted, delivered and charged once
             return
+        if qos == 2 and len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
+            # Before the gate: a sample the broker will not take must not be charged to its key.
+            self.close(
+                f"{len(session.incoming_qos2)} QoS 2 samples awaiting their PUBREL, "
+                "the limit [broker] max_incoming_qos2"
+            )
+            return
         gate = router.gate
         if gate is not None and self._held(
             gate.publish(session, topic, payload, bool(first & 0x01)), first, body, qos, pid
         ):
             return
         if qos == 2:
-            if len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
-                self.close(
-                    f"{len(session.incoming_qos2)} QoS 2 samples awaiting their PUBREL, "
-                    "the limit [broker] max_incoming_qos2"
-                )
-                return
             session.incoming_qos2.add(pid)
         store = broker.store
         mark = store.pending if store is not None else 0

@@ -29,7 +29,7 @@ from bridge_client import InProcessBridge
 from conftest import Home
 from mqtt_client import Client, Message, listening
 from polling import until
-from raw_mqtt import connect, open_socket, publish, read_packet
+from raw_mqtt import closed_by_peer, connect, open_socket, publish, read_packet
 
 from radio.bridge.identity import bridge_credentials
 from radio.broker import access
@@ -376,3 +376,23 @@ def test_an_expired_key_is_refused_before_its_connections_are_closed(
             admin.publish(topic, b'{"sentinel": 1}', qos=1)
             admin.close()
             assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+
+
+def test_a_qos_2_sample_past_max_incoming_qos2_is_not_charged(platform: Platform) -> None:
+    """The broker closes a client leaving too many QoS 2 samples without PUBREL: the sample that
+    closes it is not taken, so its key is not charged for it (metering nor quota)."""
+    key, topic = "no-pubrel", "networks/A/no-pubrel"
+    platform.home.add_key(key, publish=["A"], terms=Terms(quota=100))
+    registry = platform.broker.broker.radio.registry
+    assert until(lambda: key in registry.current.keys)
+    most = platform.broker.broker.radio.router.limits.max_incoming_qos2
+    sock = open_socket(platform.broker.mqtt_port)
+    sock.sendall(connect("no-pubrel", key, platform.home.secrets[key]))
+    assert read_packet(sock)[0] == 0x20
+    for pid in range(1, most + 2):
+        sock.sendall(publish(topic, GOOD, qos=2, packet_id=pid))
+    for pid in range(1, most + 1):
+        assert read_packet(sock) == (0x50, pid.to_bytes(2, "big"))  # PUBREC, and no PUBREL sent
+    assert closed_by_peer(sock)
+    sock.close()
+    assert platform.broker_meter.totals[(key, "mqtt", "A")] == [most, most * len(GOOD)]
