@@ -21,7 +21,7 @@ from radio.audit import Actor
 from radio.config import Settings
 from radio.confirmations import Report, wait_for_servers
 from radio.errors import MissingRegistry, UnknownKey
-from radio.keys import Key, KeyStore, Terms, parse_expiry, parse_quota, parse_rate
+from radio.keys import MAX_COUNT, Key, KeyStore, Terms, parse_expiry, parse_quota, parse_rate
 from radio.registry import Registry
 
 CONFIRM_TIMEOUT: Final = 5.0
@@ -34,8 +34,8 @@ CLEARING: Final = {"rate": "off", "burst": "off", "quota": "off", "expires": "ne
 
 def parse_count(text: str) -> int:
     """A positive whole number, such as a burst."""
-    if not text.isdigit() or int(text) < 1:
-        msg = f"invalid count {text!r}: use a positive whole number"
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_COUNT:
+        msg = f"invalid count {text!r}: use a positive whole number (at most {MAX_COUNT})"
         raise ValueError(msg)
     return int(text)
 

@@ -84,6 +84,8 @@ _RATE_UNITS: Final = {
     "hour": 3600.0,
 }
 MAX_RATE: Final = 1_000_000.0
+MIN_RATE: Final = 1 / 86_400
+"""One sample a day: below it a token's wait (``Retry-After``) outgrows any clock; use a quota."""
 MAX_COUNT: Final = 1 << 53
 
 
@@ -95,8 +97,11 @@ def parse_rate(text: str) -> float:
     except ValueError:
         value = -1.0
     seconds = _RATE_UNITS.get(unit.strip() or "s")
-    if seconds is None or not 0 < value / seconds <= MAX_RATE:
-        msg = f"invalid rate {text!r}: use COUNT/s, COUNT/min or COUNT/h with a positive COUNT, such as 5/s"
+    if seconds is None or not MIN_RATE <= value / seconds <= MAX_RATE:
+        msg = (
+            f"invalid rate {text!r}: use COUNT/s, COUNT/min or COUNT/h with a positive COUNT, such as 5/s "
+            "(at least one a day, at most 1000000/s)"
+        )
         raise ValueError(msg)
     return value / seconds
 
@@ -104,7 +109,7 @@ def parse_rate(text: str) -> float:
 def parse_quota(text: str) -> tuple[int, str]:
     """``10000/day`` or ``300000/month`` as (count, period)."""
     count, _, period = text.strip().partition("/")
-    if not count.isdigit() or not 0 < int(count) <= MAX_COUNT or period not in PERIODS:
+    if not (count.isascii() and count.isdigit()) or not 0 < int(count) <= MAX_COUNT or period not in PERIODS:
         msg = (
             f"invalid quota {text!r}: use COUNT/day or COUNT/month with a positive whole COUNT, "
             "such as 10000/day"
@@ -117,12 +122,12 @@ def parse_expiry(text: str) -> datetime:
     """An instant with its offset, such as ``2026-12-31T00:00:00Z``."""
     try:
         when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
+        if when.tzinfo is None:
+            raise ValueError  # noqa: TRY301 - the same message as any other unreadable expiry
+        return when.astimezone(UTC)
+    except (ValueError, OverflowError):  # an offset can carry year 9999 past the calendar's end
         msg = f"invalid expiry {text!r}: use a date and time with its offset, such as 2026-12-31T00:00:00Z"
-        raise ValueError(msg)
-    return when.astimezone(UTC)
+        raise ValueError(msg) from None
 
 
 def format_rate(rate: float) -> str:
@@ -318,10 +323,10 @@ def _terms_to_toml(terms: Terms) -> dict[str, Any]:
 def _terms(table: Mapping[str, Any], where: str) -> Terms:
     """The rate, quota and expiry fields, each type-checked like the rest of the key."""
     rate = table.get("rate")
-    if rate is not None and (type(rate) not in (int, float) or not 0 < rate <= MAX_RATE):
+    if rate is not None and (type(rate) not in (int, float) or not MIN_RATE <= rate <= MAX_RATE):
         msg = (
-            f"{where}: rate must be a positive number of samples per second (up to {MAX_RATE:g}), "
-            f"not {_shown(rate)}"
+            f"{where}: rate must be a positive number of samples per second, from one a day "
+            f"({MIN_RATE:.9f}) to {MAX_RATE:g}, not {_shown(rate)}"
         )
         raise KeyStoreError(msg)
     counts = {}
@@ -339,7 +344,9 @@ def _terms(table: Mapping[str, Any], where: str) -> Terms:
         msg = f"{where}: quota_period must be the string 'day' or 'month', not {_shown(period)}"
         raise KeyStoreError(msg)
     expires = table.get("expires")
-    if expires is not None and (not isinstance(expires, datetime) or expires.tzinfo is None):
+    if expires is not None and (
+        not isinstance(expires, datetime) or expires.tzinfo is None or _beyond(expires)
+    ):
         msg = (
             f"{where}: expires must be a TOML date-time with its offset, such as 2026-12-31T00:00:00Z, "
             f"not {_shown(expires)}"
@@ -352,6 +359,15 @@ def _terms(table: Mapping[str, Any], where: str) -> Terms:
         quota_period=period,
         expires=None if expires is None else expires.astimezone(UTC),
     )
+
+
+def _beyond(when: datetime) -> bool:
+    """Whether an instant cannot be written in UTC (year 9999 with a negative offset)."""
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        return True
+    return False
 
 
 def _shown(value: object) -> str:

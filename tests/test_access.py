@@ -82,6 +82,8 @@ def post(bridge, secret: str, data: object, network: str = "A") -> requests.Resp
         ('quota = 10\nquota_period = "week"', "quota_period must be the string 'day' or 'month'"),
         ('expires = "2026-12-31T00:00:00Z"', "expires must be a TOML date-time with its offset"),
         ("expires = 2026-12-31T00:00:00", "expires must be a TOML date-time with its offset"),
+        ("rate = 1e-300", "rate must be a positive number"),  # a token's wait would outgrow any clock
+        ("expires = 9999-12-31T23:59:59-14:00", "expires must be a TOML date-time"),  # past year 9999 in UTC
     ],
 )
 def test_terms_of_a_key_are_type_checked(home: Home, field: str, expected: str) -> None:
@@ -91,13 +93,32 @@ def test_terms_of_a_key_are_type_checked(home: Home, field: str, expected: str) 
 
 
 @pytest.mark.parametrize(
-    "option", ["--rate=5/y", "--rate=-1/s", "--quota=10/week", "--quota=x/day", "--expires=2026-12-31"]
+    "option",
+    [
+        "--rate=5/y",
+        "--rate=-1/s",
+        "--rate=1e-300/s",
+        "--quota=10/week",
+        "--quota=x/day",
+        "--quota=\u00b2/day",
+        "--burst=\u00b2",
+        "--expires=2026-12-31",
+        "--expires=9999-12-31T23:59:59-14:00",
+    ],
 )
 def test_a_bad_term_on_the_command_line_is_one_line_and_status_2(home: Home, option: str) -> None:
     result = home.radio("keys", "add", "x", "--publish", "A", option, check=False)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+    term = option[2:].split("=", maxsplit=1)[0]
+    assert f"invalid {ITS_VALUE.get(term, term)} " in result.stderr, (
+        result.stderr
+    )  # Radio's line, not Python's
+
+
+ITS_VALUE = {"burst": "count", "expires": "expiry"}
+"""What the refusal of each option calls its value."""
 
 
 def test_keys_list_shows_limits_and_what_has_expired(home: Home) -> None:

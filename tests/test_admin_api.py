@@ -219,7 +219,10 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
         ("rate", "5/fortnight", "--rate"),
         ("quota", "12/week", "--quota"),
         ("expires", "tomorrow", "--expires"),
+        ("expires", "9999-12-31T23:59:59-14:00", "--expires"),  # past the calendar's end in UTC
+        ("rate", "1e-300/s", "--rate"),  # a token's wait past any clock
         ("burst", "0", "--burst"),
+        ("burst", "\u00b2", "--burst"),  # a digit to str.isdigit, not to int()
     ):
         message = error(call("POST", "/admin/keys", {"name": "x", field: value}), 400)
         assert message in cli_error(home, "keys", "add", "x", option, value)
