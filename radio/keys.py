@@ -323,10 +323,11 @@ def _terms_to_toml(terms: Terms) -> dict[str, Any]:
 def _terms(table: Mapping[str, Any], where: str) -> Terms:
     """The rate, quota and expiry fields, each type-checked like the rest of the key."""
     rate = table.get("rate")
-    if rate is not None and (type(rate) not in (int, float) or not MIN_RATE <= rate <= MAX_RATE):
+    if rate is not None and (type(rate) not in (int, float) or not 0 < rate <= MAX_RATE):
+        # Not MIN_RATE: a file written before that floor must still load (the command refuses it).
         msg = (
-            f"{where}: rate must be a positive number of samples per second, from one a day "
-            f"({MIN_RATE:.9f}) to {MAX_RATE:g}, not {_shown(rate)}"
+            f"{where}: rate must be a positive number of samples per second (up to {MAX_RATE:g}), "
+            f"not {_shown(rate)}"
         )
         raise KeyStoreError(msg)
     counts = {}
