@@ -187,7 +187,7 @@ class Unit:
     """One unit of a key's quota, taken for a sample: given back if the sample fails."""
 
     slot: tuple[str, str]
-    """(key id, first day of the period) it was taken from."""
+    """(key id, period: its day, or its month as ``YYYY-MM``) it was taken from."""
     limit: int
     """The quota it was taken under."""
 
@@ -207,7 +207,7 @@ class Meter:
         self._refusals: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
         self._received: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         self._leases: dict[tuple[str, str], _Lease] = {}
-        """(key id, period start): the units of quota this process holds."""
+        """(key id, period: a day, or a month as YYYY-MM): the units of quota this process holds."""
         self._logged: set[tuple[str, str]] = set()
         self.totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         """(key name, door, network): [samples, bytes] since this process started, for metrics."""
@@ -265,8 +265,11 @@ class Meter:
         if limit is None:
             return None
         periods = _periods(self._today())
-        start, end = periods[1] if key.terms.quota_period == "month" else periods[0]
-        slot = (key.id, start)
+        monthly = key.terms.quota_period == "month"
+        start, end = periods[1] if monthly else periods[0]
+        # A month's row is "2026-12", a day's "2026-12-01": on the 1st they must not be one row,
+        # or a quota made monthly later in the month would count the 1st's samples alone.
+        slot = (key.id, start[:7] if monthly else start)
         with self._lock:
             lease = self._leases.get(slot)
             if lease is not None and lease.held > 0 and lease.limit == limit:
@@ -278,7 +281,7 @@ class Meter:
                 lease = self._leases.pop(slot, None)
             held = lease.held if lease is not None else 0
             try:
-                granted, used = self._lease(slot, end, limit, held)
+                granted, used = self._lease(slot, start, end, limit, held)
             except BaseException:
                 if lease is not None:
                     with self._lock:
@@ -290,19 +293,24 @@ class Meter:
             self._leases[slot] = _Lease(granted - 1, limit)
         return Unit(slot, limit)
 
-    def _lease(self, slot: tuple[str, str], end: str, limit: int, returning: int) -> tuple[int, int]:
-        """Give back ``returning`` units and take a new block: (units granted, units used in the file)."""
-        key_id, start = slot
+    def _lease(
+        self, slot: tuple[str, str], start: str, end: str, limit: int, returning: int
+    ) -> tuple[int, int]:
+        """Give back ``returning`` units and take a new block: (units granted, units used in the file).
+
+        ``start`` and ``end`` are the period's first day and the first day after it.
+        """
+        key_id, period = slot
         with self._transaction() as db:
-            db.execute(_START_PERIOD, (key_id, start, key_id, start, end))
+            db.execute(_START_PERIOD, (key_id, period, key_id, start, end))
             if returning:
-                db.execute(_LEASE, (-returning, key_id, start))
+                db.execute(_LEASE, (-returning, key_id, period))
             used = int(db.execute(_USED, slot).fetchone()[0])
             left = limit - used
             if left <= 0:
                 return 0, used
             granted = max(1, min(LEASE_MAX, left // LEASE_SHARE))
-            db.execute(_LEASE, (granted, key_id, start))
+            db.execute(_LEASE, (granted, key_id, period))
         return granted, used + granted
 
     def give_back(self, unit: Unit) -> None:

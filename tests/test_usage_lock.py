@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -179,3 +180,25 @@ def test_units_one_process_leaves_unspent_go_back_for_the_others(tmp_path: Path)
     finally:
         first.close()
         second.close()
+
+
+def test_a_quota_made_monthly_counts_the_whole_month(tmp_path: Path) -> None:
+    """A daily quota on the 1st, used on the 3rd, then a monthly one on the 6th: the month counts
+    every sample since the 1st, not only the 1st's (whose quota row begins on the same day)."""
+    meter = usage.Meter(tmp_path / "usage.db")
+    daily = Key("switched", "ab" * 32, "", terms=Terms(quota=5))
+    monthly = Key("switched", "ab" * 32, "", terms=Terms(quota=12, quota_period="month"))
+    try:
+        for day in (1, 3):
+            meter._today = lambda day=day: date(2026, 12, day)  # type: ignore[method-assign]
+            for _ in range(5):
+                assert isinstance(meter.take(daily), usage.Unit)
+                meter.record(daily, "mqtt", "A", 10)
+            assert isinstance(meter.take(daily), usage.QuotaState)
+        meter.close()  # written, and every unit not spent given back
+        meter = usage.Meter(tmp_path / "usage.db")
+        meter._today = lambda: date(2026, 12, 6)  # type: ignore[method-assign]
+        taken = [meter.take(monthly) for _ in range(3)]
+        assert [isinstance(unit, usage.Unit) for unit in taken] == [True, True, False]  # 10 used of 12
+    finally:
+        meter.close()
