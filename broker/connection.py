@@ -88,6 +88,7 @@ class Connection:
     __slots__ = (
         "_acks_waiting",
         "_alive_timer",
+        "_anonymous",
         "_draining",
         "_flush_scheduled",
         "_loop",
@@ -121,6 +122,8 @@ class Connection:
         self._pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated; None once it was."""
         self._acks_waiting = 0
+        self._anonymous = False
+        """Whether this connection holds one of its address's anonymous connections."""
         self._alive_timer: asyncio.TimerHandle | None = self._loop.call_later(
             broker.connect_timeout, self._connect_timed_out
         )
@@ -274,6 +277,16 @@ class Connection:
             log.warning("client %r connected again: closing its previous connection", candidate.client_id)
             existing.connection.close(None)
             existing = router.sessions.get(ident)
+        if candidate.key_name is None:
+            if not router.anonymous_connections.open(self.peer[0]):
+                most = router.anonymous_connections.limit
+                self._refuse(
+                    codec.SERVER_UNAVAILABLE,
+                    f"{most} anonymous clients connected from {self.peer[0]}, "
+                    "the limit [broker] anonymous_max_connections_per_address",
+                )
+                return None
+            self._anonymous = True
         if existing is not None and (candidate.clean_session or existing.clean_session):
             router.discard(existing)
             existing = None
@@ -496,6 +509,9 @@ class Connection:
                 self._publish_will(session, will)
             router.went_offline(session)
             router.stats.connections -= 1
+        if self._anonymous:
+            self._anonymous = False
+            router.anonymous_connections.done(self.peer[0])
         self.link.close()
         self.broker.connection_closed(self)
 

@@ -87,9 +87,10 @@ def _limits(broker: RadioBroker) -> Iterator[Any]:
     anonymous = router.anonymous
     refused = CounterMetricFamily(
         "radio_broker_refused_connects",
-        "CONNECTs refused by a cap on anonymous persistent sessions, by cap.",
+        "CONNECTs refused by a cap on anonymous clients or persistent sessions, by cap.",
         labels=["reason"],
     )
+    refused.add_metric(["anonymous_connections_per_address"], router.anonymous_connections.refused)
     for reason in (
         "anonymous_sessions",
         "anonymous_sessions_per_address",

@@ -1,11 +1,15 @@
 """Per-source limits: what one address may hold of the broker before any key pays for it.
 
-Two things cost the broker without a key behind them, and one address could multiply them:
+Three things cost the broker without a key behind them, and one address could multiply them:
 
 - sockets that have not completed their CONNECT: each holds a slot of its listener's
   ``max_connections`` until ``connect_timeout``; one address holding thousands (and reopening
   them as they are closed) would leave none for anyone else. Past ``max_connecting_per_address``
   a new socket from that address is closed at once.
+- anonymous connections: a CONNECT without a key is as cheap as a socket, and each completed one
+  holds a slot of its listener's ``max_connections`` for as long as it likes. Past
+  ``anonymous_max_connections_per_address`` connected at once, an address's next anonymous
+  CONNECT is refused (CONNACK 3); keyed clients from it are not counted: a key answers for them.
 - anonymous persistent sessions: each keeps a queue in memory and in the store while its client
   is away, and nobody pays for it. They are capped in all and per address, in count and in
   queued bytes; a CONNECT that would open one more past a cap is refused (CONNACK 3, "server
@@ -35,6 +39,7 @@ class AnonymousCaps:
     max_sessions_per_address: int = 10
     total_queued_bytes: int = 32 * 1024 * 1024
     queued_bytes_per_address: int = 512 * 1024
+    max_connections_per_address: int = 1_000
 
 
 class Connecting:
@@ -65,6 +70,12 @@ class Connecting:
 
     def __len__(self) -> int:
         return sum(self._per_address.values())
+
+
+class AnonymousConnections(Connecting):
+    """Anonymous clients connected now, counted per source address (``open`` refuses past the limit)."""
+
+    __slots__ = ()
 
 
 class AnonymousSessions:

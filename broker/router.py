@@ -21,7 +21,7 @@ from radio.broker import attributes as attrs
 from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
-from radio.broker.per_source import AnonymousCaps, AnonymousSessions
+from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
@@ -90,6 +90,8 @@ class Router:
         self.sessions: dict[tuple[str | None, str], Session] = {}
         """By (key id, client id): see ``Session.ident``."""
         self.anonymous = AnonymousSessions(limits.anonymous_caps)
+        self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
+        """Anonymous clients connected now, per source address (broker/per_source.py)."""
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()
         self.retained = RetainedIndex()
         self.stats = Stats()

@@ -64,6 +64,7 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_max_sessions_per_address,
             settings.anonymous_total_queued_bytes,
             settings.anonymous_queued_bytes_per_address,
+            settings.anonymous_max_connections_per_address,
         ),
     )
 

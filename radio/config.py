@@ -153,6 +153,8 @@ class BrokerSettings:
     """Bytes queued for all anonymous sessions together past which no new one is opened."""
     anonymous_queued_bytes_per_address: int = 512 * 1024
     """Bytes queued for the anonymous sessions of one address past which it opens no new one."""
+    anonymous_max_connections_per_address: int = 1_000
+    """Anonymous clients connected at once from one address; past it a CONNECT gets CONNACK 3."""
     max_connecting_per_address: int = 256
     """Sockets from one address that have not completed their CONNECT; more are closed at once."""
     log_repeats: int = 20
@@ -414,6 +416,7 @@ _BROKER_LIMITS: Final = {
     "anonymous_max_sessions_per_address": (0, 100_000_000, True),
     "anonymous_total_queued_bytes": (0, 1 << 40, True),
     "anonymous_queued_bytes_per_address": (0, 1 << 40, True),
+    "anonymous_max_connections_per_address": (1, 100_000_000, True),
     "max_connecting_per_address": (1, 1_000_000, True),
     "log_repeats": (1, 1_000_000, True),
 }

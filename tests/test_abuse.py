@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 from mqtt_client import Client
+from polling import until
 from raw_mqtt import (
     closed_by_peer,
     connect,
@@ -139,6 +140,36 @@ def test_anonymous_persistent_sessions_are_capped_per_address_and_in_all(home):
         assert metric(broker, "radio_broker_refused_connects_total", per_address) == 2
         assert metric(broker, "radio_broker_refused_connects_total", '{reason="anonymous_sessions"}') == 1
         assert metric(broker, "radio_broker_anonymous_sessions") == 5
+
+
+def test_anonymous_clients_of_one_address_cannot_fill_a_listener(home):
+    """A CONNECT without a key is as cheap as a socket: past the cap an address's next anonymous
+    client is refused, while its keyed clients and other addresses still get in."""
+    settings = ("max_connections = 8", "anonymous_max_connections_per_address = 5")
+    with platform(home, *settings) as broker, contextlib.ExitStack() as sockets:
+        port = broker.mqtt_port
+        held = []
+        for n in range(6):
+            sock, code, _ = connack(port, f"crowd-{n}")
+            if code == 0:
+                held.append(sockets.enter_context(sock))
+            else:
+                sock.close()
+        assert len(held) == 5  # the sixth got CONNACK 3, and left the listener its other places
+        sock, code, _ = connack(port, "device", "gen", home.secrets["gen"])
+        sockets.enter_context(sock)
+        assert code == 0
+        sock, code, _ = connack(port, "neighbour", source=OTHER)
+        sockets.enter_context(sock)
+        assert code == 0
+        held.pop(0).close()  # one of the five leaves: its place is the address's again
+        connected = broker.broker.radio.router.anonymous_connections
+        assert until(lambda: len(connected) == 5)  # four of the address's, one of its neighbour's
+        sock, code, _ = connack(port, "crowd-again")
+        sockets.enter_context(sock)
+        assert code == 0
+        reason = '{reason="anonymous_connections_per_address"}'
+        assert metric(broker, "radio_broker_refused_connects_total", reason) == 1
 
 
 def test_anonymous_sessions_from_one_address_cannot_fill_the_store(home):
