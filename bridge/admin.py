@@ -28,7 +28,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from radio import usage
 from radio.audit import Actor, AuditError
-from radio.bridge import admin_auth
+from radio.bridge import admin_auth, publish
 from radio.bridge.admin_openapi import document
 from radio.bridge.errors import APIError
 from radio.config import Settings, load_settings
@@ -97,7 +97,14 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def _body(known: Iterable[str]) -> dict[str, Any]:
-    """The request's JSON object, with no field but the known ones."""
+    """The request's JSON object, with no field but the known ones.
+
+    A body past the bridge's limit never reached the app (``bridge/asgi.py``): that is a 413,
+    not a body that fails to parse.
+    """
+    limit = publish.body_limit(publish.current_registry())
+    if (request.content_length or 0) > limit:
+        raise APIError(413, f"request body too large: at most {limit} bytes", "too_large")
     try:
         body = json.loads(request.get_data(), parse_constant=_reject_constant)
     except (ValueError, RecursionError):

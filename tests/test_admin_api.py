@@ -574,3 +574,15 @@ def test_on_nats_a_key_made_over_http_connects_on_every_node_and_a_revoked_one_i
             client.close()
         bridge.stop()
         cluster.stop()
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_a_body_past_the_bridges_limit_is_413_declared_or_chunked(admin):
+    """The server reads no body past its limit: the API says so, rather than that it is not JSON."""
+    huge = b'{"name": "' + b"x" * 1_000_000 + b'"}'
+    url, headers = admin.url + "/admin/keys", admin.headers
+    declared = requests.post(url, data=huge, headers=headers, timeout=30)
+    chunked = requests.post(url, data=iter([huge[:10], huge[10:]]), headers=headers, timeout=30)
+    for answer in (declared, chunked):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"].startswith("request body too large: at most ")
