@@ -562,16 +562,24 @@ class KeyStore:
         return secret
 
     def revoke(self, name: str) -> None:
-        """Delete a key: it can no longer connect or publish, through either door."""
+        """Delete a key: it can no longer connect or publish, through either door.
+
+        A service key is refused (``_not_a_service_key``).
+        """
         with self._locked() as keys:
-            self._existing(keys, name)
+            _not_a_service_key(self._existing(keys, name), "revoked")
             del keys[name]
 
-    def rotate(self, name: str) -> str:
-        """Give a key a new secret, keeping its rights and its id; the old secret stops working."""
+    def rotate(self, name: str, *, service: bool = False) -> str:
+        """Give a key a new secret, keeping its rights and its id; the old secret stops working.
+
+        A service key only when its own server asks (``service``: it lost its secret's file).
+        """
         secret = new_secret()
         with self._locked() as keys:
             key = self._existing(keys, name)
+            if not service:
+                _not_a_service_key(key, "rotated")
             keys[name] = replace(
                 key,
                 digest=secret_digest(secret),
@@ -642,6 +650,21 @@ class KeyStore:
             keys = read_keys(self.path)
             yield keys
             _write_atomically(self.path, {"keys": {n: k.to_toml() for n, k in sorted(keys.items())}})
+
+
+def _not_a_service_key(key: Key, done: str) -> None:
+    """Refuse to cut one of Radio's own servers off: the bridge (the whole HTTP door) or the recorder.
+
+    Their secret lives in a file the running server read at start, so a revoked or rotated service
+    key left them refused by the broker until someone deleted that file and restarted them; a
+    system syncing its customers' keys over the admin API would do it by listing and deleting.
+    """
+    if key.publish_all or key.read_all:
+        msg = (
+            f"key {key.name!r} is the service key of Radio's own {key.name} and is not {done}: to give "
+            f"it a new secret, delete {key.name}.key beside the configuration and restart the {key.name}"
+        )
+        raise KeyStoreError(msg)
 
 
 @contextlib.contextmanager

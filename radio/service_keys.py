@@ -50,7 +50,7 @@ def service_credentials(settings: Settings, name: str, environment: str, role: R
         raise RadioError(msg)
     store = KeyStore(settings.keys_path, settings.networks)
     if key is not None:
-        secret = store.rotate(name)
+        secret = store.rotate(name, service=True)
     else:
         secret = store.add(name, publish_all=role == "publish_all", read_all=role == "read_all")
     path.parent.mkdir(parents=True, exist_ok=True)

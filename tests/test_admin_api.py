@@ -234,6 +234,14 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
     assert burst in cli_error(home, "keys", "add", "x", "--burst", "3")
     service = error(call("PATCH", "/admin/keys/bridge", {"subscribe": ["A"]}), 400)
     assert service in cli_error(home, "keys", "edit", "bridge", "--subscribe", "A")
+    # Revoked or rotated, the bridge's own key would leave the HTTP door refused by the broker.
+    for method, path, command in (
+        ("DELETE", "/admin/keys/bridge", "revoke"),
+        ("POST", "/admin/keys/bridge/rotate", "rotate"),
+    ):
+        cut_off = error(call(method, path), 400)
+        assert cut_off in cli_error(home, "keys", command, "bridge")
+    assert home.store().keys()["bridge"].publish_all
     assert error(call("PATCH", "/admin/keys/gen", {}), 400).startswith("nothing to change (give publish")
     assert error(call("PATCH", "/admin/keys/gen", {"admin": None}), 400).startswith("nothing to change")
     assert error(call("POST", "/admin/keys", {"name": "x", "secret": "s"}), 400).startswith(

@@ -33,9 +33,10 @@ from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
+from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher, _Link, publish_packet
 from radio.broker.thread import BrokerThread
-from radio.config import Address
+from radio.config import Address, load_settings
 from radio.keys import read_keys
 from radio.registry import LiveRegistry
 
@@ -645,3 +646,15 @@ def _how_it_ends(conn: socket.socket) -> str:
     except ConnectionResetError:
         return "reset"
     return "closed"
+
+
+def test_a_lost_secret_file_gives_the_service_key_a_new_secret(home):
+    """The way back the refusal to rotate a service key names: delete its file and restart."""
+    settings = load_settings(home.config)
+    _, first = bridge_credentials(settings)
+    (home.path / "bridge.key").unlink()
+    _, second = bridge_credentials(settings)
+    key = read_keys(home.keys)["bridge"]
+    assert second != first
+    assert key.matches(second)
+    assert key.publish_all
