@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict
+from radio.broker.attributes import shown
 from radio.keys import Key
 from radio.rates import Buckets
 from radio.registry import Registry
@@ -135,7 +136,7 @@ class Gate:
         now = time.monotonic()
         if now - self._logged.get((name, refused.reason), -LOG_EVERY) >= LOG_EVERY:
             self._logged[(name, refused.reason)] = now
-            log.warning("dropped %s of %s to %r: %s", what, session.describe(), topic, refused.message)
+            log.warning("dropped %s of %s to %s: %s", what, session.describe(), shown(topic), refused.message)
 
     def sweep(self, sessions: list[Session], now: datetime | None = None) -> list[Session]:
         """The connected sessions whose key has expired: to be closed like a revoked key's.

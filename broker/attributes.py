@@ -45,7 +45,22 @@ def key_name(session: Session) -> str | None:
     return name
 
 
+SHOWN: Final = 100
+"""Characters of a client id or a topic a log line shows: MQTT allows 65,535 bytes of each."""
+
+
+def shown(text: str | None) -> str:
+    """A client's name or topic as a log line quotes it, cut short.
+
+    One client in a loop must not write 65 KB lines, even at the rate the log summary lets through.
+    """
+    if text is None or len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:SHOWN]!r}... ({len(text.encode(errors='replace')):,} bytes)"
+
+
 def describe(session: Session) -> str:
     """A client as the log names it: never with its secret."""
     transport = session.attributes.get(TRANSPORT, "?")
-    return f"client {session.client_id!r} from {session.remote_address}:{session.remote_port} ({transport})"
+    where = f"{session.remote_address}:{session.remote_port} ({transport})"
+    return f"client {shown(session.client_id)} from {where}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from radio.broker.attributes import shown
+
 CONNECT: Final = 1
 CONNACK: Final = 2
 PUBLISH: Final = 3
@@ -228,7 +230,7 @@ def decode_connect(body: bytes) -> Connect:
 def _will(body: bytes, at: int) -> tuple[str, bytes, int]:
     topic, at = _string(body, at, "the will topic")
     if not topic or "+" in topic or "#" in topic:
-        msg = f"the will topic {topic!r} is not a topic name [MQTT-3.1.3-11]"
+        msg = f"the will topic {shown(topic)} is not a topic name [MQTT-3.1.3-11]"
         raise Violation(msg)
     payload, at = _binary(body, at, "the will message")
     return topic, payload, at
@@ -260,7 +262,7 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, bytes]:
         msg = "a PUBLISH with an empty topic [MQTT-4.7.3-1]"
         raise Violation(msg)
     if "+" in topic or "#" in topic:
-        msg = f"a PUBLISH to the wildcard topic {topic!r} [MQTT-3.3.2-2]"
+        msg = f"a PUBLISH to the wildcard topic {shown(topic)} [MQTT-3.3.2-2]"
         raise Violation(msg)
     pid = 0
     if qos:

@@ -274,7 +274,9 @@ class Connection:
                 self._refuse(codec.SERVER_UNAVAILABLE, refusal)
                 return None
         if existing is not None and existing.connection is not None:
-            log.warning("client %r connected again: closing its previous connection", candidate.client_id)
+            log.warning(
+                "client %s connected again: closing its previous connection", attrs.shown(candidate.client_id)
+            )
             existing.connection.close(None)
             existing = router.sessions.get(ident)
         if candidate.key_name is None:

@@ -22,6 +22,7 @@ from raw_mqtt import (
     connect,
     packet,
     puback,
+    publish,
     published,
     read_packet,
     subscribe,
@@ -405,6 +406,25 @@ def test_a_connect_loop_does_not_grow_the_log_without_bound(home, caplog):
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("… ")]
     assert len(summary) == 1
     assert "55 more in the last minute like: accepted client 'loop-59'" in summary[0]
+
+
+def test_a_client_id_or_topic_of_60_kb_is_cut_short_in_the_log(home, caplog):
+    """MQTT allows 65,535 bytes of each: a client in a loop must not write lines that long."""
+    caplog.set_level(logging.INFO, logger="radio.broker")
+    long = "x" * 60_000
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        sock, code, _ = connack(port, long)
+        assert code == 0
+        sock.sendall(publish("networks/A/" + long, b'{"a": 1}', qos=1, packet_id=1))
+        assert read_packet(sock) == (0x40, b"\x00\x01")  # dropped (no right), acknowledged
+        sock.sendall(publish("networks/pub/" + long + "/#", b'{"a": 1}'))
+        assert closed_by_peer(sock)  # a PUBLISH to a wildcard topic closes the connection
+        sock.close()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("radio.broker")]
+    assert any("wildcard topic 'networks/pub/xxx" in line for line in lines)
+    assert any("dropped a sample of client 'xxx" in line for line in lines)
+    assert max(len(line) for line in lines) < 1_000
 
 
 def test_a_summary_is_written_once_its_minute_is_over(caplog):
