@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from radio import __version__
-from radio.cli import options
+from radio.cli import health, options
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
@@ -162,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_platform_commands(commands, common)
     _add_certs_commands(commands, common)
+    health.add_command(commands, common)
 
     _add_key_commands(commands, common)
     return parser
