@@ -20,6 +20,7 @@ import ipaddress
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from radio.cli import options
@@ -39,8 +40,10 @@ class Unhealthy(RadioError):
     """The door did not answer 200, said in one line."""
 
 
-def add_command(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
-    """``radio health [--http HOST:PORT]``."""
+def add_command(
+    commands: argparse._SubParsersAction[Parser], common: Parser, *, timeout: Callable[[str], float]
+) -> None:
+    """``radio health [--http HOST:PORT] [--timeout SECONDS]``; ``timeout`` parses the seconds."""
     health = commands.add_parser(
         "health",
         parents=[common],
@@ -57,9 +60,9 @@ def add_command(commands: argparse._SubParsersAction[Parser], common: Parser) ->
     )
     health.add_argument(
         "--timeout",
-        type=float,
+        type=timeout,
         default=TIMEOUT,
-        help=f"seconds to wait for the answer (default {TIMEOUT:g})",
+        help=f"seconds to wait for the answer (0.1 to 60, default {TIMEOUT:g})",
     )
     health.set_defaults(handler=_run)
 

@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_platform_commands(commands, common)
     _add_certs_commands(commands, common)
-    health.add_command(commands, common)
+    health.add_command(commands, common, timeout=_seconds(0.1, 60))
 
     _add_key_commands(commands, common)
     return parser

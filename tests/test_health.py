@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 from conftest import Home, start_bridge
 from test_tls import make_certs, use_tls
@@ -14,8 +15,9 @@ UNHEALTHY = 1
 
 
 def health(home: Home, *args: str) -> subprocess.CompletedProcess[str]:
+    # A busy test machine may take longer than the 4 s a container's check allows.
     return subprocess.run(
-        [sys.executable, "-m", "radio", "health", "--config", str(home.config), *args],
+        [sys.executable, "-m", "radio", "health", "--config", str(home.config), "--timeout", "30", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -25,6 +27,14 @@ def health(home: Home, *args: str) -> subprocess.CompletedProcess[str]:
 
 def port_of(url: str) -> str:
     return url.rsplit(":", 1)[1]
+
+
+def once_linked(home: Home, address: str) -> subprocess.CompletedProcess[str]:
+    """The check, once a bridge just started has reached its broker (503 until then), 20 s at most."""
+    deadline = time.monotonic() + 20
+    while "answered 503" in (done := health(home, "--http", address)).stderr and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return done
 
 
 def test_a_bridge_linked_to_its_broker_is_healthy_on_the_address_radio_up_was_given(home, bridge):
@@ -83,7 +93,7 @@ def test_under_tls_the_check_speaks_https_verified_against_the_configured_certif
     try:
         assert bridge.url.startswith("https://")
         port = port_of(bridge.url)
-        done = health(home, "--http", f"0.0.0.0:{port}")
+        done = once_linked(home, f"0.0.0.0:{port}")
         assert (done.returncode, done.stderr) == (0, "")
         assert done.stdout == f"healthy: https://127.0.0.1:{port}/healthz answered 200\n"
 
@@ -107,6 +117,7 @@ def test_plain_http_to_a_tls_bridge_is_not_mistaken_for_healthy(home, broker, tm
     use_tls(home, certs)
     bridge = start_bridge(home, broker.mqtt_port, healthy=False)
     try:
+        assert once_linked(home, f"127.0.0.1:{port_of(bridge.url)}").returncode == 0
         # Without [tls] the check speaks plain HTTP: the HTTPS bridge does not answer it with 200.
         plain = Home(tmp_path / "plain")
         plain.path.mkdir()
@@ -115,3 +126,4 @@ def test_plain_http_to_a_tls_bridge_is_not_mistaken_for_healthy(home, broker, tm
     finally:
         bridge.stop(timeout=8)
     assert done.returncode == UNHEALTHY, done.stdout
+    assert "no answer" in done.stderr
