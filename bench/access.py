@@ -79,7 +79,7 @@ def targets(folder: Path) -> dict[str, Callable[[], object]]:
     found["bucket_bridge_shared"] = lambda: shared.take(key.id, 1e6, 1_000_000)
     meter = Meter(folder / "usage.db")
     found["meter_record"] = lambda: meter.record(key, "mqtt", "sample_net", 300)
-    found["meter_quota"] = lambda: meter.quota(key)
+    found["meter_take"] = lambda: meter.take(key)  # a unit of quota: a lease of 100 per transaction
     return found
 
 

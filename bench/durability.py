@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from mqtt_load import connect_packet, handshake, open_connection, publish_packet, subscribe
@@ -89,6 +90,30 @@ async def measure(port: int, secret: str, samples: int) -> float:
     return samples / elapsed
 
 
+def measured(broker: subprocess.Popen[Any], port: int, secret: str, samples: int) -> tuple[float, float]:
+    """Publishes per second and the broker's CPU us per publish; the broker is stopped after."""
+    process = psutil.Process(broker.pid)
+    try:
+        cpu = sum(process.cpu_times()[:2])
+        rate = asyncio.run(measure(port, secret, samples))
+        return rate, (sum(process.cpu_times()[:2]) - cpu) / samples * 1e6
+    finally:
+        broker.terminate()
+        broker.wait(30)
+
+
+def print_table(mode_title: str, broker_title: str, results: dict[str, list[tuple[float, float]]]) -> None:
+    """One row per mode: the median rate with its range, and the median CPU per publish."""
+    columns = f"{mode_title} | acknowledged publishes/s (median, range) | {broker_title} CPU us per publish"
+    print(f"\n| {columns} |")
+    print("|---|---|---|")
+    for mode, rows in results.items():
+        rates = [r for r, _ in rows]
+        cpu = statistics.median(c for _, c in rows)
+        spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
+        print(f"| {mode} | {statistics.median(rates):,.0f} ({spread}) | {cpu:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,24 +128,11 @@ def main() -> None:
         for round_ in range(rounds):
             for mode in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
                 broker, port, secret = start(Path(folder), '"broker.db"' if mode == "on" else "false")
-                process = psutil.Process(broker.pid)
-                try:
-                    cpu = sum(process.cpu_times()[:2])
-                    rate = asyncio.run(measure(port, secret, samples))
-                    cpu_us = (sum(process.cpu_times()[:2]) - cpu) / samples * 1e6
-                finally:
-                    broker.terminate()
-                    broker.wait(30)
+                rate, cpu_us = measured(broker, port, secret, samples)
                 results[mode].append((rate, cpu_us))
                 line = {"round": round_ + 1, "persistence": mode, "publishes_per_s": round(rate)}
                 print(json.dumps({**line, "broker_us_per_publish": round(cpu_us, 1)}), flush=True)
-    print("\n| persistence | acknowledged publishes/s (median, range) | broker CPU us per publish |")
-    print("|---|---|---|")
-    for mode, rows in results.items():
-        rates = [r for r, _ in rows]
-        cpu = statistics.median(c for _, c in rows)
-        spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
-        print(f"| {mode} | {statistics.median(rates):,.0f} ({spread}) | {cpu:.0f} |")
+    print_table("persistence", "broker", results)
     ratios = [on[0] / off[0] for on, off in zip(results["on"], results["off"], strict=True)]
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
     print(f"\non / off, round by round: median {statistics.median(ratios):.2f} ({spread})")

@@ -14,6 +14,11 @@ measurement by measurement. Payloads are
 in flight. Reported per measurement: deliveries/s, broker CPU microseconds per delivery, the load
 client's own CPU, and loss (deliveries that never came, waiting 5 s past the last one).
 
+The publisher and every subscriber run in this one Python process, on the cores the broker uses,
+and the load comes in bursts: the rates are bounded by this client, which reads one broker's
+deliveries more cheaply than another's, so they do not compare brokers. ``bench/broker_cpu.py``
+compares the embedded broker with Mosquitto (each broker on its own core, C clients, paced load).
+
 ``--tls`` measures each transport beside its TLS twin (tcp and mqtts, ws and wss) on brokers
 serving both, with a certificate ``radio certs dev`` makes in the temporary folder; stock amqtt
 serves no TLS here and is left out of TLS measurements.

@@ -1,13 +1,25 @@
-"""HTTP door: POST /publish through the bridge vs a bare Flask endpoint, same server, same run.
+"""HTTP door: POST /publish through the bridge beside bare Flask endpoints, same run, order alternated.
 
-    python bench/http_door.py             # 3 interleaved rounds of 10 s each, wrk -c50
-    python bench/http_door.py --smoke     # one 1 s round: checks the script still works
+    python bench/http_door.py             # 5 rounds of 10 s per target, wrk -c50
+    python bench/http_door.py --smoke     # two 1 s rounds per target: checks the script still works
     python bench/http_door.py --engine mosquitto  # the bridge in front of Mosquitto
-    python bench/http_door.py --server sync       # both under another server (bench/http_servers.py)
+    python bench/http_door.py --server sync       # bridge and bare under another server (http_servers.py)
 
-Both are served with the same settings as `radio bridge` (2 workers of 16 threads); the bridge
-publishes every sample at QoS 1 to the broker and waits for its PUBACK. Prints a JSON
-line per measurement and a summary (medians, spread, ratio); CPU seconds per process show which
+Four targets, each round in turn, the order reversed every other round (so neither always runs
+first, on a fresh or a warm machine):
+
+- ``bridge``: ``radio bridge`` publishing to a network with ``retain = true``; the bridge
+  publishes every sample at QoS 1 and answers once the broker acknowledged it (the embedded
+  broker acknowledges a retained sample once it is on disk);
+- ``bridge_no_retain``: the same bridge, a network with ``retain = false`` (no disk write before
+  the acknowledgement; Mosquitto never writes one before its PUBACK);
+- ``bare``: a bare Flask endpoint parsing the same JSON, served as the bridge is (2 workers of
+  16 threads by default);
+- ``flask_gthread``: the same bare endpoint under gunicorn's gthread workers, same numbers of
+  workers and threads: what a Flask application's users would otherwise run.
+
+Prints a JSON line per measurement and a summary: medians and spread per target, and each
+bridge's ratio to each bare endpoint taken round by round. CPU seconds per process show which
 one was saturated.
 """
 
@@ -31,7 +43,7 @@ from http_servers import SERVERS, bench_home, serve_bare, serve_bridge, start
 HERE = Path(__file__).resolve().parent
 
 
-def wrk(url: str, seconds: int, key: str, connections: int) -> dict[str, float]:
+def wrk(url: str, seconds: int, key: str, connections: int, network: str = "bench") -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -46,7 +58,7 @@ def wrk(url: str, seconds: int, key: str, connections: int) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "RADIO_BENCH_KEY": key},
+        env={**os.environ, "RADIO_BENCH_KEY": key, "RADIO_BENCH_NETWORK": network},
     ).stdout
 
     def latency_ms(label: str) -> float:
@@ -71,10 +83,57 @@ def cpu_seconds(process: subprocess.Popen[str]) -> float:
     return total
 
 
+def wait_answering(url: str, key: str, network: str) -> None:
+    """Until the target answers a POST /publish with a 2xx."""
+    body = json.dumps({"network": network, "data": {}})
+    deadline = time.monotonic() + 20
+    while subprocess.run(
+        [
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            f"API-KEY: {key}",
+            "-d",
+            body,
+            url + "/publish",
+        ],
+        check=False,
+    ).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError(url + " never answered")
+        time.sleep(0.1)
+
+
+def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, object]:
+    """Medians and spread per target; each bridge over each bare endpoint, round by round."""
+    summary: dict[str, object] = {}
+    for name, runs in results.items():
+        rps = [r["rps"] for r in runs]
+        summary[name] = {
+            "rps_median": statistics.median(rps),
+            "rps_spread": [min(rps), max(rps)],
+            "p50_ms_median": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms_median": statistics.median(r["p99_ms"] for r in runs),
+            "non_2xx": sum(r["non_2xx"] for r in runs),
+        }
+    for bridge in ("bridge", "bridge_no_retain"):
+        for yardstick in ("bare", "flask_gthread"):
+            ratios = [b["rps"] / y["rps"] for b, y in zip(results[bridge], results[yardstick], strict=True)]
+            summary[f"{bridge}_over_{yardstick}"] = {
+                "median": round(statistics.median(ratios), 3),
+                "spread": [round(min(ratios), 3), round(max(ratios), 3)],
+            }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="one short round, to check the script works")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="two short rounds, to check the script works")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="worker processes, for both targets")
     parser.add_argument("--threads", type=int, default=16, help="threads per worker, for both targets")
@@ -94,7 +153,7 @@ def main() -> None:
         help="the broker behind the bridge (radio broker --engine)",
     )
     args = parser.parse_args()
-    rounds, seconds = (1, 1) if args.smoke else (args.rounds, args.seconds)
+    rounds, seconds = (2, 1) if args.smoke else (args.rounds, args.seconds)
 
     home = Path(tempfile.mkdtemp(prefix="radio-bench-"))
     env, key = bench_home(home)
@@ -106,61 +165,34 @@ def main() -> None:
     )
     served = serve_bridge(args.server, home, env, mqtt, workers=args.workers, threads=args.threads)
     yardstick = serve_bare(args.server, args.workers, args.threads)
-    bridge, bridge_url, bare, bare_url = served.process, served.url, yardstick.process, yardstick.url
+    gthread = serve_bare("gthread", args.workers, args.threads)
+    bridge, bare = served.process, yardstick.process
+    targets = {  # name: (url, network)
+        "bridge": (served.url, "bench"),
+        "bridge_no_retain": (served.url, "bench_volatile"),
+        "bare": (yardstick.url, "bench"),
+        "flask_gthread": (gthread.url, "bench"),
+    }
+    processes = {"broker": broker, "bridge": bridge, "bare": bare, "flask_gthread": gthread.process}
     try:
-        deadline = time.monotonic() + 20
-        for url in (bridge_url, bare_url):
-            while subprocess.run(
-                [
-                    "curl",
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    "-X",
-                    "POST",
-                    "-H",
-                    f"API-KEY: {key}",
-                    "-d",
-                    '{"network": "bench", "data": {}}',
-                    url + "/publish",
-                ],
-                check=False,
-            ).returncode:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(url + " never answered")
-                time.sleep(0.1)
-        results: dict[str, list[dict[str, float]]] = {"bridge": [], "bare": []}
+        for url, network in targets.values():
+            wait_answering(url, key, network)
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for n in range(rounds):
-            for name, url in (("bridge", bridge_url), ("bare", bare_url)):  # interleaved: noise hits both
-                before = {
-                    p: cpu_seconds(proc)
-                    for p, proc in (("broker", broker), ("bridge", bridge), ("bare", bare))
-                }
-                result = wrk(url, seconds, key, args.connections)
-                for p, proc in (("broker", broker), ("bridge", bridge), ("bare", bare)):
-                    result[f"cpu_{p}_s"] = round(cpu_seconds(proc) - before[p], 2)  # type: ignore[arg-type]
+            order = list(targets) if n % 2 == 0 else list(reversed(targets))
+            for name in order:  # interleaved, order alternated: noise and warm-up hit every target
+                url, network = targets[name]
+                before = {p: cpu_seconds(proc) for p, proc in processes.items()}
+                result = wrk(url, seconds, key, args.connections, network)
+                for p, proc in processes.items():
+                    result[f"cpu_{p}_s"] = round(cpu_seconds(proc) - before[p], 2)
                 results[name].append(result)
                 print(json.dumps({"round": n + 1, "target": name, **result}), flush=True)
-        summary = {}
-        for name, runs in results.items():
-            rps = [r["rps"] for r in runs]
-            summary[name] = {
-                "rps_median": statistics.median(rps),
-                "rps_spread": [min(rps), max(rps)],
-                "p50_ms_median": statistics.median(r["p50_ms"] for r in runs),
-                "p99_ms_median": statistics.median(r["p99_ms"] for r in runs),
-                "non_2xx": sum(r["non_2xx"] for r in runs),
-            }
-        ratios = [b["rps"] / y["rps"] for b, y in zip(results["bridge"], results["bare"], strict=True)]
-        summary["bridge_over_bare"] = {
-            "median": round(statistics.median(ratios), 3),
-            "spread": [round(min(ratios), 3), round(max(ratios), 3)],
-        }
-        print(json.dumps({"summary": summary}, indent=2))
+        print(json.dumps({"summary": summarize(results)}, indent=2))
     finally:
-        for proc in (bridge, broker, bare):
+        for proc in processes.values():
             proc.send_signal(signal.SIGINT)
-        for proc in (bridge, broker, bare):
+        for proc in processes.values():
             proc.wait(timeout=30)
 
 

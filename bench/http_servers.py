@@ -52,11 +52,18 @@ def start(
 
 
 def bench_home(home: Path) -> tuple[dict[str, str], str]:
-    """A platform folder with one public network, bench, and a key that may publish to it."""
-    (home / "radio.toml").write_text("[networks.bench]\npublic = true\nretain = true\n")
+    """A platform folder with two public networks and a key that may publish to both.
+
+    ``bench`` keeps its last sample (``retain = true``: the embedded broker answers a publish once
+    the sample is on disk); ``bench_volatile`` does not (``retain = false``: nothing to write).
+    """
+    (home / "radio.toml").write_text(
+        "[networks.bench]\npublic = true\nretain = true\n"
+        "[networks.bench_volatile]\npublic = true\nretain = false\n"
+    )
     env = {**os.environ, "RADIO_CONFIG": str(home / "radio.toml")}
     key = subprocess.run(
-        [sys.executable, "-m", "radio", "keys", "add", "bench", "--publish", "bench"],
+        [sys.executable, "-m", "radio", "keys", "add", "bench", "--publish", "bench,bench_volatile"],
         capture_output=True,
         text=True,
         check=True,

@@ -9,6 +9,9 @@ and every listener timestamps each arrival. Reported: p50 and p99 of publish-to-
 deliveries, loss, and whether the run was queueing: the median latency of the last third of the
 samples against the first third (a ratio well above 1 means latency grows with the run: the
 broker cannot keep up with that rate). Publisher and listeners share this process and its clock.
+
+Latency runs from when a sample was actually sent, not when it was due: a publisher held up by a
+busy loop hides that wait. ``bench/broker_cpu.py`` measures from the schedule, with C clients.
 """
 
 from __future__ import annotations

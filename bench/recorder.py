@@ -8,7 +8,9 @@
 round publishes a burst of samples at QoS 1 to one network (up to 100 in flight), and measures
 from the first publish to (a) the last sample reaching a QoS 1 listener in this process and (b)
 the recorder having numbered the last one (its ``history.db`` polled read-only every 5 ms). The
-ratio recorder/listener says what numbering and writing each sample costs on top of delivery.
+ratio recorder/listener says what numbering and writing each sample costs on top of delivery. Each
+round also checks that the recorder lost nothing: every sample of the burst is in the history (a
+sample its session dropped would leave a hole in the numbering, not a missing last number).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 RADIO = [sys.executable, "-m", "radio"]
-CONFIG = "[networks.bench]\npublic = true\nretain = false\nhistory = 1000\n\n[broker]\npersistence = false\n"
+CONFIG = (
+    "[networks.bench]\npublic = true\nretain = false\nhistory = 1000000\n\n[broker]\npersistence = false\n"
+)
 
 
 def started(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], str]:
@@ -38,6 +42,15 @@ def started(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], str]:
             threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
             return process, line
     sys.exit(f"{args[3]} did not start")
+
+
+def numbered(db: Path, after: int) -> int:
+    """How many samples the history holds past ``after``: fewer than were published is a loss."""
+    with sqlite3.connect(db.as_uri() + "?mode=ro", uri=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE network = 'bench' AND seq > ?", (after,)
+        ).fetchone()
+    return int(row[0])
 
 
 def last_seq(db: Path) -> int:
@@ -84,10 +97,11 @@ def one_round(port: int, db: Path, count: int, start: int, secret: str) -> dict[
         time.sleep(0.005)
     recorded = time.perf_counter() - began
     assert all(info.is_published() for info in infos)
+    lost = count - numbered(db, start)  # a sample its session dropped left a hole in the numbering
     for paho in (listener, publisher):
         paho.disconnect()
         paho.loop_stop()
-    return {"listener_per_s": count / delivered, "recorder_per_s": count / recorded}
+    return {"listener_per_s": count / delivered, "recorder_per_s": count / recorded, "lost": lost}
 
 
 def main() -> None:
@@ -96,11 +110,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--smoke", action="store_true", help="1 round of 200 samples")
+    parser.add_argument(
+        "--recorder-max-queued",
+        type=int,
+        default=None,
+        help="[broker] recorder_max_queued (default: its own)",
+    )
     args = parser.parse_args()
     rounds, count = (1, 200) if args.smoke else (args.rounds, args.count)
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "radio.toml"
-        config.write_text(CONFIG)
+        queue = args.recorder_max_queued
+        config.write_text(CONFIG + (f"recorder_max_queued = {queue}\n" if queue is not None else ""))
         common = ["--config", str(config)]
         keys = subprocess.run(
             [*RADIO, "keys", "add", "bench", "--publish", "bench", *common],
@@ -138,9 +159,11 @@ def main() -> None:
                     flush=True,
                 )
             ratios = sorted(r["ratio"] for r in results)
-            print(
-                json.dumps({"engine": args.engine, "median_recorder_over_listener": ratios[len(ratios) // 2]})
-            )
+            lost = sum(int(r["lost"]) for r in results)
+            median = ratios[len(ratios) // 2]
+            print(json.dumps({"engine": args.engine, "median_recorder_over_listener": median, "lost": lost}))
+            if lost:
+                sys.exit(f"the recorder lost {lost} samples: holes in the history")
         finally:
             for process in (recorder, broker):
                 process.terminate()

@@ -4,6 +4,8 @@
 - ``asgi``: each request read whole on the event loop before a thread runs Flask; 408 on a stall;
 - ``publish``: the ``/publish`` blueprint, the article's checks in the article's order;
 - ``ops``: ``/healthz`` and ``/metrics`` for operators;
+- ``admin``: ``/admin/``, keys over HTTP (``admin_openapi``: its OpenAPI 3.1 document);
+- ``admin_auth``: where ``/admin/`` and ``/metrics`` are served, the admin key, failed-auth limits;
 - ``errors``: every error as JSON ``{"error": ...}``;
 - ``publisher``: one persistent MQTT connection per process, QoS 1, PUBACK awaited per request;
 - ``identity``: the bridge's own service key;

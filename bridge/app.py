@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from radio.bridge import access, errors, history, ops, pages, publish
+from radio.bridge import access, admin, admin_auth, errors, history, ops, pages, publish
 from radio.bridge.asgi import BufferedWSGI
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import Publisher
@@ -23,7 +23,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     Settings (``test_config`` or the defaults): ``RADIO_CONFIG`` and ``RADIO_KEYS`` (paths, as for
     every ``radio`` command), ``BROKER`` (an ``Address``; default: the configuration's MQTT
     listener), ``PUBACK_TIMEOUT`` (seconds, default 5), ``REGISTRY_CHECK_INTERVAL`` (seconds),
-    ``START_PUBLISHER`` (default true; false leaves ``publisher.start`` to the server).
+    ``START_PUBLISHER`` (default true; false leaves ``publisher.start`` to the server),
+    ``ADMIN_LISTEN`` (the admin listener's (host, port) as bound, when ``[bridge] admin`` gives
+    it one: ``bridge/admin_auth.py``).
     """
     app = Flask(__name__)
     app.config.from_mapping(
@@ -33,6 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         PUBACK_TIMEOUT=5.0,
         REGISTRY_CHECK_INTERVAL=0.25,
         START_PUBLISHER=True,
+        ADMIN_LISTEN=None,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
@@ -49,7 +52,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["radio.registry.checked"] = [0.0]
     app.extensions["radio.registry.refreshing"] = threading.Lock()
     app.extensions["radio.publisher"] = publisher
-    publisher.on_confirmed = publish.count_confirmed(app)
+    publisher.on_confirmed = publish.count_confirmed
 
     errors.register(app)
     access.install(app, registry)  # rates, quotas, schemas, usage (bridge/access.py)
@@ -57,6 +60,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(pages.bp)
+    admin_auth.install(app, registry)  # where /admin/ and /metrics are served, and to whom
+    app.register_blueprint(admin.bp)
     return app
 
 
@@ -69,7 +74,8 @@ def create_asgi_app(
     PUBACK is left to the loop. Every other route runs in a pool of ``threads`` threads (history
     reads a database, ``/metrics`` every worker's files). A body still incomplete
     ``body_timeout`` seconds after its headers is answered 408. The broker link runs on the
-    server's event loop, from its start to its stop.
+    server's event loop, from its start to its stop. History answers, the large ones, are built
+    in a pool of their own, ``[bridge] history_threads`` wide.
     """
     app = create_app({**(test_config or {}), "START_PUBLISHER": False})
     publisher: Publisher = app.extensions["radio.publisher"]
@@ -81,4 +87,6 @@ def create_asgi_app(
         inline=("/publish",),
         on_startup=lambda: publisher.start(asyncio.get_running_loop()),
         on_shutdown=publisher.stop,
+        bulky=history.is_history_path,
+        bulky_threads=app.extensions["radio.registry"].settings.bridge.history_threads,
     )

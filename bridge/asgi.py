@@ -96,8 +96,16 @@ class BufferedWSGI:
         inline_body: int = INLINE_BODY,
         on_startup: Callable[[], None] | None = None,
         on_shutdown: Callable[[], None] | None = None,
+        bulky: Callable[[str], bool] | None = None,
+        bulky_threads: int = 2,
     ) -> None:
         self.app = app
+        self.bulky = bulky
+        """Paths whose answers are large (the history): they run in a pool of their own,
+        ``bulky_threads`` wide. However many arrive, they wait their turn in its queue, holding
+        no thread: at most that many are built at once (so much memory, so much of the GIL), and
+        every other route keeps the main pool."""
+        self._bulky_pool = ThreadPoolExecutor(bulky_threads, thread_name_prefix="radio-bridge-bulky")
         self.inline = frozenset(inline)
         """Paths whose requests run on the event loop, not in the pool: their views never wait."""
         self.inline_body = inline_body
@@ -143,6 +151,7 @@ class BufferedWSGI:
     def close(self) -> None:
         """Wait for the requests in hand, then let the app release what it holds."""
         self._pool.shutdown(wait=True)
+        self._bulky_pool.shutdown(wait=True)
         if self.on_shutdown is not None:
             self.on_shutdown()
 
@@ -189,7 +198,9 @@ class BufferedWSGI:
                 return answer
             environ.clear()
             environ.update(_environ(scope, body, length))  # afresh: the first run read the body
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, environ)
+        bulky = self.bulky is not None and self.bulky(scope["path"])
+        pool = self._bulky_pool if bulky else self._pool
+        return await asyncio.get_running_loop().run_in_executor(pool, self._call, environ)
 
     async def _body(self, receive: Receive, limit: int) -> bytes:
         """The body, within ``body_timeout`` (else TimeoutError), unless the server stops first."""

@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -23,6 +30,25 @@ PUBACK_SECONDS: Final = Histogram(
     "radio_bridge_puback_seconds",
     "Time from receiving POST /publish to the broker's PUBACK, for accepted samples.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+# Connections that send no request (bridge/serve.py): what they hold, and what was closed.
+WAITING: Final = Gauge(
+    "radio_bridge_waiting_connections",
+    "Connections open and waiting for a complete request (new, or kept alive), all workers.",
+    multiprocess_mode="livesum",
+)
+CLOSED: Final = Counter(
+    "radio_bridge_connections_closed",
+    "Connections closed for sending no request: idle_timeout, or source_limit (too many waiting "
+    "from one address).",
+    ["reason"],
+)
+LIMITS: Final = Gauge(
+    "radio_bridge_limit",
+    "The bridge's configured limits ([bridge] in radio.toml), by setting.",
+    ["setting"],
+    multiprocess_mode="livemax",
 )
 
 ACCEPTED: Final = PUBLISHES.labels(outcome="accepted")

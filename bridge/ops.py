@@ -1,10 +1,14 @@
-"""What operators poll: ``/healthz`` for load balancers and Docker, ``/metrics`` for Prometheus."""
+"""What operators poll: ``/healthz`` for load balancers and Docker, ``/metrics`` for Prometheus.
+
+``/healthz`` is public; ``/metrics`` names keys, so it is served where the admin API is
+(``bridge/admin_auth.py``).
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from radio.bridge import metrics
+from radio.bridge import admin_auth, metrics
 from radio.bridge.publisher import Publisher
 
 bp = Blueprint("ops", __name__)
@@ -21,6 +25,7 @@ def healthz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    """Prometheus text format."""
+    """Prometheus text format, for an admin key or on the admin listener."""
+    admin_auth.guard_metrics()
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)

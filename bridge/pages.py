@@ -10,12 +10,19 @@ bridge in ``API-KEY`` and to the broker as the MQTT password, never into a URL.
 The WebSocket URL browsers use is, in order: the app's ``PUBLIC_WEBSOCKET_URL`` setting,
 ``$RADIO_PUBLIC_WEBSOCKET_URL`` (``radio up`` sets it to the port the broker bound), ``[bridge]
 public_websocket_url``, else ``[broker] websocket`` on this machine.
+
+Every answer of these views carries a Content-Security-Policy: scripts, styles and fetches from the
+bridge itself, the WebSocket to that one broker URL, nothing else (no inline script, no other
+origin), so an injected tag cannot run or send a key anywhere; and no framing (``frame-ancestors
+'none'``, and ``X-Frame-Options: DENY`` for older browsers), so no other site can overlay the key
+form.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Final
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, render_template
 
@@ -38,6 +45,28 @@ def websocket_url() -> str:
         or settings.bridge.public_websocket_url
         or f"ws://{settings.broker.websocket.local()}/mqtt"
     )
+
+
+def content_security_policy(websocket: str) -> str:
+    """Only this bridge's own files, and the broker's WebSocket; no framing, no plugins."""
+    parts = urlsplit(websocket)
+    connect = "'self'" + (f" {parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "")
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        # MQTT.js runs its keep-alive timer in a worker made from a blob its own code writes (a
+        # background tab's timers are slowed): only a script already allowed can make one.
+        "worker-src 'self' blob:; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+@bp.after_request
+def _protect(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = content_security_policy(websocket_url())
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 @bp.get("/")

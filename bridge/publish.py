@@ -21,15 +21,15 @@ includes what JSON cannot carry to every reader: numbers no float holds (``1e999
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final, NoReturn
 
 from flask import Blueprint, Flask, Request, Response, current_app, request
 
+from radio import samples
+from radio.admission import Admission, Admitted
 from radio.bridge import access, metrics
 from radio.bridge.asgi import DEFERRABLE, DEFERRED, INLINE, TO_A_THREAD, Answer
 from radio.bridge.errors import APIError
@@ -90,52 +90,20 @@ def _read_body(req: Request, registry: Registry) -> bytes:
     return body
 
 
-def _reject_constant(name: str) -> NoReturn:
-    msg = f"{name} is not JSON"
-    raise ValueError(msg)
-
-
-def _finite(text: str) -> float:
-    """A JSON number as a float; one too large for a float (``1e999``) is refused, not made infinite."""
-    value = float(text)
-    if math.isinf(value):
-        msg = f"{text} does not fit a float"
-        raise ValueError(msg)
-    return value
-
-
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
-"""Made once: ``json.loads`` with these hooks would build a decoder for every request."""
-_ENCODER: Final = json.JSONEncoder(allow_nan=False)
-"""``json.dumps(data, allow_nan=False)``, without building an encoder for every request."""
-
-
 def _parse(body: bytes) -> Any:
-    """The body as JSON, or the article's refusal.
-
-    Refused like ``NaN``: numbers too large for a float, integers over Python's 4,300 digits,
-    nesting deeper than the interpreter's recursion limit, and anything not UTF-8.
-    """
+    """The body as JSON, read as strictly as every sample is (``radio/samples.py``), or check 3."""
     try:
-        return _DECODER.decode(body.decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return samples.parse(body)
+    except samples.NotJSON:
         _refuse(400, "POST data is not JSON", "not_json")
 
 
 def _serialize(data: dict[str, Any]) -> bytes:
-    r"""The sample as listeners get it: the article's ``json.dumps(body["data"])``, always valid JSON.
-
-    ``allow_nan=False`` keeps ``Infinity`` and ``NaN`` out whatever slipped past parsing. A string
-    holding a lone surrogate (``"\ud800"``) names no character and cannot be UTF-8: it is refused.
-    Only a payload with a ``\ud8..``-``\udf..`` escape can hold one, so only those are checked.
-    """
+    """The sample as listeners get it: the article's ``json.dumps(body["data"])``, always strict JSON."""
     try:
-        payload = _ENCODER.encode(data).encode()
-        if b"\\ud" in payload:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return samples.encode(data)
+    except samples.NotJSON:
         _refuse(400, "POST data is not JSON", "not_json")
-    return payload
 
 
 def fresh_registry(app: Flask) -> Registry:
@@ -193,28 +161,18 @@ def publish() -> tuple[Response, int]:
     if not isinstance(data, dict):
         _refuse(400, "Can only broadcast json data", "not_object")
 
-    # --- access (bridge/access.py): rate, then quota, then the network's schema ---
-    refusal = access.check(app, key, settings.schema, data)
-    if refusal is not None:
-        raise refusal
-    # --- end access ---
-
     payload = _serialize(data)
-    if len(payload) > settings.max_payload:
-        _refuse(
-            413,
-            f"sample too large: {len(payload)} bytes, "
-            f"network {network!r} accepts at most {settings.max_payload}",
-            "too_large",
-        )
+    # The admission gate every sample passes, on either door (bridge/access.py): size, schema,
+    # rate, quota; an admitted sample holds its unit of quota and is metered.
+    admitted = access.admit(app, registry, key, topic, payload, data=data)
 
     sample = _Sample(
         app.extensions["radio.publisher"],
         topic,
         payload,
         retain=settings.retain,
-        key=key,
-        network=network,
+        gate=access.gate(app),
+        admitted=admitted,
         started=started,
     )
     if req.environ.get(DEFERRABLE):  # radio bridge: the PUBACK is awaited on the event loop
@@ -233,15 +191,21 @@ class _Sample:
     payload: bytes
     _: KW_ONLY
     retain: bool
-    key: Key
-    network: str
+    gate: Admission
+    admitted: Admitted
     started: float
+
+    @property
+    def key_name(self) -> str:
+        """The name of the key that published it."""
+        return self.admitted.key.name if self.admitted.key is not None else ""
 
     def publish(self) -> None:
         """Publish and wait for the PUBACK in this thread (any WSGI server), else refuse 503."""
         try:
             self.publisher.publish(self.topic, self.payload, retain=self.retain, receipt=self)
         except BrokerUnavailable as exc:
+            self.gate.release(self.admitted)
             _refuse(503, str(exc), "broker_unavailable")
 
     async def forward(self, answer: Answer) -> Answer:
@@ -249,6 +213,7 @@ class _Sample:
         try:
             await self.publisher.publish_async(self.topic, self.payload, self.retain, receipt=self)
         except BrokerUnavailable as exc:
+            self.gate.release(self.admitted)
             metrics.PUBLISHES.labels(outcome="broker_unavailable").inc()
             body = json.dumps({"error": str(exc)}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
@@ -256,20 +221,16 @@ class _Sample:
         return answer
 
 
-def count_confirmed(app: Flask) -> Callable[[list[Any]], None]:
+def count_confirmed(confirmed: list[Any]) -> None:
     """The publisher's ``on_confirmed``: what the broker confirmed, counted once per read of PUBACKs.
 
-    It runs before any of those samples' requests is answered, so a 200 is in ``/metrics`` and in
-    the key's usage by the time its client has it. A read's samples are counted together: one
-    increment of each counter per key and network, not one per sample (each takes a lock and
-    writes to the worker's memory-mapped metrics file).
+    It runs before any of those samples' requests is answered, so a 200 is in ``/metrics`` by the
+    time its client has it (its usage was recorded when the gate admitted it). A read's samples
+    are counted together: one increment of each counter per key and network, not one per sample
+    (each takes a lock and writes to the worker's memory-mapped metrics file).
     """
-
-    def count(samples: list[_Sample]) -> None:
-        now = time.perf_counter()
-        for sample in samples:
-            metrics.PUBACK_SECONDS.observe(now - sample.started)
-        metrics.ACCEPTED.inc(len(samples))
-        access.meter_accepted(app, [(s.key, s.network, len(s.payload)) for s in samples])
-
-    return count
+    now = time.perf_counter()
+    for sample in confirmed:
+        metrics.PUBACK_SECONDS.observe(now - sample.started)
+    metrics.ACCEPTED.inc(len(confirmed))
+    access.count_accepted([(s.key_name, s.admitted.network, len(s.payload)) for s in confirmed])

@@ -24,8 +24,9 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -34,7 +35,8 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from radio import logs
-from radio.config import Address, load_settings
+from radio.config import Address, BridgeSettings, load_settings
+from radio.errors import RadioError
 from radio.tls import server_context
 
 log = logging.getLogger("radio.bridge")
@@ -51,8 +53,22 @@ GC_THRESHOLDS: Final = (50_000, 10, 10)
 """The collector's thresholds in a worker: a request's objects are freed as it ends, so Python's
 default (a young collection every 700 allocations) collected over and over for nothing, and the
 pauses showed in the door's p99 (bench/RESULTS.md, "HTTP door")."""
-KEEP_ALIVE: Final = 5
-"""Seconds an idle keep-alive connection is kept open."""
+
+
+def _count_closed(reason: str) -> None:
+    """Count a connection closed for sending no request (imported late: see ``run``)."""
+    from radio.bridge import metrics  # noqa: PLC0415
+
+    metrics.CLOSED.labels(reason=reason).inc()
+
+
+_waiting_gauge: list[Callable[[float], None]] = []
+"""``WAITING.inc``, looked up once a worker serves (``_publish_limits``): it runs twice a request."""
+
+
+def _count_waiting(change: int) -> None:
+    for inc in _waiting_gauge:
+        inc(change)
 
 
 class _Server(Server):
@@ -88,16 +104,39 @@ class _Server(Server):
 
 
 class _BoundedHeaders(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a bound on a request's line and headers.
+    """uvicorn's httptools protocol, with bounds on what a client that sends no request may hold.
 
     httptools keeps a header until it is complete, however long: a few clients sending endless
     headers would fill a worker's memory. Past ``HEAD_LIMIT`` bytes the request is answered 431
     and the connection closed.
+
+    uvicorn closes an idle kept-alive connection, but a new one that never sends a byte (or never
+    finishes its headers) would stay open for ever: one source opening thousands would hold the
+    worker's sockets. So a connection is *waiting* from its opening, and again from each answer,
+    until its next request's headers are complete; it may wait ``idle_timeout`` seconds (then it
+    is closed, with a 408 if it had begun a request), and one address may hold at most
+    ``max_idle_per_source`` waiting connections per worker (a new one past that is closed at once;
+    a kept-alive one past it is closed after its answer). Both are counted in ``/metrics``.
     """
+
+    idle_timeout: float = 10.0
+    max_idle_per_source: int = 64
+    waiting: ClassVar[Counter[str]] = Counter()
+    """Waiting connections per source address, in this worker."""
 
     _in_head = False
     _head_bytes = 0
     _refused = False
+    _waiting_as: str | None = None
+    _idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_waiting(refuse_past_limit=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -105,7 +144,51 @@ class _BoundedHeaders(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._stop_waiting()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # kept alive, and nothing pipelined: waiting
+            self._start_waiting(refuse_past_limit=False)
+
+    def _start_waiting(self, *, refuse_past_limit: bool) -> None:
+        source = self.client[0] if self.client else ""
+        if self._waiting_as is not None or self.transport.is_closing():
+            return
+        if self.waiting[source] >= self.max_idle_per_source:
+            _count_closed("source_limit")
+            if refuse_past_limit:
+                self.transport.abort()  # it sent nothing: nothing to answer
+            else:
+                self.transport.close()  # its answer is written: it is not kept alive
+            return
+        self.waiting[source] += 1
+        self._waiting_as = source
+        _count_waiting(1)
+        self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_expired)
+
+    def _stop_waiting(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        source, self._waiting_as = self._waiting_as, None
+        if source is not None:
+            self.waiting[source] -= 1
+            if not self.waiting[source]:
+                del self.waiting[source]
+            _count_waiting(-1)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        _count_closed("idle_timeout")
+        if self._in_head:  # it began a request and never finished its headers
+            message = f"request headers not received within {self.idle_timeout:g} s"
+            self._refuse(408, "Request Timeout", message)
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -118,11 +201,16 @@ class _BoundedHeaders(HttpToolsProtocol):
         super().data_received(data)
 
     def _refuse_head(self) -> None:
+        message = f"request line and headers over {HEAD_LIMIT} bytes"
+        self._refuse(431, "Request Header Fields Too Large", message)
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer ``status`` JSON to a request whose headers will not be read, and close."""
         self._refused = True
-        body = json.dumps({"error": f"request line and headers over {HEAD_LIMIT} bytes"}).encode()
+        body = json.dumps({"error": message}).encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
         )
         # Closing now, with the client's bytes unread, would reset the connection and lose the
         # answer: say we are done writing, drop what still arrives, and close a moment later.
@@ -135,6 +223,8 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
     """A gunicorn worker: one event loop (uvloop, httptools) and one broker link per process."""
 
     CONFIG_KWARGS: Final = {"loop": "uvloop", "http": _BoundedHeaders, "lifespan": "on", "access_log": False}
+    settings: BridgeSettings = BridgeSettings()
+    """``[bridge]`` as ``run`` read it (keep_alive, and the limits ``/metrics`` shows)."""
 
     def init_signals(self) -> None:
         """Ctrl-C reaches the workers too (one process group): leave it to the arbiter.
@@ -150,6 +240,8 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self.config.app = self.wsgi
+        self.config.timeout_keep_alive = self.settings.keep_alive  # gunicorn's own takes whole seconds
+        _publish_limits(self.settings)
         server = _Server(config=self.config)
         # gunicorn's arbiter sends SIGQUIT for a quick stop (its own SIGINT or SIGQUIT); uvicorn's
         # worker would only mark itself dead and keep serving until the arbiter's SIGKILL.
@@ -188,6 +280,22 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
                 os.close(pidfd)
         log.warning("the bridge's main process is gone: worker %d stops", os.getpid())
         server.should_exit = True
+
+
+LIMITS: Final = ("idle_timeout", "keep_alive", "max_idle_per_source", "history_page_bytes", "history_threads")
+"""The [bridge] settings that bound what clients may hold, published in ``/metrics``."""
+
+
+def _publish_limits(settings: BridgeSettings) -> None:
+    """The limits in force, in ``/metrics``: a dashboard sets counts beside their bounds.
+
+    Also looks up, once, the gauge of waiting connections.
+    """
+    from radio.bridge import metrics  # noqa: PLC0415
+
+    for name in LIMITS:
+        metrics.LIMITS.labels(setting=name).set(getattr(settings, name))
+    _waiting_gauge[:] = [metrics.WAITING.inc]
 
 
 _EARLY_SIGNALS: list[int] = []
@@ -229,11 +337,20 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn has no type 
 
 
 def bind(listen: Address) -> socket.socket:
-    """The bridge's listening socket (IPv4 or IPv6 by the host given)."""
+    """The bridge's listening socket (IPv4 or IPv6 by the host given); one line if it cannot be."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    try:
+        sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    except OSError as exc:
+        msg = f"the bridge cannot listen on {listen}: {os.strerror(exc.errno) if exc.errno else exc}"
+        raise RadioError(msg) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _base_url(sock: socket.socket, *, https: bool) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def run(
@@ -257,22 +374,31 @@ def run(
     listen = listen or settings.bridge.listen
     body_timeout = settings.bridge.body_timeout if body_timeout is None else body_timeout
     bridge_credentials(settings)
+    # The workers fork from here: they inherit these.
+    _BoundedHeaders.idle_timeout = settings.bridge.idle_timeout
+    _BoundedHeaders.max_idle_per_source = settings.bridge.max_idle_per_source
+    BridgeWorker.settings = settings.bridge
     https = {}
     if settings.tls is not None:  # HTTPS on the listen address: checked now, one line if it cannot be
         server_context(settings.tls)
         https = {"certfile": str(settings.tls.cert), "keyfile": str(settings.tls.key)}
     sock = bind(listen)
+    admin = bind(settings.bridge.admin) if settings.bridge.admin is not None else None
+    admin_listen = None if admin is None else admin.getsockname()[:2]  # how requests there are told apart
     # From the moment "Press Ctrl-C" is printed, a Ctrl-C must stop the bridge: kept until the
     # arbiter's own handlers are in place, rather than a KeyboardInterrupt somewhere in its start.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _keep_early_signal)
-    host, port = sock.getsockname()[:2]
-    base = f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+    base = _base_url(sock, https=bool(https))
+    admin_base = base if admin is None else _base_url(admin, https=bool(https))
+    admin_lines = f"  GET  {admin_base}/metrics{'   (admin key)' if admin is None else ''}\n" + (
+        f"  admin API: {admin_base}/admin/   (admin key)\n" if settings.bridge.admin_enabled else ""
+    )
     print(
         "Radio bridge running\n"
         f'  POST {base}/publish   (header API-KEY, body {{"network": ..., "data": {{...}}}})\n'
         f"  GET  {base}/healthz\n"
-        f"  GET  {base}/metrics\n"
+        f"{admin_lines}"
         f"  broker: {', '.join(f'mqtt://{b}' for b in broker or [settings.broker.mqtt])}, "
         f"{workers} workers of {threads} threads\n"
         "Press Ctrl-C to stop.",
@@ -289,6 +415,7 @@ def run(
                 "RADIO_KEYS": keys,
                 "BROKER": broker,
                 "PUBACK_TIMEOUT": timeout,
+                "ADMIN_LISTEN": admin_listen,
             },
             body_timeout=body_timeout,
             threads=threads,
@@ -303,12 +430,11 @@ def run(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
     options = {
-        "bind": [f"fd://{sock.fileno()}"],
+        "bind": [f"fd://{s.fileno()}" for s in (sock, admin) if s is not None],
         "workers": workers,
         "worker_class": "radio.bridge.serve.BridgeWorker",
         # A worker's event loop answers the arbiter's heartbeat whatever its clients do.
         "timeout": max(30, int(timeout) * 3),
-        "keepalive": KEEP_ALIVE,
         "graceful_timeout": 10,
         "accesslog": None,
         "errorlog": "-",

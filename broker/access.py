@@ -1,44 +1,43 @@
-"""What a key may spend on the MQTT door of the embedded broker: rate, quota, schema; and expiry.
+"""The MQTT door of the admission gate (``radio/admission.py``), and expiry.
 
-Asked for each PUBLISH after the rights check, in the HTTP door's order: rate, quota, schema.
+Every sample that enters the embedded broker passes ``Gate.publish`` (a PUBLISH at any QoS,
+retained or not) or ``Gate.will`` (a last will, when it fires): rights, size, strict JSON,
+schema, rate, quota and metering, in that order, by the rules both doors share. This module only
+turns the verdict into what MQTT 3.1.1 can say:
 
-- **Rate.** MQTT 3.1.1 has no way to say "not now" to a publisher, so a key over its rate is
-  slowed down, not refused: its connection stops reading its socket until the key has a token
-  again, and TCP's flow control pushes back on the client. Nothing is dropped, and no sample of
-  the key is delivered faster than its rate plus its burst.
-- **Quota.** Past it, the key's samples are dropped (a QoS 1 sample is still acknowledged, as
-  for any refused publish), counted, and logged once per key and period. A quota that cannot be
-  read without waiting (the usage file's writer has it, or another process locks the file) holds
-  the PUBLISH a moment, like a rate, rather than stall the event loop and everyone on it.
-- **Schema.** A sample that is not JSON or does not match its network's schema is dropped and
-  counted against the key: no subscriber receives it.
+- **Refused** (rights, size, JSON, schema, quota): the sample is dropped, counted against the
+  key, and logged once per key and reason every 10 s; a QoS 1 or 2 sample is still acknowledged,
+  as MQTT 3.1.1 has no negative acknowledgement.
+- **Over the rate**: a PUBLISH is held, not refused: its connection stops reading its socket
+  until the key has a token again, and TCP's flow control pushes back on the client. A will has
+  no client left to slow down: over the rate it is dropped and counted.
+- **Quota not readable now** (the usage file's writer has it, or another process locks it): the
+  sample waits a moment and is asked again, rather than stall the event loop and everyone on it.
 - **Expiry.** ``sweep`` closes the connections of keys whose expiry has come; the core calls it
   on a timer (``EXPIRY_TICK``) well inside the 2 seconds promised.
 
-The bridge's service key (``publish_all``) passes: its samples were checked and counted at the
-HTTP door under the generator's own key.
+The bridge's service key (``publish_all``) passes: its samples went through the same gate at
+the HTTP door, under the generator's own key, and were charged there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from radio.admission import Admission, Admitted, Refused, Verdict
 from radio.keys import Key
 from radio.rates import Buckets
 from radio.registry import Registry
-from radio.topics import network_of_topic
-from radio.usage import Busy, Meter
+from radio.usage import Meter
 
 if TYPE_CHECKING:
     from radio.broker.sessions import Session
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 DOOR: Final = "mqtt"
 GO: Final = 0.0
@@ -46,96 +45,91 @@ DROP: Final = -1.0
 EXPIRY_TICK: Final = 0.5
 """Seconds between expiry checks: a key's connections close within this of its expiry."""
 LOG_EVERY: Final = 10.0
-QUOTA_RETRY: Final = 0.05
-"""Seconds a PUBLISH waits when its key's quota cannot be read without waiting on the loop."""
+
+
+class _Gone:
+    """The key of a session whose key was revoked or replaced: it may publish nothing."""
+
+
+_GONE: Final = _Gone()
 
 
 class Gate:
-    """Rates, quotas and schemas for one broker; counts into the platform's usage file."""
+    """The admission gate on the MQTT door of one broker; counts into the platform's usage file."""
 
     def __init__(self, registry: Callable[[], Registry], meter: Meter | None) -> None:
         self.registry = registry
         self.meter = meter
         self.buckets = Buckets()
+        self.admission = Admission(DOOR, meter, self._take_token)
         self.rate_waits = 0
         """Times a publisher was paused for its rate (for the metrics)."""
         self.quota_waits = 0
-        """Times a PUBLISH was held because its key's quota could not be read at once."""
+        """Times a sample was held because its key's quota could not be read at once."""
+        self.refused = 0
+        """Samples dropped by the gate (for the metrics)."""
         self._logged: dict[tuple[str, str], float] = {}
         self._swept: tuple[Registry | None, datetime] = (None, datetime.now(UTC))
 
-    def _key(self, session: Session) -> Key | None:
+    def _take_token(self, key: Key) -> tuple[float, float]:
+        terms = key.terms
+        assert terms.rate is not None  # noqa: S101 - asked only for keys with a rate
+        return self.buckets.take(key.id, terms.rate, terms.bucket), 0.0
+
+    def _key(self, session: Session, registry: Registry) -> Key | _Gone | None:
+        """The key the session proved, None for anonymous; ``_GONE`` if that key is no more."""
         name = session.key_name
         if name is None:
             return None
-        key = self.registry().keys.get(name)
-        if key is None or key.id != session.key_id or key.publish_all:
-            return None
+        key = registry.keys.get(name)
+        if key is None or key.id != session.key_id:
+            return _GONE
         return key
 
-    def admit(self, session: Session, topic: str, payload: bytes) -> float:
-        """``GO``, ``DROP``, or the seconds to wait before handling this PUBLISH again."""
-        key = self._key(session)
-        if key is None:
+    def _verdict(self, session: Session, topic: str, payload: bytes) -> Verdict | None:
+        """The gate's verdict, or None for a sample the HTTP door admitted already."""
+        registry = self.registry()
+        key = self._key(session, registry)
+        if isinstance(key, _Gone):
+            return Refused("rights", "the key that opened this session is gone")
+        if key is not None and key.publish_all:
+            return None
+        return self.admission.admit(registry, key, topic, payload, quota_wait=0)  # the event loop: never wait
+
+    def publish(self, session: Session, topic: str, payload: bytes) -> float:
+        """``GO``, ``DROP``, or the seconds to hold this PUBLISH before asking again."""
+        return self._apply(session, topic, payload, will=False)
+
+    def will(self, session: Session, topic: str, payload: bytes) -> float:
+        """``GO``, ``DROP``, or the seconds after which to ask again (the quota could not be read)."""
+        return self._apply(session, topic, payload, will=True)
+
+    def _apply(self, session: Session, topic: str, payload: bytes, *, will: bool) -> float:
+        verdict = self._verdict(session, topic, payload)
+        if verdict is None or isinstance(verdict, Admitted):
             return GO
-        terms = key.terms
-        if terms.rate is not None:
-            wait = self.buckets.take(key.id, terms.rate, terms.bucket)
-            if wait:
-                self.rate_waits += 1
-                return wait
-        meter = self.meter
-        if meter is not None and terms.quota is not None and (verdict := self._quota(meter, key)) != GO:
-            return verdict
-        network = network_of_topic(topic) or ""
-        settings = self.registry().networks.get(network)
-        if settings is not None and settings.schema is not None:
-            try:
-                problem = settings.schema.problem(json.loads(payload))
-            except (ValueError, RecursionError):
-                problem = "the payload is not JSON"
-            if problem is not None:
-                self._refuse(key, "schema", f"dropped a sample of key {key.name!r} to {topic!r}: {problem}")
-                return DROP
-        if meter is not None:
-            meter.record(key, DOOR, network, len(payload))
-        return GO
-
-    def _quota(self, meter: Meter, key: Key) -> float:
-        """``GO`` within the key's quota, ``DROP`` past it, a short wait if it cannot be read now."""
-        try:
-            state = meter.quota(key, within=0)  # this is the event loop: never stall it
-        except (Busy, sqlite3.Error) as exc:
-            self._usage_unavailable(exc)
-            return QUOTA_RETRY
-        if state is not None and state.exceeded:
-            meter.over_quota(key, DOOR, state)
+        what = "the will" if will else "a sample"
+        if isinstance(verdict, Refused):
+            self._dropped(session, topic, verdict, what)
             return DROP
-        return GO
+        if verdict.reason != "rate":
+            self.quota_waits += 1
+        elif not will:
+            self.rate_waits += 1
+        else:  # a will over its key's rate: nobody is left to slow down
+            key = self._key(session, self.registry())
+            self.admission.count_refusal(key if isinstance(key, Key) else None, "rate")
+            self._dropped(session, topic, Refused("rate", "over its key's rate"), what)
+            return DROP
+        return verdict.seconds
 
-    def _usage_unavailable(self, exc: Exception) -> None:
-        """The usage file is busy or unreadable: the sample waits, and this is said once a while."""
-        self.quota_waits += 1
-        if isinstance(exc, Busy):
-            return  # the writer, or another process, has it for a moment: the usual case
+    def _dropped(self, session: Session, topic: str, refused: Refused, what: str) -> None:
+        self.refused += 1
+        name = session.key_name or ""
         now = time.monotonic()
-        if now - self._logged.get(("", "usage"), -LOG_EVERY) >= LOG_EVERY:
-            self._logged[("", "usage")] = now
-            log.warning("quotas cannot be checked, keys with one wait to publish: %s", exc)
-
-    def refused_rights(self, session: Session) -> None:
-        """Count a publish refused for lack of rights against its key."""
-        key = self._key(session)
-        if key is not None and self.meter is not None:
-            self.meter.refuse(key, DOOR, "rights")
-
-    def _refuse(self, key: Key, reason: str, message: str) -> None:
-        if self.meter is not None:
-            self.meter.refuse(key, DOOR, reason)
-        now = time.monotonic()
-        if now - self._logged.get((key.id, reason), -LOG_EVERY) >= LOG_EVERY:
-            self._logged[(key.id, reason)] = now
-            log.warning("%s", message)
+        if now - self._logged.get((name, refused.reason), -LOG_EVERY) >= LOG_EVERY:
+            self._logged[(name, refused.reason)] = now
+            log.warning("dropped %s of %s to %r: %s", what, session.describe(), topic, refused.message)
 
     def sweep(self, sessions: list[Session], now: datetime | None = None) -> list[Session]:
         """The connected sessions whose key has expired: to be closed like a revoked key's.

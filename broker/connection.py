@@ -22,11 +22,11 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final, Protocol
 
-from amqtt.contexts import Action
 from amqtt.utils import gen_client_id
 
 from radio.broker import attributes as attrs
 from radio.broker import codec
+from radio.broker.access import GO
 from radio.broker.message import Message
 from radio.broker.sessions import Session, Will
 
@@ -38,8 +38,8 @@ log = logging.getLogger("radio.broker")
 
 KEEP_ALIVE_GRACE: Final = 1.5
 """A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""
-REFUSAL_LOG_EVERY: Final = 10.0
-"""Refused publishes are logged at most once per this many seconds per connection."""
+WILL_ATTEMPTS: Final = 40
+"""Times a will waits for its key's quota to be readable (``USAGE_RETRY`` apart) before it is dropped."""
 
 
 class Link(Protocol):
@@ -78,6 +78,9 @@ class Broker(Protocol):
     def connection_closed(self, connection: Connection) -> None:
         """Forget a connection that ended."""
 
+    def connected(self, connection: Connection) -> None:
+        """A connection completed its CONNECT: it no longer counts as one still connecting."""
+
 
 class Connection:
     """The broker's side of one client connection."""
@@ -91,7 +94,6 @@ class Connection:
         "_out",
         "_out_size",
         "_pending",
-        "_refusals_logged",
         "broker",
         "closed",
         "framer",
@@ -119,7 +121,6 @@ class Connection:
         self._pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated; None once it was."""
         self._acks_waiting = 0
-        self._refusals_logged = 0.0
         self._alive_timer: asyncio.TimerHandle | None = self._loop.call_later(
             broker.connect_timeout, self._connect_timed_out
         )
@@ -254,18 +255,25 @@ class Connection:
             self.close(str(exc))
 
     def _take_session(self, candidate: Session) -> tuple[Session, bool] | None:
-        """The session this connection continues (and whether it existed), or None if refused."""
+        """The session this connection continues (and whether it existed), or None if refused.
+
+        Sessions are the key's own: only a client of the same key (anonymous clients are one)
+        takes over or resumes one. A new anonymous persistent session must fit its caps.
+        """
         router = self.broker.router
         candidate.limits = router.limits_for(candidate.key_name)
-        client_id = candidate.client_id
-        existing = router.sessions.get(client_id)
-        if existing is not None and existing.key_id != candidate.key_id:
-            self._refuse(codec.IDENTIFIER_REJECTED, f"client id {client_id!r} belongs to another key")
-            return None
+        ident = candidate.ident
+        existing = router.sessions.get(ident)
+        opens = existing is None or candidate.clean_session or existing.clean_session
+        if opens and candidate.persistent and candidate.key_name is None:
+            refusal = router.anonymous.refusal(candidate.remote_address)
+            if refusal is not None:
+                self._refuse(codec.SERVER_UNAVAILABLE, refusal)
+                return None
         if existing is not None and existing.connection is not None:
-            log.warning("client %r connected again: closing its previous connection", client_id)
+            log.warning("client %r connected again: closing its previous connection", candidate.client_id)
             existing.connection.close(None)
-            existing = router.sessions.get(client_id)
+            existing = router.sessions.get(ident)
         if existing is not None and (candidate.clean_session or existing.clean_session):
             router.discard(existing)
             existing = None
@@ -277,10 +285,13 @@ class Connection:
             session.attributes.update(candidate.attributes)
             session.will = candidate.will
             session.limits = candidate.limits
-        router.sessions[client_id] = session
+        router.hold(session)
         session.connection = self
         session.offline_since = None
         self.session = session
+        self.broker.connected(self)
+        if session.tally is None and router.billed(session):
+            session.tally = {}
         router.save(session)
         router.stats.connections += 1
         return session, existing is not None
@@ -324,23 +335,13 @@ class Connection:
         assert session is not None  # noqa: S101 - only after CONNECT
         broker = self.broker
         router = broker.router
-        gate = router.gate
-        if not router.allows(session, topic, Action.PUBLISH):
-            router.stats.refused_publish += 1
-            if gate is not None:
-                gate.refused_rights(session)
-            now = time.monotonic()
-            if now - self._refusals_logged >= REFUSAL_LOG_EVERY:
-                self._refusals_logged = now
-                log.warning("refused a publish of %s to %r: the key may not publish there", self.who(), topic)
-            self._ack_dropped(qos, pid)
+        if qos == 2 and pid in session.incoming_qos2:
+            self._ack(codec.ack(codec.PUBREC, pid))  # a resend: admitted, delivered and charged once
             return
-        if gate is not None and self._held(gate.admit(session, topic, payload), first, body, qos, pid):
+        gate = router.gate
+        if gate is not None and self._held(gate.publish(session, topic, payload), first, body, qos, pid):
             return
         if qos == 2:
-            if pid in session.incoming_qos2:
-                self._ack(codec.ack(codec.PUBREC, pid))  # a resend: delivered already
-                return
             if len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
                 self.close(
                     f"{len(session.incoming_qos2)} QoS 2 samples awaiting their PUBREL, "
@@ -500,13 +501,19 @@ class Connection:
         if not self.closed:
             self.close("the connection was lost" if self.session is None else None)
 
-    def _publish_will(self, session: Session, will: Will) -> None:
-        """A will is a publish: the key must still be allowed to make it, now."""
+    def _publish_will(self, session: Session, will: Will, attempt: int = 0) -> None:
+        """A will is a sample like any other: it passes the gate, as its key stands now."""
         router = self.broker.router
-        if not router.allows(session, will.topic, Action.PUBLISH):
-            log.warning("dropped the will of %s: its key may no longer publish to %r", self.who(), will.topic)
+        gate = router.gate
+        verdict = gate.will(session, will.topic, will.payload) if gate is not None else GO
+        if verdict > 0:  # the key's quota cannot be read this instant: ask again shortly
+            if attempt < WILL_ATTEMPTS:
+                self._loop.call_later(verdict, self._publish_will, session, will, attempt + 1)
+            else:
+                log.warning("dropped the will of %s: its key's quota could not be read", self.who())
             return
-        router.publish(Message(will.topic, will.payload, will.qos, will.retain))
+        if verdict == GO:
+            router.publish(Message(will.topic, will.payload, will.qos, will.retain))
 
 
 def _check_first_byte(data: bytes) -> None:

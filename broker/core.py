@@ -20,6 +20,8 @@ from amqtt.contexts import Action
 from radio.broker import access, listeners, plugins
 from radio.broker.attributes import Session as PluginSession
 from radio.broker.connection import Connection, Link
+from radio.broker.logsummary import Summary
+from radio.broker.per_source import Connecting
 from radio.broker.router import Limits, Router
 from radio.broker.sessions import Session
 from radio.broker.store import Store
@@ -33,6 +35,8 @@ REFUSAL_LOG_EVERY: Final = 10.0
 """Connections refused over the limit are logged at most once per this many seconds, with a count."""
 EXPIRY_CHECK: Final = 60.0
 """Seconds between sweeps for expired offline sessions (sooner when an expiry is shorter)."""
+DELIVERIES_TICK: Final = 0.5
+"""Seconds between hand-overs of listening keys' delivery counts to the meter."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class RadioBroker:
         connect_timeout: float = 10.0,
         max_packet_size: int = 268_435_455,
         max_connections: int = 0,
+        max_connecting_per_address: int = 256,
+        log_repeats: int = 20,
     ) -> None:
         self.registry = registry
         loaded = plugins.load(plugin_spec)
@@ -69,12 +75,16 @@ class RadioBroker:
         self.max_connections = max_connections
         self.router = Router(lambda: registry.current, self._allows, self._reader, limits, store)
         self.connections: set[Connection] = set()
+        self.connecting = Connecting(max_connecting_per_address)
+        """Sockets that have not completed their CONNECT, per source address."""
+        self.log_summary = Summary(log_repeats)
         self._per_listener: dict[str, int] = {}
         self._servers: dict[str, Any] = {}
         self._over_limit = 0
         self._over_limit_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._tallies: asyncio.Task[None] | None = None
         self.meter: Meter | None = None
 
     # Plugins.
@@ -103,6 +113,7 @@ class RadioBroker:
         else:
             self.meter.start()
         self.router.gate = access.Gate(lambda: self.registry.current, self.meter)
+        log.addFilter(self.log_summary)
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)
             self.store.start()
@@ -129,13 +140,15 @@ class RadioBroker:
             if self.meter is not None:
                 self.meter.close()
                 self.meter = None
+            log.removeFilter(self.log_summary)
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
+        self._tallies = asyncio.create_task(self._meter_deliveries(), name="radio-delivery-tallies")
 
     async def stop(self) -> None:
         """Close the listeners and every connection (persistent sessions stay in the store)."""
-        for task in (self._sweeper, self._expiry):
+        for task in (self._sweeper, self._expiry, self._tallies):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -145,7 +158,10 @@ class RadioBroker:
             connection.close(None)
         await self._close_servers()
         if self.meter is not None:
+            self.collect_deliveries()
             self.meter.close()
+        self.log_summary.flush(everything=True)
+        log.removeFilter(self.log_summary)
 
     async def _close_servers(self) -> None:
         servers, self._servers = self._servers, {}
@@ -168,6 +184,14 @@ class RadioBroker:
         if 0 < self.max_connections <= count:
             self._count_refusal(listener)
             return None
+        if not self.connecting.open(peer[0]):
+            log.warning(
+                "closed a connection from %s at once: %d sockets from that address have not sent "
+                "their CONNECT, the limit [broker] max_connecting_per_address",
+                peer[0],
+                self.connecting.limit,
+            )
+            return None
         self._per_listener[listener] = count + 1
         connection = Connection(self, link, listener, peer)
         self.connections.add(connection)
@@ -178,6 +202,12 @@ class RadioBroker:
         if connection in self.connections:
             self.connections.discard(connection)
             self._per_listener[connection.listener] -= 1
+            if connection.session is None:
+                self.connecting.done(connection.peer[0])
+
+    def connected(self, connection: Connection) -> None:
+        """A connection completed its CONNECT: it no longer counts against its address's sockets."""
+        self.connecting.done(connection.peer[0])
 
     def _count_refusal(self, listener: str) -> None:
         self._over_limit += 1
@@ -208,7 +238,25 @@ class RadioBroker:
         interval = min(EXPIRY_CHECK, limits.anonymous.expiry / 4, limits.keyed.expiry / 4)
         while True:
             await asyncio.sleep(max(interval, 0.05))
+            self.log_summary.flush()
             self.router.expire()
+            if self.store is not None:
+                self.store.compact()  # what expired sessions and delivered samples held goes back
+
+    def collect_deliveries(self) -> None:
+        """Hand what listening keys received since the last call to the meter."""
+        meter = self.meter
+        for session, tally in self.router.collect_tallies():
+            name, key_id = session.key_name, session.key_id
+            if meter is None or name is None or key_id is None:
+                continue
+            for network, (samples, size) in tally.items():
+                meter.received(key_id, name, network, samples, size)
+
+    async def _meter_deliveries(self) -> None:
+        while True:
+            await asyncio.sleep(DELIVERIES_TICK)
+            self.collect_deliveries()
 
     async def _expire_keys(self) -> None:
         """Close the connections of keys whose expiry has come, as for a revocation."""

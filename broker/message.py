@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from radio.broker.codec import encode_topic, remaining_length
+from radio.topics import network_of_topic
 
 
 class Message:
@@ -12,7 +13,7 @@ class Message:
     differs, so the parts around it are built once and joined per delivery.
     """
 
-    __slots__ = ("_framed", "_plain", "payload", "qos", "retain", "row", "topic")
+    __slots__ = ("_framed", "_network", "_plain", "payload", "qos", "retain", "row", "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
         self.topic = topic
@@ -23,6 +24,15 @@ class Message:
         """The store's id for this message, once it is kept for a persistent session."""
         self._plain: bytes | None = None
         self._framed: tuple[bytes, bytes] | None = None
+        self._network: str | None = None
+
+    @property
+    def network(self) -> str:
+        """The network the sample belongs to ("" outside every network), worked out once."""
+        network = self._network
+        if network is None:
+            network = self._network = network_of_topic(self.topic) or ""
+        return network
 
     @property
     def size(self) -> int:

@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from radio.broker.per_source import CONNECTING
 from radio.config import Address
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ class BrokerCollector(Collector):
             "radio_broker_published": ("Samples accepted from publishers.", stats.published),
             "radio_broker_deliveries": ("Samples written to subscribers.", stats.deliveries),
             "radio_broker_refused_publishes": (
-                "Publishes refused for lack of rights.",
-                stats.refused_publish,
+                "Samples the admission gate dropped (rights, size, JSON, schema, quota, wills over a rate).",
+                router.gate.refused if router.gate is not None else 0,
             ),
         }
         for name, (text, value) in counters.items():
@@ -47,6 +48,7 @@ class BrokerCollector(Collector):
         dropped.add_metric(["queue_full"], stats.dropped_queue_full)
         dropped.add_metric(["no_longer_readable"], stats.dropped_unreadable)
         yield dropped
+        yield from _limits(self.broker)
         sessions = list(router.sessions.values())
         yield GaugeMetricFamily(
             "radio_broker_connections", "Open connections.", value=len(self.broker.connections)
@@ -72,6 +74,58 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily(
                 "radio_broker_store_failing", "1 while the store cannot be written.", value=int(store.failing)
             )
+            yield CounterMetricFamily(
+                "radio_broker_store_compactions",
+                "Times the store gave space back (WAL checkpointed and truncated, free pages vacuumed).",
+                value=store.compactions,
+            )
+
+
+def _limits(broker: RadioBroker) -> Iterator[Any]:
+    """What the per-source limits hold and refuse (broker/per_source.py), retained caps, log summaries."""
+    router = broker.router
+    anonymous = router.anonymous
+    refused = CounterMetricFamily(
+        "radio_broker_refused_connects",
+        "CONNECTs refused by a cap on anonymous persistent sessions, by cap.",
+        labels=["reason"],
+    )
+    for reason in (
+        "anonymous_sessions",
+        "anonymous_sessions_per_address",
+        "anonymous_total_queued_bytes",
+        "anonymous_queued_bytes_per_address",
+    ):
+        refused.add_metric([reason], anonymous.refused[reason])
+    yield refused
+    yield GaugeMetricFamily(
+        "radio_broker_anonymous_sessions", "Anonymous persistent sessions held.", value=len(anonymous)
+    )
+    yield GaugeMetricFamily(
+        "radio_broker_anonymous_queued_bytes",
+        "Bytes queued for anonymous persistent sessions.",
+        value=anonymous.queued_bytes(),
+    )
+    sockets = CounterMetricFamily(
+        "radio_broker_refused_sockets", "Sockets closed at once, by reason.", labels=["reason"]
+    )
+    sockets.add_metric([CONNECTING], broker.connecting.refused)
+    yield sockets
+    yield GaugeMetricFamily(
+        "radio_broker_connecting",
+        "Sockets that have not completed their CONNECT.",
+        value=len(broker.connecting),
+    )
+    yield CounterMetricFamily(
+        "radio_broker_refused_retained",
+        "Publishes refused because they would retain one topic more than their network's max_retained.",
+        value=router.stats.refused_retained,
+    )
+    yield CounterMetricFamily(
+        "radio_broker_log_lines_summarised",
+        "Log lines held back past [broker] log_repeats per minute, each kind summed up in one line.",
+        value=broker.log_summary.suppressed,
+    )
 
 
 def _usage(broker: RadioBroker) -> Iterator[Any]:
@@ -100,7 +154,20 @@ def _usage(broker: RadioBroker) -> Iterator[Any]:
     )
     for (key, door, reason), count in list(meter.refused.items()):
         refusals.add_metric([key, door, reason], count)
-    yield from (samples, sizes, refusals)
+    received = CounterMetricFamily(
+        "radio_key_received_samples",
+        "Samples delivered to a key as a listener, per key and network.",
+        labels=["key", "network"],
+    )
+    received_bytes = CounterMetricFamily(
+        "radio_key_received_bytes",
+        "Payload bytes delivered to a key as a listener, per key and network.",
+        labels=["key", "network"],
+    )
+    for (key, network), (count, size) in list(meter.received_totals.items()):
+        received.add_metric([key, network], count)
+        received_bytes.add_metric([key, network], size)
+    yield from (samples, sizes, refusals, received, received_bytes)
 
 
 class MetricsServer:

@@ -16,8 +16,9 @@ rights. Three files make that so, all written here from the registry:
 does: on a change it writes the files again and sends SIGHUP, and Mosquitto reloads the password
 and ACL files and disconnects clients whose credentials no longer hold. An expired key is left out
 of both files, and the runner exports again the moment a key expires, so its clients are
-disconnected as a revoked key's are. Rates, quotas and schemas are not enforced by Mosquitto
-(docs/access.md).
+disconnected as a revoked key's are. A Mosquitto that dies is started again on the same ports,
+after growing delays; one that keeps dying is given up, for a service manager to take over.
+Rates, quotas and schemas are not enforced by Mosquitto (docs/access.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -54,6 +56,10 @@ TEMPLATE: Final = resources.files("radio.broker") / "mosquitto.conf"
 """The repository's commented configuration, which every export renders."""
 RELOAD_INTERVAL: Final = 0.25
 STARTUP_TIMEOUT: Final = 10.0
+RESTART_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds before each restart of a Mosquitto that died, while it keeps dying; then the runner gives up."""
+STEADY: Final = 60.0
+"""Seconds a restarted Mosquitto must run before a later death starts the delays over."""
 
 
 class MosquittoError(RadioError):
@@ -210,7 +216,7 @@ def export(
         raise MosquittoError(msg) from None
     conf = render_conf(template, settings, registry, folder, listeners=listeners)
     _write(folder / "passwd", passwd_text(registry), 0o600)
-    _write(folder / "acl", acl_text(registry), 0o644)
+    _write(folder / "acl", acl_text(registry), 0o600)  # it names every key and its rights
     _write(folder / "mosquitto.conf", conf, 0o644)
     return folder / "mosquitto.conf"
 
@@ -261,6 +267,8 @@ class MosquittoBroker:
         mqtts: Address | None = None,
         wss: Address | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        restart_delays: tuple[float, ...] = RESTART_DELAYS,
+        on_failure: Callable[[], object] | None = None,
     ) -> None:
         self.registry = registry
         self.folder = folder
@@ -278,6 +286,14 @@ class MosquittoBroker:
         self.reloads = 0
         self._exported = datetime.now(UTC)
         """When the files were last written: a key expiring after it calls for a new export."""
+        self.restart_delays = restart_delays
+        self.on_failure = on_failure
+        """Called (from the watcher) when Mosquitto died and could not be brought back."""
+        self.restarts = 0
+        self.failed = False
+        self._deaths: list[float] = []
+        """When Mosquitto died or failed to start again, recently: how long the next restart waits."""
+        self._stderr: int | None = None
 
     @property
     def mqtt_port(self) -> int:
@@ -295,19 +311,24 @@ class MosquittoBroker:
 
     def start(self, stderr: int | None = None) -> Self:
         """Export, start Mosquitto, and return once both listeners accept connections."""
-        binary = find_binary()
-        self._exported = datetime.now(UTC)
-        conf = export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
-        command = [binary, "-c", str(conf)]
-        self.process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)  # noqa: S603 - our own files
+        self._stderr = stderr
         try:
-            self._wait_until_listening()
+            self._launch()
         except BaseException:
             self.stop()
             raise
         self._watcher = threading.Thread(target=self._watch, name="radio-mosquitto-watcher", daemon=True)
         self._watcher.start()
         return self
+
+    def _launch(self) -> None:
+        """Export and run Mosquitto; return once every listener accepts connections."""
+        binary = find_binary()
+        self._exported = datetime.now(UTC)
+        conf = export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
+        command = [binary, "-c", str(conf)]
+        self.process = subprocess.Popen(command, stderr=self._stderr, stdout=subprocess.DEVNULL)  # noqa: S603 - our own files
+        self._wait_until_listening()
 
     def _wait_until_listening(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -337,11 +358,61 @@ class MosquittoBroker:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
+            if self.process is not None and self.process.poll() is not None and not self._revive():
+                return
             try:
                 if self.registry.refresh() or self._expiry_due():
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to Mosquitto failed; will retry on the next change")
+
+    def _revive(self) -> bool:
+        """Mosquitto died on its own: start it again after a growing delay, or give up and say so.
+
+        Clients reconnect by themselves; what Mosquitto had saved (``mosquitto.db``) is read back.
+        Each death or failed start within ``STEADY`` seconds of the previous one waits the next
+        delay; past the last, ``on_failure`` is called, so that the command exits non-zero and a
+        service manager (systemd, a container runtime) takes over. Whether it came back.
+        """
+        assert self.process is not None  # noqa: S101 - only called once it ran
+        while True:
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < STEADY] + [now]
+            if len(self._deaths) > len(self.restart_delays):
+                break
+            delay = self.restart_delays[len(self._deaths) - 1]
+            log.warning(
+                "Mosquitto exited on its own (status %s): restarting it in %gs",
+                self.process.returncode,
+                delay,
+            )
+            if self._stop.wait(delay):
+                return False
+            try:
+                self._launch()
+            except (MosquittoError, OSError) as exc:
+                log.warning("Mosquitto did not come back: %s", exc)
+                self._kill()
+                continue
+            self.restarts += 1
+            log.warning("Mosquitto restarted: listening again on the same ports")
+            return True
+        self.failed = True
+        log.error(
+            "Mosquitto exited %d times within %gs (last status %s): giving up",
+            len(self._deaths),
+            STEADY,
+            self.process.returncode,
+        )
+        if self.on_failure is not None:
+            self.on_failure()
+        return False
+
+    def _kill(self) -> None:
+        """A start that failed may leave a process that never listened: no second Mosquitto."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def _expiry_due(self) -> bool:
         """A key expired since the files were written: it must leave them, as a revoked key does."""

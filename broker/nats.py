@@ -3,9 +3,10 @@
 ``NatsCluster`` runs N nodes on this machine (``radio broker --engine nats --nodes 3``): it
 exports their files (``nats_conf``), starts every node, waits until each one's monitoring
 endpoint reports it healthy (JetStream included) and its MQTT port accepts connections, then
-watches the registry as the Mosquitto engine does. On a change it writes ``users.conf`` again and
-sends every node SIGHUP: each rereads it, refuses the keys it no longer lists and closes their
-connections. A node costs the watcher one signal, whatever the size of the registry.
+watches the registry as the Mosquitto engine does. On a change, or when a key expires, it writes
+``users.conf`` again and sends every node SIGHUP: each rereads it, refuses the keys it no longer
+lists and closes their connections. A node costs the watcher one signal, whatever the size of
+the registry.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final, Self
 
-from radio.broker.nats_conf import PROBE, NatsError, Node, export, plan
+from radio.broker.nats_conf import PROBE, NatsError, Node, export, internal_password, plan, route_secret
 from radio.config import Address
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
@@ -87,7 +89,10 @@ class NatsCluster:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._logs: list[IO[bytes]] = []
-        self._probe = secrets.token_urlsafe(32)
+        self._probe = ""
+        """The readiness user's password, derived from the cluster's route password at export."""
+        self._exported = datetime.now(UTC)
+        """When users.conf was last written: a key expiring after it calls for a new export."""
 
     @property
     def mqtt_port(self) -> int:
@@ -106,7 +111,7 @@ class NatsCluster:
     def start(self) -> Self:
         """Export, start every node, and return once all are healthy and accept MQTT connections."""
         binary = find_binary()
-        paths = export(self.registry.settings, self.registry.current, self.folder, self.nodes, self._probe)
+        paths = self._export()
         try:
             for node, path in zip(self.nodes, paths, strict=True):
                 self.start_node(node, binary, path)
@@ -152,17 +157,28 @@ class NatsCluster:
 
     def reload(self) -> None:
         """Write the files again and have every running node reread them."""
-        export(self.registry.settings, self.registry.current, self.folder, self.nodes, self._probe)
+        self._export()
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGHUP)
         self.reloads += 1
         log.info("registry changed: every NATS node reloaded its users")
 
+    def _export(self) -> list[Path]:
+        self._exported = datetime.now(UTC)
+        paths = export(self.registry.settings, self.registry.current, self.folder, self.nodes, probe=True)
+        self._probe = internal_password(route_secret(self.folder), PROBE)
+        return paths
+
+    def _expiry_due(self) -> bool:
+        """A key expired since users.conf was written: it must leave it, as a revoked key does."""
+        due = self.registry.current.next_expiry(self._exported)
+        return due is not None and due <= datetime.now(UTC)
+
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
             try:
-                if self.registry.refresh():
+                if self.registry.refresh() or self._expiry_due():
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to NATS failed; will retry on the next change")

@@ -13,7 +13,9 @@ replicated across the cluster, so Radio runs on several machines by exporting it
   nodes of one cluster, exported again after a key change, still accept each other.
 
 MQTT topic ``networks/x/y`` is NATS subject ``networks.x.y``; ``networks/x/#`` is the two subjects
-``networks.x`` and ``networks.x.>``. Every user is limited to MQTT connections (``MQTT``,
+``networks.x`` and ``networks.x.>``. A ``.`` inside a topic level is ``//`` in its subject (NATS's
+own escape), so network ``a.b`` is ``networks.a//b``, never network ``a``'s ``networks.a.b``.
+Every user is limited to MQTT connections (``MQTT``,
 ``MQTT_WS``): the NATS protocol would let a key subscribe to the subjects the MQTT layer uses
 internally, where other clients' deliveries pass.
 """
@@ -21,6 +23,8 @@ internally, where other clients' deliveries pass.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -28,6 +32,7 @@ import secrets
 import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -164,10 +169,29 @@ def plan(
         ]
 
 
+def subject_of(topic: str) -> str:
+    """The NATS subject of a concrete MQTT topic, as nats-server maps it.
+
+    Levels are joined by ``.``, and a ``.`` inside a level becomes ``//`` (an empty level is
+    ``/``): NATS's own escape, so that the topic ``networks/a.b`` is not ``networks/a/b``.
+    """
+    return ".".join(level.replace(".", "//") or "/" for level in topic.split("/"))
+
+
 def subjects(network: str) -> list[str]:
     """The NATS subjects of a network's MQTT topics: ``networks/x`` and everything below it."""
-    subject = network_topic(network).replace("/", ".")
+    subject = subject_of(network_topic(network))
     return [subject, f"{subject}.>"]
+
+
+def internal_password(route_password: str, user: str) -> str:
+    """The password of one of Radio's own users (anonymous, probe), the same on every export.
+
+    Derived from the cluster's route password (``cluster.secret``, mode 0600): NATS closes the
+    connections of a user whose password changed on a reload, so a fresh one per export would
+    disconnect every anonymous listener on every key change.
+    """
+    return hmac.new(route_password.encode(), user.encode(), hashlib.sha256).hexdigest()
 
 
 def _quote(text: str) -> str:
@@ -187,10 +211,11 @@ def _user(name: str, password: str, publish: list[str], subscribe: list[str]) ->
     )
 
 
-def users_text(registry: Registry, probe: str | None = None) -> str:
+def users_text(registry: Registry, route_password: str, *, probe: bool = False) -> str:
     """The users file: what each username may publish and read, exactly as the registry says.
 
-    ``probe`` is the password of the user that may do nothing but connect, for readiness checks.
+    With ``probe``, the user that may do nothing but connect, for readiness checks. An expired
+    key is left out, as if revoked: a reload then closes its connections.
     """
     out = [
         "# Written by `radio nats export` from the key registry: edit the keys, not this file.",
@@ -201,20 +226,24 @@ def users_text(registry: Registry, probe: str | None = None) -> str:
     ]
     entries = []
     public = sorted(n for n, s in registry.networks.items() if s.public)
-    # The anonymous user's password is random and handed to no one. It stays plain: NATS logs in a
-    # client without credentials by presenting this password for it, which a bcrypt hash would
-    # not match. Knowing it gives nothing beyond anonymous rights.
+    # The anonymous user's password is handed to no one. It stays plain: NATS logs in a client
+    # without credentials by presenting this password for it, which a bcrypt hash would not
+    # match. Knowing it gives nothing beyond anonymous rights.
     anonymous_reads = [s for n in public for s in subjects(n)] if registry.allow_anonymous else []
     entries.append(
         "    # Anonymous clients (no_auth_user): the public networks, read only.\n"
-        + _user(ANONYMOUS, secrets.token_urlsafe(32), [], anonymous_reads)
+        + _user(ANONYMOUS, internal_password(route_password, ANONYMOUS), [], anonymous_reads)
     )
     if probe:
         entries.append(
             "    # Readiness checks of `radio broker`: may connect, nothing else.\n"
-            + _user(PROBE, probe, [], [])
+            + _user(PROBE, internal_password(route_password, PROBE), [], [])
         )
+    now = datetime.now(UTC)
     for key in sorted(registry.keys.values(), key=lambda k: k.name):
+        if key.expired(now):
+            entries.append(f"    # {key.name}: expired; left out until `radio keys edit` extends it.")
+            continue
         if not key.bcrypt:
             log.warning(
                 "key %r has no bcrypt hash (made before NATS support): rotate it to use it on NATS", key.name
@@ -383,7 +412,7 @@ def route_secret(folder: Path) -> str:
 
 
 def export(
-    settings: Settings, registry: Registry, folder: Path, nodes: list[Node], probe: str | None = None
+    settings: Settings, registry: Registry, folder: Path, nodes: list[Node], *, probe: bool = False
 ) -> list[Path]:
     """Write users.conf and one configuration per node into ``folder``; return the nodes' paths."""
     folder = folder.absolute()
@@ -392,7 +421,7 @@ def export(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         secret = route_secret(folder)
-        _write(folder / "users.conf", users_text(registry, probe))
+        _write(folder / "users.conf", users_text(registry, secret, probe=probe))
         paths = []
         for node in nodes:
             path = folder / f"{node.name}.conf"

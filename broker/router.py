@@ -8,10 +8,11 @@ every delivery, whether live, queued, resent after a reconnect, retained, or a w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from amqtt.contexts import Action
@@ -20,13 +21,16 @@ from radio.broker import attributes as attrs
 from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
+from radio.broker.per_source import AnonymousCaps, AnonymousSessions
+from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
-from radio.topics import network_of_topic
+from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate
-    from radio.broker.store import Contents, Store
+    from radio.broker.connection import Connection
+    from radio.broker.store import Contents, Store, StoredSession
 
 log = logging.getLogger("radio.broker")
 
@@ -40,6 +44,8 @@ class Limits:
 
     keyed: SessionLimits
     anonymous: SessionLimits
+    service: SessionLimits | None = None
+    """The session of a key that reads every network (the history recorder's); None: ``keyed``."""
     max_filters: int = 100
     """Subscriptions one session may hold; more get SUBACK 0x80."""
     max_inflight: int = 100
@@ -49,6 +55,8 @@ class Limits:
     send_buffer: int = 1 << 20
     """Bytes waiting to be written to one connection past which it is slow: QoS 0 samples are
     dropped for it (counted), QoS 1 and 2 samples wait in its queue."""
+    anonymous_caps: AnonymousCaps = field(default_factory=AnonymousCaps)
+    """What anonymous persistent sessions may hold, in all and per source address."""
 
 
 @dataclass
@@ -60,7 +68,8 @@ class Stats:
     dropped_slow: int = 0
     dropped_queue_full: int = 0
     dropped_unreadable: int = 0
-    refused_publish: int = 0
+    refused_retained: int = 0
+    """Publishes refused because they would retain one topic more than their network's max_retained."""
     connections: int = 0
 
 
@@ -80,23 +89,45 @@ class Router:
         self.reader = reader
         self.limits = limits
         self.store = store
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[tuple[str | None, str], Session] = {}
+        """By (key id, client id): see ``Session.ident``."""
+        self.anonymous = AnonymousSessions(limits.anonymous_caps)
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()
-        self.retained: dict[str, Message] = {}
+        self.retained = RetainedIndex()
         self.stats = Stats()
         self._seq = 0
+        self.tallies: list[Session] = []
+        """Sessions whose tally has counts the meter has not collected yet."""
         self.gate: Gate | None = None
         """Rates, quotas and schemas (broker/access.py), set by the core."""
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
-        """Anonymous sessions get the tight limits; nobody pays for them."""
-        return self.limits.anonymous if key_name is None else self.limits.keyed
+        """Anonymous sessions get the tight limits (nobody pays for them), the recorder wide ones."""
+        if key_name is None:
+            return self.limits.anonymous
+        if self.limits.service is not None:
+            key = self.registry().keys.get(key_name)
+            if key is not None and key.read_all:
+                return self.limits.service
+        return self.limits.keyed
+
+    def billed(self, session: Session) -> bool:
+        """Whether what a session receives is counted: a key's, not anonymous or a service key's."""
+        name = session.key_name
+        key = self.registry().keys.get(name) if name is not None else None
+        return key is not None and not key.publish_all and not key.read_all
+
+    def hold(self, session: Session) -> None:
+        """Keep a session (opened, resumed or restored) under its key and client id."""
+        self.sessions[session.ident] = session
+        self.anonymous.track(session)
 
     def discard(self, session: Session) -> None:
         """Forget a session: its subscriptions, its queue, and its copy in the store."""
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
+        if self.sessions.get(session.ident) is session:
+            del self.sessions[session.ident]
+        self.anonymous.untrack(session)
         for topic_filter in session.subscriptions:
             self.index.remove(topic_filter, session)
         session.subscriptions.clear()
@@ -104,14 +135,15 @@ class Router:
         session.queued_bytes = 0
         session.inflight.clear()
         if session.persistent and self.store is not None:
-            self.store.drop_session(session.client_id)
+            self.store.drop_session(session.store_id)
 
     def save(self, session: Session) -> None:
         """Record a persistent session's identity and subscriptions in the store."""
         if session.persistent and self.store is not None:
             keep = {k: session.attributes.get(k) for k in (attrs.KEY_NAME, attrs.KEY_ID, attrs.KEY_DIGEST)}
             keep["offline_since"] = session.offline_since
-            self.store.save_session(session.client_id, keep, session.subscriptions)
+            keep["address"] = session.remote_address
+            self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
         """Its connection ended: a clean session goes, a persistent one waits (within its limits)."""
@@ -123,6 +155,7 @@ class Router:
         for dropped in session.trim(session.limits):  # an absent client keeps only its own share
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
+            self._missed(session, dropped)
         self.save(session)
 
     def expire(self, now: float | None = None) -> int:
@@ -149,10 +182,14 @@ class Router:
         return self._seq
 
     def publish(self, message: Message) -> None:
-        """Retain it if asked and allowed, and deliver it to every entitled subscriber."""
+        """Retain it if asked and allowed, and deliver it to every entitled subscriber.
+
+        A QoS 0 delivery is counted for its listening key when it is written to its connection; a
+        QoS 1 or 2 one when its client acknowledges it (``acknowledged``).
+        """
+        if message.retain and not self._retain(message):
+            return
         self.stats.published += 1
-        if message.retain:
-            self._retain(message)
         targets = self._targets(message.topic)
         if not targets:
             return
@@ -173,6 +210,8 @@ class Router:
                 else:
                     connection.write(message.packet(0))
                     stats.deliveries += 1
+                    if session.tally is not None:
+                        self.tallied(session, message)
 
     def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
         tables = self.index.match(topic)
@@ -185,16 +224,44 @@ class Router:
                     merged[session] = qos
         return list(merged.items())
 
-    def _retain(self, message: Message) -> None:
-        network = self.registry().networks.get(network_of_topic(message.topic) or "")
+    def _retain(self, message: Message) -> bool:
+        """Keep a network's last sample; False if that would retain one topic past its max_retained.
+
+        Replacing or clearing a retained topic always works; only a new one counts, and never
+        the network's own topic (``networks/X``, where the HTTP door publishes: a sample it
+        forwards is never refused here after the door has answered for it). Past the limit the
+        whole publish is refused (counted), so that no listener sees a sample that a late
+        joiner would not: the network's retained topics stay what they were.
+        """
+        name = network_of_topic(message.topic) or ""
+        network = self.registry().networks.get(name)
         if network is not None and not network.retain:
-            return  # the network keeps no last sample, whoever publishes to it
+            return True  # the network keeps no last sample, whoever publishes to it
         if message.payload:
-            self.retained[message.topic] = Message(message.topic, message.payload, message.qos, retain=True)
-        elif self.retained.pop(message.topic, None) is None:
-            return
+            if (
+                network is not None
+                and message.topic not in self.retained
+                and self.retained.count(name) >= network.max_retained
+                and message.topic != network_topic(name)
+            ):
+                self._refuse_retained(message.topic, network.max_retained)
+                return False
+            kept = Message(message.topic, message.payload, message.qos, retain=True)
+            self.retained.put(message.topic, kept)
+        elif self.retained.pop(message.topic) is None:
+            return True
         if self.store is not None:
             self.store.retain(message.topic, message.payload, message.qos)
+        return True
+
+    def _refuse_retained(self, topic: str, limit: int) -> None:
+        """Count and log it (the broker's log sums up repeats: broker/logsummary.py)."""
+        self.stats.refused_retained += 1
+        log.warning(
+            "refused a retained publish to %r: its network has %d retained topics, its max_retained",
+            topic,
+            limit,
+        )
 
     def deliver(self, session: Session, message: Message, qos: int) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
@@ -202,7 +269,7 @@ class Router:
         if session.persistent and self.store is not None:
             if not message.row:
                 message.row = self.next_seq()
-            self.store.queue(session.client_id, message.row, message.topic, message.payload, qos)
+            self.store.queue(session.store_id, message.row, message.topic, message.payload, qos)
         connection = session.connection
         if (
             connection is not None
@@ -212,10 +279,13 @@ class Router:
         ):
             self._send(session, delivery)
             return
-        online = self.limits.keyed if connection is not None else None
+        # A connected anonymous client that is merely slow gets a keyed share; others their own.
+        slow_anonymous = connection is not None and session.limits is self.limits.anonymous
+        online = self.limits.keyed if slow_anonymous else None
         for dropped in session.enqueue(delivery, online):
             self.stats.dropped_queue_full += 1
             self._forget(session, dropped)
+            self._missed(session, dropped)
         if connection is not None:
             if connection.congested():
                 connection.wait_for_drain()
@@ -225,14 +295,32 @@ class Router:
     def _send(self, session: Session, delivery: Delivery) -> None:
         connection = session.connection
         assert connection is not None  # noqa: S101 - callers check
+        if session.missed:
+            self._report_missed(session, connection)
         pid = delivery.pid = session.allocate_pid()
         session.inflight[pid] = delivery
         connection.write(delivery.message.packet(delivery.qos, pid))
         self.stats.deliveries += 1
 
+    def _missed(self, session: Session, delivery: Delivery) -> None:
+        if session.limits.report_missed:
+            network = network_of_topic(delivery.message.topic)
+            if network is not None:
+                session.missed[network] = session.missed.get(network, 0) + 1
+
+    def _report_missed(self, session: Session, connection: Connection) -> None:
+        """Before the next sample, say what the queue dropped (QoS 0; not stored).
+
+        The client learns of the hole where it is: between the samples it got before and the ones
+        it gets after.
+        """
+        payload = json.dumps({"networks": session.missed}, sort_keys=True).encode()
+        session.missed = {}
+        connection.write(Message(MISSED_TOPIC, payload, 0).packet(0))
+
     def _forget(self, session: Session, delivery: Delivery) -> None:
         if session.persistent and self.store is not None and delivery.message.row:
-            self.store.unqueue(session.client_id, delivery.message.row)
+            self.store.unqueue(session.store_id, delivery.message.row)
 
     def pump(self, session: Session) -> None:
         """Send queued samples while the client keeps up, checking each against its rights now."""
@@ -256,6 +344,8 @@ class Router:
         """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""
         delivery = session.inflight.pop(pid, None)
         if delivery is not None:
+            if session.tally is not None:
+                self.tallied(session, delivery.message)
             self._forget(session, delivery)
             if session.queue:
                 self.pump(session)
@@ -309,10 +399,8 @@ class Router:
         """The retained samples a new subscription brings, as packets with the retain flag set."""
         packets = []
         for topic_filter, qos in granted:
-            for topic, message in self.retained.items():
-                if not _matches(topic_filter, topic):
-                    continue
-                if not self.allows(session, topic, Action.RECEIVE):
+            for message in self.retained.match(topic_filter):
+                if not self.allows(session, message.topic, Action.RECEIVE):
                     continue
                 level = min(qos, message.qos)
                 if level:
@@ -323,7 +411,32 @@ class Router:
                     packets.append(message.packet(level, pid, retain=True))
                 else:
                     packets.append(message.packet(0, retain=True))
+                    if session.tally is not None:
+                        self.tallied(session, message)
         return packets
+
+    def tallied(self, session: Session, message: Message) -> None:
+        """Count one delivery to a listening key (its meter collects the tallies on a timer)."""
+        tally = session.tally
+        assert tally is not None  # noqa: S101 - callers check
+        if not tally:
+            self.tallies.append(session)
+        row = tally.get(message.network)
+        if row is None:
+            tally[message.network] = [1, len(message.payload)]
+        else:
+            row[0] += 1
+            row[1] += len(message.payload)
+
+    def collect_tallies(self) -> list[tuple[Session, dict[str, list[int]]]]:
+        """The deliveries counted since the last call, per session; the tallies start again."""
+        sessions, self.tallies = self.tallies, []
+        collected = []
+        for session in sessions:
+            if session.tally:
+                collected.append((session, session.tally))
+                session.tally = {}
+        return collected
 
     def unsubscribe(self, session: Session, filters: list[str]) -> None:
         """Drop filters the session holds (others are ignored, as MQTT asks)."""
@@ -386,29 +499,42 @@ class Router:
                 self._forget(session, delivery)
 
     # Restart.
+    def _restored(self, stored: StoredSession, registry: Registry) -> Session | None:
+        """A stored session as it comes back, or None if its key is gone (then the store forgets it)."""
+        name = stored.attributes.get(attrs.KEY_NAME)
+        key = registry.keys.get(name) if name is not None else None
+        if name is None:
+            owned = registry.allow_anonymous
+        else:
+            key_id = stored.attributes.get(attrs.KEY_ID)
+            owned = key is not None and (key_id is None or key.id == key_id)
+        if not owned:
+            if self.store is not None:
+                self.store.drop_session(stored.row_id)
+            return None
+        session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
+        session.attributes.update(
+            {k: v for k, v in stored.attributes.items() if k not in ("offline_since", "address")}
+        )
+        if key is not None and attrs.KEY_ID not in session.attributes:
+            session.attributes[attrs.KEY_ID] = key.id
+        if self.store is not None and stored.row_id != session.store_id:
+            self.store.rename_session(stored.row_id, session.store_id)  # a file from before ids had a key
+        session.offline_since = stored.attributes.get("offline_since") or time.time()
+        session.remote_address = stored.attributes.get("address") or ""
+        return session
+
     def restore(self, contents: Contents, registry: Registry) -> None:
         """Put back what the store kept, minus sessions whose key is gone (revoked while down)."""
         for topic, payload, qos in contents.retained:
-            self.retained[topic] = Message(topic, payload, qos, retain=True)
+            self.retained.put(topic, Message(topic, payload, qos, retain=True))
         self._seq = contents.last_seq
         restored = 0
         for stored in contents.sessions:
-            name = stored.attributes.get(attrs.KEY_NAME)
-            key = registry.keys.get(name) if name is not None else None
-            if name is None:
-                owned = registry.allow_anonymous
-            else:
-                key_id = stored.attributes.get(attrs.KEY_ID)
-                owned = key is not None and (key_id is None or key.id == key_id)
-            session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
-            session.attributes.update({k: v for k, v in stored.attributes.items() if k != "offline_since"})
-            if not owned:
-                self.discard(session)  # deletes it from the store too
+            session = self._restored(stored, registry)
+            if session is None:
                 continue
-            if key is not None and attrs.KEY_ID not in session.attributes:
-                session.attributes[attrs.KEY_ID] = key.id
-            session.offline_since = stored.attributes.get("offline_since") or time.time()
-            self.sessions[stored.client_id] = session
+            self.hold(session)
             for topic_filter, qos in stored.subscriptions:
                 session.subscriptions[topic_filter] = qos
                 self.index.add(topic_filter, session, qos)
@@ -424,16 +550,3 @@ class Router:
                 len(contents.retained),
                 restored,
             )
-
-
-def _matches(topic_filter: str, topic: str) -> bool:
-    """Whether a filter matches a topic (the slow way: used for retained samples on SUBSCRIBE)."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    levels, parts = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or (level not in ("+", parts[i])):
-            return False
-    return len(levels) == len(parts)

@@ -114,11 +114,18 @@ def serve_mosquitto(
     *,
     mqtts: Address | None = None,
     wss: Address | None = None,
-) -> None:
-    """Run Mosquitto with the registry's rights until SIGINT or SIGTERM; key changes reach it live."""
+) -> int:
+    """Run Mosquitto with the registry's rights until SIGINT or SIGTERM; key changes reach it live.
+
+    A Mosquitto that dies is restarted (``MosquittoBroker``); one that will not come back ends the
+    command with status 1, so that whatever runs it (systemd, a container runtime, ``radio up``)
+    knows the broker is gone instead of a runner serving nothing.
+    """
     folder = registry.settings.state_dir / "mosquitto"
-    mosquitto = MosquittoBroker(registry, folder, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
     stop = on_signals()
+    mosquitto = MosquittoBroker(
+        registry, folder, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss, on_failure=stop.set
+    )
     mosquitto.start()
     try:
         _banner(registry, "Radio broker running (Mosquitto)", mosquitto.addresses)
@@ -127,3 +134,7 @@ def serve_mosquitto(
     finally:
         print("Stopping the broker...", file=sys.stderr, flush=True)
         mosquitto.stop()
+    if mosquitto.failed:
+        print("radio: Mosquitto could not be kept running; see its log above", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -23,6 +23,7 @@ from radio.broker import attributes as attrs
 from radio.broker.codec import packet_limit
 from radio.broker.core import Listener, RadioBroker
 from radio.broker.metrics import serve_metrics
+from radio.broker.per_source import AnonymousCaps
 from radio.broker.router import Limits
 from radio.broker.sessions import SessionLimits
 from radio.broker.store import Store
@@ -48,10 +49,22 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_max_queued_bytes,
             settings.anonymous_session_expiry,
         ),
+        service=SessionLimits(
+            settings.recorder_max_queued,
+            settings.recorder_max_queued_bytes,
+            settings.session_expiry,
+            report_missed=True,
+        ),
         max_filters=settings.max_filters,
         max_inflight=settings.max_inflight,
         max_incoming_qos2=settings.max_incoming_qos2,
         send_buffer=settings.send_buffer,
+        anonymous_caps=AnonymousCaps(
+            settings.anonymous_max_sessions,
+            settings.anonymous_max_sessions_per_address,
+            settings.anonymous_total_queued_bytes,
+            settings.anonymous_queued_bytes_per_address,
+        ),
     )
 
 
@@ -117,6 +130,8 @@ class EmbeddedBroker:
                 connect_timeout=settings.connect_timeout,
                 max_packet_size=self.max_packet_size,
                 max_connections=settings.max_connections,
+                max_connecting_per_address=settings.max_connecting_per_address,
+                log_repeats=settings.log_repeats,
             )
             try:
                 await radio.start(self.listeners())

@@ -2,9 +2,13 @@
 
 A session belongs to the key that opened it, for its whole life: it records the key's name and
 id, and ends when that key is revoked (a new key under the same name gets a new id, so it starts
-with nothing). Each is bounded: a keyed session keeps at most ``max_queued`` samples and bytes
-while its client is away or slow, an anonymous one far fewer (nobody pays for it); past the
-bound the oldest samples go, counted and logged once per episode, never silently.
+with nothing). It is found by (key id, client id), anonymous clients counting as one key: clients
+of different keys that happen to pick the same client id (ids are often predictable) have
+sessions of their own, and none can refuse, take over or resume another's.
+
+Each is bounded: a keyed session keeps at most ``max_queued`` samples and bytes while its client
+is away or slow, an anonymous one far fewer (nobody pays for it); past the bound the oldest
+samples go, counted and logged once per episode, never silently.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ log = logging.getLogger("radio.broker")
 MAX_PACKET_ID: Final = 65_535
 
 
+def store_id(key_id: str | None, client_id: str) -> str:
+    """One string for (key id, client id): a key id has no NUL, so the first NUL splits them."""
+    return f"{key_id or ''}\x00{client_id}"
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     """How much one session may hold; keyed and anonymous sessions get a set each."""
@@ -33,6 +42,9 @@ class SessionLimits:
     max_queued_bytes: int
     expiry: float
     """Seconds a persistent session is kept while its client is away."""
+    report_missed: bool = False
+    """Tell the client what its queue dropped, per network, before its next sample (the recorder's
+    session: it leaves that many numbers out, so the history shows the hole)."""
 
 
 class Delivery:
@@ -76,6 +88,7 @@ class Session:
         "incoming_qos2",
         "inflight",
         "limits",
+        "missed",
         "next_pid",
         "offline_since",
         "password",
@@ -84,6 +97,7 @@ class Session:
         "remote_address",
         "remote_port",
         "subscriptions",
+        "tally",
         "username",
         "warned_full",
         "will",
@@ -108,7 +122,12 @@ class Session:
         self.will: Will | None = None
         self.offline_since: float | None = None
         self.dropped = 0
+        self.missed: dict[str, int] = {}
+        """Samples dropped from the queue per network and not yet reported (``report_missed``)."""
         self.warned_full = False
+        self.tally: dict[str, list[int]] | None = None
+        """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
+        None for sessions nobody is billed for (anonymous, the platform's service keys)."""
 
     # What the plugins read of an amqtt session.
     @property
@@ -131,6 +150,16 @@ class Session:
         """The id of the key that opened it: a session never passes to another key."""
         value: str | None = self.attributes.get(attrs.KEY_ID)
         return value
+
+    @property
+    def ident(self) -> tuple[str | None, str]:
+        """What the session is found by: its key's id (None: anonymous) and its client id."""
+        return self.key_id, self.client_id
+
+    @property
+    def store_id(self) -> str:
+        """What the store keeps the session under (see ``store_id``)."""
+        return store_id(self.key_id, self.client_id)
 
     @property
     def persistent(self) -> bool:

@@ -1,8 +1,13 @@
 """What must survive a restart or a ``kill -9``: retained samples and persistent sessions, in SQLite.
 
-Kept: each retained sample (topic, payload, QoS); each persistent session (client id, the key it
-belongs to, its subscriptions, when its client left) and the samples waiting for it (queued, or
-sent and not yet acknowledged).
+Kept: each retained sample (topic, payload, QoS); each persistent session (under its key's id
+and client id, with its subscriptions and when its client left) and the samples waiting for it
+(queued, or sent and not yet acknowledged).
+
+The file gives space back: the write-ahead log is checkpointed and truncated, and the pages that
+expired sessions and delivered samples leave free are returned to the file system (incremental
+vacuum), whenever the broker asks (``compact``, after each sweep of expired sessions). A file
+from before incremental vacuum is converted once, when it is opened.
 
 Writes are incremental: the broker records each change as it happens (a sample queued for a
 session, acknowledged, a retained value replaced) and a single writer thread applies them in
@@ -35,6 +40,12 @@ from radio.errors import RadioError
 
 log = logging.getLogger("radio.broker")
 
+WAL_LIMIT: Final = 4 * 1024 * 1024
+"""Bytes of write-ahead log kept after a checkpoint; SQLite truncates it to this (it keeps the
+largest size it ever reached otherwise)."""
+RECLAIM_PAGES: Final = 25_600
+"""Free pages handed back per ``compact`` (100 MiB of 4 KiB pages): a large backlog goes back
+over several sweeps rather than holding every batch for seconds."""
 RECOVERED_AFTER: Final = 5.0
 """Seconds without a failed batch before a store that failed is said to be writable again."""
 
@@ -53,6 +64,8 @@ _SQL: Final = {
     "drop_queue": "DELETE FROM queued WHERE client_id = ?",
     "queue": "INSERT OR REPLACE INTO queued VALUES (?, ?, ?, ?, ?)",
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
+    "rename": "UPDATE sessions SET client_id = ? WHERE client_id = ?",
+    "rename_queue": "UPDATE queued SET client_id = ? WHERE client_id = ?",
 }
 
 
@@ -69,6 +82,9 @@ class StoredSession:
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     queued: list[tuple[int, str, bytes, int]] = field(default_factory=list)
     """(seq, topic, payload, qos), oldest first."""
+    row_id: str = ""
+    """What the store keeps it under: ``sessions.store_id`` (key id, NUL, client id), or the bare
+    client id in a file written before sessions were kept per key."""
 
 
 @dataclass
@@ -97,8 +113,10 @@ class Store:
         try:
             _private_file(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._incremental_vacuum()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk: PUBACKs wait for it
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             msg = self._unreadable(exc)
@@ -127,10 +145,25 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._compact = False
         self.failing = False
+        self.compactions = 0
         self.batches = 0
         self.written = 0
         """Changes written since start (cancelled pairs not counted), for the metrics."""
+
+    def _incremental_vacuum(self) -> None:
+        """Let ``compact`` give free pages back: set before the first table, or converted once.
+
+        Converting a file made before takes a VACUUM, once, at start.
+        """
+        db = self._db
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # 2: INCREMENTAL
+            return
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            log.info("converting the broker's store %s to give space back (once)", self.path)
+            db.execute("VACUUM")
 
     def _unreadable(self, exc: BaseException) -> str:
         return (
@@ -145,11 +178,14 @@ class Store:
                 retained=[(t, bytes(d), int(q)) for t, d, q in self._db.execute("SELECT * FROM retained")]
             )
             by_id: dict[str, StoredSession] = {}
-            for client_id, attributes, subscriptions in self._db.execute("SELECT * FROM sessions"):
+            for row_id, attributes, subscriptions in self._db.execute("SELECT * FROM sessions"):
                 stored = StoredSession(
-                    client_id, json.loads(attributes), [(f, int(q)) for f, q in json.loads(subscriptions)]
+                    row_id.partition("\x00")[2] if "\x00" in row_id else row_id,
+                    json.loads(attributes),
+                    [(f, int(q)) for f, q in json.loads(subscriptions)],
+                    row_id=row_id,
                 )
-                by_id[client_id] = stored
+                by_id[row_id] = stored
                 contents.sessions.append(stored)
             for client_id, seq, topic, data, qos in self._db.execute(
                 "SELECT client_id, seq, topic, data, qos FROM queued ORDER BY seq"
@@ -190,6 +226,18 @@ class Store:
         with self._next:
             self._add("drop", (client_id,))
             self._add("drop_queue", (client_id,))
+
+    def rename_session(self, old: str, new: str) -> None:
+        """Keep a session and its samples under another id (a file from before ids had a key)."""
+        with self._next:
+            self._add("rename", (new, old))
+            self._add("rename_queue", (new, old))
+
+    def compact(self) -> None:
+        """Give space back, on the writer thread between batches: see the module's docstring."""
+        with self._next:
+            self._compact = True
+            self._wake_writer()
 
     def queue(self, client_id: str, seq: int, topic: str, payload: bytes, qos: int) -> None:
         """Keep a sample for a persistent session until it acknowledges it."""
@@ -256,16 +304,21 @@ class Store:
         assert loop is not None  # noqa: S101 - set by start()
         while True:
             with self._next:
-                while not (self._ops or self._waiters or self._stopping):
+                while not (self._ops or self._waiters or self._stopping or self._compact):
                     self._writer_waits = True
                     self._next.wait()
                 self._writer_waits = False
-                if not (self._ops or self._waiters):
-                    return  # stopping, and everything recorded is written
-                ops, waiters = self._ops, self._waiters
-                self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
-                self._unanswered += 1
-                first, self._taken = self._taken, self._recorded
+                compact, self._compact = self._compact, False
+                if not compact:
+                    if not (self._ops or self._waiters):
+                        return  # stopping, and everything recorded is written
+                    ops, waiters = self._ops, self._waiters
+                    self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
+                    self._unanswered += 1
+                    first, self._taken = self._taken, self._recorded
+            if compact:
+                self._reclaim()
+                continue
             ok = self._write_batch([op for op in ops if op is not None])
             with self._next:
                 if not ok:
@@ -326,6 +379,19 @@ class Store:
         self.batches += 1
         self.written += len(batch)
         return True
+
+    def _reclaim(self) -> None:
+        """Hand free pages back (incremental vacuum), then checkpoint and truncate the WAL."""
+        try:
+            with self._lock:
+                if self._db.execute("PRAGMA freelist_count").fetchone()[0]:
+                    # At most RECLAIM_PAGES a sweep: batches wait meanwhile. (execute() frees one page.)
+                    self._db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES});")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:  # a busy or failing disk: the next sweep tries again
+            log.warning("could not give back space in the broker's store %s: %s", self.path, exc)
+            return
+        self.compactions += 1
 
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self._lock:

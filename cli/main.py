@@ -10,27 +10,38 @@ print it alone on stdout and talk to the human on stderr, so ``SECRET=$(radio ke
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date
 from pathlib import Path
+from typing import Final
 
-from radio import __version__
-from radio.cli import health, options
+from radio import __version__, ports, statelock
+from radio.cli import health, options, preflight
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
-from radio.keys import Key, KeyStore, Terms, format_rate, load_keys, parse_expiry, parse_quota, parse_rate
+from radio.key_changes import (
+    CONFIRM_TIMEOUT,
+    TERMS,
+    KeyChanges,
+    cli_actor,
+    key_row,
+    nothing_to_change,
+    parse_day,
+    parse_term,
+    split_names,
+    usage_rows,
+)
+from radio.keys import Key, format_rate, load_keys
 from radio.stopping import Stop
 from radio.topics import NetworkName
 from radio.urls import parse_urls
 
 EXIT_REFUSED = 2
-CONFIRM_TIMEOUT = 5.0
-"""Seconds ``radio keys add|revoke|rotate`` waits for running servers to put a change in force."""
 CONFIG_RULE = (
     "Configuration: --config PATH, else $RADIO_CONFIG, else ./radio.toml (absent: the defaults, one "
     "public network sample_net). Keys (keys.toml) and every state file live beside it."
@@ -216,12 +227,20 @@ def _add_key_commands(commands: argparse._SubParsersAction[Parser], common: Pars
     _add_terms_options(edit, clearing=True)
     edit.set_defaults(handler=_keys_edit)
     usage = key_commands.add_parser(
-        "usage", parents=[common], help="samples and bytes published per key, door, network and day"
+        "usage", parents=[common], help="samples and bytes published and received per key, network and day"
     )
     usage.add_argument("name", nargs="?", help="one key (default: every key)")
     usage.add_argument("--since", type=_day, metavar="DATE", help="from this day on (YYYY-MM-DD, UTC)")
-    usage.add_argument("--json", action="store_true", help="one JSON object per line")
+    shape = usage.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="one JSON list of rows")
+    shape.add_argument("--csv", action="store_true", help="one CSV table of every row")
     usage.set_defaults(handler=_keys_usage)
+    audit = key_commands.add_parser(
+        "audit", parents=[common], help="every change to the keys: who, what, when, from where"
+    )
+    audit.add_argument("name", nargs="?", help="one key's changes (default: every key's)")
+    audit.add_argument("--json", action="store_true", help="the log's JSON lines as written")
+    audit.set_defaults(handler=_keys_audit)
 
 
 _UNSET = object()
@@ -234,61 +253,43 @@ def _add_terms_options(parser: Parser, *, clearing: bool) -> None:
     never = " ('never' removes it)" if clearing else ""
     default = _UNSET if clearing else None
     parser.add_argument(
-        "--rate", type=_term(parse_rate, "off"), default=default, metavar="N/s",
+        "--rate", type=_term("rate"), default=default, metavar="N/s",
         help=f"samples it may publish per second (or /min, /h), such as 5/s{off}",
     )  # fmt: skip
     parser.add_argument(
-        "--burst", type=_term(_positive, "off"), default=default, metavar="N",
+        "--burst", type=_term("burst"), default=default, metavar="N",
         help="samples it may publish at once after a pause (default: one second's worth)",
     )  # fmt: skip
     parser.add_argument(
-        "--quota", type=_term(parse_quota, "off"), default=default, metavar="N/day",
+        "--quota", type=_term("quota"), default=default, metavar="N/day",
         help=f"samples it may publish per day or month (UTC), such as 10000/day{off}",
     )  # fmt: skip
     parser.add_argument(
-        "--expires", type=_term(parse_expiry, "never"), default=default, metavar="TIME",
+        "--expires", type=_term("expires"), default=default, metavar="TIME",
         help=f"refused from this instant, such as 2026-12-31T00:00:00Z{never}",
     )  # fmt: skip
 
 
-def _term(parse: Callable[[str], object], clear: str) -> Callable[[str], object]:
+def _term(name: str) -> Callable[[str], object]:
     def parsed(text: str) -> object:
-        if text == clear:
-            return None
         try:
-            return parse(text)
+            return parse_term(name, text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parsed
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        msg = f"invalid count {text!r}: use a positive whole number"
-        raise ValueError(msg)
-    return int(text)
-
-
 def _day(text: str) -> str:
     try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        msg = f"invalid date {text!r}: use YYYY-MM-DD"
-        raise argparse.ArgumentTypeError(msg) from None
+        return parse_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _terms_changes(args: argparse.Namespace) -> dict[str, object]:
-    """The terms ``keys add|edit`` was given, as fields of ``Terms``."""
-    changes: dict[str, object] = {}
-    for name in ("rate", "burst", "expires"):
-        value = getattr(args, name)
-        if value is not _UNSET:
-            changes[name] = value
-    if args.quota is not _UNSET:
-        count, period = args.quota if args.quota is not None else (None, "day")
-        changes["quota"], changes["quota_period"] = count, period
-    return changes
+    """The terms ``keys add|edit`` was given, parsed (None: remove that term)."""
+    return {name: value for name in TERMS if (value := getattr(args, name)) is not _UNSET}
 
 
 def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -330,7 +331,7 @@ def _add_platform_commands(commands: argparse._SubParsersAction[Parser], common:
         "--http",
         metavar="URL",
         type=_http_url,
-        help="the bridge, for --since (default: the configuration's, http://127.0.0.1:5000)",
+        help="the bridge, for --since (default: the configuration's [bridge] listen; https:// with [tls])",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     _add_ca(listen)
@@ -499,13 +500,18 @@ def _sequence_number(text: str) -> int:
 
 def _http_url(text: str) -> str:
     if not options.is_http(text):
-        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT"
+        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT (https:// with TLS)"
         raise argparse.ArgumentTypeError(msg)
     return options.client_url(text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), getattr(args, "keys", None))
+
+
+def _bridge_url(settings: Settings) -> str:
+    """Where a client on this machine reaches the bridge: HTTPS when the configuration has [tls]."""
+    return f"{'https' if settings.tls is not None else 'http'}://{settings.bridge.listen.local()}"
 
 
 def _broker_urls(text: str) -> list[Address]:
@@ -534,26 +540,27 @@ def _client_urls(text: str) -> str:
     return _broker_url_list(text)
 
 
-def _names(values: list[str]) -> list[str]:
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
-
-
-def _store(args: argparse.Namespace) -> KeyStore:
-    settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
-    return KeyStore(settings.keys_path, settings.networks)
+def _changes(args: argparse.Namespace) -> KeyChanges:
+    """The registry, changed as the OS user running this command (audited so)."""
+    return KeyChanges(load_settings(getattr(args, "config", None), getattr(args, "keys", None)), cli_actor())
 
 
 def _broker(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.broker.run import run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
+    from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
+    settings = _settings(args)
+    statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
+    listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
+    ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     tls = {"mqtts": args.mqtts, "wss": args.wss}
     if args.engine == "mosquitto":
-        serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
-    elif args.engine == "nats":
+        return serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
+    if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
         serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
@@ -633,6 +640,8 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 def _bridge(args: argparse.Namespace) -> int:
     from radio.bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
+    settings = _settings(args)
+    statelock.hold(settings.state_dir, "bridge")  # before bridge.key or usage.db is touched
     run(
         getattr(args, "config", None),
         getattr(args, "keys", None),
@@ -650,6 +659,7 @@ def _recorder(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
     from radio.recorder.run import run  # noqa: PLC0415 - loads paho only for this command
 
+    statelock.hold(_settings(args).state_dir, "recorder")  # before history.db or recorder.key is touched
     logs.setup()
     run(getattr(args, "config", None), getattr(args, "keys", None), broker=args.broker)
     return 0
@@ -675,15 +685,10 @@ def _listen(args: argparse.Namespace) -> int:
     from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = _settings(args)
-    if settings.path.exists():  # the configuration is at hand: a network it lacks cannot be read
-        unknown = [n for n in args.networks if n not in settings.networks]
-        if unknown:
-            known = ", ".join(sorted(settings.networks)) or "none"
-            msg = f"no network {unknown[0]!r} in {settings.path} (its networks: {known})"
-            raise RadioError(msg)
     secret = options.read_secret(args.key_file, required=False)
+    preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
     url = args.url or settings.broker.local_ws_url()
-    http = args.http or f"http://{settings.bridge.listen.local()}"
+    http = args.http or _bridge_url(settings)
     return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
 
 
@@ -700,13 +705,14 @@ def _traffic(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     secret = options.read_secret(args.key_file, required=True)
+    assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
     via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
     if args.url and (via == "http") != options.is_http(args.url):
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
-    default = f"http://{settings.bridge.listen.local()}" if via == "http" else settings.broker.local_url()
-    assert secret is not None  # noqa: S101 - required=True
+    default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
     traffic(
         network=args.network,
         secret=secret,
@@ -725,9 +731,11 @@ def _traffic(args: argparse.Namespace) -> int:
 def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
-    url = args.url or _settings(args).broker.local_url()
+    settings = _settings(args)
+    url = args.url or settings.broker.local_url()
     secret = options.read_secret(args.key_file, required=True)
     assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
     sensor_agents(
         network=args.network,
         secret=secret,
@@ -742,25 +750,23 @@ def _sensors(args: argparse.Namespace) -> int:
 
 
 def _keys_add(args: argparse.Namespace) -> int:
-    store = _store(args)
-    terms = Terms(**_terms_changes(args))  # type: ignore[arg-type]
-    secret = store.add(
+    changes = _changes(args)
+    secret, key = changes.add(
         args.name,
-        publish=_names(args.publish),
-        subscribe=_names(args.subscribe),
+        publish=split_names(args.publish),
+        subscribe=split_names(args.subscribe),
         admin=args.admin,
-        terms=terms,
+        terms=_terms_changes(args),
     )
     print(secret, flush=True)
-    key_id = store.keys()[args.name].id
     print(
-        f"Key {args.name!r} created (id {key_id}). "
+        f"Key {args.name!r} created (id {key.id}). "
         "Its secret (above) is shown only this once: store it now.\n"
         f"  MQTT: username {args.name!r}, password = the secret\n"
         "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')",
         file=sys.stderr,
     )
-    _await_servers(args)
+    _await_servers(changes)
     return 0
 
 
@@ -777,16 +783,7 @@ def _keys_list(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         for key in sorted(keys.values(), key=lambda k: k.name):
-            row: dict[str, object] = {
-                "name": key.name,
-                "id": key.id,
-                "admin": key.admin,
-                "publish": sorted(key.publish),
-                "subscribe": sorted(key.subscribe),
-                "created": key.created,
-                **_terms_json(key),
-            }
-            print(json.dumps(row))
+            print(json.dumps(key_row(key)))
         return 0
     if not keys:
         print(
@@ -836,42 +833,49 @@ def _expiry(key: Key) -> str:
     return f"EXPIRED {shown}" if key.expired() else shown
 
 
-def _terms_json(key: Key) -> dict[str, object]:
-    terms = key.terms
-    expires = terms.expires
-    return {
-        "rate": terms.rate,
-        "burst": terms.bucket if terms.rate is not None else None,
-        "quota": terms.quota,
-        "quota_period": terms.quota_period if terms.quota is not None else None,
-        "expires": None if expires is None else expires.isoformat().replace("+00:00", "Z"),
-        "expired": key.expired(),
-    }
+CSV_COLUMNS: Final = ("kind", "day", "key", "door", "network", "reason", "samples", "bytes", "count")
+"""The columns of ``radio keys usage --csv``: every kind of row in one table, blank where not set."""
 
 
 def _keys_usage(args: argparse.Namespace) -> int:
     from radio import usage  # noqa: PLC0415
 
     settings = _settings(args)
-    samples, refusals = usage.report(usage.usage_path(settings.state_dir), args.name, args.since)
+    path = usage.usage_path(settings.state_dir)
+    rows = usage_rows(settings, args.name, args.since)
     if args.json:
-        for row in samples:
-            print(json.dumps({"kind": "samples", **row.__dict__}))
-        for refusal in refusals:
-            print(json.dumps({"kind": "refusals", **refusal.__dict__}))
+        print(json.dumps(rows, indent=1))
         return 0
-    if not samples and not refusals:
-        print(f"No usage recorded in {usage.usage_path(settings.state_dir)}.", file=sys.stderr)
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return 0
-    table: list[tuple[str, ...]] = [("DAY", "KEY", "DOOR", "NETWORK", "SAMPLES", "BYTES")]
-    table.extend((r.day, r.key, r.door, r.network, str(r.samples), str(r.bytes)) for r in samples)
-    _print_table(table)
-    if refusals:
-        print()
-        refused: list[tuple[str, ...]] = [("DAY", "KEY", "DOOR", "REFUSED FOR", "COUNT")]
-        refused.extend((r.day, r.key, r.door, r.reason, str(r.count)) for r in refusals)
-        _print_table(refused)
+    if not rows:
+        print(f"No usage recorded in {path}.", file=sys.stderr)
+        return 0
+    tables = (
+        ("samples", ("DAY", "KEY", "DOOR", "NETWORK", "SAMPLES", "BYTES")),
+        ("received", ("DAY", "KEY", "RECEIVED FROM", "SAMPLES", "BYTES")),
+        ("refusals", ("DAY", "KEY", "DOOR", "REFUSED FOR", "COUNT")),
+    )
+    printed = False
+    for kind, header in tables:
+        chosen = [row for row in rows if row["kind"] == kind]
+        if not chosen:
+            continue
+        if printed:
+            print()
+        fields = [name for name in CSV_COLUMNS[1:] if name in chosen[0]]
+        _print_table([header, *(tuple(str(row[f]) for f in fields) for row in chosen)])
+        printed = True
     return 0
+
+
+def _changed(changed: object) -> str:
+    """The fields an audited change set, as ``field=value`` pairs."""
+    pairs = changed.items() if isinstance(changed, dict) else ()
+    return " ".join(f"{field}={json.dumps(value)}" for field, value in pairs) or "-"
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -892,16 +896,14 @@ def _rights(key: Key) -> tuple[str, str]:
 def _keys_edit(args: argparse.Namespace) -> int:
     terms = _terms_changes(args)
     if args.publish is None and args.subscribe is None and args.admin is None and not terms:
-        print(
-            "radio: keys edit: nothing to change (give --publish, --subscribe, --admin, --no-admin, "
-            "--rate, --burst, --quota or --expires)",
-            file=sys.stderr,
-        )
+        options = ("--publish", "--subscribe", "--admin", "--no-admin", *(f"--{term}" for term in TERMS))
+        print(f"radio: keys edit: {nothing_to_change(options)}", file=sys.stderr)
         return EXIT_REFUSED
-    key = _store(args).edit(
+    changes = _changes(args)
+    key = changes.edit(
         args.name,
-        publish=None if args.publish is None else _names(args.publish),
-        subscribe=None if args.subscribe is None else _names(args.subscribe),
+        publish=None if args.publish is None else split_names(args.publish),
+        subscribe=None if args.subscribe is None else split_names(args.subscribe),
         admin=args.admin,
         terms=terms,
     )
@@ -911,36 +913,63 @@ def _keys_edit(args: argparse.Namespace) -> int:
         f"{_limits(key)}; expires: {_expiry(key)}. Its secret is unchanged.",
         file=sys.stderr,
     )
-    _await_servers(args)
+    _await_servers(changes)
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    _store(args).revoke(args.name)
+    changes = _changes(args)
+    changes.revoke(args.name)
     print(
         f"Key {args.name!r} revoked: brokers and bridges refuse it and close its connections.",
         file=sys.stderr,
     )
-    _await_servers(args)
+    _await_servers(changes)
     return 0
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    secret = _store(args).rotate(args.name)
+    changes = _changes(args)
+    secret, _ = changes.rotate(args.name)
     print(secret, flush=True)
     print(
         f"Key {args.name!r} has a new secret (above), shown only this once. The old one stops working, "
         "and connections made with it are closed.",
         file=sys.stderr,
     )
-    _await_servers(args)
+    _await_servers(changes)
     return 0
 
 
-def _await_servers(args: argparse.Namespace) -> None:
+def _await_servers(changes: KeyChanges) -> None:
     """Return once the running brokers and bridges have the change in force (bounded)."""
-    from radio.confirmations import wait_for_servers  # noqa: PLC0415
+    print(changes.wait(CONFIRM_TIMEOUT).summary(), file=sys.stderr)
 
-    settings = _settings(args)
-    report = wait_for_servers(settings.path, settings.keys_path, timeout=CONFIRM_TIMEOUT)
-    print(report.summary(), file=sys.stderr)
+
+def _keys_audit(args: argparse.Namespace) -> int:
+    from radio import audit  # noqa: PLC0415
+
+    path = audit.audit_path(_settings(args).state_dir)
+    lines = [line for line in audit.read(path) if args.name in (None, line.get("key"))]
+    if args.json:
+        for line in lines:
+            print(json.dumps(line))
+        return 0
+    if not lines:
+        print(f"No key changes recorded in {path}.", file=sys.stderr)
+        return 0
+    table: list[tuple[str, ...]] = [("TIME", "WHO", "VIA", "FROM", "ACTION", "KEY", "CHANGED")]
+    table.extend(
+        (
+            str(line.get("time")),
+            str(line.get("who")),
+            str(line.get("via")),
+            str(line.get("from")),
+            str(line.get("action")),
+            str(line.get("key")),
+            _changed(line.get("changed")),
+        )
+        for line in lines
+    )
+    _print_table(table)
+    return 0

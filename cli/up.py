@@ -29,14 +29,21 @@ import time
 from pathlib import Path
 from typing import IO, Final
 
+from radio import ports, statelock
+from radio.bridge.identity import bridge_credentials
 from radio.cli.options import SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
 from radio.keys import KeyStore, read_keys
+from radio.recorder.identity import recorder_credentials
 from radio.stopping import Stop
 
 DEMO_KEY: Final = "demo"
+PARTS: Final = ("broker", "recorder", "bridge")
+"""The servers it starts, each holding its lock on the state folder (``radio.statelock``)."""
+EXIT_REFUSED: Final = 2
+"""A child's exit status when it refused to start, having said why in one line."""
 STOP_TIMEOUT: Final = 15.0
 """Seconds the children have to stop cleanly before whatever is left of them is killed."""
 DEFAULT_CONFIG: Final = """\
@@ -79,6 +86,17 @@ def demo_key(settings: Settings, network: str) -> str:
     return secret
 
 
+def service_keys_first(settings: Settings) -> None:
+    """Make the bridge's and the recorder's keys before the broker starts.
+
+    An engine that reads its rights from exported files (Mosquitto, NATS) then knows them from its
+    first export: the recorder and the bridge are never refused ("not authorized") while it
+    catches up with a key made a moment after it started.
+    """
+    bridge_credentials(settings)
+    recorder_credentials(settings)
+
+
 class Child:
     """One part of the platform in its own process group; its banner is read for the ports it bound."""
 
@@ -101,15 +119,15 @@ class Child:
         assert stdout is not None  # noqa: S101 - always piped
         urls: dict[str, str] = {}
         for line in stdout:
-            if match := re.search(r"\b((mqtts?|wss?)://\S+)", line):
+            # The first URL of each scheme: the lines that follow a cluster's name its other nodes.
+            if (match := re.search(r"\b((mqtts?|wss?)://\S+)", line)) and match[2] not in urls:
                 urls[match[2]] = match[1]
             for port in re.findall(r"\bmqtt://\S+:(\d+)\b", line):
                 if port not in self.mqtt_ports:
                     self.mqtt_ports.append(port)
             if "Ctrl-C" in line:
                 return urls
-        msg = f"the {self.name} did not start (exit status {self.process.wait()})"
-        raise RadioError(msg)
+        raise self._not_started()
 
     def wait_for(self, pattern: str) -> str:
         """The first match of a pattern in what it prints, once it prints it."""
@@ -118,8 +136,14 @@ class Child:
         for line in stdout:
             if match := re.search(pattern, line):
                 return match[1]
-        msg = f"the {self.name} did not start (exit status {self.process.wait()})"
-        raise RadioError(msg)
+        raise self._not_started()
+
+    def _not_started(self) -> BaseException:
+        """Exit status 2 is a refusal the child said in one line already; anything else is told here."""
+        status = self.process.wait()
+        if status == EXIT_REFUSED:
+            return SystemExit(EXIT_REFUSED)
+        return RadioError(f"the {self.name} did not start (exit status {status})")
 
     def drain(self) -> None:
         """Keep reading what it prints, so it never blocks on a full pipe."""
@@ -196,29 +220,22 @@ def up(
         if not started.is_set():  # unblock a wait for a child's banner
             raise _Interrupted
 
+    state_dir = resolve_paths(config, keys)[0].parent
+    _claim(state_dir)  # before radio.toml, keys.toml or demo.key is written
     path, made = config_path(config, keys)
     settings = load_settings(path, keys)
     if not settings.networks:
         msg = f"{settings.path}: radio up needs a network for the demo generator (say [networks.sample_net])"
         raise RadioError(msg)
     network = "sample_net" if "sample_net" in settings.networks else min(settings.networks)
+    common = ["--config", path, *(["--keys", keys] if keys else [])]
+    listeners, plain = _broker_options(settings, engine, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
+    http = http or settings.bridge.listen
+    ports.check_free("bridge", [http, *([settings.bridge.admin] if settings.bridge.admin else [])])
     secret = demo_key(settings, network)
+    service_keys_first(settings)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    common = ["--config", path, *(["--keys", keys] if keys else [])]
-    plain = {  # before the defaults fill them in: an address given turns a plain listener on
-        "mqtt": args_or(mqtt, settings.broker.mqtt_enabled),
-        "ws": args_or(ws, settings.broker.websocket_enabled),
-    }
-    mqtt, ws, http = (
-        mqtt or settings.broker.mqtt,
-        ws or settings.broker.websocket,
-        http or settings.bridge.listen,
-    )
-    tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
-    listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
-    listeners += ["--ws", str(ws)] if plain["ws"] else []
-    listeners += [arg for name, address in tls.items() if address for arg in (f"--{name}", str(address))]
 
     children: list[Child] = []
     try:
@@ -267,6 +284,48 @@ def up(
         _stop_all(children)
 
 
+def _broker_options(
+    settings: Settings,
+    engine: str,
+    *,
+    mqtt: Address | None,
+    ws: Address | None,
+    mqtts: Address | None,
+    wss: Address | None,
+) -> tuple[list[str], dict[str, bool]]:
+    """The broker's listener options, once their addresses are known free; which plain ones are served."""
+    plain = {  # before the defaults fill them in: an address given turns a plain listener on
+        "mqtt": args_or(mqtt, settings.broker.mqtt_enabled),
+        "ws": args_or(ws, settings.broker.websocket_enabled),
+    }
+    mqtt, ws = mqtt or settings.broker.mqtt, ws or settings.broker.websocket
+    tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
+    given = {"mqtt": mqtt if plain["mqtt"] else None, "websocket": ws if plain["ws"] else None, **tls}
+    ports.check_free("broker", broker_listeners(settings, engine, **given).values())
+    listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
+    listeners += ["--ws", str(ws)] if plain["ws"] else []
+    listeners += [arg for name, address in tls.items() if address for arg in (f"--{name}", str(address))]
+    return listeners, plain
+
+
+def broker_listeners(settings: Settings, engine: str, **given: Address | None) -> dict[str, Address]:
+    """Every address the broker will listen on, by its name in ``[broker]``: given ones, else configured."""
+    from radio.broker.mosquitto import listeners_of  # noqa: PLC0415 - the same rule on every engine
+
+    found = listeners_of(settings, **given)
+    if settings.broker.metrics is not None and engine == "embedded":  # only it serves [broker] metrics
+        found["metrics"] = settings.broker.metrics
+    return found
+
+
+def _claim(state_dir: Path) -> None:
+    """This state folder for this platform alone: refused, naming it, while another part runs on it."""
+    statelock.hold(state_dir, "up")
+    for part in PARTS:
+        if (who := statelock.holder(state_dir, part)) is not None:
+            raise RadioError(statelock.refusal(state_dir, who))
+
+
 def _page_websocket(urls: dict[str, str], settings: Settings) -> dict[str, str]:
     """Where the live pages send browsers: the broker's WebSocket port bound just now (TLS first)."""
     ws_url = urls.get("wss") or urls.get("ws")
@@ -290,13 +349,18 @@ def _supervise(children: list[Child], stop: Stop) -> int:
 
 
 def _stop_all(children: list[Child]) -> None:
-    """Every child at once, then wait for each, so the slowest sets the pace, not their sum."""
+    """The broker's clients first, all at once, then the broker: none of them sees it go away.
+
+    Stopped together, the bridge and the recorder would lose the broker while stopping and say
+    so as a warning, on every clean stop. Within each step the slowest sets the pace.
+    """
     print("Stopping...", file=sys.stderr, flush=True)
-    for child in reversed(children):
-        child.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT
-    for child in reversed(children):
-        child.finish(deadline)
+    for step in (children[1:], children[:1]):  # the broker is started first
+        for child in reversed(step):
+            child.terminate()
+        for child in reversed(step):
+            child.finish(deadline)
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -331,6 +395,8 @@ def _print_banner(
     listen_url = urls.get("wss") or urls.get("ws") or urls.get("mqtts") or urls["mqtt"]
     trust = f" --ca {shlex.quote(str(ca))}" if ca is not None else ""
     tls_url = listen_url.startswith(("wss", "mqtts"))
+    https = ca is not None and http_url.startswith("https")
+    curl_trust = f" --cacert {shlex.quote(str(ca))}" if https else ""
     sub_url = urls.get("mqtts") or urls.get("mqtt") or ""
     sub_host, _, sub_port = sub_url.split("://", 1)[-1].rpartition(":")
     sub_tls = (
@@ -353,7 +419,7 @@ def _print_banner(
         "Try, in another terminal:\n"
         f"  radio listen {network} --url {listen_url}{trust if tls_url else ''}\n"
         f"  printf 'API-KEY: %s\\n' \"$(cat {shlex.quote(str(settings.state_dir / 'demo.key'))})\" "
-        f"| curl -H @- {http_url}/publish -d {sample}\n"
+        f"| curl -sS{curl_trust} -H @- {http_url}/publish -d {sample}\n"
         + (
             f"  mosquitto_sub -h {sub_host} -p {sub_port}{sub_tls} -t 'networks/{network}/#' -v\n"
             if sub_url

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import sys
 import threading
 import time
@@ -29,12 +28,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
+from radio.errors import RadioError
 from radio.stopping import Stop
-from radio.tls import TlsError, client_context, verify_failure
+from radio.tls import TlsError, certificate_refusal, client_context, trust, verify_failure
 from radio.urls import BrokerURL
 
 log = logging.getLogger("radio.device")
 DEFAULT_BUFFER = 10_000
+FINAL_REFUSALS = frozenset({134, 135})
+"""CONNACK codes (bad user name or password, not authorized) that end a generator: paho's codes
+for MQTT 3.1.1's 4 and 5. Any other refusal (server unavailable) may pass later or elsewhere."""
+
+
+class LinkRefused(RadioError):
+    """What a generator cannot cure by retrying: its key, or the server's certificate, refused."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ class MqttLink:
         url = self.urls[0]
         self.dropped = 0
         self.refused: str | None = None
-        """Why the broker's certificate was refused (the link then stops): retrying cannot cure it."""
+        """Why the link stopped for good: the broker's certificate, or the key, was refused.
+        Retrying cannot cure either; the generator reads this and stops."""
         self._pending: deque[tuple[str, bytes, bool]] = deque()
         self._limit = buffer
         self._lock = threading.Lock()
@@ -140,6 +148,10 @@ class MqttLink:
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         if reason.is_failure:
+            if reason.value in FINAL_REFUSALS and self.refused is None:
+                self.refused = f"the broker at {self.url} refused the key: {reason} (is the key right?)"
+                client.disconnect()  # no more attempts: a wrong key stays wrong
+                return
             log.error("the broker refused the connection: %s", reason)
             return
         with self._lock:
@@ -191,9 +203,7 @@ class HttpLink:
         self.dropped = 0
         self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer)
         self._session = requests.Session()
-        if ca is not None:
-            client_context(ca)  # a CA file that is missing or not PEM: one line now, not at the first POST
-            self._session.verify = str(ca)
+        self._verify = trust(ca)
         self._session.headers.update({"content-type": "application/json", "API-KEY": secret})
         self._timeout = timeout
 
@@ -207,10 +217,13 @@ class HttpLink:
             network, data = self._pending[0]
             try:
                 response = self._session.post(
-                    self.url, data=json.dumps({"network": network, "data": data}), timeout=self._timeout
+                    self.url,
+                    data=json.dumps({"network": network, "data": data}),
+                    timeout=self._timeout,
+                    verify=self._verify,
                 )
             except requests.exceptions.SSLError as exc:
-                refusal = _refusal(exc, self.url)
+                refusal = certificate_refusal(exc, self.url)
                 if refusal is not None:
                     raise TlsError(refusal) from None
                 log.warning("the TLS handshake with the bridge failed; %d samples kept", len(self._pending))
@@ -225,22 +238,28 @@ class HttpLink:
             if response.status_code == 503:
                 log.warning("the bridge could not publish (503); %d samples kept", len(self._pending))
                 return False
+            if response.status_code in FINAL_HTTP or _error_of(response) == KEY_NOT_VALID:
+                msg = f"the bridge at {self.url} refused: {_error_of(response) or response.status_code}"
+                raise LinkRefused(msg)
             self._pending.popleft()
             if response.status_code != 200:
                 log.error("sample refused, %d: %s", response.status_code, response.text.strip())
         return True
 
 
-def _refusal(error: BaseException, where: str, depth: int = 0) -> str | None:
-    """The certificate refusal somewhere inside the errors requests and urllib3 wrap around it."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return verify_failure(error, where)
-    reason = getattr(error, "reason", None)
-    inner = [error.__cause__, error.__context__, reason, *error.args]
-    for cause in inner:
-        if isinstance(cause, BaseException) and depth < 8 and (found := _refusal(cause, where, depth + 1)):
-            return found
-    return None
+FINAL_HTTP = frozenset({401, 403})
+"""The bridge's answers no retry cures: no such key, or a network the key may not publish to."""
+KEY_NOT_VALID = "API-KEY not valid"
+"""The legacy contract's 400 for a key the bridge does not know."""
+
+
+def _error_of(response: requests.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None
 
 
 def sleep_until(deadline: float, stop: Stop) -> bool:

@@ -9,10 +9,9 @@ import uuid
 from pathlib import Path
 
 from radio.devices import sensors
-from radio.devices.link import HttpLink, MqttLink, sleep_until
+from radio.devices.link import HttpLink, LinkRefused, MqttLink, sleep_until
 from radio.devices.traffic import Town, TownSettings
 from radio.stopping import Stop, on_signals
-from radio.tls import TlsError
 from radio.topics import network_topic
 from radio.urls import parse_urls
 
@@ -61,7 +60,7 @@ def traffic(
                 http_link.publish(network, state)
             elif mqtt_link is not None:
                 if mqtt_link.refused is not None:
-                    raise TlsError(mqtt_link.refused)
+                    raise LinkRefused(mqtt_link.refused)
                 mqtt_link.publish(topic, json.dumps(state).encode(), retain=True)
             deadline += period
             if sleep_until(deadline, stop):

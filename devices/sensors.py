@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from radio.devices.link import MqttLink, Will, sleep_until
+from radio.devices.link import LinkRefused, MqttLink, Will, sleep_until
 from radio.stopping import Stop
-from radio.tls import TlsError
 from radio.topics import network_topic
 from radio.urls import BrokerURL
 
@@ -93,7 +92,7 @@ def run(
         while not stop.is_set():
             for sensor, link in sensors:
                 if link.refused is not None:
-                    raise TlsError(link.refused)
+                    raise LinkRefused(link.refused)
                 link.publish(f"{base}/{sensor.sensor_id}", json.dumps(sensor.read()).encode(), retain=True)
             deadline += period
             if sleep_until(deadline, stop):

@@ -24,6 +24,8 @@ DEFAULT_KEYS_NAME: Final = "keys.toml"
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 DEFAULT_PERSISTENCE: Final = "broker.db"
 DEFAULT_HISTORY: Final = 1000
+DEFAULT_MAX_RETAINED: Final = 1000
+MAX_RETAINED: Final = 10_000_000
 HISTORY_FILE: Final = "history.db"
 """The recorder's SQLite file, beside the configuration: it writes it, the bridge reads it."""
 MAX_HISTORY: Final = 10_000_000
@@ -79,6 +81,10 @@ class NetworkSettings:
     """A JSON Schema every sample must match (``schema = "FILE"``, relative to the configuration)."""
     history: int = DEFAULT_HISTORY
     """How many of its latest samples the recorder keeps, numbered (0: none kept, still numbered)."""
+    max_retained: int = DEFAULT_MAX_RETAINED
+    """Topics of the network with a retained sample; a publish that would retain one more is
+    refused (replacing one still works; so does the network's own topic, always). At the
+    defaults its retained samples take at most 64 MiB (1,000 x 64 KiB) of memory and store."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,11 @@ class BrokerSettings:
     """Like max_queued_bytes, for an anonymous session."""
     anonymous_session_expiry: float = 3_600.0
     """Like session_expiry, for an anonymous session."""
+    recorder_max_queued: int = 1_000_000
+    """Like max_queued, for the session of a key that reads every network (the history recorder's):
+    a burst it cannot number at once waits there rather than leaving a hole in the history."""
+    recorder_max_queued_bytes: int = 512 * 1024 * 1024
+    """Like max_queued_bytes, for the recorder's session."""
     max_filters: int = 100
     """Subscriptions one client may hold; more are refused (SUBACK 0x80)."""
     max_inflight: int = 100
@@ -133,6 +144,19 @@ class BrokerSettings:
     send_buffer: int = 1024 * 1024
     """Bytes waiting to be sent to one client past which it is slow: QoS 0 samples are dropped for
     it (and counted), QoS 1 and 2 wait in its queue."""
+    anonymous_max_sessions: int = 1_000
+    """Anonymous persistent sessions the broker keeps in all; a CONNECT that would open one more
+    is refused (CONNACK 3). Nobody pays for them, and each holds store space."""
+    anonymous_max_sessions_per_address: int = 10
+    """Anonymous persistent sessions opened from one address; likewise."""
+    anonymous_total_queued_bytes: int = 32 * 1024 * 1024
+    """Bytes queued for all anonymous sessions together past which no new one is opened."""
+    anonymous_queued_bytes_per_address: int = 512 * 1024
+    """Bytes queued for the anonymous sessions of one address past which it opens no new one."""
+    max_connecting_per_address: int = 256
+    """Sockets from one address that have not completed their CONNECT; more are closed at once."""
+    log_repeats: int = 20
+    """Log lines of one kind written per minute; the rest are summed up in one line."""
     metrics: Address | None = None
     """Where the broker serves Prometheus metrics (HOST:PORT); None: not served."""
 
@@ -159,6 +183,23 @@ class BridgeSettings:
     public_websocket_url: str | None = None
     """The MQTT-over-WebSocket URL browsers use (behind a proxy: wss://NAME/mqtt); None: derived
     from ``[broker] websocket``."""
+    admin: Address | None = None
+    """Where the admin API (``/admin/``) and ``/metrics`` are served on a listener of their own;
+    None: on ``listen``, behind an admin key."""
+    admin_enabled: bool = True
+    """False (``admin = false``): no admin API at all; ``/metrics`` stays on ``listen``, behind an
+    admin key."""
+    history_page_bytes: int = 4 * 1024 * 1024
+    """Bytes of samples one history answer holds at most (always one sample); the rest by ``after``."""
+    history_threads: int = 2
+    """History answers one worker builds at once; more wait their turn, holding no thread."""
+    idle_timeout: float = 10.0
+    """Seconds a connection may stay open without completing a request's line and headers, counted
+    from its opening or from its last answer: a socket that never asks is closed."""
+    keep_alive: float = 5.0
+    """Seconds a kept-alive connection may wait, idle, for its next request."""
+    max_idle_per_source: int = 64
+    """Connections from one address waiting for a request, per worker; past it, new ones are closed."""
 
 
 def _default_networks() -> dict[str, NetworkSettings]:
@@ -270,7 +311,7 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
         },
     )
     bridge = _table(data, "bridge")
-    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url"})
+    _only(bridge, "[bridge] ", {"listen", "body_timeout", "public_websocket_url", "admin", *_BRIDGE_LIMITS})
     defaults = BrokerSettings()
     networks = _networks(data["networks"], config_path.parent) if "networks" in data else _default_networks()
     tls = _tls(data, config_path.parent)
@@ -326,10 +367,35 @@ def _settings_from(data: dict[str, Any], config_path: Path, keys_path: Path) -> 
                 bridge, "body_timeout", BridgeSettings().body_timeout, 0.1, 3600.0, where="[bridge]"
             ),
             public_websocket_url=_websocket_url(bridge.get("public_websocket_url")),
+            admin=_admin(bridge),
+            admin_enabled=bridge.get("admin") is not False,
+            **{
+                name: type(getattr(BridgeSettings(), name))(
+                    _number(
+                        bridge,
+                        name,
+                        getattr(BridgeSettings(), name),
+                        low,
+                        high,
+                        whole=whole,
+                        where="[bridge]",
+                    )
+                )
+                for name, (low, high, whole) in _BRIDGE_LIMITS.items()
+            },
         ),
         networks=networks,
     )
 
+
+_BRIDGE_LIMITS: Final = {
+    "history_page_bytes": (65_536, 1 << 30, True),
+    "history_threads": (1, 256, True),
+    "idle_timeout": (0.1, 3600.0, False),
+    "keep_alive": (0.1, 3600.0, False),
+    "max_idle_per_source": (1, 1_000_000, True),
+}
+"""[bridge] limits: the lowest and highest value each takes, and whether it is a whole number."""
 
 _BROKER_LIMITS: Final = {
     "max_queued": (1, 100_000_000, True),
@@ -338,10 +404,18 @@ _BROKER_LIMITS: Final = {
     "anonymous_max_queued": (1, 100_000_000, True),
     "anonymous_max_queued_bytes": (1024, 1 << 40, True),
     "anonymous_session_expiry": (1, 10 * 365 * 86_400, False),
+    "recorder_max_queued": (1, 100_000_000, True),
+    "recorder_max_queued_bytes": (1024, 1 << 40, True),
     "max_filters": (1, 1_000_000, True),
     "max_inflight": (1, 65_535, True),
     "max_incoming_qos2": (1, 65_535, True),
     "send_buffer": (1024, 1 << 32, True),
+    "anonymous_max_sessions": (0, 100_000_000, True),
+    "anonymous_max_sessions_per_address": (0, 100_000_000, True),
+    "anonymous_total_queued_bytes": (0, 1 << 40, True),
+    "anonymous_queued_bytes_per_address": (0, 1 << 40, True),
+    "max_connecting_per_address": (1, 1_000_000, True),
+    "log_repeats": (1, 1_000_000, True),
 }
 """The [broker] limits: (lowest, highest, whole numbers only)."""
 
@@ -379,30 +453,38 @@ def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:
         if not isinstance(options, dict):
             msg = f"{where} must be a table of settings, not {_kind(options)}"
             raise TypeError(msg)
-        _only(options, where + " ", {"public", "retain", "max_payload", "schema", "history"})
+        _only(options, where + " ", {"public", "retain", "max_payload", "schema", "history", "max_retained"})
         defaults = NetworkSettings()
-        max_payload = options.get("max_payload", defaults.max_payload)
-        if type(max_payload) is not int or not 1 <= max_payload <= MQTT_MAX_PAYLOAD:
-            msg = (
-                f"{where} max_payload must be a whole number of bytes from 1 to {MQTT_MAX_PAYLOAD}, "
-                f"not {_kind(max_payload)} {max_payload!r}"
-            )
-            raise ValueError(msg)
-        history = options.get("history", defaults.history)
-        if type(history) is not int or not 0 <= history <= MAX_HISTORY:
-            msg = (
-                f"{where} history must be a whole number of samples from 0 to {MAX_HISTORY}, "
-                f"not {_kind(history)} {history!r}"
-            )
-            raise ValueError(msg)
         networks[name] = NetworkSettings(
             public=_bool(options, "public", where, defaults.public),
             retain=_bool(options, "retain", where, defaults.retain),
-            max_payload=max_payload,
+            max_payload=_count(options, "max_payload", where, defaults.max_payload),
             schema=_schema(options, where, folder),
-            history=history,
+            history=_count(options, "history", where, defaults.history),
+            max_retained=_count(options, "max_retained", where, defaults.max_retained),
         )
     return networks
+
+
+_NETWORK_COUNTS: Final = {
+    "max_payload": ("bytes", 1, MQTT_MAX_PAYLOAD),
+    "history": ("samples", 0, MAX_HISTORY),
+    "max_retained": ("topics", 0, MAX_RETAINED),
+}
+"""A network's whole-number settings: (unit, lowest, highest)."""
+
+
+def _count(options: dict[str, Any], name: str, where: str, default: int) -> int:
+    """A network's whole-number setting, within its bounds."""
+    unit, low, high = _NETWORK_COUNTS[name]
+    value = options.get(name, default)
+    if type(value) is not int or not low <= value <= high:
+        msg = (
+            f"{where} {name} must be a whole number of {unit} from {low} to {high}, "
+            f"not {_kind(value)} {value!r}"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def _schema(options: dict[str, Any], where: str, folder: Path) -> Schema | None:
@@ -448,6 +530,17 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
     except ValueError as exc:
         msg = f"{where} {name}: {exc}"
         raise ValueError(msg) from None
+
+
+def _admin(bridge: dict[str, Any]) -> Address | None:
+    """``[bridge] admin``: a listener of its own (HOST:PORT), or false for none; absent: on listen."""
+    value = bridge.get("admin")
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str):
+        msg = f"[bridge] admin must be HOST:PORT or false, not {_kind(value)} {value!r}"
+        raise TypeError(msg)
+    return _address(bridge, "admin", "[bridge]", BridgeSettings().listen)
 
 
 def _websocket_url(value: object) -> str | None:

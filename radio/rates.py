@@ -120,6 +120,24 @@ class SharedBuckets:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         return wait, tokens
 
+    def waiting(self, key_id: str, rate: float, size: int, *, within: float = LOCK_WAIT) -> float:
+        """Seconds until the bucket has a token (0: it has one now), taking nothing.
+
+        For a limit on failures (the admin API's authentication): a caller whose bucket is empty
+        is refused before it is checked; only a failure then ``take``s.
+        """
+        tag = int(key_id, 16) or 1
+        self._lock(within)
+        now = time.time()
+        try:
+            found, tokens, stamp = _SLOT.unpack_from(self._map, self._slot(tag, now))
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if found != tag:
+            return 0.0
+        tokens = min(float(size), tokens + max(0.0, now - stamp) * rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
     def _lock(self, within: float) -> None:
         deadline = time.monotonic() + within
         pause = 0.0005
@@ -148,14 +166,14 @@ class SharedBuckets:
         return oldest
 
 
-def shared_path(folder: Path, owner: int) -> Path:
+def shared_path(folder: Path, owner: int, prefix: str = "rates") -> Path:
     """The bucket file of the process group led by ``owner`` (gunicorn's arbiter); stale ones go."""
-    for old in folder.glob("rates-*.bin") if folder.is_dir() else ():
+    for old in folder.glob(f"{prefix}-*.bin") if folder.is_dir() else ():
         with contextlib.suppress(ValueError, OSError):
-            pid = int(old.stem.removeprefix("rates-"))
+            pid = int(old.stem.removeprefix(f"{prefix}-"))
             if pid != owner and not _alive(pid):
                 old.unlink()
-    return folder / f"rates-{owner}.bin"
+    return folder / f"{prefix}-{owner}.bin"
 
 
 def _alive(pid: int) -> bool:

@@ -114,6 +114,21 @@ def client_context(ca: Path | None = None) -> ssl.SSLContext:
     return context
 
 
+def trust(ca: Path | None) -> str | bool:
+    """What an HTTPS request of ``requests`` verifies with: the CA file given, else the usual store.
+
+    It must be passed to each request: ``requests`` lets ``REQUESTS_CA_BUNDLE`` and
+    ``CURL_CA_BUNDLE`` override a session's own ``verify``, so on a machine where either is set a
+    session told ``--ca`` would still trust the other bundle and refuse the server. Given per
+    request, ``--ca`` wins, as it does for mqtts and wss. Without it, those variables apply as they
+    do for every other program.
+    """
+    if ca is None:
+        return True
+    load_certificates(ca, "CA file")  # missing or not PEM: one line now, not at the first request
+    return str(ca)
+
+
 def verify_failure(error: BaseException, where: str) -> str | None:
     """One line for a handshake refused over the server's certificate; None for any other error.
 
@@ -125,4 +140,18 @@ def verify_failure(error: BaseException, where: str) -> str | None:
             f"refused the certificate of {where}: {reason} "
             "(give the CA that signed it with --ca FILE, or use the host name it was made for)"
         )
+    return None
+
+
+def certificate_refusal(error: BaseException, where: str, depth: int = 0) -> str | None:
+    """The certificate refusal somewhere inside the errors ``requests`` and urllib3 wrap around it."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return verify_failure(error, where)
+    reason = getattr(error, "reason", None)
+    inner = [error.__cause__, error.__context__, reason, *error.args]
+    for cause in inner:
+        if isinstance(cause, BaseException) and depth < 8:
+            found = certificate_refusal(cause, where, depth + 1)
+            if found is not None:
+                return found
     return None

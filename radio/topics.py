@@ -14,6 +14,9 @@ from radio.errors import InvalidName
 
 ROOT: Final = "networks"
 _ROOT_PREFIX: Final = ROOT + "/"
+MISSED_TOPIC: Final = "$SYS/radio/missed"
+"""Where the embedded broker tells the recorder's session what its queue dropped, per network:
+``{"networks": {"NAME": COUNT}}``, sent just before the next sample it delivers (QoS 0)."""
 NAME_RULE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Names of networks, and of keys (MQTT usernames): safe in a topic level, a file and a log line."""
 

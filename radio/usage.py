@@ -1,18 +1,24 @@
-"""Usage and quotas: what each key published, per door, network and day, in one SQLite file.
+"""Usage and quotas: what each key published and received, per door, network and day, in one SQLite file.
 
 ``usage.db`` lives beside the configuration (mode 0600) and is shared by every process that
-takes samples in: the embedded broker (the MQTT door) and each of the bridge's workers (the HTTP
-door). So both doors count into the same quota, and the count survives a restart.
+takes samples in or hands them out: the embedded broker (the MQTT door) and each of the bridge's
+workers (the HTTP door). So both doors count into the same quota, and the count survives a
+restart.
 
-Nothing is written on the hot path: each process counts in memory and a thread of its own adds
-the counts to the file once per ``interval`` (one transaction). A quota check is the count the
-file held at the last write (every process's samples) plus this process's samples since. Within
-``MARGIN`` samples of a key's quota, that is not exact enough (another process may have counted
-samples it has not written yet), so for those last samples each check writes this process's
-counts and reads the file again, and each sample wakes the writer to write it at once, on its
-own thread rather than the caller's (an event loop, which a locked file must not stall): two
-processes then see each other's samples (docs/access.md). What a process counted in its last
-interval before a ``kill -9`` is lost.
+**Usage** is counted in memory on the hot path; a thread of its own adds the counts to the file
+once per ``interval`` (one transaction). What a process counted in its last interval before a
+``kill -9`` is lost from the report.
+
+**Quotas are exact**, whatever the concurrency and the mix of doors: a sample takes its unit of
+the quota when it is admitted, before it is forwarded, and gives it back if it fails (a broker
+that is away). Units come from a lease: each process takes a block of units from the file in one
+transaction (``quotas`` table, ``used`` never past the limit) and spends it in memory. A block is
+a sixteenth of what is left, at most ``LEASE_MAX``: far from a quota's end the file is touched
+once per block, and near it every sample is its own transaction, so two processes can never
+both take the last unit. Units a process has not spent for ``LEASE_IDLE`` seconds, or holds when
+it stops, are given back, so one door's lease does not starve the other; a process killed with
+``kill -9`` takes its unspent lease with it, so a quota can be under-served by at most one lease
+per crash, never overrun.
 
 Quota periods are calendar days and months in UTC; a quota resets at midnight UTC (or the first
 of the month).
@@ -30,10 +36,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from radio.errors import RadioError
 from radio.keys import Key
@@ -42,15 +48,19 @@ log = logging.getLogger("radio.usage")
 
 FILE_NAME: Final = "usage.db"
 INTERVAL: Final = 1.0
-"""Seconds between writes: the most a quota can be overrun by, in the other processes' traffic."""
+"""Seconds between writes of the usage counts (the report may be this late; quotas are not)."""
 BUSY_TIMEOUT: Final = 10.0
 """Seconds the writer thread waits for another process's lock on the file before it fails."""
 LOCK_WAIT: Final = 1.0
 """Seconds a quota check waits at most for the file before it gives up (``Busy``)."""
-MARGIN: Final = 100
-"""Samples before a quota's end from which every check reads the file, and every sample is written."""
+LEASE_MAX: Final = 100
+"""The most units of a quota one process takes from the file at once."""
+LEASE_SHARE: Final = 16
+"""A lease is at most this fraction of what is left of the quota: near its end, one unit."""
+LEASE_IDLE: Final = 2.0
+"""Seconds after which units a process has not spent go back to the file, for the other doors."""
 DOORS: Final = ("http", "mqtt")
-REASONS: Final = ("rights", "rate", "quota", "schema")
+REASONS: Final = ("rights", "too_large", "not_json", "schema", "rate", "quota")
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS usage (day TEXT NOT NULL, key_id TEXT NOT NULL, key_name TEXT NOT NULL,
@@ -60,6 +70,11 @@ CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id, day);
 CREATE TABLE IF NOT EXISTS refusals (day TEXT NOT NULL, key_id TEXT NOT NULL, key_name TEXT NOT NULL,
     door TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (day, key_id, door, reason));
+CREATE TABLE IF NOT EXISTS received (day TEXT NOT NULL, key_id TEXT NOT NULL, key_name TEXT NOT NULL,
+    network TEXT NOT NULL, samples INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (day, key_id, network));
+CREATE TABLE IF NOT EXISTS quotas (key_id TEXT NOT NULL, period TEXT NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (key_id, period));
 """
 _ADD_USAGE: Final = """INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (day, key_id, door, network) DO UPDATE SET
@@ -67,8 +82,14 @@ _ADD_USAGE: Final = """INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?)
 _ADD_REFUSALS: Final = """INSERT INTO refusals VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (day, key_id, door, reason) DO UPDATE SET
     count = count + excluded.count, key_name = excluded.key_name"""
-_COUNT: Final = "SELECT COALESCE(SUM(samples), 0) FROM usage WHERE key_id = ? AND day >= ? AND day < ?"
-_COUNTS: Final = "SELECT key_id, SUM(samples) FROM usage WHERE day >= ? AND day < ? GROUP BY key_id"
+_ADD_RECEIVED: Final = """INSERT INTO received VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (day, key_id, network) DO UPDATE SET
+    samples = samples + excluded.samples, bytes = bytes + excluded.bytes, key_name = excluded.key_name"""
+_START_PERIOD: Final = """INSERT OR IGNORE INTO quotas
+    SELECT ?, ?, COALESCE(SUM(samples), 0) FROM usage WHERE key_id = ? AND day >= ? AND day < ?"""
+"""A period's first lease starts from what the usage rows hold (a file kept from before leases)."""
+_USED: Final = "SELECT used FROM quotas WHERE key_id = ? AND period = ?"
+_LEASE: Final = "UPDATE quotas SET used = used + ? WHERE key_id = ? AND period = ?"
 
 
 class UsageError(RadioError):
@@ -149,38 +170,58 @@ def open_db(path: Path) -> sqlite3.Connection:
     return db
 
 
-class Meter:
-    """One process's counter: in memory on the hot path, into the shared file once per interval."""
+class _Lease:
+    """Units of one key's quota this process took from the file and has not spent yet."""
 
-    def __init__(self, path: Path, *, interval: float = INTERVAL) -> None:
+    __slots__ = ("held", "limit", "used_at")
+
+    def __init__(self, held: int, limit: int) -> None:
+        self.held = held
+        self.limit = limit
+        """The quota they were taken under: an edited quota renews the lease."""
+        self.used_at = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One unit of a key's quota, taken for a sample: given back if the sample fails."""
+
+    slot: tuple[str, str]
+    """(key id, first day of the period) it was taken from."""
+    limit: int
+    """The quota it was taken under."""
+
+
+class Meter:
+    """One process's counter: usage in memory, into the shared file once per interval; exact quotas."""
+
+    def __init__(self, path: Path, *, interval: float = INTERVAL, lease_idle: float = LEASE_IDLE) -> None:
         self.path = path
         self.interval = interval
+        self.lease_idle = lease_idle
         self._db = open_db(path)
         self._today = _Today()
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._samples: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         self._refusals: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
-        self._committed: dict[tuple[str, str], int] = {}
-        """Quota counts (key id, period start) as the file held them at the last write."""
-        self._local: dict[tuple[str, str], int] = defaultdict(int)
-        self._inflight: dict[tuple[str, str], int] = {}
-        self._ends: dict[tuple[str, str], str] = {}
+        self._received: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        """(key id, period start): the units of quota this process holds."""
         self._logged: set[tuple[str, str]] = set()
         self.totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         """(key name, door, network): [samples, bytes] since this process started, for metrics."""
         self.refused: dict[tuple[str, str, str], int] = defaultdict(int)
         """(key name, door, reason): count since this process started, for metrics."""
+        self.received_totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        """(key name, network): [samples, bytes] delivered since this process started, for metrics."""
         self._stop = threading.Event()
-        self._soon = threading.Event()
-        """Set to have the writer write now rather than at its next interval."""
         self._thread: threading.Thread | None = None
 
     # The hot path: memory only.
     def record(self, key: Key, door: str, network: str, size: int, count: int = 1) -> None:
         """Samples accepted from this key: ``count`` of them, ``size`` bytes in all."""
-        days, months = _periods(self._today())
-        day = days[0]
+        day = _periods(self._today())[0][0]
         with self._lock:
             row = self._samples[(day, key.id, key.name, door, network)]
             row[0] += count
@@ -188,13 +229,21 @@ class Meter:
             total = self.totals[(key.name, door, network)]
             total[0] += count
             total[1] += size
-            near = False
-            if key.terms.quota is not None:
-                slot = (key.id, (months if key.terms.quota_period == "month" else days)[0])
-                self._local[slot] += count
-                near = key.terms.quota - self._used(slot) <= MARGIN
-        if near:
-            self._soon.set()  # others must see it soon; written by the writer, not on this thread
+
+    def unrecord(self, key: Key, door: str, network: str, size: int) -> None:
+        """A sample recorded at its admission did not go through after all (the broker was away)."""
+        self.record(key, door, network, -size, -1)
+
+    def received(self, key_id: str, key_name: str, network: str, samples: int, size: int) -> None:
+        """Samples delivered to a key as a listener: what it was sold."""
+        day = _periods(self._today())[0][0]
+        with self._lock:
+            row = self._received[(day, key_id, key_name, network)]
+            row[0] += samples
+            row[1] += size
+            total = self.received_totals[(key_name, network)]
+            total[0] += samples
+            total[1] += size
 
     def refuse(self, key: Key, door: str, reason: str) -> None:
         """One sample refused, and why (one of ``REASONS``)."""
@@ -203,12 +252,14 @@ class Meter:
             self._refusals[(day, key.id, key.name, door, reason)] += 1
             self.refused[(key.name, door, reason)] += 1
 
-    def quota(self, key: Key, *, within: float = LOCK_WAIT) -> QuotaState | None:
-        """Where the key stands, or None if it has no quota; reads the file once per key and period.
+    # Quotas.
+    def take(self, key: Key, *, within: float = LOCK_WAIT) -> Unit | QuotaState | None:
+        """Take one unit of the key's quota for a sample about to be forwarded.
 
-        Raises ``Busy`` where it would wait longer than ``within`` seconds, for the writer thread or
-        for another process holding the file's lock: a request thread must not wait 10 s, and an
-        event loop (``within=0``) must not wait at all.
+        None if the key has no quota; a ``Unit`` if one was taken (``give_back`` it if the sample
+        fails); the ``QuotaState`` if none is left. Raises ``Busy`` where a new lease would wait
+        longer than ``within`` seconds, for the writer thread or another process holding the
+        file: a request thread must not wait 10 s, and an event loop (``within=0``) not at all.
         """
         limit = key.terms.quota
         if limit is None:
@@ -217,21 +268,51 @@ class Meter:
         start, end = periods[1] if key.terms.quota_period == "month" else periods[0]
         slot = (key.id, start)
         with self._lock:
-            committed = self._committed.get(slot)
-        if committed is None:
-            with self._file(within):
-                committed = self._count(key.id, start, end)
+            lease = self._leases.get(slot)
+            if lease is not None and lease.held > 0 and lease.limit == limit:
+                lease.held -= 1
+                lease.used_at = time.monotonic()
+                return Unit(slot, limit)
+        with self._file(within):
             with self._lock:
-                self._committed.setdefault(slot, committed)
-                self._ends[slot] = end
+                lease = self._leases.pop(slot, None)
+            held = lease.held if lease is not None else 0
+            try:
+                granted, used = self._lease(slot, end, limit, held)
+            except BaseException:
+                if lease is not None:
+                    with self._lock:
+                        self._leases.setdefault(slot, lease)
+                raise
+        if not granted:
+            return QuotaState(used, limit, reset_time(end))
         with self._lock:
-            used = self._used(slot)
-        if used < limit and limit - used <= MARGIN:  # near the end: what every process has written
-            with self._file(within):
-                self._flush()
-            with self._lock:
-                used = self._used(slot)
-        return QuotaState(used, limit, reset_time(end))
+            self._leases[slot] = _Lease(granted - 1, limit)
+        return Unit(slot, limit)
+
+    def _lease(self, slot: tuple[str, str], end: str, limit: int, returning: int) -> tuple[int, int]:
+        """Give back ``returning`` units and take a new block: (units granted, units used in the file)."""
+        key_id, start = slot
+        with self._transaction() as db:
+            db.execute(_START_PERIOD, (key_id, start, key_id, start, end))
+            if returning:
+                db.execute(_LEASE, (-returning, key_id, start))
+            used = int(db.execute(_USED, slot).fetchone()[0])
+            left = limit - used
+            if left <= 0:
+                return 0, used
+            granted = max(1, min(LEASE_MAX, left // LEASE_SHARE))
+            db.execute(_LEASE, (granted, key_id, start))
+        return granted, used + granted
+
+    def give_back(self, unit: Unit) -> None:
+        """A unit taken for a sample that did not go through: the key may spend it again.
+
+        Memory only (an event loop calls it): the unit rejoins the process's lease, which goes
+        back to the file with the rest when the lease is renewed or the process stops.
+        """
+        with self._lock:
+            self._leases.setdefault(unit.slot, _Lease(0, unit.limit)).held += 1
 
     @contextlib.contextmanager
     def _file(self, within: float) -> Iterator[None]:
@@ -244,14 +325,11 @@ class Meter:
             try:
                 yield
             except sqlite3.OperationalError as exc:
-                raise Busy from exc  # locked by another process: what was counted stays counted
+                raise Busy from exc  # locked by another process: nothing was taken
             finally:
                 self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         finally:
             self._writing.release()
-
-    def _used(self, slot: tuple[str, str]) -> int:
-        return self._committed.get(slot, 0) + self._inflight.get(slot, 0) + self._local.get(slot, 0)
 
     def over_quota(self, key: Key, door: str, state: QuotaState) -> None:
         """Count a refusal for the quota, logging it once per key and period."""
@@ -274,35 +352,38 @@ class Meter:
             self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            self._soon.wait(self.interval)
-            self._soon.clear()
-            if self._stop.is_set():
-                return
+        while not self._stop.wait(self.interval):
             try:
                 self.flush()
             except sqlite3.Error as exc:
                 log.error("usage not written to %s (kept for the next try): %s", self.path, exc)  # noqa: TRY400
 
     def flush(self) -> None:
-        """Add what was counted since the last write to the file, then re-read the quota counts."""
+        """Add what was counted since the last write to the file."""
         with self._writing:
             self._flush()
 
     def _flush(self) -> None:
+        now = time.monotonic()
         with self._lock:
             samples, self._samples = self._samples, defaultdict(lambda: [0, 0])
             refusals, self._refusals = self._refusals, defaultdict(int)
-            for slot, count in self._local.items():
-                self._inflight[slot] = self._inflight.get(slot, 0) + count
-            self._local = defaultdict(int)
-            slots = [(slot, self._ends[slot]) for slot in self._committed if slot in self._ends]
+            received, self._received = self._received, defaultdict(lambda: [0, 0])
+            idle = {
+                slot: lease
+                for slot, lease in self._leases.items()
+                if lease.held and now - lease.used_at >= self.lease_idle
+            }
+            for slot in idle:
+                del self._leases[slot]
+        if not (samples or refusals or received or idle):
+            return
         try:
-            if samples or refusals:
-                with self._transaction() as db:
-                    db.executemany(_ADD_USAGE, [(*k, v[0], v[1]) for k, v in samples.items()])
-                    db.executemany(_ADD_REFUSALS, [(*k, v) for k, v in refusals.items()])
-            counts = self._counts(slots)
+            with self._transaction() as db:
+                db.executemany(_ADD_USAGE, [(*k, v[0], v[1]) for k, v in samples.items() if v[0] or v[1]])
+                db.executemany(_ADD_REFUSALS, [(*k, v) for k, v in refusals.items()])
+                db.executemany(_ADD_RECEIVED, [(*k, v[0], v[1]) for k, v in received.items()])
+                db.executemany(_LEASE, [(-lease.held, *slot) for slot, lease in idle.items()])
         except sqlite3.Error:
             with self._lock:  # put it back: written at the next try
                 for k, v in samples.items():
@@ -311,10 +392,13 @@ class Meter:
                     row[1] += v[1]
                 for k, n in refusals.items():
                     self._refusals[k] += n
+                for where, (count, size) in received.items():
+                    got = self._received[where]
+                    got[0] += count
+                    got[1] += size
+                for slot, lease in idle.items():
+                    self._leases.setdefault(slot, _Lease(0, lease.limit)).held += lease.held
             raise
-        with self._lock:
-            self._committed.update(counts)
-            self._inflight.clear()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -327,27 +411,20 @@ class Meter:
             raise
         db.execute("COMMIT")
 
-    def _counts(self, slots: list[tuple[tuple[str, str], str]]) -> dict[tuple[str, str], int]:
-        """The count of each (key id, period start): one query per period, not one per key."""
-        counts = dict.fromkeys((slot for slot, _ in slots), 0)
-        for start, end in {(slot[1], end) for slot, end in slots}:
-            for key_id, count in self._db.execute(_COUNTS, (start, end)):
-                if (key_id, start) in counts:
-                    counts[(key_id, start)] = int(count)
-        return counts
-
-    def _count(self, key_id: str, start: str, end: str) -> int:
-        row = self._db.execute(_COUNT, (key_id, start, end)).fetchone()
-        return int(row[0])
-
     def close(self) -> None:
-        """Stop the writer and write what is left."""
+        """Stop the writer, write what is left, and give back the quota units not spent."""
         self._stop.set()
-        self._soon.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         try:
-            self.flush()
+            with self._writing:
+                self._flush()
+                with self._lock:
+                    leases, self._leases = self._leases, {}
+                unspent = [(-lease.held, *slot) for slot, lease in leases.items() if lease.held]
+                if unspent:
+                    with self._transaction() as db:
+                        db.executemany(_LEASE, unspent)
         except sqlite3.Error as exc:
             log.error("usage not written to %s at exit: %s", self.path, exc)  # noqa: TRY400
         self._db.close()
@@ -376,45 +453,93 @@ class RefusalRow:
     count: int
 
 
-def report(
-    path: Path, name: str | None = None, since: str | None = None
-) -> tuple[list[UsageRow], list[RefusalRow]]:
-    """What the usage file holds, oldest day first; nothing if there is no file yet."""
+def _select(path: Path, query: str, args: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on the usage file; none if there is no file or table yet."""
     if not path.exists():
-        return [], []
+        return []
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
     except sqlite3.Error as exc:
         msg = f"cannot read the usage file {path}: {exc}"
         raise UsageError(msg) from None
-    where, args = ["day >= ?"], [since or ""]
-    if name is not None:
-        where.append("key_name = ?")
-        args.append(name)
-    clause = " AND ".join(where)
     try:
-        usage = [
-            UsageRow(*row)
-            for row in db.execute(
-                f"SELECT day, key_name, door, network, samples, bytes FROM usage WHERE {clause} "  # noqa: S608 - fixed text
-                "ORDER BY day, key_name, door, network",
-                args,
-            )
-        ]
-        refusals = [
-            RefusalRow(*row)
-            for row in db.execute(
-                f"SELECT day, key_name, door, reason, count FROM refusals WHERE {clause} "  # noqa: S608
-                "ORDER BY day, key_name, door, reason",
-                args,
-            )
-        ]
+        return db.execute(query, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # a file written before that table existed
+            return []
+        msg = f"cannot read the usage file {path}: {exc}"
+        raise UsageError(msg) from None
     except sqlite3.Error as exc:
         msg = f"cannot read the usage file {path}: {exc}"
         raise UsageError(msg) from None
     finally:
         db.close()
-    return usage, refusals
+
+
+def _where(name: str | None, since: str | None) -> tuple[str, list[str]]:
+    where, args = ["day >= ?"], [since or ""]
+    if name is not None:
+        where.append("key_name = ?")
+        args.append(name)
+    return " AND ".join(where), args
+
+
+def report(
+    path: Path, name: str | None = None, since: str | None = None
+) -> tuple[list[UsageRow], list[RefusalRow]]:
+    """What keys published and had refused, oldest day first; nothing if there is no file yet."""
+    clause, args = _where(name, since)
+    usage = _select(
+        path,
+        f"SELECT day, key_name, door, network, samples, bytes FROM usage WHERE {clause} "  # noqa: S608 - fixed text
+        "ORDER BY day, key_name, door, network",
+        args,
+    )
+    refusals = _select(
+        path,
+        f"SELECT day, key_name, door, reason, count FROM refusals WHERE {clause} "  # noqa: S608
+        "ORDER BY day, key_name, door, reason",
+        args,
+    )
+    return [UsageRow(*row) for row in usage], [RefusalRow(*row) for row in refusals]
+
+
+@dataclass(frozen=True)
+class ReceivedRow:
+    """What one key received as a listener, one day, from one network."""
+
+    day: str
+    key: str
+    network: str
+    samples: int
+    bytes: int
+
+
+def received_report(path: Path, name: str | None = None, since: str | None = None) -> list[ReceivedRow]:
+    """What keys received as listeners, oldest day first; nothing if there is no file yet."""
+    clause, args = _where(name, since)
+    rows = _select(
+        path,
+        f"SELECT day, key_name, network, samples, bytes FROM received WHERE {clause} "  # noqa: S608 - fixed text
+        "ORDER BY day, key_name, network",
+        args,
+    )
+    return [ReceivedRow(*row) for row in rows]
+
+
+def rows(path: Path, name: str | None = None, since: str | None = None) -> list[dict[str, object]]:
+    """Everything the usage file says, as the rows ``radio keys usage --json`` prints.
+
+    Each row has a ``kind``: ``samples`` (published, per door), ``received`` (delivered to the
+    key as a listener) or ``refusals`` (per door and reason).
+    """
+    published, refused = report(path, name, since)
+    received = received_report(path, name, since)
+    return [
+        *({"kind": "samples", **asdict(row)} for row in published),
+        *({"kind": "received", **asdict(got)} for got in received),
+        *({"kind": "refusals", **asdict(refusal)} for refusal in refused),
+    ]
 
 
 def usage_path(state_dir: Path) -> Path:

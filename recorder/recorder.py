@@ -8,8 +8,10 @@ sample is committed to the history file before that: a sample the broker conside
 numbered.
 
 A retained sample handed over by a (re)subscription is not numbered: it was published before, and
-numbered then if the recorder was there. A payload that is not JSON is not a sample: it is logged
-and skipped. Works with either broker: it is a client like any other.
+numbered then if the recorder was there. A payload that is not strict JSON (``radio/samples.py``:
+``NaN``, ``1e999`` are what both doors refuse) is not a sample: it is logged and skipped, so
+every number in the history is a sample every reader can parse. Works with either broker: it is a
+client like any other.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from radio import samples
 from radio.config import Address
 from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry, Registry
-from radio.topics import network_of_topic
+from radio.timestamps import utc_now
+from radio.topics import MISSED_TOPIC, network_of_topic
 
 log = logging.getLogger("radio.recorder")
 
@@ -42,7 +45,7 @@ REFRESH_INTERVAL: Final = 0.5
 
 def now() -> str:
     """The platform's time of acceptance: UTC, milliseconds, ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_now()
 
 
 class Recorder:
@@ -150,19 +153,45 @@ class Recorder:
         client.ack(message.mid, message.qos)
 
     def _record(self, message: mqtt.MQTTMessage) -> None:
+        if message.topic == MISSED_TOPIC:
+            self._skip(message)
+            return
         if message.retain:
             return  # a retained sample brought by the subscription: published, and numbered, before
         network = network_of_topic(message.topic)
         registry = self._registry()
         if network is None or network not in registry.networks:
             return
+        payload = bytes(message.payload)
         try:
-            text = bytes(message.payload).decode("utf-8")
-            json.loads(text)
-        except (ValueError, RecursionError):
-            log.warning("skipped a payload on %s (%d bytes): not JSON", message.topic, len(message.payload))
+            samples.parse(payload)
+        except samples.NotJSON as exc:
+            log.warning("skipped a payload on %s (%d bytes): %s", message.topic, len(payload), exc)
             return
+        text = payload.decode("utf-8")
         self.store.append(network, message.topic, text, now(), registry.networks[network].history)
+
+    def _skip(self, message: mqtt.MQTTMessage) -> None:
+        """The broker dropped samples from this session's queue: leave their numbers out."""
+        try:
+            missed = json.loads(bytes(message.payload))["networks"]
+            counts = {str(n): int(c) for n, c in missed.items() if int(c) > 0}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("skipped a malformed report of missed samples: %r", bytes(message.payload)[:200])
+            return
+        registry = self._registry()
+        for network, count in sorted(counts.items()):
+            if network not in registry.networks:
+                continue
+            last = self.store.skip(network, count, registry.networks[network].history)
+            log.warning(
+                "the broker dropped %d samples of %s from the recorder's queue: numbers %d to %d are "
+                "left out of the history (raise [broker] recorder_max_queued to keep more)",
+                count,
+                network,
+                last - count + 1,
+                last,
+            )
 
     def _registry(self) -> Registry:
         clock = time.monotonic()

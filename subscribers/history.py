@@ -8,13 +8,17 @@ which retrying cannot fix; a bridge or recorder that is away is ``HistoryUnavail
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
 import requests
 
+from radio.tls import certificate_refusal, trust
+
 PAGE: Final = 1000
-"""The most samples one request returns (the bridge's maximum)."""
+"""The most samples one request asks for (the bridge's maximum); a page may hold fewer, cut at the
+bridge's byte cap: its ``more`` says whether the history goes on."""
 TIMEOUT: Final = 10.0
 
 
@@ -35,17 +39,30 @@ class HistoryPage:
     """The oldest number kept (None: nothing kept)."""
     last: int
     """The last number given (0: none yet)."""
+    more: bool | None = None
+    """The history holds samples after this page's last (None: a bridge that does not say)."""
 
 
 def fetch(
-    http: str, network: str, secret: str | None, *, after: int | None = None, limit: int = PAGE
+    http: str,
+    network: str,
+    secret: str | None,
+    *,
+    after: int | None = None,
+    limit: int = PAGE,
+    ca: Path | None = None,
 ) -> HistoryPage:
-    """The samples after ``after`` (or the newest ``limit``), oldest first."""
+    """The samples after ``after`` (or the newest ``limit``), oldest first (HTTPS: verified with ``ca``)."""
     url = f"{http.rstrip('/')}/networks/{quote(network, safe='')}/samples"
     params = {"limit": str(limit)} | ({"after": str(after)} if after is not None else {})
     headers = {"API-KEY": secret} if secret is not None else {}
     try:
-        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT)
+        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT, verify=trust(ca))
+    except requests.exceptions.SSLError as exc:
+        if (refusal := certificate_refusal(exc, http)) is not None:
+            raise HistoryRefused(refusal) from None
+        msg = f"cannot reach {http} (the TLS handshake failed)"
+        raise HistoryUnavailable(msg) from None
     except requests.RequestException as exc:
         msg = f"cannot reach {http} ({type(exc).__name__})"
         raise HistoryUnavailable(msg) from None
@@ -60,7 +77,7 @@ def fetch(
     if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("samples"), list):
         msg = f"{http} has no history of {network!r}: {error or response.status_code}"
         raise HistoryUnavailable(msg)
-    samples, first, last = body["samples"], body.get("first"), body.get("last", 0)
+    samples, first, last, more = body["samples"], body.get("first"), body.get("last", 0), body.get("more")
     well_formed = (
         all(
             isinstance(item, dict)
@@ -71,8 +88,9 @@ def fetch(
         )
         and (first is None or type(first) is int)
         and type(last) is int
+        and (more is None or type(more) is bool)
     )
     if not well_formed:
         msg = f"{http} answered something that is not a history of {network!r}"
         raise HistoryUnavailable(msg)
-    return HistoryPage(samples, first, last)
+    return HistoryPage(samples, first, last, more)

@@ -20,10 +20,11 @@ With ``since=SEQ`` (and ``http``, the bridge's URL) it first replays the network
 that number, then goes on live, without a duplicate or a hole (docs/history.md): it subscribes
 first and holds the live samples back; fetches the history, and again until it reaches a
 network's first live sample; then lets through the held samples the history does not already hold
-(matched by content, counting repeats). Replayed samples carry their ``seq``; live ones have
-none. If the history no longer reaches back that far, ``notice`` says so, once per network. With
-``since`` the session is a clean one even with a key: the history, not the broker's queue, brings
-what was missed.
+(matched by content, counting repeats). Replayed samples carry their ``seq``, and so do live
+ones while the history can be read (``subscribers.numbering``: given ``http``, even without
+``since``), so what was printed last is where ``since`` resumes. If the history no longer
+reaches back that far, ``notice`` says so, once per network. With ``since`` the session is a
+clean one even with a key: the history, not the broker's queue, brings what was missed.
 
 A payload that is not a sample (not UTF-8, not JSON, nested deeper than Python can parse) is
 handed to ``on_bad_sample`` and skipped: a retained bad payload must not silence every listener
@@ -42,7 +43,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -53,6 +53,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
 from radio.subscribers import history
+from radio.subscribers.numbering import Numbering, canonical
+from radio.timestamps import utc_now
 from radio.tls import client_context, verify_failure
 from radio.topics import network_of_topic, network_topic
 from radio.urls import BrokerURL, parse_urls
@@ -128,6 +130,8 @@ def backoff_with_jitter(attempt: int, base: float = 0.5, cap: float = 30.0) -> f
 FINAL_REFUSALS = frozenset({134, 135})
 """CONNACK codes no retry cures: bad user name or password, not authorized. Any other (136,
 server unavailable; 128, unspecified) may pass, on another broker or later."""
+DEFAULT_BRIDGE = "http://127.0.0.1:5000"
+"""Where ``since`` reads the history when no ``http`` is given."""
 CATCH_UP = 5.0
 """Seconds a listener joining with ``since`` waits for the history to reach its first live sample."""
 
@@ -144,7 +148,7 @@ class Listener:
         notice: Callable[[str], None] = lambda _text: None,
         on_bad_sample: Callable[[BadSample], None] | None = None,
         since: int | None = None,
-        http: str = "http://127.0.0.1:5000",
+        http: str | None = None,
         ca: Path | None = None,
     ) -> None:
         self.networks = [str(n) for n in networks]
@@ -172,36 +176,51 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._secret = secret
         self._since = since
-        self._http = http
+        self._http = http or DEFAULT_BRIDGE
+        self._numbering: Numbering | None = None
+        self._unnumbered: str | None = None
+        """Why live samples go without ``seq``: said once subscribed, not before a refusal."""
+        """Set once the history can be read: live samples then go out with their ``seq``."""
+        self._number_live = http is not None or since is not None
+        self._heads: dict[str, history.HistoryPage] = {}
+        self._replayed: dict[str, int] = {}
+        """The last number the replay handed over, per network: live numbering goes on from it."""
+        self._ca = ca
         self._held: list[Sample] | None = [] if since is not None else None
         """Live samples held back while the history is replayed; None once it is done."""
         self._held_lock = threading.Lock()
         self._live: set[str] = set()
         """Networks whose seam is crossed while others' samples are still held back."""
+        self._skipped: set[tuple[str, int]] = set()
+        """History samples skipped as not strict JSON: each is said once."""
         self._arrived = threading.Event()
         """Set when a live sample is held back: the replay looks for the seam again."""
+        self._qos = 1 if secret is not None else 0
+        self._client = self._make_client(secret, since, ca)
+
+    def _make_client(self, secret: str | None, since: int | None, ca: Path | None) -> mqtt.Client:
         # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
         # samples the replay delivers too. So it starts clean.
         persistent = secret is not None and since is None
-        self._qos = 1 if secret is not None else 0
         # A stable id per key and set of networks: the broker keeps the session between runs.
         digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
         client_id = f"radio-listen-{digest}" if persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
-        self._client = mqtt.Client(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=not persistent,
             transport=self.url.transport,
         )
         if self.url.transport == "websockets":
-            self._client.ws_set_options(path=self.url.path)
+            client.ws_set_options(path=self.url.path)
         if self.url.tls:  # mqtts:// or wss://: the CA given, else the system's trust store
-            self._client.tls_set_context(client_context(ca))
+            client.tls_set_context(client_context(ca))
         if secret is not None:
-            self._client.username_pw_set(secret_username(secret), secret)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+            client.username_pw_set(secret_username(secret), secret)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
 
     @property
     def url(self) -> BrokerURL:
@@ -222,6 +241,8 @@ class Listener:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._numbering is not None:
+            self._numbering.stop()
         self._samples.put(None)
 
     def __iter__(self) -> Iterator[Sample]:
@@ -253,6 +274,8 @@ class Listener:
     def _run(self) -> None:
         if self._since is not None:
             self._start_replay(self._since)
+        elif self._number_live and not self._start_numbering():
+            return
         attempt = 0  # backoffs since the last connection that worked
         failed = 0  # connections failed in a row: a whole round of them backs off
         while not self._stop.is_set():
@@ -329,6 +352,9 @@ class Listener:
         else:
             self.subscribed.set()
             self.notice(f"listening to {', '.join(self.networks)} on {self.url}")
+            if self._unnumbered is not None:
+                self.notice(self._unnumbered)
+                self._unnumbered = None
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         topic, payload = message.topic, bytes(message.payload)
@@ -346,7 +372,7 @@ class Listener:
                 self.notice(f"on_bad_sample raised {failure!r}")
             return
         network = network_of_topic(message.topic) or ""
-        received = datetime.now(UTC).isoformat(timespec="milliseconds")
+        received = utc_now()
         sample = Sample(network, message.topic, received, data)
         with self._held_lock:
             if self._held is not None and network not in self._live:
@@ -354,21 +380,55 @@ class Listener:
                     self._held.append(sample)
                     self._arrived.set()
                 return
-        self._samples.put(sample)
+        self._pass_live(sample, retained=message.retain)
+
+    def _pass_live(self, sample: Sample, *, retained: bool = False) -> None:
+        """A live sample goes out: through the numbering while the history can be read."""
+        if self._numbering is not None:
+            self._numbering.add(sample, retained=retained)
+        else:
+            self._samples.put(sample)
+
+    def _read_heads(self) -> bool:
+        """Where each network's history ends; False if it cannot be read (or refused: then failed)."""
+        try:
+            for network in self.networks:
+                self._heads[network] = self._fetch(network, limit=1)
+        except history.HistoryRefused as exc:
+            if self._since is not None:  # the replay asked for cannot be given
+                self._fail(Refused(str(exc)))
+            else:  # the broker decides what is read live; only the numbers are missing
+                self._unnumbered = f"no history ({exc}): samples are printed without seq"
+            return False
+        except history.HistoryUnavailable as exc:
+            if self._since is not None:
+                self.notice(f"no history ({exc}): listening live only")
+            else:
+                self._unnumbered = f"no history ({exc}): samples are printed without seq"
+            return False
+        self._numbering = Numbering(self._fetch, self._samples.put, self.notice)
+        return True
+
+    def _fetch(
+        self, network: str, *, after: int | None = None, limit: int = history.PAGE
+    ) -> history.HistoryPage:
+        return history.fetch(self._http, network, self._secret, after=after, limit=limit, ca=self._ca)
+
+    def _start_numbering(self) -> bool:
+        """Live samples numbered from the history's end on; False if the history refused this client."""
+        if self._read_heads():
+            assert self._numbering is not None  # noqa: S101 - made by _read_heads
+            for network, head in self._heads.items():
+                self._numbering.follow(network, head)
+        return not self._stop.is_set()
 
     def _start_replay(self, since: int) -> None:
         """Note where each history ends before subscribing, then replay once subscribed."""
-        heads: dict[str, int] = {}
-        try:
-            for network in self.networks:
-                heads[network] = history.fetch(self._http, network, self._secret, limit=1).last
-        except history.HistoryRefused as exc:
-            self._fail(Refused(str(exc)))
+        if not self._read_heads():
+            if not self._stop.is_set():
+                self._release({}, None)
             return
-        except history.HistoryUnavailable as exc:
-            self.notice(f"no history ({exc}): listening live only")
-            self._release({}, None)
-            return
+        heads = {network: page.last for network, page in self._heads.items()}
         threading.Thread(target=self._replay, args=(since, heads), name="radio-replay", daemon=True).start()
 
     def _replay(self, since: int, heads: dict[str, int]) -> None:
@@ -430,11 +490,11 @@ class Listener:
         for sample in self._history_of(network, after, first=first):
             if sample.seq is None:
                 continue
-            seen = (network, _canonical(sample.data))
+            seen = (network, canonical(sample.data))
             if sample.seq > head and seen == until and not recent.get(seen):
                 return after, True
             self._samples.put(sample)
-            after = sample.seq
+            after = self._replayed[network] = sample.seq
             if sample.seq > head:  # recorded after the subscription was asked for: may be held too
                 recent[seen] = recent.get(seen, 0) + 1
         return after, False
@@ -443,7 +503,7 @@ class Listener:
         self, network: str, first: Sample, after: int, head: int, recent: dict[tuple[str, str], int]
     ) -> None:
         """Read the history of ``network`` on until it reaches ``first``, its first live sample."""
-        wanted = (network, _canonical(first.data))
+        wanted = (network, canonical(first.data))
         deadline = time.monotonic() + CATCH_UP
         while not recent.get(wanted, 0):
             after, reached = self._replay_from(network, after, head, recent, until=wanted)
@@ -457,9 +517,11 @@ class Listener:
                 return
 
     def _history_of(self, network: str, since: int, *, first: bool = True) -> Iterator[Sample]:
+        """The history after ``since``, page by page; a hole in the numbering is one notice."""
         after = since
+        expected = since + 1
         while True:
-            page = history.fetch(self._http, network, self._secret, after=after)
+            page = history.fetch(self._http, network, self._secret, after=after, ca=self._ca)
             if first:
                 first = False
                 kept_from = page.first if page.first is not None else page.last + 1
@@ -473,12 +535,25 @@ class Listener:
                         f"the history of {network} no longer reaches back to {since + 1}: "
                         f"samples {since + 1} to {kept_from - 1} are gone, replaying from {kept_from}"
                     )
+                    expected = kept_from
             for item in page.samples:
                 seq = int(item["seq"])
+                if seq > expected:
+                    self.notice(
+                        f"the history of {network} misses samples {expected} to {seq - 1}: the recorder "
+                        "never received them (its session overflowed, or it was away too long)"
+                    )
+                expected = seq + 1
+                after = seq
+                if "invalid" in item:
+                    if (network, seq) not in self._skipped:  # a later read may pass it again
+                        self._skipped.add((network, seq))
+                        self.notice(f"skipped sample {seq} of {network}: {item['invalid']}")
+                    continue
                 topic = str(item.get("topic") or network_topic(network))
                 yield Sample(network, topic, str(item["received_at"]), item["data"], seq)
-                after = seq
-            if len(page.samples) < history.PAGE or after >= page.last:
+            more = page.more if page.more is not None else len(page.samples) >= history.PAGE
+            if not page.samples or not more or after >= page.last:
                 return
 
     def _release(self, recent: dict[tuple[str, str], int], network: str | None) -> None:
@@ -487,26 +562,22 @@ class Listener:
         ``network`` None: every network's, and the hold ends.
         """
         with self._held_lock:
+            if self._numbering is not None:  # numbered on from the last sample the replay handed over
+                for going_live in [network] if network is not None else set(self.networks) - self._live:
+                    head = self._heads[going_live]
+                    self._numbering.follow(going_live, head, self._replayed.get(going_live, head.last))
             held, kept = self._held or [], []
             for sample in held:
                 if network is not None and sample.network != network:
                     kept.append(sample)
                     continue
-                seen = (sample.network, _canonical(sample.data))
+                seen = (sample.network, canonical(sample.data))
                 if recent.get(seen, 0) > 0:
                     recent[seen] -= 1
                     continue
-                self._samples.put(sample)
+                self._pass_live(sample)
             if network is None:
                 self._held = None
             else:
                 self._held = kept
                 self._live.add(network)
-
-
-def _canonical(data: Any) -> str:
-    """A sample's content as a comparable text; one too deep to write out matches nothing."""
-    try:
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
-    except (RecursionError, ValueError):
-        return f"unmatched-{id(data)}"

@@ -251,6 +251,8 @@ class Bridge:
 
     process: subprocess.Popen[str]
     url: str
+    admin_url: str | None = None
+    """Where its banner says the admin API is (None: switched off)."""
 
     def post(self, body: bytes | str | None = None, headers: dict[str, str] | None = None, **kwargs: object):
         return requests.post(self.url + "/publish", data=body, headers=headers or {}, timeout=30, **kwargs)
@@ -290,14 +292,16 @@ def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = Tr
         text=True,
     )
     assert process.stdout is not None
-    url = None
+    url = admin_url = None
     for line in process.stdout:
         if match := re.search(r"POST (https?://127\.0\.0\.1:\d+)/publish", line):
             url = match[1]
+        if match := re.search(r"admin API: (https?://127\.0\.0\.1:\d+)/admin/", line):
+            admin_url = match[1]
         if "Ctrl-C" in line:
             break
     assert url is not None, process.stderr.read() if process.stderr else ""
-    bridge = Bridge(process, url)
+    bridge = Bridge(process, url, admin_url)
     deadline = time.monotonic() + 20
     # Readiness: a load balancer would poll /healthz the same way.
     while healthy and requests.get(url + "/healthz", timeout=10).status_code != 200:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import pytest
 import requests
 from conftest import ENGINES, Home, running_broker, start_bridge
 from mqtt_client import NOT_AUTHORIZED, Client, listening
+from polling import until
+from raw_mqtt import read_packet, session, subscribe
 
 from radio.broker.thread import BrokerThread
 from radio.config import Address
@@ -41,8 +44,8 @@ def add_key(home: Home, name: str, *options: str) -> str:
 
 
 def usage(home: Home, *args: str) -> list[dict[str, object]]:
-    out = home.radio("keys", "usage", "--json", *args).stdout
-    return [json.loads(line) for line in out.splitlines()]
+    rows: list[dict[str, object]] = json.loads(home.radio("keys", "usage", "--json", *args).stdout)
+    return rows
 
 
 def eventually(attempt, within: float = 10.0):
@@ -142,7 +145,9 @@ def test_a_fast_mqtt_publisher_is_slowed_to_its_rate_and_loses_nothing(
         publisher = Client(transport, port, "fast", secret)
         assert publisher.connect() == 0
         sender = threading.Thread(
-            target=lambda: [publisher.publish("networks/A/fast", str(i), qos=1) for i in range(total)]
+            target=lambda: [
+                publisher.publish("networks/A/fast", json.dumps({"i": i}), qos=1) for i in range(total)
+            ]
         )
         sender.start()
         first = reader.expect(1)[0]
@@ -157,7 +162,7 @@ def test_a_fast_mqtt_publisher_is_slowed_to_its_rate_and_loses_nothing(
         sender.join(30)
         publisher.close()
     payloads = [m.payload for m in window + rest]
-    assert payloads == [str(i).encode() for i in range(total)]
+    assert payloads == [json.dumps({"i": i}).encode() for i in range(total)]
 
 
 # Quotas: shared by both doors, counted in usage.db, kept across a restart.
@@ -203,7 +208,8 @@ def test_a_quota_is_shared_by_both_doors_and_shown_in_usage(home: Home, broker, 
     assert "quota" in text.split("REFUSED FOR", 1)[1]
     usage_db = home.path / "usage.db"
     assert stat.S_IMODE(usage_db.stat().st_mode) == 0o600
-    metrics = requests.get(bridge.url + "/metrics", timeout=10).text
+    admin = {"Authorization": f"Bearer {home.secrets['admin']}"}  # /metrics names keys: not public
+    metrics = requests.get(bridge.url + "/metrics", headers=admin, timeout=10).text
     assert 'radio_key_samples_total{door="http",key="quota",network="A"} 1.0' in metrics
 
 
@@ -212,8 +218,8 @@ def test_a_quota_survives_a_broker_restart(home: Home) -> None:
     with embedded(home) as broker:
         publisher = Client("tcp", broker.mqtt_port, "daily", secret)
         assert publisher.connect() == 0
-        publisher.publish("networks/A/d", b"1", qos=1)
-        publisher.publish("networks/A/d", b"2", qos=1)
+        publisher.publish("networks/A/d", b'{"n": 1}', qos=1)
+        publisher.publish("networks/A/d", b'{"n": 2}', qos=1)
         publisher.close()
     with (
         embedded(home) as broker,
@@ -221,11 +227,11 @@ def test_a_quota_survives_a_broker_restart(home: Home) -> None:
     ):
         publisher = Client("tcp", broker.mqtt_port, "daily", secret)
         assert publisher.connect() == 0
-        publisher.publish("networks/A/d", b"3", qos=1)
+        publisher.publish("networks/A/d", b'{"n": 3}', qos=1)
         admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
         assert admin.connect() == 0
-        admin.publish("networks/A/d", b"sentinel", qos=1)
-        assert [m.payload for m in reader.expect(1)] == [b"sentinel"]
+        admin.publish("networks/A/d", b'{"sentinel": 1}', qos=1)
+        assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
         admin.close()
         publisher.close()
     rows = usage(home, "daily")
@@ -281,7 +287,7 @@ def test_mqtt_samples_against_the_schema_reach_no_subscriber(
         rows = usage(schema_home, "gen")
         return [(r["door"], r["reason"], r["count"]) for r in rows if r["kind"] == "refusals"]
 
-    assert eventually(lambda: refused() == [("mqtt", "schema", 4)]), refused()
+    assert eventually(lambda: refused() == [("mqtt", "not_json", 1), ("mqtt", "schema", 3)]), refused()
 
 
 def test_a_schema_that_is_not_valid_stops_the_command_in_one_line(home: Home) -> None:
@@ -377,8 +383,136 @@ def test_on_mosquitto_the_http_door_still_checks_schemas_and_rates(schema_home: 
     with running_broker("mosquitto", schema_home) as mosquitto:
         bridge = start_bridge(schema_home, mosquitto.mqtt_port)
         try:
-            assert post(bridge, secret, {"speed": -1}).status_code == 400
-            assert post(bridge, secret, {"speed": 1}).status_code == 429  # the token went to the refused one
+            assert post(bridge, secret, {"speed": -1}).status_code == 400  # refused first: no token taken
+            assert post(bridge, secret, {"speed": 1}).status_code == 200
+            assert post(bridge, secret, {"speed": 1}).status_code == 429  # the minute's one token is spent
             assert post(bridge, schema_home.secrets["gen"], {"speed": 1}).status_code == 200
         finally:
             assert "Traceback" not in bridge.stop()
+
+
+def test_a_quota_holds_exactly_with_40_requests_at_once_on_two_workers(home: Home, broker) -> None:
+    """Each request takes its unit of quota before it is forwarded: none can slip in between."""
+    secret = add_key(home, "burst", "--quota", "20/day")
+    bridge = start_bridge(home, broker.mqtt_port, "--workers", "2")
+    try:
+        with (
+            listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A") as reader,
+            ThreadPoolExecutor(40) as pool,
+        ):
+            codes = list(pool.map(lambda n: post(bridge, secret, {"n": n}).status_code, range(200)))
+            assert sorted(set(codes)) == [200, 429]
+            assert codes.count(200) == 20
+            assert len(reader.expect(20)) == 20
+            admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+            assert admin.connect() == 0
+            admin.publish("networks/A", b'{"sentinel": 1}', qos=1)
+            admin.close()
+            assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+    finally:
+        assert "Traceback" not in bridge.stop()
+
+
+def test_a_quota_holds_exactly_across_both_doors_at_once(home: Home, broker) -> None:
+    """HTTP requests and MQTT publishers of one key, all at once: the quota is one count."""
+    secret = add_key(home, "both", "--quota", "100/day")
+    bridge = start_bridge(home, broker.mqtt_port, "--workers", "2")
+    publishers = [Client("tcp", broker.mqtt_port, "both", secret) for _ in range(3)]
+
+    def mqtt(client: Client) -> None:
+        for n in range(60):
+            client.publish("networks/A/mqtt", json.dumps({"n": n}), qos=1)
+
+    try:
+        with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
+            for client in publishers:
+                assert client.connect() == 0
+            with ThreadPoolExecutor(43) as pool:
+                sending = [pool.submit(mqtt, client) for client in publishers]
+                codes = list(pool.map(lambda n: post(bridge, secret, {"n": n}).status_code, range(120)))
+                for done in sending:
+                    done.result()
+            admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+            assert admin.connect() == 0
+            admin.publish("networks/A/sentinel", b'{"sentinel": 1}', qos=1)
+            admin.close()
+            delivered = []
+            while (message := reader.expect(1)[0]).payload != b'{"sentinel": 1}':
+                delivered.append(message)
+        assert len(delivered) == 100
+        assert len([m for m in delivered if m.topic == "networks/A"]) == codes.count(200)
+        assert sorted(set(codes)) <= [200, 429]
+    finally:
+        for client in publishers:
+            client.close()
+        assert "Traceback" not in bridge.stop()
+
+
+def test_what_a_key_receives_is_counted_once_per_delivery_it_took(home: Home, broker) -> None:
+    """QoS 0 when written to its connection, QoS 1 only once acknowledged; anonymous not at all."""
+    meter = broker.broker.radio.meter
+    sample = b'{"speed": 1}'
+    raw = session(broker.mqtt_port, "raw-reader", "reader_a", home.secrets["reader_a"])
+    try:
+        raw.sendall(subscribe("networks/A", qos=1, packet_id=1))
+        assert read_packet(raw)[0] == 0x90  # SUBACK
+        with (
+            listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A", qos=0) as plain,
+            listening(broker.mqtt_port, "admin", home.secrets["admin"], "networks/A", qos=0) as admin,
+        ):
+            anonymous = Client("tcp", broker.mqtt_port)
+            assert anonymous.connect() == 0
+            assert anonymous.subscribe("networks/pub", qos=1) == 1
+            gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+            assert gen.connect() == 0
+            gen.publish("networks/A", sample, qos=1)
+            admin_client = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+            assert admin_client.connect() == 0
+            admin_client.publish("networks/pub", sample, qos=1)
+            admin_client.close()
+            gen.close()
+            assert plain.expect(1)[0].payload == sample
+            assert admin.expect(1)[0].payload == sample
+            assert anonymous.expect(1)[0].payload == sample
+            anonymous.close()
+            first, body = read_packet(raw)
+            assert first & 0xF0 == 0x30  # the PUBLISH, not yet acknowledged
+            assert until_counted(meter, "reader_a", 1)  # the QoS 0 delivery only
+            pid = body[2 + 10 : 2 + 12]
+            raw.sendall(b"\x40\x02" + pid)  # PUBACK: now it is received
+            assert until_counted(meter, "reader_a", 2)
+    finally:
+        raw.close()
+    assert meter.received_totals[("reader_a", "A")] == [2, 2 * len(sample)]
+    assert {name for name, _ in meter.received_totals} == {"reader_a", "admin"}  # no anonymous one
+    rows = eventually(  # the usage file is written once a second: await both deliveries in it
+        lambda: [r for r in usage(home, "reader_a") if r["kind"] == "received" and r["samples"] == 2] or None
+    )
+    assert rows == [
+        {
+            "kind": "received",
+            "day": rows[0]["day"],
+            "key": "reader_a",
+            "network": "A",
+            "samples": 2,
+            "bytes": 24,
+        }
+    ]
+    table = home.radio("keys", "usage", "reader_a", "--csv").stdout.splitlines()
+    assert table[0] == "kind,day,key,door,network,reason,samples,bytes,count"
+    assert f"received,{rows[0]['day']},reader_a,,A,,2,24," in table
+
+
+def until_counted(meter, key: str, samples: int) -> bool:
+    """The broker hands its delivery counts to the meter twice a second: await that."""
+    return until(lambda: meter.received_totals.get((key, "A"), [0, 0])[0] >= samples) and (
+        meter.received_totals[(key, "A")][0] == samples
+    )
+
+
+def test_usage_of_a_name_nobody_had_is_an_error_and_json_is_always_a_list(home: Home) -> None:
+    nobody = home.radio("keys", "usage", "nobody", check=False)
+    assert (nobody.returncode, nobody.stdout) == (2, "")
+    assert nobody.stderr == "radio: no key named 'nobody', and no usage recorded under that name\n"
+    assert json.loads(home.radio("keys", "usage", "gen", "--json").stdout) == []
+    assert json.loads(home.radio("keys", "usage", "--json").stdout) == []

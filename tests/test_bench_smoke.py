@@ -16,11 +16,15 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def test_the_http_door_benchmark_runs_and_reports_both_targets():
+def require_wrk() -> None:
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is missing: .ci/run installs it", pytrace=False)
         pytest.skip("wrk is not installed (apt-get install wrk)")
+
+
+def test_the_http_door_benchmark_alternates_the_bridge_both_ways_and_both_flask_yardsticks():
+    require_wrk()
     result = subprocess.run(
         [sys.executable, str(BENCH / "http_door.py"), "--smoke"],
         capture_output=True,
@@ -30,9 +34,13 @@ def test_the_http_door_benchmark_runs_and_reports_both_targets():
     )
     assert result.returncode == 0, result.stderr
     rounds = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
-    assert {r["target"] for r in rounds} == {"bridge", "bare"}
+    order = [[r["target"] for r in rounds if r["round"] == n] for n in (1, 2)]
+    assert set(order[0]) == {"bridge", "bridge_no_retain", "bare", "flask_gthread"}
+    assert order[1] == order[0][::-1]  # the order alternates round by round
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rounds)
-    assert '"bridge_over_bare"' in result.stdout
+    summary = json.loads(result.stdout[result.stdout.index('{\n  "summary"') :])["summary"]
+    assert summary["bridge_no_retain_over_flask_gthread"]["median"] > 0
+    assert summary["bridge_over_bare"]["median"] > 0
 
 
 def run_smoke(script: str) -> list[dict[str, object]]:
@@ -63,6 +71,24 @@ def test_the_fanout_benchmark_runs_both_brokers_and_counts_every_delivery():
     assert {r["broker"] for r in rows} == {"radio", "stock"}
     assert {(r["qos"], r["subscribers"]) for r in rows} == {(q, n) for q in (0, 1) for n in (1, 10, 100)}
     assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
+
+
+@pytest.mark.mosquitto
+@pytest.mark.mosquitto_clients
+def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery():
+    require_mosquitto()
+    if shutil.which("mosquitto_sub") is None or shutil.which("mosquitto_pub") is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto_sub/pub are missing: .ci/run installs mosquitto-clients", pytrace=False)
+        pytest.skip("mosquitto-clients is not installed (apt-get install mosquitto-clients)")
+    rows = run_smoke("broker_cpu.py")
+    assert {r["broker"] for r in rows} == {"radio", "mosquitto"}
+    assert {(r["qos"], r["rate"]) for r in rows} == {(q, rate) for q in (0, 1) for rate in (2000, "burst")}
+    assert all(r["lost"] == 0 and r["broker_us_per_delivery"] is not None for r in rows)
+    assert all(r["p50_ms"] > 0 and r["max_ms"] >= r["p99_ms"] >= r["p50_ms"] for r in rows)
+    assert all(r["broker_cpu_s"] >= 0 and r["broker_waited_s"] >= 0 and r["load_cores"] > 0 for r in rows)
+    if len(os.sched_getaffinity(0)) > 1:  # the broker alone on core 0, the clients elsewhere
+        assert all(r["broker_affinity"] == [0] and r["load_cores_available"] >= 1 for r in rows)
 
 
 def test_the_refusal_benchmark_runs_both_brokers():
@@ -106,11 +132,34 @@ def test_the_durability_benchmark_measures_with_and_without_the_store():
     assert all(r["publishes_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.mosquitto
+def test_the_mosquitto_autosave_benchmark_measures_both_ways_of_saving():
+    require_mosquitto()
+    rows = run_smoke("mosquitto_autosave.py")
+    assert {r["save"] for r in rows} == {"every change", "every 10 s"}
+    assert all(r["publishes_per_s"] > 0 for r in rows)
+
+
 def test_the_https_door_benchmark_measures_both_doors():
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is missing: .ci/run installs it", pytrace=False)
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    require_wrk()
     rows = run_smoke("https_door.py")
     assert {r["door"] for r in rows} == {"http", "https"}
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rows)
+
+
+def test_the_abuse_benchmark_runs_every_attack():
+    rows = {r["attack"]: r for r in run_smoke("abuse.py")}
+    assert set(rows) == {"sessions", "retained", "sockets"}
+    assert rows["sessions"]["accepted"] == 10  # the default cap per address
+    assert rows["retained"]["resubscribes_per_s"] > 0
+    assert rows["sockets"]["legitimate_ok"] == rows["sockets"]["legitimate_tries"]
+
+
+def test_the_history_readers_benchmark_reads_capped_pages_while_publishing():
+    require_wrk()
+    rows = run_smoke("history_readers.py")
+    assert rows
+    for row in rows:
+        assert row["history_answers"] > 0
+        assert row["publishes_with_readers"] > 0
+        assert row["largest_answer_mb"] <= 4.01  # the default cap, 4 MiB, and its envelope

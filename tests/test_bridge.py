@@ -295,7 +295,8 @@ def test_metrics_count_outcomes_and_time_to_puback(served, home):
         assert bridge.post(body(VALID), gen).status_code == 200
     assert bridge.post(body(VALID), {"API-KEY": "nope"}).status_code == 400
     assert bridge.post(body({"network": "B", "data": {}}), gen).status_code == 403
-    text = requests.get(bridge.url + "/metrics", timeout=10).text
+    admin = {"Authorization": f"Bearer {home.secrets['admin']}"}  # /metrics names keys: not public
+    text = requests.get(bridge.url + "/metrics", headers=admin, timeout=10).text
     assert 'radio_bridge_publishes_total{outcome="accepted"} 3.0' in text
     assert 'radio_bridge_publishes_total{outcome="invalid_key"} 1.0' in text
     assert 'radio_bridge_publishes_total{outcome="forbidden"} 1.0' in text

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from conftest import ENGINES, running_broker
 from mqtt_client import Client
 
 from radio.broker.thread import BrokerThread
@@ -62,7 +63,7 @@ def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, br
             assert time.monotonic() < deadline
             admin.publish("networks/pub", b'{"hello": 1}', qos=1)
             time.sleep(0.1)
-        admin.publish("networks/A/s1", b"not json at all", qos=1)
+        admin.publish("networks/A/s1", b"not json at all", qos=1)  # dropped by the broker's gate
         admin.publish("networks/A", b'{"n": 2}', qos=1)
         seen = []
         while not seen or seen[-1]["data"] != {"n": 2}:
@@ -76,7 +77,7 @@ def test_radio_listen_prints_one_json_line_per_sample_and_stops_cleanly(home, br
         listen.send_signal(signal.SIGTERM)
         _, err = listen.communicate(timeout=20)
     assert listen.returncode == 0
-    assert "not JSON" in err
+    assert "skipped" not in err  # the broker never handed it over
     assert "Traceback" not in err
 
 
@@ -254,7 +255,19 @@ DEEP = b"[" * 5000 + b"]" * 5000
 """Valid JSON that Python's parser cannot take: it raised RecursionError on the network thread."""
 
 
-def test_radio_listen_skips_bad_retained_samples_with_one_line_each_and_goes_on(home, broker):
+@pytest.fixture
+def lax_broker(home):
+    """Mosquitto, which passes on payloads that are not samples: Radio's listener must survive them.
+
+    (The embedded broker drops them at its gate, so they cannot be published to it.)
+    """
+    with running_broker("mosquitto", home) as running:
+        yield running
+
+
+@pytest.mark.mosquitto
+def test_radio_listen_skips_bad_retained_samples_with_one_line_each_and_goes_on(home, lax_broker):
+    broker = lax_broker
     admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
     assert admin.connect() == 0
     listen = None
@@ -294,7 +307,9 @@ def test_radio_listen_skips_bad_retained_samples_with_one_line_each_and_goes_on(
     assert not any("Traceback" in line for line in seen)
 
 
-def test_the_listener_library_hands_bad_samples_to_the_caller_and_goes_on(home, broker):
+@pytest.mark.mosquitto
+def test_the_listener_library_hands_bad_samples_to_the_caller_and_goes_on(home, lax_broker):
+    broker = lax_broker
     admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
     assert admin.connect() == 0
     bad: queue.Queue[BadSample] = queue.Queue()
@@ -370,3 +385,87 @@ def test_two_traffic_simulators_on_one_network_do_not_evict_each_other(home, bro
         assert device.returncode == 0, err
         assert "lost the broker" not in err
         assert err.count("connected to mqtt://") == 1, err
+
+
+WRONG_SECRET = "not-a-key"  # noqa: S105 - no key has it
+GENERATORS = {
+    "traffic over MQTT": ["device", "traffic", "--period", "0.1"],
+    "traffic over HTTP": ["device", "traffic", "--period", "0.1", "--via", "http"],
+    "sensors": ["device", "sensors", "--count", "3", "--rate", "10"],
+}
+
+
+def one_refusal(process: subprocess.Popen[str], timeout: float = 30) -> str:
+    """A command that must stop by itself: its one `radio:` line, once it exited with status 2."""
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 2, err
+    assert out == ""
+    assert "Traceback" not in err
+    refusals = [line for line in err.splitlines() if line.startswith("radio: ")]
+    assert len(refusals) == 1, err
+    return refusals[0]
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ("B", "key 'gen' is not entitled to publish to network 'B': the broker would drop every sample"),
+        ("nowhere", "no network 'nowhere' in"),
+    ],
+)
+def test_a_generator_that_may_not_publish_to_its_network_says_so_and_exits_2(
+    home, broker, generator, network, message
+):
+    """Over MQTT 3.1.1 a refused PUBLISH is acknowledged like any other: the generator must not
+    run on publishing into nothing. The registry the brokers decide with tells it first."""
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}" if "HTTP" not in generator else "http://127.0.0.1:1"
+    process = radio(
+        home, *GENERATORS[generator], "--network", network, "--url", url, secret=home.secrets["gen"]
+    )
+    assert message in one_refusal(process)
+
+
+@pytest.mark.parametrize("generator", ["traffic over MQTT", "sensors"])
+def test_a_generator_with_a_wrong_key_stops_retrying_with_one_line(home, broker, generator):
+    url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
+    process = radio(home, *GENERATORS[generator], "--network", "A", "--url", url, secret=WRONG_SECRET)
+    assert "refused the key" in one_refusal(process)
+
+
+def test_a_generator_posting_with_a_wrong_key_or_to_a_forbidden_network_stops(home, bridge, tmp_path):
+    """Through the bridge, the answers of the legacy contract that no retry cures end the generator.
+
+    Run where no configuration is at hand: the bridge alone can tell."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for secret, network, answer in (
+        (WRONG_SECRET, "A", "API-KEY not valid"),
+        (home.secrets["gen"], "B", "You cannot broadcast to this channel"),
+    ):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "radio", "device", "traffic", "--network", network, "--url", bridge.url],
+            cwd=elsewhere,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**{k: v for k, v in os.environ.items() if k != "RADIO_CONFIG"}, "RADIO_KEY": secret},
+        )
+        assert answer in one_refusal(process)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_anonymous_listener_to_a_private_network_exits_2_on_every_engine(home, engine):
+    """Mosquitto grants the SUBSCRIBE and delivers nothing: the listener must not wait for ever."""
+    with running_broker(engine, home) as running:
+        listen = radio(home, "listen", "A", "--url", f"mqtt://127.0.0.1:{running.mqtt_port}")
+        assert "not entitled to read network 'A' anonymously" in one_refusal(listen)
+        keyed = radio(
+            home,
+            "listen",
+            "B",
+            "--url",
+            f"mqtt://127.0.0.1:{running.mqtt_port}",
+            secret=home.secrets["reader_a"],
+        )
+        assert "not entitled to read network 'B'" in one_refusal(keyed)

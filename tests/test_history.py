@@ -273,9 +273,9 @@ def test_the_recorder_key_reads_every_network_and_publishes_nothing(home, broker
         client.publish("networks/pub", "{}", qos=1)  # acknowledged, as MQTT 3.1.1 requires, and dropped
         admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
         assert admin.connect() == 0
-        admin.publish("networks/pub", "marker", qos=1)
+        admin.publish("networks/pub", '{"marker": 1}', qos=1)
         admin.close()
-        assert everything.expect(1)[0].payload == b"marker"
+        assert everything.expect(1)[0].payload == b'{"marker": 1}'
     finally:
         client.close()
     assert "recorder" in home.radio("keys", "list").stdout

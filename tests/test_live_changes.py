@@ -7,6 +7,7 @@ SIGHUP, and Mosquitto drops the connections whose credentials no longer hold.
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 
@@ -50,8 +51,8 @@ def test_a_revoked_key_sends_no_will(connect, broker, home, transport):
     home.radio("keys", "revoke", "gen")
     assert gen.disconnected.wait(WITHIN)
     gen.close()
-    connect("admin").publish("networks/A/x", b"sentinel")
-    assert [m.payload for m in reader.expect(1)] == [b"sentinel"]
+    connect("admin").publish("networks/A/x", b'{"sentinel": 1}')
+    assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
 
 def test_a_rotated_key_works_only_with_its_new_secret(connect, home):
@@ -136,10 +137,10 @@ def test_an_emptied_then_deleted_keys_file_keeps_every_right_and_session(
 
     home.keys.write_text("")
     assert eventually(lambda: any("is empty" in line for line in not_reloaded(caplog)))
-    rights_hold(b"emptied")
+    rights_hold(b'{"step": "emptied"}')
     home.keys.unlink()
     assert eventually(lambda: any("no key registry" in line for line in not_reloaded(caplog)))
-    rights_hold(b"deleted")
+    rights_hold(b'{"step": "deleted"}')
     assert not gen.disconnected.is_set()
     assert not reader.disconnected.is_set()
     lines = not_reloaded(caplog)
@@ -169,23 +170,28 @@ def test_an_emptied_then_deleted_keys_file_keeps_every_right_and_session(
 # --- radio keys edit reaches open connections within 2 seconds ----------------------------------
 
 
+def _sample(kind: str, tag: str) -> bytes:
+    """A sample naming what it is for and which step of the test sent it."""
+    return json.dumps({kind: tag}).encode()
+
+
 def seen_before_sentinel(observer: Client, sentinel: Client, tag: str) -> list[bytes]:
     """What ``observer`` received before a sample ``sentinel`` publishes now to ``pub`` (public).
 
     Once the sentinel arrives, anything published before it would have arrived too (one broker,
     one order), so absence is shown without waiting for a timeout.
     """
-    sentinel.publish("networks/pub", f"sentinel {tag}".encode(), qos=1)
+    sentinel.publish("networks/pub", _sample("sentinel", tag), qos=1)
     seen = []
-    while (message := observer.messages.get(timeout=10)).payload != f"sentinel {tag}".encode():
+    while (message := observer.messages.get(timeout=10)).payload != _sample("sentinel", tag):
         seen.append(message.payload)
     return seen
 
 
 def delivered(publisher: Client, topic: str, observer: Client, sentinel: Client, tag: str) -> bool:
     """Whether ``observer`` receives a sample ``publisher`` sends to ``topic`` now."""
-    publisher.publish(topic, f"probe {tag}".encode(), qos=1)
-    return f"probe {tag}".encode() in seen_before_sentinel(observer, sentinel, tag)
+    publisher.publish(topic, _sample("probe", tag), qos=1)
+    return _sample("probe", tag) in seen_before_sentinel(observer, sentinel, tag)
 
 
 def counter():
@@ -245,7 +251,7 @@ def test_a_publisher_that_loses_a_network_can_no_longer_publish_there(connect, b
 
         def refused() -> bool:
             attempt = connect("gen")
-            attempts.append(f"attempt {tag()}".encode())
+            attempts.append(_sample("attempt", tag()))
             try:
                 attempt.publish("networks/A", attempts[-1], qos=0)
             except RuntimeError:  # dropped before it could publish, by Mosquitto's reload: no verdict

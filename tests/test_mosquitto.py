@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
 import pytest
-from conftest import running_broker
+from conftest import require_mosquitto, running_broker
 from mqtt_client import Client, away_while_published, listening
+
+from radio.broker.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.mosquitto
 
@@ -59,3 +73,145 @@ def test_a_slow_subscriber_loses_nothing_that_was_accepted(home):
         finally:
             back.close()
     assert payloads == [b'{"n": %d}' % n for n in range(1500)] + [b'{"n": "last"}']
+
+
+def mosquitto_child(runner: psutil.Process, other_than: int | None = None) -> psutil.Process:
+    """The Mosquitto a runner started (a new one, if ``other_than`` names the last), once it exists."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in runner.children():
+            if child.name() == "mosquitto" and child.pid != other_than:
+                return child
+        time.sleep(0.05)
+    pytest.fail("no Mosquitto child appeared")
+
+
+def runner_command(home) -> list[str]:
+    """`radio broker --engine mosquitto` as an operator types it, on free ports."""
+    ports = ["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]
+    return [
+        sys.executable,
+        "-m",
+        "radio",
+        "broker",
+        "--engine",
+        "mosquitto",
+        "--config",
+        str(home.config),
+        *ports,
+    ]
+
+
+def accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def test_a_killed_mosquitto_is_restarted_on_the_same_ports(home):
+    """kill -9 of Mosquitto: the runner notices, says so, and serves again where it did."""
+    require_mosquitto()
+    runner = subprocess.Popen(
+        runner_command(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runner.stdout is not None
+        port = next(
+            int(m[1]) for line in runner.stdout if (m := re.search(r"mqtt://127\.0\.0\.1:(\d+)", line))
+        )
+        first = mosquitto_child(psutil.Process(runner.pid))
+        first.kill()
+        second = mosquitto_child(psutil.Process(runner.pid), other_than=first.pid)
+        deadline = time.monotonic() + 20
+        while not accepts(port):
+            assert time.monotonic() < deadline, "the restarted Mosquitto never listened"
+            time.sleep(0.05)
+        with listening(port, "reader_a", home.secrets["reader_a"], "networks/A") as reader:
+            gen = Client("tcp", port, "gen", home.secrets["gen"])
+            assert gen.connect() == 0
+            gen.publish("networks/A", b'{"after": "restart"}', qos=1)
+            gen.close()
+            assert reader.expect(1)[0].payload == b'{"after": "restart"}'
+        assert second.is_running()
+    finally:
+        runner.send_signal(signal.SIGINT)
+        _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 0, stderr
+    assert "Mosquitto exited on its own (status -9): restarting it in 0.5s" in stderr
+    assert "Mosquitto restarted" in stderr
+
+
+def test_a_mosquitto_that_cannot_come_back_is_given_up_and_said(home, caplog, monkeypatch):
+    """Dead, and every restart fails: the runner stops trying and reports it (the command exits 1)."""
+    gave_up = threading.Event()
+    with running_broker("mosquitto", home) as mosquitto:
+        assert isinstance(mosquitto, MosquittoBroker)
+        mosquitto.restart_delays = (0.05, 0.05)
+        mosquitto.on_failure = gave_up.set
+        monkeypatch.setenv("RADIO_MOSQUITTO", "/bin/false")  # a broker that exits at once
+        assert mosquitto.process is not None
+        mosquitto.process.kill()
+        assert gave_up.wait(10)
+        assert mosquitto.failed
+    assert sum("Mosquitto did not come back" in r.getMessage() for r in caplog.records) == 2
+    assert any("giving up" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_a_broker_that_cannot_start_ends_the_command_with_one_line(home):
+    require_mosquitto()
+    result = subprocess.run(
+        runner_command(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "RADIO_MOSQUITTO": "/bin/false"},
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "radio: Mosquitto exited at start (status 1); see its log above"
+    )
+
+
+@pytest.mark.slow
+def test_an_acknowledged_sample_is_on_disk_within_the_save_interval_the_readme_states(home):
+    """On Mosquitto a PUBACK (and the HTTP door's 200) is on disk at its next save, which the README
+    times: samples queued for an offline session survive a kill -9 once that time has passed."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    stated = int(re.search(r"`mosquitto.db` every (\d+) seconds \(`autosave_interval`\)", readme)[1])
+    with running_broker("mosquitto", home) as mosquitto:
+        assert isinstance(mosquitto, MosquittoBroker)
+        rendered = (home.path / "mosquitto" / "mosquitto.conf").read_text()
+        assert re.search(r"(?m)^autosave_interval (\d+)$", rendered)[1] == str(stated)
+        assert re.search(r"(?m)^autosave_on_changes false$", rendered)
+        durable = ("tcp", mosquitto.mqtt_port, "reader_a", home.secrets["reader_a"])
+        away = Client(*durable, client_id="durable", clean_session=False)
+        assert away.connect() == 0
+        assert away.subscribe("networks/A", qos=1) == 1
+        away.close()
+        gen = Client("tcp", mosquitto.mqtt_port, "gen", home.secrets["gen"])
+        assert gen.connect() == 0
+        for n in range(40):
+            gen.publish("networks/A", b'{"n": %d}' % n, qos=1)  # each acknowledged
+        gen.close()
+        acknowledged = time.time_ns()
+        store = home.path / "mosquitto" / "mosquitto.db"
+        deadline = time.monotonic() + stated + 5  # a loaded machine's slack
+        while not (store.exists() and store.stat().st_mtime_ns > acknowledged):
+            assert time.monotonic() < deadline, f"Mosquitto did not save within {stated} s"
+            time.sleep(0.1)
+        assert mosquitto.process is not None
+        mosquitto.process.kill()
+        deadline = time.monotonic() + 20
+        while mosquitto.restarts == 0:
+            assert time.monotonic() < deadline, "the runner did not restart Mosquitto"
+            time.sleep(0.05)
+        back = Client(*durable, client_id="durable", clean_session=False)
+        try:
+            assert back.connect() == 0
+            assert [m.payload for m in back.expect(40)] == [b'{"n": %d}' % n for n in range(40)]
+        finally:
+            back.close()

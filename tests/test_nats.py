@@ -25,7 +25,7 @@ import tomli_w
 from conftest import CONFIG
 from mqtt_client import Client
 from test_nats_cluster import require_nats
-from test_platform import left_behind, start_up
+from test_platform import left_behind, loud, start_up
 
 from radio.broker.nats import NatsCluster
 from radio.broker.nats_conf import NatsError, plan
@@ -224,6 +224,13 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
         http_url = up.value(r"HTTP publish:\s+(\S+)")
         key = up.value(r"demo publisher key:\s+(\S+)")
         assert len([c for c in up.children if "nats-server" in c.name()]) == 3
+        # The banner's MQTT and WebSocket URLs are one node's: node 1's.
+        node_1 = (tmp_path / "nats" / "radio-1.conf").read_text()
+        mqtt_port = up.value(r"MQTT over TCP:\s+mqtt://127\.0\.0\.1:(\d+)")
+        assert re.search(r'mqtt \{\n    listen: "127\.0\.0\.1:' + mqtt_port + '"', node_1)
+        assert re.search(
+            r'websocket \{\n    listen: "127\.0\.0\.1:' + ws_url.rsplit(":", 1)[1].split("/")[0] + '"', node_1
+        )
         listen = subprocess.Popen(
             [sys.executable, "-m", "radio", "listen", "sample_net", "--url", ws_url],
             cwd=tmp_path,
@@ -255,4 +262,5 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
         _, err = up.process.communicate(timeout=60)
     assert up.process.returncode == 0, err
     assert "Traceback" not in err
+    assert not loud(err), err  # a clean start and a clean stop: nothing to warn about
     assert not left_behind(up.children)

@@ -298,8 +298,8 @@ def test_killing_a_node_leaves_publishing_retained_samples_and_listeners_working
 
 
 def test_another_keys_connect_with_a_client_id_gets_none_of_its_sessions_subscriptions(connect):
-    """Differs from the embedded broker (CONNACK 2): NATS lets the other key take the client id
-    over, but restores the session's subscriptions under the new key's rights, so it reads nothing
+    """Differs from the embedded broker (a session of the other key's own): NATS lets the other
+    key take the client id over, but restores the session's subscriptions under the new key's rights, so it reads nothing
     it could not read anyway."""
     owner = connect("reader_a", node=1, client_id="owned-session", clean_session=False)
     assert owner.subscribe("networks/A/owned", qos=1) == 1

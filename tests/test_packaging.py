@@ -66,6 +66,7 @@ def test_the_shared_core_imports_no_part_and_clients_only_what_they_need():
         "radio.errors",
         "radio.tls",
         "radio.stopping",
+        "radio.timestamps",
     }
     for client in ("devices", "subscribers"):
         for path in sources(client):

@@ -14,6 +14,7 @@ import requests
 from conftest import start_bridge
 from mqtt_client import Client
 from test_history import HISTORY, recording
+from test_history_answers import written_before
 from test_history_listen import wait_for_last
 
 from radio.config import load_settings
@@ -231,3 +232,85 @@ def test_every_page_file_is_package_data():
         assert any(fnmatch.fnmatch(str(path), pattern) for pattern in patterns), (
             f"{path} is left out of the wheel"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_page_shows_the_other_samples_when_one_in_the_history_is_not_strict_json(
+    home, broker, bridge, publisher, browser
+):
+    """A sample stored before NaN was refused (history written earlier) costs only itself."""
+    written_before(
+        load_settings(home.config).history_path,
+        "pub",
+        ['{"tick": 1, "speed": 40}', '{"tick": 2, "speed": NaN}', '{"tick": 3, "speed": 42}'],
+    )
+    browser.get(f"{bridge.url}/networks/pub")
+    wait_for_text(browser, '#fields td[data-field="tick"]', "3")
+    wait_for_text(browser, "#status", "live")
+    publisher.publish("networks/pub", json.dumps({"tick": 4, "speed": 43}), qos=1)
+    wait_for_text(browser, '#fields td[data-field="tick"]', "4")
+    assert not _csp_violations(browser)
+
+
+def _csp_violations(chrome) -> list[str]:
+    return [
+        entry["message"]
+        for entry in chrome.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_pages_load_nothing_but_their_own_files_and_the_brokers_websocket(
+    home, broker, recorder, bridge, publisher, browser, tmp_path
+):
+    """The live page works under its policy, and the policy stops what it must: another origin's
+    script, an inline script, a fetch elsewhere, and framing."""
+    for page in ("/", "/networks/pub", "/networks/A"):
+        headers = requests.get(bridge.url + page, timeout=10).headers
+        policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+        assert policy["script-src"] == "'self'"
+        assert policy["default-src"] == "'none'"
+        assert policy["connect-src"] == f"'self' ws://127.0.0.1:{broker.ws_port}"
+        assert policy["frame-ancestors"] == "'none'"
+        assert headers["X-Frame-Options"] == "DENY"
+
+    browser.get(f"{bridge.url}/networks/pub")
+    wait_for_text(browser, "#status", "live")
+    publisher.publish("networks/pub", json.dumps({"level": 3}), qos=1)
+    wait_for_text(browser, '#fields td[data-field="level"]', "3")
+    assert not _csp_violations(browser)
+    browser.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.injected = 1';"
+        "document.body.append(s);"
+        "fetch('http://127.0.0.2:9/').catch(() => {});"
+    )
+    assert browser.execute_script("return window.injected === undefined")
+    assert len(_csp_violations(browser)) >= 2  # the inline script and the fetch, both refused
+
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    def framed(path: str) -> None:
+        framing = tmp_path / "framing.html"
+        framing.write_text(f"<iframe id=f src='{bridge.url}{path}'></iframe>")
+        browser.switch_to.default_content()
+        browser.get(framing.as_uri())
+        browser.switch_to.frame(browser.find_element(By.ID, "f"))
+
+    # A control first: a JSON answer, which sends no such header, does show in another site's frame.
+    framed("/healthz")
+    wait_for_text(browser, "body", '{"broker":"connected","status":"ok"}')
+    framed("/networks/pub")
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    loaded = WebDriverWait(browser, TIMEOUT).until(
+        lambda chrome: (
+            chrome.execute_script("return document.readyState === 'complete' && document.URL")
+            not in (False, "about:blank")
+        )
+    )
+    assert loaded
+    assert browser.execute_script("return document.URL").startswith("chrome-error:")  # refused
+    assert browser.find_elements(By.ID, "network") == []

@@ -49,6 +49,17 @@ class Up:
         ]
 
 
+def read_banner(process: subprocess.Popen[str]) -> str:
+    """What a server prints up to its "Ctrl-C" line (all it printed, if it ends before)."""
+    banner = ""
+    assert process.stdout is not None
+    for line in process.stdout:
+        banner += line
+        if "Ctrl-C" in line:
+            break
+    return banner
+
+
 def start_up(folder: Path, engine: str = "embedded") -> Up:
     """`radio up` on free ports, in its own session (as a terminal would start it)."""
     if engine == "mosquitto":
@@ -64,12 +75,7 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
         start_new_session=True,
     )
     try:
-        banner = ""
-        assert process.stdout is not None
-        for line in process.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(process)
         assert "Radio is up." in banner, banner + (process.stderr.read() if process.stderr else "")
         up = Up(process, banner, [])
         health = up.value(r"HTTP publish:\s+(\S+)/publish") + "/healthz"
@@ -84,6 +90,21 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
         process.communicate(timeout=60)
         raise
     return up
+
+
+LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|: (Warning|Error): ")
+"""A line at WARNING or above: Radio's logs, and Mosquitto's own on standard error."""
+
+
+def loud(stderr: str) -> list[str]:
+    """What a run said at WARNING or above, but Mosquitto's warning that it runs as root, which
+    only a machine running the tests as root sees (a service runs it as its own user)."""
+    as_root = os.geteuid() == 0
+    return [
+        line
+        for line in stderr.splitlines()
+        if LOUD.search(line) and not (as_root and "should not be run as root" in line)
+    ]
 
 
 def left_behind(children: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
@@ -130,7 +151,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         ws_url = up.value(r"radio listen sample_net --url (\S+)")
         http_url = up.value(r"HTTP publish:\s+(\S+)")
         key = up.value(r"demo publisher key:\s+(\S+)")
-        assert f'"$(cat {tmp_path / "demo.key"})" | curl -H @- http' in up.banner
+        assert f'"$(cat {tmp_path / "demo.key"})" | curl -sS -H @- http' in up.banner
         assert key not in up.banner.split("Try, in another terminal:")[1]  # no secret in a command
         assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", up.banner)
         assert f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults)" in up.banner
@@ -189,6 +210,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         _, err = up.process.communicate(timeout=60)
     assert up.process.returncode == 0, err
     assert "Traceback" not in err
+    assert not loud(err), err  # a clean start and a clean stop: nothing to warn about
     assert not left_behind(up.children)
     assert all(port_is_free(port) for port in up.ports)
 
@@ -259,3 +281,166 @@ def test_the_banner_shows_wildcard_binds_as_addresses_to_paste():
     assert reachable("ws://0.0.0.0:8080/mqtt") == "ws://127.0.0.1:8080/mqtt"
     assert reachable("http://[::]:5000") == "http://[::1]:5000"
     assert reachable("http://10.1.2.3:5000") == "http://10.1.2.3:5000"
+
+
+def radio_in(folder: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A `radio` command run in a folder, as a user types it there; it is expected to end by itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
+    return subprocess.run(
+        [sys.executable, "-m", "radio", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def state_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """The files of a state folder Radio itself does not write while running, by inode and mtime."""
+    quiet = ("radio.toml", "keys.toml", "demo.key", "bridge.key", "recorder.key")
+    return {name: ((p := folder / name).stat().st_ino, p.stat().st_mtime_ns) for name in quiet}
+
+
+@pytest.mark.slow
+def test_one_platform_per_state_folder_a_second_start_refuses_naming_the_first(tmp_path):
+    up = start_up(tmp_path)
+    try:
+        before = state_of(tmp_path)
+        files = sorted(p.name for p in tmp_path.iterdir())
+        pids = {c.name(): c.pid for c in up.children}
+        assert pids
+        for args, holder in (
+            (["up", *ANY_PORTS], up.process.pid),
+            (["broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"], None),
+            (["bridge", "--listen", "127.0.0.1:0"], None),
+            (["recorder"], None),
+        ):
+            second = radio_in(tmp_path, *args)
+            assert second.returncode == 2, second.stderr
+            assert second.stdout == ""
+            lines = second.stderr.splitlines()
+            assert len(lines) == 1, second.stderr
+            part = "up" if args[0] == "up" else args[0]
+            match = re.fullmatch(
+                rf"radio: radio {part} \(pid (\d+)\) already runs on the state folder .+", lines[0]
+            )
+            assert match is not None, lines[0]
+            pid = int(match[1])
+            if holder is not None:
+                assert pid == holder
+            else:  # the part radio up started, still running
+                assert psutil.Process(pid).parent().pid == up.process.pid
+        assert state_of(tmp_path) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
+        assert up.process.poll() is None  # the first platform runs on, undisturbed
+    finally:
+        up.process.send_signal(signal.SIGINT)
+        up.process.communicate(timeout=60)
+
+
+def test_a_state_folder_is_free_again_once_its_platform_is_killed(tmp_path):
+    """The lock is the kernel's: a `kill -9` leaves no stale lock behind to refuse the next start."""
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
+    for _ in range(2):
+        broker = subprocess.Popen(
+            [sys.executable, "-m", "radio", "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        banner = read_banner(broker)
+        assert "Radio broker running" in banner, broker.stderr.read() if broker.stderr else ""
+        broker.kill()
+        broker.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["up", "broker", "bridge"])
+def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path, command):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = {
+            "up": ["up", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", busy],
+            "broker": ["broker", "--mqtt", "127.0.0.1:0", "--ws", busy],
+            "bridge": ["bridge", "--listen", busy],
+        }[command]
+        result = radio_in(tmp_path, *args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert (
+        lines[0]
+        == f"radio: the {'broker' if command == 'broker' else 'bridge'} cannot listen on {busy}: Address already in use"
+    )
+    assert not (tmp_path / "broker.db").exists()  # refused before anything started
+
+
+def test_the_broker_metrics_address_busy_is_named(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        (tmp_path / "radio.toml").write_text(f'[broker]\nmetrics = "{busy}"\n')
+        result = radio_in(tmp_path, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"radio: the broker cannot listen on {busy}: Address already in use"
+    ]
+
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+"""How the platform writes an instant, in history lines and live lines alike."""
+
+
+def listen_lines(folder: Path, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[dict]]:
+    """`radio listen ARGS` in a folder, and the JSON lines it prints as they come."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radio", "listen", *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[dict] = queue.Queue()
+    stdout = process.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: [lines.put(json.loads(x)) for x in stdout], daemon=True).start()
+    return process, lines
+
+
+@pytest.mark.slow
+def test_live_lines_carry_their_seq_and_a_listener_resumes_from_the_last_it_printed(tmp_path):
+    up = start_up(tmp_path)
+    listeners: list[subprocess.Popen[str]] = []
+    try:
+        _, ws, http = up.ports
+        config = tmp_path / "radio.toml"  # commands run in the folder find the bridge where it runs
+        config.write_text(config.read_text().replace("127.0.0.1:5000", f"127.0.0.1:{http}"))
+        live, lines = listen_lines(tmp_path, "sample_net", "--url", f"ws://127.0.0.1:{ws}/mqtt")
+        listeners.append(live)
+        printed = [lines.get(timeout=30) for _ in range(4)]  # the retained sample, then live ones
+        assert all(re.fullmatch(STAMP, line["received_at"]) for line in printed), printed
+        seqs = [line["seq"] for line in printed]
+        assert seqs == list(range(seqs[0], seqs[0] + 4)), seqs  # the simulator's samples, one by one
+        live.send_signal(signal.SIGINT)
+        live.communicate(timeout=20)
+
+        resumed, again = listen_lines(
+            tmp_path, "sample_net", "--url", f"ws://127.0.0.1:{ws}/mqtt", "--since", str(seqs[-1])
+        )
+        listeners.append(resumed)
+        following = [again.get(timeout=30) for _ in range(3)]
+        assert [line["seq"] for line in following] == [seqs[-1] + 1, seqs[-1] + 2, seqs[-1] + 3]
+        assert all(re.fullmatch(STAMP, line["received_at"]) for line in following)
+        assert {tuple(line) for line in printed + following} == {tuple(printed[0])}  # one format
+    finally:
+        for process in listeners:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.communicate(timeout=20)
+        up.process.send_signal(signal.SIGINT)
+        up.process.communicate(timeout=60)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -281,3 +282,18 @@ def test_a_server_started_before_any_key_runs_without_keys_and_loads_the_file_wh
     assert caplog.records[0].getMessage() == (
         f"no key registry at {tmp_path / 'keys.toml'} yet: no keys until 'radio keys add' makes one"
     )
+
+
+def test_every_exported_file_that_names_a_key_is_private(home, tmp_path):
+    """The Mosquitto and NATS exports list the keys and their rights: only their owner may read them."""
+    from radio.broker import mosquitto, nats_conf  # noqa: PLC0415
+
+    settings = load_settings(home.config)
+    registry = Registry.from_settings(settings)
+    mosquitto.export(settings, registry, tmp_path / "mosquitto")
+    nats_conf.export(settings, registry, tmp_path / "nats", nats_conf.plan(settings, 2))
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    naming = [p for p in files if "reader_a" in p.read_text(encoding="utf-8")]
+    assert {p.name for p in naming} >= {"acl", "passwd", "users.conf"}
+    for path in naming:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name

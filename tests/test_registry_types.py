@@ -255,6 +255,16 @@ def config_refusal(text: str) -> str:
         ),
         ("[networks.a]\nmax_payload = 1024.0\n", "[networks.a] max_payload must be a whole number of bytes"),
         ("[networks.a]\nmax_payload = true\n", "[networks.a] max_payload must be a whole number of bytes"),
+        (
+            "[networks.a]\nmax_retained = -1\n",
+            "[networks.a] max_retained must be a whole number of topics from 0 to 10000000, not an integer -1",
+        ),
+        (
+            "[broker]\nanonymous_max_sessions = 1.5\n",
+            "[broker] anonymous_max_sessions must be a whole number",
+        ),
+        ("[broker]\nmax_connecting_per_address = 0\n", "[broker] max_connecting_per_address must be a whole"),
+        ("[broker]\nlog_repeats = 'often'\n", "[broker] log_repeats must be a whole number from 1"),
         # strings (or false)
         (
             "[broker]\npersistence = 3\n",

@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mqtt_client import NOT_AUTHORIZED, Client
+from test_platform import read_banner
 
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
@@ -39,6 +41,7 @@ from radio.registry import LiveRegistry, Registry
 from radio.tls import TlsError, client_context, server_context
 
 ANY = Address("127.0.0.1", 0)
+RADIO = (sys.executable, "-m", "radio")
 
 
 def make_certs(folder: Path, *hosts: str) -> Path:
@@ -518,12 +521,7 @@ def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path
     )
     listen = None
     try:
-        banner = ""
-        assert up.stdout is not None
-        for line in up.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(up)
         assert re.search(r"MQTT over TLS:\s+mqtts://127\.0\.0\.1:\d+\n", banner), banner
         assert re.search(r"WebSocket over TLS:\s+wss://127\.0\.0\.1:\d+/mqtt\n", banner), banner
         assert "MQTT over TCP" not in banner  # turned off in the configuration: not advertised
@@ -677,3 +675,95 @@ def test_radio_nats_export_serves_mqtts_and_wss_with_the_registrys_keys(home, ce
     finally:
         node.terminate()
         node.wait(20)
+
+
+def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """What a process prints, line by line, as it prints it."""
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = process.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_ca_wins_over_the_ca_bundle_variables_for_every_https_client(tmp_path, certs, other_ca):
+    """On a machine whose REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE name another CA, under TLS: the
+    banner's curl line works as printed, `radio listen --since` finds the history over HTTPS by
+    itself, and a generator posting to the bridge over HTTPS trusts the `--ca` it was given."""
+    ca = certs / "ca.pem"
+    (tmp_path / "radio.toml").write_text(
+        f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n\n'
+        '[broker]\nmqtt = false\nwss = "127.0.0.1:0"\n\n'
+        "[networks.sample_net]\npublic = true\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
+    env |= {"REQUESTS_CA_BUNDLE": str(other_ca), "CURL_CA_BUNDLE": str(other_ca)}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "radio", "up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    others: list[subprocess.Popen[str]] = []
+    try:
+        banner = read_banner(up)
+        https = re.search(r"HTTP publish:\s+(https://127\.0\.0\.1:(\d+))/publish", banner)
+        assert https is not None, banner
+        # Commands run in the folder find the bridge where it listens.
+        config = tmp_path / "radio.toml"
+        config.write_text(config.read_text() + f'\n[bridge]\nlisten = "127.0.0.1:{https[2]}"\n')
+
+        curl = re.search(r"\n  (printf .+ \| curl .+)\n", banner)
+        assert curl is not None, banner
+        assert f"curl -sS --cacert {ca} -H @- {https[1]}/publish" in curl[1]
+        deadline = time.monotonic() + 30
+        while True:  # the bridge's workers may still be linking to the broker (503)
+            posted = subprocess.run(
+                ["bash", "-c", curl[1]], capture_output=True, text=True, timeout=30, env=env, check=False
+            )
+            if (posted.returncode == 0 and '"OK"' in posted.stdout) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert json.loads(posted.stdout) == {"message": "OK"}, posted.stderr
+
+        bridge = f"https://localhost:{https[2]}"
+        trusted = ["--ca", str(ca), "--size", "1x2", "--period", "0.2"]
+        device = subprocess.Popen(
+            [*RADIO, "device", "traffic", "--network", "sample_net", "--url", bridge, *trusted],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env | {"RADIO_KEY": (tmp_path / "demo.key").read_text().strip()},
+        )
+        others.append(device)
+        ws = re.search(r"(wss://127\.0\.0\.1:\d+/mqtt)", banner)
+        assert ws is not None
+        listen = subprocess.Popen(
+            [*RADIO, "listen", "sample_net", "--url", ws[1], "--ca", str(ca), "--since", "0"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        others.append(listen)
+        lines = lines_of(listen)
+        first = json.loads(lines.get(timeout=30))
+        assert first["seq"] >= 1  # replayed from the history, read over HTTPS
+        deadline = time.monotonic() + 30
+        while len(json.loads(lines.get(timeout=30))["data"].get("density", {})) != 2:
+            assert time.monotonic() < deadline, "the generator's samples never arrived"
+    finally:
+        for process in others:
+            process.send_signal(signal.SIGINT)
+        errors = [process.communicate(timeout=20)[1] for process in others]
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+    assert all("certificate" not in text for text in errors), errors
+    assert up.returncode == 0, err

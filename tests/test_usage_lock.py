@@ -15,7 +15,6 @@ import json
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ import requests
 from bridge_client import InProcessBridge
 from conftest import Home
 from mqtt_client import Client, listening
+from polling import until
 
 from radio import usage
 from radio.bridge.access import RATES_UNAVAILABLE, USAGE_UNAVAILABLE
@@ -56,16 +56,6 @@ def inside(function: str) -> bool:
     return False
 
 
-def until(condition, within: float = 10.0) -> bool:
-    """Poll a condition another thread makes true (there is no event to await from outside)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def retry_later(answer: Any, message: str) -> None:
     """A 503 that tells the client to send the sample again in a second: nothing was published."""
     assert answer.status_code == 503
@@ -90,7 +80,7 @@ def add_key(home: Home, name: str, *terms: str) -> str:
 
 
 def test_a_locked_usage_file_stalls_neither_door_for_keys_without_a_quota(home: Home, broker, bridge) -> None:
-    metered = add_key(home, "metered", "--quota", "50/day")
+    metered = add_key(home, "metered", "--quota", "2/day")  # so small that every sample asks the file
     gate = broker.broker.radio.router.gate
     url = bridge.url
 
@@ -100,25 +90,21 @@ def test_a_locked_usage_file_stalls_neither_door_for_keys_without_a_quota(home: 
     with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
         answers: list[requests.Response] = []
         with locked(home.path / "usage.db"):
-            # Within 100 samples of its quota's end, each of the key's samples is to be written
-            # at once: the first goes through, and the bridge's writer then waits for the file.
-            assert post(metered, "http 1").status_code == 200
-            waiter = threading.Thread(target=lambda: answers.append(post(metered, "http 2")))
+            waiter = threading.Thread(target=lambda: answers.append(post(metered, "http 1")))
             waiter.start()
-            assert until(lambda: inside("quota")), "the second metered request never reached its check"
+            assert until(lambda: inside("take")), "the metered request never reached its quota"
             # A key without a quota is answered meanwhile: the event loop is not stalled.
             assert post(home.secrets["gen"], "free").status_code == 200
             # MQTT: likewise, the metered key's PUBLISH waits, not the broker.
             publisher = Client("tcp", broker.mqtt_port, "metered", metered)
             assert publisher.connect() == 0
-            publisher.publish("networks/A/m", b'{"n": "mqtt 1"}', qos=1)
-            held = publisher._paho.publish("networks/A/m", b'{"n": "mqtt 2"}', qos=1)
+            held = publisher._paho.publish("networks/A/m", b'{"n": "mqtt 1"}', qos=1)
             assert until(lambda: gate.quota_waits > 0), "the broker never held the metered PUBLISH"
             other = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
             assert other.connect() == 0
             other.publish("networks/A/g", b'{"n": "other"}', qos=1)
-            got = sorted(json.loads(m.payload)["n"] for m in reader.expect(4))
-            assert got == ["free", "http 1", "mqtt 1", "other"]
+            got = sorted(json.loads(m.payload)["n"] for m in reader.expect(2))
+            assert got == ["free", "other"]
             assert not held.is_published()
             other.close()
             # The metered request waited a bounded time in its thread, then was told to retry.
@@ -127,10 +113,12 @@ def test_a_locked_usage_file_stalls_neither_door_for_keys_without_a_quota(home: 
         # The file free again, the held MQTT sample goes through: late, not lost.
         held.wait_for_publish(10)
         assert held.is_published()
-        assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["mqtt 2"]
-        assert post(metered, "http 3").status_code == 200
-        assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["http 3"]
-        assert reader.received_so_far() == []  # the 503 was not published
+        assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["mqtt 1"]
+        assert post(metered, "http 2").status_code == 200
+        assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["http 2"]
+        # The 503 took nothing: the two samples of the day went through, one by each door.
+        assert post(metered, "http 3").status_code == 429
+        assert reader.received_so_far() == []
         publisher.close()
 
 
@@ -139,26 +127,25 @@ def test_a_usage_file_locked_past_its_timeout_is_503_for_keys_with_a_quota(
 ) -> None:
     quota = add_key(home, "metered", "--quota", "50/day")
     with locked(home.path / "usage.db"):
-        # In the last 100 samples of its quota, each check first writes what was counted.
-        assert bridge.post(body({"n": 1}), headers={"API-KEY": quota}).status_code == 200
-        retry_later(bridge.post(body({"n": 2}), headers={"API-KEY": quota}), USAGE_UNAVAILABLE)
-    assert bridge.post(body({"n": 3}), headers={"API-KEY": quota}).status_code == 200
-    assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 1}, {"n": 3}]
+        retry_later(bridge.post(body({"n": 1}), headers={"API-KEY": quota}), USAGE_UNAVAILABLE)
+    assert bridge.post(body({"n": 2}), headers={"API-KEY": quota}).status_code == 200
+    assert [json.loads(m.payload) for m in everything.expect(1)] == [{"n": 2}]
     assert everything.received_so_far() == []  # the 503 was not published
 
 
-def test_near_a_quota_end_neither_counting_nor_a_loop_check_waits_for_a_locked_file(tmp_path: Path) -> None:
+def test_an_event_loop_never_waits_for_a_quota_lease(tmp_path: Path) -> None:
     meter = usage.Meter(tmp_path / "usage.db")
-    key = Key("metered", "ab" * 32, "", terms=Terms(quota=10))
+    key = Key("metered", "ab" * 32, "", terms=Terms(quota=2))
     try:
-        assert meter.quota(key) is not None  # read once, unlocked
-        with locked(tmp_path / "usage.db"):
-            meter.record(key, "http", "A", 10)  # in the last 100: the writer's to write, soon
-            with pytest.raises(usage.Busy):  # what an event loop asks: no waiting, "ask again"
-                meter.quota(key, within=0)
-        state = meter.quota(key)  # in a thread that may wait: written, then read back
-        assert state is not None
-        assert state.used == 1
+        with locked(tmp_path / "usage.db"), pytest.raises(usage.Busy):  # "ask again", no waiting
+            meter.take(key, within=0)
+        first, second, third = (meter.take(key, within=0) for _ in range(3))
+        assert isinstance(first, usage.Unit)
+        assert isinstance(second, usage.Unit)
+        assert isinstance(third, usage.QuotaState)
+        assert (third.used, third.limit, third.exceeded) == (2, 2, True)
+        meter.give_back(second)  # its sample failed: the key may spend it again
+        assert isinstance(meter.take(key, within=0), usage.Unit)
     finally:
         meter.close()
 
@@ -174,3 +161,21 @@ def test_a_rate_file_locked_by_another_process_is_503_for_keys_with_a_rate(
     assert bridge.post(body({"n": 3}), headers={"API-KEY": limited}).status_code == 200
     assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 2}, {"n": 3}]
     assert everything.received_so_far() == []
+
+
+def test_units_one_process_leaves_unspent_go_back_for_the_others(tmp_path: Path) -> None:
+    """Two processes of one platform (say the broker and a bridge worker) share a quota of 64: the
+    first takes a lease of 4 and spends 1; once it idles, the second can spend the other 63."""
+    first = usage.Meter(tmp_path / "usage.db", lease_idle=0)  # idle at once, rather than in 2 s
+    second = usage.Meter(tmp_path / "usage.db")
+    key = Key("shared", "ab" * 32, "", terms=Terms(quota=64))
+    try:
+        assert isinstance(first.take(key), usage.Unit)
+        taken = [second.take(key) for _ in range(63)]
+        assert isinstance(taken[-1], usage.QuotaState)  # 3 units are still the first's
+        assert sum(isinstance(unit, usage.Unit) for unit in taken) == 60
+        first.flush()  # what its writer does once a second
+        assert [isinstance(second.take(key), usage.Unit) for _ in range(4)] == [True, True, True, False]
+    finally:
+        first.close()
+        second.close()

@@ -147,9 +147,19 @@
       status("no history: " + (body.error || response.status), "error");
       return true; // live samples still come
     }
+    if (!Array.isArray(body.samples)) {
+      status("no history: the answer holds no samples", "error");
+      return true; // live samples still come
+    }
+    // One bad sample costs only itself: the others are shown.
     for (const sample of body.samples) {
-      accept(sample.data, Date.parse(sample.received_at) / 1000, sample.seq);
-      lastHistoryPayload = JSON.stringify(sample.data);
+      if (!sample || sample.invalid !== undefined || sample.data === undefined) continue;
+      try {
+        accept(sample.data, Date.parse(sample.received_at) / 1000, sample.seq);
+        lastHistoryPayload = JSON.stringify(sample.data);
+      } catch (error) {
+        console.warn("skipped sample", sample.seq, error);
+      }
     }
     return true;
   }
@@ -184,7 +194,11 @@
         return; // the retained sample the subscription brings: shown already, from the history
       }
       first = false;
-      accept(data, Date.now() / 1000);
+      try {
+        accept(data, Date.now() / 1000);
+      } catch (error) {
+        console.warn("skipped a sample", error);
+      }
     });
   }
 

@@ -1,0 +1,486 @@
+"""Broker CPU per delivery, each broker alone on core 0, C clients on the other cores, paced load.
+
+    python bench/broker_cpu.py                   # 5 rounds; N = 1, 10, 100, 1000; QoS 0 and 1;
+                                                 # 20,000 and 80,000 deliveries/s for 10 s; bursts
+    python bench/broker_cpu.py --subscribers 100 --rates 20000 --rounds 7
+    python bench/broker_cpu.py --smoke           # a few seconds: the script still works
+
+What is measured, and why a skeptic can accept it:
+
+- **The broker, not the client.** The broker under test runs alone on core 0: every thread of
+  the broker process is pinned there (``sched_setaffinity``; for ``radio broker --engine
+  mosquitto``, the Mosquitto process the runner starts, not the runner). This script and every
+  client it starts run on the other cores. The clients are Debian's ``mosquitto_sub`` (one
+  process per subscriber, ``--nodelay``) and one ``mosquitto_pub -l --nodelay`` fed line by line
+  by this script. Their CPU (every client process plus this script) is reported beside the
+  broker's, as cores used: a load side near ``load_cores_available`` is saturated, and the row
+  says so (``load_saturated``). ``broker_waited_s`` is how long the broker was runnable but
+  waiting for its core (``/proc/PID/task/*/schedstat``): near zero on a quiet machine; the
+  summary marks runs where it exceeds a tenth of the broker's CPU time.
+- **Broker CPU per delivery** is the broker process's own CPU time (``utime + stime`` from
+  ``/proc/PID/stat``, every thread) over the run, divided by the deliveries made. Its resolution
+  is one clock tick (10 ms); ``broker_cpu_s`` in each row shows how many ticks a figure rests on,
+  which is why a paced run lasts 10 s by default.
+- **Open loop, latency from the schedule.** Sample ``k`` is due at ``start + k / rate``; its
+  payload carries that due time (``{"t": ..., "seq": k, ...}``, about 200 bytes) and is written
+  to the publisher when due, however late the previous ones were, so a stalled broker shows as
+  latency instead of a slower schedule. Each ``mosquitto_sub`` stamps every arrival
+  (``-F '%U %p'``: the wall clock at receipt, in nanoseconds); latency is receipt minus due
+  time, p50, p99 and max over every delivery.
+- **Loss is a failure.** A run where any delivery is missing reports ``loss: N`` and no CPU
+  figure. A sample ends the run (``{"end":1}``, after the last one): the run waits until every
+  subscriber printed it, or until no subscriber received anything for ``--grace`` seconds (past
+  the last due time), so a late delivery counts as latency, never as loss.
+- **Rounds.** Each round runs every configuration on both brokers, one after the other, the order
+  alternating round by round; each broker and its subscribers are started fresh for each run.
+  Every run is printed as a JSON line; the summary gives medians and ranges over the rounds, and
+  the ratio of the embedded broker's CPU per delivery to Mosquitto's is taken round by round.
+- **Bursts** (``--burst D``: D deliveries written as fast as the publisher takes them) are a
+  secondary table: they measure send buffers and batching more than steady cost.
+
+``rate`` is in deliveries per second: N subscribers at ``rate`` receive ``rate / N`` samples/s
+each. Both brokers run with Radio's configuration for one public network (``radio broker``, and
+``radio broker --engine mosquitto`` with the exported configuration); the publisher uses a key,
+read by ``mosquitto_pub`` from a 0600 options file, never from its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from fanout import Platform
+
+TOPIC = "networks/bench"
+END = b'{"end":1}'
+PROBE = b'{"probe":1}\n'
+PAD = "x" * 150
+BROKER_CORE = 0
+CONTENDED = 0.1
+"""A run where the broker waited for a CPU more than this share of its CPU time is marked."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration: QoS, N subscribers, a paced rate (deliveries/s) or a burst."""
+
+    qos: int
+    subscribers: int
+    rate: int | None  # None: a burst
+    deliveries: int
+
+    @property
+    def samples(self) -> int:
+        """Samples published: each of them reaches every subscriber."""
+        return max(1, self.deliveries // self.subscribers)
+
+
+@dataclass
+class Result:
+    """One run of one configuration on one broker."""
+
+    broker: str
+    qos: int
+    subscribers: int
+    rate: int | str
+    samples: int
+    deliveries: int
+    lost: int
+    broker_cpu_s: float
+    broker_us_per_delivery: float | None
+    broker_cores: float
+    broker_waited_s: float
+    load_cores: float
+    load_cores_available: int
+    load_saturated: bool
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    broker_affinity: list[int]
+
+
+class Load:
+    """N ``mosquitto_sub`` processes writing stamped arrivals to files, one ``mosquitto_pub -l``."""
+
+    def __init__(self, folder: Path, port: int, qos: int, subscribers: int, key: tuple[str, str]) -> None:
+        self.folder = folder
+        self.files = [folder / f"sub-{i}.txt" for i in range(subscribers)]
+        common = ["-h", "127.0.0.1", "-p", str(port), "-t", TOPIC, "-q", str(qos), "--nodelay"]
+        self.subscribers: list[subprocess.Popen[bytes]] = []
+        for i, file in enumerate(self.files):
+            with file.open("wb") as out:
+                self.subscribers.append(
+                    subprocess.Popen(
+                        ["mosquitto_sub", *common, "-i", f"bench-sub-{i}", "-F", "%U %p"],
+                        stdout=out,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+        options = folder / "options"
+        options.mkdir(exist_ok=True)
+        secret = options / "mosquitto_pub"
+        secret.touch(mode=0o600)
+        secret.write_text(f"-u {key[0]}\n-P {key[1]}\n")
+        self.publisher = subprocess.Popen(
+            ["mosquitto_pub", *common, "-i", "bench-pub", "-l", "-M", "64"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "XDG_CONFIG_HOME": str(options)},
+        )
+        assert self.publisher.stdin is not None
+        self.stdin = self.publisher.stdin
+        self.fd = self.stdin.fileno()
+        self.processes = [psutil.Process(p.pid) for p in [*self.subscribers, self.publisher]]
+
+    def wait_subscribed(self, timeout: float) -> None:
+        """Publish probes until every subscriber has printed one, then until the files stop growing."""
+        deadline = time.monotonic() + timeout
+        while not all(f.stat().st_size for f in self.files):
+            if time.monotonic() > deadline or self.publisher.poll() is not None:
+                msg = "the subscribers never all received a probe (is the broker up?)"
+                raise RuntimeError(msg)
+            os.write(self.fd, PROBE)
+            time.sleep(0.02)
+        sizes: list[int] = []
+        while sizes != (sizes := [f.stat().st_size for f in self.files]):
+            time.sleep(0.05)
+
+    def cpu(self) -> float:
+        """CPU seconds of every client process and of this script (which writes the schedule)."""
+        total = time.process_time()
+        for p in self.processes:
+            times = p.cpu_times()
+            total += times.user + times.system
+        return total
+
+    def send(self, setting: Setting) -> float:
+        """Write every sample when due (all at once for a burst); return the wall time of sample 0."""
+        count, rate = setting.samples, setting.rate
+        start = time.time() + 0.01
+        sent = 0
+        while sent < count:
+            now = time.time()
+            due = (
+                min(count, sent + 10_000)
+                if rate is None
+                else min(count, int((now - start) * (rate / setting.subscribers)) + 1)
+            )
+            if due > sent:
+                lines = "".join(
+                    f'{{"t":{start if rate is None else start + k * setting.subscribers / rate:.6f},'
+                    f'"seq":{k},"pad":"{PAD}"}}\n'
+                    for k in range(sent, due)
+                )
+                self.stdin.write(lines.encode())
+                self.stdin.flush()
+                sent = due
+            elif rate is not None:
+                time.sleep(min(0.001, max(0.0, start + sent * setting.subscribers / rate - now)))
+        self.stdin.write(END + b"\n")
+        self.stdin.flush()
+        return start
+
+    def wait_ended(self, last_due: float, grace: float) -> None:
+        """Until every subscriber printed the end marker, or none received anything for ``grace`` s.
+
+        A late delivery is latency, not loss: the wait goes on while deliveries keep coming.
+        """
+        waiting = list(self.files)
+        size, grown = -1, time.time()
+        while waiting:
+            waiting = [f for f in waiting if not _ends(f)]
+            now = time.time()
+            if size != (size := sum(f.stat().st_size for f in waiting)):
+                grown = now
+            elif now - max(grown, last_due) > grace:
+                return
+            time.sleep(0.02 if len(waiting) < 100 else 0.1)
+
+    def stop(self) -> None:
+        """Stop every client; what each subscriber printed is in its file already (it flushes)."""
+        self.stdin.close()
+        for p in [*self.subscribers, self.publisher]:
+            p.kill()
+        for p in [*self.subscribers, self.publisher]:
+            p.wait(30)
+
+    def latencies(self, samples: int) -> tuple[list[float], int]:
+        """Every delivery's latency in seconds, and how many deliveries are missing."""
+        every: list[float] = []
+        missing = 0
+        for file in self.files:
+            seen: set[int] = set()
+            for line in file.read_bytes().splitlines():
+                stamp, _, payload = line.partition(b" ")
+                if not payload.startswith(b'{"t":'):
+                    continue
+                due, _, rest = payload[5:].partition(b',"seq":')
+                seq = int(rest[: rest.index(b",")])
+                if seq not in seen:
+                    seen.add(seq)
+                    every.append(float(stamp) - float(due))
+            missing += samples - len(seen)
+        return every, missing
+
+
+def _ends(file: Path) -> bool:
+    with file.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 64))
+        return f.read().rstrip().endswith(END)
+
+
+def waited(process: psutil.Process) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (``/proc/.../schedstat``).
+
+    On a quiet machine a pinned broker barely waits; a broker that waited for a good part of a
+    run shared its core with something else, and that run's latency is not the broker's alone.
+    """
+    total = 0
+    for thread in process.threads():
+        try:
+            total += int(Path(f"/proc/{process.pid}/task/{thread.id}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def pin(process: psutil.Process, cores: set[int]) -> None:
+    """Pin every thread of the broker process; threads it starts later inherit their creator's cores.
+
+    Only the broker itself is pinned: Radio's Mosquitto runner, which starts Mosquitto and
+    follows the registry, stays with the load, so core 0 runs nothing but the broker under test.
+    """
+    for thread in process.threads():
+        os.sched_setaffinity(thread.id, cores)
+
+
+def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], grace: float) -> Result:
+    """One run on a fresh broker pinned to BROKER_CORE, with fresh clients."""
+    platform = Platform(kind, folder)
+    if load_cores:
+        pin(platform.ps, {BROKER_CORE})
+    runs = folder / "run"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir()
+    try:
+        user, secret = platform.key
+        assert user is not None
+        assert secret is not None
+        load = Load(runs, platform.ports["tcp"], setting.qos, setting.subscribers, (user, secret))
+        try:
+            load.wait_subscribed(timeout=120)
+            broker0, load0, wait0, wall0 = platform.cpu(), load.cpu(), waited(platform.ps), time.time()
+            start = load.send(setting)
+            last_due = start + (
+                0 if setting.rate is None else setting.samples * setting.subscribers / setting.rate
+            )
+            load.wait_ended(last_due, grace)
+            broker_s, load_s, wall = platform.cpu() - broker0, load.cpu() - load0, time.time() - wall0
+            wait_s = waited(platform.ps) - wait0
+            affinity = sorted(set().union(*(os.sched_getaffinity(t.id) for t in platform.ps.threads())))
+        finally:
+            load.stop()
+        every, lost = load.latencies(setting.samples)
+    finally:
+        platform.stop()
+    every.sort()
+    deliveries = setting.samples * setting.subscribers
+    available = len(load_cores) or os.cpu_count() or 1
+    used = load_s / wall
+
+    def ms(q: float) -> float | None:
+        return round(every[min(len(every) - 1, int(len(every) * q))] * 1000, 2) if every else None
+
+    return Result(
+        broker=kind,
+        qos=setting.qos,
+        subscribers=setting.subscribers,
+        rate="burst" if setting.rate is None else setting.rate,
+        samples=setting.samples,
+        deliveries=deliveries,
+        lost=lost,
+        broker_cpu_s=round(broker_s, 3),
+        broker_us_per_delivery=None if lost else round(broker_s / deliveries * 1e6, 2),
+        broker_cores=round(broker_s / wall, 3),
+        broker_waited_s=round(wait_s, 3),
+        load_cores=round(used, 3),
+        load_cores_available=available,
+        load_saturated=used >= 0.9 * available,
+        p50_ms=ms(0.5),
+        p99_ms=ms(0.99),
+        max_ms=round(every[-1] * 1000, 2) if every else None,
+        broker_affinity=affinity,
+    )
+
+
+def ratios(
+    results: list[tuple[int, Result]], a: str, b: str
+) -> dict[tuple[int, int, int | str], list[float]]:
+    """Round by round: a's CPU per delivery over b's, same configuration, both without loss."""
+    cpu: dict[tuple[int, int, int, int | str, str], float] = {}
+    for round_, r in results:
+        if r.broker_us_per_delivery is not None:
+            cpu[round_, r.qos, r.subscribers, r.rate, r.broker] = r.broker_us_per_delivery
+    found: dict[tuple[int, int, int | str], list[float]] = {}
+    for (round_, qos, n, rate, broker), value in cpu.items():
+        other = cpu.get((round_, qos, n, rate, b))
+        if broker == a and other:
+            found.setdefault((qos, n, rate), []).append(round(value / other, 3))
+    return found
+
+
+def _span(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def summarize(results: list[tuple[int, Result]], brokers: list[str]) -> None:
+    """Per configuration and broker: medians and ranges over the rounds; then the round-by-round ratios."""
+    groups: dict[tuple[int, int, int | str], dict[str, list[Result]]] = {}
+    for _, r in results:
+        groups.setdefault((r.qos, r.subscribers, r.rate), {}).setdefault(r.broker, []).append(r)
+    for title, paced in (("Paced load", True), ("Bursts (secondary)", False)):
+        rows = [(key, by) for key, by in groups.items() if (key[2] != "burst") == paced]
+        if not rows:
+            continue
+        print(f"\n{title}\n")
+        print(
+            "| QoS | N | deliveries/s | broker | broker us/delivery | p50 ms | p99 ms | max ms "
+            "| broker cores | load cores | runs |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for (qos, n, rate), by in rows:
+            for broker, rs in by.items():
+                lost = sum(r.lost for r in rs)
+                clean = [r for r in rs if r.broker_us_per_delivery is not None]
+                cpu = (
+                    _span([r.broker_us_per_delivery for r in clean if r.broker_us_per_delivery is not None])
+                    if clean
+                    else ""
+                )
+                latency = [
+                    _span([v for r in clean if (v := getattr(r, f)) is not None]) if clean else ""
+                    for f in ("p50_ms", "p99_ms", "max_ms")
+                ]
+                saturated = sum(r.load_saturated for r in rs)
+                contended = sum(r.broker_waited_s > CONTENDED * r.broker_cpu_s for r in rs)
+                note = f"; loss: {lost} in {len(rs) - len(clean)} runs" if lost else ""
+                note += f"; load saturated in {saturated}" if saturated else ""
+                note += f"; broker waited for its core in {contended}" if contended else ""
+                print(
+                    f"| {qos} | {n:,} | {rate if rate == 'burst' else f'{rate:,}'} | {broker} | {cpu} "
+                    f"| {' | '.join(latency)} | {_span([r.broker_cores for r in rs])} "
+                    f"| {_span([r.load_cores for r in rs])} of {rs[0].load_cores_available} "
+                    f"| {len(rs)}{note} |"
+                )
+    if len(brokers) == 2:
+        a, b = brokers
+        found = ratios(results, a, b)
+        print(f"\n{a} / {b}, broker CPU per delivery, round by round (median, range; runs without loss)\n")
+        print("| QoS | N | deliveries/s | ratio | rounds |")
+        print("|---|---|---|---|---|")
+        for (qos, n, rate), values in found.items():
+            print(f"| {qos} | {n:,} | {rate} | {_span(values)} | {len(values)} |")
+        print(
+            json.dumps(
+                {
+                    "ratios": [
+                        {"qos": k[0], "subscribers": k[1], "rate": k[2], f"{a}_over_{b}": v}
+                        for k, v in found.items()
+                    ]
+                }
+            )
+        )
+
+
+def run_all(
+    settings: list[Setting], brokers: list[str], rounds: int, load_cores: set[int], grace: float
+) -> tuple[list[tuple[int, Result]], int]:
+    """Every round: every setting on every broker, the first broker alternating; prints each run.
+
+    A run that fails is printed with its error and the rest go on: no figure comes from it.
+    """
+    results: list[tuple[int, Result]] = []
+    failed = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for round_ in range(1, rounds + 1):
+            for setting in settings:
+                for kind in brokers[:: 1 if round_ % 2 else -1]:
+                    try:
+                        result = measure(kind, setting, Path(folder), load_cores, grace)
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                        failed += 1
+                        row = {"broker": kind, "qos": setting.qos, "subscribers": setting.subscribers}
+                        print(json.dumps({"failed_round": round_, **row, "error": str(error)}), flush=True)
+                        continue
+                    results.append((round_, result))
+                    print(json.dumps({"round": round_, **asdict(result)}), flush=True)
+    return results, failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--subscribers", default="1,10,100,1000")
+    parser.add_argument("--qos", default="0,1")
+    parser.add_argument("--rates", default="20000,80000", help="paced deliveries/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each paced run")
+    parser.add_argument("--burst", type=int, default=300_000, help="deliveries per burst (0: no bursts)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds without any delivery, past the last due time, that end a run",
+    )
+    parser.add_argument("--brokers", default="radio,mosquitto")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: the script still works")
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.subscribers, args.rates, args.seconds, args.burst = 1, "10", "2000", 0.3, 2000
+    for tool in ("mosquitto_sub", "mosquitto_pub"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (apt-get install mosquitto-clients)")
+    cores = os.sched_getaffinity(0)
+    load_cores = cores - {BROKER_CORE}
+    if BROKER_CORE not in cores or not load_cores:
+        print("fewer than 2 cores: the broker is not pinned apart from the load", file=sys.stderr)
+        load_cores = set()
+    else:
+        os.sched_setaffinity(0, load_cores)  # the clients this script starts inherit it
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    brokers = args.brokers.split(",")
+    if unknown := set(brokers) - {"radio", "mosquitto"}:
+        parser.error(f"unknown brokers {sorted(unknown)}: radio, mosquitto")
+    settings = [
+        Setting(qos, n, rate, deliveries)
+        for qos in (int(q) for q in args.qos.split(","))
+        for n in (int(n) for n in args.subscribers.split(","))
+        for rate, deliveries in [
+            *((int(r), int(int(r) * args.seconds)) for r in args.rates.split(",")),
+            *([(None, args.burst)] if args.burst else []),
+        ]
+    ]
+    results, failed = run_all(settings, brokers, args.rounds, load_cores, args.grace)
+    summarize(results, brokers)
+    if failed:
+        sys.exit(f"{failed} runs failed (their lines say why)")
+    if args.smoke and any(r.lost for _, r in results):
+        sys.exit("deliveries were lost in the smoke run")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Who reaches the admin surface (``/admin/`` and ``/metrics``), on which listener, how often they may fail.
+
+``/metrics`` labels its series with key names, and ``/admin/`` changes keys: neither is public.
+``/healthz`` is, on every listener. By ``[bridge] admin``:
+
+- absent: ``/admin/`` and ``/metrics`` are served on ``listen``, each behind an admin key
+  (``Authorization: Bearer <secret>`` of a key made with ``--admin``);
+- ``"HOST:PORT"``: both are served only on that listener of their own, and ``listen`` answers
+  404 for them. ``/admin/`` still needs an admin key (it changes keys); ``/metrics`` does not
+  (the address keeps it private, as ``[broker] metrics`` does), so Prometheus holds no key that
+  could change keys;
+- ``false``: no ``/admin/`` anywhere; ``/metrics`` stays on ``listen``, behind an admin key.
+
+Failed authentication (no key, a wrong one, or a key that is not an admin key) is limited per
+source address: ``AUTH_BURST`` failures at once, then one every ``AUTH_EVERY`` seconds. Past
+that, every request from the address is answered 429 with ``Retry-After`` before its credentials
+are even looked at, so guessing a secret is bounded whatever the guesses. The buckets are shared
+by the bridge's workers (``radio.rates.SharedBuckets``), so more workers do not mean more guesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+from typing import Final, NoReturn
+
+from flask import Flask, current_app, request
+from prometheus_client import Counter
+from werkzeug.exceptions import NotFound
+
+from radio import rates
+from radio.bridge.access import Refusal
+from radio.bridge.publish import current_registry
+from radio.keys import Key
+from radio.registry import LiveRegistry
+
+AUTH_BURST: Final = 10
+"""Failed admin authentications a source address may make at once."""
+AUTH_EVERY: Final = 6.0
+"""Seconds for each further failure, once the burst is spent (10 a minute)."""
+CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="radio admin"'}
+
+REFUSALS: Final = Counter(
+    "radio_bridge_admin_refusals",
+    "Requests to /admin/ or /metrics refused before they ran: missing, invalid or not an admin "
+    "key, or from an address past its limit of failed authentications (limited).",
+    ["reason"],
+)
+
+
+def install(app: Flask, registry: LiveRegistry) -> None:
+    """Where the admin surface is served, and the failure buckets shared by the workers."""
+    bridge = registry.settings.bridge
+    app.extensions["radio.admin.own_listener"] = bridge.admin is not None
+    app.extensions["radio.admin.enabled"] = bridge.admin_enabled
+    folder = registry.settings.state_dir / "running"
+    path = rates.shared_path(folder, os.getppid(), prefix="admin-auth")
+    app.extensions["radio.admin.failures"] = rates.SharedBuckets(path)
+
+
+def _on_admin_listener() -> bool:
+    """Whether this request came in on the admin listener (``ADMIN_LISTEN``: its address as bound)."""
+    bound = current_app.config.get("ADMIN_LISTEN")
+    if bound is None:
+        return False
+    host, port = bound
+    return (request.environ.get("SERVER_NAME"), request.environ.get("SERVER_PORT")) == (str(host), str(port))
+
+
+def _served_here(*, api: bool) -> bool:
+    extensions = current_app.extensions
+    if api and not extensions["radio.admin.enabled"]:
+        return False
+    return _on_admin_listener() if extensions["radio.admin.own_listener"] else True
+
+
+def admin_api_here() -> None:
+    """404 unless the admin API is served on the listener this request came in on."""
+    if not _served_here(api=True):
+        raise NotFound
+
+
+def guard_metrics() -> None:
+    """``/metrics``: 404 off the admin listener if it has one; elsewhere an admin key is needed."""
+    if not _served_here(api=False):
+        raise NotFound
+    if not current_app.extensions["radio.admin.own_listener"]:
+        require_admin_key()
+
+
+def _source_tag() -> str:
+    """The failure bucket of the request's source address (16 hex digits, as a key id is)."""
+    address = (request.remote_addr or "").encode()
+    return hashlib.sha256(b"radio admin auth\0" + address).hexdigest()[:16]
+
+
+def _refuse(status: int, message: str, reason: str, headers: dict[str, str]) -> NoReturn:
+    REFUSALS.labels(reason=reason).inc()
+    raise Refusal(status, message, reason, headers)
+
+
+def _failed(status: int, message: str, reason: str, buckets: rates.SharedBuckets, tag: str) -> NoReturn:
+    """Count a failure against the source address, then refuse."""
+    with contextlib.suppress(rates.Busy):  # the request is refused all the same; only the count is lost
+        buckets.take(tag, 1 / AUTH_EVERY, AUTH_BURST)
+    _refuse(status, message, reason, CHALLENGE if status == 401 else {})
+
+
+def require_admin_key() -> Key:
+    """The admin key this request presents (``Authorization: Bearer``), else 401, 403 or 429."""
+    buckets: rates.SharedBuckets = current_app.extensions["radio.admin.failures"]
+    tag = _source_tag()
+    try:
+        wait = buckets.waiting(tag, 1 / AUTH_EVERY, AUTH_BURST)
+    except rates.Busy:
+        wait = AUTH_EVERY  # a stuck bucket file must not open the door to unlimited guessing
+    if wait > 0:
+        seconds = str(max(1, math.ceil(wait)))
+        _refuse(
+            429,
+            f"too many failed admin authentications from this address: retry in {seconds} s",
+            "limited",
+            {"Retry-After": seconds},
+        )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        _failed(401, "admin key missing: send 'Authorization: Bearer <secret>'", "missing", buckets, tag)
+    key = current_registry().key_for_secret(token.strip())
+    if key is None:
+        _failed(401, "admin key not valid", "invalid", buckets, tag)
+    if not key.admin:
+        _failed(
+            403,
+            f"key {key.name!r} is not an admin key (radio keys edit {key.name} --admin makes it one)",
+            "not_admin",
+            buckets,
+            tag,
+        )
+    return key

@@ -1,0 +1,134 @@
+"""Per-source limits: what one address may hold of the broker before any key pays for it.
+
+Two things cost the broker without a key behind them, and one address could multiply them:
+
+- sockets that have not completed their CONNECT: each holds a slot of its listener's
+  ``max_connections`` until ``connect_timeout``; one address holding thousands (and reopening
+  them as they are closed) would leave none for anyone else. Past ``max_connecting_per_address``
+  a new socket from that address is closed at once.
+- anonymous persistent sessions: each keeps a queue in memory and in the store while its client
+  is away, and nobody pays for it. They are capped in all and per address, in count and in
+  queued bytes; a CONNECT that would open one more past a cap is refused (CONNACK 3, "server
+  unavailable"). Resuming a session that exists is never refused: it costs nothing new.
+
+Every refusal is counted by reason, for the metrics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from radio.broker.sessions import Session
+
+CONNECTING: Final = "connecting_per_address"
+"""The reason a socket was closed unheard: its address has too many sockets not yet CONNECTed."""
+
+
+@dataclass(frozen=True)
+class AnonymousCaps:
+    """How much anonymous persistent sessions may hold, in all and per source address."""
+
+    max_sessions: int = 1_000
+    max_sessions_per_address: int = 10
+    total_queued_bytes: int = 32 * 1024 * 1024
+    queued_bytes_per_address: int = 512 * 1024
+
+
+class Connecting:
+    """Sockets that have not completed their CONNECT, counted per source address."""
+
+    __slots__ = ("_per_address", "limit", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._per_address: Counter[str] = Counter()
+        self.refused = 0
+
+    def open(self, address: str) -> bool:
+        """A socket from ``address`` opened: False (counted) if that address has its fill already."""
+        if self._per_address[address] >= self.limit:
+            self.refused += 1
+            return False
+        self._per_address[address] += 1
+        return True
+
+    def done(self, address: str) -> None:
+        """A socket from ``address`` completed its CONNECT, or closed before it did."""
+        left = self._per_address[address] - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
+
+    def __len__(self) -> int:
+        return sum(self._per_address.values())
+
+
+class AnonymousSessions:
+    """The anonymous persistent sessions, by the address they were last opened from."""
+
+    __slots__ = ("_by_address", "_where", "caps", "refused")
+
+    def __init__(self, caps: AnonymousCaps) -> None:
+        self.caps = caps
+        self._by_address: dict[str, set[Session]] = {}
+        self._where: dict[Session, str] = {}
+        self.refused: Counter[str] = Counter()
+        """Refused CONNECTs, by the cap that refused them."""
+
+    def track(self, session: Session) -> None:
+        """The session is held by the broker now (opened, resumed or restored), from its address."""
+        self.untrack(session)
+        if session.key_name is not None or not session.persistent:
+            return
+        address = session.remote_address
+        self._where[session] = address
+        self._by_address.setdefault(address, set()).add(session)
+
+    def untrack(self, session: Session) -> None:
+        """The session is gone."""
+        address = self._where.pop(session, None)
+        if address is None:
+            return
+        sessions = self._by_address[address]
+        sessions.discard(session)
+        if not sessions:
+            del self._by_address[address]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def queued_bytes(self) -> int:
+        """Bytes queued for them all."""
+        return sum(s.queued_bytes for s in self._where)
+
+    def refusal(self, address: str) -> str | None:
+        """Why a new anonymous persistent session from ``address`` is refused (counted), or None."""
+        caps = self.caps
+        mine = self._by_address.get(address, ())
+        if len(mine) >= caps.max_sessions_per_address:
+            reason = "anonymous_sessions_per_address"
+            text = (
+                f"{len(mine)} anonymous persistent sessions from {address}, "
+                "the limit [broker] anonymous_max_sessions_per_address"
+            )
+        elif len(self._where) >= caps.max_sessions:
+            reason = "anonymous_sessions"
+            setting = "anonymous_max_sessions"
+            text = f"{len(self._where)} anonymous persistent sessions, the limit [broker] {setting}"
+        elif (held := sum(s.queued_bytes for s in mine)) >= caps.queued_bytes_per_address:
+            reason = "anonymous_queued_bytes_per_address"
+            text = (
+                f"{held} bytes queued for the anonymous sessions of {address}, "
+                "the limit [broker] anonymous_queued_bytes_per_address"
+            )
+        elif (held := self.queued_bytes()) >= caps.total_queued_bytes:
+            reason = "anonymous_total_queued_bytes"
+            text = f"{held} bytes queued for anonymous sessions, the limit [broker] {reason}"
+        else:
+            return None
+        self.refused[reason] += 1
+        return text

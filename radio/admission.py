@@ -1,0 +1,181 @@
+"""The admission gate: whether a sample may enter the platform, and what it costs its key.
+
+Every sample passes here, whatever carried it: a PUBLISH at QoS 0, 1 or 2, retained or not, a
+last will at the moment it fires (the embedded broker, ``broker/access.py``), and a
+``POST /publish`` (the bridge, ``bridge/access.py``). A door only turns the verdict into its
+own protocol, so a new way in cannot skip a check, and both doors refuse the same samples:
+
+=============  =====================  ===========  ====================  ==================
+check          verdict                HTTP         MQTT PUBLISH          will
+=============  =====================  ===========  ====================  ==================
+rights         ``Refused("rights")``  403          dropped               dropped
+size           ``Refused("too_large")``  413       dropped               dropped
+strict JSON    ``Refused("not_json")``  400        dropped               dropped
+schema         ``Refused("schema")``  400          dropped               dropped
+rate           ``Wait("rate")``       429          held (TCP pushes      dropped (no client
+                                                   back on the client)   left to slow down)
+quota          ``Refused("quota")``   429          dropped               dropped
+admitted       ``Admitted``           200          delivered             delivered
+=============  =====================  ===========  ====================  ==================
+
+The cheap checks that need no shared state come first, so a sample that could never be
+delivered takes no rate token and no unit of quota. An admitted sample is metered at once and
+has taken its unit of quota (exact across doors and processes, ``radio/usage.py``); a door whose
+sample then fails (the broker is away) gives both back with ``release``.
+
+Size, JSON and schema apply to samples, that is to topics inside a network; elsewhere only an
+admin key may publish (tests, ``$SYS``), and only rights apply.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from radio import rates, samples
+from radio.config import NetworkSettings
+from radio.keys import Key
+from radio.registry import Registry
+from radio.topics import network_of_topic
+from radio.usage import Busy, Meter, QuotaState, Unit
+
+UNPARSED: Final[Any] = object()
+"""``admit``'s ``data`` when the door has not parsed the payload itself."""
+USAGE_RETRY: Final = 0.05
+"""Seconds a sample waits when its key's quota cannot be read without waiting."""
+
+TokenTaker = Callable[[Key], tuple[float, float]]
+"""Takes one of the key's rate tokens: (seconds to wait, 0 if taken; tokens left)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The sample may go on; it is metered, and holds its unit of quota."""
+
+    key: Key | None
+    network: str
+    size: int
+    unit: Unit | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The sample is refused for good; ``message`` is the HTTP door's error text."""
+
+    reason: str
+    """One of ``radio.usage.REASONS``."""
+    message: str
+    quota: QuotaState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Not now: over the rate, or the shared rate or usage records cannot be read at once."""
+
+    reason: str
+    """``rate``, ``rates_unavailable`` or ``usage_unavailable``."""
+    seconds: float
+    tokens: float = 0.0
+
+
+Verdict = Admitted | Refused | Wait
+
+
+class Admission:
+    """One door's gate: the registry's rules, its rate buckets, and the platform's usage meter."""
+
+    def __init__(self, door: str, meter: Meter | None, take_token: TokenTaker) -> None:
+        self.door = door
+        self.meter = meter
+        self._take_token = take_token
+
+    def admit(
+        self,
+        registry: Registry,
+        key: Key | None,
+        topic: str,
+        payload: bytes,
+        *,
+        data: Any = UNPARSED,
+        quota_wait: float,
+    ) -> Verdict:
+        """The verdict on one sample of ``key`` (None: anonymous) to ``topic``.
+
+        ``data`` is the payload already parsed strictly by the door, if it was; ``quota_wait``
+        the seconds the caller may wait for the usage file (0 on an event loop).
+        """
+        if not registry.access(key.name if key is not None else None).may_publish(topic):
+            return self._refuse(key, "rights", "You cannot broadcast to this channel")
+        network = network_of_topic(topic) or ""
+        settings = registry.networks.get(network)
+        if settings is not None and (problem := _problem(settings, network, payload, data)) is not None:
+            return self._refuse(key, *problem)
+        if key is None:
+            return Admitted(None, network, len(payload), None)
+        return self._spend(key, network, len(payload), quota_wait)
+
+    def _spend(self, key: Key, network: str, size: int, quota_wait: float) -> Verdict:
+        """What a sample costs its key: a rate token, a unit of quota, a line of usage."""
+        terms = key.terms
+        if terms.rate is not None:
+            try:
+                wait, tokens = self._take_token(key)
+            except rates.Busy:
+                return Wait("rates_unavailable", 1.0)
+            if wait:
+                return Wait("rate", wait, tokens)
+        unit = None
+        meter = self.meter
+        if meter is not None and terms.quota is not None:
+            try:
+                taken = meter.take(key, within=quota_wait)
+            except (Busy, sqlite3.Error):
+                return Wait("usage_unavailable", USAGE_RETRY)
+            if isinstance(taken, QuotaState):
+                meter.over_quota(key, self.door, taken)
+                resets = taken.resets.isoformat().replace("+00:00", "Z")
+                message = (
+                    f"quota exceeded: {taken.limit} samples per {terms.quota_period}; it resets at {resets}"
+                )
+                return Refused("quota", message, taken)
+            unit = taken
+        if meter is not None:
+            meter.record(key, self.door, network, size)
+        return Admitted(key, network, size, unit)
+
+    def release(self, admitted: Admitted) -> None:
+        """An admitted sample did not go through: its key is not charged for it."""
+        meter, key = self.meter, admitted.key
+        if meter is None or key is None:
+            return
+        meter.unrecord(key, self.door, admitted.network, admitted.size)
+        if admitted.unit is not None:
+            meter.give_back(admitted.unit)
+
+    def count_refusal(self, key: Key | None, reason: str) -> None:
+        """A refusal the door decided on a ``Wait`` (a 429, a will over its rate)."""
+        if key is not None and self.meter is not None:
+            self.meter.refuse(key, self.door, reason)
+
+    def _refuse(self, key: Key | None, reason: str, message: str) -> Refused:
+        self.count_refusal(key, reason)
+        return Refused(reason, message)
+
+
+def _problem(settings: NetworkSettings, network: str, payload: bytes, data: Any) -> tuple[str, str] | None:
+    """Why a payload is not a sample this network takes: (reason, message), or None."""
+    if len(payload) > settings.max_payload:
+        size, most = len(payload), settings.max_payload
+        return "too_large", f"sample too large: {size} bytes, network {network!r} accepts at most {most}"
+    if data is UNPARSED:
+        try:
+            data = samples.parse(payload)
+        except samples.NotJSON as exc:
+            return "not_json", str(exc)
+    if not isinstance(data, dict):
+        return "not_json", "the sample is not a JSON object"
+    if settings.schema is not None and (problem := settings.schema.problem(data)) is not None:
+        return "schema", f"sample does not match the network's schema: {problem}"
+    return None

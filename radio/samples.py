@@ -1,0 +1,69 @@
+r"""What counts as a sample's JSON: one strict reading and one strict writing, for every door.
+
+A sample must be JSON every reader can parse back: Python's ``json`` module accepts ``NaN``,
+``Infinity`` and ``-Infinity`` (which no other JSON parser does) and turns ``1e999`` into an
+infinite float that it then writes as ``Infinity``. Both doors read payloads here, so what the
+HTTP door answers 400 the broker drops, and listeners never receive a sample they cannot parse.
+
+Refused: those constants, numbers no float holds, integers over Python's 4,300 digits, nesting
+deeper than the interpreter's recursion limit, text that is not UTF-8, and strings holding a lone
+surrogate (``"\ud800"`` names no character and cannot be written as UTF-8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final, NoReturn
+
+
+class NotJSON(ValueError):
+    """The payload is not a sample's JSON; the message says why, for one log line."""
+
+
+def _reject_constant(name: str) -> NoReturn:
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e999``) is refused, not made infinite."""
+    value = float(text)
+    if math.isinf(value):
+        msg = f"{text} does not fit a float"
+        raise ValueError(msg)
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+"""Made once: ``json.loads`` with these hooks would build a decoder for every sample."""
+_ENCODER: Final = json.JSONEncoder(allow_nan=False)
+"""``json.dumps(data, allow_nan=False)``, without building an encoder for every sample."""
+
+
+def parse(payload: bytes) -> Any:
+    """The payload as JSON, read strictly; ``NotJSON`` otherwise."""
+    try:
+        data = _DECODER.decode(payload.decode("utf-8"))
+        if b"\\u" in payload:  # an escape may name a lone surrogate, which UTF-8 cannot carry
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        msg = "the payload is nested too deep"
+        raise NotJSON(msg) from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise NotJSON(f"the payload is not JSON: {exc}") from None
+    return data
+
+
+def encode(data: Any) -> bytes:
+    """``data`` as a sample's bytes, always strict JSON; ``NotJSON`` if it cannot be one."""
+    try:
+        payload = _ENCODER.encode(data).encode()
+        if b"\\ud" in payload:  # only a \ud8..-\udf.. escape can hold a lone surrogate
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        msg = "the sample is nested too deep"
+        raise NotJSON(msg) from None
+    except ValueError as exc:  # UnicodeEncodeError is a ValueError
+        raise NotJSON(f"the sample is not JSON: {exc}") from None
+    return payload

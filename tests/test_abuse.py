@@ -1,0 +1,386 @@
+"""One source cannot fill the disk, stall publishers or lock others out of the embedded broker.
+
+Each test is an attack scaled down to run in CI (bench/abuse.py runs the full-size ones), from
+127.0.0.1, with the well-behaved clients on another loopback address, 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+
+import pytest
+from mqtt_client import Client
+from raw_mqtt import (
+    closed_by_peer,
+    connect,
+    packet,
+    puback,
+    published,
+    read_packet,
+    subscribe,
+)
+from test_broker_limits import metric as scrape
+
+from radio.broker.logsummary import Summary
+from radio.broker.store import SCHEMA
+from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
+
+ATTACKER = "127.0.0.1"
+OTHER = "127.0.0.2"
+DISCONNECT = packet(0xE0, b"")
+PINGREQ = packet(0xC0, b"")
+
+
+def platform(home, *settings: str, networks: str = "") -> BrokerThread:
+    """The broker with these [broker] settings and its metrics served; not started yet."""
+    text = home.config.read_text() + networks
+    home.config.write_text(text + "[broker]\n" + "\n".join([*settings, 'metrics = "127.0.0.1:0"']) + "\n")
+    return BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    )
+
+
+def metric(broker: BrokerThread, name: str, labels: str = "") -> float:
+    assert broker.broker is not None
+    assert broker.broker.metrics_port is not None
+    return scrape(broker.broker.metrics_port, name, labels)
+
+
+def publish_padded(port: int, secret: str, count: int) -> None:
+    """``count`` samples of about 1 KB to networks/pub/x, QoS 1, each acknowledged."""
+    publisher = Client("tcp", port, "admin", secret)
+    try:
+        assert publisher.connect() == 0
+        for n in range(count):
+            publisher.publish("networks/pub/x", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 1000), qos=1)
+    finally:
+        publisher.close()
+
+
+def dial(port: int, source: str = ATTACKER) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def connack(
+    port: int,
+    client_id: str,
+    user: str | None = None,
+    secret: str | None = None,
+    *,
+    source: str = ATTACKER,
+    clean: bool = True,
+) -> tuple[socket.socket, int, bool]:
+    """Connect; the socket, the CONNACK's return code and its session-present flag."""
+    sock = dial(port, source)
+    sock.sendall(connect(client_id, user, secret, clean=clean))
+    first, body = read_packet(sock)
+    assert first == 0x20
+    return sock, body[1], bool(body[0] & 1)
+
+
+def anonymous_persistent(port: int, client_id: str, topic_filter: str, source: str = ATTACKER) -> int:
+    """Open an anonymous persistent session subscribed at QoS 1, then leave; the CONNACK code."""
+    sock, code, _ = connack(port, client_id, source=source, clean=False)
+    with sock:
+        if code == 0:
+            sock.sendall(subscribe(topic_filter, qos=1))
+            assert read_packet(sock)[0] == 0x90
+            sock.sendall(DISCONNECT)
+    return code
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def store_size(home) -> int:
+    return sum(p.stat().st_size for p in home.path.glob("broker.db*"))
+
+
+def on_loop(broker: BrokerThread, read: Callable[[], object]) -> object:
+    async def call() -> object:
+        return read()
+
+    return broker.call(call)
+
+
+# Anonymous persistent sessions.
+def test_anonymous_persistent_sessions_are_capped_per_address_and_in_all(home):
+    with platform(home, "anonymous_max_sessions_per_address = 3", "anonymous_max_sessions = 5") as broker:
+        port = broker.mqtt_port
+        codes = [anonymous_persistent(port, f"a{n}", "networks/pub/#") for n in range(5)]
+        assert codes == [0, 0, 0, 3, 3]  # CONNACK 3, server unavailable, past 3 from one address
+        assert [anonymous_persistent(port, f"b{n}", "networks/pub/#", OTHER) for n in range(3)] == [0, 0, 3]
+        # What is not a new anonymous persistent session is not refused: resuming one, a clean
+        # session, a key's persistent session.
+        sock, code, present = connack(port, "a1", clean=False)
+        sock.close()
+        assert (code, present) == (0, True)
+        sock, code, _ = connack(port, "c0")
+        sock.close()
+        assert code == 0
+        sock, code, _ = connack(port, "r0", "reader_a", home.secrets["reader_a"], clean=False)
+        sock.close()
+        assert code == 0
+        per_address = '{reason="anonymous_sessions_per_address"}'
+        assert metric(broker, "radio_broker_refused_connects_total", per_address) == 2
+        assert metric(broker, "radio_broker_refused_connects_total", '{reason="anonymous_sessions"}') == 1
+        assert metric(broker, "radio_broker_anonymous_sessions") == 5
+
+
+def test_anonymous_sessions_from_one_address_cannot_fill_the_store(home):
+    """300 anonymous persistent sessions on networks/pub/# from one address, then 200 x 1 KB."""
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        before = store_size(home)
+        codes = [anonymous_persistent(port, f"flood-{n}", "networks/pub/#") for n in range(300)]
+        assert codes.count(0) == 10  # the default per address
+        assert codes.count(3) == 290
+        publish_padded(port, home.secrets["admin"], 200)
+        # Each session keeps at most its 64 KiB: ten of them, under 1 MiB, and a write-ahead log
+        # of a few MiB (300 sessions took 20 MB before).
+        assert store_size(home) - before < 8 * 1024 * 1024
+        assert metric(broker, "radio_broker_anonymous_queued_bytes") <= 10 * 64 * 1024 + 2048
+
+
+def test_the_store_gives_space_back_once_sessions_expire(home):
+    with platform(home, "anonymous_session_expiry = 1", "anonymous_max_sessions_per_address = 60") as broker:
+        port = broker.mqtt_port
+        assert all(anonymous_persistent(port, f"gone-{n}", "networks/pub/#") == 0 for n in range(60))
+        publish_padded(port, home.secrets["admin"], 80)
+        full = store_size(home)
+        assert full > 3 * 1024 * 1024  # 60 sessions x 80 KB queued
+        assert wait_for(lambda: on_loop(broker, lambda: len(broker.broker.radio.router.sessions)) == 0)
+        # Expired: the WAL is checkpointed and truncated, the freed pages handed back.
+        assert wait_for(lambda: store_size(home) < 512 * 1024), store_size(home)
+        assert metric(broker, "radio_broker_store_compactions_total") > 0
+
+
+# Sessions belong to (key, client id).
+def test_an_anonymous_session_does_not_lock_a_key_out_of_its_client_id(home):
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        assert anonymous_persistent(port, "sensor-42", "networks/pub") == 0
+        device, code, present = connack(
+            port, "sensor-42", "gen", home.secrets["gen"], source=OTHER, clean=False
+        )
+        assert (code, present) == (0, False)  # the key's own session, not the anonymous one
+        # An anonymous reconnect with that id resumes the anonymous session and leaves the key's
+        # connection alone.
+        anon, code, present = connack(port, "sensor-42", clean=False)
+        assert (code, present) == (0, True)
+        anon.close()
+        device.sendall(PINGREQ)
+        assert read_packet(device)[0] == 0xD0
+        device.close()
+
+
+def test_no_client_resumes_another_keys_session(home):
+    """reader_a's persistent session "dev" keeps its samples for reader_a alone."""
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        owner, code, _ = connack(port, "dev", "reader_a", home.secrets["reader_a"], source=OTHER, clean=False)
+        owner.sendall(subscribe("networks/A", qos=1))
+        assert read_packet(owner)[0] == 0x90
+        owner.sendall(DISCONNECT)
+        owner.close()
+        gen = Client("tcp", port, "gen", home.secrets["gen"])
+        try:
+            assert gen.connect() == 0
+            for n in range(3):
+                gen.publish("networks/A", b'{"n": %d}' % n, qos=1)
+        finally:
+            gen.close()
+        for user in (None, "reader_b"):  # anonymous, and another key
+            sock, code, present = connack(port, "dev", user, home.secrets.get(user or ""), clean=False)
+            assert (code, present) == (0, False)
+            sock.sendall(PINGREQ)
+            assert read_packet(sock)[0] == 0xD0  # a PINGRESP, and no sample before it
+            sock.close()
+        owner, code, present = connack(
+            port, "dev", "reader_a", home.secrets["reader_a"], source=OTHER, clean=False
+        )
+        assert (code, present) == (0, True)
+        got = []
+        for _ in range(3):
+            _, body = read_packet(owner)
+            got.append(published(body, 1)[1])
+            owner.sendall(puback(int.from_bytes(body[2 + body[1] : 4 + body[1]], "big")))
+        assert got == [b'{"n": %d}' % n for n in range(3)]
+        owner.close()
+
+
+def test_sessions_of_one_client_id_under_two_keys_survive_a_restart_and_a_revocation(home):
+    def held(broker: BrokerThread) -> list[tuple[str | None, str]]:
+        return sorted(on_loop(broker, lambda: list(broker.broker.radio.router.sessions)), key=str)  # type: ignore[arg-type]
+
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        assert anonymous_persistent(port, "dev", "networks/pub") == 0
+        sock, code, _ = connack(port, "dev", "reader_a", home.secrets["reader_a"], clean=False)
+        sock.close()
+        assert code == 0
+        assert len(held(broker)) == 2
+    again = BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    )
+    with again as broker:
+        assert [client_id for _, client_id in held(broker)] == ["dev", "dev"]
+        home.radio("keys", "revoke", "reader_a")  # waits until the broker has it in force
+        assert held(broker) == [(None, "dev")]
+        sock, code, present = connack(broker.mqtt_port, "dev", clean=False)
+        sock.close()
+        assert (code, present) == (0, True)
+
+
+def test_a_store_written_before_sessions_were_kept_per_key_is_restored(home):
+    """Rows under a bare client id are renamed on restore, with their queued samples."""
+    key_id = home.store().keys()["reader_a"].id
+    attributes = {"radio.key": "reader_a", "radio.key_id": key_id, "offline_since": time.time()}
+    with contextlib.closing(sqlite3.connect(home.path / "broker.db")) as db, db:
+        db.executescript(SCHEMA)
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?)",
+            ("old-dev", json.dumps(attributes), '[["networks/A", 1]]'),
+        )
+        db.execute(
+            "INSERT INTO queued VALUES (?, ?, ?, ?, ?)", ("old-dev", 7, "networks/A", b'{"kept": 1}', 1)
+        )
+    with platform(home) as broker:
+        sock, code, present = connack(
+            broker.mqtt_port, "old-dev", "reader_a", home.secrets["reader_a"], clean=False
+        )
+        with sock:
+            assert (code, present) == (0, True)
+            first, body = read_packet(sock)
+            assert (first & 0xF6, published(body, 1)) == (0x32, ("networks/A", b'{"kept": 1}'))
+    with contextlib.closing(sqlite3.connect(home.path / "broker.db")) as db:
+        assert db.execute("SELECT client_id FROM sessions").fetchall() == [(f"{key_id}\x00old-dev",)]
+
+
+# Retained samples.
+CAPPED = """
+[networks.capped]
+public = true
+max_retained = 5
+"""
+
+
+def test_a_network_retains_at_most_max_retained_topics(home):
+    with platform(home, networks=CAPPED) as broker:
+        port = broker.mqtt_port
+        live = Client("tcp", port)
+        publisher = Client("tcp", port, "admin", home.secrets["admin"])
+        try:
+            assert live.connect() == 0
+            assert live.subscribe("networks/capped/#", qos=1) == 1
+            assert publisher.connect() == 0
+            for n in range(8):
+                publisher.publish(f"networks/capped/t{n}", b'{"v": %d}' % n, qos=1, retain=True)
+            publisher.publish("networks/capped/t0", b'{"v": 100}', qos=1, retain=True)  # replacing works
+            publisher.publish("networks/capped/t10", b'{"v": 10}', qos=1, retain=True)  # refused
+            publisher.publish("networks/capped", b'{"v": 0}', qos=1, retain=True)  # the network's own: kept
+            publisher.publish("networks/capped/plain", b'{"v": -1}', qos=1)  # not retained: delivered
+            live_topics = sorted(m.topic for m in live.expect(8))
+        finally:
+            live.close()
+            publisher.close()
+        assert "networks/capped/t5" not in live_topics  # a refused publish reaches nobody
+        late = Client("tcp", port)
+        try:
+            assert late.connect() == 0
+            assert late.subscribe("networks/capped/#", qos=1) == 1
+            retained = {m.topic: m.payload for m in late.expect(6)}
+        finally:
+            late.close()
+        assert retained == {
+            "networks/capped": b'{"v": 0}',
+            "networks/capped/t0": b'{"v": 100}',
+            **{f"networks/capped/t{n}": b'{"v": %d}' % n for n in (1, 2, 3, 4)},
+        }
+        assert metric(broker, "radio_broker_refused_retained_total") == 4
+
+
+# Sockets that never send their CONNECT.
+def test_sockets_that_never_connect_do_not_lock_out_another_address(home):
+    with (
+        platform(home, "max_connections = 60", "max_connecting_per_address = 20") as broker,
+        contextlib.ExitStack() as sockets,
+    ):
+        port = broker.mqtt_port
+        idle = [sockets.enter_context(dial(port)) for _ in range(70)]  # past max_connections, if all kept
+        refused = [s for s in idle[20:] if closed_by_peer(s)]
+        assert len(refused) == 50  # closed at once, past 20 from that address
+        for n in range(5):
+            sock, code, _ = connack(port, f"legit-{n}", "reader_a", home.secrets["reader_a"], source=OTHER)
+            sock.close()
+            assert code == 0
+        assert metric(broker, "radio_broker_refused_sockets_total", '{reason="connecting_per_address"}') == 50
+        # Completing its CONNECT frees an address's slot.
+        idle[0].sendall(connect("late"))
+        assert read_packet(idle[0]) == (0x20, b"\x00\x00")
+        late = sockets.enter_context(dial(port))
+        late.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            late.recv(1)  # kept, not closed
+
+
+def test_a_connect_loop_does_not_grow_the_log_without_bound(home, caplog):
+    caplog.set_level(logging.INFO, logger="radio.broker")
+    with platform(home, "log_repeats = 5") as broker:
+        port = broker.mqtt_port
+        for n in range(60):
+            sock, code, _ = connack(port, f"loop-{n}")
+            sock.sendall(DISCONNECT)
+            sock.close()
+            assert code == 0
+        assert metric(broker, "radio_broker_log_lines_summarised_total") >= 55
+    accepted = [r for r in caplog.records if r.getMessage().startswith("accepted client")]
+    assert len(accepted) == 5
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("… ")]
+    assert len(summary) == 1
+    assert "55 more in the last minute like: accepted client 'loop-59'" in summary[0]
+
+
+def test_a_summary_is_written_once_its_minute_is_over(caplog):
+    """The held-back count comes with the next line of its kind after the minute, or at a sweep."""
+    now = [0.0]
+    summary = Summary(2, clock=lambda: now[0])
+    log = logging.getLogger("radio.broker")
+    caplog.set_level(logging.INFO, logger="radio.broker")
+    log.addFilter(summary)
+    try:
+        for n in range(5):
+            log.warning("refused %s", n)
+        log.warning("another kind")
+        now[0] = 61.0
+        log.warning("refused %s", 5)
+        for n in range(6, 9):
+            log.warning("refused %s", n)
+        now[0] = 122.0
+        summary.flush()
+    finally:
+        log.removeFilter(summary)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0",
+        "refused 1",
+        "another kind",
+        "… 3 more in the last minute like: refused 4",
+        "refused 5",
+        "refused 6",
+        "… 2 more in the last minute like: refused 8",
+    ]
+    assert summary.suppressed == 5

@@ -1,0 +1,325 @@
+"""Every way a sample enters the embedded broker passes the same admission gate, with every check.
+
+The table this module runs: each path a sample can take (a PUBLISH at QoS 0, 1 and 2, a retained
+PUBLISH, a last will when it fires, ``POST /publish``) against each check (rights, size, strict
+JSON, schema, rate, quota, metering). A new way in, or a check skipped on one of them, shows up
+here as one failing cell. ``docs/access.md`` has the same table, and
+``test_the_docs_table_is_the_one_this_module_runs`` keeps the two in step.
+
+Real components: the embedded broker and the bridge's ASGI stack in this process on free ports,
+real paho clients, and a raw socket for the will (a client library cannot drop its connection
+without a DISCONNECT on demand). A refusal is awaited on the gate's own counters, then a sentinel
+published behind it shows that nothing reached the listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from bridge_client import InProcessBridge
+from conftest import Home
+from mqtt_client import Client, Message, listening
+from polling import until
+from raw_mqtt import connect, open_socket, read_packet
+
+from radio.bridge.identity import bridge_credentials
+from radio.broker.thread import BrokerThread
+from radio.config import Address, load_settings
+from radio.keys import Terms
+from radio.registry import LiveRegistry
+from radio.usage import Meter
+
+SCHEMA = {"type": "object", "properties": {"speed": {"type": "number", "minimum": 0}}}
+CONFIG = """\
+[networks.A]
+schema = "speed.schema.json"
+max_payload = 200
+
+[networks.B]
+"""
+PATHS = ["qos0", "qos1", "qos2", "retained", "will", "http"]
+CHECKS = ["rights", "size", "json", "schema", "rate", "quota", "metering"]
+GOOD = b'{"speed": 4}'
+TOO_LARGE = json.dumps({"speed": 1, "pad": "x" * 250}).encode()
+NOT_JSON = [b'{"speed": NaN}', b'{"speed": 1e999}', b'{"speed": -Infinity}', b"speed four", b"[1, 2]"]
+OFF_SCHEMA = b'{"speed": -5}'
+
+
+@dataclass
+class Platform:
+    home: Home
+    broker: BrokerThread
+    bridge: InProcessBridge
+
+    @property
+    def broker_meter(self) -> Meter:
+        meter = self.broker.broker.radio.meter
+        assert meter is not None
+        return meter
+
+    @property
+    def bridge_meter(self) -> Meter:
+        meter: Meter = self.bridge.app.extensions["radio.meter"]
+        return meter
+
+    def meter(self, path: str) -> Meter:
+        return self.bridge_meter if path == "http" else self.broker_meter
+
+    def door(self, path: str) -> str:
+        return "http" if path == "http" else "mqtt"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """One broker and one bridge for the whole table; each cell has keys of its own."""
+    home = Home(tmp_path_factory.mktemp("gate"))
+    home.config.write_text(CONFIG)
+    (home.path / "speed.schema.json").write_text(json.dumps(SCHEMA))
+    home.add_key("reader", subscribe=["A"])
+    home.add_key("admin", admin=True)
+    for path in PATHS:
+        home.add_key(f"gen-{path}", publish=["A"])
+        home.add_key(f"out-{path}", publish=["B"])
+        home.add_key(f"meter-{path}", publish=["A"])
+        home.add_key(f"slow-{path}", publish=["A"], terms=Terms(rate=1 / 60, burst=1))
+        home.add_key(f"quota-{path}", publish=["A"], terms=Terms(quota=1))
+    bridge_credentials(load_settings(home.config))
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as broker:
+        bridge = InProcessBridge(str(home.config), broker.mqtt_port)
+        try:
+            yield Platform(home, broker, bridge)
+        finally:
+            bridge.stop()
+
+
+def send(platform: Platform, path: str, key: str, payload: bytes, topic: str) -> int | None:
+    """Push one sample of ``key`` to ``topic`` along ``path``: the HTTP status, or a will's CONNACK."""
+    secret = platform.home.secrets[key]
+    if path == "http":
+        try:
+            data = json.loads(payload)
+        except ValueError:  # what a legacy generator would send as the body itself
+            body = b'{"network": "A", "data": ' + payload + b"}"
+        else:
+            body = json.dumps({"network": "A", "data": data}).encode()
+        assert topic == "networks/A", "the HTTP door publishes to the network's own topic"
+        answer = requests.post(
+            platform.bridge.url + "/publish", data=body, headers={"API-KEY": secret}, timeout=10
+        )
+        return answer.status_code
+    if path == "will":
+        sock = open_socket(platform.broker.mqtt_port)
+        sock.sendall(connect(f"will-{uuid.uuid4().hex[:8]}", key, secret, will=(topic, payload)))
+        first, body = read_packet(sock)
+        assert first == 0x20
+        sock.close()  # no DISCONNECT: the will fires
+        return body[1]
+    client = Client("tcp", platform.broker.mqtt_port, key, secret)
+    assert client.connect() == 0
+    qos = {"qos0": 0, "qos1": 1, "qos2": 2, "retained": 1}[path]
+    info = client._paho.publish(topic, payload, qos, retain=path == "retained")
+    info.wait_for_publish(5)
+    client.close()
+    return None
+
+
+def publish_held(platform: Platform, path: str, key: str, payloads: list[bytes], topic: str) -> Client:
+    """Publish several samples on one connection without waiting for their acknowledgements."""
+    client = Client("tcp", platform.broker.mqtt_port, key, platform.home.secrets[key])
+    assert client.connect() == 0
+    qos = {"qos0": 0, "qos1": 1, "qos2": 2, "retained": 1}[path]
+    for payload in payloads:
+        client._paho.publish(topic, payload, qos, retain=path == "retained")
+    return client
+
+
+@contextlib.contextmanager
+def reading(platform: Platform, path: str, cell: str) -> Iterator[tuple[Client, str]]:
+    """A reader of a topic of the cell's own, and that topic: no retained sample of another cell
+    reaches it. The HTTP door publishes to the network's topic, which no other path uses."""
+    topic = "networks/A" if path == "http" else f"networks/A/{path}/{cell}"
+    with listening(platform.broker.mqtt_port, "reader", platform.home.secrets["reader"], topic) as reader:
+        yield reader, topic
+
+
+def counted(meter: Meter, key: str, door: str, reason: str) -> Callable[[], int]:
+    return lambda: meter.refused.get((key, door, reason), 0)
+
+
+def delivered_before_sentinel(platform: Platform, reader: Client, topic: str) -> list[bytes]:
+    """What ``reader`` got up to a sentinel published now: anything sent before would be there."""
+    token = json.dumps({"sentinel": uuid.uuid4().hex}).encode()
+    admin = Client("tcp", platform.broker.mqtt_port, "admin", platform.home.secrets["admin"])
+    assert admin.connect() == 0
+    admin.publish(topic, token, qos=1)
+    admin.close()
+    got = []
+    while (message := live(reader)).payload != token:
+        got.append(message.payload)
+    return got
+
+
+def live(reader: Client) -> Message:
+    """The next sample published while ``reader`` listened: not a retained one of an earlier cell."""
+    while (message := reader.expect(1)[0]).retain:
+        pass
+    return message
+
+
+def refused(
+    platform: Platform, path: str, cell: str, key: str, reason: str, payloads: list[bytes], status: int
+) -> None:
+    """Each payload, sent along ``path`` by ``key``, is refused for ``reason`` and reaches nobody."""
+    meter, door = platform.meter(path), platform.door(path)
+    with reading(platform, path, cell) as (reader, topic):
+        before = counted(meter, key, door, reason)()
+        for number, payload in enumerate(payloads, 1):
+            answer = send(platform, path, key, payload, topic)
+            if path == "http":
+                assert answer == status, payload
+                if status == 400 and reason == "json":
+                    continue  # the article's check 3: refused before the key's sample is looked at
+            elif path == "will" and reason == "rights":
+                assert answer == 5  # CONNACK 5: refused at CONNECT already (and dropped if it fired)
+                continue
+            assert until(lambda n=number: counted(meter, key, door, reason)() >= before + n), payload
+        assert delivered_before_sentinel(platform, reader, topic) == []
+    samples, size = meter.totals.get((key, door, "A"), [0, 0])
+    assert (samples, size) == (0, 0)  # a refusal is never metered as a sample
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("check", CHECKS)
+def test_the_gate_holds_on_every_path(platform: Platform, path: str, check: str) -> None:
+    if check == "rights":
+        refused(platform, path, check, f"out-{path}", "rights", [GOOD], 403)
+    elif check == "size":
+        refused(platform, path, check, f"gen-{path}", "too_large", [TOO_LARGE], 413)
+    elif check == "json":
+        if path == "http":
+            refused(platform, path, check, f"gen-{path}", "json", NOT_JSON[:3], 400)
+        else:
+            refused(platform, path, check, f"gen-{path}", "not_json", NOT_JSON, 0)
+    elif check == "schema":
+        refused(platform, path, check, f"gen-{path}", "schema", [OFF_SCHEMA], 400)
+    elif check == "rate":
+        over_the_rate(platform, path)
+    elif check == "quota":
+        past_the_quota(platform, path)
+    else:
+        metered(platform, path)
+
+
+def over_the_rate(platform: Platform, path: str) -> None:
+    """A key may take one sample a minute: the first goes through, the second does not, now."""
+    key, meter, door = f"slow-{path}", platform.meter(path), platform.door(path)
+    first, second = b'{"speed": 1}', b'{"speed": 2}'
+    with reading(platform, path, "rate") as (reader, topic):
+        if path in ("http", "will"):
+            assert send(platform, path, key, first, topic) in (200, 0)
+            assert live(reader).payload == first
+            assert send(platform, path, key, second, topic) in (429, 0)
+            assert until(lambda: counted(meter, key, door, "rate")() == 1)  # a will has nobody to slow
+            assert delivered_before_sentinel(platform, reader, topic) == []
+            return
+        gate = platform.broker.broker.radio.router.gate
+        waits = gate.rate_waits
+        client = publish_held(platform, path, key, [first, second], topic)
+        try:
+            assert live(reader).payload == first
+            assert until(lambda: gate.rate_waits > waits)  # held, not dropped: TCP pushes back
+            assert delivered_before_sentinel(platform, reader, topic) == []
+        finally:
+            client.close()
+
+
+def past_the_quota(platform: Platform, path: str) -> None:
+    """A key with one sample a day: the first goes through, the second is refused and counted."""
+    key, meter, door = f"quota-{path}", platform.meter(path), platform.door(path)
+    with reading(platform, path, "quota") as (reader, topic):
+        assert send(platform, path, key, b'{"speed": 1}', topic) in (200, 0, None)
+        assert live(reader).payload == b'{"speed": 1}'
+        assert send(platform, path, key, b'{"speed": 2}', topic) in (429, 0, None)
+        assert until(lambda: counted(meter, key, door, "quota")() == 1)
+        assert delivered_before_sentinel(platform, reader, topic) == []
+    assert meter.totals[(key, door, "A")] == [1, len(b'{"speed": 1}')]
+
+
+def metered(platform: Platform, path: str) -> None:
+    """An admitted sample is counted once, with its size, under its key, door and network."""
+    key, meter, door = f"meter-{path}", platform.meter(path), platform.door(path)
+    with reading(platform, path, "metering") as (reader, topic):
+        assert send(platform, path, key, GOOD, topic) in (200, 0, None)
+        assert live(reader).payload == GOOD
+    assert until(lambda: meter.totals.get((key, door, "A")) == [1, len(GOOD)])
+
+
+def test_a_qos_2_sample_sent_again_is_delivered_and_charged_once(platform: Platform) -> None:
+    """A resend with DUP and the same packet id, before PUBREL, is the same sample."""
+    key = "quota-qos2-resend"
+    platform.home.add_key(key, publish=["A"], terms=Terms(quota=3))
+    reader_port, secret = platform.broker.mqtt_port, platform.home.secrets[key]
+    registry = platform.broker.broker.radio.registry
+    assert until(lambda: key in registry.current.keys)
+    with listening(reader_port, "reader", platform.home.secrets["reader"], "networks/A/r") as reader:
+        sock = open_socket(reader_port)
+        sock.sendall(connect("resender", key, secret))
+        assert read_packet(sock)[0] == 0x20
+        body = b"\x00\x0cnetworks/A/r\x00\x07" + GOOD
+        for attempt in range(10):
+            first = 0x34 | (0x08 if attempt else 0)  # QoS 2, DUP from the second send on
+            sock.sendall(bytes((first, len(body))) + body)
+            assert read_packet(sock) == (0x50, b"\x00\x07")  # PUBREC each time
+        assert live(reader).payload == GOOD
+        sock.sendall(b"\x62\x02\x00\x07")  # PUBREL
+        assert read_packet(sock) == (0x70, b"\x00\x07")
+        sock.close()
+        assert delivered_before_sentinel(platform, reader, "networks/A/r") == []
+    assert platform.broker_meter.totals[(key, "mqtt", "A")] == [1, len(GOOD)]
+
+
+def test_the_docs_table_is_the_one_this_module_runs() -> None:
+    """docs/access.md's gate table has these paths as columns and these checks as rows, all ✓."""
+    text = (Path(__file__).parent.parent / "docs" / "access.md").read_text()
+    section = text.split("## One gate for every sample", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and "---" not in line]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert header[1:] == ["PUBLISH QoS 0", "PUBLISH QoS 1", "PUBLISH QoS 2", "retained", "will", "HTTP"]
+    names = {"right": "rights", "size": "size", "strict JSON": "json", "schema": "schema"}
+    names |= {"rate": "rate", "quota": "quota", "metering": "metering"}
+    checks = []
+    for row in rows[1:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        checks.append(names[re.sub(r" \(.*\)$", "", cells[0])])
+        assert all(cell.startswith("✓") for cell in cells[1:]), row
+    assert checks == CHECKS
+
+
+def test_a_payload_nested_5000_deep_is_dropped_and_the_broker_goes_on(platform: Platform) -> None:
+    """Valid JSON that no Python parser can take: refused as not JSON, not a crash of the loop."""
+    deep = b"[" * 5000 + b"]" * 5000
+    meter = platform.broker_meter
+    platform.home.add_key("reader-b", subscribe=["B"])
+    registry = platform.broker.broker.radio.registry
+    assert until(lambda: "reader-b" in registry.current.keys)
+    with listening(
+        platform.broker.mqtt_port, "reader-b", platform.home.secrets["reader-b"], "networks/B"
+    ) as reader:
+        before = counted(meter, "out-qos1", "mqtt", "not_json")()
+        publisher = Client("tcp", platform.broker.mqtt_port, "out-qos1", platform.home.secrets["out-qos1"])
+        assert publisher.connect() == 0
+        publisher.publish("networks/B", deep, qos=1)
+        publisher.publish("networks/B", GOOD, qos=1)
+        publisher.close()
+        assert live(reader).payload == GOOD
+        assert counted(meter, "out-qos1", "mqtt", "not_json")() == before + 1
