@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from radio import __version__, ports, statelock
-from radio.cli import options, preflight
+from radio.cli import health, options, preflight
 from radio.cli.options import Parser
 from radio.config import Address, Settings, load_settings
 from radio.errors import MissingRegistry, RadioError
@@ -173,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_platform_commands(commands, common)
     _add_certs_commands(commands, common)
+    health.add_command(commands, common, timeout=_seconds(0.1, 60))
 
     _add_key_commands(commands, common)
     return parser
