@@ -20,12 +20,11 @@ import ipaddress
 import socket
 import ssl
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from radio.cli import options
 from radio.cli.options import Parser
-from radio.config import Address, Settings, TlsSettings, load_settings
+from radio.config import Address, Settings, TlsSettings
 from radio.errors import RadioError
 
 if TYPE_CHECKING:
@@ -40,10 +39,8 @@ class Unhealthy(RadioError):
     """The door did not answer 200, said in one line."""
 
 
-def add_command(
-    commands: argparse._SubParsersAction[Parser], common: Parser, *, timeout: Callable[[str], float]
-) -> None:
-    """``radio health [--http HOST:PORT] [--timeout SECONDS]``; ``timeout`` parses the seconds."""
+def add_command(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``radio health [--http HOST:PORT] [--timeout SECONDS]``."""
     health = commands.add_parser(
         "health",
         parents=[common],
@@ -60,7 +57,7 @@ def add_command(
     )
     health.add_argument(
         "--timeout",
-        type=timeout,
+        type=options.seconds(0.1, 60),
         default=TIMEOUT,
         help=f"seconds to wait for the answer (0.1 to 60, default {TIMEOUT:g})",
     )
@@ -69,8 +66,7 @@ def add_command(
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(getattr(args, "config", None), getattr(args, "keys", None))
-        url = check(settings, args.http, args.timeout)
+        url = check(options.settings(args), args.http, args.timeout)
     except RadioError as exc:
         sys.stderr.write(f"radio health: {exc}\n")
         return EXIT_UNHEALTHY
