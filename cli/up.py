@@ -31,7 +31,7 @@ from typing import IO, Final
 
 from radio import ports, statelock
 from radio.bridge.identity import bridge_credentials
-from radio.cli.options import SECRET_ENVIRONMENT
+from radio.cli.options import EXIT_REFUSED, SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
@@ -42,8 +42,6 @@ from radio.stopping import Stop
 DEMO_KEY: Final = "demo"
 PARTS: Final = ("broker", "recorder", "bridge")
 """The servers it starts, each holding its lock on the state folder (``radio.statelock``)."""
-EXIT_REFUSED: Final = 2
-"""A child's exit status when it refused to start, having said why in one line."""
 STOP_TIMEOUT: Final = 15.0
 """Seconds the children have to stop cleanly before whatever is left of them is killed."""
 DEFAULT_CONFIG: Final = """\
