@@ -110,22 +110,16 @@ def _add_terms_options(parser: Parser, *, clearing: bool) -> None:
     off = " ('off' removes it)" if clearing else ""
     never = " ('never' removes it)" if clearing else ""
     default = _UNSET if clearing else None
-    parser.add_argument(
-        "--rate", type=options.term("rate"), default=default, metavar="N/s",
-        help=f"samples it may publish per second (or /min, /h), such as 5/s{off}",
-    )  # fmt: skip
-    parser.add_argument(
-        "--burst", type=options.term("burst"), default=default, metavar="N",
-        help="samples it may publish at once after a pause (default: one second's worth)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--quota", type=options.term("quota"), default=default, metavar="N/day",
-        help=f"samples it may publish per day or month (UTC), such as 10000/day{off}",
-    )  # fmt: skip
-    parser.add_argument(
-        "--expires", type=options.term("expires"), default=default, metavar="TIME",
-        help=f"refused from this instant, such as 2026-12-31T00:00:00Z{never}",
-    )  # fmt: skip
+    terms = (
+        ("rate", "N/s", f"samples it may publish per second (or /min, /h), such as 5/s{off}"),
+        ("burst", "N", "samples it may publish at once after a pause (default: one second's worth)"),
+        ("quota", "N/day", f"samples it may publish per day or month (UTC), such as 10000/day{off}"),
+        ("expires", "TIME", f"refused from this instant, such as 2026-12-31T00:00:00Z{never}"),
+    )
+    for name, metavar, help_text in terms:
+        parser.add_argument(
+            f"--{name}", type=options.term(name), default=default, metavar=metavar, help=help_text
+        )
 
 
 def _terms_changes(args: argparse.Namespace) -> dict[str, object]:
