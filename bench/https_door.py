@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def main() -> None:
     env, key = bench_home(folder)
     certs = folder / "certs"
     subprocess.run([*RADIO, "certs", "dev", "--dir", str(certs)], check=True, capture_output=True)
-    secure = folder / "secure.toml"
+    secure = folder / "secure" / "radio.toml"  # one bridge per state folder: the second has its own
+    secure.parent.mkdir(mode=0o700)
     secure.write_text(
         (folder / "radio.toml").read_text()
         + f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n'
@@ -50,6 +52,7 @@ def main() -> None:
     )
     bridge_args = ["bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{mqtt}"]
     plain, plain_url = start([*RADIO, *bridge_args], r"POST (http://\S+)/publish", env)
+    shutil.copy(folder / "bridge.key", secure.parent / "bridge.key")  # one bridge key, as in keys.toml
     tls, tls_url = start(
         [*RADIO, *bridge_args, "--config", str(secure), "--keys", str(folder / "keys.toml")],
         r"POST (https://\S+)/publish",
