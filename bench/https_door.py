@@ -47,18 +47,24 @@ def main() -> None:
         (folder / "radio.toml").read_text()
         + f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n'
     )
-    broker, mqtt = start(
-        [*RADIO, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"], r"mqtt://127\.0\.0\.1:(\d+)", env
-    )
-    bridge_args = ["bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{mqtt}"]
-    plain, plain_url = start([*RADIO, *bridge_args], r"POST (http://\S+)/publish", env)
-    shutil.copy(folder / "bridge.key", secure.parent / "bridge.key")  # one bridge key, as in keys.toml
-    tls, tls_url = start(
-        [*RADIO, *bridge_args, "--config", str(secure), "--keys", str(folder / "keys.toml")],
-        r"POST (https://\S+)/publish",
-        env,
-    )
+    running: list[subprocess.Popen[str]] = []  # stopped however the run ends, a failed start too
     try:
+        broker, mqtt = start(
+            [*RADIO, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
+            r"mqtt://127\.0\.0\.1:(\d+)",
+            env,
+        )
+        running.append(broker)
+        bridge_args = ["bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{mqtt}"]
+        plain, plain_url = start([*RADIO, *bridge_args], r"POST (http://\S+)/publish", env)
+        running.append(plain)
+        shutil.copy(folder / "bridge.key", secure.parent / "bridge.key")  # one bridge key, as in keys.toml
+        tls, tls_url = start(
+            [*RADIO, *bridge_args, "--config", str(secure), "--keys", str(folder / "keys.toml")],
+            r"POST (https://\S+)/publish",
+            env,
+        )
+        running.append(tls)
         deadline = time.monotonic() + 30
         for url in (plain_url, tls_url):  # each up and linked to the broker
             while subprocess.run(
@@ -89,9 +95,9 @@ def main() -> None:
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
         print(f"\nhttps / http: median {statistics.median(ratios):.2f} ({spread})")
     finally:
-        for process in (tls, plain, broker):
+        for process in running:
             process.terminate()
-        for process in (tls, plain, broker):
+        for process in running:
             process.wait(30)
 
 
