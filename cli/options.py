@@ -11,16 +11,28 @@ needs a key reads it from a private file (``--key-file``) or from the environmen
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
+import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
-from radio.config import Address
+from radio.config import Address, Settings, load_settings
 from radio.errors import RadioError
-from radio.urls import BrokerURL
+from radio.key_changes import parse_day, parse_term
+from radio.topics import NetworkName
+from radio.urls import BrokerURL, parse_urls
+
+EXIT_REFUSED: Final = 2
+"""The exit status of anything Radio refuses: a bad option, configuration, key or port."""
+CONFIG_RULE: Final = (
+    "Configuration: --config PATH, else $RADIO_CONFIG, else ./radio.toml (absent: the defaults, one "
+    "public network sample_net). Keys (keys.toml) and every state file live beside it."
+)
 
 SECRET_ENVIRONMENT: Final = "RADIO_KEY"  # noqa: S105 - the variable's name, not a secret
 KEY_ON_COMMAND_LINE: Final = (
@@ -43,7 +55,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """One line naming the command, then exit status 2."""
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_REFUSED, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class RefuseSecret(argparse.Action):
@@ -109,13 +121,26 @@ def address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def broker_url(text: str) -> str:
-    """``mqtt://HOST:PORT`` or ``ws://HOST:PORT/PATH``, checked now rather than when connecting."""
+def broker_urls(text: str) -> str:
+    """Broker URLs (``mqtt://HOST:PORT``, ``ws://HOST:PORT/PATH``, ...), comma-separated to fail over.
+
+    Checked now rather than when connecting.
+    """
     try:
-        BrokerURL.parse(text)
+        parse_urls(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def broker_addresses(text: str) -> list[Address]:
+    """``mqtt://HOST:PORT[,...]``: the brokers a server links to, in failover order."""
+    try:
+        return [Address.parse_url(part.strip()) for part in text.split(",") if part.strip()] or [
+            Address.parse_url(text)
+        ]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def client_url(text: str) -> str:
@@ -137,6 +162,24 @@ def client_url(text: str) -> str:
         msg = f"{text!r} is not a URL: use mqtt://HOST:PORT, ws://HOST:PORT/mqtt or http://HOST:PORT"
         raise argparse.ArgumentTypeError(msg) from None
     return text
+
+
+def client_urls(text: str) -> str:
+    """:func:`client_url`, or several broker URLs comma-separated (the bridge is one URL)."""
+    if "," not in text:
+        return client_url(text)
+    if is_http(text):
+        msg = f"{text!r}: the bridge takes one http(s):// URL (a comma-separated list is for brokers)"
+        raise argparse.ArgumentTypeError(msg)
+    return broker_urls(text)
+
+
+def http_url(text: str) -> str:
+    """The bridge's ``http(s)://HOST:PORT``."""
+    if not is_http(text):
+        msg = f"{text!r} is not the bridge's URL: use http://HOST:PORT (https:// with TLS)"
+        raise argparse.ArgumentTypeError(msg)
+    return client_url(text)
 
 
 def is_http(url: str) -> bool:
@@ -171,3 +214,119 @@ def size(text: str) -> tuple[int, int]:
         msg = f"{text!r} is not ROWSxCOLUMNS (say 3x3)"
         raise argparse.ArgumentTypeError(msg)
     return int(rows), int(columns)
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high`` (workers, threads)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            msg = f"{text!r} is not a whole number from {low} to {high}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def seconds(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds from ``low`` to ``high`` (a timeout)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # NaN is in no range
+            msg = f"{text!r} is not a number of seconds from {low:g} to {high:g}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def nodes(text: str) -> int:
+    """How many nodes a NATS cluster has (1 or more)."""
+    if not text.isdigit() or int(text) < 1:
+        msg = f"{text!r} is not a number of nodes (1 or more)"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
+def sequence_number(text: str) -> int:
+    """A sample number from the bridge's history (a whole number from 0)."""
+    if not text.isascii() or not text.strip().isdigit():
+        msg = f"{text!r} is not a sample number (a whole number from 0)"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
+def network(text: str) -> str:
+    """A network's name, by the rule every door applies (``radio.topics``)."""
+    try:
+        return NetworkName(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def host(text: str) -> str:
+    """A DNS name (``*`` allowed as a label) or an IP address a certificate is for."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if not text or not all(
+        re.fullmatch(r"\*|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", p) for p in labels
+    ):
+        msg = f"{text!r} is not a host name or IP address"
+        raise argparse.ArgumentTypeError(msg)
+    return text.lower()
+
+
+def term(name: str) -> Callable[[str], object]:
+    """One of a key's terms (``rate``, ``burst``, ``quota``, ``expires``), parsed as the registry reads it."""
+
+    def parsed(text: str) -> object:
+        try:
+            return parse_term(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parsed
+
+
+def day(text: str) -> str:
+    """A UTC day, ``YYYY-MM-DD``."""
+    try:
+        return parse_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_tls_listeners(parser: argparse.ArgumentParser) -> None:
+    """``--mqtts`` and ``--wss``: a broker's listeners with TLS."""
+    parser.add_argument(
+        "--mqtts", metavar="HOST:PORT", type=address, help="MQTT over TLS (needs [tls] in the configuration)"
+    )
+    parser.add_argument(
+        "--wss", metavar="HOST:PORT", type=address, help="MQTT over WebSocket with TLS (needs [tls])"
+    )
+
+
+def add_ca(parser: argparse.ArgumentParser) -> None:
+    """``--ca FILE``: what a client trusts for mqtts:// and wss://."""
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        type=Path,
+        help="for mqtts:// and wss://: the CA certificate(s) to trust (default: the system's trust store)",
+    )
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """The configuration ``--config`` and ``--keys`` name (else found by ``CONFIG_RULE``)."""
+    return load_settings(getattr(args, "config", None), getattr(args, "keys", None))

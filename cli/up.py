@@ -31,7 +31,7 @@ from typing import IO, Final
 
 from radio import ports, statelock
 from radio.bridge.identity import bridge_credentials
-from radio.cli.options import SECRET_ENVIRONMENT
+from radio.cli.options import EXIT_REFUSED, SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
@@ -42,8 +42,6 @@ from radio.stopping import Stop
 DEMO_KEY: Final = "demo"
 PARTS: Final = ("broker", "recorder", "bridge")
 """The servers it starts, each holding its lock on the state folder (``radio.statelock``)."""
-EXIT_REFUSED: Final = 2
-"""A child's exit status when it refused to start, having said why in one line."""
 STOP_TIMEOUT: Final = 15.0
 """Seconds the children have to stop cleanly before whatever is left of them is killed."""
 DEFAULT_CONFIG: Final = """\
@@ -63,12 +61,23 @@ retain = true
 """
 
 
-def config_path(config: str | None, keys: str | None = None) -> tuple[str, bool]:
-    """The configuration by the one rule, and whether it was made now (the default, absent)."""
+def config_path(
+    config: str | None, keys: str | None = None, listeners: dict[str, Address | None] | None = None
+) -> tuple[str, bool]:
+    """The configuration by the one rule, and whether it was made now (the default, absent).
+
+    A file made now holds the listener addresses given on the command line (by their default):
+    every other command run in the folder reads them there, so it finds this platform rather
+    than whatever holds the default ports. A port 0 is no address to find: the default stays.
+    """
     path, _, named = resolve_paths(config, keys)
     if named or path.exists():
         return str(path), False
-    path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+    text = DEFAULT_CONFIG
+    for default, given in (listeners or {}).items():
+        if given is not None and given.port != 0:
+            text = text.replace(f'"{default}"', f'"{given}"', 1)
+    path.write_text(text, encoding="utf-8")
     return str(path), True
 
 
@@ -222,7 +231,8 @@ def up(
 
     state_dir = resolve_paths(config, keys)[0].parent
     _claim(state_dir)  # before radio.toml, keys.toml or demo.key is written
-    path, made = config_path(config, keys)
+    given = {"127.0.0.1:1883": mqtt, "127.0.0.1:8080": ws, "127.0.0.1:5000": http}
+    path, made = config_path(config, keys, given)
     settings = load_settings(path, keys)
     if not settings.networks:
         msg = f"{settings.path}: radio up needs a network for the demo generator (say [networks.sample_net])"

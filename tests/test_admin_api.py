@@ -543,10 +543,10 @@ def test_the_readmes_admin_api_examples_work_when_pasted(home, broker):
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     made = answers[0]
-    assert made["key"]["name"] == "acme"
+    assert made["key"]["name"] == "globex"
     assert made["key"]["quota"] == 10000
-    assert "acme" not in home.store().keys()  # noqa: SIM118 - the block ends by revoking it
-    assert re.search(r"\sshop\s+api\s+127\.0\.0\.1\s+revoke\s+acme\s", result.stdout)  # radio keys audit
+    assert "globex" not in home.store().keys()  # noqa: SIM118 - the block ends by revoking it
+    assert re.search(r"\sshop\s+api\s+127\.0\.0\.1\s+revoke\s+globex\s", result.stdout)  # radio keys audit
     for private in ("shop.key", "shop.header"):  # they hold the secret
         assert stat.S_IMODE((home.path / private).stat().st_mode) == 0o600
 

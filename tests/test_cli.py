@@ -460,7 +460,7 @@ def test_a_new_key_works_in_the_very_next_command(run, home, engine):
 
 def test_keys_add_names_a_server_that_does_not_confirm(run, home, monkeypatch):
     """A stopped (SIGSTOP) broker cannot confirm: the wait ends at its bound and names it."""
-    monkeypatch.setattr("radio.cli.main.CONFIRM_TIMEOUT", 0.5)
+    monkeypatch.setattr("radio.cli.keys.CONFIRM_TIMEOUT", 0.5)
     process = broker_process(home)
     try:
         assert process.stdout is not None

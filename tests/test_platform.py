@@ -23,6 +23,7 @@ import requests
 from conftest import ENGINES, require_mosquitto
 
 from radio.cli.up import reachable
+from radio.config import load_settings
 
 ANY_PORTS = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0")
 
@@ -377,6 +378,29 @@ def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path, command
         == f"radio: the {'broker' if command == 'broker' else 'bridge'} cannot listen on {busy}: Address already in use"
     )
     assert not (tmp_path / "broker.db").exists()  # refused before anything started
+
+
+def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_path):
+    """Other commands in the folder read radio.toml: it must name this platform, not the defaults.
+
+    The ports are held, so `radio up` writes its configuration and then stops at the busy port.
+    """
+    with contextlib.ExitStack() as stack:
+        held = []
+        for _ in range(3):
+            taken = stack.enter_context(socket.socket())
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            held.append(f"127.0.0.1:{taken.getsockname()[1]}")
+        mqtt, ws, http = held
+        result = radio_in(tmp_path, "up", "--mqtt", mqtt, "--ws", ws, "--http", http)
+    assert result.returncode == 2, result.stderr
+    assert "Address already in use" in result.stderr
+    settings = load_settings(str(tmp_path / "radio.toml"))
+    assert str(settings.broker.mqtt) == mqtt
+    assert str(settings.broker.websocket) == ws
+    assert str(settings.bridge.listen) == http
+    assert [str(n) for n in settings.networks] == ["sample_net"]  # and the rest is the defaults
 
 
 def test_the_broker_metrics_address_busy_is_named(tmp_path):

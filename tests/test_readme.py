@@ -130,6 +130,35 @@ def test_the_readmes_unknown_setting_line_is_what_radio_prints(tmp_path):
     assert result.stderr.splitlines() == [line[1].replace("/srv/radio/radio.toml", str(config))]
 
 
+def test_no_readme_block_makes_a_key_an_earlier_block_left_in_place():
+    """A reader runs the blocks in order on one platform: a name made twice is refused (409).
+
+    Names are followed through every shell block: made by `radio keys add` or POST /admin/keys,
+    gone by `radio keys revoke` or DELETE /admin/keys/NAME.
+    """
+    made: dict[str, str] = {}
+    twice = []
+    for block in re.findall(r"```sh\n(.+?)\n```", README, re.DOTALL):
+        events = [
+            (m.start(), "add" if m[1] or m[2] else "gone", m[1] or m[2] or m[3] or m[4])
+            for m in re.finditer(
+                r"radio keys add ([a-z0-9][\w.-]*)|\"name\": \"([\w.-]+)\""
+                r"|radio keys revoke ([a-z0-9][\w.-]*)|-X DELETE \S*/admin/keys/([\w.-]+)",
+                block,
+            )
+        ]
+        assert events or "keys" not in block or "radio keys add" not in block
+        for _, kind, name in sorted(events):
+            if kind == "gone":
+                made.pop(name, None)
+            elif name in made:
+                twice.append(f"{name}: made in {made[name]!r} and again in {block.splitlines()[0]!r}")
+            else:
+                made[name] = block.splitlines()[0]
+    assert "by-hand" in made  # the walk saw the blocks
+    assert not twice, twice
+
+
 def test_ci_runs_the_readmes_test_command_word_for_word():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert quick_start_commands()[1] in ci

@@ -1,0 +1,167 @@
+"""``radio listen`` and ``radio device traffic|sensors``: the clients, a listener and the generators.
+
+Each reads its key from a file or the environment, never the command line (``cli.options``), and
+checks first what a broker would not say (``cli.preflight``): a key that lacks the right, a network
+that does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from radio.cli import options, preflight
+from radio.cli.options import Parser
+from radio.config import Settings
+from radio.errors import RadioError
+from radio.stopping import Stop
+
+
+def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``radio listen``."""
+    listen = commands.add_parser(
+        "listen", parents=[common], help="print the samples of networks, one JSON line each"
+    )
+    listen.add_argument("networks", nargs="+", metavar="NETWORK", type=options.network)
+    listen.add_argument(
+        "--url",
+        type=options.broker_urls,
+        help="ws://HOST:PORT/mqtt (default: the configuration's), mqtt://HOST:PORT, or wss:// and mqtts://; "
+        "several, comma-separated, to fail over between",
+    )
+    listen.add_argument(
+        "--since",
+        metavar="SEQ",
+        type=options.sequence_number,
+        help="first replay the history after sample number SEQ (from the bridge), then go on live",
+    )
+    listen.add_argument(
+        "--http",
+        metavar="URL",
+        type=options.http_url,
+        help="the bridge, for --since (default: the configuration's [bridge] listen; https:// with [tls])",
+    )
+    options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
+    options.add_ca(listen)
+    listen.set_defaults(handler=_listen)
+
+
+def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``radio device traffic|sensors``."""
+    device = commands.add_parser("device", parents=[common], help="run a data generator")
+    devices = device.add_subparsers(title="generators", required=True, metavar="GENERATOR")
+    traffic = devices.add_parser("traffic", parents=[common], help="the traffic simulator")
+    traffic.add_argument("--network", required=True, type=options.network)
+    options.add_key_options(traffic, "a key that may publish to the network")
+    options.add_ca(traffic)
+    traffic.add_argument(
+        "--period", type=options.positive_number, default=1.0, help="seconds between samples (default 1)"
+    )
+    traffic.add_argument(
+        "--via",
+        choices=["mqtt", "http"],
+        help="publish over MQTT or the bridge (default: http if --url is http://, else mqtt)",
+    )
+    traffic.add_argument(
+        "--url",
+        type=options.client_urls,
+        help="broker (mqtt[s]://, ws[s]://; several, comma-separated, to fail over between) "
+        "or bridge (http[s]://) URL; default: the config's",
+    )
+    traffic.add_argument(
+        "--speed", type=options.positive_whole, default=10, help="simulated seconds per sample (default 10)"
+    )
+    traffic.add_argument(
+        "--size", type=options.size, default=(3, 3), metavar="ROWSxCOLUMNS", help="the town's grid"
+    )
+    traffic.add_argument("--seed", type=int, help="for a reproducible run")
+    traffic.set_defaults(handler=_traffic)
+    sensors = devices.add_parser("sensors", parents=[common], help="many simulated sensors with last wills")
+    sensors.add_argument("--network", required=True, type=options.network)
+    options.add_key_options(sensors, "a key that may publish to the network")
+    options.add_ca(sensors)
+    sensors.add_argument("--count", type=options.positive_whole, default=100, help="sensors (default 100)")
+    sensors.add_argument(
+        "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
+    )
+    sensors.add_argument(
+        "--url",
+        type=options.broker_urls,
+        help="broker URL, or several comma-separated to fail over between (default: the config's MQTT)",
+    )
+    sensors.add_argument("--seed", type=int)
+    sensors.set_defaults(handler=_sensors)
+
+
+def _bridge_url(settings: Settings) -> str:
+    """Where a client on this machine reaches the bridge: HTTPS when the configuration has [tls]."""
+    return f"{'https' if settings.tls is not None else 'http'}://{settings.bridge.listen.local()}"
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
+
+    settings = options.settings(args)
+    secret = options.read_secret(args.key_file, required=False)
+    preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
+    url = args.url or settings.broker.local_ws_url()
+    http = args.http or _bridge_url(settings)
+    return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
+
+
+def _publisher(args: argparse.Namespace) -> tuple[Settings, str]:
+    """The configuration and the publishing key of a generator, checked as MQTT would not."""
+    settings = options.settings(args)
+    secret = options.read_secret(args.key_file, required=True)
+    assert secret is not None  # noqa: S101 - required=True
+    preflight.check_publish(settings, args.network, secret)  # what MQTT would not say
+    return settings, secret
+
+
+def _device_logging() -> Stop:
+    from radio import logs  # noqa: PLC0415
+    from radio.devices.run import stop_on_signals  # noqa: PLC0415
+
+    logs.setup()
+    return stop_on_signals()
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    from radio.devices.run import traffic  # noqa: PLC0415
+
+    settings, secret = _publisher(args)
+    via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
+    if args.url and (via == "http") != options.is_http(args.url):
+        wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
+        msg = f"--via {via} takes {wanted}, not {args.url}"
+        raise RadioError(msg)
+    default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
+    traffic(
+        network=args.network,
+        secret=secret,
+        url=args.url or default,
+        via=via,
+        period=args.period,
+        speed=args.speed,
+        size=args.size,
+        seed=args.seed,
+        stop=_device_logging(),
+        ca=args.ca,
+    )
+    return 0
+
+
+def _sensors(args: argparse.Namespace) -> int:
+    from radio.devices.run import sensor_agents  # noqa: PLC0415
+
+    settings, secret = _publisher(args)
+    sensor_agents(
+        network=args.network,
+        secret=secret,
+        url=args.url or settings.broker.local_url(),
+        count=args.count,
+        rate=args.rate,
+        seed=args.seed,
+        stop=_device_logging(),
+        ca=args.ca,
+    )
+    return 0
