@@ -181,9 +181,10 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
             text=True,
         )
         samples: queue.Queue[dict] = queue.Queue()
-        threading.Thread(
+        reader = threading.Thread(
             target=lambda: [samples.put(json.loads(line)) for line in listen.stdout], daemon=True
-        ).start()
+        )
+        reader.start()
         ticks = [samples.get(timeout=15)["data"]["tick"] for _ in range(3)]
         assert ticks == sorted(ticks)
 
@@ -206,7 +207,10 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
     finally:
         if listen is not None:
             listen.send_signal(signal.SIGINT)
-            listen.communicate(timeout=20)
+            listen.wait(timeout=20)
+            reader.join(timeout=20)  # it reads stdout to its end: closing it under the thread would race
+            listen.stdout.close()
+            listen.stderr.close()
         up.process.send_signal(signal.SIGINT)
         _, err = up.process.communicate(timeout=60)
     assert up.process.returncode == 0, err
