@@ -88,7 +88,10 @@ PROMISES: dict[str, dict[str, str]] = {
     "revocation": {},
     "rotation": {},
     "expiry": {},
-    "edit": {},
+    "edit": {
+        "nats": "not always: nats-server may go on delivering to a live subscription after its read "
+        "right is taken away (seen from 0.2 s to over 15 s)"
+    },
     "unchanged-stay": {},
     "revoked-session": {
         "nats": "nats-server keeps a session by client id, whatever became of its key",
@@ -116,8 +119,13 @@ MARKS: dict[str, list[pytest.MarkDecorator]] = {
 }
 
 
+INTERMITTENT = "not always: "
+"""A gap that shows in some runs only: its expected failure is not strict (a pass proves nothing)."""
+
+
 def promise(name: str) -> pytest.MarkDecorator:
-    """Run the test on every engine, an engine's gap marked as a strict expected failure."""
+    """Run the test on every engine, an engine's gap marked as an expected failure (strict, unless
+    the gap is ``INTERMITTENT``)."""
     gaps = PROMISES[name]
     params = [
         pytest.param(
@@ -125,7 +133,11 @@ def promise(name: str) -> pytest.MarkDecorator:
             id=engine,
             marks=[
                 *MARKS[engine],
-                *([pytest.mark.xfail(strict=True, reason=gaps[engine])] if engine in gaps else []),
+                *(
+                    [pytest.mark.xfail(strict=not gaps[engine].startswith(INTERMITTENT), reason=gaps[engine])]
+                    if engine in gaps
+                    else []
+                ),
             ],
         )
         for engine in ENGINES
