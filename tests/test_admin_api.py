@@ -99,7 +99,10 @@ def test_a_rotated_secret_stops_working_and_its_connections_close(admin, bridge,
         new = rotated.json()["secret"]
         assert new != old
         assert rotated.json()["key"]["id"] == home.store().keys()["gen"].id  # same key, same id
-        assert bridge.post(json.dumps(SAMPLE), {"API-KEY": old}).json() == {"error": "API-KEY not valid"}
+        in_force = rotated.json()["servers"]  # which servers had it in force when the answer came
+        assert bridge.post(json.dumps(SAMPLE), {"API-KEY": old}).json() == {"error": "API-KEY not valid"}, (
+            in_force
+        )
         assert bridge.post(json.dumps(SAMPLE), {"API-KEY": new}).status_code == 200
         assert connected.disconnected.wait(WITHIN)
     finally:
