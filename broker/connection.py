@@ -268,8 +268,12 @@ class Connection:
         ident = candidate.ident
         existing = router.sessions.get(ident)
         opens = existing is None or candidate.clean_session or existing.clean_session
-        if opens and candidate.persistent and candidate.key_name is None:
-            refusal = router.anonymous.refusal(candidate.remote_address)
+        if opens and candidate.persistent:
+            name = candidate.key_name
+            if name is None:
+                refusal = router.anonymous.refusal(candidate.remote_address)
+            else:
+                refusal = router.keyed.refusal(candidate.key_id, name)
             if refusal is not None:
                 self._refuse(codec.SERVER_UNAVAILABLE, refusal)
                 return None

@@ -91,6 +91,7 @@ def _limits(broker: RadioBroker) -> Iterator[Any]:
         labels=["reason"],
     )
     refused.add_metric(["anonymous_connections_per_address"], router.anonymous_connections.refused)
+    refused.add_metric(["sessions_per_key"], router.keyed.refused)
     for reason in (
         "anonymous_sessions",
         "anonymous_sessions_per_address",

@@ -15,6 +15,11 @@ Three things cost the broker without a key behind them, and one address could mu
   queued bytes; a CONNECT that would open one more past a cap is refused (CONNACK 3, "server
   unavailable"). Resuming a session that exists is never refused: it costs nothing new.
 
+- persistent sessions of one key: a key's client ids are its own, but each session keeps a queue
+  in memory and in the store while its client is away, so one cheap read-only key opening
+  sessions under new client ids could fill the disk. Past ``max_sessions_per_key`` a CONNECT
+  that would open one more is refused (CONNACK 3); resuming one is not.
+
 Every refusal is counted by reason, for the metrics.
 """
 
@@ -76,6 +81,41 @@ class AnonymousConnections(Connecting):
     """Anonymous clients connected now, counted per source address (``open`` refuses past the limit)."""
 
     __slots__ = ()
+
+
+class KeySessions:
+    """The persistent sessions of each key, by key id."""
+
+    __slots__ = ("_by_key", "limit", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        """Sessions one key may hold; 0: no limit."""
+        self._by_key: dict[str, set[Session]] = {}
+        self.refused = 0
+
+    def track(self, session: Session) -> None:
+        """The session is held by the broker now (opened, resumed or restored)."""
+        key_id = session.key_id
+        if key_id is not None and session.key_name is not None and session.persistent:
+            self._by_key.setdefault(key_id, set()).add(session)
+
+    def untrack(self, session: Session) -> None:
+        """The session is gone."""
+        key_id = session.key_id
+        sessions = self._by_key.get(key_id) if key_id is not None else None
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._by_key[key_id]  # type: ignore[arg-type]
+
+    def refusal(self, key_id: str | None, name: str) -> str | None:
+        """Why a new persistent session of this key is refused (counted), or None."""
+        held = len(self._by_key.get(key_id, ())) if key_id is not None else 0
+        if not self.limit or held < self.limit:
+            return None
+        self.refused += 1
+        return f"key {name!r} holds {held} persistent sessions, the limit [broker] max_sessions_per_key"
 
 
 class AnonymousSessions:

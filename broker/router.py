@@ -21,7 +21,7 @@ from radio.broker import attributes as attrs
 from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
-from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions
+from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions, KeySessions
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
@@ -57,6 +57,8 @@ class Limits:
     dropped for it (counted), QoS 1 and 2 samples wait in its queue."""
     anonymous_caps: AnonymousCaps = field(default_factory=AnonymousCaps)
     """What anonymous persistent sessions may hold, in all and per source address."""
+    max_sessions_per_key: int = 1_000
+    """Persistent sessions one key may hold; past it a CONNECT that opens one more gets CONNACK 3."""
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Router:
         self.sessions: dict[tuple[str | None, str], Session] = {}
         """By (key id, client id): see ``Session.ident``."""
         self.anonymous = AnonymousSessions(limits.anonymous_caps)
+        self.keyed = KeySessions(limits.max_sessions_per_key)
         self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
         """Anonymous clients connected now, per source address (broker/per_source.py)."""
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()
@@ -122,12 +125,14 @@ class Router:
         """Keep a session (opened, resumed or restored) under its key and client id."""
         self.sessions[session.ident] = session
         self.anonymous.track(session)
+        self.keyed.track(session)
 
     def discard(self, session: Session) -> None:
         """Forget a session: its subscriptions, its queue, and its copy in the store."""
         if self.sessions.get(session.ident) is session:
             del self.sessions[session.ident]
         self.anonymous.untrack(session)
+        self.keyed.untrack(session)
         for topic_filter in session.subscriptions:
             self.index.remove(topic_filter, session)
         session.subscriptions.clear()

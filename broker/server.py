@@ -66,6 +66,7 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_queued_bytes_per_address,
             settings.anonymous_max_connections_per_address,
         ),
+        max_sessions_per_key=settings.max_sessions_per_key,
     )
 
 

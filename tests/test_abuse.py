@@ -456,3 +456,23 @@ def test_a_summary_is_written_once_its_minute_is_over(caplog):
         "… 2 more in the last minute like: refused 8",
     ]
     assert summary.suppressed == 5
+
+
+def test_one_key_holds_at_most_max_sessions_per_key_persistent_sessions(home):
+    """A cheap read-only key cannot fill the store with sessions under ever new client ids."""
+    with platform(home, "max_sessions_per_key = 3") as broker:
+        port, secret = broker.mqtt_port, home.secrets["reader_a"]
+
+        def persistent(client_id: str, user: str = "reader_a", key: str = secret) -> tuple[int, bool]:
+            sock, code, present = connack(port, client_id, user, key, clean=False)
+            with sock:
+                sock.sendall(DISCONNECT)
+            return code, present
+
+        assert [persistent(f"r{n}")[0] for n in range(4)] == [0, 0, 0, 3]  # the fourth: CONNACK 3
+        assert persistent("r1") == (0, True)  # resuming one of its own is never refused
+        sock, code, _ = connack(port, "r9", "reader_a", secret)  # a clean session keeps nothing
+        sock.close()
+        assert code == 0
+        assert persistent("b0", "reader_b", home.secrets["reader_b"]) == (0, False)  # another key's
+        assert metric(broker, "radio_broker_refused_connects_total", '{reason="sessions_per_key"}') == 1
