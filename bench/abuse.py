@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mqtt_load import Framer, connect_packet, publish_packet
+from mqtt_load import Framer, _packet, _string, connect_packet, publish_packet  # one encoder for bench/
 
 RADIO = [sys.executable, "-m", "radio"]
 ATTACKER = "127.0.0.1"
@@ -55,21 +55,6 @@ PAD = b"x" * 1000
 CLIENT_TIMEOUT = 5.0
 HOLDERS = 4
 """Processes sharing the silent sockets: one alone opens them too slowly to keep 10,000 open."""
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    length = bytearray()
-    n = len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes([first]) + bytes(length) + body
 
 
 def persistent_connect(client_id: str) -> bytes:

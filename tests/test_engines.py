@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import CONFIG as BASE_CONFIG
 from conftest import Home, require_mosquitto
 from mqtt_client import NOT_AUTHORIZED, Client
 from paho.mqtt.client import MQTT_ERR_SUCCESS
@@ -50,25 +51,22 @@ SLACK = 1.0
 NAMES = ("a", "a.b", "a-b", "a_b")
 """Network names that differ only where a subject-based engine could confuse them."""
 
-CONFIG = """\
+CONFIG = (
+    """\
 [broker]
 mqtt = "127.0.0.1:0"
 websocket = "127.0.0.1:0"
 
-[networks.A]
-public = false
-
-[networks.B]
-public = false
-
-[networks.pub]
-public = true
-
+"""
+    + BASE_CONFIG
+    + """
 [networks.typed]
 public = false
 schema = "typed.schema.json"
 max_payload = 64
-""" + "".join(f'\n[networks."{n}"]\npublic = false\n' for n in NAMES)
+"""
+    + "".join(f'\n[networks."{n}"]\npublic = false\n' for n in NAMES)
+)
 
 SCHEMA = {"type": "object", "properties": {"speed": {"type": "number", "minimum": 0}}, "required": ["speed"]}
 
