@@ -41,6 +41,7 @@ from typing import Final
 import uvloop
 
 from radio.config import Address
+from radio.failover import FailoverCursor
 from radio.tls import verify_failure
 
 log = logging.getLogger("radio.bridge")
@@ -191,12 +192,8 @@ class Publisher:
         timeout: float = 5.0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.brokers = [broker] if isinstance(broker, Address) else list(broker)
+        self._cursor = FailoverCursor([broker] if isinstance(broker, Address) else broker)
         """Tried in turn: the next one when the link is lost or a connect fails."""
-        if not self.brokers:
-            msg = "the publisher needs at least one broker"
-            raise ValueError(msg)
-        self._current = 0
         self.timeout = timeout
         self.tls = tls
         """Set for an mqtts:// broker: the context that verifies its certificate."""
@@ -279,9 +276,14 @@ class Publisher:
         self._main = None
 
     @property
+    def brokers(self) -> tuple[Address, ...]:
+        """Tried in turn: the next one when the link is lost or a connect fails."""
+        return self._cursor.items
+
+    @property
     def broker(self) -> Address:
         """The broker linked to (or tried next)."""
-        return self.brokers[self._current]
+        return self._cursor.current
 
     @property
     def connected(self) -> bool:
@@ -544,7 +546,6 @@ class Publisher:
     async def _keep_connected(self) -> None:
         loop = asyncio.get_running_loop()
         lost = False
-        failed = 0  # connects failed in a row: a full round of them waits before the next
         try:
             while True:
                 broker = self.broker
@@ -564,9 +565,7 @@ class Publisher:
                 self._up.clear()
                 self._link = None
                 self._drop_waiting()
-                failed = 0 if was_connected else failed + 1
-                self._current = (self._current + 1) % len(self.brokers)
-                if failed and failed % len(self.brokers) == 0:
+                if self._cursor.move_on(worked=was_connected):  # a full round failed: wait before the next
                     await asyncio.sleep(RECONNECT_DELAY)
         finally:
             self._connected.clear()

@@ -62,6 +62,8 @@ def test_the_shared_core_imports_no_part_and_clients_only_what_they_need():
     client_core = {
         "radio.topics",
         "radio.urls",
+        "radio.failover",
+        "radio.mqtt_clients",
         "radio.credentials",
         "radio.errors",
         "radio.tls",
