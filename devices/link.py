@@ -29,7 +29,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from radio.errors import RadioError
 from radio.mqtt_clients import (
     FINAL_REFUSALS,
-    MqttVersion,
     broker_cursor,
     connect,
     describe,
@@ -38,7 +37,7 @@ from radio.mqtt_clients import (
 )
 from radio.stopping import Stop
 from radio.tls import TlsError, certificate_refusal, trust, verify_failure
-from radio.urls import BrokerURL
+from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
 log = logging.getLogger("radio.device")
 DEFAULT_BUFFER = 10_000
@@ -70,7 +69,7 @@ class MqttLink:
         will: Will | None = None,
         on_connect: Any = None,
         ca: Path | None = None,
-        version: MqttVersion = "3.1.1",
+        version: MqttVersion = DEFAULT_MQTT_VERSION,
     ) -> None:
         self._cursor = broker_cursor(url)
         self.dropped = 0

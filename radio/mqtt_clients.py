@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -23,11 +23,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from radio.credentials import secret_username
 from radio.failover import FailoverCursor
 from radio.tls import client_context
-from radio.urls import BrokerURL
+from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
-MqttVersion = Literal["3.1.1", "5"]
-MQTT_VERSIONS: Final[tuple[MqttVersion, ...]] = ("3.1.1", "5")
-"""What ``--mqtt-version`` takes; 3.1.1 is the default, which every engine speaks."""
 KEEPALIVE: Final = 30
 """Seconds between the client's PINGREQs on an idle link: a dead broker is noticed within a minute."""
 FINAL_REFUSALS: Final = frozenset({134, 135})
@@ -50,7 +47,7 @@ def make_client(
     *,
     credentials: tuple[str, str] | None = None,
     persistent: bool = False,
-    version: MqttVersion = "3.1.1",
+    version: MqttVersion = DEFAULT_MQTT_VERSION,
     ca: Path | None = None,
     manual_ack: bool = False,
 ) -> mqtt.Client:

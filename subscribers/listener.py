@@ -56,7 +56,7 @@ from radio.subscribers.numbering import Numbering, canonical
 from radio.timestamps import utc_now
 from radio.tls import verify_failure
 from radio.topics import network_of_topic, network_topic
-from radio.urls import BrokerURL, parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion, parse_urls
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class Listener:
         since: int | None = None,
         http: str | None = None,
         ca: Path | None = None,
-        version: mqtt_clients.MqttVersion = "3.1.1",
+        version: MqttVersion = DEFAULT_MQTT_VERSION,
     ) -> None:
         self.networks = [str(n) for n in networks]
         self._cursor = mqtt_clients.broker_cursor(parse_urls(url) if isinstance(url, str) else url)
@@ -190,9 +190,7 @@ class Listener:
         self._persistent = secret is not None and since is None
         self._client = self._make_client(secret, ca, version)
 
-    def _make_client(
-        self, secret: str | None, ca: Path | None, version: mqtt_clients.MqttVersion
-    ) -> mqtt.Client:
+    def _make_client(self, secret: str | None, ca: Path | None, version: MqttVersion) -> mqtt.Client:
         # A stable id per key and set of networks: the broker keeps the session between runs.
         digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
         client_id = f"radio-listen-{digest}" if self._persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
