@@ -14,10 +14,12 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from radio.errors import RadioError
+
 log = logging.getLogger("radio.bridge")
 
 
-class APIError(Exception):
+class APIError(RadioError):
     """A refusal: the status and message the caller gets, and the metrics label it counts under."""
 
     def __init__(self, status: int, message: str, reason: str) -> None:

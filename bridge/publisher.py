@@ -41,6 +41,7 @@ from typing import Final
 import uvloop
 
 from radio.config import Address
+from radio.errors import RadioError
 from radio.failover import FailoverCursor
 from radio.tls import verify_failure
 
@@ -60,7 +61,7 @@ CONNACK_REFUSALS: Final = {
 UNREACHABLE: Final = "the broker is unreachable: nothing was published, retry later"
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(RadioError):
     """The sample was not published: the broker is unreachable or did not confirm in time."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from radio.broker.attributes import shown
+from radio.errors import RadioError
 
 CONNECT: Final = 1
 CONNACK: Final = 2
@@ -57,7 +58,7 @@ def packet_limit(configured: int | None, largest_payload: int) -> int:
     return configured if configured is not None else largest_payload + HEADROOM
 
 
-class Violation(Exception):
+class Violation(RadioError):
     """A packet MQTT 3.1.1 says the server must close the connection on; the message says which."""
 
 

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from radio.errors import Busy
+
 
 def take(tokens: float, stamp: float, now: float, rate: float, size: int) -> tuple[float, float]:
     """Refill since ``stamp``, then take one token: (tokens left, seconds to wait for one).
@@ -66,10 +68,6 @@ _SLOT: Final = struct.Struct("<Qdd")
 
 LOCK_WAIT: Final = 1.0
 """Seconds a request waits at most for the shared bucket file before it is answered "retry"."""
-
-
-class Busy(Exception):
-    """The shared bucket file stayed locked: nothing was taken, ask again later."""
 
 
 class SharedBuckets:

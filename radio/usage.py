@@ -41,7 +41,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from radio.errors import RadioError
+from radio.errors import Busy, RadioError
 from radio.keys import Key
 
 log = logging.getLogger("radio.usage")
@@ -94,10 +94,6 @@ _LEASE: Final = "UPDATE quotas SET used = used + ? WHERE key_id = ? AND period =
 
 class UsageError(RadioError):
     """The usage file cannot be opened."""
-
-
-class Busy(Exception):
-    """The usage file is in use and the caller asked not to wait for it: ask again shortly."""
 
 
 @functools.lru_cache(maxsize=4)

@@ -51,6 +51,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio import mqtt_clients
+from radio.errors import RadioError
 from radio.subscribers import history
 from radio.subscribers.numbering import Numbering, canonical
 from radio.timestamps import utc_now
@@ -117,7 +118,7 @@ def _not_json(name: str) -> Any:
     raise ValueError(name)
 
 
-class Refused(Exception):
+class Refused(RadioError):
     """The broker refused something retrying cannot fix: a bad key, or a network not entitled to."""
 
 
