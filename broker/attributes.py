@@ -7,7 +7,7 @@ Radio uses there, kept in one place so the auth plugin, the ACL plugin and the b
 from typing import Any, Final, Protocol
 
 
-class Session(Protocol):
+class PluginSession(Protocol):
     """What the plugins read of a session: amqtt's own, or the embedded broker's."""
 
     @property
@@ -39,7 +39,7 @@ UNAUTHENTICATED: Final = "\x00unauthenticated"
 """Stands for a session no plugin has vouched for: no key has this name, so it gets no rights."""
 
 
-def key_name(session: Session) -> str | None:
+def key_name(session: PluginSession) -> str | None:
     """The key behind a session: a name, None for anonymous, or a name no key has."""
     name: str | None = session.attributes.get(KEY_NAME, UNAUTHENTICATED)
     return name
@@ -59,7 +59,7 @@ def shown(text: str | None) -> str:
     return f"{text[:SHOWN]!r}... ({len(text.encode(errors='replace')):,} bytes)"
 
 
-def describe(session: Session) -> str:
+def describe(session: PluginSession) -> str:
     """A client as the log names it: never with its secret."""
     transport = session.attributes.get(TRANSPORT, "?")
     where = f"{session.remote_address}:{session.remote_port} ({transport})"

@@ -43,7 +43,7 @@ from radio.registry import Registry
 from radio.tls import check_server
 from radio.topics import network_topic
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 ANONYMOUS: Final = "_anonymous"
 """The user NATS gives a client that sends no username; no key can have this name (no leading '_')."""
