@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from flask import Flask, Response, jsonify
+from flask import Flask
 
 from radio import rates, usage
 from radio.admission import Admission, Admitted, Refused, Wait
@@ -53,12 +53,7 @@ class Refusal(APIError):
     """A refusal that carries response headers (rate limits)."""
 
     def __init__(self, status: int, message: str, reason: str, headers: dict[str, str]) -> None:
-        super().__init__(status, message, reason)
-        self.headers = headers
-
-
-def _answer(error: Refusal) -> tuple[Response, int, dict[str, str]]:
-    return jsonify(error=error.message), error.status, error.headers
+        super().__init__(status, message, reason, headers)
 
 
 def install(app: Flask, registry: LiveRegistry) -> None:
@@ -83,7 +78,6 @@ def install(app: Flask, registry: LiveRegistry) -> None:
     app.extensions["radio.meter"] = meter
     app.extensions["radio.buckets"] = buckets
     app.extensions["radio.gate"] = Admission(DOOR, meter, take_token)
-    app.register_error_handler(Refusal, _answer)
 
 
 def gate(app: Flask) -> Admission:
