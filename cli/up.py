@@ -35,6 +35,7 @@ from radio.cli.options import EXIT_REFUSED, SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
+from radio.files import write_private
 from radio.keys import KeyStore, read_keys
 from radio.recorder.identity import recorder_credentials
 from radio.stopping import Stop
@@ -89,9 +90,7 @@ def demo_key(settings: Settings, network: str) -> str:
         return path.read_text(encoding="utf-8").strip()
     store = KeyStore(settings.keys_path, settings.networks)
     secret = store.rotate(DEMO_KEY) if key is not None else store.add(DEMO_KEY, publish=[network])
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
+    write_private(path, secret + "\n", durable=True)
     return secret
 
 

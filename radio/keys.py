@@ -31,7 +31,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +43,7 @@ import tomli_w
 
 from radio.credentials import ALIAS, secret_digest
 from radio.errors import DuplicateKey, InvalidName, KeyStoreError, MissingRegistry, UnknownKey
+from radio.files import open_private, write_private
 from radio.topics import NAME_RULE, NetworkName
 
 MOSQUITTO_ITERATIONS: Final = 101
@@ -649,7 +649,8 @@ class KeyStore:
         with _lock(self.path):
             keys = read_keys(self.path)
             yield keys
-            _write_atomically(self.path, {"keys": {n: k.to_toml() for n, k in sorted(keys.items())}})
+            data = {"keys": {n: k.to_toml() for n, k in sorted(keys.items())}}
+            write_private(self.path, tomli_w.dumps(data), durable=True)  # a reader never sees half of it
 
 
 def _not_a_service_key(key: Key, done: str) -> None:
@@ -672,22 +673,9 @@ def _lock(path: Path) -> Iterator[None]:
     """The writers' lock: a file beside the registry, held for one read-change-write."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    with lock_path.open("a") as lock:
-        lock_path.chmod(0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Replace the file in one step, so a reader never sees half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd = open_private(lock_path, os.O_WRONLY | os.O_APPEND)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            tomli_w.dump(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

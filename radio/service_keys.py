@@ -15,6 +15,7 @@ from typing import Literal
 
 from radio.config import Settings
 from radio.errors import RadioError
+from radio.files import write_private
 from radio.keys import KeyStore, read_keys
 
 Role = Literal["publish_all", "read_all"]
@@ -54,7 +55,5 @@ def service_credentials(settings: Settings, name: str, environment: str, role: R
     else:
         secret = store.add(name, publish_all=role == "publish_all", read_all=role == "read_all")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
+    write_private(path, secret + "\n", durable=True)
     return name, secret
