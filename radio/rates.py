@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from radio.errors import Busy
 from radio.files import open_private
 from radio.pids import alive
 
@@ -69,10 +70,6 @@ _SLOT: Final = struct.Struct("<Qdd")
 
 LOCK_WAIT: Final = 1.0
 """Seconds a request waits at most for the shared bucket file before it is answered "retry"."""
-
-
-class Busy(Exception):
-    """The shared bucket file stayed locked: nothing was taken, ask again later."""
 
 
 class SharedBuckets:

@@ -41,7 +41,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from radio.errors import RadioError
+from radio.errors import Busy, RadioError
 from radio.keys import Key
 from radio.sqlite import open_private_db, open_readonly_db
 
@@ -95,10 +95,6 @@ _LEASE: Final = "UPDATE quotas SET used = used + ? WHERE key_id = ? AND period =
 
 class UsageError(RadioError):
     """The usage file cannot be opened."""
-
-
-class Busy(Exception):
-    """The usage file is in use and the caller asked not to wait for it: ask again shortly."""
 
 
 @functools.lru_cache(maxsize=4)
