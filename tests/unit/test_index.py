@@ -14,9 +14,9 @@ from topic_matching import matches
 
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
-from radio.broker.router import Limits, Router
-from radio.broker.sessions import Session, SessionLimits
-from radio.registry import Registry
+from radio.broker.sessions import Session
+
+from .build import Sink, router
 
 LEVELS = ["a", "b", "", "$SYS", "$x", "networks", "n1"]
 topics = st.lists(st.sampled_from(LEVELS), min_size=1, max_size=4).map("/".join).filter(bool)
@@ -120,31 +120,6 @@ def test_removing_a_filter_nobody_holds_changes_nothing():
     assert index.match("a/b/c") == [{"s1": 1}]
 
 
-class Sink:
-    """A connection as the router sees one: it takes bytes and is never congested."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def congested(self) -> bool:
-        return False
-
-    def wait_for_drain(self) -> None:
-        msg = "never congested"
-        raise AssertionError(msg)
-
-
-def _router() -> Router:
-    limits = SessionLimits(max_queued=10, max_queued_bytes=10_000, expiry=60.0)
-    registry = Registry(networks={}, keys={})
-    return Router(
-        lambda: registry, lambda *_: True, lambda _topic: lambda _session: True, Limits(limits, limits)
-    )
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     held=st.lists(st.tuples(filters, st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=12),
@@ -153,16 +128,16 @@ def _router() -> Router:
 )
 def test_the_router_delivers_once_per_client_at_its_best_granted_qos(held, topic, top):
     """A client whose filters overlap gets one copy of a sample, at the highest QoS they grant it."""
-    router = _router()
+    fanout = router()
     sessions = []
     for n in range(3):
-        session = Session(f"c{n}", True, router.limits.keyed)  # noqa: FBT003
+        session = Session(f"c{n}", True, fanout.limits.keyed)  # noqa: FBT003
         session.connection = Sink()
-        router.hold(session)
+        fanout.hold(session)
         sessions.append(session)
     for topic_filter, owner, qos in held:
-        assert router.subscribe(sessions[owner], [(topic_filter, qos)]) == [qos]
-    router.publish(Message(topic, b"{}", top))
+        assert fanout.subscribe(sessions[owner], [(topic_filter, qos)]) == [qos]
+    fanout.publish(Message(topic, b"{}", top))
     for session in sessions:
         granted = [qos for f, qos in session.subscriptions.items() if matches(f, topic)]
         written = session.connection.written
