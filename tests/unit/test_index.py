@@ -44,7 +44,7 @@ def test_the_reference_matcher_follows_the_spec():
     assert matches("$SYS/monitor/+", "$SYS/monitor/Clients")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     changes=st.lists(
         st.tuples(st.booleans(), filters, subscribers, st.integers(0, 2)), min_size=1, max_size=25

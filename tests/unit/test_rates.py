@@ -45,7 +45,7 @@ def test_the_wait_for_a_token_is_one_over_the_rate(rate, wait):
     assert seconds == pytest.approx(wait, rel=1e-12)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(rate=rates_, tokens=st.floats(-1.0, 0.999), now=clocks, size=st.integers(1, 100))
 def test_waiting_exactly_the_wait_given_always_gets_the_token(rate, tokens, now, size):
     """``now + wait`` rounds: a client that waited as told must not be told to wait again."""
@@ -54,7 +54,7 @@ def test_waiting_exactly_the_wait_given_always_gets_the_token(rate, tokens, now,
         assert rates.take(left, now, now + wait, rate, size)[1] == 0.0
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     rate=st.floats(0.1, 1_000.0),
     size=st.integers(1, 20),
