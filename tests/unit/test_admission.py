@@ -15,6 +15,7 @@ import pytest
 from radio import rates, usage
 from radio.admission import Admission, Admitted, Refused, Wait
 from radio.config import NetworkSettings
+from radio.errors import Busy
 from radio.keys import Key
 from radio.schemas import Schema
 
@@ -45,7 +46,7 @@ class Gate:
 
     def take_token(self, key: Key) -> tuple[float, float]:
         if self.rates_locked:
-            raise rates.Busy
+            raise Busy
         self.taken += 1
         rate = key.terms.rate
         assert rate is not None

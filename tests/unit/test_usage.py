@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from radio import usage
+from radio.errors import Busy
 
 from .build import key
 
@@ -127,7 +128,7 @@ def test_concurrent_takers_in_several_processes_take_exactly_the_quota(tmp_path)
         while True:
             try:
                 got = meter.take(metered)
-            except usage.Busy:  # another meter held the file past the wait: ask again
+            except Busy:  # another meter held the file past the wait: ask again
                 continue
             if not isinstance(got, usage.Unit):
                 break
