@@ -22,7 +22,9 @@ from pathlib import Path
 
 import psutil
 from fanout import Platform
-from mqtt_load import handshake, now, open_connection, open_listeners, publish_packet
+from mqtt_load import handshake, now, open_connection, open_listeners
+
+from radio import wire
 
 
 async def measure(platform: Platform, count: int) -> dict[str, float]:
@@ -44,7 +46,7 @@ async def measure(platform: Platform, count: int) -> dict[str, float]:
     publisher = await open_connection("tcp", platform.ports["tcp"])
     await handshake(publisher, "publisher", *platform.key)
     sent = now()
-    await publisher.send(publish_packet("networks/bench", b'{"to": "everyone"}', 0, 0))
+    await publisher.send(wire.publish("networks/bench", b'{"to": "everyone"}', 0, 0))
     try:
         await asyncio.wait_for(everyone.wait(), 120)
         delivered = now() - sent

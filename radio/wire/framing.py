@@ -91,12 +91,15 @@ def read_string(body: bytes, at: int, what: str) -> tuple[str, int]:
 class Framer:
     """Cuts a byte stream into whole packets: ``(first byte, body)`` pairs, within a size limit."""
 
-    __slots__ = ("_buffer", "limit")
+    __slots__ = ("_buffer", "limit", "missing")
 
     def __init__(self, limit: int = MQTT_LIMIT) -> None:
         self._buffer = bytearray()
         self.limit = limit
         """The largest remaining length taken: past it, ``feed`` raises before the body arrives."""
+        self.missing = 2
+        """Bytes the next packet needs at least before it is complete: a reader that must not read
+        past a packet (a test's socket) reads exactly this many."""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add what the socket gave; return every packet now complete, in order."""
@@ -120,15 +123,19 @@ class Framer:
                 msg = "a remaining length longer than 4 bytes [MQTT-2.2.3]"
                 raise Violation(msg)
             if not complete:
-                break  # the length itself has not all arrived
+                self.missing = 1  # the length itself has not all arrived
+                break
             if length > self.limit:
                 msg = f"a packet of {length} bytes, over the limit of {self.limit} [max_packet_size]"
                 raise Violation(msg)
             end = at + length
             if end > size:
+                self.missing = end - size
                 break
             packets.append((buffer[position], bytes(buffer[at:end])))
             position = end
+        else:
+            self.missing = 2 - (size - position)
         if position:
             del buffer[:position]
         return packets
