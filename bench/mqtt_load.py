@@ -150,11 +150,12 @@ async def open_listeners(
     topic_filter: str = "networks/bench",
     qos: int = 0,
     batch: int = 100,
+    first_index: int = 0,
 ) -> list[Connection]:
     """``count`` anonymous subscribers, ``batch`` at a time; ``on_publish(i)`` handles the i-th's."""
     connections: list[Connection] = []
-    for start in range(0, count, batch):
-        indexes = range(start, min(start + batch, count))
+    for start in range(first_index, first_index + count, batch):
+        indexes = range(start, min(start + batch, first_index + count))
         opened = await asyncio.gather(*(open_connection(transport, port, on_publish(i)) for i in indexes))
         await asyncio.gather(*(handshake(c, f"listener-{i}") for c, i in zip(opened, indexes, strict=True)))
         await asyncio.gather(*(subscribe(c, topic_filter, qos) for c in opened))

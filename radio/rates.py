@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 from typing import Final
 
+from radio.errors import Busy
+from radio.files import open_private
+from radio.pids import alive
+
 
 def take(tokens: float, stamp: float, now: float, rate: float, size: int) -> tuple[float, float]:
     """Refill since ``stamp``, then take one token: (tokens left, seconds to wait for one).
@@ -68,10 +72,6 @@ LOCK_WAIT: Final = 1.0
 """Seconds a request waits at most for the shared bucket file before it is answered "retry"."""
 
 
-class Busy(Exception):
-    """The shared bucket file stayed locked: nothing was taken, ask again later."""
-
-
 class SharedBuckets:
     """Buckets in a file mapped by every process that opens it: the bridge's workers share one.
 
@@ -84,7 +84,7 @@ class SharedBuckets:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_private(path, os.O_RDWR)
         size = SLOTS * _SLOT.size
         if os.fstat(self._fd).st_size < size:
             os.ftruncate(self._fd, size)
@@ -171,16 +171,6 @@ def shared_path(folder: Path, owner: int, prefix: str = "rates") -> Path:
     for old in folder.glob(f"{prefix}-*.bin") if folder.is_dir() else ():
         with contextlib.suppress(ValueError, OSError):
             pid = int(old.stem.removeprefix(f"{prefix}-"))
-            if pid != owner and not _alive(pid):
+            if pid != owner and not alive(pid):
                 old.unlink()
     return folder / f"{prefix}-{owner}.bin"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
