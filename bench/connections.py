@@ -42,7 +42,9 @@ from typing import Any
 import psutil
 from broker_cpu import BROKER_CORE, pin
 from fanout import Platform
-from mqtt_load import handshake, open_connection, open_listeners, publish_packet
+from mqtt_load import handshake, open_connection, open_listeners
+
+from radio import wire
 
 TOPIC = "networks/bench"
 SAMPLE = b'{"to": "everyone"}'
@@ -93,7 +95,7 @@ async def _publish_one(port: int, key: tuple[str | None, str | None]) -> float:
     publisher = await open_connection("tcp", port)
     await handshake(publisher, "publisher", *key)
     sent = time.time()
-    await publisher.send(publish_packet(TOPIC, SAMPLE, 0, 0))
+    await publisher.send(wire.publish(TOPIC, SAMPLE, 0, 0))
     await publisher.close()
     return sent
 

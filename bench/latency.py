@@ -34,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mqtt_load import handshake, now, open_connection, open_listeners, publish_packet
+from mqtt_load import handshake, now, open_connection, open_listeners
+
+from radio import wire
 
 RADIO = [sys.executable, "-m", "radio"]
 """The radio command of this interpreter: works without an activated virtualenv."""
@@ -180,7 +182,7 @@ async def _sender(platform: Platform, door: str) -> Callable[[int], asyncio.Futu
 
         async def send_mqtt(seq: int) -> None:
             payload = json.dumps({"seq": seq, "pad": "x" * 160}).encode()
-            await publisher.send(publish_packet("networks/bench", payload, 1, seq % 65535 + 1))
+            await publisher.send(wire.publish("networks/bench", payload, 1, seq % 65535 + 1))
 
         return send_mqtt  # type: ignore[return-value]
     pool = ThreadPoolExecutor(max_workers=16)
