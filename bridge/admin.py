@@ -32,7 +32,7 @@ from radio.bridge import admin_auth, publish
 from radio.bridge.admin_openapi import document
 from radio.bridge.errors import APIError, answer
 from radio.config import Settings, load_settings
-from radio.errors import ConfigError, DuplicateKey, RadioError, UnknownKey
+from radio.errors import Busy, ConfigError, DuplicateKey, RadioError, UnknownKey
 from radio.key_changes import (
     TERMS,
     KeyChanges,
@@ -74,7 +74,7 @@ def _refused(error: RadioError) -> tuple[Response, int] | tuple[Response, int, d
         status = 404
     elif isinstance(error, DuplicateKey):
         status = 409
-    elif isinstance(error, (ConfigError, AuditError, usage.UsageError)):
+    elif isinstance(error, (ConfigError, AuditError, usage.UsageError, Busy)):  # Busy: retry shortly
         status = 503
     else:
         status = 400

@@ -10,9 +10,9 @@ check          verdict                HTTP         MQTT PUBLISH          will
 =============  =====================  ===========  ====================  ==================
 rights         ``Refused("rights")``  403          dropped               dropped
 size           ``Refused("too_large")``  413       dropped               dropped
-retained room  ``Refused("max_retained")``  n/a    dropped               dropped
 strict JSON    ``Refused("not_json")``  400        dropped               dropped
 schema         ``Refused("schema")``  400          dropped               dropped
+retained room  ``Refused("max_retained")``  n/a    dropped               dropped
 rate           ``Wait("rate")``       429          held (TCP pushes      dropped (no client
                                                    back on the client)   left to slow down)
 quota          ``Refused("quota")``   429          dropped               dropped

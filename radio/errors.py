@@ -14,6 +14,8 @@ Hierarchy (each class with the module it lives in, when not here)::
     ├── NotJSON                a payload is not a sample's strict JSON (samples; also a ValueError)
     ├── AuditError             the audit log cannot be written or read (audit)
     ├── UsageError             the usage file cannot be opened (usage)
+    ├── NoHistory              no history file: no recorder has run here (history_store)
+    ├── HistoryFileUnavailable the history file cannot be read now (history_store)
     ├── TlsError               a certificate, key or CA file Radio cannot use (tls)
     ├── StoreError             the embedded broker's store cannot be opened or read (broker.store)
     ├── Violation              a packet MQTT says to close the connection on (broker.codec)
@@ -34,6 +36,10 @@ The bridge's ASGI server has two private ones under the root too (``bridge.asgi`
 cut short by a stop or by its client), which never leave it. The command line turns any
 RadioError into one line on stderr and exit status 2; ``tests/unit/test_errors.py`` checks that
 every exception class of the package is under the root and in this tree.
+
+``Busy`` is no refusal but a turn to wait: a file shared between processes (the rate buckets,
+the usage counts) stayed locked past the caller's wait, and nothing was taken. Its callers catch
+it by name; under the root, one that escapes is still one line, not a traceback.
 """
 
 
@@ -66,4 +72,4 @@ class DuplicateKey(KeyStoreError):
 
 
 class Busy(RadioError):
-    """A file the workers share (rate buckets, usage) stayed locked: nothing was taken, ask again."""
+    """A file shared between processes stayed locked: nothing was taken, ask again shortly."""

@@ -20,9 +20,9 @@ from mqtt_client import Client
 from radio.bridge.app import create_app
 from radio.broker.mosquitto import acl_text
 from radio.config import Address, load_settings
+from radio.history_store import HistoryStore
 from radio.recorder.identity import recorder_credentials
 from radio.recorder.recorder import Recorder
-from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry, Registry
 
 HISTORY = """

@@ -15,7 +15,7 @@ from test_history import history, recording, wait_for_last
 
 from radio.bridge.app import create_app
 from radio.config import Address, load_settings
-from radio.recorder.store import HistoryStore
+from radio.history_store import HistoryStore
 
 AT = "2026-12-06T10:00:00.000Z"
 
