@@ -31,6 +31,8 @@ FINAL_REFUSALS: Final = frozenset({134, 135})
 """CONNACK codes no retry cures: bad user name or password, not authorized (paho's codes for MQTT
 3.1.1's 4 and 5, and MQTT 5's own). Any other (136, server unavailable; 128, unspecified) may pass,
 on another broker or later."""
+UNSUPPORTED_PROTOCOL_VERSION: Final = 0x84
+"""MQTT 5's CONNACK code for a protocol version the broker does not speak (3.1.1's code 1)."""
 SESSION_NEVER_EXPIRES: Final = 0xFFFFFFFF
 """MQTT 5's session expiry for a persistent session: kept like a 3.1.1 session with clean session
 off, for as long as the broker's own settings keep it."""
@@ -119,6 +121,9 @@ def connect(
 
 def describe(reason: ReasonCode, client: mqtt.Client) -> str:
     """A broker's reason as a client prints it: over MQTT 5 with the code the broker sent."""
-    if is_mqtt5(client):
-        return f"{reason} (reason code 0x{reason.value:02X})"
-    return str(reason)
+    if not is_mqtt5(client):
+        return str(reason)
+    said = f"{reason} (reason code 0x{reason.value:02X})"
+    if reason.value == UNSUPPORTED_PROTOCOL_VERSION:  # a 3.1.1 broker's refusal of MQTT 5
+        return f"{said}: the broker does not speak MQTT 5 (use --mqtt-version 3.1.1)"
+    return said
