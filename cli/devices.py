@@ -14,6 +14,7 @@ from radio.cli.options import Parser
 from radio.config import Settings
 from radio.errors import RadioError
 from radio.stopping import Stop
+from radio.urls import DEFAULT_MQTT_VERSION
 
 
 def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -138,6 +139,11 @@ def _traffic(args: argparse.Namespace) -> int:
     if args.url and (via == "http") != options.is_http(args.url):
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
+        raise RadioError(msg)
+    if via == "http" and args.mqtt_version != DEFAULT_MQTT_VERSION:
+        msg = (
+            f"--mqtt-version {args.mqtt_version} is for MQTT: the bridge (--via http) is spoken to over HTTP"
+        )
         raise RadioError(msg)
     default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
     traffic(

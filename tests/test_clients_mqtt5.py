@@ -24,8 +24,6 @@ from radio.devices.link import MqttLink
 from radio.subscribers.listener import Listener
 from radio.urls import BrokerURL
 
-pytestmark = pytest.mark.mosquitto
-
 
 @pytest.fixture
 def mosquitto(home):
@@ -46,6 +44,7 @@ def _start_listening(home, port: int, version: str, out: queue.Queue[str], *netw
     return process
 
 
+@pytest.mark.mosquitto
 def test_a_listener_at_mqtt_5_receives_what_a_3_1_1_listener_receives(home, mosquitto):
     outputs = {version: queue.Queue() for version in ("3.1.1", "5")}
     # A keyed listener's client id comes from its key and networks: two with both the same would
@@ -91,6 +90,7 @@ def test_a_listener_at_mqtt_5_receives_what_a_3_1_1_listener_receives(home, mosq
         assert "Traceback" not in errors[version]
 
 
+@pytest.mark.mosquitto
 def test_a_keyed_listener_at_mqtt_5_gets_what_was_published_while_it_was_away(home, mosquitto):
     """MQTT 5 asks for the persistent session at connect time: without a session expiry it ends
     with the connection, and what was published meanwhile is lost."""
@@ -114,6 +114,7 @@ def test_a_keyed_listener_at_mqtt_5_gets_what_was_published_while_it_was_away(ho
         gen.close()
 
 
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("generator", [["traffic", "--period", "0.1"], ["sensors", "--count", "3"]])
 def test_a_generator_with_a_wrong_key_at_mqtt_5_prints_the_connack_reason(home, mosquitto, generator):
     process = radio(
@@ -130,6 +131,7 @@ def test_a_generator_with_a_wrong_key_at_mqtt_5_prints_the_connack_reason(home, 
     )
 
 
+@pytest.mark.mosquitto
 def test_a_sample_refused_at_mqtt_5_is_said_once_with_its_puback_reason(home, mosquitto, caplog):
     """The key may not publish to B: over MQTT 5 Mosquitto answers each sample's PUBACK with
     "not authorized", and the generator says so once, not once per sample."""
@@ -157,3 +159,12 @@ def test_a_sample_refused_at_mqtt_5_is_said_once_with_its_puback_reason(home, mo
         f"the broker at {where} refused a sample: Not authorized (reason code 0x87) (said once per reason)"
     ]
     assert link.publish_refusals == {0x87}
+
+
+def test_mqtt_5_through_the_bridge_is_refused_in_one_line(home):
+    process = radio(
+        home,
+        *("device", "traffic", "--network", "A", "--via", "http", "--mqtt-version", "5"),
+        secret=home.secrets["gen"],
+    )
+    assert "--mqtt-version 5 is for MQTT" in one_refusal(process)
