@@ -6,7 +6,9 @@ endpoint reports it healthy (JetStream included) and its MQTT port accepts conne
 watches the registry as the Mosquitto engine does. On a change, or when a key expires, it writes
 ``users.conf`` again and sends every node SIGHUP: each rereads it, refuses the keys it no longer
 lists and closes their connections. A node costs the watcher one signal, whatever the size of
-the registry.
+the registry. Once every node has reread it, the users that lost anything (a right, their
+password, their place in the file) lose their connections and sessions on every node too
+(``nats_kick``): nats-server alone may go on delivering what a right no longer allows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -27,8 +28,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final, Self
 
-from radio import wire
-from radio.broker.nats_conf import PROBE, NatsError, Node, export, internal_password, plan, route_secret
+from radio.broker import nats_kick
+from radio.broker.nats_conf import (
+    PROBE,
+    SYSTEM,
+    NatsError,
+    Node,
+    Rights,
+    export,
+    internal_password,
+    plan,
+    route_secret,
+    user_rights,
+)
 from radio.config import Address
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
@@ -94,6 +106,8 @@ class NatsCluster:
         """The readiness user's password, derived from the cluster's route password at export."""
         self._exported = datetime.now(UTC)
         """When users.conf was last written: a key expiring after it calls for a new export."""
+        self._rights: dict[str, Rights] = {}
+        """What users.conf last gave each user: the next export tells who lost something."""
 
     @property
     def mqtt_port(self) -> int:
@@ -148,7 +162,7 @@ class NatsCluster:
                 status = process.returncode
                 msg = f"NATS node {node.name} exited at start (status {status}); see {self.log_path(node)}"
                 raise NatsError(msg)
-            mqtt_ready = _healthy(url) and _mqtt_accepts(node.mqtt.local(), PROBE, self._probe)
+            mqtt_ready = _healthy(url) and nats_kick.mqtt_accepts(node.mqtt.local(), PROBE, self._probe)
             if mqtt_ready and _accepts(node.websocket.local()):
                 return
             if time.monotonic() > deadline:
@@ -157,18 +171,48 @@ class NatsCluster:
             time.sleep(0.1)
 
     def reload(self) -> None:
-        """Write the files again and have every running node reread them."""
+        """Write the files again, have every running node reread them, then end what a right lost allowed.
+
+        A user that lost anything has its connections closed and its sessions discarded on every
+        node, only once that node runs the new rights: the client that reconnects gets those.
+        """
+        before = self._rights
+        running = [n for n in self.nodes if self.processes[n.index].poll() is None]
+        loaded = {n.index: nats_kick.config_time(n) for n in running}
         self._export()
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGHUP)
+        for node in running:
+            self.processes[node.index].send_signal(signal.SIGHUP)
         self.reloads += 1
         log.info("registry changed: every NATS node reloaded its users")
+        users = nats_kick.lost(before, self._rights)
+        if users:
+            self._end_access(running, users, loaded)
+
+    def _end_access(self, nodes: list[Node], users: set[str], loaded: dict[int, str | None]) -> None:
+        """Close ``users``' connections on each node, then discard every session they were seen with."""
+        secret = route_secret(self.folder)
+        client_ids: set[str] = set()
+        for node in nodes:
+            if not nats_kick.wait_reloaded(node, loaded[node.index]):
+                log.error("NATS node %s did not reload within %gs", node.name, nats_kick.TIMEOUT)
+                continue
+            found = nats_kick.find(node, users)
+            nats_kick.kick(node, found.server_id, found.open, SYSTEM, internal_password(secret, SYSTEM))
+            client_ids |= found.client_ids
+        for client_id in sorted(client_ids):
+            nats_kick.discard_session(nodes[0].mqtt.local(), client_id, PROBE, self._probe)
+        log.info(
+            "rights taken away from %s: %d client id(s) disconnected and their sessions discarded",
+            ", ".join(sorted(users)),
+            len(client_ids),
+        )
 
     def _export(self) -> list[Path]:
         self._exported = datetime.now(UTC)
         paths = export(self.registry.settings, self.registry.current, self.folder, self.nodes, probe=True)
-        self._probe = internal_password(route_secret(self.folder), PROBE)
+        secret = route_secret(self.folder)
+        self._probe = internal_password(secret, PROBE)
+        self._rights = user_rights(self.registry.current, secret, self._exported)
         return paths
 
     def _expiry_due(self) -> bool:
@@ -215,19 +259,6 @@ def _healthy(url: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
-
-
-def _mqtt_accepts(address: Address, username: str, password: str) -> bool:
-    """Whether an MQTT 3.1.1 CONNECT (clean session) gets CONNACK 0; then DISCONNECT."""
-    hello = wire.connect(f"radio-probe-{secrets.token_hex(6)}", username, password, keep_alive=10)
-    try:
-        with socket.create_connection((address.host, address.port), timeout=10) as connection:
-            connection.sendall(hello)
-            answer = connection.recv(4)
-            connection.sendall(wire.DISCONNECT_PACKET)
-    except OSError:
-        return False
-    return answer[:2] == b"\x20\x02" and answer[3:4] == b"\x00"
 
 
 def _accepts(address: Address) -> bool:

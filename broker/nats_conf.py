@@ -53,6 +53,8 @@ DEFAULT_PORTS: Final = {"client": 4222, "cluster": 6222, "monitor": 8222}
 """NATS's own defaults for its client, route and monitoring ports."""
 MAX_REPLICAS: Final = 3
 """JetStream's useful maximum: 3 copies survive one lost node with a majority left."""
+SYSTEM: Final = "_system"
+"""The user ``radio broker`` asks nodes through (NATS's system account) to end a connection."""
 CLUSTER_NAME: Final = "radio"
 ROUTE_USER: Final = "radio-route"
 
@@ -224,11 +226,10 @@ def users_text(registry: Registry, route_password: str, *, probe: bool = False) 
         "users = [",
     ]
     entries = []
-    public = sorted(n for n, s in registry.networks.items() if s.public)
     # The anonymous user's password is handed to no one. It stays plain: NATS logs in a client
     # without credentials by presenting this password for it, which a bcrypt hash would not
     # match. Knowing it gives nothing beyond anonymous rights.
-    anonymous_reads = [s for n in public for s in subjects(n)] if registry.allow_anonymous else []
+    anonymous_reads = _anonymous_reads(registry)
     entries.append(
         "    # Anonymous clients (no_auth_user): the public networks, read only.\n"
         + _user(ANONYMOUS, internal_password(route_password, ANONYMOUS), [], anonymous_reads)
@@ -251,16 +252,7 @@ def users_text(registry: Registry, route_password: str, *, probe: bool = False) 
                 f"    # {key.name}: no bcrypt hash yet; `radio keys rotate {key.name}` gives it one."
             )
             continue
-        access = registry.access(key.name)
-        if access.admin:
-            publish, subscribe, what = [">"], [">"], "admin: any subject"
-        elif key.read_all:  # the recorder: every network, so its networks/# filter is granted
-            publish, subscribe, what = [], ["networks", "networks.>"], "read every network"
-        else:
-            publish = [s for n in sorted(access.publish) for s in subjects(n)]
-            subscribe = [s for n in sorted(access.read) for s in subjects(n)]
-            writes, reads = ",".join(sorted(access.publish)) or "-", ",".join(sorted(access.read)) or "-"
-            what = f"publish {writes}; read {reads}"
+        publish, subscribe, what = _key_rights(registry, key.name)
         entries.append(
             f"    # {key.name} ({what})\n"
             + ",\n".join(_user(u, key.bcrypt, publish, subscribe) for u in (key.name, key.alias))
@@ -268,6 +260,67 @@ def users_text(registry: Registry, route_password: str, *, probe: bool = False) 
     out.append(",\n".join(entries))
     out.append("]")
     return "\n".join(out) + "\n"
+
+
+def _anonymous_reads(registry: Registry) -> list[str]:
+    """The anonymous user's subjects: every public network's, if anonymous clients are let in."""
+    if not registry.allow_anonymous:
+        return []
+    return [s for n in sorted(n for n, net in registry.networks.items() if net.public) for s in subjects(n)]
+
+
+def _key_rights(registry: Registry, name: str) -> tuple[list[str], list[str], str]:
+    """A key's subjects to publish and to read, and a comment saying what they mean."""
+    access = registry.access(name)
+    if access.admin:
+        return [">"], [">"], "admin: any subject"
+    if registry.keys[name].read_all:  # the recorder: every network, so its networks/# filter is granted
+        return [], ["networks", "networks.>"], "read every network"
+    publish = [s for n in sorted(access.publish) for s in subjects(n)]
+    subscribe = [s for n in sorted(access.read) for s in subjects(n)]
+    writes, reads = ",".join(sorted(access.publish)) or "-", ",".join(sorted(access.read)) or "-"
+    return publish, subscribe, f"publish {writes}; read {reads}"
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What one NATS user may do, as users.conf says it: enough to tell when it lost something."""
+
+    password: str
+    """Its bcrypt hash (a key's) or its derived password (anonymous): a new one is a rotation."""
+    publish: frozenset[str]
+    subscribe: frozenset[str]
+
+    def covers(self, before: Rights) -> bool:
+        """Whether these rights keep everything ``before`` gave, under the same password."""
+        return (
+            self.password == before.password
+            and _covers(self.publish, before.publish)
+            and _covers(self.subscribe, before.subscribe)
+        )
+
+
+def _covers(now: frozenset[str], before: frozenset[str]) -> bool:
+    return ">" in now or before <= now
+
+
+def user_rights(registry: Registry, route_password: str, now: datetime) -> dict[str, Rights]:
+    """Every user users.conf lists at ``now`` (the probe aside), with its rights.
+
+    ``users_text`` writes exactly these: a user missing from the next export (a key revoked or
+    expired) or holding less there is one whose connections and sessions must end.
+    """
+    anonymous = Rights(
+        internal_password(route_password, ANONYMOUS), frozenset(), frozenset(_anonymous_reads(registry))
+    )
+    rights = {ANONYMOUS: anonymous}
+    for key in registry.keys.values():
+        if key.expired(now) or not key.bcrypt:
+            continue
+        publish, subscribe, _ = _key_rights(registry, key.name)
+        for user in (key.name, key.alias):
+            rights[user] = Rights(key.bcrypt, frozenset(publish), frozenset(subscribe))
+    return rights
 
 
 def node_text(
@@ -343,9 +396,20 @@ websocket {{
 # Clients that send no username are the anonymous user of users.conf: public networks only.
 {anonymous}
 
+# NATS's own system account, with one user: `radio broker` connects as it, on the loopback
+# client port above, to close the connections of a key whose rights shrank (its KICK request).
+# Its password is derived from the route password and is in no other file.
+accounts {{
+    "$SYS" {{
+        users = [{{user: {_quote(SYSTEM)}, password: {_quote(internal_password(route_secret, SYSTEM))},
+                  allowed_connection_types: ["STANDARD"]}}]
+    }}
+}}
+
 # Who may connect and what each may publish and read: users.conf, written from the key registry.
 # `radio broker --engine nats` rewrites it on every key change and sends each node SIGHUP, which
-# rereads it and closes the connections of keys that no longer hold.
+# rereads it and closes the connections of keys that no longer hold; then it closes those of
+# keys that lost a right, and discards their sessions, so they start again under the new rights.
 authorization {{
     include "users.conf"
 }}

@@ -86,17 +86,11 @@ PROMISES: dict[str, dict[str, str]] = {
     "revocation": {},
     "rotation": {},
     "expiry": {},
-    "edit": {
-        "nats": "not always: nats-server may go on delivering to a live subscription after its read "
-        "right is taken away (seen from 0.2 s to over 15 s)"
-    },
+    "edit": {},
     "unchanged-stay": {},
-    "revoked-session": {
-        "nats": "nats-server keeps a session by client id, whatever became of its key",
-    },
+    "revoked-session": {},
     "queued-after-right-removed": {
         "mosquitto": "Mosquitto checks a queued sample against the rights at delivery only",
-        "nats": "nats-server keeps a session's subscriptions and queue across a rights change",
     },
     "session-owner": {
         "mosquitto": "Mosquitto hands a session to any key that sends its client id",

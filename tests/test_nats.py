@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import tomllib
+from datetime import UTC, datetime
 
 import psutil
 import pytest
@@ -28,7 +29,8 @@ from test_nats_cluster import require_nats
 from test_platform import left_behind, loud, start_up
 
 from radio.broker.nats import NatsCluster
-from radio.broker.nats_conf import NatsError, plan
+from radio.broker.nats_conf import NatsError, plan, user_rights
+from radio.broker.nats_kick import lost
 from radio.config import Address, load_settings
 from radio.registry import LiveRegistry
 
@@ -104,6 +106,33 @@ def test_permissions_are_the_registry_s_rights_as_subjects(home):
     assert found[alias] == found["gen"]
     # No key may speak the NATS protocol, where MQTT's internal subjects carry others' messages.
     assert {types for _, _, types in [(0, 0, tuple(v[2])) for v in found.values()]} == {("MQTT", "MQTT_WS")}
+
+
+def test_the_users_that_lost_a_right_are_the_ones_whose_access_ends(home):
+    """A right taken away, a rotation, a revocation, or an admin made an ordinary key is a loss; a
+    right added, or an ordinary key made an admin, is not."""
+    store = home.store()
+    store.add("shrinks", subscribe=["A", "B"])
+    store.add("grows", subscribe=["A"])
+    store.add("rotates", subscribe=["A"])
+    store.add("goes", subscribe=["A"])
+    store.add("demoted", admin=True)
+    store.add("promoted", subscribe=["B"])
+    registry = LiveRegistry(home.config)
+    before = user_rights(registry.current, "route", datetime.now(UTC))
+    aliases = {k.name: k.alias for k in registry.current.keys.values()}  # a rotation gives a new one
+    store.edit("shrinks", subscribe=["B"])
+    store.edit("grows", subscribe=["A", "B"])
+    store.rotate("rotates")
+    store.revoke("goes")
+    store.edit("demoted", admin=False, subscribe=["A"])
+    store.edit("promoted", admin=True)
+    assert registry.refresh()
+    after = user_rights(registry.current, "route", datetime.now(UTC))
+    gone = {"shrinks", "rotates", "goes", "demoted"}
+    kept = {"grows", "promoted", "gen", "reader_a", "admin"}
+    assert {*gone, *(aliases[n] for n in gone)} <= lost(before, after)
+    assert not lost(before, after) & {*kept, *(aliases[n] for n in kept), "_anonymous"}
 
 
 def test_without_anonymous_access_no_client_is_let_in_without_a_key(home):

@@ -243,6 +243,39 @@ def test_a_revoked_key_is_refused_and_its_connections_closed_on_every_node(conne
         connect("victim", node=node, secret=secret, expect=NOT_AUTHORIZED)
 
 
+def test_a_right_taken_away_ends_the_keys_connections_and_sessions_on_every_node(connect, nats_home):
+    """nats-server alone may go on delivering what a right no longer allows, live or queued: the
+    runner closes the key's connections on every node and discards its sessions, whatever node
+    holds them, and leaves other keys alone."""
+    secret = nats_home.add_key("shrinking", subscribe=["A", "B"])
+
+    def reads_a(node: int) -> bool:
+        probe = Client("tcp", connect.cluster.nodes[node - 1].mqtt.port, "shrinking", secret)
+        try:
+            return probe.connect() == 0 and probe.subscribe("networks/A/probe", qos=1) == 1
+        finally:
+            probe.close()
+
+    assert eventually(lambda: all(reads_a(n) for n in (1, 2, 3)))
+    away = connect("shrinking", node=2, client_id="shrinking-session", clean_session=False)
+    assert away.subscribe("networks/A/shrunk", qos=1) == 1
+    away.close()
+    connect("admin", node=1).publish("networks/A/shrunk", b'{"queued": "before the edit"}', qos=1)
+    live = [connect("shrinking", node=n, transport=t) for n in (1, 2, 3) for t in TRANSPORTS]
+    bystander = connect("reader_a", node=2)
+    nats_home.store().edit("shrinking", subscribe=["B"])
+    edited = time.monotonic()
+    for client in live:
+        assert client.disconnected.wait(max(0.0, edited + WITHIN - time.monotonic())), client.port
+    assert not bystander.disconnected.is_set()
+    nats_home.store().edit("shrinking", subscribe=["A", "B"])
+    assert eventually(lambda: all(reads_a(n) for n in (1, 2, 3)))
+    back = connect("shrinking", node=3, client_id="shrinking-session", clean_session=False)
+    assert back.subscribe("networks/A/shrunk", qos=1) == 1
+    connect("admin", node=1).publish("networks/A/shrunk", sentinel(), qos=1)
+    assert payloads(back) == [sentinel()]
+
+
 def test_killing_a_node_leaves_publishing_retained_samples_and_listeners_working(tmp_path):
     """SIGKILL, as a crashed machine: no goodbye to the cluster. Its own cluster: the module's stays whole."""
     home = make_home(tmp_path)
