@@ -193,14 +193,16 @@ class NatsCluster:
         secret = route_secret(self.folder)
         client_ids: set[str] = set()
         for node in nodes:
-            if not nats_kick.wait_reloaded(node, loaded[node.index]):
+            reloaded = nats_kick.wait_reloaded(node, loaded[node.index])
+            if reloaded is None:
                 log.error("NATS node %s did not reload within %gs", node.name, nats_kick.TIMEOUT)
                 continue
-            found = nats_kick.find(node, users)
+            found = nats_kick.find(node, users, reloaded)
             nats_kick.kick(node, found.server_id, found.open, SYSTEM, internal_password(secret, SYSTEM))
             client_ids |= found.client_ids
         for client_id in sorted(client_ids):
-            nats_kick.discard_session(nodes[0].mqtt.local(), client_id, PROBE, self._probe)
+            if not nats_kick.discard_session(nodes[0].mqtt.local(), client_id, PROBE, self._probe):
+                log.error("the session %r could not be discarded; the next change retries", client_id)
         log.info(
             "rights taken away from %s: %d client id(s) disconnected and their sessions discarded",
             ", ".join(sorted(users)),

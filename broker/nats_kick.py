@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import socket
 import time
@@ -25,6 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 from radio import wire
@@ -57,16 +59,24 @@ def config_time(node: Node) -> str | None:
         return None
 
 
-def wait_reloaded(node: Node, before: str | None, timeout: float = TIMEOUT) -> bool:
-    """Wait until the node has reread its configuration since ``before`` (its SIGHUP was handled)."""
+def wait_reloaded(node: Node, before: str | None, timeout: float = TIMEOUT) -> datetime | None:
+    """When the node reread its configuration after ``before`` (its SIGHUP was handled).
+
+    Returns once it has; None if it did not within ``timeout``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         now = config_time(node)
         if now is not None and now != before:
-            return True
+            return _instant(now)
         if time.monotonic() > deadline:
-            return False
+            return None
         time.sleep(0.02)
+
+
+def _instant(text: str) -> datetime:
+    """A time nats-server reports (RFC 3339, nanoseconds, UTC), to the microsecond."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text))
 
 
 @dataclass
@@ -78,12 +88,16 @@ class Found:
     client_ids: set[str] = field(default_factory=set)
 
 
-def find(node: Node, users: Iterable[str]) -> Found:
-    """The node's connections of ``users``: open and recently closed (``/connz`` keeps the last ones)."""
+def find(node: Node, users: Iterable[str], reloaded: datetime) -> Found:
+    """The node's connections of ``users`` made before it ``reloaded``, open and recently closed.
+
+    ``/connz`` keeps the last closed ones. Connections made since the reload run under the new
+    rights already, and are left alone.
+    """
     found = Found(str(_get(node.monitor.local(), "/varz")["server_id"]))
     for user in sorted(users):
         for connection in _connections(node, user):
-            if connection.get("authorized_user") != user:
+            if connection.get("authorized_user") != user or _instant(connection["start"]) >= reloaded:
                 continue
             if "stop" not in connection:
                 found.open.append(int(connection["cid"]))
