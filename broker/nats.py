@@ -185,11 +185,14 @@ class NatsCluster:
         self.reloads += 1
         log.info("registry changed: every NATS node reloaded its users")
         users = nats_kick.lost(before, self._rights)
-        if users:
+        if users and running:
             self._end_access(running, users, loaded)
 
     def _end_access(self, nodes: list[Node], users: set[str], loaded: dict[int, str | None]) -> None:
-        """Close ``users``' connections on each node, then discard every session they were seen with."""
+        """Close ``users``' connections on each node, then discard every session they were seen with.
+
+        A node that does not answer is logged and passed over: the others are still dealt with.
+        """
         secret = route_secret(self.folder)
         client_ids: set[str] = set()
         for node in nodes:
@@ -197,12 +200,19 @@ class NatsCluster:
             if reloaded is None:
                 log.error("NATS node %s did not reload within %gs", node.name, nats_kick.TIMEOUT)
                 continue
-            found = nats_kick.find(node, users, reloaded)
-            nats_kick.kick(node, found.server_id, found.open, SYSTEM, internal_password(secret, SYSTEM))
+            try:
+                found = nats_kick.find(node, users, reloaded)
+                nats_kick.kick(node, found.server_id, found.open, SYSTEM, internal_password(secret, SYSTEM))
+            except (OSError, ValueError, KeyError):
+                log.exception("NATS node %s: closing the connections of %s failed", node.name, sorted(users))
+                continue
             client_ids |= found.client_ids
         for client_id in sorted(client_ids):
-            if not nats_kick.discard_session(nodes[0].mqtt.local(), client_id, PROBE, self._probe):
-                log.error("the session %r could not be discarded; the next change retries", client_id)
+            # Sessions are the cluster's: any node that answers can discard one.
+            if not any(
+                nats_kick.discard_session(n.mqtt.local(), client_id, PROBE, self._probe) for n in nodes
+            ):
+                log.error("the session %r could not be discarded on any NATS node", client_id)
         log.info(
             "rights taken away from %s: %d client id(s) disconnected and their sessions discarded",
             ", ".join(sorted(users)),
