@@ -33,7 +33,7 @@ from radio import wire
 from radio.broker.nats_conf import Node, Rights
 from radio.config import Address
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 TIMEOUT: Final = 5.0
 """Seconds for a node to answer one request: a node that does not is logged, and the next change retries."""
