@@ -16,8 +16,8 @@ import uvicorn
 
 from radio.bridge.app import create_app
 from radio.bridge.asgi import BufferedWSGI
-from radio.bridge.publish import body_limit, fresh_registry
 from radio.bridge.publisher import Publisher
+from radio.bridge.state import state_of
 from radio.config import Address
 
 
@@ -48,7 +48,7 @@ class InProcessBridge:
                 "PUBACK_TIMEOUT": puback_timeout,
             }
         )
-        self.publisher: Publisher = self.app.extensions["radio.publisher"]
+        self.publisher: Publisher = state_of(self.app).publisher
         self.client = self.app.test_client()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -62,7 +62,7 @@ class InProcessBridge:
         asgi = BufferedWSGI(
             self.app,
             body_timeout=self.body_timeout,
-            body_limit=lambda: body_limit(fresh_registry(self.app)),
+            body_limit=state_of(self.app).body_limit,
             threads=16,
             inline=("/publish",),  # as radio bridge serves it (bridge/app.py, create_asgi_app)
         )

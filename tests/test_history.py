@@ -18,6 +18,7 @@ import pytest
 from mqtt_client import Client
 
 from radio.bridge.app import create_app
+from radio.bridge.state import state_of
 from radio.broker.mosquitto import acl_text
 from radio.config import Address, load_settings
 from radio.recorder.identity import recorder_credentials
@@ -67,7 +68,7 @@ def recorder(home, broker):
 def app(home, broker):
     app = create_app({"RADIO_CONFIG": str(home.config), "BROKER": Address("127.0.0.1", broker.mqtt_port)})
     yield app.test_client()
-    app.extensions["radio.publisher"].stop()
+    state_of(app).publisher.stop()
 
 
 @pytest.fixture
@@ -319,7 +320,7 @@ def test_the_recorder_numbers_samples_on_mosquitto_too(home):
             private = wait_for_last(client, "A", 1, {"API-KEY": home.secrets["reader_a"]})
         finally:
             publisher.close()
-            app.extensions["radio.publisher"].stop()
+            state_of(app).publisher.stop()
     assert [(s["seq"], s["data"]) for s in body["samples"]] == [(1, {"i": 0}), (2, {"i": 1})]
     assert private["samples"][0]["data"] == {"a": 0}
 

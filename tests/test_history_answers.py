@@ -14,6 +14,7 @@ import test_history
 from test_history import history, recording, wait_for_last
 
 from radio.bridge.app import create_app
+from radio.bridge.state import state_of
 from radio.config import Address, load_settings
 from radio.recorder.store import HistoryStore
 
@@ -33,7 +34,7 @@ def make_app(home, broker, extra: str = ""):
 def app(home, broker):
     app = make_app(home, broker)
     yield app.test_client()
-    app.extensions["radio.publisher"].stop()
+    state_of(app).publisher.stop()
 
 
 @pytest.fixture
@@ -223,7 +224,7 @@ def test_a_history_answer_is_cut_at_its_byte_cap_and_says_where_to_go_on(home, b
         assert [s["seq"] for s in rest["samples"]] == [11, 12]
         assert rest["more"] is False
     finally:
-        app.extensions["radio.publisher"].stop()
+        state_of(app).publisher.stop()
 
 
 def test_a_sample_larger_than_the_cap_is_served_alone(home, broker, store):
@@ -235,7 +236,7 @@ def test_a_sample_larger_than_the_cap_is_served_alone(home, broker, store):
         assert [s["seq"] for s in body["samples"]] == [1]
         assert body["more"] is True
     finally:
-        app.extensions["radio.publisher"].stop()
+        state_of(app).publisher.stop()
 
 
 def test_the_page_cap_is_a_checked_setting(home):

@@ -90,3 +90,29 @@ def test_every_third_party_import_is_a_declared_dependency():
         if not owners & declared:
             missing[module] = sorted(owners)
     assert missing == {}, f"imported at run time but not in [project] dependencies: {missing}"
+
+
+def bridge_modules_imported(path: Path) -> set[str]:
+    """The modules of ``radio.bridge`` a source file imports, by their short name (``publish``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "radio.bridge":
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("radio.bridge."):
+            names.add(node.module.removeprefix("radio.bridge.").split(".")[0])  # type: ignore[union-attr]
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[2] for a in node.names if a.name.startswith("radio.bridge."))
+    return names
+
+
+def test_no_bridge_blueprint_imports_another_and_none_reads_app_extensions_by_string():
+    """Each view takes what the app holds from ``BridgeState`` (bridge/state.py), never another view."""
+    blueprints = {p.stem for p in sources("bridge") if "Blueprint(" in p.read_text(encoding="utf-8")}
+    assert {"publish", "ops", "history", "pages", "admin"} <= blueprints
+    for path in sources("bridge"):
+        text = path.read_text(encoding="utf-8")
+        if path.stem in blueprints:
+            crossed = bridge_modules_imported(path) & (blueprints - {path.stem})
+            assert crossed == set(), f"bridge/{path.name} imports the blueprint modules {crossed}"
+        if path.name != "state.py":
+            assert "extensions[" not in text, f"bridge/{path.name} reads app.extensions: use bridge/state.py"
