@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import requests
 from amqtt.broker import Broker
 from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
 from mqtt_client import Client
+from polling import until
 
 from radio.bridge.identity import bridge_credentials
 from radio.broker.mosquitto import MosquittoBroker
@@ -272,24 +272,19 @@ class Bridge:
         return stderr
 
 
-def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = True) -> Bridge:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "bridge",
-            "--config",
-            str(home.config),
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            f"mqtt://127.0.0.1:{broker_port}",
-            *options,
-        ],
+def radio_process(home: Home, command: str, *args: str) -> subprocess.Popen[str]:
+    """``radio COMMAND --config ... ARGS`` as an operator starts it; its output on pipes, as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "radio", command, "--config", str(home.config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = True) -> Bridge:
+    process = radio_process(
+        home, "bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{broker_port}", *options
     )
     assert process.stdout is not None
     url = admin_url = None
@@ -302,11 +297,10 @@ def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = Tr
             break
     assert url is not None, process.stderr.read() if process.stderr else ""
     bridge = Bridge(process, url, admin_url)
-    deadline = time.monotonic() + 20
     # Readiness: a load balancer would poll /healthz the same way.
-    while healthy and requests.get(url + "/healthz", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the bridge never reached the broker"
-        time.sleep(0.05)
+    if healthy:
+        linked = until(lambda: requests.get(url + "/healthz", timeout=10).status_code == 200, 20, every=0.05)
+        assert linked, "the bridge never reached the broker"
     return bridge
 
 

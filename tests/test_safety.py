@@ -9,6 +9,7 @@ queues, QoS 2 not resent, a world-readable store, a store that could not be writ
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -17,10 +18,10 @@ import sqlite3
 import stat
 import subprocess
 import threading
-import time
 import tomllib
 
 import paho.mqtt.client as mqtt
+import polling
 import pytest
 import tomli_w
 from conftest import ENGINES, broker_process, running_broker
@@ -53,14 +54,8 @@ def closed_within(sock, seconds: float) -> bool:
         return False
 
 
-def eventually(attempt, within: float = WITHIN):
-    """Retry until truthy: a registry reload shows no event a client could await."""
-    deadline = time.monotonic() + within
-    while True:
-        result = attempt()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+eventually = functools.partial(polling.eventually, within=WITHIN, every=0.05)
+"""Retry until truthy: what is awaited here shows no event a test could wait on."""
 
 
 def set_rights(home, port: int, name: str, **rights: list[str]) -> None:
