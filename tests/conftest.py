@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,26 @@ class Home:
             timeout=60,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The working tree's files as git sees them (tracked or new, not ignored), as a fresh clone has them.
+
+    Symlinks (``radio/broker`` and the like) stay symlinks.
+    """
+    root = Path(__file__).resolve().parent.parent
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = root / name
+        if source.is_symlink() or source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name, follow_symlinks=False)
+    return destination
 
 
 # Where the environment asks for no bytecode files, every `python -m radio` the tests start would

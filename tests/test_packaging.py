@@ -7,7 +7,6 @@ so the suite itself cannot notice a missing run-time dependency by failing to im
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+from conftest import copy_checkout
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,22 +125,7 @@ def test_the_sdist_ships_the_package_and_no_tests(tmp_path):
     """The tests need the checkout (conftest.py, its helpers, bench/, docs/): an sdist of some of
     them could not run them, so it ships none (MANIFEST.in), and everything the wheel needs."""
     source = tmp_path / "source"
-    tracked = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, tracked):
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / name).is_symlink():  # radio/broker -> ../broker, as the checkout has them
-            (source / name).symlink_to((ROOT / name).readlink())
-        elif (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, source / name)
+    copy_checkout(source)
     build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
     built = subprocess.run(
         [sys.executable, "-c", build, str(tmp_path)],
