@@ -147,3 +147,16 @@ def test_the_sdist_ships_the_package_and_no_tests(tmp_path):
         "radio/bridge/templates/live.html",
     ):
         assert needed in members, needed
+
+
+def test_the_tests_readme_describes_every_declared_marker_and_every_helper_module():
+    """A newcomer finds each tier and helper in tests/README.md: a new marker or helper is added there."""
+    readme = (ROOT / "tests" / "README.md").read_text(encoding="utf-8")
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]
+    declared = [line.split(":", 1)[0].split("(", 1)[0] for line in options["ini_options"]["markers"]]
+    assert "slow" in declared
+    for marker in declared:
+        assert f"| `{marker}" in readme, f"tests/README.md does not describe the marker {marker!r}"
+    for helper in sorted((ROOT / "tests").glob("*.py")):
+        if not helper.name.startswith("test_") and helper.name != "conftest.py":
+            assert f"`{helper.name}`" in readme, f"tests/README.md does not name {helper.name}"
