@@ -393,8 +393,8 @@ def test_a_slow_client_does_not_stop_other_requests(bridge, home, everything):
 def test_stopping_the_publisher_while_it_waits_for_connack_closes_its_socket():
     """A broker that accepts the connection and never answers: stop() must still close it cleanly.
 
-    Before the fix, the half-made link was nobody's to close, and closing the loop under it raised
-    in the link's thread (``filterwarnings = error`` turns that into a failure here).
+    The half-made link must be closed by the stop too: left open, closing the loop under it would
+    raise in the link's thread (``filterwarnings = error`` turns that into a failure here).
     """
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
