@@ -39,14 +39,15 @@ import json
 import re
 import resource
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mqtt_load import Framer, _packet, _string, connect_packet, publish_packet  # one encoder for bench/
+from mqtt_load import connect_packet
+
+from radio import wire
 
 RADIO = [sys.executable, "-m", "radio"]
 ATTACKER = "127.0.0.1"
@@ -57,25 +58,12 @@ HOLDERS = 4
 """Processes sharing the silent sockets: one alone opens them too slowly to keep 10,000 open."""
 
 
-def persistent_connect(client_id: str) -> bytes:
-    """An anonymous CONNECT with clean session off."""
-    return _packet(0x10, _string("MQTT") + bytes([4, 0]) + struct.pack("!H", 300) + _string(client_id))
-
-
-def subscribe_packet(pid: int, filters: list[str], qos: int = 1) -> bytes:
-    return _packet(0x82, struct.pack("!H", pid) + b"".join(_string(f) + bytes([qos]) for f in filters))
-
-
-def unsubscribe_packet(pid: int, filters: list[str]) -> bytes:
-    return _packet(0xA2, struct.pack("!H", pid) + b"".join(_string(f) for f in filters))
-
-
 class Client:
     """One raw MQTT connection from a chosen loopback address."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.framer = Framer()
+        self.framer = wire.Framer()
         self.waiting: list[tuple[int, bytes]] = []
 
     @classmethod
@@ -156,7 +144,7 @@ async def puback_p50(broker: Broker, topic: str, count: int) -> float:
         for n in range(count):
             pid = n % 65535 + 1
             sent = time.perf_counter()
-            client.writer.write(publish_packet(topic, b'{"n": %d, "pad": "%s"}' % (n, PAD), 1, pid))
+            client.writer.write(wire.publish(topic, b'{"n": %d, "pad": "%s"}' % (n, PAD), 1, pid))
             await client.next(4)
             times.append((time.perf_counter() - sent) * 1000)
             await asyncio.sleep(0.02)
@@ -174,10 +162,10 @@ async def open_sessions(port: int, count: int) -> tuple[int, int]:
         async with limit:
             client = await Client.open(port, ATTACKER)
             try:
-                code = await client.connect(persistent_connect(f"flood-{n}"))
+                code = await client.connect(connect_packet(f"flood-{n}", clean=False))
                 codes.append(code)
                 if code == 0:
-                    client.writer.write(subscribe_packet(1, ["networks/pubnet/#"]))
+                    client.writer.write(wire.subscribe(1, [("networks/pubnet/#", 1)]))
                     await client.next(9)
                     client.writer.write(b"\xe0\x00")
             finally:
@@ -225,7 +213,7 @@ async def retain_topics(broker: Broker, topics: int) -> None:
         for start in range(0, topics, 500):
             batch = range(start, min(start + 500, topics))
             for n in batch:
-                packet = publish_packet(f"networks/pubnet/r/{n}", b'{"n": %d}' % n, 1, n % 65535 + 1)
+                packet = wire.publish(f"networks/pubnet/r/{n}", b'{"n": %d}' % n, 1, n % 65535 + 1)
                 client.writer.write(bytes([packet[0] | 0x01]) + packet[1:])  # retain
             for _ in batch:
                 await client.next(4)
@@ -241,9 +229,9 @@ async def resubscribe(port: int, stop: asyncio.Event) -> int:
     rounds = 0
     try:
         while not stop.is_set():
-            client.writer.write(subscribe_packet(1, filters))
+            client.writer.write(wire.subscribe(1, [(f, 1) for f in filters]))
             await client.next(9)
-            client.writer.write(unsubscribe_packet(2, filters))
+            client.writer.write(wire.unsubscribe(2, filters))
             await client.next(11)
             rounds += 1
     finally:

@@ -62,6 +62,8 @@ from pathlib import Path
 import psutil
 from fanout import Platform
 
+from radio.files import write_private
+
 TOPIC = "networks/bench"
 END = b'{"end":1}'
 PROBE = b'{"probe":1}\n'
@@ -130,8 +132,7 @@ class Load:
         options = folder / "options"
         options.mkdir(exist_ok=True)
         secret = options / "mosquitto_pub"
-        secret.touch(mode=0o600)
-        secret.write_text(f"-u {key[0]}\n-P {key[1]}\n")
+        write_private(secret, f"-u {key[0]}\n-P {key[1]}\n")
         self.publisher = subprocess.Popen(
             ["mosquitto_pub", *common, "-i", "bench-pub", "-l", "-M", "64"],
             stdin=subprocess.PIPE,

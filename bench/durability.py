@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from mqtt_load import connect_packet, handshake, open_connection, publish_packet, subscribe
+from mqtt_load import connect_packet, handshake, open_connection, subscribe
+
+from radio import wire
 
 RADIO = [sys.executable, "-m", "radio"]
 WINDOW = 64
@@ -59,9 +61,7 @@ def start(folder: Path, persistence: str) -> tuple[subprocess.Popen[str], int, s
 async def measure(port: int, secret: str, samples: int) -> float:
     for n in range(SESSIONS):  # persistent sessions that leave: every sample queues for each
         away = await open_connection("tcp", port)
-        persistent = bytearray(connect_packet(f"away-{n}"))
-        persistent[9] = 0x00  # the CONNECT flags: clean session 0
-        await away.send(bytes(persistent))
+        await away.send(connect_packet(f"away-{n}", clean=False))
         first, body = await asyncio.wait_for(away.packets.get(), 30)
         assert (first, body[1]) == (0x20, 0)
         await subscribe(away, "networks/bench", 1)
@@ -80,7 +80,7 @@ async def measure(port: int, secret: str, samples: int) -> float:
     started = time.perf_counter()
     for n in range(samples):
         await in_flight.acquire()
-        packet = publish_packet("networks/bench", payload, 1, n % 65535 + 1)
+        packet = wire.publish("networks/bench", payload, 1, n % 65535 + 1)
         await publisher.send(b"\x33" + packet[1:])  # retained
     for _ in range(WINDOW):
         await in_flight.acquire()

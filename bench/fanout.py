@@ -42,7 +42,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
-from mqtt_load import Connection, handshake, now, open_connection, publish_packet, subscribe
+from mqtt_load import Connection, handshake, now, open_connection, subscribe
+
+from radio import wire
 
 RADIO = [sys.executable, "-m", "radio"]
 """The radio command of this interpreter: works without an activated virtualenv."""
@@ -187,7 +189,7 @@ async def publish_all(publisher: Connection, payloads: list[bytes], qos: int) ->
     """QoS 0 as fast as the socket takes it; QoS 1 with WINDOW PUBLISHes awaiting their PUBACK."""
     if qos == 0:
         for n, payload in enumerate(payloads):
-            await publisher.send(publish_packet("networks/bench", payload, 0, 0))
+            await publisher.send(wire.publish("networks/bench", payload, 0, 0))
             if n % 50 == 0:
                 await asyncio.sleep(0)
         return
@@ -201,7 +203,7 @@ async def publish_all(publisher: Connection, payloads: list[bytes], qos: int) ->
     drainer = asyncio.ensure_future(drain_pubacks())
     for n, payload in enumerate(payloads):
         await in_flight.acquire()
-        await publisher.send(publish_packet("networks/bench", payload, 1, n % 65535 + 1))
+        await publisher.send(wire.publish("networks/bench", payload, 1, n % 65535 + 1))
     for _ in range(WINDOW):
         await in_flight.acquire()
     drainer.cancel()

@@ -18,12 +18,13 @@ import asyncio
 import json
 import resource
 import statistics
-import struct
 import tempfile
 from pathlib import Path
 
 from fanout import Platform, measure, messages_for
 from mqtt_load import Connection, handshake, open_connection
+
+from radio import wire
 
 
 async def hog(port: int, filters: int) -> tuple[Connection, int]:
@@ -33,14 +34,7 @@ async def hog(port: int, filters: int) -> tuple[Connection, int]:
     for start in range(0, filters, 500):
         batch = range(start, min(start + 500, filters))
         for i in batch:
-            topic_filter = f"networks/+/hog{i}/#".encode()
-            body = (
-                struct.pack("!H", i % 65535 + 1)
-                + struct.pack("!H", len(topic_filter))
-                + topic_filter
-                + b"\x00"
-            )
-            await connection.send(bytes([0x82, len(body)]) + body)
+            await connection.send(wire.subscribe(i % 65535 + 1, [(f"networks/+/hog{i}/#", 0)]))
     granted = 0
     for _ in range(filters):
         first, body = await asyncio.wait_for(connection.packets.get(), 60)

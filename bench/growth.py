@@ -23,8 +23,9 @@ import tempfile
 from pathlib import Path
 
 import tomli_w
-from mqtt_load import connect_packet, handshake, now, open_connection, publish_packet, subscribe
+from mqtt_load import connect_packet, handshake, now, open_connection, subscribe
 
+from radio import wire
 from radio.credentials import secret_digest
 from radio.keys import Key, mosquitto_hash, new_secret
 
@@ -105,7 +106,7 @@ async def measure(port: int, secret: str, count: int) -> dict[str, float]:
     acker = asyncio.ensure_future(acks())
     for n in range(messages):
         await window.acquire()
-        await publisher.send(publish_packet("networks/n0", b'{"n": %d}' % n, 1, n % 65535 + 1))
+        await publisher.send(wire.publish("networks/n0", b'{"n": %d}' % n, 1, n % 65535 + 1))
     await asyncio.wait_for(done.wait(), 60)
     published = messages / (now() - started)
     acker.cancel()

@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from radio.recorder.store import HistoryStore
+from radio.history_store import HistoryStore
 from recorder import RADIO, started
 
 CONFIG = """\

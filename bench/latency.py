@@ -10,8 +10,10 @@ deliveries, loss, and whether the run was queueing: the median latency of the la
 samples against the first third (a ratio well above 1 means latency grows with the run: the
 broker cannot keep up with that rate). Publisher and listeners share this process and its clock.
 
-Latency runs from when a sample was actually sent, not when it was due: a publisher held up by a
-busy loop hides that wait. ``bench/broker_cpu.py`` measures from the schedule, with C clients.
+Latency runs from when a sample was due (``start + seq / rate``), not from when it actually went
+out: a publisher held up by a busy loop or a slow answer makes the samples after it late, and
+that wait counts. The listeners share this process with the publisher, so their reading costs
+count too; ``bench/broker_cpu.py`` measures the broker alone on its core, with C clients.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mqtt_load import handshake, now, open_connection, open_listeners, publish_packet
+from mqtt_load import handshake, now, open_connection, open_listeners
+
+from radio import wire
 
 RADIO = [sys.executable, "-m", "radio"]
 """The radio command of this interpreter: works without an activated virtualenv."""
@@ -161,8 +165,8 @@ async def run(platform: Platform, setting: Setting, seconds: float) -> Result:
     send = await _sender(platform, setting.door)
     started = now()
     for seq in range(count):
-        await asyncio.sleep(max(0.0, started + seq / rate - now()))
-        sent[seq] = now()
+        sent[seq] = due = started + seq / rate
+        await asyncio.sleep(max(0.0, due - now()))
         await send(seq)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_in.wait(), 10)
@@ -178,7 +182,7 @@ async def _sender(platform: Platform, door: str) -> Callable[[int], asyncio.Futu
 
         async def send_mqtt(seq: int) -> None:
             payload = json.dumps({"seq": seq, "pad": "x" * 160}).encode()
-            await publisher.send(publish_packet("networks/bench", payload, 1, seq % 65535 + 1))
+            await publisher.send(wire.publish("networks/bench", payload, 1, seq % 65535 + 1))
 
         return send_mqtt  # type: ignore[return-value]
     pool = ThreadPoolExecutor(max_workers=16)

@@ -1,9 +1,10 @@
 """A load client for brokers: many MQTT connections in one asyncio process, large reads, no library.
 
 paho or mosquitto_sub would spend more CPU per message than the broker under test; this client
-frames packets itself, counts PUBLISHes, acknowledges QoS 1, and reports its own CPU time next
-to the broker's. TCP, or WebSocket through the ``websockets`` package, each in clear or over TLS
-(``mqtts``, ``wss``: the CA to trust is in ``TLS_CA`` or given to ``open_connection``).
+frames packets with ``radio.wire`` (the servers' own encoders and framer), counts PUBLISHes,
+acknowledges QoS 1, and reports its own CPU time next to the broker's. TCP, or WebSocket through
+the ``websockets`` package, each in clear or over TLS (``mqtts``, ``wss``: the CA to trust is in
+``TLS_CA`` or given to ``open_connection``).
 """
 
 from __future__ import annotations
@@ -11,73 +12,22 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import websockets
 
+from radio import wire
 
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    length = bytearray()
-    n = len(body)
-    while True:
-        byte, n = n % 128, n // 128
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes([first]) + bytes(length) + body
+KEEP_ALIVE = 300
+"""Seconds of silence a load client's CONNECT allows: no PINGREQ is needed during a run."""
 
 
-def connect_packet(client_id: str, username: str | None = None, password: str | None = None) -> bytes:
-    flags, payload = 0x02, _string(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _string(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _string(password)
-    return _packet(0x10, _string("MQTT") + bytes([4, flags]) + struct.pack("!H", 300) + payload)
-
-
-def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int) -> bytes:
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return _packet(0x30 | qos << 1, body)
-
-
-class Framer:
-    """Bytes in, (first byte, body) packets out."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Add received bytes; return the packets now complete."""
-        self._buffer += data
-        packets = []
-        while True:
-            buffer = self._buffer
-            if len(buffer) < 2:
-                return packets
-            length, shift, at = 0, 0, 1
-            while True:
-                if at >= len(buffer):
-                    return packets
-                byte = buffer[at]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                at += 1
-                if not byte & 0x80:
-                    break
-            if len(buffer) < at + length:
-                return packets
-            packets.append((buffer[0], bytes(buffer[at : at + length])))
-            del buffer[: at + length]
+def connect_packet(
+    client_id: str, username: str | None = None, password: str | None = None, *, clean: bool = True
+) -> bytes:
+    return wire.connect(client_id, username, password, KEEP_ALIVE, clean=clean)
 
 
 @dataclass
@@ -101,7 +51,7 @@ async def open_connection(
     tls: ssl.SSLContext | None = None,
 ) -> Connection:
     """Connect over ``tcp``, ``ws``, ``mqtts`` or ``wss``; PUBLISHes to ``on_packet``, else queued."""
-    framer = Framer()
+    framer = wire.Framer()
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
     def received(data: bytes) -> None:
@@ -180,7 +130,7 @@ async def handshake(
 
 async def subscribe(connection: Connection, topic_filter: str, qos: int) -> None:
     """SUBSCRIBE and wait for the SUBACK granting it."""
-    await connection.send(_packet(0x82, struct.pack("!H", 1) + _string(topic_filter) + bytes([qos])))
+    await connection.send(wire.subscribe(1, [(topic_filter, qos)]))
     first, body = await asyncio.wait_for(connection.packets.get(), 30)
     if first != 0x90 or body[2] not in (0, 1, 2):
         msg = f"SUBSCRIBE refused: {body!r}"
@@ -200,11 +150,12 @@ async def open_listeners(
     topic_filter: str = "networks/bench",
     qos: int = 0,
     batch: int = 100,
+    first_index: int = 0,
 ) -> list[Connection]:
     """``count`` anonymous subscribers, ``batch`` at a time; ``on_publish(i)`` handles the i-th's."""
     connections: list[Connection] = []
-    for start in range(0, count, batch):
-        indexes = range(start, min(start + batch, count))
+    for start in range(first_index, first_index + count, batch):
+        indexes = range(start, min(start + batch, first_index + count))
         opened = await asyncio.gather(*(open_connection(transport, port, on_publish(i)) for i in indexes))
         await asyncio.gather(*(handshake(c, f"listener-{i}") for c, i in zip(opened, indexes, strict=True)))
         await asyncio.gather(*(subscribe(c, topic_filter, qos) for c in opened))

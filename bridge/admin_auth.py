@@ -33,6 +33,7 @@ from werkzeug.exceptions import NotFound
 from radio import rates
 from radio.bridge.access import Refusal
 from radio.bridge.state import current_registry, current_state
+from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import LiveRegistry
 
@@ -99,7 +100,7 @@ def _refuse(status: int, message: str, reason: str, headers: dict[str, str]) -> 
 
 def _failed(status: int, message: str, reason: str, buckets: rates.SharedBuckets, tag: str) -> NoReturn:
     """Count a failure against the source address, then refuse."""
-    with contextlib.suppress(rates.Busy):  # the request is refused all the same; only the count is lost
+    with contextlib.suppress(Busy):  # the request is refused all the same; only the count is lost
         buckets.take(tag, 1 / AUTH_EVERY, AUTH_BURST)
     _refuse(status, message, reason, CHALLENGE if status == 401 else {})
 
@@ -110,7 +111,7 @@ def require_admin_key() -> Key:
     tag = _source_tag()
     try:
         wait = buckets.waiting(tag, 1 / AUTH_EVERY, AUTH_BURST)
-    except rates.Busy:
+    except Busy:
         wait = AUTH_EVERY  # a stuck bucket file must not open the door to unlimited guessing
     if wait > 0:
         seconds = str(max(1, math.ceil(wait)))

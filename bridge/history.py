@@ -1,7 +1,8 @@
 """``GET /networks/NAME/samples``: a network's numbered history, read from the recorder's file.
 
 The recorder (``radio recorder``) writes ``history.db`` beside the configuration; the bridge opens
-it read-only for each request, so it never holds a lock the recorder waits on.
+it read-only for each request, so it never holds a lock the recorder waits on. The file's tables
+and queries are ``radio/history_store.py``'s; this module makes the HTTP answer.
 
 - ``?limit=N``: the newest N samples (default 100, at most 1000), oldest first;
 - ``?after=SEQ``: the samples numbered after SEQ, oldest first, at most ``limit`` of them: a
@@ -23,8 +24,6 @@ right 403. Every refusal is JSON ``{"error": ...}``.
 from __future__ import annotations
 
 import json
-import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlencode
@@ -34,6 +33,7 @@ from flask import Blueprint, Response, request
 from radio.bridge.errors import APIError
 from radio.bridge.reading import DEFAULT_LIMIT, check_read, presented_secret
 from radio.bridge.state import current_registry, current_state
+from radio.history_store import HistoryUnavailable, NoHistory, Page, read_page
 from radio.samples import NotJSON
 from radio.samples import parse as parse_sample
 
@@ -77,19 +77,6 @@ def history_file() -> Path:
     return path
 
 
-@dataclass
-class Page:
-    """One answer's worth of history, already encoded sample by sample."""
-
-    first: int | None
-    last: int
-    items: list[bytes]
-    last_seq: int | None
-    """The number of the last sample in ``items`` (None: no sample)."""
-    more: bool
-    """The history holds samples after ``last_seq``: ask again with ``after=last_seq``."""
-
-
 def encode_sample(seq: int, received_at: str, topic: str, payload: str, checked: bool) -> bytes:
     """One sample of the answer, its stored JSON text spliced in, as it is, once known strict.
 
@@ -113,64 +100,13 @@ def _strict(payload: str) -> bool:
 
 
 def _read(path: Path, network: str, after: int | None, limit: int, max_bytes: int) -> Page:
-    if not path.exists():
+    try:
+        return read_page(path, network, after, limit, max_bytes, encode=encode_sample)
+    except NoHistory:
         msg = "no history yet: the recorder has not run (radio recorder, or radio up)"
-        raise APIError(503, msg, "no_history")
-    try:
-        db = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True, timeout=2.0)
-    except sqlite3.Error:
+        raise APIError(503, msg, "no_history") from None
+    except HistoryUnavailable:
         raise APIError(503, "the history is unavailable right now", "no_history") from None
-    try:
-        with db:  # one read transaction: first, last and the rows agree
-            return _page(db, network, after, limit, max_bytes)
-    except sqlite3.Error:
-        raise APIError(503, "the history is unavailable right now", "no_history") from None
-    finally:
-        db.close()
-
-
-def _one(db: sqlite3.Connection, query: str, network: str) -> int | None:
-    row = db.execute(query, (network,)).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
-def _page(db: sqlite3.Connection, network: str, after: int | None, limit: int, max_bytes: int) -> Page:
-    """The page after ``after`` (None: the newest ``limit``), cut at ``max_bytes``.
-
-    Rows are read one at a time and encoded as they come: at most ``max_bytes`` (and one row) of
-    a network's history is ever in memory for one request, whatever ``limit`` asks.
-    """
-    row = db.execute("SELECT last_seq FROM sequences WHERE network = ?", (network,)).fetchone()
-    last = int(row[0]) if row else 0
-    # Two queries, each one step down the primary key: MIN and MAX together would scan the rows.
-    first = _one(db, "SELECT MIN(seq) FROM samples WHERE network = ?", network)
-    newest = _one(db, "SELECT MAX(seq) FROM samples WHERE network = ?", network)
-    if after is None:  # the newest `limit`: from the oldest of them on
-        oldest = db.execute(
-            "SELECT seq FROM samples WHERE network = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
-            (network, limit - 1),
-        ).fetchone()
-        after = oldest[0] - 1 if oldest else 0
-    columns = {row[1] for row in db.execute("PRAGMA table_info(samples)")}
-    strict = "strict" if "strict" in columns else "NULL"  # a file no recorder has opened since
-    rows = db.execute(
-        f"SELECT seq, received_at, topic, payload, {strict} FROM samples "  # noqa: S608 - a column name
-        "WHERE network = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (network, after, limit),
-    )
-    items: list[bytes] = []
-    size = 0
-    last_seq: int | None = None
-    for seq, received_at, topic, payload, checked in rows:
-        item = encode_sample(seq, received_at, topic, payload, checked == 1)
-        if items and size + len(item) > max_bytes:
-            break  # a page always holds one sample, however large, so that paging moves on
-        items.append(item)
-        size += len(item) + 2
-        last_seq = seq
-    rows.close()
-    more = last_seq is not None and newest is not None and newest > last_seq
-    return Page(first, last, items, last_seq, more)
 
 
 @bp.get("/networks/<network>/samples")

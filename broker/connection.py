@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from amqtt.utils import gen_client_id
 
+from radio import wire as codec
 from radio.broker import attributes as attrs
-from radio.broker import codec
 from radio.broker.access import GO
 from radio.broker.message import Message
 from radio.broker.sessions import Session, Will

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from radio.broker.codec import encode_topic, remaining_length
 from radio.topics import network_of_topic
+from radio.wire import remaining_length, string
 
 
 class Message:
@@ -50,7 +50,7 @@ class Message:
             return plain
         framed = self._framed
         if framed is None:
-            topic = encode_topic(self.topic)
+            topic = string(self.topic)
             framed = self._framed = (
                 remaining_length(len(topic) + 2 + len(self.payload)) + topic,
                 self.payload,
@@ -59,7 +59,7 @@ class Message:
         return b"".join((bytes((first,)), framed[0], pid.to_bytes(2, "big"), framed[1]))
 
     def _build(self, first: int, pid: bytes) -> bytes:
-        topic = encode_topic(self.topic)
+        topic = string(self.topic)
         return b"".join(
             (
                 bytes((first,)),

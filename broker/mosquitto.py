@@ -32,7 +32,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,13 +40,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Final, Self
 
-from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
+from radio.files import write_atomic, write_private
 from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
 from radio.tls import check_server
 from radio.topics import network_topic
+from radio.wire import packet_limit
 
 log = logging.getLogger("radio.broker")
 
@@ -215,23 +215,11 @@ def export(
         msg = f"cannot read the Mosquitto template {TEMPLATE}: {exc}"
         raise MosquittoError(msg) from None
     conf = render_conf(template, settings, registry, folder, listeners=listeners)
-    _write(folder / "passwd", passwd_text(registry), 0o600)
-    _write(folder / "acl", acl_text(registry), 0o600)  # it names every key and its rights
-    _write(folder / "mosquitto.conf", conf, 0o644)
+    # Each in one step: Mosquitto may reload at any moment and must never read half a file.
+    write_private(folder / "passwd", passwd_text(registry))
+    write_private(folder / "acl", acl_text(registry))  # it names every key and its rights
+    write_atomic(folder / "mosquitto.conf", conf, mode=0o644)
     return folder / "mosquitto.conf"
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    """Atomically: Mosquitto may reload at any moment and must never read half a file."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        Path(temporary).chmod(mode)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def concrete(*addresses: Address) -> list[Address]:

@@ -27,21 +27,20 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import socket
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
+from radio.files import write_private
 from radio.registry import Registry
 from radio.tls import check_server
 from radio.topics import network_topic
+from radio.wire import packet_limit
 
 log = logging.getLogger("radio.broker")
 
@@ -407,7 +406,7 @@ def route_secret(folder: Path) -> str:
     if existing:
         return existing
     secret = secrets.token_hex(32)
-    _write(path, secret + "\n")
+    write_private(path, secret + "\n", durable=True)
     return secret
 
 
@@ -421,26 +420,15 @@ def export(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         secret = route_secret(folder)
-        _write(folder / "users.conf", users_text(registry, secret, probe=probe))
+        # Each in one step: a node may reload at any moment.
+        write_private(folder / "users.conf", users_text(registry, secret, probe=probe))
         paths = []
         for node in nodes:
             path = folder / f"{node.name}.conf"
-            _write(path, node_text(node, nodes, settings, registry, folder=folder, route_secret=secret))
+            text = node_text(node, nodes, settings, registry, folder=folder, route_secret=secret)
+            write_private(path, text)
             paths.append(path)
     except OSError as exc:
         msg = f"cannot write the NATS configuration into {folder}: {exc}"
         raise NatsError(msg) from None
     return paths
-
-
-def _write(path: Path, text: str, mode: int = 0o600) -> None:
-    """Atomically, mode set before the name appears: a node may reload at any moment."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from amqtt.contexts import Action
 
 from radio.broker import attributes as attrs
-from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions, KeySessions
@@ -26,6 +25,7 @@ from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.registry import Registry
 from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
+from radio.wire import SUBSCRIBE_FAILURE, valid_filter
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate

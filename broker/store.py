@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from radio.errors import RadioError
+from radio.sqlite import open_private_db
 
 log = logging.getLogger("radio.broker")
 
@@ -96,26 +96,14 @@ class Contents:
     last_seq: int = 0
 
 
-def _private_file(path: Path) -> None:
-    """Create the file 0600 (SQLite gives its -wal and -shm the same mode) and tighten old ones."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        with contextlib.suppress(FileNotFoundError):
-            companion.chmod(0o600)
-
-
 class Store:
     """One SQLite file, written by one thread in batches; every change is one call on the loop."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            _private_file(path)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._incremental_vacuum()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk: PUBACKs wait for it
+            # A commit is on disk (FULL): PUBACKs wait for it.
+            self._db = open_private_db(path, synchronous="FULL", before_wal=self._incremental_vacuum)
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -152,12 +140,11 @@ class Store:
         self.written = 0
         """Changes written since start (cancelled pairs not counted), for the metrics."""
 
-    def _incremental_vacuum(self) -> None:
+    def _incremental_vacuum(self, db: sqlite3.Connection) -> None:
         """Let ``compact`` give free pages back: set before the first table, or converted once.
 
         Converting a file made before takes a VACUUM, once, at start.
         """
-        db = self._db
         if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # 2: INCREMENTAL
             return
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")

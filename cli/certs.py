@@ -10,7 +10,6 @@ Caddy), which clients trust through the system's store without ``--ca``.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from radio.errors import RadioError
+from radio.files import write_private
 
 DEFAULT_HOSTS: Final = ("localhost", "127.0.0.1")
 VALID_DAYS: Final = 365
@@ -103,14 +103,6 @@ def make_dev_certificates(
     )
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """A file only its owner can read, from the moment it exists."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-
-
 def dev(folder: Path, hosts: Sequence[str]) -> tuple[Path, Path, Path]:
     """Write ``ca.pem``, ``server.pem`` and ``server.key`` (0600) into ``folder``."""
     try:
@@ -120,7 +112,7 @@ def dev(folder: Path, hosts: Sequence[str]) -> tuple[Path, Path, Path]:
         paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
         paths[0].write_bytes(ca)
         paths[1].write_bytes(cert)
-        write_private(paths[2], key)
+        write_private(paths[2], key, durable=True)
     except OSError as exc:
         msg = f"cannot write the certificates into {folder}: {exc.strerror or exc}"
         raise RadioError(msg) from None

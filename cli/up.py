@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 from typing import IO, Final
 
-from radio import ports, statelock
+from radio import ports, service_keys, statelock
 from radio.bridge.identity import bridge_credentials
 from radio.cli.options import EXIT_REFUSED, SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
 from radio.errors import RadioError
-from radio.keys import KeyStore, read_keys
+from radio.keys import read_keys
 from radio.recorder.identity import recorder_credentials
 from radio.stopping import Stop
 
@@ -82,17 +82,16 @@ def config_path(
 
 
 def demo_key(settings: Settings, network: str) -> str:
-    """The demo publisher's secret, made on first run and kept (mode 0600) in the state folder."""
-    path = settings.state_dir / "demo.key"
+    """The demo publisher's secret, made on first run and kept (mode 0600) in the state folder.
+
+    A file that no longer matches the key (rotated, or the key revoked) is replaced: the demo
+    is Radio's own, and gets a working key back without asking.
+    """
     key = read_keys(settings.keys_path).get(DEMO_KEY)
-    if path.exists() and key is not None and key.matches(path.read_text(encoding="utf-8").strip()):
-        return path.read_text(encoding="utf-8").strip()
-    store = KeyStore(settings.keys_path, settings.networks)
-    secret = store.rotate(DEMO_KEY) if key is not None else store.add(DEMO_KEY, publish=[network])
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
-    return secret
+    secret = service_keys.saved_secret(settings, DEMO_KEY)
+    if secret is not None and key is not None and key.matches(secret):
+        return secret
+    return service_keys.make_and_keep(settings, DEMO_KEY, rotate=key is not None, publish=[network])
 
 
 def service_keys_first(settings: Settings) -> None:

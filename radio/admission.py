@@ -10,9 +10,9 @@ check          verdict                HTTP         MQTT PUBLISH          will
 =============  =====================  ===========  ====================  ==================
 rights         ``Refused("rights")``  403          dropped               dropped
 size           ``Refused("too_large")``  413       dropped               dropped
-retained room  ``Refused("max_retained")``  n/a    dropped               dropped
 strict JSON    ``Refused("not_json")``  400        dropped               dropped
 schema         ``Refused("schema")``  400          dropped               dropped
+retained room  ``Refused("max_retained")``  n/a    dropped               dropped
 rate           ``Wait("rate")``       429          held (TCP pushes      dropped (no client
                                                    back on the client)   left to slow down)
 quota          ``Refused("quota")``   429          dropped               dropped
@@ -35,12 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from radio import rates, samples
+from radio import samples
 from radio.config import NetworkSettings
+from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import Registry
 from radio.topics import network_of_topic
-from radio.usage import Busy, Meter, QuotaState, Unit
+from radio.usage import Meter, QuotaState, Unit
 
 UNPARSED: Final[Any] = object()
 """``admit``'s ``data`` when the door has not parsed the payload itself."""
@@ -139,7 +140,7 @@ class Admission:
         if terms.rate is not None:
             try:
                 wait, tokens = self._take_token(key)
-            except rates.Busy:
+            except Busy:
                 return Wait("rates_unavailable", 1.0)
             if wait:
                 return Wait("rate", wait, tokens)

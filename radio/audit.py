@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from radio.errors import RadioError
+from radio.files import open_private
 
 FILE_NAME: Final = "audit.log"
 
@@ -52,8 +53,7 @@ def appending(path: Path) -> Iterator[Callable[[Actor, str, str, dict[str, Any]]
     Yields ``record(actor, action, key, changed)``, to call once the change is written.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.fchmod(fd, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
     except OSError as exc:
         msg = f"nothing changed: the audit log {path} cannot be written: {exc}"
         raise AuditError(msg) from None

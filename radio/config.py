@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from radio.errors import ConfigError, InvalidName
 from radio.schemas import Schema
+from radio.toml_values import kind as toml_kind
+from radio.toml_values import shown
 from radio.topics import NetworkName
 
 DEFAULT_CONFIG_NAME: Final = "radio.toml"
@@ -436,7 +438,7 @@ def _tls(data: dict[str, Any], folder: Path) -> TlsSettings | None:
     for name in ("cert", "key"):
         value = table.get(name)
         if not isinstance(value, str) or not value:
-            msg = f"[tls] {name} must be a file name (a string), not {_kind(value)} {value!r}"
+            msg = f"[tls] {name} must be a file name (a string), not {shown(value)}"
             if value is None:
                 msg = f"[tls] {name} is missing: [tls] needs both cert and key (PEM files)"
             raise ValueError(msg)
@@ -446,7 +448,7 @@ def _tls(data: dict[str, Any], folder: Path) -> TlsSettings | None:
 
 def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:
     if not isinstance(table, dict):
-        msg = f"[networks] must be a table of networks, such as [networks.sample_net], not {_kind(table)}"
+        msg = f"[networks] must be a table of networks, such as [networks.sample_net], not {shown(table)}"
         raise TypeError(msg)
     networks: dict[str, NetworkSettings] = {}
     for raw_name, options in table.items():
@@ -457,7 +459,7 @@ def _networks(table: object, folder: Path) -> dict[str, NetworkSettings]:
             raise ValueError(msg) from None
         where = f"[networks.{name}]"
         if not isinstance(options, dict):
-            msg = f"{where} must be a table of settings, not {_kind(options)}"
+            msg = f"{where} must be a table of settings, not {shown(options)}"
             raise TypeError(msg)
         _only(options, where + " ", {"public", "retain", "max_payload", "schema", "history", "max_retained"})
         defaults = NetworkSettings()
@@ -485,10 +487,7 @@ def _count(options: dict[str, Any], name: str, where: str, default: int) -> int:
     unit, low, high = _NETWORK_COUNTS[name]
     value = options.get(name, default)
     if type(value) is not int or not low <= value <= high:
-        msg = (
-            f"{where} {name} must be a whole number of {unit} from {low} to {high}, "
-            f"not {_kind(value)} {value!r}"
-        )
+        msg = f"{where} {name} must be a whole number of {unit} from {low} to {high}, not {shown(value)}"
         raise ValueError(msg)
     return value
 
@@ -498,9 +497,7 @@ def _schema(options: dict[str, Any], where: str, folder: Path) -> Schema | None:
         return None
     value = options["schema"]
     if not isinstance(value, str) or not value:
-        msg = (
-            f"{where} schema must be the name of a JSON Schema file (a string), not {_kind(value)} {value!r}"
-        )
+        msg = f"{where} schema must be the name of a JSON Schema file (a string), not {shown(value)}"
         raise TypeError(msg)
     try:
         return Schema.load(folder / value)
@@ -512,7 +509,7 @@ def _schema(options: dict[str, Any], where: str, folder: Path) -> Schema | None:
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
-        msg = f"[{name}] must be a table, not {_kind(value)}"
+        msg = f"[{name}] must be a table, not {shown(value)}"
         raise TypeError(msg)
     return value
 
@@ -529,7 +526,7 @@ def _address(table: dict[str, Any], name: str, where: str, default: Address) -> 
         return default
     value = table[name]
     if not isinstance(value, str):
-        msg = f"{where} {name}: {value!r} is not HOST:PORT (it must be a string, not {_kind(value)})"
+        msg = f"{where} {name}: {value!r} is not HOST:PORT (it must be a string, not {toml_kind(value)})"
         raise TypeError(msg)
     try:
         return Address.parse(value)
@@ -544,7 +541,7 @@ def _admin(bridge: dict[str, Any]) -> Address | None:
     if value is None or value is False:
         return None
     if not isinstance(value, str):
-        msg = f"[bridge] admin must be HOST:PORT or false, not {_kind(value)} {value!r}"
+        msg = f"[bridge] admin must be HOST:PORT or false, not {shown(value)}"
         raise TypeError(msg)
     return _address(bridge, "admin", "[bridge]", BridgeSettings().listen)
 
@@ -555,7 +552,7 @@ def _websocket_url(value: object) -> str | None:
     if not isinstance(value, str) or not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
         msg = (
             "[bridge] public_websocket_url must be a ws:// or wss:// URL such as "
-            f"'wss://radio.example.com/mqtt', not {_kind(value)} {value!r}"
+            f"'wss://radio.example.com/mqtt', not {shown(value)}"
         )
         raise ValueError(msg)
     return value
@@ -565,10 +562,7 @@ def _persistence(value: object, folder: Path) -> Path | None:
     if value is False:
         return None
     if not isinstance(value, str) or not value:
-        msg = (
-            "[broker] persistence must be a file name or false (a string or a boolean), "
-            f"not {_kind(value)} {value!r}"
-        )
+        msg = f"[broker] persistence must be a file name or false (a string or a boolean), not {shown(value)}"
         raise ValueError(msg)
     return folder / value
 
@@ -587,7 +581,7 @@ def _number(
     kinds: tuple[type, ...] = (int,) if whole else (int, float)
     if type(value) not in kinds or not low <= value <= high:
         kind = "a whole number" if whole else "a number"
-        msg = f"{where} {name} must be {kind} from {low:g} to {high:g}, not {_kind(value)} {value!r}"
+        msg = f"{where} {name} must be {kind} from {low:g} to {high:g}, not {shown(value)}"
         raise ValueError(msg)
     return float(value)
 
@@ -595,12 +589,6 @@ def _number(
 def _bool(table: dict[str, Any], name: str, where: str, default: bool) -> bool:
     value = table.get(name, default)
     if type(value) is not bool:
-        msg = f"{where} {name} must be true or false (a boolean), not {_kind(value)} {value!r}"
+        msg = f"{where} {name} must be true or false (a boolean), not {shown(value)}"
         raise TypeError(msg)
     return value
-
-
-def _kind(value: object) -> str:
-    """A value's TOML type, for messages that say what was found instead of what was expected."""
-    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
-    return kinds.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)

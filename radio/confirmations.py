@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -32,6 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from radio.files import write_private
+from radio.pids import alive
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,7 @@ class Confirmer:
         }
         try:
             self.path.parent.mkdir(mode=0o700, exist_ok=True)  # never re-create a removed folder
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out)
-            Path(tmp).replace(self.path)
+            write_private(self.path, json.dumps(data))
         except OSError as exc:
             if not self._warned:
                 self._warned = True
@@ -206,13 +205,8 @@ def running_servers(config: Path, keys: Path) -> list[Server]:
 
 
 def _alive(pid: int, started: object) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return started is None or _started(pid) in (None, started)
+    """The process is there, and is the one that wrote the file (not a new one given its pid)."""
+    return alive(pid) and (started is None or _started(pid) in (None, started))
 
 
 def wait_for_servers(config: Path, keys: Path, timeout: float = 5.0) -> Report:

@@ -12,6 +12,9 @@ Hierarchy::
         └── DuplicateKey       a key with that name exists already
 
 The command line turns any RadioError into one line on stderr and exit status 2.
+
+``Busy`` is no refusal but a turn to wait: a file shared between processes (the rate buckets,
+the usage counts) stayed locked past the caller's wait, and nothing was taken.
 """
 
 
@@ -41,3 +44,7 @@ class UnknownKey(KeyStoreError):
 
 class DuplicateKey(KeyStoreError):
     """A key with that name exists already."""
+
+
+class Busy(Exception):
+    """A file shared between processes stayed locked: nothing was taken, ask again shortly."""

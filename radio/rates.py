@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import mmap
 import os
 import struct
@@ -21,14 +22,29 @@ import time
 from pathlib import Path
 from typing import Final
 
+from radio.errors import Busy
+from radio.files import open_private
+from radio.pids import alive
+
+CLOCK_SLACK: Final = 4
+"""Ulps of the clock's reading by which a refill may fall short: ``now + wait`` rounds, so a caller
+that waited exactly the ``wait`` it was given was told to wait again, often by less than one step
+of its clock (``now + wait == now``), and so for ever."""
+
+
+def _enough(tokens: float, now: float, rate: float) -> bool:
+    """Whether the bucket holds a token, to within what the clock can tell apart at ``now``."""
+    return tokens >= 1.0 - CLOCK_SLACK * math.ulp(now) * rate
+
 
 def take(tokens: float, stamp: float, now: float, rate: float, size: int) -> tuple[float, float]:
     """Refill since ``stamp``, then take one token: (tokens left, seconds to wait for one).
 
-    A wait above 0 means no token was taken; the caller retries after that many seconds.
+    A wait above 0 means no token was taken; the caller retries after that many seconds, and then
+    gets it. A token taken a few ulps early is owed: the bucket goes that much below empty.
     """
     tokens = min(float(size), tokens + max(0.0, now - stamp) * rate)
-    if tokens >= 1.0:
+    if _enough(tokens, now, rate):
         return tokens - 1.0, 0.0
     return tokens, (1.0 - tokens) / rate
 
@@ -68,10 +84,6 @@ LOCK_WAIT: Final = 1.0
 """Seconds a request waits at most for the shared bucket file before it is answered "retry"."""
 
 
-class Busy(Exception):
-    """The shared bucket file stayed locked: nothing was taken, ask again later."""
-
-
 class SharedBuckets:
     """Buckets in a file mapped by every process that opens it: the bridge's workers share one.
 
@@ -84,7 +96,7 @@ class SharedBuckets:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_private(path, os.O_RDWR)
         size = SLOTS * _SLOT.size
         if os.fstat(self._fd).st_size < size:
             os.ftruncate(self._fd, size)
@@ -136,7 +148,7 @@ class SharedBuckets:
         if found != tag:
             return 0.0
         tokens = min(float(size), tokens + max(0.0, now - stamp) * rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+        return 0.0 if _enough(tokens, now, rate) else (1.0 - tokens) / rate
 
     def _lock(self, within: float) -> None:
         deadline = time.monotonic() + within
@@ -171,16 +183,6 @@ def shared_path(folder: Path, owner: int, prefix: str = "rates") -> Path:
     for old in folder.glob(f"{prefix}-*.bin") if folder.is_dir() else ():
         with contextlib.suppress(ValueError, OSError):
             pid = int(old.stem.removeprefix(f"{prefix}-"))
-            if pid != owner and not _alive(pid):
+            if pid != owner and not alive(pid):
                 old.unlink()
     return folder / f"{prefix}-{owner}.bin"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

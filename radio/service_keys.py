@@ -1,20 +1,23 @@
 """The keys Radio's own servers hold, each a key like any other, so that every broker knows it.
 
-The bridge's may publish to every network, the recorder's read every network.
+The bridge's may publish to every network, the recorder's read every network. ``radio up``'s demo
+publisher keeps its key the same way (``saved_secret``, ``make_and_keep``).
 
-The secret comes from an environment variable if set; otherwise from a file beside the
-configuration (mode 0600). On first start, with neither, the key and the file are made together;
+The secret comes from an environment variable if set; otherwise from a file in the state folder
+(mode 0600). On first start, with neither, the key and the file are made together;
 a key whose file was lost is rotated, since only a new secret can help.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from radio.config import Settings
 from radio.errors import RadioError
+from radio.files import write_private
 from radio.keys import KeyStore, read_keys
 
 Role = Literal["publish_all", "read_all"]
@@ -36,8 +39,8 @@ def service_credentials(settings: Settings, name: str, environment: str, role: R
             raise RadioError(msg)
         return name, secret
     path = key_file(settings, name)
-    if path.exists():
-        secret = path.read_text(encoding="utf-8").strip()
+    secret = saved_secret(settings, name)
+    if secret is not None:
         if key is None or not key.matches(secret):
             msg = (
                 f"{path} no longer matches the key {name!r} in {settings.keys_path} "
@@ -48,13 +51,46 @@ def service_credentials(settings: Settings, name: str, environment: str, role: R
     if key is not None and not getattr(key, role):
         msg = f"a key named {name!r} exists and is not the {name}'s: revoke or rename it"
         raise RadioError(msg)
-    store = KeyStore(settings.keys_path, settings.networks)
-    if key is not None:
-        secret = store.rotate(name, service=True)
-    else:
-        secret = store.add(name, publish_all=role == "publish_all", read_all=role == "read_all")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
+    secret = make_and_keep(
+        settings,
+        name,
+        rotate=key is not None,
+        service=True,
+        publish_all=role == "publish_all",
+        read_all=role == "read_all",
+    )
     return name, secret
+
+
+def saved_secret(settings: Settings, name: str) -> str | None:
+    """The secret kept in a key's file (``key_file``); None when there is no file."""
+    try:
+        return key_file(settings, name).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def make_and_keep(
+    settings: Settings,
+    name: str,
+    *,
+    rotate: bool,
+    service: bool = False,
+    publish: Iterable[str] = (),
+    publish_all: bool = False,
+    read_all: bool = False,
+) -> str:
+    """Give the key a new secret (``rotate``) or make it, and keep the secret in its file.
+
+    The key is written first: a crash between the two leaves a file that does not match, which
+    the next start treats as lost. ``service``: a service key may be rotated, by its own server.
+    """
+    store = KeyStore(settings.keys_path, settings.networks)
+    if rotate:
+        secret = store.rotate(name, service=service)
+    else:
+        secret = store.add(name, publish=publish, publish_all=publish_all, read_all=read_all)
+    path = key_file(settings, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, secret + "\n", durable=True)
+    return secret

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from radio.errors import RadioError
+from radio.files import open_private
 
 FOLDER: Final = "running"
 _held: list[int] = []
@@ -55,7 +56,7 @@ def hold(state_dir: Path, part: str) -> None:
     path = lock_path(state_dir, part)
     try:
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(path, os.O_RDWR)
     except OSError as exc:
         msg = f"cannot lock the state folder {state_dir} ({path}): {exc.strerror or exc}"
         raise RadioError(msg) from None

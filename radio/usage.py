@@ -41,8 +41,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from radio.errors import RadioError
+from radio.errors import Busy, RadioError
 from radio.keys import Key
+from radio.sqlite import open_private_db, open_readonly_db
 
 log = logging.getLogger("radio.usage")
 
@@ -96,10 +97,6 @@ class UsageError(RadioError):
     """The usage file cannot be opened."""
 
 
-class Busy(Exception):
-    """The usage file is in use and the caller asked not to wait for it: ask again shortly."""
-
-
 @functools.lru_cache(maxsize=4)
 def _periods(today: date) -> tuple[tuple[str, str], tuple[str, str]]:
     """The day's and the month's quota periods: each its first day and the first day after it."""
@@ -145,7 +142,6 @@ def open_db(path: Path) -> sqlite3.Connection:
     """The usage file, made 0600 if new (it names keys and what they publish)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         # Not a lock on the file itself: closing any descriptor of it would drop SQLite's own locks.
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError as exc:
@@ -155,12 +151,7 @@ def open_db(path: Path) -> sqlite3.Connection:
         # The bridge's workers and the broker start together: one at a time switches the file to
         # WAL and makes the tables (SQLite answers "locked" at once to a second one doing so).
         fcntl.flock(fd, fcntl.LOCK_EX)
-        for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                companion.chmod(0o600)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db = open_private_db(path, busy_timeout=BUSY_TIMEOUT)
         db.executescript(SCHEMA)
     except (OSError, sqlite3.Error) as exc:
         msg = f"cannot use the usage file {path}: {exc}"
@@ -466,7 +457,7 @@ def _select(path: Path, query: str, args: list[str]) -> list[tuple[Any, ...]]:
     if not path.exists():
         return []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        db = open_readonly_db(path, busy_timeout=BUSY_TIMEOUT)
     except sqlite3.Error as exc:
         msg = f"cannot read the usage file {path}: {exc}"
         raise UsageError(msg) from None

@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio import samples
 from radio.config import Address
-from radio.recorder.store import HistoryStore
+from radio.history_store import HistoryStore
 from radio.registry import LiveRegistry, Registry
 from radio.timestamps import utc_now
 from radio.topics import MISSED_TOPIC, network_of_topic

@@ -10,9 +10,9 @@ from typing import Final
 from radio.config import Address, load_settings
 from radio.confirmations import wait_for_servers
 from radio.errors import RadioError
+from radio.history_store import HistoryStore
 from radio.recorder.identity import ENVIRONMENT, key_file, recorder_credentials
 from radio.recorder.recorder import Recorder
-from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
 

@@ -22,9 +22,9 @@ from polling import until
 from radio.bridge.app import create_app
 from radio.bridge.state import state_of
 from radio.config import Address, load_settings
+from radio.history_store import HistoryStore
 from radio.recorder.identity import recorder_credentials
 from radio.recorder.recorder import Recorder
-from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry
 
 HISTORY = """

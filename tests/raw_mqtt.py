@@ -1,27 +1,29 @@
-"""Hand-built MQTT 3.1.1 packets, for what a well-behaved client library will not send or show."""
+"""MQTT 3.1.1 on a plain socket, for what a well-behaved client library will not send or show.
+
+The packets are ``radio.wire``'s, the very encoders the servers use; this adds the socket
+handling and the shapes tests need (a PUBLISH with any first byte, a SUBSCRIBE of one filter).
+"""
 
 from __future__ import annotations
 
 import socket
-import struct
 
+from radio import wire
+from radio.wire import packet
 
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + _remaining_length(len(body)) + body
+__all__ = [
+    "closed_by_peer",
+    "connect",
+    "open_socket",
+    "packet",
+    "puback",
+    "publish",
+    "published",
+    "read_exactly",
+    "read_packet",
+    "session",
+    "subscribe",
+]
 
 
 def connect(
@@ -33,19 +35,7 @@ def connect(
     clean: bool = True,
     will: tuple[str, bytes] | None = None,
 ) -> bytes:
-    flags = 0x02 if clean else 0x00
-    payload = _string(client_id)
-    if will is not None:
-        flags |= 0x04
-        payload += _string(will[0]) + struct.pack("!H", len(will[1])) + will[1]
-    if username is not None:
-        flags |= 0x80
-        payload += _string(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _string(password)
-    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
-    return packet(0x10, body)
+    return wire.connect(client_id, username, password, keepalive, clean=clean, will=will)
 
 
 def open_socket(port: int, timeout: float = 10.0) -> socket.socket:
@@ -73,38 +63,40 @@ def closed_by_peer(sock: socket.socket) -> bool:
 def publish(
     topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, *, first_byte: int | None = None
 ) -> bytes:
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload
-    return packet(first_byte if first_byte is not None else 0x30 | qos << 1, body)
+    """A PUBLISH; ``first_byte`` replaces its type and flags (the body stays that of ``qos``)."""
+    encoded = wire.publish(topic, payload, qos, packet_id)
+    if first_byte is None:
+        return encoded
+    return bytes((first_byte,)) + encoded[1:]
 
 
 def subscribe(topic_filter: str, qos: int = 0, packet_id: int = 1) -> bytes:
-    return packet(0x82, struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos]))
+    return wire.subscribe(packet_id, [(topic_filter, qos)])
 
 
 def puback(packet_id: int) -> bytes:
-    return packet(0x40, struct.pack("!H", packet_id))
+    return wire.ack(wire.PUBACK, packet_id)
 
 
 def read_packet(sock: socket.socket) -> tuple[int, bytes]:
-    """The next packet's first byte and body; raises EOFError when the broker closed the connection."""
-    first = read_exactly(sock, 1)
-    if not first:
-        raise EOFError
-    length, shift = 0, 0
+    """The next packet's first byte and body; raises EOFError when the broker closed the connection.
+
+    Reads no byte past the packet: what follows stays in the socket for the test to read.
+    """
+    framer = wire.Framer()
     while True:
-        byte = read_exactly(sock, 1)[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return first[0], read_exactly(sock, length)
+        wanted = framer.missing
+        data = read_exactly(sock, wanted)
+        if len(data) < wanted:
+            raise EOFError
+        if packets := framer.feed(data):
+            return packets[0]
 
 
 def published(body: bytes, qos: int) -> tuple[str, bytes]:
     """The topic and payload of a PUBLISH body."""
-    (size,) = struct.unpack_from("!H", body)
-    topic = body[2 : 2 + size].decode()
-    return topic, body[2 + size + (2 if qos else 0) :]
+    topic, _, _, payload = wire.decode_publish(0x30 | qos << 1, body)
+    return topic, payload
 
 
 def session(

@@ -513,7 +513,9 @@ def test_an_admin_address_in_use_is_one_line_and_exit_2(home):
 
 def test_an_admin_setting_that_is_neither_an_address_nor_false_is_refused(home):
     home.config.write_text(home.config.read_text() + "\n[bridge]\nadmin = true\n")
-    assert "[bridge] admin must be HOST:PORT or false, not a boolean True" in cli_error(home, "keys", "list")
+    assert "[bridge] admin must be HOST:PORT or false, not the boolean true" in cli_error(
+        home, "keys", "list"
+    )
 
 
 # --- The README's examples -------------------------------------------------------------------------

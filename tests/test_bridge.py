@@ -33,8 +33,9 @@ from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from mqtt_client import Client
 
+from radio import wire
 from radio.bridge.identity import bridge_credentials
-from radio.bridge.publisher import BrokerUnavailable, Publisher, _Link, publish_packet
+from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.broker.thread import BrokerThread
 from radio.config import Address, load_settings
 from radio.keys import read_keys
@@ -487,7 +488,7 @@ def test_publish_async_from_a_loop_other_than_the_links_is_refused_at_once():
     publisher = Publisher(Address("127.0.0.1", 1), "bridge", "secret", timeout=0.5)
     publisher.start()
     try:
-        with pytest.raises(RuntimeError, match="link's own loop"):
+        with pytest.raises(RuntimeError, match="own loop"):
             asyncio.run(publisher.publish_async("networks/A", b"{}", retain=False))
     finally:
         publisher.stop()
@@ -650,11 +651,12 @@ def test_samples_handed_over_as_the_broker_closes_the_link_are_not_written_to_it
     async def flush_after_close() -> None:
         publisher = Publisher(Address("127.0.0.1", port), "bridge", "secret")
         loop = asyncio.get_running_loop()
-        transport, link = await loop.create_connection(lambda: _Link(publisher), "127.0.0.1", port)
-        publisher._link = link
+        link = publisher.broker_connection
+        transport, connection = await loop.create_connection(link.new_connection, "127.0.0.1", port)
+        link.connection = connection
         transport.close()  # as when the broker closed it: the link is gone, its loss not yet handled
-        await link.closed
-        publisher._outgoing.append(publish_packet(b"networks/A", 1, b"{}", retain=False))
+        await connection.closed
+        publisher._outgoing.append(wire.publish(b"networks/A", b"{}", 1, 1))
         publisher._flush()
 
     try:

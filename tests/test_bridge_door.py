@@ -185,11 +185,11 @@ def test_out_of_range_options_are_refused_with_exit_status_2(home, option, value
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
-        ("0", "an integer 0"),
-        ("-1", "an integer -1"),
-        ("nan", "a number nan"),
-        ('"10"', "a string '10'"),
-        ("100000", "an integer 100000"),
+        ("0", "the integer 0"),
+        ("-1", "the integer -1"),
+        ("nan", "the number nan"),
+        ('"10"', "the string '10'"),
+        ("100000", "the integer 100000"),
     ],
 )
 def test_a_bad_bridge_body_timeout_in_the_configuration_is_one_line_and_exit_status_2(home, value, shown):

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import socket
-import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from raw_mqtt import (
 )
 from raw_mqtt import connect as raw_connect
 
+from radio import wire
 from radio.broker.server import RadioBroker
 from radio.broker.thread import BrokerThread
 from radio.config import Address
@@ -211,11 +211,8 @@ def test_a_first_packet_other_than_connect_closes_the_connection_at_once(any_bro
 @pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQTT", 5)])
 def test_a_protocol_name_and_level_radio_does_not_speak_get_connack_1(broker, home, name, level):
     """MQTT-3.1.2-2: "MQTT" at level 3 was taken for MQTT 3.1 and connected, its fields ignored."""
-    name_bytes = name.encode()
-    client_id = b"\x00\x01c"
-    body = struct.pack("!H", len(name_bytes)) + name_bytes + bytes([level, 0x02, 0, 60]) + client_id
     with open_socket(broker.mqtt_port) as sock:
-        sock.sendall(packet(0x10, body))
+        sock.sendall(wire.connect("c", protocol=name, level=level))
         assert read_packet(sock) == (0x20, bytes([0, 1]))  # CONNACK: unacceptable protocol version
     still_serving(broker, home)
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 import requests
 from mqtt_client import Client
-from raw_mqtt import packet, read_packet, session, subscribe
+from raw_mqtt import connect, packet, read_packet, session, subscribe
 
 from radio.broker.thread import BrokerThread
 from radio.config import Address
@@ -55,7 +55,7 @@ def test_a_subscriber_that_does_not_read_misses_qos0_samples_and_slows_nobody(ho
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", port))
-        stalled.sendall(packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x07stalled"))
+        stalled.sendall(connect("stalled"))
         assert read_packet(stalled)[0] == 0x20
         stalled.sendall(subscribe("networks/pub", qos=0))
         assert read_packet(stalled)[0] == 0x90  # and from now on it reads nothing

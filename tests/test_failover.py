@@ -30,9 +30,9 @@ from test_platform import left_behind, start_up
 
 from radio.broker.thread import BrokerThread
 from radio.config import Address, load_settings
+from radio.history_store import HistoryStore
 from radio.recorder.identity import recorder_credentials
 from radio.recorder.recorder import Recorder
-from radio.recorder.store import HistoryStore
 from radio.registry import LiveRegistry
 from radio.subscribers.listener import Listener, Refused
 from radio.urls import BrokerURL, parse_urls

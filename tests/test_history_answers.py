@@ -14,7 +14,7 @@ import pytest
 from history_fixtures import history, history_app, recording, wait_for_last
 
 from radio.config import load_settings
-from radio.recorder.store import HistoryStore
+from radio.history_store import HistoryStore
 
 app = history_fixtures.app
 home = history_fixtures.home

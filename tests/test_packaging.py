@@ -36,7 +36,11 @@ def imports_of(path: Path) -> set[str]:
 
 def sources(folder: str) -> list[Path]:
     """The Python files of one folder of the repository (radio/ without its links to the parts)."""
-    return [p for p in (ROOT / folder).rglob("*.py") if folder != "radio" or p.parent == ROOT / "radio"]
+    return [
+        p
+        for p in (ROOT / folder).rglob("*.py")
+        if folder != "radio" or p.relative_to(ROOT / "radio").parts[0] not in PARTS
+    ]
 
 
 def imported_modules() -> set[str]:

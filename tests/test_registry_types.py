@@ -201,19 +201,19 @@ def config_refusal(text: str) -> str:
         # booleans
         (
             "[broker]\nallow_anonymous = 'false'\n",
-            "[broker] allow_anonymous must be true or false (a boolean), not a string 'false'",
+            "[broker] allow_anonymous must be true or false (a boolean), not the string 'false'",
         ),
         (
             "[broker]\nallow_anonymous = 0\n",
-            "[broker] allow_anonymous must be true or false (a boolean), not an integer 0",
+            "[broker] allow_anonymous must be true or false (a boolean), not the integer 0",
         ),
         (
             "[networks.a]\npublic = 'yes'\n",
-            "[networks.a] public must be true or false (a boolean), not a string 'yes'",
+            "[networks.a] public must be true or false (a boolean), not the string 'yes'",
         ),
         (
             "[networks.a]\nretain = 1\n",
-            "[networks.a] retain must be true or false (a boolean), not an integer 1",
+            "[networks.a] retain must be true or false (a boolean), not the integer 1",
         ),
         # addresses
         (
@@ -236,28 +236,28 @@ def config_refusal(text: str) -> str:
         # numbers
         (
             "[broker]\nconnect_timeout = '10'\n",
-            "[broker] connect_timeout must be a number from 0.1 to 3600, not a string '10'",
+            "[broker] connect_timeout must be a number from 0.1 to 3600, not the string '10'",
         ),
         (
             "[broker]\nconnect_timeout = true\n",
-            "[broker] connect_timeout must be a number from 0.1 to 3600, not a boolean True",
+            "[broker] connect_timeout must be a number from 0.1 to 3600, not the boolean true",
         ),
         ("[broker]\nconnect_timeout = nan\n", "[broker] connect_timeout must be a number from 0.1 to 3600"),
         (
             "[broker]\nmax_connections = 1.5\n",
-            "[broker] max_connections must be a whole number from 0 to 1e+06, not a number 1.5",
+            "[broker] max_connections must be a whole number from 0 to 1e+06, not the number 1.5",
         ),
         ("[broker]\nmax_connections = '100'\n", "[broker] max_connections must be a whole number"),
         ("[broker]\nmax_packet_size = false\n", "[broker] max_packet_size must be a whole number from 16"),
         (
             "[networks.a]\nmax_payload = '64k'\n",
-            "[networks.a] max_payload must be a whole number of bytes from 1 to 268435455, not a string '64k'",
+            "[networks.a] max_payload must be a whole number of bytes from 1 to 268435455, not the string '64k'",
         ),
         ("[networks.a]\nmax_payload = 1024.0\n", "[networks.a] max_payload must be a whole number of bytes"),
         ("[networks.a]\nmax_payload = true\n", "[networks.a] max_payload must be a whole number of bytes"),
         (
             "[networks.a]\nmax_retained = -1\n",
-            "[networks.a] max_retained must be a whole number of topics from 0 to 10000000, not an integer -1",
+            "[networks.a] max_retained must be a whole number of topics from 0 to 10000000, not the integer -1",
         ),
         (
             "[broker]\nanonymous_max_sessions = 1.5\n",
@@ -268,7 +268,7 @@ def config_refusal(text: str) -> str:
         # strings (or false)
         (
             "[broker]\npersistence = 3\n",
-            "[broker] persistence must be a file name or false (a string or a boolean), not an integer 3",
+            "[broker] persistence must be a file name or false (a string or a boolean), not the integer 3",
         ),
         ("[broker]\npersistence = true\n", "[broker] persistence must be a file name or false"),
         ("[broker]\npersistence = ''\n", "[broker] persistence must be a file name or false"),
@@ -279,15 +279,15 @@ def config_refusal(text: str) -> str:
         ("[networks.a]\nretian = true\n", "unknown setting [networks.a] retian"),
         ("[keys.gen]\nadmin = true\n", "unknown setting keys"),
         # table shapes
-        ("broker = 'embedded'\n", "[broker] must be a table, not a string"),
-        ("[[broker]]\nmqtt = '127.0.0.1:1883'\n", "[broker] must be a table, not an array"),
-        ("bridge = 5000\n", "[bridge] must be a table, not an integer"),
+        ("broker = 'embedded'\n", "[broker] must be a table, not the string 'embedded'"),
+        ("[[broker]]\nmqtt = '127.0.0.1:1883'\n", "[broker] must be a table, not the array"),
+        ("bridge = 5000\n", "[bridge] must be a table, not the integer 5000"),
         (
             "networks = ['a']\n",
-            "[networks] must be a table of networks, such as [networks.sample_net], not an array",
+            "[networks] must be a table of networks, such as [networks.sample_net], not the array ['a']",
         ),
         ("[[networks]]\nname = 'a'\n", "[networks] must be a table of networks"),
-        ("[networks]\na = true\n", "[networks.a] must be a table of settings, not a boolean"),
+        ("[networks]\na = true\n", "[networks.a] must be a table of settings, not the boolean true"),
         ('[networks."a/b"]\n', "[networks] invalid network name 'a/b'"),
         # emptied
         ("", "the configuration file is empty"),

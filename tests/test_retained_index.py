@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from topic_matching import matches
 
 from radio.broker.message import Message
 from radio.broker.retained import RetainedIndex
@@ -14,19 +15,6 @@ topics = st.lists(st.sampled_from(LEVELS), min_size=1, max_size=4).map("/".join)
 filters = st.tuples(st.lists(st.sampled_from([*LEVELS, "+"]), min_size=0, max_size=4), st.booleans()).map(
     lambda parts: "/".join([*parts[0], "#"] if parts[1] or not parts[0] else parts[0])
 )
-
-
-def matches(topic_filter: str, topic: str) -> bool:
-    """MQTT 3.1.1's matching, level by level, the plain way (MQTT-4.7.1, MQTT-4.7.2-1)."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    levels, parts = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(parts) or level not in ("+", parts[i]):
-            return False
-    return len(levels) == len(parts)
 
 
 @settings(max_examples=200, deadline=None)

@@ -32,6 +32,7 @@ from polling import until
 from radio import usage
 from radio.bridge.access import RATES_UNAVAILABLE, USAGE_UNAVAILABLE
 from radio.bridge.state import state_of
+from radio.errors import Busy
 from radio.keys import Key, Terms
 
 
@@ -139,7 +140,7 @@ def test_an_event_loop_never_waits_for_a_quota_lease(tmp_path: Path) -> None:
     meter = usage.Meter(tmp_path / "usage.db")
     key = Key("metered", "ab" * 32, "", terms=Terms(quota=2))
     try:
-        with locked(tmp_path / "usage.db"), pytest.raises(usage.Busy):  # "ask again", no waiting
+        with locked(tmp_path / "usage.db"), pytest.raises(Busy):  # "ask again", no waiting
             meter.take(key, within=0)
         first, second, third = (meter.take(key, within=0) for _ in range(3))
         assert isinstance(first, usage.Unit)

@@ -1,19 +1,21 @@
-"""MQTT 3.1.1 on the wire: cutting a byte stream into packets, checking them, decoding and encoding.
+"""Every MQTT 3.1.1 packet: its type, an encoder for each direction, and the checks on decoding.
 
-The broker reads whatever the socket has (often many packets at once) and cuts it here, in one
-pass over a buffer, instead of awaiting each field as amqtt's packet classes do. A packet's size
-is checked as soon as its length is known, before its body is read, and its shape before it is
-decoded: anything MQTT 3.1.1 says the server must close the connection on raises ``Violation``
-with the clause it breaks. Encoding is a few byte strings; a PUBLISH's bytes are built once per
-message and shared by every subscriber (``broker.message.Message``).
+Encoders are a few byte strings each. The broker's answers (``connack``, ``ack``, ``suback``) and
+the PUBLISH a publisher sends are on hot paths: no per-call work beyond building the bytes. (The
+broker's own PUBLISH to subscribers is built once per message from ``string`` and
+``remaining_length``, in ``radio.broker.message``.) Decoders check the shape of what they read:
+anything MQTT 3.1.1 says the receiver must close the connection on raises ``Violation`` with the
+clause it breaks, and no other exception.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from radio.broker.attributes import shown
+from radio.logs import shown
+from radio.wire.framing import Violation, binary, packet, read_binary, read_string, remaining_length, string
 
 CONNECT: Final = 1
 CONNACK: Final = 2
@@ -32,11 +34,6 @@ DISCONNECT: Final = 14
 
 FLAGS: Final = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0}
 """The fixed-header flags each packet type other than PUBLISH must carry (MQTT-2.2.2-1)."""
-HEADROOM: Final = 65_536 + 16
-"""What a PUBLISH holds besides its payload, at most: a topic of up to 65,535 bytes, its length
-and a packet id. The default packet limit is the largest network payload plus this."""
-MQTT_LIMIT: Final = 268_435_455
-"""The largest remaining length MQTT can express."""
 
 # CONNACK return codes (MQTT 3.1.1, 3.2.2.3).
 ACCEPTED: Final = 0
@@ -45,70 +42,96 @@ IDENTIFIER_REJECTED: Final = 2
 SERVER_UNAVAILABLE: Final = 3
 NOT_AUTHORIZED: Final = 5
 SUBSCRIBE_FAILURE: Final = 0x80
+"""A SUBACK's return code for a filter refused."""
 
+PINGREQ_PACKET: Final = b"\xc0\x00"
 PINGRESP_PACKET: Final = b"\xd0\x00"
+DISCONNECT_PACKET: Final = b"\xe0\x00"
+_PUBACK_FIRST: Final = PUBACK << 4
 
 
-def packet_limit(configured: int | None, largest_payload: int) -> int:
-    """The largest packet a broker takes; the one rule both brokers (embedded, Mosquitto) follow.
-
-    ``[broker] max_packet_size`` if set, else the largest network payload plus HEADROOM.
-    """
-    return configured if configured is not None else largest_payload + HEADROOM
+# Encoders, in the order of the packet types.
 
 
-class Violation(Exception):
-    """A packet MQTT 3.1.1 says the server must close the connection on; the message says which."""
+def connect(
+    client_id: str,
+    username: str | None = None,
+    password: str | bytes | None = None,
+    keep_alive: int = 60,
+    *,
+    clean: bool = True,
+    will: tuple[str, bytes] | None = None,
+    will_qos: int = 0,
+    will_retain: bool = False,
+    protocol: str = "MQTT",
+    level: int = 4,
+) -> bytes:
+    """A CONNECT; ``protocol`` and ``level`` other than MQTT 3.1.1's only to see them refused."""
+    flags = 0x02 if clean else 0x00
+    payload = string(client_id)
+    if will is not None:
+        flags |= 0x04 | will_qos << 3 | (0x20 if will_retain else 0)
+        payload += string(will[0]) + binary(will[1])
+    if username is not None:
+        flags |= 0x80
+        payload += string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += binary(password.encode() if isinstance(password, str) else password)
+    return packet(0x10, string(protocol) + bytes((level, flags)) + keep_alive.to_bytes(2, "big") + payload)
 
 
-class Framer:
-    """Cuts a byte stream into whole packets: ``(first byte, body)`` pairs, within a size limit."""
+def connack(session_present: bool, code: int) -> bytes:
+    """A CONNACK; a refusal never says a session is present (MQTT-3.2.2-4)."""
+    return bytes((0x20, 2, 1 if session_present and code == ACCEPTED else 0, code))
 
-    __slots__ = ("_buffer", "limit")
 
-    def __init__(self, limit: int) -> None:
-        self._buffer = bytearray()
-        self.limit = limit
+def publish(
+    topic: str | bytes,
+    payload: bytes,
+    qos: int = 0,
+    packet_id: int = 0,
+    *,
+    retain: bool = False,
+    dup: bool = False,
+) -> bytes:
+    """A PUBLISH (``topic`` as text, or already UTF-8); the packet id is sent at QoS 1 and 2 only."""
+    raw = topic.encode("utf-8") if isinstance(topic, str) else topic
+    pid = packet_id.to_bytes(2, "big") if qos else b""
+    return b"".join(
+        (
+            bytes((0x30 | qos << 1 | (0x08 if dup else 0) | (0x01 if retain else 0),)),
+            remaining_length(2 + len(raw) + len(pid) + len(payload)),
+            len(raw).to_bytes(2, "big"),
+            raw,
+            pid,
+            payload,
+        )
+    )
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Add what the socket gave; return every packet now complete, in order."""
-        buffer = self._buffer
-        buffer += data
-        packets: list[tuple[int, bytes]] = []
-        position, size = 0, len(buffer)
-        while size - position >= 2:
-            length, multiplier, at, complete = 0, 1, position + 1, False
-            for _ in range(4):
-                if at >= size:
-                    break
-                byte = buffer[at]
-                at += 1
-                length += (byte & 0x7F) * multiplier
-                if not byte & 0x80:
-                    complete = True
-                    break
-                multiplier *= 128
-            else:
-                msg = "a remaining length longer than 4 bytes [MQTT-2.2.3]"
-                raise Violation(msg)
-            if not complete:
-                break  # the length itself has not all arrived
-            if length > self.limit:
-                msg = f"a packet of {length} bytes, over the limit of {self.limit} [max_packet_size]"
-                raise Violation(msg)
-            end = at + length
-            if end > size:
-                break
-            packets.append((buffer[position], bytes(buffer[at:end])))
-            position = end
-        if position:
-            del buffer[:position]
-        return packets
 
-    @property
-    def pending(self) -> int:
-        """Bytes of a packet not yet complete."""
-        return len(self._buffer)
+def ack(kind: int, pid: int) -> bytes:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP (PUBREL carries flags 0x2), or an UNSUBACK."""
+    return bytes(((kind << 4) | (2 if kind == PUBREL else 0), 2, pid >> 8, pid & 0xFF))
+
+
+def subscribe(pid: int, filters: Iterable[tuple[str, int]]) -> bytes:
+    """A SUBSCRIBE asking for each (filter, QoS) pair, in order."""
+    body = pid.to_bytes(2, "big") + b"".join(string(f) + bytes((qos,)) for f, qos in filters)
+    return packet(0x82, body)
+
+
+def suback(pid: int, codes: list[int]) -> bytes:
+    """A SUBACK with one return code per filter, in order."""
+    return bytes((0x90,)) + remaining_length(2 + len(codes)) + bytes((pid >> 8, pid & 0xFF, *codes))
+
+
+def unsubscribe(pid: int, filters: Iterable[str]) -> bytes:
+    """An UNSUBSCRIBE of each filter."""
+    return packet(0xA2, pid.to_bytes(2, "big") + b"".join(string(f) for f in filters))
+
+
+# Decoders: ``body`` is what follows the fixed header (``Framer`` gives it with the first byte).
 
 
 def check_flags(first: int) -> int:
@@ -126,42 +149,24 @@ def check_flags(first: int) -> int:
     return kind
 
 
-def _string(body: bytes, at: int, what: str) -> tuple[str, int]:
-    if at + 2 > len(body):
-        msg = f"{what} cut short"
-        raise Violation(msg)
-    end = at + 2 + (body[at] << 8 | body[at + 1])
-    if end > len(body):
-        msg = f"{what} longer than its packet"
-        raise Violation(msg)
-    try:
-        text = body[at + 2 : end].decode("utf-8")
-    except UnicodeDecodeError:
-        msg = f"{what} is not UTF-8 [MQTT-1.5.3-1]"
-        raise Violation(msg) from None
-    if "\x00" in text:
-        msg = f"{what} holds U+0000 [MQTT-1.5.3-2]"
-        raise Violation(msg)
-    return text, end
-
-
-def _binary(body: bytes, at: int, what: str) -> tuple[bytes, int]:
-    if at + 2 > len(body):
-        msg = f"{what} cut short"
-        raise Violation(msg)
-    end = at + 2 + (body[at] << 8 | body[at + 1])
-    if end > len(body):
-        msg = f"{what} longer than its packet"
-        raise Violation(msg)
-    return body[at + 2 : end], end
-
-
 def packet_id(body: bytes, what: str) -> int:
-    """The packet id of a PUBACK, PUBREC, PUBREL or PUBCOMP (or the start of another packet)."""
+    """The packet id of a PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK (or the start of another packet)."""
     if len(body) < 2 or not (pid := body[0] << 8 | body[1]):
         msg = f"{what} without a packet id [MQTT-2.3.1-1]"
         raise Violation(msg)
     return pid
+
+
+def leading_pubacks(data: bytes) -> tuple[list[int], int]:
+    """The packet ids of the PUBACKs back to back at the start of ``data``, and the bytes they take.
+
+    What a busy publisher reads is PUBACKs, four bytes each: read in one pass, without framing each.
+    """
+    at, end, ids = 0, len(data) - 3, []
+    while at < end and data[at] == _PUBACK_FIRST and data[at + 1] == 2:
+        ids.append(data[at + 2] << 8 | data[at + 3])
+        at += 4
+    return ids, at
 
 
 @dataclass(slots=True)
@@ -184,7 +189,7 @@ class Connect:
 
 def decode_connect(body: bytes) -> Connect:
     """A CONNECT's fields; an unknown protocol (name and level) comes back unsupported, for a CONNACK 1."""
-    name, at = _string(body, 0, "the protocol name")
+    name, at = read_string(body, 0, "the protocol name")
     if at + 4 > len(body):
         msg = "a CONNECT cut short"
         raise Violation(msg)
@@ -207,7 +212,7 @@ def decode_connect(body: bytes) -> Connect:
     if has_password and not has_user:
         msg = "a password without a user name [MQTT-3.1.2-22]"
         raise Violation(msg)
-    client_id, at = _string(body, at, "the client id")
+    client_id, at = read_string(body, at, "the client id")
     will_topic, will_payload, at = _will(body, at) if will else (None, b"", at)
     username, password, at = _credentials(body, at, has_user=has_user, has_password=has_password)
     if at != len(body):
@@ -228,11 +233,11 @@ def decode_connect(body: bytes) -> Connect:
 
 
 def _will(body: bytes, at: int) -> tuple[str, bytes, int]:
-    topic, at = _string(body, at, "the will topic")
+    topic, at = read_string(body, at, "the will topic")
     if not topic or "+" in topic or "#" in topic:
         msg = f"the will topic {shown(topic)} is not a topic name [MQTT-3.1.3-11]"
         raise Violation(msg)
-    payload, at = _binary(body, at, "the will message")
+    payload, at = read_binary(body, at, "the will message")
     return topic, payload, at
 
 
@@ -241,11 +246,19 @@ def _credentials(
 ) -> tuple[str | None, str | None, int]:
     username = password = None
     if has_user:
-        username, at = _string(body, at, "the user name")
+        username, at = read_string(body, at, "the user name")
     if has_password:
-        raw, at = _binary(body, at, "the password")
+        raw, at = read_binary(body, at, "the password")
         password = raw.decode("utf-8", "replace")
     return username, password, at
+
+
+def decode_connack(body: bytes) -> tuple[bool, int]:
+    """A CONNACK's session-present flag and return code."""
+    if len(body) != 2 or body[0] & 0xFE:
+        msg = f"a CONNACK of {len(body)} bytes, flags 0x{body[0] if body else 0:02x} [MQTT-3.2.2-1]"
+        raise Violation(msg)
+    return bool(body[0]), body[1]
 
 
 def decode_publish(first: int, body: bytes) -> tuple[str, int, int, bytes]:
@@ -257,7 +270,7 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, bytes]:
     if not qos and first & 0x08:
         msg = "a QoS 0 PUBLISH with DUP set [MQTT-3.3.1-2]"
         raise Violation(msg)
-    topic, at = _string(body, 0, "a PUBLISH topic")
+    topic, at = read_string(body, 0, "a PUBLISH topic")
     if not topic:
         msg = "a PUBLISH with an empty topic [MQTT-4.7.3-1]"
         raise Violation(msg)
@@ -276,7 +289,7 @@ def decode_subscribe(body: bytes) -> tuple[int, list[tuple[str, int]]]:
     pid = packet_id(body, "a SUBSCRIBE")
     at, pairs = 2, []
     while at < len(body):
-        topic_filter, at = _string(body, at, "a SUBSCRIBE filter")
+        topic_filter, at = read_string(body, at, "a SUBSCRIBE filter")
         if at >= len(body):
             msg = "a SUBSCRIBE filter without its QoS"
             raise Violation(msg)
@@ -291,12 +304,22 @@ def decode_subscribe(body: bytes) -> tuple[int, list[tuple[str, int]]]:
     return pid, pairs
 
 
+def decode_suback(body: bytes) -> tuple[int, list[int]]:
+    """A SUBACK's packet id and its return codes, one per filter asked for."""
+    pid = packet_id(body, "a SUBACK")
+    codes = list(body[2:])
+    if not codes or any(code not in (0, 1, 2, SUBSCRIBE_FAILURE) for code in codes):
+        msg = f"a SUBACK with return codes {codes} [MQTT-3.9.3-2]"
+        raise Violation(msg)
+    return pid, codes
+
+
 def decode_unsubscribe(body: bytes) -> tuple[int, list[str]]:
     """An UNSUBSCRIBE's packet id and filters."""
     pid = packet_id(body, "an UNSUBSCRIBE")
     at, filters = 2, []
     while at < len(body):
-        topic_filter, at = _string(body, at, "an UNSUBSCRIBE filter")
+        topic_filter, at = read_string(body, at, "an UNSUBSCRIBE filter")
         filters.append(topic_filter)
     if not filters:
         msg = "an UNSUBSCRIBE with no topic filter [MQTT-3.10.3-2]"
@@ -315,38 +338,3 @@ def valid_filter(topic_filter: str) -> bool:
         if "+" in level and level != "+":
             return False
     return True
-
-
-def remaining_length(n: int) -> bytes:
-    """MQTT's variable-length encoding of a packet's remaining length."""
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def connack(session_present: bool, code: int) -> bytes:
-    """A CONNACK."""
-    return bytes((0x20, 2, 1 if session_present and code == ACCEPTED else 0, code))
-
-
-def ack(kind: int, pid: int) -> bytes:
-    """A PUBACK, PUBREC, PUBREL or PUBCOMP (PUBREL carries flags 0x2), or an UNSUBACK."""
-    return bytes(((kind << 4) | (2 if kind == PUBREL else 0), 2, pid >> 8, pid & 0xFF))
-
-
-def suback(pid: int, codes: list[int]) -> bytes:
-    """A SUBACK with one return code per filter, in order."""
-    return bytes((0x90,)) + remaining_length(2 + len(codes)) + bytes((pid >> 8, pid & 0xFF, *codes))
-
-
-def encode_topic(topic: str) -> bytes:
-    """A topic as it stands in a PUBLISH: two length bytes, then UTF-8."""
-    raw = topic.encode("utf-8")
-    return len(raw).to_bytes(2, "big") + raw

@@ -1,0 +1,40 @@
+"""How an error line names a wrong value from a TOML file: one wording for every file Radio reads.
+
+``radio.toml`` and ``keys.toml`` are both read strictly, and both say what they found instead of
+what they expected in the same words: ``not the integer 7``, ``not the boolean false`` (TOML's
+spelling, as the file has it), and only the type (``not an array``) for a value too long for
+one line.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_NAMES: Final = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "table",
+}
+SHORT: Final = 40
+"""The longest value an error line shows as it is."""
+
+
+def kind(value: object) -> str:
+    """A value's TOML type with its article: ``an integer``, ``a string``."""
+    name = _name(value)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def shown(value: object) -> str:
+    """A wrong value as a line of text can show it: ``the integer 7``, or ``an array`` when long."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return f"the {_name(value)} {text}" if len(text) <= SHORT else kind(value)
+
+
+def _name(value: object) -> str:
+    if isinstance(value, dict):
+        return "table"
+    return _NAMES.get(type(value), type(value).__name__)
