@@ -29,8 +29,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from flask import Flask, Response, jsonify
-
 from radio import rates, usage
 from radio.admission import Admission, Admitted, Refused, Wait
 from radio.bridge import metrics
@@ -53,12 +51,7 @@ class Refusal(APIError):
     """A refusal that carries response headers (rate limits)."""
 
     def __init__(self, status: int, message: str, reason: str, headers: dict[str, str]) -> None:
-        super().__init__(status, message, reason)
-        self.headers = headers
-
-
-def _answer(error: Refusal) -> tuple[Response, int, dict[str, str]]:
-    return jsonify(error=error.message), error.status, error.headers
+        super().__init__(status, message, reason, headers)
 
 
 def open_gate(registry: LiveRegistry) -> tuple[Admission, usage.Meter | None, rates.SharedBuckets]:
@@ -85,11 +78,6 @@ def open_gate(registry: LiveRegistry) -> tuple[Admission, usage.Meter | None, ra
         return buckets.take(key.id, terms.rate, terms.bucket)
 
     return Admission(DOOR, meter, take_token), meter, buckets
-
-
-def install(app: Flask) -> None:
-    """Answer the gate's refusals with their headers (rate limits, ``Retry-After``)."""
-    app.register_error_handler(Refusal, _answer)
 
 
 def refused_rights(gate: Admission, key: Key) -> None:

@@ -30,10 +30,10 @@ from radio import usage
 from radio.audit import Actor, AuditError
 from radio.bridge import admin_auth
 from radio.bridge.admin_openapi import document
-from radio.bridge.errors import APIError
+from radio.bridge.errors import APIError, answer
 from radio.bridge.state import current_state
 from radio.config import Settings, load_settings
-from radio.errors import ConfigError, DuplicateKey, RadioError, UnknownKey
+from radio.errors import Busy, ConfigError, DuplicateKey, RadioError, UnknownKey
 from radio.key_changes import (
     TERMS,
     KeyChanges,
@@ -64,13 +64,18 @@ def _authenticate() -> None:
 
 
 @bp.errorhandler(RadioError)
-def _refused(error: RadioError) -> tuple[Response, int]:
-    """What the registry refuses, with the command's own message: unknown 404, taken 409, else 400."""
+def _refused(error: RadioError) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
+    """What the registry refuses, with the command's own message: unknown 404, taken 409, else 400.
+
+    The door's own refusals are RadioErrors too: they keep their status and headers here.
+    """
+    if isinstance(error, APIError):
+        return answer(error)
     if isinstance(error, UnknownKey):
         status = 404
     elif isinstance(error, DuplicateKey):
         status = 409
-    elif isinstance(error, (ConfigError, AuditError, usage.UsageError)):
+    elif isinstance(error, (ConfigError, AuditError, usage.UsageError, Busy)):  # Busy: retry shortly
         status = 503
     else:
         status = 400

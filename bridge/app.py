@@ -64,7 +64,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         publisher.start()
 
     errors.register(app)
-    access.install(app)
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(history.bp)

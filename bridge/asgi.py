@@ -38,6 +38,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMa
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+from radio.errors import RadioError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -64,11 +66,11 @@ Finish = Callable[[Answer], Awaitable[Answer]]
 """Given the response the app built, the one to send (awaited on the event loop)."""
 
 
-class _Stopping(Exception):
+class _Stopping(RadioError):
     """The server is stopping and the request's body is not all here: it is answered 503."""
 
 
-class _Incomplete(Exception):
+class _Incomplete(RadioError):
     """The client went away before its body was complete: nobody is left to answer."""
 
 

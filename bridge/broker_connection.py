@@ -30,6 +30,7 @@ import uvloop
 
 from radio import wire
 from radio.config import Address
+from radio.failover import FailoverCursor
 from radio.tls import verify_failure
 
 log = logging.getLogger("radio.bridge")
@@ -112,12 +113,7 @@ class BrokerConnection:
         on_acknowledged: Callable[[list[int]], None],
         on_lost: Callable[[], None],
     ) -> None:
-        self.brokers = list(brokers)
-        """Tried in turn: the next one when the connection is lost or a connect fails."""
-        if not self.brokers:
-            msg = "the publisher needs at least one broker"
-            raise ValueError(msg)
-        self._current = 0
+        self._cursor = FailoverCursor(brokers)
         self.tls = tls
         """Set for an mqtts:// broker: the context that verifies its certificate."""
         self.on_acknowledged = on_acknowledged
@@ -189,9 +185,14 @@ class BrokerConnection:
         self._main = None
 
     @property
+    def brokers(self) -> tuple[Address, ...]:
+        """Tried in turn: the next one when the connection is lost or a connect fails."""
+        return self._cursor.items
+
+    @property
     def broker(self) -> Address:
         """The broker connected to (or tried next)."""
-        return self.brokers[self._current]
+        return self._cursor.current
 
     @property
     def connected(self) -> bool:
@@ -261,7 +262,6 @@ class BrokerConnection:
     async def _keep_connected(self) -> None:
         loop = asyncio.get_running_loop()
         lost = False
-        failed = 0  # connects failed in a row: a full round of them waits before the next
         try:
             while True:
                 broker = self.broker
@@ -278,9 +278,7 @@ class BrokerConnection:
                         log.warning("lost the broker at %s (%s); reconnecting", broker, exc or "closed")
                     lost = lost or was_connected
                 self._down()
-                failed = 0 if was_connected else failed + 1
-                self._current = (self._current + 1) % len(self.brokers)
-                if failed and failed % len(self.brokers) == 0:
+                if self._cursor.move_on(worked=was_connected):  # a full round failed: wait before the next
                     await asyncio.sleep(RECONNECT_DELAY)
         finally:
             connection = self.connection

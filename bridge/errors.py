@@ -14,21 +14,26 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from radio.errors import RadioError
+
 log = logging.getLogger("radio.bridge")
 
 
-class APIError(Exception):
+class APIError(RadioError):
     """A refusal: the status and message the caller gets, and the metrics label it counts under."""
 
-    def __init__(self, status: int, message: str, reason: str) -> None:
+    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
+        self.headers = headers or {}
+        """Response headers that go with it (a rate limit's)."""
 
 
-def _api_error(error: APIError) -> tuple[Response, int]:
-    return jsonify(error=error.message), error.status
+def answer(error: APIError) -> tuple[Response, int, dict[str, str]]:
+    """The JSON answer of a refusal, on every route (a blueprint catching all RadioErrors too)."""
+    return jsonify(error=error.message), error.status, error.headers
 
 
 def _http_error(error: HTTPException) -> tuple[Response, int]:
@@ -49,6 +54,6 @@ def _unexpected(error: Exception) -> tuple[Response, int]:
 
 def register(app: Flask) -> None:
     """Install the JSON error handlers."""
-    app.register_error_handler(APIError, _api_error)
+    app.register_error_handler(APIError, answer)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

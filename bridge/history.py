@@ -33,7 +33,7 @@ from flask import Blueprint, Response, request
 from radio.bridge.errors import APIError
 from radio.bridge.reading import DEFAULT_LIMIT, check_read, presented_secret
 from radio.bridge.state import current_registry, current_state
-from radio.history_store import HistoryUnavailable, NoHistory, Page, read_page
+from radio.history_store import HistoryFileUnavailable, NoHistory, Page, read_page
 from radio.samples import NotJSON
 from radio.samples import parse as parse_sample
 
@@ -105,7 +105,7 @@ def _read(path: Path, network: str, after: int | None, limit: int, max_bytes: in
     except NoHistory:
         msg = "no history yet: the recorder has not run (radio recorder, or radio up)"
         raise APIError(503, msg, "no_history") from None
-    except HistoryUnavailable:
+    except HistoryFileUnavailable:
         raise APIError(503, "the history is unavailable right now", "no_history") from None
 
 

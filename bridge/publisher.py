@@ -30,13 +30,14 @@ from typing import Final
 from radio import wire
 from radio.bridge.broker_connection import BrokerConnection
 from radio.config import Address
+from radio.errors import RadioError
 
 log = logging.getLogger("radio.bridge")
 
 UNREACHABLE: Final = "the broker is unreachable: nothing was published, retry later"
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(RadioError):
     """The sample was not published: the broker is unreachable or did not confirm in time."""
 
 

@@ -1,12 +1,22 @@
-"""The MQTT broker: amqtt embedded with Radio's keys, rights and fixes; or Mosquitto in production.
+"""The MQTT brokers: Radio's own embedded MQTT 3.1.1 broker, and Mosquitto and NATS run from the registry.
 
-- ``server``: ``EmbeddedBroker``, which builds amqtt's configuration from the registry, binds the
-  TCP and WebSocket listeners, and applies registry changes to live connections;
-- ``auth`` and ``acl``: the amqtt plugins that ask ``radio.registry`` who may connect, publish,
-  subscribe and receive;
-- ``fixes``: amqtt 0.12.1's defects, each fixed in a module of its own;
-- ``persistence``: retained samples and persistent sessions in SQLite, across restarts;
-- ``thread``: the broker on a background thread, for tests and for ``radio up``;
-- ``mosquitto``: the registry exported as Mosquitto's files, and Mosquitto run and reloaded;
-- ``run``: ``radio broker``, with either engine.
+The embedded broker, by layer:
+
+- ``server``: ``EmbeddedBroker``, configured from the registry, started and stopped in a running
+  loop, applying registry changes to live connections; ``thread`` runs it on a thread of its own
+  (tests, ``radio up``), ``run`` as ``radio broker``;
+- ``core``: ``RadioBroker``, its listeners, plugins, store and timers; ``listeners``: the ways in,
+  MQTT over TCP and over WebSocket;
+- ``connection``: one client's connection (CONNECT, its packets, keep-alive); ``codec``: MQTT
+  3.1.1 on the wire;
+- ``router``: sessions, subscriptions and retained samples, and getting each sample to its
+  readers, with ``sessions``, ``index``, ``retained`` and ``message``;
+- ``store``: retained samples and persistent sessions in SQLite, across restarts and ``kill -9``;
+- ``auth``, ``acl``, ``plugins`` and ``attributes``: the amqtt plugin API, asking the registry who
+  may connect, publish, subscribe and receive; ``access``: the admission gate's MQTT door;
+  ``per_source``: what one address may hold before any key pays for it;
+- ``metrics`` and ``logsummary``: what the broker counts, and repeated log lines summed up.
+
+The other engines: ``mosquitto`` (the registry exported as Mosquitto's files, Mosquitto run and
+reloaded) and ``nats`` with ``nats_conf`` (a nats-server cluster with the registry's rights).
 """

@@ -36,7 +36,7 @@ class RadioTopicPlugin(BaseTopicPlugin):
             return False
         return self.allows(session, topic, action)
 
-    def reader(self, topic: str) -> Callable[[attrs.Session], bool]:
+    def reader(self, topic: str) -> Callable[[attrs.PluginSession], bool]:
         """Who may receive one message: worked out once per message, asked once per subscriber.
 
         The embedded broker's fan-out calls the result for every delivery, so it is one dict
@@ -45,13 +45,13 @@ class RadioTopicPlugin(BaseTopicPlugin):
         network = network_of_topic(topic)
         access = self.config.registry.current.access
 
-        def may_read(session: attrs.Session) -> bool:
+        def may_read(session: attrs.PluginSession) -> bool:
             rights = access(attrs.key_name(session))
             return rights.admin or network in rights.read
 
         return may_read
 
-    def allows(self, session: attrs.Session, topic: str, action: Action) -> bool:
+    def allows(self, session: attrs.PluginSession, topic: str, action: Action) -> bool:
         """The verdict itself, synchronous: the broker asks it once per message per subscriber."""
         access = self.config.registry.current.access(attrs.key_name(session))
         if action is Action.RECEIVE:

@@ -9,7 +9,7 @@ from typing import Any, Final, Protocol
 from radio import logs
 
 
-class Session(Protocol):
+class PluginSession(Protocol):
     """What the plugins read of a session: amqtt's own, or the embedded broker's."""
 
     @property
@@ -41,7 +41,7 @@ UNAUTHENTICATED: Final = "\x00unauthenticated"
 """Stands for a session no plugin has vouched for: no key has this name, so it gets no rights."""
 
 
-def key_name(session: Session) -> str | None:
+def key_name(session: PluginSession) -> str | None:
     """The key behind a session: a name, None for anonymous, or a name no key has."""
     name: str | None = session.attributes.get(KEY_NAME, UNAUTHENTICATED)
     return name
@@ -51,7 +51,7 @@ shown: Final = logs.shown
 """How a log line quotes a client id or a topic: ``radio.logs.shown``, at hand for the broker's modules."""
 
 
-def describe(session: Session) -> str:
+def describe(session: PluginSession) -> str:
     """A client as the log names it: never with its secret."""
     transport = session.attributes.get(TRANSPORT, "?")
     where = f"{session.remote_address}:{session.remote_port} ({transport})"

@@ -11,7 +11,7 @@ from amqtt.session import Session
 from radio.broker import attributes as attrs
 from radio.registry import LiveRegistry
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 
 class RadioAuthPlugin(BaseAuthPlugin):

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from radio.broker.router import Router
     from radio.broker.store import Store
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 KEEP_ALIVE_GRACE: Final = 1.5
 """A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""

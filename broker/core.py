@@ -18,7 +18,7 @@ from typing import Any, Final
 from amqtt.contexts import Action
 
 from radio.broker import access, listeners, plugins
-from radio.broker.attributes import Session as PluginSession
+from radio.broker.attributes import PluginSession
 from radio.broker.connection import Connection, Link
 from radio.broker.logsummary import Summary
 from radio.broker.per_source import Connecting
@@ -29,7 +29,7 @@ from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.usage import Meter, UsageError, usage_path
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 REFUSAL_LOG_EVERY: Final = 10.0
 """Connections refused over the limit are logged at most once per this many seconds, with a count."""
@@ -113,7 +113,7 @@ class RadioBroker:
         else:
             self.meter.start()
         self.router.gate = access.Gate(lambda: self.registry.current, self.meter, self.router.retained_full)
-        log.addFilter(self.log_summary)
+        self.log_summary.attach()
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)
             self.store.start()
@@ -140,7 +140,7 @@ class RadioBroker:
             if self.meter is not None:
                 self.meter.close()
                 self.meter = None
-            log.removeFilter(self.log_summary)
+            self.log_summary.detach()
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
@@ -161,7 +161,7 @@ class RadioBroker:
             self.collect_deliveries()
             self.meter.close()
         self.log_summary.flush(everything=True)
-        log.removeFilter(self.log_summary)
+        self.log_summary.detach()
 
     async def _close_servers(self) -> None:
         servers, self._servers = self._servers, {}

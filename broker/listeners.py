@@ -30,7 +30,7 @@ from websockets.protocol import State
 
 from radio.broker.connection import Connection, Link
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 FRAME_HEADROOM: Final = 5
 """An MQTT packet's fixed header, which the packet limit (a remaining length) leaves out."""

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
+BROKER_LOGGER: Final = "radio.broker"
+"""The parent of the broker modules' loggers (``logging.getLogger(__name__)`` in each)."""
 
 WINDOW: Final = 60.0
 """Seconds over which a kind of line is counted."""
@@ -45,6 +47,7 @@ class Summary(logging.Filter):
         self._clock = clock
         self._kinds: dict[tuple[str, int, str], _Kind] = {}
         self._lock = threading.Lock()  # the store's writer thread logs too
+        self._loggers: list[logging.Logger] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether to write the line; a held-back line is counted toward its kind's summary."""
@@ -69,6 +72,26 @@ class Summary(logging.Filter):
                 write = False
         _say(due)
         return write
+
+    def attach(self) -> None:
+        """Hold back the lines of every broker module: each logs under its own name.
+
+        A logger's filters see only the records logged on it, not those its children pass up, so
+        the summary goes on each module's logger (all exist once the broker is imported).
+        """
+        self._loggers = [
+            logging.getLogger(name)
+            for name in list(logging.root.manager.loggerDict)
+            if name == BROKER_LOGGER or name.startswith(BROKER_LOGGER + ".")
+        ]
+        for logger in self._loggers:
+            logger.addFilter(self)
+
+    def detach(self) -> None:
+        """Stop holding lines back (the broker stopped)."""
+        for logger in self._loggers:
+            logger.removeFilter(self)
+        self._loggers = []
 
     def flush(self, *, everything: bool = False) -> None:
         """Write the summaries of kinds whose minute is over (of every kind, when stopping)."""

@@ -49,7 +49,7 @@ from radio.tls import check_server
 from radio.topics import network_topic
 from radio.wire import packet_limit
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 TEMPLATE: Final = resources.files("radio.broker") / "mosquitto.conf"
 """The commented configuration, shipped inside the package (the repository's root ``mosquitto.conf``)."""

@@ -33,7 +33,7 @@ from radio.config import Address
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL: Final = 0.25
 STARTUP_TIMEOUT: Final = 30.0

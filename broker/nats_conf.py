@@ -42,7 +42,7 @@ from radio.tls import check_server
 from radio.topics import network_topic
 from radio.wire import packet_limit
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 ANONYMOUS: Final = "_anonymous"
 """The user NATS gives a client that sends no username; no key can have this name (no leading '_')."""

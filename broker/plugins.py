@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
-from radio.broker.attributes import Session
+from radio.broker.attributes import PluginSession
 
 AMQTT_VERSION: Final = "0.12.1"
 """The amqtt whose plugin API (and, in the tests and benchmarks, whose broker) Radio is built on."""
@@ -27,10 +27,10 @@ AMQTT_VERSION: Final = "0.12.1"
 class SyncTopicCheck(Protocol):
     """What a topic plugin may offer besides its coroutine, for checks on the hot path."""
 
-    def allows(self, session: Session, topic: str, action: Action) -> bool:
+    def allows(self, session: PluginSession, topic: str, action: Action) -> bool:
         """The same verdict as its ``topic_filtering``, without awaiting."""
 
-    def reader(self, topic: str) -> Callable[[Session], bool]:
+    def reader(self, topic: str) -> Callable[[PluginSession], bool]:
         """Who may receive one message on ``topic``: built once per message."""
 
 

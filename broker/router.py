@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from radio.broker.connection import Connection
     from radio.broker.store import Contents, Store, StoredSession
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
-TopicCheck = Callable[[attrs.Session, str, Action], bool]
-ReaderFactory = Callable[[str], Callable[[attrs.Session], bool]]
+TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
+ReaderFactory = Callable[[str], Callable[[attrs.PluginSession], bool]]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from radio.registry import LiveRegistry, Registry
 from radio.tls import server_context
 from radio.wire import packet_limit
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL: Final = 0.25
 """Seconds between checks of the registry files: well inside the 2 s promised for a revocation."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from radio.broker.connection import Connection
     from radio.broker.message import Message
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 MAX_PACKET_ID: Final = 65_535
 

@@ -38,7 +38,7 @@ from typing import Any, Final
 from radio.errors import RadioError
 from radio.sqlite import open_private_db
 
-log = logging.getLogger("radio.broker")
+log = logging.getLogger(__name__)
 
 WAL_LIMIT: Final = 4 * 1024 * 1024
 """Bytes of write-ahead log kept after a checkpoint; SQLite truncates it to this (it keeps the

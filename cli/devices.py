@@ -14,6 +14,7 @@ from radio.cli.options import Parser
 from radio.config import Settings
 from radio.errors import RadioError
 from radio.stopping import Stop
+from radio.urls import DEFAULT_MQTT_VERSION
 
 
 def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -42,6 +43,7 @@ def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     options.add_ca(listen)
+    options.add_mqtt_version(listen)
     listen.set_defaults(handler=_listen)
 
 
@@ -53,6 +55,7 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     traffic.add_argument("--network", required=True, type=options.network)
     options.add_key_options(traffic, "a key that may publish to the network")
     options.add_ca(traffic)
+    options.add_mqtt_version(traffic)
     traffic.add_argument(
         "--period", type=options.positive_number, default=1.0, help="seconds between samples (default 1)"
     )
@@ -79,6 +82,7 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     sensors.add_argument("--network", required=True, type=options.network)
     options.add_key_options(sensors, "a key that may publish to the network")
     options.add_ca(sensors)
+    options.add_mqtt_version(sensors)
     sensors.add_argument("--count", type=options.positive_whole, default=100, help="sensors (default 100)")
     sensors.add_argument(
         "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
@@ -105,7 +109,9 @@ def _listen(args: argparse.Namespace) -> int:
     preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
     url = args.url or settings.broker.local_ws_url()
     http = args.http or _bridge_url(settings)
-    return listen(args.networks, url, secret, since=args.since, http=http, ca=args.ca)
+    return listen(
+        args.networks, url, secret, since=args.since, http=http, ca=args.ca, version=args.mqtt_version
+    )
 
 
 def _publisher(args: argparse.Namespace) -> tuple[Settings, str]:
@@ -134,6 +140,11 @@ def _traffic(args: argparse.Namespace) -> int:
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
         msg = f"--via {via} takes {wanted}, not {args.url}"
         raise RadioError(msg)
+    if via == "http" and args.mqtt_version != DEFAULT_MQTT_VERSION:
+        msg = (
+            f"--mqtt-version {args.mqtt_version} is for MQTT: the bridge (--via http) is spoken to over HTTP"
+        )
+        raise RadioError(msg)
     default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
     traffic(
         network=args.network,
@@ -146,6 +157,7 @@ def _traffic(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=_device_logging(),
         ca=args.ca,
+        version=args.mqtt_version,
     )
     return 0
 
@@ -163,5 +175,6 @@ def _sensors(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=_device_logging(),
         ca=args.ca,
+        version=args.mqtt_version,
     )
     return 0

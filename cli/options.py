@@ -25,7 +25,7 @@ from radio.config import Address, Settings, load_settings
 from radio.errors import RadioError
 from radio.key_changes import parse_day, parse_term
 from radio.topics import NetworkName
-from radio.urls import BrokerURL, parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_urls
 
 EXIT_REFUSED: Final = 2
 """The exit status of anything Radio refuses: a bad option, configuration, key or port."""
@@ -314,6 +314,17 @@ def add_tls_listeners(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wss", metavar="HOST:PORT", type=address, help="MQTT over WebSocket with TLS (needs [tls])"
+    )
+
+
+def add_mqtt_version(parser: argparse.ArgumentParser) -> None:
+    """``--mqtt-version``: the protocol a client speaks to the broker."""
+    parser.add_argument(
+        "--mqtt-version",
+        choices=MQTT_VERSIONS,
+        default=DEFAULT_MQTT_VERSION,
+        help=f"the MQTT version spoken to the broker (default {DEFAULT_MQTT_VERSION}); "
+        "with 5 the broker's refusals carry their reason code",
     )
 
 

@@ -24,20 +24,23 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import requests
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from radio.credentials import secret_username
 from radio.errors import RadioError
+from radio.mqtt_clients import (
+    FINAL_REFUSALS,
+    broker_cursor,
+    connect,
+    describe,
+    key_credentials,
+    make_client,
+)
 from radio.stopping import Stop
-from radio.tls import TlsError, certificate_refusal, client_context, trust, verify_failure
-from radio.urls import BrokerURL
+from radio.tls import TlsError, certificate_refusal, trust, verify_failure
+from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
 log = logging.getLogger("radio.device")
 DEFAULT_BUFFER = 10_000
-FINAL_REFUSALS = frozenset({134, 135})
-"""CONNACK codes (bad user name or password, not authorized) that end a generator: paho's codes
-for MQTT 3.1.1's 4 and 5. Any other refusal (server unavailable) may pass later or elsewhere."""
 
 
 class LinkRefused(RadioError):
@@ -66,33 +69,24 @@ class MqttLink:
         will: Will | None = None,
         on_connect: Any = None,
         ca: Path | None = None,
+        version: MqttVersion = DEFAULT_MQTT_VERSION,
     ) -> None:
-        self.urls = [url] if isinstance(url, BrokerURL) else list(url)
-        """Tried in turn, all of one transport (paho fixes it when the client is made)."""
-        if not self.urls or len({(u.transport, u.tls) for u in self.urls}) > 1:
-            msg = "a link needs broker URLs, all of one transport"
-            raise ValueError(msg)
-        self._current = 0
-        url = self.urls[0]
+        self._cursor = broker_cursor(url)
         self.dropped = 0
         self.refused: str | None = None
         """Why the link stopped for good: the broker's certificate, or the key, was refused.
         Retrying cannot cure either; the generator reads this and stops."""
+        self.publish_refusals: set[int] = set()
+        """The PUBACK reason codes (MQTT 5, 0x80 and up) the broker refused samples with, each logged once."""
         self._pending: deque[tuple[str, bytes, bool]] = deque()
         self._limit = buffer
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._user_on_connect = on_connect
         self._stopping = False
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, transport=url.transport
+        self._client = make_client(
+            self.url, client_id, credentials=key_credentials(secret), version=version, ca=ca
         )
-        if url.transport == "websockets":
-            self._client.ws_set_options(path=url.path)
-        if url.tls:
-            self._client.tls_set_context(client_context(ca))
-        if secret:
-            self._client.username_pw_set(secret_username(secret), secret)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -100,23 +94,32 @@ class MqttLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_publish = self._on_publish
+
+    @property
+    def urls(self) -> tuple[BrokerURL, ...]:
+        """Tried in turn, all of one transport (paho fixes it when the client is made)."""
+        return self._cursor.items
 
     @property
     def url(self) -> BrokerURL:
         """The broker connected to (or tried next)."""
-        return self.urls[self._current]
+        return self._cursor.current
 
-    def _next_broker(self, client: mqtt.Client) -> None:
-        """On paho's thread, after a lost or failed connection: its next reconnect goes to the next URL."""
-        if len(self.urls) < 2 or self._stopping or self.refused is not None:
+    def _next_broker(self, client: mqtt.Client, *, worked: bool = False) -> None:
+        """On paho's thread, after a lost or failed connection: its next reconnect goes to the next URL.
+
+        paho paces the reconnects itself (``reconnect_delay_set``), so a failed round needs no wait here.
+        """
+        if len(self._cursor) < 2 or self._stopping or self.refused is not None:
             return
-        self._current = (self._current + 1) % len(self.urls)
-        client.connect_async(self.url.host, self.url.port, keepalive=30)
+        self._cursor.move_on(worked=worked)
+        connect(client, self.url.host, self.url.port, background=True)
         log.info("trying the broker at %s next", self.url)
 
     def start(self) -> None:
         """Connect in the background; publishing works at once (it buffers until connected)."""
-        self._client.connect_async(self.url.host, self.url.port, keepalive=30)
+        connect(self._client, self.url.host, self.url.port, background=True)
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -149,10 +152,11 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             if reason.value in FINAL_REFUSALS and self.refused is None:
-                self.refused = f"the broker at {self.url} refused the key: {reason} (is the key right?)"
+                why = describe(reason, client)
+                self.refused = f"the broker at {self.url} refused the key: {why} (is the key right?)"
                 client.disconnect()  # no more attempts: a wrong key stays wrong
                 return
-            log.error("the broker refused the connection: %s", reason)
+            log.error("the broker at %s refused the connection: %s", self.url, describe(reason, client))
             return
         with self._lock:
             backlog = len(self._pending)
@@ -184,7 +188,18 @@ class MqttLink:
             log.warning(
                 "lost the broker at %s (%s); reconnecting, samples are kept meanwhile", self.url, reason
             )
-        self._next_broker(client)
+        self._next_broker(client, worked=was_connected)
+
+    def _on_publish(self, client: mqtt.Client, _u: object, _mid: int, reason: ReasonCode, _p: object) -> None:
+        """An MQTT 5 broker says in the PUBACK when it refused a sample: say it once per reason."""
+        if reason.value < 0x80 or reason.value in self.publish_refusals:
+            return
+        self.publish_refusals.add(reason.value)
+        log.error(
+            "the broker at %s refused a sample: %s (said once per reason)",
+            self.url,
+            describe(reason, client),
+        )
 
 
 class HttpLink:

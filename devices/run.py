@@ -13,7 +13,7 @@ from radio.devices.link import HttpLink, LinkRefused, MqttLink, sleep_until
 from radio.devices.traffic import Town, TownSettings
 from radio.stopping import Stop, on_signals
 from radio.topics import network_topic
-from radio.urls import parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, MqttVersion, parse_urls
 
 log = logging.getLogger("radio.device")
 
@@ -35,6 +35,7 @@ def traffic(
     seed: int | None,
     stop: Stop,
     ca: Path | None = None,
+    version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Simulate, and publish the town's state every period, like the article's ``radio_publish()``."""
     town = Town(TownSettings(rows=size[0], columns=size[1]), seed=seed)
@@ -45,7 +46,7 @@ def traffic(
     else:
         # Its own client id: two simulators on one network would otherwise take turns evicting each other.
         client_id = f"radio-traffic-{network}-{uuid.uuid4().hex[:8]}"
-        mqtt_link = MqttLink(parse_urls(url), secret, client_id, ca=ca)
+        mqtt_link = MqttLink(parse_urls(url), secret, client_id, ca=ca, version=version)
         mqtt_link.start()
     log.info(
         "traffic simulator on network %r: %dx%d town, a sample every %gs via %s", network, *size, period, via
@@ -80,6 +81,7 @@ def sensor_agents(
     seed: int | None,
     stop: Stop,
     ca: Path | None = None,
+    version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Run ``count`` sensors until stopped."""
     log.info("%d sensors on network %r, %g readings per second each", count, network, rate)
@@ -92,4 +94,5 @@ def sensor_agents(
         stop=stop,
         seed=seed,
         ca=ca,
+        version=version,
     )

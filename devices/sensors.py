@@ -18,7 +18,7 @@ from pathlib import Path
 from radio.devices.link import LinkRefused, MqttLink, Will, sleep_until
 from radio.stopping import Stop
 from radio.topics import network_topic
-from radio.urls import BrokerURL
+from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
 KINDS = {"temperature": (21.0, "°C"), "humidity": (45.0, "%"), "pressure": (1013.0, "hPa")}
 
@@ -60,6 +60,7 @@ def run(
     stop: Stop,
     seed: int | None = None,
     ca: Path | None = None,
+    version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Connect every sensor, then publish ``rate`` readings per second each until ``stop`` is set."""
     rng = random.Random(seed)
@@ -83,6 +84,7 @@ def run(
             will=Will(status, OFFLINE),
             on_connect=announce,
             ca=ca,
+            version=version,
         )
         link.start()
         sensors.append((sensor, link))

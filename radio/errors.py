@@ -1,25 +1,50 @@
-"""The errors Radio raises on purpose, all under one base so a caller can catch them together.
+"""The errors Radio raises on purpose, all under one root so a caller can catch them together.
 
-Hierarchy::
+Hierarchy (each class with the module it lives in, when not here)::
 
     RadioError                 anything Radio refuses, with a message fit for a user
     ├── ConfigError            the configuration file is missing, malformed or invalid
-    ├── InvalidName            a network or key name breaks the naming rules
-    └── KeyStoreError          the key registry refuses a change or cannot be read
-        ├── MissingRegistry    there is no keys file (an error for servers, "no keys yet" for
-        │                      the commands that make the first key)
-        ├── UnknownKey         no key has that name
-        └── DuplicateKey       a key with that name exists already
+    ├── InvalidName            a network or key name breaks the naming rules (also a ValueError)
+    ├── KeyStoreError          the key registry refuses a change or cannot be read
+    │   ├── MissingRegistry    there is no keys file (an error for servers, "no keys yet" for
+    │   │                      the commands that make the first key)
+    │   ├── UnknownKey         no key has that name
+    │   └── DuplicateKey       a key with that name exists already
+    ├── Busy                   a shared file (rate buckets, usage) stayed locked: ask again
+    ├── NotJSON                a payload is not a sample's strict JSON (samples; also a ValueError)
+    ├── AuditError             the audit log cannot be written or read (audit)
+    ├── UsageError             the usage file cannot be opened (usage)
+    ├── NoHistory              no history file: no recorder has run here (history_store)
+    ├── HistoryFileUnavailable the history file cannot be read now (history_store)
+    ├── TlsError               a certificate, key or CA file Radio cannot use (tls)
+    ├── StoreError             the embedded broker's store cannot be opened or read (broker.store)
+    ├── Violation              a packet MQTT says to close the connection on (broker.codec)
+    ├── MosquittoError         Mosquitto is missing or would not start (broker.mosquitto)
+    ├── NatsError              the NATS cluster cannot be planned or started (broker.nats_conf)
+    ├── APIError               the HTTP door's refusal: a status, a message (bridge.errors)
+    │   └── Refusal            a refusal that carries response headers (bridge.access)
+    ├── BrokerUnavailable      the bridge could not publish: no broker, or no PUBACK in time
+    │                          (bridge.publisher)
+    ├── LinkRefused            a generator's key or server certificate refused (devices.link)
+    ├── Refused                a listener's key, network or certificate refused
+    │                          (subscribers.listener)
+    ├── HistoryRefused         the bridge refused a history read (subscribers.history)
+    ├── HistoryUnavailable     no history right now (subscribers.history)
+    └── Unhealthy              ``radio health``: the door did not answer 200 (cli.health)
 
-The command line turns any RadioError into one line on stderr and exit status 2.
+The bridge's ASGI server has two private ones under the root too (``bridge.asgi``: a request
+cut short by a stop or by its client), which never leave it. The command line turns any
+RadioError into one line on stderr and exit status 2; ``tests/unit/test_errors.py`` checks that
+every exception class of the package is under the root and in this tree.
 
 ``Busy`` is no refusal but a turn to wait: a file shared between processes (the rate buckets,
-the usage counts) stayed locked past the caller's wait, and nothing was taken.
+the usage counts) stayed locked past the caller's wait, and nothing was taken. Its callers catch
+it by name; under the root, one that escapes is still one line, not a traceback.
 """
 
 
 class RadioError(Exception):
-    """Base of every error Radio raises on purpose."""
+    """Root of every error Radio raises on purpose."""
 
 
 class ConfigError(RadioError):
@@ -46,5 +71,5 @@ class DuplicateKey(KeyStoreError):
     """A key with that name exists already."""
 
 
-class Busy(Exception):
+class Busy(RadioError):
     """A file shared between processes stayed locked: nothing was taken, ask again shortly."""

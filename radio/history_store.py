@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from radio.errors import RadioError
 from radio.sqlite import open_private_db, open_readonly_db
 
 SCHEMA: Final = """
@@ -105,11 +106,11 @@ class HistoryStore:
         return seq
 
 
-class NoHistory(Exception):
+class NoHistory(RadioError):
     """No history file: no recorder has run beside this configuration."""
 
 
-class HistoryUnavailable(Exception):
+class HistoryFileUnavailable(RadioError):
     """The file is there but cannot be read now (locked past the timeout, or damaged)."""
 
 
@@ -138,19 +139,19 @@ def read_page(
     """The samples numbered after ``after`` (None: the newest ``limit``), at most ``max_bytes`` of them.
 
     Opened read-only for this one read, so a reader never holds a lock the recorder waits on.
-    Raises ``NoHistory`` or ``HistoryUnavailable``.
+    Raises ``NoHistory`` or ``HistoryFileUnavailable``.
     """
     if not path.exists():
         raise NoHistory
     try:
         db = open_readonly_db(path, busy_timeout=READ_TIMEOUT)
     except sqlite3.Error:
-        raise HistoryUnavailable from None
+        raise HistoryFileUnavailable from None
     try:
         with db:  # one read transaction: first, last and the rows agree
             return _page(db, network, after, limit, max_bytes, encode=encode)
     except sqlite3.Error:
-        raise HistoryUnavailable from None
+        raise HistoryFileUnavailable from None
     finally:
         db.close()
 

@@ -16,8 +16,10 @@ import json
 import math
 from typing import Any, Final, NoReturn
 
+from radio.errors import RadioError
 
-class NotJSON(ValueError):
+
+class NotJSON(RadioError, ValueError):
     """The payload is not a sample's JSON; the message says why, for one log line."""
 
 

@@ -1,13 +1,20 @@
 """Where a client finds the broker: ``mqtt[s]://HOST:PORT`` or ``ws[s]://HOST:PORT/PATH``.
 
-Shared by the clients (generators and listeners) as topic names are: plain parsing, no MQTT code.
+Shared by the clients (generators and listeners) as topic names are: plain parsing, no MQTT code,
+so the command line reads ``--url`` and ``--mqtt-version`` without loading an MQTT library.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
+
+MqttVersion = Literal["3.1.1", "5"]
+"""The protocol versions a client may speak (``--mqtt-version``)."""
+MQTT_VERSIONS: Final[tuple[str, ...]] = get_args(MqttVersion)
+DEFAULT_MQTT_VERSION: Final[MqttVersion] = "3.1.1"
+"""Every engine speaks 3.1.1; MQTT 5 adds reason codes on refusals (CONNACK, PUBACK)."""
 
 _SCHEMES: dict[str, tuple[Literal["tcp", "websockets"], bool, int]] = {
     "mqtt": ("tcp", False, 1883),

@@ -25,15 +25,17 @@ from collections.abc import Sequence
 from typing import Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio import samples
 from radio.config import Address
+from radio.failover import FailoverCursor
 from radio.history_store import HistoryStore
+from radio.mqtt_clients import connect, make_client
 from radio.registry import LiveRegistry, Registry
 from radio.timestamps import utc_now
 from radio.topics import MISSED_TOPIC, network_of_topic
+from radio.urls import BrokerURL
 
 log = logging.getLogger("radio.recorder")
 
@@ -61,9 +63,8 @@ class Recorder:
     ) -> None:
         self.registry = registry
         self.store = store
-        self.brokers = [broker] if isinstance(broker, Address) else list(broker)
+        self._cursor = FailoverCursor([broker] if isinstance(broker, Address) else broker)
         """The nodes of a cluster, tried in turn: the next after a lost or failed connection."""
-        self._current = 0
         self._stopping = False
         self.subscribed = threading.Event()
         """Set once the broker granted the subscription (cleared while the link is down)."""
@@ -72,14 +73,13 @@ class Recorder:
         self.done = threading.Event()
         """Set when it failed: whoever runs it should stop."""
         self._refreshed = 0.0
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=CLIENT_ID,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
+        self._client = make_client(
+            BrokerURL("tcp", self.broker.host, self.broker.port),
+            CLIENT_ID,
+            credentials=(username, password),
+            persistent=True,
             manual_ack=True,  # a sample is acknowledged once it is written, not before
         )
-        self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -89,20 +89,28 @@ class Recorder:
 
     def start(self) -> None:
         """Connect in the background, and keep reconnecting."""
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        connect(self._client, self.broker.host, self.broker.port, persistent=True, background=True)
         self._client.loop_start()
+
+    @property
+    def brokers(self) -> tuple[Address, ...]:
+        """The nodes of a cluster, tried in turn."""
+        return self._cursor.items
 
     @property
     def broker(self) -> Address:
         """The broker connected to (or tried next)."""
-        return self.brokers[self._current]
+        return self._cursor.current
 
-    def _next_broker(self, client: mqtt.Client) -> None:
-        """On paho's thread: the next reconnect goes to the next node (a cluster keeps the session)."""
-        if len(self.brokers) < 2 or self._stopping:
+    def _next_broker(self, client: mqtt.Client, *, worked: bool = False) -> None:
+        """On paho's thread: the next reconnect goes to the next node (a cluster keeps the session).
+
+        paho paces the reconnects itself (``reconnect_delay_set``), so a failed round needs no wait here.
+        """
+        if len(self._cursor) < 2 or self._stopping:
             return
-        self._current = (self._current + 1) % len(self.brokers)
-        client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._cursor.move_on(worked=worked)
+        connect(client, self.broker.host, self.broker.port, persistent=True, background=True)
         log.info("trying the broker at %s next", self.broker)
 
     def _on_connect_fail(self, client: mqtt.Client, _u: object) -> None:
@@ -126,10 +134,11 @@ class Recorder:
     def _on_disconnect(
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
+        worked = self.subscribed.is_set()
         self.subscribed.clear()
         if reason.is_failure:
             log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
-            self._next_broker(client)
+            self._next_broker(client, worked=worked)
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, _mid: int, codes: list[ReasonCode], _p: object

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from radio.stopping import on_signals
 from radio.subscribers.listener import Listener, Refused
+from radio.urls import DEFAULT_MQTT_VERSION, MqttVersion
 
 
 def listen(
@@ -20,6 +21,7 @@ def listen(
     since: int | None = None,
     http: str = "",
     ca: Path | None = None,
+    version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> int:
     """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2.
 
@@ -29,7 +31,7 @@ def listen(
     def notice(text: str) -> None:
         print(f"radio listen: {text}", file=sys.stderr, flush=True)
 
-    listener = Listener(networks, url, secret, notice=notice, since=since, http=http, ca=ca)
+    listener = Listener(networks, url, secret, notice=notice, since=since, http=http, ca=ca, version=version)
     stopping = on_signals()  # Ctrl-C or SIGTERM: the listener stops, and the loop below ends
 
     def stop_when_asked() -> None:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import requests
 
+from radio.errors import RadioError
 from radio.tls import certificate_refusal, trust
 
 PAGE: Final = 1000
@@ -22,11 +23,11 @@ bridge's byte cap: its ``more`` says whether the history goes on."""
 TIMEOUT: Final = 10.0
 
 
-class HistoryRefused(Exception):
+class HistoryRefused(RadioError):
     """The bridge refused: an unknown network, or a key that may not read it."""
 
 
-class HistoryUnavailable(Exception):
+class HistoryUnavailable(RadioError):
     """No history right now: the bridge is unreachable, or the recorder has not run."""
 
 

@@ -48,16 +48,16 @@ from types import TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from radio.credentials import secret_username
+from radio import mqtt_clients
+from radio.errors import RadioError
 from radio.subscribers import history
 from radio.subscribers.numbering import Numbering, canonical
 from radio.timestamps import utc_now
-from radio.tls import client_context, verify_failure
+from radio.tls import verify_failure
 from radio.topics import network_of_topic, network_topic
-from radio.urls import BrokerURL, parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion, parse_urls
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _not_json(name: str) -> Any:
     raise ValueError(name)
 
 
-class Refused(Exception):
+class Refused(RadioError):
     """The broker refused something retrying cannot fix: a bad key, or a network not entitled to."""
 
 
@@ -127,9 +127,6 @@ def backoff_with_jitter(attempt: int, base: float = 0.5, cap: float = 30.0) -> f
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not secrecy
 
 
-FINAL_REFUSALS = frozenset({134, 135})
-"""CONNACK codes no retry cures: bad user name or password, not authorized. Any other (136,
-server unavailable; 128, unspecified) may pass, on another broker or later."""
 DEFAULT_BRIDGE = "http://127.0.0.1:5000"
 """Where ``since`` reads the history when no ``http`` is given."""
 CATCH_UP = 5.0
@@ -150,17 +147,10 @@ class Listener:
         since: int | None = None,
         http: str | None = None,
         ca: Path | None = None,
+        version: MqttVersion = DEFAULT_MQTT_VERSION,
     ) -> None:
         self.networks = [str(n) for n in networks]
-        if isinstance(url, str):
-            self.urls = parse_urls(url)
-        else:
-            self.urls = [url] if isinstance(url, BrokerURL) else list(url)
-        """Tried in turn (one transport: paho fixes it when the client is made)."""
-        if not self.urls or len({(u.transport, u.tls) for u in self.urls}) > 1:
-            msg = "a listener needs broker URLs, all of one transport"
-            raise ValueError(msg)
-        self._current = 0
+        self._cursor = mqtt_clients.broker_cursor(parse_urls(url) if isinstance(url, str) else url)
         self.notice = notice
         self.on_bad_sample = on_bad_sample or (lambda bad: notice(str(bad)))
         """Called on the network thread with every payload skipped; by default, a ``notice``."""
@@ -196,39 +186,37 @@ class Listener:
         self._arrived = threading.Event()
         """Set when a live sample is held back: the replay looks for the seam again."""
         self._qos = 1 if secret is not None else 0
-        self._client = self._make_client(secret, since, ca)
-
-    def _make_client(self, secret: str | None, since: int | None, ca: Path | None) -> mqtt.Client:
         # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
         # samples the replay delivers too. So it starts clean.
-        persistent = secret is not None and since is None
+        self._persistent = secret is not None and since is None
+        self._client = self._make_client(secret, ca, version)
+
+    def _make_client(self, secret: str | None, ca: Path | None, version: MqttVersion) -> mqtt.Client:
         # A stable id per key and set of networks: the broker keeps the session between runs.
         digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
-        client_id = f"radio-listen-{digest}" if persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=not persistent,
-            transport=self.url.transport,
+        client_id = f"radio-listen-{digest}" if self._persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
+        client = mqtt_clients.make_client(
+            self.url,
+            client_id,
+            credentials=mqtt_clients.key_credentials(secret),
+            persistent=self._persistent,
+            version=version,
+            ca=ca,
         )
-        if self.url.transport == "websockets":
-            client.ws_set_options(path=self.url.path)
-        if self.url.tls:  # mqtts:// or wss://: the CA given, else the system's trust store
-            client.tls_set_context(client_context(ca))
-        if secret is not None:
-            client.username_pw_set(secret_username(secret), secret)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
     @property
+    def urls(self) -> tuple[BrokerURL, ...]:
+        """Tried in turn (one transport: paho fixes it when the client is made)."""
+        return self._cursor.items
+
+    @property
     def url(self) -> BrokerURL:
         """The broker connected to (or tried next)."""
-        return self.urls[self._current]
-
-    def _next_url(self) -> None:
-        self._current = (self._current + 1) % len(self.urls)
+        return self._cursor.current
 
     def start(self) -> Self:
         """Connect and subscribe in the background."""
@@ -277,19 +265,17 @@ class Listener:
         elif self._number_live and not self._start_numbering():
             return
         attempt = 0  # backoffs since the last connection that worked
-        failed = 0  # connections failed in a row: a whole round of them backs off
         while not self._stop.is_set():
             url = self.url
             try:
-                self._client.connect(url.host, url.port, keepalive=30)
+                mqtt_clients.connect(self._client, url.host, url.port, persistent=self._persistent)
             except OSError as exc:
                 refusal = verify_failure(exc, str(url))
                 if refusal is not None:
                     self._fail(Refused(refusal))  # retrying cannot make a certificate trusted
                     return
-                failed += 1
                 why = f"cannot reach {url} ({exc.strerror or exc})"
-                attempt = self._pause(why, "retrying", failed, attempt)
+                attempt = self._pause(why, "retrying", attempt, worked=False)
                 continue
             self._established = False
             while not self._stop.is_set():
@@ -302,14 +288,20 @@ class Listener:
             if self._stop.is_set():
                 return
             # A connection that worked was a success: the next outage starts from the shortest wait.
-            attempt, failed = (0, 0) if self._established else (attempt, failed + 1)
-            attempt = self._pause(f"connection to {url} lost", "reconnecting", failed, attempt)
+            if self._established:
+                attempt = 0
+            attempt = self._pause(
+                f"connection to {url} lost", "reconnecting", attempt, worked=self._established
+            )
 
-    def _pause(self, why: str, doing: str, failed: int, attempt: int) -> int:
-        """Go on to the next URL: at once, unless a whole round failed (then back off); the attempt."""
-        self._next_url()
-        rounds = len(self.urls)
-        if failed % rounds or (failed == 0 and rounds > 1):
+    def _pause(self, why: str, doing: str, attempt: int, *, worked: bool) -> int:
+        """Go on to the next URL: at once, unless a whole round failed (then back off); the attempt.
+
+        With one URL there is no other to try: even after a connection that worked, the retry waits
+        a jittered moment, so that many listeners of a restarted broker do not return in step.
+        """
+        round_failed = self._cursor.move_on(worked=worked)
+        if not round_failed and len(self._cursor) > 1:
             self.notice(f"{why}; trying {self.url}")
             return attempt
         delay = backoff_with_jitter(attempt)
@@ -328,12 +320,11 @@ class Listener:
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         if reason.is_failure:
-            if reason.value in FINAL_REFUSALS:
-                self._fail(
-                    Refused(f"the broker at {self.url} refused the connection: {reason} (is the key right?)")
-                )
+            why = f"the broker at {self.url} refused the connection: {mqtt_clients.describe(reason, client)}"
+            if reason.value in mqtt_clients.FINAL_REFUSALS:
+                self._fail(Refused(f"{why} (is the key right?)"))
             else:  # server unavailable and the like: another broker, or this one later, may take it
-                self.notice(f"the broker at {self.url} refused the connection: {reason}")
+                self.notice(why)
             client.disconnect()
             return
         self._established = True
