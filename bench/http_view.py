@@ -106,7 +106,9 @@ def views(bridge: Any, calls: int, rounds: int, key: str, deferrable: str) -> No
 async def publishing(
     bridge: Any, samples: int, rounds: int, *, key: str, deferrable: str, deferred: str
 ) -> None:
-    publisher = bridge.extensions["radio.publisher"]
+    from radio.bridge.state import state_of  # noqa: PLC0415 - imported where the others are, late
+
+    publisher = state_of(bridge).publisher
     publisher.start(asyncio.get_running_loop())
     if not await asyncio.to_thread(publisher.wait_connected, 30):
         msg = "the publisher never connected"

@@ -29,8 +29,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from flask import Flask
-
 from radio import rates, usage
 from radio.admission import Admission, Admitted, Refused, Wait
 from radio.bridge import metrics
@@ -56,8 +54,12 @@ class Refusal(APIError):
         super().__init__(status, message, reason, headers)
 
 
-def install(app: Flask, registry: LiveRegistry) -> None:
-    """Give the app its gate: one meter and one view of the shared buckets per worker process."""
+def open_gate(registry: LiveRegistry) -> tuple[Admission, usage.Meter | None, rates.SharedBuckets]:
+    """This worker's gate, with its meter and its view of the shared rate buckets.
+
+    One meter and one view of the buckets per worker process; without a readable ``usage.db``
+    the gate runs unmetered (logged), rather than the bridge not starting.
+    """
     folder = registry.settings.state_dir
     meter: usage.Meter | None = None
     try:
@@ -75,26 +77,20 @@ def install(app: Flask, registry: LiveRegistry) -> None:
         assert terms.rate is not None  # noqa: S101 - asked only for keys with a rate
         return buckets.take(key.id, terms.rate, terms.bucket)
 
-    app.extensions["radio.meter"] = meter
-    app.extensions["radio.buckets"] = buckets
-    app.extensions["radio.gate"] = Admission(DOOR, meter, take_token)
+    return Admission(DOOR, meter, take_token), meter, buckets
 
 
-def gate(app: Flask) -> Admission:
-    """The worker's admission gate."""
-    admission: Admission = app.extensions["radio.gate"]
-    return admission
-
-
-def refused_rights(app: Flask, key: Key) -> None:
+def refused_rights(gate: Admission, key: Key) -> None:
     """Count a publish refused for lack of rights (the article's check 5) against the key."""
-    gate(app).count_refusal(key, "rights")
+    gate.count_refusal(key, "rights")
     metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="rights").inc()
 
 
-def admit(app: Flask, registry: Registry, key: Key, topic: str, payload: bytes, *, data: Any) -> Admitted:
+def admit(
+    gate: Admission, registry: Registry, key: Key, topic: str, payload: bytes, *, data: Any
+) -> Admitted:
     """The gate's verdict on a sample already parsed and serialized; a ``Refusal`` unless admitted."""
-    verdict = gate(app).admit(registry, key, topic, payload, data=data, quota_wait=usage.LOCK_WAIT)
+    verdict = gate.admit(registry, key, topic, payload, data=data, quota_wait=usage.LOCK_WAIT)
     if isinstance(verdict, Admitted):
         return verdict
     if isinstance(verdict, Refused):
@@ -105,13 +101,13 @@ def admit(app: Flask, registry: Registry, key: Key, topic: str, payload: bytes, 
             seconds = max(1, math.ceil((verdict.quota.resets - datetime.now(UTC)).total_seconds()))
             headers = {"Retry-After": str(seconds), "RateLimit-Reset": str(seconds)}
         raise Refusal(STATUS[verdict.reason], verdict.message, verdict.reason, headers)
-    raise _not_now(app, key, verdict)
+    raise _not_now(gate, key, verdict)
 
 
-def _not_now(app: Flask, key: Key, wait: Wait) -> Refusal:
+def _not_now(gate: Admission, key: Key, wait: Wait) -> Refusal:
     """A 429 over the rate, or a 503 when the shared records stayed locked."""
     if wait.reason == "rate":
-        gate(app).count_refusal(key, "rate")
+        gate.count_refusal(key, "rate")
         metrics.PUBLISHES.labels(outcome="rate").inc()
         metrics.REFUSALS.labels(key=key.name, door=DOOR, reason="rate").inc()
         rate, size = key.terms.rate or 1.0, key.terms.bucket
@@ -133,11 +129,6 @@ def _not_now(app: Flask, key: Key, wait: Wait) -> Refusal:
             log.warning("quotas cannot be checked: samples of keys with one are answered 503")
         return Refusal(503, USAGE_UNAVAILABLE, wait.reason, {"Retry-After": "1"})
     return Refusal(503, RATES_UNAVAILABLE, wait.reason, {"Retry-After": "1"})
-
-
-def release(app: Flask, admitted: Admitted) -> None:
-    """The broker did not take an admitted sample: its key is not charged for it."""
-    gate(app).release(admitted)
 
 
 def count_accepted(accepted: Iterable[tuple[str, str, int]]) -> None:

@@ -24,13 +24,14 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final, NoReturn
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from radio import usage
 from radio.audit import Actor, AuditError
-from radio.bridge import admin_auth, publish
+from radio.bridge import admin_auth
 from radio.bridge.admin_openapi import document
 from radio.bridge.errors import APIError, answer
+from radio.bridge.state import current_state
 from radio.config import Settings, load_settings
 from radio.errors import Busy, ConfigError, DuplicateKey, RadioError, UnknownKey
 from radio.key_changes import (
@@ -87,7 +88,7 @@ def _bad(message: str) -> NoReturn:
 
 def _settings() -> Settings:
     """The configuration as it stands now, as ``radio keys`` reads it for each command."""
-    running = current_app.extensions["radio.registry"].settings
+    running = current_state().registry.settings
     return load_settings(running.path, running.keys_path, required=True)
 
 
@@ -107,7 +108,7 @@ def _body(known: Iterable[str]) -> dict[str, Any]:
     A body past the bridge's limit never reached the app (``bridge/asgi.py``): that is a 413,
     not a body that fails to parse.
     """
-    limit = publish.body_limit(publish.current_registry())
+    limit = current_state().body_limit()
     if (request.content_length or 0) > limit:
         raise APIError(413, f"request body too large: at most {limit} bytes", "too_large")
     try:

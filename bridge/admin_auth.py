@@ -26,13 +26,13 @@ import math
 import os
 from typing import Final, NoReturn
 
-from flask import Flask, current_app, request
+from flask import current_app, request
 from prometheus_client import Counter
 from werkzeug.exceptions import NotFound
 
 from radio import rates
 from radio.bridge.access import Refusal
-from radio.bridge.publish import current_registry
+from radio.bridge.state import current_registry, current_state
 from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import LiveRegistry
@@ -51,14 +51,10 @@ REFUSALS: Final = Counter(
 )
 
 
-def install(app: Flask, registry: LiveRegistry) -> None:
-    """Where the admin surface is served, and the failure buckets shared by the workers."""
-    bridge = registry.settings.bridge
-    app.extensions["radio.admin.own_listener"] = bridge.admin is not None
-    app.extensions["radio.admin.enabled"] = bridge.admin_enabled
+def failure_buckets(registry: LiveRegistry) -> rates.SharedBuckets:
+    """The failed-authentication buckets of this bridge's workers (``BridgeState.admin_failures``)."""
     folder = registry.settings.state_dir / "running"
-    path = rates.shared_path(folder, os.getppid(), prefix="admin-auth")
-    app.extensions["radio.admin.failures"] = rates.SharedBuckets(path)
+    return rates.SharedBuckets(rates.shared_path(folder, os.getppid(), prefix="admin-auth"))
 
 
 def _on_admin_listener() -> bool:
@@ -71,10 +67,10 @@ def _on_admin_listener() -> bool:
 
 
 def _served_here(*, api: bool) -> bool:
-    extensions = current_app.extensions
-    if api and not extensions["radio.admin.enabled"]:
+    state = current_state()
+    if api and not state.admin_enabled:
         return False
-    return _on_admin_listener() if extensions["radio.admin.own_listener"] else True
+    return _on_admin_listener() if state.admin_own_listener else True
 
 
 def admin_api_here() -> None:
@@ -87,7 +83,7 @@ def guard_metrics() -> None:
     """``/metrics``: 404 off the admin listener if it has one; elsewhere an admin key is needed."""
     if not _served_here(api=False):
         raise NotFound
-    if not current_app.extensions["radio.admin.own_listener"]:
+    if not current_state().admin_own_listener:
         require_admin_key()
 
 
@@ -111,7 +107,7 @@ def _failed(status: int, message: str, reason: str, buckets: rates.SharedBuckets
 
 def require_admin_key() -> Key:
     """The admin key this request presents (``Authorization: Bearer``), else 401, 403 or 429."""
-    buckets: rates.SharedBuckets = current_app.extensions["radio.admin.failures"]
+    buckets = current_state().admin_failures
     tag = _source_tag()
     try:
         wait = buckets.waiting(tag, 1 / AUTH_EVERY, AUTH_BURST)

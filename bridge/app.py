@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ from radio.bridge import access, admin, admin_auth, errors, history, ops, pages,
 from radio.bridge.asgi import BufferedWSGI
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import Publisher
+from radio.bridge.state import BridgeState, state_of
 from radio.config import Address
 from radio.registry import LiveRegistry
 
@@ -46,21 +46,28 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     broker: Address = app.config["BROKER"] or registry.settings.broker.mqtt.local()
     username, password = bridge_credentials(registry.settings)
     publisher = Publisher(broker, username, password, timeout=app.config["PUBACK_TIMEOUT"])
+    publisher.on_confirmed = publish.count_confirmed
+    gate, meter, buckets = access.open_gate(registry)  # rates, quotas, schemas, usage (bridge/access.py)
+    BridgeState(
+        registry=registry,
+        publisher=publisher,
+        gate=gate,
+        meter=meter,
+        buckets=buckets,
+        # Where /admin/ and /metrics are served, and to whom (bridge/admin_auth.py).
+        admin_failures=admin_auth.failure_buckets(registry),
+        admin_own_listener=registry.settings.bridge.admin is not None,
+        admin_enabled=registry.settings.bridge.admin_enabled,
+        check_interval=app.config["REGISTRY_CHECK_INTERVAL"],
+    ).install(app)
     if app.config["START_PUBLISHER"]:
         publisher.start()
-    app.extensions["radio.registry"] = registry
-    app.extensions["radio.registry.checked"] = [0.0]
-    app.extensions["radio.registry.refreshing"] = threading.Lock()
-    app.extensions["radio.publisher"] = publisher
-    publisher.on_confirmed = publish.count_confirmed
 
     errors.register(app)
-    access.install(app, registry)  # rates, quotas, schemas, usage (bridge/access.py)
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(pages.bp)
-    admin_auth.install(app, registry)  # where /admin/ and /metrics are served, and to whom
     app.register_blueprint(admin.bp)
     return app
 
@@ -78,15 +85,16 @@ def create_asgi_app(
     in a pool of their own, ``[bridge] history_threads`` wide.
     """
     app = create_app({**(test_config or {}), "START_PUBLISHER": False})
-    publisher: Publisher = app.extensions["radio.publisher"]
+    state = state_of(app)
+    publisher = state.publisher
     return BufferedWSGI(
         app,
         body_timeout=body_timeout,
-        body_limit=lambda: publish.body_limit(publish.fresh_registry(app)),
+        body_limit=state.body_limit,
         threads=threads,
         inline=("/publish",),
         on_startup=lambda: publisher.start(asyncio.get_running_loop()),
         on_shutdown=publisher.stop,
         bulky=history.is_history_path,
-        bulky_threads=app.extensions["radio.registry"].settings.bridge.history_threads,
+        bulky_threads=state.registry.settings.bridge.history_threads,
     )

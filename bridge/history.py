@@ -28,19 +28,17 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from radio.bridge.errors import APIError
-from radio.bridge.publish import current_registry
+from radio.bridge.reading import DEFAULT_LIMIT, check_read, presented_secret
+from radio.bridge.state import current_registry, current_state
 from radio.history_store import HistoryFileUnavailable, NoHistory, Page, read_page
-from radio.registry import Registry
 from radio.samples import NotJSON
 from radio.samples import parse as parse_sample
-from radio.topics import network_topic
 
 bp = Blueprint("history", __name__)
 
-DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 MAX_SEQ: Final = 2**62
 _PARAMETERS: Final = frozenset({"limit", "after"})
@@ -49,42 +47,6 @@ ENCODER: Final = json.JSONEncoder()
 INVALID: Final = (
     "not strict JSON (NaN, Infinity or a number no float holds): stored before such samples were refused"
 )
-
-
-def presented_secret() -> str | None:
-    """The secret in ``API-KEY`` or ``Authorization: Bearer``, as ``POST /publish`` takes it."""
-    secret = request.headers.get("API-KEY")
-    if secret is None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            secret = token.strip()
-    return secret
-
-
-def readable_networks(registry: Registry, secret: str | None) -> list[str]:
-    """The networks this visitor may read: the public ones, and the key's; 401 for an unknown key."""
-    key_name = None
-    if secret is not None:
-        key = registry.key_for_secret(secret)
-        if key is None:
-            raise APIError(401, "API-KEY not valid", "invalid_key")
-        key_name = key.name
-    access = registry.access(key_name)
-    return sorted(n for n in registry.networks if access.may_read(network_topic(n)))
-
-
-def check_read(registry: Registry, network: str) -> None:
-    """404 for a network the configuration lacks; 401 or 403 for one the visitor may not read."""
-    settings = registry.networks.get(network)
-    if settings is None:
-        raise APIError(404, f"no network {network!r}", "unknown_network")
-    if settings.public:
-        return
-    secret = presented_secret()
-    if secret is None:
-        raise APIError(401, f"network {network!r} is private: send a key in API-KEY", "missing_key")
-    if network not in readable_networks(registry, secret):
-        raise APIError(403, f"this key may not read network {network!r}", "forbidden")
 
 
 def _whole(name: str, low: int, high: int, default: int | None) -> int | None:
@@ -111,7 +73,7 @@ def is_history_path(path: str) -> bool:
 
 def history_file() -> Path:
     """The recorder's file, beside the configuration the bridge runs with."""
-    path: Path = current_app.extensions["radio.registry"].settings.history_path
+    path: Path = current_state().registry.settings.history_path
     return path
 
 
@@ -151,14 +113,14 @@ def _read(path: Path, network: str, after: int | None, limit: int, max_bytes: in
 def samples(network: str) -> Response:
     """A page of a network's history, oldest first, at most ``[bridge] history_page_bytes``."""
     registry = current_registry()
-    check_read(registry, network)
+    check_read(registry, network, presented_secret(request))
     unknown = sorted(set(request.args) - _PARAMETERS)
     if unknown:
         raise APIError(400, f"unknown parameter {unknown[0][:40]!r} (known: after, limit)", "bad_parameter")
     limit = _whole("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     after = _whole("after", 0, MAX_SEQ, None)
     assert limit is not None  # noqa: S101 - it has a default
-    settings = current_app.extensions["radio.registry"].settings
+    settings = current_state().registry.settings
     page = _read(history_file(), network, after, limit, settings.bridge.history_page_bytes)
     head = ENCODER.encode({"network": network, "first": page.first, "last": page.last, "more": page.more})
     body = b"".join((head[:-1].encode(), b', "samples": [', b", ".join(page.items), b"]}\n"))

@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from radio.bridge import admin_auth, metrics
-from radio.bridge.publisher import Publisher
+from radio.bridge.state import current_state
 
 bp = Blueprint("ops", __name__)
 
@@ -17,8 +17,7 @@ bp = Blueprint("ops", __name__)
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
     """200 while this worker's broker link is up, 503 otherwise."""
-    publisher: Publisher = current_app.extensions["radio.publisher"]
-    if publisher.connected:
+    if current_state().publisher.connected:
         return jsonify(status="ok", broker="connected"), 200
     return jsonify(error="the broker is unreachable", broker="disconnected"), 503
 

@@ -24,11 +24,11 @@ import os
 from typing import Final
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from radio.bridge.errors import APIError
-from radio.bridge.history import DEFAULT_LIMIT, presented_secret, readable_networks
-from radio.bridge.publish import current_registry
+from radio.bridge.reading import DEFAULT_LIMIT, presented_secret, readable_networks
+from radio.bridge.state import current_registry, current_state
 
 bp = Blueprint("pages", __name__)
 
@@ -38,7 +38,7 @@ ENVIRONMENT: Final = "RADIO_PUBLIC_WEBSOCKET_URL"
 def websocket_url() -> str:
     """Where browsers reach the broker's MQTT-over-WebSocket listener."""
     configured: str | None = current_app.config.get("PUBLIC_WEBSOCKET_URL")
-    settings = current_app.extensions["radio.registry"].settings
+    settings = current_state().registry.settings
     return (
         configured
         or os.environ.get(ENVIRONMENT)
@@ -73,7 +73,7 @@ def _protect(response: Response) -> Response:
 def index() -> str:
     """The networks this visitor may read: public ones, and the key's (``API-KEY``) if given."""
     registry = current_registry()
-    names = readable_networks(registry, presented_secret())
+    names = readable_networks(registry, presented_secret(request))
     networks = [(name, registry.networks[name].public) for name in names]
     return render_template("index.html", networks=networks)
 
@@ -82,7 +82,7 @@ def index() -> str:
 def networks() -> tuple[Response, int]:
     """The same list as JSON: ``{"networks": [{"name": ..., "public": ...}]}``."""
     registry = current_registry()
-    names = readable_networks(registry, presented_secret())
+    names = readable_networks(registry, presented_secret(request))
     listed = [{"name": n, "public": registry.networks[n].public} for n in names]
     return jsonify(networks=listed), 200
 

@@ -21,12 +21,11 @@ includes what JSON cannot carry to every reader: numbers no float holds (``1e999
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final, NoReturn
 
-from flask import Blueprint, Flask, Request, Response, current_app, request
+from flask import Blueprint, Request, Response, request
 
 from radio import samples
 from radio.admission import Admission, Admitted
@@ -34,8 +33,10 @@ from radio.bridge import access, metrics
 from radio.bridge.asgi import DEFERRABLE, DEFERRED, INLINE, TO_A_THREAD, Answer
 from radio.bridge.errors import APIError
 from radio.bridge.publisher import BrokerUnavailable, Publisher
+from radio.bridge.reading import presented_secret
+from radio.bridge.state import body_limit, current_state
 from radio.keys import Key
-from radio.registry import LiveRegistry, Registry
+from radio.registry import Registry
 from radio.topics import network_topic
 
 bp = Blueprint("publish", __name__)
@@ -43,8 +44,6 @@ bp = Blueprint("publish", __name__)
 OK: Final = b'{"message":"OK"}\n'
 """The article's answer to an accepted sample, byte for byte what ``jsonify(message="OK")`` gives:
 made once, not encoded again for every sample."""
-BODY_HEADROOM: Final = 64 * 1024
-"""Room for the envelope and whitespace around the largest sample a network accepts."""
 
 
 def _refuse(status: int, message: str, reason: str) -> NoReturn:
@@ -52,29 +51,15 @@ def _refuse(status: int, message: str, reason: str) -> NoReturn:
     raise APIError(status, message, reason)
 
 
-def _presented_secret(req: Request) -> str | None:
-    secret = req.headers.get("API-KEY")
-    if secret is None:
-        scheme, _, token = req.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            secret = token.strip()
-    return secret
-
-
 def _presented_key(req: Request, registry: Registry) -> Key:
     """Checks 1 and 2: an API-KEY header, naming a valid key."""
-    secret = _presented_secret(req)
+    secret = presented_secret(req)
     if secret is None:
         _refuse(400, "API-KEY missing in headers", "missing_key")
     key = registry.key_for_secret(secret)
     if key is None:
         _refuse(400, "API-KEY not valid", "invalid_key")
     return key
-
-
-def body_limit(registry: Registry) -> int:
-    """The largest request body read at all: twice the largest sample (escapes), plus the envelope."""
-    return registry.largest_payload * 2 + BODY_HEADROOM
 
 
 def _read_body(req: Request, registry: Registry) -> bytes:
@@ -106,38 +91,14 @@ def _serialize(data: dict[str, Any]) -> bytes:
         _refuse(400, "POST data is not JSON", "not_json")
 
 
-def fresh_registry(app: Flask) -> Registry:
-    """The registry, re-checked at most every quarter second so a revoked key stops within 2 s.
-
-    Requests run in many threads: one of them re-checks while the others go on with the snapshot
-    in force, so two reloads never race to install their snapshots out of order.
-    """
-    live: LiveRegistry = app.extensions["radio.registry"]
-    state = app.extensions["radio.registry.checked"]
-    refreshing: threading.Lock = app.extensions["radio.registry.refreshing"]
-    now = time.monotonic()
-    if now - state[0] >= app.config["REGISTRY_CHECK_INTERVAL"] and refreshing.acquire(blocking=False):
-        try:
-            state[0] = now
-            live.refresh()
-        finally:
-            refreshing.release()
-    return live.current
-
-
-def current_registry() -> Registry:
-    """``fresh_registry`` of the app answering this request."""
-    return fresh_registry(current_app._get_current_object())  # type: ignore[attr-defined]
-
-
 @bp.post("/publish", provide_automatic_options=False)  # OPTIONS is 405, like every other method
 def publish() -> tuple[Response, int]:
     """Check, forward at QoS 1, and answer 200 only once the broker acknowledged the sample."""
     started = time.perf_counter()
-    # The request and the app once, rather than through their context proxies at every use.
+    # The request and the state once, rather than through their context proxies at every use.
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    registry = fresh_registry(app)
+    state = current_state()
+    registry = state.fresh_registry()
 
     key = _presented_key(req, registry)
     if (key.terms.rate is not None or key.terms.quota is not None) and req.environ.get(INLINE):
@@ -153,7 +114,7 @@ def publish() -> tuple[Response, int]:
     settings = registry.networks.get(network) if isinstance(network, str) else None
     topic = network_topic(network) if settings is not None else ""
     if settings is None or not registry.access(key.name).may_publish(topic):
-        access.refused_rights(app, key)  # access: count the refusal against the key (bridge/access.py)
+        access.refused_rights(state.gate, key)  # access: count the refusal against the key (bridge/access.py)
         _refuse(403, "You cannot broadcast to this channel", "forbidden")
     if "data" not in body:
         _refuse(400, "*data* key missing", "missing_data")
@@ -164,14 +125,14 @@ def publish() -> tuple[Response, int]:
     payload = _serialize(data)
     # The admission gate every sample passes, on either door (bridge/access.py): size, schema,
     # rate, quota; an admitted sample holds its unit of quota and is metered.
-    admitted = access.admit(app, registry, key, topic, payload, data=data)
+    admitted = access.admit(state.gate, registry, key, topic, payload, data=data)
 
     sample = _Sample(
-        app.extensions["radio.publisher"],
+        state.publisher,
         topic,
         payload,
         retain=settings.retain,
-        gate=access.gate(app),
+        gate=state.gate,
         admitted=admitted,
         started=started,
     )

@@ -138,16 +138,15 @@ class Publisher:
             raise BrokerUnavailable(self._not_confirmed()) from None
 
     async def publish_async(self, topic: str, payload: bytes, retain: bool, receipt: object = None) -> None:
-        """``publish`` for a caller on an event loop: no thread waits for the connection or the PUBACK."""
+        """``publish`` on the connection's own loop (``radio bridge``: the worker's): no thread waits."""
         deadline = time.monotonic() + self.timeout
         loop = asyncio.get_running_loop()
         connection = self.broker_connection
         if connection.loop is None:
             raise BrokerUnavailable(UNREACHABLE)
         if loop is not connection.loop:
-            await self._publish_from(loop, topic, payload, retain=retain, receipt=receipt, deadline=deadline)
-            return
-        # radio bridge: the server's loop is the connection's
+            msg = "publish_async runs on the connection's own loop (start(loop)); from any other, use publish"
+            raise RuntimeError(msg)
         if not connection.connected:
             try:
                 async with asyncio.timeout(self.timeout):
@@ -164,46 +163,6 @@ class Publisher:
             if _caller_cancelled():
                 raise
             self._unconfirmed(done)
-            raise BrokerUnavailable(self._not_confirmed()) from None
-
-    async def _publish_from(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool,
-        receipt: object,
-        deadline: float,
-    ) -> None:
-        """``publish_async`` from another loop than the connection's (tests): rare waits take a thread."""
-        connection = self.broker_connection
-        link_loop = connection.loop
-        if link_loop is None or (
-            not connection.connected and not await asyncio.to_thread(connection.wait_connected, self.timeout)
-        ):
-            raise BrokerUnavailable(UNREACHABLE)
-        handed: Future[None] = Future()
-        send = functools.partial(
-            self._send, topic.encode(), payload, retain, handed, deadline, receipt=receipt
-        )
-        try:
-            link_loop.call_soon_threadsafe(send)
-        except RuntimeError:  # its loop is closed: the publisher was stopped
-            raise BrokerUnavailable(UNREACHABLE) from None
-        done = asyncio.wrap_future(handed)
-        expiry = loop.call_later(max(deadline - time.monotonic(), 0.0), _expire, done)
-        done.add_done_callback(lambda _: expiry.cancel())
-        try:
-            await done
-        except asyncio.CancelledError:
-            if _caller_cancelled():
-                raise
-            if not handed.cancel():
-                await asyncio.wrap_future(handed)  # its PUBACK came as it timed out: that answer stands
-                return
-            with contextlib.suppress(RuntimeError):
-                link_loop.call_soon_threadsafe(self._unconfirmed, handed)
             raise BrokerUnavailable(self._not_confirmed()) from None
 
     def _expire_at(

@@ -6,10 +6,10 @@ import contextlib
 import gc
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ import requests
 from amqtt.broker import Broker
 from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
 from mqtt_client import Client
+from polling import until
 
 from radio.bridge.identity import bridge_credentials
 from radio.broker.mosquitto import MosquittoBroker
@@ -79,6 +80,26 @@ class Home:
             timeout=60,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The working tree's files as git sees them (tracked or new, not ignored), as a fresh clone has them.
+
+    Symlinks (``radio/broker`` and the like) stay symlinks.
+    """
+    root = Path(__file__).resolve().parent.parent
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = root / name
+        if source.is_symlink() or source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name, follow_symlinks=False)
+    return destination
 
 
 # Where the environment asks for no bytecode files, every `python -m radio` the tests start would
@@ -272,24 +293,19 @@ class Bridge:
         return stderr
 
 
-def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = True) -> Bridge:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "bridge",
-            "--config",
-            str(home.config),
-            "--listen",
-            "127.0.0.1:0",
-            "--broker",
-            f"mqtt://127.0.0.1:{broker_port}",
-            *options,
-        ],
+def radio_process(home: Home, command: str, *args: str) -> subprocess.Popen[str]:
+    """``radio COMMAND --config ... ARGS`` as an operator starts it; its output on pipes, as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "radio", command, "--config", str(home.config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = True) -> Bridge:
+    process = radio_process(
+        home, "bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{broker_port}", *options
     )
     assert process.stdout is not None
     url = admin_url = None
@@ -302,11 +318,10 @@ def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = Tr
             break
     assert url is not None, process.stderr.read() if process.stderr else ""
     bridge = Bridge(process, url, admin_url)
-    deadline = time.monotonic() + 20
     # Readiness: a load balancer would poll /healthz the same way.
-    while healthy and requests.get(url + "/healthz", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the bridge never reached the broker"
-        time.sleep(0.05)
+    if healthy:
+        linked = until(lambda: requests.get(url + "/healthz", timeout=10).status_code == 200, 20, every=0.05)
+        assert linked, "the bridge never reached the broker"
     return bridge
 
 

@@ -99,15 +99,6 @@ def anonymous_persistent(port: int, client_id: str, topic_filter: str, source: s
     return code
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def store_size(home) -> int:
     return sum(p.stat().st_size for p in home.path.glob("broker.db*"))
 
@@ -195,9 +186,9 @@ def test_the_store_gives_space_back_once_sessions_expire(home):
         publish_padded(port, home.secrets["admin"], 80)
         full = store_size(home)
         assert full > 3 * 1024 * 1024  # 60 sessions x 80 KB queued
-        assert wait_for(lambda: on_loop(broker, lambda: len(broker.broker.radio.router.sessions)) == 0)
+        assert until(lambda: on_loop(broker, lambda: len(broker.broker.radio.router.sessions)) == 0)
         # Expired: the WAL is checkpointed and truncated, the freed pages handed back.
-        assert wait_for(lambda: store_size(home) < 512 * 1024), store_size(home)
+        assert until(lambda: store_size(home) < 512 * 1024), store_size(home)
         assert metric(broker, "radio_broker_store_compactions_total") > 0
 
 

@@ -6,6 +6,7 @@ bridge under gunicorn with two workers, paho clients, and the ``radio`` command 
 
 from __future__ import annotations
 
+import functools
 import json
 import stat
 import subprocess
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polling
 import pytest
 import requests
 from conftest import ENGINES, Home, running_broker, start_bridge
@@ -48,14 +50,8 @@ def usage(home: Home, *args: str) -> list[dict[str, object]]:
     return rows
 
 
-def eventually(attempt, within: float = 10.0):
-    """Usage reaches the file once a second: retry until it shows (there is no event to await)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = attempt()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
+eventually = functools.partial(polling.eventually, every=0.1)
+"""Retry until truthy: what is awaited here shows no event a test could wait on."""
 
 
 def embedded(home: Home) -> BrokerThread:

@@ -35,6 +35,7 @@ from test_nats_cluster import make_home, start_cluster
 from radio import audit
 from radio.bridge.admin_auth import AUTH_BURST
 from radio.bridge.admin_openapi import document
+from radio.bridge.state import state_of
 
 WITHIN = 2.0
 """Seconds in which a revoked key's connections are closed, as promised to operators."""
@@ -337,7 +338,7 @@ def test_usage_is_the_rows_of_radio_keys_usage_json(call, in_process, home):
     for _ in range(3):
         assert in_process.post(json.dumps(SAMPLE), gen).status_code == 200
     assert in_process.post(json.dumps({"network": "B", "data": {}}), gen).status_code == 403
-    in_process.app.extensions["radio.meter"].flush()
+    state_of(in_process.app).meter.flush()
     every = call("GET", "/admin/usage").get_json()["rows"]
     assert every == json.loads(home.radio("keys", "usage", "--json").stdout)
     assert {(r["kind"], r.get("samples"), r.get("reason")) for r in every} == {

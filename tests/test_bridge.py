@@ -1,10 +1,10 @@
 """The HTTP bridge forwarding to a real broker, seen by a real listener; each test on both brokers.
 
-Most tests use the fast tier (``bridge``: the app in this process with a real publisher, Flask's
-test client, and real HTTP from an in-process server where a test needs a socket). ``served`` is
-``radio bridge`` itself, a separate process with two workers, for what only it can show: metrics
-summed over worker processes, the service key made on first start, recovery, and one end-to-end
-path per broker.
+Most tests use the fast tier (``bridge``: the production app under the production server in this
+process, real HTTP on a free port, the broker link on the server's event loop: the publish path
+``radio bridge`` takes). ``served`` is ``radio bridge`` itself, a separate process with two
+workers, for what only it can show: metrics summed over worker processes, the service key made on
+first start, recovery, and one end-to-end path per broker.
 
 "Publishes nothing" is checked with a barrier, never a sleep: after the refused requests one valid
 POST is sent; requests are answered one after another, so anything the refused ones had published
@@ -53,7 +53,7 @@ def broker(request, home):
 
 @pytest.fixture
 def bridge(home, broker, caplog):
-    """The fast tier: the app in this process, a real publisher to the real broker."""
+    """The fast tier: ``radio bridge``'s app and server in this process, linked to the real broker."""
     running = InProcessBridge(str(home.config), broker.mqtt_port)
     yield running
     running.stop()
@@ -159,7 +159,7 @@ def test_end_to_end_a_sample_posted_to_radio_bridge_reaches_a_listener(served, h
 def test_a_valid_sample_reaches_listeners_exactly_and_is_retained(bridge, home, everything, broker):
     response = bridge.post(body(VALID), {"API-KEY": home.secrets["gen"], "Content-Type": "application/json"})
     assert (response.status_code, response.json()) == (200, {"message": "OK"})
-    # Byte for byte Flask's jsonify(message="OK"), which the 200 used to be built with.
+    # Byte for byte what Flask's jsonify(message="OK") gives, as legacy clients may compare it.
     with bridge.app.app_context():
         expected = flask.jsonify(message="OK")
     assert response.text == expected.get_data(as_text=True)
@@ -394,8 +394,8 @@ def test_a_slow_client_does_not_stop_other_requests(bridge, home, everything):
 def test_stopping_the_publisher_while_it_waits_for_connack_closes_its_socket():
     """A broker that accepts the connection and never answers: stop() must still close it cleanly.
 
-    Before the fix, the half-made link was nobody's to close, and closing the loop under it raised
-    in the link's thread (``filterwarnings = error`` turns that into a failure here).
+    The half-made link must be closed by the stop too: left open, closing the loop under it would
+    raise in the link's thread (``filterwarnings = error`` turns that into a failure here).
     """
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
@@ -462,16 +462,46 @@ def test_the_workers_of_a_killed_radio_bridge_stop_by_themselves(home, embedded)
     running.process.communicate(timeout=10)
 
 
+async def publish_on_the_links_loop(publisher: Publisher, *, connected_first: bool = False) -> None:
+    """One ``publish_async`` as ``radio bridge`` makes it: the link on the loop that awaits."""
+    publisher.start(asyncio.get_running_loop())
+    try:
+        if connected_first:
+            assert await asyncio.to_thread(publisher.wait_connected, 10)
+        await publisher.publish_async("networks/A", b"{}", retain=False)
+    finally:
+        await asyncio.to_thread(publisher.stop)
+
+
+def publish_from_a_thread(publisher: Publisher) -> None:
+    """One ``publish`` as any WSGI server's request thread makes it: the link on a thread of its own."""
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        publisher.publish("networks/A", b"{}", retain=False)
+    finally:
+        publisher.stop()
+
+
+def test_publish_async_from_a_loop_other_than_the_links_is_refused_at_once():
+    """The awaited path runs on the link's own loop only; any other caller uses ``publish``."""
+    publisher = Publisher(Address("127.0.0.1", 1), "bridge", "secret", timeout=0.5)
+    publisher.start()
+    try:
+        with pytest.raises(RuntimeError, match="own loop"):
+            asyncio.run(publisher.publish_async("networks/A", b"{}", retain=False))
+    finally:
+        publisher.stop()
+
+
 def test_an_awaited_publish_without_a_broker_link_is_broker_unavailable():
     """The event-loop path answers like the blocking one: after the timeout, nothing left queued."""
     server = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the CONNECT
     publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=0.5)
-    publisher.start()
     try:
         with pytest.raises(BrokerUnavailable, match="nothing was published"):
-            asyncio.run(publisher.publish_async("networks/A", b"{}", retain=False))
+            asyncio.run(publish_on_the_links_loop(publisher))
     finally:
-        publisher.stop()
         server.close()
 
 
@@ -534,19 +564,15 @@ def test_a_sample_the_broker_does_not_confirm_in_time_drops_the_link(path):
     """A stalled broker: the 503 comes with a reset link, so nothing more is sent to it."""
     server, connections = _hand_built_broker()  # never a PUBACK
     publisher = Publisher(Address("127.0.0.1", server.getsockname()[1]), "bridge", "secret", timeout=0.5)
-    publisher.start()
     try:
-        assert publisher.wait_connected(10)
-        publish = (
-            (lambda: publisher.publish("networks/A", b"{}", retain=False))
-            if path == "thread"
-            else (lambda: asyncio.run(publisher.publish_async("networks/A", b"{}", retain=False)))
-        )
+        if path == "thread":
+            publish = publish_from_a_thread
+        else:
+            publish = lambda p: asyncio.run(publish_on_the_links_loop(p, connected_first=True))  # noqa: E731
         with pytest.raises(BrokerUnavailable, match="did not confirm"):
-            publish()
+            publish(publisher)
         assert _how_it_ends(connections[0]) == "reset"
     finally:
-        publisher.stop()
         for conn in (*connections, server):
             conn.close()
 

@@ -289,7 +289,7 @@ def test_small_publishes_run_on_the_event_loop_and_everything_else_in_the_pool(h
             answer = requests.post(f"{url}{path}?{name}", data=data, timeout=5)
             assert answer.content == b"ok " + data[:2], name
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(10)
     assert [t for t, _ in ran_in["small"]] == [thread]  # the server's own thread: its event loop
     for name in ("other-route", "not-a-prefix", "large"):

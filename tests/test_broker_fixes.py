@@ -132,7 +132,7 @@ def churning(port: int, threads: int):
 
 
 def test_fan_out_loses_nothing_while_subscribers_come_and_go(any_broker, home):
-    """#4: subscribers churning during fan-out. Stock iterates the live subscription table across
+    """Defect 4 (docs/broker.md): subscribers churning during fan-out. Stock iterates the live subscription table across
     the awaits of each read check: a filter added or removed meanwhile raises "dictionary changed
     size during iteration" and the message is lost for every subscriber not yet served.
 

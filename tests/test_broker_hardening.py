@@ -102,7 +102,7 @@ def sessions(broker) -> int:
 
 
 def test_a_refused_connect_leaves_nothing_behind(any_broker, home):
-    """#1: stock keeps a 'connected' session per refused CONNECT, for ever."""
+    """Defect 1 (docs/broker.md): stock keeps a 'connected' session per refused CONNECT, for ever."""
     broker, fixed = any_broker
     for n in range(200):
         with open_socket(broker.mqtt_port) as sock:
@@ -114,7 +114,7 @@ def test_a_refused_connect_leaves_nothing_behind(any_broker, home):
 
 
 def test_a_refused_connect_does_not_touch_the_session_it_names(any_broker, home):
-    """#2: a bad login with the victim's client id (clean session) deleted its subscriptions."""
+    """Defect 2 (docs/broker.md): a bad login with the victim's client id (clean session) deleted its subscriptions."""
     broker, fixed = any_broker
     victim = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"], client_id="victim")
     gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
@@ -139,7 +139,7 @@ def test_a_refused_connect_does_not_touch_the_session_it_names(any_broker, home)
 
 
 def test_a_takeover_closes_the_old_connection(any_broker, home):
-    """#3: MQTT-3.1.4-2: the server must disconnect the client already using the client id."""
+    """Defect 3 (docs/broker.md): MQTT-3.1.4-2: the server must disconnect the client already using the client id."""
     broker, fixed = any_broker
     credentials = ("reader_a", home.secrets["reader_a"])
     with (
@@ -166,7 +166,7 @@ def test_a_client_id_cannot_be_taken_from_another_key(broker, home):
 
 @pytest.mark.slow
 def test_a_silent_client_is_disconnected_and_its_will_published(any_broker, home):
-    """#6: keep-alive 1 s: closed after 1.5 s of silence (2 s rounded up), will included."""
+    """Defect 6 (docs/broker.md): keep-alive 1 s: closed after 1.5 s of silence (2 s rounded up), will included."""
     broker, fixed = any_broker
     watcher = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
     try:
@@ -200,7 +200,7 @@ def test_a_client_that_keeps_talking_stays_connected(broker, home):
     ids=["http", "pingreq", "tls-hello"],
 )
 def test_a_first_packet_other_than_connect_closes_the_connection_at_once(any_broker, home, first_bytes):
-    """#7: MQTT-3.1.0-1: stock held each such socket open."""
+    """Defect 7 (docs/broker.md): MQTT-3.1.0-1: stock held each such socket open."""
     broker, fixed = any_broker
     with open_socket(broker.mqtt_port) as sock:
         sock.sendall(first_bytes)
@@ -239,7 +239,7 @@ def test_a_connection_that_never_sends_connect_is_closed_after_the_timeout(any_b
 
 
 def test_a_publish_to_a_wildcard_topic_closes_instead_of_desynchronising(any_broker, home):
-    """#9: stock reads the rest of the packet as packets: here the payload holds a PINGREQ."""
+    """Defect 9 (docs/broker.md): stock reads the rest of the packet as packets: here the payload holds a PINGREQ."""
     broker, fixed = any_broker
     with session(broker.mqtt_port, "wild", "admin", home.secrets["admin"]) as sock:
         sock.sendall(publish("networks/+", PINGREQ))
@@ -256,7 +256,7 @@ def test_a_publish_to_a_wildcard_topic_closes_instead_of_desynchronising(any_bro
     ids=["subscribe-qos-3", "publish-qos-3"],
 )
 def test_qos_3_closes_the_connection(any_broker, home, bad):
-    """#9: MQTT-3.8.3-4, MQTT-3.3.1-4: stock granted 0x03, or ignored the PUBLISH in silence."""
+    """Defect 9 (docs/broker.md): MQTT-3.8.3-4, MQTT-3.3.1-4: stock granted 0x03, or ignored the PUBLISH in silence."""
     broker, fixed = any_broker
     with session(broker.mqtt_port, "qos3", "admin", home.secrets["admin"]) as sock:
         sock.sendall(bad)
@@ -265,7 +265,7 @@ def test_qos_3_closes_the_connection(any_broker, home, bad):
 
 
 def test_an_oversized_packet_closes_the_connection_over_tcp(any_broker, home):
-    """#10: stock read, kept and forwarded it. Limit: 64 KiB max_payload + 64 KiB headroom."""
+    """Defect 10 (docs/broker.md): stock read, kept and forwarded it. Limit: 64 KiB max_payload + 64 KiB headroom."""
     broker, fixed = any_broker
     with listening(broker.mqtt_port, "admin", home.secrets["admin"], "#") as everything:
         with session(broker.mqtt_port, "big", "gen", home.secrets["gen"]) as sock:
@@ -292,7 +292,7 @@ def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
 
 @pytest.mark.broker_config("max_connections = 2")
 def test_connections_over_the_limit_are_refused_at_once(any_broker, home, caplog):
-    """#11: stock accepted the TCP connection and left it unanswered; here it is closed, and logged."""
+    """Defect 11 (docs/broker.md): stock accepted the TCP connection and left it unanswered; here it is closed, and logged."""
     broker, fixed = any_broker
     caplog.set_level(logging.WARNING, logger="radio.broker")
     with (
@@ -326,7 +326,7 @@ def test_connections_over_the_limit_are_refused_at_once(any_broker, home, caplog
     ids=["no-mqtt-subprotocol", "not-http"],
 )
 def test_a_rejected_websocket_handshake_is_one_warning_line(any_broker, home, caplog, request_bytes):
-    """#12: stock logged each at ERROR with a full traceback: anyone could flood the log."""
+    """Defect 12 (docs/broker.md): stock logged each at ERROR with a full traceback: anyone could flood the log."""
     broker, fixed = any_broker
     caplog.set_level(logging.INFO)
     logged = LogWaiter(lambda r: r.levelno >= logging.WARNING)
@@ -351,7 +351,7 @@ def test_a_rejected_websocket_handshake_is_one_warning_line(any_broker, home, ca
 
 
 def test_unacknowledged_messages_are_sent_again_with_dup_on_reconnect(any_broker, home):
-    """#13: MQTT-4.4.0-1: stock dropped them when the subscriber left before its PUBACK."""
+    """Defect 13 (docs/broker.md): MQTT-4.4.0-1: stock dropped them when the subscriber left before its PUBACK."""
     broker, fixed = any_broker
     gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
     credentials = ("reader_a", home.secrets["reader_a"])
@@ -379,7 +379,7 @@ def test_unacknowledged_messages_are_sent_again_with_dup_on_reconnect(any_broker
 
 @pytest.mark.parametrize("who", ["anonymous", "reader_a"])
 def test_messages_queued_for_an_offline_session_arrive_as_live_messages(any_broker, home, who):
-    """#14: MQTT-3.3.1-9: stock set the retain flag on them."""
+    """Defect 14 (docs/broker.md): MQTT-3.3.1-9: stock set the retain flag on them."""
     broker, fixed = any_broker
     key, network = (None, "pub") if who == "anonymous" else ("reader_a", "A")
     secret = home.secrets.get(key or "")
@@ -406,7 +406,7 @@ def test_messages_queued_for_an_offline_session_arrive_as_live_messages(any_brok
 
 
 def test_an_anonymous_persistent_session_outlives_the_session_monitor(broker, home):
-    """#14: stock's monitor dropped anonymous persistent sessions a second after they left.
+    """Defect 14 (docs/broker.md): stock's monitor dropped anonymous persistent sessions a second after they left.
 
     The monitor runs once a second with no event to await; three rounds of it are waited out.
     """
@@ -448,7 +448,7 @@ def test_malformed_packets_never_stop_the_broker(broker, home):
 
 @pytest.mark.parametrize("broker_class", [Broker, RadioBroker], ids=["stock", "radio"])
 def test_retained_samples_and_persistent_sessions_survive_a_restart(home, broker_class):
-    """#15: stock kept both in memory only; Radio's broker keeps them in the configured SQLite file."""
+    """Defect 15 (docs/broker.md): stock kept both in memory only; Radio's broker keeps them in the configured SQLite file."""
     fixed = broker_class is RadioBroker
 
     def start() -> BrokerThread:

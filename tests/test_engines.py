@@ -13,6 +13,7 @@ a test that changes keys makes its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import re
@@ -24,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polling
 import pytest
 from conftest import CONFIG as BASE_CONFIG
 from conftest import Home, require_mosquitto
@@ -201,15 +203,8 @@ class Platform:
             client.close()
 
 
-def eventually(attempt: Callable[[], object], within: float = WITHIN + SLACK) -> bool:
-    """Retry until true: a registry change reaches an engine on its own timer, with no event to await."""
-    deadline = time.monotonic() + within
-    while not attempt():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
+eventually = functools.partial(polling.eventually, within=WITHIN + SLACK, every=0.05)
+"""Retry until truthy: what is awaited here shows no event a test could wait on."""
 
 E = TypeVar("E", MosquittoBroker, NatsCluster)
 

@@ -32,6 +32,7 @@ from polling import until
 from raw_mqtt import closed_by_peer, connect, open_socket, publish, read_packet
 
 from radio.bridge.identity import bridge_credentials
+from radio.bridge.state import state_of
 from radio.broker import access
 from radio.broker.thread import BrokerThread
 from radio.config import Address, load_settings
@@ -69,7 +70,7 @@ class Platform:
 
     @property
     def bridge_meter(self) -> Meter:
-        meter: Meter = self.bridge.app.extensions["radio.meter"]
+        meter: Meter = state_of(self.bridge.app).meter
         return meter
 
     def meter(self, path: str) -> Meter:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -10,88 +9,22 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import history_fixtures
 import pytest
+from history_fixtures import history, history_app, recording, start_recorder, wait_for_last
 from mqtt_client import Client
 
-from radio.bridge.app import create_app
 from radio.broker.mosquitto import acl_text
-from radio.config import Address, load_settings
-from radio.history_store import HistoryStore
+from radio.config import load_settings
 from radio.recorder.identity import recorder_credentials
-from radio.recorder.recorder import Recorder
-from radio.registry import LiveRegistry, Registry
+from radio.registry import Registry
 
-HISTORY = """
-[networks.short]
-public = true
-history = 3
-"""
-
-
-@pytest.fixture
-def home(home):
-    """conftest's platform, plus a public network keeping 3 samples, and the recorder's key."""
-    home.config.write_text(home.config.read_text() + HISTORY)
-    recorder_credentials(load_settings(home.config))
-    home.add_key("gen_all", publish=["A", "pub", "short"])
-    return home
-
-
-@contextlib.contextmanager
-def recording(home, port: int) -> Iterator[Recorder]:
-    settings = load_settings(home.config)
-    store = HistoryStore(settings.history_path)
-    recorder = Recorder(
-        LiveRegistry(home.config), store, Address("127.0.0.1", port), *recorder_credentials(settings)
-    )
-    recorder.start()
-    assert recorder.subscribed.wait(10), "the recorder never subscribed"
-    try:
-        yield recorder
-    finally:
-        recorder.stop()
-        store.close()
-
-
-@pytest.fixture
-def recorder(home, broker):
-    with recording(home, broker.mqtt_port) as running:
-        yield running
-
-
-@pytest.fixture
-def app(home, broker):
-    app = create_app({"RADIO_CONFIG": str(home.config), "BROKER": Address("127.0.0.1", broker.mqtt_port)})
-    yield app.test_client()
-    app.extensions["radio.publisher"].stop()
-
-
-@pytest.fixture
-def publisher(home, broker):
-    client = Client("tcp", broker.mqtt_port, "gen_all", home.secrets["gen_all"])
-    assert client.connect() == 0
-    yield client
-    client.close()
-
-
-def history(app, network, headers=None, **params):
-    response = app.get(f"/networks/{network}/samples", query_string=params, headers=headers or {})
-    return response.status_code, response.get_json()
-
-
-def wait_for_last(app, network, last, headers=None):
-    """The recorder writes in its own thread: poll the history until it has numbered ``last``."""
-    deadline = time.monotonic() + 15
-    while True:
-        status, body = history(app, network, headers, limit=1000)
-        if status == 200 and body["last"] >= last:
-            return body
-        assert time.monotonic() < deadline, f"the history of {network} never reached {last}: {status} {body}"
-        time.sleep(0.02)
+app = history_fixtures.app
+home = history_fixtures.home
+publisher = history_fixtures.publisher
+recorder = history_fixtures.recorder
 
 
 def post(app, home, key, network, data):
@@ -141,30 +74,6 @@ def test_retained_samples_a_subscription_brings_are_not_numbered_again(home, bro
         publisher.publish("networks/pub", json.dumps({"new": True}), qos=1)
         body = wait_for_last(app, "pub", 1)
     assert [s["data"] for s in body["samples"]] == [{"new": True}]
-
-
-def start_recorder(home, port):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "recorder",
-            "--config",
-            str(home.config),
-            "--broker",
-            f"mqtt://127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("Recording"):
-            return process
-    pytest.fail(f"radio recorder did not start: {process.stderr.read() if process.stderr else ''}")
-    return None
 
 
 def stop(process):
@@ -304,11 +213,11 @@ def test_history_setting_is_type_checked(home):
 def test_the_recorder_numbers_samples_on_mosquitto_too(home):
     from conftest import running_broker  # noqa: PLC0415 - conftest's helper, not a fixture
 
-    with running_broker("mosquitto", home) as mosquitto, recording(home, mosquitto.mqtt_port):
-        app = create_app(
-            {"RADIO_CONFIG": str(home.config), "BROKER": Address("127.0.0.1", mosquitto.mqtt_port)}
-        )
-        client = app.test_client()
+    with (
+        running_broker("mosquitto", home) as mosquitto,
+        recording(home, mosquitto.mqtt_port),
+        history_app(home, mosquitto.mqtt_port) as client,
+    ):
         publisher = Client("tcp", mosquitto.mqtt_port, "gen_all", home.secrets["gen_all"])
         assert publisher.connect() == 0
         try:
@@ -319,7 +228,6 @@ def test_the_recorder_numbers_samples_on_mosquitto_too(home):
             private = wait_for_last(client, "A", 1, {"API-KEY": home.secrets["reader_a"]})
         finally:
             publisher.close()
-            app.extensions["radio.publisher"].stop()
     assert [(s["seq"], s["data"]) for s in body["samples"]] == [(1, {"i": 0}), (2, {"i": 1})]
     assert private["samples"][0]["data"] == {"a": 0}
 

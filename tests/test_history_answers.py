@@ -9,31 +9,17 @@ import re
 import sqlite3
 from pathlib import Path
 
+import history_fixtures
 import pytest
-import test_history
-from test_history import history, recording, wait_for_last
+from history_fixtures import history, history_app, recording, wait_for_last
 
-from radio.bridge.app import create_app
-from radio.config import Address, load_settings
+from radio.config import load_settings
 from radio.history_store import HistoryStore
 
+app = history_fixtures.app
+home = history_fixtures.home
+
 AT = "2026-12-06T10:00:00.000Z"
-
-home = test_history.home
-"""The platform of test_history: a public network keeping 3 samples, the recorder's key, gen_all."""
-
-
-def make_app(home, broker, extra: str = ""):
-    if extra:
-        home.config.write_text(home.config.read_text() + extra)
-    return create_app({"RADIO_CONFIG": str(home.config), "BROKER": Address("127.0.0.1", broker.mqtt_port)})
-
-
-@pytest.fixture
-def app(home, broker):
-    app = make_app(home, broker)
-    yield app.test_client()
-    app.extensions["radio.publisher"].stop()
 
 
 @pytest.fixture
@@ -192,9 +178,7 @@ CAPPED = "\n[bridge]\nhistory_page_bytes = 65536\n"
 
 
 def test_a_history_answer_is_cut_at_its_byte_cap_and_says_where_to_go_on(home, broker, store):
-    app = make_app(home, broker, CAPPED)
-    try:
-        client = app.test_client()
+    with history_app(home, broker.mqtt_port, CAPPED) as client:
         for i in range(12):
             store.append("pub", "networks/pub", json.dumps({"i": i, "pad": "x" * 20_000}), AT, 1000)
 
@@ -222,20 +206,15 @@ def test_a_history_answer_is_cut_at_its_byte_cap_and_says_where_to_go_on(home, b
         rest = client.get("/networks/pub/samples", query_string={"after": 10, "limit": 5}).get_json()
         assert [s["seq"] for s in rest["samples"]] == [11, 12]
         assert rest["more"] is False
-    finally:
-        app.extensions["radio.publisher"].stop()
 
 
 def test_a_sample_larger_than_the_cap_is_served_alone(home, broker, store):
-    app = make_app(home, broker, CAPPED)
-    try:
+    with history_app(home, broker.mqtt_port, CAPPED) as client:
         store.append("pub", "networks/pub", json.dumps({"pad": "y" * 100_000}), AT, 1000)
         store.append("pub", "networks/pub", json.dumps({"small": 1}), AT, 1000)
-        body = app.test_client().get("/networks/pub/samples", query_string={"after": 0}).get_json()
+        body = client.get("/networks/pub/samples", query_string={"after": 0}).get_json()
         assert [s["seq"] for s in body["samples"]] == [1]
         assert body["more"] is True
-    finally:
-        app.extensions["radio.publisher"].stop()
 
 
 def test_the_page_cap_is_a_checked_setting(home):

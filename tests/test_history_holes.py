@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from history_fixtures import recording, wait_for_last, with_history
 from mqtt_client import Client
-from test_history import HISTORY, recording
 from test_history_answers import written_before
-from test_history_listen import Listening, wait_for_last
+from test_history_listen import Listening
 
 from radio.config import load_settings
-from radio.recorder.identity import recorder_credentials
 
 SMALL_QUEUES = "[broker]\nrecorder_max_queued = 5\nmax_queued = 5\n\n"
 
@@ -20,19 +19,7 @@ SMALL_QUEUES = "[broker]\nrecorder_max_queued = 5\nmax_queued = 5\n\n"
 @pytest.fixture
 def home(home):
     """conftest's platform, the recorder's and keyed sessions bounded to 5 samples: they overflow."""
-    home.config.write_text(SMALL_QUEUES + home.config.read_text() + HISTORY)
-    recorder_credentials(load_settings(home.config))
-    home.add_key("gen_all", publish=["pub"])
-    return home
-
-
-@pytest.fixture
-def bridge(home, broker):
-    from conftest import start_bridge  # noqa: PLC0415
-
-    running = start_bridge(home, broker.mqtt_port)
-    yield running
-    assert "Traceback" not in running.stop()
+    return with_history(home, before=SMALL_QUEUES, publish=["pub"])
 
 
 def listen_since_0(home, broker, bridge, *, until: int) -> tuple[list[dict], list[str]]:

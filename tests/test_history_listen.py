@@ -10,61 +10,19 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
+import history_fixtures
 import pytest
 import requests
-from conftest import start_bridge
-from mqtt_client import Client
-from test_history import HISTORY, recording, start_recorder
+from history_fixtures import start_recorder, wait_for_last
 
-from radio.config import load_settings
-from radio.recorder.identity import recorder_credentials
 from radio.subscribers.listener import Listener
 
+home = history_fixtures.home
+publisher = history_fixtures.publisher
+recorder = history_fixtures.recorder
+
 TIMEOUT = 30
-
-
-@pytest.fixture
-def home(home):
-    home.config.write_text(home.config.read_text() + HISTORY)
-    recorder_credentials(load_settings(home.config))
-    home.add_key("gen_all", publish=["A", "pub", "short"])
-    return home
-
-
-@pytest.fixture
-def bridge(home, broker):
-    running = start_bridge(home, broker.mqtt_port)
-    yield running
-    stderr = running.stop()
-    assert "Traceback" not in stderr, stderr
-
-
-@pytest.fixture
-def recorder(home, broker):
-    with recording(home, broker.mqtt_port) as running:
-        yield running
-
-
-@pytest.fixture
-def publisher(home, broker):
-    client = Client("tcp", broker.mqtt_port, "gen_all", home.secrets["gen_all"])
-    assert client.connect() == 0
-    yield client
-    client.close()
-
-
-def wait_for_last(bridge, network, last, headers=None):
-    deadline = time.monotonic() + 15
-    while True:
-        body = requests.get(
-            f"{bridge.url}/networks/{network}/samples", params={"limit": 1}, headers=headers or {}, timeout=10
-        ).json()
-        if body.get("last", 0) >= last:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.02)
 
 
 class Listening:

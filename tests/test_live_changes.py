@@ -7,10 +7,11 @@ SIGHUP, and Mosquitto drops the connections whose credentials no longer hold.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
-import time
 
+import polling
 import pytest
 from conftest import ENGINES, running_broker
 from mqtt_client import NOT_AUTHORIZED, Client, away_while_published
@@ -24,14 +25,8 @@ def broker(request, home):
         yield running
 
 
-def eventually(attempt, within: float = WITHIN):
-    """Retry an attempt until it returns something truthy; the registry has no event to await."""
-    deadline = time.monotonic() + within
-    while True:
-        result = attempt()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+eventually = functools.partial(polling.eventually, within=WITHIN, every=0.05)
+"""Retry until truthy: what is awaited here shows no event a test could wait on."""
 
 
 def test_a_revoked_keys_open_connection_is_closed_and_new_ones_refused(connect, home):

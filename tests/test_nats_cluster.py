@@ -12,6 +12,7 @@ SUBACK 0x80, where the embedded broker grants it and filters every delivery.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import polling
 import pytest
 from conftest import CONFIG, Home
 from mqtt_client import NOT_AUTHORIZED, Client
@@ -127,14 +129,8 @@ def connected(node, client_id: str) -> bool:
         return json.load(answer)["num_connections"] > 0
 
 
-def eventually(attempt, within: float = WITHIN):
-    """Retry until truthy: a registry change has no event a client can await."""
-    deadline = time.monotonic() + within
-    while True:
-        result = attempt()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+eventually = functools.partial(polling.eventually, within=WITHIN, every=0.05)
+"""Retry until truthy: what is awaited here shows no event a test could wait on."""
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

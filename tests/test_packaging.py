@@ -9,11 +9,13 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tarfile
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+from conftest import copy_checkout
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +82,70 @@ def test_every_third_party_import_is_a_declared_dependency():
         if not owners & declared:
             missing[module] = sorted(owners)
     assert missing == {}, f"imported at run time but not in [project] dependencies: {missing}"
+
+
+def bridge_modules_imported(path: Path) -> set[str]:
+    """The modules of ``radio.bridge`` a source file imports, by their short name (``publish``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "radio.bridge":
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("radio.bridge."):
+            names.add(node.module.removeprefix("radio.bridge.").split(".")[0])  # type: ignore[union-attr]
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[2] for a in node.names if a.name.startswith("radio.bridge."))
+    return names
+
+
+def test_no_bridge_blueprint_imports_another_and_none_reads_app_extensions_by_string():
+    """Each view takes what the app holds from ``BridgeState`` (bridge/state.py), never another view."""
+    blueprints = {p.stem for p in sources("bridge") if "Blueprint(" in p.read_text(encoding="utf-8")}
+    assert {"publish", "ops", "history", "pages", "admin"} <= blueprints
+    for path in sources("bridge"):
+        text = path.read_text(encoding="utf-8")
+        if path.stem in blueprints:
+            crossed = bridge_modules_imported(path) & (blueprints - {path.stem})
+            assert crossed == set(), f"bridge/{path.name} imports the blueprint modules {crossed}"
+        if path.name != "state.py":
+            assert "extensions[" not in text, f"bridge/{path.name} reads app.extensions: use bridge/state.py"
+
+
+def test_the_sdist_ships_the_package_and_no_tests(tmp_path):
+    """The tests need the checkout (conftest.py, its helpers, bench/, docs/): an sdist of some of
+    them could not run them, so it ships none (MANIFEST.in), and everything the wheel needs."""
+    source = tmp_path / "source"
+    copy_checkout(source)
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    built = subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    with tarfile.open(tmp_path / built.stdout.strip().splitlines()[-1]) as sdist:
+        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert not {m for m in members if m == "tests" or m.startswith("tests/")}
+    for needed in (
+        "pyproject.toml",
+        "LICENSE",
+        "radio/__init__.py",
+        "radio/bridge/app.py",
+        "radio/bridge/templates/live.html",
+    ):
+        assert needed in members, needed
+
+
+def test_the_tests_readme_describes_every_declared_marker_and_every_helper_module():
+    """A newcomer finds each tier and helper in tests/README.md: a new marker or helper is added there."""
+    readme = (ROOT / "tests" / "README.md").read_text(encoding="utf-8")
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]
+    declared = [line.split(":", 1)[0].split("(", 1)[0] for line in options["ini_options"]["markers"]]
+    assert "slow" in declared
+    for marker in declared:
+        assert f"| `{marker}" in readme, f"tests/README.md does not describe the marker {marker!r}"
+    for helper in sorted((ROOT / "tests").glob("*.py")):
+        if not helper.name.startswith("test_") and helper.name != "conftest.py":
+            assert f"`{helper.name}`" in readme, f"tests/README.md does not name {helper.name}"

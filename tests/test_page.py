@@ -9,34 +9,22 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import history_fixtures
 import pytest
 import requests
 from conftest import start_bridge
-from mqtt_client import Client
-from test_history import HISTORY, recording
+from history_fixtures import wait_for_last
 from test_history_answers import written_before
-from test_history_listen import wait_for_last
 
 from radio.config import load_settings
-from radio.recorder.identity import recorder_credentials
+
+home = history_fixtures.home
+publisher = history_fixtures.publisher
+recorder = history_fixtures.recorder
 
 TIMEOUT = 30
 SCREENSHOTS = os.environ.get("RADIO_SCREENSHOTS")
 """A folder to keep the screenshots in (default: the test's own temporary folder)."""
-
-
-@pytest.fixture
-def home(home):
-    home.config.write_text(home.config.read_text() + HISTORY)
-    recorder_credentials(load_settings(home.config))
-    home.add_key("gen_all", publish=["A", "pub", "short"])
-    return home
-
-
-@pytest.fixture
-def recorder(home, broker):
-    with recording(home, broker.mqtt_port) as running:
-        yield running
 
 
 @pytest.fixture
@@ -47,14 +35,6 @@ def bridge(home, broker, monkeypatch):
     yield running
     stderr = running.stop()
     assert "Traceback" not in stderr, stderr
-
-
-@pytest.fixture
-def publisher(home, broker):
-    client = Client("tcp", broker.mqtt_port, "gen_all", home.secrets["gen_all"])
-    assert client.connect() == 0
-    yield client
-    client.close()
 
 
 def chromium_paths() -> tuple[str, str]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_checkout
 from test_platform import read_banner, start_up
 
 from radio.cli import up as up_module
@@ -65,21 +66,7 @@ def test_the_quick_start_works_as_written_on_an_externally_managed_python(tmp_pa
     if python is None:
         pytest.skip("no externally managed Python 3.11+ on this machine (Debian's /usr/bin/python3)")
     clone = tmp_path / "radio"
-    tracked = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, tracked):
-        source = ROOT / name
-        if source.is_symlink() or source.is_file():  # radio/broker and the like are symlinks
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, clone / name, follow_symlinks=False)
+    copy_checkout(clone)
     # Free ports, not the defaults another platform on this machine may hold.
     (clone / "radio.toml").write_text(
         '[broker]\nmqtt = "127.0.0.1:0"\nwebsocket = "127.0.0.1:0"\n\n[bridge]\nlisten = "127.0.0.1:0"\n\n'

@@ -64,7 +64,7 @@ def test_a_well_formed_registry_is_read_exactly():
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        # booleans: the hostile pass's case first
+        # booleans: a quoted "false", which a loose reading would take as true, first
         (
             "admin",
             '"false"',

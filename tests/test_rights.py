@@ -113,8 +113,8 @@ def test_a_publish_outside_the_keys_networks_reaches_nobody_and_is_not_retained(
 
 
 def test_after_a_refused_publish_the_connection_is_kept_or_closed_never_a_zombie(connect, broker):
-    """Embedded: kept and served (a refused $ topic used to leave amqtt's loop dead with the socket
-    open). Mosquitto: closed, as it does for MQTT 3.1.1 clients."""
+    """Embedded: kept and served (a refused $ topic must not leave the connection's loop dead with
+    the socket open). Mosquitto: closed, as it does for MQTT 3.1.1 clients."""
     admin = everything(connect)
     gen = connect("gen")
     if broker.engine == "embedded":

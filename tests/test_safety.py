@@ -1,14 +1,15 @@
 """Nothing acknowledged is lost, and no sample reaches a key that has lost its right.
 
-Each test is one hole a hostile pass found in the broker, written so that it failed before the
-fix: queued and in-flight samples delivered without a read check, a session inherited by a new
-key of the same name, a will fired after its right was gone, unbounded QoS 2 and offline
-queues, QoS 2 not resent, a world-readable store, a store that could not be written.
+Each test holds one promise a broker could break without anyone noticing: queued and in-flight
+samples are delivered only with a read check, a new key of a revoked name inherits no session, a
+will fires only with the right of the moment, QoS 2 and offline queues are bounded, QoS 2 is
+resent, the store is private, and a store that cannot be written acknowledges nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -17,10 +18,10 @@ import sqlite3
 import stat
 import subprocess
 import threading
-import time
 import tomllib
 
 import paho.mqtt.client as mqtt
+import polling
 import pytest
 import tomli_w
 from conftest import ENGINES, broker_process, running_broker
@@ -53,14 +54,8 @@ def closed_within(sock, seconds: float) -> bool:
         return False
 
 
-def eventually(attempt, within: float = WITHIN):
-    """Retry until truthy: a registry reload shows no event a client could await."""
-    deadline = time.monotonic() + within
-    while True:
-        result = attempt()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+eventually = functools.partial(polling.eventually, within=WITHIN, every=0.05)
+"""Retry until truthy: what is awaited here shows no event a test could wait on."""
 
 
 def set_rights(home, port: int, name: str, **rights: list[str]) -> None:
@@ -132,7 +127,7 @@ def leave_queued(port: int, secrets: dict[str, str], count: int = 3) -> None:
 
 
 def test_queued_samples_are_not_delivered_once_the_right_to_read_them_is_gone(engine_broker, home):
-    """Row 1: a key that lost A got its queued A samples on reconnect (twice each)."""
+    """A key that lost A gets none of its queued A samples when it reconnects."""
     port = engine_broker.mqtt_port
     leave_queued(port, home.secrets)
     set_rights(home, port, "reader_a", subscribe=[])
@@ -155,7 +150,7 @@ def test_queued_samples_are_not_delivered_once_the_right_to_read_them_is_gone(en
 
 
 def test_unacknowledged_samples_are_not_resent_once_the_right_is_gone(broker, home):
-    """Row 1, in flight: sent, never acknowledged, then the key lost the network."""
+    """A sample sent and never acknowledged is not resent once the key has lost the network."""
     port = broker.mqtt_port
     sock = session(port, "inflight", "reader_a", home.secrets["reader_a"], clean=False)
     try:
@@ -178,7 +173,7 @@ def test_unacknowledged_samples_are_not_resent_once_the_right_is_gone(broker, ho
 
 
 def test_a_new_key_under_a_revoked_name_starts_with_no_session(engine_broker, home):
-    """Row 2: `revoke hana` then `add hana` gave the new key the old one's queued samples.
+    """`revoke hana` then `add hana`: the new key gets none of the old one's queued samples.
 
     Mosquitto keeps a session by client id, not by key: the new key resumes it (session present
     1), but gets none of its samples of a network it may not read, which Mosquitto checks as it
@@ -239,7 +234,7 @@ def test_a_key_revoked_while_the_broker_was_down_leaves_no_session_to_its_succes
 
 
 def test_a_will_is_checked_against_the_rights_of_the_moment_it_fires(engine_broker, home, everything_on):
-    """Row 3: a will registered while gen could publish to A fired, and was retained, after."""
+    """A will registered while gen could publish to A neither fires nor is retained once it cannot."""
     port = engine_broker.mqtt_port
     watcher = everything_on(engine_broker)
     sock = session(port, "dying", "gen", home.secrets["gen"], will=("networks/A", b'{"will": 1}'))
@@ -273,7 +268,7 @@ def everything_on(home):
 
 
 def test_a_refused_qos2_publish_stores_nothing_and_incoming_qos2_is_bounded(broker, home):
-    """Row 6: refused QoS 2 publishes were stored and answered; 5,000 x 60 KB grew the broker 290 MB."""
+    """A refused QoS 2 publish stores nothing and incoming QoS 2 is bounded: 5,000 x 60 KB grow nothing."""
     port = broker.mqtt_port
     anon = session(port, "anon-qos2", None, None)
     try:
@@ -302,7 +297,7 @@ def test_a_refused_qos2_publish_stores_nothing_and_incoming_qos2_is_bounded(brok
 
 
 def test_offline_anonymous_sessions_are_bounded_and_the_store_stays_small(home, caplog):
-    """Row 7: 1,000 anonymous sessions on networks/# turned 600 x 1 KB into an 820 MB store."""
+    """Offline anonymous sessions on networks/# are bounded: 600 x 1 KB keep the store small."""
     # Many from one address here: what is bounded is each session's queue (the caps on how many
     # sessions an address may open are tested in tests/test_abuse.py).
     home.config.write_text(home.config.read_text() + "[broker]\nanonymous_max_sessions_per_address = 200\n")
@@ -355,7 +350,7 @@ def test_an_offline_anonymous_session_expires(home):
 
 
 def test_qos2_deliveries_are_resent_on_reconnect(broker, home):
-    """Row 9: MQTT-4.4.0-1 for QoS 2: PUBLISH (with DUP) before PUBREC, PUBREL after it."""
+    """MQTT-4.4.0-1 for QoS 2: PUBLISH (with DUP) before PUBREC, PUBREL after it."""
     port = broker.mqtt_port
     sock = session(port, "q2", "reader_a", home.secrets["reader_a"], clean=False)
     sock.sendall(subscribe("networks/A", qos=2))
@@ -386,7 +381,7 @@ def test_qos2_deliveries_are_resent_on_reconnect(broker, home):
 
 
 def test_the_store_is_private(broker, home):
-    """Row 11: broker.db and its -wal and -shm held private samples at 0644."""
+    """broker.db and its -wal and -shm hold private samples: 0600, never world-readable."""
     leave_queued(broker.mqtt_port, home.secrets)
 
     async def flushed() -> None:
@@ -404,7 +399,7 @@ def test_the_store_is_private(broker, home):
 
 
 def test_a_store_that_cannot_be_read_stops_the_broker_with_one_line(home):
-    """Row 10: a corrupt broker.db stopped the broker with a 26-line traceback."""
+    """A corrupt broker.db stops the broker with one line and status 2, never a traceback."""
     (home.path / "broker.db").write_bytes(b"this is not a database" * 100)
     result = home.radio("broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", check=False)
     assert result.returncode == 2
@@ -415,7 +410,7 @@ def test_a_store_that_cannot_be_read_stops_the_broker_with_one_line(home):
 
 
 def test_a_store_that_cannot_be_written_is_never_acknowledged(broker, home, mocker, caplog):
-    """Row 10: the broker kept acknowledging samples its store could not keep.
+    """The broker acknowledges no sample its store could not keep.
 
     A failing disk cannot be made here, so the write itself is made to fail.
     """
@@ -475,7 +470,7 @@ def test_a_store_that_fails_now_and_then_says_so_once(tmp_path, mocker, caplog):
 
 
 def test_each_change_is_written_on_its_own(broker, home):
-    """Row 12: the whole state was copied and diffed every second; now a sample is one row."""
+    """Each change is written on its own, a sample as one row, never the whole state again."""
     leave_queued(broker.mqtt_port, home.secrets, count=50)
 
     async def written() -> int:
@@ -623,7 +618,7 @@ def publish_until_killed(home, port: int, broker: subprocess.Popen[str]) -> set[
 
 @pytest.mark.slow
 def test_no_acknowledged_sample_is_lost_to_kill_9(home):
-    """Row 8: of 1,020 PUBACKed samples, 66 never reached an offline persistent subscriber."""
+    """Every PUBACKed sample reaches an offline persistent subscriber, even past a kill -9."""
     broker, port = start_broker_process(home)
     try:
         away = Client(

@@ -31,6 +31,7 @@ from polling import until
 
 from radio import usage
 from radio.bridge.access import RATES_UNAVAILABLE, USAGE_UNAVAILABLE
+from radio.bridge.state import state_of
 from radio.errors import Busy
 from radio.keys import Key, Terms
 
@@ -156,7 +157,7 @@ def test_a_rate_file_locked_by_another_process_is_503_for_keys_with_a_rate(
     home: Home, bridge, everything
 ) -> None:
     limited = add_key(home, "limited", "--rate", "100/s")
-    with bridge.app.extensions["radio.buckets"].path.open("rb") as held:
+    with state_of(bridge.app).buckets.path.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a stuck process would hold it
         retry_later(bridge.post(body({"n": 1}), headers={"API-KEY": limited}), RATES_UNAVAILABLE)
         assert bridge.post(body({"n": 2}), headers={"API-KEY": home.secrets["gen"]}).status_code == 200

@@ -1,0 +1,53 @@
+"""Who a request comes as and which networks it may read: shared by the history route and the pages.
+
+A key is presented as ``POST /publish`` takes it, in ``API-KEY`` or ``Authorization: Bearer``;
+what it may read is what MQTT lets it subscribe to, so both doors agree.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from flask import Request
+
+from radio.bridge.errors import APIError
+from radio.registry import Registry
+from radio.topics import network_topic
+
+DEFAULT_LIMIT: Final = 100
+"""Samples of history a page or a request without ``?limit`` gets."""
+
+
+def presented_secret(req: Request) -> str | None:
+    """The secret in ``API-KEY`` or ``Authorization: Bearer``, if any."""
+    secret = req.headers.get("API-KEY")
+    if secret is None:
+        scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            secret = token.strip()
+    return secret
+
+
+def readable_networks(registry: Registry, secret: str | None) -> list[str]:
+    """The networks this visitor may read: the public ones, and the key's; 401 for an unknown key."""
+    key_name = None
+    if secret is not None:
+        key = registry.key_for_secret(secret)
+        if key is None:
+            raise APIError(401, "API-KEY not valid", "invalid_key")
+        key_name = key.name
+    access = registry.access(key_name)
+    return sorted(n for n in registry.networks if access.may_read(network_topic(n)))
+
+
+def check_read(registry: Registry, network: str, secret: str | None) -> None:
+    """404 for a network the configuration lacks; 401 or 403 for one the visitor may not read."""
+    settings = registry.networks.get(network)
+    if settings is None:
+        raise APIError(404, f"no network {network!r}", "unknown_network")
+    if settings.public:
+        return
+    if secret is None:
+        raise APIError(401, f"network {network!r} is private: send a key in API-KEY", "missing_key")
+    if network not in readable_networks(registry, secret):
+        raise APIError(403, f"this key may not read network {network!r}", "forbidden")
