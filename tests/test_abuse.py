@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from embedded import embedded_broker
 from mqtt_client import Client
 from polling import until
 from raw_mqtt import (
@@ -45,9 +46,7 @@ def platform(home, *settings: str, networks: str = "") -> BrokerThread:
     """The broker with these [broker] settings and its metrics served; not started yet."""
     text = home.config.read_text() + networks
     home.config.write_text(text + "[broker]\n" + "\n".join([*settings, 'metrics = "127.0.0.1:0"']) + "\n")
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    )
+    return embedded_broker(home)
 
 
 def metric(broker: BrokerThread, name: str, labels: str = "") -> float:

@@ -7,19 +7,16 @@ import socket
 
 import pytest
 import requests
+from embedded import embedded_broker
 from mqtt_client import Client
 from raw_mqtt import connect, packet, read_packet, session, subscribe
 
 from radio.broker.thread import BrokerThread
-from radio.config import Address
-from radio.registry import LiveRegistry
 
 
 def start(home, *settings: str) -> BrokerThread:
     home.config.write_text(home.config.read_text() + "[broker]\n" + "\n".join(settings) + "\n")
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    ).start()
+    return embedded_broker(home).start()
 
 
 def metric(port: int, name: str, labels: str = "") -> float:

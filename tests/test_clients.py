@@ -13,10 +13,9 @@ import time
 
 import pytest
 from conftest import ENGINES, running_broker
+from embedded import embedded_broker
 from mqtt_client import Client
 
-from radio.broker.thread import BrokerThread
-from radio.config import Address
 from radio.devices.link import MqttLink
 from radio.registry import LiveRegistry
 from radio.subscribers.listener import BadSample, Listener, Refused
@@ -135,7 +134,7 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
     shows what the generator kept, without a race between the two reconnecting.
     """
     registry = LiveRegistry(home.config)
-    first = BrokerThread(registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)).start()
+    first = embedded_broker(registry).start()
     port = first.mqtt_port
     url = f"mqtt://127.0.0.1:{port}"
     device = radio(
@@ -161,9 +160,7 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
         time.sleep(1.0)  # the outage itself: about five publish periods with no broker
         assert not listener.subscribed.is_set()
         os.kill(device.pid, signal.SIGSTOP)
-        second = BrokerThread(
-            registry, mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-        ).start()
+        second = embedded_broker(registry, port).start()
         assert listener.subscribed.wait(30)
         os.kill(device.pid, signal.SIGCONT)
         while len(ticks) < 20:
@@ -226,7 +223,7 @@ def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
     exactly which ones reached the broker, whoever connected first.
     """
     registry = LiveRegistry(home.config)
-    probe = BrokerThread(registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)).start()
+    probe = embedded_broker(registry).start()
     port = probe.mqtt_port
     probe.stop()  # a port that nothing listens on, until the broker below starts there
     link = MqttLink(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), home.secrets["gen"], "buffer-test", buffer=3)
@@ -236,9 +233,7 @@ def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
             link.publish(f"networks/A/s{n}", json.dumps({"n": n}).encode(), retain=True)
         assert link.dropped == 2
         assert "dropped 1 oldest" in caplog.text
-        with BrokerThread(
-            registry, mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-        ) as broker:
+        with embedded_broker(registry, port) as broker:
             assert link.wait_connected(30)
             link.publish("networks/A/s5", b'{"n": 5}', retain=True)
             reader = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])

@@ -25,6 +25,7 @@ import polling
 import pytest
 import tomli_w
 from conftest import ENGINES, broker_process, running_broker
+from embedded import embedded_broker
 from mqtt_client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 from raw_mqtt import (
@@ -207,19 +208,14 @@ def test_a_new_key_under_a_revoked_name_starts_with_no_session(engine_broker, ho
 
 
 def test_a_key_revoked_while_the_broker_was_down_leaves_no_session_to_its_successor(home):
-    def start() -> BrokerThread:
-        return BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-        ).start()
-
-    broker = start()
+    broker = embedded_broker(home).start()
     try:
         leave_queued(broker.mqtt_port, home.secrets)
     finally:
         broker.stop()
     home.radio("keys", "revoke", "reader_a")
     secret = home.radio("keys", "add", "reader_a", "--subscribe", "A").stdout.strip()
-    broker = start()
+    broker = embedded_broker(home).start()
     try:
         sock = open_socket(broker.mqtt_port)
         try:
