@@ -9,17 +9,15 @@ from __future__ import annotations
 import functools
 import json
 import stat
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polling
 import pytest
 import requests
+from benchmarks import smoke
 from conftest import ENGINES, Home, running_broker, start_bridge
 from embedded import embedded_broker
 from mqtt_client import NOT_AUTHORIZED, Client, listening
@@ -358,11 +356,7 @@ def test_usage_files_are_private(home: Home) -> None:
 
 @pytest.mark.slow
 def test_the_access_benchmark_runs_and_reports_every_target() -> None:
-    script = Path(__file__).resolve().parent.parent / "bench" / "access.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    result = smoke("access.py", timeout=120)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     medians = next(line for line in lines if "medians_us" in line)
     assert {"schema_fastjsonschema", "bucket_broker", "bucket_bridge_shared", "meter_record"} <= set(
