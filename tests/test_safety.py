@@ -26,7 +26,7 @@ import pytest
 import tomli_w
 from conftest import ENGINES, broker_process, running_broker
 from embedded import embedded_broker
-from mqtt_client import Client
+from mqtt_client import Client, Message
 from paho.mqtt.enums import CallbackAPIVersion
 from raw_mqtt import (
     closed_by_peer,
@@ -127,27 +127,27 @@ def leave_queued(port: int, secrets: dict[str, str], count: int = 3) -> None:
     gen.close()
 
 
+def back_on_a(port: int, secret: str, secrets: dict[str, str]) -> list[Message]:
+    """What reader_a's session "away" gets from A once it is back, up to a barrier (none is owed)."""
+    back = Client("tcp", port, "reader_a", secret, client_id="away", clean_session=False)
+    try:
+        assert back.connect() == 0
+        return [m for m in barrier(port, back, secrets) if m.topic == "networks/A"]
+    finally:
+        back.close()
+
+
 def test_queued_samples_are_not_delivered_once_the_right_to_read_them_is_gone(engine_broker, home):
     """A key that lost A gets none of its queued A samples when it reconnects."""
     port = engine_broker.mqtt_port
     leave_queued(port, home.secrets)
     set_rights(home, port, "reader_a", subscribe=[])
-    back = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="away", clean_session=False)
-    try:
-        assert back.connect() == 0
-        assert [m for m in barrier(port, back, home.secrets) if m.topic == "networks/A"] == []
-    finally:
-        back.close()
+    assert back_on_a(port, home.secrets["reader_a"], home.secrets) == []
     if engine_broker.engine_name == "mosquitto":
         return  # Mosquitto checks on delivery and keeps the rest queued; see the README
     # The samples were dropped, not held back: given the right again, the session gets none.
     set_rights(home, port, "reader_a", subscribe=["A"])
-    again = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="away", clean_session=False)
-    try:
-        assert again.connect() == 0
-        assert [m for m in barrier(port, again, home.secrets) if m.topic == "networks/A"] == []
-    finally:
-        again.close()
+    assert back_on_a(port, home.secrets["reader_a"], home.secrets) == []
 
 
 def test_unacknowledged_samples_are_not_resent_once_the_right_is_gone(broker, home):
@@ -199,12 +199,7 @@ def test_a_new_key_under_a_revoked_name_starts_with_no_session(engine_broker, ho
     assert answer is not None
     if engine_broker.engine_name == "embedded":
         assert answer == b"\x00\x00"  # session present 0: the old key's session is gone
-    back = Client("tcp", port, "reader_a", secret, client_id="away", clean_session=False)
-    try:
-        assert back.connect() == 0
-        assert [m for m in barrier(port, back, home.secrets) if m.topic == "networks/A"] == []
-    finally:
-        back.close()
+    assert back_on_a(port, secret, home.secrets) == []
 
 
 def test_a_key_revoked_while_the_broker_was_down_leaves_no_session_to_its_successor(home):
