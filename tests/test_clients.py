@@ -35,6 +35,23 @@ def radio(home, *args, secret=None, **kwargs):
     )
 
 
+def traffic_on_a(home, url: str, *extra: str) -> subprocess.Popen[str]:
+    """The traffic simulator publishing to A every 0.2 s with gen's key."""
+    return radio(
+        home,
+        "device",
+        "traffic",
+        "--network",
+        "A",
+        "--period",
+        "0.2",
+        "--url",
+        url,
+        *extra,
+        secret=home.secrets["gen"],
+    )
+
+
 def lines(stream, into: queue.Queue) -> threading.Thread:
     thread = threading.Thread(target=lambda: [into.put(line) for line in stream], daemon=True)
     thread.start()
@@ -137,20 +154,7 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
     first = embedded_broker(registry).start()
     port = first.mqtt_port
     url = f"mqtt://127.0.0.1:{port}"
-    device = radio(
-        home,
-        "device",
-        "traffic",
-        "--network",
-        "A",
-        "--period",
-        "0.2",
-        "--url",
-        url,
-        "--seed",
-        "1",
-        secret=home.secrets["gen"],
-    )
+    device = traffic_on_a(home, url, "--seed", "1")
     listener = Listener(["A"], url, home.secrets["reader_a"]).start()
     second = None
     try:
@@ -354,21 +358,7 @@ def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broke
 
 def test_two_traffic_simulators_on_one_network_do_not_evict_each_other(home, broker, everything):
     url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
-    devices = [
-        radio(
-            home,
-            "device",
-            "traffic",
-            "--network",
-            "A",
-            "--period",
-            "0.2",
-            "--url",
-            url,
-            secret=home.secrets["gen"],
-        )
-        for _ in range(2)
-    ]
+    devices = [traffic_on_a(home, url) for _ in range(2)]
     try:
         everything.expect(15, timeout=30)  # 3 s of both publishing
     finally:
