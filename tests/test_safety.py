@@ -26,7 +26,7 @@ import pytest
 import tomli_w
 from conftest import ENGINES, broker_process, running_broker
 from embedded import embedded_broker
-from mqtt_client import Client, Message
+from mqtt_client import Client, Message, away_on_a
 from paho.mqtt.enums import CallbackAPIVersion
 from raw_mqtt import (
     closed_by_peer,
@@ -114,17 +114,19 @@ def engine_broker(request, home):
         yield running
 
 
-def leave_queued(port: int, secrets: dict[str, str], count: int = 3) -> None:
-    """reader_a's persistent session "away" subscribed to A; while it is away, gen publishes."""
-    away = Client("tcp", port, "reader_a", secrets["reader_a"], client_id="away", clean_session=False)
-    assert away.connect() == 0
-    assert away.subscribe("networks/A", qos=1) == 1
-    away.close()
+def gen_publishes(port: int, secrets: dict[str, str], *payloads: bytes, qos: int = 1) -> None:
+    """gen publishes these samples to A, each acknowledged, and leaves."""
     gen = Client("tcp", port, "gen", secrets["gen"])
     assert gen.connect() == 0
-    for n in range(count):
-        gen.publish("networks/A", f'{{"private": {n}}}', qos=1)
+    for payload in payloads:
+        gen.publish("networks/A", payload, qos=qos)
     gen.close()
+
+
+def leave_queued(port: int, secrets: dict[str, str], count: int = 3) -> None:
+    """reader_a's persistent session "away" subscribed to A; while it is away, gen publishes."""
+    away_on_a(port, secrets["reader_a"], "away")
+    gen_publishes(port, secrets, *(f'{{"private": {n}}}'.encode() for n in range(count)))
 
 
 def back_on_a(port: int, secret: str, secrets: dict[str, str]) -> list[Message]:
@@ -157,10 +159,7 @@ def test_unacknowledged_samples_are_not_resent_once_the_right_is_gone(broker, ho
     try:
         sock.sendall(subscribe("networks/A", qos=1))
         assert read_packet(sock)[0] == 0x90
-        gen = Client("tcp", port, "gen", home.secrets["gen"])
-        assert gen.connect() == 0
-        gen.publish("networks/A", b'{"n": 1}', qos=1)
-        gen.close()
+        gen_publishes(port, home.secrets, b'{"n": 1}')
         assert read_packet(sock)[0] == 0x32  # delivered, and left unacknowledged
     finally:
         sock.close()
@@ -346,10 +345,7 @@ def test_qos2_deliveries_are_resent_on_reconnect(broker, home):
     sock = session(port, "q2", "reader_a", home.secrets["reader_a"], clean=False)
     sock.sendall(subscribe("networks/A", qos=2))
     assert read_packet(sock)[0] == 0x90
-    gen = Client("tcp", port, "gen", home.secrets["gen"])
-    assert gen.connect() == 0
-    gen.publish("networks/A", b'{"q": 2}', qos=2)
-    gen.close()
+    gen_publishes(port, home.secrets, b'{"q": 2}', qos=2)
     first, body = read_packet(sock)
     assert first == 0x34  # PUBLISH QoS 2
     pid = body[2 + body[1] : 4 + body[1]]
