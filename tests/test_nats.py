@@ -16,13 +16,12 @@ from datetime import UTC, datetime
 
 import psutil
 import pytest
-import requests
 import tomli_w
 from commands import BROKER_ON_ANY_PORTS, listen_lines, started_in
 from conftest import CONFIG
 from mqtt_client import Client
 from test_nats_cluster import require_nats
-from test_platform import left_behind, loud, start_up
+from test_platform import left_behind, loud, post_hello, start_up
 
 from radio.broker.nats import NatsCluster
 from radio.broker.nats_conf import NatsError, plan, user_rights
@@ -234,13 +233,7 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
         )
         listen, samples = listen_lines(tmp_path, "sample_net", "--url", ws_url)
         assert "tick" in samples.get(timeout=20)["data"]  # the traffic simulator, through the cluster
-        response = requests.post(
-            http_url,
-            headers={"API-KEY": key},
-            data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
-            timeout=10,
-        )
-        assert response.json() == {"message": "OK"}
+        post_hello(http_url, key)
         deadline = time.monotonic() + 15
         while samples.get(timeout=15)["data"] != {"hello": "radio"}:
             assert time.monotonic() < deadline

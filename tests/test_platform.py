@@ -49,6 +49,17 @@ class Up:
         ]
 
 
+def post_hello(http_url: str, key: str) -> None:
+    """The quick start's sample to sample_net, as its curl line posts it: the bridge says OK."""
+    response = requests.post(
+        http_url,
+        headers={"API-KEY": key},
+        data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
+        timeout=10,
+    )
+    assert response.json() == {"message": "OK"}
+
+
 def start_up(folder: Path, engine: str = "embedded") -> Up:
     """`radio up` on free ports, in its own session (as a terminal would start it)."""
     if engine == "mosquitto":
@@ -176,13 +187,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         ticks = [samples.get(timeout=15)["data"]["tick"] for _ in range(3)]
         assert ticks == sorted(ticks)
 
-        response = requests.post(
-            http_url,
-            headers={"API-KEY": key},
-            data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
-            timeout=10,
-        )
-        assert response.json() == {"message": "OK"}
+        post_hello(http_url, key)
         if shutil.which("curl"):  # the banner's own command, as pasted
             pasted = up.value(r"\n  (printf .+)\n")
             posted = subprocess.run(
