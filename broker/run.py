@@ -7,6 +7,7 @@ import gc
 import os
 import signal
 import sys
+from typing import TypedDict, Unpack
 
 from radio.broker.mosquitto import MosquittoBroker
 from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
@@ -22,6 +23,15 @@ BANNER_LINES = {
     "wss": "  WebSocket over TLS:   wss://{}" + WEBSOCKET_PATH,
 }
 """One line per listener, in this order; ``radio up`` and the benchmarks read the URLs."""
+
+
+class Listeners(TypedDict, total=False):
+    """Where ``radio broker`` listens, door by door; a door left out (or None) is the configuration's."""
+
+    mqtt: Address | None
+    websocket: Address | None
+    mqtts: Address | None
+    wss: Address | None
 
 
 def _banner(registry: LiveRegistry, title: str, listeners: dict[str, Address]) -> None:
@@ -63,29 +73,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(
-    registry: LiveRegistry,
-    mqtt: Address | None = None,
-    websocket: Address | None = None,
-    *,
-    mqtts: Address | None = None,
-    wss: Address | None = None,
-) -> None:
+def run(registry: LiveRegistry, **listeners: Unpack[Listeners]) -> None:
     """``radio broker``: serve until SIGINT or SIGTERM, on the fastest event loop at hand."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(registry, mqtt, websocket, mqtts=mqtts, wss=wss))
+        runner.run(serve(registry, **listeners))
 
 
-async def serve(
-    registry: LiveRegistry,
-    mqtt: Address | None = None,
-    websocket: Address | None = None,
-    *,
-    mqtts: Address | None = None,
-    wss: Address | None = None,
-) -> None:
+async def serve(registry: LiveRegistry, **listeners: Unpack[Listeners]) -> None:
     """Run until SIGINT or SIGTERM, then close every connection and return."""
-    broker = EmbeddedBroker(registry, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
+    broker = EmbeddedBroker(registry, **listeners)
     try:
         await broker.start()
     except OSError as exc:
@@ -107,14 +103,7 @@ async def serve(
         await broker.stop()
 
 
-def serve_mosquitto(
-    registry: LiveRegistry,
-    mqtt: Address | None = None,
-    websocket: Address | None = None,
-    *,
-    mqtts: Address | None = None,
-    wss: Address | None = None,
-) -> int:
+def serve_mosquitto(registry: LiveRegistry, **listeners: Unpack[Listeners]) -> int:
     """Run Mosquitto with the registry's rights until SIGINT or SIGTERM; key changes reach it live.
 
     A Mosquitto that dies is restarted (``MosquittoBroker``); one that will not come back ends the
@@ -123,9 +112,7 @@ def serve_mosquitto(
     """
     folder = registry.settings.state_dir / "mosquitto"
     stop = on_signals()
-    mosquitto = MosquittoBroker(
-        registry, folder, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss, on_failure=stop.set
-    )
+    mosquitto = MosquittoBroker(registry, folder, on_failure=stop.set, **listeners)
     mosquitto.start()
     try:
         _banner(registry, "Radio broker running (Mosquitto)", mosquitto.addresses)

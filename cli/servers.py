@@ -115,25 +115,24 @@ def add_up(commands: argparse._SubParsersAction[Parser], common: Parser) -> None
 
 def _broker(args: argparse.Namespace) -> int:
     from radio import logs  # noqa: PLC0415
-    from radio.broker.run import run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
+    from radio.broker.run import Listeners, run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
     settings = options.settings(args)
     statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
-    listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
+    listeners: Listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
     ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
     logs.setup(verbose=args.verbose)
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
-    tls = {"mqtts": args.mqtts, "wss": args.wss}
     if args.engine == "mosquitto":
-        return serve_mosquitto(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
+        return serve_mosquitto(registry, **listeners)
     if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
         serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
     else:
-        run(registry, mqtt=args.mqtt, websocket=args.ws, **tls)
+        run(registry, **listeners)
     return 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +18,7 @@ from radio.errors import ConfigError, InvalidName
 from radio.schemas import Schema
 from radio.toml_values import kind as toml_kind
 from radio.toml_values import shown
+from radio.toml_values import table as toml_table
 from radio.topics import NetworkName
 
 DEFAULT_CONFIG_NAME: Final = "radio.toml"
@@ -281,14 +281,8 @@ def load_settings(
 
 def parse_settings(text: str, config_path: Path, keys_path: Path) -> Settings:
     """Validate the text of a configuration file; every problem names the file."""
-    if not text.strip():
-        msg = f"{config_path}: the configuration file is empty (delete it to run with the defaults)"
-        raise ConfigError(msg)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = f"{config_path}: not valid TOML: {exc}"
-        raise ConfigError(msg) from None
+    empty = "the configuration file is empty (delete it to run with the defaults)"
+    data = toml_table(text, config_path, ConfigError, empty)
     try:
         return _settings_from(data, config_path, keys_path)
     except (ValueError, TypeError) as exc:

@@ -475,31 +475,34 @@ def _select(path: Path, query: str, args: list[str]) -> list[tuple[Any, ...]]:
         db.close()
 
 
-def _where(name: str | None, since: str | None) -> tuple[str, list[str]]:
+# The counting tables: name, the columns a row is counted by (its order), the counts.
+_PUBLISHED: Final = ("usage", "day, key_name, door, network", "samples, bytes")
+_REFUSED: Final = ("refusals", "day, key_name, door, reason", "count")
+_RECEIVED: Final = ("received", "day, key_name, network", "samples, bytes")
+
+
+def _counted(
+    path: Path, table: tuple[str, str, str], name: str | None, since: str | None
+) -> list[tuple[Any, ...]]:
+    """A counting table's rows for one key (or all) from a day on, in the order of what they count by."""
     where, args = ["day >= ?"], [since or ""]
     if name is not None:
         where.append("key_name = ?")
         args.append(name)
-    return " AND ".join(where), args
+    table_name, by, counts = table
+    query = (
+        f"SELECT {by}, {counts} FROM {table_name} WHERE {' AND '.join(where)} "  # noqa: S608 - fixed text
+        f"ORDER BY {by}"
+    )
+    return _select(path, query, args)
 
 
 def report(
     path: Path, name: str | None = None, since: str | None = None
 ) -> tuple[list[UsageRow], list[RefusalRow]]:
     """What keys published and had refused, oldest day first; nothing if there is no file yet."""
-    clause, args = _where(name, since)
-    usage = _select(
-        path,
-        f"SELECT day, key_name, door, network, samples, bytes FROM usage WHERE {clause} "  # noqa: S608 - fixed text
-        "ORDER BY day, key_name, door, network",
-        args,
-    )
-    refusals = _select(
-        path,
-        f"SELECT day, key_name, door, reason, count FROM refusals WHERE {clause} "  # noqa: S608
-        "ORDER BY day, key_name, door, reason",
-        args,
-    )
+    usage = _counted(path, _PUBLISHED, name, since)
+    refusals = _counted(path, _REFUSED, name, since)
     return [UsageRow(*row) for row in usage], [RefusalRow(*row) for row in refusals]
 
 
@@ -516,13 +519,7 @@ class ReceivedRow:
 
 def received_report(path: Path, name: str | None = None, since: str | None = None) -> list[ReceivedRow]:
     """What keys received as listeners, oldest day first; nothing if there is no file yet."""
-    clause, args = _where(name, since)
-    rows = _select(
-        path,
-        f"SELECT day, key_name, network, samples, bytes FROM received WHERE {clause} "  # noqa: S608 - fixed text
-        "ORDER BY day, key_name, network",
-        args,
-    )
+    rows = _counted(path, _RECEIVED, name, since)
     return [ReceivedRow(*row) for row in rows]
 
 

@@ -137,8 +137,21 @@ class Client:
 
 
 @contextlib.contextmanager
-def listening(port: int, key: str, secret: str, topic_filter: str, qos: int = 1) -> Iterator[Client]:
-    """A client of ``key`` subscribed to ``topic_filter`` over TCP, closed afterwards."""
+def connected(port: int, key: str | None = None, secret: str | None = None) -> Iterator[Client]:
+    """A client of ``key`` (None: anonymous) connected over TCP, closed afterwards."""
+    client = Client("tcp", port, key, secret)
+    try:
+        assert client.connect() == 0
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def listening(
+    port: int, key: str | None, secret: str | None, topic_filter: str, qos: int = 1
+) -> Iterator[Client]:
+    """A client of ``key`` (None: anonymous) subscribed to ``topic_filter`` over TCP, closed afterwards."""
     client = Client("tcp", port, key, secret)
     try:
         assert client.connect() == 0
@@ -148,13 +161,18 @@ def listening(port: int, key: str, secret: str, topic_filter: str, qos: int = 1)
         client.close()
 
 
-def away_while_published(port: int, secrets: dict[str, str]) -> None:
-    """Leave a persistent session of reader_a ("durable") subscribed to A, then, while it is away,
-    an admin publishes a retained sample to pub and a live one to A (queued for "durable")."""
-    away = Client("tcp", port, "reader_a", secrets["reader_a"], client_id="durable", clean_session=False)
+def away_on_a(port: int, secret: str, client_id: str) -> None:
+    """reader_a's persistent session ``client_id`` subscribes to A, then leaves: A is queued for it."""
+    away = Client("tcp", port, "reader_a", secret, client_id=client_id, clean_session=False)
     assert away.connect() == 0
     assert away.subscribe("networks/A", qos=1) == 1
     away.close()
+
+
+def away_while_published(port: int, secrets: dict[str, str]) -> None:
+    """Leave a persistent session of reader_a ("durable") subscribed to A, then, while it is away,
+    an admin publishes a retained sample to pub and a live one to A (queued for "durable")."""
+    away_on_a(port, secrets["reader_a"], "durable")
     admin = Client("tcp", port, "admin", secrets["admin"])
     assert admin.connect() == 0
     admin.publish("networks/pub", b'{"last": "value"}', qos=1, retain=True)

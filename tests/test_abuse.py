@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from mqtt_client import Client
+from embedded import embedded_broker
+from mqtt_client import Client, connected, listening
 from polling import until
 from raw_mqtt import (
     closed_by_peer,
@@ -45,9 +46,7 @@ def platform(home, *settings: str, networks: str = "") -> BrokerThread:
     """The broker with these [broker] settings and its metrics served; not started yet."""
     text = home.config.read_text() + networks
     home.config.write_text(text + "[broker]\n" + "\n".join([*settings, 'metrics = "127.0.0.1:0"']) + "\n")
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    )
+    return embedded_broker(home)
 
 
 def metric(broker: BrokerThread, name: str, labels: str = "") -> float:
@@ -305,12 +304,10 @@ max_retained = 5
 def test_a_network_retains_at_most_max_retained_topics(home):
     with platform(home, networks=CAPPED) as broker:
         port = broker.mqtt_port
-        live = Client("tcp", port)
-        publisher = Client("tcp", port, "admin", home.secrets["admin"])
-        try:
-            assert live.connect() == 0
-            assert live.subscribe("networks/capped/#", qos=1) == 1
-            assert publisher.connect() == 0
+        with (
+            listening(port, None, None, "networks/capped/#") as live,
+            connected(port, "admin", home.secrets["admin"]) as publisher,
+        ):
             for n in range(8):
                 publisher.publish(f"networks/capped/t{n}", b'{"v": %d}' % n, qos=1, retain=True)
             publisher.publish("networks/capped/t0", b'{"v": 100}', qos=1, retain=True)  # replacing works
@@ -318,17 +315,9 @@ def test_a_network_retains_at_most_max_retained_topics(home):
             publisher.publish("networks/capped", b'{"v": 0}', qos=1, retain=True)  # the network's own: kept
             publisher.publish("networks/capped/plain", b'{"v": -1}', qos=1)  # not retained: delivered
             live_topics = sorted(m.topic for m in live.expect(8))
-        finally:
-            live.close()
-            publisher.close()
         assert "networks/capped/t5" not in live_topics  # a refused publish reaches nobody
-        late = Client("tcp", port)
-        try:
-            assert late.connect() == 0
-            assert late.subscribe("networks/capped/#", qos=1) == 1
+        with listening(port, None, None, "networks/capped/#") as late:
             retained = {m.topic: m.payload for m in late.expect(6)}
-        finally:
-            late.close()
         assert retained == {
             "networks/capped": b'{"v": 0}',
             "networks/capped/t0": b'{"v": 100}',

@@ -9,27 +9,23 @@ from __future__ import annotations
 import functools
 import json
 import stat
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polling
 import pytest
 import requests
+from benchmarks import smoke
 from conftest import ENGINES, Home, running_broker, start_bridge
+from embedded import embedded_broker
 from mqtt_client import NOT_AUTHORIZED, Client, listening
 from polling import until
 from raw_mqtt import read_packet, session, subscribe
 
-from radio.broker.thread import BrokerThread
-from radio.config import Address
 from radio.errors import KeyStoreError
 from radio.keys import parse_keys
-from radio.registry import LiveRegistry
 
 SCHEMA = {
     "type": "object",
@@ -52,12 +48,6 @@ def usage(home: Home, *args: str) -> list[dict[str, object]]:
 
 eventually = functools.partial(polling.eventually, every=0.1)
 """Retry until truthy: what is awaited here shows no event a test could wait on."""
-
-
-def embedded(home: Home) -> BrokerThread:
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    )
 
 
 def post(bridge, secret: str, data: object, network: str = "A") -> requests.Response:
@@ -231,14 +221,14 @@ def test_a_quota_is_shared_by_both_doors_and_shown_in_usage(home: Home, broker, 
 
 def test_a_quota_survives_a_broker_restart(home: Home) -> None:
     secret = add_key(home, "daily", "--quota", "2/day")
-    with embedded(home) as broker:
+    with embedded_broker(home) as broker:
         publisher = Client("tcp", broker.mqtt_port, "daily", secret)
         assert publisher.connect() == 0
         publisher.publish("networks/A/d", b'{"n": 1}', qos=1)
         publisher.publish("networks/A/d", b'{"n": 2}', qos=1)
         publisher.close()
     with (
-        embedded(home) as broker,
+        embedded_broker(home) as broker,
         listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader,
     ):
         publisher = Client("tcp", broker.mqtt_port, "daily", secret)
@@ -357,7 +347,7 @@ def test_http_an_expired_key_is_not_valid(home: Home, broker, bridge) -> None:
 
 
 def test_usage_files_are_private(home: Home) -> None:
-    with embedded(home):
+    with embedded_broker(home):
         pass
     path = home.path / "usage.db"
     assert path.exists()
@@ -366,11 +356,7 @@ def test_usage_files_are_private(home: Home) -> None:
 
 @pytest.mark.slow
 def test_the_access_benchmark_runs_and_reports_every_target() -> None:
-    script = Path(__file__).resolve().parent.parent / "bench" / "access.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    result = smoke("access.py", timeout=120)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     medians = next(line for line in lines if "medians_us" in line)
     assert {"schema_fastjsonschema", "bucket_broker", "bucket_bridge_shared", "meter_record"} <= set(
@@ -380,7 +366,7 @@ def test_the_access_benchmark_runs_and_reports_every_target() -> None:
 
 def test_the_brokers_metrics_count_each_keys_samples_and_refusals(home: Home) -> None:
     home.config.write_text(home.config.read_text() + '\n[broker]\nmetrics = "127.0.0.1:0"\n')
-    with embedded(home) as broker:
+    with embedded_broker(home) as broker:
         publisher = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
         assert publisher.connect() == 0
         publisher.publish("networks/A/m", b'{"x": 1}', qos=1)

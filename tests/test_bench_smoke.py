@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmarks import rounds, smoke
 from conftest import require_mosquitto
 
 pytestmark = pytest.mark.slow
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def require_wrk() -> None:
@@ -25,39 +22,19 @@ def require_wrk() -> None:
 
 def test_the_http_door_benchmark_alternates_the_bridge_both_ways_and_both_flask_yardsticks():
     require_wrk()
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "http_door.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    rounds = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
-    order = [[r["target"] for r in rounds if r["round"] == n] for n in (1, 2)]
+    result = smoke("http_door.py")
+    rows = rounds(result)
+    order = [[r["target"] for r in rows if r["round"] == n] for n in (1, 2)]
     assert set(order[0]) == {"bridge", "bridge_no_retain", "bare", "flask_gthread"}
     assert order[1] == order[0][::-1]  # the order alternates round by round
-    assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rounds)
+    assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rows)
     summary = json.loads(result.stdout[result.stdout.index('{\n  "summary"') :])["summary"]
     assert summary["bridge_no_retain_over_flask_gthread"]["median"] > 0
     assert summary["bridge_over_bare"]["median"] > 0
 
 
-def run_smoke(script: str) -> list[dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, str(BENCH / script), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=BENCH,
-    )
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
-
-
 def test_the_http_view_benchmark_times_both_views_and_the_publisher():
-    rows = run_smoke("http_view.py")
+    rows = rounds(smoke("http_view.py"))
     views = [r for r in rows if r["part"] == "view"]
     publisher = [r for r in rows if r["part"] == "publisher"]
     assert views
@@ -67,7 +44,7 @@ def test_the_http_view_benchmark_times_both_views_and_the_publisher():
 
 
 def test_the_fanout_benchmark_runs_both_brokers_and_counts_every_delivery():
-    rows = run_smoke("fanout.py")
+    rows = rounds(smoke("fanout.py"))
     assert {r["broker"] for r in rows} == {"radio", "stock"}
     assert {(r["qos"], r["subscribers"]) for r in rows} == {(q, n) for q in (0, 1) for n in (1, 10, 100)}
     assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
@@ -81,7 +58,7 @@ def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery():
         if os.environ.get("CI"):
             pytest.fail("mosquitto_sub/pub are missing: .ci/run installs mosquitto-clients", pytrace=False)
         pytest.skip("mosquitto-clients is not installed (apt-get install mosquitto-clients)")
-    rows = run_smoke("broker_cpu.py")
+    rows = rounds(smoke("broker_cpu.py"))
     assert {r["broker"] for r in rows} == {"radio", "mosquitto"}
     assert {(r["qos"], r["rate"]) for r in rows} == {(q, rate) for q in (0, 1) for rate in (2000, "burst")}
     assert all(r["lost"] == 0 and r["broker_us_per_delivery"] is not None for r in rows)
@@ -92,14 +69,14 @@ def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery():
 
 
 def test_the_refusal_benchmark_runs_both_brokers():
-    rows = run_smoke("refusals.py")
+    rows = rounds(smoke("refusals.py"))
     assert {r["broker"] for r in rows} == {"radio", "stock"}
     assert all(r["refusals_per_s"] > 0 for r in rows)  # each of them read its CONNACK 5
 
 
 def test_the_latency_benchmark_delivers_every_sample_through_both_doors_of_both_brokers():
     require_mosquitto()
-    rows = run_smoke("latency.py")
+    rows = rounds(smoke("latency.py"))
     assert {(r["broker"], r["door"]) for r in rows} == {
         (b, d) for b in ("radio", "mosquitto") for d in ("mqtt", "http")
     }
@@ -108,27 +85,27 @@ def test_the_latency_benchmark_delivers_every_sample_through_both_doors_of_both_
 
 def test_the_connections_benchmark_reaches_every_idle_listener():
     require_mosquitto()
-    rows = run_smoke("connections.py")
+    rows = rounds(smoke("connections.py"))
     assert {r["broker"] for r in rows} == {"radio", "mosquitto"}
     assert all(r["received"] == r["listeners"] == 200 and r["lost"] == 0 for r in rows)
     assert all(r["deliver_to_all_ms"] > 0 and r["processes"] == 4 for r in rows)
 
 
 def test_the_growth_benchmark_measures_every_registry_size():
-    rows = run_smoke("growth.py")
+    rows = rounds(smoke("growth.py"))
     assert {r["registry"] for r in rows} == {"10 keys, 10 networks", "10,000 keys", "1,000 networks"}
     assert all(r["connects_per_s"] > 0 and r["refusals_per_s"] > 0 and r["publishes_per_s"] > 0 for r in rows)
 
 
 def test_the_filter_hog_benchmark_measures_with_and_without_and_the_limit_holds():
-    rows = run_smoke("filter_hog.py")
+    rows = rounds(smoke("filter_hog.py"))
     assert {r["hog_filters"] for r in rows} == {0, 200}
     assert all(r["deliveries_per_s"] > 0 for r in rows)
     assert [r["granted"] for r in rows if r["hog_filters"]] == [100]  # max_filters, by default
 
 
 def test_the_durability_benchmark_measures_with_and_without_the_store():
-    rows = run_smoke("durability.py")
+    rows = rounds(smoke("durability.py"))
     assert {r["persistence"] for r in rows} == {"on", "off"}
     assert all(r["publishes_per_s"] > 0 for r in rows)
 
@@ -136,20 +113,20 @@ def test_the_durability_benchmark_measures_with_and_without_the_store():
 @pytest.mark.mosquitto
 def test_the_mosquitto_autosave_benchmark_measures_both_ways_of_saving():
     require_mosquitto()
-    rows = run_smoke("mosquitto_autosave.py")
+    rows = rounds(smoke("mosquitto_autosave.py"))
     assert {r["save"] for r in rows} == {"every change", "every 10 s"}
     assert all(r["publishes_per_s"] > 0 for r in rows)
 
 
 def test_the_https_door_benchmark_measures_both_doors():
     require_wrk()
-    rows = run_smoke("https_door.py")
+    rows = rounds(smoke("https_door.py"))
     assert {r["door"] for r in rows} == {"http", "https"}
     assert all(r["rps"] > 0 and r["non_2xx"] == 0 for r in rows)
 
 
 def test_the_abuse_benchmark_runs_every_attack():
-    rows = {r["attack"]: r for r in run_smoke("abuse.py")}
+    rows = {r["attack"]: r for r in rounds(smoke("abuse.py"))}
     assert set(rows) == {"sessions", "retained", "sockets"}
     assert rows["sessions"]["accepted"] == 10  # the default cap per address
     assert rows["retained"]["resubscribes_per_s"] > 0
@@ -158,7 +135,7 @@ def test_the_abuse_benchmark_runs_every_attack():
 
 def test_the_history_readers_benchmark_reads_capped_pages_while_publishing():
     require_wrk()
-    rows = run_smoke("history_readers.py")
+    rows = rounds(smoke("history_readers.py"))
     assert rows
     for row in rows:
         assert row["history_answers"] > 0

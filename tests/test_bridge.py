@@ -31,15 +31,15 @@ import requests
 import uvloop
 from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
+from embedded import embedded_broker
+from in_process import in_process_bridge
 from mqtt_client import Client
 
 from radio import wire
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
-from radio.broker.thread import BrokerThread
 from radio.config import Address, load_settings
 from radio.keys import read_keys
-from radio.registry import LiveRegistry
 
 VALID = {"network": "A", "data": {"speed": 42, "street": "Main"}}
 
@@ -51,16 +51,7 @@ def broker(request, home):
         yield running
 
 
-@pytest.fixture
-def bridge(home, broker, caplog):
-    """The fast tier: ``radio bridge``'s app and server in this process, linked to the real broker."""
-    running = InProcessBridge(str(home.config), broker.mqtt_port)
-    yield running
-    running.stop()
-    tracebacks = [
-        r.getMessage() for r in caplog.records if r.exc_info and r.levelname in ("ERROR", "CRITICAL")
-    ]
-    assert tracebacks == []  # as the server process's stderr must hold no traceback
+bridge = pytest.fixture(name="bridge")(in_process_bridge)
 
 
 @pytest.fixture
@@ -309,15 +300,8 @@ def test_metrics_count_outcomes_and_time_to_puback(served, home):
     assert f'radio_key_bytes_total{{door="http",key="gen",network="A"}} {3.0 * size}' in text
 
 
-def broker_on(home: Home, port: int) -> BrokerThread:
-    """The embedded broker on ``port`` (0: a free one): started once, restarted on the same port."""
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-    )
-
-
 def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(home):
-    first = broker_on(home, 0).start()
+    first = embedded_broker(home, 0).start()
     port = first.mqtt_port
     bridge = start_bridge(home, port, "--timeout", "1")
     try:
@@ -336,7 +320,7 @@ def test_broker_down_is_503_within_the_timeout_and_the_bridge_recovers_alone(hom
         )
         assert requests.get(bridge.url + "/healthz", timeout=10).status_code == 503
 
-        with broker_on(home, port) as second:
+        with embedded_broker(home, port) as second:
             listener = Client("tcp", second.mqtt_port, "reader_a", home.secrets["reader_a"])
             assert listener.connect() == 0
             assert listener.subscribe("networks/A") == 0
@@ -511,7 +495,7 @@ def test_with_the_broker_down_every_post_is_503_in_time_and_none_goes_out_later(
     The barrier: once the broker is back, one more sample is accepted; anything refused before it
     and sent late would reach the listener first.
     """
-    first = broker_on(home, 0).start()
+    first = embedded_broker(home, 0).start()
     port = first.mqtt_port
     bridge = start_bridge(home, port, "--timeout", "1")
     try:
@@ -521,7 +505,7 @@ def test_with_the_broker_down_every_post_is_503_in_time_and_none_goes_out_later(
             answers = list(pool.map(lambda _: _timed_post(bridge, key), range(40)))
         assert {status for status, _ in answers} == {503}
         assert max(seconds for _, seconds in answers) < 3, answers  # 1 s timeout, 40 at once
-        with broker_on(home, port) as second:
+        with embedded_broker(home, port) as second:
             listener = Client("tcp", second.mqtt_port, "reader_a", home.secrets["reader_a"])
             assert listener.connect() == 0
             assert listener.subscribe("networks/A") == 0

@@ -6,21 +6,11 @@ import json
 
 import pytest
 import requests
-from bridge_client import InProcessBridge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from in_process import in_process_bridge
 
-
-@pytest.fixture
-def bridge(home, broker, caplog):
-    """The app in this process with a real publisher, over real HTTP from an in-process server."""
-    running = InProcessBridge(str(home.config), broker.mqtt_port)
-    yield running
-    running.stop()
-    tracebacks = [
-        r.getMessage() for r in caplog.records if r.exc_info and r.levelname in ("ERROR", "CRITICAL")
-    ]
-    assert tracebacks == []  # as the server process's stderr must hold no traceback
+bridge = pytest.fixture(name="bridge")(in_process_bridge)
 
 
 JSON = st.recursive(

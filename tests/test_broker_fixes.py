@@ -14,14 +14,12 @@ from importlib.metadata import version
 
 import pytest
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from embedded import embedded_broker
 from mqtt_client import Client
 from raw_mqtt import closed_by_peer, open_socket, read_exactly
 from raw_mqtt import connect as raw_connect
 
 from radio.broker.plugins import AMQTT_VERSION
-from radio.broker.thread import BrokerThread
-from radio.config import Address
-from radio.registry import LiveRegistry
 
 
 def test_the_installed_amqtt_is_the_one_the_fixes_are_written_for():
@@ -168,9 +166,7 @@ def test_fan_out_loses_nothing_while_subscribers_come_and_go(any_broker, home):
 
 def test_a_handler_that_never_stops_does_not_hang_the_broker(home, mocker):
     """The fault (amqtt's reader never signalling that it stopped) is a race; it is injected here."""
-    running = BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    )
+    running = embedded_broker(home)
     running.start()
     client = Client("tcp", running.mqtt_port, "gen", home.secrets["gen"])
     assert client.connect() == 0

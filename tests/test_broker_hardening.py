@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pytest
 from amqtt.broker import Broker
+from embedded import embedded_broker
 from mqtt_client import Client, away_while_published, listening
 from raw_mqtt import (
     closed_by_peer,
@@ -34,9 +35,6 @@ from raw_mqtt import connect as raw_connect
 
 from radio import wire
 from radio.broker.server import RadioBroker
-from radio.broker.thread import BrokerThread
-from radio.config import Address
-from radio.registry import LiveRegistry
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -451,21 +449,13 @@ def test_retained_samples_and_persistent_sessions_survive_a_restart(home, broker
     """Defect 15 (docs/broker.md): stock kept both in memory only; Radio's broker keeps them in the configured SQLite file."""
     fixed = broker_class is RadioBroker
 
-    def start() -> BrokerThread:
-        return BrokerThread(
-            LiveRegistry(home.config),
-            mqtt=Address("127.0.0.1", 0),
-            websocket=Address("127.0.0.1", 0),
-            broker_class=broker_class,
-        ).start()
-
-    broker = start()
+    broker = embedded_broker(home, broker_class=broker_class).start()
     try:
         away_while_published(broker.mqtt_port, home.secrets)
     finally:
         broker.stop()
 
-    broker = start()
+    broker = embedded_broker(home, broker_class=broker_class).start()
     try:
         with listening(broker.mqtt_port, "reader_b", home.secrets["reader_b"], "networks/pub") as late:
             if fixed:
@@ -488,12 +478,7 @@ def test_retained_samples_and_persistent_sessions_survive_a_restart(home, broker
 
 
 def test_a_session_whose_key_was_revoked_while_the_broker_was_down_is_not_restored(home):
-    def start() -> BrokerThread:
-        return BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-        ).start()
-
-    broker = start()
+    broker = embedded_broker(home).start()
     try:
         away_while_published(broker.mqtt_port, home.secrets)  # reader_a's session "durable"
         kept = Client(
@@ -511,7 +496,7 @@ def test_a_session_whose_key_was_revoked_while_the_broker_was_down_is_not_restor
         broker.stop()
     home.radio("keys", "revoke", "reader_a")
 
-    broker = start()
+    broker = embedded_broker(home).start()
     try:
 
         async def restored() -> list[str]:

@@ -7,19 +7,16 @@ import socket
 
 import pytest
 import requests
-from mqtt_client import Client
+from embedded import embedded_broker
+from mqtt_client import Client, connected, listening
 from raw_mqtt import connect, packet, read_packet, session, subscribe
 
 from radio.broker.thread import BrokerThread
-from radio.config import Address
-from radio.registry import LiveRegistry
 
 
 def start(home, *settings: str) -> BrokerThread:
     home.config.write_text(home.config.read_text() + "[broker]\n" + "\n".join(settings) + "\n")
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    ).start()
+    return embedded_broker(home).start()
 
 
 def metric(port: int, name: str, labels: str = "") -> float:
@@ -59,19 +56,16 @@ def test_a_subscriber_that_does_not_read_misses_qos0_samples_and_slows_nobody(ho
         assert read_packet(stalled)[0] == 0x20
         stalled.sendall(subscribe("networks/pub", qos=0))
         assert read_packet(stalled)[0] == 0x90  # and from now on it reads nothing
-        reader = Client("tcp", port)
-        admin = Client("tcp", port, "admin", home.secrets["admin"])
         try:
-            assert reader.connect() == 0
-            assert reader.subscribe("networks/pub", qos=1) == 1
-            assert admin.connect() == 0
-            payload = b'{"pad": "' + b"x" * 60_000 + b'"}'  # 18 MB in all: more than the kernel buffers
-            for _ in range(300):
-                admin.publish("networks/pub", payload, qos=1)
-            assert len(reader.expect(300)) == 300  # everyone else gets every sample
+            with (
+                listening(port, None, None, "networks/pub") as reader,
+                connected(port, "admin", home.secrets["admin"]) as admin,
+            ):
+                payload = b'{"pad": "' + b"x" * 60_000 + b'"}'  # 18 MB in all: more than the kernel buffers
+                for _ in range(300):
+                    admin.publish("networks/pub", payload, qos=1)
+                assert len(reader.expect(300)) == 300  # everyone else gets every sample
         finally:
-            reader.close()
-            admin.close()
             stalled.close()
         assert (
             metric(broker.broker.metrics_port, "radio_broker_dropped_total", '{reason="slow_subscriber"}') > 0

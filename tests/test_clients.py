@@ -13,10 +13,9 @@ import time
 
 import pytest
 from conftest import ENGINES, running_broker
+from embedded import embedded_broker
 from mqtt_client import Client
 
-from radio.broker.thread import BrokerThread
-from radio.config import Address
 from radio.devices.link import MqttLink
 from radio.registry import LiveRegistry
 from radio.subscribers.listener import BadSample, Listener, Refused
@@ -33,6 +32,23 @@ def radio(home, *args, secret=None, **kwargs):
         text=True,
         env={**env, "PYTHONUNBUFFERED": "1", **({"RADIO_KEY": secret} if secret else {})},
         **kwargs,
+    )
+
+
+def traffic_on_a(home, url: str, *extra: str) -> subprocess.Popen[str]:
+    """The traffic simulator publishing to A every 0.2 s with gen's key."""
+    return radio(
+        home,
+        "device",
+        "traffic",
+        "--network",
+        "A",
+        "--period",
+        "0.2",
+        "--url",
+        url,
+        *extra,
+        secret=home.secrets["gen"],
     )
 
 
@@ -135,23 +151,10 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
     shows what the generator kept, without a race between the two reconnecting.
     """
     registry = LiveRegistry(home.config)
-    first = BrokerThread(registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)).start()
+    first = embedded_broker(registry).start()
     port = first.mqtt_port
     url = f"mqtt://127.0.0.1:{port}"
-    device = radio(
-        home,
-        "device",
-        "traffic",
-        "--network",
-        "A",
-        "--period",
-        "0.2",
-        "--url",
-        url,
-        "--seed",
-        "1",
-        secret=home.secrets["gen"],
-    )
+    device = traffic_on_a(home, url, "--seed", "1")
     listener = Listener(["A"], url, home.secrets["reader_a"]).start()
     second = None
     try:
@@ -161,9 +164,7 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
         time.sleep(1.0)  # the outage itself: about five publish periods with no broker
         assert not listener.subscribed.is_set()
         os.kill(device.pid, signal.SIGSTOP)
-        second = BrokerThread(
-            registry, mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-        ).start()
+        second = embedded_broker(registry, port).start()
         assert listener.subscribed.wait(30)
         os.kill(device.pid, signal.SIGCONT)
         while len(ticks) < 20:
@@ -226,7 +227,7 @@ def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
     exactly which ones reached the broker, whoever connected first.
     """
     registry = LiveRegistry(home.config)
-    probe = BrokerThread(registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)).start()
+    probe = embedded_broker(registry).start()
     port = probe.mqtt_port
     probe.stop()  # a port that nothing listens on, until the broker below starts there
     link = MqttLink(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), home.secrets["gen"], "buffer-test", buffer=3)
@@ -236,9 +237,7 @@ def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
             link.publish(f"networks/A/s{n}", json.dumps({"n": n}).encode(), retain=True)
         assert link.dropped == 2
         assert "dropped 1 oldest" in caplog.text
-        with BrokerThread(
-            registry, mqtt=Address("127.0.0.1", port), websocket=Address("127.0.0.1", 0)
-        ) as broker:
+        with embedded_broker(registry, port) as broker:
             assert link.wait_connected(30)
             link.publish("networks/A/s5", b'{"n": 5}', retain=True)
             reader = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
@@ -359,21 +358,7 @@ def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broke
 
 def test_two_traffic_simulators_on_one_network_do_not_evict_each_other(home, broker, everything):
     url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
-    devices = [
-        radio(
-            home,
-            "device",
-            "traffic",
-            "--network",
-            "A",
-            "--period",
-            "0.2",
-            "--url",
-            url,
-            secret=home.secrets["gen"],
-        )
-        for _ in range(2)
-    ]
+    devices = [traffic_on_a(home, url) for _ in range(2)]
     try:
         everything.expect(15, timeout=30)  # 3 s of both publishing
     finally:

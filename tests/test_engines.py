@@ -571,6 +571,17 @@ def test_unchanged_stay(platform):
     assert not any(c.disconnected.is_set() for c in (anonymous, reader, grower))
 
 
+def first_on_return(platform: Platform, key: str, client_id: str, topic: str) -> list[bytes]:
+    """What the key's persistent session gets first on ``topic`` once it is back.
+
+    A sentinel is published once it is back: anything kept for it from before would come first.
+    """
+    back = platform.client(key, client_id=client_id, clean_session=False)
+    readable(back, topic)
+    platform.client("admin").publish(topic, sample(sentinel=1), qos=1)
+    return payloads(back, 1)
+
+
 @promise("revoked-session")
 def test_revoked_session(platform):
     """A key revoked and made again under the same name starts afresh: no session, nothing queued."""
@@ -582,10 +593,7 @@ def test_revoked_session(platform):
     assert eventually(lambda: platform.refused("again", secret))
     platform.client("admin").publish("networks/A/again", sample(queued=True), qos=1)
     platform.add_key("again", subscribe=["A"])
-    back = platform.client("again", client_id="again-session", clean_session=False)
-    readable(back, "networks/A/again")
-    platform.client("admin").publish("networks/A/again", sample(sentinel=1), qos=1)
-    assert payloads(back, 1) == [sample(sentinel=1)]
+    assert first_on_return(platform, "again", "again-session", "networks/A/again") == [sample(sentinel=1)]
 
 
 @promise("queued-after-right-removed")
@@ -603,10 +611,7 @@ def test_queued_after_right_removed(platform):
     assert cut_off(platform, live, "networks/A/queued-live", "networks/B/queued-live")
     platform.home.store().edit("queued", subscribe=["A", "B"])
     assert reads_again(platform, "queued", "networks/A/queued-probe")
-    back = platform.client("queued", client_id="queued-session", clean_session=False)
-    readable(back, "networks/A/queued")
-    platform.client("admin").publish("networks/A/queued", sample(sentinel=1), qos=1)
-    assert payloads(back, 1) == [sample(sentinel=1)]
+    assert first_on_return(platform, "queued", "queued-session", "networks/A/queued") == [sample(sentinel=1)]
 
 
 @promise("session-owner")
@@ -649,38 +654,35 @@ def test_quota(platform):
     assert payloads(admin, 3) == [sample(n=0), sample(n=1), sample(sentinel=1)]
 
 
+def first_delivered(platform: Platform, publisher: str, topic: str, *sent: bytes) -> bytes:
+    """What an admin reading ``topic`` receives first once ``publisher`` sent these, in order."""
+    admin = platform.client("admin")
+    readable(admin, topic)
+    client = platform.client(publisher)
+    for payload in sent:
+        client.publish(topic, payload, qos=1)
+    [first] = payloads(admin, 1)
+    return first
+
+
 @promise("schema")
 def test_schema(platform):
-    admin = platform.client("admin")
-    readable(admin, "networks/typed/schema")
-    typist = platform.client("typist")
-    typist.publish("networks/typed/schema", sample(speed=-3), qos=1)
-    typist.publish("networks/typed/schema", b"not json", qos=1)
-    typist.publish("networks/typed/schema", sample(speed=3), qos=1)
-    assert payloads(admin, 1) == [sample(speed=3)]
+    typed = (sample(speed=-3), b"not json", sample(speed=3))
+    assert first_delivered(platform, "typist", "networks/typed/schema", *typed) == sample(speed=3)
 
 
 @promise("strict-json")
 def test_strict_json(platform):
     """A sample is JSON as the HTTP door reads it: NaN and Infinity are not JSON."""
-    admin = platform.client("admin")
-    readable(admin, "networks/A/json")
-    gen = platform.client("gen")
-    gen.publish("networks/A/json", b'{"x": NaN}', qos=1)
-    gen.publish("networks/A/json", b'{"x": Infinity}', qos=1)
-    gen.publish("networks/A/json", sample(x=1), qos=1)
-    assert payloads(admin, 1) == [sample(x=1)]
+    sent = (b'{"x": NaN}', b'{"x": Infinity}', sample(x=1))
+    assert first_delivered(platform, "gen", "networks/A/json", *sent) == sample(x=1)
 
 
 @promise("max-payload")
 def test_max_payload(platform):
     """A sample over its network's max_payload (64 bytes for typed) reaches nobody."""
-    admin = platform.client("admin")
-    readable(admin, "networks/typed/size")
-    typist = platform.client("typist")
-    typist.publish("networks/typed/size", sample(speed=1, padding="x" * 80), qos=1)
-    typist.publish("networks/typed/size", sample(speed=2), qos=1)
-    assert payloads(admin, 1) == [sample(speed=2)]
+    sent = (sample(speed=1, padding="x" * 80), sample(speed=2))
+    assert first_delivered(platform, "typist", "networks/typed/size", *sent) == sample(speed=2)
 
 
 @promise("metering")

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import Home, start_bridge
+from embedded import embedded_broker
 from mqtt_client import Client
 from test_nats_cluster import FAILOVER, make_home, require_nats, start_cluster
 from test_platform import left_behind, start_up
@@ -40,16 +41,10 @@ from radio.urls import BrokerURL, parse_urls
 SAMPLE = {"network": "A", "data": {"speed": 42}}
 
 
-def _broker(home: Home) -> BrokerThread:
-    return BrokerThread(
-        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-    ).start()
-
-
 @pytest.fixture
 def two(home: Home) -> Iterator[tuple[BrokerThread, BrokerThread]]:
     """Two brokers sharing ``home``'s keys; a test may stop either (stopping twice is harmless)."""
-    first, second = _broker(home), _broker(home)
+    first, second = embedded_broker(home).start(), embedded_broker(home).start()
     try:
         yield first, second
     finally:

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from commands import ANY_PORTS, read_banner, started_in
 
 ROOT = Path(__file__).resolve().parent.parent
-ANY_PORTS = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0")
 SECRETS = {"demo.key", "bridge.key", "recorder.key", "server.key", "cluster.secret"}
 STATE = {"radio.toml", "keys.toml", "broker.db", "history.db", "usage.db", "users.conf", "passwd", "acl"}
 
@@ -31,18 +31,10 @@ def radio(folder: Path, *args: str) -> None:
 
 def quick_start(folder: Path) -> None:
     """`radio up` until its banner, then Ctrl-C: every state file of a platform that ran."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radio", "up", *ANY_PORTS],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    process = started_in(
+        folder, "up", *ANY_PORTS, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "Ctrl-C" in line:
-            break
+    read_banner(process)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 0

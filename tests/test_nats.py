@@ -7,26 +7,21 @@ tests run the real commands, with the real nats-server of the ``nats`` extra.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import signal
 import stat
-import subprocess
-import sys
-import threading
 import time
 import tomllib
 from datetime import UTC, datetime
 
 import psutil
 import pytest
-import requests
 import tomli_w
+from commands import BROKER_ON_ANY_PORTS, listen_lines, started_in
 from conftest import CONFIG
 from mqtt_client import Client
 from test_nats_cluster import require_nats
-from test_platform import left_behind, loud, start_up
+from test_platform import left_behind, loud, post_hello, start_up
 
 from radio.broker.nats import NatsCluster
 from radio.broker.nats_conf import NatsError, plan, user_rights
@@ -183,36 +178,12 @@ def test_a_missing_nats_server_is_one_clear_error(home, monkeypatch):
         NatsCluster(LiveRegistry(home.config), home.path / "nats").start()
 
 
-def clean_env():
-    return {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS")}
-
-
 @pytest.mark.nats
 @pytest.mark.slow
 def test_radio_broker_runs_a_local_cluster_and_prints_every_node(home):
     require_nats()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "broker",
-            "--engine",
-            "nats",
-            "--nodes",
-            "3",
-            "--config",
-            str(home.config),
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    nats = ("--engine", "nats", "--nodes", "3", "--config", str(home.config))
+    process = started_in(None, *BROKER_ON_ANY_PORTS, *nats)
     try:
         lines = []
         assert process.stdout is not None
@@ -260,26 +231,9 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
         assert re.search(
             r'websocket \{\n    listen: "127\.0\.0\.1:' + ws_url.rsplit(":", 1)[1].split("/")[0] + '"', node_1
         )
-        listen = subprocess.Popen(
-            [sys.executable, "-m", "radio", "listen", "sample_net", "--url", ws_url],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-        )
-        samples: queue.Queue[dict] = queue.Queue()
-        threading.Thread(
-            target=lambda: [samples.put(json.loads(line)) for line in listen.stdout], daemon=True
-        ).start()
+        listen, samples = listen_lines(tmp_path, "sample_net", "--url", ws_url)
         assert "tick" in samples.get(timeout=20)["data"]  # the traffic simulator, through the cluster
-        response = requests.post(
-            http_url,
-            headers={"API-KEY": key},
-            data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
-            timeout=10,
-        )
-        assert response.json() == {"message": "OK"}
+        post_hello(http_url, key)
         deadline = time.monotonic() + 15
         while samples.get(timeout=15)["data"] != {"hello": "radio"}:
             assert time.monotonic() < deadline

@@ -20,12 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from commands import ANY_PORTS, BROKER_ON_ANY_PORTS, listen_lines, radio_in, read_banner, started_in
 from conftest import ENGINES, require_mosquitto
 
 from radio.cli.up import reachable
 from radio.config import load_settings
-
-ANY_PORTS = ("--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0")
 
 
 @dataclass
@@ -50,15 +49,15 @@ class Up:
         ]
 
 
-def read_banner(process: subprocess.Popen[str]) -> str:
-    """What a server prints up to its "Ctrl-C" line (all it printed, if it ends before)."""
-    banner = ""
-    assert process.stdout is not None
-    for line in process.stdout:
-        banner += line
-        if "Ctrl-C" in line:
-            break
-    return banner
+def post_hello(http_url: str, key: str) -> None:
+    """The quick start's sample to sample_net, as its curl line posts it: the bridge says OK."""
+    response = requests.post(
+        http_url,
+        headers={"API-KEY": key},
+        data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
+        timeout=10,
+    )
+    assert response.json() == {"message": "OK"}
 
 
 def start_up(folder: Path, engine: str = "embedded") -> Up:
@@ -188,13 +187,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         ticks = [samples.get(timeout=15)["data"]["tick"] for _ in range(3)]
         assert ticks == sorted(ticks)
 
-        response = requests.post(
-            http_url,
-            headers={"API-KEY": key},
-            data=json.dumps({"network": "sample_net", "data": {"hello": "radio"}}),
-            timeout=10,
-        )
-        assert response.json() == {"message": "OK"}
+        post_hello(http_url, key)
         if shutil.which("curl"):  # the banner's own command, as pasted
             pasted = up.value(r"\n  (printf .+)\n")
             posted = subprocess.run(
@@ -288,20 +281,6 @@ def test_the_banner_shows_wildcard_binds_as_addresses_to_paste():
     assert reachable("http://10.1.2.3:5000") == "http://10.1.2.3:5000"
 
 
-def radio_in(folder: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """A `radio` command run in a folder, as a user types it there; it is expected to end by itself."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
-    return subprocess.run(
-        [sys.executable, "-m", "radio", *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
-
-
 def state_of(folder: Path) -> dict[str, tuple[int, int]]:
     """The files of a state folder Radio itself does not write while running, by inode and mtime."""
     quiet = ("radio.toml", "keys.toml", "demo.key", "bridge.key", "recorder.key")
@@ -349,13 +328,7 @@ def test_a_state_folder_is_free_again_once_its_platform_is_killed(tmp_path):
     """The lock is the kernel's: a `kill -9` leaves no stale lock behind to refuse the next start."""
     (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
     for _ in range(2):
-        broker = subprocess.Popen(
-            [sys.executable, "-m", "radio", "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS)
         banner = read_banner(broker)
         assert "Radio broker running" in banner, broker.stderr.read() if broker.stderr else ""
         broker.kill()
@@ -422,22 +395,6 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 """How the platform writes an instant, in history lines and live lines alike."""
-
-
-def listen_lines(folder: Path, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[dict]]:
-    """`radio listen ARGS` in a folder, and the JSON lines it prints as they come."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radio", "listen", *args],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[dict] = queue.Queue()
-    stdout = process.stdout
-    assert stdout is not None
-    threading.Thread(target=lambda: [lines.put(json.loads(x)) for x in stdout], daemon=True).start()
-    return process, lines
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from commands import read_banner
 from conftest import copy_checkout
-from test_platform import read_banner, start_up
+from test_platform import start_up
 
 from radio.cli import up as up_module
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import stat
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
+from commands import BROKER_ON_ANY_PORTS, radio_in, read_banner, started_in
 from conftest import CONFIG, Home, start_bridge
 from mqtt_client import Client
 
@@ -122,31 +119,13 @@ def test_the_registry_snapshot_needs_the_file(home):
 # --- First start on a fresh machine -------------------------------------------------------------
 
 
-def clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_BRIDGE_KEY")
-    }
-
-
-def radio(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "radio", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=clean_env(),
-    )
-
-
 def test_keys_list_in_an_empty_folder_says_so_and_writes_nothing(tmp_path):
-    result = radio("keys", "list", cwd=tmp_path)
+    result = radio_in(tmp_path, "keys", "list")
     assert result.returncode == 0
     assert result.stdout == ""
     assert result.stderr.startswith(f"No keys: {tmp_path / 'keys.toml'} does not exist yet.")
     assert list(tmp_path.iterdir()) == []
-    json_list = radio("keys", "list", "--json", cwd=tmp_path)
+    json_list = radio_in(tmp_path, "keys", "list", "--json")
     assert (json_list.returncode, json_list.stdout) == (0, "")
 
 
@@ -156,42 +135,16 @@ def test_broker_then_bridge_start_in_an_empty_folder(tmp_path):
     A server never writes the registry: one restarting while the file is deleted would otherwise
     write an empty registry that every other running server would apply.
     """
-    broker = subprocess.Popen(
-        [sys.executable, "-m", "radio", "broker", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS)
     try:
-        assert broker.stdout is not None
-        banner = ""
-        for line in broker.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
+        banner = read_banner(broker)
         port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", banner)[1])
         assert f"keys:                 {tmp_path / 'keys.toml'} (0 keys)" in banner
         assert not (tmp_path / "keys.toml").exists()
-        assert radio("keys", "list", cwd=tmp_path).stderr.startswith("No keys: ")
+        assert radio_in(tmp_path, "keys", "list").stderr.startswith("No keys: ")
 
-        bridge = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "radio",
-                "bridge",
-                "--listen",
-                "127.0.0.1:0",
-                "--broker",
-                f"mqtt://127.0.0.1:{port}",
-            ],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
+        bridge = started_in(
+            tmp_path, "bridge", "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{port}"
         )
         try:
             assert bridge.stdout is not None

@@ -8,12 +8,10 @@ registry stays in force.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from commands import radio_in
 
 from radio.config import parse_settings
 from radio.credentials import secret_digest
@@ -342,18 +340,6 @@ def test_on_a_live_reload_a_mistyped_configuration_changes_nothing(folder, caplo
     assert "[broker] allow_anonymous must be true or false" in caplog.records[0].getMessage()
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "radio", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS")},
-    )
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -367,7 +353,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_at_start_a_mistyped_keys_file_is_one_line_and_exit_2(folder, command):
     (folder / "keys.toml").write_text(with_field("admin", '"false"'))
     before = (folder / "keys.toml").read_bytes()
-    result = run(*command, cwd=folder)
+    result = radio_in(folder, *command)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [

@@ -25,7 +25,8 @@ import polling
 import pytest
 import tomli_w
 from conftest import ENGINES, broker_process, running_broker
-from mqtt_client import Client
+from embedded import embedded_broker
+from mqtt_client import Client, Message, away_on_a
 from paho.mqtt.enums import CallbackAPIVersion
 from raw_mqtt import (
     closed_by_peer,
@@ -113,17 +114,29 @@ def engine_broker(request, home):
         yield running
 
 
-def leave_queued(port: int, secrets: dict[str, str], count: int = 3) -> None:
-    """reader_a's persistent session "away" subscribed to A; while it is away, gen publishes."""
-    away = Client("tcp", port, "reader_a", secrets["reader_a"], client_id="away", clean_session=False)
-    assert away.connect() == 0
-    assert away.subscribe("networks/A", qos=1) == 1
-    away.close()
+def gen_publishes(port: int, secrets: dict[str, str], *payloads: bytes, qos: int = 1) -> None:
+    """gen publishes these samples to A, each acknowledged, and leaves."""
     gen = Client("tcp", port, "gen", secrets["gen"])
     assert gen.connect() == 0
-    for n in range(count):
-        gen.publish("networks/A", f'{{"private": {n}}}', qos=1)
+    for payload in payloads:
+        gen.publish("networks/A", payload, qos=qos)
     gen.close()
+
+
+def leave_queued(port: int, secrets: dict[str, str], count: int = 3) -> None:
+    """reader_a's persistent session "away" subscribed to A; while it is away, gen publishes."""
+    away_on_a(port, secrets["reader_a"], "away")
+    gen_publishes(port, secrets, *(f'{{"private": {n}}}'.encode() for n in range(count)))
+
+
+def back_on_a(port: int, secret: str, secrets: dict[str, str]) -> list[Message]:
+    """What reader_a's session "away" gets from A once it is back, up to a barrier (none is owed)."""
+    back = Client("tcp", port, "reader_a", secret, client_id="away", clean_session=False)
+    try:
+        assert back.connect() == 0
+        return [m for m in barrier(port, back, secrets) if m.topic == "networks/A"]
+    finally:
+        back.close()
 
 
 def test_queued_samples_are_not_delivered_once_the_right_to_read_them_is_gone(engine_broker, home):
@@ -131,22 +144,12 @@ def test_queued_samples_are_not_delivered_once_the_right_to_read_them_is_gone(en
     port = engine_broker.mqtt_port
     leave_queued(port, home.secrets)
     set_rights(home, port, "reader_a", subscribe=[])
-    back = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="away", clean_session=False)
-    try:
-        assert back.connect() == 0
-        assert [m for m in barrier(port, back, home.secrets) if m.topic == "networks/A"] == []
-    finally:
-        back.close()
+    assert back_on_a(port, home.secrets["reader_a"], home.secrets) == []
     if engine_broker.engine_name == "mosquitto":
         return  # Mosquitto checks on delivery and keeps the rest queued; see the README
     # The samples were dropped, not held back: given the right again, the session gets none.
     set_rights(home, port, "reader_a", subscribe=["A"])
-    again = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="away", clean_session=False)
-    try:
-        assert again.connect() == 0
-        assert [m for m in barrier(port, again, home.secrets) if m.topic == "networks/A"] == []
-    finally:
-        again.close()
+    assert back_on_a(port, home.secrets["reader_a"], home.secrets) == []
 
 
 def test_unacknowledged_samples_are_not_resent_once_the_right_is_gone(broker, home):
@@ -156,10 +159,7 @@ def test_unacknowledged_samples_are_not_resent_once_the_right_is_gone(broker, ho
     try:
         sock.sendall(subscribe("networks/A", qos=1))
         assert read_packet(sock)[0] == 0x90
-        gen = Client("tcp", port, "gen", home.secrets["gen"])
-        assert gen.connect() == 0
-        gen.publish("networks/A", b'{"n": 1}', qos=1)
-        gen.close()
+        gen_publishes(port, home.secrets, b'{"n": 1}')
         assert read_packet(sock)[0] == 0x32  # delivered, and left unacknowledged
     finally:
         sock.close()
@@ -198,28 +198,18 @@ def test_a_new_key_under_a_revoked_name_starts_with_no_session(engine_broker, ho
     assert answer is not None
     if engine_broker.engine_name == "embedded":
         assert answer == b"\x00\x00"  # session present 0: the old key's session is gone
-    back = Client("tcp", port, "reader_a", secret, client_id="away", clean_session=False)
-    try:
-        assert back.connect() == 0
-        assert [m for m in barrier(port, back, home.secrets) if m.topic == "networks/A"] == []
-    finally:
-        back.close()
+    assert back_on_a(port, secret, home.secrets) == []
 
 
 def test_a_key_revoked_while_the_broker_was_down_leaves_no_session_to_its_successor(home):
-    def start() -> BrokerThread:
-        return BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-        ).start()
-
-    broker = start()
+    broker = embedded_broker(home).start()
     try:
         leave_queued(broker.mqtt_port, home.secrets)
     finally:
         broker.stop()
     home.radio("keys", "revoke", "reader_a")
     secret = home.radio("keys", "add", "reader_a", "--subscribe", "A").stdout.strip()
-    broker = start()
+    broker = embedded_broker(home).start()
     try:
         sock = open_socket(broker.mqtt_port)
         try:
@@ -355,10 +345,7 @@ def test_qos2_deliveries_are_resent_on_reconnect(broker, home):
     sock = session(port, "q2", "reader_a", home.secrets["reader_a"], clean=False)
     sock.sendall(subscribe("networks/A", qos=2))
     assert read_packet(sock)[0] == 0x90
-    gen = Client("tcp", port, "gen", home.secrets["gen"])
-    assert gen.connect() == 0
-    gen.publish("networks/A", b'{"q": 2}', qos=2)
-    gen.close()
+    gen_publishes(port, home.secrets, b'{"q": 2}', qos=2)
     first, body = read_packet(sock)
     assert first == 0x34  # PUBLISH QoS 2
     pid = body[2 + body[1] : 4 + body[1]]

@@ -6,7 +6,6 @@ import contextlib
 import gc
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -14,8 +13,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,13 +20,14 @@ from pathlib import Path
 
 import pytest
 import requests
+from benchmarks import rounds, smoke
+from commands import RADIO, clean_env, lines_of, read_banner, started_in
 from conftest import ENGINES, Home, require_mosquitto, start_bridge
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mqtt_client import NOT_AUTHORIZED, Client
-from test_platform import read_banner
 
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
@@ -41,14 +39,14 @@ from radio.registry import LiveRegistry, Registry
 from radio.tls import TlsError, client_context, server_context
 
 ANY = Address("127.0.0.1", 0)
-RADIO = (sys.executable, "-m", "radio")
+TLS_UP = ("up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0")
 
 
 def make_certs(folder: Path, *hosts: str) -> Path:
     """`radio certs dev`, as a user runs it."""
     extra = [arg for host in hosts for arg in ("--host", host)]
     subprocess.run(
-        [sys.executable, "-m", "radio", "certs", "dev", "--dir", str(folder), *extra],
+        [*RADIO, "certs", "dev", "--dir", str(folder), *extra],
         check=True,
         capture_output=True,
         text=True,
@@ -131,7 +129,7 @@ def test_certs_dev_writes_a_ca_and_a_server_certificate_for_the_names_asked(tmp_
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
 
     bad = subprocess.run(
-        [sys.executable, "-m", "radio", "certs", "dev", "--dir", str(tmp_path / "c"), "--host", "a b"],
+        [*RADIO, "certs", "dev", "--dir", str(tmp_path / "c"), "--host", "a b"],
         capture_output=True,
         text=True,
         check=False,
@@ -327,24 +325,26 @@ def test_mosquitto_export_carries_the_tls_listeners_and_leaves_out_the_plain_one
     assert "#listener 1883 127.0.0.1" in conf
 
 
-def listen_process(home: Home, url: str, *extra: str, network: str = "pub") -> subprocess.Popen[str]:
+def with_key(home: Home, name: str | None) -> dict[str, str]:
+    """The environment a command runs in: this one's, with ``name``'s secret as RADIO_KEY if given."""
+    return {**os.environ, "RADIO_KEY": home.secrets[name]} if name else dict(os.environ)
+
+
+def listen_process(
+    home: Home, url: str, *extra: str, network: str = "pub", key: str | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radio",
-            "listen",
-            network,
-            "--url",
-            url,
-            "--config",
-            str(home.config),
-            *extra,
-        ],
+        [*RADIO, "listen", network, "--url", url, "--config", str(home.config), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=with_key(home, key),
     )
+
+
+def traffic_command(home: Home, url: str, *extra: str) -> list[str]:
+    """`radio device traffic` on network A, as ``gen`` runs it (its secret goes in RADIO_KEY)."""
+    return [*RADIO, "device", "traffic", "--network", "A", "--url", url, *extra, "--config", str(home.config)]
 
 
 def test_radio_listen_and_a_generator_over_tls_with_the_ca(home, certs, secure):
@@ -352,54 +352,16 @@ def test_radio_listen_and_a_generator_over_tls_with_the_ca(home, certs, secure):
     ca = str(certs / "ca.pem")
     with tls_broker("embedded", home) as ports:
         url = f"{secure}://localhost:{ports[secure]}" + ("/mqtt" if secure == "wss" else "")
-        listen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "radio",
-                "listen",
-                "A",
-                "--url",
-                url,
-                "--ca",
-                ca,
-                "--config",
-                str(home.config),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "RADIO_KEY": home.secrets["reader_a"]},
-        )
+        listen = listen_process(home, url, "--ca", ca, network="A", key="reader_a")
         device = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "radio",
-                "device",
-                "traffic",
-                "--network",
-                "A",
-                "--period",
-                "0.1",
-                "--url",
-                url,
-                "--ca",
-                ca,
-                "--config",
-                str(home.config),
-            ],
-            env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
+            traffic_command(home, url, "--period", "0.1", "--ca", ca),
+            env=with_key(home, "gen"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
-            lines: queue.Queue[str] = queue.Queue()
-            assert listen.stdout is not None
-            stdout = listen.stdout
-            threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-            sample = json.loads(lines.get(timeout=20))
+            sample = json.loads(lines_of(listen).get(timeout=20))
             assert sample["network"] == "A"
             assert "tick" in sample["data"]
         finally:
@@ -423,22 +385,8 @@ def test_clients_refuse_a_certificate_they_cannot_verify_with_one_line(home, cer
             assert "refused the certificate of" in lines[0]
             assert "certificate verify failed" not in lines[0] or "--ca" in lines[0]
         device = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "radio",
-                "device",
-                "traffic",
-                "--network",
-                "A",
-                "--url",
-                url,
-                "--ca",
-                str(other_ca),
-                "--config",
-                str(home.config),
-            ],
-            env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
+            traffic_command(home, url, "--ca", str(other_ca)),
+            env=with_key(home, "gen"),
             capture_output=True,
             text=True,
             timeout=60,
@@ -509,16 +457,8 @@ def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path
         '[broker]\nmqtt = false\nmqtts = "127.0.0.1:0"\nwss = "127.0.0.1:0"\n\n'
         "[networks.sample_net]\npublic = true\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
-    up = subprocess.Popen(
-        [sys.executable, "-m", "radio", "up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    env = clean_env()
+    up = started_in(tmp_path, *TLS_UP, env=env, start_new_session=True)
     listen = None
     try:
         banner = read_banner(up)
@@ -531,19 +471,10 @@ def test_radio_up_advertises_the_tls_doors_and_its_listen_example_works(tmp_path
         assert re.search(
             rf"mosquitto_sub -h 127\.0\.0\.1 -p \d+ --cafile {re.escape(str(certs / 'ca.pem'))} ", banner
         )
-        listen = subprocess.Popen(
-            [sys.executable, "-m", *example[1].split()],  # `radio listen ...` as pasted
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert listen.stdout is not None
-        stdout = listen.stdout
-        samples: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [samples.put(x) for x in stdout], daemon=True).start()
-        assert "tick" in json.loads(samples.get(timeout=30))["data"]  # the simulator's, read over wss
+        listen = started_in(tmp_path, *example[1].split()[1:], env=env)  # `radio listen ...` as pasted
+        assert (
+            "tick" in json.loads(lines_of(listen).get(timeout=30))["data"]
+        )  # the simulator's, read over wss
     finally:
         if listen is not None:
             listen.send_signal(signal.SIGINT)
@@ -568,28 +499,8 @@ def test_a_server_key_every_user_can_read_is_refused(certs, tmp_path):
 
 @pytest.mark.slow
 def test_the_fanout_benchmark_measures_tls_beside_plain_text():
-    bench = Path(__file__).resolve().parent.parent / "bench"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "fanout.py",
-            "--smoke",
-            "--tls",
-            "--brokers",
-            "radio",
-            "--qos",
-            "1",
-            "--subscribers",
-            "10",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=bench,
-    )
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"round"')]
+    result = smoke("fanout.py", "--tls", "--brokers", "radio", "--qos", "1", "--subscribers", "10")
+    rows = rounds(result)
     assert {r["transport"] for r in rows} == {"tcp", "mqtts"}
     assert all(r["deliveries_per_s"] > 0 and r["lost"] == 0 for r in rows)
     assert "| radio | tcp / mqtts | 1 | 10 |" in result.stdout
@@ -677,15 +588,6 @@ def test_radio_nats_export_serves_mqtts_and_wss_with_the_registrys_keys(home, ce
         node.wait(20)
 
 
-def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
-    """What a process prints, line by line, as it prints it."""
-    lines: queue.Queue[str] = queue.Queue()
-    stdout = process.stdout
-    assert stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-    return lines
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_ca_wins_over_the_ca_bundle_variables_for_every_https_client(tmp_path, certs, other_ca):
@@ -698,17 +600,8 @@ def test_ca_wins_over_the_ca_bundle_variables_for_every_https_client(tmp_path, c
         '[broker]\nmqtt = false\nwss = "127.0.0.1:0"\n\n'
         "[networks.sample_net]\npublic = true\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("RADIO_CONFIG", "RADIO_KEYS", "RADIO_KEY")}
-    env |= {"REQUESTS_CA_BUNDLE": str(other_ca), "CURL_CA_BUNDLE": str(other_ca)}
-    up = subprocess.Popen(
-        [sys.executable, "-m", "radio", "up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    env = clean_env(REQUESTS_CA_BUNDLE=str(other_ca), CURL_CA_BUNDLE=str(other_ca))
+    up = started_in(tmp_path, *TLS_UP, env=env, start_new_session=True)
     others: list[subprocess.Popen[str]] = []
     try:
         banner = read_banner(up)
@@ -744,13 +637,8 @@ def test_ca_wins_over_the_ca_bundle_variables_for_every_https_client(tmp_path, c
         others.append(device)
         ws = re.search(r"(wss://127\.0\.0\.1:\d+/mqtt)", banner)
         assert ws is not None
-        listen = subprocess.Popen(
-            [*RADIO, "listen", "sample_net", "--url", ws[1], "--ca", str(ca), "--since", "0"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        listen = started_in(
+            tmp_path, "listen", "sample_net", "--url", ws[1], "--ca", str(ca), "--since", "0", env=env
         )
         others.append(listen)
         lines = lines_of(listen)

@@ -6,13 +6,12 @@ as "fewer keys" or "more rights" would close or open doors by accident.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from radio.errors import KeyStoreError, MissingRegistry
 from radio.keys.model import Key
-from radio.toml_values import shown
+from radio.toml_values import shown, table
 
 
 def parse_keys(text: str, path: Path) -> dict[str, Key]:
@@ -21,17 +20,11 @@ def parse_keys(text: str, path: Path) -> dict[str, Key]:
     An empty text is refused: a truncated file must not read as a registry without keys. A
     registry with no keys says so, with an empty ``[keys]`` table.
     """
-    if not text.strip():
-        msg = (
-            f"{path}: the key registry is empty (a registry without keys is an empty [keys] table, "
-            "as 'radio keys' writes it)"
-        )
-        raise KeyStoreError(msg)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = f"{path}: not valid TOML: {exc}"
-        raise KeyStoreError(msg) from None
+    empty = (
+        "the key registry is empty (a registry without keys is an empty [keys] table, "
+        "as 'radio keys' writes it)"
+    )
+    data = table(text, path, KeyStoreError, empty)
     try:
         return _keys_from(data)
     except KeyStoreError as exc:

@@ -1,0 +1,23 @@
+"""Radio's own broker in the test process, on loopback ports the system picks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import Home
+
+from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
+
+
+def embedded_broker(keys: Home | LiveRegistry, mqtt_port: int = 0, **options: Any) -> BrokerThread:
+    """The embedded broker, not started yet: MQTT on ``mqtt_port`` (0: a free one), WebSocket on any.
+
+    ``keys`` is a test home (its registry is read afresh) or a registry to share across restarts;
+    ``options`` go to the broker as they are (``broker_class``, for one).
+    """
+    registry = keys if isinstance(keys, LiveRegistry) else LiveRegistry(keys.config)
+    return BrokerThread(
+        registry, mqtt=Address("127.0.0.1", mqtt_port), websocket=Address("127.0.0.1", 0), **options
+    )
