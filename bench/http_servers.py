@@ -140,7 +140,7 @@ def serve_bare(server: str, workers: int, threads: int) -> Served:
     if server == "radio":
         return _gunicorn(
             f"bare_flask:create_asgi_app({threads})",
-            "radio.bridge.serve.BridgeWorker",
+            "radio.bridge.run.BridgeWorker",
             workers,
             threads,
             None,

@@ -61,7 +61,7 @@ def report(title: str, stacks: Path, top: int = 12) -> None:
     print("| inclusive | function |\n|---|---|")
     skip = (  # the frames every sample passes through: the event loop, gunicorn's worker loop
         *("asyncio/runners.py", "base_events.py", "events.py", "<module>", "cli.py", "threading.py"),
-        *("runpy", "arbiter.py", "bridge/serve.py", "workers/base.py", "SyncWorker.run"),
+        *("runpy", "arbiter.py", "bridge/run.py", "workers/base.py", "SyncWorker.run"),
     )
     shown = [(f, n) for f, n in inclusive.most_common() if not any(s in f for s in skip)][:top]
     for frame, count in shown:

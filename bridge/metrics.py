@@ -32,7 +32,7 @@ PUBACK_SECONDS: Final = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-# Connections that send no request (bridge/serve.py): what they hold, and what was closed.
+# Connections that send no request (bridge/run.py): what they hold, and what was closed.
 WAITING: Final = Gauge(
     "radio_bridge_waiting_connections",
     "Connections open and waiting for a complete request (new, or kept alive), all workers.",

@@ -102,7 +102,7 @@ def _bridge_url(settings: Settings) -> str:
 
 
 def _listen(args: argparse.Namespace) -> int:
-    from radio.subscribers.cli import listen  # noqa: PLC0415 - a client: loads paho only for this command
+    from radio.subscribers.run import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = options.settings(args)
     secret = options.read_secret(args.key_file, required=False)

@@ -137,7 +137,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
-    from radio.bridge.serve import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
+    from radio.bridge.run import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
     settings = options.settings(args)
     statelock.hold(settings.state_dir, "bridge")  # before bridge.key or usage.db is touched

@@ -1,7 +1,7 @@
 """The bridge in the test's own process, served as ``radio bridge`` serves it, without forking a server.
 
 ``InProcessBridge`` runs the production app (``create_asgi_app``: ``bridge/asgi.py``) under the
-production server (``bridge/serve.py``: uvicorn, uvloop, its bounded HTTP protocol, lifespan on)
+production server (``bridge/run.py``: uvicorn, uvloop, its bounded HTTP protocol, lifespan on)
 on a free port, in a thread with its own event loop. The broker link starts on that loop, as in a
 ``radio bridge`` worker, so ``post`` (real HTTP) takes the publish path production takes: the view
 on the event loop, the PUBACK awaited there. What only a separate process can show (gunicorn's
@@ -23,7 +23,7 @@ from polling import until
 
 from radio.bridge.app import create_asgi_app
 from radio.bridge.publisher import Publisher
-from radio.bridge.serve import BridgeWorker, _Server
+from radio.bridge.run import BridgeWorker, _Server
 from radio.bridge.state import BridgeState, state_of
 from radio.config import Address
 

@@ -432,7 +432,7 @@ def run(
     options = {
         "bind": [f"fd://{s.fileno()}" for s in (sock, admin) if s is not None],
         "workers": workers,
-        "worker_class": "radio.bridge.serve.BridgeWorker",
+        "worker_class": "radio.bridge.run.BridgeWorker",
         # A worker's event loop answers the arbiter's heartbeat whatever its clients do.
         "timeout": max(30, int(timeout) * 3),
         "graceful_timeout": 10,
