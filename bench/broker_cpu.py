@@ -437,7 +437,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--subscribers", default="1,10,100,1000")
     parser.add_argument("--qos", default="0,1")
-    parser.add_argument("--rates", default="20000,80000", help="paced deliveries/s")
+    parser.add_argument("--rates", default="20000,80000", help="paced deliveries/s (empty: bursts only)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each paced run")
     parser.add_argument("--burst", type=int, default=300_000, help="deliveries per burst (0: no bursts)")
     parser.add_argument(
@@ -471,7 +471,7 @@ def main() -> None:
         for qos in (int(q) for q in args.qos.split(","))
         for n in (int(n) for n in args.subscribers.split(","))
         for rate, deliveries in [
-            *((int(r), int(int(r) * args.seconds)) for r in args.rates.split(",")),
+            *((int(r), int(int(r) * args.seconds)) for r in args.rates.split(",") if r),
             *([(None, args.burst)] if args.burst else []),
         ]
     ]
