@@ -101,6 +101,7 @@ class MqttJs:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
+            encoding="utf-8",
             env=env,
         )
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
