@@ -23,8 +23,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from radio.broker import codec, handle_connect, handle_publish, handle_subscribe
+from radio.wire import mqtt5, reasons
 
 if TYPE_CHECKING:
+    from radio.broker.protocol5 import Peer
     from radio.broker.router import Router
     from radio.broker.sessions import Session
     from radio.broker.store import Store
@@ -96,6 +98,7 @@ class Connection:
         "peer",
         "pending",
         "session",
+        "v5",
     )
 
     def __init__(self, broker: Broker, link: Link, listener: str, peer: tuple[str, int]) -> None:
@@ -105,6 +108,8 @@ class Connection:
         self.peer = peer
         self.framer = codec.Framer(broker.max_packet_size)
         self.session: Session | None = None
+        self.v5: Peer | None = None
+        """What an MQTT 5 client asked for at CONNECT; None for MQTT 3.1.1."""
         self.closed = False
         self.last_heard = time.monotonic()
         self.loop = asyncio.get_running_loop()
@@ -151,7 +156,16 @@ class Connection:
                 return
             self._run(packets)
         except codec.Violation as exc:
-            self.close(str(exc))
+            self.violated(exc)
+
+    def violated(self, exc: codec.Violation) -> None:
+        """Close on a packet MQTT forbids; an MQTT 5 client is told why first (DISCONNECT)."""
+        code = reasons.MALFORMED_PACKET
+        if isinstance(exc, mqtt5.Refusal):
+            code = exc.code
+        elif "[max_packet_size]" in str(exc):
+            code = reasons.PACKET_TOO_LARGE
+        self.close(str(exc), code)
 
     def _run(self, packets: list[tuple[int, bytes]]) -> None:
         for i, (first, body) in enumerate(packets):
@@ -171,9 +185,12 @@ class Connection:
                 raise codec.Violation(msg)
             handle_connect.on_connect(self, body)
         elif kind == codec.PUBLISH:
-            handle_publish.on_publish(self, first, body)
+            if self.v5 is None:
+                handle_publish.on_publish(self, first, body)
+            else:
+                handle_publish.on_publish5(self, self.v5, first, body)
         else:
-            handler = _HANDLERS.get(kind)
+            handler = (_HANDLERS if self.v5 is None else _HANDLERS5).get(kind)
             if handler is None:
                 msg = "a second CONNECT [MQTT-3.1.0-2]"
                 if kind != codec.CONNECT:
@@ -188,7 +205,7 @@ class Connection:
         try:
             self._run(pending)
         except codec.Violation as exc:
-            self.close(str(exc))
+            self.violated(exc)
 
     def hold(self, seconds: float, first: int, body: bytes) -> None:
         """Read nothing more from this client for ``seconds`` (its key's rate), then handle this packet."""
@@ -205,7 +222,7 @@ class Connection:
         try:
             self._run(pending)
         except codec.Violation as exc:
-            self.close(str(exc))
+            self.violated(exc)
             return
         if self.pending is None and not self.closed:
             self.link.resume_reading()
@@ -220,6 +237,13 @@ class Connection:
     def _on_disconnect(self, session: Session, body: bytes) -> None:
         del body
         session.will = None  # MQTT-3.14.4-3: a clean goodbye discards the will
+        self.close(None)
+
+    def _on_disconnect5(self, session: Session, body: bytes) -> None:
+        code, found = mqtt5.decode_disconnect(body)
+        if code != reasons.DISCONNECT_WITH_WILL:
+            session.will = None  # MQTT-3.14.4-3: a clean goodbye discards the will
+        handle_connect.new_expiry(self, session, found)
         self.close(None)
 
     # Keep-alive.
@@ -246,7 +270,8 @@ class Connection:
             self._alive_timer = self.loop.call_later(grace, self._check_alive, grace)
             return
         if silent >= grace:
-            self.close(f"silent for {silent:.1f}s, past its keep-alive [MQTT-3.1.2-24]")
+            why = f"silent for {silent:.1f}s, past its keep-alive [MQTT-3.1.2-24]"
+            self.close(why, reasons.KEEP_ALIVE_TIMEOUT)
             return
         self._alive_timer = self.loop.call_later(grace - silent, self._check_alive, grace)
 
@@ -293,12 +318,18 @@ class Connection:
             self.broker.router.pump(self.session)
 
     # Ending.
-    def close(self, reason: str | None) -> None:
-        """End the connection: publish the will if it ended badly, hand the session back, close."""
+    def close(self, reason: str | None, code: int | None = None, says: str | None = None) -> None:
+        """End the connection: publish the will if it ended badly, hand the session back, close.
+
+        An MQTT 5 client is sent a DISCONNECT with ``code`` first (and ``says`` as its reason
+        string, else ``reason``), once it has completed its CONNECT (MQTT-3.14.0-1).
+        """
         if self.closed:
             return
         if reason is not None:
             log.warning("closing %s: %s", self.who(), reason)
+        if code is not None and self.v5 is not None and self.session is not None:
+            self.write(mqtt5.disconnect(code, says or reason))
         self._flush()
         self.closed = True
         if self._alive_timer is not None:
@@ -309,7 +340,7 @@ class Connection:
         if session is not None and session.connection is self:
             will, session.will = session.will, None
             if will is not None:
-                handle_publish.publish_will(self, session, will)
+                handle_publish.will_after(self, session, will)
             router.went_offline(session)
             router.stats.connections -= 1
         if self.anonymous:
@@ -341,6 +372,16 @@ _HANDLERS: Final[dict[int, Callable[[Connection, Session, bytes], None]]] = {
     codec.DISCONNECT: Connection._on_disconnect,
 }
 """What each packet type after the CONNECT does (PUBLISH is handled inline)."""
+_HANDLERS5: Final[dict[int, Callable[[Connection, Session, bytes], None]]] = {
+    **_HANDLERS,
+    codec.PUBACK: handle_publish.on_puback5,
+    codec.PUBREC: handle_publish.on_pubrec5,
+    codec.PUBCOMP: handle_publish.on_puback5,
+    codec.SUBSCRIBE: handle_subscribe.on_subscribe5,
+    codec.UNSUBSCRIBE: handle_subscribe.on_unsubscribe5,
+    codec.DISCONNECT: Connection._on_disconnect5,
+}
+"""The same for an MQTT 5 client, where its packets differ."""
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -28,6 +28,7 @@ from radio.broker.store import Store
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.usage import Meter, UsageError, usage_path
+from radio.wire import reasons
 
 log = logging.getLogger("radio.broker")
 
@@ -155,7 +156,7 @@ class RadioBroker:
         for connection in list(self.connections):
             if connection.session is not None:
                 connection.session.will = None  # the broker goes, not the client
-            connection.close(None)
+            connection.close(None, reasons.SERVER_SHUTTING_DOWN, "the broker is stopping")
         await self._close_servers()
         if self.meter is not None:
             self.collect_deliveries()
@@ -231,7 +232,7 @@ class RadioBroker:
                 log.warning(
                     "closing %s: its key %r was revoked or changed", connection.who(), session.key_name
                 )
-                connection.close(None)
+                connection.close(None, reasons.ADMINISTRATIVE_ACTION, "API-KEY not valid")
 
     async def _sweep(self) -> None:
         limits = self.router.limits
@@ -269,4 +270,4 @@ class RadioBroker:
                 if connection is not None:
                     log.warning("closing %s: its key %r has expired", connection.who(), session.key_name)
                     session.will = None
-                    connection.close(None)
+                    connection.close(None, reasons.ADMINISTRATIVE_ACTION, "API-KEY not valid")

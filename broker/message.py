@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from radio.broker.codec import encode_topic, remaining_length
 from radio.topics import network_of_topic
+from radio.wire.properties import encode_varint
 
 
 class Message:
@@ -13,13 +16,43 @@ class Message:
     differs, so the parts around it are built once and joined per delivery.
     """
 
-    __slots__ = ("_framed", "_network", "_plain", "payload", "qos", "retain", "row", "topic")
+    __slots__ = (
+        "_framed",
+        "_framed5",
+        "_network",
+        "_plain",
+        "_plain5",
+        "expires",
+        "fields",
+        "origin",
+        "payload",
+        "qos",
+        "retain",
+        "row",
+        "topic",
+    )
 
-    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+    def __init__(  # noqa: PLR0917 - a message's parts, in the order of a PUBLISH
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        fields: bytes = b"",
+        expires: float | None = None,
+    ) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
+        self.fields = fields
+        """The MQTT 5 properties its subscribers get as they came (user properties, content type...)."""
+        self.expires = expires
+        """When it expires (``time.monotonic``), if its publisher gave a message expiry interval."""
+        self.origin: Any = None
+        """The session that published it (MQTT 5's no-local option leaves it out)."""
+        self._plain5: bytes | None = None
+        self._framed5: tuple[bytes, bytes] | None = None
         self.row = 0
         """The store's id for this message, once it is kept for a persistent session."""
         self._plain: bytes | None = None
@@ -57,6 +90,40 @@ class Message:
             )
         first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
         return b"".join((bytes((first,)), framed[0], pid.to_bytes(2, "big"), framed[1]))
+
+    def packet5(self, qos: int, pid: int = 0, *, retain: bool = False, dup: bool = False) -> bytes:
+        """The same PUBLISH for an MQTT 5 client: with its properties (none per subscriber)."""
+        if not qos and not retain:
+            plain = self._plain5
+            if plain is None:
+                plain = self._plain5 = self.build5(0x30, b"", self.topic, self.fields)
+            return plain
+        framed = self._framed5
+        if framed is None:
+            topic = encode_topic(self.topic)
+            tail = encode_varint(len(self.fields)) + self.fields + self.payload
+            framed = self._framed5 = (
+                remaining_length(len(topic) + (2 if qos else 0) + len(tail)) + topic,
+                tail,
+            )
+        first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
+        return b"".join((bytes((first,)), framed[0], pid.to_bytes(2, "big") if qos else b"", framed[1]))
+
+    def build5(self, first: int, pid: bytes, topic: str, fields: bytes) -> bytes:
+        """An MQTT 5 PUBLISH of it with ``fields`` as its properties, under ``topic`` ("": aliased)."""
+        name = encode_topic(topic)
+        head = encode_varint(len(fields))
+        return b"".join(
+            (
+                bytes((first,)),
+                remaining_length(len(name) + len(pid) + len(head) + len(fields) + len(self.payload)),
+                name,
+                pid,
+                head,
+                fields,
+                self.payload,
+            )
+        )
 
     def _build(self, first: int, pid: bytes) -> bytes:
         topic = encode_topic(self.topic)

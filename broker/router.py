@@ -18,14 +18,19 @@ from typing import TYPE_CHECKING
 from amqtt.contexts import Action
 
 from radio.broker import attributes as attrs
+from radio.broker import protocol5
 from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions, KeySessions
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
+from radio.broker.shared import PREFIX as SHARED_PREFIX
+from radio.broker.shared import SharedSubscriptions
+from radio.broker.shared import split as split_shared
 from radio.registry import Registry
 from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
+from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("radio.broker")
 
+STORED_BESIDE = ("offline_since", "address", "expiry", "options")
+"""What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.Session, str, Action], bool]
 ReaderFactory = Callable[[str], Callable[[attrs.Session], bool]]
 
@@ -96,6 +103,8 @@ class Router:
         self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
         """Anonymous clients connected now, per source address (broker/per_source.py)."""
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()
+        self.shared = SharedSubscriptions()
+        """``$share/GROUP/FILTER`` subscriptions (broker/shared.py)."""
         self.retained = RetainedIndex()
         self.stats = Stats()
         self._seq = 0
@@ -123,6 +132,8 @@ class Router:
 
     def hold(self, session: Session) -> None:
         """Keep a session (opened, resumed or restored) under its key and client id."""
+        if not session.window:
+            session.window = self.limits.max_inflight
         self.sessions[session.ident] = session
         self.anonymous.track(session)
         self.keyed.track(session)
@@ -133,8 +144,12 @@ class Router:
             del self.sessions[session.ident]
         self.anonymous.untrack(session)
         self.keyed.untrack(session)
-        for topic_filter in session.subscriptions:
-            self.index.remove(topic_filter, session)
+        will = session.will
+        if will is not None and will.timer is not None:  # a delayed will of a session that is no more
+            will.timer.cancel()
+            session.will = None
+        for topic_filter in list(session.subscriptions):
+            self._remove_filter(session, topic_filter)
         session.subscriptions.clear()
         session.queue.clear()
         session.queued_bytes = 0
@@ -148,6 +163,10 @@ class Router:
             keep = {k: session.attributes.get(k) for k in (attrs.KEY_NAME, attrs.KEY_ID, attrs.KEY_DIGEST)}
             keep["offline_since"] = session.offline_since
             keep["address"] = session.remote_address
+            if session.expiry is not None:
+                keep["expiry"] = session.expiry
+            if session.options:
+                keep["options"] = session.options
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
@@ -169,14 +188,10 @@ class Router:
         gone = [
             s
             for s in self.sessions.values()
-            if s.connection is None
-            and s.offline_since is not None
-            and now - s.offline_since > s.limits.expiry
+            if s.connection is None and s.offline_since is not None and now - s.offline_since > s.lifetime
         ]
         for session in gone:
-            log.info(
-                "session of client %r expired after %gs offline", session.client_id, session.limits.expiry
-            )
+            log.info("session of client %r expired after %gs offline", session.client_id, session.lifetime)
             self.discard(session)
         return len(gone)
 
@@ -186,7 +201,7 @@ class Router:
         self._seq += 1
         return self._seq
 
-    def publish(self, message: Message) -> None:
+    def publish(self, message: Message) -> None:  # noqa: C901 - the fan-out loop stays in one piece
         """Retain it if asked and allowed, and deliver it to every entitled subscriber.
 
         A QoS 0 delivery is counted for its listening key when it is written to its connection; a
@@ -210,6 +225,9 @@ class Router:
         for session, granted in targets:
             if not may_read(session):
                 continue
+            if session.v5:  # MQTT 5 clients only: 3.1.1 deliveries never take this branch's path
+                self.deliver5(session, message, granted)
+                continue
             qos = min(top, granted)
             if qos:
                 self.deliver(session, message, qos)
@@ -223,6 +241,48 @@ class Router:
                     stats.deliveries += 1
                     if session.tally is not None:
                         self.tallied(session, message)
+
+        if self.shared:
+            self.shared.publish(message, may_read, self._deliver_one)
+
+    def deliver5(self, session: Session, message: Message, granted: int) -> None:
+        """One delivery to an MQTT 5 session, with its subscription options (broker/protocol5.py)."""
+        chosen = protocol5.subscribed(session, message, granted)
+        if chosen is None:
+            return
+        qos, retain, ids = chosen
+        if qos:
+            self.deliver(session, message, qos, (retain, ids) if retain or ids else None)
+            return
+        connection = session.connection
+        if connection is None or connection.v5 is None:
+            return
+        if connection.congested():
+            self.stats.dropped_slow += 1
+            return
+        packet = connection.v5.publish(message, 0, retain=retain, ids=ids)
+        if packet is not None:
+            connection.write(packet)
+            self.stats.deliveries += 1
+            if session.tally is not None:
+                self.tallied(session, message)
+
+    def _deliver_one(self, session: Session, message: Message, granted: int) -> None:
+        """A delivery to one member of a shared subscription, at min(published, granted)."""
+        qos = min(message.qos, granted)
+        if qos:
+            self.deliver(session, message, qos)
+            return
+        connection = session.connection
+        if connection is None or connection.congested():
+            self.stats.dropped_slow += connection is not None
+            return
+        packet = message.packet(0) if connection.v5 is None else connection.v5.publish(message, 0)
+        if packet is not None:
+            connection.write(packet)
+            self.stats.deliveries += 1
+            if session.tally is not None:
+                self.tallied(session, message)
 
     def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
         tables = self.index.match(topic)
@@ -268,9 +328,11 @@ class Router:
         if self.store is not None:
             self.store.retain(message.topic, message.payload, message.qos)
 
-    def deliver(self, session: Session, message: Message, qos: int) -> None:
+    def deliver(
+        self, session: Session, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None
+    ) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
-        delivery = Delivery(message, qos)
+        delivery = Delivery(message, qos, extra)
         if session.persistent and self.store is not None:
             if not message.row:
                 message.row = self.next_seq()
@@ -279,7 +341,7 @@ class Router:
         if (
             connection is not None
             and not session.queue
-            and len(session.inflight) < self.limits.max_inflight
+            and len(session.inflight) < session.window
             and not connection.congested()
         ):
             self._send(session, delivery)
@@ -294,7 +356,7 @@ class Router:
         if connection is not None:
             if connection.congested():
                 connection.wait_for_drain()
-            elif len(session.inflight) < self.limits.max_inflight:
+            elif len(session.inflight) < session.window:
                 self.pump(session)
 
     def _send(self, session: Session, delivery: Delivery) -> None:
@@ -302,9 +364,20 @@ class Router:
         assert connection is not None  # noqa: S101 - callers check
         if session.missed:
             self._report_missed(session, connection)
-        pid = delivery.pid = session.allocate_pid()
+        pid = session.allocate_pid()
+        v5 = connection.v5
+        if v5 is None:
+            packet = delivery.message.packet(delivery.qos, pid)
+        else:
+            retain, ids = delivery.extra or (False, ())
+            encoded = v5.publish(delivery.message, delivery.qos, pid, retain=retain, ids=ids)
+            if encoded is None:  # expired, or larger than the client takes: dropped (MQTT-3.1.2-25)
+                self._forget(session, delivery)
+                return
+            packet = encoded
+        delivery.pid = pid
         session.inflight[pid] = delivery
-        connection.write(delivery.message.packet(delivery.qos, pid))
+        connection.write(packet)
         self.stats.deliveries += 1
 
     def _missed(self, session: Session, delivery: Delivery) -> None:
@@ -321,7 +394,10 @@ class Router:
         """
         payload = json.dumps({"networks": session.missed}, sort_keys=True).encode()
         session.missed = {}
-        connection.write(Message(MISSED_TOPIC, payload, 0).packet(0))
+        missed = Message(MISSED_TOPIC, payload, 0)
+        packet = missed.packet(0) if connection.v5 is None else connection.v5.publish(missed, 0)
+        if packet is not None:
+            connection.write(packet)
 
     def _forget(self, session: Session, delivery: Delivery) -> None:
         if session.persistent and self.store is not None and delivery.message.row:
@@ -332,13 +408,17 @@ class Router:
         connection = session.connection
         if connection is None:
             return
-        queue, inflight, window = session.queue, session.inflight, self.limits.max_inflight
+        queue, inflight, window = session.queue, session.inflight, session.window
         allows = self.allows
         while queue and len(inflight) < window:
             if connection.congested():
                 connection.wait_for_drain()
                 return
             delivery = session.dequeue()
+            expires = delivery.message.expires
+            if expires is not None and expires <= time.monotonic():  # MQTT 5 message expiry
+                self._forget(session, delivery)
+                continue
             if not allows(session, delivery.message.topic, Action.RECEIVE):
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
@@ -371,17 +451,39 @@ class Router:
                 self._forget(session, delivery)
             elif delivery.released:
                 connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
-            else:
+            elif connection.v5 is None:
                 connection.write(delivery.message.packet(delivery.qos, pid, dup=True))
+            else:
+                retain, ids = delivery.extra or (False, ())
+                message = delivery.message
+                packet = connection.v5.publish(message, delivery.qos, pid, retain=retain, dup=True, ids=ids)
+                if packet is None:
+                    del session.inflight[pid]
+                    self._forget(session, delivery)
+                else:
+                    connection.write(packet)
         self.pump(session)
 
     # Subscribing.
-    def subscribe(self, session: Session, requests: list[tuple[str, int]]) -> list[int]:
-        """Grant or refuse each filter; return the SUBACK codes. Retained samples follow separately."""
+    def subscribe(
+        self, session: Session, requests: list[tuple[str, int]], *, v5: bool = False, ident: int = 0
+    ) -> list[int]:
+        """Grant or refuse each filter; return the SUBACK codes. Retained samples follow separately.
+
+        MQTT 3.1.1 has one refusal, 0x80; MQTT 5 says why (``v5``: each request's int is its
+        options byte, ``ident`` the subscription id): 0x8F a malformed filter, 0x87 no read
+        right, 0x97 the session's ``max_filters``.
+        """
         codes = []
-        for topic_filter, qos in requests:
-            if not valid_filter(topic_filter) or not self.allows(session, topic_filter, Action.SUBSCRIBE):
-                codes.append(SUBSCRIBE_FAILURE)
+        for topic_filter, asked in requests:
+            qos = asked & 0x03
+            shared = split_shared(topic_filter)
+            inner = shared[1] if shared is not None else topic_filter
+            if (topic_filter.startswith(SHARED_PREFIX) and shared is None) or not valid_filter(inner):
+                codes.append(TOPIC_FILTER_INVALID if v5 else SUBSCRIBE_FAILURE)
+                continue
+            if not self.allows(session, inner, Action.SUBSCRIBE):
+                codes.append(NOT_AUTHORIZED if v5 else SUBSCRIBE_FAILURE)
                 continue
             if (
                 topic_filter not in session.subscriptions
@@ -392,32 +494,64 @@ class Router:
                     session.describe(),
                     self.limits.max_filters,
                 )
-                codes.append(SUBSCRIBE_FAILURE)
+                codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
             session.subscriptions[topic_filter] = qos
-            self.index.add(topic_filter, session, qos)
+            self._add_filter(session, topic_filter, qos)
+            if v5 and (asked & ~0x03 or ident):
+                session.options[topic_filter] = (asked, ident)
+            else:
+                session.options.pop(topic_filter, None)
             codes.append(qos)
         self.save(session)
         return codes
 
-    def retained_for(self, session: Session, granted: list[tuple[str, int]]) -> list[bytes]:
-        """The retained samples a new subscription brings, as packets with the retain flag set."""
+    def _add_filter(self, session: Session, topic_filter: str, qos: int) -> None:
+        shared = split_shared(topic_filter)
+        if shared is None:
+            self.index.add(topic_filter, session, qos)
+        else:
+            self.shared.add(shared[0], shared[1], session, qos)
+
+    def _remove_filter(self, session: Session, topic_filter: str) -> None:
+        session.options.pop(topic_filter, None)
+        shared = split_shared(topic_filter)
+        if shared is None:
+            self.index.remove(topic_filter, session)
+        else:
+            self.shared.remove(shared[0], shared[1], session)
+
+    def retained_for(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> list[bytes]:
+        """The retained samples a new subscription brings, as packets with the retain flag set.
+
+        A shared subscription brings none (MQTT-3.8.4-8); an MQTT 5 one carries its subscription
+        id, and an expired retained sample is not sent.
+        """
         packets = []
+        connection = session.connection
+        v5 = connection.v5 if connection is not None else None
+        extra = (True, (ident,) if ident else ())
         for topic_filter, qos in granted:
+            if topic_filter.startswith(SHARED_PREFIX):
+                continue
             for message in self.retained.match(topic_filter):
                 if not self.allows(session, message.topic, Action.RECEIVE):
                     continue
                 level = min(qos, message.qos)
+                pid = session.allocate_pid() if level else 0
+                if v5 is None:
+                    packet: bytes | None = message.packet(level, pid, retain=True)
+                else:
+                    packet = v5.publish(message, level, pid, retain=True, ids=extra[1])
+                if packet is None:
+                    continue
+                packets.append(packet)
                 if level:
-                    pid = session.allocate_pid()
-                    delivery = Delivery(message, level)
+                    delivery = Delivery(message, level, extra)
                     delivery.pid = pid
                     session.inflight[pid] = delivery
-                    packets.append(message.packet(level, pid, retain=True))
-                else:
-                    packets.append(message.packet(0, retain=True))
-                    if session.tally is not None:
-                        self.tallied(session, message)
+                elif session.tally is not None:
+                    self.tallied(session, message)
         return packets
 
     def tallied(self, session: Session, message: Message) -> None:
@@ -443,12 +577,16 @@ class Router:
                 session.tally = {}
         return collected
 
-    def unsubscribe(self, session: Session, filters: list[str]) -> None:
-        """Drop filters the session holds (others are ignored, as MQTT asks)."""
+    def unsubscribe(self, session: Session, filters: list[str]) -> list[bool]:
+        """Drop filters the session holds (others are ignored, as MQTT asks); which ones it held."""
+        held = []
         for topic_filter in filters:
-            if session.subscriptions.pop(topic_filter, None) is not None:
-                self.index.remove(topic_filter, session)
+            found = session.subscriptions.pop(topic_filter, None) is not None
+            if found:
+                self._remove_filter(session, topic_filter)
+            held.append(found)
         self.save(session)
+        return held
 
     # Registry changes.
     def enforce(self, registry: Registry) -> list[Session]:
@@ -518,9 +656,9 @@ class Router:
                 self.store.drop_session(stored.row_id)
             return None
         session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
-        session.attributes.update(
-            {k: v for k, v in stored.attributes.items() if k not in ("offline_since", "address")}
-        )
+        session.attributes.update({k: v for k, v in stored.attributes.items() if k not in STORED_BESIDE})
+        session.expiry = stored.attributes.get("expiry")
+        session.options = {f: (o[0], o[1]) for f, o in stored.attributes.get("options", {}).items()}
         if key is not None and attrs.KEY_ID not in session.attributes:
             session.attributes[attrs.KEY_ID] = key.id
         if self.store is not None and stored.row_id != session.store_id:
@@ -542,7 +680,7 @@ class Router:
             self.hold(session)
             for topic_filter, qos in stored.subscriptions:
                 session.subscriptions[topic_filter] = qos
-                self.index.add(topic_filter, session, qos)
+                self._add_filter(session, topic_filter, qos)
             for seq, topic, payload, qos in stored.queued:
                 message = Message(topic, payload, qos)
                 message.row = seq

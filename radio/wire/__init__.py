@@ -1,0 +1,1 @@
+"""MQTT on the wire: what the broker and the tools share."""
