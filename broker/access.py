@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict
-from radio.broker.attributes import shown
 from radio.keys import Key
+from radio.logs import shown
 from radio.rates import Buckets
 from radio.registry import Registry
 from radio.usage import Meter

@@ -22,7 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from radio.broker import codec, handle_connect, handle_publish, handle_subscribe
+from radio import wire as codec
+from radio.broker import handle_connect, handle_publish, handle_subscribe
 from radio.wire import mqtt5, reasons
 
 if TYPE_CHECKING:

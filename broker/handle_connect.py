@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Final
 
 from amqtt.utils import gen_client_id
 
+from radio import wire as codec
 from radio.broker import attributes as attrs
-from radio.broker import codec
 from radio.broker.protocol5 import SERVER_KEEP_ALIVE, TOPIC_ALIASES, Peer
 from radio.broker.sessions import Session, Will
 from radio.wire import mqtt5, reasons

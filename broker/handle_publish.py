@@ -11,8 +11,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
+from radio import wire as codec
 from radio.admission import Refused
-from radio.broker import codec
 from radio.broker.access import GO
 from radio.broker.message import Message
 from radio.broker.protocol5 import TOPIC_ALIASES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radio.broker import codec
+from radio import wire as codec
 from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.wire import mqtt5, reasons
 from radio.wire import properties as props

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from radio.broker.codec import encode_topic, remaining_length
 from radio.topics import network_of_topic
+from radio.wire import remaining_length, string
 from radio.wire.properties import encode_varint
 
 
@@ -83,7 +83,7 @@ class Message:
             return plain
         framed = self._framed
         if framed is None:
-            topic = encode_topic(self.topic)
+            topic = string(self.topic)
             framed = self._framed = (
                 remaining_length(len(topic) + 2 + len(self.payload)) + topic,
                 self.payload,
@@ -93,25 +93,24 @@ class Message:
 
     def packet5(self, qos: int, pid: int = 0, *, retain: bool = False, dup: bool = False) -> bytes:
         """The same PUBLISH for an MQTT 5 client: with its properties (none per subscriber)."""
-        if not qos and not retain:
+        if not qos:
+            if retain:
+                return self.build5(0x31, b"", self.topic, self.fields)
             plain = self._plain5
             if plain is None:
                 plain = self._plain5 = self.build5(0x30, b"", self.topic, self.fields)
             return plain
         framed = self._framed5
         if framed is None:
-            topic = encode_topic(self.topic)
+            topic = string(self.topic)
             tail = encode_varint(len(self.fields)) + self.fields + self.payload
-            framed = self._framed5 = (
-                remaining_length(len(topic) + (2 if qos else 0) + len(tail)) + topic,
-                tail,
-            )
+            framed = self._framed5 = (remaining_length(len(topic) + 2 + len(tail)) + topic, tail)
         first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-        return b"".join((bytes((first,)), framed[0], pid.to_bytes(2, "big") if qos else b"", framed[1]))
+        return b"".join((bytes((first,)), framed[0], pid.to_bytes(2, "big"), framed[1]))
 
     def build5(self, first: int, pid: bytes, topic: str, fields: bytes) -> bytes:
         """An MQTT 5 PUBLISH of it with ``fields`` as its properties, under ``topic`` ("": aliased)."""
-        name = encode_topic(topic)
+        name = string(topic)
         head = encode_varint(len(fields))
         return b"".join(
             (
@@ -126,7 +125,7 @@ class Message:
         )
 
     def _build(self, first: int, pid: bytes) -> bytes:
-        topic = encode_topic(self.topic)
+        topic = string(self.topic)
         return b"".join(
             (
                 bytes((first,)),

@@ -19,7 +19,6 @@ from amqtt.contexts import Action
 
 from radio.broker import attributes as attrs
 from radio.broker import protocol5
-from radio.broker.codec import SUBSCRIBE_FAILURE, valid_filter
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions, KeySessions
@@ -30,6 +29,7 @@ from radio.broker.shared import SharedSubscriptions
 from radio.broker.shared import split as split_shared
 from radio.registry import Registry
 from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
+from radio.wire import SUBSCRIBE_FAILURE, valid_filter
 from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
 if TYPE_CHECKING:

@@ -20,7 +20,6 @@ from typing import Any, Final
 from amqtt.broker import Broker
 
 from radio.broker import attributes as attrs
-from radio.broker.codec import packet_limit
 from radio.broker.core import Listener, RadioBroker
 from radio.broker.metrics import serve_metrics
 from radio.broker.per_source import AnonymousCaps
@@ -31,6 +30,7 @@ from radio.config import Address, BrokerSettings
 from radio.errors import ConfigError
 from radio.registry import LiveRegistry, Registry
 from radio.tls import server_context
+from radio.wire import packet_limit
 
 log = logging.getLogger("radio.broker")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from radio.broker import codec
-from radio.broker.attributes import shown
+from radio.logs import shown
+from radio.wire import framing, packets, reasons
 from radio.wire import properties as props
-from radio.wire import reasons
+from radio.wire.framing import Violation, read_string
 
 LEVEL: Final = 5
 
@@ -21,7 +21,7 @@ NO_LOCAL: Final = 0x04
 RETAIN_AS_PUBLISHED: Final = 0x08
 
 
-class Refusal(codec.Violation):
+class Refusal(Violation):
     """A packet the server answers with a DISCONNECT carrying ``code``, then closes on."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -44,48 +44,19 @@ def _properties(body: bytes, at: int) -> tuple[props.Properties, int]:
         raise Refusal(reasons.MALFORMED_PACKET, str(exc)) from None
 
 
-def decode_connect(body: bytes) -> tuple[codec.Connect, Extras]:
+def decode_connect(body: bytes) -> tuple[packets.Connect, Extras]:
     """A level 5 CONNECT's fields, and its properties and will properties."""
-    _, at = codec._string(body, 0, "the protocol name")
-    if at + 4 > len(body):
-        msg = "a CONNECT cut short"
-        raise codec.Violation(msg)
-    level, flags = body[at], body[at + 1]
-    keep_alive = body[at + 2] << 8 | body[at + 3]
-    at += 4
-    if flags & 0x01:
-        msg = "the CONNECT's reserved flag is set [MQTT-3.1.2-3]"
-        raise Refusal(reasons.MALFORMED_PACKET, msg)
-    will, will_qos, will_retain = bool(flags & 0x04), (flags >> 3) & 0x03, bool(flags & 0x20)
-    if will_qos == 3 or (not will and (will_qos or will_retain)):
-        msg = "inconsistent will flags [MQTT-3.1.2-11..13]"
-        raise Refusal(reasons.MALFORMED_PACKET, msg)
     extras = Extras()
-    extras.properties, at = _properties(body, at)
-    client_id, at = codec._string(body, at, "the client id")
-    will_topic, will_payload = None, b""
-    if will:
-        extras.will_properties, at = _properties(body, at)
-        will_topic, will_payload, at = codec._will(body, at)
-    username, password, at = codec._credentials(
-        body, at, has_user=bool(flags & 0x80), has_password=bool(flags & 0x40)
-    )
-    if at != len(body):
-        msg = "a CONNECT with bytes after its payload"
-        raise Refusal(reasons.MALFORMED_PACKET, msg)
-    request = codec.Connect(
-        level,
-        bool(flags & 0x02),
-        keep_alive,
-        client_id,
-        will_topic,
-        will_payload,
-        will_qos,
-        will_retain,
-        username,
-        password,
-    )
-    return request, extras
+
+    def read(body: bytes, at: int, which: str) -> int:
+        found, end = _properties(body, at)
+        if which == "will":
+            extras.will_properties = found
+        else:
+            extras.properties = found
+        return end
+
+    return packets.decode_connect(body, read), extras
 
 
 def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Properties, bytes]:
@@ -97,13 +68,13 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Proper
     if not qos and first & 0x08:
         msg = "a QoS 0 PUBLISH with DUP set [MQTT-3.3.1-2]"
         raise Refusal(reasons.MALFORMED_PACKET, msg)
-    topic, at = codec._string(body, 0, "a PUBLISH topic")
+    topic, at = read_string(body, 0, "a PUBLISH topic")
     if "+" in topic or "#" in topic:
         msg = f"a PUBLISH to the wildcard topic {shown(topic)} [MQTT-3.3.2-2]"
         raise Refusal(reasons.TOPIC_NAME_INVALID, msg)
     pid = 0
     if qos:
-        pid = codec.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
+        pid = packets.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
         at += 2
     found, at = _properties(body, at)
     return topic, qos, pid, found, body[at:]
@@ -111,11 +82,11 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Proper
 
 def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str, int]]]:
     """A SUBSCRIBE's packet id, properties, and (filter, options byte) pairs."""
-    pid = codec.packet_id(body, "a SUBSCRIBE")
+    pid = packets.packet_id(body, "a SUBSCRIBE")
     found, at = _properties(body, 2)
     pairs = []
     while at < len(body):
-        topic_filter, at = codec._string(body, at, "a SUBSCRIBE filter")
+        topic_filter, at = read_string(body, at, "a SUBSCRIBE filter")
         if at >= len(body):
             msg = "a SUBSCRIBE filter without its options"
             raise Refusal(reasons.MALFORMED_PACKET, msg)
@@ -133,11 +104,11 @@ def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str
 
 def decode_unsubscribe(body: bytes) -> tuple[int, list[str]]:
     """An UNSUBSCRIBE's packet id and filters (its properties are read past)."""
-    pid = codec.packet_id(body, "an UNSUBSCRIBE")
+    pid = packets.packet_id(body, "an UNSUBSCRIBE")
     _, at = _properties(body, 2)
     filters = []
     while at < len(body):
-        topic_filter, at = codec._string(body, at, "an UNSUBSCRIBE filter")
+        topic_filter, at = read_string(body, at, "an UNSUBSCRIBE filter")
         filters.append(topic_filter)
     if not filters:
         msg = "an UNSUBSCRIBE with no topic filter [MQTT-3.10.3-2]"
@@ -147,7 +118,7 @@ def decode_unsubscribe(body: bytes) -> tuple[int, list[str]]:
 
 def decode_ack(body: bytes, what: str) -> tuple[int, int]:
     """A PUBACK, PUBREC, PUBREL or PUBCOMP's packet id and reason code (0 when left out)."""
-    pid = codec.packet_id(body, what)
+    pid = packets.packet_id(body, what)
     code = body[2] if len(body) > 2 else reasons.SUCCESS
     if len(body) > 3:
         _properties(body, 3)
@@ -165,7 +136,7 @@ def decode_disconnect(body: bytes) -> tuple[int, props.Properties]:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + codec.remaining_length(len(body)) + body
+    return bytes((first,)) + framing.remaining_length(len(body)) + body
 
 
 def connack(session_present: bool, code: int, found: props.Properties) -> bytes:
@@ -177,9 +148,9 @@ def connack(session_present: bool, code: int, found: props.Properties) -> bytes:
 def ack(kind: int, pid: int, code: int = reasons.SUCCESS, reason: str | None = None) -> bytes:
     """A PUBACK, PUBREC, PUBREL or PUBCOMP: as short as MQTT 3.1.1's when it succeeded."""
     if code == reasons.SUCCESS and reason is None:
-        return codec.ack(kind, pid)
+        return packets.ack(kind, pid)
     found = {props.REASON_STRING: reason} if reason is not None else {}
-    first = (kind << 4) | (2 if kind == codec.PUBREL else 0)
+    first = (kind << 4) | (2 if kind == packets.PUBREL else 0)
     return _packet(first, bytes((pid >> 8, pid & 0xFF, code)) + props.encode(found))
 
 
