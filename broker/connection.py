@@ -56,8 +56,8 @@ class Link(Protocol):
     def drained(self) -> Awaitable[None]:
         """Completes once the transport's buffer has drained."""
 
-    def close(self) -> None:
-        """Send what is buffered, then close."""
+    def close(self, linger: bool = False) -> None:
+        """Send what is buffered, then close (``linger``: after reading what the client still sends)."""
 
 
 class Broker(Protocol):
@@ -329,8 +329,10 @@ class Connection:
             return
         if reason is not None:
             log.warning("closing %s: %s", self.who(), reason)
+        told = False
         if code is not None and self.v5 is not None and self.session is not None:
             self.write(mqtt5.disconnect(code, says or reason))
+            told = True
         self._flush()
         self.closed = True
         if self._alive_timer is not None:
@@ -347,7 +349,7 @@ class Connection:
         if self.anonymous:
             self.anonymous = False
             router.anonymous_connections.done(self.peer[0])
-        self.link.close()
+        self.link.close(linger=told)
         self.broker.connection_closed(self)
 
     def connection_lost(self) -> None:

@@ -166,8 +166,9 @@ def _take_session(
     if existing is not None and existing.connection is None and _expired(existing):
         router.discard(existing)  # gone past its expiry, though the sweep has not come by yet
         existing = None
-    # Clean start, or a session that changes from ending with its connection to outliving it (or back).
-    fresh = existing is None or clean_start or existing.clean_session or candidate.clean_session
+    # An MQTT 5 client resuming with a session expiry of 0 continues its session, which then ends
+    # with this connection (its expiry is 0 from now: see _carry_over).
+    fresh = existing is None or clean_start or existing.clean_session
     if fresh and candidate.persistent and _over_caps(connection, candidate):
         return None
     if existing is not None and existing.connection is not None:

@@ -216,6 +216,8 @@ class Router:
             if not message.payload:
                 return
         self.stats.published += 1
+        if self.shared:
+            self.shared.publish(message, self.reader(message.topic), self._deliver_one)
         targets = self._targets(message.topic)
         if not targets:
             return
@@ -241,9 +243,6 @@ class Router:
                     stats.deliveries += 1
                     if session.tally is not None:
                         self.tallied(session, message)
-
-        if self.shared:
-            self.shared.publish(message, may_read, self._deliver_one)
 
     def deliver5(self, session: Session, message: Message, granted: int) -> None:
         """One delivery to an MQTT 5 session, with its subscription options (broker/protocol5.py)."""
@@ -321,7 +320,7 @@ class Router:
         if network is not None and not network.retain:
             return  # the network keeps no last sample, whoever publishes to it
         if message.payload:
-            kept = Message(message.topic, message.payload, message.qos, retain=True)
+            kept = Message(message.topic, message.payload, message.qos, True, message.fields, message.expires)  # noqa: FBT003
             self.retained.put(message.topic, kept)
         elif self.retained.pop(message.topic) is None:
             return
