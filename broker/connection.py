@@ -244,7 +244,7 @@ class Connection:
         code, found = mqtt5.decode_disconnect(body)
         if code != reasons.DISCONNECT_WITH_WILL:
             session.will = None  # MQTT-3.14.4-3: a clean goodbye discards the will
-        handle_connect.new_expiry(self, session, found)
+        handle_connect.new_expiry(session, found)
         self.close(None)
 
     # Keep-alive.

@@ -137,13 +137,11 @@ def _terms(connection: Connection, session: Session, answer: props.Properties) -
         answer[props.MAXIMUM_PACKET_SIZE] = broker.max_packet_size + 5  # with its fixed header
 
 
-def new_expiry(connection: Connection, session: Session, found: props.Properties) -> None:
+def new_expiry(session: Session, found: props.Properties) -> None:
     """A DISCONNECT may change the session expiry interval, not from 0 (MQTT-3.14.2-2)."""
     expiry = found.get(props.SESSION_EXPIRY)
-    if expiry is None or session.clean_session:
-        return
-    session.expiry = expiry
-    del connection
+    if expiry is not None and not session.clean_session:
+        session.expiry = expiry
 
 
 def _expired(session: Session) -> bool:
