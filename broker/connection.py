@@ -28,6 +28,7 @@ from radio.broker import attributes as attrs
 from radio.broker import codec
 from radio.broker.access import GO
 from radio.broker.message import Message
+from radio.broker.output import Flusher
 from radio.broker.sessions import Session, Will
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Broker(Protocol):
     store: Store | None
     connect_timeout: float
     max_packet_size: int
+    flusher: Flusher
 
     async def authenticate(self, session: Session) -> bool:
         """Ask the auth plugins about a CONNECT."""
@@ -90,7 +92,6 @@ class Connection:
         "_alive_timer",
         "_anonymous",
         "_draining",
-        "_flush_scheduled",
         "_loop",
         "_out",
         "_out_size",
@@ -117,7 +118,6 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
         self._out_size = 0
-        self._flush_scheduled = False
         self._draining = False
         self._pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated; None once it was."""
@@ -457,14 +457,14 @@ class Connection:
         """Queue bytes for the client; they go out together at the end of this turn of the loop."""
         if self.closed:
             return
-        self._out.append(data)
+        out = self._out
+        if not out:
+            self.broker.flusher.mark(self)
+        out.append(data)
         self._out_size += len(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
+    def flush(self) -> None:
+        """Write what this turn gathered, in one call (``broker.output.Flusher`` calls it)."""
         if not self._out or self.closed:
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
@@ -502,7 +502,7 @@ class Connection:
             return
         if reason is not None:
             log.warning("closing %s: %s", self.who(), reason)
-        self._flush()
+        self.flush()
         self.closed = True
         if self._alive_timer is not None:
             self._alive_timer.cancel()
