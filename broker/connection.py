@@ -28,7 +28,7 @@ from radio.broker import attributes as attrs
 from radio.broker import codec
 from radio.broker.access import GO
 from radio.broker.message import Message
-from radio.broker.output import Flusher
+from radio.broker.output import Flusher, SendBuffers
 from radio.broker.sessions import Session, Will
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class Broker(Protocol):
     connect_timeout: float
     max_packet_size: int
     flusher: Flusher
+    send_buffers: SendBuffers
 
     async def authenticate(self, session: Session) -> bool:
         """Ask the auth plugins about a CONNECT."""
@@ -96,6 +97,9 @@ class Connection:
         "_out",
         "_out_size",
         "_pending",
+        "_proved",
+        "_room",
+        "_written",
         "broker",
         "closed",
         "framer",
@@ -118,6 +122,12 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
         self._out_size = 0
+        self._room = broker.send_buffers.base
+        """Bytes that may wait to be written to the client before it counts as slow (``SendBuffers``)."""
+        self._written = 0
+        """Bytes handed to the transport so far."""
+        self._proved = 0
+        """Bytes the client had taken when its room last grew."""
         self._draining = False
         self._pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated; None once it was."""
@@ -474,10 +484,41 @@ class Connection:
             self.link.write(data)
         except Exception as exc:  # noqa: BLE001 - a broken transport ends this connection only
             self.close(f"writing failed: {exc}")
+            return
+        self._written += len(data)
+        if self._room > self.broker.send_buffers.base and not self.link.buffered():
+            self._shrink()  # caught up: the room granted for a burst goes back
 
     def congested(self) -> bool:
-        """Whether the client reads too slowly for more samples now."""
-        return self._out_size + self.link.buffered() > self.broker.router.limits.send_buffer
+        """Whether the client reads too slowly for more samples now (past its room, which may grow)."""
+        waiting = self._out_size + self.link.buffered()
+        return waiting > self._room and not self._grow(waiting)
+
+    def _grow(self, waiting: int) -> bool:
+        """Whether the room grew to hold ``waiting``, for a client that keeps up (``SendBuffers``).
+
+        It keeps up if it took everything written to it before this turn of the loop (only this
+        turn's bytes wait: the event loop reads a publisher's burst whole and it is fanned out
+        in one turn), or took bytes since its room last grew.
+        """
+        buffered = self.link.buffered()
+        taken = self._written - buffered
+        if buffered and taken <= self._proved:
+            return False  # it does not read: it keeps the room it has
+        room = self.broker.send_buffers.grow(self._room)
+        if room == self._room:
+            return False
+        self._room, self._proved = room, taken
+        return waiting <= room
+
+    def _shrink(self) -> None:
+        self.broker.send_buffers.release(self._room)
+        self._room = self.broker.send_buffers.base
+
+    @property
+    def waiting(self) -> int:
+        """Bytes waiting to be written to the client (for the metrics)."""
+        return self._out_size + self.link.buffered()
 
     def wait_for_drain(self) -> None:
         """Send the session's queue once the transport has drained."""
@@ -504,6 +545,8 @@ class Connection:
             log.warning("closing %s: %s", self.who(), reason)
         self.flush()
         self.closed = True
+        if self._room > self.broker.send_buffers.base:
+            self._shrink()
         if self._alive_timer is not None:
             self._alive_timer.cancel()
             self._alive_timer = None

@@ -54,7 +54,12 @@ class Limits:
     """QoS 2 samples a client may leave waiting for its PUBREL; past it, its connection is closed."""
     send_buffer: int = 1 << 20
     """Bytes waiting to be written to one connection past which it is slow: QoS 0 samples are
-    dropped for it (counted), QoS 1 and 2 samples wait in its queue."""
+    dropped for it (counted), QoS 1 and 2 samples wait in its queue. A client that keeps up is
+    given more room for a burst, within the next two (``broker.output.SendBuffers``)."""
+    send_buffer_max: int = 16 << 20
+    """The most room one client that keeps up is given for bytes waiting to be written."""
+    send_buffer_total: int = 256 << 20
+    """Room granted beyond ``send_buffer`` to all clients together."""
     anonymous_caps: AnonymousCaps = field(default_factory=AnonymousCaps)
     """What anonymous persistent sessions may hold, in all and per source address."""
     max_sessions_per_key: int = 1_000
