@@ -79,6 +79,9 @@ class RadioBroker:
         self.send_buffers = SendBuffers(limits.send_buffer, limits.send_buffer_max, limits.send_buffer_total)
         """The room bytes may take waiting to be written, per client and in all."""
         self.router = Router(lambda: registry.current, self._allows, self._reader, limits, store)
+        self.router.reads_by_network = all(
+            getattr(check, "reads_by_network", False) for check in self._checks
+        )
         self.connections: set[Connection] = set()
         self.connecting = Connecting(max_connecting_per_address)
         """Sockets that have not completed their CONNECT, per source address."""

@@ -94,6 +94,7 @@ class Session:
         "password",
         "queue",
         "queued_bytes",
+        "read_memo",
         "remote_address",
         "remote_port",
         "subscriptions",
@@ -125,6 +126,9 @@ class Session:
         self.missed: dict[str, int] = {}
         """Samples dropped from the queue per network and not yet reported (``report_missed``)."""
         self.warned_full = False
+        self.read_memo: tuple[object, bool] | None = None
+        """The last read verdict fan-out asked of the topic plugins, and what it holds for
+        (``Router._read_key``: a registry snapshot and a network)."""
         self.tally: dict[str, list[int]] | None = None
         """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
         None for sessions nobody is billed for (anonymous, the platform's service keys)."""
