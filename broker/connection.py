@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from radio import wire as codec
 from radio.broker import handle_connect, handle_publish, handle_subscribe
+from radio.broker.output import Flusher, SendBuffers
 from radio.wire import mqtt5, reasons
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Broker(Protocol):
     store: Store | None
     connect_timeout: float
     max_packet_size: int
+    flusher: Flusher
+    send_buffers: SendBuffers
 
     async def authenticate(self, session: Session) -> bool:
         """Ask the auth plugins about a CONNECT."""
@@ -84,9 +87,11 @@ class Connection:
     __slots__ = (
         "_alive_timer",
         "_draining",
-        "_flush_scheduled",
         "_out",
         "_out_size",
+        "_proved",
+        "_room",
+        "_written",
         "acks_waiting",
         "anonymous",
         "broker",
@@ -116,7 +121,12 @@ class Connection:
         self.loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
         self._out_size = 0
-        self._flush_scheduled = False
+        self._room = broker.send_buffers.base
+        """Bytes that may wait to be written to the client before it counts as slow (``SendBuffers``)."""
+        self._written = 0
+        """Bytes handed to the transport so far."""
+        self._proved = 0
+        """Bytes the client had taken when its room last grew."""
         self._draining = False
         self.pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated, or while a publisher is held
@@ -281,14 +291,14 @@ class Connection:
         """Queue bytes for the client; they go out together at the end of this turn of the loop."""
         if self.closed:
             return
-        self._out.append(data)
+        out = self._out
+        if not out:
+            self.broker.flusher.mark(self)
+        out.append(data)
         self._out_size += len(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
+    def flush(self) -> None:
+        """Write what this turn gathered, in one call (``broker.output.Flusher`` calls it)."""
         if not self._out or self.closed:
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
@@ -298,10 +308,41 @@ class Connection:
             self.link.write(data)
         except Exception as exc:  # noqa: BLE001 - a broken transport ends this connection only
             self.close(f"writing failed: {exc}")
+            return
+        self._written += len(data)
+        if self._room > self.broker.send_buffers.base and not self.link.buffered():
+            self._shrink()  # caught up: the room granted for a burst goes back
 
     def congested(self) -> bool:
-        """Whether the client reads too slowly for more samples now."""
-        return self._out_size + self.link.buffered() > self.broker.router.limits.send_buffer
+        """Whether the client reads too slowly for more samples now (past its room, which may grow)."""
+        waiting = self._out_size + self.link.buffered()
+        return waiting > self._room and not self._grow(waiting)
+
+    def _grow(self, waiting: int) -> bool:
+        """Whether the room grew to hold ``waiting``, for a client that keeps up (``SendBuffers``).
+
+        It keeps up if it took everything written to it before this turn of the loop (only this
+        turn's bytes wait: the event loop reads a publisher's burst whole and it is fanned out
+        in one turn), or took bytes since its room last grew.
+        """
+        buffered = self.link.buffered()
+        taken = self._written - buffered
+        if buffered and taken <= self._proved:
+            return False  # it does not read: it keeps the room it has
+        room = self.broker.send_buffers.grow(self._room)
+        if room == self._room:
+            return False
+        self._room, self._proved = room, taken
+        return waiting <= room
+
+    def _shrink(self) -> None:
+        self.broker.send_buffers.release(self._room)
+        self._room = self.broker.send_buffers.base
+
+    @property
+    def waiting(self) -> int:
+        """Bytes waiting to be written to the client (for the metrics)."""
+        return self._out_size + self.link.buffered()
 
     def wait_for_drain(self) -> None:
         """Send the session's queue once the transport has drained."""
@@ -333,8 +374,10 @@ class Connection:
         if code is not None and self.v5 is not None and self.session is not None:
             self.write(mqtt5.disconnect(code, says or reason))
             told = True
-        self._flush()
+        self.flush()
         self.closed = True
+        if self._room > self.broker.send_buffers.base:
+            self._shrink()
         if self._alive_timer is not None:
             self._alive_timer.cancel()
             self._alive_timer = None

@@ -21,6 +21,7 @@ from radio.broker import access, listeners, plugins
 from radio.broker.attributes import Session as PluginSession
 from radio.broker.connection import Connection, Link
 from radio.broker.logsummary import Summary
+from radio.broker.output import Flusher, SendBuffers
 from radio.broker.per_source import Connecting
 from radio.broker.router import Limits, Router
 from radio.broker.sessions import Session
@@ -74,7 +75,14 @@ class RadioBroker:
         self.connect_timeout = connect_timeout
         self.max_packet_size = max_packet_size
         self.max_connections = max_connections
+        self.flusher = Flusher()
+        """Writes to clients, flushed once per turn of the loop for every connection."""
+        self.send_buffers = SendBuffers(limits.send_buffer, limits.send_buffer_max, limits.send_buffer_total)
+        """The room bytes may take waiting to be written, per client and in all."""
         self.router = Router(lambda: registry.current, self._allows, self._reader, limits, store)
+        self.router.reads_by_network = all(
+            getattr(check, "reads_by_network", False) for check in self._checks
+        )
         self.connections: set[Connection] = set()
         self.connecting = Connecting(max_connecting_per_address)
         """Sockets that have not completed their CONNECT, per source address."""

@@ -17,8 +17,8 @@ class Message:
     """
 
     __slots__ = (
-        "_framed",
         "_framed5",
+        "_heads",
         "_network",
         "_plain",
         "_plain5",
@@ -56,7 +56,9 @@ class Message:
         self.row = 0
         """The store's id for this message, once it is kept for a persistent session."""
         self._plain: bytes | None = None
-        self._framed: tuple[bytes, bytes] | None = None
+        self._heads: dict[int, bytes] | None = None
+        """What comes before the packet id, per first byte (QoS, DUP, retain): built once, so a
+        delivery adds only its id and the payload."""
         self._network: str | None = None
 
     @property
@@ -81,15 +83,16 @@ class Message:
             if plain is None:
                 plain = self._plain = self._build(0x30, b"")
             return plain
-        framed = self._framed
-        if framed is None:
-            topic = string(self.topic)
-            framed = self._framed = (
-                remaining_length(len(topic) + 2 + len(self.payload)) + topic,
-                self.payload,
-            )
         first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-        return b"".join((bytes((first,)), framed[0], pid.to_bytes(2, "big"), framed[1]))
+        heads = self._heads
+        if heads is None:
+            heads = self._heads = {}
+        head = heads.get(first)
+        if head is None:
+            topic = string(self.topic)
+            length = remaining_length(len(topic) + 2 + len(self.payload))
+            head = heads[first] = bytes((first,)) + length + topic
+        return b"".join((head, pid.to_bytes(2, "big"), self.payload))
 
     def packet5(self, qos: int, pid: int = 0, *, retain: bool = False, dup: bool = False) -> bytes:
         """The same PUBLISH for an MQTT 5 client: with its properties (none per subscriber)."""

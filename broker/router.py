@@ -61,7 +61,12 @@ class Limits:
     """QoS 2 samples a client may leave waiting for its PUBREL; past it, its connection is closed."""
     send_buffer: int = 1 << 20
     """Bytes waiting to be written to one connection past which it is slow: QoS 0 samples are
-    dropped for it (counted), QoS 1 and 2 samples wait in its queue."""
+    dropped for it (counted), QoS 1 and 2 samples wait in its queue. A client that keeps up is
+    given more room for a burst, within the next two (``broker.output.SendBuffers``)."""
+    send_buffer_max: int = 16 << 20
+    """The most room one client that keeps up is given for bytes waiting to be written."""
+    send_buffer_total: int = 256 << 20
+    """Room granted beyond ``send_buffer`` to all clients together."""
     anonymous_caps: AnonymousCaps = field(default_factory=AnonymousCaps)
     """What anonymous persistent sessions may hold, in all and per source address."""
     max_sessions_per_key: int = 1_000
@@ -112,6 +117,11 @@ class Router:
         """Sessions whose tally has counts the meter has not collected yet."""
         self.gate: Gate | None = None
         """Rates, quotas and schemas (broker/access.py), set by the core."""
+        self.reads_by_network = False
+        """Whether every topic plugin's read verdict depends only on the registry, the network and
+        the key, so that fan-out may remember it per session (``_read_key``); set by the core."""
+        self._read_snapshot: Registry | None = None
+        self._read_keys: dict[str, object] = {}
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
@@ -201,7 +211,7 @@ class Router:
         self._seq += 1
         return self._seq
 
-    def publish(self, message: Message) -> None:  # noqa: C901 - the fan-out loop stays in one piece
+    def publish(self, message: Message) -> None:
         """Retain it if asked and allowed, and deliver it to every entitled subscriber.
 
         A QoS 0 delivery is counted for its listening key when it is written to its connection; a
@@ -219,27 +229,34 @@ class Router:
         if self.shared:
             self.shared.publish(message, self.reader(message.topic), self._deliver_one)
         targets = self._targets(message.topic)
-        if not targets:
-            return
+        if targets:
+            self._fan_out(message, targets)
+
+    def _fan_out(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
+        """Each target that may read the sample gets it (the verdict remembered per session)."""
         may_read = self.reader(message.topic)
+        key = self._read_key(message.network)
         stats = self.stats
         top = message.qos
+        plain = b""
         for session, granted in targets:
-            if not may_read(session):
+            memo = session.read_memo
+            if memo is None or memo[0] is not key:
+                memo = session.read_memo = (key, may_read(session))
+            if not memo[1]:
                 continue
             if session.v5:  # MQTT 5 clients only: 3.1.1 deliveries never take this branch's path
                 self.deliver5(session, message, granted)
                 continue
-            qos = min(top, granted)
-            if qos:
-                self.deliver(session, message, qos)
+            if top and granted:
+                self.deliver(session, message, min(top, granted))
                 continue
             connection = session.connection
             if connection is not None:
                 if connection.congested():
                     stats.dropped_slow += 1
                 else:
-                    connection.write(message.packet(0))
+                    connection.write(plain or (plain := message.packet(0)))
                     stats.deliveries += 1
                     if session.tally is not None:
                         self.tallied(session, message)
@@ -282,6 +299,23 @@ class Router:
             self.stats.deliveries += 1
             if session.tally is not None:
                 self.tallied(session, message)
+
+    def _read_key(self, network: str) -> object:
+        """What a read verdict remembered on a session holds for: this registry snapshot and network.
+
+        The topic plugins promise (``reads_by_network``) that their verdict depends on nothing
+        else, so a changed registry (a right taken away, a key revoked) is asked again at the next
+        sample. Without that promise every delivery is asked: a fresh key matches no memo.
+        """
+        if not self.reads_by_network:
+            return object()
+        snapshot = self.registry()
+        if snapshot is not self._read_snapshot:
+            self._read_snapshot, self._read_keys = snapshot, {}
+        key = self._read_keys.get(network)
+        if key is None:
+            key = self._read_keys[network] = object()
+        return key
 
     def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
         tables = self.index.match(topic)

@@ -107,6 +107,7 @@ class Session:
         "password",
         "queue",
         "queued_bytes",
+        "read_memo",
         "remote_address",
         "remote_port",
         "subscriptions",
@@ -148,6 +149,9 @@ class Session:
         """MQTT 5: the session expiry interval its client asked for (None: the limits' own)."""
         self.window = 0
         """QoS 1 and 2 samples it may have unacknowledged (the broker's limit, or the client's lower one)."""
+        self.read_memo: tuple[object, bool] | None = None
+        """The last read verdict fan-out asked of the topic plugins, and what it holds for
+        (``Router._read_key``: a registry snapshot and a network)."""
         self.tally: dict[str, list[int]] | None = None
         """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
         None for sessions nobody is billed for (anonymous, the platform's service keys)."""
