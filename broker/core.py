@@ -1,4 +1,4 @@
-"""``RadioBroker``: Radio's MQTT 3.1.1 broker, with its listeners, plugins, store and timers.
+"""``RadioBroker``: Radio's MQTT broker (3.1.1 and 5), with its listeners, plugins, store and timers.
 
 It puts the parts together: ``listeners`` accept clients, each becomes a ``Connection``; the
 ``Router`` holds sessions, subscriptions and retained samples; the ``Store`` keeps what must

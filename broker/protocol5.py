@@ -35,8 +35,9 @@ class Peer:
         self.receive_max: int = found.get(props.RECEIVE_MAXIMUM, 65_535)
         self.max_packet: int = found.get(props.MAXIMUM_PACKET_SIZE, 0)
         """The largest packet the client takes (0: any)."""
-        self.alias_max: int = found.get(props.TOPIC_ALIAS_MAXIMUM, 0)
-        """Aliases the client lets the server set in what it is sent."""
+        self.alias_max: int = min(found.get(props.TOPIC_ALIAS_MAXIMUM, 0), TOPIC_ALIASES)
+        """Aliases the server sets in what the client is sent: as many as it allows, at most 64 (each
+        holds a topic for the connection's life)."""
         self.problem_info: bool = found.get(props.REQUEST_PROBLEM_INFO, 1) == 1
         """Whether reason strings may go in acknowledgements (always in CONNACK and DISCONNECT)."""
         self.aliases_in: dict[int, str] = {}

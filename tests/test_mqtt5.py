@@ -20,6 +20,7 @@ from mqtt_client import Client, Message
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from polling import until
 from raw_mqtt import puback, publish5, published5, read_packet, session5, subscribe5
 from test_tls import make_certs, tls_broker, use_tls
 
@@ -409,3 +410,31 @@ def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients) -> None:
     finally:
         listener.kill()
         listener.wait()
+
+
+def test_a_shared_member_whose_read_right_is_taken_away_is_passed_over(broker, home, clients) -> None:
+    home.add_key("member", subscribe=["A"])
+    registry = broker.broker.radio.registry
+    assert until(lambda: "member" in registry.current.keys)
+    kept = open_client(clients, broker, home, "reader_a", 5)
+    losing = open_client(clients, broker, home, "member", 5)
+    for member in (kept, losing):
+        assert member.subscribe("$share/g/networks/A", qos=1) == 1
+    home.store().edit("member", subscribe=["B"])
+    assert until(lambda: not registry.current.access("member").may_read("networks/A"))
+    gen = open_client(clients, broker, home, "gen", 5)
+    for n in range(4):
+        gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+    assert [m.payload for m in kept.expect(4)] == [json.dumps({"n": n}).encode() for n in range(4)]
+    assert losing.received_so_far() == []
+
+
+def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    sock, _ = session5(
+        broker.mqtt_port, "leaving", "gen", home.secrets["gen"], will=("networks/A/status", b'{"bye": 1}')
+    )
+    with sock:
+        sock.sendall(b"\xe0\x01\x04")  # DISCONNECT, reason 0x04: disconnect with will message
+    assert [m.payload for m in reader.expect(1)] == [b'{"bye": 1}']
