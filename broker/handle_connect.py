@@ -77,7 +77,7 @@ def _connect5(connection: Connection, extras: mqtt5.Extras, candidate: Session) 
         refuse(connection, codec.NOT_AUTHORIZED, why, reasons.BAD_AUTHENTICATION_METHOD)
         return False
     if found.get(props.RECEIVE_MAXIMUM) == 0 or found.get(props.MAXIMUM_PACKET_SIZE) == 0:
-        why = "a receive maximum or maximum packet size of 0 [MQTT-3.1.2-22]"
+        why = "a receive maximum or maximum packet size of 0 (MQTT 5.0, 3.1.2.11)"
         refuse(connection, codec.NOT_AUTHORIZED, why, reasons.PROTOCOL_ERROR)
         return False
     expiry = found.get(props.SESSION_EXPIRY, 0)
