@@ -85,6 +85,16 @@ class Stats:
     connections: int = 0
 
 
+def wall_clock(expires: float | None) -> float | None:
+    """A message's expiry (``time.monotonic``) as the store keeps it: wall-clock seconds."""
+    return None if expires is None else time.time() + expires - time.monotonic()
+
+
+def monotonic(expires: float | None) -> float | None:
+    """A stored expiry (wall clock) as a message holds it (``time.monotonic``)."""
+    return None if expires is None else time.monotonic() + expires - time.time()
+
+
 class Router:
     """Everything the broker knows, and the rules for changing it."""
 
@@ -359,7 +369,9 @@ class Router:
         elif self.retained.pop(message.topic) is None:
             return
         if self.store is not None:
-            self.store.retain(message.topic, message.payload, message.qos)
+            self.store.retain(
+                message.topic, message.payload, message.qos, message.fields, wall_clock(message.expires)
+            )
 
     def deliver(
         self, session: Session, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None
@@ -369,7 +381,10 @@ class Router:
         if session.persistent and self.store is not None:
             if not message.row:
                 message.row = self.next_seq()
-            self.store.queue(session.store_id, message.row, message.topic, message.payload, qos)
+            expires = wall_clock(message.expires)
+            self.store.queue(
+                session.store_id, message.row, message.topic, message.payload, qos, message.fields, expires
+            )
         connection = session.connection
         if (
             connection is not None
@@ -568,6 +583,9 @@ class Router:
             if topic_filter.startswith(SHARED_PREFIX):
                 continue
             for message in self.retained.match(topic_filter):
+                expires = message.expires
+                if expires is not None and expires <= time.monotonic():
+                    continue  # its publisher's message expiry passed: for 3.1.1 listeners too
                 if not self.allows(session, message.topic, Action.RECEIVE):
                     continue
                 level = min(qos, message.qos)
@@ -703,7 +721,9 @@ class Router:
     def restore(self, contents: Contents, registry: Registry) -> None:
         """Put back what the store kept, minus sessions whose key is gone (revoked while down)."""
         for topic, payload, qos in contents.retained:
-            self.retained.put(topic, Message(topic, payload, qos, retain=True))
+            fields, expires = contents.retained_extras.get(topic, (b"", None))
+            kept = Message(topic, payload, qos, True, fields, monotonic(expires))  # noqa: FBT003
+            self.retained.put(topic, kept)
         self._seq = contents.last_seq
         restored = 0
         for stored in contents.sessions:
@@ -715,7 +735,8 @@ class Router:
                 session.subscriptions[topic_filter] = qos
                 self._add_filter(session, topic_filter, qos)
             for seq, topic, payload, qos in stored.queued:
-                message = Message(topic, payload, qos)
+                fields, expires = stored.queued_extras.get(seq, (b"", None))
+                message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
                 session.queue.append(Delivery(message, qos))
                 session.queued_bytes += message.size

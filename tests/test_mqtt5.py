@@ -25,6 +25,8 @@ from raw_mqtt import puback, publish5, published5, read_packet, session5, subscr
 from test_tls import make_certs, tls_broker, use_tls
 
 from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
 from radio.tls import client_context
 from radio.wire import properties as props
 
@@ -438,3 +440,53 @@ def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:
     with sock:
         sock.sendall(b"\xe0\x01\x04")  # DISCONNECT, reason 0x04: disconnect with will message
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 1}']
+
+
+def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> None:
+    """Retained and queued samples come back from the store with their MQTT 5 properties."""
+    asked = Properties(PacketTypes.PUBLISH)
+    asked.UserProperty = ("kept", "on disk")
+    asked.MessageExpiryInterval = 600
+    for round_ in (1, 2):
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as running:
+            port = running.mqtt_port
+            if round_ == 1:
+                away = Client(
+                    "tcp",
+                    port,
+                    "reader_a",
+                    home.secrets["reader_a"],
+                    client_id="kept",
+                    clean_session=False,
+                    protocol=5,
+                )
+                assert away.connect() == 0
+                assert away.subscribe("networks/A/q", qos=1) == 1
+                away.close()
+                gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+                assert gen.connect() == 0
+                gen.publish("networks/A/r", b'{"retained": 1}', qos=1, retain=True, properties=asked)
+                gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
+                gen.close()
+                continue
+            back = Client(
+                "tcp",
+                port,
+                "reader_a",
+                home.secrets["reader_a"],
+                client_id="kept",
+                clean_session=False,
+                protocol=5,
+            )
+            try:
+                assert back.connect() == 0
+                queued = back.expect(1)[0]
+                assert back.subscribe("networks/A/r", qos=1) == 1
+                retained = back.expect(1)[0]
+            finally:
+                back.close()
+            for got in (queued, retained):
+                assert got.properties.UserProperty == [("kept", "on disk")]
+                assert 0 < got.properties.MessageExpiryInterval <= 600
