@@ -54,6 +54,19 @@ def open_client(clients: list[Client], broker, home, key, protocol=5, **kwargs) 
     return made
 
 
+def persistent(port: int, home: Home, client_id: str) -> Client:
+    """An MQTT 5 client of reader_a that keeps its session (not connected yet)."""
+    return Client(
+        "tcp",
+        port,
+        "reader_a",
+        home.secrets["reader_a"],
+        client_id=client_id,
+        clean_session=False,
+        protocol=5,
+    )
+
+
 def seen(messages: list[Message]) -> list[tuple[str, bytes, bool]]:
     return [(m.topic, m.payload, m.retain) for m in messages]
 
@@ -176,15 +189,7 @@ def test_a_retained_sample_keeps_its_properties(broker, home, clients) -> None:
 
 
 def test_an_expired_message_is_not_delivered_and_the_rest_count_down(broker, home, clients) -> None:
-    away = Client(
-        "tcp",
-        broker.mqtt_port,
-        "reader_a",
-        home.secrets["reader_a"],
-        client_id="away",
-        clean_session=False,
-        protocol=5,
-    )
+    away = persistent(broker.mqtt_port, home, "away")
     assert away.connect() == 0
     assert away.subscribe("networks/A", qos=1) == 1
     away.close()
@@ -194,15 +199,7 @@ def test_an_expired_message_is_not_delivered_and_the_rest_count_down(broker, hom
         asked.MessageExpiryInterval = seconds
         gen.publish("networks/A", json.dumps({"expiry": seconds}).encode(), qos=1, properties=asked)
     time.sleep(1.5)  # the time a message expires in: nothing to await but the clock
-    back = Client(
-        "tcp",
-        broker.mqtt_port,
-        "reader_a",
-        home.secrets["reader_a"],
-        client_id="away",
-        clean_session=False,
-        protocol=5,
-    )
+    back = persistent(broker.mqtt_port, home, "away")
     clients.append(back)
     assert back.connect() == 0
     got = back.expect(1)[0]
@@ -453,15 +450,7 @@ def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> 
         ) as running:
             port = running.mqtt_port
             if round_ == 1:
-                away = Client(
-                    "tcp",
-                    port,
-                    "reader_a",
-                    home.secrets["reader_a"],
-                    client_id="kept",
-                    clean_session=False,
-                    protocol=5,
-                )
+                away = persistent(port, home, "kept")
                 assert away.connect() == 0
                 assert away.subscribe("networks/A/q", qos=1) == 1
                 away.close()
@@ -471,15 +460,7 @@ def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> 
                 gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
                 gen.close()
                 continue
-            back = Client(
-                "tcp",
-                port,
-                "reader_a",
-                home.secrets["reader_a"],
-                client_id="kept",
-                clean_session=False,
-                protocol=5,
-            )
+            back = persistent(port, home, "kept")
             try:
                 assert back.connect() == 0
                 queued = back.expect(1)[0]
