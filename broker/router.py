@@ -305,7 +305,7 @@ class Router:
     def deliver(self, session: Session, message: Message, qos: int) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
         delivery = Delivery(message, qos)
-        if session.persistent and self.store is not None:
+        if self.store is not None and session.persistent:
             if not message.row:
                 message.row = self.next_seq()
             self.store.queue(session.store_id, message.row, message.topic, message.payload, qos)
@@ -385,7 +385,8 @@ class Router:
         if delivery is not None:
             if session.tally is not None:
                 self.tallied(session, delivery.message)
-            self._forget(session, delivery)
+            if self.store is not None:
+                self._forget(session, delivery)
             if session.queue:
                 self.pump(session)
         return delivery
