@@ -378,7 +378,7 @@ class Router:
     ) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
         delivery = Delivery(message, qos, extra)
-        if session.persistent and self.store is not None:
+        if self.store is not None and session.persistent:
             if not message.row:
                 message.row = self.next_seq()
             expires = wall_clock(message.expires)
@@ -479,7 +479,8 @@ class Router:
         if delivery is not None:
             if session.tally is not None:
                 self.tallied(session, delivery.message)
-            self._forget(session, delivery)
+            if self.store is not None:
+                self._forget(session, delivery)
             if session.queue:
                 self.pump(session)
         return delivery

@@ -14,6 +14,7 @@ from raw_mqtt import packet, publish, read_packet, session, subscribe
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry
+from radio.wire import Framer
 
 
 def start(home, *settings: str) -> BrokerThread:
@@ -135,30 +136,13 @@ class Reader(threading.Thread):
         self.expected = 0
 
     def run(self) -> None:
-        buffer = b""
+        framer = Framer(limit=1 << 20)
         try:
             while self.count < self.expected:
                 data = self.sock.recv(65536)
                 if not data:
                     return
-                buffer += data
-                at = 0
-                while len(buffer) - at >= 2:
-                    length, shift, head = 0, 0, at + 1
-                    while head < len(buffer):
-                        byte = buffer[head]
-                        head += 1
-                        length |= (byte & 0x7F) << shift
-                        shift += 7
-                        if not byte & 0x80:
-                            break
-                    else:
-                        break
-                    if head + length > len(buffer):
-                        break
-                    self.count += buffer[at] >> 4 == 3
-                    at = head + length
-                buffer = buffer[at:]
+                self.count += sum(first >> 4 == 3 for first, _ in framer.feed(data))
         except TimeoutError:
             return  # nothing came for a while: what arrived is counted
         finally:
