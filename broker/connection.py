@@ -392,7 +392,10 @@ class Connection:
         if self.anonymous:
             self.anonymous = False
             router.anonymous_connections.done(self.peer[0])
-        self.link.close(linger=told)
+        if told:
+            self.link.close(linger=True)
+        else:
+            self.link.close()
         self.broker.connection_closed(self)
 
     def connection_lost(self) -> None:
