@@ -228,7 +228,7 @@ def _attach(connection: Connection, session: Session) -> None:
     router = connection.broker.router
     router.hold(session)
     peer = connection.v5
-    session.v5 = peer is not None
+    router.speaks(session, peer is not None)
     most = router.limits.max_inflight
     session.window = most if peer is None else min(most, peer.receive_max)
     session.connection = connection

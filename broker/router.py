@@ -118,6 +118,11 @@ class Router:
         self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
         """Anonymous clients connected now, per source address (broker/per_source.py)."""
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()
+        self.index5: SubscriptionIndex[Session] = SubscriptionIndex()
+        """The filters of MQTT 5 sessions: kept apart, so that a 3.1.1 delivery never asks which
+        protocol its session speaks, and a broker without MQTT 5 clients walks no second index."""
+        self.filters5 = 0
+        """Filters in ``index5``."""
         self.shared = SharedSubscriptions()
         """``$share/GROUP/FILTER`` subscriptions (broker/shared.py)."""
         self.retained = RetainedIndex()
@@ -149,6 +154,19 @@ class Router:
         name = session.key_name
         key = self.registry().keys.get(name) if name is not None else None
         return key is not None and not key.publish_all and not key.read_all
+
+    def speaks(self, session: Session, v5: bool) -> None:
+        """The protocol of the session's client now: its filters move to that protocol's index."""
+        if session.v5 == v5:
+            return
+        options = dict(session.options)  # kept: a 3.1.1 client may resume a session MQTT 5 made
+        for topic_filter in session.subscriptions:
+            if split_shared(topic_filter) is None:
+                self._remove_filter(session, topic_filter)
+        session.v5, session.options = v5, options
+        for topic_filter, qos in session.subscriptions.items():
+            if split_shared(topic_filter) is None:
+                self._add_filter(session, topic_filter, qos)
 
     def hold(self, session: Session) -> None:
         """Keep a session (opened, resumed or restored) under its key and client id."""
@@ -238,9 +256,13 @@ class Router:
         self.stats.published += 1
         if self.shared:
             self.shared.publish(message, self.reader(message.topic), self._deliver_one)
-        targets = self._targets(message.topic)
+        targets = self._targets(self.index, message.topic)
         if targets:
             self._fan_out(message, targets)
+        if self.filters5:
+            targets = self._targets(self.index5, message.topic)
+            if targets:
+                self._fan_out5(message, targets)
 
     def _fan_out(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
         """Each target that may read the sample gets it (the verdict remembered per session)."""
@@ -255,9 +277,6 @@ class Router:
                 memo = session.read_memo = (key, may_read(session))
             if not memo[1]:
                 continue
-            if session.v5:  # MQTT 5 clients only: 3.1.1 deliveries never take this branch's path
-                self.deliver5(session, message, granted)
-                continue
             if top and granted:
                 self.deliver(session, message, min(top, granted))
                 continue
@@ -270,6 +289,17 @@ class Router:
                     stats.deliveries += 1
                     if session.tally is not None:
                         self.tallied(session, message)
+
+    def _fan_out5(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
+        """The same for MQTT 5 sessions: each that may read the sample gets it, with its options."""
+        may_read = self.reader(message.topic)
+        key = self._read_key(message.network)
+        for session, granted in targets:
+            memo = session.read_memo
+            if memo is None or memo[0] is not key:
+                memo = session.read_memo = (key, may_read(session))
+            if memo[1]:
+                self.deliver5(session, message, granted)
 
     def deliver5(self, session: Session, message: Message, granted: int) -> None:
         """One delivery to an MQTT 5 session, with its subscription options (broker/protocol5.py)."""
@@ -327,8 +357,9 @@ class Router:
             key = self._read_keys[network] = object()
         return key
 
-    def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
-        tables = self.index.match(topic)
+    @staticmethod
+    def _targets(index: SubscriptionIndex[Session], topic: str) -> Iterable[tuple[Session, int]]:
+        tables = index.match(topic)
         if len(tables) <= 1:
             return list(tables[0].items()) if tables else ()
         merged: dict[Session, int] = {}  # overlapping filters of one client: one delivery, highest QoS
@@ -545,8 +576,9 @@ class Router:
                 )
                 codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
+            new = topic_filter not in session.subscriptions
             session.subscriptions[topic_filter] = qos
-            self._add_filter(session, topic_filter, qos)
+            self._add_filter(session, topic_filter, qos, new=new)
             if v5 and (asked & ~0x03 or ident):
                 session.options[topic_filter] = (asked, ident)
             else:
@@ -555,9 +587,13 @@ class Router:
         self.save(session)
         return codes
 
-    def _add_filter(self, session: Session, topic_filter: str, qos: int) -> None:
+    def _add_filter(self, session: Session, topic_filter: str, qos: int, *, new: bool = True) -> None:
+        """Index a filter the session holds (``new``: it did not hold it before)."""
         shared = split_shared(topic_filter)
-        if shared is None:
+        if shared is None and session.v5:
+            self.filters5 += new
+            self.index5.add(topic_filter, session, qos)
+        elif shared is None:
             self.index.add(topic_filter, session, qos)
         else:
             self.shared.add(shared[0], shared[1], session, qos)
@@ -565,7 +601,10 @@ class Router:
     def _remove_filter(self, session: Session, topic_filter: str) -> None:
         session.options.pop(topic_filter, None)
         shared = split_shared(topic_filter)
-        if shared is None:
+        if shared is None and session.v5:
+            self.filters5 -= 1
+            self.index5.remove(topic_filter, session)
+        elif shared is None:
             self.index.remove(topic_filter, session)
         else:
             self.shared.remove(shared[0], shared[1], session)

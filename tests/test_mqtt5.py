@@ -471,3 +471,26 @@ def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> 
             for got in (queued, retained):
                 assert got.properties.UserProperty == [("kept", "on disk")]
                 assert 0 < got.properties.MessageExpiryInterval <= 600
+
+
+def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker, home, clients) -> None:
+    gen = open_client(clients, broker, home, "gen", 4)
+    first = persistent(broker.mqtt_port, home, "switching")
+    assert first.connect() == 0
+    assert first.subscribe("networks/A", qos=1) == 1
+    first.close()
+    for n, protocol in enumerate((4, 5, 4)):
+        back = Client(
+            "tcp",
+            broker.mqtt_port,
+            "reader_a",
+            home.secrets["reader_a"],
+            client_id="switching",
+            clean_session=False,
+            protocol=protocol,
+        )
+        clients.append(back)
+        assert back.connect() == 0
+        gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+        assert [m.payload for m in back.expect(1)] == [json.dumps({"n": n}).encode()]
+        back.close()
