@@ -26,6 +26,7 @@ from radio import wire as codec
 from radio.broker import handle_connect, handle_publish, handle_subscribe
 from radio.broker.output import Flusher, SendBuffers
 from radio.wire import mqtt5, reasons
+from radio.wire.framing import TooLarge
 
 if TYPE_CHECKING:
     from radio.broker.protocol5 import Peer
@@ -174,7 +175,7 @@ class Connection:
         code = reasons.MALFORMED_PACKET
         if isinstance(exc, mqtt5.Refusal):
             code = exc.code
-        elif "[max_packet_size]" in str(exc):
+        elif isinstance(exc, TooLarge):
             code = reasons.PACKET_TOO_LARGE
         self.close(str(exc), code)
 

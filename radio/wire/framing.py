@@ -88,6 +88,10 @@ def read_string(body: bytes, at: int, what: str) -> tuple[str, int]:
     return text, end
 
 
+class TooLarge(Violation):
+    """A packet over the size limit (an MQTT 5 client is told so: DISCONNECT 0x95)."""
+
+
 class Framer:
     """Cuts a byte stream into whole packets: ``(first byte, body)`` pairs, within a size limit."""
 
@@ -125,7 +129,7 @@ class Framer:
                 length = self._length
             if length > self.limit:
                 msg = f"a packet of {length} bytes, over the limit of {self.limit} [max_packet_size]"
-                raise Violation(msg)
+                raise TooLarge(msg)
             end = at + length
             if end > size:
                 break
