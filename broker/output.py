@@ -56,8 +56,8 @@ class SendBuffers:
     since its room last grew. It grows up to ``most`` for one client, and ``total`` is granted
     beyond ``base`` to all clients together. A client that does not read takes nothing more once
     the kernel's buffers are full: it keeps the room it has, and past it its QoS 0 samples are
-    dropped and counted as before. A client's room goes back to ``base`` once it has caught up
-    (nothing waits for it).
+    dropped and counted as before. A client's room goes back to ``base`` when it is written to and
+    nothing is left waiting for it (it caught up), or when it goes.
     """
 
     __slots__ = ("base", "granted", "most", "refused_most", "refused_total", "total")
