@@ -55,23 +55,10 @@ def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> 
     if props.SUBSCRIPTION_ID in found:
         msg = "a PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]"
         raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
-    if found.get(props.PAYLOAD_FORMAT) == 1 and not _utf8(payload):
-        _ack_dropped(
-            connection, qos, pid, Refused("not_json", "the payload is not UTF-8, as its format says")
-        )
-        return
     expiry = found.get(props.MESSAGE_EXPIRY)
     expires = time.monotonic() + expiry if expiry is not None else None
     message = Message(topic, payload, qos, bool(first & 0x01), props.passed_on(found), expires)
     _take(connection, first, body, message, pid)
-
-
-def _utf8(payload: bytes) -> bool:
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _take(connection: Connection, first: int, body: bytes, message: Message, pid: int) -> None:
