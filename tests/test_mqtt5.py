@@ -8,6 +8,7 @@ server sets, the receive maximum's window).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -345,7 +346,7 @@ def test_a_shared_subscription_gives_each_sample_to_one_member_with_the_read_rig
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients is not installed")
-def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients) -> None:
+def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients, tmp_path) -> None:
     reader = open_client(clients, broker, home, "reader_a", 4)
     assert reader.subscribe("networks/A") == 0
     admin = open_client(clients, broker, home, "admin", 4)
@@ -371,6 +372,9 @@ def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    # The key's credentials go in mosquitto_pub's own options file, not on its command line.
+    (tmp_path / "mosquitto_pub").write_text(f"-u gen\n-P {home.secrets['gen']}\n")
+    (tmp_path / "mosquitto_pub").chmod(0o600)
     try:
         sent = subprocess.run(
             [
@@ -381,10 +385,6 @@ def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients) -> None:
                 "127.0.0.1",
                 "-p",
                 str(broker.mqtt_port),
-                "-u",
-                "gen",
-                "-P",
-                home.secrets["gen"],
                 "-t",
                 "networks/A",
                 "-m",
@@ -401,6 +401,7 @@ def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients) -> None:
             text=True,
             timeout=30,
             check=False,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
         )
         assert sent.returncode == 0, sent.stderr
         assert [m.payload for m in reader.expect(1)] == [b'{"n": 5}']
