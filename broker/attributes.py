@@ -6,6 +6,8 @@ Radio uses there, kept in one place so the auth plugin, the ACL plugin and the b
 
 from typing import Any, Final, Protocol
 
+from radio import logs
+
 
 class Session(Protocol):
     """What the plugins read of a session: amqtt's own, or the embedded broker's."""
@@ -33,6 +35,10 @@ KEY_ID: Final = "radio.key_id"
 """The id of that key: a session belongs to one key for its whole life, not to a name."""
 KEY_DIGEST: Final = "radio.digest"
 """The digest of the secret it presented: a rotated key's old connections no longer match it."""
+REFUSED: Final = "radio.refused"
+"""Why the auth plugin refused a CONNECT: ``missing`` (no key, anonymous access off), ``invalid``
+(unknown, revoked, expired or wrong secret) or ``will`` (a will the key may not publish);
+MQTT 5 clients are told it as a CONNACK reason code."""
 TRANSPORT: Final = "radio.transport"
 """The listener it came in on (tcp or ws), for the log."""
 UNAUTHENTICATED: Final = "\x00unauthenticated"
@@ -45,18 +51,8 @@ def key_name(session: Session) -> str | None:
     return name
 
 
-SHOWN: Final = 100
-"""Characters of a client id or a topic a log line shows: MQTT allows 65,535 bytes of each."""
-
-
-def shown(text: str | None) -> str:
-    """A client's name or topic as a log line quotes it, cut short.
-
-    One client in a loop must not write 65 KB lines, even at the rate the log summary lets through.
-    """
-    if text is None or len(text) <= SHOWN:
-        return repr(text)
-    return f"{text[:SHOWN]!r}... ({len(text.encode(errors='replace')):,} bytes)"
+shown: Final = logs.shown
+"""How a log line quotes a client id or a topic: ``radio.logs.shown``, at hand for the broker's modules."""
 
 
 def describe(session: Session) -> str:

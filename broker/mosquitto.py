@@ -40,7 +40,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Final, Self
 
-from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.files import write_atomic, write_private
@@ -48,6 +47,7 @@ from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
 from radio.tls import check_server
 from radio.topics import network_topic
+from radio.wire import packet_limit
 
 log = logging.getLogger("radio.broker")
 

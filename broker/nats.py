@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final, Self
 
+from radio import wire
 from radio.broker.nats_conf import PROBE, NatsError, Node, export, internal_password, plan, route_secret
 from radio.config import Address
 from radio.registry import LiveRegistry
@@ -218,25 +219,12 @@ def _healthy(url: str) -> bool:
 
 def _mqtt_accepts(address: Address, username: str, password: str) -> bool:
     """Whether an MQTT 3.1.1 CONNECT (clean session) gets CONNACK 0; then DISCONNECT."""
-
-    def text(value: str) -> bytes:
-        data = value.encode()
-        return len(data).to_bytes(2, "big") + data
-
-    flags = 0x80 | 0x40 | 0x02  # username, password, clean session
-    body = text("MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big")
-    body += text(f"radio-probe-{secrets.token_hex(6)}") + text(username) + text(password)
-    length, encoded = len(body), b""
-    while True:
-        length, digit = divmod(length, 128)
-        encoded += bytes([digit | (0x80 if length else 0)])
-        if not length:
-            break
+    hello = wire.connect(f"radio-probe-{secrets.token_hex(6)}", username, password, keep_alive=10)
     try:
         with socket.create_connection((address.host, address.port), timeout=10) as connection:
-            connection.sendall(b"\x10" + encoded + body)
+            connection.sendall(hello)
             answer = connection.recv(4)
-            connection.sendall(b"\xe0\x00")
+            connection.sendall(wire.DISCONNECT_PACKET)
     except OSError:
         return False
     return answer[:2] == b"\x20\x02" and answer[3:4] == b"\x00"

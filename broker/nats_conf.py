@@ -34,13 +34,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from radio.broker.codec import packet_limit
 from radio.config import Address, Settings
 from radio.errors import RadioError
 from radio.files import write_private
 from radio.registry import Registry
 from radio.tls import check_server
 from radio.topics import network_topic
+from radio.wire import packet_limit
 
 log = logging.getLogger("radio.broker")
 

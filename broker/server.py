@@ -20,7 +20,6 @@ from typing import Any, Final
 from amqtt.broker import Broker
 
 from radio.broker import attributes as attrs
-from radio.broker.codec import packet_limit
 from radio.broker.core import Listener, RadioBroker
 from radio.broker.metrics import serve_metrics
 from radio.broker.per_source import AnonymousCaps
@@ -31,6 +30,7 @@ from radio.config import Address, BrokerSettings
 from radio.errors import ConfigError
 from radio.registry import LiveRegistry, Registry
 from radio.tls import server_context
+from radio.wire import packet_limit
 
 log = logging.getLogger("radio.broker")
 
@@ -59,6 +59,8 @@ def limits_from(settings: BrokerSettings) -> Limits:
         max_inflight=settings.max_inflight,
         max_incoming_qos2=settings.max_incoming_qos2,
         send_buffer=settings.send_buffer,
+        send_buffer_max=settings.send_buffer_max,
+        send_buffer_total=settings.send_buffer_total,
         anonymous_caps=AnonymousCaps(
             settings.anonymous_max_sessions,
             settings.anonymous_max_sessions_per_address,

@@ -1,9 +1,23 @@
-"""Logging for Radio's long-running commands: one line per event, on stderr."""
+"""Logging for Radio's long-running commands: one line per event, on stderr, quoting clients briefly."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Final
+
+SHOWN: Final = 100
+"""Characters of a client id or a topic a log line shows: MQTT allows 65,535 bytes of each."""
+
+
+def shown(text: str | None) -> str:
+    """A client's name or topic as a log line quotes it, cut short.
+
+    One client in a loop must not write 65 KB lines, even at the rate the log summary lets through.
+    """
+    if text is None or len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:SHOWN]!r}... ({len(text.encode(errors='replace')):,} bytes)"
 
 
 class OneLine(logging.Filter):
