@@ -3,11 +3,12 @@
 Every sample that enters the embedded broker passes ``Gate.publish`` (a PUBLISH at any QoS,
 retained or not) or ``Gate.will`` (a last will, when it fires): rights, size, strict JSON,
 schema, rate, quota and metering, in that order, by the rules both doors share. This module only
-turns the verdict into what MQTT 3.1.1 can say:
+turns the verdict into what MQTT can say:
 
 - **Refused** (rights, size, JSON, schema, quota): the sample is dropped, counted against the
   key, and logged once per key and reason every 10 s; a QoS 1 or 2 sample is still acknowledged,
-  as MQTT 3.1.1 has no negative acknowledgement.
+  as MQTT 3.1.1 has no negative acknowledgement; an MQTT 5 client gets the reason code
+  (``radio/wire/reasons.py`` ``GATE``) and the HTTP door's words as its reason string.
 - **Over the rate**: a PUBLISH is held, not refused: its connection stops reading its socket
   until the key has a token again, and TCP's flow control pushes back on the client. A will has
   no client left to slow down: over the rate it is dropped and counted.
@@ -73,6 +74,8 @@ class Gate:
         """Samples dropped by the gate (for the metrics)."""
         self.refused_retained = 0
         """Of those, retained ones past their network's ``max_retained``."""
+        self.refusal: Refused | None = None
+        """The refusal behind the last ``DROP`` (an MQTT 5 client is told its reason code and text)."""
         self._logged: dict[tuple[str, str], float] = {}
         self._swept: tuple[Registry | None, datetime] = (None, datetime.now(UTC))
 
@@ -129,6 +132,7 @@ class Gate:
         return verdict.seconds
 
     def _dropped(self, session: Session, topic: str, refused: Refused, what: str) -> None:
+        self.refusal = refused
         self.refused += 1
         if refused.reason == "max_retained":
             self.refused_retained += 1

@@ -22,6 +22,10 @@ class RadioTopicPlugin(BaseTopicPlugin):
     at once; a revoked or rotated key's connections are closed by the registry watcher.
     """
 
+    reads_by_network = True
+    """Its read verdict depends only on the registry snapshot, the topic's network and the
+    session's key: the embedded broker may remember it per session until the registry changes."""
+
     @dataclass
     class Config:
         """The registry is shared with the auth plugin and the watcher that reloads it."""

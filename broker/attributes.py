@@ -35,6 +35,10 @@ KEY_ID: Final = "radio.key_id"
 """The id of that key: a session belongs to one key for its whole life, not to a name."""
 KEY_DIGEST: Final = "radio.digest"
 """The digest of the secret it presented: a rotated key's old connections no longer match it."""
+REFUSED: Final = "radio.refused"
+"""Why the auth plugin refused a CONNECT: ``missing`` (no key, anonymous access off), ``invalid``
+(unknown, revoked, expired or wrong secret) or ``will`` (a will the key may not publish);
+MQTT 5 clients are told it as a CONNACK reason code."""
 TRANSPORT: Final = "radio.transport"
 """The listener it came in on (tcp or ws), for the log."""
 UNAUTHENTICATED: Final = "\x00unauthenticated"

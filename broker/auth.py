@@ -33,9 +33,10 @@ class RadioAuthPlugin(BaseAuthPlugin):
         registry = self.config.registry.current
         name, secret = session.username, session.password
         refusal = None
+        kind = "invalid"
         if name is None and secret is None:
             if not registry.allow_anonymous:
-                refusal = "anonymous access is off"
+                refusal, kind = "anonymous access is off", "missing"
         elif name is None or secret is None:
             refusal = "a username and a password (key name and secret) are both needed"
         elif (key := registry.authenticate(name, secret)) is None:
@@ -49,9 +50,10 @@ class RadioAuthPlugin(BaseAuthPlugin):
         if refusal is None and session.will_flag:
             access = registry.access(name)
             if not access.may_publish(session.will_topic or ""):
-                refusal = f"key {name!r} may not publish its will to {session.will_topic!r}"
+                refusal, kind = f"key {name!r} may not publish its will to {session.will_topic!r}", "will"
 
         if refusal is not None:
+            session.attributes[attrs.REFUSED] = kind
             log.warning("refused %s: %s", attrs.describe(session), refusal)
             return False
         session.attributes[attrs.KEY_NAME] = name

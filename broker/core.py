@@ -1,4 +1,4 @@
-"""``RadioBroker``: Radio's MQTT 3.1.1 broker, with its listeners, plugins, store and timers.
+"""``RadioBroker``: Radio's MQTT broker (3.1.1 and 5), with its listeners, plugins, store and timers.
 
 It puts the parts together: ``listeners`` accept clients, each becomes a ``Connection``; the
 ``Router`` holds sessions, subscriptions and retained samples; the ``Store`` keeps what must
@@ -21,6 +21,7 @@ from radio.broker import access, listeners, plugins
 from radio.broker.attributes import PluginSession
 from radio.broker.connection import Connection, Link
 from radio.broker.logsummary import Summary
+from radio.broker.output import Flusher, SendBuffers
 from radio.broker.per_source import Connecting
 from radio.broker.router import Limits, Router
 from radio.broker.sessions import Session
@@ -28,6 +29,7 @@ from radio.broker.store import Store
 from radio.config import Address
 from radio.registry import LiveRegistry, Registry
 from radio.usage import Meter, UsageError, usage_path
+from radio.wire import reasons
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,14 @@ class RadioBroker:
         self.connect_timeout = connect_timeout
         self.max_packet_size = max_packet_size
         self.max_connections = max_connections
+        self.flusher = Flusher()
+        """Writes to clients, flushed once per turn of the loop for every connection."""
+        self.send_buffers = SendBuffers(limits.send_buffer, limits.send_buffer_max, limits.send_buffer_total)
+        """The room bytes may take waiting to be written, per client and in all."""
         self.router = Router(lambda: registry.current, self._allows, self._reader, limits, store)
+        self.router.reads_by_network = all(
+            getattr(check, "reads_by_network", False) for check in self._checks
+        )
         self.connections: set[Connection] = set()
         self.connecting = Connecting(max_connecting_per_address)
         """Sockets that have not completed their CONNECT, per source address."""
@@ -155,7 +164,7 @@ class RadioBroker:
         for connection in list(self.connections):
             if connection.session is not None:
                 connection.session.will = None  # the broker goes, not the client
-            connection.close(None)
+            connection.close(None, reasons.SERVER_SHUTTING_DOWN, "the broker is stopping")
         await self._close_servers()
         if self.meter is not None:
             self.collect_deliveries()
@@ -231,7 +240,7 @@ class RadioBroker:
                 log.warning(
                     "closing %s: its key %r was revoked or changed", connection.who(), session.key_name
                 )
-                connection.close(None)
+                connection.close(None, reasons.ADMINISTRATIVE_ACTION, "API-KEY not valid")
 
     async def _sweep(self) -> None:
         limits = self.router.limits
@@ -269,4 +278,4 @@ class RadioBroker:
                 if connection is not None:
                     log.warning("closing %s: its key %r has expired", connection.who(), session.key_name)
                     session.will = None
-                    connection.close(None)
+                    connection.close(None, reasons.ADMINISTRATIVE_ACTION, "API-KEY not valid")

@@ -46,6 +46,10 @@ def _done() -> Awaitable[None]:
     return future
 
 
+LINGER: Final = 2.0
+"""Seconds a TCP socket stays open for reading after the broker's DISCONNECT (``TcpLink.close``)."""
+
+
 class TcpLink(asyncio.Protocol):
     """One MQTT/TCP connection: the event loop calls it, it calls its ``Connection``."""
 
@@ -119,10 +123,23 @@ class TcpLink(asyncio.Protocol):
             return _done()
         return asyncio.shield(self._drain)
 
-    def close(self) -> None:
-        """Send what is buffered, then close."""
-        if self._transport is not None:
-            self._transport.close()
+    def close(self, linger: bool = False) -> None:
+        """Send what is buffered, then close.
+
+        ``linger``: the client was just told why (an MQTT 5 DISCONNECT), and may still be writing
+        (a PUBREL for each PUBREC it reads before that DISCONNECT): the socket is shut for writing
+        and closed once the client closes it, or after ``LINGER`` seconds, so that what the client
+        sends meanwhile is read and dropped instead of making it fail on a reset.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof() and not transport.is_closing():
+            transport.resume_reading()
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER, transport.close)
+            return
+        transport.close()
 
 
 class WebSocketLink:
@@ -163,8 +180,9 @@ class WebSocketLink:
         with contextlib.suppress(Exception):
             await self._ws.drain()
 
-    def close(self) -> None:
-        """Close the WebSocket (a close frame, then the socket)."""
+    def close(self, linger: bool = False) -> None:
+        """Close the WebSocket (a close frame, then the socket: the close handshake lingers already)."""
+        del linger
         self._reading.set()  # the reading loop ends, even if it was paused
         task = asyncio.get_running_loop().create_task(self._ws.close())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -48,6 +48,7 @@ class BrokerCollector(Collector):
         dropped.add_metric(["queue_full"], stats.dropped_queue_full)
         dropped.add_metric(["no_longer_readable"], stats.dropped_unreadable)
         yield dropped
+        yield from _send_buffers(self.broker)
         yield from _limits(self.broker)
         sessions = list(router.sessions.values())
         yield GaugeMetricFamily(
@@ -79,6 +80,29 @@ class BrokerCollector(Collector):
                 "Times the store gave space back (WAL checkpointed and truncated, free pages vacuumed).",
                 value=store.compactions,
             )
+
+
+def _send_buffers(broker: RadioBroker) -> Iterator[Any]:
+    """Bytes waiting for clients, and the room granted for bursts (broker/output.py)."""
+    buffers = broker.send_buffers
+    yield GaugeMetricFamily(
+        "radio_broker_send_buffered_bytes",
+        "Bytes waiting to be written to clients, in all.",
+        value=sum(connection.waiting for connection in list(broker.connections)),
+    )
+    yield GaugeMetricFamily(
+        "radio_broker_send_buffer_granted_bytes",
+        "Room granted beyond [broker] send_buffer to clients that keep up, in all (<= send_buffer_total).",
+        value=buffers.granted,
+    )
+    refused = CounterMetricFamily(
+        "radio_broker_send_buffer_refused",
+        "Times a client that keeps up was held to its room by a bound, by bound.",
+        labels=["limit"],
+    )
+    refused.add_metric(["send_buffer_max"], buffers.refused_most)
+    refused.add_metric(["send_buffer_total"], buffers.refused_total)
+    yield refused
 
 
 def _limits(broker: RadioBroker) -> Iterator[Any]:

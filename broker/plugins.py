@@ -31,7 +31,12 @@ class SyncTopicCheck(Protocol):
         """The same verdict as its ``topic_filtering``, without awaiting."""
 
     def reader(self, topic: str) -> Callable[[PluginSession], bool]:
-        """Who may receive one message on ``topic``: built once per message."""
+        """Who may receive one message on ``topic``: built once per message.
+
+        A plugin whose verdict depends only on the registry snapshot, the topic's network and the
+        session's key says so with a class attribute ``reads_by_network = True``: the broker then
+        asks it once per session, network and registry snapshot, not for every delivery.
+        """
 
 
 def load(spec: Mapping[str, Mapping[str, Any]]) -> list[Any]:

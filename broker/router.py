@@ -18,14 +18,19 @@ from typing import TYPE_CHECKING
 from amqtt.contexts import Action
 
 from radio.broker import attributes as attrs
+from radio.broker import protocol5
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions, KeySessions
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
+from radio.broker.shared import PREFIX as SHARED_PREFIX
+from radio.broker.shared import SharedSubscriptions
+from radio.broker.shared import split as split_shared
 from radio.registry import Registry
 from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
 from radio.wire import SUBSCRIBE_FAILURE, valid_filter
+from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
 if TYPE_CHECKING:
     from radio.broker.access import Gate
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STORED_BESIDE = ("offline_since", "address", "expiry", "options")
+"""What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
 ReaderFactory = Callable[[str], Callable[[attrs.PluginSession], bool]]
 
@@ -54,7 +61,12 @@ class Limits:
     """QoS 2 samples a client may leave waiting for its PUBREL; past it, its connection is closed."""
     send_buffer: int = 1 << 20
     """Bytes waiting to be written to one connection past which it is slow: QoS 0 samples are
-    dropped for it (counted), QoS 1 and 2 samples wait in its queue."""
+    dropped for it (counted), QoS 1 and 2 samples wait in its queue. A client that keeps up is
+    given more room for a burst, within the next two (``broker.output.SendBuffers``)."""
+    send_buffer_max: int = 16 << 20
+    """The most room one client that keeps up is given for bytes waiting to be written."""
+    send_buffer_total: int = 256 << 20
+    """Room granted beyond ``send_buffer`` to all clients together."""
     anonymous_caps: AnonymousCaps = field(default_factory=AnonymousCaps)
     """What anonymous persistent sessions may hold, in all and per source address."""
     max_sessions_per_key: int = 1_000
@@ -71,6 +83,16 @@ class Stats:
     dropped_queue_full: int = 0
     dropped_unreadable: int = 0
     connections: int = 0
+
+
+def wall_clock(expires: float | None) -> float | None:
+    """A message's expiry (``time.monotonic``) as the store keeps it: wall-clock seconds."""
+    return None if expires is None else time.time() + expires - time.monotonic()
+
+
+def monotonic(expires: float | None) -> float | None:
+    """A stored expiry (wall clock) as a message holds it (``time.monotonic``)."""
+    return None if expires is None else time.monotonic() + expires - time.time()
 
 
 class Router:
@@ -96,6 +118,13 @@ class Router:
         self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
         """Anonymous clients connected now, per source address (broker/per_source.py)."""
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()
+        self.index5: SubscriptionIndex[Session] = SubscriptionIndex()
+        """The filters of MQTT 5 sessions: kept apart, so that a 3.1.1 delivery never asks which
+        protocol its session speaks, and a broker without MQTT 5 clients walks no second index."""
+        self.filters5 = 0
+        """Filters in ``index5``."""
+        self.shared = SharedSubscriptions()
+        """``$share/GROUP/FILTER`` subscriptions (broker/shared.py)."""
         self.retained = RetainedIndex()
         self.stats = Stats()
         self._seq = 0
@@ -103,6 +132,11 @@ class Router:
         """Sessions whose tally has counts the meter has not collected yet."""
         self.gate: Gate | None = None
         """Rates, quotas and schemas (broker/access.py), set by the core."""
+        self.reads_by_network = False
+        """Whether every topic plugin's read verdict depends only on the registry, the network and
+        the key, so that fan-out may remember it per session (``_read_key``); set by the core."""
+        self._read_snapshot: Registry | None = None
+        self._read_keys: dict[str, object] = {}
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
@@ -121,8 +155,23 @@ class Router:
         key = self.registry().keys.get(name) if name is not None else None
         return key is not None and not key.publish_all and not key.read_all
 
+    def speaks(self, session: Session, v5: bool) -> None:
+        """The protocol of the session's client now: its filters move to that protocol's index."""
+        if session.v5 == v5:
+            return
+        options = dict(session.options)  # kept: a 3.1.1 client may resume a session MQTT 5 made
+        for topic_filter in session.subscriptions:
+            if split_shared(topic_filter) is None:
+                self._remove_filter(session, topic_filter)
+        session.v5, session.options = v5, options
+        for topic_filter, qos in session.subscriptions.items():
+            if split_shared(topic_filter) is None:
+                self._add_filter(session, topic_filter, qos)
+
     def hold(self, session: Session) -> None:
         """Keep a session (opened, resumed or restored) under its key and client id."""
+        if not session.window:
+            session.window = self.limits.max_inflight
         self.sessions[session.ident] = session
         self.anonymous.track(session)
         self.keyed.track(session)
@@ -133,8 +182,12 @@ class Router:
             del self.sessions[session.ident]
         self.anonymous.untrack(session)
         self.keyed.untrack(session)
-        for topic_filter in session.subscriptions:
-            self.index.remove(topic_filter, session)
+        will = session.will
+        if will is not None and will.timer is not None:  # a delayed will of a session that is no more
+            will.timer.cancel()
+            session.will = None
+        for topic_filter in list(session.subscriptions):
+            self._remove_filter(session, topic_filter)
         session.subscriptions.clear()
         session.queue.clear()
         session.queued_bytes = 0
@@ -148,6 +201,10 @@ class Router:
             keep = {k: session.attributes.get(k) for k in (attrs.KEY_NAME, attrs.KEY_ID, attrs.KEY_DIGEST)}
             keep["offline_since"] = session.offline_since
             keep["address"] = session.remote_address
+            if session.expiry is not None:
+                keep["expiry"] = session.expiry
+            if session.options:
+                keep["options"] = session.options
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
@@ -169,14 +226,10 @@ class Router:
         gone = [
             s
             for s in self.sessions.values()
-            if s.connection is None
-            and s.offline_since is not None
-            and now - s.offline_since > s.limits.expiry
+            if s.connection is None and s.offline_since is not None and now - s.offline_since > s.lifetime
         ]
         for session in gone:
-            log.info(
-                "session of client %r expired after %gs offline", session.client_id, session.limits.expiry
-            )
+            log.info("session of client %r expired after %gs offline", session.client_id, session.lifetime)
             self.discard(session)
         return len(gone)
 
@@ -201,31 +254,112 @@ class Router:
             if not message.payload:
                 return
         self.stats.published += 1
-        targets = self._targets(message.topic)
-        if not targets:
-            return
+        if self.shared:
+            self.shared.publish(message, self.reader(message.topic), self._deliver_one)
+        targets = self._targets(self.index, message.topic)
+        if targets:
+            self._fan_out(message, targets)
+        if self.filters5:
+            targets = self._targets(self.index5, message.topic)
+            if targets:
+                self._fan_out5(message, targets)
+
+    def _fan_out(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
+        """Each target that may read the sample gets it (the verdict remembered per session)."""
         may_read = self.reader(message.topic)
+        key = self._read_key(message.network)
         stats = self.stats
         top = message.qos
+        plain = b""
         for session, granted in targets:
-            if not may_read(session):
+            memo = session.read_memo
+            if memo is None or memo[0] is not key:
+                memo = session.read_memo = (key, may_read(session))
+            if not memo[1]:
                 continue
-            qos = min(top, granted)
-            if qos:
-                self.deliver(session, message, qos)
+            if top and granted:
+                self.deliver(session, message, min(top, granted))
                 continue
             connection = session.connection
             if connection is not None:
                 if connection.congested():
                     stats.dropped_slow += 1
                 else:
-                    connection.write(message.packet(0))
+                    connection.write(plain or (plain := message.packet(0)))
                     stats.deliveries += 1
                     if session.tally is not None:
                         self.tallied(session, message)
 
-    def _targets(self, topic: str) -> Iterable[tuple[Session, int]]:
-        tables = self.index.match(topic)
+    def _fan_out5(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
+        """The same for MQTT 5 sessions: each that may read the sample gets it, with its options."""
+        may_read = self.reader(message.topic)
+        key = self._read_key(message.network)
+        for session, granted in targets:
+            memo = session.read_memo
+            if memo is None or memo[0] is not key:
+                memo = session.read_memo = (key, may_read(session))
+            if memo[1]:
+                self.deliver5(session, message, granted)
+
+    def deliver5(self, session: Session, message: Message, granted: int) -> None:
+        """One delivery to an MQTT 5 session, with its subscription options (broker/protocol5.py)."""
+        chosen = protocol5.subscribed(session, message, granted)
+        if chosen is None:
+            return
+        qos, retain, ids = chosen
+        if qos:
+            self.deliver(session, message, qos, (retain, ids) if retain or ids else None)
+            return
+        connection = session.connection
+        if connection is None or connection.v5 is None:
+            return
+        if connection.congested():
+            self.stats.dropped_slow += 1
+            return
+        packet = connection.v5.publish(message, 0, retain=retain, ids=ids)
+        if packet is not None:
+            connection.write(packet)
+            self.stats.deliveries += 1
+            if session.tally is not None:
+                self.tallied(session, message)
+
+    def _deliver_one(self, session: Session, message: Message, granted: int) -> None:
+        """A delivery to one member of a shared subscription, at min(published, granted)."""
+        qos = min(message.qos, granted)
+        if qos:
+            self.deliver(session, message, qos)
+            return
+        connection = session.connection
+        if connection is None or connection.congested():
+            self.stats.dropped_slow += connection is not None
+            return
+        packet = message.packet(0) if connection.v5 is None else connection.v5.publish(message, 0)
+        if packet is not None:
+            connection.write(packet)
+            self.stats.deliveries += 1
+            if session.tally is not None:
+                self.tallied(session, message)
+
+    def _read_key(self, network: str) -> object:
+        """What a read verdict remembered on a session holds for: this registry snapshot and network.
+
+        The topic plugins promise (``reads_by_network``) that their verdict depends on nothing
+        else, so a changed registry (a right taken away, a key revoked) is asked again at the next
+        sample. Without that promise every delivery is asked: a fresh key matches no memo.
+        """
+        if not self.reads_by_network:
+            return object()
+        snapshot = self.registry()
+        if snapshot is not self._read_snapshot:
+            self._read_snapshot, self._read_keys = snapshot, {}
+        key = self._read_keys.get(network)
+        if key is None:
+            key = self._read_keys[network] = object()
+        return key
+
+    @staticmethod
+    def _targets(index: SubscriptionIndex[Session], topic: str) -> Iterable[tuple[Session, int]]:
+        tables = index.match(topic)
         if len(tables) <= 1:
             return list(tables[0].items()) if tables else ()
         merged: dict[Session, int] = {}  # overlapping filters of one client: one delivery, highest QoS
@@ -261,25 +395,32 @@ class Router:
         if network is not None and not network.retain:
             return  # the network keeps no last sample, whoever publishes to it
         if message.payload:
-            kept = Message(message.topic, message.payload, message.qos, retain=True)
+            kept = Message(message.topic, message.payload, message.qos, True, message.fields, message.expires)  # noqa: FBT003
             self.retained.put(message.topic, kept)
         elif self.retained.pop(message.topic) is None:
             return
         if self.store is not None:
-            self.store.retain(message.topic, message.payload, message.qos)
+            self.store.retain(
+                message.topic, message.payload, message.qos, message.fields, wall_clock(message.expires)
+            )
 
-    def deliver(self, session: Session, message: Message, qos: int) -> None:
+    def deliver(
+        self, session: Session, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None
+    ) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
-        delivery = Delivery(message, qos)
-        if session.persistent and self.store is not None:
+        delivery = Delivery(message, qos, extra)
+        if self.store is not None and session.persistent:
             if not message.row:
                 message.row = self.next_seq()
-            self.store.queue(session.store_id, message.row, message.topic, message.payload, qos)
+            expires = wall_clock(message.expires)
+            self.store.queue(
+                session.store_id, message.row, message.topic, message.payload, qos, message.fields, expires
+            )
         connection = session.connection
         if (
             connection is not None
             and not session.queue
-            and len(session.inflight) < self.limits.max_inflight
+            and len(session.inflight) < session.window
             and not connection.congested()
         ):
             self._send(session, delivery)
@@ -294,7 +435,7 @@ class Router:
         if connection is not None:
             if connection.congested():
                 connection.wait_for_drain()
-            elif len(session.inflight) < self.limits.max_inflight:
+            elif len(session.inflight) < session.window:
                 self.pump(session)
 
     def _send(self, session: Session, delivery: Delivery) -> None:
@@ -302,9 +443,20 @@ class Router:
         assert connection is not None  # noqa: S101 - callers check
         if session.missed:
             self._report_missed(session, connection)
-        pid = delivery.pid = session.allocate_pid()
+        pid = session.allocate_pid()
+        v5 = connection.v5
+        if v5 is None:
+            packet = delivery.message.packet(delivery.qos, pid)
+        else:
+            retain, ids = delivery.extra or (False, ())
+            encoded = v5.publish(delivery.message, delivery.qos, pid, retain=retain, ids=ids)
+            if encoded is None:  # expired, or larger than the client takes: dropped (MQTT-3.1.2-25)
+                self._forget(session, delivery)
+                return
+            packet = encoded
+        delivery.pid = pid
         session.inflight[pid] = delivery
-        connection.write(delivery.message.packet(delivery.qos, pid))
+        connection.write(packet)
         self.stats.deliveries += 1
 
     def _missed(self, session: Session, delivery: Delivery) -> None:
@@ -321,7 +473,10 @@ class Router:
         """
         payload = json.dumps({"networks": session.missed}, sort_keys=True).encode()
         session.missed = {}
-        connection.write(Message(MISSED_TOPIC, payload, 0).packet(0))
+        missed = Message(MISSED_TOPIC, payload, 0)
+        packet = missed.packet(0) if connection.v5 is None else connection.v5.publish(missed, 0)
+        if packet is not None:
+            connection.write(packet)
 
     def _forget(self, session: Session, delivery: Delivery) -> None:
         if session.persistent and self.store is not None and delivery.message.row:
@@ -332,13 +487,17 @@ class Router:
         connection = session.connection
         if connection is None:
             return
-        queue, inflight, window = session.queue, session.inflight, self.limits.max_inflight
+        queue, inflight, window = session.queue, session.inflight, session.window
         allows = self.allows
         while queue and len(inflight) < window:
             if connection.congested():
                 connection.wait_for_drain()
                 return
             delivery = session.dequeue()
+            expires = delivery.message.expires
+            if expires is not None and expires <= time.monotonic():  # MQTT 5 message expiry
+                self._forget(session, delivery)
+                continue
             if not allows(session, delivery.message.topic, Action.RECEIVE):
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
@@ -351,7 +510,8 @@ class Router:
         if delivery is not None:
             if session.tally is not None:
                 self.tallied(session, delivery.message)
-            self._forget(session, delivery)
+            if self.store is not None:
+                self._forget(session, delivery)
             if session.queue:
                 self.pump(session)
         return delivery
@@ -371,17 +531,39 @@ class Router:
                 self._forget(session, delivery)
             elif delivery.released:
                 connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
-            else:
+            elif connection.v5 is None:
                 connection.write(delivery.message.packet(delivery.qos, pid, dup=True))
+            else:
+                retain, ids = delivery.extra or (False, ())
+                message = delivery.message
+                packet = connection.v5.publish(message, delivery.qos, pid, retain=retain, dup=True, ids=ids)
+                if packet is None:
+                    del session.inflight[pid]
+                    self._forget(session, delivery)
+                else:
+                    connection.write(packet)
         self.pump(session)
 
     # Subscribing.
-    def subscribe(self, session: Session, requests: list[tuple[str, int]]) -> list[int]:
-        """Grant or refuse each filter; return the SUBACK codes. Retained samples follow separately."""
+    def subscribe(
+        self, session: Session, requests: list[tuple[str, int]], *, v5: bool = False, ident: int = 0
+    ) -> list[int]:
+        """Grant or refuse each filter; return the SUBACK codes. Retained samples follow separately.
+
+        MQTT 3.1.1 has one refusal, 0x80; MQTT 5 says why (``v5``: each request's int is its
+        options byte, ``ident`` the subscription id): 0x8F a malformed filter, 0x87 no read
+        right, 0x97 the session's ``max_filters``.
+        """
         codes = []
-        for topic_filter, qos in requests:
-            if not valid_filter(topic_filter) or not self.allows(session, topic_filter, Action.SUBSCRIBE):
-                codes.append(SUBSCRIBE_FAILURE)
+        for topic_filter, asked in requests:
+            qos = asked & 0x03
+            shared = split_shared(topic_filter)
+            inner = shared[1] if shared is not None else topic_filter
+            if (topic_filter.startswith(SHARED_PREFIX) and shared is None) or not valid_filter(inner):
+                codes.append(TOPIC_FILTER_INVALID if v5 else SUBSCRIBE_FAILURE)
+                continue
+            if not self.allows(session, inner, Action.SUBSCRIBE):
+                codes.append(NOT_AUTHORIZED if v5 else SUBSCRIBE_FAILURE)
                 continue
             if (
                 topic_filter not in session.subscriptions
@@ -392,32 +574,75 @@ class Router:
                     session.describe(),
                     self.limits.max_filters,
                 )
-                codes.append(SUBSCRIBE_FAILURE)
+                codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
+            new = topic_filter not in session.subscriptions
             session.subscriptions[topic_filter] = qos
-            self.index.add(topic_filter, session, qos)
+            self._add_filter(session, topic_filter, qos, new=new)
+            if v5 and (asked & ~0x03 or ident):
+                session.options[topic_filter] = (asked, ident)
+            else:
+                session.options.pop(topic_filter, None)
             codes.append(qos)
         self.save(session)
         return codes
 
-    def retained_for(self, session: Session, granted: list[tuple[str, int]]) -> list[bytes]:
-        """The retained samples a new subscription brings, as packets with the retain flag set."""
+    def _add_filter(self, session: Session, topic_filter: str, qos: int, *, new: bool = True) -> None:
+        """Index a filter the session holds (``new``: it did not hold it before)."""
+        shared = split_shared(topic_filter)
+        if shared is None and session.v5:
+            self.filters5 += new
+            self.index5.add(topic_filter, session, qos)
+        elif shared is None:
+            self.index.add(topic_filter, session, qos)
+        else:
+            self.shared.add(shared[0], shared[1], session, qos)
+
+    def _remove_filter(self, session: Session, topic_filter: str) -> None:
+        session.options.pop(topic_filter, None)
+        shared = split_shared(topic_filter)
+        if shared is None and session.v5:
+            self.filters5 -= 1
+            self.index5.remove(topic_filter, session)
+        elif shared is None:
+            self.index.remove(topic_filter, session)
+        else:
+            self.shared.remove(shared[0], shared[1], session)
+
+    def retained_for(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> list[bytes]:
+        """The retained samples a new subscription brings, as packets with the retain flag set.
+
+        A shared subscription brings none (MQTT-3.8.4-8); an MQTT 5 one carries its subscription
+        id, and an expired retained sample is not sent.
+        """
         packets = []
+        connection = session.connection
+        v5 = connection.v5 if connection is not None else None
+        extra = (True, (ident,) if ident else ())
         for topic_filter, qos in granted:
+            if topic_filter.startswith(SHARED_PREFIX):
+                continue
             for message in self.retained.match(topic_filter):
+                expires = message.expires
+                if expires is not None and expires <= time.monotonic():
+                    continue  # its publisher's message expiry passed: for 3.1.1 listeners too
                 if not self.allows(session, message.topic, Action.RECEIVE):
                     continue
                 level = min(qos, message.qos)
+                pid = session.allocate_pid() if level else 0
+                if v5 is None:
+                    packet: bytes | None = message.packet(level, pid, retain=True)
+                else:
+                    packet = v5.publish(message, level, pid, retain=True, ids=extra[1])
+                if packet is None:
+                    continue
+                packets.append(packet)
                 if level:
-                    pid = session.allocate_pid()
-                    delivery = Delivery(message, level)
+                    delivery = Delivery(message, level, extra)
                     delivery.pid = pid
                     session.inflight[pid] = delivery
-                    packets.append(message.packet(level, pid, retain=True))
-                else:
-                    packets.append(message.packet(0, retain=True))
-                    if session.tally is not None:
-                        self.tallied(session, message)
+                elif session.tally is not None:
+                    self.tallied(session, message)
         return packets
 
     def tallied(self, session: Session, message: Message) -> None:
@@ -443,12 +668,16 @@ class Router:
                 session.tally = {}
         return collected
 
-    def unsubscribe(self, session: Session, filters: list[str]) -> None:
-        """Drop filters the session holds (others are ignored, as MQTT asks)."""
+    def unsubscribe(self, session: Session, filters: list[str]) -> list[bool]:
+        """Drop filters the session holds (others are ignored, as MQTT asks); which ones it held."""
+        held = []
         for topic_filter in filters:
-            if session.subscriptions.pop(topic_filter, None) is not None:
-                self.index.remove(topic_filter, session)
+            found = session.subscriptions.pop(topic_filter, None) is not None
+            if found:
+                self._remove_filter(session, topic_filter)
+            held.append(found)
         self.save(session)
+        return held
 
     # Registry changes.
     def enforce(self, registry: Registry) -> list[Session]:
@@ -518,9 +747,9 @@ class Router:
                 self.store.drop_session(stored.row_id)
             return None
         session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
-        session.attributes.update(
-            {k: v for k, v in stored.attributes.items() if k not in ("offline_since", "address")}
-        )
+        session.attributes.update({k: v for k, v in stored.attributes.items() if k not in STORED_BESIDE})
+        session.expiry = stored.attributes.get("expiry")
+        session.options = {f: (o[0], o[1]) for f, o in stored.attributes.get("options", {}).items()}
         if key is not None and attrs.KEY_ID not in session.attributes:
             session.attributes[attrs.KEY_ID] = key.id
         if self.store is not None and stored.row_id != session.store_id:
@@ -532,7 +761,9 @@ class Router:
     def restore(self, contents: Contents, registry: Registry) -> None:
         """Put back what the store kept, minus sessions whose key is gone (revoked while down)."""
         for topic, payload, qos in contents.retained:
-            self.retained.put(topic, Message(topic, payload, qos, retain=True))
+            fields, expires = contents.retained_extras.get(topic, (b"", None))
+            kept = Message(topic, payload, qos, True, fields, monotonic(expires))  # noqa: FBT003
+            self.retained.put(topic, kept)
         self._seq = contents.last_seq
         restored = 0
         for stored in contents.sessions:
@@ -542,9 +773,10 @@ class Router:
             self.hold(session)
             for topic_filter, qos in stored.subscriptions:
                 session.subscriptions[topic_filter] = qos
-                self.index.add(topic_filter, session, qos)
+                self._add_filter(session, topic_filter, qos)
             for seq, topic, payload, qos in stored.queued:
-                message = Message(topic, payload, qos)
+                fields, expires = stored.queued_extras.get(seq, (b"", None))
+                message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
                 session.queue.append(Delivery(message, qos))
                 session.queued_bytes += message.size

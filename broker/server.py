@@ -59,6 +59,8 @@ def limits_from(settings: BrokerSettings) -> Limits:
         max_inflight=settings.max_inflight,
         max_incoming_qos2=settings.max_incoming_qos2,
         send_buffer=settings.send_buffer,
+        send_buffer_max=settings.send_buffer_max,
+        send_buffer_total=settings.send_buffer_total,
         anonymous_caps=AnonymousCaps(
             settings.anonymous_max_sessions,
             settings.anonymous_max_sessions_per_address,

@@ -13,6 +13,7 @@ samples go, counted and logged once per episode, never silently.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -50,11 +51,13 @@ class SessionLimits:
 class Delivery:
     """A QoS 1 or 2 sample on its way to one session: queued, or sent and not yet acknowledged."""
 
-    __slots__ = ("message", "pid", "qos", "released")
+    __slots__ = ("extra", "message", "pid", "qos", "released")
 
-    def __init__(self, message: Message, qos: int) -> None:
+    def __init__(self, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None) -> None:
         self.message = message
         self.qos = qos
+        self.extra = extra
+        """MQTT 5: the retain flag it goes out with and its subscription ids (None: 0, none)."""
         self.pid = 0
         self.released = False
         """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""
@@ -63,13 +66,21 @@ class Delivery:
 class Will:
     """A last will: published if the connection ends without DISCONNECT, if the key may still."""
 
-    __slots__ = ("payload", "qos", "retain", "topic")
+    __slots__ = ("delay", "expiry", "fields", "payload", "qos", "retain", "timer", "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
+        self.fields = b""
+        """MQTT 5: the properties its subscribers get (user properties, content type...)."""
+        self.expiry: int | None = None
+        """MQTT 5: its message expiry interval, in seconds."""
+        self.delay = 0
+        """MQTT 5: seconds after the connection ends before it is published (will delay interval)."""
+        self.timer: asyncio.TimerHandle | None = None
+        """The pending publication of a delayed will."""
 
 
 class Session:
@@ -85,22 +96,27 @@ class Session:
         "client_id",
         "connection",
         "dropped",
+        "expiry",
         "incoming_qos2",
         "inflight",
         "limits",
         "missed",
         "next_pid",
         "offline_since",
+        "options",
         "password",
         "queue",
         "queued_bytes",
+        "read_memo",
         "remote_address",
         "remote_port",
         "subscriptions",
         "tally",
         "username",
+        "v5",
         "warned_full",
         "will",
+        "window",
     )
 
     def __init__(self, client_id: str, clean_session: bool, limits: SessionLimits) -> None:
@@ -125,6 +141,17 @@ class Session:
         self.missed: dict[str, int] = {}
         """Samples dropped from the queue per network and not yet reported (``report_missed``)."""
         self.warned_full = False
+        self.v5 = False
+        """Whether its client speaks MQTT 5: its deliveries take the MQTT 5 path (broker/protocol5.py)."""
+        self.options: dict[str, tuple[int, int]] = {}
+        """MQTT 5 subscription options beyond the QoS, per filter: (options byte, subscription id)."""
+        self.expiry: float | None = None
+        """MQTT 5: the session expiry interval its client asked for (None: the limits' own)."""
+        self.window = 0
+        """QoS 1 and 2 samples it may have unacknowledged (the broker's limit, or the client's lower one)."""
+        self.read_memo: tuple[object, bool] | None = None
+        """The last read verdict fan-out asked of the topic plugins, and what it holds for
+        (``Router._read_key``: a registry snapshot and a network)."""
         self.tally: dict[str, list[int]] | None = None
         """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
         None for sessions nobody is billed for (anonymous, the platform's service keys)."""
@@ -165,6 +192,13 @@ class Session:
     def persistent(self) -> bool:
         """Clean session 0: it outlives its connection, and its samples are kept in the store."""
         return not self.clean_session
+
+    @property
+    def lifetime(self) -> float:
+        """Seconds it is kept while its client is away: what the client asked, within its limits."""
+        expiry = self.expiry
+        limit = self.limits.expiry
+        return limit if expiry is None else min(expiry, limit)
 
     def allocate_pid(self) -> int:
         """A packet id not in use by an unacknowledged delivery."""

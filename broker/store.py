@@ -57,16 +57,23 @@ CREATE TABLE IF NOT EXISTS queued (client_id TEXT NOT NULL, seq INTEGER NOT NULL
                                    data BLOB NOT NULL, qos INTEGER NOT NULL, PRIMARY KEY (client_id, seq));
 """
 _SQL: Final = {
-    "retain": "INSERT OR REPLACE INTO retained VALUES (?, ?, ?)",
+    "retain": "INSERT OR REPLACE INTO retained (topic, data, qos, fields, expires) VALUES (?, ?, ?, ?, ?)",
     "unretain": "DELETE FROM retained WHERE topic = ?",
     "session": "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
     "drop": "DELETE FROM sessions WHERE client_id = ?",
     "drop_queue": "DELETE FROM queued WHERE client_id = ?",
-    "queue": "INSERT OR REPLACE INTO queued VALUES (?, ?, ?, ?, ?)",
+    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)",
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
     "rename": "UPDATE sessions SET client_id = ? WHERE client_id = ?",
     "rename_queue": "UPDATE queued SET client_id = ? WHERE client_id = ?",
 }
+
+
+MQTT5_COLUMNS: Final = ("fields BLOB", "expires REAL")
+"""What the retained and queued tables hold of an MQTT 5 sample beside its payload: the properties
+its subscribers get, and when it expires (wall-clock seconds); NULL for the rest. Added to a file
+made before they existed."""
 
 
 class StoreError(RadioError):
@@ -81,6 +88,8 @@ class StoredSession:
     attributes: dict[str, Any]
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     queued: list[tuple[int, str, bytes, int]] = field(default_factory=list)
+    queued_extras: dict[int, tuple[bytes, float | None]] = field(default_factory=dict)
+    """By seq: the MQTT 5 properties and expiry (wall clock) of a queued sample that has them."""
     """(seq, topic, payload, qos), oldest first."""
     row_id: str = ""
     """What the store keeps it under: ``sessions.store_id`` (key id, NUL, client id), or the bare
@@ -92,6 +101,8 @@ class Contents:
     """Everything the store held when the broker started."""
 
     retained: list[tuple[str, bytes, int]] = field(default_factory=list)
+    retained_extras: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
+    """By topic: the MQTT 5 properties and expiry (wall clock) of a retained sample that has them."""
     sessions: list[StoredSession] = field(default_factory=list)
     last_seq: int = 0
 
@@ -106,6 +117,11 @@ class Store:
             self._db = open_private_db(path, synchronous="FULL", before_wal=self._incremental_vacuum)
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._db.executescript(SCHEMA)
+            for table in ("retained", "queued"):
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for column in MQTT5_COLUMNS:
+                    if column.split()[0] not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         except (OSError, sqlite3.Error) as exc:
             msg = self._unreadable(exc)
             raise StoreError(msg) from None
@@ -161,9 +177,13 @@ class Store:
     def load(self) -> Contents:
         """What the store holds (read once, at start, before the writer runs)."""
         try:
-            contents = Contents(
-                retained=[(t, bytes(d), int(q)) for t, d, q in self._db.execute("SELECT * FROM retained")]
-            )
+            contents = Contents()
+            for topic, data, qos, fields, expires in self._db.execute(
+                "SELECT topic, data, qos, fields, expires FROM retained"
+            ):
+                contents.retained.append((topic, bytes(data), int(qos)))
+                if fields or expires is not None:
+                    contents.retained_extras[topic] = (bytes(fields or b""), expires)
             by_id: dict[str, StoredSession] = {}
             for row_id, attributes, subscriptions in self._db.execute("SELECT * FROM sessions"):
                 stored = StoredSession(
@@ -174,20 +194,24 @@ class Store:
                 )
                 by_id[row_id] = stored
                 contents.sessions.append(stored)
-            for client_id, seq, topic, data, qos in self._db.execute(
-                "SELECT client_id, seq, topic, data, qos FROM queued ORDER BY seq"
+            for client_id, seq, topic, data, qos, fields, expires in self._db.execute(
+                "SELECT client_id, seq, topic, data, qos, fields, expires FROM queued ORDER BY seq"
             ):
                 contents.last_seq = max(contents.last_seq, seq)
                 if client_id in by_id:
                     by_id[client_id].queued.append((seq, topic, bytes(data), int(qos)))
+                    if fields or expires is not None:
+                        by_id[client_id].queued_extras[seq] = (bytes(fields or b""), expires)
         except (sqlite3.Error, ValueError, TypeError) as exc:
             msg = self._unreadable(exc)
             raise StoreError(msg) from None
         return contents
 
     # Changes, recorded on the event loop; written by the next batch.
-    def retain(self, topic: str, payload: bytes, qos: int) -> None:
-        """Keep a network's last sample (an empty payload clears it).
+    def retain(
+        self, topic: str, payload: bytes, qos: int, fields: bytes = b"", expires: float | None = None
+    ) -> None:
+        """Keep a network's last sample (an empty payload clears it), with its MQTT 5 properties.
 
         Only the last value of a topic within a batch is written: a network publishing thousands of
         samples a second costs one row per batch, not one per sample.
@@ -198,7 +222,7 @@ class Store:
                 self._ops[at] = None
             self._retained_at[topic] = len(self._ops)
             if payload:
-                self._add("retain", (topic, payload, qos))
+                self._add("retain", (topic, payload, qos, fields or None, expires))
             else:
                 self._add("unretain", (topic,))
 
@@ -226,11 +250,20 @@ class Store:
             self._compact = True
             self._wake_writer()
 
-    def queue(self, client_id: str, seq: int, topic: str, payload: bytes, qos: int) -> None:
+    def queue(  # noqa: PLR0917 - a queued row's columns, in order
+        self,
+        client_id: str,
+        seq: int,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        fields: bytes = b"",
+        expires: float | None = None,
+    ) -> None:
         """Keep a sample for a persistent session until it acknowledges it."""
         with self._next:
             self._queued_at[client_id, seq] = len(self._ops)
-            self._add("queue", (client_id, seq, topic, payload, qos))
+            self._add("queue", (client_id, seq, topic, payload, qos, fields or None, expires))
 
     def unqueue(self, client_id: str, seq: int) -> None:
         """The session acknowledged the sample (or may no longer read it, or it was dropped)."""

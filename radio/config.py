@@ -145,7 +145,12 @@ class BrokerSettings:
     """QoS 2 samples from one client awaiting their PUBREL; past it the connection is closed."""
     send_buffer: int = 1024 * 1024
     """Bytes waiting to be sent to one client past which it is slow: QoS 0 samples are dropped for
-    it (and counted), QoS 1 and 2 wait in its queue."""
+    it (and counted), QoS 1 and 2 wait in its queue. A client that keeps up gets more for a burst."""
+    send_buffer_max: int = 16 * 1024 * 1024
+    """The most bytes that may wait for one client that keeps up (its room doubles from
+    ``send_buffer`` while it reads); at least ``send_buffer``."""
+    send_buffer_total: int = 256 * 1024 * 1024
+    """Bytes of room granted beyond ``send_buffer`` to all clients together."""
     anonymous_max_sessions: int = 1_000
     """Anonymous persistent sessions the broker keeps in all; a CONNECT that would open one more
     is refused (CONNACK 3). Nobody pays for them, and each holds store space."""
@@ -410,6 +415,8 @@ _BROKER_LIMITS: Final = {
     "max_inflight": (1, 65_535, True),
     "max_incoming_qos2": (1, 65_535, True),
     "send_buffer": (1024, 1 << 32, True),
+    "send_buffer_max": (1024, 1 << 32, True),
+    "send_buffer_total": (0, 1 << 40, True),
     "anonymous_max_sessions": (0, 100_000_000, True),
     "anonymous_max_sessions_per_address": (0, 100_000_000, True),
     "anonymous_total_queued_bytes": (0, 1 << 40, True),

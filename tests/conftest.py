@@ -247,7 +247,13 @@ Connect = Callable[..., Client]
 
 
 @pytest.fixture
-def connect(broker: BrokerThread, home: Home, transport: str) -> Iterator[Connect]:
+def protocol() -> int:
+    """The MQTT protocol level of the clients ``connect`` opens: 4 (3.1.1); a module may run 5 too."""
+    return 4
+
+
+@pytest.fixture
+def connect(broker: BrokerThread, home: Home, transport: str, protocol: int) -> Iterator[Connect]:
     """Open a client as a key of ``home`` (or anonymously) and close it after the test."""
     clients: list[Client] = []
 
@@ -256,6 +262,7 @@ def connect(broker: BrokerThread, home: Home, transport: str) -> Iterator[Connec
     ) -> Client:
         port = broker.ws_port if transport == "ws" else broker.mqtt_port
         password = secret if secret is not None else home.secrets.get(key or "")
+        kwargs.setdefault("protocol", protocol)
         client = Client(transport, port, key, password if key else None, **kwargs)  # type: ignore[arg-type]
         clients.append(client)
         assert client.connect() == expect

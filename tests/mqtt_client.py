@@ -11,10 +11,16 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 TIMEOUT = 10.0
 NOT_AUTHORIZED = 135  # paho reports MQTT 3.1.1's CONNACK code 5 as MQTT 5's "Not authorized"
+BAD_CREDENTIALS = 134  # MQTT 5's "Bad user name or password"
+REFUSED = {4: 0x80, 5: 0x87}
+"""A refused SUBSCRIBE's code: MQTT 3.1.1 has one, MQTT 5 says "not authorized"."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    properties: object = None
 
 
 class Client:
@@ -37,12 +44,18 @@ class Client:
         *,
         client_id: str | None = None,
         clean_session: bool = True,
+        protocol: int = 4,
     ) -> None:
-        self.client_id = client_id or f"test-{uuid.uuid4().hex[:12]}"
+        self.client_id = client_id if client_id is not None else f"test-{uuid.uuid4().hex[:12]}"
+        self.protocol = protocol
+        self.refused = REFUSED[protocol]
+        self._clean = clean_session
         self._paho = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=clean_session,
+            # MQTT 5 has no clean session: clean start and a session expiry (connect()) say it.
+            clean_session=clean_session if protocol == 4 else None,
+            protocol=mqtt.MQTTv311 if protocol == 4 else mqtt.MQTTv5,
             transport="websockets" if transport == "ws" else "tcp",
             # A test sees each disconnect as it happens; paho's reconnecting would also hold close()
             # for up to a second, in a sleep of its loop thread.
@@ -55,6 +68,8 @@ class Client:
         self.port = port
         self.messages: queue.Queue[Message] = queue.Queue()
         self.connack: ReasonCode | None = None
+        self.connack_properties: Properties | None = None
+        self.disconnect_reason: ReasonCode | None = None
         self._connack = threading.Event()
         self.disconnected = threading.Event()
         self._subacks: dict[int, list[int]] = {}
@@ -64,12 +79,30 @@ class Client:
         self._paho.on_message = self._on_message
         self._paho.on_subscribe = self._on_subscribe
 
-    def will_set(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        self._paho.will_set(topic, payload, qos, retain)
+    def will_set(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        self._paho.will_set(topic, payload, qos, retain, properties)
 
-    def connect(self, keepalive: int = 60) -> int:
-        """Connect and return the CONNACK as paho reports it (0 accepted, 135 not authorized)."""
-        self._paho.connect("127.0.0.1", self.port, keepalive=keepalive)
+    def connect(self, keepalive: int = 60, properties: Properties | None = None) -> int:
+        """Connect and return the CONNACK as paho reports it (0 accepted, 135 not authorized).
+
+        An MQTT 5 client that keeps its session asks the longest expiry (the broker bounds it).
+        """
+        if self.protocol == 5:
+            if properties is None and not self._clean:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = 0xFFFFFFFF
+            self._paho.connect(
+                "127.0.0.1", self.port, keepalive=keepalive, clean_start=self._clean, properties=properties
+            )
+        else:
+            self._paho.connect("127.0.0.1", self.port, keepalive=keepalive)
         self._paho.loop_start()
         if not self._connack.wait(TIMEOUT):
             msg = "no CONNACK"
@@ -77,9 +110,12 @@ class Client:
         assert self.connack is not None
         return self.connack.value
 
-    def subscribe(self, topic_filter: str, qos: int = 0) -> int:
-        """Subscribe and return the granted QoS, or 0x80 for a refusal."""
-        result, mid = self._paho.subscribe(topic_filter, qos)
+    def subscribe(self, topic_filter: str, qos: int = 0, options: SubscribeOptions | None = None) -> int:
+        """Subscribe and return the granted QoS, or the refusal's code (``self.refused``: no right)."""
+        if options is not None:
+            result, mid = self._paho.subscribe(topic_filter, options=options)
+        else:
+            result, mid = self._paho.subscribe(topic_filter, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS
         with self._suback:
             if not self._suback.wait_for(lambda: mid in self._subacks, TIMEOUT):
@@ -87,9 +123,16 @@ class Client:
                 raise TimeoutError(msg)
             return self._subacks.pop(mid)[0]
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
         """Publish and wait until it left (QoS 0) or was acknowledged (QoS 1 and 2)."""
-        info = self._paho.publish(topic, payload, qos, retain)
+        info = self._paho.publish(topic, payload, qos, retain, properties)
         info.wait_for_publish(TIMEOUT)
         assert info.is_published()
 
@@ -116,11 +159,13 @@ class Client:
         # collector may run after finalizing the sockets themselves (a ResourceWarning).
         self._paho._reset_sockets()
 
-    def _on_connect(self, _c: object, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+    def _on_connect(self, _c: object, _u: object, _f: object, reason: ReasonCode, p: Properties) -> None:
         self.connack = reason
+        self.connack_properties = p
         self._connack.set()
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        self.disconnect_reason = reason
         if not self._connack.is_set():
             # Refused or dropped before a CONNACK arrived: report it as such.
             self.connack = reason
@@ -128,7 +173,10 @@ class Client:
         self.disconnected.set()
 
     def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
-        self.messages.put(Message(message.topic, message.payload, message.qos, bool(message.retain)))
+        properties = getattr(message, "properties", None)
+        self.messages.put(
+            Message(message.topic, message.payload, message.qos, bool(message.retain), properties)
+        )
 
     def _on_subscribe(self, _c: object, _u: object, mid: int, codes: list[ReasonCode], _p: object) -> None:
         with self._suback:

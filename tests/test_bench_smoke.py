@@ -83,6 +83,12 @@ def test_the_latency_benchmark_delivers_every_sample_through_both_doors_of_both_
     assert all(r["lost"] == 0 and r["p50_ms"] > 0 for r in rows)
 
 
+def test_the_fanout_cost_benchmark_counts_every_delivery_at_both_qos():
+    rows = rounds(smoke("fanout_cost.py"))
+    assert sorted(r["qos"] for r in rows) == [0, 1]
+    assert all(r["deliveries"] == 10 * 50 and r["us_per_delivery"] > 0 for r in rows)
+
+
 def test_the_connections_benchmark_reaches_every_idle_listener():
     require_mosquitto()
     rows = rounds(smoke("connections.py"))

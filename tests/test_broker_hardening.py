@@ -206,7 +206,7 @@ def test_a_first_packet_other_than_connect_closes_the_connection_at_once(any_bro
     still_serving(broker, home)
 
 
-@pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQTT", 5)])
+@pytest.mark.parametrize(("name", "level"), [("MQTT", 3), ("MQIsdp", 4), ("MQTT", 6)])
 def test_a_protocol_name_and_level_radio_does_not_speak_get_connack_1(broker, home, name, level):
     """MQTT-3.1.2-2: "MQTT" at level 3 was taken for MQTT 3.1 and connected, its fields ignored."""
     with open_socket(broker.mqtt_port) as sock:

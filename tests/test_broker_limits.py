@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 
 import pytest
 import requests
 from embedded import embedded_broker
 from mqtt_client import Client, connected, listening
-from raw_mqtt import connect, packet, read_packet, session, subscribe
+from raw_mqtt import connect, packet, publish, read_packet, session, subscribe
 
 from radio.broker.thread import BrokerThread
+from radio.wire import Framer
 
 
 def start(home, *settings: str) -> BrokerThread:
@@ -46,7 +48,7 @@ def test_a_client_gets_no_more_filters_than_max_filters(home, caplog):
 
 
 def test_a_subscriber_that_does_not_read_misses_qos0_samples_and_slows_nobody(home):
-    broker = start(home, "send_buffer = 4096", 'metrics = "127.0.0.1:0"')
+    broker = start(home, "send_buffer = 4096", "send_buffer_max = 65536", 'metrics = "127.0.0.1:0"')
     try:
         port = broker.mqtt_port
         stalled = socket.socket()
@@ -65,12 +67,14 @@ def test_a_subscriber_that_does_not_read_misses_qos0_samples_and_slows_nobody(ho
                 for _ in range(300):
                     admin.publish("networks/pub", payload, qos=1)
                 assert len(reader.expect(300)) == 300  # everyone else gets every sample
+                metrics = broker.broker.metrics_port
+                assert metric(metrics, "radio_broker_dropped_total", '{reason="slow_subscriber"}') > 0
+                assert metric(metrics, "radio_broker_published_total") >= 300
+                # What waits for it stops at its bound (plus the one sample that crossed it), not at 18 MB.
+                assert metric(metrics, "radio_broker_send_buffered_bytes") <= 65536 + len(payload) + 100
+                assert metric(metrics, "radio_broker_send_buffer_granted_bytes") <= 65536 - 4096
         finally:
             stalled.close()
-        assert (
-            metric(broker.broker.metrics_port, "radio_broker_dropped_total", '{reason="slow_subscriber"}') > 0
-        )
-        assert metric(broker.broker.metrics_port, "radio_broker_published_total") >= 300
     finally:
         broker.stop()
 
@@ -103,5 +107,82 @@ def test_qos1_and_2_samples_for_a_slow_subscriber_wait_in_its_queue(home, qos):
             slow.sendall(packet(0x40 if qos == 1 else 0x50, pid))
         assert got == [b'{"n": %d}' % n for n in range(40)]  # every one, in order
         slow.close()
+    finally:
+        broker.stop()
+
+
+class Reader(threading.Thread):
+    """A QoS 0 subscriber that reads steadily, as fast as it can, through a small socket buffer."""
+
+    def __init__(self, port: int, name: str, silence: float) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # the burst waits in the broker
+        self.sock.settimeout(silence)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(
+            packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c" + len(name).to_bytes(2, "big") + name.encode())
+        )
+        assert read_packet(self.sock)[0] == 0x20
+        self.sock.sendall(subscribe("networks/pub", qos=0))
+        assert read_packet(self.sock)[0] == 0x90
+        self.count = 0
+        self.expected = 0
+
+    def run(self) -> None:
+        framer = Framer(limit=1 << 20)
+        try:
+            while self.count < self.expected:
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                self.count += sum(first >> 4 == 3 for first, _ in framer.feed(data))
+        except TimeoutError:
+            return  # nothing came for a while: what arrived is counted
+        finally:
+            self.sock.close()
+
+
+def burst(home, port: int, subscribers: int, silence: float, samples: int = 30_000) -> list[int]:
+    """Publish ``samples`` QoS 0 samples in one burst; how many each steady reader received (it
+    stops reading after ``silence`` seconds without a byte)."""
+    readers = [Reader(port, f"reader-{n}", silence) for n in range(subscribers)]
+    data = b"".join(
+        publish("networks/pub", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 200)) for n in range(samples)
+    )
+    for reader in readers:
+        reader.expected = samples
+        reader.start()
+    admin = session(port, "burst", "admin", home.secrets["admin"])
+    try:
+        admin.sendall(data)  # about 7 MB for each subscriber, as fast as the broker takes it
+        for reader in readers:
+            reader.join()
+    finally:
+        admin.close()
+    return [r.count for r in readers]
+
+
+def test_a_burst_reaches_every_subscriber_that_keeps_reading(home):
+    """30,000 QoS 0 samples in one burst to 10 subscribers: their room grows, none is dropped."""
+    broker = start(home, 'metrics = "127.0.0.1:0"')
+    try:
+        assert burst(home, broker.mqtt_port, 10, silence=30) == [30_000] * 10
+        port = broker.broker.metrics_port
+        assert metric(port, "radio_broker_dropped_total", '{reason="slow_subscriber"}') == 0
+        assert metric(port, "radio_broker_send_buffer_granted_bytes") <= 256 << 20  # send_buffer_total
+    finally:
+        broker.stop()
+
+
+def test_the_room_granted_for_bursts_is_bounded_in_all(home):
+    """With nothing to grant beyond send_buffer, the same burst overflows it: dropped and counted."""
+    broker = start(home, "send_buffer_total = 0", 'metrics = "127.0.0.1:0"')
+    try:
+        assert all(count < 30_000 for count in burst(home, broker.mqtt_port, 2, silence=3))
+        port = broker.broker.metrics_port
+        assert metric(port, "radio_broker_dropped_total", '{reason="slow_subscriber"}') > 0
+        assert metric(port, "radio_broker_send_buffer_refused_total", '{limit="send_buffer_total"}') > 0
+        assert metric(port, "radio_broker_send_buffer_granted_bytes") == 0
     finally:
         broker.stop()

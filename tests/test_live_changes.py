@@ -209,6 +209,36 @@ def test_a_listener_that_loses_a_network_stops_receiving_it(connect, home):
     assert delivered(admin, "networks/B", reader, admin, tag())
 
 
+def reaches(publisher: Client, topic: str, observer: Client, tag: str) -> bool:
+    """Whether ``observer`` receives a QoS 0 sample ``publisher`` sends to ``topic`` now.
+
+    The sample is fanned out before its PUBACK; a SUBACK the observer asks for after that comes
+    behind it on the observer's connection, so absence is shown without waiting for a timeout,
+    and no other sample reaches the observer in between.
+    """
+    publisher.publish(topic, _sample("probe", tag), qos=1)
+    observer.subscribe("networks/fleeting/nothing")
+    return _sample("probe", tag) in [m.payload for m in observer.received_so_far()]
+
+
+def test_a_network_made_private_stops_reaching_its_anonymous_listeners_at_once(connect, home):
+    """The read verdict fan-out remembers per session holds for one registry: a change asks again."""
+    anonymous = connect()
+    assert anonymous.subscribe("networks/fleeting") == 0  # QoS 0, and nothing else
+    admin = connect("admin")
+    tag = counter()
+    assert reaches(admin, "networks/fleeting", anonymous, tag())
+    assert reaches(admin, "networks/fleeting", anonymous, tag())
+    home.config.write_text(
+        home.config.read_text().replace(
+            "[networks.fleeting]\npublic = true", "[networks.fleeting]\npublic = false"
+        )
+    )
+    assert eventually(lambda: not reaches(admin, "networks/fleeting", anonymous, tag()))
+    assert not reaches(admin, "networks/fleeting", anonymous, tag())
+    assert not anonymous.disconnected.is_set()  # still connected: only the right changed
+
+
 def test_a_listener_that_gains_a_network_can_subscribe_to_it(connect, broker, home):
     reader = connect("reader_b")
     assert reader.subscribe("networks/pub", qos=1) == 1

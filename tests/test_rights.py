@@ -1,7 +1,8 @@
 """Rights on both brokers, over TCP and WebSocket, with real paho clients (design section 3).
 
 Each test runs on the embedded broker and on Mosquitto with the files `radio mosquitto export`
-writes. Where the two legitimately differ, the test says so and checks what matters on both:
+writes, with MQTT 3.1.1 clients; on the embedded broker, with MQTT 5 clients too (they are
+refused with MQTT 5's codes: SUBACK 0x87, CONNACK 0x86 for a key that is not valid). Where the two legitimately differ, the test says so and checks what matters on both:
 - Mosquitto's acl_file grants every SUBSCRIBE and filters on delivery: SUBACK 0x80 is the
   embedded broker's; "nothing reaches a client not entitled to it" is checked on both;
 - Mosquitto closes the connection of an MQTT 3.1.1 client whose PUBLISH it refuses; the embedded
@@ -19,19 +20,25 @@ import json
 
 import pytest
 from conftest import ENGINES, running_broker
-from mqtt_client import NOT_AUTHORIZED, Client
+from mqtt_client import BAD_CREDENTIALS, NOT_AUTHORIZED, Client
 from raw_mqtt import session
 
 from radio.credentials import secret_username
 
-REFUSED = 0x80
 
-
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=[*ENGINES, "embedded-v5"])
 def broker(request, home):
-    """Every rights test runs on the embedded broker and on Mosquitto with the exported files."""
-    with running_broker(request.param, home) as running:
+    """Every rights test runs on the embedded broker and on Mosquitto with the exported files,
+    and on the embedded broker with MQTT 5 clients."""
+    with running_broker(request.param.removesuffix("-v5"), home) as running:
         yield running
+
+
+@pytest.fixture
+def protocol(request):
+    """MQTT 5 clients for the embedded-v5 run, 3.1.1 ones otherwise."""
+    callspec = getattr(request.node, "callspec", None)
+    return 5 if callspec is not None and callspec.params.get("broker") == "embedded-v5" else 4
 
 
 def sentinel(n: int = 0) -> bytes:
@@ -63,7 +70,7 @@ def not_readable(client, broker, topic_filter, publisher):
     """``client`` gets nothing from ``topic_filter``: refused at SUBSCRIBE, or filtered on delivery."""
     granted = client.subscribe(topic_filter)
     if broker.engine == "embedded":
-        assert granted == REFUSED
+        assert granted == client.refused
         return
     assert granted == 0
     network = topic_filter.removesuffix("/#")
@@ -146,8 +153,9 @@ def test_an_anonymous_client_reads_no_private_network(connect, broker, topic_fil
 
 
 def test_an_anonymous_client_may_not_subscribe_to_sys(connect, broker):
-    granted = connect().subscribe("$SYS/#")
-    assert granted == (REFUSED if broker.engine == "embedded" else 0)  # Mosquitto: filtered later
+    anonymous = connect()
+    granted = anonymous.subscribe("$SYS/#")
+    assert granted == (anonymous.refused if broker.engine == "embedded" else 0)  # Mosquitto: filtered later
 
 
 def test_a_key_reads_only_its_own_private_networks(connect, broker):
@@ -218,8 +226,8 @@ def test_a_network_that_does_not_retain_keeps_no_last_sample(connect, broker):
     [("gen", "not-the-secret"), ("nobody", "whatever"), ("gen", "")],
     ids=["wrong secret", "unknown key", "empty secret"],
 )
-def test_bad_credentials_are_refused(connect, key, secret):
-    refused = connect(key, secret=secret, expect=NOT_AUTHORIZED)
+def test_bad_credentials_are_refused(connect, protocol, key, secret):
+    refused = connect(key, secret=secret, expect=NOT_AUTHORIZED if protocol == 4 else BAD_CREDENTIALS)
     assert refused.disconnected.wait(10)
 
 
@@ -242,12 +250,12 @@ def test_on_the_embedded_broker_any_username_is_a_label(connect, broker, home):
         assert labelled.subscribe("networks/A") == 0
 
 
-def test_a_will_may_only_go_where_the_key_may_publish(connect, broker, home, transport):
+def test_a_will_may_only_go_where_the_key_may_publish(connect, broker, home, transport, protocol):
     """Embedded: refused at CONNECT. Mosquitto: accepted, and the will is dropped when it fires."""
     admin = everything(connect)
     port = broker.ws_port if transport == "ws" else broker.mqtt_port
     if broker.engine == "embedded":
-        sneaky = Client(transport, port, "gen", home.secrets["gen"])
+        sneaky = Client(transport, port, "gen", home.secrets["gen"], protocol=protocol)
         sneaky.will_set("networks/B/status", b"offline", retain=True)
         assert sneaky.connect() == NOT_AUTHORIZED
         sneaky.close()
@@ -262,7 +270,7 @@ def test_a_will_may_only_go_where_the_key_may_publish(connect, broker, home, tra
         honest.close()
         assert [(m.topic, m.payload) for m in admin.expect(1)] == [("networks/A/status", b"gone")]
 
-    honest = Client(transport, port, "gen", home.secrets["gen"])
+    honest = Client(transport, port, "gen", home.secrets["gen"], protocol=protocol)
     honest.will_set("networks/A/status", b"offline")
     assert honest.connect() == 0
     honest.close()

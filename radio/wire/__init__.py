@@ -1,4 +1,4 @@
-"""MQTT 3.1.1 on the wire, written once for every part that speaks it.
+"""MQTT (3.1.1, and 5 where it differs) on the wire, written once for every part that speaks it.
 
 The broker decodes what clients send and encodes what it answers; the bridge's connection to the
 broker, the tests' hand-built packets and the load clients in ``bench/`` encode what a client sends
@@ -11,6 +11,8 @@ very encoders the servers run. This package imports nothing but the standard lib
   byte stream, however it is chunked, into whole packets within a size limit.
 - ``packets``: packet types, an encoder for each packet of both directions, and the decoders that
   check what MQTT says a receiver must close the connection on (``Violation``).
+- ``properties``, ``reasons``, ``mqtt5``: what MQTT 5 adds (property lists, reason codes with
+  the packet types each may go in, and the packets whose shape differs from 3.1.1's).
 """
 
 from radio.wire.framing import (

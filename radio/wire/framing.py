@@ -88,13 +88,18 @@ def read_string(body: bytes, at: int, what: str) -> tuple[str, int]:
     return text, end
 
 
+class TooLarge(Violation):
+    """A packet over the size limit (an MQTT 5 client is told so: DISCONNECT 0x95)."""
+
+
 class Framer:
     """Cuts a byte stream into whole packets: ``(first byte, body)`` pairs, within a size limit."""
 
-    __slots__ = ("_buffer", "limit", "missing")
+    __slots__ = ("_buffer", "_length", "limit", "missing")
 
     def __init__(self, limit: int = MQTT_LIMIT) -> None:
         self._buffer = bytearray()
+        self._length = 0
         self.limit = limit
         """The largest remaining length taken: past it, ``feed`` raises before the body arrives."""
         self.missing = 2
@@ -102,43 +107,66 @@ class Framer:
         past a packet (a test's socket) reads exactly this many."""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Add what the socket gave; return every packet now complete, in order."""
+        """Add what the socket gave; return every packet now complete, in order.
+
+        When nothing is left over from before (the usual case: a client's packets arrive whole),
+        the packets are cut from ``data`` itself and only a partial one at its end is kept; the
+        buffer is used only to join a packet split across reads.
+        """
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            source = data
         packets: list[tuple[int, bytes]] = []
-        position, size = 0, len(buffer)
+        position, size = 0, len(source)
         while size - position >= 2:
-            length, multiplier, at, complete = 0, 1, position + 1, False
-            for _ in range(4):
-                if at >= size:
-                    break
-                byte = buffer[at]
-                at += 1
-                length += (byte & 0x7F) * multiplier
-                if not byte & 0x80:
-                    complete = True
-                    break
-                multiplier *= 128
+            length = source[position + 1]
+            if length < 0x80:  # a remaining length of one byte: most packets
+                at = position + 2
             else:
-                msg = "a remaining length longer than 4 bytes [MQTT-2.2.3]"
-                raise Violation(msg)
-            if not complete:
-                self.missing = 1  # the length itself has not all arrived
-                break
+                at = self._long_length(source, position, size)
+                if at < 0:
+                    self.missing = 1  # the length itself has not all arrived
+                    break
+                length = self._length
             if length > self.limit:
                 msg = f"a packet of {length} bytes, over the limit of {self.limit} [max_packet_size]"
-                raise Violation(msg)
+                raise TooLarge(msg)
             end = at + length
             if end > size:
                 self.missing = end - size
                 break
-            packets.append((buffer[position], bytes(buffer[at:end])))
+            packets.append((source[position], bytes(source[at:end])))
             position = end
         else:
             self.missing = 2 - (size - position)
-        if position:
-            del buffer[:position]
+        if source is buffer:
+            if position:
+                del buffer[:position]
+        elif position < size:
+            buffer += data[position:]
         return packets
+
+    def _long_length(self, source: bytes | bytearray, position: int, size: int) -> int:
+        """Where the body starts after a remaining length of 2 to 4 bytes; -1 if it has not all arrived.
+
+        The length's value is left in ``_length``.
+        """
+        length, multiplier, at = 0, 1, position + 1
+        for _ in range(4):
+            if at >= size:
+                return -1
+            byte = source[at]
+            at += 1
+            length += (byte & 0x7F) * multiplier
+            if not byte & 0x80:
+                self._length = length
+                return at
+            multiplier *= 128
+        msg = "a remaining length longer than 4 bytes [MQTT-2.2.3]"
+        raise Violation(msg)
 
     @property
     def pending(self) -> int:

@@ -10,7 +10,7 @@ clause it breaks, and no other exception.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -187,8 +187,16 @@ class Connect:
     """False for a protocol name and level Radio does not speak: answered CONNACK 1."""
 
 
-def decode_connect(body: bytes) -> Connect:
-    """A CONNECT's fields; an unknown protocol (name and level) comes back unsupported, for a CONNACK 1."""
+PropertyReader = Callable[[bytes, int, str], int]
+"""Reads an MQTT 5 property list at an offset (of the ``connect`` or the ``will``); returns its end."""
+
+
+def decode_connect(body: bytes, properties: PropertyReader | None = None) -> Connect:
+    """A CONNECT's fields; an unknown protocol (name and level) comes back unsupported, for a CONNACK 1.
+
+    With ``properties`` (radio/wire/mqtt5.py), a level 5 CONNECT is decoded too, its property
+    lists handed to it; MQTT 5 also allows a password without a user name.
+    """
     name, at = read_string(body, 0, "the protocol name")
     if at + 4 > len(body):
         msg = "a CONNECT cut short"
@@ -196,7 +204,8 @@ def decode_connect(body: bytes) -> Connect:
     level, flags = body[at], body[at + 1]
     keep_alive = body[at + 2] << 8 | body[at + 3]
     at += 4
-    if (name, level) not in (("MQTT", 4), ("MQIsdp", 3)):
+    v5 = properties is not None and (name, level) == ("MQTT", 5)
+    if (name, level) not in (("MQTT", 4), ("MQIsdp", 3)) and not v5:
         if name not in ("MQTT", "MQIsdp"):
             msg = f"protocol name {name!r} [MQTT-3.1.2-1]"
             raise Violation(msg)
@@ -209,10 +218,14 @@ def decode_connect(body: bytes) -> Connect:
         msg = "inconsistent will flags [MQTT-3.1.2-11..15]"
         raise Violation(msg)
     has_user, has_password = bool(flags & 0x80), bool(flags & 0x40)
-    if has_password and not has_user:
+    if has_password and not has_user and not v5:
         msg = "a password without a user name [MQTT-3.1.2-22]"
         raise Violation(msg)
+    if properties is not None and v5:
+        at = properties(body, at, "connect")
     client_id, at = read_string(body, at, "the client id")
+    if will and properties is not None and v5:
+        at = properties(body, at, "will")
     will_topic, will_payload, at = _will(body, at) if will else (None, b"", at)
     username, password, at = _credentials(body, at, has_user=has_user, has_password=has_password)
     if at != len(body):

@@ -1,0 +1,211 @@
+"""PUBLISH and its acknowledgements both ways (PUBACK, PUBREC, PUBREL, PUBCOMP), and wills.
+
+Every sample passes the admission gate (``broker/access.py``) before anything is stored or
+delivered: a PUBLISH here, a will when it fires (``publish_will``). A publisher's
+acknowledgements keep their order: one that waits for the store holds back those after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Final
+
+from radio import wire as codec
+from radio.admission import Refused
+from radio.broker.access import GO
+from radio.broker.message import Message
+from radio.broker.protocol5 import TOPIC_ALIASES
+from radio.wire import mqtt5, reasons
+from radio.wire import properties as props
+
+if TYPE_CHECKING:
+    from radio.broker.connection import Connection
+    from radio.broker.protocol5 import Peer
+    from radio.broker.sessions import Session, Will
+
+log = logging.getLogger("radio.broker")
+
+WILL_ATTEMPTS: Final = 40
+"""Times a will waits for its key's quota to be readable (``USAGE_RETRY`` apart) before it is dropped."""
+
+
+def on_publish(connection: Connection, first: int, body: bytes) -> None:
+    """An MQTT 3.1.1 client's PUBLISH."""
+    topic, qos, pid, payload = codec.decode_publish(first, body)
+    _take(connection, first, body, Message(topic, payload, qos, bool(first & 0x01)), pid)
+
+
+def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> None:
+    """An MQTT 5 client's PUBLISH: its topic alias resolved, its properties kept for its subscribers."""
+    topic, qos, pid, found, payload = mqtt5.decode_publish(first, body)
+    alias = found.get(props.TOPIC_ALIAS)
+    if alias is not None:
+        if not 0 < alias <= TOPIC_ALIASES:
+            msg = f"topic alias {alias}, outside 1..{TOPIC_ALIASES} [MQTT-3.3.2-9]"
+            raise mqtt5.Refusal(reasons.TOPIC_ALIAS_INVALID, msg)
+        if topic:
+            peer.aliases_in[alias] = topic
+        elif (topic := peer.aliases_in.get(alias, "")) == "":
+            msg = f"topic alias {alias}, which this connection never set [MQTT-3.3.4]"
+            raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+    elif not topic:
+        msg = "a PUBLISH with an empty topic and no topic alias [MQTT-3.3.2-1]"
+        raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+    if props.SUBSCRIPTION_ID in found:
+        msg = "a PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]"
+        raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+    expiry = found.get(props.MESSAGE_EXPIRY)
+    expires = time.monotonic() + expiry if expiry is not None else None
+    message = Message(topic, payload, qos, bool(first & 0x01), props.passed_on(found), expires)
+    _take(connection, first, body, message, pid)
+
+
+def _take(connection: Connection, first: int, body: bytes, message: Message, pid: int) -> None:
+    """Through the gate, then to the router, then acknowledged once durable."""
+    session = connection.session
+    assert session is not None  # noqa: S101 - only after CONNECT
+    broker = connection.broker
+    router = broker.router
+    qos = message.qos
+    if qos == 2 and pid in session.incoming_qos2:
+        ack(connection, codec.ack(codec.PUBREC, pid))  # a resend: admitted, delivered and charged once
+        return
+    if qos == 2 and len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
+        # Before the gate: a sample the broker will not take must not be charged to its key.
+        connection.close(
+            f"{len(session.incoming_qos2)} QoS 2 samples awaiting their PUBREL, "
+            "the limit [broker] max_incoming_qos2",
+            reasons.RECEIVE_MAXIMUM_EXCEEDED,
+        )
+        return
+    gate = router.gate
+    if gate is not None:
+        verdict = gate.publish(session, message.topic, message.payload, message.retain)
+        if verdict > 0:  # over its rate: read nothing more from this client until a token is back
+            connection.hold(verdict, first, body)
+            return
+        if verdict < 0:  # dropped (quota, schema): MQTT 3.1.1 has no refusal, MQTT 5 says why
+            _ack_dropped(connection, qos, pid, gate.refusal)
+            return
+    if qos == 2:
+        session.incoming_qos2.add(pid)
+    store = broker.store
+    mark = store.pending if store is not None else 0
+    message.origin = session
+    router.publish(message)
+    if not qos:
+        return
+    answer = codec.ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid)
+    if store is not None and (store.pending != mark or connection.acks_waiting):
+        connection.acks_waiting += 1
+        store.after_commit(lambda ok: _durable(connection, answer, ok), since=mark)
+    else:
+        connection.write(answer)
+
+
+def _ack_dropped(connection: Connection, qos: int, pid: int, refused: Refused | None) -> None:
+    if not qos:
+        return
+    kind = codec.PUBACK if qos == 1 else codec.PUBREC
+    peer = connection.v5
+    if peer is None or refused is None:
+        ack(connection, codec.ack(kind, pid))
+        return
+    code = reasons.GATE.get(refused.reason, reasons.UNSPECIFIED_ERROR)
+    ack(connection, mqtt5.ack(kind, pid, code, peer.reason(refused.message)))
+
+
+def _durable(connection: Connection, answer: bytes, ok: bool) -> None:
+    connection.acks_waiting -= 1
+    if connection.closed:
+        return
+    if ok:
+        connection.write(answer)
+    else:
+        connection.close("the broker's store cannot be written: its sample was not acknowledged")
+
+
+def ack(connection: Connection, answer: bytes) -> None:
+    """An acknowledgement that stores nothing, kept in order behind any waiting on the store."""
+    store = connection.broker.store
+    if store is not None and connection.acks_waiting:
+        connection.acks_waiting += 1  # stores nothing itself: it only keeps its place in the order
+        store.after_commit(lambda ok: _durable(connection, answer, ok), since=store.pending)
+    else:
+        connection.write(answer)
+
+
+def on_puback(connection: Connection, session: Session, body: bytes) -> None:
+    """PUBACK (QoS 1) or PUBCOMP (QoS 2): a delivery to this client is done."""
+    connection.broker.router.acknowledged(session, codec.packet_id(body, "an acknowledgement"))
+
+
+def on_puback5(connection: Connection, session: Session, body: bytes) -> None:
+    """An MQTT 5 PUBACK or PUBCOMP, whatever its reason code: the delivery is over."""
+    pid, _ = mqtt5.decode_ack(body, "an acknowledgement")
+    connection.broker.router.acknowledged(session, pid)
+
+
+def on_pubrec5(connection: Connection, session: Session, body: bytes) -> None:
+    """An MQTT 5 PUBREC: a refusal (0x80 and up) ends the delivery there (MQTT-4.3.3)."""
+    pid, code = mqtt5.decode_ack(body, "a PUBREC")
+    if code >= reasons.UNSPECIFIED_ERROR:
+        connection.broker.router.acknowledged(session, pid)
+        return
+    on_pubrec(connection, session, body[:2])
+
+
+def on_pubrec(connection: Connection, session: Session, body: bytes) -> None:
+    """PUBREC: the client has a QoS 2 delivery; it is released, only PUBCOMP is awaited."""
+    pid = codec.packet_id(body, "a PUBREC")
+    delivery = session.inflight.get(pid)
+    if delivery is not None:
+        delivery.released = True
+    connection.write(codec.ack(codec.PUBREL, pid))
+
+
+def on_pubrel(connection: Connection, session: Session, body: bytes) -> None:
+    """PUBREL: the client's QoS 2 sample is complete on both sides."""
+    pid = codec.packet_id(body, "a PUBREL")
+    session.incoming_qos2.discard(pid)
+    ack(connection, codec.ack(codec.PUBCOMP, pid))
+
+
+def publish_will(connection: Connection, session: Session, will: Will, attempt: int = 0) -> None:
+    """A will is a sample like any other: it passes the gate, as its key stands now."""
+    router = connection.broker.router
+    gate = router.gate
+    verdict = gate.will(session, will.topic, will.payload, will.retain) if gate is not None else GO
+    if verdict > 0:  # the key's quota cannot be read this instant: ask again shortly
+        if attempt < WILL_ATTEMPTS:
+            connection.loop.call_later(verdict, publish_will, connection, session, will, attempt + 1)
+        else:
+            log.warning("dropped the will of %s: its key's quota could not be read", connection.who())
+        return
+    if verdict == GO:
+        expires = time.monotonic() + will.expiry if will.expiry is not None else None
+        message = Message(will.topic, will.payload, will.qos, will.retain, will.fields, expires)
+        message.origin = session
+        router.publish(message)
+
+
+def will_after(connection: Connection, session: Session, will: Will) -> None:
+    """A connection ended without DISCONNECT: its will now, or after its delay (MQTT 5).
+
+    A delayed will waits on its session, and a client back in time cancels it; it goes no later
+    than its session ends (MQTT-3.1.3-9).
+    """
+    delay = min(will.delay, session.lifetime) if session.persistent else 0
+    if not delay:
+        publish_will(connection, session, will)
+        return
+    session.will = will
+    will.timer = connection.loop.call_later(delay, _delayed, connection, session, will)
+
+
+def _delayed(connection: Connection, session: Session, will: Will) -> None:
+    will.timer = None
+    if session.will is will and session.connection is None:
+        session.will = None
+        publish_will(connection, session, will)

@@ -1,0 +1,78 @@
+"""SUBSCRIBE and UNSUBSCRIBE: each filter granted or refused by the key's rights, then its retained ones."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from radio import wire as codec
+from radio.broker.shared import PREFIX as SHARED_PREFIX
+from radio.wire import mqtt5, reasons
+from radio.wire import properties as props
+
+if TYPE_CHECKING:
+    from radio.broker.connection import Connection
+    from radio.broker.sessions import Session
+
+
+def on_subscribe(connection: Connection, session: Session, body: bytes) -> None:
+    """SUBACK with a code per filter, then the retained samples each granted filter brings."""
+    pid, requests = codec.decode_subscribe(body)
+    router = connection.broker.router
+    codes = router.subscribe(session, requests)
+    connection.write(codec.suback(pid, codes))
+    granted = [
+        (f, code) for (f, _), code in zip(requests, codes, strict=True) if code != codec.SUBSCRIBE_FAILURE
+    ]
+    for packet in router.retained_for(session, granted):
+        connection.write(packet)
+
+
+def on_unsubscribe(connection: Connection, session: Session, body: bytes) -> None:
+    """Drop the filters the session holds; UNSUBACK."""
+    pid, filters = codec.decode_unsubscribe(body)
+    connection.broker.router.unsubscribe(session, filters)
+    connection.write(codec.ack(codec.UNSUBACK, pid))
+
+
+def on_subscribe5(connection: Connection, session: Session, body: bytes) -> None:
+    """An MQTT 5 SUBSCRIBE: options per filter, a subscription id, a reason code per filter.
+
+    Retained samples follow as the retain handling asks: 0 always, 1 only for a filter the
+    session did not hold, 2 never (MQTT-3.3.1-9..11).
+    """
+    pid, found, requests = mqtt5.decode_subscribe(body)
+    ids = found.get(props.SUBSCRIPTION_ID, [])
+    if len(ids) > 1 or 0 in ids:
+        msg = "a SUBSCRIBE with a subscription identifier of 0 or more than one [MQTT-3.8.2.1.2]"
+        raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+    for topic_filter, options in requests:
+        if options & mqtt5.NO_LOCAL and topic_filter.startswith(SHARED_PREFIX):
+            msg = "a shared subscription with no-local set [MQTT-3.8.3-4]"
+            raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+    ident = ids[0] if ids else 0
+    held = {f for f, _ in requests if f in session.subscriptions}
+    router = connection.broker.router
+    codes = router.subscribe(session, requests, v5=True, ident=ident)
+    peer = connection.v5
+    refused = [f for (f, _), code in zip(requests, codes, strict=True) if code == reasons.NOT_AUTHORIZED]
+    says = f"this key may not read {', '.join(refused)}" if refused and peer is not None else None
+    connection.write(mqtt5.suback(codec.SUBACK, pid, codes, peer.reason(says) if peer is not None else None))
+    granted = [
+        (f, code)
+        for (f, options), code in zip(requests, codes, strict=True)
+        if code < reasons.UNSPECIFIED_ERROR and _retained_wanted(options >> 4 & 0x03, f in held)
+    ]
+    for packet in router.retained_for(session, granted, ident):
+        connection.write(packet)
+
+
+def _retained_wanted(handling: int, held: bool) -> bool:
+    return handling == 0 or (handling == 1 and not held)
+
+
+def on_unsubscribe5(connection: Connection, session: Session, body: bytes) -> None:
+    """An MQTT 5 UNSUBSCRIBE: UNSUBACK says, per filter, whether the session held it."""
+    pid, filters = mqtt5.decode_unsubscribe(body)
+    held = connection.broker.router.unsubscribe(session, filters)
+    codes = [reasons.SUCCESS if h else reasons.NO_SUBSCRIPTION_EXISTED for h in held]
+    connection.write(mqtt5.suback(codec.UNSUBACK, pid, codes))

@@ -1,0 +1,91 @@
+"""MQTT 5 shared subscriptions: ``$share/GROUP/FILTER``, each sample to one member of the group.
+
+Each member subscribed with its own key's read right on FILTER (checked at SUBSCRIBE like any
+filter); at delivery the group's next member that may read the sample's network now gets it,
+in turn, so a member whose right was taken away is passed over, never sent what it may not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from radio.broker.index import SubscriptionIndex
+
+if TYPE_CHECKING:
+    from radio.broker.message import Message
+    from radio.broker.sessions import Session
+
+PREFIX: Final = "$share/"
+
+
+def split(topic_filter: str) -> tuple[str, str] | None:
+    """(group, filter) of a shared subscription's filter; None if it is not one or is malformed."""
+    if not topic_filter.startswith(PREFIX):
+        return None
+    group, sep, inner = topic_filter[len(PREFIX) :].partition("/")
+    if not sep or not group or not inner or "+" in group or "#" in group:
+        return None
+    return group, inner
+
+
+class Group:
+    """The members of one (group, filter), taking turns."""
+
+    __slots__ = ("members", "turn")
+
+    def __init__(self) -> None:
+        self.members: dict[Session, int] = {}
+        self.turn = 0
+
+    def next(self, may_read: Callable[[Session], bool]) -> tuple[Session, int] | None:
+        """The next member, in turn, that may read the sample (with its granted QoS)."""
+        members = list(self.members.items())
+        for step in range(len(members)):
+            session, qos = members[(self.turn + step) % len(members)]
+            if session.connection is not None and may_read(session):
+                self.turn = (self.turn + step + 1) % len(members)
+                return session, qos
+        return None
+
+
+class SharedSubscriptions:
+    """Every shared subscription: an index of groups by filter."""
+
+    def __init__(self) -> None:
+        self.index: SubscriptionIndex[Group] = SubscriptionIndex()
+        self.groups: dict[tuple[str, str], Group] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def add(self, group: str, topic_filter: str, session: Session, qos: int) -> None:
+        """A member joins (or changes its QoS)."""
+        found = self.groups.get((group, topic_filter))
+        if found is None:
+            found = self.groups[(group, topic_filter)] = Group()
+            self.index.add(topic_filter, found, 0)
+        found.members[session] = qos
+
+    def remove(self, group: str, topic_filter: str, session: Session) -> None:
+        """A member leaves; an empty group goes."""
+        found = self.groups.get((group, topic_filter))
+        if found is None:
+            return
+        found.members.pop(session, None)
+        if not found.members:
+            del self.groups[(group, topic_filter)]
+            self.index.remove(topic_filter, found)
+
+    def publish(
+        self,
+        message: Message,
+        may_read: Callable[[Session], bool],
+        deliver: Callable[[Session, Message, int], None],
+    ) -> None:
+        """Give the message to one member of each group whose filter matches."""
+        for table in self.index.match(message.topic):
+            for group in table:
+                chosen = group.next(may_read)
+                if chosen is not None:
+                    deliver(chosen[0], message, chosen[1])

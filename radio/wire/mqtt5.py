@@ -1,0 +1,166 @@
+"""MQTT 5 packets: what differs from MQTT 3.1.1 (properties, reason codes, subscription options).
+
+A CONNECT says its protocol level before anything else; the broker decodes a level 5 CONNECT
+here, and every later packet of that connection with the MQTT 5 decoders below. Packets the
+server sends carry a reason code and, when there is something to say, a reason string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from radio.logs import shown
+from radio.wire import framing, packets, reasons
+from radio.wire import properties as props
+from radio.wire.framing import Violation, read_string
+
+LEVEL: Final = 5
+
+NO_LOCAL: Final = 0x04
+RETAIN_AS_PUBLISHED: Final = 0x08
+
+
+class Refusal(Violation):
+    """A packet the server answers with a DISCONNECT carrying ``code``, then closes on."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class Extras:
+    """What a level 5 CONNECT holds beyond a 3.1.1 one."""
+
+    properties: props.Properties = field(default_factory=dict)
+    will_properties: props.Properties = field(default_factory=dict)
+
+
+def _properties(body: bytes, at: int) -> tuple[props.Properties, int]:
+    try:
+        return props.decode(body, at)
+    except props.Malformed as exc:
+        raise Refusal(reasons.MALFORMED_PACKET, str(exc)) from None
+
+
+def decode_connect(body: bytes) -> tuple[packets.Connect, Extras]:
+    """A level 5 CONNECT's fields, and its properties and will properties."""
+    extras = Extras()
+
+    def read(body: bytes, at: int, which: str) -> int:
+        found, end = _properties(body, at)
+        if which == "will":
+            extras.will_properties = found
+        else:
+            extras.properties = found
+        return end
+
+    return packets.decode_connect(body, read), extras
+
+
+def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Properties, bytes]:
+    """A PUBLISH's topic ("" when it gives a topic alias only), QoS, packet id, properties, payload."""
+    qos = (first >> 1) & 0x03
+    if qos == 3:
+        msg = "a PUBLISH with QoS 3 [MQTT-3.3.1-4]"
+        raise Refusal(reasons.MALFORMED_PACKET, msg)
+    if not qos and first & 0x08:
+        msg = "a QoS 0 PUBLISH with DUP set [MQTT-3.3.1-2]"
+        raise Refusal(reasons.MALFORMED_PACKET, msg)
+    topic, at = read_string(body, 0, "a PUBLISH topic")
+    if "+" in topic or "#" in topic:
+        msg = f"a PUBLISH to the wildcard topic {shown(topic)} [MQTT-3.3.2-2]"
+        raise Refusal(reasons.TOPIC_NAME_INVALID, msg)
+    pid = 0
+    if qos:
+        pid = packets.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
+        at += 2
+    found, at = _properties(body, at)
+    return topic, qos, pid, found, body[at:]
+
+
+def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str, int]]]:
+    """A SUBSCRIBE's packet id, properties, and (filter, options byte) pairs."""
+    pid = packets.packet_id(body, "a SUBSCRIBE")
+    found, at = _properties(body, 2)
+    pairs = []
+    while at < len(body):
+        topic_filter, at = read_string(body, at, "a SUBSCRIBE filter")
+        if at >= len(body):
+            msg = "a SUBSCRIBE filter without its options"
+            raise Refusal(reasons.MALFORMED_PACKET, msg)
+        options = body[at]
+        if options & 0xC0 or options & 0x03 == 3 or (options >> 4) & 0x03 == 3:
+            msg = f"a SUBSCRIBE with options 0x{options:02x} [MQTT-3.8.3-5]"
+            raise Refusal(reasons.MALFORMED_PACKET, msg)
+        pairs.append((topic_filter, options))
+        at += 1
+    if not pairs:
+        msg = "a SUBSCRIBE with no topic filter [MQTT-3.8.3-2]"
+        raise Refusal(reasons.PROTOCOL_ERROR, msg)
+    return pid, found, pairs
+
+
+def decode_unsubscribe(body: bytes) -> tuple[int, list[str]]:
+    """An UNSUBSCRIBE's packet id and filters (its properties are read past)."""
+    pid = packets.packet_id(body, "an UNSUBSCRIBE")
+    _, at = _properties(body, 2)
+    filters = []
+    while at < len(body):
+        topic_filter, at = read_string(body, at, "an UNSUBSCRIBE filter")
+        filters.append(topic_filter)
+    if not filters:
+        msg = "an UNSUBSCRIBE with no topic filter [MQTT-3.10.3-2]"
+        raise Refusal(reasons.PROTOCOL_ERROR, msg)
+    return pid, filters
+
+
+def decode_ack(body: bytes, what: str) -> tuple[int, int]:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP's packet id and reason code (0 when left out)."""
+    pid = packets.packet_id(body, what)
+    code = body[2] if len(body) > 2 else reasons.SUCCESS
+    if len(body) > 3:
+        _properties(body, 3)
+    return pid, code
+
+
+def decode_disconnect(body: bytes) -> tuple[int, props.Properties]:
+    """A client's DISCONNECT: its reason code and properties."""
+    if not body:
+        return reasons.SUCCESS, {}
+    if len(body) == 1:
+        return body[0], {}
+    found, _ = _properties(body, 1)
+    return body[0], found
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + framing.remaining_length(len(body)) + body
+
+
+def connack(session_present: bool, code: int, found: props.Properties) -> bytes:
+    """A CONNACK with its reason code and properties."""
+    flags = 1 if session_present and code == reasons.SUCCESS else 0
+    return _packet(0x20, bytes((flags, code)) + props.encode(found))
+
+
+def ack(kind: int, pid: int, code: int = reasons.SUCCESS, reason: str | None = None) -> bytes:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP: as short as MQTT 3.1.1's when it succeeded."""
+    if code == reasons.SUCCESS and reason is None:
+        return packets.ack(kind, pid)
+    found = {props.REASON_STRING: reason} if reason is not None else {}
+    first = (kind << 4) | (2 if kind == packets.PUBREL else 0)
+    return _packet(first, bytes((pid >> 8, pid & 0xFF, code)) + props.encode(found))
+
+
+def suback(kind: int, pid: int, codes: list[int], reason: str | None = None) -> bytes:
+    """A SUBACK (or UNSUBACK): a reason code per filter, in order."""
+    found = {props.REASON_STRING: reason} if reason is not None else {}
+    return _packet(kind << 4, bytes((pid >> 8, pid & 0xFF)) + props.encode(found) + bytes(codes))
+
+
+def disconnect(code: int, reason: str | None = None) -> bytes:
+    """The server's DISCONNECT: why it closes the connection."""
+    found = {props.REASON_STRING: reason} if reason is not None else {}
+    return _packet(0xE0, bytes((code,)) + props.encode(found))

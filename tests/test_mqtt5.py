@@ -1,0 +1,497 @@
+"""MQTT 5 on the embedded broker, beside MQTT 3.1.1: the same samples, plus what MQTT 5 adds.
+
+Real broker on free ports, paho clients speaking MQTT 5 and 3.1.1, mosquitto_pub and
+mosquitto_sub with ``-V 5``, and raw packets for what paho does not show (topic aliases the
+server sets, the receive maximum's window).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Home
+from mqtt_client import Client, Message
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from polling import until
+from raw_mqtt import puback, publish5, published5, read_packet, session5, subscribe5
+from test_tls import make_certs, tls_broker, use_tls
+
+from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.registry import LiveRegistry
+from radio.tls import client_context
+from radio.wire import properties as props
+
+
+def client(broker: BrokerThread, home: Home, key: str | None, protocol: int, **kwargs: object) -> Client:
+    made = Client(
+        "tcp", broker.mqtt_port, key, home.secrets[key] if key else None, protocol=protocol, **kwargs
+    )  # type: ignore[arg-type]
+    assert made.connect() == 0
+    return made
+
+
+@pytest.fixture
+def clients(broker: BrokerThread, home: Home) -> Iterator[list[Client]]:
+    """Clients a test opens, closed after it."""
+    opened: list[Client] = []
+    yield opened
+    for one in opened:
+        one.close()
+
+
+def open_client(clients: list[Client], broker, home, key, protocol=5, **kwargs) -> Client:
+    made = client(broker, home, key, protocol, **kwargs)
+    clients.append(made)
+    return made
+
+
+def persistent(port: int, home: Home, client_id: str) -> Client:
+    """An MQTT 5 client of reader_a that keeps its session (not connected yet)."""
+    return Client(
+        "tcp",
+        port,
+        "reader_a",
+        home.secrets["reader_a"],
+        client_id=client_id,
+        clean_session=False,
+        protocol=5,
+    )
+
+
+def seen(messages: list[Message]) -> list[tuple[str, bytes, bool]]:
+    return [(m.topic, m.payload, m.retain) for m in messages]
+
+
+def test_v311_and_v5_listeners_receive_the_same_samples_live_and_retained(
+    broker, home, clients, transport
+) -> None:
+    port = broker.ws_port if transport == "ws" else broker.mqtt_port
+    admin = open_client(clients, broker, home, "admin", 4)
+    admin.publish("networks/A", b'{"retained": 1}', qos=1, retain=True)
+    readers = []
+    for protocol in (4, 5):
+        reader = Client(transport, port, "reader_a", home.secrets["reader_a"], protocol=protocol)
+        clients.append(reader)
+        assert reader.connect() == 0
+        assert reader.subscribe("networks/A/#", qos=1) == 1
+        readers.append(reader)
+    for protocol in (4, 5):
+        gen = Client(transport, port, "gen", home.secrets["gen"], protocol=protocol)
+        clients.append(gen)
+        assert gen.connect() == 0
+        gen.publish("networks/A", json.dumps({"from": protocol, "qos": 0}).encode())
+        gen.publish("networks/A/s", json.dumps({"from": protocol, "qos": 1}).encode(), qos=1)
+    expected = [("networks/A", b'{"retained": 1}', True)]
+    for protocol in (4, 5):
+        expected += [
+            ("networks/A", json.dumps({"from": protocol, "qos": 0}).encode(), False),
+            ("networks/A/s", json.dumps({"from": protocol, "qos": 1}).encode(), False),
+        ]
+    for reader in readers:
+        assert seen(reader.expect(5)) == expected
+
+
+def test_v311_and_v5_listeners_receive_the_same_samples_over_tls(home: Home, tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    use_tls(home, certs)
+    opened = []
+    with tls_broker("embedded", home) as ports:
+        try:
+            for transport, name in (("tcp", "mqtts"), ("ws", "wss")):
+                readers = []
+                for protocol in (4, 5):
+                    reader = Client(
+                        transport, ports[name], "reader_a", home.secrets["reader_a"], protocol=protocol
+                    )
+                    reader._paho.tls_set_context(client_context(certs / "ca.pem"))
+                    opened.append(reader)
+                    assert reader.connect() == 0
+                    assert reader.subscribe("networks/A", qos=1) == 1
+                    readers.append(reader)
+                gen = Client(transport, ports[name], "gen", home.secrets["gen"], protocol=5)
+                gen._paho.tls_set_context(client_context(certs / "ca.pem"))
+                opened.append(gen)
+                assert gen.connect() == 0
+                gen.publish("networks/A", b'{"over": "tls"}', qos=1)
+                for reader in readers:
+                    assert seen(reader.expect(1)) == [("networks/A", b'{"over": "tls"}', False)]
+        finally:
+            for one in opened:
+                one.close()
+
+
+def test_connack_says_the_brokers_terms_and_assigns_a_client_id(broker, home, clients) -> None:
+    made = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"], client_id="", protocol=5)
+    clients.append(made)
+    assert made.connect(keepalive=120) == 0
+    got = made.connack_properties
+    assert got is not None
+    assert got.AssignedClientIdentifier
+    assert got.ServerKeepAlive == 60  # a longer keep-alive is answered with the broker's longest
+    assert got.ReceiveMaximum == broker.broker.radio.router.limits.max_incoming_qos2
+    assert got.TopicAliasMaximum > 0
+    assert got.MaximumPacketSize == broker.broker.radio.max_packet_size + 5
+
+
+@pytest.mark.parametrize(
+    ("key", "most"), [("reader_a", 7 * 24 * 3600), (None, 3600)], ids=["keyed", "anonymous"]
+)
+def test_a_session_expiry_is_bounded_by_the_brokers_limits(broker, home, clients, key, most) -> None:
+    made = Client("tcp", broker.mqtt_port, key, home.secrets.get(key or ""), clean_session=False, protocol=5)
+    clients.append(made)
+    assert made.connect() == 0  # asks 0xFFFFFFFF: never to expire
+    assert made.connack_properties.SessionExpiryInterval == most
+
+
+def test_properties_reach_v5_listeners_and_v311_ones_get_the_sample(broker, home, clients) -> None:
+    v5 = open_client(clients, broker, home, "reader_a", 5)
+    v311 = open_client(clients, broker, home, "reader_a", 4)
+    for reader in (v5, v311):
+        assert reader.subscribe("networks/A", qos=1) == 1
+    asked = Properties(PacketTypes.PUBLISH)
+    asked.UserProperty = ("site", "north")
+    asked.UserProperty = ("unit", "km/h")
+    asked.ContentType = "application/json"
+    asked.PayloadFormatIndicator = 1
+    asked.ResponseTopic = "networks/A/replies"
+    asked.CorrelationData = b"\x01\x02"
+    gen = open_client(clients, broker, home, "gen", 5)
+    gen.publish("networks/A", b'{"speed": 3}', qos=1, properties=asked)
+    got = v5.expect(1)[0]
+    assert got.payload == b'{"speed": 3}'
+    assert got.properties.UserProperty == [("site", "north"), ("unit", "km/h")]
+    assert got.properties.ContentType == "application/json"
+    assert got.properties.PayloadFormatIndicator == 1
+    assert got.properties.ResponseTopic == "networks/A/replies"
+    assert got.properties.CorrelationData == b"\x01\x02"
+    assert [m.payload for m in v311.expect(1)] == [b'{"speed": 3}']
+
+
+def test_a_retained_sample_keeps_its_properties(broker, home, clients) -> None:
+    asked = Properties(PacketTypes.PUBLISH)
+    asked.UserProperty = ("kept", "yes")
+    open_client(clients, broker, home, "gen", 5).publish(
+        "networks/A", b'{"r": 1}', qos=1, retain=True, properties=asked
+    )
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A", qos=1) == 1
+    got = reader.expect(1)[0]
+    assert (got.retain, got.properties.UserProperty) == (True, [("kept", "yes")])
+
+
+def test_an_expired_message_is_not_delivered_and_the_rest_count_down(broker, home, clients) -> None:
+    away = persistent(broker.mqtt_port, home, "away")
+    assert away.connect() == 0
+    assert away.subscribe("networks/A", qos=1) == 1
+    away.close()
+    gen = open_client(clients, broker, home, "gen", 5)
+    for seconds in (1, 60):
+        asked = Properties(PacketTypes.PUBLISH)
+        asked.MessageExpiryInterval = seconds
+        gen.publish("networks/A", json.dumps({"expiry": seconds}).encode(), qos=1, properties=asked)
+    time.sleep(1.5)  # the time a message expires in: nothing to await but the clock
+    back = persistent(broker.mqtt_port, home, "away")
+    clients.append(back)
+    assert back.connect() == 0
+    got = back.expect(1)[0]
+    assert got.payload == b'{"expiry": 60}'
+    assert got.properties.MessageExpiryInterval < 60
+    assert back.subscribe("networks/pub") == 0  # a round trip: the expired one would have come first
+    assert back.received_so_far() == []
+
+
+def test_a_will_waits_its_delay_and_a_client_back_in_time_cancels_it(broker, home, clients) -> None:
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    will = {props.WILL_DELAY: 1, props.USER_PROPERTY: [("why", "gone")]}
+    expiry = {props.SESSION_EXPIRY: 60}
+    credentials = ("gen", home.secrets["gen"])
+    sock, _ = session5(
+        broker.mqtt_port,
+        "delayed",
+        *credentials,
+        will=("networks/A/status", b'{"gone": 1}'),
+        properties=expiry,
+        will_properties=will,
+    )
+    sock.close()
+    started = time.monotonic()
+    got = reader.expect(1)[0]
+    assert time.monotonic() - started >= 0.9
+    assert (got.payload, got.properties.UserProperty) == (b'{"gone": 1}', [("why", "gone")])
+    will[props.WILL_DELAY] = 30
+    sock, _ = session5(
+        broker.mqtt_port,
+        "back",
+        *credentials,
+        will=("networks/A/status", b'{"gone": 2}'),
+        properties=expiry,
+        will_properties=will,
+    )
+    sock.close()
+    again, _ = session5(broker.mqtt_port, "back", *credentials, clean=False, properties=expiry)
+    again.sendall(b"\xe0\x00")  # DISCONNECT: no will of its own either
+    again.close()
+    open_client(clients, broker, home, "admin", 5).publish("networks/A/status", b'{"sentinel": 1}', qos=1)
+    assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+
+
+def test_topic_aliases_both_ways(broker, home, clients) -> None:
+    reader, found = session5(
+        broker.mqtt_port,
+        "aliased",
+        "reader_a",
+        home.secrets["reader_a"],
+        properties={props.TOPIC_ALIAS_MAXIMUM: 2},
+    )
+    with reader:
+        reader.sendall(subscribe5("networks/A/#", 0))
+        assert read_packet(reader)[0] == 0x90
+        gen, _ = session5(broker.mqtt_port, "aliasing", "gen", home.secrets["gen"])
+        with gen:
+            gen.sendall(publish5("networks/A/x", b'{"n": 1}', properties={props.TOPIC_ALIAS: 3}))
+            gen.sendall(publish5("", b'{"n": 2}', properties={props.TOPIC_ALIAS: 3}))
+            first = published5(read_packet(reader)[1], 0)
+            second = published5(read_packet(reader)[1], 0)
+    assert (first[0], first[2]) == ("networks/A/x", b'{"n": 1}')
+    alias = first[1][props.TOPIC_ALIAS]
+    assert second == ("", {props.TOPIC_ALIAS: alias}, b'{"n": 2}')
+    assert found[props.TOPIC_ALIAS_MAXIMUM] > 0
+
+
+def test_the_receive_maximum_holds_back_what_the_client_has_no_room_for(broker, home, clients) -> None:
+    reader, _ = session5(
+        broker.mqtt_port,
+        "narrow",
+        "reader_a",
+        home.secrets["reader_a"],
+        properties={props.RECEIVE_MAXIMUM: 1},
+    )
+    with reader:
+        reader.sendall(subscribe5("networks/A", 1))
+        assert read_packet(reader)[0] == 0x90
+        gen = open_client(clients, broker, home, "gen", 5)
+        gen.publish("networks/A", b'{"n": 1}', qos=1)
+        gen.publish("networks/A", b'{"n": 2}', qos=1)
+        first, body = read_packet(reader)
+        assert published5(body, 1)[2] == b'{"n": 1}'
+        reader.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            read_packet(reader)  # the second waits for the first's PUBACK
+        reader.settimeout(10)
+        reader.sendall(puback(int.from_bytes(body[12:14], "big")))
+        assert published5(read_packet(reader)[1], 1)[2] == b'{"n": 2}'
+        del first
+
+
+def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
+    asked = Properties(PacketTypes.CONNECT)
+    asked.MaximumPacketSize = 64
+    reader = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"], protocol=5)
+    clients.append(reader)
+    assert reader.connect(properties=asked) == 0
+    assert reader.subscribe("networks/A", qos=1) == 1
+    gen = open_client(clients, broker, home, "gen", 5)
+    gen.publish("networks/A", json.dumps({"pad": "x" * 100}).encode(), qos=1)
+    gen.publish("networks/A", b'{"small": 1}', qos=1)
+    assert [m.payload for m in reader.expect(1)] == [b'{"small": 1}']
+
+
+def test_subscription_options_and_identifiers(broker, home, clients) -> None:
+    admin = open_client(clients, broker, home, "admin", 5)
+    admin.publish("networks/A", b'{"retained": 1}', qos=1, retain=True)
+    me = open_client(clients, broker, home, "admin", 5)
+    ids = Properties(PacketTypes.SUBSCRIBE)
+    ids.SubscriptionIdentifier = 7
+    result, mid = me._paho.subscribe(
+        "networks/A",
+        options=SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True, retainHandling=2),
+        properties=ids,
+    )
+    assert result == 0
+    other = open_client(clients, broker, home, "admin", 5)
+    assert other.subscribe("networks/pub") == 0
+    me.publish("networks/A", b'{"mine": 1}', qos=1)  # no-local: not back to me
+    admin.publish("networks/A", b'{"theirs": 1}', qos=1, retain=True)
+    got = me.expect(1)[0]
+    assert (got.payload, got.retain) == (b'{"theirs": 1}', True)  # retain as published; none at SUBSCRIBE
+    assert got.properties.SubscriptionIdentifier == [7]
+    del mid
+
+
+def test_a_shared_subscription_gives_each_sample_to_one_member_with_the_read_right(
+    broker, home, clients
+) -> None:
+    members = [open_client(clients, broker, home, "reader_a", 5) for _ in range(2)]
+    for member in members:
+        assert member.subscribe("$share/g/networks/A", qos=1) == 1
+    outsider = open_client(clients, broker, home, "reader_b", 5)
+    assert outsider.subscribe("$share/g/networks/A", qos=1) == outsider.refused
+    gen = open_client(clients, broker, home, "gen", 5)
+    for n in range(4):
+        gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+    got = [m.payload for m in members[0].expect(2)] + [m.payload for m in members[1].expect(2)]
+    assert sorted(got) == sorted(json.dumps({"n": n}).encode() for n in range(4))
+    assert outsider.received_so_far() == []
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients is not installed")
+def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients, tmp_path) -> None:
+    reader = open_client(clients, broker, home, "reader_a", 4)
+    assert reader.subscribe("networks/A") == 0
+    admin = open_client(clients, broker, home, "admin", 4)
+    admin.publish("networks/pub", b'{"to": "mosquitto_sub"}', qos=1, retain=True)
+    listener = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-V",
+            "5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.mqtt_port),
+            "-t",
+            "networks/pub",
+            "-C",
+            "1",
+            "-F",
+            "%t %p",
+            "-W",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # The key's credentials go in mosquitto_pub's own options file, not on its command line.
+    (tmp_path / "mosquitto_pub").write_text(f"-u gen\n-P {home.secrets['gen']}\n")
+    (tmp_path / "mosquitto_pub").chmod(0o600)
+    try:
+        sent = subprocess.run(
+            [
+                "mosquitto_pub",
+                "-V",
+                "5",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(broker.mqtt_port),
+                "-t",
+                "networks/A",
+                "-m",
+                '{"n": 5}',
+                "-q",
+                "1",
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert [m.payload for m in reader.expect(1)] == [b'{"n": 5}']
+        out, _ = listener.communicate(timeout=20)
+        assert out == 'networks/pub {"to": "mosquitto_sub"}\n'
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_a_shared_member_whose_read_right_is_taken_away_is_passed_over(broker, home, clients) -> None:
+    home.add_key("member", subscribe=["A"])
+    registry = broker.broker.radio.registry
+    assert until(lambda: "member" in registry.current.keys)
+    kept = open_client(clients, broker, home, "reader_a", 5)
+    losing = open_client(clients, broker, home, "member", 5)
+    for member in (kept, losing):
+        assert member.subscribe("$share/g/networks/A", qos=1) == 1
+    home.store().edit("member", subscribe=["B"])
+    assert until(lambda: not registry.current.access("member").may_read("networks/A"))
+    gen = open_client(clients, broker, home, "gen", 5)
+    for n in range(4):
+        gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+    assert [m.payload for m in kept.expect(4)] == [json.dumps({"n": n}).encode() for n in range(4)]
+    assert losing.received_so_far() == []
+
+
+def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    sock, _ = session5(
+        broker.mqtt_port, "leaving", "gen", home.secrets["gen"], will=("networks/A/status", b'{"bye": 1}')
+    )
+    with sock:
+        sock.sendall(b"\xe0\x01\x04")  # DISCONNECT, reason 0x04: disconnect with will message
+    assert [m.payload for m in reader.expect(1)] == [b'{"bye": 1}']
+
+
+def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> None:
+    """Retained and queued samples come back from the store with their MQTT 5 properties."""
+    asked = Properties(PacketTypes.PUBLISH)
+    asked.UserProperty = ("kept", "on disk")
+    asked.MessageExpiryInterval = 600
+    for round_ in (1, 2):
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as running:
+            port = running.mqtt_port
+            if round_ == 1:
+                away = persistent(port, home, "kept")
+                assert away.connect() == 0
+                assert away.subscribe("networks/A/q", qos=1) == 1
+                away.close()
+                gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+                assert gen.connect() == 0
+                gen.publish("networks/A/r", b'{"retained": 1}', qos=1, retain=True, properties=asked)
+                gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
+                gen.close()
+                continue
+            back = persistent(port, home, "kept")
+            try:
+                assert back.connect() == 0
+                queued = back.expect(1)[0]
+                assert back.subscribe("networks/A/r", qos=1) == 1
+                retained = back.expect(1)[0]
+            finally:
+                back.close()
+            for got in (queued, retained):
+                assert got.properties.UserProperty == [("kept", "on disk")]
+                assert 0 < got.properties.MessageExpiryInterval <= 600
+
+
+def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker, home, clients) -> None:
+    gen = open_client(clients, broker, home, "gen", 4)
+    first = persistent(broker.mqtt_port, home, "switching")
+    assert first.connect() == 0
+    assert first.subscribe("networks/A", qos=1) == 1
+    first.close()
+    for n, protocol in enumerate((4, 5, 4)):
+        back = Client(
+            "tcp",
+            broker.mqtt_port,
+            "reader_a",
+            home.secrets["reader_a"],
+            client_id="switching",
+            clean_session=False,
+            protocol=protocol,
+        )
+        clients.append(back)
+        assert back.connect() == 0
+        gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+        assert [m.payload for m in back.expect(1)] == [json.dumps({"n": n}).encode()]
+        back.close()

@@ -1,0 +1,195 @@
+"""MQTT 5 clients are told why: every refusal of the embedded broker as a reason code and string.
+
+Raw MQTT 5 packets on a real broker: the code and the reason string are read off the wire, as a
+client library would hand them over. The strings are the HTTP door's own words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import Home
+from raw_mqtt import connect5, open_socket, publish5, read_packet, reason, session5, subscribe5
+
+from radio.broker.thread import BrokerThread
+from radio.config import Address
+from radio.keys import Terms
+from radio.registry import LiveRegistry
+from radio.wire import properties as props
+from radio.wire import reasons
+
+CONFIG = """\
+[networks.A]
+schema = "speed.schema.json"
+max_payload = 200
+
+[networks.B]
+public = false
+
+[broker]
+max_packet_size = 4096
+anonymous_max_sessions_per_address = 1
+"""
+SCHEMA = {"type": "object", "properties": {"speed": {"type": "number", "minimum": 0}}}
+
+
+@pytest.fixture
+def radio(home: Home) -> Iterator[BrokerThread]:
+    """A broker whose network A has a schema and a size limit, and a quota key."""
+    home.config.write_text(CONFIG)
+    (home.path / "speed.schema.json").write_text(json.dumps(SCHEMA))
+    home.add_key("quota", publish=["A"], terms=Terms(quota=1))
+    home.add_key("soon", publish=["A"], terms=Terms(expires=datetime.now(UTC) - timedelta(seconds=1)))
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as running:
+        yield running
+
+
+def connack(radio: BrokerThread, *args: object, **kwargs: object) -> tuple[int, str | None]:
+    with open_socket(radio.mqtt_port) as sock:
+        sock.sendall(connect5(*args, **kwargs))  # type: ignore[arg-type]
+        first, body = read_packet(sock)
+    assert first == 0x20
+    return reason(body, 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [("gen", "wrong"), ("nobody", "whatever"), ("soon", None)],
+    ids=["wrong secret", "unknown key", "expired key"],
+)
+def test_a_key_that_is_not_valid_gets_connack_0x86(radio, home, key, secret) -> None:
+    got = connack(radio, "c", key, secret or home.secrets[key])
+    assert got == (reasons.BAD_USER_NAME_OR_PASSWORD, "API-KEY not valid")
+
+
+def test_a_revoked_key_gets_connack_0x86_and_its_connection_disconnect_0x98(radio, home) -> None:
+    sock, _ = session5(radio.mqtt_port, "doomed", "reader_a", home.secrets["reader_a"])
+    with sock:
+        home.store().revoke("reader_a")
+        first, body = read_packet(sock)
+        assert (first, reason(body, 0)) == (0xE0, (reasons.ADMINISTRATIVE_ACTION, "API-KEY not valid"))
+    assert connack(radio, "c", "reader_a", home.secrets["reader_a"])[0] == reasons.BAD_USER_NAME_OR_PASSWORD
+
+
+def test_a_will_the_key_may_not_publish_gets_connack_0x87(radio, home) -> None:
+    got = connack(radio, "c", "gen", home.secrets["gen"], will=("networks/B", b"{}"))
+    assert got[0] == reasons.NOT_AUTHORIZED
+    assert got[1] is not None
+    assert got[1].startswith("You cannot broadcast to this channel")
+
+
+def test_anonymous_clients_past_their_caps_get_connack_0x97(radio) -> None:
+    expiry = {props.SESSION_EXPIRY: 60}
+    first, _ = session5(radio.mqtt_port, "one", None, None, properties=expiry)
+    with first:
+        code, says = connack(radio, "two", properties=expiry)
+    assert code == reasons.QUOTA_EXCEEDED
+    assert says is not None
+    assert "anonymous" in says
+
+
+def test_refused_publishes_get_their_reason_in_puback_and_pubrec(radio, home) -> None:
+    gen, _ = session5(radio.mqtt_port, "gen", "gen", home.secrets["gen"])
+    quota, _ = session5(radio.mqtt_port, "quota", "quota", home.secrets["quota"])
+    cases = [
+        (gen, "networks/B", b'{"speed": 1}', reasons.NOT_AUTHORIZED, "You cannot broadcast to this channel"),
+        (gen, "networks/A", b'{"speed": NaN}', reasons.PAYLOAD_FORMAT_INVALID, "not JSON"),
+        (gen, "networks/A", b'{"speed": -1}', reasons.PAYLOAD_FORMAT_INVALID, "schema"),
+        (
+            gen,
+            "networks/A",
+            json.dumps({"pad": "x" * 300}).encode(),
+            reasons.IMPLEMENTATION_SPECIFIC_ERROR,
+            "too large",
+        ),
+        (quota, "networks/A", b'{"speed": 1}', reasons.SUCCESS, None),
+        (quota, "networks/A", b'{"speed": 2}', reasons.QUOTA_EXCEEDED, "quota exceeded"),
+    ]
+    with gen, quota:
+        for number, (sock, topic, payload, code, words) in enumerate(cases, 1):
+            for qos, kind in ((1, 0x40), (2, 0x50)):
+                if code == reasons.SUCCESS and qos == 2:
+                    continue
+                sock.sendall(publish5(topic, payload, qos, packet_id=number))
+                first, body = read_packet(sock)
+                got, says = reason(body)
+                assert (first, got) == (kind, code), (topic, payload)
+                if words is not None:
+                    assert says is not None
+                    assert words in says
+
+
+def test_a_client_that_wants_no_problem_information_gets_codes_alone(radio, home) -> None:
+    sock, _ = session5(
+        radio.mqtt_port, "terse", "gen", home.secrets["gen"], properties={props.REQUEST_PROBLEM_INFO: 0}
+    )
+    with sock:
+        sock.sendall(publish5("networks/B", b"{}", 1))
+        assert read_packet(sock) == (0x40, b"\x00\x01" + bytes([reasons.NOT_AUTHORIZED]) + b"\x00")
+
+
+def test_a_filter_the_key_may_not_read_gets_suback_0x87(radio, home) -> None:
+    sock, _ = session5(radio.mqtt_port, "reader", "reader_a", home.secrets["reader_a"])
+    with sock:
+        sock.sendall(subscribe5("networks/B/#", 1))
+        first, body = read_packet(sock)
+    assert first == 0x90
+    found, at = props.decode(body, 2)
+    assert body[at:] == bytes([reasons.NOT_AUTHORIZED])
+    assert "may not read" in found[props.REASON_STRING]
+
+
+def test_a_session_taken_over_is_told_so(radio, home) -> None:
+    old, _ = session5(radio.mqtt_port, "same", "reader_a", home.secrets["reader_a"])
+    new, _ = session5(radio.mqtt_port, "same", "reader_a", home.secrets["reader_a"])
+    with old, new:
+        first, body = read_packet(old)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.SESSION_TAKEN_OVER)
+
+
+def test_a_silent_client_is_told_its_keep_alive_ran_out(radio, home) -> None:
+    sock, _ = session5(radio.mqtt_port, "quiet", "reader_a", home.secrets["reader_a"], keepalive=1)
+    with sock:
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.KEEP_ALIVE_TIMEOUT)
+
+
+def test_a_packet_over_the_limit_gets_disconnect_0x95(radio, home) -> None:
+    sock, found = session5(radio.mqtt_port, "big", "admin", home.secrets["admin"])
+    assert found[props.MAXIMUM_PACKET_SIZE] == 4096 + 5
+    with sock:
+        sock.sendall(publish5("other", b"x" * 5000))
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.PACKET_TOO_LARGE)
+
+
+def test_qos_2_samples_past_the_receive_maximum_get_disconnect_0x93(radio, home) -> None:
+    sock, found = session5(radio.mqtt_port, "greedy", "gen", home.secrets["gen"])
+    most = found[props.RECEIVE_MAXIMUM]
+    with sock:
+        for pid in range(1, most + 2):
+            sock.sendall(publish5("networks/A", b'{"speed": 1}', 2, packet_id=pid))
+        for _ in range(most):
+            assert read_packet(sock)[0] == 0x50
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.RECEIVE_MAXIMUM_EXCEEDED)
+
+
+@pytest.mark.parametrize(("alias", "code"), [(0, reasons.TOPIC_ALIAS_INVALID), (9, reasons.PROTOCOL_ERROR)])
+def test_a_bad_topic_alias_gets_disconnect(radio, home, alias, code) -> None:
+    sock, _ = session5(radio.mqtt_port, "alias", "gen", home.secrets["gen"])
+    with sock:
+        sock.sendall(publish5("", b"{}", properties={props.TOPIC_ALIAS: alias}))
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, code)
+
+
+def test_the_gates_codes_are_those_mqtt5_allows_in_puback() -> None:
+    """A client library may reject a code its packet type does not allow (paho does)."""
+    for code in reasons.GATE.values():
+        assert code in reasons.ALLOWED["PUBACK"]
