@@ -18,7 +18,10 @@ Hierarchy (each class with the module it lives in, when not here)::
     ├── HistoryFileUnavailable the history file cannot be read now (history_store)
     ├── TlsError               a certificate, key or CA file Radio cannot use (tls)
     ├── StoreError             the embedded broker's store cannot be opened or read (broker.store)
-    ├── Violation              a packet MQTT says to close the connection on (broker.codec)
+    ├── Violation              a packet MQTT says to close the connection on (wire.framing)
+    │   └── TooLarge           a packet over the size limit (wire.framing)
+    ├── Malformed              an MQTT 5 property list MQTT calls malformed (wire.properties;
+    │                          also a ValueError)
     ├── MosquittoError         Mosquitto is missing or would not start (broker.mosquitto)
     ├── NatsError              the NATS cluster cannot be planned or started (broker.nats_conf)
     ├── APIError               the HTTP door's refusal: a status, a message (bridge.errors)

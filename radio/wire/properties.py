@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from radio.errors import RadioError
+
 PAYLOAD_FORMAT: Final = 0x01
 MESSAGE_EXPIRY: Final = 0x02
 CONTENT_TYPE: Final = 0x03
@@ -77,7 +79,7 @@ MAX_VARINT: Final = 268_435_455
 Properties = dict[int, Any]
 
 
-class Malformed(ValueError):
+class Malformed(RadioError, ValueError):
     """A property list MQTT 5 calls malformed or a protocol error; the message says which clause."""
 
 

@@ -37,6 +37,9 @@ def registry(networks: Mapping[str, NetworkSettings], *keys: Key, anonymous: boo
 class Sink:
     """A connection as the router sees one: it records what is written, and is never congested."""
 
+    v5 = None
+    """An MQTT 3.1.1 client: what it is written is the shared, pre-encoded packet."""
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
 
