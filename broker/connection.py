@@ -173,7 +173,7 @@ class Connection:
     def violated(self, exc: codec.Violation) -> None:
         """Close on a packet MQTT forbids; an MQTT 5 client is told why first (DISCONNECT)."""
         code = reasons.MALFORMED_PACKET
-        if isinstance(exc, mqtt5.Refusal):
+        if isinstance(exc, mqtt5.CodedViolation):
             code = exc.code
         elif isinstance(exc, TooLarge):
             code = reasons.PACKET_TOO_LARGE

@@ -43,18 +43,18 @@ def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> 
     if alias is not None:
         if not 0 < alias <= TOPIC_ALIASES:
             msg = f"topic alias {alias}, outside 1..{TOPIC_ALIASES} [MQTT-3.3.2-9]"
-            raise mqtt5.Refusal(reasons.TOPIC_ALIAS_INVALID, msg)
+            raise mqtt5.CodedViolation(reasons.TOPIC_ALIAS_INVALID, msg)
         if topic:
             peer.aliases_in[alias] = topic
         elif (topic := peer.aliases_in.get(alias, "")) == "":
             msg = f"topic alias {alias}, which this connection never set [MQTT-3.3.4]"
-            raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+            raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
     elif not topic:
         msg = "a PUBLISH with an empty topic and no topic alias [MQTT-3.3.2-1]"
-        raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+        raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
     if props.SUBSCRIPTION_ID in found:
         msg = "a PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]"
-        raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+        raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
     expiry = found.get(props.MESSAGE_EXPIRY)
     expires = time.monotonic() + expiry if expiry is not None else None
     message = Message(topic, payload, qos, bool(first & 0x01), props.passed_on(found), expires)

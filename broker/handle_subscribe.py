@@ -44,11 +44,11 @@ def on_subscribe5(connection: Connection, session: Session, body: bytes) -> None
     ids = found.get(props.SUBSCRIPTION_ID, [])
     if len(ids) > 1 or 0 in ids:
         msg = "a SUBSCRIBE with a subscription identifier of 0 or more than one [MQTT-3.8.2.1.2]"
-        raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+        raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
     for topic_filter, options in requests:
         if options & mqtt5.NO_LOCAL and topic_filter.startswith(SHARED_PREFIX):
             msg = "a shared subscription with no-local set [MQTT-3.8.3-4]"
-            raise mqtt5.Refusal(reasons.PROTOCOL_ERROR, msg)
+            raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
     ident = ids[0] if ids else 0
     held = {f for f, _ in requests if f in session.subscriptions}
     router = connection.broker.router

@@ -88,12 +88,12 @@ class StoredSession:
     attributes: dict[str, Any]
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     queued: list[tuple[int, str, bytes, int]] = field(default_factory=list)
-    queued_extras: dict[int, tuple[bytes, float | None]] = field(default_factory=dict)
-    """By seq: the MQTT 5 properties and expiry (wall clock) of a queued sample that has them."""
     """(seq, topic, payload, qos), oldest first."""
     row_id: str = ""
     """What the store keeps it under: ``sessions.store_id`` (key id, NUL, client id), or the bare
     client id in a file written before sessions were kept per key."""
+    queued_extras: dict[int, tuple[bytes, float | None]] = field(default_factory=dict)
+    """By seq: the MQTT 5 properties and expiry (wall clock) of a queued sample that has them."""
 
 
 @dataclass
@@ -101,10 +101,10 @@ class Contents:
     """Everything the store held when the broker started."""
 
     retained: list[tuple[str, bytes, int]] = field(default_factory=list)
-    retained_extras: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
-    """By topic: the MQTT 5 properties and expiry (wall clock) of a retained sample that has them."""
     sessions: list[StoredSession] = field(default_factory=list)
     last_seq: int = 0
+    retained_extras: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
+    """By topic: the MQTT 5 properties and expiry (wall clock) of a retained sample that has them."""
 
 
 class Store:

@@ -19,7 +19,9 @@ Hierarchy (each class with the module it lives in, when not here)::
     ├── TlsError               a certificate, key or CA file Radio cannot use (tls)
     ├── StoreError             the embedded broker's store cannot be opened or read (broker.store)
     ├── Violation              a packet MQTT says to close the connection on (wire.framing)
-    │   └── TooLarge           a packet over the size limit (wire.framing)
+    │   ├── TooLarge           a packet over the size limit (wire.framing)
+    │   └── CodedViolation     one an MQTT 5 client is told of by a DISCONNECT reason code
+    │                          (wire.mqtt5)
     ├── Malformed              an MQTT 5 property list MQTT calls malformed (wire.properties;
     │                          also a ValueError)
     ├── MosquittoError         Mosquitto is missing or would not start (broker.mosquitto)

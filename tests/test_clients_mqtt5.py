@@ -1,4 +1,4 @@
-"""The clients over MQTT 5 (``--mqtt-version 5``), against Mosquitto, which speaks it.
+"""The clients over MQTT 5 (``--mqtt-version 5``), against both brokers that speak it.
 
 Over MQTT 5 a broker says why it refuses: a CONNACK reason code for a key it does not take, a
 PUBACK reason code for a sample it does not take. A generator prints both; a listener receives
@@ -18,6 +18,7 @@ import time
 import pytest
 from conftest import running_broker
 from mqtt_client import Client
+from polling import until
 from test_clients import WRONG_SECRET, lines, one_refusal, radio
 
 from radio.devices.link import MqttLink
@@ -25,9 +26,10 @@ from radio.subscribers.listener import Listener
 from radio.urls import BrokerURL
 
 
-@pytest.fixture
-def mosquitto(home):
-    with running_broker("mosquitto", home) as running:
+@pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def broker5(request, home):
+    """A broker that speaks MQTT 5: the embedded one, and Mosquitto."""
+    with running_broker(request.param, home) as running:
         yield running
 
 
@@ -44,16 +46,15 @@ def _start_listening(home, port: int, version: str, out: queue.Queue[str], *netw
     return process
 
 
-@pytest.mark.mosquitto
-def test_a_listener_at_mqtt_5_receives_what_a_3_1_1_listener_receives(home, mosquitto):
+def test_a_listener_at_mqtt_5_receives_what_a_3_1_1_listener_receives(home, broker5):
     outputs = {version: queue.Queue() for version in ("3.1.1", "5")}
     # A keyed listener's client id comes from its key and networks: two with both the same would
     # take the session from each other in turn. The 3.1.1 one listens to pub too.
     networks = {"3.1.1": ("A", "pub"), "5": ("A",)}
     listeners = {
-        v: _start_listening(home, mosquitto.mqtt_port, v, out, *networks[v]) for v, out in outputs.items()
+        v: _start_listening(home, broker5.mqtt_port, v, out, *networks[v]) for v, out in outputs.items()
     }
-    admin = Client("tcp", mosquitto.mqtt_port, "admin", home.secrets["admin"])
+    admin = Client("tcp", broker5.mqtt_port, "admin", home.secrets["admin"])
     assert admin.connect() == 0
     try:
         # Publish a marker until both print it: each is then subscribed.
@@ -90,12 +91,11 @@ def test_a_listener_at_mqtt_5_receives_what_a_3_1_1_listener_receives(home, mosq
         assert "Traceback" not in errors[version]
 
 
-@pytest.mark.mosquitto
-def test_a_keyed_listener_at_mqtt_5_gets_what_was_published_while_it_was_away(home, mosquitto):
+def test_a_keyed_listener_at_mqtt_5_gets_what_was_published_while_it_was_away(home, broker5):
     """MQTT 5 asks for the persistent session at connect time: without a session expiry it ends
     with the connection, and what was published meanwhile is lost."""
-    url = f"mqtt://127.0.0.1:{mosquitto.mqtt_port}"
-    gen = Client("tcp", mosquitto.mqtt_port, "gen", home.secrets["gen"])
+    url = f"mqtt://127.0.0.1:{broker5.mqtt_port}"
+    gen = Client("tcp", broker5.mqtt_port, "gen", home.secrets["gen"])
     assert gen.connect() == 0
     try:
         with Listener(["A"], url, home.secrets["reader_a"], version="5") as first:
@@ -114,13 +114,12 @@ def test_a_keyed_listener_at_mqtt_5_gets_what_was_published_while_it_was_away(ho
         gen.close()
 
 
-@pytest.mark.mosquitto
 @pytest.mark.parametrize("generator", [["traffic", "--period", "0.1"], ["sensors", "--count", "3"]])
-def test_a_generator_with_a_wrong_key_at_mqtt_5_prints_the_connack_reason(home, mosquitto, generator):
+def test_a_generator_with_a_wrong_key_at_mqtt_5_prints_the_connack_reason(home, broker5, generator):
     process = radio(
         home,
         *("device", *generator, "--network", "A", "--mqtt-version", "5"),
-        *("--url", f"mqtt://127.0.0.1:{mosquitto.mqtt_port}"),
+        *("--url", f"mqtt://127.0.0.1:{broker5.mqtt_port}"),
         secret=WRONG_SECRET,
     )
     refusal = one_refusal(
@@ -131,12 +130,11 @@ def test_a_generator_with_a_wrong_key_at_mqtt_5_prints_the_connack_reason(home, 
     )
 
 
-@pytest.mark.mosquitto
-def test_a_sample_refused_at_mqtt_5_is_said_once_with_its_puback_reason(home, mosquitto, caplog):
-    """The key may not publish to B: over MQTT 5 Mosquitto answers each sample's PUBACK with
+def test_a_sample_refused_at_mqtt_5_is_said_once_with_its_puback_reason(home, broker5, caplog):
+    """The key may not publish to B: over MQTT 5 the broker answers each sample's PUBACK with
     "not authorized", and the generator says so once, not once per sample."""
     link = MqttLink(
-        BrokerURL("tcp", "127.0.0.1", mosquitto.mqtt_port), home.secrets["gen"], "gen-mqtt5", version="5"
+        BrokerURL("tcp", "127.0.0.1", broker5.mqtt_port), home.secrets["gen"], "gen-mqtt5", version="5"
     )
     caplog.set_level(logging.INFO, logger="radio.device")
     link.start()
@@ -144,17 +142,13 @@ def test_a_sample_refused_at_mqtt_5_is_said_once_with_its_puback_reason(home, mo
         assert link.wait_connected(10)
         for n in range(20):
             link.publish("networks/B", json.dumps({"n": n}).encode())
-        deadline = time.monotonic() + 10
-        while not link.publish_refusals:
-            assert time.monotonic() < deadline, "no PUBACK refusal came back"
-            time.sleep(0.05)
+        assert until(lambda: link.publish_refusals), "no PUBACK refusal came back"
         link.publish("networks/A", b'{"fine": true}')  # acknowledged after the 20 refusals: all are in
-        while len([r for r in caplog.records if "refused a sample" in r.getMessage()]) < 1:
-            time.sleep(0.05)
+        assert until(lambda: any("refused a sample" in r.getMessage() for r in caplog.records))
     finally:
         link.stop()
     refusals = [r.getMessage() for r in caplog.records if "refused a sample" in r.getMessage()]
-    where = f"mqtt://127.0.0.1:{mosquitto.mqtt_port}"
+    where = f"mqtt://127.0.0.1:{broker5.mqtt_port}"
     assert refusals == [
         f"the broker at {where} refused a sample: Not authorized (reason code 0x87) (said once per reason)"
     ]

@@ -21,7 +21,7 @@ NO_LOCAL: Final = 0x04
 RETAIN_AS_PUBLISHED: Final = 0x08
 
 
-class Refusal(Violation):
+class CodedViolation(Violation):
     """A packet the server answers with a DISCONNECT carrying ``code``, then closes on."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -41,7 +41,7 @@ def _properties(body: bytes, at: int) -> tuple[props.Properties, int]:
     try:
         return props.decode(body, at)
     except props.Malformed as exc:
-        raise Refusal(reasons.MALFORMED_PACKET, str(exc)) from None
+        raise CodedViolation(reasons.MALFORMED_PACKET, str(exc)) from None
 
 
 def decode_connect(body: bytes) -> tuple[packets.Connect, Extras]:
@@ -64,14 +64,14 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Proper
     qos = (first >> 1) & 0x03
     if qos == 3:
         msg = "a PUBLISH with QoS 3 [MQTT-3.3.1-4]"
-        raise Refusal(reasons.MALFORMED_PACKET, msg)
+        raise CodedViolation(reasons.MALFORMED_PACKET, msg)
     if not qos and first & 0x08:
         msg = "a QoS 0 PUBLISH with DUP set [MQTT-3.3.1-2]"
-        raise Refusal(reasons.MALFORMED_PACKET, msg)
+        raise CodedViolation(reasons.MALFORMED_PACKET, msg)
     topic, at = read_string(body, 0, "a PUBLISH topic")
     if "+" in topic or "#" in topic:
         msg = f"a PUBLISH to the wildcard topic {shown(topic)} [MQTT-3.3.2-2]"
-        raise Refusal(reasons.TOPIC_NAME_INVALID, msg)
+        raise CodedViolation(reasons.TOPIC_NAME_INVALID, msg)
     pid = 0
     if qos:
         pid = packets.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
@@ -89,16 +89,16 @@ def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str
         topic_filter, at = read_string(body, at, "a SUBSCRIBE filter")
         if at >= len(body):
             msg = "a SUBSCRIBE filter without its options"
-            raise Refusal(reasons.MALFORMED_PACKET, msg)
+            raise CodedViolation(reasons.MALFORMED_PACKET, msg)
         options = body[at]
         if options & 0xC0 or options & 0x03 == 3 or (options >> 4) & 0x03 == 3:
             msg = f"a SUBSCRIBE with options 0x{options:02x} [MQTT-3.8.3-5]"
-            raise Refusal(reasons.MALFORMED_PACKET, msg)
+            raise CodedViolation(reasons.MALFORMED_PACKET, msg)
         pairs.append((topic_filter, options))
         at += 1
     if not pairs:
         msg = "a SUBSCRIBE with no topic filter [MQTT-3.8.3-2]"
-        raise Refusal(reasons.PROTOCOL_ERROR, msg)
+        raise CodedViolation(reasons.PROTOCOL_ERROR, msg)
     return pid, found, pairs
 
 
@@ -112,7 +112,7 @@ def decode_unsubscribe(body: bytes) -> tuple[int, list[str]]:
         filters.append(topic_filter)
     if not filters:
         msg = "an UNSUBSCRIBE with no topic filter [MQTT-3.10.3-2]"
-        raise Refusal(reasons.PROTOCOL_ERROR, msg)
+        raise CodedViolation(reasons.PROTOCOL_ERROR, msg)
     return pid, filters
 
 
