@@ -129,6 +129,7 @@ def churning(port: int, threads: int):
             t.join()
 
 
+@pytest.mark.slow  # churns subscribers for seconds on both brokers
 def test_fan_out_loses_nothing_while_subscribers_come_and_go(any_broker, home):
     """Defect 4 (docs/broker.md): subscribers churning during fan-out. Stock iterates the live subscription table across
     the awaits of each read check: a filter added or removed meanwhile raises "dictionary changed

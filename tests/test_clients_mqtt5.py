@@ -91,6 +91,7 @@ def test_a_listener_at_mqtt_5_receives_what_a_3_1_1_listener_receives(home, brok
         assert "Traceback" not in errors[version]
 
 
+@pytest.mark.slow  # each broker holds the session across two listener runs: 15 s
 def test_a_keyed_listener_at_mqtt_5_gets_what_was_published_while_it_was_away(home, broker5):
     """MQTT 5 asks for the persistent session at connect time: without a session expiry it ends
     with the connection, and what was published meanwhile is lost."""

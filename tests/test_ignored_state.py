@@ -54,6 +54,7 @@ def git(repo: Path, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+@pytest.mark.slow  # copies the checkout and runs git over it: 11 s
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_no_state_file_or_secret_can_reach_a_commit(tmp_path):
     repo = tmp_path / "checkout"

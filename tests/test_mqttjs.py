@@ -32,7 +32,7 @@ from conftest import CONFIG, Home, running_broker
 from radio.broker.mosquitto import MosquittoBroker
 from radio.broker.thread import BrokerThread
 
-pytestmark = pytest.mark.mqttjs
+pytestmark = [pytest.mark.mqttjs, pytest.mark.slow]  # a Node process per client: about 40 of them
 
 NODE = Path(__file__).parent / "node"
 VENDORED = Path(__file__).parent.parent / "bridge" / "static" / "vendor" / "mqtt.min.js"

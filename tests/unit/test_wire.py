@@ -14,7 +14,7 @@ from radio import wire
 from radio.broker.message import Message
 from radio.errors import RadioError
 
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
 topics = texts.filter(lambda t: t != "" and "+" not in t and "#" not in t)
