@@ -10,10 +10,8 @@ import socket
 import struct
 
 from radio import wire
-from radio.wire import packet
+from radio.wire import mqtt5, packet
 from radio.wire import properties as props
-
-_string = wire.string
 
 __all__ = [
     "closed_by_peer",
@@ -114,48 +112,20 @@ def session(
     return sock
 
 
-def connect5(
-    client_id: str,
-    username: str | None = None,
-    password: str | None = None,
-    keepalive: int = 60,
-    *,
-    clean: bool = True,
-    will: tuple[str, bytes] | None = None,
-    properties: dict[int, object] | None = None,
-    will_properties: dict[int, object] | None = None,
-) -> bytes:
-    """An MQTT 5 CONNECT: as ``connect``, with a property list, and one for the will."""
-    flags = 0x02 if clean else 0x00
-    payload = _string(client_id)
-    if will is not None:
-        flags |= 0x04
-        payload += props.encode(will_properties or {})
-        payload += _string(will[0]) + struct.pack("!H", len(will[1])) + will[1]
-    if username is not None:
-        flags |= 0x80
-        payload += _string(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _string(password)
-    head = _string("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive) + props.encode(properties or {})
-    return packet(0x10, head + payload)
+connect5 = mqtt5.connect
+"""An MQTT 5 CONNECT: as ``connect``, with a property list, and one for the will."""
 
 
 def publish5(
     topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, properties: dict[int, object] | None = None
 ) -> bytes:
-    """An MQTT 5 PUBLISH."""
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + props.encode(properties or {})
-    return packet(0x30 | qos << 1, body + payload)
+    return mqtt5.publish(topic, payload, qos, packet_id, properties)
 
 
 def subscribe5(
     topic_filter: str, options: int = 0, packet_id: int = 1, properties: dict[int, object] | None = None
 ) -> bytes:
-    """An MQTT 5 SUBSCRIBE of one filter with its options byte (QoS in its low bits)."""
-    body = struct.pack("!H", packet_id) + props.encode(properties or {}) + _string(topic_filter)
-    return packet(0x82, body + bytes([options]))
+    return mqtt5.subscribe(topic_filter, options, packet_id, properties)
 
 
 def session5(

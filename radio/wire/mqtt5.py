@@ -135,8 +135,7 @@ def decode_disconnect(body: bytes) -> tuple[int, props.Properties]:
     return body[0], found
 
 
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + framing.remaining_length(len(body)) + body
+_packet = framing.packet
 
 
 def connack(session_present: bool, code: int, found: props.Properties) -> bytes:
@@ -164,3 +163,50 @@ def disconnect(code: int, reason: str | None = None) -> bytes:
     """The server's DISCONNECT: why it closes the connection."""
     found = {props.REASON_STRING: reason} if reason is not None else {}
     return _packet(0xE0, bytes((code,)) + props.encode(found))
+
+
+# What a client sends: Radio's own clients use paho; these serve tests and tools that must send
+# what a library will not.
+
+
+def connect(
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    keepalive: int = 60,
+    *,
+    clean: bool = True,
+    will: tuple[str, bytes] | None = None,
+    properties: props.Properties | None = None,
+    will_properties: props.Properties | None = None,
+) -> bytes:
+    """A level 5 CONNECT: 3.1.1's fields, with a property list, and one for the will."""
+    flags = 0x02 if clean else 0x00
+    payload = framing.string(client_id)
+    if will is not None:
+        flags |= 0x04
+        payload += props.encode(will_properties or {}) + framing.string(will[0]) + framing.binary(will[1])
+    if username is not None:
+        flags |= 0x80
+        payload += framing.string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += framing.string(password)
+    head = framing.string("MQTT") + bytes((LEVEL, flags)) + keepalive.to_bytes(2, "big")
+    return _packet(0x10, head + props.encode(properties or {}) + payload)
+
+
+def publish(
+    topic: str, payload: bytes, qos: int = 0, pid: int = 1, properties: props.Properties | None = None
+) -> bytes:
+    """A level 5 PUBLISH with its properties."""
+    body = framing.string(topic) + (pid.to_bytes(2, "big") if qos else b"") + props.encode(properties or {})
+    return _packet(0x30 | qos << 1, body + payload)
+
+
+def subscribe(
+    topic_filter: str, options: int = 0, pid: int = 1, properties: props.Properties | None = None
+) -> bytes:
+    """A level 5 SUBSCRIBE of one filter with its options byte (the QoS in its low bits)."""
+    body = pid.to_bytes(2, "big") + props.encode(properties or {}) + framing.string(topic_filter)
+    return _packet(0x82, body + bytes((options,)))
