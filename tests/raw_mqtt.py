@@ -28,16 +28,8 @@ __all__ = [
 ]
 
 
-def connect(
-    client_id: str,
-    username: str | None = None,
-    password: str | None = None,
-    keepalive: int = 60,
-    *,
-    clean: bool = True,
-    will: tuple[str, bytes] | None = None,
-) -> bytes:
-    return wire.connect(client_id, username, password, keepalive, clean=clean, will=will)
+connect = wire.connect
+"""An MQTT 3.1.1 CONNECT (``radio.wire.connect``)."""
 
 
 def open_socket(port: int, timeout: float = 10.0) -> socket.socket:

@@ -172,7 +172,7 @@ def test_a_silent_client_is_disconnected_and_its_will_published(any_broker, home
         assert watcher.subscribe("networks/A", qos=1) == 1
         will = ("networks/A", b'{"status": "offline"}')
         with session(
-            broker.mqtt_port, "frozen", "gen", home.secrets["gen"], keepalive=1, will=will
+            broker.mqtt_port, "frozen", "gen", home.secrets["gen"], keep_alive=1, will=will
         ) as frozen:
             assert closes_as_fixed(frozen, 4, fixed, stock_seconds=2.5)  # past keep-alive's 1.5 s
         if fixed:
@@ -184,7 +184,7 @@ def test_a_silent_client_is_disconnected_and_its_will_published(any_broker, home
 
 def test_a_client_that_keeps_talking_stays_connected(broker, home):
     """The keep-alive check counts any packet, not just PINGREQ; a live client is never cut."""
-    with session(broker.mqtt_port, "chatty", "gen", home.secrets["gen"], keepalive=1) as chatty:
+    with session(broker.mqtt_port, "chatty", "gen", home.secrets["gen"], keep_alive=1) as chatty:
         for n in range(6):  # three seconds, twice the grace period
             chatty.sendall(PINGREQ)
             assert read_exactly(chatty, 2) == PINGRESP

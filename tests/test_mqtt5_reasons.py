@@ -153,7 +153,7 @@ def test_a_session_taken_over_is_told_so(radio, home) -> None:
 
 
 def test_a_silent_client_is_told_its_keep_alive_ran_out(radio, home) -> None:
-    sock, _ = session5(radio.mqtt_port, "quiet", "reader_a", home.secrets["reader_a"], keepalive=1)
+    sock, _ = session5(radio.mqtt_port, "quiet", "reader_a", home.secrets["reader_a"], keep_alive=1)
     with sock:
         first, body = read_packet(sock)
     assert (first, reason(body, 0)[0]) == (0xE0, reasons.KEEP_ALIVE_TIMEOUT)

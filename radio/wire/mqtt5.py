@@ -173,7 +173,7 @@ def connect(
     client_id: str,
     username: str | None = None,
     password: str | None = None,
-    keepalive: int = 60,
+    keep_alive: int = 60,
     *,
     clean: bool = True,
     will: tuple[str, bytes] | None = None,
@@ -192,7 +192,7 @@ def connect(
     if password is not None:
         flags |= 0x40
         payload += framing.string(password)
-    head = framing.string("MQTT") + bytes((LEVEL, flags)) + keepalive.to_bytes(2, "big")
+    head = framing.string("MQTT") + bytes((LEVEL, flags)) + keep_alive.to_bytes(2, "big")
     return _packet(0x10, head + props.encode(properties or {}) + payload)
 
 
