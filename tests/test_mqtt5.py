@@ -246,17 +246,19 @@ def test_a_will_waits_its_delay_and_a_client_back_in_time_cancels_it(broker, hom
     assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
 
-def test_topic_aliases_both_ways(broker, home, clients) -> None:
+def subscribed5(broker, home, client_id: str, topic_filter: str, qos: int, properties: dict[int, object]):
+    """A raw MQTT 5 reader (key reader_a) with ``properties`` at CONNECT, subscribed; and the CONNACK's."""
     reader, found = session5(
-        broker.mqtt_port,
-        "aliased",
-        "reader_a",
-        home.secrets["reader_a"],
-        properties={props.TOPIC_ALIAS_MAXIMUM: 2},
+        broker.mqtt_port, client_id, "reader_a", home.secrets["reader_a"], properties=properties
     )
+    reader.sendall(subscribe5(topic_filter, qos))
+    assert read_packet(reader)[0] == 0x90
+    return reader, found
+
+
+def test_topic_aliases_both_ways(broker, home, clients) -> None:
+    reader, found = subscribed5(broker, home, "aliased", "networks/A/#", 0, {props.TOPIC_ALIAS_MAXIMUM: 2})
     with reader:
-        reader.sendall(subscribe5("networks/A/#", 0))
-        assert read_packet(reader)[0] == 0x90
         gen, _ = session5(broker.mqtt_port, "aliasing", "gen", home.secrets["gen"])
         with gen:
             gen.sendall(publish5("networks/A/x", b'{"n": 1}', properties={props.TOPIC_ALIAS: 3}))
@@ -270,16 +272,8 @@ def test_topic_aliases_both_ways(broker, home, clients) -> None:
 
 
 def test_the_receive_maximum_holds_back_what_the_client_has_no_room_for(broker, home, clients) -> None:
-    reader, _ = session5(
-        broker.mqtt_port,
-        "narrow",
-        "reader_a",
-        home.secrets["reader_a"],
-        properties={props.RECEIVE_MAXIMUM: 1},
-    )
+    reader, _ = subscribed5(broker, home, "narrow", "networks/A", 1, {props.RECEIVE_MAXIMUM: 1})
     with reader:
-        reader.sendall(subscribe5("networks/A", 1))
-        assert read_packet(reader)[0] == 0x90
         gen = open_client(clients, broker, home, "gen", 5)
         gen.publish("networks/A", b'{"n": 1}', qos=1)
         gen.publish("networks/A", b'{"n": 2}', qos=1)
