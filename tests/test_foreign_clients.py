@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -18,14 +20,25 @@ if shutil.which("mosquitto_sub") is None:
     )
 
 
+def options(tool, credentials):
+    """The environment that hands ``tool`` its key in a 0600 options file, never on its command line."""
+    if not credentials:
+        return {**os.environ, "XDG_CONFIG_HOME": tempfile.mkdtemp()}  # no options file: anonymous
+    folder = tempfile.mkdtemp()
+    path = Path(folder, tool)
+    path.touch(mode=0o600)
+    path.write_text(f"-u {credentials[0]}\n-P {credentials[1]}\n")
+    return {**os.environ, "XDG_CONFIG_HOME": folder}
+
+
 def sub(broker, *args, credentials=None):
     """Start mosquitto_sub; -v prints 'topic payload' per line."""
-    auth = ["-u", credentials[0], "-P", credentials[1]] if credentials else []
     return subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.mqtt_port), "-v", "-W", "20", *auth, *args],
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.mqtt_port), "-v", "-W", "20", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=options("mosquitto_sub", credentials),
     )
 
 
@@ -37,10 +50,6 @@ def pub(broker, topic, message, credentials, *extra):
             "127.0.0.1",
             "-p",
             str(broker.mqtt_port),
-            "-u",
-            credentials[0],
-            "-P",
-            credentials[1],
             "-t",
             topic,
             "-m",
@@ -53,6 +62,7 @@ def pub(broker, topic, message, credentials, *extra):
         text=True,
         timeout=30,
         check=False,
+        env=options("mosquitto_pub", credentials),
     )
 
 
