@@ -4,19 +4,31 @@
                                                  # 20,000 and 80,000 deliveries/s for 10 s; bursts
     python bench/broker_cpu.py --subscribers 100 --rates 20000 --rounds 7
     python bench/broker_cpu.py --smoke           # a few seconds: the script still works
+    python bench/broker_cpu.py --client mosquitto_sub   # one mosquitto_sub per subscriber
+
+Needs ``mosquitto``, ``mosquitto-clients`` and a C compiler (``cc``; ``apt-get install gcc``)
+for the subscriber load, ``sink.c``.
 
 What is measured, and why a skeptic can accept it:
 
 - **The broker, not the client.** The broker under test runs alone on core 0: every thread of
   the broker process is pinned there (``sched_setaffinity``; for ``radio broker --engine
   mosquitto``, the Mosquitto process the runner starts, not the runner). This script and every
-  client it starts run on the other cores. The clients are Debian's ``mosquitto_sub`` (one
-  process per subscriber, ``--nodelay``) and one ``mosquitto_pub -l --nodelay`` fed line by line
-  by this script. Their CPU (every client process plus this script) is reported beside the
-  broker's, as cores used: a load side near ``load_cores_available`` is saturated, and the row
-  says so (``load_saturated``). ``broker_waited_s`` is how long the broker was runnable but
-  waiting for its core (``/proc/PID/task/*/schedstat``): near zero on a quiet machine; the
-  summary marks runs where it exceeds a tenth of the broker's CPU time.
+  client it starts run on the other cores. The subscribers are, by default, one C process
+  (``sink.c``, beside this script, compiled at start with the system's ``cc -O2``: a C compiler
+  is required, ``apt-get install gcc``): a minimal MQTT 3.1.1 client holding all N connections
+  in one epoll loop, reading 64 KiB at a time, stamping the wall clock once per read, writing
+  each subscriber's arrivals to its own file and, at QoS 1, the PUBACKs of one read in one
+  write. ``--client mosquitto_sub`` uses Debian's ``mosquitto_sub`` instead, one process per
+  subscriber (``--nodelay``), whose cost per message (about 10 us) saturates the load core at
+  100 subscribers and 80,000 deliveries/s. The publisher is one ``mosquitto_pub -l --nodelay``
+  fed line by line by this script. The load side's CPU (the subscribers, the publisher and this
+  script, each also reported alone: ``subscriber_cores``, ``publisher_cores``,
+  ``script_cores``) is reported beside the broker's, as cores used: a load side near
+  ``load_cores_available`` is saturated, and the row says so (``load_saturated``).
+  ``broker_waited_s`` is how long the broker was runnable but waiting for its core
+  (``/proc/PID/task/*/schedstat``): near zero on a quiet machine; the summary marks runs where it
+  exceeds a tenth of the broker's CPU time.
 - **Broker CPU per delivery** is the broker process's own CPU time (``utime + stime`` from
   ``/proc/PID/stat``, every thread) over the run, divided by the deliveries made. Its resolution
   is one clock tick (10 ms); ``broker_cpu_s`` in each row shows how many ticks a figure rests on,
@@ -24,13 +36,14 @@ What is measured, and why a skeptic can accept it:
 - **Open loop, latency from the schedule.** Sample ``k`` is due at ``start + k / rate``; its
   payload carries that due time (``{"t": ..., "seq": k, ...}``, about 200 bytes) and is written
   to the publisher when due, however late the previous ones were, so a stalled broker shows as
-  latency instead of a slower schedule. Each ``mosquitto_sub`` stamps every arrival
-  (``-F '%U %p'``: the wall clock at receipt, in nanoseconds); latency is receipt minus due
-  time, p50, p99 and max over every delivery.
+  latency instead of a slower schedule. Every arrival is stamped with the wall clock at receipt,
+  to the nanosecond (the sink once per read; ``mosquitto_sub -F '%U %p'`` once per message, in
+  the same format); latency is receipt minus due time, p50, p99 and max over every delivery.
 - **Loss is a failure.** A run where any delivery is missing reports ``loss: N`` and no CPU
-  figure. A sample ends the run (``{"end":1}``, after the last one): the run waits until every
-  subscriber printed it, or until no subscriber received anything for ``--grace`` seconds (past
-  the last due time), so a late delivery counts as latency, never as loss.
+  figure. A sample ends the run (``{"end":1}``, after the last one; the sink writes a
+  subscriber's file as soon as it receives it, and every 100 ms otherwise): the run waits until
+  every subscriber printed it, or until no subscriber received anything for ``--grace`` seconds
+  (past the last due time), so a late delivery counts as latency, never as loss.
 - **Rounds.** Each round runs every configuration on both brokers, one after the other, the order
   alternating round by round; each broker and its subscribers are started fresh for each run.
   Every run is printed as a JSON line; the summary gives medians and ranges over the rounds, and
@@ -50,6 +63,7 @@ import argparse
 import json
 import os
 import resource
+import select
 import shutil
 import statistics
 import subprocess
@@ -93,6 +107,7 @@ class Result:
     """One run of one configuration on one broker."""
 
     broker: str
+    client: str
     qos: int
     subscribers: int
     rate: int | str
@@ -104,6 +119,9 @@ class Result:
     broker_cores: float
     broker_waited_s: float
     load_cores: float
+    subscriber_cores: float
+    publisher_cores: float
+    script_cores: float
     load_cores_available: int
     load_saturated: bool
     p50_ms: float | None
@@ -113,22 +131,45 @@ class Result:
 
 
 class Load:
-    """N ``mosquitto_sub`` processes writing stamped arrivals to files, one ``mosquitto_pub -l``."""
+    """The subscribers (one ``sink`` process, or one ``mosquitto_sub`` each) and one ``mosquitto_pub -l``.
 
-    def __init__(self, folder: Path, port: int, qos: int, subscribers: int, key: tuple[str, str]) -> None:
+    Every subscriber writes its stamped arrivals to its own file, ``sub-I.txt``.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        port: int,
+        qos: int,
+        subscribers: int,
+        key: tuple[str, str],
+        *,
+        sink: Path | None,
+    ) -> None:
         self.folder = folder
         self.files = [folder / f"sub-{i}.txt" for i in range(subscribers)]
         common = ["-h", "127.0.0.1", "-p", str(port), "-t", TOPIC, "-q", str(qos), "--nodelay"]
         self.subscribers: list[subprocess.Popen[bytes]] = []
-        for i, file in enumerate(self.files):
-            with file.open("wb") as out:
-                self.subscribers.append(
-                    subprocess.Popen(
-                        ["mosquitto_sub", *common, "-i", f"bench-sub-{i}", "-F", "%U %p"],
-                        stdout=out,
-                        stderr=subprocess.DEVNULL,
-                    )
+        self.sink: subprocess.Popen[bytes] | None = None
+        self.sink_errors = folder / "sink.err"
+        if sink is not None:
+            with self.sink_errors.open("wb") as errors:
+                self.sink = subprocess.Popen(
+                    [sink, str(port), TOPIC, str(qos), str(subscribers), "bench-sub-", folder, END],
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
                 )
+            self.subscribers.append(self.sink)
+        else:
+            for i, file in enumerate(self.files):
+                with file.open("wb") as out:
+                    self.subscribers.append(
+                        subprocess.Popen(
+                            ["mosquitto_sub", *common, "-i", f"bench-sub-{i}", "-F", "%U %p"],
+                            stdout=out,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
         options = folder / "options"
         options.mkdir(exist_ok=True)
         secret = options / "mosquitto_pub"
@@ -142,11 +183,27 @@ class Load:
         assert self.publisher.stdin is not None
         self.stdin = self.publisher.stdin
         self.fd = self.stdin.fileno()
-        self.processes = [psutil.Process(p.pid) for p in [*self.subscribers, self.publisher]]
+        self.subscriber_processes = [psutil.Process(p.pid) for p in self.subscribers]
+        self.publisher_process = psutil.Process(self.publisher.pid)
+
+    def wait_ready(self, deadline: float) -> None:
+        """Until the sink says every SUBACK is in (``ready``), or why it could not."""
+        if self.sink is None:
+            return
+        assert self.sink.stdout is not None
+        ready, _, _ = select.select([self.sink.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = self.sink.stdout.readline() if ready else b""
+        if line != b"ready\n":
+            self.sink.kill()
+            self.sink.wait(30)
+            error = self.sink_errors.read_text(errors="replace").strip() or "no word before the timeout"
+            msg = f"the sink did not subscribe: {error}"
+            raise RuntimeError(msg)
 
     def wait_subscribed(self, timeout: float) -> None:
         """Publish probes until every subscriber has printed one, then until the files stop growing."""
         deadline = time.monotonic() + timeout
+        self.wait_ready(deadline)
         while not all(f.stat().st_size for f in self.files):
             if time.monotonic() > deadline or self.publisher.poll() is not None:
                 msg = "the subscribers never all received a probe (is the broker up?)"
@@ -157,18 +214,20 @@ class Load:
         while sizes != (sizes := [f.stat().st_size for f in self.files]):
             time.sleep(0.05)
 
-    def cpu(self) -> float:
-        """CPU seconds of every client process and of this script (which writes the schedule)."""
-        total = time.process_time()
-        for p in self.processes:
-            times = p.cpu_times()
-            total += times.user + times.system
-        return total
+    def cpu(self) -> tuple[float, float, float]:
+        """CPU seconds of the subscribers, of the publisher and of this script (which writes the schedule)."""
+
+        def seconds(processes: list[psutil.Process]) -> float:
+            return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+
+        return seconds(self.subscriber_processes), seconds([self.publisher_process]), time.process_time()
 
     def send(self, setting: Setting) -> float:
         """Write every sample when due (all at once for a burst); return the wall time of sample 0."""
         count, rate = setting.samples, setting.rate
         start = time.time() + 0.01
+        if rate is None:  # every sample of a burst is due at start: none leaves before it
+            time.sleep(max(0.0, start - time.time()))
         sent = 0
         while sent < count:
             now = time.time()
@@ -209,12 +268,23 @@ class Load:
             time.sleep(0.02 if len(waiting) < 100 else 0.1)
 
     def stop(self) -> None:
-        """Stop every client; what each subscriber printed is in its file already (it flushes)."""
+        """Stop every client; each subscriber's file then holds all it received.
+
+        ``mosquitto_sub`` flushes every line, so it is killed; the sink writes its buffers when
+        told to stop (SIGTERM), and a sink that failed says why.
+        """
         self.stdin.close()
         for p in [*self.subscribers, self.publisher]:
-            p.kill()
+            if p is self.sink:
+                p.terminate()
+            else:
+                p.kill()
         for p in [*self.subscribers, self.publisher]:
             p.wait(30)
+        if self.sink is not None and self.sink.returncode != 0:
+            error = self.sink_errors.read_text(errors="replace").strip()
+            msg = f"the sink failed ({self.sink.returncode}): {error}"
+            raise RuntimeError(msg)
 
     def latencies(self, samples: int) -> tuple[list[float], int]:
         """Every delivery's latency in seconds, and how many deliveries are missing."""
@@ -267,7 +337,9 @@ def pin(process: psutil.Process, cores: set[int]) -> None:
         os.sched_setaffinity(thread.id, cores)
 
 
-def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], grace: float) -> Result:
+def measure(
+    kind: str, setting: Setting, folder: Path, load_cores: set[int], grace: float, *, sink: Path | None
+) -> Result:
     """One run on a fresh broker pinned to BROKER_CORE, with fresh clients."""
     platform = Platform(kind, folder)
     if load_cores:
@@ -279,7 +351,7 @@ def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], gra
         user, secret = platform.key
         assert user is not None
         assert secret is not None
-        load = Load(runs, platform.ports["tcp"], setting.qos, setting.subscribers, (user, secret))
+        load = Load(runs, platform.ports["tcp"], setting.qos, setting.subscribers, (user, secret), sink=sink)
         try:
             load.wait_subscribed(timeout=120)
             broker0, load0, wait0, wall0 = platform.cpu(), load.cpu(), waited(platform.ps), time.time()
@@ -288,7 +360,8 @@ def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], gra
                 0 if setting.rate is None else setting.samples * setting.subscribers / setting.rate
             )
             load.wait_ended(last_due, grace)
-            broker_s, load_s, wall = platform.cpu() - broker0, load.cpu() - load0, time.time() - wall0
+            load1, broker_s, wall = load.cpu(), platform.cpu() - broker0, time.time() - wall0
+            parts = [(b - a) / wall for a, b in zip(load0, load1, strict=True)]
             wait_s = waited(platform.ps) - wait0
             affinity = sorted(set().union(*(os.sched_getaffinity(t.id) for t in platform.ps.threads())))
         finally:
@@ -299,13 +372,14 @@ def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], gra
     every.sort()
     deliveries = setting.samples * setting.subscribers
     available = len(load_cores) or os.cpu_count() or 1
-    used = load_s / wall
+    used = sum(parts)
 
     def ms(q: float) -> float | None:
         return round(every[min(len(every) - 1, int(len(every) * q))] * 1000, 2) if every else None
 
     return Result(
         broker=kind,
+        client="mosquitto_sub" if sink is None else "sink",
         qos=setting.qos,
         subscribers=setting.subscribers,
         rate="burst" if setting.rate is None else setting.rate,
@@ -317,6 +391,9 @@ def measure(kind: str, setting: Setting, folder: Path, load_cores: set[int], gra
         broker_cores=round(broker_s / wall, 3),
         broker_waited_s=round(wait_s, 3),
         load_cores=round(used, 3),
+        subscriber_cores=round(parts[0], 3),
+        publisher_cores=round(parts[1], 3),
+        script_cores=round(parts[2], 3),
         load_cores_available=available,
         load_saturated=used >= 0.9 * available,
         p50_ms=ms(0.5),
@@ -405,8 +482,32 @@ def summarize(results: list[tuple[int, Result]], brokers: list[str]) -> None:
         )
 
 
+def build_sink(folder: Path) -> Path:
+    """Compile ``sink.c`` (beside this script) with the system's C compiler into ``folder``."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        sys.exit("a C compiler is needed for the sink (apt-get install gcc), or use --client mosquitto_sub")
+    binary = folder / "sink"
+    source = Path(__file__).with_name("sink.c")
+    built = subprocess.run(
+        [compiler, "-O2", "-Wall", "-Wextra", "-o", binary, source],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        sys.exit(f"{compiler} could not build {source}:\n{built.stderr}")
+    return binary
+
+
 def run_all(
-    settings: list[Setting], brokers: list[str], rounds: int, load_cores: set[int], grace: float
+    settings: list[Setting],
+    brokers: list[str],
+    rounds: int,
+    load_cores: set[int],
+    grace: float,
+    *,
+    client: str,
 ) -> tuple[list[tuple[int, Result]], int]:
     """Every round: every setting on every broker, the first broker alternating; prints each run.
 
@@ -415,11 +516,12 @@ def run_all(
     results: list[tuple[int, Result]] = []
     failed = 0
     with tempfile.TemporaryDirectory() as folder:
+        sink = build_sink(Path(folder)) if client == "sink" else None
         for round_ in range(1, rounds + 1):
             for setting in settings:
                 for kind in brokers[:: 1 if round_ % 2 else -1]:
                     try:
-                        result = measure(kind, setting, Path(folder), load_cores, grace)
+                        result = measure(kind, setting, Path(folder), load_cores, grace, sink=sink)
                     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
                         failed += 1
                         row = {"broker": kind, "qos": setting.qos, "subscribers": setting.subscribers}
@@ -447,11 +549,17 @@ def main() -> None:
         help="seconds without any delivery, past the last due time, that end a run",
     )
     parser.add_argument("--brokers", default="radio,mosquitto")
+    parser.add_argument(
+        "--client",
+        choices=("sink", "mosquitto_sub"),
+        default="sink",
+        help="the subscribers: one C process for all of them (sink.c), or one mosquitto_sub each",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds: the script still works")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.subscribers, args.rates, args.seconds, args.burst = 1, "10", "2000", 0.3, 2000
-    for tool in ("mosquitto_sub", "mosquitto_pub"):
+    for tool in ("mosquitto_pub", *(["mosquitto_sub"] if args.client == "mosquitto_sub" else [])):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing (apt-get install mosquitto-clients)")
     cores = os.sched_getaffinity(0)
@@ -475,7 +583,7 @@ def main() -> None:
             *([(None, args.burst)] if args.burst else []),
         ]
     ]
-    results, failed = run_all(settings, brokers, args.rounds, load_cores, args.grace)
+    results, failed = run_all(settings, brokers, args.rounds, load_cores, args.grace, client=args.client)
     summarize(results, brokers)
     if failed:
         sys.exit(f"{failed} runs failed (their lines say why)")

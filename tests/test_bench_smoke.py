@@ -52,14 +52,20 @@ def test_the_fanout_benchmark_runs_both_brokers_and_counts_every_delivery():
 
 @pytest.mark.mosquitto
 @pytest.mark.mosquitto_clients
-def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery():
+@pytest.mark.parametrize("client", ["sink", "mosquitto_sub"])
+def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery(client: str):
     require_mosquitto()
     if shutil.which("mosquitto_sub") is None or shutil.which("mosquitto_pub") is None:
         if os.environ.get("CI"):
             pytest.fail("mosquitto_sub/pub are missing: .ci/run installs mosquitto-clients", pytrace=False)
         pytest.skip("mosquitto-clients is not installed (apt-get install mosquitto-clients)")
-    rows = rounds(smoke("broker_cpu.py"))
+    if client == "sink" and shutil.which("cc") is None and shutil.which("gcc") is None:
+        if os.environ.get("CI"):
+            pytest.fail("no C compiler for bench/sink.c: .ci/run installs gcc", pytrace=False)
+        pytest.skip("no C compiler for bench/sink.c (apt-get install gcc)")
+    rows = rounds(smoke("broker_cpu.py", "--client", client))
     assert {r["broker"] for r in rows} == {"radio", "mosquitto"}
+    assert {r["client"] for r in rows} == {client}
     assert {(r["qos"], r["rate"]) for r in rows} == {(q, rate) for q in (0, 1) for rate in (2000, "burst")}
     assert all(r["lost"] == 0 and r["broker_us_per_delivery"] is not None for r in rows)
     assert all(r["p50_ms"] > 0 and r["max_ms"] >= r["p99_ms"] >= r["p50_ms"] for r in rows)
