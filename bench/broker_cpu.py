@@ -194,8 +194,6 @@ class Load:
         ready, _, _ = select.select([self.sink.stdout], [], [], max(0.0, deadline - time.monotonic()))
         line = self.sink.stdout.readline() if ready else b""
         if line != b"ready\n":
-            self.sink.kill()
-            self.sink.wait(30)
             error = self.sink_errors.read_text(errors="replace").strip() or "no word before the timeout"
             msg = f"the sink did not subscribe: {error}"
             raise RuntimeError(msg)
@@ -281,6 +279,8 @@ class Load:
                 p.kill()
         for p in [*self.subscribers, self.publisher]:
             p.wait(30)
+        if self.sink is not None and self.sink.stdout is not None:
+            self.sink.stdout.close()
         if self.sink is not None and self.sink.returncode != 0:
             error = self.sink_errors.read_text(errors="replace").strip()
             msg = f"the sink failed ({self.sink.returncode}): {error}"
