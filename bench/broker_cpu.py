@@ -24,7 +24,8 @@ What is measured, and why a skeptic can accept it:
   100 subscribers and 80,000 deliveries/s. The publisher is one ``mosquitto_pub -l --nodelay``
   fed line by line by this script. The load side's CPU (the subscribers, the publisher and this
   script, each also reported alone: ``subscriber_cores``, ``publisher_cores``,
-  ``script_cores``) is reported beside the broker's, as cores used: a load side near
+  ``script_cores``, and the subscribers' CPU per delivery, ``subscriber_us_per_delivery``, which
+  does not depend on how long a run lasted) is reported beside the broker's, as cores used: a load side near
   ``load_cores_available`` is saturated, and the row says so (``load_saturated``).
   ``broker_waited_s`` is how long the broker was runnable but waiting for its core
   (``/proc/PID/task/*/schedstat``): near zero on a quiet machine; the summary marks runs where it
@@ -122,6 +123,7 @@ class Result:
     subscriber_cores: float
     publisher_cores: float
     script_cores: float
+    subscriber_us_per_delivery: float
     load_cores_available: int
     load_saturated: bool
     p50_ms: float | None
@@ -394,6 +396,7 @@ def measure(
         subscriber_cores=round(parts[0], 3),
         publisher_cores=round(parts[1], 3),
         script_cores=round(parts[2], 3),
+        subscriber_us_per_delivery=round(parts[0] * wall / deliveries * 1e6, 2),
         load_cores_available=available,
         load_saturated=used >= 0.9 * available,
         p50_ms=ms(0.5),
