@@ -120,7 +120,8 @@ class Connection:
         self.closed = False
         self.last_heard = time.monotonic()
         self.loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None
+        """What this turn gathered for the client; None when nothing waits (an idle connection)."""
         self._out_size = 0
         self._room = broker.send_buffers.base
         """Bytes that may wait to be written to the client before it counts as slow (``SendBuffers``)."""
@@ -293,17 +294,20 @@ class Connection:
         if self.closed:
             return
         out = self._out
-        if not out:
+        if out is None:
+            self._out = [data]
             self.broker.flusher.mark(self)
-        out.append(data)
+        else:
+            out.append(data)
         self._out_size += len(data)
 
     def flush(self) -> None:
         """Write what this turn gathered, in one call (``broker.output.Flusher`` calls it)."""
-        if not self._out or self.closed:
+        out = self._out
+        if out is None or self.closed:
             return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = None
         self._out_size = 0
         try:
             self.link.write(data)

@@ -68,13 +68,13 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
     broker = connection.broker
     router = broker.router
     qos = message.qos
-    if qos == 2 and pid in session.incoming_qos2:
+    if qos == 2 and session.awaits_pubrel(pid):
         ack(connection, codec.ack(codec.PUBREC, pid))  # a resend: admitted, delivered and charged once
         return
-    if qos == 2 and len(session.incoming_qos2) >= router.limits.max_incoming_qos2:
+    if qos == 2 and session.awaiting_pubrel >= router.limits.max_incoming_qos2:
         # Before the gate: a sample the broker will not take must not be charged to its key.
         connection.close(
-            f"{len(session.incoming_qos2)} QoS 2 samples awaiting their PUBREL, "
+            f"{session.awaiting_pubrel} QoS 2 samples awaiting their PUBREL, "
             "the limit [broker] max_incoming_qos2",
             reasons.RECEIVE_MAXIMUM_EXCEEDED,
         )
@@ -89,7 +89,7 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
             _ack_dropped(connection, qos, pid, gate.refusal)
             return
     if qos == 2:
-        session.incoming_qos2.add(pid)
+        session.await_pubrel(pid)
     store = broker.store
     mark = store.pending if store is not None else 0
     message.origin = session
@@ -168,7 +168,7 @@ def on_pubrec(connection: Connection, session: Session, body: bytes) -> None:
 def on_pubrel(connection: Connection, session: Session, body: bytes) -> None:
     """PUBREL: the client's QoS 2 sample is complete on both sides."""
     pid = codec.packet_id(body, "a PUBREL")
-    session.incoming_qos2.discard(pid)
+    session.released(pid)
     ack(connection, codec.ack(codec.PUBCOMP, pid))
 
 

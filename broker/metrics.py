@@ -58,7 +58,7 @@ class BrokerCollector(Collector):
         yield GaugeMetricFamily(
             "radio_broker_queued",
             "Samples waiting in session queues.",
-            value=sum(len(s.queue) for s in sessions),
+            value=sum(s.queued for s in sessions),
         )
         yield GaugeMetricFamily(
             "radio_broker_inflight",

@@ -159,7 +159,8 @@ class Router:
         """The protocol of the session's client now: its filters move to that protocol's index."""
         if session.v5 == v5:
             return
-        options = dict(session.options)  # kept: a 3.1.1 client may resume a session MQTT 5 made
+        # Kept: a 3.1.1 client may resume a session MQTT 5 made.
+        options = dict(session.options) if session.options is not None else None
         for topic_filter in session.subscriptions:
             if split_shared(topic_filter) is None:
                 self._remove_filter(session, topic_filter)
@@ -189,8 +190,7 @@ class Router:
         for topic_filter in list(session.subscriptions):
             self._remove_filter(session, topic_filter)
         session.subscriptions.clear()
-        session.queue.clear()
-        session.queued_bytes = 0
+        session.clear_queue()
         session.inflight.clear()
         if session.persistent and self.store is not None:
             self.store.drop_session(session.store_id)
@@ -463,7 +463,10 @@ class Router:
         if session.limits.report_missed:
             network = network_of_topic(delivery.message.topic)
             if network is not None:
-                session.missed[network] = session.missed.get(network, 0) + 1
+                missed = session.missed
+                if missed is None:
+                    missed = session.missed = {}
+                missed[network] = missed.get(network, 0) + 1
 
     def _report_missed(self, session: Session, connection: Connection) -> None:
         """Before the next sample, say what the queue dropped (QoS 0; not stored).
@@ -472,7 +475,7 @@ class Router:
         it gets after.
         """
         payload = json.dumps({"networks": session.missed}, sort_keys=True).encode()
-        session.missed = {}
+        session.missed = None
         missed = Message(MISSED_TOPIC, payload, 0)
         packet = missed.packet(0) if connection.v5 is None else connection.v5.publish(missed, 0)
         if packet is not None:
@@ -487,9 +490,9 @@ class Router:
         connection = session.connection
         if connection is None:
             return
-        queue, inflight, window = session.queue, session.inflight, session.window
+        inflight, window = session.inflight, session.window
         allows = self.allows
-        while queue and len(inflight) < window:
+        while session.queue and len(inflight) < window:
             if connection.congested():
                 connection.wait_for_drain()
                 return
@@ -579,10 +582,7 @@ class Router:
             new = topic_filter not in session.subscriptions
             session.subscriptions[topic_filter] = qos
             self._add_filter(session, topic_filter, qos, new=new)
-            if v5 and (asked & ~0x03 or ident):
-                session.options[topic_filter] = (asked, ident)
-            else:
-                session.options.pop(topic_filter, None)
+            session.set_options(topic_filter, (asked, ident) if v5 and (asked & ~0x03 or ident) else None)
             codes.append(qos)
         self.save(session)
         return codes
@@ -599,7 +599,7 @@ class Router:
             self.shared.add(shared[0], shared[1], session, qos)
 
     def _remove_filter(self, session: Session, topic_filter: str) -> None:
-        session.options.pop(topic_filter, None)
+        session.set_options(topic_filter, None)
         shared = split_shared(topic_filter)
         if shared is None and session.v5:
             self.filters5 -= 1
@@ -724,8 +724,7 @@ class Router:
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
         for delivery in kept:
-            session.queue.append(delivery)
-            session.queued_bytes += delivery.message.size
+            session.keep(delivery)
         for pid, delivery in list(session.inflight.items()):
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]
@@ -749,7 +748,8 @@ class Router:
         session = Session(stored.client_id, False, self.limits_for(name))  # noqa: FBT003
         session.attributes.update({k: v for k, v in stored.attributes.items() if k not in STORED_BESIDE})
         session.expiry = stored.attributes.get("expiry")
-        session.options = {f: (o[0], o[1]) for f, o in stored.attributes.get("options", {}).items()}
+        options = stored.attributes.get("options")
+        session.options = {f: (o[0], o[1]) for f, o in options.items()} if options else None
         if key is not None and attrs.KEY_ID not in session.attributes:
             session.attributes[attrs.KEY_ID] = key.id
         if self.store is not None and stored.row_id != session.store_id:
@@ -778,8 +778,7 @@ class Router:
                 fields, expires = stored.queued_extras.get(seq, (b"", None))
                 message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
-                session.queue.append(Delivery(message, qos))
-                session.queued_bytes += message.size
+                session.keep(Delivery(message, qos))
             restored += 1
         if contents.retained or restored:
             log.info(

@@ -129,22 +129,27 @@ class Session:
         self.remote_address = ""
         self.remote_port = 0
         self.subscriptions: dict[str, int] = {}
-        self.queue: deque[Delivery] = deque()
+        self.queue: deque[Delivery] | None = None
+        """Deliveries waiting to be sent; None while none waits (most never do, and an empty deque
+        weighs 760 bytes: a broker holds tens of thousands of idle listeners)."""
         self.queued_bytes = 0
         self.inflight: dict[int, Delivery] = {}
-        self.incoming_qos2: set[int] = set()
+        self.incoming_qos2: set[int] | None = None
+        """Ids of the client's QoS 2 samples awaiting their PUBREL; None while there is none."""
         self.next_pid = 1
         self.connection: Connection | None = None
         self.will: Will | None = None
         self.offline_since: float | None = None
         self.dropped = 0
-        self.missed: dict[str, int] = {}
-        """Samples dropped from the queue per network and not yet reported (``report_missed``)."""
+        self.missed: dict[str, int] | None = None
+        """Samples dropped from the queue per network and not yet reported (``report_missed``);
+        None while there is none."""
         self.warned_full = False
         self.v5 = False
         """Whether its client speaks MQTT 5: its deliveries take the MQTT 5 path (broker/protocol5.py)."""
-        self.options: dict[str, tuple[int, int]] = {}
-        """MQTT 5 subscription options beyond the QoS, per filter: (options byte, subscription id)."""
+        self.options: dict[str, tuple[int, int]] | None = None
+        """MQTT 5 subscription options beyond the QoS, per filter: (options byte, subscription id);
+        None while no filter has any (``set_options``)."""
         self.expiry: float | None = None
         """MQTT 5: the session expiry interval its client asked for (None: the limits' own)."""
         self.window = 0
@@ -215,17 +220,26 @@ class Session:
         ``limits`` are the session's own unless given: a connected client that is merely slow is
         held to the wider limits of a keyed session, an absent anonymous one to its tight ones.
         """
+        self.keep(delivery)
+        return self.trim(limits or self.limits)
+
+    def keep(self, delivery: Delivery) -> None:
+        """Queue a delivery without trimming (one kept through a purge, or restored from the store)."""
+        if self.queue is None:
+            self.queue = deque()
         self.queue.append(delivery)
         self.queued_bytes += delivery.message.size
-        return self.trim(limits or self.limits)
 
     def trim(self, limits: SessionLimits) -> list[Delivery]:
         """Drop the oldest queued deliveries past ``limits``; return them."""
         dropped: list[Delivery] = []
-        while len(self.queue) > 1 and (
-            len(self.queue) > limits.max_queued or self.queued_bytes > limits.max_queued_bytes
+        queue = self.queue
+        if queue is None:
+            return dropped
+        while len(queue) > 1 and (
+            len(queue) > limits.max_queued or self.queued_bytes > limits.max_queued_bytes
         ):
-            old = self.queue.popleft()
+            old = queue.popleft()
             self.queued_bytes -= old.message.size
             dropped.append(old)
         if dropped:
@@ -241,13 +255,63 @@ class Session:
                 )
         return dropped
 
+    @property
+    def queued(self) -> int:
+        """How many deliveries wait in the queue."""
+        return len(self.queue) if self.queue is not None else 0
+
     def dequeue(self) -> Delivery:
-        """The oldest queued delivery, taken off the queue."""
-        delivery = self.queue.popleft()
+        """The oldest queued delivery, taken off the queue (an empty queue is let go: ``queue``)."""
+        queue = self.queue
+        if not queue:
+            msg = "dequeue from an empty queue"
+            raise IndexError(msg)
+        delivery = queue.popleft()
         self.queued_bytes -= delivery.message.size
-        if not self.queue:
+        if not queue:
+            self.queue = None
             self.warned_full = False
         return delivery
+
+    def clear_queue(self) -> None:
+        """Let every queued delivery go."""
+        self.queue = None
+        self.queued_bytes = 0
+
+    def set_options(self, topic_filter: str, options: tuple[int, int] | None) -> None:
+        """Record a filter's MQTT 5 options (None: it has none beyond its QoS)."""
+        held = self.options
+        if options is not None:
+            if held is None:
+                held = self.options = {}
+            held[topic_filter] = options
+        elif held is not None:
+            held.pop(topic_filter, None)
+            if not held:
+                self.options = None
+
+    def awaits_pubrel(self, pid: int) -> bool:
+        """Whether the client's QoS 2 sample ``pid`` was taken and its PUBREL is awaited."""
+        return self.incoming_qos2 is not None and pid in self.incoming_qos2
+
+    @property
+    def awaiting_pubrel(self) -> int:
+        """How many of the client's QoS 2 samples await their PUBREL."""
+        return len(self.incoming_qos2) if self.incoming_qos2 is not None else 0
+
+    def await_pubrel(self, pid: int) -> None:
+        """The client's QoS 2 sample ``pid`` was taken: its PUBREL is awaited."""
+        if self.incoming_qos2 is None:
+            self.incoming_qos2 = set()
+        self.incoming_qos2.add(pid)
+
+    def released(self, pid: int) -> None:
+        """PUBREL for the client's QoS 2 sample ``pid``: nothing more is awaited for it."""
+        held = self.incoming_qos2
+        if held is not None:
+            held.discard(pid)
+            if not held:
+                self.incoming_qos2 = None
 
     def describe(self) -> str:
         """The session as the log names it (never a secret)."""

@@ -268,7 +268,7 @@ def test_a_refused_qos2_publish_stores_nothing_and_incoming_qos2_is_bounded(brok
 
         def waiting() -> int:
             async def count() -> int:
-                return len(broker.broker.radio.router.sessions[None, "anon-qos2"].incoming_qos2)
+                return broker.broker.radio.router.sessions[None, "anon-qos2"].awaiting_pubrel
 
             return int(broker.call(count))
 
@@ -308,7 +308,7 @@ def test_offline_anonymous_sessions_are_bounded_and_the_store_stays_small(home, 
         admin.close()
 
         async def depths() -> list[int]:
-            return [len(s.queue) for s in broker.broker.radio.router.sessions.values() if s.key_name is None]
+            return [s.queued for s in broker.broker.radio.router.sessions.values() if s.key_name is None]
 
         assert max(broker.call(depths)) <= 100
         assert sum(broker.call(depths)) > 0

@@ -98,7 +98,8 @@ class Framer:
     __slots__ = ("_buffer", "_length", "limit", "missing")
 
     def __init__(self, limit: int = MQTT_LIMIT) -> None:
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None
+        """A packet split across reads, joined here; None while none is (most packets come whole)."""
         self._length = 0
         self.limit = limit
         """The largest remaining length taken: past it, ``feed`` raises before the body arrives."""
@@ -114,11 +115,10 @@ class Framer:
         buffer is used only to join a packet split across reads.
         """
         buffer = self._buffer
-        if buffer:
+        source: bytes | bytearray = data
+        if buffer is not None:
             buffer += data
-            source: bytes | bytearray = buffer
-        else:
-            source = data
+            source = buffer
         packets: list[tuple[int, bytes]] = []
         position, size = 0, len(source)
         while size - position >= 2:
@@ -142,12 +142,18 @@ class Framer:
             position = end
         else:
             self.missing = 2 - (size - position)
-        if source is buffer:
-            if position:
-                del buffer[:position]
-        elif position < size:
-            buffer += data[position:]
+        if buffer is not None or position < size:
+            self._keep(buffer, data, position, size)
         return packets
+
+    def _keep(self, buffer: bytearray | None, data: bytes, position: int, size: int) -> None:
+        """Keep the bytes past the last whole packet for the next read; let an emptied buffer go."""
+        if buffer is None:
+            self._buffer = bytearray(data[position:])
+        elif position == size:
+            self._buffer = None
+        elif position:
+            del buffer[:position]
 
     def _long_length(self, source: bytes | bytearray, position: int, size: int) -> int:
         """Where the body starts after a remaining length of 2 to 4 bytes; -1 if it has not all arrived.
@@ -171,4 +177,4 @@ class Framer:
     @property
     def pending(self) -> int:
         """Bytes of a packet not yet complete."""
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0

@@ -80,6 +80,55 @@ def test_a_full_queue_is_logged_once_per_episode(caplog):
     assert len(caplog.records) == 2
 
 
+def test_a_session_holds_no_queue_until_one_waits_and_lets_it_go_once_drained():
+    """An idle listener carries no empty containers; one made on first use works as ever after."""
+    session = Session("c", False, KEYED)  # noqa: FBT003
+    assert (session.queue, session.incoming_qos2, session.missed, session.options) == (None, None, None, None)
+    assert session.queued == 0
+    assert session.trim(ANONYMOUS) == []
+    with pytest.raises(IndexError):
+        session.dequeue()
+    for round_ in range(2):  # drained, then used again
+        first, second = delivery(), delivery()
+        session.enqueue(first)
+        session.enqueue(second)
+        assert (session.queued, session.queued_bytes) == (2, 20), round_
+        assert [session.dequeue(), session.dequeue()] == [first, second]
+        assert (session.queue, session.queued_bytes) == (None, 0)
+    session.enqueue(delivery())
+    session.clear_queue()
+    assert (session.queued, session.queued_bytes) == (0, 0)
+
+
+def test_qos2_ids_awaiting_their_pubrel_are_kept_until_released():
+    session = Session("c", True, KEYED)  # noqa: FBT003
+    assert not session.awaits_pubrel(7)
+    session.await_pubrel(7)
+    session.await_pubrel(9)
+    assert (session.awaits_pubrel(7), session.awaits_pubrel(8), session.awaiting_pubrel) == (True, False, 2)
+    session.released(7)
+    session.released(7)  # a PUBREL sent again changes nothing
+    assert (session.awaits_pubrel(7), session.awaits_pubrel(9), session.awaiting_pubrel) == (False, True, 1)
+    session.released(9)
+    assert (session.incoming_qos2, session.awaiting_pubrel) == (None, 0)
+    session.await_pubrel(9)
+    assert session.awaits_pubrel(9)
+
+
+def test_subscription_options_are_kept_per_filter_and_dropped_with_the_last():
+    session = Session("c", True, KEYED)  # noqa: FBT003
+    session.set_options("networks/A", None)
+    assert session.options is None
+    session.set_options("networks/A", (0x05, 3))
+    session.set_options("networks/B", (0x09, 0))
+    session.set_options("networks/A", (0x04, 4))
+    assert session.options == {"networks/A": (0x04, 4), "networks/B": (0x09, 0)}
+    session.set_options("networks/A", None)
+    assert session.options == {"networks/B": (0x09, 0)}
+    session.set_options("networks/B", None)
+    assert session.options is None
+
+
 def test_packet_ids_skip_those_in_flight_and_wrap_past_65535():
     session = Session("c", True, KEYED)  # noqa: FBT003
     session.inflight = {1: delivery(), 2: delivery()}
