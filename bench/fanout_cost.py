@@ -51,21 +51,36 @@ def _packet(first: int, body: bytes) -> bytes:
             return bytes((first,)) + bytes(length) + body
 
 
+class Socket:
+    """What a socket's transport is to the broker, in C as uvloop's is: ``write`` keeps the bytes."""
+
+    def __init__(self, sent: list[bytes]) -> None:
+        self.write = sent.append
+        self.get_write_buffer_size = int  # int() is 0: nothing waits, every write is taken at once
+
+
 class Kept:
-    """A transport that keeps what the broker writes (the broker's ``Link``)."""
+    """A TCP link (the broker's ``Link``, as ``listeners.TcpLink``) over a transport that keeps.
+
+    The broker writes through the link or to its transport directly, as it does over TCP.
+    """
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
-        self.written = asyncio.Event()
+        self.transport = Socket(self.sent)
+        self.answered: asyncio.Event | None = asyncio.Event()
+        """Set at the first write (the CONNACK), then dropped: later writes cost what TCP's do."""
 
     def write(self, data: bytes) -> None:
-        """Keep the bytes instead of sending them."""
-        self.sent.append(data)
-        self.written.set()
+        """Hand the bytes to the transport."""
+        self.transport.write(data)
+        if self.answered is not None:
+            self.answered.set()
+            self.answered = None
 
     def buffered(self) -> int:
-        """Nothing waits: every write is taken at once."""
-        return 0
+        """What the transport holds."""
+        return self.transport.get_write_buffer_size()
 
     def pause_reading(self) -> None:
         """Nothing to pause: the bytes are handed over by this script."""
@@ -81,6 +96,12 @@ class Kept:
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+async def _answered(link: Kept) -> None:
+    """Until the broker wrote to the link (its CONNACK, once the CONNECT is authenticated)."""
+    if link.answered is not None:
+        await link.answered.wait()
 
 
 def _acks(sent: list[bytes]) -> bytes:
@@ -120,7 +141,7 @@ async def _run(config: Path, secret: str, qos: int, subscribers: int, samples: i
             link = Kept()
             connection = broker._open(link, "tcp", ("127.0.0.1", 10_000 + i))
             connection.data_received(_packet(0x10, _string("MQTT") + bytes((4, 2, 0, 60)) + _string(f"s{i}")))
-            await link.written.wait()  # its CONNACK: the session is taken
+            await _answered(link)  # its CONNACK: the session is taken
             connection.data_received(_packet(0x82, b"\x00\x01" + _string(TOPIC) + bytes((qos,))))
             clients.append((connection, link))
         link = Kept()
@@ -129,7 +150,7 @@ async def _run(config: Path, secret: str, qos: int, subscribers: int, samples: i
         publisher.data_received(
             _packet(0x10, _string("MQTT") + bytes((4, 0xC2, 0, 60)) + _string("publisher") + credentials)
         )
-        await link.written.wait()
+        await _answered(link)
         assert link.sent[0] == b"\x20\x02\x00\x00", f"the publisher was refused: {link.sent[0]!r}"
         pid = (lambda k: (k % 60_000 + 1).to_bytes(2, "big")) if qos else (lambda _k: b"")
         packets = [_packet(0x30 | qos << 1, _string(TOPIC) + pid(k) + PAYLOAD) for k in range(samples)]

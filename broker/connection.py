@@ -36,12 +36,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_PUBACK: Final = codec.PUBACK << 4
+"""The first byte of a PUBACK."""
 KEEP_ALIVE_GRACE: Final = 1.5
 """A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""
 
 
 class Link(Protocol):
     """The byte stream under a connection: a TCP transport or a WebSocket."""
+
+    @property
+    def transport(self) -> asyncio.WriteTransport | None:
+        """A transport that ``write`` and ``buffered`` only pass through to (TCP), or None.
+
+        Fan-out writes to it directly: a call through the link for each delivery costs about as
+        much as the rest of the delivery's bookkeeping.
+        """
 
     def write(self, data: bytes) -> None:
         """Send bytes (buffered by the transport if the socket is full)."""
@@ -92,6 +102,7 @@ class Connection:
         "_out_size",
         "_proved",
         "_room",
+        "_turn",
         "_written",
         "acks_waiting",
         "anonymous",
@@ -129,6 +140,8 @@ class Connection:
         """Bytes handed to the transport so far."""
         self._proved = 0
         """Bytes the client had taken when its room last grew."""
+        self._turn = -1
+        """The flusher's turn in which bytes last went straight to the transport (``write``)."""
         self._draining = False
         self.pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated, or while a publisher is held
@@ -156,18 +169,42 @@ class Connection:
 
     # Reading.
     def data_received(self, data: bytes) -> None:
-        """Bytes from the client: cut them into packets and handle each."""
+        """Bytes from the client: cut them into packets and handle each.
+
+        A read that is one whole PUBACK (a QoS 1 subscriber sends one per sample) ends the
+        delivery it names without framing and dispatching: the same outcome as the long way.
+        """
         if self.closed:
             return
         self.last_heard = time.monotonic()
+        session = self.session
+        if (
+            len(data) == 4  # a PUBACK: its first byte, remaining length 2, a packet id
+            and data[0] == _PUBACK
+            and data[1] == 2
+            and session is not None
+            and self.pending is None
+            and not self.framer.pending
+            and (pid := data[2] << 8 | data[3])
+        ):
+            self.broker.router.acknowledged(session, pid)
+            return
         try:
-            if self.session is None and self.pending is None and not self.framer.pending:
+            if session is None and self.pending is None and not self.framer.pending:
                 _check_first_byte(data)  # say so at the first byte, not once a body has arrived
             packets = self.framer.feed(data)
             if self.pending is not None:
                 self.pending.extend(packets)
                 return
-            self._run(packets)
+            if len(packets) != 1:
+                self._run(packets)
+                return
+            flusher = self.broker.flusher
+            flusher.alone = True  # its writes may go straight out (``write``)
+            try:
+                self._handle(*packets[0])
+            finally:
+                flusher.alone = False
         except codec.Violation as exc:
             self.violated(exc)
 
@@ -290,13 +327,35 @@ class Connection:
 
     # Writing.
     def write(self, data: bytes) -> None:
-        """Queue bytes for the client; they go out together at the end of this turn of the loop."""
+        """Queue bytes for the client; they go out together at the end of this turn of the loop.
+
+        A packet handled alone in its read (``Flusher.alone``: a paced sample, not a burst) goes
+        straight to the transport instead, if this connection wrote nothing yet in this turn and
+        has the base room (no room granted for a burst, which ``flush`` gives back): gathering
+        one packet would only add the cost of the end-of-turn flush. What follows in this turn is
+        gathered behind it, in order.
+        """
         if self.closed:
             return
         out = self._out
         if out is None:
+            flusher = self.broker.flusher
+            if flusher.alone and self._turn != flusher.turn and self._room == self.broker.send_buffers.base:
+                self._turn = flusher.turn
+                if not flusher.scheduled:
+                    flusher.schedule()  # the turn ends: what comes next goes straight out again
+                transport = self.link.transport
+                try:
+                    (self.link if transport is None else transport).write(data)
+                except Exception:  # noqa: BLE001 - gathered instead: the flush writes it or closes
+                    self._out = [data]
+                    flusher.mark(self)
+                    self._out_size += len(data)
+                    return
+                self._written += len(data)
+                return
             self._out = [data]
-            self.broker.flusher.mark(self)
+            flusher.mark(self)
         else:
             out.append(data)
         self._out_size += len(data)
@@ -320,7 +379,10 @@ class Connection:
 
     def congested(self) -> bool:
         """Whether the client reads too slowly for more samples now (past its room, which may grow)."""
-        waiting = self._out_size + self.link.buffered()
+        transport = self.link.transport
+        waiting = self._out_size + (
+            self.link.buffered() if transport is None else transport.get_write_buffer_size()
+        )
         return waiting > self._room and not self._grow(waiting)
 
     def _grow(self, waiting: int) -> bool:

@@ -53,22 +53,24 @@ LINGER: Final = 2.0
 class TcpLink(asyncio.Protocol):
     """One MQTT/TCP connection: the event loop calls it, it calls its ``Connection``."""
 
-    __slots__ = ("_drain", "_listener", "_open", "_transport", "connection")
+    __slots__ = ("_drain", "_listener", "_open", "connection", "transport")
 
     def __init__(self, opener: Opener, listener: str) -> None:
         self._open = opener
         self._listener = listener
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
+        """The socket's transport: the connection writes to it and reads its buffer size directly
+        (``Link.transport``), as this link would, without a call through it for each delivery."""
         self._drain: asyncio.Future[None] | None = None
         self.connection: Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected: open its connection, or close it at once if over the limit."""
-        self._transport = cast("asyncio.Transport", transport)  # a stream server's (uvloop's too)
+        self.transport = cast("asyncio.Transport", transport)  # a stream server's (uvloop's too)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.connection = self._open(self, self._listener, (str(peer[0]), int(peer[1])))
         if self.connection is None:
-            self._transport.abort()
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client."""
@@ -100,22 +102,22 @@ class TcpLink(asyncio.Protocol):
     # Link.
     def write(self, data: bytes) -> None:
         """Send bytes."""
-        if self._transport is not None:
-            self._transport.write(data)
+        if self.transport is not None:
+            self.transport.write(data)
 
     def buffered(self) -> int:
         """Bytes not yet sent."""
-        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def pause_reading(self) -> None:
         """Stop reading."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         """Read again."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def drained(self) -> Awaitable[None]:
         """Completes when the buffer has drained (at once if it is not full)."""
@@ -131,7 +133,7 @@ class TcpLink(asyncio.Protocol):
         and closed once the client closes it, or after ``LINGER`` seconds, so that what the client
         sends meanwhile is read and dropped instead of making it fail on a reset.
         """
-        transport = self._transport
+        transport = self.transport
         if transport is None:
             return
         if linger and transport.can_write_eof() and not transport.is_closing():
@@ -146,6 +148,9 @@ class WebSocketLink:
     """One MQTT-over-WebSocket connection: MQTT packets in binary messages, any split allowed."""
 
     __slots__ = ("_reading", "_ws")
+
+    transport: Final = None
+    """Bytes are framed as WebSocket messages: the connection writes through ``write``."""
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws

@@ -4,8 +4,12 @@ A sample fanned out to N subscribers is N writes. Each connection gathers what i
 one turn of the event loop and writes it in one call, so a burst costs one system call per
 subscriber, not one per sample. The flush is scheduled once per turn for the whole broker, not
 once per connection: at a steady rate (one sample per turn) a callback per subscriber would cost
-about as much as the rest of the delivery in Python. What waits to be written for one client is
-held to a room that grows while the client keeps up (``SendBuffers``).
+about as much as the rest of the delivery in Python. At that steady rate gathering buys nothing
+(each subscriber gets one packet per turn), so a packet handled alone in its read (``alone``)
+goes straight to the transport of a connection that wrote nothing yet this turn; what follows in
+the same turn is gathered, so a burst still costs at most two writes per subscriber per turn. What
+waits to be written for one client is held to a room that grows while the client keeps up
+(``SendBuffers``).
 """
 
 from __future__ import annotations
@@ -24,22 +28,38 @@ class Flushable(Protocol):
 class Flusher:
     """The connections written to in this turn of the loop, flushed together at its end."""
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "alone", "scheduled", "turn")
 
     def __init__(self) -> None:
         self._dirty: list[Flushable] = []
-        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.scheduled = False
+        """Whether the end of this turn is scheduled (``flush``)."""
+        self.turn = 0
+        """Turns of the loop that wrote something so far: a connection that wrote straight to its
+        transport in this turn gathers what follows until the number moves on."""
+        self.alone = False
+        """Whether the packet being handled came alone in its read (a paced sample, not a burst):
+        its writes may go straight to a connection's transport (``Connection.write``)."""
 
     def mark(self, connection: Flushable) -> None:
         """The connection gathered its first bytes of this turn: flush it with the others."""
         self._dirty.append(connection)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if not self.scheduled:
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Run ``flush`` at the end of this turn (the loop is looked up once: it costs a system call)."""
+        self.scheduled = True
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Flush every connection marked; one marked while this runs (a will, a close) goes next turn."""
-        self._scheduled = False
+        self.scheduled = False
+        self.turn += 1
         dirty, self._dirty = self._dirty, []
         for connection in dirty:
             connection.flush()

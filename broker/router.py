@@ -268,9 +268,9 @@ class Router:
         """Each target that may read the sample gets it (the verdict remembered per session)."""
         may_read = self.reader(message.topic)
         key = self._read_key(message.network)
-        stats = self.stats
         top = message.qos
         plain = b""
+        delivered = dropped = 0  # counted once per sample, not per delivery
         for session, granted in targets:
             memo = session.read_memo
             if memo is None or memo[0] is not key:
@@ -283,12 +283,15 @@ class Router:
             connection = session.connection
             if connection is not None:
                 if connection.congested():
-                    stats.dropped_slow += 1
+                    dropped += 1
                 else:
                     connection.write(plain or (plain := message.packet(0)))
-                    stats.deliveries += 1
+                    delivered += 1
                     if session.tally is not None:
                         self.tallied(session, message)
+        stats = self.stats
+        stats.deliveries += delivered
+        stats.dropped_slow += dropped
 
     def _fan_out5(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
         """The same for MQTT 5 sessions: each that may read the sample gets it, with its options."""
@@ -409,7 +412,7 @@ class Router:
     ) -> None:
         """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
         delivery = Delivery(message, qos, extra)
-        if self.store is not None and session.persistent:
+        if self.store is not None and not session.clean_session:  # persistent
             if not message.row:
                 message.row = self.next_seq()
             expires = wall_clock(message.expires)
@@ -482,7 +485,7 @@ class Router:
             connection.write(packet)
 
     def _forget(self, session: Session, delivery: Delivery) -> None:
-        if session.persistent and self.store is not None and delivery.message.row:
+        if self.store is not None and not session.clean_session and delivery.message.row:  # persistent
             self.store.unqueue(session.store_id, delivery.message.row)
 
     def pump(self, session: Session) -> None:
