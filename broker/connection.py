@@ -8,7 +8,8 @@ sequence), ``handle_publish`` (PUBLISH and its acknowledgements both ways, wills
 Everything after the CONNECT is synchronous: the transport hands over bytes (``data_received``), they
 are cut into packets and each is handled on the spot. What the client is sent is gathered and
 written once per turn of the event loop, so a burst of samples costs one system call per
-subscriber, not one per sample. A connection whose client does not read (``congested``) gets
+subscriber, not one per sample; a paced sample (alone in its read) goes out at once
+(``broker.output``). A connection whose client does not read (``congested``) gets
 no more QoS 0 samples (they are counted as dropped) and its QoS 1 and 2 samples wait in its
 session's queue until it drains.
 """

@@ -516,7 +516,7 @@ class Router:
         if delivery is not None:
             if session.tally is not None:
                 self.tallied(session, delivery.message)
-            if self.store is not None:
+            if self.store is not None and delivery.message.row:  # in the store, for this session or another
                 self._forget(session, delivery)
             if session.queue:
                 self.pump(session)

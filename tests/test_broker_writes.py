@@ -70,13 +70,17 @@ class Recorded:
         self.closed = True
 
 
-async def _connected(broker: Any, client: str, credentials: tuple[str, str] | None = None) -> tuple[Any, Recorded]:
+async def _connected(
+    broker: Any, client: str, credentials: tuple[str, str] | None = None
+) -> tuple[Any, Recorded]:
     link = Recorded()
     connection = broker._open(link, "tcp", ("127.0.0.1", 10_000 + len(broker.connections)))
     flags, tail = 0x02, b""
     if credentials is not None:
         flags, tail = 0xC2, _string(credentials[0]) + _string(credentials[1])
-    connection.data_received(_packet(0x10, _string("MQTT") + bytes((4, flags, 0, 60)) + _string(client) + tail))
+    connection.data_received(
+        _packet(0x10, _string("MQTT") + bytes((4, flags, 0, 60)) + _string(client) + tail)
+    )
     await link.written.wait()
     assert link.writes.pop(0) == b"\x20\x02\x00\x00"
     return connection, link
