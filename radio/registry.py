@@ -188,14 +188,26 @@ class LiveRegistry:
         self._keys_arg = keys
         self._idle_after = idle_after
         self.settings = load_settings(config, keys)
+        # On record as pending before the files are read: a change made while this process loads
+        # is waited for, never answered as in force on the servers then running without it.
+        self._confirmer = confirmations.Confirmer(self.settings.path, self.settings.keys_path)
+        self._confirmer.confirm([], None, None)
         try:
-            self.current = Registry.from_settings(self.settings)
-        except MissingRegistry:
-            log.warning(
-                "no key registry at %s yet: no keys until 'radio keys add' makes one", self.settings.keys_path
-            )
-            self.current = _without_keys(self.settings)
-        self._signature = self._stat()
+            # The versions are taken before the files are read: a change made in between is then
+            # reloaded on the next check, never taken as the version of what was read before it.
+            self._signature = self._stat()
+            self.settings = load_settings(config, keys)
+            try:
+                self.current = Registry.from_settings(self.settings)
+            except MissingRegistry:
+                log.warning(
+                    "no key registry at %s yet: no keys until 'radio keys add' makes one",
+                    self.settings.keys_path,
+                )
+                self.current = _without_keys(self.settings)
+        except BaseException:
+            self._confirmer.close()
+            raise
         self._failed_signature: tuple[object, ...] | None = None
         self._failure: str | None = None
         self._start_confirming()
@@ -246,7 +258,6 @@ class LiveRegistry:
             return changed
 
     def _start_confirming(self) -> None:
-        self._confirmer = confirmations.Confirmer(self.settings.path, self.settings.keys_path)
         self._confirm()
         weakref.finalize(self, self._confirmer.close)
         confirmations.watch(self, LiveRegistry._refresh_if_idle)

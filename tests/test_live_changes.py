@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import queue
 
 import polling
 import pytest
 from conftest import ENGINES, running_broker
 from mqtt_client import NOT_AUTHORIZED, Client, away_while_published
+
+from radio import registry
+from radio.config import load_settings
+from radio.confirmations import wait_for_servers
+from radio.keys import load_keys
 
 WITHIN = 2.0  # seconds, as promised to operators
 
@@ -297,3 +303,33 @@ def test_edit_keeps_the_secret_and_open_connections(connect, home):
     assert home.secrets["gen"] not in result.stderr
     connect("gen")  # the same secret still connects
     assert not gen.disconnected.is_set()
+
+
+def test_a_key_rotated_while_a_server_loads_the_registry_is_waited_for_and_then_in_force(home, monkeypatch):
+    """A server that starts while a key changes (a bridge worker booting) never keeps the old keys.
+
+    It is on record as pending while it reads the files, so the writer's wait (the admin API's, ``radio
+    keys``') counts it; and the files' version it keeps is the one from before it read them, so the
+    change it missed is loaded on its next check. The change comes right after the keys are read:
+    the one moment a real writer hits only now and then.
+    """
+    settings = load_settings(home.config)
+    old, seen = home.secrets["gen"], {}
+
+    def read_then_rotate(path):
+        keys = load_keys(path)
+        if not seen:
+            seen["new"] = home.store().rotate("gen")
+            seen["report"] = wait_for_servers(settings.path, settings.keys_path, timeout=0)
+        return keys
+
+    monkeypatch.setattr(registry, "load_keys", read_then_rotate)
+    live = registry.LiveRegistry(home.config)
+    monkeypatch.undo()
+    assert [server.pid for server in seen["report"].pending] == [os.getpid()]
+    assert live.current.authenticate("gen", old) is not None  # it read the keys before the change
+    assert live.refresh()
+    assert live.current.authenticate("gen", old) is None
+    assert live.current.authenticate("gen", seen["new"]) is not None
+    assert not live.refresh()  # the caller has applied what it was handed: now confirmed
+    assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending == []
