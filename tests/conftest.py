@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import re
@@ -109,8 +110,26 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 
+def in_slow_cell(item: pytest.Item) -> bool:
+    """Whether the item's parameters are one of its module's ``SLOW_CELLS``.
+
+    A module whose parameters multiply (engine by transport by protocol) names there, as
+    ``{"fixture": value, ...}``, the combinations that only repeat a path its other combinations
+    take: they run in the slow tier, the others in the fast one.
+    """
+    cells = getattr(getattr(item, "module", None), "SLOW_CELLS", ())
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    return any(all(callspec.params.get(name) == value for name, value in cell.items()) for cell in cells)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` chooses the tier
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first: the workers share them out early instead of waiting on them at the end."""
+    for item in items:
+        if in_slow_cell(item):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
@@ -171,9 +190,15 @@ ENGINES = ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
 """For a module whose tests must hold on both brokers: ``@pytest.fixture(params=ENGINES)``."""
 
 
+@functools.cache
+def _mosquitto_installed() -> bool:
+    """Asked once per test process: each ``mosquitto -h`` is a process of its own."""
+    return mosquitto_version() is not None
+
+
 def require_mosquitto() -> None:
     """Skip without Mosquitto on a developer's machine; fail in CI, which installs it."""
-    if mosquitto_version() is None:
+    if not _mosquitto_installed():
         if os.environ.get("CI"):
             pytest.fail("Mosquitto is missing: .ci/run installs it", pytrace=False)
         pytest.skip("Mosquitto is not installed (apt-get install mosquitto)")

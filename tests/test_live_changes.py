@@ -25,6 +25,13 @@ from radio.keys import load_keys
 WITHIN = 2.0  # seconds, as promised to operators
 
 
+SLOW_CELLS = ({"broker": "mosquitto", "transport": "ws"},)
+"""Mosquitto reloads one password and ACL file for every listener and closes the connections they
+no longer allow whatever carries them: its WebSocket runs repeat the TCP ones (the embedded
+broker's do not: it closes each transport itself). Mosquitto's WebSocket door is in the fast tier
+in ``test_rights.py`` and ``test_tls.py``."""
+
+
 @pytest.fixture(params=ENGINES)
 def broker(request, home):
     with running_broker(request.param, home) as running:
