@@ -263,14 +263,22 @@ class LiveRegistry:
         confirmations.watch(self, LiveRegistry._refresh_if_idle)
 
     def _refresh_if_idle(self) -> None:
-        """Nobody has called ``refresh()`` for a while (an idle bridge): reload and confirm here."""
+        """Nobody has called ``refresh()`` for a while (an idle bridge): reload and confirm here.
+
+        Only a caller that applies a snapshot by reading it (``idle_after`` 0) has it in force the
+        moment it is loaded. A caller that applies it itself (a broker closing connections, a
+        runner rewriting Mosquitto's files) has it in force only once it has called ``refresh()``
+        again: a snapshot loaded here, or handed over and not yet applied, is not confirmed here
+        (a refusal is: the previous rights stay in force whatever the caller does).
+        """
         confirmer = self._confirmer
         with confirmer.lock:
             if time.monotonic() - confirmer.last_call < self._idle_after:
                 return
             if self._reload():
                 confirmer.unreported = True  # the next refresh() still says True, for its caller
-            self._confirm()
+            if self._idle_after == 0 or self._failed_signature is not None:
+                self._confirm()
 
     def _confirm(self) -> None:
         def as_json(signature: tuple[object, ...] | None) -> confirmations.Version | None:

@@ -340,3 +340,23 @@ def test_a_key_rotated_while_a_server_loads_the_registry_is_waited_for_and_then_
     assert live.current.authenticate("gen", seen["new"]) is not None
     assert not live.refresh()  # the caller has applied what it was handed: now confirmed
     assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending == []
+
+
+def test_a_server_that_applies_changes_itself_is_confirmed_only_once_it_has(home):
+    """A broker applies a change itself (it closes what the change revokes) on its next ``refresh()``.
+
+    One that has not called it since the change (busy, stalled) may have the change loaded by the
+    registry's watcher, but is not confirmed in force until it has applied it: the writer's wait
+    names it rather than answer early.
+    """
+    settings = load_settings(home.config)
+    live = registry.LiveRegistry(home.config, idle_after=0.1)
+    new = home.store().rotate("gen")
+    assert polling.until(lambda: live.current.authenticate("gen", new) is not None, 5, every=0.05)
+    with live._confirmer.lock:  # the watcher's step that loaded it is over
+        pending = wait_for_servers(settings.path, settings.keys_path, timeout=0).pending
+    assert [server.pid for server in pending] == [os.getpid()]
+    assert live.refresh()  # handed over to the caller, who applies it now
+    assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending != []
+    assert not live.refresh()  # applied: confirmed
+    assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending == []
