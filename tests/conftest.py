@@ -142,10 +142,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 3 * (os.cpu_count() or 1)
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    """Networks A and B (private), pub (public), fleeting (public, not retained); four keys."""
-    home = Home(tmp_path)
+@pytest.fixture(scope="session")
+def home_template(tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """``home``'s folder, made once per test process: each test gets a copy of it.
+
+    Making the keys (hashes, locked and durable writes) costs about 20 ms of CPU and 0.2 s of
+    fsyncs; copying the folder a tenth of that, in each of a thousand tests.
+    """
+    home = Home(tmp_path_factory.mktemp("home-template"))
     home.config.write_text(CONFIG)
     home.add_key("gen", publish=["A"])
     home.add_key("reader_a", subscribe=["A"])
@@ -154,6 +158,13 @@ def home(tmp_path: Path) -> Home:
     # The bridge's service key, as `radio bridge` makes it on first start (tested on its own).
     bridge_credentials(load_settings(home.config))
     return home
+
+
+@pytest.fixture
+def home(tmp_path: Path, home_template: Home) -> Home:
+    """Networks A and B (private), pub (public), fleeting (public, not retained); four keys."""
+    shutil.copytree(home_template.path, tmp_path, symlinks=True, dirs_exist_ok=True)
+    return Home(tmp_path, dict(home_template.secrets))
 
 
 def broker_process(home: Home, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
