@@ -13,7 +13,10 @@ those files until every live process reports the files' current version, within 
 new snapshot applies it (closes revoked connections, rewrites Mosquitto's files and signals it)
 before its next call, so a version is confirmed on the call after the one that handed it over.
 A process that stops calling ``refresh()`` for a while (an idle bridge worker, which refreshes
-on the request path) has its registry refreshed and confirmed by a watcher thread instead.
+on the request path) has its registry refreshed and confirmed by a watcher thread instead. The
+watcher confirms only where reading a snapshot is applying it (the bridge, the recorder): a
+broker that has not called ``refresh()`` since a change has not closed what it revokes, so it
+stays unconfirmed (and the writer's wait names it) until it has.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ log = logging.getLogger(__name__)
 FOLDER: Final = "running"
 """Beside the configuration: one file per process holding a LiveRegistry."""
 IDLE_AFTER: Final = 1.0
-"""Seconds without a ``refresh()`` call after which the watcher thread refreshes instead: four of
+"""Seconds without a ``refresh()`` call after which the watcher thread reloads instead: four of
 the brokers' 0.25 s polls, so it steps in for a process that does not poll (an idle bridge
-worker), not ahead of a broker that is about to apply the change itself."""
+worker), not ahead of a broker that is about to apply the change itself (and it confirms a
+broker's change only once the broker has applied it)."""
 WATCH_INTERVAL: Final = 0.25
 
 Version = list[list[int] | None]

@@ -188,14 +188,26 @@ class LiveRegistry:
         self._keys_arg = keys
         self._idle_after = idle_after
         self.settings = load_settings(config, keys)
+        # On record as pending before the files are read: a change made while this process loads
+        # is waited for, never answered as in force on the servers then running without it.
+        self._confirmer = confirmations.Confirmer(self.settings.path, self.settings.keys_path)
+        self._confirmer.confirm([], None, None)
         try:
-            self.current = Registry.from_settings(self.settings)
-        except MissingRegistry:
-            log.warning(
-                "no key registry at %s yet: no keys until 'radio keys add' makes one", self.settings.keys_path
-            )
-            self.current = _without_keys(self.settings)
-        self._signature = self._stat()
+            # The versions are taken before the files are read: a change made in between is then
+            # reloaded on the next check, never taken as the version of what was read before it.
+            self._signature = self._stat()
+            self.settings = load_settings(config, keys)
+            try:
+                self.current = Registry.from_settings(self.settings)
+            except MissingRegistry:
+                log.warning(
+                    "no key registry at %s yet: no keys until 'radio keys add' makes one",
+                    self.settings.keys_path,
+                )
+                self.current = _without_keys(self.settings)
+        except BaseException:
+            self._confirmer.close()
+            raise
         self._failed_signature: tuple[object, ...] | None = None
         self._failure: str | None = None
         self._start_confirming()
@@ -246,20 +258,27 @@ class LiveRegistry:
             return changed
 
     def _start_confirming(self) -> None:
-        self._confirmer = confirmations.Confirmer(self.settings.path, self.settings.keys_path)
         self._confirm()
         weakref.finalize(self, self._confirmer.close)
         confirmations.watch(self, LiveRegistry._refresh_if_idle)
 
     def _refresh_if_idle(self) -> None:
-        """Nobody has called ``refresh()`` for a while (an idle bridge): reload and confirm here."""
+        """Nobody has called ``refresh()`` for a while (an idle bridge): reload and confirm here.
+
+        Only a caller that applies a snapshot by reading it (``idle_after`` 0) has it in force the
+        moment it is loaded. A caller that applies it itself (a broker closing connections, a
+        runner rewriting Mosquitto's files) has it in force only once it has called ``refresh()``
+        again: a snapshot loaded here, or handed over and not yet applied, is not confirmed here
+        (a refusal is: the previous rights stay in force whatever the caller does).
+        """
         confirmer = self._confirmer
         with confirmer.lock:
             if time.monotonic() - confirmer.last_call < self._idle_after:
                 return
             if self._reload():
                 confirmer.unreported = True  # the next refresh() still says True, for its caller
-            self._confirm()
+            if self._idle_after == 0 or self._failed_signature is not None:
+                self._confirm()
 
     def _confirm(self) -> None:
         def as_json(signature: tuple[object, ...] | None) -> confirmations.Version | None:

@@ -8,7 +8,9 @@ messages; every change is audited; failed authentication is limited per address;
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import io
 import json
 import os
 import re
@@ -27,7 +29,6 @@ from bridge_client import InProcessBridge
 from conftest import ENGINES, Bridge, Home, running_broker, start_bridge
 from jsonschema import Draft202012Validator
 from mqtt_client import NOT_AUTHORIZED, Client
-from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from test_nats_cluster import make_home, start_cluster
@@ -36,6 +37,7 @@ from radio import audit
 from radio.bridge.admin_auth import AUTH_BURST
 from radio.bridge.admin_openapi import document
 from radio.bridge.state import state_of
+from radio.cli.main import main
 
 WITHIN = 2.0
 """Seconds in which a revoked key's connections are closed, as promised to operators."""
@@ -150,6 +152,13 @@ def test_a_patch_changes_rights_and_terms_in_force_at_once(admin, bridge, home):
 # --- CLI and API at the same moment ----------------------------------------------------------
 
 
+# Which engine runs beside the bridge changes nothing in how two writers share the files: the
+# Mosquitto run is the slow tier's (a change in force on Mosquitto is the tests above).
+@pytest.mark.parametrize(
+    "broker",
+    ["embedded", pytest.param("mosquitto", marks=[pytest.mark.mosquitto, pytest.mark.slow])],
+    indirect=True,
+)
 def test_cli_and_api_writers_at_the_same_moment_lose_nothing(admin, home):
     names = [f"k{i}" for i in range(6)]
 
@@ -190,6 +199,21 @@ def cli_error(home: Home, *args: str) -> str:
     return result.stderr.strip()
 
 
+def keys_error(home: Home, *args: str) -> str:
+    """What ``radio keys ARGS`` says as it refuses (exit 2), its own code run in this process.
+
+    The message is what the refusal tests compare; a process each would add a start-up apiece.
+    """
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = main(["keys", *args, "--config", str(home.config)])
+        except SystemExit as exc:  # argparse's own refusals
+            status = exc.code
+    assert status == 2, said.getvalue()
+    return said.getvalue().strip()
+
+
 @pytest.fixture
 def in_process(home: Home, broker: Any) -> Iterator[InProcessBridge]:
     running = InProcessBridge(str(home.config), broker.mqtt_port)
@@ -217,9 +241,9 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
         return message
 
     taken = error(call("POST", "/admin/keys", {"name": "gen", "publish": ["A"]}), 409)
-    assert taken in cli_error(home, "keys", "add", "gen", "--publish", "A")
+    assert taken in keys_error(home, "add", "gen", "--publish", "A")
     unknown = error(call("PATCH", "/admin/keys/nope", {"admin": True}), 404)
-    assert unknown in cli_error(home, "keys", "edit", "nope", "--admin")
+    assert unknown in keys_error(home, "edit", "nope", "--admin")
     for field, value, option in (
         ("rate", "5/fortnight", "--rate"),
         ("quota", "12/week", "--quota"),
@@ -230,22 +254,22 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
         ("burst", "\u00b2", "--burst"),  # a digit to str.isdigit, not to int()
     ):
         message = error(call("POST", "/admin/keys", {"name": "x", field: value}), 400)
-        assert message in cli_error(home, "keys", "add", "x", option, value)
+        assert message in keys_error(home, "add", "x", option, value)
     network = error(call("POST", "/admin/keys", {"name": "x", "publish": ["nowhere"]}), 400)
-    assert network in cli_error(home, "keys", "add", "x", "--publish", "nowhere")
+    assert network in keys_error(home, "add", "x", "--publish", "nowhere")
     name = error(call("POST", "/admin/keys", {"name": "key-0123456789abcdef"}), 400)
-    assert name in cli_error(home, "keys", "add", "key-0123456789abcdef")
+    assert name in keys_error(home, "add", "key-0123456789abcdef")
     burst = error(call("POST", "/admin/keys", {"name": "x", "burst": 3}), 400)
-    assert burst in cli_error(home, "keys", "add", "x", "--burst", "3")
+    assert burst in keys_error(home, "add", "x", "--burst", "3")
     service = error(call("PATCH", "/admin/keys/bridge", {"subscribe": ["A"]}), 400)
-    assert service in cli_error(home, "keys", "edit", "bridge", "--subscribe", "A")
+    assert service in keys_error(home, "edit", "bridge", "--subscribe", "A")
     # Revoked or rotated, the bridge's own key would leave the HTTP door refused by the broker.
     for method, path, command in (
         ("DELETE", "/admin/keys/bridge", "revoke"),
         ("POST", "/admin/keys/bridge/rotate", "rotate"),
     ):
         cut_off = error(call(method, path), 400)
-        assert cut_off in cli_error(home, "keys", command, "bridge")
+        assert cut_off in keys_error(home, command, "bridge")
     assert home.store().keys()["bridge"].publish_all
     assert error(call("PATCH", "/admin/keys/gen", {}), 400).startswith("nothing to change (give publish")
     assert error(call("PATCH", "/admin/keys/gen", {"admin": None}), 400).startswith("nothing to change")
@@ -415,6 +439,8 @@ def test_the_openapi_document_is_valid_and_names_every_admin_route(in_process):
     assert served.status_code == 200
     spec = served.get_json()
     assert spec == json.loads(json.dumps(document()))
+    from openapi_spec_validator import validate  # noqa: PLC0415 - a second of import for one test, in every worker
+
     validate(spec)  # raises on any violation of OpenAPI 3.1
     assert spec["openapi"] == "3.1.0"
     routes = {

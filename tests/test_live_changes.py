@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import queue
 
 import polling
@@ -16,7 +17,19 @@ import pytest
 from conftest import ENGINES, running_broker
 from mqtt_client import NOT_AUTHORIZED, Client, away_while_published
 
+from radio import registry
+from radio.config import load_settings
+from radio.confirmations import wait_for_servers
+from radio.keys import load_keys
+
 WITHIN = 2.0  # seconds, as promised to operators
+
+
+SLOW_CELLS = ({"broker": "mosquitto", "transport": "ws"},)
+"""Mosquitto reloads one password and ACL file for every listener and closes the connections they
+no longer allow whatever carries them: its WebSocket runs repeat the TCP ones (the embedded
+broker's do not: it closes each transport itself). Mosquitto's WebSocket door is in the fast tier
+in ``test_rights.py`` and ``test_tls.py``."""
 
 
 @pytest.fixture(params=ENGINES)
@@ -297,3 +310,53 @@ def test_edit_keeps_the_secret_and_open_connections(connect, home):
     assert home.secrets["gen"] not in result.stderr
     connect("gen")  # the same secret still connects
     assert not gen.disconnected.is_set()
+
+
+def test_a_key_rotated_while_a_server_loads_the_registry_is_waited_for_and_then_in_force(home, monkeypatch):
+    """A server that starts while a key changes (a bridge worker booting) never keeps the old keys.
+
+    It is on record as pending while it reads the files, so the writer's wait (the admin API's, ``radio
+    keys``') counts it; and the files' version it keeps is the one from before it read them, so the
+    change it missed is loaded on its next check. The change comes right after the keys are read:
+    the one moment a real writer hits only now and then.
+    """
+    settings = load_settings(home.config)
+    old, seen = home.secrets["gen"], {}
+
+    def read_then_rotate(path):
+        keys = load_keys(path)
+        if not seen:
+            seen["new"] = home.store().rotate("gen")
+            seen["report"] = wait_for_servers(settings.path, settings.keys_path, timeout=0)
+        return keys
+
+    monkeypatch.setattr(registry, "load_keys", read_then_rotate)
+    live = registry.LiveRegistry(home.config)
+    monkeypatch.undo()
+    assert [server.pid for server in seen["report"].pending] == [os.getpid()]
+    assert live.current.authenticate("gen", old) is not None  # it read the keys before the change
+    assert live.refresh()
+    assert live.current.authenticate("gen", old) is None
+    assert live.current.authenticate("gen", seen["new"]) is not None
+    assert not live.refresh()  # the caller has applied what it was handed: now confirmed
+    assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending == []
+
+
+def test_a_server_that_applies_changes_itself_is_confirmed_only_once_it_has(home):
+    """A broker applies a change itself (it closes what the change revokes) on its next ``refresh()``.
+
+    One that has not called it since the change (busy, stalled) may have the change loaded by the
+    registry's watcher, but is not confirmed in force until it has applied it: the writer's wait
+    names it rather than answer early.
+    """
+    settings = load_settings(home.config)
+    live = registry.LiveRegistry(home.config, idle_after=0.1)
+    new = home.store().rotate("gen")
+    assert polling.until(lambda: live.current.authenticate("gen", new) is not None, 5, every=0.05)
+    with live._confirmer.lock:  # the watcher's step that loaded it is over
+        pending = wait_for_servers(settings.path, settings.keys_path, timeout=0).pending
+    assert [server.pid for server in pending] == [os.getpid()]
+    assert live.refresh()  # handed over to the caller, who applies it now
+    assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending != []
+    assert not live.refresh()  # applied: confirmed
+    assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending == []

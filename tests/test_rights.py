@@ -25,6 +25,11 @@ from raw_mqtt import session
 
 from radio.credentials import secret_username
 
+SLOW_CELLS = ({"broker": "mosquitto-v5", "transport": "ws"},)
+"""Mosquitto applies one password and ACL file to every listener: MQTT 5 over its WebSocket
+listener takes no path that MQTT 5 over TCP and MQTT 3.1.1 over WebSocket do not (and each of its
+WebSocket connections waits 0.2 s for Mosquitto's handshake)."""
+
 
 @pytest.fixture(params=[*ENGINES, "embedded-v5", pytest.param("mosquitto-v5", marks=pytest.mark.mosquitto)])
 def broker(request, home):
