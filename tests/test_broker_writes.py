@@ -4,7 +4,8 @@ A sample that comes alone in its read (a paced publisher) is written to each sub
 burst read in one go is gathered into one write per subscriber at the end of the loop's turn; and
 what a connection is sent after its first write of a turn is gathered behind it, in order. A read
 that is one whole PUBACK ends its delivery as the framed way does. The transports here record what
-the broker hands them: the broker is the real one, driven as its listeners drive it.
+the broker hands them: the broker is the real one, driven as its listeners drive it. The last
+test sends a real client's PUBACKs over TCP, in every shape a read can give them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import asyncio
 from typing import Any
 
 import pytest
+import raw_mqtt
 from conftest import Home
+from embedded import embedded_broker
 
 from radio.broker.server import EmbeddedBroker
 from radio.config import Address
@@ -176,3 +179,56 @@ def test_what_a_subscriber_is_sent_keeps_its_order_across_lone_and_burst_reads(h
         del reader
 
     _run(home, scenario)
+
+
+def test_over_tcp_every_shape_of_puback_lets_the_next_sample_go(home):
+    """A real client's PUBACKs, whole, split, glued to a PINGREQ, doubled or for no delivery, each
+    end their delivery as the framed way does: with one delivery unacknowledged at a time, the
+    next sample comes only once the one before it is acknowledged."""
+    home.config.write_text(home.config.read_text() + "[broker]\nmax_inflight = 1\n")
+    with embedded_broker(home) as broker:
+        port = broker.mqtt_port
+        reader = raw_mqtt.session(port, "r", "reader_a", home.secrets["reader_a"])
+        reader.sendall(raw_mqtt.subscribe(TOPIC, qos=1))
+        assert raw_mqtt.read_packet(reader)[0] == 0x90
+        # A PUBACK for no delivery in the same read as the CONNECT: taken, and ignored.
+        early = raw_mqtt.open_socket(port)
+        early.sendall(raw_mqtt.connect("early", "reader_a", home.secrets["reader_a"]) + raw_mqtt.puback(7))
+        assert raw_mqtt.read_packet(early) == (0x20, b"\x00\x00")
+        publisher = raw_mqtt.session(port, "gen", "gen", home.secrets["gen"])
+        for seq in range(5):
+            publisher.sendall(_publish(seq, qos=1, pid=seq + 1))
+            assert raw_mqtt.read_packet(publisher)[0] == 0x40
+
+        def sample() -> tuple[int, bytes]:
+            first, body = raw_mqtt.read_packet(reader)
+            assert first == 0x32
+            _, payload = raw_mqtt.published(body, 1)
+            return int(payload.split(b":")[1].rstrip(b"}")), body[2 + len(TOPIC) : 4 + len(TOPIC)]
+
+        seq, pid = sample()
+        assert seq == 0
+        reader.sendall(b"\x40\x02" + pid)  # whole, in one read
+        seq, pid = sample()
+        assert seq == 1
+        reader.sendall(b"\x40\x02")  # split across two writes
+        reader.sendall(pid)
+        seq, pid = sample()
+        assert seq == 2
+        reader.sendall(b"\x40\x02" + pid + b"\xc0\x00")  # glued to a PINGREQ
+        answers = dict([raw_mqtt.read_packet(reader), raw_mqtt.read_packet(reader)])
+        assert answers.keys() == {0x32, 0xD0}  # the next sample and the PINGRESP
+        third = answers[0x32][2 + len(TOPIC) : 4 + len(TOPIC)]
+        reader.sendall(b"\xc0\x00")
+        assert raw_mqtt.read_packet(reader)[0] == 0xD0  # nothing else came: one unacknowledged
+        reader.sendall(raw_mqtt.puback(int.from_bytes(pid, "big")))  # sample 2's again: no delivery now
+        reader.sendall(raw_mqtt.puback(999))  # one for no delivery at all
+        reader.sendall(b"\xc0\x00")
+        assert raw_mqtt.read_packet(reader)[0] == 0xD0  # both ignored: still open, sample 4 not sent
+        reader.sendall(b"\x40\x02" + third)
+        assert sample()[0] == 4
+        early.sendall(b"\xc0\x00")
+        assert raw_mqtt.read_packet(early)[0] == 0xD0
+        reader.close()
+        early.close()
+        publisher.close()
