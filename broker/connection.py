@@ -493,6 +493,7 @@ _HANDLERS5: Final[dict[int, Callable[[Connection, Session, bytes], None]]] = {
     **_HANDLERS,
     codec.PUBACK: handle_publish.on_puback5,
     codec.PUBREC: handle_publish.on_pubrec5,
+    codec.PUBREL: handle_publish.on_pubrel5,
     codec.PUBCOMP: handle_publish.on_puback5,
     codec.SUBSCRIBE: handle_subscribe.on_subscribe5,
     codec.UNSUBSCRIBE: handle_subscribe.on_unsubscribe5,

@@ -136,9 +136,21 @@ def ack(connection: Connection, answer: bytes) -> None:
         connection.write(answer)
 
 
+def _ack_id(body: bytes, what: str) -> int:
+    """The packet id of an MQTT 3.1.1 PUBACK, PUBREC, PUBREL or PUBCOMP: its whole body (MQTT-3.4.1).
+
+    Only MQTT 5 adds a reason code and properties after the id; in 3.1.1 a longer body is
+    malformed, and a client that sends one is out of step with the broker.
+    """
+    if len(body) > 2:  # the two bytes of the packet id
+        msg = f"{what} with {len(body)} bytes after its fixed header (it has 2) [MQTT-3.4.1]"
+        raise codec.Violation(msg)
+    return codec.packet_id(body, what)
+
+
 def on_puback(connection: Connection, session: Session, body: bytes) -> None:
     """PUBACK (QoS 1) or PUBCOMP (QoS 2): a delivery to this client is done."""
-    connection.broker.router.acknowledged(session, codec.packet_id(body, "an acknowledgement"))
+    connection.broker.router.acknowledged(session, _ack_id(body, "an acknowledgement"))
 
 
 def on_puback5(connection: Connection, session: Session, body: bytes) -> None:
@@ -153,12 +165,15 @@ def on_pubrec5(connection: Connection, session: Session, body: bytes) -> None:
     if code >= reasons.UNSPECIFIED_ERROR:
         connection.broker.router.acknowledged(session, pid)
         return
-    on_pubrec(connection, session, body[:2])
+    _released(connection, session, pid)
 
 
 def on_pubrec(connection: Connection, session: Session, body: bytes) -> None:
     """PUBREC: the client has a QoS 2 delivery; it is released, only PUBCOMP is awaited."""
-    pid = codec.packet_id(body, "a PUBREC")
+    _released(connection, session, _ack_id(body, "a PUBREC"))
+
+
+def _released(connection: Connection, session: Session, pid: int) -> None:
     delivery = session.inflight.get(pid)
     if delivery is not None:
         delivery.released = True
@@ -167,7 +182,16 @@ def on_pubrec(connection: Connection, session: Session, body: bytes) -> None:
 
 def on_pubrel(connection: Connection, session: Session, body: bytes) -> None:
     """PUBREL: the client's QoS 2 sample is complete on both sides."""
-    pid = codec.packet_id(body, "a PUBREL")
+    _completed(connection, session, _ack_id(body, "a PUBREL"))
+
+
+def on_pubrel5(connection: Connection, session: Session, body: bytes) -> None:
+    """An MQTT 5 PUBREL, whatever its reason code (a client sends 0x92 for an id it has not)."""
+    pid, _ = mqtt5.decode_ack(body, "a PUBREL")
+    _completed(connection, session, pid)
+
+
+def _completed(connection: Connection, session: Session, pid: int) -> None:
     session.released(pid)
     ack(connection, codec.ack(codec.PUBCOMP, pid))
 

@@ -226,6 +226,21 @@ def test_a_pingreq_with_a_body_closes_the_connection(broker, home):
     still_serving(broker, home)
 
 
+@pytest.mark.parametrize("first", [0x40, 0x50, 0x62, 0x70], ids=["puback", "pubrec", "pubrel", "pubcomp"])
+def test_an_acknowledgement_longer_than_its_packet_id_closes_the_connection(broker, home, first):
+    """In MQTT 3.1.1 a PUBACK, PUBREC, PUBREL or PUBCOMP is its packet id alone (remaining length 2).
+
+    Only MQTT 5 adds a reason code after it; a 3.1.1 client sending one is out of step.
+    """
+    sock = session(broker.mqtt_port, "acker", "gen", home.secrets["gen"])
+    with sock:
+        sock.sendall(PINGREQ)
+        assert read_packet(sock) == (0xD0, b"")
+        sock.sendall(bytes((first, 3, 0, 1, 0)))
+        assert closed_by_peer(sock)
+    still_serving(broker, home)
+
+
 @pytest.mark.broker_config("connect_timeout = 0.5")
 def test_a_connection_that_never_sends_connect_is_closed_after_the_timeout(any_broker, home):
     broker, fixed = any_broker
