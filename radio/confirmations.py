@@ -100,11 +100,12 @@ class Confirmer:
         """A snapshot the watcher loaded that no ``refresh()`` caller has been told about yet."""
         self._written: tuple[Any, ...] | None = None
         self._warned = False
+        self._closed = False
 
     def confirm(self, version: Version, failed: Version | None, error: str | None) -> None:
         """Write the file if what it says changed; a server never fails for want of writing it."""
         record = (version, failed, error)
-        if record == self._written:
+        if record == self._written or self._closed:
             return
         data = {
             "pid": os.getpid(),
@@ -127,9 +128,11 @@ class Confirmer:
         self._written = record
 
     def close(self) -> None:
-        """The process (or its registry) is gone: nobody should wait for it."""
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        """The process (or its registry) is gone: nobody should wait for it, now or later."""
+        with self.lock:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 def watch(owner: object, step: Callable[[Any], None]) -> None:

@@ -257,6 +257,14 @@ class LiveRegistry:
                 self._confirm()
             return changed
 
+    def close(self) -> None:
+        """This process no longer applies the registry (its server stopped): no change waits for it.
+
+        A registry kept after its server stopped, in a process that goes on, would otherwise stay
+        on record as a running server that never confirms, and every key change would wait for it.
+        """
+        self._confirmer.close()
+
     def _start_confirming(self) -> None:
         self._confirm()
         weakref.finalize(self, self._confirmer.close)

@@ -17,7 +17,28 @@ def embedded_broker(keys: Home | LiveRegistry, mqtt_port: int = 0, **options: An
     ``keys`` is a test home (its registry is read afresh) or a registry to share across restarts;
     ``options`` go to the broker as they are (``broker_class``, for one).
     """
-    registry = keys if isinstance(keys, LiveRegistry) else LiveRegistry(keys.config)
-    return BrokerThread(
-        registry, mqtt=Address("127.0.0.1", mqtt_port), websocket=Address("127.0.0.1", 0), **options
+    if isinstance(keys, LiveRegistry):
+        return BrokerThread(
+            keys, mqtt=Address("127.0.0.1", mqtt_port), websocket=Address("127.0.0.1", 0), **options
+        )
+    return _OwnRegistry(
+        LiveRegistry(keys.config),
+        mqtt=Address("127.0.0.1", mqtt_port),
+        websocket=Address("127.0.0.1", 0),
+        **options,
     )
+
+
+class _OwnRegistry(BrokerThread):
+    """A broker with a registry of its own, closed with it: a stopped broker is no running server.
+
+    Without that, ``radio keys`` run after the stop (in this same test process) waits for the
+    stopped broker to confirm the change, as it would for one still serving.
+    """
+
+    def stop(self) -> None:
+        """Stop the broker, then withdraw its registry's record."""
+        try:
+            super().stop()
+        finally:
+            self._args[0].close()

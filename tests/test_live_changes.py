@@ -19,7 +19,7 @@ from mqtt_client import NOT_AUTHORIZED, Client, away_while_published
 
 from radio import registry
 from radio.config import load_settings
-from radio.confirmations import wait_for_servers
+from radio.confirmations import running_servers, wait_for_servers
 from radio.keys import load_keys
 
 WITHIN = 2.0  # seconds, as promised to operators
@@ -360,3 +360,28 @@ def test_a_server_that_applies_changes_itself_is_confirmed_only_once_it_has(home
     assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending != []
     assert not live.refresh()  # applied: confirmed
     assert wait_for_servers(settings.path, settings.keys_path, timeout=0).pending == []
+
+
+def test_a_closed_registry_is_no_running_server_and_stays_off_record(home):
+    """A registry whose server stopped, in a process that goes on, is not waited for by any change.
+
+    Its watcher keeps reloading the files, but writes no record once it is closed: otherwise every
+    key change made afterwards would wait for a server that never applies it.
+    """
+    settings = load_settings(home.config)
+    live = registry.LiveRegistry(home.config, idle_after=0)
+    home.store().rotate("gen")
+    assert polling.until(
+        lambda: (
+            [s.pid for s in wait_for_servers(settings.path, settings.keys_path, timeout=0).confirmed]
+            == [os.getpid()]
+        ),
+        5,
+        every=0.05,
+    )
+    live.close()
+    assert running_servers(settings.path, settings.keys_path) == []
+    new = home.store().rotate("gen")
+    assert polling.until(lambda: live.current.authenticate("gen", new) is not None, 5, every=0.05)
+    with live._confirmer.lock:  # the watcher's step that loaded it is over
+        assert running_servers(settings.path, settings.keys_path) == []
