@@ -222,6 +222,10 @@ def export(
     return folder / "mosquitto.conf"
 
 
+PORT_ATTEMPTS: Final = 3
+"""Starts of Mosquitto on freshly chosen ports before its exit at start is reported."""
+
+
 def concrete(*addresses: Address) -> list[Address]:
     """The addresses with each port 0 replaced by a free port, all different.
 
@@ -260,13 +264,8 @@ class MosquittoBroker:
     ) -> None:
         self.registry = registry
         self.folder = folder
-        wanted = listeners_of(registry.settings, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
-        self._listeners = dict(zip(wanted, concrete(*wanted.values()), strict=True))
-        names = {"mqtt": "default", "websocket": "ws"}
-        self.addresses = {names.get(name, name): address for name, address in self._listeners.items()}
-        """The listeners by the embedded broker's names (``default``, ``ws``, ``mqtts``, ``wss``)."""
-        self.mqtt = self._listeners.get("mqtt", registry.settings.broker.mqtt)
-        self.websocket = self._listeners.get("websocket", registry.settings.broker.websocket)
+        self._wanted = listeners_of(registry.settings, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
+        self._choose_ports()
         self.reload_interval = reload_interval
         self.process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -297,11 +296,36 @@ class MosquittoBroker:
         """A listener's port, by the embedded broker's names (``default``, ``ws``, ``mqtts``, ``wss``)."""
         return self.addresses[listener].port
 
+    def _choose_ports(self) -> None:
+        """Give each listener asked for on port 0 a free port (``concrete``)."""
+        self._listeners = dict(zip(self._wanted, concrete(*self._wanted.values()), strict=True))
+        names = {"mqtt": "default", "websocket": "ws"}
+        self.addresses = {names.get(name, name): address for name, address in self._listeners.items()}
+        """The listeners by the embedded broker's names (``default``, ``ws``, ``mqtts``, ``wss``)."""
+        settings = self.registry.settings.broker
+        self.mqtt = self._listeners.get("mqtt", settings.mqtt)
+        self.websocket = self._listeners.get("websocket", settings.websocket)
+
     def start(self, stderr: int | None = None) -> Self:
-        """Export, start Mosquitto, and return once both listeners accept connections."""
+        """Export, start Mosquitto, and return once both listeners accept connections.
+
+        A port chosen free for a listener asked on port 0 can be taken by another process before
+        Mosquitto binds it, and Mosquitto then exits at start: it is started again on other free
+        ports, up to ``PORT_ATTEMPTS`` times. A fixed port is never changed.
+        """
         self._stderr = stderr
+        chosen = any(not address.port for address in self._wanted.values())
         try:
-            self._launch()
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                try:
+                    self._launch()
+                    break
+                except MosquittoError:
+                    exited = self.process is not None and self.process.poll() is not None
+                    if not (chosen and exited) or attempt == PORT_ATTEMPTS:
+                        raise
+                    log.warning("Mosquitto exited at start; starting it again on other free ports")
+                    self._choose_ports()
         except BaseException:
             self.stop()
             raise

@@ -18,7 +18,10 @@ import pytest
 from conftest import require_mosquitto, running_broker
 from mqtt_client import Client, away_while_published, listening
 
+from radio.broker import mosquitto as mosquitto_runner
 from radio.broker.mosquitto import MosquittoBroker
+from radio.config import Address
+from radio.registry import LiveRegistry
 
 pytestmark = pytest.mark.mosquitto
 
@@ -158,6 +161,53 @@ def test_a_mosquitto_that_cannot_come_back_is_given_up_and_said(home, caplog, mo
         assert mosquitto.failed
     assert sum("Mosquitto did not come back" in r.getMessage() for r in caplog.records) == 2
     assert any("giving up" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+
+
+def test_a_free_port_taken_before_mosquitto_binds_it_is_replaced(home, mocker, caplog):
+    """Another process takes the port chosen for a listener first: Mosquitto starts on another.
+
+    The race cannot be timed for real, so the first choice is made a port already bound here.
+    """
+    require_mosquitto()
+    choices = iter([taken_ports])
+    real = mosquitto_runner.concrete
+
+    def first_taken(*addresses: Address) -> list[Address]:
+        return next(choices, real)(*addresses)
+
+    mocker.patch.object(mosquitto_runner, "concrete", side_effect=first_taken)
+    mosquitto = MosquittoBroker(
+        LiveRegistry(home.config),
+        home.path / "mosquitto",
+        mqtt=Address("127.0.0.1", 0),
+        websocket=Address("127.0.0.1", 0),
+    )
+    try:
+        with (home.path / "mosquitto.log").open("wb") as log:
+            mosquitto.start(stderr=log.fileno())
+        assert mosquitto.mqtt.port not in TAKEN
+        gen = Client("tcp", mosquitto.mqtt.port, "gen", home.secrets["gen"])
+        assert gen.connect() == 0
+        gen.close()
+    finally:
+        mosquitto.stop()
+        for sock in TAKEN.values():
+            sock.close()
+    assert any("starting it again on other free ports" in r.getMessage() for r in caplog.records)
+
+
+TAKEN: dict[int, socket.socket] = {}
+"""Ports bound (not listening) by this process, as another process could have bound them."""
+
+
+def taken_ports(*addresses: Address) -> list[Address]:
+    chosen = []
+    for address in addresses:
+        sock = socket.socket()
+        sock.bind((address.host, 0))
+        TAKEN[sock.getsockname()[1]] = sock
+        chosen.append(Address(address.host, sock.getsockname()[1]))
+    return chosen
 
 
 def test_a_broker_that_cannot_start_ends_the_command_with_one_line(home):
