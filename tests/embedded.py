@@ -36,9 +36,13 @@ class _OwnRegistry(BrokerThread):
     stopped broker to confirm the change, as it would for one still serving.
     """
 
+    def __init__(self, registry: LiveRegistry, **options: Any) -> None:
+        super().__init__(registry, **options)
+        self._registry = registry
+
     def stop(self) -> None:
         """Stop the broker, then withdraw its registry's record."""
         try:
             super().stop()
         finally:
-            self._args[0].close()
+            self._registry.close()
