@@ -130,6 +130,8 @@ class Result:
     p99_ms: float | None
     max_ms: float | None
     broker_affinity: list[int]
+    delivery_path: str | None
+    """The embedded broker's build (``compiled`` or ``Python``, from its banner); None for Mosquitto."""
 
 
 class Load:
@@ -403,6 +405,7 @@ def measure(
         p99_ms=ms(0.99),
         max_ms=round(every[-1] * 1000, 2) if every else None,
         broker_affinity=affinity,
+        delivery_path=platform.delivery_path,
     )
 
 

@@ -115,6 +115,9 @@ class Platform:
             for transport, scheme in (("tcp", "mqtt"), ("ws", "ws"), ("mqtts", "mqtts"), ("wss", "wss"))
             if (found := re.search(rf"\b{scheme}://[^:]+:(\d+)", text))
         }
+        found = re.search(r"delivery path:\s+(\w+)", text)
+        self.delivery_path = found[1] if found else None
+        """The embedded broker's build, as its banner names it: ``compiled`` or ``Python``."""
         self.ps = psutil.Process(self.process.pid)
         if kind == "mosquitto":  # the broker is radio's child process
             self.ps = next(p for p in self.ps.children() if p.name() == "mosquitto")

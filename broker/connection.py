@@ -108,7 +108,9 @@ class Connection:
         "acks_waiting",
         "anonymous",
         "broker",
+        "buffers",
         "closed",
+        "flusher",
         "framer",
         "last_heard",
         "link",
@@ -116,13 +118,21 @@ class Connection:
         "loop",
         "peer",
         "pending",
+        "router",
         "session",
+        "transport",
         "v5",
     )
 
     def __init__(self, broker: Broker, link: Link, listener: str, peer: tuple[str, int]) -> None:
         self.broker = broker
         self.link = link
+        self.transport = link.transport
+        """Over TCP, the socket's transport, written to and asked its buffer size directly (``Link``)."""
+        self.router: Router = broker.router
+        self.flusher: Flusher = broker.flusher
+        self.buffers: SendBuffers = broker.send_buffers
+        """The broker's parts every delivery reaches, held here: one attribute away, not two."""
         self.listener = listener
         self.peer = peer
         self.framer = codec.Framer(broker.max_packet_size)
@@ -188,7 +198,7 @@ class Connection:
             and not self.framer.pending
             and (pid := data[2] << 8 | data[3])
         ):
-            self.broker.router.acknowledged(session, pid)
+            self.router.acknowledged(session, pid)
             return
         try:
             if session is None and self.pending is None and not self.framer.pending:
@@ -200,7 +210,7 @@ class Connection:
             if len(packets) != 1:
                 self._run(packets)
                 return
-            flusher = self.broker.flusher
+            flusher = self.flusher
             flusher.alone = True  # its writes may go straight out (``write``)
             try:
                 self._handle(*packets[0])
@@ -340,12 +350,12 @@ class Connection:
             return
         out = self._out
         if out is None:
-            flusher = self.broker.flusher
-            if flusher.alone and self._turn != flusher.turn and self._room == self.broker.send_buffers.base:
+            flusher = self.flusher
+            if flusher.alone and self._turn != flusher.turn and self._room == self.buffers.base:
                 self._turn = flusher.turn
                 if not flusher.scheduled:
                     flusher.schedule()  # the turn ends: what comes next goes straight out again
-                transport = self.link.transport
+                transport = self.transport
                 try:
                     (self.link if transport is None else transport).write(data)
                 except Exception:  # noqa: BLE001 - gathered instead: the flush writes it or closes
@@ -375,12 +385,12 @@ class Connection:
             self.close(f"writing failed: {exc}")
             return
         self._written += len(data)
-        if self._room > self.broker.send_buffers.base and not self.link.buffered():
+        if self._room > self.buffers.base and not self.link.buffered():
             self._shrink()  # caught up: the room granted for a burst goes back
 
     def congested(self) -> bool:
         """Whether the client reads too slowly for more samples now (past its room, which may grow)."""
-        transport = self.link.transport
+        transport = self.transport
         waiting = self._out_size + (
             self.link.buffered() if transport is None else transport.get_write_buffer_size()
         )
@@ -397,15 +407,15 @@ class Connection:
         taken = self._written - buffered
         if buffered and taken <= self._proved:
             return False  # it does not read: it keeps the room it has
-        room = self.broker.send_buffers.grow(self._room)
+        room = self.buffers.grow(self._room)
         if room == self._room:
             return False
         self._room, self._proved = room, taken
         return waiting <= room
 
     def _shrink(self) -> None:
-        self.broker.send_buffers.release(self._room)
-        self._room = self.broker.send_buffers.base
+        self.buffers.release(self._room)
+        self._room = self.buffers.base
 
     @property
     def waiting(self) -> int:
@@ -425,7 +435,7 @@ class Connection:
         finally:
             self._draining = False
         if not self.closed and self.session is not None:
-            self.broker.router.pump(self.session)
+            self.router.pump(self.session)
 
     # Ending.
     def close(self, reason: str | None, code: int | None = None, says: str | None = None) -> None:
@@ -444,13 +454,13 @@ class Connection:
             told = True
         self.flush()
         self.closed = True
-        if self._room > self.broker.send_buffers.base:
+        if self._room > self.buffers.base:
             self._shrink()
         if self._alive_timer is not None:
             self._alive_timer.cancel()
             self._alive_timer = None
         session = self.session
-        router = self.broker.router
+        router = self.router
         if session is not None and session.connection is self:
             will, session.will = session.will, None
             if will is not None:

@@ -278,7 +278,7 @@ class Router:
             if not memo[1]:
                 continue
             if top and granted:
-                self.deliver(session, message, min(top, granted))
+                self.deliver(session, message, top if top < granted else granted)  # noqa: FURB136 - no call per delivery
                 continue
             connection = session.connection
             if connection is not None:
@@ -426,7 +426,7 @@ class Router:
             and len(session.inflight) < session.window
             and not connection.congested()
         ):
-            self._send(session, delivery)
+            self._send(session, connection, delivery)
             return
         # A connected anonymous client that is merely slow gets a keyed share; others their own.
         slow_anonymous = connection is not None and session.limits is self.limits.anonymous
@@ -441,9 +441,7 @@ class Router:
             elif len(session.inflight) < session.window:
                 self.pump(session)
 
-    def _send(self, session: Session, delivery: Delivery) -> None:
-        connection = session.connection
-        assert connection is not None  # noqa: S101 - callers check
+    def _send(self, session: Session, connection: Connection, delivery: Delivery) -> None:
         if session.missed:
             self._report_missed(session, connection)
         pid = session.allocate_pid()
@@ -508,7 +506,7 @@ class Router:
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
                 continue
-            self._send(session, delivery)
+            self._send(session, connection, delivery)
 
     def acknowledged(self, session: Session, pid: int) -> Delivery | None:
         """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""

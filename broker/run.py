@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import TypedDict, Unpack
 
+from radio.broker.compiled import delivery_path
 from radio.broker.mosquitto import MosquittoBroker
 from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
 from radio.config import Address
@@ -34,7 +35,7 @@ class Listeners(TypedDict, total=False):
     wss: Address | None
 
 
-def _banner(registry: LiveRegistry, title: str, listeners: dict[str, Address]) -> None:
+def _banner(registry: LiveRegistry, title: str, listeners: dict[str, Address], extra: str = "") -> None:
     settings = registry.settings
     networks = ", ".join(
         f"{name} ({'public' if net.public else 'private'})" for name, net in sorted(settings.networks.items())
@@ -52,6 +53,7 @@ def _banner(registry: LiveRegistry, title: str, listeners: dict[str, Address]) -
         f"{ways_in}{certificate}"
         f"  networks:             {networks or 'none'}\n"
         f"  keys:                 {settings.keys_path} ({len(registry.current.keys)} keys)\n"
+        f"{extra}"
         "Press Ctrl-C to stop.",
         flush=True,
     )
@@ -95,7 +97,7 @@ async def serve(registry: LiveRegistry, **listeners: Unpack[Listeners]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    _banner(registry, "Radio broker running", broker.bound())
+    _banner(registry, "Radio broker running", broker.bound(), f"  delivery path:        {delivery_path()}\n")
     try:
         await stop.wait()
     finally:

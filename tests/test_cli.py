@@ -18,6 +18,7 @@ import pytest
 from conftest import broker_process, running_broker
 from mqtt_client import Client
 
+from radio.broker.compiled import delivery_path
 from radio.cli.main import main
 from radio.cli.options import read_secret
 from radio.credentials import secret_username
@@ -192,16 +193,20 @@ def test_revoke_and_rotate(run, tmp_path):
 
 
 def test_radio_broker_prints_its_ports_serves_and_stops_cleanly(home):
+    """Its banner names its ports, and which build of the delivery path serves (compiled or Python)."""
     process = broker_process(home, stderr=subprocess.PIPE)
     try:
         ports = {}
+        banner = []
         assert process.stdout is not None
         for line in process.stdout:
+            banner.append(line)
             if match := re.search(r"(mqtt|ws)://127\.0\.0\.1:(\d+)", line):
                 ports[match[1]] = int(match[2])
             if "Ctrl-C" in line:
                 break
         assert set(ports) == {"mqtt", "ws"}
+        assert f"  delivery path:        {delivery_path()}\n" in banner
         assert 0 not in ports.values()
         for transport, port in (("tcp", ports["mqtt"]), ("ws", ports["ws"])):
             client = Client(transport, port, "gen", home.secrets["gen"])

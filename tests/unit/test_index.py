@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from topic_matching import matches
@@ -126,6 +127,7 @@ def test_removing_a_filter_nobody_holds_changes_nothing():
     topic=topics.filter(lambda t: not t.startswith("$")),
     top=st.integers(0, 1),
 )
+@pytest.mark.sources_only
 def test_the_router_delivers_once_per_client_at_its_best_granted_qos(held, topic, top):
     """A client whose filters overlap gets one copy of a sample, at the highest QoS they grant it."""
     fanout = router()

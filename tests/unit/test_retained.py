@@ -101,6 +101,7 @@ def test_a_network_that_retains_nothing_keeps_nothing_and_refuses_nothing():
     assert len(fanout.retained) == 0
 
 
+@pytest.mark.sources_only
 def test_an_empty_retained_publish_clears_the_topic_and_reaches_no_subscriber():
     fanout = limited(5)
     listener = Session("c", True, fanout.limits.keyed)  # noqa: FBT003

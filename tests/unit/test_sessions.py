@@ -168,6 +168,7 @@ def test_an_offline_session_is_kept_for_exactly_its_expiry():
     assert fanout.index.match("networks/A/x") == []  # its subscriptions went with it
 
 
+@pytest.mark.sources_only
 def test_a_connected_session_never_expires_and_each_kind_has_its_own_expiry():
     fanout = router()
     connected = offline(fanout, "on", since=0.0)
@@ -182,6 +183,7 @@ def test_a_connected_session_never_expires_and_each_kind_has_its_own_expiry():
     assert list(fanout.sessions.values()) == [connected]
 
 
+@pytest.mark.sources_only
 def test_an_offline_client_keeps_only_its_own_share():
     """A persistent anonymous client that goes away is trimmed to the anonymous limits at once."""
     fanout = router()
