@@ -20,6 +20,7 @@ import pytest
 import requests
 from amqtt.broker import Broker
 from amqtt.plugins.manager import plugins_manager as amqtt_plugin_managers
+from commands import radio_main
 from mqtt_client import Client
 from polling import until
 
@@ -73,7 +74,7 @@ class Home:
         return self.secrets[name]
 
     def radio(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The real command line, as an operator types it."""
+        """The real command line, as an operator types it: for tests whose subject is the command."""
         return subprocess.run(
             [sys.executable, "-m", "radio", *args, "--config", str(self.config)],
             capture_output=True,
@@ -82,6 +83,13 @@ class Home:
             timeout=60,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+    def radio_main(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``radio ARGS --config`` this folder's configuration, by the command's ``main`` in this process.
+
+        For tests whose subject is what the command changes or shows (``commands.radio_main``).
+        """
+        return radio_main(*args, "--config", str(self.config), check=check)
 
 
 def copy_checkout(destination: Path) -> Path:

@@ -261,7 +261,7 @@ def test_sessions_of_one_client_id_under_two_keys_survive_a_restart_and_a_revoca
     )
     with again as broker:
         assert [client_id for _, client_id in held(broker)] == ["dev", "dev"]
-        home.radio("keys", "revoke", "reader_a")  # waits until the broker has it in force
+        home.radio_main("keys", "revoke", "reader_a")  # waits until the broker has it in force
         assert held(broker) == [(None, "dev")]
         sock, code, present = connack(broker.mqtt_port, "dev", clean=False)
         sock.close()

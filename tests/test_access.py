@@ -36,13 +36,13 @@ SCHEMA = {
 
 def add_key(home: Home, name: str, *options: str) -> str:
     """`radio keys add`, as an operator runs it: returns once running servers have the key."""
-    secret = home.radio("keys", "add", name, "--publish", "A", *options).stdout.strip()
+    secret = home.radio_main("keys", "add", name, "--publish", "A", *options).stdout.strip()
     home.secrets[name] = secret
     return secret
 
 
 def usage(home: Home, *args: str) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = json.loads(home.radio("keys", "usage", "--json", *args).stdout)
+    rows: list[dict[str, object]] = json.loads(home.radio_main("keys", "usage", "--json", *args).stdout)
     return rows
 
 
@@ -109,18 +109,22 @@ ITS_VALUE = {"burst": "count", "expires": "expiry"}
 def test_keys_list_shows_limits_and_what_has_expired(home: Home) -> None:
     add_key(home, "sold", "--rate", "5/s", "--burst", "10", "--quota", "10000/day")
     add_key(home, "gone", "--expires", "2020-01-01T00:00:00Z")
-    home.radio("keys", "edit", "gen", "--expires", "2099-01-01T00:00:00+01:00")
-    listing = home.radio("keys", "list").stdout
+    home.radio_main("keys", "edit", "gen", "--expires", "2099-01-01T00:00:00+01:00")
+    listing = home.radio_main("keys", "list").stdout
     lines = {line.split()[0]: line for line in listing.splitlines()}
     assert "rate 5/s burst 10, quota 10000/day" in lines["sold"]
     assert "EXPIRED 2020-01-01T00:00:00Z" in lines["gone"]
     assert "2098-12-31T23:00:00Z" in lines["gen"]
     assert "EXPIRED" not in lines["gen"]
-    rows = {r["name"]: r for r in map(json.loads, home.radio("keys", "list", "--json").stdout.splitlines())}
+    rows = {
+        r["name"]: r for r in map(json.loads, home.radio_main("keys", "list", "--json").stdout.splitlines())
+    }
     assert rows["gone"]["expired"] is True
     assert rows["sold"]["rate"] == 5.0
-    home.radio("keys", "edit", "sold", "--rate", "off", "--quota", "off")
-    rows = {r["name"]: r for r in map(json.loads, home.radio("keys", "list", "--json").stdout.splitlines())}
+    home.radio_main("keys", "edit", "sold", "--rate", "off", "--quota", "off")
+    rows = {
+        r["name"]: r for r in map(json.loads, home.radio_main("keys", "list", "--json").stdout.splitlines())
+    }
     assert (rows["sold"]["rate"], rows["sold"]["burst"], rows["sold"]["quota"]) == (None, None, None)
 
 
@@ -209,7 +213,7 @@ def test_a_quota_is_shared_by_both_doors_and_shown_in_usage(home: Home, broker, 
     samples, refusals = eventually(tallied)
     assert samples == {("mqtt", "A"): (2, 16), ("http", "A"): (1, 8)}
     assert refusals == {("http", "quota"): 1, ("mqtt", "quota"): 2}
-    text = home.radio("keys", "usage", "quota").stdout
+    text = home.radio_main("keys", "usage", "quota").stdout
     assert "quota  http  A" in text
     assert "quota" in text.split("REFUSED FOR", 1)[1]
     usage_db = home.path / "usage.db"
@@ -299,7 +303,7 @@ def test_mqtt_samples_against_the_schema_reach_no_subscriber(
 def test_a_schema_that_is_not_valid_stops_the_command_in_one_line(home: Home) -> None:
     (home.path / "bad.json").write_text('{"type": "nonsense"}')
     home.config.write_text(home.config.read_text() + '\n[networks.C]\nschema = "bad.json"\n')
-    result = home.radio("keys", "list", check=False)
+    result = home.radio_main("keys", "list", check=False)
     assert result.returncode == 2
     assert "[networks.C] schema file" in result.stderr
     assert "not a valid JSON Schema" in result.stderr
@@ -316,7 +320,7 @@ def any_engine(request, home: Home):
 
 def test_expiry_closes_live_sessions_within_2s_and_refuses_the_key(home: Home, any_engine) -> None:
     expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
-    home.radio("keys", "edit", "gen", "--expires", expires.isoformat())
+    home.radio_main("keys", "edit", "gen", "--expires", expires.isoformat())
     client = Client("tcp", any_engine.mqtt_port, "gen", home.secrets["gen"])
     assert client.connect() == 0
     assert not client.disconnected.is_set()
@@ -335,14 +339,14 @@ def test_expiry_closes_live_sessions_within_2s_and_refuses_the_key(home: Home, a
 
 def test_http_an_expired_key_is_not_valid(home: Home, broker, bridge) -> None:
     expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
-    home.radio("keys", "edit", "gen", "--expires", expires.isoformat())
+    home.radio_main("keys", "edit", "gen", "--expires", expires.isoformat())
     assert post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200
     wait = (expires - datetime.now(UTC)).total_seconds()
     if wait > 0:
         time.sleep(wait)  # the expiry is an instant on the clock: nothing else to await
     answer = post(bridge, home.secrets["gen"], {"speed": 1})
     assert (answer.status_code, answer.json()) == (400, {"error": "API-KEY not valid"})
-    home.radio("keys", "edit", "gen", "--expires", "never")  # returns once every server has it
+    home.radio_main("keys", "edit", "gen", "--expires", "never")  # returns once every server has it
     assert post(bridge, home.secrets["gen"], {"speed": 1}).status_code == 200
 
 
@@ -500,7 +504,7 @@ def test_what_a_key_receives_is_counted_once_per_delivery_it_took(home: Home, br
             "bytes": 24,
         }
     ]
-    table = home.radio("keys", "usage", "reader_a", "--csv").stdout.splitlines()
+    table = home.radio_main("keys", "usage", "reader_a", "--csv").stdout.splitlines()
     assert table[0] == "kind,day,key,door,network,reason,samples,bytes,count"
     assert f"received,{rows[0]['day']},reader_a,,A,,2,24," in table
 
@@ -516,5 +520,5 @@ def test_usage_of_a_name_nobody_had_is_an_error_and_json_is_always_a_list(home: 
     nobody = home.radio("keys", "usage", "nobody", check=False)
     assert (nobody.returncode, nobody.stdout) == (2, "")
     assert nobody.stderr == "radio: no key named 'nobody', and no usage recorded under that name\n"
-    assert json.loads(home.radio("keys", "usage", "gen", "--json").stdout) == []
-    assert json.loads(home.radio("keys", "usage", "--json").stdout) == []
+    assert json.loads(home.radio_main("keys", "usage", "gen", "--json").stdout) == []
+    assert json.loads(home.radio_main("keys", "usage", "--json").stdout) == []

@@ -353,7 +353,7 @@ def test_keys_page_by_name_and_never_show_a_secret(call, home):
     assert pages == (len(names) + 1) // 2
     listed = call("GET", "/admin/keys?limit=1000").get_data(as_text=True)
     assert not any(secret in listed for secret in home.secrets.values())
-    cli = [json.loads(line) for line in home.radio("keys", "list", "--json").stdout.splitlines()]
+    cli = [json.loads(line) for line in home.radio_main("keys", "list", "--json").stdout.splitlines()]
     assert json.loads(listed)["keys"] == cli  # the same rows as radio keys list --json
 
 
@@ -365,7 +365,7 @@ def test_usage_is_the_rows_of_radio_keys_usage_json(call, in_process, home):
     assert in_process.post(json.dumps({"network": "B", "data": {}}), gen).status_code == 403
     state_of(in_process.app).meter.flush()
     every = call("GET", "/admin/usage").get_json()["rows"]
-    assert every == json.loads(home.radio("keys", "usage", "--json").stdout)
+    assert every == json.loads(home.radio_main("keys", "usage", "--json").stdout)
     assert {(r["kind"], r.get("samples"), r.get("reason")) for r in every} == {
         ("samples", 3, None),
         ("refusals", None, "rights"),
@@ -387,13 +387,13 @@ def test_every_change_is_audited_who_what_when_from_where_and_never_a_secret(cal
     call("PATCH", "/admin/keys/acme", {"expires": "2030-01-01T00:00:00Z", "rate": "5/s"})
     rotated = call("POST", "/admin/keys/acme/rotate").get_json()
     call("DELETE", "/admin/keys/acme")
-    home.radio("keys", "add", "cli-made", "--subscribe", "A")
+    home.radio_main("keys", "add", "cli-made", "--subscribe", "A")
     log = home.path / "audit.log"
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     text = log.read_text()
     for secret in (made["secret"], rotated["secret"], *home.secrets.values()):
         assert secret not in text
-    lines = [json.loads(line) for line in home.radio("keys", "audit", "--json").stdout.splitlines()]
+    lines = [json.loads(line) for line in home.radio_main("keys", "audit", "--json").stdout.splitlines()]
     assert [(line["action"], line["key"], line["who"], line["via"], line["from"]) for line in lines] == [
         ("add", "acme", "admin", "api", "127.0.0.1"),
         ("edit", "acme", "admin", "api", "127.0.0.1"),
@@ -406,7 +406,7 @@ def test_every_change_is_audited_who_what_when_from_where_and_never_a_secret(cal
     assert lines[1]["changed"] == {"rate": 5.0, "burst": 5, "expires": "2030-01-01T00:00:00Z"}
     assert lines[2]["changed"] == {"secret": "replaced"}
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", line["time"]) for line in lines)
-    table = home.radio("keys", "audit", "acme").stdout
+    table = home.radio_main("keys", "audit", "acme").stdout
     assert re.search(r"^\S+Z\s+admin\s+api\s+127\.0\.0\.1\s+revoke\s+acme\s+-$", table, re.MULTILINE)
     assert "cli-made" not in table
 

@@ -137,6 +137,6 @@ def test_a_kept_alive_connection_is_closed_after_keep_alive_and_all_of_it_is_cou
 )
 def test_each_new_limit_is_checked_when_the_configuration_is_read(home, table, setting, value):
     home.config.write_text(f"[{table}]\n{setting} = {value}\n\n" + home.config.read_text())
-    result = home.radio("keys", "list", check=False)
+    result = home.radio_main("keys", "list", check=False)
     assert result.returncode == 2
     assert f"[{table}] {setting} must be" in result.stderr

@@ -509,7 +509,7 @@ def test_a_session_whose_key_was_revoked_while_the_broker_was_down_is_not_restor
         kept.close()
     finally:
         broker.stop()
-    home.radio("keys", "revoke", "reader_a")
+    home.radio_main("keys", "revoke", "reader_a")
 
     broker = embedded_broker(home).start()
     try:

@@ -12,24 +12,16 @@ import signal
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
+from commands import radio_main
 from conftest import broker_process, running_broker
 from mqtt_client import Client
 
 from radio.broker.compiled import delivery_path
-from radio.cli.main import main
 from radio.cli.options import read_secret
 from radio.credentials import secret_username
 from radio.keys import read_keys
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 def run_process(*args, cwd=None, env=None):
@@ -45,27 +37,41 @@ def run_process(*args, cwd=None, env=None):
 
 
 @pytest.fixture
-def run(capsys, monkeypatch, tmp_path):
-    """``radio ARGS`` in this process: exit status, stdout and stderr, as the command line gives them."""
+def run(monkeypatch, tmp_path):
+    """``radio ARGS`` in this process (``commands.radio_main``), in a folder, with no RADIO_* of the run's."""
     monkeypatch.delenv("RADIO_CONFIG", raising=False)
     monkeypatch.delenv("RADIO_KEYS", raising=False)
     monkeypatch.delenv("RADIO_KEY", raising=False)
 
     def _run(*args, cwd=None, env=None):
-        monkeypatch.chdir(cwd or tmp_path)
-        for name, value in (env or {}).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        for name in env or {}:
-            monkeypatch.delenv(name)
-        return Result(code, out, err)
+        with monkeypatch.context() as each:
+            each.chdir(cwd or tmp_path)
+            for name, value in (env or {}).items():
+                each.setenv(name, value)
+            return radio_main(*args)
 
     return _run
+
+
+def test_main_in_this_process_answers_as_the_command_does(home):
+    """What a test that runs ``main`` in its own process sees is what the command returns and prints."""
+    cases = [
+        ("keys", "list", "--json"),
+        ("keys", "edit", "gen"),  # refused by the handler: nothing to change
+        ("keys", "usage", "nobody"),  # refused by a RadioError
+        ("keys", "add", "x", "--rate", "5/y"),  # refused by the parser: SystemExit
+        ("keys", "revoke", "reader_a"),  # a change, done twice: the key is made again in between
+    ]
+    for args in cases:
+        in_process = home.radio_main(*args, check=False)
+        if args[1] == "revoke":
+            home.store().add("reader_a", subscribe=["A"])
+        process = home.radio(*args, check=False)
+        assert (in_process.returncode, in_process.stdout, in_process.stderr) == (
+            process.returncode,
+            process.stdout,
+            process.stderr,
+        ), args
 
 
 @pytest.mark.parametrize(

@@ -187,8 +187,8 @@ def test_the_recorder_key_reads_every_network_and_publishes_nothing(home, broker
         assert everything.expect(1)[0].payload == b'{"marker": 1}'
     finally:
         client.close()
-    assert "recorder" in home.radio("keys", "list").stdout
-    edit = home.radio("keys", "edit", "recorder", "--publish", "A", check=False)
+    assert "recorder" in home.radio_main("keys", "list").stdout
+    edit = home.radio_main("keys", "edit", "recorder", "--publish", "A", check=False)
     assert edit.returncode == 2
     assert "service key" in edit.stderr
 
@@ -203,7 +203,7 @@ def test_the_mosquitto_acl_lets_the_recorder_read_every_network(home):
 
 def test_history_setting_is_type_checked(home):
     home.config.write_text(home.config.read_text().replace("history = 3", 'history = "3"'))
-    result = home.radio("keys", "list", check=False)
+    result = home.radio_main("keys", "list", check=False)
     assert result.returncode == 2
     assert "history must be a whole number" in result.stderr
     assert os.linesep not in result.stderr.strip()

@@ -219,6 +219,6 @@ def test_a_sample_larger_than_the_cap_is_served_alone(home, broker, store):
 
 def test_the_page_cap_is_a_checked_setting(home):
     home.config.write_text(home.config.read_text() + "\n[bridge]\nhistory_page_bytes = 10\n")
-    result = home.radio("keys", "list", check=False)
+    result = home.radio_main("keys", "list", check=False)
     assert result.returncode == 2
     assert "history_page_bytes must be a whole number from 65536" in result.stderr

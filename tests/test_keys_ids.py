@@ -15,32 +15,32 @@ def ids(home) -> dict[str, str]:
 
 
 def listed(home) -> dict[str, str]:
-    rows = [json.loads(line) for line in home.radio("keys", "list", "--json").stdout.splitlines()]
+    rows = [json.loads(line) for line in home.radio_main("keys", "list", "--json").stdout.splitlines()]
     return {row["name"]: row["id"] for row in rows}
 
 
 def test_the_life_of_a_key_id(home):
-    home.radio("keys", "add", "hana", "--subscribe", "A")
+    home.radio_main("keys", "add", "hana", "--subscribe", "A")
     first = ids(home)["hana"]
     assert KEY_ID.fullmatch(first)
     assert f'id = "{first}"' in home.keys.read_text()
     assert listed(home)["hana"] == first
-    table = home.radio("keys", "list").stdout
+    table = home.radio_main("keys", "list").stdout
     assert re.search(rf"^hana\s+-\s+A\s+\S+\s+{first}$", table, re.MULTILINE)
 
     old_digest = load_keys(home.keys)["hana"].digest
-    home.radio("keys", "rotate", "hana")
+    home.radio_main("keys", "rotate", "hana")
     assert load_keys(home.keys)["hana"].digest != old_digest
     assert ids(home)["hana"] == first
 
-    home.radio("keys", "edit", "hana", "--subscribe", "B", "--publish", "A", "--admin")
+    home.radio_main("keys", "edit", "hana", "--subscribe", "B", "--publish", "A", "--admin")
     assert ids(home)["hana"] == first
-    home.radio("keys", "edit", "hana", "--no-admin")
+    home.radio_main("keys", "edit", "hana", "--no-admin")
     assert ids(home)["hana"] == first
 
     # Revoked, then a new key under the same name: a new key, a new id.
-    home.radio("keys", "revoke", "hana")
-    home.radio("keys", "add", "hana", "--subscribe", "B")
+    home.radio_main("keys", "revoke", "hana")
+    home.radio_main("keys", "add", "hana", "--subscribe", "B")
     assert ids(home)["hana"] != first
     assert KEY_ID.fullmatch(ids(home)["hana"])
 
@@ -60,16 +60,16 @@ def test_an_older_file_without_ids_keeps_working_and_keeps_its_derived_ids(home)
     assert ids(home) == derived  # the same on every read
 
     # The first change writes every id down, so rotating (a new digest) keeps it.
-    home.radio("keys", "rotate", "gen")
+    home.radio_main("keys", "rotate", "gen")
     assert ids(home) == derived
     assert f'id = "{derived["reader_a"]}"' in home.keys.read_text()
-    home.radio("keys", "rotate", "gen")
+    home.radio_main("keys", "rotate", "gen")
     assert ids(home)["gen"] == derived["gen"]
 
 
 def test_edit_keeps_the_secret_and_changes_only_what_it_is_given(home):
     before = load_keys(home.keys)["gen"]
-    home.radio("keys", "edit", "gen", "--subscribe", "B")
+    home.radio_main("keys", "edit", "gen", "--subscribe", "B")
     after = load_keys(home.keys)["gen"]
     assert (after.digest, after.mosquitto, after.id, after.created) == (
         before.digest,
@@ -79,9 +79,9 @@ def test_edit_keeps_the_secret_and_changes_only_what_it_is_given(home):
     )
     assert (after.publish, after.subscribe, after.admin) == ({"A"}, {"B"}, False)
     assert after.matches(home.secrets["gen"])
-    home.radio("keys", "edit", "gen", "--publish", "", "--publish", "B,pub")  # repeated, comma-separated
+    home.radio_main("keys", "edit", "gen", "--publish", "", "--publish", "B,pub")  # repeated, comma-separated
     assert load_keys(home.keys)["gen"].publish == {"B", "pub"}
-    home.radio("keys", "edit", "gen", "--publish", "")
+    home.radio_main("keys", "edit", "gen", "--publish", "")
     assert load_keys(home.keys)["gen"].publish == frozenset()
 
 

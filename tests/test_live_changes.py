@@ -44,7 +44,7 @@ eventually = functools.partial(polling.eventually, within=WITHIN, every=0.05)
 
 def test_a_revoked_keys_open_connection_is_closed_and_new_ones_refused(connect, home):
     client = connect("gen")
-    home.radio("keys", "revoke", "gen")
+    home.radio_main("keys", "revoke", "gen")
     assert client.disconnected.wait(WITHIN)
     connect("gen", expect=NOT_AUTHORIZED)
 
@@ -56,7 +56,7 @@ def test_a_revoked_key_sends_no_will(connect, broker, home, transport):
     gen = Client(transport, port, "gen", home.secrets["gen"])
     gen.will_set("networks/A/status", b"offline")
     assert gen.connect() == 0
-    home.radio("keys", "revoke", "gen")
+    home.radio_main("keys", "revoke", "gen")
     assert gen.disconnected.wait(WITHIN)
     gen.close()
     connect("admin").publish("networks/A/x", b'{"sentinel": 1}')
@@ -65,14 +65,14 @@ def test_a_revoked_key_sends_no_will(connect, broker, home, transport):
 
 def test_a_rotated_key_works_only_with_its_new_secret(connect, home):
     client = connect("gen")
-    new_secret = home.radio("keys", "rotate", "gen").stdout.strip()
+    new_secret = home.radio_main("keys", "rotate", "gen").stdout.strip()
     assert client.disconnected.wait(WITHIN)
     connect("gen", expect=NOT_AUTHORIZED)
     connect("gen", secret=new_secret).publish("networks/A", b"{}")
 
 
 def test_a_new_key_can_connect_within_two_seconds(broker, home, transport):
-    secret = home.radio("keys", "add", "late", "--publish", "A").stdout.strip()
+    secret = home.radio_main("keys", "add", "late", "--publish", "A").stdout.strip()
     port = broker.ws_port if transport == "ws" else broker.mqtt_port
 
     def try_connect() -> bool:
@@ -170,7 +170,7 @@ def test_an_emptied_then_deleted_keys_file_keeps_every_right_and_session(
     finally:
         durable.close()
     # Restored, the file is read again: a change to it applies.
-    home.radio("keys", "revoke", "gen")
+    home.radio_main("keys", "revoke", "gen")
     assert gen.disconnected.wait(WITHIN)
     assert len(not_reloaded(caplog)) == 2
 
@@ -214,7 +214,7 @@ def test_a_listener_that_loses_a_network_stops_receiving_it(connect, home):
     admin = connect("admin")
     tag = counter()
     assert delivered(admin, "networks/A", reader, admin, tag())
-    home.radio("keys", "edit", "reader_a", "--subscribe", "B")
+    home.radio_main("keys", "edit", "reader_a", "--subscribe", "B")
     assert eventually(lambda: not delivered(admin, "networks/A", reader, admin, tag()))
     assert not delivered(admin, "networks/A", reader, admin, tag())
     assert not reader.disconnected.is_set()  # still connected: only the right changed
@@ -262,7 +262,7 @@ def test_a_listener_that_gains_a_network_can_subscribe_to_it(connect, broker, ho
     refused_or_filtered = 0x80 if broker.engine == "embedded" else 1
     assert reader.subscribe("networks/A", qos=1) == refused_or_filtered
     assert not delivered(admin, "networks/A", reader, admin, tag())
-    home.radio("keys", "edit", "reader_b", "--subscribe", "A,B")
+    home.radio_main("keys", "edit", "reader_b", "--subscribe", "A,B")
     assert eventually(
         lambda: (
             reader.subscribe("networks/A", qos=1) == 1
@@ -278,7 +278,7 @@ def test_a_publisher_that_loses_a_network_can_no_longer_publish_there(connect, b
     assert everything.subscribe("networks/#", qos=1) == 1
     tag = counter()
     assert delivered(gen, "networks/A", everything, everything, tag())
-    home.radio("keys", "edit", "gen", "--publish", "B")
+    home.radio_main("keys", "edit", "gen", "--publish", "B")
     if broker.engine == "embedded":
         # The refused PUBLISH is acknowledged and dropped; the connection stays open.
         assert eventually(lambda: not delivered(gen, "networks/A", everything, everything, tag()))
@@ -305,7 +305,7 @@ def test_a_publisher_that_loses_a_network_can_no_longer_publish_there(connect, b
 
 def test_edit_keeps_the_secret_and_open_connections(connect, home):
     gen = connect("gen")
-    result = home.radio("keys", "edit", "gen", "--publish", "A,B", "--subscribe", "A")
+    result = home.radio_main("keys", "edit", "gen", "--publish", "A,B", "--subscribe", "A")
     assert result.stdout == ""
     assert home.secrets["gen"] not in result.stderr
     connect("gen")  # the same secret still connects

@@ -34,7 +34,7 @@ FIXED = '\n[broker]\nmqtt = "0.0.0.0:1883"\nwebsocket = "0.0.0.0:8080"\n'
 
 def exported(home, *options):
     folder = home.path / "exported"
-    result = home.radio("nats", "export", "--dir", str(folder), *options, check=False)
+    result = home.radio_main("nats", "export", "--dir", str(folder), *options, check=False)
     return folder, result
 
 

@@ -220,7 +220,7 @@ def test_a_persistent_session_made_on_one_node_resumes_on_another(connect):
 
 
 def test_a_revoked_key_is_refused_and_its_connections_closed_on_every_node(connect, nats_home):
-    secret = nats_home.radio("keys", "add", "victim", "--publish", "A").stdout.strip()
+    secret = nats_home.radio_main("keys", "add", "victim", "--publish", "A").stdout.strip()
 
     def accepted() -> bool:
         probe = Client("tcp", connect.cluster.nodes[2].mqtt.port, "victim", secret)
@@ -231,7 +231,7 @@ def test_a_revoked_key_is_refused_and_its_connections_closed_on_every_node(conne
 
     assert eventually(accepted)  # a new key reaches every node too
     victims = [connect("victim", node=n, transport=t, secret=secret) for n in (1, 2, 3) for t in TRANSPORTS]
-    nats_home.radio("keys", "revoke", "victim")
+    nats_home.radio_main("keys", "revoke", "victim")
     revoked = time.monotonic()
     for victim in victims:
         assert victim.disconnected.wait(max(0.0, revoked + WITHIN - time.monotonic())), victim.port
@@ -362,7 +362,7 @@ def test_a_will_outside_the_keys_rights_reaches_nobody(connect, key):
 
 
 def test_a_rotated_key_works_only_with_its_new_secret_on_every_node(connect, nats_home):
-    old = nats_home.radio("keys", "add", "rotating", "--publish", "A").stdout.strip()
+    old = nats_home.radio_main("keys", "add", "rotating", "--publish", "A").stdout.strip()
     nodes = connect.cluster.nodes
 
     def accepted(secret: str, node: int) -> bool:
@@ -374,7 +374,7 @@ def test_a_rotated_key_works_only_with_its_new_secret_on_every_node(connect, nat
 
     assert eventually(lambda: accepted(old, 3))
     open_ = [connect("rotating", node=n, secret=old) for n in (1, 2, 3)]
-    new = nats_home.radio("keys", "rotate", "rotating").stdout.strip()
+    new = nats_home.radio_main("keys", "rotate", "rotating").stdout.strip()
     rotated = time.monotonic()
     for client in open_:
         assert client.disconnected.wait(max(0.0, rotated + WITHIN - time.monotonic()))

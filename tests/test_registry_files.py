@@ -63,7 +63,7 @@ def test_an_emptied_deleted_then_restored_keys_file(home, live, caplog):
         home.keys.write_bytes(original)
         assert live.refresh() is True
         assert live.current.keys == before.keys
-        home.radio("keys", "revoke", "gen")
+        home.radio_main("keys", "revoke", "gen")
         assert live.refresh() is True
         assert "gen" not in live.current.keys
 
@@ -205,7 +205,7 @@ def check_bridge(bridge, home) -> None:
             statuses.add(bridge.post(sample, gen).status_code)
         assert statuses == {200}
     home.keys.write_bytes(original)
-    home.radio("keys", "revoke", "gen")
+    home.radio_main("keys", "revoke", "gen")
     deadline = time.monotonic() + 2.5
     while bridge.post(sample, gen).status_code != 400:
         assert time.monotonic() < deadline, "a change after the restore was not applied"

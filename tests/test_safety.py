@@ -181,8 +181,8 @@ def test_a_new_key_under_a_revoked_name_starts_with_no_session(engine_broker, ho
     """
     port = engine_broker.mqtt_port
     leave_queued(port, home.secrets)
-    home.radio("keys", "revoke", "reader_a")
-    secret = home.radio("keys", "add", "reader_a", "--subscribe", "B").stdout.strip()
+    home.radio_main("keys", "revoke", "reader_a")
+    secret = home.radio_main("keys", "add", "reader_a", "--subscribe", "B").stdout.strip()
     home.secrets["reader_a"] = secret
 
     def connack() -> bytes | None:
@@ -207,8 +207,8 @@ def test_a_key_revoked_while_the_broker_was_down_leaves_no_session_to_its_succes
         leave_queued(broker.mqtt_port, home.secrets)
     finally:
         broker.stop()
-    home.radio("keys", "revoke", "reader_a")
-    secret = home.radio("keys", "add", "reader_a", "--subscribe", "A").stdout.strip()
+    home.radio_main("keys", "revoke", "reader_a")
+    secret = home.radio_main("keys", "add", "reader_a", "--subscribe", "A").stdout.strip()
     broker = embedded_broker(home).start()
     try:
         sock = open_socket(broker.mqtt_port)

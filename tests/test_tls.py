@@ -551,7 +551,7 @@ def test_radio_nats_export_serves_mqtts_and_wss_with_the_registrys_keys(home, ce
     require_nats()
     use_tls(home, certs, 'mqtts = "127.0.0.1:0"\nwss = "127.0.0.1:0"')
     out = home.path / "nats"
-    home.radio("nats", "export", "--dir", str(out), "--nodes", "1")
+    home.radio_main("nats", "export", "--dir", str(out), "--nodes", "1")
     conf = (out / "radio-1.conf").read_text()
     assert conf.count("cert_file") == 2  # both listeners serve TLS
     assert "no_tls" not in conf

@@ -79,7 +79,7 @@ def bridge(home: Home, broker) -> Iterator[InProcessBridge]:
 
 def add_key(home: Home, name: str, *terms: str) -> str:
     """``radio keys add NAME --publish A TERMS``: its secret, once every running server has it."""
-    return home.radio("keys", "add", name, "--publish", "A", *terms).stdout.strip()
+    return home.radio_main("keys", "add", name, "--publish", "A", *terms).stdout.strip()
 
 
 def test_a_locked_usage_file_stalls_neither_door_for_keys_without_a_quota(home: Home, broker, bridge) -> None:
