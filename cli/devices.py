@@ -8,13 +8,18 @@ that does not exist.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from radio.cli import options, preflight
+from radio.cli import options
 from radio.cli.options import Parser
-from radio.config import Settings
 from radio.errors import RadioError
-from radio.stopping import Stop
 from radio.urls import DEFAULT_MQTT_VERSION
+
+if TYPE_CHECKING:
+    from radio.config import Settings
+    from radio.stopping import Stop
+
+# The preflight checks read the key registry: loaded when a client command runs, not to build its parser.
 
 
 def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -102,6 +107,7 @@ def _bridge_url(settings: Settings) -> str:
 
 
 def _listen(args: argparse.Namespace) -> int:
+    from radio.cli import preflight  # noqa: PLC0415 - see the imports
     from radio.subscribers.run import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = options.settings(args)
@@ -116,6 +122,8 @@ def _listen(args: argparse.Namespace) -> int:
 
 def _publisher(args: argparse.Namespace) -> tuple[Settings, str]:
     """The configuration and the publishing key of a generator, checked as MQTT would not."""
+    from radio.cli import preflight  # noqa: PLC0415 - see the imports
+
     settings = options.settings(args)
     secret = options.read_secret(args.key_file, required=True)
     assert secret is not None  # noqa: S101 - required=True

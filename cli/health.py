@@ -15,20 +15,23 @@ podman read 1 as unhealthy and reserve 2.
 from __future__ import annotations
 
 import argparse
-import http.client
 import ipaddress
 import socket
-import ssl
 import sys
 from typing import TYPE_CHECKING, Final
 
 from radio.cli import options
 from radio.cli.options import Parser
-from radio.config import Address, Settings, TlsSettings
 from radio.errors import RadioError
 
 if TYPE_CHECKING:
+    import ssl
+
     from cryptography import x509
+
+    from radio.config import Address, Settings, TlsSettings
+
+# http.client and ssl load in the check itself: every other command builds this one's parser too.
 
 EXIT_UNHEALTHY: Final = 1
 TIMEOUT: Final = 4.0
@@ -76,6 +79,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def check(settings: Settings, listen: Address | None = None, timeout: float = TIMEOUT) -> str:
     """The URL of the door's /healthz once it answered 200; ``Unhealthy`` saying why otherwise."""
+    import http.client  # noqa: PLC0415 - see the imports
+    import ssl  # noqa: PLC0415
+
     address = (listen or settings.bridge.listen).local()
     url = f"{'https' if settings.tls else 'http'}://{address}/healthz"
     request = f"GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode("ascii")
@@ -103,6 +109,8 @@ def check(settings: Settings, listen: Address | None = None, timeout: float = TI
 
 
 def _ask(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
+    import http.client  # noqa: PLC0415 - see the imports
+
     sock.sendall(request)
     response = http.client.HTTPResponse(sock)
     response.begin()
@@ -111,6 +119,8 @@ def _ask(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
 
 def _trust(tls: TlsSettings) -> tuple[ssl.SSLContext, str]:
     """A context trusting the configured certificate (and its chain) alone, and a name it is for."""
+    import ssl  # noqa: PLC0415 - see the imports
+
     from radio.tls import load_certificates  # noqa: PLC0415 - cryptography loads only under TLS
 
     certificates = load_certificates(tls.cert)

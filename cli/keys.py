@@ -11,23 +11,17 @@ import argparse
 import csv
 import json
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from radio.cli import options
 from radio.cli.options import EXIT_REFUSED, Parser
-from radio.cli.tables import changed, expiry, limits, print_table, rights
 from radio.errors import MissingRegistry
-from radio.key_changes import (
-    CONFIRM_TIMEOUT,
-    TERMS,
-    KeyChanges,
-    cli_actor,
-    key_row,
-    nothing_to_change,
-    split_names,
-    usage_rows,
-)
-from radio.keys import load_keys
+
+if TYPE_CHECKING:
+    from radio.key_changes import KeyChanges
+
+# The registry (radio.keys, radio.key_changes) loads in the handlers: every command builds these
+# parsers, and a server or client that never runs one need not load what they change.
 
 _UNSET = object()
 """An option of ``keys edit`` that was not given: the key keeps that term."""
@@ -124,16 +118,22 @@ def _add_terms_options(parser: Parser, *, clearing: bool) -> None:
 
 def _terms_changes(args: argparse.Namespace) -> dict[str, object]:
     """The terms ``keys add|edit`` was given, parsed (None: remove that term)."""
+    from radio.key_changes import TERMS  # noqa: PLC0415 - see the imports
+
     return {name: value for name in TERMS if (value := getattr(args, name)) is not _UNSET}
 
 
 def _changes(args: argparse.Namespace) -> KeyChanges:
     """The registry, changed as the OS user running this command (audited so)."""
+    from radio.key_changes import KeyChanges, cli_actor  # noqa: PLC0415 - see the imports
+
     return KeyChanges(options.settings(args), cli_actor())
 
 
 def _done(changes: KeyChanges, message: str, secret: str | None = None) -> int:
     """Say what changed (a new secret alone on stdout), then return once it is in force (bounded)."""
+    from radio.key_changes import CONFIRM_TIMEOUT  # noqa: PLC0415 - see the imports
+
     if secret is not None:
         print(secret, flush=True)
     print(message, file=sys.stderr)
@@ -142,6 +142,8 @@ def _done(changes: KeyChanges, message: str, secret: str | None = None) -> int:
 
 
 def _keys_add(args: argparse.Namespace) -> int:
+    from radio.key_changes import split_names  # noqa: PLC0415 - see the imports
+
     changes = _changes(args)
     secret, key = changes.add(
         args.name,
@@ -161,6 +163,10 @@ def _keys_add(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
+    from radio.cli.tables import expiry, limits, print_table, rights  # noqa: PLC0415 - see the imports
+    from radio.key_changes import key_row  # noqa: PLC0415
+    from radio.keys import load_keys  # noqa: PLC0415
+
     settings = options.settings(args)
     try:
         keys = load_keys(settings.keys_path)
@@ -206,6 +212,8 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 def _keys_usage(args: argparse.Namespace) -> int:
     from radio import usage  # noqa: PLC0415
+    from radio.cli.tables import print_table  # noqa: PLC0415 - see the imports
+    from radio.key_changes import usage_rows  # noqa: PLC0415
 
     settings = options.settings(args)
     path = usage.usage_path(settings.state_dir)
@@ -240,6 +248,9 @@ def _keys_usage(args: argparse.Namespace) -> int:
 
 
 def _keys_edit(args: argparse.Namespace) -> int:
+    from radio.cli.tables import expiry, limits, rights  # noqa: PLC0415 - see the imports
+    from radio.key_changes import TERMS, nothing_to_change, split_names  # noqa: PLC0415
+
     terms = _terms_changes(args)
     if args.publish is None and args.subscribe is None and args.admin is None and not terms:
         given = ("--publish", "--subscribe", "--admin", "--no-admin", *(f"--{term}" for term in TERMS))
@@ -282,6 +293,7 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 
 def _keys_audit(args: argparse.Namespace) -> int:
     from radio import audit  # noqa: PLC0415
+    from radio.cli.tables import changed, print_table  # noqa: PLC0415 - see the imports
 
     path = audit.audit_path(options.settings(args).state_dir)
     lines = [line for line in audit.read(path) if args.name in (None, line.get("key"))]

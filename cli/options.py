@@ -18,14 +18,17 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 from urllib.parse import urlsplit
 
-from radio.config import Address, Settings, load_settings
 from radio.errors import RadioError
-from radio.key_changes import parse_day, parse_term
-from radio.topics import NetworkName
 from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_urls
+
+if TYPE_CHECKING:
+    from radio.config import Address, Settings
+
+# Every command's parser is built on each run, ``radio --help`` lists them all: what an option's
+# value is checked with (the configuration, the key registry's terms) loads when one is given.
 
 EXIT_REFUSED: Final = 2
 """The exit status of anything Radio refuses: a bad option, configuration, key or port."""
@@ -115,6 +118,8 @@ def read_secret(key_file: Path | None, *, required: bool) -> str | None:
 
 def address(text: str) -> Address:
     """``HOST:PORT``."""
+    from radio.config import Address  # noqa: PLC0415 - see the imports
+
     try:
         return Address.parse(text)
     except ValueError as exc:
@@ -135,6 +140,8 @@ def broker_urls(text: str) -> str:
 
 def broker_addresses(text: str) -> list[Address]:
     """``mqtt://HOST:PORT[,...]``: the brokers a server links to, in failover order."""
+    from radio.config import Address  # noqa: PLC0415 - see the imports
+
     try:
         return [Address.parse_url(part.strip()) for part in text.split(",") if part.strip()] or [
             Address.parse_url(text)
@@ -266,6 +273,8 @@ def sequence_number(text: str) -> int:
 
 def network(text: str) -> str:
     """A network's name, by the rule every door applies (``radio.topics``)."""
+    from radio.topics import NetworkName  # noqa: PLC0415 - see the imports
+
     try:
         return NetworkName(text)
     except ValueError as exc:
@@ -291,6 +300,8 @@ def term(name: str) -> Callable[[str], object]:
     """One of a key's terms (``rate``, ``burst``, ``quota``, ``expires``), parsed as the registry reads it."""
 
     def parsed(text: str) -> object:
+        from radio.key_changes import parse_term  # noqa: PLC0415 - see the imports
+
         try:
             return parse_term(name, text)
         except ValueError as exc:
@@ -301,6 +312,8 @@ def term(name: str) -> Callable[[str], object]:
 
 def day(text: str) -> str:
     """A UTC day, ``YYYY-MM-DD``."""
+    from radio.key_changes import parse_day  # noqa: PLC0415 - see the imports
+
     try:
         return parse_day(text)
     except ValueError as exc:
@@ -340,4 +353,6 @@ def add_ca(parser: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> Settings:
     """The configuration ``--config`` and ``--keys`` name (else found by ``CONFIG_RULE``)."""
+    from radio.config import load_settings  # noqa: PLC0415 - see the imports
+
     return load_settings(getattr(args, "config", None), getattr(args, "keys", None))

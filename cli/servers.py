@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
-from radio import ports, statelock
+from radio import statelock
 from radio.cli import options
 from radio.cli.options import CONFIG_RULE, Parser
 
@@ -114,7 +114,7 @@ def add_up(commands: argparse._SubParsersAction[Parser], common: Parser) -> None
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from radio import logs  # noqa: PLC0415
+    from radio import logs, ports  # noqa: PLC0415
     from radio.broker.run import Listeners, run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415

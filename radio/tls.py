@@ -20,14 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from radio.errors import RadioError
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from radio.config import TlsSettings
+
+# cryptography (some 30 ms to import) loads where a certificate is read: every server and client
+# imports this module, and most run without TLS.
 
 
 class TlsError(RadioError):
@@ -44,6 +45,8 @@ def _read(path: Path, what: str) -> bytes:
 
 def load_certificates(path: Path, what: str = "certificate") -> list[x509.Certificate]:
     """The PEM certificates in a file (a server's chain, or a CA bundle), at least one."""
+    from cryptography import x509  # noqa: PLC0415 - see the imports
+
     data = _read(path, what)
     try:
         certificates = x509.load_pem_x509_certificates(data)
@@ -57,6 +60,9 @@ def load_certificates(path: Path, what: str = "certificate") -> list[x509.Certif
 
 def check_server(tls: TlsSettings, now: datetime | None = None) -> x509.Certificate:
     """The server certificate, once its file, its key and its dates have been checked."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - see the imports
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     leaf = load_certificates(tls.cert)[0]
     moment = now or datetime.now(UTC)
     if leaf.not_valid_after_utc <= moment:

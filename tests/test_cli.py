@@ -435,6 +435,58 @@ def test_help_states_the_one_configuration_rule(run):
         assert rule in " ".join(result.stdout.split())
 
 
+COMMANDS = (
+    "broker",
+    "mosquitto",
+    "nats",
+    "bridge",
+    "recorder",
+    "up",
+    "listen",
+    "device",
+    "certs",
+    "health",
+    "keys",
+)
+ONE_COMMANDS_OWN = (
+    "radio.config",  # read by a command, not to build its options
+    "radio.keys",
+    "radio.key_changes",
+    "radio.registry",
+    "radio.usage",
+    "radio.broker",
+    "radio.bridge",
+    "radio.recorder",
+    "radio.devices",
+    "radio.subscribers",
+    "http.client",  # radio health
+    "ssl",
+    "cryptography",
+)
+"""Modules only some commands run: building the parser, which every run does, loads none of them."""
+
+
+def test_radio_help_lists_every_command_and_loads_none_of_them():
+    code = (
+        "import sys\n"
+        "from radio.cli.main import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(*sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for command in COMMANDS:
+        assert re.search(rf"^    {command}\s", result.stdout, re.MULTILINE), command
+    loaded = set(result.stderr.split())
+    assert loaded.isdisjoint(ONE_COMMANDS_OWN), sorted(loaded.intersection(ONE_COMMANDS_OWN))
+    assert "radio.cli.main" in loaded
+
+
 def test_keys_add_reports_when_no_server_is_running(run, tmp_path):
     result = run("keys", "add", "gen", "--publish", "sample_net", cwd=tmp_path)
     assert result.returncode == 0
@@ -471,7 +523,7 @@ def test_a_new_key_works_in_the_very_next_command(run, home, engine):
 
 def test_keys_add_names_a_server_that_does_not_confirm(run, home, monkeypatch):
     """A stopped (SIGSTOP) broker cannot confirm: the wait ends at its bound and names it."""
-    monkeypatch.setattr("radio.cli.keys.CONFIRM_TIMEOUT", 0.5)
+    monkeypatch.setattr("radio.key_changes.CONFIRM_TIMEOUT", 0.5)  # read by each command that waits
     process = broker_process(home)
     try:
         assert process.stdout is not None
