@@ -208,7 +208,10 @@ def test_a_quota_is_shared_by_both_doors_and_shown_in_usage(home: Home, broker, 
             (r["door"], r["network"]): (r["samples"], r["bytes"]) for r in rows if r["kind"] == "samples"
         }
         refusals = {(r["door"], r["reason"]): r["count"] for r in rows if r["kind"] == "refusals"}
-        return (samples, refusals) if len(refusals) == 2 and refusals.get(("mqtt", "quota")) == 2 else None
+        # Each bridge worker writes its own counts once a second: the one that took sample 3 may
+        # write after the one that refused sample 4. Both doors' rows are there once all wrote.
+        complete = len(samples) == 2 and len(refusals) == 2 and refusals.get(("mqtt", "quota")) == 2
+        return (samples, refusals) if complete else None
 
     samples, refusals = eventually(tallied)
     assert samples == {("mqtt", "A"): (2, 16), ("http", "A"): (1, 8)}
