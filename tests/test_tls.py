@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from benchmarks import rounds, smoke
-from commands import RADIO, clean_env, lines_of, read_banner, started_in
+from commands import RADIO, clean_env, lines_of, radio_main, read_banner, started_in
 from conftest import ENGINES, Home, require_mosquitto, start_bridge
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,15 +43,9 @@ TLS_UP = ("up", "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0")
 
 
 def make_certs(folder: Path, *hosts: str) -> Path:
-    """`radio certs dev`, as a user runs it."""
+    """`radio certs dev`, by the command's main in this process (its refusals run it as a process)."""
     extra = [arg for host in hosts for arg in ("--host", host)]
-    subprocess.run(
-        [*RADIO, "certs", "dev", "--dir", str(folder), *extra],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    radio_main("certs", "dev", "--dir", str(folder), *extra, check=True)
     return folder
 
 
