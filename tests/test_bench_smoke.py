@@ -95,6 +95,18 @@ def test_the_fanout_cost_benchmark_counts_every_delivery_at_both_qos():
     assert all(r["deliveries"] == 10 * 50 and r["us_per_delivery"] > 0 for r in rows)
 
 
+def test_the_cli_start_benchmark_times_every_command_once():
+    rows = rounds(smoke("cli_start.py"))
+    assert {r["command"] for r in rows} == {
+        "radio --help",
+        "radio keys list",
+        "radio keys edit",
+        "radio health",
+        "radio bridge's imports",
+    }
+    assert all(r["cpu_ms"] > 0 for r in rows)
+
+
 def test_the_connections_benchmark_reaches_every_idle_listener():
     require_mosquitto()
     rows = rounds(smoke("connections.py"))
