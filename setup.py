@@ -2,7 +2,7 @@
 
 ``RADIO_COMPILE=1 pip install .`` builds the modules every delivery runs through (``HOT_PATH``)
 into C extensions installed beside their sources, which Python then imports instead: the same
-code, with the types mypy checks, at well under half the interpreter's cost per delivery
+code, with the types mypy checks, at about half the interpreter's cost per delivery
 (docs/benchmarks.md). It needs a C compiler and Python's headers. Without it Radio is pure
 Python, as it is in an editable install (build_hooks/radio_build.py). Everything else about the
 package is in pyproject.toml.
