@@ -89,7 +89,10 @@ def test_under_tls_the_check_speaks_https_verified_against_the_configured_certif
     # loopback all the same, with no CA file, since it trusts the configured certificate itself.
     certs = make_certs(tmp_path / "certs", "radio.example.com")
     use_tls(home, certs)
-    bridge = start_bridge(home, broker.mqtt_port, healthy=False)
+    # One worker: once it has answered, every worker has loaded the configured certificate. A
+    # second worker still starting when the files are replaced below would load the new pair
+    # and rightly present it.
+    bridge = start_bridge(home, broker.mqtt_port, "--workers", "1", healthy=False)
     try:
         assert bridge.url.startswith("https://")
         port = port_of(bridge.url)
