@@ -34,6 +34,7 @@ from radio.mqtt_clients import (
     describe,
     key_credentials,
     make_client,
+    stop_loop,
 )
 from radio.stopping import Stop
 from radio.tls import TlsError, certificate_refusal, trust, verify_failure
@@ -130,7 +131,7 @@ class MqttLink:
         """Disconnect cleanly: no last will."""
         self._stopping = True
         self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Send at QoS 1 now, or keep it for when the broker is back."""

@@ -5,11 +5,13 @@ verifies the broker against ``--ca`` or the system's trust store, the key as use
 password, a clean or a persistent session, and the protocol version, MQTT 3.1.1 or 5.
 ``make_client`` does it, and ``connect`` sends the CONNECT that goes with it: MQTT 5 asks for a
 persistent session at connect time (clean start off, a session expiry), not when the client is
-made, and paho's reconnects repeat what the first connect asked.
+made, and paho's reconnects repeat what the first connect asked. ``stop_loop`` ends a client's
+network thread without the race in paho's own ``loop_stop()``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -127,3 +129,18 @@ def describe(reason: ReasonCode, client: mqtt.Client) -> str:
     if reason.value == UNSUPPORTED_PROTOCOL_VERSION:  # a 3.1.1 broker's refusal of MQTT 5
         return f"{said}: the broker does not speak MQTT 5 (use --mqtt-version 3.1.1)"
     return said
+
+
+def stop_loop(client: mqtt.Client) -> None:
+    """Stop a client's network thread and wait for it: paho's ``loop_stop()``, without its race.
+
+    paho's thread clears ``client._thread`` as it ends, which it does by itself after a
+    DISCONNECT; ``loop_stop()`` reads that attribute to check it, then again to join it, and
+    raises AttributeError when the thread ends between the two. Here it is read once.
+    """
+    thread = client._thread
+    if thread is None:
+        return
+    client._thread_terminate = True
+    if thread is not threading.current_thread():
+        thread.join()

@@ -31,7 +31,7 @@ from radio import samples
 from radio.config import Address
 from radio.failover import FailoverCursor
 from radio.history_store import HistoryStore
-from radio.mqtt_clients import connect, make_client
+from radio.mqtt_clients import connect, make_client, stop_loop
 from radio.registry import LiveRegistry, Registry
 from radio.timestamps import utc_now
 from radio.topics import MISSED_TOPIC, network_of_topic
@@ -120,7 +120,7 @@ class Recorder:
         """Say goodbye (the broker keeps the session for the next start) and stop the network thread."""
         self._stopping = True
         self._client.disconnect()
-        self._client.loop_stop()
+        stop_loop(self._client)
 
     def _on_connect(
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object

@@ -16,6 +16,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from radio.mqtt_clients import stop_loop
+
 TIMEOUT = 10.0
 NOT_AUTHORIZED = 135  # paho reports MQTT 3.1.1's CONNACK code 5 as MQTT 5's "Not authorized"
 BAD_CREDENTIALS = 134  # MQTT 5's "Bad user name or password"
@@ -154,7 +156,7 @@ class Client:
         if self._paho.is_connected():
             self._paho.disconnect()
             self.disconnected.wait(TIMEOUT)
-        self._paho.loop_stop()
+        stop_loop(self._paho)
         # paho closes its socket and its wake-up socket pair only in __del__, which the garbage
         # collector may run after finalizing the sockets themselves (a ResourceWarning).
         self._paho._reset_sockets()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from radio.mqtt_clients import describe, key_credentials, make_client
+from radio.mqtt_clients import describe, key_credentials, make_client, stop_loop
 from radio.urls import BrokerURL
 
 TCP = BrokerURL("tcp", "127.0.0.1", 1883)
@@ -45,3 +47,35 @@ def test_a_broker_that_does_not_speak_mqtt_5_is_said_so():
     unsupported = ReasonCode(PacketTypes.CONNACK, identifier=0x84)
     said = describe(unsupported, make_client(TCP, "c", version="5"))
     assert said.endswith("the broker does not speak MQTT 5 (use --mqtt-version 3.1.1)")
+
+
+class EndsAtTheCheck(mqtt.Client):
+    """A client whose network thread ends (and paho clears ``_thread``) right after it is first read.
+
+    The race cannot be timed for real: the thread must end between two reads of one attribute.
+    """
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        thread, self._held = self._held, None
+        return thread
+
+    @_thread.setter
+    def _thread(self, value: threading.Thread | None) -> None:
+        self._held = value
+
+
+def test_stopping_the_network_thread_survives_it_ending_at_the_same_moment():
+    client = EndsAtTheCheck(mqtt.CallbackAPIVersion.VERSION2)
+    thread = threading.Thread(target=threading.Event().wait, args=(0.05,))
+    thread.start()
+    client._thread = thread
+    stop_loop(client)
+    assert not thread.is_alive()
+    assert client._thread_terminate
+
+
+def test_stopping_a_client_whose_thread_already_ended_does_nothing():
+    client = make_client(TCP, "c")
+    stop_loop(client)
+    assert not client._thread_terminate
