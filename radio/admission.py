@@ -20,7 +20,9 @@ admitted       ``Admitted``           200          delivered             deliver
 =============  =====================  ===========  ====================  ==================
 
 The cheap checks that need no shared state come first, so a sample that could never be
-delivered takes no rate token and no unit of quota. An admitted sample is metered at once and
+delivered takes no rate token and no unit of quota. What does not depend on the payload or the
+clock (the key's right to the topic, the topic's network and its settings) is worked out once per
+key, topic and registry snapshot, not once per sample (``Admission._place``). An admitted sample is metered at once and
 has taken its unit of quota (exact across doors and processes, ``radio/usage.py``); a door whose
 sample then fails (the broker is away) gives both back with ``release``.
 
@@ -47,6 +49,9 @@ UNPARSED: Final[Any] = object()
 """``admit``'s ``data`` when the door has not parsed the payload itself."""
 USAGE_RETRY: Final = 0.05
 """Seconds a sample waits when its key's quota cannot be read without waiting."""
+
+PLACES: Final = 4096
+"""(key, topic) pairs whose rights and network settings ``Admission`` remembers (``_place``)."""
 
 TokenTaker = Callable[[Key], tuple[float, float]]
 """Takes one of the key's rate tokens: (seconds to wait, 0 if taken; tokens left)."""
@@ -87,6 +92,19 @@ class Wait:
 Verdict = Admitted | Refused | Wait
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """What a sample of one key to one topic needs that neither its payload nor the clock changes."""
+
+    registry: Registry
+    """The snapshot it was worked out under: under any other, it is worked out again."""
+    may_publish: bool
+    network: str
+    """The topic's network ("" outside every network)."""
+    settings: NetworkSettings | None
+    """That network's settings: None outside every network (rights alone apply there)."""
+
+
 class Admission:
     """One door's gate: the registry's rules, its rate buckets, and the platform's usage meter."""
 
@@ -101,6 +119,9 @@ class Admission:
         self.meter = meter
         self._take_token = take_token
         self._retained_full = retained_full
+        self._places: dict[tuple[str | None, str], _Place] = {}
+        """By (key name, topic): see ``_place``."""
+        self._places_for: Registry | None = None
 
     def admit(
         self,
@@ -120,12 +141,16 @@ class Admission:
         PUBLISH is MQTT's way to clear a topic's retained sample: it is not a sample, and costs
         nothing, but only a key that may publish there may clear it.
         """
-        if (refusal := _rights_problem(registry, key, topic)) is not None:
+        name = key.name if key is not None else None
+        place = self._places.get((name, topic))
+        if place is None or place.registry is not registry:
+            place = self._place(registry, name, topic)
+        if (refusal := _rights_problem(place, key)) is not None:
             return self._refuse(key, "rights", refusal)
-        network = network_of_topic(topic) or ""
+        network = place.network
         if retain and not payload:
             return Admitted(key, network, 0, None)
-        settings = registry.networks.get(network)
+        settings = place.settings
         if settings is not None and (problem := _problem(settings, network, payload, data)) is not None:
             return self._refuse(key, *problem)
         if retain and self._retained_full is not None and (most := self._retained_full(topic)) is not None:
@@ -133,6 +158,28 @@ class Admission:
         if key is None:
             return Admitted(None, network, len(payload), None)
         return self._spend(key, network, len(payload), quota_wait)
+
+    def _place(self, registry: Registry, name: str | None, topic: str) -> _Place:
+        """Where a sample of key ``name`` to ``topic`` stands under this registry snapshot.
+
+        None of it depends on the payload or the clock, so it is worked out once per key, topic
+        and snapshot rather than once per sample: a reloaded registry (a right taken away, a key
+        revoked) is a new snapshot, asked again. A client publishing to ever new topics costs a
+        lookup each, never memory: past ``PLACES`` topics the memo starts again. Each place names
+        its snapshot, so one worked out by a thread still on the old snapshot is never taken for
+        the new one.
+        """
+        if registry is not self._places_for or len(self._places) >= PLACES:
+            self._places, self._places_for = {}, registry  # nor does it keep an old snapshot alive
+        network = network_of_topic(topic) or ""
+        place = _Place(
+            registry,
+            registry.access(name).may_publish(topic),
+            network,
+            registry.networks.get(network),
+        )
+        self._places[name, topic] = place
+        return place
 
     def _spend(self, key: Key, network: str, size: int, quota_wait: float) -> Verdict:
         """What a sample costs its key: a rate token, a unit of quota, a line of usage."""
@@ -182,15 +229,15 @@ class Admission:
         return Refused(reason, message)
 
 
-def _rights_problem(registry: Registry, key: Key | None, topic: str) -> str | None:
-    """Why this key may not publish to ``topic`` now, or None.
+def _rights_problem(place: _Place, key: Key | None) -> str | None:
+    """Why this key may not publish to the place's topic now, or None.
 
     An expired key may publish nothing: the broker closes its connections within a sweep, but
     what they send (or a will that fires) in between must not pass.
     """
-    if not registry.access(key.name if key is not None else None).may_publish(topic):
+    if not place.may_publish:
         return "You cannot broadcast to this channel"
-    if key is not None and key.expired():
+    if key is not None and key.terms.expires is not None and key.expired():
         return f"key {key.name!r} has expired"
     return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Final, NoReturn
 
 from radio.errors import RadioError
@@ -39,6 +40,14 @@ def _finite(text: str) -> float:
 
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
 """Made once: ``json.loads`` with these hooks would build a decoder for every sample."""
+_PLAIN: Final = json.JSONDecoder(parse_constant=_reject_constant)
+"""The same reading for a payload in which no number can be too large for a float: its floats
+are read by the parser itself, without a call to ``_finite`` for each."""
+_MAY_OVERFLOW: Final = re.compile(rb"[eE][-+]?[0-9]|[0-9]{309}")
+"""Where a number too large for a float can only be: one with an exponent, or one with 309
+digits or more before its point (a float holds less than 10**309). A payload with neither (most
+samples) cannot hold one; a payload with either, even inside a string, is read by ``_DECODER``,
+which checks every float."""
 _ENCODER: Final = json.JSONEncoder(allow_nan=False)
 """``json.dumps(data, allow_nan=False)``, without building an encoder for every sample."""
 
@@ -46,7 +55,8 @@ _ENCODER: Final = json.JSONEncoder(allow_nan=False)
 def parse(payload: bytes) -> Any:
     """The payload as JSON, read strictly; ``NotJSON`` otherwise."""
     try:
-        data = _DECODER.decode(payload.decode("utf-8"))
+        decoder = _DECODER if _MAY_OVERFLOW.search(payload) else _PLAIN
+        data = decoder.decode(payload.decode("utf-8"))
         if b"\\u" in payload:  # an escape may name a lone surrogate, which UTF-8 cannot carry
             json.dumps(data, ensure_ascii=False).encode("utf-8")
     except RecursionError:

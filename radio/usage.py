@@ -192,6 +192,8 @@ class Meter:
         self.lease_idle = lease_idle
         self._db = open_db(path)
         self._today = _Today()
+        self._periods_of: tuple[date, tuple[tuple[str, str], tuple[str, str]]] | None = None
+        """Today and its quota periods: worked out again only when the day changes."""
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._samples: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -209,10 +211,18 @@ class Meter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _periods(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """Today's and this month's quota periods (``_periods``), built once a day, not once a sample."""
+        today = self._today()
+        known = self._periods_of
+        if known is None or known[0] != today:
+            known = self._periods_of = (today, _periods(today))
+        return known[1]
+
     # The hot path: memory only.
     def record(self, key: Key, door: str, network: str, size: int, count: int = 1) -> None:
         """Samples accepted from this key: ``count`` of them, ``size`` bytes in all."""
-        day = _periods(self._today())[0][0]
+        day = self._periods()[0][0]
         with self._lock:
             row = self._samples[(day, key.id, key.name, door, network)]
             row[0] += count
@@ -227,7 +237,7 @@ class Meter:
 
     def received(self, key_id: str, key_name: str, network: str, samples: int, size: int) -> None:
         """Samples delivered to a key as a listener: what it was sold."""
-        day = _periods(self._today())[0][0]
+        day = self._periods()[0][0]
         with self._lock:
             row = self._received[(day, key_id, key_name, network)]
             row[0] += samples
@@ -238,7 +248,7 @@ class Meter:
 
     def refuse(self, key: Key, door: str, reason: str) -> None:
         """One sample refused, and why (one of ``REASONS``)."""
-        day = _periods(self._today())[0][0]
+        day = self._periods()[0][0]
         with self._lock:
             self._refusals[(day, key.id, key.name, door, reason)] += 1
             self.refused[(key.name, door, reason)] += 1
@@ -255,7 +265,7 @@ class Meter:
         limit = key.terms.quota
         if limit is None:
             return None
-        periods = _periods(self._today())
+        periods = self._periods()
         monthly = key.terms.quota_period == "month"
         start, end = periods[1] if monthly else periods[0]
         # A month's row is "2026-12", a day's "2026-12-01": on the 1st they must not be one row,

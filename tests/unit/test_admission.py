@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from radio import rates, usage
-from radio.admission import Admission, Admitted, Refused, Wait
+from radio.admission import PLACES, Admission, Admitted, Refused, Wait
 from radio.config import NetworkSettings
 from radio.errors import Busy
 from radio.keys import Key
@@ -197,3 +197,44 @@ def test_outside_every_network_only_the_right_applies(gate):
     admin = Key("root", "ab" * 32, "", admin=True)
     verdict = gate.admit(admin, b"not json at all" * 10, topic="$SYS/test", retain=True)
     assert verdict == Admitted(admin, "", 150, None)
+
+
+def test_each_registry_snapshot_is_asked_afresh_for_the_right_to_publish(tmp_path):
+    """What the gate remembers per key and topic holds for one registry snapshot only: a right
+    taken away (or given) in a reload counts from the very next sample."""
+    admission = Admission("mqtt", None, lambda _: (0.0, 0.0))
+    network = {"A": NetworkSettings()}
+    allowed = registry(network, key("gen", publish=("A",)))
+    denied = registry(network, key("gen"))
+    body = b'{"speed": 1}'
+    for snapshot, admitted in [(allowed, True), (allowed, True), (denied, False), (allowed, True)]:
+        verdict = admission.admit(snapshot, snapshot.keys["gen"], TOPIC, body, quota_wait=0)
+        assert isinstance(verdict, Admitted) is admitted, snapshot
+        assert isinstance(verdict, Refused if not admitted else Admitted)
+
+
+def test_a_network_s_new_settings_apply_from_the_next_sample():
+    admission = Admission("mqtt", None, lambda _: (0.0, 0.0))
+    sender = key("gen", publish=("A",))
+    body = b'{"speed": 1}'
+    roomy = registry({"A": NetworkSettings(max_payload=64)}, sender)
+    tight = registry({"A": NetworkSettings(max_payload=8)}, sender)
+    assert isinstance(admission.admit(roomy, sender, TOPIC, body, quota_wait=0), Admitted)
+    refused = admission.admit(tight, sender, TOPIC, body, quota_wait=0)
+    assert isinstance(refused, Refused)
+    assert refused.reason == "too_large"
+
+
+def test_a_publisher_of_ever_new_topics_costs_no_memory_past_a_bound():
+    admission = Admission("mqtt", None, lambda _: (0.0, 0.0))
+    sender = key("gen", publish=("A",))
+    snapshot = registry({"A": NetworkSettings()}, sender)
+    for i in range(PLACES + 10):
+        topic = f"networks/A/{i}"
+        assert isinstance(admission.admit(snapshot, sender, topic, b"{}", quota_wait=0), Admitted)
+        assert len(admission._places) <= PLACES
+    # and what it still remembers is right
+    assert isinstance(admission.admit(snapshot, sender, "networks/A/1", b"{}", quota_wait=0), Admitted)
+    outside = admission.admit(snapshot, sender, "networks/B/1", b"{}", quota_wait=0)
+    assert isinstance(outside, Refused)
+    assert outside.reason == "rights"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from radio import samples
 from radio.schemas import Schema
@@ -18,6 +21,8 @@ from radio.schemas import Schema
         b'{"v": -Infinity}',
         b'{"v": 1e999}',
         b'{"v": -1e999}',
+        b'{"v": ' + b"1" * 400 + b".5}",  # too large for a float without an exponent
+        b'{"v": ' + b"9" * 250 + b'e99, "s": "x"}',  # a small exponent on a long number
         b'{"v": ' + b"1" * 5_000 + b"}",  # past Python's 4,300 digits
         b'{"v": "\\ud800"}',  # a lone surrogate names no character
         b'{"v": "\xff"}',  # not UTF-8
@@ -31,6 +36,8 @@ from radio.schemas import Schema
         "-inf",
         "1e999",
         "-1e999",
+        "400-digit-float",
+        "250-digits-e99",
         "5000-digits",
         "surrogate",
         "latin-1",
@@ -42,6 +49,31 @@ from radio.schemas import Schema
 def test_what_no_other_reader_could_parse_back_is_refused(payload):
     with pytest.raises(samples.NotJSON, match="not JSON"):
         samples.parse(payload)
+
+
+@given(
+    digits=st.text("0123456789", min_size=1, max_size=400),
+    fraction=st.text("0123456789", max_size=20),
+    exponent=st.none() | st.integers(-400, 400),
+    sign=st.sampled_from(["", "-"]),
+)
+def test_a_number_is_refused_exactly_when_no_float_holds_it(digits, fraction, exponent, sign):
+    """However a number is written (long, with or without a point or an exponent, inside text
+    or not), it is read as Python reads it unless no float holds it: then it is refused."""
+    digits = digits.lstrip("0") or "0"
+    literal = (
+        sign
+        + digits
+        + (f".{fraction}" if fraction else "")
+        + (f"e{exponent}" if exponent is not None else "")
+    )
+    is_float = bool(fraction) or exponent is not None
+    payload = f'{{"v": {literal}, "s": "e1"}}'.encode()
+    if is_float and math.isinf(float(literal)):
+        with pytest.raises(samples.NotJSON, match="does not fit a float"):
+            samples.parse(payload)
+    else:
+        assert samples.parse(payload) == json.loads(payload)
 
 
 @pytest.mark.parametrize("opener", [b"[", b'{"a":'])
