@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict
+from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict, Wait
 from radio.keys import Key
 from radio.logs import shown
 from radio.rates import Buckets
@@ -106,16 +106,20 @@ class Gate:
 
     def publish(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds to hold this PUBLISH before asking again."""
-        return self._apply(session, topic, payload, retain, will=False)
-
-    def will(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
-        """``GO``, ``DROP``, or the seconds after which to ask again (the quota could not be read)."""
-        return self._apply(session, topic, payload, retain, will=True)
-
-    def _apply(self, session: Session, topic: str, payload: bytes, retain: bool, *, will: bool) -> float:
         verdict = self._verdict(session, topic, payload, retain)
         if verdict is None or isinstance(verdict, Admitted):
             return GO
+        return self._settle(session, topic, verdict, will=False)
+
+    def will(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
+        """``GO``, ``DROP``, or the seconds after which to ask again (the quota could not be read)."""
+        verdict = self._verdict(session, topic, payload, retain)
+        if verdict is None or isinstance(verdict, Admitted):
+            return GO
+        return self._settle(session, topic, verdict, will=True)
+
+    def _settle(self, session: Session, topic: str, verdict: Refused | Wait, *, will: bool) -> float:
+        """What a sample not admitted at once becomes: dropped, or held for a while."""
         what = "the will" if will else "a sample"
         if isinstance(verdict, Refused):
             self._dropped(session, topic, verdict, what)

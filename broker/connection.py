@@ -353,8 +353,6 @@ class Connection:
             flusher = self.flusher
             if flusher.alone and self._turn != flusher.turn and self._room == self.buffers.base:
                 self._turn = flusher.turn
-                if not flusher.scheduled:
-                    flusher.schedule()  # the turn ends: what comes next goes straight out again
                 transport = self.transport
                 try:
                     (self.link if transport is None else transport).write(data)
@@ -364,6 +362,8 @@ class Connection:
                     self._out_size += len(data)
                     return
                 self._written += len(data)
+                if not flusher.scheduled:  # after the write: the first subscriber does not wait for it
+                    flusher.schedule()  # the turn ends: what comes next goes straight out again
                 return
             self._out = [data]
             flusher.mark(self)

@@ -8,6 +8,7 @@ survive a restart; the auth and topic plugins (amqtt's plugin API) decide who ma
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -79,7 +80,9 @@ class RadioBroker:
         """Writes to clients, flushed once per turn of the loop for every connection."""
         self.send_buffers = SendBuffers(limits.send_buffer, limits.send_buffer_max, limits.send_buffer_total)
         """The room bytes may take waiting to be written, per client and in all."""
-        self.router = Router(lambda: registry.current, self._allows, self._reader, limits, store)
+        # The registry snapshot is read for every sample: a C-level call, not a Python frame each.
+        current = functools.partial(getattr, registry, "current")
+        self.router = Router(current, self._allows, self._reader, limits, store)
         self.router.reads_by_network = all(
             getattr(check, "reads_by_network", False) for check in self._checks
         )
@@ -121,7 +124,7 @@ class RadioBroker:
             log.error("%s: usage is not metered and quotas are not enforced on this broker", exc)  # noqa: TRY400
         else:
             self.meter.start()
-        self.router.gate = access.Gate(lambda: self.registry.current, self.meter, self.router.retained_full)
+        self.router.gate = access.Gate(self.router.registry, self.meter, self.router.retained_full)
         self.log_summary.attach()
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)

@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 STORED_BESIDE = ("offline_since", "address", "expiry", "options")
 """What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
-ReaderFactory = Callable[[str], Callable[[attrs.PluginSession], bool]]
+Reader = Callable[[attrs.PluginSession], bool]
+"""Whether one session may receive one message (built once per message: ``ReaderFactory``)."""
+ReaderFactory = Callable[[str], Reader]
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ class Router:
             if not message.payload:
                 return
         self.stats.published += 1
-        if self.shared:
+        if self.shared.groups:
             self.shared.publish(message, self.reader(message.topic), self._deliver_one)
         targets = self._targets(self.index, message.topic)
         if targets:
@@ -266,7 +268,7 @@ class Router:
 
     def _fan_out(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
         """Each target that may read the sample gets it (the verdict remembered per session)."""
-        may_read = self.reader(message.topic)
+        may_read: Reader | None = None  # built only if some session's remembered verdict is stale
         key = self._read_key(message.network)
         top = message.qos
         plain = b""
@@ -274,6 +276,8 @@ class Router:
         for session, granted in targets:
             memo = session.read_memo
             if memo is None or memo[0] is not key:
+                if may_read is None:
+                    may_read = self.reader(message.topic)
                 memo = session.read_memo = (key, may_read(session))
             if not memo[1]:
                 continue
@@ -295,11 +299,13 @@ class Router:
 
     def _fan_out5(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
         """The same for MQTT 5 sessions: each that may read the sample gets it, with its options."""
-        may_read = self.reader(message.topic)
+        may_read: Reader | None = None
         key = self._read_key(message.network)
         for session, granted in targets:
             memo = session.read_memo
             if memo is None or memo[0] is not key:
+                if may_read is None:
+                    may_read = self.reader(message.topic)
                 memo = session.read_memo = (key, may_read(session))
             if memo[1]:
                 self.deliver5(session, message, granted)
