@@ -40,6 +40,9 @@ What is measured, and why a skeptic can accept it:
   latency instead of a slower schedule. Every arrival is stamped with the wall clock at receipt,
   to the nanosecond (the sink once per read; ``mosquitto_sub -F '%U %p'`` once per message, in
   the same format); latency is receipt minus due time, p50, p99 and max over every delivery.
+  Per sample, the latency of its first delivery and its spread (last minus first delivery) tell
+  the broker's time before its first write from the fan-out itself (``first_p50_ms``,
+  ``spread_p50_ms``: medians over the samples).
 - **Loss is a failure.** A run where any delivery is missing reports ``loss: N`` and no CPU
   figure. A sample ends the run (``{"end":1}``, after the last one; the sink writes a
   subscriber's file as soon as it receives it, and every 100 ms otherwise): the run waits until
@@ -129,6 +132,11 @@ class Result:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    first_p50_ms: float | None
+    """Per sample, the latency of its first delivery (what the broker takes before its first write,
+    and one hop), median over the samples."""
+    spread_p50_ms: float | None
+    """Per sample, its last delivery's latency minus its first's (the fan-out), median over the samples."""
     broker_affinity: list[int]
     delivery_path: str | None
     """The embedded broker's build (``compiled`` or ``Python``, from its banner); None for Mosquitto."""
@@ -290,10 +298,14 @@ class Load:
             msg = f"the sink failed ({self.sink.returncode}): {error}"
             raise RuntimeError(msg)
 
-    def latencies(self, samples: int) -> tuple[list[float], int]:
-        """Every delivery's latency in seconds, and how many deliveries are missing."""
+    def latencies(self, samples: int) -> tuple[list[float], int, dict[int, tuple[float, float]]]:
+        """Every delivery's latency in seconds, how many deliveries are missing, and more.
+
+        Also, per sample, the latency of its first and of its last delivery.
+        """
         every: list[float] = []
         missing = 0
+        ends: dict[int, tuple[float, float]] = {}
         for file in self.files:
             seen: set[int] = set()
             for line in file.read_bytes().splitlines():
@@ -304,9 +316,12 @@ class Load:
                 seq = int(rest[: rest.index(b",")])
                 if seq not in seen:
                     seen.add(seq)
-                    every.append(float(stamp) - float(due))
+                    latency = float(stamp) - float(due)
+                    every.append(latency)
+                    first, last = ends.get(seq, (latency, latency))
+                    ends[seq] = (min(first, latency), max(last, latency))
             missing += samples - len(seen)
-        return every, missing
+        return every, missing, ends
 
 
 def _ends(file: Path) -> bool:
@@ -370,10 +385,12 @@ def measure(
             affinity = sorted(set().union(*(os.sched_getaffinity(t.id) for t in platform.ps.threads())))
         finally:
             load.stop()
-        every, lost = load.latencies(setting.samples)
+        every, lost, ends = load.latencies(setting.samples)
     finally:
         platform.stop()
     every.sort()
+    firsts = sorted(first for first, _ in ends.values())
+    spreads = sorted(last - first for first, last in ends.values())
     deliveries = setting.samples * setting.subscribers
     available = len(load_cores) or os.cpu_count() or 1
     used = sum(parts)
@@ -404,6 +421,8 @@ def measure(
         p50_ms=ms(0.5),
         p99_ms=ms(0.99),
         max_ms=round(every[-1] * 1000, 2) if every else None,
+        first_p50_ms=round(firsts[len(firsts) // 2] * 1000, 3) if firsts else None,
+        spread_p50_ms=round(spreads[len(spreads) // 2] * 1000, 3) if spreads else None,
         broker_affinity=affinity,
         delivery_path=platform.delivery_path,
     )

@@ -22,9 +22,10 @@ admitted       ``Admitted``           200          delivered             deliver
 The cheap checks that need no shared state come first, so a sample that could never be
 delivered takes no rate token and no unit of quota. What does not depend on the payload or the
 clock (the key's right to the topic, the topic's network and its settings) is worked out once per
-key, topic and registry snapshot, not once per sample (``Admission._place``). An admitted sample is metered at once and
-has taken its unit of quota (exact across doors and processes, ``radio/usage.py``); a door whose
-sample then fails (the broker is away) gives both back with ``release``.
+key, topic and registry snapshot, not once per sample (``Admission._place``). An admitted sample
+is metered at once and has taken its unit of quota (exact across doors and processes,
+``radio/usage.py``); a door whose sample then fails (the broker is away) gives both back with
+``release``.
 
 Size, JSON and schema apply to samples, that is to topics inside a network; elsewhere only an
 admin key may publish (tests, ``$SYS``), and only rights apply.

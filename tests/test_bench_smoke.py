@@ -69,6 +69,7 @@ def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery(cli
     assert {(r["qos"], r["rate"]) for r in rows} == {(q, rate) for q in (0, 1) for rate in (2000, "burst")}
     assert all(r["lost"] == 0 and r["broker_us_per_delivery"] is not None for r in rows)
     assert all(r["p50_ms"] > 0 and r["max_ms"] >= r["p99_ms"] >= r["p50_ms"] for r in rows)
+    assert all(0 < r["first_p50_ms"] <= r["max_ms"] and 0 <= r["spread_p50_ms"] <= r["max_ms"] for r in rows)
     assert all(r["broker_cpu_s"] >= 0 and r["broker_waited_s"] >= 0 and r["load_cores"] > 0 for r in rows)
     if len(os.sched_getaffinity(0)) > 1:  # the broker alone on core 0, the clients elsewhere
         assert all(r["broker_affinity"] == [0] and r["load_cores_available"] >= 1 for r in rows)
