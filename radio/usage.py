@@ -211,7 +211,7 @@ class Meter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _periods(self) -> tuple[tuple[str, str], tuple[str, str]]:
+    def _current_periods(self) -> tuple[tuple[str, str], tuple[str, str]]:
         """Today's and this month's quota periods (``_periods``), built once a day, not once a sample."""
         today = self._today()
         known = self._periods_of
@@ -222,7 +222,7 @@ class Meter:
     # The hot path: memory only.
     def record(self, key: Key, door: str, network: str, size: int, count: int = 1) -> None:
         """Samples accepted from this key: ``count`` of them, ``size`` bytes in all."""
-        day = self._periods()[0][0]
+        day = self._current_periods()[0][0]
         with self._lock:
             row = self._samples[(day, key.id, key.name, door, network)]
             row[0] += count
@@ -237,7 +237,7 @@ class Meter:
 
     def received(self, key_id: str, key_name: str, network: str, samples: int, size: int) -> None:
         """Samples delivered to a key as a listener: what it was sold."""
-        day = self._periods()[0][0]
+        day = self._current_periods()[0][0]
         with self._lock:
             row = self._received[(day, key_id, key_name, network)]
             row[0] += samples
@@ -248,7 +248,7 @@ class Meter:
 
     def refuse(self, key: Key, door: str, reason: str) -> None:
         """One sample refused, and why (one of ``REASONS``)."""
-        day = self._periods()[0][0]
+        day = self._current_periods()[0][0]
         with self._lock:
             self._refusals[(day, key.id, key.name, door, reason)] += 1
             self.refused[(key.name, door, reason)] += 1
@@ -265,7 +265,7 @@ class Meter:
         limit = key.terms.quota
         if limit is None:
             return None
-        periods = self._periods()
+        periods = self._current_periods()
         monthly = key.terms.quota_period == "month"
         start, end = periods[1] if monthly else periods[0]
         # A month's row is "2026-12", a day's "2026-12-01": on the 1st they must not be one row,
