@@ -70,9 +70,32 @@ def nats_home(tmp_path_factory) -> Home:
     return make_home(tmp_path_factory.mktemp("nats"))
 
 
+def acknowledged_on_every_node(cluster: NatsCluster, home: Home) -> None:
+    """Until a QoS 1 sample is acknowledged through each node, as a Radio client retries.
+
+    A new cluster's nodes answer CONNECTs before the streams that hold MQTT's QoS 1 samples have
+    elected their leaders; on a loaded machine that can take longer than a client's wait for one
+    PUBACK. Each test then starts from a cluster that takes samples.
+    """
+    for node in cluster.nodes:
+        deadline = time.monotonic() + FAILOVER
+        while True:
+            probe = Client("tcp", node.mqtt.port, "admin", home.secrets["admin"])
+            try:
+                if probe.connect() == 0:
+                    probe.publish("networks/A/ready", b"{}", qos=1)
+                    break
+            except (AssertionError, RuntimeError):
+                pass  # not yet: the streams are electing their leaders
+            finally:
+                probe.close()
+            assert time.monotonic() < deadline, f"node {node.index} never acknowledged a sample"
+
+
 @pytest.fixture(scope="module")
 def cluster(nats_home):
     running = start_cluster(nats_home)
+    acknowledged_on_every_node(running, nats_home)
     yield running
     running.stop()
 
