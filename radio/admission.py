@@ -92,6 +92,8 @@ class Wait:
 
 Verdict = Admitted | Refused | Wait
 
+_NOT_OBJECT: Final = ("not_json", "the sample is not a JSON object")
+
 
 @dataclass(frozen=True, slots=True)
 class _Place:
@@ -248,13 +250,16 @@ def _problem(settings: NetworkSettings, network: str, payload: bytes, data: Any)
     if len(payload) > settings.max_payload:
         size, most = len(payload), settings.max_payload
         return "too_large", f"sample too large: {size} bytes, network {network!r} accepts at most {most}"
+    schema = settings.schema
     if data is UNPARSED:
         try:
+            if schema is None:  # only the verdict matters: no value is built
+                return None if samples.is_object(payload) else _NOT_OBJECT
             data = samples.parse(payload)
         except samples.NotJSON as exc:
             return "not_json", str(exc)
     if not isinstance(data, dict):
-        return "not_json", "the sample is not a JSON object"
-    if settings.schema is not None and (problem := settings.schema.problem(data)) is not None:
+        return _NOT_OBJECT
+    if schema is not None and (problem := schema.problem(data)) is not None:
         return "schema", f"sample does not match the network's schema: {problem}"
     return None

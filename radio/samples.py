@@ -8,6 +8,9 @@ HTTP door answers 400 the broker drops, and listeners never receive a sample the
 Refused: those constants, numbers no float holds, integers over Python's 4,300 digits, nesting
 deeper than the interpreter's recursion limit, text that is not UTF-8, and strings holding a lone
 surrogate (``"\ud800"`` names no character and cannot be written as UTF-8).
+
+``parse`` builds the values a schema or a reader needs; ``is_object`` only gives the verdict, and
+is what the broker asks of a sample no schema looks into.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 import math
 import re
 from typing import Any, Final, NoReturn
+
+import orjson
 
 from radio.errors import RadioError
 
@@ -65,6 +70,29 @@ def parse(payload: bytes) -> Any:
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise NotJSON(f"the payload is not JSON: {exc}") from None
     return data
+
+
+SHALLOW: Final = 512
+"""Brackets (``[`` and ``{``, in strings too) below which a payload cannot nest past what ``parse``
+reads: the interpreter's recursion limit is 1,000 levels, and ``orjson``'s depth limit 1,024."""
+
+
+def is_object(payload: bytes) -> bool:
+    """Whether ``parse`` would read the payload as a JSON object; ``NotJSON`` where it would refuse it.
+
+    Without building any value when it can: ``orjson`` checks a payload in one call, several times
+    faster than ``parse``, which matters on the broker's event loop. It refuses all ``parse``
+    refuses (the constants, numbers no float holds, text that is not UTF-8, lone surrogates), and
+    more: integers too large for a float, which ``parse`` reads as Python's. So its refusal is not
+    the verdict: ``parse`` is asked again, and says why. Nor is its acceptance when a payload may
+    nest deeper than ``parse`` reads (``SHALLOW``).
+    """
+    if payload.count(b"[") + payload.count(b"{") < SHALLOW:
+        try:
+            return type(orjson.loads(payload)) is dict
+        except orjson.JSONDecodeError:
+            pass
+    return isinstance(parse(payload), dict)
 
 
 def encode(data: Any) -> bytes:

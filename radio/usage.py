@@ -34,8 +34,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -58,6 +58,8 @@ LEASE_MAX: Final = 100
 """The most units of a quota one process takes from the file at once."""
 LEASE_SHARE: Final = 16
 """A lease is at most this fraction of what is left of the quota: near its end, one unit."""
+ABSORB_AT: Final = 10_000
+"""Samples ``record`` lets wait, at most, for their counts to be added up (``_absorb``)."""
 LEASE_IDLE: Final = 2.0
 """Seconds after which units a process has not spent go back to the file, for the other doors."""
 DOORS: Final = ("http", "mqtt")
@@ -105,18 +107,12 @@ def _periods(today: date) -> tuple[tuple[str, str], tuple[str, str]]:
     return (today.isoformat(), (today + timedelta(days=1)).isoformat()), month
 
 
-class _Today:
-    """Today's date in UTC, worked out once a day rather than once a sample."""
+_EPOCH: Final = date(1970, 1, 1).toordinal()
 
-    def __init__(self) -> None:
-        self._number = -1
-        self._date = date.min
 
-    def __call__(self) -> date:
-        number = int(time.time() // 86_400)
-        if number != self._number:
-            self._number, self._date = number, datetime.now(UTC).date()
-        return self._date
+def _day(number: int) -> date:
+    """Day ``number`` since the epoch, in UTC."""
+    return date.fromordinal(_EPOCH + number)
 
 
 def reset_time(end: str) -> datetime:
@@ -191,9 +187,10 @@ class Meter:
         self.interval = interval
         self.lease_idle = lease_idle
         self._db = open_db(path)
-        self._today = _Today()
-        self._periods_of: tuple[date, tuple[tuple[str, str], tuple[str, str]]] | None = None
-        """Today and its quota periods: worked out again only when the day changes."""
+        self.clock: Callable[[], float] = time.time
+        """Seconds since the epoch: which day (UTC) a sample is counted on and a quota spent in."""
+        self._periods_of: tuple[int, tuple[tuple[str, str], tuple[str, str]]] | None = None
+        """Today (days since the epoch) and its quota periods: worked out again only when the day changes."""
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._samples: dict[tuple[str, str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -202,8 +199,12 @@ class Meter:
         self._leases: dict[tuple[str, str], _Lease] = {}
         """(key id, period: a day, or a month as YYYY-MM): the units of quota this process holds."""
         self._logged: set[tuple[str, str]] = set()
-        self.totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-        """(key name, door, network): [samples, bytes] since this process started, for metrics."""
+        self._accepted: deque[tuple[float, Key, str, str, int, int]] = deque()
+        """What ``record`` appended and ``_absorb`` has not yet added up: (when, key, door, network,
+        bytes, samples)."""
+        self._days: dict[int, str] = {}
+        """Days since the epoch (UTC) as ``YYYY-MM-DD``, for ``_absorb``."""
+        self._totals: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         self.refused: dict[tuple[str, str, str], int] = defaultdict(int)
         """(key name, door, reason): count since this process started, for metrics."""
         self.received_totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -213,23 +214,48 @@ class Meter:
 
     def _current_periods(self) -> tuple[tuple[str, str], tuple[str, str]]:
         """Today's and this month's quota periods (``_periods``), built once a day, not once a sample."""
-        today = self._today()
+        today = int(self.clock() // 86_400)
         known = self._periods_of
         if known is None or known[0] != today:
-            known = self._periods_of = (today, _periods(today))
+            known = self._periods_of = (today, _periods(_day(today)))
         return known[1]
 
     # The hot path: memory only.
     def record(self, key: Key, door: str, network: str, size: int, count: int = 1) -> None:
-        """Samples accepted from this key: ``count`` of them, ``size`` bytes in all."""
-        day = self._current_periods()[0][0]
-        with self._lock:
+        """Samples accepted from this key: ``count`` of them, ``size`` bytes in all.
+
+        Every admitted sample passes here, before it is delivered: so it only appends, without
+        the lock (a deque's append is atomic), and the counts are added up when they are read or
+        written (``_absorb``), or every ``ABSORB_AT`` samples should nobody read them.
+        """
+        accepted = self._accepted
+        accepted.append((self.clock(), key, door, network, size, count))
+        if len(accepted) >= ABSORB_AT:
+            with self._lock:
+                self._absorb()
+
+    def _absorb(self) -> None:
+        """Add what ``record`` appended to the counts, each on the day it was recorded (under ``_lock``)."""
+        accepted, days = self._accepted, self._days
+        while accepted:
+            stamp, key, door, network, size, count = accepted.popleft()
+            number = int(stamp // 86_400)
+            day = days.get(number)
+            if day is None:
+                day = days[number] = _day(number).isoformat()
             row = self._samples[(day, key.id, key.name, door, network)]
             row[0] += count
             row[1] += size
-            total = self.totals[(key.name, door, network)]
+            total = self._totals[(key.name, door, network)]
             total[0] += count
             total[1] += size
+
+    @property
+    def totals(self) -> dict[tuple[str, str, str], list[int]]:
+        """(key name, door, network): [samples, bytes] since this process started, for metrics."""
+        with self._lock:
+            self._absorb()
+        return self._totals
 
     def unrecord(self, key: Key, door: str, network: str, size: int) -> None:
         """A sample recorded at its admission did not go through after all (the broker was away)."""
@@ -375,6 +401,7 @@ class Meter:
     def _flush(self) -> None:
         now = time.monotonic()
         with self._lock:
+            self._absorb()
             samples, self._samples = self._samples, defaultdict(lambda: [0, 0])
             refusals, self._refusals = self._refusals, defaultdict(int)
             received, self._received = self._received, defaultdict(lambda: [0, 0])

@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -192,14 +192,14 @@ def test_a_quota_made_monthly_counts_the_whole_month(tmp_path: Path) -> None:
     monthly = Key("switched", "ab" * 32, "", terms=Terms(quota=12, quota_period="month"))
     try:
         for day in (1, 3):
-            meter._today = lambda day=day: date(2026, 12, day)  # type: ignore[method-assign]
+            meter.clock = lambda day=day: datetime(2026, 12, day, 12, tzinfo=UTC).timestamp()
             for _ in range(5):
                 assert isinstance(meter.take(daily), usage.Unit)
                 meter.record(daily, "mqtt", "A", 10)
             assert isinstance(meter.take(daily), usage.QuotaState)
         meter.close()  # written, and every unit not spent given back
         meter = usage.Meter(tmp_path / "usage.db")
-        meter._today = lambda: date(2026, 12, 6)  # type: ignore[method-assign]
+        meter.clock = lambda: datetime(2026, 12, 6, 12, tzinfo=UTC).timestamp()
         taken = [meter.take(monthly) for _ in range(3)]
         assert [isinstance(unit, usage.Unit) for unit in taken] == [True, True, False]  # 10 used of 12
     finally:

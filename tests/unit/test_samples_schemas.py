@@ -190,3 +190,76 @@ def test_a_bad_schema_file_is_one_error_naming_it(tmp_path, document, error):
 def test_a_missing_schema_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         Schema.load(tmp_path / "absent.json")
+
+
+def verdict(read, payload: bytes) -> object:
+    """What a reading of the payload decides: a JSON object or not, or refused and why."""
+    try:
+        return read(payload)
+    except samples.NotJSON as exc:
+        return str(exc)
+
+
+def parse_verdict(payload: bytes) -> object:
+    return verdict(lambda p: isinstance(samples.parse(p), dict), payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"t": 1.5, "seq": 7, "pad": "xxx"}',
+        b" [1, 2] ",
+        b'{"big": ' + b"9" * 400 + b"}",  # an integer no float holds: read, as parse reads it
+        b'{"v": 1e999}',
+        b'{"v": NaN}',
+        b'{"v": "\\ud800"}',
+        b'{"v": "\xff"}',
+        b'{"v": 1} x',
+        b"[" * 1_000 + b"]" * 1_000,  # deeper than parse reads, within what orjson does
+        b'{"a":' * 1_000 + b"1" + b"}" * 1_000,
+        b"[" * 400 + b"]" * 400,
+    ],
+    ids=[
+        "object",
+        "array",
+        "400-digit-int",
+        "1e999",
+        "nan",
+        "surrogate",
+        "latin-1",
+        "extra",
+        "1000-deep",
+        "1000-deep-objects",
+        "400-deep",
+    ],
+)
+def test_is_object_is_parse_s_verdict_in_parse_s_words(payload):
+    assert verdict(samples.is_object, payload) == parse_verdict(payload)
+
+
+_JSON_BITS = st.sampled_from(
+    ['{"a": ', "[", "]", "}", ",", ":", '"', "\\u", "d800", "dc00", "e", "E", "-", "+", ".", "0", "9" * 30,
+     "1e309", "true", "NaN", "Infinity", "null", " ", "\t", "\f", "\xa0", "\x00", "\ud83d\ude00", "\\"]
+)  # fmt: skip
+
+
+@given(
+    value=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        max_leaves=20,
+    ),
+    cut=st.integers(0, 200),
+    bit=_JSON_BITS,
+    raw=st.booleans(),
+)
+def test_is_object_agrees_with_parse_on_json_and_near_misses(value, cut, bit, raw):
+    """Valid JSON, and JSON with one piece put in somewhere: the two readings never disagree."""
+    text = json.dumps(value, ensure_ascii=raw)
+    at = cut % (len(text) + 1)
+    for payload in (text.encode(), (text[:at] + bit + text[at:]).encode("utf-8", "surrogatepass")):
+        assert verdict(samples.is_object, payload) == parse_verdict(payload)

@@ -21,7 +21,9 @@ def used_in_file(path, key_id: str) -> dict[str, int]:
 
 
 def on(meter: usage.Meter, day: date) -> None:
-    meter._today = lambda: day  # type: ignore[method-assign]
+    """The meter's clock at noon (UTC) that day, for every sample and quota from now on."""
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp()
+    meter.clock = lambda: noon
 
 
 @pytest.fixture
@@ -194,3 +196,53 @@ def test_usage_and_refusals_are_written_per_day_door_and_network(meter):
     assert [(r.door, r.reason, r.count) for r in refusals] == [("http", "rate", 1)]
     assert [(r.network, r.samples, r.bytes) for r in usage.received_report(meter.path)] == [("A", 3, 90)]
     assert meter.take(publisher) is None  # no quota: nothing to take
+
+
+def test_a_sample_is_counted_on_the_day_it_was_recorded_whenever_its_count_is_added_up(meter):
+    publisher = key("pub")
+    meter.record(publisher, "mqtt", "A", 10)  # just before midnight, counted after it
+    on(meter, date(2026, 12, 7))
+    meter.record(publisher, "mqtt", "A", 20)
+    meter.flush()
+    rows, _ = usage.report(meter.path)
+    assert [(r.day, r.samples, r.bytes) for r in rows] == [("2026-12-06", 1, 10), ("2026-12-07", 1, 20)]
+
+
+def test_samples_recorded_with_nobody_reading_wait_in_a_bounded_queue(meter):
+    publisher = key("pub")
+    for _ in range(3 * usage.ABSORB_AT):
+        meter.record(publisher, "mqtt", "A", 1)
+        assert len(meter._accepted) < usage.ABSORB_AT
+    assert meter.totals[("pub", "mqtt", "A")] == [3 * usage.ABSORB_AT, 3 * usage.ABSORB_AT]
+
+
+def test_samples_recorded_by_many_threads_while_others_read_are_each_counted_once(meter):
+    """Recording takes no lock; reading the totals or writing the file adds up what was recorded."""
+    publisher, per_thread, threads = key("pub"), 20_000, 4
+    done = threading.Event()
+    seen: list[int] = []
+
+    def record() -> None:
+        for _ in range(per_thread):
+            meter.record(publisher, "http", "A", 2)
+
+    def read() -> None:
+        while not done.is_set():
+            meter.flush()
+            seen.append(meter.totals[("pub", "http", "A")][0])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=record) for _ in range(threads)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    done.set()
+    reader.join()
+    assert seen == sorted(seen)  # counts only grow, and never past what was recorded
+    assert seen[-1] <= per_thread * threads
+    meter.flush()
+    assert meter.totals[("pub", "http", "A")] == [per_thread * threads, 2 * per_thread * threads]
+    rows, _ = usage.report(meter.path)
+    assert [(r.samples, r.bytes) for r in rows] == [(per_thread * threads, 2 * per_thread * threads)]
