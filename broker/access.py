@@ -23,6 +23,7 @@ the HTTP door, under the generator's own key, and were charged there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -78,6 +79,8 @@ class Gate:
         """The refusal behind the last ``DROP`` (an MQTT 5 client is told its reason code and text)."""
         self._logged: dict[tuple[str, str], float] = {}
         self._swept: tuple[Registry | None, datetime] = (None, datetime.now(UTC))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._absorbing = False
 
     def _take_token(self, key: Key) -> tuple[float, float]:
         terms = key.terms
@@ -107,16 +110,42 @@ class Gate:
     def publish(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds to hold this PUBLISH before asking again."""
         verdict = self._verdict(session, topic, payload, retain)
-        if verdict is None or isinstance(verdict, Admitted):
+        if verdict is None:
+            return GO
+        if isinstance(verdict, Admitted):
+            self._absorb_later()
             return GO
         return self._settle(session, topic, verdict, will=False)
 
     def will(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds after which to ask again (the quota could not be read)."""
         verdict = self._verdict(session, topic, payload, retain)
-        if verdict is None or isinstance(verdict, Admitted):
+        if verdict is None:
+            return GO
+        if isinstance(verdict, Admitted):
+            self._absorb_later()
             return GO
         return self._settle(session, topic, verdict, will=True)
+
+    def _absorb_later(self) -> None:
+        """Have the meter add up this turn's samples at the end of the turn, after their deliveries.
+
+        The meter only queues a sample when it is admitted (``Meter.record``); adding it up then
+        would delay its first delivery, and leaving it to the meter's writer thread would add up
+        a second of samples at once, holding the interpreter meanwhile.
+        """
+        if self._absorbing or self.meter is None:
+            return
+        self._absorbing = True
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._absorb)
+
+    def _absorb(self) -> None:
+        self._absorbing = False
+        if self.meter is not None:
+            self.meter.absorb()
 
     def _settle(self, session: Session, topic: str, verdict: Refused | Wait, *, will: bool) -> float:
         """What a sample not admitted at once becomes: dropped, or held for a while."""

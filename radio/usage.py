@@ -225,14 +225,19 @@ class Meter:
         """Samples accepted from this key: ``count`` of them, ``size`` bytes in all.
 
         Every admitted sample passes here, before it is delivered: so it only appends, without
-        the lock (a deque's append is atomic), and the counts are added up when they are read or
-        written (``_absorb``), or every ``ABSORB_AT`` samples should nobody read them.
+        the lock (a deque's append is atomic). The counts are added up by ``absorb``: after the
+        sample's delivery where the caller can (the broker, once per turn of its event loop),
+        else when they are read or written, or every ``ABSORB_AT`` samples should nobody do so.
         """
         accepted = self._accepted
         accepted.append((self.clock(), key, door, network, size, count))
         if len(accepted) >= ABSORB_AT:
-            with self._lock:
-                self._absorb()
+            self.absorb()
+
+    def absorb(self) -> None:
+        """Add up what ``record`` appended: a little at a time, so that nobody waits long for it."""
+        with self._lock:
+            self._absorb()
 
     def _absorb(self) -> None:
         """Add what ``record`` appended to the counts, each on the day it was recorded (under ``_lock``)."""
@@ -253,8 +258,7 @@ class Meter:
     @property
     def totals(self) -> dict[tuple[str, str, str], list[int]]:
         """(key name, door, network): [samples, bytes] since this process started, for metrics."""
-        with self._lock:
-            self._absorb()
+        self.absorb()
         return self._totals
 
     def unrecord(self, key: Key, door: str, network: str, size: int) -> None:
