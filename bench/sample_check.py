@@ -2,6 +2,7 @@
 
     python bench/sample_check.py                 # 7 rounds of 200,000 calls each
     python bench/sample_check.py --rounds 11 --calls 500000
+    python bench/sample_check.py --smoke
 
 For each payload (the 194-byte sample ``broker_cpu.py`` publishes, and an 868-byte one with 60
 numbers in 20 nested objects), it times, interleaved round by round:
@@ -12,8 +13,8 @@ numbers in 20 nested objects), it times, interleaved round by round:
 - ``admit``: the whole gate on the MQTT door for a key without rate or quota: rights, size,
   JSON, metering (``Admission.admit``).
 
-Each figure is the mean per call in one round, in microseconds; every round is printed, then
-the medians and the ratio to ``samples.parse`` taken round by round. These are warm timings: the
+Each figure is the mean per call in one round, in microseconds; every round is printed (a JSON
+line), then the medians and the ratio to ``samples.parse`` taken round by round. These are warm timings: the
 same call over and over, with every cache hot, as on a busy broker. Between paced samples the
 broker is idle and each sample starts from cold caches, which makes each of them slower by a
 factor the machine decides: ``broker_cpu.py`` measures that, end to end.
@@ -65,7 +66,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument(
+        "--smoke", action="store_true", help="one round of 1,000 calls: the script still works"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.calls = 1, 1_000
     with tempfile.TemporaryDirectory() as folder:
         readers: dict[str, Callable[[bytes], object]] = {
             "json.loads": json.loads,
@@ -83,6 +89,8 @@ def main() -> None:
                     for _ in range(args.calls):
                         call(payload)
                     rounds[reader].append((time.perf_counter() - start) / args.calls * 1e6)
+                    row = {"round": r + 1, "payload": name, "bytes": len(payload), "reader": reader}
+                    print(json.dumps(row | {"us_per_call": round(rounds[reader][-1], 3)}), flush=True)
             print(f"payload {name} ({len(payload)} bytes), us per call, {args.rounds} rounds:")
             for reader, values in rounds.items():
                 ratios = [v / p for v, p in zip(values, rounds["samples.parse"], strict=True)]

@@ -96,6 +96,15 @@ def test_the_fanout_cost_benchmark_counts_every_delivery_at_both_qos():
     assert all(r["deliveries"] == 10 * 50 and r["us_per_delivery"] > 0 for r in rows)
 
 
+def test_the_sample_check_benchmark_times_every_reader_on_both_payloads():
+    rows = rounds(smoke("sample_check.py"))
+    readers = {"json.loads", "samples.parse", "samples.is_object", "admit"}
+    assert {(r["payload"], r["reader"]) for r in rows} == {
+        (p, x) for p in ("broker_cpu.py's", "nested") for x in readers
+    }
+    assert all(r["us_per_call"] > 0 for r in rows)
+
+
 def test_the_cli_start_benchmark_times_every_command_once():
     rows = rounds(smoke("cli_start.py"))
     assert {r["command"] for r in rows} == {
