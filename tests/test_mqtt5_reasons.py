@@ -14,6 +14,7 @@ import pytest
 from conftest import Home
 from raw_mqtt import connect5, open_socket, publish5, read_packet, reason, session5, subscribe5
 
+from radio import samples
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import Terms
@@ -29,6 +30,8 @@ max_payload = 200
 [networks.B]
 public = false
 
+[networks.C]
+
 [broker]
 max_packet_size = 4096
 anonymous_max_sessions_per_address = 1
@@ -42,6 +45,7 @@ def radio(home: Home) -> Iterator[BrokerThread]:
     home.config.write_text(CONFIG)
     (home.path / "speed.schema.json").write_text(json.dumps(SCHEMA))
     home.add_key("quota", publish=["A"], terms=Terms(quota=1))
+    home.add_key("plain", publish=["C"])
     home.add_key("soon", publish=["A"], terms=Terms(expires=datetime.now(UTC) - timedelta(seconds=1)))
     with BrokerThread(
         LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
@@ -91,6 +95,44 @@ def test_anonymous_clients_past_their_caps_get_connack_0x97(radio) -> None:
     assert code == reasons.QUOTA_EXCEEDED
     assert says is not None
     assert "anonymous" in says
+
+
+def strict_reading(payload: bytes) -> str | None:
+    """Why ``samples.parse`` refuses a payload (None: it is a JSON object)."""
+    try:
+        data = samples.parse(payload)
+    except samples.NotJSON as exc:
+        return str(exc)
+    return None if isinstance(data, dict) else "the sample is not a JSON object"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"speed": NaN}',
+        b'{"speed": 1e999}',
+        b'{"s": "\\ud800"}',
+        b"[1, 2]",
+        b"[" * 1_000 + b"]" * 1_000,
+        b'{"big": ' + b"9" * 400 + b"}",
+        b'{"speed": 1.5e300}',
+    ],
+    ids=["nan", "1e999", "surrogate", "array", "1000-deep", "400-digit-int", "1.5e300"],
+)
+def test_a_sample_no_schema_reads_gets_the_strict_reading_s_verdict_and_words(radio, home, payload) -> None:
+    """Network C has no schema: the broker checks its samples without reading their values, and
+    answers what the strict reading would, in its words."""
+    plain, _ = session5(radio.mqtt_port, "plain", "plain", home.secrets["plain"])
+    why = strict_reading(payload)
+    with plain:
+        plain.sendall(publish5("networks/C", payload, 1, packet_id=1))
+        first, body = read_packet(plain)
+    code, says = reason(body)
+    assert first == 0x40
+    if why is None:
+        assert code == reasons.SUCCESS
+    else:
+        assert (code, says) == (reasons.PAYLOAD_FORMAT_INVALID, why)
 
 
 def test_refused_publishes_get_their_reason_in_puback_and_pubrec(radio, home) -> None:
