@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict, Wait
+from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict
 from radio.keys import Key
 from radio.logs import shown
 from radio.rates import Buckets
@@ -109,23 +109,11 @@ class Gate:
 
     def publish(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds to hold this PUBLISH before asking again."""
-        verdict = self._verdict(session, topic, payload, retain)
-        if verdict is None:
-            return GO
-        if isinstance(verdict, Admitted):
-            self._absorb_later()
-            return GO
-        return self._settle(session, topic, verdict, will=False)
+        return self._settle(session, topic, self._verdict(session, topic, payload, retain), will=False)
 
     def will(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds after which to ask again (the quota could not be read)."""
-        verdict = self._verdict(session, topic, payload, retain)
-        if verdict is None:
-            return GO
-        if isinstance(verdict, Admitted):
-            self._absorb_later()
-            return GO
-        return self._settle(session, topic, verdict, will=True)
+        return self._settle(session, topic, self._verdict(session, topic, payload, retain), will=True)
 
     def _absorb_later(self) -> None:
         """Have the meter add up this turn's samples at the end of the turn, after their deliveries.
@@ -147,8 +135,13 @@ class Gate:
         if self.meter is not None:
             self.meter.absorb()
 
-    def _settle(self, session: Session, topic: str, verdict: Refused | Wait, *, will: bool) -> float:
-        """What a sample not admitted at once becomes: dropped, or held for a while."""
+    def _settle(self, session: Session, topic: str, verdict: Verdict | None, *, will: bool) -> float:
+        """What the verdict makes of the sample: delivered now, dropped, or held for a while."""
+        if verdict is None:
+            return GO
+        if isinstance(verdict, Admitted):
+            self._absorb_later()
+            return GO
         what = "the will" if will else "a sample"
         if isinstance(verdict, Refused):
             self._dropped(session, topic, verdict, what)

@@ -235,7 +235,7 @@ class Meter:
             self.absorb()
 
     def absorb(self) -> None:
-        """Add up what ``record`` appended: a little at a time, so that nobody waits long for it."""
+        """Add up what ``record`` appended: called often (the broker, once per turn), so it is short."""
         with self._lock:
             self._absorb()
 
