@@ -17,19 +17,21 @@ What is measured, and why a skeptic can accept it:
   client it starts run on the other cores. The subscribers are, by default, one C process
   (``sink.c``, beside this script, compiled at start with the system's ``cc -O2``: a C compiler
   is required, ``apt-get install gcc``): a minimal MQTT 3.1.1 client holding all N connections
-  in one epoll loop, reading 64 KiB at a time, stamping the wall clock once per read, writing
-  each subscriber's arrivals to its own file and, at QoS 1, the PUBACKs of one read in one
-  write. ``--client mosquitto_sub`` uses Debian's ``mosquitto_sub`` instead, one process per
-  subscriber (``--nodelay``), whose cost per message (about 10 us) saturates the load core at
-  100 subscribers and 80,000 deliveries/s. The publisher is one ``mosquitto_pub -l --nodelay``
-  fed line by line by this script. The load side's CPU (the subscribers, the publisher and this
-  script, each also reported alone: ``subscriber_cores``, ``publisher_cores``,
-  ``script_cores``, and the subscribers' CPU per delivery, ``subscriber_us_per_delivery``, which
-  does not depend on how long a run lasted) is reported beside the broker's, as cores used: a load side near
-  ``load_cores_available`` is saturated, and the row says so (``load_saturated``).
-  ``broker_waited_s`` is how long the broker was runnable but waiting for its core
-  (``/proc/PID/task/*/schedstat``): near zero on a quiet machine; the summary marks runs where it
-  exceeds a tenth of the broker's CPU time.
+  in one epoll loop, reading 64 KiB at a time, stamping the wall clock once per read, and, at
+  QoS 1, writing the PUBACKs of one read in one write. It keeps every arrival in memory, in room
+  allocated before the run, and writes each subscriber's file only when it stops: a file write
+  or a growing buffer while samples arrive holds up the reads behind it, which would count as
+  the broker's latency. ``--client mosquitto_sub`` uses Debian's ``mosquitto_sub`` instead, one
+  process per subscriber (``--nodelay``), whose cost per message (about 10 us) saturates the
+  load core at 100 subscribers and 80,000 deliveries/s. The publisher is one ``mosquitto_pub -l
+  --nodelay`` fed line by line by this script. The load side's CPU (the subscribers, the
+  publisher and this script, each also reported alone: ``subscriber_cores``,
+  ``publisher_cores``, ``script_cores``, and the subscribers' CPU per delivery,
+  ``subscriber_us_per_delivery``, which does not depend on how long a run lasted) is reported
+  beside the broker's, as cores used: a load side near ``load_cores_available`` is saturated,
+  and the row says so (``load_saturated``). ``broker_waited_s`` is how long the broker was
+  runnable but waiting for its core (``/proc/PID/task/*/schedstat``): near zero on a quiet
+  machine; the summary marks runs where it exceeds a tenth of the broker's CPU time.
 - **Broker CPU per delivery** is the broker process's own CPU time (``utime + stime`` from
   ``/proc/PID/stat``, every thread) over the run, divided by the deliveries made. Its resolution
   is one clock tick (10 ms); ``broker_cpu_s`` in each row shows how many ticks a figure rests on,
@@ -44,10 +46,11 @@ What is measured, and why a skeptic can accept it:
   the broker's time before its first write from the fan-out itself (``first_p50_ms``,
   ``spread_p50_ms``: medians over the samples).
 - **Loss is a failure.** A run where any delivery is missing reports ``loss: N`` and no CPU
-  figure. A sample ends the run (``{"end":1}``, after the last one; the sink writes a
-  subscriber's file as soon as it receives it, and every 100 ms otherwise): the run waits until
-  every subscriber printed it, or until no subscriber received anything for ``--grace`` seconds
-  (past the last due time), so a late delivery counts as latency, never as loss.
+  figure. A sample ends the run (``{"end":1}``, after the last one): the run waits until every
+  subscriber received it (the sink says how many did on its stdout, every 100 ms while
+  something arrives; ``mosquitto_sub`` prints it), or until no subscriber received anything for
+  ``--grace`` seconds (past the last due time), so a late delivery counts as latency, never as
+  loss.
 - **Rounds.** Each round runs every configuration on both brokers, one after the other, the order
   alternating round by round; each broker and its subscribers are started fresh for each run.
   Every run is printed as a JSON line; the summary gives medians and ranges over the rounds, and
@@ -64,6 +67,7 @@ read by ``mosquitto_pub`` from a 0600 options file, never from its command line.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -87,6 +91,10 @@ END = b'{"end":1}'
 PROBE = b'{"probe":1}\n'
 PAD = "x" * 150
 BROKER_CORE = 0
+LINE_ROOM = 256
+"""Bytes a sample takes in a subscriber's file (a stamp and its payload: about 220)."""
+PROBES_ROOM = 64 * 1024
+"""Bytes for the probes that show every subscription holds, before the run."""
 CONTENDED = 0.1
 """A run where the broker waited for a CPU more than this share of its CPU time is marked."""
 
@@ -145,7 +153,9 @@ class Result:
 class Load:
     """The subscribers (one ``sink`` process, or one ``mosquitto_sub`` each) and one ``mosquitto_pub -l``.
 
-    Every subscriber writes its stamped arrivals to its own file, ``sub-I.txt``.
+    Every subscriber's stamped arrivals end in its own file, ``sub-I.txt``: ``mosquitto_sub``
+    writes each line as it comes, the sink all of them when it stops (``stop``), and meanwhile
+    says on its stdout how many arrived (``SinkStatus``).
     """
 
     def __init__(
@@ -157,6 +167,7 @@ class Load:
         key: tuple[str, str],
         *,
         sink: Path | None,
+        samples: int = 0,
     ) -> None:
         self.folder = folder
         self.files = [folder / f"sub-{i}.txt" for i in range(subscribers)]
@@ -164,10 +175,12 @@ class Load:
         self.subscribers: list[subprocess.Popen[bytes]] = []
         self.sink: subprocess.Popen[bytes] | None = None
         self.sink_errors = folder / "sink.err"
+        self.status = SinkStatus()
         if sink is not None:
+            room = str((samples + 1) * LINE_ROOM + PROBES_ROOM)  # a subscriber's arrivals, kept to the end
             with self.sink_errors.open("wb") as errors:
                 self.sink = subprocess.Popen(
-                    [sink, str(port), TOPIC, str(qos), str(subscribers), "bench-sub-", folder, END],
+                    [sink, str(port), TOPIC, str(qos), str(subscribers), "bench-sub-", folder, END, room],
                     stdout=subprocess.PIPE,
                     stderr=errors,
                 )
@@ -202,18 +215,42 @@ class Load:
         """Until the sink says every SUBACK is in (``ready``), or why it could not."""
         if self.sink is None:
             return
-        assert self.sink.stdout is not None
-        ready, _, _ = select.select([self.sink.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = self.sink.stdout.readline() if ready else b""
-        if line != b"ready\n":
+        while not self.status.ready and self.heard(max(0.0, deadline - time.monotonic())):
+            pass
+        if not self.status.ready:
             error = self.sink_errors.read_text(errors="replace").strip() or "no word before the timeout"
             msg = f"the sink did not subscribe: {error}"
             raise RuntimeError(msg)
 
+    def heard(self, timeout: float) -> bool:
+        """Whether the sink said something within ``timeout`` seconds (``self.status`` holds it)."""
+        assert self.sink is not None
+        assert self.sink.stdout is not None
+        ready, _, _ = select.select([self.sink.stdout], [], [], timeout)
+        if not ready:
+            return False
+        said = os.read(self.sink.stdout.fileno(), 65536)
+        if not said:
+            error = self.sink_errors.read_text(errors="replace").strip() or "it exited"
+            msg = f"the sink stopped: {error}"
+            raise RuntimeError(msg)
+        self.status.hear(said)
+        return True
+
     def wait_subscribed(self, timeout: float) -> None:
-        """Publish probes until every subscriber has printed one, then until the files stop growing."""
+        """Publish probes until every subscriber has received one, then until no more arrive."""
         deadline = time.monotonic() + timeout
         self.wait_ready(deadline)
+        if self.sink is not None:
+            while self.status.any < len(self.files):
+                if time.monotonic() > deadline or self.publisher.poll() is not None:
+                    msg = "the subscribers never all received a probe (is the broker up?)"
+                    raise RuntimeError(msg)
+                os.write(self.fd, PROBE)
+                self.heard(0.2)
+            while self.heard(3 * SinkStatus.EVERY):
+                pass
+            return
         while not all(f.stat().st_size for f in self.files):
             if time.monotonic() > deadline or self.publisher.poll() is not None:
                 msg = "the subscribers never all received a probe (is the broker up?)"
@@ -233,7 +270,18 @@ class Load:
         return seconds(self.subscriber_processes), seconds([self.publisher_process]), time.process_time()
 
     def send(self, setting: Setting) -> float:
-        """Write every sample when due (all at once for a burst); return the wall time of sample 0."""
+        """Write every sample when due (all at once for a burst); return the wall time of sample 0.
+
+        The collector is off meanwhile: a collection here would send samples late, which counts as
+        any broker's latency.
+        """
+        gc.disable()
+        try:
+            return self._send(setting)
+        finally:
+            gc.enable()
+
+    def _send(self, setting: Setting) -> float:
         count, rate = setting.samples, setting.rate
         start = time.time() + 0.01
         if rate is None:  # every sample of a burst is due at start: none leaves before it
@@ -255,8 +303,8 @@ class Load:
                 self.stdin.write(lines.encode())
                 self.stdin.flush()
                 sent = due
-            elif rate is not None:
-                time.sleep(min(0.001, max(0.0, start + sent * setting.subscribers / rate - now)))
+            elif rate is not None:  # until the next one is due: no wake-up on the load core between
+                time.sleep(max(0.0, start + sent * setting.subscribers / rate - now))
         self.stdin.write(END + b"\n")
         self.stdin.flush()
         return start
@@ -266,6 +314,11 @@ class Load:
 
         A late delivery is latency, not loss: the wait goes on while deliveries keep coming.
         """
+        if self.sink is not None:
+            while self.status.ended < len(self.files):
+                if not self.heard(max(0.0, max(time.time(), last_due) + grace - time.time())):
+                    return
+            return
         waiting = list(self.files)
         size, grown = -1, time.time()
         while waiting:
@@ -324,6 +377,30 @@ class Load:
         return every, missing, ends
 
 
+class SinkStatus:
+    """What the sink said on its stdout: ``ready``, then ``arrived TOTAL ANY ENDED`` (sink.c)."""
+
+    EVERY = 0.1
+    """Seconds between two of its reports at most, while something arrives."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.arrived = self.any = self.ended = 0
+        self._rest = b""
+
+    def hear(self, said: bytes) -> None:
+        """Take what the sink wrote; a line cut by the read is kept for the next."""
+        *lines, self._rest = (self._rest + said).split(b"\n")
+        for line in lines:
+            if line == b"ready":
+                self.ready = True
+            elif line.startswith(b"arrived "):
+                self.arrived, self.any, self.ended = map(int, line.split()[1:])
+            else:
+                msg = f"the sink said something unexpected: {line!r}"
+                raise RuntimeError(msg)
+
+
 def _ends(file: Path) -> bool:
     with file.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
@@ -370,7 +447,8 @@ def measure(
         user, secret = platform.key
         assert user is not None
         assert secret is not None
-        load = Load(runs, platform.ports["tcp"], setting.qos, setting.subscribers, (user, secret), sink=sink)
+        port, key = platform.ports["tcp"], (user, secret)
+        load = Load(runs, port, setting.qos, setting.subscribers, key, sink=sink, samples=setting.samples)
         try:
             load.wait_subscribed(timeout=120)
             broker0, load0, wait0, wall0 = platform.cpu(), load.cpu(), waited(platform.ps), time.time()

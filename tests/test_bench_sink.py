@@ -8,6 +8,7 @@ the sink's reassembly is shown for each, and it sends what no real broker would 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -116,18 +117,19 @@ def broker() -> Iterator[Broker]:
     scripted.close()
 
 
-Start = Callable[[int, int], subprocess.Popen[bytes]]
+Start = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
 def start(sink: Path, broker: Broker, tmp_path: Path) -> Iterator[Start]:
-    """Start the sink for (QoS, N) against the scripted broker; every one started is stopped after."""
+    """Start the sink for (QoS, N[, ROOM]) against the scripted broker; each is stopped after."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def run(qos: int, n: int) -> subprocess.Popen[bytes]:
+    def run(qos: int, n: int, *room: int) -> subprocess.Popen[bytes]:
         started.append(
             subprocess.Popen(
-                [sink, str(broker.port), "networks/bench", str(qos), str(n), "bench-sub-", tmp_path, END],
+                [sink, str(broker.port), "networks/bench", str(qos), str(n), "bench-sub-", tmp_path, END]
+                + [str(r) for r in room],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
@@ -149,6 +151,7 @@ def accept_subscriber(broker: Broker, qos: int) -> tuple[socket.socket, bytes]:
     assert kind == 0x10
     assert body[:7] == b"\x00\x04MQTT\x04"  # MQTT 3.1.1
     assert body[7] == 0x02  # clean session, no credentials
+    assert body[8:10] == b"\xff\xff"  # the longest keep-alive: no PINGREQ inside a run
     client_id = body[12 : 12 + struct.unpack("!H", body[10:12])[0]]
     conn.sendall(packet(0x20, b"\x00\x00"))
     kind, body = read_packet(conn)
@@ -164,22 +167,30 @@ def subscribed(
     """Accept and subscribe the sink's N connections, by client id, once it says it is ready."""
     conns = {c: s for s, c in (accept_subscriber(broker, qos) for _ in range(n))}
     assert sorted(conns) == [f"bench-sub-{i}".encode() for i in range(n)]
-    assert process.stdout is not None
-    assert process.stdout.readline() == b"ready\n"
+    assert said(process, b"ready\n") == [b"ready\n"]
     return conns
 
 
-def wait_for(done: Callable[[], bool], what: str, seconds: float = 10) -> None:
+def said(process: subprocess.Popen[bytes], line: bytes, seconds: float = 10) -> list[bytes]:
+    """The lines the sink printed up to ``line`` (a report of its arrivals), within ``seconds``.
+
+    Read from the pipe itself, never through a buffered reader: ``select`` then sees every line
+    not yet taken.
+    """
+    assert process.stdout is not None
     deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
+    out = b""
+    while line not in out.splitlines(keepends=True):
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the sink never said {line!r}, only {out!r}"
+        out += os.read(process.stdout.fileno(), 4096)
+    return out.splitlines(keepends=True)
 
 
 def test_the_sink_reassembles_split_packets_stamps_each_and_acknowledges_qos_1(
     start: Start, broker: Broker, tmp_path: Path
 ) -> None:
-    process = start(1, 2)
+    process = start(1, 2, 1024)  # room for 1 KiB each: the 20 KiB sample makes it grow
     conn = subscribed(process, broker, 1, 2)[b"bench-sub-0"]
     big = b'{"t":1.5,"seq":1,"pad":"' + b"x" * 20_000 + b'"}'  # a 3-byte remaining length
     payloads = [b'{"t":1.25,"seq":0}', big, b'{"t":2.0,"seq":2}', END]
@@ -187,15 +198,17 @@ def test_the_sink_reassembles_split_packets_stamps_each_and_acknowledges_qos_1(
     trickle(conn, b"".join(publish(b"networks/bench", p, 1, 7 + i) for i, p in enumerate(payloads)))
     acks = [read_packet(conn) for _ in payloads]
     assert acks == [(0x40, struct.pack("!H", 7 + i)) for i in range(len(payloads))]
+    reports = said(process, b"arrived 4 1 1\n")  # four PUBLISHes, one subscriber, which got the end
+    assert all(r.startswith(b"arrived ") for r in reports)
     out = tmp_path / "sub-0.txt"
-    wait_for(lambda: out.read_bytes().endswith(END + b"\n"), "the end marker was never written")
+    assert out.read_bytes() == b""  # nothing is written while samples arrive
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
     lines = out.read_bytes().splitlines()
     assert [line.partition(b" ")[2] for line in lines] == payloads
     stamps = [float(line.partition(b" ")[0]) for line in lines]
     assert all(before <= s <= time.time() for s in stamps)
     assert stamps == sorted(stamps)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(10) == 0
     assert (tmp_path / "sub-1.txt").read_bytes() == b""
 
 
