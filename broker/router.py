@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from amqtt.contexts import Action
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from radio.broker.store import Contents, Store, StoredSession
 
 log = logging.getLogger(__name__)
+
+READ_TOPICS: Final = 4096
+"""Topics whose read memo key the router remembers (``_read_key``) before it starts again."""
 
 STORED_BESIDE = ("offline_since", "address", "expiry", "options")
 """What the store keeps of a session beside its key's attributes."""
@@ -139,6 +142,8 @@ class Router:
         the key, so that fan-out may remember it per session (``_read_key``); set by the core."""
         self._read_snapshot: Registry | None = None
         self._read_keys: dict[str, object] = {}
+        self._read_topics: dict[str, object] = {}
+        """The same keys by topic, so that a sample's network is worked out once per topic."""
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
@@ -265,11 +270,13 @@ class Router:
             targets = self._targets(self.index5, message.topic)
             if targets:
                 self._fan_out5(message, targets)
+        if self.gate is not None:
+            self.gate.published()  # its metering, after its deliveries
 
     def _fan_out(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
         """Each target that may read the sample gets it (the verdict remembered per session)."""
         may_read: Reader | None = None  # built only if some session's remembered verdict is stale
-        key = self._read_key(message.network)
+        key = self._read_key(message.topic)
         top = message.qos
         plain = b""
         delivered = dropped = 0  # counted once per sample, not per delivery
@@ -300,7 +307,7 @@ class Router:
     def _fan_out5(self, message: Message, targets: Iterable[tuple[Session, int]]) -> None:
         """The same for MQTT 5 sessions: each that may read the sample gets it, with its options."""
         may_read: Reader | None = None
-        key = self._read_key(message.network)
+        key = self._read_key(message.topic)
         for session, granted in targets:
             memo = session.read_memo
             if memo is None or memo[0] is not key:
@@ -349,21 +356,31 @@ class Router:
             if session.tally is not None:
                 self.tallied(session, message)
 
-    def _read_key(self, network: str) -> object:
+    def _read_key(self, topic: str) -> object:
         """What a read verdict remembered on a session holds for: this registry snapshot and network.
 
         The topic plugins promise (``reads_by_network``) that their verdict depends on nothing
         else, so a changed registry (a right taken away, a key revoked) is asked again at the next
         sample. Without that promise every delivery is asked: a fresh key matches no memo.
+
+        It is looked up by topic, so that the topic's network is worked out (``network_of_topic``,
+        interpreted Python) only for a topic not seen under this snapshot, not before every
+        sample's first delivery; past ``READ_TOPICS`` topics that memo starts again.
         """
         if not self.reads_by_network:
             return object()
         snapshot = self.registry()
         if snapshot is not self._read_snapshot:
-            self._read_snapshot, self._read_keys = snapshot, {}
-        key = self._read_keys.get(network)
+            self._read_snapshot, self._read_keys, self._read_topics = snapshot, {}, {}
+        key = self._read_topics.get(topic)
         if key is None:
-            key = self._read_keys[network] = object()
+            if len(self._read_topics) >= READ_TOPICS:
+                self._read_topics = {}
+            network = network_of_topic(topic) or ""
+            key = self._read_keys.get(network)
+            if key is None:
+                key = self._read_keys[network] = object()
+            self._read_topics[topic] = key
         return key
 
     @staticmethod

@@ -174,8 +174,9 @@ class Session:
 
     @property
     def key_name(self) -> str | None:
-        """The key behind the session, None for anonymous."""
-        return attrs.key_name(self)
+        """The key behind the session, None for anonymous (as ``attrs.key_name`` reads it)."""
+        value: str | None = self.attributes.get(attrs.KEY_NAME, attrs.UNAUTHENTICATED)
+        return value
 
     @property
     def key_id(self) -> str | None:

@@ -134,7 +134,10 @@ class Store:
         """Callbacks, each with ``since`` and ``pending`` as it was when it was given."""
         self._next = threading.Condition()
         """Held to record a change or take a batch: the loop records, the writer thread takes."""
-        self._recorded = 0
+        self.pending = 0
+        """How many changes were ever recorded: a marker the broker compares before and after. An
+        attribute, not a property: the broker reads it before every acknowledged sample's first
+        delivery, and this module is not compiled."""
         self._writer_waits = False
         self._unanswered = 0
         """Batches taken by the writer whose waiters the loop has not called yet."""
@@ -277,7 +280,7 @@ class Store:
     def _add(self, kind: str, args: tuple[Any, ...]) -> None:
         """Record one change (``_next`` held)."""
         self._ops.append((kind, args))
-        self._recorded += 1
+        self.pending += 1
         self._wake_writer()
 
     def _wake_writer(self) -> None:
@@ -285,11 +288,6 @@ class Store:
         if self._writer_waits:
             self._writer_waits = False
             self._next.notify()
-
-    @property
-    def pending(self) -> int:
-        """How many changes were ever recorded: a marker the broker compares before and after."""
-        return self._recorded
 
     def after_commit(self, callback: Callable[[bool], None], since: int | None = None) -> None:
         """Call ``callback(True)`` once every change recorded so far is on disk (False if it failed).
@@ -301,10 +299,10 @@ class Store:
         """
         with self._next:
             if self._ops or self._waiters or self._unanswered:
-                self._waiters.append((callback, since, self._recorded))
+                self._waiters.append((callback, since, self.pending))
                 self._wake_writer()
                 return
-            ok = since is None or not self._lost_between(since, self._recorded)
+            ok = since is None or not self._lost_between(since, self.pending)
         callback(ok)
 
     # The writer.
@@ -335,7 +333,7 @@ class Store:
                     ops, waiters = self._ops, self._waiters
                     self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
                     self._unanswered += 1
-                    first, self._taken = self._taken, self._recorded
+                    first, self._taken = self._taken, self.pending
             if compact:
                 self._reclaim()
                 continue

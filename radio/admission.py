@@ -60,14 +60,33 @@ RetainedFull = Callable[[str], "int | None"]
 """The network's ``max_retained`` if retaining a topic would keep one topic past it, else None."""
 
 
-@dataclass(frozen=True, slots=True)
 class Admitted:
-    """The sample may go on; it is metered, and holds its unit of quota."""
+    """The sample may go on; it is metered, and holds its unit of quota.
 
-    key: Key | None
-    network: str
-    size: int
-    unit: Unit | None
+    A plain class, not a frozen dataclass like the other verdicts: every admitted sample builds
+    one before its first delivery, and a frozen dataclass's ``__init__`` is interpreted Python
+    even in the compiled build, slower on a cold start than the rest of the verdict's way back.
+    """
+
+    __slots__ = ("key", "network", "size", "unit")
+
+    def __init__(self, key: Key | None, network: str, size: int, unit: Unit | None) -> None:
+        self.key: Final = key
+        self.network: Final = network
+        self.size: Final = size
+        self.unit: Final = unit
+
+    def _fields(self) -> tuple[Key | None, str, int, Unit | None]:
+        return self.key, self.network, self.size, self.unit
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Admitted) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Admitted(key={self.key!r}, network={self.network!r}, size={self.size!r}, unit={self.unit!r})"
 
 
 @dataclass(frozen=True, slots=True)
