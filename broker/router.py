@@ -28,7 +28,7 @@ from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.broker.shared import SharedSubscriptions
 from radio.broker.shared import split as split_shared
 from radio.registry import Registry
-from radio.topics import MISSED_TOPIC, network_of_topic, network_topic
+from radio.topics import MEMO_TOPIC_MOST, MISSED_TOPIC, network_of_topic, network_topic
 from radio.wire import SUBSCRIBE_FAILURE, valid_filter
 from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
@@ -365,7 +365,8 @@ class Router:
 
         It is looked up by topic, so that the topic's network is worked out (``network_of_topic``,
         interpreted Python) only for a topic not seen under this snapshot, not before every
-        sample's first delivery; past ``READ_TOPICS`` topics that memo starts again.
+        sample's first delivery; past ``READ_TOPICS`` topics that memo starts again, and a topic
+        longer than ``MEMO_TOPIC_MOST`` is never kept (radio/topics.py).
         """
         if not self.reads_by_network:
             return object()
@@ -380,7 +381,8 @@ class Router:
             key = self._read_keys.get(network)
             if key is None:
                 key = self._read_keys[network] = object()
-            self._read_topics[topic] = key
+            if len(topic) <= MEMO_TOPIC_MOST:
+                self._read_topics[topic] = key
         return key
 
     @staticmethod

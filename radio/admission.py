@@ -43,7 +43,7 @@ from radio.config import NetworkSettings
 from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import Registry
-from radio.topics import network_of_topic
+from radio.topics import MEMO_TOPIC_MOST, network_of_topic
 from radio.usage import Meter, QuotaState, Unit
 
 UNPARSED: Final[Any] = object()
@@ -187,9 +187,9 @@ class Admission:
         None of it depends on the payload or the clock, so it is worked out once per key, topic
         and snapshot rather than once per sample: a reloaded registry (a right taken away, a key
         revoked) is a new snapshot, asked again. A client publishing to ever new topics costs a
-        lookup each, never memory: past ``PLACES`` topics the memo starts again. Each place names
-        its snapshot, so one worked out by a thread still on the old snapshot is never taken for
-        the new one.
+        lookup each, never memory: past ``PLACES`` topics the memo starts again, and a topic longer
+        than ``MEMO_TOPIC_MOST`` is never kept (radio/topics.py). Each place names its snapshot,
+        so one worked out by a thread still on the old snapshot is never taken for the new one.
         """
         if registry is not self._places_for or len(self._places) >= PLACES:
             self._places, self._places_for = {}, registry  # nor does it keep an old snapshot alive
@@ -200,7 +200,8 @@ class Admission:
             network,
             registry.networks.get(network),
         )
-        self._places[name, topic] = place
+        if len(topic) <= MEMO_TOPIC_MOST:
+            self._places[name, topic] = place
         return place
 
     def _spend(self, key: Key, network: str, size: int, quota_wait: float) -> Verdict:

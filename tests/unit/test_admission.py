@@ -18,6 +18,7 @@ from radio.config import NetworkSettings
 from radio.errors import Busy
 from radio.keys import Key
 from radio.schemas import Schema
+from radio.topics import MEMO_TOPIC_MOST
 
 from .build import key, registry, router
 
@@ -241,3 +242,20 @@ def test_a_publisher_of_ever_new_topics_costs_no_memory_past_a_bound():
     outside = admission.admit(snapshot, sender, "networks/B/1", b"{}", quota_wait=0)
     assert isinstance(outside, Refused)
     assert outside.reason == "rights"
+
+
+def test_a_topic_too_long_to_remember_is_worked_out_at_each_sample():
+    """4,096 topics of 65,535 bytes would hold 256 MiB: a long topic is never kept."""
+    admission = Admission("mqtt", None, lambda _: (0.0, 0.0))
+    sender = key("gen", publish=("A",))
+    snapshot = registry({"A": NetworkSettings()}, sender)
+    for length in (MEMO_TOPIC_MOST + 1, 65_000):
+        topic = "networks/A/" + "x" * length
+        assert isinstance(admission.admit(snapshot, sender, topic, b"{}", quota_wait=0), Admitted)
+        refused = admission.admit(snapshot, sender, "networks/B/" + "x" * length, b"{}", quota_wait=0)
+        assert isinstance(refused, Refused)
+        assert refused.reason == "rights"
+    assert admission._places == {}
+    short = "networks/A/" + "x" * (MEMO_TOPIC_MOST - len("networks/A/"))
+    assert isinstance(admission.admit(snapshot, sender, short, b"{}", quota_wait=0), Admitted)
+    assert len(admission._places) == 1  # up to the bound, a topic is remembered

@@ -10,6 +10,7 @@ from radio.broker.message import Message
 from radio.broker.router import READ_TOPICS
 from radio.broker.sessions import Session
 from radio.config import NetworkSettings
+from radio.topics import MEMO_TOPIC_MOST
 
 from .build import KEYED, Sink, registry, router
 
@@ -43,3 +44,8 @@ def test_a_read_verdict_is_asked_once_per_network_and_snapshot_however_many_topi
     fanout.publish(Message("networks/A/1", b"{}", 0))
     assert asked == ["networks/A/0", "networks/B", "networks/A/1"]
     assert len(sink.written) == len(topics) + 2  # and every sample was delivered
+    kept = dict(fanout._read_topics)
+    fanout.publish(Message("networks/A/" + "x" * MEMO_TOPIC_MOST, b"{}", 0))  # too long to keep
+    assert fanout._read_topics == kept
+    assert asked == ["networks/A/0", "networks/B", "networks/A/1"]  # its network's memo still holds
+    assert len(sink.written) == len(topics) + 3
