@@ -23,6 +23,7 @@ HOT_PATH = [
     "radio/broker/sessions.py",
     "radio/broker/handle_publish.py",
     "radio/broker/access.py",
+    "radio/broker/attributes.py",
     "radio/admission.py",
     "radio/samples.py",
     "radio/wire/framing.py",
@@ -32,7 +33,8 @@ HOT_PATH = [
 """Per delivery: a connection's reads and writes, the router's fan-out and acknowledgements, a
 session's in-flight deliveries, the subscription index and a message's encoding. Per sample,
 before its first delivery is written: its PUBLISH cut from the stream and decoded (MQTT 3.1.1 and
-5) and the admission gate (rights, strict JSON, rate, quota, metering). Between them, most of the
+5), the admission gate (rights, strict JSON, rate, quota, metering) and the session attributes it
+reads (the key's name). Between them, most of the
 Python the broker runs for a sample. They are compiled together (one shared library beside them,
 ``radio.broker.delivery__mypyc``) so that their calls into each other are C calls. A module whose
 classes another module subclasses comes with that module: a compiled class takes no interpreted

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from amqtt.contexts import Action
 
@@ -28,7 +28,7 @@ from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.broker.shared import SharedSubscriptions
 from radio.broker.shared import split as split_shared
 from radio.registry import Registry
-from radio.topics import MEMO_TOPIC_MOST, MISSED_TOPIC, network_of_topic, network_topic
+from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS, MISSED_TOPIC, network_of_topic, network_topic
 from radio.wire import SUBSCRIBE_FAILURE, valid_filter
 from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from radio.broker.store import Contents, Store, StoredSession
 
 log = logging.getLogger(__name__)
-
-READ_TOPICS: Final = 4096
-"""Topics whose read memo key the router remembers (``_read_key``) before it starts again."""
 
 STORED_BESIDE = ("offline_since", "address", "expiry", "options")
 """What the store keeps of a session beside its key's attributes."""
@@ -365,7 +362,7 @@ class Router:
 
         It is looked up by topic, so that the topic's network is worked out (``network_of_topic``,
         interpreted Python) only for a topic not seen under this snapshot, not before every
-        sample's first delivery; past ``READ_TOPICS`` topics that memo starts again, and a topic
+        sample's first delivery; past ``MEMO_TOPICS`` topics that memo starts again, and a topic
         longer than ``MEMO_TOPIC_MOST`` is never kept (radio/topics.py).
         """
         if not self.reads_by_network:
@@ -375,7 +372,7 @@ class Router:
             self._read_snapshot, self._read_keys, self._read_topics = snapshot, {}, {}
         key = self._read_topics.get(topic)
         if key is None:
-            if len(self._read_topics) >= READ_TOPICS:
+            if len(self._read_topics) >= MEMO_TOPICS:
                 self._read_topics = {}
             network = network_of_topic(topic) or ""
             key = self._read_keys.get(network)

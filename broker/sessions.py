@@ -174,9 +174,8 @@ class Session:
 
     @property
     def key_name(self) -> str | None:
-        """The key behind the session, None for anonymous (as ``attrs.key_name`` reads it)."""
-        value: str | None = self.attributes.get(attrs.KEY_NAME, attrs.UNAUTHENTICATED)
-        return value
+        """The key behind the session, None for anonymous."""
+        return attrs.key_name(self)
 
     @property
     def key_id(self) -> str | None:

@@ -43,7 +43,7 @@ from radio.config import NetworkSettings
 from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import Registry
-from radio.topics import MEMO_TOPIC_MOST, network_of_topic
+from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS, network_of_topic
 from radio.usage import Meter, QuotaState, Unit
 
 UNPARSED: Final[Any] = object()
@@ -51,7 +51,7 @@ UNPARSED: Final[Any] = object()
 USAGE_RETRY: Final = 0.05
 """Seconds a sample waits when its key's quota cannot be read without waiting."""
 
-PLACES: Final = 4096
+PLACES: Final = MEMO_TOPICS
 """(key, topic) pairs whose rights and network settings ``Admission`` remembers (``_place``)."""
 
 TokenTaker = Callable[[Key], tuple[float, float]]

@@ -17,10 +17,13 @@ _ROOT_PREFIX: Final = ROOT + "/"
 MISSED_TOPIC: Final = "$SYS/radio/missed"
 """Where the embedded broker tells the recorder's session what its queue dropped, per network:
 ``{"networks": {"NAME": COUNT}}``, sent just before the next sample it delivers (QoS 0)."""
+MEMO_TOPICS: Final = 4096
+"""Topics a per-topic memo (the gate's places, the router's read keys) keeps before it starts
+again: a client publishing to ever new topics costs a lookup each, never memory."""
 MEMO_TOPIC_MOST: Final = 256
-"""The longest topic (characters) a per-topic memo keeps: the gate's places and the router's read
-keys each hold at most 4,096 topics, about 1 MiB of them where topics of 65,535 bytes (what MQTT
-allows) would make 256 MiB. A longer topic is worked out at each sample instead."""
+"""The longest topic (characters) such a memo keeps: ``MEMO_TOPICS`` of them are then about 1 MiB,
+where topics of 65,535 bytes (what MQTT allows) would make 256 MiB. A longer topic is worked out
+at each sample instead."""
 NAME_RULE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Names of networks, and of keys (MQTT usernames): safe in a topic level, a file and a log line."""
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 import pytest
 
 from radio.broker.message import Message
-from radio.broker.router import READ_TOPICS
 from radio.broker.sessions import Session
 from radio.config import NetworkSettings
-from radio.topics import MEMO_TOPIC_MOST
+from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS
 
 from .build import KEYED, Sink, registry, router
 
@@ -33,10 +32,10 @@ def test_a_read_verdict_is_asked_once_per_network_and_snapshot_however_many_topi
     fanout.hold(session)
     assert fanout.subscribe(session, [("networks/#", 0)]) == [0]
 
-    topics = [f"networks/A/{i}" for i in range(READ_TOPICS + 10)]
+    topics = [f"networks/A/{i}" for i in range(MEMO_TOPICS + 10)]
     for topic in topics:
         fanout.publish(Message(topic, b"{}", 0))
-        assert len(fanout._read_topics) <= READ_TOPICS  # ever new topics cost no memory past a bound
+        assert len(fanout._read_topics) <= MEMO_TOPICS  # ever new topics cost no memory past a bound
     assert asked == ["networks/A/0"]  # one network, one snapshot: asked once
     fanout.publish(Message("networks/B", b"{}", 0))
     assert asked == ["networks/A/0", "networks/B"]
