@@ -282,7 +282,6 @@ def up(
             ca=_dev_ca(settings),
             http_url=http_url,
             network=network,
-            secret=secret,
             settings=settings,
             made=made,
         )
@@ -382,11 +381,12 @@ def _print_banner(
     ca: Path | None,
     http_url: str,
     network: str,
-    secret: str,
     settings: Settings,
     made: bool,
 ) -> None:
+    """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``)."""
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
+    demo_file = shlex.quote(str(service_keys.key_file(settings, DEMO_KEY)))
     here = settings.path == (Path.cwd() / "radio.toml").absolute()
     where = (
         "radio commands run in this folder use it"
@@ -419,7 +419,7 @@ def _print_banner(
         f"  HTTP publish:         {http_url}/publish\n"
         f"  live pages:           {http_url}/\n"
         f"  traffic simulator:    publishing to {network} every second\n"
-        f"  demo publisher key:   {secret}\n"
+        f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
         f"  state:                {settings.state_dir} "
         "(keys.toml, demo.key, bridge.key, recorder.key, broker.db, history.db, usage.db)\n"
@@ -427,7 +427,7 @@ def _print_banner(
         "\n"
         "Try, in another terminal:\n"
         f"  radio listen {network} --url {listen_url}{trust if tls_url else ''}\n"
-        f"  printf 'API-KEY: %s\\n' \"$(cat {shlex.quote(str(settings.state_dir / 'demo.key'))})\" "
+        f"  printf 'API-KEY: %s\\n' \"$(cat {demo_file})\" "
         f"| curl -sS{curl_trust} -H @- {http_url}/publish -d {sample}\n"
         + (
             f"  mosquitto_sub -h {sub_host} -p {sub_port}{sub_tls} -t 'networks/{network}/#' -v\n"

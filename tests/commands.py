@@ -15,10 +15,11 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -138,9 +139,7 @@ def read_banner(process: subprocess.Popen[str]) -> str:
 def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
     """The lines a process prints, as they come, read on a thread of their own."""
     lines: queue.Queue[str] = queue.Queue()
-    stdout = process.stdout
-    assert stdout is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    _pump(process, lines.put)
     return lines
 
 
@@ -148,7 +147,46 @@ def listen_lines(folder: Path, *args: str) -> tuple[subprocess.Popen[str], queue
     """`radio listen ARGS` in a folder, and the JSON lines it prints as they come."""
     process = started_in(folder, "listen", *args)
     lines: queue.Queue[dict[str, Any]] = queue.Queue()
+    _pump(process, lambda line: lines.put(json.loads(line)))
+    return process, lines
+
+
+def _pump(process: subprocess.Popen[str], take: Callable[[str], None]) -> None:
+    """Hand each line the process prints to ``take``, on a thread, until its stdout ends or is closed.
+
+    A test that stops the process reads the rest of its output (``communicate``), which closes the
+    stream under this thread: that ends the reading, not the test. A line ``take`` refuses (not
+    JSON) still fails the test, as the thread's exception.
+    """
     stdout = process.stdout
     assert stdout is not None
-    threading.Thread(target=lambda: [lines.put(json.loads(x)) for x in stdout], daemon=True).start()
-    return process, lines
+
+    def run() -> None:
+        try:
+            for line in stdout:
+                take(line)
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError) or not stdout.closed:
+                raise
+
+    thread = threading.Thread(target=run, daemon=True)
+    _PUMPS[process.pid] = thread
+    thread.start()
+
+
+_PUMPS: dict[int, threading.Thread] = {}
+"""The thread reading each process's stdout (``_pump``), by pid: ``stop`` waits for it."""
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 20) -> tuple[str, str]:
+    """Ctrl-C, then its exit, then what is left of its output (``communicate``).
+
+    The thread reading its stdout, if any, reads it to the end first: two readers of one pipe
+    would split a line between them, and a line cut in two is not JSON.
+    """
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout)
+    pump = _PUMPS.pop(process.pid, None)
+    if pump is not None:
+        pump.join(timeout)
+    return process.communicate(timeout=timeout)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import psutil
 import pytest
 import tomli_w
-from commands import BROKER_ON_ANY_PORTS, listen_lines, started_in
+from commands import BROKER_ON_ANY_PORTS, listen_lines, started_in, stop
 from conftest import CONFIG
 from mqtt_client import Client
 from test_nats_cluster import require_nats
@@ -222,7 +222,8 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
     try:
         ws_url = up.value(r"radio listen sample_net --url (\S+)")
         http_url = up.value(r"HTTP publish:\s+(\S+)")
-        key = up.value(r"demo publisher key:\s+(\S+)")
+        key = (tmp_path / "demo.key").read_text().strip()
+        assert key not in up.banner
         assert len([c for c in up.children if "nats-server" in c.name()]) == 3
         # The banner's MQTT and WebSocket URLs are one node's: node 1's.
         node_1 = (tmp_path / "nats" / "radio-1.conf").read_text()
@@ -239,8 +240,7 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
             assert time.monotonic() < deadline
     finally:
         if listen is not None:
-            listen.send_signal(signal.SIGINT)
-            listen.communicate(timeout=20)
+            stop(listen)
         up.process.send_signal(signal.SIGINT)
         _, err = up.process.communicate(timeout=60)
     assert up.process.returncode == 0, err
