@@ -204,11 +204,20 @@ def _list(items: list[str]) -> str:
     return "[" + ", ".join(_quote(i) for i in items) + "]"
 
 
+NOTHING: Final = '{deny: [">"]}'
+"""The permission that allows no subject: NATS reads an empty list, ``[]``, as no limit at all."""
+
+
+def _permission(subjects: list[str]) -> str:
+    """Subjects a user may publish to or read, as NATS reads them: none is a deny of every one."""
+    return _list(subjects) if subjects else NOTHING
+
+
 def _user(name: str, password: str, publish: list[str], subscribe: list[str]) -> str:
     return (
         f"    {{user: {_quote(name)}, password: {_quote(password)},"
         f" allowed_connection_types: {_list(list(MQTT_ONLY))},\n"
-        f"     permissions: {{publish: {_list(publish)}, subscribe: {_list(subscribe)}}}}}"
+        f"     permissions: {{publish: {_permission(publish)}, subscribe: {_permission(subscribe)}}}}}"
     )
 
 

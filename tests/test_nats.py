@@ -77,13 +77,25 @@ def test_every_node_routes_to_every_node_with_the_cluster_password(home):
     assert (folder / "cluster.secret").read_text().strip() == secret
 
 
+NOTHING = {"deny": [">"]}
+"""A permission that allows no subject, as users.conf says it (NATS reads ``[]`` as every subject)."""
+
+
 def users(folder):
-    """users.conf as {username: (publish, subscribe, connection types)}."""
+    """users.conf as {username: (publish, subscribe, connection types)}; "may do nothing" is ``NOTHING``."""
     found = {}
-    pattern = r'\{user: "([^"]+)", password: "[^"]+", allowed_connection_types: (\[[^]]*\]),\s+permissions: \{publish: (\[[^]]*\]), subscribe: (\[[^]]*\])\}\}'
+    permission = r'(\[[^]]*\]|\{deny: \[">"\]\})'
+    pattern = (
+        r'\{user: "([^"]+)", password: "[^"]+", allowed_connection_types: (\[[^]]*\]),\s+'
+        rf"permissions: \{{publish: {permission}, subscribe: {permission}\}}\}}"
+    )
     for name, types, publish, subscribe in re.findall(pattern, (folder / "users.conf").read_text()):
-        found[name] = (json.loads(publish), json.loads(subscribe), json.loads(types))
+        found[name] = (_permission(publish), _permission(subscribe), json.loads(types))
     return found
+
+
+def _permission(text):
+    return json.loads(text.replace("{deny:", '{"deny":'))
 
 
 def test_permissions_are_the_registry_s_rights_as_subjects(home):
@@ -91,9 +103,9 @@ def test_permissions_are_the_registry_s_rights_as_subjects(home):
     found = users(folder)
     reads_public = ["networks.fleeting", "networks.fleeting.>", "networks.pub", "networks.pub.>"]
     assert found["gen"][:2] == (["networks.A", "networks.A.>"], reads_public)
-    assert found["reader_a"][:2] == ([], ["networks.A", "networks.A.>", *reads_public])
+    assert found["reader_a"][:2] == (NOTHING, ["networks.A", "networks.A.>", *reads_public])
     assert found["admin"][:2] == ([">"], [">"])
-    assert found["_anonymous"][:2] == ([], reads_public)
+    assert found["_anonymous"][:2] == (NOTHING, reads_public)
     everything = [s for n in ("A", "B", "fleeting", "pub") for s in (f"networks.{n}", f"networks.{n}.>")]
     assert found["bridge"][:2] == (everything, reads_public)
     key = load_settings(home.config)
@@ -134,7 +146,20 @@ def test_without_anonymous_access_no_client_is_let_in_without_a_key(home):
     home.config.write_text(CONFIG + "\n[broker]\nallow_anonymous = false\n")
     folder, _ = exported(home)
     assert "\nno_auth_user" not in (folder / "radio-1.conf").read_text()
-    assert users(folder)["_anonymous"][1] == []
+    assert users(folder)["_anonymous"][1] == NOTHING
+
+
+def test_a_user_that_may_do_nothing_is_denied_every_subject(home):
+    """NATS reads an empty list of subjects as no limit: a key with no right to publish, or with
+    nothing to read (no public network), must get a deny of every subject, never ``[]``."""
+    home.config.write_text(CONFIG.replace("public = true", "public = false"))
+    home.add_key("writer", publish=["A"])
+    folder, _ = exported(home)
+    found = users(folder)
+    assert found["_anonymous"][:2] == (NOTHING, NOTHING)
+    assert found["writer"][:2] == (["networks.A", "networks.A.>"], NOTHING)
+    assert found["reader_a"][:2] == (NOTHING, ["networks.A", "networks.A.>"])
+    assert "[]" not in (folder / "users.conf").read_text().split("users = [", 1)[1]
 
 
 def test_a_key_made_before_bcrypt_hashes_is_left_out_with_a_warning(home):

@@ -364,11 +364,6 @@ def test_another_keys_connect_with_a_client_id_gets_none_of_its_sessions_subscri
     assert payloads(thief) == [sentinel(5)]
 
 
-@pytest.mark.xfail(
-    reason="nats-server 2.15 publishes a last will without the publish check a PUBLISH gets "
-    "(docs/nats.md, 'Known differences')",
-    strict=True,
-)
 @pytest.mark.parametrize("key", [None, "reader_b"])
 def test_a_will_outside_the_keys_rights_reaches_nobody(connect, key):
     listener = connect("admin", node=3)
