@@ -720,15 +720,15 @@ class Router:
                 key = registry.keys.get(name)
                 owned = key is not None and key.id == session.key_id
                 current = key is not None and key.digest == session.attributes.get(attrs.KEY_DIGEST)
-            if not owned:
+            if not owned or not current:
+                # A revoked or rotated key sends no will: neither its open connection's, nor one
+                # an old connection left waiting out its delay (MQTT 5) on an offline session.
+                session.will = None
                 if session.connection is not None:
-                    session.will = None
                     closing.append(session)
+            if not owned:
                 self.discard(session)
                 continue
-            if not current and session.connection is not None:
-                session.will = None
-                closing.append(session)
             self._purge_unreadable(session)
             will = session.will
             if will is not None and not self.allows(session, will.topic, Action.PUBLISH):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Home
-from mqtt_client import Client, Message
+from mqtt_client import NOT_AUTHORIZED, Client, Message
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -242,6 +242,38 @@ def test_a_will_waits_its_delay_and_a_client_back_in_time_cancels_it(broker, hom
     again, _ = session5(broker.mqtt_port, "back", *credentials, clean=False, properties=expiry)
     again.sendall(b"\xe0\x00")  # DISCONNECT: no will of its own either
     again.close()
+    open_client(clients, broker, home, "admin", 5).publish("networks/A/status", b'{"sentinel": 1}', qos=1)
+    assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+
+
+def test_a_will_waiting_out_its_delay_goes_with_its_rotated_secret(broker, home, clients) -> None:
+    """A rotated key sends no last will: not even one its old secret left waiting on its delay."""
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    old = home.secrets["gen"]
+    sock, _ = session5(
+        broker.mqtt_port,
+        "rotated-away",
+        "gen",
+        old,
+        will=("networks/A/status", b'{"old secret": 1}'),
+        properties={props.SESSION_EXPIRY: 60},
+        will_properties={props.WILL_DELAY: 4},
+    )
+    sock.close()
+    due = time.monotonic() + 4
+    home.secrets["gen"] = home.store().rotate("gen")
+
+    def old_refused() -> bool:
+        probe = Client("tcp", broker.mqtt_port, "gen", old)
+        try:
+            return probe.connect() == NOT_AUTHORIZED
+        finally:
+            probe.close()
+
+    assert until(old_refused)
+    assert time.monotonic() < due, "the rotation came after the will's delay: the test shows nothing"
+    time.sleep(due + 0.5 - time.monotonic())  # the will's delay: nothing to await but the clock
     open_client(clients, broker, home, "admin", 5).publish("networks/A/status", b'{"sentinel": 1}', qos=1)
     assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
