@@ -301,6 +301,29 @@ def test_a_qos_2_sample_sent_again_is_delivered_and_charged_once(platform: Platf
     assert platform.broker_meter.totals[(key, "mqtt", "A")] == [1, len(GOOD)]
 
 
+def test_a_refused_qos_2_sample_sent_again_is_refused_once(platform: Platform) -> None:
+    """A refused QoS 2 sample sent again with the same packet id, before PUBREL, is the same
+    sample: one refusal in the key's usage, not one per send."""
+    key = "refused-qos2-resend"
+    platform.home.add_key(key, publish=["A"])
+    registry = platform.broker.broker.radio.registry
+    assert until(lambda: key in registry.current.keys)
+    sock = open_socket(platform.broker.mqtt_port)
+    sock.sendall(connect("refused-resender", key, platform.home.secrets[key]))
+    assert read_packet(sock)[0] == 0x20
+    for pid, topic, payload in ((7, "networks/B/r", GOOD), (8, "networks/A/r", b"not json")):
+        for attempt in range(3):
+            sock.sendall(
+                publish(topic, payload, qos=2, packet_id=pid, first_byte=0x34 | (0x08 if attempt else 0))
+            )
+            assert read_packet(sock) == (0x50, pid.to_bytes(2, "big"))  # PUBREC each time
+        sock.sendall(b"\x62\x02" + pid.to_bytes(2, "big"))  # PUBREL
+        assert read_packet(sock) == (0x70, pid.to_bytes(2, "big"))
+    sock.close()
+    refused = platform.broker_meter.refused
+    assert (refused[(key, "mqtt", "rights")], refused[(key, "mqtt", "not_json")]) == (1, 1)
+
+
 def test_the_docs_table_is_the_one_this_module_runs() -> None:
     """docs/access.md's gate table has these paths as columns and these checks as rows, all ✓."""
     text = (Path(__file__).parent.parent / "docs" / "access.md").read_text()

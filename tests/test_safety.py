@@ -264,7 +264,10 @@ def test_a_refused_qos2_publish_stores_nothing_and_incoming_qos2_is_bounded(brok
     try:
         for pid in range(1, 51):  # anonymous: may publish nothing
             anon.sendall(publish("networks/pub", b"x" * 60_000, qos=2, packet_id=pid))
-            assert read_packet(anon) == (0x50, pid.to_bytes(2, "big"))  # PUBREC, nothing kept
+            assert read_packet(anon) == (0x50, pid.to_bytes(2, "big"))  # PUBREC, the payload not kept
+            # PUBREL: until it comes, a resend of this packet id is this same refused sample.
+            anon.sendall(b"\x62\x02" + pid.to_bytes(2, "big"))
+            assert read_packet(anon) == (0x70, pid.to_bytes(2, "big"))
 
         def waiting() -> int:
             async def count() -> int:
