@@ -41,7 +41,7 @@ WAITING: Final = Gauge(
 CLOSED: Final = Counter(
     "radio_bridge_connections_closed",
     "Connections closed for sending no request: idle_timeout, or source_limit (too many waiting "
-    "from one address).",
+    "from one address); or for one that is not valid HTTP/1.1: invalid_request (answered 400).",
     ["reason"],
 )
 LIMITS: Final = Gauge(

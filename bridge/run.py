@@ -55,6 +55,20 @@ default (a young collection every 700 allocations) collected over and over for n
 pauses showed in the door's p99 (bench/RESULTS.md, "HTTP door")."""
 
 
+PER_REQUEST_WARNINGS: Final = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
+"""What uvicorn logs for a request any client can send: in a loop, a line a request. Neither is
+logged: a request that is not valid HTTP is answered 400 JSON and counted in ``/metrics``
+(``radio_bridge_connections_closed_total{reason="invalid_request"}``); an upgrade the door does
+not speak is served as a plain request."""
+
+
+class _PerRequestWarnings(logging.Filter):
+    """Holds back uvicorn's warnings that any client can make it write once per request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in PER_REQUEST_WARNINGS
+
+
 def _count_closed(reason: str) -> None:
     """Count a connection closed for sending no request (imported late: see ``run``)."""
     from radio.bridge import metrics  # noqa: PLC0415
@@ -200,6 +214,11 @@ class _BoundedHeaders(HttpToolsProtocol):
                 return
         super().data_received(data)
 
+    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's words, in text
+        """A request httptools cannot parse: 400 in JSON, as every error of the door is."""
+        _count_closed("invalid_request")
+        self._refuse(400, "Bad Request", "the request is not valid HTTP/1.1")
+
     def _refuse_head(self) -> None:
         message = f"request line and headers over {HEAD_LIMIT} bytes"
         self._refuse(431, "Request Header Fields Too Large", message)
@@ -237,6 +256,7 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
 
     async def _serve(self) -> None:
         # What the app holds once loaded lives as long as the worker: out of the collector's sight.
+        logging.getLogger("uvicorn.error").addFilter(_PerRequestWarnings())
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self.config.app = self.wsgi

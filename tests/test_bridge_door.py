@@ -242,6 +242,42 @@ def test_endless_headers_are_answered_431_and_cost_no_more_memory(home, broker, 
     assert "Traceback" not in stderr, stderr
 
 
+NOT_HTTP = [
+    b"GARBAGE / HTTP/1.1\r\n\x00\x01\r\n\r\n",
+    b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+    b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x",
+]
+
+
+def test_a_request_that_is_not_http_is_answered_json_and_costs_no_log_line(home, broker, everything):
+    """Every error of the door is JSON, and no client can make the bridge log a line per request."""
+    running = start_bridge(home, broker.mqtt_port, "--workers", "1")
+    port = int(running.url.rsplit(":", 1)[1])
+    upgrade = b"GET /publish HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    try:
+        for request in NOT_HTTP * 5:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(request)
+                head, answer = read_answer(sock)
+            assert head.startswith("HTTP/1.1 400"), request
+            assert answer == {"error": "the request is not valid HTTP/1.1"}
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(upgrade)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+        response = running.post(
+            json.dumps({"network": "A", "data": {"n": 4}}), {"API-KEY": home.secrets["gen"]}
+        )
+        assert (response.status_code, response.json()) == (200, {"message": "OK"})
+        assert json.loads(everything.expect(1)[0].payload) == {"n": 4}
+    finally:
+        stderr = running.stop()
+    assert "Invalid HTTP request" not in stderr, stderr
+    assert "Unsupported upgrade" not in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+
+
 def test_a_stop_answers_a_half_sent_body_at_once_instead_of_waiting_for_it(home, broker, everything):
     """Ctrl-C with a client stalled mid-body: 503 for it now, not a stop held for body_timeout (10 s)."""
     running = start_bridge(home, broker.mqtt_port, "--workers", "1")
