@@ -708,7 +708,8 @@ class Router:
 
         A revoked key's sessions are deleted (a new key under the same name has a new id and
         starts with none); samples waiting for a key that may no longer read their network are
-        dropped; a will the key may no longer publish is forgotten.
+        dropped. A will stays: the gate judges it by the rights of the moment it fires, and counts
+        it against the key if it is refused then (``publish_will``).
         """
         closing = []
         for session in list(self.sessions.values()):
@@ -730,9 +731,6 @@ class Router:
                 self.discard(session)
                 continue
             self._purge_unreadable(session)
-            will = session.will
-            if will is not None and not self.allows(session, will.topic, Action.PUBLISH):
-                session.will = None
         return closing
 
     def _purge_unreadable(self, session: Session) -> None:

@@ -240,6 +240,24 @@ def test_a_will_is_checked_against_the_rights_of_the_moment_it_fires(engine_brok
         late.close()
 
 
+def test_a_will_is_judged_when_it_fires_not_when_a_right_comes_and_goes(broker, home, everything_on):
+    """Rights are those of the moment the will fires: a right taken away and given back before then
+    lets it through; one still away drops it, counted against the key like any refused sample."""
+    port = broker.mqtt_port
+    watcher = everything_on(broker)
+    sock = session(port, "comes-back", "gen", home.secrets["gen"], will=("networks/A", b'{"will": "back"}'))
+    set_rights(home, port, "gen", publish=[])
+    set_rights(home, port, "gen", publish=["A"])
+    sock.close()  # without DISCONNECT: the will fires, and gen may publish to A again
+    assert [m.payload for m in barrier(port, watcher, home.secrets)] == [b'{"will": "back"}']
+    sock = session(port, "stays-away", "gen", home.secrets["gen"], will=("networks/A", b'{"will": "away"}'))
+    set_rights(home, port, "gen", publish=[])
+    sock.close()
+    meter = broker.broker.radio.meter
+    assert polling.until(lambda: meter.refused.get(("gen", "mqtt", "rights")) == 1)
+    assert [m.payload for m in barrier(port, watcher, home.secrets)] == []
+
+
 @pytest.fixture
 def everything_on(home):
     """An admin on '#' against a given broker, closed afterwards."""
