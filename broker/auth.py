@@ -50,7 +50,8 @@ class RadioAuthPlugin(BaseAuthPlugin):
         if refusal is None and session.will_flag:
             access = registry.access(name)
             if not access.may_publish(session.will_topic or ""):
-                refusal, kind = f"key {name!r} may not publish its will to {session.will_topic!r}", "will"
+                who = f"key {name!r}" if name is not None else "an anonymous client"
+                refusal, kind = f"{who} may not publish its will to {session.will_topic!r}", "will"
 
         if refusal is not None:
             session.attributes[attrs.REFUSED] = kind

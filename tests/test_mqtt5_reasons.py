@@ -7,6 +7,7 @@ client library would hand them over. The strings are the HTTP door's own words.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -85,6 +86,16 @@ def test_a_will_the_key_may_not_publish_gets_connack_0x87(radio, home) -> None:
     assert got[0] == reasons.NOT_AUTHORIZED
     assert got[1] is not None
     assert got[1].startswith("You cannot broadcast to this channel")
+
+
+def test_an_anonymous_will_to_a_private_network_gets_connack_0x87_and_a_log_line_that_says_so(
+    radio, caplog
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="radio.broker"):
+        got = connack(radio, "c", will=("networks/B", b"{}"))
+    assert got[0] == reasons.NOT_AUTHORIZED
+    said = [r.getMessage() for r in caplog.records if "will" in r.getMessage()]
+    assert any("an anonymous client may not publish its will to 'networks/B'" in line for line in said), said
 
 
 def test_anonymous_clients_past_their_caps_get_connack_0x97(radio) -> None:
