@@ -224,11 +224,29 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Key": {
                     "type": "object",
-                    "required": ["name", "id", "admin", "publish", "subscribe", "created", "expired"],
+                    "required": [
+                        "name",
+                        "id",
+                        "admin",
+                        "publish",
+                        "subscribe",
+                        "publish_all",
+                        "read_all",
+                        "created",
+                        "expired",
+                    ],
                     "properties": {
                         "name": {"type": "string"},
                         "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                         **_RIGHTS,
+                        "publish_all": {
+                            "type": "boolean",
+                            "description": "A service key (the HTTP bridge's): may publish to every network.",
+                        },
+                        "read_all": {
+                            "type": "boolean",
+                            "description": "A service key (the history recorder's): may read every network.",
+                        },
                         "created": {"type": "string"},
                         "rate": {"type": ["number", "null"], "description": "Samples per second."},
                         "burst": {"type": ["integer", "null"]},

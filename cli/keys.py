@@ -227,7 +227,9 @@ def _keys_usage(args: argparse.Namespace) -> int:
         writer.writerows(rows)
         return 0
     if not rows:
-        print(f"No usage recorded in {path}.", file=sys.stderr)
+        whose = f" for key {args.name!r}" if args.name else ""
+        since = f" since {args.since}" if args.since else ""
+        print(f"No usage recorded{whose}{since} in {path}.", file=sys.stderr)
         return 0
     tables = (
         ("samples", ("DAY", "KEY", "DOOR", "NETWORK", "SAMPLES", "BYTES")),

@@ -230,17 +230,12 @@ def up(
 
     state_dir = resolve_paths(config, keys)[0].parent
     _claim(state_dir)  # before radio.toml, keys.toml or demo.key is written
-    given = {"127.0.0.1:1883": mqtt, "127.0.0.1:8080": ws, "127.0.0.1:5000": http}
-    path, made = config_path(config, keys, given)
-    settings = load_settings(path, keys)
-    if not settings.networks:
-        msg = f"{settings.path}: radio up needs a network for the demo generator (say [networks.sample_net])"
-        raise RadioError(msg)
+    path, made, settings = _prepared(config, keys, mqtt=mqtt, ws=ws, http=http)
+    listeners, plain = _checked(settings, engine, made, mqtt=mqtt, ws=ws, http=http, mqtts=mqtts, wss=wss)
     network = "sample_net" if "sample_net" in settings.networks else min(settings.networks)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
-    listeners, plain = _broker_options(settings, engine, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
+    elsewhere = _not_in_config(settings, mqtt=mqtt, ws=ws, http=http)
     http = http or settings.bridge.listen
-    ports.check_free("bridge", [http, *([settings.bridge.admin] if settings.bridge.admin else [])])
     secret = demo_key(settings, network)
     service_keys_first(settings)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -284,12 +279,64 @@ def up(
             network=network,
             settings=settings,
             made=made,
+            elsewhere=elsewhere,
         )
         started.set()
         return _supervise(children, stop)
     finally:
         started.set()
         _stop_all(children)
+
+
+def _prepared(
+    config: str | None, keys: str | None, *, mqtt: Address | None, ws: Address | None, http: Address | None
+) -> tuple[str, bool, Settings]:
+    """The configuration (made now if absent: ``made``) and its settings, with a network for the demo."""
+    given = {"127.0.0.1:1883": mqtt, "127.0.0.1:8080": ws, "127.0.0.1:5000": http}
+    path, made = config_path(config, keys, given)
+    settings = load_settings(path, keys)
+    if not settings.networks:
+        msg = f"{settings.path}: radio up needs a network for the demo generator (say [networks.sample_net])"
+        raise RadioError(msg)
+    return path, made, settings
+
+
+def _checked(
+    settings: Settings,
+    engine: str,
+    made: bool,
+    *,
+    mqtt: Address | None,
+    ws: Address | None,
+    http: Address | None,
+    mqtts: Address | None,
+    wss: Address | None,
+) -> tuple[list[str], dict[str, bool]]:
+    """The broker's options, once every address of the platform is known free.
+
+    A configuration this run made is removed if one is not: the next run, given other ports,
+    writes them into its own, where every other command finds them.
+    """
+    try:
+        listeners, plain = _broker_options(settings, engine, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
+        ports.check_free("bridge", [http or settings.bridge.listen, *filter(None, [settings.bridge.admin])])
+    except RadioError:
+        if made:
+            settings.path.unlink(missing_ok=True)
+        raise
+    return listeners, plain
+
+
+def _not_in_config(
+    settings: Settings, *, mqtt: Address | None, ws: Address | None, http: Address | None
+) -> bool:
+    """Whether an address given on the command line differs from the configuration's.
+
+    Other radio commands find the platform by the configuration: given such an address, they
+    would look where it is not.
+    """
+    configured = (settings.broker.mqtt, settings.broker.websocket, settings.bridge.listen)
+    return any(given not in (None, found) for given, found in zip((mqtt, ws, http), configured, strict=True))
 
 
 def _broker_options(
@@ -383,6 +430,7 @@ def _print_banner(
     network: str,
     settings: Settings,
     made: bool,
+    elsewhere: bool,
 ) -> None:
     """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``)."""
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
@@ -393,6 +441,8 @@ def _print_banner(
         if here
         else f"elsewhere, first: export RADIO_CONFIG={shlex.quote(str(settings.path))}"
     )
+    if elsewhere:  # they would find the addresses in radio.toml, not this run's
+        where = "this run's addresses are not radio.toml's: give other radio commands --url"
     titles = {
         "mqtts": "MQTT over TLS:        ",
         "wss": "WebSocket over TLS:   ",

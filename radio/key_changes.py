@@ -95,6 +95,8 @@ def key_row(key: Key) -> dict[str, object]:
         "admin": key.admin,
         "publish": sorted(key.publish),
         "subscribe": sorted(key.subscribe),
+        "publish_all": key.publish_all,
+        "read_all": key.read_all,
         "created": key.created,
         "rate": terms.rate,
         "burst": terms.bucket if terms.rate is not None else None,

@@ -525,3 +525,5 @@ def test_usage_of_a_name_nobody_had_is_an_error_and_json_is_always_a_list(home: 
     assert nobody.stderr == "radio: no key named 'nobody', and no usage recorded under that name\n"
     assert json.loads(home.radio_main("keys", "usage", "gen", "--json").stdout) == []
     assert json.loads(home.radio_main("keys", "usage", "--json").stdout) == []
+    said = home.radio_main("keys", "usage", "gen", "--since", "2026-11-01").stderr
+    assert said.startswith("No usage recorded for key 'gen' since 2026-11-01 in "), said

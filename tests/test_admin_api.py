@@ -271,6 +271,9 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
         cut_off = error(call(method, path), 400)
         assert cut_off in keys_error(home, command, "bridge")
     assert home.store().keys()["bridge"].publish_all
+    shown = call("GET", "/admin/keys/bridge").get_json()  # as `radio keys list` shows it: (every network)
+    assert (shown["publish"], shown["publish_all"], shown["read_all"]) == ([], True, False)
+    assert call("GET", "/admin/keys/gen").get_json()["publish_all"] is False
     assert error(call("PATCH", "/admin/keys/gen", {}), 400).startswith("nothing to change (give publish")
     assert error(call("PATCH", "/admin/keys/gen", {"admin": None}), 400).startswith("nothing to change")
     assert error(call("POST", "/admin/keys", {"name": "x", "secret": "s"}), 400).startswith(

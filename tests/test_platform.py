@@ -23,8 +23,8 @@ import requests
 from commands import ANY_PORTS, BROKER_ON_ANY_PORTS, listen_lines, radio_in, read_banner, started_in, stop
 from conftest import ENGINES, require_mosquitto
 
-from radio.cli.up import reachable
-from radio.config import load_settings
+from radio.cli.up import config_path, reachable
+from radio.config import Address, load_settings
 
 
 @dataclass
@@ -158,6 +158,11 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         assert key not in up.banner  # the banner is often a log (docker logs, a service's journal)
         assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", up.banner)
         assert f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults)" in up.banner
+        # Ports the system picked are in no radio.toml: other commands are told to be given --url.
+        assert (
+            "other radio commands: this run's addresses are not radio.toml's: give other radio commands --url"
+            in up.banner
+        )
 
         # The secret is in no process's command line, where every user of the machine could read it.
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -359,11 +364,22 @@ def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path, command
     assert not (tmp_path / "broker.db").exists()  # refused before anything started
 
 
-def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_path):
-    """Other commands in the folder read radio.toml: it must name this platform, not the defaults.
+def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_path, monkeypatch):
+    """Other commands in the folder read radio.toml: it must name this platform, not the defaults."""
+    monkeypatch.chdir(tmp_path)
+    given = {"127.0.0.1:1883": "127.0.0.1:1884", "127.0.0.1:8080": "127.0.0.1:8081", "127.0.0.1:5000": None}
+    path, made = config_path(None, None, {k: Address.parse(v) if v else None for k, v in given.items()})
+    assert made
+    settings = load_settings(path)
+    assert str(settings.broker.mqtt) == "127.0.0.1:1884"
+    assert str(settings.broker.websocket) == "127.0.0.1:8081"
+    assert str(settings.bridge.listen) == "127.0.0.1:5000"  # not given: the default
+    assert [str(n) for n in settings.networks] == ["sample_net"]  # and the rest is the defaults
 
-    The ports are held, so `radio up` writes its configuration and then stops at the busy port.
-    """
+
+def test_a_run_stopped_by_a_busy_port_leaves_no_configuration_behind(tmp_path):
+    """Else the next run, given other ports, would find it and keep those ports to itself: every
+    other command in the folder would go on looking at the busy ones."""
     with contextlib.ExitStack() as stack:
         held = []
         for _ in range(3):
@@ -375,11 +391,15 @@ def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_p
         result = radio_in(tmp_path, "up", "--mqtt", mqtt, "--ws", ws, "--http", http)
     assert result.returncode == 2, result.stderr
     assert "Address already in use" in result.stderr
-    settings = load_settings(str(tmp_path / "radio.toml"))
-    assert str(settings.broker.mqtt) == mqtt
-    assert str(settings.broker.websocket) == ws
-    assert str(settings.bridge.listen) == http
-    assert [str(n) for n in settings.networks] == ["sample_net"]  # and the rest is the defaults
+    assert not (tmp_path / "radio.toml").exists()
+
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")  # one made by hand stays
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = radio_in(tmp_path, "up", "--mqtt", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert result.returncode == 2, result.stderr
+    assert (tmp_path / "radio.toml").read_text() == "[networks.sample_net]\npublic = true\n"
 
 
 def test_the_broker_metrics_address_busy_is_named(tmp_path):
