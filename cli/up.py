@@ -40,6 +40,8 @@ from radio.recorder.identity import recorder_credentials
 from radio.stopping import Stop
 
 DEMO_KEY: Final = "demo"
+ENGINE_STORE: Final = {"embedded": "broker.db", "mosquitto": "mosquitto/", "nats": "nats/"}
+"""Where each engine keeps its retained samples and sessions, in the state folder."""
 PARTS: Final = ("broker", "recorder", "bridge")
 """The servers it starts, each holding its lock on the state folder (``radio.statelock``)."""
 STOP_TIMEOUT: Final = 15.0
@@ -280,6 +282,7 @@ def up(
             settings=settings,
             made=made,
             elsewhere=elsewhere,
+            engine=engine,
         )
         started.set()
         return _supervise(children, stop)
@@ -431,6 +434,7 @@ def _print_banner(
     settings: Settings,
     made: bool,
     elsewhere: bool,
+    engine: str,
 ) -> None:
     """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``)."""
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
@@ -472,7 +476,7 @@ def _print_banner(
         f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
         f"  state:                {settings.state_dir} "
-        "(keys.toml, demo.key, bridge.key, recorder.key, broker.db, history.db, usage.db)\n"
+        f"(keys.toml, demo.key, bridge.key, recorder.key, {ENGINE_STORE[engine]}, history.db, usage.db)\n"
         f"  other radio commands: {where}\n"
         "\n"
         "Try, in another terminal:\n"

@@ -249,6 +249,7 @@ def test_radio_up_runs_the_platform_on_nats(tmp_path):
         http_url = up.value(r"HTTP publish:\s+(\S+)")
         key = (tmp_path / "demo.key").read_text().strip()
         assert key not in up.banner
+        assert "recorder.key, nats/, history.db, usage.db)" in up.banner  # the cluster's store
         assert len([c for c in up.children if "nats-server" in c.name()]) == 3
         # The banner's MQTT and WebSocket URLs are one node's: node 1's.
         node_1 = (tmp_path / "nats" / "radio-1.conf").read_text()

@@ -158,6 +158,9 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         assert key not in up.banner  # the banner is often a log (docker logs, a service's journal)
         assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'networks/sample_net/#' -v", up.banner)
         assert f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults)" in up.banner
+        store = {"embedded": "broker.db", "mosquitto": "mosquitto/"}[engine]  # named, and there
+        assert f"recorder.key, {store}, history.db, usage.db)" in up.banner
+        assert (tmp_path / store.rstrip("/")).exists()
         # Ports the system picked are in no radio.toml: other commands are told to be given --url.
         assert (
             "other radio commands: this run's addresses are not radio.toml's: give other radio commands --url"
