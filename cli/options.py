@@ -351,6 +351,21 @@ def add_ca(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def ca_file(args: argparse.Namespace) -> Path | None:
+    """The ``--ca`` file, read and checked before the client starts, whatever its URLs' schemes.
+
+    A client over plain ``mqtt://`` or ``ws://`` still reads the history over HTTP(S) with it, in
+    its own thread: a missing or empty file found there would end that thread alone, with a
+    traceback, and leave the command running with nothing to show.
+    """
+    from radio.tls import load_certificates  # noqa: PLC0415 - see the imports
+
+    ca: Path | None = args.ca
+    if ca is not None:
+        load_certificates(ca, "CA file")
+    return ca
+
+
 def settings(args: argparse.Namespace) -> Settings:
     """The configuration ``--config`` and ``--keys`` name (else found by ``CONFIG_RULE``)."""
     from radio.config import load_settings  # noqa: PLC0415 - see the imports

@@ -257,6 +257,17 @@ def test_radio_broker_on_a_busy_port_is_one_line_and_exit_2(home, broker):
     )
 
 
+def test_mosquitto_export_into_a_folder_it_cannot_make_is_one_line(home):
+    """As for NATS: a --dir that cannot be made or written is one line and status 2, no traceback."""
+    (home.path / "a-file").write_text("")
+    for folder in (home.path / "a-file", home.path / "a-file" / "below"):
+        result = home.radio("mosquitto", "export", "--dir", str(folder), check=False)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"radio: cannot write the Mosquitto configuration into {folder}: ")
+
+
 def test_mosquitto_export_writes_the_registry_as_mosquitto_files(home):
     folder = home.path / "exported"
     result = home.radio("mosquitto", "export", "--dir", str(folder), "--mqtt", "0.0.0.0:1884")
