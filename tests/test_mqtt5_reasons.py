@@ -242,6 +242,31 @@ def test_a_bad_topic_alias_gets_disconnect(radio, home, alias, code) -> None:
     assert (first, reason(body, 0)[0]) == (0xE0, code)
 
 
+@pytest.mark.parametrize(
+    ("ident", "value"),
+    [
+        (props.SESSION_EXPIRY, 5),
+        (props.AUTHENTICATION_METHOD, "x"),
+        (props.SERVER_REFERENCE, "mqtt://elsewhere"),
+    ],
+)
+def test_a_publish_with_a_property_it_may_not_carry_gets_disconnect_0x81(radio, home, ident, value) -> None:
+    """A property not valid in a PUBLISH makes it malformed (MQTT 5.0, 2.2.2.2): it is not taken,
+    and its listeners get nothing."""
+    reader, _ = session5(radio.mqtt_port, "listening", "reader_a", home.secrets["reader_a"])
+    sock, _ = session5(radio.mqtt_port, "stray", "gen", home.secrets["gen"])
+    with reader, sock:
+        reader.sendall(subscribe5("networks/A", 1))
+        assert read_packet(reader)[0] == 0x90
+        sock.sendall(publish5("networks/A", b'{"speed": 1}', 1, properties={ident: value}))
+        first, body = read_packet(sock)
+        assert (first, reason(body, 0)[0]) == (0xE0, reasons.MALFORMED_PACKET)
+        assert f"property 0x{ident:02x}" in (reason(body, 0)[1] or "")
+        reader.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            read_packet(reader)
+
+
 def test_the_gates_codes_are_those_mqtt5_allows_in_puback() -> None:
     """A client library may reject a code its packet type does not allow (paho does)."""
     for code in reasons.GATE.values():

@@ -74,6 +74,12 @@ REPEATABLE: Final = frozenset({USER_PROPERTY, SUBSCRIPTION_ID})
 PASSED_ON: Final = frozenset({PAYLOAD_FORMAT, CONTENT_TYPE, RESPONSE_TOPIC, CORRELATION_DATA, USER_PROPERTY})
 """What a PUBLISH (or a will) carries to its subscribers unchanged (MQTT-3.3.2-4..20); the
 message expiry goes on too, counted down."""
+IN_PUBLISH: Final = frozenset(
+    {PAYLOAD_FORMAT, MESSAGE_EXPIRY, TOPIC_ALIAS, RESPONSE_TOPIC, CORRELATION_DATA, USER_PROPERTY}
+    | {SUBSCRIPTION_ID, CONTENT_TYPE}
+)
+"""What a PUBLISH may carry (MQTT 5.0, 3.3.2.3); any other property makes it a malformed packet
+(2.2.2.2). A subscription id is the server's to send: a client's is refused with its own clause."""
 MAX_VARINT: Final = 268_435_455
 
 Properties = dict[int, Any]
