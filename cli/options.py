@@ -214,11 +214,20 @@ def positive_whole(text: str) -> int:
     return int(text)
 
 
+TOWN_MOST: Final = 10_000
+"""Intersections a simulated town may have: 100x100 is some 40,000 streets, 64 MB and a sample of
+over 1 MB (past the default ``max_payload``); 1000x1000 took over 3 GB before its first sample."""
+
+
 def size(text: str) -> tuple[int, int]:
-    """A town's grid, ``ROWSxCOLUMNS``."""
+    """A town's grid, ``ROWSxCOLUMNS``, from 2 to ``TOWN_MOST`` intersections."""
     rows, _, columns = text.lower().partition("x")
-    if not (rows.isdigit() and columns.isdigit()) or int(rows) < 1 or int(rows) * int(columns) < 2:
-        msg = f"{text!r} is not ROWSxCOLUMNS (say 3x3)"
+    if (
+        not (rows.isdigit() and columns.isdigit())
+        or int(rows) < 1
+        or not 2 <= int(rows) * int(columns) <= TOWN_MOST
+    ):
+        msg = f"{text!r} is not ROWSxCOLUMNS of 2 to {TOWN_MOST} intersections (say 3x3)"
         raise argparse.ArgumentTypeError(msg)
     return int(rows), int(columns)
 

@@ -335,6 +335,8 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
         (["device", "traffic", "--network", "n", "--period", "nan"], "'nan' is not a number above 0"),
         (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number from 1"),
         (["device", "traffic", "--network", "n", "--size", "0x3"], "'0x3' is not ROWSxCOLUMNS"),
+        (["device", "traffic", "--network", "n", "--size", "1000x1000"], "'1000x1000' is not ROWSxCOLUMNS"),
+        (["device", "traffic", "--network", "n", "--size", "1x10001"], "of 2 to 10000 intersections"),
         (["device", "traffic", "--network", "n", "--url", "ftp://x"], "'ftp://x' is not a URL"),
         (
             ["device", "sensors", "--network", "n", "--count", "-5"],
