@@ -257,6 +257,27 @@ def test_radio_broker_on_a_busy_port_is_one_line_and_exit_2(home, broker):
     )
 
 
+def test_more_sensors_than_open_files_allow_is_one_line_and_exit_2(home):
+    """Each sensor is an MQTT client with its own sockets: past the limit of open files the
+    command says so and how to fix it, rather than end on an OSError traceback."""
+    command = [sys.executable, "-m", "radio", "device", "sensors", "--network", "A", "--count", "300"]
+    command += ["--url", "mqtt://127.0.0.1:1", "--config", str(home.config)]
+    result = subprocess.run(
+        ["bash", "-c", 'ulimit -n 256 && exec "$@"', "radio", *command],
+        env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("radio: cannot start sensor "), result.stderr
+    assert "of 300: Too many open files" in last
+    assert "ulimit -n" in last
+
+
 def test_mosquitto_export_into_a_folder_it_cannot_make_is_one_line(home):
     """As for NATS: a --dir that cannot be made or written is one line and status 2, no traceback."""
     (home.path / "a-file").write_text("")
