@@ -40,6 +40,8 @@ class Extras:
 def _properties(body: bytes, at: int) -> tuple[props.Properties, int]:
     try:
         return props.decode(body, at)
+    except props.TooMany as exc:
+        raise CodedViolation(reasons.QUOTA_EXCEEDED, str(exc)) from None
     except props.Malformed as exc:
         raise CodedViolation(reasons.MALFORMED_PACKET, str(exc)) from None
 
