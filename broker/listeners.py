@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from radio.broker.connection import Connection, Link
+from radio.wire.framing import Violation
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,10 @@ class WebSocketLink:
                 if not self._reading.is_set():
                     await self._reading.wait()
                 message = await ws.recv()
-                connection.data_received(message.encode() if isinstance(message, str) else message)
+                if isinstance(message, str):
+                    connection.violated(Violation("an MQTT packet in a WebSocket text frame [MQTT-6.0.0-1]"))
+                    break
+                connection.data_received(message)
         except ConnectionClosed:
             pass
         finally:

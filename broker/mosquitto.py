@@ -208,17 +208,21 @@ def export(
     if listeners is None:
         listeners = listeners_of(settings, mqtt=mqtt, websocket=websocket, mqtts=mqtts, wss=wss)
     folder = folder.absolute()
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         template = TEMPLATE.read_text(encoding="utf-8")
     except OSError as exc:
         msg = f"cannot read the Mosquitto template {TEMPLATE}: {exc}"
         raise MosquittoError(msg) from None
     conf = render_conf(template, settings, registry, folder, listeners=listeners)
-    # Each in one step: Mosquitto may reload at any moment and must never read half a file.
-    write_private(folder / "passwd", passwd_text(registry))
-    write_private(folder / "acl", acl_text(registry))  # it names every key and its rights
-    write_atomic(folder / "mosquitto.conf", conf, mode=0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Each in one step: Mosquitto may reload at any moment and must never read half a file.
+        write_private(folder / "passwd", passwd_text(registry))
+        write_private(folder / "acl", acl_text(registry))  # it names every key and its rights
+        write_atomic(folder / "mosquitto.conf", conf, mode=0o644)
+    except OSError as exc:
+        msg = f"cannot write the Mosquitto configuration into {folder}: {exc}"
+        raise MosquittoError(msg) from None
     return folder / "mosquitto.conf"
 
 

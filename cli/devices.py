@@ -111,13 +111,12 @@ def _listen(args: argparse.Namespace) -> int:
     from radio.subscribers.run import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = options.settings(args)
+    ca = options.ca_file(args)
     secret = options.read_secret(args.key_file, required=False)
     preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
     url = args.url or settings.broker.local_ws_url()
     http = args.http or _bridge_url(settings)
-    return listen(
-        args.networks, url, secret, since=args.since, http=http, ca=args.ca, version=args.mqtt_version
-    )
+    return listen(args.networks, url, secret, since=args.since, http=http, ca=ca, version=args.mqtt_version)
 
 
 def _publisher(args: argparse.Namespace) -> tuple[Settings, str]:
@@ -143,6 +142,7 @@ def _traffic(args: argparse.Namespace) -> int:
     from radio.devices.run import traffic  # noqa: PLC0415
 
     settings, secret = _publisher(args)
+    ca = options.ca_file(args)
     via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
     if args.url and (via == "http") != options.is_http(args.url):
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
@@ -164,7 +164,7 @@ def _traffic(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         stop=_device_logging(),
-        ca=args.ca,
+        ca=ca,
         version=args.mqtt_version,
     )
     return 0
@@ -174,6 +174,7 @@ def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
     settings, secret = _publisher(args)
+    ca = options.ca_file(args)
     sensor_agents(
         network=args.network,
         secret=secret,
@@ -182,7 +183,7 @@ def _sensors(args: argparse.Namespace) -> int:
         rate=args.rate,
         seed=args.seed,
         stop=_device_logging(),
-        ca=args.ca,
+        ca=ca,
         version=args.mqtt_version,
     )
     return 0

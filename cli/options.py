@@ -214,11 +214,20 @@ def positive_whole(text: str) -> int:
     return int(text)
 
 
+TOWN_MOST: Final = 10_000
+"""Intersections a simulated town may have: 100x100 is some 40,000 streets, 64 MB and a sample of
+over 1 MB (past the default ``max_payload``); 1000x1000 took over 3 GB before its first sample."""
+
+
 def size(text: str) -> tuple[int, int]:
-    """A town's grid, ``ROWSxCOLUMNS``."""
+    """A town's grid, ``ROWSxCOLUMNS``, from 2 to ``TOWN_MOST`` intersections."""
     rows, _, columns = text.lower().partition("x")
-    if not (rows.isdigit() and columns.isdigit()) or int(rows) < 1 or int(rows) * int(columns) < 2:
-        msg = f"{text!r} is not ROWSxCOLUMNS (say 3x3)"
+    if (
+        not (rows.isdigit() and columns.isdigit())
+        or int(rows) < 1
+        or not 2 <= int(rows) * int(columns) <= TOWN_MOST
+    ):
+        msg = f"{text!r} is not ROWSxCOLUMNS of 2 to {TOWN_MOST} intersections (say 3x3)"
         raise argparse.ArgumentTypeError(msg)
     return int(rows), int(columns)
 
@@ -349,6 +358,21 @@ def add_ca(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="for mqtts:// and wss://: the CA certificate(s) to trust (default: the system's trust store)",
     )
+
+
+def ca_file(args: argparse.Namespace) -> Path | None:
+    """The ``--ca`` file, read and checked before the client starts, whatever its URLs' schemes.
+
+    A client over plain ``mqtt://`` or ``ws://`` still reads the history over HTTP(S) with it, in
+    its own thread: a missing or empty file found there would end that thread alone, with a
+    traceback, and leave the command running with nothing to show.
+    """
+    from radio.tls import load_certificates  # noqa: PLC0415 - see the imports
+
+    ca: Path | None = args.ca
+    if ca is not None:
+        load_certificates(ca, "CA file")
+    return ca
 
 
 def settings(args: argparse.Namespace) -> Settings:

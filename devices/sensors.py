@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radio.devices.link import LinkRefused, MqttLink, Will, sleep_until
+from radio.errors import RadioError
 from radio.stopping import Stop
 from radio.topics import network_topic
 from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
@@ -77,16 +78,26 @@ def run(
         def announce(link: MqttLink, topic: str = status) -> None:
             link.publish(topic, ONLINE, retain=True)
 
-        link = MqttLink(
-            url,
-            secret,
-            f"radio-{network}-{run_id}-{sensor.sensor_id}",
-            will=Will(status, OFFLINE),
-            on_connect=announce,
-            ca=ca,
-            version=version,
-        )
-        link.start()
+        try:
+            link = MqttLink(
+                url,
+                secret,
+                f"radio-{network}-{run_id}-{sensor.sensor_id}",
+                will=Will(status, OFFLINE),
+                on_connect=announce,
+                ca=ca,
+                version=version,
+            )
+            link.start()
+        except OSError as exc:
+            # The sensors started so far are left to end with the command: their sockets close with
+            # it (their wills say "offline"), where stopping each one still connecting takes seconds.
+            msg = (
+                f"cannot start sensor {n + 1} of {count}: {exc.strerror or exc} (each sensor is an MQTT "
+                "client of its own, with its own sockets and thread: lower --count, or raise the limit "
+                "of open files, ulimit -n)"
+            )
+            raise RadioError(msg) from None
         sensors.append((sensor, link))
     period = 1.0 / rate
     deadline = time.monotonic()

@@ -303,6 +303,25 @@ def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
     still_serving(broker, home)
 
 
+def test_a_packet_in_a_websocket_text_frame_closes_the_connection(broker, home, caplog):
+    """MQTT-6.0.0-1: packets travel in binary frames; a text frame (its bytes re-encoded as UTF-8,
+    so anything past ASCII mangled) is refused and the connection closed, with one warning line."""
+    from websockets.exceptions import ConnectionClosed  # noqa: PLC0415 - this test alone speaks WebSocket
+    from websockets.sync.client import connect as ws_connect  # noqa: PLC0415
+
+    caplog.set_level(logging.WARNING, logger="radio.broker")
+    url = f"ws://127.0.0.1:{broker.ws_port}/mqtt"
+    with ws_connect(url, subprotocols=["mqtt"], open_timeout=5) as ws:
+        ws.send(raw_connect("text", "gen", home.secrets["gen"]).decode("latin-1"))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert any("text frame" in r.getMessage() for r in caplog.records)
+    with ws_connect(url, subprotocols=["mqtt"], open_timeout=5) as ws:
+        ws.send(raw_connect("binary", "gen", home.secrets["gen"]))
+        assert ws.recv(timeout=5) == b"\x20\x02\x00\x00"  # CONNACK 0: binary frames are served
+    still_serving(broker, home)
+
+
 @pytest.mark.broker_config("max_connections = 2")
 def test_connections_over_the_limit_are_refused_at_once(any_broker, home, caplog):
     """Defect 11 (docs/broker.md): stock accepted the TCP connection and left it unanswered; here it is closed, and logged."""

@@ -257,6 +257,38 @@ def test_radio_broker_on_a_busy_port_is_one_line_and_exit_2(home, broker):
     )
 
 
+def test_more_sensors_than_open_files_allow_is_one_line_and_exit_2(home):
+    """Each sensor is an MQTT client with its own sockets: past the limit of open files the
+    command says so and how to fix it, rather than end on an OSError traceback."""
+    command = [sys.executable, "-m", "radio", "device", "sensors", "--network", "A", "--count", "300"]
+    command += ["--url", "mqtt://127.0.0.1:1", "--config", str(home.config)]
+    result = subprocess.run(
+        ["bash", "-c", 'ulimit -n 256 && exec "$@"', "radio", *command],
+        env={**os.environ, "RADIO_KEY": home.secrets["gen"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("radio: cannot start sensor "), result.stderr
+    assert "of 300: Too many open files" in last
+    assert "ulimit -n" in last
+
+
+def test_mosquitto_export_into_a_folder_it_cannot_make_is_one_line(home):
+    """As for NATS: a --dir that cannot be made or written is one line and status 2, no traceback."""
+    (home.path / "a-file").write_text("")
+    for folder in (home.path / "a-file", home.path / "a-file" / "below"):
+        result = home.radio("mosquitto", "export", "--dir", str(folder), check=False)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"radio: cannot write the Mosquitto configuration into {folder}: ")
+
+
 def test_mosquitto_export_writes_the_registry_as_mosquitto_files(home):
     folder = home.path / "exported"
     result = home.radio("mosquitto", "export", "--dir", str(folder), "--mqtt", "0.0.0.0:1884")
@@ -324,6 +356,8 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
         (["device", "traffic", "--network", "n", "--period", "nan"], "'nan' is not a number above 0"),
         (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number from 1"),
         (["device", "traffic", "--network", "n", "--size", "0x3"], "'0x3' is not ROWSxCOLUMNS"),
+        (["device", "traffic", "--network", "n", "--size", "1000x1000"], "'1000x1000' is not ROWSxCOLUMNS"),
+        (["device", "traffic", "--network", "n", "--size", "1x10001"], "of 2 to 10000 intersections"),
         (["device", "traffic", "--network", "n", "--url", "ftp://x"], "'ftp://x' is not a URL"),
         (
             ["device", "sensors", "--network", "n", "--count", "-5"],

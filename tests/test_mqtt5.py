@@ -466,6 +466,20 @@ def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 1}']
 
 
+@pytest.mark.parametrize("code", [0x80, 0x81, 0x87])
+def test_a_disconnect_for_an_error_publishes_the_will(broker, home, clients, code: int) -> None:
+    """Only a normal disconnection (0x00) discards the will (MQTT-3.14.4-3): a client that leaves
+    for an error (0x80 and above) still has its will published, its "offline" status say."""
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    sock, _ = session5(
+        broker.mqtt_port, "failing", "gen", home.secrets["gen"], will=("networks/A/status", b'{"bye": 2}')
+    )
+    with sock:
+        sock.sendall(bytes((0xE0, 0x01, code)))
+    assert [m.payload for m in reader.expect(1)] == [b'{"bye": 2}']
+
+
 def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> None:
     """Retained and queued samples come back from the store with their MQTT 5 properties."""
     asked = Properties(PacketTypes.PUBLISH)

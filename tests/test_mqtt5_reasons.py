@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import Home
-from raw_mqtt import connect5, open_socket, publish5, read_packet, reason, session5, subscribe5
+from raw_mqtt import connect5, open_socket, publish5, published5, read_packet, reason, session5, subscribe5
 
 from radio import samples
 from radio.broker.thread import BrokerThread
@@ -240,6 +240,53 @@ def test_a_bad_topic_alias_gets_disconnect(radio, home, alias, code) -> None:
         sock.sendall(publish5("", b"{}", properties={props.TOPIC_ALIAS: alias}))
         first, body = read_packet(sock)
     assert (first, reason(body, 0)[0]) == (0xE0, code)
+
+
+@pytest.mark.parametrize(
+    ("ident", "value"),
+    [
+        (props.SESSION_EXPIRY, 5),
+        (props.AUTHENTICATION_METHOD, "x"),
+        (props.SERVER_REFERENCE, "mqtt://elsewhere"),
+    ],
+)
+def test_a_publish_with_a_property_it_may_not_carry_gets_disconnect_0x81(radio, home, ident, value) -> None:
+    """A property not valid in a PUBLISH makes it malformed (MQTT 5.0, 2.2.2.2): it is not taken,
+    and its listeners get nothing."""
+    reader, _ = session5(radio.mqtt_port, "listening", "reader_a", home.secrets["reader_a"])
+    sock, _ = session5(radio.mqtt_port, "stray", "gen", home.secrets["gen"])
+    with reader, sock:
+        reader.sendall(subscribe5("networks/A", 1))
+        assert read_packet(reader)[0] == 0x90
+        sock.sendall(publish5("networks/A", b'{"speed": 1}', 1, properties={ident: value}))
+        first, body = read_packet(sock)
+        assert (first, reason(body, 0)[0]) == (0xE0, reasons.MALFORMED_PACKET)
+        assert f"property 0x{ident:02x}" in (reason(body, 0)[1] or "")
+        reader.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            read_packet(reader)
+
+
+def test_a_packet_past_the_most_user_properties_gets_disconnect_0x97(radio, home) -> None:
+    """Each user property costs the broker's one thread to read, before any right is checked: an
+    anonymous client (who may publish nothing) is closed at the first past the bound, and the
+    broker goes on serving others; up to the bound a sample keeps them all."""
+    reader, _ = session5(radio.mqtt_port, "listening", "reader_a", home.secrets["reader_a"])
+    gen, _ = session5(radio.mqtt_port, "many", "gen", home.secrets["gen"])
+    anonymous, _ = session5(radio.mqtt_port, "flood", None, None)
+    most = [("k", "v")] * 100  # props.MOST_REPEATED
+    with reader, gen, anonymous:
+        reader.sendall(subscribe5("networks/A", 0))
+        assert read_packet(reader)[0] == 0x90
+        anonymous.sendall(
+            publish5("networks/A", b"{}", properties={props.USER_PROPERTY: [*most, ("k", "v")]})
+        )
+        first, body = read_packet(anonymous)
+        assert (first, reason(body, 0)[0]) == (0xE0, reasons.QUOTA_EXCEEDED)
+        gen.sendall(publish5("networks/A", b'{"speed": 1}', properties={props.USER_PROPERTY: most}))
+        first, body = read_packet(reader)
+        assert first >> 4 == 3
+        assert published5(body, 0)[1][props.USER_PROPERTY] == most
 
 
 def test_the_gates_codes_are_those_mqtt5_allows_in_puback() -> None:

@@ -397,6 +397,33 @@ def test_clients_refuse_a_certificate_they_cannot_verify_with_one_line(home, cer
         ]
 
 
+@pytest.mark.parametrize("command", ["listen", "traffic", "sensors"])
+@pytest.mark.parametrize("bad", ["missing", "not PEM"])
+def test_a_bad_ca_file_stops_a_client_over_a_plain_url_with_one_line(home, tmp_path, command, bad):
+    """--ca is read before the client starts, not first by the history reader's thread: over
+    mqtt:// the command used to run on with a traceback from that thread, or with nothing."""
+    ca = tmp_path / "ca.pem"
+    if bad == "not PEM":
+        ca.write_text("not a certificate\n")
+    url = "mqtt://127.0.0.1:1"
+    if command == "listen":
+        args = [*RADIO, "listen", "pub", "--url", url, "--ca", str(ca), "--config", str(home.config)]
+    elif command == "traffic":
+        args = traffic_command(home, url, "--ca", str(ca))
+    else:
+        args = [*RADIO, "device", "sensors", "--network", "A", "--url", url, "--ca", str(ca)]
+        args += ["--config", str(home.config)]
+    done = subprocess.run(
+        args, env=with_key(home, "gen"), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"radio: cannot read the TLS CA file {ca}: No such file or directory"
+        if bad == "missing"
+        else f"radio: the TLS CA file {ca} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    ]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see above
 def test_the_bridge_link_publishes_over_tls_and_refuses_another_ca(home, certs, other_ca, caplog):
     use_tls(home, certs)

@@ -40,6 +40,8 @@ class Extras:
 def _properties(body: bytes, at: int) -> tuple[props.Properties, int]:
     try:
         return props.decode(body, at)
+    except props.TooMany as exc:
+        raise CodedViolation(reasons.QUOTA_EXCEEDED, str(exc)) from None
     except props.Malformed as exc:
         raise CodedViolation(reasons.MALFORMED_PACKET, str(exc)) from None
 
@@ -77,6 +79,10 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Proper
         pid = packets.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
         at += 2
     found, at = _properties(body, at)
+    if found and not found.keys() <= props.IN_PUBLISH:
+        stray = min(found.keys() - props.IN_PUBLISH)
+        msg = f"a PUBLISH with property 0x{stray:02x}, which a PUBLISH does not carry [MQTT 5.0, 2.2.2.2]"
+        raise CodedViolation(reasons.MALFORMED_PACKET, msg)
     return topic, qos, pid, found, body[at:]
 
 
