@@ -41,6 +41,8 @@ _PUBACK: Final = codec.PUBACK << 4
 """The first byte of a PUBACK."""
 KEEP_ALIVE_GRACE: Final = 1.5
 """A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""
+READ_TURN: Final = 65_536
+"""Bytes an anonymous client is read in a row before every other client is (``Connection._give_way``)."""
 
 
 class Link(Protocol):
@@ -104,6 +106,7 @@ class Connection:
         "_proved",
         "_room",
         "_turn",
+        "_unyielded",
         "_written",
         "acks_waiting",
         "anonymous",
@@ -154,6 +157,8 @@ class Connection:
         self._turn = -1
         """The flusher's turn in which bytes last went straight to the transport (``write``)."""
         self._draining = False
+        self._unyielded = 0
+        """Bytes read since this connection last let the others have a turn (``READ_TURN``)."""
         self.pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated, or while a publisher is held
         for its rate; None while packets are handled as they come."""
@@ -188,6 +193,10 @@ class Connection:
         if self.closed:
             return
         self.last_heard = time.monotonic()
+        if self.anonymous:
+            self._unyielded += len(data)
+            if self._unyielded >= READ_TURN:
+                self._give_way()
         session = self.session
         if (
             len(data) == 4  # a PUBACK: its first byte, remaining length 2, a packet id
@@ -258,6 +267,28 @@ class Connection:
                     msg = f"a packet of type {kind}, which only a server sends"
                 raise codec.Violation(msg)
             handler(self, session, body)
+
+    def _give_way(self) -> None:
+        """Stop reading this anonymous client until the loop's next turn: every other one is read first.
+
+        uvloop (libuv) reads a socket again and again in one turn while bytes keep coming, up to
+        32 reads of 256 KiB: one client streaming tiny packets (refused ones too) held every other
+        client seconds at a time. After ``READ_TURN`` (64 KiB, a quarter of what asyncio's own loop
+        reads per turn) the others are read first, so such a client holds them tens of milliseconds.
+
+        Only anonymous clients are bounded so: they publish nothing, so nothing they send is a
+        burst to fan out. A key's publisher is still read whole in one turn, which is what lets a
+        subscriber that keeps up on average take a burst without loss (``SendBuffers``); a key
+        that floods is the operator's to hold to a rate, or to revoke.
+        """
+        self._unyielded = 0
+        self.link.pause_reading()
+        self.loop.call_soon(self._take_turn)
+
+    def _take_turn(self) -> None:
+        """Read again, unless something else holds the reading (a CONNECT being decided, a rate)."""
+        if self.pending is None and not self.closed:
+            self.link.resume_reading()
 
     def read_again(self) -> None:
         """The CONNECT is decided: handle what waited for it, then read the socket again."""

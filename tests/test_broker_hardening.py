@@ -8,8 +8,11 @@ subscriber. Raw sockets send what a client library would refuse to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
+import signal
 import socket
 import threading
 import uuid
@@ -17,6 +20,8 @@ from collections.abc import Callable
 
 import pytest
 from amqtt.broker import Broker
+from commands import read_banner
+from conftest import broker_process
 from embedded import embedded_broker
 from mqtt_client import Client, away_while_published, listening
 from raw_mqtt import (
@@ -301,6 +306,59 @@ def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
     finally:
         gen.close()
     still_serving(broker, home)
+
+
+def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home):
+    """uvloop reads a socket again and again in one turn while bytes keep coming (libuv: up to 32
+    reads): an anonymous client streaming refused PUBLISHes held every other client until some
+    300,000 of them were handled. Each anonymous client is now read at most ``READ_TURN`` bytes in a row.
+
+    Counted, not timed: the stream's PUBLISHes are QoS 1, each answered by a PUBACK, and those
+    answered between another client's PINGREQ and its PINGRESP are what it waited for (some 9,500
+    with the bound). The broker runs as a process of its own, as in production: in this one, the
+    test's threads would take turns with it and break its reads up themselves."""
+    process = broker_process(home)
+    try:
+        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", read_banner(process)).group(1))  # type: ignore[union-attr]
+        chunk = b"".join(wire.publish("networks/A", b"{}", 1, pid) for pid in range(1, 2001))
+        with (
+            session(port, "streaming", None, None) as streamer,
+            session(port, "waiting", None, None) as waiting,
+        ):
+            answered = [0]
+            stop, going = threading.Event(), threading.Event()
+
+            def count() -> None:
+                streamer.settimeout(1)
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        answered[0] += len(streamer.recv(1 << 20)) // 4  # PUBACKs, 4 bytes each
+                    if answered[0] > 50_000:
+                        going.set()
+
+            def stream() -> None:
+                while not stop.is_set():
+                    streamer.sendall(chunk)
+
+            threads = [threading.Thread(target=count), threading.Thread(target=stream)]
+            for thread in threads:
+                thread.start()
+            try:
+                assert going.wait(30)
+                waited = []
+                for _ in range(3):
+                    before = answered[0]
+                    waiting.sendall(b"\xc0\x00")
+                    assert read_packet(waiting)[0] == 0xD0
+                    waited.append(answered[0] - before)
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(10)
+        assert max(waited) < 50_000, waited
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
 
 
 def test_a_packet_in_a_websocket_text_frame_closes_the_connection(broker, home, caplog):
