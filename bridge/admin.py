@@ -113,8 +113,11 @@ def _body(known: Iterable[str]) -> dict[str, Any]:
         raise APIError(413, f"request body too large: at most {limit} bytes", "too_large")
     try:
         body = json.loads(request.get_data(), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        _bad("the body must be a JSON object")
+    except RecursionError:
+        _bad("the body is nested too deep")
+    except ValueError as exc:  # not JSON, or an integer past the 4,300 digits Python reads
+        why = "an integer in it is too long" if "digits" in str(exc) else "it is not JSON"
+        _bad(f"the body must be a JSON object: {why}")
     if not isinstance(body, dict):
         _bad("the body must be a JSON object")
     allowed = tuple(known)

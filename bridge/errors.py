@@ -39,8 +39,9 @@ def answer(error: APIError) -> tuple[Response, int, dict[str, str]]:
 def _http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
     message = {
-        404: "not found: the endpoints are POST /publish, GET /healthz, GET /metrics, "
-        "GET /networks/NAME/samples, and the pages GET / and GET /networks/NAME",
+        404: "not found: the endpoints are POST /publish, GET /healthz, GET /networks/NAME/samples, "
+        "the pages GET / and GET /networks/NAME, and /metrics and /admin/ where the configuration "
+        "serves them ([bridge] admin)",
         405: "method not allowed",
         413: "request body too large",
     }.get(status, error.description or error.name)

@@ -28,6 +28,7 @@ from radio.broker import handle_connect, handle_publish, handle_subscribe
 from radio.broker.output import Flusher, SendBuffers
 from radio.wire import mqtt5, reasons
 from radio.wire.framing import TooLarge
+from radio.wire.packets import AuthPacket
 
 if TYPE_CHECKING:
     from radio.broker.protocol5 import Peer
@@ -235,6 +236,8 @@ class Connection:
             code = exc.code
         elif isinstance(exc, TooLarge):
             code = reasons.PACKET_TOO_LARGE
+        elif isinstance(exc, AuthPacket):
+            code = reasons.PROTOCOL_ERROR
         self.close(str(exc), code)
 
     def _run(self, packets: list[tuple[int, bytes]]) -> None:

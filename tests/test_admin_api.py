@@ -234,7 +234,7 @@ def call(in_process: InProcessBridge, home: Home) -> Any:
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
-def test_each_refusal_is_json_with_the_commands_message(call, home):
+def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
     def error(answer: Any, status: int) -> str:
         assert answer.status_code == status, answer.get_data(as_text=True)
         message: str = answer.get_json()["error"]
@@ -281,6 +281,13 @@ def test_each_refusal_is_json_with_the_commands_message(call, home):
     )
     assert error(call("POST", "/admin/keys", {"publish": ["A"]}), 400) == "the field 'name' is missing"
     assert error(call("POST", "/admin/keys", [1]), 400) == "the body must be a JSON object"
+
+    def posted(raw: str) -> Any:
+        return in_process.client.post("/admin/keys", data=raw, headers=bearer(home.secrets["admin"]))
+
+    too_long = '{"name": "x", "rate": ' + "9" * 5000 + "}"  # JSON, but no integer Python reads
+    assert error(posted(too_long), 400) == "the body must be a JSON object: an integer in it is too long"
+    assert error(posted("{"), 400) == "the body must be a JSON object: it is not JSON"
     assert (
         error(call("POST", "/admin/keys", {"name": "x", "admin": "yes"}), 400)
         == "admin must be true or false"

@@ -233,6 +233,15 @@ def test_qos_2_samples_past_the_receive_maximum_get_disconnect_0x93(radio, home)
     assert (first, reason(body, 0)[0]) == (0xE0, reasons.RECEIVE_MAXIMUM_EXCEEDED)
 
 
+def test_an_auth_packet_gets_disconnect_0x82(radio, home) -> None:
+    """The broker takes no authentication method, so a client may send no AUTH (MQTT 5.0, 4.12)."""
+    sock, _ = session5(radio.mqtt_port, "auth", "gen", home.secrets["gen"])
+    with sock:
+        sock.sendall(b"\xf0\x00")  # AUTH, no reason code: 0x00 success
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.PROTOCOL_ERROR)
+
+
 @pytest.mark.parametrize(("alias", "code"), [(0, reasons.TOPIC_ALIAS_INVALID), (9, reasons.PROTOCOL_ERROR)])
 def test_a_bad_topic_alias_gets_disconnect(radio, home, alias, code) -> None:
     sock, _ = session5(radio.mqtt_port, "alias", "gen", home.secrets["gen"])

@@ -31,6 +31,8 @@ UNSUBACK: Final = 11
 PINGREQ: Final = 12
 PINGRESP: Final = 13
 DISCONNECT: Final = 14
+AUTH: Final = 15
+"""MQTT 5's AUTH; reserved in MQTT 3.1.1."""
 
 FLAGS: Final = {1: 0, 2: 0, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 9: 0, 10: 2, 11: 0, 12: 0, 13: 0, 14: 0}
 """The fixed-header flags each packet type other than PUBLISH must carry (MQTT-2.2.2-1)."""
@@ -134,6 +136,10 @@ def unsubscribe(pid: int, filters: Iterable[str]) -> bytes:
 # Decoders: ``body`` is what follows the fixed header (``Framer`` gives it with the first byte).
 
 
+class AuthPacket(Violation):
+    """An AUTH packet from a client: an MQTT 5 client is told it is a protocol error (0x82)."""
+
+
 def check_flags(first: int) -> int:
     """The packet type, once its fixed-header flags are what MQTT 3.1.1 requires."""
     kind = first >> 4
@@ -141,6 +147,12 @@ def check_flags(first: int) -> int:
         return kind
     expected = FLAGS.get(kind)
     if expected is None:
+        if kind == AUTH:
+            msg = (
+                "an AUTH packet: reserved in MQTT 3.1.1, and in MQTT 5 only after a CONNECT that named "
+                "an authentication method, of which this broker takes none [MQTT 5.0, 4.12]"
+            )
+            raise AuthPacket(msg)
         msg = f"reserved packet type {kind} [MQTT-2.2.1]"
         raise Violation(msg)
     if first & 0x0F != expected:
