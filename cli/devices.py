@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from radio.cli import options
 from radio.cli.options import Parser
 from radio.errors import RadioError
-from radio.urls import DEFAULT_MQTT_VERSION
+from radio.urls import DEFAULT_MQTT_VERSION, parse_urls
 
 if TYPE_CHECKING:
     from radio.config import Settings
@@ -106,6 +106,21 @@ def _bridge_url(settings: Settings) -> str:
     return f"{'https' if settings.tls is not None else 'http'}://{settings.bridge.listen.local()}"
 
 
+def _configured(url: str, settings: Settings) -> str:
+    """A broker URL from the configuration, once a client can follow it.
+
+    A listener configured on port 0 (any free port, as ``radio up --mqtt 127.0.0.1:0`` leaves
+    ``radio.toml``) names no server: only that server's banner says where it is. Followed as the
+    default port instead, it would reach whatever else listens there, with the key's secret.
+    """
+    try:
+        parse_urls(url)
+    except ValueError as exc:
+        msg = f"{exc}: {settings.path} leaves the port to the system; give --url with the port it took"
+        raise RadioError(msg) from None
+    return url
+
+
 def _listen(args: argparse.Namespace) -> int:
     from radio.cli import preflight  # noqa: PLC0415 - see the imports
     from radio.subscribers.run import listen  # noqa: PLC0415 - a client: loads paho only for this command
@@ -114,7 +129,7 @@ def _listen(args: argparse.Namespace) -> int:
     ca = options.ca_file(args)
     secret = options.read_secret(args.key_file, required=False)
     preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
-    url = args.url or settings.broker.local_ws_url()
+    url = args.url or _configured(settings.broker.local_ws_url(), settings)
     http = args.http or _bridge_url(settings)
     return listen(args.networks, url, secret, since=args.since, http=http, ca=ca, version=args.mqtt_version)
 
@@ -153,11 +168,13 @@ def _traffic(args: argparse.Namespace) -> int:
             f"--mqtt-version {args.mqtt_version} is for MQTT: the bridge (--via http) is spoken to over HTTP"
         )
         raise RadioError(msg)
-    default = _bridge_url(settings) if via == "http" else settings.broker.local_url()
+    url = args.url or (
+        _bridge_url(settings) if via == "http" else _configured(settings.broker.local_url(), settings)
+    )
     traffic(
         network=args.network,
         secret=secret,
-        url=args.url or default,
+        url=url,
         via=via,
         period=args.period,
         speed=args.speed,
@@ -178,7 +195,7 @@ def _sensors(args: argparse.Namespace) -> int:
     sensor_agents(
         network=args.network,
         secret=secret,
-        url=args.url or settings.broker.local_url(),
+        url=args.url or _configured(settings.broker.local_url(), settings),
         count=args.count,
         rate=args.rate,
         seed=args.seed,

@@ -52,10 +52,13 @@ class BrokerURL:
             raise ValueError(msg)
         transport, tls, default_port = _SCHEMES[parts.scheme]
         try:
-            port = parts.port or default_port
+            port = default_port if parts.port is None else parts.port
         except ValueError:
             msg = f"{text!r} has an invalid port"
             raise ValueError(msg) from None
+        if port == 0:  # a server's "any free port": where it is, only its own banner says
+            msg = f"{text!r} has port 0, which no server listens on"
+            raise ValueError(msg)
         return cls(transport, parts.hostname, port, parts.path or "/mqtt", tls)
 
     def __str__(self) -> str:

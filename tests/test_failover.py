@@ -67,6 +67,32 @@ def test_a_list_of_urls_is_read_in_order_and_mixed_transports_are_refused() -> N
         parse_urls("mqtt://a:1,mqtts://b:2")
     with pytest.raises(ValueError, match="names no broker"):
         parse_urls(" , ")
+    assert parse_urls("ws://a/mqtt") == [BrokerURL("websockets", "a", 8080)]  # no port: the default
+    with pytest.raises(ValueError, match="has port 0, which no server listens on"):
+        parse_urls("ws://a:0/mqtt")  # not the default: that would be another server
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        (["listen", "pub"], 'websocket = "127.0.0.1:0"'),
+        (["device", "sensors", "--network", "A"], 'mqtt = "127.0.0.1:0"'),
+        (["device", "traffic", "--network", "A"], 'mqtt = "127.0.0.1:0"'),
+    ],
+)
+def test_a_listener_configured_on_port_0_is_no_address_to_reach(
+    home: Home, command: list[str], setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`radio up --ws 127.0.0.1:0` serves on a port only its banner names: a client reading the
+    configuration must not go to the default port, where another server (with the key's secret
+    as its password) may listen."""
+    home.config.write_text(home.config.read_text() + f"[broker]\n{setting}\n")
+    monkeypatch.setenv("RADIO_KEY", home.secrets["gen"])  # the key the commands would send
+    result = home.radio(*command, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("radio: '"), result.stderr
+    assert "has port 0, which no server listens on" in result.stderr
+    assert "give --url with the port it took" in result.stderr
 
 
 @pytest.mark.parametrize(
