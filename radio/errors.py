@@ -20,10 +20,14 @@ Hierarchy (each class with the module it lives in, when not here)::
     ├── StoreError             the embedded broker's store cannot be opened or read (broker.store)
     ├── Violation              a packet MQTT says to close the connection on (wire.framing)
     │   ├── TooLarge           a packet over the size limit (wire.framing)
+    │   ├── AuthPacket         an AUTH packet: the broker takes no authentication method
+    │   │                      (wire.packets)
     │   └── CodedViolation     one an MQTT 5 client is told of by a DISCONNECT reason code
     │                          (wire.mqtt5)
     ├── Malformed              an MQTT 5 property list MQTT calls malformed (wire.properties;
-    │                          also a ValueError)
+    │   │                      also a ValueError)
+    │   └── TooMany            more user properties or subscription ids than a packet may hold
+    │                          (wire.properties)
     ├── MosquittoError         Mosquitto is missing or would not start (broker.mosquitto)
     ├── NatsError              the NATS cluster cannot be planned or started (broker.nats_conf)
     ├── APIError               the HTTP door's refusal: a status, a message (bridge.errors)
