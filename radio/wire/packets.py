@@ -149,8 +149,9 @@ def check_flags(first: int) -> int:
     if expected is None:
         if kind == AUTH:
             msg = (
-                "an AUTH packet: reserved in MQTT 3.1.1, and in MQTT 5 only after a CONNECT that named "
-                "an authentication method, of which this broker takes none [MQTT 5.0, 4.12]"
+                "an AUTH packet: packet type 15 is reserved in MQTT 3.1.1 [MQTT-2.2.1], and MQTT 5 "
+                "takes one only after a CONNECT that named an authentication method, of which this "
+                "broker takes none [MQTT 5.0, 4.12]"
             )
             raise AuthPacket(msg)
         msg = f"reserved packet type {kind} [MQTT-2.2.1]"
