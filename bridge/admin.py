@@ -97,9 +97,13 @@ def _changes() -> KeyChanges:
     return KeyChanges(_settings(), actor)
 
 
+class _Constant(RadioError, ValueError):
+    """NaN or Infinity, which Python's reader takes and JSON does not."""
+
+
 def _reject_constant(name: str) -> NoReturn:
     msg = f"{name} is not JSON"
-    raise ValueError(msg)
+    raise _Constant(msg)
 
 
 def _body(known: Iterable[str]) -> dict[str, Any]:
@@ -115,9 +119,10 @@ def _body(known: Iterable[str]) -> dict[str, Any]:
         body = json.loads(request.get_data(), parse_constant=_reject_constant)
     except RecursionError:
         _bad("the body is nested too deep")
-    except ValueError as exc:  # not JSON, or an integer past the 4,300 digits Python reads
-        why = "an integer in it is too long" if "digits" in str(exc) else "it is not JSON"
-        _bad(f"the body must be a JSON object: {why}")
+    except (json.JSONDecodeError, _Constant):
+        _bad("the body must be a JSON object: it is not JSON")
+    except ValueError:  # JSON, but an integer past the 4,300 digits Python reads
+        _bad("the body must be a JSON object: an integer in it is too long")
     if not isinstance(body, dict):
         _bad("the body must be a JSON object")
     allowed = tuple(known)

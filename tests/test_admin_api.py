@@ -289,6 +289,9 @@ def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
     assert error(posted(too_long), 400) == "the body must be a JSON object: an integer in it is too long"
     assert error(posted("{"), 400) == "the body must be a JSON object: it is not JSON"
     assert (
+        error(posted('{"name": "x", "rate": NaN}'), 400) == "the body must be a JSON object: it is not JSON"
+    )
+    assert (
         error(call("POST", "/admin/keys", {"name": "x", "admin": "yes"}), 400)
         == "admin must be true or false"
     )
