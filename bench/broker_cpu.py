@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import resource
 import select
@@ -522,6 +523,45 @@ def ratios(
     return found
 
 
+def p99_differences(
+    results: list[tuple[int, Result]], a: str, b: str
+) -> dict[tuple[int, int, int | str], list[float]]:
+    """Round by round: a's p99 minus b's, same configuration, both without loss (ms)."""
+    p99: dict[tuple[int, int, int, int | str, str], float] = {}
+    for round_, r in results:
+        if r.broker_us_per_delivery is not None and r.p99_ms is not None:
+            p99[round_, r.qos, r.subscribers, r.rate, r.broker] = r.p99_ms
+    found: dict[tuple[int, int, int | str], list[float]] = {}
+    for (round_, qos, n, rate, broker), value in p99.items():
+        other = p99.get((round_, qos, n, rate, b))
+        if broker == a and other is not None:
+            found.setdefault((qos, n, rate), []).append(round(value - other, 3))
+    return found
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of ``values`` (the sign test's order statistics).
+
+    The rounds' differences are neither normal nor independent of the machine's moods, so no
+    mean and standard error: the true median lies between the k-th smallest and k-th largest
+    value with probability at least ``level``, k the largest for which fewer than k of n fair
+    coin flips come up heads with probability at most (1 - level) / 2. None below 6 rounds,
+    where no such k exists.
+    """
+    n = len(values)
+    tail = (1 - level) / 2
+    k, below = 0, 0.0  # below: P(fewer than k+1 heads)
+    while True:
+        below += math.comb(n, k) / 2**n
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
 def _span(values: list[float], digits: int = 2) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -573,13 +613,32 @@ def summarize(results: list[tuple[int, Result]], brokers: list[str]) -> None:
         print("|---|---|---|---|---|")
         for (qos, n, rate), values in found.items():
             print(f"| {qos} | {n:,} | {rate} | {_span(values)} | {len(values)} |")
+        differences = p99_differences(results, a, b)
+        print(
+            f"\n{a} p99 minus {b} p99, ms, round by round (median, range; the median's 95% interval "
+            "by the sign test; rounds where it is lower; runs without loss)\n"
+        )
+        print("| QoS | N | deliveries/s | difference | 95% interval | lower | rounds |")
+        print("|---|---|---|---|---|---|---|")
+        for (qos, n, rate), values in differences.items():
+            interval = median_interval(values)
+            shown = f"{interval[0]:+.2f} to {interval[1]:+.2f}" if interval else "(under 6 rounds)"
+            lower = sum(v < 0 for v in values)
+            print(
+                f"| {qos} | {n:,} | {rate} | {statistics.median(values):+.3f} "
+                f"({min(values):+.2f} to {max(values):+.2f}) | {shown} | {lower} | {len(values)} |"
+            )
         print(
             json.dumps(
                 {
                     "ratios": [
                         {"qos": k[0], "subscribers": k[1], "rate": k[2], f"{a}_over_{b}": v}
                         for k, v in found.items()
-                    ]
+                    ],
+                    "p99_differences_ms": [
+                        {"qos": k[0], "subscribers": k[1], "rate": k[2], f"{a}_minus_{b}": v}
+                        for k, v in differences.items()
+                    ],
                 }
             )
         )

@@ -63,7 +63,8 @@ def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery(cli
         if os.environ.get("CI"):
             pytest.fail("no C compiler for bench/sink.c: .ci/run installs gcc", pytrace=False)
         pytest.skip("no C compiler for bench/sink.c (apt-get install gcc)")
-    rows = rounds(smoke("broker_cpu.py", "--client", client))
+    result = smoke("broker_cpu.py", "--client", client)
+    rows = rounds(result)
     assert {r["broker"] for r in rows} == {"radio", "mosquitto"}
     assert {r["client"] for r in rows} == {client}
     assert {(r["qos"], r["rate"]) for r in rows} == {(q, rate) for q in (0, 1) for rate in (2000, "burst")}
@@ -73,6 +74,18 @@ def test_the_broker_cpu_benchmark_pins_each_broker_and_counts_every_delivery(cli
     assert all(r["broker_cpu_s"] >= 0 and r["broker_waited_s"] >= 0 and r["load_cores"] > 0 for r in rows)
     if len(os.sched_getaffinity(0)) > 1:  # the broker alone on core 0, the clients elsewhere
         assert all(r["broker_affinity"] == [0] and r["load_cores_available"] >= 1 for r in rows)
+    # The summary's p99 differences are the rows' own, paired round by round, for every paced setting.
+    summary = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"ratios"')))
+    p99 = {(r["round"], r["qos"], r["rate"], r["broker"]): r["p99_ms"] for r in rows}
+    expected = {
+        qos: [
+            round(p99[n, qos, 2000, "radio"] - p99[n, qos, 2000, "mosquitto"], 3)
+            for n in sorted({r["round"] for r in rows})
+        ]
+        for qos in (0, 1)
+    }
+    paced = {d["qos"]: d["radio_minus_mosquitto"] for d in summary["p99_differences_ms"] if d["rate"] == 2000}
+    assert paced == expected
 
 
 def test_the_refusal_benchmark_runs_both_brokers():
