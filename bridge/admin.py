@@ -52,6 +52,9 @@ DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 RIGHTS: Final = ("publish", "subscribe", "admin")
 EXAMPLES: Final = {"rate": "5/s", "burst": "10", "quota": "10000/day", "expires": "2026-12-31T00:00:00Z"}
+NUMBER_TERMS: Final = ("rate", "burst")
+"""Terms a JSON number may give, read as its text (``"rate": 5`` is ``--rate 5``); the others are
+text alone, as the OpenAPI document says."""
 SECRET_HEADERS: Final = {"Cache-Control": "no-store"}
 """An answer holding a secret must not be kept by any cache on the way."""
 
@@ -158,8 +161,10 @@ def _terms(body: dict[str, Any]) -> dict[str, object]:
         if value is None:
             terms[name] = None
             continue
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            _bad(f"{name} must be a string such as {EXAMPLES[name]!r}, or null to remove it")
+        number = name in NUMBER_TERMS and isinstance(value, int | float)
+        if isinstance(value, bool) or not (isinstance(value, str) or number):
+            kinds = "a string or a number" if name in NUMBER_TERMS else "a string"
+            _bad(f"{name} must be {kinds} such as {EXAMPLES[name]!r}, or null to remove it")
         try:
             terms[name] = parse_term(name, str(value))
         except ValueError as exc:

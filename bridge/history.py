@@ -33,14 +33,13 @@ from flask import Blueprint, Response, request
 from radio.bridge.errors import APIError
 from radio.bridge.reading import DEFAULT_LIMIT, check_read, presented_secret
 from radio.bridge.state import current_registry, current_state
-from radio.history_store import HistoryFileUnavailable, NoHistory, Page, read_page
+from radio.history_store import MAX_SEQ, HistoryFileUnavailable, NoHistory, Page, read_page
 from radio.samples import NotJSON
 from radio.samples import parse as parse_sample
 
 bp = Blueprint("history", __name__)
 
 MAX_LIMIT: Final = 1000
-MAX_SEQ: Final = 2**62
 _PARAMETERS: Final = frozenset({"limit", "after"})
 ENCODER: Final = json.JSONEncoder()
 """For the answer's own fields (numbers, names, times): never a float."""

@@ -43,7 +43,8 @@ _PUBACK: Final = codec.PUBACK << 4
 KEEP_ALIVE_GRACE: Final = 1.5
 """A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""
 READ_TURN: Final = 65_536
-"""Bytes an anonymous client is read in a row before every other client is (``Connection._give_way``)."""
+"""Bytes a client that may publish nothing is read in a row before every other client is
+(``Connection._give_way``)."""
 
 
 class Link(Protocol):
@@ -111,6 +112,7 @@ class Connection:
         "_written",
         "acks_waiting",
         "anonymous",
+        "bounded",
         "broker",
         "buffers",
         "closed",
@@ -167,6 +169,9 @@ class Connection:
         """Acknowledgements waiting for the store (later ones wait behind them, in order)."""
         self.anonymous = False
         """Whether this connection holds one of its address's anonymous connections."""
+        self.bounded = True
+        """Whether it is read at most ``READ_TURN`` bytes in a row (``_give_way``): until its key is
+        known to publish somewhere, nothing it sends is a burst to fan out."""
         self._alive_timer: asyncio.TimerHandle | None = self.loop.call_later(
             broker.connect_timeout, self._connect_timed_out
         )
@@ -194,7 +199,7 @@ class Connection:
         if self.closed:
             return
         self.last_heard = time.monotonic()
-        if self.anonymous:
+        if self.bounded:
             self._unyielded += len(data)
             if self._unyielded >= READ_TURN:
                 self._give_way()
@@ -272,17 +277,18 @@ class Connection:
             handler(self, session, body)
 
     def _give_way(self) -> None:
-        """Stop reading this anonymous client until the loop's next turn: every other one is read first.
+        """Stop reading this client until the loop's next turn: every other one is read first.
 
         uvloop (libuv) reads a socket again and again in one turn while bytes keep coming, up to
         32 reads of 256 KiB: one client streaming tiny packets (refused ones too) held every other
         client seconds at a time. After ``READ_TURN`` (64 KiB, a quarter of what asyncio's own loop
         reads per turn) the others are read first, so such a client holds them tens of milliseconds.
 
-        Only anonymous clients are bounded so: they publish nothing, so nothing they send is a
-        burst to fan out. A key's publisher is still read whole in one turn, which is what lets a
-        subscriber that keeps up on average take a burst without loss (``SendBuffers``); a key
-        that floods is the operator's to hold to a rate, or to revoke.
+        Bounded so: a client not yet connected, an anonymous one, and one whose key may publish
+        nowhere (a listener's key, sold to someone the operator does not run): nothing they send
+        is a burst to fan out. A key that may publish is still read whole in one turn, which is
+        what lets a subscriber that keeps up on average take a burst without loss
+        (``SendBuffers``); a key that floods is the operator's to hold to a rate, or to revoke.
         """
         self._unyielded = 0
         self.link.pause_reading()

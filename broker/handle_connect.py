@@ -80,6 +80,10 @@ def _connect5(connection: Connection, extras: mqtt5.Extras, candidate: Session) 
         why = "a receive maximum or maximum packet size of 0 (MQTT 5.0, 3.1.2.11)"
         refuse(connection, codec.NOT_AUTHORIZED, why, reasons.PROTOCOL_ERROR)
         return False
+    if found.get(props.REQUEST_PROBLEM_INFO, 0) > 1 or found.get(props.REQUEST_RESPONSE_INFO, 0) > 1:
+        why = "a request for problem or response information other than 0 or 1 (MQTT 5.0, 3.1.2.11)"
+        refuse(connection, codec.NOT_AUTHORIZED, why, reasons.PROTOCOL_ERROR)
+        return False
     expiry = found.get(props.SESSION_EXPIRY, 0)
     candidate.clean_session = not expiry  # an expiry of 0: the session ends with its connection
     candidate.expiry = expiry
@@ -110,6 +114,7 @@ async def _admit(
     if taken is None:
         return
     session, present = taken
+    connection.bounded = not connection.broker.router.registry().access(session.key_name).publishes
     keep_alive = request.keep_alive
     peer = connection.v5
     if peer is None:

@@ -730,6 +730,8 @@ class Router:
             if not owned:
                 self.discard(session)
                 continue
+            if session.connection is not None:  # a right to publish given or taken away
+                session.connection.bounded = not registry.access(name).publishes
             self._purge_unreadable(session)
         return closing
 

@@ -273,11 +273,19 @@ def nodes(text: str) -> int:
 
 
 def sequence_number(text: str) -> int:
-    """A sample number from the bridge's history (a whole number from 0)."""
-    if not text.isascii() or not text.strip().isdigit():
-        msg = f"{text!r} is not a sample number (a whole number from 0)"
+    """A sample number from the bridge's history (a whole number from 0 to ``MAX_SEQ``)."""
+    from radio.history_store import MAX_SEQ  # noqa: PLC0415 - see the imports
+
+    digits = text.strip().lstrip("0") or "0"
+    if (
+        not text.isascii()
+        or not text.strip().isdigit()
+        or len(digits) > len(str(MAX_SEQ))
+        or int(digits) > MAX_SEQ
+    ):
+        msg = f"{text[:40]!r} is not a sample number (a whole number from 0 to {MAX_SEQ})"
         raise argparse.ArgumentTypeError(msg)
-    return int(text)
+    return int(digits)
 
 
 def network(text: str) -> str:

@@ -139,6 +139,17 @@ class Child:
                 return urls
         raise self._not_started()
 
+    def said(self, last: str) -> str:
+        """What it prints up to the first line holding ``last``, once it prints that line."""
+        stdout: IO[str] | None = self.process.stdout
+        assert stdout is not None  # noqa: S101 - always piped
+        lines = []
+        for line in stdout:
+            lines.append(line)
+            if last in line:
+                return "".join(lines)
+        raise self._not_started()
+
     def wait_for(self, pattern: str) -> str:
         """The first match of a pattern in what it prints, once it prints it."""
         stdout: IO[str] | None = self.process.stdout
@@ -265,8 +276,12 @@ def up(
             "bridge", ["bridge", *common, "--listen", str(http), "--broker", nodes_urls], env=page_ws
         )
         children.append(bridge)
-        http_url = reachable(bridge.wait_for(r"POST (https?://\S+)/publish"))
+        # Its banner says where it bound each port, the admin listener's too (which may be port 0).
+        bridge_said = bridge.said("Ctrl-C")
         bridge.drain()
+        http_url = reachable(_found(r"POST (https?://\S+)/publish", bridge_said) or "")
+        admin_url = _found(r"admin API: (https?://\S+)/admin/", bridge_said)
+        metrics = re.search(r"GET  (https?://\S+)/metrics( +\(admin key\))?", bridge_said)
         device = Child(
             "traffic simulator",
             ["device", "traffic", *common, "--network", network, "--url", nodes_urls],
@@ -278,6 +293,8 @@ def up(
             urls={name: reachable(url) for name, url in urls.items() if name != "mqtt" or plain["mqtt"]},
             ca=_dev_ca(settings),
             http_url=http_url,
+            admin_url=None if admin_url is None else reachable(admin_url),
+            metrics=None if metrics is None else (reachable(metrics[1]), metrics[2] is not None),
             network=network,
             settings=settings,
             made=made,
@@ -425,18 +442,29 @@ class _Interrupted(KeyboardInterrupt):
     """A signal arrived while a child was still starting (the command line ends with status 0)."""
 
 
+def _found(pattern: str, text: str) -> str | None:
+    match = re.search(pattern, text)
+    return None if match is None else match[1]
+
+
 def _print_banner(
     *,
     urls: dict[str, str],
     ca: Path | None,
     http_url: str,
+    admin_url: str | None,
+    metrics: tuple[str, bool] | None,
     network: str,
     settings: Settings,
     made: bool,
     elsewhere: bool,
     engine: str,
 ) -> None:
-    """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``)."""
+    """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``).
+
+    ``metrics``: where ``/metrics`` is, and whether it takes an admin key (not on an admin
+    listener of its own, which the operator keeps off the public network).
+    """
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
     demo_file = shlex.quote(str(service_keys.key_file(settings, DEMO_KEY)))
     here = settings.path == (Path.cwd() / "radio.toml").absolute()
@@ -472,7 +500,13 @@ def _print_banner(
         f"{doors}"
         f"  HTTP publish:         {http_url}/publish\n"
         f"  live pages:           {http_url}/\n"
-        f"  traffic simulator:    publishing to {network} every second\n"
+        + (
+            f"  admin API:            {admin_url}/admin/ (admin keys: radio keys add NAME --admin)\n"
+            if admin_url
+            else ""
+        )
+        + (f"  metrics:              {metrics[0]}/metrics{' (admin key)' * metrics[1]}\n" if metrics else "")
+        + f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
         f"  state:                {settings.state_dir} "

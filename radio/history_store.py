@@ -45,6 +45,9 @@ STRICT_COLUMN: Final = "ALTER TABLE samples ADD COLUMN strict INTEGER"
 READ_TIMEOUT: Final = 2.0
 """Seconds a reader waits for the file before it answers that the history is unavailable."""
 LAST_SEQ: Final = "SELECT last_seq FROM sequences WHERE network = ?"
+MAX_SEQ: Final = 2**62
+"""The largest sample number a reader may ask after: far past any history, well within SQLite's
+64-bit integers (a larger one would overflow them)."""
 
 
 class HistoryStore:

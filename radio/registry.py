@@ -53,6 +53,11 @@ class Access:
         """Whether a PUBLISH to this concrete topic is allowed."""
         return self.admin or network_of_topic(topic) in self.publish
 
+    @property
+    def publishes(self) -> bool:
+        """Whether it may publish to some topic at all."""
+        return self.admin or bool(self.publish)
+
     def may_read(self, topic: str) -> bool:
         """Whether a message on this concrete topic may be delivered (live or retained)."""
         return self.admin or network_of_topic(topic) in self.read

@@ -295,6 +295,14 @@ def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
         error(call("POST", "/admin/keys", {"name": "x", "admin": "yes"}), 400)
         == "admin must be true or false"
     )
+    for field, value, kinds in (
+        ("rate", True, "a string or a number such as '5/s'"),  # a bool is not the number 1
+        ("burst", [10], "a string or a number such as '10'"),
+        ("quota", 10000, "a string such as '10000/day'"),  # a number says no period
+        ("expires", 1798675200, "a string such as '2026-12-31T00:00:00Z'"),  # nor an offset
+    ):
+        refused = error(call("POST", "/admin/keys", {"name": "x", field: value}), 400)
+        assert refused == f"{field} must be {kinds}, or null to remove it"
     assert error(call("GET", "/admin/usage?since=" + "9" * 5000), 400).startswith("invalid date '9999")
     assert error(call("GET", "/admin/keys?limit=" + "9" * 5000), 400).startswith(
         "limit must be a whole number"

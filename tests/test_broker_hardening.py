@@ -24,6 +24,7 @@ from commands import read_banner
 from conftest import broker_process
 from embedded import embedded_broker
 from mqtt_client import Client, away_while_published, listening
+from polling import until
 from raw_mqtt import (
     closed_by_peer,
     open_socket,
@@ -308,10 +309,12 @@ def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
     still_serving(broker, home)
 
 
-def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home):
+@pytest.mark.parametrize("key", [None, "reader_a"], ids=["anonymous", "a listener's key"])
+def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home, key):
     """uvloop reads a socket again and again in one turn while bytes keep coming (libuv: up to 32
-    reads): an anonymous client streaming refused PUBLISHes held every other client until some
-    300,000 of them were handled. Each anonymous client is now read at most ``READ_TURN`` bytes in a row.
+    reads): a client streaming refused PUBLISHes held every other client until some 300,000 of
+    them were handled. A client that may publish nowhere (anonymous, or a listener's key) is now
+    read at most ``READ_TURN`` bytes in a row.
 
     Counted, not timed: the stream's PUBLISHes are QoS 1, each answered by a PUBACK, and those
     answered between another client's PINGREQ and its PINGRESP are what it waited for (some 9,500
@@ -322,7 +325,7 @@ def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home):
         port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", read_banner(process)).group(1))  # type: ignore[union-attr]
         chunk = b"".join(wire.publish("networks/A", b"{}", 1, pid) for pid in range(1, 2001))
         with (
-            session(port, "streaming", None, None) as streamer,
+            session(port, "streaming", key, key and home.secrets[key]) as streamer,
             session(port, "waiting", None, None) as waiting,
         ):
             answered = [0]
@@ -359,6 +362,26 @@ def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home):
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
+
+
+def test_a_key_that_loses_or_gains_its_last_right_to_publish_is_read_the_new_way(broker, home):
+    """Read whole in a turn while it may publish (its bursts), bounded while it may only read."""
+
+    def bounded(client_id: str = "edited") -> bool:
+        async def look() -> bool:
+            (found,) = (s for s in broker.broker.radio.router.sessions.values() if s.client_id == client_id)
+            return bool(found.connection.bounded)
+
+        return bool(broker.call(look))
+
+    with session(broker.mqtt_port, "edited", "gen", home.secrets["gen"]):
+        assert not bounded()
+        home.store().edit("gen", publish=[])
+        assert until(bounded)
+        home.store().edit("gen", publish=["A"])
+        assert until(lambda: not bounded())
+    with session(broker.mqtt_port, "reading", "reader_a", home.secrets["reader_a"]):
+        assert bounded("reading")
 
 
 def test_a_packet_in_a_websocket_text_frame_closes_the_connection(broker, home, caplog):

@@ -171,11 +171,21 @@ def test_listen_since_a_private_network_needs_a_key_that_may_read_it(
     assert "not entitled to read network 'A'" in result.stderr  # the registry at hand says so first
 
 
-@pytest.mark.parametrize("value", ["-1", "x", "1.5"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-1",
+        "x",
+        "1.5",
+        pytest.param(str(2**62 + 1), id="past 2**62"),
+        pytest.param("9" * 5000, id="5,000 digits"),
+    ],
+)
 def test_a_bad_since_is_one_line_and_status_2(home, value):
     result = home.radio("listen", "pub", "--since", value, check=False)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
+    assert f"is not a sample number (a whole number from 0 to {2**62})" in result.stderr
 
 
 def test_the_listener_library_replays_with_seq_then_live(home, broker, recorder, bridge, publisher):

@@ -186,6 +186,15 @@ def test_a_client_that_wants_no_problem_information_gets_codes_alone(radio, home
         assert read_packet(sock) == (0x40, b"\x00\x01" + bytes([reasons.NOT_AUTHORIZED]) + b"\x00")
 
 
+@pytest.mark.parametrize("ident", [props.REQUEST_PROBLEM_INFO, props.REQUEST_RESPONSE_INFO])
+@pytest.mark.parametrize("value", [2, 255])
+def test_a_request_flag_other_than_0_or_1_gets_connack_0x82(radio, home, ident, value) -> None:
+    code, says = connack(radio, "c", "gen", home.secrets["gen"], properties={ident: value})
+    assert code == reasons.PROTOCOL_ERROR
+    assert says is not None
+    assert "other than 0 or 1" in says
+
+
 def test_a_filter_the_key_may_not_read_gets_suback_0x87(radio, home) -> None:
     sock, _ = session5(radio.mqtt_port, "reader", "reader_a", home.secrets["reader_a"])
     with sock:

@@ -23,7 +23,7 @@ import requests
 from commands import ANY_PORTS, BROKER_ON_ANY_PORTS, listen_lines, radio_in, read_banner, started_in, stop
 from conftest import ENGINES, require_mosquitto
 
-from radio.cli.up import config_path, reachable
+from radio.cli.up import DEFAULT_CONFIG, config_path, reachable
 from radio.config import Address, load_settings
 
 
@@ -90,6 +90,17 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
         process.communicate(timeout=60)
         raise
     return up
+
+
+def admin_named(up: Up) -> tuple[str, str, str]:
+    """The admin API's base URL as the banner names it (answering 401 without a key), /metrics's, and its note."""
+    admin = up.value(
+        r"admin API:\s+(http://127\.0\.0\.1:\d+)/admin/ \(admin keys: radio keys add NAME --admin\)\n"
+    )
+    assert requests.get(f"{admin}/admin/keys", timeout=10).status_code == 401
+    metrics = re.search(r"metrics:\s+(\S+)/metrics(.*)\n", up.banner)
+    assert metrics is not None, up.banner
+    return admin, metrics[1], metrics[2]
 
 
 LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|: (Warning|Error): ")
@@ -166,6 +177,8 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
             "other radio commands: this run's addresses are not radio.toml's: give other radio commands --url"
             in up.banner
         )
+        # The admin API and /metrics are where the bridge bound them: on the HTTP port by default.
+        assert admin_named(up) == (http_url.removesuffix("/publish"),) * 2 + (" (admin key)",)
 
         # The secret is in no process's command line, where every user of the machine could read it.
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -221,6 +234,25 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
     assert not loud(err), err  # a clean start and a clean stop: nothing to warn about
     assert not left_behind(up.children)
     assert all(port_is_free(port) for port in up.ports)
+
+
+@pytest.mark.slow
+def test_an_admin_listener_on_a_port_the_system_picks_is_named_in_the_banner(tmp_path):
+    config = DEFAULT_CONFIG.replace("[bridge]\n", '[bridge]\nadmin = "127.0.0.1:0"\n', 1)
+    assert config != DEFAULT_CONFIG
+    (tmp_path / "radio.toml").write_text(config)
+    up = start_up(tmp_path)
+    try:
+        admin, metrics, note = admin_named(up)
+        http = up.value(r"HTTP publish:\s+(\S+)/publish")
+        assert admin == metrics != http
+        assert not note  # on its own listener, which the operator keeps private: no key asked
+        assert requests.get(f"{admin}/metrics", timeout=10).status_code == 200
+        assert requests.get(f"{http}/admin/keys", timeout=10).status_code == 404
+    finally:
+        up.process.send_signal(signal.SIGINT)
+        _, err = up.process.communicate(timeout=60)
+    assert up.process.returncode == 0, err
 
 
 # SIGINT (Ctrl-C) is the first test's way to stop radio up: it checks the same.

@@ -160,6 +160,8 @@ def test_the_readme_shows_what_radio_up_prints():
         "state:",
         "other radio commands:",
         "demo publisher key:",
+        "admin API:",
+        "metrics:",
     ):
         assert label in source
         assert label in README
