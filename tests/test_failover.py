@@ -26,6 +26,7 @@ import requests
 from conftest import Home, start_bridge
 from embedded import embedded_broker
 from mqtt_client import Client
+from polling import until
 from test_nats_cluster import FAILOVER, make_home, require_nats, start_cluster
 from test_platform import left_behind, start_up
 
@@ -260,10 +261,8 @@ def test_the_recorder_numbers_samples_through_the_second_broker_once_the_first_i
         gen_first.publish("networks/A", b'{"on": "first"}', qos=1)
         gen_first.close()
         first.stop()
-        deadline = time.monotonic() + 15
-        while not (recorder.subscribed.is_set() and recorder.broker == brokers[1]):
-            assert time.monotonic() < deadline, "the recorder never moved to the second broker"
-            time.sleep(0.05)
+        moved = until(lambda: recorder.subscribed.is_set() and recorder.broker == brokers[1], within=15)
+        assert moved, "the recorder never moved to the second broker"
         assert gen_second.connect() == 0
         gen_second.publish("networks/A", b'{"on": "second"}', qos=1)
 
@@ -272,10 +271,7 @@ def test_the_recorder_numbers_samples_through_the_second_broker_once_the_first_i
                 rows = db.execute("SELECT payload FROM samples WHERE network = 'A' ORDER BY seq")
                 return [json.loads(payload)["on"] for (payload,) in rows]
 
-        deadline = time.monotonic() + 10
-        while recorded() != ["first", "second"]:
-            assert time.monotonic() < deadline, recorded()
-            time.sleep(0.05)
+        assert until(lambda: recorded() == ["first", "second"]), recorded()
     finally:
         gen_second.close()
         recorder.stop()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 
 from conftest import Home, start_bridge
+from polling import eventually
 from test_tls import make_certs, use_tls
 
 UNHEALTHY = 1
@@ -31,10 +31,12 @@ def port_of(url: str) -> str:
 
 def once_linked(home: Home, address: str) -> subprocess.CompletedProcess[str]:
     """The check, once a bridge just started has reached its broker (503 until then), 20 s at most."""
-    deadline = time.monotonic() + 20
-    while "answered 503" in (done := health(home, "--http", address)).stderr and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return done
+
+    def linked() -> subprocess.CompletedProcess[str] | None:
+        done = health(home, "--http", address)
+        return None if "answered 503" in done.stderr else done
+
+    return eventually(linked, within=20, every=0.1) or health(home, "--http", address)
 
 
 def test_a_bridge_linked_to_its_broker_is_healthy_on_the_address_radio_up_was_given(home, bridge):

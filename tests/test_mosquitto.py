@@ -17,6 +17,7 @@ import psutil
 import pytest
 from conftest import require_mosquitto, running_broker
 from mqtt_client import Client, away_while_published, listening
+from polling import eventually, until
 
 from radio.broker import mosquitto as mosquitto_runner
 from radio.broker.mosquitto import MosquittoBroker
@@ -80,13 +81,14 @@ def test_a_slow_subscriber_loses_nothing_that_was_accepted(home):
 
 def mosquitto_child(runner: psutil.Process, other_than: int | None = None) -> psutil.Process:
     """The Mosquitto a runner started (a new one, if ``other_than`` names the last), once it exists."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for child in runner.children():
-            if child.name() == "mosquitto" and child.pid != other_than:
-                return child
-        time.sleep(0.05)
-    pytest.fail("no Mosquitto child appeared")
+
+    def found() -> psutil.Process | None:
+        return next((c for c in runner.children() if c.name() == "mosquitto" and c.pid != other_than), None)
+
+    child = eventually(found, within=20, every=0.05)
+    if child is None:
+        pytest.fail("no Mosquitto child appeared")
+    return child
 
 
 def runner_command(home) -> list[str]:
@@ -128,10 +130,7 @@ def test_a_killed_mosquitto_is_restarted_on_the_same_ports(home):
         first = mosquitto_child(psutil.Process(runner.pid))
         first.kill()
         second = mosquitto_child(psutil.Process(runner.pid), other_than=first.pid)
-        deadline = time.monotonic() + 20
-        while not accepts(port):
-            assert time.monotonic() < deadline, "the restarted Mosquitto never listened"
-            time.sleep(0.05)
+        assert until(lambda: accepts(port), within=20, every=0.05), "the restarted Mosquitto never listened"
         with listening(port, "reader_a", home.secrets["reader_a"], "networks/A") as reader:
             gen = Client("tcp", port, "gen", home.secrets["gen"])
             assert gen.connect() == 0
@@ -249,16 +248,17 @@ def test_an_acknowledged_sample_is_on_disk_within_the_save_interval_the_readme_s
         gen.close()
         acknowledged = time.time_ns()
         store = home.path / "mosquitto" / "mosquitto.db"
-        deadline = time.monotonic() + stated + 5  # a loaded machine's slack
-        while not (store.exists() and store.stat().st_mtime_ns > acknowledged):
-            assert time.monotonic() < deadline, f"Mosquitto did not save within {stated} s"
-            time.sleep(0.1)
+        saved = until(
+            lambda: store.exists() and store.stat().st_mtime_ns > acknowledged,
+            within=stated + 5,  # a loaded machine's slack
+            every=0.1,
+        )
+        assert saved, f"Mosquitto did not save within {stated} s"
         assert mosquitto.process is not None
         mosquitto.process.kill()
-        deadline = time.monotonic() + 20
-        while mosquitto.restarts == 0:
-            assert time.monotonic() < deadline, "the runner did not restart Mosquitto"
-            time.sleep(0.05)
+        assert until(lambda: mosquitto.restarts > 0, within=20, every=0.05), (
+            "the runner did not restart Mosquitto"
+        )
         back = Client(*durable, client_id="durable", clean_session=False)
         try:
             assert back.connect() == 0

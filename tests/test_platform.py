@@ -22,6 +22,7 @@ import pytest
 import requests
 from commands import ANY_PORTS, BROKER_ON_ANY_PORTS, listen_lines, radio_in, read_banner, started_in, stop
 from conftest import ENGINES, require_mosquitto
+from polling import until
 
 from radio.cli.up import DEFAULT_CONFIG, config_path, reachable
 from radio.config import Address, load_settings
@@ -79,10 +80,8 @@ def start_up(folder: Path, engine: str = "embedded") -> Up:
         assert "Radio is up." in banner, banner + (process.stderr.read() if process.stderr else "")
         up = Up(process, banner, [])
         health = up.value(r"HTTP publish:\s+(\S+)/publish") + "/healthz"
-        deadline = time.monotonic() + 30
-        while requests.get(health, timeout=10).status_code != 200:  # the bridge's workers are up
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        # The bridge's workers are up.
+        assert until(lambda: requests.get(health, timeout=10).status_code == 200, within=30, every=0.05)
         up.children = psutil.Process(process.pid).children(recursive=True)
         assert len(up.children) >= 5  # broker, bridge and its 2 workers, traffic simulator
     except BaseException:
