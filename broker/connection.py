@@ -106,6 +106,7 @@ class Connection:
         "_out",
         "_out_size",
         "_proved",
+        "_published_seen",
         "_room",
         "_turn",
         "_unyielded",
@@ -162,6 +163,8 @@ class Connection:
         self._draining = False
         self._unyielded = 0
         """Bytes read since this connection last let the others have a turn (``READ_TURN``)."""
+        self._published_seen = -1
+        """The broker's count of samples published when this publisher's reads last fanned one out."""
         self.pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated, or while a publisher is held
         for its rate; None while packets are handled as they come."""
@@ -199,10 +202,7 @@ class Connection:
         if self.closed:
             return
         self.last_heard = time.monotonic()
-        if self.bounded:
-            self._unyielded += len(data)
-            if self._unyielded >= READ_TURN:
-                self._give_way()
+        self._count_turn(len(data))
         session = self.session
         if (
             len(data) == 4  # a PUBACK: its first byte, remaining length 2, a packet id
@@ -276,6 +276,19 @@ class Connection:
                 raise codec.Violation(msg)
             handler(self, session, body)
 
+    def _count_turn(self, size: int) -> None:
+        """Count a read against this client's turn, and give way past ``READ_TURN`` (``_give_way``)."""
+        if not self.bounded:
+            published = self.router.stats.published
+            if published != self._published_seen:  # a sample went out since its last read: a burst goes on
+                self._published_seen = published
+                self._unyielded = 0
+                return
+        # Bounded, or its reads since its last sample fanned nothing out (refusals, pings).
+        self._unyielded += size
+        if self._unyielded >= READ_TURN:
+            self._give_way()
+
     def _give_way(self) -> None:
         """Stop reading this client until the loop's next turn: every other one is read first.
 
@@ -286,9 +299,11 @@ class Connection:
 
         Bounded so: a client not yet connected, an anonymous one, and one whose key may publish
         nowhere (a listener's key, sold to someone the operator does not run): nothing they send
-        is a burst to fan out. A key that may publish is still read whole in one turn, which is
-        what lets a subscriber that keeps up on average take a burst without loss
-        (``SendBuffers``); a key that floods is the operator's to hold to a rate, or to revoke.
+        is a burst to fan out. A publisher's key is read whole in a turn while its reads keep
+        fanning samples out, which is what lets a subscriber that keeps up on average take a burst
+        without loss (``SendBuffers``); once ``READ_TURN`` bytes of its reads fanned nothing out
+        (refused PUBLISHes, PINGREQs), it gives way too. One that floods with samples it may
+        publish is the operator's to hold to a rate, or to revoke.
         """
         self._unyielded = 0
         self.link.pause_reading()

@@ -309,12 +309,17 @@ def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
     still_serving(broker, home)
 
 
-@pytest.mark.parametrize("key", [None, "reader_a"], ids=["anonymous", "a listener's key"])
-def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home, key):
+@pytest.mark.parametrize(
+    ("key", "topic"),
+    [(None, "networks/A"), ("reader_a", "networks/A"), ("gen", "networks/B")],
+    ids=["anonymous", "a listener's key", "a publisher's key, refused"],
+)
+def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home, key, topic):
     """uvloop reads a socket again and again in one turn while bytes keep coming (libuv: up to 32
     reads): a client streaming refused PUBLISHes held every other client until some 300,000 of
     them were handled. A client that may publish nowhere (anonymous, or a listener's key) is now
-    read at most ``READ_TURN`` bytes in a row.
+    read at most ``READ_TURN`` bytes in a row, and so is a publisher once that many bytes of its
+    reads fanned out no sample.
 
     Counted, not timed: the stream's PUBLISHes are QoS 1, each answered by a PUBACK, and those
     answered between another client's PINGREQ and its PINGRESP are what it waited for (some 9,500
@@ -323,7 +328,7 @@ def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home, k
     process = broker_process(home)
     try:
         port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", read_banner(process)).group(1))  # type: ignore[union-attr]
-        chunk = b"".join(wire.publish("networks/A", b"{}", 1, pid) for pid in range(1, 2001))
+        chunk = b"".join(wire.publish(topic, b"{}", 1, pid) for pid in range(1, 2001))
         with (
             session(port, "streaming", key, key and home.secrets[key]) as streamer,
             session(port, "waiting", None, None) as waiting,
