@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 from urllib.parse import urlsplit
 
 from radio.errors import RadioError
-from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_urls, unresolvable
 
 if TYPE_CHECKING:
     from radio.config import Address, Settings
@@ -162,6 +162,8 @@ def client_url(text: str) -> str:
         if not parts.hostname:
             msg = f"{text!r} is not a URL: use http://HOST:PORT"
             raise argparse.ArgumentTypeError(msg)
+        if (problem := unresolvable(parts.hostname, text)) is not None:
+            raise argparse.ArgumentTypeError(problem)
         return text
     try:
         BrokerURL.parse(text)
