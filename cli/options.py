@@ -266,10 +266,17 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+MAX_NODES: Final = 64
+"""Nodes a NATS cluster may have: each node's file routes to every other, so 70,000 nodes wrote
+gigabytes before the first node could start; and on one machine the nodes take consecutive ports,
+which past 142 nodes run from the WebSocket ports (8080 on) into the monitoring ones (8222 on)."""
+
+
 def nodes(text: str) -> int:
-    """How many nodes a NATS cluster has (1 or more)."""
-    if not text.isdigit() or int(text) < 1:
-        msg = f"{text!r} is not a number of nodes (1 or more)"
+    """How many nodes a NATS cluster has (1 to ``MAX_NODES``)."""
+    digits = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= len(str(MAX_NODES))
+    if not digits or not 1 <= int(text) <= MAX_NODES:
+        msg = f"{text[:40]!r} is not a number of nodes (1 to {MAX_NODES})"
         raise argparse.ArgumentTypeError(msg)
     return int(text)
 
