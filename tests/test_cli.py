@@ -357,7 +357,11 @@ UNRESOLVABLE = "names a host no resolver can look up: each part of a name betwee
         (["listen", "bad/net"], "invalid network name 'bad/net'"),
         (["device", "traffic", "--network", "n", "--period", "0"], "--period: '0' is not a number above 0"),
         (["device", "traffic", "--network", "n", "--period", "nan"], "'nan' is not a number above 0"),
-        (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number from 1"),
+        (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number of simulated"),
+        (
+            ["device", "traffic", "--network", "n", "--speed", "86401"],
+            "'86401' is not a whole number of simulated seconds per sample (1 to 86400)",
+        ),
         (["device", "traffic", "--network", "n", "--size", "0x3"], "'0x3' is not ROWSxCOLUMNS"),
         (["device", "traffic", "--network", "n", "--size", "1000x1000"], "'1000x1000' is not ROWSxCOLUMNS"),
         (["device", "traffic", "--network", "n", "--size", "1x10001"], "of 2 to 10000 intersections"),
