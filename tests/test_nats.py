@@ -179,6 +179,7 @@ def test_a_key_made_before_bcrypt_hashes_is_left_out_with_a_warning(home):
         (["--nodes", "0"], "is not a number of nodes"),
         (["--nodes", "65"], "'65' is not a number of nodes (1 to 64)"),  # each file routes to every node
         (["--nodes", "9" * 5000], "is not a number of nodes (1 to 64)"),
+        (["--nodes", "1", "--host", 'a b"c'], "'a b\"c' is not a host name or IP address"),  # in every route
         (["--nodes", "2", "--host", "a", "--host", "b"], "needs fixed MQTT and WebSocket ports"),
     ],
 )
