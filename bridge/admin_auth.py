@@ -57,13 +57,22 @@ def failure_buckets(registry: LiveRegistry) -> rates.SharedBuckets:
     return rates.SharedBuckets(rates.shared_path(folder, os.getppid(), prefix="admin-auth"))
 
 
+WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
+"""Hosts a listener binds to take connections on every address of the machine."""
+
+
 def _on_admin_listener() -> bool:
-    """Whether this request came in on the admin listener (``ADMIN_LISTEN``: its address as bound)."""
+    """Whether this request came in on the admin listener (``ADMIN_LISTEN``: its address as bound).
+
+    A request knows the address it reached, never a wildcard: on an admin listener bound to
+    ``0.0.0.0`` or ``::`` its port alone tells it apart (no other listener can hold that port).
+    """
     bound = current_app.config.get("ADMIN_LISTEN")
     if bound is None:
         return False
-    host, port = bound
-    return (request.environ.get("SERVER_NAME"), request.environ.get("SERVER_PORT")) == (str(host), str(port))
+    host, port = str(bound[0]), str(bound[1])
+    here_host, here_port = request.environ.get("SERVER_NAME"), request.environ.get("SERVER_PORT")
+    return here_port == port and (host in WILDCARDS or here_host == host)
 
 
 def _served_here(*, api: bool) -> bool:

@@ -9,7 +9,9 @@ Hierarchy::
 
 from __future__ import annotations
 
+import json
 import logging
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -53,8 +55,25 @@ def _unexpected(error: Exception) -> tuple[Response, int]:
     return jsonify(error="internal error"), 500
 
 
+def _json_redirect(response: Response) -> Response:
+    """A path with repeated slashes: Werkzeug's 308 to the merged path, as JSON, to a path here.
+
+    Its redirect is no error to Flask and reaches no handler: its body was HTML, and its
+    ``Location`` an absolute URL on whatever host the request's ``Host`` header named.
+    """
+    if response.status_code != 308 or response.mimetype != "text/html":
+        return response
+    target = urlsplit(response.headers.get("Location", ""))
+    merged = target.path or "/"
+    response.set_data(json.dumps({"error": f"moved: the path is {merged} (one slash between its parts)"}))
+    response.mimetype = "application/json"
+    response.headers["Location"] = merged + (f"?{target.query}" if target.query else "")
+    return response
+
+
 def register(app: Flask) -> None:
     """Install the JSON error handlers."""
     app.register_error_handler(APIError, answer)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
+    app.after_request(_json_redirect)

@@ -50,6 +50,7 @@ PROBE: Final = "_probe"
 """The user ``radio broker`` connects as to see a node serve MQTT: it may publish and read nothing."""
 MQTT_ONLY: Final = ("MQTT", "MQTT_WS")
 DEFAULT_PORTS: Final = {"client": 4222, "cluster": 6222, "monitor": 8222}
+MAX_PORT: Final = 65535
 """NATS's own defaults for its client, route and monitoring ports."""
 MAX_REPLICAS: Final = 3
 """JetStream's useful maximum: 3 copies survive one lost node with a majority left."""
@@ -145,6 +146,18 @@ def plan(
         ]
     route_host = hosts[0] if hosts else mqtt.local().host
     free = mqtt.port == 0
+    last = nodes - 1
+    past = [
+        f"{name} {base}+{last}"
+        for name, base in (("MQTT", mqtt.port), ("WebSocket", websocket.port), *DEFAULT_PORTS.items())
+        if base and not free and base + last > MAX_PORT
+    ]
+    if past:
+        msg = (
+            f"{nodes} nodes on one machine take consecutive ports, and these run past {MAX_PORT}: "
+            f"{', '.join(past)}"
+        )
+        raise NatsError(msg)
     with contextlib.ExitStack() as probes:
 
         def port(host: str, base: int, i: int) -> Address:

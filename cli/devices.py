@@ -76,7 +76,7 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
         "or bridge (http[s]://) URL; default: the config's",
     )
     traffic.add_argument(
-        "--speed", type=options.positive_whole, default=10, help="simulated seconds per sample (default 10)"
+        "--speed", type=options.speed, default=10, help="simulated seconds per sample (default 10)"
     )
     traffic.add_argument(
         "--size", type=options.size, default=(3, 3), metavar="ROWSxCOLUMNS", help="the town's grid"

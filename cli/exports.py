@@ -50,6 +50,7 @@ def add_nats(commands: argparse._SubParsersAction[Parser], common: Parser) -> No
         "--host",
         action="append",
         default=[],
+        type=options.host,
         metavar="NAME",
         help="where each node runs, once per node in order (default: all on this machine)",
     )

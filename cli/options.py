@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 from urllib.parse import urlsplit
 
 from radio.errors import RadioError
-from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_urls, unresolvable
 
 if TYPE_CHECKING:
     from radio.config import Address, Settings
@@ -162,6 +162,8 @@ def client_url(text: str) -> str:
         if not parts.hostname:
             msg = f"{text!r} is not a URL: use http://HOST:PORT"
             raise argparse.ArgumentTypeError(msg)
+        if (problem := unresolvable(parts.hostname, text)) is not None:
+            raise argparse.ArgumentTypeError(problem)
         return text
     try:
         BrokerURL.parse(text)
@@ -214,6 +216,31 @@ def positive_whole(text: str) -> int:
     return int(text)
 
 
+SPEED_MOST: Final = 86_400
+"""Simulated seconds per sample: a day. One step of a 3x3 town takes some 60 us, of a 100x100 one
+15 ms; at 100,000,000 a sample never came."""
+
+
+def one_to(most: int, what: str) -> Callable[[str], int]:
+    """A whole number from 1 to ``most`` (``what`` names it in a refusal).
+
+    Checked as text before ``int``, which refuses past 4,300 digits with a message of its own.
+    """
+
+    def parse(text: str) -> int:
+        digits = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= len(str(most))
+        if not digits or not 1 <= int(text) <= most:
+            msg = f"{text[:40]!r} is not {what} (1 to {most})"
+            raise argparse.ArgumentTypeError(msg)
+        return int(text)
+
+    return parse
+
+
+speed = one_to(SPEED_MOST, "a whole number of simulated seconds per sample")
+"""The simulator's speed."""
+
+
 TOWN_MOST: Final = 10_000
 """Intersections a simulated town may have: 100x100 is some 40,000 streets, 64 MB and a sample of
 over 1 MB (past the default ``max_payload``); 1000x1000 took over 3 GB before its first sample."""
@@ -264,12 +291,14 @@ def seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-def nodes(text: str) -> int:
-    """How many nodes a NATS cluster has (1 or more)."""
-    if not text.isdigit() or int(text) < 1:
-        msg = f"{text!r} is not a number of nodes (1 or more)"
-        raise argparse.ArgumentTypeError(msg)
-    return int(text)
+MAX_NODES: Final = 64
+"""Nodes a NATS cluster may have: each node's file routes to every other, so 70,000 nodes wrote
+gigabytes before the first node could start; and on one machine the nodes take consecutive ports,
+which past 142 nodes run from the WebSocket ports (8080 on) into the monitoring ones (8222 on)."""
+
+
+nodes = one_to(MAX_NODES, "a number of nodes")
+"""How many nodes a NATS cluster has."""
 
 
 def sequence_number(text: str) -> int:

@@ -54,7 +54,9 @@ def traffic(
     deadline = time.monotonic()
     try:
         while not stop.is_set():
-            for _ in range(speed):
+            for _ in range(speed):  # a large town at a high speed steps for minutes: a stop ends it
+                if stop.is_set():
+                    return
                 town.step()
             state = town.dump_state()
             if http_link is not None:

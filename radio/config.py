@@ -20,6 +20,7 @@ from radio.toml_values import kind as toml_kind
 from radio.toml_values import shown
 from radio.toml_values import table as toml_table
 from radio.topics import NetworkName
+from radio.urls import unresolvable
 
 DEFAULT_CONFIG_NAME: Final = "radio.toml"
 DEFAULT_KEYS_NAME: Final = "keys.toml"
@@ -51,7 +52,10 @@ class Address:
         if match is None or int(match["port"]) > 65535:
             msg = f"{text!r} is not HOST:PORT (a port from 0 to 65535)"
             raise ValueError(msg)
-        return cls(match["ipv6"] or match["host"], int(match["port"]))
+        host = match["ipv6"] or match["host"]
+        if (problem := unresolvable(host, text)) is not None:
+            raise ValueError(problem)
+        return cls(host, int(match["port"]))
 
     @classmethod
     def parse_url(cls, text: str, scheme: str = "mqtt") -> Address:

@@ -21,7 +21,7 @@ from radio.audit import Actor
 from radio.config import Settings
 from radio.confirmations import Report, wait_for_servers
 from radio.errors import MissingRegistry, UnknownKey
-from radio.keys import MAX_COUNT, Key, KeyStore, Terms, parse_expiry, parse_quota, parse_rate
+from radio.keys import MAX_COUNT, Key, KeyStore, Terms, parse_expiry, parse_quota, parse_rate, within_count
 from radio.registry import Registry
 
 CONFIRM_TIMEOUT: Final = 5.0
@@ -34,7 +34,7 @@ CLEARING: Final = {"rate": "off", "burst": "off", "quota": "off", "expires": "ne
 
 def parse_count(text: str) -> int:
     """A positive whole number, such as a burst."""
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_COUNT:
+    if not (text.isascii() and text.isdigit()) or not within_count(text) or not 1 <= int(text) <= MAX_COUNT:
         msg = f"invalid count {text!r}: use a positive whole number (at most {MAX_COUNT})"
         raise ValueError(msg)
     return int(text)

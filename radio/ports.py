@@ -43,6 +43,10 @@ def _bind_problem(address: Address) -> OSError | None:
         )
     except socket.gaierror as exc:
         return OSError(0, f"cannot resolve {address.host!r} ({exc.strerror})")
+    # An address this machine does not have (EADDRNOTAVAIL) is a mistake too, unless the name
+    # also stands for one it has (localhost on a machine without IPv6): then servers bind that.
+    missing: OSError | None = None
+    bound = False
     for family, kind, proto, _name, where in infos:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,4 +55,8 @@ def _bind_problem(address: Address) -> OSError | None:
             except OSError as exc:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     return exc
-    return None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    missing = missing or exc
+                continue
+            bound = True
+    return None if bound else missing

@@ -28,6 +28,24 @@ _SCHEMES: dict[str, tuple[Literal["tcp", "websockets"], bool, int]] = {
 defaults to HTTPS's, where a proxy in front of the broker usually serves it."""
 
 
+def unresolvable(host: str, text: str) -> str | None:
+    """Why no resolver can look ``host`` up (``text`` names where it came from), or None.
+
+    A name is looked up in its IDNA form, and a dot-separated part that is empty or over 63
+    characters has none: the lookup would raise ``UnicodeError`` inside a client's connect, in
+    its own thread, as a traceback, and the command would go on without a connection. An IP
+    address always has one.
+    """
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return (
+            f"{text!r} names a host no resolver can look up: each part of a name between dots "
+            "must be 1 to 63 characters"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class BrokerURL:
     """A broker address with its transport."""
@@ -50,6 +68,8 @@ class BrokerURL:
                 "(mqtts:// and wss:// for TLS)"
             )
             raise ValueError(msg)
+        if (problem := unresolvable(parts.hostname, text)) is not None:
+            raise ValueError(problem)
         transport, tls, default_port = _SCHEMES[parts.scheme]
         try:
             port = default_port if parts.port is None else parts.port

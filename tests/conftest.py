@@ -378,8 +378,8 @@ def start_bridge(home: Home, broker_port: int, *options: str, healthy: bool = Tr
     for line in process.stdout:
         if match := re.search(r"POST (https?://127\.0\.0\.1:\d+)/publish", line):
             url = match[1]
-        if match := re.search(r"admin API: (https?://127\.0\.0\.1:\d+)/admin/", line):
-            admin_url = match[1]
+        if match := re.search(r"admin API: (https?)://(?:127\.0\.0\.1|0\.0\.0\.0):(\d+)/admin/", line):
+            admin_url = f"{match[1]}://127.0.0.1:{match[2]}"  # a listener on every address: loopback too
         if "Ctrl-C" in line:
             break
     assert url is not None, process.stderr.read() if process.stderr else ""

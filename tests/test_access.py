@@ -87,6 +87,8 @@ def test_terms_of_a_key_are_type_checked(home: Home, field: str, expected: str) 
         "--quota=x/day",
         "--quota=\u00b2/day",
         "--burst=\u00b2",
+        f"--quota={'9' * 5000}/day",  # past the 4,300 digits int() reads
+        f"--burst={'9' * 5000}",
         "--expires=2026-12-31",
         "--expires=9999-12-31T23:59:59-14:00",
     ],

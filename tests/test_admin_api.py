@@ -520,8 +520,9 @@ def start_with_admin(home: Home, broker_port: int, setting: str) -> Bridge:
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
-def test_an_admin_listener_of_its_own_takes_admin_and_metrics_off_the_public_port(home, broker):
-    running = start_with_admin(home, broker.mqtt_port, '"127.0.0.1:0"')
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_an_admin_listener_of_its_own_takes_admin_and_metrics_off_the_public_port(home, broker, host):
+    running = start_with_admin(home, broker.mqtt_port, f'"{host}:0"')
     admin_url = running.admin_url
     try:
         assert admin_url is not None

@@ -252,6 +252,25 @@ def test_other_methods_and_paths_get_json_errors(bridge):
         assert set(response.json()) == {"error"}
 
 
+def test_a_path_with_repeated_slashes_is_redirected_in_json_to_a_path_of_this_bridge(bridge):
+    """Werkzeug answers such a path with a 308 to the path with its slashes merged: its HTML body,
+    and a Location naming whatever host the request's Host header said, are not the door's."""
+    for path, merged in (
+        ("/networks//pub/samples", "/networks/pub/samples"),
+        ("/admin//keys", "/admin/keys"),
+    ):
+        response = requests.get(
+            bridge.url + path + "?limit=1",
+            headers={"Host": "elsewhere.example"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert response.status_code == 308
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["Location"] == merged + "?limit=1"
+        assert response.json() == {"error": f"moved: the path is {merged} (one slash between its parts)"}
+
+
 def test_a_revoked_key_is_refused_within_two_seconds(bridge, home):
     gen = {"API-KEY": home.secrets["gen"]}
     assert bridge.post(body(VALID), gen).status_code == 200

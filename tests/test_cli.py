@@ -342,6 +342,9 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
     ]
 
 
+UNRESOLVABLE = "names a host no resolver can look up: each part of a name between dots must be 1 to 63"
+
+
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
@@ -354,7 +357,11 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
         (["listen", "bad/net"], "invalid network name 'bad/net'"),
         (["device", "traffic", "--network", "n", "--period", "0"], "--period: '0' is not a number above 0"),
         (["device", "traffic", "--network", "n", "--period", "nan"], "'nan' is not a number above 0"),
-        (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number from 1"),
+        (["device", "traffic", "--network", "n", "--speed", "-1"], "'-1' is not a whole number of simulated"),
+        (
+            ["device", "traffic", "--network", "n", "--speed", "86401"],
+            "'86401' is not a whole number of simulated seconds per sample (1 to 86400)",
+        ),
         (["device", "traffic", "--network", "n", "--size", "0x3"], "'0x3' is not ROWSxCOLUMNS"),
         (["device", "traffic", "--network", "n", "--size", "1000x1000"], "'1000x1000' is not ROWSxCOLUMNS"),
         (["device", "traffic", "--network", "n", "--size", "1x10001"], "of 2 to 10000 intersections"),
@@ -370,6 +377,15 @@ def test_radio_broker_without_mosquitto_is_one_line_and_exit_2(home):
         (["broker", "--engine", "rabbitmq"], "invalid choice: 'rabbitmq'"),
         (["keys", "add"], "the following arguments are required: name"),
         (["nosuch"], "invalid choice: 'nosuch'"),
+        # A host with a part over 63 characters, or an empty one, has no form a resolver takes.
+        (["listen", "sample_net", "--url", f"mqtt://{'a' * 64}:1883"], UNRESOLVABLE),
+        (["listen", "sample_net", "--url", "ws://a..b:8080/mqtt"], UNRESOLVABLE),
+        (["listen", "sample_net", "--http", f"http://{'a' * 64}:5000"], UNRESOLVABLE),
+        (["device", "traffic", "--network", "n", "--url", f"http://{'a' * 64}:5000"], UNRESOLVABLE),
+        (["device", "sensors", "--network", "n", "--url", "mqtt://.:1883"], UNRESOLVABLE),
+        (["health", "--http", f"{'a' * 64}:5000"], UNRESOLVABLE),
+        (["recorder", "--broker", f"mqtt://{'a' * 64}:1883"], UNRESOLVABLE),
+        (["bridge", "--broker", "mqtt://x..y:1883"], UNRESOLVABLE),
     ],
 )
 def test_a_bad_option_is_one_line_and_exit_2(run, args, problem):
@@ -573,3 +589,12 @@ def test_keys_add_names_a_server_that_does_not_confirm(run, home, monkeypatch):
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
     assert not list((home.path / "running").glob(f"{process.pid}-*.json"))  # it cleans up after itself
+
+
+def test_a_configured_address_whose_host_no_resolver_takes_is_one_line_and_exit_2(run, tmp_path):
+    (tmp_path / "radio.toml").write_text(f'[broker]\nmqtt = "{"a" * 64}:1883"\n')
+    result = run("keys", "list")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"radio: {tmp_path / 'radio.toml'}: [broker] mqtt: '{'a' * 64}:1883' {UNRESOLVABLE} characters"
+    ]

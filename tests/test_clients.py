@@ -184,6 +184,22 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
     assert "buffered samples" in err
 
 
+def test_the_traffic_simulator_stops_at_once_while_it_simulates(home, broker):
+    """A day of a town per sample is some 5 s of steps: SIGINT ends them, not the sample after."""
+    device = traffic_on_a(home, f"mqtt://127.0.0.1:{broker.mqtt_port}", "--speed", "86400")
+    try:
+        assert device.stderr is not None
+        for line in device.stderr:  # its stop is in place once it says what it simulates
+            if "traffic simulator on network" in line:
+                break
+        device.send_signal(signal.SIGINT)
+        device.wait(timeout=2)
+    finally:
+        device.kill()
+        device.communicate(timeout=20)
+    assert device.returncode == 0
+
+
 def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
     watcher = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"])
     assert watcher.connect() == 0

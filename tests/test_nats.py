@@ -177,6 +177,9 @@ def test_a_key_made_before_bcrypt_hashes_is_left_out_with_a_warning(home):
     [
         (["--nodes", "3", "--host", "a", "--host", "b"], "give one --host per node (3)"),
         (["--nodes", "0"], "is not a number of nodes"),
+        (["--nodes", "65"], "'65' is not a number of nodes (1 to 64)"),  # each file routes to every node
+        (["--nodes", "9" * 5000], "is not a number of nodes (1 to 64)"),
+        (["--nodes", "1", "--host", 'a b"c'], "'a b\"c' is not a host name or IP address"),  # in every route
         (["--nodes", "2", "--host", "a", "--host", "b"], "needs fixed MQTT and WebSocket ports"),
     ],
 )
@@ -186,6 +189,16 @@ def test_a_bad_export_option_is_one_line_and_status_2(home, options, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_consecutive_ports_past_65535_are_refused_in_one_line(home):
+    home.config.write_text(CONFIG + '\n[broker]\nmqtt = "127.0.0.1:65530"\nwebsocket = "127.0.0.1:28080"\n')
+    folder, result = exported(home, "--nodes", "8")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "radio: 8 nodes on one machine take consecutive ports, and these run past 65535: MQTT 65530+7"
+    ]
+    assert not folder.exists()
 
 
 def test_a_local_cluster_takes_consecutive_ports_from_fixed_ones(home):

@@ -436,6 +436,18 @@ def test_a_run_stopped_by_a_busy_port_leaves_no_configuration_behind(tmp_path):
     assert (tmp_path / "radio.toml").read_text() == "[networks.sample_net]\npublic = true\n"
 
 
+def test_a_run_given_an_address_this_machine_does_not_have_stops_before_anything_starts(tmp_path):
+    """192.0.2.1 (TEST-NET-1) is on no machine: one line, and no radio.toml naming it for the next run."""
+    result = radio_in(
+        tmp_path, "up", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", "192.0.2.1:5000"
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "radio: the bridge cannot listen on 192.0.2.1:5000: Cannot assign requested address"
+    ]
+    assert not (tmp_path / "radio.toml").exists()
+
+
 def test_the_broker_metrics_address_busy_is_named(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

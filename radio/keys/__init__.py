@@ -49,6 +49,7 @@ from radio.keys.terms import (
     parse_expiry,
     parse_quota,
     parse_rate,
+    within_count,
 )
 
 __all__ = [
@@ -75,4 +76,5 @@ __all__ = [
     "parse_quota",
     "parse_rate",
     "read_keys",
+    "within_count",
 ]

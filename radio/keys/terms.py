@@ -32,6 +32,14 @@ MIN_RATE: Final = 1 / 86_400
 MAX_COUNT: Final = 1 << 53
 
 
+def within_count(digits: str) -> bool:
+    """Whether ASCII digits are few enough to be a count: none has more digits than ``MAX_COUNT``.
+
+    Checked before ``int``, which refuses past 4,300 digits with a message of its own.
+    """
+    return len(digits.lstrip("0")) <= len(str(MAX_COUNT))
+
+
 def parse_rate(text: str) -> float:
     """``5/s``, ``300/min`` or ``1000/h`` as samples per second."""
     count, _, unit = text.strip().partition("/")
@@ -52,7 +60,8 @@ def parse_rate(text: str) -> float:
 def parse_quota(text: str) -> tuple[int, str]:
     """``10000/day`` or ``300000/month`` as (count, period)."""
     count, _, period = text.strip().partition("/")
-    if not (count.isascii() and count.isdigit()) or not 0 < int(count) <= MAX_COUNT or period not in PERIODS:
+    digits = count.isascii() and count.isdigit() and within_count(count)
+    if not digits or not 0 < int(count) <= MAX_COUNT or period not in PERIODS:
         msg = (
             f"invalid quota {text!r}: use COUNT/day or COUNT/month with a positive whole COUNT, "
             "such as 10000/day"
