@@ -28,26 +28,35 @@ def presented_secret(req: Request) -> str | None:
     return secret
 
 
+def _key_name(registry: Registry, secret: str | None) -> str | None:
+    """The presented key's name (None: no key); 401 for a secret no key has, wherever it is sent."""
+    if secret is None:
+        return None
+    key = registry.key_for_secret(secret)
+    if key is None:
+        raise APIError(401, "API-KEY not valid", "invalid_key")
+    return key.name
+
+
 def readable_networks(registry: Registry, secret: str | None) -> list[str]:
     """The networks this visitor may read: the public ones, and the key's; 401 for an unknown key."""
-    key_name = None
-    if secret is not None:
-        key = registry.key_for_secret(secret)
-        if key is None:
-            raise APIError(401, "API-KEY not valid", "invalid_key")
-        key_name = key.name
-    access = registry.access(key_name)
+    access = registry.access(_key_name(registry, secret))
     return sorted(n for n in registry.networks if access.may_read(network_topic(n)))
 
 
 def check_read(registry: Registry, network: str, secret: str | None) -> None:
-    """404 for a network the configuration lacks; 401 or 403 for one the visitor may not read."""
+    """404 for a network the configuration lacks; 401 or 403 for one the visitor may not read.
+
+    A key that is presented is checked even for a public network, as every other route checks
+    it: a wrong, revoked or expired key is told so, not read as no key at all.
+    """
     settings = registry.networks.get(network)
     if settings is None:
         raise APIError(404, f"no network {network!r}", "unknown_network")
+    name = _key_name(registry, secret)
     if settings.public:
         return
     if secret is None:
         raise APIError(401, f"network {network!r} is private: send a key in API-KEY", "missing_key")
-    if network not in readable_networks(registry, secret):
+    if not registry.access(name).may_read(network_topic(network)):
         raise APIError(403, f"this key may not read network {network!r}", "forbidden")

@@ -15,6 +15,7 @@ import history_fixtures
 import pytest
 from history_fixtures import history, history_app, recording, start_recorder, wait_for_last
 from mqtt_client import Client
+from polling import until
 
 from radio.broker.mosquitto import acl_text
 from radio.config import load_settings
@@ -127,6 +128,16 @@ def test_bearer_works_like_api_key_and_public_networks_need_no_key(home, recorde
     body = wait_for_last(app, "A", 1, {"Authorization": "Bearer " + home.secrets["reader_a"]})
     assert body["samples"][0]["data"] == {"x": 1}
     assert wait_for_last(app, "pub", 1)["samples"][0]["data"] == {"y": 1}
+
+
+def test_a_key_that_is_not_valid_is_refused_for_a_public_network_too(home, recorder, app, publisher):
+    publisher.publish("networks/pub", json.dumps({"y": 1}), qos=1)
+    wait_for_last(app, "pub", 1)
+    refused = (401, {"error": "API-KEY not valid"})
+    assert history(app, "pub", {"API-KEY": "nonsense"}) == refused
+    assert history(app, "pub", {"API-KEY": home.secrets["reader_b"]})[0] == 200
+    home.store().revoke("reader_b")
+    assert until(lambda: history(app, "pub", {"API-KEY": home.secrets["reader_b"]}) == refused)
 
 
 def test_limit_and_after_page_through_the_history(home, recorder, app, publisher):
