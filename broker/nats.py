@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -42,6 +43,7 @@ from radio.broker.nats_conf import (
 )
 from radio.config import Address
 from radio.executables import find_executable
+from radio.files import open_private
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
 
@@ -132,7 +134,8 @@ class NatsCluster:
 
     def start_node(self, node: Node, binary: str | None = None, path: Path | None = None) -> None:
         """Start one node (again, after it was killed: it rejoins the cluster and catches up)."""
-        log_file = self.log_path(node).open("ab")
+        # Private, like every file in the state folder: a node's log names clients and their users.
+        log_file = os.fdopen(open_private(self.log_path(node), os.O_WRONLY | os.O_APPEND), "ab")
         self._logs.append(log_file)
         command = [binary or find_binary(), "-c", str(path or self.folder / f"{node.name}.conf")]
         self.processes[node.index] = subprocess.Popen(  # noqa: S603 - our own files

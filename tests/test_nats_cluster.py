@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import socket
+import stat
 import time
 import urllib.request
 from pathlib import Path
@@ -154,6 +155,12 @@ def connected(node, client_id: str) -> bool:
 
 eventually = functools.partial(polling.eventually, within=WITHIN, every=0.05)
 """Retry until truthy: what is awaited here shows no event a test could wait on."""
+
+
+def test_every_nodes_log_is_private(cluster):
+    logs = [cluster.log_path(node) for node in cluster.nodes]
+    assert logs
+    assert all(stat.S_IMODE(log.stat().st_mode) == 0o600 for log in logs), logs
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
