@@ -62,7 +62,10 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     options.add_ca(traffic)
     options.add_mqtt_version(traffic)
     traffic.add_argument(
-        "--period", type=options.positive_number, default=1.0, help="seconds between samples (default 1)"
+        "--period",
+        type=options.period,
+        default=1.0,
+        help="seconds between samples (default 1; 0.001 to 86400)",
     )
     traffic.add_argument(
         "--via",
@@ -90,7 +93,7 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     options.add_mqtt_version(sensors)
     sensors.add_argument("--count", type=options.positive_whole, default=100, help="sensors (default 100)")
     sensors.add_argument(
-        "--rate", type=options.positive_number, default=1.0, help="readings per second per sensor"
+        "--rate", type=options.rate, default=1.0, help="readings per second per sensor (1/86400 to 1000)"
     )
     sensors.add_argument(
         "--url",

@@ -208,6 +208,31 @@ def positive_number(text: str) -> float:
     return value
 
 
+PERIOD_RANGE: Final = (0.001, 86_400.0)
+"""Seconds between one generator's samples: from a millisecond (a generator's own pace past which
+it only fills its buffer and drops) to a day (past which a wait overflows the platform's clock)."""
+
+
+def period(text: str) -> float:
+    """Seconds between samples, within ``PERIOD_RANGE``."""
+    value = positive_number(text)
+    low, high = PERIOD_RANGE
+    if not low <= value <= high:
+        msg = f"{text[:40]!r} is not a number of seconds from {low:g} to {high:g}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def rate(text: str) -> float:
+    """Samples per second: the inverse of a ``period``, within the same bounds."""
+    value = positive_number(text)
+    low, high = 1 / PERIOD_RANGE[1], 1 / PERIOD_RANGE[0]
+    if not low <= value <= high:
+        msg = f"{text[:40]!r} is not a number per second from 1/{PERIOD_RANGE[1]:g} to {high:g}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def positive_whole(text: str) -> int:
     """A whole number from 1 (a count)."""
     if not text.strip().isdigit() or int(text) < 1:

@@ -372,6 +372,22 @@ UNRESOLVABLE = "names a host no resolver can look up: each part of a name betwee
         ),
         (["device", "sensors", "--network", "n", "--count", "0"], "'0' is not a whole number from 1"),
         (["device", "sensors", "--network", "n", "--rate", "-1"], "'-1' is not a number above 0"),
+        (
+            ["device", "sensors", "--network", "n", "--rate", "1e308"],
+            "'1e308' is not a number per second from",
+        ),
+        (
+            ["device", "sensors", "--network", "n", "--rate", "1e-300"],
+            "'1e-300' is not a number per second from",
+        ),
+        (
+            ["device", "traffic", "--network", "n", "--period", "1e308"],
+            "'1e308' is not a number of seconds from",
+        ),
+        (
+            ["device", "traffic", "--network", "n", "--period", "1e-9"],
+            "'1e-9' is not a number of seconds from",
+        ),
         (["device", "sensors", "--network", "n", "--url", "http://x"], "'http://x' is not a broker URL"),
         (["device", "sensors"], "the following arguments are required: --network"),
         (["broker", "--engine", "rabbitmq"], "invalid choice: 'rabbitmq'"),
