@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from radio import files
 from radio.errors import ConfigError, InvalidName
 from radio.schemas import Schema
 from radio.toml_values import kind as toml_kind
@@ -275,7 +276,7 @@ def load_settings(
     """
     config_path, keys_path, named = resolve_paths(config, keys)
     try:
-        text = config_path.read_text(encoding="utf-8")
+        text = files.read_text(config_path)
     except FileNotFoundError:
         if named or required:
             msg = f"{config_path}: no such configuration file"

@@ -14,12 +14,17 @@ Every file that names keys, holds a secret or a server's configuration is writte
 - ``open_private`` opens (making it if needed) a file that is written in place: a log, a lock,
   a shared map, an SQLite database. Made 0600, and a file made before with a wider mode is
   tightened.
+
+And the files Radio reads as a whole (its configuration, the key registry, a schema) are read by
+``read_text``, which takes a regular file only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Final
@@ -69,6 +74,26 @@ def remove_leftovers(path: Path) -> list[Path]:
                 leftover.unlink()
                 removed.append(leftover)
     return removed
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a regular file; ``OSError`` (EINVAL) for anything else at that path.
+
+    Opened without blocking and checked before a byte is read: a FIFO or a device named by mistake
+    (``--config /dev/stdin``, a pipe) would hold the reader for ever, where a directory or a
+    missing file fails at once.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        return file.read().decode("utf-8")
 
 
 def open_private(path: Path, flags: int) -> int:

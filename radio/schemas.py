@@ -17,6 +17,8 @@ from typing import Any
 
 import fastjsonschema
 
+from radio import files
+
 
 def _no_remote(uri: str) -> Any:
     msg = f"the schema refers to {uri!r}: only references inside the file are followed"
@@ -35,7 +37,7 @@ class Schema:
     def load(cls, path: Path) -> Schema:
         """Read and compile a schema file; every problem is one ValueError naming the file."""
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
+            document = json.loads(files.read_text(path))
         except FileNotFoundError:
             msg = f"schema file {path} does not exist"
             raise ValueError(msg) from None

@@ -129,6 +129,24 @@ def test_a_named_configuration_must_exist_but_the_default_may_not(run, tmp_path)
     assert "No keys" in default.stderr
 
 
+def test_a_configuration_keys_file_or_schema_that_is_not_a_regular_file_is_one_line(run, tmp_path):
+    """A FIFO named by mistake held every command for ever, waiting for a writer."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    plain, schema = tmp_path / "plain.toml", tmp_path / "schema.toml"
+    plain.write_text("[networks.A]\n")
+    schema.write_text(f'[networks.A]\nschema = "{fifo}"\n')
+    for args, says in (
+        (["--config", str(fifo)], f"radio: {fifo}: cannot read: [Errno 22] not a regular file"),
+        (["--config", str(plain), "--keys", str(fifo)], f"radio: {fifo}: cannot read the key registry"),
+        (["--config", str(schema)], f"cannot read the schema file {fifo}: [Errno 22] not a regular file"),
+    ):
+        refused = run("keys", "list", *args)
+        assert refused.returncode == 2, refused.stderr
+        [line] = refused.stderr.splitlines()
+        assert says in line
+
+
 def test_the_configuration_can_be_named_by_environment(run, tmp_path):
     config = tmp_path / "elsewhere.toml"
     config.write_text("[networks.only]\n")

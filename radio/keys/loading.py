@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from radio import files
 from radio.errors import KeyStoreError, MissingRegistry
 from radio.keys.model import Key
 from radio.toml_values import shown, table
@@ -59,7 +60,7 @@ def _keys_from(data: dict[str, Any]) -> dict[str, Key]:
 def load_keys(path: Path) -> dict[str, Key]:
     """Every key in the registry file, which must exist: a missing file is an error, not "no keys"."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = files.read_text(path)
     except FileNotFoundError:
         msg = f"{path}: no key registry (the file is missing; on a fresh machine 'radio keys add' makes it)"
         raise MissingRegistry(msg) from None
