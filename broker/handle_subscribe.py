@@ -23,8 +23,7 @@ def on_subscribe(connection: Connection, session: Session, body: bytes) -> None:
     granted = [
         (f, code) for (f, _), code in zip(requests, codes, strict=True) if code != codec.SUBSCRIBE_FAILURE
     ]
-    for packet in router.retained_for(session, granted):
-        connection.write(packet)
+    router.send_retained(session, granted)
 
 
 def on_unsubscribe(connection: Connection, session: Session, body: bytes) -> None:
@@ -62,8 +61,7 @@ def on_subscribe5(connection: Connection, session: Session, body: bytes) -> None
         for (f, options), code in zip(requests, codes, strict=True)
         if code < reasons.UNSPECIFIED_ERROR and _retained_wanted(options >> 4 & 0x03, f in held)
     ]
-    for packet in router.retained_for(session, granted, ident):
-        connection.write(packet)
+    router.send_retained(session, granted, ident)
 
 
 def _retained_wanted(handling: int, held: bool) -> bool:

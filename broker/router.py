@@ -469,7 +469,13 @@ class Router:
         pid = session.allocate_pid()
         v5 = connection.v5
         if v5 is None:
-            packet = delivery.message.packet(delivery.qos, pid)
+            extra = delivery.extra  # a retained sample's for a new subscription (retain flag 1)
+            message = delivery.message
+            packet = (
+                message.packet(delivery.qos, pid)
+                if extra is None
+                else message.packet(delivery.qos, pid, retain=extra[0])
+            )
         else:
             retain, ids = delivery.extra or (False, ())
             encoded = v5.publish(delivery.message, delivery.qos, pid, retain=retain, ids=ids)
@@ -558,7 +564,8 @@ class Router:
             elif delivery.released:
                 connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
             elif connection.v5 is None:
-                connection.write(delivery.message.packet(delivery.qos, pid, dup=True))
+                retain = delivery.extra is not None and delivery.extra[0]
+                connection.write(delivery.message.packet(delivery.qos, pid, retain=retain, dup=True))
             else:
                 retain, ids = delivery.extra or (False, ())
                 message = delivery.message
@@ -632,15 +639,22 @@ class Router:
         else:
             self.shared.remove(shared[0], shared[1], session)
 
-    def retained_for(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> list[bytes]:
-        """The retained samples a new subscription brings, as packets with the retain flag set.
+    def send_retained(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> None:
+        """Send the retained samples a new subscription brings, with the retain flag set.
 
         A shared subscription brings none (MQTT-3.8.4-8); an MQTT 5 one carries its subscription
-        id, and an expired retained sample is not sent.
+        id, and an expired retained sample is not sent. They are held to the same flow control as
+        live samples: at QoS 0 only while the client keeps up (else dropped and counted as for a
+        slow subscriber), at QoS 1 and 2 no more unacknowledged than its window (``max_inflight``,
+        an MQTT 5 client's receive maximum), the rest queued within the session's limits. A
+        SUBSCRIBE of a few bytes may bring hundreds of retained samples, and MQTT sends them again
+        for every SUBSCRIBE of the same filter: a client re-subscribing without reading or
+        acknowledging would otherwise make the broker hold every copy, and past 65,535
+        unacknowledged ones no packet id is free.
         """
-        packets = []
         connection = session.connection
-        v5 = connection.v5 if connection is not None else None
+        if connection is None:
+            return
         extra = (True, (ident,) if ident else ())
         for topic_filter, qos in granted:
             if topic_filter.startswith(SHARED_PREFIX):
@@ -652,21 +666,47 @@ class Router:
                 if not self.allows(session, message.topic, Action.RECEIVE):
                     continue
                 level = min(qos, message.qos)
-                pid = session.allocate_pid() if level else 0
-                if v5 is None:
-                    packet: bytes | None = message.packet(level, pid, retain=True)
-                else:
-                    packet = v5.publish(message, level, pid, retain=True, ids=extra[1])
-                if packet is None:
-                    continue
-                packets.append(packet)
                 if level:
-                    delivery = Delivery(message, level, extra)
-                    delivery.pid = pid
-                    session.inflight[pid] = delivery
-                elif session.tally is not None:
-                    self.tallied(session, message)
-        return packets
+                    self._deliver_retained(session, connection, Delivery(message, level, extra))
+                else:
+                    self._send_retained0(session, connection, message, extra[1])
+
+    def _send_retained0(
+        self, session: Session, connection: Connection, message: Message, ids: tuple[int, ...]
+    ) -> None:
+        """A retained sample at QoS 0: written now, or dropped (counted) if the client is slow."""
+        if connection.congested():
+            self.stats.dropped_slow += 1
+            return
+        v5 = connection.v5
+        packet = (
+            message.packet(0, retain=True) if v5 is None else v5.publish(message, 0, retain=True, ids=ids)
+        )
+        if packet is None:
+            return
+        connection.write(packet)
+        if session.tally is not None:
+            self.tallied(session, message)
+
+    def _deliver_retained(self, session: Session, connection: Connection, delivery: Delivery) -> None:
+        """A retained sample at QoS 1 or 2: sent now if the window has room, else queued.
+
+        As ``deliver``, but never kept in the store: a SUBSCRIBE brings them again, and one that
+        wrote a row per retained sample would let a client re-subscribing in a loop write the
+        broker's disk as fast as it sends.
+        """
+        if not session.queue and len(session.inflight) < session.window and not connection.congested():
+            self._send(session, connection, delivery)
+            return
+        online = self.limits.keyed if session.limits is self.limits.anonymous else None
+        for dropped in session.enqueue(delivery, online):
+            self.stats.dropped_queue_full += 1
+            self._forget(session, dropped)
+            self._missed(session, dropped)
+        if connection.congested():
+            connection.wait_for_drain()
+        elif len(session.inflight) < session.window:
+            self.pump(session)
 
     def tallied(self, session: Session, message: Message) -> None:
         """Count one delivery to a listening key (its meter collects the tallies on a timer)."""

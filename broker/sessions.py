@@ -57,7 +57,8 @@ class Delivery:
         self.message = message
         self.qos = qos
         self.extra = extra
-        """MQTT 5: the retain flag it goes out with and its subscription ids (None: 0, none)."""
+        """The retain flag it goes out with (1 for a retained sample a new subscription brings) and,
+        for MQTT 5, its subscription ids (None: 0, none)."""
         self.pid = 0
         self.released = False
         """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""

@@ -31,6 +31,9 @@ from radio.registry import LiveRegistry
 from radio.tls import client_context
 from radio.wire import properties as props
 
+PINGREQ = bytes((0xC0, 0))
+PINGRESP = 0xD0
+
 
 def client(broker: BrokerThread, home: Home, key: str | None, protocol: int, **kwargs: object) -> Client:
     made = Client(
@@ -318,6 +321,35 @@ def test_the_receive_maximum_holds_back_what_the_client_has_no_room_for(broker, 
         reader.sendall(puback(int.from_bytes(body[12:14], "big")))
         assert published5(read_packet(reader)[1], 1)[2] == b'{"n": 2}'
         del first
+
+
+def test_the_receive_maximum_holds_back_retained_samples_too(broker, home, clients) -> None:
+    admin = open_client(clients, broker, home, "admin", 5)
+    for n in range(3):
+        admin.publish(f"networks/A/{n}", json.dumps({"n": n}), qos=1, retain=True)
+    reader, _ = session5(
+        broker.mqtt_port,
+        "narrow",
+        "reader_a",
+        home.secrets["reader_a"],
+        properties={props.RECEIVE_MAXIMUM: 1},
+    )
+    with reader:
+        reader.sendall(subscribe5("networks/A/#", 1))
+        reader.sendall(PINGREQ)
+        firsts, bodies = [], []
+        while (packet := read_packet(reader))[0] != PINGRESP:  # all it was sent before the answer
+            firsts.append(packet[0])
+            bodies.append(packet[1])
+        assert firsts == [0x90, 0x33]  # the SUBACK, then one retained sample: the client takes one
+        for _ in range(2):
+            size = int.from_bytes(bodies[-1][:2], "big")  # the topic's, then the packet id
+            reader.sendall(puback(int.from_bytes(bodies[-1][2 + size : 4 + size], "big")))
+            first, body = read_packet(reader)
+            assert first == 0x33
+            bodies.append(body)
+        seen_payloads = sorted(published5(body, 1)[2] for body in bodies[1:])
+        assert seen_payloads == [json.dumps({"n": n}).encode() for n in range(3)]
 
 
 def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
