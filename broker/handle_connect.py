@@ -18,6 +18,8 @@ from radio import wire as codec
 from radio.broker import attributes as attrs
 from radio.broker.protocol5 import SERVER_KEEP_ALIVE, TOPIC_ALIASES, Peer
 from radio.broker.sessions import Session, Will
+from radio.logs import shown
+from radio.topics import LEVELS_MOST, too_deep
 from radio.wire import mqtt5, reasons
 from radio.wire import properties as props
 
@@ -58,6 +60,10 @@ def on_connect(connection: Connection, body: bytes) -> None:
     candidate.remote_address, candidate.remote_port = connection.peer
     candidate.attributes[attrs.TRANSPORT] = connection.listener
     if request.will_topic is not None:
+        if too_deep(request.will_topic):
+            topic = shown(request.will_topic)
+            msg = f"the will topic {topic} has more than {LEVELS_MOST} levels, the broker's limit"
+            raise codec.Violation(msg)
         candidate.will = Will(request.will_topic, request.will_payload, request.will_qos, request.will_retain)
     answer: props.Properties = {}
     if extras is not None:

@@ -16,6 +16,8 @@ from radio.admission import Refused
 from radio.broker.access import GO
 from radio.broker.message import Message
 from radio.broker.protocol5 import TOPIC_ALIASES
+from radio.logs import shown
+from radio.topics import LEVELS_MOST, too_deep
 from radio.wire import mqtt5, reasons
 from radio.wire import properties as props
 
@@ -33,6 +35,8 @@ WILL_ATTEMPTS: Final = 40
 def on_publish(connection: Connection, first: int, body: bytes) -> None:
     """An MQTT 3.1.1 client's PUBLISH."""
     topic, qos, pid, payload = codec.decode_publish(first, body)
+    if len(topic) >= LEVELS_MOST and too_deep(topic):
+        raise codec.Violation(_too_deep(topic))
     _take(connection, first, body, Message(topic, payload, qos, bool(first & 0x01)), pid)
 
 
@@ -52,6 +56,8 @@ def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> 
     elif not topic:
         msg = "a PUBLISH with an empty topic and no topic alias [MQTT-3.3.2-1]"
         raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
+    if len(topic) >= LEVELS_MOST and too_deep(topic):
+        raise mqtt5.CodedViolation(reasons.TOPIC_NAME_INVALID, _too_deep(topic))
     if props.SUBSCRIPTION_ID in found:
         msg = "a PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]"
         raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
@@ -59,6 +65,10 @@ def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> 
     expires = time.monotonic() + expiry if expiry is not None else None
     message = Message(topic, payload, qos, bool(first & 0x01), props.passed_on(found), expires)
     _take(connection, first, body, message, pid)
+
+
+def _too_deep(topic: str) -> str:
+    return f"a PUBLISH to {shown(topic)}, a topic of more than {LEVELS_MOST} levels, the broker's limit"
 
 
 def _take(connection: Connection, first: int, body: bytes, message: Message, pid: int) -> None:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from amqtt.contexts import Action
 
@@ -28,7 +28,7 @@ from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.broker.shared import SharedSubscriptions
 from radio.broker.shared import split as split_shared
 from radio.registry import Registry
-from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS, MISSED_TOPIC, network_of_topic, network_topic
+from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS, MISSED_TOPIC, network_of_topic, network_topic, too_deep
 from radio.wire import SUBSCRIBE_FAILURE, valid_filter
 from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FILTER_CHARACTERS_MOST: Final = 65_536
+"""Characters the filters of one session may have in all (beside ``max_filters``). A persistent
+session's filters are written to the store whole at each SUBSCRIBE: 100 filters of 65 KB made
+each SUBSCRIBE cost the event loop some 26 ms, so one client re-subscribing held every other
+client's PINGREQ a quarter of a second."""
+FILTER_LEVELS_MOST: Final = 1_000
+"""Levels the filters of one session may have in all: each level of a wildcard filter is a node
+of the subscription index, about 400 bytes, so this bounds the index's share of one client to
+some 400 KiB (``radio.topics.LEVELS_MOST`` bounds one filter)."""
 STORED_BESIDE = ("offline_since", "address", "expiry", "options")
 """What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
@@ -585,31 +594,28 @@ class Router:
 
         MQTT 3.1.1 has one refusal, 0x80; MQTT 5 says why (``v5``: each request's int is its
         options byte, ``ident`` the subscription id): 0x8F a malformed filter, 0x87 no read
-        right, 0x97 the session's ``max_filters``.
+        right, 0x97 the session's ``max_filters`` (or its filters' characters and levels in all).
         """
         codes = []
         for topic_filter, asked in requests:
             qos = asked & 0x03
             shared = split_shared(topic_filter)
             inner = shared[1] if shared is not None else topic_filter
-            if (topic_filter.startswith(SHARED_PREFIX) and shared is None) or not valid_filter(inner):
+            if (
+                (topic_filter.startswith(SHARED_PREFIX) and shared is None)
+                or not valid_filter(inner)
+                or too_deep(inner)
+            ):
                 codes.append(TOPIC_FILTER_INVALID if v5 else SUBSCRIBE_FAILURE)
                 continue
             if not self.allows(session, inner, Action.SUBSCRIBE):
                 codes.append(NOT_AUTHORIZED if v5 else SUBSCRIBE_FAILURE)
                 continue
-            if (
-                topic_filter not in session.subscriptions
-                and len(session.subscriptions) >= self.limits.max_filters
-            ):
-                log.warning(
-                    "refused a subscription of %s: it holds %d filters, the limit [broker] max_filters",
-                    session.describe(),
-                    self.limits.max_filters,
-                )
+            new = topic_filter not in session.subscriptions
+            if new and (over := self._over_filters(session, topic_filter)) is not None:
+                log.warning("refused a subscription of %s: %s", session.describe(), over)
                 codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
-            new = topic_filter not in session.subscriptions
             session.subscriptions[topic_filter] = qos
             self._add_filter(session, topic_filter, qos, new=new)
             session.set_options(topic_filter, (asked, ident) if v5 and (asked & ~0x03 or ident) else None)
@@ -617,8 +623,21 @@ class Router:
         self.save(session)
         return codes
 
+    def _over_filters(self, session: Session, topic_filter: str) -> str | None:
+        """Why one more filter is too many for the session (logged), or None."""
+        if len(session.subscriptions) >= self.limits.max_filters:
+            return f"it holds {self.limits.max_filters} filters, the limit [broker] max_filters"
+        if session.filter_characters + len(topic_filter) > FILTER_CHARACTERS_MOST:
+            return f"its filters would have more than {FILTER_CHARACTERS_MOST:,} characters in all, the limit"
+        if session.filter_levels + topic_filter.count("/") + 1 > FILTER_LEVELS_MOST:
+            return f"its filters would have more than {FILTER_LEVELS_MOST:,} levels in all, the limit"
+        return None
+
     def _add_filter(self, session: Session, topic_filter: str, qos: int, *, new: bool = True) -> None:
         """Index a filter the session holds (``new``: it did not hold it before)."""
+        if new:
+            session.filter_characters += len(topic_filter)
+            session.filter_levels += topic_filter.count("/") + 1
         shared = split_shared(topic_filter)
         if shared is None and session.v5:
             self.filters5 += new
@@ -629,6 +648,8 @@ class Router:
             self.shared.add(shared[0], shared[1], session, qos)
 
     def _remove_filter(self, session: Session, topic_filter: str) -> None:
+        session.filter_characters -= len(topic_filter)
+        session.filter_levels -= topic_filter.count("/") + 1
         session.set_options(topic_filter, None)
         shared = split_shared(topic_filter)
         if shared is None and session.v5:
