@@ -20,8 +20,8 @@ from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import Terms
 from radio.registry import LiveRegistry
+from radio.wire import framing, reasons
 from radio.wire import properties as props
-from radio.wire import reasons
 
 CONFIG = """\
 [networks.A]
@@ -195,6 +195,22 @@ def test_a_filter_the_key_may_not_read_gets_suback_0x87(radio, home) -> None:
     found, at = props.decode(body, 2)
     assert body[at:] == bytes([reasons.NOT_AUTHORIZED])
     assert "may not read" in found[props.REASON_STRING]
+
+
+def test_a_suback_names_a_few_of_the_filters_refused_however_many_and_long(broker, home) -> None:
+    sock, _ = session5(broker.mqtt_port, "greedy", "reader_a", home.secrets["reader_a"])
+    filters = [f"networks/B/{n}/" + "x" * 20_000 for n in range(5)]
+    body = b"\x00\x01\x00" + b"".join(framing.string(f) + b"\x01" for f in filters)  # id 1, no properties
+    with sock:
+        sock.sendall(framing.packet(0x82, body))
+        first, answer = read_packet(sock)
+    assert first == 0x90
+    found, at = props.decode(answer, 2)
+    assert answer[at:] == bytes([reasons.NOT_AUTHORIZED]) * 5
+    says = found[props.REASON_STRING]
+    assert says.startswith("this key may not read 'networks/B/0/xxx")
+    assert says.endswith(" and 2 more")
+    assert len(says) < 1_000
 
 
 def test_a_session_taken_over_is_told_so(radio, home) -> None:
