@@ -408,6 +408,25 @@ def test_a_client_id_or_topic_of_60_kb_is_cut_short_in_the_log(home, caplog):
     assert max(len(line) for line in lines) < 1_000
 
 
+def test_a_protocol_name_or_will_topic_of_60_kb_is_cut_short_in_the_log(home, caplog):
+    """Both are quoted when a CONNECT is refused for them: cut short like a client id."""
+    caplog.set_level(logging.INFO, logger="radio.broker")
+    long = "x" * 60_000
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        with dial(port) as sock:
+            sock.sendall(connect("named", protocol=long))
+            assert closed_by_peer(sock)  # not MQTT: closed unanswered (MQTT-3.1.2-1)
+        with dial(port) as sock:
+            sock.sendall(connect("willing", will=("networks/A/" + long, b"{}")))
+            first, body = read_packet(sock)
+            assert (first, body[1]) == (0x20, 5)  # anonymous clients may publish nothing, a will neither
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("radio.broker")]
+    assert any("protocol name 'xxx" in line for line in lines)
+    assert any("its will to 'networks/A/xxx" in line for line in lines)
+    assert max(len(line) for line in lines) < 1_000
+
+
 def test_a_filter_or_topic_of_more_than_200_levels_is_refused(home):
     """Each level of a wildcard filter is a node of the subscription index, each of a retained topic
     one of the retained index: one SUBSCRIBE of a 64 KB filter of 32,000 levels held megabytes."""
