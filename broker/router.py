@@ -832,6 +832,9 @@ class Router:
         session.expiry = stored.attributes.get("expiry")
         options = stored.attributes.get("options")
         session.options = {f: (o[0], o[1]) for f, o in options.items()} if options else None
+        # Only MQTT 5 gives a filter options: such a session's filters go back to the MQTT 5 index,
+        # so that what is queued for it while its client is away keeps them (subscription ids...).
+        session.v5 = session.options is not None
         if key is not None and attrs.KEY_ID not in session.attributes:
             session.attributes[attrs.KEY_ID] = key.id
         if self.store is not None and stored.row_id != session.store_id:

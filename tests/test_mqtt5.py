@@ -512,38 +512,75 @@ def test_a_disconnect_for_an_error_publishes_the_will(broker, home, clients, cod
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 2}']
 
 
+def two_runs(home: Home) -> Iterator[int]:
+    """The broker started twice on the same store: the MQTT port of each run, while it runs."""
+    for _ in range(2):
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as running:
+            yield running.mqtt_port
+
+
 def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> None:
     """Retained and queued samples come back from the store with their MQTT 5 properties."""
     asked = Properties(PacketTypes.PUBLISH)
     asked.UserProperty = ("kept", "on disk")
     asked.MessageExpiryInterval = 600
-    for round_ in (1, 2):
-        with BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-        ) as running:
-            port = running.mqtt_port
-            if round_ == 1:
-                away = persistent(port, home, "kept")
-                assert away.connect() == 0
-                assert away.subscribe("networks/A/q", qos=1) == 1
-                away.close()
-                gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
-                assert gen.connect() == 0
-                gen.publish("networks/A/r", b'{"retained": 1}', qos=1, retain=True, properties=asked)
-                gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
-                gen.close()
-                continue
-            back = persistent(port, home, "kept")
-            try:
-                assert back.connect() == 0
-                queued = back.expect(1)[0]
-                assert back.subscribe("networks/A/r", qos=1) == 1
-                retained = back.expect(1)[0]
-            finally:
-                back.close()
-            for got in (queued, retained):
-                assert got.properties.UserProperty == [("kept", "on disk")]
-                assert 0 < got.properties.MessageExpiryInterval <= 600
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        away = persistent(port, home, "kept")
+        assert away.connect() == 0
+        assert away.subscribe("networks/A/q", qos=1) == 1
+        away.close()
+        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+        assert gen.connect() == 0
+        gen.publish("networks/A/r", b'{"retained": 1}', qos=1, retain=True, properties=asked)
+        gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
+        gen.close()
+        back = persistent(next(runs), home, "kept")
+        try:
+            assert back.connect() == 0
+            queued = back.expect(1)[0]
+            assert back.subscribe("networks/A/r", qos=1) == 1
+            retained = back.expect(1)[0]
+        finally:
+            back.close()
+    finally:
+        runs.close()
+    for got in (queued, retained):
+        assert got.properties.UserProperty == [("kept", "on disk")]
+        assert 0 < got.properties.MessageExpiryInterval <= 600
+
+
+def test_a_session_s_subscription_options_hold_for_samples_queued_after_a_restart(home: Home) -> None:
+    """Restored from the store, an MQTT 5 session's filters keep their options while it is away."""
+    runs = two_runs(home)
+    try:
+        away = persistent(next(runs), home, "kept")
+        assert away.connect() == 0
+        ids = Properties(PacketTypes.SUBSCRIBE)
+        ids.SubscriptionIdentifier = 7
+        result, mid = away._paho.subscribe("networks/A", options=SubscribeOptions(qos=1), properties=ids)
+        assert result == 0
+        with away._suback:
+            assert away._suback.wait_for(lambda: mid in away._subacks, 10)
+        away.close()
+        port = next(runs)
+        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+        assert gen.connect() == 0
+        gen.publish("networks/A", b'{"queued": 1}', qos=1)  # queued for the restored session
+        gen.close()
+        back = persistent(port, home, "kept")
+        try:
+            assert back.connect() == 0
+            queued = back.expect(1)[0]
+        finally:
+            back.close()
+    finally:
+        runs.close()
+    assert queued.payload == b'{"queued": 1}'
+    assert queued.properties.SubscriptionIdentifier == [7]
 
 
 def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker, home, clients) -> None:
