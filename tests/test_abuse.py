@@ -21,9 +21,11 @@ from polling import until
 from raw_mqtt import (
     closed_by_peer,
     connect,
+    connect5,
     packet,
     puback,
     publish,
+    publish5,
     published,
     read_packet,
     subscribe,
@@ -346,6 +348,36 @@ def test_a_network_retains_at_most_max_retained_topics(home):
         finally:
             late.close()
         assert topics == [f"networks/capped{t}" for t in ("", "/t0", "/t11", "/t3", "/t4")]
+
+
+# Clients that never read.
+def test_an_anonymous_client_that_reads_nothing_is_read_no_further_than_its_room(home):
+    """Everything an anonymous client sends asks for an answer: unread past its room, it is read no
+    more (TCP then holds it back) until they drain, rather than answered without bound."""
+    with platform(home, "send_buffer = 65536") as broker:
+        deaf = socket.socket()
+        deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf.connect(("127.0.0.1", broker.mqtt_port))
+        with deaf:
+            deaf.sendall(connect5("deaf", None, None))
+            assert read_packet(deaf)[0] == 0x20  # and from now on it reads nothing
+            # 160 KB of QoS 1 PUBLISHes, each refused with a PUBACK 0x87 and its reason string
+            refused = b"".join(publish5("a", b"", 1, n) for n in range(1, 20_001))
+            deaf.settimeout(2)
+            sent = 0
+            with contextlib.suppress(TimeoutError):  # the broker stopped reading: TCP holds the sender
+                while sent < 20_000_000:
+                    deaf.sendall(refused)
+                    sent += len(refused)
+
+            def waiting() -> int:
+                return max(c.waiting for c in broker.broker.radio.connections if c.anonymous)
+
+            # Its room, and the answers to one read of its socket (up to 256 KiB): 93 MB before.
+            assert on_loop(broker, waiting) < 4_000_000, f"{sent:,} bytes sent"
+        with dial(broker.mqtt_port, OTHER) as other:
+            other.sendall(connect("other"))
+            assert read_packet(other)[0] == 0x20
 
 
 # Sockets that never send their CONNECT.
