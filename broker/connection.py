@@ -500,7 +500,7 @@ class Connection:
             log.warning("closing %s: %s", self.who(), reason)
         told = False
         if code is not None and self.v5 is not None and self.session is not None:
-            self.write(mqtt5.disconnect(code, says or reason))
+            self.write(mqtt5.disconnect(code, self.v5.fits(says or reason)))
             told = True
         self.flush()
         self.closed = True

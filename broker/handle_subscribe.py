@@ -56,7 +56,8 @@ def on_subscribe5(connection: Connection, session: Session, body: bytes) -> None
     peer = connection.v5
     refused = [f for (f, _), code in zip(requests, codes, strict=True) if code == reasons.NOT_AUTHORIZED]
     says = _may_not_read(refused) if refused and peer is not None else None
-    connection.write(mqtt5.suback(codec.SUBACK, pid, codes, peer.reason(says) if peer is not None else None))
+    said = peer.reason(says, len(codes)) if peer is not None else None
+    connection.write(mqtt5.suback(codec.SUBACK, pid, codes, said))
     granted = [
         (f, code)
         for (f, options), code in zip(requests, codes, strict=True)

@@ -213,6 +213,20 @@ def test_a_suback_names_a_few_of_the_filters_refused_however_many_and_long(broke
     assert len(says) < 1_000
 
 
+def test_a_reason_string_that_would_not_fit_the_client_s_packet_size_is_left_out(radio, home) -> None:
+    """MQTT-3.1.2-25: nothing larger than the client's Maximum Packet Size; the code alone still goes."""
+    sock, _ = session5(
+        radio.mqtt_port, "tiny", "gen", home.secrets["gen"], properties={props.MAXIMUM_PACKET_SIZE: 16}
+    )
+    with sock:
+        sock.sendall(publish5("networks/B", b"{}", 1))  # gen may not publish to B
+        assert read_packet(sock) == (0x40, b"\x00\x01" + bytes([reasons.NOT_AUTHORIZED]) + b"\x00")
+        sock.sendall(subscribe5("networks/B/#", 1))  # nor read it
+        assert read_packet(sock) == (0x90, b"\x00\x01\x00" + bytes([reasons.NOT_AUTHORIZED]))
+        sock.sendall(bytes((0xF0, 0)))  # AUTH: a protocol error, told by a DISCONNECT
+        assert read_packet(sock) == (0xE0, bytes([reasons.PROTOCOL_ERROR, 0]))
+
+
 def test_a_session_taken_over_is_told_so(radio, home) -> None:
     old, _ = session5(radio.mqtt_port, "same", "reader_a", home.secrets["reader_a"])
     new, _ = session5(radio.mqtt_port, "same", "reader_a", home.secrets["reader_a"])
