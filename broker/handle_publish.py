@@ -24,6 +24,7 @@ from radio.wire import properties as props
 if TYPE_CHECKING:
     from radio.broker.connection import Connection
     from radio.broker.protocol5 import Peer
+    from radio.broker.router import Router
     from radio.broker.sessions import Session, Will
 
 log = logging.getLogger("radio.broker")
@@ -103,10 +104,10 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
                 session.await_pubrel(pid)
             _ack_dropped(connection, qos, pid, gate.refusal)
             return
-    if qos == 2:
-        session.await_pubrel(pid)
     store = broker.store
     mark = store.pending if store is not None else 0
+    if qos == 2:
+        _await_pubrel(router, session, pid)
     message.origin = session
     router.publish(message)
     if not qos:
@@ -117,6 +118,17 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
         store.after_commit(lambda ok: _durable(connection, answer, ok), since=mark)
     else:
         connection.write(answer)
+
+
+def _await_pubrel(router: Router, session: Session, pid: int) -> None:
+    """The client's QoS 2 sample ``pid`` was taken: its PUBREL is awaited.
+
+    A persistent session keeps that in the store, so that a resend after a restart is this same
+    sample too (its PUBREC waits for the store).
+    """
+    session.await_pubrel(pid)
+    if session.persistent:
+        router.save(session)
 
 
 def _ack_dropped(connection: Connection, qos: int, pid: int, refused: Refused | None) -> None:
@@ -207,8 +219,23 @@ def on_pubrel5(connection: Connection, session: Session, body: bytes) -> None:
 
 
 def _completed(connection: Connection, session: Session, pid: int) -> None:
+    """The client's QoS 2 sample is over: its packet id is free again, in the store too, before PUBCOMP.
+
+    A persistent session keeps the ids awaiting PUBREL across a restart, so that a resend is the
+    same sample then too; the client reuses an id once it has its PUBCOMP, so the store must have
+    let it go by then, or a new sample under that id would be taken for a resend after a restart.
+    """
+    was = session.awaiting_pubrel
     session.released(pid)
-    ack(connection, codec.ack(codec.PUBCOMP, pid))
+    answer = codec.ack(codec.PUBCOMP, pid)
+    store = connection.broker.store
+    if store is None or not session.persistent or session.awaiting_pubrel == was:
+        ack(connection, answer)
+        return
+    mark = store.pending
+    connection.broker.router.save(session)
+    connection.acks_waiting += 1
+    store.after_commit(lambda ok: _durable(connection, answer, ok), since=mark)
 
 
 def publish_will(connection: Connection, session: Session, will: Will, attempt: int = 0) -> None:

@@ -48,7 +48,7 @@ FILTER_LEVELS_MOST: Final = 1_000
 """Levels the filters of one session may have in all: each level of a wildcard filter is a node
 of the subscription index, about 400 bytes, so this bounds the index's share of one client to
 some 400 KiB (``radio.topics.LEVELS_MOST`` bounds one filter)."""
-STORED_BESIDE = ("offline_since", "address", "expiry", "options")
+STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel")
 """What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
 Reader = Callable[[attrs.PluginSession], bool]
@@ -218,6 +218,8 @@ class Router:
                 keep["expiry"] = session.expiry
             if session.options:
                 keep["options"] = session.options
+            if session.incoming_qos2:
+                keep["awaiting_pubrel"] = sorted(session.incoming_qos2)
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
@@ -841,6 +843,8 @@ class Router:
             self.store.rename_session(stored.row_id, session.store_id)  # a file from before ids had a key
         session.offline_since = stored.attributes.get("offline_since") or time.time()
         session.remote_address = stored.attributes.get("address") or ""
+        awaiting = stored.attributes.get("awaiting_pubrel")
+        session.incoming_qos2 = set(awaiting) if awaiting else None
         return session
 
     def restore(self, contents: Contents, registry: Registry) -> None:
