@@ -249,6 +249,27 @@ def test_a_will_waits_its_delay_and_a_client_back_in_time_cancels_it(broker, hom
     assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
 
+def test_a_will_waiting_out_its_delay_goes_when_a_clean_start_ends_its_session(broker, home, clients) -> None:
+    """MQTT-3.1.3-9: the delay or the session's end, whichever comes first."""
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    credentials = ("gen", home.secrets["gen"])
+    sock, _ = session5(
+        broker.mqtt_port,
+        "ended",
+        *credentials,
+        will=("networks/A/status", b'{"gone": 3}'),
+        properties={props.SESSION_EXPIRY: 60},
+        will_properties={props.WILL_DELAY: 30},
+    )
+    sock.close()  # without DISCONNECT: the will waits its 30 s
+    open_client(clients, broker, home, "admin", 5).publish("networks/A/status", b'{"sentinel": 1}', qos=1)
+    assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']  # the will is still waiting
+    again, _ = session5(broker.mqtt_port, "ended", *credentials)  # clean start: that session ends
+    with again:
+        assert [m.payload for m in reader.expect(1)] == [b'{"gone": 3}']
+
+
 def test_a_will_waiting_out_its_delay_goes_with_its_rotated_secret(broker, home, clients) -> None:
     """A rotated key sends no last will: not even one its old secret left waiting on its delay."""
     reader = open_client(clients, broker, home, "reader_a", 5)
