@@ -51,7 +51,7 @@ class RadioAuthPlugin(BaseAuthPlugin):
             access = registry.access(name)
             if not access.may_publish(session.will_topic or ""):
                 who = f"key {name!r}" if name is not None else "an anonymous client"
-                refusal, kind = f"{who} may not publish its will to {session.will_topic!r}", "will"
+                refusal, kind = f"{who} may not publish its will to {attrs.shown(session.will_topic)}", "will"
 
         if refusal is not None:
             session.attributes[attrs.REFUSED] = kind

@@ -310,7 +310,23 @@ class Connection:
         self.loop.call_soon(self._take_turn)
 
     def _take_turn(self) -> None:
-        """Read again, unless something else holds the reading (a CONNECT being decided, a rate)."""
+        """Read again, unless something else holds the reading (a CONNECT being decided, a rate).
+
+        Nor while what it was answered waits unread past its room: everything a client that gives
+        way sends asks for an answer (a PINGRESP, a SUBACK, a refused PUBLISH's acknowledgement, with
+        its reason string for MQTT 5), so one that never read them made the broker hold them
+        without bound, 15 MB for 6 MB of refused PUBLISHes. It is read again once the transport
+        has drained (or at once, if the transport holds them within its own bounds).
+        """
+        if self.pending is not None or self.closed:
+            return
+        if self.waiting > self._room:
+            self.spawn(self._read_when_drained(self.link.drained()))
+            return
+        self.link.resume_reading()
+
+    async def _read_when_drained(self, drained: Awaitable[None]) -> None:
+        await drained
         if self.pending is None and not self.closed:
             self.link.resume_reading()
 
@@ -505,7 +521,7 @@ class Connection:
             log.warning("closing %s: %s", self.who(), reason)
         told = False
         if code is not None and self.v5 is not None and self.session is not None:
-            self.write(mqtt5.disconnect(code, says or reason))
+            self.write(mqtt5.disconnect(code, self.v5.fits(says or reason)))
             told = True
         self.flush()
         self.closed = True

@@ -16,8 +16,11 @@ from amqtt.utils import gen_client_id
 
 from radio import wire as codec
 from radio.broker import attributes as attrs
+from radio.broker import handle_publish
 from radio.broker.protocol5 import SERVER_KEEP_ALIVE, TOPIC_ALIASES, Peer
 from radio.broker.sessions import Session, Will
+from radio.logs import shown
+from radio.topics import LEVELS_MOST, too_deep
 from radio.wire import mqtt5, reasons
 from radio.wire import properties as props
 
@@ -58,6 +61,10 @@ def on_connect(connection: Connection, body: bytes) -> None:
     candidate.remote_address, candidate.remote_port = connection.peer
     candidate.attributes[attrs.TRANSPORT] = connection.listener
     if request.will_topic is not None:
+        if too_deep(request.will_topic):
+            topic = shown(request.will_topic)
+            msg = f"the will topic {topic} has more than {LEVELS_MOST} levels, the broker's limit"
+            raise codec.Violation(msg)
         candidate.will = Will(request.will_topic, request.will_payload, request.will_qos, request.will_retain)
     answer: props.Properties = {}
     if extras is not None:
@@ -167,6 +174,7 @@ def _take_session(
     ident = candidate.ident
     existing = router.sessions.get(ident)
     if existing is not None and existing.connection is None and _expired(existing):
+        _will_now(connection, existing)
         router.discard(existing)  # gone past its expiry, though the sweep has not come by yet
         existing = None
     # An MQTT 5 client resuming with a session expiry of 0 continues its session, which then ends
@@ -194,11 +202,26 @@ def _take_session(
             return None
         connection.anonymous = True
     if existing is not None and fresh:
+        _will_now(connection, existing)  # a clean start ends the session it names
         router.discard(existing)
         existing = None
     session = candidate if existing is None else _carry_over(existing, candidate)
     _attach(connection, session)
     return session, existing is not None
+
+
+def _will_now(connection: Connection, session: Session) -> None:
+    """A session ends: a will waiting out its delay goes now, checked by the gate as ever.
+
+    MQTT-3.1.3-9: a delayed will goes when the delay runs out or the session ends, whichever
+    comes first; a clean start (or one past the session's expiry) ends it.
+    """
+    will = session.will
+    if will is not None and will.timer is not None:
+        will.timer.cancel()
+        will.timer = None
+        session.will = None
+        handle_publish.publish_will(connection, session, will)
 
 
 def _over_caps(connection: Connection, candidate: Session) -> bool:

@@ -16,12 +16,15 @@ from radio.admission import Refused
 from radio.broker.access import GO
 from radio.broker.message import Message
 from radio.broker.protocol5 import TOPIC_ALIASES
+from radio.logs import shown
+from radio.topics import LEVELS_MOST, too_deep
 from radio.wire import mqtt5, reasons
 from radio.wire import properties as props
 
 if TYPE_CHECKING:
     from radio.broker.connection import Connection
     from radio.broker.protocol5 import Peer
+    from radio.broker.router import Router
     from radio.broker.sessions import Session, Will
 
 log = logging.getLogger("radio.broker")
@@ -33,6 +36,8 @@ WILL_ATTEMPTS: Final = 40
 def on_publish(connection: Connection, first: int, body: bytes) -> None:
     """An MQTT 3.1.1 client's PUBLISH."""
     topic, qos, pid, payload = codec.decode_publish(first, body)
+    if len(topic) >= LEVELS_MOST and too_deep(topic):
+        raise codec.Violation(_too_deep(topic))
     _take(connection, first, body, Message(topic, payload, qos, bool(first & 0x01)), pid)
 
 
@@ -52,6 +57,8 @@ def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> 
     elif not topic:
         msg = "a PUBLISH with an empty topic and no topic alias [MQTT-3.3.2-1]"
         raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
+    if len(topic) >= LEVELS_MOST and too_deep(topic):
+        raise mqtt5.CodedViolation(reasons.TOPIC_NAME_INVALID, _too_deep(topic))
     if props.SUBSCRIPTION_ID in found:
         msg = "a PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]"
         raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
@@ -59,6 +66,10 @@ def on_publish5(connection: Connection, peer: Peer, first: int, body: bytes) -> 
     expires = time.monotonic() + expiry if expiry is not None else None
     message = Message(topic, payload, qos, bool(first & 0x01), props.passed_on(found), expires)
     _take(connection, first, body, message, pid)
+
+
+def _too_deep(topic: str) -> str:
+    return f"a PUBLISH to {shown(topic)}, a topic of more than {LEVELS_MOST} levels, the broker's limit"
 
 
 def _take(connection: Connection, first: int, body: bytes, message: Message, pid: int) -> None:
@@ -93,10 +104,10 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
                 session.await_pubrel(pid)
             _ack_dropped(connection, qos, pid, gate.refusal)
             return
-    if qos == 2:
-        session.await_pubrel(pid)
     store = broker.store
     mark = store.pending if store is not None else 0
+    if qos == 2:
+        _await_pubrel(router, session, pid)
     message.origin = session
     router.publish(message)
     if not qos:
@@ -107,6 +118,17 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
         store.after_commit(lambda ok: _durable(connection, answer, ok), since=mark)
     else:
         connection.write(answer)
+
+
+def _await_pubrel(router: Router, session: Session, pid: int) -> None:
+    """The client's QoS 2 sample ``pid`` was taken: its PUBREL is awaited.
+
+    A persistent session keeps that in the store, so that a resend after a restart is this same
+    sample too (its PUBREC waits for the store).
+    """
+    session.await_pubrel(pid)
+    if session.persistent:
+        router.save(session)
 
 
 def _ack_dropped(connection: Connection, qos: int, pid: int, refused: Refused | None) -> None:
@@ -197,8 +219,23 @@ def on_pubrel5(connection: Connection, session: Session, body: bytes) -> None:
 
 
 def _completed(connection: Connection, session: Session, pid: int) -> None:
+    """The client's QoS 2 sample is over: its packet id is free again, in the store too, before PUBCOMP.
+
+    A persistent session keeps the ids awaiting PUBREL across a restart, so that a resend is the
+    same sample then too; the client reuses an id once it has its PUBCOMP, so the store must have
+    let it go by then, or a new sample under that id would be taken for a resend after a restart.
+    """
+    was = session.awaiting_pubrel
     session.released(pid)
-    ack(connection, codec.ack(codec.PUBCOMP, pid))
+    answer = codec.ack(codec.PUBCOMP, pid)
+    store = connection.broker.store
+    if store is None or not session.persistent or session.awaiting_pubrel == was:
+        ack(connection, answer)
+        return
+    mark = store.pending
+    connection.broker.router.save(session)
+    connection.acks_waiting += 1
+    store.after_commit(lambda ok: _durable(connection, answer, ok), since=mark)
 
 
 def publish_will(connection: Connection, session: Session, will: Will, attempt: int = 0) -> None:

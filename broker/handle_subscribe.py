@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from radio import wire as codec
+from radio.broker.attributes import shown
 from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.wire import mqtt5, reasons
 from radio.wire import properties as props
@@ -23,8 +24,7 @@ def on_subscribe(connection: Connection, session: Session, body: bytes) -> None:
     granted = [
         (f, code) for (f, _), code in zip(requests, codes, strict=True) if code != codec.SUBSCRIBE_FAILURE
     ]
-    for packet in router.retained_for(session, granted):
-        connection.write(packet)
+    router.send_retained(session, granted)
 
 
 def on_unsubscribe(connection: Connection, session: Session, body: bytes) -> None:
@@ -55,15 +55,26 @@ def on_subscribe5(connection: Connection, session: Session, body: bytes) -> None
     codes = router.subscribe(session, requests, v5=True, ident=ident)
     peer = connection.v5
     refused = [f for (f, _), code in zip(requests, codes, strict=True) if code == reasons.NOT_AUTHORIZED]
-    says = f"this key may not read {', '.join(refused)}" if refused and peer is not None else None
-    connection.write(mqtt5.suback(codec.SUBACK, pid, codes, peer.reason(says) if peer is not None else None))
+    says = _may_not_read(refused) if refused and peer is not None else None
+    said = peer.reason(says, len(codes)) if peer is not None else None
+    connection.write(mqtt5.suback(codec.SUBACK, pid, codes, said))
     granted = [
         (f, code)
         for (f, options), code in zip(requests, codes, strict=True)
         if code < reasons.UNSPECIFIED_ERROR and _retained_wanted(options >> 4 & 0x03, f in held)
     ]
-    for packet in router.retained_for(session, granted, ident):
-        connection.write(packet)
+    router.send_retained(session, granted, ident)
+
+
+NAMED_MOST = 3
+"""Filters a SUBACK's reason string names, each cut short as the log quotes them: one SUBSCRIBE may
+hold thousands of filters of up to 65,535 bytes each."""
+
+
+def _may_not_read(refused: list[str]) -> str:
+    named = ", ".join(shown(f) for f in refused[:NAMED_MOST])
+    more = f" and {len(refused) - NAMED_MOST} more" if len(refused) > NAMED_MOST else ""
+    return f"this key may not read {named}{more}"
 
 
 def _retained_wanted(handling: int, held: bool) -> bool:

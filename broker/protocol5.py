@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from radio.wire import properties as props
-from radio.wire.mqtt5 import NO_LOCAL, RETAIN_AS_PUBLISHED
+from radio.wire.mqtt5 import NO_LOCAL, RETAIN_AS_PUBLISHED, said
 
 if TYPE_CHECKING:
     from radio.broker.message import Message
@@ -24,6 +24,9 @@ SERVER_KEEP_ALIVE: Final = 60
 """The longest keep-alive granted to an MQTT 5 client, in seconds: a longer one is answered with this."""
 TOPIC_ALIASES: Final = 64
 """Topic aliases an MQTT 5 client may set per connection (Topic Alias Maximum in the CONNACK)."""
+REASON_BESIDE: Final = 16
+"""Bytes an acknowledgement or DISCONNECT holds beside its reason string's text, at most: the fixed
+header, a packet id, the reason code, the property list's length, the property's id and length."""
 
 
 class Peer:
@@ -43,9 +46,20 @@ class Peer:
         self.aliases_in: dict[int, str] = {}
         self.aliases_out: dict[str, int] = {}
 
-    def reason(self, text: str | None) -> str | None:
-        """A reason string for an acknowledgement, if the client wants them."""
-        return text if self.problem_info else None
+    def reason(self, text: str | None, more: int = 0) -> str | None:
+        """A reason string for an acknowledgement, if the client wants them and it fits (``fits``)."""
+        return self.fits(text, more) if self.problem_info else None
+
+    def fits(self, text: str | None, more: int = 0) -> str | None:
+        """``text`` as a packet's reason string; None if the packet would outgrow what the client takes.
+
+        MQTT-3.1.2-25: the reason string is left out, and the packet goes without it. ``more``:
+        bytes the packet holds beyond an acknowledgement's (a SUBACK's reason codes).
+        """
+        if text is None or not self.max_packet:
+            return text
+        size = REASON_BESIDE + more + len(said(text).encode("utf-8"))
+        return text if size <= self.max_packet else None
 
     def _alias(self, topic: str) -> tuple[str, int, int]:
         """The topic to write ("" if aliased already), its alias (0: none), and the alias it sets now."""

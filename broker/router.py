@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from amqtt.contexts import Action
 
@@ -28,7 +28,7 @@ from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.broker.shared import SharedSubscriptions
 from radio.broker.shared import split as split_shared
 from radio.registry import Registry
-from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS, MISSED_TOPIC, network_of_topic, network_topic
+from radio.topics import MEMO_TOPIC_MOST, MEMO_TOPICS, MISSED_TOPIC, network_of_topic, network_topic, too_deep
 from radio.wire import SUBSCRIBE_FAILURE, valid_filter
 from radio.wire.reasons import NOT_AUTHORIZED, QUOTA_EXCEEDED, TOPIC_FILTER_INVALID
 
@@ -39,7 +39,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORED_BESIDE = ("offline_since", "address", "expiry", "options")
+FILTER_CHARACTERS_MOST: Final = 65_536
+"""Characters the filters of one session may have in all (beside ``max_filters``). A persistent
+session's filters are written to the store whole at each SUBSCRIBE: 100 filters of 65 KB made
+each SUBSCRIBE cost the event loop some 26 ms, so one client re-subscribing held every other
+client's PINGREQ a quarter of a second."""
+FILTER_LEVELS_MOST: Final = 1_000
+"""Levels the filters of one session may have in all: each level of a wildcard filter is a node
+of the subscription index, about 400 bytes, so this bounds the index's share of one client to
+some 400 KiB (``radio.topics.LEVELS_MOST`` bounds one filter)."""
+STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel")
 """What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
 Reader = Callable[[attrs.PluginSession], bool]
@@ -209,6 +218,8 @@ class Router:
                 keep["expiry"] = session.expiry
             if session.options:
                 keep["options"] = session.options
+            if session.incoming_qos2:
+                keep["awaiting_pubrel"] = sorted(session.incoming_qos2)
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
@@ -469,7 +480,13 @@ class Router:
         pid = session.allocate_pid()
         v5 = connection.v5
         if v5 is None:
-            packet = delivery.message.packet(delivery.qos, pid)
+            extra = delivery.extra  # a retained sample's for a new subscription (retain flag 1)
+            message = delivery.message
+            packet = (
+                message.packet(delivery.qos, pid)
+                if extra is None
+                else message.packet(delivery.qos, pid, retain=extra[0])
+            )
         else:
             retain, ids = delivery.extra or (False, ())
             encoded = v5.publish(delivery.message, delivery.qos, pid, retain=retain, ids=ids)
@@ -558,7 +575,8 @@ class Router:
             elif delivery.released:
                 connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
             elif connection.v5 is None:
-                connection.write(delivery.message.packet(delivery.qos, pid, dup=True))
+                retain = delivery.extra is not None and delivery.extra[0]
+                connection.write(delivery.message.packet(delivery.qos, pid, retain=retain, dup=True))
             else:
                 retain, ids = delivery.extra or (False, ())
                 message = delivery.message
@@ -578,31 +596,28 @@ class Router:
 
         MQTT 3.1.1 has one refusal, 0x80; MQTT 5 says why (``v5``: each request's int is its
         options byte, ``ident`` the subscription id): 0x8F a malformed filter, 0x87 no read
-        right, 0x97 the session's ``max_filters``.
+        right, 0x97 the session's ``max_filters`` (or its filters' characters and levels in all).
         """
         codes = []
         for topic_filter, asked in requests:
             qos = asked & 0x03
             shared = split_shared(topic_filter)
             inner = shared[1] if shared is not None else topic_filter
-            if (topic_filter.startswith(SHARED_PREFIX) and shared is None) or not valid_filter(inner):
+            if (
+                (topic_filter.startswith(SHARED_PREFIX) and shared is None)
+                or not valid_filter(inner)
+                or too_deep(inner)
+            ):
                 codes.append(TOPIC_FILTER_INVALID if v5 else SUBSCRIBE_FAILURE)
                 continue
             if not self.allows(session, inner, Action.SUBSCRIBE):
                 codes.append(NOT_AUTHORIZED if v5 else SUBSCRIBE_FAILURE)
                 continue
-            if (
-                topic_filter not in session.subscriptions
-                and len(session.subscriptions) >= self.limits.max_filters
-            ):
-                log.warning(
-                    "refused a subscription of %s: it holds %d filters, the limit [broker] max_filters",
-                    session.describe(),
-                    self.limits.max_filters,
-                )
+            new = topic_filter not in session.subscriptions
+            if new and (over := self._over_filters(session, topic_filter)) is not None:
+                log.warning("refused a subscription of %s: %s", session.describe(), over)
                 codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
-            new = topic_filter not in session.subscriptions
             session.subscriptions[topic_filter] = qos
             self._add_filter(session, topic_filter, qos, new=new)
             session.set_options(topic_filter, (asked, ident) if v5 and (asked & ~0x03 or ident) else None)
@@ -610,8 +625,21 @@ class Router:
         self.save(session)
         return codes
 
+    def _over_filters(self, session: Session, topic_filter: str) -> str | None:
+        """Why one more filter is too many for the session (logged), or None."""
+        if len(session.subscriptions) >= self.limits.max_filters:
+            return f"it holds {self.limits.max_filters} filters, the limit [broker] max_filters"
+        if session.filter_characters + len(topic_filter) > FILTER_CHARACTERS_MOST:
+            return f"its filters would have more than {FILTER_CHARACTERS_MOST:,} characters in all, the limit"
+        if session.filter_levels + topic_filter.count("/") + 1 > FILTER_LEVELS_MOST:
+            return f"its filters would have more than {FILTER_LEVELS_MOST:,} levels in all, the limit"
+        return None
+
     def _add_filter(self, session: Session, topic_filter: str, qos: int, *, new: bool = True) -> None:
         """Index a filter the session holds (``new``: it did not hold it before)."""
+        if new:
+            session.filter_characters += len(topic_filter)
+            session.filter_levels += topic_filter.count("/") + 1
         shared = split_shared(topic_filter)
         if shared is None and session.v5:
             self.filters5 += new
@@ -622,6 +650,8 @@ class Router:
             self.shared.add(shared[0], shared[1], session, qos)
 
     def _remove_filter(self, session: Session, topic_filter: str) -> None:
+        session.filter_characters -= len(topic_filter)
+        session.filter_levels -= topic_filter.count("/") + 1
         session.set_options(topic_filter, None)
         shared = split_shared(topic_filter)
         if shared is None and session.v5:
@@ -632,15 +662,22 @@ class Router:
         else:
             self.shared.remove(shared[0], shared[1], session)
 
-    def retained_for(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> list[bytes]:
-        """The retained samples a new subscription brings, as packets with the retain flag set.
+    def send_retained(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> None:
+        """Send the retained samples a new subscription brings, with the retain flag set.
 
         A shared subscription brings none (MQTT-3.8.4-8); an MQTT 5 one carries its subscription
-        id, and an expired retained sample is not sent.
+        id, and an expired retained sample is not sent. They are held to the same flow control as
+        live samples: at QoS 0 only while the client keeps up (else dropped and counted as for a
+        slow subscriber), at QoS 1 and 2 no more unacknowledged than its window (``max_inflight``,
+        an MQTT 5 client's receive maximum), the rest queued within the session's limits. A
+        SUBSCRIBE of a few bytes may bring hundreds of retained samples, and MQTT sends them again
+        for every SUBSCRIBE of the same filter: a client re-subscribing without reading or
+        acknowledging would otherwise make the broker hold every copy, and past 65,535
+        unacknowledged ones no packet id is free.
         """
-        packets = []
         connection = session.connection
-        v5 = connection.v5 if connection is not None else None
+        if connection is None:
+            return
         extra = (True, (ident,) if ident else ())
         for topic_filter, qos in granted:
             if topic_filter.startswith(SHARED_PREFIX):
@@ -652,21 +689,47 @@ class Router:
                 if not self.allows(session, message.topic, Action.RECEIVE):
                     continue
                 level = min(qos, message.qos)
-                pid = session.allocate_pid() if level else 0
-                if v5 is None:
-                    packet: bytes | None = message.packet(level, pid, retain=True)
-                else:
-                    packet = v5.publish(message, level, pid, retain=True, ids=extra[1])
-                if packet is None:
-                    continue
-                packets.append(packet)
                 if level:
-                    delivery = Delivery(message, level, extra)
-                    delivery.pid = pid
-                    session.inflight[pid] = delivery
-                elif session.tally is not None:
-                    self.tallied(session, message)
-        return packets
+                    self._deliver_retained(session, connection, Delivery(message, level, extra))
+                else:
+                    self._send_retained0(session, connection, message, extra[1])
+
+    def _send_retained0(
+        self, session: Session, connection: Connection, message: Message, ids: tuple[int, ...]
+    ) -> None:
+        """A retained sample at QoS 0: written now, or dropped (counted) if the client is slow."""
+        if connection.congested():
+            self.stats.dropped_slow += 1
+            return
+        v5 = connection.v5
+        packet = (
+            message.packet(0, retain=True) if v5 is None else v5.publish(message, 0, retain=True, ids=ids)
+        )
+        if packet is None:
+            return
+        connection.write(packet)
+        if session.tally is not None:
+            self.tallied(session, message)
+
+    def _deliver_retained(self, session: Session, connection: Connection, delivery: Delivery) -> None:
+        """A retained sample at QoS 1 or 2: sent now if the window has room, else queued.
+
+        As ``deliver``, but never kept in the store: a SUBSCRIBE brings them again, and one that
+        wrote a row per retained sample would let a client re-subscribing in a loop write the
+        broker's disk as fast as it sends.
+        """
+        if not session.queue and len(session.inflight) < session.window and not connection.congested():
+            self._send(session, connection, delivery)
+            return
+        online = self.limits.keyed if session.limits is self.limits.anonymous else None
+        for dropped in session.enqueue(delivery, online):
+            self.stats.dropped_queue_full += 1
+            self._forget(session, dropped)
+            self._missed(session, dropped)
+        if connection.congested():
+            connection.wait_for_drain()
+        elif len(session.inflight) < session.window:
+            self.pump(session)
 
     def tallied(self, session: Session, message: Message) -> None:
         """Count one delivery to a listening key (its meter collects the tallies on a timer)."""
@@ -773,12 +836,17 @@ class Router:
         session.expiry = stored.attributes.get("expiry")
         options = stored.attributes.get("options")
         session.options = {f: (o[0], o[1]) for f, o in options.items()} if options else None
+        # Only MQTT 5 gives a filter options: such a session's filters go back to the MQTT 5 index,
+        # so that what is queued for it while its client is away keeps them (subscription ids...).
+        session.v5 = session.options is not None
         if key is not None and attrs.KEY_ID not in session.attributes:
             session.attributes[attrs.KEY_ID] = key.id
         if self.store is not None and stored.row_id != session.store_id:
             self.store.rename_session(stored.row_id, session.store_id)  # a file from before ids had a key
         session.offline_since = stored.attributes.get("offline_since") or time.time()
         session.remote_address = stored.attributes.get("address") or ""
+        awaiting = stored.attributes.get("awaiting_pubrel")
+        session.incoming_qos2 = set(awaiting) if awaiting else None
         return session
 
     def restore(self, contents: Contents, registry: Registry) -> None:

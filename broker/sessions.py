@@ -57,7 +57,8 @@ class Delivery:
         self.message = message
         self.qos = qos
         self.extra = extra
-        """MQTT 5: the retain flag it goes out with and its subscription ids (None: 0, none)."""
+        """The retain flag it goes out with (1 for a retained sample a new subscription brings) and,
+        for MQTT 5, its subscription ids (None: 0, none)."""
         self.pid = 0
         self.released = False
         """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""
@@ -97,6 +98,8 @@ class Session:
         "connection",
         "dropped",
         "expiry",
+        "filter_characters",
+        "filter_levels",
         "incoming_qos2",
         "inflight",
         "limits",
@@ -129,6 +132,10 @@ class Session:
         self.remote_address = ""
         self.remote_port = 0
         self.subscriptions: dict[str, int] = {}
+        self.filter_characters = 0
+        """Characters its filters have in all (``router.FILTER_CHARACTERS_MOST``)."""
+        self.filter_levels = 0
+        """Levels its filters have in all (``router.FILTER_LEVELS_MOST``)."""
         self.queue: deque[Delivery] | None = None
         """Deliveries waiting to be sent; None while none waits (most never do, and an empty deque
         weighs 760 bytes: a broker holds tens of thousands of idle listeners)."""

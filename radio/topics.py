@@ -24,6 +24,18 @@ MEMO_TOPIC_MOST: Final = 256
 """The longest topic (characters) such a memo keeps: ``MEMO_TOPICS`` of them are then about 1 MiB,
 where topics of 65,535 bytes (what MQTT allows) would make 256 MiB. A longer topic is worked out
 at each sample instead."""
+LEVELS_MOST: Final = 200
+"""The most levels a topic or filter may have on the embedded broker (Mosquitto's limit too,
+``TOPIC_HIERARCHY_LIMIT``). Each level of a wildcard filter is a node of the subscription index,
+and each level of a retained topic one of the retained index: a SUBSCRIBE of one 64 KiB filter of
+32,000 levels made the broker hold megabytes (``too_deep``)."""
+
+
+def too_deep(topic: str) -> bool:
+    """Whether a topic or filter has more than ``LEVELS_MOST`` levels (only a long one can)."""
+    return len(topic) >= LEVELS_MOST and topic.count("/") >= LEVELS_MOST
+
+
 NAME_RULE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Names of networks, and of keys (MQTT usernames): safe in a topic level, a file and a log line."""
 

@@ -21,15 +21,18 @@ from polling import until
 from raw_mqtt import (
     closed_by_peer,
     connect,
+    connect5,
     packet,
     puback,
     publish,
+    publish5,
     published,
     read_packet,
     subscribe,
 )
 from test_broker_limits import metric as scrape
 
+from radio import wire
 from radio.broker.logsummary import Summary
 from radio.broker.store import SCHEMA
 from radio.broker.thread import BrokerThread
@@ -347,6 +350,36 @@ def test_a_network_retains_at_most_max_retained_topics(home):
         assert topics == [f"networks/capped{t}" for t in ("", "/t0", "/t11", "/t3", "/t4")]
 
 
+# Clients that never read.
+def test_an_anonymous_client_that_reads_nothing_is_read_no_further_than_its_room(home):
+    """Everything an anonymous client sends asks for an answer: unread past its room, it is read no
+    more (TCP then holds it back) until they drain, rather than answered without bound."""
+    with platform(home, "send_buffer = 65536") as broker:
+        deaf = socket.socket()
+        deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf.connect(("127.0.0.1", broker.mqtt_port))
+        with deaf:
+            deaf.sendall(connect5("deaf", None, None))
+            assert read_packet(deaf)[0] == 0x20  # and from now on it reads nothing
+            # 160 KB of QoS 1 PUBLISHes, each refused with a PUBACK 0x87 and its reason string
+            refused = b"".join(publish5("a", b"", 1, n) for n in range(1, 20_001))
+            deaf.settimeout(2)
+            sent = 0
+            with contextlib.suppress(TimeoutError):  # the broker stopped reading: TCP holds the sender
+                while sent < 20_000_000:
+                    deaf.sendall(refused)
+                    sent += len(refused)
+
+            def waiting() -> int:
+                return max(c.waiting for c in broker.broker.radio.connections if c.anonymous)
+
+            # Its room, and the answers to one read of its socket (up to 256 KiB): 93 MB before.
+            assert on_loop(broker, waiting) < 4_000_000, f"{sent:,} bytes sent"
+        with dial(broker.mqtt_port, OTHER) as other:
+            other.sendall(connect("other"))
+            assert read_packet(other)[0] == 0x20
+
+
 # Sockets that never send their CONNECT.
 def test_sockets_that_never_connect_do_not_lock_out_another_address(home):
     with (
@@ -405,6 +438,82 @@ def test_a_client_id_or_topic_of_60_kb_is_cut_short_in_the_log(home, caplog):
     assert any("wildcard topic 'networks/pub/xxx" in line for line in lines)
     assert any("dropped a sample of client 'xxx" in line for line in lines)
     assert max(len(line) for line in lines) < 1_000
+
+
+def test_a_protocol_name_or_will_topic_of_60_kb_is_cut_short_in_the_log(home, caplog):
+    """Both are quoted when a CONNECT is refused for them: cut short like a client id."""
+    caplog.set_level(logging.INFO, logger="radio.broker")
+    long = "x" * 60_000
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        with dial(port) as sock:
+            sock.sendall(connect("named", protocol=long))
+            assert closed_by_peer(sock)  # not MQTT: closed unanswered (MQTT-3.1.2-1)
+        with dial(port) as sock:
+            sock.sendall(connect("willing", will=("networks/A/" + long, b"{}")))
+            first, body = read_packet(sock)
+            assert (first, body[1]) == (0x20, 5)  # anonymous clients may publish nothing, a will neither
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("radio.broker")]
+    assert any("protocol name 'xxx" in line for line in lines)
+    assert any("its will to 'networks/A/xxx" in line for line in lines)
+    assert max(len(line) for line in lines) < 1_000
+
+
+def test_a_filter_or_topic_of_more_than_200_levels_is_refused(home):
+    """Each level of a wildcard filter is a node of the subscription index, each of a retained topic
+    one of the retained index: one SUBSCRIBE of a 64 KB filter of 32,000 levels held megabytes."""
+    deepest = "networks/+/" + "/".join(["x"] * 198)  # 200 levels
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        sock, code, _ = connack(port, "deep")
+        assert code == 0
+        with sock:
+            for n, topic_filter in enumerate([deepest, deepest + "/x", "$share/g/" + deepest + "/x"], 1):
+                sock.sendall(subscribe(topic_filter, qos=0, packet_id=n))
+                assert read_packet(sock)[1][2] == (0 if n == 1 else 0x80)
+        sock, code, _ = connack(port, "deep-gen", "gen", home.secrets["gen"])
+        assert code == 0
+        with sock:
+            topic = "networks/A/" + "/".join(["x"] * 198)
+            sock.sendall(publish(topic, b'{"a": 1}', qos=1, packet_id=1))
+            assert read_packet(sock) == (0x40, b"\x00\x01")
+            sock.sendall(publish(topic + "/x", b'{"a": 1}', qos=1, packet_id=2, first_byte=0x33))  # retained
+            assert closed_by_peer(sock)
+        with dial(port) as sock:
+            sock.sendall(connect("deep-will", "gen", home.secrets["gen"], will=(topic + "/x", b"{}")))
+            assert closed_by_peer(sock)
+        assert on_loop(broker, lambda: len(broker.broker.radio.router.retained)) == 0
+
+
+def test_a_client_s_filters_have_at_most_65_536_characters_and_1_000_levels_in_all(home):
+    """A persistent session's filters are written to the store whole at each SUBSCRIBE: 100
+    filters of 65 KB made each SUBSCRIBE hold the event loop 26 ms. Each level of a wildcard
+    filter is a node of the subscription index: 100 filters of 200 levels took 8 MB."""
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        sock, code, _ = connack(port, "wide", clean=False)
+        assert code == 0
+        with sock:
+            codes = []
+            for n in range(4):
+                sock.sendall(subscribe(f"networks/pub/{n}/" + "x" * 20_000, qos=0, packet_id=n + 1))
+                codes.append(read_packet(sock)[1][2])
+            assert codes == [0, 0, 0, 0x80]  # 60,051 characters, then one too many
+        sock, code, _ = connack(port, "deep")
+        assert code == 0
+        with sock:
+            codes = []
+            for n in range(6):
+                topic_filter = "networks/+/" + "/".join(["x"] * 196) + f"/{n}"  # 199 levels
+                sock.sendall(subscribe(topic_filter, qos=0, packet_id=n + 1))
+                codes.append(read_packet(sock)[1][2])
+            assert codes == [0, 0, 0, 0, 0, 0x80]  # 995 levels, then one filter too many
+            sock.sendall(subscribe(topic_filter.removesuffix("/5") + "/0", qos=1, packet_id=7))
+            assert read_packet(sock)[1][2] == 1  # one it holds: granted again
+            sock.sendall(packet(0xA2, b"\x00\x08" + wire.string(topic_filter.removesuffix("/5") + "/0")))
+            assert read_packet(sock)[0] == 0xB0  # UNSUBACK: its levels are free again
+            sock.sendall(subscribe(topic_filter, qos=0, packet_id=9))
+            assert read_packet(sock)[1][2] == 0
 
 
 def test_a_summary_is_written_once_its_minute_is_over(caplog):

@@ -11,7 +11,8 @@ import pytest
 import requests
 from embedded import embedded_broker
 from mqtt_client import Client, connected, listening
-from raw_mqtt import connect, packet, publish, read_packet, session, subscribe
+from polling import until
+from raw_mqtt import connect, packet, puback, publish, read_packet, session, subscribe
 
 from radio.broker.thread import BrokerThread
 from radio.wire import Framer
@@ -27,6 +28,19 @@ def metric(port: int, name: str, labels: str = "") -> float:
     match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
     assert match is not None, f"{name}{labels} is not in the metrics"
     return float(match[1])
+
+
+PINGREQ = packet(0xC0, b"")
+PINGRESP = 0xD0
+
+
+def before_pingresp(sock: socket.socket) -> list[int]:
+    """The first bytes of what the broker sends a client before it answers a PINGREQ sent now."""
+    sock.sendall(PINGREQ)
+    firsts = []
+    while (first := read_packet(sock)[0]) != PINGRESP:
+        firsts.append(first)
+    return firsts
 
 
 def test_a_client_gets_no_more_filters_than_max_filters(home, caplog):
@@ -209,5 +223,73 @@ def test_the_room_granted_for_bursts_is_bounded_in_all(home):
         assert metric(port, "radio_broker_dropped_total", '{reason="slow_subscriber"}') > 0
         assert metric(port, "radio_broker_send_buffer_refused_total", '{limit="send_buffer_total"}') > 0
         assert metric(port, "radio_broker_send_buffer_granted_bytes") == 0
+    finally:
+        broker.stop()
+
+
+def test_retained_samples_a_subscribe_brings_wait_for_the_window_like_live_ones(home):
+    """Each SUBSCRIBE of a filter brings its retained samples again (MQTT-3.3.1-6).
+
+    Held to the window of unacknowledged samples, a client re-subscribing without acknowledging
+    makes the broker hold no more than any slow client, and never runs it out of packet ids.
+    """
+    broker = start(home, "max_inflight = 10")
+    try:
+        port = broker.mqtt_port
+        with connected(port, "admin", home.secrets["admin"]) as admin:
+            admin.publish("networks/pub", b'{"n": 1}', qos=1, retain=True)
+        hog = session(port, "hog", None, None)
+        try:
+            for n in range(1, 31):
+                hog.sendall(subscribe("networks/pub", qos=1, packet_id=n))
+            firsts = before_pingresp(hog)
+            assert firsts.count(0x90) == 30  # a SUBACK each
+            assert firsts.count(0x33) == 10  # QoS 1, retained: the window's worth, the rest wait
+            hog.sendall(puback(1))
+            assert before_pingresp(hog) == [0x33]  # one acknowledged: one more goes
+        finally:
+            hog.close()
+    finally:
+        broker.stop()
+
+
+def test_retained_samples_for_a_client_that_does_not_read_are_held_to_its_room(home):
+    """At QoS 0 they are dropped past the client's room, as live samples are, and counted.
+
+    Sent regardless, 100 SUBSCRIBEs (2 KB) made the broker hold 60 MB for a client that reads nothing.
+    """
+    broker = start(home, "send_buffer = 4096", "send_buffer_max = 8192", 'metrics = "127.0.0.1:0"')
+    try:
+        port = broker.mqtt_port
+        with connected(port, "admin", home.secrets["admin"]) as admin:
+            for n in range(20):
+                admin.publish(f"networks/pub/{n}", b'{"pad": "%s"}' % (b"x" * 30_000), qos=1, retain=True)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        try:
+            stalled.sendall(connect("stalled"))
+            assert read_packet(stalled)[0] == 0x20  # and from now on it reads nothing
+            for n in range(1, 100):
+                stalled.sendall(subscribe("networks/pub/#", qos=0, packet_id=n))
+            stalled.sendall(subscribe("networks/+/#", qos=0, packet_id=100))  # the same samples, last
+
+            async def waiting() -> int | None:
+                """Bytes waiting for the stalled client, once every SUBSCRIBE was handled (None before)."""
+                for connection in broker.broker.radio.connections:
+                    held = connection.session.subscriptions if connection.session is not None else {}
+                    if "networks/+/#" in held:
+                        return connection.waiting
+                return None
+
+            assert until(lambda: broker.call(waiting) is not None)
+            left = broker.call(waiting)
+            assert left < 64 * 1024, f"{left:,} bytes wait for a client that reads nothing"
+            dropped = metric(
+                broker.broker.metrics_port, "radio_broker_dropped_total", '{reason="slow_subscriber"}'
+            )
+            assert dropped > 0
+        finally:
+            stalled.close()
     finally:
         broker.stop()

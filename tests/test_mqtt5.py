@@ -31,6 +31,9 @@ from radio.registry import LiveRegistry
 from radio.tls import client_context
 from radio.wire import properties as props
 
+PINGREQ = bytes((0xC0, 0))
+PINGRESP = 0xD0
+
 
 def client(broker: BrokerThread, home: Home, key: str | None, protocol: int, **kwargs: object) -> Client:
     made = Client(
@@ -246,6 +249,27 @@ def test_a_will_waits_its_delay_and_a_client_back_in_time_cancels_it(broker, hom
     assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
 
+def test_a_will_waiting_out_its_delay_goes_when_a_clean_start_ends_its_session(broker, home, clients) -> None:
+    """MQTT-3.1.3-9: the delay or the session's end, whichever comes first."""
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    credentials = ("gen", home.secrets["gen"])
+    sock, _ = session5(
+        broker.mqtt_port,
+        "ended",
+        *credentials,
+        will=("networks/A/status", b'{"gone": 3}'),
+        properties={props.SESSION_EXPIRY: 60},
+        will_properties={props.WILL_DELAY: 30},
+    )
+    sock.close()  # without DISCONNECT: the will waits its 30 s
+    open_client(clients, broker, home, "admin", 5).publish("networks/A/status", b'{"sentinel": 1}', qos=1)
+    assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']  # the will is still waiting
+    again, _ = session5(broker.mqtt_port, "ended", *credentials)  # clean start: that session ends
+    with again:
+        assert [m.payload for m in reader.expect(1)] == [b'{"gone": 3}']
+
+
 def test_a_will_waiting_out_its_delay_goes_with_its_rotated_secret(broker, home, clients) -> None:
     """A rotated key sends no last will: not even one its old secret left waiting on its delay."""
     reader = open_client(clients, broker, home, "reader_a", 5)
@@ -318,6 +342,35 @@ def test_the_receive_maximum_holds_back_what_the_client_has_no_room_for(broker, 
         reader.sendall(puback(int.from_bytes(body[12:14], "big")))
         assert published5(read_packet(reader)[1], 1)[2] == b'{"n": 2}'
         del first
+
+
+def test_the_receive_maximum_holds_back_retained_samples_too(broker, home, clients) -> None:
+    admin = open_client(clients, broker, home, "admin", 5)
+    for n in range(3):
+        admin.publish(f"networks/A/{n}", json.dumps({"n": n}), qos=1, retain=True)
+    reader, _ = session5(
+        broker.mqtt_port,
+        "narrow",
+        "reader_a",
+        home.secrets["reader_a"],
+        properties={props.RECEIVE_MAXIMUM: 1},
+    )
+    with reader:
+        reader.sendall(subscribe5("networks/A/#", 1))
+        reader.sendall(PINGREQ)
+        firsts, bodies = [], []
+        while (packet := read_packet(reader))[0] != PINGRESP:  # all it was sent before the answer
+            firsts.append(packet[0])
+            bodies.append(packet[1])
+        assert firsts == [0x90, 0x33]  # the SUBACK, then one retained sample: the client takes one
+        for _ in range(2):
+            size = int.from_bytes(bodies[-1][:2], "big")  # the topic's, then the packet id
+            reader.sendall(puback(int.from_bytes(bodies[-1][2 + size : 4 + size], "big")))
+            first, body = read_packet(reader)
+            assert first == 0x33
+            bodies.append(body)
+        seen_payloads = sorted(published5(body, 1)[2] for body in bodies[1:])
+        assert seen_payloads == [json.dumps({"n": n}).encode() for n in range(3)]
 
 
 def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
@@ -480,38 +533,75 @@ def test_a_disconnect_for_an_error_publishes_the_will(broker, home, clients, cod
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 2}']
 
 
+def two_runs(home: Home) -> Iterator[int]:
+    """The broker started twice on the same store: the MQTT port of each run, while it runs."""
+    for _ in range(2):
+        with BrokerThread(
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as running:
+            yield running.mqtt_port
+
+
 def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> None:
     """Retained and queued samples come back from the store with their MQTT 5 properties."""
     asked = Properties(PacketTypes.PUBLISH)
     asked.UserProperty = ("kept", "on disk")
     asked.MessageExpiryInterval = 600
-    for round_ in (1, 2):
-        with BrokerThread(
-            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
-        ) as running:
-            port = running.mqtt_port
-            if round_ == 1:
-                away = persistent(port, home, "kept")
-                assert away.connect() == 0
-                assert away.subscribe("networks/A/q", qos=1) == 1
-                away.close()
-                gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
-                assert gen.connect() == 0
-                gen.publish("networks/A/r", b'{"retained": 1}', qos=1, retain=True, properties=asked)
-                gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
-                gen.close()
-                continue
-            back = persistent(port, home, "kept")
-            try:
-                assert back.connect() == 0
-                queued = back.expect(1)[0]
-                assert back.subscribe("networks/A/r", qos=1) == 1
-                retained = back.expect(1)[0]
-            finally:
-                back.close()
-            for got in (queued, retained):
-                assert got.properties.UserProperty == [("kept", "on disk")]
-                assert 0 < got.properties.MessageExpiryInterval <= 600
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        away = persistent(port, home, "kept")
+        assert away.connect() == 0
+        assert away.subscribe("networks/A/q", qos=1) == 1
+        away.close()
+        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+        assert gen.connect() == 0
+        gen.publish("networks/A/r", b'{"retained": 1}', qos=1, retain=True, properties=asked)
+        gen.publish("networks/A/q", b'{"queued": 1}', qos=1, properties=asked)
+        gen.close()
+        back = persistent(next(runs), home, "kept")
+        try:
+            assert back.connect() == 0
+            queued = back.expect(1)[0]
+            assert back.subscribe("networks/A/r", qos=1) == 1
+            retained = back.expect(1)[0]
+        finally:
+            back.close()
+    finally:
+        runs.close()
+    for got in (queued, retained):
+        assert got.properties.UserProperty == [("kept", "on disk")]
+        assert 0 < got.properties.MessageExpiryInterval <= 600
+
+
+def test_a_session_s_subscription_options_hold_for_samples_queued_after_a_restart(home: Home) -> None:
+    """Restored from the store, an MQTT 5 session's filters keep their options while it is away."""
+    runs = two_runs(home)
+    try:
+        away = persistent(next(runs), home, "kept")
+        assert away.connect() == 0
+        ids = Properties(PacketTypes.SUBSCRIBE)
+        ids.SubscriptionIdentifier = 7
+        result, mid = away._paho.subscribe("networks/A", options=SubscribeOptions(qos=1), properties=ids)
+        assert result == 0
+        with away._suback:
+            assert away._suback.wait_for(lambda: mid in away._subacks, 10)
+        away.close()
+        port = next(runs)
+        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+        assert gen.connect() == 0
+        gen.publish("networks/A", b'{"queued": 1}', qos=1)  # queued for the restored session
+        gen.close()
+        back = persistent(port, home, "kept")
+        try:
+            assert back.connect() == 0
+            queued = back.expect(1)[0]
+        finally:
+            back.close()
+    finally:
+        runs.close()
+    assert queued.payload == b'{"queued": 1}'
+    assert queued.properties.SubscriptionIdentifier == [7]
 
 
 def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker, home, clients) -> None:

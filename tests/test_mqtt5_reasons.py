@@ -20,8 +20,8 @@ from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.keys import Terms
 from radio.registry import LiveRegistry
+from radio.wire import framing, reasons
 from radio.wire import properties as props
-from radio.wire import reasons
 
 CONFIG = """\
 [networks.A]
@@ -204,6 +204,36 @@ def test_a_filter_the_key_may_not_read_gets_suback_0x87(radio, home) -> None:
     found, at = props.decode(body, 2)
     assert body[at:] == bytes([reasons.NOT_AUTHORIZED])
     assert "may not read" in found[props.REASON_STRING]
+
+
+def test_a_suback_names_a_few_of_the_filters_refused_however_many_and_long(broker, home) -> None:
+    sock, _ = session5(broker.mqtt_port, "greedy", "reader_a", home.secrets["reader_a"])
+    filters = [f"networks/B/{n}/" + "x" * 20_000 for n in range(5)]
+    body = b"\x00\x01\x00" + b"".join(framing.string(f) + b"\x01" for f in filters)  # id 1, no properties
+    with sock:
+        sock.sendall(framing.packet(0x82, body))
+        first, answer = read_packet(sock)
+    assert first == 0x90
+    found, at = props.decode(answer, 2)
+    assert answer[at:] == bytes([reasons.NOT_AUTHORIZED]) * 5
+    says = found[props.REASON_STRING]
+    assert says.startswith("this key may not read 'networks/B/0/xxx")
+    assert says.endswith(" and 2 more")
+    assert len(says) < 1_000
+
+
+def test_a_reason_string_that_would_not_fit_the_client_s_packet_size_is_left_out(radio, home) -> None:
+    """MQTT-3.1.2-25: nothing larger than the client's Maximum Packet Size; the code alone still goes."""
+    sock, _ = session5(
+        radio.mqtt_port, "tiny", "gen", home.secrets["gen"], properties={props.MAXIMUM_PACKET_SIZE: 16}
+    )
+    with sock:
+        sock.sendall(publish5("networks/B", b"{}", 1))  # gen may not publish to B
+        assert read_packet(sock) == (0x40, b"\x00\x01" + bytes([reasons.NOT_AUTHORIZED]) + b"\x00")
+        sock.sendall(subscribe5("networks/B/#", 1))  # nor read it
+        assert read_packet(sock) == (0x90, b"\x00\x01\x00" + bytes([reasons.NOT_AUTHORIZED]))
+        sock.sendall(bytes((0xF0, 0)))  # AUTH: a protocol error, told by a DISCONNECT
+        assert read_packet(sock) == (0xE0, bytes([reasons.PROTOCOL_ERROR, 0]))
 
 
 def test_a_session_taken_over_is_told_so(radio, home) -> None:

@@ -388,6 +388,38 @@ def test_qos2_deliveries_are_resent_on_reconnect(broker, home):
         sock.close()
 
 
+def test_a_qos2_sample_sent_again_after_a_restart_is_delivered_once(home):
+    """The packet ids awaiting PUBREL are kept with a persistent session: sent again after a
+    restart, before PUBREL, a sample is the same one; once PUBCOMP came, the id is a new sample's."""
+    registry = LiveRegistry(home.config)
+    received = []
+    for run in (1, 2):
+        with BrokerThread(
+            registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as broker:
+            port = broker.mqtt_port
+            reader = Client(
+                "tcp", port, "reader_a", home.secrets["reader_a"], client_id="qos2-r", clean_session=False
+            )
+            try:
+                assert reader.connect() == 0
+                if run == 1:
+                    assert reader.subscribe("networks/A", qos=1) == 1
+                with session(port, "qos2-p", "gen", home.secrets["gen"], clean=False) as publisher:
+                    dup = 0x08 if run == 2 else 0  # the same sample again, as if its PUBREC was lost
+                    publisher.sendall(publish("networks/A", b'{"once": 1}', 2, 9, first_byte=0x34 | dup))
+                    assert read_packet(publisher) == (0x50, b"\x00\x09")  # PUBREC
+                    if run == 2:
+                        publisher.sendall(b"\x62\x02\x00\x09")  # PUBREL
+                        assert read_packet(publisher) == (0x70, b"\x00\x09")  # PUBCOMP: 9 is free
+                        publisher.sendall(publish("networks/A", b'{"new": 2}', 2, 9))
+                        assert read_packet(publisher) == (0x50, b"\x00\x09")
+                received += [m.payload for m in reader.expect(1)]
+            finally:
+                reader.close()
+    assert received == [b'{"once": 1}', b'{"new": 2}']
+
+
 def test_the_store_is_private(broker, home):
     """broker.db and its -wal and -shm hold private samples: 0600, never world-readable."""
     leave_queued(broker.mqtt_port, home.secrets)

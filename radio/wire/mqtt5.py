@@ -143,10 +143,26 @@ def decode_disconnect(body: bytes) -> tuple[int, props.Properties]:
 
 _packet = framing.packet
 
+REASON_MOST: Final = 1_000
+"""Characters of a reason string the server sends at most; a longer one is cut, ending in "...".
+A reason may quote what the client sent (a filter, a field of a sample, a protocol name), and
+MQTT bounds a string to 65,535 bytes: one quoting more would not even encode."""
+
+
+def said(reason: str) -> str:
+    """A reason string as the server sends it: within ``REASON_MOST`` characters."""
+    return reason if len(reason) <= REASON_MOST else reason[: REASON_MOST - 3] + "..."
+
+
+def _reason(reason: str | None) -> props.Properties:
+    return {props.REASON_STRING: said(reason)} if reason is not None else {}
+
 
 def connack(session_present: bool, code: int, found: props.Properties) -> bytes:
-    """A CONNACK with its reason code and properties."""
+    """A CONNACK with its reason code and properties (a reason string cut to ``REASON_MOST``)."""
     flags = 1 if session_present and code == reasons.SUCCESS else 0
+    if props.REASON_STRING in found:
+        found = {**found, props.REASON_STRING: said(found[props.REASON_STRING])}
     return _packet(0x20, bytes((flags, code)) + props.encode(found))
 
 
@@ -154,20 +170,20 @@ def ack(kind: int, pid: int, code: int = reasons.SUCCESS, reason: str | None = N
     """A PUBACK, PUBREC, PUBREL or PUBCOMP: as short as MQTT 3.1.1's when it succeeded."""
     if code == reasons.SUCCESS and reason is None:
         return packets.ack(kind, pid)
-    found = {props.REASON_STRING: reason} if reason is not None else {}
+    found = _reason(reason)
     first = (kind << 4) | (2 if kind == packets.PUBREL else 0)
     return _packet(first, bytes((pid >> 8, pid & 0xFF, code)) + props.encode(found))
 
 
 def suback(kind: int, pid: int, codes: list[int], reason: str | None = None) -> bytes:
     """A SUBACK (or UNSUBACK): a reason code per filter, in order."""
-    found = {props.REASON_STRING: reason} if reason is not None else {}
+    found = _reason(reason)
     return _packet(kind << 4, bytes((pid >> 8, pid & 0xFF)) + props.encode(found) + bytes(codes))
 
 
 def disconnect(code: int, reason: str | None = None) -> bytes:
     """The server's DISCONNECT: why it closes the connection."""
-    found = {props.REASON_STRING: reason} if reason is not None else {}
+    found = _reason(reason)
     return _packet(0xE0, bytes((code,)) + props.encode(found))
 
 

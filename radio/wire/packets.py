@@ -220,7 +220,7 @@ def decode_connect(body: bytes, properties: PropertyReader | None = None) -> Con
     v5 = properties is not None and (name, level) == ("MQTT", 5)
     if (name, level) not in (("MQTT", 4), ("MQIsdp", 3)) and not v5:
         if name not in ("MQTT", "MQIsdp"):
-            msg = f"protocol name {name!r} [MQTT-3.1.2-1]"
+            msg = f"protocol name {shown(name)} [MQTT-3.1.2-1]"
             raise Violation(msg)
         return Connect(level, True, 0, "", None, b"", 0, False, None, None, supported=False)  # noqa: FBT003
     if flags & 0x01:

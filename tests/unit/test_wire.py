@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from radio import wire
 from radio.broker.message import Message
 from radio.errors import RadioError
+from radio.wire import mqtt5
+from radio.wire import properties as props
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -332,3 +334,21 @@ def test_a_malformed_body_names_the_clause_it_breaks(body, decode, clause):
 def test_a_reserved_type_or_wrong_flags_is_a_violation(first):
     with pytest.raises(wire.Violation, match=re.escape("[MQTT-2.2")):
         wire.check_flags(first)
+
+
+@pytest.mark.parametrize(
+    ("encode", "at"),
+    [
+        (lambda reason: mqtt5.ack(wire.PUBACK, 1, 0x99, reason), 3),
+        (lambda reason: mqtt5.suback(wire.SUBACK, 1, [0x87], reason), 2),
+        (lambda reason: mqtt5.disconnect(0x81, reason), 1),
+        (lambda reason: mqtt5.connack(False, 0x87, {props.REASON_STRING: reason}), 2),  # noqa: FBT003
+    ],
+    ids=["ack", "suback", "disconnect", "connack"],
+)
+def test_a_reason_string_quoting_what_a_client_sent_is_cut_short(encode, at):
+    """A reason may quote a filter, a field or a name of 65,535 bytes: cut short, it always encodes."""
+    _, body = framed(encode("x" * 100_000))
+    said = props.decode(body, at)[0][props.REASON_STRING]
+    assert len(said) == mqtt5.REASON_MOST
+    assert said.endswith("...")
