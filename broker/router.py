@@ -223,9 +223,12 @@ class Router:
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
-        """Its connection ended: a clean session goes, a persistent one waits (within its limits)."""
+        """Its connection ended: a clean session goes, a persistent one waits (within its limits).
+
+        So does one whose client set its expiry to 0 at DISCONNECT (MQTT 5): it ends now.
+        """
         session.connection = None
-        if session.clean_session:
+        if session.clean_session or session.expiry == 0:
             self.discard(session)
             return
         session.offline_since = time.time()

@@ -22,7 +22,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from polling import until
-from raw_mqtt import puback, publish5, published5, read_packet, session5, subscribe5
+from raw_mqtt import (
+    closed_by_peer,
+    connect5,
+    open_socket,
+    puback,
+    publish5,
+    published5,
+    read_packet,
+    session5,
+    subscribe5,
+)
 from test_tls import make_certs, tls_broker, use_tls
 
 from radio.broker.thread import BrokerThread
@@ -531,6 +541,31 @@ def test_a_disconnect_for_an_error_publishes_the_will(broker, home, clients, cod
     with sock:
         sock.sendall(bytes((0xE0, 0x01, code)))
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 2}']
+
+
+def test_a_disconnect_that_sets_session_expiry_0_ends_the_session_at_once(broker, home) -> None:
+    """A session expiry of 0 ends the session with its connection (MQTT 5.0 3.1.2.11.2); a
+    DISCONNECT may set it so (3.14.2.2.2). Kept until the next expiry sweep, the session held
+    its subscriptions and filled its queue for up to a minute."""
+
+    async def held() -> int:
+        return broker.broker.session_count()
+
+    credentials = ("gen", home.secrets["gen"])
+    lasting = {props.SESSION_EXPIRY: 60}
+    before = broker.call(held)
+    sock, _ = session5(broker.mqtt_port, "ending", *credentials, properties=lasting)
+    with sock:
+        sock.sendall(subscribe5("networks/pub", 1))
+        assert read_packet(sock)[0] == 0x90
+        assert broker.call(held) == before + 1
+        sock.sendall(bytes((0xE0, 0x07, 0x00, 0x05, props.SESSION_EXPIRY, 0, 0, 0, 0)))
+        assert closed_by_peer(sock)
+    assert broker.call(held) == before  # gone with its connection, not at the next sweep
+    with open_socket(broker.mqtt_port) as again:
+        again.sendall(connect5("ending", *credentials, clean=False, properties=lasting))
+        first, body = read_packet(again)
+    assert (first, body[0], body[1]) == (0x20, 0, 0)  # accepted, and no session present
 
 
 def two_runs(home: Home) -> Iterator[int]:
