@@ -315,6 +315,26 @@ def test_a_publish_with_a_property_it_may_not_carry_gets_disconnect_0x81(radio, 
             read_packet(reader)
 
 
+@pytest.mark.parametrize("kind", ["SUBSCRIBE", "UNSUBSCRIBE"])
+def test_a_subscribe_or_unsubscribe_with_a_property_it_may_not_carry_gets_disconnect_0x81(
+    radio, home, kind
+) -> None:
+    """A SUBSCRIBE carries a subscription id and user properties, an UNSUBSCRIBE user properties
+    alone (MQTT 5.0, 3.8.2.1, 3.10.2.1): any other property makes the packet malformed."""
+    stray = props.encode({props.SESSION_EXPIRY: 5})
+    if kind == "SUBSCRIBE":
+        packet = subscribe5("networks/A", 1, properties={props.SESSION_EXPIRY: 5})
+    else:
+        body = b"\x00\x01" + stray + len(b"networks/A").to_bytes(2, "big") + b"networks/A"
+        packet = bytes((0xA2, len(body))) + body
+    sock, _ = session5(radio.mqtt_port, "stray", "reader_a", home.secrets["reader_a"])
+    with sock:
+        sock.sendall(packet)
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.MALFORMED_PACKET)
+    assert f"{kind} with property 0x{props.SESSION_EXPIRY:02x}" in (reason(body, 0)[1] or "")
+
+
 def test_a_packet_past_the_most_user_properties_gets_disconnect_0x97(radio, home) -> None:
     """Each user property costs the broker's one thread to read, before any right is checked: an
     anonymous client (who may publish nothing) is closed at the first past the bound, and the

@@ -79,17 +79,23 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Proper
         pid = packets.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
         at += 2
     found, at = _properties(body, at)
-    if found and not found.keys() <= props.IN_PUBLISH:
-        stray = min(found.keys() - props.IN_PUBLISH)
-        msg = f"a PUBLISH with property 0x{stray:02x}, which a PUBLISH does not carry [MQTT 5.0, 2.2.2.2]"
-        raise CodedViolation(reasons.MALFORMED_PACKET, msg)
+    _only(found, props.IN_PUBLISH, "a PUBLISH")
     return topic, qos, pid, found, body[at:]
+
+
+def _only(found: props.Properties, allowed: frozenset[int], what: str) -> None:
+    """A property the packet type does not carry makes the packet malformed (MQTT 5.0, 2.2.2.2)."""
+    if found and not found.keys() <= allowed:
+        stray = min(found.keys() - allowed)
+        msg = f"{what} with property 0x{stray:02x}, which {what} does not carry [MQTT 5.0, 2.2.2.2]"
+        raise CodedViolation(reasons.MALFORMED_PACKET, msg)
 
 
 def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str, int]]]:
     """A SUBSCRIBE's packet id, properties, and (filter, options byte) pairs."""
     pid = packets.packet_id(body, "a SUBSCRIBE")
     found, at = _properties(body, 2)
+    _only(found, props.IN_SUBSCRIBE, "a SUBSCRIBE")
     pairs = []
     while at < len(body):
         topic_filter, at = read_string(body, at, "a SUBSCRIBE filter")
@@ -111,7 +117,8 @@ def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str
 def decode_unsubscribe(body: bytes) -> tuple[int, list[str]]:
     """An UNSUBSCRIBE's packet id and filters (its properties are read past)."""
     pid = packets.packet_id(body, "an UNSUBSCRIBE")
-    _, at = _properties(body, 2)
+    found, at = _properties(body, 2)
+    _only(found, props.IN_UNSUBSCRIBE, "an UNSUBSCRIBE")
     filters = []
     while at < len(body):
         topic_filter, at = read_string(body, at, "an UNSUBSCRIBE filter")

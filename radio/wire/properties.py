@@ -80,6 +80,10 @@ IN_PUBLISH: Final = frozenset(
 )
 """What a PUBLISH may carry (MQTT 5.0, 3.3.2.3); any other property makes it a malformed packet
 (2.2.2.2). A subscription id is the server's to send: a client's is refused with its own clause."""
+IN_SUBSCRIBE: Final = frozenset({SUBSCRIPTION_ID, USER_PROPERTY})
+"""What a SUBSCRIBE may carry (MQTT 5.0, 3.8.2.1)."""
+IN_UNSUBSCRIBE: Final = frozenset({USER_PROPERTY})
+"""What an UNSUBSCRIBE may carry (MQTT 5.0, 3.10.2.1)."""
 MAX_VARINT: Final = 268_435_455
 
 Properties = dict[int, Any]
