@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import re
+import select
 import signal
 import socket
 import threading
@@ -309,6 +310,34 @@ def test_an_oversized_packet_closes_the_connection_over_websocket(broker, home):
     still_serving(broker, home)
 
 
+def streaming(
+    streamer: socket.socket, chunk: bytes, answered: list[int], stop: threading.Event, going: threading.Event
+) -> list[threading.Thread]:
+    """Two threads: one sends ``chunk`` again and again, one counts the PUBACKs as it reads them
+    (``going`` past 50,000), until ``stop`` and the socket's shutdown."""
+    # Blocking: the broker holds a client back (it stops reading it) while its answers wait
+    # unread, so a send may wait as long as the counting thread takes to read them.
+    streamer.settimeout(None)
+
+    def count() -> None:
+        with contextlib.suppress(OSError):  # until the socket is shut down (reset, with answers unread)
+            while not stop.is_set():
+                if select.select([streamer], [], [], 0.5)[0]:
+                    got = streamer.recv(1 << 20)
+                    if not got:
+                        return
+                    answered[0] += len(got) // 4  # PUBACKs, 4 bytes each
+                if answered[0] > 50_000:
+                    going.set()
+
+    def stream() -> None:
+        with contextlib.suppress(OSError):  # until the socket is shut down
+            while not stop.is_set():
+                streamer.sendall(chunk)
+
+    return [threading.Thread(target=count), threading.Thread(target=stream)]
+
+
 @pytest.mark.parametrize(
     ("key", "topic"),
     [(None, "networks/A"), ("reader_a", "networks/A"), ("gen", "networks/B")],
@@ -336,23 +365,7 @@ def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home, k
             answered = [0]
             stop, going = threading.Event(), threading.Event()
 
-            # Its answers are counted as they are read: a small receive buffer keeps a backlog the
-            # counting thread has not read yet (a busy machine) from passing for answers given late.
-            streamer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-
-            def count() -> None:
-                streamer.settimeout(1)
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        answered[0] += len(streamer.recv(1 << 20)) // 4  # PUBACKs, 4 bytes each
-                    if answered[0] > 50_000:
-                        going.set()
-
-            def stream() -> None:
-                while not stop.is_set():
-                    streamer.sendall(chunk)
-
-            threads = [threading.Thread(target=count), threading.Thread(target=stream)]
+            threads = streaming(streamer, chunk, answered, stop, going)
             for thread in threads:
                 thread.start()
             try:
@@ -365,6 +378,7 @@ def test_a_client_streaming_tiny_packets_lets_the_others_be_read_between(home, k
                     waited.append(answered[0] - before)
             finally:
                 stop.set()
+                streamer.shutdown(socket.SHUT_RDWR)  # a send still waiting ends now
                 for thread in threads:
                     thread.join(10)
         assert max(waited) < 50_000, waited
