@@ -137,7 +137,7 @@ class Child:
                     self.mqtt_ports.append(port)
             if "Ctrl-C" in line:
                 return urls
-        raise self._not_started()
+        raise self.not_started()
 
     def said(self, last: str) -> str:
         """What it prints up to the first line holding ``last``, once it prints that line."""
@@ -148,7 +148,7 @@ class Child:
             lines.append(line)
             if last in line:
                 return "".join(lines)
-        raise self._not_started()
+        raise self.not_started()
 
     def wait_for(self, pattern: str) -> str:
         """The first match of a pattern in what it prints, once it prints it."""
@@ -157,9 +157,9 @@ class Child:
         for line in stdout:
             if match := re.search(pattern, line):
                 return match[1]
-        raise self._not_started()
+        raise self.not_started()
 
-    def _not_started(self) -> BaseException:
+    def not_started(self) -> BaseException:
         """Exit status 2 is a refusal the child said in one line already; anything else is told here."""
         status = self.process.wait()
         if status == EXIT_REFUSED:
@@ -276,12 +276,7 @@ def up(
             "bridge", ["bridge", *common, "--listen", str(http), "--broker", nodes_urls], env=page_ws
         )
         children.append(bridge)
-        # Its banner says where it bound each port, the admin listener's too (which may be port 0).
-        bridge_said = bridge.said("Ctrl-C")
-        bridge.drain()
-        http_url = reachable(_found(r"POST (https?://\S+)/publish", bridge_said) or "")
-        admin_url = _found(r"admin API: (https?://\S+)/admin/", bridge_said)
-        metrics = re.search(r"GET  (https?://\S+)/metrics( +\(admin key\))?", bridge_said)
+        http_url, admin_url, metrics = _bridge_addresses(bridge)
         device = Child(
             "traffic simulator",
             ["device", "traffic", *common, "--network", network, "--url", nodes_urls],
@@ -293,8 +288,8 @@ def up(
             urls={name: reachable(url) for name, url in urls.items() if name != "mqtt" or plain["mqtt"]},
             ca=_dev_ca(settings),
             http_url=http_url,
-            admin_url=None if admin_url is None else reachable(admin_url),
-            metrics=None if metrics is None else (reachable(metrics[1]), metrics[2] is not None),
+            admin_url=admin_url,
+            metrics=metrics,
             network=network,
             settings=settings,
             made=made,
@@ -440,6 +435,25 @@ def _stop_all(children: list[Child]) -> None:
 
 class _Interrupted(KeyboardInterrupt):
     """A signal arrived while a child was still starting (the command line ends with status 0)."""
+
+
+def _bridge_addresses(bridge: Child) -> tuple[str, str | None, tuple[str, bool] | None]:
+    """Where the bridge's banner says it bound each door, the admin listener's too (maybe port 0).
+
+    Its URL, the admin API's, and /metrics's with whether it asks for an admin key.
+    """
+    said = bridge.said("Ctrl-C")
+    bridge.drain()
+    publish = _found(r"POST (https?://\S+)/publish", said)
+    if publish is None:  # a banner without its door: not the bridge this command started
+        raise bridge.not_started()
+    admin = _found(r"admin API: (https?://\S+)/admin/", said)
+    metrics = re.search(r"GET  (https?://\S+)/metrics( +\(admin key\))?", said)
+    return (
+        reachable(publish),
+        None if admin is None else reachable(admin),
+        None if metrics is None else (reachable(metrics[1]), metrics[2] is not None),
+    )
 
 
 def _found(pattern: str, text: str) -> str | None:
