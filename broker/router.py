@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -205,6 +206,7 @@ class Router:
         session.subscriptions.clear()
         session.clear_queue()
         session.inflight.clear()
+        session.unsent = None
         if session.persistent and self.store is not None:
             self.store.drop_session(session.store_id)
 
@@ -460,6 +462,7 @@ class Router:
             connection is not None
             and not session.queue
             and len(session.inflight) < session.window
+            and session.unsent is None
             and not connection.congested()
         ):
             self._send(session, connection, delivery)
@@ -533,6 +536,8 @@ class Router:
         connection = session.connection
         if connection is None:
             return
+        if session.unsent is not None and not self._resend(session, connection):
+            return
         inflight, window = session.inflight, session.window
         allows = self.allows
         while session.queue and len(inflight) < window:
@@ -558,7 +563,10 @@ class Router:
                 self.tallied(session, delivery.message)
             if self.store is not None and delivery.message.row:  # in the store, for this session or another
                 self._forget(session, delivery)
-            if session.queue:
+            unsent = session.unsent
+            if unsent is not None and pid in unsent:  # acknowledged before it went again
+                unsent.remove(pid)
+            if session.queue or unsent:
                 self.pump(session)
         return delivery
 
@@ -567,16 +575,49 @@ class Router:
 
         Each is checked against the key's rights as they are now: a sample queued while the key
         could read its network is not delivered once it cannot (and leaves the store).
+
+        A PUBREL goes again at once; an unacknowledged PUBLISH only as the window of the new
+        connection has room (``pump``): an MQTT 5 client may give a smaller receive maximum than
+        the connection that left them unacknowledged, and the server must never have more
+        outstanding than it (MQTT-3.3.4-9).
         """
         connection = session.connection
         assert connection is not None  # noqa: S101 - called once connected
+        unsent: deque[int] = deque()
         for pid, delivery in list(session.inflight.items()):
-            if not self.allows(session, delivery.message.topic, Action.RECEIVE):
+            if not delivery.released:
+                unsent.append(pid)  # its rights are checked when it goes (``_resend``)
+            elif not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
-            elif delivery.released:
+            else:
                 connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
+        session.unsent = unsent or None
+        self.pump(session)
+
+    def _resend(self, session: Session, connection: Connection) -> bool:
+        """Send again what a resumed session left unacknowledged, while the window has room.
+
+        In the order first sent, under the first packet ids, DUP set (MQTT-4.4.0-1, 4.6.0-1).
+        Whether all of it went: the queue waits until then, so that nothing overtakes a resend.
+        """
+        unsent = session.unsent
+        inflight = session.inflight
+        while unsent:
+            if len(inflight) - len(unsent) >= session.window:
+                return False
+            if connection.congested():
+                connection.wait_for_drain()
+                return False
+            pid = unsent.popleft()
+            delivery = inflight.get(pid)
+            if delivery is None or delivery.released:
+                continue  # the client answered it before it went again: it is outstanding as it is
+            if not self.allows(session, delivery.message.topic, Action.RECEIVE):
+                del inflight[pid]
+                self.stats.dropped_unreadable += 1
+                self._forget(session, delivery)
             elif connection.v5 is None:
                 retain = delivery.extra is not None and delivery.extra[0]
                 connection.write(delivery.message.packet(delivery.qos, pid, retain=retain, dup=True))
@@ -585,11 +626,12 @@ class Router:
                 message = delivery.message
                 packet = connection.v5.publish(message, delivery.qos, pid, retain=retain, dup=True, ids=ids)
                 if packet is None:
-                    del session.inflight[pid]
+                    del inflight[pid]
                     self._forget(session, delivery)
                 else:
                     connection.write(packet)
-        self.pump(session)
+        session.unsent = None
+        return True
 
     # Subscribing.
     def subscribe(
@@ -721,7 +763,12 @@ class Router:
         wrote a row per retained sample would let a client re-subscribing in a loop write the
         broker's disk as fast as it sends.
         """
-        if not session.queue and len(session.inflight) < session.window and not connection.congested():
+        if (
+            not session.queue
+            and len(session.inflight) < session.window
+            and session.unsent is None
+            and not connection.congested()
+        ):
             self._send(session, connection, delivery)
             return
         online = self.limits.keyed if session.limits is self.limits.anonymous else None
@@ -814,11 +861,14 @@ class Router:
                 self._forget(session, delivery)
         for delivery in kept:
             session.keep(delivery)
+        unsent = session.unsent
         for pid, delivery in list(session.inflight.items()):
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
+                if unsent is not None and pid in unsent:
+                    unsent.remove(pid)
 
     # Restart.
     def _restored(self, stored: StoredSession, registry: Registry) -> Session | None:

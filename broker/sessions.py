@@ -115,6 +115,7 @@ class Session:
         "remote_port",
         "subscriptions",
         "tally",
+        "unsent",
         "username",
         "v5",
         "warned_full",
@@ -161,6 +162,9 @@ class Session:
         """MQTT 5: the session expiry interval its client asked for (None: the limits' own)."""
         self.window = 0
         """QoS 1 and 2 samples it may have unacknowledged (the broker's limit, or the client's lower one)."""
+        self.unsent: deque[int] | None = None
+        """Packet ids of unacknowledged deliveries a resumed session has yet to send again: they go
+        as its new connection's window has room (``Router.resume``); None while none waits."""
         self.read_memo: tuple[object, bool] | None = None
         """The last read verdict fan-out asked of the topic plugins, and what it holds for
         (``Router._read_key``: a registry snapshot and a network)."""

@@ -383,6 +383,39 @@ def test_the_receive_maximum_holds_back_retained_samples_too(broker, home, clien
         assert seen_payloads == [json.dumps({"n": n}).encode() for n in range(3)]
 
 
+def test_a_resumed_session_resends_within_the_receive_maximum_of_its_new_connection(
+    broker, home, clients
+) -> None:
+    """The window is the new CONNECT's (MQTT-3.3.4-9): what the client left unacknowledged goes
+    again one at a time to a client that now takes one, each after the last one's PUBACK, in the
+    order first sent and under its first packet id (MQTT-4.4.0-1)."""
+    lasting = {props.SESSION_EXPIRY: 60}
+    credentials = ("reader_a", home.secrets["reader_a"])
+    sock, _ = session5(broker.mqtt_port, "narrowing", *credentials, clean=False, properties=lasting)
+    with sock:
+        sock.sendall(subscribe5("networks/A", 1))
+        assert read_packet(sock)[0] == 0x90
+        gen = open_client(clients, broker, home, "gen", 5)
+        for n in range(3):
+            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+        first_ids = [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
+        # None acknowledged: all three are the session's to send again.
+    narrow = {**lasting, props.RECEIVE_MAXIMUM: 1}
+    back, _ = session5(broker.mqtt_port, "narrowing", *credentials, clean=False, properties=narrow)
+    with back:
+        resent = []
+        for _ in range(3):
+            back.sendall(PINGREQ)
+            got = []
+            while (packet := read_packet(back))[0] != PINGRESP:  # all it was sent before the answer
+                got.append(packet)
+            assert [first for first, _ in got] == [0x3A]  # one PUBLISH, QoS 1, DUP: the client takes one
+            pid = int.from_bytes(got[0][1][12:14], "big")
+            resent.append((pid, published5(got[0][1], 1)[2]))
+            back.sendall(puback(pid))
+    assert resent == [(pid, json.dumps({"n": n}).encode()) for n, pid in enumerate(first_ids)]
+
+
 def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
     asked = Properties(PacketTypes.CONNECT)
     asked.MaximumPacketSize = 64
