@@ -26,8 +26,10 @@ Hierarchy (each class with the module it lives in, when not here)::
     │                          (wire.mqtt5)
     ├── Malformed              an MQTT 5 property list MQTT calls malformed (wire.properties;
     │   │                      also a ValueError)
-    │   └── TooMany            more user properties or subscription ids than a packet may hold
-    │                          (wire.properties)
+    │   ├── TooMany            more user properties or subscription ids than a packet may hold
+    │   │                      (wire.properties)
+    │   └── NotAllowed         a property value that parses but MQTT 5 does not allow: a
+    │                          protocol error (wire.properties)
     ├── MosquittoError         Mosquitto is missing or would not start (broker.mosquitto)
     ├── NatsError              the NATS cluster cannot be planned or started (broker.nats_conf)
     ├── APIError               the HTTP door's refusal: a status, a message (bridge.errors)

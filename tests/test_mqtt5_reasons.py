@@ -13,7 +13,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import Home
-from raw_mqtt import connect5, open_socket, publish5, published5, read_packet, reason, session5, subscribe5
+from raw_mqtt import (
+    closed_by_peer,
+    connect5,
+    open_socket,
+    publish5,
+    published5,
+    read_packet,
+    reason,
+    session5,
+    subscribe5,
+)
 
 from radio import samples
 from radio.broker.thread import BrokerThread
@@ -313,6 +323,43 @@ def test_a_publish_with_a_property_it_may_not_carry_gets_disconnect_0x81(radio, 
         reader.settimeout(0.5)
         with pytest.raises(TimeoutError):
             read_packet(reader)
+
+
+@pytest.mark.parametrize("value", [2, 255])
+def test_a_publish_whose_payload_format_is_not_0_or_1_gets_disconnect_0x82(radio, home, value) -> None:
+    """The payload format indicator is 0 or 1 (MQTT 5.0, 3.3.2.3.2). Any other byte parses, so
+    the packet is not malformed (2.2.2.2), but holds what the protocol does not allow: a protocol
+    error (1.2). It is not taken, and its listeners get nothing, while 0 and 1 are passed on."""
+    reader, _ = session5(radio.mqtt_port, "listening", "reader_a", home.secrets["reader_a"])
+    sock, _ = session5(radio.mqtt_port, "formats", "gen", home.secrets["gen"])
+    with reader, sock:
+        reader.sendall(subscribe5("networks/A", 0))
+        assert read_packet(reader)[0] == 0x90
+        for allowed in (0, 1):
+            sock.sendall(publish5("networks/A", b'{"speed": 1}', properties={props.PAYLOAD_FORMAT: allowed}))
+            assert published5(read_packet(reader)[1], 0)[1] == {props.PAYLOAD_FORMAT: allowed}
+        sock.sendall(publish5("networks/A", b'{"speed": 2}', 1, properties={props.PAYLOAD_FORMAT: value}))
+        first, body = read_packet(sock)
+        assert (first, reason(body, 0)[0]) == (0xE0, reasons.PROTOCOL_ERROR)
+        assert "payload format indicator" in (reason(body, 0)[1] or "")
+        reader.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            read_packet(reader)
+
+
+def test_a_will_whose_payload_format_is_not_0_or_1_is_refused(radio, home) -> None:
+    """The will's properties are a PUBLISH's to be (MQTT 5.0, 3.1.3.2.3): the same rule holds."""
+    with open_socket(radio.mqtt_port) as sock:
+        sock.sendall(
+            connect5(
+                "willing",
+                "gen",
+                home.secrets["gen"],
+                will=("networks/A/status", b'{"speed": 0}'),
+                will_properties={props.PAYLOAD_FORMAT: 2},
+            )
+        )
+        assert closed_by_peer(sock)  # no CONNACK: the CONNECT is refused before any session
 
 
 @pytest.mark.parametrize("kind", ["SUBSCRIBE", "UNSUBSCRIBE"])

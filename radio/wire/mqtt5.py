@@ -42,6 +42,8 @@ def _properties(body: bytes, at: int) -> tuple[props.Properties, int]:
         return props.decode(body, at)
     except props.TooMany as exc:
         raise CodedViolation(reasons.QUOTA_EXCEEDED, str(exc)) from None
+    except props.NotAllowed as exc:
+        raise CodedViolation(reasons.PROTOCOL_ERROR, str(exc)) from None
     except props.Malformed as exc:
         raise CodedViolation(reasons.MALFORMED_PACKET, str(exc)) from None
 

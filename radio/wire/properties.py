@@ -104,6 +104,13 @@ class TooMany(Malformed):
     """A property list holding more user properties (or subscription ids) than ``MOST_REPEATED``."""
 
 
+class NotAllowed(Malformed):
+    """A property value that parses but MQTT 5 does not allow: a protocol error (MQTT 5.0, 1.2).
+
+    Not a malformed packet, which is one that cannot be parsed: the value is of its type.
+    """
+
+
 def varint(body: bytes, at: int) -> tuple[int, int]:
     """A variable byte integer at ``at``: its value and where it ends."""
     value, multiplier = 0, 1
@@ -198,6 +205,9 @@ def decode(body: bytes, at: int) -> tuple[Properties, int]:
             msg = f"property 0x{ident:02x} twice [MQTT-2.2.2-2]"
             raise Malformed(msg)
         else:
+            if ident == PAYLOAD_FORMAT and value > 1:  # a PUBLISH's, or a will's: both are read here
+                msg = f"a payload format indicator of {value}, which is 0 or 1 [MQTT 5.0, 3.3.2.3.2]"
+                raise NotAllowed(msg)
             found[ident] = value
     if at != end:
         msg = "a property longer than its properties"
