@@ -149,3 +149,15 @@ def subscribed(session: Session, message: Message, granted: int) -> tuple[int, b
     if qos < 0:
         return None
     return min(message.qos, qos), retain, tuple(ids)
+
+
+def shared_ids(session: Session, topic_filter: str) -> tuple[int, ...]:
+    """The subscription id a delivery to a member of the shared subscription ``topic_filter`` carries.
+
+    The one the member gave that filter, if any (MQTT-3.3.4-3), and no other: of a shared
+    subscription only the ids of the SUBSCRIBE of the member receiving it go (MQTT 5.0, 3.3.4),
+    and the session's own filters that match have a delivery of their own (``subscribed``).
+    """
+    options = session.options
+    found = options.get(topic_filter) if options else None
+    return (found[1],) if found is not None and found[1] else ()

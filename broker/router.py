@@ -352,17 +352,22 @@ class Router:
             if session.tally is not None:
                 self.tallied(session, message)
 
-    def _deliver_one(self, session: Session, message: Message, granted: int) -> None:
-        """A delivery to one member of a shared subscription, at min(published, granted)."""
+    def _deliver_one(self, session: Session, message: Message, granted: int, topic_filter: str) -> None:
+        """A delivery to one member of a shared subscription, at min(published, granted).
+
+        An MQTT 5 member's carries the subscription id it gave that shared filter, as a delivery
+        of its own filters does (``deliver5``).
+        """
         qos = min(message.qos, granted)
+        ids = protocol5.shared_ids(session, topic_filter)
         if qos:
-            self.deliver(session, message, qos)
+            self.deliver(session, message, qos, (False, ids) if ids else None)
             return
         connection = session.connection
         if connection is None or connection.congested():
             self.stats.dropped_slow += connection is not None
             return
-        packet = message.packet(0) if connection.v5 is None else connection.v5.publish(message, 0)
+        packet = message.packet(0) if connection.v5 is None else connection.v5.publish(message, 0, ids=ids)
         if packet is not None:
             connection.write(packet)
             self.stats.deliveries += 1

@@ -32,9 +32,11 @@ def split(topic_filter: str) -> tuple[str, str] | None:
 class Group:
     """The members of one (group, filter), taking turns."""
 
-    __slots__ = ("members", "turn")
+    __slots__ = ("members", "topic_filter", "turn")
 
-    def __init__(self) -> None:
+    def __init__(self, topic_filter: str) -> None:
+        self.topic_filter = topic_filter
+        """As its members subscribed (``$share/GROUP/FILTER``): what their options are kept under."""
         self.members: dict[Session, int] = {}
         self.turn = 0
 
@@ -63,7 +65,7 @@ class SharedSubscriptions:
         """A member joins (or changes its QoS)."""
         found = self.groups.get((group, topic_filter))
         if found is None:
-            found = self.groups[(group, topic_filter)] = Group()
+            found = self.groups[(group, topic_filter)] = Group(f"{PREFIX}{group}/{topic_filter}")
             self.index.add(topic_filter, found, 0)
         found.members[session] = qos
 
@@ -81,11 +83,11 @@ class SharedSubscriptions:
         self,
         message: Message,
         may_read: Callable[[Session], bool],
-        deliver: Callable[[Session, Message, int], None],
+        deliver: Callable[[Session, Message, int, str], None],
     ) -> None:
-        """Give the message to one member of each group whose filter matches."""
+        """Give the message to one member of each group whose filter matches (and the group's filter)."""
         for table in self.index.match(message.topic):
             for group in table:
                 chosen = group.next(may_read)
                 if chosen is not None:
-                    deliver(chosen[0], message, chosen[1])
+                    deliver(chosen[0], message, chosen[1], group.topic_filter)

@@ -467,6 +467,26 @@ def test_a_shared_subscription_gives_each_sample_to_one_member_with_the_read_rig
     assert outsider.received_so_far() == []
 
 
+def test_a_shared_subscription_s_deliveries_carry_its_subscription_identifier(broker, home, clients) -> None:
+    """MQTT-3.3.4-3: a sample goes with the ids its client gave the subscriptions it came by; for a
+    shared one, the receiving member's own (MQTT 5.0, 3.3.4), and no other filter's."""
+    member = open_client(clients, broker, home, "reader_a", 5)
+    for topic_filter, ident in (("$share/g/networks/A", 7), ("networks/A/#", 9)):
+        ids = Properties(PacketTypes.SUBSCRIBE)
+        ids.SubscriptionIdentifier = ident
+        result, mid = member._paho.subscribe(topic_filter, options=SubscribeOptions(qos=1), properties=ids)
+        assert result == 0
+        with member._suback:
+            assert member._suback.wait_for(lambda mid=mid: mid in member._subacks, 10)
+    gen = open_client(clients, broker, home, "gen", 5)
+    for qos in (1, 0):
+        gen.publish("networks/A", json.dumps({"qos": qos}).encode(), qos=qos)
+    got = sorted(
+        (m.payload, tuple(getattr(m.properties, "SubscriptionIdentifier", ()))) for m in member.expect(4)
+    )
+    assert got == sorted((json.dumps({"qos": q}).encode(), (i,)) for q in (1, 0) for i in (7, 9))
+
+
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients is not installed")
 def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients, tmp_path) -> None:
     reader = open_client(clients, broker, home, "reader_a", 4)
