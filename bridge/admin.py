@@ -28,7 +28,6 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from radio import usage
 from radio.audit import Actor, AuditError
-from radio.bridge import admin_auth
 from radio.bridge.admin_openapi import document
 from radio.bridge.errors import APIError, answer
 from radio.bridge.state import current_state
@@ -57,13 +56,6 @@ NUMBER_TERMS: Final = ("rate", "burst")
 text alone, as the OpenAPI document says."""
 SECRET_HEADERS: Final = {"Cache-Control": "no-store"}
 """An answer holding a secret must not be kept by any cache on the way."""
-
-
-@bp.before_request
-def _authenticate() -> None:
-    admin_auth.admin_api_here()
-    if request.endpoint != "admin.openapi":
-        g.admin_key = admin_auth.require_admin_key()
 
 
 @bp.errorhandler(RadioError)

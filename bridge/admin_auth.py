@@ -11,6 +11,10 @@
   could change keys;
 - ``false``: no ``/admin/`` anywhere; ``/metrics`` stays on ``listen``, behind an admin key.
 
+Both are guarded in one place, before Flask looks at a request's route or method (``guard``):
+an answer that differs by method (405, or OPTIONS listing the methods) would show the route to
+anyone.
+
 Failed authentication (no key, a wrong one, or a key that is not an admin key) is limited per
 source address: ``AUTH_BURST`` failures at once, then one every ``AUTH_EVERY`` seconds. Past
 that, every request from the address is answered 429 with ``Retry-After`` before its credentials
@@ -24,9 +28,10 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 from typing import Final, NoReturn
 
-from flask import current_app, request
+from flask import Flask, current_app, g, request
 from prometheus_client import Counter
 from werkzeug.exceptions import NotFound
 
@@ -94,6 +99,35 @@ def guard_metrics() -> None:
         raise NotFound
     if not current_state().admin_own_listener:
         require_admin_key()
+
+
+SLASHES: Final = re.compile("//+")
+PUBLIC: Final = "admin.openapi"
+"""The one route under ``/admin/`` served without a key: the API's OpenAPI document."""
+
+
+def guard() -> None:
+    """Every request for the admin surface is judged here, before its route and method are.
+
+    Run before Flask answers a method the route does not take (405) or an OPTIONS (200, with the
+    methods it takes): either told anyone the route was there. So a request without the right to
+    the surface gets the answer a GET gets, whatever its method and whether its route exists. The
+    path is read as the router reads it, repeated slashes merged (it redirects those to the route).
+    """
+    path = request.path
+    if "//" in path:  # rare: the regular expression stays off every other request's path
+        path = SLASHES.sub("/", path)
+    if path == "/metrics":
+        guard_metrics()
+    elif path == "/admin" or path.startswith("/admin/"):
+        admin_api_here()
+        if request.endpoint != PUBLIC:
+            g.admin_key = require_admin_key()
+
+
+def register(app: Flask) -> None:
+    """Put ``guard`` before every request of ``app``, whatever route it reaches, if any."""
+    app.before_request(guard)
 
 
 def _source_tag() -> str:

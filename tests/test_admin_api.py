@@ -325,6 +325,54 @@ def test_authentication_is_401_without_an_admin_key_and_403_for_another_key(call
     assert call("GET", "/admin/keys").status_code == 200
 
 
+def unauthenticated(in_process: InProcessBridge, method: str, path: str, source: int) -> tuple[int, Any]:
+    """The status and JSON of a request without a key, from an address of its own (none is limited)."""
+    answer = in_process.client.open(path, method=method, environ_base={"REMOTE_ADDR": f"127.0.1.{source}"})
+    return answer.status_code, answer.get_json(silent=True)
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_a_request_without_an_admin_key_gets_the_same_answer_whatever_its_method(call, in_process):
+    """The admin surface asks for its key before anything else about a request: a method its
+    route does not take (405) or an OPTIONS (200, the methods it takes) said the route was there
+    to anyone. With the key, the route's own answers come back."""
+    methods = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+    paths = (
+        "/admin/keys",
+        "/admin/keys/x",
+        "/admin/keys/x/rotate",
+        "/admin/usage",
+        "/admin/elsewhere",
+        "/admin//keys",
+        "/admin/keys//x",
+        "/metrics",
+    )
+    source = 0
+    for path in paths:
+        expected = unauthenticated(in_process, "GET", path, source)
+        assert expected[0] == 401, path
+        for method in methods:
+            source += 1
+            assert unauthenticated(in_process, method, path, source) == expected, (method, path)
+    assert call("PUT", "/admin/keys/x").status_code == 405
+    assert call("OPTIONS", "/admin/keys").status_code == 200
+    assert call("GET", "/admin/elsewhere").status_code == 404
+    assert in_process.client.get("/admin/openapi.json").status_code == 200  # the API's document is public
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_where_the_admin_api_is_not_served_every_method_gets_404(home, broker):
+    """``[bridge] admin = false``: no /admin/ route answers anything but 404, whatever the method."""
+    home.config.write_text(home.config.read_text() + "\n[bridge]\nadmin = false\n")
+    running = InProcessBridge(str(home.config), broker.mqtt_port)
+    try:
+        for source, method in enumerate(("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")):
+            status, _ = unauthenticated(running, method, "/admin/keys/x", source)
+            assert status == 404, method
+    finally:
+        running.stop()
+
+
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_failed_authentication_is_limited_per_address_even_for_the_right_key_next(call, in_process, home):
     guess = "a-guessed-secret"
