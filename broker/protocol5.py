@@ -151,13 +151,17 @@ def subscribed(session: Session, message: Message, granted: int) -> tuple[int, b
     return min(message.qos, qos), retain, tuple(ids)
 
 
-def shared_ids(session: Session, topic_filter: str) -> tuple[int, ...]:
-    """The subscription id a delivery to a member of the shared subscription ``topic_filter`` carries.
+def shared(session: Session, message: Message, topic_filter: str) -> tuple[bool, tuple[int, ...]]:
+    """How a member of the shared subscription ``topic_filter`` gets ``message``: (retain flag, ids).
 
-    The one the member gave that filter, if any (MQTT-3.3.4-3), and no other: of a shared
-    subscription only the ids of the SUBSCRIBE of the member receiving it go (MQTT 5.0, 3.3.4),
-    and the session's own filters that match have a delivery of their own (``subscribed``).
+    By that filter's options alone: retain-as-published keeps the flag (MQTT 5.0, 3.8.3.1), and
+    its subscription id goes (MQTT-3.3.4-3), no other, as of a shared subscription only the ids of
+    the member receiving it go (3.3.4); the session's own filters that match have a delivery of
+    their own (``subscribed``).
     """
     options = session.options
     found = options.get(topic_filter) if options else None
-    return (found[1],) if found is not None and found[1] else ()
+    if found is None:
+        return False, ()
+    flags, ident = found
+    return bool(flags & RETAIN_AS_PUBLISHED and message.retain), (ident,) if ident else ()

@@ -355,19 +355,23 @@ class Router:
     def _deliver_one(self, session: Session, message: Message, granted: int, topic_filter: str) -> None:
         """A delivery to one member of a shared subscription, at min(published, granted).
 
-        An MQTT 5 member's carries the subscription id it gave that shared filter, as a delivery
-        of its own filters does (``deliver5``).
+        An MQTT 5 member's keeps the options it gave that shared filter (its subscription id,
+        retain-as-published), as a delivery of its own filters does (``deliver5``).
         """
         qos = min(message.qos, granted)
-        ids = protocol5.shared_ids(session, topic_filter)
+        retain, ids = protocol5.shared(session, message, topic_filter)
         if qos:
-            self.deliver(session, message, qos, (False, ids) if ids else None)
+            self.deliver(session, message, qos, (retain, ids) if retain or ids else None)
             return
         connection = session.connection
         if connection is None or connection.congested():
             self.stats.dropped_slow += connection is not None
             return
-        packet = message.packet(0) if connection.v5 is None else connection.v5.publish(message, 0, ids=ids)
+        packet = (
+            message.packet(0)
+            if connection.v5 is None
+            else connection.v5.publish(message, 0, retain=retain, ids=ids)
+        )
         if packet is not None:
             connection.write(packet)
             self.stats.deliveries += 1

@@ -487,6 +487,22 @@ def test_a_shared_subscription_s_deliveries_carry_its_subscription_identifier(br
     assert got == sorted((json.dumps({"qos": q}).encode(), (i,)) for q in (1, 0) for i in (7, 9))
 
 
+def test_a_shared_subscription_keeps_the_retain_flag_when_its_member_asked(broker, home, clients) -> None:
+    """Retain-as-published holds for whatever subscription a sample comes by (MQTT 5.0, 3.8.3.1)."""
+    member = open_client(clients, broker, home, "reader_a", 5)
+    result, mid = member._paho.subscribe(
+        "$share/g/networks/A", options=SubscribeOptions(qos=1, retainAsPublished=True)
+    )
+    assert result == 0
+    with member._suback:
+        assert member._suback.wait_for(lambda: mid in member._subacks, 10)
+    admin = open_client(clients, broker, home, "admin", 5)
+    for qos in (1, 0):
+        admin.publish("networks/A", json.dumps({"qos": qos}).encode(), qos=qos, retain=True)
+    got = sorted((m.payload, m.retain) for m in member.expect(2))
+    assert got == sorted((json.dumps({"qos": q}).encode(), True) for q in (1, 0))
+
+
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients is not installed")
 def test_mosquitto_clients_speak_mqtt5_with_it(broker, home, clients, tmp_path) -> None:
     reader = open_client(clients, broker, home, "reader_a", 4)
