@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
-from radio.admission import Admission, Admitted, Refused, RetainedFull, Verdict
+from radio.admission import Admission, Admitted, Place, Refused, RetainedFull, Verdict
 from radio.keys import Key
 from radio.logs import shown
 from radio.rates import Buckets
@@ -55,6 +55,25 @@ class _Gone:
 
 
 _GONE: Final = _Gone()
+_KEY_GONE: Final = Refused("rights", "the key that opened this session is gone")
+
+
+class Standing:
+    """Where one session's samples to one topic stand under one registry snapshot.
+
+    Each session remembers the last (``Session.standing``): a publisher sends to the same topic
+    sample after sample, and its key, its rights there and the network's settings change only
+    with the snapshot. Kept by the snapshot's number, so a session never keeps an old one alive.
+    """
+
+    __slots__ = ("place", "serial", "settled", "topic")
+
+    def __init__(self, serial: int, topic: str, settled: Refused | None, place: Place | None) -> None:
+        self.serial: Final = serial
+        self.topic: Final = topic
+        self.settled: Final = settled
+        """With no ``place``: the verdict for every sample (a key gone, or the service key's None)."""
+        self.place: Final = place
 
 
 class Gate:
@@ -102,12 +121,21 @@ class Gate:
     def _verdict(self, session: Session, topic: str, payload: bytes, retain: bool) -> Verdict | None:
         """The gate's verdict, or None for a sample the HTTP door admitted already."""
         registry = self.registry()
+        standing = session.standing
+        if standing is None or standing.serial != registry.serial or standing.topic != topic:
+            standing = session.standing = self._standing(session, registry, topic)
+        place = standing.place
+        if place is None:
+            return standing.settled
+        return self.admission.admit_at(place, topic, payload, retain=retain, quota_wait=0)  # never wait
+
+    def _standing(self, session: Session, registry: Registry, topic: str) -> Standing:
         key = self._key(session, registry)
         if isinstance(key, _Gone):
-            return Refused("rights", "the key that opened this session is gone")
+            return Standing(registry.serial, topic, _KEY_GONE, None)
         if key is not None and key.publish_all:
-            return None
-        return self.admission.admit(registry, key, topic, payload, retain=retain, quota_wait=0)  # never wait
+            return Standing(registry.serial, topic, None, None)
+        return Standing(registry.serial, topic, None, self.admission.place(registry, key, topic))
 
     def publish(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:
         """``GO``, ``DROP``, or the seconds to hold this PUBLISH before asking again."""

@@ -216,19 +216,25 @@ class Connection:
             self.router.acknowledged(session, pid)
             return
         try:
-            if session is None and self.pending is None and not self.framer.pending:
-                _check_first_byte(data)  # say so at the first byte, not once a body has arrived
-            packets = self.framer.feed(data)
-            if self.pending is not None:
-                self.pending.extend(packets)
-                return
-            if len(packets) != 1:
-                self._run(packets)
-                return
+            # A paced client's read is one whole packet: handled without building a list of one.
+            at = self.framer.whole(data) if session is not None and self.pending is None else 0
+            if at:
+                first, body = data[0], data[at:]
+            else:
+                if session is None and self.pending is None and not self.framer.pending:
+                    _check_first_byte(data)  # say so at the first byte, not once a body has arrived
+                packets = self.framer.feed(data)
+                if self.pending is not None:
+                    self.pending.extend(packets)
+                    return
+                if len(packets) != 1:
+                    self._run(packets)
+                    return
+                first, body = packets[0]
             flusher = self.flusher
             flusher.alone = True  # its writes may go straight out (``write``)
             try:
-                self._handle(*packets[0])
+                self._handle(first, body)
             finally:
                 flusher.alone = False
         except codec.Violation as exc:
@@ -450,8 +456,9 @@ class Connection:
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = None
         self._out_size = 0
+        transport = self.transport
         try:
-            self.link.write(data)
+            (self.link if transport is None else transport).write(data)
         except Exception as exc:  # noqa: BLE001 - a broken transport ends this connection only
             self.close(f"writing failed: {exc}")
             return

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from radio.broker import attributes as attrs
 
 if TYPE_CHECKING:
+    from radio.broker.access import Standing
     from radio.broker.connection import Connection
     from radio.broker.message import Message
 
@@ -113,6 +114,7 @@ class Session:
         "read_memo",
         "remote_address",
         "remote_port",
+        "standing",
         "subscriptions",
         "tally",
         "unsent",
@@ -168,6 +170,8 @@ class Session:
         self.read_memo: tuple[object, bool] | None = None
         """The last read verdict fan-out asked of the topic plugins, and what it holds for
         (``Router._read_key``: a registry snapshot and a network)."""
+        self.standing: Standing | None = None
+        """Where its last sample stood at the admission gate (``broker.access.Standing``)."""
         self.tally: dict[str, list[int]] | None = None
         """A listening key's deliveries not yet handed to the meter: network -> [samples, bytes].
         None for sessions nobody is billed for (anonymous, the platform's service keys)."""

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from radio import samples
-from radio.config import NetworkSettings
 from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import Registry
@@ -52,7 +51,7 @@ USAGE_RETRY: Final = 0.05
 """Seconds a sample waits when its key's quota cannot be read without waiting."""
 
 PLACES: Final = MEMO_TOPICS
-"""(key, topic) pairs whose rights and network settings ``Admission`` remembers (``_place``)."""
+"""(key, topic) pairs whose rights and network settings ``Admission`` remembers (``place``)."""
 
 TokenTaker = Callable[[Key], tuple[float, float]]
 """Takes one of the key's rate tokens: (seconds to wait, 0 if taken; tokens left)."""
@@ -114,17 +113,45 @@ Verdict = Admitted | Refused | Wait
 _NOT_OBJECT: Final = ("not_json", "the sample is not a JSON object")
 
 
-@dataclass(frozen=True, slots=True)
-class _Place:
-    """What a sample of one key to one topic needs that neither its payload nor the clock changes."""
+class Place:
+    """What a sample of one key to one topic needs that neither its payload nor the clock changes.
 
-    registry: Registry
-    """The snapshot it was worked out under: under any other, it is worked out again."""
-    may_publish: bool
-    network: str
-    """The topic's network ("" outside every network)."""
-    settings: NetworkSettings | None
-    """That network's settings: None outside every network (rights alone apply there)."""
+    Worked out once per key, topic and registry snapshot (``Admission.place``), with what the
+    checks read of the key's terms and the network's settings copied in: a sample then reads
+    plain fields of one compiled object, not the registry's dictionaries and dataclasses.
+    """
+
+    __slots__ = (
+        "expires",
+        "key",
+        "max_payload",
+        "may_publish",
+        "network",
+        "quota",
+        "rate",
+        "schema",
+        "serial",
+        "settings",
+    )
+
+    def __init__(self, registry: Registry, key: Key | None, topic: str) -> None:
+        self.serial: Final = registry.serial
+        """The snapshot it was worked out under (``Registry.serial``): under any other, it is
+        worked out again. Its number, not the snapshot: a place kept does not keep that alive."""
+        self.key: Final = key
+        self.may_publish: Final = registry.access(key.name if key is not None else None).may_publish(topic)
+        self.network: Final = network_of_topic(topic) or ""
+        """The topic's network ("" outside every network)."""
+        settings = registry.networks.get(self.network)
+        self.settings: Final = settings
+        """That network's settings: None outside every network (rights alone apply there)."""
+        self.max_payload: Final = settings.max_payload if settings is not None else 0
+        self.schema: Final = settings.schema if settings is not None else None
+        terms = key.terms if key is not None else None
+        self.expires: Final = terms is not None and terms.expires is not None
+        """Whether the key expires at all: only then is the clock asked, per sample."""
+        self.rate: Final = terms is not None and terms.rate is not None
+        self.quota: Final = terms is not None and terms.quota is not None
 
 
 class Admission:
@@ -141,8 +168,8 @@ class Admission:
         self.meter = meter
         self._take_token = take_token
         self._retained_full = retained_full
-        self._places: dict[tuple[str | None, str], _Place] = {}
-        """By (key name, topic): see ``_place``."""
+        self._places: dict[tuple[str | None, str], Place] = {}
+        """By (key name, topic): see ``place``."""
         self._places_for: Registry | None = None
 
     def admit(
@@ -163,26 +190,12 @@ class Admission:
         PUBLISH is MQTT's way to clear a topic's retained sample: it is not a sample, and costs
         nothing, but only a key that may publish there may clear it.
         """
-        name = key.name if key is not None else None
-        place = self._places.get((name, topic))
-        if place is None or place.registry is not registry:
-            place = self._place(registry, name, topic)
-        if (refusal := _rights_problem(place, key)) is not None:
-            return self._refuse(key, "rights", refusal)
-        network = place.network
-        if retain and not payload:
-            return Admitted(key, network, 0, None)
-        settings = place.settings
-        if settings is not None and (problem := _problem(settings, network, payload, data)) is not None:
-            return self._refuse(key, *problem)
-        if retain and self._retained_full is not None and (most := self._retained_full(topic)) is not None:
-            return self._refuse(key, "max_retained", f"network {network!r} retains at most {most} topics")
-        if key is None:
-            return Admitted(None, network, len(payload), None)
-        return self._spend(key, network, len(payload), quota_wait)
+        return self.admit_at(
+            self.place(registry, key, topic), topic, payload, data=data, retain=retain, quota_wait=quota_wait
+        )
 
-    def _place(self, registry: Registry, name: str | None, topic: str) -> _Place:
-        """Where a sample of key ``name`` to ``topic`` stands under this registry snapshot.
+    def place(self, registry: Registry, key: Key | None, topic: str) -> Place:
+        """Where a sample of ``key`` to ``topic`` stands under this registry snapshot.
 
         None of it depends on the payload or the clock, so it is worked out once per key, topic
         and snapshot rather than once per sample: a reloaded registry (a right taken away, a key
@@ -190,24 +203,49 @@ class Admission:
         lookup each, never memory: past ``PLACES`` topics the memo starts again, and a topic longer
         than ``MEMO_TOPIC_MOST`` is never kept (radio/topics.py). Each place names its snapshot,
         so one worked out by a thread still on the old snapshot is never taken for the new one.
+        A door that can remember a place itself (the broker, per session) asks here only when
+        the snapshot or the topic changed.
         """
+        name = key.name if key is not None else None
+        place = self._places.get((name, topic))
+        if place is not None and place.serial == registry.serial and place.key is key:
+            return place
         if registry is not self._places_for or len(self._places) >= PLACES:
             self._places, self._places_for = {}, registry  # nor does it keep an old snapshot alive
-        network = network_of_topic(topic) or ""
-        place = _Place(
-            registry,
-            registry.access(name).may_publish(topic),
-            network,
-            registry.networks.get(network),
-        )
+        place = Place(registry, key, topic)
         if len(topic) <= MEMO_TOPIC_MOST:
             self._places[name, topic] = place
         return place
 
-    def _spend(self, key: Key, network: str, size: int, quota_wait: float) -> Verdict:
+    def admit_at(
+        self,
+        place: Place,
+        topic: str,
+        payload: bytes,
+        *,
+        data: Any = UNPARSED,
+        retain: bool = False,
+        quota_wait: float,
+    ) -> Verdict:
+        """``admit`` for a place the door already has (``place``): the checks that read the sample."""
+        key = place.key
+        if (refusal := _rights_problem(place)) is not None:
+            return self._refuse(key, "rights", refusal)
+        network = place.network
+        if retain and not payload:
+            return Admitted(key, network, 0, None)
+        if place.settings is not None and (problem := _problem(place, payload, data)) is not None:
+            return self._refuse(key, *problem)
+        if retain and self._retained_full is not None and (most := self._retained_full(topic)) is not None:
+            return self._refuse(key, "max_retained", f"network {network!r} retains at most {most} topics")
+        if key is None:
+            return Admitted(None, network, len(payload), None)
+        return self._spend(key, place, len(payload), quota_wait)
+
+    def _spend(self, key: Key, place: Place, size: int, quota_wait: float) -> Verdict:
         """What a sample costs its key: a rate token, a unit of quota, a line of usage."""
-        terms = key.terms
-        if terms.rate is not None:
+        network = place.network
+        if place.rate:
             try:
                 wait, tokens = self._take_token(key)
             except Busy:
@@ -216,7 +254,7 @@ class Admission:
                 return Wait("rate", wait, tokens)
         unit = None
         meter = self.meter
-        if meter is not None and terms.quota is not None:
+        if meter is not None and place.quota:
             try:
                 taken = meter.take(key, within=quota_wait)
             except (Busy, sqlite3.Error):
@@ -224,9 +262,8 @@ class Admission:
             if isinstance(taken, QuotaState):
                 meter.over_quota(key, self.door, taken)
                 resets = taken.resets.isoformat().replace("+00:00", "Z")
-                message = (
-                    f"quota exceeded: {taken.limit} samples per {terms.quota_period}; it resets at {resets}"
-                )
+                period = key.terms.quota_period
+                message = f"quota exceeded: {taken.limit} samples per {period}; it resets at {resets}"
                 return Refused("quota", message, taken)
             unit = taken
         if meter is not None:
@@ -252,7 +289,7 @@ class Admission:
         return Refused(reason, message)
 
 
-def _rights_problem(place: _Place, key: Key | None) -> str | None:
+def _rights_problem(place: Place) -> str | None:
     """Why this key may not publish to the place's topic now, or None.
 
     An expired key may publish nothing: the broker closes its connections within a sweep, but
@@ -260,17 +297,18 @@ def _rights_problem(place: _Place, key: Key | None) -> str | None:
     """
     if not place.may_publish:
         return "You cannot broadcast to this channel"
-    if key is not None and key.terms.expires is not None and key.expired():
+    key = place.key
+    if place.expires and key is not None and key.expired():
         return f"key {key.name!r} has expired"
     return None
 
 
-def _problem(settings: NetworkSettings, network: str, payload: bytes, data: Any) -> tuple[str, str] | None:
-    """Why a payload is not a sample this network takes: (reason, message), or None."""
-    if len(payload) > settings.max_payload:
-        size, most = len(payload), settings.max_payload
+def _problem(place: Place, payload: bytes, data: Any) -> tuple[str, str] | None:
+    """Why a payload is not a sample the place's network takes: (reason, message), or None."""
+    if len(payload) > place.max_payload:
+        size, most, network = len(payload), place.max_payload, place.network
         return "too_large", f"sample too large: {size} bytes, network {network!r} accepts at most {most}"
-    schema = settings.schema
+    schema = place.schema
     if data is UNPARSED:
         try:
             if schema is None:  # only the verdict matters: no value is built

@@ -21,6 +21,7 @@ Rights (design section 3):
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 import time
@@ -74,6 +75,7 @@ class Access:
 
 
 NO_ACCESS: Final = Access()
+_SERIALS: Final = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class Registry:
     _expiries: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
     largest_payload: int = field(init=False, compare=False)
     """The largest ``max_payload`` of any network: the bridge reads no body beyond it."""
+    serial: int = field(init=False, compare=False)
+    """This snapshot's number, never given to another in this process: what a memo of something
+    worked out under a snapshot keeps instead of the snapshot, so that it never keeps an old one
+    alive (a broker remembers one per publishing session)."""
 
     def __post_init__(self) -> None:
         known = frozenset(self.networks)
@@ -105,6 +111,7 @@ class Registry:
         object.__setattr__(self, "largest_payload", largest)
         expiries = sorted(e for k in self.keys.values() if (e := k.terms.expires) is not None)
         object.__setattr__(self, "_expiries", tuple(expiries))
+        object.__setattr__(self, "serial", next(_SERIALS))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:

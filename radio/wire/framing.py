@@ -146,6 +146,31 @@ class Framer:
             self._keep(buffer, data, position, size)
         return packets
 
+    def whole(self, data: bytes) -> int:
+        """Where the body starts if ``data`` is exactly one packet and nothing waits before it, else 0.
+
+        A paced client's read is one whole packet (a sample): it is handled without building the
+        list ``feed`` returns. The size limit holds here as there; anything else is left to ``feed``.
+        """
+        size = len(data)
+        if self._buffer is not None or size < 2:
+            return 0
+        length = data[1]
+        if length < 0x80:
+            at = 2
+        else:
+            at = self._long_length(data, 0, size)
+            if at < 0:
+                return 0
+            length = self._length
+        if length > self.limit:
+            msg = f"a packet of {length} bytes, over the limit of {self.limit} [max_packet_size]"
+            raise TooLarge(msg)
+        if at + length != size:
+            return 0
+        self.missing = 2
+        return at
+
     def _keep(self, buffer: bytearray | None, data: bytes, position: int, size: int) -> None:
         """Keep the bytes past the last whole packet for the next read; let an emptied buffer go."""
         if buffer is None:

@@ -7,7 +7,9 @@ checks cost it nothing (no rate token, no unit of quota).
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -259,3 +261,22 @@ def test_a_topic_too_long_to_remember_is_worked_out_at_each_sample():
     short = "networks/A/" + "x" * (MEMO_TOPIC_MOST - len("networks/A/"))
     assert isinstance(admission.admit(snapshot, sender, short, b"{}", quota_wait=0), Admitted)
     assert len(admission._places) == 1  # up to the bound, a topic is remembered
+
+
+def test_a_place_kept_by_a_door_does_not_keep_its_registry_snapshot_alive():
+    """A broker keeps one place per publishing session: each would otherwise pin the snapshot of
+    its last sample, and a registry edited often would pile up old snapshots behind idle sessions."""
+    admission = Admission("mqtt", None, lambda _: (0.0, 0.0))
+    sender = key("gen", publish=("A",))
+    old = registry({"A": NetworkSettings()}, sender)
+    kept = admission.place(old, sender, TOPIC)
+    new = registry({"A": NetworkSettings()}, key("gen", publish=("B",)))
+    admission.place(new, new.keys["gen"], TOPIC)  # the door moves on to the next snapshot
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None
+    assert kept.serial != new.serial  # and it is never taken for the new one's
+    refused = admission.admit_at(admission.place(new, new.keys["gen"], TOPIC), TOPIC, b"{}", quota_wait=0)
+    assert isinstance(refused, Refused)
+    assert refused.reason == "rights"

@@ -218,6 +218,32 @@ def test_the_framer_fed_any_chunking_gives_every_packet(packets, data):
 
 
 @PROPERTY
+@given(packets=streams, data=st.data())
+def test_reads_taken_whole_where_they_can_be_and_fed_otherwise_give_every_packet(packets, data):
+    """The broker asks ``whole`` first (a paced client's read is one packet), then ``feed``."""
+    stream = b"".join(packets)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    framer, got = wire.Framer(), []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        chunk = stream[start:end]
+        at = framer.whole(chunk)
+        got += [(chunk[0], chunk[at:])] if at else framer.feed(chunk)
+    assert got == expected(packets)
+    assert framer.pending == 0
+
+
+def test_a_read_is_whole_only_if_it_is_exactly_one_packet_with_nothing_waiting():
+    framer, one = wire.Framer(), wire.publish("t", b"x" * 200)  # a remaining length of 2 bytes
+    assert framer.whole(one) == 3
+    assert framer.whole(wire.PINGREQ_PACKET) == 2
+    assert framer.whole(one + wire.PINGREQ_PACKET) == 0
+    assert framer.whole(one[:-1]) == 0
+    assert framer.whole(one[:2]) == 0  # its length not all there
+    assert framer.feed(one[:10]) == []
+    assert framer.whole(one) == 0  # a packet begun before waits: the read continues it
+
+
+@PROPERTY
 @given(packets=streams)
 def test_reading_what_the_framer_misses_never_reads_past_a_packet(packets):
     """A reader that must leave what follows a packet in its socket reads ``missing`` bytes at a time."""
@@ -258,6 +284,8 @@ def test_a_packet_over_the_limit_is_refused_as_soon_as_its_length_is_known():
     assert framer.feed(wire.publish("t", b"x" * 95)) != []  # 100 bytes: taken
     with pytest.raises(wire.Violation, match="over the limit of 100"):
         framer.feed(b"\x30\x65")  # 101 announced: refused before any of its body
+    with pytest.raises(wire.Violation, match="over the limit of 100"):
+        wire.Framer(limit=100).whole(wire.publish("t", b"x" * 98))  # and so when read whole
 
 
 @PROPERTY
