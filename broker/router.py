@@ -276,11 +276,11 @@ class Router:
         self.stats.published += 1
         if self.shared.groups:
             self.shared.publish(message, self.reader(message.topic), self._deliver_one)
-        targets = self._targets(self.index, message.topic)
+        targets = self.index.targets(message.topic)
         if targets:
             self._fan_out(message, targets)
         if self.filters5:
-            targets = self._targets(self.index5, message.topic)
+            targets = self.index5.targets(message.topic)
             if targets:
                 self._fan_out5(message, targets)
         if self.gate is not None:
@@ -406,18 +406,6 @@ class Router:
             if len(topic) <= MEMO_TOPIC_MOST:
                 self._read_topics[topic] = key
         return key
-
-    @staticmethod
-    def _targets(index: SubscriptionIndex[Session], topic: str) -> Iterable[tuple[Session, int]]:
-        tables = index.match(topic)
-        if len(tables) <= 1:
-            return list(tables[0].items()) if tables else ()
-        merged: dict[Session, int] = {}  # overlapping filters of one client: one delivery, highest QoS
-        for table in tables:
-            for session, qos in table.items():
-                if merged.get(session, -1) < qos:
-                    merged[session] = qos
-        return list(merged.items())
 
     def retained_full(self, topic: str) -> int | None:
         """Its network's ``max_retained`` if retaining ``topic`` would keep one topic past it.

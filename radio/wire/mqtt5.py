@@ -78,7 +78,7 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, props.Proper
         raise CodedViolation(reasons.TOPIC_NAME_INVALID, msg)
     pid = 0
     if qos:
-        pid = packets.packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
+        pid = packets.packet_id(body, "a QoS 1 or 2 PUBLISH", at)
         at += 2
     found, at = _properties(body, at)
     _only(found, props.IN_PUBLISH, "a PUBLISH")

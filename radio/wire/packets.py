@@ -162,9 +162,12 @@ def check_flags(first: int) -> int:
     return kind
 
 
-def packet_id(body: bytes, what: str) -> int:
-    """The packet id of a PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK (or the start of another packet)."""
-    if len(body) < 2 or not (pid := body[0] << 8 | body[1]):
+def packet_id(body: bytes, what: str, at: int = 0) -> int:
+    """The packet id at ``at`` in a body: a PUBACK's, PUBREC's, ... or inside another packet.
+
+    Read in place: a PUBLISH's follows its topic, and a slice to read it would copy the payload.
+    """
+    if len(body) < at + 2 or not (pid := body[at] << 8 | body[at + 1]):
         msg = f"{what} without a packet id [MQTT-2.3.1-1]"
         raise Violation(msg)
     return pid
@@ -305,7 +308,7 @@ def decode_publish(first: int, body: bytes) -> tuple[str, int, int, bytes]:
         raise Violation(msg)
     pid = 0
     if qos:
-        pid = packet_id(body[at:], "a QoS 1 or 2 PUBLISH")
+        pid = packet_id(body, "a QoS 1 or 2 PUBLISH", at)
         at += 2
     return topic, qos, pid, body[at:]
 

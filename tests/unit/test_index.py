@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from topic_matching import matches
 
-from radio.broker.index import SubscriptionIndex
+from radio.broker.index import REACHED_MOST, SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.sessions import Session
+from radio.topics import MEMO_TOPIC_MOST
 
 from .build import Sink, router
 
@@ -77,6 +78,60 @@ def test_the_index_matches_what_each_filter_matches(changes, asked):
             if matches(f, topic):
                 want[s] = max(want.get(s, 0), qos)
         assert best == want, topic
+
+
+# Few levels, so that asks, exact filters and wildcards meet on the same topics often.
+few_topics = st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=2).map("/".join)
+few_filters = st.one_of(few_topics, st.sampled_from(["#", "a/#", "+", "+/b", "a/+"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), few_filters, subscribers, st.integers(0, 2)),
+            st.tuples(st.just("remove"), few_filters, subscribers, st.just(0)),
+            st.tuples(st.just("ask"), few_topics, st.just(""), st.just(0)),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+@example(steps=[("add", "a", "s1", 1), ("ask", "a", "", 0), ("remove", "a", "s1", 0), ("ask", "a", "", 0)])
+@example(steps=[("ask", "a", "", 0), ("add", "a", "s1", 1), ("ask", "a", "", 0)])
+@example(steps=[("ask", "a/b", "", 0), ("add", "a/+", "s1", 1), ("ask", "a/b", "", 0)])
+def test_what_a_topic_reaches_is_asked_again_after_every_change_that_can_alter_it(steps):
+    """``targets`` keeps its answers between samples: never one a subscription change made stale."""
+    index: SubscriptionIndex[str] = SubscriptionIndex()
+    held: dict[tuple[str, str], int] = {}
+    for step, text, subscriber, qos in steps:
+        if step == "add":
+            index.add(text, subscriber, qos)
+            held[text, subscriber] = qos
+        elif step == "remove":
+            index.remove(text, subscriber)
+            held.pop((text, subscriber), None)
+        else:
+            want: dict[str, int] = {}
+            for (f, s), granted in held.items():
+                if matches(f, text):
+                    want[s] = max(want.get(s, 0), granted)
+            reached = index.targets(text)
+            assert len(reached) == len(want), text  # once per subscriber
+            assert dict(reached) == want, text
+            assert index.targets(text) is reached  # and kept for the next sample
+
+
+def test_what_topics_reach_is_kept_within_its_bounds():
+    index: SubscriptionIndex[str] = SubscriptionIndex()
+    for n in range(300):
+        index.add("a/#", f"s{n}", 0)
+    for n in range(REACHED_MOST // 300 + 50):
+        assert len(index.targets(f"a/{n}")) == 300  # a publisher inventing topics under a wildcard
+        assert index._kept <= REACHED_MOST
+    long = "a/" + "x" * MEMO_TOPIC_MOST
+    assert len(index.targets(long)) == 300
+    assert long not in index._reached  # never kept
 
 
 @settings(max_examples=100, deadline=None)
