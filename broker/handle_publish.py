@@ -201,8 +201,9 @@ def on_pubrec(connection: Connection, session: Session, body: bytes) -> None:
 
 
 def _released(connection: Connection, session: Session, pid: int) -> None:
+    """A PUBREC releases a QoS 2 delivery only: one for a QoS 1 delivery leaves it awaiting its PUBACK."""
     delivery = session.inflight.get(pid)
-    if delivery is not None:
+    if delivery is not None and delivery.qos == 2:
         delivery.released = True
     connection.write(codec.ack(codec.PUBREL, pid))
 

@@ -292,6 +292,7 @@ class Router:
         key = self._read_key(message.topic)
         top = message.qos
         plain = b""
+        once = Delivery(message, 1) if top else None  # what every QoS 1 session shares (``Delivery``)
         delivered = dropped = 0  # counted once per sample, not per delivery
         for session, granted in targets:
             memo = session.read_memo
@@ -302,7 +303,8 @@ class Router:
             if not memo[1]:
                 continue
             if top and granted:
-                self.deliver(session, message, top if top < granted else granted)  # noqa: FURB136 - no call per delivery
+                qos = top if top < granted else granted  # noqa: FURB136 - no call per delivery
+                self.deliver(session, message, qos, None, once if qos == 1 else None)
                 continue
             connection = session.connection
             if connection is not None:
@@ -443,10 +445,19 @@ class Router:
             )
 
     def deliver(
-        self, session: Session, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None
+        self,
+        session: Session,
+        message: Message,
+        qos: int,
+        extra: tuple[bool, tuple[int, ...]] | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
-        """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued."""
-        delivery = Delivery(message, qos, extra)
+        """A QoS 1 or 2 delivery: sent now if the client is there and keeping up, else queued.
+
+        ``delivery``: the one a QoS 1 fan-out shares between its sessions (``Delivery``).
+        """
+        if delivery is None:
+            delivery = Delivery(message, qos, extra)
         if self.store is not None and not session.clean_session:  # persistent
             if not message.row:
                 message.row = self.next_seq()
@@ -497,7 +508,6 @@ class Router:
                 self._forget(session, delivery)
                 return
             packet = encoded
-        delivery.pid = pid
         session.inflight[pid] = delivery
         connection.write(packet)
         self.stats.deliveries += 1

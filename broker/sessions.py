@@ -50,9 +50,14 @@ class SessionLimits:
 
 
 class Delivery:
-    """A QoS 1 or 2 sample on its way to one session: queued, or sent and not yet acknowledged."""
+    """A QoS 1 or 2 sample on its way to a session: queued, or sent and not yet acknowledged.
 
-    __slots__ = ("extra", "message", "pid", "qos", "released")
+    Its packet id is where the session keeps it (``inflight``), not in it, so a QoS 1 delivery
+    without options is the same for every session of a message and one serves them all
+    (``Router._fan_out``); a QoS 2 one changes per session (``released``) and is each one's own.
+    """
+
+    __slots__ = ("extra", "message", "qos", "released")
 
     def __init__(self, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None) -> None:
         self.message = message
@@ -60,7 +65,6 @@ class Delivery:
         self.extra = extra
         """The retain flag it goes out with (1 for a retained sample a new subscription brings) and,
         for MQTT 5, its subscription ids (None: 0, none)."""
-        self.pid = 0
         self.released = False
         """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""
 

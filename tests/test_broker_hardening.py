@@ -25,7 +25,7 @@ from commands import read_banner
 from conftest import broker_process
 from embedded import embedded_broker
 from mqtt_client import Client, away_while_published, listening
-from polling import until
+from polling import eventually, until
 from raw_mqtt import (
     closed_by_peer,
     open_socket,
@@ -646,3 +646,50 @@ def test_a_session_whose_key_was_revoked_while_the_broker_was_down_is_not_restor
         still_serving_as.close()
     finally:
         broker.stop()
+
+
+def test_a_pubrec_for_a_qos1_delivery_releases_nothing_for_anyone(broker, home):
+    """A PUBREC answers a QoS 2 delivery only. Sent for a QoS 1 one, it must not mark that delivery
+    released: one QoS 1 delivery of a sample serves every session it goes to, and a session resumed
+    with it released would be sent a PUBREL in place of the sample it never acknowledged."""
+    port = broker.mqtt_port
+    secret = home.secrets["reader_a"]
+    readers = []
+    for name in ("abuser", "bystander"):
+        reader = session(port, name, "reader_a", secret, clean=False)
+        reader.sendall(subscribe("networks/A", qos=1))
+        assert read_packet(reader)[0] == 0x90
+        readers.append(reader)
+    publisher = session(port, "gen", "gen", home.secrets["gen"])
+    publisher.sendall(publish("networks/A", b'{"n": 1}', qos=1, packet_id=1))
+    assert read_packet(publisher) == (0x40, b"\x00\x01")
+    pids = []
+    for reader in readers:
+        first, body = read_packet(reader)
+        assert first & 0xF6 == 0x32  # a QoS 1 PUBLISH
+        pids.append(int.from_bytes(body[2 + body[1] : 4 + body[1]], "big"))
+    abuser = readers[0]
+    abuser.sendall(bytes((0x50, 2)) + pids[0].to_bytes(2, "big"))  # PUBREC, for a QoS 1 delivery
+    assert read_packet(abuser) == (0x62, pids[0].to_bytes(2, "big"))  # answered as ever
+    for reader in readers:
+        reader.close()  # neither acknowledged its sample: both are resent when they come back
+    for name, pid in zip(("abuser", "bystander"), pids, strict=True):
+        back = eventually(lambda name=name: _resumed(port, name, secret))
+        assert back is not None, f"{name} did not get its session back"
+        first, body = read_packet(back)
+        assert first & 0xF6 == 0x32, f"{name} got {first:#x} in place of its sample"
+        assert published(body, 1) == ("networks/A", b'{"n": 1}')
+        assert first & 0x08  # DUP: sent before
+        assert int.from_bytes(body[2 + body[1] : 4 + body[1]], "big") == pid
+        back.close()
+
+
+def _resumed(port: int, name: str, secret: str) -> socket.socket | None:
+    """The session back, once the broker saw its last connection go (a takeover otherwise)."""
+    sock = open_socket(port)
+    sock.sendall(raw_connect(name, "reader_a", secret, clean=False))
+    first, body = read_packet(sock)
+    if (first, body) == (0x20, b"\x01\x00"):
+        return sock
+    sock.close()
+    return None
