@@ -85,7 +85,7 @@ class Gate:
         self.registry = registry
         self.meter = meter
         self.buckets = Buckets()
-        self.admission = Admission(DOOR, meter, self._take_token, retained_full)
+        self.admission = Admission(DOOR, meter, self._take_token, retained_full, record_later=True)
         self.rate_waits = 0
         """Times a publisher was paused for its rate (for the metrics)."""
         self.quota_waits = 0
@@ -146,19 +146,20 @@ class Gate:
         return self._settle(session, topic, self._verdict(session, topic, payload, retain), will=True)
 
     def published(self) -> None:
-        """The router has the samples admitted so far: the meter adds them up at the end of this turn.
+        """The router has the samples admitted so far: they are recorded, and added up when the turn ends.
 
-        The meter only queues a sample when it is admitted (``Meter.record``); adding it up then
-        would delay its first delivery, and leaving it to the meter's writer thread would add up
-        a second of samples at once, holding the interpreter meanwhile. Even scheduling that
-        waits until the router has written the deliveries (``Router.publish`` calls this last):
-        on a cold start it costs about what the rest of the verdict's way back does. Nothing is
-        lost where it is not called: the meter adds up what it queued whenever its counts are
-        read or written.
+        Each is recorded (``Admission.record_admitted``: the meter's queue) only now, once its
+        deliveries are written (``Router.publish`` calls this last): on a cold start, the call into
+        the meter cost the first subscriber about what half the admission checks did. Adding them
+        up then too would delay the next sample, and leaving it to the meter's writer thread would
+        add up a second of samples at once, holding the interpreter meanwhile. A sample the gate
+        admits always goes to the router, a PUBLISH or a will; should the router fail on one, it is
+        recorded with the next.
         """
         if not self._due:
             return
         self._due = False
+        self.admission.record_admitted()
         if self._absorbing or self.meter is None:
             return
         self._absorbing = True

@@ -23,9 +23,9 @@ The cheap checks that need no shared state come first, so a sample that could ne
 delivered takes no rate token and no unit of quota. What does not depend on the payload or the
 clock (the key's right to the topic, the topic's network and its settings) is worked out once per
 key, topic and registry snapshot, not once per sample (``Admission._place``). An admitted sample
-is metered at once and has taken its unit of quota (exact across doors and processes,
-``radio/usage.py``); a door whose sample then fails (the broker is away) gives both back with
-``release``.
+has taken its unit of quota (exact across doors and processes, ``radio/usage.py``) and is
+metered: at once, or, for a door that asks (the broker: ``record_later``), once it is delivered;
+a door whose sample then fails (the broker is away) gives both back with ``release``.
 
 Size, JSON and schema apply to samples, that is to topics inside a network; elsewhere only an
 admin key may publish (tests, ``$SYS``), and only rights apply.
@@ -163,11 +163,15 @@ class Admission:
         meter: Meter | None,
         take_token: TokenTaker,
         retained_full: RetainedFull | None = None,
+        *,
+        record_later: bool = False,
     ) -> None:
         self.door = door
         self.meter = meter
         self._take_token = take_token
         self._retained_full = retained_full
+        self._unrecorded: list[tuple[Key, str, int]] | None = [] if record_later else None
+        """With ``record_later``, what was admitted and is not yet recorded (``record_admitted``)."""
         self._places: dict[tuple[str | None, str], Place] = {}
         """By (key name, topic): see ``place``."""
         self._places_for: Registry | None = None
@@ -267,8 +271,25 @@ class Admission:
                 return Refused("quota", message, taken)
             unit = taken
         if meter is not None:
-            meter.record(key, self.door, network, size)
+            if self._unrecorded is None:
+                meter.record(key, self.door, network, size)
+            else:
+                self._unrecorded.append((key, network, size))
         return Admitted(key, network, size, unit)
+
+    def record_admitted(self) -> None:
+        """Record what was admitted since the last call: for a door that records after delivering.
+
+        A door built with ``record_later`` (the broker) calls this once the samples it admitted are
+        delivered: their usage lines then do not delay their first subscriber. Its quota unit is
+        taken at once all the same, before the verdict.
+        """
+        unrecorded, meter = self._unrecorded, self.meter
+        if not unrecorded or meter is None:
+            return
+        self._unrecorded = []
+        for key, network, size in unrecorded:
+            meter.record(key, self.door, network, size)
 
     def release(self, admitted: Admitted) -> None:
         """An admitted sample did not go through: its key is not charged for it."""

@@ -280,3 +280,17 @@ def test_a_place_kept_by_a_door_does_not_keep_its_registry_snapshot_alive():
     refused = admission.admit_at(admission.place(new, new.keys["gen"], TOPIC), TOPIC, b"{}", quota_wait=0)
     assert isinstance(refused, Refused)
     assert refused.reason == "rights"
+
+
+def test_a_door_that_records_later_records_each_admitted_sample_once_when_it_asks(tmp_path):
+    """The broker records a sample's usage after its deliveries; its quota unit is taken at once."""
+    meter = usage.Meter(tmp_path / "usage.db")
+    admission = Admission("mqtt", meter, lambda _: (0.0, 0.0), record_later=True)
+    sender = key("gen", publish=("A",), quota=5)
+    snapshot = registry({"A": NetworkSettings()}, sender)
+    for _ in range(2):
+        assert isinstance(admission.admit(snapshot, sender, TOPIC, b"{}", quota_wait=1.0), Admitted)
+    assert dict(meter.totals) == {}  # not yet recorded
+    admission.record_admitted()
+    admission.record_admitted()  # nothing more to record
+    assert dict(meter.totals) == {("gen", "mqtt", "A"): [2, 4]}
