@@ -214,6 +214,9 @@ def _released(connection: Connection, session: Session, pid: int) -> None:
         ack(connection, answer)
         return
     delivery.released = True
+    unsent = session.unsent
+    if unsent is not None and pid in unsent:  # answered before it went again: outstanding all the same
+        unsent.remove(pid)
     _saved_then(connection, session, answer, changed=bool(delivery.message.row))
 
 

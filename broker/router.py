@@ -632,7 +632,7 @@ class Router:
             pid = unsent.popleft()
             delivery = inflight.get(pid)
             if delivery is None or delivery.released:
-                continue  # the client answered it before it went again: it is outstanding as it is
+                continue  # the client answered it before it went again (it left ``unsent`` then)
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del inflight[pid]
                 self.stats.dropped_unreadable += 1

@@ -383,37 +383,80 @@ def test_the_receive_maximum_holds_back_retained_samples_too(broker, home, clien
         assert seen_payloads == [json.dumps({"n": n}).encode() for n in range(3)]
 
 
+LASTING = {props.SESSION_EXPIRY: 60}
+
+
+def left_unacknowledged(broker, home, clients, client_id: str, qos: int) -> list[int]:
+    """reader_a's persistent session gets three samples of gen at ``qos`` and leaves without
+    answering any; their packet ids, in the order sent."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    sock, _ = session5(broker.mqtt_port, client_id, *credentials, clean=False, properties=LASTING)
+    with sock:
+        sock.sendall(subscribe5("networks/A", qos))
+        assert read_packet(sock)[0] == 0x90
+        gen = open_client(clients, broker, home, "gen", 5)
+        for n in range(3):
+            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=qos)
+        return [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
+
+
+def back_taking_one(broker, home, client_id: str):
+    """The same session's client back, taking one unacknowledged sample at a time (receive maximum 1)."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    narrow = {**LASTING, props.RECEIVE_MAXIMUM: 1}
+    return session5(broker.mqtt_port, client_id, *credentials, clean=False, properties=narrow)[0]
+
+
+def until_pingresp(sock) -> list[tuple[int, bytes]]:
+    """Every packet the broker sent before its answer to a PINGREQ sent now."""
+    sock.sendall(PINGREQ)
+    got = []
+    while (packet := read_packet(sock))[0] != PINGRESP:
+        got.append(packet)
+    return got
+
+
 def test_a_resumed_session_resends_within_the_receive_maximum_of_its_new_connection(
     broker, home, clients
 ) -> None:
     """The window is the new CONNECT's (MQTT-3.3.4-9): what the client left unacknowledged goes
     again one at a time to a client that now takes one, each after the last one's PUBACK, in the
     order first sent and under its first packet id (MQTT-4.4.0-1)."""
-    lasting = {props.SESSION_EXPIRY: 60}
-    credentials = ("reader_a", home.secrets["reader_a"])
-    sock, _ = session5(broker.mqtt_port, "narrowing", *credentials, clean=False, properties=lasting)
-    with sock:
-        sock.sendall(subscribe5("networks/A", 1))
-        assert read_packet(sock)[0] == 0x90
-        gen = open_client(clients, broker, home, "gen", 5)
-        for n in range(3):
-            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
-        first_ids = [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
-        # None acknowledged: all three are the session's to send again.
-    narrow = {**lasting, props.RECEIVE_MAXIMUM: 1}
-    back, _ = session5(broker.mqtt_port, "narrowing", *credentials, clean=False, properties=narrow)
-    with back:
+    first_ids = left_unacknowledged(broker, home, clients, "narrowing", 1)
+    with back_taking_one(broker, home, "narrowing") as back:
         resent = []
         for _ in range(3):
-            back.sendall(PINGREQ)
-            got = []
-            while (packet := read_packet(back))[0] != PINGRESP:  # all it was sent before the answer
-                got.append(packet)
+            got = until_pingresp(back)
             assert [first for first, _ in got] == [0x3A]  # one PUBLISH, QoS 1, DUP: the client takes one
             pid = int.from_bytes(got[0][1][12:14], "big")
             resent.append((pid, published5(got[0][1], 1)[2]))
             back.sendall(puback(pid))
     assert resent == [(pid, json.dumps({"n": n}).encode()) for n, pid in enumerate(first_ids)]
+
+
+def test_a_qos2_delivery_released_before_it_went_again_counts_in_the_receive_maximum(
+    broker, home, clients
+) -> None:
+    """A QoS 2 delivery the client PUBRECs is outstanding until its PUBCOMP (MQTT-3.3.4-9), even
+    one it answers before the resumed session sent it again: with a window of one, nothing more
+    goes while it waits for its PUBCOMP."""
+    ids = left_unacknowledged(broker, home, clients, "released-early", 2)
+    with back_taking_one(broker, home, "released-early") as back:
+        first = until_pingresp(back)
+        assert [kind for kind, _ in first] == [
+            0x3C
+        ]  # the first again (QoS 2, DUP), alone: the client takes one
+        assert int.from_bytes(first[0][1][12:14], "big") == ids[0]
+        back.sendall(bytes((0x50, 2)) + ids[2].to_bytes(2, "big"))  # PUBREC for the third, not yet resent
+        assert until_pingresp(back) == [(0x62, ids[2].to_bytes(2, "big"))]  # PUBREL
+        back.sendall(bytes((0x50, 2)) + ids[0].to_bytes(2, "big"))  # PUBREC for the first
+        back.sendall(bytes((0x70, 2)) + ids[0].to_bytes(2, "big"))  # PUBCOMP for the first
+        # Its PUBREL; the third still waits for its PUBCOMP, so the second does not go yet.
+        assert until_pingresp(back) == [(0x62, ids[0].to_bytes(2, "big"))]
+        back.sendall(bytes((0x70, 2)) + ids[2].to_bytes(2, "big"))  # PUBCOMP for the third
+        last = until_pingresp(back)
+        assert [kind for kind, _ in last] == [0x3C]
+        assert int.from_bytes(last[0][1][12:14], "big") == ids[1]
 
 
 def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
