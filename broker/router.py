@@ -880,8 +880,13 @@ class Router:
                 self._forget(session, delivery)
         for delivery in kept:
             session.keep(delivery)
+        # What a connected client was sent is its own until it answers: the answer frees its
+        # place in the window (MQTT-3.3.4-9) and its packet id. Only what waits to go again goes.
+        connected = session.connection is not None
         unsent = session.unsent
         for pid, delivery in list(session.inflight.items()):
+            if connected and (unsent is None or pid not in unsent):
+                continue
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]
                 self.stats.dropped_unreadable += 1

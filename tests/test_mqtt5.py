@@ -33,6 +33,7 @@ from raw_mqtt import (
     session5,
     subscribe5,
 )
+from test_safety import set_rights
 from test_tls import make_certs, tls_broker, use_tls
 
 from radio.broker.thread import BrokerThread
@@ -457,6 +458,31 @@ def test_a_qos2_delivery_released_before_it_went_again_counts_in_the_receive_max
         last = until_pingresp(back)
         assert [kind for kind, _ in last] == [0x3C]
         assert int.from_bytes(last[0][1][12:14], "big") == ids[1]
+
+
+def test_a_sample_in_flight_when_its_right_goes_counts_in_the_receive_maximum_until_acknowledged(
+    broker, home, clients
+) -> None:
+    """A PUBLISH sent is outstanding until its PUBACK (MQTT-3.3.4-9), whatever happens to the
+    key's rights meanwhile: the next sample, on a network the key still reads, waits for it. What
+    was not sent yet on the network whose right went is never sent."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    sock, _ = session5(broker.mqtt_port, "in-flight", *credentials, properties={props.RECEIVE_MAXIMUM: 1})
+    with sock:
+        sock.sendall(subscribe5("networks/A", 1) + subscribe5("networks/pub", 1, 2))
+        assert [read_packet(sock)[0] for _ in range(2)] == [0x90, 0x90]
+        gen = open_client(clients, broker, home, "gen", 5)
+        for n in range(2):
+            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+        in_flight = until_pingresp(sock)
+        assert [kind for kind, _ in in_flight] == [0x32]  # the first; the second waits its turn
+        set_rights(home, broker.mqtt_port, "reader_a", subscribe=[])
+        admin = open_client(clients, broker, home, "admin", 5)
+        admin.publish("networks/pub", b'{"public": 1}', qos=1)
+        assert until_pingresp(sock) == []  # the window is the first's until its PUBACK
+        sock.sendall(puback(int.from_bytes(in_flight[0][1][12:14], "big")))
+        after = until_pingresp(sock)
+        assert [published5(body, 1)[2] for _, body in after] == [b'{"public": 1}']
 
 
 def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
