@@ -681,6 +681,24 @@ def test_a_disconnect_for_an_error_publishes_the_will(broker, home, clients, cod
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 2}']
 
 
+def test_a_disconnect_that_gives_a_session_expiry_after_0_at_connect_is_a_protocol_error(
+    broker, home, clients
+) -> None:
+    """A session that began with expiry 0 ends with its connection: a DISCONNECT that sets another
+    expiry is a protocol error (MQTT-3.14.2-2), not a valid DISCONNECT. The client is told so
+    (DISCONNECT 0x82), and its will, which only a valid normal disconnection discards, goes."""
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    sock, _ = session5(
+        broker.mqtt_port, "lingering", "gen", home.secrets["gen"], will=("networks/A/status", b'{"bye": 3}')
+    )
+    with sock:
+        sock.sendall(bytes((0xE0, 0x07, 0x00, 0x05, props.SESSION_EXPIRY, 0, 0, 0, 60)))
+        first, body = read_packet(sock)
+        assert (first, body[0]) == (0xE0, 0x82)
+    assert [m.payload for m in reader.expect(1)] == [b'{"bye": 3}']
+
+
 def test_a_disconnect_that_sets_session_expiry_0_ends_the_session_at_once(broker, home) -> None:
     """A session expiry of 0 ends the session with its connection (MQTT 5.0 3.1.2.11.2); a
     DISCONNECT may set it so (3.14.2.2.2). Kept until the next expiry sweep, the session held
