@@ -379,9 +379,9 @@ class Connection:
 
     def _on_disconnect5(self, session: Session, body: bytes) -> None:
         code, found = mqtt5.decode_disconnect(body)
+        handle_connect.new_expiry(session, found)  # first: an invalid DISCONNECT discards nothing
         if code == reasons.SUCCESS:
             session.will = None  # MQTT-3.14.4-3: only a normal disconnection (0x00) discards the will
-        handle_connect.new_expiry(session, found)
         self.close(None)
 
     # Keep-alive.

@@ -150,10 +150,20 @@ def _terms(connection: Connection, session: Session, answer: props.Properties) -
 
 
 def new_expiry(session: Session, found: props.Properties) -> None:
-    """A DISCONNECT may change the session expiry interval, not from 0 (MQTT-3.14.2-2)."""
+    """A DISCONNECT may change the session expiry interval, not from 0 (MQTT-3.14.2-2).
+
+    A session whose CONNECT gave 0 ends with its connection: a DISCONNECT that gives it another
+    is not a valid DISCONNECT but a protocol error (DISCONNECT 0x82; its will goes).
+    """
     expiry = found.get(props.SESSION_EXPIRY)
-    if expiry is not None and not session.clean_session:
-        session.expiry = expiry
+    if expiry is None:
+        return
+    if session.clean_session or session.expiry == 0:
+        if expiry:
+            msg = f"a DISCONNECT giving a session expiry of {expiry}s after 0 at CONNECT [MQTT-3.14.2-2]"
+            raise mqtt5.CodedViolation(reasons.PROTOCOL_ERROR, msg)
+        return
+    session.expiry = expiry
 
 
 def _expired(session: Session) -> bool:

@@ -201,11 +201,23 @@ def on_pubrec(connection: Connection, session: Session, body: bytes) -> None:
 
 
 def _released(connection: Connection, session: Session, pid: int) -> None:
-    """A PUBREC releases a QoS 2 delivery only: one for a QoS 1 delivery leaves it awaiting its PUBACK."""
+    """The client has a QoS 2 delivery: PUBREL, and only PUBCOMP is awaited.
+
+    A PUBREC releases a QoS 2 delivery only: one for a QoS 1 delivery leaves it awaiting its
+    PUBACK. A persistent session keeps the release in the store before the PUBREL goes, so that
+    after a restart the delivery is released again under its id, not sent again as a new sample
+    (MQTT-4.4.0-1).
+    """
     delivery = session.inflight.get(pid)
-    if delivery is not None and delivery.qos == 2:
-        delivery.released = True
-    connection.write(codec.ack(codec.PUBREL, pid))
+    answer = codec.ack(codec.PUBREL, pid)
+    if delivery is None or delivery.qos != 2 or delivery.released:
+        ack(connection, answer)
+        return
+    delivery.released = True
+    unsent = session.unsent
+    if unsent is not None and pid in unsent:  # answered before it went again: outstanding all the same
+        unsent.remove(pid)
+    _saved_then(connection, session, answer, changed=bool(delivery.message.row))
 
 
 def on_pubrel(connection: Connection, session: Session, body: bytes) -> None:
@@ -228,9 +240,13 @@ def _completed(connection: Connection, session: Session, pid: int) -> None:
     """
     was = session.awaiting_pubrel
     session.released(pid)
-    answer = codec.ack(codec.PUBCOMP, pid)
+    _saved_then(connection, session, codec.ack(codec.PUBCOMP, pid), changed=session.awaiting_pubrel != was)
+
+
+def _saved_then(connection: Connection, session: Session, answer: bytes, *, changed: bool) -> None:
+    """Send ``answer`` once a persistent session whose QoS 2 state ``changed`` is in the store."""
     store = connection.broker.store
-    if store is None or not session.persistent or session.awaiting_pubrel == was:
+    if store is None or not session.persistent or not changed:
         ack(connection, answer)
         return
     mark = store.pending

@@ -49,7 +49,7 @@ FILTER_LEVELS_MOST: Final = 1_000
 """Levels the filters of one session may have in all: each level of a wildcard filter is a node
 of the subscription index, about 400 bytes, so this bounds the index's share of one client to
 some 400 KiB (``radio.topics.LEVELS_MOST`` bounds one filter)."""
-STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel")
+STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel", "released")
 """What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
 Reader = Callable[[attrs.PluginSession], bool]
@@ -95,6 +95,16 @@ class Stats:
     dropped_queue_full: int = 0
     dropped_unreadable: int = 0
     connections: int = 0
+
+
+def released_rows(session: Session) -> list[list[int]]:
+    """The session's QoS 2 deliveries its client has PUBRECed: [stored row, packet id] each.
+
+    Kept with a persistent session, so that after a restart such a delivery is released again
+    under its packet id (PUBREL), not sent as a new PUBLISH (MQTT-4.4.0-1): its client may have
+    let the id go at the PUBREL it had, and would take the PUBLISH for another sample.
+    """
+    return sorted([d.message.row, pid] for pid, d in session.inflight.items() if d.released and d.message.row)
 
 
 def wall_clock(expires: float | None) -> float | None:
@@ -222,6 +232,8 @@ class Router:
                 keep["options"] = session.options
             if session.incoming_qos2:
                 keep["awaiting_pubrel"] = sorted(session.incoming_qos2)
+            if released := released_rows(session):
+                keep["released"] = released
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
@@ -620,7 +632,7 @@ class Router:
             pid = unsent.popleft()
             delivery = inflight.get(pid)
             if delivery is None or delivery.released:
-                continue  # the client answered it before it went again: it is outstanding as it is
+                continue  # the client answered it before it went again (it left ``unsent`` then)
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del inflight[pid]
                 self.stats.dropped_unreadable += 1
@@ -868,8 +880,13 @@ class Router:
                 self._forget(session, delivery)
         for delivery in kept:
             session.keep(delivery)
+        # What a connected client was sent is its own until it answers: the answer frees its
+        # place in the window (MQTT-3.3.4-9) and its packet id. Only what waits to go again goes.
+        connected = session.connection is not None
         unsent = session.unsent
         for pid, delivery in list(session.inflight.items()):
+            if connected and (unsent is None or pid not in unsent):
+                continue
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]
                 self.stats.dropped_unreadable += 1
@@ -925,11 +942,18 @@ class Router:
             for topic_filter, qos in stored.subscriptions:
                 session.subscriptions[topic_filter] = qos
                 self._add_filter(session, topic_filter, qos)
+            released = dict(stored.attributes.get("released") or ())
             for seq, topic, payload, qos in stored.queued:
                 fields, expires = stored.queued_extras.get(seq, (b"", None))
                 message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
-                session.keep(Delivery(message, qos))
+                delivery = Delivery(message, qos)
+                pid = released.get(seq)
+                if pid is None or pid in session.inflight:
+                    session.keep(delivery)
+                else:  # PUBRECed before the restart: only its PUBCOMP is awaited (``resume``)
+                    delivery.released = True
+                    session.inflight[pid] = delivery
             restored += 1
         if contents.retained or restored:
             log.info(

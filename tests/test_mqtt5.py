@@ -33,6 +33,7 @@ from raw_mqtt import (
     session5,
     subscribe5,
 )
+from test_safety import set_rights
 from test_tls import make_certs, tls_broker, use_tls
 
 from radio.broker.thread import BrokerThread
@@ -383,37 +384,105 @@ def test_the_receive_maximum_holds_back_retained_samples_too(broker, home, clien
         assert seen_payloads == [json.dumps({"n": n}).encode() for n in range(3)]
 
 
+LASTING = {props.SESSION_EXPIRY: 60}
+
+
+def left_unacknowledged(broker, home, clients, client_id: str, qos: int) -> list[int]:
+    """reader_a's persistent session gets three samples of gen at ``qos`` and leaves without
+    answering any; their packet ids, in the order sent."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    sock, _ = session5(broker.mqtt_port, client_id, *credentials, clean=False, properties=LASTING)
+    with sock:
+        sock.sendall(subscribe5("networks/A", qos))
+        assert read_packet(sock)[0] == 0x90
+        gen = open_client(clients, broker, home, "gen", 5)
+        for n in range(3):
+            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=qos)
+        return [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
+
+
+def back_taking_one(broker, home, client_id: str):
+    """The same session's client back, taking one unacknowledged sample at a time (receive maximum 1)."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    narrow = {**LASTING, props.RECEIVE_MAXIMUM: 1}
+    return session5(broker.mqtt_port, client_id, *credentials, clean=False, properties=narrow)[0]
+
+
+def until_pingresp(sock) -> list[tuple[int, bytes]]:
+    """Every packet the broker sent before its answer to a PINGREQ sent now."""
+    sock.sendall(PINGREQ)
+    got = []
+    while (packet := read_packet(sock))[0] != PINGRESP:
+        got.append(packet)
+    return got
+
+
 def test_a_resumed_session_resends_within_the_receive_maximum_of_its_new_connection(
     broker, home, clients
 ) -> None:
     """The window is the new CONNECT's (MQTT-3.3.4-9): what the client left unacknowledged goes
     again one at a time to a client that now takes one, each after the last one's PUBACK, in the
     order first sent and under its first packet id (MQTT-4.4.0-1)."""
-    lasting = {props.SESSION_EXPIRY: 60}
-    credentials = ("reader_a", home.secrets["reader_a"])
-    sock, _ = session5(broker.mqtt_port, "narrowing", *credentials, clean=False, properties=lasting)
-    with sock:
-        sock.sendall(subscribe5("networks/A", 1))
-        assert read_packet(sock)[0] == 0x90
-        gen = open_client(clients, broker, home, "gen", 5)
-        for n in range(3):
-            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
-        first_ids = [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
-        # None acknowledged: all three are the session's to send again.
-    narrow = {**lasting, props.RECEIVE_MAXIMUM: 1}
-    back, _ = session5(broker.mqtt_port, "narrowing", *credentials, clean=False, properties=narrow)
-    with back:
+    first_ids = left_unacknowledged(broker, home, clients, "narrowing", 1)
+    with back_taking_one(broker, home, "narrowing") as back:
         resent = []
         for _ in range(3):
-            back.sendall(PINGREQ)
-            got = []
-            while (packet := read_packet(back))[0] != PINGRESP:  # all it was sent before the answer
-                got.append(packet)
+            got = until_pingresp(back)
             assert [first for first, _ in got] == [0x3A]  # one PUBLISH, QoS 1, DUP: the client takes one
             pid = int.from_bytes(got[0][1][12:14], "big")
             resent.append((pid, published5(got[0][1], 1)[2]))
             back.sendall(puback(pid))
     assert resent == [(pid, json.dumps({"n": n}).encode()) for n, pid in enumerate(first_ids)]
+
+
+def test_a_qos2_delivery_released_before_it_went_again_counts_in_the_receive_maximum(
+    broker, home, clients
+) -> None:
+    """A QoS 2 delivery the client PUBRECs is outstanding until its PUBCOMP (MQTT-3.3.4-9), even
+    one it answers before the resumed session sent it again: with a window of one, nothing more
+    goes while it waits for its PUBCOMP."""
+    ids = left_unacknowledged(broker, home, clients, "released-early", 2)
+    with back_taking_one(broker, home, "released-early") as back:
+        first = until_pingresp(back)
+        assert [kind for kind, _ in first] == [
+            0x3C
+        ]  # the first again (QoS 2, DUP), alone: the client takes one
+        assert int.from_bytes(first[0][1][12:14], "big") == ids[0]
+        back.sendall(bytes((0x50, 2)) + ids[2].to_bytes(2, "big"))  # PUBREC for the third, not yet resent
+        assert until_pingresp(back) == [(0x62, ids[2].to_bytes(2, "big"))]  # PUBREL
+        back.sendall(bytes((0x50, 2)) + ids[0].to_bytes(2, "big"))  # PUBREC for the first
+        back.sendall(bytes((0x70, 2)) + ids[0].to_bytes(2, "big"))  # PUBCOMP for the first
+        # Its PUBREL; the third still waits for its PUBCOMP, so the second does not go yet.
+        assert until_pingresp(back) == [(0x62, ids[0].to_bytes(2, "big"))]
+        back.sendall(bytes((0x70, 2)) + ids[2].to_bytes(2, "big"))  # PUBCOMP for the third
+        last = until_pingresp(back)
+        assert [kind for kind, _ in last] == [0x3C]
+        assert int.from_bytes(last[0][1][12:14], "big") == ids[1]
+
+
+def test_a_sample_in_flight_when_its_right_goes_counts_in_the_receive_maximum_until_acknowledged(
+    broker, home, clients
+) -> None:
+    """A PUBLISH sent is outstanding until its PUBACK (MQTT-3.3.4-9), whatever happens to the
+    key's rights meanwhile: the next sample, on a network the key still reads, waits for it. What
+    was not sent yet on the network whose right went is never sent."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    sock, _ = session5(broker.mqtt_port, "in-flight", *credentials, properties={props.RECEIVE_MAXIMUM: 1})
+    with sock:
+        sock.sendall(subscribe5("networks/A", 1) + subscribe5("networks/pub", 1, 2))
+        assert [read_packet(sock)[0] for _ in range(2)] == [0x90, 0x90]
+        gen = open_client(clients, broker, home, "gen", 5)
+        for n in range(2):
+            gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+        in_flight = until_pingresp(sock)
+        assert [kind for kind, _ in in_flight] == [0x32]  # the first; the second waits its turn
+        set_rights(home, broker.mqtt_port, "reader_a", subscribe=[])
+        admin = open_client(clients, broker, home, "admin", 5)
+        admin.publish("networks/pub", b'{"public": 1}', qos=1)
+        assert until_pingresp(sock) == []  # the window is the first's until its PUBACK
+        sock.sendall(puback(int.from_bytes(in_flight[0][1][12:14], "big")))
+        after = until_pingresp(sock)
+        assert [published5(body, 1)[2] for _, body in after] == [b'{"public": 1}']
 
 
 def test_a_sample_larger_than_the_client_takes_is_not_sent_to_it(broker, home, clients) -> None:
@@ -610,6 +679,24 @@ def test_a_disconnect_for_an_error_publishes_the_will(broker, home, clients, cod
     with sock:
         sock.sendall(bytes((0xE0, 0x01, code)))
     assert [m.payload for m in reader.expect(1)] == [b'{"bye": 2}']
+
+
+def test_a_disconnect_that_gives_a_session_expiry_after_0_at_connect_is_a_protocol_error(
+    broker, home, clients
+) -> None:
+    """A session that began with expiry 0 ends with its connection: a DISCONNECT that sets another
+    expiry is a protocol error (MQTT-3.14.2-2), not a valid DISCONNECT. The client is told so
+    (DISCONNECT 0x82), and its will, which only a valid normal disconnection discards, goes."""
+    reader = open_client(clients, broker, home, "reader_a", 5)
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    sock, _ = session5(
+        broker.mqtt_port, "lingering", "gen", home.secrets["gen"], will=("networks/A/status", b'{"bye": 3}')
+    )
+    with sock:
+        sock.sendall(bytes((0xE0, 0x07, 0x00, 0x05, props.SESSION_EXPIRY, 0, 0, 0, 60)))
+        first, body = read_packet(sock)
+        assert (first, body[0]) == (0xE0, 0x82)
+    assert [m.payload for m in reader.expect(1)] == [b'{"bye": 3}']
 
 
 def test_a_disconnect_that_sets_session_expiry_0_ends_the_session_at_once(broker, home) -> None:

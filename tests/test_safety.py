@@ -34,6 +34,7 @@ from raw_mqtt import (
     open_socket,
     packet,
     publish,
+    published,
     read_packet,
     session,
     subscribe,
@@ -418,6 +419,37 @@ def test_a_qos2_sample_sent_again_after_a_restart_is_delivered_once(home):
             finally:
                 reader.close()
     assert received == [b'{"once": 1}', b'{"new": 2}']
+
+
+def test_a_qos2_delivery_released_before_a_restart_is_released_after_it_not_sent_again(home):
+    """MQTT-4.4.0-1: once the client's PUBREC came, only PUBREL goes again, under the same packet
+    id, after a restart too. Sent again as a PUBLISH under a new id, the sample would be a new one
+    to a client that had it and let its id go at PUBREL: delivered twice at QoS 2."""
+    registry = LiveRegistry(home.config)
+    credentials = ("reader_a", home.secrets["reader_a"])
+    for run in (1, 2):
+        with BrokerThread(
+            registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+        ) as broker:
+            port = broker.mqtt_port
+            with session(port, "released", *credentials, clean=False) as reader:
+                if run == 1:
+                    reader.sendall(subscribe("networks/A", qos=2))
+                    assert read_packet(reader)[0] == 0x90
+                    gen_publishes(port, home.secrets, b'{"n": 1}', b'{"n": 2}', qos=2)
+                    bodies = [read_packet(reader) for _ in range(2)]
+                    assert [first for first, _ in bodies] == [0x34, 0x34]
+                    pids = [body[2 + body[1] : 4 + body[1]] for _, body in bodies]
+                    reader.sendall(packet(0x50, pids[0]))  # PUBREC for the first only
+                    assert read_packet(reader) == (0x62, pids[0])  # PUBREL: it is released
+                    continue  # the broker stops; no PUBCOMP came
+                reader.sendall(packet(0xC0, b""))  # PINGREQ: what is resent comes before its answer
+                got = []
+                while (answer := read_packet(reader))[0] != 0xD0:
+                    got.append(answer)
+                assert got[0] == (0x62, pids[0])  # PUBREL again, under its id
+                assert [first for first, _ in got[1:]] == [0x34]  # the unanswered one, sent again
+                assert published(got[1][1], 2) == ("networks/A", b'{"n": 2}')
 
 
 def test_the_store_is_private(broker, home):
