@@ -595,7 +595,9 @@ class Router:
         Each is checked against the key's rights as they are now: a sample queued while the key
         could read its network is not delivered once it cannot (and leaves the store).
 
-        A PUBREL goes again at once; an unacknowledged PUBLISH only as the window of the new
+        A PUBREL goes again at once, whatever the rights now: the client has that sample (its
+        PUBREC came), and the PUBREL carries nothing of it; without it the client would hold the
+        packet id for ever. An unacknowledged PUBLISH goes only as the window of the new
         connection has room (``pump``): an MQTT 5 client may give a smaller receive maximum than
         the connection that left them unacknowledged, and the server must never have more
         outstanding than it (MQTT-3.3.4-9).
@@ -604,14 +606,10 @@ class Router:
         assert connection is not None  # noqa: S101 - called once connected
         unsent: deque[int] = deque()
         for pid, delivery in list(session.inflight.items()):
-            if not delivery.released:
-                unsent.append(pid)  # its rights are checked when it goes (``_resend``)
-            elif not self.allows(session, delivery.message.topic, Action.RECEIVE):
-                del session.inflight[pid]
-                self.stats.dropped_unreadable += 1
-                self._forget(session, delivery)
-            else:
+            if delivery.released:
                 connection.write(bytes((0x62, 2, pid >> 8, pid & 0xFF)))  # PUBREL again
+            else:
+                unsent.append(pid)  # its rights are checked when it goes (``_resend``)
         session.unsent = unsent or None
         self.pump(session)
 
@@ -881,11 +879,12 @@ class Router:
         for delivery in kept:
             session.keep(delivery)
         # What a connected client was sent is its own until it answers: the answer frees its
-        # place in the window (MQTT-3.3.4-9) and its packet id. Only what waits to go again goes.
+        # place in the window (MQTT-3.3.4-9) and its packet id. Only what waits to go again goes,
+        # and never a released QoS 2 delivery: its client has it, only the PUBREL is left (``resume``).
         connected = session.connection is not None
         unsent = session.unsent
         for pid, delivery in list(session.inflight.items()):
-            if connected and (unsent is None or pid not in unsent):
+            if delivery.released or (connected and (unsent is None or pid not in unsent)):
                 continue
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]

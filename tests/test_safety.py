@@ -452,6 +452,31 @@ def test_a_qos2_delivery_released_before_a_restart_is_released_after_it_not_sent
                 assert published(got[1][1], 2) == ("networks/A", b'{"n": 2}')
 
 
+def test_a_released_qos2_delivery_is_released_again_after_its_read_right_went(home):
+    """Once its PUBREC came, the client has the sample: the PUBREL that ends the exchange carries
+    nothing of it, so it goes again after the key lost its right to the network too. Dropped
+    instead, the client would hold that packet id awaiting a PUBREL for ever."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    with embedded_broker(home) as broker:
+        port = broker.mqtt_port
+        with session(port, "released", *credentials, clean=False) as reader:
+            reader.sendall(subscribe("networks/A", qos=2))
+            assert read_packet(reader)[0] == 0x90
+            gen_publishes(port, home.secrets, b'{"n": 1}', b'{"n": 2}', qos=2)
+            bodies = [read_packet(reader) for _ in range(2)]
+            assert [first for first, _ in bodies] == [0x34, 0x34]
+            pids = [body[2 + body[1] : 4 + body[1]] for _, body in bodies]
+            reader.sendall(packet(0x50, pids[0]))  # PUBREC for the first only
+            assert read_packet(reader) == (0x62, pids[0])
+        home.radio_main("keys", "edit", "reader_a", "--subscribe", "B")  # in force once it returns
+        with session(port, "released", *credentials, clean=False) as reader:
+            reader.sendall(packet(0xC0, b""))  # PINGREQ: what is resent comes before its answer
+            got = []
+            while (answer := read_packet(reader))[0] != 0xD0:
+                got.append(answer)
+            assert got == [(0x62, pids[0])]  # the PUBREL again; the unanswered sample, no longer
+
+
 def test_the_store_is_private(broker, home):
     """broker.db and its -wal and -shm hold private samples: 0600, never world-readable."""
     leave_queued(broker.mqtt_port, home.secrets)
