@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 
 import pytest
-from benchmarks import rounds, smoke
+from benchmarks import BENCH, rounds, smoke
 from conftest import require_mosquitto
 
 pytestmark = pytest.mark.slow
@@ -188,3 +189,26 @@ def test_the_history_readers_benchmark_reads_capped_pages_while_publishing():
         assert row["history_answers"] > 0
         assert row["publishes_with_readers"] > 0
         assert row["largest_answer_mb"] <= 4.01  # the default cap, 4 MiB, and its envelope
+
+
+def test_the_first_write_trace_times_each_sample_read_to_its_threads_next_write():
+    """``first_write.py``'s reading of ``perf script``: a PUBACK's read (4 bytes) starts nothing,
+    another thread's write ends nothing, and only the first write after a sample's read counts."""
+    spec = importlib.util.spec_from_file_location("first_write", BENCH / "first_write.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trace = """\
+          python 20898 [000] 16976.168324100:  raw_syscalls:sys_exit: NR 281 = 1
+          python 20898 [000] 16976.168330530: raw_syscalls:sys_enter: NR 0 (16, 7fc39ff21150, 3e800, 0, 0, 0)
+          python 20898 [000] 16976.168334065:  raw_syscalls:sys_exit: NR 0 = 214
+          python 20899 [000] 16976.168340000: raw_syscalls:sys_enter: NR 1 (3, 7fc3a0939a50, 8, 0, 0, 0)
+          python 20898 [000] 16976.168387655: raw_syscalls:sys_enter: NR 1 (17, 7fc3a0939a50, d6, 0, 0, 0)
+          python 20898 [000] 16976.168421325:  raw_syscalls:sys_exit: NR 1 = 214
+          python 20898 [000] 16976.168435706: raw_syscalls:sys_enter: NR 1 (18, 7fc3a0939a50, d6, 0, 0, 0)
+          python 20898 [000] 16976.170000000:  raw_syscalls:sys_exit: NR 0 = 4
+          python 20898 [000] 16976.170010000: raw_syscalls:sys_enter: NR 1 (18, 7fc3a0939a50, 4, 0, 0, 0)
+"""
+    found = module.first_writes(trace.splitlines())
+    assert [round(us, 2) for us in found] == [53.59]
