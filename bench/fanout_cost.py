@@ -52,11 +52,22 @@ def _packet(first: int, body: bytes) -> bytes:
 
 
 class Socket:
-    """What a socket's transport is to the broker, in C as uvloop's is: ``write`` keeps the bytes."""
+    """What a socket's transport is to the broker, in C as uvloop's is: ``write`` keeps the bytes.
 
-    def __init__(self, sent: list[bytes]) -> None:
-        self.write = sent.append
+    Until its first write (the CONNACK) it tells ``answered``; then its ``write`` is the list's own
+    ``append``, so later writes cost what a C transport's call does.
+    """
+
+    def __init__(self, sent: list[bytes], answered: asyncio.Event) -> None:
+        self._sent = sent
+        self._answered = answered
+        self.write = self._first
         self.get_write_buffer_size = int  # int() is 0: nothing waits, every write is taken at once
+
+    def _first(self, data: bytes) -> None:
+        self._sent.append(data)
+        self.write = self._sent.append
+        self._answered.set()
 
 
 class Kept:
@@ -67,16 +78,13 @@ class Kept:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
-        self.transport = Socket(self.sent)
-        self.answered: asyncio.Event | None = asyncio.Event()
-        """Set at the first write (the CONNACK), then dropped: later writes cost what TCP's do."""
+        self.answered = asyncio.Event()
+        """Set at the first write (the CONNACK), whichever way it went."""
+        self.transport = Socket(self.sent, self.answered)
 
     def write(self, data: bytes) -> None:
         """Hand the bytes to the transport."""
         self.transport.write(data)
-        if self.answered is not None:
-            self.answered.set()
-            self.answered = None
 
     def buffered(self) -> int:
         """What the transport holds."""
@@ -100,8 +108,7 @@ class Kept:
 
 async def _answered(link: Kept) -> None:
     """Until the broker wrote to the link (its CONNACK, once the CONNECT is authenticated)."""
-    if link.answered is not None:
-        await link.answered.wait()
+    await link.answered.wait()
 
 
 def _ack(k: int) -> bytes:
