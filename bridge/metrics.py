@@ -8,6 +8,8 @@ any one worker) adds up all of them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Final
 
 from prometheus_client import (
@@ -19,6 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 PUBLISHES: Final = Counter(
@@ -83,10 +86,45 @@ def usage(key: str, door: str, network: str) -> tuple[Counter, Counter]:
     return found
 
 
+class _Workers(MultiProcessCollector):
+    """Every worker's file in the shared folder, but none a worker has created and not yet sized.
+
+    A worker creates its file empty, then sizes it: a scrape between the two read an empty file
+    and failed inside prometheus_client (``struct.error``), answering 500. Such a file holds no
+    count yet, so it is left out; one that goes between the listing and the reading (a worker
+    that ended) is listed again.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        """The merged metrics of the files that hold some."""
+        for _ in range(2):
+            try:
+                return self._merged()
+            except FileNotFoundError:
+                continue
+        return self._merged()
+
+    def _merged(self) -> Iterable[Metric]:
+        merged: Iterable[Metric] = self.merge(_sized(Path(self._path)), accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
+
+
+def _sized(folder: Path) -> list[str]:
+    """The metric files in ``folder`` past their header (8 bytes: what a sized file starts with)."""
+    files = []
+    for path in folder.glob("*.db"):
+        try:
+            if path.stat().st_size >= 8:
+                files.append(str(path))
+        except OSError:
+            continue
+    return files
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, summed over every worker process."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        _Workers(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
