@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -434,19 +435,9 @@ def test_a_qos2_delivery_released_before_a_restart_is_released_after_it_not_sent
             port = broker.mqtt_port
             with session(port, "released", *credentials, clean=False) as reader:
                 if run == 1:
-                    reader.sendall(subscribe("networks/A", qos=2))
-                    assert read_packet(reader)[0] == 0x90
-                    gen_publishes(port, home.secrets, b'{"n": 1}', b'{"n": 2}', qos=2)
-                    bodies = [read_packet(reader) for _ in range(2)]
-                    assert [first for first, _ in bodies] == [0x34, 0x34]
-                    pids = [body[2 + body[1] : 4 + body[1]] for _, body in bodies]
-                    reader.sendall(packet(0x50, pids[0]))  # PUBREC for the first only
-                    assert read_packet(reader) == (0x62, pids[0])  # PUBREL: it is released
+                    pids = _first_of_two_released(reader, port, home.secrets)
                     continue  # the broker stops; no PUBCOMP came
-                reader.sendall(packet(0xC0, b""))  # PINGREQ: what is resent comes before its answer
-                got = []
-                while (answer := read_packet(reader))[0] != 0xD0:
-                    got.append(answer)
+                got = _resent(reader)
                 assert got[0] == (0x62, pids[0])  # PUBREL again, under its id
                 assert [first for first, _ in got[1:]] == [0x34]  # the unanswered one, sent again
                 assert published(got[1][1], 2) == ("networks/A", b'{"n": 2}')
@@ -460,21 +451,32 @@ def test_a_released_qos2_delivery_is_released_again_after_its_read_right_went(ho
     with embedded_broker(home) as broker:
         port = broker.mqtt_port
         with session(port, "released", *credentials, clean=False) as reader:
-            reader.sendall(subscribe("networks/A", qos=2))
-            assert read_packet(reader)[0] == 0x90
-            gen_publishes(port, home.secrets, b'{"n": 1}', b'{"n": 2}', qos=2)
-            bodies = [read_packet(reader) for _ in range(2)]
-            assert [first for first, _ in bodies] == [0x34, 0x34]
-            pids = [body[2 + body[1] : 4 + body[1]] for _, body in bodies]
-            reader.sendall(packet(0x50, pids[0]))  # PUBREC for the first only
-            assert read_packet(reader) == (0x62, pids[0])
+            pids = _first_of_two_released(reader, port, home.secrets)
         home.radio_main("keys", "edit", "reader_a", "--subscribe", "B")  # in force once it returns
         with session(port, "released", *credentials, clean=False) as reader:
-            reader.sendall(packet(0xC0, b""))  # PINGREQ: what is resent comes before its answer
-            got = []
-            while (answer := read_packet(reader))[0] != 0xD0:
-                got.append(answer)
-            assert got == [(0x62, pids[0])]  # the PUBREL again; the unanswered sample, no longer
+            assert _resent(reader) == [(0x62, pids[0])]  # the PUBREL again; the unanswered sample, no longer
+
+
+def _first_of_two_released(reader: socket.socket, port: int, secrets: dict[str, str]) -> list[bytes]:
+    """``reader`` subscribes to A at QoS 2, gets two samples and PUBRECs the first: their packet ids."""
+    reader.sendall(subscribe("networks/A", qos=2))
+    assert read_packet(reader)[0] == 0x90
+    gen_publishes(port, secrets, b'{"n": 1}', b'{"n": 2}', qos=2)
+    bodies = [read_packet(reader) for _ in range(2)]
+    assert [first for first, _ in bodies] == [0x34, 0x34]
+    pids = [body[2 + body[1] : 4 + body[1]] for _, body in bodies]
+    reader.sendall(packet(0x50, pids[0]))  # PUBREC for the first only
+    assert read_packet(reader) == (0x62, pids[0])  # PUBREL: it is released
+    return pids
+
+
+def _resent(reader: socket.socket) -> list[tuple[int, bytes]]:
+    """What a resumed session is sent before the answer to a PINGREQ: what was resent to it."""
+    reader.sendall(packet(0xC0, b""))
+    got = []
+    while (answer := read_packet(reader))[0] != 0xD0:
+        got.append(answer)
+    return got
 
 
 def test_the_store_is_private(broker, home):

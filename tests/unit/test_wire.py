@@ -205,14 +205,19 @@ def test_the_framer_fed_one_byte_at_a_time_gives_every_packet(packets):
     assert framer.pending == 0
 
 
+def chunked(packets: list[bytes], data: st.DataObject) -> list[bytes]:
+    """The packets' stream cut at up to 20 places Hypothesis draws: reads as a socket may give them."""
+    stream = b"".join(packets)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    return [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
 @PROPERTY
 @given(packets=streams, data=st.data())
 def test_the_framer_fed_any_chunking_gives_every_packet(packets, data):
-    stream = b"".join(packets)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     framer, got = wire.Framer(), []
-    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        got += framer.feed(stream[start:end])
+    for chunk in chunked(packets, data):
+        got += framer.feed(chunk)
     assert got == expected(packets)
     assert framer.pending == 0
 
@@ -221,11 +226,8 @@ def test_the_framer_fed_any_chunking_gives_every_packet(packets, data):
 @given(packets=streams, data=st.data())
 def test_reads_taken_whole_where_they_can_be_and_fed_otherwise_give_every_packet(packets, data):
     """The broker asks ``whole`` first (a paced client's read is one packet), then ``feed``."""
-    stream = b"".join(packets)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     framer, got = wire.Framer(), []
-    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        chunk = stream[start:end]
+    for chunk in chunked(packets, data):
         at = framer.whole(chunk)
         got += [(chunk[0], chunk[at:])] if at else framer.feed(chunk)
     assert got == expected(packets)
