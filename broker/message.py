@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-from typing import Any, Final
+from typing import Any
 
 from radio.topics import network_of_topic
 from radio.wire import remaining_length, string
 from radio.wire.properties import encode_varint
-
-_PID: Final = struct.Struct(">H").pack
-"""A packet id's two bytes (quicker than ``int.to_bytes``: it is built once per delivery)."""
 
 
 class Message:
@@ -96,7 +92,7 @@ class Message:
             topic = string(self.topic)
             length = remaining_length(len(topic) + 2 + len(self.payload))
             head = heads[first] = bytes((first,)) + length + topic
-        return b"".join((head, _PID(pid), self.payload))
+        return b"".join((head, pid.to_bytes(2, "big"), self.payload))
 
     def packet5(self, qos: int, pid: int = 0, *, retain: bool = False, dup: bool = False) -> bytes:
         """The same PUBLISH for an MQTT 5 client: with its properties (none per subscriber)."""

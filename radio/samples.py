@@ -74,7 +74,8 @@ def parse(payload: bytes) -> Any:
 
 SHALLOW: Final = 512
 """Brackets (``[`` and ``{``, in strings too) below which a payload cannot nest past what ``parse``
-reads: the interpreter's recursion limit is 1,000 levels, and ``orjson``'s depth limit 1,024."""
+reads: the interpreter's recursion limit is 1,000 levels, and ``orjson``'s depth limit 1,024. A
+payload of fewer bytes (most samples) holds fewer, and is not counted."""
 
 
 def is_object(payload: bytes) -> bool:
@@ -87,7 +88,7 @@ def is_object(payload: bytes) -> bool:
     the verdict: ``parse`` is asked again, and says why. Nor is its acceptance when a payload may
     nest deeper than ``parse`` reads (``SHALLOW``).
     """
-    if payload.count(b"[") + payload.count(b"{") < SHALLOW:
+    if len(payload) < SHALLOW or payload.count(b"[") + payload.count(b"{") < SHALLOW:
         try:
             return type(orjson.loads(payload)) is dict
         except orjson.JSONDecodeError:
