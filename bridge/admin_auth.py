@@ -6,9 +6,10 @@
 - absent: ``/admin/`` and ``/metrics`` are served on ``listen``, each behind an admin key
   (``Authorization: Bearer <secret>`` of a key made with ``--admin``);
 - ``"HOST:PORT"``: both are served only on that listener of their own, and ``listen`` answers
-  404 for them. ``/admin/`` still needs an admin key (it changes keys); ``/metrics`` does not
-  (the address keeps it private, as ``[broker] metrics`` does), so Prometheus holds no key that
-  could change keys;
+  404 for them. That listener serves nothing else but ``/healthz`` (404 for ``/publish``, the
+  pages and the samples' history). ``/admin/`` still needs an admin key (it changes keys);
+  ``/metrics`` does not (the address keeps it private, as ``[broker] metrics`` does), so
+  Prometheus holds no key that could change keys;
 - ``false``: no ``/admin/`` anywhere; ``/metrics`` stays on ``listen``, behind an admin key.
 
 Both are guarded in one place, before Flask looks at a request's route or method (``guard``):
@@ -37,6 +38,7 @@ from werkzeug.exceptions import NotFound
 
 from radio import rates
 from radio.bridge.access import Refusal
+from radio.bridge.errors import APIError
 from radio.bridge.state import current_registry, current_state
 from radio.errors import Busy
 from radio.keys import Key
@@ -101,6 +103,10 @@ def guard_metrics() -> None:
         require_admin_key()
 
 
+ADMIN_LISTENER_ONLY: Final = "not found: this listener serves /admin/, /metrics and /healthz only"
+"""An admin listener of its own takes no samples and serves no pages: a door to them on an address
+meant for operators is one more way in to watch and to keep closed."""
+
 SLASHES: Final = re.compile("//+")
 PUBLIC: Final = "admin.openapi"
 """The one route under ``/admin/`` served without a key: the API's OpenAPI document."""
@@ -123,6 +129,8 @@ def guard() -> None:
         admin_api_here()
         if request.endpoint != PUBLIC:
             g.admin_key = require_admin_key()
+    elif path != "/healthz" and current_state().admin_own_listener and _on_admin_listener():
+        raise APIError(404, ADMIN_LISTENER_ONLY, "not_found")
 
 
 def register(app: Flask) -> None:

@@ -583,6 +583,27 @@ def test_an_admin_listener_of_its_own_takes_admin_and_metrics_off_the_public_por
         assert requests.get(admin_url + "/admin/keys", timeout=10).status_code == 401
         assert requests.get(admin_url + "/admin/keys", headers=key, timeout=10).status_code == 200
         assert requests.get(admin_url + "/metrics", timeout=10).status_code == 200  # the address guards it
+        assert requests.get(admin_url + "/healthz", timeout=10).status_code == 200
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_an_admin_listener_of_its_own_serves_nothing_but_the_admin_surface(home, broker):
+    running = start_with_admin(home, broker.mqtt_port, '"127.0.0.1:0"')
+    admin_url = running.admin_url
+    assert admin_url is not None
+    sample = {"network": "A", "data": {"n": 1}}
+    gen = {"API-KEY": home.secrets["gen"]}
+    try:
+        for method, path in (("POST", "/publish"), ("GET", "/"), ("GET", "/networks/A"), ("GET", "/nosuch")):
+            answer = requests.request(method, admin_url + path, headers=gen, json=sample, timeout=10)
+            assert (answer.status_code, answer.json()) == (
+                404,
+                {"error": "not found: this listener serves /admin/, /metrics and /healthz only"},
+            ), path
+        published = requests.post(running.url + "/publish", headers=gen, json=sample, timeout=10)
+        assert published.status_code == 200  # the public listener still takes it
     finally:
         running.stop()
 
