@@ -106,9 +106,15 @@ class Kept:
         """Nothing to close."""
 
 
-async def _answered(link: Kept) -> None:
-    """Until the broker wrote to the link (its CONNACK, once the CONNECT is authenticated)."""
+async def _answered(link: Kept, connection: Any) -> None:
+    """Until the broker wrote to the link (its CONNACK, once the CONNECT is authenticated).
+
+    A connection that took its transport's ``write`` when it opened (``Connection.send``) is then
+    given the list's own ``append``, the C call it would have had from the start.
+    """
     await link.answered.wait()
+    if hasattr(connection, "send"):
+        connection.send = link.sent.append
 
 
 def _ack(k: int) -> bytes:
@@ -138,7 +144,7 @@ async def _run(config: Path, secret: str, qos: int, subscribers: int, samples: i
             link = Kept()
             connection = broker._open(link, "tcp", ("127.0.0.1", 10_000 + i))
             connection.data_received(_packet(0x10, _string("MQTT") + bytes((4, 2, 0, 60)) + _string(f"s{i}")))
-            await _answered(link)  # its CONNACK: the session is taken
+            await _answered(link, connection)  # its CONNACK: the session is taken
             connection.data_received(_packet(0x82, b"\x00\x01" + _string(TOPIC) + bytes((qos,))))
             clients.append((connection, link))
         link = Kept()
@@ -147,7 +153,7 @@ async def _run(config: Path, secret: str, qos: int, subscribers: int, samples: i
         publisher.data_received(
             _packet(0x10, _string("MQTT") + bytes((4, 0xC2, 0, 60)) + _string("publisher") + credentials)
         )
-        await _answered(link)
+        await _answered(link, publisher)
         assert link.sent[0] == b"\x20\x02\x00\x00", f"the publisher was refused: {link.sent[0]!r}"
         pid = (lambda k: (k % 60_000 + 1).to_bytes(2, "big")) if qos else (lambda _k: b"")
         packets = [_packet(0x30 | qos << 1, _string(TOPIC) + pid(k) + PAYLOAD) for k in range(samples)]
