@@ -795,6 +795,51 @@ def test_a_session_s_subscription_options_hold_for_samples_queued_after_a_restar
     assert queued.properties.SubscriptionIdentifier == [7]
 
 
+def test_an_mqtt5_session_s_deliveries_in_flight_go_again_after_a_restart_within_its_new_window(
+    home: Home,
+) -> None:
+    """After a restart too, what the client left unanswered goes again with DUP under its first
+    packet id (MQTT-4.4.0-1), in the order first sent, one at a time to a client that now takes
+    one (MQTT-3.3.4-9)."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        sock, _ = session5(port, "restarted", *credentials, clean=False, properties=LASTING)
+        with sock:
+            sock.sendall(subscribe5("networks/A", 2))
+            assert read_packet(sock)[0] == 0x90
+            gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+            try:
+                assert gen.connect() == 0
+                gen.publish("networks/A", b'{"n": 0}', qos=1)
+                first, body = read_packet(sock)
+                assert first == 0x32
+                sock.sendall(puback(int.from_bytes(body[12:14], "big")))  # the ids go on past it
+                for n in range(1, 4):
+                    gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=2)
+            finally:
+                gen.close()
+            first_ids = [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
+        port = next(runs)
+        narrow = {**LASTING, props.RECEIVE_MAXIMUM: 1}
+        back, _ = session5(port, "restarted", *credentials, clean=False, properties=narrow)
+        with back:
+            resent = []
+            for _ in range(3):
+                got = until_pingresp(back)
+                assert [first for first, _ in got] == [0x3C]  # one PUBLISH, QoS 2, DUP
+                pid = got[0][1][12:14]
+                resent.append((int.from_bytes(pid, "big"), published5(got[0][1], 2)[2]))
+                back.sendall(bytes((0x50, 2)) + pid)  # PUBREC
+                assert read_packet(back) == (0x62, pid)  # PUBREL
+                back.sendall(bytes((0x70, 2)) + pid)  # PUBCOMP: the next may go
+            assert until_pingresp(back) == []
+    finally:
+        runs.close()
+    assert resent == [(pid, json.dumps({"n": n}).encode()) for n, pid in enumerate(first_ids, 1)]
+
+
 def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker, home, clients) -> None:
     gen = open_client(clients, broker, home, "gen", 4)
     first = persistent(broker.mqtt_port, home, "switching")
