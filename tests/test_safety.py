@@ -518,6 +518,34 @@ def _three_in_flight(reader: socket.socket, port: int, secrets: dict[str, str]) 
     return pids
 
 
+def test_a_refused_qos2_sample_sent_again_after_a_kill_is_the_same_refused_sample(home):
+    """A refused QoS 2 sample's packet id awaits its PUBREL in the store, as an admitted one's does,
+    before its PUBREC goes: sent again after a ``kill -9``, before PUBREL, it is the same sample, not
+    judged (and counted) again, nor delivered once the key may publish there."""
+    gen = ("gen", home.secrets["gen"])
+    with contextlib.ExitStack() as after_the_kill, restartable(home, "kill -9") as port:
+        publisher = session(port, "refused", *gen, clean=False)
+        after_the_kill.callback(publisher.close)  # its leaving saves nothing: the broker is gone
+        publisher.sendall(publish("networks/B", b'{"refused": 1}', 2, 9))  # gen may not publish to B
+        assert read_packet(publisher) == (0x50, b"\x00\x09")  # PUBREC: MQTT 3.1.1 has no refusal
+    home.radio_main("keys", "edit", "gen", "--publish", "A,B")
+    with restartable(home, "kill -9") as port:
+        reader = Client("tcp", port, "reader_b", home.secrets["reader_b"])
+        try:
+            assert reader.connect() == 0
+            assert reader.subscribe("networks/B", qos=1) == 1
+            with session(port, "refused", *gen, clean=False) as publisher:
+                publisher.sendall(publish("networks/B", b'{"refused": 1}', 2, 9, first_byte=0x3C))  # DUP
+                assert read_packet(publisher) == (0x50, b"\x00\x09")
+                publisher.sendall(packet(0x62, b"\x00\x09"))  # PUBREL
+                assert read_packet(publisher) == (0x70, b"\x00\x09")  # PUBCOMP
+                publisher.sendall(publish("networks/B", b'{"token": 1}', 1, 10))
+                assert read_packet(publisher) == (0x40, b"\x00\x0a")
+            assert [m.payload for m in reader.expect(1)] == [b'{"token": 1}']
+        finally:
+            reader.close()
+
+
 def test_a_released_qos2_delivery_is_released_again_after_its_read_right_went(home):
     """Once its PUBREC came, the client has the sample: the PUBREL that ends the exchange carries
     nothing of it, so it goes again after the key lost its right to the network too. Dropped
