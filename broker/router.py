@@ -478,7 +478,14 @@ class Router:
                 message.row = self.next_seq()
             expires = wall_clock(message.expires)
             store.queue(
-                session.store_id, message.row, message.topic, message.payload, qos, message.fields, expires
+                session.store_id,
+                message.row,
+                message.topic,
+                message.payload,
+                qos,
+                message.fields,
+                expires,
+                delivery.extra,
             )
         connection = session.connection
         if (
@@ -971,7 +978,7 @@ class Router:
                 fields, expires = stored.queued_extras.get(seq, (b"", None))
                 message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
-                delivery = Delivery(message, qos)
+                delivery = Delivery(message, qos, stored.delivered_as.get(seq))
                 pid = released.get(seq)
                 if pid is not None and pid not in session.inflight:
                     # PUBRECed before the restart: only its PUBCOMP is awaited (``resume``)

@@ -63,8 +63,8 @@ _SQL: Final = {
     "session": "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
     "drop": "DELETE FROM sessions WHERE client_id = ?",
     "drop_queue": "DELETE FROM queued WHERE client_id = ?",
-    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires, pid) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires, extra, pid) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "sent": "UPDATE queued SET pid = ? WHERE client_id = ? AND seq = ?",
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
     "rename": "UPDATE sessions SET client_id = ? WHERE client_id = ?",
@@ -76,10 +76,12 @@ MQTT5_COLUMNS: Final = ("fields BLOB", "expires REAL")
 """What the retained and queued tables hold of an MQTT 5 sample beside its payload: the properties
 its subscribers get, and when it expires (wall-clock seconds); NULL for the rest. Added to a file
 made before they existed."""
-ADDED_COLUMNS: Final = {"retained": MQTT5_COLUMNS, "queued": (*MQTT5_COLUMNS, "pid INTEGER")}
+ADDED_COLUMNS: Final = {"retained": MQTT5_COLUMNS, "queued": (*MQTT5_COLUMNS, "extra TEXT", "pid INTEGER")}
 """Columns each table gained after its first release, added to a file made before them (NULL in
-the rows it holds). ``queued.pid``: the packet id a sample went under to its session, NULL while
-it was not sent; a file from before it keeps its samples, which go again under new ids once."""
+the rows it holds). ``queued.extra``: how an MQTT 5 session gets the sample, JSON [retain flag,
+[subscription ids]], NULL for retain 0 and no ids. ``queued.pid``: the packet id a sample went
+under to its session, NULL while it was not sent; a file from before it keeps its samples, which
+go again under new ids once."""
 
 
 class StoreError(RadioError):
@@ -100,6 +102,8 @@ class StoredSession:
     client id in a file written before sessions were kept per key."""
     queued_extras: dict[int, tuple[bytes, float | None]] = field(default_factory=dict)
     """By seq: the MQTT 5 properties and expiry (wall clock) of a queued sample that has them."""
+    delivered_as: dict[int, tuple[bool, tuple[int, ...]]] = field(default_factory=dict)
+    """By seq: the retain flag and MQTT 5 subscription ids of a queued sample that has them."""
     sent: dict[int, int] = field(default_factory=dict)
     """By seq: the packet id of a sample sent and not acknowledged when the broker stopped."""
 
@@ -207,14 +211,18 @@ class Store:
                 )
                 by_id[row_id] = stored
                 contents.sessions.append(stored)
-            for client_id, seq, topic, data, qos, fields, expires, pid in self._db.execute(
-                "SELECT client_id, seq, topic, data, qos, fields, expires, pid FROM queued ORDER BY seq"
+            for client_id, seq, topic, data, qos, fields, expires, extra, pid in self._db.execute(
+                "SELECT client_id, seq, topic, data, qos, fields, expires, extra, pid "
+                "FROM queued ORDER BY seq"
             ):
                 contents.last_seq = max(contents.last_seq, seq)
                 if client_id in by_id:
                     by_id[client_id].queued.append((seq, topic, bytes(data), int(qos)))
                     if fields or expires is not None:
                         by_id[client_id].queued_extras[seq] = (bytes(fields or b""), expires)
+                    if extra is not None:
+                        retain, ids = json.loads(extra)
+                        by_id[client_id].delivered_as[seq] = (bool(retain), tuple(int(i) for i in ids))
                     if pid is not None:
                         by_id[client_id].sent[seq] = int(pid)
         except (sqlite3.Error, ValueError, TypeError) as exc:
@@ -274,11 +282,17 @@ class Store:
         qos: int,
         fields: bytes = b"",
         expires: float | None = None,
+        extra: tuple[bool, tuple[int, ...]] | None = None,
     ) -> None:
-        """Keep a sample for a persistent session until it acknowledges it."""
+        """Keep a sample for a persistent session until it acknowledges it.
+
+        ``extra``: the retain flag and subscription ids it goes with to an MQTT 5 session (None:
+        retain 0, no ids), kept so that after a restart it goes as it would have (MQTT-3.3.4-3).
+        """
+        kept = None if extra is None else json.dumps([extra[0], extra[1]])
         with self._next:
             self._queued_at[client_id, seq] = len(self._ops)
-            self._add("queue", (client_id, seq, topic, payload, qos, fields or None, expires, None))
+            self._add("queue", (client_id, seq, topic, payload, qos, fields or None, expires, kept, None))
 
     def sent(self, client_id: str, seq: int, pid: int) -> None:
         """The session's sample went under packet id ``pid``: after a restart it goes again under it.
@@ -291,7 +305,7 @@ class Store:
             if at is not None:
                 op = self._ops[at]
                 if op is not None:
-                    self._ops[at] = ("queue", (*op[1][:7], pid))
+                    self._ops[at] = ("queue", (*op[1][:8], pid))
                     return
             self._sent_at[client_id, seq] = len(self._ops)
             self._add("sent", (pid, client_id, seq))

@@ -765,34 +765,42 @@ def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> 
         assert 0 < got.properties.MessageExpiryInterval <= 600
 
 
-def test_a_session_s_subscription_options_hold_for_samples_queued_after_a_restart(home: Home) -> None:
-    """Restored from the store, an MQTT 5 session's filters keep their options while it is away."""
+@pytest.mark.parametrize("queued", ["before", "after"])
+def test_a_session_s_subscription_options_hold_for_samples_queued_across_a_restart(
+    home: Home, queued: str
+) -> None:
+    """A sample kept for an MQTT 5 session goes as it would have without a restart, whether it was
+    queued before it or after the session was restored: with the subscription id of the filter
+    that matched it (MQTT-3.3.4-3), and its retain flag to a retain-as-published one."""
     runs = two_runs(home)
     try:
-        away = persistent(next(runs), home, "kept")
+        port = next(runs)
+        away = persistent(port, home, "kept")
         assert away.connect() == 0
         ids = Properties(PacketTypes.SUBSCRIBE)
         ids.SubscriptionIdentifier = 7
-        result, mid = away._paho.subscribe("networks/A", options=SubscribeOptions(qos=1), properties=ids)
+        kept = SubscribeOptions(qos=1, retainAsPublished=True)
+        result, mid = away._paho.subscribe("networks/A", options=kept, properties=ids)
         assert result == 0
         with away._suback:
             assert away._suback.wait_for(lambda: mid in away._subacks, 10)
         away.close()
-        port = next(runs)
+        if queued == "after":
+            port = next(runs)
         gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
         assert gen.connect() == 0
-        gen.publish("networks/A", b'{"queued": 1}', qos=1)  # queued for the restored session
+        gen.publish("networks/A", b'{"queued": 1}', qos=1, retain=True)
         gen.close()
-        back = persistent(port, home, "kept")
+        back = persistent(next(runs) if queued == "before" else port, home, "kept")
         try:
             assert back.connect() == 0
-            queued = back.expect(1)[0]
+            got = back.expect(1)[0]
         finally:
             back.close()
     finally:
         runs.close()
-    assert queued.payload == b'{"queued": 1}'
-    assert queued.properties.SubscriptionIdentifier == [7]
+    assert (got.payload, got.retain) == (b'{"queued": 1}', True)
+    assert got.properties.SubscriptionIdentifier == [7]
 
 
 def test_an_mqtt5_session_s_deliveries_in_flight_go_again_after_a_restart_within_its_new_window(

@@ -124,7 +124,7 @@ def test_the_packet_id_a_sample_went_under_reads_back_with_it(tmp_path):
     store.save_session(row, {}, {"t": 2})
     store.queue(row, 1, "t", b"at once", 2)
     store.sent(row, 1, 7)
-    store.queue(row, 2, "t", b"later", 1)
+    store.queue(row, 2, "t", b"later", 1, extra=(True, (7, 9)))  # MQTT 5: retain flag, subscription ids
     store.queue(row, 3, "t", b"never sent", 1)
     asyncio.run(store.close())
     assert store.written == 4
@@ -136,6 +136,7 @@ def test_the_packet_id_a_sample_went_under_reads_back_with_it(tmp_path):
     assert store.written == 2  # the id of 2, and 3 gone
     assert [seq for seq, *_ in session.queued] == [1, 2]
     assert session.sent == {1: 7, 2: 65_535}
+    assert session.delivered_as == {2: (True, (7, 9))}
 
 
 def test_a_file_made_before_packet_ids_were_kept_keeps_its_samples(tmp_path):
