@@ -99,9 +99,12 @@ def _take(connection: Connection, first: int, body: bytes, message: Message, pid
         if verdict < 0:  # dropped (quota, schema): MQTT 3.1.1 has no refusal, MQTT 5 says why
             if qos == 2 and connection.v5 is None:
                 # Its PUBREC is a success: the client sends it again until PUBREL, and each resend
-                # is this same sample, refused (and counted) once. An MQTT 5 PUBREC with a
-                # refusal code ends the exchange: no PUBREL comes.
+                # is this same sample, refused (and counted) once; a persistent session keeps the
+                # id in the store before the PUBREC goes, so after a restart too. An MQTT 5 PUBREC
+                # with a refusal code ends the exchange: no PUBREL comes.
                 session.await_pubrel(pid)
+                _saved_then(connection, session, codec.ack(codec.PUBREC, pid), changed=True)
+                return
             _ack_dropped(connection, qos, pid, gate.refusal)
             return
     store = broker.store

@@ -470,12 +470,22 @@ class Router:
         """
         if delivery is None:
             delivery = Delivery(message, qos, extra)
-        if self.store is not None and not session.clean_session:  # persistent
+        store = self.store
+        kept = store is not None and not session.clean_session  # persistent
+        if kept:
+            assert store is not None  # noqa: S101 - kept says so
             if not message.row:
                 message.row = self.next_seq()
             expires = wall_clock(message.expires)
-            self.store.queue(
-                session.store_id, message.row, message.topic, message.payload, qos, message.fields, expires
+            store.queue(
+                session.store_id,
+                message.row,
+                message.topic,
+                message.payload,
+                qos,
+                message.fields,
+                expires,
+                delivery.extra,
             )
         connection = session.connection
         if (
@@ -485,7 +495,10 @@ class Router:
             and session.unsent is None
             and not connection.congested()
         ):
-            self._send(session, connection, delivery)
+            if kept:
+                self._send_kept(session, connection, delivery)
+            else:
+                self._send(session, connection, delivery)
             return
         # A connected anonymous client that is merely slow gets a keyed share; others their own.
         slow_anonymous = connection is not None and session.limits is self.limits.anonymous
@@ -500,7 +513,8 @@ class Router:
             elif len(session.inflight) < session.window:
                 self.pump(session)
 
-    def _send(self, session: Session, connection: Connection, delivery: Delivery) -> None:
+    def _send(self, session: Session, connection: Connection, delivery: Delivery) -> int:
+        """Send a delivery under a new packet id, held in flight; the id (0: dropped, not sent)."""
         if session.missed:
             self._report_missed(session, connection)
         pid = session.allocate_pid()
@@ -518,11 +532,25 @@ class Router:
             encoded = v5.publish(delivery.message, delivery.qos, pid, retain=retain, ids=ids)
             if encoded is None:  # expired, or larger than the client takes: dropped (MQTT-3.1.2-25)
                 self._forget(session, delivery)
-                return
+                return 0
             packet = encoded
         session.inflight[pid] = delivery
         connection.write(packet)
         self.stats.deliveries += 1
+        return pid
+
+    def _send_kept(self, session: Session, connection: Connection, delivery: Delivery) -> int:
+        """``_send`` for a persistent session: the store keeps the packet id with the sample.
+
+        After a restart the sample goes again under that id with DUP (MQTT-4.4.0-1): under a new
+        one, a client that had it (its PUBREC lost) would take it for another sample. Only
+        persistent sessions pay for it; a retained sample a SUBSCRIBE brought is not stored.
+        """
+        pid = self._send(session, connection, delivery)
+        row = delivery.message.row
+        if pid and row and self.store is not None:
+            self.store.sent(session.store_id, row, pid)
+        return pid
 
     def _missed(self, session: Session, delivery: Delivery) -> None:
         if session.limits.report_missed:
@@ -559,6 +587,7 @@ class Router:
             return
         inflight, window = session.inflight, session.window
         allows = self.allows
+        kept = not session.clean_session and self.store is not None
         while session.queue and len(inflight) < window:
             if connection.congested():
                 connection.wait_for_drain()
@@ -572,7 +601,10 @@ class Router:
                 self.stats.dropped_unreadable += 1
                 self._forget(session, delivery)
                 continue
-            self._send(session, connection, delivery)
+            if kept:
+                self._send_kept(session, connection, delivery)
+            else:
+                self._send(session, connection, delivery)
 
     def acknowledged(self, session: Session, pid: int) -> Delivery | None:
         """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""
@@ -946,13 +978,16 @@ class Router:
                 fields, expires = stored.queued_extras.get(seq, (b"", None))
                 message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
-                delivery = Delivery(message, qos)
+                delivery = Delivery(message, qos, stored.delivered_as.get(seq))
                 pid = released.get(seq)
-                if pid is None or pid in session.inflight:
-                    session.keep(delivery)
-                else:  # PUBRECed before the restart: only its PUBCOMP is awaited (``resume``)
+                if pid is not None and pid not in session.inflight:
+                    # PUBRECed before the restart: only its PUBCOMP is awaited (``resume``)
                     delivery.released = True
                     session.inflight[pid] = delivery
+                elif (pid := stored.sent.get(seq)) is not None and pid not in session.inflight:
+                    session.inflight[pid] = delivery  # sent, unanswered: it goes again under pid
+                else:
+                    session.keep(delivery)
             restored += 1
         if contents.retained or restored:
             log.info(

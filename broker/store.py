@@ -2,7 +2,8 @@
 
 Kept: each retained sample (topic, payload, QoS); each persistent session (under its key's id
 and client id, with its subscriptions and when its client left) and the samples waiting for it
-(queued, or sent and not yet acknowledged).
+(queued, or sent and not yet acknowledged: then with the packet id it went under, so that after a
+restart it goes again under that id, MQTT-4.4.0-1).
 
 The file gives space back: the write-ahead log is checkpointed and truncated, and the pages that
 expired sessions and delivered samples leave free are returned to the file system (incremental
@@ -62,8 +63,9 @@ _SQL: Final = {
     "session": "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
     "drop": "DELETE FROM sessions WHERE client_id = ?",
     "drop_queue": "DELETE FROM queued WHERE client_id = ?",
-    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires, extra, pid) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "sent": "UPDATE queued SET pid = ? WHERE client_id = ? AND seq = ?",
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
     "rename": "UPDATE sessions SET client_id = ? WHERE client_id = ?",
     "rename_queue": "UPDATE queued SET client_id = ? WHERE client_id = ?",
@@ -74,6 +76,12 @@ MQTT5_COLUMNS: Final = ("fields BLOB", "expires REAL")
 """What the retained and queued tables hold of an MQTT 5 sample beside its payload: the properties
 its subscribers get, and when it expires (wall-clock seconds); NULL for the rest. Added to a file
 made before they existed."""
+ADDED_COLUMNS: Final = {"retained": MQTT5_COLUMNS, "queued": (*MQTT5_COLUMNS, "extra TEXT", "pid INTEGER")}
+"""Columns each table gained after its first release, added to a file made before them (NULL in
+the rows it holds). ``queued.extra``: how an MQTT 5 session gets the sample, JSON [retain flag,
+[subscription ids]], NULL for retain 0 and no ids. ``queued.pid``: the packet id a sample went
+under to its session, NULL while it was not sent; a file from before it keeps its samples, which
+go again under new ids once."""
 
 
 class StoreError(RadioError):
@@ -94,6 +102,10 @@ class StoredSession:
     client id in a file written before sessions were kept per key."""
     queued_extras: dict[int, tuple[bytes, float | None]] = field(default_factory=dict)
     """By seq: the MQTT 5 properties and expiry (wall clock) of a queued sample that has them."""
+    delivered_as: dict[int, tuple[bool, tuple[int, ...]]] = field(default_factory=dict)
+    """By seq: the retain flag and MQTT 5 subscription ids of a queued sample that has them."""
+    sent: dict[int, int] = field(default_factory=dict)
+    """By seq: the packet id of a sample sent and not acknowledged when the broker stopped."""
 
 
 @dataclass
@@ -117,9 +129,9 @@ class Store:
             self._db = open_private_db(path, synchronous="FULL", before_wal=self._incremental_vacuum)
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._db.executescript(SCHEMA)
-            for table in ("retained", "queued"):
+            for table, columns in ADDED_COLUMNS.items():
                 have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                for column in MQTT5_COLUMNS:
+                for column in columns:
                     if column.split()[0] not in have:
                         self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         except (OSError, sqlite3.Error) as exc:
@@ -128,6 +140,8 @@ class Store:
         self._ops: list[tuple[str, tuple[Any, ...]] | None] = []
         self._queued_at: dict[tuple[str, int], int] = {}
         """Where a pending "queue" op stands in ``_ops``: an unqueue in the same batch cancels it."""
+        self._sent_at: dict[tuple[str, int], int] = {}
+        """Where a pending "sent" op stands in ``_ops``: an unqueue in the same batch cancels it."""
         self._retained_at: dict[str, int] = {}
         """Where a topic's pending retained value stands in ``_ops``: a newer one in the batch replaces it."""
         self._waiters: list[tuple[Callable[[bool], None], int | None, int]] = []
@@ -197,14 +211,20 @@ class Store:
                 )
                 by_id[row_id] = stored
                 contents.sessions.append(stored)
-            for client_id, seq, topic, data, qos, fields, expires in self._db.execute(
-                "SELECT client_id, seq, topic, data, qos, fields, expires FROM queued ORDER BY seq"
+            for client_id, seq, topic, data, qos, fields, expires, extra, pid in self._db.execute(
+                "SELECT client_id, seq, topic, data, qos, fields, expires, extra, pid "
+                "FROM queued ORDER BY seq"
             ):
                 contents.last_seq = max(contents.last_seq, seq)
                 if client_id in by_id:
                     by_id[client_id].queued.append((seq, topic, bytes(data), int(qos)))
                     if fields or expires is not None:
                         by_id[client_id].queued_extras[seq] = (bytes(fields or b""), expires)
+                    if extra is not None:
+                        retain, ids = json.loads(extra)
+                        by_id[client_id].delivered_as[seq] = (bool(retain), tuple(int(i) for i in ids))
+                    if pid is not None:
+                        by_id[client_id].sent[seq] = int(pid)
         except (sqlite3.Error, ValueError, TypeError) as exc:
             msg = self._unreadable(exc)
             raise StoreError(msg) from None
@@ -262,15 +282,40 @@ class Store:
         qos: int,
         fields: bytes = b"",
         expires: float | None = None,
+        extra: tuple[bool, tuple[int, ...]] | None = None,
     ) -> None:
-        """Keep a sample for a persistent session until it acknowledges it."""
+        """Keep a sample for a persistent session until it acknowledges it.
+
+        ``extra``: the retain flag and subscription ids it goes with to an MQTT 5 session (None:
+        retain 0, no ids), kept so that after a restart it goes as it would have (MQTT-3.3.4-3).
+        """
+        kept = None if extra is None else json.dumps([extra[0], extra[1]])
         with self._next:
             self._queued_at[client_id, seq] = len(self._ops)
-            self._add("queue", (client_id, seq, topic, payload, qos, fields or None, expires))
+            self._add("queue", (client_id, seq, topic, payload, qos, fields or None, expires, kept, None))
+
+    def sent(self, client_id: str, seq: int, pid: int) -> None:
+        """The session's sample went under packet id ``pid``: after a restart it goes again under it.
+
+        A sample sent as it is queued (most are) costs no change of its own: the id joins its
+        pending row.
+        """
+        with self._next:
+            at = self._queued_at.get((client_id, seq))
+            if at is not None:
+                op = self._ops[at]
+                if op is not None:
+                    self._ops[at] = ("queue", (*op[1][:8], pid))
+                    return
+            self._sent_at[client_id, seq] = len(self._ops)
+            self._add("sent", (pid, client_id, seq))
 
     def unqueue(self, client_id: str, seq: int) -> None:
         """The session acknowledged the sample (or may no longer read it, or it was dropped)."""
         with self._next:
+            at = self._sent_at.pop((client_id, seq), None)
+            if at is not None:
+                self._ops[at] = None  # its row goes: its packet id need not be written
             at = self._queued_at.pop((client_id, seq), None)
             if at is not None:
                 self._ops[at] = None  # never written: queued and gone within one batch
@@ -332,6 +377,7 @@ class Store:
                         return  # stopping, and everything recorded is written
                     ops, waiters = self._ops, self._waiters
                     self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
+                    self._sent_at = {}
                     self._unanswered += 1
                     first, self._taken = self._taken, self.pending
             if compact:

@@ -765,34 +765,87 @@ def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> 
         assert 0 < got.properties.MessageExpiryInterval <= 600
 
 
-def test_a_session_s_subscription_options_hold_for_samples_queued_after_a_restart(home: Home) -> None:
-    """Restored from the store, an MQTT 5 session's filters keep their options while it is away."""
+@pytest.mark.parametrize("queued", ["before", "after"])
+def test_a_session_s_subscription_options_hold_for_samples_queued_across_a_restart(
+    home: Home, queued: str
+) -> None:
+    """A sample kept for an MQTT 5 session goes as it would have without a restart, whether it was
+    queued before it or after the session was restored: with the subscription id of the filter
+    that matched it (MQTT-3.3.4-3), and its retain flag to a retain-as-published one."""
     runs = two_runs(home)
     try:
-        away = persistent(next(runs), home, "kept")
+        port = next(runs)
+        away = persistent(port, home, "kept")
         assert away.connect() == 0
         ids = Properties(PacketTypes.SUBSCRIBE)
         ids.SubscriptionIdentifier = 7
-        result, mid = away._paho.subscribe("networks/A", options=SubscribeOptions(qos=1), properties=ids)
+        kept = SubscribeOptions(qos=1, retainAsPublished=True)
+        result, mid = away._paho.subscribe("networks/A", options=kept, properties=ids)
         assert result == 0
         with away._suback:
             assert away._suback.wait_for(lambda: mid in away._subacks, 10)
         away.close()
-        port = next(runs)
+        if queued == "after":
+            port = next(runs)
         gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
         assert gen.connect() == 0
-        gen.publish("networks/A", b'{"queued": 1}', qos=1)  # queued for the restored session
+        gen.publish("networks/A", b'{"queued": 1}', qos=1, retain=True)
         gen.close()
-        back = persistent(port, home, "kept")
+        back = persistent(next(runs) if queued == "before" else port, home, "kept")
         try:
             assert back.connect() == 0
-            queued = back.expect(1)[0]
+            got = back.expect(1)[0]
         finally:
             back.close()
     finally:
         runs.close()
-    assert queued.payload == b'{"queued": 1}'
-    assert queued.properties.SubscriptionIdentifier == [7]
+    assert (got.payload, got.retain) == (b'{"queued": 1}', True)
+    assert got.properties.SubscriptionIdentifier == [7]
+
+
+def test_an_mqtt5_session_s_deliveries_in_flight_go_again_after_a_restart_within_its_new_window(
+    home: Home,
+) -> None:
+    """After a restart too, what the client left unanswered goes again with DUP under its first
+    packet id (MQTT-4.4.0-1), in the order first sent, one at a time to a client that now takes
+    one (MQTT-3.3.4-9)."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        sock, _ = session5(port, "restarted", *credentials, clean=False, properties=LASTING)
+        with sock:
+            sock.sendall(subscribe5("networks/A", 2))
+            assert read_packet(sock)[0] == 0x90
+            gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+            try:
+                assert gen.connect() == 0
+                gen.publish("networks/A", b'{"n": 0}', qos=1)
+                first, body = read_packet(sock)
+                assert first == 0x32
+                sock.sendall(puback(int.from_bytes(body[12:14], "big")))  # the ids go on past it
+                for n in range(1, 4):
+                    gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=2)
+            finally:
+                gen.close()
+            first_ids = [int.from_bytes(read_packet(sock)[1][12:14], "big") for _ in range(3)]
+        port = next(runs)
+        narrow = {**LASTING, props.RECEIVE_MAXIMUM: 1}
+        back, _ = session5(port, "restarted", *credentials, clean=False, properties=narrow)
+        with back:
+            resent = []
+            for _ in range(3):
+                got = until_pingresp(back)
+                assert [first for first, _ in got] == [0x3C]  # one PUBLISH, QoS 2, DUP
+                pid = got[0][1][12:14]
+                resent.append((int.from_bytes(pid, "big"), published5(got[0][1], 2)[2]))
+                back.sendall(bytes((0x50, 2)) + pid)  # PUBREC
+                assert read_packet(back) == (0x62, pid)  # PUBREL
+                back.sendall(bytes((0x70, 2)) + pid)  # PUBCOMP: the next may go
+            assert until_pingresp(back) == []
+    finally:
+        runs.close()
+    assert resent == [(pid, json.dumps({"n": n}).encode()) for n, pid in enumerate(first_ids, 1)]
 
 
 def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker, home, clients) -> None:

@@ -9,6 +9,7 @@ resent, the store is private, and a store that cannot be written acknowledges no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ import stat
 import subprocess
 import threading
 import tomllib
+from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import polling
@@ -422,25 +424,126 @@ def test_a_qos2_sample_sent_again_after_a_restart_is_delivered_once(home):
     assert received == [b'{"once": 1}', b'{"new": 2}']
 
 
-def test_a_qos2_delivery_released_before_a_restart_is_released_after_it_not_sent_again(home):
-    """MQTT-4.4.0-1: once the client's PUBREC came, only PUBREL goes again, under the same packet
-    id, after a restart too. Sent again as a PUBLISH under a new id, the sample would be a new one
-    to a client that had it and let its id go at PUBREL: delivered twice at QoS 2."""
-    registry = LiveRegistry(home.config)
-    credentials = ("reader_a", home.secrets["reader_a"])
-    for run in (1, 2):
+@contextlib.contextmanager
+def restartable(home, kind: str) -> Iterator[int]:
+    """A broker on the home's store, its MQTT port; at the end stopped, or killed (``kill -9``)."""
+    if kind == "graceful":
         with BrokerThread(
-            registry, mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+            LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
         ) as broker:
-            port = broker.mqtt_port
-            with session(port, "released", *credentials, clean=False) as reader:
-                if run == 1:
-                    pids = _first_of_two_released(reader, port, home.secrets)
-                    continue  # the broker stops; no PUBCOMP came
-                got = _resent(reader)
-                assert got[0] == (0x62, pids[0])  # PUBREL again, under its id
-                assert [first for first, _ in got[1:]] == [0x34]  # the unanswered one, sent again
-                assert published(got[1][1], 2) == ("networks/A", b'{"n": 2}')
+            yield broker.mqtt_port
+        return
+    process, port = start_broker_process(home)
+    try:
+        yield port
+    finally:
+        stop(process, kill=True)
+
+
+@pytest.mark.parametrize("kind", ["graceful", "kill -9"])
+def test_deliveries_in_flight_at_a_restart_go_again_under_their_packet_ids(home, kind):
+    """MQTT-4.4.0-1, after a restart too: an unanswered PUBLISH goes again with DUP and its first
+    packet id, at QoS 2 and QoS 1, and a PUBRECed QoS 2 one only as its PUBREL. Under a new id, a
+    client whose PUBREC was lost would take the QoS 2 sample for another one: delivered twice."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    with contextlib.ExitStack() as after_the_stop, restartable(home, kind) as port:
+        reader = session(port, "in-flight", *credentials, clean=False)
+        after_the_stop.callback(reader.close)  # connected as the broker stops or is killed
+        pids = _three_in_flight(reader, port, home.secrets)
+    with restartable(home, kind) as port:
+        with session(port, "in-flight", *credentials, clean=False) as reader:
+            got = _resent(reader)
+            assert [first for first, _ in got] == [0x62, 0x3C, 0x3A]  # PUBREL; QoS 2 and QoS 1, DUP
+            assert [got[0][1], _pid_of(got[1][1]), _pid_of(got[2][1])] == pids
+            assert [published(got[1][1], 2)[1], published(got[2][1], 1)[1]] == [b'{"n": 2}', b'{"n": 3}']
+            reader.sendall(packet(0x70, pids[0]) + packet(0x50, pids[1]))  # PUBCOMP; PUBREC
+            assert read_packet(reader) == (0x62, pids[1])
+            reader.sendall(packet(0x70, pids[1]) + packet(0x40, pids[2]))  # PUBCOMP; PUBACK
+            assert _resent(reader) == []
+        with session(port, "in-flight", *credentials, clean=False) as reader:
+            assert _resent(reader) == []  # every one answered: nothing is owed
+
+
+def test_a_delivery_sent_from_the_queue_goes_again_under_its_packet_id_after_a_restart(home):
+    """A sample queued while its client was away, then sent and left unanswered, keeps its packet
+    id across a restart as one sent at once does."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    with restartable(home, "graceful") as port:
+        with session(port, "queued", *credentials, clean=False) as reader:
+            reader.sendall(subscribe("networks/A", qos=2))
+            assert read_packet(reader)[0] == 0x90
+            _answered_one(reader, port, home.secrets)
+        gen_publishes(port, home.secrets, b'{"queued": 1}', qos=2)
+        with session(port, "queued", *credentials, clean=False) as reader:
+            first, body = read_packet(reader)
+            assert first == 0x34
+            pid = _pid_of(body)
+            assert pid != b"\x00\x01"  # the session's ids went on past the first
+    with restartable(home, "graceful") as port, session(port, "queued", *credentials, clean=False) as reader:
+        got = _resent(reader)
+        assert [(first, _pid_of(body)) for first, body in got] == [(0x3C, pid)]
+        assert published(got[0][1], 2)[1] == b'{"queued": 1}'
+
+
+def _pid_of(body: bytes) -> bytes:
+    """The packet id of a QoS 1 or 2 PUBLISH body."""
+    return body[2 + body[1] : 4 + body[1]]
+
+
+def _answered_one(reader: socket.socket, port: int, secrets: dict[str, str]) -> None:
+    """``reader`` gets one sample of A and acknowledges it: the session's next packet id is not 1."""
+    gen_publishes(port, secrets, b'{"n": 0}', qos=1)
+    first, body = read_packet(reader)
+    assert first == 0x32
+    reader.sendall(packet(0x40, _pid_of(body)))  # PUBACK
+
+
+def _three_in_flight(reader: socket.socket, port: int, secrets: dict[str, str]) -> list[bytes]:
+    """``reader`` subscribes to A at QoS 2, acknowledges one sample, then is sent three it leaves in
+    flight: QoS 2 PUBRECed (released), QoS 2 and QoS 1 unanswered. Their packet ids.
+
+    Each is in the store when this returns: the publisher had its acknowledgements, and the PUBREL
+    went once the release was kept.
+    """
+    reader.sendall(subscribe("networks/A", qos=2))
+    assert read_packet(reader)[0] == 0x90
+    _answered_one(reader, port, secrets)
+    gen_publishes(port, secrets, b'{"n": 1}', b'{"n": 2}', qos=2)
+    gen_publishes(port, secrets, b'{"n": 3}', qos=1)
+    bodies = [read_packet(reader) for _ in range(3)]
+    assert [first for first, _ in bodies] == [0x34, 0x34, 0x32]
+    pids = [_pid_of(body) for _, body in bodies]
+    reader.sendall(packet(0x50, pids[0]))  # PUBREC for the first only
+    assert read_packet(reader) == (0x62, pids[0])  # PUBREL: it is released
+    return pids
+
+
+def test_a_refused_qos2_sample_sent_again_after_a_kill_is_the_same_refused_sample(home):
+    """A refused QoS 2 sample's packet id awaits its PUBREL in the store, as an admitted one's does,
+    before its PUBREC goes: sent again after a ``kill -9``, before PUBREL, it is the same sample, not
+    judged (and counted) again, nor delivered once the key may publish there."""
+    gen = ("gen", home.secrets["gen"])
+    with contextlib.ExitStack() as after_the_kill, restartable(home, "kill -9") as port:
+        publisher = session(port, "refused", *gen, clean=False)
+        after_the_kill.callback(publisher.close)  # its leaving saves nothing: the broker is gone
+        publisher.sendall(publish("networks/B", b'{"refused": 1}', 2, 9))  # gen may not publish to B
+        assert read_packet(publisher) == (0x50, b"\x00\x09")  # PUBREC: MQTT 3.1.1 has no refusal
+    home.radio_main("keys", "edit", "gen", "--publish", "A,B")
+    with restartable(home, "kill -9") as port:
+        reader = Client("tcp", port, "reader_b", home.secrets["reader_b"])
+        try:
+            assert reader.connect() == 0
+            assert reader.subscribe("networks/B", qos=1) == 1
+            with session(port, "refused", *gen, clean=False) as publisher:
+                publisher.sendall(publish("networks/B", b'{"refused": 1}', 2, 9, first_byte=0x3C))  # DUP
+                assert read_packet(publisher) == (0x50, b"\x00\x09")
+                publisher.sendall(packet(0x62, b"\x00\x09"))  # PUBREL
+                assert read_packet(publisher) == (0x70, b"\x00\x09")  # PUBCOMP
+                publisher.sendall(publish("networks/B", b'{"token": 1}', 1, 10))
+                assert read_packet(publisher) == (0x40, b"\x00\x0a")
+            assert [m.payload for m in reader.expect(1)] == [b'{"token": 1}']
+        finally:
+            reader.close()
 
 
 def test_a_released_qos2_delivery_is_released_again_after_its_read_right_went(home):

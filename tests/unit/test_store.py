@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import stat
 
 from radio.broker.sessions import store_id
@@ -112,3 +114,46 @@ def test_a_callback_waits_until_every_change_recorded_before_it_is_on_disk(tmp_p
             await store.close()
 
     assert asyncio.run(run()) == (True, 2)
+
+
+def test_the_packet_id_a_sample_went_under_reads_back_with_it(tmp_path):
+    """Sent as it was queued, the id joins its row (no change of its own); sent later, it is
+    written to the row; a row acknowledged before its id was written writes neither."""
+    store = Store(tmp_path / "broker.db")
+    row = store_id("aa", "c")
+    store.save_session(row, {}, {"t": 2})
+    store.queue(row, 1, "t", b"at once", 2)
+    store.sent(row, 1, 7)
+    store.queue(row, 2, "t", b"later", 1, extra=(True, (7, 9)))  # MQTT 5: retain flag, subscription ids
+    store.queue(row, 3, "t", b"never sent", 1)
+    asyncio.run(store.close())
+    assert store.written == 4
+    store = Store(tmp_path / "broker.db")
+    store.sent(row, 2, 65_535)
+    store.sent(row, 3, 9)
+    store.unqueue(row, 3)  # acknowledged within the batch: its id is not written
+    (session,) = reopened(store).sessions
+    assert store.written == 2  # the id of 2, and 3 gone
+    assert [seq for seq, *_ in session.queued] == [1, 2]
+    assert session.sent == {1: 7, 2: 65_535}
+    assert session.delivered_as == {2: (True, (7, 9))}
+
+
+def test_a_file_made_before_packet_ids_were_kept_keeps_its_samples(tmp_path):
+    """An upgrade loses nothing: the column is added, and the samples it held come back unsent."""
+    path = tmp_path / "broker.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE sessions (client_id TEXT PRIMARY KEY, attributes TEXT NOT NULL,"
+            " subscriptions TEXT NOT NULL);"
+            "CREATE TABLE queued (client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,"
+            " data BLOB NOT NULL, qos INTEGER NOT NULL, fields BLOB, expires REAL,"
+            " PRIMARY KEY (client_id, seq));"
+            "INSERT INTO sessions VALUES ('c', '{}', '[]');"
+            "INSERT INTO queued VALUES ('c', 5, 't', X'7B7D', 2, NULL, NULL);"
+        )
+    store = Store(path)
+    store.sent("c", 5, 3)
+    (session,) = reopened(store).sessions
+    assert session.queued == [(5, "t", b"{}", 2)]
+    assert session.sent == {5: 3}
