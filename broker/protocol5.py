@@ -83,7 +83,13 @@ class Peer:
         dup: bool = False,
         ids: tuple[int, ...] = (),
     ) -> bytes | None:
-        """The PUBLISH that delivers ``message``, or None if it expired or is larger than the client takes."""
+        """The PUBLISH that delivers ``message``, or None if it expired or is larger than the client takes.
+
+        A resend (``dup``) of a delivery its client left unanswered goes even once the message has
+        expired, with no time left: its onward delivery began, and only a message whose delivery
+        has not begun may be dropped at its expiry (MQTT-3.3.2-5). Dropped, a QoS 2 message the
+        client had (its PUBREC lost) would hold its packet id for ever, awaiting a PUBREL.
+        """
         fields = message.fields
         new_alias = 0
         custom = bool(ids) or message.expires is not None or self.alias_max
@@ -93,7 +99,9 @@ class Peer:
             if message.expires is not None:
                 left = math.ceil(message.expires - time.monotonic())
                 if left <= 0:
-                    return None
+                    if not dup:
+                        return None
+                    left = 0
                 fields = props.encode_one(props.MESSAGE_EXPIRY, left) + fields
             for ident in ids:
                 fields += props.encode_one(props.SUBSCRIPTION_ID, ident)

@@ -224,6 +224,41 @@ def test_an_expired_message_is_not_delivered_and_the_rest_count_down(broker, hom
     assert back.received_so_far() == []
 
 
+@pytest.mark.parametrize("qos", [1, 2])
+def test_a_delivery_left_unanswered_goes_again_after_its_message_expired(broker, home, qos) -> None:
+    """Its onward delivery began, so its expiry no longer drops it (MQTT-3.3.2-5): it goes again
+    under its packet id with DUP, no time left. Dropped, a QoS 2 message the client had would hold
+    that packet id for ever, awaiting its PUBREL."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    lasting = {props.SESSION_EXPIRY: 60}
+    sock, _ = session5(broker.mqtt_port, "expiring", *credentials, clean=False, properties=lasting)
+    sock.sendall(subscribe5("networks/A", qos))
+    assert read_packet(sock)[0] == 0x90
+    gen = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"], protocol=5)
+    assert gen.connect() == 0
+    asked = Properties(PacketTypes.PUBLISH)
+    asked.MessageExpiryInterval = 1
+    gen.publish("networks/A", b'{"short": 1}', qos=qos, properties=asked)
+    gen.close()
+    first, body = read_packet(sock)
+    assert first == 0x30 | qos << 1
+    topic_end = 2 + int.from_bytes(body[:2], "big")
+    pid = body[topic_end : topic_end + 2]
+    sock.close()
+    time.sleep(1.5)  # the time a message expires in: nothing to await but the clock
+    back, _ = session5(broker.mqtt_port, "expiring", *credentials, clean=False, properties=lasting)
+    back.sendall(b"\xc0\x00")  # PINGREQ: its PINGRESP comes after anything the resume sends
+    got = []
+    while (packet := read_packet(back))[0] != 0xD0:
+        got.append(packet)
+    back.close()
+    assert [first for first, _ in got] == [0x30 | qos << 1 | 0x08]
+    body = got[0][1]
+    assert body[topic_end : topic_end + 2] == pid
+    _, found, payload = published5(body, qos)
+    assert (found.get(props.MESSAGE_EXPIRY), payload) == (0, b'{"short": 1}')
+
+
 def test_a_will_waits_its_delay_and_a_client_back_in_time_cancels_it(broker, home, clients) -> None:
     reader = open_client(clients, broker, home, "reader_a", 5)
     assert reader.subscribe("networks/A/status", qos=1) == 1
