@@ -497,9 +497,10 @@ def test_sockets_that_never_handshake_count_against_their_address_from_the_accep
 
 
 @pytest.mark.parametrize("listener", ["ws", "mqtts", "wss"])
-def test_a_socket_whose_handshake_times_out_stops_counting(home, certs, listener):
-    """Counted from its accept, a silent socket is closed by the handshake timeout and stops
-    counting: its address is served again."""
+def test_a_socket_whose_handshake_times_out_stops_counting(home, certs, caplog, listener):
+    """Counted from its accept, a silent socket is closed by the handshake timeout, without a log
+    line, and stops counting: its address is served again."""
+    caplog.set_level(logging.INFO)
     settings = ("max_connecting_per_address = 2", "connect_timeout = 2")
     with every_listener(home, certs, *settings) as broker, contextlib.ExitStack() as held:
         assert broker.broker is not None
@@ -509,6 +510,7 @@ def test_a_socket_whose_handshake_times_out_stops_counting(home, certs, listener
         assert all(closed_by_peer(sock) for sock in silent)  # the handshake timeout
         assert until(lambda: metric(broker, "radio_broker_connecting") == 0)
         assert connack_over(listener, port, certs, "after") == 0
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_sockets_still_in_their_handshake_count_in_max_connections(home, certs):
