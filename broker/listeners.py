@@ -300,8 +300,8 @@ class Handshaking(asyncio.Protocol):
     """A TLS socket's reader between the end of its handshake and its listener's protocol taking it.
 
     The client may send its first bytes (a CONNECT, an HTTP upgrade) with the end of its
-    handshake: they are read at once, before the task that waited for the handshake resumes, and
-    kept here for the listener's protocol.
+    handshake: asyncio hands them over at once, before the task that waited for the handshake
+    resumes, and they are kept here for the listener's protocol.
     """
 
     __slots__ = ("ended", "received")
@@ -425,7 +425,7 @@ class Listening:
 
 def _feed(transport: asyncio.Transport, data: bytes) -> None:
     """Hand bytes read from ``transport`` to the TLS protocol that now reads it, as if it had."""
-    tls = cast("asyncio.BufferedProtocol", transport.get_protocol())  # uvloop's is one, unsubclassed
+    tls = cast("asyncio.BufferedProtocol", transport.get_protocol())  # uvloop's, by its methods alone
     if transport.is_closing() or not hasattr(tls, "buffer_updated"):
         return
     view = memoryview(data)
