@@ -91,7 +91,7 @@ class RadioBroker:
         """Sockets that have not completed their CONNECT, per source address."""
         self.log_summary = Summary(log_repeats)
         self._per_listener: dict[str, int] = {}
-        self._servers: dict[str, Any] = {}
+        self._servers: dict[str, listeners.Listening] = {}
         self._over_limit = 0
         self._over_limit_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
@@ -135,7 +135,7 @@ class RadioBroker:
                 label = "tcp" if way.name == "default" else way.name  # what logs call the transport
                 if way.websocket:
                     self._servers[way.name] = await listeners.serve_websocket(
-                        self._open,
+                        self,
                         label,
                         host,
                         port,
@@ -145,7 +145,7 @@ class RadioBroker:
                     )
                 else:
                     self._servers[way.name] = await listeners.serve_tcp(
-                        self._open, label, host, port, tls=way.tls, handshake_timeout=timeout
+                        self, label, host, port, tls=way.tls, handshake_timeout=timeout
                     )
         except BaseException:
             await self._close_servers()
@@ -180,34 +180,54 @@ class RadioBroker:
         for server in servers.values():
             server.close()
         for server in servers.values():
-            if isinstance(server, asyncio.Server):
-                continue  # wait_closed() would wait for every client; they are closed next
-            await server.wait_closed()
+            await server.wait_closed()  # a WebSocket server's; a TCP server's clients are closed apart
 
     def port(self, listener: str) -> int:
         """The port a listener (``default`` for TCP, ``ws``, ``mqtts``, ``wss``) bound."""
-        server = self._servers[listener]
-        port: int = next(iter(server.sockets)).getsockname()[1]
-        return port
+        return self._servers[listener].port()
 
     # Connections.
-    def _open(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection | None:
+    def admit(self, listener: str, address: str) -> bool:
+        """A socket was accepted (before any TLS or HTTP): count it, or refuse it past a limit.
+
+        From its TCP accept, on every listener, a socket counts against its listener's
+        ``max_connections`` and its address's ``max_connecting_per_address``: its connection goes
+        on counting it, or ``release`` ends the count if it closes first.
+        """
         count = self._per_listener.get(listener, 0)
         if 0 < self.max_connections <= count:
             self._count_refusal(listener)
-            return None
-        if not self.connecting.open(peer[0]):
+            return False
+        if not self.connecting.open(address):
             log.warning(
                 "closed a connection from %s at once: %d sockets from that address have not sent "
                 "their CONNECT, the limit [broker] max_connecting_per_address",
-                peer[0],
+                address,
                 self.connecting.limit,
             )
-            return None
+            return False
         self._per_listener[listener] = count + 1
+        return True
+
+    def release(self, listener: str, address: str) -> None:
+        """A socket counted closed before it became a connection: it counts no more.
+
+        Its TLS handshake or WebSocket upgrade failed or timed out, or the client left first.
+        """
+        self._per_listener[listener] -= 1
+        self.connecting.done(address)
+
+    def connection(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection:
+        """A socket counted is ready for MQTT: its connection, which takes its count over."""
         connection = Connection(self, link, listener, peer)
         self.connections.add(connection)
         return connection
+
+    def _open(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection | None:
+        """Count a socket and open its connection at once, as the plain TCP listener does."""
+        if not self.admit(listener, peer[0]):
+            return None
+        return self.connection(link, listener, peer)
 
     def connection_closed(self, connection: Connection) -> None:
         """A connection ended: it no longer counts against its listener's limit."""

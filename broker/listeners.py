@@ -1,16 +1,23 @@
 """The two ways in: MQTT over TCP (an asyncio protocol) and MQTT over WebSocket (``websockets``).
 
-Each turns its transport into the ``Link`` a ``Connection`` writes to, and hands it the bytes it
-reads. TCP needs no task per connection: the event loop calls the protocol. A WebSocket
-connection has the one task the ``websockets`` server gives it, reading messages. The WebSocket
-server sends no pings of its own (MQTT has its keep-alive, and some clients answer a transport
-ping with a frame the server must reject), takes the broker's packet limit as its message limit,
-and logs a refused handshake as one line, not a traceback.
+Every listener's server accepts plain TCP and hands each socket first to ``Accepting``, the one
+place sockets are counted: from its TCP accept a socket counts against its listener's
+``max_connections`` and its address's ``max_connecting_per_address``, and one past either is
+closed at once, before any TLS or HTTP work. Counted, it goes to its listener's protocol (after
+the TLS handshake, on mqtts and wss), which turns it into the ``Link`` a ``Connection`` writes
+to: a ``Connection`` goes on counting as the socket did; a socket that closes first (a failed or
+timed-out TLS handshake or WebSocket upgrade) stops counting.
+
+TCP needs no task per connection: the event loop calls the protocol. A WebSocket connection has
+the one task the ``websockets`` server gives it, reading messages. The WebSocket server sends no
+pings of its own (MQTT has its keep-alive, and some clients answer a transport ping with a frame
+the server must reject), takes the broker's packet limit as its message limit, and logs a refused
+handshake as one line, not a traceback.
 
 Either listener serves TLS when given an ``ssl.SSLContext`` (mqtts, wss): the handshake must end
 within the broker's connect timeout, and a connection becomes a ``Connection`` only once it has.
-A client that does not speak TLS (or distrusts the certificate) fails its handshake, is dropped,
-and costs the broker nothing more; asyncio reports such failures only in debug mode.
+A client that does not speak TLS (or distrusts the certificate) fails its handshake, is dropped
+without a log line, and costs the broker nothing more.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import logging
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
-import websockets
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from radio.broker.connection import Connection, Link
 from radio.wire.framing import Violation
@@ -38,7 +47,46 @@ FRAME_HEADROOM: Final = 5
 BACKLOG: Final = 1024
 """Connections the kernel may hold before accepting them: a burst of listeners is not refused."""
 
-Opener = Callable[[Link, str, tuple[str, int]], Connection | None]
+CLOSE_TIMEOUT: Final = 10.0
+"""Seconds a closing WebSocket (and its TLS, on wss) waits for the client's side of the close."""
+
+
+class Door(Protocol):
+    """The broker, as its listeners see it: it counts sockets and opens their connections."""
+
+    def admit(self, listener: str, address: str) -> bool:
+        """A socket was accepted: count it (True), or refuse it (False: it is closed at once)."""
+
+    def release(self, listener: str, address: str) -> None:
+        """A counted socket closed before it became a connection: it counts no more."""
+
+    def connection(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection:
+        """A counted socket is ready for MQTT: its connection, which goes on counting as it did."""
+
+
+class Admitted:
+    """A socket its door counted at its TCP accept, until it becomes a connection or closes first."""
+
+    __slots__ = ("_door", "_held", "listener", "peer")
+
+    def __init__(self, door: Door, listener: str, peer: tuple[str, int]) -> None:
+        self._door = door
+        self.listener = listener
+        self.peer = peer
+        self._held = True
+
+    def open(self, link: Link) -> Connection | None:
+        """The socket's connection, which takes its count over; None if the socket closed first."""
+        if not self._held:
+            return None
+        self._held = False
+        return self._door.connection(link, self.listener, self.peer)
+
+    def release(self) -> None:
+        """The socket closed: it counts no more, unless its connection took the count over."""
+        if self._held:
+            self._held = False
+            self._door.release(self.listener, self.peer[0])
 
 
 def _done() -> Awaitable[None]:
@@ -65,11 +113,10 @@ class TcpLink(asyncio.BaseProtocol):
     as acting on the PUBACK.
     """
 
-    __slots__ = ("_drain", "_listener", "_open", "connection", "data_received", "transport")
+    __slots__ = ("_admitted", "_drain", "connection", "data_received", "transport")
 
-    def __init__(self, opener: Opener, listener: str) -> None:
-        self._open = opener
-        self._listener = listener
+    def __init__(self, admitted: Admitted) -> None:
+        self._admitted = admitted
         self.transport: asyncio.Transport | None = None
         """The socket's transport: the connection writes to it and reads its buffer size directly
         (``Link.transport``), as this link would, without a call through it for each delivery."""
@@ -79,10 +126,9 @@ class TcpLink(asyncio.BaseProtocol):
         """Where the bytes read go: the connection's own ``data_received`` once it is open."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """A client connected: open its connection, or close it at once if over the limit."""
+        """The socket is ready for MQTT (its TLS handshake done, on mqtts): open its connection."""
         self.transport = cast("asyncio.Transport", transport)  # a stream server's (uvloop's too)
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self.connection = self._open(self, self._listener, (str(peer[0]), int(peer[1])))
+        self.connection = self._admitted.open(self)
         if self.connection is None:
             self.transport.abort()
             return
@@ -100,6 +146,8 @@ class TcpLink(asyncio.BaseProtocol):
             self._drain.set_result(None)
         if self.connection is not None:
             self.connection.connection_lost()
+        else:
+            self._admitted.release()
 
     def pause_writing(self) -> None:
         """The transport's buffer is full: the connection's ``drained()`` now waits."""
@@ -222,6 +270,19 @@ class WebSocketLink:
             connection.connection_lost()
 
 
+class WebSocketConnection(ServerConnection):
+    """A WebSocket of the server: the socket it was accepted as stops counting if it closes unopened."""
+
+    def __init__(self, admitted: Admitted, protocol: ServerProtocol, server: Server) -> None:
+        super().__init__(protocol, server, ping_interval=None, close_timeout=CLOSE_TIMEOUT)
+        self.admitted = admitted
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed: if its upgrade never opened a connection, it counts no more."""
+        super().connection_lost(exc)
+        self.admitted.release()
+
+
 class QuietHandshakeLog(logging.LoggerAdapter[logging.Logger]):
     """The WebSocket server's logger: a failed handshake or handler is one line, never a traceback."""
 
@@ -235,30 +296,213 @@ class QuietHandshakeLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
+class Handshaking(asyncio.Protocol):
+    """A TLS socket's reader between the end of its handshake and its listener's protocol taking it.
+
+    The client may send its first bytes (a CONNECT, an HTTP upgrade) with the end of its
+    handshake: asyncio hands them over at once, before the task that waited for the handshake
+    resumes, and they are kept here for the listener's protocol.
+    """
+
+    __slots__ = ("ended", "received")
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.ended = False
+
+    def data_received(self, data: bytes) -> None:
+        """Keep what the client sent for the protocol that takes the socket."""
+        self.received.append(data)
+
+    def eof_received(self) -> None:
+        """The client half-closed before any protocol took the socket: it is gone."""
+        self.ended = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket closed before any protocol took it."""
+        del exc
+        self.ended = True
+
+
+class Listening:
+    """One listener: its server, and the sockets it counts at their accept (``Accepting``)."""
+
+    def __init__(
+        self,
+        door: Door,
+        name: str,
+        protocol: Callable[[Admitted], asyncio.BaseProtocol],
+        *,
+        tls: ssl.SSLContext | None,
+        handshake_timeout: float,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        self.door = door
+        self.name = name
+        self.protocol = protocol
+        """The listener's own protocol for a socket counted (``TcpLink``, ``WebSocketConnection``)."""
+        self.tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._handshakes: dict[asyncio.Task[None], tuple[asyncio.Transport, Admitted]] = {}
+        """The sockets in their TLS handshake, by the task that waits for it."""
+        self.server: Any = None
+        """The bound server: ``asyncio.Server``, or the ``websockets`` one wrapping it."""
+
+    async def bind(self, host: str, port: int) -> asyncio.Server:
+        """Listen on plain TCP: every socket accepted is counted by ``Accepting`` first."""
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: Accepting(self), host, port, reuse_address=True, backlog=BACKLOG
+        )
+
+    def handshake(self, accepting: Accepting, transport: asyncio.Transport, admitted: Admitted) -> None:
+        """Start the TLS handshake of a socket counted (it ends in ``_secure``)."""
+        task = asyncio.get_running_loop().create_task(self._secure(accepting, transport, admitted))
+        self._handshakes[task] = (transport, admitted)
+        task.add_done_callback(self._handshakes.pop)
+
+    async def _secure(self, accepting: Accepting, transport: asyncio.Transport, admitted: Admitted) -> None:
+        """The TLS handshake, then the socket to its protocol; a failed one stops counting, unlogged."""
+        assert self.tls is not None  # noqa: S101 - only called with a context
+        if accepting.ended or transport.is_closing():
+            admitted.release()
+            return
+        loop = asyncio.get_running_loop()
+        if accepting.early:
+            # Read before the handshake began (uvloop reads a socket as soon as it is accepted):
+            # handed to TLS once it reads the socket, before it starts the handshake.
+            loop.call_soon(_feed, transport, b"".join(accepting.early))
+        waiting = Handshaking()
+        try:
+            secure = await loop.start_tls(
+                transport,
+                waiting,
+                self.tls,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout,
+                ssl_shutdown_timeout=self._shutdown_timeout,
+            )
+        except BaseException as exc:
+            admitted.release()  # asyncio closed the socket; it reports why in debug mode alone
+            if isinstance(exc, Exception):
+                return
+            raise
+        if secure is None or waiting.ended or secure.is_closing():
+            admitted.release()
+            if secure is not None:
+                secure.abort()
+            return
+        protocol = self.protocol(admitted)
+        secure.set_protocol(protocol)
+        protocol.connection_made(secure)
+        if waiting.received and not secure.is_closing():
+            cast("asyncio.Protocol", protocol).data_received(b"".join(waiting.received))
+
+    def close(self) -> None:
+        """Stop accepting; sockets still in their TLS handshake are closed (and stop counting)."""
+        if self.server is not None:
+            self.server.close()
+        for task, (transport, admitted) in list(self._handshakes.items()):
+            transport.abort()  # whether its task has started or not
+            admitted.release()
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait for the handshakes closed to end, and a WebSocket server's connections.
+
+        An asyncio server's clients are closed apart: its ``wait_closed`` would wait for each.
+        """
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        if self.server is not None and not isinstance(self.server, asyncio.Server):
+            await self.server.wait_closed()
+
+    def port(self) -> int:
+        """The port bound."""
+        port: int = next(iter(self.server.sockets)).getsockname()[1]
+        return port
+
+
+def _feed(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand bytes read from ``transport`` to the TLS protocol that now reads it, as if it had."""
+    tls = cast("asyncio.BufferedProtocol", transport.get_protocol())  # uvloop's, by its methods alone
+    if transport.is_closing() or not hasattr(tls, "buffer_updated"):
+        return
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(tls.get_buffer(len(view))).cast("B")
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        tls.buffer_updated(size)
+        view = view[size:]
+
+
+class Accepting(asyncio.Protocol):
+    """Every listener's protocol for a socket just accepted: the one place sockets are counted.
+
+    A socket counted goes to its listener's protocol at once, or (mqtts, wss) once its TLS
+    handshake is done; one past a limit is closed at once, before any TLS or HTTP work.
+    """
+
+    __slots__ = ("_listening", "early", "ended", "transport")
+
+    def __init__(self, listening: Listening) -> None:
+        self._listening = listening
+        self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+        """What the client sent before its TLS handshake began: its ClientHello."""
+        self.ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the socket, close it or hand it on: the listener's protocol takes the transport."""
+        listening = self._listening
+        self.transport = tcp = cast("asyncio.Transport", transport)
+        peer = tcp.get_extra_info("peername") or ("?", 0)
+        address = str(peer[0])
+        if not listening.door.admit(listening.name, address):
+            tcp.abort()
+            return
+        admitted = Admitted(listening.door, listening.name, (address, int(peer[1])))
+        if listening.tls is not None:
+            listening.handshake(self, tcp, admitted)
+            return
+        protocol = listening.protocol(admitted)
+        tcp.set_protocol(protocol)
+        protocol.connection_made(tcp)
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes read before the TLS handshake began: kept for it, and no more read until it does."""
+        self.early.append(data)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None:
+        """The client closed before its TLS handshake began."""
+        self.ended = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket closed (refused, or before its TLS handshake began)."""
+        del exc
+        self.ended = True
+
+
 async def serve_tcp(
-    opener: Opener,
+    door: Door,
     name: str,
     host: str,
     port: int,
     *,
     tls: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
-) -> asyncio.Server:
+) -> Listening:
     """Listen for MQTT over TCP, or over TLS (mqtts) with a server context."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: TcpLink(opener, name),
-        host,
-        port,
-        reuse_address=True,
-        backlog=BACKLOG,
-        ssl=tls,
-        ssl_handshake_timeout=handshake_timeout if tls is not None else None,
-    )
+    listening = Listening(door, name, TcpLink, tls=tls, handshake_timeout=handshake_timeout)
+    listening.server = await listening.bind(host, port)
+    return listening
 
 
 async def serve_websocket(
-    opener: Opener,
+    door: Door,
     name: str,
     host: str,
     port: int,
@@ -266,28 +510,38 @@ async def serve_websocket(
     *,
     tls: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
-) -> Any:
-    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention), or wss."""
+) -> Listening:
+    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention), or wss.
+
+    The ``websockets`` server is put together as its ``serve`` would (permessage-deflate offered,
+    its server header), around a TCP server whose sockets ``Accepting`` counts first.
+    """
 
     async def handler(ws: ServerConnection) -> None:
         link = WebSocketLink(ws)
-        peer = ws.remote_address or ("?", 0)
-        connection = opener(link, name, (str(peer[0]), int(peer[1])))
+        connection = cast("WebSocketConnection", ws).admitted.open(link)
         if connection is None:
-            await ws.close()
-            return
+            return  # the socket closed as its upgrade ended
         await link.serve(connection)
 
-    return await websockets.serve(
-        handler,
-        host,
-        port,
-        subprotocols=[websockets.Subprotocol("mqtt")],
-        max_size=max_packet + FRAME_HEADROOM,
-        ping_interval=None,
-        logger=QuietHandshakeLog(logging.getLogger("websockets.server")),
-        backlog=BACKLOG,
-        ssl=tls,
-        ssl_handshake_timeout=handshake_timeout if tls is not None else None,
-        open_timeout=handshake_timeout,
+    logger = QuietHandshakeLog(logging.getLogger("websockets.server"))
+    server = Server(handler, open_timeout=handshake_timeout, logger=logger)
+    extensions = enable_server_permessage_deflate(None)
+    subprotocols = [Subprotocol("mqtt")]
+
+    def upgrade(admitted: Admitted) -> WebSocketConnection:
+        protocol = ServerProtocol(
+            extensions=extensions,
+            subprotocols=subprotocols,
+            max_size=max_packet + FRAME_HEADROOM,
+            logger=logger,
+        )
+        return WebSocketConnection(admitted, protocol, server)
+
+    shutdown = CLOSE_TIMEOUT if tls is not None else None  # as websockets' own serve sets it
+    listening = Listening(
+        door, name, upgrade, tls=tls, handshake_timeout=handshake_timeout, shutdown_timeout=shutdown
     )
+    server.wrap(await listening.bind(host, port))
+    listening.server = server
+    return listening

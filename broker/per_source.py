@@ -5,7 +5,9 @@ Three things cost the broker without a key behind them, and one address could mu
 - sockets that have not completed their CONNECT: each holds a slot of its listener's
   ``max_connections`` until ``connect_timeout``; one address holding thousands (and reopening
   them as they are closed) would leave none for anyone else. Past ``max_connecting_per_address``
-  a new socket from that address is closed at once.
+  a new socket from that address is closed at once. A socket counts from its TCP accept, on
+  every listener (``listeners.Accepting``): one still in its TLS handshake or WebSocket upgrade
+  holds a file descriptor as much as one that has not sent its CONNECT.
 - anonymous connections: a CONNECT without a key is as cheap as a socket, and each completed one
   holds a slot of its listener's ``max_connections`` for as long as it likes. Past
   ``anonymous_max_connections_per_address`` connected at once, an address's next anonymous

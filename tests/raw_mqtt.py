@@ -23,8 +23,11 @@ __all__ = [
     "published",
     "read_exactly",
     "read_packet",
+    "read_websocket",
     "session",
     "subscribe",
+    "websocket_frame",
+    "websocket_upgrade",
 ]
 
 
@@ -34,6 +37,49 @@ connect = wire.connect
 
 def open_socket(port: int, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+UPGRADE = (
+    b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+)
+"""A WebSocket upgrade asking for MQTT, without compression: frames carry the packets as they are."""
+
+
+def websocket_upgrade(sock: socket.socket) -> None:
+    """Upgrade the socket (plain or TLS) to MQTT over WebSocket, on this thread alone.
+
+    Reads the server's answer up to its blank line and no further; raises EOFError if it closed.
+    """
+    sock.sendall(UPGRADE)
+    answer = b""
+    while not answer.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise EOFError
+        answer += byte
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+
+
+def websocket_frame(data: bytes) -> bytes:
+    """One binary frame as a client sends it: masked (a mask of zeros leaves the bytes as they are)."""
+    size = len(data)
+    length = bytes((0x80 | size,)) if size < 126 else bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    return b"\x82" + length + b"\x00\x00\x00\x00" + data
+
+
+def read_websocket(sock: socket.socket) -> bytes:
+    """The payload of the server's next frame (unmasked, as a server's are)."""
+    head = read_exactly(sock, 2)
+    if len(head) < 2:
+        raise EOFError
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(read_exactly(sock, 2), "big")
+    elif size == 127:
+        size = int.from_bytes(read_exactly(sock, 8), "big")
+    return read_exactly(sock, size)
 
 
 def read_exactly(sock: socket.socket, n: int) -> bytes:

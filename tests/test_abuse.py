@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from embedded import embedded_broker
@@ -28,9 +29,13 @@ from raw_mqtt import (
     publish5,
     published,
     read_packet,
+    read_websocket,
     subscribe,
+    websocket_frame,
+    websocket_upgrade,
 )
 from test_broker_limits import metric as scrape
+from test_tls import make_certs, use_tls
 
 from radio import wire
 from radio.broker.logsummary import Summary
@@ -38,6 +43,7 @@ from radio.broker.store import SCHEMA
 from radio.broker.thread import BrokerThread
 from radio.config import Address
 from radio.registry import LiveRegistry
+from radio.tls import client_context
 
 ATTACKER = "127.0.0.1"
 OTHER = "127.0.0.2"
@@ -50,6 +56,20 @@ def platform(home, *settings: str, networks: str = "") -> BrokerThread:
     text = home.config.read_text() + networks
     home.config.write_text(text + "[broker]\n" + "\n".join([*settings, 'metrics = "127.0.0.1:0"']) + "\n")
     return embedded_broker(home)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def every_listener(home, certs: Path, *settings: str) -> BrokerThread:
+    """``platform`` with the TLS listeners too (mqtts, wss), on free ports; not started yet."""
+    use_tls(home, certs)
+    anywhere = Address("127.0.0.1", 0)
+    text = home.config.read_text()
+    home.config.write_text(text + "[broker]\n" + "\n".join([*settings, 'metrics = "127.0.0.1:0"']) + "\n")
+    return embedded_broker(home, mqtts=anywhere, wss=anywhere)
 
 
 def metric(broker: BrokerThread, name: str, labels: str = "") -> float:
@@ -402,6 +422,107 @@ def test_sockets_that_never_connect_do_not_lock_out_another_address(home):
         late.settimeout(0.5)
         with pytest.raises(TimeoutError):
             late.recv(1)  # kept, not closed
+
+
+def connack_over(listener: str, port: int, certs: Path, client_id: str, source: str = ATTACKER) -> int:
+    """A client that completes its handshake (TLS, WebSocket upgrade) and its CONNECT: the CONNACK's code."""
+    sock = dial(port, source)
+    if listener in {"mqtts", "wss"}:
+        sock = client_context(certs / "ca.pem").wrap_socket(sock, server_hostname="localhost")
+    with sock:
+        if listener in {"ws", "wss"}:
+            websocket_upgrade(sock)
+            sock.sendall(websocket_frame(connect(client_id)))
+            answer = read_websocket(sock)
+            assert answer[0] == 0x20
+            return answer[3]
+        sock.sendall(connect(client_id))
+        first, body = read_packet(sock)
+        assert first == 0x20
+        return body[1]
+
+
+def closed_at_once(sock: socket.socket) -> bool:
+    """Whether the broker closes ``sock`` now, rather than when a timeout ends it (10 s here)."""
+    sock.settimeout(2)
+    try:
+        return closed_by_peer(sock)
+    except TimeoutError:
+        return False
+
+
+NOT_A_HANDSHAKE = b"garbage\r\n\r\n"
+"""Neither a TLS ClientHello nor an HTTP request: the socket's handshake fails."""
+
+
+@pytest.mark.parametrize("listener", ["ws", "mqtts", "wss"])
+def test_sockets_that_never_handshake_count_against_their_address_from_the_accept(
+    home, certs, caplog, listener
+):
+    """A socket of a TLS or WebSocket listener counts against ``max_connecting_per_address`` from
+    its TCP accept, as a plain one does: one address opening sockets and never starting their
+    handshake would otherwise hold as many as it could open within the handshake timeout."""
+    caplog.set_level(logging.INFO)
+    connecting = "radio_broker_connecting"
+    with (
+        every_listener(home, certs, "max_connecting_per_address = 3") as broker,
+        contextlib.ExitStack() as held,
+    ):
+        assert broker.broker is not None
+        port = broker.broker.port(listener)
+        silent = [held.enter_context(dial(port)) for _ in range(3)]
+        assert until(lambda: metric(broker, connecting) == 3)
+        with dial(port) as fourth:
+            assert closed_at_once(fourth)  # before any TLS or HTTP: its address has its fill
+        refused = '{reason="connecting_per_address"}'
+        assert metric(broker, "radio_broker_refused_sockets_total", refused) == 1
+        assert connack_over(listener, port, certs, "neighbour", OTHER) == 0
+        # A socket whose handshake fails stops counting: its address may open another.
+        silent[0].sendall(NOT_A_HANDSHAKE)
+        assert closed_at_once(silent[0])  # WebSocket: shut for writing until the client closes it
+        silent[0].close()
+        assert until(lambda: metric(broker, connecting) == 2)
+        assert connack_over(listener, port, certs, "back") == 0
+        # One that completed its handshake and its CONNECT stopped counting as it did on TCP.
+        assert metric(broker, connecting) == 2
+        assert metric(broker, "radio_broker_refused_sockets_total", refused) == 1
+        # A failed upgrade is one warning line; a failed TLS handshake is dropped without any.
+        failures = [
+            r
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and "closed a connection from" not in r.getMessage()
+        ]
+    assert not [r for r in failures if r.exc_info]
+    assert len(failures) == (1 if listener == "ws" else 0), [r.getMessage() for r in failures]
+
+
+@pytest.mark.parametrize("listener", ["ws", "mqtts", "wss"])
+def test_a_socket_whose_handshake_times_out_stops_counting(home, certs, caplog, listener):
+    """Counted from its accept, a silent socket is closed by the handshake timeout, without a log
+    line, and stops counting: its address is served again."""
+    caplog.set_level(logging.INFO)
+    settings = ("max_connecting_per_address = 2", "connect_timeout = 2")
+    with every_listener(home, certs, *settings) as broker, contextlib.ExitStack() as held:
+        assert broker.broker is not None
+        port = broker.broker.port(listener)
+        silent = [held.enter_context(dial(port)) for _ in range(2)]
+        assert until(lambda: metric(broker, "radio_broker_connecting") == 2)
+        assert all(closed_by_peer(sock) for sock in silent)  # the handshake timeout
+        assert until(lambda: metric(broker, "radio_broker_connecting") == 0)
+        assert connack_over(listener, port, certs, "after") == 0
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_sockets_still_in_their_handshake_count_in_max_connections(home, certs):
+    settings = ("max_connections = 2", "max_connecting_per_address = 100")
+    with every_listener(home, certs, *settings) as broker, contextlib.ExitStack() as held:
+        assert broker.broker is not None
+        for listener in ("ws", "mqtts", "wss"):
+            port = broker.broker.port(listener)
+            held.enter_context(dial(port))
+            held.enter_context(dial(port, OTHER))
+            with dial(port, OTHER) as third:
+                assert closed_at_once(third), listener  # the listener is full, whoever asks
 
 
 def test_a_connect_loop_does_not_grow_the_log_without_bound(home, caplog):

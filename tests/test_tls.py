@@ -221,6 +221,33 @@ def test_a_plain_text_client_on_a_tls_port_gets_nothing_and_others_are_served(ho
         clear.close()
 
 
+def test_tls_clients_in_a_row_each_complete_their_handshake_at_once(home, certs, secure):
+    """The embedded broker counts a socket before its TLS handshake starts, and reads the socket
+    as soon as it is accepted (uvloop does): a ClientHello read before the handshake starts is
+    handed to it, not lost (that handshake would wait for its timeout, then fail)."""
+    from raw_mqtt import (  # noqa: PLC0415 - this test alone speaks raw MQTT
+        connect,
+        read_packet,
+        read_websocket,
+        websocket_frame,
+        websocket_upgrade,
+    )
+
+    use_tls(home, certs, "connect_timeout = 5")
+    context = client_context(certs / "ca.pem")
+    with tls_broker("embedded", home) as ports:
+        for n in range(40):
+            sock = socket.create_connection(("127.0.0.1", ports[secure]), timeout=4)
+            with context.wrap_socket(sock, server_hostname="localhost") as tls:
+                if secure == "wss":
+                    websocket_upgrade(tls)
+                    tls.sendall(websocket_frame(connect(f"row-{n}")))
+                    assert read_websocket(tls) == b"\x20\x02\x00\x00"
+                    continue
+                tls.sendall(connect(f"row-{n}"))
+                assert read_packet(tls) == (0x20, b"\x00\x00")
+
+
 def expired_certificate(certs: Path, folder: Path) -> Path:
     """The server key with a certificate that expired yesterday, self-signed."""
     key = serialization.load_pem_private_key((certs / "server.key").read_bytes(), password=None)
