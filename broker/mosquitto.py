@@ -135,6 +135,7 @@ def render_conf(
         "acl_file": str(folder / "acl"),
         "max_packet_size": str(limit),
         "max_connections": str(broker.max_connections or -1),
+        "max_queued_messages": str(max(broker.max_queued, broker.recorder_max_queued)),
         "persistence_location": f"{folder}/",
         "user": getpass.getuser(),
     }

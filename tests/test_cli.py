@@ -338,6 +338,9 @@ def test_mosquitto_export_writes_the_registry_as_mosquitto_files(home):
     assert "listener 1884 0.0.0.0\n" in conf
     assert f"password_file {folder / 'passwd'}\n" in conf
     assert "max_packet_size 131088\n" in conf
+    # The largest queue any session has on the embedded broker (the recorder's); never 0, which
+    # makes Mosquitto close a client after each PUBLISH it refuses.
+    assert "max_queued_messages 1000000\n" in conf
     assert conf.count("# ") > 40  # the template's comments are kept
 
 

@@ -46,7 +46,8 @@ def test_retained_samples_and_persistent_sessions_survive_a_restart(home):
 
 
 def test_a_slow_subscriber_loses_nothing_that_was_accepted(home):
-    """Mosquitto's default max_queued_messages (1000) dropped QoS 1 messages silently; Radio's is 0."""
+    """Mosquitto's default max_queued_messages (1000) dropped QoS 1 messages silently; Radio's is
+    the larger of [broker] max_queued and recorder_max_queued (1,000,000 by default)."""
     with running_broker("mosquitto", home) as broker:
         slow = Client(
             "tcp",
