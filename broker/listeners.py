@@ -400,9 +400,16 @@ class Listening:
             cast("asyncio.Protocol", protocol).data_received(b"".join(waiting.received))
 
     def close(self) -> None:
-        """Stop accepting; sockets still in their TLS handshake are closed (and stop counting)."""
+        """Stop accepting; sockets still in their TLS handshake or WebSocket upgrade are closed.
+
+        The ``websockets`` server answers an upgrade that arrives after it closed with 503, but
+        waits for it up to ``connect_timeout``: a silent socket would hold the stop that long.
+        """
         if self.server is not None:
             self.server.close()
+            for connection in list(getattr(self.server, "handlers", ())):  # a WebSocket server's
+                if connection.protocol.state is State.CONNECTING:
+                    connection.transport.abort()  # nothing was opened: no goodbye is owed
         for task, (transport, admitted) in list(self._handshakes.items()):
             transport.abort()  # whether its task has started or not
             admitted.release()

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -511,6 +512,24 @@ def test_a_socket_whose_handshake_times_out_stops_counting(home, certs, caplog, 
         assert until(lambda: metric(broker, "radio_broker_connecting") == 0)
         assert connack_over(listener, port, certs, "after") == 0
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_stop_closes_sockets_still_in_their_handshake_at_once(home, certs):
+    """Silent sockets, and one that sent half its HTTP upgrade, cannot hold a stop for their
+    ``connect_timeout``: each listener closes what it accepted and never opened, as it stops."""
+    with every_listener(home, certs, "connect_timeout = 60") as broker, contextlib.ExitStack() as held:
+        assert broker.broker is not None
+        ports = {name: broker.broker.port(name) for name in ("default", "ws", "mqtts", "wss")}
+        silent = {name: held.enter_context(dial(port)) for name, port in ports.items()}
+        half = held.enter_context(dial(ports["ws"]))
+        half.sendall(b"GET /mqtt HTTP/1.1\r\nHost: radio\r\n")  # the rest never comes
+        assert until(lambda: metric(broker, "radio_broker_connecting") == 5)
+        stopping = threading.Thread(target=broker.stop)
+        stopping.start()
+        for name, sock in [*silent.items(), ("ws, half an upgrade", half)]:
+            assert closed_at_once(sock), name
+        stopping.join(10)
+        assert not stopping.is_alive(), "the stop waited on sockets that never opened a connection"
 
 
 def test_sockets_still_in_their_handshake_count_in_max_connections(home, certs):
