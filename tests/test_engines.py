@@ -80,6 +80,7 @@ PROMISES: dict[str, dict[str, str]] = {
     "read-retained": {},
     "read-queued": {},
     "publish-rights": {},
+    "refused-kept": {},
     "names-apart": {},
     "will-rights": {},
     "will-checked": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
@@ -374,8 +375,8 @@ def reads_again(platform: Platform, key: str, topic: str) -> bool:
 def refused_alone(client: Client, topic: str, payload: bytes) -> None:
     """Publish at QoS 1 where the client may not; return once the broker has dealt with it.
 
-    Acknowledged (and dropped, MQTT 3.1.1 having no refusal) or the connection closed for it
-    (Mosquitto): either way, what is published from now on comes after it.
+    Acknowledged (and dropped, MQTT 3.1.1 having no refusal), or the connection closed for it
+    (which ``refused-kept`` would catch): either way, what is published from now on comes after it.
     """
     info = client._paho.publish(topic, payload, qos=1)
     deadline = time.monotonic() + 10
@@ -392,8 +393,8 @@ def refused_alone(client: Client, topic: str, payload: bytes) -> None:
 def refused_then(client: Client, topic: str, payload: bytes, then: tuple[str, bytes]) -> bool:
     """Publish where the key may not, then ``then`` on the same connection, which comes after it.
 
-    False when the broker closed the connection for the refused one (Mosquitto does, for MQTT
-    3.1.1): it was dropped, and what is published from now on comes after it.
+    False when the broker closed the connection for the refused one (which ``refused-kept``
+    would catch): it was dropped, and what is published from now on comes after it.
     """
     client._paho.publish(topic, payload, qos=0)
     info = client._paho.publish(*then, qos=1)
@@ -466,6 +467,21 @@ def test_publish_rights(platform):
         refused_alone(platform.client(key), "networks/A/forged", sample(forged=n))
     platform.client("admin").publish("networks/A/forged", sample(sentinel=2), qos=1)
     assert payloads(admin, 1) == [sample(sentinel=2)]
+
+
+@promise("refused-kept")
+def test_refused_kept(platform):
+    """A PUBLISH outside the key's networks, at each QoS, is dropped and its connection kept: the
+    same connection's next sample goes through. A client closed for it would send it again on
+    reconnecting, and be closed again, for as long as it kept the sample."""
+    admin = platform.client("admin")
+    readable(admin, "networks/+/kept")
+    gen = platform.client("gen")
+    for qos in (0, 1, 2):
+        gen.publish("networks/B/kept", sample(refused=qos), qos=qos)  # returns once acknowledged
+    gen.publish("networks/A/kept", sample(sentinel=1), qos=1)
+    assert payloads(admin, 1) == [sample(sentinel=1)]
+    assert not gen.disconnected.is_set()
 
 
 @promise("names-apart")
