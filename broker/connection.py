@@ -132,7 +132,9 @@ class Connection:
         "waiting_bytes",
     )
 
-    def __init__(self, broker: Broker, link: Link, listener: str, peer: tuple[str, int]) -> None:
+    def __init__(
+        self, broker: Broker, link: Link, listener: str, peer: tuple[str, int], accepted: float | None = None
+    ) -> None:
         self.broker = broker
         self.link = link
         transport = link.transport
@@ -183,9 +185,10 @@ class Connection:
         self.bounded = True
         """Whether it is read at most ``READ_TURN`` bytes in a row (``_give_way``): until its key is
         known to publish somewhere, nothing it sends is a burst to fan out."""
-        self._alive_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            broker.connect_timeout, self._connect_timed_out
-        )
+        # Its CONNECT is due ``connect_timeout`` after the socket's accept, a TLS handshake or a
+        # WebSocket upgrade included.
+        due = (self.loop.time() if accepted is None else accepted) + broker.connect_timeout
+        self._alive_timer: asyncio.TimerHandle | None = self.loop.call_at(due, self._connect_timed_out)
 
     def __repr__(self) -> str:
         return f"<Connection {self.who()}>"

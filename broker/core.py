@@ -179,8 +179,8 @@ class RadioBroker:
         servers, self._servers = self._servers, {}
         for server in servers.values():
             server.close()
-        for server in servers.values():
-            await server.wait_closed()  # a WebSocket server's; a TCP server's clients are closed apart
+        # Each listener gives the sockets still closing their grace, all listeners at once.
+        await asyncio.gather(*(server.wait_closed() for server in servers.values()))
 
     def port(self, listener: str) -> int:
         """The port a listener (``default`` for TCP, ``ws``, ``mqtts``, ``wss``) bound."""
@@ -217,9 +217,11 @@ class RadioBroker:
         self._per_listener[listener] -= 1
         self.connecting.done(address)
 
-    def connection(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection:
+    def connection(
+        self, link: Link, listener: str, peer: tuple[str, int], accepted: float | None = None
+    ) -> Connection:
         """A socket counted is ready for MQTT: its connection, which takes its count over."""
-        connection = Connection(self, link, listener, peer)
+        connection = Connection(self, link, listener, peer, accepted)
         self.connections.add(connection)
         return connection
 

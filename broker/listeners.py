@@ -49,6 +49,10 @@ BACKLOG: Final = 1024
 
 CLOSE_TIMEOUT: Final = 10.0
 """Seconds a closing WebSocket (and its TLS, on wss) waits for the client's side of the close."""
+STOP_GRACE: Final = 2.0
+"""Seconds a stopping broker gives sockets still closing (a TLS close_notify or a WebSocket close
+awaited from the client, a linger) before it cuts them: one client that never answers must not
+hold the stop, and with uvloop a socket still open keeps the event loop from closing at all."""
 
 
 class Door(Protocol):
@@ -60,33 +64,64 @@ class Door(Protocol):
     def release(self, listener: str, address: str) -> None:
         """A counted socket closed before it became a connection: it counts no more."""
 
-    def connection(self, link: Link, listener: str, peer: tuple[str, int]) -> Connection:
-        """A counted socket is ready for MQTT: its connection, which goes on counting as it did."""
+    def connection(
+        self, link: Link, listener: str, peer: tuple[str, int], accepted: float | None = None
+    ) -> Connection:
+        """A counted socket is ready for MQTT: its connection, which goes on counting as it did.
+
+        ``accepted``: when the socket was accepted (the event loop's clock), from which its CONNECT
+        is awaited.
+        """
 
 
 class Admitted:
-    """A socket its door counted at its TCP accept, until it becomes a connection or closes first."""
+    """A socket its door counted at its TCP accept, until it becomes a connection or closes first.
 
-    __slots__ = ("_door", "_held", "listener", "peer")
+    A socket has ``connect_timeout`` from its accept to its CONNECT, whatever lies between (a TLS
+    handshake, a WebSocket upgrade): each step's own timeout would add up to several times it.
+    """
+
+    __slots__ = ("_deadline", "_door", "_held", "accepted", "listener", "peer")
 
     def __init__(self, door: Door, listener: str, peer: tuple[str, int]) -> None:
         self._door = door
         self.listener = listener
         self.peer = peer
         self._held = True
+        self.accepted = asyncio.get_running_loop().time()
+        """When the socket was accepted, by the event loop's clock."""
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def watch(self, transport: asyncio.Transport, seconds: float) -> None:
+        """Close the socket ``seconds`` after its accept if it has not become a connection by then."""
+        if self._held:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_at(self.accepted + seconds, self._expire, transport)
+
+    def _expire(self, transport: asyncio.Transport) -> None:
+        self._deadline = None
+        if self._held:
+            transport.abort()  # the socket itself: whatever TLS or WebSocket runs above it ends too
 
     def open(self, link: Link) -> Connection | None:
         """The socket's connection, which takes its count over; None if the socket closed first."""
         if not self._held:
             return None
         self._held = False
-        return self._door.connection(link, self.listener, self.peer)
+        self._unwatch()
+        return self._door.connection(link, self.listener, self.peer, self.accepted)
 
     def release(self) -> None:
         """The socket closed: it counts no more, unless its connection took the count over."""
         if self._held:
             self._held = False
+            self._unwatch()
             self._door.release(self.listener, self.peer[0])
+
+    def _unwatch(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
 
 def _done() -> Awaitable[None]:
@@ -104,6 +139,32 @@ def _unread(data: bytes) -> None:
     del data
 
 
+class OpenLinks:
+    """A listener's TCP links whose sockets are not closed yet: what a stop must end (``end``)."""
+
+    __slots__ = ("_emptied", "links")
+
+    def __init__(self) -> None:
+        self.links: set[TcpLink] = set()
+        self._emptied: asyncio.Future[None] | None = None
+
+    def lost(self, link: TcpLink) -> None:
+        """A link's socket is closed."""
+        self.links.discard(link)
+        emptied = self._emptied
+        if not self.links and emptied is not None and not emptied.done():
+            emptied.set_result(None)
+
+    async def end(self, grace: float) -> None:
+        """Give the sockets still closing ``grace`` seconds, then cut those left."""
+        if self.links:
+            self._emptied = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._emptied), grace)
+        for link in list(self.links):
+            link.abort()
+
+
 class TcpLink(asyncio.BaseProtocol):
     """One MQTT/TCP connection: the event loop calls it, it calls its ``Connection``.
 
@@ -113,10 +174,11 @@ class TcpLink(asyncio.BaseProtocol):
     as acting on the PUBACK.
     """
 
-    __slots__ = ("_admitted", "_drain", "connection", "data_received", "transport")
+    __slots__ = ("_admitted", "_drain", "_open", "connection", "data_received", "transport")
 
-    def __init__(self, admitted: Admitted) -> None:
+    def __init__(self, admitted: Admitted, open_links: OpenLinks) -> None:
         self._admitted = admitted
+        self._open = open_links
         self.transport: asyncio.Transport | None = None
         """The socket's transport: the connection writes to it and reads its buffer size directly
         (``Link.transport``), as this link would, without a call through it for each delivery."""
@@ -128,6 +190,7 @@ class TcpLink(asyncio.BaseProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The socket is ready for MQTT (its TLS handshake done, on mqtts): open its connection."""
         self.transport = cast("asyncio.Transport", transport)  # a stream server's (uvloop's too)
+        self._open.links.add(self)
         self.connection = self._admitted.open(self)
         if self.connection is None:
             self.transport.abort()
@@ -142,6 +205,7 @@ class TcpLink(asyncio.BaseProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is closed, by either side."""
         del exc
+        self._open.lost(self)
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         if self.connection is not None:
@@ -202,6 +266,11 @@ class TcpLink(asyncio.BaseProtocol):
             asyncio.get_running_loop().call_later(LINGER, transport.close)
             return
         transport.close()
+
+    def abort(self) -> None:
+        """Close the socket now, whatever is unsent or awaited from the client."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class WebSocketLink:
@@ -343,9 +412,13 @@ class Listening:
         """The listener's own protocol for a socket counted (``TcpLink``, ``WebSocketConnection``)."""
         self.tls = tls
         self._handshake_timeout = handshake_timeout
+        self.connect_timeout = handshake_timeout
+        """Seconds a socket has from its accept to its CONNECT (``Admitted.watch``)."""
         self._shutdown_timeout = shutdown_timeout
         self._handshakes: dict[asyncio.Task[None], tuple[asyncio.Transport, Admitted]] = {}
         """The sockets in their TLS handshake, by the task that waits for it."""
+        self.open_links = OpenLinks()
+        """Its TCP links not closed yet (a WebSocket server keeps its own connections)."""
         self.server: Any = None
         """The bound server: ``asyncio.Server``, or the ``websockets`` one wrapping it."""
 
@@ -415,14 +488,24 @@ class Listening:
             admitted.release()
             task.cancel()
 
-    async def wait_closed(self) -> None:
-        """Wait for the handshakes closed to end, and a WebSocket server's connections.
+    async def wait_closed(self, grace: float = STOP_GRACE) -> None:
+        """Wait for the handshakes closed to end, and for the connections closed to close.
 
-        An asyncio server's clients are closed apart: its ``wait_closed`` would wait for each.
+        Connections still closing after ``grace`` seconds (their client never answered the close)
+        are cut. An asyncio server's clients are closed apart: its ``wait_closed`` would wait for each.
         """
         await asyncio.gather(*self._handshakes, return_exceptions=True)
-        if self.server is not None and not isinstance(self.server, asyncio.Server):
-            await self.server.wait_closed()
+        await self.open_links.end(grace)
+        server = self.server
+        if server is None or isinstance(server, asyncio.Server):
+            return
+        closed = asyncio.ensure_future(server.wait_closed())
+        done, _ = await asyncio.wait({closed}, timeout=grace)
+        if not done:
+            for connection in list(server.handlers):
+                if connection.transport is not None:
+                    connection.transport.abort()
+            await closed
 
     def port(self) -> int:
         """The port bound."""
@@ -471,11 +554,13 @@ class Accepting(asyncio.Protocol):
             return
         admitted = Admitted(listening.door, listening.name, (address, int(peer[1])))
         if listening.tls is not None:
+            admitted.watch(tcp, listening.connect_timeout)
             listening.handshake(self, tcp, admitted)
             return
         protocol = listening.protocol(admitted)
         tcp.set_protocol(protocol)
         protocol.connection_made(tcp)
+        admitted.watch(tcp, listening.connect_timeout)  # a WebSocket still to upgrade (TCP: opened)
 
     def data_received(self, data: bytes) -> None:
         """Bytes read before the TLS handshake began: kept for it, and no more read until it does."""
@@ -503,7 +588,13 @@ async def serve_tcp(
     handshake_timeout: float = 10.0,
 ) -> Listening:
     """Listen for MQTT over TCP, or over TLS (mqtts) with a server context."""
-    listening = Listening(door, name, TcpLink, tls=tls, handshake_timeout=handshake_timeout)
+    listening = Listening(
+        door,
+        name,
+        lambda admitted: TcpLink(admitted, listening.open_links),
+        tls=tls,
+        handshake_timeout=handshake_timeout,
+    )
     listening.server = await listening.bind(host, port)
     return listening
 

@@ -118,7 +118,8 @@ class BrokerSettings:
     """MQTT over WebSocket with TLS (needs [tls]); None: not served."""
     allow_anonymous: bool = True
     connect_timeout: float = 10.0
-    """Seconds a new connection has to send its CONNECT before it is closed."""
+    """Seconds from a socket's TCP accept to its CONNECT, a TLS handshake and a WebSocket upgrade
+    included, after which it is closed."""
     max_connections: int = 10_000
     """Per listener; a connection over it is closed at once. 0 means no limit."""
     max_packet_size: int | None = None

@@ -31,6 +31,7 @@ from raw_mqtt import (
     published,
     read_packet,
     read_websocket,
+    session5,
     subscribe,
     websocket_frame,
     websocket_upgrade,
@@ -514,6 +515,39 @@ def test_a_socket_whose_handshake_times_out_stops_counting(home, certs, caplog, 
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_a_socket_has_connect_timeout_from_its_accept_to_its_connect_whatever_lies_between(home, certs):
+    """A client that takes its time over its TLS handshake or WebSocket upgrade, then sends no
+    CONNECT, is closed ``connect_timeout`` after its accept: each step's own timeout, counted
+    from the step before it, would hold the socket twice or three times as long."""
+    timeout = 3.0
+    with (
+        every_listener(home, certs, f"connect_timeout = {timeout:g}") as broker,
+        contextlib.ExitStack() as held,
+    ):
+        assert broker.broker is not None
+        accepted = time.monotonic()
+        socks = {name: dial(broker.broker.port(name)) for name in ("ws", "mqtts", "wss")}
+        time.sleep(timeout * 2 / 3)  # the client's slowness, not a wait for the broker
+        for name in ("mqtts", "wss"):
+            socks[name] = client_context(certs / "ca.pem").wrap_socket(
+                socks[name], server_hostname="localhost"
+            )
+        for sock in socks.values():
+            held.enter_context(sock)
+        for name in ("ws", "wss"):
+            websocket_upgrade(socks[name])
+        for name, sock in socks.items():
+            sock.settimeout(timeout * 3)
+            try:
+                first = sock.recv(1)
+            except ConnectionResetError:
+                first = b""
+            assert first in (b"", b"\x88"), name  # closed, or a WebSocket's close frame
+            # Past the deadline only by the time a loaded machine takes to notice, never by a
+            # second timeout.
+            assert time.monotonic() - accepted < timeout * 1.5, name
+
+
 def test_a_stop_closes_sockets_still_in_their_handshake_at_once(home, certs):
     """Silent sockets, and one that sent half its HTTP upgrade, cannot hold a stop for their
     ``connect_timeout``: each listener closes what it accepted and never opened, as it stops."""
@@ -530,6 +564,34 @@ def test_a_stop_closes_sockets_still_in_their_handshake_at_once(home, certs):
             assert closed_at_once(sock), name
         stopping.join(10)
         assert not stopping.is_alive(), "the stop waited on sockets that never opened a connection"
+
+
+def test_a_stop_is_not_held_by_clients_that_never_answer_its_close(home, certs):
+    """Clients that never answer a close (a TLS close_notify, a WebSocket close frame, the linger
+    after an MQTT 5 DISCONNECT) have a short grace, then are cut: a stop must end. A TLS socket
+    left open held a stop for ever (the event loop cannot close while a socket is open)."""
+    with every_listener(home, certs, "connect_timeout = 1") as broker, contextlib.ExitStack() as held:
+        assert broker.broker is not None
+        timed_out = client_context(certs / "ca.pem").wrap_socket(
+            dial(broker.broker.port("mqtts")), server_hostname="localhost"
+        )
+        held.enter_context(timed_out)
+        timed_out.settimeout(10)
+        assert timed_out.recv(1) == b""  # closed for its CONNECT; this client never closes its side
+        clients = [held.enter_context(session5(broker.mqtt_port, "v5", None, None)[0])]
+        for listener in ("ws", "wss"):
+            sock = dial(broker.broker.port(listener))
+            if listener == "wss":
+                sock = client_context(certs / "ca.pem").wrap_socket(sock, server_hostname="localhost")
+            held.enter_context(sock)
+            websocket_upgrade(sock)
+            sock.sendall(websocket_frame(connect(listener)))
+            assert read_websocket(sock)[:4] == b"\x20\x02\x00\x00"
+            clients.append(sock)
+        stopping = threading.Thread(target=broker.stop, daemon=True)  # not waited for if it hangs
+        stopping.start()
+        stopping.join(20)
+        assert not stopping.is_alive(), "the stop waited on clients that never answer its close"
 
 
 def test_sockets_still_in_their_handshake_count_in_max_connections(home, certs):
