@@ -168,10 +168,17 @@ class NatsCluster:
         """Write the files again, have every running node reread them, then end what a right lost allowed.
 
         A user that lost anything has its connections closed and its sessions discarded on every
-        node, only once that node runs the new rights: the client that reconnects gets those.
+        node, only once that node runs the new rights: the client that reconnects gets those. A
+        user the new file drops or lists under another password is first stripped of every right
+        (``_fence``), so that the will of a connection the reload closes goes nowhere.
         """
         before = self._rights
         running = [n for n in self.nodes if self.processes[n.index].poll() is None]
+        leaving = nats_kick.leaving(
+            before, user_rights(self.registry.current, self._secret(), datetime.now(UTC))
+        )
+        if leaving and running:
+            self._fence(running, leaving)
         loaded = {n.index: nats_kick.config_time(n) for n in running}
         self._export()
         for node in running:
@@ -181,6 +188,28 @@ class NatsCluster:
         users = nats_kick.lost(before, self._rights)
         if users and running:
             self._end_access(running, users, loaded)
+
+    def _fence(self, nodes: list[Node], leaving: dict[str, str]) -> None:
+        """Take every right from the users about to be dropped, before they are, on every node.
+
+        A reload closes the connections of a user it no longer lists (or whose password it no
+        longer matches) under the rights they had, and nats-server then publishes their wills:
+        a revoked key's will would reach its networks after the revocation. So such users are
+        first listed under their old password with no right at all, which a reload applies to
+        their live connections; dropped by the next reload, their wills are refused.
+        """
+        loaded = {n.index: nats_kick.config_time(n) for n in nodes}
+        export(
+            self.registry.settings, self.registry.current, self.folder, self.nodes, probe=True, fenced=leaving
+        )
+        for node in nodes:
+            self.processes[node.index].send_signal(signal.SIGHUP)
+        for node in nodes:
+            if nats_kick.wait_reloaded(node, loaded[node.index]) is None:
+                log.error("NATS node %s did not reload within %gs", node.name, nats_kick.TIMEOUT)
+
+    def _secret(self) -> str:
+        return route_secret(self.folder)
 
     def _end_access(self, nodes: list[Node], users: set[str], loaded: dict[int, str | None]) -> None:
         """Close ``users``' connections on each node, then discard every session they were seen with.

@@ -45,6 +45,18 @@ def lost(before: dict[str, Rights], after: dict[str, Rights]) -> set[str]:
     return {user for user, rights in before.items() if user not in after or not after[user].covers(rights)}
 
 
+def leaving(before: dict[str, Rights], after: dict[str, Rights]) -> dict[str, str]:
+    """The users ``before`` listed that ``after`` drops or gives another password, with their old one.
+
+    A reload closes such a user's connections under the rights it had until then.
+    """
+    return {
+        user: rights.password
+        for user, rights in before.items()
+        if user not in after or after[user].password != rights.password
+    }
+
+
 def _get(address: Address, path: str, **query: object) -> Any:
     url = f"http://{address}{path}?{urllib.parse.urlencode(query)}"
     with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:

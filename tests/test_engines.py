@@ -510,6 +510,25 @@ def test_will_rights(platform):
     assert payloads(admin, 1) == [sample(sentinel=1)]
 
 
+@promise("will-rights")
+@pytest.mark.parametrize("change", ["revoke", "rotate"])
+def test_will_rights_end_with_the_key(platform, change):
+    """A key revoked or rotated while connected may publish nowhere under its old secret: the
+    engine closes its connection, and the will it left goes nowhere."""
+    name = f"willed-{change}"
+    platform.add_key(name, publish=["A"])
+    admin = platform.client("admin")
+    readable(admin, f"networks/A/{name}")
+    willed = platform.client(name, expect=None, client_id=f"{name}-{time.monotonic_ns()}")
+    willed.will_set(f"networks/A/{name}", sample(will=change), qos=1)
+    assert willed.connect() == 0
+    getattr(platform.home.store(), change)(name)
+    assert willed.disconnected.wait(WITHIN + SLACK)
+    platform.settle(willed, "admin")
+    platform.client("admin").publish(f"networks/A/{name}", sample(sentinel=1), qos=1)
+    assert payloads(admin, 1) == [sample(sentinel=1)]
+
+
 @promise("will-checked")
 def test_will_checked(platform):
     """A will is a sample like any other: one that fails the network's schema reaches nobody."""
