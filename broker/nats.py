@@ -45,7 +45,7 @@ from radio.config import Address
 from radio.executables import find_executable
 from radio.files import open_private
 from radio.registry import LiveRegistry
-from radio.stopping import on_signals
+from radio.stopping import dies_with_us, on_signals
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,11 @@ class NatsCluster:
         self._logs.append(log_file)
         command = [binary or find_binary(), "-c", str(path or self.folder / f"{node.name}.conf")]
         self.processes[node.index] = subprocess.Popen(  # noqa: S603 - our own files
-            command, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+            preexec_fn=dies_with_us(),  # noqa: PLW1509 - see dies_with_us
         )
 
     def wait_until_ready(self, node: Node, timeout: float = STARTUP_TIMEOUT) -> None:

@@ -12,18 +12,22 @@ SUBACK 0x80, where the embedded broker grants it and filters every delivery.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import polling
+import psutil
 import pytest
-from conftest import CONFIG, Home
+from conftest import CONFIG, Home, running
 from mqtt_client import NOT_AUTHORIZED, Client
 
 from radio.bridge.identity import bridge_credentials
@@ -406,3 +410,35 @@ def test_a_rotated_key_works_only_with_its_new_secret_on_every_node(connect, nat
     for node in (1, 2, 3):
         connect("rotating", node=node, secret=old, expect=NOT_AUTHORIZED)
         connect("rotating", node=node, secret=new).publish("networks/A/rotated", b"{}", qos=1)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's"
+)
+def test_every_node_ends_with_a_runner_killed_with_kill_9(tmp_path):
+    """kill -9 of `radio broker --engine nats`: its nodes stop too. Left running, they would
+    admit a key revoked since for good (nobody exports users.conf again) and hold the ports the
+    next runner needs."""
+    require_nats()
+    home = make_home(tmp_path)
+    command = [sys.executable, "-m", "radio", "broker", "--engine", "nats", "--nodes", "2"]
+    runner = subprocess.Popen(
+        [*command, "--config", str(home.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    nodes: list[psutil.Process] = []
+    try:
+        assert runner.stdout is not None
+        next(line for line in runner.stdout if "Ctrl-C" in line)
+        nodes = [c for c in psutil.Process(runner.pid).children() if c.name() == "nats-server"]
+        assert len(nodes) == 2
+        runner.kill()
+        runner.wait(timeout=10)
+        assert polling.eventually(lambda: not any(map(running, nodes)), within=10, every=0.05), (
+            "a node outlived its runner"
+        )
+    finally:
+        runner.kill()
+        runner.communicate(timeout=10)
+        for node in nodes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                node.kill()
