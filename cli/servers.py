@@ -114,7 +114,7 @@ def add_up(commands: argparse._SubParsersAction[Parser], common: Parser) -> None
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from radio import logs, ports  # noqa: PLC0415
+    from radio import logs, openfiles, ports  # noqa: PLC0415
     from radio.broker.run import Listeners, run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
@@ -124,6 +124,7 @@ def _broker(args: argparse.Namespace) -> int:
     listeners: Listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
     ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
     logs.setup(verbose=args.verbose)
+    openfiles.check(settings.broker.max_connections)  # before any engine starts: Mosquitto inherits it
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     if args.engine == "mosquitto":
         return serve_mosquitto(registry, **listeners)
