@@ -235,6 +235,11 @@ class NatsCluster:
                 continue
             client_ids |= found.client_ids
         for client_id in sorted(client_ids):
+            holder = nats_kick.last_holder(nodes, client_id)
+            if holder is not None and holder not in users:
+                # Another key connected with this id since: the session is that key's now, and
+                # its rights did not change. Discarding it would cut off a client left alone.
+                continue
             # Sessions are the cluster's: any node that answers can discard one.
             if not any(
                 nats_kick.discard_session(n.mqtt.local(), client_id, PROBE, self._probe) for n in nodes

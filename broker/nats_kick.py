@@ -118,6 +118,30 @@ def find(node: Node, users: Iterable[str], reloaded: datetime) -> Found:
     return found
 
 
+def last_holder(nodes: Iterable[Node], client_id: str) -> str | None:
+    """The user of the latest connection any node knows with this client id, open or closed.
+
+    A session belongs to the client that connected last with its id, whatever its key (nats-server
+    hands it over): that user is the one whose session it now is. None if no node knows the id
+    or answers.
+    """
+    latest: tuple[datetime, str] | None = None
+    for node in nodes:
+        try:
+            connections = _get(
+                node.monitor.local(), "/connz", auth="true", state="all", mqtt_client=client_id, limit=PAGE
+            )["connections"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for connection in connections:
+            if connection.get("mqtt_client") != client_id:
+                continue
+            held = (_instant(connection["start"]), str(connection.get("authorized_user", "")))
+            if latest is None or held > latest:
+                latest = held
+    return None if latest is None else latest[1]
+
+
 def _connections(node: Node, user: str) -> Iterator[dict[str, Any]]:
     offset = 0
     while True:

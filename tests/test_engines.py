@@ -615,6 +615,29 @@ def test_unchanged_stay(platform):
     assert not any(c.disconnected.is_set() for c in (anonymous, reader, grower))
 
 
+@promise("unchanged-stay")
+def test_a_key_change_leaves_alone_the_client_ids_another_key_took_over(platform):
+    """Devices moved to a new key under the client ids they had, then the old key revoked: the new
+    key's connection stays, and its persistent session keeps what was queued for it."""
+    old_secret = platform.add_key("moved-from", subscribe=["A"])
+    platform.add_key("moved-to", subscribe=["A"])
+    for client_id in ("moved-live", "moved-away"):
+        platform.client("moved-from", client_id=client_id, clean_session=False).close()
+    live = platform.client("moved-to", client_id="moved-live", clean_session=False)
+    readable(live, "networks/A/moved")
+    away = platform.client("moved-to", client_id="moved-away", clean_session=False)
+    readable(away, "networks/A/moved")
+    away.close()
+    platform.client("admin").publish("networks/A/moved", sample(queued=True), qos=1)
+    assert payloads(live, 1) == [sample(queued=True)]
+    platform.home.store().revoke("moved-from")
+    assert eventually(lambda: platform.refused("moved-from", old_secret))
+    platform.add_key("moved-barrier")  # let in once the engine has dealt with the revocation
+    assert not live.disconnected.is_set()
+    back = platform.client("moved-to", client_id="moved-away", clean_session=False)
+    assert payloads(back, 1) == [sample(queued=True)]
+
+
 def first_on_return(platform: Platform, key: str, client_id: str, topic: str) -> list[bytes]:
     """What the key's persistent session gets first on ``topic`` once it is back.
 
