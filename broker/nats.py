@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final, Self
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 RELOAD_INTERVAL: Final = 0.25
 STARTUP_TIMEOUT: Final = 30.0
 """Seconds for every node to be healthy: the cluster elects JetStream's leader first."""
+RESTART_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds before each restart of a node that died, while it keeps dying; then the runner gives up."""
+STEADY: Final = 60.0
+"""Seconds a restarted node must run before a later death starts its delays over."""
 
 
 def find_binary() -> str:
@@ -85,6 +90,8 @@ class NatsCluster:
         mqtt: Address | None = None,
         websocket: Address | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        restart_delays: tuple[float, ...] = RESTART_DELAYS,
+        on_failure: Callable[[], object] | None = None,
     ) -> None:
         self.registry = registry
         self.folder = folder.absolute()
@@ -101,6 +108,15 @@ class NatsCluster:
         """When users.conf was last written: a key expiring after it calls for a new export."""
         self._rights: dict[str, Rights] = {}
         """What users.conf last gave each user: the next export tells who lost something."""
+        self.restart_delays = restart_delays
+        self.on_failure = on_failure
+        """Called (from the watcher) when a node died and could not be brought back."""
+        self.restarts = 0
+        self.failed = False
+        self._deaths: dict[int, list[float]] = {}
+        """When each node died or failed to start again, recently: how long its next restart waits."""
+        self._due: dict[int, float] = {}
+        """When each dead node is to be started again (``time.monotonic``)."""
 
     @property
     def mqtt_port(self) -> int:
@@ -266,11 +282,63 @@ class NatsCluster:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
+            if not self._revive():
+                return
             try:
                 if self.registry.refresh() or self._expiry_due():
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to NATS failed; will retry on the next change")
+
+    def _revive(self) -> bool:
+        """Start again, after a growing delay, each node that died on its own; False once given up.
+
+        A node left dead would leave a one-node cluster serving nothing behind a runner that
+        looks alive, which no service manager restarts. It comes back on its ports with the
+        current files and its JetStream store, and rejoins the cluster. The watcher never waits
+        for it: key changes go on reaching the other nodes meanwhile. Each death (a failed start
+        included) within ``STEADY`` seconds of the previous one waits the next delay; past the
+        last, ``on_failure`` is called, so that the command exits non-zero.
+        """
+        now = time.monotonic()
+        for node in self.nodes:
+            process = self.processes[node.index]
+            if process.poll() is None:
+                continue
+            due = self._due.get(node.index)
+            if due is None:  # found dead
+                deaths = [t for t in self._deaths.get(node.index, []) if now - t < STEADY] + [now]
+                self._deaths[node.index] = deaths
+                if len(deaths) > len(self.restart_delays):
+                    self.failed = True
+                    log.error(
+                        "NATS node %s exited %d times within %gs (last status %s): giving up",
+                        node.name,
+                        len(deaths),
+                        STEADY,
+                        process.returncode,
+                    )
+                    if self.on_failure is not None:
+                        self.on_failure()
+                    return False
+                delay = self.restart_delays[len(deaths) - 1]
+                self._due[node.index] = now + delay
+                log.warning(
+                    "NATS node %s exited on its own (status %s): restarting it in %gs",
+                    node.name,
+                    process.returncode,
+                    delay,
+                )
+            elif now >= due:
+                del self._due[node.index]
+                try:
+                    self.start_node(node)
+                except (NatsError, OSError) as exc:
+                    log.warning("NATS node %s could not be started again: %s", node.name, exc)
+                    continue
+                self.restarts += 1
+                log.warning("NATS node %s started again on the same ports", node.name)
+        return True
 
     def stop(self) -> None:
         """Stop the watcher and every node (SIGTERM: each closes its connections and its store)."""
@@ -313,11 +381,15 @@ def _accepts(address: Address) -> bool:
 
 def serve_nats(
     registry: LiveRegistry, nodes: int, mqtt: Address | None = None, websocket: Address | None = None
-) -> None:
-    """Run a local cluster until SIGINT or SIGTERM; print one line per node with its URLs."""
+) -> int:
+    """Run a local cluster until SIGINT or SIGTERM; print one line per node with its URLs.
+
+    A node that dies is started again (``NatsCluster``); one that will not come back ends the
+    command with status 1, for whatever runs it to know.
+    """
     folder = registry.settings.state_dir / "nats"
-    cluster = NatsCluster(registry, folder, nodes=nodes, mqtt=mqtt, websocket=websocket)
     stop = on_signals()
+    cluster = NatsCluster(registry, folder, nodes=nodes, mqtt=mqtt, websocket=websocket, on_failure=stop.set)
     cluster.start()
     try:
         networks = ", ".join(
@@ -346,3 +418,7 @@ def serve_nats(
     finally:
         sys.stderr.write("Stopping the NATS cluster...\n")
         cluster.stop()
+    if cluster.failed:
+        sys.stderr.write("radio: a NATS node could not be kept running; see its log in the NATS folder\n")
+        return 1
+    return 0

@@ -131,9 +131,8 @@ def _broker(args: argparse.Namespace) -> int:
     if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
-        serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
-    else:
-        run(registry, **listeners)
+        return serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
+    run(registry, **listeners)
     return 0
 
 

@@ -20,6 +20,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -442,3 +443,55 @@ def test_every_node_ends_with_a_runner_killed_with_kill_9(tmp_path):
         for node in nodes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 node.kill()
+
+
+def test_a_killed_node_is_started_again_on_its_ports(tmp_path, caplog):
+    """kill -9 of a node of `radio broker --engine nats`: the runner says so and starts it again,
+    with the rights of the moment (a key revoked while it was down is refused there)."""
+    require_nats()
+    home = make_home(tmp_path)
+    cluster = NatsCluster(
+        LiveRegistry(home.config), home.path / "nats", nodes=1, restart_delays=(0.5,)
+    ).start()
+    try:
+        port = cluster.mqtt_port
+        cluster.processes[1].kill()
+        cluster.processes[1].wait()
+        home.store().revoke("gen")
+
+        def serves() -> bool:
+            client = Client("tcp", port, "reader_a", home.secrets["reader_a"])
+            try:
+                return client.connect() == 0
+            except (OSError, TimeoutError):
+                return False
+            finally:
+                client.close()
+
+        assert polling.eventually(serves, within=FAILOVER, every=0.1), "the node was not started again"
+        refused = Client("tcp", port, "gen", home.secrets["gen"])
+        try:
+            assert refused.connect() == NOT_AUTHORIZED
+        finally:
+            refused.close()
+        assert cluster.restarts == 1
+        assert "NATS node radio-1 exited on its own (status -9): restarting it in 0.5s" in caplog.text
+    finally:
+        cluster.stop()
+
+
+def test_a_node_that_keeps_dying_is_given_up_and_said(tmp_path, caplog):
+    """Past its restarts, a node that keeps dying ends the runner's watch (the command exits 1)."""
+    require_nats()
+    home = make_home(tmp_path)
+    failed = threading.Event()
+    cluster = NatsCluster(
+        LiveRegistry(home.config), home.path / "nats", nodes=1, restart_delays=(), on_failure=failed.set
+    ).start()
+    try:
+        cluster.processes[1].kill()
+        assert failed.wait(10)
+        assert cluster.failed
+        assert "NATS node radio-1 exited 1 times within 60s (last status -9): giving up" in caplog.text
+    finally:
+        cluster.stop()
