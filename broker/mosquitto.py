@@ -45,6 +45,7 @@ from radio.executables import find_executable
 from radio.files import write_atomic, write_private
 from radio.keys import Key
 from radio.registry import LiveRegistry, Registry
+from radio.stopping import dies_with_us
 from radio.tls import check_server
 from radio.topics import network_topic
 from radio.wire import packet_limit
@@ -344,7 +345,12 @@ class MosquittoBroker:
         self._exported = datetime.now(UTC)
         conf = export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
         command = [binary, "-c", str(conf)]
-        self.process = subprocess.Popen(command, stderr=self._stderr, stdout=subprocess.DEVNULL)  # noqa: S603 - our own files
+        self.process = subprocess.Popen(  # noqa: S603 - our own files
+            command,
+            stderr=self._stderr,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=dies_with_us(),  # noqa: PLW1509 - see dies_with_us
+        )
         self._wait_until_listening()
 
     def _wait_until_listening(self) -> None:

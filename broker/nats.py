@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final, Self
@@ -45,13 +46,17 @@ from radio.config import Address
 from radio.executables import find_executable
 from radio.files import open_private
 from radio.registry import LiveRegistry
-from radio.stopping import on_signals
+from radio.stopping import dies_with_us, on_signals
 
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL: Final = 0.25
 STARTUP_TIMEOUT: Final = 30.0
 """Seconds for every node to be healthy: the cluster elects JetStream's leader first."""
+RESTART_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds before each restart of a node that died, while it keeps dying; then the runner gives up."""
+STEADY: Final = 60.0
+"""Seconds a restarted node must run before a later death starts its delays over."""
 
 
 def find_binary() -> str:
@@ -85,6 +90,8 @@ class NatsCluster:
         mqtt: Address | None = None,
         websocket: Address | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        restart_delays: tuple[float, ...] = RESTART_DELAYS,
+        on_failure: Callable[[], object] | None = None,
     ) -> None:
         self.registry = registry
         self.folder = folder.absolute()
@@ -101,6 +108,15 @@ class NatsCluster:
         """When users.conf was last written: a key expiring after it calls for a new export."""
         self._rights: dict[str, Rights] = {}
         """What users.conf last gave each user: the next export tells who lost something."""
+        self.restart_delays = restart_delays
+        self.on_failure = on_failure
+        """Called (from the watcher) when a node died and could not be brought back."""
+        self.restarts = 0
+        self.failed = False
+        self._deaths: dict[int, list[float]] = {}
+        """When each node died or failed to start again, recently: how long its next restart waits."""
+        self._due: dict[int, float] = {}
+        """When each dead node is to be started again (``time.monotonic``)."""
 
     @property
     def mqtt_port(self) -> int:
@@ -139,7 +155,11 @@ class NatsCluster:
         self._logs.append(log_file)
         command = [binary or find_binary(), "-c", str(path or self.folder / f"{node.name}.conf")]
         self.processes[node.index] = subprocess.Popen(  # noqa: S603 - our own files
-            command, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+            preexec_fn=dies_with_us(),  # noqa: PLW1509 - see dies_with_us
         )
 
     def wait_until_ready(self, node: Node, timeout: float = STARTUP_TIMEOUT) -> None:
@@ -168,10 +188,17 @@ class NatsCluster:
         """Write the files again, have every running node reread them, then end what a right lost allowed.
 
         A user that lost anything has its connections closed and its sessions discarded on every
-        node, only once that node runs the new rights: the client that reconnects gets those.
+        node, only once that node runs the new rights: the client that reconnects gets those. A
+        user the new file drops or lists under another password is first stripped of every right
+        (``_fence``), so that the will of a connection the reload closes goes nowhere.
         """
         before = self._rights
         running = [n for n in self.nodes if self.processes[n.index].poll() is None]
+        leaving = nats_kick.leaving(
+            before, user_rights(self.registry.current, self._secret(), datetime.now(UTC))
+        )
+        if leaving and running:
+            self._fence(running, leaving)
         loaded = {n.index: nats_kick.config_time(n) for n in running}
         self._export()
         for node in running:
@@ -181,6 +208,28 @@ class NatsCluster:
         users = nats_kick.lost(before, self._rights)
         if users and running:
             self._end_access(running, users, loaded)
+
+    def _fence(self, nodes: list[Node], leaving: dict[str, str]) -> None:
+        """Take every right from the users about to be dropped, before they are, on every node.
+
+        A reload closes the connections of a user it no longer lists (or whose password it no
+        longer matches) under the rights they had, and nats-server then publishes their wills:
+        a revoked key's will would reach its networks after the revocation. So such users are
+        first listed under their old password with no right at all, which a reload applies to
+        their live connections; dropped by the next reload, their wills are refused.
+        """
+        loaded = {n.index: nats_kick.config_time(n) for n in nodes}
+        export(
+            self.registry.settings, self.registry.current, self.folder, self.nodes, probe=True, fenced=leaving
+        )
+        for node in nodes:
+            self.processes[node.index].send_signal(signal.SIGHUP)
+        for node in nodes:
+            if nats_kick.wait_reloaded(node, loaded[node.index]) is None:
+                log.error("NATS node %s did not reload within %gs", node.name, nats_kick.TIMEOUT)
+
+    def _secret(self) -> str:
+        return route_secret(self.folder)
 
     def _end_access(self, nodes: list[Node], users: set[str], loaded: dict[int, str | None]) -> None:
         """Close ``users``' connections on each node, then discard every session they were seen with.
@@ -202,6 +251,11 @@ class NatsCluster:
                 continue
             client_ids |= found.client_ids
         for client_id in sorted(client_ids):
+            holder = nats_kick.last_holder(nodes, client_id)
+            if holder is not None and holder not in users:
+                # Another key connected with this id since: the session is that key's now, and
+                # its rights did not change. Discarding it would cut off a client left alone.
+                continue
             # Sessions are the cluster's: any node that answers can discard one.
             if not any(
                 nats_kick.discard_session(n.mqtt.local(), client_id, PROBE, self._probe) for n in nodes
@@ -228,11 +282,63 @@ class NatsCluster:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
+            if not self._revive():
+                return
             try:
                 if self.registry.refresh() or self._expiry_due():
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to NATS failed; will retry on the next change")
+
+    def _revive(self) -> bool:
+        """Start again, after a growing delay, each node that died on its own; False once given up.
+
+        A node left dead would leave a one-node cluster serving nothing behind a runner that
+        looks alive, which no service manager restarts. It comes back on its ports with the
+        current files and its JetStream store, and rejoins the cluster. The watcher never waits
+        for it: key changes go on reaching the other nodes meanwhile. Each death (a failed start
+        included) within ``STEADY`` seconds of the previous one waits the next delay; past the
+        last, ``on_failure`` is called, so that the command exits non-zero.
+        """
+        now = time.monotonic()
+        for node in self.nodes:
+            process = self.processes[node.index]
+            if process.poll() is None:
+                continue
+            due = self._due.get(node.index)
+            if due is None:  # found dead
+                deaths = [t for t in self._deaths.get(node.index, []) if now - t < STEADY] + [now]
+                self._deaths[node.index] = deaths
+                if len(deaths) > len(self.restart_delays):
+                    self.failed = True
+                    log.error(
+                        "NATS node %s exited %d times within %gs (last status %s): giving up",
+                        node.name,
+                        len(deaths),
+                        STEADY,
+                        process.returncode,
+                    )
+                    if self.on_failure is not None:
+                        self.on_failure()
+                    return False
+                delay = self.restart_delays[len(deaths) - 1]
+                self._due[node.index] = now + delay
+                log.warning(
+                    "NATS node %s exited on its own (status %s): restarting it in %gs",
+                    node.name,
+                    process.returncode,
+                    delay,
+                )
+            elif now >= due:
+                del self._due[node.index]
+                try:
+                    self.start_node(node)
+                except (NatsError, OSError) as exc:
+                    log.warning("NATS node %s could not be started again: %s", node.name, exc)
+                    continue
+                self.restarts += 1
+                log.warning("NATS node %s started again on the same ports", node.name)
+        return True
 
     def stop(self) -> None:
         """Stop the watcher and every node (SIGTERM: each closes its connections and its store)."""
@@ -275,11 +381,15 @@ def _accepts(address: Address) -> bool:
 
 def serve_nats(
     registry: LiveRegistry, nodes: int, mqtt: Address | None = None, websocket: Address | None = None
-) -> None:
-    """Run a local cluster until SIGINT or SIGTERM; print one line per node with its URLs."""
+) -> int:
+    """Run a local cluster until SIGINT or SIGTERM; print one line per node with its URLs.
+
+    A node that dies is started again (``NatsCluster``); one that will not come back ends the
+    command with status 1, for whatever runs it to know.
+    """
     folder = registry.settings.state_dir / "nats"
-    cluster = NatsCluster(registry, folder, nodes=nodes, mqtt=mqtt, websocket=websocket)
     stop = on_signals()
+    cluster = NatsCluster(registry, folder, nodes=nodes, mqtt=mqtt, websocket=websocket, on_failure=stop.set)
     cluster.start()
     try:
         networks = ", ".join(
@@ -308,3 +418,7 @@ def serve_nats(
     finally:
         sys.stderr.write("Stopping the NATS cluster...\n")
         cluster.stop()
+    if cluster.failed:
+        sys.stderr.write("radio: a NATS node could not be kept running; see its log in the NATS folder\n")
+        return 1
+    return 0

@@ -29,6 +29,7 @@ import json
 import logging
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,12 +235,22 @@ def _user(name: str, password: str, publish: list[str], subscribe: list[str]) ->
     )
 
 
-def users_text(registry: Registry, route_password: str, *, probe: bool = False) -> str:
+def users_text(
+    registry: Registry,
+    route_password: str,
+    *,
+    probe: bool = False,
+    fenced: Mapping[str, str] | None = None,
+) -> str:
     """The users file: what each username may publish and read, exactly as the registry says.
 
     With ``probe``, the user that may do nothing but connect, for readiness checks. An expired
     key is left out, as if revoked: a reload then closes its connections.
+
+    ``fenced`` maps usernames to the password they had: each is listed with it and may do
+    nothing, in place of what the registry says of it (see ``NatsCluster.reload``).
     """
+    fenced = fenced or {}
     out = [
         "# Written by `radio nats export` from the key registry: edit the keys, not this file.",
         "# Each key is listed under its name and under the username its secret implies (key-<16 hex>),",
@@ -275,10 +286,17 @@ def users_text(registry: Registry, route_password: str, *, probe: bool = False) 
             )
             continue
         publish, subscribe, what = _key_rights(registry, key.name)
-        entries.append(
-            f"    # {key.name} ({what})\n"
-            + ",\n".join(_user(u, key.bcrypt, publish, subscribe) for u in (key.name, key.alias))
-        )
+        users = [u for u in (key.name, key.alias) if u not in fenced]
+        if users:
+            entries.append(
+                f"    # {key.name} ({what})\n"
+                + ",\n".join(_user(u, key.bcrypt, publish, subscribe) for u in users)
+            )
+    entries += [
+        f"    # {user}: losing its access; may do nothing until the next reload.\n"
+        + _user(user, password, [], [])
+        for user, password in sorted(fenced.items())
+    ]
     out.append(",\n".join(entries))
     out.append("]")
     return "\n".join(out) + "\n"
@@ -497,9 +515,18 @@ def route_secret(folder: Path) -> str:
 
 
 def export(
-    settings: Settings, registry: Registry, folder: Path, nodes: list[Node], *, probe: bool = False
+    settings: Settings,
+    registry: Registry,
+    folder: Path,
+    nodes: list[Node],
+    *,
+    probe: bool = False,
+    fenced: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Write users.conf and one configuration per node into ``folder``; return the nodes' paths."""
+    """Write users.conf and one configuration per node into ``folder``; return the nodes' paths.
+
+    ``fenced``: users listed under their old password with no rights (``users_text``).
+    """
     folder = folder.absolute()
     if settings.tls is not None and any(n.mqtt_tls or n.websocket_tls for n in nodes):
         check_server(settings.tls)  # a bad certificate is one line now, not a node that will not start
@@ -507,7 +534,7 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
         secret = route_secret(folder)
         # Each in one step: a node may reload at any moment.
-        write_private(folder / "users.conf", users_text(registry, secret, probe=probe))
+        write_private(folder / "users.conf", users_text(registry, secret, probe=probe, fenced=fenced))
         paths = []
         for node in nodes:
             path = folder / f"{node.name}.conf"

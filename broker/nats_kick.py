@@ -45,6 +45,18 @@ def lost(before: dict[str, Rights], after: dict[str, Rights]) -> set[str]:
     return {user for user, rights in before.items() if user not in after or not after[user].covers(rights)}
 
 
+def leaving(before: dict[str, Rights], after: dict[str, Rights]) -> dict[str, str]:
+    """The users ``before`` listed that ``after`` drops or gives another password, with their old one.
+
+    A reload closes such a user's connections under the rights it had until then.
+    """
+    return {
+        user: rights.password
+        for user, rights in before.items()
+        if user not in after or after[user].password != rights.password
+    }
+
+
 def _get(address: Address, path: str, **query: object) -> Any:
     url = f"http://{address}{path}?{urllib.parse.urlencode(query)}"
     with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
@@ -104,6 +116,30 @@ def find(node: Node, users: Iterable[str], reloaded: datetime) -> Found:
             if connection.get("mqtt_client"):
                 found.client_ids.add(str(connection["mqtt_client"]))
     return found
+
+
+def last_holder(nodes: Iterable[Node], client_id: str) -> str | None:
+    """The user of the latest connection any node knows with this client id, open or closed.
+
+    A session belongs to the client that connected last with its id, whatever its key (nats-server
+    hands it over): that user is the one whose session it now is. None if no node knows the id
+    or answers.
+    """
+    latest: tuple[datetime, str] | None = None
+    for node in nodes:
+        try:
+            connections = _get(
+                node.monitor.local(), "/connz", auth="true", state="all", mqtt_client=client_id, limit=PAGE
+            )["connections"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for connection in connections:
+            if connection.get("mqtt_client") != client_id:
+                continue
+            held = (_instant(connection["start"]), str(connection.get("authorized_user", "")))
+            if latest is None or held > latest:
+                latest = held
+    return None if latest is None else latest[1]
 
 
 def _connections(node: Node, user: str) -> Iterator[dict[str, Any]]:

@@ -114,7 +114,7 @@ def add_up(commands: argparse._SubParsersAction[Parser], common: Parser) -> None
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from radio import logs, ports  # noqa: PLC0415
+    from radio import logs, openfiles, ports  # noqa: PLC0415
     from radio.broker.run import Listeners, run, serve_mosquitto  # noqa: PLC0415 - the broker loads only for this command
     from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
@@ -124,15 +124,15 @@ def _broker(args: argparse.Namespace) -> int:
     listeners: Listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
     ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
     logs.setup(verbose=args.verbose)
+    openfiles.check(settings.broker.max_connections)  # before any engine starts: Mosquitto inherits it
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))
     if args.engine == "mosquitto":
         return serve_mosquitto(registry, **listeners)
     if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
-        serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
-    else:
-        run(registry, **listeners)
+        return serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
+    run(registry, **listeners)
     return 0
 
 

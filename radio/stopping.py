@@ -12,11 +12,13 @@ waiting is ``select`` on the pipe, which a signal interrupts and Python resumes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
+import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class Stop:
@@ -57,3 +59,32 @@ def _close(*fds: int) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def dies_with_us() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has a child process sent SIGTERM when this process dies (Linux).
+
+    An engine that outlived its runner (``kill -9`` of ``radio broker``) would go on serving
+    with the rights of its last export, a key revoked since admitted for good, and hold the
+    ports the next runner needs. The kernel signals the child when the thread that started it
+    ends: engines are started from the main thread, or from their watcher, which outlives them.
+    None where the kernel cannot do it.
+
+    It runs between fork and exec, where a function that takes a lock another thread held at
+    the fork would wait for ever: this one takes none (a bound C function, ``getppid``, ``kill``).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    term = int(signal.SIGTERM)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the request took effect
+            os.kill(os.getpid(), term)
+
+    return arm

@@ -407,3 +407,11 @@ def everything(broker: BrokerThread, home: Home) -> Iterator[Client]:
     assert client.subscribe("#", qos=1) == 1
     yield client
     client.close()
+
+
+def running(process: psutil.Process) -> bool:
+    """Whether the process runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

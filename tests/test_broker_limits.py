@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import requests
+from conftest import require_mosquitto
 from embedded import embedded_broker
 from mqtt_client import Client, connected, listening
 from polling import until
@@ -293,3 +299,53 @@ def test_retained_samples_for_a_client_that_does_not_read_are_held_to_its_room(h
             stalled.close()
     finally:
         broker.stop()
+
+
+SMALL_SOFT_LIMIT = 256
+"""A soft limit on open files far below the default ``anonymous_max_connections_per_address``."""
+
+
+@pytest.mark.parametrize("engine", ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+@pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4 * SMALL_SOFT_LIMIT,
+    reason="a hard limit too low to raise to",
+)
+def test_one_address_holding_the_open_files_a_process_starts_with_leaves_keys_a_way_in(home, engine):
+    """`radio broker` started under a soft limit on open files (systemd's and a shell's default is
+    1,024) raises it to the hard one, for its Mosquitto too: anonymous clients of one address
+    holding more connections than that soft limit leave a key room to connect."""
+    if engine == "mosquitto":
+        require_mosquitto()
+    command = [sys.executable, "-m", "radio", "broker", "--engine", engine, "--config", str(home.config)]
+    runner = subprocess.Popen(
+        [*command, "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=functools.partial(  # noqa: PLW1509 - the child's own limit, set before it runs Python
+            resource.setrlimit,
+            resource.RLIMIT_NOFILE,
+            (SMALL_SOFT_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
+        ),
+    )
+    anonymous: list[socket.socket] = []
+    try:
+        assert runner.stdout is not None
+        port = next(
+            int(m[1]) for line in runner.stdout if (m := re.search(r"mqtt://127\.0\.0\.1:(\d+)", line))
+        )
+        for n in range(SMALL_SOFT_LIMIT + 50):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            anonymous.append(sock)
+            sock.sendall(connect(f"crowd-{n}", keep_alive=600))
+            assert read_packet(sock)[0] == 0x20  # answered: the broker holds it before the next comes
+        key = socket.create_connection(("127.0.0.1", port), timeout=10)
+        anonymous.append(key)
+        key.sendall(connect("the-key", "reader_a", home.secrets["reader_a"]))
+        kind, body = read_packet(key)
+        assert (kind, body[1:2]) == (0x20, b"\x00")
+    finally:
+        for sock in anonymous:
+            sock.close()
+        runner.send_signal(signal.SIGINT)
+        runner.communicate(timeout=30)

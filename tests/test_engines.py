@@ -89,7 +89,9 @@ PROMISES: dict[str, dict[str, str]] = {
     "expiry": {},
     "edit": {},
     "unchanged-stay": {},
-    "revoked-session": {},
+    "revoked-session": {
+        "mosquitto": "Mosquitto hands the old key's sessions, and what was queued for them before the revocation, to a new key under its name",
+    },
     "queued-after-right-removed": {
         "mosquitto": "Mosquitto checks a queued sample against the rights at delivery only",
     },
@@ -526,6 +528,25 @@ def test_will_rights(platform):
     assert payloads(admin, 1) == [sample(sentinel=1)]
 
 
+@promise("will-rights")
+@pytest.mark.parametrize("change", ["revoke", "rotate"])
+def test_will_rights_end_with_the_key(platform, change):
+    """A key revoked or rotated while connected may publish nowhere under its old secret: the
+    engine closes its connection, and the will it left goes nowhere."""
+    name = f"willed-{change}"
+    platform.add_key(name, publish=["A"])
+    admin = platform.client("admin")
+    readable(admin, f"networks/A/{name}")
+    willed = platform.client(name, expect=None, client_id=f"{name}-{time.monotonic_ns()}")
+    willed.will_set(f"networks/A/{name}", sample(will=change), qos=1)
+    assert willed.connect() == 0
+    getattr(platform.home.store(), change)(name)
+    assert willed.disconnected.wait(WITHIN + SLACK)
+    platform.settle(willed, "admin")
+    platform.client("admin").publish(f"networks/A/{name}", sample(sentinel=1), qos=1)
+    assert payloads(admin, 1) == [sample(sentinel=1)]
+
+
 @promise("will-checked")
 def test_will_checked(platform):
     """A will is a sample like any other: one that fails the network's schema reaches nobody."""
@@ -610,6 +631,29 @@ def test_unchanged_stay(platform):
     assert not any(c.disconnected.is_set() for c in (anonymous, reader, grower))
 
 
+@promise("unchanged-stay")
+def test_a_key_change_leaves_alone_the_client_ids_another_key_took_over(platform):
+    """Devices moved to a new key under the client ids they had, then the old key revoked: the new
+    key's connection stays, and its persistent session keeps what was queued for it."""
+    old_secret = platform.add_key("moved-from", subscribe=["A"])
+    platform.add_key("moved-to", subscribe=["A"])
+    for client_id in ("moved-live", "moved-away"):
+        platform.client("moved-from", client_id=client_id, clean_session=False).close()
+    live = platform.client("moved-to", client_id="moved-live", clean_session=False)
+    readable(live, "networks/A/moved")
+    away = platform.client("moved-to", client_id="moved-away", clean_session=False)
+    readable(away, "networks/A/moved")
+    away.close()
+    platform.client("admin").publish("networks/A/moved", sample(queued=True), qos=1)
+    assert payloads(live, 1) == [sample(queued=True)]
+    platform.home.store().revoke("moved-from")
+    assert eventually(lambda: platform.refused("moved-from", old_secret))
+    platform.add_key("moved-barrier")  # let in once the engine has dealt with the revocation
+    assert not live.disconnected.is_set()
+    back = platform.client("moved-to", client_id="moved-away", clean_session=False)
+    assert payloads(back, 1) == [sample(queued=True)]
+
+
 def first_on_return(platform: Platform, key: str, client_id: str, topic: str) -> list[bytes]:
     """What the key's persistent session gets first on ``topic`` once it is back.
 
@@ -623,14 +667,16 @@ def first_on_return(platform: Platform, key: str, client_id: str, topic: str) ->
 
 @promise("revoked-session")
 def test_revoked_session(platform):
-    """A key revoked and made again under the same name starts afresh: no session, nothing queued."""
+    """A key revoked and made again under the same name starts afresh: no session, nothing queued,
+    whether it was queued before the revocation or after."""
     secret = platform.add_key("again", subscribe=["A"])
     away = platform.client("again", client_id="again-session", clean_session=False)
     readable(away, "networks/A/again")
     away.close()
+    platform.client("admin").publish("networks/A/again", sample(queued="before"), qos=1)
     platform.home.store().revoke("again")
     assert eventually(lambda: platform.refused("again", secret))
-    platform.client("admin").publish("networks/A/again", sample(queued=True), qos=1)
+    platform.client("admin").publish("networks/A/again", sample(queued="after"), qos=1)
     platform.add_key("again", subscribe=["A"])
     assert first_on_return(platform, "again", "again-session", "networks/A/again") == [sample(sentinel=1)]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import require_mosquitto, running_broker
+from conftest import require_mosquitto, running, running_broker
 from mqtt_client import Client, away_while_published, listening
 from polling import eventually, until
 
@@ -145,6 +145,28 @@ def test_a_killed_mosquitto_is_restarted_on_the_same_ports(home):
     assert runner.returncode == 0, stderr
     assert "Mosquitto exited on its own (status -9): restarting it in 0.5s" in stderr
     assert "Mosquitto restarted" in stderr
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's"
+)
+def test_mosquitto_ends_with_a_runner_killed_with_kill_9(home):
+    """kill -9 of the runner: Mosquitto stops too. Left running, it would admit a key revoked
+    since for good (nobody exports the files again) and hold the ports the next runner needs."""
+    require_mosquitto()
+    runner = subprocess.Popen(runner_command(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert runner.stdout is not None
+        next(line for line in runner.stdout if "mqtt://" in line)
+        engine = mosquitto_child(psutil.Process(runner.pid))
+        runner.kill()
+        runner.wait(timeout=10)
+        assert until(lambda: not running(engine), within=10, every=0.05), "Mosquitto outlived its runner"
+    finally:
+        runner.kill()
+        runner.communicate(timeout=10)
+        with contextlib.suppress(NameError, psutil.NoSuchProcess):
+            engine.kill()
 
 
 def test_a_mosquitto_that_cannot_come_back_is_given_up_and_said(home, caplog, monkeypatch):

@@ -12,18 +12,23 @@ SUBACK 0x80, where the embedded broker grants it and filters every delivery.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import socket
 import stat
+import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import polling
+import psutil
 import pytest
-from conftest import CONFIG, Home
+from conftest import CONFIG, Home, running
 from mqtt_client import NOT_AUTHORIZED, Client
 
 from radio.bridge.identity import bridge_credentials
@@ -406,3 +411,87 @@ def test_a_rotated_key_works_only_with_its_new_secret_on_every_node(connect, nat
     for node in (1, 2, 3):
         connect("rotating", node=node, secret=old, expect=NOT_AUTHORIZED)
         connect("rotating", node=node, secret=new).publish("networks/A/rotated", b"{}", qos=1)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's"
+)
+def test_every_node_ends_with_a_runner_killed_with_kill_9(tmp_path):
+    """kill -9 of `radio broker --engine nats`: its nodes stop too. Left running, they would
+    admit a key revoked since for good (nobody exports users.conf again) and hold the ports the
+    next runner needs."""
+    require_nats()
+    home = make_home(tmp_path)
+    command = [sys.executable, "-m", "radio", "broker", "--engine", "nats", "--nodes", "2"]
+    runner = subprocess.Popen(
+        [*command, "--config", str(home.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    nodes: list[psutil.Process] = []
+    try:
+        assert runner.stdout is not None
+        next(line for line in runner.stdout if "Ctrl-C" in line)
+        nodes = [c for c in psutil.Process(runner.pid).children() if c.name() == "nats-server"]
+        assert len(nodes) == 2
+        runner.kill()
+        runner.wait(timeout=10)
+        assert polling.eventually(lambda: not any(map(running, nodes)), within=10, every=0.05), (
+            "a node outlived its runner"
+        )
+    finally:
+        runner.kill()
+        runner.communicate(timeout=10)
+        for node in nodes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                node.kill()
+
+
+def test_a_killed_node_is_started_again_on_its_ports(tmp_path, caplog):
+    """kill -9 of a node of `radio broker --engine nats`: the runner says so and starts it again,
+    with the rights of the moment (a key revoked while it was down is refused there)."""
+    require_nats()
+    home = make_home(tmp_path)
+    cluster = NatsCluster(
+        LiveRegistry(home.config), home.path / "nats", nodes=1, restart_delays=(0.5,)
+    ).start()
+    try:
+        port = cluster.mqtt_port
+        cluster.processes[1].kill()
+        cluster.processes[1].wait()
+        home.store().revoke("gen")
+
+        def serves() -> bool:
+            client = Client("tcp", port, "reader_a", home.secrets["reader_a"])
+            try:
+                return client.connect() == 0
+            except (OSError, TimeoutError):
+                return False
+            finally:
+                client.close()
+
+        assert polling.eventually(serves, within=FAILOVER, every=0.1), "the node was not started again"
+        refused = Client("tcp", port, "gen", home.secrets["gen"])
+        try:
+            assert refused.connect() == NOT_AUTHORIZED
+        finally:
+            refused.close()
+        assert cluster.restarts == 1
+        assert "NATS node radio-1 exited on its own (status -9): restarting it in 0.5s" in caplog.text
+    finally:
+        cluster.stop()
+
+
+def test_a_node_that_keeps_dying_is_given_up_and_said(tmp_path, caplog):
+    """Past its restarts, a node that keeps dying ends the runner's watch (the command exits 1)."""
+    require_nats()
+    home = make_home(tmp_path)
+    failed = threading.Event()
+    cluster = NatsCluster(
+        LiveRegistry(home.config), home.path / "nats", nodes=1, restart_delays=(), on_failure=failed.set
+    ).start()
+    try:
+        cluster.processes[1].kill()
+        assert failed.wait(10)
+        assert cluster.failed
+        assert "NATS node radio-1 exited 1 times within 60s (last status -9): giving up" in caplog.text
+    finally:
+        cluster.stop()
