@@ -477,11 +477,11 @@ def test_refused_kept(platform):
     same connection's next sample goes through. A client closed for it would send it again on
     reconnecting, and be closed again, for as long as it kept the sample."""
     admin = platform.client("admin")
-    readable(admin, "networks/+/kept")
+    readable(admin, "networks/+/after-refusal")
     gen = platform.client("gen")
     for qos in (0, 1, 2):
-        gen.publish("networks/B/kept", sample(refused=qos), qos=qos)  # returns once acknowledged
-    gen.publish("networks/A/kept", sample(sentinel=1), qos=1)
+        gen.publish("networks/B/after-refusal", sample(refused=qos), qos=qos)  # returns once acknowledged
+    gen.publish("networks/A/after-refusal", sample(sentinel=1), qos=1)
     assert payloads(admin, 1) == [sample(sentinel=1)]
     assert not gen.disconnected.is_set()
 
