@@ -104,7 +104,7 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     sensors.set_defaults(handler=_sensors)
 
 
-def _bridge_url(settings: Settings) -> str:
+def bridge_url(settings: Settings) -> str:
     """Where a client on this machine reaches the bridge: HTTPS when the configuration has [tls]."""
     return f"{'https' if settings.tls is not None else 'http'}://{settings.bridge.listen.local()}"
 
@@ -133,7 +133,7 @@ def _listen(args: argparse.Namespace) -> int:
     secret = options.read_secret(args.key_file, required=False)
     preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
     url = args.url or _configured(settings.broker.local_ws_url(), settings)
-    http = args.http or _bridge_url(settings)
+    http = args.http or bridge_url(settings)
     return listen(args.networks, url, secret, since=args.since, http=http, ca=ca, version=args.mqtt_version)
 
 
@@ -172,7 +172,7 @@ def _traffic(args: argparse.Namespace) -> int:
         )
         raise RadioError(msg)
     url = args.url or (
-        _bridge_url(settings) if via == "http" else _configured(settings.broker.local_url(), settings)
+        bridge_url(settings) if via == "http" else _configured(settings.broker.local_url(), settings)
     )
     traffic(
         network=args.network,

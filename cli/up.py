@@ -31,6 +31,7 @@ from typing import IO, Final
 
 from radio import ports, service_keys, statelock
 from radio.bridge.identity import bridge_credentials
+from radio.cli.devices import bridge_url
 from radio.cli.options import EXIT_REFUSED, SECRET_ENVIRONMENT
 from radio.cli.parent import PARENT_ENVIRONMENT
 from radio.config import Address, Settings, load_settings, resolve_paths
@@ -488,7 +489,11 @@ def _print_banner(
         else f"elsewhere, first: export RADIO_CONFIG={shlex.quote(str(settings.path))}"
     )
     if elsewhere:  # they would find the addresses in radio.toml, not this run's
-        where = "this run's addresses are not radio.toml's: give other radio commands --url"
+        where = (
+            "this run's addresses are not radio.toml's: give other radio commands --url, radio listen --http"
+        )
+    # radio listen reads the history from the bridge the configuration names, unless told another.
+    http_flag = f" --http {http_url}" if http_url != bridge_url(settings) else ""
     titles = {
         "mqtts": "MQTT over TLS:        ",
         "wss": "WebSocket over TLS:   ",
@@ -528,7 +533,7 @@ def _print_banner(
         f"  other radio commands: {where}\n"
         "\n"
         "Try, in another terminal:\n"
-        f"  radio listen {network} --url {listen_url}{trust if tls_url else ''}\n"
+        f"  radio listen {network} --url {listen_url}{trust if tls_url else ''}{http_flag}\n"
         f"  printf 'API-KEY: %s\\n' \"$(cat {demo_file})\" "
         f"| curl -sS{curl_trust} -H @- {http_url}/publish -d {sample}\n"
         + (

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -152,13 +153,20 @@ def port_is_free(port: int, timeout: float = 10) -> bool:
         time.sleep(0.1)
 
 
+def in_no_command_line(secret: str) -> None:
+    """The secret is in no process's command line, where every user of the machine could read it."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert secret.encode() not in cmdline.read_bytes(), cmdline
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, engine):
     up = start_up(tmp_path, engine)
-    listen = None
+    listen, listened = None, ""
     try:
-        ws_url = up.value(r"radio listen sample_net --url (\S+)")
+        pasted_listen = shlex.split(up.value(r"\n  (radio listen .+)\n"))  # the banner's, as pasted
         http_url = up.value(r"HTTP publish:\s+(\S+)")
         key = (tmp_path / "demo.key").read_text().strip()
         assert (
@@ -173,16 +181,13 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         assert (tmp_path / store.rstrip("/")).exists()
         # Ports the system picked are in no radio.toml: other commands are told to be given --url.
         assert (
-            "other radio commands: this run's addresses are not radio.toml's: give other radio commands --url"
-            in up.banner
+            "other radio commands: this run's addresses are not radio.toml's: give other radio commands "
+            "--url, radio listen --http" in up.banner
         )
         # The admin API and /metrics are where the bridge bound them: on the HTTP port by default.
         assert admin_named(up) == (http_url.removesuffix("/publish"),) * 2 + (" (admin key)",)
 
-        # The secret is in no process's command line, where every user of the machine could read it.
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError):
-                assert key.encode() not in cmdline.read_bytes(), cmdline
+        in_no_command_line(key)
 
         # One configuration rule: radio commands run in the same folder see the running platform.
         keys = subprocess.run(
@@ -195,7 +200,7 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
         assert re.search(r"^demo\s+sample_net\s", keys.stdout, re.MULTILINE), keys.stderr
 
         listen = subprocess.Popen(
-            [sys.executable, "-m", "radio", "listen", "sample_net", "--url", ws_url],
+            [sys.executable, "-m", "radio", *pasted_listen[1:]],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -225,9 +230,12 @@ def test_radio_up_runs_everything_and_ctrl_c_leaves_nothing_behind(tmp_path, eng
             listen.wait(timeout=20)
             reader.join(timeout=20)  # it reads stdout to its end: closing it under the thread would race
             listen.stdout.close()
-            listen.stderr.close()
+            with listen.stderr:
+                listened = listen.stderr.read()
         up.process.send_signal(signal.SIGINT)
         _, err = up.process.communicate(timeout=60)
+    # The pasted command finds this run's bridge too, for the history's numbering.
+    assert "no history" not in listened, listened
     assert up.process.returncode == 0, err
     assert "Traceback" not in err
     assert not loud(err), err  # a clean start and a clean stop: nothing to warn about
