@@ -137,10 +137,12 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
+    from radio import openfiles  # noqa: PLC0415
     from radio.bridge.run import run  # noqa: PLC0415 - the bridge's dependencies load only for this command
 
     settings = options.settings(args)
     statelock.hold(settings.state_dir, "bridge")  # before bridge.key or usage.db is touched
+    openfiles.raise_soft_limit()  # each HTTP connection is an open file, as each MQTT one is the broker's
     run(
         getattr(args, "config", None),
         getattr(args, "keys", None),

@@ -7,7 +7,11 @@ worker: on a server where a half-sent request holds a worker, the normal POST wo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import re
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -151,6 +155,61 @@ def test_slow_and_stalled_clients_cost_radio_bridge_no_worker(home, broker, ever
         for sock in slow:
             sock.close()
         stderr = running.stop()
+    assert "Traceback" not in stderr, stderr
+
+
+SMALL_SOFT_LIMIT = 256
+"""A soft limit on open files below what the waiting connections of a few sources hold."""
+
+
+@pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4 * SMALL_SOFT_LIMIT,
+    reason="a hard limit too low to raise to",
+)
+def test_a_bridge_started_under_a_low_open_files_limit_raises_it(home, broker, everything):
+    """`radio bridge` started under a soft limit on open files (systemd's and a shell's default is
+    1,024) raises it to the hard one: connections from a few sources, each within its own cap of
+    waiting connections, holding more than that soft limit leave another client a way in."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    command = [sys.executable, "-m", "radio", "bridge", "--config", str(home.config), "--workers", "1"]
+    process = subprocess.Popen(
+        [*command, "--listen", "127.0.0.1:0", "--broker", f"mqtt://127.0.0.1:{broker.mqtt_port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=functools.partial(  # noqa: PLW1509 - the child's own limit, set before it runs Python
+            resource.setrlimit, resource.RLIMIT_NOFILE, (SMALL_SOFT_LIMIT, hard)
+        ),
+    )
+    waiting: list[socket.socket] = []
+    try:
+        assert process.stdout is not None
+        url = next(
+            m[1]
+            for line in process.stdout
+            if (m := re.search(r"POST (http://127\.0\.0\.1:\d+)/publish", line))
+        )
+        port = int(url.rsplit(":", 1)[1])
+        for source in range(2, 7):  # 5 sources x 60 waiting connections, each source under its cap of 64
+            for _ in range(60):
+                sock = socket.create_connection(
+                    ("127.0.0.1", port), timeout=10, source_address=(f"127.0.0.{source}", 0)
+                )
+                waiting.append(sock)
+                sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\n")  # the rest never comes
+        answer = requests.post(
+            url + "/publish",
+            json={"network": "A", "data": {"n": 1}},
+            headers={"API-KEY": home.secrets["gen"]},
+            timeout=10,
+        )
+        assert (answer.status_code, answer.json()) == (200, {"message": "OK"})
+        assert json.loads(everything.expect(1)[0].payload) == {"n": 1}
+    finally:
+        for sock in waiting:
+            sock.close()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
     assert "Traceback" not in stderr, stderr
 
 
