@@ -48,7 +48,8 @@ BACKLOG: Final = 1024
 """Connections the kernel may hold before accepting them: a burst of listeners is not refused."""
 
 CLOSE_TIMEOUT: Final = 10.0
-"""Seconds a closing WebSocket (and its TLS, on wss) waits for the client's side of the close."""
+"""Seconds a closing WebSocket (and its TLS, on wss) waits for the client's side of the close, and
+a closing TCP socket for its client to take what was left for it (then it is dropped)."""
 
 
 class Door(Protocol):
@@ -196,12 +197,28 @@ class TcpLink(asyncio.BaseProtocol):
         transport = self.transport
         if transport is None:
             return
+        loop = asyncio.get_running_loop()
         if linger and transport.can_write_eof() and not transport.is_closing():
             transport.resume_reading()
             transport.write_eof()
-            asyncio.get_running_loop().call_later(LINGER, transport.close)
+            loop.call_later(LINGER, transport.close)
+            loop.call_later(LINGER + CLOSE_TIMEOUT, _abort, transport)
             return
         transport.close()
+        if transport.get_write_buffer_size():
+            loop.call_later(CLOSE_TIMEOUT, _abort, transport)
+
+
+def _abort(transport: asyncio.Transport) -> None:
+    """Drop a socket the broker closed whose client never took what was left for it.
+
+    A transport closes once its buffer is written, and a client that reads nothing never lets it
+    be: the socket and the bytes would stay for as long as that client keeps its end open, out
+    of every count (the connection is gone), and a client closed that way again and again would
+    hold more each time. Aborting a transport that has closed already does nothing.
+    """
+    with contextlib.suppress(Exception):
+        transport.abort()
 
 
 class WebSocketLink:

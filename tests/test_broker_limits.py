@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 
+import psutil
 import pytest
 import requests
 from embedded import embedded_broker
@@ -224,6 +225,36 @@ def test_the_room_granted_for_bursts_is_bounded_in_all(home):
         assert metric(port, "radio_broker_send_buffer_refused_total", '{limit="send_buffer_total"}') > 0
         assert metric(port, "radio_broker_send_buffer_granted_bytes") == 0
     finally:
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_a_client_closed_while_it_reads_nothing_is_dropped_with_what_waits_for_it(home):
+    """A socket closes once what waits for it is written, which a client that reads nothing never
+    lets happen: past CLOSE_TIMEOUT the broker drops it rather than hold the socket and its bytes,
+    uncounted, for as long as the client keeps its end open."""
+    broker = start(home)
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", broker.mqtt_port))
+        stalled.sendall(connect("stalled", keep_alive=1))
+        assert read_packet(stalled)[0] == 0x20
+        stalled.sendall(subscribe("networks/pub", qos=0))
+        assert read_packet(stalled)[0] == 0x90  # from now on it reads and sends nothing
+        with connected(broker.mqtt_port, "admin", home.secrets["admin"]) as admin:
+            for n in range(300):  # 9 MB: more than the kernel's buffers take
+                admin.publish("networks/pub", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 30_000))
+        # Closed past its keep-alive (1.5 s), with more waiting for it than the kernel holds; the
+        # broker runs in this process, so its sockets are this process's.
+        client = stalled.getsockname()
+
+        def dropped() -> bool:
+            return all(held.raddr != client for held in psutil.Process().net_connections("tcp"))
+
+        assert until(dropped, 30, every=0.2)
+    finally:
+        stalled.close()
         broker.stop()
 
 
