@@ -202,23 +202,25 @@ class TcpLink(asyncio.BaseProtocol):
             transport.resume_reading()
             transport.write_eof()
             loop.call_later(LINGER, transport.close)
-            loop.call_later(LINGER + CLOSE_TIMEOUT, _abort, transport)
+            loop.call_later(LINGER + CLOSE_TIMEOUT, _drop_if_stuck, transport)
             return
         transport.close()
         if transport.get_write_buffer_size():
-            loop.call_later(CLOSE_TIMEOUT, _abort, transport)
+            loop.call_later(CLOSE_TIMEOUT, _drop_if_stuck, transport)
 
 
-def _abort(transport: asyncio.Transport) -> None:
+def _drop_if_stuck(transport: asyncio.Transport) -> None:
     """Drop a socket the broker closed whose client never took what was left for it.
 
-    A transport closes once its buffer is written, and a client that reads nothing never lets it
-    be: the socket and the bytes would stay for as long as that client keeps its end open, out
-    of every count (the connection is gone), and a client closed that way again and again would
-    hold more each time. Aborting a transport that has closed already does nothing.
+    A transport closes once its buffer is written (a WebSocket's close waits for it to drain
+    first), and a client that reads nothing never lets it be: the socket and the bytes would
+    stay for as long as that client keeps its end open, out of every count (the connection is
+    gone), and a client closed that way again and again would hold more each time. A transport
+    that has closed already holds nothing, and is left alone.
     """
     with contextlib.suppress(Exception):
-        transport.abort()
+        if transport.get_write_buffer_size():
+            transport.abort()
 
 
 class WebSocketLink:
@@ -266,8 +268,12 @@ class WebSocketLink:
         """Close the WebSocket (a close frame, then the socket: the close handshake lingers already)."""
         del linger
         self._reading.set()  # the reading loop ends, even if it was paused
-        task = asyncio.get_running_loop().create_task(self._ws.close())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._ws.close())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        transport = self._ws.transport
+        if transport is not None and transport.get_write_buffer_size():
+            loop.call_later(CLOSE_TIMEOUT, _drop_if_stuck, transport)
 
     async def serve(self, connection: Connection) -> None:
         """Read messages until the connection ends."""

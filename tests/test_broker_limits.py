@@ -13,7 +13,18 @@ import requests
 from embedded import embedded_broker
 from mqtt_client import Client, connected, listening
 from polling import until
-from raw_mqtt import connect, packet, puback, publish, read_packet, session, subscribe
+from raw_mqtt import (
+    connect,
+    packet,
+    puback,
+    publish,
+    read_packet,
+    read_websocket,
+    session,
+    subscribe,
+    websocket_frame,
+    websocket_upgrade,
+)
 
 from radio.broker.thread import BrokerThread
 from radio.wire import Framer
@@ -229,7 +240,8 @@ def test_the_room_granted_for_bursts_is_bounded_in_all(home):
 
 
 @pytest.mark.slow
-def test_a_client_closed_while_it_reads_nothing_is_dropped_with_what_waits_for_it(home):
+@pytest.mark.parametrize("door", ["tcp", "websocket"])
+def test_a_client_closed_while_it_reads_nothing_is_dropped_with_what_waits_for_it(home, door):
     """A socket closes once what waits for it is written, which a client that reads nothing never
     lets happen: past CLOSE_TIMEOUT the broker drops it rather than hold the socket and its bytes,
     uncounted, for as long as the client keeps its end open."""
@@ -237,11 +249,21 @@ def test_a_client_closed_while_it_reads_nothing_is_dropped_with_what_waits_for_i
     stalled = socket.socket()
     try:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.connect(("127.0.0.1", broker.mqtt_port))
-        stalled.sendall(connect("stalled", keep_alive=1))
-        assert read_packet(stalled)[0] == 0x20
-        stalled.sendall(subscribe("networks/pub", qos=0))
-        assert read_packet(stalled)[0] == 0x90  # from now on it reads and sends nothing
+        stalled.settimeout(10)
+        if door == "tcp":
+            stalled.connect(("127.0.0.1", broker.mqtt_port))
+            send, read = stalled.sendall, lambda: read_packet(stalled)[0]
+        else:
+            stalled.connect(("127.0.0.1", broker.ws_port))
+            websocket_upgrade(stalled)
+            send, read = (
+                (lambda data: stalled.sendall(websocket_frame(data))),
+                lambda: read_websocket(stalled)[0],
+            )
+        send(connect("stalled", keep_alive=1))
+        assert read() == 0x20
+        send(subscribe("networks/pub", qos=0))
+        assert read() == 0x90  # from now on it reads and sends nothing
         with connected(broker.mqtt_port, "admin", home.secrets["admin"]) as admin:
             for n in range(300):  # 9 MB: more than the kernel's buffers take
                 admin.publish("networks/pub", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 30_000))
