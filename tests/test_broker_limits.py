@@ -280,6 +280,40 @@ def test_a_client_closed_while_it_reads_nothing_is_dropped_with_what_waits_for_i
         broker.stop()
 
 
+@pytest.mark.slow
+def test_room_granted_to_clients_that_read_nothing_goes_back_once_they_stall(home):
+    """The kernel's buffers take a burst's first megabytes for a client that reads nothing, which
+    looks like keeping up: its room grows. Once it has taken nothing for STALL seconds it is
+    closed, and the room it held goes back to the clients that read."""
+    broker = start(home, 'metrics = "127.0.0.1:0"')
+    port = broker.broker.metrics_port
+    stalled = []
+    try:
+        for n in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", broker.mqtt_port))
+            sock.sendall(connect(f"stalled-{n}"))
+            assert read_packet(sock)[0] == 0x20
+            sock.sendall(subscribe("networks/pub", qos=0))
+            assert read_packet(sock)[0] == 0x90  # and from now on it reads nothing
+            stalled.append(sock)
+        assert burst(home, port=broker.mqtt_port, subscribers=2, silence=30) == [30_000] * 2
+        assert metric(port, "radio_broker_send_buffer_granted_bytes") > 0  # held by the stalled
+
+        with connected(broker.mqtt_port, "admin", home.secrets["admin"]) as admin:
+
+            def given_back() -> bool:
+                admin.publish("networks/pub", b'{"n": 0}')  # a delivery finds each stalled client
+                return metric(port, "radio_broker_send_buffer_granted_bytes") == 0
+
+            assert until(given_back, 30, every=0.5)
+    finally:
+        for sock in stalled:
+            sock.close()
+        broker.stop()
+
+
 def test_retained_samples_a_subscribe_brings_wait_for_the_window_like_live_ones(home):
     """Each SUBSCRIBE of a filter brings its retained samples again (MQTT-3.3.1-6).
 
