@@ -46,6 +46,10 @@ DEFAULT_THREADS: Final = 16
 """Requests per worker process that run Flask (and wait for their PUBACK) at once."""
 HEAD_LIMIT: Final = 64 * 1024
 """Bytes of request line and headers a request may send (431 past them)."""
+PAST_LIMIT_GRACE: Final = 0.25
+"""Seconds a new connection past its address's bound of waiting ones has to complete its request's
+headers. A client sends its request with the last packet of the TCP handshake; a burst of them is
+accepted in one turn of the loop, before any is read, and each would count as waiting."""
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
@@ -171,11 +175,11 @@ class _BoundedHeaders(HttpToolsProtocol):
         if self._waiting_as is not None or self.transport.is_closing():
             return
         if self.waiting[source] >= self.max_idle_per_source:
+            if refuse_past_limit:  # new: judged once its request had time to be read
+                self._idle_timer = self.loop.call_later(PAST_LIMIT_GRACE, self._past_limit)
+                return
             _count_closed("source_limit")
-            if refuse_past_limit:
-                self.transport.abort()  # it sent nothing: nothing to answer
-            else:
-                self.transport.close()  # its answer is written: it is not kept alive
+            self.transport.close()  # its answer is written: it is not kept alive
             return
         self.waiting[source] += 1
         self._waiting_as = source
@@ -192,6 +196,44 @@ class _BoundedHeaders(HttpToolsProtocol):
             if not self.waiting[source]:
                 del self.waiting[source]
             _count_waiting(-1)
+
+    def _past_limit(self) -> None:
+        """A new connection past the bound has not completed its request's headers in the grace.
+
+        It is not counted among the waiting, so those stay within the bound. Unless its headers
+        are in the kernel, unread (the loop was busy), it is closed: at once if it sent nothing
+        (nothing to answer), 408 if it began a request.
+        """
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        if self._asked_already():
+            self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_expired)
+            return
+        _count_closed("source_limit")
+        if self._in_head:
+            self._refuse(408, "Request Timeout", "request headers not received in time")
+        else:
+            self.transport.abort()
+
+    def _asked_already(self) -> bool:
+        """Whether the connection's request line and headers are all in the kernel, unread.
+
+        The bytes are looked at, not taken. Over HTTPS they are not the request's: no.
+        """
+        if self._in_head or self.transport.get_extra_info("sslcontext") is not None:
+            return False
+        held = self.transport.get_extra_info("socket")
+        if held is None:
+            return False
+        peek = socket.socket(fileno=held.fileno())
+        try:
+            head = peek.recv(HEAD_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        finally:
+            peek.detach()  # the transport's own socket: never closed here
+        return b"\r\n\r\n" in head
 
     def _idle_expired(self) -> None:
         self._idle_timer = None

@@ -42,6 +42,8 @@ _PUBACK: Final = codec.PUBACK << 4
 """The first byte of a PUBACK."""
 KEEP_ALIVE_GRACE: Final = 1.5
 """A client silent for one and a half times its keep-alive is gone (MQTT-3.1.2-24)."""
+STALL: Final = 10.0
+"""Seconds a client holding room beyond ``send_buffer`` may take nothing before it is closed."""
 READ_TURN: Final = 65_536
 """Bytes a client that may publish nothing is read in a row before every other client is
 (``Connection._give_way``)."""
@@ -108,6 +110,8 @@ class Connection:
         "_proved",
         "_published_seen",
         "_room",
+        "_stall_timer",
+        "_took",
         "_turn",
         "_unyielded",
         "_written",
@@ -168,6 +172,10 @@ class Connection:
         """Bytes handed to the transport so far."""
         self._proved = 0
         """Bytes the client had taken when its room last grew."""
+        self._took = 0
+        """Bytes the client had taken at the last look of ``_stall_timer``."""
+        self._stall_timer: asyncio.TimerHandle | None = None
+        """While it holds room granted for a burst: a look every ``STALL`` seconds at what it took."""
         self._turn = -1
         """The flusher's turn in which bytes last went straight to the transport (``write``)."""
         self._draining = False
@@ -494,12 +502,39 @@ class Connection:
         room = self.buffers.grow(self._room)
         if room == self._room:
             return False
+        if self._stall_timer is None:
+            self._took = taken
+            self._stall_timer = self.loop.call_later(STALL, self._stall_check)
         self._room, self._proved = room, taken
         return waiting <= room
+
+    def _stall_check(self) -> None:
+        """Room granted for a burst goes back from a client that took nothing for ``STALL`` seconds.
+
+        The kernel's buffers take a burst's first megabytes for a client that reads nothing, which
+        looks like keeping up: its room grows. Kept, that room would be kept from the clients that
+        read, for ever. With nothing waiting here it only gives the room back; with bytes waiting
+        it is closed, which lets them go (its session stays, if it has one).
+        """
+        self._stall_timer = None
+        if self.closed or self._room == self.buffers.base:
+            return
+        buffered = self.link.buffered()
+        taken = self._written - buffered
+        if taken > self._took:
+            self._took = taken
+            self._stall_timer = self.loop.call_later(STALL, self._stall_check)
+        elif buffered:
+            self.close(f"it took nothing for {STALL:g} s, {buffered:,} bytes waiting for it")
+        else:
+            self._shrink()
 
     def _shrink(self) -> None:
         self.buffers.release(self._room)
         self._room = self.buffers.base
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     @property
     def waiting(self) -> int:

@@ -48,7 +48,8 @@ BACKLOG: Final = 1024
 """Connections the kernel may hold before accepting them: a burst of listeners is not refused."""
 
 CLOSE_TIMEOUT: Final = 10.0
-"""Seconds a closing WebSocket (and its TLS, on wss) waits for the client's side of the close."""
+"""Seconds a closing WebSocket (and its TLS, on wss) waits for the client's side of the close, and
+a closing TCP socket for its client to take what was left for it (then it is dropped)."""
 STOP_GRACE: Final = 2.0
 """Seconds a stopping broker gives sockets still closing (a TLS close_notify or a WebSocket close
 awaited from the client, a linger) before it cuts them: one client that never answers must not
@@ -260,17 +261,35 @@ class TcpLink(asyncio.BaseProtocol):
         transport = self.transport
         if transport is None:
             return
+        loop = asyncio.get_running_loop()
         if linger and transport.can_write_eof() and not transport.is_closing():
             transport.resume_reading()
             transport.write_eof()
-            asyncio.get_running_loop().call_later(LINGER, transport.close)
+            loop.call_later(LINGER, transport.close)
+            loop.call_later(LINGER + CLOSE_TIMEOUT, _drop_if_stuck, transport)
             return
         transport.close()
+        if transport.get_write_buffer_size():
+            loop.call_later(CLOSE_TIMEOUT, _drop_if_stuck, transport)
 
     def abort(self) -> None:
         """Close the socket now, whatever is unsent or awaited from the client."""
         if self.transport is not None:
             self.transport.abort()
+
+
+def _drop_if_stuck(transport: asyncio.Transport) -> None:
+    """Drop a socket the broker closed whose client never took what was left for it.
+
+    A transport closes once its buffer is written (a WebSocket's close waits for it to drain
+    first), and a client that reads nothing never lets it be: the socket and the bytes would
+    stay for as long as that client keeps its end open, out of every count (the connection is
+    gone), and a client closed that way again and again would hold more each time. A transport
+    that has closed already holds nothing, and is left alone.
+    """
+    with contextlib.suppress(Exception):
+        if transport.get_write_buffer_size():
+            transport.abort()
 
 
 class WebSocketLink:
@@ -318,8 +337,12 @@ class WebSocketLink:
         """Close the WebSocket (a close frame, then the socket: the close handshake lingers already)."""
         del linger
         self._reading.set()  # the reading loop ends, even if it was paused
-        task = asyncio.get_running_loop().create_task(self._ws.close())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._ws.close())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        transport = self._ws.transport
+        if transport is not None and transport.get_write_buffer_size():
+            loop.call_later(CLOSE_TIMEOUT, _drop_if_stuck, transport)
 
     async def serve(self, connection: Connection) -> None:
         """Read messages until the connection ends."""

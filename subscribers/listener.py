@@ -13,8 +13,11 @@ connection or a failed connect tries the next URL at once, round the list; the b
 only once a whole round failed. A broker that answers "server unavailable" (or any refusal other
 than a bad key) is passed over like one that cannot be reached. A subscription brings a topic's
 retained sample: after a reconnect, one equal to the last sample seen on that topic is the same
-sample again and is skipped. With a key it keeps a persistent session (a stable client id, clean
-session off, QoS 1), so samples published while it was away arrive when it is back.
+sample again and is skipped. Likewise a sample sent again (DUP) that equals one of the last
+``RECENT`` taken: its acknowledgement was lost with a connection (or with a broker that stopped
+before keeping it), and the broker sends it again once the session resumes. With a key it
+keeps a persistent session (a stable client id, clean session off, QoS 1), so samples published
+while it was away arrive when it is back.
 
 With ``since=SEQ`` (and ``http``, the bridge's URL) it first replays the networks' history after
 that number, then goes on live, without a duplicate or a hole (docs/history.md): it subscribes
@@ -41,11 +44,12 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -58,6 +62,10 @@ from radio.timestamps import utc_now
 from radio.tls import verify_failure
 from radio.topics import network_of_topic, network_topic
 from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion, parse_urls
+
+RECENT: Final = 1000
+"""Samples remembered (a digest of each) to know one sent again after a reconnect: more than a
+broker leaves unacknowledged with a client at once (the embedded broker's ``max_inflight``, 100)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,9 @@ class Listener:
         """Called on the network thread with every payload skipped; by default, a ``notice``."""
         self._last: dict[str, bytes] = {}
         """The last payload per topic, to know a retained sample seen before a reconnect."""
+        self._recent: deque[tuple[str, bytes]] = deque()
+        self._recent_count: Counter[tuple[str, bytes]] = Counter()
+        """The last ``RECENT`` samples taken, by topic and payload digest: one sent again is known."""
         self._seen_since_subscribe: set[str] = set()
         self._established = False
         self._filters = {network_topic(n) + "/#": n for n in self.networks}
@@ -353,6 +364,16 @@ class Listener:
         self._seen_since_subscribe.add(topic)
         if first and message.retain and self._last.get(topic) == payload:
             return  # the retained sample a resubscription brings back: printed already
+        taken = (topic, hashlib.blake2b(payload, digest_size=16).digest())
+        if message.dup and self._recent_count[taken]:
+            return  # sent again after a reconnect: its acknowledgement was lost, not the sample
+        self._recent.append(taken)
+        self._recent_count[taken] += 1
+        if len(self._recent) > RECENT:
+            old = self._recent.popleft()
+            self._recent_count[old] -= 1
+            if not self._recent_count[old]:
+                del self._recent_count[old]
         self._last[topic] = payload
         try:
             data = parse_sample(payload)

@@ -7,9 +7,11 @@ while well-behaved clients come from other loopback addresses.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import requests
 from conftest import start_bridge
@@ -82,6 +84,31 @@ def test_silent_sockets_are_bounded_per_source_and_closed_when_idle(bridge):
     # Those that never sent a byte are closed after idle_timeout, without an answer.
     for sock in silent:
         assert closed_by_server(sock) == b""
+
+
+def test_a_burst_of_requests_from_a_source_at_its_bound_is_answered_whole(bridge):
+    silent = [connect(bridge) for _ in range(5)]  # the source's share of waiting sockets, held
+    served = connect(bridge, "127.0.0.2")
+    assert get(served, "/healthz").startswith(b"HTTP/1.1 200")  # the five are counted by now
+    served.close()
+
+    # The worker is held while ten clients of the same source connect and send their request:
+    # when it accepts them, each has asked already, so none is a socket that asks nothing.
+    (worker,) = psutil.Process(bridge.process.pid).children()
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        burst = [connect(bridge) for _ in range(10)]
+        for sock in burst:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: radio\r\nConnection: close\r\n\r\n")
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    for sock in burst:
+        assert closed_by_server(sock).startswith(b"HTTP/1.1 200")
+
+    # A new socket of the source that has asked nothing is still closed at once, unanswered.
+    assert closed_by_server(connect(bridge)) == b""
+    for sock in silent:
+        sock.close()
 
 
 @pytest.mark.slow

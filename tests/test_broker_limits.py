@@ -12,13 +12,25 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 import requests
 from conftest import require_mosquitto
 from embedded import embedded_broker
 from mqtt_client import Client, connected, listening
 from polling import until
-from raw_mqtt import connect, packet, puback, publish, read_packet, session, subscribe
+from raw_mqtt import (
+    connect,
+    packet,
+    puback,
+    publish,
+    read_packet,
+    read_websocket,
+    session,
+    subscribe,
+    websocket_frame,
+    websocket_upgrade,
+)
 
 from radio.broker.thread import BrokerThread
 from radio.wire import Framer
@@ -230,6 +242,81 @@ def test_the_room_granted_for_bursts_is_bounded_in_all(home):
         assert metric(port, "radio_broker_send_buffer_refused_total", '{limit="send_buffer_total"}') > 0
         assert metric(port, "radio_broker_send_buffer_granted_bytes") == 0
     finally:
+        broker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("door", ["tcp", "websocket"])
+def test_a_client_closed_while_it_reads_nothing_is_dropped_with_what_waits_for_it(home, door):
+    """A socket closes once what waits for it is written, which a client that reads nothing never
+    lets happen: past CLOSE_TIMEOUT the broker drops it rather than hold the socket and its bytes,
+    uncounted, for as long as the client keeps its end open."""
+    broker = start(home)
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(10)
+        if door == "tcp":
+            stalled.connect(("127.0.0.1", broker.mqtt_port))
+            send, read = stalled.sendall, lambda: read_packet(stalled)[0]
+        else:
+            stalled.connect(("127.0.0.1", broker.ws_port))
+            websocket_upgrade(stalled)
+            send, read = (
+                (lambda data: stalled.sendall(websocket_frame(data))),
+                lambda: read_websocket(stalled)[0],
+            )
+        send(connect("stalled", keep_alive=1))
+        assert read() == 0x20
+        send(subscribe("networks/pub", qos=0))
+        assert read() == 0x90  # from now on it reads and sends nothing
+        with connected(broker.mqtt_port, "admin", home.secrets["admin"]) as admin:
+            for n in range(300):  # 9 MB: more than the kernel's buffers take
+                admin.publish("networks/pub", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 30_000))
+        # Closed past its keep-alive (1.5 s), with more waiting for it than the kernel holds; the
+        # broker runs in this process, so its sockets are this process's.
+        client = stalled.getsockname()
+
+        def dropped() -> bool:
+            return all(held.raddr != client for held in psutil.Process().net_connections("tcp"))
+
+        assert until(dropped, 30, every=0.2)
+    finally:
+        stalled.close()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_room_granted_to_clients_that_read_nothing_goes_back_once_they_stall(home):
+    """The kernel's buffers take a burst's first megabytes for a client that reads nothing, which
+    looks like keeping up: its room grows. Once it has taken nothing for STALL seconds it is
+    closed, and the room it held goes back to the clients that read."""
+    broker = start(home, 'metrics = "127.0.0.1:0"')
+    port = broker.broker.metrics_port
+    stalled = []
+    try:
+        for n in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", broker.mqtt_port))
+            sock.sendall(connect(f"stalled-{n}"))
+            assert read_packet(sock)[0] == 0x20
+            sock.sendall(subscribe("networks/pub", qos=0))
+            assert read_packet(sock)[0] == 0x90  # and from now on it reads nothing
+            stalled.append(sock)
+        assert burst(home, port=broker.mqtt_port, subscribers=2, silence=30) == [30_000] * 2
+        assert metric(port, "radio_broker_send_buffer_granted_bytes") > 0  # held by the stalled
+
+        with connected(broker.mqtt_port, "admin", home.secrets["admin"]) as admin:
+
+            def given_back() -> bool:
+                admin.publish("networks/pub", b'{"n": 0}')  # a delivery finds each stalled client
+                return metric(port, "radio_broker_send_buffer_granted_bytes") == 0
+
+            assert until(given_back, 30, every=0.5)
+    finally:
+        for sock in stalled:
+            sock.close()
         broker.stop()
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,9 @@ import pytest
 from conftest import ENGINES, running_broker
 from embedded import embedded_broker
 from mqtt_client import Client
+from raw_mqtt import read_packet
 
+from radio import wire
 from radio.devices.link import MqttLink
 from radio.registry import LiveRegistry
 from radio.subscribers.listener import BadSample, Listener, Refused
@@ -370,6 +373,53 @@ def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broke
     finally:
         admin.close()
     assert all(delay <= 0.5 for delay in delays), delays
+
+
+def test_a_sample_sent_again_after_a_lost_acknowledgement_is_not_taken_twice():
+    """A broker that did not get a listener's PUBACK before the connection went sends the sample
+    again, with DUP, once the session resumes (MQTT-3.3.1-1): it was taken already.
+
+    The broker here is a socket that plays that script, so that the acknowledgement is lost every
+    time, not only when a connection happens to drop between a sample and its PUBACK.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+    first = wire.publish("networks/pub", b'{"n": 1}', qos=1, packet_id=7)
+
+    def session(*packets: bytes, present: bool) -> socket.socket:
+        sock, _ = server.accept()
+        sock.settimeout(20)
+        assert read_packet(sock)[0] == 0x10  # CONNECT
+        sock.sendall(wire.connack(present, 0))
+        subscribe = read_packet(sock)
+        assert subscribe[0] == 0x82
+        sock.sendall(wire.suback(int.from_bytes(subscribe[1][:2], "big"), [1]))
+        for packet in packets:
+            sock.sendall(packet)
+        return sock
+
+    def broker() -> None:
+        sock = session(first, present=False)
+        assert read_packet(sock)[0] == 0x40  # the PUBACK, lost with the connection
+        sock.close()
+        sock = session(wire.publish("networks/pub", b'{"n": 1}', qos=1, packet_id=7, dup=True), present=True)
+        sock.sendall(wire.publish("networks/pub", b'{"n": 2}', qos=1, packet_id=8))
+        done.wait(20)
+        sock.close()
+
+    done = threading.Event()
+    playing = threading.Thread(target=broker, daemon=True)
+    playing.start()
+    try:
+        with Listener(["pub"], f"mqtt://127.0.0.1:{port}", "a-secret", http="http://127.0.0.1:1") as listener:
+            samples = iter(listener)
+            assert next(samples).data == {"n": 1}
+            assert next(samples).data == {"n": 2}
+    finally:
+        done.set()
+        playing.join(timeout=20)
+        server.close()
 
 
 def test_two_traffic_simulators_on_one_network_do_not_evict_each_other(home, broker, everything):

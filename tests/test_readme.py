@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from conftest import copy_checkout
 from test_platform import start_up
 
 from radio.cli import up as up_module
+from radio.cli.main import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -29,6 +31,18 @@ def quick_start_commands() -> list[str]:
 
 def runnable_blocks(language: str = "sh") -> list[str]:
     return re.findall(re.escape(MARK) + rf"\n```{language}\n(.+?)\n```", README, re.DOTALL)
+
+
+def test_every_radio_command_the_documents_name_exists():
+    """A reader who types a command the README or docs/ name gets that command, not a usage error."""
+    (subcommands,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = subcommands.choices
+    named = {
+        (document.name, command)
+        for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for command in re.findall(r"`radio ([a-z][a-z-]*)", document.read_text())
+    }
+    assert {(name, command) for name, command in named if command not in commands} == set()
 
 
 def test_the_quick_start_is_two_commands():
