@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from flask import Flask
 
@@ -15,6 +15,12 @@ from radio.bridge.publisher import Publisher
 from radio.bridge.state import BridgeState, state_of
 from radio.config import Address
 from radio.registry import LiveRegistry
+
+READY_WAIT: Final = 1.0
+"""Seconds a worker waits at its start for its broker link before it takes connections: the
+workers share one listening socket, and one that took requests before its link was up would
+answer 503 (``/healthz`` too) while another already answers 200. A broker down at the start is
+not waited for longer: the worker then answers 503 until its link comes up."""
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -95,6 +101,7 @@ def create_asgi_app(
         threads=threads,
         inline=("/publish",),
         on_startup=lambda: publisher.start(asyncio.get_running_loop()),
+        ready=lambda: asyncio.get_running_loop().run_in_executor(None, publisher.wait_connected, READY_WAIT),
         on_shutdown=publisher.stop,
         bulky=history.is_history_path,
         bulky_threads=state.registry.settings.bridge.history_threads,

@@ -97,6 +97,7 @@ class BufferedWSGI:
         inline: Collection[str] = (),
         inline_body: int = INLINE_BODY,
         on_startup: Callable[[], None] | None = None,
+        ready: Callable[[], Awaitable[object]] | None = None,
         on_shutdown: Callable[[], None] | None = None,
         bulky: Callable[[str], bool] | None = None,
         bulky_threads: int = 2,
@@ -114,6 +115,8 @@ class BufferedWSGI:
         self.body_timeout = body_timeout
         self.body_limit = body_limit
         self.on_startup = on_startup
+        self.ready = ready
+        """Awaited after ``on_startup``, before the server takes its first connection."""
         self.on_shutdown = on_shutdown
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-bridge")
         self._reading: set[asyncio.Task[Any]] = set()
@@ -143,6 +146,8 @@ class BufferedWSGI:
             if message["type"] == "lifespan.startup":
                 if self.on_startup is not None:
                     self.on_startup()  # on the server's event loop
+                if self.ready is not None:
+                    await self.ready()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 # Requests in hand finish first; then the broker link closes cleanly.

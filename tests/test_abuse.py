@@ -373,6 +373,7 @@ def test_a_network_retains_at_most_max_retained_topics(home):
 
 
 # Clients that never read.
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_an_anonymous_client_that_reads_nothing_is_read_no_further_than_its_room(home):
     """Everything an anonymous client sends asks for an answer: unread past its room, it is read no
     more (TCP then holds it back) until they drain, rather than answered without bound."""

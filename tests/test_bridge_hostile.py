@@ -63,6 +63,7 @@ def hostile_requests(draw, secrets):
     return headers, body
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_hostile_requests_never_break_the_bridge_nor_leak(bridge, home, everything):
     accepted = []
 

@@ -146,6 +146,7 @@ def test_the_listener_library_refuses_clearly(home, broker):
         next(iter(listener))
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
     """Broker down for a few periods: the simulator keeps its samples and sends them when it is back.
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 
+import requests
 from conftest import Home, start_bridge
 from polling import eventually
 from test_tls import make_certs, use_tls
@@ -132,3 +136,57 @@ def test_plain_http_to_a_tls_bridge_is_not_mistaken_for_healthy(home, broker, tm
         bridge.stop(timeout=8)
     assert done.returncode == UNHEALTHY, done.stdout
     assert "no answer" in done.stderr
+
+
+@contextlib.contextmanager
+def slow_to_answer(port: int, delay: float) -> Iterator[int]:
+    """A port that forwards to ``port`` each connection it takes ``delay`` seconds after its accept:
+    a broker slow to take a link (a busy one, one far away)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def forward(client: socket.socket) -> None:
+        with client:
+            if stop.wait(delay):
+                return
+            with socket.create_connection(("127.0.0.1", port)) as broker:
+                upstream = threading.Thread(target=pipe, args=(client, broker), daemon=True)
+                upstream.start()
+                pipe(broker, client)
+                upstream.join()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = server.accept()
+                threading.Thread(target=forward, args=(client,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_a_worker_takes_no_request_before_its_broker_link_is_up(home, broker):
+    """The workers share one listening socket: one that took requests before its broker link was
+    up would answer 503 while the others answer 200, and a load balancer would see the bridge
+    flap as it starts. Each worker waits for its link (up to a second) before it takes any."""
+    with slow_to_answer(broker.mqtt_port, 0.4) as port:
+        bridge = start_bridge(home, port, "--workers", "2", healthy=False)
+        try:
+            answers = []
+            for _ in range(10):  # a new connection each: whichever worker takes it answers
+                with requests.Session() as session:
+                    answers.append(session.get(bridge.url + "/healthz", timeout=30).status_code)
+            assert answers == [200] * 10
+        finally:
+            bridge.stop()

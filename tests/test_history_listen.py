@@ -279,6 +279,7 @@ def test_a_keyed_listener_replays_a_private_network_once(home, broker, recorder,
     assert [(s.seq, s.data["i"]) for s in got] == [(1, 0), (2, 1), (3, 2), (4, 3)]  # live ones too
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_since_past_the_end_of_the_history_is_said_and_replays_nothing(
     home, broker, recorder, bridge, publisher
 ):

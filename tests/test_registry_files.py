@@ -35,6 +35,7 @@ def errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_an_emptied_deleted_then_restored_keys_file(home, live, caplog):
     before = live.current
     original = home.keys.read_bytes()

@@ -311,6 +311,7 @@ def test_a_refused_qos2_publish_stores_nothing_and_incoming_qos2_is_bounded(brok
         gen.close()
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_offline_anonymous_sessions_are_bounded_and_the_store_stays_small(home, caplog):
     """Offline anonymous sessions on networks/# are bounded: 600 x 1 KB keep the store small."""
     # Many from one address here: what is bounded is each session's queue (the caps on how many
