@@ -379,9 +379,16 @@ class QuietHandshakeLog(logging.LoggerAdapter[logging.Logger]):
     """The WebSocket server's logger: a failed handshake or handler is one line, never a traceback."""
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        """Turn the server's two tracebacks into one warning line naming the cause."""
+        """Turn the server's two tracebacks into one warning line naming the cause.
+
+        A socket that closed before it sent a whole request (its client went, or its
+        ``connect_timeout`` ran out: ``Admitted.watch``) says nothing, as the server's own
+        handshake timeout says nothing: one line per silent socket would be a log an attacker fills.
+        """
         if level >= logging.ERROR and msg in ("opening handshake failed", "connection handler failed"):
             cause = sys.exc_info()[1]
+            if cause is not None and isinstance(cause.__cause__, EOFError):
+                return
             reason = f"{type(cause).__name__}: {cause}" if cause is not None else "no reason given"
             log.warning("WebSocket %s: %s", str(msg).replace(" failed", " refused"), reason)
             return

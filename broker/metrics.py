@@ -7,6 +7,9 @@ own at ``[broker] metrics = "HOST:PORT"`` (off by default), like the bridge's ``
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -209,8 +212,20 @@ class MetricsServer:
         return int(self._server.server_port)
 
     def shutdown(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
+        """Stop serving, at once.
+
+        The server looks for a stop between connections, or every half second: a connection of
+        our own wakes it now, and a broker stops without waiting out that half second.
+        """
+        stopping = threading.Thread(target=self._server.shutdown, name="radio-metrics-stop", daemon=True)
+        stopping.start()
+        address = self._server.server_address[:2]
+        for _ in range(100):  # until the stop is seen: a wake before it is asked would be lost
+            with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+                pass
+            stopping.join(timeout=0.05)
+            if not stopping.is_alive():
+                break
         self._server.server_close()
         self._thread.join(timeout=5)
 
