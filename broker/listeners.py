@@ -441,7 +441,6 @@ class Listening:
         self.protocol = protocol
         """The listener's own protocol for a socket counted (``TcpLink``, ``WebSocketConnection``)."""
         self.tls = tls
-        self._handshake_timeout = handshake_timeout
         self.connect_timeout = handshake_timeout
         """Seconds a socket has from its accept to its CONNECT (``Admitted.watch``)."""
         self._shutdown_timeout = shutdown_timeout
@@ -483,7 +482,7 @@ class Listening:
                 waiting,
                 self.tls,
                 server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout,
+                ssl_handshake_timeout=self.connect_timeout,  # a backstop: Admitted.watch ends it first
                 ssl_shutdown_timeout=self._shutdown_timeout,
             )
         except BaseException as exc:
