@@ -520,6 +520,7 @@ def test_an_awaited_publish_without_a_broker_link_is_broker_unavailable():
         server.close()
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_with_the_broker_down_every_post_is_503_in_time_and_none_goes_out_later(home):
     """Many POSTs while the link is down: each answered 503 within the timeout, none sent once it is back.
 

@@ -126,6 +126,7 @@ def test_a_body_that_stalls_is_answered_408_json_after_the_body_timeout_in_proce
     assert answer == {"error": "request body not received within 0.5 s"}
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_slow_and_stalled_clients_cost_radio_bridge_no_worker(home, broker, everything):
     """One worker; 50 clients trickling headers and 5 stalling mid-body; a normal POST still gets 200."""
     running = start_bridge(home, broker.mqtt_port, "--workers", "1", "--body-timeout", "3")

@@ -232,6 +232,7 @@ def test_a_burst_reaches_subscribers_that_stop_reading_for_a_moment(home):
         broker.stop()
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_the_room_granted_for_bursts_is_bounded_in_all(home):
     """With nothing to grant beyond send_buffer, the same burst overflows it: dropped and counted."""
     broker = start(home, "send_buffer_total = 0", 'metrics = "127.0.0.1:0"')

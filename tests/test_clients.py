@@ -240,6 +240,7 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
         watcher.close()
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
     """No broker yet: the link keeps the newest `buffer` samples and delivers them once it is up.
 

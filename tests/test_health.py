@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import pytest
 import requests
 from conftest import Home, start_bridge
 from polling import eventually
@@ -90,6 +91,7 @@ def test_a_configuration_it_cannot_read_is_unhealthy_not_exit_2(home):
     assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_under_tls_the_check_speaks_https_verified_against_the_configured_certificate(home, broker, tmp_path):
     # A certificate for a public name only, as an ACME client gives: the check reaches it on
     # loopback all the same, with no CA file, since it trusts the configured certificate itself.
@@ -121,6 +123,7 @@ def test_under_tls_the_check_speaks_https_verified_against_the_configured_certif
     assert "restart the platform" in refused.stderr
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_plain_http_to_a_tls_bridge_is_not_mistaken_for_healthy(home, broker, tmp_path):
     certs = make_certs(tmp_path / "certs")
     use_tls(home, certs)

@@ -316,6 +316,7 @@ def test_a_will_waiting_out_its_delay_goes_when_a_clean_start_ends_its_session(b
         assert [m.payload for m in reader.expect(1)] == [b'{"gone": 3}']
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_will_waiting_out_its_delay_goes_with_its_rotated_secret(broker, home, clients) -> None:
     """A rotated key sends no last will: not even one its old secret left waiting on its delay."""
     reader = open_client(clients, broker, home, "reader_a", 5)

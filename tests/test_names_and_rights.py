@@ -31,6 +31,7 @@ def test_invalid_network_names(name):
         NetworkName(name)
 
 
+@pytest.mark.slow  # thousands of generated names: the fast tier stays under two minutes
 @given(st.text(max_size=70))
 def test_a_valid_name_never_contains_a_topic_special_character(text):
     try:

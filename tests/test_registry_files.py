@@ -177,6 +177,7 @@ def test_broker_then_bridge_start_in_an_empty_folder(tmp_path):
 # --- The bridge: each worker reloads on its own --------------------------------------------------
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_the_bridge_keeps_its_rights_when_the_keys_file_is_emptied_or_deleted(broker, home):
     # One worker: a worker still booting when the file is emptied fails to start (gunicorn then
     # stops the bridge), a limit of the bridge's per-worker loading, not what this test is about.
