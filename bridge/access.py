@@ -14,8 +14,9 @@ An admitted sample has taken its unit of the key's quota and is metered; if the 
 fails to take it (503), ``release`` gives both back. So a quota holds exactly, however many
 requests arrive at once and through whichever door.
 
-Rates are shared by the workers (``radio.rates.SharedBuckets``); quotas and usage go to the
-platform's ``usage.db`` (``radio.usage.Meter``), which the embedded broker counts into too.
+Rates are shared by the workers and the embedded broker (``radio.rates.SharedBuckets``, one
+file per platform); quotas and usage go to the platform's ``usage.db`` (``radio.usage.Meter``),
+which the embedded broker counts into too.
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ def open_gate(registry: LiveRegistry) -> tuple[Admission, usage.Meter | None, ra
         opened.start()
         atexit.register(opened.close)
         meter = opened
-    buckets = rates.SharedBuckets(rates.shared_path(folder / "running", os.getppid()))
+    running = folder / "running"
+    try:
+        buckets = rates.SharedBuckets(rates.platform_path(running))  # the broker's too
+    except OSError as exc:  # made by another user, say: this bridge's workers share one of their own
+        log.error("%s: rates are held per door, not across the broker and the bridge", exc)  # noqa: TRY400
+        buckets = rates.SharedBuckets(rates.shared_path(running, os.getppid()))
 
     def take_token(key: Key) -> tuple[float, float]:
         terms = key.terms

@@ -12,8 +12,11 @@ turns the verdict into what MQTT can say:
 - **Over the rate**: a PUBLISH is held, not refused: its connection stops reading its socket
   until the key has a token again, and TCP's flow control pushes back on the client. A will has
   no client left to slow down: over the rate it is dropped and counted.
-- **Quota not readable now** (the usage file's writer has it, or another process locks it): the
-  sample waits a moment and is asked again, rather than stall the event loop and everyone on it.
+- **Rate or quota not readable now** (a bridge worker holds the shared rate file this instant,
+  the usage file's writer has it, or another process locks either): the sample waits a moment
+  and is asked again, rather than stall the event loop and everyone on it.
+- **Rates are the platform's**: a key's bucket is in a file the bridge's workers take from too
+  (``radio.rates.platform_path``), so its MQTT and HTTP samples together keep to its rate.
 - **Expiry.** ``sweep`` closes the connections of keys whose expiry has come; the core calls it
   on a timer (``EXPIRY_TICK``) well inside the 2 seconds promised.
 
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Final
 from radio.admission import Admission, Admitted, Place, Refused, RetainedFull, Verdict
 from radio.keys import Key
 from radio.logs import shown
-from radio.rates import Buckets
+from radio.rates import Buckets, SharedBuckets
 from radio.registry import Registry
 from radio.usage import Meter
 
@@ -80,11 +83,17 @@ class Gate:
     """The admission gate on the MQTT door of one broker; counts into the platform's usage file."""
 
     def __init__(
-        self, registry: Callable[[], Registry], meter: Meter | None, retained_full: RetainedFull | None = None
+        self,
+        registry: Callable[[], Registry],
+        meter: Meter | None,
+        retained_full: RetainedFull | None = None,
+        buckets: SharedBuckets | None = None,
     ) -> None:
         self.registry = registry
         self.meter = meter
-        self.buckets = Buckets()
+        self.buckets = buckets
+        """The platform's rate buckets, which the bridge's workers take from too (None: ``_own``)."""
+        self._own = Buckets()
         self.admission = Admission(DOOR, meter, self._take_token, retained_full, record_later=True)
         self.rate_waits = 0
         """Times a publisher was paused for its rate (for the metrics)."""
@@ -106,7 +115,9 @@ class Gate:
     def _take_token(self, key: Key) -> tuple[float, float]:
         terms = key.terms
         assert terms.rate is not None  # noqa: S101 - asked only for keys with a rate
-        return self.buckets.take(key.id, terms.rate, terms.bucket), 0.0
+        if self.buckets is None:
+            return self._own.take(key.id, terms.rate, terms.bucket), 0.0
+        return self.buckets.take(key.id, terms.rate, terms.bucket, within=0.0)  # never wait: Busy
 
     def _key(self, session: Session, registry: Registry) -> Key | _Gone | None:
         """The key the session proved, None for anonymous; ``_GONE`` if that key is no more."""

@@ -28,6 +28,7 @@ from radio.broker.router import Limits, Router
 from radio.broker.sessions import Session
 from radio.broker.store import Store
 from radio.config import Address
+from radio.rates import SharedBuckets, platform_path
 from radio.registry import LiveRegistry, Registry
 from radio.usage import Meter, UsageError, usage_path
 from radio.wire import reasons
@@ -98,6 +99,7 @@ class RadioBroker:
         self._expiry: asyncio.Task[None] | None = None
         self._tallies: asyncio.Task[None] | None = None
         self.meter: Meter | None = None
+        self.buckets: SharedBuckets | None = None
 
     # Plugins.
     def _allows(self, session: PluginSession, topic: str, action: Action) -> bool:
@@ -124,7 +126,9 @@ class RadioBroker:
             log.error("%s: usage is not metered and quotas are not enforced on this broker", exc)  # noqa: TRY400
         else:
             self.meter.start()
-        self.router.gate = access.Gate(self.router.registry, self.meter, self.router.retained_full)
+        self.router.gate = access.Gate(
+            self.router.registry, self.meter, self.router.retained_full, self._rate_buckets()
+        )
         self.log_summary.attach()
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)
@@ -152,11 +156,26 @@ class RadioBroker:
             if self.meter is not None:
                 self.meter.close()
                 self.meter = None
+            if self.buckets is not None:
+                self.buckets.close()
+                self.buckets = None
             self.log_summary.detach()
             raise
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
         self._tallies = asyncio.create_task(self._meter_deliveries(), name="radio-delivery-tallies")
+
+    def _rate_buckets(self) -> SharedBuckets | None:
+        """The platform's rate buckets, which the bridge's workers share; None (logged) if unreadable.
+
+        Without them this broker's MQTT publishers are held to their keys' rates all the same, by
+        buckets of its own, but a key's HTTP and MQTT samples then each get its rate.
+        """
+        try:
+            self.buckets = SharedBuckets(platform_path(self.registry.settings.state_dir / "running"))
+        except OSError as exc:
+            log.error("%s: rates are held per door, not across the broker and the bridge", exc)  # noqa: TRY400
+        return self.buckets
 
     async def stop(self) -> None:
         """Close the listeners and every connection (persistent sessions stay in the store)."""
@@ -172,6 +191,8 @@ class RadioBroker:
         if self.meter is not None:
             self.collect_deliveries()
             self.meter.close()
+        if self.buckets is not None:
+            self.buckets.close()
         self.log_summary.flush(everything=True)
         self.log_summary.detach()
 

@@ -48,7 +48,7 @@ from radio.usage import Meter, QuotaState, Unit
 UNPARSED: Final[Any] = object()
 """``admit``'s ``data`` when the door has not parsed the payload itself."""
 USAGE_RETRY: Final = 0.05
-"""Seconds a sample waits when its key's quota cannot be read without waiting."""
+"""Seconds a sample waits when its key's rate or quota cannot be read without waiting."""
 
 PLACES: Final = MEMO_TOPICS
 """(key, topic) pairs whose rights and network settings ``Admission`` remembers (``place``)."""
@@ -253,7 +253,7 @@ class Admission:
             try:
                 wait, tokens = self._take_token(key)
             except Busy:
-                return Wait("rates_unavailable", 1.0)
+                return Wait("rates_unavailable", USAGE_RETRY)
             if wait:
                 return Wait("rate", wait, tokens)
         unit = None

@@ -3,11 +3,13 @@
 A key with ``rate`` R and ``burst`` B holds at most B tokens, refilled at R per second; each
 sample takes one. So a key is never delivered faster than R per second plus B at once.
 
-The embedded broker is one process: its buckets are a dict (``Buckets``). The HTTP bridge has
-several worker processes, and a generator's requests land on any of them, so its buckets are
-shared: a small file mapped into every worker's memory (``SharedBuckets``), one slot per key,
-changed under an ``flock``. Two system calls per request, no disk write (the file lives in the
-page cache), and the key gets exactly its rate whichever workers serve it (docs/access.md).
+A key's samples come through both doors: the embedded broker (MQTT) and the HTTP bridge's
+worker processes, any of which a generator's request may land on. So its bucket is shared: a
+small file mapped into the memory of each of those processes (``SharedBuckets``, one per
+platform: ``platform_path``), one slot per key, changed under an ``flock``. Two system calls per
+sample, no disk write (the file lives in the page cache), and the key gets exactly its rate
+whichever door and worker serve it (docs/access.md). ``Buckets`` is one process's own, a dict:
+for a broker that cannot open the file.
 """
 
 from __future__ import annotations
@@ -176,6 +178,21 @@ class SharedBuckets:
             if stamp < oldest_stamp:
                 oldest, oldest_stamp = offset, stamp
         return oldest
+
+
+PLATFORM_FILE: Final = "rates.bin"
+"""The rate buckets of a platform, in its ``running/`` folder: the broker's and the bridge's."""
+
+
+def platform_path(folder: Path) -> Path:
+    """The bucket file every door of the platform in ``folder`` (its ``running/``) shares.
+
+    One per platform, not one per process: a key's rate holds across both doors, the broker's
+    MQTT publishers and the bridge's workers taking tokens from the same slot. Files left by
+    bridges that took one of their own (``rates-PID.bin``) go once their bridge is gone.
+    """
+    shared_path(folder, 0)
+    return folder / PLATFORM_FILE
 
 
 def shared_path(folder: Path, owner: int, prefix: str = "rates") -> Path:

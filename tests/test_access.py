@@ -177,6 +177,35 @@ def test_a_fast_mqtt_publisher_is_slowed_to_its_rate_and_loses_nothing(
     assert payloads == [json.dumps({"i": i}).encode() for i in range(total)]
 
 
+def test_a_rate_is_one_bucket_for_both_doors(home: Home, broker, bridge) -> None:
+    """A key's rate holds whichever door its samples take: the broker and the bridge's workers
+    take tokens from one bucket, so HTTP and MQTT together never go past the rate plus its burst."""
+    gate = broker.broker.radio.router.gate
+    for name, first in (("mqtt-first", "mqtt"), ("http-first", "http")):
+        secret = add_key(home, name, "--rate", "1/min", "--burst", "1")
+        with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
+            publisher = Client("tcp", broker.mqtt_port, name, secret)
+            assert publisher.connect() == 0
+            try:
+                if first == "mqtt":
+                    publisher.publish(f"networks/A/{name}", b'{"n": 1}', qos=1)
+                    assert [m.payload for m in reader.expect(1)] == [b'{"n": 1}']
+                    assert post(bridge, secret, {"n": 2}).status_code == 429  # the burst is spent
+                else:
+                    assert post(bridge, secret, {"n": 1}).status_code == 200
+                    assert [m.payload for m in reader.expect(1)] == [b'{"n": 1}']
+                    waits = gate.rate_waits
+                    publisher._paho.publish(f"networks/A/{name}", b'{"n": 2}', qos=1)
+                    assert until(lambda w=waits: gate.rate_waits > w)  # held: no token is left
+                admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+                assert admin.connect() == 0
+                admin.publish("networks/A/sentinel", b'{"sentinel": 1}', qos=1)
+                admin.close()
+                assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+            finally:
+                publisher.close()
+
+
 # Quotas: shared by both doors, counted in usage.db, kept across a restart.
 
 

@@ -3,8 +3,8 @@
 ``usage.db`` is shared by the broker and every bridge worker, and anyone with access to the folder
 can open it. While it is locked, a quota cannot be checked: the keys that have one wait (the MQTT
 door holds their PUBLISH, the HTTP door waits in a thread at most a second, then answers 503), and
-everybody else, on both doors, goes on as if nothing happened. The bridge's shared rate file
-likewise. Real components: the embedded broker and the
+everybody else, on both doors, goes on as if nothing happened. The rate file the broker and the
+bridge's workers share likewise, for keys with a rate. Real components: the embedded broker and the
 bridge's real ASGI stack in this process, a real SQLite lock taken by another connection.
 """
 
@@ -26,6 +26,7 @@ import pytest
 import requests
 from bridge_client import InProcessBridge
 from conftest import Home
+from embedded import embedded_broker
 from mqtt_client import Client, listening
 from polling import until
 
@@ -164,6 +165,62 @@ def test_a_rate_file_locked_by_another_process_is_503_for_keys_with_a_rate(
     assert bridge.post(body({"n": 3}), headers={"API-KEY": limited}).status_code == 200
     assert [json.loads(m.payload) for m in everything.expect(2)] == [{"n": 2}, {"n": 3}]
     assert everything.received_so_far() == []
+
+
+def test_a_rate_file_locked_by_another_process_holds_the_keys_mqtt_samples_not_the_broker(
+    home: Home, broker, bridge
+) -> None:
+    """The broker takes rate tokens from the file the bridge's workers share: locked, a key with a
+    rate has its PUBLISH held (asked again every 50 ms), and every other client goes on."""
+    limited = add_key(home, "limited", "--rate", "100/s")
+    gate = broker.broker.radio.router.gate
+    with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
+        publisher = Client("tcp", broker.mqtt_port, "limited", limited)
+        assert publisher.connect() == 0
+        with state_of(bridge.app).buckets.path.open("rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # as a stuck process would hold it
+            waits = gate.quota_waits
+            sent = publisher._paho.publish("networks/A/limited", b'{"n": "limited"}', qos=1)
+            assert until(lambda: gate.quota_waits > waits + 1), "the broker never held the PUBLISH"
+            other = Client("tcp", broker.mqtt_port, "gen", home.secrets["gen"])
+            assert other.connect() == 0
+            other.publish("networks/A/g", b'{"n": "other"}', qos=1)
+            other.close()
+            assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["other"]
+            assert not sent.is_published()
+        sent.wait_for_publish(10)  # the file free again: late, not lost
+        assert sent.is_published()
+        assert [json.loads(m.payload)["n"] for m in reader.expect(1)] == ["limited"]
+        publisher.close()
+
+
+def test_a_rate_file_that_cannot_be_opened_leaves_both_doors_up_each_holding_the_rate(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shared rate file another user made, say, that this one cannot open: the broker and the
+    bridge each say so and hold keys to their rates on their own, rather than not start."""
+    limited = add_key(home, "limited", "--rate", "1/min", "--burst", "1")
+    (home.path / "running" / "rates.bin").mkdir(parents=True)  # no file can be opened there
+    with embedded_broker(home) as broker:
+        bridge = InProcessBridge(str(home.config), broker.mqtt_port)
+        try:
+            gate = broker.broker.radio.router.gate
+            assert gate.buckets is None
+            with listening(broker.mqtt_port, "reader_a", home.secrets["reader_a"], "networks/A/#") as reader:
+                assert bridge.post(body({"n": 1}), headers={"API-KEY": limited}).status_code == 200
+                assert bridge.post(body({"n": 2}), headers={"API-KEY": limited}).status_code == 429
+                publisher = Client("tcp", broker.mqtt_port, "limited", limited)
+                assert publisher.connect() == 0
+                publisher.publish("networks/A/limited", b'{"n": 3}', qos=1)  # the broker's own bucket
+                waits = gate.rate_waits
+                publisher._paho.publish("networks/A/limited", b'{"n": 4}', qos=1)
+                assert until(lambda: gate.rate_waits > waits)
+                assert [json.loads(m.payload)["n"] for m in reader.expect(2)] == [1, 3]
+                publisher.close()
+        finally:
+            bridge.stop()
+    said = [r.getMessage() for r in caplog.records if "rates are held per door" in r.getMessage()]
+    assert len(said) == 2, said  # the broker's line and the bridge's
 
 
 def test_units_one_process_leaves_unspent_go_back_for_the_others(tmp_path: Path) -> None:

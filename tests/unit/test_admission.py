@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from radio import rates, usage
-from radio.admission import PLACES, Admission, Admitted, Refused, Wait
+from radio.admission import PLACES, USAGE_RETRY, Admission, Admitted, Refused, Wait
 from radio.config import NetworkSettings
 from radio.errors import Busy
 from radio.keys import Key
@@ -149,7 +149,7 @@ def test_the_rate_wait_is_the_time_until_the_next_token(gate):
 
 def test_shared_rates_that_cannot_be_read_now_say_wait_rather_than_refuse(gate):
     gate.rates_locked = True  # another process holds the shared bucket file
-    assert gate.admit(publisher(), payload()) == Wait("rates_unavailable", 1.0)
+    assert gate.admit(publisher(), payload()) == Wait("rates_unavailable", USAGE_RETRY)
     assert not gate.meter.refused
 
 
