@@ -115,13 +115,16 @@ MARKS: dict[str, list[pytest.MarkDecorator]] = {
 }
 
 
+T = TypeVar("T", bound=Callable[..., object])
+"""A test function."""
+
 INTERMITTENT = "not always: "
 """A gap that shows in some runs only: its expected failure is not strict (a pass proves nothing)."""
 
 
-def promise(name: str) -> pytest.MarkDecorator:
+def promise(name: str) -> Callable[[T], T]:
     """Run the test on every engine, an engine's gap marked as an expected failure (strict, unless
-    the gap is ``INTERMITTENT``)."""
+    the gap is ``INTERMITTENT``); the test is named the promise's (``promises_run``)."""
     gaps = PROMISES[name]
     params = [
         pytest.param(
@@ -138,7 +141,22 @@ def promise(name: str) -> pytest.MarkDecorator:
         )
         for engine in ENGINES
     ]
-    return pytest.mark.parametrize("engine", params, indirect=True)
+    parametrize = pytest.mark.parametrize("engine", params, indirect=True)
+
+    def run(test: T) -> T:
+        test.promise = name  # type: ignore[attr-defined]
+        return parametrize(test)  # type: ignore[no-any-return]
+
+    return run
+
+
+def promises_run() -> dict[str, list[str]]:
+    """The promises this module's tests run, each with its tests: what pytest collects (``test_``)."""
+    found: dict[str, list[str]] = {}
+    for name, test in globals().items():
+        if name.startswith("test_") and callable(test) and hasattr(test, "promise"):
+            found.setdefault(test.promise, []).append(name)
+    return found
 
 
 @dataclass
@@ -809,6 +827,8 @@ COLUMNS = {"embedded": "embedded broker", "mosquitto": "Mosquitto", "nats": "NAT
 def test_the_docs_table_is_the_suite_s_marks():
     table = docs_table()
     assert list(table) == list(PROMISES), "the table's rows are the suite's promises, in order"
+    running = promises_run()
+    assert [name for name in PROMISES if name not in running] == [], "a row no test runs"
     for name, gaps in PROMISES.items():
         for engine, column in COLUMNS.items():
             cell = table[name][column]

@@ -330,7 +330,14 @@ def test_the_docs_table_is_the_one_this_module_runs() -> None:
     section = text.split("## One gate for every sample", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|") and "---" not in line]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    assert header[1:] == ["PUBLISH QoS 0", "PUBLISH QoS 1", "PUBLISH QoS 2", "retained", "will", "HTTP"]
+    columns = {"PUBLISH QoS 0": "qos0", "PUBLISH QoS 1": "qos1", "PUBLISH QoS 2": "qos2"}
+    columns |= {"retained": "retained", "will": "will", "HTTP": "http"}
+    doors = [path for path in PATHS if path not in MQTT5_PATHS]
+    assert [columns[cell] for cell in header[1:]] == doors
+    assert [f"{path}-v5" for path in doors if path != "http"] == MQTT5_PATHS  # MQTT 5 on each MQTT path
+    # The cells are run by one test, over every path and every check: what pytest collects.
+    runs = {mark.args[0]: mark.args[1] for mark in test_the_gate_holds_on_every_path.pytestmark}
+    assert runs == {"path": PATHS, "check": CHECKS}
     names = {"right": "rights", "size": "size", "strict JSON": "json", "schema": "schema"}
     names |= {"rate": "rate", "quota": "quota", "metering": "metering"}
     checks = []
