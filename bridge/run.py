@@ -37,6 +37,7 @@ from uvicorn_worker import UvicornWorker
 from radio import logs
 from radio.config import Address, BridgeSettings, load_settings
 from radio.errors import RadioError
+from radio.sources import source_of
 from radio.tls import server_context
 
 log = logging.getLogger("radio.bridge")
@@ -132,15 +133,16 @@ class _BoundedHeaders(HttpToolsProtocol):
     finishes its headers) would stay open for ever: one source opening thousands would hold the
     worker's sockets. So a connection is *waiting* from its opening, and again from each answer,
     until its next request's headers are complete; it may wait ``idle_timeout`` seconds (then it
-    is closed, with a 408 if it had begun a request), and one address may hold at most
-    ``max_idle_per_source`` waiting connections per worker (a new one past that is closed at once;
-    a kept-alive one past it is closed after its answer). Both are counted in ``/metrics``.
+    is closed, with a 408 if it had begun a request), and one source (an address; an IPv6 /64,
+    ``radio.sources``) may hold at most ``max_idle_per_source`` waiting connections per worker (a
+    new one past that is closed at once; a kept-alive one past it is closed after its answer).
+    Both are counted in ``/metrics``.
     """
 
     idle_timeout: float = 10.0
     max_idle_per_source: int = 64
     waiting: ClassVar[Counter[str]] = Counter()
-    """Waiting connections per source address, in this worker."""
+    """Waiting connections per source (``radio.sources``), in this worker."""
 
     _in_head = False
     _head_bytes = 0
@@ -171,7 +173,7 @@ class _BoundedHeaders(HttpToolsProtocol):
             self._start_waiting(refuse_past_limit=False)
 
     def _start_waiting(self, *, refuse_past_limit: bool) -> None:
-        source = self.client[0] if self.client else ""
+        source = source_of(self.client[0]) if self.client else ""  # an IPv6 client: its /64
         if self._waiting_as is not None or self.transport.is_closing():
             return
         if self.waiting[source] >= self.max_idle_per_source:

@@ -22,7 +22,8 @@ Three things cost the broker without a key behind them, and one address could mu
   sessions under new client ids could fill the disk. Past ``max_sessions_per_key`` a CONNECT
   that would open one more is refused (CONNACK 3); resuming one is not.
 
-Every refusal is counted by reason, for the metrics.
+Every refusal is counted by reason, for the metrics. An address is counted as its source
+(``radio.sources``): an IPv6 client counts under its /64, from whichever of its addresses it comes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+
+from radio.sources import source_of
 
 if TYPE_CHECKING:
     from radio.broker.sessions import Session
@@ -60,7 +63,8 @@ class Connecting:
         self.refused = 0
 
     def open(self, address: str) -> bool:
-        """A socket from ``address`` opened: False (counted) if that address has its fill already."""
+        """A socket from ``address`` opened: False (counted) if its source has its fill already."""
+        address = source_of(address)
         if self._per_address[address] >= self.limit:
             self.refused += 1
             return False
@@ -69,6 +73,7 @@ class Connecting:
 
     def done(self, address: str) -> None:
         """A socket from ``address`` completed its CONNECT, or closed before it did."""
+        address = source_of(address)
         left = self._per_address[address] - 1
         if left > 0:
             self._per_address[address] = left
@@ -137,7 +142,7 @@ class AnonymousSessions:
         self.untrack(session)
         if session.key_name is not None or not session.persistent:
             return
-        address = session.remote_address
+        address = source_of(session.remote_address)
         self._where[session] = address
         self._by_address.setdefault(address, set()).add(session)
 
@@ -161,6 +166,7 @@ class AnonymousSessions:
     def refusal(self, address: str) -> str | None:
         """Why a new anonymous persistent session from ``address`` is refused (counted), or None."""
         caps = self.caps
+        address = source_of(address)
         mine = self._by_address.get(address, ())
         if len(mine) >= caps.max_sessions_per_address:
             reason = "anonymous_sessions_per_address"
