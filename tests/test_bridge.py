@@ -289,6 +289,43 @@ def test_a_revoked_key_is_refused_within_two_seconds(bridge, home):
     assert set(map(str, late)) == {str((400, {"error": "API-KEY not valid"}))}
 
 
+def test_a_publish_right_taken_away_is_403_once_the_edit_returns(bridge, home, everything):
+    """`radio keys edit` returns once the servers have the change in force: from then on the key
+    publishes nowhere it lost, and still where it kept its right."""
+    gen = {"API-KEY": home.secrets["gen"]}
+    assert bridge.post(body(VALID), gen).status_code == 200
+    home.radio_main("keys", "edit", "gen", "--publish", "B")
+    refused = bridge.post(body(VALID), gen)
+    assert (refused.status_code, refused.json()) == (403, {"error": "You cannot broadcast to this channel"})
+    assert bridge.post(body({"network": "B", "data": {"n": 2}}), gen).status_code == 200
+    assert [json.loads(m.payload) for m in everything.expect(2)] == [VALID["data"], {"n": 2}]
+    assert everything.received_so_far() == []
+
+
+NAMES = ("a", "a.b", "a-b", "a_b")
+"""Network names that differ only where a subject-based engine could confuse them."""
+
+
+def test_networks_a_dot_dash_and_underscore_apart_are_four_networks(bridge, home, everything):
+    """A key that may publish to one of them is refused (403) by the other three."""
+    with home.config.open("a") as config:
+        config.write("".join(f'\n[networks."{name}"]\npublic = false\n' for name in NAMES))
+    secrets = {
+        name: home.radio_main("keys", "add", f"w-{name}", "--publish", name).stdout.strip() for name in NAMES
+    }
+    codes = {
+        (writer, network): bridge.post(
+            body({"network": network, "data": {"by": writer}}), {"API-KEY": secrets[writer]}
+        ).status_code
+        for writer in NAMES
+        for network in NAMES
+    }
+    assert codes == {(w, n): 200 if w == n else 403 for w in NAMES for n in NAMES}
+    got = [(m.topic, json.loads(m.payload)) for m in everything.expect(len(NAMES))]
+    assert got == [(f"networks/{name}", {"by": name}) for name in NAMES]
+    assert everything.received_so_far() == []
+
+
 def test_200_concurrent_posts_each_reach_the_listener_exactly_once(bridge, home, everything):
     gen = {"API-KEY": home.secrets["gen"]}
 

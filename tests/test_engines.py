@@ -13,6 +13,7 @@ a test that changes keys makes its own.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import queue
@@ -107,6 +108,23 @@ PROMISES: dict[str, dict[str, str]] = {
     "metering": {"mosquitto": "not counted: HTTP door only", "nats": "not counted: HTTP door only"},
     "mqtt5": {"nats": "nats-server speaks MQTT 3.1.1 only"},
 }
+HTTP_TESTS: dict[str, str] = {
+    "publish-rights": "test_bridge.py::test_each_refusal_of_the_article_answers_to_the_letter_and_publishes_nothing",
+    "refused-kept": "test_bridge.py::test_each_refusal_of_the_article_answers_to_the_letter_and_publishes_nothing",
+    "names-apart": "test_bridge.py::test_networks_a_dot_dash_and_underscore_apart_are_four_networks",
+    "revocation": "test_bridge.py::test_a_revoked_key_is_refused_within_two_seconds",
+    "rotation": "test_admin_api.py::test_a_rotated_secret_stops_working_and_its_connections_close",
+    "expiry": "test_access.py::test_http_an_expired_key_is_not_valid",
+    "edit": "test_bridge.py::test_a_publish_right_taken_away_is_403_once_the_edit_returns",
+    "rate": "test_access.py::test_http_over_the_rate_is_429_with_rate_limit_headers",
+    "quota": "test_access.py::test_a_quota_is_shared_by_both_doors_and_shown_in_usage",
+    "schema": "test_access.py::test_http_a_sample_against_the_schema_is_400_naming_the_field",
+    "strict-json": "test_bridge_door.py::test_what_json_cannot_carry_is_refused_as_not_json_and_publishes_nothing",
+    "max-payload": "test_bridge.py::test_a_sample_over_the_networks_max_payload_is_413",
+    "metering": "test_gate.py::test_the_gate_holds_on_every_path",
+}
+"""The test of each promise the HTTP door keeps (its cell a ✓): the bridge is the same in front of
+every engine, so each is one test of the bridge's own, not a row of this module."""
 ENGINES = ("embedded", "mosquitto", "nats")
 MARKS: dict[str, list[pytest.MarkDecorator]] = {
     "embedded": [],
@@ -824,11 +842,23 @@ def docs_table() -> dict[str, dict[str, str]]:
 COLUMNS = {"embedded": "embedded broker", "mosquitto": "Mosquitto", "nats": "NATS"}
 
 
+def functions(module: Path) -> set[str]:
+    """The names of a test module's functions, read from its source (without importing it)."""
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
 def test_the_docs_table_is_the_suite_s_marks():
     table = docs_table()
     assert list(table) == list(PROMISES), "the table's rows are the suite's promises, in order"
     running = promises_run()
     assert [name for name in PROMISES if name not in running] == [], "a row no test runs"
+    kept = [name for name in PROMISES if table[name]["HTTP door"].startswith("✓")]
+    assert sorted(HTTP_TESTS) == sorted(kept), "the HTTP door's ✓ cells are the ones with a test"
+    for name, where in HTTP_TESTS.items():
+        module, test = where.split("::")
+        assert test.startswith("test_"), (name, where)
+        assert test in functions(Path(__file__).parent / module), (name, where)
     for name, gaps in PROMISES.items():
         for engine, column in COLUMNS.items():
             cell = table[name][column]
