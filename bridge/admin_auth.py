@@ -17,10 +17,11 @@ an answer that differs by method (405, or OPTIONS listing the methods) would sho
 anyone.
 
 Failed authentication (no key, a wrong one, or a key that is not an admin key) is limited per
-source address: ``AUTH_BURST`` failures at once, then one every ``AUTH_EVERY`` seconds. Past
-that, every request from the address is answered 429 with ``Retry-After`` before its credentials
-are even looked at, so guessing a secret is bounded whatever the guesses. The buckets are shared
-by the bridge's workers (``radio.rates.SharedBuckets``), so more workers do not mean more guesses.
+source address (for IPv6 its /64, ``radio.sources``): ``AUTH_BURST`` failures at once, then one
+every ``AUTH_EVERY`` seconds. Past that, every request from the source is answered 429 with
+``Retry-After`` before its credentials are even looked at, so guessing a secret is bounded
+whatever the guesses. The buckets are shared by the bridge's workers
+(``radio.rates.SharedBuckets``), so more workers do not mean more guesses.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from radio.bridge.state import current_registry, current_state
 from radio.errors import Busy
 from radio.keys import Key
 from radio.registry import LiveRegistry
+from radio.sources import source_of
 
 AUTH_BURST: Final = 10
 """Failed admin authentications a source address may make at once."""
@@ -139,8 +141,12 @@ def register(app: Flask) -> None:
 
 
 def _source_tag() -> str:
-    """The failure bucket of the request's source address (16 hex digits, as a key id is)."""
-    address = (request.remote_addr or "").encode()
+    """The failure bucket of the request's source (16 hex digits, as a key id is).
+
+    Its address, or for IPv6 its /64 (``radio.sources``): one host may send each guess from
+    another address of its /64.
+    """
+    address = source_of(request.remote_addr or "").encode()
     return hashlib.sha256(b"radio admin auth\0" + address).hexdigest()[:16]
 
 

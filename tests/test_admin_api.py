@@ -396,6 +396,21 @@ def test_failed_authentication_is_limited_per_address_even_for_the_right_key_nex
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_failed_authentication_is_limited_per_ipv6_64_whichever_of_its_addresses_guesses(in_process):
+    """A host given an IPv6 /64 may send each guess from an address of its own: the /64 is its source."""
+
+    def guess(address: str) -> int:
+        answer = in_process.client.get(
+            "/admin/keys", headers=bearer("a-guessed-secret"), environ_base={"REMOTE_ADDR": address}
+        )
+        return answer.status_code
+
+    assert [guess(f"2001:db8:0:7::{n + 1:x}") for n in range(AUTH_BURST)] == [401] * AUTH_BURST
+    assert guess("2001:db8:0:7:ffff::1") == 429  # another address of the same /64
+    assert guess("2001:db8:0:8::1") == 401  # another /64 is another source
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_metrics_name_keys_only_for_an_admin_key_and_healthz_is_public(call, in_process, home):
     assert in_process.client.get("/healthz").status_code == 200
     assert in_process.post(json.dumps(SAMPLE), {"API-KEY": home.secrets["gen"]}).status_code == 200
