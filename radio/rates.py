@@ -20,6 +20,7 @@ import math
 import mmap
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Final
@@ -97,6 +98,10 @@ class SharedBuckets:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._threads = threading.Lock()
+        """The file's lock keeps processes apart, not threads: ``flock`` belongs to the open file,
+        which the threads of a process (a bridge worker's pool) share, and one thread's unlock
+        would end another's hold. So a thread takes this first."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = open_private(path, os.O_RDWR)
         size = SLOTS * _SLOT.size
@@ -131,7 +136,7 @@ class SharedBuckets:
             tokens, wait = take(tokens, stamp, now, rate, size)
             _SLOT.pack_into(self._map, offset, tag, tokens, now)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._unlock()
         return wait, tokens
 
     def waiting(self, key_id: str, rate: float, size: int, *, within: float = LOCK_WAIT) -> float:
@@ -146,25 +151,35 @@ class SharedBuckets:
         try:
             found, tokens, stamp = _SLOT.unpack_from(self._map, self._slot(tag, now))
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._unlock()
         if found != tag:
             return 0.0
         tokens = min(float(size), tokens + max(0.0, now - stamp) * rate)
         return 0.0 if _enough(tokens, now, rate) else (1.0 - tokens) / rate
 
     def _lock(self, within: float) -> None:
+        """Hold the file for this thread alone, or raise ``Busy`` after ``within`` seconds."""
         deadline = time.monotonic() + within
+        if not (
+            self._threads.acquire(timeout=within) if within > 0 else self._threads.acquire(blocking=False)
+        ):
+            raise Busy
         pause = 0.0005
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
+                    self._threads.release()
                     raise Busy from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
             else:
                 return
+
+    def _unlock(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
 
     def _slot(self, tag: int, now: float) -> int:
         """The key's slot, a free one, or (table full) the one idle longest."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
@@ -119,6 +122,32 @@ def test_a_shared_bucket_file_held_by_another_process_is_busy_and_nothing_is_tak
             with pytest.raises(Busy):
                 buckets.waiting("00ff", 1.0, 1, within=0)
         assert buckets.take("00ff", 1.0, 1, now=0.0) == (0.0, 0.0)  # the bucket was still full
+    finally:
+        buckets.close()
+
+
+def test_threads_of_one_process_take_from_a_shared_bucket_one_at_a_time(tmp_path, monkeypatch):
+    """A bridge worker runs the requests of keys with a rate in a pool of threads, all through one
+    mapping of the file: ``flock`` does not keep apart threads that share its descriptor. Each
+    thread here is switched out while it holds the bucket, as the interpreter may do at any time;
+    still no more than the burst goes through."""
+    buckets = rates.SharedBuckets(tmp_path / "rates.bin")
+    refill = rates.take
+
+    def switched_out(*args: float) -> tuple[float, float]:
+        time.sleep(0.002)  # another thread runs meanwhile
+        return refill(*args)
+
+    monkeypatch.setattr(rates, "take", switched_out)
+    start = threading.Barrier(8)
+
+    def taken() -> int:
+        start.wait()
+        return sum(buckets.take("00ff", 1e-6, 5)[0] == 0.0 for _ in range(5))
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(lambda _: taken(), range(8))) == 5
     finally:
         buckets.close()
 
