@@ -20,8 +20,9 @@ turns the verdict into what MQTT can say:
 - **Expiry.** ``sweep`` closes the connections of keys whose expiry has come; the core calls it
   on a timer (``EXPIRY_TICK``) well inside the 2 seconds promised.
 
-The bridge's service key (``publish_all``) passes: its samples went through the same gate at
-the HTTP door, under the generator's own key, and were charged there.
+The bridge's service key (``publish_all``) passes to any network uncharged: its samples went
+through the same gate at the HTTP door, under the generator's own key, and were charged there.
+Only to a network: the HTTP door publishes nowhere else, so neither may its key.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class _Gone:
 
 _GONE: Final = _Gone()
 _KEY_GONE: Final = Refused("rights", "the key that opened this session is gone")
+_NOT_A_NETWORK: Final = Refused("rights", "You cannot broadcast to this channel")
 
 
 class Standing:
@@ -145,7 +147,9 @@ class Gate:
         if isinstance(key, _Gone):
             return Standing(registry.serial, topic, _KEY_GONE, None)
         if key is not None and key.publish_all:
-            return Standing(registry.serial, topic, None, None)
+            # Uncharged, as the HTTP door charged it; but that door publishes to networks alone.
+            may = registry.access(key.name).may_publish(topic)
+            return Standing(registry.serial, topic, None if may else _NOT_A_NETWORK, None)
         return Standing(registry.serial, topic, None, self.admission.place(registry, key, topic))
 
     def publish(self, session: Session, topic: str, payload: bytes, retain: bool) -> float:

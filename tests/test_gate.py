@@ -419,6 +419,31 @@ def test_an_expired_key_is_refused_before_its_connections_are_closed(
             assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
 
+def test_the_bridges_service_key_publishes_only_to_networks(platform: Platform) -> None:
+    """The service key is not charged again by the broker, its samples having passed the gate at
+    the HTTP door; the HTTP door publishes only to networks, so nothing else passes: its secret
+    is a right to publish to every network, not to every topic."""
+    name, secret = bridge_credentials(load_settings(platform.home.config))
+    port = platform.broker.mqtt_port
+    admin = Client("tcp", port, "admin", platform.home.secrets["admin"])
+    assert admin.connect() == 0
+    try:
+        for topic_filter in ("#", "$SYS/#", "networks/nowhere/#"):
+            assert admin.subscribe(topic_filter, qos=1) == 1
+        service = Client("tcp", port, name, secret)
+        assert service.connect() == 0
+        for topic in ("other/x", "$SYS/radio/missed", "networks/nowhere/x"):  # nowhere: no such network
+            service.publish(topic, b'{"forged": 1}', qos=1)
+        service.publish("networks/B/service", b'{"sentinel": 1}', qos=1)
+        service.close()
+        got = [live(admin)]  # not the retained samples of other cells, which the filter brings
+        while got[-1].payload != b'{"sentinel": 1}':
+            got.append(live(admin))
+        assert [(m.topic, m.payload) for m in got] == [("networks/B/service", b'{"sentinel": 1}')]
+    finally:
+        admin.close()
+
+
 def test_a_qos_2_sample_past_max_incoming_qos2_is_not_charged(platform: Platform) -> None:
     """The broker closes a client leaving too many QoS 2 samples without PUBREL: the sample that
     closes it is not taken, so its key is not charged for it (metering nor quota)."""
