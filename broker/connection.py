@@ -31,6 +31,7 @@ from radio.wire.framing import TooLarge
 from radio.wire.packets import AuthPacket
 
 if TYPE_CHECKING:
+    from radio.broker.per_source import Slot
     from radio.broker.protocol5 import Peer
     from radio.broker.router import Router
     from radio.broker.sessions import Session
@@ -116,7 +117,6 @@ class Connection:
         "_unyielded",
         "_written",
         "acks_waiting",
-        "anonymous",
         "bounded",
         "broker",
         "buffers",
@@ -132,6 +132,7 @@ class Connection:
         "router",
         "send",
         "session",
+        "slot",
         "v5",
         "waiting_bytes",
     )
@@ -188,8 +189,9 @@ class Connection:
         for its rate; None while packets are handled as they come."""
         self.acks_waiting = 0
         """Acknowledgements waiting for the store (later ones wait behind them, in order)."""
-        self.anonymous = False
-        """Whether this connection holds one of its address's anonymous connections."""
+        self.slot: Slot | None = None
+        """What this connection holds of a per-source count, given back when it ends: one of its
+        address's anonymous connections, or of its key's (``broker.per_source``)."""
         self.bounded = True
         """Whether it is read at most ``READ_TURN`` bytes in a row (``_give_way``): until its key is
         known to publish somewhere, nothing it sends is a burst to fan out."""
@@ -586,9 +588,9 @@ class Connection:
                 handle_publish.will_after(self, session, will)
             router.went_offline(session)
             router.stats.connections -= 1
-        if self.anonymous:
-            self.anonymous = False
-            router.anonymous_connections.done(self.peer[0])
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
         if told:
             self.link.close(linger=True)
         else:

@@ -17,6 +17,7 @@ from amqtt.utils import gen_client_id
 from radio import wire as codec
 from radio.broker import attributes as attrs
 from radio.broker import handle_publish
+from radio.broker.per_source import Slot
 from radio.broker.protocol5 import SERVER_KEEP_ALIVE, TOPIC_ALIASES, Peer
 from radio.broker.sessions import Session, Will
 from radio.logs import shown
@@ -200,17 +201,8 @@ def _take_session(
             None, reasons.SESSION_TAKEN_OVER, "another connection took the session over"
         )
         existing = router.sessions.get(ident)
-    if candidate.key_name is None:
-        if not router.anonymous_connections.open(connection.peer[0]):
-            most = router.anonymous_connections.limit
-            refuse(
-                connection,
-                codec.SERVER_UNAVAILABLE,
-                f"{most} anonymous clients connected from {connection.peer[0]}, "
-                "the limit [broker] anonymous_max_connections_per_address",
-            )
-            return None
-        connection.anonymous = True
+    if not _hold_slot(connection, candidate):
+        return None
     if existing is not None and fresh:
         _will_now(connection, existing)  # a clean start ends the session it names
         router.discard(existing)
@@ -218,6 +210,34 @@ def _take_session(
     session = candidate if existing is None else _carry_over(existing, candidate)
     _attach(connection, session)
     return session, existing is not None
+
+
+def _hold_slot(connection: Connection, candidate: Session) -> bool:
+    """Count the client in its source's share of connections; False (refused) past it.
+
+    An anonymous client counts against its address, a keyed one against its key (one buyer's).
+    After a takeover: the connection taken over (the same key's, and client id's) gave its back.
+    """
+    router = connection.broker.router
+    name, key_id = candidate.key_name, candidate.key_id
+    refusal: str | None
+    if name is None or key_id is None:
+        address = connection.peer[0]
+        if router.anonymous_connections.open(address):
+            connection.slot = Slot(router.anonymous_connections, address)
+            return True
+        most = router.anonymous_connections.limit
+        refusal = (
+            f"{most} anonymous clients connected from {address}, "
+            "the limit [broker] anonymous_max_connections_per_address"
+        )
+    else:
+        refusal = router.key_connections.refusal(key_id, name)
+        if refusal is None:
+            connection.slot = Slot(router.key_connections, key_id)
+            return True
+    refuse(connection, codec.SERVER_UNAVAILABLE, refusal)
+    return False
 
 
 def _will_now(connection: Connection, session: Session) -> None:

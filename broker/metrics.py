@@ -114,11 +114,12 @@ def _limits(broker: RadioBroker) -> Iterator[Any]:
     anonymous = router.anonymous
     refused = CounterMetricFamily(
         "radio_broker_refused_connects",
-        "CONNECTs refused by a cap on anonymous clients or persistent sessions, by cap.",
+        "CONNECTs refused by a cap on anonymous clients, a key's clients or persistent sessions, by cap.",
         labels=["reason"],
     )
     refused.add_metric(["anonymous_connections_per_address"], router.anonymous_connections.refused)
     refused.add_metric(["sessions_per_key"], router.keyed.refused)
+    refused.add_metric(["connections_per_key"], router.key_connections.refused)
     for reason in (
         "anonymous_sessions",
         "anonymous_sessions_per_address",

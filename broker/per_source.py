@@ -21,6 +21,11 @@ Three things cost the broker without a key behind them, and one address could mu
   in memory and in the store while its client is away, so one cheap read-only key opening
   sessions under new client ids could fill the disk. Past ``max_sessions_per_key`` a CONNECT
   that would open one more is refused (CONNACK 3); resuming one is not.
+- connections of one key: a key is sold to one buyer, and each of its connections holds a slot
+  of its listener's ``max_connections``; one key opening thousands (a clean session each, from
+  one address or many) would leave none for the other buyers. Past ``max_connections_per_key``
+  connected at once, the key's next CONNECT is refused (CONNACK 3), unless it takes over a
+  connection of the same key (its client id's): that one is closed, so the count stays.
 
 Every refusal is counted by reason, for the metrics. An address is counted as its source
 (``radio.sources``): an IPv6 client counts under its /64, from whichever of its addresses it comes.
@@ -52,36 +57,67 @@ class AnonymousCaps:
     max_connections_per_address: int = 1_000
 
 
-class Connecting:
-    """Sockets that have not completed their CONNECT, counted per source address."""
+class Counts:
+    """Connections counted by who holds them (a source address, a key), each up to ``limit``."""
 
-    __slots__ = ("_per_address", "limit", "refused")
+    __slots__ = ("_held", "limit", "refused")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._per_address: Counter[str] = Counter()
+        """Connections one holder may have at once; 0: no limit."""
+        self._held: Counter[str] = Counter()
         self.refused = 0
+
+    def take(self, who: str) -> bool:
+        """One more for ``who``: False (counted as refused) if it has its fill already."""
+        if self.limit and self._held[who] >= self.limit:
+            self.refused += 1
+            return False
+        self._held[who] += 1
+        return True
+
+    def give_back(self, who: str) -> None:
+        """One of ``who``'s ended."""
+        left = self._held[who] - 1
+        if left > 0:
+            self._held[who] = left
+        else:
+            del self._held[who]
+
+    def held(self, who: str) -> int:
+        """How many ``who`` has now."""
+        return self._held.get(who, 0)
+
+    def __len__(self) -> int:
+        return sum(self._held.values())
+
+
+class Connecting(Counts):
+    """Sockets that have not completed their CONNECT, counted per source address."""
+
+    __slots__ = ()
 
     def open(self, address: str) -> bool:
         """A socket from ``address`` opened: False (counted) if its source has its fill already."""
-        address = source_of(address)
-        if self._per_address[address] >= self.limit:
-            self.refused += 1
-            return False
-        self._per_address[address] += 1
-        return True
+        return self.take(source_of(address))
 
     def done(self, address: str) -> None:
         """A socket from ``address`` completed its CONNECT, or closed before it did."""
-        address = source_of(address)
-        left = self._per_address[address] - 1
-        if left > 0:
-            self._per_address[address] = left
-        else:
-            del self._per_address[address]
+        self.give_back(source_of(address))
 
-    def __len__(self) -> int:
-        return sum(self._per_address.values())
+
+class Slot:
+    """One place in a count of connections (an address's anonymous ones, a key's), held until it ends."""
+
+    __slots__ = ("_counts", "_who")
+
+    def __init__(self, counts: Connecting | KeyConnections, who: str) -> None:
+        self._counts = counts
+        self._who = who
+
+    def release(self) -> None:
+        """The connection ended: its place is free."""
+        self._counts.done(self._who)
 
 
 class AnonymousConnections(Connecting):
@@ -123,6 +159,23 @@ class KeySessions:
             return None
         self.refused += 1
         return f"key {name!r} holds {held} persistent sessions, the limit [broker] max_sessions_per_key"
+
+
+class KeyConnections(Counts):
+    """The clients connected now with each key, by key id."""
+
+    __slots__ = ()
+
+    def refusal(self, key_id: str, name: str) -> str | None:
+        """Why one more client of this key is refused (counted), or None: it is counted then."""
+        if self.take(key_id):
+            return None
+        held = self.held(key_id)
+        return f"key {name!r} has {held} clients connected, the limit [broker] max_connections_per_key"
+
+    def done(self, key_id: str) -> None:
+        """A client of this key went."""
+        self.give_back(key_id)
 
 
 class AnonymousSessions:

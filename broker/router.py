@@ -22,7 +22,13 @@ from radio.broker import attributes as attrs
 from radio.broker import protocol5
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
-from radio.broker.per_source import AnonymousCaps, AnonymousConnections, AnonymousSessions, KeySessions
+from radio.broker.per_source import (
+    AnonymousCaps,
+    AnonymousConnections,
+    AnonymousSessions,
+    KeyConnections,
+    KeySessions,
+)
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits
 from radio.broker.shared import PREFIX as SHARED_PREFIX
@@ -83,6 +89,8 @@ class Limits:
     """What anonymous persistent sessions may hold, in all and per source address."""
     max_sessions_per_key: int = 1_000
     """Persistent sessions one key may hold; past it a CONNECT that opens one more gets CONNACK 3."""
+    max_connections_per_key: int = 1_000
+    """Clients connected at once with one key; past it a CONNECT gets CONNACK 3 (0: no limit)."""
 
 
 @dataclass
@@ -137,6 +145,7 @@ class Router:
         """By (key id, client id): see ``Session.ident``."""
         self.anonymous = AnonymousSessions(limits.anonymous_caps)
         self.keyed = KeySessions(limits.max_sessions_per_key)
+        self.key_connections = KeyConnections(limits.max_connections_per_key)
         self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
         """Anonymous clients connected now, per source address (broker/per_source.py)."""
         self.index: SubscriptionIndex[Session] = SubscriptionIndex()

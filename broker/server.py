@@ -69,6 +69,7 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_max_connections_per_address,
         ),
         max_sessions_per_key=settings.max_sessions_per_key,
+        max_connections_per_key=settings.max_connections_per_key,
     )
 
 

@@ -394,7 +394,11 @@ def test_an_anonymous_client_that_reads_nothing_is_read_no_further_than_its_room
                     sent += len(refused)
 
             def waiting() -> int:
-                return max(c.waiting for c in broker.broker.radio.connections if c.anonymous)
+                return max(
+                    c.waiting
+                    for c in broker.broker.radio.connections
+                    if c.session and c.session.key_name is None
+                )
 
             # Its room, and the answers to one read of its socket (up to 256 KiB): 93 MB before.
             assert on_loop(broker, waiting) < 4_000_000, f"{sent:,} bytes sent"
@@ -748,6 +752,39 @@ def test_a_summary_is_written_once_its_minute_is_over(caplog):
         "… 2 more in the last minute like: refused 8",
     ]
     assert summary.suppressed == 5
+
+
+def test_one_key_holds_at_most_max_connections_per_key_clients_at_once(home):
+    """A key is one buyer's: its clients, from any addresses, leave room for the other keys'."""
+    with platform(home, "max_connections_per_key = 3") as broker:
+        port, secret = broker.mqtt_port, home.secrets["reader_a"]
+        held = []
+        for n in range(3):
+            sock, code, _ = connack(port, f"r{n}", "reader_a", secret, source=f"127.0.0.{20 + n}")
+            held.append(sock)
+            assert code == 0
+        sock, code, _ = connack(port, "r3", "reader_a", secret, source="127.0.0.30")
+        sock.close()
+        assert code == 3  # the fourth at once, from yet another address: CONNACK 3
+        # Taking over its own client id's connection leaves the count as it was: not refused.
+        sock, code, _ = connack(port, "r0", "reader_a", secret)
+        assert code == 0
+        assert held[0].recv(1) == b""  # the connection it took over is closed
+        held[0].close()
+        held[0] = sock
+        other, code, _ = connack(port, "b0", "reader_b", home.secrets["reader_b"])  # another key's
+        other.close()
+        assert code == 0
+        held.pop().close()  # one goes: the key may connect one more
+        key_id = home.store().keys()["reader_a"].id
+        router = broker.broker.radio.router
+        assert until(lambda: on_loop(broker, lambda: router.key_connections.held(key_id)) == 2)
+        sock, code, _ = connack(port, "r4", "reader_a", secret)
+        held.append(sock)
+        assert code == 0
+        assert metric(broker, "radio_broker_refused_connects_total", '{reason="connections_per_key"}') == 1
+        for sock in held:
+            sock.close()
 
 
 def test_one_key_holds_at_most_max_sessions_per_key_persistent_sessions(home):
