@@ -16,7 +16,8 @@ rel="next"`` header say where to go on. The answer is strict JSON: a stored samp
 
 The answer also says which numbers the history holds: ``first`` (the oldest kept, null if none)
 and ``last`` (the last number given, 0 if none), so a caller sees when it asked for more than is
-kept. Rights are those of MQTT: a public network needs no key; a private one needs a key that may
+kept. Rights are those of MQTT: a public network needs no key (where clients without one are
+let in, ``allow_anonymous``); a private one needs a key that may
 read it (``API-KEY`` or ``Authorization: Bearer``): none or an unknown one is 401, one without the
 right 403. Every refusal is JSON ``{"error": ...}``.
 """

@@ -29,6 +29,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from radio.bridge.errors import APIError
 from radio.bridge.reading import DEFAULT_LIMIT, presented_secret, readable_networks
 from radio.bridge.state import current_registry, current_state
+from radio.topics import network_topic
 
 bp = Blueprint("pages", __name__)
 
@@ -89,14 +90,17 @@ def networks() -> tuple[Response, int]:
 
 @bp.get("/networks/<network>")
 def live(network: str) -> str:
-    """The live page of one network; a private one asks for a key in the browser."""
-    settings = current_registry().networks.get(network)
-    if settings is None:
+    """The live page of one network; one not read without a key asks for one in the browser.
+
+    That is a private network, or any where clients without a key are not let in (``allow_anonymous``).
+    """
+    registry = current_registry()
+    if network not in registry.networks:
         raise APIError(404, f"no network {network!r}", "unknown_network")
     return render_template(
         "live.html",
         network=network,
-        public=settings.public,
+        public=registry.access(None).may_read(network_topic(network)),
         websocket=websocket_url(),
         history_limit=DEFAULT_LIMIT,
     )

@@ -48,15 +48,22 @@ def check_read(registry: Registry, network: str, secret: str | None) -> None:
     """404 for a network the configuration lacks; 401 or 403 for one the visitor may not read.
 
     A key that is presented is checked even for a public network, as every other route checks
-    it: a wrong, revoked or expired key is told so, not read as no key at all.
+    it: a wrong, revoked or expired key is told so, not read as no key at all. Without a key, a
+    public network is read only where clients without one are let in (``allow_anonymous``), as
+    over MQTT.
     """
     settings = registry.networks.get(network)
     if settings is None:
         raise APIError(404, f"no network {network!r}", "unknown_network")
     name = _key_name(registry, secret)
-    if settings.public:
+    if registry.access(name).may_read(network_topic(network)):
         return
     if secret is None:
+        if settings.public:  # public, but clients without a key are not let in ([broker] allow_anonymous)
+            raise APIError(
+                401,
+                f"network {network!r} is read with a key on this platform: send one in API-KEY",
+                "missing_key",
+            )
         raise APIError(401, f"network {network!r} is private: send a key in API-KEY", "missing_key")
-    if not registry.access(name).may_read(network_topic(network)):
-        raise APIError(403, f"this key may not read network {network!r}", "forbidden")
+    raise APIError(403, f"this key may not read network {network!r}", "forbidden")

@@ -98,7 +98,10 @@ class Registry:
     def __post_init__(self) -> None:
         known = frozenset(self.networks)
         public = frozenset(n for n, s in self.networks.items() if s.public)
-        access: dict[str | None, Access] = {None: Access(read=public)}
+        # Anonymous clients read the public networks, on every door, unless they are not let in.
+        access: dict[str | None, Access] = {
+            None: Access(read=public if self.allow_anonymous else frozenset())
+        }
         for name, key in self.keys.items():
             access[name] = Access(
                 publish=known if key.publish_all else key.publish & known,

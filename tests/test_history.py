@@ -140,6 +140,19 @@ def test_a_key_that_is_not_valid_is_refused_for_a_public_network_too(home, recor
     assert until(lambda: history(app, "pub", {"API-KEY": home.secrets["reader_b"]}) == refused)
 
 
+def test_without_anonymous_clients_a_public_network_is_read_with_a_key_only(home, broker, recorder):
+    """As over MQTT, where a client without a key is not let in: history, lists and pages agree."""
+    with history_app(home, broker.mqtt_port, "[broker]\nallow_anonymous = false\n") as app:
+        status, body = history(app, "pub")
+        assert status == 401
+        assert "send one in API-KEY" in body["error"]
+        assert history(app, "pub", {"API-KEY": home.secrets["reader_b"]})[0] == 200
+        assert app.get("/networks").get_json() == {"networks": []}
+        assert 'data-public="false"' in app.get("/networks/pub").get_data(as_text=True)
+        listed = app.get("/networks", headers={"API-KEY": home.secrets["reader_b"]}).get_json()
+        assert [n["name"] for n in listed["networks"]] == ["B", "fleeting", "pub", "short"]
+
+
 def test_limit_and_after_page_through_the_history(home, recorder, app, publisher):
     for i in range(10):
         publisher.publish("networks/pub", json.dumps({"i": i}), qos=1)
