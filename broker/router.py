@@ -283,8 +283,9 @@ class Router:
     def publish(self, message: Message) -> None:
         """Retain it if asked and allowed, and deliver it to every entitled subscriber.
 
-        A QoS 0 delivery is counted for its listening key when it is written to its connection; a
-        QoS 1 or 2 one when its client acknowledges it (``acknowledged``).
+        A delivery is counted for its listening key when it is first written to its connection, at
+        every QoS: counted when acknowledged, a client that never acknowledged took ``max_inflight``
+        samples per connection uncounted. A resend (DUP, after a reconnect) is not counted again.
 
         An empty retained message only clears its topic's retained sample: it is not a sample (the
         gate admits it with the right alone, uncharged and past any rate), so it reaches no
@@ -546,6 +547,8 @@ class Router:
         session.inflight[pid] = delivery
         connection.write(packet)
         self.stats.deliveries += 1
+        if session.tally is not None:  # counted once written, as at QoS 0: a resend is not counted again
+            self.tallied(session, delivery.message)
         return pid
 
     def _send_kept(self, session: Session, connection: Connection, delivery: Delivery) -> int:
@@ -619,8 +622,6 @@ class Router:
         """PUBACK or PUBCOMP: the delivery is done; the next queued one may go."""
         delivery = session.inflight.pop(pid, None)
         if delivery is not None:
-            if session.tally is not None:
-                self.tallied(session, delivery.message)
             if self.store is not None and delivery.message.row:  # in the store, for this session or another
                 self._forget(session, delivery)
             unsent = session.unsent
