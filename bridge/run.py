@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -30,8 +31,9 @@ from typing import Any, ClassVar, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import Server
+from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
 from radio import logs
@@ -50,6 +52,10 @@ PAST_LIMIT_GRACE: Final = 0.25
 """Seconds a new connection past its address's bound of waiting ones has to complete its request's
 headers. A client sends its request with the last packet of the TCP handshake; a burst of them is
 accepted in one turn of the loop, before any is read, and each would count as waiting."""
+STOP_GRACE: Final = 0.5
+"""Seconds a connection the server finds mid-request-head as it stops has to complete it, and a
+kept-alive one answered just before the stop has, from that answer, to send its next request:
+either is answered 503, the server stopping. Any longer would hold the stop."""
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
@@ -89,12 +95,41 @@ def _count_waiting(change: int) -> None:
         inc(change)
 
 
+BACKLOG: Final = 2048
+"""Connections the kernel completes and holds for the listening socket until a worker accepts them."""
+_TAKEN_AT_STOP: set[asyncio.Task[object]] = set()
+"""Connections accepted as the server stops, while their TLS handshake (if any) runs."""
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
+
+
+def _taken_done(task: asyncio.Task[object]) -> None:
+    """One accepted as the server stops is served, or its client left (a failed handshake): no log."""
+    _TAKEN_AT_STOP.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+class _State(ServerState):
+    """uvicorn's state shared by a server's connections, with whether the server stops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = False
+
+
 class _Server(Server):
     """uvicorn's server, stopping gracefully on SIGINT and SIGTERM and then exiting normally.
 
     uvicorn re-raises the signal it stopped on, which would kill the worker with it after the clean
     stop; gunicorn's arbiter, not the worker, decides how the whole server ends.
     """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.server_state: _State = _State()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -112,6 +147,8 @@ class _Server(Server):
         begin_stop = getattr(self.config.app, "begin_stop", None)
         if begin_stop is not None:  # requests still waiting for their body are answered now
             begin_stop()
+        self.server_state.stopping = True
+        self._take_waiting_connections(sockets or [])
         for connection in list(self.server_state.connections):
             cycle = getattr(connection, "cycle", None)
             idle = cycle is None or cycle.response_complete
@@ -119,6 +156,35 @@ class _Server(Server):
             if idle and transport is not None and transport.get_extra_info("sslcontext") is not None:
                 transport.abort()
         await super().shutdown(sockets)
+
+    def _take_waiting_connections(self, sockets: list[socket.socket]) -> None:
+        """Accept what the kernel holds for the listeners, then close them: a stop answers those too.
+
+        Connections whose handshake the kernel completed and nobody accepted yet would be reset
+        when the last listener closes, their requests (often sent with the handshake) unanswered:
+        their clients could not tell whether the sample was published. Taken here, on the loop,
+        with nothing in between the last accept and the close, each is served as one that arrives
+        while the server stops (``_BoundedHeaders.shutdown``); a connection made after it is refused.
+        """
+        taken: list[socket.socket] = []
+        for listener in sockets:
+            with contextlib.suppress(OSError):  # BlockingIOError: none left; any other: closed already
+                while len(taken) < BACKLOG:
+                    conn, _ = listener.accept()
+                    taken.append(conn)
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        config, state, app_state = self.config, self.server_state, self.lifespan.state
+        for conn in taken:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg] # as uvicorn makes it
+                config=config, server_state=state, app_state=app_state
+            )
+            conn.setblocking(False)  # noqa: FBT003 - the socket's own call
+            made = loop.connect_accepted_socket(functools.partial(_same, protocol), conn, ssl=config.ssl)
+            task: asyncio.Task[object] = loop.create_task(made)
+            _TAKEN_AT_STOP.add(task)
+            task.add_done_callback(_taken_done)
 
 
 class _BoundedHeaders(HttpToolsProtocol):
@@ -146,11 +212,51 @@ class _BoundedHeaders(HttpToolsProtocol):
     _head_bytes = 0
     _refused = False
     _waiting_as: str | None = None
+    _answered_at = 0.0
     _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_waiting(refuse_past_limit=True)
+        state = self.server_state
+        if (
+            isinstance(state, _State) and state.stopping
+        ):  # taken as the server stops (after its TLS handshake)
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """The server stops: a request on its way is answered (503: stopping), the rest closed.
+
+        uvicorn closes every connection not in the middle of a request. One whose client has sent
+        its next request, or part of it, not yet read would be reset, the request unanswered: its
+        client could not tell whether the sample was published. It is kept to answer that request
+        (the app answers 503 once stopping, with ``connection: close``), for at most
+        ``STOP_GRACE`` seconds to finish its request's headers.
+        """
+        if self.transport.is_closing():
+            return
+        between = self.cycle is None or self.cycle.response_complete
+        if between and (self._in_head or self._peek()):
+            self._stop_waiting()
+            self._idle_timer = self.loop.call_later(STOP_GRACE, self._stop_grace_over)
+            return
+        if between and self.cycle is not None and self.loop.time() - self._answered_at < STOP_GRACE:
+            # Answered a moment ago: its client's next request may be on its way already, and
+            # would meet a reset. Kept until STOP_GRACE after the answer, for that request's 503.
+            self._stop_waiting()
+            self._idle_timer = self.loop.call_at(self._answered_at + STOP_GRACE, self._stop_grace_over)
+            return
+        super().shutdown()
+
+    def _stop_grace_over(self) -> None:
+        """A connection kept through the stop has not sent a whole request head: 503, else closed."""
+        self._idle_timer = None
+        if self.transport.is_closing() or not (self.cycle is None or self.cycle.response_complete):
+            return
+        if self._in_head:
+            self._refuse(503, "Service Unavailable", "the bridge is stopping: retry")
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
@@ -166,6 +272,7 @@ class _BoundedHeaders(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        self._answered_at = self.loop.time()
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None:  # kept alive, and nothing pipelined: waiting
             self._start_waiting(refuse_past_limit=False)
@@ -223,17 +330,20 @@ class _BoundedHeaders(HttpToolsProtocol):
         """
         if self._in_head or self.transport.get_extra_info("sslcontext") is not None:
             return False
+        return b"\r\n\r\n" in self._peek()
+
+    def _peek(self) -> bytes:
+        """What the client sent that the kernel holds, unread: looked at, not taken (TLS: encrypted)."""
         held = self.transport.get_extra_info("socket")
         if held is None:
-            return False
+            return b""
         peek = socket.socket(fileno=held.fileno())
         try:
-            head = peek.recv(HEAD_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return peek.recv(HEAD_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except OSError:
-            return False
+            return b""
         finally:
             peek.detach()  # the transport's own socket: never closed here
-        return b"\r\n\r\n" in head
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
@@ -402,7 +512,7 @@ def bind(listen: Address) -> socket.socket:
     """The bridge's listening socket (IPv4 or IPv6 by the host given); one line if it cannot be."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     try:
-        sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+        sock = socket.create_server((listen.host, listen.port), family=family, backlog=BACKLOG)
     except OSError as exc:
         msg = f"the bridge cannot listen on {listen}: {os.strerror(exc.errno) if exc.errno else exc}"
         raise RadioError(msg) from None

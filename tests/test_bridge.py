@@ -14,6 +14,8 @@ would reach the listener before the valid sample does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import itertools
 import json
 import signal
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import flask
 import psutil
@@ -35,6 +38,7 @@ from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
 from embedded import embedded_broker
 from in_process import in_process_bridge
 from mqtt_client import Client
+from polling import until
 
 from radio import wire
 from radio.bridge.identity import bridge_credentials
@@ -475,6 +479,65 @@ def test_the_workers_of_a_killed_radio_bridge_stop_by_themselves(home, embedded)
     assert not alive, f"{len(alive)} workers still running 15 s after their main process was killed"
     assert len(gone) == 2
     running.process.communicate(timeout=10)
+
+
+def _sigterm_waits_in(pid: int) -> bool:
+    """Whether a SIGTERM sent to the process is pending, not yet handled (the process is stopped)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines()
+    pending = next(line for line in status if line.startswith("ShdPnd:"))
+    return bool(int(pending.split()[1], 16) & 1 << (signal.SIGTERM - 1))
+
+
+def _answer_or_end(conn: socket.socket) -> str:
+    """All that came back on a connection until it ended; "reset" if it was reset with nothing."""
+    conn.settimeout(10)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received.decode() if received else "reset"
+
+
+def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded):
+    """Requests sent before a stop and not yet read (on a new connection not yet accepted, or on a
+    kept-alive one) get an answer, a 200 or a JSON 503, never a reset: their clients could not tell
+    whether the sample was published. A connection made once the door has closed is refused."""
+    running = start_bridge(home, embedded.mqtt_port, "--workers", "1")
+    port = int(running.url.rsplit(":", 1)[1])
+    (worker,) = psutil.Process(running.process.pid).children()
+    request = (
+        f"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: {home.secrets['gen']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body(VALID))}\r\n\r\n{body(VALID)}"
+    ).encode()
+    first = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    first.request("POST", "/publish", body(VALID), {"API-KEY": home.secrets["gen"]})
+    response = first.getresponse()
+    assert (response.status, response.read()) == (200, b'{"message":"OK"}\n')
+    kept = first.sock  # kept alive: the next request goes on it
+    assert kept is not None
+    worker.suspend()  # its event loop reads nothing: the requests wait in the kernel
+    try:
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        for conn in [kept, *waiting]:
+            conn.sendall(request)
+        running.process.send_signal(signal.SIGTERM)
+        assert until(lambda: _sigterm_waits_in(worker.pid)), "the worker was never asked to stop"
+        # Past the worker's tick (0.1 s), which it has no event for: it wakes to the stop first.
+        time.sleep(0.3)
+    finally:
+        worker.resume()
+    answers = [_answer_or_end(conn) for conn in [kept, *waiting]]
+    for conn in [kept, *waiting]:
+        conn.close()
+    _, stderr = running.process.communicate(timeout=20)
+    assert "Traceback" not in stderr, stderr
+    stopping = json.dumps({"error": "the bridge is stopping: retry"})
+    for answer in answers:
+        assert answer.startswith("HTTP/1.1 200 OK") or (
+            answer.startswith("HTTP/1.1 503 Service Unavailable") and answer.endswith(stopping)
+        ), answer
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)
 
 
 async def publish_on_the_links_loop(publisher: Publisher, *, connected_first: bool = False) -> None:
