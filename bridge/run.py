@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,13 +34,14 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
 from radio import logs
 from radio.config import Address, BridgeSettings, load_settings
 from radio.errors import RadioError
-from radio.tls import server_context
+from radio.tls import feed_handshake, server_context
 
 log = logging.getLogger("radio.bridge")
 
@@ -97,6 +99,8 @@ def _count_waiting(change: int) -> None:
 
 BACKLOG: Final = 2048
 """Connections the kernel completes and holds for the listening socket until a worker accepts them."""
+_HANDSHAKES: set[asyncio.Task[None]] = set()
+"""HTTPS connections in their handshake (the loop keeps only weak references to tasks)."""
 _TAKEN_AT_STOP: set[asyncio.Task[object]] = set()
 """Connections accepted as the server stops, while their TLS handshake (if any) runs."""
 
@@ -113,11 +117,13 @@ def _taken_done(task: asyncio.Task[object]) -> None:
 
 
 class _State(ServerState):
-    """uvicorn's state shared by a server's connections, with whether the server stops."""
+    """uvicorn's state shared by a server's connections, with whether the server stops and its TLS."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stopping = False
+        self.tls: ssl.SSLContext | None = None
+        """HTTPS: the context each connection's handshake uses, begun once it is counted."""
 
 
 class _Server(Server):
@@ -130,6 +136,15 @@ class _Server(Server):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.server_state: _State = _State()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen for plain TCP even over HTTPS: each connection starts its own handshake.
+
+        A handshake the loop ran before the connection was made would leave a client that never
+        finishes it uncounted: one address could hold sockets by the thousand, 60 s each.
+        """
+        self.server_state.tls, self.config.ssl = self.config.ssl, None
+        await super().startup(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -213,11 +228,20 @@ class _BoundedHeaders(HttpToolsProtocol):
     _refused = False
     _waiting_as: str | None = None
     _answered_at = 0.0
+    _handshaking = False
+    _tls: ssl.SSLContext | None = None
+    """Over HTTPS, until the client's first bytes start its handshake."""
+    _early: list[bytes]
     _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        state = self.server_state
+        tls = state.tls if isinstance(state, _State) else None
+        if tls is not None and transport.get_extra_info("sslcontext") is None:
+            self._begin_tls(transport, tls)
+            return
         super().connection_made(transport)
-        self._start_waiting(refuse_past_limit=True)
+        self._start_waiting(refuse_past_limit=True)  # over HTTPS, waiting since the accept already
         state = self.server_state
         if (
             isinstance(state, _State) and state.stopping
@@ -260,7 +284,54 @@ class _BoundedHeaders(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
-        super().connection_lost(exc)
+        if not self._handshaking:
+            super().connection_lost(exc)
+
+    def _begin_tls(self, transport: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        """An HTTPS connection waits from its TCP accept, as a plain one does: its handshake too.
+
+        So it counts against ``max_idle_per_source`` from the start, and its ``idle_timeout``
+        runs from the accept. One past that bound that sends nothing in ``PAST_LIMIT_GRACE`` is
+        closed; one that began its handshake has the handshake (``idle_timeout`` at most), then
+        that grace again to complete its request's headers: a burst's handshakes take turns.
+        The handshake starts with the client's first bytes, which are handed to it.
+        """
+        self.transport, self.client, self._handshaking = transport, get_remote_addr(transport), True
+        self._tls, self._early = tls, []
+        self._start_waiting(refuse_past_limit=True)
+
+    def _hello(self, data: bytes) -> None:
+        """The client's first bytes, its ClientHello: the handshake starts, and reads the rest."""
+        tls, self._tls = self._tls, None
+        if tls is None:
+            return
+        self.transport.pause_reading()
+        handshake = self.loop.create_task(self._handshake(self.transport, tls, data))
+        _HANDSHAKES.add(handshake)
+        handshake.add_done_callback(_HANDSHAKES.discard)
+
+    async def _handshake(self, transport: asyncio.Transport, tls: ssl.SSLContext, hello: bytes) -> None:
+        self.loop.call_soon(feed_handshake, transport, hello)
+        try:
+            secure = await self.loop.start_tls(
+                transport, self, tls, server_side=True, ssl_handshake_timeout=self.idle_timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError, RuntimeError):  # its client left, or closed by a bound
+            secure = None
+        finally:
+            self._handshaking = False
+        if secure is None:
+            self._stop_waiting()
+            transport.abort()
+            return
+        if self._waiting_as is None and self._idle_timer is not None:
+            # Past the bound: its grace to send its request's headers starts again now.
+            self._idle_timer.cancel()
+            self._idle_timer = self.loop.call_later(PAST_LIMIT_GRACE, self._past_limit)
+        self.connection_made(secure)
+        early, self._early = b"".join(self._early), []
+        if early and not secure.is_closing():
+            self.data_received(early)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -279,8 +350,8 @@ class _BoundedHeaders(HttpToolsProtocol):
 
     def _start_waiting(self, *, refuse_past_limit: bool) -> None:
         source = self.client[0] if self.client else ""
-        if self._waiting_as is not None or self.transport.is_closing():
-            return
+        if self._waiting_as is not None or self._idle_timer is not None or self.transport.is_closing():
+            return  # waiting already (over HTTPS, since the accept), or judged at its grace's end
         if self.waiting[source] >= self.max_idle_per_source:
             if refuse_past_limit:  # new: judged once its request had time to be read
                 self._idle_timer = self.loop.call_later(PAST_LIMIT_GRACE, self._past_limit)
@@ -314,6 +385,13 @@ class _BoundedHeaders(HttpToolsProtocol):
         self._idle_timer = None
         if self.transport.is_closing():
             return
+        if self._handshaking:
+            if self._tls is None:  # its handshake began: judged once it ends (``_handshake``)
+                self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_expired)
+                return
+            _count_closed("source_limit")  # it sent nothing
+            self.transport.abort()
+            return
         if self._asked_already():
             self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_expired)
             return
@@ -328,7 +406,7 @@ class _BoundedHeaders(HttpToolsProtocol):
 
         The bytes are looked at, not taken. Over HTTPS they are not the request's: no.
         """
-        if self._in_head or self.transport.get_extra_info("sslcontext") is not None:
+        if self._in_head or self._handshaking or self.transport.get_extra_info("sslcontext") is not None:
             return False
         return b"\r\n\r\n" in self._peek()
 
@@ -357,6 +435,12 @@ class _BoundedHeaders(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._handshaking:
+            if self._tls is not None:  # before TLS: the first bytes of its handshake
+                self._hello(data)
+            else:  # its request, decrypted as the handshake ended, before it was handed over
+                self._early.append(data)
+            return
         if self._refused:
             return  # what the client still sends is read and dropped until the connection closes
         if self._in_head:
