@@ -540,6 +540,30 @@ def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded)
         socket.create_connection(("127.0.0.1", port), timeout=10)
 
 
+def test_a_stop_answers_publishes_waiting_for_an_absent_broker_at_once(home):
+    """A publish waits up to the PUBACK timeout for a broker link that is down; a stop answers it
+    503 at once instead of holding the stop that long (here 30 s, past gunicorn's 10 s: the worker
+    was killed, the request unanswered)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # a broker that never answers CONNECT
+        running = start_bridge(
+            home, silent.getsockname()[1], "--workers", "1", "--timeout", "30", healthy=False
+        )
+        health = running.url + "/healthz"
+        assert until(lambda: requests.get(health, timeout=10).status_code == 503)  # serving, link down
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(running.post, body(VALID), {"API-KEY": home.secrets["gen"]})
+            # Its one worker answers this once it read what came before: the publish waits by then.
+            assert requests.get(health, timeout=10).status_code == 503
+            began = time.monotonic()
+            running.process.send_signal(signal.SIGTERM)
+            _, stderr = running.process.communicate(timeout=30)
+            took = time.monotonic() - began
+            answer = waiting.result(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    assert answer.status_code == 503, answer.text
+    assert took < 5, f"the stop took {took:.1f} s"
+
+
 async def publish_on_the_links_loop(publisher: Publisher, *, connected_first: bool = False) -> None:
     """One ``publish_async`` as ``radio bridge`` makes it: the link on the loop that awaits."""
     publisher.start(asyncio.get_running_loop())
