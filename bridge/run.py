@@ -55,9 +55,9 @@ PAST_LIMIT_GRACE: Final = 0.25
 headers. A client sends its request with the last packet of the TCP handshake; a burst of them is
 accepted in one turn of the loop, before any is read, and each would count as waiting."""
 STOP_GRACE: Final = 0.5
-"""Seconds a connection the server finds mid-request-head as it stops has to complete it, and a
-kept-alive one answered just before the stop has, from that answer, to send its next request:
-either is answered 503, the server stopping. Any longer would hold the stop."""
+"""Seconds a connection the server finds mid-request-head as it stops has to complete it, and one
+opened or answered just before the stop has, from then, to send its request: either is answered
+503, the server stopping. Any longer would hold the stop."""
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
@@ -153,23 +153,12 @@ class _Server(Server):
             self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Requests waiting for their body are answered 503; idle HTTPS connections are dropped.
-
-        Closing one the TLS way waits for the client's reply to the server's close_notify, and a
-        client that keeps an idle keep-alive connection open never sends it: every such client
-        would hold the stop until gunicorn kills the worker (``graceful_timeout``).
-        """
+        """Requests waiting for their body are answered 503; the rest: ``_BoundedHeaders.shutdown``."""
         begin_stop = getattr(self.config.app, "begin_stop", None)
         if begin_stop is not None:  # requests still waiting for their body are answered now
             begin_stop()
         self.server_state.stopping = True
         self._take_waiting_connections(sockets or [])
-        for connection in list(self.server_state.connections):
-            cycle = getattr(connection, "cycle", None)
-            idle = cycle is None or cycle.response_complete
-            transport = getattr(connection, "transport", None)
-            if idle and transport is not None and transport.get_extra_info("sslcontext") is not None:
-                transport.abort()
         await super().shutdown(sockets)
 
     def _take_waiting_connections(self, sockets: list[socket.socket]) -> None:
@@ -227,7 +216,8 @@ class _BoundedHeaders(HttpToolsProtocol):
     _head_bytes = 0
     _refused = False
     _waiting_as: str | None = None
-    _answered_at = 0.0
+    _ready_at = 0.0
+    """When it was last ready for a request: opened (over HTTPS, its handshake done) or answered."""
     _handshaking = False
     _tls: ssl.SSLContext | None = None
     """Over HTTPS, until the client's first bytes start its handshake."""
@@ -241,6 +231,7 @@ class _BoundedHeaders(HttpToolsProtocol):
             self._begin_tls(transport, tls)
             return
         super().connection_made(transport)
+        self._ready_at = self.loop.time()
         self._start_waiting(refuse_past_limit=True)  # over HTTPS, waiting since the accept already
         state = self.server_state
         if (
@@ -256,6 +247,11 @@ class _BoundedHeaders(HttpToolsProtocol):
         client could not tell whether the sample was published. It is kept to answer that request
         (the app answers 503 once stopping, with ``connection: close``), for at most
         ``STOP_GRACE`` seconds to finish its request's headers.
+
+        An idle HTTPS connection is dropped, not closed: closing one the TLS way waits for the
+        client's reply to the server's close_notify, and a client that keeps an idle keep-alive
+        connection open never sends it: every such client would hold the stop until gunicorn kills
+        the worker (``graceful_timeout``).
         """
         if self.transport.is_closing():
             return
@@ -264,11 +260,15 @@ class _BoundedHeaders(HttpToolsProtocol):
             self._stop_waiting()
             self._idle_timer = self.loop.call_later(STOP_GRACE, self._stop_grace_over)
             return
-        if between and self.cycle is not None and self.loop.time() - self._answered_at < STOP_GRACE:
-            # Answered a moment ago: its client's next request may be on its way already, and
-            # would meet a reset. Kept until STOP_GRACE after the answer, for that request's 503.
+        if between and self.loop.time() - self._ready_at < STOP_GRACE:
+            # Opened (its TLS handshake done) or answered a moment ago: its client's request may
+            # be on its way already, and would meet a reset. Kept until STOP_GRACE after, for
+            # that request's 503.
             self._stop_waiting()
-            self._idle_timer = self.loop.call_at(self._answered_at + STOP_GRACE, self._stop_grace_over)
+            self._idle_timer = self.loop.call_at(self._ready_at + STOP_GRACE, self._stop_grace_over)
+            return
+        if between and self.scheme == "https":
+            self.transport.abort()
             return
         super().shutdown()
 
@@ -279,6 +279,8 @@ class _BoundedHeaders(HttpToolsProtocol):
             return
         if self._in_head:
             self._refuse(503, "Service Unavailable", "the bridge is stopping: retry")
+        elif self.scheme == "https":
+            self.transport.abort()  # see ``shutdown``
         else:
             self.transport.close()
 
@@ -343,7 +345,7 @@ class _BoundedHeaders(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        self._answered_at = self.loop.time()
+        self._ready_at = self.loop.time()
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None:  # kept alive, and nothing pipelined: waiting
             self._start_waiting(refuse_past_limit=False)

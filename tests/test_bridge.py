@@ -20,6 +20,7 @@ import itertools
 import json
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import threading
@@ -39,12 +40,14 @@ from embedded import embedded_broker
 from in_process import in_process_bridge
 from mqtt_client import Client
 from polling import until
+from test_tls import make_certs, use_tls
 
 from radio import wire
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.config import Address, load_settings
 from radio.keys import read_keys
+from radio.tls import client_context
 
 VALID = {"network": "A", "data": {"speed": 42, "street": "Main"}}
 
@@ -492,32 +495,44 @@ def _answer_or_end(conn: socket.socket) -> str:
     """All that came back on a connection until it ended; "reset" if it was reset with nothing."""
     conn.settimeout(10)
     received = b""
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionResetError, ssl.SSLError):
         while chunk := conn.recv(65536):
             received += chunk
     return received.decode() if received else "reset"
 
 
-def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded, tmp_path, scheme):
     """Requests sent before a stop and not yet read (on a new connection not yet accepted, or on a
     kept-alive one) get an answer, a 200 or a JSON 503, never a reset: their clients could not tell
-    whether the sample was published. A connection made once the door has closed is refused."""
-    running = start_bridge(home, embedded.mqtt_port, "--workers", "1")
+    whether the sample was published. A connection made once the door has closed is refused.
+    (Over HTTPS a new connection sends its request only after its handshake: a kept-alive one here.)"""
+    if scheme == "https":
+        use_tls(home, make_certs(tmp_path / "certs"))
+    running = start_bridge(home, embedded.mqtt_port, "--workers", "1", healthy=scheme == "http")
     port = int(running.url.rsplit(":", 1)[1])
-    (worker,) = psutil.Process(running.process.pid).children()
     request = (
         f"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: {home.secrets['gen']}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body(VALID))}\r\n\r\n{body(VALID)}"
     ).encode()
-    first = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    first.request("POST", "/publish", body(VALID), {"API-KEY": home.secrets["gen"]})
-    response = first.getresponse()
-    assert (response.status, response.read()) == (200, b'{"message":"OK"}\n')
+    first = (
+        http.client.HTTPSConnection(
+            "localhost", port, timeout=10, context=client_context(tmp_path / "certs" / "ca.pem")
+        )
+        if scheme == "https"
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    )
+    assert until(lambda: _published(first, home.secrets["gen"]))  # once the worker's link is up
     kept = first.sock  # kept alive: the next request goes on it
     assert kept is not None
+    (worker,) = psutil.Process(running.process.pid).children()
     worker.suspend()  # its event loop reads nothing: the requests wait in the kernel
     try:
-        waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        waiting = (
+            []
+            if scheme == "https"
+            else [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        )
         for conn in [kept, *waiting]:
             conn.sendall(request)
         running.process.send_signal(signal.SIGTERM)
@@ -538,6 +553,13 @@ def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded)
         ), answer
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _published(connection: http.client.HTTPConnection, secret: str) -> bool:
+    """One publish on the connection, answered 200 (and read, so that the next can follow)."""
+    connection.request("POST", "/publish", body(VALID), {"API-KEY": secret})
+    response = connection.getresponse()
+    return (response.status, response.read()) == (200, b'{"message":"OK"}\n')
 
 
 def test_a_stop_answers_publishes_waiting_for_an_absent_broker_at_once(home):
