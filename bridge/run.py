@@ -41,6 +41,7 @@ from uvicorn_worker import UvicornWorker
 from radio import logs
 from radio.config import Address, BridgeSettings, load_settings
 from radio.errors import RadioError
+from radio.logsummary import BRIDGE_LOGGER, WINDOW, Summary
 from radio.tls import feed_handshake, server_context
 
 log = logging.getLogger("radio.bridge")
@@ -61,6 +62,10 @@ opened or answered just before the stop has, from then, to send its request: eit
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
+LOG_REPEATS: Final = 20
+"""Lines of one kind a worker writes per minute; the rest are summed up (``radio.logsummary``): a
+broker that cannot store a sample closes the bridge's link at each one, and every request would
+write three lines."""
 GC_THRESHOLDS: Final = (50_000, 10, 10)
 """The collector's thresholds in a worker: a request's objects are freed as it ends, so Python's
 default (a young collection every 700 allocations) collected over and over for nothing, and the
@@ -506,8 +511,16 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
         orphaned = loop.create_task(self._stop_when_orphaned(server))
-        await server.serve(sockets=self.sockets)
-        orphaned.cancel()
+        summary = Summary(LOG_REPEATS)
+        summary.attach(BRIDGE_LOGGER)
+        summing = loop.create_task(_sum_up_every_window(summary))
+        try:
+            await server.serve(sockets=self.sockets)
+        finally:
+            orphaned.cancel()
+            summing.cancel()
+            summary.flush(everything=True)
+            summary.detach()
         if not server.started:
             raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
@@ -538,6 +551,13 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
                 os.close(pidfd)
         log.warning("the bridge's main process is gone: worker %d stops", os.getpid())
         server.should_exit = True
+
+
+async def _sum_up_every_window(summary: Summary) -> None:
+    """Write the summaries of held-back lines once their minute is over, whatever comes next."""
+    while True:
+        await asyncio.sleep(WINDOW)
+        summary.flush()
 
 
 LIMITS: Final = ("idle_timeout", "keep_alive", "max_idle_per_source", "history_page_bytes", "history_threads")

@@ -562,6 +562,44 @@ def _published(connection: http.client.HTTPConnection, secret: str) -> bool:
     return (response.status, response.read()) == (200, b'{"message":"OK"}\n')
 
 
+def _closes_the_link_at_each_publish(server: socket.socket, done: threading.Event) -> None:
+    """A broker whose store cannot be written: it accepts the link, and closes it at each sample."""
+    server.settimeout(0.2)
+    while not done.is_set():
+        try:
+            link, _ = server.accept()
+        except TimeoutError:
+            continue
+        with link:
+            link.settimeout(10)
+            with contextlib.suppress(OSError):
+                link.recv(65536)  # CONNECT
+                link.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                while link.recv(65536)[:1] == b"\xc0":  # PINGREQs, until a PUBLISH
+                    link.sendall(b"\xd0\x00")
+
+
+def test_a_link_lost_at_every_request_writes_a_bounded_log(home):
+    """A broker that cannot store a sample closes the bridge's link at each one: the bridge's
+    lines about it are summed up past 20 a minute, not written three times per request."""
+    done = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        broker = threading.Thread(target=_closes_the_link_at_each_publish, args=(server, done))
+        broker.start()
+        try:
+            running = start_bridge(home, server.getsockname()[1], "--workers", "1")
+            answers = [running.post(body(VALID), {"API-KEY": home.secrets["gen"]}) for _ in range(60)]
+            stderr = running.stop()
+        finally:
+            done.set()
+            broker.join()
+    assert {a.status_code for a in answers} == {503}
+    lines = stderr.splitlines()
+    summed = [line for line in lines if "more in the last minute like: lost the broker" in line]
+    assert len(summed) == 1, stderr
+    assert 1 <= len([line for line in lines if "lost the broker" in line]) - len(summed) <= 20, stderr
+
+
 def test_a_stop_answers_publishes_waiting_for_an_absent_broker_at_once(home):
     """A publish waits up to the PUBACK timeout for a broker link that is down; a stop answers it
     503 at once instead of holding the stop that long (here 30 s, past gunicorn's 10 s: the worker
