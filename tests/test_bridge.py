@@ -25,7 +25,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import pytest
 import requests
 import uvloop
 from bridge_client import InProcessBridge
-from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
+from conftest import CONFIG, ENGINES, Bridge, Home, running_broker, start_bridge
 from embedded import embedded_broker
 from in_process import in_process_bridge
 from mqtt_client import Client
@@ -484,6 +484,19 @@ def test_the_workers_of_a_killed_radio_bridge_stop_by_themselves(home, embedded)
     running.process.communicate(timeout=10)
 
 
+@contextlib.contextmanager
+def killed_if_left(running: Bridge) -> Iterator[Bridge]:
+    """The bridge, killed with its workers if the test ends with it still running (a failure)."""
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            for worker in psutil.Process(running.process.pid).children():
+                worker.kill()
+            running.process.kill()
+            running.process.communicate()
+
+
 def _sigterm_waits_in(pid: int) -> bool:
     """Whether a SIGTERM sent to the process is pending, not yet handled (the process is stopped)."""
     status = Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines()
@@ -510,49 +523,50 @@ def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded,
     if scheme == "https":
         use_tls(home, make_certs(tmp_path / "certs"))
     running = start_bridge(home, embedded.mqtt_port, "--workers", "1", healthy=scheme == "http")
-    port = int(running.url.rsplit(":", 1)[1])
-    request = (
-        f"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: {home.secrets['gen']}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body(VALID))}\r\n\r\n{body(VALID)}"
-    ).encode()
-    first = (
-        http.client.HTTPSConnection(
-            "localhost", port, timeout=10, context=client_context(tmp_path / "certs" / "ca.pem")
-        )
-        if scheme == "https"
-        else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    )
-    assert until(lambda: _published(first, home.secrets["gen"]))  # once the worker's link is up
-    kept = first.sock  # kept alive: the next request goes on it
-    assert kept is not None
-    (worker,) = psutil.Process(running.process.pid).children()
-    worker.suspend()  # its event loop reads nothing: the requests wait in the kernel
-    try:
-        waiting = (
-            []
+    with killed_if_left(running):
+        port = int(running.url.rsplit(":", 1)[1])
+        request = (
+            f"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: {home.secrets['gen']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body(VALID))}\r\n\r\n{body(VALID)}"
+        ).encode()
+        first = (
+            http.client.HTTPSConnection(
+                "localhost", port, timeout=10, context=client_context(tmp_path / "certs" / "ca.pem")
+            )
             if scheme == "https"
-            else [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         )
+        assert until(lambda: _published(first, home.secrets["gen"]))  # once the worker's link is up
+        kept = first.sock  # kept alive: the next request goes on it
+        assert kept is not None
+        (worker,) = psutil.Process(running.process.pid).children()
+        worker.suspend()  # its event loop reads nothing: the requests wait in the kernel
+        try:
+            waiting = (
+                []
+                if scheme == "https"
+                else [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+            )
+            for conn in [kept, *waiting]:
+                conn.sendall(request)
+            running.process.send_signal(signal.SIGTERM)
+            assert until(lambda: _sigterm_waits_in(worker.pid)), "the worker was never asked to stop"
+            # Past the worker's tick (0.1 s), which it has no event for: it wakes to the stop first.
+            time.sleep(0.3)
+        finally:
+            worker.resume()
+        answers = [_answer_or_end(conn) for conn in [kept, *waiting]]
         for conn in [kept, *waiting]:
-            conn.sendall(request)
-        running.process.send_signal(signal.SIGTERM)
-        assert until(lambda: _sigterm_waits_in(worker.pid)), "the worker was never asked to stop"
-        # Past the worker's tick (0.1 s), which it has no event for: it wakes to the stop first.
-        time.sleep(0.3)
-    finally:
-        worker.resume()
-    answers = [_answer_or_end(conn) for conn in [kept, *waiting]]
-    for conn in [kept, *waiting]:
-        conn.close()
-    _, stderr = running.process.communicate(timeout=20)
-    assert "Traceback" not in stderr, stderr
-    stopping = json.dumps({"error": "the bridge is stopping: retry"})
-    for answer in answers:
-        assert answer.startswith("HTTP/1.1 200 OK") or (
-            answer.startswith("HTTP/1.1 503 Service Unavailable") and answer.endswith(stopping)
-        ), answer
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=10)
+            conn.close()
+        _, stderr = running.process.communicate(timeout=20)
+        assert "Traceback" not in stderr, stderr
+        stopping = json.dumps({"error": "the bridge is stopping: retry"})
+        for answer in answers:
+            assert answer.startswith("HTTP/1.1 200 OK") or (
+                answer.startswith("HTTP/1.1 503 Service Unavailable") and answer.endswith(stopping)
+            ), answer
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10)
 
 
 def _published(connection: http.client.HTTPConnection, secret: str) -> bool:
@@ -587,9 +601,9 @@ def test_a_link_lost_at_every_request_writes_a_bounded_log(home):
         broker = threading.Thread(target=_closes_the_link_at_each_publish, args=(server, done))
         broker.start()
         try:
-            running = start_bridge(home, server.getsockname()[1], "--workers", "1")
-            answers = [running.post(body(VALID), {"API-KEY": home.secrets["gen"]}) for _ in range(60)]
-            stderr = running.stop()
+            with killed_if_left(start_bridge(home, server.getsockname()[1], "--workers", "1")) as running:
+                answers = [running.post(body(VALID), {"API-KEY": home.secrets["gen"]}) for _ in range(60)]
+                stderr = running.stop()
         finally:
             done.set()
             broker.join()
@@ -608,17 +622,18 @@ def test_a_stop_answers_publishes_waiting_for_an_absent_broker_at_once(home):
         running = start_bridge(
             home, silent.getsockname()[1], "--workers", "1", "--timeout", "30", healthy=False
         )
-        health = running.url + "/healthz"
-        assert until(lambda: requests.get(health, timeout=10).status_code == 503)  # serving, link down
-        with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(running.post, body(VALID), {"API-KEY": home.secrets["gen"]})
-            # Its one worker answers this once it read what came before: the publish waits by then.
-            assert requests.get(health, timeout=10).status_code == 503
-            began = time.monotonic()
-            running.process.send_signal(signal.SIGTERM)
-            _, stderr = running.process.communicate(timeout=30)
-            took = time.monotonic() - began
-            answer = waiting.result(timeout=30)
+        with killed_if_left(running):
+            health = running.url + "/healthz"
+            assert until(lambda: requests.get(health, timeout=10).status_code == 503)  # serving, link down
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(running.post, body(VALID), {"API-KEY": home.secrets["gen"]})
+                # Its one worker answers this once it read what came before: the publish waits by then.
+                assert requests.get(health, timeout=10).status_code == 503
+                began = time.monotonic()
+                running.process.send_signal(signal.SIGTERM)
+                _, stderr = running.process.communicate(timeout=30)
+                took = time.monotonic() - began
+                answer = waiting.result(timeout=30)
     assert "Traceback" not in stderr, stderr
     assert answer.status_code == 503, answer.text
     assert took < 5, f"the stop took {took:.1f} s"
