@@ -103,6 +103,7 @@ def create_asgi_app(
         on_startup=lambda: publisher.start(asyncio.get_running_loop()),
         ready=lambda: asyncio.get_running_loop().run_in_executor(None, publisher.wait_connected, READY_WAIT),
         on_shutdown=publisher.stop,
+        on_stop=publisher.broker_connection.give_up_waiting,  # answered 503 now, not after their wait
         bulky=history.is_history_path,
         bulky_threads=state.registry.settings.bridge.history_threads,
     )

@@ -99,6 +99,7 @@ class BufferedWSGI:
         on_startup: Callable[[], None] | None = None,
         ready: Callable[[], Awaitable[object]] | None = None,
         on_shutdown: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
         bulky: Callable[[str], bool] | None = None,
         bulky_threads: int = 2,
     ) -> None:
@@ -118,6 +119,8 @@ class BufferedWSGI:
         self.ready = ready
         """Awaited after ``on_startup``, before the server takes its first connection."""
         self.on_shutdown = on_shutdown
+        self.on_stop = on_stop
+        """Called on the event loop as the server begins to stop, before the requests in hand end."""
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="radio-bridge")
         self._reading: set[asyncio.Task[Any]] = set()
         """Requests whose body is still arriving: a stop answers them at once rather than waiting."""
@@ -132,6 +135,8 @@ class BufferedWSGI:
         self._stopping = True
         for task in self._reading:
             task.cancel()
+        if self.on_stop is not None:
+            self.on_stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One ASGI connection scope: lifespan (start, stop) or one HTTP request."""

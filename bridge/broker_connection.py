@@ -125,6 +125,8 @@ class BrokerConnection:
         self._connected = threading.Event()
         self.up = asyncio.Event()
         """``connected`` for waiters on the connection's own loop; set and cleared on that loop."""
+        self._given_up = asyncio.Event()
+        """The server stops: nobody waits for the connection any more (``give_up_waiting``)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._main: asyncio.Task[None] | None = None
@@ -204,6 +206,26 @@ class BrokerConnection:
         return self._connected.wait(timeout)
 
     # On the connection's event loop from here on.
+
+    def give_up_waiting(self) -> None:
+        """The server stops: publishes waiting for the connection to come (back) up fail now.
+
+        Else each would hold the stop for its whole timeout while the broker is away, to be
+        answered 503 all the same.
+        """
+        self._given_up.set()
+
+    async def comes_up(self, within: float) -> bool:
+        """Whether the connection is up within ``within`` seconds; False at once once given up."""
+        if self._given_up.is_set():
+            return False
+        up, given_up = asyncio.ensure_future(self.up.wait()), asyncio.ensure_future(self._given_up.wait())
+        try:
+            await asyncio.wait((up, given_up), timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            given_up.cancel()
+        return self.connected and not self._given_up.is_set()
 
     @property
     def ready(self) -> bool:

@@ -147,12 +147,8 @@ class Publisher:
         if loop is not connection.loop:
             msg = "publish_async runs on the connection's own loop (start(loop)); from any other, use publish"
             raise RuntimeError(msg)
-        if not connection.connected:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await connection.up.wait()
-            except TimeoutError:
-                raise BrokerUnavailable(UNREACHABLE) from None
+        if not connection.connected and not await connection.comes_up(self.timeout):
+            raise BrokerUnavailable(UNREACHABLE)
         done = loop.create_future()
         self._send(topic.encode(), payload, retain, done, deadline, receipt=receipt)
         if not done.done():

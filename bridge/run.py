@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,15 +32,18 @@ from typing import Any, ClassVar, Final
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import Server
+from uvicorn.protocols.utils import get_remote_addr
+from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
 from radio import logs
 from radio.config import Address, BridgeSettings, load_settings
 from radio.errors import RadioError
+from radio.logsummary import BRIDGE_LOGGER, WINDOW, Summary
 from radio.sources import source_of
-from radio.tls import server_context
+from radio.tls import feed_handshake, server_context
 
 log = logging.getLogger("radio.bridge")
 
@@ -51,9 +56,17 @@ PAST_LIMIT_GRACE: Final = 0.25
 """Seconds a new connection past its address's bound of waiting ones has to complete its request's
 headers. A client sends its request with the last packet of the TCP handshake; a burst of them is
 accepted in one turn of the loop, before any is read, and each would count as waiting."""
+STOP_GRACE: Final = 0.5
+"""Seconds a connection the server finds mid-request-head as it stops has to complete it, and one
+opened or answered just before the stop has, from then, to send its request: either is answered
+503, the server stopping. Any longer would hold the stop."""
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays open to drop what its client still sends, so that the
 refusal is read rather than lost to a reset."""
+LOG_REPEATS: Final = 20
+"""Lines of one kind a worker writes per minute; the rest are summed up (``radio.logsummary``): a
+broker that cannot store a sample closes the bridge's link at each one, and every request would
+write three lines."""
 GC_THRESHOLDS: Final = (50_000, 10, 10)
 """The collector's thresholds in a worker: a request's objects are freed as it ends, so Python's
 default (a young collection every 700 allocations) collected over and over for nothing, and the
@@ -90,12 +103,54 @@ def _count_waiting(change: int) -> None:
         inc(change)
 
 
+BACKLOG: Final = 2048
+"""Connections the kernel completes and holds for the listening socket until a worker accepts them."""
+_HANDSHAKES: set[asyncio.Task[None]] = set()
+"""HTTPS connections in their handshake (the loop keeps only weak references to tasks)."""
+_TAKEN_AT_STOP: set[asyncio.Task[object]] = set()
+"""Connections accepted as the server stops, while their TLS handshake (if any) runs."""
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
+
+
+def _taken_done(task: asyncio.Task[object]) -> None:
+    """One accepted as the server stops is served, or its client left (a failed handshake): no log."""
+    _TAKEN_AT_STOP.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+class _State(ServerState):
+    """uvicorn's state shared by a server's connections, with whether the server stops and its TLS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = False
+        self.tls: ssl.SSLContext | None = None
+        """HTTPS: the context each connection's handshake uses, begun once it is counted."""
+
+
 class _Server(Server):
     """uvicorn's server, stopping gracefully on SIGINT and SIGTERM and then exiting normally.
 
     uvicorn re-raises the signal it stopped on, which would kill the worker with it after the clean
     stop; gunicorn's arbiter, not the worker, decides how the whole server ends.
     """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.server_state: _State = _State()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen for plain TCP even over HTTPS: each connection starts its own handshake.
+
+        A handshake the loop ran before the connection was made would leave a client that never
+        finishes it uncounted: one address could hold sockets by the thousand, 60 s each.
+        """
+        self.server_state.tls, self.config.ssl = self.config.ssl, None
+        await super().startup(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -104,22 +159,42 @@ class _Server(Server):
             self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Requests waiting for their body are answered 503; idle HTTPS connections are dropped.
-
-        Closing one the TLS way waits for the client's reply to the server's close_notify, and a
-        client that keeps an idle keep-alive connection open never sends it: every such client
-        would hold the stop until gunicorn kills the worker (``graceful_timeout``).
-        """
+        """Requests waiting for their body are answered 503; the rest: ``_BoundedHeaders.shutdown``."""
         begin_stop = getattr(self.config.app, "begin_stop", None)
         if begin_stop is not None:  # requests still waiting for their body are answered now
             begin_stop()
-        for connection in list(self.server_state.connections):
-            cycle = getattr(connection, "cycle", None)
-            idle = cycle is None or cycle.response_complete
-            transport = getattr(connection, "transport", None)
-            if idle and transport is not None and transport.get_extra_info("sslcontext") is not None:
-                transport.abort()
+        self.server_state.stopping = True
+        self._take_waiting_connections(sockets or [])
         await super().shutdown(sockets)
+
+    def _take_waiting_connections(self, sockets: list[socket.socket]) -> None:
+        """Accept what the kernel holds for the listeners, then close them: a stop answers those too.
+
+        Connections whose handshake the kernel completed and nobody accepted yet would be reset
+        when the last listener closes, their requests (often sent with the handshake) unanswered:
+        their clients could not tell whether the sample was published. Taken here, on the loop,
+        with nothing in between the last accept and the close, each is served as one that arrives
+        while the server stops (``_BoundedHeaders.shutdown``); a connection made after it is refused.
+        """
+        taken: list[socket.socket] = []
+        for listener in sockets:
+            with contextlib.suppress(OSError):  # BlockingIOError: none left; any other: closed already
+                while len(taken) < BACKLOG:
+                    conn, _ = listener.accept()
+                    taken.append(conn)
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        config, state, app_state = self.config, self.server_state, self.lifespan.state
+        for conn in taken:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg] # as uvicorn makes it
+                config=config, server_state=state, app_state=app_state
+            )
+            conn.setblocking(False)  # noqa: FBT003 - the socket's own call
+            made = loop.connect_accepted_socket(functools.partial(_same, protocol), conn, ssl=config.ssl)
+            task: asyncio.Task[object] = loop.create_task(made)
+            _TAKEN_AT_STOP.add(task)
+            task.add_done_callback(_taken_done)
 
 
 class _BoundedHeaders(HttpToolsProtocol):
@@ -148,15 +223,124 @@ class _BoundedHeaders(HttpToolsProtocol):
     _head_bytes = 0
     _refused = False
     _waiting_as: str | None = None
+    _ready_at = 0.0
+    """When it was last ready for a request: opened (over HTTPS, its handshake done) or answered."""
+    _handshaking = False
+    _tls: ssl.SSLContext | None = None
+    """Over HTTPS, until the client's first bytes start its handshake."""
+    _early: list[bytes]
     _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        state = self.server_state
+        tls = state.tls if isinstance(state, _State) else None
+        if tls is not None and transport.get_extra_info("sslcontext") is None:
+            self._begin_tls(transport, tls)
+            return
         super().connection_made(transport)
-        self._start_waiting(refuse_past_limit=True)
+        self._ready_at = self.loop.time()
+        self._start_waiting(refuse_past_limit=True)  # over HTTPS, waiting since the accept already
+        state = self.server_state
+        if (
+            isinstance(state, _State) and state.stopping
+        ):  # taken as the server stops (after its TLS handshake)
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """The server stops: a request on its way is answered (503: stopping), the rest closed.
+
+        uvicorn closes every connection not in the middle of a request. One whose client has sent
+        its next request, or part of it, not yet read would be reset, the request unanswered: its
+        client could not tell whether the sample was published. It is kept to answer that request
+        (the app answers 503 once stopping, with ``connection: close``), for at most
+        ``STOP_GRACE`` seconds to finish its request's headers.
+
+        An idle HTTPS connection is dropped, not closed: closing one the TLS way waits for the
+        client's reply to the server's close_notify, and a client that keeps an idle keep-alive
+        connection open never sends it: every such client would hold the stop until gunicorn kills
+        the worker (``graceful_timeout``).
+        """
+        if self.transport.is_closing():
+            return
+        between = self.cycle is None or self.cycle.response_complete
+        if between and (self._in_head or self._peek()):
+            self._stop_waiting()
+            self._idle_timer = self.loop.call_later(STOP_GRACE, self._stop_grace_over)
+            return
+        if between and self.loop.time() - self._ready_at < STOP_GRACE:
+            # Opened (its TLS handshake done) or answered a moment ago: its client's request may
+            # be on its way already, and would meet a reset. Kept until STOP_GRACE after, for
+            # that request's 503.
+            self._stop_waiting()
+            self._idle_timer = self.loop.call_at(self._ready_at + STOP_GRACE, self._stop_grace_over)
+            return
+        if between and self.scheme == "https":
+            self.transport.abort()
+            return
+        super().shutdown()
+
+    def _stop_grace_over(self) -> None:
+        """A connection kept through the stop has not sent a whole request head: 503, else closed."""
+        self._idle_timer = None
+        if self.transport.is_closing() or not (self.cycle is None or self.cycle.response_complete):
+            return
+        if self._in_head:
+            self._refuse(503, "Service Unavailable", "the bridge is stopping: retry")
+        elif self.scheme == "https":
+            self.transport.abort()  # see ``shutdown``
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
-        super().connection_lost(exc)
+        if not self._handshaking:
+            super().connection_lost(exc)
+
+    def _begin_tls(self, transport: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        """An HTTPS connection waits from its TCP accept, as a plain one does: its handshake too.
+
+        So it counts against ``max_idle_per_source`` from the start, and its ``idle_timeout``
+        runs from the accept. One past that bound that sends nothing in ``PAST_LIMIT_GRACE`` is
+        closed; one that began its handshake has the handshake (``idle_timeout`` at most), then
+        that grace again to complete its request's headers: a burst's handshakes take turns.
+        The handshake starts with the client's first bytes, which are handed to it.
+        """
+        self.transport, self.client, self._handshaking = transport, get_remote_addr(transport), True
+        self._tls, self._early = tls, []
+        self._start_waiting(refuse_past_limit=True)
+
+    def _hello(self, data: bytes) -> None:
+        """The client's first bytes, its ClientHello: the handshake starts, and reads the rest."""
+        tls, self._tls = self._tls, None
+        if tls is None:
+            return
+        self.transport.pause_reading()
+        handshake = self.loop.create_task(self._handshake(self.transport, tls, data))
+        _HANDSHAKES.add(handshake)
+        handshake.add_done_callback(_HANDSHAKES.discard)
+
+    async def _handshake(self, transport: asyncio.Transport, tls: ssl.SSLContext, hello: bytes) -> None:
+        self.loop.call_soon(feed_handshake, transport, hello)
+        try:
+            secure = await self.loop.start_tls(
+                transport, self, tls, server_side=True, ssl_handshake_timeout=self.idle_timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError, RuntimeError):  # its client left, or closed by a bound
+            secure = None
+        finally:
+            self._handshaking = False
+        if secure is None:
+            self._stop_waiting()
+            transport.abort()
+            return
+        if self._waiting_as is None and self._idle_timer is not None:
+            # Past the bound: its grace to send its request's headers starts again now.
+            self._idle_timer.cancel()
+            self._idle_timer = self.loop.call_later(PAST_LIMIT_GRACE, self._past_limit)
+        self.connection_made(secure)
+        early, self._early = b"".join(self._early), []
+        if early and not secure.is_closing():
+            self.data_received(early)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -168,14 +352,15 @@ class _BoundedHeaders(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        self._ready_at = self.loop.time()
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None:  # kept alive, and nothing pipelined: waiting
             self._start_waiting(refuse_past_limit=False)
 
     def _start_waiting(self, *, refuse_past_limit: bool) -> None:
         source = source_of(self.client[0]) if self.client else ""  # an IPv6 client: its /64
-        if self._waiting_as is not None or self.transport.is_closing():
-            return
+        if self._waiting_as is not None or self._idle_timer is not None or self.transport.is_closing():
+            return  # waiting already (over HTTPS, since the accept), or judged at its grace's end
         if self.waiting[source] >= self.max_idle_per_source:
             if refuse_past_limit:  # new: judged once its request had time to be read
                 self._idle_timer = self.loop.call_later(PAST_LIMIT_GRACE, self._past_limit)
@@ -209,6 +394,13 @@ class _BoundedHeaders(HttpToolsProtocol):
         self._idle_timer = None
         if self.transport.is_closing():
             return
+        if self._handshaking:
+            if self._tls is None:  # its handshake began: judged once it ends (``_handshake``)
+                self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_expired)
+                return
+            _count_closed("source_limit")  # it sent nothing
+            self.transport.abort()
+            return
         if self._asked_already():
             self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_expired)
             return
@@ -223,19 +415,22 @@ class _BoundedHeaders(HttpToolsProtocol):
 
         The bytes are looked at, not taken. Over HTTPS they are not the request's: no.
         """
-        if self._in_head or self.transport.get_extra_info("sslcontext") is not None:
+        if self._in_head or self._handshaking or self.transport.get_extra_info("sslcontext") is not None:
             return False
+        return b"\r\n\r\n" in self._peek()
+
+    def _peek(self) -> bytes:
+        """What the client sent that the kernel holds, unread: looked at, not taken (TLS: encrypted)."""
         held = self.transport.get_extra_info("socket")
         if held is None:
-            return False
+            return b""
         peek = socket.socket(fileno=held.fileno())
         try:
-            head = peek.recv(HEAD_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return peek.recv(HEAD_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except OSError:
-            return False
+            return b""
         finally:
             peek.detach()  # the transport's own socket: never closed here
-        return b"\r\n\r\n" in head
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
@@ -249,6 +444,12 @@ class _BoundedHeaders(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._handshaking:
+            if self._tls is not None:  # before TLS: the first bytes of its handshake
+                self._hello(data)
+            else:  # its request, decrypted as the handshake ended, before it was handed over
+                self._early.append(data)
+            return
         if self._refused:
             return  # what the client still sends is read and dropped until the connection closes
         if self._in_head:
@@ -312,8 +513,16 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
         orphaned = loop.create_task(self._stop_when_orphaned(server))
-        await server.serve(sockets=self.sockets)
-        orphaned.cancel()
+        summary = Summary(LOG_REPEATS)
+        summary.attach(BRIDGE_LOGGER)
+        summing = loop.create_task(_sum_up_every_window(summary))
+        try:
+            await server.serve(sockets=self.sockets)
+        finally:
+            orphaned.cancel()
+            summing.cancel()
+            summary.flush(everything=True)
+            summary.detach()
         if not server.started:
             raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
 
@@ -344,6 +553,13 @@ class BridgeWorker(UvicornWorker):  # type: ignore[misc]
                 os.close(pidfd)
         log.warning("the bridge's main process is gone: worker %d stops", os.getpid())
         server.should_exit = True
+
+
+async def _sum_up_every_window(summary: Summary) -> None:
+    """Write the summaries of held-back lines once their minute is over, whatever comes next."""
+    while True:
+        await asyncio.sleep(WINDOW)
+        summary.flush()
 
 
 LIMITS: Final = ("idle_timeout", "keep_alive", "max_idle_per_source", "history_page_bytes", "history_threads")
@@ -404,7 +620,7 @@ def bind(listen: Address) -> socket.socket:
     """The bridge's listening socket (IPv4 or IPv6 by the host given); one line if it cannot be."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     try:
-        sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+        sock = socket.create_server((listen.host, listen.port), family=family, backlog=BACKLOG)
     except OSError as exc:
         msg = f"the bridge cannot listen on {listen}: {os.strerror(exc.errno) if exc.errno else exc}"
         raise RadioError(msg) from None

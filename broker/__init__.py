@@ -15,7 +15,7 @@ The embedded broker, by layer:
 - ``auth``, ``acl``, ``plugins`` and ``attributes``: the amqtt plugin API, asking the registry who
   may connect, publish, subscribe and receive; ``access``: the admission gate's MQTT door;
   ``per_source``: what one address may hold before any key pays for it;
-- ``metrics`` and ``logsummary``: what the broker counts, and repeated log lines summed up.
+- ``metrics``: what the broker counts (repeated log lines are summed up by ``radio/logsummary.py``).
 
 The other engines: ``mosquitto`` (the registry exported as Mosquitto's files, Mosquitto run and
 reloaded) and ``nats`` with ``nats_conf`` (a nats-server cluster with the registry's rights).

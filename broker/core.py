@@ -21,13 +21,13 @@ from amqtt.contexts import Action
 from radio.broker import access, listeners, plugins
 from radio.broker.attributes import PluginSession
 from radio.broker.connection import Connection, Link
-from radio.broker.logsummary import Summary
 from radio.broker.output import Flusher, SendBuffers
 from radio.broker.per_source import Connecting
 from radio.broker.router import Limits, Router
 from radio.broker.sessions import Session
 from radio.broker.store import Store
 from radio.config import Address
+from radio.logsummary import Summary
 from radio.rates import SharedBuckets, platform_path
 from radio.registry import LiveRegistry, Registry
 from radio.usage import Meter, UsageError, usage_path

@@ -38,6 +38,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from radio.broker.connection import Connection, Link
+from radio.tls import feed_handshake
 from radio.wire.framing import Violation
 
 log = logging.getLogger(__name__)
@@ -474,7 +475,7 @@ class Listening:
         if accepting.early:
             # Read before the handshake began (uvloop reads a socket as soon as it is accepted):
             # handed to TLS once it reads the socket, before it starts the handshake.
-            loop.call_soon(_feed, transport, b"".join(accepting.early))
+            loop.call_soon(feed_handshake, transport, b"".join(accepting.early))
         waiting = Handshaking()
         try:
             secure = await loop.start_tls(
@@ -540,20 +541,6 @@ class Listening:
         """The port bound."""
         port: int = next(iter(self.server.sockets)).getsockname()[1]
         return port
-
-
-def _feed(transport: asyncio.Transport, data: bytes) -> None:
-    """Hand bytes read from ``transport`` to the TLS protocol that now reads it, as if it had."""
-    tls = cast("asyncio.BufferedProtocol", transport.get_protocol())  # uvloop's, by its methods alone
-    if transport.is_closing() or not hasattr(tls, "buffer_updated"):
-        return
-    view = memoryview(data)
-    while view:
-        buffer = memoryview(tls.get_buffer(len(view))).cast("B")
-        size = min(len(buffer), len(view))
-        buffer[:size] = view[:size]
-        tls.buffer_updated(size)
-        view = view[size:]
 
 
 class Accepting(asyncio.Protocol):

@@ -523,11 +523,15 @@ class Router:
             elif len(session.inflight) < session.window:
                 self.pump(session)
 
-    def _send(self, session: Session, connection: Connection, delivery: Delivery) -> int:
-        """Send a delivery under a new packet id, held in flight; the id (0: dropped, not sent)."""
+    def _send(self, session: Session, connection: Connection, delivery: Delivery, pid: int = 0) -> int:
+        """Send a delivery under a new packet id, held in flight; the id (0: dropped, not sent).
+
+        ``pid``: the id to use, free (``Session.pid_for``); else the session's next.
+        """
         if session.missed:
             self._report_missed(session, connection)
-        pid = session.allocate_pid()
+        if not pid:
+            pid = session.allocate_pid()
         v5 = connection.v5
         if v5 is None:
             extra = delivery.extra  # a retained sample's for a new subscription (retain flag 1)
@@ -551,15 +555,18 @@ class Router:
             self.tallied(session, delivery.message)
         return pid
 
-    def _send_kept(self, session: Session, connection: Connection, delivery: Delivery) -> int:
+    def _send_kept(
+        self, session: Session, connection: Connection, delivery: Delivery, *, queued: bool = False
+    ) -> int:
         """``_send`` for a persistent session: the store keeps the packet id with the sample.
 
         After a restart the sample goes again under that id with DUP (MQTT-4.4.0-1): under a new
         one, a client that had it (its PUBREC lost) would take it for another sample. Only
         persistent sessions pay for it; a retained sample a SUBSCRIBE brought is not stored.
+        One sent from the queue (``queued``) goes under the id its row decides (``pid_for``).
         """
-        pid = self._send(session, connection, delivery)
         row = delivery.message.row
+        pid = self._send(session, connection, delivery, session.pid_for(row) if queued and row else 0)
         if pid and row and self.store is not None:
             self.store.sent(session.store_id, row, pid)
         return pid
@@ -614,7 +621,7 @@ class Router:
                 self._forget(session, delivery)
                 continue
             if kept:
-                self._send_kept(session, connection, delivery)
+                self._send_kept(session, connection, delivery, queued=True)
             else:
                 self._send(session, connection, delivery)
 

@@ -233,6 +233,20 @@ class Session:
         self.next_pid = pid % MAX_PACKET_ID + 1
         return pid
 
+    def pid_for(self, row: int) -> int:
+        """The packet id for a stored sample sent from the queue: its row's, unless one in flight has it.
+
+        Such a sample goes out before the batch holding its id is on disk. Should a ``kill -9``
+        lose that batch, the sample is sent again after the restart under the same id all the
+        same (its row is on disk), and no other sample takes the id a client may still hold for it
+        (QoS 2, its PUBREC lost): a client takes a second sample under that id for the first.
+        """
+        pid = (row - 1) % MAX_PACKET_ID + 1
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid % MAX_PACKET_ID + 1
+        return pid
+
     def enqueue(self, delivery: Delivery, limits: SessionLimits | None = None) -> list[Delivery]:
         """Queue a delivery; return the oldest ones dropped to stay within the limits.
 

@@ -411,12 +411,21 @@ def _supervise(children: list[Child], stop: Stop) -> int:
         for child in children:
             if child.process.poll() is not None:
                 print(
-                    f"radio: the {child.name} stopped (exit status {child.process.returncode}); "
-                    "stopping everything",
+                    f"radio: the {child.name} {ended(child.process.returncode)}; stopping everything",
                     file=sys.stderr,
                 )
                 return 1
     return 0
+
+
+def ended(status: int) -> str:
+    """How a process ended, from its status as ``subprocess`` gives it (a signal's is negative)."""
+    if status >= 0:
+        return f"stopped (exit status {status})"
+    try:
+        return f"was killed ({signal.Signals(-status).name})"
+    except ValueError:
+        return f"was killed (signal {-status})"
 
 
 def _stop_all(children: list[Child]) -> None:

@@ -14,11 +14,12 @@ line a client prints.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from radio.errors import RadioError
 
@@ -161,3 +162,21 @@ def certificate_refusal(error: BaseException, where: str, depth: int = 0) -> str
             if found is not None:
                 return found
     return None
+
+
+def feed_handshake(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand bytes read from ``transport`` to the TLS protocol that now reads it, as if it had.
+
+    For a server that read a client's first bytes (its ClientHello) before starting TLS on the
+    socket: called soon after ``loop.start_tls`` is, before the handshake starts.
+    """
+    tls = cast("asyncio.BufferedProtocol", transport.get_protocol())  # uvloop's, by its methods alone
+    if transport.is_closing() or not hasattr(tls, "buffer_updated"):
+        return
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(tls.get_buffer(len(view))).cast("B")
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        tls.buffer_updated(size)
+        view = view[size:]

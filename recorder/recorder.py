@@ -16,8 +16,10 @@ client like any other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
@@ -69,9 +71,9 @@ class Recorder:
         self.subscribed = threading.Event()
         """Set once the broker granted the subscription (cleared while the link is down)."""
         self.failed: str | None = None
-        """Why the history file could not be written; the recorder has stopped taking samples."""
-        self.done = threading.Event()
-        """Set when it failed: whoever runs it should stop."""
+        """Why the history file could not be written, until the recorder reconnects to try again."""
+        self._outage = False
+        """The failure was said, and its end not yet: said once per outage."""
         self._refreshed = 0.0
         self._client = make_client(
             BrokerURL("tcp", self.broker.host, self.broker.port),
@@ -129,6 +131,7 @@ class Recorder:
             log.error("the broker at %s refused the recorder: %s", self.broker, reason)
             self._next_broker(client)
             return
+        self.failed = None  # the broker sends again what was not acknowledged: tried afresh
         client.subscribe(FILTER, qos=1)
 
     def _on_disconnect(
@@ -137,7 +140,8 @@ class Recorder:
         worked = self.subscribed.is_set()
         self.subscribed.clear()
         if reason.is_failure:
-            log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
+            if not self._outage:  # else its own doing, to try the history file again
+                log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
             self._next_broker(client, worked=worked)
 
     def _on_subscribe(
@@ -151,15 +155,37 @@ class Recorder:
 
     def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         if self.failed is not None:
-            return  # not acknowledged: the broker keeps it in the session for the next start
+            return  # not acknowledged: the broker sends it again once the recorder is back
         try:
             self._record(message)
         except sqlite3.Error as exc:
-            self.failed = f"cannot write {self.store.path}: {exc}"
-            log.error("%s: stopping; the broker keeps the samples for the next start", self.failed)  # noqa: TRY400
-            self.done.set()
+            self._cannot_write(client, exc)
             return
+        if self._outage:
+            self._outage = False
+            log.warning("%s can be written again", self.store.path)
         client.ack(message.mid, message.qos)
+
+    def _cannot_write(self, client: mqtt.Client, exc: sqlite3.Error) -> None:
+        """Drop the connection, and take what was not acknowledged again as paho reconnects.
+
+        paho reconnects after a second (``reconnect_delay_set``), and the broker sends the
+        unacknowledged samples first, then the queue, as after any lost connection. A full disk is
+        often a passing thing; a recorder that stopped for good would, under ``radio up``, stop
+        the whole platform with it.
+        """
+        self.failed = f"cannot write {self.store.path}: {exc}"
+        if not self._outage:
+            self._outage = True
+            log.error(
+                "%s: no sample is acknowledged until it can be; the broker keeps them meanwhile, "
+                "and the recorder tries again as it reconnects",
+                self.failed,
+            )
+        held = client.socket()
+        if isinstance(held, socket.socket):  # its TCP socket (TLS included)
+            with contextlib.suppress(OSError):
+                held.shutdown(socket.SHUT_RDWR)  # paho's loop sees the connection lost
 
     def _record(self, message: mqtt.MQTTMessage) -> None:
         if message.topic == MISSED_TOPIC:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from typing import Final
 
 from radio.config import Address, load_settings
@@ -38,12 +37,6 @@ def run(
     store = HistoryStore(settings.history_path)
     recorder = Recorder(registry, store, brokers, username, password)
     stop = on_signals()
-
-    def stop_when_failed() -> None:
-        recorder.done.wait()
-        stop.set()
-
-    threading.Thread(target=stop_when_failed, daemon=True).start()
     recorder.start()
     try:
         while not stop.is_set() and not recorder.subscribed.wait(0.2):
@@ -58,6 +51,6 @@ def run(
     finally:
         recorder.stop()
         store.close()
-    if recorder.failed is not None:
+    if recorder.failed is not None:  # stopped while the history could not be written
         raise RadioError(recorder.failed)
     print("recorder stopped", file=sys.stderr, flush=True)

@@ -40,10 +40,10 @@ from test_broker_limits import metric as scrape
 from test_tls import make_certs, use_tls
 
 from radio import wire
-from radio.broker.logsummary import Summary
 from radio.broker.store import SCHEMA
 from radio.broker.thread import BrokerThread
 from radio.config import Address
+from radio.logsummary import Summary
 from radio.registry import LiveRegistry
 from radio.tls import client_context
 

@@ -14,16 +14,20 @@ would reach the listener before the valid sample does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import itertools
 import json
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import flask
 import psutil
@@ -31,16 +35,19 @@ import pytest
 import requests
 import uvloop
 from bridge_client import InProcessBridge
-from conftest import CONFIG, ENGINES, Home, running_broker, start_bridge
+from conftest import CONFIG, ENGINES, Bridge, Home, running_broker, start_bridge
 from embedded import embedded_broker
 from in_process import in_process_bridge
 from mqtt_client import Client
+from polling import until
+from test_tls import make_certs, use_tls
 
 from radio import wire
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.config import Address, load_settings
 from radio.keys import read_keys
+from radio.tls import client_context
 
 VALID = {"network": "A", "data": {"speed": 42, "street": "Main"}}
 
@@ -512,6 +519,161 @@ def test_the_workers_of_a_killed_radio_bridge_stop_by_themselves(home, embedded)
     assert not alive, f"{len(alive)} workers still running 15 s after their main process was killed"
     assert len(gone) == 2
     running.process.communicate(timeout=10)
+
+
+@contextlib.contextmanager
+def killed_if_left(running: Bridge) -> Iterator[Bridge]:
+    """The bridge, killed with its workers if the test ends with it still running (a failure)."""
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            for worker in psutil.Process(running.process.pid).children():
+                worker.kill()
+            running.process.kill()
+            running.process.communicate()
+
+
+def _sigterm_waits_in(pid: int) -> bool:
+    """Whether a SIGTERM sent to the process is pending, not yet handled (the process is stopped)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines()
+    pending = next(line for line in status if line.startswith("ShdPnd:"))
+    return bool(int(pending.split()[1], 16) & 1 << (signal.SIGTERM - 1))
+
+
+def _answer_or_end(conn: socket.socket) -> str:
+    """All that came back on a connection until it ended; "reset" if it was reset with nothing."""
+    conn.settimeout(10)
+    received = b""
+    with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received.decode() if received else "reset"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded, tmp_path, scheme):
+    """Requests sent before a stop and not yet read (on a new connection not yet accepted, or on a
+    kept-alive one) get an answer, a 200 or a JSON 503, never a reset: their clients could not tell
+    whether the sample was published. A connection made once the door has closed is refused.
+    (Over HTTPS a new connection sends its request only after its handshake: a kept-alive one here.)"""
+    if scheme == "https":
+        use_tls(home, make_certs(tmp_path / "certs"))
+    running = start_bridge(home, embedded.mqtt_port, "--workers", "1", healthy=scheme == "http")
+    with killed_if_left(running):
+        port = int(running.url.rsplit(":", 1)[1])
+        request = (
+            f"POST /publish HTTP/1.1\r\nHost: x\r\nAPI-KEY: {home.secrets['gen']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body(VALID))}\r\n\r\n{body(VALID)}"
+        ).encode()
+        first = (
+            http.client.HTTPSConnection(
+                "localhost", port, timeout=10, context=client_context(tmp_path / "certs" / "ca.pem")
+            )
+            if scheme == "https"
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        )
+        assert until(lambda: _published(first, home.secrets["gen"]))  # once the worker's link is up
+        kept = first.sock  # kept alive: the next request goes on it
+        assert kept is not None
+        (worker,) = psutil.Process(running.process.pid).children()
+        worker.suspend()  # its event loop reads nothing: the requests wait in the kernel
+        try:
+            waiting = (
+                []
+                if scheme == "https"
+                else [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+            )
+            for conn in [kept, *waiting]:
+                conn.sendall(request)
+            running.process.send_signal(signal.SIGTERM)
+            assert until(lambda: _sigterm_waits_in(worker.pid)), "the worker was never asked to stop"
+            # Past the worker's tick (0.1 s), which it has no event for: it wakes to the stop first.
+            time.sleep(0.3)
+        finally:
+            worker.resume()
+        answers = [_answer_or_end(conn) for conn in [kept, *waiting]]
+        for conn in [kept, *waiting]:
+            conn.close()
+        _, stderr = running.process.communicate(timeout=20)
+        assert "Traceback" not in stderr, stderr
+        stopping = json.dumps({"error": "the bridge is stopping: retry"})
+        for answer in answers:
+            assert answer.startswith("HTTP/1.1 200 OK") or (
+                answer.startswith("HTTP/1.1 503 Service Unavailable") and answer.endswith(stopping)
+            ), answer
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _published(connection: http.client.HTTPConnection, secret: str) -> bool:
+    """One publish on the connection, answered 200 (and read, so that the next can follow)."""
+    connection.request("POST", "/publish", body(VALID), {"API-KEY": secret})
+    response = connection.getresponse()
+    return (response.status, response.read()) == (200, b'{"message":"OK"}\n')
+
+
+def _closes_the_link_at_each_publish(server: socket.socket, done: threading.Event) -> None:
+    """A broker whose store cannot be written: it accepts the link, and closes it at each sample."""
+    server.settimeout(0.2)
+    while not done.is_set():
+        try:
+            link, _ = server.accept()
+        except TimeoutError:
+            continue
+        with link:
+            link.settimeout(10)
+            with contextlib.suppress(OSError):
+                link.recv(65536)  # CONNECT
+                link.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                while link.recv(65536)[:1] == b"\xc0":  # PINGREQs, until a PUBLISH
+                    link.sendall(b"\xd0\x00")
+
+
+def test_a_link_lost_at_every_request_writes_a_bounded_log(home):
+    """A broker that cannot store a sample closes the bridge's link at each one: the bridge's
+    lines about it are summed up past 20 a minute, not written three times per request."""
+    done = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        broker = threading.Thread(target=_closes_the_link_at_each_publish, args=(server, done))
+        broker.start()
+        try:
+            with killed_if_left(start_bridge(home, server.getsockname()[1], "--workers", "1")) as running:
+                answers = [running.post(body(VALID), {"API-KEY": home.secrets["gen"]}) for _ in range(60)]
+                stderr = running.stop()
+        finally:
+            done.set()
+            broker.join()
+    assert {a.status_code for a in answers} == {503}
+    lines = stderr.splitlines()
+    summed = [line for line in lines if "more in the last minute like: lost the broker" in line]
+    assert len(summed) == 1, stderr
+    assert 1 <= len([line for line in lines if "lost the broker" in line]) - len(summed) <= 20, stderr
+
+
+def test_a_stop_answers_publishes_waiting_for_an_absent_broker_at_once(home):
+    """A publish waits up to the PUBACK timeout for a broker link that is down; a stop answers it
+    503 at once instead of holding the stop that long (here 30 s, past gunicorn's 10 s: the worker
+    was killed, the request unanswered)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # a broker that never answers CONNECT
+        running = start_bridge(
+            home, silent.getsockname()[1], "--workers", "1", "--timeout", "30", healthy=False
+        )
+        with killed_if_left(running):
+            health = running.url + "/healthz"
+            assert until(lambda: requests.get(health, timeout=10).status_code == 503)  # serving, link down
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(running.post, body(VALID), {"API-KEY": home.secrets["gen"]})
+                # Its one worker answers this once it read what came before: the publish waits by then.
+                assert requests.get(health, timeout=10).status_code == 503
+                began = time.monotonic()
+                running.process.send_signal(signal.SIGTERM)
+                _, stderr = running.process.communicate(timeout=30)
+                took = time.monotonic() - began
+                answer = waiting.result(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    assert answer.status_code == 503, answer.text
+    assert took < 5, f"the stop took {took:.1f} s"
 
 
 async def publish_on_the_links_loop(publisher: Publisher, *, connected_first: bool = False) -> None:

@@ -286,6 +286,39 @@ def test_nothing_outlives_radio_up_whatever_stops_it(tmp_path, engine, how):
     assert all(port_is_free(port) for port in up.ports), up.ports
 
 
+PARTS = {
+    "broker": "radio broker",
+    "bridge": "radio bridge",
+    "recorder": "radio recorder",
+    "traffic simulator": "radio device",
+}
+"""Each part radio up starts, by the name it gives it, and how its command line starts."""
+
+
+@pytest.mark.parametrize(
+    "part", ["broker", *(pytest.param(part, marks=pytest.mark.slow) for part in list(PARTS)[1:])]
+)
+def test_a_part_killed_stops_the_platform_with_one_line_and_the_folder_starts_again_at_once(tmp_path, part):
+    """``kill -9`` of one part: radio up says which, and how it ended, in one line, stops the
+    others and exits 1; no process or port is left, and the same folder serves again at once."""
+    up = start_up(tmp_path)
+    victim = next(c for c in up.children if " ".join(c.cmdline()[2:4]).startswith(PARTS[part]))
+    victim.kill()
+    _, stderr = up.process.communicate(timeout=60)
+    assert up.process.returncode == 1
+    said = [line for line in stderr.splitlines() if line.startswith("radio: ")]
+    assert said == [f"radio: the {part} was killed (SIGKILL); stopping everything"], stderr
+    assert not left_behind(up.children), [c.cmdline() for c in left_behind(up.children, 0)]
+    assert all(port_is_free(port) for port in up.ports), up.ports
+    again = start_up(tmp_path)
+    try:
+        post_hello(again.value(r"HTTP publish:\s+(\S+)"), (tmp_path / "demo.key").read_text().strip())
+    finally:
+        again.process.send_signal(signal.SIGTERM)
+        again.process.communicate(timeout=60)
+    assert again.process.returncode == 0
+
+
 def test_the_traffic_simulator_publishes_through_the_bridge_like_the_article(home, bridge, everything):
     device = subprocess.Popen(
         [

@@ -470,10 +470,7 @@ def test_a_delivery_sent_from_the_queue_goes_again_under_its_packet_id_after_a_r
     id across a restart as one sent at once does."""
     credentials = ("reader_a", home.secrets["reader_a"])
     with restartable(home, "graceful") as port:
-        with session(port, "queued", *credentials, clean=False) as reader:
-            reader.sendall(subscribe("networks/A", qos=2))
-            assert read_packet(reader)[0] == 0x90
-            _answered_one(reader, port, home.secrets)
+        _away_after_one(port, "queued", credentials, home.secrets)
         gen_publishes(port, home.secrets, b'{"queued": 1}', qos=2)
         with session(port, "queued", *credentials, clean=False) as reader:
             first, body = read_packet(reader)
@@ -484,6 +481,39 @@ def test_a_delivery_sent_from_the_queue_goes_again_under_its_packet_id_after_a_r
         got = _resent(reader)
         assert [(first, _pid_of(body)) for first, body in got] == [(0x3C, pid)]
         assert published(got[0][1], 2)[1] == b'{"queued": 1}'
+
+
+def test_samples_sent_from_the_queue_keep_their_packet_ids_when_the_store_lost_them(home, mocker):
+    """A sample sent from a session's queue goes out before the batch holding its packet id is on
+    disk: a ``kill -9`` then leaves the sample in the store without it. After the restart it goes
+    again under that same id all the same, and so does the next: under ids shifted by one, a QoS 2
+    client still holding the first sample's id (its PUBREC lost) would drop the second sample as
+    a copy of the first."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    with restartable(home, "graceful") as port:
+        _away_after_one(port, "lost-ids", credentials, home.secrets)
+        gen_publishes(port, home.secrets, b'{"q": 1}', b'{"q": 2}', qos=2)  # queued, on disk
+        # The ids of what is sent from now on never reach the disk, as with a kill -9 in the window.
+        mocker.patch.object(Store, "sent", return_value=None)
+        with session(port, "lost-ids", *credentials, clean=False) as reader:
+            before = [read_packet(reader) for _ in range(2)]  # their PUBRECs are lost with the broker
+    assert [published(body, 2)[1] for _, body in before] == [b'{"q": 1}', b'{"q": 2}']
+    mocker.stopall()
+    with (
+        restartable(home, "graceful") as port,
+        session(port, "lost-ids", *credentials, clean=False) as reader,
+    ):
+        after = _resent(reader)
+    assert [published(body, 2)[1] for _, body in after] == [b'{"q": 1}', b'{"q": 2}']
+    assert [_pid_of(body) for _, body in after] == [_pid_of(body) for _, body in before]
+
+
+def _away_after_one(port: int, client_id: str, credentials: tuple[str, str], secrets: dict[str, str]) -> None:
+    """A persistent session subscribed to A at QoS 2, one sample answered, its client gone."""
+    with session(port, client_id, *credentials, clean=False) as reader:
+        reader.sendall(subscribe("networks/A", qos=2))
+        assert read_packet(reader)[0] == 0x90
+        _answered_one(reader, port, secrets)
 
 
 def _pid_of(body: bytes) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import radio.broker.connection  # noqa: F401 - its logger exists once it is imported
-from radio.broker.logsummary import Summary
+from radio.logsummary import Summary
 
 
 def test_the_summary_covers_each_broker_module_and_lets_go_when_detached(caplog):

@@ -1,7 +1,9 @@
 """Repeated log lines summed up, so that a client in a loop cannot grow the log without bound.
 
-The broker logs one line per CONNECT accepted or refused, per socket closed unheard, and so on:
-right for an operator reading what happened, wrong when one address connects in a loop. Lines
+The broker logs one line per CONNECT accepted or refused, per socket closed unheard, and so on;
+the bridge one per loss of its broker link, which a broker that cannot store a sample closes at
+each one: right for an operator reading what happened, wrong when one address connects in a
+loop, or every request meets a full disk. Lines
 of one kind (the same logger, level and message template) are written as they come up to
 ``repeats`` per minute; the rest are counted, and one line says how many there were and what
 the last said: "… 9,812 more in the last minute like: refused ...". The summary is written when
@@ -16,9 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-log = logging.getLogger(__name__)
 BROKER_LOGGER: Final = "radio.broker"
 """The parent of the broker modules' loggers (``logging.getLogger(__name__)`` in each)."""
+BRIDGE_LOGGER: Final = "radio.bridge"
+"""The bridge's: its modules log under this one name."""
 
 WINDOW: Final = 60.0
 """Seconds over which a kind of line is counted."""
@@ -37,7 +40,7 @@ class _Kind:
 
 
 class Summary(logging.Filter):
-    """A filter for the broker's logger: each kind of line at most ``repeats`` times per minute."""
+    """A filter for a server's loggers: each kind of line at most ``repeats`` times per minute."""
 
     def __init__(self, repeats: int, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -73,8 +76,8 @@ class Summary(logging.Filter):
         _say(due)
         return write
 
-    def attach(self) -> None:
-        """Hold back the lines of every broker module: each logs under its own name.
+    def attach(self, parent: str = BROKER_LOGGER) -> None:
+        """Hold back the lines of ``parent``'s logger and of every logger below it.
 
         A logger's filters see only the records logged on it, not those its children pass up, so
         the summary goes on each module's logger (all exist once the broker is imported).
@@ -82,7 +85,7 @@ class Summary(logging.Filter):
         self._loggers = [
             logging.getLogger(name)
             for name in list(logging.root.manager.loggerDict)
-            if name == BROKER_LOGGER or name.startswith(BROKER_LOGGER + ".")
+            if name == parent or name.startswith(parent + ".")
         ]
         for logger in self._loggers:
             logger.addFilter(self)
@@ -107,8 +110,9 @@ class Summary(logging.Filter):
 
 
 def _say(due: list[tuple[tuple[str, int, str], _Kind]]) -> None:
-    for (_, level, _), kind in due:
-        log.log(
+    """Each summary under the logger of the lines it sums up: where their readers look."""
+    for (name, level, _), kind in due:
+        logging.getLogger(name).log(
             level,
             "… %s more in the last minute like: %s",
             f"{kind.suppressed:,}",
