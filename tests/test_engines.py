@@ -32,6 +32,7 @@ from conftest import CONFIG as BASE_CONFIG
 from conftest import Home, require_mosquitto
 from mqtt_client import NOT_AUTHORIZED, Client, Message
 from paho.mqtt.client import MQTT_ERR_SUCCESS
+from syntax import trees
 from test_nats_cluster import require_nats
 
 from radio.bridge.identity import bridge_credentials
@@ -842,9 +843,10 @@ def docs_table() -> dict[str, dict[str, str]]:
 COLUMNS = {"embedded": "embedded broker", "mosquitto": "Mosquitto", "nats": "NATS"}
 
 
+@functools.cache
 def functions(module: Path) -> set[str]:
     """The names of a test module's functions, read from its source (without importing it)."""
-    tree = ast.parse(module.read_text(encoding="utf-8"))
+    tree = trees([module])[module]
     return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 

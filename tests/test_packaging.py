@@ -7,6 +7,7 @@ so the suite itself cannot notice a missing run-time dependency by failing to im
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 import tarfile
@@ -17,16 +18,23 @@ from pathlib import Path
 import pytest
 from conftest import copy_checkout
 from packaging.requirements import Requirement
+from syntax import trees
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("radio", "broker", "bridge", "devices", "subscribers", "cli", "recorder")
 PARTS = ("broker", "bridge", "devices", "subscribers", "cli", "recorder")
 
 
+@functools.cache
+def _trees() -> dict[Path, ast.Module]:
+    """The syntax tree of every source file of the run-time packages, parsed once."""
+    return trees(path for package in PACKAGES for path in sources(package))
+
+
 def imports_of(path: Path) -> set[str]:
     """Every module a source file imports, by its full dotted name."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_trees()[path]):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -87,7 +95,7 @@ def test_every_third_party_import_is_a_declared_dependency():
 def bridge_modules_imported(path: Path) -> set[str]:
     """The modules of ``radio.bridge`` a source file imports, by their short name (``publish``)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_trees()[path]):
         if isinstance(node, ast.ImportFrom) and node.module == "radio.bridge":
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("radio.bridge."):
