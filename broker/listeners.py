@@ -31,8 +31,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -42,6 +44,9 @@ from radio.wire.framing import Violation
 
 log = logging.getLogger(__name__)
 
+WEBSOCKET_PATH: Final = "/mqtt"
+"""The one path MQTT over WebSocket is served at: an upgrade to any other is answered 404, so a
+mistyped URL fails at once, as it does on NATS, instead of working here and nowhere else."""
 FRAME_HEADROOM: Final = 5
 """An MQTT packet's fixed header, which the packet limit (a remaining length) leaves out."""
 BACKLOG: Final = 1024
@@ -628,6 +633,16 @@ async def serve_tcp(
     return listening
 
 
+def only_mqtt_path(_connection: ServerConnection, request: Request) -> Response | None:
+    """Upgrade a request for ``WEBSOCKET_PATH`` (any query); answer any other path 404, saying where."""
+    if request.path.partition("?")[0] == WEBSOCKET_PATH:
+        return None
+    body = f"not found: MQTT over WebSocket is served at {WEBSOCKET_PATH}\n".encode()
+    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    headers["Connection"] = "close"
+    return Response(404, "Not Found", headers, body)
+
+
 async def serve_websocket(
     door: Door,
     name: str,
@@ -638,7 +653,7 @@ async def serve_websocket(
     tls: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
 ) -> Listening:
-    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention), or wss.
+    """Listen for MQTT over WebSocket (subprotocol ``mqtt``, path ``WEBSOCKET_PATH``), or wss.
 
     The ``websockets`` server is put together as its ``serve`` would (permessage-deflate offered,
     its server header), around a TCP server whose sockets ``Accepting`` counts first.
@@ -652,7 +667,7 @@ async def serve_websocket(
         await link.serve(connection)
 
     logger = QuietHandshakeLog(logging.getLogger("websockets.server"))
-    server = Server(handler, open_timeout=handshake_timeout, logger=logger)
+    server = Server(handler, process_request=only_mqtt_path, open_timeout=handshake_timeout, logger=logger)
     extensions = enable_server_permessage_deflate(None)
     subprotocols = [Subprotocol("mqtt")]
 

@@ -10,8 +10,9 @@ import sys
 from typing import TypedDict, Unpack
 
 from radio.broker.compiled import delivery_path
+from radio.broker.listeners import WEBSOCKET_PATH
 from radio.broker.mosquitto import MosquittoBroker
-from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
+from radio.broker.server import EmbeddedBroker
 from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry
