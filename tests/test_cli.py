@@ -514,6 +514,27 @@ def test_listen_names_a_network_the_configuration_lacks(run, tmp_path):
     assert "listening" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [("keys", "list"), ("keys", "list", "--json"), ("keys", "usage", "--csv")]
+)
+def test_output_into_a_closed_pipe_ends_quietly(home, command):
+    """`radio keys list | head -1`: the reader going away is a normal end, not a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write gets EPIPE, as after `head` has its lines
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "radio", *command, "--config", str(home.config)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 def test_help_states_the_one_configuration_rule(run):
     rule = "--config PATH, else $RADIO_CONFIG, else ./radio.toml"
     for command in ([], ["up"]):
