@@ -371,6 +371,8 @@ def _broker_options(
     }
     mqtt, ws = mqtt or settings.broker.mqtt, ws or settings.broker.websocket
     tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
+    if engine == "nats":  # its local cluster serves plain listeners alone (docs/nats.md, TLS)
+        tls = {"mqtts": None, "wss": None}
     given = {"mqtt": mqtt if plain["mqtt"] else None, "websocket": ws if plain["ws"] else None, **tls}
     ports.check_free("broker", broker_listeners(settings, engine, **given).values())
     listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]

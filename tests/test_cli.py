@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from commands import radio_main
+from commands import ANY_PORTS, radio_main
 from conftest import broker_process, running_broker
 from mqtt_client import Client
 
@@ -412,6 +412,14 @@ UNRESOLVABLE = "names a host no resolver can look up: each part of a name betwee
         (["device", "sensors", "--network", "n", "--url", "http://x"], "'http://x' is not a broker URL"),
         (["device", "sensors"], "the following arguments are required: --network"),
         (["broker", "--engine", "rabbitmq"], "invalid choice: 'rabbitmq'"),
+        # An option the engine would not honour is refused: it was ignored, and the platform ran without it.
+        (["broker", "--nodes", "2", *ANY_PORTS[:4]], "--nodes is for --engine nats, not --engine embedded"),
+        (["up", "--engine", "mosquitto", "--nodes", "2", *ANY_PORTS], "--nodes is for --engine nats"),
+        (
+            ["broker", "--engine", "nats", "--nodes", "1", "--mqtts", "127.0.0.1:0", *ANY_PORTS[:4]],
+            "--mqtts: the local cluster of --engine nats serves plain listeners only",
+        ),
+        (["up", "--engine", "nats", "--wss", "127.0.0.1:0", *ANY_PORTS], "--wss: the local cluster"),
         (["keys", "add"], "the following arguments are required: name"),
         (["nosuch"], "invalid choice: 'nosuch'"),
         # A host with a part over 63 characters, or an empty one, has no form a resolver takes.
