@@ -29,7 +29,9 @@ BROKERS_HELP: Final = (
 def add_broker(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """``radio broker``."""
     broker = commands.add_parser(
-        "broker", parents=[common], help="run the MQTT broker (TCP and WebSocket): embedded, or Mosquitto"
+        "broker",
+        parents=[common],
+        help="run the MQTT broker (TCP and WebSocket): embedded, Mosquitto or a NATS cluster",
     )
     broker.add_argument(
         "--mqtt", metavar="HOST:PORT", type=options.address, help="MQTT over TCP (port 0: any free)"

@@ -420,7 +420,7 @@ UNRESOLVABLE = "names a host no resolver can look up: each part of a name betwee
             "--mqtts: the local cluster of --engine nats serves plain listeners only",
         ),
         (["up", "--engine", "nats", "--wss", "127.0.0.1:0", *ANY_PORTS], "--wss: the local cluster"),
-        (["keys", "add"], "the following arguments are required: name"),
+        (["keys", "add"], "the following arguments are required: NAME"),
         (["nosuch"], "invalid choice: 'nosuch'"),
         # A host with a part over 63 characters, or an empty one, has no form a resolver takes.
         (["listen", "sample_net", "--url", f"mqtt://{'a' * 64}:1883"], UNRESOLVABLE),
@@ -549,6 +549,24 @@ def test_help_states_the_one_configuration_rule(run):
         result = run(*command, "--help")
         assert result.returncode == 0
         assert rule in " ".join(result.stdout.split())
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    """`radio keys add --help` listed its one positional argument as a bare `name`, saying nothing."""
+    import argparse  # noqa: PLC0415 - this test alone walks the parser
+
+    from radio.cli.main import _parser  # noqa: PLC0415
+
+    silent = []
+    parsers = [_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif not action.help or (not action.option_strings and action.metavar is None):
+                silent.append(f"{parser.prog} {action.option_strings or action.dest}")
+    assert silent == []
 
 
 COMMANDS = (
