@@ -233,6 +233,17 @@ def test_the_page_shows_the_other_samples_when_one_in_the_history_is_not_strict_
     assert not _csp_violations(browser)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_pages_load_with_nothing_failing_in_the_console(home, broker, recorder, bridge, browser):
+    """No request of a page fails: a browser asks for /favicon.ico unless the page names an icon,
+    and its 404 is an error in the console of every visitor who opens the developer tools."""
+    browser.get(f"{bridge.url}/")
+    browser.get(f"{bridge.url}/networks/pub")
+    wait_for_text(browser, "#status", "live")
+    assert [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
 def _csp_violations(chrome) -> list[str]:
     return [
         entry["message"]
