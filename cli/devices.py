@@ -50,7 +50,8 @@ def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
         "--http",
         metavar="URL",
         type=options.http_url,
-        help="the bridge, for --since (default: the configuration's [bridge] listen; https:// with [tls])",
+        help="the bridge, whose history gives each sample its seq and --since its replay "
+        "(default: the configuration's [bridge] listen; https:// with [tls])",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     options.add_ca(listen)
