@@ -346,13 +346,22 @@ def _checked(
 def _not_in_config(
     settings: Settings, *, mqtt: Address | None, ws: Address | None, http: Address | None
 ) -> bool:
-    """Whether an address given on the command line differs from the configuration's.
+    """Whether other radio commands would miss the platform at the configuration's addresses.
 
-    Other radio commands find the platform by the configuration: given such an address, they
-    would look where it is not.
+    They find it by the configuration: an address given on the command line that differs from it,
+    or one the configuration leaves to the system (port 0), is not where they would look.
     """
     configured = (settings.broker.mqtt, settings.broker.websocket, settings.bridge.listen)
-    return any(given not in (None, found) for given, found in zip((mqtt, ws, http), configured, strict=True))
+    broker = settings.broker
+    in_use = [
+        *([broker.mqtt] if broker.mqtt_enabled else []),
+        *([broker.websocket] if broker.websocket_enabled else []),
+        *(address for address in (broker.mqtts, broker.wss) if address is not None),
+        settings.bridge.listen,
+    ]
+    return any(address.port == 0 for address in in_use) or any(
+        given not in (None, found) for given, found in zip((mqtt, ws, http), configured, strict=True)
+    )
 
 
 def _broker_options(
