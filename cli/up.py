@@ -133,6 +133,8 @@ class Child:
             # The first URL of each scheme: the lines that follow a cluster's name its other nodes.
             if (match := re.search(r"\b((mqtts?|wss?)://\S+)", line)) and match[2] not in urls:
                 urls[match[2]] = match[1]
+            if match := re.match(r"  metrics: +(https?://\S+)/metrics$", line.rstrip()):
+                urls["metrics"] = match[1]
             for port in re.findall(r"\bmqtt://\S+:(\d+)\b", line):
                 if port not in self.mqtt_ports:
                     self.mqtt_ports.append(port)
@@ -536,6 +538,7 @@ def _print_banner(
             else ""
         )
         + (f"  metrics:              {metrics[0]}/metrics{' (admin key)' * metrics[1]}\n" if metrics else "")
+        + (f"  broker metrics:       {urls['metrics']}/metrics\n" if "metrics" in urls else "")
         + f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"

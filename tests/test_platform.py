@@ -486,6 +486,19 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
     ]
 
 
+def test_the_broker_banner_names_where_its_metrics_are(tmp_path):
+    """With [broker] metrics on a port the system picks, the banner is the one place that says which."""
+    (tmp_path / "radio.toml").write_text('[broker]\nmetrics = "127.0.0.1:0"\n')
+    broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS)
+    try:
+        banner = read_banner(broker)
+        url = re.search(r"^  metrics: +(http://127\.0\.0\.1:\d+/metrics)$", banner, re.MULTILINE)
+        assert url is not None, banner
+        assert "radio_broker_" in requests.get(url[1], timeout=10).text
+    finally:
+        stop(broker)
+
+
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 """How the platform writes an instant, in history lines and live lines alike."""
 
