@@ -411,11 +411,15 @@ def _claim(state_dir: Path) -> None:
 
 
 def _page_websocket(urls: dict[str, str], settings: Settings) -> dict[str, str]:
-    """Where the live pages send browsers: the broker's WebSocket port bound just now (TLS first)."""
+    """Where the live pages send browsers: the broker's WebSocket port bound just now (TLS first).
+
+    A wildcard bind is passed on as it is: the pages name it by the host each browser asked them
+    for (``bridge.pages.as_reached``), not by a loopback address only this machine reaches.
+    """
     ws_url = urls.get("wss") or urls.get("ws")
     if not ws_url or settings.bridge.public_websocket_url:
         return {}
-    return {"RADIO_PUBLIC_WEBSOCKET_URL": reachable(ws_url)}
+    return {"RADIO_PUBLIC_WEBSOCKET_URL": ws_url}
 
 
 def _supervise(children: list[Child], stop: Stop) -> int:
