@@ -40,13 +40,11 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from radio.broker.connection import Connection, Link
+from radio.urls import WEBSOCKET_PATH
 from radio.wire.framing import Violation
 
 log = logging.getLogger(__name__)
 
-WEBSOCKET_PATH: Final = "/mqtt"
-"""The one path MQTT over WebSocket is served at: an upgrade to any other is answered 404, so a
-mistyped URL fails at once, as it does on NATS, instead of working here and nowhere else."""
 FRAME_HEADROOM: Final = 5
 """An MQTT packet's fixed header, which the packet limit (a remaining length) leaves out."""
 BACKLOG: Final = 1024
@@ -634,7 +632,11 @@ async def serve_tcp(
 
 
 def only_mqtt_path(_connection: ServerConnection, request: Request) -> Response | None:
-    """Upgrade a request for ``WEBSOCKET_PATH`` (any query); answer any other path 404, saying where."""
+    """Upgrade a request for ``WEBSOCKET_PATH`` (any query); answer any other path 404, saying where.
+
+    One path, as NATS serves MQTT at it alone: a mistyped URL fails at once, instead of working
+    here and nowhere else.
+    """
     if request.path.partition("?")[0] == WEBSOCKET_PATH:
         return None
     body = f"not found: MQTT over WebSocket is served at {WEBSOCKET_PATH}\n".encode()

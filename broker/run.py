@@ -10,13 +10,13 @@ import sys
 from typing import TypedDict, Unpack
 
 from radio.broker.compiled import delivery_path
-from radio.broker.listeners import WEBSOCKET_PATH
 from radio.broker.mosquitto import MosquittoBroker
 from radio.broker.server import EmbeddedBroker
 from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
+from radio.urls import WEBSOCKET_PATH
 
 BANNER_LINES = {
     "default": "  MQTT over TCP:        mqtt://{}",

@@ -343,6 +343,18 @@ def test_the_listener_library_hands_bad_samples_to_the_caller_and_goes_on(home, 
         admin.close()
 
 
+# paho leaves the socket of a WebSocket handshake it refuses to the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_listener_on_another_websocket_path_than_mqtt_is_told_where_mqtt_is(broker):
+    """The broker answers 404 to an upgrade anywhere but /mqtt: the listener, which retries as for
+    any failed connect, says which path to use rather than a bare "not upgraded"."""
+    notices: queue.Queue[str] = queue.Queue()
+    with Listener(["pub"], f"ws://127.0.0.1:{broker.ws_port}/mqt", notice=notices.put):
+        notice = notices.get(timeout=20)
+    assert notice.startswith(f"cannot reach ws://127.0.0.1:{broker.ws_port}/mqt ("), notice
+    assert "Radio's brokers serve MQTT over WebSocket at /mqtt, not /mqt" in notice, notice
+
+
 def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broker):
     """Another client takes the listener's client id: it is thrown out, and comes back at once.
 
