@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     follow_parent()
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command they were given to, not by `radio`
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except RadioError as exc:
@@ -84,4 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(commands, common)
+    parser.set_defaults(parser=parser)
+    parsers = [parser]
+    while parsers:  # each command's own parser, to say what it does not take
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    command.set_defaults(parser=command)
+                    parsers.append(command)
     return parser

@@ -543,6 +543,24 @@ def test_output_into_a_closed_pipe_ends_quietly(home, command):
     assert (result.returncode, result.stderr) == (0, "")
 
 
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["health", "--url", "x"], "radio health"),
+        (["keys", "list", "--csv"], "radio keys list"),
+        (["up", "extra"], "radio up"),
+    ],
+)
+def test_an_option_a_command_does_not_take_is_named_by_that_command(run, args, command):
+    """`radio health --url x` said `radio: unrecognized arguments` and pointed at `radio --help`."""
+    result = run(*args)
+    assert result.returncode == 2
+    extra = " ".join(args[len(command.split()) - 1 :])
+    assert result.stderr.splitlines() == [
+        f"{command}: unrecognized arguments: {extra} (see {command} --help)"
+    ]
+
+
 def test_help_states_the_one_configuration_rule(run):
     rule = "--config PATH, else $RADIO_CONFIG, else ./radio.toml"
     for command in ([], ["up"]):
