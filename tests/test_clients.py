@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -16,6 +17,7 @@ import pytest
 from conftest import ENGINES, running_broker
 from embedded import embedded_broker
 from mqtt_client import Client
+from polling import until
 from raw_mqtt import read_packet
 
 from radio import wire
@@ -238,6 +240,32 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
             agent.kill()
         agent.communicate(timeout=10)
         watcher.close()
+
+
+def test_a_generator_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
+    """`radio device ... --url` naming a port nothing listens on printed its start line and then
+    nothing, retrying and buffering in silence; it says so, once however many attempts fail."""
+    caplog.set_level(logging.WARNING, logger="radio.device")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there
+    link = MqttLink(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), home.secrets["gen"], "outage-test")
+    attempts = []
+    failed = link._client.on_connect_fail
+
+    def counted(client, userdata):
+        attempts.append(1)
+        failed(client, userdata)
+
+    link._client.on_connect_fail = counted
+    link.start()
+    try:
+        assert until(lambda: len(attempts) >= 2, within=20)  # paho retries after a second
+    finally:
+        link.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    line = f"cannot reach the broker at mqtt://127.0.0.1:{port} (Connection refused); retrying, samples are kept meanwhile"
+    assert said == [line]
 
 
 @pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
