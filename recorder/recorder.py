@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio import samples
 from radio.config import Address
+from radio.errors import reason as in_words
 from radio.failover import FailoverCursor
 from radio.history_store import HistoryStore
 from radio.mqtt_clients import connect, make_client, stop_loop
@@ -66,6 +68,8 @@ class Recorder:
         self._cursor = FailoverCursor([broker] if isinstance(broker, Address) else broker)
         """The nodes of a cluster, tried in turn: the next after a lost or failed connection."""
         self._stopping = False
+        self._outage_said = False
+        """Whether the current outage was logged: once per outage, not once per attempt."""
         self.subscribed = threading.Event()
         """Set once the broker granted the subscription (cleared while the link is down)."""
         self.failed: str | None = None
@@ -114,6 +118,10 @@ class Recorder:
         log.info("trying the broker at %s next", self.broker)
 
     def _on_connect_fail(self, client: mqtt.Client, _u: object) -> None:
+        if not self._outage_said and not self._stopping:
+            self._outage_said = True  # once per outage, not once per attempt
+            failure = sys.exc_info()[1] or Exception("no reason given")
+            log.warning("cannot reach the broker at %s (%s); retrying", self.broker, in_words(failure))
         self._next_broker(client)
 
     def stop(self) -> None:
@@ -137,6 +145,7 @@ class Recorder:
         worked = self.subscribed.is_set()
         self.subscribed.clear()
         if reason.is_failure:
+            self._outage_said = True  # said here: the attempts that fail next say nothing
             log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
             self._next_broker(client, worked=worked)
 
@@ -147,6 +156,7 @@ class Recorder:
             log.error("the broker refused the recorder's subscription to %s", FILTER)
             return
         self.subscribed.set()
+        self._outage_said = False
         log.info("recording %s from %s", FILTER, self.broker)
 
     def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:

@@ -16,8 +16,7 @@ import time
 import pytest
 from conftest import ENGINES, running_broker
 from embedded import embedded_broker
-from mqtt_client import Client
-from polling import until
+from mqtt_client import Client, said_while_unreachable, unused_port
 from raw_mqtt import read_packet
 
 from radio import wire
@@ -246,24 +245,9 @@ def test_a_generator_that_cannot_reach_its_broker_says_so_once_per_outage(home, 
     """`radio device ... --url` naming a port nothing listens on printed its start line and then
     nothing, retrying and buffering in silence; it says so, once however many attempts fail."""
     caplog.set_level(logging.WARNING, logger="radio.device")
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]  # nothing listens there
+    port = unused_port()
     link = MqttLink(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), home.secrets["gen"], "outage-test")
-    attempts = []
-    failed = link._client.on_connect_fail
-
-    def counted(client, userdata):
-        attempts.append(1)
-        failed(client, userdata)
-
-    link._client.on_connect_fail = counted
-    link.start()
-    try:
-        assert until(lambda: len(attempts) >= 2, within=20)  # paho retries after a second
-    finally:
-        link.stop()
-    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    said = said_while_unreachable(caplog, link._client, link.start, link.stop)
     line = f"cannot reach the broker at mqtt://127.0.0.1:{port} (Connection refused); retrying, samples are kept meanwhile"
     assert said == [line]
 
