@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 import requests
@@ -60,6 +60,10 @@ class Will:
 
 class MqttLink:
     """One MQTT connection that reconnects by itself (paho's backoff) and buffers while it is down."""
+
+    _unreachable: ClassVar[set[str]] = set()
+    """Brokers this process's links said they cannot reach: a hundred sensors say it once."""
+    _unreachable_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self,
@@ -169,6 +173,8 @@ class MqttLink:
                 client.publish(topic, payload, qos=1, retain=retain)
             self._connected.set()
         self._outage_said = False
+        with self._unreachable_lock:
+            self._unreachable.discard(str(self.url))
         log.info("connected to %s%s", self.url, f"; sent {backlog} buffered samples" if backlog else "")
         if self._user_on_connect is not None:
             self._user_on_connect(self)
@@ -184,11 +190,15 @@ class MqttLink:
             return
         if not self._outage_said and not self._stopping:
             self._outage_said = True
-            log.warning(
-                "cannot reach the broker at %s (%s); retrying, samples are kept meanwhile",
-                self.url,
-                in_words(failure),
-            )
+            with self._unreachable_lock:
+                said = str(self.url) in self._unreachable
+                self._unreachable.add(str(self.url))
+            if not said:
+                log.warning(
+                    "cannot reach the broker at %s (%s); retrying, samples are kept meanwhile",
+                    self.url,
+                    in_words(failure),
+                )
         self._next_broker(client)
 
     def _on_disconnect(

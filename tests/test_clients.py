@@ -243,11 +243,22 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
 
 def test_a_generator_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
     """`radio device ... --url` naming a port nothing listens on printed its start line and then
-    nothing, retrying and buffering in silence; it says so, once however many attempts fail."""
+    nothing, retrying and buffering in silence; it says so, once however many attempts fail, and
+    once however many links of the process (a hundred sensors) fail to reach that broker."""
     caplog.set_level(logging.WARNING, logger="radio.device")
     port = unused_port()
-    link = MqttLink(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), home.secrets["gen"], "outage-test")
-    said = said_while_unreachable(caplog, link._client, link.start, link.stop)
+    url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")
+    links = [MqttLink(url, home.secrets["gen"], f"outage-test-{n}") for n in range(2)]
+
+    def start() -> None:
+        for link in links:
+            link.start()
+
+    def stop() -> None:
+        for link in links:
+            link.stop()
+
+    said = said_while_unreachable(caplog, links[1]._client, start, stop)
     line = f"cannot reach the broker at mqtt://127.0.0.1:{port} (Connection refused); retrying, samples are kept meanwhile"
     assert said == [line]
 
