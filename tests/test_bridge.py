@@ -746,8 +746,8 @@ def test_a_lost_secret_file_gives_the_service_key_a_new_secret(home):
 
 
 def test_a_broker_that_cannot_be_reached_is_said_once_per_outage(monkeypatch, caplog):
-    """A bridge started before its broker (or given a wrong --broker) answered 503 and said nothing:
-    it says so once, however many rounds of attempts fail."""
+    """A bridge whose broker cannot be reached (started first, or a wrong --broker) answers 503 and
+    says why in its log: once, however many rounds of attempts fail."""
     monkeypatch.setattr(broker_connection, "RECONNECT_DELAY", 0.01)
     caplog.set_level(logging.WARNING, logger="radio.bridge")
     port = unused_port()

@@ -552,7 +552,8 @@ def test_output_into_a_closed_pipe_ends_quietly(home, command):
     ],
 )
 def test_an_option_a_command_does_not_take_is_named_by_that_command(run, args, command):
-    """`radio health --url x` said `radio: unrecognized arguments` and pointed at `radio --help`."""
+    """The refusal names the command the argument was given to and points at that command's --help,
+    where what it does take is listed."""
     result = run(*args)
     assert result.returncode == 2
     extra = " ".join(args[len(command.split()) - 1 :])
@@ -570,7 +571,7 @@ def test_help_states_the_one_configuration_rule(run):
 
 
 def test_every_argument_of_every_command_says_what_it_is():
-    """`radio keys add --help` listed its one positional argument as a bare `name`, saying nothing."""
+    """--help is where a user learns what to type: an argument listed bare (`name`) tells them nothing."""
     import argparse  # noqa: PLC0415 - this test alone walks the parser
 
     from radio.cli.main import _parser  # noqa: PLC0415

@@ -242,9 +242,9 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
 
 
 def test_a_generator_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
-    """`radio device ... --url` naming a port nothing listens on printed its start line and then
-    nothing, retrying and buffering in silence; it says so, once however many attempts fail, and
-    once however many links of the process (a hundred sensors) fail to reach that broker."""
+    """A generator whose broker cannot be reached (a wrong --url, a broker not started) says so:
+    retrying and buffering in silence would hide the mistake for hours. Once however many attempts
+    fail, and once however many links of the process (a hundred sensors) fail to reach it."""
     caplog.set_level(logging.WARNING, logger="radio.device")
     port = unused_port()
     url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")

@@ -294,7 +294,7 @@ def test_the_recorder_benchmark_runs_in_its_smoke_mode():
 
 
 def test_a_recorder_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
-    """`radio recorder` with no broker to reach printed nothing until it was stopped."""
+    """A recorder whose broker cannot be reached says so in its log, once however many attempts fail."""
     caplog.set_level(logging.WARNING, logger="radio.recorder")
     port = unused_port()
     settings = load_settings(home.config)
