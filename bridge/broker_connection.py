@@ -30,6 +30,7 @@ import uvloop
 
 from radio import wire
 from radio.config import Address
+from radio.errors import reason as in_words
 from radio.failover import FailoverCursor
 from radio.tls import verify_failure
 
@@ -119,6 +120,8 @@ class BrokerConnection:
         self.on_acknowledged = on_acknowledged
         self.on_lost = on_lost
         self._refusals_logged: set[str] = set()
+        self._outage_said = False
+        """Whether the current outage was logged: once per outage, not once a second."""
         self._username = username
         self._password = password
         self._client_id = f"radio-bridge-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -298,6 +301,14 @@ class BrokerConnection:
                         log.error("%s", refusal)  # noqa: TRY400 - one line, the cause is in it
                     if self._connected.is_set():
                         log.warning("lost the broker at %s (%s); reconnecting", broker, exc or "closed")
+                        self._outage_said = True  # said: the attempts that fail next say nothing
+                    elif refusal is None and not self._outage_said:
+                        self._outage_said = True
+                        log.warning(
+                            "cannot reach the broker at %s (%s); retrying, answering 503 meanwhile",
+                            broker,
+                            in_words(exc),
+                        )
                     lost = lost or was_connected
                 self._down()
                 if self._cursor.move_on(worked=was_connected):  # a full round failed: wait before the next
@@ -338,12 +349,14 @@ class BrokerConnection:
                 self._refusals_logged.add(refusal)
                 log.error("%s", refusal)
             transport.close()
+            self._outage_said = True  # the refusal says it: not "cannot reach" besides
             msg = f"refused: {reason}"
             raise ConnectionError(msg)
         self.connection = connection
         self._connected.set()
         self.up.set()
         self._refusals_logged.clear()  # a refusal after this one is news again
+        self._outage_said = False
         log.info("%s the broker at %s", "reconnected to" if lost else "connected to", self.broker)
         while not connection.closed.done():
             await asyncio.wait([connection.closed], timeout=KEEPALIVE / 2)

@@ -8,8 +8,9 @@ bridge in ``API-KEY`` and to the broker as the MQTT password, never into a URL.
 
 ``GET /networks`` answers the same list as JSON, for the index page once the visitor gave a key.
 The WebSocket URL browsers use is, in order: the app's ``PUBLIC_WEBSOCKET_URL`` setting,
-``$RADIO_PUBLIC_WEBSOCKET_URL`` (``radio up`` sets it to the port the broker bound), ``[bridge]
-public_websocket_url``, else ``[broker] websocket`` on this machine.
+``$RADIO_PUBLIC_WEBSOCKET_URL`` (``radio up`` sets it to the address the broker bound), ``[bridge]
+public_websocket_url``, else ``[broker] websocket``; a broker bound to every interface is named
+by the host the page was asked for (``as_reached``).
 
 Every answer of these views carries a Content-Security-Policy: scripts, styles and fetches from the
 bridge itself, the WebSocket to that one broker URL, nothing else (no inline script, no other
@@ -21,6 +22,7 @@ form.
 from __future__ import annotations
 
 import os
+import re
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -36,16 +38,38 @@ bp = Blueprint("pages", __name__)
 ENVIRONMENT: Final = "RADIO_PUBLIC_WEBSOCKET_URL"
 
 
+WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
+"""Hosts a broker bound to every interface is named by: no browser can reach it under them."""
+REQUEST_HOST: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?")
+"""A Host header that is a name or an address (and a port): anything else is not put in a page."""
+
+
 def websocket_url() -> str:
     """Where browsers reach the broker's MQTT-over-WebSocket listener."""
     configured: str | None = current_app.config.get("PUBLIC_WEBSOCKET_URL")
     settings = current_state().registry.settings
-    return (
+    return as_reached(
         configured
         or os.environ.get(ENVIRONMENT)
         or settings.bridge.public_websocket_url
-        or f"ws://{settings.broker.websocket.local()}/mqtt"
+        or f"ws://{settings.broker.websocket}/mqtt"
     )
+
+
+def as_reached(url: str) -> str:
+    """A broker bound to every interface, as the browser reaches it: by the name it reached this page by.
+
+    ``ws://0.0.0.0:8080/mqtt`` (a container's ``-p 8080:8080``, ``radio up --ws 0.0.0.0:8080``)
+    is ``ws://radio.example.com:8080/mqtt`` for a page asked for at ``radio.example.com``, rather
+    than a loopback address that only a browser on the server itself could reach. A Host header
+    that is neither a name nor an address leaves loopback.
+    """
+    parts = urlsplit(url)
+    if parts.hostname not in WILDCARDS or parts.port is None:
+        return url
+    match = REQUEST_HOST.fullmatch(request.host)
+    host = match[1] if match else "127.0.0.1"
+    return parts._replace(netloc=f"{host}:{parts.port}").geturl()
 
 
 def content_security_policy(websocket: str) -> str:

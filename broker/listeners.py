@@ -31,14 +31,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from radio.broker.connection import Connection, Link
 from radio.tls import feed_handshake
+from radio.urls import WEBSOCKET_PATH
 from radio.wire.framing import Violation
 
 log = logging.getLogger(__name__)
@@ -615,6 +618,20 @@ async def serve_tcp(
     return listening
 
 
+def only_mqtt_path(_connection: ServerConnection, request: Request) -> Response | None:
+    """Upgrade a request for ``WEBSOCKET_PATH`` (any query); answer any other path 404, saying where.
+
+    One path, as NATS serves MQTT at it alone: a mistyped URL fails at once, instead of working
+    here and nowhere else.
+    """
+    if request.path.partition("?")[0] == WEBSOCKET_PATH:
+        return None
+    body = f"not found: MQTT over WebSocket is served at {WEBSOCKET_PATH}\n".encode()
+    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    headers["Connection"] = "close"
+    return Response(404, "Not Found", headers, body)
+
+
 async def serve_websocket(
     door: Door,
     name: str,
@@ -625,7 +642,7 @@ async def serve_websocket(
     tls: ssl.SSLContext | None = None,
     handshake_timeout: float = 10.0,
 ) -> Listening:
-    """Listen for MQTT over WebSocket (subprotocol ``mqtt``; any path, ``/mqtt`` by convention), or wss.
+    """Listen for MQTT over WebSocket (subprotocol ``mqtt``, path ``WEBSOCKET_PATH``), or wss.
 
     The ``websockets`` server is put together as its ``serve`` would (permessage-deflate offered,
     its server header), around a TCP server whose sockets ``Accepting`` counts first.
@@ -639,7 +656,7 @@ async def serve_websocket(
         await link.serve(connection)
 
     logger = QuietHandshakeLog(logging.getLogger("websockets.server"))
-    server = Server(handler, open_timeout=handshake_timeout, logger=logger)
+    server = Server(handler, process_request=only_mqtt_path, open_timeout=handshake_timeout, logger=logger)
     extensions = enable_server_permessage_deflate(None)
     subprotocols = [Subprotocol("mqtt")]
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Final, Self
 
 from radio.config import Address, Settings
-from radio.errors import RadioError
+from radio.errors import RadioError, reason
 from radio.executables import find_executable
 from radio.files import write_atomic, write_private
 from radio.keys import Key
@@ -223,7 +223,7 @@ def export(
         write_private(folder / "acl", acl_text(registry))  # it names every key and its rights
         write_atomic(folder / "mosquitto.conf", conf, mode=0o644)
     except OSError as exc:
-        msg = f"cannot write the Mosquitto configuration into {folder}: {exc}"
+        msg = f"cannot write the Mosquitto configuration into {folder}: {reason(exc)}"
         raise MosquittoError(msg) from None
     return folder / "mosquitto.conf"
 

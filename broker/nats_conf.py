@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Final
 
 from radio.config import Address, Settings
-from radio.errors import RadioError
+from radio.errors import RadioError, reason
 from radio.files import write_private
 from radio.registry import Registry
 from radio.tls import check_server
@@ -505,7 +505,7 @@ def route_secret(folder: Path) -> str:
     except FileNotFoundError:
         existing = ""
     except OSError as exc:
-        msg = f"cannot read {path}: {exc}"
+        msg = f"cannot read {path}: {reason(exc)}"
         raise NatsError(msg) from None
     if existing:
         return existing
@@ -542,6 +542,6 @@ def export(
             write_private(path, text)
             paths.append(path)
     except OSError as exc:
-        msg = f"cannot write the NATS configuration into {folder}: {exc}"
+        msg = f"cannot write the NATS configuration into {folder}: {reason(exc)}"
         raise NatsError(msg) from None
     return paths

@@ -11,11 +11,12 @@ from typing import TypedDict, Unpack
 
 from radio.broker.compiled import delivery_path
 from radio.broker.mosquitto import MosquittoBroker
-from radio.broker.server import WEBSOCKET_PATH, EmbeddedBroker
+from radio.broker.server import EmbeddedBroker
 from radio.config import Address
 from radio.errors import RadioError
 from radio.registry import LiveRegistry
 from radio.stopping import on_signals
+from radio.urls import WEBSOCKET_PATH
 
 BANNER_LINES = {
     "default": "  MQTT over TCP:        mqtt://{}",
@@ -97,7 +98,10 @@ async def serve(registry: LiveRegistry, **listeners: Unpack[Listeners]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    _banner(registry, "Radio broker running", broker.bound(), f"  delivery path:        {delivery_path()}\n")
+    extra = f"  delivery path:        {delivery_path()}\n"
+    if (metrics := registry.settings.broker.metrics) is not None and (port := broker.metrics_port):
+        extra += f"  metrics:              http://{Address(metrics.host, port).local()}/metrics\n"
+    _banner(registry, "Radio broker running", broker.bound(), extra)
     try:
         await stop.wait()
     finally:

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL: Final = 0.25
 """Seconds between checks of the registry files: well inside the 2 s promised for a revocation."""
-WEBSOCKET_PATH: Final = "/mqtt"
-"""The path clients use; the WebSocket listener accepts any path, so this is advisory."""
 
 
 def limits_from(settings: BrokerSettings) -> Limits:

@@ -27,7 +27,13 @@ def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     listen = commands.add_parser(
         "listen", parents=[common], help="print the samples of networks, one JSON line each"
     )
-    listen.add_argument("networks", nargs="+", metavar="NETWORK", type=options.network)
+    listen.add_argument(
+        "networks",
+        nargs="+",
+        metavar="NETWORK",
+        type=options.network,
+        help="a network to print the samples of",
+    )
     listen.add_argument(
         "--url",
         type=options.broker_urls,
@@ -44,7 +50,8 @@ def add_listen(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
         "--http",
         metavar="URL",
         type=options.http_url,
-        help="the bridge, for --since (default: the configuration's [bridge] listen; https:// with [tls])",
+        help="the bridge, whose history gives each sample its seq and --since its replay "
+        "(default: the configuration's [bridge] listen; https:// with [tls])",
     )
     options.add_key_options(listen, "a key that may read the networks (default: anonymous)")
     options.add_ca(listen)
@@ -57,7 +64,9 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     device = commands.add_parser("device", parents=[common], help="run a data generator")
     devices = device.add_subparsers(title="generators", required=True, metavar="GENERATOR")
     traffic = devices.add_parser("traffic", parents=[common], help="the traffic simulator")
-    traffic.add_argument("--network", required=True, type=options.network)
+    traffic.add_argument(
+        "--network", required=True, type=options.network, help="the network it publishes to (required)"
+    )
     options.add_key_options(traffic, "a key that may publish to the network")
     options.add_ca(traffic)
     options.add_mqtt_version(traffic)
@@ -87,7 +96,9 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     traffic.add_argument("--seed", type=int, help="for a reproducible run")
     traffic.set_defaults(handler=_traffic)
     sensors = devices.add_parser("sensors", parents=[common], help="many simulated sensors with last wills")
-    sensors.add_argument("--network", required=True, type=options.network)
+    sensors.add_argument(
+        "--network", required=True, type=options.network, help="the network they publish to (required)"
+    )
     options.add_key_options(sensors, "a key that may publish to the network")
     options.add_ca(sensors)
     options.add_mqtt_version(sensors)
@@ -100,7 +111,7 @@ def add_device(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
         type=options.broker_urls,
         help="broker URL, or several comma-separated to fail over between (default: the config's MQTT)",
     )
-    sensors.add_argument("--seed", type=int)
+    sensors.add_argument("--seed", type=int, help="for a reproducible run")
     sensors.set_defaults(handler=_sensors)
 
 

@@ -84,6 +84,9 @@ def check(settings: Settings, listen: Address | None = None, timeout: float = TI
 
     address = (listen or settings.bridge.listen).local()
     url = f"{'https' if settings.tls else 'http'}://{address}/healthz"
+    if address.port == 0:  # no bridge listens there: the configuration leaves the port to the system
+        msg = f"{url}: {settings.path} leaves [bridge] listen's port to the system; give --http HOST:PORT"
+        raise Unhealthy(msg)
     request = f"GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode("ascii")
     try:
         with socket.create_connection((address.host, address.port), timeout=timeout) as raw:

@@ -35,7 +35,11 @@ def add_keys(commands: argparse._SubParsersAction[Parser], common: Parser) -> No
     keys = commands.add_parser("keys", parents=[common], help="manage API keys")
     key_commands = keys.add_subparsers(title="key commands", required=True, metavar="ACTION")
     add = key_commands.add_parser("add", parents=[common], help="make a key; prints its secret once")
-    add.add_argument("name")
+    add.add_argument(
+        "name",
+        metavar="NAME",
+        help="the key's name, its MQTT username: 1 to 64 letters, digits, '_', '.' or '-'",
+    )
     add.add_argument(
         "--publish", action="append", default=[], metavar="NET,...", help="networks it may publish to"
     )
@@ -51,15 +55,15 @@ def add_keys(commands: argparse._SubParsersAction[Parser], common: Parser) -> No
     revoke = key_commands.add_parser(
         "revoke", parents=[common], help="delete a key; it stops working at once"
     )
-    revoke.add_argument("name")
+    revoke.add_argument("name", metavar="NAME", help="the key to delete")
     revoke.set_defaults(handler=_keys_revoke)
     rotate = key_commands.add_parser("rotate", parents=[common], help="give a key a new secret")
-    rotate.add_argument("name")
+    rotate.add_argument("name", metavar="NAME", help="the key to give a new secret")
     rotate.set_defaults(handler=_keys_rotate)
     edit = key_commands.add_parser(
         "edit", parents=[common], help="change a key's rights; its secret and id stay"
     )
-    edit.add_argument("name")
+    edit.add_argument("name", metavar="NAME", help="the key to change")
     edit.add_argument(
         "--publish",
         action="append",
@@ -85,7 +89,7 @@ def _add_records(key_commands: argparse._SubParsersAction[Parser], common: Parse
     usage = key_commands.add_parser(
         "usage", parents=[common], help="samples and bytes published and received per key, network and day"
     )
-    usage.add_argument("name", nargs="?", help="one key (default: every key)")
+    usage.add_argument("name", nargs="?", metavar="NAME", help="one key (default: every key)")
     usage.add_argument("--since", type=options.day, metavar="DATE", help="from this day on (YYYY-MM-DD, UTC)")
     shape = usage.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help="one JSON list of rows")
@@ -94,7 +98,7 @@ def _add_records(key_commands: argparse._SubParsersAction[Parser], common: Parse
     audit = key_commands.add_parser(
         "audit", parents=[common], help="every change to the keys: who, what, when, from where"
     )
-    audit.add_argument("name", nargs="?", help="one key's changes (default: every key's)")
+    audit.add_argument("name", nargs="?", metavar="NAME", help="one key's changes (default: every key's)")
     audit.add_argument("--json", action="store_true", help="the log's JSON lines as written")
     audit.set_defaults(handler=_keys_audit)
 

@@ -13,6 +13,7 @@ This module assembles the parser from the command families (``cli.servers``, ``c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -42,15 +43,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from radio.cli.parent import follow_parent  # noqa: PLC0415
 
     follow_parent()
-    parser = _parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command they were given to, not by `radio`
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except RadioError as exc:
         print(f"radio: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader of stdout went away (`radio keys list | head -1`): a normal end, not a traceback.
+        # Nothing more can be written; without this, the exit's final flush fails again (status 120).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
@@ -79,4 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(commands, common)
+    parser.set_defaults(parser=parser)
+    parsers = [parser]
+    while parsers:  # each command's own parser, to say what it does not take
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    command.set_defaults(parser=command)
+                    parsers.append(command)
     return parser

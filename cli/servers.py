@@ -12,13 +12,15 @@ from typing import Final
 from radio import statelock
 from radio.cli import options
 from radio.cli.options import CONFIG_RULE, Parser
+from radio.errors import RadioError
 
 ENGINES: Final = ("embedded", "mosquitto", "nats")
 ENGINE_HELP: Final = (
     "embedded (Radio's own broker, in this process; the default), mosquitto (installed separately) "
     "or nats (a local cluster: pip install 'radio-broadcast[nats]')"
 )
-NODES_HELP: Final = "with --engine nats: how many nodes in the local cluster (default 3)"
+DEFAULT_NODES: Final = 3
+NODES_HELP: Final = f"with --engine nats: how many nodes in the local cluster (default {DEFAULT_NODES})"
 BROKERS_HELP: Final = (
     "the broker, or several to fail over between, comma-separated (default: the config's MQTT)"
 )
@@ -27,7 +29,9 @@ BROKERS_HELP: Final = (
 def add_broker(commands: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """``radio broker``."""
     broker = commands.add_parser(
-        "broker", parents=[common], help="run the MQTT broker (TCP and WebSocket): embedded, or Mosquitto"
+        "broker",
+        parents=[common],
+        help="run the MQTT broker (TCP and WebSocket): embedded, Mosquitto or a NATS cluster",
     )
     broker.add_argument(
         "--mqtt", metavar="HOST:PORT", type=options.address, help="MQTT over TCP (port 0: any free)"
@@ -37,7 +41,7 @@ def add_broker(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     )
     options.add_tls_listeners(broker)
     broker.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
-    broker.add_argument("--nodes", type=options.nodes, default=3, help=NODES_HELP)
+    broker.add_argument("--nodes", type=options.nodes, help=NODES_HELP)
     broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
     broker.set_defaults(handler=_broker)
 
@@ -109,8 +113,22 @@ def add_up(commands: argparse._SubParsersAction[Parser], common: Parser) -> None
     options.add_tls_listeners(up)
     up.add_argument("--http", metavar="HOST:PORT", type=options.address, help="the HTTP bridge")
     up.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
-    up.add_argument("--nodes", type=options.nodes, default=3, help=NODES_HELP)
+    up.add_argument("--nodes", type=options.nodes, help=NODES_HELP)
     up.set_defaults(handler=_up)
+
+
+def _engine_options(args: argparse.Namespace) -> int:
+    """The number of nodes; an option the chosen engine would not honour is refused, not ignored."""
+    if args.engine != "nats":
+        if args.nodes is not None:
+            raise RadioError(f"--nodes is for --engine nats, not --engine {args.engine}")
+        return DEFAULT_NODES
+    if given := [f"--{name}" for name in ("mqtts", "wss") if getattr(args, name) is not None]:
+        raise RadioError(
+            f"{' and '.join(given)}: the local cluster of --engine nats serves plain listeners only; "
+            "TLS is for the nodes 'radio nats export' writes"
+        )
+    return DEFAULT_NODES if args.nodes is None else int(args.nodes)
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -119,6 +137,7 @@ def _broker(args: argparse.Namespace) -> int:
     from radio.cli.up import broker_listeners  # noqa: PLC0415
     from radio.registry import LiveRegistry  # noqa: PLC0415
 
+    nodes = _engine_options(args)
     settings = options.settings(args)
     statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
     listeners: Listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
@@ -131,7 +150,7 @@ def _broker(args: argparse.Namespace) -> int:
     if args.engine == "nats":
         from radio.broker.nats import serve_nats  # noqa: PLC0415
 
-        return serve_nats(registry, args.nodes, mqtt=args.mqtt, websocket=args.ws)
+        return serve_nats(registry, nodes, mqtt=args.mqtt, websocket=args.ws)
     run(registry, **listeners)
     return 0
 
@@ -171,6 +190,7 @@ def _recorder(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from radio.cli.up import up  # noqa: PLC0415
 
+    nodes = _engine_options(args)
     return up(
         getattr(args, "config", None),
         getattr(args, "keys", None),
@@ -178,7 +198,7 @@ def _up(args: argparse.Namespace) -> int:
         ws=args.ws,
         http=args.http,
         engine=args.engine,
-        nodes=args.nodes,
+        nodes=nodes,
         mqtts=args.mqtts,
         wss=args.wss,
     )

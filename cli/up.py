@@ -133,6 +133,8 @@ class Child:
             # The first URL of each scheme: the lines that follow a cluster's name its other nodes.
             if (match := re.search(r"\b((mqtts?|wss?)://\S+)", line)) and match[2] not in urls:
                 urls[match[2]] = match[1]
+            if match := re.match(r"  metrics: +(https?://\S+)/metrics$", line.rstrip()):
+                urls["metrics"] = match[1]
             for port in re.findall(r"\bmqtt://\S+:(\d+)\b", line):
                 if port not in self.mqtt_ports:
                     self.mqtt_ports.append(port)
@@ -346,13 +348,22 @@ def _checked(
 def _not_in_config(
     settings: Settings, *, mqtt: Address | None, ws: Address | None, http: Address | None
 ) -> bool:
-    """Whether an address given on the command line differs from the configuration's.
+    """Whether other radio commands would miss the platform at the configuration's addresses.
 
-    Other radio commands find the platform by the configuration: given such an address, they
-    would look where it is not.
+    They find it by the configuration: an address given on the command line that differs from it,
+    or one the configuration leaves to the system (port 0), is not where they would look.
     """
     configured = (settings.broker.mqtt, settings.broker.websocket, settings.bridge.listen)
-    return any(given not in (None, found) for given, found in zip((mqtt, ws, http), configured, strict=True))
+    broker = settings.broker
+    in_use = [
+        *([broker.mqtt] if broker.mqtt_enabled else []),
+        *([broker.websocket] if broker.websocket_enabled else []),
+        *(address for address in (broker.mqtts, broker.wss) if address is not None),
+        settings.bridge.listen,
+    ]
+    return any(address.port == 0 for address in in_use) or any(
+        given not in (None, found) for given, found in zip((mqtt, ws, http), configured, strict=True)
+    )
 
 
 def _broker_options(
@@ -371,6 +382,8 @@ def _broker_options(
     }
     mqtt, ws = mqtt or settings.broker.mqtt, ws or settings.broker.websocket
     tls = {"mqtts": mqtts or settings.broker.mqtts, "wss": wss or settings.broker.wss}
+    if engine == "nats":  # its local cluster serves plain listeners alone (docs/nats.md, TLS)
+        tls = {"mqtts": None, "wss": None}
     given = {"mqtt": mqtt if plain["mqtt"] else None, "websocket": ws if plain["ws"] else None, **tls}
     ports.check_free("broker", broker_listeners(settings, engine, **given).values())
     listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
@@ -398,11 +411,15 @@ def _claim(state_dir: Path) -> None:
 
 
 def _page_websocket(urls: dict[str, str], settings: Settings) -> dict[str, str]:
-    """Where the live pages send browsers: the broker's WebSocket port bound just now (TLS first)."""
+    """Where the live pages send browsers: the broker's WebSocket port bound just now (TLS first).
+
+    A wildcard bind is passed on as it is: the pages name it by the host each browser asked them
+    for (``bridge.pages.as_reached``), not by a loopback address only this machine reaches.
+    """
     ws_url = urls.get("wss") or urls.get("ws")
     if not ws_url or settings.bridge.public_websocket_url:
         return {}
-    return {"RADIO_PUBLIC_WEBSOCKET_URL": reachable(ws_url)}
+    return {"RADIO_PUBLIC_WEBSOCKET_URL": ws_url}
 
 
 def _supervise(children: list[Child], stop: Stop) -> int:
@@ -534,6 +551,7 @@ def _print_banner(
             else ""
         )
         + (f"  metrics:              {metrics[0]}/metrics{' (admin key)' * metrics[1]}\n" if metrics else "")
+        + (f"  broker metrics:       {urls['metrics']}/metrics\n" if "metrics" in urls else "")
         + f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
         f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"

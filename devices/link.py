@@ -20,13 +20,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.errors import RadioError
+from radio.errors import reason as in_words
 from radio.mqtt_clients import (
     FINAL_REFUSALS,
     broker_cursor,
@@ -60,6 +61,10 @@ class Will:
 class MqttLink:
     """One MQTT connection that reconnects by itself (paho's backoff) and buffers while it is down."""
 
+    _unreachable: ClassVar[set[str]] = set()
+    """Brokers this process's links said they cannot reach: a hundred sensors say it once."""
+    _unreachable_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(
         self,
         url: BrokerURL | Sequence[BrokerURL],
@@ -85,6 +90,8 @@ class MqttLink:
         self._connected = threading.Event()
         self._user_on_connect = on_connect
         self._stopping = False
+        self._outage_said = False
+        """Whether the current outage was logged: once per outage, not once per attempt."""
         self._client = make_client(
             self.url, client_id, credentials=key_credentials(secret), version=version, ca=ca
         )
@@ -165,18 +172,33 @@ class MqttLink:
                 topic, payload, retain = self._pending.popleft()
                 client.publish(topic, payload, qos=1, retain=retain)
             self._connected.set()
+        self._outage_said = False
+        with self._unreachable_lock:
+            self._unreachable.discard(str(self.url))
         log.info("connected to %s%s", self.url, f"; sent {backlog} buffered samples" if backlog else "")
         if self._user_on_connect is not None:
             self._user_on_connect(self)
 
     def _on_connect_fail(self, client: mqtt.Client, _u: object) -> None:
         """Called inside paho's ``except``: a refused certificate stops the link; all else retries."""
-        refusal = verify_failure(sys.exc_info()[1] or Exception(), str(self.url))
+        failure = sys.exc_info()[1] or Exception()
+        refusal = verify_failure(failure, str(self.url))
         if refusal is not None and self.refused is None:
             self.refused = refusal
             log.error("%s", refusal)
             client.disconnect()  # no more attempts: the key is never sent to a server not verified
             return
+        if not self._outage_said and not self._stopping:
+            self._outage_said = True
+            with self._unreachable_lock:
+                said = str(self.url) in self._unreachable
+                self._unreachable.add(str(self.url))
+            if not said:
+                log.warning(
+                    "cannot reach the broker at %s (%s); retrying, samples are kept meanwhile",
+                    self.url,
+                    in_words(failure),
+                )
         self._next_broker(client)
 
     def _on_disconnect(
@@ -186,6 +208,7 @@ class MqttLink:
             was_connected = self._connected.is_set()
             self._connected.clear()
         if was_connected and not self._stopping:
+            self._outage_said = True  # this line says it: the attempts that fail next say nothing
             log.warning(
                 "lost the broker at %s (%s); reconnecting, samples are kept meanwhile", self.url, reason
             )

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from radio.errors import RadioError
+from radio.errors import RadioError, reason
 from radio.files import open_private
 
 FILE_NAME: Final = "audit.log"
@@ -88,7 +88,7 @@ def read(path: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        msg = f"cannot read the audit log {path}: {exc}"
+        msg = f"cannot read the audit log {path}: {reason(exc)}"
         raise AuditError(msg) from None
     complete = text[: text.rfind("\n") + 1]  # a line still being appended is not read yet
     lines = []

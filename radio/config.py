@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from radio import files
-from radio.errors import ConfigError, InvalidName
+from radio.errors import ConfigError, InvalidName, reason
 from radio.schemas import Schema
 from radio.toml_values import kind as toml_kind
 from radio.toml_values import shown
@@ -287,7 +287,7 @@ def load_settings(
         persistence = config_path.parent / DEFAULT_PERSISTENCE
         return Settings(path=config_path, keys_path=keys_path, broker=BrokerSettings(persistence=persistence))
     except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{config_path}: cannot read: {exc}"
+        msg = f"{config_path}: cannot read: {reason(exc)}"
         raise ConfigError(msg) from None
     return parse_settings(text, config_path, keys_path)
 

@@ -84,3 +84,12 @@ class DuplicateKey(KeyStoreError):
 
 class Busy(RadioError):
     """A file shared between processes stayed locked: nothing was taken, ask again shortly."""
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in words: an ``OSError``'s own, such as ``Permission denied``.
+
+    Without the ``[Errno N]`` and the path its text repeats: the message names the file itself.
+    """
+    words = getattr(exc, "strerror", None)
+    return words if isinstance(words, str) and words else str(exc)

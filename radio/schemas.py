@@ -18,6 +18,7 @@ from typing import Any
 import fastjsonschema
 
 from radio import files
+from radio.errors import reason
 
 
 def _no_remote(uri: str) -> Any:
@@ -42,7 +43,7 @@ class Schema:
             msg = f"schema file {path} does not exist"
             raise ValueError(msg) from None
         except (OSError, UnicodeDecodeError) as exc:
-            msg = f"cannot read the schema file {path}: {exc}"
+            msg = f"cannot read the schema file {path}: {reason(exc)}"
             raise ValueError(msg) from None
         except ValueError as exc:
             msg = f"schema file {path} is not JSON: {exc}"

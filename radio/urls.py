@@ -46,6 +46,10 @@ def unresolvable(host: str, text: str) -> str | None:
     return None
 
 
+WEBSOCKET_PATH: Final = "/mqtt"
+"""The path Radio's brokers serve MQTT over WebSocket at (the embedded broker answers others 404)."""
+
+
 @dataclass(frozen=True)
 class BrokerURL:
     """A broker address with its transport."""
@@ -54,7 +58,7 @@ class BrokerURL:
     """paho's names for MQTT over TCP and over WebSocket."""
     host: str
     port: int
-    path: str = "/mqtt"
+    path: str = WEBSOCKET_PATH
     tls: bool = False
     """mqtts:// or wss://: the connection is TLS, and the broker's certificate is verified."""
 
@@ -79,7 +83,7 @@ class BrokerURL:
         if port == 0:  # a server's "any free port": where it is, only its own banner says
             msg = f"{text!r} has port 0, which no server listens on"
             raise ValueError(msg)
-        return cls(transport, parts.hostname, port, parts.path or "/mqtt", tls)
+        return cls(transport, parts.hostname, port, parts.path or WEBSOCKET_PATH, tls)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -21,6 +21,7 @@ import json
 import logging
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio import samples
 from radio.config import Address
+from radio.errors import reason as in_words
 from radio.failover import FailoverCursor
 from radio.history_store import HistoryStore
 from radio.mqtt_clients import connect, make_client, stop_loop
@@ -68,12 +70,14 @@ class Recorder:
         self._cursor = FailoverCursor([broker] if isinstance(broker, Address) else broker)
         """The nodes of a cluster, tried in turn: the next after a lost or failed connection."""
         self._stopping = False
+        self._outage_said = False
+        """Whether the current outage was logged: once per outage, not once per attempt."""
         self.subscribed = threading.Event()
         """Set once the broker granted the subscription (cleared while the link is down)."""
         self.failed: str | None = None
         """Why the history file could not be written, until the recorder reconnects to try again."""
-        self._outage = False
-        """The failure was said, and its end not yet: said once per outage."""
+        self._write_outage = False
+        """The history file's failure was said, and its end not yet: said once per outage."""
         self._refreshed = 0.0
         self._client = make_client(
             BrokerURL("tcp", self.broker.host, self.broker.port),
@@ -116,6 +120,10 @@ class Recorder:
         log.info("trying the broker at %s next", self.broker)
 
     def _on_connect_fail(self, client: mqtt.Client, _u: object) -> None:
+        if not self._outage_said and not self._stopping:
+            self._outage_said = True  # once per outage, not once per attempt
+            failure = sys.exc_info()[1] or Exception("no reason given")
+            log.warning("cannot reach the broker at %s (%s); retrying", self.broker, in_words(failure))
         self._next_broker(client)
 
     def stop(self) -> None:
@@ -140,7 +148,8 @@ class Recorder:
         worked = self.subscribed.is_set()
         self.subscribed.clear()
         if reason.is_failure:
-            if not self._outage:  # else its own doing, to try the history file again
+            if not self._write_outage:  # else its own doing, to try the history file again
+                self._outage_said = True  # said here: the attempts that fail next say nothing
                 log.warning("lost the broker at %s (%s): reconnecting", self.broker, reason)
             self._next_broker(client, worked=worked)
 
@@ -151,6 +160,7 @@ class Recorder:
             log.error("the broker refused the recorder's subscription to %s", FILTER)
             return
         self.subscribed.set()
+        self._outage_said = False
         log.info("recording %s from %s", FILTER, self.broker)
 
     def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
@@ -161,8 +171,8 @@ class Recorder:
         except sqlite3.Error as exc:
             self._cannot_write(client, exc)
             return
-        if self._outage:
-            self._outage = False
+        if self._write_outage:
+            self._write_outage = False
             log.warning("%s can be written again", self.store.path)
         client.ack(message.mid, message.qos)
 
@@ -175,8 +185,8 @@ class Recorder:
         the whole platform with it.
         """
         self.failed = f"cannot write {self.store.path}: {exc}"
-        if not self._outage:
-            self._outage = True
+        if not self._write_outage:
+            self._write_outage = True
             log.error(
                 "%s: no sample is acknowledged until it can be; the broker keeps them meanwhile, "
                 "and the recorder tries again as it reconnects",

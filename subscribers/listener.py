@@ -61,7 +61,7 @@ from radio.subscribers.numbering import Numbering, canonical
 from radio.timestamps import utc_now
 from radio.tls import verify_failure
 from radio.topics import network_of_topic, network_topic
-from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion, parse_urls
+from radio.urls import DEFAULT_MQTT_VERSION, WEBSOCKET_PATH, BrokerURL, MqttVersion, parse_urls
 
 RECENT: Final = 1000
 """Samples remembered (a digest of each) to know one sent again after a reconnect: more than a
@@ -285,8 +285,7 @@ class Listener:
                 if refusal is not None:
                     self._fail(Refused(refusal))  # retrying cannot make a certificate trusted
                     return
-                why = f"cannot reach {url} ({exc.strerror or exc})"
-                attempt = self._pause(why, "retrying", attempt, worked=False)
+                attempt = self._pause(_unreachable(url, exc), "retrying", attempt, worked=False)
                 continue
             self._established = False
             while not self._stop.is_set():
@@ -593,3 +592,11 @@ class Listener:
             else:
                 self._held = kept
                 self._live.add(network)
+
+
+def _unreachable(url: BrokerURL, exc: OSError) -> str:
+    """Why a connect failed, in one line; a WebSocket not upgraded at another path says where MQTT is."""
+    why = f"cannot reach {url} ({exc.strerror or exc})"
+    if isinstance(exc, mqtt.WebsocketConnectionError) and url.path != WEBSOCKET_PATH:
+        why += f": Radio's brokers serve MQTT over WebSocket at {WEBSOCKET_PATH}, not {url.path}"
+    return why

@@ -10,9 +10,9 @@ matched in its network: one broker hands samples to the recorder and to this lis
 order, so the match goes forward. A retained sample (published before the subscription) is the
 newest equal entry of its topic. The recorder numbers a sample a few milliseconds after the broker
 routes it: a sample not found yet is looked up again, for up to ``WAIT`` seconds, and then printed
-without a number. Samples leave in the order they came, numbered or not. A network whose history
-keeps no samples (``history = 0``) is not looked up, nor are any once the history cannot be read
-(the listener goes on, saying so once).
+without a number; at a stop, what waits is looked up once more. Samples leave in the order they
+came, numbered or not. A network whose history keeps no samples (``history = 0``) is not looked
+up, nor are any once the history cannot be read (the listener goes on, saying so once).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Numbering:
         self._incoming.put(_Waiting(sample, retained, time.monotonic() + WAIT))
 
     def stop(self) -> None:
-        """Hand on what waits, unnumbered, and end the thread."""
+        """Hand on what waits, numbered if the history has it by now, and end the thread."""
         self._incoming.put(None)
         self._thread.join(timeout=10)
 
@@ -98,9 +98,10 @@ class Numbering:
                     item = self._incoming.get_nowait()
             except queue.Empty:
                 pass
-            else:  # None: stopping
+            else:  # None: stopping. One last look: the recorder may have numbered them since.
                 for late in waiting:
-                    self._emit(late.sample)
+                    late.deadline = 0.0
+                self._hand_on(waiting)
                 return
             waiting = self._hand_on(waiting)
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -15,6 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from polling import until
 
 from radio.mqtt_clients import stop_loop
 
@@ -228,3 +231,38 @@ def away_while_published(port: int, secrets: dict[str, str]) -> None:
     admin.publish("networks/pub", b'{"last": "value"}', qos=1, retain=True)
     admin.publish("networks/A", b'{"queued": "while away"}', qos=1)
     admin.close()
+
+
+def unused_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on: a connect there is refused at once."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return int(unused.getsockname()[1])
+
+
+def failed_connects(client: mqtt.Client) -> list[int]:
+    """A list that grows by one at each connect paho fails to make; the client's own callback still runs."""
+    failures: list[int] = []
+    own = client.on_connect_fail
+
+    def counted(paho: mqtt.Client, userdata: object) -> None:
+        failures.append(1)
+        if own is not None:
+            own(paho, userdata)
+
+    client.on_connect_fail = counted
+    return failures
+
+
+def said_while_unreachable(
+    caplog: Any, client: mqtt.Client, start: Callable[[], None], stop: Callable[[], None]
+) -> list[str]:
+    """What a part logged of "cannot reach" between its ``start`` and its ``stop``, its paho
+    ``client`` having failed two connects (paho retries after a second)."""
+    failures = failed_connects(client)
+    start()
+    try:
+        assert until(lambda: len(failures) >= 2, within=20)
+    finally:
+        stop()
+    return [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]

@@ -18,6 +18,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import logging
 import signal
 import socket
 import ssl
@@ -38,11 +39,13 @@ from bridge_client import InProcessBridge
 from conftest import CONFIG, ENGINES, Bridge, Home, running_broker, start_bridge
 from embedded import embedded_broker
 from in_process import in_process_bridge
-from mqtt_client import Client
+from mqtt_client import Client, unused_port
 from polling import until
 from test_tls import make_certs, use_tls
 
 from radio import wire
+from radio.bridge import broker_connection
+from radio.bridge.broker_connection import BrokerConnection
 from radio.bridge.identity import bridge_credentials
 from radio.bridge.publisher import BrokerUnavailable, Publisher
 from radio.config import Address, load_settings
@@ -901,3 +904,36 @@ def test_a_lost_secret_file_gives_the_service_key_a_new_secret(home):
     assert second != first
     assert key.matches(second)
     assert key.publish_all
+
+
+def test_a_broker_that_cannot_be_reached_is_said_once_per_outage(monkeypatch, caplog):
+    """A bridge whose broker cannot be reached (started first, or a wrong --broker) answers 503 and
+    says why in its log: once, however many rounds of attempts fail."""
+    monkeypatch.setattr(broker_connection, "RECONNECT_DELAY", 0.01)
+    caplog.set_level(logging.WARNING, logger="radio.bridge")
+    port = unused_port()
+    link = BrokerConnection(
+        [Address("127.0.0.1", port)],
+        "bridge",
+        "secret",
+        tls=None,
+        on_acknowledged=print,
+        on_lost=lambda: None,
+    )
+    attempts = []
+    session = link._session
+
+    async def counted(loop, lost):
+        attempts.append(1)
+        await session(loop, lost)
+
+    link._session = counted
+    link.start()
+    try:
+        assert until(lambda: len(attempts) >= 3)
+    finally:
+        link.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert said == [
+        f"cannot reach the broker at 127.0.0.1:{port} (Connection refused); retrying, answering 503 meanwhile"
+    ]

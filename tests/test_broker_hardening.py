@@ -426,6 +426,32 @@ def test_a_packet_in_a_websocket_text_frame_closes_the_connection(broker, home, 
     still_serving(broker, home)
 
 
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: radio\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("path", ["/", "/other", "/mqtt/", "/MQTT", "/mqttx?a=1"])
+def test_a_websocket_upgrade_on_another_path_than_mqtt_is_404_naming_the_path(broker, home, path):
+    """Clients are told ws://HOST:PORT/mqtt, and NATS serves MQTT there alone: a mistyped URL is
+    refused at once, with the path to use, rather than working on one engine and on no other."""
+    with open_socket(broker.ws_port, timeout=5) as sock:
+        sock.sendall(UPGRADE.format(path=path).encode())
+        answer = b""
+        while chunk := sock.recv(4096):  # the answer, then the close
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 "), answer
+    assert body == b"not found: MQTT over WebSocket is served at /mqtt\n"
+    for served in ("/mqtt", "/mqtt?token=1"):
+        with open_socket(broker.ws_port, timeout=5) as sock:
+            sock.sendall(UPGRADE.format(path=served).encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 101 "), served
+    still_serving(broker, home)
+
+
 @pytest.mark.broker_config("max_connections = 2")
 def test_connections_over_the_limit_are_refused_at_once(any_broker, home, caplog):
     """Defect 11 (docs/broker.md): stock accepted the TCP connection and left it unanswered; here it is closed, and logged."""

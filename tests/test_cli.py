@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from commands import radio_main
+from commands import ANY_PORTS, radio_main
 from conftest import broker_process, running_broker
 from mqtt_client import Client
 
@@ -137,9 +137,9 @@ def test_a_configuration_keys_file_or_schema_that_is_not_a_regular_file_is_one_l
     plain.write_text("[networks.A]\n")
     schema.write_text(f'[networks.A]\nschema = "{fifo}"\n')
     for args, says in (
-        (["--config", str(fifo)], f"radio: {fifo}: cannot read: [Errno 22] not a regular file"),
+        (["--config", str(fifo)], f"radio: {fifo}: cannot read: not a regular file"),
         (["--config", str(plain), "--keys", str(fifo)], f"radio: {fifo}: cannot read the key registry"),
-        (["--config", str(schema)], f"cannot read the schema file {fifo}: [Errno 22] not a regular file"),
+        (["--config", str(schema)], f"cannot read the schema file {fifo}: not a regular file"),
     ):
         refused = run("keys", "list", *args)
         assert refused.returncode == 2, refused.stderr
@@ -412,7 +412,15 @@ UNRESOLVABLE = "names a host no resolver can look up: each part of a name betwee
         (["device", "sensors", "--network", "n", "--url", "http://x"], "'http://x' is not a broker URL"),
         (["device", "sensors"], "the following arguments are required: --network"),
         (["broker", "--engine", "rabbitmq"], "invalid choice: 'rabbitmq'"),
-        (["keys", "add"], "the following arguments are required: name"),
+        # An option the engine would not honour is refused: it was ignored, and the platform ran without it.
+        (["broker", "--nodes", "2", *ANY_PORTS[:4]], "--nodes is for --engine nats, not --engine embedded"),
+        (["up", "--engine", "mosquitto", "--nodes", "2", *ANY_PORTS], "--nodes is for --engine nats"),
+        (
+            ["broker", "--engine", "nats", "--nodes", "1", "--mqtts", "127.0.0.1:0", *ANY_PORTS[:4]],
+            "--mqtts: the local cluster of --engine nats serves plain listeners only",
+        ),
+        (["up", "--engine", "nats", "--wss", "127.0.0.1:0", *ANY_PORTS], "--wss: the local cluster"),
+        (["keys", "add"], "the following arguments are required: NAME"),
         (["nosuch"], "invalid choice: 'nosuch'"),
         # A host with a part over 63 characters, or an empty one, has no form a resolver takes.
         (["listen", "sample_net", "--url", f"mqtt://{'a' * 64}:1883"], UNRESOLVABLE),
@@ -514,12 +522,70 @@ def test_listen_names_a_network_the_configuration_lacks(run, tmp_path):
     assert "listening" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [("keys", "list"), ("keys", "list", "--json"), ("keys", "usage", "--csv")]
+)
+def test_output_into_a_closed_pipe_ends_quietly(home, command):
+    """`radio keys list | head -1`: the reader going away is a normal end, not a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write gets EPIPE, as after `head` has its lines
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "radio", *command, "--config", str(home.config)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["health", "--url", "x"], "radio health"),
+        (["keys", "list", "--csv"], "radio keys list"),
+        (["up", "extra"], "radio up"),
+    ],
+)
+def test_an_option_a_command_does_not_take_is_named_by_that_command(run, args, command):
+    """The refusal names the command the argument was given to and points at that command's --help,
+    where what it does take is listed."""
+    result = run(*args)
+    assert result.returncode == 2
+    extra = " ".join(args[len(command.split()) - 1 :])
+    assert result.stderr.splitlines() == [
+        f"{command}: unrecognized arguments: {extra} (see {command} --help)"
+    ]
+
+
 def test_help_states_the_one_configuration_rule(run):
     rule = "--config PATH, else $RADIO_CONFIG, else ./radio.toml"
     for command in ([], ["up"]):
         result = run(*command, "--help")
         assert result.returncode == 0
         assert rule in " ".join(result.stdout.split())
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    """--help is where a user learns what to type: an argument listed bare (`name`) tells them nothing."""
+    import argparse  # noqa: PLC0415 - this test alone walks the parser
+
+    from radio.cli.main import _parser  # noqa: PLC0415
+
+    silent = []
+    parsers = [_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif not action.help or (not action.option_strings and action.metavar is None):
+                silent.append(f"{parser.prog} {action.option_strings or action.dest}")
+    assert silent == []
 
 
 COMMANDS = (

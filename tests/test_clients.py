@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -15,7 +16,7 @@ import time
 import pytest
 from conftest import ENGINES, running_broker
 from embedded import embedded_broker
-from mqtt_client import Client
+from mqtt_client import Client, said_while_unreachable, unused_port
 from raw_mqtt import read_packet
 
 from radio import wire
@@ -240,6 +241,28 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
         watcher.close()
 
 
+def test_a_generator_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
+    """A generator whose broker cannot be reached (a wrong --url, a broker not started) says so:
+    retrying and buffering in silence would hide the mistake for hours. Once however many attempts
+    fail, and once however many links of the process (a hundred sensors) fail to reach it."""
+    caplog.set_level(logging.WARNING, logger="radio.device")
+    port = unused_port()
+    url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")
+    links = [MqttLink(url, home.secrets["gen"], f"outage-test-{n}") for n in range(2)]
+
+    def start() -> None:
+        for link in links:
+            link.start()
+
+    def stop() -> None:
+        for link in links:
+            link.stop()
+
+    said = said_while_unreachable(caplog, links[1]._client, start, stop)
+    line = f"cannot reach the broker at mqtt://127.0.0.1:{port} (Connection refused); retrying, samples are kept meanwhile"
+    assert said == [line]
+
+
 @pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_full_buffer_drops_the_oldest_samples_and_counts_them(home, caplog):
     """No broker yet: the link keeps the newest `buffer` samples and delivers them once it is up.
@@ -341,6 +364,18 @@ def test_the_listener_library_hands_bad_samples_to_the_caller_and_goes_on(home, 
             assert next(iter(listener)).data == {"good": 1}
     finally:
         admin.close()
+
+
+# paho leaves the socket of a WebSocket handshake it refuses to the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_listener_on_another_websocket_path_than_mqtt_is_told_where_mqtt_is(broker):
+    """The broker answers 404 to an upgrade anywhere but /mqtt: the listener, which retries as for
+    any failed connect, says which path to use rather than a bare "not upgraded"."""
+    notices: queue.Queue[str] = queue.Queue()
+    with Listener(["pub"], f"ws://127.0.0.1:{broker.ws_port}/mqt", notice=notices.put):
+        notice = notices.get(timeout=20)
+    assert notice.startswith(f"cannot reach ws://127.0.0.1:{broker.ws_port}/mqt ("), notice
+    assert "Radio's brokers serve MQTT over WebSocket at /mqtt, not /mqt" in notice, notice
 
 
 def test_a_forced_reconnect_prints_no_sample_twice_and_waits_briefly(home, broker):

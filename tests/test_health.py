@@ -69,6 +69,17 @@ def test_no_bridge_is_unhealthy_in_one_line(home, bridge):
     assert done.stdout == ""
 
 
+def test_a_configuration_leaving_the_bridges_port_to_the_system_is_said_so(home):
+    """Port 0 is no port a bridge listens on: said so, rather than "Connection refused"."""
+    home.config.write_text(home.config.read_text() + '\n[bridge]\nlisten = "127.0.0.1:0"\n')
+    done = health(home)
+    assert done.returncode == UNHEALTHY
+    assert done.stderr == (
+        f"radio health: http://127.0.0.1:0/healthz: {home.config} leaves [bridge] listen's port to the "
+        "system; give --http HOST:PORT\n"
+    )
+
+
 def test_a_bridge_without_its_broker_is_unhealthy(home):
     with socket.socket() as spare:  # a port nothing listens on
         spare.bind(("127.0.0.1", 0))

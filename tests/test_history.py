@@ -15,13 +15,15 @@ from pathlib import Path
 import history_fixtures
 import pytest
 from history_fixtures import history, history_app, recording, start_recorder, wait_for_last
-from mqtt_client import Client
+from mqtt_client import Client, said_while_unreachable, unused_port
 from polling import until
 
 from radio.broker.mosquitto import acl_text
-from radio.config import load_settings
+from radio.config import Address, load_settings
+from radio.history_store import HistoryStore
 from radio.recorder.identity import recorder_credentials
-from radio.registry import Registry
+from radio.recorder.recorder import Recorder
+from radio.registry import LiveRegistry, Registry
 
 app = history_fixtures.app
 home = history_fixtures.home
@@ -298,3 +300,19 @@ def test_the_recorder_benchmark_runs_in_its_smoke_mode():
     assert len(rounds) == 1
     assert rounds[0]["recorder_per_s"] > 0
     assert "median_recorder_over_listener" in result.stdout
+
+
+def test_a_recorder_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
+    """A recorder whose broker cannot be reached says so in its log, once however many attempts fail."""
+    caplog.set_level(logging.WARNING, logger="radio.recorder")
+    port = unused_port()
+    settings = load_settings(home.config)
+    store = HistoryStore(settings.history_path)
+    recorder = Recorder(
+        LiveRegistry(home.config), store, Address("127.0.0.1", port), *recorder_credentials(settings)
+    )
+    try:
+        said = said_while_unreachable(caplog, recorder._client, recorder.start, recorder.stop)
+    finally:
+        store.close()
+    assert said == [f"cannot reach the broker at 127.0.0.1:{port} (Connection refused); retrying"]

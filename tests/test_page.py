@@ -19,6 +19,7 @@ from test_history_answers import written_before
 from radio.config import load_settings
 
 home = history_fixtures.home
+app = history_fixtures.app
 publisher = history_fixtures.publisher
 recorder = history_fixtures.recorder
 
@@ -195,6 +196,32 @@ def test_pages_of_unknown_networks_are_404_json_and_the_vendored_scripts_are_ser
         assert len(served.content) > 1000 or name.endswith(".css"), name
 
 
+@pytest.mark.parametrize(
+    ("bound", "asked_at", "told"),
+    [
+        ("ws://0.0.0.0:8080/mqtt", "http://192.0.2.7:5000", "ws://192.0.2.7:8080/mqtt"),
+        ("wss://[::]:8081/mqtt", "https://radio.example.com", "wss://radio.example.com:8081/mqtt"),
+        ("ws://[::]:8080/mqtt", "http://[2001:db8::7]:5000", "ws://[2001:db8::7]:8080/mqtt"),
+        ("ws://127.0.0.1:8080/mqtt", "http://192.0.2.7:5000", "ws://127.0.0.1:8080/mqtt"),
+    ],
+)
+def test_a_broker_on_every_interface_is_named_by_the_host_the_page_was_asked_for(app, bound, asked_at, told):
+    """`docker run -p 8080:8080 -p 5000:5000`: the broker binds 0.0.0.0, and a browser elsewhere
+    that opened http://HOST:5000/ must be sent to HOST's port 8080, not to its own loopback."""
+    app.application.config["PUBLIC_WEBSOCKET_URL"] = bound
+    page = app.get("/networks/pub", base_url=asked_at)
+    assert f'data-websocket="{told}"' in page.get_data(as_text=True)
+    origin = told.rsplit("/", 1)[0]
+    assert f"connect-src 'self' {origin};" in page.headers["Content-Security-Policy"]
+
+
+def test_a_host_header_that_is_no_host_is_put_in_no_page(app):
+    app.application.config["PUBLIC_WEBSOCKET_URL"] = "ws://0.0.0.0:8080/mqtt"
+    page = app.get("/networks/pub", headers={"Host": "x; script-src *"})
+    assert "script-src *" not in page.get_data(as_text=True) + page.headers["Content-Security-Policy"]
+    assert 'data-websocket="ws://127.0.0.1:8080/mqtt"' in page.get_data(as_text=True)
+
+
 def test_every_page_file_is_package_data():
     """The wheel carries what the pages serve: each file under bridge/static and bridge/templates."""
     root = Path(__file__).resolve().parent.parent
@@ -231,6 +258,17 @@ def test_the_page_shows_the_other_samples_when_one_in_the_history_is_not_strict_
     publisher.publish("networks/pub", json.dumps({"tick": 4, "speed": 43}), qos=1)
     wait_for_text(browser, '#fields td[data-field="tick"]', "4")
     assert not _csp_violations(browser)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_pages_load_with_nothing_failing_in_the_console(home, broker, recorder, bridge, browser):
+    """No request of a page fails: a browser asks for /favicon.ico unless the page names an icon,
+    and its 404 is an error in the console of every visitor who opens the developer tools."""
+    browser.get(f"{bridge.url}/")
+    browser.get(f"{bridge.url}/networks/pub")
+    wait_for_text(browser, "#status", "live")
+    assert [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
 
 
 def _csp_violations(chrome) -> list[str]:

@@ -25,7 +25,7 @@ from commands import ANY_PORTS, BROKER_ON_ANY_PORTS, listen_lines, radio_in, rea
 from conftest import ENGINES, require_mosquitto
 from polling import until
 
-from radio.cli.up import DEFAULT_CONFIG, config_path, reachable
+from radio.cli.up import DEFAULT_CONFIG, _not_in_config, config_path, reachable
 from radio.config import Address, load_settings
 
 
@@ -158,6 +158,23 @@ def in_no_command_line(secret: str) -> None:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             assert secret.encode() not in cmdline.read_bytes(), cmdline
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        '[broker]\nmqtt = "127.0.0.1:0"\n',
+        '[broker]\nwebsocket = "127.0.0.1:0"\n',
+        '[bridge]\nlisten = "127.0.0.1:0"\n',
+    ],
+)
+def test_a_radio_toml_leaving_a_port_to_the_system_has_other_commands_told_to_be_given_urls(tmp_path, table):
+    """Port 0 in radio.toml is no port a command can reach: the banner must not say that radio
+    commands run in the folder find the platform, as it does when every address is in the file."""
+    (tmp_path / "radio.toml").write_text(table)
+    assert _not_in_config(load_settings(tmp_path / "radio.toml"), mqtt=None, ws=None, http=None)
+    (tmp_path / "radio.toml").write_text('[broker]\nmqtt = "127.0.0.1:1884"\n')
+    assert not _not_in_config(load_settings(tmp_path / "radio.toml"), mqtt=None, ws=None, http=None)
 
 
 @pytest.mark.slow
@@ -500,6 +517,19 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
     assert result.stderr.splitlines() == [
         f"radio: the broker cannot listen on {busy}: Address already in use"
     ]
+
+
+def test_the_broker_banner_names_where_its_metrics_are(tmp_path):
+    """With [broker] metrics on a port the system picks, the banner is the one place that says which."""
+    (tmp_path / "radio.toml").write_text('[broker]\nmetrics = "127.0.0.1:0"\n')
+    broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS)
+    try:
+        banner = read_banner(broker)
+        url = re.search(r"^  metrics: +(http://127\.0\.0\.1:\d+/metrics)$", banner, re.MULTILINE)
+        assert url is not None, banner
+        assert "radio_broker_" in requests.get(url[1], timeout=10).text
+    finally:
+        stop(broker)
 
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"

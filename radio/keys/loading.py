@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from radio import files
-from radio.errors import KeyStoreError, MissingRegistry
+from radio.errors import KeyStoreError, MissingRegistry, reason
 from radio.keys.model import Key
 from radio.toml_values import shown, table
 
@@ -65,7 +65,7 @@ def load_keys(path: Path) -> dict[str, Key]:
         msg = f"{path}: no key registry (the file is missing; on a fresh machine 'radio keys add' makes it)"
         raise MissingRegistry(msg) from None
     except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{path}: cannot read the key registry: {exc}"
+        msg = f"{path}: cannot read the key registry: {reason(exc)}"
         raise KeyStoreError(msg) from None
     return parse_keys(text, path)
 
