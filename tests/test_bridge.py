@@ -581,23 +581,24 @@ def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded,
         assert kept is not None
         (worker,) = psutil.Process(running.process.pid).children()
         worker.suspend()  # its event loop reads nothing: the requests wait in the kernel
+        waiting: list[socket.socket] = []
         try:
-            waiting = (
-                []
-                if scheme == "https"
-                else [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
-            )
+            # Stopped before the SIGTERM comes: a SIGTERM pending beside the SIGSTOP is taken first.
+            assert until(lambda: worker.status() == psutil.STATUS_STOPPED)
+            if scheme == "http":
+                waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
             for conn in [kept, *waiting]:
                 conn.sendall(request)
             running.process.send_signal(signal.SIGTERM)
             assert until(lambda: _sigterm_waits_in(worker.pid)), "the worker was never asked to stop"
             # Past the worker's tick (0.1 s), which it has no event for: it wakes to the stop first.
             time.sleep(0.3)
+            worker.resume()
+            answers = [_answer_or_end(conn) for conn in [kept, *waiting]]
         finally:
             worker.resume()
-        answers = [_answer_or_end(conn) for conn in [kept, *waiting]]
-        for conn in [kept, *waiting]:
-            conn.close()
+            for conn in [kept, *waiting]:
+                conn.close()
         _, stderr = running.process.communicate(timeout=20)
         assert "Traceback" not in stderr, stderr
         stopping = json.dumps({"error": "the bridge is stopping: retry"})
