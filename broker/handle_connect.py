@@ -147,7 +147,16 @@ def _terms(connection: Connection, session: Session, answer: props.Properties) -
     answer[props.RECEIVE_MAXIMUM] = limits.max_incoming_qos2
     answer[props.TOPIC_ALIAS_MAXIMUM] = TOPIC_ALIASES
     if broker.max_packet_size < codec.MQTT_LIMIT:
-        answer[props.MAXIMUM_PACKET_SIZE] = broker.max_packet_size + 5  # with its fixed header
+        answer[props.MAXIMUM_PACKET_SIZE] = largest_packet(broker.max_packet_size)
+
+
+def largest_packet(limit: int) -> int:
+    """The Maximum Packet Size a CONNACK gives for a limit on the remaining length: the whole packet.
+
+    MQTT counts the fixed header in it: one byte, then the remaining length in as few bytes as it
+    takes. A packet of exactly this size is taken; one byte more is over the limit, and closed.
+    """
+    return 1 + len(props.encode_varint(limit)) + limit
 
 
 def new_expiry(session: Session, found: props.Properties) -> None:

@@ -263,9 +263,33 @@ def test_a_silent_client_is_told_its_keep_alive_ran_out(radio, home) -> None:
 
 def test_a_packet_over_the_limit_gets_disconnect_0x95(radio, home) -> None:
     sock, found = session5(radio.mqtt_port, "big", "admin", home.secrets["admin"])
-    assert found[props.MAXIMUM_PACKET_SIZE] == 4096 + 5
+    assert found[props.MAXIMUM_PACKET_SIZE] == 1 + 2 + 4096  # the fixed header, its length in 2 bytes
     with sock:
         sock.sendall(publish5("other", b"x" * 5000))
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.PACKET_TOO_LARGE)
+
+
+def sized_publish(topic: str, total: int) -> bytes:
+    """A QoS 1 PUBLISH of a sample, exactly ``total`` bytes long, fixed header included."""
+    for length in range(total - 40, total):
+        packet = publish5(topic, b'{"x": "' + b"x" * length + b'"}', 1)
+        if len(packet) == total:
+            return packet
+    raise AssertionError(total)
+
+
+def test_a_packet_of_the_maximum_size_the_connack_gives_is_taken(radio, home) -> None:
+    """MQTT counts the fixed header in the Maximum Packet Size: a client may send a packet that large."""
+    sock, found = session5(radio.mqtt_port, "edge", "plain", home.secrets["plain"])
+    most = found[props.MAXIMUM_PACKET_SIZE]
+    with sock:
+        sock.sendall(sized_publish("networks/C", most))
+        first, body = read_packet(sock)
+    assert (first, reason(body)[0]) == (0x40, reasons.SUCCESS)
+    sock, _ = session5(radio.mqtt_port, "edge", "plain", home.secrets["plain"])
+    with sock:
+        sock.sendall(sized_publish("networks/C", most + 1))
         first, body = read_packet(sock)
     assert (first, reason(body, 0)[0]) == (0xE0, reasons.PACKET_TOO_LARGE)
 
