@@ -406,6 +406,26 @@ def test_a_subscribe_or_unsubscribe_with_a_property_it_may_not_carry_gets_discon
     assert f"{kind} with property 0x{props.SESSION_EXPIRY:02x}" in (reason(body, 0)[1] or "")
 
 
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        (0x03, reasons.PROTOCOL_ERROR),
+        (0x31, reasons.PROTOCOL_ERROR),
+        (0x41, reasons.MALFORMED_PACKET),
+        (0x81, reasons.MALFORMED_PACKET),
+    ],
+    ids=["QoS 3", "retain handling 3", "reserved bit 6", "reserved bit 7"],
+)
+def test_subscription_options_mqtt_forbids_get_the_disconnect_it_names(radio, home, options, code) -> None:
+    """A maximum QoS or a retain handling of 3 is a protocol error (MQTT 5.0, 3.8.3.1); a reserved
+    bit set makes the SUBSCRIBE malformed (MQTT-3.8.3-5)."""
+    sock, _ = session5(radio.mqtt_port, "options", "reader_a", home.secrets["reader_a"])
+    with sock:
+        sock.sendall(subscribe5("networks/A", options))
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, code)
+
+
 def test_a_packet_past_the_most_user_properties_gets_disconnect_0x97(radio, home) -> None:
     """Each user property costs the broker's one thread to read, before any right is checked: an
     anonymous client (who may publish nothing) is closed at the first past the bound, and the
