@@ -16,7 +16,6 @@ from amqtt.utils import gen_client_id
 
 from radio import wire as codec
 from radio.broker import attributes as attrs
-from radio.broker import handle_publish
 from radio.broker.per_source import Slot
 from radio.broker.protocol5 import SERVER_KEEP_ALIVE, TOPIC_ALIASES, Peer
 from radio.broker.sessions import Session, Will
@@ -260,7 +259,7 @@ def _will_now(connection: Connection, session: Session) -> None:
         will.timer.cancel()
         will.timer = None
         session.will = None
-        handle_publish.publish_will(connection, session, will)
+        connection.broker.router.publish_will(session, will)
 
 
 def _over_caps(connection: Connection, candidate: Session) -> bool:

@@ -319,6 +319,46 @@ def test_a_will_waiting_out_its_delay_goes_when_a_clean_start_ends_its_session(b
 
 
 @pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
+def test_a_will_waiting_out_its_delay_when_the_broker_stops_goes_after_its_restart(home: Home) -> None:
+    """MQTT-3.1.2-8: a will goes once its delay is over unless its client is back first. The store
+    keeps it with its session, so a restart meanwhile neither loses it nor sends it before its time."""
+    delay = 3
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as first:
+        reader = persistent(first.mqtt_port, home, "status-reader")
+        assert reader.connect() == 0
+        assert reader.subscribe("networks/A/status", qos=1) == 1
+        reader.close()
+        sock, _ = session5(
+            first.mqtt_port,
+            "restarted",
+            "gen",
+            home.secrets["gen"],
+            will=("networks/A/status", b'{"gone": 4}'),
+            properties={props.SESSION_EXPIRY: 60},
+            will_properties={props.WILL_DELAY: delay, props.USER_PROPERTY: [("why", "gone")]},
+        )
+        sock.close()  # without DISCONNECT: the will waits its delay
+        closed = time.monotonic()
+        assert first.broker is not None
+        sessions = first.broker.radio.router.sessions
+        assert until(lambda: any(s.client_id == "restarted" and s.will for s in list(sessions.values())))
+        assert time.monotonic() - closed < delay  # the broker stops while the will waits
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as second:
+        back = persistent(second.mqtt_port, home, "status-reader")
+        try:
+            assert back.connect() == 0
+            got = back.expect(1)[0]
+        finally:
+            back.close()
+    assert time.monotonic() - closed >= delay - 0.5  # the rest of its delay, not at once on start
+    assert (got.payload, got.properties.UserProperty) == (b'{"gone": 4}', [("why", "gone")])
+
+
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_will_waiting_out_its_delay_goes_with_its_rotated_secret(broker, home, clients) -> None:
     """A rotated key sends no last will: not even one its old secret left waiting on its delay."""
     reader = open_client(clients, broker, home, "reader_a", 5)
