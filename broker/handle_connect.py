@@ -127,7 +127,7 @@ async def _admit(
     if peer is None:
         connection.write(codec.connack(present, codec.ACCEPTED))
     else:
-        if keep_alive > SERVER_KEEP_ALIVE:
+        if keep_alive > SERVER_KEEP_ALIVE or not keep_alive:  # 0 asks for none: the longest of all
             keep_alive = answer[props.SERVER_KEEP_ALIVE] = SERVER_KEEP_ALIVE
         _terms(connection, session, answer)
         connection.write(mqtt5.connack(present, reasons.SUCCESS, answer))

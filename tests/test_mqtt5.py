@@ -159,6 +159,14 @@ def test_connack_says_the_brokers_terms_and_assigns_a_client_id(broker, home, cl
     assert got.MaximumPacketSize == 1 + len(encode_varint(limit)) + limit
 
 
+def test_a_keep_alive_of_0_is_answered_with_the_brokers_longest(broker, home) -> None:
+    """0 turns keep-alive off, the longest of all: a client that vanished without a word would hold
+    its connection (and its will) until the system's own TCP keep-alive, hours later."""
+    sock, found = session5(broker.mqtt_port, "no-pings", "reader_a", home.secrets["reader_a"], keep_alive=0)
+    sock.close()
+    assert found[props.SERVER_KEEP_ALIVE] == 60
+
+
 @pytest.mark.parametrize(
     ("key", "most"), [("reader_a", 7 * 24 * 3600), (None, 3600)], ids=["keyed", "anonymous"]
 )
