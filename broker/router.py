@@ -216,6 +216,9 @@ class Router:
 
     def discard(self, session: Session) -> None:
         """Forget a session: its subscriptions, its queue, and its copy in the store."""
+        unfinished = [
+            d for d in (*session.inflight.values(), *(session.queue or ())) if d.shared and not d.released
+        ]
         if self.sessions.get(session.ident) is session:
             del self.sessions[session.ident]
         self.anonymous.untrack(session)
@@ -232,6 +235,23 @@ class Router:
         session.unsent = None
         if session.persistent and self.store is not None:
             self.store.drop_session(session.store_id)
+        for delivery in unfinished:
+            self._share_again(delivery)
+
+    def _share_again(self, delivery: Delivery) -> None:
+        """A shared subscription's sample its member's session ended without: the group's next member.
+
+        MQTT 5.0, 4.8.2: the next member that may read it gets it, so a member that leaves loses the
+        group nothing. One its client had (QoS 2 past PUBREC) is not sent again.
+        """
+        found = split_shared(delivery.shared or "")
+        group = self.shared.groups.get(found) if found is not None else None
+        if group is None:
+            return
+        message = delivery.message
+        chosen = group.next(self.reader(message.topic))
+        if chosen is not None:
+            self._deliver_one(chosen[0], message, chosen[1], group.topic_filter)
 
     def save(self, session: Session) -> None:
         """Record a persistent session's identity and subscriptions in the store."""
@@ -424,7 +444,9 @@ class Router:
         qos = min(message.qos, granted)
         retain, ids = protocol5.shared(session, message, topic_filter)
         if qos:
-            self.deliver(session, message, qos, (retain, ids) if retain or ids else None)
+            delivery = Delivery(message, qos, (retain, ids) if retain or ids else None)
+            delivery.shared = topic_filter
+            self.deliver(session, message, qos, delivery.extra, delivery)
             return
         connection = session.connection
         if connection is None or connection.congested():

@@ -58,7 +58,7 @@ class Delivery:
     (``Router._fan_out``); a QoS 2 one changes per session (``released``) and is each one's own.
     """
 
-    __slots__ = ("extra", "message", "qos", "released")
+    __slots__ = ("extra", "message", "qos", "released", "shared")
 
     def __init__(self, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None) -> None:
         self.message = message
@@ -68,6 +68,9 @@ class Delivery:
         for MQTT 5, its subscription ids (None: 0, none)."""
         self.released = False
         """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""
+        self.shared: str | None = None
+        """The shared subscription (``$share/GROUP/FILTER``) it came to this session by: should the
+        session end before its client has it, the group's next member gets it (``Router.discard``)."""
 
 
 class Will:

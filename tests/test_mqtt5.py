@@ -742,6 +742,26 @@ def test_a_shared_member_whose_read_right_is_taken_away_is_passed_over(broker, h
     assert losing.received_so_far() == []
 
 
+def test_a_shared_sample_its_member_left_unacknowledged_goes_to_another_member(broker, home, clients) -> None:
+    """MQTT 5.0, 4.8.2: a QoS 1 sample whose member's session ends before it is acknowledged goes to
+    another member of the group: a member that leaves loses the group nothing."""
+    staying = open_client(clients, broker, home, "reader_a", 5)
+    assert staying.subscribe("$share/g/networks/A", qos=1) == 1
+    samples = [json.dumps({"n": n}).encode() for n in range(2)]
+    leaving, _ = session5(broker.mqtt_port, "leaving", "reader_a", home.secrets["reader_a"])
+    with leaving:
+        leaving.sendall(subscribe5("$share/g/networks/A", 1))
+        assert read_packet(leaving)[0] == 0x90
+        gen = open_client(clients, broker, home, "gen", 5)
+        for sample in samples:
+            gen.publish("networks/A", sample, qos=1)
+        first, body = read_packet(leaving)  # its turn's sample, never acknowledged
+        assert first >> 4 == 3
+        unanswered = published5(body, 1)[2]
+        assert [m.payload for m in staying.expect(1)] == [s for s in samples if s != unanswered]
+    assert [m.payload for m in staying.expect(1)] == [unanswered]
+
+
 def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:
     reader = open_client(clients, broker, home, "reader_a", 5)
     assert reader.subscribe("networks/A/status", qos=1) == 1
