@@ -16,7 +16,6 @@ from amqtt.utils import gen_client_id
 
 from radio import wire as codec
 from radio.broker import attributes as attrs
-from radio.broker import handle_publish
 from radio.broker.per_source import Slot
 from radio.broker.protocol5 import SERVER_KEEP_ALIVE, TOPIC_ALIASES, Peer
 from radio.broker.sessions import Session, Will
@@ -128,7 +127,7 @@ async def _admit(
     if peer is None:
         connection.write(codec.connack(present, codec.ACCEPTED))
     else:
-        if keep_alive > SERVER_KEEP_ALIVE:
+        if keep_alive > SERVER_KEEP_ALIVE or not keep_alive:  # 0 asks for none: the longest of all
             keep_alive = answer[props.SERVER_KEEP_ALIVE] = SERVER_KEEP_ALIVE
         _terms(connection, session, answer)
         connection.write(mqtt5.connack(present, reasons.SUCCESS, answer))
@@ -147,7 +146,16 @@ def _terms(connection: Connection, session: Session, answer: props.Properties) -
     answer[props.RECEIVE_MAXIMUM] = limits.max_incoming_qos2
     answer[props.TOPIC_ALIAS_MAXIMUM] = TOPIC_ALIASES
     if broker.max_packet_size < codec.MQTT_LIMIT:
-        answer[props.MAXIMUM_PACKET_SIZE] = broker.max_packet_size + 5  # with its fixed header
+        answer[props.MAXIMUM_PACKET_SIZE] = largest_packet(broker.max_packet_size)
+
+
+def largest_packet(limit: int) -> int:
+    """The Maximum Packet Size a CONNACK gives for a limit on the remaining length: the whole packet.
+
+    MQTT counts the fixed header in it: one byte, then the remaining length in as few bytes as it
+    takes. A packet of exactly this size is taken; one byte more is over the limit, and closed.
+    """
+    return 1 + len(props.encode_varint(limit)) + limit
 
 
 def new_expiry(session: Session, found: props.Properties) -> None:
@@ -251,7 +259,7 @@ def _will_now(connection: Connection, session: Session) -> None:
         will.timer.cancel()
         will.timer = None
         session.will = None
-        handle_publish.publish_will(connection, session, will)
+        connection.broker.router.publish_will(session, will)
 
 
 def _over_caps(connection: Connection, candidate: Session) -> bool:

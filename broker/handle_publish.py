@@ -1,7 +1,7 @@
 """PUBLISH and its acknowledgements both ways (PUBACK, PUBREC, PUBREL, PUBCOMP), and wills.
 
 Every sample passes the admission gate (``broker/access.py``) before anything is stored or
-delivered: a PUBLISH here, a will when it fires (``publish_will``). A publisher's
+delivered: a PUBLISH here, a will when it fires (``Router.publish_will``). A publisher's
 acknowledgements keep their order: one that waits for the store holds back those after it.
 """
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from radio import wire as codec
 from radio.admission import Refused
-from radio.broker.access import GO
 from radio.broker.message import Message
 from radio.broker.protocol5 import TOPIC_ALIASES
 from radio.logs import shown
@@ -28,9 +27,6 @@ if TYPE_CHECKING:
     from radio.broker.sessions import Session, Will
 
 log = logging.getLogger("radio.broker")
-
-WILL_ATTEMPTS: Final = 40
-"""Times a will waits for its key's quota to be readable (``USAGE_RETRY`` apart) before it is dropped."""
 
 
 def on_publish(connection: Connection, first: int, body: bytes) -> None:
@@ -258,40 +254,16 @@ def _saved_then(connection: Connection, session: Session, answer: bytes, *, chan
     store.after_commit(lambda ok: _durable(connection, answer, ok), since=mark)
 
 
-def publish_will(connection: Connection, session: Session, will: Will, attempt: int = 0) -> None:
-    """A will is a sample like any other: it passes the gate, as its key stands now."""
-    router = connection.broker.router
-    gate = router.gate
-    verdict = gate.will(session, will.topic, will.payload, will.retain) if gate is not None else GO
-    if verdict > 0:  # the key's quota cannot be read this instant: ask again shortly
-        if attempt < WILL_ATTEMPTS:
-            connection.loop.call_later(verdict, publish_will, connection, session, will, attempt + 1)
-        else:
-            log.warning("dropped the will of %s: its key's quota could not be read", connection.who())
-        return
-    if verdict == GO:
-        expires = time.monotonic() + will.expiry if will.expiry is not None else None
-        message = Message(will.topic, will.payload, will.qos, will.retain, will.fields, expires)
-        message.origin = session
-        router.publish(message)
-
-
 def will_after(connection: Connection, session: Session, will: Will) -> None:
     """A connection ended without DISCONNECT: its will now, or after its delay (MQTT 5).
 
     A delayed will waits on its session, and a client back in time cancels it; it goes no later
     than its session ends (MQTT-3.1.3-9).
     """
+    router = connection.broker.router
     delay = min(will.delay, session.lifetime) if session.persistent else 0
     if not delay:
-        publish_will(connection, session, will)
+        router.publish_will(session, will)
         return
-    session.will = will
-    will.timer = connection.loop.call_later(delay, _delayed, connection, session, will)
-
-
-def _delayed(connection: Connection, session: Session, will: Will) -> None:
-    will.timer = None
-    if session.will is will and session.connection is None:
-        session.will = None
-        publish_will(connection, session, will)
+    will.due = time.time() + delay
+    router.wait_for_will(session, will, delay)

@@ -8,6 +8,7 @@ every delivery, whether live, queued, resent after a reconnect, retained, or a w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from amqtt.contexts import Action
 
 from radio.broker import attributes as attrs
 from radio.broker import protocol5
+from radio.broker.access import GO
 from radio.broker.index import SubscriptionIndex
 from radio.broker.message import Message
 from radio.broker.per_source import (
@@ -30,7 +32,7 @@ from radio.broker.per_source import (
     KeySessions,
 )
 from radio.broker.retained import RetainedIndex
-from radio.broker.sessions import Delivery, Session, SessionLimits
+from radio.broker.sessions import Delivery, Session, SessionLimits, Will
 from radio.broker.shared import PREFIX as SHARED_PREFIX
 from radio.broker.shared import SharedSubscriptions
 from radio.broker.shared import split as split_shared
@@ -55,7 +57,9 @@ FILTER_LEVELS_MOST: Final = 1_000
 """Levels the filters of one session may have in all: each level of a wildcard filter is a node
 of the subscription index, about 400 bytes, so this bounds the index's share of one client to
 some 400 KiB (``radio.topics.LEVELS_MOST`` bounds one filter)."""
-STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel", "released")
+WILL_ATTEMPTS: Final = 40
+"""Times a will waits for its key's quota to be readable (``USAGE_RETRY`` apart) before it is dropped."""
+STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel", "released", "will")
 """What the store keeps of a session beside its key's attributes."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
 Reader = Callable[[attrs.PluginSession], bool]
@@ -212,6 +216,9 @@ class Router:
 
     def discard(self, session: Session) -> None:
         """Forget a session: its subscriptions, its queue, and its copy in the store."""
+        unfinished = [
+            d for d in (*session.inflight.values(), *(session.queue or ())) if d.shared and not d.released
+        ]
         if self.sessions.get(session.ident) is session:
             del self.sessions[session.ident]
         self.anonymous.untrack(session)
@@ -228,6 +235,23 @@ class Router:
         session.unsent = None
         if session.persistent and self.store is not None:
             self.store.drop_session(session.store_id)
+        for delivery in unfinished:
+            self._share_again(delivery)
+
+    def _share_again(self, delivery: Delivery) -> None:
+        """A shared subscription's sample its member's session ended without: the group's next member.
+
+        MQTT 5.0, 4.8.2: the next member that may read it gets it, so a member that leaves loses the
+        group nothing. One its client had (QoS 2 past PUBREC) is not sent again.
+        """
+        found = split_shared(delivery.shared or "")
+        group = self.shared.groups.get(found) if found is not None else None
+        if group is None:
+            return
+        message = delivery.message
+        chosen = group.next(self.reader(message.topic))
+        if chosen is not None:
+            self._deliver_one(chosen[0], message, chosen[1], group.topic_filter)
 
     def save(self, session: Session) -> None:
         """Record a persistent session's identity and subscriptions in the store."""
@@ -243,6 +267,9 @@ class Router:
                 keep["awaiting_pubrel"] = sorted(session.incoming_qos2)
             if released := released_rows(session):
                 keep["released"] = released
+            will = session.will
+            if will is not None and will.timer is not None and session.connection is None:
+                keep["will"] = will.stored()  # waiting out its delay: it goes after a restart too
             self.store.save_session(session.store_id, keep, session.subscriptions)
 
     def went_offline(self, session: Session) -> None:
@@ -273,6 +300,38 @@ class Router:
             log.info("session of client %r expired after %gs offline", session.client_id, session.lifetime)
             self.discard(session)
         return len(gone)
+
+    # Wills.
+    def publish_will(self, session: Session, will: Will, attempt: int = 0) -> None:
+        """A will is a sample like any other: it passes the gate, as its key stands now."""
+        gate = self.gate
+        verdict = gate.will(session, will.topic, will.payload, will.retain) if gate is not None else GO
+        if verdict > 0:  # the key's quota cannot be read this instant: ask again shortly
+            if attempt < WILL_ATTEMPTS:
+                asyncio.get_running_loop().call_later(verdict, self.publish_will, session, will, attempt + 1)
+            else:
+                log.warning("dropped the will of %s: its key's quota could not be read", session.describe())
+            return
+        if verdict == GO:
+            expires = time.monotonic() + will.expiry if will.expiry is not None else None
+            message = Message(will.topic, will.payload, will.qos, will.retain, will.fields, expires)
+            message.origin = session
+            self.publish(message)
+
+    def wait_for_will(self, session: Session, will: Will, delay: float) -> None:
+        """The will goes after ``delay`` seconds, unless its client is back first (MQTT-3.1.3-9).
+
+        It waits on its session, and in the store with it (``save``): a restart does not lose it.
+        """
+        session.will = will
+        will.timer = asyncio.get_running_loop().call_later(delay, self._will_due, session, will)
+
+    def _will_due(self, session: Session, will: Will) -> None:
+        will.timer = None
+        if session.will is will and session.connection is None:
+            session.will = None
+            self.save(session)  # the store lets it go: published once, not again after a restart
+            self.publish_will(session, will)
 
     # Publishing.
     def next_seq(self) -> int:
@@ -385,7 +444,9 @@ class Router:
         qos = min(message.qos, granted)
         retain, ids = protocol5.shared(session, message, topic_filter)
         if qos:
-            self.deliver(session, message, qos, (retain, ids) if retain or ids else None)
+            delivery = Delivery(message, qos, (retain, ids) if retain or ids else None)
+            delivery.shared = topic_filter
+            self.deliver(session, message, qos, delivery.extra, delivery)
             return
         connection = session.connection
         if connection is None or connection.congested():
@@ -972,6 +1033,9 @@ class Router:
         session.remote_address = stored.attributes.get("address") or ""
         awaiting = stored.attributes.get("awaiting_pubrel")
         session.incoming_qos2 = set(awaiting) if awaiting else None
+        will = stored.attributes.get("will")
+        if will is not None:
+            session.will = Will.from_stored(will)
         return session
 
     def restore(self, contents: Contents, registry: Registry) -> None:
@@ -987,6 +1051,9 @@ class Router:
             if session is None:
                 continue
             self.hold(session)
+            will = session.will
+            if will is not None:  # waiting out its delay when the broker stopped: the rest of it
+                self.wait_for_will(session, will, max(0.0, will.due - time.time()))
             for topic_filter, qos in stored.subscriptions:
                 session.subscriptions[topic_filter] = qos
                 self._add_filter(session, topic_filter, qos)

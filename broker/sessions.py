@@ -14,6 +14,7 @@ samples go, counted and logged once per episode, never silently.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Delivery:
     (``Router._fan_out``); a QoS 2 one changes per session (``released``) and is each one's own.
     """
 
-    __slots__ = ("extra", "message", "qos", "released")
+    __slots__ = ("extra", "message", "qos", "released", "shared")
 
     def __init__(self, message: Message, qos: int, extra: tuple[bool, tuple[int, ...]] | None = None) -> None:
         self.message = message
@@ -67,12 +68,15 @@ class Delivery:
         for MQTT 5, its subscription ids (None: 0, none)."""
         self.released = False
         """QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited."""
+        self.shared: str | None = None
+        """The shared subscription (``$share/GROUP/FILTER``) it came to this session by: should the
+        session end before its client has it, the group's next member gets it (``Router.discard``)."""
 
 
 class Will:
     """A last will: published if the connection ends without DISCONNECT, if the key may still."""
 
-    __slots__ = ("delay", "expiry", "fields", "payload", "qos", "retain", "timer", "topic")
+    __slots__ = ("delay", "due", "expiry", "fields", "payload", "qos", "retain", "timer", "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self.topic = topic
@@ -87,6 +91,30 @@ class Will:
         """MQTT 5: seconds after the connection ends before it is published (will delay interval)."""
         self.timer: asyncio.TimerHandle | None = None
         """The pending publication of a delayed will."""
+        self.due = 0.0
+        """When a delayed will goes (wall clock, seconds since the epoch): kept in the store with
+        its session, so that after a restart it goes when it would have."""
+
+    def stored(self) -> dict[str, Any]:
+        """The will as the store keeps it with its session (``Router.save``), while it waits its delay."""
+        return {
+            "topic": self.topic,
+            "payload": base64.b64encode(self.payload).decode(),
+            "qos": self.qos,
+            "retain": self.retain,
+            "fields": base64.b64encode(self.fields).decode(),
+            "expiry": self.expiry,
+            "due": self.due,
+        }
+
+    @classmethod
+    def from_stored(cls, kept: dict[str, Any]) -> Will:
+        """A will the store kept (``stored``), waiting out the rest of its delay."""
+        will = cls(kept["topic"], base64.b64decode(kept["payload"]), int(kept["qos"]), bool(kept["retain"]))
+        will.fields = base64.b64decode(kept["fields"])
+        will.expiry = kept.get("expiry")
+        will.due = float(kept["due"])
+        return will
 
 
 class Session:

@@ -41,6 +41,7 @@ from radio.config import Address
 from radio.registry import LiveRegistry
 from radio.tls import client_context
 from radio.wire import properties as props
+from radio.wire.properties import encode_varint
 
 PINGREQ = bytes((0xC0, 0))
 PINGRESP = 0xD0
@@ -154,7 +155,16 @@ def test_connack_says_the_brokers_terms_and_assigns_a_client_id(broker, home, cl
     assert got.ServerKeepAlive == 60  # a longer keep-alive is answered with the broker's longest
     assert got.ReceiveMaximum == broker.broker.radio.router.limits.max_incoming_qos2
     assert got.TopicAliasMaximum > 0
-    assert got.MaximumPacketSize == broker.broker.radio.max_packet_size + 5
+    limit = broker.broker.radio.max_packet_size  # on the remaining length; MQTT's counts the fixed header
+    assert got.MaximumPacketSize == 1 + len(encode_varint(limit)) + limit
+
+
+def test_a_keep_alive_of_0_is_answered_with_the_brokers_longest(broker, home) -> None:
+    """0 turns keep-alive off, the longest of all: a client that vanished without a word would hold
+    its connection (and its will) until the system's own TCP keep-alive, hours later."""
+    sock, found = session5(broker.mqtt_port, "no-pings", "reader_a", home.secrets["reader_a"], keep_alive=0)
+    sock.close()
+    assert found[props.SERVER_KEEP_ALIVE] == 60
 
 
 @pytest.mark.parametrize(
@@ -314,6 +324,46 @@ def test_a_will_waiting_out_its_delay_goes_when_a_clean_start_ends_its_session(b
     again, _ = session5(broker.mqtt_port, "ended", *credentials)  # clean start: that session ends
     with again:
         assert [m.payload for m in reader.expect(1)] == [b'{"gone": 3}']
+
+
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
+def test_a_will_waiting_out_its_delay_when_the_broker_stops_goes_after_its_restart(home: Home) -> None:
+    """MQTT-3.1.2-8: a will goes once its delay is over unless its client is back first. The store
+    keeps it with its session, so a restart meanwhile neither loses it nor sends it before its time."""
+    delay = 3
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as first:
+        reader = persistent(first.mqtt_port, home, "status-reader")
+        assert reader.connect() == 0
+        assert reader.subscribe("networks/A/status", qos=1) == 1
+        reader.close()
+        sock, _ = session5(
+            first.mqtt_port,
+            "restarted",
+            "gen",
+            home.secrets["gen"],
+            will=("networks/A/status", b'{"gone": 4}'),
+            properties={props.SESSION_EXPIRY: 60},
+            will_properties={props.WILL_DELAY: delay, props.USER_PROPERTY: [("why", "gone")]},
+        )
+        sock.close()  # without DISCONNECT: the will waits its delay
+        closed = time.monotonic()
+        assert first.broker is not None
+        sessions = first.broker.radio.router.sessions
+        assert until(lambda: any(s.client_id == "restarted" and s.will for s in list(sessions.values())))
+        assert time.monotonic() - closed < delay  # the broker stops while the will waits
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as second:
+        back = persistent(second.mqtt_port, home, "status-reader")
+        try:
+            assert back.connect() == 0
+            got = back.expect(1)[0]
+        finally:
+            back.close()
+    assert time.monotonic() - closed >= delay - 0.5  # the rest of its delay, not at once on start
+    assert (got.payload, got.properties.UserProperty) == (b'{"gone": 4}', [("why", "gone")])
 
 
 @pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
@@ -690,6 +740,26 @@ def test_a_shared_member_whose_read_right_is_taken_away_is_passed_over(broker, h
         gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
     assert [m.payload for m in kept.expect(4)] == [json.dumps({"n": n}).encode() for n in range(4)]
     assert losing.received_so_far() == []
+
+
+def test_a_shared_sample_its_member_left_unacknowledged_goes_to_another_member(broker, home, clients) -> None:
+    """MQTT 5.0, 4.8.2: a QoS 1 sample whose member's session ends before it is acknowledged goes to
+    another member of the group: a member that leaves loses the group nothing."""
+    staying = open_client(clients, broker, home, "reader_a", 5)
+    assert staying.subscribe("$share/g/networks/A", qos=1) == 1
+    samples = [json.dumps({"n": n}).encode() for n in range(2)]
+    leaving, _ = session5(broker.mqtt_port, "leaving", "reader_a", home.secrets["reader_a"])
+    with leaving:
+        leaving.sendall(subscribe5("$share/g/networks/A", 1))
+        assert read_packet(leaving)[0] == 0x90
+        gen = open_client(clients, broker, home, "gen", 5)
+        for sample in samples:
+            gen.publish("networks/A", sample, qos=1)
+        first, body = read_packet(leaving)  # its turn's sample, never acknowledged
+        assert first >> 4 == 3
+        unanswered = published5(body, 1)[2]
+        assert [m.payload for m in staying.expect(1)] == [s for s in samples if s != unanswered]
+    assert [m.payload for m in staying.expect(1)] == [unanswered]
 
 
 def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:

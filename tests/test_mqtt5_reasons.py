@@ -263,9 +263,33 @@ def test_a_silent_client_is_told_its_keep_alive_ran_out(radio, home) -> None:
 
 def test_a_packet_over_the_limit_gets_disconnect_0x95(radio, home) -> None:
     sock, found = session5(radio.mqtt_port, "big", "admin", home.secrets["admin"])
-    assert found[props.MAXIMUM_PACKET_SIZE] == 4096 + 5
+    assert found[props.MAXIMUM_PACKET_SIZE] == 1 + 2 + 4096  # the fixed header, its length in 2 bytes
     with sock:
         sock.sendall(publish5("other", b"x" * 5000))
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, reasons.PACKET_TOO_LARGE)
+
+
+def sized_publish(topic: str, total: int) -> bytes:
+    """A QoS 1 PUBLISH of a sample, exactly ``total`` bytes long, fixed header included."""
+    for length in range(total - 40, total):
+        packet = publish5(topic, b'{"x": "' + b"x" * length + b'"}', 1)
+        if len(packet) == total:
+            return packet
+    raise AssertionError(total)
+
+
+def test_a_packet_of_the_maximum_size_the_connack_gives_is_taken(radio, home) -> None:
+    """MQTT counts the fixed header in the Maximum Packet Size: a client may send a packet that large."""
+    sock, found = session5(radio.mqtt_port, "edge", "plain", home.secrets["plain"])
+    most = found[props.MAXIMUM_PACKET_SIZE]
+    with sock:
+        sock.sendall(sized_publish("networks/C", most))
+        first, body = read_packet(sock)
+    assert (first, reason(body)[0]) == (0x40, reasons.SUCCESS)
+    sock, _ = session5(radio.mqtt_port, "edge", "plain", home.secrets["plain"])
+    with sock:
+        sock.sendall(sized_publish("networks/C", most + 1))
         first, body = read_packet(sock)
     assert (first, reason(body, 0)[0]) == (0xE0, reasons.PACKET_TOO_LARGE)
 
@@ -380,6 +404,26 @@ def test_a_subscribe_or_unsubscribe_with_a_property_it_may_not_carry_gets_discon
         first, body = read_packet(sock)
     assert (first, reason(body, 0)[0]) == (0xE0, reasons.MALFORMED_PACKET)
     assert f"{kind} with property 0x{props.SESSION_EXPIRY:02x}" in (reason(body, 0)[1] or "")
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        (0x03, reasons.PROTOCOL_ERROR),
+        (0x31, reasons.PROTOCOL_ERROR),
+        (0x41, reasons.MALFORMED_PACKET),
+        (0x81, reasons.MALFORMED_PACKET),
+    ],
+    ids=["QoS 3", "retain handling 3", "reserved bit 6", "reserved bit 7"],
+)
+def test_subscription_options_mqtt_forbids_get_the_disconnect_it_names(radio, home, options, code) -> None:
+    """A maximum QoS or a retain handling of 3 is a protocol error (MQTT 5.0, 3.8.3.1); a reserved
+    bit set makes the SUBSCRIBE malformed (MQTT-3.8.3-5)."""
+    sock, _ = session5(radio.mqtt_port, "options", "reader_a", home.secrets["reader_a"])
+    with sock:
+        sock.sendall(subscribe5("networks/A", options))
+        first, body = read_packet(sock)
+    assert (first, reason(body, 0)[0]) == (0xE0, code)
 
 
 def test_a_packet_past_the_most_user_properties_gets_disconnect_0x97(radio, home) -> None:

@@ -105,9 +105,14 @@ def decode_subscribe(body: bytes) -> tuple[int, props.Properties, list[tuple[str
             msg = "a SUBSCRIBE filter without its options"
             raise CodedViolation(reasons.MALFORMED_PACKET, msg)
         options = body[at]
-        if options & 0xC0 or options & 0x03 == 3 or (options >> 4) & 0x03 == 3:
-            msg = f"a SUBSCRIBE with options 0x{options:02x} [MQTT-3.8.3-5]"
+        if options & 0xC0:
+            msg = f"a SUBSCRIBE with options 0x{options:02x}, reserved bits set [MQTT-3.8.3-5]"
             raise CodedViolation(reasons.MALFORMED_PACKET, msg)
+        if options & 0x03 == 3 or (options >> 4) & 0x03 == 3:
+            msg = (
+                f"a SUBSCRIBE with options 0x{options:02x}: a QoS or retain handling of 3 (MQTT 5.0, 3.8.3.1)"
+            )
+            raise CodedViolation(reasons.PROTOCOL_ERROR, msg)
         pairs.append((topic_filter, options))
         at += 1
     if not pairs:
