@@ -554,6 +554,7 @@ def _answer_or_end(conn: socket.socket) -> str:
     return received.decode() if received else "reset"
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_every_request_the_kernel_took_before_a_stop_is_answered(home, embedded, tmp_path, scheme):
     """Requests sent before a stop and not yet read (on a new connection not yet accepted, or on a
@@ -634,6 +635,7 @@ def _closes_the_link_at_each_publish(server: socket.socket, done: threading.Even
                     link.sendall(b"\xd0\x00")
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_link_lost_at_every_request_writes_a_bounded_log(home):
     """A broker that cannot store a sample closes the bridge's link at each one: the bridge's
     lines about it are summed up past 20 a minute, not written three times per request."""
@@ -655,6 +657,7 @@ def test_a_link_lost_at_every_request_writes_a_bounded_log(home):
     assert 1 <= len([line for line in lines if "lost the broker" in line]) - len(summed) <= 20, stderr
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_stop_answers_publishes_waiting_for_an_absent_broker_at_once(home):
     """A publish waits up to the PUBACK timeout for a broker link that is down; a stop answers it
     503 at once instead of holding the stop that long (here 30 s, past gunicorn's 10 s: the worker
@@ -907,6 +910,7 @@ def test_a_lost_secret_file_gives_the_service_key_a_new_secret(home):
     assert key.publish_all
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_broker_that_cannot_be_reached_is_said_once_per_outage(monkeypatch, caplog):
     """A bridge whose broker cannot be reached (started first, or a wrong --broker) answers 503 and
     says why in its log: once, however many rounds of attempts fail."""

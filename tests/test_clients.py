@@ -241,6 +241,7 @@ def test_a_killed_sensor_agent_leaves_its_sensors_offline(home, broker):
         watcher.close()
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_generator_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
     """A generator whose broker cannot be reached (a wrong --url, a broker not started) says so:
     retrying and buffering in silence would hide the mistake for hours. Once however many attempts

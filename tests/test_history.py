@@ -302,6 +302,7 @@ def test_the_recorder_benchmark_runs_in_its_smoke_mode():
     assert "median_recorder_over_listener" in result.stdout
 
 
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_recorder_that_cannot_reach_its_broker_says_so_once_per_outage(home, caplog):
     """A recorder whose broker cannot be reached says so in its log, once however many attempts fail."""
     caplog.set_level(logging.WARNING, logger="radio.recorder")

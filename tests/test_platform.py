@@ -315,6 +315,7 @@ PARTS = {
 @pytest.mark.parametrize(
     "part", ["broker", *(pytest.param(part, marks=pytest.mark.slow) for part in list(PARTS)[1:])]
 )
+@pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_part_killed_stops_the_platform_with_one_line_and_the_folder_starts_again_at_once(tmp_path, part):
     """``kill -9`` of one part: radio up says which, and how it ended, in one line, stops the
     others and exits 1; no process or port is left, and the same folder serves again at once."""
