@@ -197,11 +197,7 @@ def test_a_rate_is_one_bucket_for_both_doors(home: Home, broker, bridge) -> None
                     waits = gate.rate_waits
                     publisher._paho.publish(f"networks/A/{name}", b'{"n": 2}', qos=1)
                     assert until(lambda w=waits: gate.rate_waits > w)  # held: no token is left
-                admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
-                assert admin.connect() == 0
-                admin.publish("networks/A/sentinel", b'{"sentinel": 1}', qos=1)
-                admin.close()
-                assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+                assert_next_is_a_sentinel(broker, home, reader, "networks/A/sentinel")
             finally:
                 publisher.close()
 
@@ -272,11 +268,7 @@ def test_a_quota_survives_a_broker_restart(home: Home) -> None:
         publisher = Client("tcp", broker.mqtt_port, "daily", secret)
         assert publisher.connect() == 0
         publisher.publish("networks/A/d", b'{"n": 3}', qos=1)
-        admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
-        assert admin.connect() == 0
-        admin.publish("networks/A/d", b'{"sentinel": 1}', qos=1)
-        assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
-        admin.close()
+        assert_next_is_a_sentinel(broker, home, reader, "networks/A/d")
         publisher.close()
     rows = usage(home, "daily")
     assert [(r["samples"]) for r in rows if r["kind"] == "samples"] == [2]
@@ -444,11 +436,7 @@ def test_a_quota_holds_exactly_with_40_requests_at_once_on_two_workers(home: Hom
             assert sorted(set(codes)) == [200, 429]
             assert codes.count(200) == 20
             assert len(reader.expect(20)) == 20
-            admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
-            assert admin.connect() == 0
-            admin.publish("networks/A", b'{"sentinel": 1}', qos=1)
-            admin.close()
-            assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+            assert_next_is_a_sentinel(broker, home, reader, "networks/A")
     finally:
         assert "Traceback" not in bridge.stop()
 
@@ -556,6 +544,15 @@ def test_what_a_key_receives_is_counted_once_per_delivery_it_took(home: Home, br
     table = home.radio_main("keys", "usage", "reader_a", "--csv").stdout.splitlines()
     assert table[0] == "kind,day,key,door,network,reason,samples,bytes,count"
     assert f"received,{rows[0]['day']},reader_a,,A,,2,24," in table
+
+
+def assert_next_is_a_sentinel(broker, home: Home, reader, topic: str) -> None:
+    """An admin's sample published now is the next ``reader`` gets: nothing sent before it is on its way."""
+    admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+    assert admin.connect() == 0
+    admin.publish(topic, b'{"sentinel": 1}', qos=1)
+    admin.close()
+    assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
 
 
 def until_counted(meter, key: str, samples: int) -> bool:
