@@ -133,6 +133,11 @@ class RadioBroker:
         if self.store is not None:
             self.router.restore(self.store.load(), self.registry.current)
             self.store.start()
+            # What the restore reserved (row numbers, each session's packet ids) is on disk before
+            # any client is sent anything under it.
+            written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self.store.after_commit(written.set_result)
+            await written
         try:
             for way in ways_in:
                 host, port, timeout = way.address.host, way.address.port, self.connect_timeout

@@ -59,8 +59,24 @@ of the subscription index, about 400 bytes, so this bounds the index's share of 
 some 400 KiB (``radio.topics.LEVELS_MOST`` bounds one filter)."""
 WILL_ATTEMPTS: Final = 40
 """Times a will waits for its key's quota to be readable (``USAGE_RETRY`` apart) before it is dropped."""
-STORED_BESIDE = ("offline_since", "address", "expiry", "options", "awaiting_pubrel", "released", "will")
+STORED_BESIDE = (
+    "offline_since",
+    "address",
+    "expiry",
+    "options",
+    "awaiting_pubrel",
+    "released",
+    "will",
+    "pid_mark",
+)
 """What the store keeps of a session beside its key's attributes."""
+ROWS_AHEAD: Final = 100_000
+"""Row numbers (``next_seq``) the mark in the store runs ahead of those in use: after a restart (a
+``kill -9`` included) numbering goes on from that mark, so a row a lost batch held is never
+numbered again, and the packet id it decided (``Session.pid_for``) is not given to another sample
+its client may take for a copy."""
+ROWS_RENEWED: Final = 50_000
+"""Rows numbered before the mark moves on: the batch moving it has the other 50,000 to reach the disk."""
 TopicCheck = Callable[[attrs.PluginSession, str, Action], bool]
 Reader = Callable[[attrs.PluginSession], bool]
 """Whether one session may receive one message (built once per message: ``ReaderFactory``)."""
@@ -163,6 +179,8 @@ class Router:
         self.retained = RetainedIndex()
         self.stats = Stats()
         self._seq = 0
+        self._seq_renewed = 0
+        """The row number past which the mark in the store moves on (``next_seq``)."""
         self.tallies: list[Session] = []
         """Sessions whose tally has counts the meter has not collected yet."""
         self.gate: Gate | None = None
@@ -210,6 +228,8 @@ class Router:
         """Keep a session (opened, resumed or restored) under its key and client id."""
         if not session.window:
             session.window = self.limits.max_inflight
+        if session.pid_mark is None and session.persistent and self.store is not None:
+            session.mark_pids(session.next_pid)  # written with the session (``save``)
         self.sessions[session.ident] = session
         self.anonymous.track(session)
         self.keyed.track(session)
@@ -267,6 +287,8 @@ class Router:
                 keep["awaiting_pubrel"] = sorted(session.incoming_qos2)
             if released := released_rows(session):
                 keep["released"] = released
+            if (mark := session.pid_mark) is not None:
+                keep["pid_mark"] = mark
             will = session.will
             if will is not None and will.timer is not None and session.connection is None:
                 keep["will"] = will.stored()  # waiting out its delay: it goes after a restart too
@@ -337,7 +359,27 @@ class Router:
     def next_seq(self) -> int:
         """A number for a message kept in the store, unique across restarts."""
         self._seq += 1
+        if self._seq >= self._seq_renewed:
+            self._mark_rows()
         return self._seq
+
+    def _mark_rows(self) -> None:
+        """Move the mark in the store ahead of the rows numbered now (``ROWS_AHEAD``)."""
+        self._seq_renewed = self._seq + ROWS_RENEWED
+        if self.store is not None:
+            self.store.mark("seq", self._seq + ROWS_AHEAD)
+
+    def reserve_pids(self, session: Session, pid: int) -> None:
+        """A persistent session's ids went past the stretch its mark covers: the mark moves on.
+
+        Its samples go out before the batch holding them is on disk; should a ``kill -9`` lose that
+        batch, its client may still hold their ids (QoS 2: PUBREC sent, PUBREL awaited) and would
+        take another sample under one for a copy. After a restart the session goes on from its
+        mark, which runs ``PIDS_AHEAD`` ids ahead of those in use, and moves on long before they
+        reach it: no delivery waits for the store.
+        """
+        session.mark_pids(pid)
+        self.save(session)
 
     def publish(self, message: Message) -> None:
         """Retain it if asked and allowed, and deliver it to every entitled subscriber.
@@ -627,7 +669,12 @@ class Router:
         One sent from the queue (``queued``) goes under the id its row decides (``pid_for``).
         """
         row = delivery.message.row
-        pid = self._send(session, connection, delivery, session.pid_for(row) if queued and row else 0)
+        if queued and row:
+            pid = self._send(session, connection, delivery, session.pid_for(row))
+        else:
+            pid = self._send(session, connection, delivery)
+            if not session.pid_lo <= pid < session.pid_hi and pid:
+                self.reserve_pids(session, pid)
         if pid and row and self.store is not None:
             self.store.sent(session.store_id, row, pid)
         return pid
@@ -896,7 +943,9 @@ class Router:
             and session.unsent is None
             and not connection.congested()
         ):
-            self._send(session, connection, delivery)
+            pid = self._send(session, connection, delivery)
+            if not session.pid_lo <= pid < session.pid_hi and pid:
+                self.reserve_pids(session, pid)
             return
         online = self.limits.keyed if session.limits is self.limits.anonymous else None
         for dropped in session.enqueue(delivery, online):
@@ -1033,6 +1082,9 @@ class Router:
         session.remote_address = stored.attributes.get("address") or ""
         awaiting = stored.attributes.get("awaiting_pubrel")
         session.incoming_qos2 = set(awaiting) if awaiting else None
+        mark = stored.attributes.get("pid_mark")
+        if mark:
+            session.next_pid = int(mark)
         will = stored.attributes.get("will")
         if will is not None:
             session.will = Will.from_stored(will)
@@ -1044,7 +1096,9 @@ class Router:
             fields, expires = contents.retained_extras.get(topic, (b"", None))
             kept = Message(topic, payload, qos, True, fields, monotonic(expires))  # noqa: FBT003
             self.retained.put(topic, kept)
-        self._seq = contents.last_seq
+        # Past every row a batch lost to a kill -9 may have numbered; the mark moves on at once.
+        self._seq = max(contents.last_seq, contents.marks.get("seq", 0))
+        self._mark_rows()
         restored = 0
         for stored in contents.sessions:
             session = self._restored(stored, registry)
@@ -1072,6 +1126,9 @@ class Router:
                     session.inflight[pid] = delivery  # sent, unanswered: it goes again under pid
                 else:
                     session.keep(delivery)
+            # Its ids go on from its mark, past any a batch lost to a kill -9 held; the mark moves
+            # on before any client connects (``RadioBroker.start``).
+            self.reserve_pids(session, session.next_pid)
             restored += 1
         if contents.retained or restored:
             log.info(

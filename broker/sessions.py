@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PACKET_ID: Final = 65_535
+PIDS_AHEAD: Final = 4_096
+"""Packet ids a persistent session's mark in the store runs ahead of the ids it uses: after a
+restart (a ``kill -9`` included) the session goes on from that mark, past any id it may have used
+before the batch holding it was on disk."""
+PIDS_RENEWED: Final = 1_024
+"""Ids a persistent session uses before its mark moves on: the batch moving it has the other
+3,072 to reach the disk."""
+NO_MARK: Final = MAX_PACKET_ID + 2
+"""``Session.pid_hi`` of a session whose ids need no mark (not kept across a restart)."""
 
 
 def store_id(key_id: str | None, client_id: str) -> str:
@@ -141,6 +150,8 @@ class Session:
         "offline_since",
         "options",
         "password",
+        "pid_hi",
+        "pid_lo",
         "queue",
         "queued_bytes",
         "read_memo",
@@ -179,6 +190,11 @@ class Session:
         self.incoming_qos2: set[int] | None = None
         """Ids of the client's QoS 2 samples awaiting their PUBREL; None while there is none."""
         self.next_pid = 1
+        self.pid_lo = 1
+        self.pid_hi = NO_MARK
+        """Ids from ``pid_lo`` up to ``pid_hi`` (excluded) go out under the mark in the store
+        (``pid_mark``); one outside moves it on (``Router.reserve_pids``). A session not kept across
+        a restart has none: every id is inside."""
         self.connection: Connection | None = None
         self.will: Will | None = None
         self.offline_since: float | None = None
@@ -260,6 +276,18 @@ class Session:
             pid = pid % MAX_PACKET_ID + 1
         self.next_pid = pid % MAX_PACKET_ID + 1
         return pid
+
+    def mark_pids(self, pid: int) -> None:
+        """Ids from ``pid`` on are the ones used now: ``pid_mark`` moves ahead of them."""
+        self.pid_lo = pid
+        self.pid_hi = min(pid + PIDS_RENEWED, MAX_PACKET_ID + 1)
+
+    @property
+    def pid_mark(self) -> int | None:
+        """Where its ids go on after a restart, ahead of any it used (None: not kept across one)."""
+        if self.pid_hi == NO_MARK:
+            return None
+        return (self.pid_lo - 1 + PIDS_AHEAD) % MAX_PACKET_ID + 1
 
     def pid_for(self, row: int) -> int:
         """The packet id for a stored sample sent from the queue: its row's, unless one in flight has it.

@@ -3,7 +3,8 @@
 Kept: each retained sample (topic, payload, QoS); each persistent session (under its key's id
 and client id, with its subscriptions and when its client left) and the samples waiting for it
 (queued, or sent and not yet acknowledged: then with the packet id it went under, so that after a
-restart it goes again under that id, MQTT-4.4.0-1).
+restart it goes again under that id, MQTT-4.4.0-1); marks reserved ahead of their use (row
+numbers; each session's packet ids are kept with it), from which numbering goes on after a restart.
 
 The file gives space back: the write-ahead log is checkpointed and truncated, and the pages that
 expired sessions and delivered samples leave free are returned to the file system (incremental
@@ -56,6 +57,7 @@ CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, attributes TEXT
                                      subscriptions TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queued (client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
                                    data BLOB NOT NULL, qos INTEGER NOT NULL, PRIMARY KEY (client_id, seq));
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _SQL: Final = {
     "retain": "INSERT OR REPLACE INTO retained (topic, data, qos, fields, expires) VALUES (?, ?, ?, ?, ?)",
@@ -69,6 +71,7 @@ _SQL: Final = {
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
     "rename": "UPDATE sessions SET client_id = ? WHERE client_id = ?",
     "rename_queue": "UPDATE queued SET client_id = ? WHERE client_id = ?",
+    "mark": "INSERT OR REPLACE INTO marks VALUES (?, ?)",
 }
 
 
@@ -117,6 +120,8 @@ class Contents:
     last_seq: int = 0
     retained_extras: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
     """By topic: the MQTT 5 properties and expiry (wall clock) of a retained sample that has them."""
+    marks: dict[str, int] = field(default_factory=dict)
+    """Numbers the broker reserved ahead of their use (``Store.mark``)."""
 
 
 class Store:
@@ -201,6 +206,7 @@ class Store:
                 contents.retained.append((topic, bytes(data), int(qos)))
                 if fields or expires is not None:
                     contents.retained_extras[topic] = (bytes(fields or b""), expires)
+            contents.marks = {name: int(value) for name, value in self._db.execute("SELECT * FROM marks")}
             by_id: dict[str, StoredSession] = {}
             for row_id, attributes, subscriptions in self._db.execute("SELECT * FROM sessions"):
                 stored = StoredSession(
@@ -266,6 +272,11 @@ class Store:
         with self._next:
             self._add("rename", (new, old))
             self._add("rename_queue", (new, old))
+
+    def mark(self, name: str, value: int) -> None:
+        """Keep a number reserved ahead of its use (rows are numbered below it until it moves on)."""
+        with self._next:
+            self._add("mark", (name, value))
 
     def compact(self) -> None:
         """Give space back, on the writer thread between batches: see the module's docstring."""

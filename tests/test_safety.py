@@ -508,6 +508,70 @@ def test_samples_sent_from_the_queue_keep_their_packet_ids_when_the_store_lost_t
     assert [_pid_of(body) for _, body in after] == [_pid_of(body) for _, body in before]
 
 
+def _subscribed_and_away(home, client_id: str, qos: int) -> None:
+    """A persistent session of reader_a subscribed to A, its client gone; all of it on disk."""
+    with (
+        restartable(home, "graceful") as port,
+        session(port, client_id, "reader_a", home.secrets["reader_a"], clean=False) as reader,
+    ):
+        reader.sendall(subscribe("networks/A", qos=qos))
+        assert read_packet(reader)[0] == 0x90
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_live_samples_after_a_restart_take_no_packet_id_a_lost_batch_used(home, mocker, qos):
+    """A sample sent to a persistent session goes out before the batch holding it is on disk. A
+    ``kill -9`` in that window loses the sample with its packet id, while the client may still hold
+    that id (QoS 2: PUBREC sent, PUBREL awaited) and take a later sample under it for a copy of the
+    lost one. The session's ids are reserved in the store ahead of their use: after the restart its
+    samples go under ids past every one it may have used."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    _subscribed_and_away(home, "live-ids", qos)
+    with restartable(home, "graceful") as port:
+        # Nothing written from now on reaches the disk, as with a kill -9 in the window.
+        mocker.patch.object(Store, "_write", return_value=None)
+        with session(port, "live-ids", *credentials, clean=False) as reader:
+            gen_publishes(port, home.secrets, b'{"lost": 1}', qos=qos)
+            _, body = read_packet(reader)
+            assert published(body, qos)[1] == b'{"lost": 1}'
+            held = _pid_of(body)
+            if qos == 2:
+                reader.sendall(packet(0x50, held))  # PUBREC; its PUBREL is lost with the broker
+    mocker.stopall()
+    with (
+        restartable(home, "graceful") as port,
+        session(port, "live-ids", *credentials, clean=False) as reader,
+    ):
+        assert _resent(reader) == []  # the lost sample is unknown to the broker now
+        gen_publishes(port, home.secrets, b'{"n": 1}', b'{"n": 2}', b'{"n": 3}', qos=qos)
+        after = [read_packet(reader) for _ in range(3)]
+    assert [published(body, qos)[1] for _, body in after] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    assert held not in [_pid_of(body) for _, body in after]
+
+
+def test_queued_samples_after_a_restart_take_no_packet_id_a_lost_batch_used(home, mocker):
+    """A sample sent from the queue goes under an id its stored row decides; rows are numbered
+    ahead in the store, so a row a ``kill -9`` lost is never numbered again after the restart,
+    and the next queued sample does not take the id a client may still hold for the lost one."""
+    credentials = ("reader_a", home.secrets["reader_a"])
+    _subscribed_and_away(home, "queued-ids", 2)
+    with restartable(home, "graceful") as port:
+        mocker.patch.object(Store, "_write", return_value=None)
+        gen_publishes(port, home.secrets, b'{"lost": 1}', qos=2)  # queued for the absent client
+        with session(port, "queued-ids", *credentials, clean=False) as reader:
+            _, body = read_packet(reader)
+            assert published(body, 2)[1] == b'{"lost": 1}'
+            held = _pid_of(body)
+            reader.sendall(packet(0x50, held))  # PUBREC; its PUBREL is lost with the broker
+    mocker.stopall()
+    with restartable(home, "graceful") as port:
+        gen_publishes(port, home.secrets, b'{"n": 1}', qos=2)  # queued again
+        with session(port, "queued-ids", *credentials, clean=False) as reader:
+            _, body = read_packet(reader)
+    assert published(body, 2)[1] == b'{"n": 1}'
+    assert _pid_of(body) != held
+
+
 def _away_after_one(port: int, client_id: str, credentials: tuple[str, str], secrets: dict[str, str]) -> None:
     """A persistent session subscribed to A at QoS 2, one sample answered, its client gone."""
     with session(port, client_id, *credentials, clean=False) as reader:

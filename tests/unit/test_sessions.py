@@ -8,8 +8,16 @@ import pytest
 
 from radio.broker import attributes as attrs
 from radio.broker.message import Message
-from radio.broker.sessions import MAX_PACKET_ID, Delivery, Session, SessionLimits, store_id
-from radio.broker.store import Contents, StoredSession
+from radio.broker.sessions import (
+    MAX_PACKET_ID,
+    PIDS_AHEAD,
+    PIDS_RENEWED,
+    Delivery,
+    Session,
+    SessionLimits,
+    store_id,
+)
+from radio.broker.store import Contents, Store, StoredSession
 from radio.config import NetworkSettings
 
 from .build import ANONYMOUS, KEYED, Sink, key, registry, router
@@ -233,3 +241,32 @@ def test_a_stored_session_whose_key_is_gone_is_not_restored(anonymous):
     stranger = StoredSession("anon", {attrs.KEY_NAME: None}, [("networks/A", 0)])
     fanout.restore(Contents([], [gone, stranger]), current)
     assert [s.client_id for s in fanout.sessions.values()] == (["anon"] if anonymous else [])
+
+
+@pytest.mark.sources_only  # a Sink stands for the session's connection
+def test_a_persistent_sessions_ids_stay_well_behind_the_mark_in_the_store(tmp_path, mocker):
+    """Each packet id a persistent session uses lies at least ``PIDS_AHEAD - PIDS_RENEWED`` ids
+    before the mark recorded in the store before it went, across the wrap past 65,535 too: after a
+    restart the session goes on from a mark past every id it may have used, however far it went."""
+    store = Store(tmp_path / "broker.db")
+    saved = mocker.spy(store, "save_session")
+    fanout = router(store=store)
+    session = Session("c", False, KEYED)  # noqa: FBT003
+    fanout.hold(session)
+    session.connection = Sink()  # type: ignore[assignment]
+    fanout.save(session)
+    for _ in range(MAX_PACKET_ID + 2 * PIDS_AHEAD):
+        mark = saved.call_args.args[1]["pid_mark"]
+        fanout.deliver(session, Message("t", b"{}", 1), 1)
+        (pid,) = session.inflight
+        assert PIDS_AHEAD - PIDS_RENEWED <= (mark - pid) % MAX_PACKET_ID <= PIDS_AHEAD
+        fanout.acknowledged(session, pid)
+    assert saved.call_count > MAX_PACKET_ID // PIDS_RENEWED  # the mark moved on as the ids went
+
+
+def test_rows_are_numbered_past_the_mark_a_restart_finds():
+    """Row numbers go on from the mark in the store, not from the last row on disk: a row a lost
+    batch numbered is never numbered again (its packet id may still be held by its client)."""
+    fanout = router()
+    fanout.restore(Contents(last_seq=9, marks={"seq": 100_009}), registry({}))
+    assert fanout.next_seq() == 100_010
