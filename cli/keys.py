@@ -106,7 +106,7 @@ def _add_records(key_commands: argparse._SubParsersAction[Parser], common: Parse
 def _add_terms_options(parser: Parser, *, clearing: bool) -> None:
     """``--rate``, ``--burst``, ``--quota`` and ``--expires`` (docs/access.md)."""
     off = " ('off' removes it)" if clearing else ""
-    never = " ('never' removes it)" if clearing else ""
+    never = ", or 'now' to end it at once" + (" ('never' removes it)" if clearing else "")
     default = _UNSET if clearing else None
     terms = (
         ("rate", "N/s", f"samples it may publish per second (or /min, /h), such as 5/s{off}"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Final
 
 from radio import audit, usage
@@ -30,6 +30,8 @@ TERMS: Final = ("rate", "burst", "quota", "expires")
 """The terms a key may carry, as ``radio keys add|edit`` and the admin API name them."""
 CLEARING: Final = {"rate": "off", "burst": "off", "quota": "off", "expires": "never"}
 """The word that removes each term (``--rate off``, ``--expires never``)."""
+EXPIRES_NOW: Final = "now"
+"""The word that ends a key at once (``--expires now``): a time already past is refused instead."""
 
 
 def parse_count(text: str) -> int:
@@ -52,7 +54,30 @@ def parse_term(name: str, text: str) -> object:
     """One term from its text: None for the word that removes it; ValueError with the message."""
     if text == CLEARING[name]:
         return None
+    if name == "expires":
+        return parse_new_expiry(text)
     return _PARSERS[name](text)
+
+
+def parse_new_expiry(text: str, now: datetime | None = None) -> datetime:
+    """An expiry a key is given now: a time to come, or ``now`` (the key ends at this second).
+
+    A time already past is refused: the key would be refused everywhere from the moment it is
+    written, and such a time is far more often a mistyped year than a wish to end the key, which
+    ``now`` says in so many words.
+    """
+    now = now or datetime.now(UTC)
+    if text.strip() == EXPIRES_NOW:
+        return now.replace(microsecond=0)
+    when = parse_expiry(text)
+    if when < now:
+        msg = (
+            f"invalid expiry {text!r}: that time has passed, so the key would be "
+            f"refused everywhere at once; give a time to come, '{EXPIRES_NOW}' to end the key now, "
+            f"or '{CLEARING['expires']}'"
+        )
+        raise ValueError(msg)
+    return when
 
 
 def parse_day(text: str) -> str:

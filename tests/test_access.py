@@ -25,7 +25,7 @@ from polling import until
 from raw_mqtt import read_packet, session, subscribe
 
 from radio.errors import KeyStoreError
-from radio.keys import parse_keys
+from radio.keys import Terms, parse_keys
 
 SCHEMA = {
     "type": "object",
@@ -110,7 +110,7 @@ ITS_VALUE = {"burst": "count", "expires": "expiry"}
 
 def test_keys_list_shows_limits_and_what_has_expired(home: Home) -> None:
     add_key(home, "sold", "--rate", "5/s", "--burst", "10", "--quota", "10000/day")
-    add_key(home, "gone", "--expires", "2020-01-01T00:00:00Z")
+    home.add_key("gone", publish=["A"], terms=Terms(expires=datetime(2020, 1, 1, tzinfo=UTC)))
     home.radio_main("keys", "edit", "gen", "--expires", "2099-01-01T00:00:00+01:00")
     listing = home.radio_main("keys", "list").stdout
     lines = {line.split()[0]: line for line in listing.splitlines()}
@@ -128,6 +128,24 @@ def test_keys_list_shows_limits_and_what_has_expired(home: Home) -> None:
         r["name"]: r for r in map(json.loads, home.radio_main("keys", "list", "--json").stdout.splitlines())
     }
     assert (rows["sold"]["rate"], rows["sold"]["burst"], rows["sold"]["quota"]) == (None, None, None)
+
+
+def test_an_expiry_already_past_is_refused_and_now_ends_a_key_at_once(home: Home) -> None:
+    """A time already past, given to `keys add` or `keys edit`, makes a key refused everywhere from
+    the moment it is written: far more often a mistyped year than a wish. It is refused in one line,
+    status 2, with nothing written; `--expires now` says the wish in so many words."""
+    for command in (("add", "late", "--publish", "A"), ("edit", "gen")):
+        result = home.radio("keys", *command, "--expires", "2020-01-01T00:00:00+01:00", check=False)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "invalid expiry '2020-01-01T00:00:00+01:00': that time has passed" in result.stderr
+        assert "'now' to end the key now" in result.stderr
+    keys = home.store().keys()
+    assert "late" not in keys
+    assert keys["gen"].terms.expires is None
+    home.radio_main("keys", "edit", "gen", "--expires", "now")
+    assert home.store().keys()["gen"].expired()
+    assert "EXPIRED" in home.radio_main("keys", "list").stdout
 
 
 # Rates.

@@ -249,6 +249,7 @@ def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
         ("quota", "12/week", "--quota"),
         ("expires", "tomorrow", "--expires"),
         ("expires", "9999-12-31T23:59:59-14:00", "--expires"),  # past the calendar's end in UTC
+        ("expires", "2020-01-01T00:00:00Z", "--expires"),  # a time already past
         ("rate", "1e-300/s", "--rate"),  # a token's wait past any clock
         ("burst", "0", "--burst"),
         ("burst", "\u00b2", "--burst"),  # a digit to str.isdigit, not to int()
