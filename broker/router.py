@@ -261,15 +261,16 @@ class Router:
     def _share_again(self, delivery: Delivery) -> None:
         """A shared subscription's sample its member's session ended without: the group's next member.
 
-        MQTT 5.0, 4.8.2: the next member that may read it gets it, so a member that leaves loses the
-        group nothing. One its client had (QoS 2 past PUBREC) is not sent again.
+        MQTT 5.0, 4.8.2: the next member that may read it gets it (or, while none is connected, keeps
+        it in its queue), so a member that leaves loses the group nothing. One its client had (QoS 2
+        past PUBREC) is not sent again.
         """
         found = split_shared(delivery.shared or "")
         group = self.shared.groups.get(found) if found is not None else None
         if group is None:
             return
         message = delivery.message
-        chosen = group.next(self.reader(message.topic))
+        chosen = group.next(self.reader(message.topic), message.qos)
         if chosen is not None:
             self._deliver_one(chosen[0], message, chosen[1], group.topic_filter)
 

@@ -1,8 +1,12 @@
 """MQTT 5 shared subscriptions: ``$share/GROUP/FILTER``, each sample to one member of the group.
 
 Each member subscribed with its own key's read right on FILTER (checked at SUBSCRIBE like any
-filter); at delivery the group's next member that may read the sample's network now gets it,
-in turn, so a member whose right was taken away is passed over, never sent what it may not read.
+filter); at delivery the group's next connected member that may read the sample's network now gets
+it, in turn, so a member whose right was taken away is passed over, never sent what it may not read.
+While no member is connected, a QoS 1 or 2 sample goes to the queue of the next member whose session
+outlives its connection (one granted QoS 1 or 2), as a sample of its own filters would: the shared
+subscription is part of its session (MQTT 5.0, 4.8.2), and the group loses nothing while every
+member is away. A QoS 0 sample goes to nobody then, as to any absent client.
 """
 
 from __future__ import annotations
@@ -40,14 +44,25 @@ class Group:
         self.members: dict[Session, int] = {}
         self.turn = 0
 
-    def next(self, may_read: Callable[[Session], bool]) -> tuple[Session, int] | None:
-        """The next member, in turn, that may read the sample (with its granted QoS)."""
+    def next(self, may_read: Callable[[Session], bool], qos: int) -> tuple[Session, int] | None:
+        """The next member, in turn, that may read a sample of ``qos`` (with its granted QoS).
+
+        A connected one; failing that, for a QoS 1 or 2 sample, one away (its session outlived its
+        connection) granted QoS 1 or 2, whose queue keeps the sample until it is back.
+        """
         members = list(self.members.items())
         for step in range(len(members)):
-            session, qos = members[(self.turn + step) % len(members)]
+            session, granted = members[(self.turn + step) % len(members)]
             if session.connection is not None and may_read(session):
                 self.turn = (self.turn + step + 1) % len(members)
-                return session, qos
+                return session, granted
+        if not qos:
+            return None
+        for step in range(len(members)):
+            session, granted = members[(self.turn + step) % len(members)]
+            if granted and session.persistent and may_read(session):
+                self.turn = (self.turn + step + 1) % len(members)
+                return session, granted
         return None
 
 
@@ -88,6 +103,6 @@ class SharedSubscriptions:
         """Give the message to one member of each group whose filter matches (and the group's filter)."""
         for table in self.index.match(message.topic):
             for group in table:
-                chosen = group.next(may_read)
+                chosen = group.next(may_read, message.qos)
                 if chosen is not None:
                     deliver(chosen[0], message, chosen[1], group.topic_filter)

@@ -762,6 +762,37 @@ def test_a_shared_sample_its_member_left_unacknowledged_goes_to_another_member(b
     assert [m.payload for m in staying.expect(1)] == [unanswered]
 
 
+def test_a_shared_subscription_whose_members_are_all_away_queues_for_a_persistent_one(
+    broker, home, clients
+) -> None:
+    """MQTT 5.0, 4.8.2: a shared subscription belongs to its members' sessions. While no member is
+    connected, a QoS 1 or 2 sample waits in the queue of one whose session outlives its connection,
+    as it would for a filter of its own, instead of being lost to the group; a QoS 0 one goes to
+    nobody, as to any absent client. While a member is connected, it gets every sample at once."""
+    away = persistent(broker.mqtt_port, home, "away-member")
+    assert away.connect() == 0
+    assert away.subscribe("$share/g/networks/A", qos=1) == 1
+    away.close()
+    gen = open_client(clients, broker, home, "gen", 5)
+    gen.publish("networks/A", b'{"queued": 1}', qos=1)
+    gen.publish("networks/A", b'{"at qos 0": 1}', qos=0)
+    back = persistent(broker.mqtt_port, home, "away-member")
+    clients.append(back)
+    assert back.connect() == 0
+    assert [m.payload for m in back.expect(1)] == [b'{"queued": 1}']
+    here = open_client(clients, broker, home, "reader_a", 5)
+    assert here.subscribe("$share/g/networks/A", qos=1) == 1
+    back.close()
+    for n in range(3):
+        gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
+    assert [m.payload for m in here.expect(3)] == [json.dumps({"n": n}).encode() for n in range(3)]
+    again = persistent(broker.mqtt_port, home, "away-member")
+    clients.append(again)
+    assert again.connect() == 0
+    assert again.subscribe("networks/pub") == 0  # a round trip: anything queued would have come first
+    assert again.received_so_far() == []
+
+
 def test_a_disconnect_with_will_keeps_the_will(broker, home, clients) -> None:
     reader = open_client(clients, broker, home, "reader_a", 5)
     assert reader.subscribe("networks/A/status", qos=1) == 1
