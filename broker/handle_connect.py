@@ -117,19 +117,25 @@ async def _admit(
         code, says = REFUSALS[candidate.attributes.get(attrs.REFUSED, "invalid")]
         refuse(connection, codec.NOT_AUTHORIZED, None, code, says)
         return
+    keep_alive = request.keep_alive
+    peer = connection.v5
+    if peer is not None:
+        if keep_alive > SERVER_KEEP_ALIVE or not keep_alive:  # 0 asks for none: the longest of all
+            keep_alive = answer[props.SERVER_KEEP_ALIVE] = SERVER_KEEP_ALIVE
+        candidate.limits = connection.broker.router.limits_for(candidate.key_name)  # the session's
+        _terms(connection, candidate, answer)
+        if not _fitted(peer, answer):  # before the session is taken: a refusal leaves it as it was
+            why = f"its maximum packet size, {peer.max_packet} bytes, cannot hold the CONNACK it must be sent"
+            refuse(connection, codec.SERVER_UNAVAILABLE, why, reasons.PACKET_TOO_LARGE)
+            return
     taken = _take_session(connection, candidate, request.clean_session)
     if taken is None:
         return
     session, present = taken
     connection.bounded = not connection.broker.router.registry().access(session.key_name).publishes
-    keep_alive = request.keep_alive
-    peer = connection.v5
     if peer is None:
         connection.write(codec.connack(present, codec.ACCEPTED))
     else:
-        if keep_alive > SERVER_KEEP_ALIVE or not keep_alive:  # 0 asks for none: the longest of all
-            keep_alive = answer[props.SERVER_KEEP_ALIVE] = SERVER_KEEP_ALIVE
-        _terms(connection, session, answer)
         connection.write(mqtt5.connack(present, reasons.SUCCESS, answer))
     connection.start_keep_alive(keep_alive)
     if present:
@@ -147,6 +153,20 @@ def _terms(connection: Connection, session: Session, answer: props.Properties) -
     answer[props.TOPIC_ALIAS_MAXIMUM] = TOPIC_ALIASES
     if broker.max_packet_size < codec.MQTT_LIMIT:
         answer[props.MAXIMUM_PACKET_SIZE] = largest_packet(broker.max_packet_size)
+
+
+def _fitted(peer: Peer, answer: props.Properties) -> bool:
+    """Whether the CONNACK fits the client's Maximum Packet Size (MQTT-3.1.2-24).
+
+    Once what it can do without has gone, that is: its Topic Alias Maximum (absent, the client sends
+    no alias, which the broker never needs). The rest it must be told: an assigned client id, the
+    terms it must follow.
+    """
+    most = peer.max_packet
+    if not most or len(mqtt5.connack(False, reasons.SUCCESS, answer)) <= most:  # noqa: FBT003
+        return True
+    answer.pop(props.TOPIC_ALIAS_MAXIMUM, None)
+    return len(mqtt5.connack(False, reasons.SUCCESS, answer)) <= most  # noqa: FBT003
 
 
 def largest_packet(limit: int) -> int:
@@ -323,9 +343,15 @@ def refuse(
     """Answer the CONNECT with a refusal, and close; an MQTT 5 client is told why."""
     if reason is not None:
         log.warning("refused %s: %s", connection.who(), reason)
-    if connection.v5 is None:
+    peer = connection.v5
+    if peer is None:
         connection.write(codec.connack(False, code))  # noqa: FBT003
     else:
         found = {props.REASON_STRING: says or reason} if says or reason else {}
-        connection.write(mqtt5.connack(False, code5 or V5_CODES[code], found))  # noqa: FBT003
+        packet = mqtt5.connack(False, code5 or V5_CODES[code], found)  # noqa: FBT003
+        most = peer.max_packet
+        if most and len(packet) > most:  # the reason string is left out (MQTT-3.2.2-19)
+            packet = mqtt5.connack(False, code5 or V5_CODES[code], {})  # noqa: FBT003
+        if not most or len(packet) <= most:  # 5 bytes: a client taking fewer is sent nothing
+            connection.write(packet)
     connection.close(None)

@@ -246,6 +246,30 @@ def test_a_reason_string_that_would_not_fit_the_client_s_packet_size_is_left_out
         assert read_packet(sock) == (0xE0, bytes([reasons.PROTOCOL_ERROR, 0]))
 
 
+def test_a_connack_never_outgrows_the_client_s_packet_size(radio, home) -> None:
+    """MQTT-3.1.2-24: nothing larger than the client's Maximum Packet Size, a CONNACK included. A
+    refusal goes without its reason string (MQTT-3.2.2-19); an acceptance without its Topic Alias
+    Maximum (absent, the client sends no alias, which the broker never needs). A client whose size
+    cannot hold the rest (an assigned client id, terms it must follow) is refused with the code
+    alone, 0x95, rather than sent what it cannot take."""
+    most = 13  # the broker's receive maximum and packet size: 13 bytes; with its topic aliases, 16
+
+    def answered(client_id: str, secret: str) -> bytes:
+        with open_socket(radio.mqtt_port) as sock:
+            sock.sendall(connect5(client_id, "gen", secret, properties={props.MAXIMUM_PACKET_SIZE: most}))
+            first, body = read_packet(sock)
+        assert first == 0x20
+        assert 2 + len(body) <= most
+        return body
+
+    assert answered("tiny", "wrong") == bytes([0, reasons.BAD_USER_NAME_OR_PASSWORD, 0])
+    accepted = answered("tiny", home.secrets["gen"])
+    assert accepted[:2] == bytes([0, reasons.SUCCESS])
+    terms, _ = props.decode(accepted, 2)
+    assert terms == {props.RECEIVE_MAXIMUM: 20, props.MAXIMUM_PACKET_SIZE: 1 + 2 + 4096}
+    assert answered("", home.secrets["gen"]) == bytes([0, reasons.PACKET_TOO_LARGE, 0])  # an id to assign
+
+
 def test_a_session_taken_over_is_told_so(radio, home) -> None:
     old, _ = session5(radio.mqtt_port, "same", "reader_a", home.secrets["reader_a"])
     new, _ = session5(radio.mqtt_port, "same", "reader_a", home.secrets["reader_a"])
