@@ -411,6 +411,26 @@ def test_failed_authentication_is_limited_per_ipv6_64_whichever_of_its_addresses
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_a_requests_source_is_its_connections_peer_never_an_address_it_names(admin, home):
+    """Failed authentication is limited, and a change audited, by the address the connection comes
+    from. ``X-Forwarded-For`` and ``Forwarded`` are the client's own words: a proxy in front of the
+    bridge passes them on unless told to replace them, and a client naming another address in each
+    request would otherwise guess secrets without limit and write any address into the audit."""
+    named = {"X-Forwarded-For": "198.51.100.7", "Forwarded": "for=198.51.100.7"}
+    made = admin.call("POST", "/admin/keys", {"name": "proxied"}, headers={**admin.headers, **named})
+    assert made.status_code == 201, made.text
+    audited = json.loads((home.path / "audit.log").read_text().splitlines()[-1])
+    assert audited["from"] == "127.0.0.1"
+    for n in range(AUTH_BURST):
+        named = {"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=203.0.113.{n}"}
+        guessed = admin.call("GET", "/admin/keys", headers={**bearer("a-guessed-secret"), **named})
+        assert guessed.status_code == 401
+    named = {"X-Forwarded-For": "203.0.113.99", "Forwarded": "for=203.0.113.99"}
+    limited = admin.call("GET", "/admin/keys", headers={**bearer("a-guessed-secret"), **named})
+    assert limited.status_code == 429
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_metrics_name_keys_only_for_an_admin_key_and_healthz_is_public(call, in_process, home):
     assert in_process.client.get("/healthz").status_code == 200
     assert in_process.post(json.dumps(SAMPLE), {"API-KEY": home.secrets["gen"]}).status_code == 200
