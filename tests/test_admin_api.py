@@ -525,6 +525,28 @@ def test_a_change_the_audit_log_cannot_take_is_not_made(call, home):
     assert {"unaudited", "gen"} & set(home.store().keys()) == {"gen"}
 
 
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+@pytest.mark.parametrize("broken", ["[keys.gen\n", "", "[keys.gen]\nadmin = 'yes'\n"])
+def test_a_keys_file_broken_by_hand_is_503_naming_it_and_changes_nothing(call, home, broken):
+    """Not valid TOML, emptied, or mistyped: the request was right, the server cannot take it now.
+
+    So the answer is a 503 (a back office tries again once an operator mends the file), never the
+    400 that tells the caller to change its request; the file is left as it is for that operator.
+    """
+    home.keys.write_text(broken)
+    for method, path, body in (
+        ("POST", "/admin/keys", {"name": "newcomer"}),
+        ("PATCH", "/admin/keys/gen", {"publish": []}),
+        ("POST", "/admin/keys/gen/rotate", None),
+        ("DELETE", "/admin/keys/gen", None),
+        ("GET", "/admin/keys", None),
+    ):
+        answer = call(method, path, body)
+        assert answer.status_code == 503, (method, path, answer.get_data(as_text=True))
+        assert answer.get_json()["error"].startswith(f"{home.keys}: "), answer.get_json()
+    assert home.keys.read_text() == broken
+
+
 def test_a_line_still_being_appended_is_not_read_and_a_broken_one_is_one_clear_error(tmp_path):
     log = tmp_path / "audit.log"
     log.write_text('{"action": "add"}\n{"action": "re')
