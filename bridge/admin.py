@@ -32,7 +32,7 @@ from radio.bridge.admin_openapi import document
 from radio.bridge.errors import APIError, answer
 from radio.bridge.state import current_state
 from radio.config import Settings, load_settings
-from radio.errors import Busy, ConfigError, DuplicateKey, RadioError, UnknownKey
+from radio.errors import Busy, ConfigError, DuplicateKey, RadioError, UnknownKey, UnreadableRegistry
 from radio.key_changes import (
     TERMS,
     KeyChanges,
@@ -62,6 +62,9 @@ SECRET_HEADERS: Final = {"Cache-Control": "no-store"}
 def _refused(error: RadioError) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     """What the registry refuses, with the command's own message: unknown 404, taken 409, else 400.
 
+    What the server cannot do now is 503, the request being right: a configuration or keys file
+    that cannot be read (broken by hand, say), an audit log or usage file that cannot be written.
+
     The door's own refusals are RadioErrors too: they keep their status and headers here.
     """
     if isinstance(error, APIError):
@@ -70,7 +73,9 @@ def _refused(error: RadioError) -> tuple[Response, int] | tuple[Response, int, d
         status = 404
     elif isinstance(error, DuplicateKey):
         status = 409
-    elif isinstance(error, (ConfigError, AuditError, usage.UsageError, Busy)):  # Busy: retry shortly
+    elif isinstance(
+        error, (ConfigError, UnreadableRegistry, AuditError, usage.UsageError, Busy)
+    ):  # Busy: retry
         status = 503
     else:
         status = 400

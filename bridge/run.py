@@ -486,7 +486,17 @@ class _BoundedHeaders(HttpToolsProtocol):
 class BridgeWorker(UvicornWorker):  # type: ignore[misc]
     """A gunicorn worker: one event loop (uvloop, httptools) and one broker link per process."""
 
-    CONFIG_KWARGS: Final = {"loop": "uvloop", "http": _BoundedHeaders, "lifespan": "on", "access_log": False}
+    CONFIG_KWARGS: Final = {
+        "loop": "uvloop",
+        "http": _BoundedHeaders,
+        "lifespan": "on",
+        "access_log": False,
+        "proxy_headers": False,
+    }
+    """``proxy_headers``: a request's source is its connection's peer. uvicorn would otherwise take
+    it from ``X-Forwarded-For`` on connections from loopback, where a proxy that passes its clients'
+    headers on lets each client name any address: the failed-authentication limit and the audit's
+    "from" would be the client's word."""
     settings: BridgeSettings = BridgeSettings()
     """``[bridge]`` as ``run`` read it (keep_alive, and the limits ``/metrics`` shows)."""
 

@@ -6,8 +6,9 @@ Hierarchy (each class with the module it lives in, when not here)::
     ├── ConfigError            the configuration file is missing, malformed or invalid
     ├── InvalidName            a network or key name breaks the naming rules (also a ValueError)
     ├── KeyStoreError          the key registry refuses a change or cannot be read
-    │   ├── MissingRegistry    there is no keys file (an error for servers, "no keys yet" for
-    │   │                      the commands that make the first key)
+    │   ├── UnreadableRegistry the keys file cannot be read as a registry (broken by hand, say)
+    │   │   └── MissingRegistry    there is no keys file (an error for servers, "no keys yet"
+    │   │                          for the commands that make the first key)
     │   ├── UnknownKey         no key has that name
     │   └── DuplicateKey       a key with that name exists already
     ├── Busy                   a shared file (rate buckets, usage) stayed locked: ask again
@@ -70,7 +71,14 @@ class KeyStoreError(RadioError):
     """The key registry refuses a change or cannot be read."""
 
 
-class MissingRegistry(KeyStoreError):
+class UnreadableRegistry(KeyStoreError):
+    """The keys file cannot be read as a registry: missing, emptied, malformed or mistyped.
+
+    A problem of the file, not of the change asked for, which stands once the file is mended.
+    """
+
+
+class MissingRegistry(UnreadableRegistry):
     """There is no keys file at all: never read as a registry without keys."""
 
 

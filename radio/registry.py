@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -90,6 +90,9 @@ class Registry:
     _expiries: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
     largest_payload: int = field(init=False, compare=False)
     """The largest ``max_payload`` of any network: the bridge reads no body beyond it."""
+    built: datetime = field(init=False, compare=False)
+    """When this snapshot was made: a key expired by then has no rights in it (``access``), and a
+    key that expires later has them until the next snapshot (``lapsed``, ``LiveRegistry``)."""
     serial: int = field(init=False, compare=False)
     """This snapshot's number, never given to another in this process: what a memo of something
     worked out under a snapshot keeps instead of the snapshot, so that it never keeps an old one
@@ -102,7 +105,11 @@ class Registry:
         access: dict[str | None, Access] = {
             None: Access(read=public if self.allow_anonymous else frozenset())
         }
+        built = datetime.now(UTC)
+        object.__setattr__(self, "built", built)
         for name, key in self.keys.items():
+            if key.expired(built):
+                continue  # no rights, not even to read public networks: it is refused at every door
             access[name] = Access(
                 publish=known if key.publish_all else key.publish & known,
                 read=known if key.read_all else (key.subscribe & known) | public,
@@ -163,6 +170,15 @@ class Registry:
         index = bisect.bisect_right(expiries, after)
         return expiries[index] if index < len(expiries) else None
 
+    def lapsed(self, now: datetime | None = None) -> bool:
+        """Whether a key has expired since this snapshot was made: its rights are still in it."""
+        due = self.next_expiry(self.built)
+        return due is not None and due <= (now or datetime.now(UTC))
+
+    def renewed(self) -> Registry:
+        """This snapshot made again now, without the rights of the keys expired since."""
+        return Registry(networks=self.networks, keys=self.keys, allow_anonymous=self.allow_anonymous)
+
     def access(self, key_name: str | None) -> Access:
         """The rights of a key by name, None meaning anonymous; a key that no longer exists has none."""
         return self._access.get(key_name, NO_ACCESS)
@@ -170,6 +186,10 @@ class Registry:
 
 class LiveRegistry:
     """The current registry, reloaded when the configuration or keys file changes.
+
+    It is also made again, from the same files, when a key expires: a snapshot gives a key the
+    rights it had when it was made (``Registry.access``), so the next one takes an expired key's
+    away, and each server applies it as it applies any change (``_lapse``).
 
     ``refresh()`` costs two ``stat`` calls when nothing changed, so servers call it on a short
     timer (the broker) or at most every ``interval`` seconds on the request path (the bridge). A
@@ -234,7 +254,7 @@ class LiveRegistry:
         """Reload if either file changed; True when a new snapshot took effect."""
         signature = self._stat()
         if signature in (self._signature, self._failed_signature):
-            return False
+            return self._lapse()
         # A file in force must stay: its absence would mean "every default" or "no keys". A keys
         # file that never existed since the start still means no keys (a network change applies).
         config_in_force, keys_in_force = (part is not None for part in self._signature)
@@ -253,6 +273,24 @@ class LiveRegistry:
         self.settings, self.current = settings, registry
         self._signature, self._failed_signature = signature, None
         log.info("registry reloaded: %d networks, %d keys", len(registry.networks), len(registry.keys))
+        return True
+
+    def _lapse(self) -> bool:
+        """A new snapshot of the same files once a key in force has expired; True if it took effect.
+
+        Rights are those of the moment a sample is delivered: a session of an expired key must be
+        queued nothing, or the key renewed later (``--expires never``) would receive what was
+        published while it had no right to it. Each server applies the new snapshot as any
+        change (the broker drops what such sessions hold; the runners export again).
+        """
+        current = self.current
+        if not current.lapsed():
+            return False
+        self.current = renewed = current.renewed()
+        gone = sorted(
+            k.name for k in current.keys.values() if k.expired(renewed.built) and not k.expired(current.built)
+        )
+        log.info("keys expired, their rights end: %s", ", ".join(gone))
         return True
 
     def refresh(self) -> bool:

@@ -412,6 +412,26 @@ def test_failed_authentication_is_limited_per_ipv6_64_whichever_of_its_addresses
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_a_requests_source_is_its_connections_peer_never_an_address_it_names(admin, home):
+    """Failed authentication is limited, and a change audited, by the address the connection comes
+    from. ``X-Forwarded-For`` and ``Forwarded`` are the client's own words: a proxy in front of the
+    bridge passes them on unless told to replace them, and a client naming another address in each
+    request would otherwise guess secrets without limit and write any address into the audit."""
+    named = {"X-Forwarded-For": "198.51.100.7", "Forwarded": "for=198.51.100.7"}
+    made = admin.call("POST", "/admin/keys", {"name": "proxied"}, headers={**admin.headers, **named})
+    assert made.status_code == 201, made.text
+    audited = json.loads((home.path / "audit.log").read_text().splitlines()[-1])
+    assert audited["from"] == "127.0.0.1"
+    for n in range(AUTH_BURST):
+        named = {"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=203.0.113.{n}"}
+        guessed = admin.call("GET", "/admin/keys", headers={**bearer("a-guessed-secret"), **named})
+        assert guessed.status_code == 401
+    named = {"X-Forwarded-For": "203.0.113.99", "Forwarded": "for=203.0.113.99"}
+    limited = admin.call("GET", "/admin/keys", headers={**bearer("a-guessed-secret"), **named})
+    assert limited.status_code == 429
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_metrics_name_keys_only_for_an_admin_key_and_healthz_is_public(call, in_process, home):
     assert in_process.client.get("/healthz").status_code == 200
     assert in_process.post(json.dumps(SAMPLE), {"API-KEY": home.secrets["gen"]}).status_code == 200
@@ -504,6 +524,28 @@ def test_a_change_the_audit_log_cannot_take_is_not_made(call, home):
     assert refused.get_json()["error"].startswith("nothing changed: the audit log")
     assert "nothing changed: the audit log" in cli_error(home, "keys", "revoke", "gen")
     assert {"unaudited", "gen"} & set(home.store().keys()) == {"gen"}
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+@pytest.mark.parametrize("broken", ["[keys.gen\n", "", "[keys.gen]\nadmin = 'yes'\n"])
+def test_a_keys_file_broken_by_hand_is_503_naming_it_and_changes_nothing(call, home, broken):
+    """Not valid TOML, emptied, or mistyped: the request was right, the server cannot take it now.
+
+    So the answer is a 503 (a back office tries again once an operator mends the file), never the
+    400 that tells the caller to change its request; the file is left as it is for that operator.
+    """
+    home.keys.write_text(broken)
+    for method, path, body in (
+        ("POST", "/admin/keys", {"name": "newcomer"}),
+        ("PATCH", "/admin/keys/gen", {"publish": []}),
+        ("POST", "/admin/keys/gen/rotate", None),
+        ("DELETE", "/admin/keys/gen", None),
+        ("GET", "/admin/keys", None),
+    ):
+        answer = call(method, path, body)
+        assert answer.status_code == 503, (method, path, answer.get_data(as_text=True))
+        assert answer.get_json()["error"].startswith(f"{home.keys}: "), answer.get_json()
+    assert home.keys.read_text() == broken
 
 
 def test_a_line_still_being_appended_is_not_read_and_a_broken_one_is_one_clear_error(tmp_path):

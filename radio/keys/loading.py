@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from radio import files
-from radio.errors import KeyStoreError, MissingRegistry, reason
+from radio.errors import KeyStoreError, MissingRegistry, UnreadableRegistry, reason
 from radio.keys.model import Key
 from radio.toml_values import shown, table
 
@@ -25,12 +25,12 @@ def parse_keys(text: str, path: Path) -> dict[str, Key]:
         "the key registry is empty (a registry without keys is an empty [keys] table, "
         "as 'radio keys' writes it)"
     )
-    data = table(text, path, KeyStoreError, empty)
+    data = table(text, path, UnreadableRegistry, empty)
     try:
         return _keys_from(data)
     except KeyStoreError as exc:
         msg = f"{path}: {exc}"
-        raise KeyStoreError(msg) from None
+        raise UnreadableRegistry(msg) from None
 
 
 def _keys_from(data: dict[str, Any]) -> dict[str, Key]:
@@ -66,7 +66,7 @@ def load_keys(path: Path) -> dict[str, Key]:
         raise MissingRegistry(msg) from None
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{path}: cannot read the key registry: {reason(exc)}"
-        raise KeyStoreError(msg) from None
+        raise UnreadableRegistry(msg) from None
     return parse_keys(text, path)
 
 
