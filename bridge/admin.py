@@ -138,7 +138,12 @@ def _networks(body: dict[str, Any], field: str) -> list[str] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         _bad(f'{field} must be a list of network names, such as ["city"]')
-    return split_names(value)
+    for item in value:
+        # A list is already split: a comma, a blank or a space in an item is a mistake in the
+        # caller's data, not two names or none; taken apart, it would grant what no one wrote.
+        if split_names([item]) != [item]:
+            _bad(f'{field}: {item[:40]!r} is not one network name (one name per item, such as ["city"])')
+    return list(value)
 
 
 def _flag(body: dict[str, Any], field: str) -> bool | None:

@@ -256,6 +256,12 @@ def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
     ):
         message = error(call("POST", "/admin/keys", {"name": "x", field: value}), 400)
         assert message in keys_error(home, "add", "x", option, value)
+    for items in (["A,B"], ["A "], ["A\n"], [""], ["A", " "]):  # a list is split already: no second reading
+        split = error(call("POST", "/admin/keys", {"name": "x", "publish": items}), 400)
+        assert split.startswith("publish: "), split
+        assert "is not one network name" in split, split
+    stored = home.store().keys()
+    assert "x" not in stored
     network = error(call("POST", "/admin/keys", {"name": "x", "publish": ["nowhere"]}), 400)
     assert network in keys_error(home, "add", "x", "--publish", "nowhere")
     name = error(call("POST", "/admin/keys", {"name": "key-0123456789abcdef"}), 400)
