@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from amqtt.contexts import Action
@@ -180,6 +181,8 @@ class Router:
         self._read_keys: dict[str, object] = {}
         self._read_topics: dict[str, object] = {}
         """The same keys by topic, so that a sample's network is worked out once per topic."""
+        self._read_until: float | None = None
+        """When the snapshot's next key expires (seconds since the epoch): its verdicts hold till then."""
 
     # Sessions.
     def limits_for(self, key_name: str | None) -> SessionLimits:
@@ -484,8 +487,13 @@ class Router:
         if not self.reads_by_network:
             return object()
         snapshot = self.registry()
-        if snapshot is not self._read_snapshot:
+        if snapshot is not self._read_snapshot or (
+            self._read_until is not None and time.time() >= self._read_until
+        ):
+            # A key's expiry takes its rights away as a new snapshot would: verdicts start again.
             self._read_snapshot, self._read_keys, self._read_topics = snapshot, {}, {}
+            due = snapshot.next_expiry(datetime.now(UTC))
+            self._read_until = due.timestamp() if due is not None else None
         key = self._read_topics.get(topic)
         if key is None:
             if len(self._read_topics) >= MEMO_TOPICS:

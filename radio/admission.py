@@ -316,11 +316,11 @@ def _rights_problem(place: Place) -> str | None:
     An expired key may publish nothing: the broker closes its connections within a sweep, but
     what they send (or a will that fires) in between must not pass.
     """
-    if not place.may_publish:
-        return "You cannot broadcast to this channel"
     key = place.key
     if place.expires and key is not None and key.expired():
-        return f"key {key.name!r} has expired"
+        return f"key {key.name!r} has expired"  # said first: an expired key has no rights left to lack
+    if not place.may_publish:
+        return "You cannot broadcast to this channel"
     return None
 
 

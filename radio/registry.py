@@ -88,6 +88,7 @@ class Registry:
     _access: dict[str | None, Access] = field(init=False, repr=False, compare=False)
     _by_digest: dict[str, Key] = field(init=False, repr=False, compare=False)
     _expiries: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
+    _expiring: dict[str, float] = field(init=False, repr=False, compare=False)
     largest_payload: int = field(init=False, compare=False)
     """The largest ``max_payload`` of any network: the bridge reads no body beyond it."""
     serial: int = field(init=False, compare=False)
@@ -114,6 +115,8 @@ class Registry:
         object.__setattr__(self, "largest_payload", largest)
         expiries = sorted(e for k in self.keys.values() if (e := k.terms.expires) is not None)
         object.__setattr__(self, "_expiries", tuple(expiries))
+        expiring = {n: e.timestamp() for n, k in self.keys.items() if (e := k.terms.expires) is not None}
+        object.__setattr__(self, "_expiring", expiring)
         object.__setattr__(self, "serial", next(_SERIALS))
 
     @classmethod
@@ -164,7 +167,17 @@ class Registry:
         return expiries[index] if index < len(expiries) else None
 
     def access(self, key_name: str | None) -> Access:
-        """The rights of a key by name, None meaning anonymous; a key that no longer exists has none."""
+        """The rights of a key by name, None meaning anonymous; a key that no longer exists has none.
+
+        Nor has an expired one, from its expiry on: its offline sessions are queued nothing while
+        it lapses, so a key made valid again (``radio keys edit --expires``) is never sent what
+        was published while it could read nothing, as for a read right taken away and given back.
+        """
+        expiring = self._expiring
+        if expiring and key_name is not None:
+            expires = expiring.get(key_name)
+            if expires is not None and time.time() >= expires:
+                return NO_ACCESS
         return self._access.get(key_name, NO_ACCESS)
 
 

@@ -373,6 +373,37 @@ def test_expiry_closes_live_sessions_within_2s_and_refuses_the_key(home: Home, a
     other.close()
 
 
+def test_a_lapsed_key_made_valid_again_gets_nothing_published_while_it_had_lapsed(home: Home) -> None:
+    # A buyer whose key lapsed and is renewed has paid for nothing in between: its persistent
+    # session is queued nothing while the key could read nothing, as for a read right taken
+    # away and given back. What came before the lapse, and after the renewal, it gets.
+    expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
+    secret = home.radio_main(
+        "keys", "add", "lapsing", "--subscribe", "A", "--expires", expires.isoformat()
+    ).stdout.strip()
+    with embedded_broker(home) as broker:
+        buyer = Client("tcp", broker.mqtt_port, "lapsing", secret, client_id="renewed", clean_session=False)
+        assert buyer.connect() == 0
+        assert buyer.subscribe("networks/A", qos=1) == 1
+        buyer.close()
+        admin = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+        assert admin.connect() == 0
+        admin.publish("networks/A", b'{"paid": "before"}', qos=1)
+        wait = (expires - datetime.now(UTC)).total_seconds()
+        if wait > 0:
+            time.sleep(wait)  # the expiry is an instant on the clock: nothing else to await
+        admin.publish("networks/A", b'{"lapsed": true}', qos=1)
+        admin.close()
+        home.radio_main("keys", "edit", "lapsing", "--expires", "never")  # returns once in force
+        buyer = Client("tcp", broker.mqtt_port, "lapsing", secret, client_id="renewed", clean_session=False)
+        assert buyer.connect() == 0
+        try:
+            assert [m.payload for m in buyer.expect(1)] == [b'{"paid": "before"}']
+            assert_next_is_a_sentinel(broker, home, buyer, "networks/A")
+        finally:
+            buyer.close()
+
+
 def test_http_an_expired_key_is_not_valid(home: Home, broker, bridge) -> None:
     expires = datetime.now(UTC) + timedelta(seconds=3)  # a loaded machine runs `radio` slowly
     home.radio_main("keys", "edit", "gen", "--expires", expires.isoformat())
