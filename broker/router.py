@@ -48,6 +48,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def said(session: Session, topic_filter: str) -> tuple[str, str]:
+    """A session and a filter as a ``radio broker -v`` line of its SUBSCRIBE names them."""
+    return session.describe(), attrs.shown(topic_filter)
+
+
 FILTER_CHARACTERS_MOST: Final = 65_536
 """Characters the filters of one session may have in all (beside ``max_filters``). A persistent
 session's filters are written to the store whole at each SUBSCRIBE: 100 filters of 65 KB made
@@ -819,6 +825,7 @@ class Router:
         right, 0x97 the session's ``max_filters`` (or its filters' characters and levels in all).
         """
         codes = []
+        verbose = log.isEnabledFor(logging.DEBUG)  # `radio broker -v`: each filter's verdict
         for topic_filter, asked in requests:
             qos = asked & 0x03
             shared = split_shared(topic_filter)
@@ -828,9 +835,18 @@ class Router:
                 or not valid_filter(inner)
                 or too_deep(inner)
             ):
+                if verbose:
+                    log.debug(
+                        "refused a subscription of %s to %s: not a valid filter", *said(session, topic_filter)
+                    )
                 codes.append(TOPIC_FILTER_INVALID if v5 else SUBSCRIBE_FAILURE)
                 continue
             if not self.allows(session, inner, Action.SUBSCRIBE):
+                if verbose:
+                    log.debug(
+                        "refused a subscription of %s to %s: its key may not read it",
+                        *said(session, topic_filter),
+                    )
                 codes.append(NOT_AUTHORIZED if v5 else SUBSCRIBE_FAILURE)
                 continue
             new = topic_filter not in session.subscriptions
@@ -838,6 +854,8 @@ class Router:
                 log.warning("refused a subscription of %s: %s", session.describe(), over)
                 codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
+            if verbose:
+                log.debug("granted a subscription of %s to %s at QoS %d", *said(session, topic_filter), qos)
             session.subscriptions[topic_filter] = qos
             self._add_filter(session, topic_filter, qos, new=new)
             session.set_options(topic_filter, (asked, ident) if v5 and (asked & ~0x03 or ident) else None)

@@ -142,10 +142,23 @@ def _listen(args: argparse.Namespace) -> int:
     settings = options.settings(args)
     ca = options.ca_file(args)
     secret = options.read_secret(args.key_file, required=False)
-    preflight.check_read(settings, args.networks, secret)  # what Mosquitto would not say
+
+    def check_rights() -> None:  # what Mosquitto would not say, asked again at every reconnect
+        preflight.check_read(settings, args.networks, secret)
+
+    check_rights()
     url = args.url or _configured(settings.broker.local_ws_url(), settings)
     http = args.http or bridge_url(settings)
-    return listen(args.networks, url, secret, since=args.since, http=http, ca=ca, version=args.mqtt_version)
+    return listen(
+        args.networks,
+        url,
+        secret,
+        since=args.since,
+        http=http,
+        ca=ca,
+        version=args.mqtt_version,
+        check_rights=check_rights,
+    )
 
 
 def _publisher(args: argparse.Namespace) -> tuple[Settings, str]:

@@ -64,6 +64,8 @@ def add_command(commands: argparse._SubParsersAction[Parser], common: Parser) ->
         default=TIMEOUT,
         help=f"seconds to wait for the answer (0.1 to 60, default {TIMEOUT:g})",
     )
+    # A mistyped option in a HEALTHCHECK is a failed check like any other: 1, never the 2 it reserves.
+    health.refused_status = EXIT_UNHEALTHY
     health.set_defaults(handler=_run)
 
 

@@ -146,7 +146,8 @@ def _done(changes: KeyChanges, message: str, secret: str | None = None) -> int:
 
 
 def _keys_add(args: argparse.Namespace) -> int:
-    from radio.key_changes import split_names  # noqa: PLC0415 - see the imports
+    from radio.cli.tables import expiry  # noqa: PLC0415 - see the imports
+    from radio.key_changes import split_names  # noqa: PLC0415
 
     changes = _changes(args)
     secret, key = changes.add(
@@ -156,14 +157,20 @@ def _keys_add(args: argparse.Namespace) -> int:
         admin=args.admin,
         terms=_terms_changes(args),
     )
-    return _done(
-        changes,
+    message = (
         f"Key {args.name!r} created (id {key.id}). "
         "Its secret (above) is shown only this once: store it now.\n"
         f"  MQTT: username {args.name!r}, password = the secret\n"
-        "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')",
-        secret,
+        "  HTTP: header 'API-KEY: <secret>' (or 'Authorization: Bearer <secret>')"
     )
+    if key.expired():
+        # Made as asked, and refused on every door from the start: a secret handed to a buyer
+        # that never works must not look like any other new key's.
+        message += (
+            f"\n  It has already expired ({expiry(key)}): every door refuses it until "
+            f"'radio keys edit {args.name} --expires <a later time>' (or 'never')."
+        )
+    return _done(changes, message, secret)
 
 
 def _keys_list(args: argparse.Namespace) -> int:

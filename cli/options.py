@@ -52,13 +52,16 @@ class Parser(argparse.ArgumentParser):
     command that has no ``--key``.
     """
 
+    refused_status: int = EXIT_REFUSED
+    """The exit status of a refused option: 2, but for a command whose callers reserve 2."""
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
-        """One line naming the command, then exit status 2."""
-        self.exit(EXIT_REFUSED, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        """One line naming the command, then exit status 2 (``refused_status``)."""
+        self.exit(self.refused_status, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class RefuseSecret(argparse.Action):

@@ -42,7 +42,9 @@ def add_broker(commands: argparse._SubParsersAction[Parser], common: Parser) -> 
     options.add_tls_listeners(broker)
     broker.add_argument("--engine", choices=ENGINES, default="embedded", help=ENGINE_HELP)
     broker.add_argument("--nodes", type=options.nodes, help=NODES_HELP)
-    broker.add_argument("-v", "--verbose", action="store_true", help="log every decision in detail")
+    broker.add_argument(
+        "-v", "--verbose", action="store_true", help="also log each subscription granted or refused, and why"
+    )
     broker.set_defaults(handler=_broker)
 
 

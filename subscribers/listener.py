@@ -156,8 +156,13 @@ class Listener:
         http: str | None = None,
         ca: Path | None = None,
         version: MqttVersion = DEFAULT_MQTT_VERSION,
+        check_rights: Callable[[], None] | None = None,
     ) -> None:
         self.networks = [str(n) for n in networks]
+        self._check_rights = check_rights
+        """Asked at every connection before subscribing; a ``RadioError`` it raises ends the listener.
+        What Mosquitto would not say after a reconnect: it grants a SUBSCRIBE the key may no longer
+        read, and delivers nothing to it."""
         self._cursor = mqtt_clients.broker_cursor(parse_urls(url) if isinstance(url, str) else url)
         self.notice = notice
         self.on_bad_sample = on_bad_sample or (lambda bad: notice(str(bad)))
@@ -338,6 +343,13 @@ class Listener:
             client.disconnect()
             return
         self._established = True
+        if self._check_rights is not None:
+            try:
+                self._check_rights()
+            except RadioError as exc:
+                self._fail(Refused(str(exc)))
+                client.disconnect()
+                return
         self._seen_since_subscribe = set()
         client.subscribe([(f, self._qos) for f in self._filters])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from radio.stopping import on_signals
@@ -22,6 +22,7 @@ def listen(
     http: str = "",
     ca: Path | None = None,
     version: MqttVersion = DEFAULT_MQTT_VERSION,
+    check_rights: Callable[[], None] | None = None,
 ) -> int:
     """Print samples until Ctrl-C or SIGTERM (exit 0); a refusal is one line and exit 2.
 
@@ -31,7 +32,17 @@ def listen(
     def notice(text: str) -> None:
         print(f"radio listen: {text}", file=sys.stderr, flush=True)
 
-    listener = Listener(networks, url, secret, notice=notice, since=since, http=http, ca=ca, version=version)
+    listener = Listener(
+        networks,
+        url,
+        secret,
+        notice=notice,
+        since=since,
+        http=http,
+        ca=ca,
+        version=version,
+        check_rights=check_rights,
+    )
     stopping = on_signals()  # Ctrl-C or SIGTERM: the listener stops, and the loop below ends
 
     def stop_when_asked() -> None:

@@ -108,6 +108,16 @@ ITS_VALUE = {"burst": "count", "expires": "expiry"}
 """What the refusal of each option calls its value."""
 
 
+def test_a_key_added_already_ended_says_it_is_refused_from_the_start(home: Home) -> None:
+    # A key made with `--expires now` is one no door accepts: its secret, handed to a buyer, would
+    # fail on first use with nothing at the making of it to say why.
+    gone = home.radio_main("keys", "add", "gone", "--publish", "A", "--expires", "now")
+    assert "already expired (EXPIRED " in gone.stderr
+    assert "radio keys edit gone --expires" in gone.stderr
+    later = home.radio_main("keys", "add", "later", "--publish", "A", "--expires", "2099-01-01T00:00:00Z")
+    assert "expired" not in later.stderr
+
+
 def test_keys_list_shows_limits_and_what_has_expired(home: Home) -> None:
     add_key(home, "sold", "--rate", "5/s", "--burst", "10", "--quota", "10000/day")
     home.add_key("gone", publish=["A"], terms=Terms(expires=datetime(2020, 1, 1, tzinfo=UTC)))

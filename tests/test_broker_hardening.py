@@ -407,6 +407,31 @@ def test_a_key_that_loses_or_gains_its_last_right_to_publish_is_read_the_new_way
         assert bounded("reading")
 
 
+def test_verbose_logging_names_each_subscriptions_verdict(broker, home, caplog):
+    """`radio broker -v` says why a listener gets nothing: each filter of a SUBSCRIBE, granted or
+    refused and why, in one line naming the client; without -v, none of those lines."""
+    reader = Client("tcp", broker.mqtt_port, "reader_b", home.secrets["reader_b"], client_id="verbose-reader")
+    try:
+        assert reader.connect() == 0
+        caplog.set_level(logging.INFO, logger="radio.broker")
+        assert reader.subscribe("networks/A/#") == reader.refused
+        assert not [r for r in caplog.records if "subscription of" in r.getMessage()]
+        caplog.set_level(logging.DEBUG, logger="radio.broker")
+        assert reader.subscribe("networks/A/#") == reader.refused
+        assert reader.subscribe("networks/B/#", qos=1) == 1
+    finally:
+        reader.close()
+    said = [r.getMessage() for r in caplog.records if "subscription of" in r.getMessage()]
+    client = r"client 'verbose-reader' from 127\.0\.0\.1:\d+ \(tcp\)"
+    verdicts = [
+        rf"refused a subscription of {client} to 'networks/A/#': its key may not read it",
+        rf"granted a subscription of {client} to 'networks/B/#' at QoS 1",
+    ]
+    assert len(said) == len(verdicts), said
+    for line, verdict in zip(said, verdicts, strict=True):
+        assert re.fullmatch(verdict, line), line
+
+
 def test_a_packet_in_a_websocket_text_frame_closes_the_connection(broker, home, caplog):
     """MQTT-6.0.0-1: packets travel in binary frames; a text frame (its bytes re-encoded as UTF-8,
     so anything past ASCII mangled) is refused and the connection closed, with one warning line."""

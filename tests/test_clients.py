@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -558,3 +559,29 @@ def test_an_anonymous_listener_to_a_private_network_exits_2_on_every_engine(home
             secret=home.secrets["reader_a"],
         )
         assert "not entitled to read network 'B'" in one_refusal(keyed)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_listener_that_lost_its_network_exits_2_when_it_reconnects_on_every_engine(home, engine):
+    """Mosquitto grants a reconnecting listener's SUBSCRIBE to a network its key may no longer
+    read, and delivers nothing: the listener asks the registry at every connection, not at its
+    start only, so it says so and exits rather than claim to listen."""
+    secret = home.secrets["reader_a"]
+    with running_broker(engine, home) as running:
+        listen = radio(home, "listen", "A", "--url", f"mqtt://127.0.0.1:{running.mqtt_port}", secret=secret)
+        try:
+            assert listen.stderr is not None
+            assert listen.stderr.readline().startswith("radio listen: listening to A on ")
+            home.radio_main("keys", "edit", "reader_a", "--subscribe", "")  # returns once in force
+            # Its connection taken over (same key and client id), the listener connects again.
+            client_id = "radio-listen-" + hashlib.sha256(f"{secret}|{['A']}".encode()).hexdigest()[:16]
+            other = Client(
+                "tcp", running.mqtt_port, "reader_a", secret, client_id=client_id, clean_session=False
+            )
+            assert other.connect() == 0
+            other.close()
+            assert "not entitled to read network 'A'" in one_refusal(listen)
+        finally:
+            if listen.poll() is None:  # a listener that listens on: stopped, not left behind
+                listen.kill()
+                listen.communicate()

@@ -102,6 +102,17 @@ def test_a_configuration_it_cannot_read_is_unhealthy_not_exit_2(home):
     assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "arguments", [("--timeout", "0"), ("--http", "nonsense"), ("--timout", "3"), ("extra",)]
+)
+def test_an_option_it_refuses_is_unhealthy_not_exit_2(home, arguments):
+    # A HEALTHCHECK with a mistyped option fails every check: 1, the status it reads as unhealthy.
+    done = health(home, *arguments)
+    assert done.returncode == UNHEALTHY
+    assert done.stderr.startswith("radio health: ")
+    assert done.stderr.count("\n") == 1
+
+
 @pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_under_tls_the_check_speaks_https_verified_against_the_configured_certificate(home, broker, tmp_path):
     # A certificate for a public name only, as an ACME client gives: the check reaches it on

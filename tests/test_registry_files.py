@@ -130,6 +130,20 @@ def test_keys_list_in_an_empty_folder_says_so_and_writes_nothing(tmp_path):
     assert (json_list.returncode, json_list.stdout) == (0, "")
 
 
+def test_a_registry_in_a_folder_that_does_not_exist_is_refused_and_nothing_is_made(tmp_path):
+    """A mistyped --keys would otherwise make a folder and a registry no server reads, and the key
+    made there would work nowhere."""
+    mistyped = tmp_path / "radoi" / "keys.toml"
+    result = radio_in(tmp_path, "--keys", str(mistyped), "keys", "add", "first")
+    assert result.returncode == 2
+    assert result.stdout == ""  # no secret for a key that was not made
+    assert result.stderr == (
+        f"radio: {mistyped}: its folder {mistyped.parent} does not exist (--keys or RADIO_KEYS "
+        "mistyped?); make the folder first to keep the keys there\n"
+    )
+    assert not mistyped.parent.exists()
+
+
 def test_broker_then_bridge_start_in_an_empty_folder(tmp_path):
     """`radio broker` starts without keys and writes nothing; `radio bridge` makes the file with its key.
 

@@ -183,8 +183,17 @@ def _not_a_service_key(key: Key, done: str) -> None:
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    """The writers' lock: a file beside the registry, held for one read-change-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The writers' lock: a file beside the registry, held for one read-change-write.
+
+    The registry's folder must exist: a missing one is a mistyped ``--keys`` or ``RADIO_KEYS``,
+    and making it would make a registry no server reads, with keys that work nowhere.
+    """
+    if not path.parent.is_dir():
+        msg = (
+            f"{path}: its folder {path.parent} does not exist (--keys or RADIO_KEYS mistyped?); "
+            "make the folder first to keep the keys there"
+        )
+        raise KeyStoreError(msg)
     lock_path = path.with_name(path.name + ".lock")
     fd = open_private(lock_path, os.O_WRONLY | os.O_APPEND)
     try:
