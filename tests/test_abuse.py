@@ -805,3 +805,44 @@ def test_one_key_holds_at_most_max_sessions_per_key_persistent_sessions(home):
         assert code == 0
         assert persistent("b0", "reader_b", home.secrets["reader_b"]) == (0, False)  # another key's
         assert metric(broker, "radio_broker_refused_connects_total", '{reason="sessions_per_key"}') == 1
+
+
+def test_the_persistent_sessions_of_one_key_queue_at_most_max_queued_bytes_per_key_in_all(home):
+    """A read-only key's sessions left on a busy network cannot each copy every sample to disk.
+
+    Twenty sessions under one key, 100 samples of about 1 KB: 2 MB queued without the bound, and
+    as much in the store. With 256 KiB for the key, its sessions hold that plus a sample each,
+    while another key's session, on the same network, keeps every sample.
+    """
+    home.add_key("reader_c", subscribe=["A"])
+    with platform(home, "max_queued_bytes_per_key = 262144") as broker:
+        port, secret = broker.mqtt_port, home.secrets["reader_a"]
+        sessions = [("reader_a", secret, f"fleet-{n}") for n in range(20)]
+        for user, key, client_id in [*sessions, ("reader_c", home.secrets["reader_c"], "other")]:
+            sock, code, _ = connack(port, client_id, user, key, clean=False)
+            with sock:
+                assert code == 0
+                sock.sendall(subscribe("networks/A/#", qos=1))
+                assert read_packet(sock)[0] == 0x90
+                sock.sendall(DISCONNECT)
+        publisher = Client("tcp", port, "gen", home.secrets["gen"])
+        try:
+            assert publisher.connect() == 0
+            for n in range(100):
+                publisher.publish("networks/A/x", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 1000), qos=1)
+        finally:
+            publisher.close()
+        router = broker.broker.radio.router
+
+        def queued(user: str) -> tuple[int, int]:
+            mine = [s for s in router.sessions.values() if s.key_name == user]
+            return sum(s.queued_bytes for s in mine), sum(s.queued for s in mine)
+
+        held, _ = on_loop(broker, lambda: queued("reader_a"))
+        assert 256 * 1024 - 2048 < held <= 256 * 1024 + 20 * 1100
+        key_id = on_loop(
+            broker, lambda: next(s.key_id for s in router.sessions.values() if s.key_name == "reader_a")
+        )
+        assert on_loop(broker, lambda: router.keyed.queued_bytes(key_id)) == held  # the account is exact
+        assert on_loop(broker, lambda: queued("reader_c"))[1] == 100
+        assert metric(broker, "radio_broker_dropped_total", '{reason="queue_full"}') > 0
