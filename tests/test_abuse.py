@@ -80,13 +80,15 @@ def metric(broker: BrokerThread, name: str, labels: str = "") -> float:
     return scrape(broker.broker.metrics_port, name, labels)
 
 
-def publish_padded(port: int, secret: str, count: int) -> None:
-    """``count`` samples of about 1 KB to networks/pub/x, QoS 1, each acknowledged."""
-    publisher = Client("tcp", port, "admin", secret)
+def publish_padded(
+    port: int, secret: str, count: int, user: str = "admin", topic: str = "networks/pub/x"
+) -> None:
+    """``count`` samples of about 1 KB to ``topic``, QoS 1, each acknowledged."""
+    publisher = Client("tcp", port, user, secret)
     try:
         assert publisher.connect() == 0
         for n in range(count):
-            publisher.publish("networks/pub/x", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 1000), qos=1)
+            publisher.publish(topic, b'{"n": %d, "pad": "%s"}' % (n, b"x" * 1000), qos=1)
     finally:
         publisher.close()
 
@@ -807,6 +809,19 @@ def test_one_key_holds_at_most_max_sessions_per_key_persistent_sessions(home):
         assert metric(broker, "radio_broker_refused_connects_total", '{reason="sessions_per_key"}') == 1
 
 
+def leave_sessions_on_a(port: int, sessions: list[tuple[str, str, str]], home, samples: int) -> None:
+    """Open these persistent sessions (user, secret, client id) on networks/A/# at QoS 1, leave,
+    then publish ``samples`` of about 1 KB there, each acknowledged."""
+    for user, key, client_id in sessions:
+        sock, code, _ = connack(port, client_id, user, key, clean=False)
+        with sock:
+            assert code == 0
+            sock.sendall(subscribe("networks/A/#", qos=1))
+            assert read_packet(sock)[0] == 0x90
+            sock.sendall(DISCONNECT)
+    publish_padded(port, home.secrets["gen"], samples, "gen", "networks/A/x")
+
+
 def test_the_persistent_sessions_of_one_key_queue_at_most_max_queued_bytes_per_key_in_all(home):
     """A read-only key's sessions left on a busy network cannot each copy every sample to disk.
 
@@ -818,20 +833,7 @@ def test_the_persistent_sessions_of_one_key_queue_at_most_max_queued_bytes_per_k
     with platform(home, "max_queued_bytes_per_key = 262144") as broker:
         port, secret = broker.mqtt_port, home.secrets["reader_a"]
         sessions = [("reader_a", secret, f"fleet-{n}") for n in range(20)]
-        for user, key, client_id in [*sessions, ("reader_c", home.secrets["reader_c"], "other")]:
-            sock, code, _ = connack(port, client_id, user, key, clean=False)
-            with sock:
-                assert code == 0
-                sock.sendall(subscribe("networks/A/#", qos=1))
-                assert read_packet(sock)[0] == 0x90
-                sock.sendall(DISCONNECT)
-        publisher = Client("tcp", port, "gen", home.secrets["gen"])
-        try:
-            assert publisher.connect() == 0
-            for n in range(100):
-                publisher.publish("networks/A/x", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 1000), qos=1)
-        finally:
-            publisher.close()
+        leave_sessions_on_a(port, [*sessions, ("reader_c", home.secrets["reader_c"], "other")], home, 100)
         router = broker.broker.radio.router
 
         def queued(user: str) -> tuple[int, int]:
@@ -846,3 +848,22 @@ def test_the_persistent_sessions_of_one_key_queue_at_most_max_queued_bytes_per_k
         assert on_loop(broker, lambda: router.keyed.queued_bytes(key_id)) == held  # the account is exact
         assert on_loop(broker, lambda: queued("reader_c"))[1] == 100
         assert metric(broker, "radio_broker_dropped_total", '{reason="queue_full"}') > 0
+
+
+def test_a_sample_queued_for_many_sessions_is_held_once_after_a_restart(home):
+    """The store keeps a copy per session; restored, the sessions share one, as they did before.
+
+    Otherwise a broker whose sessions held 60 MB of one key's samples in memory came back with
+    that times the number of sessions.
+    """
+    with platform(home) as broker:
+        port, secret = broker.mqtt_port, home.secrets["reader_a"]
+        leave_sessions_on_a(port, [("reader_a", secret, f"fleet-{n}") for n in range(20)], home, 10)
+    with embedded_broker(home) as broker:
+        router = broker.broker.radio.router
+
+        def copies() -> tuple[int, int]:
+            queued = [d.message for s in router.sessions.values() for d in s.queue or ()]
+            return len(queued), len({id(m.payload) for m in queued})
+
+        assert on_loop(broker, copies) == (200, 10)
