@@ -91,6 +91,10 @@ class Counts:
         """How many ``who`` has now."""
         return self._held.get(who, 0)
 
+    def holding(self, who: str) -> int:
+        """How many the holder a ``Slot`` names has now: ``who`` itself (a source's: its address's)."""
+        return self.held(who)
+
     def __len__(self) -> int:
         return sum(self._held.values())
 
@@ -108,6 +112,10 @@ class Connecting(Counts):
         """A socket from ``address`` completed its CONNECT, or closed before it did."""
         self.give_back(source_of(address))
 
+    def holding(self, address: str) -> int:
+        """How many its source has now (``Slot.share``)."""
+        return self.held(source_of(address))
+
 
 class Slot:
     """One place in a count of connections (an address's anonymous ones, a key's), held until it ends."""
@@ -121,6 +129,10 @@ class Slot:
     def release(self) -> None:
         """The connection ended: its place is free."""
         self._counts.done(self._who)
+
+    def share(self, room: int, most: int) -> int:
+        """Its part of ``room``, shared by every connection its holder has now; at most ``most``."""
+        return min(most, room // max(1, self._counts.holding(self._who)))
 
 
 class AnonymousConnections(Connecting):

@@ -409,6 +409,48 @@ def test_an_anonymous_client_that_reads_nothing_is_read_no_further_than_its_room
             assert read_packet(other)[0] == 0x20
 
 
+def test_the_clients_of_one_address_that_read_nothing_share_one_room(home):
+    """A client is given ``send_buffer`` of room for what waits unread; a source's clients past 32
+    share 32 times that between them, so an address's anonymous clients that never read cannot
+    each hold their own (1,000 of them held 1.7 GB of the broker's memory). No room is granted for
+    bursts here (``send_buffer_total``), which a client that reads nothing gives back in 10 s."""
+    with platform(home, "send_buffer = 65536", "send_buffer_total = 0") as broker:
+        deaf = []
+        for n in range(128):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.bind((ATTACKER, 0))
+            sock.connect(("127.0.0.1", broker.mqtt_port))
+            deaf.append(sock)
+            sock.sendall(connect(f"deaf-{n}"))
+            assert read_packet(sock)[0] == 0x20
+            sock.sendall(subscribe("networks/pub/#"))
+            assert read_packet(sock)[0] == 0x90  # and from now on it reads nothing
+        router = broker.broker.radio
+
+        def anonymous() -> list:
+            return [c for c in router.connections if c.session and c.session.key_name is None]
+
+        def small_kernel_buffers() -> None:  # what the kernel takes before the broker holds the rest
+            for c in anonymous():
+                c.link.transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+                )
+
+        on_loop(broker, small_kernel_buffers)
+        try:
+            secret = home.secrets["reader_b"]
+            with listening(broker.mqtt_port, "reader_b", secret, "networks/pub/#", qos=1) as reader:
+                publish_padded(broker.mqtt_port, home.secrets["admin"], 300)  # 300 KB for each client
+                assert len(reader.expect(300)) == 300  # a client that reads loses nothing
+            waiting = on_loop(broker, lambda: sum(c.waiting for c in anonymous()))
+            # 32 rooms of 64 KiB and a sample each: 8 MB before, 64 KiB for each client.
+            assert waiting < 32 * 65536 + 128 * 1100, waiting
+        finally:
+            for sock in deaf:
+                sock.close()
+
+
 # Sockets that never send their CONNECT.
 def test_sockets_that_never_connect_do_not_lock_out_another_address(home):
     with (
