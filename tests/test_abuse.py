@@ -39,7 +39,7 @@ from raw_mqtt import (
 from test_broker_limits import metric as scrape
 from test_tls import make_certs, use_tls
 
-from radio import wire
+from radio import memory, wire
 from radio.broker.store import SCHEMA
 from radio.broker.thread import BrokerThread
 from radio.config import Address
@@ -449,6 +449,49 @@ def test_the_clients_of_one_address_that_read_nothing_share_one_room(home):
         finally:
             for sock in deaf:
                 sock.close()
+
+
+def resident() -> int:
+    """Bytes of this process's memory in RAM now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError
+
+
+@pytest.mark.slow  # 10 s, and some 700 MB held for a while
+@pytest.mark.skipif(not memory.give_back(), reason="a C library without malloc_trim")
+def test_what_was_held_for_clients_that_are_gone_goes_back_to_the_system(home):
+    """400 clients that read nothing hold hundreds of MB of unread samples; once they are gone, the
+    broker's process gives that memory back within ``memory.EVERY`` seconds. It kept it before,
+    for as long as it ran, whatever it held since (730 MB resident for 74 MB before them)."""
+    with platform(home) as broker:
+        deaf = []
+        for n in range(400):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", broker.mqtt_port))
+            deaf.append(sock)
+            sock.sendall(connect(f"deaf-{n}"))
+            assert read_packet(sock)[0] == 0x20
+            sock.sendall(subscribe("networks/pub/#"))
+            assert read_packet(sock)[0] == 0x90
+        memory.give_back()
+        before = resident()
+        publisher = Client("tcp", broker.mqtt_port, "admin", home.secrets["admin"])
+        try:
+            assert publisher.connect() == 0
+            for n in range(300):
+                publisher.publish("networks/pub/x", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 60_000))
+        finally:
+            publisher.close()
+        router = broker.broker.radio
+        held = on_loop(broker, lambda: sum(c.waiting for c in router.connections))
+        assert held > 100_000_000
+        for sock in deaf:
+            sock.close()
+        assert until(lambda: on_loop(broker, lambda: len(router.connections)) == 0)
+        assert until(lambda: resident() < before + held / 4, within=memory.EVERY + 5), (before, resident())
 
 
 # Sockets that never send their CONNECT.
