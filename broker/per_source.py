@@ -21,8 +21,8 @@ Three things cost the broker without a key behind them, and one address could mu
   in memory and in the store while its client is away, so one cheap read-only key opening
   sessions under new client ids could fill the disk. Past ``max_sessions_per_key`` a CONNECT
   that would open one more is refused (CONNACK 3); resuming one is not. What they queue is
-  bounded in all too (``max_queued_bytes_per_key``): each session copies every sample into the
-  store, so a thousand of them left on a busy network would write a thousand copies.
+  bounded in all too (``max_queued_bytes_per_key``): a thousand of them left on a busy network
+  would each queue its own 16 MiB.
 - connections of one key: a key is sold to one buyer, and each of its connections holds a slot
   of its listener's ``max_connections``; one key opening thousands (a clean session each, from
   one address or many) would leave none for the other buyers. Past ``max_connections_per_key``

@@ -54,8 +54,8 @@ class KeyAccount:
     """What the persistent sessions of one key have queued in all, and the most they may.
 
     Each session is held to ``max_queued_bytes``, but a key may hold ``max_sessions_per_key`` of
-    them, each copying every sample into the store: a read-only key's thousand sessions, left
-    subscribed to a busy network, would queue 16 GiB on disk. Past ``limit`` (0: none) each of
+    them: a read-only key's thousand sessions, left subscribed to a busy network, would queue
+    16 GiB, a row for each sample and session in the store. Past ``limit`` (0: none) each of
     them drops its own oldest samples as the next one comes, so the key holds at most ``limit``
     plus one sample per session.
     """

@@ -935,6 +935,35 @@ def test_the_persistent_sessions_of_one_key_queue_at_most_max_queued_bytes_per_k
         assert metric(broker, "radio_broker_dropped_total", '{reason="queue_full"}') > 0
 
 
+def test_a_sample_queued_for_many_sessions_is_written_to_the_store_once(home):
+    """Each session's queue is a row per sample; the payload is written once, whatever their number.
+
+    A key's sessions multiplied every sample of their network in the store: 100 of them made each
+    60 KB sample 6 MB to write, and the broker took 6.7 s to acknowledge 400 such samples (0.8 s
+    without them), so the bridge answered other keys 503.
+    """
+    with platform(home) as broker:
+        fleet = [("reader_a", home.secrets["reader_a"], f"fleet-{n}") for n in range(40)]
+        leave_sessions_on_a(broker.mqtt_port, fleet, home, 100)
+    with contextlib.closing(sqlite3.connect(home.path / "broker.db")) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        written = sum(
+            db.execute(f"SELECT coalesce(sum(length(data)), 0) FROM {table}").fetchone()[0]  # noqa: S608
+            for table in ("queued", "payloads")
+            if table in tables
+        )
+    assert written < 2 * 100 * 1024  # 100 samples of 1 KB: 4 MB when each of 4,000 rows held its own
+    with embedded_broker(home) as broker:  # and every session has every sample after a restart
+        router = broker.broker.radio.router
+
+        def queued() -> list[int]:
+            return sorted(len(s.queue or ()) for s in router.sessions.values())
+
+        assert on_loop(broker, queued) == [100] * 40
+        payload = on_loop(broker, lambda: next(iter(router.sessions.values())).queue[0].message.payload)
+        assert payload.startswith(b'{"n": 0, "pad": "xxx')
+
+
 def test_a_sample_queued_for_many_sessions_is_held_once_after_a_restart(home):
     """The store keeps a copy per session; restored, the sessions share one, as they did before.
 
