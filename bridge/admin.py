@@ -119,7 +119,7 @@ def _body(known: Iterable[str]) -> dict[str, Any]:
         body = json.loads(request.get_data(), parse_constant=_reject_constant)
     except RecursionError:
         _bad("the body is nested too deep")
-    except (json.JSONDecodeError, _Constant):
+    except (json.JSONDecodeError, UnicodeDecodeError, _Constant):  # JSON text is UTF-8 (RFC 8259)
         _bad("the body must be a JSON object: it is not JSON")
     except ValueError:  # JSON, but an integer past the 4,300 digits Python reads
         _bad("the body must be a JSON object: an integer in it is too long")

@@ -34,11 +34,13 @@ import io
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from radio.errors import RadioError
+from radio.sources import source_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -110,6 +112,11 @@ class BufferedWSGI:
         no thread: at most that many are built at once (so much memory, so much of the GIL), and
         every other route keeps the main pool."""
         self._bulky_pool = ThreadPoolExecutor(bulky_threads, thread_name_prefix="radio-bridge-bulky")
+        self.bulky_per_source = bulky_threads
+        """Bulky requests one source (an address, an IPv6 /64) may have in hand at once, being built
+        or waiting for a thread; more are answered 429 at once. 400 history requests from one
+        address made every other reader wait 15 s behind them, for as long as it kept asking."""
+        self._bulky_held: Counter[str] = Counter()
         self.inline = frozenset(inline)
         """Paths whose requests run on the event loop, not in the pool: their views never wait."""
         self.inline_body = inline_body
@@ -210,9 +217,28 @@ class BufferedWSGI:
                 return answer
             environ.clear()
             environ.update(_environ(scope, body, length))  # afresh: the first run read the body
-        bulky = self.bulky is not None and self.bulky(scope["path"])
-        pool = self._bulky_pool if bulky else self._pool
-        return await asyncio.get_running_loop().run_in_executor(pool, self._call, environ)
+        if self.bulky is not None and self.bulky(scope["path"]):
+            return await self._run_bulky(scope, environ)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, environ)
+
+    async def _run_bulky(self, scope: Scope, environ: dict[str, Any]) -> Answer:
+        """A bulky request in its pool, unless its source has ``bulky_per_source`` in hand already."""
+        source = source_of(str((scope.get("client") or ("",))[0]))
+        held = self._bulky_held
+        if held[source] >= self.bulky_per_source:
+            status, headers, payload = _json_answer(
+                429,
+                f"{self.bulky_per_source} history requests from this address are being answered: "
+                "retry when one is",
+            )
+            return status, [*headers, (b"retry-after", b"1")], payload
+        held[source] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._bulky_pool, self._call, environ)
+        finally:
+            held[source] -= 1
+            if not held[source]:
+                del held[source]
 
     async def _body(self, receive: Receive, limit: int) -> bytes:
         """The body, within ``body_timeout`` (else TimeoutError), unless the server stops first."""

@@ -488,7 +488,13 @@ class Connection:
     def congested(self) -> bool:
         """Whether the client reads too slowly for more samples now (past its room, which may grow)."""
         waiting = self._out_size + self.waiting_bytes()
-        return waiting > self._room and not self._grow(waiting)
+        if not waiting:
+            return False
+        room, buffers = self._room, self.buffers
+        if waiting > buffers.least and self.slot is not None:
+            # One source's clients share their base room; what was granted for a burst is their own.
+            room += max(buffers.least, self.slot.share(buffers.source, buffers.base)) - buffers.base
+        return waiting > room and not self._grow(waiting)
 
     def _grow(self, waiting: int) -> bool:
         """Whether the room grew to hold ``waiting``, for a client that keeps up (``SendBuffers``).

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from amqtt.contexts import Action
 
+from radio import memory
 from radio.broker import access, listeners, plugins
 from radio.broker.attributes import PluginSession
 from radio.broker.connection import Connection, Link
@@ -97,6 +98,7 @@ class RadioBroker:
         self._over_limit_logged = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         self._tallies: asyncio.Task[None] | None = None
         self.meter: Meter | None = None
         self.buckets: SharedBuckets | None = None
@@ -169,6 +171,7 @@ class RadioBroker:
         self._sweeper = asyncio.create_task(self._sweep(), name="radio-session-expiry")
         self._expiry = asyncio.create_task(self._expire_keys(), name="radio-key-expiry")
         self._tallies = asyncio.create_task(self._meter_deliveries(), name="radio-delivery-tallies")
+        self._trimmer = asyncio.create_task(self._give_memory_back(), name="radio-memory")
 
     def _rate_buckets(self) -> SharedBuckets | None:
         """The platform's rate buckets, which the bridge's workers share; None (logged) if unreadable.
@@ -184,7 +187,7 @@ class RadioBroker:
 
     async def stop(self) -> None:
         """Close the listeners and every connection (persistent sessions stay in the store)."""
-        for task in (self._sweeper, self._expiry, self._tallies):
+        for task in (self._sweeper, self._expiry, self._tallies, self._trimmer):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -302,6 +305,13 @@ class RadioBroker:
             self.router.expire()
             if self.store is not None:
                 self.store.compact()  # what expired sessions and delivered samples held goes back
+
+    @staticmethod
+    async def _give_memory_back() -> None:
+        """What was held for clients that are gone (bytes they never read, queues) goes back to the system."""
+        while True:
+            await asyncio.sleep(memory.EVERY)
+            await asyncio.to_thread(memory.give_back)
 
     def collect_deliveries(self) -> None:
         """Hand what listening keys received since the last call to the meter."""

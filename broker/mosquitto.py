@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import math
 import re
 import shutil
 import signal
@@ -137,6 +138,8 @@ def render_conf(
         "max_packet_size": str(limit),
         "max_connections": str(broker.max_connections or -1),
         "max_queued_messages": str(max(broker.max_queued, broker.recorder_max_queued)),
+        "max_queued_bytes": str(max(broker.max_queued_bytes, broker.recorder_max_queued_bytes)),
+        "persistent_client_expiration": f"{max(1, math.ceil(broker.session_expiry / 3600))}h",
         "persistence_location": f"{folder}/",
         "user": getpass.getuser(),
     }

@@ -15,7 +15,7 @@ waits to be written for one client is held to a room that grows while the client
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
 
 class Flushable(Protocol):
@@ -65,6 +65,13 @@ class Flusher:
             connection.flush()
 
 
+SOURCE_SHARES: Final = 32
+"""Clients of one source (an address's anonymous ones, a key's) that each get the whole ``base``
+room; more share ``base`` times this between them. A thousand anonymous clients of one address
+that read nothing held a mebibyte each (1.7 GB of the broker's memory for 1,000). What a client
+that keeps up is granted for a burst (within ``total``) is its own, on top of its part."""
+
+
 class SendBuffers:
     """Room for bytes waiting to be written to clients: ``base`` each, more for one that keeps up.
 
@@ -80,10 +87,17 @@ class SendBuffers:
     nothing is left waiting for it (it caught up), or when it goes.
     """
 
-    __slots__ = ("base", "granted", "most", "refused_most", "refused_total", "total")
+    __slots__ = ("base", "granted", "least", "most", "refused_most", "refused_total", "source", "total")
 
     def __init__(self, base: int, most: int, total: int) -> None:
         self.base = base
+        self.source = base * SOURCE_SHARES
+        """The base room of all the clients of one source together (an address's anonymous
+        clients, a key's): past ``SOURCE_SHARES`` clients, each is held to its part of it."""
+        self.least = self.source >> 10
+        """The room no client is held below (32 KiB by default): a client with less waiting is
+        not congested, and its source's count is not looked up, on the path of every delivery.
+        A source of up to 1,024 clients is held to ``source``; one of 10,000 to ten times it."""
         self.most = max(most, base)
         self.total = total
         self.granted = 0

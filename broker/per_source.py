@@ -20,7 +20,9 @@ Three things cost the broker without a key behind them, and one address could mu
 - persistent sessions of one key: a key's client ids are its own, but each session keeps a queue
   in memory and in the store while its client is away, so one cheap read-only key opening
   sessions under new client ids could fill the disk. Past ``max_sessions_per_key`` a CONNECT
-  that would open one more is refused (CONNACK 3); resuming one is not.
+  that would open one more is refused (CONNACK 3); resuming one is not. What they queue is
+  bounded in all too (``max_queued_bytes_per_key``): a thousand of them left on a busy network
+  would each queue its own 16 MiB.
 - connections of one key: a key is sold to one buyer, and each of its connections holds a slot
   of its listener's ``max_connections``; one key opening thousands (a clean session each, from
   one address or many) would leave none for the other buyers. Past ``max_connections_per_key``
@@ -37,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from radio.broker.sessions import KeyAccount
 from radio.sources import source_of
 
 if TYPE_CHECKING:
@@ -88,6 +91,10 @@ class Counts:
         """How many ``who`` has now."""
         return self._held.get(who, 0)
 
+    def holding(self, who: str) -> int:
+        """How many the holder a ``Slot`` names has now: ``who`` itself (a source's: its address's)."""
+        return self.held(who)
+
     def __len__(self) -> int:
         return sum(self._held.values())
 
@@ -105,6 +112,10 @@ class Connecting(Counts):
         """A socket from ``address`` completed its CONNECT, or closed before it did."""
         self.give_back(source_of(address))
 
+    def holding(self, address: str) -> int:
+        """How many its source has now (``Slot.share``)."""
+        return self.held(source_of(address))
+
 
 class Slot:
     """One place in a count of connections (an address's anonymous ones, a key's), held until it ends."""
@@ -119,6 +130,10 @@ class Slot:
         """The connection ended: its place is free."""
         self._counts.done(self._who)
 
+    def share(self, room: int, most: int) -> int:
+        """Its part of ``room``, shared by every connection its holder has now; at most ``most``."""
+        return min(most, room // max(1, self._counts.holding(self._who)))
+
 
 class AnonymousConnections(Connecting):
     """Anonymous clients connected now, counted per source address (``open`` refuses past the limit)."""
@@ -129,28 +144,51 @@ class AnonymousConnections(Connecting):
 class KeySessions:
     """The persistent sessions of each key, by key id."""
 
-    __slots__ = ("_by_key", "limit", "refused")
+    __slots__ = ("_accounts", "_by_key", "limit", "queued_bytes_limit", "refused")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, queued_bytes_limit: int = 0) -> None:
         self.limit = limit
         """Sessions one key may hold; 0: no limit."""
+        self.queued_bytes_limit = queued_bytes_limit
+        """Bytes the sessions of one key may queue in all; 0: no limit (``sessions.KeyAccount``)."""
         self._by_key: dict[str, set[Session]] = {}
+        self._accounts: dict[str, KeyAccount] = {}
         self.refused = 0
 
     def track(self, session: Session) -> None:
-        """The session is held by the broker now (opened, resumed or restored)."""
+        """The session is held by the broker now (opened, resumed or restored).
+
+        It queues on its key's account from now on; the history recorder's session (whose limits
+        report what it missed) has its own, far larger bound, and no account.
+        """
         key_id = session.key_id
         if key_id is not None and session.key_name is not None and session.persistent:
             self._by_key.setdefault(key_id, set()).add(session)
+            if session.account is None and not session.limits.report_missed:
+                account = self._accounts.get(key_id)
+                if account is None:
+                    account = self._accounts[key_id] = KeyAccount(self.queued_bytes_limit)
+                account.queued_bytes += session.queued_bytes
+                session.account = account
 
     def untrack(self, session: Session) -> None:
         """The session is gone."""
         key_id = session.key_id
         sessions = self._by_key.get(key_id) if key_id is not None else None
+        account = session.account
+        if account is not None:
+            account.queued_bytes -= session.queued_bytes
+            session.account = None
         if sessions is not None:
             sessions.discard(session)
             if not sessions:
                 del self._by_key[key_id]  # type: ignore[arg-type]
+                self._accounts.pop(key_id, None)  # type: ignore[arg-type]
+
+    def queued_bytes(self, key_id: str) -> int:
+        """Bytes the persistent sessions of a key have queued in all."""
+        account = self._accounts.get(key_id)
+        return account.queued_bytes if account is not None else 0
 
     def refusal(self, key_id: str | None, name: str) -> str | None:
         """Why a new persistent session of this key is refused (counted), or None."""

@@ -115,6 +115,9 @@ class Limits:
     """What anonymous persistent sessions may hold, in all and per source address."""
     max_sessions_per_key: int = 1_000
     """Persistent sessions one key may hold; past it a CONNECT that opens one more gets CONNACK 3."""
+    max_queued_bytes_per_key: int = 256 << 20
+    """Bytes the persistent sessions of one key may queue in all (0: no limit); past it each drops
+    its oldest samples as new ones come."""
     max_connections_per_key: int = 1_000
     """Clients connected at once with one key; past it a CONNECT gets CONNACK 3 (0: no limit)."""
 
@@ -170,7 +173,7 @@ class Router:
         self.sessions: dict[tuple[str | None, str], Session] = {}
         """By (key id, client id): see ``Session.ident``."""
         self.anonymous = AnonymousSessions(limits.anonymous_caps)
-        self.keyed = KeySessions(limits.max_sessions_per_key)
+        self.keyed = KeySessions(limits.max_sessions_per_key, limits.max_queued_bytes_per_key)
         self.key_connections = KeyConnections(limits.max_connections_per_key)
         self.anonymous_connections = AnonymousConnections(limits.anonymous_caps.max_connections_per_address)
         """Anonymous clients connected now, per source address (broker/per_source.py)."""

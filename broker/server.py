@@ -67,6 +67,7 @@ def limits_from(settings: BrokerSettings) -> Limits:
             settings.anonymous_max_connections_per_address,
         ),
         max_sessions_per_key=settings.max_sessions_per_key,
+        max_queued_bytes_per_key=settings.max_queued_bytes_per_key,
         max_connections_per_key=settings.max_connections_per_key,
     )
 

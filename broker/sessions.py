@@ -59,6 +59,27 @@ class SessionLimits:
     session: it leaves that many numbers out, so the history shows the hole)."""
 
 
+class KeyAccount:
+    """What the persistent sessions of one key have queued in all, and the most they may.
+
+    Each session is held to ``max_queued_bytes``, but a key may hold ``max_sessions_per_key`` of
+    them: a read-only key's thousand sessions, left subscribed to a busy network, would queue
+    16 GiB, a row for each sample and session in the store. Past ``limit`` (0: none) each of
+    them drops its own oldest samples as the next one comes, so the key holds at most ``limit``
+    plus one sample per session.
+    """
+
+    __slots__ = ("limit", "queued_bytes")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued_bytes = 0
+
+    def over(self) -> bool:
+        """Whether the key's sessions queue more than they may."""
+        return bool(self.limit) and self.queued_bytes > self.limit
+
+
 class Delivery:
     """A QoS 1 or 2 sample on its way to a session: queued, or sent and not yet acknowledged.
 
@@ -134,6 +155,7 @@ class Session:
     """
 
     __slots__ = (
+        "account",
         "attributes",
         "clean_session",
         "client_id",
@@ -186,6 +208,8 @@ class Session:
         """Deliveries waiting to be sent; None while none waits (most never do, and an empty deque
         weighs 760 bytes: a broker holds tens of thousands of idle listeners)."""
         self.queued_bytes = 0
+        self.account: KeyAccount | None = None
+        """Its key's, while it is a persistent session the broker holds (``per_source.KeySessions``)."""
         self.inflight: dict[int, Delivery] = {}
         self.incoming_qos2: set[int] | None = None
         """Ids of the client's QoS 2 samples awaiting their PUBREL; None while there is none."""
@@ -318,6 +342,8 @@ class Session:
             self.queue = deque()
         self.queue.append(delivery)
         self.queued_bytes += delivery.message.size
+        if self.account is not None:
+            self.account.queued_bytes += delivery.message.size
 
     def trim(self, limits: SessionLimits) -> list[Delivery]:
         """Drop the oldest queued deliveries past ``limits``; return them."""
@@ -325,22 +351,28 @@ class Session:
         queue = self.queue
         if queue is None:
             return dropped
+        account = self.account
         while len(queue) > 1 and (
-            len(queue) > limits.max_queued or self.queued_bytes > limits.max_queued_bytes
+            len(queue) > limits.max_queued
+            or self.queued_bytes > limits.max_queued_bytes
+            or (account is not None and account.over())
         ):
             old = queue.popleft()
             self.queued_bytes -= old.message.size
+            if account is not None:
+                account.queued_bytes -= old.message.size
             dropped.append(old)
         if dropped:
             self.dropped += len(dropped)
             if not self.warned_full:
                 self.warned_full = True
                 log.warning(
-                    "the queue of client %r is full (%d samples, %d bytes): dropping its oldest samples; "
+                    "the queue of client %r is full (%d samples, %d bytes%s): dropping its oldest samples; "
                     "drops are counted in the broker's metrics",
                     self.client_id,
                     limits.max_queued,
                     limits.max_queued_bytes,
+                    f", {account.limit} for its key's sessions" if account and account.limit else "",
                 )
         return dropped
 
@@ -357,6 +389,8 @@ class Session:
             raise IndexError(msg)
         delivery = queue.popleft()
         self.queued_bytes -= delivery.message.size
+        if self.account is not None:
+            self.account.queued_bytes -= delivery.message.size
         if not queue:
             self.queue = None
             self.warned_full = False
@@ -364,6 +398,8 @@ class Session:
 
     def clear_queue(self) -> None:
         """Let every queued delivery go."""
+        if self.account is not None:
+            self.account.queued_bytes -= self.queued_bytes
         self.queue = None
         self.queued_bytes = 0
 

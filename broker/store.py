@@ -5,6 +5,8 @@ and client id, with its subscriptions and when its client left) and the samples 
 (queued, or sent and not yet acknowledged: then with the packet id it went under, so that after a
 restart it goes again under that id, MQTT-4.4.0-1); marks reserved ahead of their use (row
 numbers; each session's packet ids are kept with it), from which numbering goes on after a restart.
+A sample waiting for many sessions is a row in each, and its payload is written once
+(``payloads``), and goes with its last row.
 
 The file gives space back: the write-ahead log is checkpointed and truncated, and the pages that
 expired sessions and delivered samples leave free are returned to the file system (incremental
@@ -58,7 +60,13 @@ CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, attributes TEXT
 CREATE TABLE IF NOT EXISTS queued (client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
                                    data BLOB NOT NULL, qos INTEGER NOT NULL, PRIMARY KEY (client_id, seq));
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS queued_by_seq ON queued (seq);
 """
+"""``payloads``: the payload of each queued sample, once, however many sessions it is queued for;
+their ``queued`` rows hold an empty ``data`` (a row written before, its payload itself). A key's
+thousand sessions on a network made each of its samples a thousand copies written to disk, and
+the broker's writes for everyone else waited behind them."""
 _SQL: Final = {
     "retain": "INSERT OR REPLACE INTO retained (topic, data, qos, fields, expires) VALUES (?, ?, ?, ?, ?)",
     "unretain": "DELETE FROM retained WHERE topic = ?",
@@ -69,6 +77,10 @@ _SQL: Final = {
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "sent": "UPDATE queued SET pid = ? WHERE client_id = ? AND seq = ?",
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
+    "payload": "INSERT OR IGNORE INTO payloads (seq, data) VALUES (?, ?)",
+    "unqueued_payload": "DELETE FROM payloads WHERE seq = ? AND NOT EXISTS "
+    "(SELECT 1 FROM queued WHERE seq = ?)",
+    "orphan_payloads": "DELETE FROM payloads WHERE seq NOT IN (SELECT seq FROM queued)",
     "rename": "UPDATE sessions SET client_id = ? WHERE client_id = ?",
     "rename_queue": "UPDATE queued SET client_id = ? WHERE client_id = ?",
     "mark": "INSERT OR REPLACE INTO marks VALUES (?, ?)",
@@ -85,6 +97,54 @@ the rows it holds). ``queued.extra``: how an MQTT 5 session gets the sample, JSO
 [subscription ids]], NULL for retain 0 and no ids. ``queued.pid``: the packet id a sample went
 under to its session, NULL while it was not sent; a file from before it keeps its samples, which
 go again under new ids once."""
+
+
+class _OneCopy:
+    """One copy of each queued sample as the store is read, however many sessions it was queued for.
+
+    The store keeps a row per session; their rows come together (by seq). Each row gets the
+    first one's topic and bytes: a hundred sessions holding 6 MB in the store would otherwise be
+    600 MB in memory after a restart, where they had shared one copy before it.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str, bytes] = (0, "", b"")
+
+    def of(self, seq: int, topic: str, data: bytes) -> tuple[str, bytes]:
+        """The row's topic and payload: the previous row's objects when they are the same sample."""
+        if (seq, topic, data) != self._last:
+            self._last = (seq, topic, bytes(data))
+        return self._last[1], self._last[2]
+
+
+_PAYLOADS: Final = frozenset({"queue", "unqueue"})
+"""Changes that write or free a row of ``payloads`` besides their own."""
+
+
+Change = tuple[str, tuple[Any, ...]]
+
+
+def _payloads_once(batch: list[Change]) -> tuple[list[Change], set[int]]:
+    """The batch with each queued sample's payload written once, first, its queued rows without it.
+
+    And the numbers of the samples it unqueued: their payload goes once no row is left.
+    """
+    payloads: dict[int, bytes] = {}
+    changes: list[Change] = []
+    gone: set[int] = set()
+    for kind, args in batch:
+        if kind == "queue":
+            payloads.setdefault(args[1], args[3])
+            changes.append((kind, (*args[:3], b"", *args[4:])))
+        else:
+            if kind == "unqueue":
+                gone.add(args[1])
+            changes.append((kind, args))
+    if payloads:
+        changes[:0] = [("payload", item) for item in payloads.items()]
+    return changes, gone
 
 
 class StoreError(RadioError):
@@ -217,13 +277,16 @@ class Store:
                 )
                 by_id[row_id] = stored
                 contents.sessions.append(stored)
+            one = _OneCopy()
+            # No number is given again while a payload holds it (one whose rows went before a compaction).
+            contents.last_seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM payloads").fetchone()[0]
             for client_id, seq, topic, data, qos, fields, expires, extra, pid in self._db.execute(
-                "SELECT client_id, seq, topic, data, qos, fields, expires, extra, pid "
-                "FROM queued ORDER BY seq"
+                "SELECT q.client_id, q.seq, q.topic, coalesce(p.data, q.data), q.qos, q.fields, q.expires, "
+                "q.extra, q.pid FROM queued AS q LEFT JOIN payloads AS p ON p.seq = q.seq ORDER BY q.seq"
             ):
                 contents.last_seq = max(contents.last_seq, seq)
                 if client_id in by_id:
-                    by_id[client_id].queued.append((seq, topic, bytes(data), int(qos)))
+                    by_id[client_id].queued.append((seq, *one.of(seq, topic, data), int(qos)))
                     if fields or expires is not None:
                         by_id[client_id].queued_extras[seq] = (bytes(fields or b""), expires)
                     if extra is not None:
@@ -459,6 +522,7 @@ class Store:
         """Hand free pages back (incremental vacuum), then checkpoint and truncate the WAL."""
         try:
             with self._lock:
+                self._db.execute(_SQL["orphan_payloads"])  # those of queues dropped whole (sessions gone)
                 if self._db.execute("PRAGMA freelist_count").fetchone()[0]:
                     # At most RECLAIM_PAGES a sweep: batches wait meanwhile. (execute() frees one page.)
                     self._db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES});")
@@ -471,12 +535,13 @@ class Store:
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         with self._lock:
             db = self._db
-            if len(batch) == 1 and not db.in_transaction:
+            if len(batch) == 1 and not db.in_transaction and batch[0][0] not in _PAYLOADS:
                 # One change (a busy network's retained value, most often): one statement is its
                 # own transaction, a single call into SQLite instead of three.
                 kind, args = batch[0]
                 db.execute(_SQL[kind], args)
                 return
+            batch, gone = _payloads_once(batch)
             db.execute("BEGIN")
             try:
                 run: list[tuple[Any, ...]] = []
@@ -487,6 +552,8 @@ class Store:
                         run, kind = [], op_kind
                     run.append(args)
                 db.executemany(_SQL[kind], run)
+                if gone:  # after every row the batch queued: one it queued again keeps its payload
+                    db.executemany(_SQL["unqueued_payload"], [(seq, seq) for seq in gone])
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):

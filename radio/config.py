@@ -172,6 +172,9 @@ class BrokerSettings:
     """Sockets from one address that have not completed their CONNECT; more are closed at once."""
     max_sessions_per_key: int = 1_000
     """Persistent sessions one key may hold (0: no limit); past it a new one gets CONNACK 3."""
+    max_queued_bytes_per_key: int = 256 * 1024 * 1024
+    """Bytes the persistent sessions of one key may queue in all (0: no limit); past it each of
+    them drops its oldest samples as new ones come."""
     max_connections_per_key: int = 1_000
     """Clients connected at once with one key (0: no limit); past it a CONNECT gets CONNACK 3."""
     log_repeats: int = 20
@@ -432,6 +435,7 @@ _BROKER_LIMITS: Final = {
     "anonymous_max_connections_per_address": (1, 100_000_000, True),
     "max_connecting_per_address": (1, 1_000_000, True),
     "max_sessions_per_key": (0, 100_000_000, True),
+    "max_queued_bytes_per_key": (0, 1 << 40, True),
     "max_connections_per_key": (0, 100_000_000, True),
     "log_repeats": (1, 1_000_000, True),
 }

@@ -289,12 +289,15 @@ def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
     assert error(call("POST", "/admin/keys", {"publish": ["A"]}), 400) == "the field 'name' is missing"
     assert error(call("POST", "/admin/keys", [1]), 400) == "the body must be a JSON object"
 
-    def posted(raw: str) -> Any:
+    def posted(raw: str | bytes) -> Any:
         return in_process.client.post("/admin/keys", data=raw, headers=bearer(home.secrets["admin"]))
 
     too_long = '{"name": "x", "rate": ' + "9" * 5000 + "}"  # JSON, but no integer Python reads
     assert error(posted(too_long), 400) == "the body must be a JSON object: an integer in it is too long"
     assert error(posted("{"), 400) == "the body must be a JSON object: it is not JSON"
+    assert (
+        error(posted(b'{"name": "\xff"}'), 400) == "the body must be a JSON object: it is not JSON"
+    )  # not UTF-8
     assert (
         error(posted('{"name": "x", "rate": NaN}'), 400) == "the body must be a JSON object: it is not JSON"
     )

@@ -22,6 +22,7 @@ import pytest
 import requests
 from bridge_client import InProcessBridge, serve_in_thread
 from conftest import start_bridge
+from polling import until
 
 from radio.bridge.app import create_asgi_app
 from radio.bridge.asgi import INLINE, TO_A_THREAD, BufferedWSGI
@@ -395,3 +396,49 @@ def test_small_publishes_run_on_the_event_loop_and_everything_else_in_the_pool(h
     assert first is thread
     assert second.name.startswith("radio-bridge")
     assert body == again == b"{}"
+
+
+def test_one_source_has_at_most_the_history_pool_s_width_of_history_requests_in_hand(home):
+    """History answers wait for their pool in turn; one address asking hundreds at once kept every
+    other reader waiting behind them (15 s for 400). Past the pool's width, its next are 429."""
+    release, entered = threading.Event(), []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        entered.append(environ["REMOTE_ADDR"])
+        release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"page"]
+
+    asgi = BufferedWSGI(
+        app, body_timeout=1.0, body_limit=lambda: 1 << 20, threads=2, bulky=lambda _: True, bulky_threads=2
+    )
+    server, thread, url = serve_in_thread(asgi)
+    port = int(url.rsplit(":", 1)[1])
+
+    def ask(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        sock.sendall(b"GET /networks/pub/samples HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock
+
+    asked: list[socket.socket] = []
+    try:
+        asked += [ask("127.0.0.1"), ask("127.0.0.1")]
+        assert until(lambda: len(entered) == 2)  # both being answered
+        with ask("127.0.0.1") as third:
+            answer = third.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 429 ")
+        assert b"retry-after: 1\r\n" in answer.lower()
+        assert b'{"error": "2 history requests from this address are being answered' in answer
+        asked.append(ask("127.0.0.2"))  # another address waits its turn, as before
+        release.set()
+        for sock in asked:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert entered[2:] == ["127.0.0.2"]
+        with ask("127.0.0.1") as again:  # answered: the address's places are given back
+            assert again.recv(4096).startswith(b"HTTP/1.1 200 ")
+    finally:
+        release.set()
+        for sock in asked:
+            sock.close()
+        server.stop()
+        thread.join(10)

@@ -341,6 +341,9 @@ def test_mosquitto_export_writes_the_registry_as_mosquitto_files(home):
     # The largest queue any session has on the embedded broker (the recorder's); never 0, which
     # makes Mosquitto close a client after each PUBLISH it refuses.
     assert "max_queued_messages 1000000\n" in conf
+    assert "max_queued_bytes 536870912\n" in conf  # and bytes: Mosquitto's default has no limit
+    # Sessions that never come back go after session_expiry (7 days), as on the embedded broker.
+    assert "persistent_client_expiration 168h\n" in conf
     assert conf.count("# ") > 40  # the template's comments are kept
 
 

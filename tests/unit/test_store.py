@@ -157,3 +157,37 @@ def test_a_file_made_before_packet_ids_were_kept_keeps_its_samples(tmp_path):
     (session,) = reopened(store).sessions
     assert session.queued == [(5, "t", b"{}", 2)]
     assert session.sent == {5: 3}
+
+
+def test_a_sample_queued_for_many_sessions_is_written_once_and_goes_with_its_last_row(tmp_path):
+    store = Store(tmp_path / "broker.db")
+    rows = [store_id("aa", f"c{n}") for n in range(3)]
+    for row in rows:
+        store.save_session(row, {}, {"t": 1})
+        store.queue(row, 7, "t", b"seven", 1)
+    asyncio.run(store.close())  # the sample in one batch, its rows in the next
+    store = Store(tmp_path / "broker.db")
+    for row in rows:
+        store.queue(row, 8, "t", b"eight", 1)
+    store.unqueue(rows[0], 7)  # acknowledged by one session: the others still need it
+    for row in rows[1:]:
+        store.unqueue(row, 8)
+    contents = reopened(store)
+    assert sorted(s.queued for s in contents.sessions) == [
+        [(7, "t", b"seven", 1)],
+        [(7, "t", b"seven", 1)],
+        [(8, "t", b"eight", 1)],
+    ]
+    with contextlib.closing(sqlite3.connect(tmp_path / "broker.db")) as db:
+        assert db.execute("SELECT seq, data FROM payloads ORDER BY seq").fetchall() == [
+            (7, b"seven"),
+            (8, b"eight"),
+        ]
+        assert db.execute("SELECT DISTINCT data FROM queued").fetchall() == [(b"",)]
+    store = Store(tmp_path / "broker.db")
+    for row in rows[1:]:
+        store.unqueue(row, 7)
+    store.unqueue(rows[0], 8)
+    reopened(store)
+    with contextlib.closing(sqlite3.connect(tmp_path / "broker.db")) as db:
+        assert db.execute("SELECT count(*) FROM payloads").fetchone() == (0,)  # each went with its last row
