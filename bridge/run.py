@@ -80,6 +80,10 @@ logged: a request that is not valid HTTP is answered 400 JSON and counted in ``/
 not speak is served as a plain request."""
 
 
+class _HeadTooLong(Exception):
+    """Raised from a parser callback to stop a request whose head is over ``HEAD_LIMIT``."""
+
+
 class _PerRequestWarnings(logging.Filter):
     """Holds back uvicorn's warnings that any client can make it write once per request."""
 
@@ -221,6 +225,7 @@ class _BoundedHeaders(HttpToolsProtocol):
 
     _in_head = False
     _head_bytes = 0
+    _head_over = False
     _refused = False
     _waiting_as: str | None = None
     _ready_at = 0.0
@@ -348,6 +353,11 @@ class _BoundedHeaders(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > HEAD_LIMIT:
+            # A head whose first bytes came in the read that began it was not counted as it came
+            # (``data_received`` counts from the message's start on): whole, it is measured here.
+            self._head_over = True
+            raise _HeadTooLong  # the parser stops here; ``send_400_response`` answers 431
         self._stop_waiting()
         super().on_headers_complete()
 
@@ -461,6 +471,9 @@ class _BoundedHeaders(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's words, in text
         """A request httptools cannot parse: 400 in JSON, as every error of the door is."""
+        if self._head_over:
+            self._refuse_head()
+            return
         _count_closed("invalid_request")
         self._refuse(400, "Bad Request", "the request is not valid HTTP/1.1")
 

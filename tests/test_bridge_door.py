@@ -291,6 +291,15 @@ def test_endless_headers_are_answered_431_and_cost_no_more_memory(home, broker, 
             head, answer = read_answer(sock)
         assert head.startswith("HTTP/1.1 431")
         assert answer == {"error": "request line and headers over 65536 bytes"}
+        # A head over the limit that comes whole, in the read that begins it, is refused too.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /publish HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n"
+                b"Content-Length: 2\r\n\r\n{}"
+            )
+            head, answer = read_answer(sock)
+        assert head.startswith("HTTP/1.1 431")
+        assert answer == {"error": "request line and headers over 65536 bytes"}
         # A long but bounded head still works, and so does everyone else.
         response = running.post(
             json.dumps({"network": "A", "data": {"n": 2}}),
