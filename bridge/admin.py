@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final, NoReturn
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request, url_for
 
 from radio import usage
 from radio.audit import Actor, AuditError
@@ -71,8 +71,9 @@ def _refused(error: RadioError) -> tuple[Response, int] | tuple[Response, int, d
         return answer(error)
     if isinstance(error, UnknownKey):
         status = 404
-    elif isinstance(error, DuplicateKey):
-        status = 409
+    elif isinstance(error, DuplicateKey):  # the API's own way to a new secret, not the command's
+        rotate = url_for("admin.rotate", name=error.name)
+        return jsonify(error=f"{error.taken()} (POST {rotate} gives it a new secret)"), 409
     elif isinstance(
         error, (ConfigError, UnreadableRegistry, AuditError, usage.UsageError, Busy)
     ):  # Busy: retry

@@ -87,7 +87,21 @@ class UnknownKey(KeyStoreError):
 
 
 class DuplicateKey(KeyStoreError):
-    """A key with that name exists already."""
+    """A key with that name exists already.
+
+    Its message names the command that gives the key a new secret; ``name`` lets another door
+    (the admin API) name its own way instead.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"a key named {name!r} exists already (use 'radio keys rotate {name}' for a new secret)"
+        )
+
+    def taken(self) -> str:
+        """The refusal without the command's hint."""
+        return f"a key named {self.name!r} exists already"
 
 
 class Busy(RadioError):

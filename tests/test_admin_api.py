@@ -241,7 +241,12 @@ def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
         return message
 
     taken = error(call("POST", "/admin/keys", {"name": "gen", "publish": ["A"]}), 409)
-    assert taken in keys_error(home, "add", "gen", "--publish", "A")
+    refusal, _, hint = taken.partition(" (")  # each door names its own way to a new secret
+    assert refusal == "a key named 'gen' exists already"
+    assert keys_error(home, "add", "gen", "--publish", "A").endswith(
+        f"{refusal} (use 'radio keys rotate gen' for a new secret)"
+    )
+    assert hint == "POST /admin/keys/gen/rotate gives it a new secret)"
     unknown = error(call("PATCH", "/admin/keys/nope", {"admin": True}), 404)
     assert unknown in keys_error(home, "edit", "nope", "--admin")
     for field, value, option in (

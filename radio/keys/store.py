@@ -56,8 +56,7 @@ class KeyStore:
         secret = new_secret()
         with self._locked() as keys:
             if name in keys:
-                msg = f"a key named {name!r} exists already (use 'radio keys rotate {name}' for a new secret)"
-                raise DuplicateKey(msg)
+                raise DuplicateKey(name)
             keys[name] = Key(
                 name=name,
                 digest=secret_digest(secret),
