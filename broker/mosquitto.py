@@ -280,8 +280,6 @@ class MosquittoBroker:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.reloads = 0
-        self._exported = datetime.now(UTC)
-        """When the files were last written: a key expiring after it calls for a new export."""
         self.restart_delays = restart_delays
         self.on_failure = on_failure
         """Called (from the watcher) when Mosquitto died and could not be brought back."""
@@ -345,7 +343,6 @@ class MosquittoBroker:
     def _launch(self) -> None:
         """Export and run Mosquitto; return once every listener accepts connections."""
         binary = find_binary()
-        self._exported = datetime.now(UTC)
         conf = export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
         command = [binary, "-c", str(conf)]
         self.process = subprocess.Popen(  # noqa: S603 - our own files
@@ -375,7 +372,6 @@ class MosquittoBroker:
 
     def reload(self) -> None:
         """Write the files again and have Mosquitto reread them (and drop what they no longer allow)."""
-        self._exported = datetime.now(UTC)
         export(self.registry.settings, self.registry.current, self.folder, listeners=self._listeners)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGHUP)
@@ -387,7 +383,7 @@ class MosquittoBroker:
             if self.process is not None and self.process.poll() is not None and not self._revive():
                 return
             try:
-                if self.registry.refresh() or self._expiry_due():
+                if self.registry.refresh():  # a key's expiry is a change too (LiveRegistry)
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to Mosquitto failed; will retry on the next change")
@@ -439,11 +435,6 @@ class MosquittoBroker:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-    def _expiry_due(self) -> bool:
-        """A key expired since the files were written: it must leave them, as a revoked key does."""
-        due = self.registry.current.next_expiry(self._exported)
-        return due is not None and due <= datetime.now(UTC)
 
     def stop(self) -> None:
         """Stop Mosquitto (SIGTERM, which saves its persistence file) and the watcher."""

@@ -275,17 +275,12 @@ class NatsCluster:
         self._rights = user_rights(self.registry.current, secret, self._exported)
         return paths
 
-    def _expiry_due(self) -> bool:
-        """A key expired since users.conf was written: it must leave it, as a revoked key does."""
-        due = self.registry.current.next_expiry(self._exported)
-        return due is not None and due <= datetime.now(UTC)
-
     def _watch(self) -> None:
         while not self._stop.wait(self.reload_interval):
             if not self._revive():
                 return
             try:
-                if self.registry.refresh() or self._expiry_due():
+                if self.registry.refresh():  # a key's expiry is a change too (LiveRegistry)
                     self.reload()
             except Exception:
                 log.exception("applying a registry change to NATS failed; will retry on the next change")
