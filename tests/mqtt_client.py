@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import ConnectFlags
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -74,6 +75,7 @@ class Client:
         self.messages: queue.Queue[Message] = queue.Queue()
         self.connack: ReasonCode | None = None
         self.connack_properties: Properties | None = None
+        self.session_present: bool | None = None
         self.disconnect_reason: ReasonCode | None = None
         self._connack = threading.Event()
         self.disconnected = threading.Event()
@@ -164,7 +166,10 @@ class Client:
         # collector may run after finalizing the sockets themselves (a ResourceWarning).
         self._paho._reset_sockets()
 
-    def _on_connect(self, _c: object, _u: object, _f: object, reason: ReasonCode, p: Properties) -> None:
+    def _on_connect(
+        self, _c: object, _u: object, flags: ConnectFlags, reason: ReasonCode, p: Properties
+    ) -> None:
+        self.session_present = flags.session_present
         self.connack = reason
         self.connack_properties = p
         self._connack.set()

@@ -254,6 +254,36 @@ def test_a_persistent_session_made_on_one_node_resumes_on_another(connect):
     assert payloads(back) == [b'{"queued": "while away"}']
 
 
+def stored_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder``; a file JetStream removes meanwhile counts as none."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def test_an_away_anonymous_session_is_owed_every_sample_and_the_cluster_stores_each_three_times(
+    connect, cluster, nats_home
+):
+    # nats-server bounds no session's queue: a bound it offers (a consumer inactive threshold, a
+    # limit on the messages stream) answers a returning client "session present" and then
+    # leaves samples out with no sign (docs/nats.md). Radio sets none, so the session gets all.
+    count, size = 50, 60_000
+    away = connect(client_id="anonymous-away", clean_session=False)
+    assert away.subscribe("networks/pub/away", qos=1) == 1
+    away.close()
+    before = stored_bytes(nats_home.path / "nats" / "data")
+    publisher = connect("admin", node=2)
+    for n in range(count):
+        publisher.publish("networks/pub/away", json.dumps({"n": n, "pad": "x" * size}), qos=1)
+    grown = stored_bytes(nats_home.path / "nats" / "data") - before
+    assert grown >= count * size * 3, f"{grown} bytes stored for {count} samples of {size}"
+    back = connect(node=3, client_id="anonymous-away", clean_session=False)
+    assert back.session_present is True
+    assert [json.loads(m.payload)["n"] for m in back.expect(count)] == list(range(count))
+
+
 def test_a_revoked_key_is_refused_and_its_connections_closed_on_every_node(connect, nats_home):
     secret = nats_home.radio_main("keys", "add", "victim", "--publish", "A").stdout.strip()
 
