@@ -609,6 +609,7 @@ class Router:
                 message.fields,
                 expires,
                 delivery.extra,
+                delivery.shared,
             )
         connection = session.connection
         if (
@@ -735,8 +736,7 @@ class Router:
                 self._forget(session, delivery)
                 continue
             if not allows(session, delivery.message.topic, Action.RECEIVE):
-                self.stats.dropped_unreadable += 1
-                self._forget(session, delivery)
+                self._unreadable(session, delivery)
                 continue
             if kept:
                 self._send_kept(session, connection, delivery, queued=True)
@@ -800,8 +800,7 @@ class Router:
                 continue  # the client answered it before it went again (it left ``unsent`` then)
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del inflight[pid]
-                self.stats.dropped_unreadable += 1
-                self._forget(session, delivery)
+                self._unreadable(session, delivery)
             elif connection.v5 is None:
                 retain = delivery.extra is not None and delivery.extra[0]
                 connection.write(delivery.message.packet(delivery.qos, pid, retain=retain, dup=True))
@@ -1049,14 +1048,14 @@ class Router:
     def _purge_unreadable(self, session: Session) -> None:
         if not session.queue and not session.inflight:
             return
-        kept = []
+        kept: list[Delivery] = []
+        dropped: list[Delivery] = []
         while session.queue:
             delivery = session.dequeue()
             if self.allows(session, delivery.message.topic, Action.RECEIVE):
                 kept.append(delivery)
             else:
-                self.stats.dropped_unreadable += 1
-                self._forget(session, delivery)
+                dropped.append(delivery)
         for delivery in kept:
             session.keep(delivery)
         # What a connected client was sent is its own until it answers: the answer frees its
@@ -1069,10 +1068,23 @@ class Router:
                 continue
             if not self.allows(session, delivery.message.topic, Action.RECEIVE):
                 del session.inflight[pid]
-                self.stats.dropped_unreadable += 1
-                self._forget(session, delivery)
+                dropped.append(delivery)
                 if unsent is not None and pid in unsent:
                     unsent.remove(pid)
+        for delivery in dropped:
+            self._unreadable(session, delivery)
+
+    def _unreadable(self, session: Session, delivery: Delivery) -> None:
+        """A sample held for a session that may no longer read it: it leaves the session.
+
+        One a shared subscription brought goes to the group's next member that may read it (MQTT
+        5.0, 4.8.2), as it would have had the right gone before it was published: the group loses
+        nothing to a member's lost right. One its client had (QoS 2 past PUBREC) is never here.
+        """
+        self.stats.dropped_unreadable += 1
+        self._forget(session, delivery)
+        if delivery.shared and not delivery.released:
+            self._share_again(delivery)
 
     # Restart.
     def _restored(self, stored: StoredSession, registry: Registry) -> Session | None:
@@ -1139,6 +1151,7 @@ class Router:
                 message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
                 delivery = Delivery(message, qos, stored.delivered_as.get(seq))
+                delivery.shared = stored.shared.get(seq)
                 pid = released.get(seq)
                 if pid is not None and pid not in session.inflight:
                     # PUBRECed before the restart: only its PUBCOMP is awaited (``resume``)

@@ -1006,3 +1006,74 @@ def test_a_session_resumed_in_the_other_protocol_keeps_its_subscriptions(broker,
         gen.publish("networks/A", json.dumps({"n": n}).encode(), qos=1)
         assert [m.payload for m in back.expect(1)] == [json.dumps({"n": n}).encode()]
         back.close()
+
+
+def test_a_shared_sample_queued_for_a_member_that_may_no_longer_read_it_goes_to_another_member(
+    broker, home, clients
+) -> None:
+    """MQTT 5.0, 4.8.2: a sample of a shared subscription waiting in the queue of a member whose read
+    right is taken away goes to another member of the group that may read it, as it would have at
+    delivery: the group loses nothing, and the member that may no longer read it never gets it."""
+    home.add_key("member", subscribe=["A"])
+    registry = broker.broker.radio.registry
+    assert until(lambda: "member" in registry.current.keys)
+    losing = Client(
+        "tcp",
+        broker.mqtt_port,
+        "member",
+        home.secrets["member"],
+        client_id="losing",
+        clean_session=False,
+        protocol=5,
+    )
+    kept = persistent(broker.mqtt_port, home, "kept-member")
+    for member in (losing, kept):
+        assert member.connect() == 0
+        assert member.subscribe("$share/g/networks/A", qos=1) == 1
+        member.close()
+    gen = open_client(clients, broker, home, "gen", 5)
+    samples = [json.dumps({"n": n}).encode() for n in range(4)]
+    for sample in samples:
+        gen.publish("networks/A", sample, qos=1)  # all away: queued for one member or the other
+    home.store().edit("member", subscribe=["B"])
+    assert until(lambda: not registry.current.access("member").may_read("networks/A"))
+    back = persistent(broker.mqtt_port, home, "kept-member")
+    clients.append(back)
+    assert back.connect() == 0
+    assert sorted(m.payload for m in back.expect(4)) == samples
+
+
+def test_a_shared_sample_queued_across_a_restart_goes_to_another_member_when_its_session_ends(
+    home: Home,
+) -> None:
+    """MQTT 5.0, 4.8.2: a shared subscription's sample waiting for a member whose session then ends
+    goes to another member, whether it was queued before a restart or after: the store keeps the
+    shared subscription it came by, and a member that starts its session afresh loses the group
+    nothing it held."""
+    samples = [json.dumps({"n": n}).encode() for n in range(4)]
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        for client_id in ("ending", "kept"):
+            member = persistent(port, home, client_id)
+            assert member.connect() == 0
+            assert member.subscribe("$share/g/networks/A", qos=1) == 1
+            member.close()
+        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+        assert gen.connect() == 0
+        for sample in samples:
+            gen.publish("networks/A", sample, qos=1)  # all away: queued for one member or the other
+        gen.close()
+        port = next(runs)
+        afresh = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="ending", protocol=5)
+        assert afresh.connect() == 0  # a clean start: the session it held ends
+        afresh.close()
+        back = persistent(port, home, "kept")
+        try:
+            assert back.connect() == 0
+            got = sorted(m.payload for m in back.expect(4))
+        finally:
+            back.close()
+    finally:
+        runs.close()
+    assert got == samples
