@@ -902,6 +902,38 @@ def test_properties_and_expiry_of_kept_samples_survive_a_restart(home: Home) -> 
         assert 0 < got.properties.MessageExpiryInterval <= 600
 
 
+def test_a_shared_sample_queued_for_an_away_member_goes_to_another_after_a_restart(home: Home) -> None:
+    """MQTT 5.0, 4.8.2: a sample of a shared subscription that waits in an away member's queue goes
+    to another member when that member's session ends, after a restart as before one: the store
+    keeps which shared subscription it came by, and the group loses nothing to the restart."""
+    samples = [json.dumps({"n": n}).encode() for n in range(2)]
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        for member in ("staying", "leaving"):
+            away = persistent(port, home, member)
+            assert away.connect() == 0
+            assert away.subscribe("$share/g/networks/A", qos=1) == 1
+            away.close()
+        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+        assert gen.connect() == 0
+        for sample in samples:  # one in each member's queue, in turn
+            gen.publish("networks/A", sample, qos=1)
+        gen.close()
+        port = next(runs)
+        ending = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="leaving", protocol=5)
+        assert ending.connect() == 0  # a clean start: its session, and the sample it held, end
+        ending.close()
+        back = persistent(port, home, "staying")
+        try:
+            assert back.connect() == 0
+            assert sorted(m.payload for m in back.expect(2)) == samples
+        finally:
+            back.close()
+    finally:
+        runs.close()
+
+
 @pytest.mark.parametrize("queued", ["before", "after"])
 def test_a_session_s_subscription_options_hold_for_samples_queued_across_a_restart(
     home: Home, queued: str
