@@ -1151,7 +1151,7 @@ class Router:
                 message = Message(topic, payload, qos, False, fields, monotonic(expires))  # noqa: FBT003
                 message.row = seq
                 delivery = Delivery(message, qos, stored.delivered_as.get(seq))
-                delivery.shared = stored.shared.get(seq)
+                delivery.shared = stored.shared.get(seq)  # its group's next member gets it should this end
                 pid = released.get(seq)
                 if pid is not None and pid not in session.inflight:
                     # PUBRECed before the restart: only its PUBCOMP is awaited (``resume``)

@@ -73,8 +73,8 @@ _SQL: Final = {
     "session": "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
     "drop": "DELETE FROM sessions WHERE client_id = ?",
     "drop_queue": "DELETE FROM queued WHERE client_id = ?",
-    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires, extra, pid, shared) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "queue": "INSERT OR REPLACE INTO queued (client_id, seq, topic, data, qos, fields, expires, extra, pid, "
+    "shared) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "sent": "UPDATE queued SET pid = ? WHERE client_id = ? AND seq = ?",
     "unqueue": "DELETE FROM queued WHERE client_id = ? AND seq = ?",
     "payload": "INSERT OR IGNORE INTO payloads (seq, data) VALUES (?, ?)",
@@ -100,8 +100,8 @@ the rows it holds). ``queued.extra``: how an MQTT 5 session gets the sample, JSO
 [subscription ids]], NULL for retain 0 and no ids. ``queued.pid``: the packet id a sample went
 under to its session, NULL while it was not sent; a file from before it keeps its samples, which
 go again under new ids once. ``queued.shared``: the shared subscription (``$share/GROUP/FILTER``)
-that brought the sample to its session, NULL for the session's own filters: should that session
-end, or lose its right, before its client has it, it goes to the group's next member."""
+the sample came by, NULL for the session's own filters: should the session end before its client
+has it, it goes to the group's next member, after a restart too."""
 
 
 class _OneCopy:
@@ -175,7 +175,7 @@ class StoredSession:
     sent: dict[int, int] = field(default_factory=dict)
     """By seq: the packet id of a sample sent and not acknowledged when the broker stopped."""
     shared: dict[int, str] = field(default_factory=dict)
-    """By seq: the shared subscription that brought a queued sample, for one a group's turn brought."""
+    """By seq: the shared subscription a queued sample came by (``Delivery.shared``)."""
 
 
 @dataclass
@@ -284,30 +284,38 @@ class Store:
                 )
                 by_id[row_id] = stored
                 contents.sessions.append(stored)
-            one = _OneCopy()
             # No number is given again while a payload holds it (one whose rows went before a compaction).
             contents.last_seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM payloads").fetchone()[0]
-            for client_id, seq, topic, data, qos, fields, expires, extra, pid, shared in self._db.execute(
-                "SELECT q.client_id, q.seq, q.topic, coalesce(p.data, q.data), q.qos, q.fields, q.expires, "
-                "q.extra, q.pid, q.shared FROM queued AS q LEFT JOIN payloads AS p ON p.seq = q.seq "
-                "ORDER BY q.seq"
-            ):
-                contents.last_seq = max(contents.last_seq, seq)
-                if client_id in by_id:
-                    by_id[client_id].queued.append((seq, *one.of(seq, topic, data), int(qos)))
-                    if fields or expires is not None:
-                        by_id[client_id].queued_extras[seq] = (bytes(fields or b""), expires)
-                    if extra is not None:
-                        retain, ids = json.loads(extra)
-                        by_id[client_id].delivered_as[seq] = (bool(retain), tuple(int(i) for i in ids))
-                    if pid is not None:
-                        by_id[client_id].sent[seq] = int(pid)
-                    if shared is not None:
-                        by_id[client_id].shared[seq] = str(shared)
+            contents.last_seq = max(contents.last_seq, self._load_queued(by_id))
         except (sqlite3.Error, ValueError, TypeError) as exc:
             msg = self._unreadable(exc)
             raise StoreError(msg) from None
         return contents
+
+    def _load_queued(self, by_id: dict[str, StoredSession]) -> int:
+        """Give each session the samples queued for it; the highest row number in use."""
+        one = _OneCopy()
+        last = 0
+        for client_id, seq, topic, data, qos, fields, expires, extra, pid, shared in self._db.execute(
+            "SELECT q.client_id, q.seq, q.topic, coalesce(p.data, q.data), q.qos, q.fields, q.expires, "
+            "q.extra, q.pid, q.shared FROM queued AS q LEFT JOIN payloads AS p ON p.seq = q.seq "
+            "ORDER BY q.seq"
+        ):
+            last = max(last, seq)
+            stored = by_id.get(client_id)
+            if stored is None:
+                continue
+            stored.queued.append((seq, *one.of(seq, topic, data), int(qos)))
+            if fields or expires is not None:
+                stored.queued_extras[seq] = (bytes(fields or b""), expires)
+            if extra is not None:
+                retain, ids = json.loads(extra)
+                stored.delivered_as[seq] = (bool(retain), tuple(int(i) for i in ids))
+            if pid is not None:
+                stored.sent[seq] = int(pid)
+            if shared is not None:
+                stored.shared[seq] = str(shared)
+        return last
 
     # Changes, recorded on the event loop; written by the next batch.
     def retain(
@@ -373,12 +381,13 @@ class Store:
 
         ``extra``: the retain flag and subscription ids it goes with to an MQTT 5 session (None:
         retain 0, no ids), kept so that after a restart it goes as it would have (MQTT-3.3.4-3).
-        ``shared``: the shared subscription that brought it, if one did (``queued.shared``).
+        ``shared``: the shared subscription it came by (None: the session's own filters).
         """
         kept = None if extra is None else json.dumps([extra[0], extra[1]])
         with self._next:
             self._queued_at[client_id, seq] = len(self._ops)
-            self._add("queue", (client_id, seq, topic, payload, qos, fields or None, expires, kept, None, shared))
+            row = (client_id, seq, topic, payload, qos, fields or None, expires, kept, None, shared)
+            self._add("queue", row)
 
     def sent(self, client_id: str, seq: int, pid: int) -> None:
         """The session's sample went under packet id ``pid``: after a restart it goes again under it.
