@@ -80,8 +80,11 @@ logged: a request that is not valid HTTP is answered 400 JSON and counted in ``/
 not speak is served as a plain request."""
 
 
-class _HeadTooLong(Exception):
-    """Raised from a parser callback to stop a request whose head is over ``HEAD_LIMIT``."""
+class _HeadTooLong(RadioError):
+    """A request head over ``HEAD_LIMIT``, raised from a parser callback to stop it.
+
+    A refusal (the client is answered 431), so under the root as every other.
+    """
 
 
 class _PerRequestWarnings(logging.Filter):
