@@ -19,7 +19,8 @@ and ``last`` (the last number given, 0 if none), so a caller sees when it asked 
 kept. Rights are those of MQTT: a public network needs no key (where clients without one are
 let in, ``allow_anonymous``); a private one needs a key that may
 read it (``API-KEY`` or ``Authorization: Bearer``): none or an unknown one is 401, one without the
-right 403. Every refusal is JSON ``{"error": ...}``.
+right 403. A name no network has is refused alike (``reading.check_read``): who may not read a
+network cannot tell whether it exists. Every refusal is JSON ``{"error": ...}``.
 """
 
 from __future__ import annotations

@@ -28,10 +28,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
-from radio.bridge.errors import APIError
-from radio.bridge.reading import DEFAULT_LIMIT, presented_secret, readable_networks
+from radio.bridge.reading import DEFAULT_LIMIT, presented_secret, readable_networks, topic_of
 from radio.bridge.state import current_registry, current_state
-from radio.topics import network_topic
 
 bp = Blueprint("pages", __name__)
 
@@ -117,14 +115,15 @@ def live(network: str) -> str:
     """The live page of one network; one not read without a key asks for one in the browser.
 
     That is a private network, or any where clients without a key are not let in (``allow_anonymous``).
+    A name the configuration lacks gets the very page a private network gets: its key form, and
+    then the history's refusal (``reading.check_read``), so the page tells no visitor whether a
+    network exists.
     """
     registry = current_registry()
-    if network not in registry.networks:
-        raise APIError(404, f"no network {network!r}", "unknown_network")
     return render_template(
         "live.html",
         network=network,
-        public=registry.access(None).may_read(network_topic(network)),
+        public=registry.access(None).may_read(topic_of(network)),
         websocket=websocket_url(),
         history_limit=DEFAULT_LIMIT,
     )

@@ -44,26 +44,32 @@ def readable_networks(registry: Registry, secret: str | None) -> list[str]:
     return sorted(n for n in registry.networks if access.may_read(network_topic(n)))
 
 
-def check_read(registry: Registry, network: str, secret: str | None) -> None:
-    """404 for a network the configuration lacks; 401 or 403 for one the visitor may not read.
+def topic_of(network: str) -> str:
+    """The network's topic; 404 for a name no network can have (nothing to hide of it)."""
+    try:
+        return network_topic(network)
+    except ValueError:
+        raise APIError(404, f"no network {network!r}", "unknown_network") from None
 
-    A key that is presented is checked even for a public network, as every other route checks
+
+def check_read(registry: Registry, network: str, secret: str | None) -> None:
+    """401 or 403 for a network the visitor may not read, and the same for one the configuration lacks.
+
+    A network's very name may be confidential: a visitor who may not read it learns nothing of
+    whether it exists, so an unknown name is refused as a private network is, word for word. Only a
+    visitor who would read a network of that name (an admin key) is told 404.
+
+    A key that is presented is checked first, whatever the network, as every other route checks
     it: a wrong, revoked or expired key is told so, not read as no key at all. Without a key, a
     public network is read only where clients without one are let in (``allow_anonymous``), as
-    over MQTT.
+    over MQTT; where they are not, it is refused as a private one is.
     """
-    settings = registry.networks.get(network)
-    if settings is None:
-        raise APIError(404, f"no network {network!r}", "unknown_network")
+    topic = topic_of(network)
     name = _key_name(registry, secret)
-    if registry.access(name).may_read(network_topic(network)):
+    if registry.access(name).may_read(topic):
+        if network not in registry.networks:
+            raise APIError(404, f"no network {network!r}", "unknown_network")
         return
     if secret is None:
-        if settings.public:  # public, but clients without a key are not let in ([broker] allow_anonymous)
-            raise APIError(
-                401,
-                f"network {network!r} is read with a key on this platform: send one in API-KEY",
-                "missing_key",
-            )
-        raise APIError(401, f"network {network!r} is private: send a key in API-KEY", "missing_key")
+        raise APIError(401, f"network {network!r} is read with a key: send one in API-KEY", "missing_key")
     raise APIError(403, f"this key may not read network {network!r}", "forbidden")

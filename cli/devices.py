@@ -140,7 +140,7 @@ def _listen(args: argparse.Namespace) -> int:
     from radio.subscribers.run import listen  # noqa: PLC0415 - a client: loads paho only for this command
 
     settings = options.settings(args)
-    ca = options.ca_file(args)
+    trust = options.trust(args, settings)
     secret = options.read_secret(args.key_file, required=False)
 
     def check_rights() -> None:  # what Mosquitto would not say, asked again at every reconnect
@@ -155,7 +155,7 @@ def _listen(args: argparse.Namespace) -> int:
         secret,
         since=args.since,
         http=http,
-        ca=ca,
+        trust=trust,
         version=args.mqtt_version,
         check_rights=check_rights,
     )
@@ -184,7 +184,7 @@ def _traffic(args: argparse.Namespace) -> int:
     from radio.devices.run import traffic  # noqa: PLC0415
 
     settings, secret = _publisher(args)
-    ca = options.ca_file(args)
+    trust = options.trust(args, settings)
     via = args.via or ("http" if args.url and options.is_http(args.url) else "mqtt")
     if args.url and (via == "http") != options.is_http(args.url):
         wanted = "the bridge's http://HOST:PORT" if via == "http" else "a broker's mqtt:// or ws:// URL"
@@ -208,7 +208,7 @@ def _traffic(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         stop=_device_logging(),
-        ca=ca,
+        trust=trust,
         version=args.mqtt_version,
     )
     return 0
@@ -218,7 +218,7 @@ def _sensors(args: argparse.Namespace) -> int:
     from radio.devices.run import sensor_agents  # noqa: PLC0415
 
     settings, secret = _publisher(args)
-    ca = options.ca_file(args)
+    trust = options.trust(args, settings)
     sensor_agents(
         network=args.network,
         secret=secret,
@@ -227,7 +227,7 @@ def _sensors(args: argparse.Namespace) -> int:
         rate=args.rate,
         seed=args.seed,
         stop=_device_logging(),
-        ca=ca,
+        trust=trust,
         version=args.mqtt_version,
     )
     return 0

@@ -124,16 +124,11 @@ def _ask(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
 
 def _trust(tls: TlsSettings) -> tuple[ssl.SSLContext, str]:
     """A context trusting the configured certificate (and its chain) alone, and a name it is for."""
-    import ssl  # noqa: PLC0415 - see the imports
-
-    from radio.tls import load_certificates  # noqa: PLC0415 - cryptography loads only under TLS
+    from radio.tls import client_context, load_certificates  # noqa: PLC0415 - cryptography loads only under TLS
 
     certificates = load_certificates(tls.cert)
-    context = ssl.create_default_context(cafile=str(tls.cert))
-    # The leaf itself is a trust anchor here, though no CA signed itself into this file.
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context, _name_of(certificates[0])
+    # The folder's own certificate, as every client run in the folder trusts it: here, alone.
+    return client_context(own=tls.cert, system=False), _name_of(certificates[0])
 
 
 def _name_of(certificate: x509.Certificate) -> str:

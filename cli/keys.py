@@ -46,7 +46,9 @@ def add_keys(commands: argparse._SubParsersAction[Parser], common: Parser) -> No
     add.add_argument(
         "--subscribe", action="append", default=[], metavar="NET,...", help="networks it may read"
     )
-    add.add_argument("--admin", action="store_true", help="operator key: any topic, $SYS included")
+    add.add_argument(
+        "--admin", action="store_true", help="operator key: any topic, $SYS included; no --publish list"
+    )
     _add_terms_options(add, clearing=False)
     add.set_defaults(handler=_keys_add)
     listing = key_commands.add_parser("list", parents=[common], help="list keys (never secrets)")

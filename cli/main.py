@@ -2,7 +2,8 @@
 
 Every subcommand finds its configuration by one rule (``CONFIG_RULE``) and takes ``--config`` and
 ``--keys``. Anything Radio refuses (a bad option, a bad configuration, an unknown key, a port in
-use) is one line on stderr and exit status 2, never a traceback. Commands that hand out a secret
+use) is one line on stderr and exit status 2, never a traceback, and leaves no lock of a part
+behind (``radio.statelock.give_back``). Commands that hand out a secret
 print it alone on stdout and talk to the human on stderr, so ``SECRET=$(radio keys add gen
 --publish a)`` works; commands that need one never take it as an argument (``cli.options``).
 
@@ -17,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from radio import __version__
+from radio import __version__, statelock
 from radio.cli import devices, exports, health, keys, servers
 from radio.cli.options import CONFIG_RULE, EXIT_REFUSED, Parser
 from radio.errors import RadioError
@@ -51,8 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except RadioError as exc:
+        statelock.give_back()
         print(f"radio: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except SystemExit as exc:  # a refusal said already (radio up's part said it, in one line)
+        if exc.code == EXIT_REFUSED:
+            statelock.give_back()
+        raise
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:

@@ -26,6 +26,7 @@ from radio.urls import DEFAULT_MQTT_VERSION, MQTT_VERSIONS, BrokerURL, parse_url
 
 if TYPE_CHECKING:
     from radio.config import Address, Settings
+    from radio.tls import Trust
 
 # Every command's parser is built on each run, ``radio --help`` lists them all: what an option's
 # value is checked with (the configuration, the key registry's terms) loads when one is given.
@@ -425,19 +426,23 @@ def add_ca(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def ca_file(args: argparse.Namespace) -> Path | None:
-    """The ``--ca`` file, read and checked before the client starts, whatever its URLs' schemes.
+def trust(args: argparse.Namespace, settings: Settings) -> Trust:
+    """Whom a client believes: the ``--ca`` file, else the system's store and the folder's own.
 
-    A client over plain ``mqtt://`` or ``ws://`` still reads the history over HTTP(S) with it, in
+    The folder's own certificate is ``[tls] cert``, trusted as ``radio health`` trusts it (by
+    ``radio.tls.client_context``).
+
+    The ``--ca`` file is read and checked before the client starts, whatever its URLs' schemes. A
+    client over plain ``mqtt://`` or ``ws://`` still reads the history over HTTP(S) with it, in
     its own thread: a missing or empty file found there would end that thread alone, with a
     traceback, and leave the command running with nothing to show.
     """
-    from radio.tls import load_certificates  # noqa: PLC0415 - see the imports
+    from radio.tls import Trust, load_certificates, own_certificate  # noqa: PLC0415 - see the imports
 
     ca: Path | None = args.ca
     if ca is not None:
         load_certificates(ca, "CA file")
-    return ca
+    return Trust(ca, own_certificate(settings.tls))
 
 
 def settings(args: argparse.Namespace) -> Settings:

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
@@ -38,7 +37,7 @@ from radio.mqtt_clients import (
     stop_loop,
 )
 from radio.stopping import Stop
-from radio.tls import TlsError, certificate_refusal, trust, verify_failure
+from radio.tls import SYSTEM_TRUST, TlsError, Trust, certificate_refusal, verify_failure
 from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
 log = logging.getLogger("radio.device")
@@ -74,7 +73,7 @@ class MqttLink:
         buffer: int = DEFAULT_BUFFER,
         will: Will | None = None,
         on_connect: Any = None,
-        ca: Path | None = None,
+        trust: Trust = SYSTEM_TRUST,
         version: MqttVersion = DEFAULT_MQTT_VERSION,
     ) -> None:
         self._cursor = broker_cursor(url)
@@ -93,7 +92,7 @@ class MqttLink:
         self._outage_said = False
         """Whether the current outage was logged: once per outage, not once per attempt."""
         self._client = make_client(
-            self.url, client_id, credentials=key_credentials(secret), version=version, ca=ca
+            self.url, client_id, credentials=key_credentials(secret), version=version, trust=trust
         )
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
@@ -236,13 +235,13 @@ class HttpLink:
         *,
         buffer: int = DEFAULT_BUFFER,
         timeout: float = 10.0,
-        ca: Path | None = None,
+        trust: Trust = SYSTEM_TRUST,
     ) -> None:
         self.url = url.rstrip("/") + "/publish"
         self.dropped = 0
         self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer)
-        self._session = requests.Session()
-        self._verify = trust(ca)
+        self._session = trust.session()
+        self._verify = trust.verify()
         self._session.headers.update({"content-type": "application/json", "API-KEY": secret})
         self._timeout = timeout
 

@@ -6,12 +6,12 @@ import json
 import logging
 import time
 import uuid
-from pathlib import Path
 
 from radio.devices import sensors
 from radio.devices.link import HttpLink, LinkRefused, MqttLink, sleep_until
 from radio.devices.traffic import Town, TownSettings
 from radio.stopping import Stop, on_signals
+from radio.tls import SYSTEM_TRUST, Trust
 from radio.topics import network_topic
 from radio.urls import DEFAULT_MQTT_VERSION, MqttVersion, parse_urls
 
@@ -34,7 +34,7 @@ def traffic(
     size: tuple[int, int],
     seed: int | None,
     stop: Stop,
-    ca: Path | None = None,
+    trust: Trust = SYSTEM_TRUST,
     version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Simulate, and publish the town's state every period, like the article's ``radio_publish()``."""
@@ -42,11 +42,11 @@ def traffic(
     topic = network_topic(network)
     mqtt_link = http_link = None
     if via == "http":
-        http_link = HttpLink(url, secret, ca=ca)
+        http_link = HttpLink(url, secret, trust=trust)
     else:
         # Its own client id: two simulators on one network would otherwise take turns evicting each other.
         client_id = f"radio-traffic-{network}-{uuid.uuid4().hex[:8]}"
-        mqtt_link = MqttLink(parse_urls(url), secret, client_id, ca=ca, version=version)
+        mqtt_link = MqttLink(parse_urls(url), secret, client_id, trust=trust, version=version)
         mqtt_link.start()
     log.info(
         "traffic simulator on network %r: %dx%d town, a sample every %gs via %s", network, *size, period, via
@@ -82,7 +82,7 @@ def sensor_agents(
     rate: float,
     seed: int | None,
     stop: Stop,
-    ca: Path | None = None,
+    trust: Trust = SYSTEM_TRUST,
     version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Run ``count`` sensors until stopped."""
@@ -95,6 +95,6 @@ def sensor_agents(
         rate=rate,
         stop=stop,
         seed=seed,
-        ca=ca,
+        trust=trust,
         version=version,
     )

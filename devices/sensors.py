@@ -13,11 +13,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from radio.devices.link import LinkRefused, MqttLink, Will, sleep_until
 from radio.errors import RadioError
 from radio.stopping import Stop
+from radio.tls import SYSTEM_TRUST, Trust
 from radio.topics import network_topic
 from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
@@ -60,7 +60,7 @@ def run(
     rate: float,
     stop: Stop,
     seed: int | None = None,
-    ca: Path | None = None,
+    trust: Trust = SYSTEM_TRUST,
     version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Connect every sensor, then publish ``rate`` readings per second each until ``stop`` is set."""
@@ -85,7 +85,7 @@ def run(
                 f"radio-{network}-{run_id}-{sensor.sensor_id}",
                 will=Will(status, OFFLINE),
                 on_connect=announce,
-                ca=ca,
+                trust=trust,
                 version=version,
             )
             link.start()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final
 
 import paho.mqtt.client as mqtt
@@ -24,7 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from radio.credentials import secret_username
 from radio.failover import FailoverCursor
-from radio.tls import client_context
+from radio.tls import SYSTEM_TRUST, Trust
 from radio.urls import DEFAULT_MQTT_VERSION, BrokerURL, MqttVersion
 
 KEEPALIVE: Final = 30
@@ -52,7 +51,7 @@ def make_client(
     credentials: tuple[str, str] | None = None,
     persistent: bool = False,
     version: MqttVersion = DEFAULT_MQTT_VERSION,
-    ca: Path | None = None,
+    trust: Trust = SYSTEM_TRUST,
     manual_ack: bool = False,
 ) -> mqtt.Client:
     """A paho client for ``url``'s transport and security, not yet connected (``connect``).
@@ -80,7 +79,7 @@ def make_client(
     if url.transport == "websockets":
         client.ws_set_options(path=url.path)
     if url.tls:  # mqtts:// or wss://: the CA given, else the system's trust store
-        client.tls_set_context(client_context(ca))
+        client.tls_set_context(trust.context())
     if credentials is not None:
         client.username_pw_set(*credentials)
     return client

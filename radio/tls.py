@@ -10,6 +10,12 @@ Clients (listeners, generators, the bridge's broker link) call ``client_context`
 trust store by default, or the one CA file given with ``--ca`` (a development CA from ``radio
 certs dev``). Host names are checked. ``verify_failure`` turns a refused handshake into the one
 line a client prints.
+
+A command run in a radio folder whose configuration has ``[tls]`` also trusts that folder's own
+certificate (``own``: ``[tls] cert``, each certificate in it a trust anchor), whoever signed it:
+the platform the folder configures is reached without ``--ca``, by ``radio health`` (which trusts
+that certificate alone) as by ``radio listen`` and the generators (which trust it besides the
+system's store). ``Trust`` carries that choice to a client's MQTT and HTTPS connections alike.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 import stat
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from radio.errors import RadioError
 
 if TYPE_CHECKING:
+    import requests
     from cryptography import x509
 
     from radio.config import TlsSettings
@@ -112,28 +120,86 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def client_context(ca: Path | None = None) -> ssl.SSLContext:
-    """What a client verifies servers with: the CA file given, else the system's trust store."""
+def client_context(ca: Path | None = None, *, own: Path | None = None, system: bool = True) -> ssl.SSLContext:
+    """What a client verifies servers with: the CA file given alone, else the system's and ``own``'s.
+
+    Without a CA file: the system's trust store (unless ``system`` is False) and the radio folder's
+    own certificate file ``own``, if any. Every certificate in ``own`` is an anchor: the server's
+    own certificate is trusted as itself, though the file holds no CA that signed it (a ``radio
+    certs dev`` certificate, or any other).
+    """
     if ca is not None:
         load_certificates(ca, "CA file")
-    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        context = ssl.create_default_context(cafile=str(ca))
+    else:
+        context = ssl.create_default_context() if system else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if own is not None:
+            load_certificates(own)
+            context.load_verify_locations(cafile=str(own))
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
 
-def trust(ca: Path | None) -> str | bool:
-    """What an HTTPS request of ``requests`` verifies with: the CA file given, else the usual store.
+@dataclass(frozen=True)
+class Trust:
+    """Whom a client believes: the CA file given (``--ca``) alone, else the system's and ``own``'s.
 
-    It must be passed to each request: ``requests`` lets ``REQUESTS_CA_BUNDLE`` and
-    ``CURL_CA_BUNDLE`` override a session's own ``verify``, so on a machine where either is set a
-    session told ``--ca`` would still trust the other bundle and refuse the server. Given per
-    request, ``--ca`` wins, as it does for mqtts and wss. Without it, those variables apply as they
-    do for every other program.
+    ``own`` is the radio folder's own certificate (``[tls] cert``); ``client_context`` says how.
     """
-    if ca is None:
-        return True
-    load_certificates(ca, "CA file")  # missing or not PEM: one line now, not at the first request
-    return str(ca)
+
+    ca: Path | None = None
+    own: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The context of an MQTT client's mqtts:// or wss:// connection."""
+        return client_context(self.ca, own=self.own)
+
+    def verify(self) -> str | bool:
+        """What each HTTPS request of ``requests`` is given as ``verify``: the CA file, else True.
+
+        It must be passed to each request: ``requests`` lets ``REQUESTS_CA_BUNDLE`` and
+        ``CURL_CA_BUNDLE`` override a session's own ``verify``, so on a machine where either is set a
+        session told ``--ca`` would still trust the other bundle and refuse the server. Given per
+        request, ``--ca`` wins, as it does for mqtts and wss. Without it, those variables apply as
+        they do for every other program (their bundle is trusted besides ``own``).
+        """
+        if self.ca is None:
+            return True
+        load_certificates(self.ca, "CA file")  # missing or not PEM: one line now, not at the first request
+        return str(self.ca)
+
+    def session(self) -> requests.Session:
+        """A ``requests`` session whose HTTPS connections trust ``own`` too, when no CA file is given."""
+        import requests  # noqa: PLC0415 - only the clients that speak HTTP load it
+
+        session = requests.Session()
+        if self.ca is None and self.own is not None:
+            adapter = requests.adapters.HTTPAdapter()
+            # urllib3 wraps each connection of its pools with this context, and loads no other
+            # trust into it unless a request names a CA bundle.
+            adapter.poolmanager.connection_pool_kw["ssl_context"] = self.context()
+            session.mount("https://", adapter)
+        return session
+
+
+SYSTEM_TRUST: Final = Trust()
+"""A client's trust outside a radio folder, with no ``--ca``: the system's store alone."""
+
+
+def own_certificate(tls: TlsSettings | None) -> Path | None:
+    """The radio folder's own certificate for its clients to trust: ``[tls] cert``, when readable.
+
+    A file this user cannot read (a server's, kept from other users) or that holds no certificate
+    is left out, not an error: the client then trusts what it would without it.
+    """
+    if tls is None:
+        return None
+    try:
+        load_certificates(tls.cert)
+    except TlsError:
+        return None
+    return tls.cert
 
 
 def verify_failure(error: BaseException, where: str) -> str | None:

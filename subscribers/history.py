@@ -8,14 +8,13 @@ which retrying cannot fix; a bridge or recorder that is away is ``HistoryUnavail
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
 import requests
 
 from radio.errors import RadioError
-from radio.tls import certificate_refusal, trust
+from radio.tls import SYSTEM_TRUST, Trust, certificate_refusal
 
 PAGE: Final = 1000
 """The most samples one request asks for (the bridge's maximum); a page may hold fewer, cut at the
@@ -51,14 +50,17 @@ def fetch(
     *,
     after: int | None = None,
     limit: int = PAGE,
-    ca: Path | None = None,
+    trust: Trust = SYSTEM_TRUST,
 ) -> HistoryPage:
-    """The samples after ``after`` (or the newest ``limit``), oldest first (HTTPS: verified with ``ca``)."""
+    """The samples after ``after`` (or the newest ``limit``), oldest first (HTTPS: verified by ``trust``)."""
     url = f"{http.rstrip('/')}/networks/{quote(network, safe='')}/samples"
     params = {"limit": str(limit)} | ({"after": str(after)} if after is not None else {})
     headers = {"API-KEY": secret} if secret is not None else {}
     try:
-        response = requests.get(url, params=params, headers=headers, timeout=TIMEOUT, verify=trust(ca))
+        with trust.session() as session:
+            response = session.get(
+                url, params=params, headers=headers, timeout=TIMEOUT, verify=trust.verify()
+            )
     except requests.exceptions.SSLError as exc:
         if (refusal := certificate_refusal(exc, http)) is not None:
             raise HistoryRefused(refusal) from None

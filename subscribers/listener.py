@@ -47,7 +47,6 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -59,7 +58,7 @@ from radio.errors import RadioError
 from radio.subscribers import history
 from radio.subscribers.numbering import Numbering, canonical
 from radio.timestamps import utc_now
-from radio.tls import verify_failure
+from radio.tls import SYSTEM_TRUST, Trust, verify_failure
 from radio.topics import network_of_topic, network_topic
 from radio.urls import DEFAULT_MQTT_VERSION, WEBSOCKET_PATH, BrokerURL, MqttVersion, parse_urls
 
@@ -154,7 +153,7 @@ class Listener:
         on_bad_sample: Callable[[BadSample], None] | None = None,
         since: int | None = None,
         http: str | None = None,
-        ca: Path | None = None,
+        trust: Trust = SYSTEM_TRUST,
         version: MqttVersion = DEFAULT_MQTT_VERSION,
         check_rights: Callable[[], None] | None = None,
     ) -> None:
@@ -191,7 +190,7 @@ class Listener:
         self._heads: dict[str, history.HistoryPage] = {}
         self._replayed: dict[str, int] = {}
         """The last number the replay handed over, per network: live numbering goes on from it."""
-        self._ca = ca
+        self._trust = trust
         self._held: list[Sample] | None = [] if since is not None else None
         """Live samples held back while the history is replayed; None once it is done."""
         self._held_lock = threading.Lock()
@@ -205,9 +204,9 @@ class Listener:
         # With since, the history is the catch-up: a session's queue would hand over, unnumbered,
         # samples the replay delivers too. So it starts clean.
         self._persistent = secret is not None and since is None
-        self._client = self._make_client(secret, ca, version)
+        self._client = self._make_client(secret, trust, version)
 
-    def _make_client(self, secret: str | None, ca: Path | None, version: MqttVersion) -> mqtt.Client:
+    def _make_client(self, secret: str | None, trust: Trust, version: MqttVersion) -> mqtt.Client:
         # A stable id per key and set of networks: the broker keeps the session between runs.
         digest = hashlib.sha256(f"{secret}|{sorted(self.networks)}".encode()).hexdigest()[:16]
         client_id = f"radio-listen-{digest}" if self._persistent else f"radio-listen-{uuid.uuid4().hex[:16]}"
@@ -217,7 +216,7 @@ class Listener:
             credentials=mqtt_clients.key_credentials(secret),
             persistent=self._persistent,
             version=version,
-            ca=ca,
+            trust=trust,
         )
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -435,7 +434,7 @@ class Listener:
     def _fetch(
         self, network: str, *, after: int | None = None, limit: int = history.PAGE
     ) -> history.HistoryPage:
-        return history.fetch(self._http, network, self._secret, after=after, limit=limit, ca=self._ca)
+        return history.fetch(self._http, network, self._secret, after=after, limit=limit, trust=self._trust)
 
     def _start_numbering(self) -> bool:
         """Live samples numbered from the history's end on; False if the history refused this client."""
@@ -544,7 +543,7 @@ class Listener:
         after = since
         expected = since + 1
         while True:
-            page = history.fetch(self._http, network, self._secret, after=after, ca=self._ca)
+            page = history.fetch(self._http, network, self._secret, after=after, trust=self._trust)
             if first:
                 first = False
                 kept_from = page.first if page.first is not None else page.last + 1

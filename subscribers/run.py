@@ -6,10 +6,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from radio.stopping import on_signals
 from radio.subscribers.listener import Listener, Refused
+from radio.tls import SYSTEM_TRUST, Trust
 from radio.urls import DEFAULT_MQTT_VERSION, MqttVersion
 
 
@@ -20,7 +20,7 @@ def listen(
     *,
     since: int | None = None,
     http: str = "",
-    ca: Path | None = None,
+    trust: Trust = SYSTEM_TRUST,
     version: MqttVersion = DEFAULT_MQTT_VERSION,
     check_rights: Callable[[], None] | None = None,
 ) -> int:
@@ -39,7 +39,7 @@ def listen(
         notice=notice,
         since=since,
         http=http,
-        ca=ca,
+        trust=trust,
         version=version,
         check_rights=check_rights,
     )

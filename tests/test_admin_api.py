@@ -234,6 +234,26 @@ def call(in_process: InProcessBridge, home: Home) -> Any:
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_an_admin_key_with_a_publish_list_is_refused_by_the_api_and_the_command_alike(call, home):
+    """An admin key makes keys: no device publishing with it may hold its secret."""
+    message = (
+        "key 'x': an admin key has no publish list (it may publish anywhere, and make keys: "
+        "no device should hold its secret); give each device a key of its own"
+    )
+    for_gen, for_admin = message.replace("'x'", "'gen'"), message.replace("'x'", "'admin'")
+    made = call("POST", "/admin/keys", {"name": "x", "admin": True, "publish": ["A"]})
+    assert (made.status_code, made.get_json()) == (400, {"error": message})
+    assert keys_error(home, "add", "x", "--admin", "--publish", "A") == f"radio: {message}"
+    promoted = call("PATCH", "/admin/keys/gen", {"admin": True})  # gen publishes to A
+    assert (promoted.status_code, promoted.get_json()) == (400, {"error": for_gen})
+    assert keys_error(home, "edit", "gen", "--admin") == f"radio: {for_gen}"
+    assert keys_error(home, "edit", "admin", "--publish", "A") == f"radio: {for_admin}"
+    keys = home.store().keys()
+    assert "x" not in keys
+    assert (keys["gen"].admin, keys["admin"].publish) == (False, frozenset())
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_each_refusal_is_json_with_the_commands_message(call, home, in_process):
     def error(answer: Any, status: int) -> str:
         assert answer.status_code == status, answer.get_data(as_text=True)

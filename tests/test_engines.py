@@ -84,6 +84,7 @@ PROMISES: dict[str, dict[str, str]] = {
     "publish-rights": {},
     "refused-kept": {},
     "names-apart": {},
+    "names-unseen": {},
     "will-rights": {},
     "will-checked": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
     "revocation": {},
@@ -113,6 +114,7 @@ HTTP_TESTS: dict[str, str] = {
     "publish-rights": "test_bridge.py::test_each_refusal_of_the_article_answers_to_the_letter_and_publishes_nothing",
     "refused-kept": "test_bridge.py::test_each_refusal_of_the_article_answers_to_the_letter_and_publishes_nothing",
     "names-apart": "test_bridge.py::test_networks_a_dot_dash_and_underscore_apart_are_four_networks",
+    "names-unseen": "test_history.py::test_an_unknown_network_is_refused_as_a_private_one_is",
     "revocation": "test_bridge.py::test_a_revoked_key_is_refused_within_two_seconds",
     "rotation": "test_admin_api.py::test_a_rotated_secret_stops_working_and_its_connections_close",
     "expiry": "test_access.py::test_http_an_expired_key_is_not_valid",
@@ -542,6 +544,17 @@ def test_names_apart(platform):
         writers[name].publish(f"networks/{name}/end", sample(end=name), qos=1)
     for name in NAMES:
         assert payloads(readers[name], 2) == [sample(network=name), sample(end=name)], name
+
+
+@promise("names-unseen")
+def test_names_unseen(platform):
+    """A network's very name may be confidential: a client that may not read it is answered as
+    for a name no network has, and its connection is kept either way."""
+    for key in ("reader_b", None):
+        client = platform.client(key)
+        private = client.subscribe("networks/A", qos=1)
+        assert client.subscribe("networks/nowhere", qos=1) == private, key
+        assert not client.disconnected.is_set(), key
 
 
 # Wills.

@@ -186,11 +186,28 @@ def test_bad_parameters_are_400_json(home, recorder, app, params):
     assert set(body) == {"error"}
 
 
-def test_an_unknown_network_is_404_json(home, recorder, app):
-    assert history(app, "nowhere") == (404, {"error": "no network 'nowhere'"})
-    status, body = history(app, "a%20b")
-    assert status == 404
-    assert "error" in body
+@pytest.mark.parametrize("key", [None, "reader_b", "gen"])
+def test_an_unknown_network_is_refused_as_a_private_one_is(home, broker, key):
+    """A network's name may be confidential: who may not read it cannot tell it from a name no
+    network has, with or without a key, on a platform that lets clients without one in or not."""
+    headers = {} if key is None else {"API-KEY": home.secrets[key]}
+    for extra in ("", "[broker]\nallow_anonymous = false\n"):
+        with history_app(home, broker.mqtt_port, extra) as app:
+            # Without a key, a public network is not read either where such clients are not let in.
+            for network in ["A", "pub"] if extra and key is None else ["A"]:
+                status, body = history(app, network, headers)
+                assert status == (401 if key is None else 403), body
+                assert history(app, "nowhere", headers) == (
+                    status,
+                    {"error": body["error"].replace(repr(network), repr("nowhere"))},
+                )
+
+
+def test_an_unknown_network_is_404_to_who_would_read_it_and_a_name_no_network_has_to_all(home, app):
+    admin = {"API-KEY": home.secrets["admin"]}
+    assert history(app, "nowhere", admin) == (404, {"error": "no network 'nowhere'"})
+    assert history(app, "a%20b") == (404, {"error": "no network 'a b'"})
+    assert history(app, "nowhere", {"API-KEY": "nonsense"}) == (401, {"error": "API-KEY not valid"})
 
 
 def test_without_a_recorder_the_history_is_503_json(home, broker, app):

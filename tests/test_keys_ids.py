@@ -33,7 +33,8 @@ def test_the_life_of_a_key_id(home):
     assert load_keys(home.keys)["hana"].digest != old_digest
     assert ids(home)["hana"] == first
 
-    home.radio_main("keys", "edit", "hana", "--subscribe", "B", "--publish", "A", "--admin")
+    home.radio_main("keys", "edit", "hana", "--subscribe", "B", "--publish", "A")
+    home.radio_main("keys", "edit", "hana", "--publish", "", "--admin")
     assert ids(home)["hana"] == first
     home.radio_main("keys", "edit", "hana", "--no-admin")
     assert ids(home)["hana"] == first

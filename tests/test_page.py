@@ -186,10 +186,23 @@ def test_the_index_lists_what_the_visitor_may_read(home, broker, bridge, browser
     wait_for_text(browser, "#networks li:first-child a", "A")
 
 
-def test_pages_of_unknown_networks_are_404_json_and_the_vendored_scripts_are_served(home, broker, bridge):
-    answer = requests.get(bridge.url + "/networks/nowhere", timeout=10)
-    assert answer.status_code == 404
-    assert answer.json() == {"error": "no network 'nowhere'"}
+def test_the_page_of_an_unknown_network_is_a_private_one_s_and_the_vendored_scripts_are_served(
+    home, broker, bridge
+):
+    """A network's name may be confidential: its page, which asks for a key, is the one every
+    name gets that no visitor without a key reads; only a name no network can have is 404."""
+    private = requests.get(bridge.url + "/networks/B", timeout=10)
+    unknown = requests.get(bridge.url + "/networks/nowhere", timeout=10)
+    assert (private.status_code, unknown.status_code) == (200, 200)
+    assert 'data-public="false"' in private.text
+    shown = ('"B"', ">B<", "/networks/B/", ">B ·", "B is private")  # where the page names its network
+    expected = private.text
+    for place in shown:
+        assert place in expected, place
+        expected = expected.replace(place, place.replace("B", "nowhere"))
+    assert unknown.text == expected
+    answer = requests.get(bridge.url + "/networks/a%20b", timeout=10)
+    assert (answer.status_code, answer.json()) == (404, {"error": "no network 'a b'"})
     for name in ("vendor/mqtt.min.js", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "live.js"):
         served = requests.get(f"{bridge.url}/static/{name}", timeout=10)
         assert served.status_code == 200, name

@@ -455,6 +455,24 @@ def test_a_busy_port_is_one_line_naming_the_address_and_exit_2(tmp_path, command
         == f"radio: the {'broker' if command == 'broker' else 'bridge'} cannot listen on {busy}: Address already in use"
     )
     assert not (tmp_path / "broker.db").exists()  # refused before anything started
+    assert not (tmp_path / "running").exists()  # nor a lock naming a part that never ran
+
+
+def test_a_start_refused_beside_a_running_part_leaves_only_that_part_s_lock(tmp_path):
+    """radio up takes its own lock before it finds the broker's held: it gives its own back, and
+    leaves the broker's, which still refuses the next start."""
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
+    broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS)
+    try:
+        assert "Ctrl-C" in read_banner(broker)
+        for _ in range(2):
+            result = radio_in(tmp_path, "up", *ANY_PORTS)
+            assert result.returncode == 2, result.stderr
+            assert f"radio broker (pid {broker.pid}) already runs" in result.stderr
+            assert not (tmp_path / "running" / "up.lock").exists()
+            assert (tmp_path / "running" / "broker.lock").exists()
+    finally:
+        stop(broker)
 
 
 def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_path, monkeypatch):

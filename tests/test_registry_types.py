@@ -16,7 +16,7 @@ from commands import radio_in
 from radio.config import parse_settings
 from radio.credentials import secret_digest
 from radio.errors import ConfigError, KeyStoreError
-from radio.keys import derived_key_id, mosquitto_hash, parse_keys
+from radio.keys import KeyStore, derived_key_id, mosquitto_hash, parse_keys
 from radio.registry import LiveRegistry
 
 PATH = Path("/srv/radio/keys.toml")
@@ -170,6 +170,19 @@ def test_two_keys_with_one_id_or_one_secret_are_refused():
 
 def test_an_explicit_registry_without_keys_is_read_as_none():
     assert parse_keys("[keys]\n", PATH) == {}
+
+
+def test_an_admin_key_with_a_publish_list_written_before_reads_as_the_admin_key_alone(tmp_path):
+    """Refused since (no device should hold an admin secret), a file that holds one still loads:
+    the list granted nothing an admin key may not do, and the next change writes the key without it."""
+    old = with_field("admin", "true")
+    key = parse_keys(old, PATH)["gen"]
+    assert (key.admin, key.publish, key.subscribe) == (True, frozenset(), frozenset({"B"}))
+    keys = tmp_path / "keys.toml"
+    keys.write_text(old)
+    KeyStore(keys, ["A", "B"]).add("other", subscribe=["A"])
+    assert 'publish = ["A"]' not in keys.read_text()
+    assert parse_keys(keys.read_text(), keys)["gen"] == key
 
 
 def test_a_key_without_an_id_gets_one_derived_from_its_digest():

@@ -387,12 +387,63 @@ def test_radio_listen_and_a_generator_over_tls_with_the_ca(home, certs, secure):
         assert device.returncode == 0
 
 
+def test_clients_in_the_folder_trust_its_own_certificate_without_ca(home, certs, secure):
+    """As radio health does: the platform the folder configures is reached without --ca, over
+    MQTT (the listener, a generator) and HTTPS (the listener's history, a generator via the bridge)."""
+    use_tls(home, certs)
+    with tls_broker("embedded", home) as ports:
+        url = f"{secure}://localhost:{ports[secure]}" + ("/mqtt" if secure == "wss" else "")
+        bridge = start_bridge(home, ports["default"], healthy=False)
+        https = bridge.url.replace("127.0.0.1", "localhost")
+        # Its history over HTTPS too: a certificate refused there would end it with one line.
+        listen = listen_process(home, url, "--http", https, network="A", key="reader_a")
+        try:
+            samples = lines_of(listen)
+
+            def tick() -> int:
+                return int(json.loads(samples.get(timeout=20))["data"]["tick"])
+
+            # One generator after the other, each counting its ticks from 10: the first is heard
+            # once past 30, the second once a tick is below 30 (the first's last are all above).
+            for where, via, heard in (
+                (url, (), lambda: tick() >= 30),
+                (https, ("--via", "http"), lambda: tick() < 30),
+            ):
+                device = subprocess.Popen(
+                    traffic_command(home, where, "--period", "0.1", *via),
+                    env=with_key(home, "gen"),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                try:
+                    while not heard():
+                        pass
+                finally:
+                    device.send_signal(signal.SIGINT)
+                    _, err = device.communicate(timeout=20)
+                assert device.returncode == 0, err
+        finally:
+            listen.send_signal(signal.SIGINT)
+            _, said = listen.communicate(timeout=20)
+            bridge.stop()
+        assert "refused" not in said, said
+
+
 def test_clients_refuse_a_certificate_they_cannot_verify_with_one_line(home, certs, other_ca, secure):
     use_tls(home, certs)
+    elsewhere = home.path / "elsewhere.toml"  # the same platform's, without [tls]: no certificate of its own
+    elsewhere.write_text(home.config.read_text().split("\n[tls]\n")[0])
+    another = home.path / "another.toml"  # a folder whose own certificate is another one
+    another.write_text(home.config.read_text().replace(str(certs), str(other_ca.parent)))
     with tls_broker("embedded", home) as ports:
         path = "/mqtt" if secure == "wss" else ""
         url = f"{secure}://127.0.0.1:{ports[secure]}{path}"
-        for ca in ([], ["--ca", str(other_ca)]):  # the system's trust store, then another CA
+        for ca in (  # the system's trust store, the folder's certificate when not the server's, another CA
+            ["--config", str(elsewhere)],
+            ["--config", str(another)],
+            ["--ca", str(other_ca)],
+        ):
             listen = listen_process(home, url, *ca)
             _, err = listen.communicate(timeout=30)
             assert listen.returncode == 2, err

@@ -82,6 +82,13 @@ class Key:
     """Rate, quota and expiry (docs/access.md)."""
 
     def __post_init__(self) -> None:
+        if self.admin and self.publish:
+            # Every device publishing with it would hold a secret that makes and revokes keys.
+            msg = (
+                f"key {self.name!r}: an admin key has no publish list (it may publish anywhere, and "
+                "make keys: no device should hold its secret); give each device a key of its own"
+            )
+            raise KeyStoreError(msg)
         if not self.id:
             object.__setattr__(self, "id", derived_key_id(self.digest))
 
@@ -120,6 +127,10 @@ class Key:
         """Read one table of keys.toml, refusing any field of the wrong type or unknown.
 
         Errors name the key and the field: ``key 'gen': admin must be true or false, not 'false'``.
+
+        An admin key with a publish list, which files written before it was refused may hold, is
+        read as the admin key alone: the list granted nothing admin does not (an admin key may
+        publish anywhere), and the next change writes the key without it.
         """
         where = f"key {name!r}"
         try:
@@ -138,13 +149,15 @@ class Key:
             if required not in table:
                 msg = f"{where}: the field {required!r} is missing"
                 raise KeyStoreError(msg)
+        admin = _flag(table, "admin", where)
+        publish = _networks(table, "publish", where)
         return cls(
             name=name,
             digest=_matching(table, "secret_sha256", where, _DIGEST, "64 lowercase hex digits"),
             mosquitto=_matching(table, "mosquitto_hash", where, _MOSQUITTO, "a Mosquitto $7$ hash"),
-            publish=_networks(table, "publish", where),
+            publish=frozenset() if admin else publish,
             subscribe=_networks(table, "subscribe", where),
-            admin=_flag(table, "admin", where),
+            admin=admin,
             created=_string(table, "created", where),
             publish_all=_flag(table, "publish_all", where),
             bcrypt=_string(table, "bcrypt_hash", where),
