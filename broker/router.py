@@ -144,6 +144,19 @@ def released_rows(session: Session) -> list[list[int]]:
     return sorted([d.message.row, pid] for pid, d in session.inflight.items() if d.released and d.message.row)
 
 
+def proved(session: Session, registry: Registry) -> bool:
+    """Whether the secret the session proved is its key's secret now (anonymous: always).
+
+    A rotated key's old secret proves nothing from the rotation on: what it opened is closed, and
+    what it left behind (a will) is not sent.
+    """
+    name = session.key_name
+    if name is None:
+        return True
+    key = registry.keys.get(name)
+    return key is not None and key.digest == session.attributes.get(attrs.KEY_DIGEST)
+
+
 def wall_clock(expires: float | None) -> float | None:
     """A message's expiry (``time.monotonic``) as the store keeps it: wall-clock seconds."""
     return None if expires is None else time.time() + expires - time.monotonic()
@@ -335,7 +348,14 @@ class Router:
 
     # Wills.
     def publish_will(self, session: Session, will: Will, attempt: int = 0) -> None:
-        """A will is a sample like any other: it passes the gate, as its key stands now."""
+        """A will is a sample like any other: it passes the gate, as its key stands now.
+
+        One its key's old secret set goes nowhere once the key is rotated (``proved``): a delayed
+        will waits in the store with its session, and a rotation while it waits, the broker
+        running or stopped, would otherwise not stop it.
+        """
+        if not proved(session, self.registry()):
+            return
         gate = self.gate
         verdict = gate.will(session, will.topic, will.payload, will.retain) if gate is not None else GO
         if verdict > 0:  # the key's quota cannot be read this instant: ask again shortly
@@ -1030,7 +1050,7 @@ class Router:
             else:
                 key = registry.keys.get(name)
                 owned = key is not None and key.id == session.key_id
-                current = key is not None and key.digest == session.attributes.get(attrs.KEY_DIGEST)
+                current = proved(session, registry)
             if not owned or not current:
                 # A revoked or rotated key sends no will: neither its open connection's, nor one
                 # an old connection left waiting out its delay (MQTT 5) on an offline session.

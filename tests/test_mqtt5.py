@@ -326,6 +326,22 @@ def test_a_will_waiting_out_its_delay_goes_when_a_clean_start_ends_its_session(b
         assert [m.payload for m in reader.expect(1)] == [b'{"gone": 3}']
 
 
+def away_status_reader(port: int, home: Home) -> None:
+    """reader_a's persistent session ``status-reader`` on networks/A/status, its client gone."""
+    reader = persistent(port, home, "status-reader")
+    assert reader.connect() == 0
+    assert reader.subscribe("networks/A/status", qos=1) == 1
+    reader.close()
+
+
+def delayed_will_qos1(client_id: str, secret: str, delay: int) -> bytes:
+    """gen's MQTT 5 CONNECT with a QoS 1 will on networks/A/status that waits ``delay`` seconds."""
+    will = {"will": ("networks/A/status", b'{"old secret": 1}'), "will_properties": {props.WILL_DELAY: delay}}
+    packet = bytearray(connect5(client_id, "gen", secret, properties={props.SESSION_EXPIRY: 60}, **will))
+    packet[packet.index(b"\x00\x04MQTT\x05") + 7] |= 0x08  # will QoS 1: kept for an away reader
+    return bytes(packet)
+
+
 @pytest.mark.slow  # seconds of waiting: the fast tier stays under two minutes
 def test_a_will_waiting_out_its_delay_when_the_broker_stops_goes_after_its_restart(home: Home) -> None:
     """MQTT-3.1.2-8: a will goes once its delay is over unless its client is back first. The store
@@ -334,10 +350,7 @@ def test_a_will_waiting_out_its_delay_when_the_broker_stops_goes_after_its_resta
     with BrokerThread(
         LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
     ) as first:
-        reader = persistent(first.mqtt_port, home, "status-reader")
-        assert reader.connect() == 0
-        assert reader.subscribe("networks/A/status", qos=1) == 1
-        reader.close()
+        away_status_reader(first.mqtt_port, home)
         sock, _ = session5(
             first.mqtt_port,
             "restarted",
@@ -397,6 +410,48 @@ def test_a_will_waiting_out_its_delay_goes_with_its_rotated_secret(broker, home,
     time.sleep(due + 0.5 - time.monotonic())  # the will's delay: nothing to await but the clock
     open_client(clients, broker, home, "admin", 5).publish("networks/A/status", b'{"sentinel": 1}', qos=1)
     assert [m.payload for m in reader.expect(1)] == [b'{"sentinel": 1}']
+
+
+@pytest.mark.parametrize("rotated_while_running", [True, False], ids=["rotated-running", "rotated-stopped"])
+def test_a_stored_will_of_a_key_rotated_since_is_not_sent_after_a_restart(
+    home: Home, rotated_while_running: bool
+) -> None:
+    """A rotated key sends no last will: not one its old secret left in the store with its session
+    either, whether the rotation came while the broker ran or while it was stopped."""
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as first:
+        away_status_reader(first.mqtt_port, home)
+        with open_socket(first.mqtt_port) as sock:
+            sock.sendall(delayed_will_qos1("rotated", home.secrets["gen"], 1))
+            assert read_packet(sock)[1][1] == 0  # CONNACK 0; closed without DISCONNECT
+        due = time.monotonic() + 1
+        assert first.broker is not None
+        sessions = first.broker.radio.router.sessions
+        assert until(lambda: any(s.will for s in list(sessions.values())))
+        if rotated_while_running:
+            home.secrets["gen"] = home.store().rotate("gen")
+            assert until(lambda: not any(s.will for s in list(sessions.values())))
+        assert time.monotonic() < due, "the broker stopped after the will's delay: the test shows nothing"
+    if not rotated_while_running:
+        home.secrets["gen"] = home.store().rotate("gen")
+    time.sleep(max(0.0, due - time.monotonic()))  # the will is due as the broker starts again
+    with BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    ) as second:
+        admin = Client("tcp", second.mqtt_port, "admin", home.secrets["admin"], protocol=5)
+        back = persistent(second.mqtt_port, home, "status-reader")
+        try:
+            assert admin.connect() == 0
+            admin.publish("networks/A/status", b'{"sentinel": 1}', qos=1)
+            assert back.connect() == 0
+            got = [m.payload for m in back.expect(1)]
+            assert back.subscribe("networks/pub") == 0  # a round trip: anything queued came first
+            got += [m.payload for m in back.received_so_far()]
+        finally:
+            admin.close()
+            back.close()
+    assert got == [b'{"sentinel": 1}']
 
 
 def subscribed5(broker, home, client_id: str, topic_filter: str, qos: int, properties: dict[int, object]):
