@@ -1108,15 +1108,14 @@ class Router:
 
     # Restart.
     def _restored(self, stored: StoredSession, registry: Registry) -> Session | None:
-        """A stored session as it comes back, or None if its key is gone (then the store forgets it)."""
+        """A stored session as it comes back, or None if nothing can be kept of it (the store forgets it).
+
+        One whose key is gone comes back too, to go as a revoked key's sessions go (``restore``).
+        """
         name = stored.attributes.get(attrs.KEY_NAME)
         key = registry.keys.get(name) if name is not None else None
-        if name is None:
-            owned = registry.allow_anonymous
-        else:
-            key_id = stored.attributes.get(attrs.KEY_ID)
-            owned = key is not None and (key_id is None or key.id == key_id)
-        if not owned:
+        if name is not None and key is None and attrs.KEY_ID not in stored.attributes:
+            # Written before sessions were kept per key, its key gone since: it has no id to go under.
             if self.store is not None:
                 self.store.drop_session(stored.row_id)
             return None
@@ -1145,7 +1144,7 @@ class Router:
         return session
 
     def restore(self, contents: Contents, registry: Registry) -> None:
-        """Put back what the store kept, minus sessions whose key is gone (revoked while down)."""
+        """Put back what the store kept, then apply the registry: sessions whose key is gone go."""
         for topic, payload, qos in contents.retained:
             fields, expires = contents.retained_extras.get(topic, (b"", None))
             kept = Message(topic, payload, qos, True, fields, monotonic(expires))  # noqa: FBT003
@@ -1185,6 +1184,12 @@ class Router:
             # on before any client connects (``RadioBroker.start``).
             self.reserve_pids(session, session.next_pid)
             restored += 1
+        # The registry as it is now, as if it had changed while the broker ran: what a key revoked,
+        # rotated or narrowed meanwhile held goes as it would then (a shared subscription's sample
+        # to the group's next member), once every session, and so every group, is back.
+        held = len(self.sessions)
+        self.enforce(registry)
+        restored -= held - len(self.sessions)
         if contents.retained or restored:
             log.info(
                 "restored %d retained sample(s) and %d persistent session(s)",

@@ -1098,6 +1098,55 @@ def test_a_shared_sample_queued_for_a_member_that_may_no_longer_read_it_goes_to_
     assert sorted(m.payload for m in back.expect(4)) == samples
 
 
+def away_members_hold(port: int, home: Home, members: list[Client], samples: list[bytes]) -> None:
+    """Each member joins ``$share/g/networks/A`` and leaves; then gen publishes the samples (QoS 1)."""
+    for member in members:
+        assert member.connect() == 0
+        assert member.subscribe("$share/g/networks/A", qos=1) == 1
+        member.close()
+    gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
+    assert gen.connect() == 0
+    for sample in samples:
+        gen.publish("networks/A", sample, qos=1)  # all away: queued for one member or the other
+    gen.close()
+
+
+def kept_gets(port: int, home: Home, count: int) -> list[bytes]:
+    """What the member ``kept`` is sent once back, sorted."""
+    back = persistent(port, home, "kept")
+    try:
+        assert back.connect() == 0
+        return sorted(m.payload for m in back.expect(count))
+    finally:
+        back.close()
+
+
+@pytest.mark.parametrize("change", ["revoked", "read right taken"])
+def test_a_shared_sample_queued_for_a_member_whose_key_changed_while_stopped_goes_to_another_member(
+    home: Home, change: str
+) -> None:
+    """MQTT 5.0, 4.8.2: a member's key revoked, or its read right taken away, loses the group nothing
+    it held: its samples go to the group's next member. A change made while the broker was stopped
+    is applied at its start as one made while it runs, not by leaving the samples behind."""
+    home.add_key("member", subscribe=["A"])
+    samples = [json.dumps({"n": n}).encode() for n in range(4)]
+    runs = two_runs(home)
+    try:
+        port = next(runs)
+        losing = Client(
+            "tcp", port, "member", home.secrets["member"], client_id="losing", clean_session=False, protocol=5
+        )
+        away_members_hold(port, home, [losing, persistent(port, home, "kept")], samples)
+        if change == "revoked":
+            home.store().revoke("member")
+        else:
+            home.store().edit("member", subscribe=["B"])
+        got = kept_gets(next(runs), home, 4)
+    finally:
+        runs.close()
+    assert got == samples
+
+
 def test_a_shared_sample_queued_across_a_restart_goes_to_another_member_when_its_session_ends(
     home: Home,
 ) -> None:
@@ -1109,26 +1158,12 @@ def test_a_shared_sample_queued_across_a_restart_goes_to_another_member_when_its
     runs = two_runs(home)
     try:
         port = next(runs)
-        for client_id in ("ending", "kept"):
-            member = persistent(port, home, client_id)
-            assert member.connect() == 0
-            assert member.subscribe("$share/g/networks/A", qos=1) == 1
-            member.close()
-        gen = Client("tcp", port, "gen", home.secrets["gen"], protocol=5)
-        assert gen.connect() == 0
-        for sample in samples:
-            gen.publish("networks/A", sample, qos=1)  # all away: queued for one member or the other
-        gen.close()
+        away_members_hold(port, home, [persistent(port, home, c) for c in ("ending", "kept")], samples)
         port = next(runs)
         afresh = Client("tcp", port, "reader_a", home.secrets["reader_a"], client_id="ending", protocol=5)
         assert afresh.connect() == 0  # a clean start: the session it held ends
         afresh.close()
-        back = persistent(port, home, "kept")
-        try:
-            assert back.connect() == 0
-            got = sorted(m.payload for m in back.expect(4))
-        finally:
-            back.close()
+        got = kept_gets(port, home, 4)
     finally:
         runs.close()
     assert got == samples
