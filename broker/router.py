@@ -305,7 +305,7 @@ class Router:
             if session.expiry is not None:
                 keep["expiry"] = session.expiry
             if session.options:
-                keep["options"] = session.options
+                keep["options"] = dict(session.options)  # the store's: written later, by its thread
             if session.incoming_qos2:
                 keep["awaiting_pubrel"] = sorted(session.incoming_qos2)
             if released := released_rows(session):

@@ -18,7 +18,8 @@ session, acknowledged, a retained value replaced) and a single writer thread app
 batches, one transaction and one ``fsync`` per batch (group commit), off the event loop. A
 publisher's PUBACK (and so the HTTP bridge's 200) waits for the batch holding its changes: an
 acknowledged sample is on disk. A sample queued and acknowledged within one batch never touches
-the disk at all, and of a topic's retained values within one batch only the last is written.
+the disk at all, and of a topic's retained values, or of a session's states, within one batch only
+the last is written.
 
 The file and its ``-wal``/``-shm`` companions are created 0600: they hold private samples. A file
 that cannot be read stops the broker with one line; a batch that cannot be written is reported
@@ -152,6 +153,13 @@ def _payloads_once(batch: list[Change]) -> tuple[list[Change], set[int]]:
     return changes, gone
 
 
+def _session_row(
+    client_id: str, attributes: dict[str, Any], subscriptions: dict[str, int]
+) -> tuple[str, str, str]:
+    """A session's row as ``sessions`` holds it (on the writer thread: ``Store.save_session``)."""
+    return client_id, json.dumps(attributes), json.dumps(sorted(subscriptions.items()))
+
+
 class StoreError(RadioError):
     """The broker's store cannot be opened or read."""
 
@@ -216,6 +224,8 @@ class Store:
         """Where a pending "sent" op stands in ``_ops``: an unqueue in the same batch cancels it."""
         self._retained_at: dict[str, int] = {}
         """Where a topic's pending retained value stands in ``_ops``: a newer one in the batch replaces it."""
+        self._session_at: dict[str, int] = {}
+        """Where a session's pending state stands in ``_ops``: a newer one in the batch replaces it."""
         self._waiters: list[tuple[Callable[[bool], None], int | None, int]] = []
         """Callbacks, each with ``since`` and ``pending`` as it was when it was given."""
         self._next = threading.Condition()
@@ -337,9 +347,19 @@ class Store:
                 self._add("unretain", (topic,))
 
     def save_session(self, client_id: str, attributes: dict[str, Any], subscriptions: dict[str, int]) -> None:
-        """Write (or rewrite) a persistent session's identity and subscriptions."""
-        change = (client_id, json.dumps(attributes), json.dumps(sorted(subscriptions.items())))
+        """Write (or rewrite) a persistent session's identity and subscriptions.
+
+        Only its last state within a batch is written, and made into JSON by the writer thread: a
+        session is written whole (up to 64 KiB of filters) at each change, and a client
+        re-subscribing in a loop made every SUBSCRIBE a row, each turned into JSON on the event
+        loop while every other client waited. ``attributes`` is the store's from now on.
+        """
+        change = (client_id, attributes, dict(subscriptions))
         with self._next:
+            at = self._session_at.get(client_id)
+            if at is not None:
+                self._ops[at] = None
+            self._session_at[client_id] = len(self._ops)
             self._add("session", change)
 
     def drop_session(self, client_id: str) -> None:
@@ -472,7 +492,7 @@ class Store:
                         return  # stopping, and everything recorded is written
                     ops, waiters = self._ops, self._waiters
                     self._ops, self._waiters, self._queued_at, self._retained_at = [], [], {}, {}
-                    self._sent_at = {}
+                    self._sent_at, self._session_at = {}, {}
                     self._unanswered += 1
                     first, self._taken = self._taken, self.pending
             if compact:
@@ -554,6 +574,7 @@ class Store:
         self.compactions += 1
 
     def _write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        batch = [(kind, _session_row(*args) if kind == "session" else args) for kind, args in batch]
         with self._lock:
             db = self._db
             if len(batch) == 1 and not db.in_transaction and batch[0][0] not in _PAYLOADS:

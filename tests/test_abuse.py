@@ -6,6 +6,7 @@ Each test is an attack scaled down to run in CI (bench/abuse.py runs the full-si
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -810,6 +811,33 @@ def test_a_client_s_filters_have_at_most_65_536_characters_and_1_000_levels_in_a
             assert read_packet(sock)[0] == 0xB0  # UNSUBACK: its levels are free again
             sock.sendall(subscribe(topic_filter, qos=0, packet_id=9))
             assert read_packet(sock)[1][2] == 0
+
+
+def test_a_session_re_subscribing_in_a_loop_is_written_once_per_batch(home):
+    """A persistent session is written to the store whole, up to 64 KiB of filters, whenever it
+    changes. Written at every SUBSCRIBE, an anonymous client re-subscribing in a loop had each one
+    turned into JSON on the event loop and written to disk, and every other client's PINGREQ waited
+    seconds behind it. Only its last state in a batch is written, made into JSON by the writer."""
+    with platform(home) as broker:
+        store = broker.broker.radio.store
+
+        async def on_disk() -> tuple[int, int]:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            store.after_commit(done.set_result)
+            await done
+            return store.written, store.batches
+
+        sock, code, _ = connack(broker.mqtt_port, "looping", clean=False)
+        assert code == 0
+        with sock:
+            sock.sendall(subscribe("networks/pub/" + "x" * 60_000, qos=0, packet_id=1))
+            assert read_packet(sock)[0] == 0x90
+            written, batches = broker.call(on_disk)
+            sock.sendall(b"".join(subscribe("networks/pub", qos=0, packet_id=n) for n in range(1, 2_001)))
+            for _ in range(2_000):
+                assert read_packet(sock)[0] == 0x90
+            now_written, now_batches = broker.call(on_disk)
+    assert 0 < now_written - written <= now_batches - batches  # one row per batch, not per SUBSCRIBE
 
 
 def test_a_summary_is_written_once_its_minute_is_over(caplog):
