@@ -108,6 +108,7 @@ class Connection:
         "_draining",
         "_out",
         "_out_size",
+        "_parked",
         "_proved",
         "_published_seen",
         "_room",
@@ -155,8 +156,7 @@ class Connection:
         self.flusher: Flusher = broker.flusher
         self.buffers: SendBuffers = broker.send_buffers
         """The broker's parts every delivery reaches, held here: one attribute away, not two."""
-        self.listener = listener
-        self.peer = peer
+        self.listener, self.peer = listener, peer
         self.framer = codec.Framer(broker.max_packet_size)
         self.session: Session | None = None
         self.v5: Peer | None = None
@@ -184,9 +184,12 @@ class Connection:
         """Bytes read since this connection last let the others have a turn (``READ_TURN``)."""
         self._published_seen = -1
         """The broker's count of samples published when this publisher's reads last fanned one out."""
+        self._parked: list[tuple[int, bytes]] | None = None
         self.pending: list[tuple[int, bytes]] | None = None
         """Packets that came while the CONNECT was being authenticated, or while a publisher is held
-        for its rate; None while packets are handled as they come."""
+        for its rate; None while packets are handled as they come. ``_parked``: those of a read
+        left for the client's next turn, the work its earlier ones brought (the retained samples of
+        its SUBSCRIBEs) having used its turn up (``spend``)."""
         self.acks_waiting = 0
         """Acknowledgements waiting for the store (later ones wait behind them, in order)."""
         self.slot: Slot | None = None
@@ -231,6 +234,7 @@ class Connection:
             and data[1] == 2
             and session is not None
             and self.pending is None
+            and self._parked is None
             and not self.framer.pending
             and (pid := data[2] << 8 | data[3])
         ):
@@ -238,7 +242,8 @@ class Connection:
             return
         try:
             # A paced client's read is one whole packet: handled without building a list of one.
-            at = self.framer.whole(data) if session is not None and self.pending is None else 0
+            handled_now = session is not None and self.pending is None and self._parked is None
+            at = self.framer.whole(data) if handled_now else 0
             if at:
                 first, body = data[0], data[at:]
             else:
@@ -247,6 +252,9 @@ class Connection:
                 packets = self.framer.feed(data)
                 if self.pending is not None:
                     self.pending.extend(packets)
+                    return
+                if self._parked is not None:
+                    self._parked.extend(packets)
                     return
                 if len(packets) != 1:
                     self._run(packets)
@@ -279,7 +287,51 @@ class Connection:
             if self.pending is not None:  # a publisher paused for its rate: the rest waits too
                 self.pending.extend(packets[i:])
                 return
+            if i and self._unyielded >= READ_TURN:
+                self._park(packets[i:])
+                return
             self._handle(first, body)
+
+    def spend(self, size: int) -> None:
+        """Count work done for this client that its reads did not (a SUBSCRIBE's retained samples).
+
+        A SUBSCRIBE of a few bytes brings every retained sample its filter matches, again at every
+        SUBSCRIBE: one read of pipelined SUBSCRIBEs to a network's 1,000 retained topics was a
+        million samples walked before any other client was read. Counted against its turn, the
+        rest of its read waits for its next one (``_park``).
+        """
+        self._unyielded += size
+
+    def _park(self, rest: list[tuple[int, bytes]]) -> None:
+        """Leave the rest of a read for the client's next turn: every other client is read first."""
+        self._unyielded = 0
+        self._parked = rest
+        self.link.pause_reading()
+        self.loop.call_soon(self._unpark)
+
+    def _unpark(self) -> None:
+        """Handle what was left for this turn, then read again; not while its answers wait past its room."""
+        if self.closed or self._parked is None:
+            return
+        if self.waiting > self._room:
+            self.spawn(self._unpark_when_drained(self.link.drained()))
+            return
+        parked, self._parked = self._parked, None
+        self._run_then_read(parked)
+
+    def _run_then_read(self, packets: list[tuple[int, bytes]]) -> None:
+        """Handle packets that waited, then read again unless they left something waiting."""
+        try:
+            self._run(packets)
+        except codec.Violation as exc:
+            self.violated(exc)
+            return
+        if self.pending is None and self._parked is None and not self.closed:
+            self.link.resume_reading()
+
+    async def _unpark_when_drained(self, drained: Awaitable[None]) -> None:
+        await drained
+        self._unpark()
 
     def _handle(self, first: int, body: bytes) -> None:
         kind = codec.check_flags(first)
@@ -345,7 +397,7 @@ class Connection:
         without bound, 15 MB for 6 MB of refused PUBLISHes. It is read again once the transport
         has drained (or at once, if the transport holds them within its own bounds).
         """
-        if self.pending is not None or self.closed:
+        if self.pending is not None or self._parked is not None or self.closed:
             return
         if self.waiting > self._room:
             self.spawn(self._read_when_drained(self.link.drained()))
@@ -354,7 +406,7 @@ class Connection:
 
     async def _read_when_drained(self, drained: Awaitable[None]) -> None:
         await drained
-        if self.pending is None and not self.closed:
+        if self.pending is None and self._parked is None and not self.closed:
             self.link.resume_reading()
 
     def read_again(self) -> None:
@@ -378,13 +430,7 @@ class Connection:
             return
         self.last_heard = time.monotonic()  # its keep-alive counts from when it is read again
         pending, self.pending = self.pending or [], None
-        try:
-            self._run(pending)
-        except codec.Violation as exc:
-            self.violated(exc)
-            return
-        if self.pending is None and not self.closed:
-            self.link.resume_reading()
+        self._run_then_read(pending)
 
     def _on_pingreq(self, session: Session, body: bytes) -> None:
         del session

@@ -943,6 +943,7 @@ class Router:
             if topic_filter.startswith(SHARED_PREFIX):
                 continue
             for message in self.retained.match(topic_filter):
+                connection.spend(message.size)  # against its turn, sent or not: see Connection.spend
                 expires = message.expires
                 if expires is not None and expires <= time.monotonic():
                     continue  # its publisher's message expiry passed: for 3.1.1 listeners too

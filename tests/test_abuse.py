@@ -412,6 +412,32 @@ def test_an_anonymous_client_that_reads_nothing_is_read_no_further_than_its_room
             assert read_packet(other)[0] == 0x20
 
 
+def test_subscribes_that_bring_many_retained_samples_give_the_others_their_turn(home):
+    """Each SUBSCRIBE brings every retained sample its filter matches, however often it comes: one
+    read of an anonymous client's pipelined SUBSCRIBEs to a network's 1,000 retained topics was a
+    million samples walked before any other client was read, and the broker answered nobody for
+    seconds. What they bring counts against the client's turn (``READ_TURN``), its other packets
+    wait for the next one, and none while what it was sent waits unread past its room."""
+    with platform(home) as broker:
+        port = broker.mqtt_port
+        with connected(port, "admin", home.secrets["admin"]) as admin:
+            for n in range(1_000):
+                admin.publish(f"networks/pub/r/{n}", b'{"pad": "%s"}' % (b"x" * 1_000), qos=1, retain=True)
+        router = broker.broker.radio.router
+        sock, code, _ = connack(port, "greedy")
+        assert code == 0
+        with sock, dial(port, OTHER) as other:
+            other.sendall(connect("other"))
+            assert read_packet(other)[0] == 0x20
+            sock.sendall(b"".join(subscribe("networks/pub/#", qos=0, packet_id=n) for n in range(1, 2_001)))
+            other.sendall(PINGREQ)
+            assert read_packet(other)[0] == 0xD0  # answered among the SUBSCRIBEs, not after them all
+            other.sendall(PINGREQ)
+            assert read_packet(other)[0] == 0xD0
+            walked = on_loop(broker, lambda: router.stats.dropped_slow)
+    assert walked < 100 * 1_000  # 2,000 SUBSCRIBEs: a few were handled, the rest wait for it to read
+
+
 def test_the_clients_of_one_address_that_read_nothing_share_one_room(home):
     """A client is given ``send_buffer`` of room for what waits unread; a source's clients past 32
     share 32 times that between them, so an address's anonymous clients that never read cannot

@@ -348,7 +348,8 @@ def test_retained_samples_a_subscribe_brings_wait_for_the_window_like_live_ones(
 
 
 def test_retained_samples_for_a_client_that_does_not_read_are_held_to_its_room(home):
-    """At QoS 0 they are dropped past the client's room, as live samples are, and counted.
+    """At QoS 0 they are dropped past the client's room, as live samples are, and counted; the
+    client's next SUBSCRIBEs wait for it to read what it was sent (``Connection.spend``).
 
     Sent regardless, 100 SUBSCRIBEs (2 KB) made the broker hold 60 MB for a client that reads nothing.
     """
@@ -368,21 +369,24 @@ def test_retained_samples_for_a_client_that_does_not_read_are_held_to_its_room(h
                 stalled.sendall(subscribe("networks/pub/#", qos=0, packet_id=n))
             stalled.sendall(subscribe("networks/+/#", qos=0, packet_id=100))  # the same samples, last
 
-            async def waiting() -> int | None:
-                """Bytes waiting for the stalled client, once every SUBSCRIBE was handled (None before)."""
+            async def waiting() -> tuple[int, list[str]]:
+                """Bytes waiting for the stalled client, and the filters it holds so far."""
                 for connection in broker.broker.radio.connections:
-                    held = connection.session.subscriptions if connection.session is not None else {}
-                    if "networks/+/#" in held:
-                        return connection.waiting
-                return None
+                    session = connection.session
+                    if session is not None and session.client_id == "stalled":
+                        return connection.waiting, sorted(session.subscriptions)
+                return 0, []
 
-            assert until(lambda: broker.call(waiting) is not None)
-            left = broker.call(waiting)
+            def dropped() -> float:
+                labels = '{reason="slow_subscriber"}'
+                return metric(broker.broker.metrics_port, "radio_broker_dropped_total", labels)
+
+            assert until(lambda: dropped() > 0)
+            with connected(port) as other:  # a round trip: the broker has had its turns since
+                assert other.subscribe("networks/pub/0") == 0
+            left, held = broker.call(waiting)
             assert left < 64 * 1024, f"{left:,} bytes wait for a client that reads nothing"
-            dropped = metric(
-                broker.broker.metrics_port, "radio_broker_dropped_total", '{reason="slow_subscriber"}'
-            )
-            assert dropped > 0
+            assert held == ["networks/pub/#"]  # its last SUBSCRIBE waits for it to read
         finally:
             stalled.close()
     finally:
