@@ -939,7 +939,10 @@ class Router:
         if connection is None:
             return
         extra = (True, (ident,) if ident else ())
-        for topic_filter, qos in granted:
+        # A filter named again in one SUBSCRIBE replaces its grant: its last one brings them, once.
+        # One packet of 60 KB naming a filter 3,500 times walked 3.5 million samples, with no turn
+        # between them to give way at (``Connection.spend``).
+        for topic_filter, qos in dict(granted).items():
             if topic_filter.startswith(SHARED_PREFIX):
                 continue
             for message in self.retained.match(topic_filter):
