@@ -83,6 +83,8 @@ def test_terms_of_a_key_are_type_checked(home: Home, field: str, expected: str) 
         "--rate=5/y",
         "--rate=-1/s",
         "--rate=1e-300/s",
+        "--rate=\u0663/s",  # a digit of another script: refused here as in a quota or a burst
+        "--rate=1_0/s",
         "--quota=10/week",
         "--quota=x/day",
         "--quota=\u00b2/day",

@@ -7,6 +7,7 @@ registry holds them as TOML values, read as strictly as the rest of a key (``rea
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,9 @@ MAX_RATE: Final = 1_000_000.0
 MIN_RATE: Final = 1 / 86_400
 """One sample a day: below it a token's wait (``Retry-After``) outgrows any clock; use a quota."""
 MAX_COUNT: Final = 1 << 53
+_DECIMAL: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+"""A rate's count as people write it: ASCII digits, one optional point. ``float`` alone would also
+take other scripts' digits, underscores and exponents, which a quota or burst refuses."""
 
 
 def within_count(digits: str) -> bool:
@@ -43,10 +47,7 @@ def within_count(digits: str) -> bool:
 def parse_rate(text: str) -> float:
     """``5/s``, ``300/min`` or ``1000/h`` as samples per second."""
     count, _, unit = text.strip().partition("/")
-    try:
-        value = float(count)
-    except ValueError:
-        value = -1.0
+    value = float(count) if _DECIMAL.fullmatch(count.strip()) else -1.0
     seconds = _RATE_UNITS.get(unit.strip() or "s")
     if seconds is None or not MIN_RATE <= value / seconds <= MAX_RATE:
         msg = (
