@@ -513,6 +513,38 @@ def test_a_run_stopped_by_a_busy_port_leaves_no_configuration_behind(tmp_path):
     assert (tmp_path / "radio.toml").read_text() == "[networks.sample_net]\npublic = true\n"
 
 
+def _held_above_a_free_port(stack: contextlib.ExitStack) -> int:
+    """A port held by a listener here, whose port below it is free: node 2's when node 1 has that."""
+    while True:
+        taken = stack.enter_context(socket.socket())
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with socket.socket() as below:
+            try:
+                below.bind(("127.0.0.1", port - 1))
+            except OSError:
+                continue
+        return port
+
+
+def test_a_busy_port_of_a_local_nats_clusters_second_node_stops_radio_up_before_anything_starts(tmp_path):
+    """Every node of a local cluster listens on ports of its own: one taken is the same one line as
+    a busy broker port, before radio.toml or any part is made, not a node dying once the rest ran."""
+    with contextlib.ExitStack() as stack:
+        busy = _held_above_a_free_port(stack)
+        result = radio_in(
+            tmp_path, "up", "--engine", "nats", "--nodes", "2", "--mqtt", f"127.0.0.1:{busy - 1}",
+            "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0",
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"radio: the broker cannot listen on 127.0.0.1:{busy}: Address already in use"
+    ]
+    assert not (tmp_path / "radio.toml").exists()
+    assert not (tmp_path / "nats").exists()
+
+
 def test_a_run_given_an_address_this_machine_does_not_have_stops_before_anything_starts(tmp_path):
     """192.0.2.1 (TEST-NET-1) is on no machine: one line, and no radio.toml naming it for the next run."""
     result = radio_in(
