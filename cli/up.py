@@ -78,10 +78,15 @@ def config_path(
         return str(path), False
     text = DEFAULT_CONFIG
     for default, given in (listeners or {}).items():
-        if given is not None and given.port != 0:
+        if _written(given):
             text = text.replace(f'"{default}"', f'"{given}"', 1)
     path.write_text(text, encoding="utf-8")
     return str(path), True
+
+
+def _written(*given: Address | None) -> bool:
+    """Whether ``config_path`` writes any of these addresses into a configuration it makes."""
+    return any(address is not None and address.port != 0 for address in given)
 
 
 def demo_key(settings: Settings, network: str) -> str:
@@ -247,6 +252,8 @@ def up(
     state_dir = resolve_paths(config, keys)[0].parent
     _claim(state_dir)  # before radio.toml, keys.toml or demo.key is written
     path, made, settings = _prepared(config, keys, mqtt=mqtt, ws=ws, http=http)
+    # What a configuration made now holds, for the banner: an address given (not port 0) is in it.
+    made_of = "the defaults" + (", with the addresses given" if _written(mqtt, ws, http) else "")
     listeners, plain = _checked(
         settings, engine, made, nodes=nodes, mqtt=mqtt, ws=ws, http=http, mqtts=mqtts, wss=wss
     )
@@ -297,7 +304,7 @@ def up(
             metrics=metrics,
             network=network,
             settings=settings,
-            made=made,
+            made=made_of if made else "",
             elsewhere=elsewhere,
             engine=engine,
         )
@@ -516,14 +523,15 @@ def _print_banner(
     metrics: tuple[str, bool] | None,
     network: str,
     settings: Settings,
-    made: bool,
+    made: str,
     elsewhere: bool,
     engine: str,
 ) -> None:
     """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``).
 
     ``metrics``: where ``/metrics`` is, and whether it takes an admin key (not on an admin
-    listener of its own, which the operator keeps off the public network).
+    listener of its own, which the operator keeps off the public network). ``made``: what the
+    configuration this run made holds ("" if it was there before).
     """
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
     demo_file = shlex.quote(str(service_keys.key_file(settings, DEMO_KEY)))
@@ -573,7 +581,7 @@ def _print_banner(
         + (f"  broker metrics:       {urls['metrics']}/metrics\n" if "metrics" in urls else "")
         + f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
-        f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
+        f"  configuration:        {settings.path}{f' (made now, {made})' if made else ''}\n"
         f"  state:                {settings.state_dir} "
         f"(keys.toml, demo.key, bridge.key, recorder.key, {ENGINE_STORE[engine]}, history.db, usage.db)\n"
         f"  other radio commands: {where}\n"

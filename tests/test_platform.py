@@ -488,6 +488,23 @@ def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_p
     assert [str(n) for n in settings.networks] == ["sample_net"]  # and the rest is the defaults
 
 
+def test_the_banner_says_a_configuration_made_now_holds_the_address_it_was_given(tmp_path):
+    """Not "the defaults" alone: the file names the HTTP port given, which the defaults do not."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        http = f"127.0.0.1:{probe.getsockname()[1]}"
+    up = started_in(tmp_path, "up", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", http)
+    try:
+        banner = read_banner(up)
+    finally:
+        stop(up)
+    made = (
+        f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults, with the addresses given)"
+    )
+    assert made in banner, banner
+    assert f'listen = "{http}"' in (tmp_path / "radio.toml").read_text()
+
+
 def test_a_run_stopped_by_a_busy_port_leaves_no_configuration_behind(tmp_path):
     """Else the next run, given other ports, would find it and keep those ports to itself: every
     other command in the folder would go on looking at the busy ones."""
