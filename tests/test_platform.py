@@ -587,6 +587,21 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
     ]
 
 
+def test_the_mosquitto_broker_banner_ends_with_its_ctrl_c_line(tmp_path):
+    """Every line of what runs where comes before "Press Ctrl-C": a reader (or a script reading
+    up to that line) never misses where Mosquitto's files are."""
+    require_mosquitto()
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
+    broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS, "--engine", "mosquitto")
+    try:
+        banner = read_banner(broker)
+    finally:
+        stop(broker)
+    assert banner.endswith(f"  Mosquitto files:      {tmp_path / 'mosquitto'}\nPress Ctrl-C to stop.\n"), (
+        banner
+    )
+
+
 def test_the_broker_banner_names_where_its_metrics_are(tmp_path):
     """With [broker] metrics on a port the system picks, the banner is the one place that says which."""
     (tmp_path / "radio.toml").write_text('[broker]\nmetrics = "127.0.0.1:0"\n')
