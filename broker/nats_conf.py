@@ -51,8 +51,10 @@ PROBE: Final = "_probe"
 """The user ``radio broker`` connects as to see a node serve MQTT: it may publish and read nothing."""
 MQTT_ONLY: Final = ("MQTT", "MQTT_WS")
 DEFAULT_PORTS: Final = {"client": 4222, "cluster": 6222, "monitor": 8222}
-MAX_PORT: Final = 65535
 """NATS's own defaults for its client, route and monitoring ports."""
+NODE_PORTS: Final = ("mqtt", "websocket", *DEFAULT_PORTS)
+"""Every address a node listens on, by its field of ``Node``."""
+MAX_PORT: Final = 65535
 MAX_REPLICAS: Final = 3
 """JetStream's useful maximum: 3 copies survive one lost node with a majority left."""
 SYSTEM: Final = "_system"

@@ -121,8 +121,8 @@ def serve_mosquitto(registry: LiveRegistry, **listeners: Unpack[Listeners]) -> i
     mosquitto = MosquittoBroker(registry, folder, on_failure=stop.set, **listeners)
     mosquitto.start()
     try:
-        _banner(registry, "Radio broker running (Mosquitto)", mosquitto.addresses)
-        print(f"  Mosquitto files:      {folder}", flush=True)
+        files = f"  Mosquitto files:      {folder}\n"
+        _banner(registry, "Radio broker running (Mosquitto)", mosquitto.addresses, files)
         stop.wait()
     finally:
         print("Stopping the broker...", file=sys.stderr, flush=True)

@@ -177,6 +177,7 @@ def _keys_add(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     from radio.cli.tables import expiry, limits, print_table, rights  # noqa: PLC0415 - see the imports
+    from radio.confirmations import holding_keys  # noqa: PLC0415
     from radio.key_changes import key_row  # noqa: PLC0415
     from radio.keys import load_keys  # noqa: PLC0415
 
@@ -184,6 +185,13 @@ def _keys_list(args: argparse.Namespace) -> int:
     try:
         keys = load_keys(settings.keys_path)
     except MissingRegistry:
+        if (server := holding_keys(settings.path, settings.keys_path)) is not None:
+            print(
+                f"No keys: {settings.keys_path} is missing, and {server} still holds the keys it had: "
+                "restore the file from a backup",
+                file=sys.stderr,
+            )
+            return 0
         print(
             f"No keys: {settings.keys_path} does not exist yet. "
             "Make one with: radio keys add NAME --publish NET",

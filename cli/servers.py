@@ -143,7 +143,7 @@ def _broker(args: argparse.Namespace) -> int:
     settings = options.settings(args)
     statelock.hold(settings.state_dir, "broker")  # before broker.db or mosquitto/ is touched
     listeners: Listeners = {"mqtt": args.mqtt, "websocket": args.ws, "mqtts": args.mqtts, "wss": args.wss}
-    ports.check_free("broker", broker_listeners(settings, args.engine, **listeners).values())
+    ports.check_free("broker", broker_listeners(settings, args.engine, nodes=nodes, **listeners).values())
     logs.setup(verbose=args.verbose)
     openfiles.check(settings.broker.max_connections)  # before any engine starts: Mosquitto inherits it
     registry = LiveRegistry(getattr(args, "config", None), getattr(args, "keys", None))

@@ -78,10 +78,15 @@ def config_path(
         return str(path), False
     text = DEFAULT_CONFIG
     for default, given in (listeners or {}).items():
-        if given is not None and given.port != 0:
+        if _written(given):
             text = text.replace(f'"{default}"', f'"{given}"', 1)
     path.write_text(text, encoding="utf-8")
     return str(path), True
+
+
+def _written(*given: Address | None) -> bool:
+    """Whether ``config_path`` writes any of these addresses into a configuration it makes."""
+    return any(address is not None and address.port != 0 for address in given)
 
 
 def demo_key(settings: Settings, network: str) -> str:
@@ -247,7 +252,11 @@ def up(
     state_dir = resolve_paths(config, keys)[0].parent
     _claim(state_dir)  # before radio.toml, keys.toml or demo.key is written
     path, made, settings = _prepared(config, keys, mqtt=mqtt, ws=ws, http=http)
-    listeners, plain = _checked(settings, engine, made, mqtt=mqtt, ws=ws, http=http, mqtts=mqtts, wss=wss)
+    # What a configuration made now holds, for the banner: an address given (not port 0) is in it.
+    made_of = "the defaults" + (", with the addresses given" if _written(mqtt, ws, http) else "")
+    listeners, plain = _checked(
+        settings, engine, made, nodes=nodes, mqtt=mqtt, ws=ws, http=http, mqtts=mqtts, wss=wss
+    )
     network = "sample_net" if "sample_net" in settings.networks else min(settings.networks)
     common = ["--config", path, *(["--keys", keys] if keys else [])]
     elsewhere = _not_in_config(settings, mqtt=mqtt, ws=ws, http=http)
@@ -295,7 +304,7 @@ def up(
             metrics=metrics,
             network=network,
             settings=settings,
-            made=made,
+            made=made_of if made else "",
             elsewhere=elsewhere,
             engine=engine,
         )
@@ -324,6 +333,7 @@ def _checked(
     engine: str,
     made: bool,
     *,
+    nodes: int,
     mqtt: Address | None,
     ws: Address | None,
     http: Address | None,
@@ -336,7 +346,9 @@ def _checked(
     writes them into its own, where every other command finds them.
     """
     try:
-        listeners, plain = _broker_options(settings, engine, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss)
+        listeners, plain = _broker_options(
+            settings, engine, nodes=nodes, mqtt=mqtt, ws=ws, mqtts=mqtts, wss=wss
+        )
         ports.check_free("bridge", [http or settings.bridge.listen, *filter(None, [settings.bridge.admin])])
     except RadioError:
         if made:
@@ -370,6 +382,7 @@ def _broker_options(
     settings: Settings,
     engine: str,
     *,
+    nodes: int,
     mqtt: Address | None,
     ws: Address | None,
     mqtts: Address | None,
@@ -385,20 +398,33 @@ def _broker_options(
     if engine == "nats":  # its local cluster serves plain listeners alone (docs/nats.md, TLS)
         tls = {"mqtts": None, "wss": None}
     given = {"mqtt": mqtt if plain["mqtt"] else None, "websocket": ws if plain["ws"] else None, **tls}
-    ports.check_free("broker", broker_listeners(settings, engine, **given).values())
+    ports.check_free("broker", broker_listeners(settings, engine, nodes=nodes, **given).values())
     listeners = ["--mqtt", str(mqtt if plain["mqtt"] else Address("127.0.0.1", 0))]
     listeners += ["--ws", str(ws)] if plain["ws"] else []
     listeners += [arg for name, address in tls.items() if address for arg in (f"--{name}", str(address))]
     return listeners, plain
 
 
-def broker_listeners(settings: Settings, engine: str, **given: Address | None) -> dict[str, Address]:
-    """Every address the broker will listen on, by its name in ``[broker]``: given ones, else configured."""
+def broker_listeners(
+    settings: Settings, engine: str, *, nodes: int = 1, **given: Address | None
+) -> dict[str, Address]:
+    """Every address the broker will listen on, by its name in ``[broker]``: given ones, else configured.
+
+    A local NATS cluster listens on more than those: every node on its own MQTT and WebSocket
+    ports, and on NATS's client, route and monitoring ports (4222, 6222, 8222 on). A node that
+    finds one taken exits at start, after ``radio up`` has begun; checked here, it is one line.
+    """
     from radio.broker.mosquitto import listeners_of  # noqa: PLC0415 - the same rule on every engine
 
     found = listeners_of(settings, **given)
     if settings.broker.metrics is not None and engine == "embedded":  # only it serves [broker] metrics
         found["metrics"] = settings.broker.metrics
+    mqtt = found.get("mqtt")
+    if engine == "nats" and mqtt is not None and mqtt.port != 0:  # port 0: every node's ports free ones
+        from radio.broker.nats_conf import NODE_PORTS, plan  # noqa: PLC0415
+
+        cluster = plan(settings, nodes, mqtt=mqtt, websocket=given.get("websocket"))
+        found |= {f"{node.name} {kind}": getattr(node, kind) for kind in NODE_PORTS for node in cluster}
     return found
 
 
@@ -497,14 +523,15 @@ def _print_banner(
     metrics: tuple[str, bool] | None,
     network: str,
     settings: Settings,
-    made: bool,
+    made: str,
     elsewhere: bool,
     engine: str,
 ) -> None:
     """What runs where, and how to try it; never a secret: this output is often a log (``docker logs``).
 
     ``metrics``: where ``/metrics`` is, and whether it takes an admin key (not on an admin
-    listener of its own, which the operator keeps off the public network).
+    listener of its own, which the operator keeps off the public network). ``made``: what the
+    configuration this run made holds ("" if it was there before).
     """
     sample = shlex.quote('{"network": "' + network + '", "data": {"hello": "radio"}}')
     demo_file = shlex.quote(str(service_keys.key_file(settings, DEMO_KEY)))
@@ -554,7 +581,7 @@ def _print_banner(
         + (f"  broker metrics:       {urls['metrics']}/metrics\n" if "metrics" in urls else "")
         + f"  traffic simulator:    publishing to {network} every second\n"
         f"  demo publisher key:   {DEMO_KEY!r}, its secret in {demo_file} (yours alone)\n"
-        f"  configuration:        {settings.path}{' (made now, the defaults)' if made else ''}\n"
+        f"  configuration:        {settings.path}{f' (made now, {made})' if made else ''}\n"
         f"  state:                {settings.state_dir} "
         f"(keys.toml, demo.key, bridge.key, recorder.key, {ENGINE_STORE[engine]}, history.db, usage.db)\n"
         f"  other radio commands: {where}\n"

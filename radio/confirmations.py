@@ -211,6 +211,19 @@ def running_servers(config: Path, keys: Path) -> list[Server]:
     return servers
 
 
+def holding_keys(config: Path, keys: Path) -> Server | None:
+    """A running server that has a keys file of this path in force (one it read), if any.
+
+    Should the file go missing, such a server keeps the rights it holds (a deleted registry is
+    never read as one without keys). A new file made then would be read as the registry instead,
+    and every key it lacks revoked at once, Radio's own service keys included.
+    """
+    for server in running_servers(config, keys):
+        if len(server.version) == 2 and server.version[1] is not None:  # [config, keys]: a keys file
+            return server
+    return None
+
+
 def _alive(pid: int, started: object) -> bool:
     """The process is there, and is the one that wrote the file (not a new one given its pid)."""
     return alive(pid) and (started is None or _started(pid) in (None, started))

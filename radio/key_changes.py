@@ -169,7 +169,7 @@ class KeyChanges:
     def __init__(self, settings: Settings, actor: Actor) -> None:
         self.settings = settings
         self.actor = actor
-        self.store = KeyStore(settings.keys_path, settings.networks)
+        self.store = KeyStore(settings.keys_path, settings.networks, settings.path)
         self.audit_path = audit.audit_path(settings.state_dir)
 
     def add(

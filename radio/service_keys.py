@@ -85,7 +85,7 @@ def make_and_keep(
     The key is written first: a crash between the two leaves a file that does not match, which
     the next start treats as lost. ``service``: a service key may be rotated, by its own server.
     """
-    store = KeyStore(settings.keys_path, settings.networks)
+    store = KeyStore(settings.keys_path, settings.networks, settings.path)
     if rotate:
         secret = store.rotate(name, service=service)
     else:

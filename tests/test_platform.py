@@ -488,6 +488,23 @@ def test_the_configuration_radio_up_makes_holds_the_addresses_it_was_given(tmp_p
     assert [str(n) for n in settings.networks] == ["sample_net"]  # and the rest is the defaults
 
 
+def test_the_banner_says_a_configuration_made_now_holds_the_address_it_was_given(tmp_path):
+    """Not "the defaults" alone: the file names the HTTP port given, which the defaults do not."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        http = f"127.0.0.1:{probe.getsockname()[1]}"
+    up = started_in(tmp_path, "up", "--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--http", http)
+    try:
+        banner = read_banner(up)
+    finally:
+        stop(up)
+    made = (
+        f"configuration:        {tmp_path / 'radio.toml'} (made now, the defaults, with the addresses given)"
+    )
+    assert made in banner, banner
+    assert f'listen = "{http}"' in (tmp_path / "radio.toml").read_text()
+
+
 def test_a_run_stopped_by_a_busy_port_leaves_no_configuration_behind(tmp_path):
     """Else the next run, given other ports, would find it and keep those ports to itself: every
     other command in the folder would go on looking at the busy ones."""
@@ -513,6 +530,38 @@ def test_a_run_stopped_by_a_busy_port_leaves_no_configuration_behind(tmp_path):
     assert (tmp_path / "radio.toml").read_text() == "[networks.sample_net]\npublic = true\n"
 
 
+def _held_above_a_free_port(stack: contextlib.ExitStack) -> int:
+    """A port held by a listener here, whose port below it is free: node 2's when node 1 has that."""
+    while True:
+        taken = stack.enter_context(socket.socket())
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with socket.socket() as below:
+            try:
+                below.bind(("127.0.0.1", port - 1))
+            except OSError:
+                continue
+        return port
+
+
+def test_a_busy_port_of_a_local_nats_clusters_second_node_stops_radio_up_before_anything_starts(tmp_path):
+    """Every node of a local cluster listens on ports of its own: one taken is the same one line as
+    a busy broker port, before radio.toml or any part is made, not a node dying once the rest ran."""
+    with contextlib.ExitStack() as stack:
+        busy = _held_above_a_free_port(stack)
+        result = radio_in(
+            tmp_path, "up", "--engine", "nats", "--nodes", "2", "--mqtt", f"127.0.0.1:{busy - 1}",
+            "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0",
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"radio: the broker cannot listen on 127.0.0.1:{busy}: Address already in use"
+    ]
+    assert not (tmp_path / "radio.toml").exists()
+    assert not (tmp_path / "nats").exists()
+
+
 def test_a_run_given_an_address_this_machine_does_not_have_stops_before_anything_starts(tmp_path):
     """192.0.2.1 (TEST-NET-1) is on no machine: one line, and no radio.toml naming it for the next run."""
     result = radio_in(
@@ -536,6 +585,21 @@ def test_the_broker_metrics_address_busy_is_named(tmp_path):
     assert result.stderr.splitlines() == [
         f"radio: the broker cannot listen on {busy}: Address already in use"
     ]
+
+
+def test_the_mosquitto_broker_banner_ends_with_its_ctrl_c_line(tmp_path):
+    """Every line of what runs where comes before "Press Ctrl-C": a reader (or a script reading
+    up to that line) never misses where Mosquitto's files are."""
+    require_mosquitto()
+    (tmp_path / "radio.toml").write_text("[networks.sample_net]\npublic = true\n")
+    broker = started_in(tmp_path, *BROKER_ON_ANY_PORTS, "--engine", "mosquitto")
+    try:
+        banner = read_banner(broker)
+    finally:
+        stop(broker)
+    assert banner.endswith(f"  Mosquitto files:      {tmp_path / 'mosquitto'}\nPress Ctrl-C to stop.\n"), (
+        banner
+    )
 
 
 def test_the_broker_banner_names_where_its_metrics_are(tmp_path):

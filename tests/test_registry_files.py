@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import stat
@@ -16,7 +17,7 @@ import time
 
 import pytest
 import requests
-from commands import BROKER_ON_ANY_PORTS, radio_in, read_banner, started_in
+from commands import BROKER_ON_ANY_PORTS, radio_in, radio_main, read_banner, started_in
 from conftest import CONFIG, Home, start_bridge
 from mqtt_client import Client
 
@@ -251,6 +252,36 @@ def test_a_server_started_before_any_key_runs_without_keys_and_loads_the_file_wh
     assert caplog.records[0].getMessage() == (
         f"no key registry at {tmp_path / 'keys.toml'} yet: no keys until 'radio keys add' makes one"
     )
+
+
+def test_no_registry_is_made_where_a_running_server_holds_the_keys_of_one_gone_missing(tmp_path):
+    """The server keeps the keys of the file it read; a new file, made by the next `radio keys add`
+    (the very command `radio keys list` suggested), would be read as the registry instead and every
+    other key revoked at once, Radio's own service keys with them. The first key of a folder whose
+    server started before any key is made as ever."""
+    config = tmp_path / "radio.toml"
+    config.write_text("[networks.A]\n")
+    keys = tmp_path / "keys.toml"
+    live = LiveRegistry(config)
+    try:
+        KeyStore(keys, ["A"], config).add("first", publish=["A"])  # no keys in force yet: made
+        assert live.refresh() is True
+        keys.unlink()
+        assert live.refresh() is False
+        refused = radio_main("keys", "add", "second", "--publish", "A", "--config", str(config))
+        assert refused.returncode == 2
+        assert re.fullmatch(
+            rf"radio: {re.escape(str(keys))} is missing, and .+ \(pid {os.getpid()}\) still holds the "
+            r"keys it had: restore the file \(from a backup\) rather than make a new one, which would "
+            r"revoke every other key at once; to start a new registry, stop the servers first\n",
+            refused.stderr,
+        ), refused.stderr
+        assert not keys.exists()
+        listed = radio_main("keys", "list", "--config", str(config))
+        assert listed.stderr.endswith("still holds the keys it had: restore the file from a backup\n")
+        assert live.current.access("first").may_publish("networks/A")
+    finally:
+        live.close()
 
 
 def test_every_exported_file_that_names_a_key_is_private(home, tmp_path):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import tomli_w
 
+from radio.confirmations import holding_keys
 from radio.credentials import secret_digest
-from radio.errors import DuplicateKey, KeyStoreError, UnknownKey
+from radio.errors import DuplicateKey, KeyStoreError, MissingRegistry, UnknownKey
 from radio.files import open_private, write_private
 from radio.keys.hashing import bcrypt_hash, mosquitto_hash, new_key_id, new_secret
 from radio.keys.loading import read_keys
@@ -30,9 +31,11 @@ from radio.topics import NetworkName
 class KeyStore:
     """The keys file, changed one command at a time."""
 
-    def __init__(self, path: Path, networks: Iterable[str]) -> None:
+    def __init__(self, path: Path, networks: Iterable[str], config: Path | None = None) -> None:
         self.path = path
         self._networks = frozenset(networks)
+        self._config = config
+        """The configuration whose running servers a missing file is checked against (``_locked``)."""
 
     def keys(self) -> dict[str, Key]:
         """Every key, as the file holds it now (none if there is no file yet)."""
@@ -155,14 +158,28 @@ class KeyStore:
     def _locked(self) -> Iterator[dict[str, Key]]:
         """Read, let the caller change, then write the keys, holding a lock throughout.
 
-        A missing file is a registry not made yet: this change makes it. An emptied or malformed
-        one is refused, never overwritten.
+        A missing file is a registry not made yet: this change makes it, unless a server running
+        on the configuration holds the keys of one that was there (``holding_keys``). An emptied
+        or malformed one is refused, never overwritten.
         """
         with _lock(self.path):
+            if self._config is not None and not self.path.exists():
+                _not_held_by_a_server(self._config, self.path)
             keys = read_keys(self.path)
             yield keys
             data = {"keys": {n: k.to_toml() for n, k in sorted(keys.items())}}
             write_private(self.path, tomli_w.dumps(data), durable=True)  # a reader never sees half of it
+
+
+def _not_held_by_a_server(config: Path, path: Path) -> None:
+    """Refuse to make a registry where running servers hold the keys of the one that went missing."""
+    if (server := holding_keys(config, path)) is not None:
+        msg = (
+            f"{path} is missing, and {server} still holds the keys it had: restore the file (from a "
+            "backup) rather than make a new one, which would revoke every other key at once; to start "
+            "a new registry, stop the servers first"
+        )
+        raise MissingRegistry(msg)
 
 
 def _not_a_service_key(key: Key, done: str) -> None:
