@@ -392,8 +392,9 @@ def serve_nats(
             for name, net in sorted(registry.settings.networks.items())
         )
         first = cluster.nodes[0]
+        nodes = len(cluster.nodes)
         lines = [
-            f"Radio broker running (NATS, {len(cluster.nodes)} nodes; any node serves any client)",
+            f"Radio broker running (NATS, {nodes} node{'s' * (nodes != 1)}; any node serves any client)",
             f"  MQTT over TCP:        mqtt://{first.mqtt.local()}",
             f"  MQTT over WebSocket:  ws://{first.websocket.local()}/mqtt",
         ]

@@ -174,7 +174,11 @@ class MqttLink:
         self._outage_said = False
         with self._unreachable_lock:
             self._unreachable.discard(str(self.url))
-        log.info("connected to %s%s", self.url, f"; sent {backlog} buffered samples" if backlog else "")
+        log.info(
+            "connected to %s%s",
+            self.url,
+            f"; sent {backlog} buffered sample{'s' * (backlog != 1)}" if backlog else "",
+        )
         if self._user_on_connect is not None:
             self._user_on_connect(self)
 

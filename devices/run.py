@@ -86,7 +86,14 @@ def sensor_agents(
     version: MqttVersion = DEFAULT_MQTT_VERSION,
 ) -> None:
     """Run ``count`` sensors until stopped."""
-    log.info("%d sensors on network %r, %g readings per second each", count, network, rate)
+    log.info(
+        "%d sensor%s on network %r, %g reading%s per second each",
+        count,
+        "s" * (count != 1),
+        network,
+        rate,
+        "s" * (rate != 1),
+    )
     sensors.run(
         url=parse_urls(url),
         secret=secret,

@@ -187,7 +187,7 @@ def test_the_traffic_simulator_loses_no_tick_over_a_broker_outage(home):
         first.stop()
     assert device.returncode == 0, err
     assert "lost the broker" in err
-    assert "buffered samples" in err
+    assert "buffered sample" in err
 
 
 def test_the_traffic_simulator_stops_at_once_while_it_simulates(home, broker):
