@@ -128,6 +128,17 @@ def _limits(broker: RadioBroker) -> Iterator[Any]:
     ):
         refused.add_metric([reason], anonymous.refused[reason])
     yield refused
+    shared = router.shared_by_source
+    subscriptions = CounterMetricFamily(
+        "radio_broker_refused_subscriptions",
+        "Subscriptions refused by a per-source cap, by cap.",
+        labels=["reason"],
+    )
+    subscriptions.add_metric(["shared_per_source"], shared.refused)
+    yield subscriptions
+    yield GaugeMetricFamily(
+        "radio_broker_shared_subscriptions", "Shared subscriptions held, by every source.", value=len(shared)
+    )
     yield GaugeMetricFamily(
         "radio_broker_anonymous_sessions", "Anonymous persistent sessions held.", value=len(anonymous)
     )

@@ -28,6 +28,13 @@ Three things cost the broker without a key behind them, and one address could mu
   one address or many) would leave none for the other buyers. Past ``max_connections_per_key``
   connected at once, the key's next CONNECT is refused (CONNACK 3), unless it takes over a
   connection of the same key (its client id's): that one is closed, so the count stays.
+- shared subscriptions (``$share/GROUP/FILTER``): each group a sample's filter matches costs a
+  visit, a read check and a delivery, where a session's overlapping filters cost one delivery in
+  all, so one session's ``max_filters`` unique groups are a hundred deliveries per sample, and a
+  source's thousand connections a hundred thousand. Past ``max_shared_per_source`` held at once
+  by one source (a key's sessions, from any addresses; an address's anonymous ones), a SUBSCRIBE
+  to one more gets SUBACK 0x97 for it; re-subscribing to one held is not refused. They count
+  from their grant (or a persistent session's restore) until UNSUBSCRIBE or the session's end.
 
 Every refusal is counted by reason, for the metrics. An address is counted as its source
 (``radio.sources``): an IPv6 client counts under its /64, from whichever of its addresses it comes.
@@ -139,6 +146,55 @@ class AnonymousConnections(Connecting):
     """Anonymous clients connected now, counted per source address (``open`` refuses past the limit)."""
 
     __slots__ = ()
+
+
+class SharedBySource(Counts):
+    """The shared subscriptions held now, counted per source.
+
+    A key's count under its key, from any address; an anonymous session's under its address's
+    source when it took its first one (a resumed session counts where it began).
+    """
+
+    __slots__ = ("_where",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self._where: dict[Session, tuple[str, int]] = {}
+
+    def refusal(self, session: Session) -> str | None:
+        """Why one more shared subscription of this session is refused (counted), or None."""
+        found = self._where.get(session)
+        who = found[0] if found is not None else _source(session)
+        held = self.held(who)
+        if not self.limit or held < self.limit:
+            return None
+        self.refused += 1
+        plural = "s" * (held != 1)
+        setting = "max_shared_per_source"
+        return f"its source holds {held} shared subscription{plural}, the limit [broker] {setting}"
+
+    def joined(self, session: Session) -> None:
+        """The session holds one more (granted or restored: counted, never refused here)."""
+        who, mine = self._where.get(session) or (_source(session), 0)
+        self._held[who] += 1
+        self._where[session] = (who, mine + 1)
+
+    def left(self, session: Session) -> None:
+        """The session holds one fewer (unsubscribed, or the session ended)."""
+        found = self._where.get(session)
+        if found is None:
+            return
+        who, mine = found
+        self.give_back(who)
+        if mine > 1:
+            self._where[session] = (who, mine - 1)
+        else:
+            del self._where[session]
+
+
+def _source(session: Session) -> str:
+    key_id = session.key_id
+    return f"key {key_id}" if key_id is not None else source_of(session.remote_address)
 
 
 class KeySessions:

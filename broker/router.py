@@ -30,6 +30,7 @@ from radio.broker.per_source import (
     AnonymousSessions,
     KeyConnections,
     KeySessions,
+    SharedBySource,
 )
 from radio.broker.retained import RetainedIndex
 from radio.broker.sessions import Delivery, Session, SessionLimits, Will
@@ -120,6 +121,9 @@ class Limits:
     its oldest samples as new ones come."""
     max_connections_per_key: int = 1_000
     """Clients connected at once with one key; past it a CONNECT gets CONNACK 3 (0: no limit)."""
+    max_shared_per_source: int = 1_000
+    """Shared subscriptions one source holds at once (a key's, an address's anonymous ones); past
+    it a SUBSCRIBE to one more gets SUBACK 0x97 (0: no limit)."""
 
 
 @dataclass
@@ -198,6 +202,8 @@ class Router:
         """Filters in ``index5``."""
         self.shared = SharedSubscriptions()
         """``$share/GROUP/FILTER`` subscriptions (broker/shared.py)."""
+        self.shared_by_source = SharedBySource(limits.max_shared_per_source)
+        """How many of them each source holds (broker/per_source.py)."""
         self.retained = RetainedIndex()
         self.stats = Stats()
         self._seq = 0
@@ -844,10 +850,12 @@ class Router:
 
         MQTT 3.1.1 has one refusal, 0x80; MQTT 5 says why (``v5``: each request's int is its
         options byte, ``ident`` the subscription id): 0x8F a malformed filter, 0x87 no read
-        right, 0x97 the session's ``max_filters`` (or its filters' characters and levels in all).
+        right, 0x97 the session's ``max_filters`` (or its filters' characters and levels in all), or
+        a new shared one past its source's ``max_shared_per_source``.
         """
         codes = []
         verbose = log.isEnabledFor(logging.DEBUG)  # `radio broker -v`: each filter's verdict
+        shared_refused, shared_over = 0, ""
         for topic_filter, asked in requests:
             qos = asked & 0x03
             shared = split_shared(topic_filter)
@@ -876,12 +884,19 @@ class Router:
                 log.warning("refused a subscription of %s: %s", session.describe(), over)
                 codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
                 continue
+            if new and shared is not None and (over := self.shared_by_source.refusal(session)) is not None:
+                shared_refused, shared_over = shared_refused + 1, over
+                codes.append(QUOTA_EXCEEDED if v5 else SUBSCRIBE_FAILURE)
+                continue
             if verbose:
                 log.debug("granted a subscription of %s to %s at QoS %d", *said(session, topic_filter), qos)
             session.subscriptions[topic_filter] = qos
             self._add_filter(session, topic_filter, qos, new=new)
             session.set_options(topic_filter, (asked, ident) if v5 and (asked & ~0x03 or ident) else None)
             codes.append(qos)
+        if shared_refused:  # one line per SUBSCRIBE, which may name thousands of groups
+            refused = f"{shared_refused} shared subscription{'s' * (shared_refused != 1)}"
+            log.warning("refused %s of %s: %s", refused, session.describe(), shared_over)
         self.save(session)
         return codes
 
@@ -908,6 +923,8 @@ class Router:
             self.index.add(topic_filter, session, qos)
         else:
             self.shared.add(shared[0], shared[1], session, qos)
+            if new:
+                self.shared_by_source.joined(session)
 
     def _remove_filter(self, session: Session, topic_filter: str) -> None:
         session.filter_characters -= len(topic_filter)
@@ -921,6 +938,7 @@ class Router:
             self.index.remove(topic_filter, session)
         else:
             self.shared.remove(shared[0], shared[1], session)
+            self.shared_by_source.left(session)
 
     def send_retained(self, session: Session, granted: list[tuple[str, int]], ident: int = 0) -> None:
         """Send the retained samples a new subscription brings, with the retain flag set.

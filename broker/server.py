@@ -69,6 +69,7 @@ def limits_from(settings: BrokerSettings) -> Limits:
         max_sessions_per_key=settings.max_sessions_per_key,
         max_queued_bytes_per_key=settings.max_queued_bytes_per_key,
         max_connections_per_key=settings.max_connections_per_key,
+        max_shared_per_source=settings.max_shared_per_source,
     )
 
 

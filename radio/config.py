@@ -177,6 +177,9 @@ class BrokerSettings:
     them drops its oldest samples as new ones come."""
     max_connections_per_key: int = 1_000
     """Clients connected at once with one key (0: no limit); past it a CONNECT gets CONNACK 3."""
+    max_shared_per_source: int = 1_000
+    """Shared subscriptions one source holds at once: a key's, or an address's anonymous ones (0:
+    no limit); past it a SUBSCRIBE to one more gets SUBACK 0x97. Each costs a delivery per sample."""
     log_repeats: int = 20
     """Log lines of one kind written per minute; the rest are summed up in one line."""
     metrics: Address | None = None
@@ -437,6 +440,7 @@ _BROKER_LIMITS: Final = {
     "max_sessions_per_key": (0, 100_000_000, True),
     "max_queued_bytes_per_key": (0, 1 << 40, True),
     "max_connections_per_key": (0, 100_000_000, True),
+    "max_shared_per_source": (0, 100_000_000, True),
     "log_repeats": (1, 1_000_000, True),
 }
 """The [broker] limits: (lowest, highest, whole numbers only)."""

@@ -85,6 +85,7 @@ class Client:
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_subscribe = self._on_subscribe
+        self._paho.on_unsubscribe = self._on_subscribe  # UNSUBACK: a code per filter, as SUBACK
 
     def will_set(
         self,
@@ -124,10 +125,19 @@ class Client:
         else:
             result, mid = self._paho.subscribe(topic_filter, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS
+        return self._answer(mid, f"no SUBACK for {topic_filter}")
+
+    def unsubscribe(self, topic_filter: str) -> int:
+        """Unsubscribe and return the UNSUBACK's code (MQTT 5: 0 held, 17 not held)."""
+        result, mid = self._paho.unsubscribe(topic_filter)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        return self._answer(mid, f"no UNSUBACK for {topic_filter}")
+
+    def _answer(self, mid: int, missing: str) -> int:
+        """The first code of the SUBACK or UNSUBACK to packet ``mid``, once it came."""
         with self._suback:
             if not self._suback.wait_for(lambda: mid in self._subacks, TIMEOUT):
-                msg = f"no SUBACK for {topic_filter}"
-                raise TimeoutError(msg)
+                raise TimeoutError(missing)
             return self._subacks.pop(mid)[0]
 
     def publish(

@@ -38,6 +38,7 @@ from raw_mqtt import (
     websocket_upgrade,
 )
 from test_broker_limits import metric as scrape
+from test_mqtt5 import persistent
 from test_tls import make_certs, use_tls
 
 from radio import memory, wire
@@ -47,6 +48,7 @@ from radio.config import Address
 from radio.logsummary import Summary
 from radio.registry import LiveRegistry
 from radio.tls import client_context
+from radio.wire.reasons import QUOTA_EXCEEDED
 
 ATTACKER = "127.0.0.1"
 OTHER = "127.0.0.2"
@@ -1059,3 +1061,58 @@ def test_a_sample_queued_for_many_sessions_is_held_once_after_a_restart(home):
             return len(queued), len({id(m.payload) for m in queued})
 
         assert on_loop(broker, copies) == (200, 10)
+
+
+def test_one_source_holds_at_most_max_shared_per_source_shared_subscriptions(home):
+    """Each shared group a sample's filter matches costs a delivery, where a session's overlapping
+    filters cost one in all: one address's anonymous clients, each holding ``max_filters`` groups
+    of their own, made every sample tens of thousands of deliveries. A source (an address's
+    anonymous clients, a key's) holds at most ``max_shared_per_source`` at once, in all its
+    sessions; one is free again at its UNSUBSCRIBE or its session's end."""
+    with platform(home, "max_shared_per_source = 3") as broker:
+        port, secret = broker.mqtt_port, home.secrets["reader_a"]
+        first, second, third = (Client("tcp", port, protocol=5) for _ in range(3))
+        keyed, keyed_too = (Client("tcp", port, "reader_a", secret, protocol=5) for _ in range(2))
+        clients = [first, second, third, keyed, keyed_too]
+        try:
+            for client in clients:
+                assert client.connect() == 0
+            assert [first.subscribe(f"$share/g{n}/networks/pub") for n in range(2)] == [0, 0]
+            assert second.subscribe("$share/g2/networks/pub") == 0
+            assert second.subscribe("$share/g3/networks/pub") == QUOTA_EXCEEDED  # the address's fourth
+            assert first.subscribe("$share/g0/networks/pub", qos=1) == 1  # one it holds: not refused
+            assert second.subscribe("networks/pub") == 0  # a filter of its own is no group
+            assert [keyed.subscribe(f"$share/g{n}/networks/A") for n in range(3)] == [0, 0, 0]  # its own
+            assert keyed_too.subscribe("$share/g3/networks/A") == QUOTA_EXCEEDED  # the key's fourth
+            assert second.unsubscribe("$share/g2/networks/pub") == 0
+            assert third.subscribe("$share/g3/networks/pub") == 0  # the one given back
+            assert third.subscribe("$share/g4/networks/pub") == QUOTA_EXCEEDED
+            first.close()
+            until(lambda: metric(broker, "radio_broker_shared_subscriptions") == 4)  # third's, keyed's
+            assert [third.subscribe(f"$share/g{n}/networks/pub") for n in (4, 5)] == [0, 0]
+            refused = metric(
+                broker, "radio_broker_refused_subscriptions_total", '{reason="shared_per_source"}'
+            )
+            assert refused == 3
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_shared_subscriptions_a_persistent_session_keeps_across_a_restart_count_for_its_source(home):
+    """The groups of a session restored from the store are held as before: no restart frees them."""
+    with platform(home, "max_shared_per_source = 2") as broker:
+        away = persistent(broker.mqtt_port, home, "away")
+        assert away.connect() == 0
+        assert [away.subscribe(f"$share/g{n}/networks/A", qos=1) for n in range(2)] == [1, 1]
+        away.close()
+    again = BrokerThread(
+        LiveRegistry(home.config), mqtt=Address("127.0.0.1", 0), websocket=Address("127.0.0.1", 0)
+    )
+    with again as broker:
+        client = Client("tcp", broker.mqtt_port, "reader_a", home.secrets["reader_a"], protocol=5)
+        try:
+            assert client.connect() == 0
+            assert client.subscribe("$share/g2/networks/A") == QUOTA_EXCEEDED
+        finally:
+            client.close()
