@@ -284,17 +284,16 @@ class Router:
         if session.persistent and self.store is not None:
             self.store.drop_session(session.store_id)
         for delivery in unfinished:
-            self._share_again(delivery)
+            self._share_again(session, delivery)
 
-    def _share_again(self, delivery: Delivery) -> None:
+    def _share_again(self, session: Session, delivery: Delivery) -> None:
         """A shared subscription's sample its member's session ended without: the group's next member.
 
         MQTT 5.0, 4.8.2: the next member that may read it gets it (or, while none is connected, keeps
         it in its queue), so a member that leaves loses the group nothing. One its client had (QoS 2
         past PUBREC) is not sent again.
         """
-        found = split_shared(delivery.shared or "")
-        group = self.shared.groups.get(found) if found is not None else None
+        group = self.shared.of(session, delivery.shared or "")
         if group is None:
             return
         message = delivery.message
@@ -1126,7 +1125,7 @@ class Router:
         self.stats.dropped_unreadable += 1
         self._forget(session, delivery)
         if delivery.shared and not delivery.released:
-            self._share_again(delivery)
+            self._share_again(session, delivery)
 
     # Restart.
     def _restored(self, stored: StoredSession, registry: Registry) -> Session | None:

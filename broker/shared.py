@@ -1,5 +1,7 @@
 """MQTT 5 shared subscriptions: ``$share/GROUP/FILTER``, each sample to one member of the group.
 
+A group is its key's (``SharedSubscriptions``): another key naming the same group has its own.
+
 Each member subscribed with its own key's read right on FILTER (checked at SUBSCRIBE like any
 filter); at delivery the group's next connected member that may read the sample's network now gets
 it, in turn, so a member whose right was taken away is passed over, never sent what it may not read.
@@ -66,33 +68,50 @@ class Group:
         return None
 
 
+GroupId = tuple[str | None, str, str]
+"""(key id, group, filter): a group is its key's own (None: the anonymous clients')."""
+
+
 class SharedSubscriptions:
-    """Every shared subscription: an index of groups by filter."""
+    """Every shared subscription: an index of groups by filter.
+
+    A group name is its key's, as a client id is (``Session.ident``): a key is sold to one buyer,
+    and another buyer's key that may read the same network joining ``$share/workers/...`` would
+    take a share of the first buyer's samples, which its workers would silently miss. Anonymous
+    clients form a scope of their own.
+    """
 
     def __init__(self) -> None:
         self.index: SubscriptionIndex[Group] = SubscriptionIndex()
-        self.groups: dict[tuple[str, str], Group] = {}
+        self.groups: dict[GroupId, Group] = {}
 
     def __bool__(self) -> bool:
         return bool(self.groups)
 
     def add(self, group: str, topic_filter: str, session: Session, qos: int) -> None:
-        """A member joins (or changes its QoS)."""
-        found = self.groups.get((group, topic_filter))
+        """A member joins its key's group (or changes its QoS)."""
+        ident = (session.key_id, group, topic_filter)
+        found = self.groups.get(ident)
         if found is None:
-            found = self.groups[(group, topic_filter)] = Group(f"{PREFIX}{group}/{topic_filter}")
+            found = self.groups[ident] = Group(f"{PREFIX}{group}/{topic_filter}")
             self.index.add(topic_filter, found, 0)
         found.members[session] = qos
 
     def remove(self, group: str, topic_filter: str, session: Session) -> None:
         """A member leaves; an empty group goes."""
-        found = self.groups.get((group, topic_filter))
+        ident = (session.key_id, group, topic_filter)
+        found = self.groups.get(ident)
         if found is None:
             return
         found.members.pop(session, None)
         if not found.members:
-            del self.groups[(group, topic_filter)]
+            del self.groups[ident]
             self.index.remove(topic_filter, found)
+
+    def of(self, session: Session, shared_filter: str) -> Group | None:
+        """The group a session's ``$share/GROUP/FILTER`` names: its key's."""
+        found = split(shared_filter)
+        return self.groups.get((session.key_id, *found)) if found is not None else None
 
     def publish(
         self,

@@ -102,6 +102,10 @@ PROMISES: dict[str, dict[str, str]] = {
         "mosquitto": "Mosquitto hands a session to any key that sends its client id",
         "nats": "nats-server hands a session to any key that sends its client id",
     },
+    "shared-groups": {
+        "mosquitto": "Mosquitto's groups are global: another key that may read the network joins one and takes a share of its samples",
+        "nats": "nats-server has no shared subscriptions (MQTT 3.1.1 only): it refuses a `$share/` filter",
+    },
     "rate": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
     "quota": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
     "schema": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
@@ -257,6 +261,7 @@ def make_home(path: Path) -> Home:
     home.add_key("gen", publish=["A"])
     home.add_key("reader_a", subscribe=["A"])
     home.add_key("reader_b", subscribe=["B"])
+    home.add_key("buyer_b", subscribe=["A"])  # another buyer's key, on the same network
     home.add_key("admin", admin=True)
     home.add_key("typist", publish=["typed"])
     home.add_key("slow", publish=["A"], terms=Terms(rate=2.0, burst=1))
@@ -762,6 +767,21 @@ def test_session_owner(platform):
             intruder.close()
     back = platform.client("reader_a", client_id="owned-session", clean_session=False)
     assert [m.payload for m in back.expect(1, timeout=3)] == [sample(queued="for reader_a")]
+
+
+@promise("shared-groups")
+def test_shared_groups(platform):
+    """A shared group is its key's, as a session is: another key that may read the network and
+    joins ``$share/`` with the same group name takes no share of the first key's samples."""
+    worker = platform.client("reader_a")
+    readable(worker, "$share/workers/networks/A/shared")
+    other = platform.client("buyer_b")
+    other.subscribe("$share/workers/networks/A/shared", qos=1)  # granted or refused: it takes nothing
+    gen = platform.client("gen")
+    sent = [sample(n=n) for n in range(4)]
+    for payload in sent:
+        gen.publish("networks/A/shared", payload, qos=1)
+    assert [m.payload for m in worker.expect(4, timeout=3)] == sent
 
 
 # What a key may spend, and what a sample must be.
