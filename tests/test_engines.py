@@ -104,7 +104,7 @@ PROMISES: dict[str, dict[str, str]] = {
     },
     "shared-groups": {
         "mosquitto": "Mosquitto's groups are global: another key that may read the network joins one and takes a share of its samples",
-        "nats": "nats-server has no shared subscriptions (MQTT 3.1.1 only): it refuses a `$share/` filter",
+        "nats": "nats-server has no shared subscriptions: a `$share/` filter is refused (SUBACK 0x80)",
     },
     "rate": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
     "quota": {"mosquitto": NOT_ENFORCED, "nats": NOT_ENFORCED},
