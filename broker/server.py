@@ -14,6 +14,7 @@ the two that way.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any, Final
 
@@ -191,6 +192,7 @@ class EmbeddedBroker:
             if self._radio.store is not None:
                 await self._radio.store.close()
             self._radio = None
+        stock = self._stock is not None
         if self._stock is not None:
             await self._stock.shutdown()
             self._stock = None
@@ -200,6 +202,8 @@ class EmbeddedBroker:
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+        if stock:
+            await _close_stock_streams()
 
     @property
     def radio(self) -> RadioBroker:
@@ -286,3 +290,18 @@ class EmbeddedBroker:
             elif name is None or name not in registry.keys:
                 await self.stock._cleanup_session(client_id)
         await asyncio.gather(*closing, return_exceptions=True)
+
+
+async def _close_stock_streams() -> None:
+    """Close the connections stock amqtt keeps open past its shutdown, while their loop runs.
+
+    Its cancelled handlers leave their stream writers open; collected once the loop is closed,
+    each socket is a ResourceWarning in whatever code runs then. Stock amqtt is only run beside
+    Radio's broker, for comparison; Radio's own connections are closed by its ``stop``.
+    """
+    gc.collect()  # those no longer reachable are closed by their own finaliser, now, on this loop
+    loop = asyncio.get_running_loop()
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.StreamWriter) and getattr(obj, "_loop", None) is loop:
+            obj.close()
+    await asyncio.sleep(0)  # each transport's connection_lost closes its socket
